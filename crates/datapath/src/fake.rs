@@ -1,0 +1,96 @@
+//! An in-memory [`Datapath`] for tests of the control plane: no root, no kernel.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use ciliate_model::api::{CtEntry, DatapathStatus};
+use ciliate_model::monitor::MonitorEvent;
+use tokio::sync::broadcast;
+
+use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
+
+/// Keeps endpoints in a map; can be told to fail the next upsert.
+#[derive(Debug)]
+pub struct FakeDatapath {
+    endpoints: Mutex<BTreeMap<u32, EndpointSpec>>,
+    fail_next_upsert: Mutex<Option<String>>,
+    events: broadcast::Sender<MonitorEvent>,
+}
+
+impl Default for FakeDatapath {
+    fn default() -> Self {
+        Self {
+            endpoints: Mutex::default(),
+            fail_next_upsert: Mutex::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl FakeDatapath {
+    /// An empty fake datapath.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `upsert_endpoint` fail with this message.
+    pub fn fail_next_upsert(&self, why: &str) {
+        *lock(&self.fail_next_upsert) = Some(why.to_owned());
+    }
+
+    /// Publishes an event as if the datapath had reported it.
+    pub fn emit(&self, ev: MonitorEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// The endpoints programmed, by host ifindex.
+    pub fn programmed(&self) -> Vec<EndpointSpec> {
+        lock(&self.endpoints).values().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock in a test must not hide the original failure.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Datapath for FakeDatapath {
+    fn status(&self) -> DatapathStatus {
+        DatapathStatus {
+            loaded: true,
+            kind: "fake".into(),
+            pin_dir: String::new(),
+            programs: vec!["from-container".into(), "to-container".into()],
+            maps: vec![],
+        }
+    }
+
+    fn upsert_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        if let Some(why) = lock(&self.fail_next_upsert).take() {
+            return Err(DatapathError::Injected(why));
+        }
+        lock(&self.endpoints).insert(ep.ifindex, ep.clone());
+        Ok(())
+    }
+
+    fn remove_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        lock(&self.endpoints).remove(&ep.ifindex);
+        Ok(())
+    }
+
+    fn list_endpoints(&self) -> Result<Vec<EndpointSpec>, DatapathError> {
+        Ok(self.programmed())
+    }
+
+    fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError> {
+        Ok(vec![])
+    }
+
+    fn ct_gc(&self) -> Result<CtGcStats, DatapathError> {
+        Ok(CtGcStats::default())
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
+        self.events.subscribe()
+    }
+}

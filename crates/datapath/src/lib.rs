@@ -1,0 +1,109 @@
+//! The datapath: the only crate that talks to the kernel.
+//!
+//! [`Datapath`] is what the agent programs. [`LinuxDatapath`](linux::LinuxDatapath) loads the
+//! BPF programs under `bpf/` with aya, pins them and their maps under one bpffs directory per
+//! node and attaches them with TCX to pod veths; [`FakeDatapath`](fake::FakeDatapath) keeps the
+//! same state in memory so the control plane can be tested without root.
+//!
+//! Netlink helpers (veth pairs, addresses, routes, neighbours, entering a network namespace)
+//! live in [`netlink`] and [`netns`]; the CNI plugin uses them.
+
+pub mod fake;
+pub mod linux;
+pub mod netlink;
+pub mod netns;
+
+use std::net::Ipv4Addr;
+
+use ciliate_model::api::{CtEntry, DatapathStatus};
+use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::MacAddr;
+use tokio::sync::broadcast;
+
+pub use fake::FakeDatapath;
+
+/// What the datapath needs to know of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Node-local endpoint id.
+    pub id: u16,
+    /// Host-side veth name (in the node's network namespace).
+    pub ifname: String,
+    /// Host-side veth interface index.
+    pub ifindex: u32,
+    /// The pod's IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// The pod interface's MAC.
+    pub mac: MacAddr,
+    /// The host-side veth's MAC.
+    pub host_mac: MacAddr,
+    /// Security identity of the endpoint.
+    pub identity: u32,
+}
+
+/// What one conntrack garbage-collection pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtGcStats {
+    /// Entries looked at.
+    pub scanned: u64,
+    /// Expired entries deleted.
+    pub deleted: u64,
+}
+
+/// Errors of the datapath, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// A BPF or netlink operation failed.
+    #[error("{op}: {source}")]
+    Kernel {
+        /// What was being done, e.g. "attach from-container to lxc1234".
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The environment cannot run the datapath (no bpffs, not root, kernel too old).
+    #[error("{0}")]
+    Unsupported(String),
+    /// An injected failure (tests only).
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+impl DatapathError {
+    /// Wraps an error with the operation it interrupted.
+    pub fn kernel(op: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Kernel {
+            op: op.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The datapath as the agent sees it. Every method is idempotent: calling it again with the
+/// same input changes nothing, which is what makes restarts and retries safe.
+pub trait Datapath: Send + Sync + 'static {
+    /// What is loaded and how full the maps are.
+    fn status(&self) -> DatapathStatus;
+
+    /// Programs an endpoint: attaches the programs to its host veth unless they already are,
+    /// and writes its map entries. Leaves nothing behind when it fails.
+    fn upsert_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError>;
+
+    /// Undoes [`Datapath::upsert_endpoint`]: map entries, links and pins. An endpoint the
+    /// datapath does not know is not an error.
+    fn remove_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError>;
+
+    /// The endpoints the datapath holds now (from its maps and pins), so that a restarted
+    /// agent can compare them with what it persisted.
+    fn list_endpoints(&self) -> Result<Vec<EndpointSpec>, DatapathError>;
+
+    /// The connection-tracking table.
+    fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError>;
+
+    /// Deletes expired conntrack entries.
+    fn ct_gc(&self) -> Result<CtGcStats, DatapathError>;
+
+    /// A receiver of datapath events (trace and drop), decoded.
+    fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent>;
+}

@@ -1,0 +1,227 @@
+//! The agent's API: JSON over HTTP/1.1 on a unix socket (default `/var/run/ciliate/agent.sock`).
+//!
+//! | method + path                    | body → answer                                   |
+//! |----------------------------------|-------------------------------------------------|
+//! | `GET /v1/healthz`                | → `Health`                                      |
+//! | `GET /v1/status`                 | → [`Status`]                                    |
+//! | `GET /v1/config`                 | → the agent's configuration in force (JSON)     |
+//! | `GET /v1/endpoints`              | → `[Endpoint]`                                  |
+//! | `GET /v1/endpoints/{ref}`        | → `Endpoint`; ref = id, container id or ns/pod  |
+//! | `POST /v1/endpoints`             | [`EndpointCreateRequest`] → [`EndpointCreated`] |
+//! | `DELETE /v1/endpoints/{cid}`     | → [`EndpointDeleted`] (idempotent)              |
+//! | `POST /v1/endpoints/gc`          | [`GcRequest`] → [`GcResult`]                    |
+//! | `GET /v1/identities`             | → `[Identity]`                                  |
+//! | `GET /v1/identities/{id}`        | → `Identity`                                    |
+//! | `GET /v1/bpf/ct`                 | → `[CtEntry]`                                   |
+//! | `GET /v1/monitor`                | → a stream of `MonitorEvent`, one JSON per line |
+//!
+//! Errors answer with a 4xx/5xx status and an [`ApiError`] body.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::{Endpoint, MacAddr, PodRef};
+use crate::labels::Labels;
+
+/// Default path of the agent's API socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/ciliate/agent.sock";
+
+/// The address every pod uses as its gateway. It is link-local and never on the wire:
+/// each pod holds a permanent neighbour entry that maps it to its veth peer's MAC.
+pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A stable machine-readable kind, e.g. `not-found`, `conflict`, `invalid`, `exhausted`, `datapath`.
+    pub kind: String,
+    /// What went wrong and what to do about it, for a human.
+    pub message: String,
+}
+
+/// Answer of `GET /v1/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// "ok" when the agent serves.
+    pub status: String,
+}
+
+/// Answer of `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The node's name.
+    pub node: String,
+    /// The agent's version.
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_seconds: u64,
+    /// "ok", or "degraded" with reasons in `problems`.
+    pub health: String,
+    /// What is wrong, when anything is.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// The datapath's state.
+    pub datapath: DatapathStatus,
+    /// Number of endpoints.
+    pub endpoints: usize,
+    /// Number of identities in use on this node (reserved ones not counted).
+    pub identities: usize,
+    /// Address management.
+    pub ipam: IpamStatus,
+}
+
+/// The datapath part of [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatapathStatus {
+    /// Whether the BPF programs are loaded.
+    pub loaded: bool,
+    /// "bpf" for the kernel datapath, "fake" for the in-memory one used in tests.
+    pub kind: String,
+    /// The bpffs directory holding this node's pins.
+    pub pin_dir: String,
+    /// Loaded programs by name.
+    pub programs: Vec<String>,
+    /// Map name → entries in use (for the maps where counting is cheap).
+    #[serde(default)]
+    pub maps: Vec<MapUsage>,
+}
+
+/// How full one BPF map is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapUsage {
+    /// Map name.
+    pub name: String,
+    /// Entries present.
+    pub entries: u32,
+    /// Maximum entries.
+    pub max_entries: u32,
+}
+
+/// The IPAM part of [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamStatus {
+    /// The node's pod CIDR.
+    pub cidr: Ipv4Net,
+    /// Addresses handed out.
+    pub allocated: u32,
+    /// Addresses that can be handed out in all.
+    pub capacity: u32,
+}
+
+/// Body of `POST /v1/endpoints`: the CNI plugin registers a pod interface it has created.
+///
+/// The plugin has already created the veth pair and moved the pod side into the pod's
+/// network namespace; the agent allocates the address and identity and programs the datapath.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointCreateRequest {
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME.
+    pub ifname: String,
+    /// CNI_NETNS.
+    pub netns: String,
+    /// The pod, from CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// Labels the runtime passed (CNI args / network config `args.cni.labels`). The agent adds
+    /// the namespace label and, later, labels from the Kubernetes source.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Host side of the veth pair.
+    pub host_ifname: String,
+    /// Its interface index in the node's namespace.
+    pub host_ifindex: u32,
+    /// Its MAC address.
+    pub host_mac: MacAddr,
+    /// MAC address of the pod side.
+    pub mac: MacAddr,
+}
+
+/// Answer of `POST /v1/endpoints`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointCreated {
+    /// The endpoint as registered.
+    pub endpoint: Endpoint,
+    /// The pod's address with its prefix length (a /32: all traffic goes via the gateway).
+    pub address: Ipv4Net,
+    /// The gateway the pod routes through.
+    pub gateway: Ipv4Addr,
+    /// MTU to set on the pod's interface.
+    pub mtu: u32,
+}
+
+/// Answer of `DELETE /v1/endpoints/{cid}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointDeleted {
+    /// The endpoint that was removed; `None` when there was none (DEL is idempotent).
+    pub endpoint: Option<Endpoint>,
+    /// The address released, if any.
+    pub released: Option<Ipv4Addr>,
+}
+
+/// One attachment a runtime still considers valid (CNI 1.1 GC `cni.dev/valid-attachments`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// Container id.
+    pub container_id: String,
+    /// Interface name in the container.
+    pub ifname: String,
+}
+
+/// Body of `POST /v1/endpoints/gc`: every endpoint not listed is removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcRequest {
+    /// The attachments to keep.
+    pub valid_attachments: Vec<Attachment>,
+}
+
+/// Answer of `POST /v1/endpoints/gc`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcResult {
+    /// The endpoints removed (the caller deletes their host veths).
+    pub removed: Vec<Endpoint>,
+}
+
+/// One connection-tracking entry, as `ciliate bpf ct list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CtEntry {
+    /// "tcp", "udp", "icmp" or the protocol number.
+    pub proto: String,
+    /// Source address of the original direction.
+    pub src: Ipv4Addr,
+    /// Source port (ICMP: echo id).
+    pub sport: u16,
+    /// Destination address of the original direction.
+    pub dst: Ipv4Addr,
+    /// Destination port.
+    pub dport: u16,
+    /// "egress" (the endpoint opened it) or "ingress" (opened towards the endpoint).
+    pub direction: String,
+    /// Seconds until the entry expires (negative: expired, awaiting GC).
+    pub expires_in: i64,
+    /// Packets and bytes in the original direction.
+    pub tx_packets: u64,
+    /// Bytes in the original direction.
+    pub tx_bytes: u64,
+    /// Packets in the reply direction.
+    pub rx_packets: u64,
+    /// Bytes in the reply direction.
+    pub rx_bytes: u64,
+    /// TCP flags seen so far, by name.
+    pub flags: Vec<String>,
+    /// Security identity of the remote side when the entry was made.
+    pub src_identity: u32,
+}

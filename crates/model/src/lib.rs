@@ -1,0 +1,16 @@
+//! Ciliate's vocabulary, shared by the agent, the CNI plugin, the CLI and the datapath.
+//!
+//! Everything here is plain data: no I/O, no async, no kernel. The API between
+//! the agent and its clients is made of these types, serialised as JSON.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod endpoint;
+pub mod identity;
+pub mod labels;
+pub mod monitor;
+
+pub use endpoint::{Endpoint, EndpointState, MacAddr, PodRef};
+pub use identity::{Identity, NumericIdentity, ReservedIdentity};
+pub use labels::{Label, LabelError, Labels};

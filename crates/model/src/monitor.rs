@@ -1,0 +1,119 @@
+//! Datapath events as `ciliate monitor` shows them: decoded, not yet enriched into Flows.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of event the datapath reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A packet was forwarded (reported on new connections and TCP flag changes).
+    Trace,
+    /// A packet was dropped.
+    Drop,
+}
+
+/// The L4 part of an event, when the packet had one the datapath understands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "protocol")]
+pub enum L4 {
+    /// TCP with its ports and flags (e.g. "SYN", "ACK", "FIN").
+    Tcp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// Flags set, by name.
+        flags: Vec<String>,
+    },
+    /// UDP with its ports.
+    Udp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+    },
+    /// ICMPv4 with type and code.
+    Icmp {
+        /// ICMP type.
+        r#type: u8,
+        /// ICMP code.
+        code: u8,
+    },
+    /// Another IP protocol.
+    Other {
+        /// IP protocol number.
+        proto: u8,
+    },
+}
+
+/// One decoded datapath event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorEvent {
+    /// Trace or drop.
+    pub kind: EventKind,
+    /// Wall-clock time the agent stamped on it, RFC 3339.
+    pub time: String,
+    /// For drops, the drop reason code (Hubble's numbering); for traces, the observation point code.
+    pub code: u8,
+    /// Human name of `code`, e.g. "Policy denied" or "to-endpoint".
+    pub reason: String,
+    /// Endpoint id that reported it (0 when not attributable).
+    pub endpoint: u16,
+    /// Interface the packet was seen on.
+    pub ifindex: u32,
+    /// Source security identity, when known.
+    pub src_identity: u32,
+    /// Destination security identity, when known.
+    pub dst_identity: u32,
+    /// Connection-tracking verdict: "new", "established", "reply", or "" when not tracked.
+    pub ct_state: String,
+    /// Length of the packet on the wire.
+    pub len: u32,
+    /// Ethertype of the packet (0x0800 IPv4, 0x86dd IPv6, 0x0806 ARP).
+    pub ethertype: u16,
+    /// IPv4 source, when the packet is IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Ipv4Addr>,
+    /// IPv4 destination, when the packet is IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Ipv4Addr>,
+    /// The L4 header, when parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4: Option<L4>,
+}
+
+impl fmt::Display for MonitorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            EventKind::Trace => "->",
+            EventKind::Drop => "xx drop",
+        };
+        write!(f, "{} {kind} ({}) ep {} ", self.time, self.reason, self.endpoint)?;
+        let (sport, dport, what) = match &self.l4 {
+            Some(L4::Tcp { sport, dport, flags }) => (Some(*sport), Some(*dport), format!("tcp {}", flags.join("|"))),
+            Some(L4::Udp { sport, dport }) => (Some(*sport), Some(*dport), "udp".to_owned()),
+            Some(L4::Icmp { r#type, code }) => (None, None, format!("icmp type {type} code {code}")),
+            Some(L4::Other { proto }) => (None, None, format!("proto {proto}")),
+            None => (None, None, format!("ethertype {:#06x}", self.ethertype)),
+        };
+        let addr = |ip: Option<Ipv4Addr>, port: Option<u16>| match (ip, port) {
+            (Some(ip), Some(p)) => format!("{ip}:{p}"),
+            (Some(ip), None) => ip.to_string(),
+            _ => "?".to_owned(),
+        };
+        write!(
+            f,
+            "{} -> {} {what}",
+            addr(self.src, sport),
+            addr(self.dst, dport)
+        )?;
+        if !self.ct_state.is_empty() {
+            write!(f, " ct={}", self.ct_state)?;
+        }
+        write!(f, " identity {}->{} len {}", self.src_identity, self.dst_identity, self.len)
+    }
+}
