@@ -8,6 +8,9 @@
 //! Netlink helpers (veth pairs, addresses, routes, neighbours, entering a network namespace)
 //! live in [`netlink`] and [`netns`]; the CNI plugin uses them.
 
+pub mod abi;
+pub mod ct;
+pub mod events;
 pub mod fake;
 pub mod linux;
 pub mod netlink;

@@ -1,12 +1,40 @@
-//! The kernel datapath: loads bpf/ with aya (being written; see the module docs once done).
+//! The kernel datapath of one node: `bpf/lxc.c` loaded with aya, maps pinned by name under
+//! `<bpffs>/ciliate/<node>/`, and one TCX link per direction and pod veth pinned under
+//! `<bpffs>/ciliate/<node>/links/`. Because maps and links are pinned, the kernel keeps
+//! forwarding when the agent dies; a restarted agent reopens the maps and atomically swaps
+//! its freshly loaded programs into the existing links, so no packet sees a gap.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use ciliate_model::api::{CtEntry, DatapathStatus};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::sys::SyscallError;
+use aya::{Ebpf, EbpfLoader};
+use ciliate_model::api::{CtEntry, DatapathStatus, MapUsage};
 use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::MacAddr;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
 
+use crate::abi::{self, maps, CtEntry4, CtKey4, EndpointInfo, MetricsValue};
+use crate::events::{self, Clock};
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
+
+/// The compiled `bpf/lxc.c`.
+pub static LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
+
+/// The endpoint programs: (name in the object, where it attaches, pin suffix).
+const ENDPOINT_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    ("from_container", TcAttachType::Ingress, "from"),
+    ("to_container", TcAttachType::Egress, "to"),
+];
 
 /// Where and how to load the datapath of one node.
 #[derive(Clone, Debug)]
@@ -17,40 +45,433 @@ pub struct LinuxConfig {
     pub bpffs_root: PathBuf,
 }
 
+impl LinuxConfig {
+    /// The node's pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs_root.join("ciliate").join(&self.node_name)
+    }
+}
+
+struct Maps {
+    ct: BpfHashMap<MapData, CtKey4, CtEntry4>,
+    lxc4: BpfHashMap<MapData, [u8; 4], EndpointInfo>,
+    lxc_ifx: BpfHashMap<MapData, u32, EndpointInfo>,
+    metrics: PerCpuArray<MapData, MetricsValue>,
+}
+
+struct Inner {
+    bpf: Ebpf,
+    maps: Maps,
+    /// Links whose program this process has already swapped in (or attached).
+    fresh_links: HashSet<PathBuf>,
+}
+
 /// The BPF datapath of one node.
-#[derive(Debug)]
 pub struct LinuxDatapath {
+    pin_dir: PathBuf,
+    inner: Mutex<Inner>,
     events: broadcast::Sender<MonitorEvent>,
+}
+
+impl std::fmt::Debug for LinuxDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxDatapath").field("pin_dir", &self.pin_dir).finish()
+    }
+}
+
+fn kernel<E: std::error::Error + Send + Sync + 'static>(op: impl Into<String>) -> impl FnOnce(E) -> DatapathError {
+    let op = op.into();
+    move |e| DatapathError::kernel(op, e)
+}
+
+/// Mounts bpffs at `root` unless a bpffs is already mounted there (as Cilium's agent does).
+pub fn ensure_bpffs(root: &Path) -> Result<(), DatapathError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(kernel("read /proc/mounts"))?;
+    let root_s = root.to_string_lossy();
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _dev = f.next();
+        f.next() == Some(&root_s) && f.next() == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).map_err(kernel(format!("create {}", root.display())))?;
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| DatapathError::Unsupported(format!("bpffs is not mounted at {} and mounting it failed: {e}", root.display())))?;
+    info!(path = %root.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// Loads `bpf/lxc.c` with its maps pinned (or reused) under `pin_dir`, programs loaded
+/// into the kernel but not attached. Tests use this directly for BPF_PROG_TEST_RUN.
+pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
+    let mut bpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(LXC_OBJECT)
+        .map_err(kernel("load bpf/lxc.c"))?;
+    for (name, _, _) in ENDPOINT_PROGRAMS {
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Unsupported(format!("program {name} missing from lxc.o")))?
+            .try_into()
+            .map_err(kernel(format!("{name} is not a classifier")))?;
+        prog.load().map_err(kernel(format!("verify and load {name}")))?;
+    }
+    Ok(bpf)
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(bpf: &mut Ebpf, name: &str) -> Result<BpfHashMap<MapData, K, V>, DatapathError> {
+    let map = bpf
+        .take_map(name)
+        .ok_or_else(|| DatapathError::Unsupported(format!("map {name} missing from lxc.o")))?;
+    BpfHashMap::try_from(map).map_err(kernel(format!("open map {name}")))
+}
+
+fn ipv4_key(ip: Ipv4Addr) -> [u8; 4] {
+    ip.octets()
+}
+
+fn info_of(ep: &EndpointSpec) -> EndpointInfo {
+    EndpointInfo {
+        ifindex: ep.ifindex,
+        ep_id: ep.id,
+        flags: 0,
+        sec_identity: ep.identity,
+        ipv4: ipv4_key(ep.ipv4),
+        mac: ep.mac.0,
+        host_mac: ep.host_mac.0,
+    }
+}
+
+fn ifname_of(ifindex: u32) -> String {
+    nix::net::if_::if_indextoname(ifindex)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn is_not_found(e: &LinkError) -> bool {
+    matches!(e, LinkError::SyscallError(SyscallError { io_error, .. }) if io_error.kind() == io::ErrorKind::NotFound)
 }
 
 impl LinuxDatapath {
     /// Loads (or re-opens, after a restart) the node's datapath. Call inside a tokio runtime:
     /// it spawns the task that reads the event ring buffer.
-    pub fn open(_cfg: LinuxConfig) -> Result<Self, DatapathError> {
-        Err(DatapathError::Unsupported("the BPF datapath is not built yet".into()))
+    pub fn open(cfg: LinuxConfig) -> Result<Self, DatapathError> {
+        ensure_bpffs(&cfg.bpffs_root)?;
+        let pin_dir = cfg.pin_dir();
+        let reused = pin_dir.join(maps::CT4).exists();
+        let mut bpf = load_endpoint_programs(&pin_dir)?;
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(kernel("create links directory"))?;
+        let maps = Maps {
+            ct: take_hash(&mut bpf, maps::CT4)?,
+            lxc4: take_hash(&mut bpf, maps::LXC4)?,
+            lxc_ifx: take_hash(&mut bpf, maps::LXC_IFX)?,
+            metrics: PerCpuArray::try_from(
+                bpf.take_map(maps::METRICS)
+                    .ok_or_else(|| DatapathError::Unsupported("map cil_metrics missing".into()))?,
+            )
+            .map_err(kernel("open map cil_metrics"))?,
+        };
+        let ring = RingBuf::try_from(
+            bpf.take_map(maps::EVENTS)
+                .ok_or_else(|| DatapathError::Unsupported("map cil_events missing".into()))?,
+        )
+        .map_err(kernel("open ring buffer cil_events"))?;
+        let (events, _) = broadcast::channel(4096);
+        spawn_event_reader(ring, events.clone())?;
+        info!(pin_dir = %pin_dir.display(), reused_pins = reused, "datapath loaded");
+        Ok(Self {
+            pin_dir,
+            inner: Mutex::new(Inner {
+                bpf,
+                maps,
+                fresh_links: HashSet::new(),
+            }),
+            events,
+        })
     }
+
+    /// The node's bpffs directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn link_pin(&self, ifindex: u32, suffix: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{ifindex}-{suffix}"))
+    }
+
+    /// Attaches `prog` to the interface, or swaps it into the link pinned at `pin`.
+    fn attach_one(inner: &mut Inner, prog_name: &str, ifname: &str, at: TcAttachType, pin: &Path) -> Result<bool, DatapathError> {
+        if inner.fresh_links.contains(pin) && pin.exists() {
+            return Ok(false);
+        }
+        let prog: &mut SchedClassifier = inner
+            .bpf
+            .program_mut(prog_name)
+            .ok_or_else(|| DatapathError::Unsupported(format!("program {prog_name} missing")))?
+            .try_into()
+            .map_err(kernel(format!("{prog_name} is not a classifier")))?;
+        let (id, created) = match PinnedLink::from_pin(pin) {
+            Ok(old) => {
+                let link = FdLink::from(old)
+                    .try_into()
+                    .map_err(kernel(format!("pinned link {} is not a TCX link", pin.display())))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(kernel(format!("swap {prog_name} into {}", pin.display())))?;
+                (id, false)
+            }
+            Err(e) if is_not_found(&e) => {
+                let id = prog
+                    .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(kernel(format!("attach {prog_name} to {ifname}")))?;
+                (id, true)
+            }
+            Err(e) => return Err(DatapathError::kernel(format!("open pinned link {}", pin.display()), e)),
+        };
+        // Take the link out of the program so that dropping the program never detaches it.
+        let link = prog.take_link(id).map_err(kernel("take link"))?;
+        let fd_link: FdLink = link.try_into().map_err(kernel("TCX link as fd link"))?;
+        if created {
+            fd_link.pin(pin).map_err(kernel(format!("pin {}", pin.display())))?;
+        }
+        inner.fresh_links.insert(pin.to_path_buf());
+        Ok(created)
+    }
+
+    fn unpin(pin: &Path) -> Result<(), DatapathError> {
+        match PinnedLink::from_pin(pin) {
+            // Removing the last reference detaches the program from the interface.
+            Ok(link) => link.unpin().map(drop).map_err(kernel(format!("unpin {}", pin.display()))),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(DatapathError::kernel(format!("open pinned link {}", pin.display()), e)),
+        }
+    }
+
+    fn remove_locked(&self, inner: &mut Inner, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        for (_, _, suffix) in ENDPOINT_PROGRAMS {
+            let pin = self.link_pin(ep.ifindex, suffix);
+            Self::unpin(&pin)?;
+            inner.fresh_links.remove(&pin);
+        }
+        // Only delete the address entry if it still points at this endpoint: a new pod
+        // may already hold the address.
+        if let Ok(cur) = inner.maps.lxc4.get(&ipv4_key(ep.ipv4), 0) {
+            if cur.ifindex == ep.ifindex {
+                ignore_missing(inner.maps.lxc4.remove(&ipv4_key(ep.ipv4)))?;
+            }
+        }
+        ignore_missing(inner.maps.lxc_ifx.remove(&ep.ifindex))?;
+        Ok(())
+    }
+
+    fn metrics_sum(inner: &Inner) -> (u64, u64) {
+        let mut fwd = 0;
+        let mut drops = 0;
+        for idx in 0..abi::METRICS_SLOTS {
+            if let Ok(values) = inner.maps.metrics.get(&idx, 0) {
+                let total: u64 = values.iter().map(|v| v.packets).sum();
+                if idx % 256 == 0 {
+                    fwd += total;
+                } else {
+                    drops += total;
+                }
+            }
+        }
+        (fwd, drops)
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DatapathError::kernel("delete map entry", e)),
+    }
+}
+
+fn spawn_event_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<MonitorEvent>) -> Result<(), DatapathError> {
+    // SAFETY: the RingBuf owns its map fd and never changes it; the AsyncFd owns the RingBuf,
+    // so the fd stays open and the same for the AsyncFd's whole life.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| DatapathError::kernel("poll ring buffer", e.into_parts().1))?;
+    tokio::spawn(async move {
+        let clock = Clock::now();
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(error = %e, "event ring buffer: poll failed; events stop");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                match events::decode(&item, &clock) {
+                    // No subscriber is not an error: events are only kept for listeners.
+                    Ok(ev) => drop(tx.send(ev)),
+                    Err(e) => debug!(error = %e, "undecodable datapath event"),
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
 }
 
 impl Datapath for LinuxDatapath {
     fn status(&self) -> DatapathStatus {
-        unimplemented!()
+        let inner = self.lock();
+        let lxc = inner.maps.lxc_ifx.keys().count() as u32;
+        let ct = inner.maps.ct.keys().count() as u32;
+        let (fwd, drops) = Self::metrics_sum(&inner);
+        debug!(forwarded = fwd, dropped = drops, "datapath counters");
+        DatapathStatus {
+            loaded: true,
+            kind: "bpf".into(),
+            pin_dir: self.pin_dir.display().to_string(),
+            programs: ENDPOINT_PROGRAMS.iter().map(|(n, _, _)| (*n).to_owned()).collect(),
+            maps: vec![
+                MapUsage { name: maps::LXC_IFX.into(), entries: lxc, max_entries: abi::LXC_MAP_SIZE },
+                MapUsage { name: maps::CT4.into(), entries: ct, max_entries: abi::CT_MAP_SIZE },
+            ],
+        }
     }
-    fn upsert_endpoint(&self, _ep: &EndpointSpec) -> Result<(), DatapathError> {
-        unimplemented!()
+
+    fn upsert_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let actual = nix::net::if_::if_nametoindex(ep.ifname.as_str())
+            .map_err(|e| DatapathError::kernel(format!("look up interface {}", ep.ifname), e))?;
+        if actual != ep.ifindex {
+            return Err(DatapathError::Unsupported(format!(
+                "interface {} has index {actual}, not {} as registered: it was recreated",
+                ep.ifname, ep.ifindex
+            )));
+        }
+        let info = info_of(ep);
+        let previous = inner.maps.lxc_ifx.get(&ep.ifindex, 0).ok();
+        let result = (|| {
+            inner.maps.lxc_ifx.insert(ep.ifindex, info, 0).map_err(kernel("write cil_lxc_ifx"))?;
+            inner.maps.lxc4.insert(ipv4_key(ep.ipv4), info, 0).map_err(kernel("write cil_lxc4"))?;
+            for (name, at, suffix) in ENDPOINT_PROGRAMS {
+                let pin = self.link_pin(ep.ifindex, suffix);
+                Self::attach_one(inner, name, &ep.ifname, at, &pin)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            warn!(endpoint = ep.id, error = %e, "programming endpoint failed; undoing");
+            if previous.is_none() {
+                if let Err(undo) = self.remove_locked(inner, ep) {
+                    warn!(endpoint = ep.id, error = %undo, "undo failed");
+                }
+            }
+        }
+        result
     }
-    fn remove_endpoint(&self, _ep: &EndpointSpec) -> Result<(), DatapathError> {
-        unimplemented!()
+
+    fn remove_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        self.remove_locked(&mut guard, ep)
     }
+
     fn list_endpoints(&self) -> Result<Vec<EndpointSpec>, DatapathError> {
-        unimplemented!()
+        let inner = self.lock();
+        let mut out: Vec<EndpointSpec> = Vec::new();
+        for item in inner.maps.lxc_ifx.iter() {
+            let (ifindex, info) = item.map_err(kernel("iterate cil_lxc_ifx"))?;
+            out.push(EndpointSpec {
+                id: info.ep_id,
+                ifname: ifname_of(ifindex),
+                ifindex,
+                ipv4: Ipv4Addr::from(info.ipv4),
+                mac: MacAddr(info.mac),
+                host_mac: MacAddr(info.host_mac),
+                identity: info.sec_identity,
+            });
+        }
+        // Links pinned for interfaces with no map entry (a crash between the two steps)
+        // are endpoints too, so that the agent removes them.
+        let links = self.pin_dir.join("links");
+        if let Ok(dir) = std::fs::read_dir(&links) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(ifindex) = name.split('-').next().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if !out.iter().any(|e| e.ifindex == ifindex) {
+                    out.push(EndpointSpec {
+                        id: 0,
+                        ifname: ifname_of(ifindex),
+                        ifindex,
+                        ipv4: Ipv4Addr::UNSPECIFIED,
+                        mac: MacAddr::default(),
+                        host_mac: MacAddr::default(),
+                        identity: 0,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
+
     fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError> {
-        unimplemented!()
+        let inner = self.lock();
+        let now = events::monotonic_now().as_secs() as i64;
+        let mut out = Vec::new();
+        for item in inner.maps.ct.iter() {
+            let (k, v) = item.map_err(kernel("iterate cil_ct4"))?;
+            out.push(crate::ct::to_api(&k, &v, now));
+        }
+        out.sort_by(|a, b| (a.src, a.sport, a.dst, a.dport).cmp(&(b.src, b.sport, b.dst, b.dport)));
+        Ok(out)
     }
+
     fn ct_gc(&self) -> Result<CtGcStats, DatapathError> {
-        unimplemented!()
+        let mut inner = self.lock();
+        let now = events::monotonic_now().as_secs();
+        let mut stats = CtGcStats::default();
+        let mut expired = Vec::new();
+        for item in inner.maps.ct.iter() {
+            let Ok((k, v)) = item else { continue };
+            stats.scanned += 1;
+            if v.expires < now {
+                expired.push(k);
+            }
+        }
+        for k in expired {
+            if ignore_missing(inner.maps.ct.remove(&k)).is_ok() {
+                stats.deleted += 1;
+            }
+        }
+        Ok(stats)
     }
+
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
     }
 }
+
+/// Removes everything a node's datapath pinned: links (detaching the programs) and maps.
+/// For tear-down of a whole node (tests, the lab); the agent never calls it on its own.
+pub fn purge_node_pins(cfg: &LinuxConfig) -> io::Result<()> {
+    let dir = cfg.pin_dir();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+

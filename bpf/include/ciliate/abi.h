@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The ABI between the BPF programs and the agent: map records, event records and the
+ * constants both sides read. Every struct here is mirrored exactly once in Rust
+ * (crates/datapath/src/abi.rs) with compile-time size and offset checks; change both together.
+ */
+#pragma once
+
+#include <linux/types.h>
+
+/* ---- Map names (kernel object names are at most 15 characters). ---- */
+/* cil_ct4        LRU hash   struct ct_key4     -> struct ct_entry4     */
+/* cil_lxc4       hash       __be32 pod address -> struct endpoint_info */
+/* cil_lxc_ifx    hash       __u32 host ifindex -> struct endpoint_info */
+/* cil_events     ring buffer of struct ciliate_event                    */
+/* cil_metrics    per-CPU array, index dir * 256 + reason -> struct metrics_value */
+
+#define CT_MAP_SIZE 262144
+#define LXC_MAP_SIZE 65536
+#define EVENTS_RING_SIZE (4 * 1024 * 1024)
+#define METRICS_MAP_SIZE 512
+
+/* ---- Connection tracking ---- */
+
+/* Who opened the connection, seen from the endpoint. */
+#define CT_EGRESS 0  /* the endpoint opened it (created in from-container) */
+#define CT_INGRESS 1 /* it was opened towards the endpoint (created in to-container) */
+
+/* Lifetimes, in seconds (Cilium's defaults). */
+#define CT_LIFETIME_TCP 21600
+#define CT_LIFETIME_NONTCP 60
+#define CT_SYN_TIMEOUT 60
+#define CT_CLOSE_TIMEOUT 10
+
+/* The tuple of the original direction: saddr opened the connection to daddr. */
+struct ct_key4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport; /* ICMP echo: the echo id */
+	__be16 dport; /* ICMP echo: 0 */
+	__u8 proto;
+	__u8 dir; /* CT_EGRESS or CT_INGRESS */
+	__u16 pad;
+};
+
+/* ct_entry4.state bits */
+#define CT_F_TX_CLOSING 0x01 /* FIN seen in the original direction */
+#define CT_F_RX_CLOSING 0x02 /* FIN seen in the reply direction */
+#define CT_F_RESET 0x04      /* RST seen */
+#define CT_F_REPLIED 0x08    /* at least one reply seen */
+
+struct ct_entry4 {
+	__u64 expires; /* seconds on CLOCK_MONOTONIC (bpf_ktime_get_ns() / 1e9) */
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u32 src_identity; /* identity of the side that opened the connection */
+	__u8 tx_flags;      /* TCP flags seen in the original direction */
+	__u8 rx_flags;      /* TCP flags seen in the reply direction */
+	__u8 state;         /* CT_F_* */
+	__u8 pad1;
+	__u16 rev_nat_index; /* services (later) */
+	__u16 pad2;
+	__u32 backend_id; /* services (later) */
+	__u32 last_report; /* seconds; trace events are aggregated per connection */
+	__u32 pad3;
+};
+
+/* Result of a conntrack lookup, also reported in events. */
+#define CT_NONE 0
+#define CT_NEW 1
+#define CT_ESTABLISHED 2
+#define CT_REPLY 3
+
+/* ---- Endpoints ---- */
+
+struct endpoint_info {
+	__u32 ifindex;     /* host-side veth */
+	__u16 ep_id;       /* node-local endpoint id */
+	__u16 flags;       /* reserved */
+	__u32 sec_identity;
+	__be32 ipv4;
+	__u8 mac[6];       /* pod side */
+	__u8 host_mac[6];  /* host side: the pod's gateway */
+};
+
+/* ---- Events (ring buffer) ---- */
+
+#define EVENT_DROP 1  /* Cilium's MessageTypeDrop */
+#define EVENT_TRACE 4 /* Cilium's MessageTypeTrace */
+
+/* Trace observation points: Cilium's TRACE_* numbering. */
+#define TRACE_TO_LXC 0
+#define TRACE_TO_HOST 2
+#define TRACE_TO_STACK 3
+#define TRACE_FROM_LXC 5
+
+/* Drop reasons: Cilium's / Hubble's numbering. */
+#define DROP_INVALID_SIP 132
+#define DROP_POLICY 133
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_FRAG_NEEDED 136
+#define DROP_CT_UNKNOWN_PROTO 137
+#define DROP_UNSUPPORTED_L3 139
+#define DROP_WRITE_ERROR 141
+#define DROP_NO_SERVICE 158
+#define DROP_POLICY_DENY 181
+
+#define EVENT_CAPTURE_LEN 128
+
+struct ciliate_event {
+	__u8 type;   /* EVENT_* */
+	__u8 code;   /* drop reason, or trace observation point */
+	__u16 ep_id; /* endpoint that reported it */
+	__u32 ifindex;
+	__u64 ktime_ns;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 len;       /* packet length */
+	__u16 cap_len;   /* bytes of the packet copied into data */
+	__u8 ct_state;   /* CT_* */
+	__u8 pad;
+	__u8 data[EVENT_CAPTURE_LEN];
+};
+
+/* ---- Metrics ---- */
+
+#define METRIC_INGRESS 0 /* towards the endpoint */
+#define METRIC_EGRESS 1  /* from the endpoint */
+#define METRIC_FORWARDED 0 /* reason 0 counts forwarded packets */
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};

@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Connection tracking. One LRU hash for the node; an entry is keyed by the tuple of the
+ * direction that opened the connection plus who opened it (CT_EGRESS: the endpoint, from
+ * from-container; CT_INGRESS: someone towards the endpoint, from to-container). A packet
+ * first looks itself up as the original direction, then reversed as a reply. The agent
+ * deletes expired entries; LRU eviction only guards against a full table.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline __u32 now_secs(void)
+{
+	return bpf_ktime_get_ns() / 1000000000ULL;
+}
+
+/* ICMP errors and other packets that belong to no connection of their own are not tracked. */
+static __always_inline int ct_untracked(const struct pkt4 *p)
+{
+	if (p->fragment)
+		return 1;
+	if (p->proto == IPPROTO_ICMP)
+		return p->icmp_type != ICMP_ECHO && p->icmp_type != ICMP_ECHOREPLY;
+	return 0;
+}
+
+static __always_inline __u32 ct_lifetime(const struct ct_entry4 *e, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	if (e->state & CT_F_RESET)
+		return CT_CLOSE_TIMEOUT;
+	if ((e->state & (CT_F_TX_CLOSING | CT_F_RX_CLOSING)) ==
+	    (CT_F_TX_CLOSING | CT_F_RX_CLOSING))
+		return CT_CLOSE_TIMEOUT;
+	/* Established once the other side has answered with an ACK. */
+	if ((e->state & CT_F_REPLIED) && (e->rx_flags & TCP_FLAG_ACK))
+		return CT_LIFETIME_TCP;
+	return CT_SYN_TIMEOUT;
+}
+
+static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int reply)
+{
+	if (reply)
+		e->rx_flags |= flags;
+	else
+		e->tx_flags |= flags;
+	if (flags & TCP_FLAG_RST)
+		e->state |= CT_F_RESET;
+	if (flags & TCP_FLAG_FIN)
+		e->state |= reply ? CT_F_RX_CLOSING : CT_F_TX_CLOSING;
+}
+
+/* Looks the packet up and creates an entry for a new connection. Returns CT_NEW,
+ * CT_ESTABLISHED or CT_REPLY; *report says whether this packet is worth a trace event
+ * (a new connection, or a TCP flag not seen before in its direction). */
+static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_identity,
+				      __u32 bytes, int *report)
+{
+	struct ct_key4 key = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = dir,
+	};
+	struct ct_entry4 *e;
+	__u32 now = now_secs();
+	int reply = 0;
+
+	*report = 0;
+	e = bpf_map_lookup_elem(&cil_ct4, &key);
+	if (!e) {
+		struct ct_key4 rkey = {
+			.saddr = p->daddr,
+			.daddr = p->saddr,
+			.sport = p->dport,
+			.dport = p->sport,
+			.proto = p->proto,
+			.dir = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS,
+		};
+
+		e = bpf_map_lookup_elem(&cil_ct4, &rkey);
+		reply = 1;
+	}
+
+	/* A new SYN on a closed connection's tuple starts a new connection. */
+	if (e && !reply && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+	    (e->state & (CT_F_RESET | CT_F_TX_CLOSING | CT_F_RX_CLOSING)))
+		e = NULL;
+
+	if (!e) {
+		struct ct_entry4 n = {};
+
+		n.tx_packets = 1;
+		n.tx_bytes = bytes;
+		n.src_identity = src_identity;
+		n.last_report = now;
+		if (p->proto == IPPROTO_TCP)
+			ct_tcp_update(&n, p->tcp_flags, 0);
+		n.expires = now + ct_lifetime(&n, p->proto);
+		/* Entries of other CPUs racing for the same tuple are equivalent: last wins. */
+		bpf_map_update_elem(&cil_ct4, &key, &n, BPF_ANY);
+		*report = 1;
+		return CT_NEW;
+	}
+
+	if (reply) {
+		__sync_fetch_and_add(&e->rx_packets, 1);
+		__sync_fetch_and_add(&e->rx_bytes, bytes);
+		if (!(e->state & CT_F_REPLIED)) {
+			e->state |= CT_F_REPLIED;
+			*report = 1;
+		}
+	} else {
+		__sync_fetch_and_add(&e->tx_packets, 1);
+		__sync_fetch_and_add(&e->tx_bytes, bytes);
+	}
+	if (p->proto == IPPROTO_TCP) {
+		__u8 seen = reply ? e->rx_flags : e->tx_flags;
+		__u8 interesting = p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST);
+
+		if (interesting & ~seen)
+			*report = 1;
+		ct_tcp_update(e, p->tcp_flags, reply);
+	}
+	/* Refresh the deadline at most once a second: it spares a cache line on every packet. */
+	{
+		__u64 expires = now + ct_lifetime(e, p->proto);
+
+		if (expires != e->expires)
+			e->expires = expires;
+	}
+	return reply ? CT_REPLY : CT_ESTABLISHED;
+}

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Trace and drop events into the ring buffer, and the per-reason packet counters. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+#include "maps.h"
+
+static __always_inline void count(__u8 dir, __u8 reason, __u32 bytes)
+{
+	__u32 idx = (__u32)dir * 256 + reason;
+	struct metrics_value *m = bpf_map_lookup_elem(&cil_metrics, &idx);
+
+	if (m) {
+		/* Per-CPU values: no other CPU writes this slot. */
+		m->packets++;
+		m->bytes += bytes;
+	}
+}
+
+/* Reports one event. A full ring buffer loses the event, never the packet: the loss is
+ * visible to the reader through the ring's producer/consumer positions and the metrics. */
+static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
+				 __u32 src_id, __u32 dst_id, __u8 ct_state)
+{
+	struct ciliate_event *e = bpf_ringbuf_reserve(&cil_events, sizeof(*e), 0);
+	__u32 cap;
+
+	if (!e)
+		return;
+	e->type = type;
+	e->code = code;
+	e->ep_id = ep_id;
+	e->ifindex = skb->ifindex;
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->len = skb->len;
+	e->ct_state = ct_state;
+	e->pad = 0;
+	cap = skb->len;
+	if (cap > EVENT_CAPTURE_LEN)
+		cap = EVENT_CAPTURE_LEN;
+	e->cap_len = 0;
+	/* The verifier wants a non-zero length with a known upper bound. */
+	if (cap >= 1 && cap <= EVENT_CAPTURE_LEN &&
+	    bpf_skb_load_bytes(skb, 0, e->data, cap) == 0)
+		e->cap_len = cap;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,
+				__u32 src_id, __u32 dst_id, __u8 ct_state)
+{
+	count(dir, reason, skb->len);
+	emit(skb, EVENT_DROP, reason, ep_id, src_id, dst_id, ct_state);
+	return TC_ACT_SHOT;
+}

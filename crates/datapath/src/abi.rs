@@ -1,0 +1,236 @@
+//! Rust mirrors of `bpf/include/ciliate/abi.h`, one per C struct, with compile-time size and
+//! offset checks: a mismatch fails the build instead of corrupting a map.
+
+use std::mem::{offset_of, size_of};
+
+/// Map names, as the kernel knows them and as they are pinned.
+pub mod maps {
+    /// Connection tracking (LRU hash).
+    pub const CT4: &str = "cil_ct4";
+    /// Pod address → endpoint.
+    pub const LXC4: &str = "cil_lxc4";
+    /// Host veth ifindex → endpoint.
+    pub const LXC_IFX: &str = "cil_lxc_ifx";
+    /// Event ring buffer.
+    pub const EVENTS: &str = "cil_events";
+    /// Per-CPU packet counters by direction and reason.
+    pub const METRICS: &str = "cil_metrics";
+    /// Every pinned map of the node.
+    pub const ALL: [&str; 5] = [CT4, LXC4, LXC_IFX, EVENTS, METRICS];
+}
+
+/// `CT_MAP_SIZE`.
+pub const CT_MAP_SIZE: u32 = 262_144;
+/// `LXC_MAP_SIZE`.
+pub const LXC_MAP_SIZE: u32 = 65_536;
+/// `METRICS_MAP_SIZE`: direction * 256 + reason.
+pub const METRICS_SLOTS: u32 = 512;
+/// Metrics direction: towards the endpoint.
+pub const METRIC_INGRESS: u32 = 0;
+/// Metrics direction: from the endpoint.
+pub const METRIC_EGRESS: u32 = 1;
+
+/// `CT_EGRESS`: the endpoint opened the connection.
+pub const CT_EGRESS: u8 = 0;
+/// `CT_INGRESS`: the connection was opened towards the endpoint.
+pub const CT_INGRESS: u8 = 1;
+
+/// `ct_entry4.state` bits.
+pub mod ct_state {
+    /// FIN seen in the original direction.
+    pub const TX_CLOSING: u8 = 0x01;
+    /// FIN seen in the reply direction.
+    pub const RX_CLOSING: u8 = 0x02;
+    /// RST seen.
+    pub const RESET: u8 = 0x04;
+    /// A reply was seen.
+    pub const REPLIED: u8 = 0x08;
+}
+
+/// Conntrack verdicts carried in events.
+pub mod ct_result {
+    /// Not tracked.
+    pub const NONE: u8 = 0;
+    /// First packet of a connection.
+    pub const NEW: u8 = 1;
+    /// Original direction of a known connection.
+    pub const ESTABLISHED: u8 = 2;
+    /// Reply direction of a known connection.
+    pub const REPLY: u8 = 3;
+}
+
+/// `EVENT_DROP`.
+pub const EVENT_DROP: u8 = 1;
+/// `EVENT_TRACE`.
+pub const EVENT_TRACE: u8 = 4;
+/// Bytes of packet copied into each event.
+pub const EVENT_CAPTURE_LEN: usize = 128;
+
+/// `struct ct_key4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey4 {
+    /// Source of the original direction (network order).
+    pub saddr: [u8; 4],
+    /// Destination of the original direction.
+    pub daddr: [u8; 4],
+    /// Source port, network order.
+    pub sport: [u8; 2],
+    /// Destination port, network order.
+    pub dport: [u8; 2],
+    /// IP protocol.
+    pub proto: u8,
+    /// `CT_EGRESS` or `CT_INGRESS`.
+    pub dir: u8,
+    /// Padding.
+    pub pad: u16,
+}
+
+/// `struct ct_entry4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry4 {
+    /// Expiry, seconds on CLOCK_MONOTONIC.
+    pub expires: u64,
+    /// Packets in the original direction.
+    pub tx_packets: u64,
+    /// Bytes in the original direction.
+    pub tx_bytes: u64,
+    /// Packets in the reply direction.
+    pub rx_packets: u64,
+    /// Bytes in the reply direction.
+    pub rx_bytes: u64,
+    /// Identity of the opening side.
+    pub src_identity: u32,
+    /// TCP flags seen in the original direction.
+    pub tx_flags: u8,
+    /// TCP flags seen in the reply direction.
+    pub rx_flags: u8,
+    /// `ct_state` bits.
+    pub state: u8,
+    /// Padding.
+    pub pad1: u8,
+    /// Services (later).
+    pub rev_nat_index: u16,
+    /// Padding.
+    pub pad2: u16,
+    /// Services (later).
+    pub backend_id: u32,
+    /// Last trace report, seconds.
+    pub last_report: u32,
+    /// Padding.
+    pub pad3: u32,
+}
+
+/// `struct endpoint_info`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Host-side veth ifindex.
+    pub ifindex: u32,
+    /// Endpoint id.
+    pub ep_id: u16,
+    /// Reserved.
+    pub flags: u16,
+    /// Security identity.
+    pub sec_identity: u32,
+    /// Pod address, network order.
+    pub ipv4: [u8; 4],
+    /// Pod MAC.
+    pub mac: [u8; 6],
+    /// Host veth MAC.
+    pub host_mac: [u8; 6],
+}
+
+/// `struct ciliate_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawEvent {
+    /// `EVENT_*`.
+    pub kind: u8,
+    /// Drop reason or observation point.
+    pub code: u8,
+    /// Endpoint id.
+    pub ep_id: u16,
+    /// Interface index.
+    pub ifindex: u32,
+    /// `bpf_ktime_get_ns()`.
+    pub ktime_ns: u64,
+    /// Source identity.
+    pub src_identity: u32,
+    /// Destination identity.
+    pub dst_identity: u32,
+    /// Packet length.
+    pub len: u32,
+    /// Bytes captured.
+    pub cap_len: u16,
+    /// Conntrack verdict.
+    pub ct_state: u8,
+    /// Padding.
+    pub pad: u8,
+    /// The first bytes of the packet.
+    pub data: [u8; EVENT_CAPTURE_LEN],
+}
+
+/// `struct metrics_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsValue {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+// SAFETY: plain-old-data, `repr(C)`, no padding the kernel could leave uninitialised that we
+// would read as anything but bytes; layouts checked below.
+unsafe impl aya::Pod for CtKey4 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtEntry4 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for EndpointInfo {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MetricsValue {}
+
+const _: () = {
+    assert!(size_of::<CtKey4>() == 16);
+    assert!(offset_of!(CtKey4, proto) == 12);
+    assert!(size_of::<CtEntry4>() == 64);
+    assert!(offset_of!(CtEntry4, src_identity) == 40);
+    assert!(offset_of!(CtEntry4, rev_nat_index) == 48);
+    assert!(offset_of!(CtEntry4, last_report) == 56);
+    assert!(size_of::<EndpointInfo>() == 28);
+    assert!(offset_of!(EndpointInfo, ipv4) == 12);
+    assert!(offset_of!(EndpointInfo, host_mac) == 22);
+    assert!(size_of::<RawEvent>() == 32 + EVENT_CAPTURE_LEN);
+    assert!(offset_of!(RawEvent, ktime_ns) == 8);
+    assert!(offset_of!(RawEvent, cap_len) == 28);
+    assert!(size_of::<MetricsValue>() == 16);
+};
+
+impl RawEvent {
+    /// Reads an event from ring-buffer bytes; `None` if too short (a truncated record).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < size_of::<Self>() {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let mut data = [0u8; EVENT_CAPTURE_LEN];
+        data.copy_from_slice(&b[32..32 + EVENT_CAPTURE_LEN]);
+        Some(Self {
+            kind: b[0],
+            code: b[1],
+            ep_id: u16_at(2),
+            ifindex: u32_at(4),
+            ktime_ns: u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+            src_identity: u32_at(16),
+            dst_identity: u32_at(20),
+            len: u32_at(24),
+            cap_len: u16_at(28),
+            ct_state: b[30],
+            pad: b[31],
+            data,
+        })
+    }
+}

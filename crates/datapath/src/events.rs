@@ -1,0 +1,269 @@
+//! Decoding of datapath events (`struct ciliate_event`) into [`MonitorEvent`]s.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
+
+use crate::abi::{ct_result, RawEvent, EVENT_DROP, EVENT_TRACE};
+
+/// Hubble's name of a drop reason code.
+pub fn drop_reason_name(code: u8) -> &'static str {
+    match code {
+        132 => "Invalid source ip",
+        133 => "Policy denied",
+        134 => "Invalid packet",
+        135 => "CT: Truncated or invalid header",
+        136 => "Fragmentation needed",
+        137 => "CT: Unknown L4 protocol",
+        139 => "Unsupported L3 protocol",
+        141 => "Error writing to packet",
+        158 => "Service backend not found",
+        181 => "Policy denied by denylist",
+        _ => "Unknown drop reason",
+    }
+}
+
+/// The name of a trace observation point (Cilium's TRACE_* numbering).
+pub fn trace_point_name(code: u8) -> &'static str {
+    match code {
+        0 => "to-endpoint",
+        1 => "to-proxy",
+        2 => "to-host",
+        3 => "to-stack",
+        4 => "to-overlay",
+        5 => "from-endpoint",
+        6 => "from-proxy",
+        7 => "from-host",
+        8 => "from-stack",
+        9 => "from-overlay",
+        10 => "from-network",
+        11 => "to-network",
+        _ => "unknown",
+    }
+}
+
+fn ct_state_name(ct: u8) -> &'static str {
+    match ct {
+        ct_result::NEW => "new",
+        ct_result::ESTABLISHED => "established",
+        ct_result::REPLY => "reply",
+        _ => "",
+    }
+}
+
+/// Names of the TCP flags set in `flags`, in header order.
+pub fn tcp_flag_names(flags: u8) -> Vec<String> {
+    const NAMES: [(u8, &str); 8] = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| (*n).to_owned())
+        .collect()
+}
+
+/// Why an event could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than `struct ciliate_event`.
+    #[error("event record of {0} bytes is shorter than the {1} bytes of struct ciliate_event")]
+    Truncated(usize, usize),
+    /// An event type this agent does not know (a newer datapath?).
+    #[error("unknown event type {0}")]
+    UnknownType(u8),
+}
+
+/// Turns monotonic timestamps from `bpf_ktime_get_ns()` into wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    boot_wall: SystemTime,
+}
+
+impl Clock {
+    /// Reads both clocks now.
+    pub fn now() -> Self {
+        let mono = monotonic_now();
+        let wall = SystemTime::now();
+        Self {
+            boot_wall: wall.checked_sub(mono).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// The wall-clock time of a monotonic timestamp.
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        self.boot_wall + Duration::from_nanos(ktime_ns)
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()` and of conntrack expiry.
+pub fn monotonic_now() -> Duration {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> {
+    let raw = RawEvent::from_bytes(bytes)
+        .ok_or(DecodeError::Truncated(bytes.len(), std::mem::size_of::<RawEvent>()))?;
+    let (kind, reason) = match raw.kind {
+        EVENT_DROP => (EventKind::Drop, drop_reason_name(raw.code)),
+        EVENT_TRACE => (EventKind::Trace, trace_point_name(raw.code)),
+        other => return Err(DecodeError::UnknownType(other)),
+    };
+    let cap = usize::from(raw.cap_len).min(raw.data.len());
+    let pkt = parse_packet(&raw.data[..cap]);
+    Ok(MonitorEvent {
+        kind,
+        time: humantime::format_rfc3339_micros(clock.wall(raw.ktime_ns)).to_string(),
+        code: raw.code,
+        reason: reason.to_owned(),
+        endpoint: raw.ep_id,
+        ifindex: raw.ifindex,
+        src_identity: raw.src_identity,
+        dst_identity: raw.dst_identity,
+        ct_state: ct_state_name(raw.ct_state).to_owned(),
+        len: raw.len,
+        ethertype: pkt.ethertype,
+        src: pkt.src,
+        dst: pkt.dst,
+        l4: pkt.l4,
+    })
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Parsed {
+    ethertype: u16,
+    src: Option<Ipv4Addr>,
+    dst: Option<Ipv4Addr>,
+    l4: Option<L4>,
+}
+
+/// Parses what was captured: Ethernet, IPv4, and TCP/UDP/ICMP when present in full.
+/// Anything cut short yields the layers that were complete, never a panic.
+fn parse_packet(b: &[u8]) -> Parsed {
+    let mut p = Parsed::default();
+    if b.len() < 14 {
+        return p;
+    }
+    p.ethertype = u16::from_be_bytes([b[12], b[13]]);
+    if p.ethertype != 0x0800 || b.len() < 34 {
+        return p;
+    }
+    let ip = &b[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    p.src = Some(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+    p.dst = Some(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+    let proto = ip[9];
+    let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    if ihl < 20 || fragment_offset != 0 {
+        p.l4 = Some(L4::Other { proto });
+        return p;
+    }
+    let l4 = ip.get(ihl..).unwrap_or(&[]);
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    p.l4 = match proto {
+        6 if l4.len() >= 14 => Some(L4::Tcp {
+            sport: port(0),
+            dport: port(2),
+            flags: tcp_flag_names(l4[13]),
+        }),
+        17 if l4.len() >= 4 => Some(L4::Udp {
+            sport: port(0),
+            dport: port(2),
+        }),
+        1 if l4.len() >= 2 => Some(L4::Icmp {
+            r#type: l4[0],
+            code: l4[1],
+        }),
+        6 | 17 | 1 => None,
+        other => Some(L4::Other { proto: other }),
+    };
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::EVENT_CAPTURE_LEN;
+
+    fn tcp_syn() -> Vec<u8> {
+        let mut p = vec![0u8; 14 + 20 + 20];
+        p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        p[14] = 0x45;
+        p[14 + 9] = 6;
+        p[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 1]);
+        p[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 2]);
+        p[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        p[36..38].copy_from_slice(&80u16.to_be_bytes());
+        p[34 + 13] = 0x02;
+        p
+    }
+
+    fn record(kind: u8, code: u8, pkt: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; 32 + EVENT_CAPTURE_LEN];
+        r[0] = kind;
+        r[1] = code;
+        r[2..4].copy_from_slice(&7u16.to_ne_bytes());
+        r[24..28].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
+        r[28..30].copy_from_slice(&(pkt.len() as u16).to_ne_bytes());
+        r[30] = ct_result::NEW;
+        r[32..32 + pkt.len()].copy_from_slice(pkt);
+        r
+    }
+
+    #[test]
+    fn decodes_a_trace_of_a_tcp_syn() {
+        let ev = decode(&record(EVENT_TRACE, 5, &tcp_syn()), &Clock::now()).unwrap();
+        assert_eq!(ev.kind, EventKind::Trace);
+        assert_eq!(ev.reason, "from-endpoint");
+        assert_eq!(ev.endpoint, 7);
+        assert_eq!(ev.ct_state, "new");
+        assert_eq!(ev.src, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            ev.l4,
+            Some(L4::Tcp { sport: 40000, dport: 80, flags: vec!["SYN".into()] })
+        );
+    }
+
+    #[test]
+    fn decodes_drops_with_hubble_reason_names() {
+        let ev = decode(&record(EVENT_DROP, 132, &tcp_syn()), &Clock::now()).unwrap();
+        assert_eq!(ev.kind, EventKind::Drop);
+        assert_eq!(ev.reason, "Invalid source ip");
+    }
+
+    #[test]
+    fn truncated_records_and_packets_are_errors_or_partial_never_panics() {
+        assert!(matches!(decode(&[1, 2, 3], &Clock::now()), Err(DecodeError::Truncated(3, _))));
+        assert!(matches!(decode(&record(9, 0, &[]), &Clock::now()), Err(DecodeError::UnknownType(9))));
+        let syn = tcp_syn();
+        for cut in 0..syn.len() {
+            let ev = decode(&record(EVENT_TRACE, 0, &syn[..cut]), &Clock::now()).unwrap();
+            if cut < 34 {
+                assert_eq!(ev.src, None);
+            }
+            if cut < 48 {
+                assert_eq!(ev.l4, None, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_first_fragments_have_no_ports() {
+        let mut p = tcp_syn();
+        p[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+        let ev = decode(&record(EVENT_TRACE, 0, &p), &Clock::now()).unwrap();
+        assert_eq!(ev.l4, Some(L4::Other { proto: 6 }));
+    }
+}
