@@ -1,1 +1,460 @@
-//! placeholder
+//! Client of the agent's API: JSON over HTTP/1.1 on a unix socket (see [`ciliate_model::api`]).
+//!
+//! Shared by the `ciliate` CLI and the CNI plugin. Each request opens its own connection:
+//! the callers are short-lived processes that make a handful of calls, so pooling would add
+//! state without saving anything measurable, and a fresh connection never inherits a
+//! half-broken one.
+//!
+//! The client needs a tokio runtime (either flavour): each connection is driven by a task
+//! spawned on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ciliate_client::ClientError> {
+//! let client = ciliate_client::Client::new(ciliate_model::api::DEFAULT_SOCKET);
+//! for ep in client.endpoints().await? {
+//!     println!("{} {}", ep.id, ep.ipv4);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ciliate_model::api::{
+    ApiError, CtEntry, EndpointCreateRequest, EndpointCreated, EndpointDeleted, GcRequest,
+    GcResult, Health, Status,
+};
+use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::{Endpoint, Identity};
+use futures::Stream;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+/// How long a request may take, from connecting to the last byte of the answer, unless
+/// [`Client::with_timeout`] says otherwise. Generous, because a CNI ADD waits for the agent
+/// to program the datapath; but finite, so a wedged agent cannot hang a container runtime.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest NDJSON line the monitor stream accepts. Events are a few hundred bytes; a line
+/// this long means the other side is not speaking our protocol, and buffering it forever
+/// would only exhaust memory.
+const MAX_LINE: usize = 1 << 20;
+
+/// Why a call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be connected: the agent is not running, or the path is wrong,
+    /// or we may not open it.
+    #[error(
+        "cannot reach the agent at {}: {source} (is ciliate-agent running? set --socket or CILIATE_SOCKET)",
+        socket.display()
+    )]
+    Unreachable {
+        /// The socket we tried.
+        socket: PathBuf,
+        /// What connecting said.
+        source: io::Error,
+    },
+    /// The agent answered with an error status; its message says what to do.
+    #[error("{}", error.message)]
+    Api {
+        /// The HTTP status code.
+        status: u16,
+        /// The agent's error body.
+        error: ApiError,
+    },
+    /// The agent did not answer in time.
+    #[error("the agent at {} did not answer within {}s", socket.display(), after.as_secs())]
+    Timeout {
+        /// The socket we used.
+        socket: PathBuf,
+        /// The limit that passed.
+        after: Duration,
+    },
+    /// The conversation broke at the HTTP level (connection reset, malformed answer).
+    #[error("{0}")]
+    Protocol(String),
+    /// The answer was not the JSON we expected: usually a client and agent of different versions.
+    #[error("cannot decode {what}: {source} (are the client and agent the same version?)")]
+    Decode {
+        /// Which answer, e.g. `GET /v1/status`.
+        what: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+}
+
+impl ClientError {
+    /// The agent's error kind (`not-found`, `conflict`, ...) when the agent answered with an error.
+    pub fn api_kind(&self) -> Option<&str> {
+        match self {
+            Self::Api { error, .. } => Some(&error.kind),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status when the agent answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A handle on the agent's API socket. Cheap to clone; holds no connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for the agent listening on `socket`. Nothing is connected until a call.
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same client with another per-request timeout (the monitor stream has none).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /v1/healthz`: whether the agent serves.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get("/v1/healthz").await
+    }
+
+    /// `GET /v1/status`: the agent's and datapath's state.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get("/v1/status").await
+    }
+
+    /// `GET /v1/config`: the configuration in force, as the agent serialises it.
+    pub async fn config(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/config").await
+    }
+
+    /// `GET /v1/endpoints`: every endpoint of this node.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, ClientError> {
+        self.get("/v1/endpoints").await
+    }
+
+    /// `GET /v1/endpoints/{ref}`: one endpoint by id, container id or `namespace/pod`.
+    pub async fn endpoint(&self, reference: &str) -> Result<Endpoint, ClientError> {
+        self.get(&format!("/v1/endpoints/{}", encode_segment(reference)))
+            .await
+    }
+
+    /// `POST /v1/endpoints`: registers a pod interface the CNI plugin has created.
+    pub async fn create_endpoint(
+        &self,
+        request: &EndpointCreateRequest,
+    ) -> Result<EndpointCreated, ClientError> {
+        self.call(Method::POST, "/v1/endpoints", Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/endpoints/{cid}`: removes a container's endpoint. Succeeds when there is none.
+    pub async fn delete_endpoint(
+        &self,
+        container_id: &str,
+    ) -> Result<EndpointDeleted, ClientError> {
+        let path = format!("/v1/endpoints/{}", encode_segment(container_id));
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// `POST /v1/endpoints/gc`: removes every endpoint not among the valid attachments.
+    pub async fn gc(&self, request: &GcRequest) -> Result<GcResult, ClientError> {
+        self.call(Method::POST, "/v1/endpoints/gc", Some(request))
+            .await
+    }
+
+    /// `GET /v1/identities`: the identities known on this node, reserved ones included.
+    pub async fn identities(&self) -> Result<Vec<Identity>, ClientError> {
+        self.get("/v1/identities").await
+    }
+
+    /// `GET /v1/identities/{id}`: one identity.
+    pub async fn identity(&self, id: u32) -> Result<Identity, ClientError> {
+        self.get(&format!("/v1/identities/{id}")).await
+    }
+
+    /// `GET /v1/bpf/ct`: the connection-tracking table.
+    pub async fn ct_entries(&self) -> Result<Vec<CtEntry>, ClientError> {
+        self.get("/v1/bpf/ct").await
+    }
+
+    /// `GET /v1/monitor[?type=kind]`: datapath events as they happen.
+    ///
+    /// Connecting and the agent's answer are checked before this returns (within the
+    /// request timeout), so a wrong socket or a bad `kind` fails here rather than as the
+    /// stream's first item. The stream itself has no timeout: it runs until the agent
+    /// closes it or the caller drops it. A broken line or connection yields one error and
+    /// ends the stream.
+    pub async fn monitor(
+        &self,
+        kind: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<MonitorEvent, ClientError>> + Send + 'static, ClientError>
+    {
+        let path = match kind {
+            Some(kind) => format!("/v1/monitor?type={}", encode_segment(kind)),
+            None => "/v1/monitor".to_owned(),
+        };
+        let response = self
+            .within_timeout(self.send(Method::GET, &path, None))
+            .await?;
+        let state = Ndjson {
+            body: response.into_body(),
+            buf: Vec::new(),
+            done: false,
+            what: format!("GET {path} event"),
+        };
+        Ok(futures::stream::unfold(state, Ndjson::next))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// One request and its JSON answer, all within the timeout.
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let what = format!("{method} {path}");
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|source| ClientError::Decode {
+                what: format!("{what} request body"),
+                source,
+            })?),
+            None => None,
+        };
+        self.within_timeout(async {
+            let response = self.send(method, path, body).await?;
+            let bytes = read_body(response.into_body(), &what).await?;
+            serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { what, source })
+        })
+        .await
+    }
+
+    async fn within_timeout<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout {
+                    socket: self.socket.clone(),
+                    after: self.timeout,
+                })
+            })
+    }
+
+    /// Connects, sends, and turns error statuses into [`ClientError::Api`]. Returns the
+    /// response with its body unread, so the monitor can stream it.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let what = format!("{method} {path}");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                ClientError::Protocol(format!("{what}: HTTP handshake with the agent failed: {e}"))
+            })?;
+        // The connection's own error, if any, also reaches us through `send_request` or the
+        // body, with more context there; this task only has to drive the socket.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            // HTTP/1.1 requires a Host; over a unix socket there is none to name.
+            .header(hyper::header::HOST, "localhost");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(format!("{what}: cannot build the request: {e}")))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("{what}: the agent did not answer: {e}")))?;
+
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = read_body(response.into_body(), &what).await?;
+        let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+            // Not our agent's error format (a proxy, an older agent): keep what it said.
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.trim();
+            ApiError {
+                kind: "http".to_owned(),
+                message: if text.is_empty() {
+                    format!("{what}: the agent answered {status}")
+                } else {
+                    format!("{what}: the agent answered {status}: {text}")
+                },
+            }
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            error,
+        })
+    }
+}
+
+async fn read_body(body: Incoming, what: &str) -> Result<Bytes, ClientError> {
+    body.collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| ClientError::Protocol(format!("{what}: reading the answer failed: {e}")))
+}
+
+/// State of the NDJSON decoder behind [`Client::monitor`].
+struct Ndjson {
+    body: Incoming,
+    buf: Vec<u8>,
+    done: bool,
+    what: String,
+}
+
+impl Ndjson {
+    async fn next(mut self) -> Option<(Result<MonitorEvent, ClientError>, Self)> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                let item = self.decode(&line);
+                return Some((item, self));
+            }
+            if self.done {
+                if self.buf.trim_ascii().is_empty() {
+                    return None;
+                }
+                // A last event without its newline: still an event.
+                let line = std::mem::take(&mut self.buf);
+                let item = self.decode(&line);
+                return Some((item, self));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Some((
+                    self.fail(format!(
+                        "{}: a line longer than {MAX_LINE} bytes",
+                        self.what
+                    )),
+                    self,
+                ));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    let err = self.fail(format!("{}: the stream broke: {e}", self.what));
+                    return Some((err, self));
+                }
+                None => self.done = true,
+            }
+        }
+    }
+
+    fn decode(&self, line: &[u8]) -> Result<MonitorEvent, ClientError> {
+        serde_json::from_slice(line).map_err(|source| ClientError::Decode {
+            what: self.what.clone(),
+            source,
+        })
+    }
+
+    /// Ends the stream after this error: what follows a broken frame cannot be trusted.
+    fn fail(&mut self, message: String) -> Result<MonitorEvent, ClientError> {
+        self.done = true;
+        self.buf.clear();
+        Err(ClientError::Protocol(message))
+    }
+}
+
+/// Percent-encodes one path segment or query value: everything but RFC 3986's unreserved
+/// characters, so that `default/web` stays one segment (`default%2Fweb`).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("default/web-1"), "default%2Fweb-1");
+        assert_eq!(encode_segment("abc123"), "abc123");
+        assert_eq!(encode_segment("a b?#%"), "a%20b%3F%23%25");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn unreachable_names_the_socket_and_the_fix() {
+        let e = ClientError::Unreachable {
+            socket: PathBuf::from("/nope.sock"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot reach the agent at /nope.sock: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("(is ciliate-agent running? set --socket or CILIATE_SOCKET)"),
+            "{text}"
+        );
+    }
+}

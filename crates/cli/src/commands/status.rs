@@ -1,0 +1,110 @@
+//! `ciliate status`: is the agent healthy, and what does it run?
+
+use ciliate_model::api::Status;
+
+use super::{Ctx, Outcome};
+use crate::output::{self, duration, fields};
+
+/// Prints the status; [`Outcome::Unhealthy`] (exit 1) unless the agent says "ok", so that
+/// probes and scripts can trust the exit code without parsing the output.
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let status = ctx.client.status().await?;
+    output::print(&output::render(ctx.format, &status, table)?)?;
+    Ok(if status.health == "ok" {
+        Outcome::Success
+    } else {
+        Outcome::Unhealthy
+    })
+}
+
+/// The status as `Key: value` lines, in the order an operator checks them.
+pub fn table(s: &Status) -> String {
+    let dp = &s.datapath;
+    let datapath = format!(
+        "{} ({})",
+        if dp.loaded { "loaded" } else { "not loaded" },
+        dp.kind
+    );
+    let maps = s
+        .datapath
+        .maps
+        .iter()
+        .map(|m| {
+            let pct = if m.max_entries == 0 {
+                0
+            } else {
+                u64::from(m.entries) * 100 / u64::from(m.max_entries)
+            };
+            format!("{} {}/{} ({pct}%)", m.name, m.entries, m.max_entries)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ipam_pct = if s.ipam.capacity == 0 {
+        0
+    } else {
+        u64::from(s.ipam.allocated) * 100 / u64::from(s.ipam.capacity)
+    };
+    fields(vec![
+        ("Health", s.health.clone()),
+        ("Node", s.node.clone()),
+        ("Version", s.version.clone()),
+        ("Uptime", duration(s.uptime_seconds)),
+        ("Datapath", datapath),
+        ("Pin dir", output::or_none(dp.pin_dir.clone())),
+        ("Programs", output::or_none(dp.programs.join(", "))),
+        ("Maps", output::or_none(maps)),
+        ("Endpoints", s.endpoints.to_string()),
+        ("Identities", s.identities.to_string()),
+        (
+            "IPAM",
+            format!(
+                "{}/{} allocated from {} ({ipam_pct}%)",
+                s.ipam.allocated, s.ipam.capacity, s.ipam.cidr
+            ),
+        ),
+        (
+            "Problems",
+            if s.problems.is_empty() {
+                "none".to_owned()
+            } else {
+                s.problems.join("\n")
+            },
+        ),
+    ])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fixtures::status as sample;
+
+    #[test]
+    fn table_shows_every_part() {
+        let text = table(&sample());
+        for want in [
+            "Health:       degraded\n",
+            "Node:         node-1\n",
+            "Uptime:       1h2m\n",
+            "Datapath:     loaded (bpf)\n",
+            "Pin dir:      /sys/fs/bpf/ciliate\n",
+            "Programs:     from_container, to_container\n",
+            "Maps:         ciliate_ct 62259/65536 (94%)\n",
+            "Endpoints:    3\n",
+            "Identities:   2\n",
+            "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
+            "Problems:     ct map 95% full\n              kubernetes source unreachable\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn json_and_yaml_round_trip() {
+        let s = sample();
+        let json = crate::output::render(crate::output::Format::Json, &s, table).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        let yaml = crate::output::render(crate::output::Format::Yaml, &s, table).unwrap();
+        assert_eq!(serde_yaml_ng::from_str::<Status>(&yaml).unwrap(), s);
+    }
+}
