@@ -5,14 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let bpf_dir = manifest.join("../../bpf");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-changed={}", bpf_dir.display());
     for dir in [bpf_dir.clone(), bpf_dir.join("include/ciliate")] {
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+        for entry in
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        {
             let path = entry.expect("directory entry").path();
             println!("cargo:rerun-if-changed={}", path.display());
         }
@@ -29,7 +33,11 @@ fn main() {
 }
 
 fn compile(clang: &str, bpf_dir: &Path, src: &Path, out: &Path) {
-    let stem = src.file_stem().expect("source has a name").to_string_lossy().into_owned();
+    let stem = src
+        .file_stem()
+        .expect("source has a name")
+        .to_string_lossy()
+        .into_owned();
     let obj = out.join(format!("{stem}.o"));
     let arch_include = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
     let status = Command::new(clang)

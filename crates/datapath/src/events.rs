@@ -114,8 +114,10 @@ pub fn monotonic_now() -> Duration {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> {
-    let raw = RawEvent::from_bytes(bytes)
-        .ok_or(DecodeError::Truncated(bytes.len(), std::mem::size_of::<RawEvent>()))?;
+    let raw = RawEvent::from_bytes(bytes).ok_or(DecodeError::Truncated(
+        bytes.len(),
+        std::mem::size_of::<RawEvent>(),
+    ))?;
     let (kind, reason) = match raw.kind {
         EVENT_DROP => (EventKind::Drop, drop_reason_name(raw.code)),
         EVENT_TRACE => (EventKind::Trace, trace_point_name(raw.code)),
@@ -232,7 +234,11 @@ mod tests {
         assert_eq!(ev.src, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(
             ev.l4,
-            Some(L4::Tcp { sport: 40000, dport: 80, flags: vec!["SYN".into()] })
+            Some(L4::Tcp {
+                sport: 40000,
+                dport: 80,
+                flags: vec!["SYN".into()]
+            })
         );
     }
 
@@ -245,8 +251,14 @@ mod tests {
 
     #[test]
     fn truncated_records_and_packets_are_errors_or_partial_never_panics() {
-        assert!(matches!(decode(&[1, 2, 3], &Clock::now()), Err(DecodeError::Truncated(3, _))));
-        assert!(matches!(decode(&record(9, 0, &[]), &Clock::now()), Err(DecodeError::UnknownType(9))));
+        assert!(matches!(
+            decode(&[1, 2, 3], &Clock::now()),
+            Err(DecodeError::Truncated(3, _))
+        ));
+        assert!(matches!(
+            decode(&record(9, 0, &[]), &Clock::now()),
+            Err(DecodeError::UnknownType(9))
+        ));
         let syn = tcp_syn();
         for cut in 0..syn.len() {
             let ev = decode(&record(EVENT_TRACE, 0, &syn[..cut]), &Clock::now()).unwrap();

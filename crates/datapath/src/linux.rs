@@ -75,11 +75,15 @@ pub struct LinuxDatapath {
 
 impl std::fmt::Debug for LinuxDatapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinuxDatapath").field("pin_dir", &self.pin_dir).finish()
+        f.debug_struct("LinuxDatapath")
+            .field("pin_dir", &self.pin_dir)
+            .finish()
     }
 }
 
-fn kernel<E: std::error::Error + Send + Sync + 'static>(op: impl Into<String>) -> impl FnOnce(E) -> DatapathError {
+fn kernel<E: std::error::Error + Send + Sync + 'static>(
+    op: impl Into<String>,
+) -> impl FnOnce(E) -> DatapathError {
     let op = op.into();
     move |e| DatapathError::kernel(op, e)
 }
@@ -103,7 +107,12 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DatapathError> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|e| DatapathError::Unsupported(format!("bpffs is not mounted at {} and mounting it failed: {e}", root.display())))?;
+    .map_err(|e| {
+        DatapathError::Unsupported(format!(
+            "bpffs is not mounted at {} and mounting it failed: {e}",
+            root.display()
+        ))
+    })?;
     info!(path = %root.display(), "mounted bpffs");
     Ok(())
 }
@@ -119,15 +128,21 @@ pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     for (name, _, _) in ENDPOINT_PROGRAMS {
         let prog: &mut SchedClassifier = bpf
             .program_mut(name)
-            .ok_or_else(|| DatapathError::Unsupported(format!("program {name} missing from lxc.o")))?
+            .ok_or_else(|| {
+                DatapathError::Unsupported(format!("program {name} missing from lxc.o"))
+            })?
             .try_into()
             .map_err(kernel(format!("{name} is not a classifier")))?;
-        prog.load().map_err(kernel(format!("verify and load {name}")))?;
+        prog.load()
+            .map_err(kernel(format!("verify and load {name}")))?;
     }
     Ok(bpf)
 }
 
-fn take_hash<K: aya::Pod, V: aya::Pod>(bpf: &mut Ebpf, name: &str) -> Result<BpfHashMap<MapData, K, V>, DatapathError> {
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &str,
+) -> Result<BpfHashMap<MapData, K, V>, DatapathError> {
     let map = bpf
         .take_map(name)
         .ok_or_else(|| DatapathError::Unsupported(format!("map {name} missing from lxc.o")))?;
@@ -208,11 +223,19 @@ impl LinuxDatapath {
     }
 
     fn link_pin(&self, ifindex: u32, suffix: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{ifindex}-{suffix}"))
+        self.pin_dir
+            .join("links")
+            .join(format!("{ifindex}-{suffix}"))
     }
 
     /// Attaches `prog` to the interface, or swaps it into the link pinned at `pin`.
-    fn attach_one(inner: &mut Inner, prog_name: &str, ifname: &str, at: TcAttachType, pin: &Path) -> Result<bool, DatapathError> {
+    fn attach_one(
+        inner: &mut Inner,
+        prog_name: &str,
+        ifname: &str,
+        at: TcAttachType,
+        pin: &Path,
+    ) -> Result<bool, DatapathError> {
         if inner.fresh_links.contains(pin) && pin.exists() {
             return Ok(false);
         }
@@ -224,9 +247,10 @@ impl LinuxDatapath {
             .map_err(kernel(format!("{prog_name} is not a classifier")))?;
         let (id, created) = match PinnedLink::from_pin(pin) {
             Ok(old) => {
-                let link = FdLink::from(old)
-                    .try_into()
-                    .map_err(kernel(format!("pinned link {} is not a TCX link", pin.display())))?;
+                let link = FdLink::from(old).try_into().map_err(kernel(format!(
+                    "pinned link {} is not a TCX link",
+                    pin.display()
+                )))?;
                 let id = prog
                     .attach_to_link(link)
                     .map_err(kernel(format!("swap {prog_name} into {}", pin.display())))?;
@@ -234,17 +258,28 @@ impl LinuxDatapath {
             }
             Err(e) if is_not_found(&e) => {
                 let id = prog
-                    .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .attach_with_options(
+                        ifname,
+                        at,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
                     .map_err(kernel(format!("attach {prog_name} to {ifname}")))?;
                 (id, true)
             }
-            Err(e) => return Err(DatapathError::kernel(format!("open pinned link {}", pin.display()), e)),
+            Err(e) => {
+                return Err(DatapathError::kernel(
+                    format!("open pinned link {}", pin.display()),
+                    e,
+                ))
+            }
         };
         // Take the link out of the program so that dropping the program never detaches it.
         let link = prog.take_link(id).map_err(kernel("take link"))?;
         let fd_link: FdLink = link.try_into().map_err(kernel("TCX link as fd link"))?;
         if created {
-            fd_link.pin(pin).map_err(kernel(format!("pin {}", pin.display())))?;
+            fd_link
+                .pin(pin)
+                .map_err(kernel(format!("pin {}", pin.display())))?;
         }
         inner.fresh_links.insert(pin.to_path_buf());
         Ok(created)
@@ -253,9 +288,15 @@ impl LinuxDatapath {
     fn unpin(pin: &Path) -> Result<(), DatapathError> {
         match PinnedLink::from_pin(pin) {
             // Removing the last reference detaches the program from the interface.
-            Ok(link) => link.unpin().map(drop).map_err(kernel(format!("unpin {}", pin.display()))),
+            Ok(link) => link
+                .unpin()
+                .map(drop)
+                .map_err(kernel(format!("unpin {}", pin.display()))),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(DatapathError::kernel(format!("open pinned link {}", pin.display()), e)),
+            Err(e) => Err(DatapathError::kernel(
+                format!("open pinned link {}", pin.display()),
+                e,
+            )),
         }
     }
 
@@ -296,12 +337,19 @@ impl LinuxDatapath {
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), DatapathError> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
         Err(e) => Err(DatapathError::kernel("delete map entry", e)),
     }
 }
 
-fn spawn_event_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<MonitorEvent>) -> Result<(), DatapathError> {
+fn spawn_event_reader(
+    ring: RingBuf<MapData>,
+    tx: broadcast::Sender<MonitorEvent>,
+) -> Result<(), DatapathError> {
     // SAFETY: the RingBuf owns its map fd and never changes it; the AsyncFd owns the RingBuf,
     // so the fd stays open and the same for the AsyncFd's whole life.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -341,10 +389,21 @@ impl Datapath for LinuxDatapath {
             loaded: true,
             kind: "bpf".into(),
             pin_dir: self.pin_dir.display().to_string(),
-            programs: ENDPOINT_PROGRAMS.iter().map(|(n, _, _)| (*n).to_owned()).collect(),
+            programs: ENDPOINT_PROGRAMS
+                .iter()
+                .map(|(n, _, _)| (*n).to_owned())
+                .collect(),
             maps: vec![
-                MapUsage { name: maps::LXC_IFX.into(), entries: lxc, max_entries: abi::LXC_MAP_SIZE },
-                MapUsage { name: maps::CT4.into(), entries: ct, max_entries: abi::CT_MAP_SIZE },
+                MapUsage {
+                    name: maps::LXC_IFX.into(),
+                    entries: lxc,
+                    max_entries: abi::LXC_MAP_SIZE,
+                },
+                MapUsage {
+                    name: maps::CT4.into(),
+                    entries: ct,
+                    max_entries: abi::CT_MAP_SIZE,
+                },
             ],
         }
     }
@@ -363,8 +422,16 @@ impl Datapath for LinuxDatapath {
         let info = info_of(ep);
         let previous = inner.maps.lxc_ifx.get(&ep.ifindex, 0).ok();
         let result = (|| {
-            inner.maps.lxc_ifx.insert(ep.ifindex, info, 0).map_err(kernel("write cil_lxc_ifx"))?;
-            inner.maps.lxc4.insert(ipv4_key(ep.ipv4), info, 0).map_err(kernel("write cil_lxc4"))?;
+            inner
+                .maps
+                .lxc_ifx
+                .insert(ep.ifindex, info, 0)
+                .map_err(kernel("write cil_lxc_ifx"))?;
+            inner
+                .maps
+                .lxc4
+                .insert(ipv4_key(ep.ipv4), info, 0)
+                .map_err(kernel("write cil_lxc4"))?;
             for (name, at, suffix) in ENDPOINT_PROGRAMS {
                 let pin = self.link_pin(ep.ifindex, suffix);
                 Self::attach_one(inner, name, &ep.ifname, at, &pin)?;
@@ -408,7 +475,8 @@ impl Datapath for LinuxDatapath {
         if let Ok(dir) = std::fs::read_dir(&links) {
             for entry in dir.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(ifindex) = name.split('-').next().and_then(|s| s.parse::<u32>().ok()) else {
+                let Some(ifindex) = name.split('-').next().and_then(|s| s.parse::<u32>().ok())
+                else {
                     continue;
                 };
                 if !out.iter().any(|e| e.ifindex == ifindex) {
@@ -435,7 +503,7 @@ impl Datapath for LinuxDatapath {
             let (k, v) = item.map_err(kernel("iterate cil_ct4"))?;
             out.push(crate::ct::to_api(&k, &v, now));
         }
-        out.sort_by(|a, b| (a.src, a.sport, a.dst, a.dport).cmp(&(b.src, b.sport, b.dst, b.dport)));
+        out.sort_by_key(|e| (e.src, e.sport, e.dst, e.dport));
         Ok(out)
     }
 
@@ -474,4 +542,3 @@ pub fn purge_node_pins(cfg: &LinuxConfig) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
-

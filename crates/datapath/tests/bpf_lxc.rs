@@ -52,7 +52,15 @@ impl Harness {
         h
     }
 
-    fn add_endpoint(&mut self, ifindex: u32, ep_id: u16, identity: u32, ip: Ipv4Addr, mac: [u8; 6], host_mac: [u8; 6]) {
+    fn add_endpoint(
+        &mut self,
+        ifindex: u32,
+        ep_id: u16,
+        identity: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        host_mac: [u8; 6],
+    ) {
         let info = EndpointInfo {
             ifindex,
             ep_id,
@@ -82,8 +90,17 @@ impl Harness {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {} bytes: {e}", pkt.len()))
     }
 
-    fn try_run(&self, prog: &str, pkt: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
-        let p: &SchedClassifier = self.bpf.program(prog).expect("program").try_into().expect("classifier");
+    fn try_run(
+        &self,
+        prog: &str,
+        pkt: &[u8],
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        let p: &SchedClassifier = self
+            .bpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
         let mut out = vec![0u8; pkt.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(pkt);
@@ -108,11 +125,16 @@ impl Harness {
     fn counter(&self, dir: u32, reason: u32) -> u64 {
         let m: PerCpuArray<&MapData, MetricsValue> =
             PerCpuArray::try_from(self.bpf.map(abi::maps::METRICS).expect("map")).expect("array");
-        m.get(&(dir * 256 + reason), 0).expect("slot").iter().map(|v| v.packets).sum()
+        m.get(&(dir * 256 + reason), 0)
+            .expect("slot")
+            .iter()
+            .map(|v| v.packets)
+            .sum()
     }
 
     fn events(&mut self) -> Vec<RawEvent> {
-        let mut ring = RingBuf::try_from(self.bpf.map_mut(abi::maps::EVENTS).expect("map")).expect("ringbuf");
+        let mut ring =
+            RingBuf::try_from(self.bpf.map_mut(abi::maps::EVENTS).expect("map")).expect("ringbuf");
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             out.push(RawEvent::from_bytes(&item).expect("whole event"));
@@ -224,10 +246,15 @@ fn pod_to_pod_is_redirected_with_router_rewrites() {
     assert_eq!(out[14 + 8], 63, "TTL decremented");
     assert_eq!(csum(&out[14..34]), 0, "IPv4 header checksum still valid");
     assert_eq!(&out[34..], &pkt[34..], "L4 untouched");
-    let e = h.ct(key(POD_A, 40000, POD_B, 80, 6, abi::CT_EGRESS)).expect("egress CT entry");
+    let e = h
+        .ct(key(POD_A, 40000, POD_B, 80, 6, abi::CT_EGRESS))
+        .expect("egress CT entry");
     assert_eq!(e.tx_packets, 1);
     assert_eq!(e.src_identity, 300);
-    assert!(e.expires >= now_secs() + 55 && e.expires <= now_secs() + 61, "SYN timeout");
+    assert!(
+        e.expires >= now_secs() + 55 && e.expires <= now_secs() + 61,
+        "SYN timeout"
+    );
 }
 
 #[test]
@@ -241,11 +268,17 @@ fn traffic_to_the_world_goes_to_the_stack_and_replies_match_conntrack() {
     assert_eq!(v, TC_ACT_OK);
     let (v, _) = h.run("from_container", &tcp(POD_A, 40001, WORLD, 443, ACK));
     assert_eq!(v, TC_ACT_OK);
-    let e = h.ct(key(POD_A, 40001, WORLD, 443, 6, abi::CT_EGRESS)).expect("entry");
+    let e = h
+        .ct(key(POD_A, 40001, WORLD, 443, 6, abi::CT_EGRESS))
+        .expect("entry");
     assert_eq!((e.tx_packets, e.rx_packets), (2, 1));
     assert_ne!(e.state & abi::ct_state::REPLIED, 0);
     assert!(e.expires > now_secs() + 21000, "established lifetime");
-    assert!(h.ct(key(WORLD, 443, POD_A, 40001, 6, abi::CT_INGRESS)).is_none(), "reply made no entry of its own");
+    assert!(
+        h.ct(key(WORLD, 443, POD_A, 40001, 6, abi::CT_INGRESS))
+            .is_none(),
+        "reply made no entry of its own"
+    );
     assert_eq!(h.ct_len(), 1);
 }
 
@@ -257,7 +290,9 @@ fn connections_towards_the_pod_are_tracked_as_ingress() {
     assert_eq!(v, TC_ACT_OK);
     let (v, _) = h.run("from_container", &udp(POD_A, 53, WORLD, 5353));
     assert_eq!(v, TC_ACT_OK);
-    let e = h.ct(key(WORLD, 5353, POD_A, 53, 17, abi::CT_INGRESS)).expect("ingress entry");
+    let e = h
+        .ct(key(WORLD, 5353, POD_A, 53, 17, abi::CT_INGRESS))
+        .expect("ingress entry");
     assert_eq!((e.tx_packets, e.rx_packets), (1, 1));
     assert!(e.expires <= now_secs() + 61, "UDP lifetime is 60 s");
     assert_eq!(h.ct_len(), 1);
@@ -267,9 +302,18 @@ fn connections_towards_the_pod_are_tracked_as_ingress() {
 fn icmp_echo_reply_finds_the_request() {
     privileged!();
     let h = Harness::new();
-    assert_eq!(h.run("from_container", &icmp_echo(POD_A, WORLD, false, 77)).0, TC_ACT_OK);
-    assert_eq!(h.run("to_container", &icmp_echo(WORLD, POD_A, true, 77)).0, TC_ACT_OK);
-    let e = h.ct(key(POD_A, 77, WORLD, 0, 1, abi::CT_EGRESS)).expect("echo entry");
+    assert_eq!(
+        h.run("from_container", &icmp_echo(POD_A, WORLD, false, 77))
+            .0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        h.run("to_container", &icmp_echo(WORLD, POD_A, true, 77)).0,
+        TC_ACT_OK
+    );
+    let e = h
+        .ct(key(POD_A, 77, WORLD, 0, 1, abi::CT_EGRESS))
+        .expect("echo entry");
     assert_eq!((e.tx_packets, e.rx_packets), (1, 1));
     assert_eq!(h.ct_len(), 1);
 }
@@ -282,26 +326,44 @@ fn fin_both_ways_or_rst_shortens_the_lifetime_and_a_new_syn_reopens() {
     h.run("from_container", &tcp(POD_A, 40002, WORLD, 80, SYN));
     h.run("to_container", &tcp(WORLD, 80, POD_A, 40002, SYN | ACK));
     h.run("from_container", &tcp(POD_A, 40002, WORLD, 80, FIN | ACK));
-    assert!(h.ct(k).expect("entry").expires > now_secs() + 21000, "half-closed is still established");
+    assert!(
+        h.ct(k).expect("entry").expires > now_secs() + 21000,
+        "half-closed is still established"
+    );
     h.run("to_container", &tcp(WORLD, 80, POD_A, 40002, FIN | ACK));
-    assert!(h.ct(k).expect("entry").expires <= now_secs() + 11, "closed: close timeout");
+    assert!(
+        h.ct(k).expect("entry").expires <= now_secs() + 11,
+        "closed: close timeout"
+    );
     h.run("from_container", &tcp(POD_A, 40002, WORLD, 80, SYN));
     let reopened = h.ct(k).expect("entry");
-    assert_eq!((reopened.tx_packets, reopened.rx_packets, reopened.state), (1, 0, 0));
+    assert_eq!(
+        (reopened.tx_packets, reopened.rx_packets, reopened.state),
+        (1, 0, 0)
+    );
     h.run("to_container", &tcp(WORLD, 80, POD_A, 40002, RST));
-    assert!(h.ct(k).expect("entry").expires <= now_secs() + 11, "reset: close timeout");
+    assert!(
+        h.ct(k).expect("entry").expires <= now_secs() + 11,
+        "reset: close timeout"
+    );
 }
 
 #[test]
 fn spoofed_sources_are_dropped_with_invalid_source_ip() {
     privileged!();
     let mut h = Harness::new();
-    let (v, _) = h.run("from_container", &tcp(Ipv4Addr::new(10, 200, 0, 99), 1, POD_B, 80, SYN));
+    let (v, _) = h.run(
+        "from_container",
+        &tcp(Ipv4Addr::new(10, 200, 0, 99), 1, POD_B, 80, SYN),
+    );
     assert_eq!(v, TC_ACT_SHOT);
     assert_eq!(h.counter(abi::METRIC_EGRESS, 132), 1);
     let evs = h.events();
     assert_eq!(evs.len(), 1);
-    assert_eq!((evs[0].kind, evs[0].code, evs[0].ep_id), (abi::EVENT_DROP, 132, 11));
+    assert_eq!(
+        (evs[0].kind, evs[0].code, evs[0].ep_id),
+        (abi::EVENT_DROP, 132, 11)
+    );
     assert_eq!(h.ct_len(), 0, "a dropped packet makes no conntrack entry");
 }
 
@@ -322,7 +384,10 @@ fn arp_passes_and_ipv6_is_dropped_unmodified_with_a_reason() {
     let (v, _) = h.run("to_container", &v6);
     assert_eq!(v, TC_ACT_SHOT);
     assert_eq!(h.counter(abi::METRIC_INGRESS, 139), 1);
-    assert!(h.events().iter().all(|e| e.kind == abi::EVENT_DROP && e.code == 139));
+    assert!(h
+        .events()
+        .iter()
+        .all(|e| e.kind == abi::EVENT_DROP && e.code == 139));
 }
 
 #[test]
@@ -342,14 +407,28 @@ fn truncated_and_malformed_packets_are_dropped_with_a_reason() {
             Err(e) => assert!(cut < 34, "cut at {cut} bytes: {e}"),
         }
     }
-    assert!(judged >= 20, "every cut inside the TCP header was judged ({judged})");
+    assert!(
+        judged >= 20,
+        "every cut inside the TCP header was judged ({judged})"
+    );
     let reasons = [134, 135].map(|r| h.counter(abi::METRIC_EGRESS, r));
-    assert_eq!(reasons.iter().sum::<u64>(), judged, "every drop counted: {reasons:?}");
-    assert_eq!(reasons[0], judged, "a frame shorter than its IP total length is an invalid packet");
+    assert_eq!(
+        reasons.iter().sum::<u64>(),
+        judged,
+        "every drop counted: {reasons:?}"
+    );
+    assert_eq!(
+        reasons[0], judged,
+        "a frame shorter than its IP total length is an invalid packet"
+    );
     // A consistent IP packet whose TCP/UDP/ICMP header is cut short: CT invalid header.
     for (proto, len) in [(6u8, 19usize), (17, 7), (1, 7)] {
         let pkt = ipv4(POD_A, POD_B, proto, &vec![0u8; len]);
-        assert_eq!(h.run("from_container", &pkt).0, TC_ACT_SHOT, "proto {proto}");
+        assert_eq!(
+            h.run("from_container", &pkt).0,
+            TC_ACT_SHOT,
+            "proto {proto}"
+        );
     }
     assert_eq!(h.counter(abi::METRIC_EGRESS, 135), 3);
     let mut bad_ihl = whole.clone();
@@ -395,7 +474,10 @@ fn new_connections_are_traced_once_not_every_packet() {
     }
     let evs = h.events();
     assert_eq!(evs.len(), 2, "the SYN and the first reply: {evs:?}");
-    assert_eq!((evs[0].kind, evs[0].code, evs[0].ct_state), (abi::EVENT_TRACE, 3, abi::ct_result::NEW));
+    assert_eq!(
+        (evs[0].kind, evs[0].code, evs[0].ct_state),
+        (abi::EVENT_TRACE, 3, abi::ct_result::NEW)
+    );
     assert_eq!((evs[1].code, evs[1].ct_state), (0, abi::ct_result::REPLY));
     assert_eq!(evs[0].src_identity, 300);
     assert_eq!(h.counter(abi::METRIC_EGRESS, 0), 6);

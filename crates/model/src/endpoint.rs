@@ -71,7 +71,9 @@ impl Serialize for MacAddr {
 
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -147,7 +149,13 @@ mod tests {
         let m: MacAddr = "0a:58:0a:f4:00:01".parse().unwrap();
         assert_eq!(m.0, [0x0a, 0x58, 0x0a, 0xf4, 0, 1]);
         assert_eq!(m.to_string(), "0a:58:0a:f4:00:01");
-        for bad in ["", "0a:58", "0a:58:0a:f4:00:01:02", "zz:58:0a:f4:00:01", "0a5:8:0a:f4:00:01"] {
+        for bad in [
+            "",
+            "0a:58",
+            "0a:58:0a:f4:00:01:02",
+            "zz:58:0a:f4:00:01",
+            "0a5:8:0a:f4:00:01",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -115,7 +115,10 @@ mod tests {
 
     #[test]
     fn reserved_numbers_match_cilium() {
-        let got: Vec<(u32, &str)> = ReservedIdentity::ALL.iter().map(|r| (r.id(), r.name())).collect();
+        let got: Vec<(u32, &str)> = ReservedIdentity::ALL
+            .iter()
+            .map(|r| (r.id(), r.name()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -129,8 +132,14 @@ mod tests {
                 (8, "ingress")
             ]
         );
-        assert_eq!(ReservedIdentity::from_id(6), Some(ReservedIdentity::RemoteNode));
+        assert_eq!(
+            ReservedIdentity::from_id(6),
+            Some(ReservedIdentity::RemoteNode)
+        );
         assert_eq!(ReservedIdentity::from_id(300), None);
-        assert_eq!(ReservedIdentity::World.labels().to_string(), "reserved:world");
+        assert_eq!(
+            ReservedIdentity::World.labels().to_string(),
+            "reserved:world"
+        );
     }
 }

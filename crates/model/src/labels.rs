@@ -211,15 +211,30 @@ mod tests {
 
     #[test]
     fn parses_sources_keys_and_values() {
-        assert_eq!(Label::parse("k8s:app=web", "x").unwrap(), Label::new("k8s", "app", "web"));
-        assert_eq!(Label::parse("app=web", "k8s").unwrap(), Label::new("k8s", "app", "web"));
-        assert_eq!(Label::parse("reserved:host", "k8s").unwrap(), Label::new("reserved", "host", ""));
+        assert_eq!(
+            Label::parse("k8s:app=web", "x").unwrap(),
+            Label::new("k8s", "app", "web")
+        );
+        assert_eq!(
+            Label::parse("app=web", "k8s").unwrap(),
+            Label::new("k8s", "app", "web")
+        );
+        assert_eq!(
+            Label::parse("reserved:host", "k8s").unwrap(),
+            Label::new("reserved", "host", "")
+        );
         assert_eq!(
             Label::parse("example.com/tier=db", "k8s").unwrap(),
             Label::new("k8s", "example.com/tier", "db")
         );
-        assert!(matches!(Label::parse("=x", "k8s"), Err(LabelError::EmptyKey(_))));
-        assert!(matches!(Label::parse("app=we b", "k8s"), Err(LabelError::BadCharacter { .. })));
+        assert!(matches!(
+            Label::parse("=x", "k8s"),
+            Err(LabelError::EmptyKey(_))
+        ));
+        assert!(matches!(
+            Label::parse("app=we b", "k8s"),
+            Err(LabelError::BadCharacter { .. })
+        ));
     }
 
     #[test]

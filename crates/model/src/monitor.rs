@@ -92,11 +92,25 @@ impl fmt::Display for MonitorEvent {
             EventKind::Trace => "->",
             EventKind::Drop => "xx drop",
         };
-        write!(f, "{} {kind} ({}) ep {} ", self.time, self.reason, self.endpoint)?;
+        write!(
+            f,
+            "{} {kind} ({}) ep {} ",
+            self.time, self.reason, self.endpoint
+        )?;
         let (sport, dport, what) = match &self.l4 {
-            Some(L4::Tcp { sport, dport, flags }) => (Some(*sport), Some(*dport), format!("tcp {}", flags.join("|"))),
+            Some(L4::Tcp {
+                sport,
+                dport,
+                flags,
+            }) => (
+                Some(*sport),
+                Some(*dport),
+                format!("tcp {}", flags.join("|")),
+            ),
             Some(L4::Udp { sport, dport }) => (Some(*sport), Some(*dport), "udp".to_owned()),
-            Some(L4::Icmp { r#type, code }) => (None, None, format!("icmp type {type} code {code}")),
+            Some(L4::Icmp { r#type, code }) => {
+                (None, None, format!("icmp type {type} code {code}"))
+            }
             Some(L4::Other { proto }) => (None, None, format!("proto {proto}")),
             None => (None, None, format!("ethertype {:#06x}", self.ethertype)),
         };
@@ -114,6 +128,10 @@ impl fmt::Display for MonitorEvent {
         if !self.ct_state.is_empty() {
             write!(f, " ct={}", self.ct_state)?;
         }
-        write!(f, " identity {}->{} len {}", self.src_identity, self.dst_identity, self.len)
+        write!(
+            f,
+            " identity {}->{} len {}",
+            self.src_identity, self.dst_identity, self.len
+        )
     }
 }

@@ -27,7 +27,10 @@ pub fn missing_privileges() -> Option<String> {
         return Some("/sys/fs/bpf does not exist".into());
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
         return Some("bpffs is not mounted (mount -t bpf bpf /sys/fs/bpf)".into());
     }
     None
@@ -47,7 +50,10 @@ macro_rules! privileged {
             if $crate::privileged_required() {
                 panic!("privileged test cannot run ({why}) and CILIATE_REQUIRE_PRIVILEGED=1");
             }
-            eprintln!("\n!!! SKIPPED {}: {why}. Run as root with bpffs mounted. !!!\n", module_path!());
+            eprintln!(
+                "\n!!! SKIPPED {}: {why}. Run as root with bpffs mounted. !!!\n",
+                module_path!()
+            );
             return;
         }
     };
@@ -59,7 +65,10 @@ pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
-    assert!(name.len() <= 15, "unique_name({prefix:?}) is too long: {name}");
+    assert!(
+        name.len() <= 15,
+        "unique_name({prefix:?}) is too long: {name}"
+    );
     name
 }
 
@@ -124,6 +133,8 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         // Deleting a namespace also deletes every interface inside it (and their veth peers).
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
