@@ -75,7 +75,10 @@ pub enum DatapathError {
 
 impl DatapathError {
     /// Wraps an error with the operation it interrupted.
-    pub fn kernel(op: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn kernel(
+        op: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self::Kernel {
             op: op.into(),
             source: Box::new(source),
