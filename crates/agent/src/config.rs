@@ -1,0 +1,560 @@
+//! The agent's configuration: command-line flags with `CILIATE_*` environment fallbacks.
+//!
+//! [`Config::parse_from`] is a pure function of the arguments and an [`Environment`], so tests
+//! never touch the process environment. The resolved [`Config`] is served at `GET /v1/config`,
+//! so anyone can see what is in force.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use ipnet::{IpNet, Ipv4Net};
+use serde::Serialize;
+
+use crate::ipam::MAX_PREFIX_LEN;
+
+/// Where configuration comes from besides the command line.
+pub trait Environment {
+    /// The value of an environment variable, if set.
+    fn var(&self, name: &str) -> Option<OsString>;
+    /// The machine's hostname (the default node name).
+    fn hostname(&self) -> std::io::Result<String>;
+}
+
+/// The process environment and the kernel's hostname.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+
+    fn hostname(&self) -> std::io::Result<String> {
+        // The kernel's UTS name, as `hostname` prints it; no libc call needed.
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned())
+    }
+}
+
+/// A fixed environment, for tests and embedding.
+#[derive(Clone, Debug, Default)]
+pub struct StaticEnvironment {
+    /// Variables by name.
+    pub vars: BTreeMap<String, String>,
+    /// The hostname; `None` makes [`Environment::hostname`] fail.
+    pub hostname: Option<String>,
+}
+
+impl Environment for StaticEnvironment {
+    fn var(&self, name: &str) -> Option<OsString> {
+        self.vars.get(name).map(OsString::from)
+    }
+
+    fn hostname(&self) -> std::io::Result<String> {
+        self.hostname
+            .clone()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no hostname set"))
+    }
+}
+
+/// Which datapath to program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    /// The kernel datapath: BPF programs attached to pod veths (needs root and bpffs).
+    Bpf,
+    /// An in-memory datapath that forwards nothing: for tests and for trying the control plane
+    /// without root.
+    Fake,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The command line of `ciliate-agent`. Every flag can also be set through the environment
+/// variable shown in `--help`; a flag given on the command line wins.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "ciliate-agent",
+    version,
+    about = "The per-node Ciliate agent: owns the node's pod CIDR, allocates addresses and \
+             security identities to pods, programs the datapath and serves the API the CNI \
+             plugin and the ciliate CLI use.",
+    after_help = "The log level comes from RUST_LOG (default: info), e.g. RUST_LOG=debug or \
+                  RUST_LOG=ciliate_agent=debug,info."
+)]
+pub struct Args {
+    /// Name of this node. It keys the agent's state directory and the datapath's bpffs pins, so
+    /// it must stay the same across restarts. [default: the hostname]
+    #[arg(long, env = "CILIATE_NODE_NAME", value_name = "NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+
+    /// The IPv4 range pods on this node get addresses from. The network, first host (kept for
+    /// the node's router) and broadcast addresses are never handed out, so the prefix must be
+    /// /30 or shorter. Changing it while pods hold addresses from the old range is refused.
+    #[arg(long, env = "CILIATE_POD_CIDR", value_name = "CIDR", default_value = "10.200.0.0/24", value_parser = parse_pod_cidr)]
+    pub pod_cidr: Ipv4Net,
+
+    /// Directory for the agent's persistent state; the agent keeps <DIR>/<node-name>/state.json
+    /// (endpoints, identities and address allocations) so a restart loses nothing.
+    #[arg(
+        long,
+        env = "CILIATE_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/ciliate"
+    )]
+    pub state_dir: PathBuf,
+
+    /// Where the BPF filesystem is mounted; the datapath pins its programs and maps under
+    /// <DIR>/ciliate/<node-name>/ so they outlive the agent.
+    #[arg(
+        long,
+        env = "CILIATE_BPFFS_ROOT",
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf"
+    )]
+    pub bpffs_root: PathBuf,
+
+    /// Path of the unix socket the API is served on (mode 0600: only root may talk to the
+    /// agent). The CNI plugin and the ciliate CLI connect to it.
+    #[arg(long, env = "CILIATE_SOCKET", value_name = "PATH", default_value = ciliate_model::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Which datapath to program: `bpf` loads the kernel datapath (needs root and bpffs);
+    /// `fake` keeps everything in memory and forwards nothing, to try the control plane
+    /// without root.
+    #[arg(long, env = "CILIATE_DATAPATH", value_name = "KIND", value_enum, default_value_t = DatapathKind::Bpf)]
+    pub datapath: DatapathKind,
+
+    /// MTU the CNI plugin sets on pod interfaces; it must not exceed the MTU of the node's
+    /// uplink (minus any tunnel overhead), or large packets are dropped.
+    #[arg(long, env = "CILIATE_MTU", value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub mtu: u32,
+
+    /// Seconds between two passes of connection-tracking garbage collection, which deletes
+    /// expired entries so the table does not fill up.
+    #[arg(long, env = "CILIATE_CT_GC_INTERVAL", value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub ct_gc_interval: u64,
+
+    /// How log lines are written: `text` for people, `json` for log collectors.
+    #[arg(long, env = "CILIATE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The configuration in force, resolved from flags, environment and defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Name of this node.
+    pub node_name: String,
+    /// The node's pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// Root of the state directories (`<state_dir>/<node_name>/`).
+    pub state_dir: PathBuf,
+    /// Where bpffs is mounted.
+    pub bpffs_root: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Which datapath is programmed.
+    pub datapath: DatapathKind,
+    /// MTU of pod interfaces.
+    pub mtu: u32,
+    /// Seconds between conntrack GC passes.
+    pub ct_gc_interval_seconds: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The log filter (RUST_LOG, default `info`).
+    pub log_filter: String,
+}
+
+/// Why the configuration could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag was wrong, or `--help`/`--version` was asked for: [`clap::Error::exit`] prints it
+    /// and exits with the right code.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// An environment variable held a value the flag does not accept.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What clap said about the value.
+        message: String,
+    },
+    /// An environment variable is not valid UTF-8.
+    #[error("environment variable {0} is not valid UTF-8")]
+    NotUnicode(String),
+    /// No node name was given and the hostname cannot be read or is not a valid node name.
+    #[error("no --node-name given and the hostname is not usable as one ({0}); pass --node-name or set CILIATE_NODE_NAME")]
+    NoNodeName(String),
+}
+
+impl Config {
+    /// Resolves the configuration from `args` (the first item is the program name) and `env`.
+    ///
+    /// Precedence per flag: command line, then the environment variable, then the default. The
+    /// node name defaults to the hostname.
+    pub fn parse_from<I, T>(args: I, env: &dyn Environment) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = command();
+
+        // First pass, environment ignored: which flags did the command line set?
+        let matches = cmd.clone().try_get_matches_from(&args)?;
+
+        // Values from the environment go in as flags for what the command line left unset, so
+        // they pass through the same parsers and checks as the flags themselves.
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        let mut extra: Vec<OsString> = Vec::new();
+        for (id, long, var) in env_flags() {
+            if matches.value_source(&id) == Some(ValueSource::CommandLine) {
+                continue;
+            }
+            if let Some(value) = env.var(&var) {
+                let value = value
+                    .into_string()
+                    .map_err(|_| ConfigError::NotUnicode(var.clone()))?;
+                extra.push(format!("--{long}={value}").into());
+                from_env.push((long, var));
+            }
+        }
+        let mut all = Vec::with_capacity(args.len() + extra.len());
+        all.extend(args.first().cloned());
+        all.extend(extra);
+        all.extend(args.iter().skip(1).cloned());
+
+        let matches = cmd
+            .try_get_matches_from(&all)
+            .map_err(|e| blame_env(e, &from_env))?;
+        let parsed = Args::from_arg_matches(&matches)?;
+
+        let node_name = match parsed.node_name {
+            Some(n) => n,
+            None => {
+                let host = env
+                    .hostname()
+                    .map_err(|e| ConfigError::NoNodeName(e.to_string()))?;
+                parse_node_name(&host).map_err(|e| ConfigError::NoNodeName(e.to_string()))?
+            }
+        };
+        let log_filter = env
+            .var("RUST_LOG")
+            .and_then(|v| v.into_string().ok())
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "info".to_owned());
+
+        Ok(Config {
+            node_name,
+            pod_cidr: parsed.pod_cidr,
+            state_dir: parsed.state_dir,
+            bpffs_root: parsed.bpffs_root,
+            socket: parsed.socket,
+            datapath: parsed.datapath,
+            mtu: parsed.mtu,
+            ct_gc_interval_seconds: parsed.ct_gc_interval,
+            log_format: parsed.log_format,
+            log_filter,
+        })
+    }
+
+    /// This node's state directory: `<state_dir>/<node_name>`.
+    pub fn node_state_dir(&self) -> PathBuf {
+        self.state_dir.join(&self.node_name)
+    }
+
+    /// This node's state file: `<state_dir>/<node_name>/state.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.node_state_dir().join("state.json")
+    }
+}
+
+/// The clap command with environment lookups removed (clap would read the process environment
+/// itself), the variable names moved into the help text instead.
+pub fn command() -> clap::Command {
+    Args::command().mut_args(|arg| {
+        let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+            return arg;
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.env(None::<&'static str>)
+            .help(format!("{help} [env: {var}]"))
+    })
+}
+
+/// `(id, long flag, env var)` of every flag with an environment fallback.
+fn env_flags() -> Vec<(String, String, String)> {
+    // `command()` moved the names into the help text; read them from the untouched command.
+    Args::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let var = a.get_env()?.to_str()?.to_owned();
+            let long = a.get_long()?.to_owned();
+            Some((a.get_id().to_string(), long, var))
+        })
+        .collect()
+}
+
+/// Rewrites a clap error about a value that came from the environment so it names the variable.
+fn blame_env(e: clap::Error, from_env: &[(String, String)]) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+        for (long, var) in from_env {
+            let flag = format!("--{long}");
+            if arg == &flag || arg.starts_with(&format!("{flag} ")) {
+                let mut message = e.render().to_string();
+                // Keep clap's first line (what was wrong), not its usage hints.
+                if let Some(first) = message.lines().next() {
+                    message = first.trim_start_matches("error: ").to_owned();
+                }
+                return ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                };
+            }
+        }
+    }
+    ConfigError::Args(e)
+}
+
+/// A pod CIDR: IPv4, network address, prefix /30 or shorter.
+fn parse_pod_cidr(s: &str) -> Result<Ipv4Net, String> {
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("{s:?} is not a CIDR; write it as address/prefix, e.g. 10.200.0.0/24")
+    })?;
+    let IpNet::V4(net) = net else {
+        return Err(format!(
+            "{s} is an IPv6 CIDR; only IPv4 pod CIDRs are supported, e.g. 10.200.0.0/24"
+        ));
+    };
+    if net.prefix_len() > MAX_PREFIX_LEN {
+        return Err(format!(
+            "{net} is too small: the prefix must be /{MAX_PREFIX_LEN} or shorter, because the \
+             network, router and broadcast addresses are reserved"
+        ));
+    }
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Node names end up in file paths and bpffs pin paths: keep them to what DNS names allow.
+fn parse_node_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the node name is empty".to_owned());
+    }
+    if s.len() > 253 {
+        return Err(format!("node name {s:?} is longer than 253 characters"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        return Err(format!(
+            "node name {s:?} holds {c:?}; use letters, digits, '-', '.' and '_' only"
+        ));
+    }
+    if s.starts_with('.') {
+        return Err(format!("node name {s:?} may not start with '.'"));
+    }
+    Ok(s.to_owned())
+}
+
+impl fmt::Display for DatapathKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Bpf => "bpf",
+            Self::Fake => "fake",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> StaticEnvironment {
+        StaticEnvironment {
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            hostname: Some("node-a".to_owned()),
+        }
+    }
+
+    fn parse(args: &[&str], e: &StaticEnvironment) -> Result<Config, ConfigError> {
+        Config::parse_from(
+            std::iter::once("ciliate-agent").chain(args.iter().copied()),
+            e,
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[], &env(&[])).expect("defaults parse");
+        assert_eq!(c.node_name, "node-a");
+        assert_eq!(c.pod_cidr.to_string(), "10.200.0.0/24");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ciliate"));
+        assert_eq!(
+            c.state_file(),
+            PathBuf::from("/var/lib/ciliate/node-a/state.json")
+        );
+        assert_eq!(c.bpffs_root, PathBuf::from("/sys/fs/bpf"));
+        assert_eq!(c.socket, PathBuf::from("/var/run/ciliate/agent.sock"));
+        assert_eq!(c.datapath, DatapathKind::Bpf);
+        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.ct_gc_interval_seconds, 30);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_filter, "info");
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_defaults() {
+        let e = env(&[
+            ("CILIATE_POD_CIDR", "10.1.0.0/16"),
+            ("CILIATE_MTU", "9000"),
+            ("CILIATE_NODE_NAME", "from-env"),
+            ("CILIATE_DATAPATH", "fake"),
+            ("RUST_LOG", "debug"),
+        ]);
+        let c = parse(&["--mtu", "1400", "--socket=/tmp/a.sock"], &e).expect("parses");
+        assert_eq!(c.mtu, 1400, "flag wins");
+        assert_eq!(c.pod_cidr.to_string(), "10.1.0.0/16", "env beats default");
+        assert_eq!(c.node_name, "from-env");
+        assert_eq!(c.datapath, DatapathKind::Fake);
+        assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(c.log_filter, "debug");
+    }
+
+    #[test]
+    fn pod_cidr_is_checked() {
+        for (bad, want) in [
+            ("10.0.0.0/31", "/30 or shorter"),
+            ("10.0.0.1/32", "/30 or shorter"),
+            ("fd00::/64", "IPv6"),
+            ("10.0.0.5/24", "did you mean 10.0.0.0/24"),
+            ("banana", "not a CIDR"),
+        ] {
+            let err = parse(&["--pod-cidr", bad], &env(&[])).expect_err(bad);
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{bad}: {msg}");
+        }
+        assert_eq!(
+            parse(&["--pod-cidr", "10.0.0.4/30"], &env(&[]))
+                .expect("a /30 is fine")
+                .pod_cidr
+                .to_string(),
+            "10.0.0.4/30"
+        );
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let err = parse(&[], &env(&[("CILIATE_POD_CIDR", "10.0.0.0/31")])).expect_err("too small");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("CILIATE_POD_CIDR") && msg.contains("/30"),
+            "{msg}"
+        );
+        let err = parse(&[], &env(&[("CILIATE_DATAPATH", "ebpf")])).expect_err("bad kind");
+        assert!(err.to_string().contains("CILIATE_DATAPATH"), "{err}");
+        // A bad env value the command line overrides is never looked at.
+        parse(
+            &["--datapath", "fake"],
+            &env(&[("CILIATE_DATAPATH", "ebpf")]),
+        )
+        .expect("flag wins");
+    }
+
+    #[test]
+    fn other_flag_checks() {
+        assert!(parse(&["--mtu", "100"], &env(&[])).is_err());
+        assert!(parse(&["--ct-gc-interval", "0"], &env(&[])).is_err());
+        assert!(parse(&["--log-format", "yaml"], &env(&[])).is_err());
+        assert!(parse(&["--node-name", "../etc"], &env(&[])).is_err());
+        assert!(parse(&["--node-name", ""], &env(&[])).is_err());
+        assert!(parse(&["--bogus"], &env(&[])).is_err());
+        let c = parse(
+            &["--log-format", "json", "--ct-gc-interval", "5"],
+            &env(&[]),
+        )
+        .expect("parses");
+        assert_eq!(
+            (c.log_format, c.ct_gc_interval_seconds),
+            (LogFormat::Json, 5)
+        );
+    }
+
+    #[test]
+    fn node_name_falls_back_to_a_usable_hostname() {
+        let mut e = env(&[]);
+        e.hostname = None;
+        let err = parse(&[], &e).expect_err("no hostname");
+        assert!(matches!(err, ConfigError::NoNodeName(_)), "{err}");
+        e.hostname = Some("bad/name".to_owned());
+        assert!(matches!(parse(&[], &e), Err(ConfigError::NoNodeName(_))));
+        assert_eq!(
+            parse(&["--node-name", "n1"], &e).expect("flag").node_name,
+            "n1"
+        );
+    }
+
+    #[test]
+    fn help_documents_every_flag_and_its_variable() {
+        let err = parse(&["--help"], &env(&[])).expect_err("help is an exit");
+        let ConfigError::Args(e) = err else {
+            panic!("help must come back as a clap error to print");
+        };
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = e.render().to_string();
+        for flag in [
+            "--node-name",
+            "--pod-cidr",
+            "--state-dir",
+            "--bpffs-root",
+            "--socket",
+            "--datapath",
+            "--mtu",
+            "--ct-gc-interval",
+            "--log-format",
+            "RUST_LOG",
+        ] {
+            assert!(help.contains(flag), "help lacks {flag}:\n{help}");
+        }
+        for var in [
+            "CILIATE_NODE_NAME",
+            "CILIATE_POD_CIDR",
+            "CILIATE_LOG_FORMAT",
+        ] {
+            assert!(help.contains(var), "help lacks {var}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn serialises_for_the_api() {
+        let c = parse(&["--datapath", "fake"], &env(&[])).expect("parses");
+        let v = serde_json::to_value(&c).expect("serialises");
+        assert_eq!(v["nodeName"], "node-a");
+        assert_eq!(v["podCidr"], "10.200.0.0/24");
+        assert_eq!(v["datapath"], "fake");
+        assert_eq!(v["ctGcIntervalSeconds"], 30);
+    }
+}

@@ -1,0 +1,812 @@
+//! The endpoint manager: the node's endpoint table, with the address, identity and datapath
+//! entries each endpoint holds, kept consistent and persisted.
+//!
+//! Every change is one transaction under one lock: the tables are cloned, the clone is changed,
+//! the datapath is programmed, the clone is persisted, and only then does it replace the
+//! tables. A failure at any step drops the clone and undoes what was done to the datapath, so
+//! nothing is ever half applied, in memory, on disk or in the kernel. Cloning costs O(endpoints)
+//! per change, which is small next to the fsync every change pays anyway.
+//!
+//! The methods block (datapath syscalls, fsync): async callers run them with `spawn_blocking`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ciliate_datapath::{Datapath, DatapathError, EndpointSpec};
+use ciliate_model::api::{
+    EndpointCreateRequest, EndpointCreated, EndpointDeleted, GcRequest, GcResult, IpamStatus,
+    GATEWAY_IPV4,
+};
+use ciliate_model::labels::{POD_NAMESPACE_LABEL, SOURCE_K8S, SOURCE_RESERVED};
+use ciliate_model::{Endpoint, EndpointState, Identity, Label, Labels, NumericIdentity, PodRef};
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use crate::identity::{IdentityAllocator, IdentityError};
+use crate::ipam::{Ipam, IpamError};
+use crate::state::{PersistedState, StateError, StateStore, STATE_VERSION};
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+
+/// Why a request on endpoints failed. [`EndpointError::kind`] is the API's stable error kind.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request clashes with an existing endpoint.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such endpoint.
+    #[error("{0}")]
+    NotFound(String),
+    /// No address, endpoint id or identity left.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The datapath refused.
+    #[error("{what}: {source}")]
+    Datapath {
+        /// What was being done, naming the endpoint.
+        what: String,
+        /// The datapath's error.
+        #[source]
+        source: DatapathError,
+    },
+    /// The state could not be persisted; nothing was changed.
+    #[error("{0}; nothing was changed, retry once the state directory is writable")]
+    State(#[source] StateError),
+}
+
+impl EndpointError {
+    /// The stable `kind` of the API error body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Conflict(_) => "conflict",
+            Self::NotFound(_) => "not-found",
+            Self::Exhausted(_) => "exhausted",
+            Self::Datapath { .. } => "datapath",
+            Self::State(_) => "state",
+        }
+    }
+}
+
+/// Why the manager could not start. Each names the state file or the datapath operation.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The persisted allocations do not fit the configured pod CIDR.
+    #[error("state file {path}: {source}")]
+    Ipam {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: IpamError,
+    },
+    /// The persisted identities are invalid.
+    #[error("state file {path}: {source}")]
+    Identity {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: IdentityError,
+    },
+    /// The persisted tables contradict each other.
+    #[error("state file {path} is inconsistent: {message}; repair it by hand (the agent never guesses which address a running pod holds)")]
+    Inconsistent {
+        /// The state file.
+        path: PathBuf,
+        /// What contradicts what.
+        message: String,
+    },
+    /// The datapath could not say which endpoints it holds.
+    #[error("cannot list the endpoints the datapath holds: {0}")]
+    Datapath(#[source] DatapathError),
+}
+
+/// How an endpoint is named in `GET /v1/endpoints/{ref}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointRef {
+    /// A numeric endpoint id (a container id of digits is tried too).
+    Id(u16),
+    /// `namespace/pod`.
+    Pod(PodRef),
+    /// A container id.
+    Container(String),
+}
+
+impl EndpointRef {
+    /// Reads a reference: digits are an id, `a/b` a pod, anything else a container id.
+    pub fn parse(s: &str) -> Self {
+        if let Ok(id) = s.parse::<u16>() {
+            return Self::Id(id);
+        }
+        if let Some((namespace, name)) = s.split_once('/') {
+            return Self::Pod(PodRef {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        Self::Container(s.to_owned())
+    }
+}
+
+impl fmt::Display for EndpointRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "endpoint id {id}"),
+            Self::Pod(p) => write!(f, "pod {p}"),
+            Self::Container(c) => write!(f, "container id {c}"),
+        }
+    }
+}
+
+/// Settings of the manager, from the agent's configuration.
+#[derive(Clone, Debug)]
+pub struct ManagerSettings {
+    /// This node's name (checked against the state file).
+    pub node_name: String,
+    /// The node's pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// MTU handed to the CNI plugin for pod interfaces.
+    pub mtu: u32,
+}
+
+/// Counts and problems for `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerStatus {
+    /// Number of endpoints.
+    pub endpoints: usize,
+    /// Cluster-local identities in use.
+    pub identities: usize,
+    /// Address usage.
+    pub ipam: IpamStatus,
+    /// What is wrong (not-ready endpoints).
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Tables {
+    endpoints: BTreeMap<u16, Endpoint>,
+    ipam: Ipam,
+    identities: IdentityAllocator,
+}
+
+/// The node's endpoints and everything they hold.
+pub struct EndpointManager {
+    settings: ManagerSettings,
+    datapath: Arc<dyn Datapath>,
+    store: StateStore,
+    tables: Mutex<Tables>,
+}
+
+impl fmt::Debug for EndpointManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointManager")
+            .field("settings", &self.settings)
+            .field("state", &self.store.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointManager {
+    /// Loads the state (a missing file is a fresh node), then makes the datapath match it:
+    /// endpoints the datapath holds that the state does not know (left by a crash in the middle
+    /// of an add) are removed, and every persisted endpoint is programmed again, which changes
+    /// nothing where the datapath is already right. An endpoint that cannot be programmed (its
+    /// veth vanished while the agent was down) is kept, not ready, with its address: the CNI
+    /// DEL or GC that follows releases it.
+    pub fn open(
+        settings: ManagerSettings,
+        store: StateStore,
+        datapath: Arc<dyn Datapath>,
+    ) -> Result<Self, OpenError> {
+        let path = store.path().to_owned();
+        let mut tables = match store.load(&settings.node_name)? {
+            None => {
+                info!(state = %path.display(), "no state file: starting as a fresh node");
+                Tables {
+                    endpoints: BTreeMap::new(),
+                    ipam: Ipam::new(settings.pod_cidr).map_err(|source| OpenError::Ipam {
+                        path: path.clone(),
+                        source,
+                    })?,
+                    identities: IdentityAllocator::new(),
+                }
+            }
+            Some(p) => {
+                let t = Tables::restore(settings.pod_cidr, p, &path)?;
+                info!(
+                    state = %path.display(),
+                    endpoints = t.endpoints.len(),
+                    identities = t.identities.in_use(),
+                    "state loaded"
+                );
+                t
+            }
+        };
+
+        let held = datapath.list_endpoints().map_err(OpenError::Datapath)?;
+        for spec in held {
+            let known = tables
+                .endpoints
+                .values()
+                .any(|e| e.id == spec.id && e.host_ifindex == spec.ifindex && e.ipv4 == spec.ipv4);
+            if known {
+                continue;
+            }
+            // Removed before the upserts below, so that removing a stale entry can never undo
+            // what is programmed for a known endpoint sharing one of its keys.
+            warn!(
+                endpoint = spec.id,
+                ifname = %spec.ifname,
+                ipv4 = %spec.ipv4,
+                "the datapath holds an endpoint the state does not know (an add interrupted by a crash?); removing it"
+            );
+            if let Err(e) = datapath.remove_endpoint(&spec) {
+                warn!(endpoint = spec.id, ifname = %spec.ifname, error = %e, "cannot remove unknown endpoint from the datapath");
+            }
+        }
+        for ep in tables.endpoints.values_mut() {
+            match datapath.upsert_endpoint(&spec_of(ep)) {
+                Ok(()) => {
+                    ep.state = EndpointState::Ready;
+                    ep.status_message = None;
+                }
+                Err(e) => {
+                    warn!(
+                        endpoint = ep.id,
+                        container = %ep.container_id,
+                        host_ifname = %ep.host_ifname,
+                        error = %e,
+                        "cannot program restored endpoint; it stays not ready and keeps its address until CNI DEL or GC"
+                    );
+                    ep.state = EndpointState::NotReady;
+                    ep.status_message = Some(format!(
+                        "cannot program the datapath for host interface {} (ifindex {}): {e}",
+                        ep.host_ifname, ep.host_ifindex
+                    ));
+                }
+            }
+        }
+        let manager = Self {
+            settings,
+            datapath,
+            store,
+            tables: Mutex::new(tables),
+        };
+        // Records the CIDR on a fresh node, and proves the directory is writable before any
+        // request is accepted.
+        {
+            let tables = manager.lock();
+            manager.store.save(&manager.persisted(&tables))?;
+        }
+        Ok(manager)
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ManagerSettings {
+        &self.settings
+    }
+
+    /// The datapath the manager programs.
+    pub fn datapath(&self) -> &Arc<dyn Datapath> {
+        &self.datapath
+    }
+
+    /// Registers an endpoint: allocates its id, address and identity, programs the datapath
+    /// and persists, all or nothing.
+    pub fn create(&self, req: &EndpointCreateRequest) -> Result<EndpointCreated, EndpointError> {
+        validate(req)?;
+        let labels = endpoint_labels(req)?;
+        let mut tables = self.lock();
+        if let Some(e) = tables
+            .endpoints
+            .values()
+            .find(|e| e.container_id == req.container_id)
+        {
+            return Err(EndpointError::Conflict(format!(
+                "container {} already has endpoint {} ({} on {}, address {}); delete it first \
+                 (DELETE /v1/endpoints/{}) if the container is being re-created",
+                req.container_id, e.id, e.ifname, e.host_ifname, e.ipv4, req.container_id
+            )));
+        }
+        if let Some(e) = tables
+            .endpoints
+            .values()
+            .find(|e| e.host_ifindex == req.host_ifindex || e.host_ifname == req.host_ifname)
+        {
+            return Err(EndpointError::Conflict(format!(
+                "host interface {} (ifindex {}) is already used by endpoint {} of container {} \
+                 ({} ifindex {}); pick another host veth or delete that endpoint",
+                req.host_ifname,
+                req.host_ifindex,
+                e.id,
+                e.container_id,
+                e.host_ifname,
+                e.host_ifindex
+            )));
+        }
+
+        let mut next = tables.clone();
+        let id = next.free_endpoint_id().ok_or_else(|| {
+            EndpointError::Exhausted(
+                "all 65535 endpoint ids of this node are in use; delete unused pods".to_owned(),
+            )
+        })?;
+        let ipv4 = next
+            .ipam
+            .allocate(&req.container_id)
+            .map_err(|e| EndpointError::Exhausted(e.to_string()))?;
+        let identity = next
+            .identities
+            .acquire(&labels)
+            .map_err(|e| EndpointError::Exhausted(e.to_string()))?;
+        let mut ep = Endpoint {
+            id,
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: req.netns.clone(),
+            pod: req.pod.clone(),
+            labels,
+            identity,
+            ipv4,
+            mac: req.mac,
+            host_ifname: req.host_ifname.clone(),
+            host_ifindex: req.host_ifindex,
+            host_mac: req.host_mac,
+            state: EndpointState::Creating,
+            status_message: None,
+            created_unix: now_unix(),
+        };
+        let spec = spec_of(&ep);
+        if let Err(source) = self.datapath.upsert_endpoint(&spec) {
+            // The datapath promises to leave nothing behind; removing again costs little and
+            // covers a datapath that broke that promise.
+            self.undo_upsert(&spec);
+            warn!(container = %req.container_id, host_ifname = %req.host_ifname, error = %source, "cannot program endpoint");
+            return Err(EndpointError::Datapath {
+                what: format!(
+                    "cannot program the datapath for container {} on host interface {} (ifindex {})",
+                    req.container_id, req.host_ifname, req.host_ifindex
+                ),
+                source,
+            });
+        }
+        ep.state = EndpointState::Ready;
+        next.endpoints.insert(id, ep.clone());
+        if let Err(e) = self.store.save(&self.persisted(&next)) {
+            self.undo_upsert(&spec);
+            warn!(container = %req.container_id, error = %e, "cannot persist new endpoint; undone");
+            return Err(EndpointError::State(e));
+        }
+        *tables = next;
+        drop(tables);
+        info!(
+            endpoint = id,
+            container = %ep.container_id,
+            pod = %ep.pod.as_ref().map(ToString::to_string).unwrap_or_default(),
+            ipv4 = %ipv4,
+            identity,
+            host_ifname = %ep.host_ifname,
+            "endpoint created"
+        );
+        Ok(EndpointCreated {
+            address: Ipv4Net::from(ipv4),
+            endpoint: ep,
+            gateway: GATEWAY_IPV4,
+            mtu: self.settings.mtu,
+        })
+    }
+
+    /// Removes the endpoint of a container, if any (a second delete answers `None`).
+    pub fn delete(&self, container_id: &str) -> Result<EndpointDeleted, EndpointError> {
+        let mut tables = self.lock();
+        let Some(ep) = tables
+            .endpoints
+            .values()
+            .find(|e| e.container_id == container_id)
+            .cloned()
+        else {
+            return Ok(EndpointDeleted {
+                endpoint: None,
+                released: None,
+            });
+        };
+        self.datapath
+            .remove_endpoint(&spec_of(&ep))
+            .map_err(|source| EndpointError::Datapath {
+                what: format!(
+                    "cannot remove endpoint {} (container {}, host interface {}) from the datapath",
+                    ep.id, ep.container_id, ep.host_ifname
+                ),
+                source,
+            })?;
+        let mut next = tables.clone();
+        let released = next.forget(&ep);
+        if let Err(e) = self.store.save(&self.persisted(&next)) {
+            mark_removed_but_unsaved(&mut tables, ep.id);
+            return Err(EndpointError::State(e));
+        }
+        *tables = next;
+        drop(tables);
+        info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint deleted");
+        Ok(EndpointDeleted {
+            endpoint: Some(ep),
+            released,
+        })
+    }
+
+    /// Removes every endpoint whose (container id, ifname) is not in `req`; returns them. An
+    /// endpoint the datapath refuses to remove is kept (and logged): the next GC retries it.
+    pub fn gc(&self, req: &GcRequest) -> Result<GcResult, EndpointError> {
+        let keep: HashSet<(&str, &str)> = req
+            .valid_attachments
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let mut tables = self.lock();
+        let stale: Vec<Endpoint> = tables
+            .endpoints
+            .values()
+            .filter(|e| !keep.contains(&(e.container_id.as_str(), e.ifname.as_str())))
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return Ok(GcResult { removed: vec![] });
+        }
+        let mut next = tables.clone();
+        let mut removed = Vec::new();
+        let mut first_failure = None;
+        for ep in stale {
+            match self.datapath.remove_endpoint(&spec_of(&ep)) {
+                Ok(()) => {
+                    next.forget(&ep);
+                    removed.push(ep);
+                }
+                Err(source) => {
+                    warn!(endpoint = ep.id, container = %ep.container_id, error = %source, "GC: cannot remove endpoint from the datapath; kept for the next GC");
+                    first_failure.get_or_insert((ep, source));
+                }
+            }
+        }
+        if removed.is_empty() {
+            if let Some((ep, source)) = first_failure {
+                return Err(EndpointError::Datapath {
+                    what: format!(
+                        "GC: cannot remove endpoint {} (container {}) from the datapath",
+                        ep.id, ep.container_id
+                    ),
+                    source,
+                });
+            }
+        }
+        if let Err(e) = self.store.save(&self.persisted(&next)) {
+            for ep in &removed {
+                mark_removed_but_unsaved(&mut tables, ep.id);
+            }
+            return Err(EndpointError::State(e));
+        }
+        *tables = next;
+        drop(tables);
+        for ep in &removed {
+            info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint garbage-collected");
+        }
+        Ok(GcResult { removed })
+    }
+
+    /// All endpoints, by id.
+    pub fn list(&self) -> Vec<Endpoint> {
+        self.lock().endpoints.values().cloned().collect()
+    }
+
+    /// One endpoint by id, container id or `namespace/pod`.
+    pub fn get(&self, r: &EndpointRef) -> Option<Endpoint> {
+        let tables = self.lock();
+        let eps = || tables.endpoints.values();
+        match r {
+            // A container id made of digits is still found by its id.
+            EndpointRef::Id(id) => tables
+                .endpoints
+                .get(id)
+                .or_else(|| eps().find(|e| e.container_id == id.to_string())),
+            EndpointRef::Pod(p) => eps().find(|e| e.pod.as_ref() == Some(p)),
+            EndpointRef::Container(c) => eps().find(|e| &e.container_id == c),
+        }
+        .cloned()
+    }
+
+    /// Every identity: reserved ones, then those in use.
+    pub fn identities(&self) -> Vec<Identity> {
+        self.lock().identities.list()
+    }
+
+    /// One identity.
+    pub fn identity(&self, id: NumericIdentity) -> Option<Identity> {
+        self.lock().identities.get(id)
+    }
+
+    /// Counts and problems.
+    pub fn status(&self) -> ManagerStatus {
+        let tables = self.lock();
+        let problems = tables
+            .endpoints
+            .values()
+            .filter(|e| e.state != EndpointState::Ready)
+            .map(|e| {
+                let pod = e
+                    .pod
+                    .as_ref()
+                    .map(|p| format!(", pod {p}"))
+                    .unwrap_or_default();
+                format!(
+                    "endpoint {} (container {}{pod}) is {}: {}",
+                    e.id,
+                    e.container_id,
+                    e.state,
+                    e.status_message.as_deref().unwrap_or("no reason recorded")
+                )
+            })
+            .collect();
+        ManagerStatus {
+            endpoints: tables.endpoints.len(),
+            identities: tables.identities.in_use(),
+            ipam: tables.ipam.status(),
+            problems,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        // Tables are only replaced whole after a transaction succeeded, so a panic in the middle
+        // of one leaves them intact: it is safe to carry on after a poisoned lock.
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persisted(&self, t: &Tables) -> PersistedState {
+        PersistedState {
+            version: STATE_VERSION,
+            node_name: self.settings.node_name.clone(),
+            pod_cidr: t.ipam.cidr(),
+            endpoints: t.endpoints.values().cloned().collect(),
+            identities: t.identities.snapshot(),
+            ipam: t.ipam.snapshot(),
+        }
+    }
+
+    fn undo_upsert(&self, spec: &EndpointSpec) {
+        if let Err(e) = self.datapath.remove_endpoint(spec) {
+            warn!(endpoint = spec.id, ifname = %spec.ifname, error = %e, "cannot undo datapath programming of a failed add");
+        }
+    }
+}
+
+impl Tables {
+    fn restore(
+        cidr: Ipv4Net,
+        p: PersistedState,
+        path: &std::path::Path,
+    ) -> Result<Self, OpenError> {
+        let inconsistent = |message: String| OpenError::Inconsistent {
+            path: path.to_owned(),
+            message,
+        };
+        let ipam =
+            Ipam::restore(cidr, Some(p.pod_cidr), &p.ipam).map_err(|source| OpenError::Ipam {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut identities =
+            IdentityAllocator::restore(&p.identities).map_err(|source| OpenError::Identity {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut endpoints = BTreeMap::new();
+        let mut refs: BTreeMap<NumericIdentity, u32> = BTreeMap::new();
+        for ep in p.endpoints {
+            if ep.id == 0 {
+                return Err(inconsistent(format!(
+                    "endpoint of container {} has id 0",
+                    ep.container_id
+                )));
+            }
+            for other in endpoints.values() {
+                let other: &Endpoint = other;
+                if other.id == ep.id
+                    || other.container_id == ep.container_id
+                    || other.host_ifindex == ep.host_ifindex
+                {
+                    return Err(inconsistent(format!(
+                        "endpoints {} (container {}) and {} (container {}) share an id, container id or host ifindex",
+                        other.id, other.container_id, ep.id, ep.container_id
+                    )));
+                }
+            }
+            match ipam.owner(ep.ipv4) {
+                Some(owner) if owner == ep.container_id => {}
+                other => {
+                    return Err(inconsistent(format!(
+                    "endpoint {} (container {}) has address {} but the allocations give it to {}",
+                    ep.id,
+                    ep.container_id,
+                    ep.ipv4,
+                    other.map_or_else(|| "nobody".to_owned(), |o| format!("container {o}"))
+                )))
+                }
+            }
+            match identities.labels_of(ep.identity) {
+                Some(l) if *l == ep.labels => {}
+                other => {
+                    return Err(inconsistent(format!(
+                        "endpoint {} (container {}) has identity {} with labels [{}], but the identity table {}",
+                        ep.id,
+                        ep.container_id,
+                        ep.identity,
+                        ep.labels,
+                        other.map_or_else(|| "does not have it".to_owned(), |l| format!("gives it labels [{l}]"))
+                    )))
+                }
+            }
+            *refs.entry(ep.identity).or_default() += 1;
+            endpoints.insert(ep.id, ep);
+        }
+        for (id, persisted, actual) in identities.recount(&refs) {
+            warn!(identity = id, persisted, actual, state = %path.display(), "identity reference count did not match the endpoints; corrected");
+        }
+        let owners: HashSet<&str> = endpoints
+            .values()
+            .map(|e: &Endpoint| e.container_id.as_str())
+            .collect();
+        for (ip, owner) in ipam.snapshot().allocations {
+            if !owners.contains(owner.as_str()) {
+                // Kept, not released: an address is only reused when the agent is sure no pod
+                // holds it.
+                warn!(%ip, container = %owner, state = %path.display(), "address allocated to a container without endpoint; kept allocated");
+            }
+        }
+        Ok(Self {
+            endpoints,
+            ipam,
+            identities,
+        })
+    }
+
+    /// The lowest endpoint id not in use.
+    fn free_endpoint_id(&self) -> Option<u16> {
+        // Ids are kept sorted: the first gap in 1, 2, 3, ... is the answer.
+        let mut want: u16 = 1;
+        for id in self.endpoints.keys() {
+            if *id != want {
+                break;
+            }
+            want = want.checked_add(1)?;
+        }
+        Some(want)
+    }
+
+    /// Drops an endpoint with its address and identity reference; returns the address
+    /// released.
+    fn forget(&mut self, ep: &Endpoint) -> Option<Ipv4Addr> {
+        self.endpoints.remove(&ep.id);
+        self.identities.release(ep.identity);
+        // Only release what this container holds, never an address reallocated to another.
+        match self.ipam.owner(ep.ipv4) {
+            Some(owner) if owner == ep.container_id => self.ipam.release(ep.ipv4).map(|_| ep.ipv4),
+            _ => None,
+        }
+    }
+}
+
+/// After the datapath forgot an endpoint but the state could not be saved, the endpoint stays
+/// (memory matches disk) but must not look healthy.
+fn mark_removed_but_unsaved(tables: &mut Tables, id: u16) {
+    if let Some(e) = tables.endpoints.get_mut(&id) {
+        e.state = EndpointState::NotReady;
+        e.status_message = Some(
+            "removed from the datapath, but the state could not be saved; retry the delete"
+                .to_owned(),
+        );
+    }
+}
+
+/// What the datapath needs of an endpoint.
+pub fn spec_of(ep: &Endpoint) -> EndpointSpec {
+    EndpointSpec {
+        id: ep.id,
+        ifname: ep.host_ifname.clone(),
+        ifindex: ep.host_ifindex,
+        ipv4: ep.ipv4,
+        mac: ep.mac,
+        host_mac: ep.host_mac,
+        identity: ep.identity,
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn validate(req: &EndpointCreateRequest) -> Result<(), EndpointError> {
+    let invalid = |m: String| Err(EndpointError::Invalid(m));
+    // The CNI spec's rule for container ids; it also keeps them safe in URL paths and logs.
+    let cid = &req.container_id;
+    if cid.is_empty() {
+        return invalid("containerId is empty; pass the runtime's CNI_CONTAINERID".to_owned());
+    }
+    if cid.len() > 1024
+        || !cid.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || cid.contains(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return invalid(format!(
+            "containerId {cid:?} is not a valid container id: it must start with a letter or digit \
+             and hold only letters, digits, '_', '.' and '-'"
+        ));
+    }
+    for (field, name) in [("ifname", &req.ifname), ("hostIfname", &req.host_ifname)] {
+        if name.is_empty() {
+            return invalid(format!("{field} is empty; pass the interface name"));
+        }
+        if name.len() > MAX_IFNAME
+            || name == "."
+            || name == ".."
+            || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return invalid(format!(
+                "{field} {name:?} is not a valid interface name (at most {MAX_IFNAME} bytes, no '/', ':' or spaces)"
+            ));
+        }
+    }
+    if req.host_ifindex == 0 {
+        return invalid(
+            "hostIfindex is 0; pass the interface index of the host side of the veth".to_owned(),
+        );
+    }
+    if let Some(pod) = &req.pod {
+        if pod.namespace.is_empty() || pod.name.is_empty() {
+            return invalid(format!(
+                "pod {:?}/{:?}: namespace and name must both be set (or leave pod out)",
+                pod.namespace, pod.name
+            ));
+        }
+        if pod.namespace.contains('/') || pod.name.contains('/') {
+            return invalid(format!("pod {pod}: namespace and name may not contain '/'"));
+        }
+    }
+    if let Some(l) = req.labels.iter().find(|l| l.source == SOURCE_RESERVED) {
+        return invalid(format!(
+            "label {l}: the `{SOURCE_RESERVED}` source belongs to the agent's reserved identities and cannot be requested"
+        ));
+    }
+    Ok(())
+}
+
+/// The labels the endpoint's identity is derived from: the request's plus the namespace label.
+fn endpoint_labels(req: &EndpointCreateRequest) -> Result<Labels, EndpointError> {
+    let mut labels = req.labels.clone();
+    if let Some(pod) = &req.pod {
+        // Parsed rather than built so a namespace that is no valid label value is refused; the
+        // pod's namespace replaces any namespace label the request carried, so a pod cannot claim
+        // another namespace's identity.
+        let label = Label::parse(
+            &format!("{SOURCE_K8S}:{POD_NAMESPACE_LABEL}={}", pod.namespace),
+            SOURCE_K8S,
+        )
+        .map_err(|e| EndpointError::Invalid(format!("pod namespace {:?}: {e}", pod.namespace)))?;
+        labels.insert(label);
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests;

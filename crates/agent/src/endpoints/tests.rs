@@ -1,0 +1,554 @@
+//! Tests of the endpoint manager against the fake datapath.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ciliate_datapath::{CtGcStats, FakeDatapath};
+use ciliate_model::api::{Attachment, CtEntry, DatapathStatus};
+use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::MacAddr;
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::state::TMP_FILE;
+
+const NODE: &str = "node-a";
+
+fn settings(cidr: &str) -> ManagerSettings {
+    ManagerSettings {
+        node_name: NODE.to_owned(),
+        pod_cidr: cidr.parse().expect("test CIDR"),
+        mtu: 1450,
+    }
+}
+
+fn open_with(dir: &Path, cidr: &str, dp: Arc<dyn Datapath>) -> Result<EndpointManager, OpenError> {
+    let store = StateStore::open(dir).expect("state dir opens");
+    EndpointManager::open(settings(cidr), store, dp)
+}
+
+fn open(dir: &Path, dp: Arc<FakeDatapath>) -> EndpointManager {
+    open_with(dir, "10.200.0.0/24", dp).expect("manager opens")
+}
+
+fn req(cid: &str, ifindex: u32) -> EndpointCreateRequest {
+    EndpointCreateRequest {
+        container_id: cid.to_owned(),
+        ifname: "eth0".to_owned(),
+        netns: format!("/var/run/netns/{cid}"),
+        pod: Some(PodRef {
+            namespace: "default".to_owned(),
+            name: format!("pod-{cid}"),
+        }),
+        labels: Labels::parse_list("app=web", "k8s").expect("labels"),
+        host_ifname: format!("lxc{ifindex}"),
+        host_ifindex: ifindex,
+        host_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        mac: MacAddr([2, 0, 0, 0, 0, 2]),
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn create_allocates_programs_and_persists() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), dp.clone());
+    let created = m.create(&req("c1", 10)).expect("created");
+    let ep = &created.endpoint;
+    assert_eq!(ep.id, 1);
+    assert_eq!(ep.ipv4, ip("10.200.0.2"));
+    assert_eq!(created.address.to_string(), "10.200.0.2/32");
+    assert_eq!(created.gateway, GATEWAY_IPV4);
+    assert_eq!(created.mtu, 1450);
+    assert_eq!(ep.state, EndpointState::Ready);
+    assert_eq!(ep.identity, 256);
+    assert_eq!(
+        ep.labels.to_string(),
+        "k8s:app=web,k8s:io.kubernetes.pod.namespace=default"
+    );
+    assert_eq!(dp.programmed(), vec![spec_of(ep)]);
+    let id = m.identity(256).expect("identity in use");
+    assert_eq!((id.references, id.reserved), (1, false));
+
+    // On disk before the answer.
+    let raw = std::fs::read_to_string(tmp.path().join("state.json")).expect("state written");
+    let state: PersistedState = serde_json::from_str(&raw).expect("parses");
+    assert_eq!(state.endpoints, vec![ep.clone()]);
+    assert_eq!(
+        state.ipam.allocations.get(&ep.ipv4).map(String::as_str),
+        Some("c1")
+    );
+}
+
+#[test]
+fn same_labels_share_an_identity_and_namespace_separates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+    let a = m.create(&req("a", 1)).expect("a").endpoint;
+    let b = m.create(&req("b", 2)).expect("b").endpoint;
+    let mut other_ns = req("c", 3);
+    other_ns.pod = Some(PodRef {
+        namespace: "prod".to_owned(),
+        name: "x".to_owned(),
+    });
+    // A pod cannot claim another namespace through its labels.
+    other_ns
+        .labels
+        .insert(Label::new(SOURCE_K8S, POD_NAMESPACE_LABEL, "default"));
+    let c = m.create(&other_ns).expect("c").endpoint;
+    assert_eq!(a.identity, b.identity);
+    assert_ne!(a.identity, c.identity);
+    assert_eq!(c.labels.get(SOURCE_K8S, POD_NAMESPACE_LABEL), Some("prod"));
+    assert_eq!(m.identity(a.identity).expect("shared").references, 2);
+    m.delete("a").expect("deleted");
+    assert_eq!(
+        m.identity(a.identity).expect("still used by b").references,
+        1
+    );
+    m.delete("b").expect("deleted");
+    assert!(
+        m.identity(a.identity).is_none(),
+        "freed with the last reference"
+    );
+}
+
+#[test]
+fn conflicts_are_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+    m.create(&req("c1", 10)).expect("created");
+    let err = m.create(&req("c1", 11)).expect_err("same container");
+    assert_eq!(err.kind(), "conflict");
+    assert!(err.to_string().contains("DELETE /v1/endpoints/c1"), "{err}");
+    let err = m.create(&req("c2", 10)).expect_err("same ifindex");
+    assert_eq!(err.kind(), "conflict");
+    assert!(err.to_string().contains("ifindex 10"), "{err}");
+    assert_eq!(m.list().len(), 1);
+    assert_eq!(
+        m.status().ipam.allocated,
+        1,
+        "a refused request allocates nothing"
+    );
+}
+
+#[test]
+fn invalid_requests_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+    type Mutation = Box<dyn Fn(&mut EndpointCreateRequest)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("containerId is empty", Box::new(|r| r.container_id.clear())),
+        (
+            "not a valid container id",
+            Box::new(|r| r.container_id = "a/b".to_owned()),
+        ),
+        ("ifname is empty", Box::new(|r| r.ifname.clear())),
+        ("hostIfname is empty", Box::new(|r| r.host_ifname.clear())),
+        (
+            "not a valid interface name",
+            Box::new(|r| r.host_ifname = "a-very-long-interface".to_owned()),
+        ),
+        ("hostIfindex is 0", Box::new(|r| r.host_ifindex = 0)),
+        (
+            "reserved",
+            Box::new(|r| r.labels.insert(Label::new(SOURCE_RESERVED, "host", ""))),
+        ),
+        (
+            "namespace and name must both be set",
+            Box::new(|r| {
+                r.pod = Some(PodRef {
+                    namespace: String::new(),
+                    name: "x".to_owned(),
+                })
+            }),
+        ),
+        (
+            "pod namespace",
+            Box::new(|r| {
+                r.pod = Some(PodRef {
+                    namespace: "bad ns".to_owned(),
+                    name: "x".to_owned(),
+                })
+            }),
+        ),
+    ];
+    for (want, mutate) in cases {
+        let mut r = req("c1", 10);
+        mutate(&mut r);
+        let err = m.create(&r).expect_err(want);
+        assert_eq!(err.kind(), "invalid", "{want}: {err}");
+        assert!(err.to_string().contains(want), "want {want:?} in {err}");
+    }
+    assert!(m.list().is_empty());
+}
+
+#[test]
+fn datapath_failure_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), dp.clone());
+    dp.fail_next_upsert("veth vanished");
+    let err = m.create(&req("c1", 10)).expect_err("injected");
+    assert_eq!(err.kind(), "datapath");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("c1") && msg.contains("lxc10") && msg.contains("veth vanished"),
+        "{msg}"
+    );
+    assert!(m.list().is_empty());
+    let st = m.status();
+    assert_eq!((st.endpoints, st.identities, st.ipam.allocated), (0, 0, 0));
+    assert!(dp.programmed().is_empty());
+    assert_eq!(m.identities().len(), 8, "only the reserved identities");
+    let on_disk: PersistedState =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("state.json")).expect("read"))
+            .expect("parses");
+    assert!(
+        on_disk.endpoints.is_empty()
+            && on_disk.ipam.allocations.is_empty()
+            && on_disk.identities.identities.is_empty()
+    );
+    // The retry gets what the failed attempt would have had.
+    let ep = m.create(&req("c1", 10)).expect("retry works").endpoint;
+    assert_eq!((ep.id, ep.ipv4, ep.identity), (1, ip("10.200.0.2"), 256));
+}
+
+#[test]
+fn persist_failure_undoes_the_datapath_and_memory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), dp.clone());
+    let blocker = tmp.path().join(TMP_FILE);
+    std::fs::create_dir(&blocker).expect("block the temporary file");
+    let err = m.create(&req("c1", 10)).expect_err("cannot persist");
+    assert_eq!(err.kind(), "state");
+    assert!(err.to_string().contains(TMP_FILE), "{err}");
+    assert!(dp.programmed().is_empty(), "datapath entry removed again");
+    assert!(m.list().is_empty());
+    assert_eq!(m.status().ipam.allocated, 0);
+    std::fs::remove_dir(&blocker).expect("unblock");
+    m.create(&req("c1", 10)).expect("works once writable");
+}
+
+#[test]
+fn delete_is_idempotent_and_releases() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), dp.clone());
+    let ep = m.create(&req("c1", 10)).expect("created").endpoint;
+    let d = m.delete("c1").expect("deleted");
+    assert_eq!(d.endpoint.as_ref().map(|e| e.id), Some(ep.id));
+    assert_eq!(d.released, Some(ep.ipv4));
+    assert!(dp.programmed().is_empty());
+    assert_eq!(m.status().ipam.allocated, 0);
+    let again = m.delete("c1").expect("idempotent");
+    assert_eq!((again.endpoint, again.released), (None, None));
+    assert_eq!(
+        m.delete("never-existed").expect("idempotent").endpoint,
+        None
+    );
+}
+
+/// The fake datapath, with removals that fail on demand.
+#[derive(Debug, Default)]
+struct FlakyRemove {
+    inner: FakeDatapath,
+    fail_remove: AtomicBool,
+}
+
+impl Datapath for FlakyRemove {
+    fn status(&self) -> DatapathStatus {
+        self.inner.status()
+    }
+    fn upsert_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        self.inner.upsert_endpoint(ep)
+    }
+    fn remove_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        if self.fail_remove.load(Ordering::SeqCst) {
+            return Err(DatapathError::Injected("map busy".into()));
+        }
+        self.inner.remove_endpoint(ep)
+    }
+    fn list_endpoints(&self) -> Result<Vec<EndpointSpec>, DatapathError> {
+        self.inner.list_endpoints()
+    }
+    fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError> {
+        self.inner.ct_entries()
+    }
+    fn ct_gc(&self) -> Result<CtGcStats, DatapathError> {
+        self.inner.ct_gc()
+    }
+    fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
+        self.inner.subscribe_events()
+    }
+}
+
+#[test]
+fn delete_that_the_datapath_refuses_keeps_everything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FlakyRemove::default());
+    let m = open_with(tmp.path(), "10.200.0.0/24", dp.clone()).expect("opens");
+    m.create(&req("c1", 10)).expect("created");
+    dp.fail_remove.store(true, Ordering::SeqCst);
+    let err = m.delete("c1").expect_err("refused");
+    assert_eq!(err.kind(), "datapath");
+    assert!(err.to_string().contains("map busy"), "{err}");
+    assert_eq!(m.list().len(), 1, "kept so the delete can be retried");
+    assert_eq!(m.status().ipam.allocated, 1);
+    // GC: nothing removable is an error; the endpoint stays.
+    let err = m
+        .gc(&GcRequest {
+            valid_attachments: vec![],
+        })
+        .expect_err("refused");
+    assert_eq!(err.kind(), "datapath");
+    dp.fail_remove.store(false, Ordering::SeqCst);
+    assert!(m.delete("c1").expect("retry").endpoint.is_some());
+}
+
+#[test]
+fn gc_removes_what_the_runtime_no_longer_lists() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), dp.clone());
+    for (cid, idx) in [("a", 1), ("b", 2), ("c", 3)] {
+        m.create(&req(cid, idx)).expect("created");
+    }
+    let keep = |cid: &str, ifname: &str| Attachment {
+        container_id: cid.to_owned(),
+        ifname: ifname.to_owned(),
+    };
+    let res = m
+        .gc(&GcRequest {
+            // "c" is listed with another interface name: its eth0 is stale.
+            valid_attachments: vec![keep("a", "eth0"), keep("c", "net1"), keep("zzz", "eth0")],
+        })
+        .expect("gc");
+    let removed: Vec<&str> = res
+        .removed
+        .iter()
+        .map(|e| e.container_id.as_str())
+        .collect();
+    assert_eq!(removed, vec!["b", "c"]);
+    assert_eq!(
+        m.list()
+            .iter()
+            .map(|e| e.container_id.clone())
+            .collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    assert_eq!(dp.programmed().len(), 1);
+    assert_eq!(m.status().ipam.allocated, 1);
+    assert!(m
+        .gc(&GcRequest {
+            valid_attachments: vec![keep("a", "eth0")]
+        })
+        .expect("gc")
+        .removed
+        .is_empty());
+}
+
+#[test]
+fn lowest_free_endpoint_id_is_reused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+    for (cid, idx) in [("a", 1), ("b", 2), ("c", 3)] {
+        m.create(&req(cid, idx)).expect("created");
+    }
+    m.delete("b").expect("deleted");
+    let d = m.create(&req("d", 4)).expect("created").endpoint;
+    assert_eq!(d.id, 2);
+    // But not its address: round-robin goes on.
+    assert_eq!(d.ipv4, ip("10.200.0.5"));
+}
+
+#[test]
+fn lookup_by_id_container_or_pod() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+    m.create(&req("abc", 1)).expect("created");
+    m.create(&req("12345", 2)).expect("digits");
+    let found = |s: &str| m.get(&EndpointRef::parse(s)).map(|e| e.container_id);
+    assert_eq!(found("1").as_deref(), Some("abc"));
+    assert_eq!(found("abc").as_deref(), Some("abc"));
+    assert_eq!(found("default/pod-abc").as_deref(), Some("abc"));
+    assert_eq!(
+        found("12345").as_deref(),
+        Some("12345"),
+        "a digit container id is found too"
+    );
+    assert_eq!(found("7"), None);
+    assert_eq!(found("prod/pod-abc"), None);
+    assert_eq!(
+        EndpointRef::parse("ns/p"),
+        EndpointRef::Pod(PodRef {
+            namespace: "ns".into(),
+            name: "p".into()
+        })
+    );
+}
+
+#[test]
+fn exhausted_cidr_is_refused_and_rolled_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open_with(tmp.path(), "10.0.0.4/30", dp.clone()).expect("opens");
+    let only = m.create(&req("a", 1)).expect("one address").endpoint;
+    assert_eq!(only.ipv4, ip("10.0.0.6"));
+    let err = m.create(&req("b", 2)).expect_err("full");
+    assert_eq!(err.kind(), "exhausted");
+    assert!(err.to_string().contains("10.0.0.4/30"), "{err}");
+    assert_eq!(m.list().len(), 1);
+    assert_eq!(dp.programmed().len(), 1);
+    m.delete("a").expect("deleted");
+    m.create(&req("b", 2)).expect("free again");
+}
+
+#[test]
+fn restart_keeps_everything_and_never_reallocates_a_live_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let before = {
+        let m = open(tmp.path(), dp.clone());
+        for (cid, idx) in [("a", 1), ("b", 2), ("c", 3)] {
+            m.create(&req(cid, idx)).expect("created");
+        }
+        m.delete("b").expect("deleted");
+        m.list()
+    };
+    // Same kernel (pinned datapath), new agent.
+    let m = open(tmp.path(), dp.clone());
+    assert_eq!(m.list(), before);
+    assert_eq!(m.identity(256).expect("kept").references, 2);
+    let live: Vec<Ipv4Addr> = before.iter().map(|e| e.ipv4).collect();
+    for (cid, idx) in [("d", 4), ("e", 5)] {
+        let ep = m.create(&req(cid, idx)).expect("created").endpoint;
+        assert!(!live.contains(&ep.ipv4), "{} handed out twice", ep.ipv4);
+        assert_ne!(
+            ep.ipv4,
+            ip("10.200.0.3"),
+            "b's address is not reused at once"
+        );
+    }
+    assert_eq!(dp.programmed().len(), 4);
+}
+
+#[test]
+fn restart_marks_unprogrammable_endpoints_not_ready_and_keeps_their_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+        m.create(&req("a", 1)).expect("created");
+    }
+    // A rebooted node: the datapath is empty and a's veth is gone.
+    let dp = Arc::new(FakeDatapath::new());
+    dp.fail_next_upsert("no such interface lxc1");
+    let m = open(tmp.path(), dp.clone());
+    let ep = m.get(&EndpointRef::Container("a".into())).expect("kept");
+    assert_eq!(ep.state, EndpointState::NotReady);
+    assert!(ep
+        .status_message
+        .as_deref()
+        .is_some_and(|s| s.contains("no such interface lxc1")));
+    let st = m.status();
+    assert_eq!(st.ipam.allocated, 1);
+    assert_eq!(st.problems.len(), 1);
+    assert!(
+        st.problems[0].contains("not-ready") && st.problems[0].contains("default/pod-a"),
+        "{:?}",
+        st.problems
+    );
+    let other = m.create(&req("b", 2)).expect("created").endpoint;
+    assert_ne!(other.ipv4, ep.ipv4);
+    // CNI DEL releases it.
+    assert_eq!(m.delete("a").expect("deleted").released, Some(ep.ipv4));
+}
+
+#[test]
+fn restart_removes_datapath_endpoints_the_state_does_not_know() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let kept = {
+        let m = open(tmp.path(), dp.clone());
+        m.create(&req("a", 1)).expect("created").endpoint
+    };
+    // A crash between programming the datapath and persisting an add.
+    let orphan = EndpointSpec {
+        id: 2,
+        ifname: "lxc9".into(),
+        ifindex: 9,
+        ipv4: ip("10.200.0.3"),
+        mac: MacAddr::default(),
+        host_mac: MacAddr::default(),
+        identity: 257,
+    };
+    dp.upsert_endpoint(&orphan).expect("fake");
+    let m = open(tmp.path(), dp.clone());
+    assert_eq!(dp.programmed(), vec![spec_of(&kept)]);
+    assert_eq!(m.list(), vec![kept]);
+}
+
+#[test]
+fn corrupt_state_stops_the_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("state.json"), b"{ not json").expect("write");
+    let err =
+        open_with(tmp.path(), "10.200.0.0/24", Arc::new(FakeDatapath::new())).expect_err("corrupt");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("state.json") && msg.contains("corrupt"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn cidr_change_with_live_addresses_stops_the_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+        m.create(&req("a", 1)).expect("created");
+    }
+    let err =
+        open_with(tmp.path(), "10.201.0.0/24", Arc::new(FakeDatapath::new())).expect_err("orphans");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("10.200.0.0/24") && msg.contains("10.201.0.0/24"),
+        "{msg}"
+    );
+    // Without live addresses the change is fine.
+    {
+        let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+        m.delete("a").expect("deleted");
+    }
+    let m = open_with(tmp.path(), "10.201.0.0/24", Arc::new(FakeDatapath::new()))
+        .expect("no live address");
+    assert_eq!(
+        m.create(&req("b", 2)).expect("created").endpoint.ipv4,
+        ip("10.201.0.2")
+    );
+}
+
+#[test]
+fn inconsistent_state_stops_the_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let m = open(tmp.path(), Arc::new(FakeDatapath::new()));
+        m.create(&req("a", 1)).expect("created");
+    }
+    let path = tmp.path().join("state.json");
+    let mut state: PersistedState =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("parses");
+    state.ipam.allocations.clear();
+    std::fs::write(&path, serde_json::to_vec(&state).expect("serialises")).expect("write");
+    let err = open_with(tmp.path(), "10.200.0.0/24", Arc::new(FakeDatapath::new()))
+        .expect_err("inconsistent");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("inconsistent") && msg.contains("container a"),
+        "{msg}"
+    );
+}

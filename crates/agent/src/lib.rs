@@ -1,0 +1,25 @@
+//! The Ciliate agent: the per-node daemon.
+//!
+//! It owns the node's pod CIDR and hands out addresses ([`ipam`]), allocates numeric security
+//! identities per distinct label set ([`identity`]), keeps the endpoint table and programs the
+//! datapath through the [`Datapath`](ciliate_datapath::Datapath) trait ([`endpoints`]), persists
+//! all of it ([`state`]) and serves the JSON API documented in [`ciliate_model::api`] on a unix
+//! socket ([`api`], [`server`]). Conntrack garbage collection runs in the background ([`gc`]).
+//!
+//! The binary (`main.rs`) only parses the configuration ([`config`]), sets up logging
+//! ([`logging`]) and signal handling, and calls [`server::run`].
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod endpoints;
+pub mod gc;
+pub mod identity;
+pub mod ipam;
+pub mod logging;
+pub mod server;
+pub mod state;
+
+pub use config::Config;
+pub use endpoints::EndpointManager;

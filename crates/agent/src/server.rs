@@ -1,0 +1,367 @@
+//! The API socket and the agent's life: bind, serve, shut down.
+//!
+//! The socket is root-only (0600): whoever can talk to the agent can wire pods into the
+//! network. It is created in a private directory and moved into place after its mode is set, so
+//! there is no moment at which another user could connect.
+
+use std::future::IntoFuture;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use ciliate_datapath::linux::{LinuxConfig, LinuxDatapath};
+use ciliate_datapath::{Datapath, DatapathError, FakeDatapath};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::{Config, DatapathKind};
+use crate::endpoints::{EndpointManager, ManagerSettings, OpenError};
+use crate::gc::{self, CtGcHealth};
+use crate::state::{StateError, StateStore};
+
+/// How long open connections (a monitor stream, a request in flight) may take to finish once
+/// the agent is told to stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the API socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Another agent answers on the socket.
+    #[error(
+        "another agent is already serving on {0}; stop it first, or pass a different --socket"
+    )]
+    InUse(PathBuf),
+    /// Something that is not a socket sits at the path.
+    #[error("{0} exists and is not a socket; remove it or pass a different --socket")]
+    NotASocket(PathBuf),
+    /// A filesystem or socket operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the socket file when dropped, unless it has been replaced by another agent's.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    /// Device, inode and change time of our socket file: inode numbers are reused at once, so
+    /// the change time tells our file from a newer one that got the same number.
+    id: (u64, u64, i64, i64),
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+impl SocketGuard {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if file_id(&m) == self.id => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    warn!(socket = %self.path.display(), error = %e, "cannot remove the API socket");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Binds the API socket at `path` (inside a tokio runtime): creates the parent directory
+/// (0755), removes a stale socket nobody answers on, refuses when another agent answers, and
+/// leaves the socket with mode 0600.
+pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), SocketError> {
+    let io = |what: &'static str, p: &Path| {
+        let path = p.to_owned();
+        move |source| SocketError::Io { what, path, source }
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(&parent)
+            .map_err(io("cannot create the socket directory", &parent))?;
+        // Explicitly, whatever the umask: clients of any user must reach the socket's mode
+        // check rather than fail on the directory.
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("cannot set the mode of", &parent))?;
+    }
+
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(path.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                info!(socket = %path.display(), "removing stale API socket left by an agent that is gone");
+                std::fs::remove_file(path).map_err(io("cannot remove the stale socket", path))?;
+            }
+            Err(e) => return Err(io("cannot check whether an agent answers on", path)(e)),
+        },
+        Ok(_) => return Err(SocketError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot inspect", path)(e)),
+    }
+
+    // Bind inside a directory only root can enter, set the mode, then move the socket into
+    // place: the listening socket follows its inode, and nobody could connect in between.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let private = parent.join(format!(
+        ".ciliate-agent-bind-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io("cannot create", &private))?;
+    let staged = private.join("agent.sock");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged).map_err(io("cannot bind", &staged))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("cannot set the mode of", &staged))?;
+        std::fs::rename(&staged, path).map_err(io("cannot move the socket to", path))?;
+        let m = std::fs::symlink_metadata(path).map_err(io("cannot inspect", path))?;
+        Ok((
+            listener,
+            SocketGuard {
+                path: path.to_owned(),
+                id: file_id(&m),
+            },
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true, then stops accepting and gives open
+/// connections [`DRAIN_TIMEOUT`] to finish.
+pub async fn serve(
+    listener: UnixListener,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut stop = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .into_future();
+    let mut stop = shutdown;
+    let drain_deadline = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        r = server => r,
+        () = drain_deadline => {
+            warn!(timeout = ?DRAIN_TIMEOUT, "connections still open at shutdown; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The API socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The state directory could not be opened or locked.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The datapath could not be opened.
+    #[error("cannot open the {kind} datapath: {source}")]
+    Datapath {
+        /// Which datapath.
+        kind: DatapathKind,
+        /// Why.
+        #[source]
+        source: DatapathError,
+    },
+    /// The endpoint manager could not start (state or datapath reconciliation).
+    #[error(transparent)]
+    Manager(#[from] OpenError),
+    /// Serving failed.
+    #[error("serving the API on {path}: {source}")]
+    Serve {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A start-up step panicked.
+    #[error("start-up failed unexpectedly: {0}")]
+    Panicked(String),
+}
+
+/// Opens the datapath the configuration names. Call inside a tokio runtime.
+pub fn open_datapath(config: &Config) -> Result<Arc<dyn Datapath>, AgentError> {
+    match config.datapath {
+        DatapathKind::Fake => {
+            warn!("using the fake datapath: pods get addresses but no traffic is forwarded");
+            Ok(Arc::new(FakeDatapath::new()))
+        }
+        DatapathKind::Bpf => LinuxDatapath::open(LinuxConfig {
+            node_name: config.node_name.clone(),
+            bpffs_root: config.bpffs_root.clone(),
+        })
+        .map(|d| Arc::new(d) as Arc<dyn Datapath>)
+        .map_err(|source| AgentError::Datapath {
+            kind: DatapathKind::Bpf,
+            source,
+        }),
+    }
+}
+
+/// Runs the agent until `shutdown` turns true, with the datapath the configuration names.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    run_inner(config, None, shutdown).await
+}
+
+/// Runs the agent with a datapath given by the caller (tests, embedding).
+pub async fn run_with_datapath(
+    config: Config,
+    datapath: Arc<dyn Datapath>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    run_inner(config, Some(datapath), shutdown).await
+}
+
+async fn run_inner(
+    config: Config,
+    datapath: Option<Arc<dyn Datapath>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let started = Instant::now();
+    info!(
+        node = %config.node_name,
+        pod_cidr = %config.pod_cidr,
+        datapath = %config.datapath,
+        socket = %config.socket.display(),
+        state = %config.state_file().display(),
+        "starting ciliate-agent {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The socket first: when another agent runs, touch neither its state nor its datapath.
+    let (listener, guard) = bind_socket(&config.socket)?;
+    let store = StateStore::open(&config.node_state_dir())?;
+    let datapath = match datapath {
+        Some(d) => d,
+        None => open_datapath(&config)?,
+    };
+    let settings = ManagerSettings {
+        node_name: config.node_name.clone(),
+        pod_cidr: config.pod_cidr,
+        mtu: config.mtu,
+    };
+    let dp = Arc::clone(&datapath);
+    let manager = tokio::task::spawn_blocking(move || EndpointManager::open(settings, store, dp))
+        .await
+        .map_err(|e| AgentError::Panicked(e.to_string()))??;
+    let manager = Arc::new(manager);
+
+    let ct_gc = Arc::new(CtGcHealth::default());
+    let gc_task = tokio::spawn(gc::run_ct_gc(
+        Arc::clone(&datapath),
+        Duration::from_secs(config.ct_gc_interval_seconds),
+        Arc::clone(&ct_gc),
+        shutdown.clone(),
+    ));
+    let socket = config.socket.clone();
+    let app = api::router(AppState {
+        config: Arc::new(config),
+        manager,
+        ct_gc,
+        started,
+        shutdown: shutdown.clone(),
+    });
+    info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
+    let served = serve(listener, app, shutdown).await;
+    gc_task.abort();
+    // Nothing is detached: pods keep forwarding while the agent is down, and the next agent
+    // picks the pinned datapath up again.
+    drop(guard);
+    info!("stopped; the datapath keeps forwarding");
+    served.map_err(|source| AgentError::Serve {
+        path: socket,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_is_private_and_a_live_one_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let path = tmp.path().join("run/ciliate/agent.sock");
+            let (listener, guard) = bind_socket(&path).expect("binds");
+            let m = std::fs::metadata(&path).expect("exists");
+            assert!(m.file_type().is_socket());
+            assert_eq!(m.permissions().mode() & 0o777, 0o600);
+            let parent = std::fs::metadata(path.parent().expect("has parent")).expect("dir");
+            assert_eq!(parent.permissions().mode() & 0o777, 0o755);
+            let err = bind_socket(&path).expect_err("in use");
+            assert!(matches!(err, SocketError::InUse(_)), "{err}");
+            // A stale socket (nobody listening) is replaced.
+            drop(listener);
+            std::mem::forget(guard);
+            let (_l2, g2) = bind_socket(&path).expect("stale socket replaced");
+            drop(g2);
+            assert!(!path.exists(), "guard removes the socket");
+            // A regular file is never removed.
+            std::fs::write(&path, b"precious").expect("write");
+            assert!(matches!(
+                bind_socket(&path),
+                Err(SocketError::NotASocket(_))
+            ));
+            assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
+        });
+    }
+
+    #[test]
+    fn guard_leaves_a_newer_socket_alone() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let path = tmp.path().join("agent.sock");
+            let (l1, g1) = bind_socket(&path).expect("binds");
+            drop(l1);
+            // Another agent replaced the stale socket before this guard dropped.
+            let (_l2, _g2) = bind_socket(&path).expect("replaces stale");
+            drop(g1);
+            assert!(path.exists(), "the other agent's socket stays");
+        });
+    }
+}

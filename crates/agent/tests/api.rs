@@ -1,0 +1,512 @@
+//! The API router driven in-process, one request at a time, against the fake datapath.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use ciliate_agent::api::{router, AppState};
+use ciliate_agent::config::{Config, StaticEnvironment};
+use ciliate_agent::endpoints::{EndpointManager, ManagerSettings};
+use ciliate_agent::gc::CtGcHealth;
+use ciliate_agent::state::StateStore;
+use ciliate_datapath::FakeDatapath;
+use ciliate_model::monitor::{EventKind, MonitorEvent};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+struct Harness {
+    app: Router,
+    dp: Arc<FakeDatapath>,
+    _shutdown: watch::Sender<bool>,
+    _tmp: tempfile::TempDir,
+}
+
+fn harness_with(cidr: &str) -> Harness {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let env = StaticEnvironment {
+        hostname: Some("node-a".into()),
+        ..Default::default()
+    };
+    let state_dir = tmp.path().display().to_string();
+    let config = Config::parse_from(
+        [
+            "ciliate-agent",
+            "--datapath",
+            "fake",
+            "--pod-cidr",
+            cidr,
+            "--state-dir",
+            &state_dir,
+            "--mtu",
+            "1400",
+        ],
+        &env,
+    )
+    .expect("config");
+    let dp = Arc::new(FakeDatapath::new());
+    let store = StateStore::open(&config.node_state_dir()).expect("state dir");
+    let manager = EndpointManager::open(
+        ManagerSettings {
+            node_name: config.node_name.clone(),
+            pod_cidr: config.pod_cidr,
+            mtu: config.mtu,
+        },
+        store,
+        dp.clone(),
+    )
+    .expect("manager");
+    let (tx, rx) = watch::channel(false);
+    let app = router(AppState {
+        config: Arc::new(config),
+        manager: Arc::new(manager),
+        ct_gc: Arc::new(CtGcHealth::default()),
+        started: Instant::now(),
+        shutdown: rx,
+    });
+    Harness {
+        app,
+        dp,
+        _shutdown: tx,
+        _tmp: tmp,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with("10.200.0.0/24")
+}
+
+impl Harness {
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(serde_json::to_vec(&v).expect("serialises"))
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).expect("request")).await
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self.app.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, None).await
+    }
+}
+
+fn create_body(cid: &str, ifindex: u32) -> Value {
+    json!({
+        "containerId": cid,
+        "ifname": "eth0",
+        "netns": format!("/var/run/netns/{cid}"),
+        "pod": {"namespace": "default", "name": format!("web-{cid}")},
+        "labels": ["k8s:app=web"],
+        "hostIfname": format!("lxc{ifindex}"),
+        "hostIfindex": ifindex,
+        "hostMac": "02:00:00:00:00:01",
+        "mac": "02:00:00:00:00:02"
+    })
+}
+
+/// An error answer: the status, and a body with the kind and a message.
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, kind: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["kind"], kind, "{}", got.1);
+    assert!(
+        got.1["message"].as_str().is_some_and(|m| m.len() > 10),
+        "an error needs a message that says what to do: {}",
+        got.1
+    );
+}
+
+#[tokio::test]
+async fn healthz_config_and_status() {
+    let h = harness();
+    assert_eq!(
+        h.get("/v1/healthz").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (s, cfg) = h.get("/v1/config").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(cfg["nodeName"], "node-a");
+    assert_eq!(cfg["datapath"], "fake");
+    assert_eq!(cfg["mtu"], 1400);
+
+    h.call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    let (s, st) = h.get("/v1/status").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(st["node"], "node-a");
+    assert_eq!(st["health"], "ok");
+    assert_eq!(st["problems"], json!([]));
+    assert_eq!(st["endpoints"], 1);
+    assert_eq!(st["identities"], 1);
+    assert_eq!(
+        st["ipam"],
+        json!({"cidr": "10.200.0.0/24", "allocated": 1, "capacity": 253})
+    );
+    assert_eq!(st["datapath"]["kind"], "fake");
+    assert_eq!(st["datapath"]["loaded"], true);
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn create_get_and_delete_an_endpoint() {
+    let h = harness();
+    let (s, created) = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["address"], "10.200.0.2/32");
+    assert_eq!(created["gateway"], "169.254.1.1");
+    assert_eq!(created["mtu"], 1400);
+    assert_eq!(created["endpoint"]["id"], 1);
+    assert_eq!(created["endpoint"]["state"], "ready");
+    assert_eq!(created["endpoint"]["identity"], 256);
+    assert_eq!(
+        created["endpoint"]["labels"],
+        json!(["k8s:app=web", "k8s:io.kubernetes.pod.namespace=default"])
+    );
+    assert_eq!(h.dp.programmed().len(), 1);
+
+    for r in ["1", "c1", "default%2Fweb-c1"] {
+        let (s, ep) = h.get(&format!("/v1/endpoints/{r}")).await;
+        assert_eq!(s, StatusCode::OK, "{r}: {ep}");
+        assert_eq!(ep["containerId"], "c1", "{r}");
+    }
+    let (s, list) = h.get("/v1/endpoints").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+
+    let missing = h.get("/v1/endpoints/nope").await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "not-found");
+    assert!(missing.1["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("nope")));
+    assert_error(
+        &h.get("/v1/endpoints/default%2Fnope").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+
+    let (s, deleted) = h.call(Method::DELETE, "/v1/endpoints/c1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(deleted["endpoint"]["containerId"], "c1");
+    assert_eq!(deleted["released"], "10.200.0.2");
+    assert!(h.dp.programmed().is_empty());
+    let (s, again) = h.call(Method::DELETE, "/v1/endpoints/c1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again, json!({"endpoint": null, "released": null}));
+}
+
+#[tokio::test]
+async fn conflicts_and_bad_requests_answer_api_errors() {
+    let h = harness();
+    h.call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    let dup = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 6)))
+        .await;
+    assert_error(&dup, StatusCode::CONFLICT, "conflict");
+    let same_if = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c2", 5)))
+        .await;
+    assert_error(&same_if, StatusCode::CONFLICT, "conflict");
+
+    let mut empty = create_body("x", 7);
+    empty["containerId"] = json!("");
+    assert_error(
+        &h.call(Method::POST, "/v1/endpoints", Some(empty)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    let mut zero = create_body("x", 7);
+    zero["hostIfindex"] = json!(0);
+    assert_error(
+        &h.call(Method::POST, "/v1/endpoints", Some(zero)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    let mut bad_label = create_body("x", 7);
+    bad_label["labels"] = json!(["app=we b"]);
+    let got = h.call(Method::POST, "/v1/endpoints", Some(bad_label)).await;
+    assert_eq!(got.1["kind"], "invalid", "{}", got.1);
+    assert!(got.0.is_client_error());
+    let missing_field = h
+        .call(
+            Method::POST,
+            "/v1/endpoints",
+            Some(json!({"containerId": "x"})),
+        )
+        .await;
+    assert_eq!(missing_field.1["kind"], "invalid");
+    assert!(missing_field.0.is_client_error());
+
+    let not_json = Request::post("/v1/endpoints")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{nope"))
+        .expect("request");
+    assert_error(&h.send(not_json).await, StatusCode::BAD_REQUEST, "invalid");
+    let no_type = Request::post("/v1/endpoints")
+        .body(Body::from("{}"))
+        .expect("request");
+    assert_error(
+        &h.send(no_type).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid",
+    );
+    assert_eq!(
+        h.get("/v1/endpoints").await.1.as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn datapath_failure_is_a_500_and_leaves_nothing() {
+    let h = harness();
+    h.dp.fail_next_upsert("attach failed");
+    let got = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    assert_error(&got, StatusCode::INTERNAL_SERVER_ERROR, "datapath");
+    assert!(got.1["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("attach failed")));
+    assert_eq!(h.get("/v1/endpoints").await.1, json!([]));
+    assert_eq!(h.get("/v1/status").await.1["ipam"]["allocated"], 0);
+}
+
+#[tokio::test]
+async fn exhausted_pod_cidr_is_reported() {
+    let h = harness_with("10.0.0.4/30");
+    assert_eq!(
+        h.call(Method::POST, "/v1/endpoints", Some(create_body("a", 1)))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let got = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("b", 2)))
+        .await;
+    assert_error(&got, StatusCode::SERVICE_UNAVAILABLE, "exhausted");
+}
+
+#[tokio::test]
+async fn gc_removes_unlisted_endpoints() {
+    let h = harness();
+    for (cid, i) in [("a", 1), ("b", 2)] {
+        h.call(Method::POST, "/v1/endpoints", Some(create_body(cid, i)))
+            .await;
+    }
+    let (s, res) = h
+        .call(
+            Method::POST,
+            "/v1/endpoints/gc",
+            Some(json!({"validAttachments": [{"containerId": "a", "ifname": "eth0"}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{res}");
+    assert_eq!(res["removed"].as_array().map(Vec::len), Some(1));
+    assert_eq!(res["removed"][0]["containerId"], "b");
+    assert_eq!(
+        h.get("/v1/endpoints").await.1.as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_error(
+        &h.call(Method::POST, "/v1/endpoints/gc", Some(json!({})))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    );
+}
+
+#[tokio::test]
+async fn identities_reserved_and_allocated() {
+    let h = harness();
+    h.call(Method::POST, "/v1/endpoints", Some(create_body("a", 1)))
+        .await;
+    let (s, ids) = h.get("/v1/identities").await;
+    assert_eq!(s, StatusCode::OK);
+    let ids = ids.as_array().cloned().unwrap_or_default();
+    assert_eq!(ids.len(), 9);
+    assert!(ids[..8].iter().all(|i| i["reserved"] == true));
+    assert_eq!(ids[0]["labels"], json!(["reserved:host"]));
+    assert_eq!(ids[8]["id"], 256);
+    assert_eq!(ids[8]["references"], 1);
+    let (s, world) = h.get("/v1/identities/2").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(world["labels"], json!(["reserved:world"]));
+    assert_eq!(h.get("/v1/identities/256").await.1["reserved"], false);
+    assert_error(
+        &h.get("/v1/identities/999").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+    assert_error(
+        &h.get("/v1/identities/web").await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+}
+
+#[tokio::test]
+async fn ct_entries_and_unknown_routes() {
+    let h = harness();
+    assert_eq!(h.get("/v1/bpf/ct").await, (StatusCode::OK, json!([])));
+    assert_error(
+        &h.get("/v1/nothing").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+    assert_error(&h.get("/").await, StatusCode::NOT_FOUND, "not-found");
+    assert_error(
+        &h.call(Method::PUT, "/v1/endpoints", Some(json!({}))).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+    );
+    assert_error(
+        &h.call(Method::GET, "/v1/endpoints/gc", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+    );
+}
+
+fn event(kind: EventKind, endpoint: u16) -> MonitorEvent {
+    MonitorEvent {
+        kind,
+        time: "2024-01-01T00:00:00Z".into(),
+        code: 133,
+        reason: "Policy denied".into(),
+        endpoint,
+        ifindex: 5,
+        src_identity: 256,
+        dst_identity: 2,
+        ct_state: "new".into(),
+        len: 60,
+        ethertype: 0x0800,
+        src: Some(Ipv4Addr::new(10, 200, 0, 2)),
+        dst: Some(Ipv4Addr::new(1, 1, 1, 1)),
+        l4: None,
+    }
+}
+
+/// Reads body frames until one line is complete.
+async fn next_line(body: &mut Body) -> String {
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\n") {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    String::from_utf8(buf).expect("utf-8")
+}
+
+#[tokio::test]
+async fn monitor_streams_ndjson_with_filters() {
+    let h = harness();
+    let resp = h
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/v1/monitor?type=drop")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    let mut body = resp.into_body();
+    // The subscription exists once the handler answered: events from now on are delivered.
+    h.dp.emit(event(EventKind::Trace, 1));
+    h.dp.emit(event(EventKind::Drop, 2));
+    let line = next_line(&mut body).await;
+    let got: MonitorEvent = serde_json::from_str(line.trim_end()).expect("one event per line");
+    assert_eq!(
+        (got.kind, got.endpoint),
+        (EventKind::Drop, 2),
+        "traces filtered out"
+    );
+
+    let all = h
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/v1/monitor")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let mut all = all.into_body();
+    h.dp.emit(event(EventKind::Trace, 3));
+    let line = next_line(&mut all).await;
+    assert_eq!(
+        serde_json::from_str::<MonitorEvent>(line.trim_end())
+            .expect("event")
+            .endpoint,
+        3
+    );
+
+    assert_error(
+        &h.get("/v1/monitor?type=flow").await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+}
+
+#[tokio::test]
+async fn monitor_survives_lag() {
+    let h = harness();
+    let resp = h
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/v1/monitor")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let mut body = resp.into_body();
+    // More than the fake's channel holds: the reader lags, loses the oldest, and goes on.
+    for i in 0..1500u16 {
+        h.dp.emit(event(EventKind::Drop, i));
+    }
+    let first: MonitorEvent =
+        serde_json::from_str(next_line(&mut body).await.trim_end()).expect("event");
+    assert!(
+        first.endpoint >= 1500 - 1024,
+        "oldest events were dropped, got {}",
+        first.endpoint
+    );
+    h.dp.emit(event(EventKind::Drop, 9999));
+    let mut last = first.endpoint;
+    while last != 9999 {
+        last = serde_json::from_str::<MonitorEvent>(next_line(&mut body).await.trim_end())
+            .expect("event")
+            .endpoint;
+    }
+}
