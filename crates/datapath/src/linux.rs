@@ -180,6 +180,8 @@ impl LinuxDatapath {
     /// it spawns the task that reads the event ring buffer.
     pub fn open(cfg: LinuxConfig) -> Result<Self, DatapathError> {
         ensure_bpffs(&cfg.bpffs_root)?;
+        // Pods reach the world through the node's stack, which must route for them.
+        crate::netlink::set_ipv4_forwarding(true).map_err(kernel("enable IPv4 forwarding"))?;
         let pin_dir = cfg.pin_dir();
         let reused = pin_dir.join(maps::CT4).exists();
         let mut bpf = load_endpoint_programs(&pin_dir)?;
