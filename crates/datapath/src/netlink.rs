@@ -729,6 +729,24 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), NetlinkError> {
     })
 }
 
+/// Turns IPv6 off on `ifname` in the calling thread's namespace. Until the datapath forwards
+/// IPv6 it drops it (reason 139); switching it off at the interface keeps the kernel's own
+/// router solicitations and DAD probes from filling the drop stream. A kernel without IPv6
+/// has nothing to switch off.
+pub fn disable_ipv6(ifname: &str) -> Result<(), NetlinkError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if ifname.is_empty() || ifname.contains('/') || ifname == "." || ifname == ".." {
+        return Err(NetlinkError::Sysctl {
+            path: path.into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    write_sysctl(&path, "1")
+}
+
 /// Whether IPv4 forwarding is on in the calling thread's namespace.
 pub fn ipv4_forwarding() -> Result<bool, NetlinkError> {
     Ok(read_sysctl("/proc/sys/net/ipv4/ip_forward")? == "1")

@@ -81,6 +81,9 @@ fn two_pods_talk_through_the_datapath_and_leave_nothing_behind() {
             && e["dst"] == b.ip.to_string()),
         "no trace event of client -> server among {events:?}"
     );
+    // Healthy pods lose nothing: not even the kernel's IPv6 chatter reaches the drop stream.
+    let drops: Vec<&Value> = events.iter().filter(|e| e["kind"] == "drop").collect();
+    assert!(drops.is_empty(), "unexpected drops: {drops:?}");
 
     // Endpoints, identities, conntrack are visible through the CLI.
     let eps = node.cli_json(&["endpoint", "list"]);

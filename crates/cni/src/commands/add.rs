@@ -14,7 +14,7 @@
 //! A failed ADD leaves no veth, no address and no endpoint behind.
 
 use ciliate_client::Client;
-use ciliate_datapath::netlink::{disable_rp_filter, LinkInfo, Netlink, PodInterface};
+use ciliate_datapath::netlink::{disable_ipv6, disable_rp_filter, LinkInfo, Netlink, PodInterface};
 use ciliate_datapath::netns::NetNs;
 use ciliate_model::api::{EndpointCreateRequest, EndpointCreated};
 use ciliate_model::MacAddr;
@@ -156,6 +156,18 @@ impl Wiring<'_> {
             created.endpoint.identity,
             created.endpoint.state
         ));
+
+        // IPv6 off on both ends before they come up (the datapath is IPv4-only for now).
+        if let Err(e) = disable_ipv6(&self.host.name) {
+            self.log
+                .line(format_args!("IPv6 left on for {}: {e}", self.host.name));
+        }
+        let peer_name = self.peer.name.clone();
+        match self.pod_ns.run_in(move || disable_ipv6(&peer_name)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.log.line(format_args!("IPv6 left on in the pod: {e}")),
+            Err(e) => self.log.line(format_args!("IPv6 left on in the pod: {e}")),
+        }
 
         let mtu = self.conf.mtu.unwrap_or(created.mtu);
         let pod_if = self

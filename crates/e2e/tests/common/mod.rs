@@ -297,6 +297,8 @@ impl Drop for Node {
         self.kill_agent();
         // Removing the pins detaches the programs; the namespace takes its links with it.
         let _ = std::fs::remove_dir_all(self.pin_dir());
+        // The shared parent goes too once the last node is gone (fails harmlessly otherwise).
+        let _ = std::fs::remove_dir("/sys/fs/bpf/ciliate");
         if thread::panicking() {
             eprintln!("---- agent log of {} ----\n{}", self.name, self.agent_log());
         }
