@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use ciliate_model::api::{CtEntry, DatapathStatus};
+use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use tokio::sync::broadcast;
 
@@ -14,6 +15,7 @@ use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
 pub struct FakeDatapath {
     endpoints: Mutex<BTreeMap<u32, EndpointSpec>>,
     fail_next_upsert: Mutex<Option<String>>,
+    lb: Mutex<LbState>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -22,6 +24,7 @@ impl Default for FakeDatapath {
         Self {
             endpoints: Mutex::default(),
             fail_next_upsert: Mutex::default(),
+            lb: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -88,6 +91,20 @@ impl Datapath for FakeDatapath {
 
     fn ct_gc(&self) -> Result<CtGcStats, DatapathError> {
         Ok(CtGcStats::default())
+    }
+
+    fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
+        let mut lb = lock(&self.lb);
+        let changed = *lb != *desired;
+        *lb = desired.clone();
+        Ok(LbSyncStats {
+            written: u64::from(changed),
+            deleted: 0,
+        })
+    }
+
+    fn lb_state(&self) -> Result<LbState, DatapathError> {
+        Ok(lock(&self.lb).clone())
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {

@@ -19,6 +19,7 @@ pub mod netns;
 use std::net::Ipv4Addr;
 
 use ciliate_model::api::{CtEntry, DatapathStatus};
+use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
 use tokio::sync::broadcast;
@@ -109,6 +110,13 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// Deletes expired conntrack entries.
     fn ct_gc(&self) -> Result<CtGcStats, DatapathError>;
+
+    /// Makes the load-balancing maps hold exactly `desired`, writing only what differs, in an
+    /// order where no packet sees a frontend pointing at a missing backend.
+    fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError>;
+
+    /// The load-balancing state the maps hold now (`ciliate bpf lb list`).
+    fn lb_state(&self) -> Result<LbState, DatapathError>;
 
     /// A receiver of datapath events (trace and drop), decoded.
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent>;

@@ -17,6 +17,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use ciliate_model::api::{CtEntry, DatapathStatus, MapUsage};
+use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
 use tokio::io::unix::AsyncFd;
@@ -527,6 +528,16 @@ impl Datapath for LinuxDatapath {
             }
         }
         Ok(stats)
+    }
+
+    fn sync_lb(&self, _desired: &LbState) -> Result<LbSyncStats, DatapathError> {
+        Err(DatapathError::Unsupported(
+            "service load balancing is being built".into(),
+        ))
+    }
+
+    fn lb_state(&self) -> Result<LbState, DatapathError> {
+        Ok(LbState::default())
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {

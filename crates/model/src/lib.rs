@@ -9,6 +9,7 @@ pub mod api;
 pub mod endpoint;
 pub mod identity;
 pub mod labels;
+pub mod lb;
 pub mod monitor;
 
 pub use endpoint::{Endpoint, EndpointState, MacAddr, PodRef};
