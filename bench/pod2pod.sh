@@ -72,7 +72,9 @@ cni_add cb-cil-a bench-a a >/dev/null
 OURS_DST=$(cni_add cb-cil-b bench-b b | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
 
 measure() { # client-ns server-ns dst mode
-  in_ns "$2" "$BIN/ciliate-bench" server --port 5001 & local srv=$!
+  # nsenter execs the server, so $! is the server itself; its output must not hold $(...) open.
+  nsenter --net=/var/run/netns/"$2" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
+  local srv=$!
   sleep 0.3
   in_ns "$1" "$BIN/ciliate-bench" "$4" --dst "$3" --secs "$SECS"
   kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null || true

@@ -23,6 +23,100 @@
 #include "ciliate/parse.h"
 #include "ciliate/events.h"
 #include "ciliate/ct.h"
+#include "ciliate/lb.h"
+#include "ciliate/nat.h"
+
+#define LB_NONE 0
+#define LB_XLATED 1
+#define LB_NO_BACKEND 2
+#define LB_ERROR 3
+
+/* Per-packet service translation on the pod's egress (the fallback when socket LB did not
+ * already connect the socket to a backend). The connection's backend is remembered in a
+ * CT_SERVICE entry keyed by the tuple towards the VIP. On LB_XLATED, p holds the backend
+ * as destination and *rev_nat the frontend's rev-NAT index. */
+static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt4 *p, __u16 *rev_nat,
+				     __u32 *backend_id)
+{
+	struct lb4_key key = {.address = p->daddr, .dport = p->dport, .proto = p->proto};
+	struct ct_key4 sk = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = CT_SERVICE,
+	};
+	struct lb4_service *svc;
+	struct lb4_backend *be = NULL;
+	struct ct_entry4 *e;
+	__u32 now = now_secs();
+
+	if (p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return LB_NONE;
+	svc = bpf_map_lookup_elem(&cil_lb4_svc, &key);
+	if (!svc)
+		return LB_NONE;
+
+	e = bpf_map_lookup_elem(&cil_ct4, &sk);
+	if (e) {
+		int reopen = p->proto == IPPROTO_TCP &&
+			     (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+			     (e->state & (CT_F_RESET | CT_F_TX_CLOSING | CT_F_RX_CLOSING));
+		__u32 id = e->backend_id;
+
+		/* A backend that left the maps takes its connections with it. */
+		if (!reopen)
+			be = bpf_map_lookup_elem(&cil_lb4_be, &id);
+		if (be) {
+			*backend_id = id;
+			__sync_fetch_and_add(&e->tx_packets, 1);
+			__sync_fetch_and_add(&e->tx_bytes, skb->len);
+			if (p->proto == IPPROTO_TCP)
+				ct_tcp_update(e, p->tcp_flags, 0);
+			e->expires = now + ct_service_lifetime(e, p->proto);
+		}
+	}
+	if (!be) {
+		struct ct_entry4 n = {};
+
+		be = lb4_pick(&key, svc, p->saddr, 0, backend_id);
+		if (!be)
+			return LB_NO_BACKEND;
+		n.backend_id = *backend_id;
+		n.rev_nat_index = svc->rev_nat_index;
+		n.tx_packets = 1;
+		n.tx_bytes = skb->len;
+		n.last_report = now;
+		if (p->proto == IPPROTO_TCP)
+			ct_tcp_update(&n, p->tcp_flags, 0);
+		n.expires = now + ct_service_lifetime(&n, p->proto);
+		bpf_map_update_elem(&cil_ct4, &sk, &n, BPF_ANY);
+	}
+	*rev_nat = svc->rev_nat_index;
+	if (nat4_rewrite(skb, p, 0, p->daddr, be->address, p->dport, be->port) < 0)
+		return LB_ERROR;
+	p->daddr = be->address;
+	p->dport = be->port;
+	return LB_XLATED;
+}
+
+/* Replies of translated connections get the frontend back as their source. */
+static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct pkt4 *p, __u16 rev_nat)
+{
+	struct lb4_reverse_nat *rn;
+
+	if (!rev_nat)
+		return 0;
+	rn = bpf_map_lookup_elem(&cil_lb4_rnat, &rev_nat);
+	if (!rn)
+		return 0;
+	if (nat4_rewrite(skb, p, 1, p->saddr, rn->address, p->sport, rn->port) < 0)
+		return -1;
+	p->saddr = rn->address;
+	p->sport = rn->port;
+	return 0;
+}
 
 #define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
@@ -71,7 +165,8 @@ int from_container(struct __sk_buff *skb)
 	struct endpoint_info *self, *dst;
 	struct pkt4 p = {};
 	__u32 ifindex = skb->ifindex;
-	__u32 dst_id = 0;
+	__u32 dst_id = 0, backend_id = 0;
+	__u16 rev_nat = 0, ct_rev_nat = 0;
 	int rc, ct, report = 0;
 
 	self = bpf_map_lookup_elem(&cil_lxc_ifx, &ifindex);
@@ -91,6 +186,24 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, METRIC_EGRESS, DROP_INVALID_SIP, self->ep_id,
 			    self->sec_identity, 0, CT_NONE);
 
+	rc = lb4_xlate(skb, &p, &rev_nat, &backend_id);
+	if (rc == LB_NO_BACKEND) {
+		__u8 pod_mac[ETH_ALEN], gw_mac[ETH_ALEN];
+		__u32 self_if = self->ifindex;
+
+		__builtin_memcpy(pod_mac, self->mac, ETH_ALEN);
+		__builtin_memcpy(gw_mac, self->host_mac, ETH_ALEN);
+		drop(skb, METRIC_EGRESS, DROP_NO_SERVICE, self->ep_id, self->sec_identity, 0,
+		     CT_NONE);
+		if (reply_unreachable(skb, &p, gw_mac, pod_mac) < 0)
+			return TC_ACT_SHOT;
+		skb->mark = MARK_GENERATED;
+		return bpf_redirect(self_if, 0);
+	}
+	if (rc == LB_ERROR)
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, self->ep_id,
+			    self->sec_identity, 0, CT_NONE);
+
 	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
 	if (dst)
 		dst_id = dst->sec_identity;
@@ -99,7 +212,8 @@ int from_container(struct __sk_buff *skb)
 		ct = CT_NONE;
 		report = 1;
 	} else {
-		ct = ct_process(&p, CT_EGRESS, self->sec_identity, skb->len, &report);
+		ct = ct_process(&p, CT_EGRESS, self->sec_identity, skb->len, &report, rev_nat,
+				&ct_rev_nat);
 	}
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
 
@@ -128,11 +242,15 @@ int to_container(struct __sk_buff *skb)
 	struct pkt4 p = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 src_id = 0;
+	__u16 rev_nat = 0;
 	int rc, ct, report = 0;
 
 	self = bpf_map_lookup_elem(&cil_lxc_ifx, &ifindex);
 	if (!self)
 		return TC_ACT_UNSPEC;
+	/* Our own answers for a service without backends: already reported as a drop. */
+	if (skb->mark == MARK_GENERATED)
+		return TC_ACT_OK;
 
 	rc = parse_ipv4(skb, &p);
 	if (rc == PARSE_PASS)
@@ -149,7 +267,10 @@ int to_container(struct __sk_buff *skb)
 		ct = CT_NONE;
 		report = 1;
 	} else {
-		ct = ct_process(&p, CT_INGRESS, src_id, skb->len, &report);
+		ct = ct_process(&p, CT_INGRESS, src_id, skb->len, &report, 0, &rev_nat);
+		if (ct == CT_REPLY && lb4_rev_nat(skb, &p, rev_nat) < 0)
+			return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
+				    self->sec_identity, ct);
 	}
 	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
 	if (report)

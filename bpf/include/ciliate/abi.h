@@ -14,17 +14,28 @@
 /* cil_lxc_ifx    hash       __u32 host ifindex -> struct endpoint_info */
 /* cil_events     ring buffer of struct ciliate_event                    */
 /* cil_metrics    per-CPU array, index dir * 256 + reason -> struct metrics_value */
+/* cil_lb4_svc    hash       struct lb4_key     -> struct lb4_service   */
+/* cil_lb4_be     hash       __u32 backend id   -> struct lb4_backend   */
+/* cil_lb4_rnat   hash       __u16 rev-NAT idx  -> struct lb4_reverse_nat */
+/* cil_lb4_aff    LRU hash   struct lb4_affinity_key -> struct lb4_affinity_val */
+/* cil_lb4_sk     LRU hash   struct lb4_sock_key -> struct lb4_reverse_nat (socket LB)  */
 
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
 #define EVENTS_RING_SIZE (4 * 1024 * 1024)
 #define METRICS_MAP_SIZE 512
+#define LB_SERVICE_MAP_SIZE 262144
+#define LB_BACKEND_MAP_SIZE 131072
+#define LB_REVNAT_MAP_SIZE 65536
+#define LB_AFFINITY_MAP_SIZE 65536
+#define LB_SOCK_MAP_SIZE 131072
 
 /* ---- Connection tracking ---- */
 
 /* Who opened the connection, seen from the endpoint. */
 #define CT_EGRESS 0  /* the endpoint opened it (created in from-container) */
 #define CT_INGRESS 1 /* it was opened towards the endpoint (created in to-container) */
+#define CT_SERVICE 2 /* the endpoint's connection to a service VIP: remembers the backend */
 
 /* Lifetimes, in seconds (Cilium's defaults). */
 #define CT_LIFETIME_TCP 21600
@@ -85,6 +96,68 @@ struct endpoint_info {
 	__u8 host_mac[6];  /* host side: the pod's gateway */
 };
 
+/* ---- Services ---- */
+
+/* Service map key: slot 0 is the service itself, slots 1..count point at backends. */
+struct lb4_key {
+	__be32 address; /* the frontend (VIP) */
+	__be16 dport;   /* the frontend port */
+	__u16 backend_slot;
+	__u8 proto;
+	__u8 scope; /* reserved (0) */
+	__u8 pad[2];
+};
+
+#define SVC_F_AFFINITY 0x01
+
+struct lb4_service {
+	__u32 backend_id;    /* slots 1..n */
+	__u16 count;         /* slot 0: backends taking new connections */
+	__u16 rev_nat_index; /* slot 0 */
+	__u8 flags;          /* SVC_F_* */
+	__u8 pad[3];
+	__u32 affinity_timeout; /* seconds, with SVC_F_AFFINITY */
+};
+
+#define BE_STATE_ACTIVE 0
+#define BE_STATE_TERMINATING 1
+
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 state; /* BE_STATE_* */
+};
+
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+	__u16 rev_nat_index;
+};
+
+/* ClientIP affinity: the client is its IPv4 address on the per-packet path and its
+ * network namespace cookie on the socket path (where the address is not known yet). */
+struct lb4_affinity_key {
+	__u64 client;
+	__u16 rev_nat_index;
+	__u8 netns; /* 1 when client is a netns cookie */
+	__u8 pad[5];
+};
+
+struct lb4_affinity_val {
+	__u64 last_used; /* seconds, CLOCK_MONOTONIC */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Socket LB: which VIP a connected/sent-to backend stands for, per socket. */
+struct lb4_sock_key {
+	__u64 cookie;
+	__be32 address; /* backend */
+	__be16 port;    /* backend */
+	__u16 pad;
+};
+
 /* ---- Events (ring buffer) ---- */
 
 #define EVENT_DROP 1  /* Cilium's MessageTypeDrop */
@@ -95,6 +168,10 @@ struct endpoint_info {
 #define TRACE_TO_HOST 2
 #define TRACE_TO_STACK 3
 #define TRACE_FROM_LXC 5
+
+/* skb->mark of replies the datapath generates itself (TCP RST, ICMP unreachable): the
+ * receiving side lets them through without tracking them. */
+#define MARK_GENERATED 0x0c1a0001
 
 /* Drop reasons: Cilium's / Hubble's numbering. */
 #define DROP_INVALID_SIP 132

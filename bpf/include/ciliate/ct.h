@@ -58,9 +58,12 @@ static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int r
 
 /* Looks the packet up and creates an entry for a new connection. Returns CT_NEW,
  * CT_ESTABLISHED or CT_REPLY; *report says whether this packet is worth a trace event
- * (a new connection, or a TCP flag not seen before in its direction). */
+ * (a new connection, or a TCP flag not seen before in its direction). A new entry records
+ * `rev_nat` (the service frontend the connection was translated from); *rev_nat_out is the
+ * entry's, so that replies can be translated back. */
 static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_identity,
-				      __u32 bytes, int *report)
+				      __u32 bytes, int *report, __u16 rev_nat,
+				      __u16 *rev_nat_out)
 {
 	struct ct_key4 key = {
 		.saddr = p->saddr,
@@ -101,6 +104,8 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 
 		n.tx_packets = 1;
 		n.tx_bytes = bytes;
+		n.rev_nat_index = rev_nat;
+		*rev_nat_out = rev_nat;
 		n.src_identity = src_identity;
 		n.last_report = now;
 		if (p->proto == IPPROTO_TCP)
@@ -112,6 +117,7 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 		return CT_NEW;
 	}
 
+	*rev_nat_out = e->rev_nat_index;
 	if (reply) {
 		__sync_fetch_and_add(&e->rx_packets, 1);
 		__sync_fetch_and_add(&e->rx_bytes, bytes);
@@ -139,4 +145,14 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 			e->expires = expires;
 	}
 	return reply ? CT_REPLY : CT_ESTABLISHED;
+}
+
+/* The lifetime of a CT_SERVICE entry: it only sees the original direction. */
+static __always_inline __u32 ct_service_lifetime(const struct ct_entry4 *e, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	if (e->state & (CT_F_RESET | CT_F_TX_CLOSING))
+		return CT_CLOSE_TIMEOUT;
+	return (e->tx_flags & TCP_FLAG_ACK) ? CT_LIFETIME_TCP : CT_SYN_TIMEOUT;
 }

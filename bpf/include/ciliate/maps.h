@@ -46,3 +46,46 @@ struct {
 	__type(value, struct metrics_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cil_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_SERVICE_MAP_SIZE);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_lb4_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_BACKEND_MAP_SIZE);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_lb4_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_REVNAT_MAP_SIZE);
+	__type(key, __u16);
+	__type(value, struct lb4_reverse_nat);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_lb4_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_AFFINITY_MAP_SIZE);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb4_affinity_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_lb4_aff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_SOCK_MAP_SIZE);
+	__type(key, struct lb4_sock_key);
+	__type(value, struct lb4_reverse_nat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_lb4_sk SEC(".maps");

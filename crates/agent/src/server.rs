@@ -223,10 +223,10 @@ pub fn open_datapath(config: &Config) -> Result<Arc<dyn Datapath>, AgentError> {
             warn!("using the fake datapath: pods get addresses but no traffic is forwarded");
             Ok(Arc::new(FakeDatapath::new()))
         }
-        DatapathKind::Bpf => LinuxDatapath::open(LinuxConfig {
-            node_name: config.node_name.clone(),
-            bpffs_root: config.bpffs_root.clone(),
-        })
+        DatapathKind::Bpf => LinuxDatapath::open(LinuxConfig::new(
+            &config.node_name,
+            &config.bpffs_root,
+        ))
         .map(|d| Arc::new(d) as Arc<dyn Datapath>)
         .map_err(|source| AgentError::Datapath {
             kind: DatapathKind::Bpf,

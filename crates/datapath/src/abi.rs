@@ -15,9 +15,36 @@ pub mod maps {
     pub const EVENTS: &str = "cil_events";
     /// Per-CPU packet counters by direction and reason.
     pub const METRICS: &str = "cil_metrics";
+    /// Service frontends and their backend slots.
+    pub const LB4_SVC: &str = "cil_lb4_svc";
+    /// Backends by id.
+    pub const LB4_BE: &str = "cil_lb4_be";
+    /// Reverse NAT by index.
+    pub const LB4_RNAT: &str = "cil_lb4_rnat";
+    /// ClientIP session affinity.
+    pub const LB4_AFF: &str = "cil_lb4_aff";
+    /// Socket LB reverse translations.
+    pub const LB4_SK: &str = "cil_lb4_sk";
     /// Every pinned map of the node.
-    pub const ALL: [&str; 5] = [CT4, LXC4, LXC_IFX, EVENTS, METRICS];
+    pub const ALL: [&str; 10] = [
+        CT4, LXC4, LXC_IFX, EVENTS, METRICS, LB4_SVC, LB4_BE, LB4_RNAT, LB4_AFF, LB4_SK,
+    ];
 }
+
+/// `CT_SERVICE`: the remembered backend of an endpoint's connection to a VIP.
+pub const CT_SERVICE: u8 = 2;
+/// `LB_SERVICE_MAP_SIZE`.
+pub const LB_SERVICE_MAP_SIZE: u32 = 262_144;
+/// `LB_BACKEND_MAP_SIZE`.
+pub const LB_BACKEND_MAP_SIZE: u32 = 131_072;
+/// `SVC_F_AFFINITY`.
+pub const SVC_F_AFFINITY: u8 = 0x01;
+/// `BE_STATE_ACTIVE`.
+pub const BE_STATE_ACTIVE: u8 = 0;
+/// `BE_STATE_TERMINATING`.
+pub const BE_STATE_TERMINATING: u8 = 1;
+/// `MARK_GENERATED`.
+pub const MARK_GENERATED: u32 = 0x0c1a_0001;
 
 /// `CT_MAP_SIZE`.
 pub const CT_MAP_SIZE: u32 = 262_144;
@@ -182,6 +209,94 @@ pub struct MetricsValue {
     pub bytes: u64,
 }
 
+/// `struct lb4_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Key {
+    /// Frontend address, network order.
+    pub address: [u8; 4],
+    /// Frontend port, network order.
+    pub dport: [u8; 2],
+    /// 0 for the service entry, 1..=count for backend slots.
+    pub backend_slot: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Reserved.
+    pub scope: u8,
+    /// Padding.
+    pub pad: [u8; 2],
+}
+
+/// `struct lb4_service`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4Service {
+    /// Slots 1..n: the backend.
+    pub backend_id: u32,
+    /// Slot 0: backends taking new connections.
+    pub count: u16,
+    /// Slot 0: rev-NAT index.
+    pub rev_nat_index: u16,
+    /// `SVC_F_*`.
+    pub flags: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+    /// Affinity timeout, seconds.
+    pub affinity_timeout: u32,
+}
+
+/// `struct lb4_backend`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4Backend {
+    /// Address, network order.
+    pub address: [u8; 4],
+    /// Port, network order.
+    pub port: [u8; 2],
+    /// IP protocol.
+    pub proto: u8,
+    /// `BE_STATE_*`.
+    pub state: u8,
+}
+
+/// `struct lb4_reverse_nat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4ReverseNat {
+    /// Frontend address, network order.
+    pub address: [u8; 4],
+    /// Frontend port, network order.
+    pub port: [u8; 2],
+    /// Its index.
+    pub rev_nat_index: u16,
+}
+
+/// `struct lb4_affinity_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4AffinityKey {
+    /// Client IPv4 (per-packet) or netns cookie (socket LB).
+    pub client: u64,
+    /// Frontend.
+    pub rev_nat_index: u16,
+    /// 1 when `client` is a netns cookie.
+    pub netns: u8,
+    /// Padding.
+    pub pad: [u8; 5],
+}
+
+/// `struct lb4_affinity_val`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4AffinityVal {
+    /// Seconds, CLOCK_MONOTONIC.
+    pub last_used: u64,
+    /// Backend.
+    pub backend_id: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
 // SAFETY: plain-old-data, `repr(C)`, no padding the kernel could leave uninitialised that we
 // would read as anything but bytes; layouts checked below.
 unsafe impl aya::Pod for CtKey4 {}
@@ -191,6 +306,18 @@ unsafe impl aya::Pod for CtEntry4 {}
 unsafe impl aya::Pod for EndpointInfo {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MetricsValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4Service {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4Backend {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4ReverseNat {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4AffinityKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4AffinityVal {}
 
 const _: () = {
     assert!(size_of::<CtKey4>() == 16);
@@ -206,6 +333,16 @@ const _: () = {
     assert!(offset_of!(RawEvent, ktime_ns) == 8);
     assert!(offset_of!(RawEvent, cap_len) == 28);
     assert!(size_of::<MetricsValue>() == 16);
+    assert!(size_of::<Lb4Key>() == 12);
+    assert!(offset_of!(Lb4Key, backend_slot) == 6);
+    assert!(offset_of!(Lb4Key, proto) == 8);
+    assert!(size_of::<Lb4Service>() == 16);
+    assert!(offset_of!(Lb4Service, flags) == 8);
+    assert!(offset_of!(Lb4Service, affinity_timeout) == 12);
+    assert!(size_of::<Lb4Backend>() == 8);
+    assert!(size_of::<Lb4ReverseNat>() == 8);
+    assert!(size_of::<Lb4AffinityKey>() == 16);
+    assert!(size_of::<Lb4AffinityVal>() == 16);
 };
 
 impl RawEvent {

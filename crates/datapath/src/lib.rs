@@ -12,6 +12,7 @@ pub mod abi;
 pub mod ct;
 pub mod events;
 pub mod fake;
+pub mod lb;
 pub mod linux;
 pub mod netlink;
 pub mod netns;

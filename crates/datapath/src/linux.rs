@@ -13,7 +13,10 @@ use std::sync::Mutex;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, CgroupSockAddrAttachType, LinkOrder, SchedClassifier,
+    TcAttachType,
+};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use ciliate_model::api::{CtEntry, DatapathStatus, MapUsage};
@@ -24,12 +27,26 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use crate::abi::{self, maps, CtEntry4, CtKey4, EndpointInfo, MetricsValue};
+use crate::abi::{
+    self, maps, CtEntry4, CtKey4, EndpointInfo, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
+    MetricsValue,
+};
 use crate::events::{self, Clock};
+use crate::lb::{self as lbmaps, LbEntries, LbOp};
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
 
 /// The compiled `bpf/lxc.c`.
 pub static LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
+/// The compiled `bpf/sock.c`.
+pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
+
+/// The socket-LB programs: (name in the object, attach type).
+const SOCK_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+    ("sock4_connect", CgroupSockAddrAttachType::Connect4),
+    ("sock4_sendmsg", CgroupSockAddrAttachType::UDPSendMsg4),
+    ("sock4_recvmsg", CgroupSockAddrAttachType::UDPRecvMsg4),
+    ("sock4_getpeername", CgroupSockAddrAttachType::GetPeerName4),
+];
 
 /// The endpoint programs: (name in the object, where it attaches, pin suffix).
 const ENDPOINT_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
@@ -44,9 +61,21 @@ pub struct LinuxConfig {
     pub node_name: String,
     /// Where bpffs is mounted (normally `/sys/fs/bpf`); mounted there if missing.
     pub bpffs_root: PathBuf,
+    /// The cgroup (v2) whose processes get socket-level load balancing, created if missing;
+    /// `None` leaves Services to the per-packet path alone.
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 impl LinuxConfig {
+    /// A configuration with socket LB on the node's own cgroup ([`default_socket_lb_cgroup`]).
+    pub fn new(node_name: &str, bpffs_root: &Path) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            bpffs_root: bpffs_root.to_owned(),
+            socket_lb_cgroup: default_socket_lb_cgroup(node_name),
+        }
+    }
+
     /// The node's pin directory.
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs_root.join("ciliate").join(&self.node_name)
@@ -58,11 +87,19 @@ struct Maps {
     lxc4: BpfHashMap<MapData, [u8; 4], EndpointInfo>,
     lxc_ifx: BpfHashMap<MapData, u32, EndpointInfo>,
     metrics: PerCpuArray<MapData, MetricsValue>,
+    lb_svc: BpfHashMap<MapData, Lb4Key, Lb4Service>,
+    lb_be: BpfHashMap<MapData, u32, Lb4Backend>,
+    lb_rnat: BpfHashMap<MapData, u16, Lb4ReverseNat>,
 }
 
 struct Inner {
     bpf: Ebpf,
+    /// Kept for its socket programs; their links are pinned.
+    _sock: Option<Ebpf>,
     maps: Maps,
+    /// What the load-balancing maps hold, so that a sync writes only differences without
+    /// dumping them (read once at start).
+    lb_shadow: LbEntries,
     /// Links whose program this process has already swapped in (or attached).
     fresh_links: HashSet<PathBuf>,
 }
@@ -87,6 +124,23 @@ fn kernel<E: std::error::Error + Send + Sync + 'static>(
 ) -> impl FnOnce(E) -> DatapathError {
     let op = op.into();
     move |e| DatapathError::kernel(op, e)
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(path))
+    })
+}
+
+/// `<cgroup2>/ciliate/<node>`: the cgroup a node's pods run in when no runtime chose one. Never
+/// the cgroup root, which would put every process of the machine behind the node's Services.
+pub fn default_socket_lb_cgroup(node_name: &str) -> Option<PathBuf> {
+    cgroup2_mount().map(|m| m.join("ciliate").join(node_name))
 }
 
 /// Mounts bpffs at `root` unless a bpffs is already mounted there (as Cilium's agent does).
@@ -191,6 +245,9 @@ impl LinuxDatapath {
             ct: take_hash(&mut bpf, maps::CT4)?,
             lxc4: take_hash(&mut bpf, maps::LXC4)?,
             lxc_ifx: take_hash(&mut bpf, maps::LXC_IFX)?,
+            lb_svc: take_hash(&mut bpf, maps::LB4_SVC)?,
+            lb_be: take_hash(&mut bpf, maps::LB4_BE)?,
+            lb_rnat: take_hash(&mut bpf, maps::LB4_RNAT)?,
             metrics: PerCpuArray::try_from(
                 bpf.take_map(maps::METRICS)
                     .ok_or_else(|| DatapathError::Unsupported("map cil_metrics missing".into()))?,
@@ -202,14 +259,26 @@ impl LinuxDatapath {
                 .ok_or_else(|| DatapathError::Unsupported("map cil_events missing".into()))?,
         )
         .map_err(kernel("open ring buffer cil_events"))?;
+        let lb_shadow = read_lb_entries(&maps)?;
+        let sock = match &cfg.socket_lb_cgroup {
+            Some(cgroup) => Some(attach_socket_lb(&pin_dir, cgroup)?),
+            None => None,
+        };
         let (events, _) = broadcast::channel(4096);
         spawn_event_reader(ring, events.clone())?;
-        info!(pin_dir = %pin_dir.display(), reused_pins = reused, "datapath loaded");
+        info!(
+            pin_dir = %pin_dir.display(),
+            reused_pins = reused,
+            socket_lb = ?cfg.socket_lb_cgroup,
+            "datapath loaded"
+        );
         Ok(Self {
             pin_dir,
             inner: Mutex::new(Inner {
                 bpf,
+                _sock: sock,
                 maps,
+                lb_shadow,
                 fresh_links: HashSet::new(),
             }),
             events,
@@ -334,6 +403,100 @@ impl LinuxDatapath {
             }
         }
         (fwd, drops)
+    }
+}
+
+fn read_lb_entries(maps: &Maps) -> Result<LbEntries, DatapathError> {
+    let mut e = LbEntries::default();
+    for item in maps.lb_svc.iter() {
+        let (k, v) = item.map_err(kernel("read cil_lb4_svc"))?;
+        e.services.insert(k, v);
+    }
+    for item in maps.lb_be.iter() {
+        let (k, v) = item.map_err(kernel("read cil_lb4_be"))?;
+        e.backends.insert(k, v);
+    }
+    for item in maps.lb_rnat.iter() {
+        let (k, v) = item.map_err(kernel("read cil_lb4_rnat"))?;
+        e.rev_nat.insert(k, v);
+    }
+    Ok(e)
+}
+
+/// Loads `bpf/sock.c` with its maps pinned (or reused) under `pin_dir`, programs verified and
+/// loaded but not attached.
+pub fn load_socket_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
+    let mut bpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(SOCK_OBJECT)
+        .map_err(kernel("load bpf/sock.c"))?;
+    for (name, _) in SOCK_PROGRAMS {
+        let prog: &mut CgroupSockAddr = bpf
+            .program_mut(name)
+            .ok_or_else(|| {
+                DatapathError::Unsupported(format!("program {name} missing from sock.o"))
+            })?
+            .try_into()
+            .map_err(kernel(format!("{name} is not a cgroup sock_addr program")))?;
+        prog.load()
+            .map_err(kernel(format!("verify and load {name}")))?;
+    }
+    Ok(bpf)
+}
+
+/// Loads the socket-LB programs (sharing the node's pinned maps) and attaches them to `cgroup`,
+/// pinning the links. Links pinned by an earlier run are kept: their programs use the same maps.
+pub fn attach_socket_lb(pin_dir: &Path, cgroup: &Path) -> Result<Ebpf, DatapathError> {
+    std::fs::create_dir_all(cgroup)
+        .map_err(kernel(format!("create cgroup {}", cgroup.display())))?;
+    let cgroup_dir =
+        std::fs::File::open(cgroup).map_err(kernel(format!("open cgroup {}", cgroup.display())))?;
+    std::fs::create_dir_all(pin_dir.join("links")).map_err(kernel("create links directory"))?;
+    let mut bpf = load_socket_programs(pin_dir)?;
+    for (name, attach_type) in SOCK_PROGRAMS {
+        let pin = pin_dir.join("links").join(format!("cgroup-{name}"));
+        if pin.exists() {
+            continue;
+        }
+        let prog: &mut CgroupSockAddr = bpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Unsupported(format!("program {name} missing")))?
+            .try_into()
+            .map_err(kernel(format!("{name} is not a cgroup sock_addr program")))?;
+        debug!(program = name, ?attach_type, cgroup = %cgroup.display(), "attaching socket LB");
+        let id = prog
+            // Links are always "multi"; link_create refuses the legacy ALLOW_MULTI flag.
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
+            .map_err(kernel(format!("attach {name} to {}", cgroup.display())))?;
+        let link = prog.take_link(id).map_err(kernel("take link"))?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(kernel("cgroup link as fd link (kernel without BPF links?)"))?;
+        fd_link
+            .pin(&pin)
+            .map_err(kernel(format!("pin {}", pin.display())))?;
+    }
+    Ok(bpf)
+}
+
+fn apply_lb_op(maps: &mut Maps, op: LbOp) -> Result<(), DatapathError> {
+    match op {
+        LbOp::PutBackend(id, b) => maps
+            .lb_be
+            .insert(id, b, 0)
+            .map_err(kernel("write cil_lb4_be")),
+        LbOp::PutRevNat(i, r) => maps
+            .lb_rnat
+            .insert(i, r, 0)
+            .map_err(kernel("write cil_lb4_rnat")),
+        LbOp::PutService(k, v) => maps
+            .lb_svc
+            .insert(k, v, 0)
+            .map_err(kernel("write cil_lb4_svc")),
+        LbOp::DelService(k) => ignore_missing(maps.lb_svc.remove(&k)),
+        LbOp::DelRevNat(i) => ignore_missing(maps.lb_rnat.remove(&i)),
+        LbOp::DelBackend(id) => ignore_missing(maps.lb_be.remove(&id)),
     }
 }
 
@@ -530,14 +693,29 @@ impl Datapath for LinuxDatapath {
         Ok(stats)
     }
 
-    fn sync_lb(&self, _desired: &LbState) -> Result<LbSyncStats, DatapathError> {
-        Err(DatapathError::Unsupported(
-            "service load balancing is being built".into(),
-        ))
+    fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let ops = lbmaps::plan(&inner.lb_shadow, &lbmaps::entries(desired));
+        let mut stats = LbSyncStats::default();
+        for op in ops {
+            // The shadow follows every write that succeeded, so a failure part-way leaves it
+            // true and the next sync finishes the job.
+            apply_lb_op(&mut inner.maps, op)?;
+            lbmaps::apply(&mut inner.lb_shadow, op);
+            match op {
+                LbOp::PutBackend(..) | LbOp::PutRevNat(..) | LbOp::PutService(..) => {
+                    stats.written += 1
+                }
+                _ => stats.deleted += 1,
+            }
+        }
+        Ok(stats)
     }
 
     fn lb_state(&self) -> Result<LbState, DatapathError> {
-        Ok(LbState::default())
+        let inner = self.lock();
+        Ok(lbmaps::state_of(&read_lb_entries(&inner.maps)?))
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {

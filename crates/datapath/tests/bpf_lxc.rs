@@ -12,7 +12,13 @@ use std::path::PathBuf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::Ebpf;
-use ciliate_datapath::abi::{self, CtEntry4, CtKey4, EndpointInfo, MetricsValue, RawEvent};
+use ciliate_datapath::abi::{
+    self, CtEntry4, CtKey4, EndpointInfo, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
+    MetricsValue, RawEvent,
+};
+use ciliate_model::lb::{
+    BackendState, FrontendKind, L4Proto, LbBackend, LbFrontend, LbState, ServiceRef,
+};
 use ciliate_testutil::{privileged, unique_name};
 
 const TC_ACT_OK: u32 = 0;
@@ -76,6 +82,40 @@ impl Harness {
         let mut by_ip: BpfHashMap<&mut MapData, [u8; 4], EndpointInfo> =
             BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LXC4).expect("map")).expect("hash");
         by_ip.insert(ip.octets(), info, 0).expect("insert");
+    }
+
+    /// Writes load-balancing state the way the agent's sync does.
+    fn set_lb(&mut self, state: &LbState) {
+        let mut svc: BpfHashMap<&mut MapData, Lb4Key, Lb4Service> =
+            BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LB4_SVC).expect("map")).expect("hash");
+        let e = ciliate_datapath::lb::entries(state);
+        for (k, v) in &e.services {
+            svc.insert(*k, *v, 0).expect("svc");
+        }
+        let mut be: BpfHashMap<&mut MapData, u32, Lb4Backend> =
+            BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LB4_BE).expect("map")).expect("hash");
+        for (k, v) in &e.backends {
+            be.insert(*k, *v, 0).expect("be");
+        }
+        let mut rn: BpfHashMap<&mut MapData, u16, Lb4ReverseNat> =
+            BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LB4_RNAT).expect("map"))
+                .expect("hash");
+        for (k, v) in &e.rev_nat {
+            rn.insert(*k, *v, 0).expect("rnat");
+        }
+    }
+
+    fn remove_lb_slot(&mut self, vip: Ipv4Addr, port: u16, slot: u16) {
+        let mut svc: BpfHashMap<&mut MapData, Lb4Key, Lb4Service> =
+            BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LB4_SVC).expect("map")).expect("hash");
+        let key = Lb4Key {
+            address: vip.octets(),
+            dport: port.to_be_bytes(),
+            backend_slot: slot,
+            proto: 6,
+            ..Lb4Key::default()
+        };
+        svc.remove(&key).expect("remove slot");
     }
 
     fn remove_self(&mut self) {
@@ -481,4 +521,262 @@ fn new_connections_are_traced_once_not_every_packet() {
     assert_eq!((evs[1].code, evs[1].ct_state), (0, abi::ct_result::REPLY));
     assert_eq!(evs[0].src_identity, 300);
     assert_eq!(h.counter(abi::METRIC_EGRESS, 0), 6);
+}
+
+// ---- services ----
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const BACKENDS: [Ipv4Addr; 3] = [
+    POD_B,
+    Ipv4Addr::new(10, 200, 1, 2),
+    Ipv4Addr::new(10, 200, 1, 3),
+];
+
+fn service(backends: &[Ipv4Addr], affinity: Option<u32>, proto: L4Proto) -> LbState {
+    LbState {
+        frontends: vec![LbFrontend {
+            addr: VIP,
+            port: 80,
+            proto,
+            kind: FrontendKind::ClusterIp,
+            rev_nat_index: 5,
+            backends: (1..=backends.len() as u32).collect(),
+            affinity_timeout: affinity,
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                port_name: String::new(),
+            },
+        }],
+        backends: backends
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| LbBackend {
+                id: i as u32 + 1,
+                addr: *ip,
+                port: 8080,
+                proto,
+                state: BackendState::Active,
+            })
+            .collect(),
+    }
+}
+
+/// Destination address and port of an IPv4 TCP/UDP frame.
+fn dst_of(frame: &[u8]) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
+        u16::from_be_bytes([frame[36], frame[37]]),
+    )
+}
+
+fn src_of(frame: &[u8]) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
+        u16::from_be_bytes([frame[34], frame[35]]),
+    )
+}
+
+/// Checks the IPv4 header checksum and the L4 checksum over its pseudo-header.
+fn assert_checksums(frame: &[u8]) {
+    assert_eq!(csum(&frame[14..34]), 0, "IPv4 header checksum");
+    let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let l4 = &frame[34..14 + total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&frame[26..34]);
+    pseudo.extend_from_slice(&[0, frame[23]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    if frame[23] == 1 {
+        assert_eq!(csum(l4), 0, "ICMP checksum");
+    } else {
+        assert_eq!(csum(&pseudo), 0, "L4 checksum");
+    }
+}
+
+/// A TCP segment with a valid checksum (the DNAT fix-ups are incremental, so they need one).
+fn tcp_ok(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = tcp(src, sport, dst, dport, flags);
+    f[34 + 4..34 + 8].copy_from_slice(&1000u32.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&f[26..34]);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&f[34..54]);
+    let c = csum(&pseudo);
+    f[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn first_packet_to_a_vip_is_translated_and_the_choice_is_remembered() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, None, L4Proto::Tcp));
+    let (v, out) = h.run("from_container", &tcp_ok(POD_A, 41000, VIP, 80, SYN));
+    let (backend, port) = dst_of(&out);
+    assert!(
+        BACKENDS.contains(&backend) && port == 8080,
+        "translated to a backend: {backend}:{port}"
+    );
+    assert_eq!(
+        v,
+        if backend == POD_B {
+            TC_ACT_REDIRECT
+        } else {
+            TC_ACT_OK
+        },
+        "local backends are redirected"
+    );
+    assert_checksums(&out);
+    let svc_entry = h
+        .ct(key(POD_A, 41000, VIP, 80, 6, abi::CT_SERVICE))
+        .expect("service CT entry");
+    assert_eq!(svc_entry.rev_nat_index, 5);
+    let ct = h
+        .ct(key(POD_A, 41000, backend, 8080, 6, abi::CT_EGRESS))
+        .expect("translated CT entry");
+    assert_eq!(ct.rev_nat_index, 5, "replies will be translated back");
+    for _ in 0..20 {
+        let (_, again) = h.run("from_container", &tcp_ok(POD_A, 41000, VIP, 80, ACK));
+        assert_eq!(
+            dst_of(&again),
+            (backend, 8080),
+            "every packet of the connection goes to the same backend"
+        );
+    }
+}
+
+#[test]
+fn new_connections_spread_over_all_backends() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, None, L4Proto::Tcp));
+    let mut seen = std::collections::HashSet::new();
+    for sport in 42000..42060 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        seen.insert(dst_of(&out).0);
+    }
+    assert_eq!(seen.len(), 3, "60 connections reached {seen:?}");
+}
+
+#[test]
+fn replies_from_the_backend_are_translated_back_to_the_vip() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS[1..2], None, L4Proto::Tcp));
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 43000, VIP, 80, SYN));
+    assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
+    let (v, reply) = h.run(
+        "to_container",
+        &tcp_ok(BACKENDS[1], 8080, POD_A, 43000, SYN | ACK),
+    );
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(src_of(&reply), (VIP, 80), "the pod sees the VIP answer");
+    assert_checksums(&reply);
+}
+
+#[test]
+fn a_service_without_backends_answers_at_once_and_reports_drop_158() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&[], None, L4Proto::Tcp));
+    let syn = tcp_ok(POD_A, 44000, VIP, 80, SYN);
+    let (v, rst) = h.run("from_container", &syn);
+    assert_eq!(v, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!(rst.len(), 54);
+    assert_eq!((&rst[0..6], &rst[6..12]), (&MAC_A[..], &HOST_MAC_A[..]));
+    assert_eq!(src_of(&rst), (VIP, 80));
+    assert_eq!(dst_of(&rst), (POD_A, 44000));
+    assert_eq!(rst[47] & (RST | ACK), RST | ACK);
+    assert_eq!(
+        u32::from_be_bytes([rst[42], rst[43], rst[44], rst[45]]),
+        1001,
+        "acks the SYN"
+    );
+    assert_checksums(&rst);
+    assert_eq!(h.counter(abi::METRIC_EGRESS, 158), 1);
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| e.kind == abi::EVENT_DROP && e.code == 158));
+
+    h.set_lb(&service(&[], None, L4Proto::Udp));
+    let (v, icmp) = h.run("from_container", &udp(POD_A, 5000, VIP, 80));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(icmp.len(), 14 + 56);
+    assert_eq!(
+        (icmp[23], icmp[34], icmp[35]),
+        (1, 3, 3),
+        "ICMP port unreachable"
+    );
+    assert_eq!(src_of(&icmp).0, VIP);
+    assert_eq!(
+        &icmp[42..62],
+        &udp(POD_A, 5000, VIP, 80)[14..34],
+        "quotes the offending header"
+    );
+    assert_checksums(&icmp);
+    assert_eq!(h.counter(abi::METRIC_EGRESS, 158), 2);
+}
+
+#[test]
+fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, Some(60), L4Proto::Tcp));
+    let (_, first) = h.run("from_container", &tcp_ok(POD_A, 45000, VIP, 80, SYN));
+    let chosen = dst_of(&first).0;
+    for sport in 45001..45030 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        assert_eq!(dst_of(&out).0, chosen, "connection from port {sport}");
+    }
+}
+
+#[test]
+fn removing_a_backend_keeps_the_connections_of_the_others() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, None, L4Proto::Tcp));
+    let mut conns = Vec::new();
+    for sport in 46000..46030 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        conns.push((sport, dst_of(&out).0));
+    }
+    // Backend 3 leaves: slot 0 says 2 backends, slot 3 disappears, backend 3 is deleted.
+    let mut two = service(&BACKENDS[..2], None, L4Proto::Tcp);
+    two.backends.truncate(2);
+    h.set_lb(&two);
+    h.remove_lb_slot(VIP, 80, 3);
+    let mut be: BpfHashMap<&mut MapData, u32, Lb4Backend> =
+        BpfHashMap::try_from(h.bpf.map_mut(abi::maps::LB4_BE).expect("map")).expect("hash");
+    be.remove(&3).expect("remove backend 3");
+    for (sport, backend) in conns {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, ACK));
+        if backend == BACKENDS[2] {
+            assert_ne!(
+                dst_of(&out).0,
+                BACKENDS[2],
+                "the removed backend gets nothing"
+            );
+        } else {
+            assert_eq!(dst_of(&out).0, backend, "port {sport} stays on its backend");
+        }
+    }
+}
+
+#[test]
+fn socket_lb_programs_load_through_the_verifier() {
+    privileged!();
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique_name("cils"));
+    let loaded = ciliate_datapath::linux::load_socket_programs(&pin_dir);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let bpf = loaded.expect("sock.o loads");
+    for name in [
+        "sock4_connect",
+        "sock4_sendmsg",
+        "sock4_recvmsg",
+        "sock4_getpeername",
+    ] {
+        assert!(bpf.program(name).is_some(), "{name}");
+    }
 }

@@ -70,6 +70,16 @@ impl Node {
         PathBuf::from("/sys/fs/bpf/ciliate").join(&self.name)
     }
 
+    /// The cgroup whose processes get socket LB (the agent's default for this node).
+    pub fn cgroup(&self) -> Option<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+        let root = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })?;
+        Some(root.join("ciliate").join(&self.name))
+    }
+
     fn log_path(&self) -> PathBuf {
         self.state.path().join("agent.log")
     }
@@ -263,6 +273,8 @@ impl Node {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // Endpoint links are `<ifindex>-from|to`; the node's own are `cgroup-*`.
+                    .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
                     .collect()
             })
             .unwrap_or_default()
@@ -297,8 +309,14 @@ impl Drop for Node {
         self.kill_agent();
         // Removing the pins detaches the programs; the namespace takes its links with it.
         let _ = std::fs::remove_dir_all(self.pin_dir());
-        // The shared parent goes too once the last node is gone (fails harmlessly otherwise).
+        // The shared parents go too once the last node is gone (fails harmlessly otherwise).
         let _ = std::fs::remove_dir("/sys/fs/bpf/ciliate");
+        if let Some(cg) = self.cgroup() {
+            let _ = std::fs::remove_dir(&cg);
+            if let Some(parent) = cg.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
         if thread::panicking() {
             eprintln!("---- agent log of {} ----\n{}", self.name, self.agent_log());
         }

@@ -1,0 +1,349 @@
+//! Load-balancing map contents: what `LbState` becomes in `cil_lb4_svc`, `cil_lb4_be` and
+//! `cil_lb4_rnat`, and the ordered list of writes that turns one content into another.
+//! Pure, so the ordering rules are tested without a kernel.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ciliate_model::lb::{
+    BackendState, FrontendKind, L4Proto, LbBackend, LbFrontend, LbState, ServiceRef,
+};
+
+use crate::abi::{
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, BE_STATE_ACTIVE, BE_STATE_TERMINATING,
+    SVC_F_AFFINITY,
+};
+
+/// The three maps' contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbEntries {
+    /// `cil_lb4_svc`.
+    pub services: BTreeMap<Lb4Key, Lb4Service>,
+    /// `cil_lb4_be`.
+    pub backends: BTreeMap<u32, Lb4Backend>,
+    /// `cil_lb4_rnat`.
+    pub rev_nat: BTreeMap<u16, Lb4ReverseNat>,
+}
+
+/// One map write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbOp {
+    /// Insert or overwrite a backend.
+    PutBackend(u32, Lb4Backend),
+    /// Insert or overwrite a reverse-NAT entry.
+    PutRevNat(u16, Lb4ReverseNat),
+    /// Insert or overwrite a service slot.
+    PutService(Lb4Key, Lb4Service),
+    /// Delete a service slot.
+    DelService(Lb4Key),
+    /// Delete a reverse-NAT entry.
+    DelRevNat(u16),
+    /// Delete a backend.
+    DelBackend(u32),
+}
+
+fn frontend_key(f: &LbFrontend, slot: u16) -> Lb4Key {
+    Lb4Key {
+        address: f.addr.octets(),
+        dport: f.port.to_be_bytes(),
+        backend_slot: slot,
+        proto: f.proto.number(),
+        scope: 0,
+        pad: [0; 2],
+    }
+}
+
+/// The map contents that stand for `state`.
+pub fn entries(state: &LbState) -> LbEntries {
+    let mut out = LbEntries::default();
+    for b in &state.backends {
+        out.backends.insert(
+            b.id,
+            Lb4Backend {
+                address: b.addr.octets(),
+                port: b.port.to_be_bytes(),
+                proto: b.proto.number(),
+                state: match b.state {
+                    BackendState::Active => BE_STATE_ACTIVE,
+                    BackendState::Terminating => BE_STATE_TERMINATING,
+                },
+            },
+        );
+    }
+    for f in &state.frontends {
+        let count = u16::try_from(f.backends.len()).unwrap_or(u16::MAX);
+        out.services.insert(
+            frontend_key(f, 0),
+            Lb4Service {
+                backend_id: 0,
+                count,
+                rev_nat_index: f.rev_nat_index,
+                flags: if f.affinity_timeout.is_some() {
+                    SVC_F_AFFINITY
+                } else {
+                    0
+                },
+                pad: [0; 3],
+                affinity_timeout: f.affinity_timeout.unwrap_or(0),
+            },
+        );
+        for (i, id) in f.backends.iter().take(usize::from(count)).enumerate() {
+            out.services.insert(
+                frontend_key(f, i as u16 + 1),
+                Lb4Service {
+                    backend_id: *id,
+                    rev_nat_index: f.rev_nat_index,
+                    ..Lb4Service::default()
+                },
+            );
+        }
+        out.rev_nat.insert(
+            f.rev_nat_index,
+            Lb4ReverseNat {
+                address: f.addr.octets(),
+                port: f.port.to_be_bytes(),
+                rev_nat_index: f.rev_nat_index,
+            },
+        );
+    }
+    out
+}
+
+/// The writes that turn `current` into `desired`, in an order where a packet never finds a
+/// slot pointing at a missing backend, nor a count covering a missing slot: backends and
+/// reverse NAT first, then backend slots, then the service entries (counts), then removals
+/// in the opposite order.
+pub fn plan(current: &LbEntries, desired: &LbEntries) -> Vec<LbOp> {
+    let mut ops = Vec::new();
+    for (id, b) in &desired.backends {
+        if current.backends.get(id) != Some(b) {
+            ops.push(LbOp::PutBackend(*id, *b));
+        }
+    }
+    for (idx, r) in &desired.rev_nat {
+        if current.rev_nat.get(idx) != Some(r) {
+            ops.push(LbOp::PutRevNat(*idx, *r));
+        }
+    }
+    let changed = |k: &Lb4Key, v: &Lb4Service| current.services.get(k) != Some(v);
+    for (k, v) in desired.services.iter().filter(|(k, _)| k.backend_slot != 0) {
+        if changed(k, v) {
+            ops.push(LbOp::PutService(*k, *v));
+        }
+    }
+    for (k, v) in desired.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+        if changed(k, v) {
+            ops.push(LbOp::PutService(*k, *v));
+        }
+    }
+    // Removed frontends lose their service entry before their slots.
+    for k in current.services.keys().filter(|k| k.backend_slot == 0) {
+        if !desired.services.contains_key(k) {
+            ops.push(LbOp::DelService(*k));
+        }
+    }
+    for k in current.services.keys().filter(|k| k.backend_slot != 0) {
+        if !desired.services.contains_key(k) {
+            ops.push(LbOp::DelService(*k));
+        }
+    }
+    for idx in current.rev_nat.keys() {
+        if !desired.rev_nat.contains_key(idx) {
+            ops.push(LbOp::DelRevNat(*idx));
+        }
+    }
+    for id in current.backends.keys() {
+        if !desired.backends.contains_key(id) {
+            ops.push(LbOp::DelBackend(*id));
+        }
+    }
+    ops
+}
+
+/// Applies `op` to an in-memory copy (the datapath's shadow of its maps).
+pub fn apply(entries: &mut LbEntries, op: LbOp) {
+    match op {
+        LbOp::PutBackend(id, b) => {
+            entries.backends.insert(id, b);
+        }
+        LbOp::PutRevNat(i, r) => {
+            entries.rev_nat.insert(i, r);
+        }
+        LbOp::PutService(k, v) => {
+            entries.services.insert(k, v);
+        }
+        LbOp::DelService(k) => {
+            entries.services.remove(&k);
+        }
+        LbOp::DelRevNat(i) => {
+            entries.rev_nat.remove(&i);
+        }
+        LbOp::DelBackend(id) => {
+            entries.backends.remove(&id);
+        }
+    }
+}
+
+/// Reads map contents back as an `LbState` (for `ciliate bpf lb list`). What the maps do not
+/// hold (frontend kind, Service name) comes back as ClusterIP and empty.
+pub fn state_of(e: &LbEntries) -> LbState {
+    let mut frontends = Vec::new();
+    for (k, v) in e.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+        let backends = (1..=v.count)
+            .filter_map(|slot| {
+                e.services
+                    .get(&Lb4Key {
+                        backend_slot: slot,
+                        ..*k
+                    })
+                    .map(|s| s.backend_id)
+            })
+            .collect();
+        frontends.push(LbFrontend {
+            addr: Ipv4Addr::from(k.address),
+            port: u16::from_be_bytes(k.dport),
+            proto: L4Proto::from_number(k.proto).unwrap_or(L4Proto::Tcp),
+            kind: FrontendKind::ClusterIp,
+            rev_nat_index: v.rev_nat_index,
+            backends,
+            affinity_timeout: (v.flags & SVC_F_AFFINITY != 0).then_some(v.affinity_timeout),
+            service: ServiceRef {
+                namespace: String::new(),
+                name: String::new(),
+                port_name: String::new(),
+            },
+        });
+    }
+    let backends = e
+        .backends
+        .iter()
+        .map(|(id, b)| LbBackend {
+            id: *id,
+            addr: Ipv4Addr::from(b.address),
+            port: u16::from_be_bytes(b.port),
+            proto: L4Proto::from_number(b.proto).unwrap_or(L4Proto::Tcp),
+            state: if b.state == BE_STATE_TERMINATING {
+                BackendState::Terminating
+            } else {
+                BackendState::Active
+            },
+        })
+        .collect();
+    LbState {
+        frontends,
+        backends,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: u32, last: u8) -> LbBackend {
+        LbBackend {
+            id,
+            addr: Ipv4Addr::new(10, 0, 0, last),
+            port: 8080,
+            proto: L4Proto::Tcp,
+            state: BackendState::Active,
+        }
+    }
+
+    fn frontend(vip: u8, rev: u16, backends: Vec<u32>) -> LbFrontend {
+        LbFrontend {
+            addr: Ipv4Addr::new(10, 96, 0, vip),
+            port: 80,
+            proto: L4Proto::Tcp,
+            kind: FrontendKind::ClusterIp,
+            rev_nat_index: rev,
+            backends,
+            affinity_timeout: None,
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: format!("svc{vip}"),
+                port_name: String::new(),
+            },
+        }
+    }
+
+    fn state(frontends: Vec<LbFrontend>, backends: Vec<LbBackend>) -> LbState {
+        LbState {
+            frontends,
+            backends,
+        }
+    }
+
+    /// Replays `ops` on `from` and checks, after every step, that whatever a packet can
+    /// reach through a service entry exists.
+    fn replay_checking_reachability(from: &LbEntries, ops: &[LbOp]) -> LbEntries {
+        let mut cur = from.clone();
+        for op in ops {
+            apply(&mut cur, *op);
+            for (k, v) in cur.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+                for slot in 1..=v.count {
+                    let s = cur
+                        .services
+                        .get(&Lb4Key {
+                            backend_slot: slot,
+                            ..*k
+                        })
+                        .unwrap_or_else(|| panic!("slot {slot} of {k:?} missing after {op:?}"));
+                    assert!(
+                        cur.backends.contains_key(&s.backend_id),
+                        "backend of {k:?} missing after {op:?}"
+                    );
+                }
+                assert!(
+                    cur.rev_nat.contains_key(&v.rev_nat_index),
+                    "rev-NAT missing after {op:?}"
+                );
+            }
+        }
+        cur
+    }
+
+    #[test]
+    fn entries_have_a_service_slot_per_backend_and_a_rev_nat() {
+        let s = state(
+            vec![frontend(1, 7, vec![3, 4])],
+            vec![backend(3, 3), backend(4, 4)],
+        );
+        let e = entries(&s);
+        assert_eq!(e.services.len(), 3);
+        assert_eq!(e.backends.len(), 2);
+        assert_eq!(e.rev_nat.get(&7).map(|r| r.port), Some(80u16.to_be_bytes()));
+        assert_eq!(state_of(&e).frontends[0].backends, vec![3, 4]);
+    }
+
+    #[test]
+    fn no_change_plans_nothing_and_one_backend_change_plans_only_it() {
+        let a = state(
+            vec![frontend(1, 1, vec![1, 2]), frontend(2, 2, vec![3])],
+            vec![backend(1, 1), backend(2, 2), backend(3, 3)],
+        );
+        assert!(plan(&entries(&a), &entries(&a)).is_empty());
+        let mut b = a.clone();
+        b.backends[2].port = 9090;
+        assert_eq!(plan(&entries(&a), &entries(&b)).len(), 1);
+    }
+
+    #[test]
+    fn growing_shrinking_adding_and_removing_keep_every_slot_reachable() {
+        let a = state(
+            vec![frontend(1, 1, vec![1, 2]), frontend(2, 2, vec![2])],
+            vec![backend(1, 1), backend(2, 2)],
+        );
+        let b = state(
+            vec![frontend(1, 1, vec![2, 3, 4]), frontend(3, 3, vec![4])],
+            vec![backend(2, 2), backend(3, 3), backend(4, 4)],
+        );
+        let c = state(vec![frontend(1, 1, vec![4])], vec![backend(4, 4)]);
+        let empty = LbState::default();
+        let mut cur = LbEntries::default();
+        for next in [&a, &b, &c, &a, &empty] {
+            let ops = plan(&cur, &entries(next));
+            cur = replay_checking_reachability(&cur, &ops);
+            assert_eq!(cur, entries(next));
+        }
+    }
+}
