@@ -33,6 +33,8 @@ cleanup() {
   pkill -f "ciliate-bench server --port 5001" 2>/dev/null
   for ns in $(ip netns list | awk '/^cb-/{print $1}'); do ip netns delete "$ns"; done
   rm -rf "/sys/fs/bpf/ciliate/$NODE" "$STATE"
+  rmdir /sys/fs/bpf/ciliate 2>/dev/null
+  for cg in /sys/fs/cgroup/unified/ciliate/"$NODE" /sys/fs/cgroup/ciliate/"$NODE"; do rmdir "$cg" 2>/dev/null; done
 }
 trap cleanup EXIT
 in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
@@ -40,6 +42,9 @@ in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
 # ---- plain: veths and routes, no BPF ----
 ip netns add cb-plain-node; ip netns add cb-plain-a; ip netns add cb-plain-b
 in_ns cb-plain-node sysctl -qw net.ipv4.ip_forward=1
+# A node has an address of its own; it is the source of its ARP requests towards pods.
+ip -n cb-plain-node link set lo up
+ip -n cb-plain-node addr add 192.0.2.1/32 dev lo
 i=2
 for p in a b; do
   ip -n cb-plain-node link add "h$p" type veth peer name eth0 netns "cb-plain-$p"
@@ -58,8 +63,10 @@ PLAIN_DST=10.250.0.3
 
 # ---- ours: the agent and the CNI plugin ----
 ip netns add cb-node; ip netns add cb-cil-a; ip netns add cb-cil-b
-in_ns cb-node ip link set lo up
-in_ns cb-node "$BIN/ciliate-agent" --node-name "$NODE" --pod-cidr 10.251.0.0/22 \
+ip -n cb-node link set lo up
+ip -n cb-node addr add 192.0.2.1/32 dev lo
+# nsenter execs the agent: $! is the agent itself (for its RSS, and for kill).
+nsenter --net=/var/run/netns/cb-node "$BIN/ciliate-agent" --node-name "$NODE" --pod-cidr 10.251.0.0/22 \
   --state-dir "$STATE" --socket "$SOCK" >"$STATE/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do "$BIN/ciliate" --socket "$SOCK" status >/dev/null 2>&1 && break; sleep 0.1; done

@@ -11,6 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+mod probe;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -30,6 +32,17 @@ enum Cmd {
     },
     /// Request/response on long-lived connections (like netperf TCP_RR).
     Rr(Load),
+    /// Identify yourself: on TCP write "<id>\n" then echo lines; on UDP answer "<id>".
+    IdentServer {
+        /// The name to answer with.
+        #[arg(long)]
+        id: String,
+        /// Port (TCP and UDP).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Ask an ident-server (or a Service in front of some) who answers, N times; print JSON.
+    Probe(probe::Probe),
     /// A new connection per transaction: connect, request, response, close (like TCP_CRR).
     Crr(Load),
 }
@@ -144,6 +157,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Server { port } => serve(port),
+        Cmd::IdentServer { id, port } => probe::ident_server(&id, port),
+        Cmd::Probe(p) => probe::run(&p),
         Cmd::Rr(l) => run(&l, false),
         Cmd::Crr(l) => run(&l, true),
     }

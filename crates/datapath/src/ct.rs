@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use ciliate_model::api::CtEntry;
 
-use crate::abi::{CtEntry4, CtKey4, CT_EGRESS};
+use crate::abi::{CtEntry4, CtKey4, CT_EGRESS, CT_INGRESS, CT_SERVICE};
 use crate::events::tcp_flag_names;
 
 /// The API view of one conntrack entry; `now` is CLOCK_MONOTONIC in seconds.

@@ -208,7 +208,8 @@ pub struct CtEntry {
     pub dst: Ipv4Addr,
     /// Destination port.
     pub dport: u16,
-    /// "egress" (the endpoint opened it) or "ingress" (opened towards the endpoint).
+    /// "egress" (the endpoint opened it), "ingress" (opened towards the endpoint) or "service"
+    /// (the endpoint's connection to a VIP, with the backend it was given).
     pub direction: String,
     /// Seconds until the entry expires (negative: expired, awaiting GC).
     pub expires_in: i64,

@@ -323,6 +323,91 @@ impl Drop for Node {
     }
 }
 
+/// A process that is killed when dropped (servers in pods).
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Node {
+    /// `ciliate apply -f` (or `delete`) of a manifest written to a file named `name`.
+    pub fn manifest(&self, verb: &str, name: &str, yaml: &str) -> Output {
+        let path = self.state.path().join(name);
+        std::fs::write(&path, yaml).expect("write manifest");
+        Command::new(bin("ciliate"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args([verb, "-f"])
+            .arg(&path)
+            .output()
+            .expect("run ciliate apply")
+    }
+
+    /// Applies a manifest and insists it worked.
+    pub fn apply(&self, name: &str, yaml: &str) {
+        let out = self.manifest("apply", name, yaml);
+        assert!(
+            out.status.success(),
+            "apply {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A command in a pod's namespace, optionally inside the node's socket-LB cgroup (as the
+    /// pod's processes would be), with `nsenter` exec'ing it.
+    pub fn pod_command(&self, pod: &Pod, in_cgroup: bool, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        let cg = self.cgroup().expect("cgroup v2 is mounted");
+        let join = if in_cgroup {
+            format!("echo $$ > {}/cgroup.procs && ", cg.display())
+        } else {
+            String::new()
+        };
+        let mut script = format!("{join}exec nsenter --net={} {}", pod.netns.path(), program.display());
+        for a in args {
+            script.push(' ');
+            script.push_str(a);
+        }
+        cmd.args(["-c", &script]);
+        cmd
+    }
+
+    /// Starts `ciliate-bench ident-server --id <pod name>` in the pod.
+    pub fn ident_server(&self, pod: &Pod, port: u16) -> Proc {
+        let child = self
+            .pod_command(pod, false, &bin("ciliate-bench"), &["ident-server", "--id", &pod.name, "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ident server");
+        // Wait until it listens.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pod.tcp_connect(pod.ip, port).is_err() {
+            assert!(Instant::now() < deadline, "ident server in {} did not start", pod.name);
+            thread::sleep(Duration::from_millis(50));
+        }
+        Proc(child)
+    }
+
+    /// Runs `ciliate-bench probe` from the pod and parses its JSON.
+    pub fn probe(&self, pod: &Pod, in_cgroup: bool, args: &[&str]) -> Value {
+        let mut all = vec!["probe"];
+        all.extend_from_slice(args);
+        let out = self
+            .pod_command(pod, in_cgroup, &bin("ciliate-bench"), &all)
+            .output()
+            .expect("probe");
+        assert!(out.status.success(), "probe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("probe JSON")
+    }
+}
+
 /// What the plugin answered.
 #[derive(Debug)]
 pub struct CniOutcome {
@@ -371,6 +456,13 @@ impl Pod {
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             f()
         })
+    }
+
+    /// A TCP connection from this pod (no data).
+    pub fn tcp_connect(&self, dst: Ipv4Addr, port: u16) -> std::io::Result<()> {
+        self.in_netns(move || TcpStream::connect_timeout(&(dst, port).into(), Duration::from_secs(1)).map(drop))
+            .join()
+            .expect("connect thread")
     }
 
     /// `ping -c n` from this pod; true when every echo came back.
