@@ -69,6 +69,7 @@ ip -n cb-node addr add 192.0.2.1/32 dev lo
 nsenter --net=/var/run/netns/cb-node "$BIN/ciliate-agent" --node-name "$NODE" --pod-cidr 10.251.0.0/22 \
   --state-dir "$STATE" --socket "$SOCK" >"$STATE/agent.log" 2>&1 &
 AGENT_PID=$!
+disown "$AGENT_PID" # no job-control chatter when cleanup kills it
 for _ in $(seq 100); do "$BIN/ciliate" --socket "$SOCK" status >/dev/null 2>&1 && break; sleep 0.1; done
 cni_add() { # ns container-id pod
   CNI_COMMAND=ADD CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
