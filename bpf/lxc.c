@@ -25,6 +25,49 @@
 #include "ciliate/ct.h"
 #include "ciliate/lb.h"
 #include "ciliate/nat.h"
+#include "ciliate/policy.h"
+
+#define IDENTITY_HOST 1
+
+/* Conntrack, then policy, for one direction of an endpoint. Returns the CT state, or the
+ * negated drop reason when policy refuses the packet. Replies of tracked connections skip
+ * policy; a new connection is recorded only once policy allowed it, and where the direction
+ * is under policy (or denied) it gets a policy-verdict event. */
+static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct endpoint_info *self,
+					 const struct pkt4 *p, __u8 egress, __u32 peer,
+					 __u16 rev_nat, __u16 *rev_nat_out, int *report)
+{
+	__u8 dir = egress ? CT_EGRESS : CT_INGRESS;
+	__u32 src_id = egress ? self->sec_identity : peer;
+	__u32 dst_id = egress ? peer : self->sec_identity;
+	__u16 enforced = egress ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED;
+	struct policy_result res = {};
+	int ct, verdict = 0;
+
+	*report = 0;
+	if (ct_untracked(p)) {
+		*report = 1;
+		/* ICMP errors belong to a connection policy has already judged. */
+		if (!p->fragment)
+			return CT_NONE;
+		ct = CT_NONE;
+	} else {
+		ct = ct_process(p, dir, src_id, skb->len, report, rev_nat, rev_nat_out, 0);
+		if (ct == CT_REPLY)
+			return ct;
+	}
+	/* The node may always reach its own pods (health checks): Cilium's default. */
+	if (egress || peer != IDENTITY_HOST)
+		verdict = policy_check(self, egress, peer, p, skb->len, &res);
+	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
+		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
+			   res.match | (egress ? EVENT_F_EGRESS : 0));
+	if (verdict)
+		return -verdict;
+	if (ct == CT_NEW)
+		ct_process(p, dir, src_id, skb->len, report, rev_nat, rev_nat_out, 1);
+	return ct;
+}
 
 #define LB_NONE 0
 #define LB_XLATED 1
@@ -205,16 +248,12 @@ int from_container(struct __sk_buff *skb)
 			    self->sec_identity, 0, CT_NONE);
 
 	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
-	if (dst)
-		dst_id = dst->sec_identity;
+	dst_id = dst ? dst->sec_identity : ipcache_identity(p.daddr);
 
-	if (ct_untracked(&p)) {
-		ct = CT_NONE;
-		report = 1;
-	} else {
-		ct = ct_process(&p, CT_EGRESS, self->sec_identity, skb->len, &report, rev_nat,
-				&ct_rev_nat);
-	}
+	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &report);
+	if (ct < 0)
+		return drop(skb, METRIC_EGRESS, -ct, self->ep_id, self->sec_identity, dst_id,
+			    CT_NEW);
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
 
 	if (dst) {
@@ -260,18 +299,15 @@ int to_container(struct __sk_buff *skb)
 			    self->sec_identity, CT_NONE);
 
 	src = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
-	if (src)
-		src_id = src->sec_identity;
+	src_id = src ? src->sec_identity : ipcache_identity(p.saddr);
 
-	if (ct_untracked(&p)) {
-		ct = CT_NONE;
-		report = 1;
-	} else {
-		ct = ct_process(&p, CT_INGRESS, src_id, skb->len, &report, 0, &rev_nat);
-		if (ct == CT_REPLY && lb4_rev_nat(skb, &p, rev_nat) < 0)
-			return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
-				    self->sec_identity, ct);
-	}
+	ct = ct_and_policy(skb, self, &p, 0, src_id, 0, &rev_nat, &report);
+	if (ct < 0)
+		return drop(skb, METRIC_INGRESS, -ct, self->ep_id, src_id, self->sec_identity,
+			    CT_NEW);
+	if (ct == CT_REPLY && lb4_rev_nat(skb, &p, rev_nat) < 0)
+		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
+			    self->sec_identity, ct);
 	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
 	if (report)
 		emit(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity, ct);

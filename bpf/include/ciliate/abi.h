@@ -19,6 +19,8 @@
 /* cil_lb4_rnat   hash       __u16 rev-NAT idx  -> struct lb4_reverse_nat */
 /* cil_lb4_aff    LRU hash   struct lb4_affinity_key -> struct lb4_affinity_val */
 /* cil_lb4_sk     LRU hash   struct lb4_sock_key -> struct lb4_reverse_nat (socket LB)  */
+/* cil_policy     LPM trie   struct policy_key  -> struct policy_entry  */
+/* cil_ipcache4   LPM trie   struct ipcache_key -> struct ipcache_entry */
 
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
@@ -29,6 +31,8 @@
 #define LB_REVNAT_MAP_SIZE 65536
 #define LB_AFFINITY_MAP_SIZE 65536
 #define LB_SOCK_MAP_SIZE 131072
+#define POLICY_MAP_SIZE 524288
+#define IPCACHE_MAP_SIZE 524288
 
 /* ---- Connection tracking ---- */
 
@@ -86,10 +90,15 @@ struct ct_entry4 {
 
 /* ---- Endpoints ---- */
 
+/* endpoint_info.flags */
+#define EP_F_INGRESS_ENFORCED 0x01 /* some policy selects it for ingress: default deny */
+#define EP_F_EGRESS_ENFORCED 0x02  /* some policy selects it for egress: default deny */
+#define EP_F_POLICY_V1 0x04        /* its policy entries are generation 1 (else 0) */
+
 struct endpoint_info {
 	__u32 ifindex;     /* host-side veth */
 	__u16 ep_id;       /* node-local endpoint id */
-	__u16 flags;       /* reserved */
+	__u16 flags;       /* EP_F_* */
 	__u32 sec_identity;
 	__be32 ipv4;
 	__u8 mac[6];       /* pod side */
@@ -158,10 +167,67 @@ struct lb4_sock_key {
 	__u16 pad;
 };
 
+/* ---- Policy ---- */
+
+/*
+ * One LPM trie for every endpoint's policy. The data after prefixlen is matched bit by bit:
+ * endpoint, generation, direction and peer identity always (64 bits), then the protocol
+ * (8 bits, left out for "any protocol"), then the leading bits of the port (a port range is
+ * stored as a few prefixes). Identity 0 stands for "any peer"; the datapath looks up the
+ * peer's identity and 0, and a deny from either wins.
+ *
+ * An endpoint's policy is replaced atomically: the agent writes the new entries under the
+ * other generation, then flips EP_F_POLICY_V1 (and the enforcement bits) in its
+ * endpoint_info with one map update, then deletes the old generation.
+ */
+#define POLICY_PREFIX_ANY_PROTO 64
+#define POLICY_PREFIX_ANY_PORT 72
+#define POLICY_PREFIX_FULL 88
+
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;   /* network order, like everything in the matched data */
+	__u8 version;  /* generation 0 or 1 */
+	__u8 egress;   /* 0 ingress, 1 egress */
+	__u32 identity; /* network order; 0 = any peer */
+	__u8 proto;
+	__be16 dport;  /* ICMP: the type, in the high byte */
+	__u8 pad;
+} __attribute__((packed));
+
+#define POLICY_F_DENY 0x01
+/* How an entry matches, for policy-verdict events (Hubble's match types). */
+#define POLICY_MATCH_L3_ONLY 1
+#define POLICY_MATCH_L3_L4 2
+#define POLICY_MATCH_L4_ONLY 3
+#define POLICY_MATCH_ALL 4
+
+struct policy_entry {
+	__u8 flags;      /* POLICY_F_* */
+	__u8 match;      /* POLICY_MATCH_* */
+	__u16 proxy_port; /* L7 redirect (later); 0 = none */
+	__u32 rule;      /* the agent's id of the rule that made it, for `policy trace` */
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct ipcache_entry {
+	__u32 identity;
+	__be32 tunnel_endpoint; /* the node that holds it (multi-node, later); 0 = local */
+	__u32 flags;
+	__u32 pad;
+};
+
 /* ---- Events (ring buffer) ---- */
 
 #define EVENT_DROP 1  /* Cilium's MessageTypeDrop */
 #define EVENT_TRACE 4 /* Cilium's MessageTypeTrace */
+#define EVENT_POLICY_VERDICT 5 /* Cilium's MessageTypePolicyVerdict */
 
 /* Trace observation points: Cilium's TRACE_* numbering. */
 #define TRACE_TO_LXC 0
@@ -187,6 +253,9 @@ struct lb4_sock_key {
 
 #define EVENT_CAPTURE_LEN 128
 
+#define EVENT_F_MATCH_MASK 0x07 /* POLICY_MATCH_* */
+#define EVENT_F_EGRESS 0x08     /* the verdict was for the endpoint's egress */
+
 struct ciliate_event {
 	__u8 type;   /* EVENT_* */
 	__u8 code;   /* drop reason, or trace observation point */
@@ -198,7 +267,7 @@ struct ciliate_event {
 	__u32 len;       /* packet length */
 	__u16 cap_len;   /* bytes of the packet copied into data */
 	__u8 ct_state;   /* CT_* */
-	__u8 pad;
+	__u8 flags;      /* EVENT_F_*; policy verdicts: the match type in the low bits */
 	__u8 data[EVENT_CAPTURE_LEN];
 };
 

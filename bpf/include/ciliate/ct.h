@@ -60,10 +60,11 @@ static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int r
  * CT_ESTABLISHED or CT_REPLY; *report says whether this packet is worth a trace event
  * (a new connection, or a TCP flag not seen before in its direction). A new entry records
  * `rev_nat` (the service frontend the connection was translated from); *rev_nat_out is the
- * entry's, so that replies can be translated back. */
+ * entry's, so that replies can be translated back. Without `create`, a new connection is
+ * reported as CT_NEW but not recorded. */
 static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_identity,
 				      __u32 bytes, int *report, __u16 rev_nat,
-				      __u16 *rev_nat_out)
+				      __u16 *rev_nat_out, int create)
 {
 	struct ct_key4 key = {
 		.saddr = p->saddr,
@@ -99,6 +100,12 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 	    (e->state & (CT_F_RESET | CT_F_TX_CLOSING | CT_F_RX_CLOSING)))
 		e = NULL;
 
+	if (!e && !create) {
+		/* Policy decides first; the caller comes back to create the entry. */
+		*report = 1;
+		*rev_nat_out = rev_nat;
+		return CT_NEW;
+	}
 	if (!e) {
 		struct ct_entry4 n = {};
 

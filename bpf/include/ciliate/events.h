@@ -21,8 +21,8 @@ static __always_inline void count(__u8 dir, __u8 reason, __u32 bytes)
 
 /* Reports one event. A full ring buffer loses the event, never the packet: the loss is
  * visible to the reader through the ring's producer/consumer positions and the metrics. */
-static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
-				 __u32 src_id, __u32 dst_id, __u8 ct_state)
+static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
+				       __u32 src_id, __u32 dst_id, __u8 ct_state, __u8 flags)
 {
 	struct ciliate_event *e = bpf_ringbuf_reserve(&cil_events, sizeof(*e), 0);
 	__u32 cap;
@@ -38,7 +38,7 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __
 	e->dst_identity = dst_id;
 	e->len = skb->len;
 	e->ct_state = ct_state;
-	e->pad = 0;
+	e->flags = flags;
 	cap = skb->len;
 	if (cap > EVENT_CAPTURE_LEN)
 		cap = EVENT_CAPTURE_LEN;
@@ -48,6 +48,12 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __
 	    bpf_skb_load_bytes(skb, 0, e->data, cap) == 0)
 		e->cap_len = cap;
 	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
+				 __u32 src_id, __u32 dst_id, __u8 ct_state)
+{
+	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,

@@ -131,7 +131,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt4 *p)
 		p->tcp_flags = ((__u8 *)tcp)[13];
 		break;
 	}
-	case IPPROTO_UDP: {
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: { /* SCTP's ports sit where UDP's do */
 		struct udphdr *udp;
 
 		if (ensure_linear(skb, p->l4_off + sizeof(struct udphdr)) < 0)

@@ -25,11 +25,37 @@ pub mod maps {
     pub const LB4_AFF: &str = "cil_lb4_aff";
     /// Socket LB reverse translations.
     pub const LB4_SK: &str = "cil_lb4_sk";
+    /// Every endpoint's policy (LPM trie).
+    pub const POLICY: &str = "cil_policy";
+    /// Prefix → identity (LPM trie).
+    pub const IPCACHE4: &str = "cil_ipcache4";
     /// Every pinned map of the node.
-    pub const ALL: [&str; 10] = [
-        CT4, LXC4, LXC_IFX, EVENTS, METRICS, LB4_SVC, LB4_BE, LB4_RNAT, LB4_AFF, LB4_SK,
+    pub const ALL: [&str; 12] = [
+        CT4, LXC4, LXC_IFX, EVENTS, METRICS, LB4_SVC, LB4_BE, LB4_RNAT, LB4_AFF, LB4_SK, POLICY,
+        IPCACHE4,
     ];
 }
+
+/// `endpoint_info.flags`: ingress under policy.
+pub const EP_F_INGRESS_ENFORCED: u16 = 0x01;
+/// `endpoint_info.flags`: egress under policy.
+pub const EP_F_EGRESS_ENFORCED: u16 = 0x02;
+/// `endpoint_info.flags`: the policy entries in force are generation 1.
+pub const EP_F_POLICY_V1: u16 = 0x04;
+/// `POLICY_PREFIX_ANY_PROTO`: bits of the key always matched.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 64;
+/// `POLICY_F_DENY`.
+pub const POLICY_F_DENY: u8 = 0x01;
+/// `EVENT_POLICY_VERDICT`.
+pub const EVENT_POLICY_VERDICT: u8 = 5;
+/// `EVENT_F_MATCH_MASK`.
+pub const EVENT_F_MATCH_MASK: u8 = 0x07;
+/// `EVENT_F_EGRESS`.
+pub const EVENT_F_EGRESS: u8 = 0x08;
+/// `POLICY_MAP_SIZE`.
+pub const POLICY_MAP_SIZE: u32 = 524_288;
+/// `IPCACHE_MAP_SIZE`.
+pub const IPCACHE_MAP_SIZE: u32 = 524_288;
 
 /// `CT_SERVICE`: the remembered backend of an endpoint's connection to a VIP.
 pub const CT_SERVICE: u8 = 2;
@@ -193,8 +219,8 @@ pub struct RawEvent {
     pub cap_len: u16,
     /// Conntrack verdict.
     pub ct_state: u8,
-    /// Padding.
-    pub pad: u8,
+    /// `EVENT_F_*`.
+    pub flags: u8,
     /// The first bytes of the packet.
     pub data: [u8; EVENT_CAPTURE_LEN],
 }
@@ -297,6 +323,58 @@ pub struct Lb4AffinityVal {
     pub pad: u32,
 }
 
+/// The matched data of `struct policy_key` (after its `prefixlen`): all in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKeyData {
+    /// Endpoint id, network order.
+    pub ep_id: [u8; 2],
+    /// Generation 0 or 1.
+    pub version: u8,
+    /// 1 for egress.
+    pub egress: u8,
+    /// Peer identity, network order; 0 = any.
+    pub identity: [u8; 4],
+    /// IP protocol.
+    pub proto: u8,
+    /// Port, network order.
+    pub dport: [u8; 2],
+    /// Never matched.
+    pub pad: u8,
+}
+
+/// `struct policy_entry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// `POLICY_F_*`.
+    pub flags: u8,
+    /// `POLICY_MATCH_*`.
+    pub match_kind: u8,
+    /// L7 proxy port (later).
+    pub proxy_port: u16,
+    /// Rule id.
+    pub rule: u32,
+    /// Packets matched.
+    pub packets: u64,
+    /// Bytes matched.
+    pub bytes: u64,
+}
+
+/// `struct ipcache_entry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheValue {
+    /// Identity.
+    pub identity: u32,
+    /// Tunnel endpoint, network order (0 = local).
+    pub tunnel_endpoint: [u8; 4],
+    /// Flags.
+    pub flags: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
 // SAFETY: plain-old-data, `repr(C)`, no padding the kernel could leave uninitialised that we
 // would read as anything but bytes; layouts checked below.
 unsafe impl aya::Pod for CtKey4 {}
@@ -306,6 +384,12 @@ unsafe impl aya::Pod for CtEntry4 {}
 unsafe impl aya::Pod for EndpointInfo {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MetricsValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyKeyData {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IpcacheValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Lb4Key {}
 // SAFETY: as above.
@@ -333,6 +417,10 @@ const _: () = {
     assert!(offset_of!(RawEvent, ktime_ns) == 8);
     assert!(offset_of!(RawEvent, cap_len) == 28);
     assert!(size_of::<MetricsValue>() == 16);
+    assert!(size_of::<PolicyKeyData>() == 12);
+    assert!(offset_of!(PolicyKeyData, proto) == 8);
+    assert!(size_of::<PolicyValue>() == 24);
+    assert!(size_of::<IpcacheValue>() == 16);
     assert!(size_of::<Lb4Key>() == 12);
     assert!(offset_of!(Lb4Key, backend_slot) == 6);
     assert!(offset_of!(Lb4Key, proto) == 8);
@@ -366,7 +454,7 @@ impl RawEvent {
             len: u32_at(24),
             cap_len: u16_at(28),
             ct_state: b[30],
-            pad: b[31],
+            flags: b[31],
             data,
         })
     }

@@ -21,10 +21,12 @@ pub fn to_api(k: &CtKey4, v: &CtEntry4, now: i64) -> CtEntry {
         sport: u16::from_be_bytes(k.sport),
         dst: Ipv4Addr::from(k.daddr),
         dport: u16::from_be_bytes(k.dport),
-        direction: if k.dir == CT_EGRESS {
-            "egress"
-        } else {
-            "ingress"
+        direction: match k.dir {
+            CT_EGRESS => "egress",
+            CT_INGRESS => "ingress",
+            // The endpoint's connection to a VIP, with its backend (per-packet LB).
+            CT_SERVICE => "service",
+            _ => "unknown",
         }
         .to_owned(),
         expires_in: v.expires as i64 - now,

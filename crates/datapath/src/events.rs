@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
 
-use crate::abi::{ct_result, RawEvent, EVENT_DROP, EVENT_TRACE};
+use crate::abi::{
+    ct_result, RawEvent, EVENT_DROP, EVENT_F_EGRESS, EVENT_F_MATCH_MASK, EVENT_POLICY_VERDICT,
+    EVENT_TRACE,
+};
 
 /// Hubble's name of a drop reason code.
 pub fn drop_reason_name(code: u8) -> &'static str {
@@ -40,6 +43,27 @@ pub fn trace_point_name(code: u8) -> &'static str {
         10 => "from-network",
         11 => "to-network",
         _ => "unknown",
+    }
+}
+
+/// A policy verdict as text: direction, action and how it matched, e.g.
+/// "egress allowed (L3-L4)" or "ingress denied (Policy denied)".
+fn policy_verdict_name(code: u8, flags: u8) -> &'static str {
+    let egress = flags & EVENT_F_EGRESS != 0;
+    let matched = flags & EVENT_F_MATCH_MASK;
+    match (egress, code, matched) {
+        (true, 0, 1) => "egress allowed (L3-Only)",
+        (true, 0, 2) => "egress allowed (L3-L4)",
+        (true, 0, 3) => "egress allowed (L4-Only)",
+        (true, 0, _) => "egress allowed (all)",
+        (false, 0, 1) => "ingress allowed (L3-Only)",
+        (false, 0, 2) => "ingress allowed (L3-L4)",
+        (false, 0, 3) => "ingress allowed (L4-Only)",
+        (false, 0, _) => "ingress allowed (all)",
+        (true, 181, _) => "egress denied (Policy denied by denylist)",
+        (false, 181, _) => "ingress denied (Policy denied by denylist)",
+        (true, _, _) => "egress denied (Policy denied)",
+        (false, _, _) => "ingress denied (Policy denied)",
     }
 }
 
@@ -121,6 +145,10 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> 
     let (kind, reason) = match raw.kind {
         EVENT_DROP => (EventKind::Drop, drop_reason_name(raw.code)),
         EVENT_TRACE => (EventKind::Trace, trace_point_name(raw.code)),
+        EVENT_POLICY_VERDICT => (
+            EventKind::PolicyVerdict,
+            policy_verdict_name(raw.code, raw.flags),
+        ),
         other => return Err(DecodeError::UnknownType(other)),
     };
     let cap = usize::from(raw.cap_len).min(raw.data.len());

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use ciliate_model::api::{CtEntry, DatapathStatus};
+use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use tokio::sync::broadcast;
@@ -16,6 +17,8 @@ pub struct FakeDatapath {
     endpoints: Mutex<BTreeMap<u32, EndpointSpec>>,
     fail_next_upsert: Mutex<Option<String>>,
     lb: Mutex<LbState>,
+    policies: Mutex<BTreeMap<u16, EndpointPolicy>>,
+    ipcache: Mutex<Vec<IpcacheEntry>>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -25,6 +28,8 @@ impl Default for FakeDatapath {
             endpoints: Mutex::default(),
             fail_next_upsert: Mutex::default(),
             lb: Mutex::default(),
+            policies: Mutex::default(),
+            ipcache: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -105,6 +110,45 @@ impl Datapath for FakeDatapath {
 
     fn lb_state(&self) -> Result<LbState, DatapathError> {
         Ok(lock(&self.lb).clone())
+    }
+
+    fn set_endpoint_policy(
+        &self,
+        ep: &EndpointSpec,
+        policy: &EndpointPolicy,
+    ) -> Result<PolicySyncStats, DatapathError> {
+        let mut all = lock(&self.policies);
+        let changed = all.get(&ep.id) != Some(policy);
+        all.insert(ep.id, policy.clone());
+        Ok(PolicySyncStats {
+            written: if changed {
+                policy.entries.len() as u64 + 1
+            } else {
+                0
+            },
+            deleted: 0,
+        })
+    }
+
+    fn endpoint_policy(&self, ep: &EndpointSpec) -> Result<EndpointPolicy, DatapathError> {
+        Ok(lock(&self.policies)
+            .get(&ep.id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError> {
+        let mut cur = lock(&self.ipcache);
+        let changed = *cur != desired;
+        *cur = desired.to_vec();
+        Ok(PolicySyncStats {
+            written: u64::from(changed),
+            deleted: 0,
+        })
+    }
+
+    fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError> {
+        Ok(lock(&self.ipcache).clone())
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {

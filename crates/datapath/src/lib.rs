@@ -16,10 +16,12 @@ pub mod lb;
 pub mod linux;
 pub mod netlink;
 pub mod netns;
+pub mod policy_map;
 
 use std::net::Ipv4Addr;
 
 use ciliate_model::api::{CtEntry, DatapathStatus};
+use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
@@ -118,6 +120,23 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// The load-balancing state the maps hold now (`ciliate bpf lb list`).
     fn lb_state(&self) -> Result<LbState, DatapathError>;
+
+    /// Replaces the policy of an endpoint as one step: packets are judged by the old policy
+    /// or the new one, never a mix. Writes nothing when it is already in force.
+    fn set_endpoint_policy(
+        &self,
+        ep: &EndpointSpec,
+        policy: &EndpointPolicy,
+    ) -> Result<PolicySyncStats, DatapathError>;
+
+    /// The policy in force for an endpoint, read from the maps (`ciliate bpf policy get`).
+    fn endpoint_policy(&self, ep: &EndpointSpec) -> Result<EndpointPolicy, DatapathError>;
+
+    /// Makes the ipcache hold exactly `desired` (prefix → identity), writing only differences.
+    fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError>;
+
+    /// The ipcache as the maps hold it.
+    fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError>;
 
     /// A receiver of datapath events (trace and drop), decoded.
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent>;

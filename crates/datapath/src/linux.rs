@@ -4,12 +4,13 @@
 //! forwarding when the agent dies; a restarted agent reopens the maps and atomically swaps
 //! its freshly loaded programs into the existing links, so no packet sees a gap.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
@@ -28,12 +29,15 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use crate::abi::{
-    self, maps, CtEntry4, CtKey4, EndpointInfo, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
-    MetricsValue,
+    self, maps, CtEntry4, CtKey4, EndpointInfo, IpcacheValue, Lb4Backend, Lb4Key, Lb4ReverseNat,
+    Lb4Service, MetricsValue, PolicyKeyData, PolicyValue, EP_F_EGRESS_ENFORCED,
+    EP_F_INGRESS_ENFORCED, EP_F_POLICY_V1, POLICY_F_DENY,
 };
 use crate::events::{self, Clock};
 use crate::lb::{self as lbmaps, LbEntries, LbOp};
+use crate::policy_map;
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
+use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
 
 /// The compiled `bpf/lxc.c`.
 pub static LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
@@ -90,6 +94,20 @@ struct Maps {
     lb_svc: BpfHashMap<MapData, Lb4Key, Lb4Service>,
     lb_be: BpfHashMap<MapData, u32, Lb4Backend>,
     lb_rnat: BpfHashMap<MapData, u16, Lb4ReverseNat>,
+    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    ipcache: LpmTrie<MapData, [u8; 4], IpcacheValue>,
+}
+
+/// What this process knows of the policy and ipcache maps, so that updates need no dumps.
+#[derive(Default)]
+struct PolicyShadow {
+    /// Every policy key present, per endpoint id (both generations).
+    keys: HashMap<u16, Vec<(u32, PolicyKeyData)>>,
+    /// The policy last written per endpoint (empty after a restart: the first write swaps
+    /// generations even if nothing changed, which is harmless).
+    written: HashMap<u16, EndpointPolicy>,
+    /// The ipcache.
+    ipcache: BTreeMap<(u32, [u8; 4]), IpcacheValue>,
 }
 
 struct Inner {
@@ -100,6 +118,7 @@ struct Inner {
     /// What the load-balancing maps hold, so that a sync writes only differences without
     /// dumping them (read once at start).
     lb_shadow: LbEntries,
+    policy_shadow: PolicyShadow,
     /// Links whose program this process has already swapped in (or attached).
     fresh_links: HashSet<PathBuf>,
 }
@@ -248,6 +267,8 @@ impl LinuxDatapath {
             lb_svc: take_hash(&mut bpf, maps::LB4_SVC)?,
             lb_be: take_hash(&mut bpf, maps::LB4_BE)?,
             lb_rnat: take_hash(&mut bpf, maps::LB4_RNAT)?,
+            policy: take_lpm(&mut bpf, maps::POLICY)?,
+            ipcache: take_lpm(&mut bpf, maps::IPCACHE4)?,
             metrics: PerCpuArray::try_from(
                 bpf.take_map(maps::METRICS)
                     .ok_or_else(|| DatapathError::Unsupported("map cil_metrics missing".into()))?,
@@ -260,6 +281,7 @@ impl LinuxDatapath {
         )
         .map_err(kernel("open ring buffer cil_events"))?;
         let lb_shadow = read_lb_entries(&maps)?;
+        let policy_shadow = read_policy_shadow(&maps)?;
         let sock = match &cfg.socket_lb_cgroup {
             Some(cgroup) => Some(attach_socket_lb(&pin_dir, cgroup)?),
             None => None,
@@ -279,6 +301,7 @@ impl LinuxDatapath {
                 _sock: sock,
                 maps,
                 lb_shadow,
+                policy_shadow,
                 fresh_links: HashSet::new(),
             }),
             events,
@@ -386,6 +409,12 @@ impl LinuxDatapath {
             }
         }
         ignore_missing(inner.maps.lxc_ifx.remove(&ep.ifindex))?;
+        if let Some(keys) = inner.policy_shadow.keys.remove(&ep.id) {
+            for (prefix, data) in keys {
+                ignore_missing(inner.maps.policy.remove(&LpmKey::new(prefix, data)))?;
+            }
+        }
+        inner.policy_shadow.written.remove(&ep.id);
         Ok(())
     }
 
@@ -404,6 +433,55 @@ impl LinuxDatapath {
         }
         (fwd, drops)
     }
+}
+
+fn take_lpm<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &str,
+) -> Result<LpmTrie<MapData, K, V>, DatapathError> {
+    let map = bpf
+        .take_map(name)
+        .ok_or_else(|| DatapathError::Unsupported(format!("map {name} missing from lxc.o")))?;
+    LpmTrie::try_from(map).map_err(kernel(format!("open map {name}")))
+}
+
+fn read_policy_shadow(maps: &Maps) -> Result<PolicyShadow, DatapathError> {
+    let mut shadow = PolicyShadow::default();
+    for key in maps.policy.keys() {
+        let key = key.map_err(kernel("read cil_policy"))?;
+        let data = key.data();
+        shadow
+            .keys
+            .entry(u16::from_be_bytes(data.ep_id))
+            .or_default()
+            .push((key.prefix_len(), data));
+    }
+    for item in maps.ipcache.iter() {
+        let (k, v) = item.map_err(kernel("read cil_ipcache4"))?;
+        shadow.ipcache.insert((k.prefix_len(), k.data()), v);
+    }
+    Ok(shadow)
+}
+
+/// The map records of a policy under one generation; where two entries share a key, deny
+/// wins.
+fn policy_records(
+    ep_id: u16,
+    version: u8,
+    policy: &EndpointPolicy,
+) -> BTreeMap<(u32, PolicyKeyData), PolicyValue> {
+    let mut out: BTreeMap<(u32, PolicyKeyData), PolicyValue> = BTreeMap::new();
+    for e in &policy.entries {
+        let key = policy_map::policy_key(ep_id, version, e);
+        let value = policy_map::policy_value(e);
+        match out.get(&key) {
+            Some(existing) if existing.flags & POLICY_F_DENY != 0 => {}
+            _ => {
+                out.insert(key, value);
+            }
+        }
+    }
+    out
 }
 
 fn read_lb_entries(maps: &Maps) -> Result<LbEntries, DatapathError> {
@@ -585,8 +663,12 @@ impl Datapath for LinuxDatapath {
                 ep.ifname, ep.ifindex
             )));
         }
-        let info = info_of(ep);
+        let mut info = info_of(ep);
         let previous = inner.maps.lxc_ifx.get(&ep.ifindex, 0).ok();
+        // Policy generation and enforcement belong to set_endpoint_policy: keep them.
+        if let Some(prev) = previous {
+            info.flags = prev.flags;
+        }
         let result = (|| {
             inner
                 .maps
@@ -716,6 +798,150 @@ impl Datapath for LinuxDatapath {
     fn lb_state(&self) -> Result<LbState, DatapathError> {
         let inner = self.lock();
         Ok(lbmaps::state_of(&read_lb_entries(&inner.maps)?))
+    }
+
+    fn set_endpoint_policy(
+        &self,
+        ep: &EndpointSpec,
+        policy: &EndpointPolicy,
+    ) -> Result<PolicySyncStats, DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut info = inner.maps.lxc_ifx.get(&ep.ifindex, 0).map_err(|e| {
+            DatapathError::kernel(format!("endpoint {} is not programmed", ep.id), e)
+        })?;
+        let mut flags = info.flags & !(EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED);
+        if policy.ingress_enforced {
+            flags |= EP_F_INGRESS_ENFORCED;
+        }
+        if policy.egress_enforced {
+            flags |= EP_F_EGRESS_ENFORCED;
+        }
+        if inner.policy_shadow.written.get(&ep.id) == Some(policy) && flags == info.flags {
+            return Ok(PolicySyncStats::default());
+        }
+        let current: u8 = u8::from(info.flags & EP_F_POLICY_V1 != 0);
+        let next = 1 - current;
+        let mut stats = PolicySyncStats::default();
+        let existing = inner.policy_shadow.keys.remove(&ep.id).unwrap_or_default();
+        let (stale_next, in_force): (Vec<_>, Vec<_>) =
+            existing.into_iter().partition(|(_, d)| d.version == next);
+        // 1. The next generation starts empty (a crash may have left a half-written one).
+        for (prefix, data) in &stale_next {
+            ignore_missing(inner.maps.policy.remove(&LpmKey::new(*prefix, *data)))?;
+            stats.deleted += 1;
+        }
+        // 2. Write it whole; packets still use the generation in force.
+        let records = policy_records(ep.id, next, policy);
+        let mut written_keys = Vec::with_capacity(records.len());
+        for ((prefix, data), value) in &records {
+            if let Err(e) = inner
+                .maps
+                .policy
+                .insert(&LpmKey::new(*prefix, *data), *value, 0)
+            {
+                // Nothing changed for packets: drop what was written and keep the old.
+                for (p, d) in &written_keys {
+                    let _ = inner.maps.policy.remove(&LpmKey::new(*p, *d));
+                }
+                inner.policy_shadow.keys.insert(ep.id, in_force);
+                return Err(DatapathError::kernel("write cil_policy", e));
+            }
+            written_keys.push((*prefix, *data));
+            stats.written += 1;
+        }
+        // 3. One map update switches the endpoint to it.
+        info.flags = flags | if next == 1 { EP_F_POLICY_V1 } else { 0 };
+        inner
+            .maps
+            .lxc_ifx
+            .insert(ep.ifindex, info, 0)
+            .map_err(kernel("switch the endpoint's policy generation"))?;
+        if let Ok(by_ip) = inner.maps.lxc4.get(&ipv4_key(ep.ipv4), 0) {
+            if by_ip.ifindex == ep.ifindex {
+                let _ = inner.maps.lxc4.insert(ipv4_key(ep.ipv4), info, 0);
+            }
+        }
+        // 4. The old generation goes.
+        for (prefix, data) in &in_force {
+            ignore_missing(inner.maps.policy.remove(&LpmKey::new(*prefix, *data)))?;
+            stats.deleted += 1;
+        }
+        inner.policy_shadow.keys.insert(ep.id, written_keys);
+        inner.policy_shadow.written.insert(ep.id, policy.clone());
+        Ok(stats)
+    }
+
+    fn endpoint_policy(&self, ep: &EndpointSpec) -> Result<EndpointPolicy, DatapathError> {
+        let inner = self.lock();
+        let info = inner.maps.lxc_ifx.get(&ep.ifindex, 0).map_err(|e| {
+            DatapathError::kernel(format!("endpoint {} is not programmed", ep.id), e)
+        })?;
+        let version = u8::from(info.flags & EP_F_POLICY_V1 != 0);
+        let mut entries = Vec::new();
+        for (prefix, data) in inner.policy_shadow.keys.get(&ep.id).into_iter().flatten() {
+            if data.version != version {
+                continue;
+            }
+            let key = LpmKey::new(*prefix, *data);
+            if let Ok(v) = inner.maps.policy.get(&key, 0) {
+                entries.push(policy_map::policy_entry(*prefix, data, &v));
+            }
+        }
+        entries.sort();
+        Ok(EndpointPolicy {
+            ingress_enforced: info.flags & EP_F_INGRESS_ENFORCED != 0,
+            egress_enforced: info.flags & EP_F_EGRESS_ENFORCED != 0,
+            entries,
+        })
+    }
+
+    fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let want: BTreeMap<(u32, [u8; 4]), IpcacheValue> = desired
+            .iter()
+            .map(|e| {
+                let (p, a, v) = policy_map::ipcache_record(e);
+                ((p, a), v)
+            })
+            .collect();
+        let mut stats = PolicySyncStats::default();
+        for (k, v) in &want {
+            if inner.policy_shadow.ipcache.get(k) != Some(v) {
+                inner
+                    .maps
+                    .ipcache
+                    .insert(&LpmKey::new(k.0, k.1), *v, 0)
+                    .map_err(kernel("write cil_ipcache4"))?;
+                inner.policy_shadow.ipcache.insert(*k, *v);
+                stats.written += 1;
+            }
+        }
+        let stale: Vec<_> = inner
+            .policy_shadow
+            .ipcache
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            ignore_missing(inner.maps.ipcache.remove(&LpmKey::new(k.0, k.1)))?;
+            inner.policy_shadow.ipcache.remove(&k);
+            stats.deleted += 1;
+        }
+        Ok(stats)
+    }
+
+    fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for item in inner.maps.ipcache.iter() {
+            let (k, v) = item.map_err(kernel("read cil_ipcache4"))?;
+            out.push(policy_map::ipcache_entry(k.prefix_len(), k.data(), &v));
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {

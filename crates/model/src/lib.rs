@@ -6,11 +6,16 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bpf_policy;
 pub mod endpoint;
 pub mod identity;
+pub mod k8s;
 pub mod labels;
 pub mod lb;
+pub mod manifest;
 pub mod monitor;
+pub mod policy;
+pub mod service;
 
 pub use endpoint::{Endpoint, EndpointState, MacAddr, PodRef};
 pub use identity::{Identity, NumericIdentity, ReservedIdentity};

@@ -13,6 +13,8 @@ pub enum EventKind {
     Trace,
     /// A packet was dropped.
     Drop,
+    /// Policy judged a new connection (allowed or denied), for a direction under policy.
+    PolicyVerdict,
 }
 
 /// The L4 part of an event, when the packet had one the datapath understands.
@@ -91,6 +93,7 @@ impl fmt::Display for MonitorEvent {
         let kind = match self.kind {
             EventKind::Trace => "->",
             EventKind::Drop => "xx drop",
+            EventKind::PolicyVerdict => "policy-verdict",
         };
         write!(
             f,

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Identity of a peer address, and the policy verdict for a packet. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "abi.h"
+#include "maps.h"
+#include "parse.h"
+
+#define IDENTITY_WORLD 2
+
+/* The security identity of an address that is not a local endpoint: the longest ipcache
+ * prefix that holds it, or world. */
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct ipcache_entry *e = bpf_map_lookup_elem(&cil_ipcache4, &k);
+
+	return e ? e->identity : IDENTITY_WORLD;
+}
+
+/* The port a policy matches on: the destination port, or the ICMP type. */
+static __always_inline __be16 policy_port(const struct pkt4 *p)
+{
+	if (p->proto == IPPROTO_ICMP)
+		return bpf_htons((__u16)p->icmp_type << 8);
+	return p->dport;
+}
+
+struct policy_result {
+	__u8 match; /* POLICY_MATCH_*, 0 when no entry matched */
+	__u32 rule;
+};
+
+/* 0 when the endpoint may send (egress) or receive (ingress) the packet; otherwise the drop
+ * reason: DROP_POLICY_DENY for a deny entry, DROP_POLICY for default deny. */
+static __always_inline int policy_check(const struct endpoint_info *ep, __u8 egress,
+					__u32 peer, const struct pkt4 *p, __u32 bytes,
+					struct policy_result *res)
+{
+	struct policy_key k = {
+		.prefixlen = POLICY_PREFIX_FULL,
+		.ep_id = bpf_htons(ep->ep_id),
+		.version = (ep->flags & EP_F_POLICY_V1) ? 1 : 0,
+		.egress = egress,
+		.identity = bpf_htonl(peer),
+		.proto = p->proto,
+		.dport = policy_port(p),
+	};
+	struct policy_entry *exact, *any;
+	__u16 enforced = egress ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED;
+
+	res->match = 0;
+	res->rule = 0;
+	/* Fragments carry no port: only port-less entries can match them. */
+	if (p->fragment)
+		k.prefixlen = POLICY_PREFIX_ANY_PORT;
+	exact = bpf_map_lookup_elem(&cil_policy, &k);
+	k.identity = 0;
+	any = bpf_map_lookup_elem(&cil_policy, &k);
+	if (exact && (exact->flags & POLICY_F_DENY)) {
+		res->match = exact->match;
+		res->rule = exact->rule;
+		return DROP_POLICY_DENY;
+	}
+	if (any && (any->flags & POLICY_F_DENY)) {
+		res->match = any->match;
+		res->rule = any->rule;
+		return DROP_POLICY_DENY;
+	}
+	if (exact || any) {
+		struct policy_entry *hit = exact ? exact : any;
+
+		__sync_fetch_and_add(&hit->packets, 1);
+		__sync_fetch_and_add(&hit->bytes, bytes);
+		res->match = hit->match;
+		res->rule = hit->rule;
+		return 0;
+	}
+	return (ep->flags & enforced) ? DROP_POLICY : 0;
+}
