@@ -11,13 +11,14 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ciliate_model::api::{ApiError, EndpointCreateRequest, GcRequest, Health, Status};
+use ciliate_model::manifest::ApplyRequest;
 use ciliate_model::monitor::{EventKind, MonitorEvent};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -29,6 +30,11 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::endpoints::{EndpointError, EndpointManager, EndpointRef};
 use crate::gc::CtGcHealth;
+use crate::services::{ServiceError, ServiceManager};
+
+/// Largest `POST /v1/manifests` body: 10,000 Services with their EndpointSlices are about
+/// 15 MB of JSON; the limit stops a runaway client, not a big cluster.
+pub const MAX_MANIFEST_BODY: usize = 256 << 20;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -37,6 +43,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The endpoint manager (which holds the datapath).
     pub manager: Arc<EndpointManager>,
+    /// The Services.
+    pub services: Arc<ServiceManager>,
     /// Outcome of the last conntrack GC pass.
     pub ct_gc: Arc<CtGcHealth>,
     /// When the agent started.
@@ -91,6 +99,17 @@ impl ApiFailure {
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         (self.status, Json(self.error)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiFailure {
+    fn from(e: ServiceError) -> Self {
+        let status = match &e {
+            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Exhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.kind(), e.to_string())
     }
 }
 
@@ -151,6 +170,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/identities", get(list_identities))
         .route("/v1/identities/{id}", get(get_identity))
         .route("/v1/bpf/ct", get(ct_entries))
+        .route(
+            "/v1/manifests",
+            post(apply_manifests).layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY)),
+        )
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{namespace}/{name}", get(get_service))
+        .route("/v1/bpf/lb", get(lb_state))
         .route("/v1/monitor", get(monitor))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -203,8 +229,17 @@ async fn healthz() -> Json<Health> {
 
 async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
     let manager = Arc::clone(&s.manager);
-    let (m, datapath) = blocking(move || (manager.status(), manager.datapath().status())).await?;
+    let services = Arc::clone(&s.services);
+    let (m, datapath, svc) = blocking(move || {
+        (
+            manager.status(),
+            manager.datapath().status(),
+            services.status(),
+        )
+    })
+    .await?;
     let mut problems = m.problems;
+    problems.extend(svc.problems);
     if !datapath.loaded {
         problems.insert(0, format!("the {} datapath is not loaded", datapath.kind));
     }
@@ -226,6 +261,8 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
         endpoints: m.endpoints,
         identities: m.identities,
         ipam: m.ipam,
+        services: svc.services,
+        backends: svc.backends,
     }))
 }
 
@@ -315,6 +352,49 @@ async fn ct_entries(State(s): State<AppState>) -> Result<Response, ApiFailure> {
             )
         })?;
     Ok(Json(entries).into_response())
+}
+
+async fn apply_manifests(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<ApplyRequest>,
+) -> Result<Response, ApiFailure> {
+    let result = blocking(move || s.services.apply(&req)).await??;
+    Ok(Json(result).into_response())
+}
+
+async fn list_services(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let services = blocking(move || s.services.list()).await?;
+    Ok(Json(services).into_response())
+}
+
+async fn get_service(
+    State(s): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiFailure> {
+    let Path((namespace, name)) = path.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    let found = {
+        let (namespace, name) = (namespace.clone(), name.clone());
+        blocking(move || s.services.get(&namespace, &name)).await?
+    };
+    match found {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(ApiFailure::not_found(format!(
+            "no Service {namespace}/{name}; list them with GET /v1/services"
+        ))),
+    }
+}
+
+async fn lb_state(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let state = blocking(move || s.manager.datapath().lb_state())
+        .await?
+        .map_err(|e| {
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "datapath",
+                format!("cannot read the load-balancing maps: {e}"),
+            )
+        })?;
+    Ok(Json(state).into_response())
 }
 
 /// Query of `GET /v1/monitor`.

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
@@ -146,6 +147,18 @@ pub struct Args {
     #[arg(long, env = "CILIATE_CT_GC_INTERVAL", value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub ct_gc_interval: u64,
 
+    /// Directory of Kubernetes manifests (Service, EndpointSlice, Endpoints; *.yaml, *.yml,
+    /// *.json) the agent keeps in force. It is re-read within 2 seconds of any file changing;
+    /// its objects replace the directory's previous set as one batch, and a directory with an
+    /// invalid file keeps the last good set (the errors are logged and shown in status).
+    #[arg(long, env = "CILIATE_MANIFEST_DIR", value_name = "DIR")]
+    pub manifest_dir: Option<PathBuf>,
+
+    /// An IPv4 address of this node that NodePort Services answer on; repeat the flag (or
+    /// separate with commas) for several. Without one, node ports are not programmed.
+    #[arg(long = "node-ip", env = "CILIATE_NODE_IPS", value_name = "ADDR", value_delimiter = ',', value_parser = parse_node_ip)]
+    pub node_ips: Vec<Ipv4Addr>,
+
     /// How log lines are written: `text` for people, `json` for log collectors.
     #[arg(long, env = "CILIATE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -171,6 +184,10 @@ pub struct Config {
     pub mtu: u32,
     /// Seconds between conntrack GC passes.
     pub ct_gc_interval_seconds: u64,
+    /// The manifest directory, if any.
+    pub manifest_dir: Option<PathBuf>,
+    /// Node addresses NodePort Services answer on.
+    pub node_ips: Vec<Ipv4Addr>,
     /// Log format.
     pub log_format: LogFormat,
     /// The log filter (RUST_LOG, default `info`).
@@ -266,6 +283,8 @@ impl Config {
             datapath: parsed.datapath,
             mtu: parsed.mtu,
             ct_gc_interval_seconds: parsed.ct_gc_interval,
+            manifest_dir: parsed.manifest_dir,
+            node_ips: parsed.node_ips,
             log_format: parsed.log_format,
             log_filter,
         })
@@ -355,6 +374,18 @@ fn parse_pod_cidr(s: &str) -> Result<Ipv4Net, String> {
     Ok(net)
 }
 
+/// A node address for NodePort frontends: IPv4, unicast.
+fn parse_node_ip(s: &str) -> Result<Ipv4Addr, String> {
+    match s.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()) => Ok(a),
+        Ok(IpAddr::V4(a)) => Err(format!(
+            "{a} is not a unicast address; give one of the node's own addresses"
+        )),
+        Ok(IpAddr::V6(a)) => Err(format!("{a} is IPv6; the datapath is IPv4-only")),
+        Err(_) => Err(format!("{s:?} is not an IPv4 address, e.g. 192.168.1.10")),
+    }
+}
+
 /// Node names end up in file paths and bpffs pin paths: keep them to what DNS names allow.
 fn parse_node_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
@@ -424,6 +455,38 @@ mod tests {
         assert_eq!(c.ct_gc_interval_seconds, 30);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
+        assert_eq!(c.manifest_dir, None);
+        assert!(c.node_ips.is_empty());
+    }
+
+    #[test]
+    fn service_flags() {
+        let c = parse(
+            &[
+                "--node-ip",
+                "192.168.1.10",
+                "--node-ip=10.0.0.1,10.0.0.2",
+                "--manifest-dir",
+                "/etc/ciliate/services",
+            ],
+            &env(&[]),
+        )
+        .expect("parses");
+        assert_eq!(
+            c.node_ips,
+            ["192.168.1.10", "10.0.0.1", "10.0.0.2"].map(|a| a.parse::<Ipv4Addr>().expect("addr"))
+        );
+        assert_eq!(c.manifest_dir, Some(PathBuf::from("/etc/ciliate/services")));
+        let c = parse(&[], &env(&[("CILIATE_NODE_IPS", "10.1.1.1,10.1.1.2")])).expect("env");
+        assert_eq!(c.node_ips.len(), 2);
+        for (bad, want) in [
+            ("fd00::1", "IPv6"),
+            ("0.0.0.0", "unicast"),
+            ("node", "not an IPv4"),
+        ] {
+            let err = parse(&["--node-ip", bad], &env(&[])).expect_err(bad);
+            assert!(err.to_string().contains(want), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -535,6 +598,8 @@ mod tests {
             "--mtu",
             "--ct-gc-interval",
             "--log-format",
+            "--manifest-dir",
+            "--node-ip",
             "RUST_LOG",
         ] {
             assert!(help.contains(flag), "help lacks {flag}:\n{help}");

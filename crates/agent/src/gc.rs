@@ -74,6 +74,8 @@ mod tests {
     use super::*;
     use ciliate_datapath::{CtGcStats, DatapathError, EndpointSpec};
     use ciliate_model::api::{CtEntry, DatapathStatus};
+    use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
+    use ciliate_model::lb::{LbState, LbSyncStats};
     use ciliate_model::monitor::MonitorEvent;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::sync::broadcast;
@@ -116,6 +118,28 @@ mod tests {
                     deleted: 1,
                 })
             }
+        }
+        fn sync_lb(&self, _: &LbState) -> Result<LbSyncStats, DatapathError> {
+            Ok(LbSyncStats::default())
+        }
+        fn lb_state(&self) -> Result<LbState, DatapathError> {
+            Ok(LbState::default())
+        }
+        fn set_endpoint_policy(
+            &self,
+            _: &EndpointSpec,
+            _: &EndpointPolicy,
+        ) -> Result<PolicySyncStats, DatapathError> {
+            Ok(PolicySyncStats::default())
+        }
+        fn endpoint_policy(&self, _: &EndpointSpec) -> Result<EndpointPolicy, DatapathError> {
+            Ok(EndpointPolicy::default())
+        }
+        fn sync_ipcache(&self, _: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError> {
+            Ok(PolicySyncStats::default())
+        }
+        fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError> {
+            Ok(vec![])
         }
         fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
             broadcast::channel(1).1

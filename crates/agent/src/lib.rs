@@ -5,6 +5,8 @@
 //! datapath through the [`Datapath`](ciliate_datapath::Datapath) trait ([`endpoints`]), persists
 //! all of it ([`state`]) and serves the JSON API documented in [`ciliate_model::api`] on a unix
 //! socket ([`api`], [`server`]). Conntrack garbage collection runs in the background ([`gc`]).
+//! Services (Kubernetes Service and EndpointSlice objects from the API and a manifest
+//! directory) are kept and turned into the datapath's load-balancing state by [`services`].
 //!
 //! The binary (`main.rs`) only parses the configuration ([`config`]), sets up logging
 //! ([`logging`]) and signal handling, and calls [`server::run`].
@@ -19,6 +21,7 @@ pub mod identity;
 pub mod ipam;
 pub mod logging;
 pub mod server;
+pub mod services;
 pub mod state;
 
 pub use config::Config;

@@ -22,6 +22,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, DatapathKind};
 use crate::endpoints::{EndpointManager, ManagerSettings, OpenError};
 use crate::gc::{self, CtGcHealth};
+use crate::services::{self, ServiceManager, ServiceOpenError, ServiceSettings};
 use crate::state::{StateError, StateStore};
 
 /// How long open connections (a monitor stream, a request in flight) may take to finish once
@@ -202,6 +203,9 @@ pub enum AgentError {
     /// The endpoint manager could not start (state or datapath reconciliation).
     #[error(transparent)]
     Manager(#[from] OpenError),
+    /// The Service store could not start.
+    #[error(transparent)]
+    Services(#[from] ServiceOpenError),
     /// Serving failed.
     #[error("serving the API on {path}: {source}")]
     Serve {
@@ -223,15 +227,14 @@ pub fn open_datapath(config: &Config) -> Result<Arc<dyn Datapath>, AgentError> {
             warn!("using the fake datapath: pods get addresses but no traffic is forwarded");
             Ok(Arc::new(FakeDatapath::new()))
         }
-        DatapathKind::Bpf => LinuxDatapath::open(LinuxConfig::new(
-            &config.node_name,
-            &config.bpffs_root,
-        ))
-        .map(|d| Arc::new(d) as Arc<dyn Datapath>)
-        .map_err(|source| AgentError::Datapath {
-            kind: DatapathKind::Bpf,
-            source,
-        }),
+        DatapathKind::Bpf => {
+            LinuxDatapath::open(LinuxConfig::new(&config.node_name, &config.bpffs_root))
+                .map(|d| Arc::new(d) as Arc<dyn Datapath>)
+                .map_err(|source| AgentError::Datapath {
+                    kind: DatapathKind::Bpf,
+                    source,
+                })
+        }
     }
 }
 
@@ -267,6 +270,7 @@ async fn run_inner(
     // The socket first: when another agent runs, touch neither its state nor its datapath.
     let (listener, guard) = bind_socket(&config.socket)?;
     let store = StateStore::open(&config.node_state_dir())?;
+    let state_dir = store.dir().to_owned();
     let datapath = match datapath {
         Some(d) => d,
         None => open_datapath(&config)?,
@@ -281,6 +285,22 @@ async fn run_inner(
         .await
         .map_err(|e| AgentError::Panicked(e.to_string()))??;
     let manager = Arc::new(manager);
+    let service_settings = ServiceSettings {
+        node_name: config.node_name.clone(),
+        node_ips: config.node_ips.clone(),
+        manifest_dir: config.manifest_dir.clone(),
+    };
+    let dp = Arc::clone(&datapath);
+    let services =
+        tokio::task::spawn_blocking(move || ServiceManager::open(service_settings, &state_dir, dp))
+            .await
+            .map_err(|e| AgentError::Panicked(e.to_string()))??;
+    let services = Arc::new(services);
+    let services_task = tokio::spawn(services::run_services_loop(
+        Arc::clone(&services),
+        services::POLL_INTERVAL,
+        shutdown.clone(),
+    ));
 
     let ct_gc = Arc::new(CtGcHealth::default());
     let gc_task = tokio::spawn(gc::run_ct_gc(
@@ -293,6 +313,7 @@ async fn run_inner(
     let app = api::router(AppState {
         config: Arc::new(config),
         manager,
+        services,
         ct_gc,
         started,
         shutdown: shutdown.clone(),
@@ -300,6 +321,7 @@ async fn run_inner(
     info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
     let served = serve(listener, app, shutdown).await;
     gc_task.abort();
+    services_task.abort();
     // Nothing is detached: pods keep forwarding while the agent is down, and the next agent
     // picks the pinned datapath up again.
     drop(guard);

@@ -246,30 +246,43 @@ impl StateStore {
             path: self.path.clone(),
             source,
         })?;
-        let tmp = self.dir.join(TMP_FILE);
-        let write_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Write { path, source }
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(write_err(&tmp))?;
-        f.write_all(&bytes).map_err(write_err(&tmp))?;
-        // The data must be on disk before the rename makes it the state, or a power loss could
-        // leave an empty file under the real name.
-        f.sync_all().map_err(write_err(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(write_err(&self.path))?;
-        // The rename itself is only durable once the directory is synced.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(write_err(&self.dir))?;
-        Ok(())
+        write_atomic(&self.dir, STATE_FILE, TMP_FILE, &bytes)
     }
+
+    /// The node's state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Replaces `<dir>/<name>` with `bytes` atomically and durably: written to `<dir>/<tmp>`,
+/// synced, renamed over `name`, and the directory synced, so a crash leaves the old or the
+/// new content, never a mix. Other files of the agent's state directory are written this way.
+pub fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> Result<(), StateError> {
+    let tmp = dir.join(tmp);
+    let path = dir.join(name);
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Write { path, source }
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write_err(&tmp))?;
+    f.write_all(bytes).map_err(write_err(&tmp))?;
+    // The data must be on disk before the rename makes it the state, or a power loss could
+    // leave an empty file under the real name.
+    f.sync_all().map_err(write_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(write_err(&path))?;
+    // The rename itself is only durable once the directory is synced.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err(dir))?;
+    Ok(())
 }
 
 #[cfg(test)]

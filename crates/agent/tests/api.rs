@@ -11,8 +11,9 @@ use ciliate_agent::api::{router, AppState};
 use ciliate_agent::config::{Config, StaticEnvironment};
 use ciliate_agent::endpoints::{EndpointManager, ManagerSettings};
 use ciliate_agent::gc::CtGcHealth;
+use ciliate_agent::services::{ServiceManager, ServiceSettings};
 use ciliate_agent::state::StateStore;
-use ciliate_datapath::FakeDatapath;
+use ciliate_datapath::{Datapath, FakeDatapath};
 use ciliate_model::monitor::{EventKind, MonitorEvent};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -60,10 +61,21 @@ fn harness_with(cidr: &str) -> Harness {
         dp.clone(),
     )
     .expect("manager");
+    let services = ServiceManager::open(
+        ServiceSettings {
+            node_name: config.node_name.clone(),
+            node_ips: vec![Ipv4Addr::new(192, 168, 1, 10)],
+            manifest_dir: None,
+        },
+        &config.node_state_dir(),
+        dp.clone(),
+    )
+    .expect("services");
     let (tx, rx) = watch::channel(false);
     let app = router(AppState {
         config: Arc::new(config),
         manager: Arc::new(manager),
+        services: Arc::new(services),
         ct_gc: Arc::new(CtGcHealth::default()),
         started: Instant::now(),
         shutdown: rx,
@@ -509,4 +521,224 @@ async fn monitor_survives_lag() {
             .expect("event")
             .endpoint;
     }
+}
+
+/// The documents of a YAML text, as `ciliate apply` sends them.
+fn apply_body(source: &str, yaml: &str, delete: bool) -> Value {
+    let docs = ciliate_model::manifest::split_documents(source, yaml).expect("YAML");
+    json!({"documents": docs, "delete": delete})
+}
+
+const WEB: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.200.0.5]
+- addresses: [10.200.0.6]
+  conditions: {ready: false, serving: true, terminating: true}
+";
+
+#[tokio::test]
+async fn manifests_services_and_the_lb_maps() {
+    let h = harness();
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("web.yaml", WEB, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["results"][0]["kind"], "Service");
+    assert_eq!(r["results"][0]["name"], "web");
+    assert_eq!(r["results"][0]["action"], "created");
+    assert_eq!(r["results"][1]["action"], "created");
+    assert_eq!(r["results"][1]["source"], "web.yaml");
+    assert_eq!(r["results"][1]["index"], 2);
+
+    let (s, list) = h.get("/v1/services").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (s, web) = h.get("/v1/services/default/web").await;
+    assert_eq!(s, StatusCode::OK, "{web}");
+    assert_eq!(web, list[0]);
+    assert_eq!(web["type"], "ClusterIP");
+    assert_eq!(web["clusterIp"], "10.96.0.10");
+    assert_eq!(web["affinityTimeout"], 10800);
+    assert_eq!(web["source"], "api");
+    let f = &web["frontends"][0];
+    assert_eq!(
+        (f["addr"].as_str(), f["port"].as_u64(), f["proto"].as_str()),
+        (Some("10.96.0.10"), Some(80), Some("TCP"))
+    );
+    assert_eq!(f["kind"], "ClusterIp");
+    assert_eq!(f["revNatIndex"], 1);
+    assert_eq!(
+        f["backends"][0],
+        json!({"id": 1, "addr": "10.200.0.5", "port": 8080, "state": "active"})
+    );
+    assert_eq!(f["backends"][1]["state"], "terminating");
+
+    let (s, lb) = h.get("/v1/bpf/lb").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        lb["frontends"][0]["backends"],
+        json!([1]),
+        "only the active one takes new connections"
+    );
+    assert_eq!(lb["backends"].as_array().map(Vec::len), Some(2));
+
+    let (_, st) = h.get("/v1/status").await;
+    assert_eq!(
+        (st["services"].as_u64(), st["backends"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(st["health"], "ok", "{st}");
+
+    // Applying again changes nothing; deleting removes.
+    let (_, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("web.yaml", WEB, false)),
+        )
+        .await;
+    assert_eq!(r["results"][0]["action"], "unchanged");
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("web.yaml", WEB, true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["results"][0]["action"], "deleted");
+    assert_eq!(r["results"][1]["action"], "deleted");
+    assert_error(
+        &h.get("/v1/services/default/web").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+    assert_eq!(h.dp.lb_state().expect("state").frontends.len(), 0);
+}
+
+#[tokio::test]
+async fn an_invalid_batch_is_refused_whole_with_every_problem() {
+    let h = harness();
+    let bad = format!(
+        "{WEB}---\napiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec:\n  clusterIP: 10.96.0.11\n  ports: [{{port: 70000}}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n"
+    );
+    let got = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("bad.yaml", &bad, false)),
+        )
+        .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid");
+    let message = got.1["message"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(
+        lines[0],
+        "2 problems in the manifests; nothing was applied:"
+    );
+    assert_eq!(
+        lines[1],
+        "  bad.yaml: document 3 (Service default/other): spec.ports[0].port: invalid value 70000: must be 1-65535"
+    );
+    assert!(
+        lines[2]
+            .starts_with("  bad.yaml: document 4 (Deployment default/x): kind: unsupported kind"),
+        "{message}"
+    );
+    assert_eq!(
+        h.get("/v1/services").await.1,
+        json!([]),
+        "nothing of the batch applied"
+    );
+
+    // A body that is not an ApplyRequest is an `invalid` error too.
+    assert_error(
+        &h.call(Method::POST, "/v1/manifests", Some(json!({"docs": []})))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    );
+    assert_error(
+        &h.call(
+            Method::POST,
+            "/v1/manifests",
+            Some(json!({"documents": []})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+}
+
+#[tokio::test]
+async fn a_failed_datapath_sync_is_a_warning_and_a_status_problem() {
+    let h = harness();
+    h.dp.fail_lb_sync(Some("map is full"));
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("web.yaml", WEB, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("map is full"),
+        "{r}"
+    );
+    let (_, st) = h.get("/v1/status").await;
+    assert_eq!(st["health"], "degraded");
+    assert!(
+        st["problems"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("map is full"),
+        "{st}"
+    );
+}
+
+#[tokio::test]
+async fn large_batches_fit_the_body_limit() {
+    let h = harness();
+    let mut yaml = String::new();
+    for i in 0..8000u32 {
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, labels: {{app: a-rather-long-application-name, tier: frontend}}}}\nspec:\n  clusterIP: 10.97.{}.{}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    let body = apply_body("many.yaml", &yaml, false);
+    assert!(
+        serde_json::to_vec(&body).expect("json").len() > 2 << 20,
+        "more than axum's default limit"
+    );
+    let (s, r) = h.call(Method::POST, "/v1/manifests", Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{}", r["message"]);
+    assert_eq!(
+        h.get("/v1/services").await.1.as_array().map(Vec::len),
+        Some(8000)
+    );
 }

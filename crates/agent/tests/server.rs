@@ -288,3 +288,64 @@ fn binary_help_and_sigterm() {
     );
     assert!(tmp.path().join("state/bin-node/state.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_directory_is_served_and_followed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    let service = |port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80, nodePort: {port}}}]\n"
+        )
+    };
+    std::fs::write(manifests.join("web.yaml"), service(30080)).expect("write");
+    let env = StaticEnvironment {
+        hostname: Some("node-m".into()),
+        ..Default::default()
+    };
+    let socket = tmp.path().join("agent.sock");
+    let cfg = Config::parse_from(
+        [
+            "ciliate-agent",
+            "--datapath=fake",
+            &format!("--socket={}", socket.display()),
+            &format!("--state-dir={}", tmp.path().join("state").display()),
+            &format!("--manifest-dir={}", manifests.display()),
+            "--node-ip=192.168.7.1",
+        ],
+        &env,
+    )
+    .expect("config");
+    let (tx, rx) = watch::channel(false);
+    let agent = tokio::spawn(run_with_datapath(cfg, Arc::new(FakeDatapath::new()), rx));
+    wait_for_socket(&socket).await;
+
+    let node_port = |v: &Value| {
+        v["frontends"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["kind"] == "NodePort"))
+            .map(|f| format!("{}:{}", f["addr"].as_str().unwrap_or_default(), f["port"]))
+    };
+    let (s, web) = call(&socket, "GET", "/v1/services/default/web", None).await;
+    assert_eq!(s, StatusCode::OK, "read before the API serves: {web}");
+    assert_eq!(node_port(&web).as_deref(), Some("192.168.7.1:30080"));
+
+    // A change is picked up by the poll (every 2 s).
+    std::fs::write(manifests.join("web.yaml"), service(30081)).expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, web) = call(&socket, "GET", "/v1/services/default/web", None).await;
+        if node_port(&web).as_deref() == Some("192.168.7.1:30081") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reloaded: {web}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tx.send(true).expect("agent listens");
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("stops in time")
+        .expect("no panic")
+        .expect("clean exit");
+}

@@ -31,6 +31,9 @@ use crate::output::Format;
         ciliate endpoint get default/web      # one endpoint, by id, container id or ns/pod\n  \
         ciliate identity list -o json         # identities, as the API returns them\n  \
         ciliate bpf ct list                   # the connection-tracking table\n  \
+        ciliate apply -f examples/services/   # Services and EndpointSlices, kubectl-style\n  \
+        ciliate service list                  # Services, their frontends and backends\n  \
+        ciliate bpf lb list                   # the load-balancing maps, raw\n  \
         ciliate monitor --type drop           # follow drops until Ctrl-C\n  \
         ciliate --socket /tmp/agent.sock status"
 )]
@@ -100,9 +103,55 @@ pub enum Command {
         long_about = "Look into the datapath's BPF maps, as the agent reads them.\n\n\
             bpftool may not show TCX links or decode our maps; these commands do.",
         after_help = "Examples:\n  \
-            ciliate bpf ct list"
+            ciliate bpf ct list\n  \
+            ciliate bpf lb list"
     )]
     Bpf(BpfCommand),
+
+    /// Apply Kubernetes Services, EndpointSlices and Endpoints from manifests
+    #[command(
+        long_about = "Apply Kubernetes Service, EndpointSlice and Endpoints objects, kubectl-style.\n\n\
+            -f takes a file, a directory (its *.yaml, *.yml and *.json files, in name order) or - \
+            for standard input, and may be repeated; files hold one or more YAML documents \
+            separated by ---, or JSON. All documents form one batch: the agent checks every \
+            one, and if any is invalid it applies nothing and every problem is listed with its \
+            file, document, field and reason (exit code 1). An applied object replaces the one \
+            of the same kind, namespace and name.\n\n\
+            Prints one line per object: service/web created, endpointslice/web-abc configured, \
+            ... unchanged.",
+        after_help = "Examples:\n  \
+            ciliate apply -f web.yaml\n  \
+            ciliate apply -f examples/services/\n  \
+            kubectl get svc,endpointslices -o yaml | ciliate apply -f -\n  \
+            ciliate apply -f svc.yaml -f slices/ -o json"
+    )]
+    Apply(ApplyArgs),
+
+    /// Delete the objects named in manifests
+    #[command(
+        long_about = "Delete the Service, EndpointSlice and Endpoints objects the manifests name \
+            (kind, namespace and name; the rest of each document is not checked).\n\n\
+            -f works as for apply. Prints service/web deleted per object; an object that does \
+            not exist is an error (exit code 1) unless --ignore-not-found is given.",
+        after_help = "Examples:\n  \
+            ciliate delete -f web.yaml\n  \
+            ciliate delete -f examples/services/ --ignore-not-found"
+    )]
+    Delete(DeleteArgs),
+
+    /// List and inspect Services, their frontends and backends
+    #[command(
+        subcommand,
+        long_about = "List and inspect Services as the agent balances them: each frontend (cluster \
+            IP, external IP, node port, load-balancer address with port and protocol) and the \
+            backends behind it with their state (active, or terminating: no new connections \
+            unless none is active).",
+        after_help = "Examples:\n  \
+            ciliate service list\n  \
+            ciliate service get default/web\n  \
+            ciliate service list -o json | jq '.[].frontends[].backends'"
+    )]
+    Service(ServiceCommand),
 
     /// Follow datapath events (drops, traces) until Ctrl-C
     #[command(
@@ -201,6 +250,95 @@ pub enum BpfCommand {
             ciliate bpf ct list"
     )]
     Ct(CtCommand),
+
+    /// The load-balancing maps
+    #[command(
+        subcommand,
+        long_about = "The load-balancing maps: frontends with their backend slots, backends and \
+            reverse-NAT indexes, read back from the datapath.",
+        after_help = "Examples:\n  \
+            ciliate bpf lb list"
+    )]
+    Lb(LbCommand),
+}
+
+/// `ciliate bpf lb ...`
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// List frontends, their slots and backends
+    #[command(
+        visible_alias = "ls",
+        long_about = "List the load-balancing maps as the datapath holds them: FRONTEND \
+            (address:port/protocol), REV-NAT (its reverse-NAT index), SERVICE, FLAGS (affinity) \
+            and SLOTS (slot => backend address, id and state). Backends in no slot (terminating \
+            ones kept for their connections) are listed last with FRONTEND <none>.",
+        after_help = "Examples:\n  \
+            ciliate bpf lb list\n  \
+            ciliate bpf lb list -o json | jq '.backends | length'"
+    )]
+    List,
+}
+
+/// `ciliate service ...`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List the Services
+    #[command(
+        visible_alias = "ls",
+        long_about = "List the Services, one row per frontend: ID (the frontend's reverse-NAT \
+            index), SERVICE (namespace/name), TYPE, FRONTEND and BACKENDS with their state. \
+            Headless and ExternalName Services have no frontend.",
+        after_help = "Examples:\n  \
+            ciliate service list\n  \
+            ciliate service list -o yaml"
+    )]
+    List,
+
+    /// Show one Service in full
+    #[command(
+        long_about = "Show one Service: type, cluster IP, affinity, where it came from, every \
+            frontend with its backends, and what keeps it from working (no endpoints, a port \
+            no EndpointSlice serves, a frontend another Service holds).\n\n\
+            NAME is namespace/name, or a name in the default namespace.",
+        after_help = "Examples:\n  \
+            ciliate service get default/web\n  \
+            ciliate service get web -o json"
+    )]
+    Get {
+        /// namespace/name, or a name in the default namespace.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+/// Arguments of `ciliate apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A manifest file, a directory of them, or - for standard input; repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
+}
+
+/// Arguments of `ciliate delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// A manifest file, a directory of them, or - for standard input; repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// Succeed when an object does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
 }
 
 /// `ciliate bpf ct ...`
@@ -298,6 +436,8 @@ mod tests {
             vec!["ciliate", "-o", "xml", "status"],
             vec!["ciliate", "nope"],
             vec!["ciliate", "monitor", "--type", "everything"],
+            vec!["ciliate", "apply"],
+            vec!["ciliate", "service", "get"],
         ] {
             match Cli::try_parse_from(&args) {
                 Ok(cli) => panic!("{args:?} parsed: {cli:?}"),

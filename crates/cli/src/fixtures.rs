@@ -4,6 +4,11 @@
 use std::net::Ipv4Addr;
 
 use ciliate_model::api::{CtEntry, DatapathStatus, IpamStatus, MapUsage, Status};
+use ciliate_model::k8s::ServiceType;
+use ciliate_model::lb::{
+    BackendState, FrontendKind, L4Proto, LbBackend, LbFrontend, LbState, ServiceRef,
+};
+use ciliate_model::service::{BackendView, FrontendView, ServiceView};
 use ciliate_model::{Endpoint, EndpointState, Identity, Labels, MacAddr, PodRef};
 
 /// A degraded status with two problems.
@@ -35,6 +40,8 @@ pub fn status() -> Status {
             allocated: 4,
             capacity: 253,
         },
+        services: 2,
+        backends: 5,
     }
 }
 
@@ -90,5 +97,91 @@ pub fn ct_entry() -> CtEntry {
         rx_bytes: 9_000,
         flags: vec!["SYN".into(), "ACK".into()],
         src_identity: 256,
+    }
+}
+
+/// A NodePort Service with affinity: one active and one terminating backend on its cluster IP,
+/// none on its node port.
+pub fn service() -> ServiceView {
+    let backend = |id, last, state| BackendView {
+        id,
+        addr: Ipv4Addr::new(10, 200, 0, last),
+        port: 8080,
+        state,
+    };
+    ServiceView {
+        namespace: "default".into(),
+        name: "web".into(),
+        service_type: ServiceType::NodePort,
+        cluster_ip: "10.96.0.10".into(),
+        affinity_timeout: Some(600),
+        source: "api".into(),
+        frontends: vec![
+            FrontendView {
+                addr: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                proto: L4Proto::Tcp,
+                kind: FrontendKind::ClusterIp,
+                port_name: "http".into(),
+                rev_nat_index: 1,
+                backends: vec![
+                    backend(1, 5, BackendState::Active),
+                    backend(2, 6, BackendState::Terminating),
+                ],
+            },
+            FrontendView {
+                addr: Ipv4Addr::new(192, 168, 1, 10),
+                port: 30080,
+                proto: L4Proto::Tcp,
+                kind: FrontendKind::NodePort,
+                port_name: "http".into(),
+                rev_nat_index: 2,
+                backends: vec![],
+            },
+        ],
+        problems: vec!["port http: no ready endpoints".into()],
+    }
+}
+
+/// The maps of [`service`]'s cluster IP, and a terminating backend in no slot.
+pub fn lb_state() -> LbState {
+    LbState {
+        frontends: vec![LbFrontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: L4Proto::Tcp,
+            kind: FrontendKind::ClusterIp,
+            rev_nat_index: 1,
+            backends: vec![1, 3],
+            affinity_timeout: Some(600),
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                port_name: "http".into(),
+            },
+        }],
+        backends: vec![
+            LbBackend {
+                id: 1,
+                addr: Ipv4Addr::new(10, 200, 0, 5),
+                port: 8080,
+                proto: L4Proto::Tcp,
+                state: BackendState::Active,
+            },
+            LbBackend {
+                id: 2,
+                addr: Ipv4Addr::new(10, 200, 0, 6),
+                port: 8080,
+                proto: L4Proto::Tcp,
+                state: BackendState::Terminating,
+            },
+            LbBackend {
+                id: 3,
+                addr: Ipv4Addr::new(10, 200, 0, 7),
+                port: 8080,
+                proto: L4Proto::Tcp,
+                state: BackendState::Active,
+            },
+        ],
     }
 }

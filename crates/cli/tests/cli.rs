@@ -5,14 +5,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Path as UrlPath;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -27,7 +27,8 @@ fn status(health: &str) -> Value {
             "maps": [{"name": "ciliate_ct", "entries": 10, "maxEntries": 100}]
         },
         "endpoints": 1, "identities": 1,
-        "ipam": {"cidr": "10.0.0.0/24", "allocated": 2, "capacity": 253}
+        "ipam": {"cidr": "10.0.0.0/24", "allocated": 2, "capacity": 253},
+        "services": 2, "backends": 6
     })
 }
 
@@ -59,17 +60,116 @@ fn not_found(what: String) -> Response {
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
+fn service_view() -> Value {
+    json!({
+        "namespace": "default", "name": "web", "type": "ClusterIP", "clusterIp": "10.96.0.10",
+        "source": "api", "affinityTimeout": 10800,
+        "frontends": [{
+            "addr": "10.96.0.10", "port": 80, "proto": "TCP", "kind": "ClusterIp", "portName": "http",
+            "revNatIndex": 1,
+            "backends": [
+                {"id": 1, "addr": "10.200.0.5", "port": 8080, "state": "active"},
+                {"id": 2, "addr": "10.200.0.6", "port": 8080, "state": "terminating"}
+            ]
+        }]
+    })
+}
+
+fn lb_state() -> Value {
+    json!({
+        "frontends": [{
+            "addr": "10.96.0.10", "port": 80, "proto": "TCP", "kind": "ClusterIp", "revNatIndex": 1,
+            "backends": [1], "affinityTimeout": 10800,
+            "service": {"namespace": "default", "name": "web", "portName": "http"}
+        }],
+        "backends": [
+            {"id": 1, "addr": "10.200.0.5", "port": 8080, "proto": "TCP", "state": "active"},
+            {"id": 2, "addr": "10.200.0.6", "port": 8080, "proto": "TCP", "state": "terminating"}
+        ]
+    })
+}
+
+/// What the fake agent answers to `POST /v1/manifests`: documents of kind Deployment are
+/// invalid; a delete does not find objects named `gone`.
+fn apply_answer(req: &Value) -> Response {
+    let docs = req["documents"].as_array().cloned().unwrap_or_default();
+    let bad: Vec<String> = docs
+        .iter()
+        .filter(|d| d["object"]["kind"] == "Deployment")
+        .map(|d| {
+            format!(
+                "  {}: document {} (Deployment default/x): kind: unsupported kind \"Deployment\"",
+                d["source"].as_str().unwrap_or_default(),
+                d["index"]
+            )
+        })
+        .collect();
+    if !bad.is_empty() {
+        let message = format!(
+            "{} problems in the manifests; nothing was applied:\n{}",
+            bad.len(),
+            bad.join("\n")
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"kind": "invalid", "message": message})),
+        )
+            .into_response();
+    }
+    let delete = req["delete"] == true;
+    let results: Vec<Value> = docs
+        .iter()
+        .map(|d| {
+            let name = d["object"]["metadata"]["name"].clone();
+            let action = match (delete, name == "gone") {
+                (true, true) => "not-found",
+                (true, false) => "deleted",
+                (false, _) => "created",
+            };
+            json!({
+                "kind": d["object"]["kind"], "namespace": "default", "name": name,
+                "action": action, "source": d["source"], "index": d["index"]
+            })
+        })
+        .collect();
+    Json(json!({"results": results, "warnings": if delete { json!([]) } else { json!(["datapath busy; retrying"]) }})).into_response()
+}
+
 /// A fake agent on its own thread and runtime (the tests block on child processes).
 struct Agent {
     _dir: TempDir,
     socket: PathBuf,
+    /// The bodies of `POST /v1/manifests` received.
+    applied: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Agent {
     fn start(health: &'static str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&applied);
         let app = Router::new()
+            .route(
+                "/v1/manifests",
+                post(move |Json(req): Json<Value>| async move {
+                    let answer = apply_answer(&req);
+                    seen.lock().unwrap().push(req);
+                    answer
+                }),
+            )
+            .route("/v1/services", get(|| async { Json(json!([service_view()])) }))
+            .route(
+                "/v1/services/{namespace}/{name}",
+                get(|UrlPath((ns, name)): UrlPath<(String, String)>| async move {
+                    if ns == "default" && name == "web" {
+                        Json(service_view()).into_response()
+                    } else {
+                        not_found(format!("Service {ns}/{name}"))
+                    }
+                }),
+            )
+            .route("/v1/bpf/lb", get(|| async { Json(lb_state()) }))
             .route("/v1/status", get(move || async move { Json(status(health)) }))
             .route("/v1/endpoints", get(|| async { Json(json!([endpoint()])) }))
             .route(
@@ -132,7 +232,11 @@ impl Agent {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Agent { _dir: dir, socket }
+        Agent {
+            _dir: dir,
+            socket,
+            applied,
+        }
     }
 }
 
@@ -168,6 +272,7 @@ fn healthy_status_exits_0() {
         "1d1h",
         "loaded (fake)",
         "2/253 allocated from 10.0.0.0/24",
+        "Services:     2 (6 backends)",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -390,4 +495,273 @@ fn monitor_prints_events_until_interrupted() {
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/services")
+}
+
+fn ciliate_stdin(socket: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ciliate"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("CILIATE_SOCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn apply_sends_every_document_of_a_directory_in_order() {
+    let agent = Agent::start("ok");
+    let dir = examples();
+    let out = ciliate(&agent.socket, &["apply", "-f", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "service/api created\nendpointslice/api-m4v9c created\n\
+         service/echo created\nendpointslice/echo-5f2hq created\n\
+         service/cart created\nendpoints/cart created\n\
+         service/web created\nendpointslice/web-7xk2p created\n"
+    );
+    assert_eq!(stderr(&out), "Warning: datapath busy; retrying\n");
+    let sent = agent.applied.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one batch");
+    let docs = sent[0]["documents"].as_array().unwrap();
+    let where_: Vec<(String, u64)> = docs
+        .iter()
+        .map(|d| {
+            let source = d["source"].as_str().unwrap();
+            (
+                source.rsplit('/').next().unwrap().to_owned(),
+                d["index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(where_[0], ("api.yaml".to_owned(), 1));
+    assert_eq!(where_[7], ("web.yaml".to_owned(), 2));
+    assert_eq!(docs[6]["object"]["spec"]["clusterIP"], "10.96.0.10");
+    assert_eq!(sent[0]["delete"], false);
+
+    // -o json prints the agent's answer.
+    let out = ciliate(
+        &agent.socket,
+        &[
+            "apply",
+            "-f",
+            dir.join("web.yaml").to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["results"][1]["kind"], "EndpointSlice");
+}
+
+#[test]
+fn apply_reads_standard_input() {
+    let agent = Agent::start("ok");
+    let out = ciliate_stdin(
+        &agent.socket,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "service/web created\n");
+    assert_eq!(
+        agent.applied.lock().unwrap()[0]["documents"][0]["source"],
+        "<stdin>"
+    );
+}
+
+#[test]
+fn invalid_manifests_exit_1_with_every_problem() {
+    let agent = Agent::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: Deployment\n---\nkind: Service\n---\nkind: Deployment\n",
+    )
+    .unwrap();
+    let out = ciliate(&agent.socket, &["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Error: 2 problems in the manifests; nothing was applied:"
+    );
+    assert!(
+        lines[1].contains("bad.yaml: document 1 (Deployment default/x)"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains("bad.yaml: document 3 (Deployment default/x)"),
+        "{err}"
+    );
+
+    // Syntax errors never reach the agent, and every broken file is named.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "a: [\n").unwrap();
+    let before = agent.applied.lock().unwrap().len();
+    let out = ciliate(
+        &agent.socket,
+        &[
+            "apply",
+            "-f",
+            broken.to_str().unwrap(),
+            "-f",
+            "/nonexistent/x.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("Error: 2 problems in the manifests; nothing was sent to the agent:\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.yaml: document 1: YAML syntax error"),
+        "{err}"
+    );
+    assert!(err.contains("/nonexistent/x.yaml: cannot read"), "{err}");
+    assert_eq!(agent.applied.lock().unwrap().len(), before);
+
+    let out = ciliate(&agent.socket, &["apply"]);
+    assert_eq!(out.status.code(), Some(2), "-f is required");
+}
+
+#[test]
+fn delete_reports_what_was_not_found() {
+    let agent = Agent::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("svc.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: gone}\n",
+    )
+    .unwrap();
+    let out = ciliate(&agent.socket, &["delete", "-f", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "service/web deleted\n");
+    assert!(
+        stderr(&out).starts_with("Error: service/gone not found in namespace default ("),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(agent.applied.lock().unwrap()[0]["delete"], true);
+    let out = ciliate(
+        &agent.socket,
+        &["delete", "-f", f.to_str().unwrap(), "--ignore-not-found"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn service_list_and_get() {
+    let agent = Agent::start("ok");
+    let out = ciliate(&agent.socket, &["service", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows[0], ["ID", "SERVICE", "TYPE", "FRONTEND", "BACKENDS"]);
+    assert_eq!(
+        rows[1],
+        [
+            "1",
+            "default/web",
+            "ClusterIP",
+            "10.96.0.10:80/TCP",
+            "10.200.0.5:8080",
+            "(active)"
+        ]
+    );
+    assert_eq!(rows[2], ["10.200.0.6:8080", "(terminating)"]);
+
+    let out = ciliate(&agent.socket, &["service", "list", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap(),
+        json!([service_view()])
+    );
+
+    // A bare name is in the default namespace.
+    let out = ciliate(&agent.socket, &["service", "get", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Affinity:     ClientIP, 10800s\n"), "{text}");
+    assert!(
+        text.contains("  10.200.0.6:8080 terminating (backend 2)\n"),
+        "{text}"
+    );
+    let out = ciliate(
+        &agent.socket,
+        &["service", "get", "default/web", "-o", "yaml"],
+    );
+    assert_eq!(
+        serde_yaml_ng::from_str::<Value>(&stdout(&out)).unwrap(),
+        service_view()
+    );
+
+    let out = ciliate(&agent.socket, &["service", "get", "shop/nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "Error: no Service shop/nope\nHint: `ciliate service list` shows the Services; name one as namespace/name\n"
+    );
+}
+
+#[test]
+fn bpf_lb_list() {
+    let agent = Agent::start("ok");
+    let out = ciliate(&agent.socket, &["bpf", "lb", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["FRONTEND", "REV-NAT", "SERVICE", "FLAGS", "SLOTS"]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            "10.96.0.10:80/TCP",
+            "1",
+            "default/web:http",
+            "affinity=10800s",
+            "1",
+            "=>",
+            "10.200.0.5:8080",
+            "(id",
+            "1,",
+            "active)"
+        ]
+    );
+    assert_eq!(
+        rows[2][0], "<none>",
+        "the terminating backend in no slot: {text}"
+    );
+    let out = ciliate(&agent.socket, &["bpf", "lb", "list", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap(),
+        lb_state()
+    );
 }

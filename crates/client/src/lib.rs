@@ -29,7 +29,10 @@ use ciliate_model::api::{
     ApiError, CtEntry, EndpointCreateRequest, EndpointCreated, EndpointDeleted, GcRequest,
     GcResult, Health, Status,
 };
+use ciliate_model::lb::LbState;
+use ciliate_model::manifest::{ApplyRequest, ApplyResult};
 use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::service::ServiceView;
 use ciliate_model::{Endpoint, Identity};
 use futures::Stream;
 use http_body_util::{BodyExt, Full};
@@ -202,6 +205,34 @@ impl Client {
     /// `GET /v1/bpf/ct`: the connection-tracking table.
     pub async fn ct_entries(&self) -> Result<Vec<CtEntry>, ClientError> {
         self.get("/v1/bpf/ct").await
+    }
+
+    /// `POST /v1/manifests`: applies (or, with `delete`, deletes) Kubernetes objects, all
+    /// or nothing. An invalid batch is an [`ClientError::Api`] of kind `invalid` whose message
+    /// lists every problem, one per line.
+    pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResult, ClientError> {
+        self.call(Method::POST, "/v1/manifests", Some(request))
+            .await
+    }
+
+    /// `GET /v1/services`: every Service with its frontends and backends.
+    pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
+        self.get("/v1/services").await
+    }
+
+    /// `GET /v1/services/{namespace}/{name}`: one Service.
+    pub async fn service(&self, namespace: &str, name: &str) -> Result<ServiceView, ClientError> {
+        self.get(&format!(
+            "/v1/services/{}/{}",
+            encode_segment(namespace),
+            encode_segment(name)
+        ))
+        .await
+    }
+
+    /// `GET /v1/bpf/lb`: the load-balancing maps as the datapath holds them.
+    pub async fn lb_state(&self) -> Result<LbState, ClientError> {
+        self.get("/v1/bpf/lb").await
     }
 
     /// `GET /v1/monitor[?type=kind]`: datapath events as they happen.

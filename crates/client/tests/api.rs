@@ -13,6 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ciliate_client::{Client, ClientError};
 use ciliate_model::api::{ApiError, EndpointCreateRequest, GcRequest};
+use ciliate_model::lb::{BackendState, L4Proto};
+use ciliate_model::manifest::{split_documents, ApplyAction, ApplyRequest};
 use ciliate_model::monitor::{EventKind, MonitorEvent};
 use ciliate_model::{Endpoint, EndpointState, Labels, MacAddr, PodRef};
 use futures::StreamExt;
@@ -154,7 +156,43 @@ async fn serve() -> Server {
                 "late"
             }),
         )
-        .route("/v1/monitor", get(monitor));
+        .route("/v1/monitor", get(monitor))
+        .route(
+            "/v1/manifests",
+            post(|Json(req): Json<ApplyRequest>| async move {
+                if req.delete {
+                    return api_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        "1 problem in the manifests; nothing was applied:\n  a.yaml: document 1: kind: required value",
+                    );
+                }
+                Json(serde_json::json!({"results": [{
+                    "kind": "Service", "namespace": "default", "name": "web",
+                    "action": "created", "source": req.documents[0].source, "index": req.documents[0].index
+                }]}))
+                .into_response()
+            }),
+        )
+        .route(
+            "/v1/services/{namespace}/{name}",
+            get(|Path((ns, name)): Path<(String, String)>| async move {
+                Json(serde_json::json!({
+                    "namespace": ns, "name": name, "type": "ClusterIP", "clusterIp": "10.96.0.10",
+                    "frontends": [{"addr": "10.96.0.10", "port": 80, "proto": "TCP", "kind": "ClusterIp",
+                                   "portName": "http", "revNatIndex": 1,
+                                   "backends": [{"id": 1, "addr": "10.200.0.5", "port": 8080, "state": "active"}]}]
+                }))
+            }),
+        )
+        .route(
+            "/v1/bpf/lb",
+            get(|| async {
+                Json(serde_json::json!({"frontends": [], "backends": [
+                    {"id": 7, "addr": "10.200.0.5", "port": 8080, "proto": "UDP", "state": "terminating"}
+                ]}))
+            }),
+        );
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Server { _dir: dir, socket }
@@ -259,4 +297,45 @@ async fn monitor_streams_ndjson_across_chunks() {
 
     let err = client.monitor(Some("bogus")).await.err().unwrap();
     assert_eq!(err.status(), Some(400));
+}
+
+#[tokio::test]
+async fn services_and_manifests() {
+    let server = serve().await;
+    let client = Client::new(&server.socket);
+    let request = ApplyRequest {
+        documents: split_documents("a.yaml", "---\nkind: Service\n").unwrap(),
+        delete: false,
+    };
+    let r = client.apply(&request).await.unwrap();
+    assert_eq!(r.results[0].action, ApplyAction::Created);
+    assert_eq!(
+        (r.results[0].source.as_str(), r.results[0].index),
+        ("a.yaml", 1),
+        "a leading --- starts the first document"
+    );
+    assert_eq!(r.results[0].to_string(), "service/web created");
+
+    let err = client
+        .apply(&ApplyRequest {
+            delete: true,
+            ..request
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.api_kind(), Some("invalid"));
+    assert_eq!(
+        err.to_string().lines().count(),
+        2,
+        "every problem on its own line"
+    );
+
+    // Namespace and name each stay one path segment.
+    let v = client.service("my ns", "web").await.unwrap();
+    assert_eq!(v.full_name(), "my ns/web");
+    assert_eq!(v.frontends[0].backends[0].state, BackendState::Active);
+
+    let lb = client.lb_state().await.unwrap();
+    assert_eq!(lb.backends[0].proto, L4Proto::Udp);
+    assert_eq!(lb.backends[0].state, BackendState::Terminating);
 }

@@ -17,6 +17,8 @@ pub struct FakeDatapath {
     endpoints: Mutex<BTreeMap<u32, EndpointSpec>>,
     fail_next_upsert: Mutex<Option<String>>,
     lb: Mutex<LbState>,
+    fail_lb_sync: Mutex<Option<String>>,
+    lb_syncs: std::sync::atomic::AtomicU64,
     policies: Mutex<BTreeMap<u16, EndpointPolicy>>,
     ipcache: Mutex<Vec<IpcacheEntry>>,
     events: broadcast::Sender<MonitorEvent>,
@@ -28,6 +30,8 @@ impl Default for FakeDatapath {
             endpoints: Mutex::default(),
             fail_next_upsert: Mutex::default(),
             lb: Mutex::default(),
+            fail_lb_sync: Mutex::default(),
+            lb_syncs: std::sync::atomic::AtomicU64::new(0),
             policies: Mutex::default(),
             ipcache: Mutex::default(),
             events: broadcast::channel(1024).0,
@@ -44,6 +48,16 @@ impl FakeDatapath {
     /// Makes the next `upsert_endpoint` fail with this message.
     pub fn fail_next_upsert(&self, why: &str) {
         *lock(&self.fail_next_upsert) = Some(why.to_owned());
+    }
+
+    /// Makes every `sync_lb` fail with this message until called with `None`.
+    pub fn fail_lb_sync(&self, why: Option<&str>) {
+        *lock(&self.fail_lb_sync) = why.map(str::to_owned);
+    }
+
+    /// How many `sync_lb` calls succeeded.
+    pub fn lb_syncs(&self) -> u64 {
+        self.lb_syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes an event as if the datapath had reported it.
@@ -99,6 +113,11 @@ impl Datapath for FakeDatapath {
     }
 
     fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
+        if let Some(why) = lock(&self.fail_lb_sync).clone() {
+            return Err(DatapathError::Injected(why));
+        }
+        self.lb_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut lb = lock(&self.lb);
         let changed = *lb != *desired;
         *lb = desired.clone();

@@ -13,9 +13,18 @@
 //! | `GET /v1/identities`             | → `[Identity]`                                  |
 //! | `GET /v1/identities/{id}`        | → `Identity`                                    |
 //! | `GET /v1/bpf/ct`                 | → `[CtEntry]`                                   |
+//! | `POST /v1/manifests`             | [`ApplyRequest`] → [`ApplyResult`]; 400 `invalid` lists every problem, nothing applied |
+//! | `GET /v1/services`               | → `[ServiceView]`                               |
+//! | `GET /v1/services/{ns}/{name}`   | → [`ServiceView`]                               |
+//! | `GET /v1/bpf/lb`                 | → [`LbState`] as the datapath's maps hold it    |
 //! | `GET /v1/monitor`                | → a stream of `MonitorEvent`, one JSON per line |
 //!
 //! Errors answer with a 4xx/5xx status and an [`ApiError`] body.
+//!
+//! [`ApplyRequest`]: crate::manifest::ApplyRequest
+//! [`ApplyResult`]: crate::manifest::ApplyResult
+//! [`ServiceView`]: crate::service::ServiceView
+//! [`LbState`]: crate::lb::LbState
 
 use std::net::Ipv4Addr;
 
@@ -71,6 +80,12 @@ pub struct Status {
     pub identities: usize,
     /// Address management.
     pub ipam: IpamStatus,
+    /// Number of Services the agent knows (from the API and the manifest directory).
+    #[serde(default)]
+    pub services: usize,
+    /// Number of backends programmed for them.
+    #[serde(default)]
+    pub backends: usize,
 }
 
 /// The datapath part of [`Status`].

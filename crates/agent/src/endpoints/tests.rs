@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ciliate_datapath::{CtGcStats, FakeDatapath};
 use ciliate_model::api::{Attachment, CtEntry, DatapathStatus};
+use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
+use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
 use tokio::sync::broadcast;
@@ -281,6 +283,28 @@ impl Datapath for FlakyRemove {
     }
     fn ct_gc(&self) -> Result<CtGcStats, DatapathError> {
         self.inner.ct_gc()
+    }
+    fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
+        self.inner.sync_lb(desired)
+    }
+    fn lb_state(&self) -> Result<LbState, DatapathError> {
+        self.inner.lb_state()
+    }
+    fn set_endpoint_policy(
+        &self,
+        ep: &EndpointSpec,
+        policy: &EndpointPolicy,
+    ) -> Result<PolicySyncStats, DatapathError> {
+        self.inner.set_endpoint_policy(ep, policy)
+    }
+    fn endpoint_policy(&self, ep: &EndpointSpec) -> Result<EndpointPolicy, DatapathError> {
+        self.inner.endpoint_policy(ep)
+    }
+    fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError> {
+        self.inner.sync_ipcache(desired)
+    }
+    fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError> {
+        self.inner.ipcache()
     }
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.inner.subscribe_events()

@@ -1,7 +1,11 @@
 //! `ciliate bpf ...`: the datapath's maps as the agent reads them.
 
-use ciliate_model::api::CtEntry;
+use std::collections::BTreeSet;
 
+use ciliate_model::api::CtEntry;
+use ciliate_model::lb::LbState;
+
+use super::service::state;
 use super::{Ctx, Outcome};
 use crate::output::{self, duration, or_none};
 
@@ -31,6 +35,52 @@ pub fn ct_table(entries: &[CtEntry]) -> String {
     )
 }
 
+/// Prints the load-balancing maps.
+pub async fn lb_list(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let lb = ctx.client.lb_state().await?;
+    output::print(&output::render(ctx.format, &lb, lb_table)?)?;
+    Ok(Outcome::Success)
+}
+
+/// One row per frontend: FRONTEND, REV-NAT, SERVICE, FLAGS, SLOTS (one `slot => backend` per
+/// line); then backends no slot points at, with FRONTEND `<none>`.
+pub fn lb_table(lb: &LbState) -> String {
+    let backend = |id: u32| match lb.backends.iter().find(|b| b.id == id) {
+        Some(b) => format!("{}:{} (id {id}, {})", b.addr, b.port, state(b.state)),
+        None => format!("<missing backend {id}>"),
+    };
+    let mut used = BTreeSet::new();
+    let mut rows = Vec::new();
+    for f in &lb.frontends {
+        used.extend(f.backends.iter().copied());
+        let slots = f
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| format!("{} => {}", i + 1, backend(id)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(vec![
+            format!("{}:{}/{}", f.addr, f.port, f.proto),
+            f.rev_nat_index.to_string(),
+            f.service.to_string(),
+            f.affinity_timeout
+                .map_or_else(|| "<none>".to_owned(), |t| format!("affinity={t}s")),
+            or_none(slots),
+        ]);
+    }
+    for b in lb.backends.iter().filter(|b| !used.contains(&b.id)) {
+        rows.push(vec![
+            "<none>".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "<none>".to_owned(),
+            format!("- => {}", backend(b.id)),
+        ]);
+    }
+    output::table(&["frontend", "rev-nat", "service", "flags", "slots"], rows)
+}
+
 /// Time left, or how long ago it ran out: expired entries linger until the next GC, and
 /// seeing that they are stale matters when debugging.
 fn expires(secs: i64) -> String {
@@ -45,7 +95,7 @@ fn expires(secs: i64) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::fixtures::ct_entry;
+    use crate::fixtures::{ct_entry, lb_state};
     use crate::output::{render, Format};
 
     #[test]
@@ -79,6 +129,55 @@ mod tests {
         assert_eq!(rows[2][0], "udp");
         assert_eq!(rows[2][4], "expired-5s-ago");
         assert_eq!(rows[2][7], "<none>");
+    }
+
+    #[test]
+    fn lb_shows_slots_and_backends_in_no_slot() {
+        let text = lb_table(&lb_state());
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            ["FRONTEND", "REV-NAT", "SERVICE", "FLAGS", "SLOTS"]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "10.96.0.10:80/TCP",
+                "1",
+                "default/web:http",
+                "affinity=600s",
+                "1",
+                "=>",
+                "10.200.0.5:8080",
+                "(id",
+                "1,",
+                "active)"
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            ["2", "=>", "10.200.0.7:8080", "(id", "3,", "active)"]
+        );
+        assert_eq!(
+            rows[3],
+            [
+                "<none>",
+                "-",
+                "-",
+                "<none>",
+                "-",
+                "=>",
+                "10.200.0.6:8080",
+                "(id",
+                "2,",
+                "terminating)"
+            ]
+        );
+        let json = render(Format::Json, &lb_state(), lb_table).unwrap();
+        assert_eq!(serde_json::from_str::<LbState>(&json).unwrap(), lb_state());
     }
 
     #[test]

@@ -4,13 +4,18 @@ use std::fmt;
 
 use ciliate_client::Client;
 
-use crate::cli::{BpfCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand};
+use crate::cli::{
+    BpfCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand, LbCommand,
+    ServiceCommand,
+};
 use crate::output::Format;
 
+pub mod apply;
 pub mod bpf;
 pub mod endpoint;
 pub mod identity;
 pub mod monitor;
+pub mod service;
 pub mod status;
 pub mod version;
 
@@ -79,6 +84,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Identity(IdentityCommand::List) => identity::list(&ctx).await,
         Command::Identity(IdentityCommand::Get { id }) => identity::get(&ctx, id).await,
         Command::Bpf(BpfCommand::Ct(CtCommand::List)) => bpf::ct_list(&ctx).await,
+        Command::Bpf(BpfCommand::Lb(LbCommand::List)) => bpf::lb_list(&ctx).await,
+        Command::Apply(args) => apply::run(&ctx, &args.files, false, false).await,
+        Command::Delete(args) => apply::run(&ctx, &args.files, true, args.ignore_not_found).await,
+        Command::Service(ServiceCommand::List) => service::list(&ctx).await,
+        Command::Service(ServiceCommand::Get { name }) => service::get(&ctx, &name).await,
         Command::Monitor(args) => monitor::run(&ctx, args.kind).await,
         Command::Version(args) => version::run(&ctx, args.client).await,
     }

@@ -56,6 +56,10 @@ pub fn table(s: &Status) -> String {
         ("Endpoints", s.endpoints.to_string()),
         ("Identities", s.identities.to_string()),
         (
+            "Services",
+            format!("{} ({} backends)", s.services, s.backends),
+        ),
+        (
             "IPAM",
             format!(
                 "{}/{} allocated from {} ({ipam_pct}%)",
@@ -92,6 +96,7 @@ mod tests {
             "Maps:         ciliate_ct 62259/65536 (94%)\n",
             "Endpoints:    3\n",
             "Identities:   2\n",
+            "Services:     2 (5 backends)\n",
             "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
             "Problems:     ct map 95% full\n              kubernetes source unreachable\n",
         ] {

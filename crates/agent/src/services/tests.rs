@@ -1,0 +1,413 @@
+use std::path::Path;
+
+use ciliate_datapath::FakeDatapath;
+use ciliate_model::lb::{BackendState, FrontendKind};
+use ciliate_model::manifest::split_documents;
+
+use super::*;
+
+fn settings(dir: Option<&Path>) -> ServiceSettings {
+    ServiceSettings {
+        node_name: "node-a".into(),
+        node_ips: vec![Ipv4Addr::new(192, 168, 1, 10)],
+        manifest_dir: dir.map(Path::to_owned),
+    }
+}
+
+fn open(state: &Path, dir: Option<&Path>, dp: &Arc<FakeDatapath>) -> ServiceManager {
+    ServiceManager::open(settings(dir), state, Arc::clone(dp) as Arc<dyn Datapath>).expect("opens")
+}
+
+fn request(source: &str, yaml: &str, delete: bool) -> ApplyRequest {
+    ApplyRequest {
+        documents: split_documents(source, yaml).expect("YAML"),
+        delete,
+    }
+}
+
+fn svc(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+    )
+}
+
+fn slice(service: &str, addrs: &[&str]) -> String {
+    let eps: String = addrs
+        .iter()
+        .map(|a| format!("- addresses: [{a}]\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-abc\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{eps}"
+    )
+}
+
+fn web() -> String {
+    format!(
+        "{}---\n{}",
+        svc("web", "10.96.0.10"),
+        slice("web", &["10.200.0.1", "10.200.0.2", "10.200.0.3"])
+    )
+}
+
+fn lines(r: &ApplyResult) -> Vec<String> {
+    r.results.iter().map(ToString::to_string).collect()
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/services")
+}
+
+#[test]
+fn apply_creates_configures_and_leaves_unchanged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    let r = m
+        .apply(&request("web.yaml", &web(), false))
+        .expect("applies");
+    assert_eq!(
+        lines(&r),
+        ["service/web created", "endpointslice/web-abc created"]
+    );
+    assert!(r.warnings.is_empty());
+    let lb = dp.lb_state().expect("state");
+    assert_eq!(lb.frontends.len(), 1);
+    assert_eq!(lb.frontends[0].backends.len(), 3);
+
+    let syncs = dp.lb_syncs();
+    let r = m
+        .apply(&request("web.yaml", &web(), false))
+        .expect("applies");
+    assert_eq!(
+        lines(&r),
+        ["service/web unchanged", "endpointslice/web-abc unchanged"]
+    );
+    assert_eq!(dp.lb_syncs(), syncs, "nothing changed: no sync");
+
+    let r = m
+        .apply(&request(
+            "s.yaml",
+            &slice("web", &["10.200.0.1", "10.200.0.4"]),
+            false,
+        ))
+        .expect("applies");
+    assert_eq!(lines(&r), ["endpointslice/web-abc configured"]);
+    let v = m.get("default", "web").expect("exists");
+    let backends: Vec<String> = v.frontends[0]
+        .backends
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(backends, ["10.200.0.1:8080", "10.200.0.4:8080"]);
+    assert_eq!(v.source, API_SOURCE);
+    // 10.200.0.1 kept its id; 10.200.0.4 got a new one, not the freed ids 2 or 3.
+    assert_eq!(v.frontends[0].backends[0].id, 1);
+    assert_eq!(v.frontends[0].backends[1].id, 4);
+    let s = m.status();
+    assert_eq!((s.services, s.backends), (1, 2));
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+}
+
+#[test]
+fn an_invalid_batch_applies_nothing_and_says_everything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    let bad = format!(
+        "{}---\n{}---\n{}",
+        svc("ok", "10.96.0.11"),
+        svc("web", "10.96.0.10").replace("port: 80,", "port: 70000,"),
+        svc("Bad", "10.96.0.300")
+    );
+    let err = m
+        .apply(&request("services.yaml", &bad, false))
+        .expect_err("invalid");
+    assert_eq!(err.kind(), "invalid");
+    let text = err.to_string();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("3 problems in the manifests; nothing was applied:")
+    );
+    assert_eq!(
+        lines.next(),
+        Some("  services.yaml: document 2 (Service default/web): spec.ports[0].port: invalid value 70000: must be 1-65535")
+    );
+    assert!(
+        text.contains("document 3 (Service default/Bad): metadata.name"),
+        "{text}"
+    );
+    assert!(
+        text.contains("document 3 (Service default/Bad): spec.clusterIP"),
+        "{text}"
+    );
+    assert!(m.list().is_empty(), "not even the valid Service");
+    assert!(dp.lb_state().expect("state").frontends.is_empty());
+}
+
+#[test]
+fn a_frontend_taken_by_another_service_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    m.apply(&request("web.yaml", &web(), false))
+        .expect("applies");
+    let err = m
+        .apply(&request("other.yaml", &svc("other", "10.96.0.10"), false))
+        .expect_err("same VIP and port");
+    assert!(
+        err.to_string().contains(
+            "other.yaml: document 1 (Service default/other): spec: frontend 10.96.0.10:80/TCP is already used by Service default/web"
+        ),
+        "{err}"
+    );
+    assert_eq!(m.list().len(), 1);
+}
+
+#[test]
+fn delete_removes_and_reports_what_was_not_there() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    m.apply(&request("web.yaml", &web(), false))
+        .expect("applies");
+    // Deleting needs only the identity: a manifest that no longer validates still works.
+    let r = m
+        .apply(&request(
+            "web.yaml",
+            &format!("{}---\n{}", svc("web", "bogus"), svc("gone", "10.96.0.99")),
+            true,
+        ))
+        .expect("deletes");
+    assert_eq!(lines(&r), ["service/web deleted", "service/gone not found"]);
+    assert!(m.list().is_empty());
+    // The slice alone stays, and its backends with it are no longer programmed.
+    assert!(dp.lb_state().expect("state").backends.is_empty());
+}
+
+#[test]
+fn a_restart_keeps_objects_and_ids() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let before = {
+        let m = open(tmp.path(), None, &dp);
+        m.apply(&request(
+            "a.yaml",
+            &format!(
+                "{}---\n{}",
+                svc("aaa", "10.96.0.5"),
+                slice("aaa", &["10.200.0.9"])
+            ),
+            false,
+        ))
+        .expect("applies");
+        m.apply(&request("web.yaml", &web(), false))
+            .expect("applies");
+        m.apply(&request("a.yaml", &svc("aaa", "10.96.0.5"), true))
+            .expect("deletes");
+        dp.lb_state().expect("state")
+    };
+    // A new datapath (as after a reboot) gets exactly the same state from the restarted store.
+    let dp2 = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp2);
+    assert_eq!(dp2.lb_state().expect("state"), before);
+    assert_eq!(m.list().len(), 1);
+    // The ids freed before the restart are still not handed out first.
+    m.apply(&request(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            svc("bbb", "10.96.0.6"),
+            slice("bbb", &["10.200.0.8"])
+        ),
+        false,
+    ))
+    .expect("applies");
+    let b = m.get("default", "bbb").expect("exists");
+    assert!(b.frontends[0].rev_nat_index > 2, "{b:?}");
+    assert!(b.frontends[0].backends[0].id > 4, "{b:?}");
+}
+
+#[test]
+fn a_failed_sync_keeps_the_objects_and_is_retried() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    dp.fail_lb_sync(Some("map full"));
+    let r = m
+        .apply(&request("web.yaml", &web(), false))
+        .expect("applied anyway");
+    assert!(r.warnings[0].contains("map full"), "{:?}", r.warnings);
+    assert_eq!(m.list().len(), 1);
+    let s = m.status();
+    assert!(
+        s.problems[0]
+            .contains("cannot program the Services into the datapath: injected failure: map full"),
+        "{:?}",
+        s.problems
+    );
+    m.tick();
+    assert!(
+        dp.lb_state().expect("state").frontends.is_empty(),
+        "still failing"
+    );
+    dp.fail_lb_sync(None);
+    m.tick();
+    assert_eq!(dp.lb_state().expect("state").frontends.len(), 1);
+    assert!(m.status().problems.is_empty());
+    let syncs = dp.lb_syncs();
+    m.tick();
+    assert_eq!(
+        dp.lb_syncs(),
+        syncs,
+        "in sync: the poll does not sync again"
+    );
+}
+
+#[test]
+fn the_manifest_directory_is_a_batch_with_a_last_good_set() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("web.yaml"), web()).expect("write");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(&state, Some(&dir), &dp);
+    let v = m.get("default", "web").expect("read at start");
+    assert!(v.source.ends_with("web.yaml"), "{}", v.source);
+    assert_eq!(dp.lb_state().expect("state").frontends.len(), 1);
+
+    // The API cannot change what the directory defines.
+    let err = m
+        .apply(&request("x.yaml", &svc("web", "10.96.0.10"), false))
+        .expect_err("owned");
+    assert!(
+        err.to_string()
+            .contains("managed by the manifest directory"),
+        "{err}"
+    );
+
+    // A second file joins the set.
+    std::fs::write(
+        dir.join("api.json"),
+        serde_json::to_string(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api"},
+            "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}
+        }))
+        .expect("json"),
+    )
+    .expect("write");
+    assert!(m.reload_dir());
+    m.sync().expect("syncs");
+    assert_eq!(m.list().len(), 2);
+    assert!(!m.reload_dir(), "unchanged directory: not read again");
+
+    // A broken file keeps the last good set in force, and says so.
+    std::fs::write(
+        dir.join("web.yaml"),
+        web().replace("port: 80,", "port: 70000,"),
+    )
+    .expect("write");
+    assert!(!m.reload_dir());
+    assert_eq!(m.list().len(), 2);
+    let problems = m.status().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("manifest directory: "),
+        "{problems:?}"
+    );
+    assert!(
+        problems[0].contains(
+            "web.yaml: document 1 (Service default/web): spec.ports[0].port: invalid value 70000"
+        ),
+        "{problems:?}"
+    );
+
+    // So does a restart while the directory is broken: the last good set was persisted.
+    drop(m);
+    let dp2 = Arc::new(FakeDatapath::new());
+    let m = open(&state, Some(&dir), &dp2);
+    assert_eq!(m.list().len(), 2);
+    assert_eq!(
+        dp2.lb_state().expect("state"),
+        dp.lb_state().expect("state")
+    );
+    assert_eq!(m.status().problems.len(), 1);
+
+    // Fixing the file and removing the other applies the new set as one batch.
+    std::fs::write(dir.join("web.yaml"), web()).expect("write");
+    std::fs::remove_file(dir.join("api.json")).expect("rm");
+    m.tick();
+    assert_eq!(m.list().len(), 1);
+    assert!(m.status().problems.is_empty());
+    assert_eq!(dp2.lb_state().expect("state").frontends.len(), 1);
+}
+
+#[test]
+fn the_examples_directory_programs_every_kind_of_service() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), Some(&examples()), &dp);
+    let names: Vec<String> = m.list().iter().map(ServiceView::full_name).collect();
+    assert_eq!(
+        names,
+        ["default/echo", "default/web", "shop/api", "shop/cart"]
+    );
+    assert!(m.status().problems.is_empty(), "{:?}", m.status().problems);
+
+    let web = m.get("default", "web").expect("web");
+    assert_eq!(web.frontends.len(), 1);
+    assert_eq!(web.frontends[0].backends.len(), 3);
+
+    let api = m.get("shop", "api").expect("api");
+    let http = api.frontends.iter().find(|f| f.port == 80).expect("http");
+    let states: Vec<(String, BackendState)> = http
+        .backends
+        .iter()
+        .map(|b| (b.to_string(), b.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("10.200.0.21:9090".to_owned(), BackendState::Active),
+            ("10.200.0.22:9090".to_owned(), BackendState::Terminating)
+        ],
+        "the named targetPort resolves to 9090"
+    );
+
+    let cart = m.get("shop", "cart").expect("cart");
+    assert_eq!(cart.affinity_timeout, Some(600));
+    assert_eq!(
+        cart.frontends[0].backends.len(),
+        2,
+        "the not-ready address is left out"
+    );
+
+    let echo = m.get("default", "echo").expect("echo");
+    let node_ports: Vec<String> = echo
+        .frontends
+        .iter()
+        .filter(|f| f.kind == FrontendKind::NodePort)
+        .map(|f| f.address())
+        .collect();
+    assert_eq!(
+        node_ports,
+        ["192.168.1.10:30080/TCP", "192.168.1.10:30080/UDP"]
+    );
+    assert_eq!(
+        m.status().backends,
+        dp.lb_state().expect("state").backends.len()
+    );
+}
+
+#[test]
+fn a_corrupt_store_names_its_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("services.json"), b"{\"version\": 1, \"api\": [{\"source\": \"x\", \"index\": 1, \"object\": {\"kind\": \"Nope\"}}]}").expect("write");
+    let err = ServiceManager::open(settings(None), tmp.path(), Arc::new(FakeDatapath::new()))
+        .expect_err("inconsistent");
+    let text = err.to_string();
+    assert!(text.contains("services.json is inconsistent"), "{text}");
+    assert!(text.contains("apiVersion: required value"), "{text}");
+}

@@ -1,0 +1,296 @@
+//! `ciliate apply|delete -f FILE|DIR|-`: manifests to the agent, kubectl-style.
+//!
+//! The CLI only reads files and checks their syntax; the agent decodes and validates every
+//! document, so there is one set of rules whoever sends the objects. A file that cannot be
+//! read or parsed stops everything before the agent is contacted, with every such problem
+//! listed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ciliate_model::manifest::{
+    report, split_documents, ApplyAction, ApplyDocument, ApplyRequest, ApplyResult, ManifestError,
+};
+
+use super::{Ctx, Outcome};
+use crate::output::{self, Format};
+
+/// How long the agent may take over one batch: 10,000 Services are validated, persisted and
+/// programmed in seconds, and a slow disk should not turn that into a failure.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Name standard input goes by in messages.
+pub const STDIN: &str = "<stdin>";
+
+/// Applies (or deletes) the objects of `files`.
+pub async fn run(
+    ctx: &Ctx,
+    files: &[PathBuf],
+    delete: bool,
+    ignore_not_found: bool,
+) -> anyhow::Result<Outcome> {
+    let documents = read_documents(files, &mut std::io::stdin().lock())
+        .map_err(|errors| anyhow::anyhow!(report(&errors, "nothing was sent to the agent")))?;
+    let request = ApplyRequest { documents, delete };
+    let client = ctx.client.clone().with_timeout(APPLY_TIMEOUT);
+    let result = client.apply(&request).await?;
+    for w in &result.warnings {
+        eprintln!("Warning: {w}");
+    }
+    let (text, missing) = render(ctx.format, &result, ignore_not_found)?;
+    output::print(&text)?;
+    for m in &missing {
+        eprintln!("Error: {m}");
+    }
+    Ok(if missing.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Unhealthy
+    })
+}
+
+/// The lines to print, and the objects a delete did not find (errors, unless ignored).
+pub fn render(
+    format: Format,
+    result: &ApplyResult,
+    ignore_not_found: bool,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let missing: Vec<String> = if ignore_not_found {
+        Vec::new()
+    } else {
+        result
+            .results
+            .iter()
+            .filter(|r| r.action == ApplyAction::NotFound)
+            .map(|r| {
+                format!(
+                    "{}/{} not found in namespace {} ({} document {})",
+                    r.key.kind.resource(),
+                    r.key.name,
+                    r.key.namespace,
+                    r.source,
+                    r.index
+                )
+            })
+            .collect()
+    };
+    let text = output::render(format, result, |r| {
+        r.results
+            .iter()
+            .filter(|o| o.action != ApplyAction::NotFound)
+            .map(|o| format!("{o}\n"))
+            .collect()
+    })?;
+    Ok((text, missing))
+}
+
+/// The documents of every file, in order: `-` is standard input, a directory contributes its
+/// `*.yaml`, `*.yml` and `*.json` files in name order. Every unreadable file and syntax error
+/// is reported, not only the first.
+pub fn read_documents(
+    paths: &[PathBuf],
+    stdin: &mut dyn Read,
+) -> Result<Vec<ApplyDocument>, Vec<ManifestError>> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    let problem = |source: &str, reason: String| ManifestError {
+        source: source.to_owned(),
+        index: 0,
+        object: String::new(),
+        path: String::new(),
+        reason,
+    };
+    let mut stdin_read = false;
+    for path in paths {
+        let files = if path.as_os_str() == "-" {
+            if stdin_read {
+                errors.push(problem(
+                    STDIN,
+                    "given twice; standard input can be read once".into(),
+                ));
+                continue;
+            }
+            stdin_read = true;
+            let mut text = String::new();
+            match stdin.read_to_string(&mut text) {
+                Ok(_) => vec![(STDIN.to_owned(), Ok(text))],
+                Err(e) => vec![(STDIN.to_owned(), Err(e))],
+            }
+        } else if path.is_dir() {
+            match manifest_files(path) {
+                Ok(files) if files.is_empty() => {
+                    errors.push(problem(
+                        &path.display().to_string(),
+                        "no *.yaml, *.yml or *.json files in this directory".into(),
+                    ));
+                    continue;
+                }
+                Ok(files) => files
+                    .into_iter()
+                    .map(|f| (f.display().to_string(), std::fs::read_to_string(&f)))
+                    .collect(),
+                Err(e) => {
+                    errors.push(problem(
+                        &path.display().to_string(),
+                        format!("cannot list: {e}"),
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            vec![(path.display().to_string(), std::fs::read_to_string(path))]
+        };
+        for (source, text) in files {
+            match text {
+                Ok(text) => match split_documents(&source, &text) {
+                    Ok(d) if d.is_empty() => {
+                        errors.push(problem(&source, "no objects in it".into()));
+                    }
+                    Ok(d) => docs.extend(d),
+                    Err(e) => errors.push(e),
+                },
+                Err(e) => errors.push(problem(&source, format!("cannot read: {e}"))),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// `*.yaml`, `*.yml` and `*.json` files directly in `dir`, by name, dotfiles skipped (as the
+/// agent's `--manifest-dir` reads them).
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let wanted = !name.starts_with('.')
+            && [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| name.ends_with(ext));
+        if wanted && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ciliate_model::k8s::{Kind, ObjectKey};
+    use ciliate_model::manifest::ApplyOutcome;
+
+    #[test]
+    fn files_directories_and_stdin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("b.yaml"), "kind: B\n---\nkind: C\n").unwrap();
+        std::fs::write(d.join("a.json"), "{\"kind\": \"A\"}").unwrap();
+        std::fs::write(d.join("notes.txt"), "ignored").unwrap();
+        let one = d.join("one.manifest");
+        std::fs::write(&one, "kind: One\n").unwrap();
+        let docs = read_documents(
+            &[d.to_owned(), PathBuf::from("-"), one.clone()],
+            &mut "kind: In\n".as_bytes(),
+        )
+        .unwrap();
+        let kinds: Vec<(&str, usize, &str)> = docs
+            .iter()
+            .map(|d| {
+                (
+                    d.source.rsplit('/').next().unwrap(),
+                    d.index,
+                    d.object["kind"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("a.json", 1, "A"),
+                ("b.yaml", 1, "B"),
+                ("b.yaml", 2, "C"),
+                (STDIN, 1, "In"),
+                ("one.manifest", 1, "One")
+            ]
+        );
+    }
+
+    #[test]
+    fn every_unreadable_or_broken_file_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("bad.yaml"), "a: [\n").unwrap();
+        std::fs::write(d.join("empty.yaml"), "# nothing\n").unwrap();
+        let empty_dir = d.join("sub");
+        std::fs::create_dir(&empty_dir).unwrap();
+        let errors = read_documents(
+            &[
+                d.join("bad.yaml"),
+                d.join("missing.yaml"),
+                d.join("empty.yaml"),
+                empty_dir,
+            ],
+            &mut "".as_bytes(),
+        )
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert!(
+            text[0].contains("bad.yaml: document 1: YAML syntax error"),
+            "{text:?}"
+        );
+        assert!(text[1].contains("missing.yaml: cannot read:"), "{text:?}");
+        assert!(
+            text[2].ends_with("empty.yaml: no objects in it"),
+            "{text:?}"
+        );
+        assert!(
+            text[3].ends_with("sub: no *.yaml, *.yml or *.json files in this directory"),
+            "{text:?}"
+        );
+    }
+
+    fn outcome(name: &str, action: ApplyAction) -> ApplyOutcome {
+        ApplyOutcome {
+            key: ObjectKey {
+                kind: Kind::Service,
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            action,
+            source: "web.yaml".into(),
+            index: 1,
+        }
+    }
+
+    #[test]
+    fn lines_like_kubectl_and_missing_objects_apart() {
+        let result = ApplyResult {
+            results: vec![
+                outcome("web", ApplyAction::Deleted),
+                outcome("gone", ApplyAction::NotFound),
+            ],
+            warnings: vec![],
+        };
+        let (text, missing) = render(Format::Table, &result, false).unwrap();
+        assert_eq!(text, "service/web deleted\n");
+        assert_eq!(
+            missing,
+            ["service/gone not found in namespace default (web.yaml document 1)"]
+        );
+        let (_, missing) = render(Format::Table, &result, true).unwrap();
+        assert!(missing.is_empty());
+        let (json, _) = render(Format::Json, &result, true).unwrap();
+        assert_eq!(serde_json::from_str::<ApplyResult>(&json).unwrap(), result);
+    }
+}
