@@ -135,9 +135,16 @@ impl Harness {
         let mut by_if: BpfHashMap<&mut MapData, u32, EndpointInfo> =
             BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LXC_IFX).expect("map")).expect("hash");
         let mut info = by_if.get(&1, 0).expect("endpoint A");
-        info.flags = u16::from(policy.ingress_enforced) * abi::EP_F_INGRESS_ENFORCED
-            | u16::from(policy.egress_enforced) * abi::EP_F_EGRESS_ENFORCED
-            | if version == 1 { abi::EP_F_POLICY_V1 } else { 0 };
+        info.flags = 0;
+        if policy.ingress_enforced {
+            info.flags |= abi::EP_F_INGRESS_ENFORCED;
+        }
+        if policy.egress_enforced {
+            info.flags |= abi::EP_F_EGRESS_ENFORCED;
+        }
+        if version == 1 {
+            info.flags |= abi::EP_F_POLICY_V1;
+        }
         by_if.insert(1, info, 0).expect("flags");
     }
 
