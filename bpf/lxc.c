@@ -56,9 +56,11 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 		if (ct == CT_REPLY)
 			return ct;
 	}
-	/* The node may always reach its own pods (health checks): Cilium's default. */
-	if (egress || peer != IDENTITY_HOST)
-		verdict = policy_check(self, egress, peer, p, skb->len, &res);
+	verdict = policy_check(self, egress, peer, p, skb->len, &res);
+	/* The node reaches its own pods (health checks) unless a rule denies it explicitly:
+	 * Cilium's allow-localhost default. */
+	if (verdict == DROP_POLICY && !egress && peer == IDENTITY_HOST)
+		verdict = 0;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
 		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
 			   res.match | (egress ? EVENT_F_EGRESS : 0));

@@ -76,7 +76,10 @@ fn udp_once(dst: SocketAddr) -> Result<(String, String)> {
     s.send_to(b"who", dst)?;
     let mut buf = [0u8; 256];
     let (n, from) = s.recv_from(&mut buf)?;
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from.to_string()))
+    Ok((
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        from.to_string(),
+    ))
 }
 
 /// Opens the held connection; returns its id and a thread that exchanges lines on it.
@@ -93,7 +96,9 @@ fn hold(dst: SocketAddr, secs: f64) -> Result<(String, thread::JoinHandle<Result
         while Instant::now() < end {
             writeln!(writer, "ping {n}").map_err(|e| format!("write #{n}: {e}"))?;
             let mut back = String::new();
-            reader.read_line(&mut back).map_err(|e| format!("read #{n}: {e}"))?;
+            reader
+                .read_line(&mut back)
+                .map_err(|e| format!("read #{n}: {e}"))?;
             if back.trim() != format!("ping {n}") {
                 return Err(format!("#{n}: got {back:?}"));
             }
@@ -121,7 +126,11 @@ pub fn run(p: &Probe) -> Result<()> {
     let mut peers: BTreeMap<String, u32> = BTreeMap::new();
     let mut errors = Vec::new();
     for _ in 0..p.count {
-        let r = if p.proto == "udp" { udp_once(dst) } else { tcp_once(dst) };
+        let r = if p.proto == "udp" {
+            udp_once(dst)
+        } else {
+            tcp_once(dst)
+        };
         match r {
             Ok((id, peer)) => {
                 *answers.entry(id).or_default() += 1;
@@ -132,7 +141,9 @@ pub fn run(p: &Probe) -> Result<()> {
     }
     let hold = match held {
         Some((id, h)) => {
-            let outcome = h.join().map_err(|_| anyhow::anyhow!("hold thread panicked"))?;
+            let outcome = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("hold thread panicked"))?;
             serde_json::json!({
                 "id": id,
                 "exchanges": outcome.as_ref().ok(),

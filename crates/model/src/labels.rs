@@ -150,6 +150,14 @@ impl Labels {
             .map(|((source, key), value)| Label::new(source, key, value))
     }
 
+    /// The labels in order as `(source, key, value)`, without copying them: selectors are
+    /// matched against every identity's labels, often.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &str)> + '_ {
+        self.0
+            .iter()
+            .map(|((source, key), value)| (source.as_str(), key.as_str(), value.as_str()))
+    }
+
     /// Number of labels.
     pub fn len(&self) -> usize {
         self.0.len()

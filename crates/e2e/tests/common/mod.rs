@@ -360,7 +360,13 @@ impl Node {
 
     /// A command in a pod's namespace, optionally inside the node's socket-LB cgroup (as the
     /// pod's processes would be), with `nsenter` exec'ing it.
-    pub fn pod_command(&self, pod: &Pod, in_cgroup: bool, program: &Path, args: &[&str]) -> Command {
+    pub fn pod_command(
+        &self,
+        pod: &Pod,
+        in_cgroup: bool,
+        program: &Path,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new("sh");
         let cg = self.cgroup().expect("cgroup v2 is mounted");
         let join = if in_cgroup {
@@ -368,7 +374,11 @@ impl Node {
         } else {
             String::new()
         };
-        let mut script = format!("{join}exec nsenter --net={} {}", pod.netns.path(), program.display());
+        let mut script = format!(
+            "{join}exec nsenter --net={} {}",
+            pod.netns.path(),
+            program.display()
+        );
         for a in args {
             script.push(' ');
             script.push_str(a);
@@ -380,7 +390,18 @@ impl Node {
     /// Starts `ciliate-bench ident-server --id <pod name>` in the pod.
     pub fn ident_server(&self, pod: &Pod, port: u16) -> Proc {
         let child = self
-            .pod_command(pod, false, &bin("ciliate-bench"), &["ident-server", "--id", &pod.name, "--port", &port.to_string()])
+            .pod_command(
+                pod,
+                false,
+                &bin("ciliate-bench"),
+                &[
+                    "ident-server",
+                    "--id",
+                    &pod.name,
+                    "--port",
+                    &port.to_string(),
+                ],
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -388,7 +409,11 @@ impl Node {
         // Wait until it listens.
         let deadline = Instant::now() + Duration::from_secs(5);
         while pod.tcp_connect(pod.ip, port).is_err() {
-            assert!(Instant::now() < deadline, "ident server in {} did not start", pod.name);
+            assert!(
+                Instant::now() < deadline,
+                "ident server in {} did not start",
+                pod.name
+            );
             thread::sleep(Duration::from_millis(50));
         }
         Proc(child)
@@ -402,7 +427,11 @@ impl Node {
             .pod_command(pod, in_cgroup, &bin("ciliate-bench"), &all)
             .output()
             .expect("probe");
-        assert!(out.status.success(), "probe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "probe {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.lines().last().unwrap_or_default()).expect("probe JSON")
     }
@@ -460,9 +489,11 @@ impl Pod {
 
     /// A TCP connection from this pod (no data).
     pub fn tcp_connect(&self, dst: Ipv4Addr, port: u16) -> std::io::Result<()> {
-        self.in_netns(move || TcpStream::connect_timeout(&(dst, port).into(), Duration::from_secs(1)).map(drop))
-            .join()
-            .expect("connect thread")
+        self.in_netns(move || {
+            TcpStream::connect_timeout(&(dst, port).into(), Duration::from_secs(1)).map(drop)
+        })
+        .join()
+        .expect("connect thread")
     }
 
     /// `ping -c n` from this pod; true when every echo came back.

@@ -1,0 +1,887 @@
+//! The policy engine: policies in, per-endpoint policy entries, CIDR identities and verdicts
+//! out.
+//!
+//! [`PolicyEngine`] holds the policies (checked and compiled on the way in, so a bad one never
+//! replaces a good one) and the CIDR identity allocation. [`PolicyEngine::resolve`] takes the
+//! identities that exist now and gives a [`Resolved`] view that computes, for any endpoint
+//! identity, its [`EndpointPolicy`] and explains any flow. Endpoints are computed one at a
+//! time and independently, so an agent recomputes only those a change can touch; selector
+//! matches are cached within one `Resolved`.
+
+use std::cell::{OnceCell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+use ciliate_model::bpf_policy::{self, port_range_prefixes};
+use ciliate_model::identity::{
+    Identity, NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY, MIN_CLUSTER_IDENTITY,
+};
+use ciliate_model::labels::Labels;
+use ciliate_model::policy::cilium::Entity;
+use ciliate_model::policy::entries::{DirectionPolicy, POLICY_MAP_MAX_ENTRIES};
+use ciliate_model::policy::SelectorOperator;
+use ciliate_model::policy::{
+    Direction, EndpointPolicy, EntrySource, IpcacheEntry, PolicyEntry, PolicyKey, PolicyRef,
+    PolicyResource, RuleRef, PROTO_ANY,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::cidr::{cidr_labels, CidrIdentities};
+use crate::compile::{compile, is_world_like, CompiledPolicy, Peer, PortMatch, Rule};
+use crate::explain::{DirectionVerdict, Reason, Verdict};
+use crate::problems::Problem;
+use crate::selector::{Selector, NAMESPACE_LABELS_PREFIX};
+
+/// Node-wide settings of the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Let the local node (identity 1) reach its endpoints whatever their ingress policy
+    /// allows (deny rules still win), as Cilium does by default, so that kubelet probes work.
+    pub allow_localhost: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            allow_localhost: true,
+        }
+    }
+}
+
+/// The labels of every identity that exists, by number: the endpoints' (cluster-local, from
+/// 256) and, when known, remote ones. Reserved identities need not be listed (they always
+/// exist; a listed one's labels, e.g. node labels on `reserved:host`, replace the default).
+/// CIDR identities (from 1<<24) are the engine's own: do not list them.
+pub type IdentityLabels = BTreeMap<NumericIdentity, Labels>;
+
+/// Named ports declared by endpoints (`containerPort` names), by the endpoints' identity.
+///
+/// On ingress a named port is looked up among the destination endpoint's ports; on egress
+/// among the destination's, or, for a rule that applies to every destination, among all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPorts {
+    by_identity: BTreeMap<NumericIdentity, BTreeMap<String, BTreeSet<(u8, u16)>>>,
+}
+
+impl NamedPorts {
+    /// None declared.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares that endpoints of `identity` serve `name` on `proto`/`port`.
+    pub fn insert(&mut self, identity: NumericIdentity, name: &str, proto: u8, port: u16) {
+        self.by_identity
+            .entry(identity)
+            .or_default()
+            .entry(name.to_ascii_lowercase())
+            .or_default()
+            .insert((proto, port));
+    }
+
+    fn of(&self, identity: NumericIdentity, name: &str) -> BTreeSet<(u8, u16)> {
+        self.by_identity
+            .get(&identity)
+            .and_then(|m| m.get(name))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn anywhere(&self, name: &str) -> BTreeSet<(u8, u16)> {
+        self.by_identity
+            .values()
+            .filter_map(|m| m.get(name))
+            .flatten()
+            .copied()
+            .collect()
+    }
+}
+
+struct Stored {
+    resource: PolicyResource,
+    compiled: CompiledPolicy,
+    warnings: Vec<Problem>,
+}
+
+/// The policies in force and the CIDR identities they need.
+pub struct PolicyEngine {
+    config: Config,
+    policies: BTreeMap<PolicyRef, Stored>,
+    cidr: CidrIdentities,
+    /// Numbers for rules, carried in map entries and verdict events; a rule keeps its number
+    /// while it exists, numbers are not reused within the engine's life.
+    rule_ids: BTreeMap<RuleRef, u32>,
+    rules_by_id: BTreeMap<u32, RuleRef>,
+    next_rule_id: u32,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("config", &self.config)
+            .field("policies", &self.policies.keys().collect::<Vec<_>>())
+            .field("cidr", &self.cidr)
+            .field("rules", &self.rule_ids.len())
+            .finish()
+    }
+}
+
+impl Default for PolicyEngine {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+impl PolicyEngine {
+    /// An engine with no policy.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            policies: BTreeMap::new(),
+            cidr: CidrIdentities::new(),
+            rule_ids: BTreeMap::new(),
+            rules_by_id: BTreeMap::new(),
+            next_rule_id: 1,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Adds a policy, or replaces the one of the same kind, namespace and name. A policy with
+    /// errors changes nothing and its errors are returned; otherwise its warnings are.
+    pub fn upsert(&mut self, resource: PolicyResource) -> Result<Vec<Problem>, Vec<Problem>> {
+        let (compiled, problems) = compile(&resource);
+        let Some(compiled) = compiled else {
+            return Err(problems.errors);
+        };
+        let warnings = problems.warnings;
+        let policy = compiled.policy.clone();
+        let rules: BTreeSet<RuleRef> = compiled.rules.iter().map(|r| r.origin.clone()).collect();
+        self.number_rules(&policy, &rules);
+        self.policies.insert(
+            policy,
+            Stored {
+                resource,
+                compiled,
+                warnings: warnings.clone(),
+            },
+        );
+        Ok(warnings)
+    }
+
+    /// Removes a policy; returns it if it was there.
+    pub fn remove(&mut self, policy: &PolicyRef) -> Option<PolicyResource> {
+        self.number_rules(policy, &BTreeSet::new());
+        self.policies.remove(policy).map(|s| s.resource)
+    }
+
+    /// Gives `policy` exactly `rules`: keeps the numbers of rules it already had, numbers the
+    /// new ones, forgets the others.
+    fn number_rules(&mut self, policy: &PolicyRef, rules: &BTreeSet<RuleRef>) {
+        let stale: Vec<RuleRef> = self
+            .rule_ids
+            .keys()
+            .filter(|r| r.policy == *policy && !rules.contains(r))
+            .cloned()
+            .collect();
+        for r in stale {
+            if let Some(id) = self.rule_ids.remove(&r) {
+                self.rules_by_id.remove(&id);
+            }
+        }
+        for r in rules {
+            if !self.rule_ids.contains_key(r) {
+                let id = self.next_rule_id;
+                self.next_rule_id = self.next_rule_id.wrapping_add(1).max(1);
+                self.rule_ids.insert(r.clone(), id);
+                self.rules_by_id.insert(id, r.clone());
+            }
+        }
+    }
+
+    /// The number of a rule (0 if there is no such rule), as map entries carry it.
+    pub fn rule_id(&self, rule: &RuleRef) -> u32 {
+        self.rule_ids.get(rule).copied().unwrap_or(0)
+    }
+
+    /// The rule with this number, for verdict events and `policy trace`.
+    pub fn rule(&self, id: u32) -> Option<&RuleRef> {
+        self.rules_by_id.get(&id)
+    }
+
+    /// A policy by name.
+    pub fn get(&self, policy: &PolicyRef) -> Option<&PolicyResource> {
+        self.policies.get(policy).map(|s| &s.resource)
+    }
+
+    /// The warnings a policy was accepted with.
+    pub fn warnings(&self, policy: &PolicyRef) -> &[Problem] {
+        self.policies
+            .get(policy)
+            .map_or(&[][..], |s| s.warnings.as_slice())
+    }
+
+    /// Every policy, in name order.
+    pub fn policies(&self) -> impl Iterator<Item = (&PolicyRef, &PolicyResource)> {
+        self.policies.iter().map(|(r, s)| (r, &s.resource))
+    }
+
+    /// Restores a CIDR identity allocation saved earlier (see [`Resolved::ipcache`]), so that
+    /// prefixes keep their numbers across restarts.
+    pub fn restore_cidr_identities(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
+        self.cidr = CidrIdentities::restore(entries);
+    }
+
+    /// Allocates CIDR identities for the prefixes the policies name now (releasing those no
+    /// longer named) and gives a view for computing policy against these identities.
+    pub fn resolve<'a>(
+        &'a mut self,
+        identities: &'a IdentityLabels,
+        named_ports: &'a NamedPorts,
+    ) -> Resolved<'a> {
+        let wanted: BTreeSet<IpNet> = self
+            .policies
+            .values()
+            .flat_map(|s| s.compiled.cidr_prefixes())
+            .collect();
+        self.cidr.sync(&wanted);
+        let engine: &'a PolicyEngine = self;
+        let mut extra: BTreeMap<NumericIdentity, Labels> = ReservedIdentity::ALL
+            .into_iter()
+            .map(|r| (r.id(), r.labels()))
+            .collect();
+        for (id, prefix) in engine.cidr.iter() {
+            extra.insert(id, cidr_labels(&prefix));
+        }
+        extra.retain(|id, _| !identities.contains_key(id));
+        Resolved {
+            engine,
+            identities,
+            extra,
+            named_ports,
+            cache: RefCell::new(HashMap::new()),
+            by_peer: RefCell::new(HashMap::new()),
+            index: OnceCell::new(),
+        }
+    }
+}
+
+/// The peers a rule selects.
+enum Peers {
+    /// Identity 0: everyone.
+    All,
+    /// These identities.
+    Some(Rc<BTreeSet<NumericIdentity>>),
+}
+
+/// The rules that apply to one endpoint identity in one direction.
+struct Applicable<'r> {
+    allows: Vec<&'r Rule>,
+    denies: Vec<&'r Rule>,
+    requirements: Vec<&'r Selector>,
+    default_deny: bool,
+    /// Policies with rules for the endpoint here, and those of them enabling default deny.
+    selected_by: BTreeSet<PolicyRef>,
+    denying: BTreeSet<PolicyRef>,
+}
+
+/// What [`Resolved::endpoint_policy`] computes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointResult {
+    /// The entries and per-direction state, for the datapath.
+    pub policy: EndpointPolicy,
+    /// What could not be computed as written (named ports no endpoint declares, a map that
+    /// would overflow), for the agent to report.
+    pub notes: Vec<String>,
+}
+
+/// The engine's policies resolved against the identities that exist now.
+pub struct Resolved<'a> {
+    engine: &'a PolicyEngine,
+    identities: &'a IdentityLabels,
+    /// Reserved and CIDR identities the caller did not list.
+    extra: BTreeMap<NumericIdentity, Labels>,
+    named_ports: &'a NamedPorts,
+    cache: RefCell<HashMap<Selector, Rc<BTreeSet<NumericIdentity>>>>,
+    by_peer: RefCell<HashMap<usize, Rc<BTreeSet<NumericIdentity>>>>,
+    /// (key, value) to the identities carrying it, any source; built on first use.
+    index: OnceCell<HashMap<(String, String), Vec<NumericIdentity>>>,
+}
+
+impl std::fmt::Debug for Resolved<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("identities", &self.identities.len())
+            .field("extra", &self.extra.len())
+            .finish()
+    }
+}
+
+impl Resolved<'_> {
+    /// The ipcache entries of the CIDR identities, in prefix order.
+    pub fn ipcache(&self) -> Vec<IpcacheEntry> {
+        self.engine.cidr.ipcache()
+    }
+
+    /// The rule with this number (see [`PolicyEngine::rule`]).
+    pub fn rule(&self, id: u32) -> Option<&RuleRef> {
+        self.engine.rule(id)
+    }
+
+    /// The IPv4 ipcache entries in the datapath's type.
+    pub fn ipcache4(&self) -> Vec<bpf_policy::IpcacheEntry> {
+        crate::map::to_ipcache4(&self.engine.cidr.ipcache())
+    }
+
+    /// The policy map contents of the endpoints with identity `subject`, in the datapath's
+    /// type, with rule numbers from [`PolicyEngine::rule_id`]. (Notes are in
+    /// [`Resolved::endpoint_policy`].)
+    pub fn map_policy(&self, subject: NumericIdentity) -> bpf_policy::EndpointPolicy {
+        crate::map::to_map_policy(&self.endpoint_policy(subject).policy, |r| {
+            self.engine.rule_id(r)
+        })
+    }
+
+    /// The CIDR identities, with their labels, for the agent's identity table.
+    pub fn cidr_identities(&self) -> Vec<Identity> {
+        self.engine
+            .cidr
+            .iter()
+            .map(|(id, prefix)| Identity {
+                id,
+                labels: cidr_labels(&prefix),
+                reserved: false,
+                references: 0,
+            })
+            .collect()
+    }
+
+    /// The identity of an address as far as policy's CIDR identities go (world when no
+    /// policy names a prefix holding it).
+    pub fn cidr_identity_of(&self, ip: std::net::IpAddr) -> NumericIdentity {
+        self.engine.cidr.lookup(ip)
+    }
+
+    fn labels(&self, id: NumericIdentity) -> Option<&Labels> {
+        self.identities.get(&id).or_else(|| self.extra.get(&id))
+    }
+
+    fn all_identities(&self) -> impl Iterator<Item = (NumericIdentity, &Labels)> {
+        self.identities
+            .iter()
+            .chain(self.extra.iter())
+            .map(|(id, l)| (*id, l))
+    }
+
+    fn selector_ids(&self, sel: &Selector) -> Rc<BTreeSet<NumericIdentity>> {
+        if let Some(hit) = self.cache.borrow().get(sel) {
+            return Rc::clone(hit);
+        }
+        // A selector with an `In` requirement can only match identities carrying one of its
+        // values: look those up in the label index instead of matching every identity.
+        let narrowing = sel
+            .requirements()
+            .find(|r| r.op == SelectorOperator::In && !r.key.starts_with(NAMESPACE_LABELS_PREFIX));
+        let ids: Rc<BTreeSet<NumericIdentity>> = Rc::new(match narrowing {
+            Some(req) => {
+                let index = self.index.get_or_init(|| {
+                    let mut m: HashMap<(String, String), Vec<NumericIdentity>> = HashMap::new();
+                    for (id, labels) in self.all_identities() {
+                        for (_, key, value) in labels.entries() {
+                            m.entry((key.to_owned(), value.to_owned()))
+                                .or_default()
+                                .push(id);
+                        }
+                    }
+                    m
+                });
+                req.values
+                    .iter()
+                    .filter_map(|v| index.get(&(req.key.clone(), v.clone())))
+                    .flatten()
+                    .copied()
+                    .filter(|id| self.labels(*id).is_some_and(|l| sel.matches(l)))
+                    .collect()
+            }
+            None => self
+                .all_identities()
+                .filter(|(_, l)| sel.matches(l))
+                .map(|(id, _)| id)
+                .collect(),
+        });
+        self.cache.borrow_mut().insert(sel.clone(), Rc::clone(&ids));
+        ids
+    }
+
+    fn entity_ids(&self, e: Entity) -> Option<BTreeSet<NumericIdentity>> {
+        let one = |r: ReservedIdentity| Some(std::iter::once(r.id()).collect());
+        let world = |v4: bool, v6: bool| {
+            let mut s: BTreeSet<NumericIdentity> = self
+                .engine
+                .cidr
+                .iter()
+                .filter(|(_, p)| matches!(p, IpNet::V4(_)) && v4 || matches!(p, IpNet::V6(_)) && v6)
+                .map(|(id, _)| id)
+                .collect();
+            s.extend(
+                self.all_identities().map(|(id, _)| id).filter(|id| {
+                    *id >= MIN_CIDR_IDENTITY && self.engine.cidr.prefix(*id).is_none()
+                }),
+            );
+            s.insert(ReservedIdentity::World.id());
+            Some(s)
+        };
+        match e {
+            Entity::All => None,
+            Entity::World => world(true, true),
+            Entity::WorldIpv4 => world(true, false),
+            Entity::WorldIpv6 => world(false, true),
+            Entity::Cluster => Some(
+                ReservedIdentity::ALL
+                    .into_iter()
+                    .map(ReservedIdentity::id)
+                    .chain(self.all_identities().map(|(id, _)| id))
+                    .filter(|id| !is_world_like(*id) && *id != 0)
+                    .filter(|id| {
+                        *id >= MIN_CLUSTER_IDENTITY || ReservedIdentity::from_id(*id).is_some()
+                    })
+                    .collect(),
+            ),
+            Entity::Host => one(ReservedIdentity::Host),
+            Entity::RemoteNode => one(ReservedIdentity::RemoteNode),
+            Entity::Health => one(ReservedIdentity::Health),
+            Entity::Init => one(ReservedIdentity::Init),
+            Entity::Unmanaged => one(ReservedIdentity::Unmanaged),
+            Entity::KubeApiserver => one(ReservedIdentity::KubeApiserver),
+            Entity::Ingress => one(ReservedIdentity::Ingress),
+            Entity::None => Some(BTreeSet::new()),
+        }
+    }
+
+    fn cidr_ids(&self, net: &IpNet, except: &[IpNet]) -> BTreeSet<NumericIdentity> {
+        let mut out: BTreeSet<NumericIdentity> = self
+            .engine
+            .cidr
+            .iter()
+            .filter(|(_, p)| net.contains(p) && !except.iter().any(|e| e.contains(p)))
+            .map(|(id, _)| id)
+            .collect();
+        if net.prefix_len() == 0 {
+            out.insert(ReservedIdentity::World.id());
+        }
+        out
+    }
+
+    /// The identities one peer of a rule selects; `requirements` narrow endpoint selectors.
+    fn peer_ids(&self, peer: &Peer, requirements: &[&Selector]) -> Peers {
+        match peer {
+            Peer::All => Peers::All,
+            Peer::Endpoints(sel) if requirements.is_empty() => {
+                // Keyed by the peer's address: stable while the engine is borrowed, and far
+                // cheaper than hashing the selector for every rule of every endpoint.
+                let key = peer as *const Peer as usize;
+                if let Some(hit) = self.by_peer.borrow().get(&key) {
+                    return Peers::Some(Rc::clone(hit));
+                }
+                let ids = self.selector_ids(sel);
+                self.by_peer.borrow_mut().insert(key, Rc::clone(&ids));
+                Peers::Some(ids)
+            }
+            Peer::Endpoints(sel) => {
+                let sel = requirements.iter().fold(sel.clone(), |acc, r| acc.and(r));
+                Peers::Some(self.selector_ids(&sel))
+            }
+            Peer::Entity(e) => match self.entity_ids(*e) {
+                None => Peers::All,
+                Some(s) => Peers::Some(Rc::new(s)),
+            },
+            Peer::Cidr { net, except } => Peers::Some(Rc::new(self.cidr_ids(net, except))),
+        }
+    }
+
+    fn applicable(&self, subject: NumericIdentity, direction: Direction) -> Applicable<'_> {
+        let empty = Labels::new();
+        let labels = self.labels(subject).unwrap_or(&empty);
+        let mut a = Applicable {
+            allows: Vec::new(),
+            denies: Vec::new(),
+            requirements: Vec::new(),
+            default_deny: false,
+            selected_by: BTreeSet::new(),
+            denying: BTreeSet::new(),
+        };
+        for stored in self.engine.policies.values() {
+            let c = &stored.compiled;
+            for s in &c.selections {
+                if s.direction == direction && s.subject.selects(subject, labels) {
+                    a.selected_by.insert(c.policy.clone());
+                    if s.default_deny {
+                        a.default_deny = true;
+                        a.denying.insert(c.policy.clone());
+                    }
+                }
+            }
+            let mut selected = false;
+            for r in &c.rules {
+                if r.direction == direction && r.subject.selects(subject, labels) {
+                    selected = true;
+                    a.requirements.extend(r.requirements.iter());
+                    if r.deny {
+                        a.denies.push(r);
+                    } else {
+                        a.allows.push(r);
+                    }
+                }
+            }
+            if selected && !a.selected_by.contains(&c.policy) {
+                a.selected_by.insert(c.policy.clone());
+            }
+        }
+        a
+    }
+
+    /// The (protocol, port) pairs a named port stands for.
+    fn named(
+        &self,
+        name: &str,
+        protos: &[u8],
+        direction: Direction,
+        subject: NumericIdentity,
+        peer: Option<NumericIdentity>,
+    ) -> BTreeSet<(u8, u16)> {
+        let found = match (direction, peer) {
+            (Direction::Ingress, _) => self.named_ports.of(subject, name),
+            (Direction::Egress, Some(p)) => self.named_ports.of(p, name),
+            (Direction::Egress, None) => self.named_ports.anywhere(name),
+        };
+        found
+            .into_iter()
+            .filter(|(proto, _)| protos.contains(proto))
+            .collect()
+    }
+
+    /// Computes the policy of the endpoints with identity `subject`.
+    pub fn endpoint_policy(&self, subject: NumericIdentity) -> EndpointResult {
+        let mut raw: Vec<(PolicyKey, bool, EntrySource)> = Vec::new();
+        let mut notes = Vec::new();
+        let mut states = Vec::new();
+        for direction in Direction::ALL {
+            let a = self.applicable(subject, direction);
+            for rule in a.allows.iter().chain(a.denies.iter()) {
+                let reqs: &[&Selector] = if rule.deny { &[] } else { &a.requirements };
+                let source = EntrySource::Rule(rule.origin.clone());
+                for peer in &rule.peers {
+                    let peers: Vec<Option<NumericIdentity>> = match self.peer_ids(peer, reqs) {
+                        Peers::All => vec![None],
+                        Peers::Some(ids) => ids.iter().map(|id| Some(*id)).collect(),
+                    };
+                    for pm in &rule.ports {
+                        // Only named ports on egress depend on the peer.
+                        let per_peer =
+                            matches!(pm, PortMatch::Named { .. }) && direction == Direction::Egress;
+                        let mut shared: Option<Vec<(u8, u16, u8)>> = None;
+                        for p in &peers {
+                            let keys = if per_peer || shared.is_none() {
+                                let k = self.port_keys(pm, direction, subject, *p);
+                                if let (PortMatch::Named { name, .. }, true) = (pm, k.is_empty()) {
+                                    let note = format!(
+                                        "{}: named port {name:?} is not declared by {}; it matches nothing",
+                                        rule.origin,
+                                        match (direction, p) {
+                                            (Direction::Ingress, _) => format!("identity {subject}"),
+                                            (Direction::Egress, Some(p)) => format!("identity {p}"),
+                                            (Direction::Egress, None) => "any endpoint".to_owned(),
+                                        }
+                                    );
+                                    if !notes.contains(&note) {
+                                        notes.push(note);
+                                    }
+                                }
+                                if !per_peer {
+                                    shared = Some(k.clone());
+                                }
+                                k
+                            } else {
+                                shared.clone().unwrap_or_default()
+                            };
+                            for (proto, dport, port_prefix_len) in keys {
+                                let key = PolicyKey {
+                                    identity: p.unwrap_or(0),
+                                    direction,
+                                    proto,
+                                    dport,
+                                    port_prefix_len,
+                                };
+                                raw.push((key, rule.deny, source.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            if !a.default_deny {
+                raw.push((
+                    PolicyKey::any(0, direction),
+                    false,
+                    EntrySource::NoDefaultDeny,
+                ));
+            } else if direction == Direction::Ingress && self.engine.config.allow_localhost {
+                raw.push((
+                    PolicyKey::any(ReservedIdentity::Host.id(), direction),
+                    false,
+                    EntrySource::AllowLocalhost,
+                ));
+            }
+            states.push(DirectionPolicy {
+                default_deny: a.default_deny,
+                selected_by: a.selected_by.into_iter().collect(),
+            });
+        }
+        let entries = build_entries(raw);
+        if entries.len() > POLICY_MAP_MAX_ENTRIES {
+            notes.push(format!(
+                "{} entries exceed the policy map's {POLICY_MAP_MAX_ENTRIES}",
+                entries.len()
+            ));
+        }
+        let egress = states.pop().unwrap_or_default();
+        let ingress = states.pop().unwrap_or_default();
+        EndpointResult {
+            policy: EndpointPolicy {
+                identity: subject,
+                ingress,
+                egress,
+                entries,
+            },
+            notes,
+        }
+    }
+
+    fn port_keys(
+        &self,
+        pm: &PortMatch,
+        direction: Direction,
+        subject: NumericIdentity,
+        peer: Option<NumericIdentity>,
+    ) -> Vec<(u8, u16, u8)> {
+        match pm {
+            PortMatch::AnyProto => vec![(PROTO_ANY, 0, 0)],
+            PortMatch::Range { proto, lo, hi } => port_range_prefixes(*lo, *hi)
+                .into_iter()
+                .map(|(port, len)| (*proto, port, len))
+                .collect(),
+            PortMatch::Named { protos, name } => self
+                .named(name, protos, direction, subject, peer)
+                .into_iter()
+                .map(|(proto, port)| (proto, port, 16))
+                .collect(),
+        }
+    }
+
+    fn rule_matches(
+        &self,
+        rule: &Rule,
+        reqs: &[&Selector],
+        subject: NumericIdentity,
+        peer: NumericIdentity,
+        proto: u8,
+        dport: u16,
+    ) -> bool {
+        rule.peers.iter().any(|p| {
+            let (selected, specific) = match self.peer_ids(p, reqs) {
+                Peers::All => (true, false),
+                Peers::Some(ids) => (ids.contains(&peer), true),
+            };
+            selected
+                && rule.ports.iter().any(|pm| match pm {
+                    PortMatch::AnyProto => true,
+                    PortMatch::Range { proto: p, lo, hi } => {
+                        *p == proto && (*lo..=*hi).contains(&dport)
+                    }
+                    PortMatch::Named { protos, name } => self
+                        .named(
+                            name,
+                            protos,
+                            rule.direction,
+                            subject,
+                            specific.then_some(peer),
+                        )
+                        .contains(&(proto, dport)),
+                })
+        })
+    }
+
+    /// Explains one direction: does the policy of `endpoint` let `peer` talk to it (ingress) or
+    /// it talk to `peer` (egress) on `proto`/`dport` (the ICMP type for ICMP)? Computed from the
+    /// rules directly, not from the entries, so that each checks the other.
+    pub fn explain_direction(
+        &self,
+        endpoint: NumericIdentity,
+        direction: Direction,
+        peer: NumericIdentity,
+        proto: u8,
+        dport: u16,
+    ) -> DirectionVerdict {
+        let a = self.applicable(endpoint, direction);
+        let denied: Vec<_> = a
+            .denies
+            .iter()
+            .filter(|r| self.rule_matches(r, &[], endpoint, peer, proto, dport))
+            .map(|r| r.origin.clone())
+            .collect();
+        let allowed: Vec<_> = a
+            .allows
+            .iter()
+            .filter(|r| self.rule_matches(r, &a.requirements, endpoint, peer, proto, dport))
+            .map(|r| r.origin.clone())
+            .collect();
+        let (ok, reason) = if !denied.is_empty() {
+            (false, Reason::DeniedBy { rules: denied })
+        } else if !allowed.is_empty() {
+            (true, Reason::AllowedBy { rules: allowed })
+        } else if !a.default_deny {
+            if a.selected_by.is_empty() {
+                (true, Reason::NoPolicy)
+            } else {
+                (
+                    true,
+                    Reason::NoDefaultDeny {
+                        policies: a.selected_by.into_iter().collect(),
+                    },
+                )
+            }
+        } else if direction == Direction::Ingress
+            && peer == ReservedIdentity::Host.id()
+            && self.engine.config.allow_localhost
+        {
+            (true, Reason::AllowLocalhost)
+        } else {
+            (
+                false,
+                Reason::DefaultDeny {
+                    policies: a.denying.into_iter().collect(),
+                },
+            )
+        };
+        DirectionVerdict {
+            endpoint,
+            direction,
+            peer,
+            allowed: ok,
+            reason,
+        }
+    }
+
+    /// Explains a flow from `src` to `dst` on `proto`/`dport`: the egress policy of `src` and
+    /// the ingress policy of `dst`, each applied when that side is an endpoint (a cluster-local
+    /// identity, or health, init or ingress).
+    pub fn explain(
+        &self,
+        src: NumericIdentity,
+        dst: NumericIdentity,
+        proto: u8,
+        dport: u16,
+    ) -> Verdict {
+        let egress = is_endpoint_identity(src)
+            .then(|| self.explain_direction(src, Direction::Egress, dst, proto, dport));
+        let ingress = is_endpoint_identity(dst)
+            .then(|| self.explain_direction(dst, Direction::Ingress, src, proto, dport));
+        let allowed =
+            egress.as_ref().is_none_or(|v| v.allowed) && ingress.as_ref().is_none_or(|v| v.allowed);
+        Verdict {
+            allowed,
+            egress,
+            ingress,
+        }
+    }
+}
+
+/// Whether an identity can be an endpoint with a policy of its own.
+pub fn is_endpoint_identity(id: NumericIdentity) -> bool {
+    (MIN_CLUSTER_IDENTITY..MIN_CIDR_IDENTITY).contains(&id)
+        || matches!(
+            ReservedIdentity::from_id(id),
+            Some(ReservedIdentity::Health | ReservedIdentity::Init | ReservedIdentity::Ingress)
+        )
+}
+
+/// Turns raw (key, deny, source) triples into entries the datapath's lookup reads right:
+///
+/// * one entry per key, deny if any triple denies (with only the deny sources);
+/// * deny entries for any peer (identity 0) copied under every peer identity that has entries
+///   of its own, since a hit there ends the lookup before identity 0 is tried;
+/// * allow entries inside a deny entry of the same identity dropped, since the longer prefix
+///   would otherwise win.
+fn build_entries(raw: Vec<(PolicyKey, bool, EntrySource)>) -> Vec<PolicyEntry> {
+    #[derive(Default)]
+    struct Acc {
+        allow: BTreeSet<EntrySource>,
+        deny: BTreeSet<EntrySource>,
+    }
+    let mut map: BTreeMap<PolicyKey, Acc> = BTreeMap::new();
+    for (key, deny, source) in raw {
+        let acc = map.entry(key).or_default();
+        if deny {
+            acc.deny.insert(source);
+        } else {
+            acc.allow.insert(source);
+        }
+    }
+    // Wildcard denies, per direction.
+    let wildcard_denies: Vec<(PolicyKey, BTreeSet<EntrySource>)> = map
+        .iter()
+        .filter(|(k, a)| k.identity == 0 && !a.deny.is_empty())
+        .map(|(k, a)| (*k, a.deny.clone()))
+        .collect();
+    let peers: BTreeSet<(NumericIdentity, Direction)> = map
+        .keys()
+        .filter(|k| k.identity != 0)
+        .map(|k| (k.identity, k.direction))
+        .collect();
+    for (identity, direction) in peers {
+        for (wk, sources) in wildcard_denies
+            .iter()
+            .filter(|(k, _)| k.direction == direction)
+        {
+            let key = PolicyKey { identity, ..*wk };
+            map.entry(key)
+                .or_default()
+                .deny
+                .extend(sources.iter().cloned());
+        }
+    }
+    let denies: BTreeMap<(NumericIdentity, Direction), Vec<PolicyKey>> = map
+        .iter()
+        .filter(|(_, a)| !a.deny.is_empty())
+        .fold(BTreeMap::new(), |mut m, (k, _)| {
+            m.entry((k.identity, k.direction))
+                .or_insert_with(Vec::new)
+                .push(*k);
+            m
+        });
+    map.into_iter()
+        .filter_map(|(key, acc)| {
+            if !acc.deny.is_empty() {
+                return Some(PolicyEntry {
+                    key,
+                    deny: true,
+                    proxy_port: 0,
+                    derived_from: acc.deny.into_iter().collect(),
+                });
+            }
+            let shadowed = denies
+                .get(&(key.identity, key.direction))
+                .is_some_and(|ds| ds.iter().any(|d| d.contains(&key)));
+            (!shadowed).then(|| PolicyEntry {
+                key,
+                deny: false,
+                proxy_port: 0,
+                derived_from: acc.allow.into_iter().collect(),
+            })
+        })
+        .collect()
+}
