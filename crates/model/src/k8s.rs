@@ -185,12 +185,14 @@ pub enum TrafficPolicy {
     Local,
 }
 
-/// A port number or a named port (`targetPort`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Kubernetes' `IntOrString`: a port number or a named port (`targetPort`, policy ports, ICMP
+/// types). Kept as written; the field's validation decides what a string means and checks
+/// ranges, so an out-of-range number gets a message naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IntOrString {
-    /// A number (checked to be 1-65535 by [`crate::manifest`]).
+    /// A number as written.
     Int(i64),
-    /// A name, looked up among the EndpointSlice ports.
+    /// A string as written (a port name, or a number in a string).
     String(String),
 }
 

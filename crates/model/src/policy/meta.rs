@@ -1,9 +1,8 @@
 //! Pieces every policy resource shares: `metadata` and Kubernetes' int-or-string.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// `metadata` of a policy resource.
 ///
@@ -60,56 +59,8 @@ pub struct ObjectMeta {
     pub managed_fields: Option<serde_json::Value>,
 }
 
-/// A value that is a number or a string, as Kubernetes' `IntOrString` (ports, ICMP types).
-///
-/// Kept as written; what a string means (a named port, a number in a string, an ICMP type name)
-/// depends on the field and is decided by validation, which also checks ranges so that an
-/// out-of-range number gets a message naming the field rather than a decoding error.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IntOrString {
-    /// A number as written.
-    Int(i64),
-    /// A string as written.
-    String(String),
-}
-
-impl fmt::Display for IntOrString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Int(n) => write!(f, "{n}"),
-            Self::String(s) => f.write_str(s),
-        }
-    }
-}
-
-impl Serialize for IntOrString {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Int(n) => s.serialize_i64(*n),
-            Self::String(v) => s.serialize_str(v),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for IntOrString {
-    // By hand rather than `untagged`, so that a wrong type says what was expected.
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = IntOrString;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number or a string")
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(IntOrString::Int(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(IntOrString::Int(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(IntOrString::String(v.to_owned()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+/// A value that is a number or a string (ports, ICMP types): the same type Services use.
+/// What a string means (a named port, a number in a string, an ICMP type name) depends on the
+/// field and is decided by validation, which also checks ranges so that an out-of-range number
+/// gets a message naming the field rather than a decoding error.
+pub use crate::k8s::IntOrString;
