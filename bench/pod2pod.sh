@@ -37,6 +37,7 @@ cleanup() {
   for cg in /sys/fs/cgroup/unified/ciliate/"$NODE" /sys/fs/cgroup/ciliate/"$NODE"; do rmdir "$cg" 2>/dev/null; done
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that a signal still cleans up
 in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
 
 # ---- plain: veths and routes, no BPF ----
