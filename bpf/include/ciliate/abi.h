@@ -25,6 +25,8 @@
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
 #define EVENTS_RING_SIZE (4 * 1024 * 1024)
+/* Unread bytes in the ring past which an event wakes the reader at once. */
+#define EVENTS_WAKEUP_BYTES (256 * 1024)
 #define METRICS_MAP_SIZE 512
 #define LB_SERVICE_MAP_SIZE 262144
 #define LB_BACKEND_MAP_SIZE 131072

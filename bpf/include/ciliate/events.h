@@ -47,7 +47,12 @@ static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 co
 	if (cap >= 1 && cap <= EVENT_CAPTURE_LEN &&
 	    bpf_skb_load_bytes(skb, 0, e->data, cap) == 0)
 		e->cap_len = cap;
-	bpf_ringbuf_submit(e, 0);
+	/* Waking the reader on every event costs an interrupt per event (and a VM exit on
+	 * virtual machines): the agent drains the ring on a short timer instead, and is woken
+	 * only when the ring is filling up. */
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&cil_events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES
+				      ? BPF_RB_FORCE_WAKEUP
+				      : BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,

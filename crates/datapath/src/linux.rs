@@ -37,7 +37,9 @@ use crate::events::{self, Clock};
 use crate::lb::{self as lbmaps, LbEntries, LbOp};
 use crate::policy_map;
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
-use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
+use ciliate_model::bpf_policy::{
+    EndpointPolicy, IpcacheEntry, PolicyEntryCounters, PolicySyncStats,
+};
 
 /// The compiled `bpf/lxc.c`.
 pub static LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
@@ -590,6 +592,19 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), DatapathErro
     }
 }
 
+/// How often the agent drains the event ring when the programs have not woken it.
+const EVENTS_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn drain(ring: &mut RingBuf<MapData>, clock: &Clock, tx: &broadcast::Sender<MonitorEvent>) {
+    while let Some(item) = ring.next() {
+        match events::decode(&item, clock) {
+            // No subscriber is not an error: events are only kept for listeners.
+            Ok(ev) => drop(tx.send(ev)),
+            Err(e) => debug!(error = %e, "undecodable datapath event"),
+        }
+    }
+}
+
 fn spawn_event_reader(
     ring: RingBuf<MapData>,
     tx: broadcast::Sender<MonitorEvent>,
@@ -600,23 +615,24 @@ fn spawn_event_reader(
         .map_err(|e| DatapathError::kernel("poll ring buffer", e.into_parts().1))?;
     tokio::spawn(async move {
         let clock = Clock::now();
+        // The programs do not wake us per event (see events.h): drain on a short timer, and
+        // at once when they do wake us because the ring is filling up.
+        let mut tick = tokio::time::interval(EVENTS_DRAIN_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(g) => g,
-                Err(e) => {
-                    warn!(error = %e, "event ring buffer: poll failed; events stop");
-                    return;
-                }
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                match events::decode(&item, &clock) {
-                    // No subscriber is not an error: events are only kept for listeners.
-                    Ok(ev) => drop(tx.send(ev)),
-                    Err(e) => debug!(error = %e, "undecodable datapath event"),
-                }
+            tokio::select! {
+                ready = fd.readable_mut() => match ready {
+                    Ok(mut guard) => {
+                        drain(guard.get_inner_mut(), &clock, &tx);
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "event ring buffer: poll failed; events stop");
+                        return;
+                    }
+                },
+                _ = tick.tick() => drain(fd.get_mut(), &clock, &tx),
             }
-            guard.clear_ready();
         }
     });
     Ok(())
@@ -894,6 +910,32 @@ impl Datapath for LinuxDatapath {
             egress_enforced: info.flags & EP_F_EGRESS_ENFORCED != 0,
             entries,
         })
+    }
+
+    fn policy_counters(
+        &self,
+        ep: &EndpointSpec,
+    ) -> Result<Vec<PolicyEntryCounters>, DatapathError> {
+        let inner = self.lock();
+        let info = inner.maps.lxc_ifx.get(&ep.ifindex, 0).map_err(|e| {
+            DatapathError::kernel(format!("endpoint {} is not programmed", ep.id), e)
+        })?;
+        let version = u8::from(info.flags & EP_F_POLICY_V1 != 0);
+        let mut out = Vec::new();
+        for (prefix, data) in inner.policy_shadow.keys.get(&ep.id).into_iter().flatten() {
+            if data.version != version {
+                continue;
+            }
+            if let Ok(v) = inner.maps.policy.get(&LpmKey::new(*prefix, *data), 0) {
+                out.push(PolicyEntryCounters {
+                    entry: policy_map::policy_entry(*prefix, data, &v),
+                    packets: v.packets,
+                    bytes: v.bytes,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.entry.cmp(&b.entry));
+        Ok(out)
     }
 
     fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError> {
