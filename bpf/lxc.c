@@ -47,8 +47,9 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	*report = 0;
 	if (ct_untracked(p)) {
 		*report = 1;
-		/* ICMP errors belong to a connection policy has already judged. */
-		if (!p->fragment)
+		/* ICMP errors belong to a connection policy has already judged; other untracked
+		 * packets (fragments, ICMP other than echo) are judged one by one. */
+		if (p->proto == IPPROTO_ICMP && !p->fragment && icmp_is_error(p->icmp_type))
 			return CT_NONE;
 		ct = CT_NONE;
 	} else {

@@ -193,7 +193,7 @@ struct policy_key {
 	__u8 egress;   /* 0 ingress, 1 egress */
 	__u32 identity; /* network order; 0 = any peer */
 	__u8 proto;
-	__be16 dport;  /* ICMP: the type, in the high byte */
+	__be16 dport;  /* ICMP: the type, as a port number */
 	__u8 pad;
 } __attribute__((packed));
 

@@ -19,6 +19,14 @@ static __always_inline __u32 now_secs(void)
 	return bpf_ktime_get_ns() / 1000000000ULL;
 }
 
+/* An ICMP error: it reports on a connection (or packet) it quotes, and belongs to it. */
+static __always_inline int icmp_is_error(__u8 type)
+{
+	return type == 3 /* unreachable */ || type == 4 /* source quench */ ||
+	       type == 5 /* redirect */ || type == 11 /* time exceeded */ ||
+	       type == 12 /* parameter problem */;
+}
+
 /* ICMP errors and other packets that belong to no connection of their own are not tracked. */
 static __always_inline int ct_untracked(const struct pkt4 *p)
 {

@@ -21,11 +21,12 @@ static __always_inline __u32 ipcache_identity(__be32 addr)
 	return e ? e->identity : IDENTITY_WORLD;
 }
 
-/* The port a policy matches on: the destination port, or the ICMP type. */
+/* The port a policy matches on: the destination port, or the ICMP type (as a port number,
+ * the way the policy map entries are written). */
 static __always_inline __be16 policy_port(const struct pkt4 *p)
 {
 	if (p->proto == IPPROTO_ICMP)
-		return bpf_htons((__u16)p->icmp_type << 8);
+		return bpf_htons((__u16)p->icmp_type);
 	return p->dport;
 }
 

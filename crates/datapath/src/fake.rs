@@ -20,6 +20,7 @@ pub struct FakeDatapath {
     fail_lb_sync: Mutex<Option<String>>,
     lb_syncs: std::sync::atomic::AtomicU64,
     policies: Mutex<BTreeMap<u16, EndpointPolicy>>,
+    fail_next_policy: Mutex<Option<String>>,
     ipcache: Mutex<Vec<IpcacheEntry>>,
     events: broadcast::Sender<MonitorEvent>,
 }
@@ -33,6 +34,7 @@ impl Default for FakeDatapath {
             fail_lb_sync: Mutex::default(),
             lb_syncs: std::sync::atomic::AtomicU64::new(0),
             policies: Mutex::default(),
+            fail_next_policy: Mutex::default(),
             ipcache: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
@@ -58,6 +60,16 @@ impl FakeDatapath {
     /// How many `sync_lb` calls succeeded.
     pub fn lb_syncs(&self) -> u64 {
         self.lb_syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes the next `set_endpoint_policy` fail with this message.
+    pub fn fail_next_policy(&self, why: &str) {
+        *lock(&self.fail_next_policy) = Some(why.to_owned());
+    }
+
+    /// The policy in force per endpoint id.
+    pub fn policies(&self) -> BTreeMap<u16, EndpointPolicy> {
+        lock(&self.policies).clone()
     }
 
     /// Publishes an event as if the datapath had reported it.
@@ -96,7 +108,10 @@ impl Datapath for FakeDatapath {
     }
 
     fn remove_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
-        lock(&self.endpoints).remove(&ep.ifindex);
+        // As the kernel datapath does: the endpoint's policy goes with it.
+        if lock(&self.endpoints).remove(&ep.ifindex).is_some() {
+            lock(&self.policies).remove(&ep.id);
+        }
         Ok(())
     }
 
@@ -136,6 +151,16 @@ impl Datapath for FakeDatapath {
         ep: &EndpointSpec,
         policy: &EndpointPolicy,
     ) -> Result<PolicySyncStats, DatapathError> {
+        if let Some(why) = lock(&self.fail_next_policy).take() {
+            return Err(DatapathError::Injected(why));
+        }
+        // As the kernel datapath does: policy belongs to a programmed endpoint.
+        if !lock(&self.endpoints).values().any(|e| e.id == ep.id) {
+            return Err(DatapathError::Unsupported(format!(
+                "endpoint {} is not programmed",
+                ep.id
+            )));
+        }
         let mut all = lock(&self.policies);
         let changed = all.get(&ep.id) != Some(policy);
         all.insert(ep.id, policy.clone());

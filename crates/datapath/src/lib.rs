@@ -21,7 +21,9 @@ pub mod policy_map;
 use std::net::Ipv4Addr;
 
 use ciliate_model::api::{CtEntry, DatapathStatus};
-use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
+use ciliate_model::bpf_policy::{
+    EndpointPolicy, IpcacheEntry, PolicyEntryCounters, PolicySyncStats,
+};
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
@@ -131,6 +133,16 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// The policy in force for an endpoint, read from the maps (`ciliate bpf policy get`).
     fn endpoint_policy(&self, ep: &EndpointSpec) -> Result<EndpointPolicy, DatapathError>;
+
+    /// What each entry of the policy in force for an endpoint admitted (packets and bytes,
+    /// counted on allow hits), for `ciliate bpf policy get`. A datapath that does not count
+    /// answers no entries.
+    fn policy_counters(
+        &self,
+        _ep: &EndpointSpec,
+    ) -> Result<Vec<PolicyEntryCounters>, DatapathError> {
+        Ok(Vec::new())
+    }
 
     /// Makes the ipcache hold exactly `desired` (prefix → identity), writing only differences.
     fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError>;

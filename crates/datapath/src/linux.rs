@@ -826,17 +826,21 @@ impl Datapath for LinuxDatapath {
         let mut info = inner.maps.lxc_ifx.get(&ep.ifindex, 0).map_err(|e| {
             DatapathError::kernel(format!("endpoint {} is not programmed", ep.id), e)
         })?;
-        let mut flags = info.flags & !(EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED);
+        let current: u8 = u8::from(info.flags & EP_F_POLICY_V1 != 0);
+        // The generation bit is set below for the generation written; keeping the old one
+        // here would leave the endpoint on the generation just deleted (empty: all dropped).
+        let mut flags =
+            info.flags & !(EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED | EP_F_POLICY_V1);
         if policy.ingress_enforced {
             flags |= EP_F_INGRESS_ENFORCED;
         }
         if policy.egress_enforced {
             flags |= EP_F_EGRESS_ENFORCED;
         }
-        if inner.policy_shadow.written.get(&ep.id) == Some(policy) && flags == info.flags {
+        let in_force_flags = flags | (info.flags & EP_F_POLICY_V1);
+        if inner.policy_shadow.written.get(&ep.id) == Some(policy) && in_force_flags == info.flags {
             return Ok(PolicySyncStats::default());
         }
-        let current: u8 = u8::from(info.flags & EP_F_POLICY_V1 != 0);
         let next = 1 - current;
         let mut stats = PolicySyncStats::default();
         let existing = inner.policy_shadow.keys.remove(&ep.id).unwrap_or_default();

@@ -432,6 +432,20 @@ impl Netlink {
             .collect())
     }
 
+    /// Every IPv4 address of the namespace, on any link (the agent's own addresses are the
+    /// `host` identity for policy).
+    pub async fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let mut out: Vec<Ipv4Addr> = self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .map(|(_, net)| net.addr())
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     async fn all_addresses(&self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
         let msgs: Vec<AddressMessage> = self
             .handle
