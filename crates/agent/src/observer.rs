@@ -1,0 +1,264 @@
+//! Flow observability in the agent: feeds the datapath's events to a
+//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint and Service
+//! stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the flow
+//! metrics (optionally, HTTP).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ciliate_datapath::Datapath;
+use ciliate_model::lb::L4Proto;
+use ciliate_observer::server::{bind_unix, serve_tcp, serve_unix, Service};
+use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot, SwappableStore};
+use ciliate_observer::{Observer, ObserverConfig};
+use clap::Args;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::endpoints::EndpointManager;
+use crate::services::ServiceManager;
+
+/// How often the observer's copy of the endpoint and Service tables is refreshed.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The observer's flags.
+#[derive(Clone, Debug, Args)]
+pub struct ObserverArgs {
+    /// Unix socket the Hubble-compatible observer API is served on (`ciliate observe` and
+    /// `hubble observe --server unix://PATH` read it). [default: hubble.sock beside --socket]
+    #[arg(long, env = "CILIATE_HUBBLE_SOCKET", value_name = "PATH")]
+    pub hubble_socket: Option<PathBuf>,
+
+    /// Also serve the observer API on this TCP address, e.g. `:4244` (Hubble's port); off
+    /// unless given. It has no authentication: bind it to an address only trusted peers reach.
+    #[arg(long, env = "CILIATE_HUBBLE_LISTEN_ADDRESS", value_name = "ADDR", value_parser = parse_listen_address)]
+    pub hubble_listen_address: Option<SocketAddr>,
+
+    /// How many flows the observer keeps for `observe --last`.
+    #[arg(long, env = "CILIATE_HUBBLE_EVENT_BUFFER_CAPACITY", value_name = "FLOWS", default_value_t = ciliate_observer::DEFAULT_RING_CAPACITY, value_parser = parse_capacity)]
+    pub hubble_event_buffer_capacity: usize,
+
+    /// Serve Hubble's flow metrics in the Prometheus text format on this address, e.g.
+    /// `:9965`; off unless given.
+    #[arg(long, env = "CILIATE_HUBBLE_METRICS_ADDRESS", value_name = "ADDR", value_parser = parse_listen_address)]
+    pub hubble_metrics_address: Option<SocketAddr>,
+}
+
+/// The observer's configuration in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObserverSettings {
+    /// The observer API's unix socket.
+    pub hubble_socket: PathBuf,
+    /// The observer API's TCP address, if any.
+    pub hubble_listen_address: Option<SocketAddr>,
+    /// Flows kept.
+    pub hubble_event_buffer_capacity: usize,
+    /// The metrics address, if any.
+    pub hubble_metrics_address: Option<SocketAddr>,
+}
+
+impl ObserverSettings {
+    /// Resolves the flags; the socket defaults to `hubble.sock` beside the API socket.
+    pub fn from_args(args: ObserverArgs, api_socket: &Path) -> Self {
+        let hubble_socket = args.hubble_socket.unwrap_or_else(|| {
+            api_socket
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("hubble.sock")
+        });
+        Self {
+            hubble_socket,
+            hubble_listen_address: args.hubble_listen_address,
+            hubble_event_buffer_capacity: args.hubble_event_buffer_capacity,
+            hubble_metrics_address: args.hubble_metrics_address,
+        }
+    }
+}
+
+/// `:4244`, `0.0.0.0:4244` or `[::1]:4244`.
+fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse().map_err(|_| {
+        format!("{s:?} is not an address to listen on; write e.g. :4244 or 127.0.0.1:4244")
+    })
+}
+
+fn parse_capacity(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: give a number of flows from 1 to 1048576")),
+    }
+}
+
+fn proto_number(p: L4Proto) -> u8 {
+    match p {
+        L4Proto::Tcp => 6,
+        L4Proto::Udp => 17,
+        L4Proto::Sctp => 132,
+    }
+}
+
+/// The observer's name tables, read from the agent's stores.
+pub fn snapshot(manager: &EndpointManager, services: &ServiceManager) -> Snapshot {
+    let mut s = Snapshot::default();
+    for ep in manager.list() {
+        let (namespace, pod_name) = ep
+            .pod
+            .as_ref()
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .unwrap_or_default();
+        s.endpoints.insert(
+            ep.ipv4,
+            EndpointInfo {
+                id: u32::from(ep.id),
+                identity: ep.identity,
+                namespace,
+                pod_name,
+                labels: ep.labels.iter().map(|l| l.to_string()).collect(),
+            },
+        );
+    }
+    for id in manager.identities() {
+        s.identities
+            .insert(id.id, id.labels.iter().map(|l| l.to_string()).collect());
+    }
+    for svc in services.list() {
+        for fe in &svc.frontends {
+            s.frontends.insert(
+                (fe.addr, fe.port, proto_number(fe.proto)),
+                ServiceRef {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                },
+            );
+        }
+    }
+    s
+}
+
+/// Starts the observer: event intake, table refresh, gRPC and metrics servers. Problems
+/// binding a listener are logged, never fatal: pods must get wired even when observability
+/// cannot be served.
+pub fn start(
+    settings: &ObserverSettings,
+    node_name: &str,
+    datapath: &Arc<dyn Datapath>,
+    manager: Arc<EndpointManager>,
+    services: Arc<ServiceManager>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let store = Arc::new(SwappableStore::default());
+    store.replace(snapshot(&manager, &services));
+    let observer = Arc::new(Observer::new(
+        ObserverConfig {
+            node_name: node_name.to_owned(),
+            capacity: settings.hubble_event_buffer_capacity,
+        },
+        Arc::clone(&store) as Arc<dyn ciliate_observer::Store>,
+    ));
+    let mut tasks = vec![tokio::spawn(
+        Arc::clone(&observer).run(datapath.subscribe_events()),
+    )];
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        loop {
+            tick.tick().await;
+            store.replace(snapshot(&manager, &services));
+        }
+    }));
+
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    match bind_unix(&settings.hubble_socket) {
+        Ok(listener) => {
+            let address = format!("unix://{}", settings.hubble_socket.display());
+            let service = Service::new(Arc::clone(&observer), version, &address);
+            info!(socket = %settings.hubble_socket.display(), "serving the Hubble observer API");
+            let stop = stopped(shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = serve_unix(service, listener, stop).await {
+                    warn!(error = %e, "the observer API on its unix socket stopped");
+                }
+            }));
+        }
+        Err(e) => warn!(error = %e, "flows are not served on a unix socket"),
+    }
+    if let Some(addr) = settings.hubble_listen_address {
+        let service = Service::new(Arc::clone(&observer), version, &addr.to_string());
+        let stop = stopped(shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(address = %addr, "serving the Hubble observer API over TCP");
+                    if let Err(e) = serve_tcp(service, l, stop).await {
+                        warn!(error = %e, "the observer API over TCP stopped");
+                    }
+                }
+                Err(e) => {
+                    warn!(address = %addr, error = %e, "cannot serve the observer API over TCP")
+                }
+            }
+        }));
+    }
+    if let Some(addr) = settings.hubble_metrics_address {
+        let stop = stopped(shutdown);
+        tasks.push(tokio::spawn(async move {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let o = Arc::clone(&observer);
+                    async move {
+                        (
+                            [("content-type", "text/plain; version=0.0.4")],
+                            o.metrics().render(),
+                        )
+                    }
+                }),
+            );
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(address = %addr, "serving flow metrics on /metrics");
+                    if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                        warn!(error = %e, "the metrics server stopped");
+                    }
+                }
+                Err(e) => warn!(address = %addr, error = %e, "cannot serve metrics"),
+            }
+        }));
+    }
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_and_socket_default() {
+        assert_eq!(
+            parse_listen_address(":4244"),
+            Ok("0.0.0.0:4244".parse().expect("addr"))
+        );
+        assert!(parse_listen_address("4244").is_err());
+        let s = ObserverSettings::from_args(
+            ObserverArgs {
+                hubble_socket: None,
+                hubble_listen_address: None,
+                hubble_event_buffer_capacity: 10,
+                hubble_metrics_address: None,
+            },
+            Path::new("/run/x/agent.sock"),
+        );
+        assert_eq!(s.hubble_socket, PathBuf::from("/run/x/hubble.sock"));
+    }
+}

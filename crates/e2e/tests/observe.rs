@@ -1,0 +1,166 @@
+//! Observability end to end: flows from the real datapath read through the Hubble-compatible
+//! observer with `ciliate observe`, and counted on the metrics endpoint.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use ciliate_testutil::privileged;
+use common::{bin, Node};
+use serde_json::Value;
+
+/// The flow of a GetFlows response line, if it is one.
+fn flow(v: &Value) -> Option<&Value> {
+    v.get("flow")
+}
+
+fn pod(f: &Value, side: &str) -> String {
+    f[side]["podName"]
+        .as_str()
+        .or_else(|| f[side]["pod_name"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn dport(f: &Value) -> Option<u64> {
+    let l4 = &f["l4"];
+    l4["TCP"]["destinationPort"]
+        .as_u64()
+        .or_else(|| l4["UDP"]["destinationPort"].as_u64())
+}
+
+fn verdict(f: &Value) -> &str {
+    f["verdict"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn flows_are_observed_by_pod_with_verdicts_and_counted_in_metrics() {
+    privileged!();
+    let node = Node::start_with(
+        "10.221.0.0/24",
+        &["--hubble-metrics-address", "127.0.0.1:9965"],
+    );
+    let client = node.add_pod("client", "app=client");
+    let server = node.add_pod("server", "app=server");
+    server.echo_server(8080);
+    // Enrichment reads the agent's tables on a short refresh; let it see the pods.
+    thread::sleep(Duration::from_millis(1200));
+
+    let mut follow = std::process::Command::new(bin("ciliate"))
+        .arg("observe")
+        .arg("--hubble-socket")
+        .arg(node.hubble_socket())
+        .args(["-f", "--to-pod", "default/server", "-o", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("observe -f");
+    thread::sleep(Duration::from_millis(500));
+
+    assert_eq!(
+        client.tcp_echo(server.ip, 8080, b"observed").expect("tcp"),
+        b"observed"
+    );
+    thread::sleep(Duration::from_millis(500));
+
+    // After the fact: the connection, named by pod, forwarded.
+    let flows = node.observe(&["--last", "500"]);
+    let seen = flows.iter().filter_map(flow).any(|f| {
+        pod(f, "source") == "client"
+            && pod(f, "destination") == "server"
+            && dport(f) == Some(8080)
+            && verdict(f) == "FORWARDED"
+    });
+    assert!(
+        seen,
+        "client -> server:8080 FORWARDED not among {} flows: {:?}",
+        flows.len(),
+        flows.iter().take(5).collect::<Vec<_>>()
+    );
+
+    // A Service without backends: a drop with Hubble's reason.
+    node.apply(
+        "empty.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\nspec:\n  clusterIP: 10.96.50.50\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    assert!(client
+        .tcp_echo("10.96.50.50".parse().expect("ip"), 80, b"x")
+        .is_err());
+    thread::sleep(Duration::from_millis(500));
+    let drops = node.observe(&["--last", "500", "--verdict", "DROPPED"]);
+    let reasons: Vec<String> = drops
+        .iter()
+        .filter_map(flow)
+        .map(|f| f["dropReasonDesc"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "SERVICE_BACKEND_NOT_FOUND"),
+        "drop reasons: {reasons:?}"
+    );
+    assert!(
+        drops
+            .iter()
+            .filter_map(flow)
+            .all(|f| verdict(f) == "DROPPED"),
+        "the verdict filter holds"
+    );
+
+    // Following: the flow that happened after `observe -f` started.
+    let _ = follow.kill();
+    let out = follow.wait_with_output().expect("follow output");
+    let followed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        followed
+            .iter()
+            .filter_map(flow)
+            .any(|f| pod(f, "destination") == "server" && dport(f) == Some(8080)),
+        "observe -f showed {followed:?}"
+    );
+    assert!(
+        followed
+            .iter()
+            .filter_map(flow)
+            .all(|f| pod(f, "destination") == "server"),
+        "--to-pod filter"
+    );
+
+    // Metrics, in the node's namespace.
+    let metrics = client_metrics(&node);
+    assert!(
+        metrics.contains("hubble_flows_processed_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hubble_drop_total") && l.contains("SERVICE_BACKEND_NOT_FOUND")),
+        "{metrics}"
+    );
+}
+
+/// GET /metrics from inside the node's namespace.
+fn client_metrics(node: &Node) -> String {
+    let path = node.netns.path();
+    thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&ns),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .expect("setns");
+        let mut s = TcpStream::connect("127.0.0.1:9965").expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    })
+    .join()
+    .expect("metrics thread")
+}

@@ -1,0 +1,267 @@
+//! One datapath event → one Hubble [`Flow`], enriched from the [`Store`].
+
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
+
+use crate::proto::flow::{
+    layer4, CiliumEventType, Endpoint, Flow, FlowType, IcmPv4, Ip, IpVersion, Layer4,
+    NetworkInterface, Service, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Udp,
+    Verdict,
+};
+use crate::store::{EndpointInfo, ServiceRef, Store};
+
+/// Cilium's monitor message type of a drop notification.
+pub const MESSAGE_TYPE_DROP: i32 = 1;
+/// Cilium's monitor message type of a trace notification.
+pub const MESSAGE_TYPE_TRACE: i32 = 4;
+/// Cilium's monitor message type of a policy verdict notification.
+pub const MESSAGE_TYPE_POLICY_VERDICT: i32 = 5;
+
+/// Cilium's trace observation point `TRACE_TO_LXC` (to-endpoint).
+const TRACE_TO_LXC: u8 = 0;
+/// Cilium's trace observation point `TRACE_FROM_LXC` (from-endpoint).
+const TRACE_FROM_LXC: u8 = 5;
+
+/// Hubble's enum value for one of Cilium's trace observation point codes: the same number,
+/// except `TRACE_TO_LXC` (0), which Hubble calls `TO_ENDPOINT` (101) to keep 0 for unknown.
+pub fn observation_point(code: u8) -> TraceObservationPoint {
+    if code == TRACE_TO_LXC {
+        return TraceObservationPoint::ToEndpoint;
+    }
+    TraceObservationPoint::try_from(i32::from(code)).unwrap_or(TraceObservationPoint::UnknownPoint)
+}
+
+/// Cilium's policy match type (`PolicyMatch*`) named in a policy verdict's reason text,
+/// e.g. "egress allowed (L3-L4)": none 0, L3-only 1, L3-L4 2, L4-only 3, all 4.
+fn policy_match_type(reason: &str) -> u32 {
+    if reason.contains("(L3-Only)") {
+        1
+    } else if reason.contains("(L3-L4)") {
+        2
+    } else if reason.contains("(L4-Only)") {
+        3
+    } else if reason.contains("(all)") {
+        4
+    } else {
+        0
+    }
+}
+
+fn timestamp(time: &str) -> Option<pbjson_types::Timestamp> {
+    let t = humantime::parse_rfc3339_weak(time).ok()?;
+    Some(system_time_to_timestamp(t))
+}
+
+/// A protobuf timestamp of a wall-clock time.
+pub fn system_time_to_timestamp(t: SystemTime) -> pbjson_types::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn tcp_flags(names: &[String]) -> TcpFlags {
+    let mut f = TcpFlags::default();
+    for n in names {
+        match n.as_str() {
+            "FIN" => f.fin = true,
+            "SYN" => f.syn = true,
+            "RST" => f.rst = true,
+            "PSH" => f.psh = true,
+            "ACK" => f.ack = true,
+            "URG" => f.urg = true,
+            "ECE" => f.ece = true,
+            "CWR" => f.cwr = true,
+            _ => {}
+        }
+    }
+    f
+}
+
+fn endpoint(
+    store: &dyn Store,
+    ip: Option<Ipv4Addr>,
+    identity: u32,
+) -> (Endpoint, Option<EndpointInfo>) {
+    let info = ip.and_then(|ip| store.endpoint_by_ip(ip));
+    let ep = match &info {
+        Some(i) => Endpoint {
+            id: i.id,
+            identity: if identity != 0 { identity } else { i.identity },
+            namespace: i.namespace.clone(),
+            labels: i.labels.clone(),
+            pod_name: i.pod_name.clone(),
+            workloads: Vec::new(),
+        },
+        None => Endpoint {
+            identity,
+            labels: store.identity_labels(identity).unwrap_or_default(),
+            ..Endpoint::default()
+        },
+    };
+    (ep, info)
+}
+
+fn service(s: ServiceRef) -> Service {
+    Service {
+        name: s.name,
+        namespace: s.namespace,
+    }
+}
+
+/// Whether the flow is a reply: `None` when unknown.
+pub fn is_reply(flow: &Flow) -> Option<bool> {
+    flow.is_reply.as_ref().map(|b| b.value)
+}
+
+/// Converts one event. `node_name` is this node's; the store supplies names.
+pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
+    let mut flow = Flow {
+        time: timestamp(&ev.time),
+        r#type: FlowType::L3L4 as i32,
+        node_name: node_name.to_owned(),
+        ..Flow::default()
+    };
+    if ev.ifindex != 0 {
+        flow.interface = Some(NetworkInterface {
+            index: ev.ifindex,
+            name: String::new(),
+        });
+    }
+    if let (Some(src), Some(dst)) = (ev.src, ev.dst) {
+        flow.ip = Some(Ip {
+            source: src.to_string(),
+            destination: dst.to_string(),
+            ip_version: IpVersion::IPv4 as i32,
+            encrypted: false,
+        });
+    }
+    let (dport, proto) = match &ev.l4 {
+        Some(L4::Tcp {
+            sport,
+            dport,
+            flags,
+        }) => {
+            flow.l4 = Some(Layer4 {
+                protocol: Some(layer4::Protocol::Tcp(Tcp {
+                    source_port: u32::from(*sport),
+                    destination_port: u32::from(*dport),
+                    flags: Some(tcp_flags(flags)),
+                })),
+            });
+            (Some(*dport), 6)
+        }
+        Some(L4::Udp { sport, dport }) => {
+            flow.l4 = Some(Layer4 {
+                protocol: Some(layer4::Protocol::Udp(Udp {
+                    source_port: u32::from(*sport),
+                    destination_port: u32::from(*dport),
+                })),
+            });
+            (Some(*dport), 17)
+        }
+        Some(L4::Icmp { r#type, code }) => {
+            flow.l4 = Some(Layer4 {
+                protocol: Some(layer4::Protocol::IcmPv4(IcmPv4 {
+                    r#type: u32::from(*r#type),
+                    code: u32::from(*code),
+                })),
+            });
+            (None, 1)
+        }
+        Some(L4::Other { proto }) => (None, *proto),
+        None => (None, 0),
+    };
+
+    let (src_ep, src_info) = endpoint(store, ev.src, ev.src_identity);
+    let (dst_ep, dst_info) = endpoint(store, ev.dst, ev.dst_identity);
+    flow.source = Some(src_ep);
+    flow.destination = Some(dst_ep);
+    if let (Some(dst), Some(port)) = (ev.dst, dport) {
+        flow.destination_service = store.service_by_frontend(dst, port, proto).map(service);
+    }
+
+    let is_reply = match ev.ct_state.as_str() {
+        "reply" => Some(true),
+        "new" | "established" => Some(false),
+        _ => None,
+    };
+    flow.is_reply = is_reply.map(|value| pbjson_types::BoolValue { value });
+    flow.reply = is_reply == Some(true);
+
+    // The reporting endpoint tells the direction when the observation point does not:
+    // a packet the endpoint sent is egress, one it receives is ingress.
+    let reporter = u32::from(ev.endpoint);
+    let by_endpoint = if reporter != 0 && src_info.as_ref().map(|i| i.id) == Some(reporter) {
+        TrafficDirection::Egress
+    } else if reporter != 0 && dst_info.as_ref().map(|i| i.id) == Some(reporter) {
+        TrafficDirection::Ingress
+    } else {
+        TrafficDirection::Unknown
+    };
+
+    match ev.kind {
+        EventKind::Trace => {
+            flow.verdict = Verdict::Forwarded as i32;
+            flow.trace_observation_point = observation_point(ev.code) as i32;
+            flow.event_type = Some(CiliumEventType {
+                r#type: MESSAGE_TYPE_TRACE,
+                sub_type: i32::from(ev.code),
+            });
+            let packet_direction = match ev.code {
+                TRACE_FROM_LXC => TrafficDirection::Egress,
+                TRACE_TO_LXC => TrafficDirection::Ingress,
+                _ => by_endpoint,
+            };
+            // As Hubble does: the direction of a connection, not of the packet, so a reply
+            // to a connection the pod opened is still egress.
+            flow.traffic_direction = match (packet_direction, is_reply) {
+                (TrafficDirection::Egress, Some(true)) => TrafficDirection::Ingress,
+                (TrafficDirection::Ingress, Some(true)) => TrafficDirection::Egress,
+                (d, _) => d,
+            } as i32;
+        }
+        EventKind::Drop => {
+            flow.verdict = Verdict::Dropped as i32;
+            flow.drop_reason = u32::from(ev.code);
+            flow.drop_reason_desc = i32::from(ev.code);
+            flow.event_type = Some(CiliumEventType {
+                r#type: MESSAGE_TYPE_DROP,
+                sub_type: i32::from(ev.code),
+            });
+            flow.traffic_direction = by_endpoint as i32;
+        }
+        EventKind::PolicyVerdict => {
+            let allowed = ev.code == 0;
+            flow.verdict = if allowed {
+                Verdict::Forwarded
+            } else {
+                Verdict::Dropped
+            } as i32;
+            if !allowed {
+                flow.drop_reason = u32::from(ev.code);
+                flow.drop_reason_desc = i32::from(ev.code);
+            }
+            flow.policy_match_type = policy_match_type(&ev.reason);
+            flow.event_type = Some(CiliumEventType {
+                r#type: MESSAGE_TYPE_POLICY_VERDICT,
+                sub_type: 0,
+            });
+            flow.traffic_direction = if ev.reason.starts_with("egress") {
+                TrafficDirection::Egress
+            } else if ev.reason.starts_with("ingress") {
+                TrafficDirection::Ingress
+            } else {
+                by_endpoint
+            } as i32;
+        }
+    }
+    flow
+}
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,34 @@
+//! Flows for Ciliate, the way Hubble shows them.
+//!
+//! The datapath's events ([`MonitorEvent`](ciliate_model::monitor::MonitorEvent)) are turned
+//! into Hubble [`Flow`](proto::flow::Flow)s ([`convert`]), enriched with pod names, labels and
+//! Services from a [`Store`] the agent implements ([`store`]), and kept in a ring of the last N
+//! ([`ring`]). [`filter`] implements Hubble's FlowFilter semantics, [`server`] serves Hubble's
+//! `observer.Observer` gRPC API (wire-compatible: Hubble's own clients read it), [`metrics`]
+//! counts flows under Hubble's metric names, and [`print`] renders flows the way
+//! `hubble observe` does, for `ciliate observe`.
+//!
+//! Everything but [`server`] is synchronous and pure enough to test without a runtime.
+
+#![forbid(unsafe_code)]
+
+pub mod convert;
+pub mod filter;
+pub mod metrics;
+pub mod print;
+pub mod proto;
+pub mod ring;
+pub mod server;
+pub mod store;
+
+pub use ring::{Observer, ObserverConfig};
+pub use store::{EndpointInfo, ServiceRef, Snapshot, Store};
+
+/// Where the agent serves the observer API by default, as Hubble's `unix:///var/run/cilium/hubble.sock`.
+pub const DEFAULT_SOCKET: &str = "/var/run/ciliate/hubble.sock";
+
+/// Default capacity of the flow ring (Hubble's default `--hubble-event-buffer-capacity`).
+pub const DEFAULT_RING_CAPACITY: usize = 4095;
+
+/// Default port of the metrics endpoint (Hubble's `--hubble-metrics-server :9965`).
+pub const DEFAULT_METRICS_PORT: u16 = 9965;

@@ -1,0 +1,269 @@
+//! The observer proper: events in, flows kept in a ring of the last N, followers fed live.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use ciliate_model::monitor::MonitorEvent;
+use tokio::sync::broadcast;
+
+use crate::convert::{system_time_to_timestamp, to_flow};
+use crate::metrics::Metrics;
+use crate::proto::flow::{Flow, LostEvent, LostEventSource};
+use crate::store::Store;
+
+/// How the observer is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObserverConfig {
+    /// This node's name, put on every flow.
+    pub node_name: String,
+    /// How many flows the ring keeps.
+    pub capacity: usize,
+}
+
+/// What the ring holds and followers receive: a flow, or a count of events lost.
+// Entries live behind an Arc, built once; boxing the flow would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// A flow.
+    Flow(Flow),
+    /// Events that were lost (the observer fell behind the datapath), at this time.
+    Lost(LostEvent, pbjson_types::Timestamp),
+}
+
+/// An entry with its sequence number (1, 2, ... in arrival order).
+#[derive(Clone, Debug)]
+pub struct Numbered {
+    /// Sequence number; a follower uses it to skip what it already sent from the ring.
+    pub seq: u64,
+    /// The entry.
+    pub entry: Arc<Entry>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    entries: VecDeque<Numbered>,
+    next_seq: u64,
+}
+
+/// The flow observer of one node.
+pub struct Observer {
+    config: ObserverConfig,
+    store: Arc<dyn Store>,
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Numbered>,
+    seen: AtomicU64,
+    lost: AtomicU64,
+    started: Instant,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("config", &self.config)
+            .field("seen", &self.seen)
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    /// An empty observer that names flows from `store`.
+    pub fn new(config: ObserverConfig, store: Arc<dyn Store>) -> Self {
+        let capacity = config.capacity.max(1);
+        let (live, _) = broadcast::channel(capacity.clamp(64, 65_536));
+        Self {
+            config: ObserverConfig { capacity, ..config },
+            store,
+            ring: Mutex::new(Ring {
+                entries: VecDeque::with_capacity(capacity.min(65_536)),
+                next_seq: 1,
+            }),
+            live,
+            seen: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            started: Instant::now(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ObserverConfig {
+        &self.config
+    }
+
+    /// The flow metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Turns one datapath event into a flow and keeps it.
+    pub fn observe(&self, ev: &MonitorEvent) {
+        let flow = to_flow(ev, self.store.as_ref(), &self.config.node_name);
+        self.push_flow(flow);
+    }
+
+    /// Keeps a flow that was built elsewhere (tests, other sources).
+    pub fn push_flow(&self, flow: Flow) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        self.metrics.record(&flow);
+        self.push(Entry::Flow(flow));
+    }
+
+    /// Records that `n` events were lost on their way to the observer: counted, kept in the
+    /// ring as a LostEvent, and sent to followers, as Hubble does.
+    pub fn lost(&self, n: u64, source: LostEventSource) {
+        if n == 0 {
+            return;
+        }
+        self.lost.fetch_add(n, Ordering::Relaxed);
+        self.metrics.record_lost(source, n);
+        self.push(Entry::Lost(
+            LostEvent {
+                source: source as i32,
+                num_events_lost: n,
+                cpu: None,
+            },
+            system_time_to_timestamp(SystemTime::now()),
+        ));
+    }
+
+    fn push(&self, entry: Entry) {
+        let mut ring = self.lock();
+        let numbered = Numbered {
+            seq: ring.next_seq,
+            entry: Arc::new(entry),
+        };
+        ring.next_seq += 1;
+        if ring.entries.len() >= self.config.capacity {
+            ring.entries.pop_front();
+        }
+        ring.entries.push_back(numbered.clone());
+        // Sent under the lock, so followers see entries in sequence order.
+        let _ = self.live.send(numbered);
+    }
+
+    /// Everything in the ring, oldest first, and a receiver of what comes after it.
+    pub fn snapshot_and_follow(&self) -> (Vec<Numbered>, broadcast::Receiver<Numbered>) {
+        let ring = self.lock();
+        let rx = self.live.subscribe();
+        (ring.entries.iter().cloned().collect(), rx)
+    }
+
+    /// Everything in the ring, oldest first.
+    pub fn snapshot(&self) -> Vec<Numbered> {
+        self.lock().entries.iter().cloned().collect()
+    }
+
+    /// Flows in the ring now.
+    pub fn num_flows(&self) -> u64 {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| matches!(*e.entry, Entry::Flow(_)))
+            .count() as u64
+    }
+
+    /// Flows seen since start.
+    pub fn seen_flows(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Events lost since start.
+    pub fn lost_events(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Time since start, in nanoseconds.
+    pub fn uptime_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Reads `events` until it closes, observing each; lag becomes a LostEvent.
+    pub async fn run(self: Arc<Self>, mut events: broadcast::Receiver<MonitorEvent>) {
+        loop {
+            match events.recv().await {
+                Ok(ev) => self.observe(&ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "observer fell behind the datapath's events");
+                    self.lost(n, LostEventSource::ObserverEventsQueue);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Snapshot;
+
+    fn observer(capacity: usize) -> Observer {
+        Observer::new(
+            ObserverConfig {
+                node_name: "n1".into(),
+                capacity,
+            },
+            Arc::new(Snapshot::default()),
+        )
+    }
+
+    #[test]
+    fn keeps_the_last_n_and_counts_everything_seen() {
+        let o = observer(3);
+        for i in 0..5 {
+            o.push_flow(Flow {
+                drop_reason: i,
+                ..Flow::default()
+            });
+        }
+        let kept: Vec<u32> = o
+            .snapshot()
+            .iter()
+            .map(|n| match &*n.entry {
+                Entry::Flow(f) => f.drop_reason,
+                Entry::Lost(..) => 99,
+            })
+            .collect();
+        assert_eq!(kept, vec![2, 3, 4]);
+        assert_eq!(o.num_flows(), 3);
+        assert_eq!(o.seen_flows(), 5);
+    }
+
+    #[test]
+    fn lost_events_are_counted_and_kept_in_the_ring() {
+        let o = observer(10);
+        o.lost(7, LostEventSource::ObserverEventsQueue);
+        o.lost(0, LostEventSource::ObserverEventsQueue);
+        assert_eq!(o.lost_events(), 7);
+        let snap = o.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert!(matches!(&*snap[0].entry, Entry::Lost(l, _) if l.num_events_lost == 7));
+        assert_eq!(o.num_flows(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flood_that_overruns_the_event_channel_yields_a_lost_count() {
+        let o = Arc::new(observer(100));
+        let (tx, rx) = broadcast::channel(8);
+        let ev = crate::convert::tests::trace_event();
+        // Fill the channel far past its capacity before the observer reads anything.
+        for _ in 0..50 {
+            tx.send(ev.clone()).expect("receiver alive");
+        }
+        drop(tx);
+        Arc::clone(&o).run(rx).await;
+        assert_eq!(o.lost_events(), 42);
+        assert_eq!(o.seen_flows(), 8);
+    }
+}

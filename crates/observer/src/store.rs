@@ -1,0 +1,103 @@
+//! What the observer asks the agent to turn numbers into names.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// An endpoint as a flow shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Node-local endpoint id.
+    pub id: u32,
+    /// Security identity.
+    pub identity: u32,
+    /// Pod namespace ("" when the runtime did not name the pod).
+    pub namespace: String,
+    /// Pod name.
+    pub pod_name: String,
+    /// Labels as `source:key=value`, e.g. `k8s:app=web`.
+    pub labels: Vec<String>,
+}
+
+/// A Service, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The agent's tables as the observer reads them. Lookups happen for every event, so an
+/// implementation should answer from memory without taking long locks.
+pub trait Store: Send + Sync + 'static {
+    /// The local endpoint holding `ip`.
+    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<EndpointInfo>;
+    /// The labels of a security identity (reserved ones included), as `source:key=value`.
+    fn identity_labels(&self, identity: u32) -> Option<Vec<String>>;
+    /// The Service whose frontend is `ip:port` for IP protocol `proto`.
+    fn service_by_frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef>;
+}
+
+/// A point-in-time copy of the tables: what the agent refreshes and tests build by hand.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Endpoints by address.
+    pub endpoints: HashMap<Ipv4Addr, EndpointInfo>,
+    /// Labels by identity.
+    pub identities: HashMap<u32, Vec<String>>,
+    /// Services by frontend (address, port, IP protocol).
+    pub frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
+}
+
+impl Store for Snapshot {
+    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<EndpointInfo> {
+        self.endpoints.get(&ip).cloned()
+    }
+
+    fn identity_labels(&self, identity: u32) -> Option<Vec<String>> {
+        self.identities.get(&identity).cloned()
+    }
+
+    fn service_by_frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
+        self.frontends.get(&(ip, port, proto)).cloned()
+    }
+}
+
+/// A [`Store`] whose snapshot is swapped as a whole: readers never wait for a writer longer
+/// than a pointer copy.
+#[derive(Debug, Default)]
+pub struct SwappableStore {
+    current: std::sync::RwLock<std::sync::Arc<Snapshot>>,
+}
+
+impl SwappableStore {
+    /// Puts a new snapshot in force.
+    pub fn replace(&self, snapshot: Snapshot) {
+        let snapshot = std::sync::Arc::new(snapshot);
+        match self.current.write() {
+            Ok(mut g) => *g = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+    }
+
+    fn get(&self) -> std::sync::Arc<Snapshot> {
+        match self.current.read() {
+            Ok(g) => std::sync::Arc::clone(&g),
+            Err(poisoned) => std::sync::Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+impl Store for SwappableStore {
+    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<EndpointInfo> {
+        self.get().endpoint_by_ip(ip)
+    }
+
+    fn identity_labels(&self, identity: u32) -> Option<Vec<String>> {
+        self.get().identity_labels(identity)
+    }
+
+    fn service_by_frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
+        self.get().service_by_frontend(ip, port, proto)
+    }
+}
