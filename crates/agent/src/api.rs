@@ -28,8 +28,11 @@ use tokio_stream::wrappers::BroadcastStream;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::endpoints::{EndpointError, EndpointManager, EndpointRef};
+use crate::endpoints::{spec_of, EndpointError, EndpointManager, EndpointRef};
 use crate::gc::CtGcHealth;
+use crate::manifests::{self, ApplyError};
+use crate::policy::trace::{parse_proto, TraceError, TraceQuery};
+use crate::policy::PolicyManager;
 use crate::services::{ServiceError, ServiceManager};
 
 /// Largest `POST /v1/manifests` body: 10,000 Services with their EndpointSlices are about
@@ -45,6 +48,8 @@ pub struct AppState {
     pub manager: Arc<EndpointManager>,
     /// The Services.
     pub services: Arc<ServiceManager>,
+    /// The network policies.
+    pub policies: Arc<PolicyManager>,
     /// Outcome of the last conntrack GC pass.
     pub ct_gc: Arc<CtGcHealth>,
     /// When the agent started.
@@ -113,6 +118,29 @@ impl From<ServiceError> for ApiFailure {
     }
 }
 
+impl From<ApplyError> for ApiFailure {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Services(e) => e.into(),
+            e @ ApplyError::Invalid(_) => {
+                Self::new(StatusCode::BAD_REQUEST, e.kind(), e.to_string())
+            }
+            e @ ApplyError::State(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.kind(), e.to_string())
+            }
+        }
+    }
+}
+
+impl From<TraceError> for ApiFailure {
+    fn from(e: TraceError) -> Self {
+        match e {
+            TraceError::Invalid(m) => Self::invalid(m),
+            TraceError::NotFound(m) => Self::not_found(m),
+        }
+    }
+}
+
 impl From<EndpointError> for ApiFailure {
     fn from(e: EndpointError) -> Self {
         let status = match &e {
@@ -174,6 +202,15 @@ pub fn router(state: AppState) -> Router {
             "/v1/manifests",
             post(apply_manifests).layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY)),
         )
+        .route("/v1/policies", get(list_policies))
+        .route(
+            "/v1/policies/validate",
+            post(validate_policies).layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY)),
+        )
+        .route("/v1/policies/{kind}/{name}", get(get_clusterwide_policy))
+        .route("/v1/policies/{kind}/{namespace}/{name}", get(get_policy))
+        .route("/v1/policy/trace", get(trace_policy))
+        .route("/v1/bpf/policy/{ref}", get(bpf_policy))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{namespace}/{name}", get(get_service))
         .route("/v1/bpf/lb", get(lb_state))
@@ -230,16 +267,19 @@ async fn healthz() -> Json<Health> {
 async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
     let manager = Arc::clone(&s.manager);
     let services = Arc::clone(&s.services);
-    let (m, datapath, svc) = blocking(move || {
+    let policies = Arc::clone(&s.policies);
+    let (m, datapath, svc, pol) = blocking(move || {
         (
             manager.status(),
             manager.datapath().status(),
             services.status(),
+            policies.status(),
         )
     })
     .await?;
     let mut problems = m.problems;
     problems.extend(svc.problems);
+    problems.extend(pol.problems);
     if !datapath.loaded {
         problems.insert(0, format!("the {} datapath is not loaded", datapath.kind));
     }
@@ -263,6 +303,7 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
         ipam: m.ipam,
         services: svc.services,
         backends: svc.backends,
+        policies: pol.policies,
     }))
 }
 
@@ -319,7 +360,12 @@ async fn gc_endpoints(
 }
 
 async fn list_identities(State(s): State<AppState>) -> Result<Response, ApiFailure> {
-    let ids = blocking(move || s.manager.identities()).await?;
+    let ids = blocking(move || {
+        let mut ids = s.manager.identities();
+        ids.extend(s.policies.cidr_identities());
+        ids
+    })
+    .await?;
     Ok(Json(ids).into_response())
 }
 
@@ -333,7 +379,13 @@ async fn get_identity(
             "identity {id:?} is not a number; identities are numeric, e.g. 256"
         ))
     })?;
-    match blocking(move || s.manager.identity(n)).await? {
+    let found = blocking(move || {
+        s.manager
+            .identity(n)
+            .or_else(|| s.policies.cidr_identities().into_iter().find(|i| i.id == n))
+    })
+    .await?;
+    match found {
         Some(i) => Ok(Json(i).into_response()),
         None => Err(ApiFailure::not_found(format!(
             "no identity {n} on this node; list them with GET /v1/identities"
@@ -358,8 +410,187 @@ async fn apply_manifests(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ApplyRequest>,
 ) -> Result<Response, ApiFailure> {
-    let result = blocking(move || s.services.apply(&req)).await??;
+    let result =
+        blocking(move || manifests::apply(&s.services, &s.policies, &s.manager, &req)).await??;
     Ok(Json(result).into_response())
+}
+
+async fn list_policies(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let views = blocking(move || s.policies.list(&s.manager.policy_snapshot())).await?;
+    Ok(Json(views).into_response())
+}
+
+async fn validate_policies(ApiJson(req): ApiJson<ApplyRequest>) -> Result<Response, ApiFailure> {
+    let v = blocking(move || manifests::validate(&req.documents)).await?;
+    Ok(Json(v).into_response())
+}
+
+/// The policy a path names; a namespaced kind needs a namespace, a clusterwide one has none.
+fn policy_ref(
+    kind: &str,
+    namespace: Option<String>,
+    name: String,
+) -> Result<ciliate_model::policy::PolicyRef, ApiFailure> {
+    let Some(kind) = ciliate_model::policy_api::parse_kind(kind) else {
+        return Err(ApiFailure::invalid(format!(
+            "{kind:?} is not a policy kind; use NetworkPolicy (netpol), CiliumNetworkPolicy (cnp)              or CiliumClusterwideNetworkPolicy (ccnp)"
+        )));
+    };
+    match (kind.is_namespaced(), namespace) {
+        (true, None) => Err(ApiFailure::invalid(format!(
+            "{kind} is namespaced: use /v1/policies/{kind}/<namespace>/{name}"
+        ))),
+        (false, Some(_)) => Err(ApiFailure::invalid(format!(
+            "{kind} has no namespace: use /v1/policies/{kind}/{name}"
+        ))),
+        (_, namespace) => Ok(ciliate_model::policy::PolicyRef {
+            kind,
+            namespace,
+            name,
+        }),
+    }
+}
+
+async fn answer_policy(
+    s: AppState,
+    r: ciliate_model::policy::PolicyRef,
+) -> Result<Response, ApiFailure> {
+    let found = {
+        let r = r.clone();
+        blocking(move || s.policies.get(&r)).await?
+    };
+    match found {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiFailure::not_found(format!(
+            "no {r} in force; list them with GET /v1/policies"
+        ))),
+    }
+}
+
+async fn get_policy(
+    State(s): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiFailure> {
+    let Path((kind, namespace, name)) = path.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    let r = policy_ref(&kind, Some(namespace), name)?;
+    answer_policy(s, r).await
+}
+
+async fn get_clusterwide_policy(
+    State(s): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiFailure> {
+    let Path((kind, name)) = path.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    let r = policy_ref(&kind, None, name)?;
+    answer_policy(s, r).await
+}
+
+/// Query of `GET /v1/policy/trace`.
+#[derive(Debug, Deserialize)]
+struct TraceParams {
+    src: Option<String>,
+    dst: Option<String>,
+    dport: Option<u16>,
+    proto: Option<String>,
+}
+
+async fn trace_policy(
+    State(s): State<AppState>,
+    query: Result<Query<TraceParams>, QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let Query(q) = query.map_err(|e| {
+        ApiFailure::invalid(format!(
+            "{}; use ?src=<pod|labels|ip>&dst=<pod|labels|ip>&dport=<0-65535>&proto=tcp|udp|sctp|icmp",
+            e.body_text()
+        ))
+    })?;
+    let (Some(src), Some(dst)) = (q.src, q.dst) else {
+        return Err(ApiFailure::invalid(
+            "src and dst are required: ?src=<pod|labels|ip>&dst=<pod|labels|ip>&dport=N&proto=tcp",
+        ));
+    };
+    let proto_text = q.proto.unwrap_or_else(|| "tcp".into());
+    let Some(proto) = parse_proto(&proto_text) else {
+        return Err(ApiFailure::invalid(format!(
+            "proto {proto_text:?}: use tcp, udp, sctp, icmp or a protocol number"
+        )));
+    };
+    let query = TraceQuery {
+        src,
+        dst,
+        proto,
+        dport: q.dport.unwrap_or(0),
+    };
+    let trace = blocking(move || {
+        let endpoints = s.manager.list();
+        let identities = s.manager.policy_snapshot().identities;
+        s.policies.trace(&endpoints, &identities, &query)
+    })
+    .await??;
+    Ok(Json(trace).into_response())
+}
+
+async fn bpf_policy(
+    State(s): State<AppState>,
+    reference: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiFailure> {
+    let Path(reference) = reference.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    let r = EndpointRef::parse(&reference);
+    let view = blocking(move || {
+        let Some(ep) = s.manager.get(&r) else {
+            return Err(ApiFailure::not_found(format!(
+                "no endpoint with {r} on this node; list them with GET /v1/endpoints"
+            )));
+        };
+        let spec = spec_of(&ep);
+        let dp = s.manager.datapath();
+        let policy = dp.endpoint_policy(&spec).map_err(|e| {
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "datapath",
+                format!("cannot read the policy map of endpoint {}: {e}", ep.id),
+            )
+        })?;
+        let counters = dp.policy_counters(&spec).unwrap_or_default();
+        let entries = policy
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let (packets, bytes) = counters
+                    .iter()
+                    .find(|c| c.entry == entry)
+                    .map_or((0, 0), |c| (c.packets, c.bytes));
+                let labels = match entry.identity {
+                    0 => Default::default(),
+                    id => s
+                        .manager
+                        .identity(id)
+                        .map(|i| i.labels)
+                        .or_else(|| s.policies.identity_labels(id))
+                        .unwrap_or_default(),
+                };
+                ciliate_model::policy_api::BpfPolicyEntry {
+                    rule_ref: (entry.rule != 0)
+                        .then(|| s.policies.rule(entry.rule))
+                        .flatten(),
+                    entry,
+                    labels,
+                    packets,
+                    bytes,
+                }
+            })
+            .collect();
+        Ok(ciliate_model::policy_api::BpfPolicyView {
+            endpoint: ep.id,
+            pod: ep.pod.clone(),
+            identity: ep.identity,
+            ingress_enforced: policy.ingress_enforced,
+            egress_enforced: policy.egress_enforced,
+            entries,
+        })
+    })
+    .await??;
+    Ok(Json(view).into_response())
 }
 
 async fn list_services(State(s): State<AppState>) -> Result<Response, ApiFailure> {
@@ -400,7 +631,7 @@ async fn lb_state(State(s): State<AppState>) -> Result<Response, ApiFailure> {
 /// Query of `GET /v1/monitor`.
 #[derive(Debug, Deserialize)]
 struct MonitorQuery {
-    /// `drop` or `trace`; all events when absent.
+    /// `drop`, `trace` or `policy-verdict`; all events when absent.
     r#type: Option<String>,
 }
 
@@ -413,9 +644,10 @@ async fn monitor(
         None | Some("") => None,
         Some("drop") => Some(EventKind::Drop),
         Some("trace") => Some(EventKind::Trace),
+        Some("policy-verdict") => Some(EventKind::PolicyVerdict),
         Some(other) => {
             return Err(ApiFailure::invalid(format!(
-                "unknown event type {other:?}; use ?type=drop or ?type=trace, or leave it out for all events"
+                "unknown event type {other:?}; use ?type=drop, ?type=trace or ?type=policy-verdict, or leave it out for all events"
             )))
         }
     };

@@ -147,21 +147,29 @@ pub struct Args {
     #[arg(long, env = "CILIATE_CT_GC_INTERVAL", value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub ct_gc_interval: u64,
 
-    /// Directory of Kubernetes manifests (Service, EndpointSlice, Endpoints; *.yaml, *.yml,
-    /// *.json) the agent keeps in force. It is re-read within 2 seconds of any file changing;
-    /// its objects replace the directory's previous set as one batch, and a directory with an
-    /// invalid file keeps the last good set (the errors are logged and shown in status).
+    /// Directory of Kubernetes manifests (Service, EndpointSlice, Endpoints, NetworkPolicy,
+    /// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy; *.yaml, *.yml, *.json) the agent
+    /// keeps in force. It is re-read within 2 seconds of any file changing; its objects replace
+    /// the directory's previous set as one batch (Services and policies each), and a directory
+    /// with an invalid file keeps the last good set (the errors are logged and shown in
+    /// status).
     #[arg(long, env = "CILIATE_MANIFEST_DIR", value_name = "DIR")]
     pub manifest_dir: Option<PathBuf>,
 
     /// An IPv4 address of this node that NodePort Services answer on; repeat the flag (or
-    /// separate with commas) for several. Without one, node ports are not programmed.
+    /// separate with commas) for several. Without one, node ports are not programmed. For
+    /// policy these are the `host` identity, as are the addresses found on the node's
+    /// interfaces.
     #[arg(long = "node-ip", env = "CILIATE_NODE_IPS", value_name = "ADDR", value_delimiter = ',', value_parser = parse_node_ip)]
     pub node_ips: Vec<Ipv4Addr>,
 
     /// How log lines are written: `text` for people, `json` for log collectors.
     #[arg(long, env = "CILIATE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Flow observability (the Hubble-compatible observer).
+    #[command(flatten)]
+    pub observer: crate::observer::ObserverArgs,
 }
 
 /// The configuration in force, resolved from flags, environment and defaults.
@@ -192,6 +200,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The log filter (RUST_LOG, default `info`).
     pub log_filter: String,
+    /// The flow observer's sockets, ring size and metrics address.
+    pub observer: crate::observer::ObserverSettings,
 }
 
 /// Why the configuration could not be resolved.
@@ -276,6 +286,7 @@ impl Config {
 
         Ok(Config {
             node_name,
+            observer: crate::observer::ObserverSettings::from_args(parsed.observer, &parsed.socket),
             pod_cidr: parsed.pod_cidr,
             state_dir: parsed.state_dir,
             bpffs_root: parsed.bpffs_root,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ciliate_datapath::{Datapath, DatapathError, EndpointSpec};
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::identity::{IdentityAllocator, IdentityError};
 use crate::ipam::{Ipam, IpamError};
+use crate::policy::{NodeEndpoints, PolicyManager};
 use crate::state::{PersistedState, StateError, StateStore, STATE_VERSION};
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -187,6 +188,9 @@ pub struct EndpointManager {
     datapath: Arc<dyn Datapath>,
     store: StateStore,
     tables: Mutex<Tables>,
+    /// Network policy, once attached: a new endpoint gets its policy before it is reported
+    /// created, and every change of endpoints is followed by a reconciliation.
+    policy: OnceLock<Arc<PolicyManager>>,
 }
 
 impl fmt::Debug for EndpointManager {
@@ -283,6 +287,7 @@ impl EndpointManager {
             datapath,
             store,
             tables: Mutex::new(tables),
+            policy: OnceLock::new(),
         };
         // Records the CIDR on a fresh node, and proves the directory is writable before any
         // request is accepted.
@@ -301,6 +306,51 @@ impl EndpointManager {
     /// The datapath the manager programs.
     pub fn datapath(&self) -> &Arc<dyn Datapath> {
         &self.datapath
+    }
+
+    /// Puts endpoints under network policy from now on: each new endpoint gets its policy
+    /// inside its creation, and each change of endpoints is followed by
+    /// [`EndpointManager::reconcile_policy`]. The caller reconciles once after attaching (at
+    /// start-up, before serving). A second call changes nothing.
+    pub fn attach_policy(&self, policy: Arc<PolicyManager>) {
+        let _ = self.policy.set(policy);
+    }
+
+    /// The network policy attached, if any.
+    pub fn policy(&self) -> Option<&Arc<PolicyManager>> {
+        self.policy.get()
+    }
+
+    /// What policy needs to know about the node: the endpoints the datapath holds (ready
+    /// ones) and the labels of every identity in use.
+    pub fn policy_snapshot(&self) -> NodeEndpoints {
+        let tables = self.lock();
+        NodeEndpoints {
+            endpoints: tables
+                .endpoints
+                .values()
+                .filter(|e| e.state == EndpointState::Ready)
+                .map(spec_of)
+                .collect(),
+            identities: tables.identity_labels(),
+        }
+    }
+
+    /// Writes every endpoint's policy and the ipcache (see [`PolicyManager::reconcile`]); a
+    /// no-op without policy attached. A failure is logged, reported in the status and retried
+    /// by the agent's policy loop.
+    pub fn reconcile_policy(&self) -> Result<(), String> {
+        match self.policy.get() {
+            Some(p) => p.reconcile(|| self.policy_snapshot()).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Reconciles after a change of endpoints; failures are retried by the policy loop.
+    fn after_change(&self) {
+        if let Err(e) = self.reconcile_policy() {
+            warn!(error = %e, "endpoints changed but the policies could not be updated; retrying");
+        }
     }
 
     /// Registers an endpoint: allocates its id, address and identity, programs the datapath
@@ -384,6 +434,21 @@ impl EndpointManager {
         }
         ep.state = EndpointState::Ready;
         next.endpoints.insert(id, ep.clone());
+        // Its policy before anything else: the endpoint must never be reachable, or reach,
+        // more than policy allows, not even before the CNI ADD is answered.
+        if let Some(policy) = self.policy.get() {
+            if let Err(source) = policy.program_endpoint(&spec, &next.identity_labels()) {
+                self.undo_upsert(&spec);
+                warn!(container = %req.container_id, host_ifname = %req.host_ifname, error = %source, "cannot program the policy of a new endpoint; undone");
+                return Err(EndpointError::Datapath {
+                    what: format!(
+                        "cannot program the network policy of container {} on host interface {} (ifindex {})",
+                        req.container_id, req.host_ifname, req.host_ifindex
+                    ),
+                    source,
+                });
+            }
+        }
         if let Err(e) = self.store.save(&self.persisted(&next)) {
             self.undo_upsert(&spec);
             warn!(container = %req.container_id, error = %e, "cannot persist new endpoint; undone");
@@ -391,6 +456,8 @@ impl EndpointManager {
         }
         *tables = next;
         drop(tables);
+        // Other endpoints' policies may name the new identity.
+        self.after_change();
         info!(
             endpoint = id,
             container = %ep.container_id,
@@ -439,6 +506,7 @@ impl EndpointManager {
         }
         *tables = next;
         drop(tables);
+        self.after_change();
         info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint deleted");
         Ok(EndpointDeleted {
             endpoint: Some(ep),
@@ -498,6 +566,7 @@ impl EndpointManager {
         }
         *tables = next;
         drop(tables);
+        self.after_change();
         for ep in &removed {
             info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint garbage-collected");
         }
@@ -677,6 +746,14 @@ impl Tables {
             ipam,
             identities,
         })
+    }
+
+    /// The labels of every identity in use, for policy.
+    fn identity_labels(&self) -> ciliate_policy::IdentityLabels {
+        self.endpoints
+            .values()
+            .map(|e| (e.identity, e.labels.clone()))
+            .collect()
     }
 
     /// The lowest endpoint id not in use.

@@ -6,7 +6,10 @@
 //! all of it ([`state`]) and serves the JSON API documented in [`ciliate_model::api`] on a unix
 //! socket ([`api`], [`server`]). Conntrack garbage collection runs in the background ([`gc`]).
 //! Services (Kubernetes Service and EndpointSlice objects from the API and a manifest
-//! directory) are kept and turned into the datapath's load-balancing state by [`services`].
+//! directory) are kept and turned into the datapath's load-balancing state by [`services`];
+//! network policies (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, from
+//! the same sources, dispatched by [`manifests`]) are put in force on every endpoint by
+//! [`policy`].
 //!
 //! The binary (`main.rs`) only parses the configuration ([`config`]), sets up logging
 //! ([`logging`]) and signal handling, and calls [`server::run`].
@@ -20,6 +23,9 @@ pub mod gc;
 pub mod identity;
 pub mod ipam;
 pub mod logging;
+pub mod manifests;
+pub mod observer;
+pub mod policy;
 pub mod server;
 pub mod services;
 pub mod state;

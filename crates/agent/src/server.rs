@@ -22,6 +22,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, DatapathKind};
 use crate::endpoints::{EndpointManager, ManagerSettings, OpenError};
 use crate::gc::{self, CtGcHealth};
+use crate::policy::{PolicyManager, PolicyOpenError, PolicySettings};
 use crate::services::{self, ServiceManager, ServiceOpenError, ServiceSettings};
 use crate::state::{StateError, StateStore};
 
@@ -206,6 +207,9 @@ pub enum AgentError {
     /// The Service store could not start.
     #[error(transparent)]
     Services(#[from] ServiceOpenError),
+    /// The policy store could not start.
+    #[error(transparent)]
+    Policies(#[from] PolicyOpenError),
     /// Serving failed.
     #[error("serving the API on {path}: {source}")]
     Serve {
@@ -291,11 +295,41 @@ async fn run_inner(
         manifest_dir: config.manifest_dir.clone(),
     };
     let dp = Arc::clone(&datapath);
-    let services =
-        tokio::task::spawn_blocking(move || ServiceManager::open(service_settings, &state_dir, dp))
+    let services_dir = state_dir.clone();
+    let services = tokio::task::spawn_blocking(move || {
+        ServiceManager::open(service_settings, &services_dir, dp)
+    })
+    .await
+    .map_err(|e| AgentError::Panicked(e.to_string()))??;
+    let services = Arc::new(services);
+
+    // Policy is in force before the API answers anything: the policies as persisted (and as
+    // the manifest directory has them), against the endpoints as restored.
+    let policy_settings = PolicySettings {
+        manifest_dir: config.manifest_dir.clone(),
+        node_ips: config.node_ips.clone(),
+    };
+    let dp = Arc::clone(&datapath);
+    let policies =
+        tokio::task::spawn_blocking(move || PolicyManager::open(policy_settings, &state_dir, dp))
             .await
             .map_err(|e| AgentError::Panicked(e.to_string()))??;
-    let services = Arc::new(services);
+    let policies = Arc::new(policies);
+    refresh_node_addresses(&policies).await;
+    manager.attach_policy(Arc::clone(&policies));
+    let m = Arc::clone(&manager);
+    let reconciled = tokio::task::spawn_blocking(move || m.reconcile_policy())
+        .await
+        .map_err(|e| AgentError::Panicked(e.to_string()))?;
+    if let Err(e) = reconciled {
+        warn!(error = %e, "cannot put the policies in force at start-up; retrying");
+    }
+    let policy_task = tokio::spawn(run_policy_loop(
+        Arc::clone(&manager),
+        Arc::clone(&policies),
+        services::POLL_INTERVAL,
+        shutdown.clone(),
+    ));
     let services_task = tokio::spawn(services::run_services_loop(
         Arc::clone(&services),
         services::POLL_INTERVAL,
@@ -309,11 +343,20 @@ async fn run_inner(
         Arc::clone(&ct_gc),
         shutdown.clone(),
     ));
+    let observer_tasks = crate::observer::start(
+        &config.observer,
+        &config.node_name,
+        &datapath,
+        Arc::clone(&manager),
+        Arc::clone(&services),
+        shutdown.clone(),
+    );
     let socket = config.socket.clone();
     let app = api::router(AppState {
         config: Arc::new(config),
         manager,
         services,
+        policies,
         ct_gc,
         started,
         shutdown: shutdown.clone(),
@@ -321,7 +364,11 @@ async fn run_inner(
     info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
     let served = serve(listener, app, shutdown).await;
     gc_task.abort();
+    observer_tasks
+        .iter()
+        .for_each(tokio::task::JoinHandle::abort);
     services_task.abort();
+    policy_task.abort();
     // Nothing is detached: pods keep forwarding while the agent is down, and the next agent
     // picks the pinned datapath up again.
     drop(guard);
@@ -330,6 +377,50 @@ async fn run_inner(
         path: socket,
         source,
     })
+}
+
+/// Reads the node's addresses from its interfaces into the policy store (they are `host` in
+/// the ipcache). A failure keeps the addresses known so far.
+pub async fn refresh_node_addresses(policies: &PolicyManager) {
+    let found = async {
+        let nl = ciliate_datapath::netlink::Netlink::connect()?;
+        nl.ipv4_addresses().await
+    };
+    match found.await {
+        Ok(addrs) => {
+            policies.set_discovered_addresses(addrs);
+        }
+        Err(e) => warn!(error = %e, "cannot read the node's addresses; keeping those known"),
+    }
+}
+
+/// Polls every `interval` until `shutdown`: re-reads the node's addresses and the manifest
+/// directory's policies, and reconciles when anything changed or the last attempt failed.
+pub async fn run_policy_loop(
+    manager: Arc<EndpointManager>,
+    policies: Arc<PolicyManager>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        refresh_node_addresses(&policies).await;
+        let (m, p) = (Arc::clone(&manager), Arc::clone(&policies));
+        let tick = tokio::task::spawn_blocking(move || {
+            p.reload_dir();
+            if p.needs_reconcile() {
+                let _ = m.reconcile_policy();
+            }
+        });
+        if let Err(e) = tick.await {
+            warn!(error = %e, "the policy poll panicked; retrying next interval");
+        }
+    }
 }
 
 #[cfg(test)]

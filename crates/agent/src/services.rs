@@ -7,7 +7,8 @@
 //!   invalid document applies nothing and answers every problem; applied objects are
 //!   persisted in `services.json` (see [`store`]) before the answer, so a restart keeps them;
 //! * `--manifest-dir` (see [`manifest_dir`]): polled every [`POLL_INTERVAL`]; when a file
-//!   changes, the directory's objects replace its previous set, unless a file is invalid, in
+//!   changes, the directory's objects (its policies aside, which are
+//!   [`crate::policy`]'s) replace its previous set, unless a file is invalid, in
 //!   which case the last good set stays in force and the problems are logged and reported in
 //!   the status. An object the directory defines cannot be changed through the API.
 //!
@@ -432,6 +433,7 @@ impl ServiceManager {
             ApplyResult {
                 results,
                 warnings: Vec::new(),
+                policies: Vec::new(),
             },
             changed,
         ))
@@ -489,6 +491,7 @@ impl ServiceManager {
             ApplyResult {
                 results,
                 warnings: Vec::new(),
+                policies: Vec::new(),
             },
             changed,
         ))
@@ -550,6 +553,11 @@ impl ServiceManager {
             return false;
         }
         let outcome = manifest_dir::read_documents(&dir).and_then(|docs| {
+            // Policies in the directory are the policy store's.
+            let docs: Vec<ApplyDocument> = docs
+                .into_iter()
+                .filter(|d| !crate::policy::is_policy_document(&d.object))
+                .collect();
             let decoded = decode_all(&docs)
                 .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
             let next = stored(decoded);

@@ -11,6 +11,7 @@ use ciliate_agent::api::{router, AppState};
 use ciliate_agent::config::{Config, StaticEnvironment};
 use ciliate_agent::endpoints::{EndpointManager, ManagerSettings};
 use ciliate_agent::gc::CtGcHealth;
+use ciliate_agent::policy::{PolicyManager, PolicySettings};
 use ciliate_agent::services::{ServiceManager, ServiceSettings};
 use ciliate_agent::state::StateStore;
 use ciliate_datapath::{Datapath, FakeDatapath};
@@ -71,11 +72,23 @@ fn harness_with(cidr: &str) -> Harness {
         dp.clone(),
     )
     .expect("services");
+    let policies = Arc::new(
+        PolicyManager::open(
+            PolicySettings::default(),
+            &config.node_state_dir(),
+            dp.clone(),
+        )
+        .expect("policies"),
+    );
+    let manager = Arc::new(manager);
+    manager.attach_policy(Arc::clone(&policies));
+    manager.reconcile_policy().expect("reconciles");
     let (tx, rx) = watch::channel(false);
     let app = router(AppState {
         config: Arc::new(config),
-        manager: Arc::new(manager),
+        manager,
         services: Arc::new(services),
+        policies,
         ct_gc: Arc::new(CtGcHealth::default()),
         started: Instant::now(),
         shutdown: rx,
@@ -740,5 +753,216 @@ async fn large_batches_fit_the_body_limit() {
     assert_eq!(
         h.get("/v1/services").await.1.as_array().map(Vec::len),
         Some(8000)
+    );
+}
+
+const SERVER_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-ingress}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  egress:
+  - toCIDR: [10.0.0.0/8]
+"#;
+
+#[tokio::test]
+async fn policies_are_imported_listed_got_and_deleted() {
+    let h = harness();
+    let (s, created) = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["policies"],
+        json!([{"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "web-ingress",
+            "action": "created", "source": "p.yaml", "index": 1}])
+    );
+    let (s, list) = h.get("/v1/policies").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        list,
+        json!([{"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "web-ingress",
+            "source": "api", "endpoints": 1, "warnings": []}])
+    );
+    for uri in [
+        "/v1/policies/CiliumNetworkPolicy/default/web-ingress",
+        "/v1/policies/cnp/default/web-ingress",
+    ] {
+        let (s, p) = h.get(uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {p}");
+        assert_eq!(p["kind"], "CiliumNetworkPolicy");
+        assert_eq!(p["spec"]["endpointSelector"]["matchLabels"]["app"], "web");
+    }
+    assert_error(
+        &h.get("/v1/policies/cnp/default/nope").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+    assert_error(
+        &h.get("/v1/policies/cnp/web-ingress").await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    assert_error(
+        &h.get("/v1/policies/service/default/x").await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    let (_, st) = h.get("/v1/status").await;
+    assert_eq!(st["policies"], 1);
+
+    // The CIDR identity is an identity like the others.
+    let (_, ids) = h.get("/v1/identities").await;
+    let cidr: Vec<&Value> = ids
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|i| i["id"].as_u64() >= Some(1 << 24))
+        .collect();
+    assert_eq!(cidr.len(), 1, "{ids}");
+    assert_eq!(
+        cidr[0]["labels"],
+        json!(["cidr:10.0.0.0/8", "reserved:world"])
+    );
+    let (s, one) = h.get(&format!("/v1/identities/{}", 1u32 << 24)).await;
+    assert_eq!((s, &one["labels"]), (StatusCode::OK, &cidr[0]["labels"]));
+
+    // The endpoint's policy map, with labels and the rule behind each entry.
+    let (s, bpf) = h.get("/v1/bpf/policy/c1").await;
+    assert_eq!(s, StatusCode::OK, "{bpf}");
+    assert_eq!(bpf["ingressEnforced"], true);
+    assert_eq!(bpf["egressEnforced"], true);
+    let entries = bpf["entries"].as_array().expect("entries");
+    let cidr_entry = entries
+        .iter()
+        .find(|e| e["identity"] == 1u32 << 24)
+        .expect("egress CIDR entry");
+    assert_eq!(cidr_entry["egress"], true);
+    assert_eq!(
+        cidr_entry["labels"],
+        json!(["cidr:10.0.0.0/8", "reserved:world"])
+    );
+    assert_eq!(cidr_entry["ruleRef"]["section"], "egress");
+    let host = entries
+        .iter()
+        .find(|e| e["identity"] == 1)
+        .expect("allow-localhost entry");
+    assert_eq!(host["labels"], json!(["reserved:host"]));
+    assert_error(
+        &h.get("/v1/bpf/policy/nope").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["policies"][0]["action"], "deleted");
+    assert_eq!(h.get("/v1/policies").await.1, json!([]));
+    let (_, bpf) = h.get("/v1/bpf/policy/c1").await;
+    assert_eq!(
+        (&bpf["ingressEnforced"], &bpf["entries"]),
+        (&json!(false), &json!([]))
+    );
+}
+
+#[tokio::test]
+async fn validate_answers_every_problem_and_applies_nothing() {
+    let h = harness();
+    let bad = SERVER_POLICY
+        .replace("\"8080\"", "\"80800\"")
+        .replace("app: web", "app: [web]");
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/policies/validate",
+            Some(apply_body("p.yaml", &format!("{bad}---\n{WEB}"), false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["valid"], false);
+    let errors = v["errors"].as_array().expect("errors");
+    assert!(!errors.is_empty(), "{v}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["source"] == "p.yaml" && e["index"] == 1),
+        "{v}"
+    );
+    assert_eq!(v["otherObjects"], 2, "the Service and its slice check out");
+    let (_, v) = h
+        .call(
+            Method::POST,
+            "/v1/policies/validate",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["policies"][0]["name"], "web-ingress");
+    assert_eq!(h.get("/v1/policies").await.1, json!([]), "nothing applied");
+}
+
+#[tokio::test]
+async fn trace_answers_the_verdict_and_the_deciding_rule() {
+    let h = harness();
+    h.call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    h.call(
+        Method::POST,
+        "/v1/manifests",
+        Some(apply_body("p.yaml", SERVER_POLICY, false)),
+    )
+    .await;
+    let (s, t) = h
+        .get("/v1/policy/trace?src=k8s:app%3Dclient,k8s:io.kubernetes.pod.namespace%3Ddefault&dst=default/web-c1&dport=8080&proto=tcp")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["allowed"], true, "{t}");
+    assert_eq!(t["src"]["kind"], "hypothetical");
+    assert_eq!(t["deciding"], "ingress");
+    assert_eq!(t["ingress"]["reason"], "allowed-by");
+    assert_eq!(t["ingress"]["rules"][0]["section"], "ingress");
+    assert_eq!(t["ingress"]["rules"][0]["policy"]["name"], "web-ingress");
+
+    let (_, t) = h
+        .get("/v1/policy/trace?src=default/web-c1&dst=192.0.2.9&dport=443")
+        .await;
+    assert_eq!(t["allowed"], false, "{t}");
+    assert_eq!(t["dropReason"], 133);
+    assert_eq!(t["deciding"], "egress");
+    assert_eq!(t["dst"]["identity"], 2, "world");
+
+    assert_error(
+        &h.get("/v1/policy/trace?src=default/web-c1").await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    assert_error(
+        &h.get("/v1/policy/trace?src=a/b&dst=default/web-c1&dport=80&proto=xyz")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    assert_error(
+        &h.get("/v1/policy/trace?src=a/b&dst=default/web-c1&dport=80")
+            .await,
+        StatusCode::NOT_FOUND,
+        "not-found",
     );
 }

@@ -18,7 +18,8 @@ use crate::output::Format;
         Listings print a table by default; -o json and -o yaml print the agent's API objects \
         unchanged, for scripts.\n\n\
         Exit codes: 0 success, 1 failure (agent unreachable or unhealthy, object not found, \
-        any other error), 2 usage error.",
+        invalid manifests, any other error), 2 usage error. `policy trace` exits 0 allowed, 1 \
+        denied, 2 when it cannot trace.",
     after_help = "Examples:\n  \
         ciliate status\n  \
         ciliate endpoint list\n  \
@@ -34,6 +35,9 @@ use crate::output::Format;
         ciliate apply -f examples/services/   # Services and EndpointSlices, kubectl-style\n  \
         ciliate service list                  # Services, their frontends and backends\n  \
         ciliate bpf lb list                   # the load-balancing maps, raw\n  \
+        ciliate policy import -f examples/policies/cnp-client-ingress.yaml\n  \
+        ciliate policy trace --src default/client --dst default/server --dport 8080/tcp\n  \
+        ciliate bpf policy get default/server # an endpoint's policy map, raw\n  \
         ciliate monitor --type drop           # follow drops until Ctrl-C\n  \
         ciliate --socket /tmp/agent.sock status"
 )]
@@ -48,9 +52,10 @@ pub struct Cli {
     )]
     pub socket: PathBuf,
 
-    /// Output format: a table for people, or the API object as json or yaml.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
-    pub output: Format,
+    /// Output format: a table for people, or the API object as json or yaml [default: table;
+    /// compact for observe].
+    #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<Format>,
 
     /// What to do.
     #[command(subcommand)]
@@ -108,9 +113,11 @@ pub enum Command {
     )]
     Bpf(BpfCommand),
 
-    /// Apply Kubernetes Services, EndpointSlices and Endpoints from manifests
+    /// Apply Kubernetes Services, EndpointSlices, Endpoints and network policies from manifests
     #[command(
-        long_about = "Apply Kubernetes Service, EndpointSlice and Endpoints objects, kubectl-style.\n\n\
+        long_about = "Apply Kubernetes Service, EndpointSlice and Endpoints objects, and \
+            NetworkPolicy, CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy objects, \
+            kubectl-style (`ciliate policy import` takes policies only).\n\n\
             -f takes a file, a directory (its *.yaml, *.yml and *.json files, in name order) or - \
             for standard input, and may be repeated; files hold one or more YAML documents \
             separated by ---, or JSON. All documents form one batch: the agent checks every \
@@ -153,6 +160,25 @@ pub enum Command {
     )]
     Service(ServiceCommand),
 
+    /// Import, inspect, validate and trace network policies
+    #[command(
+        subcommand,
+        long_about = "Network policies: Kubernetes NetworkPolicy, CiliumNetworkPolicy and \
+            CiliumClusterwideNetworkPolicy, enforced per endpoint by the datapath.\n\n\
+            Policies follow identities (label sets), not addresses. An endpoint selected by a \
+            policy in a direction is default-deny there; deny rules win over allow rules. \
+            Dropped packets show in `ciliate monitor` with reason 133 (no rule allows it) or \
+            181 (a deny rule matched).",
+        after_help = "Examples:\n  \
+            ciliate policy import -f examples/policies/\n  \
+            ciliate policy get\n  \
+            ciliate policy get cnp/default/client-ingress -o yaml\n  \
+            ciliate policy validate -f new-policy.yaml\n  \
+            ciliate policy trace --src default/client --dst default/server --dport 8080\n  \
+            ciliate policy delete cnp/default/client-ingress"
+    )]
+    Policy(PolicyCommand),
+
     /// Follow datapath events (drops, traces) until Ctrl-C
     #[command(
         long_about = "Follow datapath events (drops, traces) as they happen, one per line, \
@@ -166,6 +192,24 @@ pub enum Command {
             ciliate monitor -o json | jq 'select(.endpoint == 1234)'"
     )]
     Monitor(MonitorArgs),
+
+    /// Show flows (Hubble-compatible): the last ones, or follow them
+    #[command(
+        long_about = "Show flows: datapath events decoded and named (pods, namespaces, labels, \
+            Services), from the agent's Hubble-compatible observer API (--hubble-socket).\n\n\
+            Without --last, --since or --follow the last 20 flows are shown. Filters of one \
+            flag are alternatives; different flags must all match. --pod, --ip, --label and \
+            --namespace match either end of a flow. --not negates the filter flag that follows \
+            it. -o compact (default) prints Hubble's one-line format, json/jsonpb one \
+            GetFlowsResponse per line, table aligned columns.",
+        after_help = "Examples:\n  \
+            ciliate observe --last 50\n  \
+            ciliate observe -f --verdict DROPPED\n  \
+            ciliate observe --from-pod default/client --to-port 80 --protocol tcp\n  \
+            ciliate observe --namespace prod --not --verdict FORWARDED\n  \
+            ciliate observe --since 5m -o json | jq .flow.source.pod_name"
+    )]
+    Observe(Box<crate::commands::observe::ObserveArgs>),
 
     /// Print the client's version, and the agent's when it is reachable
     #[command(
@@ -260,6 +304,199 @@ pub enum BpfCommand {
             ciliate bpf lb list"
     )]
     Lb(LbCommand),
+
+    /// The policy map of an endpoint
+    #[command(
+        subcommand,
+        long_about = "The policy map of an endpoint, read back from the datapath: one entry per \
+            (peer identity, direction, protocol, port range), allow or deny, with the rule it \
+            came from and the packets it admitted.",
+        after_help = "Examples:\n  \
+            ciliate bpf policy get default/server\n  \
+            ciliate bpf policy get 3 -o json"
+    )]
+    Policy(BpfPolicyCommand),
+}
+
+/// `ciliate bpf policy ...`
+#[derive(Debug, Subcommand)]
+pub enum BpfPolicyCommand {
+    /// Show an endpoint's policy map
+    #[command(
+        long_about = "Show an endpoint's policy map as the datapath holds it: whether each \
+            direction is enforced (default deny), then one row per entry: IDENTITY (the peer, \
+            with its labels; `any` for every peer), DIRECTION, PROTO, PORT(S) (ICMP: the type), \
+            VERDICT (allow or deny), MATCH (l3-only, l3-l4, l4-only, all), RULE (the policy and \
+            the rule's field path) and PACKETS (admitted by this entry since the policy was last \
+            written).\n\n\
+            ENDPOINT is the endpoint id, the container id, or namespace/pod.",
+        after_help = "Examples:\n  \
+            ciliate bpf policy get default/server\n  \
+            ciliate bpf policy get 3 -o yaml"
+    )]
+    Get {
+        /// Endpoint id, container id, or namespace/pod.
+        #[arg(value_name = "ENDPOINT")]
+        endpoint: String,
+    },
+}
+
+/// `ciliate policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Apply policies from manifests
+    #[command(
+        long_about = "Apply NetworkPolicy, CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy \
+            objects from manifests, kubectl-style.\n\n\
+            -f takes a file, a directory (its *.yaml, *.yml and *.json files, in name order) or - \
+            for standard input, and may be repeated. Documents of any other kind are refused \
+            before anything is sent (use `ciliate apply` for Services). All documents form one \
+            batch: if any is invalid nothing is applied and every problem is listed with its \
+            file, document, field and reason (exit code 1). When the command returns, the \
+            policies are in force on every endpoint.\n\n\
+            Fields parsed but not enforced yet (L7 rules, toFQDNs, toServices, authentication) \
+            are reported as warnings on standard error; the rest of the policy is enforced, \
+            never more permissively than written.",
+        after_help = "Examples:\n  \
+            ciliate policy import -f client-ingress.yaml\n  \
+            ciliate policy import -f examples/policies/\n  \
+            kubectl get cnp,netpol -A -o yaml | ciliate policy import -f -"
+    )]
+    Import(PolicyFilesArgs),
+
+    /// Delete policies, by name or as named in manifests
+    #[command(
+        long_about = "Delete policies: named as KIND/NAMESPACE/NAME (KIND/NAME for a clusterwide \
+            policy, or a namespaced one in `default`), or as the manifests given with -f name \
+            them (kind, namespace and name; the rest of each document is not checked). KIND is \
+            NetworkPolicy (netpol), CiliumNetworkPolicy (cnp) or CiliumClusterwideNetworkPolicy \
+            (ccnp).\n\n\
+            A policy that does not exist is an error (exit code 1) unless --ignore-not-found is \
+            given.",
+        after_help = "Examples:\n  \
+            ciliate policy delete cnp/default/client-ingress\n  \
+            ciliate policy delete ccnp/deny-world netpol/prod/default-deny\n  \
+            ciliate policy delete -f client-ingress.yaml --ignore-not-found"
+    )]
+    Delete(PolicyDeleteArgs),
+
+    /// List the policies in force, or show one
+    #[command(
+        visible_alias = "list",
+        long_about = "Without POLICY: list the policies in force: KIND, NAMESPACE, NAME, \
+            ENDPOINTS (endpoints of this node it selects), SOURCE (api, or the manifest \
+            directory's file) and WARNINGS (fields not enforced as written).\n\n\
+            With POLICY (KIND/NAMESPACE/NAME, or KIND/NAME for a clusterwide policy): that \
+            policy's summary and manifest; -o json|yaml prints the manifest alone.",
+        after_help = "Examples:\n  \
+            ciliate policy get\n  \
+            ciliate policy get cnp/default/client-ingress\n  \
+            ciliate policy get ccnp/deny-world -o yaml"
+    )]
+    Get {
+        /// KIND/NAMESPACE/NAME, or KIND/NAME for a clusterwide policy.
+        #[arg(value_name = "POLICY")]
+        policy: Option<String>,
+    },
+
+    /// Check policy manifests without applying them
+    #[command(
+        long_about = "Check policy manifests as the agent would, without applying anything.\n\n\
+            Exit code 0 and `valid` when every document would apply (fields that would not be \
+            enforced as written are listed as warnings on standard error); exit code 1 with \
+            every problem, each with its file, document, field and reason, otherwise.",
+        after_help = "Examples:\n  \
+            ciliate policy validate -f client-ingress.yaml\n  \
+            ciliate policy validate -f examples/policies/ -o json"
+    )]
+    Validate(PolicyFilesArgs),
+
+    /// Would a flow be allowed, and which rule decides?
+    #[command(
+        long_about = "Would a flow from --src to --dst on --dport be allowed, and which rule \
+            decides? The answer is the policy engine's, from the same policies and identities \
+            the datapath is programmed with: the source's egress verdict, the destination's \
+            ingress verdict, the deciding side, the deciding rule (policy and field path) and, \
+            when denied, the drop reason the datapath reports (133 no rule allows it, 181 a deny \
+            rule matched).\n\n\
+            --src and --dst each take a pod (namespace/name, or a name in default), an endpoint \
+            or container id, an IPv4 address (a pod's, the node's = host, else its CIDR identity \
+            or world), or labels such as k8s:app=web,k8s:io.kubernetes.pod.namespace=default \
+            (the identity with exactly these labels; a hypothetical one when no pod has them).\n\n\
+            Exit codes, for scripts: 0 allowed, 1 denied, 2 could not trace (usage error, \
+            unknown pod, agent unreachable).",
+        after_help = "Examples:\n  \
+            ciliate policy trace --src default/client --dst default/server --dport 8080\n  \
+            ciliate policy trace --src k8s:app=client,k8s:io.kubernetes.pod.namespace=default \\\n      \
+            --dst 10.200.0.7 --dport 53/udp\n  \
+            ciliate policy trace --src default/web --dst 203.0.113.9 --dport 8/icmp -o json\n  \
+            ciliate policy trace --src a --dst b --dport 80 >/dev/null && echo allowed"
+    )]
+    Trace(TraceArgs),
+}
+
+/// Files of `ciliate policy import|validate`.
+#[derive(Debug, Args)]
+pub struct PolicyFilesArgs {
+    /// A manifest file, a directory of them, or - for standard input; repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
+}
+
+/// Arguments of `ciliate policy delete`.
+#[derive(Debug, Args)]
+pub struct PolicyDeleteArgs {
+    /// Policies to delete: KIND/NAMESPACE/NAME, or KIND/NAME.
+    #[arg(value_name = "POLICY", required_unless_present = "files")]
+    pub policies: Vec<String>,
+
+    /// A manifest file, a directory of them, or - for standard input; repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub files: Vec<PathBuf>,
+
+    /// Succeed when a policy does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+/// Arguments of `ciliate policy trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The source: pod (ns/name), endpoint or container id, IPv4 address, or labels.
+    #[arg(long, value_name = "POD|LABELS|IP")]
+    pub src: String,
+
+    /// The destination: pod (ns/name), endpoint or container id, IPv4 address, or labels.
+    #[arg(long, value_name = "POD|LABELS|IP")]
+    pub dst: String,
+
+    /// Destination port and protocol (tcp when omitted; udp, sctp, or icmp with the ICMP type
+    /// as the port), e.g. 8080, 53/udp, 8/icmp.
+    #[arg(long, value_name = "PORT[/PROTO]", value_parser = parse_dport)]
+    pub dport: (u16, String),
+}
+
+/// `8080`, `53/udp`, `8/icmp`.
+fn parse_dport(s: &str) -> Result<(u16, String), String> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port (0-65535)"))?;
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp" | "icmp") {
+        return Err(format!(
+            "{proto:?} is not a protocol: use tcp, udp, sctp or icmp"
+        ));
+    }
+    if proto == "icmp" && port > 255 {
+        return Err(format!("ICMP type {port} is not 0-255"));
+    }
+    Ok((port, proto))
 }
 
 /// `ciliate bpf lb ...`
@@ -365,6 +602,9 @@ pub enum EventType {
     Drop,
     /// Forwarded packets (new connections and TCP flag changes).
     Trace,
+    /// Policy verdicts on new connections (allowed or denied), where a direction is under
+    /// policy.
+    PolicyVerdict,
 }
 
 impl EventType {
@@ -373,6 +613,7 @@ impl EventType {
         match self {
             Self::Drop => "drop",
             Self::Trace => "trace",
+            Self::PolicyVerdict => "policy-verdict",
         }
     }
 }
@@ -411,7 +652,7 @@ mod tests {
             matches!(
                 before,
                 Ok(Cli {
-                    output: Format::Json,
+                    output: Some(Format::Json),
                     ..
                 })
             ),
@@ -421,12 +662,20 @@ mod tests {
             matches!(
                 after,
                 Ok(Cli {
-                    output: Format::Yaml,
+                    output: Some(Format::Yaml),
                     ..
                 })
             ),
             "{after:?}"
         );
+    }
+
+    #[test]
+    fn dport_takes_a_protocol() {
+        assert_eq!(parse_dport("8080"), Ok((8080, "tcp".to_owned())));
+        assert_eq!(parse_dport("53/UDP"), Ok((53, "udp".to_owned())));
+        assert_eq!(parse_dport("8/icmp"), Ok((8, "icmp".to_owned())));
+        assert!(parse_dport("70000").is_err());
     }
 
     #[test]
@@ -438,6 +687,19 @@ mod tests {
             vec!["ciliate", "monitor", "--type", "everything"],
             vec!["ciliate", "apply"],
             vec!["ciliate", "service", "get"],
+            vec![
+                "ciliate", "policy", "trace", "--src", "a", "--dst", "b", "--dport", "x",
+            ],
+            vec![
+                "ciliate", "policy", "trace", "--src", "a", "--dst", "b", "--dport", "80/gre",
+            ],
+            vec![
+                "ciliate", "policy", "trace", "--src", "a", "--dst", "b", "--dport", "300/icmp",
+            ],
+            vec!["ciliate", "policy", "trace", "--src", "a", "--dst", "b"],
+            vec!["ciliate", "policy", "import"],
+            vec!["ciliate", "policy", "delete"],
+            vec!["ciliate", "bpf", "policy", "get"],
         ] {
             match Cli::try_parse_from(&args) {
                 Ok(cli) => panic!("{args:?} parsed: {cli:?}"),

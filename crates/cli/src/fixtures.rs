@@ -42,6 +42,7 @@ pub fn status() -> Status {
         },
         services: 2,
         backends: 5,
+        policies: 1,
     }
 }
 
@@ -181,6 +182,154 @@ pub fn lb_state() -> LbState {
                 port: 8080,
                 proto: L4Proto::Tcp,
                 state: BackendState::Active,
+            },
+        ],
+    }
+}
+
+/// A policy selecting two endpoints, with one warning.
+pub fn policy_view() -> ciliate_model::policy_api::PolicyView {
+    ciliate_model::policy_api::PolicyView {
+        policy: server_ingress(),
+        source: "api".into(),
+        endpoints: 2,
+        warnings: vec!["spec.ingress[0].toPorts[0].rules: L7 rules are not enforced yet".into()],
+    }
+}
+
+fn server_ingress() -> ciliate_model::policy::PolicyRef {
+    ciliate_model::policy::PolicyRef {
+        kind: ciliate_model::policy::PolicyKind::CiliumNetworkPolicy,
+        namespace: Some("default".into()),
+        name: "server-ingress".into(),
+    }
+}
+
+/// A client denied by an ingressDeny rule of the server.
+pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
+    use ciliate_model::policy::{Direction, PolicyKind, PolicyRef, RuleRef, RuleSection};
+    use ciliate_model::policy_api::{
+        PolicyTrace, TraceDirection, TracePeer, TracePeerKind, TraceReason,
+    };
+    let labels = |s: &str| Labels::parse_list(s, "k8s").unwrap();
+    PolicyTrace {
+        src: TracePeer {
+            query: "default/client".into(),
+            kind: TracePeerKind::Endpoint,
+            identity: 256,
+            labels: labels("app=client,io.kubernetes.pod.namespace=default"),
+            endpoint: Some(2),
+            pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "client".into(),
+            }),
+            ip: Some(Ipv4Addr::new(10, 200, 0, 2)),
+        },
+        dst: TracePeer {
+            query: "default/server".into(),
+            kind: TracePeerKind::Endpoint,
+            identity: 257,
+            labels: labels("app=server,io.kubernetes.pod.namespace=default"),
+            endpoint: Some(3),
+            pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "server".into(),
+            }),
+            ip: Some(Ipv4Addr::new(10, 200, 0, 3)),
+        },
+        proto: 6,
+        dport: 8080,
+        allowed: false,
+        deciding: Some(Direction::Ingress),
+        drop_reason: Some(181),
+        egress: Some(TraceDirection {
+            direction: Direction::Egress,
+            endpoint: 256,
+            peer: 257,
+            allowed: true,
+            reason: TraceReason::NoPolicy,
+            rules: vec![],
+            policies: vec![],
+            drop_reason: None,
+            message: "no policy selects the endpoint (allow all)".into(),
+        }),
+        ingress: Some(TraceDirection {
+            direction: Direction::Ingress,
+            endpoint: 257,
+            peer: 256,
+            allowed: false,
+            reason: TraceReason::DeniedBy,
+            rules: vec![RuleRef {
+                policy: PolicyRef {
+                    kind: PolicyKind::CiliumNetworkPolicy,
+                    namespace: Some("default".into()),
+                    name: "deny-client".into(),
+                },
+                spec: None,
+                section: RuleSection::IngressDeny,
+                index: 0,
+            }],
+            policies: vec![],
+            drop_reason: Some(181),
+            message:
+                "denied by rule spec.ingressDeny[0] of CiliumNetworkPolicy default/deny-client"
+                    .into(),
+        }),
+        notes: vec![],
+    }
+}
+
+/// The policy map of a server: host, a client on a port range, an ICMP deny for everyone.
+pub fn bpf_policy_view() -> ciliate_model::policy_api::BpfPolicyView {
+    use ciliate_model::bpf_policy::{MatchKind, PolicyMapEntry};
+    use ciliate_model::policy::{RuleRef, RuleSection};
+    use ciliate_model::policy_api::{BpfPolicyEntry, BpfPolicyView};
+    let entry = |identity, proto, port, len, deny, kind, rule| PolicyMapEntry {
+        identity,
+        egress: false,
+        proto,
+        port,
+        port_prefix_len: len,
+        deny,
+        kind,
+        rule,
+    };
+    BpfPolicyView {
+        endpoint: 3,
+        pod: Some(PodRef {
+            namespace: "default".into(),
+            name: "server".into(),
+        }),
+        identity: 257,
+        ingress_enforced: true,
+        egress_enforced: false,
+        entries: vec![
+            BpfPolicyEntry {
+                entry: entry(1, None, 0, 0, false, MatchKind::L3Only, 0),
+                labels: Labels::parse_list("reserved:host", "k8s").unwrap(),
+                rule_ref: None,
+                packets: 0,
+                bytes: 0,
+            },
+            BpfPolicyEntry {
+                entry: entry(256, Some(6), 8080, 14, false, MatchKind::L3L4, 4),
+                labels: Labels::parse_list("app=client,io.kubernetes.pod.namespace=default", "k8s")
+                    .unwrap(),
+                rule_ref: Some(RuleRef {
+                    policy: server_ingress(),
+                    spec: None,
+                    section: RuleSection::Ingress,
+                    index: 0,
+                }),
+                packets: 12,
+                bytes: 960,
+            },
+            BpfPolicyEntry {
+                entry: entry(0, Some(1), 8, 16, true, MatchKind::L4Only, 9),
+                labels: Labels::new(),
+                rule_ref: None,
+                packets: 0,
+                bytes: 0,
             },
         ],
     }

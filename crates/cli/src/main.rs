@@ -2,6 +2,7 @@
 //!
 //! This file only parses, runs and maps the result to an exit code: 0 success, 1 failure
 //! (unreachable or unhealthy agent, not found, any error), 2 usage error (clap's own).
+//! `policy trace` is the exception: 0 allowed, 1 denied, 2 could not trace.
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +16,7 @@ mod commands;
 mod fixtures;
 mod output;
 
-use commands::{Hinted, Outcome};
+use commands::{Coded, Hinted, Outcome};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -28,13 +29,19 @@ async fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", report(&e));
-            ExitCode::FAILURE
+            match e.downcast_ref::<Coded>() {
+                Some(c) => ExitCode::from(c.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 /// `Error: <message>`, and a `Hint:` line when there is advice to give.
 fn report(e: &anyhow::Error) -> String {
+    if let Some(c) = e.downcast_ref::<Coded>() {
+        return report(&c.error);
+    }
     if let Some(h) = e.downcast_ref::<Hinted>() {
         return format!("Error: {}\nHint: {}", message(&h.error), h.hint);
     }

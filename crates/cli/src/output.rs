@@ -16,6 +16,10 @@ pub enum Format {
     Json,
     /// The API object as YAML (a stream separates objects with `---`).
     Yaml,
+    /// `observe` only: Hubble's one-line flow format (elsewhere: a table).
+    Compact,
+    /// `observe` only: protobuf JSON, one response per line (elsewhere: json).
+    Jsonpb,
 }
 
 /// Renders `value` in `format`; `table` draws it for people. JSON and YAML print the API
@@ -26,8 +30,8 @@ pub fn render<T: Serialize + ?Sized>(
     table: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<String> {
     Ok(match format {
-        Format::Table => table(value),
-        Format::Json => {
+        Format::Table | Format::Compact => table(value),
+        Format::Json | Format::Jsonpb => {
             let mut s = serde_json::to_string_pretty(value)?;
             s.push('\n');
             s

@@ -28,7 +28,7 @@ fn status(health: &str) -> Value {
         },
         "endpoints": 1, "identities": 1,
         "ipam": {"cidr": "10.0.0.0/24", "allocated": 2, "capacity": 253},
-        "services": 2, "backends": 6
+        "services": 2, "backends": 6, "policies": 3
     })
 }
 
@@ -273,6 +273,7 @@ fn healthy_status_exits_0() {
         "loaded (fake)",
         "2/253 allocated from 10.0.0.0/24",
         "Services:     2 (6 backends)",
+        "Policies:     3",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

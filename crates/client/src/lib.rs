@@ -32,6 +32,8 @@ use ciliate_model::api::{
 use ciliate_model::lb::LbState;
 use ciliate_model::manifest::{ApplyRequest, ApplyResult};
 use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::policy::{PolicyRef, PolicyResource};
+use ciliate_model::policy_api::{BpfPolicyView, PolicyTrace, PolicyValidation, PolicyView};
 use ciliate_model::service::ServiceView;
 use ciliate_model::{Endpoint, Identity};
 use futures::Stream;
@@ -233,6 +235,65 @@ impl Client {
     /// `GET /v1/bpf/lb`: the load-balancing maps as the datapath holds them.
     pub async fn lb_state(&self) -> Result<LbState, ClientError> {
         self.get("/v1/bpf/lb").await
+    }
+
+    /// `GET /v1/policies`: the network policies in force, with how many endpoints of this
+    /// node each selects and what each does not enforce as written.
+    pub async fn policies(&self) -> Result<Vec<PolicyView>, ClientError> {
+        self.get("/v1/policies").await
+    }
+
+    /// `GET /v1/policies/{kind}/{namespace}/{name}` (or `{kind}/{name}` for a clusterwide
+    /// policy): one policy as it was applied.
+    pub async fn policy(&self, policy: &PolicyRef) -> Result<PolicyResource, ClientError> {
+        let path = match &policy.namespace {
+            Some(ns) => format!(
+                "/v1/policies/{}/{}/{}",
+                policy.kind,
+                encode_segment(ns),
+                encode_segment(&policy.name)
+            ),
+            None => format!(
+                "/v1/policies/{}/{}",
+                policy.kind,
+                encode_segment(&policy.name)
+            ),
+        };
+        self.get(&path).await
+    }
+
+    /// `POST /v1/policies/validate`: every problem of a batch of manifests; nothing is applied.
+    pub async fn validate_policies(
+        &self,
+        request: &ApplyRequest,
+    ) -> Result<PolicyValidation, ClientError> {
+        self.call(Method::POST, "/v1/policies/validate", Some(request))
+            .await
+    }
+
+    /// `GET /v1/policy/trace`: would a flow from `src` to `dst` on `proto` (`tcp`, `udp`,
+    /// `sctp`, `icmp`) port `dport` (ICMP: type) pass, and which rule decides. `src` and `dst`
+    /// are a pod (`namespace/name`), an endpoint or container id, an IPv4 address or labels.
+    pub async fn policy_trace(
+        &self,
+        src: &str,
+        dst: &str,
+        dport: u16,
+        proto: &str,
+    ) -> Result<PolicyTrace, ClientError> {
+        self.get(&format!(
+            "/v1/policy/trace?src={}&dst={}&dport={dport}&proto={}",
+            encode_segment(src),
+            encode_segment(dst),
+            encode_segment(proto)
+        ))
+        .await
+    }
+
+    /// `GET /v1/bpf/policy/{ref}`: an endpoint's policy map as the datapath holds it.
+    pub async fn bpf_policy(&self, reference: &str) -> Result<BpfPolicyView, ClientError> {
+        self.get(&format!("/v1/bpf/policy/{}", encode_segment(reference)))
+            .await
     }
 
     /// `GET /v1/monitor[?type=kind]`: datapath events as they happen.

@@ -10,16 +10,22 @@
 //! | `POST /v1/endpoints`             | [`EndpointCreateRequest`] → [`EndpointCreated`] |
 //! | `DELETE /v1/endpoints/{cid}`     | → [`EndpointDeleted`] (idempotent)              |
 //! | `POST /v1/endpoints/gc`          | [`GcRequest`] → [`GcResult`]                    |
-//! | `GET /v1/identities`             | → `[Identity]`                                  |
+//! | `GET /v1/identities`             | → `[Identity]`: reserved, endpoint and CIDR ones |
 //! | `GET /v1/identities/{id}`        | → `Identity`                                    |
 //! | `GET /v1/bpf/ct`                 | → `[CtEntry]`                                   |
-//! | `POST /v1/manifests`             | [`ApplyRequest`] → [`ApplyResult`]; 400 `invalid` lists every problem, nothing applied |
+//! | `POST /v1/manifests`             | [`ApplyRequest`] → [`ApplyResult`]; Services and policies in one batch; 400 `invalid` lists every problem, nothing applied |
 //! | `GET /v1/services`               | → `[ServiceView]`                               |
 //! | `GET /v1/services/{ns}/{name}`   | → [`ServiceView`]                               |
 //! | `GET /v1/bpf/lb`                 | → [`LbState`] as the datapath's maps hold it    |
-//! | `GET /v1/monitor`                | → a stream of `MonitorEvent`, one JSON per line |
+//! | `GET /v1/policies`               | → `[PolicyView]`                                |
+//! | `GET /v1/policies/{kind}/{ns}/{name}` | → the policy resource (`{kind}/{name}` for clusterwide) |
+//! | `POST /v1/policies/validate`     | [`ApplyRequest`] → `PolicyValidation`; applies nothing |
+//! | `GET /v1/policy/trace?src=&dst=&dport=&proto=` | → `PolicyTrace`                   |
+//! | `GET /v1/bpf/policy/{ref}`       | → `BpfPolicyView`: an endpoint's policy map     |
+//! | `GET /v1/monitor[?type=]`        | → a stream of `MonitorEvent`, one JSON per line; type = drop, trace or policy-verdict |
 //!
-//! Errors answer with a 4xx/5xx status and an [`ApiError`] body.
+//! Errors answer with a 4xx/5xx status and an [`ApiError`] body. The policy answers are in
+//! [`crate::policy_api`].
 //!
 //! [`ApplyRequest`]: crate::manifest::ApplyRequest
 //! [`ApplyResult`]: crate::manifest::ApplyResult
@@ -86,6 +92,9 @@ pub struct Status {
     /// Number of backends programmed for them.
     #[serde(default)]
     pub backends: usize,
+    /// Number of network policies in force (from the API and the manifest directory).
+    #[serde(default)]
+    pub policies: usize,
 }
 
 /// The datapath part of [`Status`].

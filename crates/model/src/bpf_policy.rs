@@ -71,6 +71,20 @@ pub struct IpcacheEntry {
     pub tunnel_endpoint: Option<Ipv4Addr>,
 }
 
+/// What one policy map entry admitted so far (the datapath counts allow hits only; a new
+/// policy generation starts from zero).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyEntryCounters {
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: PolicyMapEntry,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
 /// What a policy or ipcache sync wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

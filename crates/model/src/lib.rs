@@ -15,6 +15,7 @@ pub mod lb;
 pub mod manifest;
 pub mod monitor;
 pub mod policy;
+pub mod policy_api;
 pub mod service;
 
 pub use endpoint::{Endpoint, EndpointState, MacAddr, PodRef};

@@ -114,9 +114,13 @@ pub struct ApplyResult {
     /// One outcome per document, in order.
     pub results: Vec<ApplyOutcome>,
     /// Things the caller should know although the change was made (e.g. the datapath could
-    /// not be programmed yet and the agent retries).
+    /// not be programmed yet and the agent retries, or a policy field is not enforced yet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// One outcome per policy of the batch (NetworkPolicy, CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::policy_api::PolicyOutcome>,
 }
 
 /// One problem with one document.

@@ -99,13 +99,16 @@ impl NamedPorts {
     }
 }
 
+#[derive(Clone)]
 struct Stored {
     resource: PolicyResource,
     compiled: CompiledPolicy,
     warnings: Vec<Problem>,
 }
 
-/// The policies in force and the CIDR identities they need.
+/// The policies in force and the CIDR identities they need. Cloning it gives a copy to change
+/// and swap in whole (a batch that must apply all or nothing).
+#[derive(Clone)]
 pub struct PolicyEngine {
     config: Config,
     policies: BTreeMap<PolicyRef, Stored>,

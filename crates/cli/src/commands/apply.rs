@@ -13,6 +13,8 @@ use ciliate_model::manifest::{
     report, split_documents, ApplyAction, ApplyDocument, ApplyRequest, ApplyResult, ManifestError,
 };
 
+use ciliate_model::policy_api::resource_name;
+
 use super::{Ctx, Outcome};
 use crate::output::{self, Format};
 
@@ -23,7 +25,8 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Name standard input goes by in messages.
 pub const STDIN: &str = "<stdin>";
 
-/// Applies (or deletes) the objects of `files`.
+/// Applies (or deletes) the objects of `files`; `ciliate policy import|delete` reach the agent
+/// through [`send`] too.
 pub async fn run(
     ctx: &Ctx,
     files: &[PathBuf],
@@ -32,6 +35,16 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let documents = read_documents(files, &mut std::io::stdin().lock())
         .map_err(|errors| anyhow::anyhow!(report(&errors, "nothing was sent to the agent")))?;
+    send(ctx, documents, delete, ignore_not_found).await
+}
+
+/// Sends documents to `POST /v1/manifests` and prints the outcome kubectl-style.
+pub async fn send(
+    ctx: &Ctx,
+    documents: Vec<ApplyDocument>,
+    delete: bool,
+    ignore_not_found: bool,
+) -> anyhow::Result<Outcome> {
     let request = ApplyRequest { documents, delete };
     let client = ctx.client.clone().with_timeout(APPLY_TIMEOUT);
     let result = client.apply(&request).await?;
@@ -59,7 +72,7 @@ pub fn render(
     let missing: Vec<String> = if ignore_not_found {
         Vec::new()
     } else {
-        result
+        let services = result
             .results
             .iter()
             .filter(|r| r.action == ApplyAction::NotFound)
@@ -72,15 +85,38 @@ pub fn render(
                     r.source,
                     r.index
                 )
-            })
-            .collect()
+            });
+        let policies = result
+            .policies
+            .iter()
+            .filter(|r| r.action == ApplyAction::NotFound)
+            .map(|r| {
+                let place = match &r.policy.namespace {
+                    Some(ns) => format!(" in namespace {ns}"),
+                    None => String::new(),
+                };
+                format!(
+                    "{}/{} not found{place} ({} document {})",
+                    resource_name(r.policy.kind),
+                    r.policy.name,
+                    r.source,
+                    r.index
+                )
+            });
+        services.chain(policies).collect()
     };
     let text = output::render(format, result, |r| {
-        r.results
+        let services = r
+            .results
             .iter()
             .filter(|o| o.action != ApplyAction::NotFound)
-            .map(|o| format!("{o}\n"))
-            .collect()
+            .map(|o| format!("{o}\n"));
+        let policies = r
+            .policies
+            .iter()
+            .filter(|o| o.action != ApplyAction::NotFound)
+            .map(|o| format!("{o}\n"));
+        services.chain(policies).collect()
     })?;
     Ok((text, missing))
 }
@@ -281,6 +317,7 @@ mod tests {
                 outcome("gone", ApplyAction::NotFound),
             ],
             warnings: vec![],
+            policies: vec![],
         };
         let (text, missing) = render(Format::Table, &result, false).unwrap();
         assert_eq!(text, "service/web deleted\n");

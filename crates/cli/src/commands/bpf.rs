@@ -3,10 +3,12 @@
 use std::collections::BTreeSet;
 
 use ciliate_model::api::CtEntry;
+use ciliate_model::bpf_policy::MatchKind;
 use ciliate_model::lb::LbState;
+use ciliate_model::policy_api::BpfPolicyView;
 
 use super::service::state;
-use super::{Ctx, Outcome};
+use super::{hint_not_found, Ctx, Outcome};
 use crate::output::{self, duration, or_none};
 
 /// Prints the connection-tracking table.
@@ -79,6 +81,113 @@ pub fn lb_table(lb: &LbState) -> String {
         ]);
     }
     output::table(&["frontend", "rev-nat", "service", "flags", "slots"], rows)
+}
+
+/// Prints an endpoint's policy map.
+pub async fn policy_get(ctx: &Ctx, endpoint: &str) -> anyhow::Result<Outcome> {
+    let view = ctx.client.bpf_policy(endpoint).await.map_err(|e| {
+        hint_not_found(
+            e,
+            "`ciliate endpoint list` shows the endpoints of this node",
+        )
+    })?;
+    output::print(&output::render(ctx.format, &view, policy_table)?)?;
+    Ok(Outcome::Success)
+}
+
+/// A line on each direction's enforcement, then one row per entry: IDENTITY (with labels),
+/// DIRECTION, PROTO, PORT(S), VERDICT, MATCH, RULE, PACKETS. Columns hold no spaces, so `awk`
+/// field numbers hold.
+pub fn policy_table(v: &BpfPolicyView) -> String {
+    let pod = v
+        .pod
+        .as_ref()
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
+    let dir = |enforced: bool| {
+        if enforced {
+            "enforced (default deny)"
+        } else {
+            "not enforced (allow all but deny entries)"
+        }
+    };
+    let mut out = format!(
+        "Endpoint {}{pod}, identity {}: ingress {}, egress {}\n",
+        v.endpoint,
+        v.identity,
+        dir(v.ingress_enforced),
+        dir(v.egress_enforced)
+    );
+    let rows = v.entries.iter().map(|e| {
+        let m = &e.entry;
+        let identity = match (m.identity, e.labels.is_empty()) {
+            (0, _) => "any".to_owned(),
+            (id, true) => id.to_string(),
+            (id, false) => format!("{id}({})", e.labels),
+        };
+        let (proto, ports) = match m.proto {
+            None => ("ANY".to_owned(), "*".to_owned()),
+            Some(p) => {
+                let len = u32::from(m.port_prefix_len.min(16));
+                let span = if len == 0 {
+                    u16::MAX
+                } else {
+                    (1u32 << (16 - len)) as u16 - 1
+                };
+                let lo = m.port & !span;
+                let hi = lo | span;
+                let ports = match (lo, hi) {
+                    (0, u16::MAX) => "*".to_owned(),
+                    (lo, hi) if lo == hi => lo.to_string(),
+                    (lo, hi) => format!("{lo}-{hi}"),
+                };
+                let name = match p {
+                    6 => "TCP".to_owned(),
+                    17 => "UDP".to_owned(),
+                    132 => "SCTP".to_owned(),
+                    1 => "ICMP".to_owned(),
+                    n => format!("proto-{n}"),
+                };
+                (name, ports)
+            }
+        };
+        let rule = match (&e.rule_ref, m.rule, m.identity) {
+            (Some(r), _, _) => format!("{}:{}:{}", r.policy.kind, r.policy.short_name(), r.path()),
+            (None, 0, 1) if !m.deny => "<allow-localhost>".to_owned(),
+            (None, 0, _) => "<none>".to_owned(),
+            (None, id, _) => format!("<rule-{id}>"),
+        };
+        vec![
+            identity,
+            if m.egress { "egress" } else { "ingress" }.to_owned(),
+            proto,
+            ports,
+            if m.deny { "deny" } else { "allow" }.to_owned(),
+            match m.kind {
+                MatchKind::L3Only => "l3-only",
+                MatchKind::L3L4 => "l3-l4",
+                MatchKind::L4Only => "l4-only",
+                MatchKind::All => "all",
+            }
+            .to_owned(),
+            rule,
+            e.packets.to_string(),
+        ]
+    });
+    out.push_str(&output::table(
+        &[
+            "identity",
+            "direction",
+            "proto",
+            "port(s)",
+            "verdict",
+            "match",
+            "rule",
+            "packets",
+        ],
+        rows,
+    ));
+    out
 }
 
 /// Time left, or how long ago it ran out: expired entries linger until the next GC, and
@@ -178,6 +287,73 @@ mod tests {
         );
         let json = render(Format::Json, &lb_state(), lb_table).unwrap();
         assert_eq!(serde_json::from_str::<LbState>(&json).unwrap(), lb_state());
+    }
+
+    #[test]
+    fn policy_map_rows() {
+        let text = policy_table(&crate::fixtures::bpf_policy_view());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Endpoint 3 (default/server), identity 257: ingress enforced (default deny), egress not enforced (allow all but deny entries)"
+        );
+        let rows: Vec<Vec<&str>> = lines[1..]
+            .iter()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            [
+                "IDENTITY",
+                "DIRECTION",
+                "PROTO",
+                "PORT(S)",
+                "VERDICT",
+                "MATCH",
+                "RULE",
+                "PACKETS"
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "1(reserved:host)",
+                "ingress",
+                "ANY",
+                "*",
+                "allow",
+                "l3-only",
+                "<allow-localhost>",
+                "0"
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                "256(k8s:app=client,k8s:io.kubernetes.pod.namespace=default)",
+                "ingress",
+                "TCP",
+                "8080-8083",
+                "allow",
+                "l3-l4",
+                "CiliumNetworkPolicy:default/server-ingress:spec.ingress[0]",
+                "12"
+            ]
+        );
+        assert_eq!(
+            rows[3],
+            ["any", "ingress", "ICMP", "8", "deny", "l4-only", "<rule-9>", "0"]
+        );
+        let json = render(
+            Format::Json,
+            &crate::fixtures::bpf_policy_view(),
+            policy_table,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<BpfPolicyView>(&json).unwrap(),
+            crate::fixtures::bpf_policy_view()
+        );
     }
 
     #[test]

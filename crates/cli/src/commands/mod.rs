@@ -5,8 +5,8 @@ use std::fmt;
 use ciliate_client::Client;
 
 use crate::cli::{
-    BpfCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand, LbCommand,
-    ServiceCommand,
+    BpfCommand, BpfPolicyCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand,
+    LbCommand, PolicyCommand, ServiceCommand,
 };
 use crate::output::Format;
 
@@ -15,6 +15,8 @@ pub mod bpf;
 pub mod endpoint;
 pub mod identity;
 pub mod monitor;
+pub mod observe;
+pub mod policy;
 pub mod service;
 pub mod status;
 pub mod version;
@@ -55,6 +57,24 @@ impl fmt::Display for Hinted {
 
 impl std::error::Error for Hinted {}
 
+/// An error that ends the command with an exit code of its own: `policy trace` exits 2 when
+/// it cannot trace, since 1 means denied there.
+#[derive(Debug)]
+pub struct Coded {
+    /// The exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Coded {}
+
 /// Attaches `hint` to a "not found" answer from the agent; other errors pass unchanged,
 /// since their messages already say what to do.
 pub fn hint_not_found(err: ciliate_client::ClientError, hint: &str) -> anyhow::Error {
@@ -73,7 +93,7 @@ pub fn hint_not_found(err: ciliate_client::ClientError, hint: &str) -> anyhow::E
 pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let ctx = Ctx {
         client: Client::new(cli.socket),
-        format: cli.output,
+        format: cli.output.unwrap_or_default(),
     };
     match cli.command {
         Command::Status => status::run(&ctx).await,
@@ -85,11 +105,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Identity(IdentityCommand::Get { id }) => identity::get(&ctx, id).await,
         Command::Bpf(BpfCommand::Ct(CtCommand::List)) => bpf::ct_list(&ctx).await,
         Command::Bpf(BpfCommand::Lb(LbCommand::List)) => bpf::lb_list(&ctx).await,
+        Command::Bpf(BpfCommand::Policy(BpfPolicyCommand::Get { endpoint })) => {
+            bpf::policy_get(&ctx, &endpoint).await
+        }
+        Command::Policy(PolicyCommand::Import(args)) => policy::import(&ctx, &args.files).await,
+        Command::Policy(PolicyCommand::Delete(args)) => {
+            policy::delete(&ctx, &args.policies, &args.files, args.ignore_not_found).await
+        }
+        Command::Policy(PolicyCommand::Get { policy: p }) => policy::get(&ctx, p.as_deref()).await,
+        Command::Policy(PolicyCommand::Validate(args)) => policy::validate(&ctx, &args.files).await,
+        Command::Policy(PolicyCommand::Trace(args)) => {
+            policy::trace(&ctx, &args.src, &args.dst, args.dport.0, &args.dport.1).await
+        }
         Command::Apply(args) => apply::run(&ctx, &args.files, false, false).await,
         Command::Delete(args) => apply::run(&ctx, &args.files, true, args.ignore_not_found).await,
         Command::Service(ServiceCommand::List) => service::list(&ctx).await,
         Command::Service(ServiceCommand::Get { name }) => service::get(&ctx, &name).await,
         Command::Monitor(args) => monitor::run(&ctx, args.kind).await,
+        Command::Observe(args) => observe::run(cli.output, *args).await,
         Command::Version(args) => version::run(&ctx, args.client).await,
     }
 }

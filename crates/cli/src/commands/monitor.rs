@@ -44,8 +44,8 @@ pub async fn run(ctx: &Ctx, kind: Option<EventType>) -> anyhow::Result<Outcome> 
 /// YAML document.
 pub fn line(format: Format, event: &MonitorEvent) -> anyhow::Result<String> {
     Ok(match format {
-        Format::Table => format!("{event}\n"),
-        Format::Json => {
+        Format::Table | Format::Compact => format!("{event}\n"),
+        Format::Json | Format::Jsonpb => {
             let mut s = serde_json::to_string(event)?;
             s.push('\n');
             s

@@ -59,6 +59,7 @@ pub fn table(s: &Status) -> String {
             "Services",
             format!("{} ({} backends)", s.services, s.backends),
         ),
+        ("Policies", s.policies.to_string()),
         (
             "IPAM",
             format!(
@@ -97,6 +98,7 @@ mod tests {
             "Endpoints:    3\n",
             "Identities:   2\n",
             "Services:     2 (5 backends)\n",
+            "Policies:     1\n",
             "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
             "Problems:     ct map 95% full\n              kubernetes source unreachable\n",
         ] {

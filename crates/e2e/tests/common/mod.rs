@@ -42,12 +42,18 @@ pub struct Node {
     pub state: tempfile::TempDir,
     pub socket: PathBuf,
     pub cidr: String,
+    extra_args: Vec<String>,
     agent: Option<Child>,
 }
 
 impl Node {
     /// A node namespace with an agent serving `cidr`.
     pub fn start(cidr: &str) -> Self {
+        Self::start_with(cidr, &[])
+    }
+
+    /// The same, with extra agent flags (kept for restarts).
+    pub fn start_with(cidr: &str, extra_args: &[&str]) -> Self {
         let netns = TestNetns::new("cn");
         // A node has an address of its own (pods and the node talk through it). On lo,
         // because this kernel has no dummy interfaces.
@@ -60,6 +66,7 @@ impl Node {
             state,
             socket,
             cidr: cidr.to_owned(),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             agent: None,
         };
         node.start_agent();
@@ -78,6 +85,32 @@ impl Node {
             (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
         })?;
         Some(root.join("ciliate").join(&self.name))
+    }
+
+    /// The Hubble-compatible observer's socket (the agent puts it beside its API socket).
+    pub fn hubble_socket(&self) -> PathBuf {
+        self.socket.with_file_name("hubble.sock")
+    }
+
+    /// `ciliate observe` against this node's observer; one JSON value per flow line.
+    pub fn observe(&self, args: &[&str]) -> Vec<Value> {
+        let out = Command::new(bin("ciliate"))
+            .arg("observe")
+            .arg("--hubble-socket")
+            .arg(self.hubble_socket())
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .expect("run ciliate observe");
+        assert!(
+            out.status.success(),
+            "observe {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -101,6 +134,7 @@ impl Node {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--ct-gc-interval", "2"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -204,11 +238,18 @@ impl Node {
         }
     }
 
-    /// ADD a pod the normal way; panics with the plugin's answer when it fails.
+    /// ADD a pod of namespace `default` the normal way; panics with the plugin's answer when
+    /// it fails.
     pub fn add_pod(&self, pod: &str, labels: &str) -> Pod {
+        self.add_pod_in("default", pod, labels)
+    }
+
+    /// ADD a pod of `namespace`; panics with the plugin's answer when it fails.
+    pub fn add_pod_in(&self, namespace: &str, pod: &str, labels: &str) -> Pod {
         let netns = TestNetns::new("cp");
         let container_id = format!("{}-{}", pod, unique_name("c"));
-        let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};CILIATE_LABELS={labels}");
+        let args =
+            format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};CILIATE_LABELS={labels}");
         let out = self.cni(
             &[
                 ("CNI_COMMAND", "ADD"),

@@ -1,0 +1,154 @@
+//! `POST /v1/manifests` and `POST /v1/policies/validate`: one batch of documents, dispatched by
+//! kind to the policy store (NetworkPolicy, CiliumNetworkPolicy,
+//! CiliumClusterwideNetworkPolicy) and the Service store (everything else), all or nothing.
+//!
+//! The policy part is checked and prepared first (holding the policy store's change lock),
+//! then the Services are applied, then the policies committed: a batch where either part is
+//! invalid applies nothing and answers the problems of both. Once policies changed, every
+//! endpoint's policy is rewritten before the answer, so that `ciliate policy import`
+//! returning means the policy is in force.
+
+use ciliate_model::manifest::{
+    decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, ManifestError,
+};
+use ciliate_model::policy_api::PolicyValidation;
+
+use crate::endpoints::EndpointManager;
+use crate::policy::{self, is_policy_document, PolicyError, PolicyManager};
+use crate::services::{ServiceError, ServiceManager, POLL_INTERVAL};
+use crate::state::StateError;
+
+/// Why a batch was refused. Nothing was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Documents are invalid.
+    #[error("{}", report(.0, "nothing was applied"))]
+    Invalid(Vec<ManifestError>),
+    /// The Services could not be applied.
+    #[error(transparent)]
+    Services(#[from] ServiceError),
+    /// The policies could not be persisted (the Services of the batch, if any, were).
+    #[error("{0}; the policies of the batch were not applied, retry once the state directory is writable")]
+    State(#[source] StateError),
+}
+
+impl ApplyError {
+    /// The stable `kind` of the API error body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Services(e) => e.kind(),
+            Self::State(_) => "state",
+        }
+    }
+}
+
+/// Splits a batch into its policy documents and the others, keeping their order.
+pub fn split(docs: &[ApplyDocument]) -> (Vec<ApplyDocument>, Vec<ApplyDocument>) {
+    docs.iter()
+        .cloned()
+        .partition(|d| is_policy_document(&d.object))
+}
+
+/// The problems of non-policy documents, without applying them.
+fn check_others(docs: &[ApplyDocument], delete: bool) -> Vec<ManifestError> {
+    if delete {
+        docs.iter()
+            .filter_map(|d| identify(d).err())
+            .flatten()
+            .collect()
+    } else {
+        decode_all(docs).err().unwrap_or_default()
+    }
+}
+
+/// Applies (or deletes) a batch of Services and policies, all or nothing.
+pub fn apply(
+    services: &ServiceManager,
+    policies: &PolicyManager,
+    endpoints: &EndpointManager,
+    req: &ApplyRequest,
+) -> Result<ApplyResult, ApplyError> {
+    if req.documents.is_empty() {
+        return Err(ApplyError::Invalid(vec![ManifestError {
+            source: "request".into(),
+            index: 0,
+            object: String::new(),
+            path: "documents".into(),
+            reason: "required value: no documents to apply".into(),
+        }]));
+    }
+    let (policy_docs, other_docs) = split(&req.documents);
+    let prepared = if policy_docs.is_empty() {
+        None
+    } else {
+        match policies.prepare(&policy_docs, req.delete) {
+            Ok(p) => Some(p),
+            Err(mut errors) => {
+                errors.extend(check_others(&other_docs, req.delete));
+                errors.sort_by(|a, b| (&a.source, a.index).cmp(&(&b.source, b.index)));
+                return Err(ApplyError::Invalid(errors));
+            }
+        }
+    };
+    let mut result = if other_docs.is_empty() {
+        ApplyResult::default()
+    } else {
+        services.apply(&ApplyRequest {
+            documents: other_docs,
+            delete: req.delete,
+        })?
+    };
+    if let Some(prepared) = prepared {
+        let committed = policies.commit(prepared).map_err(|e| match e {
+            PolicyError::Invalid(errors) => ApplyError::Invalid(errors),
+            PolicyError::State(e) => ApplyError::State(e),
+        })?;
+        result.policies = committed.outcomes;
+        result.warnings.extend(committed.warnings);
+        if committed.changed {
+            if let Err(e) = endpoints.reconcile_policy() {
+                result.warnings.push(format!(
+                    "the policies are applied but could not be put in force yet: {e}; the \
+                     agent retries every {}s",
+                    POLL_INTERVAL.as_secs()
+                ));
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Checks a batch without applying anything: every error and warning of its policies, and
+/// every error of its other documents.
+pub fn validate(docs: &[ApplyDocument]) -> PolicyValidation {
+    let (policy_docs, other_docs) = split(docs);
+    let mut v = if policy_docs.is_empty() {
+        PolicyValidation {
+            valid: true,
+            ..PolicyValidation::default()
+        }
+    } else {
+        policy::validate(&policy_docs)
+    };
+    match decode_all(&other_docs) {
+        Ok(objects) => v.other_objects = objects.len(),
+        Err(errors) => {
+            v.valid = false;
+            v.errors.extend(errors);
+        }
+    }
+    if docs.is_empty() {
+        v.valid = false;
+        v.errors.push(ManifestError {
+            source: "request".into(),
+            index: 0,
+            object: String::new(),
+            path: "documents".into(),
+            reason: "required value: no documents to validate".into(),
+        });
+    }
+    v.errors
+        .sort_by(|a, b| (&a.source, a.index).cmp(&(&b.source, b.index)));
+    v
+}

@@ -1,0 +1,596 @@
+//! The policy store and reconciler with the endpoint manager, against the fake datapath.
+
+use std::path::Path;
+
+use ciliate_datapath::FakeDatapath;
+use ciliate_model::api::EndpointCreateRequest;
+use ciliate_model::bpf_policy::MatchKind;
+use ciliate_model::manifest::{split_documents, ApplyRequest, ApplyResult};
+use ciliate_model::policy_api::{TracePeerKind, TraceReason};
+use ciliate_model::{Labels, MacAddr, PodRef};
+
+use super::trace::TraceQuery;
+use super::*;
+use crate::endpoints::{EndpointManager, ManagerSettings};
+use crate::manifests;
+use crate::services::{ServiceManager, ServiceSettings};
+use crate::state::StateStore;
+
+const SERVER_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-ingress}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#;
+
+const DENY_CLIENT: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-client}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+"#;
+
+const CIDR_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: egress-cidr}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
+  - toCIDR: [192.168.0.0/16]
+"#;
+
+const L7_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: http-get}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+"#;
+
+const BROKEN_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: broken}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - toPorts: [{ports: [{port: "99999", protocol: TCP}]}]
+"#;
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+
+struct Node {
+    dp: Arc<FakeDatapath>,
+    endpoints: Arc<EndpointManager>,
+    policies: Arc<PolicyManager>,
+    services: ServiceManager,
+}
+
+impl Node {
+    /// A node over `dir`, as the agent starts one: endpoints restored, policies loaded and
+    /// attached, one reconciliation.
+    fn open(dir: &Path, dp: Arc<FakeDatapath>, manifest_dir: Option<&Path>) -> Self {
+        let store = StateStore::open(dir).expect("state dir");
+        let endpoints = Arc::new(
+            EndpointManager::open(
+                ManagerSettings {
+                    node_name: "node-a".into(),
+                    pod_cidr: "10.200.0.0/24".parse().expect("cidr"),
+                    mtu: 1500,
+                },
+                store,
+                dp.clone(),
+            )
+            .expect("endpoints"),
+        );
+        let services = ServiceManager::open(
+            ServiceSettings {
+                node_name: "node-a".into(),
+                node_ips: vec![],
+                manifest_dir: manifest_dir.map(Path::to_owned),
+            },
+            dir,
+            dp.clone(),
+        )
+        .expect("services");
+        let policies = Arc::new(
+            PolicyManager::open(
+                PolicySettings {
+                    manifest_dir: manifest_dir.map(Path::to_owned),
+                    node_ips: vec!["192.0.2.1".parse().expect("ip")],
+                },
+                dir,
+                dp.clone(),
+            )
+            .expect("policies"),
+        );
+        endpoints.attach_policy(Arc::clone(&policies));
+        endpoints.reconcile_policy().expect("reconciles");
+        Self {
+            dp,
+            endpoints,
+            policies,
+            services,
+        }
+    }
+
+    fn apply(&self, yaml: &str, delete: bool) -> Result<ApplyResult, manifests::ApplyError> {
+        let req = ApplyRequest {
+            documents: split_documents("p.yaml", yaml).expect("YAML"),
+            delete,
+        };
+        manifests::apply(&self.services, &self.policies, &self.endpoints, &req)
+    }
+
+    fn pod(&self, name: &str, app: &str, ifindex: u32) -> ciliate_model::Endpoint {
+        self.endpoints
+            .create(&EndpointCreateRequest {
+                container_id: format!("c-{name}"),
+                ifname: "eth0".into(),
+                netns: format!("/var/run/netns/{name}"),
+                pod: Some(PodRef {
+                    namespace: "default".into(),
+                    name: name.into(),
+                }),
+                labels: Labels::parse_list(&format!("app={app}"), "k8s").expect("labels"),
+                host_ifname: format!("lxc{ifindex}"),
+                host_ifindex: ifindex,
+                host_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            })
+            .expect("endpoint created")
+            .endpoint
+    }
+
+    fn policy_of(&self, ep: &ciliate_model::Endpoint) -> bpf_policy::EndpointPolicy {
+        self.dp.policies().get(&ep.id).cloned().unwrap_or_default()
+    }
+
+    fn trace(&self, src: &str, dst: &str, dport: u16) -> ciliate_model::policy_api::PolicyTrace {
+        self.policies
+            .trace(
+                &self.endpoints.list(),
+                &self.endpoints.policy_snapshot().identities,
+                &TraceQuery {
+                    src: src.into(),
+                    dst: dst.into(),
+                    proto: 6,
+                    dport,
+                },
+            )
+            .expect("traces")
+    }
+}
+
+fn lines(r: &ApplyResult) -> Vec<String> {
+    r.policies.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn import_puts_policy_in_force_and_delete_lifts_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let server = n.pod("server", "server", 10);
+    let client = n.pod("client", "client", 11);
+    assert!(
+        !n.policy_of(&server).ingress_enforced,
+        "no policy: allow all"
+    );
+
+    let r = n.apply(SERVER_POLICY, false).expect("applies");
+    assert_eq!(
+        lines(&r),
+        ["ciliumnetworkpolicy.cilium.io/server-ingress created"]
+    );
+    assert!(r.results.is_empty() && r.warnings.is_empty(), "{r:?}");
+    let p = n.policy_of(&server);
+    assert!(p.ingress_enforced && !p.egress_enforced);
+    assert!(
+        p.entries.iter().any(|e| e.identity == client.identity
+            && e.proto == Some(6)
+            && e.port == 8080
+            && !e.deny
+            && e.kind == MatchKind::L3L4
+            && e.rule != 0),
+        "{p:?}"
+    );
+    let rule = p
+        .entries
+        .iter()
+        .find(|e| e.identity == client.identity)
+        .map(|e| e.rule);
+    assert_eq!(
+        rule.and_then(|id| n.policies.rule(id)).map(|r| r.path()),
+        Some("spec.ingress[0]".to_owned())
+    );
+    assert!(
+        !n.policy_of(&client).ingress_enforced,
+        "the client is not selected"
+    );
+
+    let views = n.policies.list(&n.endpoints.policy_snapshot());
+    assert_eq!(views.len(), 1);
+    assert_eq!(
+        (
+            views[0].policy.to_string(),
+            views[0].source.as_str(),
+            views[0].endpoints
+        ),
+        (
+            "CiliumNetworkPolicy default/server-ingress".to_owned(),
+            API_SOURCE,
+            1
+        )
+    );
+
+    // The same again changes nothing.
+    let r = n.apply(SERVER_POLICY, false).expect("applies");
+    assert_eq!(
+        lines(&r),
+        ["ciliumnetworkpolicy.cilium.io/server-ingress unchanged"]
+    );
+
+    let r = n.apply(SERVER_POLICY, true).expect("deletes");
+    assert_eq!(
+        lines(&r),
+        ["ciliumnetworkpolicy.cilium.io/server-ingress deleted"]
+    );
+    assert!(!n.policy_of(&server).ingress_enforced);
+    assert!(n.policy_of(&server).entries.is_empty());
+    let r = n.apply(SERVER_POLICY, true).expect("deletes");
+    assert_eq!(
+        lines(&r),
+        ["ciliumnetworkpolicy.cilium.io/server-ingress not found"]
+    );
+}
+
+#[test]
+fn a_bad_batch_changes_nothing_and_names_every_problem() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let server = n.pod("server", "server", 10);
+    n.apply(SERVER_POLICY, false).expect("applies");
+    let before = (
+        n.dp.policies(),
+        std::fs::read(tmp.path().join(store::POLICIES_FILE)).expect("persisted"),
+        n.policies.list(&n.endpoints.policy_snapshot()),
+    );
+    let bad_service = SERVICE.replace("port: 80,", "port: 70000,");
+    let batch = format!("{DENY_CLIENT}---\n{BROKEN_POLICY}---\n{bad_service}");
+    let err = n.apply(&batch, false).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("2 problems in the manifests; nothing was applied:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.yaml: document 2 (CiliumNetworkPolicy default/broken): spec.ingress[0].toPorts[0].ports[0].port:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.yaml: document 3 (Service default/web): spec.ports[0].port:"),
+        "{text}"
+    );
+    let after = (
+        n.dp.policies(),
+        std::fs::read(tmp.path().join(store::POLICIES_FILE)).expect("persisted"),
+        n.policies.list(&n.endpoints.policy_snapshot()),
+    );
+    assert_eq!(before, after, "nothing in force, on disk or listed changed");
+    assert!(
+        n.services.list().is_empty(),
+        "the valid Service was not applied either"
+    );
+    assert!(n.policy_of(&server).ingress_enforced);
+
+    // A valid mixed batch applies both kinds.
+    let r = n
+        .apply(&format!("{SERVICE}---\n{DENY_CLIENT}"), false)
+        .expect("applies");
+    assert_eq!(
+        r.results
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["service/web created"]
+    );
+    assert_eq!(
+        lines(&r),
+        ["ciliumnetworkpolicy.cilium.io/deny-client created"]
+    );
+}
+
+#[test]
+fn a_new_endpoint_has_its_policy_before_create_returns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let n = Node::open(tmp.path(), dp.clone(), None);
+    n.apply(SERVER_POLICY, false).expect("applies");
+    let client = n.pod("client", "client", 11);
+    let server = n.pod("server", "server", 10);
+    // Checked right after create returned: no reconcile loop ran in between.
+    let p = n.policy_of(&server);
+    assert!(p.ingress_enforced, "{p:?}");
+    assert!(p
+        .entries
+        .iter()
+        .any(|e| e.identity == client.identity && e.port == 8080));
+
+    // A client created after the server is admitted by the time its create returns.
+    let client2 = n.pod("client2", "client", 12);
+    assert_eq!(client2.identity, client.identity);
+    let other = n.pod("other", "other", 13);
+    assert!(!n
+        .policy_of(&server)
+        .entries
+        .iter()
+        .any(|e| e.identity == other.identity));
+
+    // When the policy cannot be written, the endpoint is not created and leaves nothing.
+    dp.fail_next_policy("map full");
+    let before = n.endpoints.status();
+    let err = n
+        .endpoints
+        .create(&EndpointCreateRequest {
+            container_id: "c-late".into(),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/late".into(),
+            pod: None,
+            labels: Labels::parse_list("app=server", "k8s").expect("labels"),
+            host_ifname: "lxc20".into(),
+            host_ifindex: 20,
+            host_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        })
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("cannot program the network policy of container c-late"),
+        "{err}"
+    );
+    assert_eq!(n.endpoints.status(), before);
+    assert!(!dp.programmed().iter().any(|e| e.ifindex == 20));
+}
+
+#[test]
+fn restart_keeps_policies_and_cidr_identities() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ids, policy_before, client_id) = {
+        let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+        let client = n.pod("client", "client", 11);
+        n.apply(CIDR_POLICY, false).expect("applies");
+        n.apply(SERVER_POLICY, false).expect("applies");
+        let ids: Vec<(NumericIdentity, String)> = n
+            .policies
+            .cidr_identities()
+            .into_iter()
+            .map(|i| (i.id, i.labels.to_string()))
+            .collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        // The ipcache holds them and the node's address as host.
+        let ipcache = n.dp.ipcache().expect("ipcache");
+        assert!(ipcache
+            .iter()
+            .any(|e| e.prefix.to_string() == "192.0.2.1/32" && e.identity == 1));
+        assert_eq!(ipcache.iter().filter(|e| e.identity >= 1 << 24).count(), 3);
+        (ids, n.policy_of(&client), client.id)
+    };
+    // A fresh datapath as after a reboot of the agent's memory; the state directory stays.
+    let dp = Arc::new(FakeDatapath::new());
+    let n = Node::open(tmp.path(), dp.clone(), None);
+    let after: Vec<(NumericIdentity, String)> = n
+        .policies
+        .cidr_identities()
+        .into_iter()
+        .map(|i| (i.id, i.labels.to_string()))
+        .collect();
+    assert_eq!(after, ids, "same prefixes, same numbers");
+    assert_eq!(n.policies.list(&n.endpoints.policy_snapshot()).len(), 2);
+    assert_eq!(
+        dp.policies().get(&client_id),
+        Some(&policy_before),
+        "re-applied at start-up, identical"
+    );
+    // Adding a prefix keeps the others' numbers.
+    n.apply(
+        &CIDR_POLICY.replace(
+            "toCIDR: [192.168.0.0/16]",
+            "toCIDR: [192.168.0.0/16, 172.16.0.0/12]",
+        ),
+        false,
+    )
+    .expect("applies");
+    let more: Vec<(NumericIdentity, String)> = n
+        .policies
+        .cidr_identities()
+        .into_iter()
+        .map(|i| (i.id, i.labels.to_string()))
+        .collect();
+    for id in &ids {
+        assert!(more.contains(id), "{id:?} kept in {more:?}");
+    }
+}
+
+#[test]
+fn trace_explains_allow_default_deny_and_deny() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let server = n.pod("server", "server", 10);
+    let client = n.pod("client", "client", 11);
+    n.pod("other", "other", 12);
+    let t = n.trace("default/client", "default/server", 8080);
+    assert!(t.allowed);
+    assert_eq!(
+        t.ingress.as_ref().map(|v| v.reason),
+        Some(TraceReason::NoPolicy)
+    );
+
+    n.apply(SERVER_POLICY, false).expect("applies");
+    let t = n.trace("default/client", &server.ipv4.to_string(), 8080);
+    assert!(t.allowed, "{t:?}");
+    assert_eq!(t.dst.kind, TracePeerKind::Endpoint);
+    let d = t.deciding_verdict().expect("decided");
+    assert_eq!(d.reason, TraceReason::AllowedBy);
+    assert_eq!(d.rules[0].path(), "spec.ingress[0]");
+    assert_eq!(d.rules[0].policy.name, "server-ingress");
+
+    let t = n.trace("other", "server", 8080);
+    assert!(!t.allowed);
+    assert_eq!(t.drop_reason, Some(133));
+    assert_eq!(t.deciding, Some(ciliate_model::policy::Direction::Ingress));
+    let t = n.trace("default/client", "default/server", 8081);
+    assert_eq!(t.drop_reason, Some(133));
+
+    // A label set no pod has yet: a hypothetical identity, judged the same.
+    let t = n.trace(
+        "k8s:app=client,k8s:io.kubernetes.pod.namespace=default",
+        "default/server",
+        8080,
+    );
+    assert!(t.allowed);
+    assert_eq!(t.src.kind, TracePeerKind::Identity);
+    assert_eq!(t.src.identity, client.identity);
+    let t = n.trace(
+        "k8s:app=client,k8s:tier=new,k8s:io.kubernetes.pod.namespace=default",
+        "default/server",
+        8080,
+    );
+    assert_eq!(t.src.kind, TracePeerKind::Hypothetical);
+    assert!(t.allowed);
+    let t = n.trace("k8s:app=client", "default/server", 8080);
+    assert!(
+        !t.allowed,
+        "no namespace label: not selected by a namespaced policy"
+    );
+    assert!(!t.notes.is_empty());
+
+    // The node reaches its pods; world does not.
+    let t = n.trace("192.0.2.1", "default/server", 9999);
+    assert!(t.allowed);
+    assert_eq!(t.src.identity, 1);
+    assert_eq!(
+        t.ingress.as_ref().map(|v| v.reason),
+        Some(TraceReason::AllowLocalhost)
+    );
+    let t = n.trace("203.0.113.9", "default/server", 8080);
+    assert_eq!((t.src.identity, t.allowed), (2, false));
+
+    n.apply(DENY_CLIENT, false).expect("applies");
+    let t = n.trace("default/client", "default/server", 8080);
+    assert_eq!(t.drop_reason, Some(181));
+    let d = t.deciding_verdict().expect("decided");
+    assert_eq!(d.reason, TraceReason::DeniedBy);
+    assert_eq!(d.rules[0].path(), "spec.ingressDeny[0]");
+
+    assert!(matches!(
+        n.policies.trace(
+            &n.endpoints.list(),
+            &IdentityLabels::new(),
+            &TraceQuery {
+                src: "default/nope".into(),
+                dst: "default/server".into(),
+                proto: 6,
+                dport: 80
+            }
+        ),
+        Err(trace::TraceError::NotFound(_))
+    ));
+}
+
+#[test]
+fn fields_not_enforced_are_warnings_everywhere() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let r = n.apply(L7_POLICY, false).expect("applies");
+    assert_eq!(r.warnings.len(), 1, "{r:?}");
+    assert!(
+        r.warnings[0].starts_with(
+            "p.yaml: document 1 (CiliumNetworkPolicy default/http-get): spec.ingress[0].toPorts[0].rules"
+        ),
+        "{r:?}"
+    );
+    let views = n.policies.list(&n.endpoints.policy_snapshot());
+    assert_eq!(views[0].warnings.len(), 1);
+    assert!(views[0].warnings[0].starts_with("spec.ingress[0].toPorts[0].rules"));
+    // Re-applying the same still says so.
+    let r = n.apply(L7_POLICY, false).expect("applies");
+    assert_eq!(r.warnings.len(), 1);
+    // And validation too.
+    let v = manifests::validate(&split_documents("p.yaml", L7_POLICY).expect("YAML"));
+    assert!(v.valid);
+    assert_eq!(v.warnings.len(), 1);
+    let v = manifests::validate(
+        &split_documents("p.yaml", &format!("{BROKEN_POLICY}---\n{SERVICE}")).expect("YAML"),
+    );
+    assert!(!v.valid);
+    assert_eq!((v.errors.len(), v.other_objects), (1, 1), "{v:?}");
+}
+
+#[test]
+fn the_manifest_directory_holds_policies_next_to_services() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("svc.yaml"), SERVICE).expect("write");
+    std::fs::write(dir.path().join("policy.yaml"), SERVER_POLICY).expect("write");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), Some(dir.path()));
+    assert_eq!(n.services.list().len(), 1);
+    assert!(
+        n.services.status().problems.is_empty(),
+        "{:?}",
+        n.services.status()
+    );
+    let views = n.policies.list(&n.endpoints.policy_snapshot());
+    assert_eq!(views.len(), 1);
+    assert!(views[0].source.ends_with("policy.yaml"), "{views:?}");
+    // Not through the API.
+    let err = n
+        .apply(SERVER_POLICY, true)
+        .expect_err("owned by the directory");
+    assert!(
+        err.to_string()
+            .contains("managed by the manifest directory"),
+        "{err}"
+    );
+    // A broken file keeps the last good set.
+    std::fs::write(dir.path().join("policy.yaml"), BROKEN_POLICY).expect("write");
+    assert!(!n.policies.reload_dir());
+    assert_eq!(n.policies.list(&n.endpoints.policy_snapshot()).len(), 1);
+    assert_eq!(n.policies.status().problems.len(), 1);
+}
+
+#[test]
+fn node_addresses_are_host_in_the_ipcache() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    assert!(n
+        .policies
+        .set_discovered_addresses(["10.0.0.5".parse().expect("ip")]));
+    assert!(n.policies.needs_reconcile());
+    n.endpoints.reconcile_policy().expect("reconciles");
+    assert!(!n.policies.needs_reconcile());
+    let hosts: Vec<String> =
+        n.dp.ipcache()
+            .expect("ipcache")
+            .into_iter()
+            .filter(|e| e.identity == 1)
+            .map(|e| e.prefix.to_string())
+            .collect();
+    assert_eq!(
+        hosts,
+        ["10.0.0.5/32", "192.0.2.1/32"],
+        "discovered and --node-ip"
+    );
+    assert!(!n
+        .policies
+        .set_discovered_addresses(["10.0.0.5".parse().expect("ip")]));
+}

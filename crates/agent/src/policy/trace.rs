@@ -1,0 +1,240 @@
+//! `policy trace`: what a source or destination stands for (an endpoint, an address, a label
+//! set), and the engine's verdict on a flow between them with the rule that decides.
+//!
+//! A peer is written as:
+//!
+//! * an IPv4 address: an endpoint of this node when one has it, the node itself (`host`) for
+//!   its own addresses, else the CIDR identity of the longest prefix a policy names that holds
+//!   it, else `world` — as the datapath's ipcache resolves it;
+//! * a label list (anything with `=` or `:`), e.g. `k8s:app=web,k8s:io.kubernetes.pod.namespace=default`
+//!   (`k8s:` is the default source): the identity with exactly these labels, a reserved one
+//!   (`reserved:world`), or else a hypothetical identity, as if a pod had them;
+//! * an endpoint: its id, container id or `namespace/pod` (a bare name is also tried as a pod
+//!   of `default`).
+
+use std::net::Ipv4Addr;
+
+use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CLUSTER_IDENTITY};
+use ciliate_model::labels::{Labels, POD_NAMESPACE_LABEL, SOURCE_K8S};
+use ciliate_model::policy::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use ciliate_model::policy_api::{
+    PolicyTrace, TraceDirection, TracePeer, TracePeerKind, TraceReason,
+};
+use ciliate_model::{Endpoint, PodRef};
+use ciliate_policy::{DirectionVerdict, IdentityLabels, NamedPorts, Reason};
+
+use super::{lock, PolicyManager};
+use crate::endpoints::EndpointRef;
+
+/// What to trace: `GET /v1/policy/trace?src=&dst=&dport=&proto=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceQuery {
+    /// The source, as written.
+    pub src: String,
+    /// The destination, as written.
+    pub dst: String,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port (ICMP: the type).
+    pub dport: u16,
+}
+
+/// Why a trace could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The query is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A peer names no endpoint of this node.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Reads a protocol: `tcp`, `udp`, `sctp`, `icmp` (any case) or a number.
+pub fn parse_proto(s: &str) -> Option<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Some(PROTO_TCP),
+        "udp" => Some(PROTO_UDP),
+        "sctp" => Some(PROTO_SCTP),
+        "icmp" => Some(PROTO_ICMP),
+        n => n.parse().ok().filter(|p| *p != 0),
+    }
+}
+
+/// The identity assumed for a label set no identity has: the first cluster-local number not
+/// in use.
+fn free_identity(taken: &IdentityLabels) -> NumericIdentity {
+    (MIN_CLUSTER_IDENTITY..)
+        .find(|id| !taken.contains_key(id))
+        .unwrap_or(MIN_CLUSTER_IDENTITY)
+}
+
+fn endpoint_peer(query: &str, ep: &Endpoint) -> TracePeer {
+    TracePeer {
+        query: query.to_owned(),
+        kind: TracePeerKind::Endpoint,
+        identity: ep.identity,
+        labels: ep.labels.clone(),
+        endpoint: Some(ep.id),
+        pod: ep.pod.clone(),
+        ip: Some(ep.ipv4),
+    }
+}
+
+impl PolicyManager {
+    /// Resolves one side; hypothetical identities are added to `known`, so that both sides
+    /// with the same labels get the same one.
+    fn trace_peer(
+        &self,
+        query: &str,
+        endpoints: &[Endpoint],
+        known: &mut IdentityLabels,
+        notes: &mut Vec<String>,
+    ) -> Result<TracePeer, TraceError> {
+        let q = query.trim();
+        if q.is_empty() {
+            return Err(TraceError::Invalid(
+                "empty source or destination: give a pod (namespace/name), an endpoint id, an address or labels (k8s:app=web,...)".into(),
+            ));
+        }
+        if let Ok(ip) = q.parse::<Ipv4Addr>() {
+            if let Some(ep) = endpoints.iter().find(|e| e.ipv4 == ip) {
+                return Ok(endpoint_peer(query, ep));
+            }
+            let identity = if self.node_addresses().contains(&ip) {
+                ReservedIdentity::Host.id()
+            } else {
+                lock(&self.engine)
+                    .resolve(&IdentityLabels::new(), &NamedPorts::new())
+                    .cidr_identity_of(ip.into())
+            };
+            return Ok(TracePeer {
+                query: query.to_owned(),
+                kind: TracePeerKind::Address,
+                identity,
+                labels: self.identity_labels(identity).unwrap_or_default(),
+                endpoint: None,
+                pod: None,
+                ip: Some(ip),
+            });
+        }
+        if q.contains('=') || q.contains(':') {
+            let labels = Labels::parse_list(q, SOURCE_K8S)
+                .map_err(|e| TraceError::Invalid(format!("labels {q:?}: {e}")))?;
+            let found = ReservedIdentity::ALL
+                .into_iter()
+                .map(|r| (r.id(), r.labels()))
+                .chain(self.cidr_identities().into_iter().map(|i| (i.id, i.labels)))
+                .chain(known.iter().map(|(id, l)| (*id, l.clone())))
+                .find(|(_, l)| *l == labels);
+            let (identity, kind) = match found {
+                Some((id, _)) => (id, TracePeerKind::Identity),
+                None => {
+                    let id = free_identity(known);
+                    known.insert(id, labels.clone());
+                    if labels.get(SOURCE_K8S, POD_NAMESPACE_LABEL).is_none() {
+                        notes.push(format!(
+                            "{q:?} has no {SOURCE_K8S}:{POD_NAMESPACE_LABEL} label: no namespaced \
+                             policy selects such a pod (add k8s:{POD_NAMESPACE_LABEL}=<namespace>)"
+                        ));
+                    }
+                    (id, TracePeerKind::Hypothetical)
+                }
+            };
+            return Ok(TracePeer {
+                query: query.to_owned(),
+                kind,
+                identity,
+                labels,
+                endpoint: None,
+                pod: None,
+                ip: None,
+            });
+        }
+        let r = EndpointRef::parse(q);
+        let found = endpoints.iter().find(|e| match &r {
+            EndpointRef::Id(id) => e.id == *id || e.container_id == q,
+            EndpointRef::Pod(p) => e.pod.as_ref() == Some(p),
+            EndpointRef::Container(c) => &e.container_id == c,
+        });
+        let found = found.or_else(|| match &r {
+            EndpointRef::Container(name) => {
+                let pod = PodRef {
+                    namespace: "default".into(),
+                    name: name.clone(),
+                };
+                endpoints.iter().find(|e| e.pod.as_ref() == Some(&pod))
+            }
+            _ => None,
+        });
+        found.map(|ep| endpoint_peer(query, ep)).ok_or_else(|| {
+            TraceError::NotFound(format!(
+                "no {r} on this node; give a pod (namespace/name), an endpoint id or container \
+                 id (see `ciliate endpoint list`), an IPv4 address, or labels such as \
+                 k8s:app=web,k8s:{POD_NAMESPACE_LABEL}=default"
+            ))
+        })
+    }
+
+    /// The engine's verdict on a flow from `q.src` to `q.dst`. `endpoints` are the node's
+    /// endpoints, `identities` the labels of the endpoint identities in use.
+    pub fn trace(
+        &self,
+        endpoints: &[Endpoint],
+        identities: &IdentityLabels,
+        q: &TraceQuery,
+    ) -> Result<PolicyTrace, TraceError> {
+        let mut known = identities.clone();
+        let mut notes = Vec::new();
+        let src = self.trace_peer(&q.src, endpoints, &mut known, &mut notes)?;
+        let dst = self.trace_peer(&q.dst, endpoints, &mut known, &mut notes)?;
+        let verdict = lock(&self.engine)
+            .resolve(&known, &NamedPorts::new())
+            .explain(src.identity, dst.identity, q.proto, q.dport);
+        if verdict.egress.is_none() && verdict.ingress.is_none() {
+            notes.push(
+                "neither side is an endpoint: no policy applies (the datapath judges traffic \
+                 only where it enters or leaves an endpoint)"
+                    .into(),
+            );
+        }
+        Ok(PolicyTrace {
+            allowed: verdict.allowed,
+            deciding: verdict.deciding().map(|d| d.direction),
+            drop_reason: verdict.drop_reason(),
+            egress: verdict.egress.as_ref().map(direction),
+            ingress: verdict.ingress.as_ref().map(direction),
+            src,
+            dst,
+            proto: q.proto,
+            dport: q.dport,
+            notes,
+        })
+    }
+}
+
+fn direction(v: &DirectionVerdict) -> TraceDirection {
+    let (reason, rules, policies) = match &v.reason {
+        Reason::NoPolicy => (TraceReason::NoPolicy, Vec::new(), Vec::new()),
+        Reason::NoDefaultDeny { policies } => {
+            (TraceReason::NoDefaultDeny, Vec::new(), policies.clone())
+        }
+        Reason::AllowedBy { rules } => (TraceReason::AllowedBy, rules.clone(), Vec::new()),
+        Reason::AllowLocalhost => (TraceReason::AllowLocalhost, Vec::new(), Vec::new()),
+        Reason::DeniedBy { rules } => (TraceReason::DeniedBy, rules.clone(), Vec::new()),
+        Reason::DefaultDeny { policies } => {
+            (TraceReason::DefaultDeny, Vec::new(), policies.clone())
+        }
+    };
+    TraceDirection {
+        direction: v.direction,
+        endpoint: v.endpoint,
+        peer: v.peer,
+        allowed: v.allowed,
+        reason,
+        rules,
+        policies,
+        drop_reason: v.drop_reason(),
+        message: v.reason.to_string(),
+    }
+}

@@ -1,0 +1,450 @@
+//! `ciliate policy import|delete|get|validate|trace`: network policies.
+//!
+//! Import and delete go through `POST /v1/manifests` like `ciliate apply`, with documents of
+//! other kinds refused before anything is sent. Validate and trace ask the agent, so the rules
+//! are the ones it enforces.
+
+use std::path::PathBuf;
+
+use ciliate_model::manifest::{describe, report, ApplyDocument, ManifestError};
+use ciliate_model::policy::{PolicyKind, PolicyRef, PolicyResource};
+use ciliate_model::policy_api::{
+    is_policy_document, parse_kind, PolicyTrace, PolicyValidation, PolicyView, TraceDirection,
+};
+
+use super::apply::{read_documents, send};
+use super::{hint_not_found, Coded, Ctx, Outcome};
+use crate::output::{self, fields, or_none, Format};
+
+/// Exit code of `policy trace` when it could not trace (1 means denied).
+pub const TRACE_ERROR_EXIT: u8 = 2;
+
+/// Reads the documents of `files`; every unreadable file or syntax error is reported.
+fn documents(files: &[PathBuf]) -> anyhow::Result<Vec<ApplyDocument>> {
+    read_documents(files, &mut std::io::stdin().lock())
+        .map_err(|errors| anyhow::anyhow!(report(&errors, "nothing was sent to the agent")))
+}
+
+/// A problem for each document that is not a policy.
+fn not_policies(docs: &[ApplyDocument], command: &str) -> Vec<ManifestError> {
+    docs.iter()
+        .filter(|d| !is_policy_document(&d.object))
+        .map(|d| {
+            let kind = d
+                .object
+                .get("kind")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("<none>");
+            ManifestError {
+                source: d.source.clone(),
+                index: d.index,
+                object: describe(&d.object),
+                path: "kind".into(),
+                reason: format!(
+                    "{kind} is not a network policy; `ciliate policy {command}` takes \
+                     NetworkPolicy, CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy only \
+                     (use `ciliate apply -f` for other objects)"
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `ciliate policy import -f ...`.
+pub async fn import(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<Outcome> {
+    let docs = documents(files)?;
+    let refused = not_policies(&docs, "import");
+    if !refused.is_empty() {
+        anyhow::bail!("{}", report(&refused, "nothing was sent to the agent"));
+    }
+    send(ctx, docs, false, false).await
+}
+
+/// Reads `KIND/NAMESPACE/NAME` or `KIND/NAME` (clusterwide, or namespaced in `default`).
+pub fn parse_ref(s: &str) -> anyhow::Result<PolicyRef> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let usage = || {
+        anyhow::anyhow!(
+            "{s:?} names no policy: write KIND/NAMESPACE/NAME or KIND/NAME (clusterwide), e.g. \
+             cnp/default/client-ingress or ccnp/deny-world"
+        )
+    };
+    let (kind, namespace, name) = match parts.as_slice() {
+        [kind, name] => (*kind, None, *name),
+        [kind, ns, name] => (*kind, Some(*ns), *name),
+        _ => return Err(usage()),
+    };
+    if name.is_empty() || namespace.is_some_and(str::is_empty) {
+        return Err(usage());
+    }
+    let kind = parse_kind(kind).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{kind:?} is not a policy kind: use NetworkPolicy (netpol), CiliumNetworkPolicy (cnp) \
+             or CiliumClusterwideNetworkPolicy (ccnp)"
+        )
+    })?;
+    let namespace = match (kind.is_namespaced(), namespace) {
+        (true, ns) => Some(ns.unwrap_or("default").to_owned()),
+        (false, None) => None,
+        (false, Some(_)) => {
+            anyhow::bail!("{kind} has no namespace: write {}/{name}", short(kind))
+        }
+    };
+    Ok(PolicyRef {
+        kind,
+        namespace,
+        name: name.to_owned(),
+    })
+}
+
+fn short(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::NetworkPolicy => "netpol",
+        PolicyKind::CiliumNetworkPolicy => "cnp",
+        PolicyKind::CiliumClusterwideNetworkPolicy => "ccnp",
+    }
+}
+
+/// The document that names a policy, for deletion.
+fn ref_document(r: &PolicyRef, index: usize) -> ApplyDocument {
+    let mut metadata = serde_json::json!({ "name": r.name });
+    if let Some(ns) = &r.namespace {
+        metadata["namespace"] = ns.clone().into();
+    }
+    ApplyDocument {
+        source: "<command line>".into(),
+        index,
+        object: serde_json::json!({
+            "apiVersion": r.kind.api_version(),
+            "kind": r.kind.as_str(),
+            "metadata": metadata,
+        }),
+    }
+}
+
+/// `ciliate policy delete REF... | -f ...`.
+pub async fn delete(
+    ctx: &Ctx,
+    refs: &[String],
+    files: &[PathBuf],
+    ignore_not_found: bool,
+) -> anyhow::Result<Outcome> {
+    let mut docs = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        docs.push(ref_document(&parse_ref(r)?, i + 1));
+    }
+    if !files.is_empty() {
+        let from_files = documents(files)?;
+        let refused = not_policies(&from_files, "delete");
+        if !refused.is_empty() {
+            anyhow::bail!("{}", report(&refused, "nothing was sent to the agent"));
+        }
+        docs.extend(from_files);
+    }
+    send(ctx, docs, true, ignore_not_found).await
+}
+
+/// `ciliate policy get [REF]`.
+pub async fn get(ctx: &Ctx, policy: Option<&str>) -> anyhow::Result<Outcome> {
+    let views = ctx.client.policies().await?;
+    let Some(policy) = policy else {
+        output::print(&output::render(ctx.format, &views, |v| list_table(v))?)?;
+        return Ok(Outcome::Success);
+    };
+    let r = parse_ref(policy)?;
+    let resource = ctx
+        .client
+        .policy(&r)
+        .await
+        .map_err(|e| hint_not_found(e, "`ciliate policy get` lists the policies in force"))?;
+    let view = views.into_iter().find(|v| v.policy == r);
+    let text = match ctx.format {
+        Format::Table => get_table(view.as_ref(), &resource)?,
+        format => output::render(format, &resource, |_| String::new())?,
+    };
+    output::print(&text)?;
+    Ok(Outcome::Success)
+}
+
+/// One row per policy: KIND, NAMESPACE, NAME, ENDPOINTS, SOURCE, WARNINGS.
+pub fn list_table(views: &[PolicyView]) -> String {
+    output::table(
+        &[
+            "kind",
+            "namespace",
+            "name",
+            "endpoints",
+            "source",
+            "warnings",
+        ],
+        views.iter().map(|v| {
+            vec![
+                v.policy.kind.to_string(),
+                or_none(v.policy.namespace.clone().unwrap_or_default()),
+                v.policy.name.clone(),
+                v.endpoints.to_string(),
+                v.source.clone(),
+                v.warnings.len().to_string(),
+            ]
+        }),
+    )
+}
+
+/// A policy's summary, then its manifest.
+pub fn get_table(view: Option<&PolicyView>, resource: &PolicyResource) -> anyhow::Result<String> {
+    let r = resource.policy_ref();
+    let mut pairs = vec![
+        ("Kind", r.kind.to_string()),
+        (
+            "Namespace",
+            or_none(r.namespace.clone().unwrap_or_default()),
+        ),
+        ("Name", r.name.clone()),
+    ];
+    if let Some(v) = view {
+        pairs.push(("Source", v.source.clone()));
+        pairs.push(("Endpoints", v.endpoints.to_string()));
+        pairs.push(("Warnings", or_none(v.warnings.join("\n"))));
+    }
+    let mut text = fields(pairs);
+    text.push_str("---\n");
+    text.push_str(&serde_yaml_ng::to_string(resource)?);
+    Ok(text)
+}
+
+/// `ciliate policy validate -f ...`: exit 0 when valid, 1 with every problem.
+pub async fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<Outcome> {
+    let docs = documents(files)?;
+    let mut refused = not_policies(&docs, "validate");
+    let policies: Vec<ApplyDocument> = docs
+        .into_iter()
+        .filter(|d| is_policy_document(&d.object))
+        .collect();
+    let mut v = if policies.is_empty() {
+        PolicyValidation::default()
+    } else {
+        ctx.client
+            .validate_policies(&ciliate_model::manifest::ApplyRequest {
+                documents: policies,
+                delete: false,
+            })
+            .await?
+    };
+    if !refused.is_empty() {
+        v.valid = false;
+        v.errors.append(&mut refused);
+        v.errors
+            .sort_by(|a, b| (&a.source, a.index).cmp(&(&b.source, b.index)));
+    }
+    match ctx.format {
+        Format::Table => {
+            for w in &v.warnings {
+                eprintln!("Warning: {w}");
+            }
+            if v.valid {
+                output::print(&format!(
+                    "valid: {} polic{}\n",
+                    v.policies.len(),
+                    if v.policies.len() == 1 { "y" } else { "ies" }
+                ))?;
+            } else {
+                eprintln!("{}", report(&v.errors, "the policies are not valid"));
+            }
+        }
+        format => output::print(&output::render(format, &v, |_| String::new())?)?,
+    }
+    Ok(if v.valid {
+        Outcome::Success
+    } else {
+        Outcome::Unhealthy
+    })
+}
+
+/// `ciliate policy trace`: exit 0 allowed, 1 denied, 2 when it could not trace.
+pub async fn trace(
+    ctx: &Ctx,
+    src: &str,
+    dst: &str,
+    dport: u16,
+    proto: &str,
+) -> anyhow::Result<Outcome> {
+    let traced = ctx
+        .client
+        .policy_trace(src, dst, dport, proto)
+        .await
+        .map_err(|e| Coded {
+            code: TRACE_ERROR_EXIT,
+            error: hint_not_found(
+                e,
+                "`ciliate endpoint list` shows the pods of this node; labels and addresses \
+                 need no pod",
+            ),
+        })?;
+    output::print(&output::render(ctx.format, &traced, trace_table)?)?;
+    Ok(if traced.allowed {
+        Outcome::Success
+    } else {
+        Outcome::Unhealthy
+    })
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        1 => "ICMP".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
+fn side(v: &TraceDirection) -> String {
+    format!(
+        "{}: {}",
+        if v.allowed { "allowed" } else { "denied" },
+        v.message
+    )
+}
+
+/// The verdict, each side's reason and the deciding rule.
+pub fn trace_table(t: &PolicyTrace) -> String {
+    let port = if t.proto == 1 {
+        format!("type {}", t.dport)
+    } else {
+        format!("port {}", t.dport)
+    };
+    let verdict = match (t.allowed, t.drop_reason) {
+        (true, _) => "ALLOWED".to_owned(),
+        (false, Some(code)) => format!("DENIED (drop reason {code})"),
+        (false, None) => "DENIED".to_owned(),
+    };
+    let mut pairs = vec![
+        ("Verdict", verdict),
+        ("Flow", format!("{} {port}", proto_name(t.proto))),
+        ("Source", t.src.to_string()),
+        ("Destination", t.dst.to_string()),
+        (
+            "Egress",
+            t.egress
+                .as_ref()
+                .map_or_else(|| "not an endpoint: no egress policy".to_owned(), side),
+        ),
+        (
+            "Ingress",
+            t.ingress
+                .as_ref()
+                .map_or_else(|| "not an endpoint: no ingress policy".to_owned(), side),
+        ),
+    ];
+    let deciding = match t.deciding_verdict() {
+        None => "<none>".to_owned(),
+        Some(v) if !v.rules.is_empty() => v
+            .rules
+            .iter()
+            .map(|r| format!("{} {} ({})", r.policy, r.path(), v.direction))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Some(v) if !v.policies.is_empty() => format!(
+            "{} of {} ({})",
+            match v.reason {
+                ciliate_model::policy_api::TraceReason::DefaultDeny => "default deny",
+                _ => "no default deny",
+            },
+            v.policies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            v.direction
+        ),
+        Some(v) => format!("<none: {}> ({})", v.message, v.direction),
+    };
+    pairs.push(("Decided by", deciding));
+    if !t.notes.is_empty() {
+        pairs.push(("Notes", t.notes.join("\n")));
+    }
+    fields(pairs)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_as_users_write_them() {
+        let r = parse_ref("cnp/prod/web").unwrap();
+        assert_eq!(r.to_string(), "CiliumNetworkPolicy prod/web");
+        let r = parse_ref("netpol/web").unwrap();
+        assert_eq!(r.to_string(), "NetworkPolicy default/web");
+        let r = parse_ref("CiliumClusterwideNetworkPolicy/all").unwrap();
+        assert_eq!(r.to_string(), "CiliumClusterwideNetworkPolicy all");
+        for bad in ["web", "cnp/", "svc/default/web", "ccnp/ns/all", "a/b/c/d"] {
+            assert!(parse_ref(bad).is_err(), "{bad}");
+        }
+        let doc = ref_document(&parse_ref("cnp/prod/web").unwrap(), 1);
+        assert_eq!(
+            doc.object,
+            serde_json::json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "web", "namespace": "prod"}})
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_named_and_refused() {
+        let docs = ciliate_model::manifest::split_documents(
+            "m.yaml",
+            "kind: CiliumNetworkPolicy\n---\nkind: Service\nmetadata: {name: web}\n",
+        )
+        .unwrap();
+        let refused = not_policies(&docs, "import");
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].to_string().starts_with(
+            "m.yaml: document 2 (Service default/web): kind: Service is not a network policy"
+        ));
+    }
+
+    #[test]
+    fn tables() {
+        let text = list_table(&[crate::fixtures::policy_view()]);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            [
+                "KIND",
+                "NAMESPACE",
+                "NAME",
+                "ENDPOINTS",
+                "SOURCE",
+                "WARNINGS"
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "CiliumNetworkPolicy",
+                "default",
+                "server-ingress",
+                "2",
+                "api",
+                "1"
+            ]
+        );
+        let text = trace_table(&crate::fixtures::trace());
+        assert!(
+            text.starts_with("Verdict:       DENIED (drop reason 181)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Decided by:    CiliumNetworkPolicy default/deny-client spec.ingressDeny[0] (ingress)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Egress:        allowed: no policy selects"),
+            "{text}"
+        );
+    }
+}
