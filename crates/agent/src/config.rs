@@ -163,6 +163,23 @@ pub struct Args {
     #[arg(long = "node-ip", env = "CILIATE_NODE_IPS", value_name = "ADDR", value_delimiter = ',', value_parser = parse_node_ip)]
     pub node_ips: Vec<Ipv4Addr>,
 
+    /// The cgroup (v2) whose processes get socket-level load balancing: their connect() to a
+    /// Service goes straight to a backend. Put the pods' processes (the runtime's pod cgroups)
+    /// under it. Never the cgroup root by default, which would put every process of the
+    /// machine behind this node's Services. [default: <cgroup2 mount>/ciliate/<node-name>]
+    #[arg(
+        long,
+        env = "CILIATE_SOCKET_LB_CGROUP",
+        value_name = "DIR",
+        conflicts_with = "no_socket_lb"
+    )]
+    pub socket_lb_cgroup: Option<PathBuf>,
+
+    /// Turn socket-level load balancing off: Services are then served by per-packet
+    /// translation on the pods' veths alone.
+    #[arg(long, env = "CILIATE_NO_SOCKET_LB")]
+    pub no_socket_lb: bool,
+
     /// How log lines are written: `text` for people, `json` for log collectors.
     #[arg(long, env = "CILIATE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -196,6 +213,8 @@ pub struct Config {
     pub manifest_dir: Option<PathBuf>,
     /// Node addresses NodePort Services answer on.
     pub node_ips: Vec<Ipv4Addr>,
+    /// The cgroup with socket LB, `None` when it is off.
+    pub socket_lb_cgroup: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
     /// The log filter (RUST_LOG, default `info`).
@@ -284,6 +303,13 @@ impl Config {
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| "info".to_owned());
 
+        let socket_lb_cgroup = if parsed.no_socket_lb {
+            None
+        } else {
+            parsed
+                .socket_lb_cgroup
+                .or_else(|| ciliate_datapath::linux::default_socket_lb_cgroup(&node_name))
+        };
         Ok(Config {
             node_name,
             observer: crate::observer::ObserverSettings::from_args(parsed.observer, &parsed.socket),
@@ -296,6 +322,7 @@ impl Config {
             ct_gc_interval_seconds: parsed.ct_gc_interval,
             manifest_dir: parsed.manifest_dir,
             node_ips: parsed.node_ips,
+            socket_lb_cgroup,
             log_format: parsed.log_format,
             log_filter,
         })
@@ -447,6 +474,35 @@ mod tests {
             std::iter::once("ciliate-agent").chain(args.iter().copied()),
             e,
         )
+    }
+
+    #[test]
+    fn socket_lb_is_on_by_default_and_can_move_or_go() {
+        let on = parse(&["--node-name", "n1"], &env(&[])).expect("defaults");
+        if let Some(cg) = on.socket_lb_cgroup {
+            assert!(
+                cg.ends_with("ciliate/n1"),
+                "never the cgroup root: {}",
+                cg.display()
+            );
+        }
+        let moved = parse(
+            &[
+                "--node-name",
+                "n1",
+                "--socket-lb-cgroup",
+                "/sys/fs/cgroup/pods",
+            ],
+            &env(&[]),
+        )
+        .expect("moved");
+        assert_eq!(
+            moved.socket_lb_cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/pods"))
+        );
+        let off = parse(&["--node-name", "n1", "--no-socket-lb"], &env(&[])).expect("off");
+        assert_eq!(off.socket_lb_cgroup, None);
+        assert!(parse(&["--no-socket-lb", "--socket-lb-cgroup", "/x"], &env(&[])).is_err());
     }
 
     #[test]

@@ -231,14 +231,15 @@ pub fn open_datapath(config: &Config) -> Result<Arc<dyn Datapath>, AgentError> {
             warn!("using the fake datapath: pods get addresses but no traffic is forwarded");
             Ok(Arc::new(FakeDatapath::new()))
         }
-        DatapathKind::Bpf => {
-            LinuxDatapath::open(LinuxConfig::new(&config.node_name, &config.bpffs_root))
-                .map(|d| Arc::new(d) as Arc<dyn Datapath>)
-                .map_err(|source| AgentError::Datapath {
-                    kind: DatapathKind::Bpf,
-                    source,
-                })
-        }
+        DatapathKind::Bpf => LinuxDatapath::open(LinuxConfig {
+            socket_lb_cgroup: config.socket_lb_cgroup.clone(),
+            ..LinuxConfig::new(&config.node_name, &config.bpffs_root)
+        })
+        .map(|d| Arc::new(d) as Arc<dyn Datapath>)
+        .map_err(|source| AgentError::Datapath {
+            kind: DatapathKind::Bpf,
+            source,
+        }),
     }
 }
 
