@@ -290,10 +290,8 @@ pub struct ReconcileStats {
 
 #[derive(Debug, Default)]
 struct Health {
-    /// Problems of the manifest directory's last read.
-    dir_problems: Vec<String>,
-    /// The directory as last read.
-    dir_fingerprint: Option<manifest_dir::Fingerprint>,
+    /// The manifest directory as last read, and its problems.
+    dir: manifest_dir::DirWatch,
     /// Why the last reconciliation failed.
     reconcile_error: Option<String>,
     /// The generation the datapath holds.
@@ -605,74 +603,41 @@ impl PolicyManager {
         let Some(dir) = self.settings.manifest_dir.clone() else {
             return false;
         };
-        let fingerprint = match manifest_dir::fingerprint(&dir) {
-            Ok(f) => f,
-            Err(e) => {
-                let mut h = lock(&self.health);
-                let problem = format!("{e}; the last good set of its policies stays in force");
-                if h.dir_problems != [problem.clone()] {
-                    warn!("{problem}");
-                    h.dir_problems = vec![problem];
+        manifest_dir::reload(
+            &dir,
+            "policies",
+            &self.health,
+            |h| &mut h.dir,
+            |docs| {
+                let docs: Vec<ApplyDocument> = docs
+                    .into_iter()
+                    .filter(|d| is_policy_document(&d.object))
+                    .collect();
+                let next = load_documents(&docs)
+                    .map(stored)
+                    .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+                let mut docs = lock(&self.docs);
+                if next == docs.dir {
+                    return Ok(false);
                 }
-                h.dir_fingerprint = None;
-                return false;
-            }
-        };
-        if lock(&self.health).dir_fingerprint.as_ref() == Some(&fingerprint) {
-            return false;
-        }
-        let outcome = manifest_dir::read_documents(&dir).and_then(|docs| {
-            let docs: Vec<ApplyDocument> = docs
-                .into_iter()
-                .filter(|d| is_policy_document(&d.object))
-                .collect();
-            let next = load_documents(&docs)
-                .map(stored)
-                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-            let mut docs = lock(&self.docs);
-            if next == docs.dir {
-                return Ok(false);
-            }
-            let mut engine = lock(&self.engine).clone();
-            let errors = sync_engine(&mut engine, &next, &docs.api);
-            if !errors.is_empty() {
-                return Err(errors.iter().map(ToString::to_string).collect());
-            }
-            self.save(&docs.api, &next, &mut engine)
-                .map_err(|e| vec![e.to_string()])?;
-            for s in next.values() {
-                for w in &s.warnings {
-                    warn!(file = %s.source, "policy accepted with a field not enforced as written: {w}");
+                let mut engine = lock(&self.engine).clone();
+                let errors = sync_engine(&mut engine, &next, &docs.api);
+                if !errors.is_empty() {
+                    return Err(errors.iter().map(ToString::to_string).collect());
                 }
-            }
-            docs.dir = next;
-            *lock(&self.engine) = engine;
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            Ok(true)
-        });
-        let mut h = lock(&self.health);
-        h.dir_fingerprint = Some(fingerprint);
-        match outcome {
-            Ok(changed) => {
-                if changed || !h.dir_problems.is_empty() {
-                    info!(dir = %dir.display(), changed, "manifest directory policies read");
+                self.save(&docs.api, &next, &mut engine)
+                    .map_err(|e| vec![e.to_string()])?;
+                for s in next.values() {
+                    for w in &s.warnings {
+                        warn!(file = %s.source, "policy accepted with a field not enforced as written: {w}");
+                    }
                 }
-                h.dir_problems.clear();
-                changed
-            }
-            Err(problems) => {
-                warn!(
-                    dir = %dir.display(),
-                    problems = problems.len(),
-                    "manifest directory policies rejected; the last good set stays in force"
-                );
-                for p in &problems {
-                    warn!("{p}");
-                }
-                h.dir_problems = problems;
-                false
-            }
-        }
+                docs.dir = next;
+                *lock(&self.engine) = engine;
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            },
+        )
     }
 
     /// Sets the node addresses found on its interfaces (`--node-ip` ones are always kept);
@@ -909,7 +874,8 @@ impl PolicyManager {
         };
         let h = lock(&self.health);
         let mut problems: Vec<String> = h
-            .dir_problems
+            .dir
+            .problems
             .iter()
             .map(|p| format!("manifest directory: {p}"))
             .collect();

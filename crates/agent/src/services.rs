@@ -132,11 +132,8 @@ struct Tables {
 
 #[derive(Debug, Default)]
 struct Health {
-    /// Problems of the manifest directory's last read.
-    dir_problems: Vec<String>,
-    /// The directory as last read (successfully or not), so an unchanged broken directory is
-    /// not re-read and re-logged every poll.
-    dir_fingerprint: Option<manifest_dir::Fingerprint>,
+    /// The manifest directory as last read, and its problems.
+    dir: manifest_dir::DirWatch,
     /// Why the last datapath sync failed.
     sync_error: Option<String>,
     /// The generation the datapath holds.
@@ -536,63 +533,30 @@ impl ServiceManager {
         let Some(dir) = self.settings.manifest_dir.clone() else {
             return false;
         };
-        let fingerprint = match manifest_dir::fingerprint(&dir) {
-            Ok(f) => f,
-            Err(e) => {
-                let mut h = lock(&self.health);
-                let problem = format!("{e}; the last good set of its objects stays in force");
-                if h.dir_problems != [problem.clone()] {
-                    warn!("{problem}");
-                    h.dir_problems = vec![problem];
+        manifest_dir::reload(
+            &dir,
+            "objects",
+            &self.health,
+            |h| &mut h.dir,
+            |docs| {
+                // Policies in the directory are the policy store's.
+                let docs: Vec<ApplyDocument> = docs
+                    .into_iter()
+                    .filter(|d| !crate::policy::is_policy_document(&d.object))
+                    .collect();
+                let decoded = decode_all(&docs)
+                    .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+                let next = stored(decoded);
+                let mut tables = lock(&self.tables);
+                if next == tables.dir {
+                    return Ok(false);
                 }
-                h.dir_fingerprint = None;
-                return false;
-            }
-        };
-        if lock(&self.health).dir_fingerprint.as_ref() == Some(&fingerprint) {
-            return false;
-        }
-        let outcome = manifest_dir::read_documents(&dir).and_then(|docs| {
-            // Policies in the directory are the policy store's.
-            let docs: Vec<ApplyDocument> = docs
-                .into_iter()
-                .filter(|d| !crate::policy::is_policy_document(&d.object))
-                .collect();
-            let decoded = decode_all(&docs)
-                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-            let next = stored(decoded);
-            let mut tables = lock(&self.tables);
-            if next == tables.dir {
-                return Ok(false);
-            }
-            let api = tables.api.clone();
-            self.commit(&mut tables, api, Some(next), |_| Vec::new())
-                .map(|()| true)
-                .map_err(|e| vec![e.to_string()])
-        });
-        let mut h = lock(&self.health);
-        h.dir_fingerprint = Some(fingerprint);
-        match outcome {
-            Ok(changed) => {
-                if changed || !h.dir_problems.is_empty() {
-                    info!(dir = %dir.display(), changed, "manifest directory read");
-                }
-                h.dir_problems.clear();
-                changed
-            }
-            Err(problems) => {
-                warn!(
-                    dir = %dir.display(),
-                    problems = problems.len(),
-                    "manifest directory rejected; the last good set of its objects stays in force"
-                );
-                for p in &problems {
-                    warn!("{p}");
-                }
-                h.dir_problems = problems;
-                false
-            }
-        }
+                let api = tables.api.clone();
+                self.commit(&mut tables, api, Some(next), |_| Vec::new())
+                    .map(|()| true)
+                    .map_err(|e| vec![e.to_string()])
+            },
+        )
     }
 
     /// Programs the datapath with the current plan. Returns the error text when it fails
@@ -676,7 +640,8 @@ impl ServiceManager {
         };
         let h = lock(&self.health);
         let mut problems: Vec<String> = h
-            .dir_problems
+            .dir
+            .problems
             .iter()
             .map(|p| format!("manifest directory: {p}"))
             .collect();

@@ -6,9 +6,11 @@
 //! are links into it and are read).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
 use ciliate_model::manifest::{split_documents, ApplyDocument, ManifestError};
+use tracing::{info, warn};
 
 /// What the directory looked like: each file's name, size and modification time. Reading
 /// again only when this changes costs one `stat` per file every poll.
@@ -107,6 +109,74 @@ pub fn read_documents(dir: &Path) -> Result<Vec<ApplyDocument>, Vec<String>> {
         Ok(docs)
     } else {
         Err(problems)
+    }
+}
+
+/// What a store remembers of its last read of the directory.
+#[derive(Debug, Default)]
+pub struct DirWatch {
+    /// The directory as last read (successfully or not), so an unchanged broken directory is
+    /// not re-read and re-logged every poll.
+    fingerprint: Option<Fingerprint>,
+    /// Problems of the last read; the last good set stays in force while there are some.
+    pub problems: Vec<String>,
+}
+
+/// Re-reads `dir` when it changed since `watch` last saw it, and hands its documents to
+/// `apply`, which answers whether what is in force changed, or every problem (then nothing
+/// of the read is in force and the last good set stays). `what` names the store's objects in
+/// logs ("objects", "policies"). The watch lives in the store's `health`, reached by `watch`;
+/// that lock is taken only around the bookkeeping, never while `apply` runs. Returns whether
+/// what is in force changed.
+pub fn reload<H>(
+    dir: &Path,
+    what: &str,
+    health: &Mutex<H>,
+    watch: fn(&mut H) -> &mut DirWatch,
+    apply: impl FnOnce(Vec<ApplyDocument>) -> Result<bool, Vec<String>>,
+) -> bool {
+    let lock = || health.lock().unwrap_or_else(|p| p.into_inner());
+    let fingerprint = match fingerprint(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut h = lock();
+            let w = watch(&mut h);
+            let problem = format!("{e}; the last good set of its {what} stays in force");
+            if w.problems != [problem.clone()] {
+                warn!("{problem}");
+                w.problems = vec![problem];
+            }
+            w.fingerprint = None;
+            return false;
+        }
+    };
+    if watch(&mut lock()).fingerprint.as_ref() == Some(&fingerprint) {
+        return false;
+    }
+    let outcome = read_documents(dir).and_then(apply);
+    let mut h = lock();
+    let w = watch(&mut h);
+    w.fingerprint = Some(fingerprint);
+    match outcome {
+        Ok(changed) => {
+            if changed || !w.problems.is_empty() {
+                info!(dir = %dir.display(), changed, "manifest directory read for its {what}");
+            }
+            w.problems.clear();
+            changed
+        }
+        Err(problems) => {
+            warn!(
+                dir = %dir.display(),
+                problems = problems.len(),
+                "manifest directory rejected; the last good set of its {what} stays in force"
+            );
+            for p in &problems {
+                warn!("{p}");
+            }
+            w.problems = problems;
+            false
+        }
     }
 }
 
