@@ -333,6 +333,7 @@ impl EndpointManager {
                 .map(spec_of)
                 .collect(),
             identities: tables.identity_labels(),
+            named_ports: tables.named_ports(),
         }
     }
 
@@ -408,6 +409,7 @@ impl EndpointManager {
             netns: req.netns.clone(),
             pod: req.pod.clone(),
             labels,
+            named_ports: req.named_ports.clone(),
             identity,
             ipv4,
             mac: req.mac,
@@ -437,7 +439,9 @@ impl EndpointManager {
         // Its policy before anything else: the endpoint must never be reachable, or reach,
         // more than policy allows, not even before the CNI ADD is answered.
         if let Some(policy) = self.policy.get() {
-            if let Err(source) = policy.program_endpoint(&spec, &next.identity_labels()) {
+            if let Err(source) =
+                policy.program_endpoint(&spec, &next.identity_labels(), &next.named_ports())
+            {
                 self.undo_upsert(&spec);
                 warn!(container = %req.container_id, host_ifname = %req.host_ifname, error = %source, "cannot program the policy of a new endpoint; undone");
                 return Err(EndpointError::Datapath {
@@ -754,6 +758,11 @@ impl Tables {
             .values()
             .map(|e| (e.identity, e.labels.clone()))
             .collect()
+    }
+
+    /// The named container ports every endpoint declares.
+    fn named_ports(&self) -> ciliate_policy::NamedPorts {
+        crate::policy::named_ports_of(self.endpoints.values())
     }
 
     /// The lowest endpoint id not in use.

@@ -45,6 +45,7 @@ use ciliate_model::manifest::{report, ApplyAction, ApplyDocument, ManifestError}
 use ciliate_model::policy::{PolicyKind, PolicyRef, PolicyResource, RuleRef};
 pub use ciliate_model::policy_api::is_policy_document;
 use ciliate_model::policy_api::{PolicyOutcome, PolicyValidation, PolicyView};
+use ciliate_model::Endpoint;
 use ciliate_policy::{load_documents, IdentityLabels, Loaded, NamedPorts, PolicyEngine};
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
@@ -275,6 +276,19 @@ pub struct NodeEndpoints {
     pub endpoints: Vec<EndpointSpec>,
     /// The labels of every endpoint identity in use.
     pub identities: IdentityLabels,
+    /// The named container ports of every endpoint, by identity.
+    pub named_ports: NamedPorts,
+}
+
+/// What named ports the endpoints declare, for policies that name ports.
+pub fn named_ports_of<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> NamedPorts {
+    let mut named = NamedPorts::new();
+    for ep in endpoints {
+        for p in &ep.named_ports {
+            named.insert(ep.identity, &p.name, p.protocol.number(), p.port);
+        }
+    }
+    named
 }
 
 /// What one reconciliation did.
@@ -686,9 +700,10 @@ impl PolicyManager {
         &self,
         spec: &EndpointSpec,
         identities: &IdentityLabels,
+        named_ports: &NamedPorts,
     ) -> Result<PolicySyncStats, DatapathError> {
         let policy = lock(&self.engine)
-            .resolve(identities, &NamedPorts::new())
+            .resolve(identities, named_ports)
             .map_policy(spec.identity);
         self.datapath.set_endpoint_policy(spec, &policy)
     }
@@ -713,9 +728,8 @@ impl PolicyManager {
         let node = node();
         let started = Instant::now();
         let (policies, cidr, notes) = {
-            let named = NamedPorts::new();
             let mut engine = lock(&self.engine);
-            let resolved = engine.resolve(&node.identities, &named);
+            let resolved = engine.resolve(&node.identities, &node.named_ports);
             let mut policies = BTreeMap::new();
             let mut notes = BTreeSet::new();
             for ep in &node.endpoints {
@@ -804,9 +818,8 @@ impl PolicyManager {
         let docs = lock(&self.docs);
         let mut selecting: BTreeMap<PolicyRef, usize> = BTreeMap::new();
         {
-            let named = NamedPorts::new();
             let mut engine = lock(&self.engine);
-            let resolved = engine.resolve(&node.identities, &named);
+            let resolved = engine.resolve(&node.identities, &node.named_ports);
             let mut per_identity: BTreeMap<NumericIdentity, usize> = BTreeMap::new();
             for ep in &node.endpoints {
                 *per_identity.entry(ep.identity).or_default() += 1;

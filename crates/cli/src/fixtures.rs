@@ -59,6 +59,7 @@ pub fn endpoint() -> Endpoint {
         }),
         labels: Labels::parse_list("app=web,k8s:io.kubernetes.pod.namespace=default", "k8s")
             .unwrap(),
+        named_ports: Vec::new(),
         identity: 256,
         ipv4: Ipv4Addr::new(10, 0, 0, 5),
         mac: MacAddr([0x0a, 0x58, 0x0a, 0, 0, 5]),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 use ciliate_model::labels::SOURCE_K8S;
-use ciliate_model::{Labels, PodRef};
+use ciliate_model::{Labels, NamedPort, PodRef};
 
 use crate::error::CniError;
 
@@ -193,16 +193,20 @@ pub struct CniArgs {
     /// From our own `CILIATE_LABELS=app=web,tier=front` (for runtimes without Kubernetes);
     /// labels without a source get `k8s`, so that policies select them as they would pods.
     pub labels: Labels,
+    /// From our own `CILIATE_PORTS=http=8080/tcp,dns=53/udp`: the pod's named container ports,
+    /// which policies naming ports resolve against.
+    pub named_ports: Vec<NamedPort>,
 }
 
 /// Keys we know. Kubernetes runtimes pass all of these; we use the pod's name and namespace.
-const KNOWN_ARGS: [&str; 6] = [
+const KNOWN_ARGS: [&str; 7] = [
     "IgnoreUnknown",
     "K8S_POD_NAMESPACE",
     "K8S_POD_NAME",
     "K8S_POD_INFRA_CONTAINER_ID",
     "K8S_POD_UID",
     "CILIATE_LABELS",
+    "CILIATE_PORTS",
 ];
 
 impl CniArgs {
@@ -240,6 +244,7 @@ impl CniArgs {
         let mut namespace = None;
         let mut name = None;
         let mut labels = Labels::new();
+        let mut named_ports: Vec<NamedPort> = Vec::new();
         for (k, v) in pairs {
             match k {
                 "K8S_POD_NAMESPACE" => namespace = Some(v).filter(|v| !v.is_empty()),
@@ -250,6 +255,20 @@ impl CniArgs {
                     })?;
                     for l in parsed.iter() {
                         labels.insert(l);
+                    }
+                }
+                "CILIATE_PORTS" => {
+                    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                        let port: NamedPort = item.parse().map_err(|e| {
+                            CniError::invalid_env(CNI_ARGS, format!("CILIATE_PORTS: {e}"))
+                        })?;
+                        if named_ports.iter().any(|p| p.name == port.name) {
+                            return Err(CniError::invalid_env(
+                                CNI_ARGS,
+                                format!("CILIATE_PORTS: port name {:?} given twice", port.name),
+                            ));
+                        }
+                        named_ports.push(port);
                     }
                 }
                 k if KNOWN_ARGS.contains(&k) || ignore_unknown => {}
@@ -268,7 +287,11 @@ impl CniArgs {
             namespace: namespace.unwrap_or("default").to_owned(),
             name: name.to_owned(),
         });
-        Ok(Self { pod, labels })
+        Ok(Self {
+            pod,
+            labels,
+            named_ports,
+        })
     }
 }
 
@@ -430,6 +453,22 @@ mod tests {
 
     #[test]
     fn cni_args_labels() {
+        let p = CniArgs::parse("CILIATE_PORTS=http=8080/tcp, dns=53/udp").unwrap();
+        assert_eq!(
+            p.named_ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["http=8080/tcp", "dns=53/udp"]
+        );
+        for bad in [
+            "CILIATE_PORTS=http",
+            "CILIATE_PORTS=http=8080,http=8081",
+            "CILIATE_PORTS=Web=1",
+        ] {
+            let err = CniArgs::parse(bad).unwrap_err();
+            assert!(err.msg.contains("CILIATE_PORTS"), "{bad}: {}", err.msg);
+        }
         let a = CniArgs::parse("CILIATE_LABELS=app=web,tier=front").unwrap();
         assert_eq!(a.labels.to_string(), "k8s:app=web,k8s:tier=front");
         let a = CniArgs::parse("CILIATE_LABELS=container:role=db").unwrap();

@@ -364,6 +364,7 @@ async fn create(
         netns: req.netns,
         pod: req.pod,
         labels: req.labels,
+        named_ports: Vec::new(),
         identity: 300,
         ipv4: ip,
         mac: req.mac,

@@ -37,7 +37,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::{Endpoint, MacAddr, PodRef};
+use crate::endpoint::{Endpoint, MacAddr, NamedPort, PodRef};
 use crate::labels::Labels;
 
 /// Default path of the agent's API socket.
@@ -158,6 +158,10 @@ pub struct EndpointCreateRequest {
     /// the namespace label and, later, labels from the Kubernetes source.
     #[serde(default)]
     pub labels: Labels,
+    /// Named container ports (CNI args `CILIATE_PORTS=http=8080/tcp,...`), for policies that
+    /// name ports; the Kubernetes source will fill the same field from the Pod spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
     /// Host side of the veth pair.
     pub host_ifname: String,
     /// Its interface index in the node's namespace.

@@ -77,6 +77,65 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// A named container port (`containerPorts[].name` in a Pod spec): what a policy's named
+/// port (`port: http`) resolves to on this endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NamedPort {
+    /// The name, e.g. `http` (IANA_SVC_NAME: lower case, at most 15 characters).
+    pub name: String,
+    /// The protocol.
+    pub protocol: crate::lb::L4Proto,
+    /// The port.
+    pub port: u16,
+}
+
+impl fmt::Display for NamedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={}/{}",
+            self.name,
+            self.port,
+            self.protocol.to_string().to_lowercase()
+        )
+    }
+}
+
+/// Why a named port did not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a named port (want name=port[/tcp|udp|sctp], e.g. http=8080/tcp)")]
+pub struct NamedPortError(String);
+
+impl FromStr for NamedPort {
+    type Err = NamedPortError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NamedPortError(s.to_owned());
+        let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (port, proto) = rest.split_once('/').unwrap_or((rest, "tcp"));
+        let valid_name = !name.is_empty()
+            && name.len() <= 15
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.chars().any(|c| c.is_ascii_lowercase());
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => crate::lb::L4Proto::Tcp,
+            "udp" => crate::lb::L4Proto::Udp,
+            "sctp" => crate::lb::L4Proto::Sctp,
+            _ => return Err(bad()),
+        };
+        if !valid_name || port == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            protocol,
+            port,
+        })
+    }
+}
+
 /// Where an endpoint is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -119,6 +178,9 @@ pub struct Endpoint {
     pub pod: Option<PodRef>,
     /// Labels the identity is derived from.
     pub labels: Labels,
+    /// Named container ports, for policies that name ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
     /// Security identity.
     pub identity: NumericIdentity,
     /// The pod's IPv4 address.
@@ -143,6 +205,36 @@ pub struct Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_ports_parse_and_print() {
+        let p: NamedPort = "http=8080/tcp".parse().unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.port, p.protocol),
+            ("http", 8080, crate::lb::L4Proto::Tcp)
+        );
+        assert_eq!(p.to_string(), "http=8080/tcp");
+        assert_eq!(
+            "dns=53/UDP".parse::<NamedPort>().unwrap().protocol,
+            crate::lb::L4Proto::Udp
+        );
+        assert_eq!(
+            "web=80".parse::<NamedPort>().unwrap().protocol,
+            crate::lb::L4Proto::Tcp
+        );
+        for bad in [
+            "http",
+            "http=0",
+            "http=70000",
+            "HTTP=80",
+            "http=80/icmp",
+            "=80",
+            "12=80",
+            "a-very-long-port-name=80",
+        ] {
+            assert!(bad.parse::<NamedPort>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn mac_round_trip_and_errors() {

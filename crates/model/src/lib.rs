@@ -18,6 +18,6 @@ pub mod policy;
 pub mod policy_api;
 pub mod service;
 
-pub use endpoint::{Endpoint, EndpointState, MacAddr, PodRef};
+pub use endpoint::{Endpoint, EndpointState, MacAddr, NamedPort, PodRef};
 pub use identity::{Identity, NumericIdentity, ReservedIdentity};
 pub use labels::{Label, LabelError, Labels};

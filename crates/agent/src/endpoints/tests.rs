@@ -43,6 +43,7 @@ fn req(cid: &str, ifindex: u32) -> EndpointCreateRequest {
             name: format!("pod-{cid}"),
         }),
         labels: Labels::parse_list("app=web", "k8s").expect("labels"),
+        named_ports: Vec::new(),
         host_ifname: format!("lxc{ifindex}"),
         host_ifindex: ifindex,
         host_mac: MacAddr([2, 0, 0, 0, 0, 1]),

@@ -133,6 +133,16 @@ impl Node {
     }
 
     fn pod(&self, name: &str, app: &str, ifindex: u32) -> ciliate_model::Endpoint {
+        self.pod_with_ports(name, app, ifindex, &[])
+    }
+
+    fn pod_with_ports(
+        &self,
+        name: &str,
+        app: &str,
+        ifindex: u32,
+        ports: &[&str],
+    ) -> ciliate_model::Endpoint {
         self.endpoints
             .create(&EndpointCreateRequest {
                 container_id: format!("c-{name}"),
@@ -143,6 +153,10 @@ impl Node {
                     name: name.into(),
                 }),
                 labels: Labels::parse_list(&format!("app={app}"), "k8s").expect("labels"),
+                named_ports: ports
+                    .iter()
+                    .map(|p| p.parse().expect("named port"))
+                    .collect(),
                 host_ifname: format!("lxc{ifindex}"),
                 host_ifindex: ifindex,
                 host_mac: MacAddr([2, 0, 0, 0, 0, 1]),
@@ -347,6 +361,7 @@ fn a_new_endpoint_has_its_policy_before_create_returns() {
             netns: "/var/run/netns/late".into(),
             pod: None,
             labels: Labels::parse_list("app=server", "k8s").expect("labels"),
+            named_ports: Vec::new(),
             host_ifname: "lxc20".into(),
             host_ifindex: 20,
             host_mac: MacAddr([2, 0, 0, 0, 0, 1]),
@@ -593,4 +608,30 @@ fn node_addresses_are_host_in_the_ipcache() {
     assert!(!n
         .policies
         .set_discovered_addresses(["10.0.0.5".parse().expect("ip")]));
+}
+
+#[test]
+fn named_ports_resolve_against_the_ports_endpoints_declare() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let client = n.pod("client", "client", 11);
+    n.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: http}]\n",
+        false,
+    )
+    .expect("applies");
+    // A pod that declares `http` gets that port opened, before its create returns.
+    let web = n.pod_with_ports("web", "web", 10, &["http=8080/tcp", "metrics=9090/tcp"]);
+    let p = n.policy_of(&web);
+    assert!(p.ingress_enforced);
+    // (Identity 1 is the node: it reaches its pods unless denied.)
+    let open: Vec<(u32, Option<u8>, u16)> = p
+        .entries
+        .iter()
+        .filter(|e| !e.deny && e.identity != 1)
+        .map(|e| (e.identity, e.proto, e.port))
+        .collect();
+    assert_eq!(open, vec![(client.identity, Some(6), 8080)], "{p:?}");
+    assert!(n.trace("default/client", "default/web", 8080).allowed);
+    assert!(!n.trace("default/client", "default/web", 9090).allowed);
 }

@@ -189,7 +189,7 @@ impl PolicyManager {
         let src = self.trace_peer(&q.src, endpoints, &mut known, &mut notes)?;
         let dst = self.trace_peer(&q.dst, endpoints, &mut known, &mut notes)?;
         let verdict = lock(&self.engine)
-            .resolve(&known, &NamedPorts::new())
+            .resolve(&known, &super::named_ports_of(endpoints))
             .explain(src.identity, dst.identity, q.proto, q.dport);
         if verdict.egress.is_none() && verdict.ingress.is_none() {
             notes.push(

@@ -136,6 +136,7 @@ impl Wiring<'_> {
             netns: self.netns_path.to_owned(),
             pod: self.inv.args.pod.clone(),
             labels,
+            named_ports: self.inv.args.named_ports.clone(),
             host_ifname: self.host.name.clone(),
             host_ifindex: self.host.index,
             host_mac,
