@@ -902,3 +902,36 @@ spec:
         Some(2)
     );
 }
+
+/// A NetworkPolicy that names its port (`port: http`) opens what the pod declared as `http`
+/// (CNI_ARGS `CILIATE_PORTS`) and nothing else.
+#[test]
+fn named_ports_open_the_port_the_pod_declares() {
+    privileged!();
+    let node = Node::start("10.229.0.0/24");
+    // add_pod_in puts its labels last in CNI_ARGS, so a further key can follow them.
+    let web = node.add_pod_in("default", "web", "app=web;CILIATE_PORTS=http=8080/tcp");
+    let client = node.add_pod("client", "app=client");
+    web.echo_server(8080);
+    web.echo_server(8081);
+    let ep = node.cli_json(&["endpoint", "get", "default/web"]);
+    assert_eq!(ep["namedPorts"][0]["name"], "http", "{ep}");
+    import(
+        &node,
+        "named.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-http, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: http}]\n",
+    );
+    assert!(
+        connects(&client, web.ip, 8080),
+        "http (8080) is open to the client"
+    );
+    assert!(!connects(&client, web.ip, 8081), "8081 is not");
+    assert_eq!(
+        trace(&node, "default/client", "default/web", "8080/tcp").0,
+        0
+    );
+    assert_eq!(
+        trace(&node, "default/client", "default/web", "8081/tcp").0,
+        1
+    );
+}
