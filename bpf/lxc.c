@@ -7,9 +7,14 @@
  * The same two programs serve every endpoint of the node; each finds its endpoint by the
  * ifindex it runs on (cil_lxc_ifx), so attaching a new pod costs no verifier run.
  *
+ *   from_overlay    TCX ingress of the node's VXLAN device: packets from other nodes
+ *
  * Forwarding: pod-to-pod on the node is redirected from the source veth straight to the
- * destination veth's egress (which runs to_container there); everything else goes to the
- * node's stack, which routes it to the node itself or out to the world.
+ * destination veth's egress (which runs to_container there); a pod on another node is
+ * reached through the VXLAN device, addressed to that node (from the ipcache) with the
+ * sender's identity as the VNI, and from_overlay on the far side applies the receiving pod's
+ * ingress side and puts the packet straight into the pod (bpf_redirect_peer); everything else
+ * goes to the node's stack, which routes it to the node itself or out to the world.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -26,6 +31,7 @@
 #include "ciliate/lb.h"
 #include "ciliate/nat.h"
 #include "ciliate/policy.h"
+#include "ciliate/overlay.h"
 
 #define IDENTITY_HOST 1
 
@@ -179,10 +185,11 @@ static __always_inline int parse_drop_reason(int rc)
 	}
 }
 
-/* Delivers to another endpoint of this node: router semantics (new MACs, TTL - 1), then
- * straight to that endpoint's veth, whose egress program applies its side. */
+/* Delivers to an endpoint of this node: router semantics (new MACs, TTL - 1), then either to
+ * that endpoint's veth egress, whose program applies its side (`peer` 0), or, where the caller
+ * has applied it, straight into the pod (`peer` 1, from an ingress hook only). */
 static __always_inline int redirect_to_endpoint(struct __sk_buff *skb,
-						const struct endpoint_info *dst)
+						const struct endpoint_info *dst, int peer)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -202,16 +209,18 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb,
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, ETH_ALEN, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_ALEN, dst->host_mac, ETH_ALEN, 0) < 0)
 		return -1;
-	return bpf_redirect(dst->ifindex, 0);
+	return peer ? bpf_redirect_peer(dst->ifindex, 0) : bpf_redirect(dst->ifindex, 0);
 }
 
 SEC("classifier/from_container")
 int from_container(struct __sk_buff *skb)
 {
 	struct endpoint_info *self, *dst;
+	struct ipcache_entry *remote = NULL;
 	struct pkt4 p = {};
 	__u32 ifindex = skb->ifindex;
-	__u32 dst_id = 0, backend_id = 0;
+	__u32 dst_id = 0, backend_id = 0, tunnel_if;
+	__be32 node = 0;
 	__u16 rev_nat = 0, ct_rev_nat = 0;
 	int rc, ct, report = 0;
 
@@ -251,7 +260,13 @@ int from_container(struct __sk_buff *skb)
 			    self->sec_identity, 0, CT_NONE);
 
 	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
-	dst_id = dst ? dst->sec_identity : ipcache_identity(p.daddr);
+	if (dst) {
+		dst_id = dst->sec_identity;
+	} else {
+		remote = ipcache_lookup(p.daddr);
+		dst_id = remote ? remote->identity : IDENTITY_WORLD;
+		node = remote ? remote->tunnel_endpoint : 0;
+	}
 
 	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &report);
 	if (ct < 0)
@@ -265,7 +280,20 @@ int from_container(struct __sk_buff *skb)
 
 		if (report)
 			emit(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct);
-		rc = redirect_to_endpoint(skb, dst);
+		rc = redirect_to_endpoint(skb, dst, 0);
+		if (rc < 0)
+			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id,
+				    dst_id, ct);
+		return rc;
+	}
+	tunnel_if = node ? tunnel_ifindex() : 0;
+	if (tunnel_if) {
+		__u16 ep_id = self->ep_id;
+		__u32 src_id = self->sec_identity;
+
+		if (report)
+			emit(skb, EVENT_TRACE, TRACE_TO_OVERLAY, ep_id, src_id, dst_id, ct);
+		rc = encap_to_node(skb, tunnel_if, node, src_id);
 		if (rc < 0)
 			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id,
 				    dst_id, ct);
@@ -277,6 +305,27 @@ int from_container(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* The receiving side of an endpoint: conntrack, ingress policy against the sender's identity
+ * `src_id`, reverse NAT of Service replies. TC_ACT_OK to deliver, or a reported drop. */
+static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpoint_info *self,
+				       struct pkt4 *p, __u32 src_id)
+{
+	__u16 rev_nat = 0;
+	int ct, report = 0;
+
+	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &report);
+	if (ct < 0)
+		return drop(skb, METRIC_INGRESS, -ct, self->ep_id, src_id, self->sec_identity,
+			    CT_NEW);
+	if (ct == CT_REPLY && lb4_rev_nat(skb, p, rev_nat) < 0)
+		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
+			    self->sec_identity, ct);
+	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
+	if (report)
+		emit(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity, ct);
+	return TC_ACT_OK;
+}
+
 SEC("classifier/to_container")
 int to_container(struct __sk_buff *skb)
 {
@@ -284,8 +333,7 @@ int to_container(struct __sk_buff *skb)
 	struct pkt4 p = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 src_id = 0;
-	__u16 rev_nat = 0;
-	int rc, ct, report = 0;
+	int rc;
 
 	self = bpf_map_lookup_elem(&cil_lxc_ifx, &ifindex);
 	if (!self)
@@ -303,18 +351,39 @@ int to_container(struct __sk_buff *skb)
 
 	src = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
 	src_id = src ? src->sec_identity : ipcache_identity(p.saddr);
+	return to_endpoint(skb, self, &p, src_id);
+}
 
-	ct = ct_and_policy(skb, self, &p, 0, src_id, 0, &rev_nat, &report);
-	if (ct < 0)
-		return drop(skb, METRIC_INGRESS, -ct, self->ep_id, src_id, self->sec_identity,
-			    CT_NEW);
-	if (ct == CT_REPLY && lb4_rev_nat(skb, &p, rev_nat) < 0)
-		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
-			    self->sec_identity, ct);
-	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
-	if (report)
-		emit(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity, ct);
-	return TC_ACT_OK;
+/* Packets from other nodes, decapsulated. One for a pod of this node gets that pod's
+ * receiving side here, judged by the identity the sender's node put in the VNI, and goes
+ * straight into the pod; anything else (the node's own address) is left to the stack. */
+SEC("classifier/from_overlay")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct endpoint_info *dst;
+	struct pkt4 p = {};
+	int rc;
+
+	rc = parse_ipv4(skb, &p);
+	if (rc == PARSE_PASS)
+		return TC_ACT_OK;
+	if (rc)
+		return drop(skb, METRIC_INGRESS, parse_drop_reason(rc), 0, 0, 0, CT_NONE);
+	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 || key.tunnel_id == 0)
+		return drop(skb, METRIC_INGRESS, DROP_NO_TUNNEL_KEY, dst->ep_id, 0,
+			    dst->sec_identity, CT_NONE);
+	rc = to_endpoint(skb, dst, &p, key.tunnel_id);
+	if (rc != TC_ACT_OK)
+		return rc;
+	rc = redirect_to_endpoint(skb, dst, 1);
+	if (rc < 0)
+		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, dst->ep_id, key.tunnel_id,
+			    dst->sec_identity, CT_NONE);
+	return rc;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

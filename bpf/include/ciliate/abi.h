@@ -21,6 +21,7 @@
 /* cil_lb4_sk     LRU hash   struct lb4_sock_key -> struct lb4_reverse_nat (socket LB)  */
 /* cil_policy     LPM trie   struct policy_key  -> struct policy_entry  */
 /* cil_ipcache4   LPM trie   struct ipcache_key -> struct ipcache_entry */
+/* cil_node_cfg   array      __u32 0 -> struct node_config (one entry)  */
 
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
@@ -105,6 +106,15 @@ struct endpoint_info {
 	__be32 ipv4;
 	__u8 mac[6];       /* pod side */
 	__u8 host_mac[6];  /* host side: the pod's gateway */
+};
+
+/* ---- The node ---- */
+
+/* What the programs need to know about their node, written by the agent at start. */
+struct node_config {
+	__u32 tunnel_ifindex; /* the VXLAN device in collect_md mode; 0 = no overlay */
+	__u32 flags;          /* reserved (0) */
+	__u32 pad[2];
 };
 
 /* ---- Services ---- */
@@ -235,7 +245,9 @@ struct ipcache_entry {
 #define TRACE_TO_LXC 0
 #define TRACE_TO_HOST 2
 #define TRACE_TO_STACK 3
+#define TRACE_TO_OVERLAY 4
 #define TRACE_FROM_LXC 5
+#define TRACE_FROM_OVERLAY 9
 
 /* skb->mark of replies the datapath generates itself (TCP RST, ICMP unreachable): the
  * receiving side lets them through without tracking them. */
@@ -250,6 +262,7 @@ struct ipcache_entry {
 #define DROP_CT_UNKNOWN_PROTO 137
 #define DROP_UNSUPPORTED_L3 139
 #define DROP_WRITE_ERROR 141
+#define DROP_NO_TUNNEL_KEY 147 /* Cilium's: error retrieving tunnel key */
 #define DROP_NO_SERVICE 158
 #define DROP_POLICY_DENY 181
 

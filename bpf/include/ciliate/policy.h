@@ -11,12 +11,18 @@
 
 #define IDENTITY_WORLD 2
 
-/* The security identity of an address that is not a local endpoint: the longest ipcache
- * prefix that holds it, or world. */
-static __always_inline __u32 ipcache_identity(__be32 addr)
+/* The longest ipcache prefix that holds an address that is not a local endpoint. */
+static __always_inline struct ipcache_entry *ipcache_lookup(__be32 addr)
 {
 	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
-	struct ipcache_entry *e = bpf_map_lookup_elem(&cil_ipcache4, &k);
+
+	return bpf_map_lookup_elem(&cil_ipcache4, &k);
+}
+
+/* The security identity of such an address: its ipcache entry's, or world. */
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct ipcache_entry *e = ipcache_lookup(addr);
 
 	return e ? e->identity : IDENTITY_WORLD;
 }

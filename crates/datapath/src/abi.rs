@@ -29,10 +29,12 @@ pub mod maps {
     pub const POLICY: &str = "cil_policy";
     /// Prefix → identity (LPM trie).
     pub const IPCACHE4: &str = "cil_ipcache4";
+    /// The node's configuration for the programs (one-entry array).
+    pub const NODE_CFG: &str = "cil_node_cfg";
     /// Every pinned map of the node.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CT4, LXC4, LXC_IFX, EVENTS, METRICS, LB4_SVC, LB4_BE, LB4_RNAT, LB4_AFF, LB4_SK, POLICY,
-        IPCACHE4,
+        IPCACHE4, NODE_CFG,
     ];
 }
 
@@ -116,6 +118,10 @@ pub mod ct_result {
 pub const EVENT_DROP: u8 = 1;
 /// `EVENT_TRACE`.
 pub const EVENT_TRACE: u8 = 4;
+/// `TRACE_TO_OVERLAY`: a pod's packet handed to the VXLAN device for another node.
+pub const TRACE_TO_OVERLAY: u8 = 4;
+/// `DROP_NO_TUNNEL_KEY`: a packet from the overlay whose sender's identity is missing.
+pub const DROP_NO_TUNNEL_KEY: u8 = 147;
 /// Bytes of packet copied into each event.
 pub const EVENT_CAPTURE_LEN: usize = 128;
 
@@ -375,9 +381,23 @@ pub struct IpcacheValue {
     pub pad: u32,
 }
 
+/// `struct node_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The VXLAN device (collect_md); 0 = no overlay.
+    pub tunnel_ifindex: u32,
+    /// Reserved (0).
+    pub flags: u32,
+    /// Padding.
+    pub pad: [u32; 2],
+}
+
 // SAFETY: plain-old-data, `repr(C)`, no padding the kernel could leave uninitialised that we
 // would read as anything but bytes; layouts checked below.
 unsafe impl aya::Pod for CtKey4 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for NodeConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CtEntry4 {}
 // SAFETY: as above.
@@ -405,6 +425,7 @@ unsafe impl aya::Pod for Lb4AffinityVal {}
 
 const _: () = {
     assert!(size_of::<CtKey4>() == 16);
+    assert!(size_of::<NodeConfig>() == 16);
     assert!(offset_of!(CtKey4, proto) == 12);
     assert!(size_of::<CtEntry4>() == 64);
     assert!(offset_of!(CtEntry4, src_identity) == 40);

@@ -21,6 +21,7 @@ pub fn drop_reason_name(code: u8) -> &'static str {
         137 => "CT: Unknown L4 protocol",
         139 => "Unsupported L3 protocol",
         141 => "Error writing to packet",
+        147 => "Error retrieving tunnel key",
         158 => "Service backend not found",
         181 => "Policy denied by denylist",
         _ => "Unknown drop reason",

@@ -22,6 +22,7 @@ pub struct FakeDatapath {
     policies: Mutex<BTreeMap<u16, EndpointPolicy>>,
     fail_next_policy: Mutex<Option<String>>,
     ipcache: Mutex<Vec<IpcacheEntry>>,
+    tunnel: Mutex<Option<String>>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -36,12 +37,21 @@ impl Default for FakeDatapath {
             policies: Mutex::default(),
             fail_next_policy: Mutex::default(),
             ipcache: Mutex::default(),
+            tunnel: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
 }
 
 impl FakeDatapath {
+    /// The tunnel device last set.
+    pub fn tunnel(&self) -> Option<String> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// An empty fake datapath.
     pub fn new() -> Self {
         Self::default()
@@ -197,5 +207,10 @@ impl Datapath for FakeDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {
+        *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = ifname.map(str::to_owned);
+        Ok(())
     }
 }

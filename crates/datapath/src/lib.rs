@@ -152,4 +152,17 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// A receiver of datapath events (trace and drop), decoded.
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent>;
+
+    /// Sends traffic for pods of other nodes through the VXLAN device `ifname` (collect_md
+    /// mode, made by the caller) and receives theirs from it; `None` turns the overlay off.
+    /// Idempotent; after a restart the device's program is swapped in without a gap. A
+    /// datapath without an overlay accepts only `None`.
+    fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {
+        match ifname {
+            None => Ok(()),
+            Some(name) => Err(DatapathError::Unsupported(format!(
+                "this datapath has no overlay (tunnel device {name})"
+            ))),
+        }
+    }
 }

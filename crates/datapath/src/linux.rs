@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{
@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::abi::{
     self, maps, CtEntry4, CtKey4, EndpointInfo, IpcacheValue, Lb4Backend, Lb4Key, Lb4ReverseNat,
-    Lb4Service, MetricsValue, PolicyKeyData, PolicyValue, EP_F_EGRESS_ENFORCED,
+    Lb4Service, MetricsValue, NodeConfig, PolicyKeyData, PolicyValue, EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED, EP_F_POLICY_V1, POLICY_F_DENY,
 };
 use crate::events::{self, Clock};
@@ -59,6 +59,10 @@ const ENDPOINT_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     ("from_container", TcAttachType::Ingress, "from"),
     ("to_container", TcAttachType::Egress, "to"),
 ];
+
+/// The program on the VXLAN device's ingress (packets from other nodes), and its pin suffix.
+const OVERLAY_PROGRAM: (&str, TcAttachType, &str) =
+    ("from_overlay", TcAttachType::Ingress, "overlay");
 
 /// Where and how to load the datapath of one node.
 #[derive(Clone, Debug)]
@@ -98,6 +102,7 @@ struct Maps {
     lb_rnat: BpfHashMap<MapData, u16, Lb4ReverseNat>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     ipcache: LpmTrie<MapData, [u8; 4], IpcacheValue>,
+    node_cfg: Array<MapData, NodeConfig>,
 }
 
 /// What this process knows of the policy and ipcache maps, so that updates need no dumps.
@@ -201,7 +206,7 @@ pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
         .default_map_pin_directory(pin_dir)
         .load(LXC_OBJECT)
         .map_err(kernel("load bpf/lxc.c"))?;
-    for (name, _, _) in ENDPOINT_PROGRAMS {
+    for (name, _, _) in ENDPOINT_PROGRAMS.iter().chain([&OVERLAY_PROGRAM]) {
         let prog: &mut SchedClassifier = bpf
             .program_mut(name)
             .ok_or_else(|| {
@@ -271,6 +276,11 @@ impl LinuxDatapath {
             lb_rnat: take_hash(&mut bpf, maps::LB4_RNAT)?,
             policy: take_lpm(&mut bpf, maps::POLICY)?,
             ipcache: take_lpm(&mut bpf, maps::IPCACHE4)?,
+            node_cfg: Array::try_from(
+                bpf.take_map(maps::NODE_CFG)
+                    .ok_or_else(|| DatapathError::Unsupported("map cil_node_cfg missing".into()))?,
+            )
+            .map_err(kernel("open map cil_node_cfg"))?,
             metrics: PerCpuArray::try_from(
                 bpf.take_map(maps::METRICS)
                     .ok_or_else(|| DatapathError::Unsupported("map cil_metrics missing".into()))?,
@@ -988,6 +998,34 @@ impl Datapath for LinuxDatapath {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let ifindex = match ifname {
+            Some(name) => {
+                let ifindex = nix::net::if_::if_nametoindex(name).map_err(|e| {
+                    DatapathError::kernel(format!("look up tunnel device {name}"), e)
+                })?;
+                let (prog, at, suffix) = OVERLAY_PROGRAM;
+                let pin = self.link_pin(ifindex, suffix);
+                Self::attach_one(inner, prog, name, at, &pin)?;
+                ifindex
+            }
+            None => 0,
+        };
+        let cfg = NodeConfig {
+            tunnel_ifindex: ifindex,
+            ..NodeConfig::default()
+        };
+        inner
+            .maps
+            .node_cfg
+            .set(0, cfg, 0)
+            .map_err(kernel("write cil_node_cfg"))?;
+        info!(tunnel = ?ifname, ifindex, "overlay configured");
+        Ok(())
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {

@@ -40,7 +40,7 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
 };
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::netns::{NetNs, NetnsError};
 
@@ -387,6 +387,32 @@ impl Netlink {
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(self.request_error(format!("delete link {name}"), e)),
         }
+    }
+
+    /// Makes sure the VXLAN device `name` exists in collect_md ("external") mode on UDP `port`,
+    /// with `mtu`, and is up: the BPF programs choose the remote node and the VNI per packet.
+    /// An existing device of that name is reused (after an agent restart, traffic keeps
+    /// flowing through it), so this is idempotent.
+    pub async fn ensure_vxlan(
+        &self,
+        name: &str,
+        port: u16,
+        mtu: u32,
+    ) -> Result<LinkInfo, NetlinkError> {
+        if self.link_message(name).await?.is_none() {
+            let msg = LinkMessageBuilder::<LinkVxlan>::new(name)
+                .port(port)
+                .collect_metadata(true)
+                .learning(false)
+                .build();
+            self.handle.link().add(msg).execute().await.map_err(|e| {
+                self.request_error(
+                    format!("create VXLAN device {name} (UDP {port}, external)"),
+                    e,
+                )
+            })?;
+        }
+        self.set_link_up(name, Some(mtu)).await
     }
 
     /// Brings the link `name` up, setting its MTU first when given.

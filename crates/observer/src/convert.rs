@@ -23,6 +23,8 @@ pub const MESSAGE_TYPE_POLICY_VERDICT: i32 = 5;
 const TRACE_TO_LXC: u8 = 0;
 /// Cilium's trace observation point `TRACE_FROM_LXC` (from-endpoint).
 const TRACE_FROM_LXC: u8 = 5;
+/// Cilium's trace observation point `TRACE_TO_OVERLAY`: a pod's packet into the tunnel.
+const TRACE_TO_OVERLAY: u8 = 4;
 
 /// Hubble's enum value for one of Cilium's trace observation point codes: the same number,
 /// except `TRACE_TO_LXC` (0), which Hubble calls `TO_ENDPOINT` (101) to keep 0 for unknown.
@@ -212,7 +214,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
                 sub_type: i32::from(ev.code),
             });
             let packet_direction = match ev.code {
-                TRACE_FROM_LXC => TrafficDirection::Egress,
+                TRACE_FROM_LXC | TRACE_TO_OVERLAY => TrafficDirection::Egress,
                 TRACE_TO_LXC => TrafficDirection::Ingress,
                 _ => by_endpoint,
             };

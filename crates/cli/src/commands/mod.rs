@@ -91,6 +91,7 @@ pub fn hint_not_found(err: ciliate_client::ClientError, hint: &str) -> anyhow::E
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let api_socket = cli.socket.clone();
     let ctx = Ctx {
         client: Client::new(cli.socket),
         format: cli.output.unwrap_or_default(),
@@ -122,7 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Service(ServiceCommand::List) => service::list(&ctx).await,
         Command::Service(ServiceCommand::Get { name }) => service::get(&ctx, &name).await,
         Command::Monitor(args) => monitor::run(&ctx, args.kind).await,
-        Command::Observe(args) => observe::run(cli.output, *args).await,
+        Command::Observe(args) => observe::run(cli.output, *args, &api_socket).await,
         Command::Version(args) => version::run(&ctx, args.client).await,
     }
 }

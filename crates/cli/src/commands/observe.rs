@@ -19,9 +19,10 @@ use crate::output::{self, Format};
 /// Arguments of `ciliate observe`.
 #[derive(Debug, Args)]
 pub struct ObserveArgs {
-    /// The observer API's unix socket.
-    #[arg(long, env = "CILIATE_HUBBLE_SOCKET", value_name = "PATH", default_value = ciliate_observer::DEFAULT_SOCKET)]
-    pub hubble_socket: PathBuf,
+    /// The observer API's unix socket [default: hubble.sock beside --socket, as the agent
+    /// puts it].
+    #[arg(long, env = "CILIATE_HUBBLE_SOCKET", value_name = "PATH")]
+    pub hubble_socket: Option<PathBuf>,
     /// The last N flows (the first N with --first).
     #[arg(long, value_name = "N")]
     pub last: Option<u64>,
@@ -383,7 +384,11 @@ pub fn render(format: Format, r: &GetFlowsResponse) -> anyhow::Result<String> {
 }
 
 /// Prints flows; with --follow until Ctrl-C or SIGTERM.
-pub async fn run(format: Option<Format>, args: ObserveArgs) -> anyhow::Result<Outcome> {
+pub async fn run(
+    format: Option<Format>,
+    args: ObserveArgs,
+    api_socket: &std::path::Path,
+) -> anyhow::Result<Outcome> {
     let format = format.unwrap_or(Format::Compact);
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let req = request(&args, &argv, SystemTime::now())?;
@@ -391,7 +396,10 @@ pub async fn run(format: Option<Format>, args: ObserveArgs) -> anyhow::Result<Ou
         signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle Ctrl-C: {e}"))?;
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
-    let socket = args.hubble_socket.clone();
+    let socket = args
+        .hubble_socket
+        .clone()
+        .unwrap_or_else(|| api_socket.with_file_name("hubble.sock"));
     let mut client = ciliate_observer::server::connect_unix(socket.clone())
         .await
         .map_err(|e| Hinted {
