@@ -5,6 +5,8 @@
 //! is a failure. Every namespace a test makes has a unique name and is removed on drop, also
 //! when the test panics.
 
+pub mod etcd;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
