@@ -39,7 +39,10 @@ use crate::output::Format;
         ciliate policy trace --src default/client --dst default/server --dport 8080/tcp\n  \
         ciliate bpf policy get default/server # an endpoint's policy map, raw\n  \
         ciliate monitor --type drop           # follow drops until Ctrl-C\n  \
-        ciliate --socket /tmp/agent.sock status"
+        ciliate --socket /tmp/agent.sock status\n  \
+        ciliate lab up --nodes 2              # a cluster of network namespaces on this machine\n  \
+        ciliate connectivity test             # what passes and what is dropped, on that lab\n  \
+        ciliate lab down"
 )]
 pub struct Cli {
     /// The agent's API socket.
@@ -221,6 +224,32 @@ pub enum Command {
             ciliate version --client -o json"
     )]
     Version(VersionArgs),
+
+    /// Run a Ciliate cluster on this machine: nodes and pods as network namespaces
+    #[command(
+        subcommand,
+        long_about = "Run a Ciliate cluster on this machine, made of network namespaces: \
+            etcd, N nodes each running the real ciliate-agent, pods wired by the real \
+            ciliate-cni, and a demo app. The host's own networking is never touched. See \
+            docs/lab.md for the layout.",
+        after_help = "Examples:\n  \
+            ciliate lab up --nodes 2\n  \
+            ciliate lab status\n  \
+            eval $(ciliate lab env 1)\n  \
+            ciliate lab down"
+    )]
+    Lab(crate::commands::lab::LabCommand),
+
+    /// Test connectivity and policy enforcement on a lab
+    #[command(
+        subcommand,
+        long_about = "Test connectivity and policy enforcement on a lab, scenario by \
+            scenario, in the spirit of `cilium connectivity test`.",
+        after_help = "Examples:\n  \
+            ciliate connectivity test\n  \
+            ciliate connectivity test --test 'ingress'"
+    )]
+    Connectivity(crate::commands::connectivity::ConnectivityCommand),
 }
 
 /// `ciliate endpoint ...`

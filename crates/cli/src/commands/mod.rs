@@ -12,8 +12,10 @@ use crate::output::Format;
 
 pub mod apply;
 pub mod bpf;
+pub mod connectivity;
 pub mod endpoint;
 pub mod identity;
+pub mod lab;
 pub mod monitor;
 pub mod observe;
 pub mod policy;
@@ -125,5 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Monitor(args) => monitor::run(&ctx, args.kind).await,
         Command::Observe(args) => observe::run(cli.output, *args, &api_socket).await,
         Command::Version(args) => version::run(&ctx, args.client).await,
+        Command::Lab(cmd) => lab::run(cmd, ctx.format).await,
+        Command::Connectivity(cmd) => connectivity::run(cmd, ctx.format).await,
     }
 }

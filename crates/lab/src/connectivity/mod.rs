@@ -1,0 +1,586 @@
+//! `ciliate connectivity test`: deploys a workload onto a lab and checks, scenario by scenario,
+//! that what should pass passes and what should be dropped is dropped, with the drop reason
+//! reported by the Hubble API of the node that dropped it.
+//!
+//! A scenario's policy is written into the lab's manifest directory and the test waits until
+//! every agent has it in force before probing; it is removed (and its removal waited for)
+//! before the next scenario. The cells of a scenario are probed concurrently, each from the
+//! client's network namespace: a TCP connection and the ident line, a UDP datagram and its
+//! answer, or a ping. A cell expected to pass gets three tries; one expected to be dropped gets
+//! one, and then the drop must show in Hubble with the expected reason.
+
+pub mod hubble;
+pub mod probe;
+pub mod scenarios;
+pub mod workload;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use regex::Regex;
+use serde::Serialize;
+
+use self::scenarios::{Cell, Echo, Expect, Proto, Scenario, Source, Target, NAMESPACE};
+use self::workload::{Workload, POLICY_FILE};
+use crate::lab::policy_refs;
+use crate::layout::{GATEWAY_IP, WORLD2_IP, WORLD_ID};
+use crate::{sys, Lab, LabError, Progress};
+
+/// How long a drop may take to show in Hubble.
+const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries of a cell expected to pass.
+const PASS_TRIES: usize = 3;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    /// The lab.
+    pub lab: String,
+    /// Only the scenarios whose name matches.
+    pub filter: Option<Regex>,
+    /// Leave the workload in place afterwards.
+    pub keep: bool,
+}
+
+/// The scenarios `filter` selects, or a usage error naming them all.
+pub fn select(filter: Option<&Regex>) -> Result<Vec<Scenario>, LabError> {
+    let all = scenarios::all();
+    let Some(re) = filter else { return Ok(all) };
+    let chosen: Vec<Scenario> = all
+        .iter()
+        .filter(|s| re.is_match(s.name))
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        return Err(LabError::Usage(format!(
+            "--test {re}: no scenario matches; there are {}",
+            all.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+/// What a probe did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Actual {
+    /// It was answered.
+    Pass,
+    /// It was not.
+    Drop,
+    /// It could not be run.
+    Error,
+}
+
+/// One cell's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CellResult {
+    /// `client → echo-other-node:8080/TCP`.
+    pub cell: String,
+    /// The cell as data.
+    #[serde(flatten)]
+    pub spec: Cell,
+    /// The address asked (`10.200.1.4:8080`).
+    pub address: String,
+    /// What happened.
+    pub actual: Actual,
+    /// Who answered (the ident), when answered.
+    pub answered_by: Option<String>,
+    /// The drop Hubble reported: `133 POLICY_DENIED on lab-node1`.
+    pub drop_seen: Option<String>,
+    /// Whether the cell passed.
+    pub ok: bool,
+    /// Why it failed, or what else is worth knowing.
+    pub detail: Option<String>,
+}
+
+/// One scenario's results.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioResult {
+    /// Its name.
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// Its policy file under `examples/connectivity/`.
+    pub policy: Option<String>,
+    /// Its cells.
+    pub cells: Vec<CellResult>,
+    /// What went wrong around the cells (a policy that never came into force).
+    pub error: Option<String>,
+    /// Cells left out: they need a second node.
+    pub skipped: usize,
+}
+
+impl ScenarioResult {
+    /// Whether every cell passed and nothing went wrong.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.cells.iter().all(|c| c.ok)
+    }
+}
+
+/// The whole run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestReport {
+    /// The lab.
+    pub lab: String,
+    /// Its nodes.
+    pub nodes: usize,
+    /// The scenarios run.
+    pub scenarios: Vec<ScenarioResult>,
+    /// Cells passed.
+    pub passed: usize,
+    /// Cells failed.
+    pub failed: usize,
+    /// Cells left out (they need a second node).
+    pub skipped: usize,
+    /// Seconds the run took.
+    pub seconds: u64,
+    /// Whether the workload was left in place.
+    pub kept: bool,
+    /// What could not be cleaned up.
+    pub cleanup_problems: Vec<String>,
+}
+
+impl TestReport {
+    /// Whether everything passed.
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.scenarios.iter().all(ScenarioResult::ok)
+    }
+}
+
+/// Runs the test against lab `opts.lab`. The workload is removed at the end, also when a
+/// scenario fails, unless `opts.keep`; a run that is cut short (Ctrl-C) leaves it recorded in
+/// `lab.json` for [`cleanup`].
+pub async fn run(opts: &TestOptions, progress: Progress<'_>) -> Result<TestReport, LabError> {
+    let started = Instant::now();
+    let chosen = select(opts.filter.as_ref())?;
+    if !sys::is_root() {
+        return Err(LabError::NotRoot);
+    }
+    let mut lab = Lab::open(&opts.lab)?;
+    lab.check_agents().await?;
+    progress(&format!(
+        "Deploying the test workload in namespace {NAMESPACE} on lab {:?} ({} nodes)",
+        lab.name(),
+        lab.state.nodes.len()
+    ));
+    let outcome = match workload::deploy(&mut lab, progress).await {
+        Ok(w) => Ok(run_scenarios(&lab, &w, &chosen, progress).await),
+        Err(e) => Err(e),
+    };
+    let cleanup_problems = if opts.keep {
+        progress(&format!(
+            "Leaving the workload in place (--keep): pods in namespace {NAMESPACE}, manifests {} \
+             and {POLICY_FILE}",
+            workload::SERVICES_FILE
+        ));
+        Vec::new()
+    } else {
+        progress("Removing the test workload");
+        workload::remove(&mut lab).await
+    };
+    let scenarios = outcome?;
+    let passed = scenarios
+        .iter()
+        .flat_map(|s| &s.cells)
+        .filter(|c| c.ok)
+        .count();
+    let failed = scenarios
+        .iter()
+        .flat_map(|s| &s.cells)
+        .filter(|c| !c.ok)
+        .count();
+    Ok(TestReport {
+        lab: lab.name().to_owned(),
+        nodes: lab.state.nodes.len(),
+        skipped: scenarios.iter().map(|s| s.skipped).sum(),
+        scenarios,
+        passed,
+        failed,
+        seconds: started.elapsed().as_secs(),
+        kept: opts.keep,
+        cleanup_problems,
+    })
+}
+
+/// Removes a test workload left by an interrupted run.
+pub async fn cleanup(lab: &str) -> Result<Vec<String>, LabError> {
+    let mut lab = Lab::open(lab)?;
+    Ok(workload::remove(&mut lab).await)
+}
+
+async fn run_scenarios(
+    lab: &Lab,
+    w: &Workload,
+    chosen: &[Scenario],
+    progress: Progress<'_>,
+) -> Vec<ScenarioResult> {
+    let mut out = Vec::new();
+    for (i, s) in chosen.iter().enumerate() {
+        let r = run_scenario(lab, w, s).await;
+        let failed = r.cells.iter().filter(|c| !c.ok).count();
+        progress(&format!(
+            "[{}/{}] {}: {}/{} cells passed{}{}",
+            i + 1,
+            chosen.len(),
+            s.name,
+            r.cells.len() - failed,
+            r.cells.len(),
+            if r.skipped > 0 {
+                format!(" ({} need a second node)", r.skipped)
+            } else {
+                String::new()
+            },
+            r.error
+                .as_ref()
+                .map(|e| format!(" - {e}"))
+                .unwrap_or_default()
+        ));
+        out.push(r);
+    }
+    out
+}
+
+async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
+    let cells = s.cells_for(lab.state.nodes.len());
+    let mut result = ScenarioResult {
+        name: s.name.to_owned(),
+        description: s.description.to_owned(),
+        policy: s
+            .policy
+            .map(|p| format!("examples/connectivity/{}", p.file)),
+        cells: Vec::new(),
+        error: None,
+        skipped: s.cells.len() - cells.len(),
+    };
+    let pods: Vec<_> = w.pods.values().cloned().collect();
+    let in_scope = |r: &ciliate_model::policy::PolicyRef| r.namespace.as_deref() == Some(NAMESPACE);
+    if let Some(p) = s.policy {
+        let applied = match policy_refs(p.file, p.yaml) {
+            Ok(refs) => match lab.write_manifest(POLICY_FILE, p.yaml) {
+                Ok(()) => lab.wait_policies(&refs, in_scope, &pods).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
+            result.error = Some(format!("policy {} not in force: {e}", p.file));
+        }
+    }
+    if result.error.is_none() {
+        let since = SystemTime::now() - Duration::from_secs(1);
+        let mut tasks = Vec::new();
+        for cell in &cells {
+            let plan = plan(lab, w, cell);
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let outcome = plan.as_ref().ok().map(probe_cell);
+                (plan, outcome)
+            }));
+        }
+        for (cell, task) in cells.iter().zip(tasks) {
+            let r = match task.await {
+                Ok((Ok(plan), Some(outcome))) => judge(lab, cell, &plan, outcome, since).await,
+                Ok((Err(e), _)) => unreachable(cell, &e),
+                Ok((Ok(_), None)) => unreachable(cell, "not probed"),
+                Err(e) => unreachable(cell, &format!("probe thread failed: {e}")),
+            };
+            result.cells.push(r);
+        }
+    } else {
+        result.cells = cells
+            .iter()
+            .map(|c| unreachable(c, "not probed: the scenario's policy is not in force"))
+            .collect();
+    }
+    if s.policy.is_some() {
+        let _ = lab.remove_manifest(POLICY_FILE);
+        if let Err(e) = lab
+            .wait_policies(&Default::default(), in_scope, &pods)
+            .await
+        {
+            let msg = format!("policy not removed: {e}");
+            result.error = Some(match result.error.take() {
+                Some(prev) => format!("{prev}; {msg}"),
+                None => msg,
+            });
+        }
+    }
+    result
+}
+
+/// How a cell is probed: from where, to what, and what answer is right.
+#[derive(Clone, Debug)]
+struct Plan {
+    cell: Cell,
+    /// The client's namespace.
+    netns: PathBuf,
+    /// The client's address (in flows).
+    src: Ipv4Addr,
+    /// The client's node, if it is a pod.
+    src_node: Option<String>,
+    /// The address asked.
+    dst: Ipv4Addr,
+    /// Addresses the flows may show as destination (a Service's backend too).
+    flow_dst: Vec<Ipv4Addr>,
+    /// The node of the pod asked, if it is one.
+    dst_node: Option<String>,
+    /// The ident the right server answers.
+    ident: Option<String>,
+}
+
+fn plan(lab: &Lab, w: &Workload, cell: &Cell) -> Result<Plan, String> {
+    let (netns, src, src_node) = match cell.from {
+        Source::World => (
+            sys::netns_path(&lab.layout.underlay_netns()),
+            GATEWAY_IP,
+            None,
+        ),
+        s => {
+            let pod = w
+                .source(s)
+                .ok_or_else(|| format!("pod {s} is not deployed"))?;
+            (
+                sys::netns_path(&pod.netns),
+                pod.ip.ok_or_else(|| format!("pod {s} has no address"))?,
+                Some(pod.node.clone()),
+            )
+        }
+    };
+    let node_of = |i: usize| {
+        lab.state
+            .nodes
+            .get(i)
+            .cloned()
+            .ok_or_else(|| format!("the lab has no node {i}"))
+    };
+    let echo = |e: Echo| {
+        w.echo(e)
+            .and_then(|p| p.ip.map(|ip| (ip, p.node.clone())))
+            .ok_or_else(|| format!("pod {} is not deployed", e.name()))
+    };
+    let (dst, flow_dst, dst_node, ident) = match cell.to {
+        Target::Pod(e) => {
+            let (ip, node) = echo(e)?;
+            (ip, vec![ip], Some(node), Some(e.name().to_owned()))
+        }
+        Target::Service(e) => {
+            let (ip, node) = echo(e)?;
+            (
+                e.service_ip(),
+                vec![e.service_ip(), ip],
+                Some(node),
+                Some(e.name().to_owned()),
+            )
+        }
+        Target::Host => {
+            // The clients run on node 0.
+            let n = node_of(0)?;
+            (n.underlay_ip, vec![n.underlay_ip], None, Some(n.name))
+        }
+        Target::RemoteHost => {
+            let n = node_of(1)?;
+            (n.underlay_ip, vec![n.underlay_ip], None, Some(n.name))
+        }
+        Target::World => (GATEWAY_IP, vec![GATEWAY_IP], None, Some(WORLD_ID.into())),
+        Target::World2 => (WORLD2_IP, vec![WORLD2_IP], None, Some(WORLD_ID.into())),
+    };
+    Ok(Plan {
+        cell: *cell,
+        netns,
+        src,
+        src_node,
+        dst,
+        flow_dst,
+        dst_node,
+        ident: if cell.proto == Proto::Icmp {
+            None
+        } else {
+            ident
+        },
+    })
+}
+
+/// Probes a cell: up to [`PASS_TRIES`] times when it should pass, once when it should not.
+fn probe_cell(p: &Plan) -> probe::Outcome {
+    let tries = if p.cell.expect == Expect::Pass {
+        PASS_TRIES
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..tries {
+        let o = probe::probe(p.netns.clone(), p.cell.proto, p.dst, p.cell.to.port());
+        if o.answer.is_some() {
+            return o;
+        }
+        last = Some(o);
+    }
+    last.unwrap_or(probe::Outcome {
+        answer: None,
+        error: Some("not probed".into()),
+    })
+}
+
+async fn judge(
+    lab: &Lab,
+    cell: &Cell,
+    p: &Plan,
+    o: probe::Outcome,
+    since: SystemTime,
+) -> CellResult {
+    let address = match cell.proto {
+        Proto::Icmp => p.dst.to_string(),
+        _ => format!("{}:{}", p.dst, cell.to.port()),
+    };
+    let mut r = CellResult {
+        cell: cell.label(),
+        spec: *cell,
+        address,
+        actual: if o.answer.is_some() {
+            Actual::Pass
+        } else {
+            Actual::Drop
+        },
+        answered_by: o.answer.clone(),
+        drop_seen: None,
+        ok: false,
+        detail: None,
+    };
+    match (cell.expect, &o.answer) {
+        (Expect::Pass, Some(answer)) => match &p.ident {
+            Some(want) if want != answer => {
+                r.detail = Some(format!("answered by {answer:?}, expected {want:?}"));
+            }
+            _ => r.ok = true,
+        },
+        (Expect::Pass, None) => {
+            r.detail = Some(format!(
+                "no answer after {PASS_TRIES} tries: {}",
+                o.error.unwrap_or_default()
+            ));
+            // Say why when the datapath knows: a drop in Hubble.
+            let (Ok(seen) | Err((seen, _))) = drops_seen(lab, p, since, None).await;
+            r.drop_seen = seen.first().map(describe);
+        }
+        (Expect::Drop(reason), Some(answer)) => {
+            r.detail = Some(format!(
+                "answered by {answer:?}; expected a drop ({reason})"
+            ));
+        }
+        (Expect::Drop(reason), None) => {
+            match drops_seen(lab, p, since, Some(reason.code())).await {
+                Ok(s) => {
+                    r.drop_seen = s.first().map(describe);
+                    r.ok = true;
+                }
+                Err((s, err)) => {
+                    r.drop_seen = s.first().map(describe);
+                    r.detail = Some(match (s.is_empty(), err) {
+                        (true, Some(e)) => format!("no drop seen in Hubble ({e})"),
+                        (true, None) => format!(
+                            "dropped, but no drop flow with reason {reason} in Hubble of {}",
+                            flow_nodes(lab, p)
+                                .iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        (false, _) => format!(
+                            "dropped with {} instead of {reason}",
+                            s.iter().map(describe).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    r
+}
+
+fn describe(s: &hubble::Seen) -> String {
+    format!("{} on {}", hubble::reason_name(s.reason), s.node)
+}
+
+/// The nodes whose Hubble may have seen the cell's drop: the client's and the server's.
+fn flow_nodes(lab: &Lab, p: &Plan) -> Vec<(String, PathBuf)> {
+    let mut names: Vec<&String> = p.src_node.iter().chain(p.dst_node.iter()).collect();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|n| lab.state.node(n))
+        .map(|n| (n.name.clone(), n.hubble_socket.clone()))
+        .collect()
+}
+
+/// Waits for the drop with reason `want` (or, with `None`, looks once for any drop).
+async fn drops_seen(
+    lab: &Lab,
+    p: &Plan,
+    since: SystemTime,
+    want: Option<u32>,
+) -> Result<Vec<hubble::Seen>, (Vec<hubble::Seen>, Option<String>)> {
+    let q = hubble::Query {
+        src: p.src,
+        dst: p.flow_dst.clone(),
+        proto: p.cell.proto,
+        port: p.cell.to.port(),
+        since,
+    };
+    let nodes = flow_nodes(lab, p);
+    match want {
+        Some(code) => hubble::wait_for(&nodes, &q, code, DROP_TIMEOUT)
+            .await
+            .map(|s| vec![s]),
+        None => hubble::wait_for(&nodes, &q, u32::MAX, Duration::ZERO)
+            .await
+            .map(|s| vec![s]),
+    }
+}
+
+fn unreachable(cell: &Cell, why: &str) -> CellResult {
+    CellResult {
+        cell: cell.label(),
+        spec: *cell,
+        address: String::new(),
+        actual: Actual::Error,
+        answered_by: None,
+        drop_seen: None,
+        ok: false,
+        detail: Some(why.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_select_scenarios() {
+        assert_eq!(select(None).expect("all").len(), scenarios::all().len());
+        let re = Regex::new("^client-ingress").expect("regex");
+        let names: Vec<&str> = select(Some(&re))
+            .expect("some")
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "client-ingress",
+                "client-ingress-knp",
+                "client-ingress-icmp"
+            ]
+        );
+        let err = select(Some(&Regex::new("nothing").expect("regex")))
+            .expect_err("none")
+            .to_string();
+        assert!(
+            err.contains("no scenario matches") && err.contains("no-policies"),
+            "{err}"
+        );
+    }
+}
