@@ -50,6 +50,8 @@ pub struct AppState {
     pub services: Arc<ServiceManager>,
     /// The network policies.
     pub policies: Arc<PolicyManager>,
+    /// The cluster, when the node is part of one.
+    pub cluster: Option<Arc<crate::cluster::ClusterMember>>,
     /// Outcome of the last conntrack GC pass.
     pub ct_gc: Arc<CtGcHealth>,
     /// When the agent started.
@@ -148,7 +150,9 @@ impl From<EndpointError> for ApiFailure {
             EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
             EndpointError::Conflict(_) => StatusCode::CONFLICT,
             // Nothing is wrong with the request; the node is full until something is deleted.
-            EndpointError::Exhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EndpointError::Exhausted(_) | EndpointError::Cluster(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EndpointError::Datapath { .. } | EndpointError::State(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -286,6 +290,13 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
     if let Some(e) = s.ct_gc.last_error() {
         problems.push(e);
     }
+    let cluster = s.cluster.as_ref().map(|c| c.status());
+    if let Some(c) = cluster.as_ref().filter(|c| !c.connected) {
+        problems.push(format!(
+            "etcd ({}) is unreachable: forwarding with the cluster as last seen; new pods cannot get an identity",
+            c.etcd.join(",")
+        ));
+    }
     Ok(Json(Status {
         node: s.config.node_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -304,6 +315,7 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
         services: svc.services,
         backends: svc.backends,
         policies: pol.policies,
+        cluster,
     }))
 }
 

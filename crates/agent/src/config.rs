@@ -72,6 +72,35 @@ pub enum DatapathKind {
     Fake,
 }
 
+/// How pods reach pods of other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelMode {
+    /// A VXLAN device in collect_md mode, driven by the BPF programs.
+    Vxlan,
+    /// No overlay: the node's routing must know the other nodes' pod CIDRs.
+    Disabled,
+}
+
+/// Membership in a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// etcd endpoints.
+    pub etcd_endpoints: Vec<String>,
+    /// The address other nodes reach this one on (the first --node-ip).
+    pub underlay_ip: Ipv4Addr,
+    /// The overlay.
+    pub tunnel: TunnelMode,
+    /// Its UDP port.
+    pub tunnel_port: u16,
+    /// Lifetime of the node's etcd records without the agent.
+    pub lease_ttl_seconds: u64,
+}
+
+/// Bytes VXLAN adds to a packet (outer Ethernet, IPv4, UDP, VXLAN headers).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,8 +166,8 @@ pub struct Args {
     #[arg(long, env = "CILIATE_DATAPATH", value_name = "KIND", value_enum, default_value_t = DatapathKind::Bpf)]
     pub datapath: DatapathKind,
 
-    /// MTU the CNI plugin sets on pod interfaces; it must not exceed the MTU of the node's
-    /// uplink (minus any tunnel overhead), or large packets are dropped.
+    /// MTU of the node's network. Pod interfaces get it as it is, or 50 bytes less with the
+    /// VXLAN overlay (the encapsulation's overhead), so that nothing needs fragmenting.
     #[arg(long, env = "CILIATE_MTU", value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(576..=65535))]
     pub mtu: u32,
 
@@ -179,6 +208,36 @@ pub struct Args {
     /// translation on the pods' veths alone.
     #[arg(long, env = "CILIATE_NO_SOCKET_LB")]
     pub no_socket_lb: bool,
+
+    /// Join a cluster through these etcd endpoints (comma-separated URLs, e.g.
+    /// http://10.0.0.1:2379): the node registers itself, security identities are numbered
+    /// cluster-wide, and every node learns every pod's address and identity. Needs --node-ip
+    /// (the first is the address other nodes reach this one on). Without it the node stands
+    /// alone.
+    #[arg(long, env = "CILIATE_ETCD_ENDPOINTS", value_name = "URLS", value_delimiter = ',', value_parser = parse_etcd_endpoint)]
+    pub etcd_endpoints: Vec<String>,
+
+    /// How pods reach pods of other nodes: `vxlan` (the default in a cluster) encapsulates their
+    /// packets with the sender's security identity as the VNI; `disabled` leaves them to the
+    /// node's routing.
+    #[arg(long, env = "CILIATE_TUNNEL", value_name = "MODE", value_enum)]
+    pub tunnel: Option<TunnelMode>,
+
+    /// UDP port of the VXLAN overlay (Cilium's default; every node must use the same).
+    #[arg(
+        long,
+        env = "CILIATE_TUNNEL_PORT",
+        value_name = "PORT",
+        default_value_t = 8472
+    )]
+    pub tunnel_port: u16,
+
+    /// Seconds the node's records in etcd (its registration, identity references, endpoint
+    /// addresses) outlive the agent: long enough that a restarting or briefly dead agent
+    /// leaves other nodes' traffic to its pods untouched, short enough that a node gone for
+    /// good ages out.
+    #[arg(long, env = "CILIATE_ETCD_LEASE_TTL", value_name = "SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(5..=86400))]
+    pub etcd_lease_ttl: u64,
 
     /// How log lines are written: `text` for people, `json` for log collectors.
     #[arg(long, env = "CILIATE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -221,6 +280,18 @@ pub struct Config {
     pub log_filter: String,
     /// The flow observer's sockets, ring size and metrics address.
     pub observer: crate::observer::ObserverSettings,
+    /// The cluster this node is part of; `None` stands alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+impl Config {
+    /// The MTU of pod interfaces: the node's, less the overlay's overhead when there is one.
+    pub fn pod_mtu(&self) -> u32 {
+        match &self.cluster {
+            Some(c) if c.tunnel == TunnelMode::Vxlan => self.mtu - VXLAN_OVERHEAD,
+            _ => self.mtu,
+        }
+    }
 }
 
 /// Why the configuration could not be resolved.
@@ -241,6 +312,9 @@ pub enum ConfigError {
     /// An environment variable is not valid UTF-8.
     #[error("environment variable {0} is not valid UTF-8")]
     NotUnicode(String),
+    /// Flags that are fine alone contradict each other.
+    #[error("{0}")]
+    Invalid(String),
     /// No node name was given and the hostname cannot be read or is not a valid node name.
     #[error("no --node-name given and the hostname is not usable as one ({0}); pass --node-name or set CILIATE_NODE_NAME")]
     NoNodeName(String),
@@ -310,7 +384,30 @@ impl Config {
                 .socket_lb_cgroup
                 .or_else(|| ciliate_datapath::linux::default_socket_lb_cgroup(&node_name))
         };
+        let cluster = match (parsed.etcd_endpoints.is_empty(), parsed.node_ips.first()) {
+            (true, _) => {
+                if parsed.tunnel == Some(TunnelMode::Vxlan) {
+                    return Err(ConfigError::Invalid(
+                        "--tunnel vxlan needs --etcd-endpoints: the overlay learns where pods are from the cluster".into(),
+                    ));
+                }
+                None
+            }
+            (false, None) => {
+                return Err(ConfigError::Invalid(
+                    "--etcd-endpoints needs --node-ip: the first is the address other nodes reach this node on".into(),
+                ))
+            }
+            (false, Some(ip)) => Some(ClusterConfig {
+                etcd_endpoints: parsed.etcd_endpoints,
+                underlay_ip: *ip,
+                tunnel: parsed.tunnel.unwrap_or(TunnelMode::Vxlan),
+                tunnel_port: parsed.tunnel_port,
+                lease_ttl_seconds: parsed.etcd_lease_ttl,
+            }),
+        };
         Ok(Config {
+            cluster,
             node_name,
             observer: crate::observer::ObserverSettings::from_args(parsed.observer, &parsed.socket),
             pod_cidr: parsed.pod_cidr,
@@ -353,6 +450,23 @@ pub fn command() -> clap::Command {
 }
 
 /// `(id, long flag, env var)` of every flag with an environment fallback.
+/// An etcd endpoint: an http(s) URL with a host and port.
+fn parse_etcd_endpoint(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!("{s:?} is not an http:// or https:// URL (e.g. http://10.0.0.1:2379)")
+        })?;
+    let hostport = rest.trim_end_matches('/');
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?} has no host:port (e.g. http://10.0.0.1:2379)"
+        )),
+    }
+}
+
 fn env_flags() -> Vec<(String, String, String)> {
     // `command()` moved the names into the help text; read them from the untouched command.
     Args::command()
@@ -474,6 +588,69 @@ mod tests {
             std::iter::once("ciliate-agent").chain(args.iter().copied()),
             e,
         )
+    }
+
+    #[test]
+    fn a_cluster_needs_an_underlay_address_and_takes_the_overlay_from_the_mtu() {
+        let alone = parse(&["--node-name", "n1"], &env(&[])).expect("defaults");
+        assert_eq!(alone.cluster, None);
+        assert_eq!(alone.pod_mtu(), 1500);
+        let joined = parse(
+            &["--node-name", "n1", "--node-ip", "172.31.0.10"],
+            &env(&[(
+                "CILIATE_ETCD_ENDPOINTS",
+                "http://172.31.0.1:2379,https://e2:2379",
+            )]),
+        )
+        .expect("cluster");
+        let c = joined.cluster.clone().expect("cluster config");
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.underlay_ip, Ipv4Addr::new(172, 31, 0, 10));
+        assert_eq!(
+            (c.tunnel, c.tunnel_port, c.lease_ttl_seconds),
+            (TunnelMode::Vxlan, 8472, 900)
+        );
+        assert_eq!(joined.pod_mtu(), 1450);
+        let routed = parse(
+            &[
+                "--node-name",
+                "n1",
+                "--node-ip",
+                "172.31.0.10",
+                "--etcd-endpoints",
+                "http://e:2379",
+                "--tunnel",
+                "disabled",
+            ],
+            &env(&[]),
+        )
+        .expect("no overlay");
+        assert_eq!(routed.pod_mtu(), 1500);
+
+        let err = |args: &[&str]| parse(args, &env(&[])).expect_err("refused").to_string();
+        assert!(
+            err(&["--node-name", "n1", "--etcd-endpoints", "http://e:2379"])
+                .contains("needs --node-ip")
+        );
+        assert!(err(&["--node-name", "n1", "--tunnel", "vxlan"]).contains("needs --etcd-endpoints"));
+        assert!(err(&[
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "10.0.0.1",
+            "--etcd-endpoints",
+            "e:2379"
+        ])
+        .contains("not an http"));
+        assert!(err(&[
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "10.0.0.1",
+            "--etcd-endpoints",
+            "http://e"
+        ])
+        .contains("no host:port"));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum EndpointError {
     /// The state could not be persisted; nothing was changed.
     #[error("{0}; nothing was changed, retry once the state directory is writable")]
     State(#[source] StateError),
+    /// The cluster (etcd) could not give the endpoint its identity; nothing was changed.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl EndpointError {
@@ -73,6 +76,7 @@ impl EndpointError {
             Self::Exhausted(_) => "exhausted",
             Self::Datapath { .. } => "datapath",
             Self::State(_) => "state",
+            Self::Cluster(_) => "cluster",
         }
     }
 }
@@ -191,6 +195,22 @@ pub struct EndpointManager {
     /// Network policy, once attached: a new endpoint gets its policy before it is reported
     /// created, and every change of endpoints is followed by a reconciliation.
     policy: OnceLock<Arc<PolicyManager>>,
+    /// The cluster, once joined (multi-node): it numbers identities and learns every endpoint.
+    cluster: OnceLock<Arc<dyn ClusterHooks>>,
+}
+
+/// What the endpoint manager needs from the cluster it is part of (multi-node, through etcd).
+pub trait ClusterHooks: Send + Sync + fmt::Debug {
+    /// The cluster-wide number of `labels`, taking one reference on it (one per endpoint).
+    /// Blocks (call from blocking code); an error means the cluster cannot be reached or
+    /// refused, and takes no reference.
+    fn allocate_identity(&self, labels: &Labels) -> Result<NumericIdentity, String>;
+    /// Gives back one reference taken by [`ClusterHooks::allocate_identity`].
+    fn release_identity(&self, labels: &Labels);
+    /// The endpoint is ready: every node should now know its address and identity.
+    fn endpoint_up(&self, ep: &Endpoint);
+    /// The endpoint is gone.
+    fn endpoint_down(&self, ep: &Endpoint);
 }
 
 impl fmt::Debug for EndpointManager {
@@ -288,6 +308,7 @@ impl EndpointManager {
             store,
             tables: Mutex::new(tables),
             policy: OnceLock::new(),
+            cluster: OnceLock::new(),
         };
         // Records the CIDR on a fresh node, and proves the directory is writable before any
         // request is accepted.
@@ -314,6 +335,42 @@ impl EndpointManager {
     /// start-up, before serving). A second call changes nothing.
     pub fn attach_policy(&self, policy: Arc<PolicyManager>) {
         let _ = self.policy.set(policy);
+    }
+
+    /// Makes this node part of a cluster: identities of new endpoints come from it, and it
+    /// learns of every endpoint. The endpoints already here (restored after a restart) take
+    /// their cluster references again and are published. Blocks on the cluster; call once,
+    /// before serving.
+    pub fn attach_cluster(&self, cluster: Arc<dyn ClusterHooks>) {
+        if self.cluster.set(Arc::clone(&cluster)).is_err() {
+            return;
+        }
+        let endpoints: Vec<Endpoint> = self.lock().endpoints.values().cloned().collect();
+        // One reference per endpoint, as creating them took (and removing them gives back).
+        for ep in &endpoints {
+            match cluster.allocate_identity(&ep.labels) {
+                Ok(n) if n == ep.identity => {}
+                Ok(n) => warn!(
+                    endpoint = ep.id, identity = ep.identity, cluster_identity = n, labels = %ep.labels,
+                    "the cluster numbers this label set differently from this node's endpoint; \
+                     recreate the pod so that policy on other nodes sees it right"
+                ),
+                Err(e) => warn!(endpoint = ep.id, identity = ep.identity, labels = %ep.labels, error = %e,
+                    "cannot take this node's reference on an identity in the cluster"),
+            }
+        }
+        for ep in endpoints.iter().filter(|e| e.state == EndpointState::Ready) {
+            cluster.endpoint_up(ep);
+        }
+    }
+
+    /// After an endpoint left: tell the cluster, and give back the identity reference its
+    /// creation took.
+    fn after_removal(&self, ep: &Endpoint) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.endpoint_down(ep);
+            cluster.release_identity(&ep.labels);
+        }
     }
 
     /// The network policy attached, if any.
@@ -359,6 +416,32 @@ impl EndpointManager {
     pub fn create(&self, req: &EndpointCreateRequest) -> Result<EndpointCreated, EndpointError> {
         validate(req)?;
         let labels = endpoint_labels(req)?;
+        // In a cluster, the number comes from etcd first (it may block; no lock is held).
+        let cluster_id = match self.cluster.get() {
+            Some(c) => Some(c.allocate_identity(&labels).map_err(|e| {
+                EndpointError::Cluster(format!(
+                    "cannot get the cluster-wide identity of labels [{labels}] for container {}: {e}; nothing was changed, retry once etcd is reachable",
+                    req.container_id
+                ))
+            })?),
+            None => None,
+        };
+        let created = self.create_with(req, labels.clone(), cluster_id);
+        if let Some(cluster) = self.cluster.get() {
+            match &created {
+                Ok(c) => cluster.endpoint_up(&c.endpoint),
+                Err(_) => cluster.release_identity(&labels),
+            }
+        }
+        created
+    }
+
+    fn create_with(
+        &self,
+        req: &EndpointCreateRequest,
+        labels: Labels,
+        cluster_id: Option<NumericIdentity>,
+    ) -> Result<EndpointCreated, EndpointError> {
         let mut tables = self.lock();
         if let Some(e) = tables
             .endpoints
@@ -398,10 +481,17 @@ impl EndpointManager {
             .ipam
             .allocate(&req.container_id)
             .map_err(|e| EndpointError::Exhausted(e.to_string()))?;
-        let identity = next
-            .identities
-            .acquire(&labels)
-            .map_err(|e| EndpointError::Exhausted(e.to_string()))?;
+        let identity = match cluster_id {
+            Some(id) => next.identities.acquire_as(&labels, id).map_err(|e| {
+                EndpointError::Cluster(format!(
+                    "the cluster's identity {id} for labels [{labels}] contradicts this node's: {e}"
+                ))
+            })?,
+            None => next
+                .identities
+                .acquire(&labels)
+                .map_err(|e| EndpointError::Exhausted(e.to_string()))?,
+        };
         let mut ep = Endpoint {
             id,
             container_id: req.container_id.clone(),
@@ -511,6 +601,7 @@ impl EndpointManager {
         *tables = next;
         drop(tables);
         self.after_change();
+        self.after_removal(&ep);
         info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint deleted");
         Ok(EndpointDeleted {
             endpoint: Some(ep),
@@ -572,6 +663,7 @@ impl EndpointManager {
         drop(tables);
         self.after_change();
         for ep in &removed {
+            self.after_removal(ep);
             info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint garbage-collected");
         }
         Ok(GcResult { removed })

@@ -175,6 +175,44 @@ impl IdentityAllocator {
         Err(IdentityError::Exhausted)
     }
 
+    /// Takes a reference on `labels` under the number the cluster gave it (multi-node: the
+    /// numbers come from etcd, so that every node agrees). Fails when this node already knows
+    /// the label set under another number, or the number under other labels: the caller must
+    /// not let two meanings of one number into its policy.
+    pub fn acquire_as(
+        &mut self,
+        labels: &Labels,
+        id: NumericIdentity,
+    ) -> Result<NumericIdentity, IdentityError> {
+        if !(MIN_CLUSTER_IDENTITY..=MAX_CLUSTER_IDENTITY).contains(&id) {
+            return Err(IdentityError::OutOfRange {
+                id,
+                labels: labels.clone(),
+            });
+        }
+        match (self.by_labels.get(labels), self.by_id.get_mut(&id)) {
+            (Some(known), Some(e)) if *known == id => {
+                e.references = e.references.saturating_add(1);
+                Ok(id)
+            }
+            (None, None) => {
+                self.by_id.insert(
+                    id,
+                    Entry {
+                        labels: labels.clone(),
+                        references: 1,
+                    },
+                );
+                self.by_labels.insert(labels.clone(), id);
+                Ok(id)
+            }
+            _ => Err(IdentityError::Duplicate {
+                id,
+                labels: labels.clone(),
+            }),
+        }
+    }
+
     /// Drops one reference on `id`; frees the number when it was the last. Returns whether the
     /// identity was freed. Unknown and reserved numbers are ignored, so a retried release is
     /// harmless.
@@ -267,6 +305,27 @@ mod tests {
 
     fn labels(s: &str) -> Labels {
         Labels::parse_list(s, "k8s").expect("test labels")
+    }
+
+    #[test]
+    fn numbers_given_by_the_cluster_are_taken_and_contradictions_refused() {
+        let mut a = IdentityAllocator::new();
+        let web = labels("app=web");
+        assert_eq!(a.acquire_as(&web, 4711).expect("new"), 4711);
+        assert_eq!(a.acquire_as(&web, 4711).expect("again"), 4711);
+        assert_eq!(a.get(4711).expect("in use").references, 2);
+        assert_eq!(a.get(4711).expect("in use").labels, web);
+        // The same labels under another number, or the number under other labels.
+        assert!(a.acquire_as(&web, 4712).is_err());
+        assert!(a.acquire_as(&labels("app=db"), 4711).is_err());
+        assert!(
+            a.acquire_as(&labels("app=db"), 7).is_err(),
+            "reserved range"
+        );
+        assert_eq!(a.get(4711).expect("unchanged").references, 2);
+        assert!(!a.release(4711));
+        assert!(a.release(4711));
+        assert!(a.get(4711).is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ciliate_datapath::Datapath;
+use ciliate_kvstore::ClusterView;
 use ciliate_model::lb::L4Proto;
 use ciliate_observer::server::{bind_unix, serve_tcp, serve_unix, Service};
 use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot, SwappableStore};
@@ -106,9 +107,37 @@ fn proto_number(p: L4Proto) -> u8 {
     }
 }
 
+/// The cluster as the observer needs it (multi-node): this node's name and the view of the
+/// others, whose pods flows name too.
+pub type ClusterNames = (String, watch::Receiver<ClusterView>);
+
 /// The observer's name tables, read from the agent's stores.
-pub fn snapshot(manager: &EndpointManager, services: &ServiceManager) -> Snapshot {
+pub fn snapshot(
+    manager: &EndpointManager,
+    services: &ServiceManager,
+    cluster: Option<&ClusterNames>,
+) -> Snapshot {
     let mut s = Snapshot::default();
+    if let Some((me, view)) = cluster {
+        let view = view.borrow();
+        for (id, labels) in &view.identities {
+            s.identities
+                .insert(*id, labels.iter().map(|l| l.to_string()).collect());
+        }
+        for e in view.ips.values().filter(|e| &e.node != me) {
+            s.endpoints.insert(
+                e.ip,
+                EndpointInfo {
+                    // Endpoint ids are node-local: Hubble shows 0 for other nodes' pods.
+                    id: 0,
+                    identity: e.identity,
+                    namespace: e.namespace.clone(),
+                    pod_name: e.pod_name.clone(),
+                    labels: s.identities.get(&e.identity).cloned().unwrap_or_default(),
+                },
+            );
+        }
+    }
     for ep in manager.list() {
         let (namespace, pod_name) = ep
             .pod
@@ -153,10 +182,11 @@ pub fn start(
     datapath: &Arc<dyn Datapath>,
     manager: Arc<EndpointManager>,
     services: Arc<ServiceManager>,
+    cluster: Option<ClusterNames>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let store = Arc::new(SwappableStore::default());
-    store.replace(snapshot(&manager, &services));
+    store.replace(snapshot(&manager, &services, cluster.as_ref()));
     let observer = Arc::new(Observer::new(
         ObserverConfig {
             node_name: node_name.to_owned(),
@@ -171,7 +201,7 @@ pub fn start(
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
         loop {
             tick.tick().await;
-            store.replace(snapshot(&manager, &services));
+            store.replace(snapshot(&manager, &services, cluster.as_ref()));
         }
     }));
 

@@ -370,8 +370,22 @@ pub struct PolicyManager {
     /// Serialises reconciliations, so that an older view never overwrites a newer one.
     reconcile_lock: Mutex<()>,
     health: Mutex<Health>,
-    /// Bumped on every change of policies or node addresses.
+    /// What other nodes of the cluster hold (multi-node): their endpoints' identities and
+    /// addresses.
+    cluster: Mutex<ClusterInputs>,
+    /// Bumped on every change of policies, node addresses or the cluster.
     generation: AtomicU64,
+}
+
+/// What the cluster adds to policy (multi-node): the identities of endpoints on other nodes,
+/// which selectors must see, and the ipcache entries of their addresses (identity and the
+/// node to tunnel to).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterInputs {
+    /// Identities in use anywhere in the cluster, with their labels.
+    pub identities: IdentityLabels,
+    /// Addresses of other nodes' endpoints, and other nodes' own addresses.
+    pub ipcache: Vec<bpf_policy::IpcacheEntry>,
 }
 
 impl fmt::Debug for PolicyManager {
@@ -435,6 +449,7 @@ impl PolicyManager {
             docs: Mutex::new(Docs { api, dir }),
             engine: Mutex::new(engine),
             addresses: Mutex::new(addresses),
+            cluster: Mutex::default(),
             reconcile_lock: Mutex::new(()),
             health: Mutex::new(Health::default()),
             generation: AtomicU64::new(1),
@@ -669,6 +684,26 @@ impl PolicyManager {
         true
     }
 
+    /// Sets what the cluster holds; returns whether it changed (then the next reconciliation
+    /// writes it).
+    pub fn set_cluster(&self, next: ClusterInputs) -> bool {
+        let mut cur = lock(&self.cluster);
+        if *cur == next {
+            return false;
+        }
+        *cur = next;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// `local` (the node's endpoint identities) with the cluster's added: a label set has one
+    /// number cluster-wide, so the two never disagree; the node's own win if they ever did.
+    pub fn with_cluster_identities(&self, local: &IdentityLabels) -> IdentityLabels {
+        let mut all = lock(&self.cluster).identities.clone();
+        all.extend(local.iter().map(|(id, l)| (*id, l.clone())));
+        all
+    }
+
     /// The node's own addresses.
     pub fn node_addresses(&self) -> BTreeSet<Ipv4Addr> {
         lock(&self.addresses).clone()
@@ -679,6 +714,10 @@ impl PolicyManager {
     fn ipcache(&self, cidr: Vec<bpf_policy::IpcacheEntry>) -> Vec<bpf_policy::IpcacheEntry> {
         let mut by_prefix: BTreeMap<Ipv4Net, bpf_policy::IpcacheEntry> =
             cidr.into_iter().map(|e| (e.prefix, e)).collect();
+        // A pod's address is the pod's identity even where a CIDR rule names it.
+        for e in &lock(&self.cluster).ipcache {
+            by_prefix.insert(e.prefix, e.clone());
+        }
         for a in lock(&self.addresses).iter() {
             let prefix = Ipv4Net::from(*a);
             by_prefix.insert(
@@ -702,8 +741,9 @@ impl PolicyManager {
         identities: &IdentityLabels,
         named_ports: &NamedPorts,
     ) -> Result<PolicySyncStats, DatapathError> {
+        let identities = self.with_cluster_identities(identities);
         let policy = lock(&self.engine)
-            .resolve(identities, named_ports)
+            .resolve(&identities, named_ports)
             .map_policy(spec.identity);
         self.datapath.set_endpoint_policy(spec, &policy)
     }
@@ -727,9 +767,10 @@ impl PolicyManager {
         let generation = self.generation.load(Ordering::SeqCst);
         let node = node();
         let started = Instant::now();
+        let identities = self.with_cluster_identities(&node.identities);
         let (policies, cidr, notes) = {
             let mut engine = lock(&self.engine);
-            let resolved = engine.resolve(&node.identities, &node.named_ports);
+            let resolved = engine.resolve(&identities, &node.named_ports);
             let mut policies = BTreeMap::new();
             let mut notes = BTreeSet::new();
             for ep in &node.endpoints {
@@ -899,10 +940,13 @@ impl PolicyManager {
         PolicyStatus { policies, problems }
     }
 
-    /// The labels of a CIDR or reserved identity the engine knows.
+    /// The labels of a reserved, cluster (other nodes') or CIDR identity.
     pub fn identity_labels(&self, id: NumericIdentity) -> Option<Labels> {
         if let Some(r) = ReservedIdentity::from_id(id) {
             return Some(r.labels());
+        }
+        if let Some(l) = lock(&self.cluster).identities.get(&id) {
+            return Some(l.clone());
         }
         self.cidr_identities()
             .into_iter()

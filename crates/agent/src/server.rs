@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
-use crate::config::{Config, DatapathKind};
+use crate::cluster::{run_cluster_sync, ClusterMember};
+use crate::config::{ClusterConfig, Config, DatapathKind, TunnelMode};
 use crate::endpoints::{EndpointManager, ManagerSettings, OpenError};
 use crate::gc::{self, CtGcHealth};
 use crate::policy::{PolicyManager, PolicyOpenError, PolicySettings};
@@ -219,6 +220,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The node could not join its cluster (etcd, the overlay device).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A start-up step panicked.
     #[error("start-up failed unexpectedly: {0}")]
     Panicked(String),
@@ -283,7 +287,7 @@ async fn run_inner(
     let settings = ManagerSettings {
         node_name: config.node_name.clone(),
         pod_cidr: config.pod_cidr,
-        mtu: config.mtu,
+        mtu: config.pod_mtu(),
     };
     let dp = Arc::clone(&datapath);
     let manager = tokio::task::spawn_blocking(move || EndpointManager::open(settings, store, dp))
@@ -325,6 +329,30 @@ async fn run_inner(
     if let Err(e) = reconciled {
         warn!(error = %e, "cannot put the policies in force at start-up; retrying");
     }
+    let (cluster_task, cluster_view, cluster_member) = match &config.cluster {
+        Some(cluster) => {
+            let (task, member) = join_cluster(
+                &config,
+                cluster,
+                &datapath,
+                &manager,
+                &policies,
+                shutdown.clone(),
+            )
+            .await?;
+            let names = (member.node().name.clone(), member.subscribe());
+            (Some(task), Some(names), Some(member))
+        }
+        None => {
+            datapath
+                .set_tunnel(None)
+                .map_err(|source| AgentError::Datapath {
+                    kind: config.datapath,
+                    source,
+                })?;
+            (None, None, None)
+        }
+    };
     let policy_task = tokio::spawn(run_policy_loop(
         Arc::clone(&manager),
         Arc::clone(&policies),
@@ -350,6 +378,7 @@ async fn run_inner(
         &datapath,
         Arc::clone(&manager),
         Arc::clone(&services),
+        cluster_view,
         shutdown.clone(),
     );
     let socket = config.socket.clone();
@@ -358,6 +387,7 @@ async fn run_inner(
         manager,
         services,
         policies,
+        cluster: cluster_member,
         ct_gc,
         started,
         shutdown: shutdown.clone(),
@@ -370,6 +400,9 @@ async fn run_inner(
         .for_each(tokio::task::JoinHandle::abort);
     services_task.abort();
     policy_task.abort();
+    if let Some(t) = cluster_task {
+        t.abort();
+    }
     // Nothing is detached: pods keep forwarding while the agent is down, and the next agent
     // picks the pinned datapath up again.
     drop(guard);
@@ -378,6 +411,53 @@ async fn run_inner(
         path: socket,
         source,
     })
+}
+
+/// The name of the overlay device in the node's namespace.
+pub const TUNNEL_DEVICE: &str = "ciliate_vxlan";
+
+/// Sets up the overlay, joins the cluster (the node's endpoints take their cluster references
+/// and are published) and starts following it. Returns the task that follows it, and the
+/// membership.
+async fn join_cluster(
+    config: &Config,
+    cluster: &ClusterConfig,
+    datapath: &Arc<dyn Datapath>,
+    manager: &Arc<EndpointManager>,
+    policies: &Arc<PolicyManager>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(tokio::task::JoinHandle<()>, Arc<ClusterMember>), AgentError> {
+    let tunnel = match cluster.tunnel {
+        TunnelMode::Vxlan if config.datapath == DatapathKind::Bpf => {
+            let nl = ciliate_datapath::netlink::Netlink::connect()
+                .map_err(|e| AgentError::Cluster(format!("overlay: {e}")))?;
+            nl.ensure_vxlan(TUNNEL_DEVICE, cluster.tunnel_port, config.pod_mtu())
+                .await
+                .map_err(|e| AgentError::Cluster(format!("overlay: {e}")))?;
+            Some(TUNNEL_DEVICE)
+        }
+        _ => None,
+    };
+    datapath
+        .set_tunnel(tunnel)
+        .map_err(|source| AgentError::Datapath {
+            kind: config.datapath,
+            source,
+        })?;
+    let member = ClusterMember::join(&config.node_name, config.pod_cidr, cluster, tunnel)
+        .await
+        .map_err(AgentError::Cluster)?;
+    let (m, c) = (Arc::clone(manager), Arc::clone(&member));
+    tokio::task::spawn_blocking(move || m.attach_cluster(c))
+        .await
+        .map_err(|e| AgentError::Panicked(e.to_string()))?;
+    let task = tokio::spawn(run_cluster_sync(
+        Arc::clone(&member),
+        Arc::clone(manager),
+        Arc::clone(policies),
+        shutdown,
+    ));
+    Ok((task, member))
 }
 
 /// Reads the node's addresses from its interfaces into the policy store (they are `host` in

@@ -89,6 +89,7 @@ fn harness_with(cidr: &str) -> Harness {
         manager,
         services: Arc::new(services),
         policies,
+        cluster: None,
         ct_gc: Arc::new(CtGcHealth::default()),
         started: Instant::now(),
         shutdown: rx,

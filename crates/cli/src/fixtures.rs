@@ -43,6 +43,14 @@ pub fn status() -> Status {
         services: 2,
         backends: 5,
         policies: 1,
+        cluster: Some(ciliate_model::api::ClusterStatus {
+            etcd: vec!["http://172.31.0.1:2379".into()],
+            connected: true,
+            nodes: vec!["node-1".into(), "node-2".into()],
+            identities: 4,
+            remote_endpoints: 2,
+            tunnel: Some("ciliate_vxlan".into()),
+        }),
     }
 }
 

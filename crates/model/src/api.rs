@@ -95,6 +95,28 @@ pub struct Status {
     /// Number of network policies in force (from the API and the manifest directory).
     #[serde(default)]
     pub policies: usize,
+    /// The cluster this node is part of; absent when it stands alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The cluster part of [`Status`] (multi-node).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The etcd endpoints.
+    pub etcd: Vec<String>,
+    /// Whether etcd answers now (when not, the node forwards with the cluster as last seen).
+    pub connected: bool,
+    /// Names of the nodes registered, this one included.
+    pub nodes: Vec<String>,
+    /// Identities in use anywhere in the cluster.
+    pub identities: usize,
+    /// Endpoints of other nodes this node knows.
+    pub remote_endpoints: usize,
+    /// The overlay device, when pods of other nodes are reached through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
 }
 
 /// The datapath part of [`Status`].

@@ -184,7 +184,7 @@ impl PolicyManager {
         identities: &IdentityLabels,
         q: &TraceQuery,
     ) -> Result<PolicyTrace, TraceError> {
-        let mut known = identities.clone();
+        let mut known = self.with_cluster_identities(identities);
         let mut notes = Vec::new();
         let src = self.trace_peer(&q.src, endpoints, &mut known, &mut notes)?;
         let dst = self.trace_peer(&q.dst, endpoints, &mut known, &mut notes)?;

@@ -60,6 +60,7 @@ pub fn table(s: &Status) -> String {
             format!("{} ({} backends)", s.services, s.backends),
         ),
         ("Policies", s.policies.to_string()),
+        ("Cluster", cluster(s)),
         (
             "IPAM",
             format!(
@@ -76,6 +77,23 @@ pub fn table(s: &Status) -> String {
             },
         ),
     ])
+}
+
+/// One line on the cluster: etcd, nodes, what this node knows of the others, the overlay.
+fn cluster(s: &Status) -> String {
+    let Some(c) = &s.cluster else {
+        return "none (a node on its own)".to_owned();
+    };
+    format!(
+        "{} to etcd {}; {} nodes ({}), {} identities, {} remote endpoints; overlay {}",
+        if c.connected { "connected" } else { "DISCONNECTED" },
+        c.etcd.join(","),
+        c.nodes.len(),
+        c.nodes.join(", "),
+        c.identities,
+        c.remote_endpoints,
+        c.tunnel.as_deref().unwrap_or("none"),
+    )
 }
 
 #[cfg(test)]
@@ -99,6 +117,7 @@ mod tests {
             "Identities:   2\n",
             "Services:     2 (5 backends)\n",
             "Policies:     1\n",
+            "Cluster:      connected to etcd http://172.31.0.1:2379; 2 nodes (node-1, node-2), 4 identities, 2 remote endpoints; overlay ciliate_vxlan\n",
             "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
             "Problems:     ct map 95% full\n              kubernetes source unreachable\n",
         ] {
