@@ -30,6 +30,9 @@ use crate::policy::{ClusterInputs, PolicyManager};
 const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent keeps trying to reach etcd at start-up before giving up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often each node collects identities no node references any more (safe to run on every
+/// node at once: a collection backs off from a number someone is taking).
+const IDENTITY_GC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// This node's membership: its kvstore session and what it registered.
 #[derive(Debug)]
@@ -219,6 +222,11 @@ pub async fn run_cluster_sync(
     let mut view = member.subscribe();
     let me = member.node().name.clone();
     let mut was_connected = true;
+    let mut gc = tokio::time::interval_at(
+        tokio::time::Instant::now() + IDENTITY_GC_INTERVAL,
+        IDENTITY_GC_INTERVAL,
+    );
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let snapshot = view.borrow_and_update().clone();
         if snapshot.connected != was_connected {
@@ -235,9 +243,17 @@ pub async fn run_cluster_sync(
                 warn!(error = %e, "policy reconciliation after a cluster change panicked");
             }
         }
-        tokio::select! {
-            changed = view.changed() => if changed.is_err() { return },
+        let collect = tokio::select! {
+            changed = view.changed() => if changed.is_err() { return } else { false },
+            _ = gc.tick() => true,
             _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        if collect {
+            match member.kv.gc_identities().await {
+                Ok(0) => {}
+                Ok(n) => info!(freed = n, "collected identities no node uses"),
+                Err(e) => warn!(error = %e, "identity garbage collection failed; retried later"),
+            }
         }
     }
 }
