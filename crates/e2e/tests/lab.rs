@@ -1,0 +1,424 @@
+//! `ciliate lab` and `ciliate connectivity test` end to end: labs of real agents, CNI plugin
+//! and etcd in network namespaces, driven through the `ciliate` binary as a user would.
+//! Every lab has a unique name and is removed by `ciliate lab down` when its guard drops, also
+//! when the test fails.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ciliate_testutil::etcd::ETCD_BINARY;
+use ciliate_testutil::{privileged, privileged_required, unique_name};
+use common::bin;
+use serde_json::Value;
+
+/// True (after a loud SKIP) when etcd is missing; panics instead when
+/// `CILIATE_REQUIRE_PRIVILEGED=1`.
+fn etcd_missing() -> bool {
+    if Path::new(ETCD_BINARY).exists() {
+        return false;
+    }
+    let why =
+        format!("{ETCD_BINARY} is missing (apt-get install etcd-server, or scripts/install-deps)");
+    if privileged_required() {
+        panic!("lab test cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("\n!!! SKIPPED lab test: {why}. !!!\n");
+    true
+}
+
+fn ciliate(args: &[&str]) -> Output {
+    Command::new(bin("ciliate"))
+        .args(args)
+        .output()
+        .expect("run ciliate")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A lab for one test, removed on drop.
+struct LabGuard {
+    name: String,
+}
+
+impl LabGuard {
+    /// `ciliate lab up --name <unique> <args>`; insists it worked.
+    fn up(args: &[&str]) -> Self {
+        let name = unique_name("lab");
+        let guard = Self { name };
+        let mut all = vec!["lab", "up", "--name", &guard.name];
+        all.extend_from_slice(args);
+        let out = ciliate(&all);
+        assert!(out.status.success(), "lab up {args:?}: {}", text(&out));
+        guard
+    }
+
+    fn state_dir(&self) -> String {
+        format!("/run/ciliate/lab/{}", self.name)
+    }
+
+    fn down(&self) -> Output {
+        ciliate(&["lab", "down", "--name", &self.name])
+    }
+
+    /// `ciliate connectivity test --lab <name> -o json`: exit code and report.
+    fn connectivity(&self, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let mut args = vec!["connectivity", "test", "--lab", &self.name, "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = ciliate(&args);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("connectivity test output is not JSON ({e}): {}", text(&out))
+        });
+        (out.status.code(), report, text(&out))
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["node0/agent.log", "node1/agent.log", "etcd.log"] {
+                let path = format!("{}/{log}", self.state_dir());
+                if let Ok(t) = std::fs::read_to_string(&path) {
+                    let tail: Vec<&str> = t.lines().rev().take(30).collect();
+                    eprintln!("---- last lines of {path} ----");
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+        let out = self.down();
+        if !out.status.success() {
+            eprintln!("lab down {} failed: {}", self.name, text(&out));
+        }
+    }
+}
+
+/// Every cell that failed, one line each, for assertion messages.
+fn failures(report: &Value) -> Vec<String> {
+    report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let name = s["name"].as_str().unwrap_or_default().to_owned();
+            let error = s["error"]
+                .as_str()
+                .map(|e| format!("{name}: {e}"))
+                .into_iter();
+            let cells = s["cells"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["ok"] != true)
+                .map(move |c| {
+                    format!(
+                        "{name}: {} ({}): actual {}, drop seen {}, {}",
+                        c["cell"], c["address"], c["actual"], c["dropSeen"], c["detail"]
+                    )
+                })
+                .collect::<Vec<_>>();
+            error.chain(cells)
+        })
+        .collect()
+}
+
+fn scenario_names(report: &Value) -> Vec<String> {
+    report["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// What is left of lab `name` on this machine: namespaces, pins, cgroups, processes, state.
+fn leftovers(name: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let prefix = format!("ciliate-{name}-");
+    for e in std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) {
+            left.push(format!("netns {n}"));
+        }
+    }
+    let node = format!("{name}-node");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let cgroup2 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| format!("{}/ciliate", f[1]))
+    });
+    for dir in ["/sys/fs/bpf/ciliate".to_owned()]
+        .into_iter()
+        .chain(cgroup2)
+    {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&node) {
+                left.push(format!("{dir}/{n}"));
+            }
+        }
+    }
+    let marker = format!("CILIATE_LAB={name}");
+    let state = format!("/run/ciliate/lab/{name}");
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .replace('\0', " ");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if !zombie
+            && (environ.split(|b| *b == 0).any(|v| v == marker.as_bytes())
+                || cmdline.contains(&state))
+        {
+            left.push(format!("process {pid}: {cmdline}"));
+        }
+    }
+    if Path::new(&state).exists() {
+        left.push(state);
+    }
+    // Links in this (the host's) namespace: the lab makes none here.
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for l in links.lines().filter(|l| l.contains(&prefix)) {
+        left.push(format!("link {l}"));
+    }
+    left
+}
+
+/// (a) A one-node lab without the demo passes every single-node cell of every scenario: the
+/// policy truth tables as NetworkPolicy and as CiliumNetworkPolicy, each cell a real probe and,
+/// when dropped, the drop reason in Hubble.
+#[test]
+fn one_node_lab_passes_the_connectivity_test() {
+    privileged!();
+    if etcd_missing() {
+        return;
+    }
+    let lab = LabGuard::up(&["--nodes", "1", "--no-demo"]);
+    let status = ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]);
+    assert!(status.status.success(), "lab status: {}", text(&status));
+    let s: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(1), "{s:#}");
+    assert_eq!(s["etcd"]["healthy"], true, "{s:#}");
+    assert_eq!(s["nodes"][0]["health"], "ok", "{s:#}");
+
+    let (code, report, out) = lab.connectivity(&[]);
+    assert!(
+        failures(&report).is_empty(),
+        "failed cells:\n{}\n{out}",
+        failures(&report).join("\n")
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let names = scenario_names(&report);
+    for want in [
+        "no-policies",
+        "client-ingress",
+        "client-ingress-knp",
+        "all-ingress-deny",
+        "all-ingress-deny-knp",
+        "all-egress-deny",
+        "all-egress-deny-knp",
+        "echo-ingress",
+        "echo-ingress-knp",
+        "client-egress",
+        "client-egress-knp",
+        "client-egress-expression",
+        "client-egress-expression-knp",
+        "allow-all-except-world",
+        "ingress-deny-wins",
+        "egress-deny-wins",
+        "to-cidr-except",
+        "to-cidr-except-knp",
+        "client-ingress-icmp",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} did not run: {names:?}"
+        );
+    }
+    assert!(report["passed"].as_u64() > Some(100), "{out}");
+    assert_eq!(report["failed"], 0);
+    assert!(
+        report["skipped"].as_u64() > Some(0),
+        "cross-node cells are skipped on one node"
+    );
+    // Drops were seen with both reasons.
+    let seen: Vec<String> = report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["cells"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["dropSeen"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        seen.iter().any(|s| s.starts_with("133 POLICY_DENIED on ")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.starts_with("181 POLICY_DENY on ")),
+        "{seen:?}"
+    );
+
+    // The workload is gone again; --test selects, --keep keeps.
+    let st: Value = serde_json::from_slice(
+        &ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]).stdout,
+    )
+    .expect("status JSON");
+    assert_eq!(st["pods"], serde_json::json!([]), "{st:#}");
+    let (code, report, out) = lab.connectivity(&["--test", "^echo-ingress$", "--keep"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(scenario_names(&report), ["echo-ingress"]);
+    let st: Value = serde_json::from_slice(
+        &ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]).stdout,
+    )
+    .expect("status JSON");
+    assert_eq!(st["pods"].as_array().map(Vec::len), Some(3), "{st:#}");
+    assert_eq!(st["nodes"][0]["endpoints"], 3, "{st:#}");
+    // A second run replaces what --keep left.
+    let (code, _, out) = lab.connectivity(&["--test", "^no-policies$"]);
+    assert_eq!(code, Some(0), "{out}");
+    let st: Value = serde_json::from_slice(
+        &ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]).stdout,
+    )
+    .expect("status JSON");
+    assert_eq!(st["pods"], serde_json::json!([]), "{st:#}");
+}
+
+/// (b) `lab down` after `kill -9` of every process of the lab, and with `lab.json` half
+/// written, leaves no namespace, link, pin, cgroup, process or state; it is idempotent.
+#[test]
+fn lab_down_after_kill_9_leaves_nothing() {
+    privileged!();
+    if etcd_missing() {
+        return;
+    }
+    let lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    // A second lab of the same name is refused, saying what to do.
+    let again = ciliate(&["lab", "up", "--name", &lab.name]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("lab down"),
+        "{}",
+        text(&again)
+    );
+    let before = leftovers(&lab.name);
+    assert!(
+        before.iter().any(|l| l.starts_with("process ")),
+        "{before:?}"
+    );
+    assert!(before.iter().any(|l| l.starts_with("netns ")), "{before:?}");
+    assert!(
+        before.iter().any(|l| l.contains("/sys/fs/bpf/ciliate/")),
+        "{before:?}"
+    );
+
+    // Crash everything: every process of the lab, at once.
+    let pids: Vec<String> = before
+        .iter()
+        .filter_map(|l| l.strip_prefix("process "))
+        .filter_map(|l| l.split(':').next())
+        .map(str::to_owned)
+        .collect();
+    let mut kill = vec!["-9"];
+    kill.extend(pids.iter().map(String::as_str));
+    let _ = Command::new("kill").args(&kill).status();
+    std::thread::sleep(Duration::from_millis(300));
+    // And the record half written.
+    let state = format!("{}/lab.json", lab.state_dir());
+    let full = std::fs::read_to_string(&state).expect("lab.json");
+    std::fs::write(&state, &full[..full.len() / 2]).expect("truncate lab.json");
+
+    let out = lab.down();
+    assert!(out.status.success(), "lab down: {}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("deleted netns"), "{said}");
+    assert!(said.contains("removed pins"), "{said}");
+    assert!(
+        said.contains("warning:") && said.contains("not a valid lab record"),
+        "{said}"
+    );
+    let left = leftovers(&lab.name);
+    assert!(
+        left.is_empty(),
+        "left after lab down: {left:#?}\n{}",
+        text(&out)
+    );
+
+    // Idempotent: nothing to do is success.
+    let out = lab.down();
+    assert!(out.status.success(), "second lab down: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Nothing to remove"),
+        "{}",
+        text(&out)
+    );
+    let status = ciliate(&["lab", "status", "--name", &lab.name]);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
+}
+
+/// (c) A three-node lab passes the whole connectivity test, the cells across nodes included:
+/// identities travel between nodes (etcd, VXLAN overlay) and policy holds across them.
+#[test]
+fn three_node_lab_passes_the_full_connectivity_test() {
+    privileged!();
+    if etcd_missing() {
+        return;
+    }
+    let lab = LabGuard::up(&["--nodes", "3", "--pods-per-node", "1"]);
+    // The demo app spans the nodes: a Service with backends on other nodes answers.
+    let st: Value = serde_json::from_slice(
+        &ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]).stdout,
+    )
+    .expect("status JSON");
+    assert_eq!(st["nodes"].as_array().map(Vec::len), Some(3), "{st:#}");
+    assert_eq!(st["healthy"], true, "{st:#}");
+    let (code, report, out) = lab.connectivity(&[]);
+    assert!(
+        failures(&report).is_empty(),
+        "failed cells:\n{}\n{out}",
+        failures(&report).join("\n")
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(report["skipped"], 0, "{out}");
+    assert_eq!(report["nodes"], 3);
+    let cross_node_drops = report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["cells"].as_array().cloned().unwrap_or_default())
+        .filter(|c| {
+            c["cell"]
+                .as_str()
+                .is_some_and(|l| l.contains("echo-other-node"))
+                && c["dropSeen"].is_string()
+        })
+        .count();
+    assert!(
+        cross_node_drops > 0,
+        "no drop across nodes was checked: {out}"
+    );
+}
