@@ -78,16 +78,19 @@ impl Binaries {
 /// The agent flag that points it at etcd.
 pub const ETCD_ENDPOINTS_FLAG: &str = "--etcd-endpoints";
 
-/// etcd's binary, or a message saying how to install it.
+/// etcd's binary ([`ETCD_BINARY`]), or a message saying how to install it.
 pub fn etcd() -> Result<PathBuf, LabError> {
-    let p = PathBuf::from(ETCD_BINARY);
-    if p.is_file() {
-        Ok(p)
+    etcd_at(Path::new(ETCD_BINARY))
+}
+
+fn etcd_at(path: &Path) -> Result<PathBuf, LabError> {
+    if path.is_file() {
+        Ok(path.to_owned())
     } else {
         Err(LabError::Prerequisite(format!(
-            "etcd is not installed ({ETCD_BINARY} is missing): the lab's nodes share their \
-             state through it. Install it with `apt-get install -y etcd-server` (or run \
-             scripts/install-deps)"
+            "etcd is not installed ({} is missing): the lab's nodes share their state through \
+             it. Install it with `apt-get install -y etcd-server` (or run scripts/install-deps)",
+            path.display()
         )))
     }
 }
@@ -109,5 +112,14 @@ mod tests {
         }
         let bins = Binaries::in_dir(dir.path()).unwrap();
         assert_eq!(bins.bench, dir.path().join("ciliate-bench"));
+    }
+
+    #[test]
+    fn a_missing_etcd_says_how_to_install_it() {
+        let err = etcd_at(Path::new("/nonexistent/etcd"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/etcd is missing"), "{err}");
+        assert!(err.contains("apt-get install -y etcd-server"), "{err}");
     }
 }

@@ -173,6 +173,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         pods_per_node: usize::from(args.pods_per_node),
         demo: !args.no_demo,
     };
+    // Refused before anything is printed or made: not root, no etcd, a lab of that name.
+    opts.check()?;
+    ciliate_lab::up::preflight(&ciliate_lab::Layout::new(&opts.name)?)?;
     say(&format!(
         "Starting lab {:?}: {} node{}{}",
         opts.name,
