@@ -291,6 +291,9 @@ struct ciliate_event {
 #define METRIC_INGRESS 0 /* towards the endpoint */
 #define METRIC_EGRESS 1  /* from the endpoint */
 #define METRIC_FORWARDED 0 /* reason 0 counts forwarded packets */
+/* Slot (direction 0, reason 255: no drop reason) counting events lost because the ring buffer
+ * was full; the agent reports them as Hubble's lost events. */
+#define METRIC_EVENTS_LOST 255
 
 struct metrics_value {
 	__u64 packets;

@@ -20,15 +20,17 @@ static __always_inline void count(__u8 dir, __u8 reason, __u32 bytes)
 }
 
 /* Reports one event. A full ring buffer loses the event, never the packet: the loss is
- * visible to the reader through the ring's producer/consumer positions and the metrics. */
+ * counted in cil_metrics (METRIC_EVENTS_LOST), which the agent turns into lost events. */
 static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
 				       __u32 src_id, __u32 dst_id, __u8 ct_state, __u8 flags)
 {
 	struct ciliate_event *e = bpf_ringbuf_reserve(&cil_events, sizeof(*e), 0);
 	__u32 cap;
 
-	if (!e)
+	if (!e) {
+		count(METRIC_INGRESS, METRIC_EVENTS_LOST, 1);
 		return;
+	}
 	e->type = type;
 	e->code = code;
 	e->ep_id = ep_id;

@@ -54,6 +54,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::ClusterMember>>,
     /// Outcome of the last conntrack GC pass.
     pub ct_gc: Arc<CtGcHealth>,
+    /// API request counts and latencies, for the agent metrics.
+    pub api_metrics: Arc<crate::metrics::ApiMetrics>,
     /// When the agent started.
     pub started: Instant,
     /// Turns true when the agent shuts down; ends monitor streams.
@@ -221,6 +223,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/monitor", get(monitor))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.api_metrics),
+            crate::metrics::track,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -269,18 +275,18 @@ async fn healthz() -> Json<Health> {
 }
 
 async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
-    let manager = Arc::clone(&s.manager);
-    let services = Arc::clone(&s.services);
-    let policies = Arc::clone(&s.policies);
-    let (m, datapath, svc, pol) = blocking(move || {
-        (
-            manager.status(),
-            manager.datapath().status(),
-            services.status(),
-            policies.status(),
-        )
-    })
-    .await?;
+    Ok(Json(blocking(move || collect_status(&s)).await?))
+}
+
+/// The node's status (`GET /v1/status`, and the agent metrics). Takes the stores' locks
+/// briefly and counts map entries: call from blocking code.
+pub fn collect_status(s: &AppState) -> Status {
+    let (m, datapath, svc, pol) = (
+        s.manager.status(),
+        s.manager.datapath().status(),
+        s.services.status(),
+        s.policies.status(),
+    );
     let mut problems = m.problems;
     problems.extend(svc.problems);
     problems.extend(pol.problems);
@@ -297,7 +303,7 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
             c.etcd.join(",")
         ));
     }
-    Ok(Json(Status {
+    Status {
         node: s.config.node_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_seconds: s.started.elapsed().as_secs(),
@@ -316,7 +322,7 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiFailure> {
         backends: svc.backends,
         policies: pol.policies,
         cluster,
-    }))
+    }
 }
 
 async fn config(State(s): State<AppState>) -> Json<Config> {

@@ -105,7 +105,11 @@ impl ClusterMember {
             connected: view.connected,
             nodes: view.nodes.keys().cloned().collect(),
             identities: view.identities.len(),
-            remote_endpoints: view.ips.values().filter(|e| e.node != self.node.name).count(),
+            remote_endpoints: view
+                .ips
+                .values()
+                .filter(|e| e.node != self.node.name)
+                .count(),
             tunnel: self.tunnel.clone(),
         }
     }

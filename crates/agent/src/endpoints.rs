@@ -355,8 +355,10 @@ impl EndpointManager {
                     "the cluster numbers this label set differently from this node's endpoint; \
                      recreate the pod so that policy on other nodes sees it right"
                 ),
-                Err(e) => warn!(endpoint = ep.id, identity = ep.identity, labels = %ep.labels, error = %e,
-                    "cannot take this node's reference on an identity in the cluster"),
+                Err(e) => {
+                    warn!(endpoint = ep.id, identity = ep.identity, labels = %ep.labels, error = %e,
+                    "cannot take this node's reference on an identity in the cluster")
+                }
             }
         }
         for ep in endpoints.iter().filter(|e| e.state == EndpointState::Ready) {

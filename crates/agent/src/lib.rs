@@ -25,6 +25,7 @@ pub mod identity;
 pub mod ipam;
 pub mod logging;
 pub mod manifests;
+pub mod metrics;
 pub mod observer;
 pub mod policy;
 pub mod server;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ciliate_datapath::Datapath;
 use ciliate_kvstore::ClusterView;
 use ciliate_model::lb::L4Proto;
+use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::server::{bind_unix, serve_tcp, serve_unix, Service};
 use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot, SwappableStore};
 use ciliate_observer::{Observer, ObserverConfig};
@@ -107,6 +108,10 @@ fn proto_number(p: L4Proto) -> u8 {
     }
 }
 
+/// More metrics to serve beside the flow metrics (the agent's own); called per scrape, from
+/// blocking code.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The cluster as the observer needs it (multi-node): this node's name and the view of the
 /// others, whose pods flows name too.
 pub type ClusterNames = (String, watch::Receiver<ClusterView>);
@@ -173,18 +178,46 @@ pub fn snapshot(
     s
 }
 
+/// What the observer reads names and events from.
+pub struct Sources {
+    /// The datapath's events and loss counter.
+    pub datapath: Arc<dyn Datapath>,
+    /// Local endpoints and identities.
+    pub manager: Arc<EndpointManager>,
+    /// Services.
+    pub services: Arc<ServiceManager>,
+    /// Other nodes' pods, in a cluster.
+    pub cluster: Option<ClusterNames>,
+    /// The agent's own metrics, served beside the flow metrics.
+    pub extra_metrics: Option<ExtraMetrics>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("manager", &self.manager)
+            .field("cluster", &self.cluster.as_ref().map(|(me, _)| me))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Starts the observer: event intake, table refresh, gRPC and metrics servers. Problems
 /// binding a listener are logged, never fatal: pods must get wired even when observability
 /// cannot be served.
 pub fn start(
     settings: &ObserverSettings,
     node_name: &str,
-    datapath: &Arc<dyn Datapath>,
-    manager: Arc<EndpointManager>,
-    services: Arc<ServiceManager>,
-    cluster: Option<ClusterNames>,
+    sources: Sources,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let Sources {
+        datapath,
+        manager,
+        services,
+        cluster,
+        extra_metrics,
+    } = sources;
+    let datapath = &datapath;
     let store = Arc::new(SwappableStore::default());
     store.replace(snapshot(&manager, &services, cluster.as_ref()));
     let observer = Arc::new(Observer::new(
@@ -197,11 +230,23 @@ pub fn start(
     let mut tasks = vec![tokio::spawn(
         Arc::clone(&observer).run(datapath.subscribe_events()),
     )];
+    let (o, dp) = (Arc::clone(&observer), Arc::clone(datapath));
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        // Losses before this agent started were reported (or not) by its predecessor.
+        let mut lost = dp.events_lost();
         loop {
             tick.tick().await;
             store.replace(snapshot(&manager, &services, cluster.as_ref()));
+            let now = dp.events_lost();
+            if now > lost {
+                warn!(
+                    events = now - lost,
+                    "the datapath's event ring was full: events lost"
+                );
+                o.lost(now - lost, LostEventSource::PerfEventRingBuffer);
+            }
+            lost = now;
         }
     }));
 
@@ -247,11 +292,16 @@ pub fn start(
                 "/metrics",
                 axum::routing::get(move || {
                     let o = Arc::clone(&observer);
+                    let extra = extra_metrics.clone();
                     async move {
-                        (
-                            [("content-type", "text/plain; version=0.0.4")],
-                            o.metrics().render(),
-                        )
+                        let mut text = o.metrics().render();
+                        if let Some(f) = extra {
+                            match tokio::task::spawn_blocking(move || f()).await {
+                                Ok(more) => text.push_str(&more),
+                                Err(e) => warn!(error = %e, "agent metrics panicked"),
+                            }
+                        }
+                        ([("content-type", "text/plain; version=0.0.4")], text)
                     }
                 }),
             );

@@ -372,26 +372,38 @@ async fn run_inner(
         Arc::clone(&ct_gc),
         shutdown.clone(),
     ));
-    let observer_tasks = crate::observer::start(
-        &config.observer,
-        &config.node_name,
-        &datapath,
-        Arc::clone(&manager),
-        Arc::clone(&services),
-        cluster_view,
-        shutdown.clone(),
-    );
     let socket = config.socket.clone();
-    let app = api::router(AppState {
+    let observer_settings = config.observer.clone();
+    let node_name = config.node_name.clone();
+    let state = AppState {
         config: Arc::new(config),
-        manager,
-        services,
+        manager: Arc::clone(&manager),
+        services: Arc::clone(&services),
         policies,
         cluster: cluster_member,
         ct_gc,
+        api_metrics: Arc::default(),
         started,
         shutdown: shutdown.clone(),
-    });
+    };
+    let agent_metrics = {
+        let s = state.clone();
+        Arc::new(move || crate::metrics::render(&api::collect_status(&s), &s.api_metrics))
+            as crate::observer::ExtraMetrics
+    };
+    let observer_tasks = crate::observer::start(
+        &observer_settings,
+        &node_name,
+        crate::observer::Sources {
+            datapath: Arc::clone(&datapath),
+            manager,
+            services,
+            cluster: cluster_view,
+            extra_metrics: Some(agent_metrics),
+        },
+        shutdown.clone(),
+    );
+    let app = api::router(state);
     info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
     let served = serve(listener, app, shutdown).await;
     gc_task.abort();

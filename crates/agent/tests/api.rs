@@ -90,6 +90,7 @@ fn harness_with(cidr: &str) -> Harness {
         services: Arc::new(services),
         policies,
         cluster: None,
+        api_metrics: Default::default(),
         ct_gc: Arc::new(CtGcHealth::default()),
         started: Instant::now(),
         shutdown: rx,

@@ -84,6 +84,8 @@ pub const METRICS_SLOTS: u32 = 512;
 pub const METRIC_INGRESS: u32 = 0;
 /// Metrics direction: from the endpoint.
 pub const METRIC_EGRESS: u32 = 1;
+/// The `cil_metrics` slot counting events lost to a full ring buffer (`METRIC_EVENTS_LOST`).
+pub const METRIC_EVENTS_LOST_SLOT: u32 = 255;
 
 /// `CT_EGRESS`: the endpoint opened the connection.
 pub const CT_EGRESS: u8 = 0;

@@ -153,6 +153,12 @@ pub trait Datapath: Send + Sync + 'static {
     /// A receiver of datapath events (trace and drop), decoded.
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent>;
 
+    /// Events the programs could not report since the maps were made, because the ring
+    /// buffer was full (a slow reader, or a flood). Only grows.
+    fn events_lost(&self) -> u64 {
+        0
+    }
+
     /// Sends traffic for pods of other nodes through the VXLAN device `ifname` (collect_md
     /// mode, made by the caller) and receives theirs from it; `None` turns the overlay off.
     /// Idempotent; after a restart the device's program is swapped in without a gap. A

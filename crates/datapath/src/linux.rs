@@ -436,6 +436,9 @@ impl LinuxDatapath {
         for idx in 0..abi::METRICS_SLOTS {
             if let Ok(values) = inner.maps.metrics.get(&idx, 0) {
                 let total: u64 = values.iter().map(|v| v.packets).sum();
+                if idx == abi::METRIC_EVENTS_LOST_SLOT {
+                    continue;
+                }
                 if idx % 256 == 0 {
                     fwd += total;
                 } else {
@@ -998,6 +1001,15 @@ impl Datapath for LinuxDatapath {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn events_lost(&self) -> u64 {
+        self.lock()
+            .maps
+            .metrics
+            .get(&abi::METRIC_EVENTS_LOST_SLOT, 0)
+            .map(|values| values.iter().map(|v| v.packets).sum())
+            .unwrap_or(0)
     }
 
     fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {

@@ -1077,12 +1077,12 @@ impl Harness {
     fn remote_pod(&mut self) {
         self.set_ipcache(&[
             IpcacheEntry {
-                prefix: "10.200.1.0/24".parse().unwrap(),
+                prefix: "10.200.1.0/24".parse().expect("prefix"),
                 identity: 2,
                 tunnel_endpoint: Some(REMOTE_NODE),
             },
             IpcacheEntry {
-                prefix: "10.200.1.20/32".parse().unwrap(),
+                prefix: "10.200.1.20/32".parse().expect("prefix"),
                 identity: 777,
                 tunnel_endpoint: Some(REMOTE_NODE),
             },
@@ -1170,4 +1170,40 @@ fn from_the_overlay_a_packet_without_a_tunnel_key_is_dropped_and_others_pass() {
         &tcp(REMOTE_POD, 8080, Ipv4Addr::new(172, 31, 0, 10), 40200, SYN),
     );
     assert_eq!(v, TC_ACT_OK);
+}
+
+#[test]
+fn a_full_event_ring_loses_events_not_packets_and_counts_them() {
+    privileged!();
+    let mut h = Harness::new();
+    let mut v6 = eth(HOST_MAC_A, MAC_A, 0x86dd);
+    v6.extend_from_slice(&[0x60; 40]);
+    // Every run reports a drop (139); 40,000 of them overrun the 4 MiB ring nobody drains.
+    let p: &SchedClassifier = h
+        .bpf
+        .program("from_container")
+        .expect("program")
+        .try_into()
+        .expect("classifier");
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&v6);
+    opts.repeat = 40_000;
+    let res = p.test_run(opts).expect("test run");
+    assert_eq!(
+        res.return_value, TC_ACT_SHOT,
+        "the packet's fate is unchanged"
+    );
+    assert_eq!(
+        h.counter(abi::METRIC_EGRESS, 139),
+        40_000,
+        "every drop counted"
+    );
+    let lost = h.counter(abi::METRIC_INGRESS, abi::METRIC_EVENTS_LOST_SLOT);
+    let kept = h.events().len() as u64;
+    assert!(lost > 0, "nothing lost with {kept} events kept");
+    assert_eq!(
+        kept + lost,
+        40_000,
+        "every event either kept or counted as lost"
+    );
 }

@@ -142,6 +142,24 @@ fn flows_are_observed_by_pod_with_verdicts_and_counted_in_metrics() {
             .any(|l| l.starts_with("hubble_drop_total") && l.contains("SERVICE_BACKEND_NOT_FOUND")),
         "{metrics}"
     );
+    // The agent's own, from the same status the API serves.
+    let endpoints = node.endpoint_count();
+    assert!(
+        metrics.contains(&format!("\nciliate_endpoints {endpoints}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ciliate_bpf_map_pressure{map=\"cil_ct4\"}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "ciliate_api_request_duration_seconds_count{method=\"POST\",route=\"/v1/endpoints\",code=\"201\"}"
+        )),
+        "{metrics}"
+    );
 }
 
 /// GET /metrics from inside the node's namespace.
@@ -163,4 +181,87 @@ fn client_metrics(node: &Node) -> String {
     })
     .join()
     .expect("metrics thread")
+}
+
+#[test]
+fn a_flood_that_overruns_the_event_ring_is_counted_as_lost_events() {
+    privileged!();
+    // A flow ring that holds all the ring buffer had (~24,000), so the loss record stays.
+    let node = Node::start_with(
+        "10.222.0.0/24",
+        &[
+            "--hubble-metrics-address",
+            "127.0.0.1:9965",
+            "--hubble-event-buffer-capacity",
+            "65535",
+        ],
+    );
+    let client = node.add_pod("client", "app=client");
+    let server = node.add_pod("server", "app=server");
+    let dst = server.ip;
+    // A stopped agent drains nothing: 25,000 new UDP flows (each reported where it leaves the
+    // client and where it enters the server) overrun the 4 MiB ring.
+    node.signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    let sent = client
+        .in_netns(move || {
+            let mut sent = 0u32;
+            for port in 20_000u16..45_000 {
+                let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", port)) else {
+                    continue;
+                };
+                if s.send_to(b"x", (dst, 9)).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+        .join()
+        .expect("flood");
+    node.signal_agent(nix::sys::signal::Signal::SIGCONT);
+    assert!(sent > 20_000, "only {sent} datagrams sent");
+    // Counted within a refresh or two, and the agent still answers.
+    let mut lost = 0u64;
+    for _ in 0..50 {
+        let metrics = client_metrics(&node);
+        lost = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("hubble_lost_events_total")
+                    && l.contains("source=\"perf_event_ring_buffer\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if lost > 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        lost > 0,
+        "no lost events counted; agent log:\n{}",
+        node.agent_log()
+    );
+    assert!(
+        lost < 2 * u64::from(sent),
+        "{lost} lost of at most {} events",
+        2 * sent
+    );
+    let status = node.cli_json(&["status"]);
+    assert_eq!(status["health"], "ok", "{status}");
+    // The flows that fit are there, with the loss among them as Hubble shows it.
+    let out = std::process::Command::new(bin("ciliate"))
+        .arg("observe")
+        .arg("--hubble-socket")
+        .arg(node.hubble_socket())
+        .args(["--last", "100000"])
+        .output()
+        .expect("observe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("EVENTS LOST: PERF_EVENT_RING_BUFFER")),
+        "no lost-events record among the flows:\n{}",
+        text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
 }

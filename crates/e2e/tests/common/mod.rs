@@ -162,6 +162,13 @@ impl Node {
         }
     }
 
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the agent.
+    pub fn signal_agent(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.agent.as_ref().expect("agent running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .expect("signal agent");
+    }
+
     /// `kill -9` the agent.
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {
