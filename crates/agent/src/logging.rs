@@ -27,8 +27,10 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
         filter: config.log_filter.clone(),
         source,
     })?;
+    // Colours for a terminal only: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match config.log_format {
         LogFormat::Text => builder.try_init(),
