@@ -1,0 +1,1094 @@
+//! The multi-node cluster end to end: two-node labs (`ciliate lab up --nodes 2`, real agents,
+//! CNI plugin and etcd in network namespaces) carrying real TCP traffic between the demo pods,
+//! while the test looks at flows across nodes, kills an agent and takes etcd away.
+//!
+//! Every lab has a unique name and is removed by `ciliate lab down` when its guard drops, also
+//! when the test fails (the tails of the agents' and etcd's logs are printed then). The tests of
+//! this file run one at a time: they measure how long things take, and two labs on a small
+//! machine would measure each other.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ciliate_testutil::etcd::ETCD_BINARY;
+use ciliate_testutil::{privileged, privileged_required, unique_name};
+use common::bin;
+use serde_json::Value;
+
+/// The port every demo pod's ident server listens on.
+const DEMO_PORT: u16 = 8080;
+
+/// One lab at a time (see the module documentation).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// True (after a loud SKIP) when etcd is missing; panics instead when
+/// `CILIATE_REQUIRE_PRIVILEGED=1`.
+fn etcd_missing() -> bool {
+    if Path::new(ETCD_BINARY).exists() {
+        return false;
+    }
+    let why =
+        format!("{ETCD_BINARY} is missing (apt-get install etcd-server, or scripts/install-deps)");
+    if privileged_required() {
+        panic!("multi-node test cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("\n!!! SKIPPED multi-node test: {why}. !!!\n");
+    true
+}
+
+fn ciliate(args: &[&str]) -> Output {
+    Command::new(bin("ciliate"))
+        .args(args)
+        .output()
+        .expect("run ciliate")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn netns_path(netns: &str) -> PathBuf {
+    Path::new("/var/run/netns").join(netns)
+}
+
+/// A process's command line, one string per argument.
+fn proc_cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// A process's environment.
+fn proc_environ(pid: u32) -> Vec<(String, String)> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter_map(|v| {
+            let v = String::from_utf8_lossy(v);
+            let (k, val) = v.split_once('=')?;
+            Some((k.to_owned(), val.to_owned()))
+        })
+        .collect()
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Whether process `pid` runs in named namespace `netns`.
+fn runs_in(pid: u32, netns: &str) -> bool {
+    let of_pid = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+    let named = std::fs::metadata(netns_path(netns)).map(|m| m.ino());
+    matches!((of_pid, named), (Ok(a), Ok(b)) if a == b)
+}
+
+/// `kill -9 pid`, then waits until it is gone (or a zombie).
+fn kill_9(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -9 {pid} failed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{pid} survived kill -9");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A pod of the lab, from `lab.json`.
+#[derive(Clone, Debug)]
+struct Pod {
+    name: String,
+    namespace: String,
+    node: String,
+    netns: String,
+    ip: Ipv4Addr,
+}
+
+impl Pod {
+    fn reference(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node of the lab, from `lab.json`.
+#[derive(Clone, Debug)]
+struct Node {
+    name: String,
+    netns: String,
+    socket: PathBuf,
+    log: PathBuf,
+    agent_pid: u32,
+}
+
+/// A lab for one test, removed on drop, with the processes the test started in it.
+struct LabGuard {
+    name: String,
+    state: Value,
+    /// Processes the test started (a restarted agent or etcd, servers); they live in the lab's
+    /// namespaces and carry `CILIATE_LAB`, so `lab down` ends them; the guard reaps them.
+    children: Vec<Child>,
+}
+
+impl LabGuard {
+    /// `ciliate lab up --name <unique> <args>`; insists it worked.
+    fn up(args: &[&str]) -> Self {
+        let name = unique_name("mn");
+        let mut guard = Self {
+            name,
+            state: Value::Null,
+            children: Vec::new(),
+        };
+        let mut all = vec!["lab", "up", "--name", &guard.name];
+        all.extend_from_slice(args);
+        let started = Instant::now();
+        let out = ciliate(&all);
+        assert!(out.status.success(), "lab up {args:?}: {}", text(&out));
+        eprintln!(
+            "lab {} up in {:.1}s",
+            guard.name,
+            started.elapsed().as_secs_f64()
+        );
+        guard.state = guard.read_state();
+        guard
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/ciliate/lab/{}", self.name))
+    }
+
+    fn read_state(&self) -> Value {
+        let path = self.state_dir().join("lab.json");
+        let t = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&t).expect("lab.json is JSON")
+    }
+
+    fn node(&self, index: usize) -> Node {
+        let n = &self.state["nodes"][index];
+        let s = |k: &str| {
+            n[k].as_str()
+                .unwrap_or_else(|| panic!("lab.json: nodes[{index}].{k} in {n}"))
+                .to_owned()
+        };
+        Node {
+            name: s("name"),
+            netns: s("netns"),
+            socket: s("agentSocket").into(),
+            log: s("log").into(),
+            agent_pid: n["agentPid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or_else(|| panic!("lab.json: nodes[{index}].agentPid in {n}")),
+        }
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Pod {
+        let p = self.state["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["namespace"] == namespace && p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{name} in lab.json: {}", self.state));
+        let s = |k: &str| p[k].as_str().expect("pod field").to_owned();
+        Pod {
+            name: s("name"),
+            namespace: s("namespace"),
+            node: s("node"),
+            netns: s("netns"),
+            ip: s("ip").parse().expect("pod ip"),
+        }
+    }
+
+    /// The pid of the process `lab.json` records as `what`.
+    fn process(&self, what: &str) -> u32 {
+        self.state["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["what"] == what)
+            .and_then(|p| p["pid"].as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no process {what:?} in lab.json: {}", self.state))
+    }
+
+    /// Starts `argv` inside `netns` with exactly `env`, its output appended to `log`, in a
+    /// process group of its own: as the lab starts its daemons.
+    fn start_in(&mut self, netns: &str, argv: &[String], env: &[(String, String)], log: &Path) {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log");
+        let err = out.try_clone().expect("log fd");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(netns).display()))
+            .arg("--")
+            .args(argv)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {argv:?} in {netns}: {e}"));
+        self.children.push(child);
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let dir = self.state_dir();
+            for log in [
+                "node0/agent.log",
+                "node1/agent.log",
+                "etcd.log",
+                "servers.log",
+            ] {
+                let path = dir.join(log);
+                eprintln!("---- last lines of {} ----", path.display());
+                eprintln!("{}", tail(&path, 40));
+            }
+        }
+        let out = ciliate(&["lab", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!("lab down {} failed: {}", self.name, text(&out));
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The `ciliate` CLI against one node's agent (`--socket`; hubble.sock is found beside it).
+fn at(node: &Node, args: &[&str]) -> Output {
+    Command::new(bin("ciliate"))
+        .arg("--socket")
+        .arg(&node.socket)
+        .args(args)
+        .output()
+        .expect("run ciliate")
+}
+
+/// `ciliate status -o json` of a node: exit code and the status (`Null` when unreachable).
+fn status(node: &Node) -> (Option<i32>, Value) {
+    let out = at(node, &["status", "-o", "json"]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), v)
+}
+
+/// The identity of `pod` as its node's agent lists it.
+fn endpoint_identity(node: &Node, pod: &Pod) -> u64 {
+    let out = at(node, &["endpoint", "list", "-o", "json"]);
+    assert!(out.status.success(), "endpoint list: {}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("endpoint list JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["pod"]["namespace"] == pod.namespace && e["pod"]["name"] == pod.name)
+        .and_then(|e| e["identity"].as_u64())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not in {}'s endpoints: {list:#}",
+                pod.reference(),
+                node.name
+            )
+        })
+}
+
+/// `ciliate --socket <node> observe <args> -o json`: the flows.
+fn observe(node: &Node, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["observe"];
+    all.extend_from_slice(args);
+    all.extend(["-o", "json"]);
+    let out = at(node, &all);
+    assert!(out.status.success(), "observe {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("flow").cloned())
+        .collect()
+}
+
+/// Runs `f` on a thread inside named namespace `netns`.
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = netns_path(netns);
+    thread::spawn(move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// A new TCP connection from `from` to `dst:port`; the ident line the server sent and the
+/// client's port, or what went wrong.
+fn connect(from: &Pod, dst: Ipv4Addr, port: u16) -> Result<(String, u16), String> {
+    in_netns(&from.netns, move || {
+        let s = TcpStream::connect_timeout(&(dst, port).into(), Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let local = s.local_addr().map_err(|e| e.to_string())?.port();
+        let mut line = String::new();
+        BufReader::new(s)
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok((line.trim().to_owned(), local))
+    })
+}
+
+/// Insists that `from` reaches `to`'s ident server and that `to` answers.
+fn reaches(from: &Pod, to: &Pod) -> Result<(), String> {
+    match connect(from, to.ip, DEMO_PORT) {
+        Ok((id, _)) if id == to.name => Ok(()),
+        Ok((id, _)) => Err(format!(
+            "{} -> {} ({}): answered by {id:?}",
+            from.reference(),
+            to.reference(),
+            to.ip
+        )),
+        Err(e) => Err(format!(
+            "{} -> {} ({}): {e}",
+            from.reference(),
+            to.reference(),
+            to.ip
+        )),
+    }
+}
+
+/// A held connection: `ciliate-bench probe --hold-secs` in a pod's namespace.
+struct Held {
+    what: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    id: String,
+    secs: f64,
+}
+
+impl Held {
+    /// Opens it and waits until the probe says the connection is up (`hold <id>`).
+    fn open(from: &Pod, to: &Pod, secs: f64) -> Self {
+        let what = format!("held {} -> {} ({secs}s)", from.reference(), to.reference());
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(&from.netns).display()))
+            .arg(bin("ciliate-bench"))
+            .args(["probe", "--dst", &to.ip.to_string()])
+            .args(["--port", &DEMO_PORT.to_string(), "--count", "0"])
+            .args(["--hold-secs", &secs.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start probe");
+        let stdout = child.stdout.take().expect("probe stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(5));
+        let mut held = Self {
+            what,
+            child,
+            lines,
+            id: String::new(),
+            secs,
+        };
+        match first {
+            Ok(l) if l.starts_with("hold ") => {
+                held.id = l["hold ".len()..].to_owned();
+            }
+            other => {
+                let _ = held.child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = held.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("{}: no `hold` line ({other:?}); stderr: {err}", held.what);
+            }
+        }
+        assert_eq!(
+            held.id, to.name,
+            "{}: answered by the wrong server",
+            held.what
+        );
+        held
+    }
+
+    /// Waits for the probe's report (bounded) and returns its `hold` object.
+    fn finish(mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.secs + 10.0);
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => last = Some(l),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no report {:.0}s after it began",
+                        self.what,
+                        self.secs + 10.0
+                    )
+                }
+            }
+        }
+        let status = self.child.wait().expect("wait probe");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(status.success(), "{}: probe failed: {err}", self.what);
+        let report: Value = serde_json::from_str(last.as_deref().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{}: report {last:?} is not JSON: {e}", self.what));
+        report["hold"].clone()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Insists a held connection lived through its whole time without an error: it exchanged lines
+/// all along (one per ~50 ms; at least `min` of them).
+fn assert_survived(what: &str, hold: &Value, min: u64) {
+    assert!(
+        hold["error"].is_null(),
+        "{what}: the held connection broke: {hold}"
+    );
+    let n = hold["exchanges"].as_u64().unwrap_or(0);
+    assert!(n >= min, "{what}: only {n} exchanges (want {min}+): {hold}");
+}
+
+fn tcp_ports(flow: &Value) -> (Option<u64>, Option<u64>) {
+    let tcp = &flow["l4"]["TCP"];
+    (tcp["sourcePort"].as_u64(), tcp["destinationPort"].as_u64())
+}
+
+/// Whether `flow` is a packet of the connection `client:cport -> server:sport` (either way).
+fn of_connection(flow: &Value, client: (Ipv4Addr, u16), server: (Ipv4Addr, u16)) -> bool {
+    let (src, dst) = (
+        flow["IP"]["source"].as_str().unwrap_or_default(),
+        flow["IP"]["destination"].as_str().unwrap_or_default(),
+    );
+    let (sp, dp) = tcp_ports(flow);
+    let (c, s) = (client.0.to_string(), server.0.to_string());
+    let (cp, spt) = (Some(u64::from(client.1)), Some(u64::from(server.1)));
+    (src == c && dst == s && sp == cp && dp == spt)
+        || (src == s && dst == c && sp == spt && dp == cp)
+}
+
+fn pod_of(endpoint: &Value) -> String {
+    format!(
+        "{}/{}",
+        endpoint["namespace"].as_str().unwrap_or_default(),
+        endpoint["podName"].as_str().unwrap_or_default()
+    )
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, for at most `limit`.
+fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// (1) A TCP connection from a pod of node 0 to a pod of node 1 shows in node 1's Hubble API
+/// naming both pods and carrying the client's identity as node 0 numbered it, and in node 0's
+/// as forwarded to the overlay.
+#[test]
+fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
+    privileged!();
+    if etcd_missing() {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    let client = lab.pod("demo", "frontend-0");
+    let server = lab.pod("demo", "backend-1");
+    assert_eq!(client.node, n0.name);
+    assert_eq!(server.node, n1.name);
+    let client_id = endpoint_identity(&n0, &client);
+    let server_id = endpoint_identity(&n1, &server);
+    assert!(
+        client_id >= 256 && server_id >= 256,
+        "pods have reserved identities: {client_id}, {server_id}"
+    );
+    assert_ne!(client_id, server_id, "different label sets, one identity");
+
+    let (answer, cport) = connect(&client, server.ip, DEMO_PORT)
+        .unwrap_or_else(|e| panic!("frontend-0 -> backend-1 ({}): {e}", server.ip));
+    assert_eq!(answer, server.name);
+    let conn = ((client.ip, cport), (server.ip, DEMO_PORT));
+    let ip_filter = client.ip.to_string();
+
+    // Node 1: the flow into backend-1, named and identified.
+    let mut seen = Vec::new();
+    let request = poll(Duration::from_secs(10), || {
+        seen = observe(&n1, &["--last", "50", "--ip", &ip_filter])
+            .into_iter()
+            .filter(|f| of_connection(f, conn.0, conn.1))
+            .collect();
+        seen.iter()
+            .find(|f| {
+                f["IP"]["source"] == client.ip.to_string()
+                    && f["source"]["podName"].is_string()
+                    && f["destination"]["podName"].is_string()
+            })
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no flow of {}:{cport} -> {}:{DEMO_PORT} naming its pods on {} within 10s; flows of \
+             the connection there: {seen:#?}",
+            client.ip, server.ip, n1.name
+        )
+    });
+    eprintln!("flow on {}: {request}", n1.name);
+    assert_eq!(
+        pod_of(&request["source"]),
+        client.reference(),
+        "{request:#}"
+    );
+    assert_eq!(
+        pod_of(&request["destination"]),
+        server.reference(),
+        "{request:#}"
+    );
+    assert_eq!(
+        request["source"]["identity"].as_u64(),
+        Some(client_id),
+        "node 1 does not see frontend-0's identity: {request:#}"
+    );
+    assert_eq!(
+        request["destination"]["identity"].as_u64(),
+        Some(server_id),
+        "{request:#}"
+    );
+    assert_eq!(request["verdict"], "FORWARDED", "{request:#}");
+    // Every packet of the connection node 1 reported names both ends, with their identities.
+    for f in &seen {
+        let (src, dst) = if f["IP"]["source"] == client.ip.to_string() {
+            (&client, &server)
+        } else {
+            (&server, &client)
+        };
+        let id = |p: &Pod| {
+            if p.name == client.name {
+                client_id
+            } else {
+                server_id
+            }
+        };
+        assert_eq!(pod_of(&f["source"]), src.reference(), "{f:#}");
+        assert_eq!(pod_of(&f["destination"]), dst.reference(), "{f:#}");
+        assert_eq!(f["source"]["identity"].as_u64(), Some(id(src)), "{f:#}");
+        assert_eq!(
+            f["destination"]["identity"].as_u64(),
+            Some(id(dst)),
+            "{f:#}"
+        );
+        assert_eq!(f["nodeName"], n1.name, "{f:#}");
+    }
+
+    // Node 0: the same connection handed to the overlay.
+    let mut seen0 = Vec::new();
+    let overlay = poll(Duration::from_secs(10), || {
+        seen0 = observe(&n0, &["--last", "50", "--ip", &ip_filter])
+            .into_iter()
+            .filter(|f| of_connection(f, conn.0, conn.1))
+            .collect();
+        seen0
+            .iter()
+            .find(|f| {
+                f["traceObservationPoint"] == "TO_OVERLAY"
+                    && f["IP"]["source"] == client.ip.to_string()
+            })
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no TO_OVERLAY flow of {}:{cport} -> {}:{DEMO_PORT} on {} within 10s; flows of the \
+             connection there: {seen0:#?}",
+            client.ip, server.ip, n0.name
+        )
+    });
+    eprintln!("flow on {}: {overlay}", n0.name);
+    assert_eq!(overlay["verdict"], "FORWARDED", "{overlay:#}");
+    assert_eq!(
+        pod_of(&overlay["source"]),
+        client.reference(),
+        "{overlay:#}"
+    );
+    assert_eq!(
+        overlay["source"]["identity"].as_u64(),
+        Some(client_id),
+        "{overlay:#}"
+    );
+    assert_eq!(
+        overlay["destination"]["identity"].as_u64(),
+        Some(server_id),
+        "node 0 does not know backend-1's identity: {overlay:#}"
+    );
+    assert_eq!(
+        pod_of(&overlay["destination"]),
+        server.reference(),
+        "{overlay:#}"
+    );
+}
+
+/// (2) `kill -9` of node 1's agent leaves traffic flowing: held connections within node 0 and
+/// across nodes survive, new connections both ways across nodes succeed; the agent restarted
+/// with its command line is healthy, keeps its endpoints and identities, traffic flows and the
+/// demo policy still holds.
+#[test]
+fn killing_one_agent_leaves_traffic_flowing() {
+    privileged!();
+    if etcd_missing() {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    let fe0 = lab.pod("demo", "frontend-0");
+    let be0 = lab.pod("demo", "backend-0");
+    let fe1 = lab.pod("demo", "frontend-1");
+    let be1 = lab.pod("demo", "backend-1");
+    for (p, n) in [(&fe0, &n0), (&be0, &n0), (&fe1, &n1), (&be1, &n1)] {
+        assert_eq!(p.node, n.name, "{p:?}");
+    }
+    let ids_before: BTreeMap<String, u64> = [&fe1, &be1]
+        .iter()
+        .map(|p| (p.reference(), endpoint_identity(&n1, p)))
+        .collect();
+
+    // The agent's command line and environment, to start it again later.
+    let pid = n1.agent_pid;
+    let argv = proc_cmdline(pid);
+    let env = proc_environ(pid);
+    assert!(
+        argv.first().is_some_and(|a| a.ends_with("ciliate-agent")) && argv.contains(&n1.name),
+        "pid {pid} of lab.json is not {}'s agent: {argv:?}",
+        n1.name
+    );
+    assert!(
+        runs_in(pid, &n1.netns),
+        "agent {pid} is not in {}",
+        n1.netns
+    );
+
+    let cross = Held::open(&fe0, &be1, 8.0);
+    let local = Held::open(&fe0, &be0, 8.0);
+    let killed = Instant::now();
+    kill_9(pid);
+    let (code, _) = status(&n1);
+    assert_ne!(
+        code,
+        Some(0),
+        "{}'s agent still answers after kill -9",
+        n1.name
+    );
+
+    // While it is dead: new connections both ways across nodes, and within node 1.
+    let mut rounds = 0;
+    let mut failed = Vec::new();
+    while killed.elapsed() < Duration::from_secs(6) {
+        for (from, to) in [(&fe0, &be1), (&fe1, &be0), (&be1, &fe0), (&fe1, &be1)] {
+            if let Err(e) = reaches(from, to) {
+                failed.push(format!(
+                    "{:.1}s after kill: {e}",
+                    killed.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        rounds += 1;
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        failed.is_empty(),
+        "with {}'s agent dead, {} of {} new connections failed:\n{}",
+        n1.name,
+        failed.len(),
+        rounds * 4,
+        failed.join("\n")
+    );
+    let cross_hold = cross.finish();
+    let local_hold = local.finish();
+    eprintln!(
+        "agent dead for {:.1}s: {} rounds of new connections; held: {cross_hold} {local_hold}",
+        killed.elapsed().as_secs_f64(),
+        rounds
+    );
+    assert!(!alive(pid), "the agent came back by itself");
+    assert_survived("frontend-0 -> backend-1 (across nodes)", &cross_hold, 40);
+    assert_survived("frontend-0 -> backend-0 (on node 0)", &local_hold, 40);
+
+    // Start it again, as the lab did.
+    let log = n1.log.clone();
+    lab.start_in(&n1.netns, &argv, &env, &log);
+    let restarted = Instant::now();
+    let mut last = (None, Value::Null);
+    let healthy = poll(Duration::from_secs(30), || {
+        last = status(&n1);
+        (last.0 == Some(0) && last.1["health"] == "ok").then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "restarted agent of {} not healthy within 30s: exit {:?}, {:#}",
+        n1.name,
+        last.0,
+        last.1
+    );
+    eprintln!(
+        "restarted agent healthy after {:.1}s",
+        restarted.elapsed().as_secs_f64()
+    );
+    let st = &last.1;
+    assert_eq!(st["endpoints"], 2, "{st:#}");
+    assert_eq!(st["cluster"]["connected"], true, "{st:#}");
+    let ids_after: BTreeMap<String, u64> = [&fe1, &be1]
+        .iter()
+        .map(|p| (p.reference(), endpoint_identity(&n1, p)))
+        .collect();
+    assert_eq!(ids_before, ids_after, "identities changed over the restart");
+
+    for (from, to) in [(&fe0, &be1), (&fe1, &be0), (&be1, &fe0), (&fe1, &be1)] {
+        reaches(from, to).unwrap_or_else(|e| panic!("after the restart: {e}"));
+    }
+    let after = Held::open(&fe0, &be1, 2.0).finish();
+    assert_survived("frontend-0 -> backend-1 after the restart", &after, 10);
+    // The demo policy (only frontends reach backends) is still in force on node 1: backend-0,
+    // which reaches a frontend there, is dropped at backend-1 for policy, as Hubble says.
+    reaches(&be0, &fe1).unwrap_or_else(|e| panic!("after the restart: {e}"));
+    let denied = connect(&be0, be1.ip, DEMO_PORT);
+    assert!(
+        denied.is_err(),
+        "after the restart backend-0 reaches backend-1 ({denied:?}): the demo policy is not \
+         enforced"
+    );
+    let be0_ip = be0.ip.to_string();
+    let mut drops = Vec::new();
+    let seen = poll(Duration::from_secs(5), || {
+        drops = observe(
+            &n1,
+            &["--last", "50", "--verdict", "DROPPED", "--ip", &be0_ip],
+        );
+        drops
+            .iter()
+            .find(|f| {
+                f["IP"]["destination"] == be1.ip.to_string()
+                    && f["dropReasonDesc"] == "POLICY_DENIED"
+                    && f["source"]["identity"].as_u64() == Some(endpoint_identity(&n0, &be0))
+            })
+            .cloned()
+    });
+    assert!(
+        seen.is_some(),
+        "no POLICY_DENIED drop of backend-0 -> backend-1 with backend-0's identity on {}: \
+         {drops:#?}",
+        n1.name
+    );
+}
+
+/// (3) etcd gone for 10 s: the agents say so, no connection is lost and pods keep talking
+/// across nodes; once it is back both agents reconnect within 15 s, and a pod added to node 1
+/// afterwards is reachable from node 0, which knows its identity.
+#[test]
+fn stopping_etcd_for_10s_loses_no_connection_and_agents_catch_up() {
+    privileged!();
+    if etcd_missing() {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    let fe0 = lab.pod("demo", "frontend-0");
+    let be0 = lab.pod("demo", "backend-0");
+    let fe1 = lab.pod("demo", "frontend-1");
+    let be1 = lab.pod("demo", "backend-1");
+    let underlay = format!("ciliate-{}-net", lab.name);
+    let state_dir = lab.state_dir().display().to_string();
+
+    let etcd = lab.process("etcd");
+    let argv = proc_cmdline(etcd);
+    let env = proc_environ(etcd);
+    assert!(
+        argv.first().is_some_and(|a| a.ends_with("etcd"))
+            && argv.iter().any(|a| a.starts_with(&state_dir)),
+        "pid {etcd} is not the lab's etcd: {argv:?}"
+    );
+    assert!(runs_in(etcd, &underlay), "etcd {etcd} is not in {underlay}");
+    for n in [&n0, &n1] {
+        let (_, st) = status(n);
+        assert_eq!(st["cluster"]["connected"], true, "{}: {st:#}", n.name);
+    }
+
+    let held = Held::open(&fe0, &be1, 16.0);
+    let stopped = Instant::now();
+    kill_9(etcd);
+
+    // Both agents notice within a few seconds, and say why they are degraded.
+    for n in [&n0, &n1] {
+        let mut last = Value::Null;
+        let noticed = poll(Duration::from_secs(5), || {
+            last = status(n).1;
+            (last["cluster"]["connected"] == false).then_some(())
+        });
+        assert!(
+            noticed.is_some(),
+            "{}: cluster.connected is not false 5s after etcd died: {last:#}",
+            n.name
+        );
+        eprintln!(
+            "{} reports etcd disconnected {:.1}s after it died",
+            n.name,
+            stopped.elapsed().as_secs_f64()
+        );
+        assert_eq!(last["health"], "degraded", "{last:#}");
+        assert!(
+            last["problems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.as_str().is_some_and(|p| p.contains("etcd"))),
+            "no problem names etcd: {last:#}"
+        );
+    }
+
+    // Existing pods keep talking across nodes while etcd is away.
+    let mut rounds = 0;
+    let mut failed = Vec::new();
+    while stopped.elapsed() < Duration::from_secs(10) {
+        for (from, to) in [(&fe0, &be1), (&fe1, &be0), (&be1, &fe0)] {
+            if let Err(e) = reaches(from, to) {
+                failed.push(format!(
+                    "{:.1}s without etcd: {e}",
+                    stopped.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        rounds += 1;
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        failed.is_empty(),
+        "without etcd, {} of {} new connections failed:\n{}",
+        failed.len(),
+        rounds * 3,
+        failed.join("\n")
+    );
+
+    // etcd back, as the lab started it.
+    let etcd_log = lab.state_dir().join("etcd.log");
+    lab.start_in(&underlay, &argv, &env, &etcd_log);
+    let resumed = Instant::now();
+    for n in [&n0, &n1] {
+        let mut last = Value::Null;
+        let back = poll(
+            Duration::from_secs(15).saturating_sub(resumed.elapsed()),
+            || {
+                last = status(n).1;
+                (last["cluster"]["connected"] == true).then_some(())
+            },
+        );
+        assert!(
+            back.is_some(),
+            "{}: cluster.connected is not true 15s after etcd came back: {last:#}",
+            n.name
+        );
+    }
+    eprintln!(
+        "both agents reconnected {:.1}s after etcd came back",
+        resumed.elapsed().as_secs_f64()
+    );
+    let hold = held.finish();
+    eprintln!("held across the outage: {hold}");
+    assert_survived("frontend-0 -> backend-1 across the etcd outage", &hold, 100);
+
+    // A new pod on node 1, with a label set never seen before (a new identity from etcd).
+    let late = Pod {
+        name: "late".to_owned(),
+        namespace: "demo".to_owned(),
+        node: n1.name.clone(),
+        netns: format!("{}-late", n1.netns),
+        ip: Ipv4Addr::UNSPECIFIED,
+    };
+    let added = Instant::now();
+    let late = cni_add(&mut lab, &n1, late, "app=late");
+    let late_id = endpoint_identity(&n1, &late);
+    assert!(late_id >= 256, "new pod got a reserved identity {late_id}");
+    let reached = poll(Duration::from_secs(5), || reaches(&fe0, &late).ok());
+    assert!(
+        reached.is_some(),
+        "the pod added after etcd came back is not reachable from node 0 within 5s: {:?}",
+        reaches(&fe0, &late)
+    );
+    eprintln!(
+        "new pod {} ({}) reachable from node 0 {:.1}s after its CNI ADD",
+        late.reference(),
+        late.ip,
+        added.elapsed().as_secs_f64()
+    );
+    // Node 0 learned its identity: its flows to the new pod carry it.
+    let ip = late.ip.to_string();
+    let mut seen = Vec::new();
+    let known = poll(Duration::from_secs(5), || {
+        let (_, cport) = connect(&fe0, late.ip, DEMO_PORT).ok()?;
+        seen = observe(&n0, &["--last", "50", "--ip", &ip])
+            .into_iter()
+            .filter(|f| of_connection(f, (fe0.ip, cport), (late.ip, DEMO_PORT)))
+            .collect();
+        seen.iter()
+            .find(|f| {
+                f["traceObservationPoint"] == "TO_OVERLAY"
+                    && f["destination"]["identity"].as_u64() == Some(late_id)
+            })
+            .cloned()
+    });
+    assert!(
+        known.is_some(),
+        "node 0 does not carry the new pod's identity {late_id} within 5s; its flows: {seen:#?}"
+    );
+}
+
+/// CNI ADD of `pod` (in a new namespace `pod.netns`) through `node`'s agent, as the lab does;
+/// starts its ident server and returns it with its address.
+fn cni_add(lab: &mut LabGuard, node: &Node, mut pod: Pod, labels: &str) -> Pod {
+    let st = Command::new("ip")
+        .args(["netns", "add", &pod.netns])
+        .status()
+        .expect("ip netns add");
+    assert!(st.success(), "ip netns add {}", pod.netns);
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "ciliate",
+        "type": "ciliate-cni",
+        "agentSocket": node.socket,
+    })
+    .to_string();
+    let cni = bin("ciliate-cni");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", netns_path(&node.netns).display()))
+        .arg(&cni)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", format!("{}-{}", lab.name, pod.name))
+        .env("CNI_NETNS", netns_path(&pod.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni.parent().expect("bin dir"))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={};CILIATE_LABELS={labels}",
+                pod.namespace, pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ciliate-cni");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), config.as_bytes())
+        .expect("write CNI config");
+    let out = child.wait_with_output().expect("ciliate-cni");
+    assert!(
+        out.status.success(),
+        "CNI ADD of {}: {}",
+        pod.reference(),
+        text(&out)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("ADD result JSON");
+    pod.ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in the ADD result {result}"));
+    let env = vec![
+        (
+            "PATH".to_owned(),
+            "/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+        ("CILIATE_LAB".to_owned(), lab.name.clone()),
+    ];
+    let argv = vec![
+        bin("ciliate-bench").display().to_string(),
+        "ident-server".to_owned(),
+        "--id".to_owned(),
+        pod.name.clone(),
+        "--port".to_owned(),
+        DEMO_PORT.to_string(),
+    ];
+    let log = lab.state_dir().join("servers.log");
+    lab.start_in(&pod.netns.clone(), &argv, &env, &log);
+    // Listening, seen from inside the pod itself.
+    let own = pod.clone();
+    let up = poll(Duration::from_secs(5), || {
+        connect(&own, Ipv4Addr::LOCALHOST, DEMO_PORT).ok()
+    });
+    assert!(
+        up.is_some(),
+        "the ident server of {} did not start",
+        pod.reference()
+    );
+    pod
+}
