@@ -35,13 +35,37 @@
 
 #define IDENTITY_HOST 1
 
+/* Socket LB: the rev-NAT index of the frontend the packet's socket asked for, when sock.c
+ * connected it (or sent this datagram) to a backend instead; 0 otherwise. sock.c records the
+ * translation per socket in cil_lb4_sk, keyed by the socket cookie and the backend; the pod's
+ * packet still carries its socket here (a veth keeps skb->sk), so the cookie finds it. It is
+ * looked up once, for a new connection, and kept in the conntrack entry (sock_rev_nat), which
+ * names the Service in the events of every later packet, replies included, without being
+ * translated back like a per-packet rev_nat_index. */
+static __always_inline __u16 sock_lb_rev_nat(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	struct lb4_sock_key key = {.address = p->daddr, .port = p->dport};
+	struct lb4_reverse_nat *rn;
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return 0;
+	key.cookie = bpf_get_socket_cookie(skb);
+	if (!key.cookie)
+		return 0;
+	rn = bpf_map_lookup_elem(&cil_lb4_sk, &key);
+	return rn ? rn->rev_nat_index : 0;
+}
+
 /* Conntrack, then policy, for one direction of an endpoint. Returns the CT state, or the
  * negated drop reason when policy refuses the packet. Replies of tracked connections skip
  * policy; a new connection is recorded only once policy allowed it, and where the direction
- * is under policy (or denied) it gets a policy-verdict event. */
+ * is under policy (or denied) it gets a policy-verdict event. *svc_out is the rev-NAT index
+ * of the Service frontend the connection was addressed to (per-packet or socket LB), for
+ * events; *rev_nat_out the one replies are translated back from. */
 static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct endpoint_info *self,
 					 const struct pkt4 *p, __u8 egress, __u32 peer,
-					 __u16 rev_nat, __u16 *rev_nat_out, int *report)
+					 __u16 rev_nat, __u16 *rev_nat_out, __u16 *svc_out,
+					 int *report)
 {
 	__u8 dir = egress ? CT_EGRESS : CT_INGRESS;
 	__u32 src_id = egress ? self->sec_identity : peer;
@@ -49,8 +73,10 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	__u16 enforced = egress ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED;
 	struct policy_result res = {};
 	int ct, verdict = 0;
+	__u16 sock_rev_nat = 0;
 
 	*report = 0;
+	*svc_out = 0;
 	if (ct_untracked(p)) {
 		*report = 1;
 		/* ICMP errors belong to a connection policy has already judged; other untracked
@@ -59,9 +85,14 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 			return CT_NONE;
 		ct = CT_NONE;
 	} else {
-		ct = ct_process(p, dir, src_id, skb->len, report, rev_nat, rev_nat_out, 0);
+		ct = ct_process(p, dir, src_id, skb->len, report, rev_nat, 0, rev_nat_out,
+				svc_out, 0);
 		if (ct == CT_REPLY)
 			return ct;
+		if (ct == CT_NEW && egress && !rev_nat) {
+			sock_rev_nat = sock_lb_rev_nat(skb, p);
+			*svc_out = sock_rev_nat;
+		}
 	}
 	verdict = policy_check(self, egress, peer, p, skb->len, &res);
 	/* The node reaches its own pods (health checks) unless a rule denies it explicitly:
@@ -70,11 +101,12 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 		verdict = 0;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
 		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
-			   res.match | (egress ? EVENT_F_EGRESS : 0));
+			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out);
 	if (verdict)
 		return -verdict;
 	if (ct == CT_NEW)
-		ct_process(p, dir, src_id, skb->len, report, rev_nat, rev_nat_out, 1);
+		ct_process(p, dir, src_id, skb->len, report, rev_nat, sock_rev_nat, rev_nat_out,
+			   svc_out, 1);
 	return ct;
 }
 
@@ -221,7 +253,7 @@ int from_container(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	__u32 dst_id = 0, backend_id = 0, tunnel_if;
 	__be32 node = 0;
-	__u16 rev_nat = 0, ct_rev_nat = 0;
+	__u16 rev_nat = 0, ct_rev_nat = 0, svc = 0;
 	int rc, ct, report = 0;
 
 	self = bpf_map_lookup_elem(&cil_lxc_ifx, &ifindex);
@@ -268,10 +300,10 @@ int from_container(struct __sk_buff *skb)
 		node = remote ? remote->tunnel_endpoint : 0;
 	}
 
-	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &report);
+	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &svc, &report);
 	if (ct < 0)
-		return drop(skb, METRIC_EGRESS, -ct, self->ep_id, self->sec_identity, dst_id,
-			    CT_NEW);
+		return drop_svc(skb, METRIC_EGRESS, -ct, self->ep_id, self->sec_identity, dst_id,
+				CT_NEW, svc);
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
 
 	if (dst) {
@@ -279,7 +311,7 @@ int from_container(struct __sk_buff *skb)
 		__u32 src_id = self->sec_identity;
 
 		if (report)
-			emit(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct);
+			emit_svc(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct, svc);
 		rc = redirect_to_endpoint(skb, dst, 0);
 		if (rc < 0)
 			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id,
@@ -292,7 +324,8 @@ int from_container(struct __sk_buff *skb)
 		__u32 src_id = self->sec_identity;
 
 		if (report)
-			emit(skb, EVENT_TRACE, TRACE_TO_OVERLAY, ep_id, src_id, dst_id, ct);
+			emit_svc(skb, EVENT_TRACE, TRACE_TO_OVERLAY, ep_id, src_id, dst_id, ct,
+				 svc);
 		rc = encap_to_node(skb, tunnel_if, node, src_id);
 		if (rc < 0)
 			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id,
@@ -300,8 +333,8 @@ int from_container(struct __sk_buff *skb)
 		return rc;
 	}
 	if (report)
-		emit(skb, EVENT_TRACE, TRACE_TO_STACK, self->ep_id, self->sec_identity,
-		     dst_id, ct);
+		emit_svc(skb, EVENT_TRACE, TRACE_TO_STACK, self->ep_id, self->sec_identity,
+			 dst_id, ct, svc);
 	return TC_ACT_OK;
 }
 
@@ -310,19 +343,20 @@ int from_container(struct __sk_buff *skb)
 static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpoint_info *self,
 				       struct pkt4 *p, __u32 src_id)
 {
-	__u16 rev_nat = 0;
+	__u16 rev_nat = 0, svc = 0;
 	int ct, report = 0;
 
-	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &report);
+	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report);
 	if (ct < 0)
-		return drop(skb, METRIC_INGRESS, -ct, self->ep_id, src_id, self->sec_identity,
-			    CT_NEW);
+		return drop_svc(skb, METRIC_INGRESS, -ct, self->ep_id, src_id,
+				self->sec_identity, CT_NEW, svc);
 	if (ct == CT_REPLY && lb4_rev_nat(skb, p, rev_nat) < 0)
 		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
 			    self->sec_identity, ct);
 	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
 	if (report)
-		emit(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity, ct);
+		emit_svc(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity,
+			 ct, svc);
 	return TC_ACT_OK;
 }
 

@@ -78,9 +78,14 @@ struct ct_entry4 {
 	__u8 rx_flags;      /* TCP flags seen in the reply direction */
 	__u8 state;         /* CT_F_* */
 	__u8 pad1;
-	__u16 rev_nat_index; /* services (later) */
-	__u16 pad2;
-	__u32 backend_id; /* services (later) */
+	/* Per-packet service translation: the frontend the connection was DNAT'd from, whose
+	 * address replies get back as their source (cil_lb4_rnat). */
+	__u16 rev_nat_index;
+	/* Socket LB: the frontend the socket asked for before connect4/sendmsg4 gave it a
+	 * backend. Only reported in events (Hubble's destination/source service); replies are
+	 * not translated, the socket's own hooks show the VIP. */
+	__u16 sock_rev_nat;
+	__u32 backend_id; /* CT_SERVICE entries: the chosen backend */
 	__u32 last_report; /* seconds; trace events are aggregated per connection */
 	__u32 pad3;
 };
@@ -284,6 +289,11 @@ struct ciliate_event {
 	__u8 ct_state;   /* CT_* */
 	__u8 flags;      /* EVENT_F_*; policy verdicts: the match type in the low bits */
 	__u8 data[EVENT_CAPTURE_LEN];
+	/* The rev-NAT index of the Service frontend the connection was addressed to (per-packet
+	 * DNAT or socket LB), 0 when none: the packet shows the backend, this names the
+	 * Service. */
+	__u16 rev_nat;
+	__u8 pad[6];
 };
 
 /* ---- Metrics ---- */

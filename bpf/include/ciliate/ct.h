@@ -67,12 +67,14 @@ static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int r
 /* Looks the packet up and creates an entry for a new connection. Returns CT_NEW,
  * CT_ESTABLISHED or CT_REPLY; *report says whether this packet is worth a trace event
  * (a new connection, or a TCP flag not seen before in its direction). A new entry records
- * `rev_nat` (the service frontend the connection was translated from); *rev_nat_out is the
- * entry's, so that replies can be translated back. Without `create`, a new connection is
+ * `rev_nat` (the service frontend the connection was translated from per packet) and
+ * `sock_rev_nat` (the one socket LB translated it from); *rev_nat_out is the entry's
+ * rev_nat_index, so that replies can be translated back, and *svc_out the frontend the
+ * connection was addressed to either way, for events. Without `create`, a new connection is
  * reported as CT_NEW but not recorded. */
 static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_identity,
-				      __u32 bytes, int *report, __u16 rev_nat,
-				      __u16 *rev_nat_out, int create)
+				      __u32 bytes, int *report, __u16 rev_nat, __u16 sock_rev_nat,
+				      __u16 *rev_nat_out, __u16 *svc_out, int create)
 {
 	struct ct_key4 key = {
 		.saddr = p->saddr,
@@ -112,6 +114,7 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 		/* Policy decides first; the caller comes back to create the entry. */
 		*report = 1;
 		*rev_nat_out = rev_nat;
+		*svc_out = rev_nat ? rev_nat : sock_rev_nat;
 		return CT_NEW;
 	}
 	if (!e) {
@@ -120,7 +123,9 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 		n.tx_packets = 1;
 		n.tx_bytes = bytes;
 		n.rev_nat_index = rev_nat;
+		n.sock_rev_nat = sock_rev_nat;
 		*rev_nat_out = rev_nat;
+		*svc_out = rev_nat ? rev_nat : sock_rev_nat;
 		n.src_identity = src_identity;
 		n.last_report = now;
 		if (p->proto == IPPROTO_TCP)
@@ -133,6 +138,7 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 	}
 
 	*rev_nat_out = e->rev_nat_index;
+	*svc_out = e->rev_nat_index ? e->rev_nat_index : e->sock_rev_nat;
 	if (reply) {
 		__sync_fetch_and_add(&e->rx_packets, 1);
 		__sync_fetch_and_add(&e->rx_bytes, bytes);

@@ -166,13 +166,14 @@ pub fn snapshot(
     }
     for svc in services.list() {
         for fe in &svc.frontends {
-            s.frontends.insert(
-                (fe.addr, fe.port, proto_number(fe.proto)),
-                ServiceRef {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                },
-            );
+            let name = ServiceRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            };
+            // What the datapath reports for connections it translated to a backend.
+            s.rev_nats.insert(fe.rev_nat_index, name.clone());
+            s.frontends
+                .insert((fe.addr, fe.port, proto_number(fe.proto)), name);
         }
     }
     s
@@ -322,6 +323,55 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ciliate_datapath::FakeDatapath;
+    use ciliate_model::manifest::{split_documents, ApplyRequest};
+    use ciliate_observer::Store;
+
+    #[test]
+    fn the_snapshot_names_services_by_frontend_and_by_rev_nat_index() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dp = Arc::new(FakeDatapath::new());
+        let manager = EndpointManager::open(
+            crate::endpoints::ManagerSettings {
+                node_name: "node-a".into(),
+                pod_cidr: "10.200.0.0/24".parse().expect("cidr"),
+                mtu: 1500,
+            },
+            crate::state::StateStore::open(tmp.path()).expect("state dir"),
+            Arc::clone(&dp) as Arc<dyn Datapath>,
+        )
+        .expect("endpoints");
+        let services = ServiceManager::open(
+            crate::services::ServiceSettings {
+                node_name: "node-a".into(),
+                node_ips: vec![],
+                manifest_dir: None,
+            },
+            tmp.path(),
+            Arc::clone(&dp) as Arc<dyn Datapath>,
+        )
+        .expect("services");
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80, targetPort: 8080}]\n";
+        services
+            .apply(&ApplyRequest {
+                documents: split_documents("web.yaml", yaml).expect("YAML"),
+                delete: false,
+            })
+            .expect("applies");
+        let index = services.list()[0].frontends[0].rev_nat_index;
+
+        let s = snapshot(&manager, &services, None);
+        let web = Some(ServiceRef {
+            namespace: "prod".into(),
+            name: "web".into(),
+        });
+        assert_eq!(
+            s.service_by_frontend("10.96.0.10".parse().expect("ip"), 80, 6),
+            web
+        );
+        assert_eq!(s.service_by_rev_nat(index), web);
+        assert_eq!(s.service_by_rev_nat(index.wrapping_add(1)), None);
+    }
 
     #[test]
     fn listen_addresses_and_socket_default() {

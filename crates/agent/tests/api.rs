@@ -431,6 +431,7 @@ fn event(kind: EventKind, endpoint: u16) -> MonitorEvent {
         src: Some(Ipv4Addr::new(10, 200, 0, 2)),
         dst: Some(Ipv4Addr::new(1, 1, 1, 1)),
         l4: None,
+        rev_nat: 0,
     }
 }
 

@@ -60,6 +60,7 @@ fn event(code: u8) -> MonitorEvent {
         src: Some(Ipv4Addr::new(1, 2, 3, 4)),
         dst: Some(Ipv4Addr::new(10, 0, 0, 5)),
         l4: None,
+        rev_nat: 0,
     }
 }
 

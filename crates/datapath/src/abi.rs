@@ -171,11 +171,11 @@ pub struct CtEntry4 {
     pub state: u8,
     /// Padding.
     pub pad1: u8,
-    /// Services (later).
+    /// Per-packet service translation: the frontend replies are translated back to.
     pub rev_nat_index: u16,
-    /// Padding.
-    pub pad2: u16,
-    /// Services (later).
+    /// Socket LB: the frontend the socket asked for (reported in events only).
+    pub sock_rev_nat: u16,
+    /// `CT_SERVICE` entries: the chosen backend.
     pub backend_id: u32,
     /// Last trace report, seconds.
     pub last_report: u32,
@@ -231,6 +231,10 @@ pub struct RawEvent {
     pub flags: u8,
     /// The first bytes of the packet.
     pub data: [u8; EVENT_CAPTURE_LEN],
+    /// Rev-NAT index of the Service frontend the connection was addressed to; 0 = none.
+    pub rev_nat: u16,
+    /// Padding.
+    pub pad: [u8; 6],
 }
 
 /// `struct metrics_value`.
@@ -436,7 +440,10 @@ const _: () = {
     assert!(size_of::<EndpointInfo>() == 28);
     assert!(offset_of!(EndpointInfo, ipv4) == 12);
     assert!(offset_of!(EndpointInfo, host_mac) == 22);
-    assert!(size_of::<RawEvent>() == 32 + EVENT_CAPTURE_LEN);
+    assert!(size_of::<RawEvent>() == 32 + EVENT_CAPTURE_LEN + 8);
+    assert!(offset_of!(RawEvent, data) == 32);
+    assert!(offset_of!(RawEvent, rev_nat) == 32 + EVENT_CAPTURE_LEN);
+    assert!(offset_of!(CtEntry4, sock_rev_nat) == 50);
     assert!(offset_of!(RawEvent, ktime_ns) == 8);
     assert!(offset_of!(RawEvent, cap_len) == 28);
     assert!(size_of::<MetricsValue>() == 16);
@@ -479,6 +486,8 @@ impl RawEvent {
             ct_state: b[30],
             flags: b[31],
             data,
+            rev_nat: u16_at(32 + EVENT_CAPTURE_LEN),
+            pad: [0; 6],
         })
     }
 }

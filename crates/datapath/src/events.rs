@@ -169,6 +169,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> 
         src: pkt.src,
         dst: pkt.dst,
         l4: pkt.l4,
+        rev_nat: raw.rev_nat,
     })
 }
 
@@ -242,7 +243,7 @@ mod tests {
     }
 
     fn record(kind: u8, code: u8, pkt: &[u8]) -> Vec<u8> {
-        let mut r = vec![0u8; 32 + EVENT_CAPTURE_LEN];
+        let mut r = vec![0u8; 32 + EVENT_CAPTURE_LEN + 8];
         r[0] = kind;
         r[1] = code;
         r[2..4].copy_from_slice(&7u16.to_ne_bytes());
@@ -260,6 +261,7 @@ mod tests {
         assert_eq!(ev.reason, "from-endpoint");
         assert_eq!(ev.endpoint, 7);
         assert_eq!(ev.ct_state, "new");
+        assert_eq!(ev.rev_nat, 0);
         assert_eq!(ev.src, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(
             ev.l4,
@@ -269,6 +271,14 @@ mod tests {
                 flags: vec!["SYN".into()]
             })
         );
+    }
+
+    #[test]
+    fn decodes_the_rev_nat_index_of_a_service_connection() {
+        let mut r = record(EVENT_TRACE, 5, &tcp_syn());
+        r[32 + EVENT_CAPTURE_LEN..32 + EVENT_CAPTURE_LEN + 2].copy_from_slice(&5u16.to_ne_bytes());
+        let ev = decode(&r, &Clock::now()).unwrap();
+        assert_eq!(ev.rev_nat, 5);
     }
 
     #[test]

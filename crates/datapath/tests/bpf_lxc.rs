@@ -716,6 +716,45 @@ fn replies_from_the_backend_are_translated_back_to_the_vip() {
 }
 
 #[test]
+fn events_of_a_translated_connection_carry_its_rev_nat_index_both_ways() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS[1..2], None, L4Proto::Tcp));
+    h.events();
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 47000, VIP, 80, SYN));
+    assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
+    h.run(
+        "to_container",
+        &tcp_ok(BACKENDS[1], 8080, POD_A, 47000, SYN | ACK),
+    );
+    h.run("from_container", &tcp_ok(POD_A, 47000, VIP, 80, FIN | ACK));
+    let evs = h.events();
+    let traces: Vec<(u8, u8, u16)> = evs
+        .iter()
+        .filter(|e| e.kind == abi::EVENT_TRACE)
+        .map(|e| (e.code, e.ct_state, e.rev_nat))
+        .collect();
+    assert_eq!(
+        traces,
+        vec![
+            (3, abi::ct_result::NEW, 5),
+            (0, abi::ct_result::REPLY, 5),
+            (3, abi::ct_result::ESTABLISHED, 5),
+        ],
+        "the packet shows the backend, the event names the frontend"
+    );
+
+    // A connection straight to a pod address names no Service.
+    h.run(
+        "from_container",
+        &tcp_ok(POD_A, 47001, BACKENDS[1], 8080, SYN),
+    );
+    let evs = h.events();
+    assert!(!evs.is_empty());
+    assert!(evs.iter().all(|e| e.rev_nat == 0), "{evs:?}");
+}
+
+#[test]
 fn a_service_without_backends_answers_at_once_and_reports_drop_158() {
     privileged!();
     let mut h = Harness::new();

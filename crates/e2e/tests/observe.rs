@@ -265,3 +265,90 @@ fn a_flood_that_overruns_the_event_ring_is_counted_as_lost_events() {
         text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// `namespace/name` of a flow's `sourceService` or `destinationService`, "" when none.
+fn service_of(f: &Value, side: &str) -> String {
+    let snake = if side == "sourceService" {
+        "source_service"
+    } else {
+        "destination_service"
+    };
+    let s = if f[side].is_null() {
+        &f[snake]
+    } else {
+        &f[side]
+    };
+    match (s["namespace"].as_str(), s["name"].as_str()) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn flows_of_a_clusterip_name_the_service_through_socket_lb_and_per_packet() {
+    privileged!();
+    const VIP: &str = "10.96.60.60";
+    let node = Node::start("10.226.0.0/24");
+    // One client per path: the socket-LB one runs inside the node's cgroup.
+    let sock_client = node.add_pod("sock-client", "app=client");
+    let pkt_client = node.add_pod("pkt-client", "app=client");
+    let server = node.add_pod("server", "app=server");
+    let _ident = node.ident_server(&server, 8080);
+    node.apply(
+        "web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {VIP}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-abc\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n- addresses: [\"{}\"]\n",
+            server.ip
+        ),
+    );
+    // Enrichment reads the agent's tables on a short refresh; let it see pods and Service.
+    thread::sleep(Duration::from_millis(1200));
+
+    for (client, in_cgroup) in [(&sock_client, true), (&pkt_client, false)] {
+        let v = node.probe(
+            client,
+            in_cgroup,
+            &[
+                "--dst", VIP, "--port", "80", "--proto", "tcp", "--count", "3",
+            ],
+        );
+        assert_eq!(
+            v["errors"].as_array().map(Vec::len),
+            Some(0),
+            "probe errors: {v}"
+        );
+    }
+    thread::sleep(Duration::from_millis(500));
+
+    let flows = node.observe(&["--last", "2000"]);
+    let flows: Vec<&Value> = flows.iter().filter_map(flow).collect();
+    for client in ["sock-client", "pkt-client"] {
+        // The request, seen after translation: to the backend pod on its port, naming the
+        // Service it was addressed to.
+        let request = flows.iter().any(|f| {
+            pod(f, "source") == client
+                && pod(f, "destination") == "server"
+                && dport(f) == Some(8080)
+                && service_of(f, "destinationService") == "default/web"
+        });
+        // The reply towards the client names the Service as its source.
+        let reply = flows.iter().any(|f| {
+            pod(f, "destination") == client
+                && (f["isReply"].as_bool() == Some(true) || f["is_reply"].as_bool() == Some(true))
+                && service_of(f, "sourceService") == "default/web"
+        });
+        let theirs: Vec<&&Value> = flows
+            .iter()
+            .filter(|f| pod(f, "source") == client || pod(f, "destination") == client)
+            .take(6)
+            .collect();
+        assert!(
+            request,
+            "{client}: no request flow with destination_service default/web: {theirs:?}"
+        );
+        assert!(
+            reply,
+            "{client}: no reply flow with source_service default/web: {theirs:?}"
+        );
+    }
+}

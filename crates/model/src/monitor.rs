@@ -86,6 +86,11 @@ pub struct MonitorEvent {
     /// The L4 header, when parsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l4: Option<L4>,
+    /// The reverse-NAT index of the Service frontend the connection was addressed to, when
+    /// the datapath translated it (per packet or with socket LB) and so the packet shows the
+    /// backend instead; 0 when none.
+    #[serde(default)]
+    pub rev_nat: u16,
 }
 
 impl fmt::Display for MonitorEvent {

@@ -141,7 +141,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
             encrypted: false,
         });
     }
-    let (dport, proto) = match &ev.l4 {
+    let (ports, proto) = match &ev.l4 {
         Some(L4::Tcp {
             sport,
             dport,
@@ -154,7 +154,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
                     flags: Some(tcp_flags(flags)),
                 })),
             });
-            (Some(*dport), 6)
+            (Some((*sport, *dport)), 6)
         }
         Some(L4::Udp { sport, dport }) => {
             flow.l4 = Some(Layer4 {
@@ -163,7 +163,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
                     destination_port: u32::from(*dport),
                 })),
             });
-            (Some(*dport), 17)
+            (Some((*sport, *dport)), 17)
         }
         Some(L4::Icmp { r#type, code }) => {
             flow.l4 = Some(Layer4 {
@@ -182,15 +182,30 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     let (dst_ep, dst_info) = endpoint(store, ev.dst, ev.dst_identity);
     flow.source = Some(src_ep);
     flow.destination = Some(dst_ep);
-    if let (Some(dst), Some(port)) = (ev.dst, dport) {
-        flow.destination_service = store.service_by_frontend(dst, port, proto).map(service);
-    }
 
     let is_reply = match ev.ct_state.as_str() {
         "reply" => Some(true),
         "new" | "established" => Some(false),
         _ => None,
     };
+    // A side is a Service when its address:port is a frontend (the packet was not
+    // translated, or a reply was translated back); else, as Hubble does, by the frontend the
+    // datapath translated the connection from (per-packet DNAT or socket LB): the request's
+    // destination, or the reply's source.
+    if let (Some(src), Some(dst), Some((sport, dport))) = (ev.src, ev.dst, ports) {
+        flow.destination_service = store.service_by_frontend(dst, dport, proto).map(service);
+        flow.source_service = store.service_by_frontend(src, sport, proto).map(service);
+    }
+    if ev.rev_nat != 0 {
+        let side = if is_reply == Some(true) {
+            &mut flow.source_service
+        } else {
+            &mut flow.destination_service
+        };
+        if side.is_none() {
+            *side = store.service_by_rev_nat(ev.rev_nat).map(service);
+        }
+    }
     flow.is_reply = is_reply.map(|value| pbjson_types::BoolValue { value });
     flow.reply = is_reply == Some(true);
 

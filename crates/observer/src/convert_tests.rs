@@ -30,6 +30,7 @@ pub(crate) fn trace_event() -> MonitorEvent {
             dport: 80,
             flags: vec!["SYN".into()],
         }),
+        rev_nat: 0,
     }
 }
 
@@ -56,13 +57,12 @@ pub(crate) fn store() -> Snapshot {
         },
     );
     s.identities.insert(2, vec!["reserved:world".into()]);
-    s.frontends.insert(
-        (VIP, 80, 6),
-        ServiceRef {
-            namespace: "prod".into(),
-            name: "web".into(),
-        },
-    );
+    let web = ServiceRef {
+        namespace: "prod".into(),
+        name: "web".into(),
+    };
+    s.frontends.insert((VIP, 80, 6), web.clone());
+    s.rev_nats.insert(5, web);
     s
 }
 
@@ -189,6 +189,64 @@ fn a_service_drop_names_the_service_by_its_frontend() {
     assert_eq!(dst.labels, vec!["reserved:world"]);
     // Reported by the source endpoint: egress.
     assert_eq!(f.traffic_direction, TrafficDirection::Egress as i32);
+}
+
+fn names(s: Option<Service>) -> Option<(String, String)> {
+    s.map(|s| (s.namespace, s.name))
+}
+
+#[test]
+fn a_translated_request_names_the_service_by_its_rev_nat_index() {
+    // The datapath reports the packet after DNAT (or socket LB): the backend is the
+    // destination, the rev-NAT index names the frontend.
+    let mut ev = trace_event();
+    ev.rev_nat = 5;
+    let f = to_flow(&ev, &store(), "n");
+    assert_eq!(
+        names(f.destination_service),
+        Some(("prod".into(), "web".into()))
+    );
+    assert_eq!(f.source_service, None);
+    assert_eq!(f.destination.expect("dst").pod_name, "web-1");
+
+    ev.ct_state = "established".into();
+    let f = to_flow(&ev, &store(), "n");
+    assert!(f.destination_service.is_some());
+
+    // An index the agent does not know (a Service deleted since): nothing, no panic.
+    ev.rev_nat = 6;
+    assert_eq!(to_flow(&ev, &store(), "n").destination_service, None);
+    // Without one, a backend's address names no Service.
+    ev.rev_nat = 0;
+    assert_eq!(to_flow(&ev, &store(), "n").destination_service, None);
+}
+
+#[test]
+fn a_reply_of_a_translated_connection_names_the_service_as_its_source() {
+    // Socket LB: the reply comes from the backend, untranslated.
+    let mut ev = trace_event();
+    ev.code = 0;
+    ev.reason = "to-endpoint".into();
+    ev.ct_state = "reply".into();
+    ev.src = Some(SERVER);
+    ev.dst = Some(CLIENT);
+    ev.l4 = Some(L4::Tcp {
+        sport: 80,
+        dport: 40000,
+        flags: vec!["SYN".into(), "ACK".into()],
+    });
+    ev.rev_nat = 5;
+    let f = to_flow(&ev, &store(), "n");
+    assert_eq!(names(f.source_service), Some(("prod".into(), "web".into())));
+    assert_eq!(f.destination_service, None);
+    assert!(f.reply);
+
+    // Per-packet: the reply was translated back to the frontend, which names it too.
+    ev.src = Some(VIP);
+    ev.rev_nat = 0;
+    let f = to_flow(&ev, &store(), "n");
+    assert_eq!(names(f.source_service), Some(("prod".into(), "web".into())));
+    assert_eq!(f.destination_service, None);
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub trait Store: Send + Sync + 'static {
     fn identity_labels(&self, identity: u32) -> Option<Vec<String>>;
     /// The Service whose frontend is `ip:port` for IP protocol `proto`.
     fn service_by_frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef>;
+    /// The Service owning the frontend with reverse-NAT index `index`: what the datapath
+    /// reports for a connection it translated to a backend.
+    fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef>;
 }
 
 /// A point-in-time copy of the tables: what the agent refreshes and tests build by hand.
@@ -47,6 +50,8 @@ pub struct Snapshot {
     pub identities: HashMap<u32, Vec<String>>,
     /// Services by frontend (address, port, IP protocol).
     pub frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
+    /// Services by the reverse-NAT index of their frontends.
+    pub rev_nats: HashMap<u16, ServiceRef>,
 }
 
 impl Store for Snapshot {
@@ -60,6 +65,10 @@ impl Store for Snapshot {
 
     fn service_by_frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
         self.frontends.get(&(ip, port, proto)).cloned()
+    }
+
+    fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
+        self.rev_nats.get(&index).cloned()
     }
 }
 
@@ -99,5 +108,9 @@ impl Store for SwappableStore {
 
     fn service_by_frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
         self.get().service_by_frontend(ip, port, proto)
+    }
+
+    fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
+        self.get().service_by_rev_nat(index)
     }
 }

@@ -45,6 +45,7 @@ fn event(kind: EventKind, code: u8, dport: u16) -> MonitorEvent {
             dport,
             flags: vec!["SYN".into()],
         }),
+        rev_nat: 0,
     }
 }
 

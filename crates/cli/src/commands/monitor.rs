@@ -80,6 +80,7 @@ mod tests {
                 dport: 80,
                 flags: vec!["SYN".into()],
             }),
+            rev_nat: 0,
         }
     }
 
