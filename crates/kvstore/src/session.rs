@@ -19,6 +19,10 @@ use crate::{ClusterView, KvError};
 /// First pause between reconnection attempts; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the session sends a lease keep-alive at most apart (its answer proves etcd is up).
+const LIVENESS_PERIOD: Duration = Duration::from_secs(1);
+/// How long unanswered keep-alives may go before etcd counts as gone.
+const LIVENESS_DEADLINE: Duration = Duration::from_secs(3);
 
 /// A synced session, ready to be served: the lease is alive and the view is current as of
 /// `revision`.
@@ -148,9 +152,11 @@ async fn serve(
         Ok(stream) => stream,
         Err(e) => return Outcome::Disconnected(e.to_string()),
     };
-    let period = (ttl / 3).max(Duration::from_millis(100));
-    // Unanswered keep-alives for this long mean etcd is gone, well before the lease is.
-    let deadline = ttl * 2 / 3;
+    // Keep-alives double as the liveness check of etcd: sent every second (or every third of
+    // the lease, if shorter), unanswered for 3 s (or two thirds of the lease) means etcd is
+    // gone, so a hung etcd is reported within seconds whatever the lease's length.
+    let period = (ttl / 3).clamp(Duration::from_millis(100), LIVENESS_PERIOD);
+    let deadline = (ttl * 2 / 3).min(LIVENESS_DEADLINE);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ack = Instant::now();

@@ -162,3 +162,36 @@ async fn a_lost_lease_is_replaced_and_the_keys_rewritten_with_the_same_numbers()
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_etcd_is_reported_within_seconds_even_with_a_long_lease() {
+    init_logging();
+    let Some(mut etcd) = TestEtcd::start() else {
+        return;
+    };
+    // The agent's lease is long (900 s): liveness must not wait for it.
+    let a = connect(&etcd, "node-a", Duration::from_secs(900)).await;
+    a.register_node(node_record("node-a", 1))
+        .await
+        .expect("register");
+    let mut view = a.subscribe();
+    wait_view(&mut view, "connected", |v| v.connected).await;
+
+    etcd.pause();
+    let frozen = std::time::Instant::now();
+    let during = wait_view(&mut view, "connected=false", |v| !v.connected).await;
+    let noticed = frozen.elapsed();
+    etcd.resume();
+    assert!(
+        noticed < Duration::from_secs(6),
+        "a frozen etcd was noticed only after {noticed:?}"
+    );
+    assert!(
+        during.nodes.contains_key("node-a"),
+        "the view kept its content"
+    );
+    wait_view(&mut view, "connected again", |v| {
+        v.connected && v.nodes.contains_key("node-a")
+    })
+    .await;
+}

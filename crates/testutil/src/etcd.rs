@@ -72,6 +72,25 @@ impl TestEtcd {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): it keeps its sockets but answers nothing, as a hung server.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws etcd after [`TestEtcd::pause`] (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let pid = self.child.as_ref().expect("etcd is running").id();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} (etcd) failed");
+    }
+
     /// Starts etcd again on the same data directory and ports and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
