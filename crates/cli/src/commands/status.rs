@@ -86,7 +86,11 @@ fn cluster(s: &Status) -> String {
     };
     format!(
         "{} to etcd {}; {} nodes ({}), {} identities, {} remote endpoints; overlay {}",
-        if c.connected { "connected" } else { "DISCONNECTED" },
+        if c.connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
         c.etcd.join(","),
         c.nodes.len(),
         c.nodes.join(", "),
