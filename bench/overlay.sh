@@ -35,9 +35,11 @@ BIN=$PWD/target/release
 STATE=$(mktemp -d)
 TAG=cbov$$
 
+PIDS=()
 cleanup() {
   set +e
   pkill -f "$STATE" 2>/dev/null
+  [ ${#PIDS[@]} -gt 0 ] && kill "${PIDS[@]}" 2>/dev/null
   for ns in $(ip netns list | awk '/^cb-ov-/{print $1}'); do ip netns delete "$ns"; done
   for n in 0 1; do
     rm -rf "/sys/fs/bpf/ciliate/$TAG-$n"
@@ -132,6 +134,7 @@ for pod in cb-ov-pp0 cb-ov-cp0; do
 done
 for pod in cb-ov-pp1 cb-ov-cp1; do
   in_ns "$pod" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
+  PIDS+=($!)
 done
 sleep 0.5
 in_ns cb-ov-pp0 "$BIN/ciliate-bench" rr --dst "$PLAIN_DST" --secs 1 >/dev/null # warm-up (ARP, routes)
@@ -187,6 +190,7 @@ for k in $(seq "$PODS"); do
   ns=cb-ov-new$k
   ip netns add "$ns"
   in_ns "$ns" "$BIN/ciliate-bench" ident-server --id "n$k" --port 8080 >/dev/null 2>&1 &
+  PIDS+=($!)
   ip=10.242.1.$((k + 2)) # IPAM hands addresses out in order on a fresh node
   in_ns cb-ov-cp0 python3 - "$ip" "$STATE/added$k" >"$STATE/reach$k" <<'PY' &
 import os, socket, sys, time
