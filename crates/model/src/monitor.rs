@@ -89,7 +89,7 @@ pub struct MonitorEvent {
     /// The reverse-NAT index of the Service frontend the connection was addressed to, when
     /// the datapath translated it (per packet or with socket LB) and so the packet shows the
     /// backend instead; 0 when none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub rev_nat: u16,
 }
 
@@ -142,4 +142,8 @@ impl fmt::Display for MonitorEvent {
             self.src_identity, self.dst_identity, self.len
         )
     }
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
