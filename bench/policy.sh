@@ -62,6 +62,9 @@ cni_add() { # ns container-id pod labels
     in_ns cb-pol-node "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$SOCK\"}"
 }
 cni_add cb-pol-a pol-a a app=client >/dev/null
+# Thousands of connections a second leave the client's ports in TIME_WAIT: let it reuse them,
+# or connect() itself becomes what is measured.
+in_ns cb-pol-a sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
 ip_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'; }
 ip netns add cb-pol-c
 DST=$(cni_add cb-pol-b pol-b b app=server | ip_of)
