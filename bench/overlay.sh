@@ -133,7 +133,8 @@ for pod in cb-ov-pp0 cb-ov-cp0; do
   in_ns "$pod" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
 done
 for pod in cb-ov-pp1 cb-ov-cp1; do
-  in_ns "$pod" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
+  # nsenter itself (not the in_ns function, which would fork a subshell) so that $! is the server.
+  nsenter --net=/var/run/netns/"$pod" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
   PIDS+=($!)
 done
 sleep 0.5
@@ -189,7 +190,7 @@ times=()
 for k in $(seq "$PODS"); do
   ns=cb-ov-new$k
   ip netns add "$ns"
-  in_ns "$ns" "$BIN/ciliate-bench" ident-server --id "n$k" --port 8080 >/dev/null 2>&1 &
+  nsenter --net=/var/run/netns/"$ns" "$BIN/ciliate-bench" ident-server --id "n$k" --port 8080 >/dev/null 2>&1 &
   PIDS+=($!)
   ip=10.242.1.$((k + 2)) # IPAM hands addresses out in order on a fresh node
   in_ns cb-ov-cp0 python3 - "$ip" "$STATE/added$k" >"$STATE/reach$k" <<'PY' &
