@@ -9,41 +9,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ciliate_testutil::etcd::ETCD_BINARY;
-use ciliate_testutil::{privileged, privileged_required, unique_name};
-use common::bin;
+use ciliate_testutil::etcd::etcd_installed;
+use ciliate_testutil::{privileged, unique_name};
+use common::{ciliate, text};
 use serde_json::Value;
-
-/// True (after a loud SKIP) when etcd is missing; panics instead when
-/// `CILIATE_REQUIRE_PRIVILEGED=1`.
-fn etcd_missing() -> bool {
-    if Path::new(ETCD_BINARY).exists() {
-        return false;
-    }
-    let why =
-        format!("{ETCD_BINARY} is missing (apt-get install etcd-server, or scripts/install-deps)");
-    if privileged_required() {
-        panic!("lab test cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
-    }
-    eprintln!("\n!!! SKIPPED lab test: {why}. !!!\n");
-    true
-}
-
-fn ciliate(args: &[&str]) -> Output {
-    Command::new(bin("ciliate"))
-        .args(args)
-        .output()
-        .expect("run ciliate")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A lab for one test, removed on drop.
 struct LabGuard {
@@ -215,7 +184,7 @@ fn leftovers(name: &str) -> Vec<String> {
 #[test]
 fn one_node_lab_passes_the_connectivity_test() {
     privileged!();
-    if etcd_missing() {
+    if !etcd_installed("lab test") {
         return;
     }
     let lab = LabGuard::up(&["--nodes", "1", "--no-demo"]);
@@ -313,7 +282,7 @@ fn one_node_lab_passes_the_connectivity_test() {
 #[test]
 fn lab_down_after_kill_9_leaves_nothing() {
     privileged!();
-    if etcd_missing() {
+    if !etcd_installed("lab test") {
         return;
     }
     let lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
@@ -385,7 +354,7 @@ fn lab_down_after_kill_9_leaves_nothing() {
 #[test]
 fn three_node_lab_passes_the_full_connectivity_test() {
     privileged!();
-    if etcd_missing() {
+    if !etcd_installed("lab test") {
         return;
     }
     let lab = LabGuard::up(&["--nodes", "3", "--pods-per-node", "1"]);

@@ -23,9 +23,9 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ciliate_testutil::etcd::ETCD_BINARY;
-use ciliate_testutil::{privileged, privileged_required, unique_name};
-use common::bin;
+use ciliate_testutil::etcd::etcd_installed;
+use ciliate_testutil::{privileged, unique_name};
+use common::{bin, ciliate, text};
 use serde_json::Value;
 
 /// The port every demo pod's ident server listens on.
@@ -33,37 +33,6 @@ const DEMO_PORT: u16 = 8080;
 
 /// One lab at a time (see the module documentation).
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// True (after a loud SKIP) when etcd is missing; panics instead when
-/// `CILIATE_REQUIRE_PRIVILEGED=1`.
-fn etcd_missing() -> bool {
-    if Path::new(ETCD_BINARY).exists() {
-        return false;
-    }
-    let why =
-        format!("{ETCD_BINARY} is missing (apt-get install etcd-server, or scripts/install-deps)");
-    if privileged_required() {
-        panic!("multi-node test cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
-    }
-    eprintln!("\n!!! SKIPPED multi-node test: {why}. !!!\n");
-    true
-}
-
-fn ciliate(args: &[&str]) -> Output {
-    Command::new(bin("ciliate"))
-        .args(args)
-        .output()
-        .expect("run ciliate")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn netns_path(netns: &str) -> PathBuf {
     Path::new("/var/run/netns").join(netns)
@@ -548,16 +517,27 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 /// (1) A TCP connection from a pod of node 0 to a pod of node 1 shows in node 1's Hubble API
 /// naming both pods and carrying the client's identity as node 0 numbered it, and in node 0's
 /// as forwarded to the overlay.
+/// A 2-node lab with the demo app (two pods per node), one at a time; `None` after a loud
+/// SKIP when etcd is missing.
+fn demo_lab() -> Option<(std::sync::MutexGuard<'static, ()>, LabGuard)> {
+    if !etcd_installed("multi-node test") {
+        return None;
+    }
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some((
+        serial,
+        LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]),
+    ))
+}
+
 #[test]
 fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
     privileged!();
-    if etcd_missing() {
+    let Some((_serial, lab)) = demo_lab() else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    };
     let (n0, n1) = (lab.node(0), lab.node(1));
     let client = lab.pod("demo", "frontend-0");
     let server = lab.pod("demo", "backend-1");
@@ -699,13 +679,9 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
 #[test]
 fn killing_one_agent_leaves_traffic_flowing() {
     privileged!();
-    if etcd_missing() {
+    let Some((_serial, mut lab)) = demo_lab() else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    };
     let (n0, n1) = (lab.node(0), lab.node(1));
     let fe0 = lab.pod("demo", "frontend-0");
     let be0 = lab.pod("demo", "backend-0");
@@ -853,13 +829,9 @@ fn killing_one_agent_leaves_traffic_flowing() {
 #[test]
 fn stopping_etcd_for_10s_loses_no_connection_and_agents_catch_up() {
     privileged!();
-    if etcd_missing() {
+    let Some((_serial, mut lab)) = demo_lab() else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut lab = LabGuard::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    };
     let (n0, n1) = (lab.node(0), lab.node(1));
     let fe0 = lab.pod("demo", "frontend-0");
     let be0 = lab.pod("demo", "backend-0");

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ciliate_testutil::{privileged, TestNetns};
-use common::{bin, Node, Pod};
+use common::{bin, text, Node, Pod};
 use serde_json::Value;
 
 /// How long a connection may take before it counts as dropped. Policy drops the SYN, so a
@@ -104,15 +104,6 @@ impl Drop for Monitor {
 
 fn run_cli(node: &Node, args: &[&str]) -> Output {
     node.cli(args)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `ciliate policy import -f <file>`; insists it worked and returns its output.

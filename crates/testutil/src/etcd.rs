@@ -29,18 +29,27 @@ pub struct TestEtcd {
     child: Option<Child>,
 }
 
+/// Whether etcd is installed, for a test that needs it (`what` names the test in messages).
+/// Without it: false after a loud SKIP on stderr, or a panic when
+/// `CILIATE_REQUIRE_PRIVILEGED=1` (CI, where `scripts/install-deps` installs it).
+pub fn etcd_installed(what: &str) -> bool {
+    if Path::new(ETCD_BINARY).exists() {
+        return true;
+    }
+    let why =
+        format!("{ETCD_BINARY} is missing (apt-get install etcd-server, or scripts/install-deps)");
+    if privileged_required() {
+        panic!("{what} cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("\n!!! SKIPPED {what}: {why}. !!!\n");
+    false
+}
+
 impl TestEtcd {
     /// Starts etcd and waits until it serves requests. `None` (after a loud SKIP on stderr)
     /// when `/usr/bin/etcd` is missing; panics instead when `CILIATE_REQUIRE_PRIVILEGED=1`.
     pub fn start() -> Option<Self> {
-        if !Path::new(ETCD_BINARY).exists() {
-            let why = format!(
-                "{ETCD_BINARY} is missing (apt-get install etcd-server, or scripts/install-deps)"
-            );
-            if privileged_required() {
-                panic!("etcd test cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
-            }
-            eprintln!("\n!!! SKIPPED etcd test: {why}. !!!\n");
+        if !etcd_installed("etcd test") {
             return None;
         }
         let name = unique_name("etcd");

@@ -32,6 +32,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the `ciliate` CLI (no --socket: the caller names it when needed).
+pub fn ciliate(args: &[&str]) -> Output {
+    Command::new(bin("ciliate"))
+        .args(args)
+        .output()
+        .expect("run ciliate")
+}
+
+/// A command's outcome for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// The node's own address inside its namespace (documentation range: never routed anywhere).
 pub const NODE_IP: &str = "192.0.2.1/32";
 
