@@ -7,8 +7,6 @@
  * The same two programs serve every endpoint of the node; each finds its endpoint by the
  * ifindex it runs on (cil_lxc_ifx), so attaching a new pod costs no verifier run.
  *
- *   from_overlay    TCX ingress of the node's VXLAN device: packets from other nodes
- *
  * Forwarding: pod-to-pod on the node is redirected from the source veth straight to the
  * destination veth's egress (which runs to_container there); a pod on another node is
  * reached through the VXLAN device, addressed to that node (from the ipcache) with the
@@ -32,83 +30,7 @@
 #include "ciliate/nat.h"
 #include "ciliate/policy.h"
 #include "ciliate/overlay.h"
-
-#define IDENTITY_HOST 1
-
-/* Socket LB: the rev-NAT index of the frontend the packet's socket asked for, when sock.c
- * connected it (or sent this datagram) to a backend instead; 0 otherwise. sock.c records the
- * translation per socket in cil_lb4_sk, keyed by the socket cookie and the backend; the pod's
- * packet still carries its socket here (a veth keeps skb->sk), so the cookie finds it. It is
- * looked up once, for a new connection, and kept in the conntrack entry (sock_rev_nat), which
- * names the Service in the events of every later packet, replies included, without being
- * translated back like a per-packet rev_nat_index. */
-static __always_inline __u16 sock_lb_rev_nat(struct __sk_buff *skb, const struct pkt4 *p)
-{
-	struct lb4_sock_key key = {.address = p->daddr, .port = p->dport};
-	struct lb4_reverse_nat *rn;
-
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
-		return 0;
-	key.cookie = bpf_get_socket_cookie(skb);
-	if (!key.cookie)
-		return 0;
-	rn = bpf_map_lookup_elem(&cil_lb4_sk, &key);
-	return rn ? rn->rev_nat_index : 0;
-}
-
-/* Conntrack, then policy, for one direction of an endpoint. Returns the CT state, or the
- * negated drop reason when policy refuses the packet. Replies of tracked connections skip
- * policy; a new connection is recorded only once policy allowed it, and where the direction
- * is under policy (or denied) it gets a policy-verdict event. *svc_out is the rev-NAT index
- * of the Service frontend the connection was addressed to (per-packet or socket LB), for
- * events; *rev_nat_out the one replies are translated back from. */
-static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct endpoint_info *self,
-					 const struct pkt4 *p, __u8 egress, __u32 peer,
-					 __u16 rev_nat, __u16 *rev_nat_out, __u16 *svc_out,
-					 int *report)
-{
-	__u8 dir = egress ? CT_EGRESS : CT_INGRESS;
-	__u32 src_id = egress ? self->sec_identity : peer;
-	__u32 dst_id = egress ? peer : self->sec_identity;
-	__u16 enforced = egress ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED;
-	struct policy_result res = {};
-	int ct, verdict = 0;
-	__u16 sock_rev_nat = 0;
-
-	*report = 0;
-	*svc_out = 0;
-	if (ct_untracked(p)) {
-		*report = 1;
-		/* ICMP errors belong to a connection policy has already judged; other untracked
-		 * packets (fragments, ICMP other than echo) are judged one by one. */
-		if (p->proto == IPPROTO_ICMP && !p->fragment && icmp_is_error(p->icmp_type))
-			return CT_NONE;
-		ct = CT_NONE;
-	} else {
-		ct = ct_process(p, dir, src_id, skb->len, report, rev_nat, 0, rev_nat_out,
-				svc_out, 0);
-		if (ct == CT_REPLY)
-			return ct;
-		if (ct == CT_NEW && egress && !rev_nat) {
-			sock_rev_nat = sock_lb_rev_nat(skb, p);
-			*svc_out = sock_rev_nat;
-		}
-	}
-	verdict = policy_check(self, egress, peer, p, skb->len, &res);
-	/* The node reaches its own pods (health checks) unless a rule denies it explicitly:
-	 * Cilium's allow-localhost default. */
-	if (verdict == DROP_POLICY && !egress && peer == IDENTITY_HOST)
-		verdict = 0;
-	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
-		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
-			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out);
-	if (verdict)
-		return -verdict;
-	if (ct == CT_NEW)
-		ct_process(p, dir, src_id, skb->len, report, rev_nat, sock_rev_nat, rev_nat_out,
-			   svc_out, 1);
-	return ct;
-}
+#include "ciliate/endpoint.h"
 
 #define LB_NONE 0
 #define LB_XLATED 1
@@ -183,65 +105,6 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt4 *p, __u1
 	p->daddr = be->address;
 	p->dport = be->port;
 	return LB_XLATED;
-}
-
-/* Replies of translated connections get the frontend back as their source. */
-static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct pkt4 *p, __u16 rev_nat)
-{
-	struct lb4_reverse_nat *rn;
-
-	if (!rev_nat)
-		return 0;
-	rn = bpf_map_lookup_elem(&cil_lb4_rnat, &rev_nat);
-	if (!rn)
-		return 0;
-	if (nat4_rewrite(skb, p, 1, p->saddr, rn->address, p->sport, rn->port) < 0)
-		return -1;
-	p->saddr = rn->address;
-	p->sport = rn->port;
-	return 0;
-}
-
-#define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
-#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
-
-static __always_inline int parse_drop_reason(int rc)
-{
-	switch (rc) {
-	case PARSE_DROP_L3:
-		return DROP_UNSUPPORTED_L3;
-	case PARSE_DROP_L4:
-		return DROP_CT_INVALID_HDR;
-	default:
-		return DROP_INVALID;
-	}
-}
-
-/* Delivers to an endpoint of this node: router semantics (new MACs, TTL - 1), then either to
- * that endpoint's veth egress, whose program applies its side (`peer` 0), or, where the caller
- * has applied it, straight into the pod (`peer` 1, from an ingress hook only). */
-static __always_inline int redirect_to_endpoint(struct __sk_buff *skb,
-						const struct endpoint_info *dst, int peer)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ETH_HLEN;
-	__u16 old_ttl_word, new_ttl_word;
-
-	if ((void *)(ip + 1) > data_end)
-		return -1;
-	/* The stack answers an expiring TTL with ICMP time exceeded; let it. */
-	if (ip->ttl <= 1)
-		return TC_ACT_OK;
-	old_ttl_word = *(__u16 *)&ip->ttl;
-	ip->ttl--;
-	new_ttl_word = *(__u16 *)&ip->ttl;
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ttl_word, new_ttl_word, 2) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, 0, dst->mac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, dst->host_mac, ETH_ALEN, 0) < 0)
-		return -1;
-	return peer ? bpf_redirect_peer(dst->ifindex, 0) : bpf_redirect(dst->ifindex, 0);
 }
 
 SEC("classifier/from_container")
@@ -338,28 +201,6 @@ int from_container(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* The receiving side of an endpoint: conntrack, ingress policy against the sender's identity
- * `src_id`, reverse NAT of Service replies. TC_ACT_OK to deliver, or a reported drop. */
-static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpoint_info *self,
-				       struct pkt4 *p, __u32 src_id)
-{
-	__u16 rev_nat = 0, svc = 0;
-	int ct, report = 0;
-
-	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report);
-	if (ct < 0)
-		return drop_svc(skb, METRIC_INGRESS, -ct, self->ep_id, src_id,
-				self->sec_identity, CT_NEW, svc);
-	if (ct == CT_REPLY && lb4_rev_nat(skb, p, rev_nat) < 0)
-		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
-			    self->sec_identity, ct);
-	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
-	if (report)
-		emit_svc(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity,
-			 ct, svc);
-	return TC_ACT_OK;
-}
-
 SEC("classifier/to_container")
 int to_container(struct __sk_buff *skb)
 {
@@ -386,38 +227,6 @@ int to_container(struct __sk_buff *skb)
 	src = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
 	src_id = src ? src->sec_identity : ipcache_identity(p.saddr);
 	return to_endpoint(skb, self, &p, src_id);
-}
-
-/* Packets from other nodes, decapsulated. One for a pod of this node gets that pod's
- * receiving side here, judged by the identity the sender's node put in the VNI, and goes
- * straight into the pod; anything else (the node's own address) is left to the stack. */
-SEC("classifier/from_overlay")
-int from_overlay(struct __sk_buff *skb)
-{
-	struct bpf_tunnel_key key = {};
-	struct endpoint_info *dst;
-	struct pkt4 p = {};
-	int rc;
-
-	rc = parse_ipv4(skb, &p);
-	if (rc == PARSE_PASS)
-		return TC_ACT_OK;
-	if (rc)
-		return drop(skb, METRIC_INGRESS, parse_drop_reason(rc), 0, 0, 0, CT_NONE);
-	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
-	if (!dst)
-		return TC_ACT_OK;
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 || key.tunnel_id == 0)
-		return drop(skb, METRIC_INGRESS, DROP_NO_TUNNEL_KEY, dst->ep_id, 0,
-			    dst->sec_identity, CT_NONE);
-	rc = to_endpoint(skb, dst, &p, key.tunnel_id);
-	if (rc != TC_ACT_OK)
-		return rc;
-	rc = redirect_to_endpoint(skb, dst, 1);
-	if (rc < 0)
-		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, dst->ep_id, key.tunnel_id,
-			    dst->sec_identity, CT_NONE);
-	return rc;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,492 @@
+//! The kernel datapath of one node: `bpf/lxc.c` and `bpf/overlay.c` loaded with aya, maps pinned by name under
+//! `<bpffs>/ciliate/<node>/`, and one TCX link per direction and pod veth pinned under
+//! `<bpffs>/ciliate/<node>/links/`. Because maps and links are pinned, the kernel keeps
+//! forwarding when the agent dies; a restarted agent reopens the maps and atomically swaps
+//! its freshly loaded programs into the existing links, so no packet sees a gap.
+//!
+//! - [`loader`]: the compiled objects, bpffs, loading and socket-LB attachment;
+//! - `links`: TCX links pinned per interface;
+//! - `maps`, `policy`, `services`: the maps, the policy/ipcache and load-balancing syncs;
+//! - `events`: the ring-buffer reader.
+
+mod events;
+mod links;
+pub mod loader;
+mod maps;
+mod policy;
+mod services;
+
+use std::collections::HashSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::{Array, PerCpuArray, RingBuf};
+use aya::Ebpf;
+use ciliate_model::api::{CtEntry, DatapathStatus, MapUsage};
+use ciliate_model::bpf_policy::{
+    EndpointPolicy, IpcacheEntry, PolicyEntryCounters, PolicySyncStats,
+};
+use ciliate_model::lb::{LbState, LbSyncStats};
+use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::MacAddr;
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+pub use loader::{
+    attach_socket_lb, cgroup2_mount, default_socket_lb_cgroup, ensure_bpffs,
+    load_endpoint_programs, load_overlay_program, load_socket_programs, LXC_OBJECT, OVERLAY_OBJECT,
+    SOCK_OBJECT,
+};
+
+use crate::abi::{self, maps as map_names, NodeConfig};
+use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
+use loader::{ENDPOINT_PROGRAMS, OVERLAY_PROGRAM};
+use maps::{ifname_of, ignore_missing, info_of, ipv4_key, take_hash, take_lpm, Maps};
+use policy::PolicyShadow;
+
+/// Where and how to load the datapath of one node.
+#[derive(Clone, Debug)]
+pub struct LinuxConfig {
+    /// Node name; pins go to `<bpffs_root>/ciliate/<node_name>/`.
+    pub node_name: String,
+    /// Where bpffs is mounted (normally `/sys/fs/bpf`); mounted there if missing.
+    pub bpffs_root: PathBuf,
+    /// The cgroup (v2) whose processes get socket-level load balancing, created if missing;
+    /// `None` leaves Services to the per-packet path alone.
+    pub socket_lb_cgroup: Option<PathBuf>,
+}
+
+impl LinuxConfig {
+    /// A configuration with socket LB on the node's own cgroup ([`default_socket_lb_cgroup`]).
+    pub fn new(node_name: &str, bpffs_root: &Path) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            bpffs_root: bpffs_root.to_owned(),
+            socket_lb_cgroup: default_socket_lb_cgroup(node_name),
+        }
+    }
+
+    /// The node's pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs_root.join("ciliate").join(&self.node_name)
+    }
+}
+
+struct Inner {
+    bpf: Ebpf,
+    /// `bpf/overlay.c`, sharing the maps of `bpf`.
+    overlay: Ebpf,
+    /// Kept for its socket programs; their links are pinned.
+    _sock: Option<Ebpf>,
+    maps: Maps,
+    /// What the load-balancing maps hold, so that a sync writes only differences without
+    /// dumping them (read once at start).
+    lb_shadow: crate::lb::LbEntries,
+    policy_shadow: PolicyShadow,
+    /// Links whose program this process has already swapped in (or attached).
+    fresh_links: HashSet<PathBuf>,
+}
+
+/// The BPF datapath of one node.
+pub struct LinuxDatapath {
+    pin_dir: PathBuf,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<MonitorEvent>,
+}
+
+impl std::fmt::Debug for LinuxDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxDatapath")
+            .field("pin_dir", &self.pin_dir)
+            .finish()
+    }
+}
+
+pub(super) fn kernel<E: std::error::Error + Send + Sync + 'static>(
+    op: impl Into<String>,
+) -> impl FnOnce(E) -> DatapathError {
+    let op = op.into();
+    move |e| DatapathError::kernel(op, e)
+}
+
+impl LinuxDatapath {
+    /// Loads (or re-opens, after a restart) the node's datapath. Call inside a tokio runtime:
+    /// it spawns the task that reads the event ring buffer.
+    pub fn open(cfg: LinuxConfig) -> Result<Self, DatapathError> {
+        ensure_bpffs(&cfg.bpffs_root)?;
+        // Pods reach the world through the node's stack, which must route for them.
+        crate::netlink::set_ipv4_forwarding(true).map_err(kernel("enable IPv4 forwarding"))?;
+        let pin_dir = cfg.pin_dir();
+        let reused = pin_dir.join(map_names::CT4).exists();
+        let mut bpf = load_endpoint_programs(&pin_dir)?;
+        let overlay = loader::load_overlay_program(&pin_dir)?;
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(kernel("create links directory"))?;
+        let maps = Maps {
+            ct: take_hash(&mut bpf, map_names::CT4)?,
+            lxc4: take_hash(&mut bpf, map_names::LXC4)?,
+            lxc_ifx: take_hash(&mut bpf, map_names::LXC_IFX)?,
+            lb_svc: take_hash(&mut bpf, map_names::LB4_SVC)?,
+            lb_be: take_hash(&mut bpf, map_names::LB4_BE)?,
+            lb_rnat: take_hash(&mut bpf, map_names::LB4_RNAT)?,
+            policy: take_lpm(&mut bpf, map_names::POLICY)?,
+            ipcache: take_lpm(&mut bpf, map_names::IPCACHE4)?,
+            node_cfg: Array::try_from(
+                bpf.take_map(map_names::NODE_CFG)
+                    .ok_or_else(|| DatapathError::Unsupported("map cil_node_cfg missing".into()))?,
+            )
+            .map_err(kernel("open map cil_node_cfg"))?,
+            metrics: PerCpuArray::try_from(
+                bpf.take_map(map_names::METRICS)
+                    .ok_or_else(|| DatapathError::Unsupported("map cil_metrics missing".into()))?,
+            )
+            .map_err(kernel("open map cil_metrics"))?,
+        };
+        let ring = RingBuf::try_from(
+            bpf.take_map(map_names::EVENTS)
+                .ok_or_else(|| DatapathError::Unsupported("map cil_events missing".into()))?,
+        )
+        .map_err(kernel("open ring buffer cil_events"))?;
+        let lb_shadow = services::read_lb_entries(&maps)?;
+        let policy_shadow = policy::read_policy_shadow(&maps)?;
+        let sock = match &cfg.socket_lb_cgroup {
+            Some(cgroup) => Some(attach_socket_lb(&pin_dir, cgroup)?),
+            None => None,
+        };
+        let (events, _) = broadcast::channel(4096);
+        events::spawn_event_reader(ring, events.clone())?;
+        info!(
+            pin_dir = %pin_dir.display(),
+            reused_pins = reused,
+            socket_lb = ?cfg.socket_lb_cgroup,
+            "datapath loaded"
+        );
+        Ok(Self {
+            pin_dir,
+            inner: Mutex::new(Inner {
+                bpf,
+                overlay,
+                _sock: sock,
+                maps,
+                lb_shadow,
+                policy_shadow,
+                fresh_links: HashSet::new(),
+            }),
+            events,
+        })
+    }
+
+    /// The node's bpffs directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn link_pin(&self, ifindex: u32, suffix: &str) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("{ifindex}-{suffix}"))
+    }
+
+    fn remove_locked(&self, inner: &mut Inner, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        for (_, _, suffix) in ENDPOINT_PROGRAMS {
+            let pin = self.link_pin(ep.ifindex, suffix);
+            links::unpin(&pin)?;
+            inner.fresh_links.remove(&pin);
+        }
+        // Only delete the address entry if it still points at this endpoint: a new pod
+        // may already hold the address.
+        if let Ok(cur) = inner.maps.lxc4.get(&ipv4_key(ep.ipv4), 0) {
+            if cur.ifindex == ep.ifindex {
+                ignore_missing(inner.maps.lxc4.remove(&ipv4_key(ep.ipv4)))?;
+            }
+        }
+        ignore_missing(inner.maps.lxc_ifx.remove(&ep.ifindex))?;
+        if let Some(keys) = inner.policy_shadow.keys.remove(&ep.id) {
+            for (prefix, data) in keys {
+                ignore_missing(inner.maps.policy.remove(&LpmKey::new(prefix, data)))?;
+            }
+        }
+        inner.policy_shadow.written.remove(&ep.id);
+        Ok(())
+    }
+
+    fn metrics_sum(inner: &Inner) -> (u64, u64) {
+        let mut fwd = 0;
+        let mut drops = 0;
+        for idx in 0..abi::METRICS_SLOTS {
+            if let Ok(values) = inner.maps.metrics.get(&idx, 0) {
+                let total: u64 = values.iter().map(|v| v.packets).sum();
+                if idx == abi::METRIC_EVENTS_LOST_SLOT {
+                    continue;
+                }
+                if idx % 256 == 0 {
+                    fwd += total;
+                } else {
+                    drops += total;
+                }
+            }
+        }
+        (fwd, drops)
+    }
+}
+
+impl Datapath for LinuxDatapath {
+    fn status(&self) -> DatapathStatus {
+        let inner = self.lock();
+        let lxc = inner.maps.lxc_ifx.keys().count() as u32;
+        let ct = inner.maps.ct.keys().count() as u32;
+        let (fwd, drops) = Self::metrics_sum(&inner);
+        debug!(forwarded = fwd, dropped = drops, "datapath counters");
+        DatapathStatus {
+            loaded: true,
+            kind: "bpf".into(),
+            pin_dir: self.pin_dir.display().to_string(),
+            programs: ENDPOINT_PROGRAMS
+                .iter()
+                .map(|(n, _, _)| (*n).to_owned())
+                .collect(),
+            maps: vec![
+                MapUsage {
+                    name: map_names::LXC_IFX.into(),
+                    entries: lxc,
+                    max_entries: abi::LXC_MAP_SIZE,
+                },
+                MapUsage {
+                    name: map_names::CT4.into(),
+                    entries: ct,
+                    max_entries: abi::CT_MAP_SIZE,
+                },
+            ],
+        }
+    }
+
+    fn upsert_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let actual = nix::net::if_::if_nametoindex(ep.ifname.as_str())
+            .map_err(|e| DatapathError::kernel(format!("look up interface {}", ep.ifname), e))?;
+        if actual != ep.ifindex {
+            return Err(DatapathError::Unsupported(format!(
+                "interface {} has index {actual}, not {} as registered: it was recreated",
+                ep.ifname, ep.ifindex
+            )));
+        }
+        let mut info = info_of(ep);
+        let previous = inner.maps.lxc_ifx.get(&ep.ifindex, 0).ok();
+        // Policy generation and enforcement belong to set_endpoint_policy: keep them.
+        if let Some(prev) = previous {
+            info.flags = prev.flags;
+        }
+        let result = (|| {
+            inner
+                .maps
+                .lxc_ifx
+                .insert(ep.ifindex, info, 0)
+                .map_err(kernel("write cil_lxc_ifx"))?;
+            inner
+                .maps
+                .lxc4
+                .insert(ipv4_key(ep.ipv4), info, 0)
+                .map_err(kernel("write cil_lxc4"))?;
+            for (name, at, suffix) in ENDPOINT_PROGRAMS {
+                let pin = self.link_pin(ep.ifindex, suffix);
+                links::attach_tcx(
+                    &mut inner.bpf,
+                    &mut inner.fresh_links,
+                    name,
+                    &ep.ifname,
+                    at,
+                    &pin,
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            warn!(endpoint = ep.id, error = %e, "programming endpoint failed; undoing");
+            if previous.is_none() {
+                if let Err(undo) = self.remove_locked(inner, ep) {
+                    warn!(endpoint = ep.id, error = %undo, "undo failed");
+                }
+            }
+        }
+        result
+    }
+
+    fn remove_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        self.remove_locked(&mut guard, ep)
+    }
+
+    fn list_endpoints(&self) -> Result<Vec<EndpointSpec>, DatapathError> {
+        let inner = self.lock();
+        let mut out: Vec<EndpointSpec> = Vec::new();
+        for item in inner.maps.lxc_ifx.iter() {
+            let (ifindex, info) = item.map_err(kernel("iterate cil_lxc_ifx"))?;
+            out.push(EndpointSpec {
+                id: info.ep_id,
+                ifname: ifname_of(ifindex),
+                ifindex,
+                ipv4: Ipv4Addr::from(info.ipv4),
+                mac: MacAddr(info.mac),
+                host_mac: MacAddr(info.host_mac),
+                identity: info.sec_identity,
+            });
+        }
+        // Links pinned for interfaces with no map entry (a crash between the two steps)
+        // are endpoints too, so that the agent removes them.
+        let links = self.pin_dir.join("links");
+        if let Ok(dir) = std::fs::read_dir(&links) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(ifindex) = name.split('-').next().and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if !out.iter().any(|e| e.ifindex == ifindex) {
+                    out.push(EndpointSpec {
+                        id: 0,
+                        ifname: ifname_of(ifindex),
+                        ifindex,
+                        ipv4: Ipv4Addr::UNSPECIFIED,
+                        mac: MacAddr::default(),
+                        host_mac: MacAddr::default(),
+                        identity: 0,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError> {
+        let inner = self.lock();
+        let now = crate::events::monotonic_now().as_secs() as i64;
+        let mut out = Vec::new();
+        for item in inner.maps.ct.iter() {
+            let (k, v) = item.map_err(kernel("iterate cil_ct4"))?;
+            out.push(crate::ct::to_api(&k, &v, now));
+        }
+        out.sort_by_key(|e| (e.src, e.sport, e.dst, e.dport));
+        Ok(out)
+    }
+
+    fn ct_gc(&self) -> Result<CtGcStats, DatapathError> {
+        let mut inner = self.lock();
+        let now = crate::events::monotonic_now().as_secs();
+        let mut stats = CtGcStats::default();
+        let mut expired = Vec::new();
+        for item in inner.maps.ct.iter() {
+            let Ok((k, v)) = item else { continue };
+            stats.scanned += 1;
+            if v.expires < now {
+                expired.push(k);
+            }
+        }
+        for k in expired {
+            if ignore_missing(inner.maps.ct.remove(&k)).is_ok() {
+                stats.deleted += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
+        services::sync_lb(&mut self.lock(), desired)
+    }
+
+    fn lb_state(&self) -> Result<LbState, DatapathError> {
+        services::lb_state(&self.lock())
+    }
+
+    fn set_endpoint_policy(
+        &self,
+        ep: &EndpointSpec,
+        policy: &EndpointPolicy,
+    ) -> Result<PolicySyncStats, DatapathError> {
+        policy::set_endpoint_policy(&mut self.lock(), ep, policy)
+    }
+
+    fn endpoint_policy(&self, ep: &EndpointSpec) -> Result<EndpointPolicy, DatapathError> {
+        policy::endpoint_policy(&self.lock(), ep)
+    }
+
+    fn policy_counters(
+        &self,
+        ep: &EndpointSpec,
+    ) -> Result<Vec<PolicyEntryCounters>, DatapathError> {
+        policy::policy_counters(&self.lock(), ep)
+    }
+
+    fn sync_ipcache(&self, desired: &[IpcacheEntry]) -> Result<PolicySyncStats, DatapathError> {
+        policy::sync_ipcache(&mut self.lock(), desired)
+    }
+
+    fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError> {
+        policy::ipcache(&self.lock())
+    }
+
+    fn events_lost(&self) -> u64 {
+        self.lock()
+            .maps
+            .metrics
+            .get(&abi::METRIC_EVENTS_LOST_SLOT, 0)
+            .map(|values| values.iter().map(|v| v.packets).sum())
+            .unwrap_or(0)
+    }
+
+    fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let ifindex = match ifname {
+            Some(name) => {
+                let ifindex = nix::net::if_::if_nametoindex(name).map_err(|e| {
+                    DatapathError::kernel(format!("look up tunnel device {name}"), e)
+                })?;
+                let (prog, at, suffix) = OVERLAY_PROGRAM;
+                let pin = self.link_pin(ifindex, suffix);
+                links::attach_tcx(
+                    &mut inner.overlay,
+                    &mut inner.fresh_links,
+                    prog,
+                    name,
+                    at,
+                    &pin,
+                )?;
+                ifindex
+            }
+            None => 0,
+        };
+        let cfg = NodeConfig {
+            tunnel_ifindex: ifindex,
+            ..NodeConfig::default()
+        };
+        inner
+            .maps
+            .node_cfg
+            .set(0, cfg, 0)
+            .map_err(kernel("write cil_node_cfg"))?;
+        info!(tunnel = ?ifname, ifindex, "overlay configured");
+        Ok(())
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// Removes everything a node's datapath pinned: links (detaching the programs) and maps.
+/// For tear-down of a whole node (tests, the lab); the agent never calls it on its own.
+pub fn purge_node_pins(cfg: &LinuxConfig) -> io::Result<()> {
+    let dir = cfg.pin_dir();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,219 @@
+//! Packet tests of Service load balancing on the per-packet path (`bpf/lxc.c`) and of the
+//! socket-LB programs (`bpf/sock.c`) loading.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn first_packet_to_a_vip_is_translated_and_the_choice_is_remembered() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, None, L4Proto::Tcp));
+    let (v, out) = h.run("from_container", &tcp_ok(POD_A, 41000, VIP, 80, SYN));
+    let (backend, port) = dst_of(&out);
+    assert!(
+        BACKENDS.contains(&backend) && port == 8080,
+        "translated to a backend: {backend}:{port}"
+    );
+    assert_eq!(
+        v,
+        if backend == POD_B {
+            TC_ACT_REDIRECT
+        } else {
+            TC_ACT_OK
+        },
+        "local backends are redirected"
+    );
+    assert_checksums(&out);
+    let svc_entry = h
+        .ct(key(POD_A, 41000, VIP, 80, 6, abi::CT_SERVICE))
+        .expect("service CT entry");
+    assert_eq!(svc_entry.rev_nat_index, 5);
+    let ct = h
+        .ct(key(POD_A, 41000, backend, 8080, 6, abi::CT_EGRESS))
+        .expect("translated CT entry");
+    assert_eq!(ct.rev_nat_index, 5, "replies will be translated back");
+    for _ in 0..20 {
+        let (_, again) = h.run("from_container", &tcp_ok(POD_A, 41000, VIP, 80, ACK));
+        assert_eq!(
+            dst_of(&again),
+            (backend, 8080),
+            "every packet of the connection goes to the same backend"
+        );
+    }
+}
+
+#[test]
+fn new_connections_spread_over_all_backends() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, None, L4Proto::Tcp));
+    let mut seen = std::collections::HashSet::new();
+    for sport in 42000..42060 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        seen.insert(dst_of(&out).0);
+    }
+    assert_eq!(seen.len(), 3, "60 connections reached {seen:?}");
+}
+
+#[test]
+fn replies_from_the_backend_are_translated_back_to_the_vip() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS[1..2], None, L4Proto::Tcp));
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 43000, VIP, 80, SYN));
+    assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
+    let (v, reply) = h.run(
+        "to_container",
+        &tcp_ok(BACKENDS[1], 8080, POD_A, 43000, SYN | ACK),
+    );
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(src_of(&reply), (VIP, 80), "the pod sees the VIP answer");
+    assert_checksums(&reply);
+}
+
+#[test]
+fn events_of_a_translated_connection_carry_its_rev_nat_index_both_ways() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS[1..2], None, L4Proto::Tcp));
+    h.events();
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 47000, VIP, 80, SYN));
+    assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
+    h.run(
+        "to_container",
+        &tcp_ok(BACKENDS[1], 8080, POD_A, 47000, SYN | ACK),
+    );
+    h.run("from_container", &tcp_ok(POD_A, 47000, VIP, 80, FIN | ACK));
+    let evs = h.events();
+    let traces: Vec<(u8, u8, u16)> = evs
+        .iter()
+        .filter(|e| e.kind == abi::EVENT_TRACE)
+        .map(|e| (e.code, e.ct_state, e.rev_nat))
+        .collect();
+    assert_eq!(
+        traces,
+        vec![
+            (3, abi::ct_result::NEW, 5),
+            (0, abi::ct_result::REPLY, 5),
+            (3, abi::ct_result::ESTABLISHED, 5),
+        ],
+        "the packet shows the backend, the event names the frontend"
+    );
+
+    // A connection straight to a pod address names no Service.
+    h.run(
+        "from_container",
+        &tcp_ok(POD_A, 47001, BACKENDS[1], 8080, SYN),
+    );
+    let evs = h.events();
+    assert!(!evs.is_empty());
+    assert!(evs.iter().all(|e| e.rev_nat == 0), "{evs:?}");
+}
+
+#[test]
+fn a_service_without_backends_answers_at_once_and_reports_drop_158() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&[], None, L4Proto::Tcp));
+    let syn = tcp_ok(POD_A, 44000, VIP, 80, SYN);
+    let (v, rst) = h.run("from_container", &syn);
+    assert_eq!(v, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!(rst.len(), 54);
+    assert_eq!((&rst[0..6], &rst[6..12]), (&MAC_A[..], &HOST_MAC_A[..]));
+    assert_eq!(src_of(&rst), (VIP, 80));
+    assert_eq!(dst_of(&rst), (POD_A, 44000));
+    assert_eq!(rst[47] & (RST | ACK), RST | ACK);
+    assert_eq!(
+        u32::from_be_bytes([rst[42], rst[43], rst[44], rst[45]]),
+        1001,
+        "acks the SYN"
+    );
+    assert_checksums(&rst);
+    assert_eq!(h.counter(abi::METRIC_EGRESS, 158), 1);
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| e.kind == abi::EVENT_DROP && e.code == 158));
+
+    h.set_lb(&service(&[], None, L4Proto::Udp));
+    let (v, icmp) = h.run("from_container", &udp(POD_A, 5000, VIP, 80));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(icmp.len(), 14 + 56);
+    assert_eq!(
+        (icmp[23], icmp[34], icmp[35]),
+        (1, 3, 3),
+        "ICMP port unreachable"
+    );
+    assert_eq!(src_of(&icmp).0, VIP);
+    assert_eq!(
+        &icmp[42..62],
+        &udp(POD_A, 5000, VIP, 80)[14..34],
+        "quotes the offending header"
+    );
+    assert_checksums(&icmp);
+    assert_eq!(h.counter(abi::METRIC_EGRESS, 158), 2);
+}
+
+#[test]
+fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, Some(60), L4Proto::Tcp));
+    let (_, first) = h.run("from_container", &tcp_ok(POD_A, 45000, VIP, 80, SYN));
+    let chosen = dst_of(&first).0;
+    for sport in 45001..45030 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        assert_eq!(dst_of(&out).0, chosen, "connection from port {sport}");
+    }
+}
+
+#[test]
+fn removing_a_backend_keeps_the_connections_of_the_others() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS, None, L4Proto::Tcp));
+    let mut conns = Vec::new();
+    for sport in 46000..46030 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        conns.push((sport, dst_of(&out).0));
+    }
+    // Backend 3 leaves: slot 0 says 2 backends, slot 3 disappears, backend 3 is deleted.
+    let mut two = service(&BACKENDS[..2], None, L4Proto::Tcp);
+    two.backends.truncate(2);
+    h.set_lb(&two);
+    h.remove_lb_slot(VIP, 80, 3);
+    let mut be: BpfHashMap<&mut MapData, u32, Lb4Backend> =
+        BpfHashMap::try_from(h.bpf.map_mut(abi::maps::LB4_BE).expect("map")).expect("hash");
+    be.remove(&3).expect("remove backend 3");
+    for (sport, backend) in conns {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, ACK));
+        if backend == BACKENDS[2] {
+            assert_ne!(
+                dst_of(&out).0,
+                BACKENDS[2],
+                "the removed backend gets nothing"
+            );
+        } else {
+            assert_eq!(dst_of(&out).0, backend, "port {sport} stays on its backend");
+        }
+    }
+}
+
+#[test]
+fn socket_lb_programs_load_through_the_verifier() {
+    privileged!();
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique_name("cils"));
+    let loaded = ciliate_datapath::linux::load_socket_programs(&pin_dir);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let bpf = loaded.expect("sock.o loads");
+    for name in [
+        "sock4_connect",
+        "sock4_sendmsg",
+        "sock4_recvmsg",
+        "sock4_getpeername",
+    ] {
+        assert!(bpf.program(name).is_some(), "{name}");
+    }
+}
