@@ -10,6 +10,7 @@
 
 pub mod abi;
 pub mod ct;
+mod error;
 pub mod events;
 pub mod fake;
 pub mod lb;
@@ -74,21 +75,39 @@ pub enum DatapathError {
     /// The environment cannot run the datapath (no bpffs, not root, kernel too old).
     #[error("{0}")]
     Unsupported(String),
+    /// What the operation names does not exist (an interface gone, an endpoint never
+    /// programmed, a pinned object removed): retrying will not help until it is made.
+    #[error("{op}: not found: {source}")]
+    NotFound {
+        /// What was being done.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The kernel refused for now (resource busy, a map full): a later retry can succeed.
+    #[error("{op}: busy: {source}")]
+    Busy {
+        /// What was being done.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An injected failure (tests only).
     #[error("injected failure: {0}")]
     Injected(String),
 }
 
 impl DatapathError {
-    /// Wraps an error with the operation it interrupted.
+    /// Wraps an error with the operation it interrupted, as [`DatapathError::NotFound`],
+    /// [`DatapathError::Busy`] or [`DatapathError::Unsupported`] when its errno says so,
+    /// else [`DatapathError::Kernel`].
     pub fn kernel(
         op: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self::Kernel {
-            op: op.into(),
-            source: Box::new(source),
-        }
+        error::classify(op.into(), Box::new(source))
     }
 }
 

@@ -22,6 +22,17 @@ pub static OVERLAY_OBJECT: &[u8] =
 pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
 /// The socket-LB programs: (name in the object, attach type).
+/// Refuses an object that the build left empty (`CILIATE_BPF_SKIP`), rather than letting the
+/// loader report a parse error.
+fn object(name: &str, bytes: &'static [u8]) -> Result<&'static [u8], DatapathError> {
+    if bytes.is_empty() {
+        return Err(DatapathError::Unsupported(format!(
+            "bpf/{name} was not compiled (built with CILIATE_BPF_SKIP set); rebuild without it"
+        )));
+    }
+    Ok(bytes)
+}
+
 pub(super) const SOCK_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
     ("sock4_connect", CgroupSockAddrAttachType::Connect4),
     ("sock4_sendmsg", CgroupSockAddrAttachType::UDPSendMsg4),
@@ -91,7 +102,7 @@ pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
-        .load(LXC_OBJECT)
+        .load(object("lxc.c", LXC_OBJECT)?)
         .map_err(kernel("load bpf/lxc.c"))?;
     for (name, _, _) in ENDPOINT_PROGRAMS {
         let prog: &mut SchedClassifier = bpf
@@ -113,7 +124,7 @@ pub fn load_overlay_program(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
-        .load(OVERLAY_OBJECT)
+        .load(object("overlay.c", OVERLAY_OBJECT)?)
         .map_err(kernel("load bpf/overlay.c"))?;
     let (name, _, _) = OVERLAY_PROGRAM;
     let prog: &mut SchedClassifier = bpf
@@ -134,7 +145,7 @@ pub fn load_socket_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
-        .load(SOCK_OBJECT)
+        .load(object("sock.c", SOCK_OBJECT)?)
         .map_err(kernel("load bpf/sock.c"))?;
     for (name, _) in SOCK_PROGRAMS {
         let prog: &mut CgroupSockAddr = bpf
