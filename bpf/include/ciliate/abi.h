@@ -269,6 +269,9 @@ struct ipcache_entry {
 #define DROP_WRITE_ERROR 141
 #define DROP_NO_TUNNEL_KEY 147 /* Cilium's: error retrieving tunnel key */
 #define DROP_NO_SERVICE 158
+/* Hubble's "Unknown connection tracking state": an ICMP error that quotes no connection of
+ * the endpoint, refused by its policy. */
+#define DROP_CT_UNKNOWN 163
 #define DROP_POLICY_DENY 181
 
 #define EVENT_CAPTURE_LEN 128

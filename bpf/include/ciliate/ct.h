@@ -37,6 +37,70 @@ static __always_inline int ct_untracked(const struct pkt4 *p)
 	return 0;
 }
 
+/* Whether the ICMP error `p` (at the endpoint whose address is `self_ip`; `egress` when the
+ * endpoint sends it) quotes a connection conntrack holds for that endpoint. The quoted packet
+ * travelled the other way: when the endpoint receives the error it is the endpoint's own
+ * packet (source `self_ip`), either the original direction of a connection it opened
+ * (CT_EGRESS, as quoted) or a reply in one opened towards it (CT_INGRESS, reversed); and
+ * symmetrically when the endpoint sends the error. A quote that cannot be read is unrelated. */
+static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct pkt4 *p,
+					      __u8 egress, __be32 self_ip)
+{
+	__u32 off = p->l4_off + sizeof(struct icmphdr);
+	struct ct_key4 key = {};
+	struct iphdr in;
+	__u8 err_dir = egress ? CT_EGRESS : CT_INGRESS;
+	__u8 quoted_dir = egress ? CT_INGRESS : CT_EGRESS;
+	__be16 ports[2] = {};
+
+	if (bpf_skb_load_bytes(skb, off, &in, sizeof(in)) < 0)
+		return 0;
+	if (in.version != 4 || in.ihl < 5 || (bpf_ntohs(in.frag_off) & IP_OFFSET))
+		return 0;
+	if ((egress ? in.daddr : in.saddr) != self_ip)
+		return 0;
+	off += in.ihl * 4;
+	switch (in.protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return 0;
+		break;
+	case IPPROTO_ICMP: {
+		struct icmphdr ih;
+
+		if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)) < 0)
+			return 0;
+		/* Echoes are tracked by id, as parse_ipv4 places it; errors about errors are not
+		 * answered (RFC 1122), so nothing else can be quoted legitimately. */
+		if (ih.type == ICMP_ECHO)
+			ports[0] = ih.un.echo.id;
+		else if (ih.type == ICMP_ECHOREPLY)
+			ports[1] = ih.un.echo.id;
+		else
+			return 0;
+		break;
+	}
+	default:
+		break;
+	}
+	key.saddr = in.saddr;
+	key.daddr = in.daddr;
+	key.sport = ports[0];
+	key.dport = ports[1];
+	key.proto = in.protocol;
+	key.dir = quoted_dir;
+	if (bpf_map_lookup_elem(&cil_ct4, &key))
+		return 1;
+	key.saddr = in.daddr;
+	key.daddr = in.saddr;
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.dir = err_dir;
+	return bpf_map_lookup_elem(&cil_ct4, &key) != NULL;
+}
+
 static __always_inline __u32 ct_lifetime(const struct ct_entry4 *e, __u8 proto)
 {
 	if (proto != IPPROTO_TCP)

@@ -62,17 +62,22 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	__u32 dst_id = egress ? peer : self->sec_identity;
 	__u16 enforced = egress ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED;
 	struct policy_result res = {};
-	int ct, verdict = 0;
+	int ct, verdict = 0, icmp_unrelated = 0;
 	__u16 sock_rev_nat = 0;
 
 	*report = 0;
 	*svc_out = 0;
 	if (ct_untracked(p)) {
 		*report = 1;
-		/* ICMP errors belong to a connection policy has already judged; other untracked
-		 * packets (fragments, ICMP other than echo) are judged one by one. */
-		if (p->proto == IPPROTO_ICMP && !p->fragment && icmp_is_error(p->icmp_type))
-			return CT_NONE;
+		/* An ICMP error belongs to the connection it quotes, which policy has already
+		 * judged: it passes when that is a connection of this endpoint. Any other (a
+		 * forged or stray one) is judged like other untracked packets (fragments, ICMP
+		 * other than echo), one by one. */
+		if (p->proto == IPPROTO_ICMP && !p->fragment && icmp_is_error(p->icmp_type)) {
+			if (icmp_error_related(skb, p, egress, self->ipv4))
+				return CT_NONE;
+			icmp_unrelated = 1;
+		}
 		ct = CT_NONE;
 	} else {
 		ct = ct_process(p, dir, src_id, skb->len, report, rev_nat, 0, rev_nat_out,
@@ -89,6 +94,9 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	 * Cilium's allow-localhost default. */
 	if (verdict == DROP_POLICY && !egress && peer == IDENTITY_HOST)
 		verdict = 0;
+	/* Say why a default-deny refused it: it quoted no connection of the endpoint. */
+	if (verdict == DROP_POLICY && icmp_unrelated)
+		verdict = DROP_CT_UNKNOWN;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
 		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
 			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out);

@@ -122,6 +122,9 @@ pub const EVENT_DROP: u8 = 1;
 pub const EVENT_TRACE: u8 = 4;
 /// `TRACE_TO_OVERLAY`: a pod's packet handed to the VXLAN device for another node.
 pub const TRACE_TO_OVERLAY: u8 = 4;
+/// `DROP_CT_UNKNOWN`: an ICMP error quoting no connection of the endpoint, refused by its
+/// policy (Hubble's "Unknown connection tracking state").
+pub const DROP_CT_UNKNOWN: u8 = 163;
 /// `DROP_NO_TUNNEL_KEY`: a packet from the overlay whose sender's identity is missing.
 pub const DROP_NO_TUNNEL_KEY: u8 = 147;
 /// Bytes of packet copied into each event.

@@ -197,3 +197,99 @@ fn cidr_identities_come_from_the_ipcache_and_the_host_is_always_admitted() {
         "the node reaches its pods"
     );
 }
+
+// ---- ICMP errors ----
+
+const UNREACHABLE: u8 = 3;
+const TIME_EXCEEDED: u8 = 11;
+
+fn drops(h: &mut Harness, code: u8) -> usize {
+    h.events()
+        .iter()
+        .filter(|e| e.kind == abi::EVENT_DROP && e.code == code)
+        .count()
+}
+
+#[test]
+fn an_icmp_error_quoting_a_connection_of_the_endpoint_passes_a_default_deny() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(&ingress_policy(vec![]), 0);
+    let query = udp(POD_A, 5353, WORLD, 53);
+    assert_eq!(h.run("from_container", &query).0, TC_ACT_OK);
+    let ping = icmp_echo(POD_A, WORLD, false, 7);
+    assert_eq!(h.run("from_container", &ping).0, TC_ACT_OK);
+    h.events();
+    // Port unreachable for the query, time exceeded for the ping (from a router on the way).
+    let err = icmp_error(WORLD, POD_A, UNREACHABLE, 3, &query);
+    assert_eq!(h.run("to_container", &err).0, TC_ACT_OK);
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let err = icmp_error(router, POD_A, TIME_EXCEEDED, 0, &ping);
+    assert_eq!(h.run("to_container", &err).0, TC_ACT_OK);
+    assert_eq!(drops(&mut h, 163), 0);
+}
+
+#[test]
+fn a_forged_icmp_error_is_judged_by_policy_and_dropped_with_163() {
+    privileged!();
+    let mut h = Harness::new();
+    let b_query = udp(POD_B, 5353, WORLD, 53);
+    h.set_policy_a(&ingress_policy(vec![]), 0);
+    // Nothing tracked for this tuple.
+    let forged = icmp_error(WORLD, POD_A, UNREACHABLE, 3, &udp(POD_A, 5354, WORLD, 53));
+    assert_eq!(h.run("to_container", &forged).0, TC_ACT_SHOT);
+    assert_eq!(
+        drops(&mut h, 163),
+        1,
+        "dropped with its reason and an event"
+    );
+    assert_eq!(h.counter(abi::METRIC_INGRESS, 163), 1);
+    // Quoting a tracked connection of another endpoint does not make it A's.
+    let key_b = key(POD_B, 5353, WORLD, 53, 17, abi::CT_EGRESS);
+    let mut ct: BpfHashMap<&mut MapData, CtKey4, CtEntry4> =
+        BpfHashMap::try_from(h.bpf.map_mut(abi::maps::CT4).expect("map")).expect("hash");
+    let entry = CtEntry4 {
+        expires: now_secs() + 60,
+        ..CtEntry4::default()
+    };
+    ct.insert(key_b, entry, 0).expect("B's connection");
+    let stolen = icmp_error(WORLD, POD_A, UNREACHABLE, 3, &b_query);
+    assert_eq!(h.run("to_container", &stolen).0, TC_ACT_SHOT);
+    // A truncated quote is unrelated too.
+    let mut short = icmp_error(WORLD, POD_A, UNREACHABLE, 3, &b_query);
+    short.truncate(14 + 20 + 8 + 10);
+    short[16..18].copy_from_slice(&((20 + 8 + 10) as u16).to_be_bytes());
+    assert_eq!(h.run("to_container", &short).0, TC_ACT_SHOT);
+    // An explicit allow of ICMP type 3 from the world admits it, like any packet.
+    h.set_policy_a(
+        &ingress_policy(vec![rule(2, false, Some(1), 3, 16, false)]),
+        1,
+    );
+    assert_eq!(h.run("to_container", &forged).0, TC_ACT_OK);
+}
+
+#[test]
+fn an_icmp_error_the_endpoint_sends_about_a_connection_towards_it_passes_its_egress_policy() {
+    privileged!();
+    let mut h = Harness::new();
+    let syn = tcp_ok(WORLD, 40000, POD_A, 80, SYN);
+    assert_eq!(h.run("to_container", &syn).0, TC_ACT_OK);
+    h.set_policy_a(
+        &EndpointPolicy {
+            egress_enforced: true,
+            ..EndpointPolicy::default()
+        },
+        1,
+    );
+    let err = icmp_error(POD_A, WORLD, UNREACHABLE, 3, &syn);
+    assert_eq!(h.run("from_container", &err).0, TC_ACT_OK);
+    let other = icmp_error(
+        POD_A,
+        WORLD,
+        UNREACHABLE,
+        3,
+        &tcp_ok(WORLD, 40001, POD_A, 80, SYN),
+    );
+    assert_eq!(h.run("from_container", &other).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, 163), 1);
+}

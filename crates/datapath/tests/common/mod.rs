@@ -472,3 +472,14 @@ impl Harness {
         ]);
     }
 }
+
+/// An ICMP error of `icmp_type`/`code` from `src` to `dst` quoting `quoted` (a frame built by
+/// the helpers above: its IPv4 header and the first 8 bytes after it are quoted, as RFC 792
+/// asks).
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut i = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    i.extend_from_slice(&quoted[14..14 + 28]);
+    let c = csum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 1, &i)
+}
