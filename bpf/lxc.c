@@ -31,6 +31,7 @@
 #include "ciliate/policy.h"
 #include "ciliate/overlay.h"
 #include "ciliate/endpoint.h"
+#include "ciliate/arp.h"
 
 #define LB_NONE 0
 #define LB_XLATED 1
@@ -125,8 +126,15 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 
 	rc = parse_ipv4(skb, &p);
-	if (rc == PARSE_PASS)
+	if (rc == PARSE_PASS) {
+		__u8 gw_mac[ETH_ALEN];
+
+		/* The gateway's ARP answer goes straight back into the pod. */
+		__builtin_memcpy(gw_mac, self->host_mac, ETH_ALEN);
+		if (arp_gateway_reply(skb, gw_mac))
+			return bpf_redirect(ifindex, 0);
 		return TC_ACT_OK;
+	}
 	if (rc)
 		return drop(skb, METRIC_EGRESS, parse_drop_reason(rc), self->ep_id,
 			    self->sec_identity, 0, CT_NONE);

@@ -173,6 +173,53 @@ fn arp_passes_and_ipv6_is_dropped_unmodified_with_a_reason() {
         .all(|e| e.kind == abi::EVENT_DROP && e.code == 139));
 }
 
+/// An Ethernet/IPv4 ARP packet.
+fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    let mut p = eth([0xff; 6], sha, 0x0806);
+    p.extend_from_slice(&[0, 1, 0x08, 0, 6, 4]);
+    p.extend_from_slice(&op.to_be_bytes());
+    p.extend_from_slice(&sha);
+    p.extend_from_slice(&spa.octets());
+    p.extend_from_slice(&tha);
+    p.extend_from_slice(&tpa.octets());
+    p
+}
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+#[test]
+fn an_arp_request_for_the_gateway_is_answered_back_into_the_pod() {
+    privileged!();
+    let mut h = Harness::new();
+    let req = arp(1, MAC_A, POD_A, [0; 6], GATEWAY);
+    let (v, out) = h.run("from_container", &req);
+    assert_eq!(v, TC_ACT_REDIRECT, "sent back out the pod's own veth");
+    let mut want = eth(MAC_A, HOST_MAC_A, 0x0806);
+    want.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
+    want.extend_from_slice(&HOST_MAC_A);
+    want.extend_from_slice(&GATEWAY.octets());
+    want.extend_from_slice(&MAC_A);
+    want.extend_from_slice(&POD_A.octets());
+    assert_eq!(
+        out, want,
+        "an ARP reply: the gateway is at the host veth's MAC"
+    );
+    // On the way into the pod the reply passes to_container untouched.
+    assert_eq!(h.run("to_container", &out), (TC_ACT_OK, want));
+    // Requests for other addresses, replies, and gratuitous ARP pass as they were.
+    for other in [
+        arp(1, MAC_A, POD_A, [0; 6], Ipv4Addr::new(169, 254, 1, 2)),
+        arp(2, MAC_A, POD_A, HOST_MAC_A, GATEWAY),
+        arp(1, MAC_A, POD_A, [0; 6], POD_A),
+    ] {
+        assert_eq!(h.run("from_container", &other), (TC_ACT_OK, other));
+    }
+    // Truncated: left alone.
+    let short = req[..30].to_vec();
+    assert_eq!(h.run("from_container", &short), (TC_ACT_OK, short));
+    assert!(h.events().is_empty(), "ARP is not reported");
+}
+
 #[test]
 fn truncated_and_malformed_packets_are_dropped_with_a_reason() {
     privileged!();

@@ -323,3 +323,41 @@ fn two_hundred_add_del_cycles_leak_nothing() {
     // A /28 holds 13 pod addresses: 200 cycles only pass if every address came back.
     assert_clean(&node, &base_links);
 }
+
+#[test]
+fn a_pod_that_lost_its_gateway_neighbour_entry_gets_it_back_by_arp() {
+    privileged!();
+    let node = Node::start("10.201.9.0/24");
+    let a = node.add_pod("arp-client", "app=client");
+    let b = node.add_pod("arp-server", "app=server");
+    let host_mac = a.result["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .find(|i| i.get("sandbox").is_none())
+        .and_then(|i| i["mac"].as_str())
+        .expect("the host veth in the result")
+        .to_lowercase();
+    // The CNI plugin's permanent entry goes (an operator, a tool flushing neighbours).
+    a.netns
+        .exec("ip", &["neigh", "del", "169.254.1.1", "dev", "eth0"]);
+    let before = a
+        .netns
+        .exec("ip", &["neigh", "show", "169.254.1.1", "dev", "eth0"]);
+    assert!(!before.contains("lladdr"), "entry still there: {before}");
+    // The pod asks by ARP; from_container answers for the gateway.
+    assert!(
+        a.ping(b.ip, 2),
+        "ping client -> server after losing the entry"
+    );
+    let after = a
+        .netns
+        .exec("ip", &["neigh", "show", "169.254.1.1", "dev", "eth0"]);
+    assert!(
+        after.contains(&format!("lladdr {host_mac}")),
+        "the gateway resolved to the host veth {host_mac}: {after}"
+    );
+    for p in [&a, &b] {
+        assert!(node.del_pod(p).ok, "DEL {}", p.name);
+    }
+}
