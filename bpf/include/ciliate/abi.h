@@ -173,7 +173,7 @@ struct lb4_affinity_key {
 struct lb4_affinity_val {
 	__u64 last_used; /* seconds, CLOCK_MONOTONIC */
 	__u32 backend_id;
-	__u32 pad;
+	__u32 slot; /* the frontend slot it was picked from: where it is looked for first */
 };
 
 /* Socket LB: which VIP a connected/sent-to backend stands for, per socket. */

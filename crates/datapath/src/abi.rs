@@ -334,8 +334,8 @@ pub struct Lb4AffinityVal {
     pub last_used: u64,
     /// Backend.
     pub backend_id: u32,
-    /// Padding.
-    pub pad: u32,
+    /// The frontend slot it was picked from, where it is looked for first.
+    pub slot: u32,
 }
 
 /// The matched data of `struct policy_key` (after its `prefixlen`): all in network order.

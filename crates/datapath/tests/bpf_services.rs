@@ -217,3 +217,52 @@ fn socket_lb_programs_load_through_the_verifier() {
         assert!(bpf.program(name).is_some(), "{name}");
     }
 }
+
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+/// Two ClientIP-affinity frontends, VIP:80 over backend ids `first` and VIP2:80 over
+/// `second`, sharing the backends 1 (BACKENDS[0]) and 2 (BACKENDS[1]).
+fn two_services(first: &[u32], second: &[u32]) -> LbState {
+    let mut state = service(&BACKENDS[..2], Some(600), L4Proto::Tcp);
+    state.frontends[0].backends = first.to_vec();
+    let mut other = state.frontends[0].clone();
+    other.addr = VIP2;
+    other.rev_nat_index = 6;
+    other.backends = second.to_vec();
+    other.service.name = "other".into();
+    state.frontends.push(other);
+    state
+}
+
+#[test]
+fn affinity_follows_a_backend_only_while_it_is_in_the_frontend() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&two_services(&[1], &[1]));
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 46000, VIP, 80, SYN));
+    assert_eq!(dst_of(&out).0, BACKENDS[0]);
+    // The backend moves to another slot of the frontend: still affine.
+    h.set_lb(&two_services(&[2, 1], &[1]));
+    for sport in 46001..46010 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        assert_eq!(dst_of(&out).0, BACKENDS[0], "from port {sport}");
+    }
+    // It leaves the frontend (it is still a backend of the other one, so its backend entry
+    // stays and is active): new connections go to the frontend's own backend, and the
+    // affinity is rewritten to it.
+    h.remove_lb_slot(VIP, 80, 2);
+    h.set_lb(&two_services(&[2], &[1]));
+    for sport in 46010..46020 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        assert_eq!(dst_of(&out).0, BACKENDS[1], "from port {sport}");
+    }
+    // The other frontend still reaches it.
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 46100, VIP2, 80, SYN));
+    assert_eq!(dst_of(&out).0, BACKENDS[0]);
+    // Coming back does not move the client: its affinity is now backend 2.
+    h.set_lb(&two_services(&[1, 2], &[1]));
+    for sport in 46020..46030 {
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, sport, VIP, 80, SYN));
+        assert_eq!(dst_of(&out).0, BACKENDS[1], "from port {sport}");
+    }
+}
