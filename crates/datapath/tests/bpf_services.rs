@@ -266,3 +266,67 @@ fn affinity_follows_a_backend_only_while_it_is_in_the_frontend() {
         assert_eq!(dst_of(&out).0, BACKENDS[1], "from port {sport}");
     }
 }
+
+/// The backend the affinity map holds for rev-NAT index 5 (VIP:80), if any.
+fn affine_backend(h: &Harness) -> Option<u32> {
+    let m: BpfHashMap<&MapData, Lb4AffinityKey, Lb4AffinityVal> =
+        BpfHashMap::try_from(h.bpf.map(abi::maps::LB4_AFF).expect("map")).expect("hash");
+    let found: Vec<u32> = m
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.rev_nat_index == 5)
+        .map(|(_, v)| v.backend_id)
+        .collect();
+    assert!(found.len() <= 1, "one client, one entry: {found:?}");
+    found.first().copied()
+}
+
+/// A cgroup with the socket-LB programs attached, removed on drop.
+struct SockLb {
+    cgroup: PathBuf,
+    _bpf: Ebpf,
+}
+
+impl Drop for SockLb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+#[test]
+fn socket_lb_affinity_follows_a_backend_only_while_it_is_in_the_frontend() {
+    privileged!();
+    let Some(cgroup_root) = ciliate_datapath::linux::cgroup2_mount() else {
+        panic!("cgroup v2 is not mounted");
+    };
+    let mut h = Harness::new();
+    let cgroup = cgroup_root.join(unique_name("cilaf"));
+    let bpf = ciliate_datapath::linux::attach_socket_lb(&h.pin_dir, &cgroup).expect("attach");
+    let sock = SockLb { cgroup, _bpf: bpf };
+    let ns = ciliate_testutil::TestNetns::new("cilaf");
+    for b in &BACKENDS[..2] {
+        ns.exec("ip", &["addr", "add", &format!("{b}/32"), "dev", "lo"]);
+    }
+    // connect() from a process of the cgroup; nothing listens, the backend refuses: only the
+    // socket program's choice matters here.
+    let connect = || {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} bash -c 'exec 3<>/dev/tcp/{VIP}/80' 2>/dev/null",
+            sock.cgroup.display(),
+            ns.path()
+        );
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .expect("sh");
+    };
+    h.set_lb(&two_services(&[1], &[1]));
+    connect();
+    assert_eq!(affine_backend(&h), Some(1));
+    // Backend 1 leaves VIP:80 but stays a (live) backend of VIP2:80.
+    h.set_lb(&two_services(&[2], &[1]));
+    connect();
+    assert_eq!(affine_backend(&h), Some(2), "a new pick, written back");
+    connect();
+    assert_eq!(affine_backend(&h), Some(2));
+}

@@ -4,7 +4,7 @@
 //! BPF_PROG_TEST_RUN runs a tc program on the loopback device (ifindex 1) of the test's
 //! network namespace, so the endpoint under test is registered at ifindex 1.
 // Each test binary uses a different part of this module.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use std::net::Ipv4Addr;
 pub use std::path::PathBuf;
@@ -17,7 +17,9 @@ pub use ciliate_datapath::abi::{
     self, CtEntry4, CtKey4, EndpointInfo, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
     MetricsValue, RawEvent,
 };
-pub use ciliate_datapath::abi::{IpcacheValue, PolicyKeyData, PolicyValue};
+pub use ciliate_datapath::abi::{
+    IpcacheValue, Lb4AffinityKey, Lb4AffinityVal, PolicyKeyData, PolicyValue,
+};
 pub use ciliate_datapath::policy_map;
 pub use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, MatchKind, PolicyMapEntry};
 pub use ciliate_model::lb::{
