@@ -1,6 +1,7 @@
 //! `POST /v1/manifests` and `POST /v1/policies/validate`: one batch of documents, dispatched by
 //! kind to the policy store (NetworkPolicy, CiliumNetworkPolicy,
-//! CiliumClusterwideNetworkPolicy) and the Service store (everything else), all or nothing.
+//! CiliumClusterwideNetworkPolicy) and the Service store (everything else, Namespaces too,
+//! whose labels then go to the policy store), all or nothing.
 //!
 //! The policy part is checked and prepared first (holding the policy store's change lock),
 //! then the Services are applied, then the policies committed: a batch where either part is
@@ -99,6 +100,10 @@ pub fn apply(
             delete: req.delete,
         })?
     };
+    // Namespace labels are part of pods' identity labels: a change of them is a change of
+    // policy, in force before the answer like one.
+    let namespaces_changed = policies.set_namespaces(services.namespace_labels());
+    let mut reconcile = namespaces_changed;
     if let Some(prepared) = prepared {
         let committed = policies.commit(prepared).map_err(|e| match e {
             PolicyError::Invalid(errors) => ApplyError::Invalid(errors),
@@ -106,14 +111,15 @@ pub fn apply(
         })?;
         result.policies = committed.outcomes;
         result.warnings.extend(committed.warnings);
-        if committed.changed {
-            if let Err(e) = endpoints.reconcile_policy() {
-                result.warnings.push(format!(
-                    "the policies are applied but could not be put in force yet: {e}; the \
-                     agent retries every {}s",
-                    POLL_INTERVAL.as_secs()
-                ));
-            }
+        reconcile |= committed.changed;
+    }
+    if reconcile {
+        if let Err(e) = endpoints.reconcile_policy() {
+            result.warnings.push(format!(
+                "the policies are applied but could not be put in force yet: {e}; the \
+                 agent retries every {}s",
+                POLL_INTERVAL.as_secs()
+            ));
         }
     }
     Ok(result)

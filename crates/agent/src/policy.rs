@@ -26,6 +26,7 @@
 //!
 //! The methods block (fsync, datapath syscalls): async callers use `spawn_blocking`.
 
+pub mod namespaces;
 pub mod store;
 pub mod trace;
 
@@ -52,6 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::services::manifest_dir;
 use crate::state::StateError;
+use namespaces::NamespaceLabels;
 use store::{PersistedPolicies, PolicyStore, POLICIES_VERSION};
 
 /// `source` of the policies applied through the API.
@@ -373,7 +375,10 @@ pub struct PolicyManager {
     /// What other nodes of the cluster hold (multi-node): their endpoints' identities and
     /// addresses.
     cluster: Mutex<ClusterInputs>,
-    /// Bumped on every change of policies, node addresses or the cluster.
+    /// The labels of the Namespace objects in force (from the Service store), added to
+    /// identities' labels (see [`namespaces`]).
+    namespaces: Mutex<NamespaceLabels>,
+    /// Bumped on every change of policies, node addresses, namespaces or the cluster.
     generation: AtomicU64,
 }
 
@@ -450,6 +455,7 @@ impl PolicyManager {
             engine: Mutex::new(engine),
             addresses: Mutex::new(addresses),
             cluster: Mutex::default(),
+            namespaces: Mutex::default(),
             reconcile_lock: Mutex::new(()),
             health: Mutex::new(Health::default()),
             generation: AtomicU64::new(1),
@@ -696,12 +702,30 @@ impl PolicyManager {
         true
     }
 
+    /// Sets the labels of the Namespace objects in force; returns whether they changed (then
+    /// the policies must be reconciled: selectors on namespace labels may select other pods).
+    pub fn set_namespaces(&self, next: NamespaceLabels) -> bool {
+        let mut cur = lock(&self.namespaces);
+        if *cur == next {
+            return false;
+        }
+        *cur = next;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
     /// `local` (the node's endpoint identities) with the cluster's added: a label set has one
     /// number cluster-wide, so the two never disagree; the node's own win if they ever did.
+    /// Every identity carries its namespace's labels (see [`namespaces`]).
     pub fn with_cluster_identities(&self, local: &IdentityLabels) -> IdentityLabels {
         let mut all = lock(&self.cluster).identities.clone();
         all.extend(local.iter().map(|(id, l)| (*id, l.clone())));
-        all
+        namespaces::identities_with_namespace_labels(all, &lock(&self.namespaces))
+    }
+
+    /// `labels` of an endpoint's identity with its namespace's labels, as policy sees them.
+    pub fn effective_labels(&self, labels: &Labels) -> Labels {
+        namespaces::with_namespace_labels(labels, &lock(&self.namespaces))
     }
 
     /// The node's own addresses.
@@ -859,8 +883,9 @@ impl PolicyManager {
         let docs = lock(&self.docs);
         let mut selecting: BTreeMap<PolicyRef, usize> = BTreeMap::new();
         {
+            let identities = self.with_cluster_identities(&node.identities);
             let mut engine = lock(&self.engine);
-            let resolved = engine.resolve(&node.identities, &node.named_ports);
+            let resolved = engine.resolve(&identities, &node.named_ports);
             let mut per_identity: BTreeMap<NumericIdentity, usize> = BTreeMap::new();
             for ep in &node.endpoints {
                 *per_identity.entry(ep.identity).or_default() += 1;
@@ -946,7 +971,7 @@ impl PolicyManager {
             return Some(r.labels());
         }
         if let Some(l) = lock(&self.cluster).identities.get(&id) {
-            return Some(l.clone());
+            return Some(self.effective_labels(l));
         }
         self.cidr_identities()
             .into_iter()

@@ -321,6 +321,8 @@ async fn run_inner(
             .map_err(|e| AgentError::Panicked(e.to_string()))??;
     let policies = Arc::new(policies);
     refresh_node_addresses(&policies).await;
+    // semantics (#12): Namespace objects' labels reach policy through the Service store.
+    services.attach_policy(Arc::clone(&policies));
     manager.attach_policy(Arc::clone(&policies));
     let m = Arc::clone(&manager);
     let reconciled = tokio::task::spawn_blocking(move || m.reconcile_policy())

@@ -17,6 +17,10 @@
 //! A failed sync is reported (log, status) and retried on the next change or poll; the
 //! objects stay applied.
 //!
+//! `v1/Namespace` objects are stored here too (same sources, same persistence); their labels
+//! are handed to the policy store ([`ServiceManager::attach_policy`]), which adds them to
+//! pods' identity labels.
+//!
 //! The methods block (fsync, datapath syscalls): async callers use `spawn_blocking`.
 
 pub mod manifest_dir;
@@ -26,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ciliate_datapath::Datapath;
@@ -161,6 +165,8 @@ pub struct ServiceManager {
     health: Mutex<Health>,
     /// Serialises datapath syncs, so that a slow one is never overtaken by an older state.
     sync_lock: Mutex<()>,
+    /// The policy store, told the namespaces' labels after every change.
+    policy: OnceLock<Arc<crate::policy::PolicyManager>>,
 }
 
 impl fmt::Debug for ServiceManager {
@@ -276,6 +282,7 @@ impl ServiceManager {
             }),
             health: Mutex::new(Health::default()),
             sync_lock: Mutex::new(()),
+            policy: OnceLock::new(),
             settings,
         };
         if !manager.reload_dir() {
@@ -292,6 +299,28 @@ impl ServiceManager {
     /// The settings in force.
     pub fn settings(&self) -> &ServiceSettings {
         &self.settings
+    }
+
+    /// The labels of the Namespace objects in force, by name.
+    pub fn namespace_labels(&self) -> crate::policy::namespaces::NamespaceLabels {
+        let t = lock(&self.tables);
+        crate::policy::namespaces::namespace_labels(effective(&t.dir, &t.api))
+    }
+
+    /// Hands the namespaces' labels to `policy`, now and after every change of them (the
+    /// policy loop reconciles; `POST /v1/manifests` does before it answers). Returns whether
+    /// they changed what policy knew.
+    pub fn attach_policy(&self, policy: Arc<crate::policy::PolicyManager>) -> bool {
+        let policy = self.policy.get_or_init(|| policy);
+        policy.set_namespaces(self.namespace_labels())
+    }
+
+    /// Tells the attached policy store the namespaces' labels; whether they changed.
+    pub fn push_namespaces(&self) -> bool {
+        match self.policy.get() {
+            Some(p) => p.set_namespaces(self.namespace_labels()),
+            None => false,
+        }
     }
 
     fn save(&self, api: &Objects, dir: &Objects, ids: &IdAllocator) -> Result<(), StateError> {
@@ -596,7 +625,9 @@ impl ServiceManager {
     /// One poll: re-reads the manifest directory if it changed, and syncs the datapath when
     /// it does not hold the current state (a change, or a failed sync to retry).
     pub fn tick(&self) {
-        self.reload_dir();
+        if self.reload_dir() {
+            self.push_namespaces();
+        }
         let generation = lock(&self.tables).generation;
         let needed = {
             let h = lock(&self.health);

@@ -81,6 +81,7 @@ fn harness_with(cidr: &str) -> Harness {
         .expect("policies"),
     );
     let manager = Arc::new(manager);
+    services.attach_policy(Arc::clone(&policies));
     manager.attach_policy(Arc::clone(&policies));
     manager.reconcile_policy().expect("reconciles");
     let (tx, rx) = watch::channel(false);
@@ -967,5 +968,127 @@ async fn trace_answers_the_verdict_and_the_deciding_rule() {
             .await,
         StatusCode::NOT_FOUND,
         "not-found",
+    );
+}
+
+/// Whether the BPF policy of `endpoint` (as the fake datapath holds it) admits ingress from
+/// `identity` on TCP `port`, judged as the BPF program judges it.
+async fn bpf_allows_ingress(h: &Harness, endpoint: &Value, identity: u64, port: u16) -> bool {
+    let (s, view) = h.get(&format!("/v1/bpf/policy/{endpoint}")).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    let view: ciliate_model::policy_api::BpfPolicyView =
+        serde_json::from_value(view).expect("a BPF policy view");
+    let policy = ciliate_model::bpf_policy::EndpointPolicy {
+        ingress_enforced: view.ingress_enforced,
+        egress_enforced: view.egress_enforced,
+        entries: view.entries.into_iter().map(|e| e.entry).collect(),
+    };
+    let identity = u32::try_from(identity).expect("an identity");
+    ciliate_policy::map::datapath_verdict(&policy, false, identity, 6, port).is_none()
+}
+
+const FROM_TEAM_A: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-team-a, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: a}}}]
+";
+
+#[tokio::test]
+async fn namespace_objects_label_their_pods_for_policy() {
+    let h = harness();
+    let (s, web) = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{web}");
+    let mut client = create_body("c2", 6);
+    client["pod"] = json!({"namespace": "beta", "name": "client"});
+    client["labels"] = json!(["k8s:app=client"]);
+    let (s, client) = h.call(Method::POST, "/v1/endpoints", Some(client)).await;
+    assert_eq!(s, StatusCode::CREATED, "{client}");
+    let client_id = client["endpoint"]["identity"].as_u64().expect("identity");
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", FROM_TEAM_A, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let trace = "/v1/policy/trace?src=beta/client&dst=default/web-c1&dport=80";
+    let (_, t) = h.get(trace).await;
+    assert_eq!(
+        t["allowed"], false,
+        "no Namespace object: beta has no labels: {t}"
+    );
+    assert!(!bpf_allows_ingress(&h, &web["endpoint"]["id"], client_id, 80).await);
+
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: beta, labels: {team: a}}\n";
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("ns.yaml", ns, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["results"][0]["kind"], "Namespace", "{r}");
+    assert_eq!(r["results"][0]["action"], "created", "{r}");
+    let (_, t) = h.get(trace).await;
+    assert_eq!(t["allowed"], true, "{t}");
+    // In force in the endpoint's maps before the answer, under the same identity number.
+    assert!(bpf_allows_ingress(&h, &web["endpoint"]["id"], client_id, 80).await);
+    let (_, ep) = h
+        .get(&format!("/v1/endpoints/{}", client["endpoint"]["id"]))
+        .await;
+    assert_eq!(ep["identity"], client_id, "{ep}");
+
+    // Relabelling the namespace takes its pods out again; deleting it too.
+    let relabelled = ns.replace("team: a", "team: b");
+    h.call(
+        Method::POST,
+        "/v1/manifests",
+        Some(apply_body("ns.yaml", &relabelled, false)),
+    )
+    .await;
+    assert!(!bpf_allows_ingress(&h, &web["endpoint"]["id"], client_id, 80).await);
+    h.call(
+        Method::POST,
+        "/v1/manifests",
+        Some(apply_body("ns.yaml", ns, false)),
+    )
+    .await;
+    assert!(bpf_allows_ingress(&h, &web["endpoint"]["id"], client_id, 80).await);
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("ns.yaml", ns, true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(!bpf_allows_ingress(&h, &web["endpoint"]["id"], client_id, 80).await);
+
+    // A bad Namespace is refused with its field.
+    let (s, r) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body(
+                "ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad}\n",
+                false,
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ns.yaml: document 1 (Namespace Bad): metadata.name")),
+        "{r}"
     );
 }

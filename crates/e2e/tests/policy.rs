@@ -926,3 +926,66 @@ fn named_ports_open_the_port_the_pod_declares() {
         1
     );
 }
+
+/// A Namespace object's labels are its pods' (#12): a namespaceSelector on them admits the
+/// namespace's pods once `ciliate apply` gives it the label, and no longer once it loses it.
+#[test]
+fn namespace_labels_from_namespace_objects_select_pods() {
+    privileged!();
+    let node = Node::start("10.231.0.0/24");
+    let db = node.add_pod_in("prod", "db", "app=db");
+    let web = node.add_pod_in("frontend", "web", "app=web");
+    db.echo_server(5432);
+    let monitor = Monitor::start(&node);
+    import(
+        &node,
+        "netpol.yaml",
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-team-front, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {team: front}}
+    ports: [{protocol: TCP, port: 5432}]
+"#,
+    );
+    let db_dst = (db.ip, "prod/db");
+    cell(
+        &node,
+        &monitor,
+        (&web, "frontend/web"),
+        db_dst,
+        5432,
+        Some(133),
+    );
+    let apply_ns = |team: &str| {
+        let path = node.state.path().join("ns.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: frontend, labels: {{team: {team}}}}}\n"
+            ),
+        )
+        .expect("write namespace");
+        let out = run_cli(&node, &["apply", "-f", path.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "apply namespace: {}", text(&out));
+        assert!(
+            text(&out).contains("namespace/frontend"),
+            "apply names the namespace: {}",
+            text(&out)
+        );
+    };
+    apply_ns("front");
+    cell(&node, &monitor, (&web, "frontend/web"), db_dst, 5432, None);
+    apply_ns("back");
+    cell(
+        &node,
+        &monitor,
+        (&web, "frontend/web"),
+        db_dst,
+        5432,
+        Some(133),
+    );
+}

@@ -139,6 +139,8 @@ pub fn compute<'a>(
             }
             Object::EndpointSlice(s) => slices.push(s),
             Object::Endpoints(e) => converted.extend(e.to_slices()),
+            // Namespaces matter to policy only.
+            Object::Namespace(_) => {}
         }
     }
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();

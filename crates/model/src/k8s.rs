@@ -1,5 +1,6 @@
-//! The Kubernetes objects Ciliate's load balancer reads, as Kubernetes writes them:
-//! `v1/Service`, `discovery.k8s.io/v1/EndpointSlice` and `v1/Endpoints`.
+//! The Kubernetes objects Ciliate reads, as Kubernetes writes them: `v1/Service`,
+//! `discovery.k8s.io/v1/EndpointSlice` and `v1/Endpoints` for the load balancer, and
+//! `v1/Namespace` for the namespace labels policies select on.
 //!
 //! Field names are Kubernetes' own (camelCase, `clusterIP`, `externalIPs`, ...), so manifests
 //! written for kubectl, and what `kubectl get -o yaml` prints, load unchanged. Only the fields
@@ -55,16 +56,23 @@ pub enum Kind {
     EndpointSlice,
     /// `v1/Endpoints`.
     Endpoints,
+    /// `v1/Namespace` (cluster-scoped: its key's namespace is empty).
+    Namespace,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed to users.
-    pub const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Endpoints];
+    pub const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Endpoints,
+        Kind::Namespace,
+    ];
 
     /// The `apiVersion` objects of this kind carry.
     pub fn api_version(self) -> &'static str {
         match self {
-            Self::Service | Self::Endpoints => "v1",
+            Self::Service | Self::Endpoints | Self::Namespace => "v1",
             Self::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
@@ -75,6 +83,7 @@ impl Kind {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Endpoints => "Endpoints",
+            Self::Namespace => "Namespace",
         }
     }
 
@@ -84,7 +93,13 @@ impl Kind {
             Self::Service => "service",
             Self::EndpointSlice => "endpointslice",
             Self::Endpoints => "endpoints",
+            Self::Namespace => "namespace",
         }
+    }
+
+    /// Whether its objects live in a namespace (all but `Namespace`).
+    pub fn is_namespaced(self) -> bool {
+        self != Self::Namespace
     }
 
     /// The kind with this `apiVersion` and `kind`.
@@ -115,7 +130,11 @@ pub struct ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.kind.is_namespaced() {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        } else {
+            write!(f, "{} {}", self.kind, self.name)
+        }
     }
 }
 
@@ -431,6 +450,27 @@ pub struct Service {
     pub status: ServiceStatus,
 }
 
+/// The label Kubernetes puts on every namespace, with the namespace's name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// `v1/Namespace`: only its labels matter (namespace selectors of policies select on them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    /// Name and labels; `metadata.namespace` is ignored, as Kubernetes ignores it on
+    /// cluster-scoped objects.
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: ObjectMeta,
+}
+
+impl Namespace {
+    /// Its labels with `kubernetes.io/metadata.name`, which Kubernetes always sets to the name.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut out = self.metadata.labels.clone();
+        out.insert(NAMESPACE_NAME_LABEL.to_owned(), self.metadata.name.clone());
+        out
+    }
+}
+
 /// `addressType` of an EndpointSlice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AddressType {
@@ -662,6 +702,8 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     /// An Endpoints.
     Endpoints(Endpoints),
+    /// A Namespace.
+    Namespace(Namespace),
 }
 
 impl Object {
@@ -671,6 +713,7 @@ impl Object {
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Endpoints(_) => Kind::Endpoints,
+            Self::Namespace(_) => Kind::Namespace,
         }
     }
 
@@ -680,6 +723,7 @@ impl Object {
             Self::Service(o) => &o.metadata,
             Self::EndpointSlice(o) => &o.metadata,
             Self::Endpoints(o) => &o.metadata,
+            Self::Namespace(o) => &o.metadata,
         }
     }
 
@@ -689,6 +733,7 @@ impl Object {
             Self::Service(o) => &mut o.metadata,
             Self::EndpointSlice(o) => &mut o.metadata,
             Self::Endpoints(o) => &mut o.metadata,
+            Self::Namespace(o) => &mut o.metadata,
         }
     }
 
@@ -708,6 +753,7 @@ impl Object {
             Self::Service(o) => serde_json::to_value(o),
             Self::EndpointSlice(o) => serde_json::to_value(o),
             Self::Endpoints(o) => serde_json::to_value(o),
+            Self::Namespace(o) => serde_json::to_value(o),
         };
         let mut out = serde_json::Map::new();
         out.insert("apiVersion".into(), self.kind().api_version().into());

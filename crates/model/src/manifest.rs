@@ -23,9 +23,9 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::k8s::{
-    AddressType, EndpointPort, EndpointSlice, Endpoints, IntOrString, Kind, Object, ObjectKey,
-    ObjectMeta, Service, ServiceType, SessionAffinity, DEFAULT_NAMESPACE, MAX_AFFINITY_TIMEOUT,
-    SERVICE_NAME_LABEL,
+    AddressType, EndpointPort, EndpointSlice, Endpoints, IntOrString, Kind, Namespace, Object,
+    ObjectKey, ObjectMeta, Service, ServiceType, SessionAffinity, DEFAULT_NAMESPACE,
+    MAX_AFFINITY_TIMEOUT, NAMESPACE_NAME_LABEL, SERVICE_NAME_LABEL,
 };
 
 /// One document of a manifest, as the CLI sends it to `POST /v1/manifests`.
@@ -307,6 +307,7 @@ pub fn describe(v: &serde_json::Value) -> String {
         (true, true) => String::new(),
         (false, true) => kind.to_owned(),
         (true, false) => format!("{namespace}/{name}"),
+        (false, false) if kind == Kind::Namespace.as_str() => format!("{kind} {name}"),
         (false, false) => format!("{kind} {namespace}/{name}"),
     }
 }
@@ -347,7 +348,7 @@ fn kind_of(v: &serde_json::Value, p: &mut Problems) -> Option<Kind> {
     if let Some(k) = Kind::from_type(&api_version, &kind) {
         return Some(k);
     }
-    let supported = "Ciliate reads v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Endpoints";
+    let supported = "Ciliate reads v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Endpoints and v1 Namespace";
     match Kind::ALL.into_iter().find(|k| k.as_str() == kind) {
         Some(k) => p.add(
             "apiVersion",
@@ -388,21 +389,33 @@ pub fn decode(doc: &ApplyDocument) -> Result<Object, Vec<ManifestError>> {
         Kind::Service => typed(&doc.object, &mut p).map(Object::Service),
         Kind::EndpointSlice => typed(&doc.object, &mut p).map(Object::EndpointSlice),
         Kind::Endpoints => typed(&doc.object, &mut p).map(Object::Endpoints),
+        Kind::Namespace => typed(&doc.object, &mut p).map(Object::Namespace),
     }
     .ok_or_else(|| errors(std::mem::take(&mut p)))?;
     let meta = object.metadata_mut();
-    if meta.namespace.is_empty() {
-        meta.namespace = DEFAULT_NAMESPACE.to_owned();
-    }
+    meta.namespace = object_namespace(kind, std::mem::take(&mut meta.namespace));
     match &object {
         Object::Service(s) => validate_service(s, &mut p),
         Object::EndpointSlice(s) => validate_slice(s, &mut p),
         Object::Endpoints(e) => validate_endpoints(e, &mut p),
+        Object::Namespace(n) => validate_namespace(n, &mut p),
     }
     if p.0.is_empty() {
         Ok(object)
     } else {
         Err(errors(p))
+    }
+}
+
+/// The namespace an object of `kind` is stored under: `default` when a namespaced object
+/// names none; none for a cluster-scoped one, whatever it says (Kubernetes ignores it).
+fn object_namespace(kind: Kind, written: String) -> String {
+    if !kind.is_namespaced() {
+        String::new()
+    } else if written.is_empty() {
+        DEFAULT_NAMESPACE.to_owned()
+    } else {
+        written
     }
 }
 
@@ -485,14 +498,12 @@ pub fn identify(doc: &ApplyDocument) -> Result<ObjectKey, Vec<ManifestError>> {
             metadata: ObjectMeta,
         }
         let meta = typed::<Meta>(&doc.object, &mut p)?.metadata;
-        let namespace = if meta.namespace.is_empty() {
-            DEFAULT_NAMESPACE.to_owned()
-        } else {
-            meta.namespace
-        };
+        let namespace = object_namespace(kind, meta.namespace);
         let before = p.0.len();
         check_name(kind, &meta.name, &mut p);
-        check_dns_label("metadata.namespace", &namespace, &mut p);
+        if kind.is_namespaced() {
+            check_dns_label("metadata.namespace", &namespace, &mut p);
+        }
         (p.0.len() == before).then_some(ObjectKey {
             kind,
             namespace,
@@ -566,10 +577,12 @@ fn check_name(kind: Kind, name: &str, p: &mut Problems) {
     let ok = match kind {
         Kind::Service => is_dns1035_label(name),
         Kind::EndpointSlice | Kind::Endpoints => is_dns_subdomain(name),
+        Kind::Namespace => is_dns_label(name),
     };
     if !ok {
         let what = match kind {
             Kind::Service => format!("a DNS-1035 label ({DNS_LABEL_HELP}, starting with a letter)"),
+            Kind::Namespace => format!("a DNS-1123 label ({DNS_LABEL_HELP})"),
             _ => {
                 "a DNS-1123 subdomain (DNS labels joined by '.', at most 253 characters)".to_owned()
             }
@@ -580,7 +593,9 @@ fn check_name(kind: Kind, name: &str, p: &mut Problems) {
 
 fn check_meta(kind: Kind, m: &ObjectMeta, p: &mut Problems) {
     check_name(kind, &m.name, p);
-    check_dns_label("metadata.namespace", &m.namespace, p);
+    if kind.is_namespaced() {
+        check_dns_label("metadata.namespace", &m.namespace, p);
+    }
     for (k, v) in &m.labels {
         let path = format!("metadata.labels[{k:?}]");
         let (prefix, name) = match k.rsplit_once('/') {
@@ -846,6 +861,22 @@ fn check_endpoint_ports(prefix: &str, ports: &[EndpointPort], p: &mut Problems) 
             );
         }
         check_port(&at("port"), i64::from(port.port), p);
+    }
+}
+
+fn validate_namespace(n: &Namespace, p: &mut Problems) {
+    check_meta(Kind::Namespace, &n.metadata, p);
+    // Kubernetes sets this label to the name and refuses any other value.
+    if let Some(v) = n.metadata.labels.get(NAMESPACE_NAME_LABEL) {
+        if *v != n.metadata.name {
+            p.add(
+                format!("metadata.labels[{NAMESPACE_NAME_LABEL:?}]"),
+                format!(
+                    "invalid value {v:?}: must be the namespace's name {:?} (Kubernetes sets it)",
+                    n.metadata.name
+                ),
+            );
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 //! * a namespaced policy's peer selectors are limited to its namespace unless they name
 //!   `io.kubernetes.pod.namespace` or namespace labels (`io.cilium.k8s.namespace.labels.*`)
 //!   themselves, or reserved labels; a clusterwide policy's peer selectors select only pods
-//!   (`io.kubernetes.pod.namespace` exists) unless they name the namespace or `reserved:init`;
+//!   (`io.kubernetes.pod.namespace` exists) unless they match `reserved:init`; a selector
+//!   that names the namespace or namespace labels only negatively (`NotIn`, `DoesNotExist`),
+//!   like a Kubernetes `namespaceSelector`, still selects only pods;
 //! * an allow rule with no L3 field but with ports allows from/to everyone; a rule with
 //!   neither (`{}`) allows nothing; an L3 field given as an empty list selects nothing;
 //! * what cannot be enforced yet fails closed: an allow that depends on it allows nothing, a
@@ -437,8 +439,10 @@ impl Compiler<'_> {
                             &format!("{p}.namespaceSelector"),
                             &mut self.problems,
                         );
-                        if sel.is_empty() {
-                            // `{}` is every namespace: pods only, not the node or the world.
+                        if !sel.requires_pod() {
+                            // A namespaceSelector selects pods of the matching namespaces: `{}`
+                            // or only negative expressions (`NotIn`) must not select the node
+                            // or the world, which have no namespace labels.
                             sel.add_exists(Some(SOURCE_K8S), POD_NAMESPACE_LABEL);
                         }
                     }
@@ -1106,22 +1110,19 @@ impl Compiler<'_> {
         }
         let names_ns = sel.has_key(Some(SOURCE_K8S), POD_NAMESPACE_LABEL)
             || sel.has_key(None, POD_NAMESPACE_LABEL);
-        if names_ns {
-            return sel;
-        }
+        let names_ns_labels = sel.has_key_prefix(Some(SOURCE_K8S), NAMESPACE_LABELS_PREFIX)
+            || sel.has_key_prefix(None, NAMESPACE_LABELS_PREFIX);
         match c.namespace {
-            None => {
-                if !c.matches_init {
-                    sel.add_exists(Some(SOURCE_K8S), POD_NAMESPACE_LABEL);
-                }
+            Some(ns) if !names_ns && !names_ns_labels => {
+                sel.add_match(Some(SOURCE_K8S), POD_NAMESPACE_LABEL, ns);
             }
-            Some(ns) => {
-                let names_ns_labels = sel.has_key_prefix(Some(SOURCE_K8S), NAMESPACE_LABELS_PREFIX)
-                    || sel.has_key_prefix(None, NAMESPACE_LABELS_PREFIX);
-                if !names_ns_labels {
-                    sel.add_match(Some(SOURCE_K8S), POD_NAMESPACE_LABEL, ns);
-                }
+            // The selector names the namespace (or, clusterwide, names nothing of it): it
+            // selects pods of any namespace it matches, never the node or the world, even when
+            // it says only which namespaces it does not want (`NotIn`, `DoesNotExist`).
+            _ if !c.matches_init && !sel.requires_pod() => {
+                sel.add_exists(Some(SOURCE_K8S), POD_NAMESPACE_LABEL);
             }
+            _ => {}
         }
         sel
     }

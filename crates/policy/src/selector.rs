@@ -172,6 +172,17 @@ impl Selector {
             .any(|r| r.key.starts_with(prefix) && r.source.as_deref() == source)
     }
 
+    /// Whether some requirement can only hold for a pod: a positive one (`In`, `Exists`) on the
+    /// pod's namespace or a namespace label. Negative ones (`NotIn`, `DoesNotExist`) also hold
+    /// for identities without namespace labels (the world, the host, CIDRs).
+    pub fn requires_pod(&self) -> bool {
+        self.reqs.iter().any(|r| {
+            matches!(r.op, SelectorOperator::In | SelectorOperator::Exists)
+                && r.source.as_deref().is_none_or(|s| s == SOURCE_K8S)
+                && (r.key == POD_NAMESPACE_LABEL || r.key.starts_with(NAMESPACE_LABELS_PREFIX))
+        })
+    }
+
     /// Whether some requirement is on this source.
     pub fn has_source(&self, source: &str) -> bool {
         self.reqs

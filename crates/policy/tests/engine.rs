@@ -5,7 +5,7 @@
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::entries::Lookup;
 use ciliate_model::policy::{Direction, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use ciliate_policy::{load, IdentityLabels, NamedPorts, PolicyEngine, Reason};
+use ciliate_policy::{load, Config, IdentityLabels, NamedPorts, PolicyEngine, Reason};
 
 const CLIENT: u32 = 300;
 const SERVER: u32 = 301;
@@ -297,6 +297,84 @@ spec:
         assert!(r.explain(SERVER, WORLD, PROTO_TCP, 1).allowed);
     }
     assert_entries_agree(&mut e, &named);
+}
+
+/// Only negative expressions on the namespace (issue #11): pods of every other namespace, never
+/// the node or the world, which have no namespace at all.
+#[test]
+fn negative_namespace_selectors_select_only_pods() {
+    for yaml in [
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: not-default, namespace: default}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [default]}]
+"#,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: not-default, namespace: default}
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoints:
+    - matchExpressions: [{key: io.kubernetes.pod.namespace, operator: NotIn, values: [default]}]
+"#,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: not-default, namespace: default}
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoints:
+    - matchExpressions: [{key: io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name, operator: NotIn, values: [default]}]
+"#,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: not-default}
+spec:
+  endpointSelector: {matchLabels: {io.kubernetes.pod.namespace: default}}
+  ingress:
+  - fromEndpoints:
+    - matchExpressions: [{key: k8s:io.kubernetes.pod.namespace, operator: NotIn, values: [default]}]
+"#,
+    ] {
+        let mut e = engine(yaml);
+        // Without the default allowance for the node, so that the host's verdict is the rule's.
+        let mut strict = PolicyEngine::new(Config {
+            allow_localhost: false,
+        });
+        for p in load("test.yaml", yaml).unwrap().policies {
+            strict.upsert(p.resource).unwrap();
+        }
+        let ids = identities();
+        let named = NamedPorts::new();
+        assert!(
+            !strict
+                .resolve(&ids, &named)
+                .explain(HOST, SERVER, PROTO_TCP, 80)
+                .allowed
+        );
+        {
+            let r = e.resolve(&ids, &named);
+            assert!(r.explain(OTHER_NS, SERVER, PROTO_TCP, 80).allowed, "{yaml}");
+            assert!(!r.explain(CLIENT, SERVER, PROTO_TCP, 80).allowed, "{yaml}");
+            for peer in [WORLD, 4, 6, 7] {
+                assert!(
+                    !r.explain(peer, SERVER, PROTO_TCP, 80).allowed,
+                    "{peer} allowed by {yaml}"
+                );
+            }
+        }
+        assert_entries_agree(&mut e, &named);
+    }
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //!   program does it over the map entries (both identities, a deny in either wins);
 //! * a deny rule always wins;
 //! * an endpoint selected by no policy allows everything;
-//! * adding an allow rule never removes an allowed flow.
+//! * adding an allow rule never removes an allowed flow;
+//! * a peer selector on namespaces (a `namespaceSelector`, or a Cilium selector naming the
+//!   namespace or its labels), whatever its operators, selects pods only.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +18,7 @@ use ciliate_model::policy::{
     Direction, PolicyResource, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 use ciliate_policy::map::datapath_verdict;
-use ciliate_policy::{IdentityLabels, NamedPorts, PolicyEngine, Resolved};
+use ciliate_policy::{Config, IdentityLabels, NamedPorts, PolicyEngine, Resolved};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -394,6 +396,109 @@ proptest! {
                     prop_assert!(*explained && *looked_up, "{:?} was allowed and is not after adding {}", k, more.len());
                 }
             }
+        }
+    }
+}
+
+/// A selector naming only the namespace or its labels, with any operator.
+fn arb_namespace_requirement() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(&["kubernetes.io/metadata.name", "team"][..]),
+        prop::sample::select(&["In", "NotIn", "Exists", "DoesNotExist"][..]),
+        prop::sample::select(&["default", "other", "a"][..]),
+    )
+        .prop_map(|(key, op, value)| {
+            let mut r = json!({"key": key, "operator": op});
+            if op == "In" || op == "NotIn" {
+                r["values"] = json!([value]);
+            }
+            r
+        })
+}
+
+/// The same requirement in a policy of `kind` (0: NetworkPolicy namespaceSelector, 1: CNP on
+/// namespace labels, 2: CNP on the namespace name, 3: clusterwide on the namespace name).
+fn namespace_peer_policy(kind: usize, req: &Value) -> Value {
+    let cilium_key = |key: &str| {
+        if kind == 1 || key != "kubernetes.io/metadata.name" {
+            format!("io.cilium.k8s.namespace.labels.{key}")
+        } else {
+            "io.kubernetes.pod.namespace".to_owned()
+        }
+    };
+    let mut creq = req.clone();
+    creq["key"] = json!(cilium_key(req["key"].as_str().unwrap()));
+    match kind {
+        0 => json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "ns", "namespace": "default"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [req]}}]}]},
+        }),
+        1 | 2 => json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "ns", "namespace": "default"},
+            "spec": {"endpointSelector": {}, "ingress": [{"fromEndpoints": [{"matchExpressions": [creq]}]}]},
+        }),
+        _ => json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumClusterwideNetworkPolicy",
+            "metadata": {"name": "ns"},
+            "spec": {"endpointSelector": {"matchLabels": {"io.kubernetes.pod.namespace": "default"}}, "ingress": [{"fromEndpoints": [{"matchExpressions": [creq]}]}]},
+        }),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn namespace_peers_are_pods_only(
+        ids in arb_identities(),
+        kind in 0usize..4,
+        req in arb_namespace_requirement(),
+    ) {
+        let mut ids = ids;
+        // A pod whose namespace carries a label, for selectors on namespace labels.
+        ids.insert(
+            398,
+            Labels::parse_list(
+                "app=a,io.kubernetes.pod.namespace=other,io.cilium.k8s.namespace.labels.team=a",
+                "k8s",
+            )
+            .unwrap(),
+        );
+        let policy = namespace_peer_policy(kind, &req);
+        // Without the default allowance for the node, so that the host's verdict is the rule's.
+        let mut e = PolicyEngine::new(Config { allow_localhost: false });
+        e.upsert(serde_json::from_value(policy.clone()).unwrap()).unwrap();
+        let named = NamedPorts::new();
+        let r = e.resolve(&ids, &named);
+        let subject = LONER;
+        let maps = r.map_policy(subject);
+        // No namespace: the reserved identities, CIDR identities, an unknown identity.
+        let not_pods: Vec<u32> = peers(&r, &ids).into_iter().filter(|p| !ids.contains_key(p)).collect();
+        for peer in not_pods {
+            let v = r.explain_direction(subject, Direction::Ingress, peer, PROTO_TCP, 80);
+            prop_assert!(!v.allowed, "{} allowed by {:#}: {}", peer, policy, v);
+            prop_assert_eq!(
+                datapath_verdict(&maps, false, peer, PROTO_TCP, 80),
+                Some(133),
+                "{} by {:#}",
+                peer,
+                policy
+            );
+        }
+        for peer in ids.keys() {
+            let v = r.explain_direction(subject, Direction::Ingress, *peer, PROTO_TCP, 80);
+            prop_assert_eq!(
+                v.drop_reason(),
+                datapath_verdict(&maps, false, *peer, PROTO_TCP, 80),
+                "{} by {:#}",
+                peer,
+                policy
+            );
         }
     }
 }

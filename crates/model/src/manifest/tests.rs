@@ -155,7 +155,7 @@ fn every_problem_of_a_batch_is_reported() {
         "svc.yaml: document 1 (Service default/web): spec.ports[1].port: duplicate value 80/TCP",
         "svc.yaml: document 1 (Service default/web): spec.ports[2].name: required value",
         "svc.yaml: document 1 (Service default/web): spec.ports[2].port: invalid value 0: must be 1-65535",
-        "svc.yaml: document 2 (Deployment default/x): kind: unsupported kind \"Deployment\" (apiVersion \"apps/v1\"): Ciliate reads v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Endpoints",
+        "svc.yaml: document 2 (Deployment default/x): kind: unsupported kind \"Deployment\" (apiVersion \"apps/v1\"): Ciliate reads v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Endpoints and v1 Namespace",
         "svc.yaml: document 3 (EndpointSlice default/s): metadata.labels[\"kubernetes.io/service-name\"]: required value",
         "svc.yaml: document 3 (EndpointSlice default/s): addressType: unsupported value \"IPv6\": only IPv4 EndpointSlices are supported",
     ];
@@ -438,4 +438,47 @@ mod props {
             prop_assert!(got.iter().any(|g| g.contains(&want)), "{:?}", got);
         }
     }
+}
+
+#[test]
+fn namespaces_decode_as_cluster_scoped_objects() {
+    let objs = decode_all(&docs(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: alpha, namespace: ignored, labels: {team: a}}\n",
+    ))
+    .unwrap();
+    let Object::Namespace(ns) = &objs[0].object else {
+        panic!("{objs:?}")
+    };
+    assert_eq!(objs[0].object.key().to_string(), "Namespace alpha");
+    assert_eq!(
+        ns.metadata.namespace, "",
+        "a Namespace lives in no namespace"
+    );
+    let labels = ns.labels();
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(
+        labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
+        Some("alpha"),
+        "kubernetes.io/metadata.name is automatic"
+    );
+    assert_eq!(
+        identify(&docs("apiVersion: v1\nkind: Namespace\nmetadata: {name: alpha}\n")[0])
+            .unwrap()
+            .to_string(),
+        "Namespace alpha"
+    );
+    assert_eq!(
+        problems(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: Alpha_1, labels: {kubernetes.io/metadata.name: beta, \"bad key!\": x}}\n"
+        ),
+        [
+            "svc.yaml: document 1 (Namespace Alpha_1): metadata.name: invalid value \"Alpha_1\": must be a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)",
+            "svc.yaml: document 1 (Namespace Alpha_1): metadata.labels[\"bad key!\"]: invalid key \"bad key!\": must be an optional DNS subdomain prefix and '/', then a name of letters, digits, '-', '_' and '.' (at most 63 characters)",
+            "svc.yaml: document 1 (Namespace Alpha_1): metadata.labels[\"kubernetes.io/metadata.name\"]: invalid value \"beta\": must be the namespace's name \"Alpha_1\" (Kubernetes sets it)",
+        ]
+    );
+    assert_eq!(
+        problems("apiVersion: v2\nkind: Namespace\nmetadata: {name: a}\n"),
+        ["svc.yaml: document 1 (Namespace a): apiVersion: unsupported value \"v2\" for kind Namespace: use \"v1\""]
+    );
 }
