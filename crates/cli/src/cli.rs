@@ -55,9 +55,15 @@ pub struct Cli {
     )]
     pub socket: PathBuf,
 
-    /// Output format: a table for people, or the API object as json or yaml [default: table;
-    /// compact for observe].
-    #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    /// Output format: table, json, yaml, or jsonpath=TEMPLATE (kubectl's template, e.g.
+    /// '{.items[*].id}'; listings are .items) [default: table; compact for observe].
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_parser = crate::output::parse_format,
+        value_name = "FORMAT"
+    )]
     pub output: Option<Format>,
 
     /// What to do.
@@ -76,9 +82,50 @@ pub enum Command {
         after_help = "Examples:\n  \
             ciliate status\n  \
             ciliate status -o json | jq .ipam\n  \
-            until ciliate status >/dev/null 2>&1; do sleep 1; done   # wait for a healthy agent"
+            ciliate status --wait --wait-duration 2m   # wait for a healthy agent\n  \
+            ciliate status --verbose                   # also every map, program and problem"
     )]
-    Status,
+    Status(StatusArgs),
+
+    /// Show the agent's effective configuration
+    #[command(
+        long_about = "Show the configuration the agent runs with: every flag, environment \
+            variable and default resolved, as the agent serialises it (GET /v1/config), like \
+            `cilium-dbg config`. The table prints one key per line, nested keys joined with \
+            dots.",
+        after_help = "Examples:\n  \
+            ciliate config\n  \
+            ciliate config -o json | jq .observer\n  \
+            ciliate config -o jsonpath='{.podCidr}'"
+    )]
+    Config,
+
+    /// List the agent's metrics (Prometheus), by name and labels
+    #[command(
+        subcommand,
+        long_about = "The agent's Prometheus metrics, read from its metrics listener \
+            (the address in `ciliate config`, observer.metricsAddress), like `cilium-dbg \
+            metrics list`.",
+        after_help = "Examples:\n  \
+            ciliate metrics list\n  \
+            ciliate metrics list --match-pattern drop\n  \
+            ciliate metrics list -o json | jq '.[] | select(.value > 0)'"
+    )]
+    Metrics(MetricsCommand),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        long_about = "Print the completion script for a shell, to be sourced by it.",
+        after_help = "Examples:\n  \
+            source <(ciliate completion bash)\n  \
+            ciliate completion zsh > \"${fpath[1]}/_ciliate\"\n  \
+            ciliate completion fish > ~/.config/fish/completions/ciliate.fish"
+    )]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 
     /// List and inspect endpoints (one per pod interface)
     #[command(
@@ -653,6 +700,46 @@ pub struct MonitorArgs {
     /// Only events of this type (default: all).
     #[arg(short = 't', long = "type", value_enum, value_name = "TYPE")]
     pub kind: Option<EventType>,
+    /// Only events of these endpoints (their id, as `ciliate endpoint list` shows it);
+    /// repeatable.
+    #[arg(long, value_name = "ID")]
+    pub related_to: Vec<u16>,
+}
+
+/// Arguments of `ciliate status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Wait until the agent answers and reports itself healthy (exit 1 if it does not within
+    /// --wait-duration).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 30s, 5m.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "wait")]
+    pub wait_duration: std::time::Duration,
+    /// Everything: every map with its fill, every program, the API sockets.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+/// `ciliate metrics ...`
+#[derive(Debug, Subcommand)]
+pub enum MetricsCommand {
+    /// List the metrics and their values
+    #[command(
+        visible_alias = "ls",
+        long_about = "List the agent's metrics: METRIC, LABELS, VALUE, one row per series \
+            (histogram buckets included)."
+    )]
+    List {
+        /// Only metrics whose name contains this text.
+        #[arg(short = 'p', long, value_name = "TEXT")]
+        match_pattern: Option<String>,
+    },
+}
+
+/// `5m`, `30s`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m)"))
 }
 
 /// Arguments of `ciliate version`.
@@ -661,6 +748,67 @@ pub struct VersionArgs {
     /// Only the client's version; do not contact the agent.
     #[arg(long)]
     pub client: bool,
+}
+
+/// Commands that print no API object, so take no `-o`: it is hidden from their help, and
+/// refused (exit 2) when given.
+const NO_OUTPUT: &[&[&str]] = &[&["lab", "up"], &["lab", "restart-agent"], &["completion"]];
+
+/// The command line as clap sees it: the derive's, with `-o` hidden where it means nothing.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    for path in NO_OUTPUT {
+        if let Some(sub) = find(&mut cmd, path) {
+            // A hidden local `-o` of the same id: clap then does not copy the global one in
+            // (and its help does not list it); `parse_from` refuses it when given.
+            let hidden = clap::Arg::new("output")
+                .short('o')
+                .long("output")
+                .value_parser(crate::output::parse_format)
+                .hide(true);
+            *sub = std::mem::take(sub).arg(hidden);
+        }
+    }
+    cmd
+}
+
+fn find<'a>(cmd: &'a mut clap::Command, path: &[&str]) -> Option<&'a mut clap::Command> {
+    match path.split_first() {
+        None => Some(cmd),
+        Some((first, rest)) => find(cmd.find_subcommand_mut(first)?, rest),
+    }
+}
+
+/// Parses the process's arguments; usage errors exit 2, `--help`/`--version` 0, inside clap.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` as [`parse`] does, returning clap's error.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+    let mut path = Vec::new();
+    let mut m = &matches;
+    while let Some((name, sub)) = m.subcommand() {
+        path.push(name);
+        m = sub;
+    }
+    let given = m.try_get_one::<Format>("output").is_ok_and(|o| o.is_some());
+    if given && NO_OUTPUT.contains(&path.as_slice()) {
+        return Err(cmd.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("`ciliate {}` takes no -o/--output", path.join(" ")),
+        ));
+    }
+    Ok(cli)
 }
 
 #[cfg(test)]
@@ -729,11 +877,66 @@ mod tests {
             vec!["ciliate", "policy", "import"],
             vec!["ciliate", "policy", "delete"],
             vec!["ciliate", "bpf", "policy", "get"],
+            vec!["ciliate", "-o", "jsonpath={.items[", "endpoint", "list"],
+            vec!["ciliate", "-o", "jsonpath", "endpoint", "list"],
+            vec!["ciliate", "lab", "up", "-o", "json"],
+            vec!["ciliate", "completion", "tcsh"],
+            vec!["ciliate", "status", "--wait-duration", "5m"],
+            vec!["ciliate", "status", "--wait", "--wait-duration", "soon"],
+            vec!["ciliate", "monitor", "--related-to", "x"],
         ] {
-            match Cli::try_parse_from(&args) {
+            match parse_from(&args) {
                 Ok(cli) => panic!("{args:?} parsed: {cli:?}"),
                 Err(e) => assert_eq!(e.exit_code(), 2, "{args:?}"),
             }
         }
+    }
+
+    #[test]
+    fn output_is_hidden_where_it_means_nothing() {
+        let mut cmd = command();
+        cmd.build();
+        let help = |cmd: &mut clap::Command, path: &[&str]| {
+            let mut c = find(cmd, path).expect("subcommand").clone();
+            c.render_long_help().to_string()
+        };
+        assert!(!help(&mut cmd, &["lab", "up"]).contains("--output"));
+        assert!(!help(&mut cmd, &["completion"]).contains("--output"));
+        assert!(help(&mut cmd, &["lab", "status"]).contains("--output"));
+        assert!(help(&mut cmd, &["endpoint", "list"]).contains("jsonpath=TEMPLATE"));
+    }
+
+    #[test]
+    fn new_commands_parse() {
+        let cli = parse_from([
+            "ciliate",
+            "status",
+            "--wait",
+            "--wait-duration",
+            "30s",
+            "-v",
+        ])
+        .expect("parses");
+        let Command::Status(a) = cli.command else {
+            panic!("not status")
+        };
+        assert!(a.wait && a.verbose);
+        assert_eq!(a.wait_duration, std::time::Duration::from_secs(30));
+        let cli = parse_from(["ciliate", "-o", "jsonpath={.items[*].id}", "endpoint", "ls"])
+            .expect("parses");
+        assert_eq!(cli.output, Some(Format::Jsonpath("{.items[*].id}")));
+        let cli = parse_from([
+            "ciliate",
+            "monitor",
+            "--related-to",
+            "7",
+            "--related-to",
+            "9",
+        ])
+        .expect("parses");
+        assert!(matches!(cli.command, Command::Monitor(ref m) if m.related_to == [7, 9]));
+        assert!(parse_from(["ciliate", "completion", "bash"]).is_ok());
+        assert!(parse_from(["ciliate", "metrics", "list", "-p", "drop"]).is_ok());
+        assert!(parse_from(["ciliate", "config", "-o", "yaml"]).is_ok());
     }
 }

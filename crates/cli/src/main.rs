@@ -8,12 +8,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 mod cli;
 mod commands;
 #[cfg(test)]
 mod fixtures;
+mod jsonpath;
 mod output;
 
 use commands::{Coded, Hinted, Outcome};
@@ -21,7 +20,7 @@ use commands::{Coded, Hinted, Outcome};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     // Usage errors exit 2 and --help/--version exit 0, both inside clap.
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     match commands::run(cli).await {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Unhealthy) => ExitCode::FAILURE,

@@ -7,7 +7,7 @@ use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
 /// An output format, chosen with `-o/--output`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     /// Columns for people to read.
     #[default]
@@ -20,6 +20,32 @@ pub enum Format {
     Compact,
     /// `observe` only: protobuf JSON, one response per line (elsewhere: json).
     Jsonpb,
+    /// `jsonpath=TEMPLATE`: kubectl's template over the API object (see [`crate::jsonpath`]).
+    /// The template was checked when the flag was parsed; it lives as long as the command.
+    Jsonpath(&'static str),
+}
+
+/// What `-o` accepts, for its help.
+pub const FORMATS: &str = "table, json, yaml, compact, jsonpb, jsonpath=TEMPLATE";
+
+/// Parses `-o`: a bad value, or a bad jsonpath template, is a usage error (exit 2).
+pub fn parse_format(s: &str) -> Result<Format, String> {
+    if let Some(t) = s.strip_prefix("jsonpath=") {
+        crate::jsonpath::Template::parse(t)?;
+        // Parsed once per process: leaking the text keeps `Format` a small Copy value.
+        return Ok(Format::Jsonpath(Box::leak(t.to_owned().into_boxed_str())));
+    }
+    Ok(match s {
+        "table" | "wide" => Format::Table,
+        "json" => Format::Json,
+        "yaml" => Format::Yaml,
+        "compact" => Format::Compact,
+        "jsonpb" => Format::Jsonpb,
+        "jsonpath" => {
+            return Err("jsonpath needs a template: -o jsonpath='{.items[*].id}'".to_owned())
+        }
+        other => return Err(format!("{other:?}: expected one of {FORMATS}")),
+    })
 }
 
 /// Renders `value` in `format`; `table` draws it for people. JSON and YAML print the API
@@ -37,7 +63,18 @@ pub fn render<T: Serialize + ?Sized>(
             s
         }
         Format::Yaml => serde_yaml_ng::to_string(value)?,
+        Format::Jsonpath(t) => jsonpath(t, value)?,
     })
+}
+
+/// `value` through the jsonpath template `t`, with a newline unless the template ends one.
+pub fn jsonpath<T: Serialize + ?Sized>(t: &str, value: &T) -> anyhow::Result<String> {
+    let template = crate::jsonpath::Template::parse(t).map_err(anyhow::Error::msg)?;
+    let mut out = template.render(&serde_json::to_value(value)?);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// A table with uppercase headers and no borders, columns separated by three spaces, as

@@ -80,12 +80,20 @@ fn lb_state() -> Value {
         "frontends": [{
             "addr": "10.96.0.10", "port": 80, "proto": "TCP", "kind": "ClusterIp", "revNatIndex": 1,
             "backends": [1], "affinityTimeout": 10800,
-            "service": {"namespace": "default", "name": "web", "portName": "http"}
+            // As the datapath reads it back: the maps hold no names.
+            "service": {"namespace": "", "name": "", "portName": ""}
         }],
         "backends": [
             {"id": 1, "addr": "10.200.0.5", "port": 8080, "proto": "TCP", "state": "active"},
             {"id": 2, "addr": "10.200.0.6", "port": 8080, "proto": "TCP", "state": "terminating"}
         ]
+    })
+}
+
+fn config(metrics: Option<std::net::SocketAddr>) -> Value {
+    json!({
+        "nodeName": "node-1", "podCidr": "10.0.0.0/24", "mtu": 1500, "cluster": null,
+        "observer": {"hubbleSocket": "/run/h.sock", "hubbleMetricsAddress": metrics}
     })
 }
 
@@ -145,6 +153,11 @@ struct Agent {
 
 impl Agent {
     fn start(health: &'static str) -> Agent {
+        Self::start_with(health, None)
+    }
+
+    /// An agent whose configuration names `metrics` as its metrics address.
+    fn start_with(health: &'static str, metrics: Option<std::net::SocketAddr>) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let applied = Arc::new(Mutex::new(Vec::new()));
@@ -170,6 +183,7 @@ impl Agent {
                 }),
             )
             .route("/v1/bpf/lb", get(|| async { Json(lb_state()) }))
+            .route("/v1/config", get(move || async move { Json(config(metrics)) }))
             .route("/v1/status", get(move || async move { Json(status(health)) }))
             .route("/v1/endpoints", get(|| async { Json(json!([endpoint()])) }))
             .route(
@@ -212,7 +226,9 @@ impl Agent {
             .route(
                 "/v1/monitor",
                 get(|| async {
-                    let lines = format!("{}\n{}\n", event(133), event(181));
+                    let mut other = event(133);
+                    other["endpoint"] = json!(7);
+                    let lines = format!("{}\n{}\n{}\n", event(133), event(181), other);
                     let first = futures::stream::iter([Ok::<_, std::io::Error>(lines)]);
                     // Then stay open, as a real agent does, until the client goes away.
                     Body::from_stream(futures::StreamExt::chain(first, futures::stream::pending()))
@@ -765,4 +781,276 @@ fn bpf_lb_list() {
         serde_json::from_str::<Value>(&stdout(&out)).unwrap(),
         lb_state()
     );
+}
+
+/// Runs `ciliate` as user nobody (the tests run as root; skipped otherwise).
+fn ciliate_as_nobody(socket: &Path, args: &[&str]) -> Option<Output> {
+    use std::os::unix::process::CommandExt;
+    if std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_none_or(|l| l.split_whitespace().nth(1) != Some("0"))
+    {
+        eprintln!("SKIPPED: needs root to run ciliate as another user");
+        return None;
+    }
+    Some(
+        Command::new(env!("CARGO_BIN_EXE_ciliate"))
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .env_remove("CILIATE_SOCKET")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_root_only_socket_says_run_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = Agent::start("ok");
+    // The agent's own socket is root-only (0600 in a directory others may enter).
+    let dir = agent.socket.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let Some(out) = ciliate_as_nobody(&agent.socket, &["status"]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "Error: the agent's socket {} is root-only: run as root",
+            agent.socket.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("is ciliate-agent running"), "{err}");
+    // As root the same socket answers.
+    assert_eq!(ciliate(&agent.socket, &["status"]).status.code(), Some(0));
+}
+
+#[test]
+fn lab_status_without_root_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(out) = ciliate_as_nobody(&dir.path().join("x.sock"), &["lab", "status"]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("must run as root"), "{err}");
+    assert!(!err.contains("down"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_also_when_found_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    for args in [
+        &["observe", "--verdict", "BOGUS"][..],
+        &["observe", "--type", "nonsense"],
+        &["observe", "--since", "yesterday-ish"],
+        &["lab", "up", "-o", "json"],
+        &["endpoint", "list", "-o", "jsonpath={.items["],
+        &["status", "--wait", "--wait-duration", "never"],
+    ] {
+        let out = ciliate(&socket, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let err = stderr(&ciliate(&socket, &["observe", "--verdict", "BOGUS"]));
+    assert!(err.contains("--verdict BOGUS: expected FORWARDED"), "{err}");
+}
+
+#[test]
+fn jsonpath_output_of_listings_and_objects() {
+    let agent = Agent::start("ok");
+    let out = ciliate(
+        &agent.socket,
+        &[
+            "endpoint",
+            "list",
+            "-o",
+            "jsonpath={.items[*].id} {.items[0].ipv4}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1234 10.0.0.5\n");
+    let out = ciliate(&agent.socket, &["status", "-o", "jsonpath={.health}"]);
+    assert_eq!(stdout(&out), "ok\n");
+    let out = ciliate(
+        &agent.socket,
+        &[
+            "identity",
+            "list",
+            "-o",
+            "jsonpath={.items[?(@.reserved == true)].id}",
+        ],
+    );
+    assert_eq!(stdout(&out), "2\n");
+}
+
+#[test]
+fn status_wait_and_verbose() {
+    let agent = Agent::start("ok");
+    let out = ciliate(
+        &agent.socket,
+        &["status", "--wait", "--wait-duration", "10s"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Health:"), "{}", stdout(&out));
+    // A degraded agent is waited for, then reported with its problems.
+    let degraded = Agent::start("degraded");
+    let out = ciliate(
+        &degraded.socket,
+        &["status", "--wait", "--wait-duration", "1s"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("ct map 95% full"), "{}", stdout(&out));
+    // No agent at all: the last error, and how long we waited.
+    let dir = tempfile::tempdir().unwrap();
+    let out = ciliate(
+        &dir.path().join("none.sock"),
+        &["status", "--wait", "--wait-duration", "1s"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("cannot reach the agent"), "{err}");
+    assert!(err.contains("Hint: waited 1s"), "{err}");
+    // --verbose adds the endpoints, Services and identities.
+    let out = ciliate(&agent.socket, &["status", "--verbose"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "Health:",
+        "\nEndpoints:\n",
+        "default/web",
+        "\nServices:\n",
+        "\nIdentities:\n",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+}
+
+#[test]
+fn config_prints_the_agent_configuration() {
+    let agent = Agent::start("ok");
+    let out = ciliate(&agent.socket, &["config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert!(
+        rows.contains(&vec!["podCidr".into(), "10.0.0.0/24".into()]),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&vec!["observer.hubbleSocket".into(), "/run/h.sock".into()]),
+        "{rows:?}"
+    );
+    let out = ciliate(&agent.socket, &["config", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap(),
+        config(None)
+    );
+}
+
+#[test]
+fn metrics_list_reads_the_metrics_listener() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let body = "# TYPE ciliate_endpoints gauge\nciliate_endpoints 3\n\
+                hubble_drop_total{reason=\"POLICY_DENIED\",protocol=\"TCP\"} 5\n";
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}"
+            );
+        }
+    });
+    let agent = Agent::start_with("ok", Some(addr));
+    let out = ciliate(&agent.socket, &["metrics", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["METRIC", "LABELS", "VALUE"]);
+    assert_eq!(rows[1], ["ciliate_endpoints", "<none>", "3"]);
+    assert_eq!(
+        rows[2],
+        [
+            "hubble_drop_total",
+            "reason=\"POLICY_DENIED\",protocol=\"TCP\"",
+            "5"
+        ]
+    );
+    let out = ciliate(
+        &agent.socket,
+        &["metrics", "list", "-p", "drop", "-o", "json"],
+    );
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    // An agent without a metrics listener: say which flag turns it on.
+    let plain = Agent::start("ok");
+    let out = ciliate(&plain.socket, &["metrics", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--hubble-metrics-address"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn monitor_related_to_keeps_one_endpoint() {
+    let agent = Agent::start("ok");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ciliate"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["monitor", "--related-to", "7", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The fake sends events of endpoint 1234 first, then one of endpoint 7.
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["endpoint"], 7, "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn completion_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    for (shell, want) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef ciliate"),
+        ("fish", "complete -c ciliate"),
+    ] {
+        let out = ciliate(&socket, &["completion", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = stdout(&out);
+        assert!(
+            text.contains(want),
+            "{shell}: {}",
+            &text[..text.len().min(200)]
+        );
+        assert!(
+            text.contains("restart-agent"),
+            "{shell}: subcommands are completed"
+        );
+    }
 }

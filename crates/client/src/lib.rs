@@ -70,6 +70,16 @@ pub enum ClientError {
         /// What connecting said.
         source: io::Error,
     },
+    /// The socket exists but we may not open it: the agent's socket is root-only.
+    #[error(
+        "the agent's socket {} is root-only: run as root (sudo), or set --socket or \
+         CILIATE_SOCKET to one you may open",
+        socket.display()
+    )]
+    PermissionDenied {
+        /// The socket we tried.
+        socket: PathBuf,
+    },
     /// The agent answered with an error status; its message says what to do.
     #[error("{}", error.message)]
     Api {
@@ -373,13 +383,9 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| connect_error(&self.socket, source))?;
         let what = format!("{method} {path}");
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -521,6 +527,20 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
+/// Why connecting failed: "root-only" is not "is the agent running?".
+fn connect_error(socket: &Path, source: io::Error) -> ClientError {
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        ClientError::PermissionDenied {
+            socket: socket.to_owned(),
+        }
+    } else {
+        ClientError::Unreachable {
+            socket: socket.to_owned(),
+            source,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +568,24 @@ mod tests {
             text.ends_with("(is ciliate-agent running? set --socket or CILIATE_SOCKET)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn permission_denied_says_root_only() {
+        let e = connect_error(
+            Path::new("/x.sock"),
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("the agent's socket /x.sock is root-only: run as root"),
+            "{text}"
+        );
+        assert!(!text.contains("is ciliate-agent running"), "{text}");
+        let e = connect_error(
+            Path::new("/x.sock"),
+            io::Error::from(io::ErrorKind::NotFound),
+        );
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
     }
 }

@@ -31,6 +31,16 @@ use log::Log;
 use result::{ErrorResult, VersionResult};
 
 fn main() -> ExitCode {
+    // Run by hand (`ciliate-cni --help`, `--version`, or with no CNI_COMMAND at a terminal),
+    // say what this is, as the standard plugins do, instead of waiting for stdin.
+    let first = std::env::args().nth(1);
+    if matches!(
+        first.as_deref(),
+        Some("--help" | "-h" | "--version" | "-V" | "version")
+    ) {
+        println!("{}", about());
+        return ExitCode::SUCCESS;
+    }
     let mut input = Vec::new();
     let read = std::io::stdin().read_to_end(&mut input);
     let env = args::collect_env(std::env::vars_os());
@@ -124,4 +134,15 @@ fn invoke(env: &Env, input: &[u8], log: &mut Log) -> Result<Option<String>, CniE
 fn to_json(v: &impl serde::Serialize) -> Result<String, CniError> {
     serde_json::to_string(v)
         .map_err(|e| CniError::new(code::IO, format!("cannot encode the result: {e}"), ""))
+}
+
+/// The plugin's name, version and the CNI spec versions it speaks.
+fn about() -> String {
+    format!(
+        "CNI ciliate plugin v{}\nCNI protocol versions supported: {}\n\n\
+         Run by a container runtime with CNI_COMMAND (ADD, DEL, CHECK, STATUS, GC, VERSION) \
+         and the network configuration on stdin; see the README.",
+        env!("CARGO_PKG_VERSION"),
+        result::SUPPORTED_VERSIONS.join(", ")
+    )
 }

@@ -115,6 +115,28 @@ fn version_answers_whatever_the_input() {
 }
 
 #[test]
+fn help_and_version_name_the_plugin_without_reading_stdin() {
+    for flag in ["--help", "--version", "-h"] {
+        // stdin stays open: the plugin must not wait for it.
+        let out = Command::new(BIN)
+            .arg(flag)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with(&format!(
+                "CNI ciliate plugin v{}\nCNI protocol versions supported: 1.0.0, 1.1.0\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{flag}: {text}"
+        );
+    }
+}
+
+#[test]
 fn a_missing_or_unknown_command_is_code_4() {
     let v = cni(None, &[], "{}").error(4);
     assert_eq!(v["msg"], "CNI_COMMAND is not set");

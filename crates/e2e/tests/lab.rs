@@ -391,3 +391,83 @@ fn three_node_lab_passes_the_full_connectivity_test() {
         "no drop across nodes was checked: {out}"
     );
 }
+
+/// Removes lab `name` on drop, whatever the test did with it.
+struct DownOnDrop(String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let out = ciliate(&["lab", "down", "--lab", &self.0]);
+        if !out.status.success() {
+            eprintln!("lab down {} failed: {}", self.0, text(&out));
+        }
+    }
+}
+
+/// (d) `lab up` interrupted at any moment (SIGINT after N ms for a range of N, then a second
+/// SIGINT during the rollback; and SIGTERM) exits 130 having removed everything it made:
+/// nothing named for that lab is left, so the next `lab up` of that name is not refused.
+#[test]
+fn interrupted_lab_up_leaves_nothing() {
+    privileged!();
+    if !etcd_installed("lab test") {
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut interrupted = 0;
+    let delays = [
+        0u64, 20, 60, 150, 300, 500, 800, 1200, 1800, 2600, 3600, 5000,
+    ];
+    for (i, delay) in delays.iter().enumerate() {
+        let name = unique_name("int");
+        let _guard = DownOnDrop(name.clone());
+        let signal = if i % 4 == 3 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGINT
+        };
+        let child = Command::new(common::bin("ciliate"))
+            .args([
+                "lab",
+                "up",
+                "--lab",
+                &name,
+                "--nodes",
+                "1",
+                "--pods-per-node",
+                "2",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start lab up");
+        std::thread::sleep(Duration::from_millis(*delay));
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let _ = kill(pid, signal);
+        // An impatient user presses Ctrl-C again while it cleans up.
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = kill(pid, Signal::SIGINT);
+        let out = child.wait_with_output().expect("wait for lab up");
+        let what = format!("{signal} after {delay} ms: {}", text(&out));
+        match out.status.code() {
+            Some(130) => {
+                interrupted += 1;
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("interrupted"), "{what}");
+            }
+            // Up before the signal came: a finished lab, which the guard removes.
+            Some(0) => continue,
+            // Killed before the handlers were in, when nothing was made yet.
+            None => {}
+            other => panic!("lab up exited {other:?}: {what}"),
+        }
+        let left = leftovers(&name);
+        assert!(left.is_empty(), "{what}\nleft behind: {left:?}");
+    }
+    assert!(
+        interrupted >= delays.len() / 2,
+        "only {interrupted} of {} runs were interrupted mid-way: the delays need adjusting",
+        delays.len()
+    );
+}

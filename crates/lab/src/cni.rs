@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -104,7 +105,9 @@ impl Invocation<'_> {
             .env("CNI_PATH", cni_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // A terminal's Ctrl-C is for `ciliate`, which rolls back between steps.
+            .process_group(0);
         if let Some(a) = &self.args {
             cmd.env("CNI_ARGS", a);
         }

@@ -206,6 +206,9 @@ pub fn down(name: &str, progress: Progress<'_>) -> Result<DownReport, LabError> 
         }
     }
 
+    // Looked for again now that nothing of the lab runs: a process stopped mid-start (an agent
+    // interrupted with `lab up`) may have made a pin or a cgroup after the first look.
+    let found = find(&layout);
     for ns in &found.netns {
         match sys::delete_netns(ns) {
             Ok(()) => note(&mut report, format!("deleted netns {ns}")),

@@ -38,6 +38,10 @@ pub const ETCD_BINARY: &str = "/usr/bin/etcd";
 /// Environment variable every process the lab starts carries (`CILIATE_LAB=<name>`), so that
 /// `lab down` finds them even when the lab's record of them is lost.
 pub const LAB_ENV: &str = "CILIATE_LAB";
+/// Environment variable that picks the lab `ciliate lab ...` and `ciliate connectivity`
+/// work on (`lab env` prints it). Not [`LAB_ENV`]: a shell that exported that would mark
+/// every process started from it as the lab's, for `lab down` to stop.
+pub const LAB_NAME_ENV: &str = "CILIATE_LAB_NAME";
 
 /// Checks a lab name: 1–20 lowercase letters and digits, starting with a letter. No `-`, so
 /// that `ciliate-<name>-` is a prefix no other lab's names share.

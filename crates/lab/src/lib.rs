@@ -51,6 +51,7 @@ pub mod demo;
 pub mod down;
 pub mod lab;
 pub mod layout;
+pub mod list;
 pub mod objects;
 pub mod state;
 pub mod status;
@@ -127,12 +128,12 @@ impl LabError {
     }
 }
 
-/// ` --name <name>`, or nothing for the default lab: what to add to a suggested command.
+/// ` --lab <name>`, or nothing for the default lab: what to add to a suggested command.
 pub fn name_flag(name: &str) -> String {
     if name == DEFAULT_NAME {
         String::new()
     } else {
-        format!(" --name {name}")
+        format!(" --lab {name}")
     }
 }
 

@@ -27,11 +27,14 @@ pub fn netns_path(netns: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(netns)
 }
 
-/// Runs `program args`, failing with its standard error.
+/// Runs `program args`, failing with its standard error. It runs in a process group of its
+/// own: a Ctrl-C at the terminal is for `ciliate`, which then rolls back between two steps;
+/// killing the step half-way would only turn an interruption into a failure.
 pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, LabError> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
+        .process_group(0)
         .output()
         .map_err(|e| LabError::io(format!("running {program}"), e))?;
     if out.status.success() {
@@ -111,7 +114,9 @@ pub fn command_in(lab: &str, netns: &str, program: &Path) -> Command {
     c.arg(format!("--net={}", netns_path(netns).display()))
         .arg(program)
         .env(LAB_ENV, lab)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // See `run`: a terminal's Ctrl-C is ours to handle, not the step's.
+        .process_group(0);
     c
 }
 

@@ -162,6 +162,52 @@ pub async fn up(opts: &UpOptions, progress: Progress<'_>) -> Result<Lab, LabErro
     Ok(lab)
 }
 
+/// Restarts the agent of node `index` of lab `name`: stops it if it still runs, starts it
+/// again with the same arguments and state directory, and waits until it is healthy.
+/// Returns the new pid. The agent keeps its endpoints across the restart (they are in its
+/// state directory), so pods stay wired.
+pub async fn restart_agent(
+    name: &str,
+    index: usize,
+    progress: Progress<'_>,
+) -> Result<u32, LabError> {
+    if !sys::is_root() {
+        return Err(LabError::NotRoot);
+    }
+    let mut lab = Lab::open(name)?;
+    let node = lab.node(index)?.clone();
+    let problems = lab.stop_processes(&format!("agent {}", node.name));
+    if let Some(p) = problems.first() {
+        return Err(LabError::Failed(format!(
+            "stopping the agent of {}: {p}",
+            node.name
+        )));
+    }
+    // A pid recorded on the node but missing from the process list (an older lab.json).
+    if let Some(pid) = node
+        .agent_pid
+        .filter(|p| sys::is_alive(*p) && sys::has_env(*p, crate::layout::LAB_ENV, name))
+    {
+        if !sys::terminate(&[pid], Duration::from_secs(3)).is_empty() {
+            return Err(LabError::Failed(format!(
+                "the agent of {} (pid {pid}) would not stop",
+                node.name
+            )));
+        }
+    }
+    progress(&format!("Stopped the agent of {}", node.name));
+    let etcd = lab.bins.agent_takes_etcd();
+    let mut child = start_agent(&mut lab, index, etcd)?;
+    wait_agent(&lab, index, &mut child).await?;
+    progress(&format!(
+        "Agent of {} ready (pid {}, log {})",
+        node.name,
+        child.id(),
+        node.log.display()
+    ));
+    Ok(child.id())
+}
+
 /// The underlay namespace with its bridge and addresses, forwarding on.
 fn underlay(layout: &Layout) -> Result<(), LabError> {
     let ns = layout.underlay_netns();

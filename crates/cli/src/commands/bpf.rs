@@ -6,6 +6,7 @@ use ciliate_model::api::CtEntry;
 use ciliate_model::bpf_policy::MatchKind;
 use ciliate_model::lb::LbState;
 use ciliate_model::policy_api::BpfPolicyView;
+use ciliate_model::service::ServiceView;
 
 use super::service::state;
 use super::{hint_not_found, Ctx, Outcome};
@@ -39,9 +40,38 @@ pub fn ct_table(entries: &[CtEntry]) -> String {
 
 /// Prints the load-balancing maps.
 pub async fn lb_list(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let lb = ctx.client.lb_state().await?;
+    let mut lb = ctx.client.lb_state().await?;
+    if ctx.format == output::Format::Table {
+        // The maps hold no names: the table names each frontend's Service from the agent's
+        // Services, by reverse-NAT index (json and yaml stay the API's object, unchanged).
+        if let Ok(services) = ctx.client.services().await {
+            name_services(&mut lb, &services);
+        }
+    }
     output::print(&output::render(ctx.format, &lb, lb_table)?)?;
     Ok(Outcome::Success)
+}
+
+/// Fills the SERVICE of frontends the datapath read back without one, from the Service whose
+/// frontend has the same reverse-NAT index.
+pub fn name_services(lb: &mut LbState, services: &[ServiceView]) {
+    for f in lb
+        .frontends
+        .iter_mut()
+        .filter(|f| f.service.name.is_empty())
+    {
+        let owner = services.iter().find_map(|s| {
+            s.frontends
+                .iter()
+                .find(|v| v.rev_nat_index == f.rev_nat_index)
+                .map(|v| (s, v))
+        });
+        if let Some((s, v)) = owner {
+            f.service.namespace = s.namespace.clone();
+            f.service.name = s.name.clone();
+            f.service.port_name = v.port_name.clone();
+        }
+    }
 }
 
 /// One row per frontend: FRONTEND, REV-NAT, SERVICE, FLAGS, SLOTS (one `slot => backend` per
@@ -65,7 +95,11 @@ pub fn lb_table(lb: &LbState) -> String {
         rows.push(vec![
             format!("{}:{}/{}", f.addr, f.port, f.proto),
             f.rev_nat_index.to_string(),
-            f.service.to_string(),
+            if f.service.name.is_empty() {
+                "<unknown>".to_owned()
+            } else {
+                f.service.to_string()
+            },
             f.affinity_timeout
                 .map_or_else(|| "<none>".to_owned(), |t| format!("affinity={t}s")),
             or_none(slots),

@@ -47,8 +47,15 @@ pub enum ConnectivityCommand {
 /// Arguments of `ciliate connectivity test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The lab to test.
-    #[arg(long, default_value = DEFAULT_NAME, value_parser = super::lab::parse_name)]
+    /// The lab to test (also --name; or CILIATE_LAB_NAME, as `lab env` sets it).
+    #[arg(
+        long,
+        visible_alias = "name",
+        env = ciliate_lab::layout::LAB_NAME_ENV,
+        value_name = "NAME",
+        default_value = DEFAULT_NAME,
+        value_parser = super::lab::parse_name
+    )]
     pub lab: String,
     /// Only the scenarios whose name matches this regular expression.
     #[arg(long, value_name = "REGEX", value_parser = parse_regex)]

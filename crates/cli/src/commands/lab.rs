@@ -38,7 +38,7 @@ pub enum LabCommand {
         after_help = "Examples:\n  \
             ciliate lab up\n  \
             ciliate lab up --nodes 3 --pods-per-node 4\n  \
-            ciliate lab up --name dev --nodes 1 --no-demo"
+            ciliate lab up --lab dev --nodes 1 --no-demo"
     )]
     Up(UpArgs),
 
@@ -51,7 +51,7 @@ pub enum LabCommand {
             is no such lab).",
         after_help = "Examples:\n  \
             ciliate lab status\n  \
-            ciliate lab status --name dev -o json"
+            ciliate lab status --lab dev -o json"
     )]
     Status(NameArg),
 
@@ -67,28 +67,62 @@ pub enum LabCommand {
             nothing), 1 when something could not be removed (it is listed).",
         after_help = "Examples:\n  \
             ciliate lab down\n  \
-            ciliate lab down --name dev"
+            ciliate lab down --lab dev"
     )]
     Down(NameArg),
 
     /// Print the environment that points ciliate at one node of a lab
     #[command(
         long_about = "Print shell commands that point ciliate at one node's agent and \
-            observer (CILIATE_SOCKET, CILIATE_HUBBLE_SOCKET), for eval. The same as passing \
-            --socket /run/ciliate/lab/<name>/node<i>/agent.sock to every command.\n\n\
+            observer (CILIATE_SOCKET, CILIATE_HUBBLE_SOCKET) and the lab commands at the lab \
+            (CILIATE_LAB_NAME), for eval. The same as passing --socket \
+            /run/ciliate/lab/<name>/node<i>/agent.sock to every command and --lab <name> to \
+            `ciliate lab` and `ciliate connectivity`.\n\n\
             NODE is the node's index (0), node<i>, or its full name (lab-node0).",
         after_help = "Examples:\n  \
-            eval $(ciliate lab env 1)      # then: ciliate endpoint list, ciliate observe\n  \
-            ciliate lab env --name dev node0 -o json"
+            eval $(ciliate lab env 1)      # then: ciliate endpoint list, ciliate observe, ciliate lab status\n  \
+            ciliate lab env --lab dev node0 -o json"
     )]
     Env(EnvArgs),
+
+    /// List the labs on this machine
+    #[command(
+        visible_alias = "ls",
+        long_about = "List the labs on this machine: NAME, STATE (up, or leftovers: \
+            namespaces or a state directory without a lab, which `lab down` removes), NODES, \
+            AGENTS (running), PODS, CREATED.",
+        after_help = "Examples:\n  \
+            ciliate lab list\n  \
+            ciliate lab list -o jsonpath='{.items[*].name}'"
+    )]
+    List,
+
+    /// Restart the agent of one node (after it died, or to pick up a new binary)
+    #[command(
+        long_about = "Restart the agent of one node of a lab: stop it if it still runs, start \
+            it again with the same flags and state directory, and wait until it reports itself \
+            healthy. Its endpoints survive (they are in its state directory), so pods stay \
+            wired.\n\n\
+            NODE is the node's index (0), node<i>, or its full name (lab-node0).",
+        after_help = "Examples:\n  \
+            ciliate lab restart-agent 1\n  \
+            ciliate lab restart-agent --lab dev node0"
+    )]
+    RestartAgent(RestartArgs),
 }
 
 /// Arguments of `ciliate lab up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// The lab's name: lowercase letters and digits.
-    #[arg(long, default_value = DEFAULT_NAME, value_parser = parse_name)]
+    /// The lab's name: lowercase letters and digits (also --name; or CILIATE_LAB_NAME).
+    #[arg(
+        long = "lab",
+        visible_alias = "name",
+        env = ciliate_lab::layout::LAB_NAME_ENV,
+        value_name = "NAME",
+        default_value = DEFAULT_NAME,
+        value_parser = parse_name
+    )]
     pub name: String,
     /// How many nodes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
@@ -104,19 +138,50 @@ pub struct UpArgs {
 /// A lab name.
 #[derive(Debug, Args)]
 pub struct NameArg {
-    /// The lab's name.
-    #[arg(long, default_value = DEFAULT_NAME, value_parser = parse_name)]
+    /// The lab's name (also --name; or CILIATE_LAB_NAME, as `lab env` sets it).
+    #[arg(
+        long = "lab",
+        visible_alias = "name",
+        env = ciliate_lab::layout::LAB_NAME_ENV,
+        value_name = "NAME",
+        default_value = DEFAULT_NAME,
+        value_parser = parse_name
+    )]
     pub name: String,
 }
 
 /// Arguments of `ciliate lab env`.
 #[derive(Debug, Args)]
 pub struct EnvArgs {
-    /// The lab's name.
-    #[arg(long, default_value = DEFAULT_NAME, value_parser = parse_name)]
+    /// The lab's name (also --name; or CILIATE_LAB_NAME).
+    #[arg(
+        long = "lab",
+        visible_alias = "name",
+        env = ciliate_lab::layout::LAB_NAME_ENV,
+        value_name = "NAME",
+        default_value = DEFAULT_NAME,
+        value_parser = parse_name
+    )]
     pub name: String,
     /// The node: its index, node<i>, or its name.
     #[arg(default_value = "0")]
+    pub node: String,
+}
+
+/// Arguments of `ciliate lab restart-agent`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// The lab's name (also --name; or CILIATE_LAB_NAME).
+    #[arg(
+        long = "lab",
+        visible_alias = "name",
+        env = ciliate_lab::layout::LAB_NAME_ENV,
+        value_name = "NAME",
+        default_value = DEFAULT_NAME,
+        value_parser = parse_name
+    )]
+    pub name: String,
+    /// The node: its index, node<i>, or its name.
     pub node: String,
 }
 
@@ -134,6 +199,8 @@ pub async fn run(cmd: LabCommand, format: Format) -> anyhow::Result<Outcome> {
         LabCommand::Status(a) => status(&a.name, format).await,
         LabCommand::Down(a) => down(&a.name, format),
         LabCommand::Env(a) => env(&a.name, &a.node, format),
+        LabCommand::List => list(format),
+        LabCommand::RestartAgent(a) => restart_agent(&a.name, &a.node).await,
     }
 }
 
@@ -167,6 +234,10 @@ fn advise(e: LabError, name: &str, partial: bool) -> anyhow::Error {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
+    // The handlers go in before anything is made, and stay for the life of the process: from
+    // here on an interruption (Ctrl-C, SIGTERM, a closed terminal) never kills us half-way; it
+    // ends the step under way and rolls back everything lab.json and the lab's names record.
+    let mut signals = Signals::new()?;
     let opts = UpOptions {
         name: args.name.clone(),
         nodes: usize::from(args.nodes),
@@ -190,11 +261,18 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let mut progress = |line: &str| say(&format!("  {line}"));
     let started = std::time::Instant::now();
     let result = tokio::select! {
-        r = ciliate_lab::up::up(&opts, &mut progress) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
+        // Signals first: a step that failed because of the interruption is an interruption.
+        biased;
+        signal = signals.recv() => Err(signal),
+        r = ciliate_lab::up::up(&opts, &mut progress) => Ok(r),
+    };
+    // A signal that came while the last step finished (or failed) still means "stop".
+    let result = match (result, signals.pending()) {
+        (Ok(_), Some(signal)) => Err(signal),
+        (r, _) => r,
     };
     match result {
-        Some(Ok(lab)) => {
+        Ok(Ok(lab)) => {
             say(&format!(
                 "Lab {:?} is up ({} nodes, {} pods) in {:.1}s.\n\n{}",
                 lab.name(),
@@ -205,14 +283,95 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             ));
             Ok(Outcome::Success)
         }
-        Some(Err(e)) => Err(advise(e, &opts.name, true)),
-        None => {
-            say("Interrupted: removing what was made");
+        Ok(Err(e)) => Err(advise(e, &opts.name, true)),
+        Err(signal) => {
+            say(&format!(
+                "Interrupted ({signal}): removing what was made (further signals are ignored \
+                 until it is done)"
+            ));
             let mut quiet = |line: &str| say(&format!("  {line}"));
-            let _ = ciliate_lab::down::down(&opts.name, &mut quiet);
-            Err(anyhow!("interrupted; lab {:?} was not started", opts.name))
+            let report = ciliate_lab::down::down(&opts.name, &mut quiet);
+            let left = match &report {
+                Ok(r) if r.left.is_empty() => String::new(),
+                Ok(r) => format!("; left: {}", r.left.summary()),
+                Err(e) => format!("; removing it failed: {e}"),
+            };
+            Err(super::Coded {
+                code: 130,
+                error: anyhow!("interrupted; lab {:?} was not started{left}", opts.name),
+            }
+            .into())
         }
     }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| anyhow!("cannot handle {name}: {e}"))
+        };
+        Ok(Self {
+            int: catch(SignalKind::interrupt(), "SIGINT")?,
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            hup: catch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+
+    /// A signal that has arrived and not been received yet.
+    fn pending(&mut self) -> Option<&'static str> {
+        futures::FutureExt::now_or_never(self.recv())
+    }
+}
+
+fn list(format: Format) -> anyhow::Result<Outcome> {
+    let labs = ciliate_lab::list::list();
+    output::print(&output::render(format, &labs, |labs| {
+        table(
+            &[
+                "name", "state", "nodes", "agents", "pods", "netns", "created",
+            ],
+            labs.iter().map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.state.clone(),
+                    l.nodes.to_string(),
+                    l.agents_running.to_string(),
+                    l.pods.to_string(),
+                    l.netns.to_string(),
+                    or_none(l.created_at.clone()),
+                ]
+            }),
+        )
+    })?)?;
+    Ok(Outcome::Success)
+}
+
+async fn restart_agent(name: &str, node: &str) -> anyhow::Result<Outcome> {
+    let lab = Lab::open(name).map_err(|e| advise(e, name, false))?;
+    let index = node_index(&lab, node)?;
+    drop(lab);
+    let mut progress = |line: &str| say(line);
+    ciliate_lab::up::restart_agent(name, index, &mut progress)
+        .await
+        .map_err(|e| advise(e, name, false))?;
+    Ok(Outcome::Success)
 }
 
 async fn status(name: &str, format: Format) -> anyhow::Result<Outcome> {
@@ -359,6 +518,7 @@ pub fn down_summary(r: &DownReport) -> String {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Env {
+    lab: String,
     node: String,
     socket: String,
     hubble_socket: String,
@@ -369,15 +529,18 @@ fn env(name: &str, node: &str, format: Format) -> anyhow::Result<Outcome> {
     let index = node_index(&lab, node)?;
     let n = lab.node(index)?;
     let e = Env {
+        lab: name.to_owned(),
         node: n.name.clone(),
         socket: n.agent_socket.display().to_string(),
         hubble_socket: n.hubble_socket.display().to_string(),
     };
     output::print(&output::render(format, &e, |e| {
         format!(
-            "export CILIATE_SOCKET={};\nexport CILIATE_HUBBLE_SOCKET={};\n# eval $(ciliate lab env{} {index}) points ciliate at {}\n",
+            "export CILIATE_SOCKET={};\nexport CILIATE_HUBBLE_SOCKET={};\nexport {}={};\n# eval $(ciliate lab env{} {index}) points ciliate at {}\n",
             e.socket,
             e.hubble_socket,
+            ciliate_lab::layout::LAB_NAME_ENV,
+            e.lab,
             ciliate_lab::name_flag(name),
             e.node
         )

@@ -6,16 +6,18 @@ use ciliate_client::Client;
 
 use crate::cli::{
     BpfCommand, BpfPolicyCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand,
-    LbCommand, PolicyCommand, ServiceCommand,
+    LbCommand, MetricsCommand, PolicyCommand, ServiceCommand,
 };
 use crate::output::Format;
 
 pub mod apply;
 pub mod bpf;
+pub mod config;
 pub mod connectivity;
 pub mod endpoint;
 pub mod identity;
 pub mod lab;
+pub mod metrics;
 pub mod monitor;
 pub mod observe;
 pub mod policy;
@@ -99,7 +101,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         format: cli.output.unwrap_or_default(),
     };
     match cli.command {
-        Command::Status => status::run(&ctx).await,
+        Command::Status(args) => status::run(&ctx, &args).await,
+        Command::Config => config::run(&ctx).await,
+        Command::Metrics(MetricsCommand::List { match_pattern }) => {
+            metrics::list(&ctx, match_pattern.as_deref()).await
+        }
+        Command::Completion { shell } => {
+            let mut cmd = crate::cli::command();
+            clap_complete::generate(shell, &mut cmd, "ciliate", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
         Command::Endpoint(EndpointCommand::List) => endpoint::list(&ctx).await,
         Command::Endpoint(EndpointCommand::Get { reference }) => {
             endpoint::get(&ctx, &reference).await
@@ -124,7 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Delete(args) => apply::run(&ctx, &args.files, true, args.ignore_not_found).await,
         Command::Service(ServiceCommand::List) => service::list(&ctx).await,
         Command::Service(ServiceCommand::Get { name }) => service::get(&ctx, &name).await,
-        Command::Monitor(args) => monitor::run(&ctx, args.kind).await,
+        Command::Monitor(args) => monitor::run(&ctx, args.kind, &args.related_to).await,
         Command::Observe(args) => observe::run(cli.output, *args, &api_socket).await,
         Command::Version(args) => version::run(&ctx, args.client).await,
         Command::Lab(cmd) => lab::run(cmd, ctx.format).await,

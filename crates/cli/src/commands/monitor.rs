@@ -11,7 +11,11 @@ use crate::output::{self, Format};
 
 /// Prints events until Ctrl-C or SIGTERM (exit 0). The agent ending the stream is a failure: it only
 /// does so when it stops, which the user watching events wants to know.
-pub async fn run(ctx: &Ctx, kind: Option<EventType>) -> anyhow::Result<Outcome> {
+pub async fn run(
+    ctx: &Ctx,
+    kind: Option<EventType>,
+    related_to: &[u16],
+) -> anyhow::Result<Outcome> {
     // Registered before anything else, not lazily on first poll as `tokio::signal::ctrl_c`
     // would: a Ctrl-C that lands between two events must end us cleanly, never by the
     // default action (killed by a signal, no exit code).
@@ -27,7 +31,12 @@ pub async fn run(ctx: &Ctx, kind: Option<EventType>) -> anyhow::Result<Outcome> 
             _ = interrupt.recv() => return Ok(Outcome::Success),
             _ = terminate.recv() => return Ok(Outcome::Success),
             item = events.next() => match item {
-                Some(event) => output::print(&line(ctx.format, &event?)?)?,
+                Some(event) => {
+                    let event = event?;
+                    if related(&event, related_to) {
+                        output::print(&line(ctx.format, &event)?)?;
+                    }
+                }
                 None => {
                     return Err(Hinted {
                         error: anyhow!("the agent closed the event stream"),
@@ -38,6 +47,12 @@ pub async fn run(ctx: &Ctx, kind: Option<EventType>) -> anyhow::Result<Outcome> 
             },
         }
     }
+}
+
+/// Whether `event` is one `--related-to` asks for: reported by one of those endpoints (all
+/// events when none is named).
+pub fn related(event: &MonitorEvent, endpoints: &[u16]) -> bool {
+    endpoints.is_empty() || endpoints.contains(&event.endpoint)
 }
 
 /// One event as printed: the model's one-line form, a JSON object per line (NDJSON), or a
@@ -51,6 +66,7 @@ pub fn line(format: Format, event: &MonitorEvent) -> anyhow::Result<String> {
             s
         }
         Format::Yaml => format!("---\n{}", serde_yaml_ng::to_string(event)?),
+        Format::Jsonpath(t) => output::jsonpath(t, event)?,
     })
 }
 

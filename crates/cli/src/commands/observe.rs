@@ -363,6 +363,7 @@ pub fn render(format: Format, r: &GetFlowsResponse) -> anyhow::Result<String> {
             s.push('\n');
             s
         }
+        Format::Jsonpath(t) => output::jsonpath(t, r)?,
         Format::Compact | Format::Table => match &r.response_types {
             Some(ResponseTypes::Flow(f)) if format == Format::Table => {
                 format!("{}\n", print::table_row(f).join("\t"))
@@ -391,7 +392,16 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let format = format.unwrap_or(Format::Compact);
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let req = request(&args, &argv, SystemTime::now())?;
+    // Every error here is about the flags (a bad verdict, type or time): a usage error, exit
+    // 2, as the help promises.
+    let req = request(&args, &argv, SystemTime::now()).map_err(|error| super::Coded {
+        code: 2,
+        error: Hinted {
+            error,
+            hint: "see `ciliate observe --help`".into(),
+        }
+        .into(),
+    })?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle Ctrl-C: {e}"))?;
     let mut terminate =

@@ -1,20 +1,97 @@
 //! `ciliate status`: is the agent healthy, and what does it run?
 
+use std::time::{Duration, Instant};
+
 use ciliate_model::api::Status;
 
-use super::{Ctx, Outcome};
-use crate::output::{self, duration, fields};
+use super::{Ctx, Hinted, Outcome};
+use crate::cli::StatusArgs;
+use crate::output::{self, duration, fields, Format};
+
+/// How often `--wait` asks again.
+const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// Prints the status; [`Outcome::Unhealthy`] (exit 1) unless the agent says "ok", so that
-/// probes and scripts can trust the exit code without parsing the output.
-pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let status = ctx.client.status().await?;
-    output::print(&output::render(ctx.format, &status, table)?)?;
+/// probes and scripts can trust the exit code without parsing the output. With `--wait`,
+/// asks again until the agent is healthy or `--wait-duration` has passed.
+pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<Outcome> {
+    let status = if args.wait {
+        wait(ctx, args.wait_duration).await?
+    } else {
+        ctx.client.status().await?
+    };
+    if args.verbose && ctx.format == Format::Table {
+        output::print(&verbose(ctx, &status).await)?;
+    } else {
+        output::print(&output::render(ctx.format, &status, table)?)?;
+    }
     Ok(if status.health == "ok" {
         Outcome::Success
     } else {
         Outcome::Unhealthy
     })
+}
+
+/// Asks until the agent is healthy; at the deadline returns the last answer (degraded, exit
+/// 1 with its problems) or the last error, with how long we waited.
+async fn wait(ctx: &Ctx, limit: Duration) -> anyhow::Result<Status> {
+    let deadline = Instant::now() + limit;
+    let client = ctx
+        .client
+        .clone()
+        .with_timeout(WAIT_POLL.max(Duration::from_secs(5)));
+    loop {
+        let last = client.status().await;
+        if matches!(&last, Ok(s) if s.health == "ok") || Instant::now() >= deadline {
+            return last.map_err(|e| {
+                Hinted {
+                    error: e.into(),
+                    hint: format!(
+                        "waited {} for the agent to be healthy",
+                        humantime::format_duration(limit)
+                    ),
+                }
+                .into()
+            });
+        }
+        if let Err(ciliate_client::ClientError::PermissionDenied { .. }) = &last {
+            // Waiting will not make the socket ours.
+            return last.map_err(Into::into);
+        }
+        tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// The status, then the endpoints, Services and identities it counts (each asked for; one
+/// that cannot be had says why instead).
+async fn verbose(ctx: &Ctx, s: &Status) -> String {
+    let mut out = table(s);
+    let section = |title: &str, body: Result<String, ciliate_client::ClientError>| match body {
+        Ok(b) => format!("\n{title}:\n{b}"),
+        Err(e) => format!("\n{title}: {e}\n"),
+    };
+    out.push_str(&section(
+        "Endpoints",
+        ctx.client
+            .endpoints()
+            .await
+            .map(|e| super::endpoint::list_table(&e)),
+    ));
+    out.push_str(&section(
+        "Services",
+        ctx.client
+            .services()
+            .await
+            .map(|v| super::service::list_table(&v)),
+    ));
+    out.push_str(&section(
+        "Identities",
+        ctx.client
+            .identities()
+            .await
+            .map(|i| super::identity::list_table(&i)),
+    ));
+    out
 }
 
 /// The status as `Key: value` lines, in the order an operator checks them.

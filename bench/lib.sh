@@ -1,0 +1,105 @@
+# Sourced by every script in bench/: unique names per run, cleanup of exactly what this run
+# made (recorded namespaces, pids and paths; never a search by name or pattern), CPU pinning
+# of client and server, and statistics over interleaved rounds.
+#
+# Every name a run makes starts with cb<pid>: two runs at once, or another tool's cb-* names,
+# are never touched.
+
+RUN=cb$$
+CB_NETNS=()
+CB_PIDS=()
+CB_PATHS=()
+
+# Client on CPU 0, server on the last CPU: different CPUs whenever there are two, so that the
+# scheduler cannot move them onto each other between rounds (unpinned, rounds on 2 vCPUs swing
+# by 0.5-1.6x with where it puts them). The agent runs unpinned, as in production.
+NCPUS=$(nproc)
+CLIENT_CPU=0
+SERVER_CPU=$((NCPUS - 1))
+pin_client() { taskset -c "$CLIENT_CPU" "$@"; }
+pin_server() { taskset -c "$SERVER_CPU" "$@"; }
+pinning() {
+  if [ "$CLIENT_CPU" = "$SERVER_CPU" ]; then
+    echo "client and server pinned to CPU $CLIENT_CPU (taskset; this machine has 1 CPU)"
+  else
+    echo "client pinned to CPU $CLIENT_CPU, server to CPU $SERVER_CPU (taskset; $NCPUS CPUs); agent unpinned"
+  fi
+}
+
+# Makes a namespace and records it for cleanup.
+mkns() { ip netns add "$1"; CB_NETNS+=("$1"); }
+# Records a pid (started by this run) for cleanup.
+track() { CB_PIDS+=("$1"); }
+# Records a file or directory (made by this run) for cleanup.
+track_path() { CB_PATHS+=("$1"); }
+in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
+
+# Stops what this run started, deletes its namespaces and paths. Idempotent.
+cb_cleanup() {
+  set +e
+  local pid
+  for pid in "${CB_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${CB_PIDS[@]}"; do
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  CB_PIDS=()
+  local ns
+  for ns in "${CB_NETNS[@]}"; do ip netns delete "$ns" 2>/dev/null; done
+  CB_NETNS=()
+  local p
+  for p in "${CB_PATHS[@]}"; do
+    if [ -d "$p" ] && [[ "$p" == /sys/fs/cgroup/* ]]; then rmdir "$p" 2>/dev/null; else rm -rf "$p"; fi
+  done
+  CB_PATHS=()
+  rmdir /sys/fs/bpf/ciliate 2>/dev/null
+  set -e
+}
+
+# Starts ciliate-agent in namespace $1 as node $2 with state in $3 (extra flags follow), records
+# everything it makes (pins, cgroup, state) and waits for it to answer. Sets AGENT_PID.
+start_agent() {
+  local ns=$1 node=$2 state=$3; shift 3
+  track_path "/sys/fs/bpf/ciliate/$node"
+  track_path "/sys/fs/cgroup/unified/ciliate/$node"
+  track_path "/sys/fs/cgroup/ciliate/$node"
+  track_path "$state"
+  # nsenter execs the agent: $! is the agent itself (for its RSS, and for kill).
+  nsenter --net=/var/run/netns/"$ns" "$BIN/ciliate-agent" --node-name "$node" \
+    --state-dir "$state" --socket "$state/agent.sock" "$@" >"$state/agent.log" 2>&1 &
+  AGENT_PID=$!
+  track "$AGENT_PID"
+  disown "$AGENT_PID" # no job-control chatter when cleanup kills it
+  "$BIN/ciliate" --socket "$state/agent.sock" status --wait --wait-duration 20s >/dev/null
+}
+
+# The statistics of a results file of lines `metric path value`: per metric and path the
+# median and min-max over the rounds, and per metric the ratio of the medians (ours / peer).
+# Arguments: file, our path's name, the peer's name, then `metric:label` pairs in order.
+summarize() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+path, ours, peer, *metrics = sys.argv[1:]
+rows = {}
+for line in open(path):
+    m, p, v = line.split()
+    rows.setdefault((m, p), []).append(float(v))
+def cell(v):
+    if not v:
+        return "-"
+    fmt = "{:,.0f}" if statistics.median(v) >= 100 else "{:,.1f}"
+    return f"{fmt.format(statistics.median(v))} [{fmt.format(min(v))}-{fmt.format(max(v))}]"
+print(f"{'':30} {peer + ' median [min-max]':>30} {ours + ' median [min-max]':>30} {'ratio of medians':>17}")
+for spec in metrics:
+    m, label = spec.split(":", 1)
+    a, b = rows.get((m, peer), []), rows.get((m, ours), [])
+    ratio = f"{statistics.median(b) / statistics.median(a):.2f}" if a and b and statistics.median(a) else "-"
+    print(f"{label:30} {cell(a):>30} {cell(b):>30} {ratio:>17}")
+n = max((len(v) for v in rows.values()), default=0)
+print(f"({n} rounds per path, interleaved {ours}/{peer})")
+PY
+}
+
+# The field $2 of the JSON object $1.
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
