@@ -14,6 +14,7 @@ pub mod events;
 pub mod fake;
 pub mod lb;
 pub mod linux;
+pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod policy_map;
