@@ -236,17 +236,20 @@ impl EndpointManager {
     ) -> Result<Self, OpenError> {
         let path = store.path().to_owned();
         let mut tables = match store.load(&settings.node_name)? {
-            None => {
-                info!(state = %path.display(), "no state file: starting as a fresh node");
-                Tables {
-                    endpoints: BTreeMap::new(),
-                    ipam: Ipam::new(settings.pod_cidr).map_err(|source| OpenError::Ipam {
-                        path: path.clone(),
-                        source,
-                    })?,
-                    identities: IdentityAllocator::new(),
+            None => match Self::rebuild_from_datapath(&settings, datapath.as_ref(), &path)? {
+                Some(t) => t,
+                None => {
+                    info!(state = %path.display(), "no state file: starting as a fresh node");
+                    Tables {
+                        endpoints: BTreeMap::new(),
+                        ipam: Ipam::new(settings.pod_cidr).map_err(|source| OpenError::Ipam {
+                            path: path.clone(),
+                            source,
+                        })?,
+                        identities: IdentityAllocator::new(),
+                    }
                 }
-            }
+            },
             Some(p) => {
                 let t = Tables::restore(settings.pod_cidr, p, &path)?;
                 info!(
@@ -282,6 +285,9 @@ impl EndpointManager {
         }
         for ep in tables.endpoints.values_mut() {
             match datapath.upsert_endpoint(&spec_of(ep)) {
+                // Recovered without its record: programmed, but it stays listed as not ready
+                // (its policy left as the maps hold it) until it goes away.
+                Ok(()) if recover::is_unrecovered(ep) => {}
                 Ok(()) => {
                     ep.state = EndpointState::Ready;
                     ep.status_message = None;
@@ -302,6 +308,7 @@ impl EndpointManager {
                 }
             }
         }
+        sync_records(datapath.as_ref(), &tables.endpoints);
         let manager = Self {
             settings,
             datapath,
@@ -317,6 +324,41 @@ impl EndpointManager {
             manager.store.save(&manager.persisted(&tables))?;
         }
         Ok(manager)
+    }
+
+    /// With the state file missing, rebuilds the tables from the endpoints the datapath holds
+    /// and their records ([`recover`]); `None` when the datapath holds none (a fresh node).
+    fn rebuild_from_datapath(
+        settings: &ManagerSettings,
+        datapath: &dyn Datapath,
+        path: &std::path::Path,
+    ) -> Result<Option<Tables>, OpenError> {
+        let held = datapath.list_endpoints().map_err(OpenError::Datapath)?;
+        if held.iter().all(|e| e.id == 0) {
+            return Ok(None);
+        }
+        let records = datapath.endpoint_records().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the endpoint records; endpoints are recovered without them");
+            Vec::new()
+        });
+        let rebuilt = recover::rebuild(
+            &settings.node_name,
+            settings.pod_cidr,
+            &held,
+            &records,
+            now_unix(),
+        );
+        warn!(
+            state = %path.display(),
+            endpoints = rebuilt.complete + rebuilt.partial,
+            with_record = rebuilt.complete,
+            without_record = rebuilt.partial,
+            "the state file is missing but the datapath holds endpoints: rebuilt the state from the datapath"
+        );
+        for s in &rebuilt.skipped {
+            warn!("not recovered (removed as unknown): {s}");
+        }
+        Tables::restore(settings.pod_cidr, rebuilt.state, path).map(Some)
     }
 
     /// The settings in force.
@@ -347,7 +389,8 @@ impl EndpointManager {
         }
         let endpoints: Vec<Endpoint> = self.lock().endpoints.values().cloned().collect();
         // One reference per endpoint, as creating them took (and removing them gives back).
-        for ep in &endpoints {
+        // Not for one recovered without its labels: the cluster would number its placeholder.
+        for ep in endpoints.iter().filter(|e| !recover::is_unrecovered(e)) {
             match cluster.allocate_identity(&ep.labels) {
                 Ok(n) if n == ep.identity => {}
                 Ok(n) => warn!(
@@ -371,7 +414,9 @@ impl EndpointManager {
     fn after_removal(&self, ep: &Endpoint) {
         if let Some(cluster) = self.cluster.get() {
             cluster.endpoint_down(ep);
-            cluster.release_identity(&ep.labels);
+            if !recover::is_unrecovered(ep) {
+                cluster.release_identity(&ep.labels);
+            }
         }
     }
 
@@ -545,6 +590,18 @@ impl EndpointManager {
                 });
             }
         }
+        // The record lets a lost state file be rebuilt from the datapath (see `recover`).
+        if let Err(source) = put_record(self.datapath.as_ref(), &ep) {
+            self.undo_upsert(&spec);
+            warn!(container = %req.container_id, error = %source, "cannot store the endpoint record; undone");
+            return Err(EndpointError::Datapath {
+                what: format!(
+                    "cannot store the record of container {} (host interface {}) in the datapath",
+                    req.container_id, req.host_ifname
+                ),
+                source,
+            });
+        }
         if let Err(e) = self.store.save(&self.persisted(&next)) {
             self.undo_upsert(&spec);
             warn!(container = %req.container_id, error = %e, "cannot persist new endpoint; undone");
@@ -594,6 +651,7 @@ impl EndpointManager {
                 ),
                 source,
             })?;
+        self.drop_record(ep.host_ifindex);
         let mut next = tables.clone();
         let released = next.forget(&ep);
         if let Err(e) = self.store.save(&self.persisted(&next)) {
@@ -635,6 +693,7 @@ impl EndpointManager {
         for ep in stale {
             match self.datapath.remove_endpoint(&spec_of(&ep)) {
                 Ok(()) => {
+                    self.drop_record(ep.host_ifindex);
                     next.forget(&ep);
                     removed.push(ep);
                 }
@@ -752,6 +811,15 @@ impl EndpointManager {
     fn undo_upsert(&self, spec: &EndpointSpec) {
         if let Err(e) = self.datapath.remove_endpoint(spec) {
             warn!(endpoint = spec.id, ifname = %spec.ifname, error = %e, "cannot undo datapath programming of a failed add");
+        }
+        self.drop_record(spec.ifindex);
+    }
+
+    /// Drops the record of an endpoint removed from the datapath. A record left behind is
+    /// harmless (recovery matches records to the endpoint map) and dropped at the next start.
+    fn drop_record(&self, ifindex: u32) {
+        if let Err(e) = self.datapath.remove_endpoint_record(ifindex) {
+            warn!(ifindex, error = %e, "cannot drop the endpoint record; it is dropped at the next start");
         }
     }
 }
@@ -897,6 +965,39 @@ fn mark_removed_but_unsaved(tables: &mut Tables, id: u16) {
     }
 }
 
+/// Stores the endpoint's record in the datapath (recovery's source when the state is lost).
+fn put_record(datapath: &dyn Datapath, ep: &Endpoint) -> Result<(), DatapathError> {
+    let bytes = serde_json::to_vec(ep).map_err(|e| {
+        DatapathError::Unsupported(format!("cannot serialise endpoint {}: {e}", ep.id))
+    })?;
+    datapath.put_endpoint_record(ep.host_ifindex, &bytes)
+}
+
+/// Makes the records match the endpoints at start: each (recovered without one excepted) gets
+/// its record, records of interfaces no endpoint has are dropped. Best effort: a failure only
+/// weakens recovery from a lost state file, so it is logged.
+fn sync_records(datapath: &dyn Datapath, endpoints: &BTreeMap<u16, Endpoint>) {
+    let held = match datapath.endpoint_records() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot read the endpoint records");
+            Vec::new()
+        }
+    };
+    for (ifindex, _) in &held {
+        if !endpoints.values().any(|e| e.host_ifindex == *ifindex) {
+            if let Err(e) = datapath.remove_endpoint_record(*ifindex) {
+                warn!(ifindex, error = %e, "cannot drop a stale endpoint record");
+            }
+        }
+    }
+    for ep in endpoints.values().filter(|e| !recover::is_unrecovered(e)) {
+        if let Err(e) = put_record(datapath, ep) {
+            warn!(endpoint = ep.id, error = %e, "cannot store the endpoint record; a lost state file could not restore its labels");
+        }
+    }
+}
+
 /// What the datapath needs of an endpoint.
 pub fn spec_of(ep: &Endpoint) -> EndpointSpec {
     EndpointSpec {
@@ -987,6 +1088,8 @@ fn endpoint_labels(req: &EndpointCreateRequest) -> Result<Labels, EndpointError>
     }
     Ok(labels)
 }
+
+pub mod recover;
 
 #[cfg(test)]
 mod tests;

@@ -193,6 +193,9 @@ pub enum AgentError {
     /// The state directory could not be opened or locked.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Another agent holds this node's datapath (its pin directory).
+    #[error(transparent)]
+    NodeLocked(#[from] ciliate_datapath::lock::LockError),
     /// The datapath could not be opened.
     #[error("cannot open the {kind} datapath: {source}")]
     Datapath {
@@ -278,6 +281,23 @@ async fn run_inner(
     );
     // The socket first: when another agent runs, touch neither its state nor its datapath.
     let (listener, guard) = bind_socket(&config.socket)?;
+    // The node's pins next: a second agent for the same node (another socket and state
+    // directory) must not even open the datapath, or it would strip the first one's pods.
+    let _pin_lock = match (&datapath, config.datapath) {
+        (None, DatapathKind::Bpf) => {
+            // The lock lives in bpffs, which must be mounted before the directory is made.
+            ciliate_datapath::linux::ensure_bpffs(&config.bpffs_root).map_err(|source| {
+                AgentError::Datapath {
+                    kind: DatapathKind::Bpf,
+                    source,
+                }
+            })?;
+            Some(ciliate_datapath::lock::PinDirLock::acquire(
+                &LinuxConfig::new(&config.node_name, &config.bpffs_root).pin_dir(),
+            )?)
+        }
+        _ => None,
+    };
     let store = StateStore::open(&config.node_state_dir())?;
     let state_dir = store.dir().to_owned();
     let datapath = match datapath {

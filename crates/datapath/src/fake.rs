@@ -24,6 +24,7 @@ pub struct FakeDatapath {
     ipcache: Mutex<Vec<IpcacheEntry>>,
     tunnel: Mutex<Option<String>>,
     events: broadcast::Sender<MonitorEvent>,
+    records: Mutex<BTreeMap<u32, Vec<u8>>>,
 }
 
 impl Default for FakeDatapath {
@@ -39,6 +40,7 @@ impl Default for FakeDatapath {
             ipcache: Mutex::default(),
             tunnel: Mutex::default(),
             events: broadcast::channel(1024).0,
+            records: Mutex::default(),
         }
     }
 }
@@ -207,6 +209,29 @@ impl Datapath for FakeDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn put_endpoint_record(&self, ifindex: u32, record: &[u8]) -> Result<(), DatapathError> {
+        if record.len() > crate::ep_records::MAX_RECORD {
+            return Err(DatapathError::Unsupported(format!(
+                "endpoint record for ifindex {ifindex} is too large ({} bytes)",
+                record.len()
+            )));
+        }
+        lock(&self.records).insert(ifindex, record.to_vec());
+        Ok(())
+    }
+
+    fn remove_endpoint_record(&self, ifindex: u32) -> Result<(), DatapathError> {
+        lock(&self.records).remove(&ifindex);
+        Ok(())
+    }
+
+    fn endpoint_records(&self) -> Result<Vec<(u32, Vec<u8>)>, DatapathError> {
+        Ok(lock(&self.records)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect())
     }
 
     fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {

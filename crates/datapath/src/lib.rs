@@ -10,11 +10,13 @@
 
 pub mod abi;
 pub mod ct;
+pub mod ep_records;
 mod error;
 pub mod events;
 pub mod fake;
 pub mod lb;
 pub mod linux;
+pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod policy_map;
@@ -189,5 +191,22 @@ pub trait Datapath: Send + Sync + 'static {
                 "this datapath has no overlay (tunnel device {name})"
             ))),
         }
+    }
+
+    /// Stores an opaque record of the endpoint on host ifindex `ifindex` where it outlives the
+    /// agent and its state directory (the node's pins), so that a lost state file can be rebuilt
+    /// from the datapath. Replaces an earlier record of that ifindex.
+    fn put_endpoint_record(&self, _ifindex: u32, _record: &[u8]) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
+    /// Drops the record of `ifindex`; a missing one is not an error.
+    fn remove_endpoint_record(&self, _ifindex: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
+    /// Every endpoint record, by host ifindex.
+    fn endpoint_records(&self) -> Result<Vec<(u32, Vec<u8>)>, DatapathError> {
+        Ok(Vec::new())
     }
 }

@@ -577,3 +577,83 @@ fn inconsistent_state_stops_the_start() {
         "{msg}"
     );
 }
+
+#[test]
+fn lost_state_file_is_rebuilt_from_the_datapath_and_its_records() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let mut web = req("web", 11);
+    web.labels = Labels::parse_list("app=web", "k8s").expect("labels");
+    let mut db = req("db", 12);
+    db.labels = Labels::parse_list("app=db", "k8s").expect("labels");
+    let (a, b) = {
+        let m = open(tmp.path(), Arc::clone(&dp));
+        (
+            m.create(&web).expect("web").endpoint,
+            m.create(&db).expect("db").endpoint,
+        )
+    };
+    std::fs::remove_file(tmp.path().join(crate::state::STATE_FILE)).expect("state removed");
+
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let list = m.list();
+    assert_eq!(list.len(), 2, "{list:?}");
+    for (want, got) in [(&a, &list[0]), (&b, &list[1])] {
+        assert_eq!(got.id, want.id);
+        assert_eq!(got.container_id, want.container_id);
+        assert_eq!(got.ipv4, want.ipv4);
+        assert_eq!(got.identity, want.identity);
+        assert_eq!(got.labels, want.labels);
+        assert_eq!(got.pod, want.pod);
+        assert_eq!(got.state, EndpointState::Ready);
+    }
+    assert_eq!(dp.programmed().len(), 2, "nothing was detached");
+    assert!(m.status().problems.is_empty(), "{:?}", m.status().problems);
+    // A new pod gets a fresh address and identity number; the old ones are still taken.
+    let c = m.create(&req("new", 13)).expect("new").endpoint;
+    assert!(c.ipv4 != a.ipv4 && c.ipv4 != b.ipv4, "{c:?}");
+    assert_eq!(c.identity, a.identity, "same labels, same identity");
+    // The rebuilt state is the agent's state again: saved, deletable by container id.
+    assert!(tmp.path().join(crate::state::STATE_FILE).exists());
+    let del = m.delete("db").expect("delete");
+    assert_eq!(del.released, Some(b.ipv4));
+}
+
+#[test]
+fn an_endpoint_without_record_is_kept_not_ready_with_its_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let a = {
+        let m = open(tmp.path(), Arc::clone(&dp));
+        m.create(&req("web", 11)).expect("web").endpoint
+    };
+    dp.remove_endpoint_record(11).expect("record dropped");
+    std::fs::remove_file(tmp.path().join(crate::state::STATE_FILE)).expect("state removed");
+
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let list = m.list();
+    assert_eq!(list.len(), 1);
+    let got = &list[0];
+    assert_eq!((got.id, got.ipv4, got.identity), (a.id, a.ipv4, a.identity));
+    assert_eq!(got.state, EndpointState::NotReady);
+    assert_eq!(got.container_id, recover::unrecovered_container(11));
+    let problems = m.status().problems;
+    assert!(
+        problems.iter().any(|p| p.contains("without its record")),
+        "{problems:?}"
+    );
+    assert_eq!(dp.programmed().len(), 1, "still programmed");
+    // Its address and its identity number are not handed out again.
+    let mut other = req("other", 12);
+    other.labels = Labels::parse_list("app=other", "k8s").expect("labels");
+    let b = m.create(&other).expect("other").endpoint;
+    assert_ne!(b.ipv4, a.ipv4);
+    assert_ne!(b.identity, a.identity);
+    // It stays not ready across a restart with the state it now has.
+    drop(m);
+    let m = open(tmp.path(), Arc::clone(&dp));
+    assert_eq!(
+        m.get(&EndpointRef::Id(a.id)).expect("kept").state,
+        EndpointState::NotReady
+    );
+}

@@ -475,6 +475,18 @@ impl Datapath for LinuxDatapath {
         Ok(())
     }
 
+    fn put_endpoint_record(&self, ifindex: u32, record: &[u8]) -> Result<(), DatapathError> {
+        crate::ep_records::put(&self.pin_dir, ifindex, record)
+    }
+
+    fn remove_endpoint_record(&self, ifindex: u32) -> Result<(), DatapathError> {
+        crate::ep_records::remove(&self.pin_dir, ifindex)
+    }
+
+    fn endpoint_records(&self) -> Result<Vec<(u32, Vec<u8>)>, DatapathError> {
+        crate::ep_records::all(&self.pin_dir)
+    }
+
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
     }

@@ -187,6 +187,11 @@ impl Node {
             .expect("signal agent");
     }
 
+    /// The running agent's pid.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     /// `kill -9` the agent.
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {

@@ -1,0 +1,132 @@
+//! Recovery and restarts, end to end: a second agent for one node, a lost state file, a
+//! datapath changed behind the agent's back, pods that vanish without a CNI DEL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ciliate_testutil::privileged;
+use common::Node;
+
+#[test]
+fn a_second_agent_for_the_same_node_exits_and_leaves_the_first_ones_pods_alone() {
+    privileged!();
+    let node = Node::start("10.211.0.0/24");
+    let a = node.add_pod("a", "app=a");
+    let b = node.add_pod("b", "app=b");
+    let pins = node.link_pins();
+    assert_eq!(pins.len(), 4, "two links per pod: {pins:?}");
+
+    let other = tempfile::tempdir().expect("state dir");
+    let started = Instant::now();
+    let out = node
+        .netns
+        .command(common::bin("ciliate-agent"))
+        .args(["--node-name", &node.name, "--pod-cidr", &node.cidr])
+        .arg("--state-dir")
+        .arg(other.path())
+        .arg("--socket")
+        .arg(other.path().join("agent.sock"))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run a second agent");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "the second agent must fail: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it exits at once, it does not wait"
+    );
+    let pid = node.agent_pid().expect("first agent runs");
+    assert!(
+        stderr.contains(&format!("pid {pid}")),
+        "names the holder: {stderr}"
+    );
+    assert!(
+        stderr.contains(&node.pin_dir().display().to_string()),
+        "names the directory: {stderr}"
+    );
+
+    // The first agent's pods keep their programs and talk.
+    assert_eq!(node.link_pins(), pins);
+    assert_eq!(node.endpoint_count(), 2);
+    assert!(a.ping(b.ip, 2), "a -> b still forwarded");
+}
+
+fn connects(pod: &common::Pod, dst: std::net::Ipv4Addr, port: u16) -> bool {
+    pod.in_netns(move || {
+        std::net::TcpStream::connect_timeout(&(dst, port).into(), Duration::from_millis(700))
+            .is_ok()
+    })
+    .join()
+    .expect("connect thread")
+}
+
+const WEB_POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-client, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n";
+
+#[test]
+fn a_lost_state_file_is_rebuilt_from_the_datapath_without_detaching_or_reusing() {
+    privileged!();
+    let mut node = Node::start("10.212.0.0/24");
+    let web = node.add_pod("web", "app=web");
+    let client = node.add_pod("client", "app=client");
+    let stranger = node.add_pod("stranger", "app=stranger");
+    web.echo_server(8080);
+    node.apply("policy.yaml", WEB_POLICY);
+    assert!(connects(&client, web.ip, 8080), "client -> web allowed");
+    assert!(!connects(&stranger, web.ip, 8080), "stranger -> web denied");
+    let before = node.cli_json(&["endpoint", "list"]);
+    let pins = node.link_pins();
+
+    node.kill_agent();
+    let state = node.state.path().join(&node.name).join("state.json");
+    std::fs::remove_file(&state).expect("remove state.json");
+    node.start_agent();
+
+    assert_eq!(node.link_pins(), pins, "no link was detached");
+    let after = node.cli_json(&["endpoint", "list"]);
+    let key = |v: &serde_json::Value| {
+        let mut eps: Vec<(String, String, u64, String)> = v
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| {
+                (
+                    e["containerId"].as_str().unwrap_or_default().to_owned(),
+                    e["ipv4"].as_str().unwrap_or_default().to_owned(),
+                    e["identity"].as_u64().unwrap_or_default(),
+                    e["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        eps.sort();
+        eps
+    };
+    assert_eq!(key(&after), key(&before), "endpoints rebuilt as they were");
+    assert!(
+        node.agent_log()
+            .contains("rebuilt the state from the datapath"),
+        "says so in the log"
+    );
+    // Policy still in force, both ways.
+    assert!(
+        connects(&client, web.ip, 8080),
+        "client -> web still allowed"
+    );
+    assert!(
+        !connects(&stranger, web.ip, 8080),
+        "stranger -> web still denied"
+    );
+    // A new pod gets a fresh address; deleting a recovered pod by its container id works.
+    let fresh = node.add_pod("fresh", "app=fresh");
+    assert!(
+        ![web.ip, client.ip, stranger.ip].contains(&fresh.ip),
+        "fresh address {}",
+        fresh.ip
+    );
+    assert!(node.del_pod(&stranger).ok, "DEL of a recovered pod");
+    assert_eq!(node.endpoint_count(), 3);
+}
