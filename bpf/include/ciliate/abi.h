@@ -257,6 +257,13 @@ struct ipcache_entry {
 /* skb->mark of replies the datapath generates itself (TCP RST, ICMP unreachable): the
  * receiving side lets them through without tracking them. */
 #define MARK_GENERATED 0x0c1a0001
+/* skb->mark of hairpinned Service packets (a pod reaching itself through a VIP, per packet):
+ * from_container has judged and tracked them; to_container lets them into the pod as they are. */
+#define MARK_HAIRPIN 0x0c1a0002
+/* The source a pod sees on a hairpinned connection (Cilium's IPV4_LOOPBACK): a pod cannot
+ * receive a packet from its own address, so its own connection comes "from" this one, which
+ * from_container translates back on the reply. 169.254.42.1. */
+#define HAIRPIN_IPV4 bpf_htonl(0xa9fe2a01)
 
 /* Drop reasons: Cilium's / Hubble's numbering. */
 #define DROP_INVALID_SIP 132

@@ -73,6 +73,8 @@ pub const BE_STATE_ACTIVE: u8 = 0;
 pub const BE_STATE_TERMINATING: u8 = 1;
 /// `MARK_GENERATED`.
 pub const MARK_GENERATED: u32 = 0x0c1a_0001;
+/// `MARK_HAIRPIN`: a Service packet from a pod to itself, let into the pod as it is.
+pub const MARK_HAIRPIN: u32 = 0x0c1a_0002;
 
 /// `CT_MAP_SIZE`.
 pub const CT_MAP_SIZE: u32 = 262_144;

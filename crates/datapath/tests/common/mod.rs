@@ -202,6 +202,27 @@ impl Harness {
         Ok((res.return_value, out))
     }
 
+    /// Runs `prog` on `pkt` carrying `skb->mark` = `mark`.
+    pub fn run_marked(&self, prog: &str, pkt: &[u8], mark: u32) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self
+            .bpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        // struct __sk_buff up to and including `mark` (len and pkt_type must be 0).
+        let mut ctx = [0u8; 12];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut out = vec![0u8; pkt.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let res = p.test_run(opts).expect("test run with a mark");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
     pub fn ct(&self, key: CtKey4) -> Option<CtEntry4> {
         let m: BpfHashMap<&MapData, CtKey4, CtEntry4> =
             BpfHashMap::try_from(self.bpf.map(abi::maps::CT4).expect("map")).expect("hash");
