@@ -18,6 +18,7 @@ pub mod linux;
 pub mod netlink;
 pub mod netns;
 pub mod policy_map;
+pub mod uplink;
 
 use std::net::Ipv4Addr;
 
@@ -28,6 +29,7 @@ use ciliate_model::bpf_policy::{
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 pub use fake::FakeDatapath;
@@ -189,5 +191,35 @@ pub trait Datapath: Send + Sync + 'static {
                 "this datapath has no overlay (tunnel device {name})"
             ))),
         }
+    }
+
+    /// The MTU of the node's uplink: the interface holding `underlay` (the node's address
+    /// towards other nodes) when given, else the one the default route leaves by; `None`
+    /// when there is none. Pod interfaces follow it unless the MTU is configured.
+    fn uplink_mtu(
+        &self,
+        _underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<u32>, DatapathError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Makes sure the VXLAN device `name` exists in collect_md mode on UDP `port`, with
+    /// `mtu`, and is up (reused as it is after a restart). Idempotent.
+    fn ensure_tunnel_device<'a>(
+        &'a self,
+        name: &'a str,
+        _port: u16,
+        _mtu: u32,
+    ) -> BoxFuture<'a, Result<(), DatapathError>> {
+        Box::pin(async move {
+            Err(DatapathError::Unsupported(format!(
+                "this datapath makes no tunnel device ({name})"
+            )))
+        })
+    }
+
+    /// The IPv4 addresses of the node's interfaces (the `host` identity for policy).
+    fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }

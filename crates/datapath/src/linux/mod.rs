@@ -32,6 +32,7 @@ use ciliate_model::bpf_policy::{
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
@@ -42,6 +43,7 @@ pub use loader::{
 };
 
 use crate::abi::{self, maps as map_names, NodeConfig};
+use crate::netlink::Netlink;
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
 use loader::{ENDPOINT_PROGRAMS, OVERLAY_PROGRAM};
 use maps::{ifname_of, ignore_missing, info_of, ipv4_key, take_hash, take_lpm, Maps};
@@ -477,6 +479,54 @@ impl Datapath for LinuxDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn uplink_mtu(
+        &self,
+        underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<u32>, DatapathError>> {
+        Box::pin(async move {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            let addresses = nl
+                .all_addresses()
+                .await
+                .map_err(kernel("read the node's addresses"))?;
+            let routes = nl
+                .routes()
+                .await
+                .map_err(kernel("read the node's routes"))?;
+            let Some(index) = crate::uplink::uplink_index(&addresses, &routes, underlay) else {
+                return Ok(None);
+            };
+            let links = nl.links().await.map_err(kernel("read the node's links"))?;
+            let mtu = links.iter().find(|l| l.index == index).and_then(|l| l.mtu);
+            debug!(uplink = index, ?mtu, ?underlay, "uplink");
+            Ok(mtu)
+        })
+    }
+
+    fn ensure_tunnel_device<'a>(
+        &'a self,
+        name: &'a str,
+        port: u16,
+        mtu: u32,
+    ) -> BoxFuture<'a, Result<(), DatapathError>> {
+        Box::pin(async move {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            nl.ensure_vxlan(name, port, mtu)
+                .await
+                .map_err(kernel(format!("VXLAN device {name}")))?;
+            Ok(())
+        })
+    }
+
+    fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
+        Box::pin(async {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            nl.ipv4_addresses()
+                .await
+                .map_err(kernel("read the node's addresses"))
+        })
     }
 }
 
