@@ -29,6 +29,8 @@ pub struct FakeDatapath {
     uplink_queries: Mutex<Vec<Option<Ipv4Addr>>>,
     tunnel_devices: Mutex<Vec<(String, u16, u32)>>,
     node_addresses: Mutex<Vec<Ipv4Addr>>,
+    uplink: Mutex<Option<crate::Uplink>>,
+    masquerade: Mutex<Option<crate::MasqueradeSpec>>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -48,6 +50,8 @@ impl Default for FakeDatapath {
             uplink_queries: Mutex::default(),
             tunnel_devices: Mutex::default(),
             node_addresses: Mutex::default(),
+            uplink: Mutex::default(),
+            masquerade: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -115,6 +119,16 @@ impl FakeDatapath {
     /// Makes `node_addresses` answer `addrs`.
     pub fn set_node_addresses(&self, addrs: Vec<Ipv4Addr>) {
         *lock(&self.node_addresses) = addrs;
+    }
+
+    /// Makes `uplink` answer `uplink`.
+    pub fn set_uplink(&self, uplink: Option<crate::Uplink>) {
+        *lock(&self.uplink) = uplink;
+    }
+
+    /// The masquerading last set.
+    pub fn masquerade(&self) -> Option<crate::MasqueradeSpec> {
+        lock(&self.masquerade).clone()
     }
 
     /// The endpoints programmed, by host ifindex.
@@ -268,5 +282,19 @@ impl Datapath for FakeDatapath {
     fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
         let addrs = lock(&self.node_addresses).clone();
         Box::pin(async move { Ok(addrs) })
+    }
+
+    fn uplink(
+        &self,
+        underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<crate::Uplink>, DatapathError>> {
+        lock(&self.uplink_queries).push(underlay);
+        let uplink = lock(&self.uplink).clone();
+        Box::pin(async move { Ok(uplink) })
+    }
+
+    fn set_masquerade(&self, spec: Option<&crate::MasqueradeSpec>) -> Result<(), DatapathError> {
+        *lock(&self.masquerade) = spec.cloned();
+        Ok(())
     }
 }

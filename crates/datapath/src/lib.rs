@@ -53,6 +53,28 @@ pub struct EndpointSpec {
     pub identity: u32,
 }
 
+/// Masquerading of pods' traffic to the world (see `bpf/host.c`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasqueradeSpec {
+    /// The uplink device the programs attach to.
+    pub device: String,
+    /// The node address pods' traffic leaves as (one of the device's).
+    pub node_ip: Ipv4Addr,
+    /// Destinations never masqueraded, besides the cluster's pods and nodes (the ipcache).
+    pub exempt: Vec<ipnet::Ipv4Net>,
+}
+
+/// The node's uplink as the datapath found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// Interface name.
+    pub name: String,
+    /// Its MTU, if the kernel reported one.
+    pub mtu: Option<u32>,
+    /// Its IPv4 addresses.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
 /// What one conntrack garbage-collection pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtGcStats {
@@ -221,5 +243,24 @@ pub trait Datapath: Send + Sync + 'static {
     /// The IPv4 addresses of the node's interfaces (the `host` identity for policy).
     fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The node's uplink (as [`Datapath::uplink_mtu`] finds it), with its name and addresses.
+    fn uplink(
+        &self,
+        _underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<Uplink>, DatapathError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Masquerades pods' traffic to the world as `spec` says, or stops (`None`). Idempotent.
+    fn set_masquerade(&self, spec: Option<&MasqueradeSpec>) -> Result<(), DatapathError> {
+        match spec {
+            None => Ok(()),
+            Some(s) => Err(DatapathError::Unsupported(format!(
+                "this datapath cannot masquerade (device {})",
+                s.device
+            ))),
+        }
     }
 }

@@ -47,6 +47,8 @@ pub struct Harness {
     pub bpf: Ebpf,
     /// `bpf/overlay.c`, sharing the maps of `bpf`.
     pub overlay: Ebpf,
+    /// `bpf/host.c`, sharing the maps of `bpf`.
+    pub host: Ebpf,
     pub pin_dir: PathBuf,
 }
 
@@ -63,9 +65,11 @@ impl Harness {
         let bpf = ciliate_datapath::linux::load_endpoint_programs(&pin_dir).expect("load lxc.o");
         let overlay =
             ciliate_datapath::linux::load_overlay_program(&pin_dir).expect("load overlay.o");
+        let host = ciliate_datapath::linux::load_host_programs(&pin_dir).expect("load host.o");
         let mut h = Self {
             bpf,
             overlay,
+            host,
             pin_dir,
         };
         h.add_endpoint(1, 11, 300, POD_A, MAC_A, HOST_MAC_A);
@@ -190,6 +194,7 @@ impl Harness {
             .bpf
             .program(prog)
             .or_else(|| self.overlay.program(prog))
+            .or_else(|| self.host.program(prog))
             .expect("program")
             .try_into()
             .expect("classifier");
