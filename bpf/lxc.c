@@ -108,6 +108,41 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt4 *p, __u1
 	return LB_XLATED;
 }
 
+/* The reply of a hairpinned connection: the pod answers HAIRPIN_IPV4, which stands for the
+ * pod itself. It goes back in as the reply of the pod's own connection (to_endpoint's reply
+ * side: conntrack, the Service's reverse NAT), straight out the same veth. Anything to
+ * HAIRPIN_IPV4 that is not such a reply is dropped. */
+static __always_inline int hairpin_reply(struct __sk_buff *skb, const struct endpoint_info *self,
+					 struct pkt4 *p)
+{
+	struct endpoint_info me = *self;
+	__u16 rev_nat = 0, svc = 0;
+	int ct, report = 0, rc;
+
+	if (nat4_rewrite(skb, p, 0, p->daddr, me.ipv4, p->dport, p->dport) < 0)
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, me.ep_id, me.sec_identity,
+			    me.sec_identity, CT_NONE);
+	p->daddr = me.ipv4;
+	ct = ct_process(p, CT_INGRESS, me.sec_identity, skb->len, &report, 0, 0, &rev_nat, &svc,
+			0);
+	if (ct != CT_REPLY)
+		return drop(skb, METRIC_EGRESS, DROP_CT_UNKNOWN, me.ep_id, me.sec_identity,
+			    me.sec_identity, CT_NONE);
+	if (lb4_rev_nat(skb, p, rev_nat) < 0)
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, me.ep_id, me.sec_identity,
+			    me.sec_identity, ct);
+	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
+	if (report)
+		emit_svc(skb, EVENT_TRACE, TRACE_TO_LXC, me.ep_id, me.sec_identity,
+			 me.sec_identity, ct, svc);
+	rc = redirect_to_endpoint(skb, &me, 0);
+	if (rc < 0)
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, me.ep_id, me.sec_identity,
+			    me.sec_identity, ct);
+	skb->mark = MARK_HAIRPIN;
+	return rc;
+}
+
 SEC("classifier/from_container")
 int from_container(struct __sk_buff *skb)
 {
@@ -161,6 +196,9 @@ int from_container(struct __sk_buff *skb)
 	if (rc == LB_ERROR)
 		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, self->ep_id,
 			    self->sec_identity, 0, CT_NONE);
+	if (rc == LB_NONE && p.daddr == HAIRPIN_IPV4 &&
+	    (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP))
+		return hairpin_reply(skb, self, &p);
 
 	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
 	if (dst) {
@@ -180,13 +218,21 @@ int from_container(struct __sk_buff *skb)
 	if (dst) {
 		__u16 ep_id = self->ep_id;
 		__u32 src_id = self->sec_identity;
+		int hairpin = rc == LB_XLATED && dst->ifindex == self->ifindex;
 
 		if (report)
 			emit_svc(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct, svc);
+		/* The pod reached itself through a Service: it would drop a packet from its own
+		 * address, so the packet comes from HAIRPIN_IPV4 (conntrack holds the real tuple). */
+		if (hairpin && nat4_rewrite(skb, &p, 1, p.saddr, HAIRPIN_IPV4, p.sport, p.sport) < 0)
+			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id, dst_id,
+				    ct);
 		rc = redirect_to_endpoint(skb, dst, 0);
 		if (rc < 0)
 			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id,
 				    dst_id, ct);
+		if (hairpin)
+			skb->mark = MARK_HAIRPIN;
 		return rc;
 	}
 	tunnel_if = node ? tunnel_ifindex() : 0;
@@ -221,8 +267,10 @@ int to_container(struct __sk_buff *skb)
 	self = bpf_map_lookup_elem(&cil_lxc_ifx, &ifindex);
 	if (!self)
 		return TC_ACT_UNSPEC;
-	/* Our own answers for a service without backends: already reported as a drop. */
-	if (skb->mark == MARK_GENERATED)
+	/* Our own answers for a service without backends (already reported as a drop), and
+	 * hairpinned Service packets (judged and tracked by from_container; like Cilium, a pod
+	 * reaching itself is not under its own ingress policy). */
+	if (skb->mark == MARK_GENERATED || skb->mark == MARK_HAIRPIN)
 		return TC_ACT_OK;
 
 	rc = parse_ipv4(skb, &p);

@@ -22,6 +22,8 @@
 /* cil_policy     LPM trie   struct policy_key  -> struct policy_entry  */
 /* cil_ipcache4   LPM trie   struct ipcache_key -> struct ipcache_entry */
 /* cil_node_cfg   array      __u32 0 -> struct node_config (one entry)  */
+/* cil_snat4      LRU hash   struct ct_key4 -> struct snat_entry4 (masquerading) */
+/* cil_nomasq4    LPM trie   struct ipcache_key -> __u8 (not masqueraded)  */
 
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
@@ -118,8 +120,39 @@ struct endpoint_info {
 /* What the programs need to know about their node, written by the agent at start. */
 struct node_config {
 	__u32 tunnel_ifindex; /* the VXLAN device in collect_md mode; 0 = no overlay */
-	__u32 flags;          /* reserved (0) */
-	__u32 pad[2];
+	__u32 flags;          /* NODE_F_* */
+	__be32 masq_ipv4;     /* with NODE_F_MASQUERADE: the node address pods leave as */
+	__u32 masq_ifindex;   /* with NODE_F_MASQUERADE: the device it is done on */
+};
+
+#define NODE_F_MASQUERADE 0x01
+
+/* ---- Masquerading (host.c) ---- */
+
+/* cil_snat4 (LRU hash, struct ct_key4 -> struct snat_entry4) holds both ways of a
+ * masqueraded flow: SNAT_EGRESS keyed by the pod's tuple gives the node address and port it
+ * leaves as; SNAT_INGRESS keyed by the reply's tuple (remote -> node address:port) gives the
+ * pod's address and port back. cil_nomasq4 (LPM trie, struct ipcache_key -> __u8) lists the
+ * destinations never masqueraded besides the cluster's own (pods, nodes: the ipcache). */
+#define SNAT_EGRESS 0
+#define SNAT_INGRESS 1
+#define SNAT_MAP_SIZE 131072
+#define NOMASQ_MAP_SIZE 1024
+/* Ports the node's address lends to pods: above Linux's default ephemeral range
+ * (32768-60999), so the node's own connections do not collide with them. Per remote
+ * address, port and protocol. */
+#define SNAT_PORT_MIN 61000
+#define SNAT_PORT_MAX 65535
+#define SNAT_TRIES 32
+#define SNAT_LIFETIME_TCP 7200
+#define SNAT_LIFETIME_NONTCP 60
+#define SNAT_CLOSE_TIMEOUT 10
+
+struct snat_entry4 {
+	__be32 to_addr;
+	__be16 to_port;
+	__u16 pad;
+	__u64 expires; /* seconds, CLOCK_MONOTONIC */
 };
 
 /* ---- Services ---- */
@@ -257,6 +290,13 @@ struct ipcache_entry {
 /* skb->mark of replies the datapath generates itself (TCP RST, ICMP unreachable): the
  * receiving side lets them through without tracking them. */
 #define MARK_GENERATED 0x0c1a0001
+/* skb->mark of hairpinned Service packets (a pod reaching itself through a VIP, per packet):
+ * from_container has judged and tracked them; to_container lets them into the pod as they are. */
+#define MARK_HAIRPIN 0x0c1a0002
+/* The source a pod sees on a hairpinned connection (Cilium's IPV4_LOOPBACK): a pod cannot
+ * receive a packet from its own address, so its own connection comes "from" this one, which
+ * from_container translates back on the reply. 169.254.42.1. */
+#define HAIRPIN_IPV4 bpf_htonl(0xa9fe2a01)
 
 /* Drop reasons: Cilium's / Hubble's numbering. */
 #define DROP_INVALID_SIP 132
@@ -272,6 +312,9 @@ struct ipcache_entry {
 /* Hubble's "Unknown connection tracking state": an ICMP error that quotes no connection of
  * the endpoint, refused by its policy. */
 #define DROP_CT_UNKNOWN 163
+/* Hubble's "No mapping for NAT masquerade": every masquerade port towards that remote
+ * address and port is taken. */
+#define DROP_NAT_NO_MAPPING 160
 #define DROP_POLICY_DENY 181
 
 #define EVENT_CAPTURE_LEN 128

@@ -115,3 +115,20 @@ struct {
 	__type(value, struct node_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cil_node_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SNAT_MAP_SIZE);
+	__type(key, struct ct_key4);
+	__type(value, struct snat_entry4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_snat4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, NOMASQ_MAP_SIZE);
+	__type(key, struct ipcache_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_nomasq4 SEC(".maps");

@@ -100,6 +100,8 @@ pub struct ClusterConfig {
 
 /// Bytes VXLAN adds to a packet (outer Ethernet, IPv4, UDP, VXLAN headers).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The node's MTU when neither configured nor found on an uplink.
+pub const DEFAULT_MTU: u32 = 1500;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -166,10 +168,12 @@ pub struct Args {
     #[arg(long, env = "CILIATE_DATAPATH", value_name = "KIND", value_enum, default_value_t = DatapathKind::Bpf)]
     pub datapath: DatapathKind,
 
-    /// MTU of the node's network. Pod interfaces get it as it is, or 50 bytes less with the
-    /// VXLAN overlay (the encapsulation's overhead), so that nothing needs fragmenting.
-    #[arg(long, env = "CILIATE_MTU", value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(576..=65535))]
-    pub mtu: u32,
+    /// MTU of the node's network; by default the MTU of its uplink (the interface holding
+    /// --node-ip, else the one the default route leaves by; 1500 when there is none). Pod
+    /// interfaces get it as it is, or 50 bytes less with the VXLAN overlay (the
+    /// encapsulation's overhead), so that nothing needs fragmenting.
+    #[arg(long, env = "CILIATE_MTU", value_name = "BYTES", value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub mtu: Option<u32>,
 
     /// Seconds between two passes of connection-tracking garbage collection, which deletes
     /// expired entries so the table does not fill up.
@@ -264,8 +268,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Which datapath is programmed.
     pub datapath: DatapathKind,
-    /// MTU of pod interfaces.
-    pub mtu: u32,
+    /// MTU of the node's network as configured; `None` follows the uplink.
+    pub mtu: Option<u32>,
     /// Seconds between conntrack GC passes.
     pub ct_gc_interval_seconds: u64,
     /// The manifest directory, if any.
@@ -285,11 +289,22 @@ pub struct Config {
 }
 
 impl Config {
-    /// The MTU of pod interfaces: the node's, less the overlay's overhead when there is one.
-    pub fn pod_mtu(&self) -> u32 {
+    /// The MTU of pod interfaces: the node's (as configured, else `uplink`'s, else
+    /// [`DEFAULT_MTU`]), less the overlay's overhead when there is one.
+    pub fn pod_mtu(&self, uplink: Option<u32>) -> u32 {
+        let node = self.mtu.or(uplink).unwrap_or(DEFAULT_MTU);
         match &self.cluster {
-            Some(c) if c.tunnel == TunnelMode::Vxlan => self.mtu - VXLAN_OVERHEAD,
-            _ => self.mtu,
+            Some(c) if c.tunnel == TunnelMode::Vxlan => node.saturating_sub(VXLAN_OVERHEAD),
+            _ => node,
+        }
+    }
+
+    /// The node's address whose interface is the uplink: the underlay address in a cluster,
+    /// else the first `--node-ip`; `None` means the default route's interface.
+    pub fn uplink_address(&self) -> Option<Ipv4Addr> {
+        match &self.cluster {
+            Some(c) => Some(c.underlay_ip),
+            None => self.node_ips.first().copied(),
         }
     }
 }
@@ -594,7 +609,8 @@ mod tests {
     fn a_cluster_needs_an_underlay_address_and_takes_the_overlay_from_the_mtu() {
         let alone = parse(&["--node-name", "n1"], &env(&[])).expect("defaults");
         assert_eq!(alone.cluster, None);
-        assert_eq!(alone.pod_mtu(), 1500);
+        assert_eq!(alone.pod_mtu(None), 1500);
+        assert_eq!(alone.pod_mtu(Some(1400)), 1400, "the uplink's");
         let joined = parse(
             &["--node-name", "n1", "--node-ip", "172.31.0.10"],
             &env(&[(
@@ -610,7 +626,13 @@ mod tests {
             (c.tunnel, c.tunnel_port, c.lease_ttl_seconds),
             (TunnelMode::Vxlan, 8472, 900)
         );
-        assert_eq!(joined.pod_mtu(), 1450);
+        assert_eq!(joined.pod_mtu(None), 1450);
+        assert_eq!(
+            joined.pod_mtu(Some(9000)),
+            8950,
+            "the uplink's, less the overlay"
+        );
+        assert_eq!(joined.uplink_address(), Some(Ipv4Addr::new(172, 31, 0, 10)));
         let routed = parse(
             &[
                 "--node-name",
@@ -625,7 +647,7 @@ mod tests {
             &env(&[]),
         )
         .expect("no overlay");
-        assert_eq!(routed.pod_mtu(), 1500);
+        assert_eq!(routed.pod_mtu(None), 1500);
 
         let err = |args: &[&str]| parse(args, &env(&[])).expect_err("refused").to_string();
         assert!(
@@ -695,7 +717,8 @@ mod tests {
         assert_eq!(c.bpffs_root, PathBuf::from("/sys/fs/bpf"));
         assert_eq!(c.socket, PathBuf::from("/var/run/ciliate/agent.sock"));
         assert_eq!(c.datapath, DatapathKind::Bpf);
-        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.mtu, None, "follows the uplink");
+        assert_eq!(c.uplink_address(), None);
         assert_eq!(c.ct_gc_interval_seconds, 30);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
@@ -743,7 +766,8 @@ mod tests {
             ("RUST_LOG", "debug"),
         ]);
         let c = parse(&["--mtu", "1400", "--socket=/tmp/a.sock"], &e).expect("parses");
-        assert_eq!(c.mtu, 1400, "flag wins");
+        assert_eq!(c.mtu, Some(1400), "flag wins");
+        assert_eq!(c.pod_mtu(Some(9000)), 1400, "over the uplink");
         assert_eq!(c.pod_cidr.to_string(), "10.1.0.0/16", "env beats default");
         assert_eq!(c.node_name, "from-env");
         assert_eq!(c.datapath, DatapathKind::Fake);

@@ -304,10 +304,11 @@ async fn run_inner(
         Some(d) => d,
         None => open_datapath(&config)?,
     };
+    let pod_mtu = resolve_pod_mtu(&config, datapath.as_ref()).await;
     let settings = ManagerSettings {
         node_name: config.node_name.clone(),
         pod_cidr: config.pod_cidr,
-        mtu: config.pod_mtu(),
+        mtu: pod_mtu,
     };
     let dp = Arc::clone(&datapath);
     let manager = tokio::task::spawn_blocking(move || EndpointManager::open(settings, store, dp))
@@ -340,7 +341,7 @@ async fn run_inner(
             .await
             .map_err(|e| AgentError::Panicked(e.to_string()))??;
     let policies = Arc::new(policies);
-    refresh_node_addresses(&policies).await;
+    refresh_node_addresses(datapath.as_ref(), &policies).await;
     // semantics (#12): Namespace objects' labels reach policy through the Service store.
     services.attach_policy(Arc::clone(&policies));
     manager.attach_policy(Arc::clone(&policies));
@@ -355,6 +356,7 @@ async fn run_inner(
         Some(cluster) => {
             let (task, member) = join_cluster(
                 &config,
+                pod_mtu,
                 cluster,
                 &datapath,
                 &manager,
@@ -376,6 +378,7 @@ async fn run_inner(
         }
     };
     let policy_task = tokio::spawn(run_policy_loop(
+        Arc::clone(&datapath),
         Arc::clone(&manager),
         Arc::clone(&policies),
         services::POLL_INTERVAL,
@@ -447,6 +450,24 @@ async fn run_inner(
     })
 }
 
+/// The MTU of pod interfaces: as configured, else following the node's uplink as the
+/// datapath finds it (see [`Config::pod_mtu`]).
+async fn resolve_pod_mtu(config: &Config, datapath: &dyn Datapath) -> u32 {
+    let uplink = match config.mtu {
+        Some(_) => None,
+        None => match datapath.uplink_mtu(config.uplink_address()).await {
+            Ok(mtu) => mtu,
+            Err(e) => {
+                warn!(error = %e, "cannot read the uplink's MTU; using the default");
+                None
+            }
+        },
+    };
+    let mtu = config.pod_mtu(uplink);
+    info!(pod_mtu = mtu, uplink_mtu = ?uplink, configured = ?config.mtu, "pod MTU");
+    mtu
+}
+
 /// The name of the overlay device in the node's namespace.
 pub const TUNNEL_DEVICE: &str = "ciliate_vxlan";
 
@@ -455,6 +476,7 @@ pub const TUNNEL_DEVICE: &str = "ciliate_vxlan";
 /// membership.
 async fn join_cluster(
     config: &Config,
+    pod_mtu: u32,
     cluster: &ClusterConfig,
     datapath: &Arc<dyn Datapath>,
     manager: &Arc<EndpointManager>,
@@ -463,9 +485,8 @@ async fn join_cluster(
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<ClusterMember>), AgentError> {
     let tunnel = match cluster.tunnel {
         TunnelMode::Vxlan if config.datapath == DatapathKind::Bpf => {
-            let nl = ciliate_datapath::netlink::Netlink::connect()
-                .map_err(|e| AgentError::Cluster(format!("overlay: {e}")))?;
-            nl.ensure_vxlan(TUNNEL_DEVICE, cluster.tunnel_port, config.pod_mtu())
+            datapath
+                .ensure_tunnel_device(TUNNEL_DEVICE, cluster.tunnel_port, pod_mtu)
                 .await
                 .map_err(|e| AgentError::Cluster(format!("overlay: {e}")))?;
             Some(TUNNEL_DEVICE)
@@ -496,12 +517,8 @@ async fn join_cluster(
 
 /// Reads the node's addresses from its interfaces into the policy store (they are `host` in
 /// the ipcache). A failure keeps the addresses known so far.
-pub async fn refresh_node_addresses(policies: &PolicyManager) {
-    let found = async {
-        let nl = ciliate_datapath::netlink::Netlink::connect()?;
-        nl.ipv4_addresses().await
-    };
-    match found.await {
+pub async fn refresh_node_addresses(datapath: &dyn Datapath, policies: &PolicyManager) {
+    match datapath.node_addresses().await {
         Ok(addrs) => {
             policies.set_discovered_addresses(addrs);
         }
@@ -512,6 +529,7 @@ pub async fn refresh_node_addresses(policies: &PolicyManager) {
 /// Polls every `interval` until `shutdown`: re-reads the node's addresses and the manifest
 /// directory's policies, and reconciles when anything changed or the last attempt failed.
 pub async fn run_policy_loop(
+    datapath: Arc<dyn Datapath>,
     manager: Arc<EndpointManager>,
     policies: Arc<PolicyManager>,
     interval: Duration,
@@ -524,7 +542,7 @@ pub async fn run_policy_loop(
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        refresh_node_addresses(&policies).await;
+        refresh_node_addresses(datapath.as_ref(), &policies).await;
         let (m, p) = (Arc::clone(&manager), Arc::clone(&policies));
         let tick = tokio::task::spawn_blocking(move || {
             p.reload_dir();
@@ -573,6 +591,53 @@ mod tests {
             ));
             assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
         });
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let env = crate::config::StaticEnvironment {
+            vars: Default::default(),
+            hostname: Some("node-a".to_owned()),
+        };
+        Config::parse_from(
+            std::iter::once("ciliate-agent").chain(args.iter().copied()),
+            &env,
+        )
+        .expect("config")
+    }
+
+    #[tokio::test]
+    async fn the_pod_mtu_follows_the_uplink_the_datapath_finds_unless_configured() {
+        let fake = FakeDatapath::new();
+        fake.set_uplink_mtu(Some(1400));
+        assert_eq!(resolve_pod_mtu(&config(&[]), &fake).await, 1400);
+        assert_eq!(
+            fake.uplink_queries(),
+            vec![None],
+            "the default route's device"
+        );
+        let with_ip = config(&["--node-ip", "192.0.2.1"]);
+        assert_eq!(resolve_pod_mtu(&with_ip, &fake).await, 1400);
+        assert_eq!(
+            fake.uplink_queries().last(),
+            Some(&Some(std::net::Ipv4Addr::new(192, 0, 2, 1))),
+            "the device holding --node-ip"
+        );
+        let asked = fake.uplink_queries().len();
+        assert_eq!(
+            resolve_pod_mtu(&config(&["--mtu", "9000"]), &fake).await,
+            9000
+        );
+        assert_eq!(
+            fake.uplink_queries().len(),
+            asked,
+            "a configured MTU asks nothing"
+        );
+        fake.set_uplink_mtu(None);
+        assert_eq!(
+            resolve_pod_mtu(&config(&[]), &fake).await,
+            1500,
+            "no uplink"
+        );
     }
 
     #[test]

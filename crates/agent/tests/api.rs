@@ -56,7 +56,7 @@ fn harness_with(cidr: &str) -> Harness {
         ManagerSettings {
             node_name: config.node_name.clone(),
             pod_cidr: config.pod_cidr,
-            mtu: config.mtu,
+            mtu: config.pod_mtu(None),
         },
         store,
         dp.clone(),

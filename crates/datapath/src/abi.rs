@@ -31,6 +31,10 @@ pub mod maps {
     pub const IPCACHE4: &str = "cil_ipcache4";
     /// The node's configuration for the programs (one-entry array).
     pub const NODE_CFG: &str = "cil_node_cfg";
+    /// Masquerading translations, both ways.
+    pub const SNAT4: &str = "cil_snat4";
+    /// Destinations never masqueraded.
+    pub const NOMASQ4: &str = "cil_nomasq4";
     /// Every pinned map of the node.
     pub const ALL: [&str; 13] = [
         CT4, LXC4, LXC_IFX, EVENTS, METRICS, LB4_SVC, LB4_BE, LB4_RNAT, LB4_AFF, LB4_SK, POLICY,
@@ -73,6 +77,8 @@ pub const BE_STATE_ACTIVE: u8 = 0;
 pub const BE_STATE_TERMINATING: u8 = 1;
 /// `MARK_GENERATED`.
 pub const MARK_GENERATED: u32 = 0x0c1a_0001;
+/// `MARK_HAIRPIN`: a Service packet from a pod to itself, let into the pod as it is.
+pub const MARK_HAIRPIN: u32 = 0x0c1a_0002;
 
 /// `CT_MAP_SIZE`.
 pub const CT_MAP_SIZE: u32 = 262_144;
@@ -396,10 +402,37 @@ pub struct IpcacheValue {
 pub struct NodeConfig {
     /// The VXLAN device (collect_md); 0 = no overlay.
     pub tunnel_ifindex: u32,
-    /// Reserved (0).
+    /// `NODE_F_*`.
     pub flags: u32,
+    /// With [`NODE_F_MASQUERADE`]: the address pods leave the node as (network order).
+    pub masq_ipv4: [u8; 4],
+    /// With [`NODE_F_MASQUERADE`]: the device masquerading is done on.
+    pub masq_ifindex: u32,
+}
+
+/// `node_config.flags`: pods' traffic to the world leaves as the node's address.
+pub const NODE_F_MASQUERADE: u32 = 0x01;
+/// `SNAT_EGRESS`: a `cil_snat4` key of a pod's tuple.
+pub const SNAT_EGRESS: u8 = 0;
+/// `SNAT_INGRESS`: a `cil_snat4` key of a reply's tuple.
+pub const SNAT_INGRESS: u8 = 1;
+/// First port masquerading lends.
+pub const SNAT_PORT_MIN: u16 = 61000;
+/// `DROP_NAT_NO_MAPPING`: no masquerade port left towards that destination.
+pub const DROP_NAT_NO_MAPPING: u8 = 160;
+
+/// `struct snat_entry4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatEntry4 {
+    /// Address translated to (network order).
+    pub to_addr: [u8; 4],
+    /// Port translated to (network order).
+    pub to_port: [u8; 2],
     /// Padding.
-    pub pad: [u32; 2],
+    pub pad: u16,
+    /// Seconds, CLOCK_MONOTONIC.
+    pub expires: u64,
 }
 
 // SAFETY: plain-old-data, `repr(C)`, no padding the kernel could leave uninitialised that we
@@ -431,10 +464,13 @@ unsafe impl aya::Pod for Lb4ReverseNat {}
 unsafe impl aya::Pod for Lb4AffinityKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Lb4AffinityVal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SnatEntry4 {}
 
 const _: () = {
     assert!(size_of::<CtKey4>() == 16);
     assert!(size_of::<NodeConfig>() == 16);
+    assert!(size_of::<SnatEntry4>() == 16);
     assert!(offset_of!(CtKey4, proto) == 12);
     assert!(size_of::<CtEntry4>() == 64);
     assert!(offset_of!(CtEntry4, src_identity) == 40);

@@ -23,6 +23,7 @@ pub fn drop_reason_name(code: u8) -> &'static str {
         141 => "Error writing to packet",
         147 => "Error retrieving tunnel key",
         158 => "Service backend not found",
+        160 => "No mapping for NAT masquerade",
         163 => "Unknown connection tracking state",
         181 => "Policy denied by denylist",
         _ => "Unknown drop reason",

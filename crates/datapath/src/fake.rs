@@ -1,12 +1,14 @@
 //! An in-memory [`Datapath`] for tests of the control plane: no root, no kernel.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use ciliate_model::api::{CtEntry, DatapathStatus};
 use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, PolicySyncStats};
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
@@ -23,6 +25,12 @@ pub struct FakeDatapath {
     fail_next_policy: Mutex<Option<String>>,
     ipcache: Mutex<Vec<IpcacheEntry>>,
     tunnel: Mutex<Option<String>>,
+    uplink_mtu: Mutex<Option<u32>>,
+    uplink_queries: Mutex<Vec<Option<Ipv4Addr>>>,
+    tunnel_devices: Mutex<Vec<(String, u16, u32)>>,
+    node_addresses: Mutex<Vec<Ipv4Addr>>,
+    uplink: Mutex<Option<crate::Uplink>>,
+    masquerade: Mutex<Option<crate::MasqueradeSpec>>,
     events: broadcast::Sender<MonitorEvent>,
     records: Mutex<BTreeMap<u32, Vec<u8>>>,
 }
@@ -39,6 +47,12 @@ impl Default for FakeDatapath {
             fail_next_policy: Mutex::default(),
             ipcache: Mutex::default(),
             tunnel: Mutex::default(),
+            uplink_mtu: Mutex::default(),
+            uplink_queries: Mutex::default(),
+            tunnel_devices: Mutex::default(),
+            node_addresses: Mutex::default(),
+            uplink: Mutex::default(),
+            masquerade: Mutex::default(),
             events: broadcast::channel(1024).0,
             records: Mutex::default(),
         }
@@ -87,6 +101,36 @@ impl FakeDatapath {
     /// Publishes an event as if the datapath had reported it.
     pub fn emit(&self, ev: MonitorEvent) {
         let _ = self.events.send(ev);
+    }
+
+    /// Makes `uplink_mtu` answer `mtu` (`None`: no uplink found).
+    pub fn set_uplink_mtu(&self, mtu: Option<u32>) {
+        *lock(&self.uplink_mtu) = mtu;
+    }
+
+    /// The underlay addresses `uplink_mtu` was asked about, in order.
+    pub fn uplink_queries(&self) -> Vec<Option<Ipv4Addr>> {
+        lock(&self.uplink_queries).clone()
+    }
+
+    /// The tunnel devices `ensure_tunnel_device` was asked for: (name, UDP port, MTU).
+    pub fn tunnel_devices(&self) -> Vec<(String, u16, u32)> {
+        lock(&self.tunnel_devices).clone()
+    }
+
+    /// Makes `node_addresses` answer `addrs`.
+    pub fn set_node_addresses(&self, addrs: Vec<Ipv4Addr>) {
+        *lock(&self.node_addresses) = addrs;
+    }
+
+    /// Makes `uplink` answer `uplink`.
+    pub fn set_uplink(&self, uplink: Option<crate::Uplink>) {
+        *lock(&self.uplink) = uplink;
+    }
+
+    /// The masquerading last set.
+    pub fn masquerade(&self) -> Option<crate::MasqueradeSpec> {
+        lock(&self.masquerade).clone()
     }
 
     /// The endpoints programmed, by host ifindex.
@@ -236,6 +280,46 @@ impl Datapath for FakeDatapath {
 
     fn set_tunnel(&self, ifname: Option<&str>) -> Result<(), DatapathError> {
         *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = ifname.map(str::to_owned);
+        Ok(())
+    }
+
+    fn uplink_mtu(
+        &self,
+        underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<u32>, DatapathError>> {
+        lock(&self.uplink_queries).push(underlay);
+        let mtu = *lock(&self.uplink_mtu);
+        Box::pin(async move { Ok(mtu) })
+    }
+
+    fn ensure_tunnel_device<'a>(
+        &'a self,
+        name: &'a str,
+        port: u16,
+        mtu: u32,
+    ) -> BoxFuture<'a, Result<(), DatapathError>> {
+        let mut devices = lock(&self.tunnel_devices);
+        devices.retain(|(n, _, _)| n != name);
+        devices.push((name.to_owned(), port, mtu));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
+        let addrs = lock(&self.node_addresses).clone();
+        Box::pin(async move { Ok(addrs) })
+    }
+
+    fn uplink(
+        &self,
+        underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<crate::Uplink>, DatapathError>> {
+        lock(&self.uplink_queries).push(underlay);
+        let uplink = lock(&self.uplink).clone();
+        Box::pin(async move { Ok(uplink) })
+    }
+
+    fn set_masquerade(&self, spec: Option<&crate::MasqueradeSpec>) -> Result<(), DatapathError> {
+        *lock(&self.masquerade) = spec.cloned();
         Ok(())
     }
 }

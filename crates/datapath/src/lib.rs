@@ -20,6 +20,7 @@ pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod policy_map;
+pub mod uplink;
 
 use std::net::Ipv4Addr;
 
@@ -30,6 +31,7 @@ use ciliate_model::bpf_policy::{
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 pub use fake::FakeDatapath;
@@ -51,6 +53,28 @@ pub struct EndpointSpec {
     pub host_mac: MacAddr,
     /// Security identity of the endpoint.
     pub identity: u32,
+}
+
+/// Masquerading of pods' traffic to the world (see `bpf/host.c`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasqueradeSpec {
+    /// The uplink device the programs attach to.
+    pub device: String,
+    /// The node address pods' traffic leaves as (one of the device's).
+    pub node_ip: Ipv4Addr,
+    /// Destinations never masqueraded, besides the cluster's pods and nodes (the ipcache).
+    pub exempt: Vec<ipnet::Ipv4Net>,
+}
+
+/// The node's uplink as the datapath found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// Interface name.
+    pub name: String,
+    /// Its MTU, if the kernel reported one.
+    pub mtu: Option<u32>,
+    /// Its IPv4 addresses.
+    pub addresses: Vec<Ipv4Addr>,
 }
 
 /// What one conntrack garbage-collection pass did.
@@ -208,5 +232,54 @@ pub trait Datapath: Send + Sync + 'static {
     /// Every endpoint record, by host ifindex.
     fn endpoint_records(&self) -> Result<Vec<(u32, Vec<u8>)>, DatapathError> {
         Ok(Vec::new())
+    }
+
+    /// The MTU of the node's uplink: the interface holding `underlay` (the node's address
+    /// towards other nodes) when given, else the one the default route leaves by; `None`
+    /// when there is none. Pod interfaces follow it unless the MTU is configured.
+    fn uplink_mtu(
+        &self,
+        _underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<u32>, DatapathError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Makes sure the VXLAN device `name` exists in collect_md mode on UDP `port`, with
+    /// `mtu`, and is up (reused as it is after a restart). Idempotent.
+    fn ensure_tunnel_device<'a>(
+        &'a self,
+        name: &'a str,
+        _port: u16,
+        _mtu: u32,
+    ) -> BoxFuture<'a, Result<(), DatapathError>> {
+        Box::pin(async move {
+            Err(DatapathError::Unsupported(format!(
+                "this datapath makes no tunnel device ({name})"
+            )))
+        })
+    }
+
+    /// The IPv4 addresses of the node's interfaces (the `host` identity for policy).
+    fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The node's uplink (as [`Datapath::uplink_mtu`] finds it), with its name and addresses.
+    fn uplink(
+        &self,
+        _underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<Uplink>, DatapathError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Masquerades pods' traffic to the world as `spec` says, or stops (`None`). Idempotent.
+    fn set_masquerade(&self, spec: Option<&MasqueradeSpec>) -> Result<(), DatapathError> {
+        match spec {
+            None => Ok(()),
+            Some(s) => Err(DatapathError::Unsupported(format!(
+                "this datapath cannot masquerade (device {})",
+                s.device
+            ))),
+        }
     }
 }

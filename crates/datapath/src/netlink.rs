@@ -472,7 +472,8 @@ impl Netlink {
         Ok(out)
     }
 
-    async fn all_addresses(&self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
+    /// Every IPv4 address of the namespace with the index of the link holding it.
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()

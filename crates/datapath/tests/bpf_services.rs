@@ -330,3 +330,62 @@ fn socket_lb_affinity_follows_a_backend_only_while_it_is_in_the_frontend() {
     connect();
     assert_eq!(affine_backend(&h), Some(2));
 }
+
+const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
+#[test]
+fn a_pod_reaching_itself_through_a_vip_is_hairpinned_from_169_254_42_1() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&[POD_A], None, L4Proto::Tcp));
+    let (v, out) = h.run("from_container", &tcp_ok(POD_A, 47000, VIP, 80, SYN));
+    assert_eq!(v, TC_ACT_REDIRECT, "back out the pod's own veth");
+    assert_eq!(&out[0..12], &[MAC_A, HOST_MAC_A].concat()[..]);
+    assert_eq!(src_of(&out), (HAIRPIN, 47000), "from the hairpin address");
+    assert_eq!(
+        dst_of(&out),
+        (POD_A, 8080),
+        "to the backend: the pod itself"
+    );
+    assert_checksums(&out);
+    // Conntrack holds the pod's real tuple.
+    assert!(h
+        .ct(key(POD_A, 47000, POD_A, 8080, 6, abi::CT_EGRESS))
+        .is_some());
+    // The veth's egress lets it in as it is, even under a default-deny ingress policy.
+    h.set_policy_a(&ingress_policy(vec![]), 0);
+    assert_eq!(
+        h.run("to_container", &out).0,
+        TC_ACT_SHOT,
+        "unmarked: judged"
+    );
+    assert_eq!(
+        h.run_marked("to_container", &out, abi::MARK_HAIRPIN),
+        (TC_ACT_OK, out.clone())
+    );
+    // The pod answers the hairpin address: it goes back in as the reply, from the VIP.
+    let (v, reply) = h.run(
+        "from_container",
+        &tcp_ok(POD_A, 8080, HAIRPIN, 47000, SYN | ACK),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(src_of(&reply), (VIP, 80));
+    assert_eq!(dst_of(&reply), (POD_A, 47000));
+    assert_checksums(&reply);
+    let e = h
+        .ct(key(POD_A, 47000, POD_A, 8080, 6, abi::CT_EGRESS))
+        .expect("entry");
+    assert_eq!((e.tx_packets, e.rx_packets), (1, 1));
+    // The next packet of the connection takes the same way.
+    let (v, out) = h.run("from_container", &tcp_ok(POD_A, 47000, VIP, 80, ACK));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(src_of(&out), (HAIRPIN, 47000));
+    h.events();
+    // Something to the hairpin address that answers no connection: dropped with a reason.
+    let (v, _) = h.run("from_container", &tcp_ok(POD_A, 8080, HAIRPIN, 47999, ACK));
+    assert_eq!(v, TC_ACT_SHOT);
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| e.kind == abi::EVENT_DROP && e.code == abi::DROP_CT_UNKNOWN));
+}

@@ -361,3 +361,31 @@ fn a_pod_that_lost_its_gateway_neighbour_entry_gets_it_back_by_arp() {
         assert!(node.del_pod(p).ok, "DEL {}", p.name);
     }
 }
+
+#[test]
+fn pod_interfaces_follow_the_mtu_of_the_nodes_uplink() {
+    privileged!();
+    let mut node = Node::start("10.201.10.0/24");
+    // Give the node an uplink of MTU 1400 carrying its default route, then restart the agent,
+    // which reads the uplink at start.
+    node.kill_agent();
+    let ns = &node.netns;
+    ns.exec(
+        "ip",
+        &[
+            "link", "add", "up0", "mtu", "1400", "type", "veth", "peer", "name", "up1",
+        ],
+    );
+    ns.exec("ip", &["link", "set", "up1", "up"]);
+    ns.exec("ip", &["link", "set", "up0", "up"]);
+    ns.exec("ip", &["addr", "add", "198.18.0.1/24", "dev", "up0"]);
+    ns.exec(
+        "ip",
+        &["route", "add", "default", "via", "198.18.0.2", "dev", "up0"],
+    );
+    node.start_agent();
+    let pod = node.add_pod("mtu", "app=mtu");
+    let link = pod.netns.exec("ip", &["-o", "link", "show", "eth0"]);
+    assert!(link.contains(" mtu 1400 "), "pod interface: {link}");
+    assert!(node.del_pod(&pod).ok);
+}

@@ -357,3 +357,31 @@ fn ten_thousand_services_are_all_programmed_and_reachable() {
         }
     }
 }
+
+#[test]
+fn a_backend_reaching_its_own_service_per_packet_is_hairpinned() {
+    privileged!();
+    let node = Node::start("10.219.0.0/24");
+    let web = node.add_pod("web-1", "app=web");
+    let _server = node.ident_server(&web, 8080);
+    node.apply(
+        "web.yaml",
+        &(service_yaml("web", VIP, false)
+            + "---\n"
+            + &slice_yaml("web", &ready(std::slice::from_ref(&web)))),
+    );
+    // Outside the socket-LB cgroup: the per-packet path picks the pod itself as backend.
+    for proto in ["tcp", "udp"] {
+        let v = node.probe(
+            &web,
+            false,
+            &[
+                "--dst", VIP, "--port", "80", "--proto", proto, "--count", "5",
+            ],
+        );
+        assert_no_errors(&v);
+        assert_eq!(answers(&v), vec!["web-1"], "{proto}: {v}");
+        let peers: Vec<&String> = v["peers"].as_object().expect("peers").keys().collect();
+        assert_eq!(peers, vec![&format!("{VIP}:80")], "{proto}");
+    }
+}

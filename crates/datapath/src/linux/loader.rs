@@ -18,6 +18,8 @@ pub static LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// The compiled `bpf/overlay.c`.
 pub static OVERLAY_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.o"));
+/// The compiled `bpf/host.c`.
+pub static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
 /// The compiled `bpf/sock.c`.
 pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
@@ -136,6 +138,36 @@ pub fn load_overlay_program(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
         .map_err(kernel(format!("{name} is not a classifier")))?;
     prog.load()
         .map_err(kernel(format!("verify and load {name}")))?;
+    Ok(bpf)
+}
+
+/// The masquerading programs on the uplink: (name in the object, where it attaches, pin name
+/// prefix). Pins are named `<prefix>-<ifindex>`, never starting with a number, so that they
+/// are not taken for a pod veth's.
+pub(super) const HOST_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    ("to_netdev", TcAttachType::Egress, "netdev-egress"),
+    ("from_netdev", TcAttachType::Ingress, "netdev-ingress"),
+];
+
+/// Loads `bpf/host.c` with the node's pinned maps under `pin_dir`, programs loaded but not
+/// attached.
+pub fn load_host_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
+    let mut bpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(object("host.c", HOST_OBJECT)?)
+        .map_err(kernel("load bpf/host.c"))?;
+    for (name, _, _) in HOST_PROGRAMS {
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(name)
+            .ok_or_else(|| {
+                DatapathError::Unsupported(format!("program {name} missing from host.o"))
+            })?
+            .try_into()
+            .map_err(kernel(format!("{name} is not a classifier")))?;
+        prog.load()
+            .map_err(kernel(format!("verify and load {name}")))?;
+    }
     Ok(bpf)
 }
 

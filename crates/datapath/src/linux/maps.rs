@@ -26,6 +26,7 @@ pub(super) struct Maps {
     pub(super) policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     pub(super) ipcache: LpmTrie<MapData, [u8; 4], IpcacheValue>,
     pub(super) node_cfg: Array<MapData, NodeConfig>,
+    pub(super) nomasq: LpmTrie<MapData, [u8; 4], u8>,
 }
 
 pub(super) fn take_hash<K: aya::Pod, V: aya::Pod>(

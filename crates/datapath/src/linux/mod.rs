@@ -32,18 +32,20 @@ use ciliate_model::bpf_policy::{
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::MacAddr;
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 pub use loader::{
     attach_socket_lb, cgroup2_mount, default_socket_lb_cgroup, ensure_bpffs,
-    load_endpoint_programs, load_overlay_program, load_socket_programs, LXC_OBJECT, OVERLAY_OBJECT,
-    SOCK_OBJECT,
+    load_endpoint_programs, load_host_programs, load_overlay_program, load_socket_programs,
+    HOST_OBJECT, LXC_OBJECT, OVERLAY_OBJECT, SOCK_OBJECT,
 };
 
 use crate::abi::{self, maps as map_names, NodeConfig};
+use crate::netlink::Netlink;
 use crate::{CtGcStats, Datapath, DatapathError, EndpointSpec};
-use loader::{ENDPOINT_PROGRAMS, OVERLAY_PROGRAM};
+use loader::{ENDPOINT_PROGRAMS, HOST_PROGRAMS, OVERLAY_PROGRAM};
 use maps::{ifname_of, ignore_missing, info_of, ipv4_key, take_hash, take_lpm, Maps};
 use policy::PolicyShadow;
 
@@ -79,6 +81,8 @@ struct Inner {
     bpf: Ebpf,
     /// `bpf/overlay.c`, sharing the maps of `bpf`.
     overlay: Ebpf,
+    /// `bpf/host.c` (masquerading), sharing the maps of `bpf`.
+    host: Ebpf,
     /// Kept for its socket programs; their links are pinned.
     _sock: Option<Ebpf>,
     maps: Maps,
@@ -123,6 +127,7 @@ impl LinuxDatapath {
         let reused = pin_dir.join(map_names::CT4).exists();
         let mut bpf = load_endpoint_programs(&pin_dir)?;
         let overlay = loader::load_overlay_program(&pin_dir)?;
+        let host = loader::load_host_programs(&pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links")).map_err(kernel("create links directory"))?;
         let maps = Maps {
             ct: take_hash(&mut bpf, map_names::CT4)?,
@@ -133,6 +138,7 @@ impl LinuxDatapath {
             lb_rnat: take_hash(&mut bpf, map_names::LB4_RNAT)?,
             policy: take_lpm(&mut bpf, map_names::POLICY)?,
             ipcache: take_lpm(&mut bpf, map_names::IPCACHE4)?,
+            nomasq: take_lpm(&mut bpf, map_names::NOMASQ4)?,
             node_cfg: Array::try_from(
                 bpf.take_map(map_names::NODE_CFG)
                     .ok_or_else(|| DatapathError::Unsupported("map cil_node_cfg missing".into()))?,
@@ -168,6 +174,7 @@ impl LinuxDatapath {
             inner: Mutex::new(Inner {
                 bpf,
                 overlay,
+                host,
                 _sock: sock,
                 maps,
                 lb_shadow,
@@ -462,9 +469,10 @@ impl Datapath for LinuxDatapath {
             }
             None => 0,
         };
+        // The masquerading half of the configuration stays as it is.
         let cfg = NodeConfig {
             tunnel_ifindex: ifindex,
-            ..NodeConfig::default()
+            ..inner.maps.node_cfg.get(&0, 0).unwrap_or_default()
         };
         inner
             .maps
@@ -489,6 +497,135 @@ impl Datapath for LinuxDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn uplink_mtu(
+        &self,
+        underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<u32>, DatapathError>> {
+        Box::pin(async move { Ok(self.uplink(underlay).await?.and_then(|u| u.mtu)) })
+    }
+
+    fn uplink(
+        &self,
+        underlay: Option<Ipv4Addr>,
+    ) -> BoxFuture<'_, Result<Option<crate::Uplink>, DatapathError>> {
+        Box::pin(async move {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            let addresses = nl
+                .all_addresses()
+                .await
+                .map_err(kernel("read the node's addresses"))?;
+            let routes = nl
+                .routes()
+                .await
+                .map_err(kernel("read the node's routes"))?;
+            let Some(index) = crate::uplink::uplink_index(&addresses, &routes, underlay) else {
+                return Ok(None);
+            };
+            let links = nl.links().await.map_err(kernel("read the node's links"))?;
+            let Some(link) = links.into_iter().find(|l| l.index == index) else {
+                return Ok(None);
+            };
+            debug!(uplink = %link.name, mtu = ?link.mtu, ?underlay, "uplink");
+            Ok(Some(crate::Uplink {
+                name: link.name,
+                mtu: link.mtu,
+                addresses: addresses
+                    .iter()
+                    .filter(|(i, _)| *i == index)
+                    .map(|(_, net)| net.addr())
+                    .collect(),
+            }))
+        })
+    }
+
+    fn set_masquerade(&self, spec: Option<&crate::MasqueradeSpec>) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut cfg: NodeConfig = inner.maps.node_cfg.get(&0, 0).unwrap_or_default();
+        let Some(spec) = spec else {
+            // The programs stay attached where they were and pass everything.
+            cfg.flags &= !abi::NODE_F_MASQUERADE;
+            return inner
+                .maps
+                .node_cfg
+                .set(0, cfg, 0)
+                .map_err(kernel("write cil_node_cfg"));
+        };
+        let ifindex = nix::net::if_::if_nametoindex(spec.device.as_str())
+            .map_err(|e| DatapathError::kernel(format!("look up uplink {}", spec.device), e))?;
+        // Exemptions first, so that no packet is masqueraded that should not be.
+        let want: HashSet<(u32, [u8; 4])> = spec
+            .exempt
+            .iter()
+            .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+            .collect();
+        let have: Vec<(u32, [u8; 4])> = inner
+            .maps
+            .nomasq
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        for (p, a) in &want {
+            inner
+                .maps
+                .nomasq
+                .insert(&LpmKey::new(*p, *a), 1, 0)
+                .map_err(kernel("write cil_nomasq4"))?;
+        }
+        for (p, a) in have.iter().filter(|k| !want.contains(k)) {
+            ignore_missing(inner.maps.nomasq.remove(&LpmKey::new(*p, *a)))?;
+        }
+        for (prog, at, prefix) in HOST_PROGRAMS {
+            let pin = self
+                .pin_dir
+                .join("links")
+                .join(format!("{prefix}-{ifindex}"));
+            links::attach_tcx(
+                &mut inner.host,
+                &mut inner.fresh_links,
+                prog,
+                &spec.device,
+                at,
+                &pin,
+            )?;
+        }
+        cfg.flags |= abi::NODE_F_MASQUERADE;
+        cfg.masq_ipv4 = spec.node_ip.octets();
+        cfg.masq_ifindex = ifindex;
+        inner
+            .maps
+            .node_cfg
+            .set(0, cfg, 0)
+            .map_err(kernel("write cil_node_cfg"))?;
+        info!(device = %spec.device, node_ip = %spec.node_ip, exempt = spec.exempt.len(), "masquerading");
+        Ok(())
+    }
+
+    fn ensure_tunnel_device<'a>(
+        &'a self,
+        name: &'a str,
+        port: u16,
+        mtu: u32,
+    ) -> BoxFuture<'a, Result<(), DatapathError>> {
+        Box::pin(async move {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            nl.ensure_vxlan(name, port, mtu)
+                .await
+                .map_err(kernel(format!("VXLAN device {name}")))?;
+            Ok(())
+        })
+    }
+
+    fn node_addresses(&self) -> BoxFuture<'_, Result<Vec<Ipv4Addr>, DatapathError>> {
+        Box::pin(async {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            nl.ipv4_addresses()
+                .await
+                .map_err(kernel("read the node's addresses"))
+        })
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Harness {
     pub bpf: Ebpf,
     /// `bpf/overlay.c`, sharing the maps of `bpf`.
     pub overlay: Ebpf,
+    /// `bpf/host.c`, sharing the maps of `bpf`.
+    pub host: Ebpf,
     pub pin_dir: PathBuf,
 }
 
@@ -63,9 +65,11 @@ impl Harness {
         let bpf = ciliate_datapath::linux::load_endpoint_programs(&pin_dir).expect("load lxc.o");
         let overlay =
             ciliate_datapath::linux::load_overlay_program(&pin_dir).expect("load overlay.o");
+        let host = ciliate_datapath::linux::load_host_programs(&pin_dir).expect("load host.o");
         let mut h = Self {
             bpf,
             overlay,
+            host,
             pin_dir,
         };
         h.add_endpoint(1, 11, 300, POD_A, MAC_A, HOST_MAC_A);
@@ -190,6 +194,7 @@ impl Harness {
             .bpf
             .program(prog)
             .or_else(|| self.overlay.program(prog))
+            .or_else(|| self.host.program(prog))
             .expect("program")
             .try_into()
             .expect("classifier");
@@ -200,6 +205,27 @@ impl Harness {
         let res = p.test_run(opts)?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
+    }
+
+    /// Runs `prog` on `pkt` carrying `skb->mark` = `mark`.
+    pub fn run_marked(&self, prog: &str, pkt: &[u8], mark: u32) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self
+            .bpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        // struct __sk_buff up to and including `mark` (len and pkt_type must be 0).
+        let mut ctx = [0u8; 12];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut out = vec![0u8; pkt.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let res = p.test_run(opts).expect("test run with a mark");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
     }
 
     pub fn ct(&self, key: CtKey4) -> Option<CtEntry4> {

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Masquerading on the node's uplink, as Cilium's BPF masquerading does:
+ *   to_netdev      TCX egress:  a pod's packet to the world leaves as the node's address
+ *   from_netdev    TCX ingress: the reply gets the pod's address back before routing
+ *
+ * Only packets of this node's pods (cil_lxc4) to destinations outside the cluster are
+ * translated: not to an address the ipcache knows as a pod or node of the cluster, nor to a
+ * prefix of cil_nomasq4. TCP and UDP; each flow gets a port of SNAT_PORT_MIN..MAX unique
+ * per remote address, port and protocol, kept in cil_snat4 both ways and released when it
+ * has been idle for its lifetime (a closed TCP connection soon). The pod's conntrack and
+ * policy ran on the pod's veth before, with the untranslated tuple, and recognise the reply
+ * once translated back.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ciliate/abi.h"
+#include "ciliate/maps.h"
+#include "ciliate/parse.h"
+#include "ciliate/events.h"
+#include "ciliate/ct.h"
+#include "ciliate/nat.h"
+#include "ciliate/policy.h"
+
+/* Cluster identities below this are pods, nodes, the host: never masqueraded. CIDR
+ * identities (1 << 24 and up) and world are the outside. */
+#define IDENTITY_CIDR_BASE (1U << 24)
+
+static __always_inline const struct node_config *masq_config(void)
+{
+	__u32 zero = 0;
+	const struct node_config *cfg = bpf_map_lookup_elem(&cil_node_cfg, &zero);
+
+	if (!cfg || !(cfg->flags & NODE_F_MASQUERADE) || !cfg->masq_ipv4)
+		return NULL;
+	return cfg;
+}
+
+static __always_inline int masq_exempt(__be32 daddr)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = daddr};
+	struct ipcache_entry *e;
+
+	if (bpf_map_lookup_elem(&cil_nomasq4, &k))
+		return 1;
+	e = ipcache_lookup(daddr);
+	return e && e->identity != IDENTITY_WORLD && e->identity < IDENTITY_CIDR_BASE;
+}
+
+static __always_inline __u64 snat_expiry(const struct pkt4 *p, __u64 now)
+{
+	if (p->proto != IPPROTO_TCP)
+		return now + SNAT_LIFETIME_NONTCP;
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		return now + SNAT_CLOSE_TIMEOUT;
+	return now + SNAT_LIFETIME_TCP;
+}
+
+/* Refreshes an entry's deadline, writing only when it moved (once a second at most). */
+static __always_inline void snat_touch(struct snat_entry4 *e, __u64 expires)
+{
+	if (e->expires != expires)
+		e->expires = expires;
+}
+
+/* The reverse entry a pod flow's egress entry `out` stands for, if it is still the flow's:
+ * its port may have been handed to another flow once idle. */
+static __always_inline struct snat_entry4 *snat_reverse(const struct pkt4 *p,
+							 const struct snat_entry4 *out)
+{
+	struct ct_key4 rk = {
+		.saddr = p->daddr,
+		.daddr = out->to_addr,
+		.sport = p->dport,
+		.dport = out->to_port,
+		.proto = p->proto,
+		.dir = SNAT_INGRESS,
+	};
+	struct snat_entry4 *back = bpf_map_lookup_elem(&cil_snat4, &rk);
+
+	if (!back || back->to_addr != p->saddr || back->to_port != p->sport)
+		return NULL;
+	return back;
+}
+
+/* Takes a free port (or one idle past its deadline) towards the packet's destination and
+ * records both ways. Returns the egress entry, or NULL when every port is in use. */
+static __always_inline struct snat_entry4 *snat_allocate(const struct pkt4 *p,
+							  const struct ct_key4 *out_key,
+							  __be32 node_ip, __u64 now)
+{
+	__u32 range = SNAT_PORT_MAX - SNAT_PORT_MIN + 1;
+	__u32 port = SNAT_PORT_MIN + bpf_get_prandom_u32() % range;
+	__u64 expires = snat_expiry(p, now);
+	struct snat_entry4 back = {.to_addr = p->saddr, .to_port = p->sport, .expires = expires};
+	struct ct_key4 rk = {
+		.saddr = p->daddr,
+		.daddr = node_ip,
+		.sport = p->dport,
+		.proto = p->proto,
+		.dir = SNAT_INGRESS,
+	};
+
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		struct snat_entry4 *taken;
+
+		rk.dport = bpf_htons((__u16)port);
+		if (bpf_map_update_elem(&cil_snat4, &rk, &back, BPF_NOEXIST) == 0)
+			goto found;
+		taken = bpf_map_lookup_elem(&cil_snat4, &rk);
+		if (taken && taken->expires < now) {
+			bpf_map_update_elem(&cil_snat4, &rk, &back, BPF_ANY);
+			goto found;
+		}
+		port = port >= SNAT_PORT_MAX ? SNAT_PORT_MIN : port + 1;
+	}
+	return NULL;
+found: {
+	struct snat_entry4 out = {.to_addr = node_ip, .to_port = rk.dport, .expires = expires};
+
+	bpf_map_update_elem(&cil_snat4, out_key, &out, BPF_ANY);
+	return bpf_map_lookup_elem(&cil_snat4, out_key);
+}
+}
+
+SEC("classifier/to_netdev")
+int to_netdev(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = masq_config();
+	struct snat_entry4 *out, *back;
+	struct endpoint_info *pod;
+	struct ct_key4 key = {};
+	struct pkt4 p = {};
+	__be32 node_ip;
+	__u64 now;
+
+	if (!cfg || skb->ifindex != cfg->masq_ifindex)
+		return TC_ACT_OK;
+	node_ip = cfg->masq_ipv4;
+	/* The node's own traffic is never ours to judge: anything odd passes. */
+	if (parse_ipv4(skb, &p) != 0 || p.fragment ||
+	    (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP))
+		return TC_ACT_OK;
+	pod = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
+	if (!pod || masq_exempt(p.daddr))
+		return TC_ACT_OK;
+
+	now = now_secs();
+	key.saddr = p.saddr;
+	key.daddr = p.daddr;
+	key.sport = p.sport;
+	key.dport = p.dport;
+	key.proto = p.proto;
+	key.dir = SNAT_EGRESS;
+	out = bpf_map_lookup_elem(&cil_snat4, &key);
+	back = out ? snat_reverse(&p, out) : NULL;
+	if (!back) {
+		out = snat_allocate(&p, &key, node_ip, now);
+		if (!out)
+			return drop(skb, METRIC_EGRESS, DROP_NAT_NO_MAPPING, pod->ep_id,
+				    pod->sec_identity, IDENTITY_WORLD, CT_NONE);
+	} else {
+		__u64 expires = snat_expiry(&p, now);
+
+		snat_touch(out, expires);
+		snat_touch(back, expires);
+	}
+	if (nat4_rewrite(skb, &p, 1, p.saddr, out->to_addr, p.sport, out->to_port) < 0)
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, pod->ep_id, pod->sec_identity,
+			    IDENTITY_WORLD, CT_NONE);
+	return TC_ACT_OK;
+}
+
+SEC("classifier/from_netdev")
+int from_netdev(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = masq_config();
+	struct snat_entry4 *back;
+	struct ct_key4 key = {};
+	struct pkt4 p = {};
+
+	if (!cfg || skb->ifindex != cfg->masq_ifindex)
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &p) != 0 || p.fragment || p.daddr != cfg->masq_ipv4 ||
+	    (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP))
+		return TC_ACT_OK;
+	key.saddr = p.saddr;
+	key.daddr = p.daddr;
+	key.sport = p.sport;
+	key.dport = p.dport;
+	key.proto = p.proto;
+	key.dir = SNAT_INGRESS;
+	back = bpf_map_lookup_elem(&cil_snat4, &key);
+	if (!back)
+		/* The node's own connection. */
+		return TC_ACT_OK;
+	snat_touch(back, snat_expiry(&p, now_secs()));
+	if (nat4_rewrite(skb, &p, 0, p.daddr, back->to_addr, p.dport, back->to_port) < 0)
+		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, 0, IDENTITY_WORLD, 0, CT_NONE);
+	/* The stack routes it to the pod, whose veth runs its conntrack and policy. */
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

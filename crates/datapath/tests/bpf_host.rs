@@ -1,0 +1,129 @@
+//! Packet tests of masquerading (`bpf/host.c`) on the uplink: pods' traffic to the world
+//! leaves as the node's address and a port of its own; the reply gets the pod back.
+
+mod common;
+
+use common::*;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+impl Harness {
+    /// Masquerading on ifindex 1 (where test runs execute) as NODE, or off.
+    fn set_masquerade(&mut self, on: bool) {
+        let mut cfg: aya::maps::Array<&mut MapData, abi::NodeConfig> =
+            aya::maps::Array::try_from(self.bpf.map_mut(abi::maps::NODE_CFG).expect("map"))
+                .expect("array");
+        let value = if on {
+            abi::NodeConfig {
+                flags: abi::NODE_F_MASQUERADE,
+                masq_ipv4: NODE.octets(),
+                masq_ifindex: 1,
+                ..abi::NodeConfig::default()
+            }
+        } else {
+            abi::NodeConfig::default()
+        };
+        cfg.set(0, value, 0).expect("node config");
+    }
+
+    fn exempt(&mut self, prefix: &str) {
+        let net: ipnet::Ipv4Net = prefix.parse().expect("prefix");
+        let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> =
+            LpmTrie::try_from(self.bpf.map_mut(abi::maps::NOMASQ4).expect("map")).expect("lpm");
+        trie.insert(
+            &LpmKey::new(u32::from(net.prefix_len()), net.network().octets()),
+            1,
+            0,
+        )
+        .expect("exempt");
+    }
+
+    fn snat_len(&self) -> usize {
+        let m: BpfHashMap<&MapData, CtKey4, abi::SnatEntry4> =
+            BpfHashMap::try_from(self.bpf.map(abi::maps::SNAT4).expect("map")).expect("hash");
+        m.keys().count()
+    }
+}
+
+fn udp_ok(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut f = udp(src, sport, dst, dport);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&f[26..34]);
+    pseudo.extend_from_slice(&[0, 17, 0, 12]);
+    pseudo.extend_from_slice(&f[34..46]);
+    let c = csum(&pseudo);
+    f[34 + 6..34 + 8].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_pods_connection_to_the_world_leaves_as_the_node_and_the_reply_comes_back() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_masquerade(true);
+    let syn = tcp_ok(POD_A, 40000, WORLD, 443, SYN);
+    let (v, out) = h.run("to_netdev", &syn);
+    assert_eq!(v, TC_ACT_OK);
+    let (src, port) = src_of(&out);
+    assert_eq!(src, NODE);
+    assert!(
+        port >= abi::SNAT_PORT_MIN,
+        "port {port} from the masquerade range"
+    );
+    assert_eq!(dst_of(&out), (WORLD, 443), "the destination is untouched");
+    assert_checksums(&out);
+    assert_eq!(h.snat_len(), 2, "both ways recorded");
+    // Every packet of the flow keeps its port.
+    let (_, again) = h.run("to_netdev", &tcp_ok(POD_A, 40000, WORLD, 443, ACK));
+    assert_eq!(src_of(&again), (NODE, port));
+    // Another flow of the pod towards the same destination gets another port.
+    let (_, other) = h.run("to_netdev", &tcp_ok(POD_A, 40001, WORLD, 443, SYN));
+    assert_ne!(src_of(&other).1, port);
+    // The reply is translated back to the pod before routing.
+    let (v, back) = h.run("from_netdev", &tcp_ok(WORLD, 443, NODE, port, SYN | ACK));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(dst_of(&back), (POD_A, 40000));
+    assert_eq!(src_of(&back), (WORLD, 443));
+    assert_checksums(&back);
+    // UDP too.
+    let (_, q) = h.run("to_netdev", &udp_ok(POD_A, 5353, WORLD, 53));
+    let (src, uport) = src_of(&q);
+    assert_eq!(src, NODE);
+    assert_checksums(&q);
+    let (_, a) = h.run("from_netdev", &udp_ok(WORLD, 53, NODE, uport));
+    assert_eq!(dst_of(&a), (POD_A, 5353));
+    assert_checksums(&a);
+}
+
+#[test]
+fn the_cluster_exempt_prefixes_and_the_nodes_own_traffic_are_left_alone() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_masquerade(true);
+    h.set_ipcache(&[IpcacheEntry {
+        prefix: "10.200.1.0/24".parse().expect("prefix"),
+        identity: 777,
+        tunnel_endpoint: None,
+    }]);
+    h.exempt("203.0.113.0/24");
+    for pkt in [
+        // A pod of another node (the ipcache knows it).
+        tcp_ok(POD_A, 40000, Ipv4Addr::new(10, 200, 1, 5), 80, SYN),
+        // An exempt prefix.
+        tcp_ok(POD_A, 40000, Ipv4Addr::new(203, 0, 113, 9), 80, SYN),
+        // The node's own connection.
+        tcp_ok(NODE, 40000, WORLD, 80, SYN),
+        // ICMP is not translated.
+        icmp_echo(POD_A, WORLD, false, 9),
+    ] {
+        assert_eq!(h.run("to_netdev", &pkt), (TC_ACT_OK, pkt.clone()));
+    }
+    // A reply to the node on a port no pod flow holds: the node's own.
+    let own = tcp_ok(WORLD, 80, NODE, 61001, SYN | ACK);
+    assert_eq!(h.run("from_netdev", &own), (TC_ACT_OK, own.clone()));
+    assert_eq!(h.snat_len(), 0);
+    // Off: nothing is translated.
+    h.set_masquerade(false);
+    let syn = tcp_ok(POD_A, 40000, WORLD, 443, SYN);
+    assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn.clone()));
+}
