@@ -216,6 +216,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/{kind}/{name}", get(get_clusterwide_policy))
         .route("/v1/policies/{kind}/{namespace}/{name}", get(get_policy))
         .route("/v1/policy/trace", get(trace_policy))
+        .route("/v1/policy/revision", get(policy_revision))
         .route("/v1/bpf/policy/{ref}", get(bpf_policy))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{namespace}/{name}", get(get_service))
@@ -436,6 +437,11 @@ async fn apply_manifests(
 async fn list_policies(State(s): State<AppState>) -> Result<Response, ApiFailure> {
     let views = blocking(move || s.policies.list(&s.manager.policy_snapshot())).await?;
     Ok(Json(views).into_response())
+}
+
+async fn policy_revision(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let r = blocking(move || s.policies.revision()).await?;
+    Ok(Json(r).into_response())
 }
 
 async fn validate_policies(ApiJson(req): ApiJson<ApplyRequest>) -> Result<Response, ApiFailure> {

@@ -45,7 +45,7 @@ use ciliate_model::labels::Labels;
 use ciliate_model::manifest::{report, ApplyAction, ApplyDocument, ManifestError};
 use ciliate_model::policy::{PolicyKind, PolicyRef, PolicyResource, RuleRef};
 pub use ciliate_model::policy_api::is_policy_document;
-use ciliate_model::policy_api::{PolicyOutcome, PolicyValidation, PolicyView};
+use ciliate_model::policy_api::{PolicyOutcome, PolicyRevision, PolicyValidation, PolicyView};
 use ciliate_model::Endpoint;
 use ciliate_policy::{load_documents, IdentityLabels, Loaded, NamedPorts, PolicyEngine};
 use ipnet::Ipv4Net;
@@ -770,6 +770,14 @@ impl PolicyManager {
             .resolve(&identities, named_ports)
             .map_policy(spec.identity);
         self.datapath.set_endpoint_policy(spec, &policy)
+    }
+
+    /// The policy revision and the one in force on every endpoint.
+    pub fn revision(&self) -> PolicyRevision {
+        PolicyRevision {
+            revision: self.generation.load(Ordering::SeqCst),
+            in_force: lock(&self.health).reconciled.unwrap_or(0),
+        }
     }
 
     /// Whether the datapath may not hold the current policies (a change since the last

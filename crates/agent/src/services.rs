@@ -475,6 +475,7 @@ impl ServiceManager {
                 results,
                 warnings: Vec::new(),
                 policies: Vec::new(),
+                policy_revision: None,
             },
             changed,
         ))
@@ -533,6 +534,7 @@ impl ServiceManager {
                 results,
                 warnings: Vec::new(),
                 policies: Vec::new(),
+                policy_revision: None,
             },
             changed,
         ))

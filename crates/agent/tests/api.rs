@@ -1092,3 +1092,78 @@ async fn namespace_objects_label_their_pods_for_policy() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn the_policy_revision_counts_changes_and_says_when_they_are_in_force() {
+    let h = harness();
+    let (s, r0) = h.get("/v1/policy/revision").await;
+    assert_eq!(s, StatusCode::OK, "{r0}");
+    let rev = |v: &Value| v["revision"].as_u64().expect("revision");
+    assert_eq!(
+        r0["inForce"], r0["revision"],
+        "the harness reconciled: {r0}"
+    );
+    h.call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+
+    let (s, applied) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{applied}");
+    let r1 = applied["policyRevision"]
+        .as_u64()
+        .expect("a policy batch has a revision");
+    assert!(r1 > rev(&r0), "{applied} after {r0}");
+    let (_, now) = h.get("/v1/policy/revision").await;
+    assert_eq!(rev(&now), r1);
+    assert!(
+        now["inForce"].as_u64() >= Some(r1),
+        "in force before the answer: {now}"
+    );
+
+    // Unchanged: the same revision; Services alone: no revision in the answer.
+    let (_, again) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(again["policyRevision"], r1, "{again}");
+    let (_, svc) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("web.yaml", WEB, false)),
+        )
+        .await;
+    assert!(svc.get("policyRevision").is_none(), "{svc}");
+
+    // A failing datapath: the revision moves on, the one in force does not.
+    let (_, deleted) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, true)),
+        )
+        .await;
+    let r2 = deleted["policyRevision"].as_u64().expect("revision");
+    assert!(r2 > r1, "{deleted}");
+    h.dp.fail_next_policy("injected");
+    let (s, failed) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{failed}");
+    let r3 = failed["policyRevision"].as_u64().expect("revision");
+    let (_, now) = h.get("/v1/policy/revision").await;
+    assert_eq!(rev(&now), r3);
+    assert_eq!(now["inForce"], r2, "{now}");
+}

@@ -121,6 +121,10 @@ pub struct ApplyResult {
     /// CiliumClusterwideNetworkPolicy), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<crate::policy_api::PolicyOutcome>,
+    /// The node's policy revision once the batch is applied, when it held policies or changed
+    /// namespaces' labels (`ciliate policy wait` takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_revision: Option<u64>,
 }
 
 /// One problem with one document.

@@ -289,6 +289,26 @@ impl PolicyTrace {
     }
 }
 
+/// Answer of `GET /v1/policy/revision`: the node's policy revision (as `cilium-dbg policy
+/// get` prints it) and the one in force.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRevision {
+    /// Bumped on every change of what policy is computed from: the policies, the namespaces'
+    /// labels, the node's addresses, the cluster's identities.
+    pub revision: u64,
+    /// The newest revision every endpoint's policy map and the ipcache hold (0: none yet).
+    /// A revision is in force once this is at least that revision.
+    pub in_force: u64,
+}
+
+impl PolicyRevision {
+    /// Whether `revision` is in force on every endpoint of the node.
+    pub fn is_in_force(&self, revision: u64) -> bool {
+        self.in_force >= revision
+    }
+}
+
 /// One entry of an endpoint's policy map, with what the agent knows about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
