@@ -381,6 +381,24 @@ async fn gc_endpoints(
 async fn list_identities(State(s): State<AppState>) -> Result<Response, ApiFailure> {
     let ids = blocking(move || {
         let mut ids = s.manager.identities();
+        for i in &mut ids {
+            i.labels = s.policies.effective_labels(&i.labels);
+        }
+        // The cluster's: other nodes' endpoints' identities, as `cilium-dbg identity list`.
+        let local: std::collections::BTreeSet<u32> = ids.iter().map(|i| i.id).collect();
+        ids.extend(
+            s.policies
+                .cluster_identities()
+                .into_iter()
+                .filter(|(id, _)| !local.contains(id))
+                .map(|(id, labels)| ciliate_model::Identity {
+                    id,
+                    labels,
+                    reserved: false,
+                    references: 0,
+                }),
+        );
+        ids.sort_by_key(|i| i.id);
         ids.extend(s.policies.cidr_identities());
         ids
     })
@@ -401,13 +419,28 @@ async fn get_identity(
     let found = blocking(move || {
         s.manager
             .identity(n)
+            .map(|mut i| {
+                i.labels = s.policies.effective_labels(&i.labels);
+                i
+            })
             .or_else(|| s.policies.cidr_identities().into_iter().find(|i| i.id == n))
+            .or_else(|| {
+                s.policies
+                    .cluster_identities()
+                    .remove(&n)
+                    .map(|labels| ciliate_model::Identity {
+                        id: n,
+                        labels,
+                        reserved: false,
+                        references: 0,
+                    })
+            })
     })
     .await?;
     match found {
         Some(i) => Ok(Json(i).into_response()),
         None => Err(ApiFailure::not_found(format!(
-            "no identity {n} on this node; list them with GET /v1/identities"
+            "no identity {n} on this node or in the cluster; list them with GET /v1/identities"
         ))),
     }
 }

@@ -391,6 +391,21 @@ pub struct ClusterInputs {
     pub identities: IdentityLabels,
     /// Addresses of other nodes' endpoints, and other nodes' own addresses.
     pub ipcache: Vec<bpf_policy::IpcacheEntry>,
+    /// Other nodes' endpoints, for `policy trace` to name them by pod.
+    pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// An endpoint of another node, as the cluster's kvstore publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its identity.
+    pub identity: NumericIdentity,
+    /// The node it lives on.
+    pub node: String,
+    /// Its pod, when the runtime named one.
+    pub pod: Option<ciliate_model::PodRef>,
 }
 
 impl fmt::Debug for PolicyManager {
@@ -731,6 +746,26 @@ impl PolicyManager {
     /// The node's own addresses.
     pub fn node_addresses(&self) -> BTreeSet<Ipv4Addr> {
         lock(&self.addresses).clone()
+    }
+
+    /// The ipcache the datapath holds once reconciled: what [`PolicyManager::reconcile`]
+    /// writes, for `policy trace` to resolve addresses exactly as the datapath does.
+    pub fn datapath_ipcache(&self) -> Vec<bpf_policy::IpcacheEntry> {
+        let cidr = lock(&self.engine)
+            .resolve(&IdentityLabels::new(), &NamedPorts::new())
+            .ipcache4();
+        self.ipcache(cidr)
+    }
+
+    /// Other nodes' endpoints (multi-node).
+    pub fn remote_endpoints(&self) -> Vec<RemoteEndpoint> {
+        lock(&self.cluster).endpoints.clone()
+    }
+
+    /// The identities of other nodes' endpoints, with their labels as policy sees them.
+    pub fn cluster_identities(&self) -> IdentityLabels {
+        let all = lock(&self.cluster).identities.clone();
+        namespaces::identities_with_namespace_labels(all, &lock(&self.namespaces))
     }
 
     /// The ipcache the datapath should hold: the CIDR identities, and the node's addresses as

@@ -24,6 +24,7 @@ use tower::ServiceExt;
 struct Harness {
     app: Router,
     dp: Arc<FakeDatapath>,
+    policies: Arc<PolicyManager>,
     _shutdown: watch::Sender<bool>,
     _tmp: tempfile::TempDir,
 }
@@ -89,7 +90,7 @@ fn harness_with(cidr: &str) -> Harness {
         config: Arc::new(config),
         manager,
         services: Arc::new(services),
-        policies,
+        policies: Arc::clone(&policies),
         cluster: None,
         api_metrics: Default::default(),
         ct_gc: Arc::new(CtGcHealth::default()),
@@ -99,6 +100,7 @@ fn harness_with(cidr: &str) -> Harness {
     Harness {
         app,
         dp,
+        policies,
         _shutdown: tx,
         _tmp: tmp,
     }
@@ -1166,4 +1168,52 @@ async fn the_policy_revision_counts_changes_and_says_when_they_are_in_force() {
     let (_, now) = h.get("/v1/policy/revision").await;
     assert_eq!(rev(&now), r3);
     assert_eq!(now["inForce"], r2, "{now}");
+}
+
+/// #14: identities of other nodes' endpoints (the cluster view) are listed and got like the
+/// node's own, with their namespace's labels.
+#[tokio::test]
+async fn identities_of_the_cluster_are_listed_and_got() {
+    let h = harness();
+    let labels =
+        ciliate_model::Labels::parse_list("app=remote,io.kubernetes.pod.namespace=beta", "k8s")
+            .expect("labels");
+    h.policies
+        .set_cluster(ciliate_agent::policy::ClusterInputs {
+            identities: [(400, labels)].into_iter().collect(),
+            ..Default::default()
+        });
+    let (s, i) = h.get("/v1/identities/400").await;
+    assert_eq!(s, StatusCode::OK, "{i}");
+    assert_eq!(
+        i["labels"],
+        json!(["k8s:app=remote", "k8s:io.kubernetes.pod.namespace=beta"])
+    );
+    assert_eq!(i["references"], 0);
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: beta, labels: {team: b}}\n";
+    h.call(
+        Method::POST,
+        "/v1/manifests",
+        Some(apply_body("ns.yaml", ns, false)),
+    )
+    .await;
+    let (_, list) = h.get("/v1/identities").await;
+    let remote = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["id"] == 400)
+        .unwrap_or_else(|| panic!("the cluster's identity is listed: {list}"));
+    assert!(
+        remote["labels"]
+            .as_array()
+            .expect("labels")
+            .contains(&json!("k8s:io.cilium.k8s.namespace.labels.team=b")),
+        "{remote}"
+    );
+    assert_error(
+        &h.get("/v1/identities/401").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
 }

@@ -289,8 +289,10 @@ pub enum IdentityCommand {
     /// List the identities known on this node
     #[command(
         visible_alias = "ls",
-        long_about = "List the identities known on this node, reserved ones included: ID, \
-            LABELS, RESERVED, REFS (endpoints of this node using it).",
+        long_about = "List the identities known on this node, reserved ones included, and \
+            in a cluster those of other nodes' endpoints (from the kvstore, REFS 0): ID, \
+            LABELS (with the namespace's labels), RESERVED, REFS (endpoints of this node using \
+            it).",
         after_help = "Examples:\n  \
             ciliate identity list\n  \
             ciliate identity list -o yaml"
