@@ -216,6 +216,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/{kind}/{name}", get(get_clusterwide_policy))
         .route("/v1/policies/{kind}/{namespace}/{name}", get(get_policy))
         .route("/v1/policy/trace", get(trace_policy))
+        .route("/v1/policy/revision", get(policy_revision))
         .route("/v1/bpf/policy/{ref}", get(bpf_policy))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{namespace}/{name}", get(get_service))
@@ -380,6 +381,24 @@ async fn gc_endpoints(
 async fn list_identities(State(s): State<AppState>) -> Result<Response, ApiFailure> {
     let ids = blocking(move || {
         let mut ids = s.manager.identities();
+        for i in &mut ids {
+            i.labels = s.policies.effective_labels(&i.labels);
+        }
+        // The cluster's: other nodes' endpoints' identities, as `cilium-dbg identity list`.
+        let local: std::collections::BTreeSet<u32> = ids.iter().map(|i| i.id).collect();
+        ids.extend(
+            s.policies
+                .cluster_identities()
+                .into_iter()
+                .filter(|(id, _)| !local.contains(id))
+                .map(|(id, labels)| ciliate_model::Identity {
+                    id,
+                    labels,
+                    reserved: false,
+                    references: 0,
+                }),
+        );
+        ids.sort_by_key(|i| i.id);
         ids.extend(s.policies.cidr_identities());
         ids
     })
@@ -400,13 +419,28 @@ async fn get_identity(
     let found = blocking(move || {
         s.manager
             .identity(n)
+            .map(|mut i| {
+                i.labels = s.policies.effective_labels(&i.labels);
+                i
+            })
             .or_else(|| s.policies.cidr_identities().into_iter().find(|i| i.id == n))
+            .or_else(|| {
+                s.policies
+                    .cluster_identities()
+                    .remove(&n)
+                    .map(|labels| ciliate_model::Identity {
+                        id: n,
+                        labels,
+                        reserved: false,
+                        references: 0,
+                    })
+            })
     })
     .await?;
     match found {
         Some(i) => Ok(Json(i).into_response()),
         None => Err(ApiFailure::not_found(format!(
-            "no identity {n} on this node; list them with GET /v1/identities"
+            "no identity {n} on this node or in the cluster; list them with GET /v1/identities"
         ))),
     }
 }
@@ -436,6 +470,11 @@ async fn apply_manifests(
 async fn list_policies(State(s): State<AppState>) -> Result<Response, ApiFailure> {
     let views = blocking(move || s.policies.list(&s.manager.policy_snapshot())).await?;
     Ok(Json(views).into_response())
+}
+
+async fn policy_revision(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let r = blocking(move || s.policies.revision()).await?;
+    Ok(Json(r).into_response())
 }
 
 async fn validate_policies(ApiJson(req): ApiJson<ApplyRequest>) -> Result<Response, ApiFailure> {

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
 use crate::endpoints::{ClusterHooks, EndpointManager};
-use crate::policy::{ClusterInputs, PolicyManager};
+use crate::policy::{ClusterInputs, PolicyManager, RemoteEndpoint};
 
 /// How long a new endpoint waits for its cluster-wide identity before its CNI ADD fails.
 const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,6 +213,23 @@ pub fn cluster_inputs(view: &ClusterView, me: &str) -> ClusterInputs {
     ClusterInputs {
         identities: view.identities.clone(),
         ipcache,
+        // semantics (#14): other nodes' pods, for `policy trace` by name.
+        endpoints: view
+            .ips
+            .values()
+            .filter(|e| e.node != me)
+            .map(|e| RemoteEndpoint {
+                ip: e.ip,
+                identity: e.identity,
+                node: e.node.clone(),
+                pod: (!e.namespace.is_empty() && !e.pod_name.is_empty()).then(|| {
+                    ciliate_model::PodRef {
+                        namespace: e.namespace.clone(),
+                        name: e.pod_name.clone(),
+                    }
+                }),
+            })
+            .collect(),
     }
 }
 

@@ -104,6 +104,7 @@ pub fn apply(
     // policy, in force before the answer like one.
     let namespaces_changed = policies.set_namespaces(services.namespace_labels());
     let mut reconcile = namespaces_changed;
+    let had_policies = prepared.is_some();
     if let Some(prepared) = prepared {
         let committed = policies.commit(prepared).map_err(|e| match e {
             PolicyError::Invalid(errors) => ApplyError::Invalid(errors),
@@ -121,6 +122,9 @@ pub fn apply(
                 POLL_INTERVAL.as_secs()
             ));
         }
+    }
+    if had_policies || namespaces_changed {
+        result.policy_revision = Some(policies.revision().revision);
     }
     Ok(result)
 }

@@ -45,7 +45,7 @@ use ciliate_model::labels::Labels;
 use ciliate_model::manifest::{report, ApplyAction, ApplyDocument, ManifestError};
 use ciliate_model::policy::{PolicyKind, PolicyRef, PolicyResource, RuleRef};
 pub use ciliate_model::policy_api::is_policy_document;
-use ciliate_model::policy_api::{PolicyOutcome, PolicyValidation, PolicyView};
+use ciliate_model::policy_api::{PolicyOutcome, PolicyRevision, PolicyValidation, PolicyView};
 use ciliate_model::Endpoint;
 use ciliate_policy::{load_documents, IdentityLabels, Loaded, NamedPorts, PolicyEngine};
 use ipnet::Ipv4Net;
@@ -391,6 +391,21 @@ pub struct ClusterInputs {
     pub identities: IdentityLabels,
     /// Addresses of other nodes' endpoints, and other nodes' own addresses.
     pub ipcache: Vec<bpf_policy::IpcacheEntry>,
+    /// Other nodes' endpoints, for `policy trace` to name them by pod.
+    pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// An endpoint of another node, as the cluster's kvstore publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its identity.
+    pub identity: NumericIdentity,
+    /// The node it lives on.
+    pub node: String,
+    /// Its pod, when the runtime named one.
+    pub pod: Option<ciliate_model::PodRef>,
 }
 
 impl fmt::Debug for PolicyManager {
@@ -733,6 +748,26 @@ impl PolicyManager {
         lock(&self.addresses).clone()
     }
 
+    /// The ipcache the datapath holds once reconciled: what [`PolicyManager::reconcile`]
+    /// writes, for `policy trace` to resolve addresses exactly as the datapath does.
+    pub fn datapath_ipcache(&self) -> Vec<bpf_policy::IpcacheEntry> {
+        let cidr = lock(&self.engine)
+            .resolve(&IdentityLabels::new(), &NamedPorts::new())
+            .ipcache4();
+        self.ipcache(cidr)
+    }
+
+    /// Other nodes' endpoints (multi-node).
+    pub fn remote_endpoints(&self) -> Vec<RemoteEndpoint> {
+        lock(&self.cluster).endpoints.clone()
+    }
+
+    /// The identities of other nodes' endpoints, with their labels as policy sees them.
+    pub fn cluster_identities(&self) -> IdentityLabels {
+        let all = lock(&self.cluster).identities.clone();
+        namespaces::identities_with_namespace_labels(all, &lock(&self.namespaces))
+    }
+
     /// The ipcache the datapath should hold: the CIDR identities, and the node's addresses as
     /// `host` (which wins over a CIDR naming the same /32).
     fn ipcache(&self, cidr: Vec<bpf_policy::IpcacheEntry>) -> Vec<bpf_policy::IpcacheEntry> {
@@ -770,6 +805,14 @@ impl PolicyManager {
             .resolve(&identities, named_ports)
             .map_policy(spec.identity);
         self.datapath.set_endpoint_policy(spec, &policy)
+    }
+
+    /// The policy revision and the one in force on every endpoint.
+    pub fn revision(&self) -> PolicyRevision {
+        PolicyRevision {
+            revision: self.generation.load(Ordering::SeqCst),
+            in_force: lock(&self.health).reconciled.unwrap_or(0),
+        }
     }
 
     /// Whether the datapath may not hold the current policies (a change since the last

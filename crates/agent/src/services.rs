@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ciliate_datapath::Datapath;
-use ciliate_lb::{compute, IdAllocator, LbError, LbPlan, Node};
+use ciliate_lb::{compute, ConflictKind, IdAllocator, LbError, LbPlan, Node};
 use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyAction, ApplyDocument, ApplyOutcome, ApplyRequest,
@@ -438,16 +438,31 @@ impl ServiceManager {
                         continue;
                     };
                     if let Some((source, index, object)) = batch.get(blamed) {
+                        let (path, reason) = match c.kind {
+                            ConflictKind::Frontend => (
+                                "spec",
+                                format!(
+                                    "frontend {} is already used by Service {other}; each \
+                                     address, port and protocol belongs to one Service",
+                                    c.frontend
+                                ),
+                            ),
+                            ConflictKind::ClusterIp => (
+                                "spec.clusterIP",
+                                format!(
+                                    "invalid value {:?}: the cluster IP is already allocated to \
+                                     Service {other}; a cluster IP belongs to one Service (pick \
+                                     another, or leave it out)",
+                                    c.frontend
+                                ),
+                            ),
+                        };
                         errors.push(ManifestError {
                             source: source.clone(),
                             index: *index,
                             object: object.clone(),
-                            path: "spec".into(),
-                            reason: format!(
-                                "frontend {} is already used by Service {other}; each address, \
-                                 port and protocol belongs to one Service",
-                                c.frontend
-                            ),
+                            path: path.into(),
+                            reason,
                         });
                     }
                 }
@@ -460,6 +475,7 @@ impl ServiceManager {
                 results,
                 warnings: Vec::new(),
                 policies: Vec::new(),
+                policy_revision: None,
             },
             changed,
         ))
@@ -518,6 +534,7 @@ impl ServiceManager {
                 results,
                 warnings: Vec::new(),
                 policies: Vec::new(),
+                policy_revision: None,
             },
             changed,
         ))
@@ -686,10 +703,16 @@ impl ServiceManager {
         let mut seen = BTreeSet::new();
         for c in &plan.conflicts {
             if seen.insert((&c.frontend, &c.loser)) {
-                problems.push(format!(
-                    "frontend {} is claimed by Services {} and {}; only {}'s is programmed",
-                    c.frontend, c.holder, c.loser, c.holder
-                ));
+                problems.push(match c.kind {
+                    ConflictKind::Frontend => format!(
+                        "frontend {} is claimed by Services {} and {}; only {}'s is programmed",
+                        c.frontend, c.holder, c.loser, c.holder
+                    ),
+                    ConflictKind::ClusterIp => format!(
+                        "cluster IP {} is claimed by Services {} and {}; only {} is programmed",
+                        c.frontend, c.holder, c.loser, c.holder
+                    ),
+                });
             }
         }
         ServicesStatus {

@@ -24,6 +24,7 @@ use tower::ServiceExt;
 struct Harness {
     app: Router,
     dp: Arc<FakeDatapath>,
+    policies: Arc<PolicyManager>,
     _shutdown: watch::Sender<bool>,
     _tmp: tempfile::TempDir,
 }
@@ -89,7 +90,7 @@ fn harness_with(cidr: &str) -> Harness {
         config: Arc::new(config),
         manager,
         services: Arc::new(services),
-        policies,
+        policies: Arc::clone(&policies),
         cluster: None,
         api_metrics: Default::default(),
         ct_gc: Arc::new(CtGcHealth::default()),
@@ -99,6 +100,7 @@ fn harness_with(cidr: &str) -> Harness {
     Harness {
         app,
         dp,
+        policies,
         _shutdown: tx,
         _tmp: tmp,
     }
@@ -1090,5 +1092,128 @@ async fn namespace_objects_label_their_pods_for_policy() {
             .as_str()
             .is_some_and(|m| m.contains("ns.yaml: document 1 (Namespace Bad): metadata.name")),
         "{r}"
+    );
+}
+
+#[tokio::test]
+async fn the_policy_revision_counts_changes_and_says_when_they_are_in_force() {
+    let h = harness();
+    let (s, r0) = h.get("/v1/policy/revision").await;
+    assert_eq!(s, StatusCode::OK, "{r0}");
+    let rev = |v: &Value| v["revision"].as_u64().expect("revision");
+    assert_eq!(
+        r0["inForce"], r0["revision"],
+        "the harness reconciled: {r0}"
+    );
+    h.call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+
+    let (s, applied) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{applied}");
+    let r1 = applied["policyRevision"]
+        .as_u64()
+        .expect("a policy batch has a revision");
+    assert!(r1 > rev(&r0), "{applied} after {r0}");
+    let (_, now) = h.get("/v1/policy/revision").await;
+    assert_eq!(rev(&now), r1);
+    assert!(
+        now["inForce"].as_u64() >= Some(r1),
+        "in force before the answer: {now}"
+    );
+
+    // Unchanged: the same revision; Services alone: no revision in the answer.
+    let (_, again) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(again["policyRevision"], r1, "{again}");
+    let (_, svc) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("web.yaml", WEB, false)),
+        )
+        .await;
+    assert!(svc.get("policyRevision").is_none(), "{svc}");
+
+    // A failing datapath: the revision moves on, the one in force does not.
+    let (_, deleted) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, true)),
+        )
+        .await;
+    let r2 = deleted["policyRevision"].as_u64().expect("revision");
+    assert!(r2 > r1, "{deleted}");
+    h.dp.fail_next_policy("injected");
+    let (s, failed) = h
+        .call(
+            Method::POST,
+            "/v1/manifests",
+            Some(apply_body("p.yaml", SERVER_POLICY, false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{failed}");
+    let r3 = failed["policyRevision"].as_u64().expect("revision");
+    let (_, now) = h.get("/v1/policy/revision").await;
+    assert_eq!(rev(&now), r3);
+    assert_eq!(now["inForce"], r2, "{now}");
+}
+
+/// #14: identities of other nodes' endpoints (the cluster view) are listed and got like the
+/// node's own, with their namespace's labels.
+#[tokio::test]
+async fn identities_of_the_cluster_are_listed_and_got() {
+    let h = harness();
+    let labels =
+        ciliate_model::Labels::parse_list("app=remote,io.kubernetes.pod.namespace=beta", "k8s")
+            .expect("labels");
+    h.policies
+        .set_cluster(ciliate_agent::policy::ClusterInputs {
+            identities: [(400, labels)].into_iter().collect(),
+            ..Default::default()
+        });
+    let (s, i) = h.get("/v1/identities/400").await;
+    assert_eq!(s, StatusCode::OK, "{i}");
+    assert_eq!(
+        i["labels"],
+        json!(["k8s:app=remote", "k8s:io.kubernetes.pod.namespace=beta"])
+    );
+    assert_eq!(i["references"], 0);
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: beta, labels: {team: b}}\n";
+    h.call(
+        Method::POST,
+        "/v1/manifests",
+        Some(apply_body("ns.yaml", ns, false)),
+    )
+    .await;
+    let (_, list) = h.get("/v1/identities").await;
+    let remote = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["id"] == 400)
+        .unwrap_or_else(|| panic!("the cluster's identity is listed: {list}"));
+    assert!(
+        remote["labels"]
+            .as_array()
+            .expect("labels")
+            .contains(&json!("k8s:io.cilium.k8s.namespace.labels.team=b")),
+        "{remote}"
+    );
+    assert_error(
+        &h.get("/v1/identities/401").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
     );
 }

@@ -336,8 +336,10 @@ pub enum IdentityCommand {
     /// List the identities known on this node
     #[command(
         visible_alias = "ls",
-        long_about = "List the identities known on this node, reserved ones included: ID, \
-            LABELS, RESERVED, REFS (endpoints of this node using it).",
+        long_about = "List the identities known on this node, reserved ones included, and \
+            in a cluster those of other nodes' endpoints (from the kvstore, REFS 0): ID, \
+            LABELS (with the namespace's labels), RESERVED, REFS (endpoints of this node using \
+            it).",
         after_help = "Examples:\n  \
             ciliate identity list\n  \
             ciliate identity list -o yaml"
@@ -509,6 +511,50 @@ pub enum PolicyCommand {
             ciliate policy trace --src a --dst b --dport 80 >/dev/null && echo allowed"
     )]
     Trace(TraceArgs),
+
+    /// Wait until a policy revision is in force on every endpoint
+    #[command(
+        long_about = "Wait until the node's policy revision REVISION (what `ciliate policy \
+            import` prints, or a later one) is in force: every endpoint's policy map and the \
+            ipcache hold what the policies of that revision say, as `cilium-dbg policy wait` \
+            does. Without REVISION, the node's current revision.\n\n\
+            Exit code 0 once it is in force; 1 when --timeout passes first, with the revisions \
+            the node has and holds.",
+        after_help = "Examples:\n  \
+            ciliate policy wait 12\n  \
+            ciliate policy wait --timeout 5s\n  \
+            rev=$(ciliate policy import -f p.yaml | sed -n 's/^Revision: //p'); ciliate policy wait $rev"
+    )]
+    Wait(PolicyWaitArgs),
+}
+
+/// Arguments of `ciliate policy wait`.
+#[derive(Debug, Args)]
+pub struct PolicyWaitArgs {
+    /// The revision to wait for; the node's current one when left out.
+    #[arg(value_name = "REVISION")]
+    pub revision: Option<u64>,
+
+    /// How long to wait: seconds, or a number with ms, s or m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// `250ms`, `5s`, `2m` or a number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is no duration: write e.g. 500ms, 30s or 2m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{s:?} is no duration: write e.g. 500ms, 30s or 2m")),
+    }
 }
 
 /// Files of `ciliate policy import|validate`.

@@ -233,6 +233,7 @@ pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
                 name: "client".into(),
             }),
             ip: Some(Ipv4Addr::new(10, 200, 0, 2)),
+            node: None,
         },
         dst: TracePeer {
             query: "default/server".into(),
@@ -245,6 +246,7 @@ pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
                 name: "server".into(),
             }),
             ip: Some(Ipv4Addr::new(10, 200, 0, 3)),
+            node: None,
         },
         proto: 6,
         dport: 8080,

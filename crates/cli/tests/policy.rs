@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -79,7 +80,8 @@ fn apply_answer(req: &Value) -> Response {
             r
         })
         .collect();
-    Json(json!({"results": [], "warnings": warnings, "policies": policies})).into_response()
+    Json(json!({"results": [], "warnings": warnings, "policies": policies, "policyRevision": 9}))
+        .into_response()
 }
 
 fn validate_answer(req: &Value) -> Response {
@@ -184,6 +186,7 @@ impl Agent {
         let socket = dir.path().join("agent.sock");
         let applied = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&applied);
+        let polled = Arc::new(AtomicU64::new(0));
         let app = Router::new()
             .route(
                 "/v1/manifests",
@@ -226,6 +229,14 @@ impl Agent {
                         .into_response()
                     },
                 ),
+            )
+            .route(
+                "/v1/policy/revision",
+                // At revision 9; each read finds one more revision in force, from 7.
+                get(move || async move {
+                    let in_force = 7 + polled.fetch_add(1, Ordering::SeqCst);
+                    Json(json!({"revision": 9, "inForce": in_force.min(9)}))
+                }),
             )
             .route(
                 "/v1/policy/trace",
@@ -311,7 +322,7 @@ fn import_applies_policies_and_shows_warnings() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        "ciliumnetworkpolicy.cilium.io/server-ingress created\nciliumnetworkpolicy.cilium.io/l7 created\n"
+        "ciliumnetworkpolicy.cilium.io/server-ingress created\nciliumnetworkpolicy.cilium.io/l7 created\nRevision: 9\n"
     );
     assert!(
         stderr.starts_with("Warning: ") && stderr.contains("document 2 (CiliumNetworkPolicy default/l7): spec.ingress[0].toPorts[0].rules: L7 rules are not enforced yet"),
@@ -355,7 +366,7 @@ fn delete_by_name_and_by_file() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        "ciliumnetworkpolicy.cilium.io/server-ingress deleted\nciliumclusterwidenetworkpolicy.cilium.io/deny-world deleted\n"
+        "ciliumnetworkpolicy.cilium.io/server-ingress deleted\nciliumclusterwidenetworkpolicy.cilium.io/deny-world deleted\nRevision: 9\n"
     );
     let sent = agent.applied();
     assert_eq!(sent[0]["delete"], true);
@@ -385,7 +396,7 @@ fn delete_by_name_and_by_file() {
     assert_eq!(code, Some(0));
     assert_eq!(
         stdout,
-        "ciliumnetworkpolicy.cilium.io/server-ingress deleted\n"
+        "ciliumnetworkpolicy.cilium.io/server-ingress deleted\nRevision: 9\n"
     );
 
     let (code, _, stderr) = out(&ciliate(
@@ -440,6 +451,12 @@ fn get_lists_and_shows_one() {
             "/etc/ciliate/manifests/ccnp.yaml",
             "1"
         ]
+    );
+    // The node's revision ends the list, with what is in force when that is older.
+    assert_eq!(
+        stdout.lines().last(),
+        Some("Revision: 9 (in force on every endpoint: 7; `ciliate policy wait` waits for it)"),
+        "{stdout}"
     );
 
     let (code, stdout, _) = out(&ciliate(
@@ -721,7 +738,30 @@ fn import_reads_standard_input() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        "ciliumnetworkpolicy.cilium.io/server-ingress created\n"
+        "ciliumnetworkpolicy.cilium.io/server-ingress created\nRevision: 9\n"
     );
     assert_eq!(agent.applied()[0]["documents"][0]["source"], "<stdin>");
+}
+
+#[test]
+fn wait_returns_once_the_revision_is_in_force_and_fails_on_timeout() {
+    let agent = Agent::start();
+    let (code, stdout, stderr) = out(&ciliate(&agent.socket, &["policy", "wait", "9"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "Revision 9 is in force\n");
+    let (code, stdout, stderr) = out(&ciliate(
+        &agent.socket,
+        &["policy", "wait", "12", "--timeout", "300ms"],
+    ));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stderr.contains("Error: policy revision 12 is not in force after 300ms: every endpoint holds revision 9 (the node is at 9); the node is only at revision 9"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = out(&ciliate(
+        &agent.socket,
+        &["policy", "wait", "9", "--timeout", "soon"],
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("\"soon\" is no duration"), "{stderr}");
 }

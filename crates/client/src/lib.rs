@@ -33,7 +33,9 @@ use ciliate_model::lb::LbState;
 use ciliate_model::manifest::{ApplyRequest, ApplyResult};
 use ciliate_model::monitor::MonitorEvent;
 use ciliate_model::policy::{PolicyRef, PolicyResource};
-use ciliate_model::policy_api::{BpfPolicyView, PolicyTrace, PolicyValidation, PolicyView};
+use ciliate_model::policy_api::{
+    BpfPolicyView, PolicyRevision, PolicyTrace, PolicyValidation, PolicyView,
+};
 use ciliate_model::service::ServiceView;
 use ciliate_model::{Endpoint, Identity};
 use futures::Stream;
@@ -298,6 +300,11 @@ impl Client {
             encode_segment(proto)
         ))
         .await
+    }
+
+    /// `GET /v1/policy/revision`: the node's policy revision and the one in force.
+    pub async fn policy_revision(&self) -> Result<PolicyRevision, ClientError> {
+        self.get("/v1/policy/revision").await
     }
 
     /// `GET /v1/bpf/policy/{ref}`: an endpoint's policy map as the datapath holds it.

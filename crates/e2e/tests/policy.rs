@@ -272,10 +272,36 @@ fn allow_default_deny_and_deny_rules_with_trace_and_monitor() {
 
     // (b) Only app=client, only TCP 8080.
     let out = import(&node, "allow.yaml", SERVER_ALLOW_CLIENT);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "ciliumnetworkpolicy.cilium.io/server-allow-client created\n"
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let revision = stdout
+        .strip_prefix("ciliumnetworkpolicy.cilium.io/server-allow-client created\nRevision: ")
+        .and_then(|r| r.strip_suffix('\n'))
+        .and_then(|r| r.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("import prints the outcome and the revision: {stdout:?}"));
+    // The revision import printed is in force (import returns once it is); a later one is
+    // not, and waiting for it times out with exit code 1.
+    let out = run_cli(&node, &["policy", "wait", &revision.to_string()]);
+    assert!(out.status.success(), "policy wait: {}", text(&out));
+    let later = (revision + 1000).to_string();
+    let out = run_cli(&node, &["policy", "wait", &later, "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "policy revision {later} is not in force after 300ms"
+        )),
+        "{}",
+        text(&out)
     );
+    // `policy get` ends with the node's revision: this one, or a later one (node addresses
+    // are read every 2 s, and count).
+    let out = run_cli(&node, &["policy", "get"]);
+    let shown = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("Revision: "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse::<u64>().ok());
+    assert!(shown.is_some_and(|r| r >= revision), "{}", text(&out));
     assert_eq!(
         client.tcp_echo(server.ip, 8080, b"hello").expect("allowed"),
         b"hello"

@@ -97,19 +97,8 @@ pub async fn deploy(
         ));
     }
     let refs = policy_refs(POLICY_FILE, POLICY)?;
-    let demo_pods: Vec<_> = lab
-        .state
-        .pods
-        .iter()
-        .filter(|p| p.namespace == NAMESPACE)
-        .cloned()
-        .collect();
-    lab.wait_policies(
-        &refs,
-        |r| r.namespace.as_deref() == Some(NAMESPACE),
-        &demo_pods,
-    )
-    .await?;
+    lab.wait_policies(&refs, |r| r.namespace.as_deref() == Some(NAMESPACE))
+        .await?;
     progress("Policy demo/backend-from-frontend: only frontends reach the backends, on 8080/TCP");
     Ok(())
 }

@@ -278,13 +278,13 @@ impl Lab {
     }
 
     /// Waits until every agent lists exactly `expected` among the policies `in_scope` selects,
-    /// and then until the policy maps of the lab's pods `settle` names stop changing: the
-    /// agent puts a policy in force right after it lists it.
+    /// and then until the policy revision it has once it lists them is in force on every
+    /// endpoint (`ciliate policy wait`): the agent bumps its revision before it lists a change
+    /// of the manifest directory, so that revision includes the change.
     pub async fn wait_policies(
         &self,
         expected: &BTreeSet<PolicyRef>,
         in_scope: impl Fn(&PolicyRef) -> bool,
-        settle: &[PodState],
     ) -> Result<(), LabError> {
         let deadline = Instant::now() + MANIFEST_TIMEOUT;
         for node in &self.state.nodes {
@@ -325,41 +325,49 @@ impl Lab {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            Self::wait_revision(node, &client, deadline).await?;
         }
-        self.settle(settle).await
+        Ok(())
     }
 
-    /// Waits until two reads of the pods' policy maps, 200 ms apart, are equal.
-    async fn settle(&self, pods: &[PodState]) -> Result<(), LabError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let read_all = || async {
-            let mut all = Vec::new();
-            for pod in pods {
-                let Some(node) = self.state.node(&pod.node) else {
-                    continue;
-                };
-                let view = Self::client(node)
-                    .bpf_policy(&pod.reference())
-                    .await
-                    .map_err(|e| format!("{}: {e}", pod.reference()))?;
-                all.push(serde_json::to_string(&view).unwrap_or_default());
-            }
-            Ok::<_, String>(all)
+    /// Waits until the policy revision `node` has now is in force on all its endpoints.
+    async fn wait_revision(
+        node: &NodeState,
+        client: &Client,
+        deadline: Instant,
+    ) -> Result<(), LabError> {
+        let no_answer = |e: ciliate_client::ClientError| {
+            LabError::Failed(format!(
+                "the agent of {} does not say its policy revision: {e}",
+                node.name
+            ))
         };
-        let mut last = read_all().await;
+        let want = client.policy_revision().await.map_err(no_answer)?.revision;
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = read_all().await;
-            if now.is_ok() && now == last {
+            let now = client.policy_revision().await.map_err(no_answer)?;
+            if now.is_in_force(want) {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let problems = client
+                    .status()
+                    .await
+                    .map(|s| s.problems.join("; "))
+                    .unwrap_or_default();
                 return Err(LabError::Failed(format!(
-                    "the policy maps of the pods do not settle: {}",
-                    now.err().unwrap_or_else(|| "they keep changing".into())
+                    "the agent of {} does not have policy revision {want} in force after {} s \
+                     (its endpoints hold revision {}){}",
+                    node.name,
+                    MANIFEST_TIMEOUT.as_secs(),
+                    now.in_force,
+                    if problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its problems: {problems}")
+                    }
                 )));
             }
-            last = now;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

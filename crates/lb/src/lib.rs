@@ -14,15 +14,18 @@
 //!   Services have none.
 //! * Backends come from the EndpointSlices labelled `kubernetes.io/service-name: <service>`
 //!   in the Service's namespace (and from `v1/Endpoints` of the same name, converted). A slice
-//!   port serves a Service port when its name is the Service port's name (what the
-//!   EndpointSlice controller writes); a named `targetPort` also matches a slice port of that
-//!   name. A numeric `targetPort` must equal the slice port, or the slice is skipped for it.
+//!   port serves a Service port when its name and protocol are the Service port's (what the
+//!   EndpointSlice controller writes), and its number is used as is, whatever `targetPort`
+//!   says (kube-proxy's rule); a named `targetPort` also matches a slice port of that name.
 //! * Conditions: ready → active; not ready but serving and terminating → terminating (new
 //!   connections only when no backend is active; its own connections continue); not serving →
 //!   left out. Like kube-proxy, only an endpoint's first address is used.
 //! * `internalTrafficPolicy: Local` limits the cluster IP, `externalTrafficPolicy: Local` the
 //!   other frontends, to endpoints whose `nodeName` is this node.
 //! * `sessionAffinity: ClientIP` sets the frontend's affinity timeout.
+//! * A cluster IP belongs to one Service (the API server refuses any reuse): a second Service
+//!   on it, by namespace/name, gets no frontend and a [`Conflict`]; so does a Service whose
+//!   frontend another already has.
 //!
 //! Ids are stable: see [`alloc`]. [`LbDiff`] says what changed between two states.
 
@@ -77,15 +80,28 @@ pub struct Node {
     pub addresses: Vec<Ipv4Addr>,
 }
 
-/// Two Services claim the same frontend; the first by namespace/name keeps it.
+/// Two Services claim the same frontend, or the same cluster IP; the first by namespace/name
+/// keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
-    /// `addr:port/PROTO`.
+    /// What is claimed twice.
+    pub kind: ConflictKind,
+    /// `addr:port/PROTO` for a frontend, the address for a cluster IP.
     pub frontend: String,
     /// `namespace/name` of the Service that has it.
     pub holder: String,
     /// `namespace/name` of the Service that does not get it.
     pub loser: String,
+}
+
+/// What two Services claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// One address, port and protocol (external, load-balancer or node address).
+    Frontend,
+    /// A cluster IP, whatever the ports: Kubernetes gives one to one Service only, so the
+    /// second Service gets no frontend at all.
+    ClusterIp,
 }
 
 /// The result of [`compute`].
@@ -161,6 +177,7 @@ pub fn compute<'a>(
     let mut planned: Vec<(usize, PlannedFrontend, Option<u32>)> = Vec::new();
     let mut claimed: BTreeMap<FrontendKey, usize> = BTreeMap::new();
     let mut conflicts = Vec::new();
+    let mut cluster_ips: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     for (&(namespace, name), svc) in &services {
         let view_index = views.len();
         let mut view = ServiceView {
@@ -173,6 +190,25 @@ pub fn compute<'a>(
             frontends: Vec::new(),
             problems: Vec::new(),
         };
+        // "None" (headless) and "" parse as no address: only real ones are allocated.
+        if let Ok(ip) = view.cluster_ip.parse::<Ipv4Addr>() {
+            if let Some(&holder) = cluster_ips.get(&ip) {
+                let holder: &ServiceView = &views[holder];
+                view.problems.push(format!(
+                    "cluster IP {ip} is allocated to Service {}; this Service gets no frontend",
+                    holder.full_name()
+                ));
+                conflicts.push(Conflict {
+                    kind: ConflictKind::ClusterIp,
+                    frontend: ip.to_string(),
+                    holder: holder.full_name(),
+                    loser: view.full_name(),
+                });
+                views.push(view);
+                continue;
+            }
+            cluster_ips.insert(ip, view_index);
+        }
         let balanced =
             svc.spec.service_type != ServiceType::ExternalName && !svc.spec.is_headless();
         if balanced {
@@ -193,6 +229,7 @@ pub fn compute<'a>(
                                 holder.full_name()
                             ));
                             conflicts.push(Conflict {
+                                kind: ConflictKind::Frontend,
                                 frontend,
                                 holder: holder.full_name(),
                                 loser: view.full_name(),
@@ -400,7 +437,7 @@ fn resolve_backends(
         if slice.address_type != AddressType::IPv4 {
             continue;
         }
-        let Some(port) = slice_port(slice, sp, problems) else {
+        let Some(port) = slice_port(slice, sp) else {
             continue;
         };
         matched = true;
@@ -448,35 +485,21 @@ fn resolve_backends(
     out.into_values().collect()
 }
 
-/// The port of `slice` that serves `sp`, if any.
-fn slice_port(slice: &EndpointSlice, sp: &ServicePort, problems: &mut Vec<String>) -> Option<u16> {
+/// The port of `slice` that serves `sp`, if any: the slice port of the same name and
+/// protocol, its number taken as is, as kube-proxy does (`endpointslicecache`): the slice says
+/// where the endpoints listen; `targetPort` only tells the EndpointSlice controller what to
+/// write, so a selectorless Service's hand-written slice, or a slice written before a
+/// `targetPort` change, still serves. A named `targetPort` also matches a slice port of that
+/// name when none is named after the Service port (hand-written slices).
+fn slice_port(slice: &EndpointSlice, sp: &ServicePort) -> Option<u16> {
     let ports = || slice.ports.iter().filter(|p| p.protocol == sp.protocol);
-    if let Some(p) = ports().find(|p| p.name == sp.name) {
-        let port = u16::try_from(p.port).ok()?;
-        // An absent targetPort is the Service port itself.
-        let target = sp
-            .target_port
-            .clone()
-            .unwrap_or(IntOrString::Int(i64::from(sp.port)));
-        if let IntOrString::Int(want) = target {
-            if i64::from(port) != want {
-                problems.push(format!(
-                    "port {}: EndpointSlice {} serves it on port {port}, not on targetPort \
-                     {want}; the slice is not used for it",
-                    port_label(sp),
-                    slice.metadata.name
-                ));
-                return None;
-            }
-        }
-        return Some(port);
-    }
-    match &sp.target_port {
-        Some(IntOrString::String(name)) => ports()
-            .find(|p| &p.name == name)
-            .and_then(|p| u16::try_from(p.port).ok()),
-        _ => None,
-    }
+    let p = ports()
+        .find(|p| p.name == sp.name)
+        .or_else(|| match &sp.target_port {
+            Some(IntOrString::String(name)) => ports().find(|p| &p.name == name),
+            _ => None,
+        })?;
+    u16::try_from(p.port).ok()
 }
 
 #[cfg(test)]

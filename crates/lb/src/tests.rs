@@ -211,11 +211,37 @@ fn named_target_ports_resolve_through_slice_port_names() {
     );
 }
 
+/// kube-proxy's rule: the slice port named like the Service port is used, its number as is;
+/// `targetPort` is the EndpointSlice controller's business.
 #[test]
-fn numeric_target_port_must_match_the_slice_port() {
+fn the_slice_port_named_like_the_service_port_is_used_as_is() {
+    // Selectorless, no targetPort, a hand-written slice on another port.
+    let objs = objects(&format!(
+        "{}---\n{}",
+        svc("ext", "10.96.0.12", "  ports: [{name: http, port: 80}]"),
+        slice(
+            "ext-1",
+            "ext",
+            "- {addresses: [10.200.0.1]}",
+            "[{name: http, port: 8080}]"
+        ),
+    ));
+    let p = plan(&objs, &mut IdAllocator::new());
+    assert_eq!(addrs(&p.state, &p.state.frontends[0]), ["10.200.0.1:8080"]);
+    assert!(
+        p.services[0].problems.is_empty(),
+        "{:?}",
+        p.services[0].problems
+    );
+    // During a targetPort change (8080 → 9090) the slices written for 8080 still serve, each
+    // on its own port, until the controller rewrites them.
     let objs = objects(&format!(
         "{}---\n{}---\n{}",
-        svc("web", "10.96.0.10", WEB),
+        svc(
+            "web",
+            "10.96.0.10",
+            "  ports: [{name: http, port: 80, targetPort: 9090}]"
+        ),
         slice(
             "web-1",
             "web",
@@ -226,26 +252,32 @@ fn numeric_target_port_must_match_the_slice_port() {
             "web-2",
             "web",
             "- {addresses: [10.200.0.2]}",
-            "[{name: http, port: 9999}]"
+            "[{name: http, port: 9090}]"
         )
     ));
     let p = plan(&objs, &mut IdAllocator::new());
-    assert_eq!(addrs(&p.state, &p.state.frontends[0]), ["10.200.0.1:8080"]);
-    assert!(p.services[0].problems[0]
-        .contains("EndpointSlice web-2 serves it on port 9999, not on targetPort 8080"));
-    // No targetPort: it is the Service port.
+    assert_eq!(
+        addrs(&p.state, &p.state.frontends[0]),
+        ["10.200.0.1:8080", "10.200.0.2:9090"]
+    );
+    // Another name, or another protocol, does not serve it.
     let objs = objects(&format!(
         "{}---\n{}",
-        svc("web", "10.96.0.10", "  ports: [{port: 8080}]"),
+        svc("web", "10.96.0.10", "  ports: [{name: http, port: 80}]"),
         slice(
             "web-1",
             "web",
             "- {addresses: [10.200.0.1]}",
-            "[{port: 8080}]"
+            "[{name: metrics, port: 80}, {name: http, port: 80, protocol: UDP}]"
         ),
     ));
     let p = plan(&objs, &mut IdAllocator::new());
-    assert_eq!(addrs(&p.state, &p.state.frontends[0]), ["10.200.0.1:8080"]);
+    assert!(p.state.frontends[0].backends.is_empty());
+    assert!(
+        p.services[0].problems[0].contains("no EndpointSlice port serves it"),
+        "{:?}",
+        p.services[0].problems
+    );
 }
 
 #[test]
@@ -378,16 +410,31 @@ fn slices_of_other_namespaces_or_services_are_not_used() {
 fn a_frontend_two_services_claim_goes_to_the_first() {
     let objs = objects(&format!(
         "{}---\n{}",
-        svc("b", "10.96.0.10", WEB),
-        svc("a", "10.96.0.10", WEB),
+        svc(
+            "b",
+            "10.96.0.11",
+            "  externalIPs: [192.0.2.1]\n  ports: [{name: http, port: 80}]"
+        ),
+        svc(
+            "a",
+            "10.96.0.10",
+            "  externalIPs: [192.0.2.1]\n  ports: [{name: http, port: 80}]"
+        ),
     ));
     let p = plan(&objs, &mut IdAllocator::new());
-    assert_eq!(p.state.frontends.len(), 1);
-    assert_eq!(p.state.frontends[0].service.name, "a");
+    let external: Vec<&str> = p
+        .state
+        .frontends
+        .iter()
+        .filter(|f| f.addr.to_string() == "192.0.2.1")
+        .map(|f| f.service.name.as_str())
+        .collect();
+    assert_eq!(external, ["a"]);
     assert_eq!(
         p.conflicts,
         [Conflict {
-            frontend: "10.96.0.10:80/TCP".into(),
+            kind: ConflictKind::Frontend,
+            frontend: "192.0.2.1:80/TCP".into(),
             holder: "default/a".into(),
             loser: "default/b".into()
         }]
@@ -396,6 +443,46 @@ fn a_frontend_two_services_claim_goes_to_the_first() {
         .problems
         .iter()
         .any(|m| m.contains("held by Service default/a")));
+}
+
+/// Kubernetes allocates a cluster IP to one Service: another port does not make a second
+/// Service on it acceptable. Headless Services ("None") share nothing.
+#[test]
+fn a_cluster_ip_belongs_to_one_service_whatever_the_ports() {
+    let objs = objects(&format!(
+        "{}---\n{}---\n{}---\n{}",
+        svc(
+            "b",
+            "10.96.0.10",
+            "  ports: [{name: dns, port: 53, protocol: UDP}]"
+        ),
+        svc("a", "10.96.0.10", WEB),
+        svc("h1", "None", WEB),
+        svc("h2", "None", WEB),
+    ));
+    let p = plan(&objs, &mut IdAllocator::new());
+    let names: Vec<&str> = p
+        .state
+        .frontends
+        .iter()
+        .map(|f| f.service.name.as_str())
+        .collect();
+    assert_eq!(names, ["a"]);
+    assert_eq!(
+        p.conflicts,
+        [Conflict {
+            kind: ConflictKind::ClusterIp,
+            frontend: "10.96.0.10".into(),
+            holder: "default/a".into(),
+            loser: "default/b".into()
+        }]
+    );
+    let b = p.services.iter().find(|v| v.name == "b").unwrap();
+    assert!(b.frontends.is_empty());
+    assert_eq!(
+        b.problems,
+        ["cluster IP 10.96.0.10 is allocated to Service default/a; this Service gets no frontend"]
+    );
 }
 
 #[test]

@@ -121,6 +121,10 @@ pub struct ApplyResult {
     /// CiliumClusterwideNetworkPolicy), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<crate::policy_api::PolicyOutcome>,
+    /// The node's policy revision once the batch is applied, when it held policies or changed
+    /// namespaces' labels (`ciliate policy wait` takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_revision: Option<u64>,
 }
 
 /// One problem with one document.
@@ -454,6 +458,7 @@ pub fn decode_all(docs: &[ApplyDocument]) -> Result<Vec<Decoded>, Vec<ManifestEr
     let mut errors = Vec::new();
     let mut out = Vec::new();
     let mut seen: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
+    let mut cluster_ips: BTreeMap<Ipv4Addr, (String, usize, ObjectKey)> = BTreeMap::new();
     for doc in docs {
         match decode(doc) {
             Ok(object) => {
@@ -470,6 +475,12 @@ pub fn decode_all(docs: &[ApplyDocument]) -> Result<Vec<Decoded>, Vec<ManifestEr
                     });
                     continue;
                 }
+                if let Object::Service(svc) = &object {
+                    if let Some(e) = reused_cluster_ip(svc, doc, &key, &mut cluster_ips) {
+                        errors.push(e);
+                        continue;
+                    }
+                }
                 seen.insert(key, (doc.source.clone(), doc.index));
                 out.push(Decoded {
                     source: doc.source.clone(),
@@ -484,6 +495,39 @@ pub fn decode_all(docs: &[ApplyDocument]) -> Result<Vec<Decoded>, Vec<ManifestEr
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// Kubernetes allocates a cluster IP to one Service: a second Service of the batch on an
+/// address another already has (whatever its ports) is refused. `None` (headless) is no
+/// address.
+fn reused_cluster_ip(
+    svc: &Service,
+    doc: &ApplyDocument,
+    key: &ObjectKey,
+    seen: &mut BTreeMap<Ipv4Addr, (String, usize, ObjectKey)>,
+) -> Option<ManifestError> {
+    let written = if svc.spec.cluster_ip.is_empty() {
+        svc.spec.cluster_ips.first()?
+    } else {
+        &svc.spec.cluster_ip
+    };
+    let ip: Ipv4Addr = written.parse().ok()?;
+    match seen.get(&ip) {
+        Some((source, index, other)) => Some(ManifestError {
+            source: doc.source.clone(),
+            index: doc.index,
+            object: key.to_string(),
+            path: "spec.clusterIP".into(),
+            reason: format!(
+                "invalid value {written:?}: the cluster IP is already allocated to {other} \
+                 ({source} document {index}); a cluster IP belongs to one Service"
+            ),
+        }),
+        None => {
+            seen.insert(ip, (doc.source.clone(), doc.index, key.clone()));
+            None
+        }
     }
 }
 

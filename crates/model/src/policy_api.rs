@@ -155,6 +155,9 @@ pub enum TracePeerKind {
     Identity,
     /// No identity has exactly the labels given: one is assumed, as if a pod had them.
     Hypothetical,
+    /// An endpoint of another node of the cluster (named by pod or address), as the cluster's
+    /// kvstore publishes it.
+    RemoteEndpoint,
 }
 
 /// One side of a traced flow.
@@ -178,10 +181,25 @@ pub struct TracePeer {
     /// The address, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// The node it lives on, for an endpoint of another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl fmt::Display for TracePeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(node) = &self.node {
+            match (&self.pod, self.ip) {
+                (Some(p), _) => write!(f, "pod {p} on node {node} (")?,
+                (None, Some(ip)) => write!(f, "{ip} on node {node} (")?,
+                (None, None) => write!(f, "node {node} (")?,
+            }
+            write!(f, "identity {}", self.identity)?;
+            if !self.labels.is_empty() {
+                write!(f, ": {}", self.labels)?;
+            }
+            return f.write_str(")");
+        }
         match (&self.pod, self.endpoint, self.ip) {
             (Some(p), Some(id), _) => write!(f, "pod {p} (endpoint {id}")?,
             (None, Some(id), _) => write!(f, "endpoint {id} (")?,
@@ -286,6 +304,26 @@ impl PolicyTrace {
             Direction::Egress => self.egress.as_ref(),
             Direction::Ingress => self.ingress.as_ref(),
         }
+    }
+}
+
+/// Answer of `GET /v1/policy/revision`: the node's policy revision (as `cilium-dbg policy
+/// get` prints it) and the one in force.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRevision {
+    /// Bumped on every change of what policy is computed from: the policies, the namespaces'
+    /// labels, the node's addresses, the cluster's identities.
+    pub revision: u64,
+    /// The newest revision every endpoint's policy map and the ipcache hold (0: none yet).
+    /// A revision is in force once this is at least that revision.
+    pub in_force: u64,
+}
+
+impl PolicyRevision {
+    /// Whether `revision` is in force on every endpoint of the node.
+    pub fn is_in_force(&self, revision: u64) -> bool {
+        self.in_force >= revision
     }
 }
 

@@ -635,3 +635,195 @@ fn named_ports_resolve_against_the_ports_endpoints_declare() {
     assert!(n.trace("default/client", "default/web", 8080).allowed);
     assert!(!n.trace("default/client", "default/web", 9090).allowed);
 }
+
+/// Another node's pods, as the cluster view gives them: (address, identity, labels, pod).
+const REMOTE: &[(&str, u32, &str, &str)] = &[
+    (
+        "10.201.0.5",
+        400,
+        "app=client,io.kubernetes.pod.namespace=default",
+        "default/remote-client",
+    ),
+    (
+        "10.201.0.6",
+        401,
+        "app=other,io.kubernetes.pod.namespace=default",
+        "default/remote-other",
+    ),
+    (
+        "10.201.0.7",
+        402,
+        "app=client,io.kubernetes.pod.namespace=beta",
+        "beta/remote-client",
+    ),
+];
+
+fn remote_cluster() -> ClusterInputs {
+    let tunnel: Ipv4Addr = "192.0.2.50".parse().expect("ip");
+    let mut inputs = ClusterInputs {
+        identities: REMOTE
+            .iter()
+            .map(|(_, id, l, _)| (*id, Labels::parse_list(l, "k8s").expect("labels")))
+            .collect(),
+        ipcache: vec![
+            bpf_policy::IpcacheEntry {
+                prefix: "10.201.0.0/24".parse().expect("prefix"),
+                identity: ReservedIdentity::World.id(),
+                tunnel_endpoint: Some(tunnel),
+            },
+            bpf_policy::IpcacheEntry {
+                prefix: "192.0.2.50/32".parse().expect("prefix"),
+                identity: ReservedIdentity::RemoteNode.id(),
+                tunnel_endpoint: None,
+            },
+        ],
+        endpoints: Vec::new(),
+    };
+    for (ip, id, _, pod) in REMOTE {
+        let (namespace, name) = pod.split_once('/').expect("ns/name");
+        inputs.ipcache.push(bpf_policy::IpcacheEntry {
+            prefix: format!("{ip}/32").parse().expect("prefix"),
+            identity: *id,
+            tunnel_endpoint: Some(tunnel),
+        });
+        inputs.endpoints.push(RemoteEndpoint {
+            ip: ip.parse().expect("ip"),
+            identity: *id,
+            node: "node-b".into(),
+            pod: Some(PodRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+        });
+    }
+    inputs
+}
+
+/// #14: a pod of another node, by address or by name, is its identity (not `world`), and the
+/// trace's verdict is the one the datapath reaches with the identity its ipcache gives the
+/// address, over the policy map it holds; `identity get` knows the cluster's identities.
+#[test]
+fn trace_judges_other_nodes_pods_as_the_datapath_does() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let server = n.pod("server", "server", 5);
+    let client = n.pod("client", "client", 6);
+    n.apply(SERVER_POLICY, false).expect("applies");
+    n.apply(CIDR_POLICY, false).expect("applies");
+    assert!(n.policies.set_cluster(remote_cluster()));
+    n.endpoints.reconcile_policy().expect("reconciles");
+    let ipcache = n.dp.ipcache().expect("ipcache");
+    let addresses = REMOTE.iter().map(|r| r.0).chain([
+        "10.201.0.99",
+        "192.0.2.50",
+        "192.0.2.1",
+        "10.1.2.3",
+        "8.8.8.8",
+    ]);
+    for addr in addresses {
+        let ip: Ipv4Addr = addr.parse().expect("ip");
+        let want = super::trace::address_identity(&ipcache, ip);
+        // Ingress to a local pod from the address, egress from a local pod to it.
+        for (src, dst, local, egress) in [
+            (addr, "default/server", &server, false),
+            ("default/client", addr, &client, true),
+        ] {
+            let t = n.trace(src, dst, 8080);
+            let peer = if egress { &t.dst } else { &t.src };
+            assert_eq!(peer.identity, want, "{src} -> {dst}: {peer}");
+            let dp =
+                ciliate_policy::map::datapath_verdict(&n.policy_of(local), egress, want, 6, 8080);
+            let judged = if egress { &t.egress } else { &t.ingress };
+            let judged = judged.as_ref().expect("the local side is judged");
+            assert_eq!(
+                judged.drop_reason, dp,
+                "{src} -> {dst}: trace says {judged:?}, the datapath {dp:?}"
+            );
+        }
+    }
+    // By address and by name: the remote pod, on its node.
+    for q in ["10.201.0.5", "default/remote-client", "remote-client"] {
+        let t = n.trace(q, "default/server", 8080);
+        assert_eq!(t.src.kind, TracePeerKind::RemoteEndpoint, "{q}");
+        assert_eq!(t.src.identity, 400, "{q}");
+        assert_eq!(t.src.node.as_deref(), Some("node-b"));
+        let ingress = t.ingress.as_ref().expect("the server is judged");
+        assert!(ingress.allowed, "{q}: a client of default: {t:?}");
+        // Its own egress is judged as its node judges it, with the same policies (the
+        // CIDR policy selects every client: default deny there).
+        assert_eq!(t.deciding, Some(ciliate_model::policy::Direction::Egress));
+        assert!(
+            t.notes.iter().any(|n| n.contains("on node node-b")),
+            "{:?}",
+            t.notes
+        );
+    }
+    let t = n.trace("beta/remote-client", "default/server", 8080);
+    let ingress = t.ingress.as_ref().expect("judged");
+    assert_eq!((t.src.identity, ingress.allowed), (402, false), "{t:?}");
+    let t = n.trace("default/remote-other", "default/server", 8080);
+    assert_eq!((t.src.identity, t.drop_reason), (401, Some(133)), "{t:?}");
+    assert_eq!(t.deciding, Some(ciliate_model::policy::Direction::Ingress));
+    // The cluster's identities, with their labels.
+    assert_eq!(
+        n.policies
+            .cluster_identities()
+            .get(&402)
+            .map(ToString::to_string),
+        Some("k8s:app=client,k8s:io.kubernetes.pod.namespace=beta".to_owned())
+    );
+}
+
+mod ipcache_resolution {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::policy::trace::address_identity;
+
+    /// The datapath's LPM trie, as a reference: the entry with the longest prefix that holds
+    /// the address, found by trying every prefix length from /32 down.
+    fn lpm_reference(entries: &[bpf_policy::IpcacheEntry], ip: Ipv4Addr) -> NumericIdentity {
+        let by_key: BTreeMap<Ipv4Net, NumericIdentity> =
+            entries.iter().map(|e| (e.prefix, e.identity)).collect();
+        (0..=32u8)
+            .rev()
+            .find_map(|len| {
+                let key = Ipv4Net::new(ip, len).expect("len").trunc();
+                by_key.get(&key).copied()
+            })
+            .unwrap_or(ReservedIdentity::World.id())
+    }
+
+    proptest! {
+        #[test]
+        fn trace_resolves_addresses_as_the_datapath_lpm(
+            entries in prop::collection::btree_map(
+                (prop::sample::select(vec![8u8, 16, 24, 28, 32]), 0u32..4, 0u32..256),
+                prop::sample::select(vec![1u32, 2, 6, 300, 301, 16_777_217]),
+                0..12,
+            ),
+            probes in prop::collection::vec((0u32..4, 0u32..256), 1..20),
+        ) {
+            // Prefixes inside 10.0.0.0/8 so that they overlap often.
+            let ip = |a: u32, b: u32| Ipv4Addr::from(0x0a00_0000 | (a << 8) | b);
+            let entries: Vec<bpf_policy::IpcacheEntry> = entries
+                .into_iter()
+                .map(|((len, a, b), identity)| bpf_policy::IpcacheEntry {
+                    prefix: Ipv4Net::new(ip(a, b), len).expect("len").trunc(),
+                    identity,
+                    tunnel_endpoint: None,
+                })
+                .collect();
+            // Dedup by prefix as the ipcache map does (one value per key).
+            let mut by_prefix: BTreeMap<Ipv4Net, bpf_policy::IpcacheEntry> = BTreeMap::new();
+            for e in entries {
+                by_prefix.insert(e.prefix, e);
+            }
+            let entries: Vec<_> = by_prefix.into_values().collect();
+            for (a, b) in probes {
+                let addr = ip(a, b);
+                prop_assert_eq!(address_identity(&entries, addr), lpm_reference(&entries, addr));
+            }
+        }
+    }
+}

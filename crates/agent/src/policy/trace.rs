@@ -3,17 +3,23 @@
 //!
 //! A peer is written as:
 //!
-//! * an IPv4 address: an endpoint of this node when one has it, the node itself (`host`) for
-//!   its own addresses, else the CIDR identity of the longest prefix a policy names that holds
-//!   it, else `world` — as the datapath's ipcache resolves it;
+//! * an IPv4 address: an endpoint of this node when one has it, else the identity of the
+//!   longest prefix of the ipcache the datapath holds that holds it (the node's own addresses
+//!   as `host`, other nodes' pods with their identities, other nodes as `remote-node`, the
+//!   CIDR identities policies name), else `world` — exactly as the datapath resolves it
+//!   ([`address_identity`]);
 //! * a label list (anything with `=` or `:`), e.g. `k8s:app=web,k8s:io.kubernetes.pod.namespace=default`
 //!   (`k8s:` is the default source): the identity with exactly these labels, a reserved one
 //!   (`reserved:world`), or else a hypothetical identity, as if a pod had them;
 //! * an endpoint: its id, container id or `namespace/pod` (a bare name is also tried as a pod
-//!   of `default`).
+//!   of `default`), of this node or, by pod, of another node of the cluster.
+//!
+//! Identities of other nodes' endpoints are known from the cluster's kvstore, so a trace
+//! between pods of different nodes judges them as the datapath of either node does.
 
 use std::net::Ipv4Addr;
 
+use ciliate_model::bpf_policy::IpcacheEntry;
 use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CLUSTER_IDENTITY};
 use ciliate_model::labels::{Labels, POD_NAMESPACE_LABEL, SOURCE_K8S};
 use ciliate_model::policy::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
@@ -21,9 +27,9 @@ use ciliate_model::policy_api::{
     PolicyTrace, TraceDirection, TracePeer, TracePeerKind, TraceReason,
 };
 use ciliate_model::{Endpoint, PodRef};
-use ciliate_policy::{DirectionVerdict, IdentityLabels, NamedPorts, Reason};
+use ciliate_policy::{DirectionVerdict, IdentityLabels, Reason};
 
-use super::{lock, PolicyManager};
+use super::{lock, PolicyManager, RemoteEndpoint};
 use crate::endpoints::EndpointRef;
 
 /// What to trace: `GET /v1/policy/trace?src=&dst=&dport=&proto=`.
@@ -69,15 +75,48 @@ fn free_identity(taken: &IdentityLabels) -> NumericIdentity {
         .unwrap_or(MIN_CLUSTER_IDENTITY)
 }
 
-fn endpoint_peer(query: &str, ep: &Endpoint) -> TracePeer {
+/// The entry the datapath's LPM lookup finds for `ip` in `ipcache`: the longest prefix that
+/// holds it.
+pub fn ipcache_lookup(ipcache: &[IpcacheEntry], ip: Ipv4Addr) -> Option<&IpcacheEntry> {
+    ipcache
+        .iter()
+        .filter(|e| e.prefix.contains(&ip))
+        .max_by_key(|e| e.prefix.prefix_len())
+}
+
+/// The identity the datapath gives `ip` when it is no endpoint of this node
+/// (`ipcache_identity` in `bpf/include/ciliate/policy.h`): its ipcache entry's, else world.
+pub fn address_identity(ipcache: &[IpcacheEntry], ip: Ipv4Addr) -> NumericIdentity {
+    ipcache_lookup(ipcache, ip).map_or(ReservedIdentity::World.id(), |e| e.identity)
+}
+
+fn endpoint_peer(query: &str, ep: &Endpoint, known: &IdentityLabels) -> TracePeer {
     TracePeer {
         query: query.to_owned(),
         kind: TracePeerKind::Endpoint,
         identity: ep.identity,
-        labels: ep.labels.clone(),
+        // As policy sees them (with the namespace's labels).
+        labels: known
+            .get(&ep.identity)
+            .cloned()
+            .unwrap_or_else(|| ep.labels.clone()),
         endpoint: Some(ep.id),
         pod: ep.pod.clone(),
         ip: Some(ep.ipv4),
+        node: None,
+    }
+}
+
+fn remote_peer(query: &str, ep: &RemoteEndpoint, known: &IdentityLabels) -> TracePeer {
+    TracePeer {
+        query: query.to_owned(),
+        kind: TracePeerKind::RemoteEndpoint,
+        identity: ep.identity,
+        labels: known.get(&ep.identity).cloned().unwrap_or_default(),
+        endpoint: None,
+        pod: ep.pod.clone(),
+        ip: Some(ep.ip),
+        node: Some(ep.node.clone()),
     }
 }
 
@@ -99,28 +138,36 @@ impl PolicyManager {
         }
         if let Ok(ip) = q.parse::<Ipv4Addr>() {
             if let Some(ep) = endpoints.iter().find(|e| e.ipv4 == ip) {
-                return Ok(endpoint_peer(query, ep));
+                return Ok(endpoint_peer(query, ep, known));
             }
-            let identity = if self.node_addresses().contains(&ip) {
-                ReservedIdentity::Host.id()
-            } else {
-                lock(&self.engine)
-                    .resolve(&IdentityLabels::new(), &NamedPorts::new())
-                    .cidr_identity_of(ip.into())
-            };
+            let identity = address_identity(&self.datapath_ipcache(), ip);
+            if let Some(ep) = self
+                .remote_endpoints()
+                .iter()
+                .find(|e| e.ip == ip && e.identity == identity)
+            {
+                return Ok(remote_peer(query, ep, known));
+            }
             return Ok(TracePeer {
                 query: query.to_owned(),
                 kind: TracePeerKind::Address,
                 identity,
-                labels: self.identity_labels(identity).unwrap_or_default(),
+                labels: known
+                    .get(&identity)
+                    .cloned()
+                    .or_else(|| self.identity_labels(identity))
+                    .unwrap_or_default(),
                 endpoint: None,
                 pod: None,
                 ip: Some(ip),
+                node: None,
             });
         }
         if q.contains('=') || q.contains(':') {
             let labels = Labels::parse_list(q, SOURCE_K8S)
                 .map_err(|e| TraceError::Invalid(format!("labels {q:?}: {e}")))?;
+            // With its namespace's labels, as an identity of these labels has them.
+            let labels = self.effective_labels(&labels);
             let found = ReservedIdentity::ALL
                 .into_iter()
                 .map(|r| (r.id(), r.labels()))
@@ -149,6 +196,7 @@ impl PolicyManager {
                 endpoint: None,
                 pod: None,
                 ip: None,
+                node: None,
             });
         }
         let r = EndpointRef::parse(q);
@@ -167,13 +215,32 @@ impl PolicyManager {
             }
             _ => None,
         });
-        found.map(|ep| endpoint_peer(query, ep)).ok_or_else(|| {
-            TraceError::NotFound(format!(
-                "no {r} on this node; give a pod (namespace/name), an endpoint id or container \
-                 id (see `ciliate endpoint list`), an IPv4 address, or labels such as \
+        if let Some(ep) = found {
+            return Ok(endpoint_peer(query, ep, known));
+        }
+        // A pod of another node of the cluster.
+        let pod = match &r {
+            EndpointRef::Pod(p) => Some(p.clone()),
+            EndpointRef::Container(name) => Some(PodRef {
+                namespace: "default".into(),
+                name: name.clone(),
+            }),
+            EndpointRef::Id(_) => None,
+        };
+        let remote = pod.and_then(|p| {
+            self.remote_endpoints()
+                .into_iter()
+                .find(|e| e.pod.as_ref() == Some(&p))
+        });
+        match remote {
+            Some(ep) => Ok(remote_peer(query, &ep, known)),
+            None => Err(TraceError::NotFound(format!(
+                "no {r} on this node, nor a pod of that name on another node of the cluster; \
+                 give a pod (namespace/name), an endpoint id or container id (see `ciliate \
+                 endpoint list`), an IPv4 address, or labels such as \
                  k8s:app=web,k8s:{POD_NAMESPACE_LABEL}=default"
-            ))
-        })
+            ))),
+        }
     }
 
     /// The engine's verdict on a flow from `q.src` to `q.dst`. `endpoints` are the node's
@@ -191,6 +258,14 @@ impl PolicyManager {
         let verdict = lock(&self.engine)
             .resolve(&known, &super::named_ports_of(endpoints))
             .explain(src.identity, dst.identity, q.proto, q.dport);
+        for (peer, side) in [(&src, "egress"), (&dst, "ingress")] {
+            if let Some(node) = &peer.node {
+                notes.push(format!(
+                    "{peer} is on node {node}: its {side} is judged here with this node's \
+                     policies, as node {node} judges it when it holds the same ones"
+                ));
+            }
+        }
         if verdict.egress.is_none() && verdict.ingress.is_none() {
             notes.push(
                 "neither side is an endpoint: no policy applies (the datapath judges traffic \

@@ -146,22 +146,32 @@ fn an_invalid_batch_applies_nothing_and_says_everything() {
 }
 
 #[test]
-fn a_frontend_taken_by_another_service_is_refused() {
+fn a_cluster_ip_taken_by_another_service_is_refused_whatever_the_port() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dp = Arc::new(FakeDatapath::new());
     let m = open(tmp.path(), None, &dp);
     m.apply(&request("web.yaml", &web(), false))
         .expect("applies");
-    let err = m
-        .apply(&request("other.yaml", &svc("other", "10.96.0.10"), false))
-        .expect_err("same VIP and port");
-    assert!(
-        err.to_string().contains(
-            "other.yaml: document 1 (Service default/other): spec: frontend 10.96.0.10:80/TCP is already used by Service default/web"
-        ),
-        "{err}"
-    );
-    assert_eq!(m.list().len(), 1);
+    let another_port = svc("other", "10.96.0.10").replace("port: 80,", "port: 81,");
+    for (doc, what) in [
+        (svc("other", "10.96.0.10"), "same VIP and port"),
+        (another_port, "same VIP, another port"),
+    ] {
+        let err = m
+            .apply(&request("other.yaml", &doc, false))
+            .expect_err(what);
+        assert!(
+            err.to_string().contains(
+                "other.yaml: document 1 (Service default/other): spec.clusterIP: invalid value \"10.96.0.10\": the cluster IP is already allocated to Service default/web"
+            ),
+            "{what}: {err}"
+        );
+        assert_eq!(m.list().len(), 1);
+    }
+    // The same Service may change its ports on its own cluster IP.
+    let moved = svc("web", "10.96.0.10").replace("port: 80,", "port: 81,");
+    m.apply(&request("web.yaml", &moved, false))
+        .expect("its own cluster IP");
 }
 
 #[test]

@@ -116,7 +116,9 @@ pub fn render(
             .iter()
             .filter(|o| o.action != ApplyAction::NotFound)
             .map(|o| format!("{o}\n"));
-        services.chain(policies).collect()
+        // As `cilium-dbg policy import` ends: what `ciliate policy wait` takes.
+        let revision = r.policy_revision.map(|n| format!("Revision: {n}\n"));
+        services.chain(policies).chain(revision).collect()
     })?;
     Ok((text, missing))
 }
@@ -318,6 +320,7 @@ mod tests {
             ],
             warnings: vec![],
             policies: vec![],
+            policy_revision: None,
         };
         let (text, missing) = render(Format::Table, &result, false).unwrap();
         assert_eq!(text, "service/web deleted\n");

@@ -18,7 +18,7 @@ pub async fn get(ctx: &Ctx, id: u32) -> anyhow::Result<Outcome> {
     let identity = ctx.client.identity(id).await.map_err(|e| {
         hint_not_found(
             e,
-            "`ciliate identity list` shows the identities in use on this node",
+            "`ciliate identity list` shows the identities in use on this node and in the cluster",
         )
     })?;
     output::print(&output::render(ctx.format, &identity, get_table)?)?;

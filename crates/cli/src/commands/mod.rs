@@ -128,6 +128,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Policy(PolicyCommand::Get { policy: p }) => policy::get(&ctx, p.as_deref()).await,
         Command::Policy(PolicyCommand::Validate(args)) => policy::validate(&ctx, &args.files).await,
+        Command::Policy(PolicyCommand::Wait(args)) => {
+            policy::wait(&ctx, args.revision, args.timeout).await
+        }
         Command::Policy(PolicyCommand::Trace(args)) => {
             policy::trace(&ctx, &args.src, &args.dst, args.dport.0, &args.dport.1).await
         }

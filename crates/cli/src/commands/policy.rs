@@ -1,4 +1,4 @@
-//! `ciliate policy import|delete|get|validate|trace`: network policies.
+//! `ciliate policy import|delete|get|validate|trace|wait`: network policies.
 //!
 //! Import and delete go through `POST /v1/manifests` like `ciliate apply`, with documents of
 //! other kinds refused before anything is sent. Validate and trace ask the agent, so the rules
@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use ciliate_model::manifest::{describe, report, ApplyDocument, ManifestError};
 use ciliate_model::policy::{PolicyKind, PolicyRef, PolicyResource};
 use ciliate_model::policy_api::{
-    is_policy_document, parse_kind, PolicyTrace, PolicyValidation, PolicyView, TraceDirection,
+    is_policy_document, parse_kind, PolicyRevision, PolicyTrace, PolicyValidation, PolicyView,
+    TraceDirection,
 };
 
 use super::apply::{read_documents, send};
@@ -148,7 +149,15 @@ pub async fn delete(
 pub async fn get(ctx: &Ctx, policy: Option<&str>) -> anyhow::Result<Outcome> {
     let views = ctx.client.policies().await?;
     let Some(policy) = policy else {
-        output::print(&output::render(ctx.format, &views, |v| list_table(v))?)?;
+        let text = match ctx.format {
+            // The list, then the revision, as `cilium-dbg policy get` ends.
+            Format::Table => {
+                let revision = ctx.client.policy_revision().await?;
+                format!("{}{}", list_table(&views), revision_line(&revision))
+            }
+            format => output::render(format, &views, |_| String::new())?,
+        };
+        output::print(&text)?;
         return Ok(Outcome::Success);
     };
     let r = parse_ref(policy)?;
@@ -164,6 +173,63 @@ pub async fn get(ctx: &Ctx, policy: Option<&str>) -> anyhow::Result<Outcome> {
     };
     output::print(&text)?;
     Ok(Outcome::Success)
+}
+
+/// `Revision: 12`, and what is in force when that is older.
+pub fn revision_line(r: &PolicyRevision) -> String {
+    if r.is_in_force(r.revision) {
+        format!("Revision: {}\n", r.revision)
+    } else {
+        format!(
+            "Revision: {} (in force on every endpoint: {}; `ciliate policy wait` waits for it)\n",
+            r.revision, r.in_force
+        )
+    }
+}
+
+/// How often `policy wait` asks.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `ciliate policy wait [REVISION] [--timeout]`: exit 0 once `revision` (the current one
+/// when `None`) is in force on every endpoint, 1 when `timeout` passes first.
+pub async fn wait(
+    ctx: &Ctx,
+    revision: Option<u64>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Outcome> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let first = ctx.client.policy_revision().await?;
+    let want = revision.unwrap_or(first.revision);
+    let mut now = first;
+    loop {
+        if now.is_in_force(want) {
+            if ctx.format == Format::Table {
+                output::print(&format!("Revision {want} is in force\n"))?;
+            } else {
+                output::print(&output::render(ctx.format, &now, |_| String::new())?)?;
+            }
+            return Ok(Outcome::Success);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let ahead = if want > now.revision {
+                format!(
+                    "; the node is only at revision {} (a revision of another node, or of an \
+                     agent since restarted?)",
+                    now.revision
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "Error: policy revision {want} is not in force after {:?}: every endpoint holds \
+                 revision {} (the node is at {}){ahead}; see `ciliate status` for why",
+                timeout, now.in_force, now.revision
+            );
+            return Ok(Outcome::Unhealthy);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+        now = ctx.client.policy_revision().await?;
+    }
 }
 
 /// One row per policy: KIND, NAMESPACE, NAME, ENDPOINTS, SOURCE, WARNINGS.

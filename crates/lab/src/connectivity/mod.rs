@@ -257,12 +257,11 @@ async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
         error: None,
         skipped: s.cells.len() - cells.len(),
     };
-    let pods: Vec<_> = w.pods.values().cloned().collect();
     let in_scope = |r: &ciliate_model::policy::PolicyRef| r.namespace.as_deref() == Some(NAMESPACE);
     if let Some(p) = s.policy {
         let applied = match policy_refs(p.file, p.yaml) {
             Ok(refs) => match lab.write_manifest(POLICY_FILE, p.yaml) {
-                Ok(()) => lab.wait_policies(&refs, in_scope, &pods).await,
+                Ok(()) => lab.wait_policies(&refs, in_scope).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -298,10 +297,7 @@ async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
     }
     if s.policy.is_some() {
         let _ = lab.remove_manifest(POLICY_FILE);
-        if let Err(e) = lab
-            .wait_policies(&Default::default(), in_scope, &pods)
-            .await
-        {
+        if let Err(e) = lab.wait_policies(&Default::default(), in_scope).await {
             let msg = format!("policy not removed: {e}");
             result.error = Some(match result.error.take() {
                 Some(prev) => format!("{prev}; {msg}"),

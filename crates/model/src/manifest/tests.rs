@@ -482,3 +482,22 @@ fn namespaces_decode_as_cluster_scoped_objects() {
         ["svc.yaml: document 1 (Namespace a): apiVersion: unsupported value \"v2\" for kind Namespace: use \"v1\""]
     );
 }
+
+#[test]
+fn a_cluster_ip_is_given_to_one_service_of_a_batch() {
+    let a = service("  clusterIP: 10.96.0.1\n  ports: [{port: 80}]");
+    let b = a
+        .replace("name: web", "name: dns")
+        .replace("port: 80", "port: 53, protocol: UDP");
+    assert_eq!(
+        problems(&format!("{a}\n---\n{b}")),
+        ["svc.yaml: document 2 (Service default/dns): spec.clusterIP: invalid value \"10.96.0.1\": the cluster IP is already allocated to Service default/web (svc.yaml document 1); a cluster IP belongs to one Service"]
+    );
+    // Headless Services share no address.
+    let h = service("  clusterIP: None\n  ports: [{port: 80}]");
+    let h2 = h.replace("name: web", "name: web2");
+    assert_eq!(
+        decode_all(&docs(&format!("{h}\n---\n{h2}"))).unwrap().len(),
+        2
+    );
+}
