@@ -31,16 +31,17 @@
 #                    [--cpus same|split|none] [--no-build]
 #
 #   --secs N      seconds per traffic measurement (default 5; 2 with --quick)
-#   --runs N      rounds of traffic measurements per N, all paths interleaved; the best round of
-#                 each path is shown (default 3; 1 with --quick)
+#   --runs N      rounds of traffic measurements per N, all paths interleaved; each path's
+#                 median and min-max over the rounds are shown (default 5; 1 with --quick)
 #   --max N       largest Service count: 10000 (default) or 30000
-#   --quick       N = 1 and 1000 only, 2 s per measurement, 1 round
+#   --quick       checks that it works: N = 1 and 100 only, 1 s per measurement, 1 round,
+#                 the binaries already built (in $CILIATE_BIN_DIR, default target/release)
 #   --iptables B  iptables backend for (b): legacy (default when iptables-legacy-restore exists:
 #                 the classic rule-by-rule walk kube-proxy's iptables mode has) or nft
-#   --cpus P      where clients and servers run: same (default: both pinned to the last CPU;
-#                 with 2 vCPUs, unpinned request/response flips between ~17,000/s and ~60,000/s
-#                 with the scheduler's placement, drowning the differences measured here),
-#                 split (client on CPU 0, servers on the last) or none
+#   --cpus P      where clients and servers run: split (default: client on CPU 0, servers on
+#                 the last, as every script in bench/), same (both on the last CPU) or none
+#                 (with 2 vCPUs, unpinned request/response flips between ~17,000/s and
+#                 ~60,000/s with the scheduler's placement, drowning the differences measured)
 #   --no-build    use the binaries already in target/release
 #
 # Needs root. Namespaces are named cb-lb-<pid>-*, the node cb-lb-<pid>; namespaces, processes,
@@ -54,7 +55,7 @@ MAX=10000
 QUICK=0
 IPT_BACKEND=
 BUILD=1
-CPUS=same
+CPUS=split
 usage() { echo "usage: $0 [--secs N] [--runs N] [--max 10000|30000] [--quick] [--iptables legacy|nft] [--cpus same|split|none] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -70,11 +71,11 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "$0: run as root" >&2; exit 1; }
 if [ "$QUICK" = 1 ]; then
-  COUNTS="1 1000"; SECS=${SECS:-2}; RUNS=${RUNS:-1}
+  COUNTS="1 100"; SECS=${SECS:-1}; RUNS=${RUNS:-1}; BUILD=0
 else
   COUNTS="1 1000 10000"
   [ "$MAX" -ge 30000 ] && COUNTS="$COUNTS 30000"
-  SECS=${SECS:-5}; RUNS=${RUNS:-3}
+  SECS=${SECS:-5}; RUNS=${RUNS:-5}
 fi
 
 # ---- tools ----
@@ -106,7 +107,7 @@ case "$CPUS" in
 esac
 
 [ "$BUILD" = 1 ] && cargo build --release --bins -q
-BIN=$PWD/target/release
+BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
 
 P=cb-lb-$$     # namespace prefix
 NODE=cb-lb-$$  # ciliate node name: pins in /sys/fs/bpf/ciliate/$NODE, cgroup $CG_ROOT/ciliate/$NODE
@@ -474,16 +475,26 @@ done
 python3 - "$RESULTS" "$SECS" "$RUNS" "$IPT_LABEL" "$NFT_LABEL" "$CPUS" "$(nproc)" "$(uname -r)" <<'EOF'
 import collections, sys
 path, secs, runs, ipt_label, nft_label, pinning, cpus, kernel = sys.argv[1:]
+import statistics
 R = collections.defaultdict(dict)
+T = collections.defaultdict(lambda: collections.defaultdict(list))
 for line in open(path):
     f = line.split()
     key, v = (f[1], f[2]), f[3:]
-    old = R[int(f[0])].get(key)
-    # Traffic: the best round of each path (rate and its latency; errors summed over rounds).
-    if old and f[2] in ("crr", "rr"):
-        errs = str(int(old[3]) + int(v[3]))
-        v = (v if float(v[0]) > float(old[0]) else old)[:3] + [errs] + v[4:]
-    R[int(f[0])][key] = v
+    if f[2] in ("crr", "rr"):
+        T[int(f[0])][key].append(v)
+    else:
+        R[int(f[0])][key] = v
+# Traffic: each path's median rate over the rounds, the latency of its median round, the
+# min-max of the rates, and the errors summed over rounds.
+SPREAD = collections.defaultdict(dict)
+for n, paths in T.items():
+    for key, rounds in paths.items():
+        rates = [float(r[0]) for r in rounds]
+        mid = sorted(rounds, key=lambda r: float(r[0]))[(len(rounds) - 1) // 2]
+        errs = str(sum(int(r[3]) for r in rounds))
+        R[n][key] = [str(statistics.median(rates))] + mid[1:3] + [errs] + mid[4:]
+        SPREAD[n][key] = f"{min(rates):,.0f}-{max(rates):,.0f}"
 ns = sorted(R)
 
 def val(n, key, metric, i=0):
@@ -497,19 +508,19 @@ def ms(v, width=10):
 PATHS = [("direct", "(a) direct, plain veth"), ("ipt", "(b) kube-proxy iptables"), ("nft", "(c) kube-proxy nftables"),
          ("cildirect", "    direct, through ciliate"), ("cilsock", "(d) ciliate socket LB"), ("cilpkt", "(d) ciliate per-packet")]
 pin = {"same": "client and server pinned to one CPU", "split": "client and server pinned to different CPUs", "none": "no CPU pinning"}[pinning]
-print(f"\nServices benchmark: {cpus} CPUs, kernel {kernel}; {secs} s per measurement, best of {runs} round(s); {pin};")
+print(f"\nServices benchmark: {cpus} CPUs, kernel {kernel}; {secs} s per measurement, median of {runs} interleaved round(s) [min-max]; {pin};")
 print(f"64-byte request and response; 3 backends per Service. (b) loaded with {ipt_label}; (c) with {nft_label}.")
-print("x(a) = ratio to (a) the direct path; x(b) = ratio to (b) iptables.")
+print("x(a) = ratio of medians to (a) the direct path; x(b) = ratio of medians to (b) iptables.")
 for n in ns:
     print(f"\nN = {n:,} Services (the measured one last)")
-    print(f"{'path':<29}{'conn/s':>8}{'x(a)':>6}{'x(b)':>6}{'p50/p99 us':>12}{'req/s':>9}{'x(a)':>6}{'x(b)':>6}{'p50/p99 us':>12}")
+    print(f"{'path':<29}{'conn/s':>8}{'[min-max]':>14}{'x(a)':>6}{'x(b)':>6}{'p50/p99 us':>12}{'req/s':>9}{'[min-max]':>14}{'x(a)':>6}{'x(b)':>6}{'p50/p99 us':>12}")
     for key, label in PATHS:
         c, q = R[n].get((key, "crr")), R[n].get((key, "rr"))
         if not c or not q:
             continue
         err = "" if c[3] == "0" and q[3] == "0" else f"  ERRORS: {c[3]} conn, {q[3]} req"
-        print(f"{label:<29}{float(c[0]):>8,.0f}{rat(float(c[0]), val(n, 'direct', 'crr')):>6}{rat(float(c[0]), val(n, 'ipt', 'crr')):>6}"
-              f"{c[1] + '/' + c[2]:>12}{float(q[0]):>9,.0f}{rat(float(q[0]), val(n, 'direct', 'rr')):>6}"
+        print(f"{label:<29}{float(c[0]):>8,.0f}{SPREAD[n][(key, 'crr')]:>14}{rat(float(c[0]), val(n, 'direct', 'crr')):>6}{rat(float(c[0]), val(n, 'ipt', 'crr')):>6}"
+              f"{c[1] + '/' + c[2]:>12}{float(q[0]):>9,.0f}{SPREAD[n][(key, 'rr')]:>14}{rat(float(q[0]), val(n, 'direct', 'rr')):>6}"
               f"{rat(float(q[0]), val(n, 'ipt', 'rr')):>6}{q[1] + '/' + q[2]:>12}{err}")
 
 print("\nConnections/s relative to the direct path, by N (does it fall as Services grow?)")

@@ -6,78 +6,71 @@
 #  3. the flow ring's memory: the agent's RSS before and after its ring
 #     (--hubble-event-buffer-capacity 65535) fills, and the bytes per flow.
 #
-#   sudo bench/observer.sh [--packets N] [--no-build]
+#   sudo bench/observer.sh [--packets N] [--quick] [--no-build]
 #
-# (2) and (3) need root; their namespaces are named cb-obs-* and are removed on exit.
+#   --quick     checks that it works and cleans up: no throughput test (it needs a release
+#               build), 20 datagrams, a ring of 2,000 flows, the binaries already built (in
+#               $CILIATE_BIN_DIR, default target/release)
+#
+# (2) and (3) need root; the traffic generator is pinned to CPU 0 (see bench/lib.sh), the agent
+# unpinned. Everything it makes is named cb<pid>-*, recorded, and removed on exit.
 # Prints numbers; never fails on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 PACKETS=300
 BUILD=1
+QUICK=0
+CAP=65535
+usage() { echo "usage: $0 [--packets N] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --packets) PACKETS=$2; shift 2 ;;
+    --packets) [ $# -ge 2 ] || usage; PACKETS=$2; shift 2 ;;
+    --quick) QUICK=1; PACKETS=20; CAP=2000; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
-    *) echo "usage: $0 [--packets N] [--no-build]" >&2; exit 2 ;;
+    *) usage ;;
   esac
 done
 
 # ---- 1. throughput of the pipeline, on one core ----
-cargo test -p ciliate-observer --release --test compat -- --ignored --nocapture throughput 2>&1 |
-  grep -E 'events/s'
+if [ "$QUICK" = 0 ]; then
+  pin_client cargo test -p ciliate-observer --release --test compat -- --ignored --nocapture throughput 2>&1 |
+    grep -E 'events/s'
+fi
 
 [ "$BUILD" = 1 ] && cargo build --release --bins -q
-BIN=$PWD/target/release
+BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
 NODE=
 STATE=
-AGENT_PID=
 SOCK=
-
-teardown() {
-  set +e
-  [ -n "$AGENT_PID" ] && kill -9 "$AGENT_PID" 2>/dev/null
-  AGENT_PID=
-  for ns in $(ip netns list | awk '/^cb-obs-/{print $1}'); do ip netns delete "$ns"; done
-  if [ -n "$NODE" ]; then
-    rm -rf "/sys/fs/bpf/ciliate/$NODE"
-    for cg in /sys/fs/cgroup/unified/ciliate/"$NODE" /sys/fs/cgroup/ciliate/"$NODE"; do rmdir "$cg" 2>/dev/null; done
-  fi
-  rmdir /sys/fs/bpf/ciliate 2>/dev/null
-  [ -n "$STATE" ] && rm -rf "$STATE"
-  NODE=; STATE=
-  set -e
-}
-trap teardown EXIT
+trap cb_cleanup EXIT
 trap "exit 130" INT TERM # so that a signal still cleans up
-in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
 
 cni_add() { # ns container-id pod
   CNI_COMMAND=ADD CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
   CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" CNI_PATH=/opt/cni/bin \
-    in_ns cb-obs-node "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$SOCK\"}"
+    in_ns "$NS-node" "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$SOCK\"}"
 }
 
 # A node namespace with the agent (extra flags as arguments) and pods client and server;
-# sets SERVER_IP.
+# sets SERVER_IP and CLIENT_NS.
 setup() {
-  NODE=cbobs$$$1; shift
+  NODE=${RUN}obs$1
+  NS=$RUN-obs$1; shift
   STATE=$(mktemp -d)
   SOCK=$STATE/agent.sock
-  ip netns add cb-obs-node; ip netns add cb-obs-client; ip netns add cb-obs-server
-  ip -n cb-obs-node link set lo up
-  ip -n cb-obs-node addr add 192.0.2.1/32 dev lo
-  # nsenter execs the agent: $! is the agent itself (for its RSS, and for kill).
-  nsenter --net=/var/run/netns/cb-obs-node "$BIN/ciliate-agent" --node-name "$NODE" --pod-cidr 10.252.0.0/22 \
-    --state-dir "$STATE" --socket "$SOCK" "$@" >"$STATE/agent.log" 2>&1 &
-  AGENT_PID=$!
-  disown "$AGENT_PID" # no job-control chatter when teardown kills it
-  for _ in $(seq 100); do "$BIN/ciliate" --socket "$SOCK" status >/dev/null 2>&1 && break; sleep 0.1; done
-  cni_add cb-obs-client obs-client client >/dev/null
-  SERVER_IP=$(cni_add cb-obs-server obs-server server | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
+  mkns "$NS-node"; mkns "$NS-client"; mkns "$NS-server"
+  export CLIENT_NS=$NS-client
+  ip -n "$NS-node" link set lo up
+  ip -n "$NS-node" addr add 192.0.2.1/32 dev lo
+  start_agent "$NS-node" "$NODE" "$STATE" --pod-cidr 10.252.0.0/22 "$@"
+  cni_add "$NS-client" "$NS-client" client >/dev/null
+  SERVER_IP=$(cni_add "$NS-server" "$NS-server" server | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
   # Enrichment reads the agent's tables on a short refresh; let it see the pods.
   sleep 1.5
 }
+teardown() { cb_cleanup; }
 
 # Python helpers: the sender enters a pod's network namespace in a thread (setns is per thread;
 # os.setns is Python 3.12+, hence libc), and the flow's L4 ports are read from -o json lines.
@@ -102,7 +95,7 @@ def udp(flow):
 # ---- 2. packet to `ciliate observe -f` output ----
 setup a
 printf '\nDelay from a UDP datagram leaving pod client to its flow on `ciliate observe -f -o json` (%s datagrams, 10 ms apart, each from its own source port)\n' "$PACKETS"
-python3 - "$BIN/ciliate" "$SOCK" "$SERVER_IP" "$PACKETS" <<'PY' || echo "(delay measurement failed)"
+pin_client python3 - "$BIN/ciliate" "$SOCK" "$SERVER_IP" "$PACKETS" <<'PY' || echo "(delay measurement failed)"
 import os, sys, subprocess
 exec(os.environ["PYLIB"])
 cli, sock, dst, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -125,7 +118,7 @@ def reader():
 threading.Thread(target=reader, daemon=True).start()
 sent = {}
 def sender():
-    enter_netns("cb-obs-client")
+    enter_netns(os.environ["CLIENT_NS"])
     # Until a warm-up datagram shows, `observe -f` is not yet connected (or the pods not known).
     w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); w.bind(("0.0.0.0", WARM))
     deadline = time.time() + 10
@@ -155,21 +148,22 @@ PY
 teardown
 
 # ---- 3. memory of a full flow ring ----
-CAP=65535
 setup b --hubble-event-buffer-capacity "$CAP"
 rss() { awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status"; }
 count_flows() { "$BIN/ciliate" --socket "$SOCK" observe --last 100000 -o json | grep -c '"flow"' || true; }
 RSS0=$(rss); FLOWS0=$(count_flows)
 printf '\nFlow ring memory (--hubble-event-buffer-capacity %s)\n' "$CAP"
-# 40,000 UDP datagrams from distinct source ports: a new connection each, reported leaving the
+# Up to 40,000 UDP datagrams from distinct source ports: a new connection each, reported leaving the
 # client and entering the server: 80,000 flows. In batches, so the agent drains the kernel ring.
-python3 - "$SERVER_IP" <<'PY'
+pin_client python3 - "$SERVER_IP" "$CAP" <<'PY'
 import os, sys
 exec(os.environ["PYLIB"])
-dst = sys.argv[1]
+dst, cap = sys.argv[1], int(sys.argv[2])
 def flood():
-    enter_netns("cb-obs-client")
-    for base in range(20000, 60000, 500):
+    enter_netns(os.environ["CLIENT_NS"])
+    # Enough datagrams to fill the ring: two flows each (leaving the client, entering the server).
+    last = min(60000, 20000 + max(cap * 2 // 3, 1000))
+    for base in range(20000, last, 500):
         for port in range(base, base + 500):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:

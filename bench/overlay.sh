@@ -9,61 +9,61 @@
 # (2) the time from a new pod's CNI ADD returning on node 1 until a pod on node 0 connects to it
 # (policy and ipcache in place on both sides), over --pods new pods: p50/p99.
 #
-#   sudo bench/overlay.sh [--secs N] [--runs N] [--pods N] [--no-build]
+#   sudo bench/overlay.sh [--secs N] [--runs N] [--pods N] [--quick] [--no-build]
 #
-# Needs root, etcd (Debian's etcd-server). Namespaces are named cb-ov-*; all is removed on exit.
+#   --quick     checks that it works and cleans up: 1 s, 1 round, 3 pods, the binaries already
+#               built (in $CILIATE_BIN_DIR, default target/release)
+#
+# The client is pinned to CPU 0 and the server to the last CPU (see bench/lib.sh). Needs root,
+# etcd (Debian's etcd-server). Everything it makes is named cb<pid>ov-*, recorded, and removed
+# on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 SECS=5
-RUNS=3
+RUNS=5
 PODS=30
 BUILD=1
+usage() { echo "usage: $0 [--secs N] [--runs N] [--pods N] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --secs) SECS=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --pods) PODS=$2; shift 2 ;;
+    --secs) [ $# -ge 2 ] || usage; SECS=$2; shift 2 ;;
+    --runs) [ $# -ge 2 ] || usage; RUNS=$2; shift 2 ;;
+    --pods) [ $# -ge 2 ] || usage; PODS=$2; shift 2 ;;
+    --quick) SECS=1; RUNS=1; PODS=3; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
-    *) echo "usage: $0 [--secs N] [--runs N] [--pods N] [--no-build]" >&2; exit 2 ;;
+    *) usage ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 command -v etcd >/dev/null || { echo "etcd is missing: apt-get install etcd-server" >&2; exit 1; }
 [ "$BUILD" = 1 ] && cargo build --release --bins -q
-BIN=$PWD/target/release
+BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
 STATE=$(mktemp -d)
-TAG=cbov$$
-
-PIDS=()
-cleanup() {
-  set +e
-  pkill -f "$STATE" 2>/dev/null
-  [ ${#PIDS[@]} -gt 0 ] && kill "${PIDS[@]}" 2>/dev/null
-  for ns in $(ip netns list | awk '/^cb-ov-/{print $1}'); do ip netns delete "$ns"; done
-  for n in 0 1; do
-    rm -rf "/sys/fs/bpf/ciliate/$TAG-$n"
-    for cg in /sys/fs/cgroup/unified/ciliate /sys/fs/cgroup/ciliate; do rmdir "$cg/$TAG-$n" 2>/dev/null; done
-  done
-  rmdir /sys/fs/bpf/ciliate 2>/dev/null
-  rm -rf "$STATE"
-}
-trap cleanup EXIT
+TAG=${RUN}ov
+OV=$TAG
+track_path "$STATE"
+for n in 0 1; do
+  track_path "/sys/fs/bpf/ciliate/$TAG-$n"
+  track_path "/sys/fs/cgroup/unified/ciliate/$TAG-$n"
+  track_path "/sys/fs/cgroup/ciliate/$TAG-$n"
+done
+trap cb_cleanup EXIT
 [ -n "${KEEP_STATE:-}" ] && trap - EXIT
 trap "exit 130" INT TERM
-in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
 
 # ---- the underlay: one bridge, the world's side of both setups ----
-ip netns add cb-ov-net
-ip -n cb-ov-net link add br0 type bridge
-ip -n cb-ov-net addr add 172.30.0.1/24 dev br0
-ip -n cb-ov-net link set br0 up
-ip -n cb-ov-net link set lo up
-node_ns() { # name underlay-ip
-  ip netns add "$1"
-  ip link add "$1-u" type veth peer name eth0 netns "$1"
-  ip link set "$1-u" netns cb-ov-net
-  ip -n cb-ov-net link set "$1-u" master br0 up
+mkns "$OV-net"
+ip -n $OV-net link add br0 type bridge
+ip -n $OV-net addr add 172.30.0.1/24 dev br0
+ip -n $OV-net link set br0 up
+ip -n $OV-net link set lo up
+node_ns() { # name underlay-ip underlay-veth
+  mkns "$1"
+  # Made inside the underlay: no name in the host's namespace, where another run could clash.
+  ip -n "$OV-net" link add "$3" type veth peer name eth0 netns "$1"
+  ip -n "$OV-net" link set "$3" master br0 up
   ip -n "$1" addr add "$2/24" dev eth0
   ip -n "$1" link set eth0 up
   ip -n "$1" link set lo up
@@ -73,17 +73,16 @@ node_ns() { # name underlay-ip
 # ---- plain: Linux VXLAN + static routes ----
 for i in 0 1; do
   j=$((1 - i))
-  n=cb-ov-p$i
-  node_ns "$n" "172.30.0.2$i"
+  n=$OV-p$i
+  node_ns "$n" "172.30.0.2$i" "p$i-u"
   in_ns "$n" sysctl -qw net.ipv4.ip_forward=1
   ip -n "$n" link add vxp type vxlan id 42 dstport 4789 local "172.30.0.2$i" remote "172.30.0.2$j" dev eth0
   ip -n "$n" addr add "192.168.77.$((i + 1))/24" dev vxp
   ip -n "$n" link set vxp up
   ip -n "$n" route add "10.241.$j.0/24" via "192.168.77.$((j + 1))" dev vxp
-  pod=cb-ov-pp$i
-  ip netns add "$pod"
-  ip link add "pv$i" type veth peer name eth0 netns "$pod"
-  ip link set "pv$i" netns "$n"
+  pod=$OV-pp$i
+  mkns "$pod"
+  ip -n "$n" link add "pv$i" type veth peer name eth0 netns "$pod"
   ip -n "$n" addr add "10.241.$i.1/32" dev "pv$i"
   ip -n "$n" link set "pv$i" up mtu 1450
   ip -n "$n" route add "10.241.$i.2/32" dev "pv$i"
@@ -96,18 +95,21 @@ done
 PLAIN_DST=10.241.1.2
 
 # ---- ciliate: etcd, one agent per node, pods through the CNI ----
-in_ns cb-ov-net etcd --name "$TAG" --data-dir "$STATE/etcd" \
+# nsenter execs etcd and the agents: $! is the process itself, recorded for cleanup.
+nsenter --net=/var/run/netns/"$OV-net" etcd --name "$TAG" --data-dir "$STATE/etcd" \
   --listen-client-urls http://172.30.0.1:2379 --advertise-client-urls http://172.30.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2390 --initial-advertise-peer-urls http://127.0.0.1:2390 \
   --initial-cluster "$TAG=http://127.0.0.1:2390" >"$STATE/etcd.log" 2>&1 &
+track $!
 for i in 0 1; do
-  n=cb-ov-c$i
-  node_ns "$n" "172.30.0.3$i"
-  ip -n cb-ov-net route add "10.242.$i.0/24" via "172.30.0.3$i"
+  n=$OV-c$i
+  node_ns "$n" "172.30.0.3$i" "c$i-u"
+  ip -n $OV-net route add "10.242.$i.0/24" via "172.30.0.3$i"
   mkdir -p "$STATE/c$i"
-  in_ns "$n" "$BIN/ciliate-agent" --node-name "$TAG-$i" --pod-cidr "10.242.$i.0/24" \
+  nsenter --net=/var/run/netns/"$n" "$BIN/ciliate-agent" --node-name "$TAG-$i" --pod-cidr "10.242.$i.0/24" \
     --node-ip "172.30.0.3$i" --etcd-endpoints http://172.30.0.1:2379 \
     --state-dir "$STATE/c$i" --socket "$STATE/c$i/agent.sock" >"$STATE/c$i/agent.log" 2>&1 &
+  track $!
 done
 for i in 0 1; do
   for _ in $(seq 300); do "$BIN/ciliate" --socket "$STATE/c$i/agent.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -115,52 +117,49 @@ done
 cni_add() { # node pod-netns name [labels] -> prints the address
   CNI_COMMAND=ADD CNI_CONTAINERID="$3" CNI_NETNS=/var/run/netns/$2 CNI_IFNAME=eth0 CNI_PATH=/x \
   CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3;CILIATE_LABELS=${4:-app=$3}" \
-    in_ns "cb-ov-c$1" "$BIN/ciliate-cni" \
+    in_ns "$OV-c$1" "$BIN/ciliate-cni" \
     <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$STATE/c$1/agent.sock\"}" |
     python3 -c 'import json,sys
 r = json.load(sys.stdin)
 if "ips" not in r: sys.exit("CNI ADD failed: %s" % r)
 print(r["ips"][0]["address"].split("/")[0])'
 }
-for i in 0 1; do ip netns add "cb-ov-cp$i"; done
-cni_add 0 cb-ov-cp0 client >/dev/null
-CIL_DST=$(cni_add 1 cb-ov-cp1 server)
+for i in 0 1; do mkns "$OV-cp$i"; done
+cni_add 0 $OV-cp0 client >/dev/null
+CIL_DST=$(cni_add 1 $OV-cp1 server)
 
 # ---- 1. RR and CRR, alternating ----
 # Thousands of connections a second leave the client's ports in TIME_WAIT: let it reuse them,
 # or connect() itself becomes what is measured.
-for pod in cb-ov-pp0 cb-ov-cp0; do
+for pod in $OV-pp0 $OV-cp0; do
   in_ns "$pod" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
 done
-for pod in cb-ov-pp1 cb-ov-cp1; do
+for pod in $OV-pp1 $OV-cp1; do
   # nsenter itself (not the in_ns function, which would fork a subshell) so that $! is the server.
-  nsenter --net=/var/run/netns/"$pod" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
-  PIDS+=($!)
+  pin_server nsenter --net=/var/run/netns/"$pod" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
+  track $!
 done
 sleep 0.5
-in_ns cb-ov-pp0 "$BIN/ciliate-bench" rr --dst "$PLAIN_DST" --secs 1 >/dev/null # warm-up (ARP, routes)
-in_ns cb-ov-cp0 "$BIN/ciliate-bench" rr --dst "$CIL_DST" --secs 1 >/dev/null
-declare -A R
-for mode in rr crr; do
-  for _ in $(seq "$RUNS"); do
-    R[plain-$mode]+="$(in_ns cb-ov-pp0 "$BIN/ciliate-bench" "$mode" --dst "$PLAIN_DST" --secs "$SECS")"$'\n'
-    R[ciliate-$mode]+="$(in_ns cb-ov-cp0 "$BIN/ciliate-bench" "$mode" --dst "$CIL_DST" --secs "$SECS")"$'\n'
+in_ns $OV-pp0 "$BIN/ciliate-bench" rr --dst "$PLAIN_DST" --secs 1 >/dev/null # warm-up (ARP, routes)
+in_ns $OV-cp0 "$BIN/ciliate-bench" rr --dst "$CIL_DST" --secs 1 >/dev/null
+RESULTS=$STATE/results
+: >"$RESULTS"
+record() { # path mode json
+  echo "$2 $1 $(field "$3" per_second)" >>"$RESULTS"
+  echo "$2-p50 $1 $(field "$3" p50_us)" >>"$RESULTS"
+  echo "$2-p99 $1 $(field "$3" p99_us)" >>"$RESULTS"
+}
+for round in $(seq "$RUNS"); do
+  for mode in rr crr; do
+    echo "round $round of $RUNS: $mode plain, then ciliate..." >&2
+    record plain "$mode" "$(pin_client nsenter --net=/var/run/netns/"$OV-pp0" "$BIN/ciliate-bench" "$mode" --dst "$PLAIN_DST" --secs "$SECS")"
+    record ciliate "$mode" "$(pin_client nsenter --net=/var/run/netns/"$OV-cp0" "$BIN/ciliate-bench" "$mode" --dst "$CIL_DST" --secs "$SECS")"
   done
 done
-printf '\nPod on node 0 -> pod on node 1, %s s per run, %s runs each, alternating; medians\n' "$SECS" "$RUNS"
-python3 - "${R[plain-rr]}" "${R[ciliate-rr]}" "${R[plain-crr]}" "${R[ciliate-crr]}" <<'PY'
-import json, sys, statistics
-def med(block):
-    runs = [json.loads(l) for l in block.splitlines() if l.strip()]
-    rate = statistics.median(r["per_second"] for r in runs)
-    r = min(runs, key=lambda r: abs(r["per_second"] - rate))
-    return rate, f'{r["p50_us"]}/{r["p99_us"]}'
-rows = [("request/response (RR)", sys.argv[1], sys.argv[2]), ("connections (CRR)", sys.argv[3], sys.argv[4])]
-print(f'{"":24} {"plain VXLAN /s":>16} {"p50/p99 us":>12} {"ciliate /s":>12} {"p50/p99 us":>12} {"ratio":>7}')
-for name, plain, cil in rows:
-    (p, pl), (c, cl) = med(plain), med(cil)
-    print(f"{name:24} {p:16.0f} {pl:>12} {c:12.0f} {cl:>12} {c / p:7.2f}")
-PY
+printf '\nPod on node 0 -> pod on node 1 (plain: Linux VXLAN; ciliate: our overlay), %s s per measurement; %s\n' "$SECS" "$(pinning)"
+summarize "$RESULTS" ciliate plain \
+  "rr:request/response (RR) /s" "rr-p50:  p50 us" "rr-p99:  p99 us" \
+  "crr:connections (CRR) /s" "crr-p50:  p50 us" "crr-p99:  p99 us"
 
 # ---- 2. a new pod on node 1, reachable from node 0 ----
 # Policy makes "reachable" mean "known by identity on both nodes": the client may only send to
@@ -188,12 +187,12 @@ YAML
 for i in 0 1; do "$BIN/ciliate" --socket "$STATE/c$i/agent.sock" policy import -f "$STATE/reach-policy.yaml" >/dev/null; done
 times=()
 for k in $(seq "$PODS"); do
-  ns=cb-ov-new$k
-  ip netns add "$ns"
+  ns=$OV-new$k
+  mkns "$ns"
   nsenter --net=/var/run/netns/"$ns" "$BIN/ciliate-bench" ident-server --id "n$k" --port 8080 >/dev/null 2>&1 &
-  PIDS+=($!)
+  track $!
   ip=10.242.1.$((k + 2)) # IPAM hands addresses out in order on a fresh node
-  in_ns cb-ov-cp0 python3 - "$ip" "$STATE/added$k" >"$STATE/reach$k" <<'PY' &
+  in_ns $OV-cp0 python3 - "$ip" "$STATE/added$k" >"$STATE/reach$k" <<'PY' &
 import os, socket, sys, time
 ip, flag = sys.argv[1], sys.argv[2]
 deadline = time.time() + 20

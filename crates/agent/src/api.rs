@@ -221,6 +221,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(list_services))
         .route("/v1/services/{namespace}/{name}", get(get_service))
         .route("/v1/bpf/lb", get(lb_state))
+        .route("/v1/bpf/ipcache", get(bpf_ipcache))
+        .route("/v1/bpf/endpoints", get(bpf_endpoints))
+        .route("/v1/nodes", get(list_nodes))
         .route("/v1/monitor", get(monitor))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -670,6 +673,79 @@ async fn get_service(
             "no Service {namespace}/{name}; list them with GET /v1/services"
         ))),
     }
+}
+
+/// The datapath's ipcache, read back from the map (`ciliate bpf ipcache list`).
+async fn bpf_ipcache(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let entries = blocking(move || s.manager.datapath().ipcache())
+        .await?
+        .map_err(|e| {
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "datapath",
+                format!("cannot read the ipcache map: {e}"),
+            )
+        })?;
+    Ok(Json(entries).into_response())
+}
+
+/// The datapath's endpoint map, read back (`ciliate bpf endpoint list`).
+async fn bpf_endpoints(State(s): State<AppState>) -> Result<Response, ApiFailure> {
+    let specs = blocking(move || s.manager.datapath().list_endpoints())
+        .await?
+        .map_err(|e| {
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "datapath",
+                format!("cannot read the endpoint map: {e}"),
+            )
+        })?;
+    let mut out: Vec<ciliate_model::api::BpfEndpoint> = specs
+        .into_iter()
+        .map(|e| ciliate_model::api::BpfEndpoint {
+            id: e.id,
+            ipv4: e.ipv4,
+            identity: e.identity,
+            ifname: e.ifname,
+            ifindex: e.ifindex,
+            mac: e.mac,
+            host_mac: e.host_mac,
+        })
+        .collect();
+    out.sort_by_key(|e| e.id);
+    Ok(Json(out).into_response())
+}
+
+/// The nodes this agent knows: the cluster's registered nodes, or itself alone.
+async fn list_nodes(
+    State(s): State<AppState>,
+) -> Result<Json<Vec<ciliate_model::api::NodeView>>, ApiFailure> {
+    use ciliate_model::api::NodeView;
+    let Some(cluster) = s.cluster.clone() else {
+        let (name, pod_cidr) = (s.config.node_name.clone(), s.config.pod_cidr);
+        let health = blocking(move || collect_status(&s).health).await?;
+        return Ok(Json(vec![NodeView {
+            name,
+            underlay_ip: None,
+            pod_cidr,
+            health,
+            local: true,
+        }]));
+    };
+    let me = cluster.node().name.clone();
+    let view = cluster.subscribe().borrow().clone();
+    Ok(Json(
+        view.nodes
+            .into_values()
+            .map(|n| NodeView {
+                local: n.name == me,
+                name: n.name,
+                underlay_ip: Some(n.underlay_ip),
+                pod_cidr: n.pod_cidr,
+                health: n.health,
+            })
+            .collect(),
+    ))
 }
 
 async fn lb_state(State(s): State<AppState>) -> Result<Response, ApiFailure> {

@@ -1216,4 +1216,33 @@ async fn identities_of_the_cluster_are_listed_and_got() {
         StatusCode::NOT_FOUND,
         "not-found",
     );
+#[tokio::test]
+async fn bpf_endpoints_ipcache_and_nodes() {
+    let h = harness();
+    let (s, created) = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+
+    let (s, eps) = h.get("/v1/bpf/endpoints").await;
+    assert_eq!(s, StatusCode::OK, "{eps}");
+    let e = &eps[0];
+    assert_eq!(
+        (&e["id"], &e["ipv4"], &e["identity"], &e["ifindex"]),
+        (&json!(1), &json!("10.200.0.2"), &json!(256), &json!(5)),
+        "{eps}"
+    );
+    assert_eq!(eps.as_array().map(Vec::len), Some(1));
+
+    let (s, ipc) = h.get("/v1/bpf/ipcache").await;
+    assert_eq!(s, StatusCode::OK, "{ipc}");
+    assert_eq!(ipc, serde_json::to_value(h.dp.ipcache().unwrap()).unwrap());
+
+    // Outside a cluster: this node alone, with its pod CIDR.
+    let (s, nodes) = h.get("/v1/nodes").await;
+    assert_eq!(s, StatusCode::OK, "{nodes}");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    assert_eq!(nodes[0]["local"], true);
+    assert_eq!(nodes[0]["podCidr"], "10.200.0.0/24");
+    assert!(nodes[0].get("underlayIp").is_none(), "{nodes}");
 }

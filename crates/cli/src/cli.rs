@@ -16,7 +16,8 @@ use crate::output::Format;
     long_about = "Inspect the Ciliate agent and datapath of this node.\n\n\
         ciliate talks to the agent over its unix socket (--socket, or CILIATE_SOCKET). \
         Listings print a table by default; -o json and -o yaml print the agent's API objects \
-        unchanged, for scripts.\n\n\
+        unchanged, for scripts; -o jsonpath=TEMPLATE picks fields as kubectl does (a listing \
+        is {.items}).\n\n\
         Exit codes: 0 success, 1 failure (agent unreachable or unhealthy, object not found, \
         invalid manifests, any other error), 2 usage error. `policy trace` exits 0 allowed, 1 \
         denied, 2 when it cannot trace.",
@@ -28,6 +29,8 @@ use crate::output::Format;
         CILIATE_SOCKET=/tmp/agent.sock ciliate identity list -o json",
     after_long_help = "Examples:\n  \
         ciliate status                        # is the agent healthy? (exit code 0/1)\n  \
+        ciliate status --wait                 # wait until it is (up to --wait-duration 5m)\n  \
+        ciliate endpoint list -o jsonpath='{.items[*].ipv4}'\n  \
         ciliate endpoint list                 # the pods this node serves\n  \
         ciliate endpoint get default/web      # one endpoint, by id, container id or ns/pod\n  \
         ciliate identity list -o json         # identities, as the API returns them\n  \
@@ -112,6 +115,18 @@ pub enum Command {
             ciliate metrics list -o json | jq '.[] | select(.value > 0)'"
     )]
     Metrics(MetricsCommand),
+
+    /// List the nodes this agent knows
+    #[command(
+        subcommand,
+        long_about = "List the nodes this agent knows: NAME, UNDERLAY IP (what other nodes \
+            tunnel to), POD CIDR, HEALTH, and which one answers (*). Outside a cluster, the \
+            node alone.",
+        after_help = "Examples:\n  \
+            ciliate node list\n  \
+            ciliate node list -o jsonpath='{.items[*].name}'"
+    )]
+    Node(ListOnly),
 
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
@@ -394,6 +409,37 @@ pub enum BpfCommand {
             ciliate bpf policy get 3 -o json"
     )]
     Policy(BpfPolicyCommand),
+
+    /// The ipcache: which identity each address or prefix has
+    #[command(
+        subcommand,
+        long_about = "The ipcache map, read back from the datapath: PREFIX, IDENTITY (with its \
+            labels) and, for pods of other nodes, TUNNEL ENDPOINT (the node's underlay \
+            address), as `cilium-dbg bpf ipcache list` shows it.",
+        after_help = "Examples:\n  \
+            ciliate bpf ipcache list\n  \
+            ciliate bpf ipcache list -o jsonpath='{.items[*].prefix}'"
+    )]
+    Ipcache(ListOnly),
+
+    /// The endpoint map: how the datapath finds each pod interface
+    #[command(
+        subcommand,
+        long_about = "The endpoint map, read back from the datapath: ENDPOINT ID, IPV4, \
+            IDENTITY, IFINDEX (the host-side veth the programs are keyed by), IFNAME, MAC and \
+            HOST MAC, as `cilium-dbg bpf endpoint list` shows it.",
+        after_help = "Examples:\n  \
+            ciliate bpf endpoint list"
+    )]
+    Endpoint(ListOnly),
+}
+
+/// A command that only lists.
+#[derive(Debug, Subcommand)]
+pub enum ListOnly {
+    /// List the entries
+    #[command(visible_alias = "ls")]
+    List,
 }
 
 /// `ciliate bpf policy ...`

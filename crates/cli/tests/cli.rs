@@ -184,6 +184,33 @@ impl Agent {
             )
             .route("/v1/bpf/lb", get(|| async { Json(lb_state()) }))
             .route("/v1/config", get(move || async move { Json(config(metrics)) }))
+            .route(
+                "/v1/bpf/ipcache",
+                get(|| async {
+                    Json(json!([
+                        {"prefix": "10.0.0.5/32", "identity": 256},
+                        {"prefix": "10.0.1.7/32", "identity": 256, "tunnelEndpoint": "172.31.0.11"}
+                    ]))
+                }),
+            )
+            .route(
+                "/v1/bpf/endpoints",
+                get(|| async {
+                    Json(json!([{
+                        "id": 1234, "ipv4": "10.0.0.5", "identity": 256, "ifname": "lxc9f1c",
+                        "ifindex": 17, "mac": "0a:58:0a:00:00:05", "hostMac": "0a:58:0a:00:01:05"
+                    }]))
+                }),
+            )
+            .route(
+                "/v1/nodes",
+                get(|| async {
+                    Json(json!([
+                        {"name": "node-1", "underlayIp": "172.31.0.10", "podCidr": "10.0.0.0/24", "health": "ok", "local": true},
+                        {"name": "node-2", "underlayIp": "172.31.0.11", "podCidr": "10.0.1.0/24", "health": "ok", "local": false}
+                    ]))
+                }),
+            )
             .route("/v1/status", get(move || async move { Json(status(health)) }))
             .route("/v1/endpoints", get(|| async { Json(json!([endpoint()])) }))
             .route(
@@ -1053,4 +1080,46 @@ fn completion_scripts() {
             "{shell}: subcommands are completed"
         );
     }
+}
+
+#[test]
+fn bpf_ipcache_endpoint_and_node_lists() {
+    let agent = Agent::start("ok");
+    let rows = |args: &[&str]| -> Vec<Vec<String>> {
+        let out = ciliate(&agent.socket, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    let ipc = rows(&["bpf", "ipcache", "list"]);
+    assert_eq!(ipc[0], ["PREFIX", "IDENTITY", "TUNNEL", "ENDPOINT"]);
+    assert_eq!(ipc[1], ["10.0.0.5/32", "256", "(k8s:app=web)", "<local>"]);
+    assert_eq!(
+        ipc[2],
+        ["10.0.1.7/32", "256", "(k8s:app=web)", "172.31.0.11"]
+    );
+    let eps = rows(&["bpf", "endpoint", "list"]);
+    assert_eq!(eps[1][..4], ["1234", "10.0.0.5", "256", "17"]);
+    let nodes = rows(&["node", "list"]);
+    assert_eq!(
+        nodes[0],
+        ["NAME", "UNDERLAY", "IP", "POD", "CIDR", "HEALTH"]
+    );
+    assert_eq!(
+        nodes[1],
+        ["node-1", "*", "172.31.0.10", "10.0.0.0/24", "ok"]
+    );
+    assert_eq!(nodes[2], ["node-2", "172.31.0.11", "10.0.1.0/24", "ok"]);
+    let out = ciliate(
+        &agent.socket,
+        &[
+            "node",
+            "list",
+            "-o",
+            "jsonpath={.items[?(@.local == false)].name}",
+        ],
+    );
+    assert_eq!(stdout(&out), "node-2\n");
 }

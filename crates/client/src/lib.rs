@@ -171,6 +171,23 @@ impl Client {
         self.get("/v1/config").await
     }
 
+    /// `GET /v1/bpf/ipcache`: the datapath's ipcache (prefix → identity, tunnel endpoint).
+    pub async fn bpf_ipcache(
+        &self,
+    ) -> Result<Vec<ciliate_model::bpf_policy::IpcacheEntry>, ClientError> {
+        self.get("/v1/bpf/ipcache").await
+    }
+
+    /// `GET /v1/bpf/endpoints`: the datapath's endpoint map, read back.
+    pub async fn bpf_endpoints(&self) -> Result<Vec<ciliate_model::api::BpfEndpoint>, ClientError> {
+        self.get("/v1/bpf/endpoints").await
+    }
+
+    /// `GET /v1/nodes`: the nodes this agent knows (itself alone outside a cluster).
+    pub async fn nodes(&self) -> Result<Vec<ciliate_model::api::NodeView>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+
     /// `GET /v1/endpoints`: every endpoint of this node.
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>, ClientError> {
         self.get("/v1/endpoints").await

@@ -471,3 +471,59 @@ fn interrupted_lab_up_leaves_nothing() {
         delays.len()
     );
 }
+
+/// (e) `lab env` names the lab too, so plain `lab status` after its eval finds it; `lab list`
+/// shows it; a node whose agent was killed gets it back with `lab restart-agent`.
+#[test]
+fn lab_env_list_and_restart_agent() {
+    privileged!();
+    if !etcd_installed("lab test") {
+        return;
+    }
+    let lab = LabGuard::up(&["--nodes", "1", "--no-demo"]);
+    let env = ciliate(&["lab", "env", "--lab", &lab.name, "0"]);
+    assert!(env.status.success(), "{}", text(&env));
+    let exports = String::from_utf8_lossy(&env.stdout).into_owned();
+    assert!(
+        exports.contains(&format!("export CILIATE_LAB_NAME={};", lab.name)),
+        "{exports}"
+    );
+    // What the eval sets, without --lab.
+    let in_env = |args: &[&str]| {
+        Command::new(common::bin("ciliate"))
+            .args(args)
+            .env("CILIATE_LAB_NAME", &lab.name)
+            .output()
+            .expect("run ciliate")
+    };
+    let status = in_env(&["lab", "status", "-o", "json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let s: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(s["name"], lab.name.as_str(), "{s:#}");
+    let old_pid = s["nodes"][0]["agentPid"].as_u64().expect("agent pid");
+
+    let list = ciliate(&["lab", "list", "-o", "json"]);
+    let labs: Value = serde_json::from_slice(&list.stdout).expect("list JSON");
+    let mine = labs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == lab.name.as_str())
+        .unwrap_or_else(|| panic!("{} not in {labs:#}", lab.name));
+    assert_eq!(
+        (&mine["state"], &mine["nodes"], &mine["agentsRunning"]),
+        (&Value::from("up"), &Value::from(1), &Value::from(1))
+    );
+
+    // The agent dies; restart-agent brings it back, healthy, as a new process.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(old_pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let restarted = in_env(&["lab", "restart-agent", "node0"]);
+    assert!(restarted.status.success(), "{}", text(&restarted));
+    let s: Value =
+        serde_json::from_slice(&in_env(&["lab", "status", "-o", "json"]).stdout).expect("JSON");
+    assert_eq!(s["nodes"][0]["health"], "ok", "{s:#}");
+    assert_ne!(s["nodes"][0]["agentPid"].as_u64(), Some(old_pid), "{s:#}");
+}

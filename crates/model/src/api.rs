@@ -17,6 +17,9 @@
 //! | `GET /v1/services`               | → `[ServiceView]`                               |
 //! | `GET /v1/services/{ns}/{name}`   | → [`ServiceView`]                               |
 //! | `GET /v1/bpf/lb`                 | → [`LbState`] as the datapath's maps hold it    |
+//! | `GET /v1/bpf/ipcache`            | → `[IpcacheEntry]` as the ipcache map holds it  |
+//! | `GET /v1/bpf/endpoints`          | → `[`[`BpfEndpoint`]`]`: the endpoint map       |
+//! | `GET /v1/nodes`                  | → `[`[`NodeView`]`]`: the cluster's nodes       |
 //! | `GET /v1/policies`               | → `[PolicyView]`                                |
 //! | `GET /v1/policies/{kind}/{ns}/{name}` | → the policy resource (`{kind}/{name}` for clusterwide) |
 //! | `POST /v1/policies/validate`     | [`ApplyRequest`] → `PolicyValidation`; applies nothing |
@@ -275,4 +278,43 @@ pub struct CtEntry {
     pub flags: Vec<String>,
     /// Security identity of the remote side when the entry was made.
     pub src_identity: u32,
+}
+
+/// One entry of the datapath's endpoint map, as read back from it (`GET /v1/bpf/endpoints`):
+/// what `from_container`/`to_container` find by interface index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BpfEndpoint {
+    /// Node-local endpoint id.
+    pub id: u16,
+    /// The pod's IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Security identity.
+    pub identity: u32,
+    /// Host-side veth name.
+    pub ifname: String,
+    /// Host-side veth interface index.
+    pub ifindex: u32,
+    /// The pod interface's MAC.
+    pub mac: MacAddr,
+    /// The host-side veth's MAC.
+    pub host_mac: MacAddr,
+}
+
+/// A node as this agent knows it (`GET /v1/nodes`): every registered node in a cluster, or
+/// this node alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// The address other nodes tunnel to; `None` for a node on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// The pod CIDR it hands addresses out of.
+    pub pod_cidr: Ipv4Net,
+    /// What the node reports of itself (`ok`, ...).
+    pub health: String,
+    /// Whether it is the node answering.
+    pub local: bool,
 }

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use ciliate_model::api::CtEntry;
+use ciliate_model::api::{BpfEndpoint, CtEntry};
+use ciliate_model::bpf_policy::IpcacheEntry;
 use ciliate_model::bpf_policy::MatchKind;
 use ciliate_model::lb::LbState;
 use ciliate_model::policy_api::BpfPolicyView;
 use ciliate_model::service::ServiceView;
+use ciliate_model::Identity;
 
 use super::service::state;
 use super::{hint_not_found, Ctx, Outcome};
@@ -33,6 +35,75 @@ pub fn ct_table(entries: &[CtEntry]) -> String {
                 format!("{}/{}", e.tx_packets, e.tx_bytes),
                 format!("{}/{}", e.rx_packets, e.rx_bytes),
                 or_none(e.flags.join(",")),
+            ]
+        }),
+    )
+}
+
+/// Prints the ipcache; the table names each identity's labels when the agent knows them.
+pub async fn ipcache_list(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let entries = ctx.client.bpf_ipcache().await?;
+    let identities = if ctx.format == output::Format::Table {
+        ctx.client.identities().await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    output::print(&output::render(ctx.format, &entries, |e| {
+        ipcache_table(e, &identities)
+    })?)?;
+    Ok(Outcome::Success)
+}
+
+/// PREFIX, IDENTITY (with labels), TUNNEL ENDPOINT.
+pub fn ipcache_table(entries: &[IpcacheEntry], identities: &[Identity]) -> String {
+    output::table(
+        &["prefix", "identity", "tunnel endpoint"],
+        entries.iter().map(|e| {
+            let labels = identities
+                .iter()
+                .find(|i| i.id == e.identity)
+                .map(|i| format!(" ({})", i.labels))
+                .unwrap_or_default();
+            vec![
+                e.prefix.to_string(),
+                format!("{}{labels}", e.identity),
+                e.tunnel_endpoint
+                    .map_or_else(|| "<local>".to_owned(), |t| t.to_string()),
+            ]
+        }),
+    )
+}
+
+/// Prints the endpoint map.
+pub async fn endpoint_list(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let eps = ctx.client.bpf_endpoints().await?;
+    output::print(&output::render(ctx.format, &eps, |e| {
+        bpf_endpoint_table(e)
+    })?)?;
+    Ok(Outcome::Success)
+}
+
+/// ENDPOINT ID, IPV4, IDENTITY, IFINDEX, IFNAME, MAC, HOST MAC.
+pub fn bpf_endpoint_table(eps: &[BpfEndpoint]) -> String {
+    output::table(
+        &[
+            "endpoint id",
+            "ipv4",
+            "identity",
+            "ifindex",
+            "ifname",
+            "mac",
+            "host mac",
+        ],
+        eps.iter().map(|e| {
+            vec![
+                e.id.to_string(),
+                e.ipv4.to_string(),
+                e.identity.to_string(),
+                e.ifindex.to_string(),
+                e.ifname.clone(),
+                e.mac.to_string(),
+                e.host_mac.to_string(),
             ]
         }),
     )

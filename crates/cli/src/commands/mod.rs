@@ -6,7 +6,7 @@ use ciliate_client::Client;
 
 use crate::cli::{
     BpfCommand, BpfPolicyCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand,
-    LbCommand, MetricsCommand, PolicyCommand, ServiceCommand,
+    LbCommand, ListOnly, MetricsCommand, PolicyCommand, ServiceCommand,
 };
 use crate::output::Format;
 
@@ -19,6 +19,7 @@ pub mod identity;
 pub mod lab;
 pub mod metrics;
 pub mod monitor;
+pub mod node;
 pub mod observe;
 pub mod policy;
 pub mod service;
@@ -119,6 +120,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Identity(IdentityCommand::Get { id }) => identity::get(&ctx, id).await,
         Command::Bpf(BpfCommand::Ct(CtCommand::List)) => bpf::ct_list(&ctx).await,
         Command::Bpf(BpfCommand::Lb(LbCommand::List)) => bpf::lb_list(&ctx).await,
+        Command::Bpf(BpfCommand::Ipcache(ListOnly::List)) => bpf::ipcache_list(&ctx).await,
+        Command::Bpf(BpfCommand::Endpoint(ListOnly::List)) => bpf::endpoint_list(&ctx).await,
+        Command::Node(ListOnly::List) => node::list(&ctx).await,
         Command::Bpf(BpfCommand::Policy(BpfPolicyCommand::Get { endpoint })) => {
             bpf::policy_get(&ctx, &endpoint).await
         }

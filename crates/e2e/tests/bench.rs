@@ -1,0 +1,126 @@
+//! Every script in `bench/` in `--quick` mode: it runs to the end (exit 0) against the debug
+//! binaries, and leaves nothing behind: no namespace, pin, cgroup or process named for its run.
+//! The numbers are not looked at (speed is measured by the scripts, never asserted).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ciliate_testutil::etcd::etcd_installed;
+use ciliate_testutil::privileged;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// What is left with a name that starts with one of `prefixes`.
+fn leftovers(prefixes: &[String]) -> Vec<String> {
+    let ours = |n: &str| prefixes.iter().any(|p| n.starts_with(p.as_str()));
+    let mut left = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let cgroup2 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| format!("{}/ciliate", f[1]))
+    });
+    for dir in [
+        "/var/run/netns".to_owned(),
+        "/sys/fs/bpf/ciliate".to_owned(),
+    ]
+    .into_iter()
+    .chain(cgroup2)
+    {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if ours(&n) {
+                left.push(format!("{dir}/{n}"));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let cmdline = String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .replace('\0', " ");
+        // Agents are named after the run (--node-name cb<pid>...), etcd too (--name cb<pid>ov).
+        if cmdline
+            .split_whitespace()
+            .any(|w| ours(w) || prefixes.iter().any(|p| w.contains(&format!("/{p}"))))
+        {
+            left.push(format!("process {pid}: {cmdline}"));
+        }
+    }
+    left
+}
+
+/// One script at a time: they share the machine's two CPUs with their pinned client and server.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn quick(script: &str) {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bin_dir = common::bin("ciliate")
+        .parent()
+        .expect("target dir")
+        .to_owned();
+    let child = Command::new("bash")
+        .arg(repo().join("bench").join(script))
+        .arg("--quick")
+        .env("CILIATE_BIN_DIR", &bin_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the script");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for the script");
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "bench/{script} --quick: {text}");
+    // The run's names: cb<pid>... (bench/lib.sh), cb-lb-<pid>... (lb.sh).
+    let left = leftovers(&[format!("cb{pid}"), format!("cb-lb-{pid}")]);
+    assert!(
+        left.is_empty(),
+        "bench/{script} --quick left behind: {left:?}\n{text}"
+    );
+}
+
+#[test]
+fn pod2pod_quick() {
+    privileged!();
+    quick("pod2pod.sh");
+}
+
+#[test]
+fn policy_quick() {
+    privileged!();
+    quick("policy.sh");
+}
+
+#[test]
+fn observer_quick() {
+    privileged!();
+    quick("observer.sh");
+}
+
+#[test]
+fn overlay_quick() {
+    privileged!();
+    if !etcd_installed("bench/overlay.sh") {
+        return;
+    }
+    quick("overlay.sh");
+}
+
+#[test]
+fn lb_quick() {
+    privileged!();
+    quick("lb.sh");
+}
