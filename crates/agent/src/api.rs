@@ -322,6 +322,8 @@ pub fn collect_status(s: &AppState) -> Status {
         backends: svc.backends,
         policies: pol.policies,
         cluster,
+        datapath_repairs: m.datapath_repairs,
+        endpoints_vanished: m.endpoints_vanished,
     }
 }
 

@@ -175,8 +175,12 @@ pub struct ManagerStatus {
     pub identities: usize,
     /// Address usage.
     pub ipam: IpamStatus,
-    /// What is wrong (not-ready endpoints).
+    /// What is wrong (not-ready endpoints, broken datapaths not yet repaired).
     pub problems: Vec<String>,
+    /// Endpoint datapaths repaired since start.
+    pub datapath_repairs: u64,
+    /// Endpoints removed since start because their veth vanished.
+    pub endpoints_vanished: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +201,8 @@ pub struct EndpointManager {
     policy: OnceLock<Arc<PolicyManager>>,
     /// The cluster, once joined (multi-node): it numbers identities and learns every endpoint.
     cluster: OnceLock<Arc<dyn ClusterHooks>>,
+    /// What the endpoint checks found wrong in the kernel and the repair counters ([`health`]).
+    health: health::Health,
 }
 
 /// What the endpoint manager needs from the cluster it is part of (multi-node, through etcd).
@@ -316,6 +322,7 @@ impl EndpointManager {
             tables: Mutex::new(tables),
             policy: OnceLock::new(),
             cluster: OnceLock::new(),
+            health: health::Health::default(),
         };
         // Records the CIDR on a fresh node, and proves the directory is writable before any
         // request is accepted.
@@ -630,13 +637,17 @@ impl EndpointManager {
 
     /// Removes the endpoint of a container, if any (a second delete answers `None`).
     pub fn delete(&self, container_id: &str) -> Result<EndpointDeleted, EndpointError> {
+        self.delete_where(|e| e.container_id == container_id, "endpoint deleted")
+    }
+
+    /// Removes the first endpoint `pick` chooses, if any, as one transaction.
+    fn delete_where(
+        &self,
+        pick: impl Fn(&Endpoint) -> bool,
+        done: &str,
+    ) -> Result<EndpointDeleted, EndpointError> {
         let mut tables = self.lock();
-        let Some(ep) = tables
-            .endpoints
-            .values()
-            .find(|e| e.container_id == container_id)
-            .cloned()
-        else {
+        let Some(ep) = tables.endpoints.values().find(|e| pick(e)).cloned() else {
             return Ok(EndpointDeleted {
                 endpoint: None,
                 released: None,
@@ -662,7 +673,8 @@ impl EndpointManager {
         drop(tables);
         self.after_change();
         self.after_removal(&ep);
-        info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint deleted");
+        self.forget_health(ep.id);
+        info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "{done}");
         Ok(EndpointDeleted {
             endpoint: Some(ep),
             released,
@@ -783,11 +795,15 @@ impl EndpointManager {
                 )
             })
             .collect();
+        let mut problems: Vec<String> = problems;
+        problems.extend(self.health.problems());
         ManagerStatus {
             endpoints: tables.endpoints.len(),
             identities: tables.identities.in_use(),
             ipam: tables.ipam.status(),
             problems,
+            datapath_repairs: self.health.repairs(),
+            endpoints_vanished: self.health.vanished(),
         }
     }
 
@@ -1089,6 +1105,7 @@ fn endpoint_labels(req: &EndpointCreateRequest) -> Result<Labels, EndpointError>
     Ok(labels)
 }
 
+pub mod health;
 pub mod recover;
 
 #[cfg(test)]

@@ -98,6 +98,18 @@ pub struct Status {
     /// The cluster this node is part of; absent when it stands alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Endpoint datapaths found broken (links detached, unpinned or swapped, map entries gone)
+    /// and put back by the agent since it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub datapath_repairs: u64,
+    /// Endpoints removed because their veth vanished without a CNI DEL, since the agent started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub endpoints_vanished: u64,
+}
+
+/// Counters that are zero are left out of [`Status`], as they were before they existed.
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The cluster part of [`Status`] (multi-node).
