@@ -497,15 +497,22 @@ impl EndpointManager {
         cluster_id: Option<NumericIdentity>,
     ) -> Result<EndpointCreated, EndpointError> {
         let mut tables = self.lock();
+        // An attachment is (container id, interface): a container may have several.
         if let Some(e) = tables
             .endpoints
             .values()
-            .find(|e| e.container_id == req.container_id)
+            .find(|e| e.container_id == req.container_id && e.ifname == req.ifname)
         {
             return Err(EndpointError::Conflict(format!(
-                "container {} already has endpoint {} ({} on {}, address {}); delete it first \
-                 (DELETE /v1/endpoints/{}) if the container is being re-created",
-                req.container_id, e.id, e.ifname, e.host_ifname, e.ipv4, req.container_id
+                "container {} already has endpoint {} on interface {} ({}, address {}); delete it \
+                 first (DELETE /v1/endpoints/{}?ifname={}) if the container is being re-created",
+                req.container_id,
+                e.id,
+                e.ifname,
+                e.host_ifname,
+                e.ipv4,
+                req.container_id,
+                req.ifname
             )));
         }
         if let Some(e) = tables
@@ -636,8 +643,48 @@ impl EndpointManager {
     }
 
     /// Removes the endpoint of a container, if any (a second delete answers `None`).
+    /// Without `ifname` a container with several attachments is refused (which one?), so
+    /// that a runtime's DEL of one interface never removes another.
     pub fn delete(&self, container_id: &str) -> Result<EndpointDeleted, EndpointError> {
+        let ifnames: Vec<String> = self
+            .lock()
+            .endpoints
+            .values()
+            .filter(|e| e.container_id == container_id)
+            .map(|e| e.ifname.clone())
+            .collect();
+        if ifnames.len() > 1 {
+            return Err(EndpointError::Conflict(format!(
+                "container {container_id} has {} attachments (interfaces {}); name the one to \
+                 delete: DELETE /v1/endpoints/{container_id}?ifname=<interface>",
+                ifnames.len(),
+                ifnames.join(", ")
+            )));
+        }
         self.delete_where(|e| e.container_id == container_id, "endpoint deleted")
+    }
+
+    /// Removes the endpoint of one attachment (container id, interface in the container), if
+    /// any (a second delete answers `None`). Other interfaces of the container stay.
+    pub fn delete_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<EndpointDeleted, EndpointError> {
+        self.delete_where(
+            |e| e.container_id == container_id && e.ifname == ifname,
+            "endpoint deleted",
+        )
+    }
+
+    /// The endpoint of one attachment (container id, interface in the container). Unlike
+    /// [`EndpointManager::get`], a container id of digits is never read as an endpoint id.
+    pub fn get_attachment(&self, container_id: &str, ifname: &str) -> Option<Endpoint> {
+        self.lock()
+            .endpoints
+            .values()
+            .find(|e| e.container_id == container_id && e.ifname == ifname)
+            .cloned()
     }
 
     /// Removes the first endpoint `pick` chooses, if any, as one transaction.
@@ -872,12 +919,12 @@ impl Tables {
             for other in endpoints.values() {
                 let other: &Endpoint = other;
                 if other.id == ep.id
-                    || other.container_id == ep.container_id
+                    || (other.container_id == ep.container_id && other.ifname == ep.ifname)
                     || other.host_ifindex == ep.host_ifindex
                 {
                     return Err(inconsistent(format!(
-                        "endpoints {} (container {}) and {} (container {}) share an id, container id or host ifindex",
-                        other.id, other.container_id, ep.id, ep.container_id
+                        "endpoints {} (container {}, {}) and {} (container {}, {}) share an id, attachment (container id and interface) or host ifindex",
+                        other.id, other.container_id, other.ifname, ep.id, ep.container_id, ep.ifname
                     )));
                 }
             }

@@ -231,3 +231,42 @@ fn a_pod_whose_namespace_is_deleted_without_del_is_garbage_collected() {
     assert_ne!(next.ip, stays.ip);
     assert_eq!(node.ipam_allocated(), 2);
 }
+
+#[test]
+fn cni_attachments_are_container_and_interface() {
+    privileged!();
+    let node = Node::start("10.215.0.0/24");
+    let first = node.add_pod("first", "app=first");
+    assert_eq!(endpoint_of(&node, &first)["id"], 1);
+    // CNI_CONTAINERID=1 is container "1", not endpoint 1.
+    let netns = ciliate_testutil::TestNetns::new("cp");
+    let path = netns.path();
+    let env = |cmd: &'static str, ifname: &'static str| -> Vec<(&str, &str)> {
+        vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "1"),
+            ("CNI_NETNS", path.as_str()),
+            ("CNI_IFNAME", ifname),
+        ]
+    };
+    let conf = node.cni_config("1.0.0");
+    let add = node.cni(&env("ADD", "eth0"), &conf);
+    assert!(add.ok, "ADD of container 1: {} {}", add.stdout, add.stderr);
+    // A runtime's DEL for an eth1 whose ADD never completed leaves eth0 alone.
+    let del = node.cni(&env("DEL", "eth1"), &conf);
+    assert!(del.ok, "DEL eth1: {}", del.stderr);
+    let eps = node.cli_json(&["endpoint", "list"]);
+    let mine: Vec<&serde_json::Value> = eps
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["containerId"] == "1")
+        .collect();
+    assert_eq!(mine.len(), 1, "{eps}");
+    assert_eq!(mine[0]["ifname"], "eth0");
+    assert!(netns.exec("ip", &["-o", "link"]).contains("eth0"));
+    // DEL of eth0 removes it.
+    let del = node.cni(&env("DEL", "eth0"), &conf);
+    assert!(del.ok, "DEL eth0: {}", del.stderr);
+    assert_eq!(node.endpoint_count(), 1, "only the first pod is left");
+}

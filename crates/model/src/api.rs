@@ -23,6 +23,8 @@
 //! | `GET /v1/policy/trace?src=&dst=&dport=&proto=` | → `PolicyTrace`                   |
 //! | `GET /v1/bpf/policy/{ref}`       | → `BpfPolicyView`: an endpoint's policy map     |
 //! | `GET /v1/monitor[?type=]`        | → a stream of `MonitorEvent`, one JSON per line; type = drop, trace or policy-verdict |
+//! | `GET /v1/endpoints/{cid}?ifname=` | → `Endpoint` of one CNI attachment (container id, interface); cid never read as an id |
+//! | `DELETE /v1/endpoints/{cid}?ifname=` | → [`EndpointDeleted`]: only that attachment (idempotent); without `ifname` a container with several attachments is a 409 `conflict` |
 //!
 //! Errors answer with a 4xx/5xx status and an [`ApiError`] body. The policy answers are in
 //! [`crate::policy_api`].

@@ -771,3 +771,39 @@ fn the_watch_removes_an_endpoint_on_its_link_event() {
         task.await.expect("watch ends");
     });
 }
+
+#[test]
+fn attachments_are_keyed_by_container_and_interface() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let other = m.create(&req("other", 11)).expect("other").endpoint;
+    assert_eq!(other.id, 1);
+    // Container "1" is not endpoint 1.
+    let c0 = m.create(&req("1", 12)).expect("container 1").endpoint;
+    let mut r1 = req("1", 13);
+    r1.ifname = "eth1".to_owned();
+    let c1 = m.create(&r1).expect("container 1, eth1").endpoint;
+    assert!(matches!(m.create(&r1), Err(EndpointError::Conflict(_))));
+    assert_eq!(m.get_attachment("1", "eth0").map(|e| e.id), Some(c0.id));
+    assert_eq!(m.get_attachment("1", "eth1").map(|e| e.id), Some(c1.id));
+    assert_eq!(m.get_attachment("1", "eth2"), None);
+    // A DEL without the interface cannot choose.
+    assert!(matches!(m.delete("1"), Err(EndpointError::Conflict(_))));
+    // DEL of eth1 leaves eth0 (and survives a restart that reads the state back).
+    let d = m.delete_attachment("1", "eth1").expect("delete eth1");
+    assert_eq!(d.endpoint.map(|e| e.id), Some(c1.id));
+    assert_eq!(
+        m.delete_attachment("1", "eth1").expect("again").endpoint,
+        None
+    );
+    drop(m);
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let ids: Vec<u16> = m.list().iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![other.id, c0.id]);
+    // With one attachment left, the old DEL by container id still works.
+    assert_eq!(
+        m.delete("1").expect("delete").endpoint.map(|e| e.id),
+        Some(c0.id)
+    );
+}
