@@ -326,6 +326,8 @@ pub fn collect_status(s: &AppState) -> Status {
         backends: svc.backends,
         policies: pol.policies,
         cluster,
+        datapath_repairs: m.datapath_repairs,
+        endpoints_vanished: m.endpoints_vanished,
     }
 }
 
@@ -338,11 +340,30 @@ async fn list_endpoints(State(s): State<AppState>) -> Result<Response, ApiFailur
     Ok(Json(eps).into_response())
 }
 
+/// `?ifname=` of `GET` and `DELETE /v1/endpoints/{ref}`: the reference is then a container id
+/// (never an endpoint id, whatever its characters) and the attachment is (container id,
+/// ifname), as CNI names it.
+#[derive(Debug, serde::Deserialize)]
+struct AttachmentParams {
+    ifname: Option<String>,
+}
+
 async fn get_endpoint(
     State(s): State<AppState>,
     reference: Result<Path<String>, PathRejection>,
+    params: Result<Query<AttachmentParams>, QueryRejection>,
 ) -> Result<Response, ApiFailure> {
     let Path(reference) = reference.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    if let Some(ifname) = params.ifname {
+        let (cid, ifn) = (reference.clone(), ifname.clone());
+        return match blocking(move || s.manager.get_attachment(&cid, &ifn)).await? {
+            Some(ep) => Ok(Json(ep).into_response()),
+            None => Err(ApiFailure::not_found(format!(
+                "no endpoint for container {reference} interface {ifname} on this node"
+            ))),
+        };
+    }
     let r = EndpointRef::parse(&reference);
     let found = {
         let r = r.clone();
@@ -367,9 +388,15 @@ async fn create_endpoint(
 async fn delete_endpoint(
     State(s): State<AppState>,
     cid: Result<Path<String>, PathRejection>,
+    params: Result<Query<AttachmentParams>, QueryRejection>,
 ) -> Result<Response, ApiFailure> {
     let Path(cid) = cid.map_err(|e| ApiFailure::invalid(e.body_text()))?;
-    let deleted = blocking(move || s.manager.delete(&cid)).await??;
+    let Query(params) = params.map_err(|e| ApiFailure::invalid(e.body_text()))?;
+    let deleted = blocking(move || match params.ifname {
+        Some(ifname) => s.manager.delete_attachment(&cid, &ifname),
+        None => s.manager.delete(&cid),
+    })
+    .await??;
     Ok(Json(deleted).into_response())
 }
 

@@ -175,8 +175,12 @@ pub struct ManagerStatus {
     pub identities: usize,
     /// Address usage.
     pub ipam: IpamStatus,
-    /// What is wrong (not-ready endpoints).
+    /// What is wrong (not-ready endpoints, broken datapaths not yet repaired).
     pub problems: Vec<String>,
+    /// Endpoint datapaths repaired since start.
+    pub datapath_repairs: u64,
+    /// Endpoints removed since start because their veth vanished.
+    pub endpoints_vanished: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +201,8 @@ pub struct EndpointManager {
     policy: OnceLock<Arc<PolicyManager>>,
     /// The cluster, once joined (multi-node): it numbers identities and learns every endpoint.
     cluster: OnceLock<Arc<dyn ClusterHooks>>,
+    /// What the endpoint checks found wrong in the kernel and the repair counters ([`health`]).
+    health: health::Health,
 }
 
 /// What the endpoint manager needs from the cluster it is part of (multi-node, through etcd).
@@ -316,6 +322,7 @@ impl EndpointManager {
             tables: Mutex::new(tables),
             policy: OnceLock::new(),
             cluster: OnceLock::new(),
+            health: health::Health::default(),
         };
         // Records the CIDR on a fresh node, and proves the directory is writable before any
         // request is accepted.
@@ -490,15 +497,22 @@ impl EndpointManager {
         cluster_id: Option<NumericIdentity>,
     ) -> Result<EndpointCreated, EndpointError> {
         let mut tables = self.lock();
+        // An attachment is (container id, interface): a container may have several.
         if let Some(e) = tables
             .endpoints
             .values()
-            .find(|e| e.container_id == req.container_id)
+            .find(|e| e.container_id == req.container_id && e.ifname == req.ifname)
         {
             return Err(EndpointError::Conflict(format!(
-                "container {} already has endpoint {} ({} on {}, address {}); delete it first \
-                 (DELETE /v1/endpoints/{}) if the container is being re-created",
-                req.container_id, e.id, e.ifname, e.host_ifname, e.ipv4, req.container_id
+                "container {} already has endpoint {} on interface {} ({}, address {}); delete it \
+                 first (DELETE /v1/endpoints/{}?ifname={}) if the container is being re-created",
+                req.container_id,
+                e.id,
+                e.ifname,
+                e.host_ifname,
+                e.ipv4,
+                req.container_id,
+                req.ifname
             )));
         }
         if let Some(e) = tables
@@ -629,14 +643,58 @@ impl EndpointManager {
     }
 
     /// Removes the endpoint of a container, if any (a second delete answers `None`).
+    /// Without `ifname` a container with several attachments is refused (which one?), so
+    /// that a runtime's DEL of one interface never removes another.
     pub fn delete(&self, container_id: &str) -> Result<EndpointDeleted, EndpointError> {
-        let mut tables = self.lock();
-        let Some(ep) = tables
+        let ifnames: Vec<String> = self
+            .lock()
             .endpoints
             .values()
-            .find(|e| e.container_id == container_id)
+            .filter(|e| e.container_id == container_id)
+            .map(|e| e.ifname.clone())
+            .collect();
+        if ifnames.len() > 1 {
+            return Err(EndpointError::Conflict(format!(
+                "container {container_id} has {} attachments (interfaces {}); name the one to \
+                 delete: DELETE /v1/endpoints/{container_id}?ifname=<interface>",
+                ifnames.len(),
+                ifnames.join(", ")
+            )));
+        }
+        self.delete_where(|e| e.container_id == container_id, "endpoint deleted")
+    }
+
+    /// Removes the endpoint of one attachment (container id, interface in the container), if
+    /// any (a second delete answers `None`). Other interfaces of the container stay.
+    pub fn delete_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<EndpointDeleted, EndpointError> {
+        self.delete_where(
+            |e| e.container_id == container_id && e.ifname == ifname,
+            "endpoint deleted",
+        )
+    }
+
+    /// The endpoint of one attachment (container id, interface in the container). Unlike
+    /// [`EndpointManager::get`], a container id of digits is never read as an endpoint id.
+    pub fn get_attachment(&self, container_id: &str, ifname: &str) -> Option<Endpoint> {
+        self.lock()
+            .endpoints
+            .values()
+            .find(|e| e.container_id == container_id && e.ifname == ifname)
             .cloned()
-        else {
+    }
+
+    /// Removes the first endpoint `pick` chooses, if any, as one transaction.
+    fn delete_where(
+        &self,
+        pick: impl Fn(&Endpoint) -> bool,
+        done: &str,
+    ) -> Result<EndpointDeleted, EndpointError> {
+        let mut tables = self.lock();
+        let Some(ep) = tables.endpoints.values().find(|e| pick(e)).cloned() else {
             return Ok(EndpointDeleted {
                 endpoint: None,
                 released: None,
@@ -662,7 +720,8 @@ impl EndpointManager {
         drop(tables);
         self.after_change();
         self.after_removal(&ep);
-        info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint deleted");
+        self.forget_health(ep.id);
+        info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "{done}");
         Ok(EndpointDeleted {
             endpoint: Some(ep),
             released,
@@ -783,11 +842,15 @@ impl EndpointManager {
                 )
             })
             .collect();
+        let mut problems: Vec<String> = problems;
+        problems.extend(self.health.problems());
         ManagerStatus {
             endpoints: tables.endpoints.len(),
             identities: tables.identities.in_use(),
             ipam: tables.ipam.status(),
             problems,
+            datapath_repairs: self.health.repairs(),
+            endpoints_vanished: self.health.vanished(),
         }
     }
 
@@ -856,12 +919,12 @@ impl Tables {
             for other in endpoints.values() {
                 let other: &Endpoint = other;
                 if other.id == ep.id
-                    || other.container_id == ep.container_id
+                    || (other.container_id == ep.container_id && other.ifname == ep.ifname)
                     || other.host_ifindex == ep.host_ifindex
                 {
                     return Err(inconsistent(format!(
-                        "endpoints {} (container {}) and {} (container {}) share an id, container id or host ifindex",
-                        other.id, other.container_id, ep.id, ep.container_id
+                        "endpoints {} (container {}, {}) and {} (container {}, {}) share an id, attachment (container id and interface) or host ifindex",
+                        other.id, other.container_id, other.ifname, ep.id, ep.container_id, ep.ifname
                     )));
                 }
             }
@@ -1089,6 +1152,7 @@ fn endpoint_labels(req: &EndpointCreateRequest) -> Result<Labels, EndpointError>
     Ok(labels)
 }
 
+pub mod health;
 pub mod recover;
 
 #[cfg(test)]

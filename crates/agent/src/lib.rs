@@ -4,7 +4,9 @@
 //! identities per distinct label set ([`identity`]), keeps the endpoint table and programs the
 //! datapath through the [`Datapath`](ciliate_datapath::Datapath) trait ([`endpoints`]), persists
 //! all of it ([`state`]) and serves the JSON API documented in [`ciliate_model::api`] on a unix
-//! socket ([`api`], [`server`]). Conntrack garbage collection runs in the background ([`gc`]).
+//! socket ([`api`], [`server`]). Conntrack garbage collection runs in the background ([`gc`]),
+//! and so does the endpoint watch ([`endpoints_watch`]): pods whose veth vanished are removed,
+//! datapaths changed behind the agent's back repaired.
 //! Services (Kubernetes Service and EndpointSlice objects from the API and a manifest
 //! directory) are kept and turned into the datapath's load-balancing state by [`services`];
 //! network policies (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, from
@@ -20,6 +22,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod endpoints;
+pub mod endpoints_watch;
 pub mod gc;
 pub mod identity;
 pub mod ipam;

@@ -107,9 +107,28 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
     }
 }
 
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
 /// The agent metrics, from the node's status and the API's counters.
 pub fn render(status: &Status, api: &ApiMetrics) -> String {
     let mut out = String::new();
+    counter(
+        &mut out,
+        "ciliate_datapath_repairs_total",
+        "Endpoint datapaths found broken behind the agent's back (links detached, unpinned or swapped; map entries gone) and put back",
+        status.datapath_repairs,
+    );
+    counter(
+        &mut out,
+        "ciliate_endpoints_vanished_total",
+        "Endpoints removed because their veth vanished without a CNI DEL",
+        status.endpoints_vanished,
+    );
     let one = |v: usize| vec![(String::new(), v as f64)];
     gauge(
         &mut out,
@@ -234,6 +253,8 @@ mod tests {
 
     fn status() -> Status {
         Status {
+            datapath_repairs: 0,
+            endpoints_vanished: 0,
             node: "n1".into(),
             version: "0".into(),
             uptime_seconds: 1,

@@ -390,6 +390,11 @@ async fn run_inner(
         shutdown.clone(),
     ));
 
+    let watch_task = tokio::spawn(crate::endpoints_watch::run_endpoint_watch(
+        Arc::clone(&manager),
+        crate::endpoints_watch::CHECK_INTERVAL,
+        shutdown.clone(),
+    ));
     let ct_gc = Arc::new(CtGcHealth::default());
     let gc_task = tokio::spawn(gc::run_ct_gc(
         Arc::clone(&datapath),
@@ -432,6 +437,7 @@ async fn run_inner(
     info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
     let served = serve(listener, app, shutdown).await;
     gc_task.abort();
+    watch_task.abort();
     observer_tasks
         .iter()
         .for_each(tokio::task::JoinHandle::abort);

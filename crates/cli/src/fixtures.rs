@@ -14,6 +14,8 @@ use ciliate_model::{Endpoint, EndpointState, Identity, Labels, MacAddr, PodRef};
 /// A degraded status with two problems.
 pub fn status() -> Status {
     Status {
+        datapath_repairs: 0,
+        endpoints_vanished: 0,
         node: "node-1".into(),
         version: "0.1.0".into(),
         uptime_seconds: 3725,

@@ -217,6 +217,37 @@ impl Client {
         self.call(Method::DELETE, &path, None::<&()>).await
     }
 
+    /// `GET /v1/endpoints/{cid}?ifname=..`: the endpoint of one attachment (container id,
+    /// interface in the container), as CNI names it; a container id of digits is never read as
+    /// an endpoint id.
+    pub async fn attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Endpoint, ClientError> {
+        self.get(&format!(
+            "/v1/endpoints/{}?ifname={}",
+            encode_segment(container_id),
+            encode_segment(ifname)
+        ))
+        .await
+    }
+
+    /// `DELETE /v1/endpoints/{cid}?ifname=..`: removes the endpoint of one attachment; the
+    /// container's other interfaces stay. Succeeds when there is none.
+    pub async fn delete_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<EndpointDeleted, ClientError> {
+        let path = format!(
+            "/v1/endpoints/{}?ifname={}",
+            encode_segment(container_id),
+            encode_segment(ifname)
+        );
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
     /// `POST /v1/endpoints/gc`: removes every endpoint not among the valid attachments.
     pub async fn gc(&self, request: &GcRequest) -> Result<GcResult, ClientError> {
         self.call(Method::POST, "/v1/endpoints/gc", Some(request))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -260,7 +260,8 @@ fn gc_without_valid_attachments_is_refused() {
 
 #[derive(Debug, Default)]
 struct FakeState {
-    endpoints: BTreeMap<String, Endpoint>,
+    /// By attachment: (container id, interface in the container), as the agent keys them.
+    endpoints: BTreeMap<(String, String), Endpoint>,
     requests: Vec<EndpointCreateRequest>,
     deletes: Vec<String>,
     next_ip: u8,
@@ -350,14 +351,27 @@ impl Drop for FakeAgent {
     }
 }
 
+/// `?ifname=`: the attachment's interface (the plugin always names it).
+#[derive(Debug, serde::Deserialize)]
+struct Attachment {
+    ifname: Option<String>,
+}
+
+fn find(s: &FakeState, cid: &str, q: &Attachment) -> Option<(String, String)> {
+    s.endpoints
+        .keys()
+        .find(|(c, i)| c == cid && q.ifname.as_ref().is_none_or(|want| want == i))
+        .cloned()
+}
+
 async fn lookup(
     State(s): State<Shared>,
     UrlPath(reference): UrlPath<String>,
+    Query(q): Query<Attachment>,
 ) -> ApiResult<Endpoint> {
     let s = s.lock().unwrap();
-    s.endpoints
-        .get(&reference)
-        .cloned()
+    find(&s, &reference, &q)
+        .and_then(|k| s.endpoints.get(&k).cloned())
         .map(Json)
         .ok_or_else(|| not_found(&reference))
 }
@@ -397,7 +411,8 @@ async fn create(
         status_message: None,
         created_unix: 0,
     };
-    s.endpoints.insert(req.container_id, ep.clone());
+    s.endpoints
+        .insert((req.container_id, ep.ifname.clone()), ep.clone());
     Ok(Json(EndpointCreated {
         endpoint: ep,
         address: ip.into(),
@@ -406,10 +421,14 @@ async fn create(
     }))
 }
 
-async fn delete(State(s): State<Shared>, UrlPath(cid): UrlPath<String>) -> Json<EndpointDeleted> {
+async fn delete(
+    State(s): State<Shared>,
+    UrlPath(cid): UrlPath<String>,
+    Query(q): Query<Attachment>,
+) -> Json<EndpointDeleted> {
     let mut s = s.lock().unwrap();
     s.deletes.push(cid.clone());
-    let endpoint = s.endpoints.remove(&cid);
+    let endpoint = find(&s, &cid, &q).and_then(|k| s.endpoints.remove(&k));
     let released = endpoint.as_ref().map(|e| e.ipv4);
     Json(EndpointDeleted { endpoint, released })
 }
@@ -649,7 +668,7 @@ fn gc_removes_what_is_not_listed() {
     assert_eq!(links(&pod2), vec!["lo"]);
     assert_eq!(
         agent.state().endpoints.keys().collect::<Vec<_>>(),
-        vec!["keep"]
+        vec![&("keep".to_owned(), "eth0".to_owned())]
     );
 }
 
@@ -662,4 +681,52 @@ fn status_with_a_healthy_agent_is_silent_success() {
         &conf("1.1.0", &agent.socket),
     )
     .ok_silent();
+}
+
+#[test]
+fn an_attachment_is_a_container_and_an_interface() {
+    ciliate_testutil::privileged!();
+    let node = TestNetns::new("cninode");
+    let pod = TestNetns::new("cnipod");
+    let agent = FakeAgent::start();
+    let config = conf("1.1.0", &agent.socket);
+    let netns = pod.path();
+    // An all-digit container id is a container id, not an endpoint id.
+    let eth0 = add_env(&netns, "1");
+    assert_eq!(cni(Some(&node), &eth0, &config).status, 0);
+
+    // The runtime adds a second interface; the agent fails it; the runtime cleans up with a
+    // DEL of that interface. The container's eth0 must survive all of it.
+    let mut eth1 = eth0.clone();
+    eth1[3] = ("CNI_IFNAME", "eth1");
+    agent.state().fail_create = true;
+    cni(Some(&node), &eth1, &config).error(101);
+    agent.state().fail_create = false;
+    let mut del1 = eth1.clone();
+    del1[0] = ("CNI_COMMAND", "DEL");
+    cni(Some(&node), &del1, &config).ok_silent();
+    assert!(
+        links(&node).contains(&host_ifname("1", "eth0")),
+        "{:?}",
+        links(&node)
+    );
+    assert!(links(&pod).contains(&"eth0".to_owned()));
+    assert_eq!(
+        agent.state().endpoints.keys().collect::<Vec<_>>(),
+        vec![&("1".to_owned(), "eth0".to_owned())]
+    );
+
+    // Both interfaces can live side by side, and each DEL takes only its own.
+    assert_eq!(cni(Some(&node), &eth1, &config).status, 0);
+    assert_eq!(agent.state().endpoints.len(), 2);
+    cni(Some(&node), &del1, &config).ok_silent();
+    assert_eq!(
+        agent.state().endpoints.keys().collect::<Vec<_>>(),
+        vec![&("1".to_owned(), "eth0".to_owned())]
+    );
+    let mut del0 = eth0.clone();
+    del0[0] = ("CNI_COMMAND", "DEL");
+    cni(Some(&node), &del0, &config).ok_silent();
+    assert!(agent.state().endpoints.is_empty());
+    assert_eq!(links(&node), vec!["lo"]);
 }

@@ -33,6 +33,10 @@ pub struct FakeDatapath {
     masquerade: Mutex<Option<crate::MasqueradeSpec>>,
     events: broadcast::Sender<MonitorEvent>,
     records: Mutex<BTreeMap<u32, Vec<u8>>>,
+    broken: Mutex<BTreeMap<u32, String>>,
+    fail_repairs: Mutex<Option<String>>,
+    vanished: Mutex<std::collections::BTreeSet<u32>>,
+    links: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::link_watch::LinkEvent>>>,
 }
 
 impl Default for FakeDatapath {
@@ -55,6 +59,10 @@ impl Default for FakeDatapath {
             masquerade: Mutex::default(),
             events: broadcast::channel(1024).0,
             records: Mutex::default(),
+            broken: Mutex::default(),
+            fail_repairs: Mutex::default(),
+            vanished: Mutex::default(),
+            links: Mutex::default(),
         }
     }
 }
@@ -66,6 +74,29 @@ impl FakeDatapath {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Breaks the endpoint on `ifindex` behind the agent's back: `check_endpoint` reports
+    /// `why` until it is repaired.
+    pub fn break_endpoint(&self, ifindex: u32, why: &str) {
+        lock(&self.broken).insert(ifindex, why.to_owned());
+    }
+
+    /// Makes every `repair_endpoint` fail with this message until called with `None`.
+    pub fn fail_repairs(&self, why: Option<&str>) {
+        *lock(&self.fail_repairs) = why.map(str::to_owned);
+    }
+
+    /// Deletes the host veth `ifindex`: it is no longer present, and a `Removed` link event
+    /// goes to the watcher, if any.
+    pub fn remove_link(&self, ifindex: u32, ifname: &str) {
+        lock(&self.vanished).insert(ifindex);
+        if let Some(tx) = lock(&self.links).as_ref() {
+            let _ = tx.send(crate::link_watch::LinkEvent::Removed {
+                ifindex,
+                ifname: ifname.to_owned(),
+            });
+        }
     }
 
     /// An empty fake datapath.
@@ -253,6 +284,37 @@ impl Datapath for FakeDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn check_endpoint(&self, ep: &EndpointSpec) -> Result<Vec<String>, DatapathError> {
+        Ok(lock(&self.broken)
+            .get(&ep.ifindex)
+            .cloned()
+            .into_iter()
+            .collect())
+    }
+
+    fn repair_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        if let Some(why) = lock(&self.fail_repairs).clone() {
+            return Err(DatapathError::Injected(why));
+        }
+        lock(&self.broken).remove(&ep.ifindex);
+        self.upsert_endpoint(ep)
+    }
+
+    fn endpoint_link_present(&self, ep: &EndpointSpec) -> bool {
+        !lock(&self.vanished).contains(&ep.ifindex)
+    }
+
+    fn watch_links(
+        &self,
+    ) -> Result<
+        Option<tokio::sync::mpsc::UnboundedReceiver<crate::link_watch::LinkEvent>>,
+        DatapathError,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.links) = Some(tx);
+        Ok(Some(rx))
     }
 
     fn put_endpoint_record(&self, ifindex: u32, record: &[u8]) -> Result<(), DatapathError> {

@@ -14,7 +14,9 @@ pub mod ep_records;
 mod error;
 pub mod events;
 pub mod fake;
+pub mod health;
 pub mod lb;
+pub mod link_watch;
 pub mod linux;
 pub mod lock;
 pub mod netlink;
@@ -281,5 +283,32 @@ pub trait Datapath: Send + Sync + 'static {
                 s.device
             ))),
         }
+    }
+
+    /// What is wrong with the endpoint's programming in the kernel (links unpinned, detached or
+    /// running another program; its map entry gone or different); empty when it is as
+    /// attached. A datapath without kernel state answers empty.
+    fn check_endpoint(&self, _ep: &EndpointSpec) -> Result<Vec<String>, DatapathError> {
+        Ok(Vec::new())
+    }
+
+    /// Puts back what [`Datapath::check_endpoint`] finds broken: broken links are dropped and
+    /// attached again, the map entries written again. Healthy directions are left alone.
+    fn repair_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        self.upsert_endpoint(ep)
+    }
+
+    /// Whether the endpoint's host veth still exists (same name, same index).
+    fn endpoint_link_present(&self, _ep: &EndpointSpec) -> bool {
+        true
+    }
+
+    /// Link events of the node's namespace as they happen ([`link_watch`]); `None` from a
+    /// datapath that has no kernel links. Call inside a tokio runtime.
+    fn watch_links(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<link_watch::LinkEvent>>, DatapathError>
+    {
+        Ok(None)
     }
 }

@@ -26,6 +26,8 @@
 //! | `GET /v1/policy/trace?src=&dst=&dport=&proto=` | → `PolicyTrace`                   |
 //! | `GET /v1/bpf/policy/{ref}`       | → `BpfPolicyView`: an endpoint's policy map     |
 //! | `GET /v1/monitor[?type=]`        | → a stream of `MonitorEvent`, one JSON per line; type = drop, trace or policy-verdict |
+//! | `GET /v1/endpoints/{cid}?ifname=` | → `Endpoint` of one CNI attachment (container id, interface); cid never read as an id |
+//! | `DELETE /v1/endpoints/{cid}?ifname=` | → [`EndpointDeleted`]: only that attachment (idempotent); without `ifname` a container with several attachments is a 409 `conflict` |
 //!
 //! Errors answer with a 4xx/5xx status and an [`ApiError`] body. The policy answers are in
 //! [`crate::policy_api`].
@@ -101,6 +103,18 @@ pub struct Status {
     /// The cluster this node is part of; absent when it stands alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Endpoint datapaths found broken (links detached, unpinned or swapped, map entries gone)
+    /// and put back by the agent since it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub datapath_repairs: u64,
+    /// Endpoints removed because their veth vanished without a CNI DEL, since the agent started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub endpoints_vanished: u64,
+}
+
+/// Counters that are zero are left out of [`Status`], as they were before they existed.
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The cluster part of [`Status`] (multi-node).

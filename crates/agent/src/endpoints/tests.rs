@@ -657,3 +657,153 @@ fn an_endpoint_without_record_is_kept_not_ready_with_its_address() {
         EndpointState::NotReady
     );
 }
+
+#[test]
+fn a_broken_datapath_is_reported_until_repaired_and_counted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let a = m.create(&req("web", 11)).expect("web").endpoint;
+    assert_eq!(
+        m.check_datapath(None),
+        health::CheckReport {
+            checked: 1,
+            ..Default::default()
+        }
+    );
+
+    dp.break_endpoint(11, "from_container link detached");
+    dp.fail_repairs(Some("link busy"));
+    let r = m.check_datapath(None);
+    assert_eq!(r.broken, vec![a.id]);
+    let st = m.status();
+    assert_eq!(st.datapath_repairs, 0);
+    assert!(
+        st.problems
+            .iter()
+            .any(|p| p.contains("from_container link detached") && p.contains("link busy")),
+        "degraded with the reason: {:?}",
+        st.problems
+    );
+
+    dp.fail_repairs(None);
+    let r = m.check_datapath(Some(11));
+    assert_eq!(r.repaired, vec![a.id]);
+    let st = m.status();
+    assert_eq!(st.datapath_repairs, 1);
+    assert!(st.problems.is_empty(), "{:?}", st.problems);
+}
+
+#[test]
+fn an_endpoint_whose_veth_vanished_is_removed_and_its_address_reused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let a = m.create(&req("gone", 11)).expect("gone").endpoint;
+    let b = m.create(&req("stays", 12)).expect("stays").endpoint;
+    // An event for a link that is still there changes nothing.
+    assert_eq!(m.remove_vanished(11), None);
+
+    dp.remove_link(11, "lxc11");
+    let r = m.check_datapath(None);
+    assert_eq!(r.vanished, vec![a.id]);
+    assert_eq!(
+        m.list().iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![b.id]
+    );
+    assert!(
+        dp.programmed().iter().all(|s| s.ifindex != 11),
+        "removed from the datapath"
+    );
+    assert_eq!(m.status().endpoints_vanished, 1);
+    assert!(dp
+        .endpoint_records()
+        .expect("records")
+        .iter()
+        .all(|(i, _)| *i != 11));
+    // Its address is free again (the allocator hands out the lowest free one after the cursor,
+    // so fill the CIDR until it comes back).
+    let mut seen = false;
+    for i in 0..300u32 {
+        match m.create(&req(&format!("c{i}"), 100 + i)) {
+            Ok(c) if c.endpoint.ipv4 == a.ipv4 => {
+                seen = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(seen, "address {} handed out again", a.ipv4);
+}
+
+#[test]
+fn the_watch_removes_an_endpoint_on_its_link_event() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dp = Arc::new(FakeDatapath::new());
+        let m = Arc::new(open(tmp.path(), Arc::clone(&dp)));
+        m.create(&req("gone", 11)).expect("gone");
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        // A long interval: only the event can explain a quick removal.
+        let task = tokio::spawn(crate::endpoints_watch::run_endpoint_watch(
+            Arc::clone(&m),
+            std::time::Duration::from_secs(3600),
+            stop,
+        ));
+        // Let the first pass and the subscription happen.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        dp.remove_link(11, "lxc11");
+        let mut gone = false;
+        for _ in 0..50 {
+            if m.list().is_empty() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(gone, "removed on the event");
+        let _ = stop_tx.send(true);
+        task.await.expect("watch ends");
+    });
+}
+
+#[test]
+fn attachments_are_keyed_by_container_and_interface() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let other = m.create(&req("other", 11)).expect("other").endpoint;
+    assert_eq!(other.id, 1);
+    // Container "1" is not endpoint 1.
+    let c0 = m.create(&req("1", 12)).expect("container 1").endpoint;
+    let mut r1 = req("1", 13);
+    r1.ifname = "eth1".to_owned();
+    let c1 = m.create(&r1).expect("container 1, eth1").endpoint;
+    assert!(matches!(m.create(&r1), Err(EndpointError::Conflict(_))));
+    assert_eq!(m.get_attachment("1", "eth0").map(|e| e.id), Some(c0.id));
+    assert_eq!(m.get_attachment("1", "eth1").map(|e| e.id), Some(c1.id));
+    assert_eq!(m.get_attachment("1", "eth2"), None);
+    // A DEL without the interface cannot choose.
+    assert!(matches!(m.delete("1"), Err(EndpointError::Conflict(_))));
+    // DEL of eth1 leaves eth0 (and survives a restart that reads the state back).
+    let d = m.delete_attachment("1", "eth1").expect("delete eth1");
+    assert_eq!(d.endpoint.map(|e| e.id), Some(c1.id));
+    assert_eq!(
+        m.delete_attachment("1", "eth1").expect("again").endpoint,
+        None
+    );
+    drop(m);
+    let m = open(tmp.path(), Arc::clone(&dp));
+    let ids: Vec<u16> = m.list().iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![other.id, c0.id]);
+    // With one attachment left, the old DEL by container id still works.
+    assert_eq!(
+        m.delete("1").expect("delete").endpoint.map(|e| e.id),
+        Some(c0.id)
+    );
+}

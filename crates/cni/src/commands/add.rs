@@ -36,13 +36,13 @@ pub async fn run(inv: &Invocation, conf: &NetConf, log: &Log) -> Result<CniResul
     let pod_ns = open_pod_netns(netns_path)?;
     let agent = client(conf);
 
-    match agent.endpoint(&inv.container_id).await {
+    match agent.attachment(&inv.container_id, &inv.ifname).await {
         Ok(ep) => {
             return Err(CniError::new(
                 code::ALREADY_EXISTS,
                 format!(
-                    "container {} already has endpoint {} ({}, interface {} in {})",
-                    inv.container_id, ep.id, ep.ipv4, ep.ifname, ep.netns
+                    "container {} already has endpoint {} on interface {} ({}, in {})",
+                    inv.container_id, ep.id, ep.ifname, ep.ipv4, ep.netns
                 ),
                 "the runtime must DEL the container before adding it again",
             ))
@@ -232,7 +232,10 @@ async fn undo(
         Err(e) => log.line(format_args!("undo: deleting {host_ifname} failed: {e}")),
     }
     if let Some(agent) = agent {
-        match agent.delete_endpoint(&inv.container_id).await {
+        match agent
+            .delete_attachment(&inv.container_id, &inv.ifname)
+            .await
+        {
             Ok(_) => log.line("undo: endpoint deleted"),
             Err(e) => log.line(format_args!("undo: deleting the endpoint failed: {e}")),
         }

@@ -21,14 +21,17 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         .as_deref()
         .ok_or_else(|| CniError::missing_env(crate::args::CNI_NETNS))?;
     let pod_ns = open_pod_netns(netns_path)?;
-    let ep = match client(conf).endpoint(&inv.container_id).await {
+    let ep = match client(conf)
+        .attachment(&inv.container_id, &inv.ifname)
+        .await
+    {
         Ok(ep) => ep,
         Err(e) if is_not_found(&e) => {
             return Err(CniError::new(
                 code::CHECK_FAILED,
                 format!(
-                    "the agent has no endpoint for container {}",
-                    inv.container_id
+                    "the agent has no endpoint for container {} interface {}",
+                    inv.container_id, inv.ifname
                 ),
                 "was ADD run for it? did the agent lose its state?",
             ))

@@ -18,7 +18,9 @@ use crate::names;
 /// Runs DEL.
 pub async fn run(inv: &Invocation, conf: &NetConf, log: &Log) -> Result<(), CniError> {
     let agent = client(conf);
-    let released = agent.delete_endpoint(&inv.container_id).await;
+    let released = agent
+        .delete_attachment(&inv.container_id, &inv.ifname)
+        .await;
 
     let mut host_ifnames = vec![names::host_ifname(&inv.container_id, &inv.ifname)];
     match &released {

@@ -194,6 +194,32 @@ impl LinuxDatapath {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The links of an endpoint as this process attaches them.
+    fn expected_links(
+        &self,
+        inner: &Inner,
+        ep: &EndpointSpec,
+    ) -> Result<Vec<crate::health::ExpectedLink>, DatapathError> {
+        ENDPOINT_PROGRAMS
+            .iter()
+            .map(|(name, at, suffix)| {
+                let prog = inner
+                    .bpf
+                    .program(name)
+                    .ok_or_else(|| DatapathError::Unsupported(format!("program {name} missing")))?;
+                let info = prog
+                    .info()
+                    .map_err(kernel(format!("read program {name}")))?;
+                Ok(crate::health::ExpectedLink {
+                    pin: self.link_pin(ep.ifindex, suffix),
+                    at: *at,
+                    program: name,
+                    program_id: info.id(),
+                })
+            })
+            .collect()
+    }
+
     fn link_pin(&self, ifindex: u32, suffix: &str) -> PathBuf {
         self.pin_dir
             .join("links")
@@ -481,6 +507,59 @@ impl Datapath for LinuxDatapath {
             .map_err(kernel("write cil_node_cfg"))?;
         info!(tunnel = ?ifname, ifindex, "overlay configured");
         Ok(())
+    }
+
+    fn check_endpoint(&self, ep: &EndpointSpec) -> Result<Vec<String>, DatapathError> {
+        let inner = self.lock();
+        let mut problems = Vec::new();
+        for want in self.expected_links(&inner, ep)? {
+            problems.extend(crate::health::check_link(&ep.ifname, &want));
+        }
+        match inner.maps.lxc_ifx.get(&ep.ifindex, 0) {
+            Ok(i)
+                if i.ep_id == ep.id
+                    && i.sec_identity == ep.identity
+                    && i.ipv4 == ipv4_key(ep.ipv4) => {}
+            _ => problems.push(format!(
+                "the endpoint map has no entry for {} (ifindex {}) or another one",
+                ep.ifname, ep.ifindex
+            )),
+        }
+        Ok(problems)
+    }
+
+    fn repair_endpoint(&self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+        {
+            let mut inner = self.lock();
+            // An entry written again carries no policy flags: make the next policy write
+            // happen even if the policy did not change.
+            if !matches!(inner.maps.lxc_ifx.get(&ep.ifindex, 0), Ok(i) if i.ep_id == ep.id) {
+                inner.policy_shadow.written.remove(&ep.id);
+            }
+            for want in self.expected_links(&inner, ep)? {
+                if crate::health::check_link(&ep.ifname, &want).is_some() {
+                    inner.fresh_links.remove(&want.pin);
+                    crate::health::drop_pin(&want.pin).map_err(kernel(format!(
+                        "remove broken link pin {}",
+                        want.pin.display()
+                    )))?;
+                }
+            }
+        }
+        self.upsert_endpoint(ep)
+    }
+
+    fn endpoint_link_present(&self, ep: &EndpointSpec) -> bool {
+        crate::health::link_present(&ep.ifname, ep.ifindex)
+    }
+
+    fn watch_links(
+        &self,
+    ) -> Result<
+        Option<tokio::sync::mpsc::UnboundedReceiver<crate::link_watch::LinkEvent>>,
+        DatapathError,
+    > {
+        crate::link_watch::watch().map(Some)
     }
 
     fn put_endpoint_record(&self, ifindex: u32, record: &[u8]) -> Result<(), DatapathError> {
