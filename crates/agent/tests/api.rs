@@ -1216,6 +1216,8 @@ async fn identities_of_the_cluster_are_listed_and_got() {
         StatusCode::NOT_FOUND,
         "not-found",
     );
+}
+
 #[tokio::test]
 async fn bpf_endpoints_ipcache_and_nodes() {
     let h = harness();
