@@ -586,23 +586,6 @@ pub struct PolicyWaitArgs {
     pub timeout: std::time::Duration,
 }
 
-/// `250ms`, `5s`, `2m` or a number of seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is no duration: write e.g. 500ms, 30s or 2m"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{s:?} is no duration: write e.g. 500ms, 30s or 2m")),
-    }
-}
-
 /// Files of `ciliate policy import|validate`.
 #[derive(Debug, Args)]
 pub struct PolicyFilesArgs {
@@ -829,8 +812,11 @@ pub enum MetricsCommand {
     },
 }
 
-/// `5m`, `30s`, `1h30m`.
+/// `5m`, `30s`, `1h30m`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m)"))
 }
 
