@@ -128,20 +128,6 @@ pub enum Command {
     )]
     Node(ListOnly),
 
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
-    #[command(
-        long_about = "Print the completion script for a shell, to be sourced by it.",
-        after_help = "Examples:\n  \
-            source <(ciliate completion bash)\n  \
-            ciliate completion zsh > \"${fpath[1]}/_ciliate\"\n  \
-            ciliate completion fish > ~/.config/fish/completions/ciliate.fish"
-    )]
-    Completion {
-        /// The shell.
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-
     /// List and inspect endpoints (one per pod interface)
     #[command(
         subcommand,
@@ -312,6 +298,20 @@ pub enum Command {
             ciliate connectivity test --test 'ingress'"
     )]
     Connectivity(crate::commands::connectivity::ConnectivityCommand),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        long_about = "Print the completion script for a shell, to be sourced by it.",
+        after_help = "Examples:\n  \
+            source <(ciliate completion bash)\n  \
+            ciliate completion zsh > \"${fpath[1]}/_ciliate\"\n  \
+            ciliate completion fish > ~/.config/fish/completions/ciliate.fish"
+    )]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `ciliate endpoint ...`
