@@ -816,8 +816,19 @@ pub fn command() -> clap::Command {
             *sub = std::mem::take(sub).arg(hidden);
         }
     }
+    for path in NO_SOCKET {
+        if let Some(sub) = find(&mut cmd, path) {
+            // Not global here: the lab's commands find their agents themselves, so their
+            // subcommands neither list nor take --socket.
+            let hidden = clap::Arg::new("socket").long("socket").hide(true);
+            *sub = std::mem::take(sub).arg(hidden);
+        }
+    }
     cmd
 }
+
+/// Commands that talk to no agent of this node's socket: `--socket` is not theirs.
+const NO_SOCKET: &[&[&str]] = &[&["lab"], &["connectivity"], &["completion"]];
 
 fn find<'a>(cmd: &'a mut clap::Command, path: &[&str]) -> Option<&'a mut clap::Command> {
     match path.split_first() {
@@ -948,6 +959,9 @@ mod tests {
         };
         assert!(!help(&mut cmd, &["lab", "up"]).contains("--output"));
         assert!(!help(&mut cmd, &["completion"]).contains("--output"));
+        assert!(!help(&mut cmd, &["lab", "up"]).contains("--socket"));
+        assert!(!help(&mut cmd, &["connectivity", "test"]).contains("--socket"));
+        assert!(help(&mut cmd, &["endpoint", "list"]).contains("--socket"));
         assert!(help(&mut cmd, &["lab", "status"]).contains("--output"));
         assert!(help(&mut cmd, &["endpoint", "list"]).contains("jsonpath=TEMPLATE"));
     }
