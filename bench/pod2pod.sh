@@ -2,8 +2,8 @@
 # Pod-to-pod TCP through Ciliate's datapath vs. the same namespaces joined by plain veths and
 # /32 routes through a node namespace with no BPF at all (the same topology Ciliate builds,
 # minus our programs). Rounds alternate plain, ciliate, plain, ciliate...; prints per metric the
-# median and min-max of each, and the ratio of the medians; then the agent's RSS at start and
-# with 100 endpoints.
+# median and min-max of each, and the ratio of the medians; the agent's CPU time per new
+# connection (user + system, from /proc); then the agent's RSS at start and with 100 endpoints.
 #
 #   sudo bench/pod2pod.sh [--secs N] [--runs N] [--quick] [--no-build]
 #
@@ -91,6 +91,11 @@ measure() { # client-ns server-ns dst mode
   pin_client nsenter --net=/var/run/netns/"$1" "$BIN/ciliate-bench" "$4" --dst "$3" --secs "$SECS"
   kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null || true
 }
+# The agent's CPU time (user + system) in microseconds: per-connection cost of events, flows and
+# everything else the agent does for traffic, which the machine's other load barely moves.
+agent_cpu_us() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000000 / hz}' "/proc/$AGENT_PID/stat"
+}
 record() { # path mode json
   local p=$1 m=$2 j=$3
   echo "$m $p $(field "$j" per_second)" >>"$RESULTS"
@@ -103,13 +108,20 @@ for round in $(seq "$RUNS"); do
   for mode in rr crr; do
     echo "round $round of $RUNS: $mode plain, then ciliate..." >&2
     record plain "$mode" "$(measure "$PN-a" "$PN-b" "$PLAIN_DST" "$mode")"
-    record ciliate "$mode" "$(measure "$CN-a" "$CN-b" "$OURS_DST" "$mode")"
+    cpu0=$(agent_cpu_us)
+    out=$(measure "$CN-a" "$CN-b" "$OURS_DST" "$mode")
+    cpu1=$(agent_cpu_us)
+    record ciliate "$mode" "$out"
+    if [ "$mode" = crr ]; then
+      echo "agent-cpu ciliate $(python3 -c "print(($cpu1 - $cpu0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"
+    fi
   done
 done
 printf '\nPod-to-pod TCP, 64-byte request and response, %s s per measurement; %s\n' "$SECS" "$(pinning)"
 summarize "$RESULTS" ciliate plain \
   "rr:requests/s (keep-alive)" "rr-p50:  p50 us" "rr-p99:  p99 us" \
-  "crr:connections/s (CRR)" "crr-p50:  p50 us" "crr-p99:  p99 us"
+  "crr:connections/s (CRR)" "crr-p50:  p50 us" "crr-p99:  p99 us" \
+  "agent-cpu:agent CPU us per connection"
 
 # ---- agent memory with $PODS endpoints ----
 for n in $(seq 3 "$PODS"); do

@@ -128,20 +128,6 @@ pub enum Command {
     )]
     Node(ListOnly),
 
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
-    #[command(
-        long_about = "Print the completion script for a shell, to be sourced by it.",
-        after_help = "Examples:\n  \
-            source <(ciliate completion bash)\n  \
-            ciliate completion zsh > \"${fpath[1]}/_ciliate\"\n  \
-            ciliate completion fish > ~/.config/fish/completions/ciliate.fish"
-    )]
-    Completion {
-        /// The shell.
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-
     /// List and inspect endpoints (one per pod interface)
     #[command(
         subcommand,
@@ -312,6 +298,20 @@ pub enum Command {
             ciliate connectivity test --test 'ingress'"
     )]
     Connectivity(crate::commands::connectivity::ConnectivityCommand),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        long_about = "Print the completion script for a shell, to be sourced by it.",
+        after_help = "Examples:\n  \
+            source <(ciliate completion bash)\n  \
+            ciliate completion zsh > \"${fpath[1]}/_ciliate\"\n  \
+            ciliate completion fish > ~/.config/fish/completions/ciliate.fish"
+    )]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `ciliate endpoint ...`
@@ -848,8 +848,19 @@ pub fn command() -> clap::Command {
             *sub = std::mem::take(sub).arg(hidden);
         }
     }
+    for path in NO_SOCKET {
+        if let Some(sub) = find(&mut cmd, path) {
+            // Not global here: the lab's commands find their agents themselves, so their
+            // subcommands neither list nor take --socket.
+            let hidden = clap::Arg::new("socket").long("socket").hide(true);
+            *sub = std::mem::take(sub).arg(hidden);
+        }
+    }
     cmd
 }
+
+/// Commands that talk to no agent of this node's socket: `--socket` is not theirs.
+const NO_SOCKET: &[&[&str]] = &[&["lab"], &["connectivity"], &["completion"]];
 
 fn find<'a>(cmd: &'a mut clap::Command, path: &[&str]) -> Option<&'a mut clap::Command> {
     match path.split_first() {
@@ -980,6 +991,9 @@ mod tests {
         };
         assert!(!help(&mut cmd, &["lab", "up"]).contains("--output"));
         assert!(!help(&mut cmd, &["completion"]).contains("--output"));
+        assert!(!help(&mut cmd, &["lab", "up"]).contains("--socket"));
+        assert!(!help(&mut cmd, &["connectivity", "test"]).contains("--socket"));
+        assert!(help(&mut cmd, &["endpoint", "list"]).contains("--socket"));
         assert!(help(&mut cmd, &["lab", "status"]).contains("--output"));
         assert!(help(&mut cmd, &["endpoint", "list"]).contains("jsonpath=TEMPLATE"));
     }

@@ -595,7 +595,7 @@ fn apply_sends_every_document_of_a_directory_in_order() {
         .collect();
     assert_eq!(where_[0], ("api.yaml".to_owned(), 1));
     assert_eq!(where_[7], ("web.yaml".to_owned(), 2));
-    assert_eq!(docs[6]["object"]["spec"]["clusterIP"], "10.96.0.10");
+    assert_eq!(docs[6]["object"]["spec"]["clusterIP"], "10.96.0.50");
     assert_eq!(sent[0]["delete"], false);
 
     // -o json prints the agent's answer.
