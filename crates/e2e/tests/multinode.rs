@@ -1064,3 +1064,65 @@ fn cni_add(lab: &mut LabGuard, node: &Node, mut pod: Pod, labels: &str) -> Pod {
     );
     pod
 }
+
+/// `ciliate policy trace -o json` at `node`: exit code and answer.
+fn trace_at(node: &Node, src: &str, dst: &str) -> (Option<i32>, Value) {
+    let port = DEMO_PORT.to_string();
+    let out = at(
+        node,
+        &[
+            "policy", "trace", "--src", src, "--dst", dst, "--dport", &port, "-o", "json",
+        ],
+    );
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("trace {src} -> {dst} at {}: {e}: {}", node.name, text(&out)));
+    (out.status.code(), v)
+}
+
+/// (#14) `policy trace` and `identity get` answer from the cluster view: a pod of the other
+/// node, by name or address, is its identity (not `world`), judged as its node judges it.
+#[test]
+fn trace_and_identity_answer_for_pods_of_other_nodes() {
+    privileged!();
+    let Some((_serial, lab)) = demo_lab() else {
+        return;
+    };
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    let client = lab.pod("demo", "frontend-0");
+    let server = lab.pod("demo", "backend-1");
+    let client_id = endpoint_identity(&n0, &client);
+    let server_id = endpoint_identity(&n1, &server);
+    // At node 0, the server is on node 1: by name and by address.
+    for dst in [server.reference(), server.ip.to_string()] {
+        let (code, t) = trace_at(&n0, &client.reference(), &dst);
+        assert_eq!(code, Some(0), "frontend -> backend is allowed: {t:#}");
+        assert_eq!(t["dst"]["identity"].as_u64(), Some(server_id), "{t:#}");
+        assert_eq!(t["dst"]["kind"], "remote-endpoint", "{t:#}");
+        assert_eq!(t["dst"]["node"], n1.name.as_str(), "{t:#}");
+        assert_eq!(t["ingress"]["reason"], "allowed-by", "{t:#}");
+    }
+    // At node 1, the client is on node 0.
+    let (code, t) = trace_at(&n1, &client.ip.to_string(), &server.reference());
+    assert_eq!(code, Some(0), "{t:#}");
+    assert_eq!(t["src"]["identity"].as_u64(), Some(client_id), "{t:#}");
+    // A backend does not reach another backend's port across nodes: default deny at the
+    // destination, named by the other node.
+    let other = lab.pod("demo", "backend-0");
+    let (code, t) = trace_at(&n1, &server.reference(), &other.reference());
+    assert_eq!(code, Some(1), "{t:#}");
+    assert_eq!(t["dropReason"], 133, "{t:#}");
+    // Node 0 knows node 1's pod's identity.
+    let out = at(
+        &n0,
+        &["identity", "get", &server_id.to_string(), "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let i: Value = serde_json::from_slice(&out.stdout).expect("identity JSON");
+    assert_eq!(i["id"].as_u64(), Some(server_id), "{i:#}");
+    assert!(
+        i["labels"]
+            .as_array()
+            .is_some_and(|l| l.contains(&Value::from("k8s:io.kubernetes.pod.namespace=demo"))),
+        "{i:#}"
+    );
+}

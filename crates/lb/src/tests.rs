@@ -449,17 +449,19 @@ fn a_frontend_two_services_claim_goes_to_the_first() {
 /// Service on it acceptable. Headless Services ("None") share nothing.
 #[test]
 fn a_cluster_ip_belongs_to_one_service_whatever_the_ports() {
-    let objs = objects(&format!(
-        "{}---\n{}---\n{}---\n{}",
-        svc(
-            "b",
-            "10.96.0.10",
-            "  ports: [{name: dns, port: 53, protocol: UDP}]"
-        ),
+    // One batch would be refused (`decode_all`); objects of two sources (the API and the
+    // manifest directory) can still meet here.
+    let mut objs = objects(&svc(
+        "b",
+        "10.96.0.10",
+        "  ports: [{name: dns, port: 53, protocol: UDP}]",
+    ));
+    objs.extend(objects(&format!(
+        "{}---\n{}---\n{}",
         svc("a", "10.96.0.10", WEB),
         svc("h1", "None", WEB),
         svc("h2", "None", WEB),
-    ));
+    )));
     let p = plan(&objs, &mut IdAllocator::new());
     let names: Vec<&str> = p
         .state

@@ -114,6 +114,7 @@ impl Node {
             )
             .expect("policies"),
         );
+        services.attach_policy(Arc::clone(&policies));
         endpoints.attach_policy(Arc::clone(&policies));
         endpoints.reconcile_policy().expect("reconciles");
         Self {
@@ -826,4 +827,42 @@ mod ipcache_resolution {
             }
         }
     }
+}
+
+/// #12 from the manifest directory: a Namespace file labels its pods for policy once the
+/// Services' poll reads it, and the policy revision says when that is in force.
+#[test]
+fn namespaces_from_the_manifest_directory_label_their_pods() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-team-a}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: a}}}]\n",
+    )
+    .expect("write");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), Some(dir.path()));
+    let server = n.pod("server", "server", 5);
+    let client = n.pod("client", "client", 6);
+    let allowed = |n: &Node| {
+        ciliate_policy::map::datapath_verdict(&n.policy_of(&server), false, client.identity, 6, 80)
+            .is_none()
+    };
+    assert!(!allowed(&n), "default has no label team=a yet");
+    std::fs::write(
+        dir.path().join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {team: a}}\n",
+    )
+    .expect("write");
+    let before = n.policies.revision();
+    n.services.tick();
+    let after = n.policies.revision();
+    assert!(after.revision > before.revision, "{before:?} {after:?}");
+    assert!(
+        !after.is_in_force(after.revision),
+        "the policy loop reconciles next"
+    );
+    assert!(n.policies.needs_reconcile());
+    n.endpoints.reconcile_policy().expect("reconciles");
+    assert!(n.policies.revision().is_in_force(after.revision));
+    assert!(allowed(&n), "default now has team=a");
 }
