@@ -302,8 +302,12 @@ pub fn collect_status(s: &AppState) -> Status {
     }
     let cluster = s.cluster.as_ref().map(|c| c.status());
     if let Some(c) = cluster.as_ref().filter(|c| !c.connected) {
+        let seen = match c.saved_view_unix {
+            Some(t) => format!("using the cluster state saved at {t} (unix time)"),
+            None => "forwarding with the cluster as last seen".to_owned(),
+        };
         problems.push(format!(
-            "etcd ({}) is unreachable: forwarding with the cluster as last seen; new pods cannot get an identity",
+            "etcd ({}) is unreachable: {seen}; new pods cannot get an identity",
             c.etcd.join(",")
         ));
     }

@@ -11,7 +11,8 @@
 //! While etcd is unreachable the node keeps forwarding with what it knew; the kvstore puts
 //! everything this node owns back when etcd returns.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ciliate_kvstore::{ClusterView, IpEntry, Kvstore, KvstoreConfig, NodeRecord};
@@ -28,53 +29,101 @@ use crate::policy::{ClusterInputs, PolicyManager, RemoteEndpoint};
 
 /// How long a new endpoint waits for its cluster-wide identity before its CNI ADD fails.
 const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the agent keeps trying to reach etcd at start-up before giving up.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause between two attempts to reach etcd (the agent never stops trying).
+const MAX_RETRY: Duration = Duration::from_secs(5);
 /// How often each node collects identities no node references any more (safe to run on every
 /// node at once: a collection backs off from a number someone is taking).
 const IDENTITY_GC_INTERVAL: Duration = Duration::from_secs(60);
 
-/// This node's membership: its kvstore session and what it registered.
+/// The file, in the node's state directory, that keeps the last complete cluster view.
+pub const CLUSTER_FILE: &str = "cluster.json";
+const CLUSTER_TMP: &str = ".cluster.json.tmp";
+
+/// The cluster view as persisted: what the node last saw, and when.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedView {
+    /// When it was saved (seconds since the Unix epoch).
+    pub saved_unix: u64,
+    /// The view (its `connected` flag is meaningless on disk).
+    pub view: ClusterView,
+}
+
+/// Reads the persisted cluster view of the node whose state directory is `dir`; `None` when
+/// there is none. A file that does not parse is reported and ignored: the view is only a
+/// head start, etcd has the truth.
+pub fn load_view(dir: &Path) -> Option<SavedView> {
+    let path = dir.join(CLUSTER_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read the saved cluster view; starting without it");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<SavedView>(&bytes) {
+        Ok(mut v) => {
+            v.view.connected = false;
+            Some(v)
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "the saved cluster view is corrupt; starting without it");
+            None
+        }
+    }
+}
+
+/// Persists a complete cluster view (atomically, like the state file).
+pub fn save_view(dir: &Path, view: &ClusterView) -> Result<(), String> {
+    let saved = SavedView {
+        saved_unix: now_unix(),
+        view: view.clone(),
+    };
+    let bytes = serde_json::to_vec(&saved).map_err(|e| e.to_string())?;
+    crate::state::write_atomic(dir, CLUSTER_FILE, CLUSTER_TMP, &bytes).map_err(|e| e.to_string())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// This node's membership: its kvstore session (once etcd has answered) and what it
+/// registered. It exists, and answers, before etcd does: the view is then the one saved by
+/// the last run, and asking for a new identity fails until etcd is reached.
 #[derive(Debug)]
 pub struct ClusterMember {
-    kv: Kvstore,
+    kv: OnceLock<Kvstore>,
     rt: tokio::runtime::Handle,
     node: NodeRecord,
     etcd: Vec<String>,
     tunnel: Option<String>,
+    kv_cfg: KvstoreConfig,
+    /// The view this node works with: the saved one until etcd's first complete listing, then
+    /// etcd's, kept current.
+    view: watch::Sender<ClusterView>,
+    /// When the saved view in use was saved, until etcd's listing replaces it.
+    saved_unix: Mutex<Option<u64>>,
 }
 
 impl ClusterMember {
-    /// Connects to etcd (retrying for up to a minute: etcd may be starting alongside) and
-    /// registers the node.
-    pub async fn join(
+    /// A membership not yet connected, starting from `saved` (the last run's view), if any.
+    /// Call inside a tokio runtime.
+    pub fn new(
         node_name: &str,
         pod_cidr: Ipv4Net,
         cfg: &ClusterConfig,
         tunnel: Option<&str>,
-    ) -> Result<Arc<Self>, String> {
+        saved: Option<SavedView>,
+    ) -> Arc<Self> {
         let kv_cfg = KvstoreConfig {
             endpoints: cfg.etcd_endpoints.clone(),
             node_name: node_name.to_owned(),
             lease_ttl: Duration::from_secs(cfg.lease_ttl_seconds),
             ..KvstoreConfig::default()
-        };
-        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
-        let kv = loop {
-            match Kvstore::connect(kv_cfg.clone()).await {
-                Ok(kv) => break kv,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    warn!(endpoints = ?cfg.etcd_endpoints, error = %e, "cannot reach etcd yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot reach etcd at {} for {}s: {e}",
-                        cfg.etcd_endpoints.join(","),
-                        JOIN_TIMEOUT.as_secs()
-                    ))
-                }
-            }
         };
         let node = NodeRecord {
             name: node_name.to_owned(),
@@ -83,26 +132,75 @@ impl ClusterMember {
             health: "ok".to_owned(),
             boot_id: boot_id(),
         };
-        kv.register_node(node.clone())
-            .await
-            .map_err(|e| format!("cannot register node {node_name} in etcd: {e}"))?;
-        info!(node = node_name, underlay = %cfg.underlay_ip, %pod_cidr, "joined the cluster");
-        Ok(Arc::new(Self {
-            kv,
+        let (view, saved_unix) = match saved {
+            Some(s) => (s.view, Some(s.saved_unix)),
+            None => (ClusterView::default(), None),
+        };
+        Arc::new(Self {
+            kv: OnceLock::new(),
             rt: tokio::runtime::Handle::current(),
             node,
             etcd: cfg.etcd_endpoints.clone(),
             tunnel: tunnel.map(str::to_owned),
-        }))
+            kv_cfg,
+            view: watch::Sender::new(view),
+            saved_unix: Mutex::new(saved_unix),
+        })
+    }
+
+    /// Reaches etcd, retrying for as long as it takes (or until `shutdown`), registers the
+    /// node and from then on forwards etcd's view. Returns whether it connected.
+    pub async fn connect(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) -> bool {
+        let mut pause = Duration::from_millis(200);
+        let kv = loop {
+            let attempt = async {
+                let kv = Kvstore::connect(self.kv_cfg.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                kv.register_node(self.node.clone())
+                    .await
+                    .map_err(|e| format!("cannot register node {}: {e}", self.node.name))?;
+                Ok::<_, String>(kv)
+            };
+            tokio::select! {
+                r = attempt => match r {
+                    Ok(kv) => break kv,
+                    Err(e) => warn!(endpoints = ?self.etcd, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot reach etcd; working with the saved cluster view, retrying"),
+                },
+                _ = shutdown.wait_for(|s| *s) => return false,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|s| *s) => return false,
+            }
+            pause = (pause * 2).min(MAX_RETRY);
+        };
+        info!(node = %self.node.name, underlay = %self.node.underlay_ip, pod_cidr = %self.node.pod_cidr, "joined the cluster");
+        let mut from_etcd = kv.subscribe();
+        let _ = self.kv.set(kv);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let v = from_etcd.borrow_and_update().clone();
+                // Only a listed view replaces the saved one: never a partial or empty one.
+                if v.revision > 0 {
+                    *me.saved_unix.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    me.view.send_replace(v);
+                }
+                if from_etcd.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        true
     }
 
     /// For `ciliate status`.
     pub fn status(&self) -> ClusterStatus {
-        let view = self.kv.subscribe();
-        let view = view.borrow();
+        let view = self.view.borrow();
         ClusterStatus {
             etcd: self.etcd.clone(),
-            connected: view.connected,
+            connected: self.kv.get().is_some() && view.connected,
             nodes: view.nodes.keys().cloned().collect(),
             identities: view.identities.len(),
             remote_endpoints: view
@@ -111,23 +209,33 @@ impl ClusterMember {
                 .filter(|e| e.node != self.node.name)
                 .count(),
             tunnel: self.tunnel.clone(),
+            saved_view_unix: *self.saved_unix.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
 
     /// The cluster as this node sees it, kept current.
     pub fn subscribe(&self) -> watch::Receiver<ClusterView> {
-        self.kv.subscribe()
+        self.view.subscribe()
     }
 
     /// This node's record.
     pub fn node(&self) -> &NodeRecord {
         &self.node
     }
+
+    fn kv(&self) -> Option<Kvstore> {
+        self.kv.get().cloned()
+    }
 }
 
 impl ClusterHooks for ClusterMember {
     fn allocate_identity(&self, labels: &Labels) -> Result<NumericIdentity, String> {
-        let kv = self.kv.clone();
+        let kv = self.kv().ok_or_else(|| {
+            format!(
+                "etcd ({}) has not been reached since the agent started",
+                self.etcd.join(",")
+            )
+        })?;
         let labels = labels.clone();
         // Called from blocking code (the API's spawn_blocking), never from a runtime thread.
         self.rt.block_on(async move {
@@ -142,7 +250,8 @@ impl ClusterHooks for ClusterMember {
     }
 
     fn release_identity(&self, labels: &Labels) {
-        let kv = self.kv.clone();
+        // Before etcd is reached this node holds no reference of this run: nothing to give back.
+        let Some(kv) = self.kv() else { return };
         let labels = labels.clone();
         self.rt.spawn(async move {
             if let Err(e) = kv.release_identity(&labels).await {
@@ -152,7 +261,8 @@ impl ClusterHooks for ClusterMember {
     }
 
     fn endpoint_up(&self, ep: &Endpoint) {
-        let kv = self.kv.clone();
+        // Before etcd is reached, joining publishes every endpoint.
+        let Some(kv) = self.kv() else { return };
         let entry = IpEntry {
             ip: ep.ipv4,
             identity: ep.identity,
@@ -174,7 +284,8 @@ impl ClusterHooks for ClusterMember {
     }
 
     fn endpoint_down(&self, ep: &Endpoint) {
-        let kv = self.kv.clone();
+        // Before etcd is reached, the address ages out with the last run's lease.
+        let Some(kv) = self.kv() else { return };
         let ip = ep.ipv4;
         self.rt.spawn(async move {
             if let Err(e) = kv.delete_ip(ip).await {
@@ -233,16 +344,19 @@ pub fn cluster_inputs(view: &ClusterView, me: &str) -> ClusterInputs {
     }
 }
 
-/// Keeps policy and the ipcache in step with the cluster until `shutdown`.
+/// Keeps policy and the ipcache in step with the cluster until `shutdown`, and saves every
+/// complete view etcd gives in `state_dir` (the next run starts from it).
 pub async fn run_cluster_sync(
     member: Arc<ClusterMember>,
     manager: Arc<EndpointManager>,
     policies: Arc<PolicyManager>,
+    state_dir: PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut view = member.subscribe();
     let me = member.node().name.clone();
-    let mut was_connected = true;
+    let mut was_connected = view.borrow().connected;
+    let mut saved: Option<ClusterView> = None;
     let mut gc = tokio::time::interval_at(
         tokio::time::Instant::now() + IDENTITY_GC_INTERVAL,
         IDENTITY_GC_INTERVAL,
@@ -252,7 +366,7 @@ pub async fn run_cluster_sync(
         let snapshot = view.borrow_and_update().clone();
         if snapshot.connected != was_connected {
             if snapshot.connected {
-                info!("etcd is reachable again; the cluster view is current");
+                info!("etcd is reachable; the cluster view is current");
             } else {
                 warn!("etcd is unreachable; forwarding with the cluster as last seen");
             }
@@ -264,13 +378,28 @@ pub async fn run_cluster_sync(
                 warn!(error = %e, "policy reconciliation after a cluster change panicked");
             }
         }
+        // Only views etcd listed are saved; the flag and revision alone do not make a change.
+        let content = |v: &ClusterView| (v.nodes.clone(), v.identities.clone(), v.ips.clone());
+        if snapshot.connected
+            && snapshot.revision > 0
+            && saved.as_ref().map(content) != Some(content(&snapshot))
+        {
+            let (dir, v) = (state_dir.clone(), snapshot.clone());
+            match tokio::task::spawn_blocking(move || save_view(&dir, &v)).await {
+                Ok(Ok(())) => saved = Some(snapshot),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot save the cluster view; a restart without etcd would start without it")
+                }
+                Err(e) => warn!(error = %e, "saving the cluster view panicked"),
+            }
+        }
         let collect = tokio::select! {
             changed = view.changed() => if changed.is_err() { return } else { false },
             _ = gc.tick() => true,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        if collect {
-            match member.kv.gc_identities().await {
+        if let (true, Some(kv)) = (collect, member.kv()) {
+            match kv.gc_identities().await {
                 Ok(0) => {}
                 Ok(n) => info!(freed = n, "collected identities no node uses"),
                 Err(e) => warn!(error = %e, "identity garbage collection failed; retried later"),
@@ -366,5 +495,23 @@ mod tests {
         v.ips.retain(|_, e| e.node == "a");
         let inputs = cluster_inputs(&v, "a");
         assert!(inputs.ipcache.is_empty());
+    }
+
+    #[test]
+    fn the_saved_view_round_trips_and_a_bad_one_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(load_view(tmp.path()), None, "nothing saved yet");
+        let v = view();
+        save_view(tmp.path(), &v).unwrap();
+        let loaded = load_view(tmp.path()).unwrap();
+        assert!(!loaded.view.connected, "a saved view is never current");
+        assert_eq!(loaded.view.nodes, v.nodes);
+        assert_eq!(loaded.view.identities, v.identities);
+        assert_eq!(loaded.view.ips, v.ips);
+        assert!(loaded.saved_unix > 0);
+        // What policy gets from it is what it got from the live view.
+        assert_eq!(cluster_inputs(&loaded.view, "a"), cluster_inputs(&v, "a"));
+        std::fs::write(tmp.path().join(CLUSTER_FILE), b"{not json").unwrap();
+        assert_eq!(load_view(tmp.path()), None);
     }
 }

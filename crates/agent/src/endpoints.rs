@@ -391,9 +391,24 @@ impl EndpointManager {
     /// their cluster references again and are published. Blocks on the cluster; call once,
     /// before serving.
     pub fn attach_cluster(&self, cluster: Arc<dyn ClusterHooks>) {
-        if self.cluster.set(Arc::clone(&cluster)).is_err() {
-            return;
+        if self.set_cluster_hooks(cluster) {
+            self.publish_to_cluster();
         }
+    }
+
+    /// The first half of [`EndpointManager::attach_cluster`], for a cluster not reached yet:
+    /// new endpoints take their identity from it (and fail while it cannot be reached).
+    /// Returns false when a cluster was already attached.
+    pub fn set_cluster_hooks(&self, cluster: Arc<dyn ClusterHooks>) -> bool {
+        self.cluster.set(cluster).is_ok()
+    }
+
+    /// The second half: the endpoints here take their cluster references again and are
+    /// published. Blocks on the cluster; call once it is reached.
+    pub fn publish_to_cluster(&self) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
         let endpoints: Vec<Endpoint> = self.lock().endpoints.values().cloned().collect();
         // One reference per endpoint, as creating them took (and removing them gives back).
         // Not for one recovered without its labels: the cluster would number its placeholder.

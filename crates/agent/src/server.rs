@@ -344,6 +344,23 @@ async fn run_inner(
     refresh_node_addresses(datapath.as_ref(), &policies).await;
     // semantics (#12): Namespace objects' labels reach policy through the Service store.
     services.attach_policy(Arc::clone(&policies));
+    // In a cluster, the other nodes' identities and addresses as the last run saw them, before
+    // the first reconciliation: policy never shrinks because etcd has not answered yet.
+    let saved_view = match &config.cluster {
+        Some(_) => crate::cluster::load_view(&config.node_state_dir()),
+        None => None,
+    };
+    if let Some(saved) = &saved_view {
+        policies.set_cluster(crate::cluster::cluster_inputs(
+            &saved.view,
+            &config.node_name,
+        ));
+        info!(
+            saved_unix = saved.saved_unix,
+            nodes = saved.view.nodes.len(),
+            "cluster view restored from the last run"
+        );
+    }
     manager.attach_policy(Arc::clone(&policies));
     let m = Arc::clone(&manager);
     let reconciled = tokio::task::spawn_blocking(move || m.reconcile_policy())
@@ -361,6 +378,7 @@ async fn run_inner(
                 &datapath,
                 &manager,
                 &policies,
+                saved_view,
                 shutdown.clone(),
             )
             .await?;
@@ -477,9 +495,11 @@ async fn resolve_pod_mtu(config: &Config, datapath: &dyn Datapath) -> u32 {
 /// The name of the overlay device in the node's namespace.
 pub const TUNNEL_DEVICE: &str = "ciliate_vxlan";
 
-/// Sets up the overlay, joins the cluster (the node's endpoints take their cluster references
-/// and are published) and starts following it. Returns the task that follows it, and the
-/// membership.
+/// Sets up the overlay and becomes a member of the cluster without waiting for etcd: the
+/// membership starts from `saved` (the last run's view) and a task reaches etcd, retrying for
+/// as long as it takes; once reached, the node's endpoints take their cluster references and
+/// are published. Returns the task that follows the cluster, and the membership.
+#[allow(clippy::too_many_arguments)] // start-up wiring: each is a distinct part of the agent
 async fn join_cluster(
     config: &Config,
     pod_mtu: u32,
@@ -487,6 +507,7 @@ async fn join_cluster(
     datapath: &Arc<dyn Datapath>,
     manager: &Arc<EndpointManager>,
     policies: &Arc<PolicyManager>,
+    saved: Option<crate::cluster::SavedView>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<ClusterMember>), AgentError> {
     let tunnel = match cluster.tunnel {
@@ -505,19 +526,25 @@ async fn join_cluster(
             kind: config.datapath,
             source,
         })?;
-    let member = ClusterMember::join(&config.node_name, config.pod_cidr, cluster, tunnel)
-        .await
-        .map_err(AgentError::Cluster)?;
-    let (m, c) = (Arc::clone(manager), Arc::clone(&member));
-    tokio::task::spawn_blocking(move || m.attach_cluster(c))
-        .await
-        .map_err(|e| AgentError::Panicked(e.to_string()))?;
-    let task = tokio::spawn(run_cluster_sync(
+    let member = ClusterMember::new(&config.node_name, config.pod_cidr, cluster, tunnel, saved);
+    manager.set_cluster_hooks(Arc::clone(&member) as Arc<dyn crate::endpoints::ClusterHooks>);
+    let sync = tokio::spawn(run_cluster_sync(
         Arc::clone(&member),
         Arc::clone(manager),
         Arc::clone(policies),
-        shutdown,
+        config.node_state_dir(),
+        shutdown.clone(),
     ));
+    let (m, c) = (Arc::clone(manager), Arc::clone(&member));
+    let task = tokio::spawn(async move {
+        if c.connect(shutdown).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || m.publish_to_cluster()).await {
+                warn!(error = %e, "publishing this node's endpoints to the cluster panicked");
+            }
+        }
+        // The membership's life is the sync task's.
+        let _ = sync.await;
+    });
     Ok((task, member))
 }
 

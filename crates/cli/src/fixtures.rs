@@ -52,6 +52,7 @@ pub fn status() -> Status {
             identities: 4,
             remote_endpoints: 2,
             tunnel: Some("ciliate_vxlan".into()),
+            saved_view_unix: None,
         }),
     }
 }

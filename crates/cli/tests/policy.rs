@@ -763,5 +763,8 @@ fn wait_returns_once_the_revision_is_in_force_and_fails_on_timeout() {
         &["policy", "wait", "9", "--timeout", "soon"],
     ));
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("invalid value 'soon' for '--timeout"), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'soon' for '--timeout"),
+        "{stderr}"
+    );
 }

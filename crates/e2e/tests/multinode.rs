@@ -1126,3 +1126,154 @@ fn trace_and_identity_answer_for_pods_of_other_nodes() {
         "{i:#}"
     );
 }
+
+/// The argument after `flag` in a command line.
+fn arg_after(argv: &[String], flag: &str) -> String {
+    argv.iter()
+        .position(|a| a == flag)
+        .and_then(|i| argv.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {flag} in {argv:?}"))
+}
+
+/// POLICY_DENIED drops node `n` reports for `from` -> `to`.
+fn policy_drops(n: &Node, from: &Pod, to: &Pod) -> usize {
+    observe(
+        n,
+        &[
+            "--last",
+            "1000",
+            "--verdict",
+            "DROPPED",
+            "--ip",
+            &from.ip.to_string(),
+        ],
+    )
+    .iter()
+    .filter(|f| {
+        f["IP"]["destination"] == to.ip.to_string() && f["dropReasonDesc"] == "POLICY_DENIED"
+    })
+    .count()
+}
+
+/// (4) Restarts of an agent (issue #6): with etcd down, it answers its API at once from the
+/// cluster view it saved, allowed traffic across nodes keeps flowing and denied traffic stays
+/// denied, and it joins once etcd is back; with etcd up, a restart drops no allowed packet.
+#[test]
+fn restarting_an_agent_with_etcd_down_or_up_keeps_cross_node_policy() {
+    privileged!();
+    let Some((_serial, mut lab)) = demo_lab() else {
+        return;
+    };
+    let n1 = lab.node(1);
+    let fe0 = lab.pod("demo", "frontend-0");
+    let be0 = lab.pod("demo", "backend-0");
+    let fe1 = lab.pod("demo", "frontend-1");
+    let be1 = lab.pod("demo", "backend-1");
+    let underlay = format!("ciliate-{}-net", lab.name);
+    let agent_argv = proc_cmdline(n1.agent_pid);
+    let agent_env = proc_environ(n1.agent_pid);
+    let saved = PathBuf::from(arg_after(&agent_argv, "--state-dir"))
+        .join(&n1.name)
+        .join("cluster.json");
+    assert!(
+        poll(Duration::from_secs(5), || saved.exists().then_some(())).is_some(),
+        "{} never saved its cluster view",
+        saved.display()
+    );
+    let etcd = lab.process("etcd");
+    let etcd_argv = proc_cmdline(etcd);
+    let etcd_env = proc_environ(etcd);
+
+    // (b) etcd down, then the agent restarted.
+    kill_9(etcd);
+    kill_9(n1.agent_pid);
+    lab.start_in(&n1.netns, &agent_argv, &agent_env, &n1.log);
+    let agent_pid = lab.children.last().map(Child::id).expect("restarted agent");
+    let started = Instant::now();
+    let mut last = Value::Null;
+    let answered = poll(Duration::from_secs(10), || {
+        last = status(&n1).1;
+        (!last.is_null()).then_some(())
+    });
+    assert!(answered.is_some(), "no status without etcd");
+    eprintln!(
+        "restarted agent answers {:.1}s after start, etcd down",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(last["cluster"]["connected"], false, "{last:#}");
+    assert!(
+        last["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("saved"))),
+        "status says it uses the saved cluster state: {last:#}"
+    );
+    let mut failed = Vec::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        for (from, to) in [(&fe0, &be1), (&fe1, &be0), (&be1, &fe0)] {
+            if let Err(e) = reaches(from, to) {
+                failed.push(e);
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(failed.is_empty(), "without etcd: {failed:#?}");
+    assert!(
+        connect(&be0, be1.ip, DEMO_PORT).is_err(),
+        "backend-0 -> backend-1 must stay denied"
+    );
+    assert_eq!(status(&n1).0.map(|c| c != 2), Some(true), "still answering");
+
+    // etcd back: the agent joins.
+    lab.start_in(
+        &underlay,
+        &etcd_argv,
+        &etcd_env,
+        &lab.state_dir().join("etcd.log"),
+    );
+    let back = poll(Duration::from_secs(20), || {
+        last = status(&n1).1;
+        (last["cluster"]["connected"] == true && last["health"] == "ok").then_some(())
+    });
+    assert!(back.is_some(), "not joined after etcd came back: {last:#}");
+    reaches(&fe0, &be1).unwrap_or_else(|e| panic!("after etcd came back: {e}"));
+
+    // (a) a restart with etcd up, under a steady probe: no allowed packet is denied.
+    let before = policy_drops(&n1, &fe0, &be1);
+    let probe = {
+        let (fe0, be1) = (fe0.clone(), be1.clone());
+        thread::spawn(move || {
+            let t = Instant::now();
+            let mut fails = Vec::new();
+            let mut n = 0;
+            while t.elapsed() < Duration::from_secs(6) {
+                if let Err(e) = reaches(&fe0, &be1) {
+                    fails.push(e);
+                }
+                n += 1;
+            }
+            (n, fails)
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+    kill_9(agent_pid);
+    lab.start_in(&n1.netns, &agent_argv, &agent_env, &n1.log);
+    let (n, fails) = probe.join().expect("probe");
+    assert!(
+        fails.is_empty(),
+        "{} of {n} probes failed: {fails:#?}",
+        fails.len()
+    );
+    let healthy = poll(Duration::from_secs(20), || {
+        last = status(&n1).1;
+        (last["health"] == "ok").then_some(())
+    });
+    assert!(healthy.is_some(), "{last:#}");
+    let after = policy_drops(&n1, &fe0, &be1);
+    assert_eq!(
+        after, 0,
+        "frontend-0 -> backend-1 denied over the restart ({before} before in the old agent's ring)"
+    );
+}

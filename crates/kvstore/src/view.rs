@@ -10,8 +10,10 @@ use crate::keys::{self, KeyError, Keys, StateKey};
 use crate::{IpEntry, NodeRecord};
 
 /// What every node knows about the cluster. Published through
-/// [`crate::Kvstore::subscribe`]; never emptied because etcd went away.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// [`crate::Kvstore::subscribe`]; never emptied because etcd went away. Serialisable so that
+/// an agent can keep it across restarts (and use it while etcd is away).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterView {
     /// Registered nodes by name (this one included).
     pub nodes: BTreeMap<String, NodeRecord>,

@@ -134,6 +134,10 @@ pub struct ClusterStatus {
     /// The overlay device, when pods of other nodes are reached through one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<String>,
+    /// While etcd has not been reached since the agent started: when the cluster view in use
+    /// (saved by the previous run) was saved, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_view_unix: Option<u64>,
 }
 
 /// The datapath part of [`Status`].
