@@ -4,9 +4,9 @@
  *   to_netdev      TCX egress:  a pod's packet to the world leaves as the node's address
  *   from_netdev    TCX ingress: the reply gets the pod's address back before routing
  *
- * Only packets of this node's pods (cil_lxc4) to destinations outside the cluster are
+ * Only connections this node's pods (cil_lxc4) open to destinations outside the cluster are
  * translated: not to an address the ipcache knows as a pod or node of the cluster, nor to a
- * prefix of cil_nomasq4. TCP and UDP; each flow gets a port of SNAT_PORT_MIN..MAX unique
+ * prefix of cil_nomasq4, nor replies of connections the world opened to a pod (conntrack). TCP and UDP; each flow gets a port of SNAT_PORT_MIN..MAX unique
  * per remote address, port and protocol, kept in cil_snat4 both ways and released when it
  * has been idle for its lifetime (a closed TCP connection soon). The pod's conntrack and
  * policy ran on the pod's veth before, with the untranslated tuple, and recognise the reply
@@ -50,6 +50,22 @@ static __always_inline int masq_exempt(__be32 daddr)
 		return 1;
 	e = ipcache_lookup(daddr);
 	return e && e->identity != IDENTITY_WORLD && e->identity < IDENTITY_CIDR_BASE;
+}
+
+/* Whether the packet answers a connection opened towards the pod (its conntrack has it as
+ * CT_INGRESS): the world reached the pod at its own address and expects it back from there. */
+static __always_inline int reply_of_inbound(const struct pkt4 *p)
+{
+	struct ct_key4 k = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = CT_INGRESS,
+	};
+
+	return bpf_map_lookup_elem(&cil_ct4, &k) != NULL;
 }
 
 static __always_inline __u64 snat_expiry(const struct pkt4 *p, __u64 now)
@@ -148,6 +164,8 @@ int to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	pod = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
 	if (!pod || masq_exempt(p.daddr))
+		return TC_ACT_OK;
+	if (reply_of_inbound(&p))
 		return TC_ACT_OK;
 
 	now = now_secs();

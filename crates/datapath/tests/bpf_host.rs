@@ -118,6 +118,15 @@ fn the_cluster_exempt_prefixes_and_the_nodes_own_traffic_are_left_alone() {
     ] {
         assert_eq!(h.run("to_netdev", &pkt), (TC_ACT_OK, pkt.clone()));
     }
+    // The world opened a connection to the pod (the pod's veth tracked it): its replies leave
+    // from the pod's own address.
+    assert_eq!(
+        h.run("to_container", &tcp_ok(WORLD, 33000, POD_A, 8080, SYN))
+            .0,
+        TC_ACT_OK
+    );
+    let answer = tcp_ok(POD_A, 8080, WORLD, 33000, SYN | ACK);
+    assert_eq!(h.run("to_netdev", &answer), (TC_ACT_OK, answer.clone()));
     // A reply to the node on a port no pod flow holds: the node's own.
     let own = tcp_ok(WORLD, 80, NODE, 61001, SYN | ACK);
     assert_eq!(h.run("from_netdev", &own), (TC_ACT_OK, own.clone()));
