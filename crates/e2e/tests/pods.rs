@@ -456,5 +456,9 @@ fn a_pod_reaches_a_world_that_has_no_route_back_to_the_pods_through_masquerading
         );
         assert!(v["answers"]["world"].is_number(), "{proto}: {v}");
     }
+    assert!(
+        pod.ping("198.18.5.2".parse().expect("ip"), 2),
+        "ping, masqueraded by its echo id"
+    );
     assert!(node.del_pod(&pod).ok);
 }
