@@ -4,9 +4,10 @@
  *   to_netdev      TCX egress:  a pod's packet to the world leaves as the node's address
  *   from_netdev    TCX ingress: the reply gets the pod's address back before routing
  *
- * Only packets of this node's pods (cil_lxc4) to destinations outside the cluster are
+ * Only connections this node's pods (cil_lxc4) open to destinations outside the cluster are
  * translated: not to an address the ipcache knows as a pod or node of the cluster, nor to a
- * prefix of cil_nomasq4. TCP and UDP; each flow gets a port of SNAT_PORT_MIN..MAX unique
+ * prefix of cil_nomasq4, nor replies of connections the world opened to a pod (conntrack).
+ * TCP, UDP and ICMP echo (by id); each flow gets a port (or id) of SNAT_PORT_MIN..MAX unique
  * per remote address, port and protocol, kept in cil_snat4 both ways and released when it
  * has been idle for its lifetime (a closed TCP connection soon). The pod's conntrack and
  * policy ran on the pod's veth before, with the untranslated tuple, and recognise the reply
@@ -50,6 +51,52 @@ static __always_inline int masq_exempt(__be32 daddr)
 		return 1;
 	e = ipcache_lookup(daddr);
 	return e && e->identity != IDENTITY_WORLD && e->identity < IDENTITY_CIDR_BASE;
+}
+
+/* Whether masquerading handles this packet at all: TCP, UDP, and ICMP echo (its id stands
+ * for the port: the request's on the way out, the reply's on the way in). */
+static __always_inline int masq_proto(const struct pkt4 *p, int egress)
+{
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
+		return 1;
+	return p->proto == IPPROTO_ICMP && p->icmp_type == (egress ? ICMP_ECHO : ICMP_ECHOREPLY);
+}
+
+/* Rewrites an address and the port (TCP/UDP) or echo id (ICMP), with the checksums. */
+static __always_inline int masq_rewrite(struct __sk_buff *skb, const struct pkt4 *p, int source,
+					__be32 old_addr, __be32 new_addr, __be16 old_port,
+					__be16 new_port)
+{
+	__u32 id_off = p->l4_off + 4, csum_off = p->l4_off + 2;
+	__u32 addr_off = source ? IP_SADDR_OFF : IP_DADDR_OFF;
+
+	if (p->proto != IPPROTO_ICMP)
+		return nat4_rewrite(skb, p, source, old_addr, new_addr, old_port, new_port);
+	/* ICMP's checksum covers no pseudo-header: the address only touches the IP one. */
+	if (bpf_l3_csum_replace(skb, IP_CHECK_OFF, old_addr, new_addr, sizeof(new_addr)) < 0 ||
+	    bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0) < 0)
+		return -1;
+	if (old_port != new_port &&
+	    (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, sizeof(new_port)) < 0 ||
+	     bpf_skb_store_bytes(skb, id_off, &new_port, sizeof(new_port), 0) < 0))
+		return -1;
+	return 0;
+}
+
+/* Whether the packet answers a connection opened towards the pod (its conntrack has it as
+ * CT_INGRESS): the world reached the pod at its own address and expects it back from there. */
+static __always_inline int reply_of_inbound(const struct pkt4 *p)
+{
+	struct ct_key4 k = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = CT_INGRESS,
+	};
+
+	return bpf_map_lookup_elem(&cil_ct4, &k) != NULL;
 }
 
 static __always_inline __u64 snat_expiry(const struct pkt4 *p, __u64 now)
@@ -143,11 +190,12 @@ int to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	node_ip = cfg->masq_ipv4;
 	/* The node's own traffic is never ours to judge: anything odd passes. */
-	if (parse_ipv4(skb, &p) != 0 || p.fragment ||
-	    (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP))
+	if (parse_ipv4(skb, &p) != 0 || p.fragment || !masq_proto(&p, 1))
 		return TC_ACT_OK;
 	pod = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
 	if (!pod || masq_exempt(p.daddr))
+		return TC_ACT_OK;
+	if (reply_of_inbound(&p))
 		return TC_ACT_OK;
 
 	now = now_secs();
@@ -170,7 +218,7 @@ int to_netdev(struct __sk_buff *skb)
 		snat_touch(out, expires);
 		snat_touch(back, expires);
 	}
-	if (nat4_rewrite(skb, &p, 1, p.saddr, out->to_addr, p.sport, out->to_port) < 0)
+	if (masq_rewrite(skb, &p, 1, p.saddr, out->to_addr, p.sport, out->to_port) < 0)
 		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, pod->ep_id, pod->sec_identity,
 			    IDENTITY_WORLD, CT_NONE);
 	return TC_ACT_OK;
@@ -187,7 +235,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (!cfg || skb->ifindex != cfg->masq_ifindex)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p) != 0 || p.fragment || p.daddr != cfg->masq_ipv4 ||
-	    (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP))
+	    !masq_proto(&p, 0))
 		return TC_ACT_OK;
 	key.saddr = p.saddr;
 	key.daddr = p.daddr;
@@ -200,7 +248,7 @@ int from_netdev(struct __sk_buff *skb)
 		/* The node's own connection. */
 		return TC_ACT_OK;
 	snat_touch(back, snat_expiry(&p, now_secs()));
-	if (nat4_rewrite(skb, &p, 0, p.daddr, back->to_addr, p.dport, back->to_port) < 0)
+	if (masq_rewrite(skb, &p, 0, p.daddr, back->to_addr, p.dport, back->to_port) < 0)
 		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, 0, IDENTITY_WORLD, 0, CT_NONE);
 	/* The stack routes it to the pod, whose veth runs its conntrack and policy. */
 	return TC_ACT_OK;

@@ -213,6 +213,23 @@ pub struct Args {
     #[arg(long, env = "CILIATE_NO_SOCKET_LB")]
     pub no_socket_lb: bool,
 
+    /// Masquerade pods' traffic to destinations outside the cluster (neither a pod nor a node
+    /// the cluster knows, nor in --non-masquerade-cidrs) as the node's address, in BPF on the
+    /// uplink: the interface holding --node-ip, else the one the default route leaves by. On
+    /// by default; without an uplink there is nothing to do.
+    #[arg(long, overrides_with = "no_masquerade")]
+    pub masquerade: bool,
+
+    /// Turn masquerading off: pods' traffic leaves with their own addresses, so the network
+    /// must route the pod CIDRs back to the node.
+    #[arg(long, overrides_with = "masquerade")]
+    pub no_masquerade: bool,
+
+    /// Destinations never masqueraded besides the cluster's own (comma-separated IPv4 CIDRs,
+    /// e.g. 10.0.0.0/8,192.168.0.0/16). The node's pod CIDR always is.
+    #[arg(long, env = "CILIATE_NON_MASQUERADE_CIDRS", value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub non_masquerade_cidrs: Vec<Ipv4Net>,
+
     /// Join a cluster through these etcd endpoints (comma-separated URLs, e.g.
     /// http://10.0.0.1:2379): the node registers itself, security identities are numbered
     /// cluster-wide, and every node learns every pod's address and identity. Needs --node-ip
@@ -276,6 +293,10 @@ pub struct Config {
     pub manifest_dir: Option<PathBuf>,
     /// Node addresses NodePort Services answer on.
     pub node_ips: Vec<Ipv4Addr>,
+    /// Whether pods' traffic to the world is masqueraded.
+    pub masquerade: bool,
+    /// Destinations never masqueraded besides the cluster's and the pod CIDR.
+    pub non_masquerade_cidrs: Vec<Ipv4Net>,
     /// The cgroup with socket LB, `None` when it is off.
     pub socket_lb_cgroup: Option<PathBuf>,
     /// Log format.
@@ -435,6 +456,8 @@ impl Config {
             manifest_dir: parsed.manifest_dir,
             node_ips: parsed.node_ips,
             socket_lb_cgroup,
+            masquerade: !parsed.no_masquerade,
+            non_masquerade_cidrs: parsed.non_masquerade_cidrs,
             log_format: parsed.log_format,
             log_filter,
         })
@@ -532,6 +555,20 @@ fn parse_pod_cidr(s: &str) -> Result<Ipv4Net, String> {
              network, router and broadcast addresses are reserved"
         ));
     }
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// An IPv4 CIDR, network address (for --non-masquerade-cidrs).
+fn parse_cidr(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s.parse().map_err(|_| {
+        format!("{s:?} is not an IPv4 CIDR; write it as address/prefix, e.g. 10.0.0.0/8")
+    })?;
     if net.trunc() != net {
         return Err(format!(
             "{net} has host bits set; did you mean {}?",
@@ -699,6 +736,24 @@ mod tests {
             moved.socket_lb_cgroup,
             Some(PathBuf::from("/sys/fs/cgroup/pods"))
         );
+        let on = parse(&["--node-name", "n1"], &env(&[])).expect("default");
+        assert!(on.masquerade, "masquerading is on by default");
+        let masq_off = parse(&["--node-name", "n1", "--no-masquerade"], &env(&[])).expect("off");
+        assert!(!masq_off.masquerade);
+        let again = parse(&["--no-masquerade", "--masquerade"], &env(&[])).expect("last wins");
+        assert!(again.masquerade);
+        let cidrs = parse(
+            &["--non-masquerade-cidrs", "10.0.0.0/8,192.168.0.0/16"],
+            &env(&[]),
+        )
+        .expect("cidrs");
+        assert_eq!(cidrs.non_masquerade_cidrs.len(), 2);
+        for bad in ["10.0.0.1/8", "fd00::/8", "ten"] {
+            let err = parse(&["--non-masquerade-cidrs", bad], &env(&[]))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("--non-masquerade-cidrs"), "{bad}: {err}");
+        }
         let off = parse(&["--node-name", "n1", "--no-socket-lb"], &env(&[])).expect("off");
         assert_eq!(off.socket_lb_cgroup, None);
         assert!(parse(&["--no-socket-lb", "--socket-lb-cgroup", "/x"], &env(&[])).is_err());

@@ -305,6 +305,12 @@ async fn run_inner(
         None => open_datapath(&config)?,
     };
     let pod_mtu = resolve_pod_mtu(&config, datapath.as_ref()).await;
+    configure_masquerade(&config, datapath.as_ref())
+        .await
+        .map_err(|source| AgentError::Datapath {
+            kind: config.datapath,
+            source,
+        })?;
     let settings = ManagerSettings {
         node_name: config.node_name.clone(),
         pod_cidr: config.pod_cidr,
@@ -492,6 +498,42 @@ async fn resolve_pod_mtu(config: &Config, datapath: &dyn Datapath) -> u32 {
     mtu
 }
 
+/// Masquerades pods' traffic to the world on the node's uplink as its address (see
+/// `bpf/host.c`), or turns it off: off by configuration, or when there is no uplink with an
+/// IPv4 address to leave as.
+async fn configure_masquerade(
+    config: &Config,
+    datapath: &dyn Datapath,
+) -> Result<(), DatapathError> {
+    if !config.masquerade {
+        return datapath.set_masquerade(None);
+    }
+    let want = config.uplink_address();
+    let uplink = match datapath.uplink(want).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "cannot find the uplink; not masquerading");
+            None
+        }
+    };
+    let spec = uplink.and_then(|u| {
+        let node_ip = want
+            .filter(|ip| u.addresses.contains(ip))
+            .or_else(|| u.addresses.first().copied())?;
+        let mut exempt = vec![config.pod_cidr];
+        exempt.extend(config.non_masquerade_cidrs.iter().copied());
+        Some(ciliate_datapath::MasqueradeSpec {
+            device: u.name,
+            node_ip,
+            exempt,
+        })
+    });
+    if spec.is_none() {
+        info!("no uplink with an IPv4 address: pods' traffic is not masqueraded");
+    }
+    datapath.set_masquerade(spec.as_ref())
+}
+
 /// The name of the overlay device in the node's namespace.
 pub const TUNNEL_DEVICE: &str = "ciliate_vxlan";
 
@@ -671,6 +713,52 @@ mod tests {
             1500,
             "no uplink"
         );
+    }
+
+    #[tokio::test]
+    async fn masquerading_goes_on_the_uplink_as_its_address_unless_turned_off() {
+        let fake = FakeDatapath::new();
+        fake.set_uplink(Some(ciliate_datapath::Uplink {
+            name: "eth0".into(),
+            mtu: Some(1500),
+            addresses: vec![
+                std::net::Ipv4Addr::new(198, 18, 0, 1),
+                std::net::Ipv4Addr::new(198, 18, 0, 2),
+            ],
+        }));
+        let c = config(&[
+            "--pod-cidr",
+            "10.200.0.0/24",
+            "--node-ip",
+            "198.18.0.2",
+            "--non-masquerade-cidrs",
+            "10.0.0.0/8",
+        ]);
+        configure_masquerade(&c, &fake).await.expect("on");
+        let spec = fake.masquerade().expect("masquerading");
+        assert_eq!(spec.device, "eth0");
+        assert_eq!(
+            spec.node_ip,
+            std::net::Ipv4Addr::new(198, 18, 0, 2),
+            "--node-ip's"
+        );
+        assert_eq!(
+            spec.exempt,
+            vec![
+                "10.200.0.0/24".parse().expect("net"),
+                "10.0.0.0/8".parse().expect("net")
+            ]
+        );
+        configure_masquerade(&config(&["--no-masquerade"]), &fake)
+            .await
+            .expect("off");
+        assert_eq!(fake.masquerade(), None);
+        // No uplink: nothing to masquerade on.
+        fake.set_uplink(None);
+        configure_masquerade(&config(&[]), &fake)
+            .await
+            .expect("none");
+        assert_eq!(fake.masquerade(), None);
     }
 
     #[test]

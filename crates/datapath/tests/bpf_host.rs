@@ -95,6 +95,39 @@ fn a_pods_connection_to_the_world_leaves_as_the_node_and_the_reply_comes_back() 
     assert_checksums(&a);
 }
 
+/// An ICMP echo (request or reply) with a valid checksum.
+fn echo_ok(src: Ipv4Addr, dst: Ipv4Addr, reply: bool, id: u16) -> Vec<u8> {
+    let mut f = icmp_echo(src, dst, reply, id);
+    let c = csum(&f[34..]);
+    f[36..38].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_pods_ping_to_the_world_leaves_as_the_node_with_an_id_of_its_own() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_masquerade(true);
+    let (v, out) = h.run("to_netdev", &echo_ok(POD_A, WORLD, false, 7));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(src_of(&out).0, NODE);
+    let id = u16::from_be_bytes([out[38], out[39]]);
+    assert!(
+        id >= abi::SNAT_PORT_MIN,
+        "id {id} from the masquerade range"
+    );
+    assert_checksums(&out);
+    let (v, back) = h.run("from_netdev", &echo_ok(WORLD, NODE, true, id));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(dst_of(&back).0, POD_A);
+    assert_eq!(
+        u16::from_be_bytes([back[38], back[39]]),
+        7,
+        "the pod's id back"
+    );
+    assert_checksums(&back);
+}
+
 #[test]
 fn the_cluster_exempt_prefixes_and_the_nodes_own_traffic_are_left_alone() {
     privileged!();
@@ -113,11 +146,20 @@ fn the_cluster_exempt_prefixes_and_the_nodes_own_traffic_are_left_alone() {
         tcp_ok(POD_A, 40000, Ipv4Addr::new(203, 0, 113, 9), 80, SYN),
         // The node's own connection.
         tcp_ok(NODE, 40000, WORLD, 80, SYN),
-        // ICMP is not translated.
-        icmp_echo(POD_A, WORLD, false, 9),
+        // An echo reply leaving the pod answers the world's ping: not translated.
+        icmp_echo(POD_A, WORLD, true, 9),
     ] {
         assert_eq!(h.run("to_netdev", &pkt), (TC_ACT_OK, pkt.clone()));
     }
+    // The world opened a connection to the pod (the pod's veth tracked it): its replies leave
+    // from the pod's own address.
+    assert_eq!(
+        h.run("to_container", &tcp_ok(WORLD, 33000, POD_A, 8080, SYN))
+            .0,
+        TC_ACT_OK
+    );
+    let answer = tcp_ok(POD_A, 8080, WORLD, 33000, SYN | ACK);
+    assert_eq!(h.run("to_netdev", &answer), (TC_ACT_OK, answer.clone()));
     // A reply to the node on a port no pod flow holds: the node's own.
     let own = tcp_ok(WORLD, 80, NODE, 61001, SYN | ACK);
     assert_eq!(h.run("from_netdev", &own), (TC_ACT_OK, own.clone()));

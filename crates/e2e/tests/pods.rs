@@ -389,3 +389,76 @@ fn pod_interfaces_follow_the_mtu_of_the_nodes_uplink() {
     assert!(link.contains(" mtu 1400 "), "pod interface: {link}");
     assert!(node.del_pod(&pod).ok);
 }
+
+#[test]
+fn a_pod_reaches_a_world_that_has_no_route_back_to_the_pods_through_masquerading() {
+    privileged!();
+    let mut node = Node::start("10.201.11.0/24");
+    // The world: one address on a link to the node, and no route to the pod CIDR.
+    let world = TestNetns::new("cw");
+    node.kill_agent();
+    node.netns.exec(
+        "ip",
+        &["link", "add", "up0", "type", "veth", "peer", "name", "wd0"],
+    );
+    node.netns
+        .exec("ip", &["link", "set", "wd0", "netns", world.name()]);
+    node.netns
+        .exec("ip", &["addr", "add", "198.18.5.1/24", "dev", "up0"]);
+    node.netns.exec("ip", &["link", "set", "up0", "up"]);
+    world.exec("ip", &["addr", "add", "198.18.5.2/24", "dev", "wd0"]);
+    world.exec("ip", &["link", "set", "wd0", "up"]);
+    node.netns.exec(
+        "ip",
+        &["route", "add", "default", "via", "198.18.5.2", "dev", "up0"],
+    );
+    let routes = world.exec("ip", &["route", "show"]);
+    assert!(
+        !routes.contains("10.201."),
+        "the world routes nothing to pods: {routes}"
+    );
+    // The agent finds the uplink at start and masquerades on it (on by default).
+    node.start_agent();
+    let pod = node.add_pod("masq", "app=client");
+    let server = world
+        .command(common::bin("ciliate-bench"))
+        .args(["ident-server", "--id", "world", "--port", "9000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("world server");
+    let _server = common::Proc(server);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !world.exec("ss", &["-ltn"]).contains(":9000") {
+        assert!(Instant::now() < deadline, "world server did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    for proto in ["tcp", "udp"] {
+        let v = node.probe(
+            &pod,
+            false,
+            &[
+                "--dst",
+                "198.18.5.2",
+                "--port",
+                "9000",
+                "--proto",
+                proto,
+                "--count",
+                "3",
+            ],
+        );
+        assert_eq!(
+            v["errors"].as_array().map(Vec::len),
+            Some(0),
+            "{proto}: {v}\n{}",
+            node.agent_log()
+        );
+        assert!(v["answers"]["world"].is_number(), "{proto}: {v}");
+    }
+    assert!(
+        pod.ping("198.18.5.2".parse().expect("ip"), 2),
+        "ping, masqueraded by its echo id"
+    );
+    assert!(node.del_pod(&pod).ok);
+}
