@@ -477,7 +477,8 @@ pub enum PolicyCommand {
             before anything is sent (use `ciliate apply` for Services). All documents form one \
             batch: if any is invalid nothing is applied and every problem is listed with its \
             file, document, field and reason (exit code 1). When the command returns, the \
-            policies are in force on every endpoint.\n\n\
+            policies are in force on every endpoint; the last line is the node's policy \
+            revision that holds them (`Revision: N`, for `ciliate policy wait`).\n\n\
             Fields parsed but not enforced yet (L7 rules, toFQDNs, toServices, authentication) \
             are reported as warnings on standard error; the rest of the policy is enforced, \
             never more permissively than written.",
@@ -509,7 +510,9 @@ pub enum PolicyCommand {
         visible_alias = "list",
         long_about = "Without POLICY: list the policies in force: KIND, NAMESPACE, NAME, \
             ENDPOINTS (endpoints of this node it selects), SOURCE (api, or the manifest \
-            directory's file) and WARNINGS (fields not enforced as written).\n\n\
+            directory's file) and WARNINGS (fields not enforced as written), then the node's \
+            policy revision (`Revision: N`, with the one in force when that is older; \
+            `ciliate policy wait` waits for it).\n\n\
             With POLICY (KIND/NAMESPACE/NAME, or KIND/NAME for a clusterwide policy): that \
             policy's summary and manifest; -o json|yaml prints the manifest alone.",
         after_help = "Examples:\n  \
