@@ -222,7 +222,7 @@ pub struct Args {
 
     /// Turn masquerading off: pods' traffic leaves with their own addresses, so the network
     /// must route the pod CIDRs back to the node.
-    #[arg(long, overrides_with = "masquerade")]
+    #[arg(long, env = "CILIATE_NO_MASQUERADE", overrides_with = "masquerade")]
     pub no_masquerade: bool,
 
     /// Destinations never masqueraded besides the cluster's own (comma-separated IPv4 CIDRs,
@@ -376,7 +376,7 @@ impl Config {
         // they pass through the same parsers and checks as the flags themselves.
         let mut from_env: Vec<(String, String)> = Vec::new();
         let mut extra: Vec<OsString> = Vec::new();
-        for (id, long, var) in env_flags() {
+        for (id, long, var, switch) in env_flags() {
             if matches.value_source(&id) == Some(ValueSource::CommandLine) {
                 continue;
             }
@@ -384,7 +384,15 @@ impl Config {
                 let value = value
                     .into_string()
                     .map_err(|_| ConfigError::NotUnicode(var.clone()))?;
-                extra.push(format!("--{long}={value}").into());
+                if switch {
+                    // A switch takes no value on the command line: the variable says whether
+                    // it is given.
+                    if env_switch(&var, &value)? {
+                        extra.push(format!("--{long}").into());
+                    }
+                } else {
+                    extra.push(format!("--{long}={value}").into());
+                }
                 from_env.push((long, var));
             }
         }
@@ -505,16 +513,30 @@ fn parse_etcd_endpoint(s: &str) -> Result<String, String> {
     }
 }
 
-fn env_flags() -> Vec<(String, String, String)> {
+/// Every flag with an environment variable: (id, long name, variable, whether it is a switch).
+fn env_flags() -> Vec<(String, String, String, bool)> {
     // `command()` moved the names into the help text; read them from the untouched command.
     Args::command()
         .get_arguments()
         .filter_map(|a| {
             let var = a.get_env()?.to_str()?.to_owned();
             let long = a.get_long()?.to_owned();
-            Some((a.get_id().to_string(), long, var))
+            let switch = matches!(a.get_action(), clap::ArgAction::SetTrue);
+            Some((a.get_id().to_string(), long, var, switch))
         })
         .collect()
+}
+
+/// The value of a switch's variable, read as clap's own `FalseyValueParser` would.
+fn env_switch(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" => Ok(true),
+        "" | "0" | "false" | "no" | "off" | "n" => Ok(false),
+        _ => Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: format!("invalid value {value:?}: use true or false"),
+        }),
+    }
 }
 
 /// Rewrites a clap error about a value that came from the environment so it names the variable.
@@ -640,6 +662,34 @@ mod tests {
             std::iter::once("ciliate-agent").chain(args.iter().copied()),
             e,
         )
+    }
+
+    #[test]
+    fn switches_from_the_environment_take_true_or_false() {
+        let on = parse(
+            &["--node-name", "n1"],
+            &env(&[("CILIATE_NO_SOCKET_LB", "true"), ("CILIATE_NO_MASQUERADE", "1")]),
+        )
+        .expect("switches on");
+        assert_eq!(on.socket_lb_cgroup, None);
+        assert!(!on.masquerade, "{on:?}");
+        let off = parse(
+            &["--node-name", "n1"],
+            &env(&[("CILIATE_NO_SOCKET_LB", "false"), ("CILIATE_NO_MASQUERADE", "")]),
+        )
+        .expect("switches off");
+        assert!(off.socket_lb_cgroup.is_some());
+        assert!(off.masquerade, "{off:?}");
+        let bad = parse(
+            &["--node-name", "n1"],
+            &env(&[("CILIATE_NO_SOCKET_LB", "maybe")]),
+        )
+        .expect_err("not a boolean");
+        assert!(
+            bad.to_string()
+                .contains("environment variable CILIATE_NO_SOCKET_LB: invalid value \"maybe\""),
+            "{bad}"
+        );
     }
 
     #[test]
