@@ -62,6 +62,7 @@ impl Intake {
     /// Queues one event, or counts it lost when the queue is full.
     pub fn push(&self, ev: MonitorEvent) {
         let mut q = self.lock();
+        let idle = Self::idle(&q);
         if q.events.len() >= self.capacity {
             q.lost += 1;
             self.lost.fetch_add(1, Ordering::Relaxed);
@@ -70,14 +71,31 @@ impl Intake {
             self.received.fetch_add(1, Ordering::Relaxed);
         }
         drop(q);
-        self.ready.notify_one();
+        self.wake_if(idle);
     }
 
     /// Counts `n` events lost before they reached the intake.
     pub fn lost(&self, n: u64) {
-        self.lock().lost += n;
+        let mut q = self.lock();
+        let idle = Self::idle(&q);
+        q.lost += n;
         self.lost.fetch_add(n, Ordering::Relaxed);
-        self.ready.notify_one();
+        drop(q);
+        self.wake_if(idle);
+    }
+
+    /// Whether the worker may be waiting: it waits only on a queue with nothing to do.
+    fn idle(q: &Queue) -> bool {
+        q.events.is_empty() && q.lost == 0
+    }
+
+    /// Wakes the worker for the first event after a quiet spell only: until it takes the
+    /// queue, later ones join the same batch, and a wake-up (a futex call) per event would
+    /// cost the reader more than the queueing.
+    fn wake_if(&self, idle: bool) {
+        if idle {
+            self.ready.notify_one();
+        }
     }
 
     /// No more events will come: the worker ends once the queue is empty.
@@ -126,15 +144,58 @@ impl Intake {
         }
     }
 
+    /// Queues events in order, taking the lock once; what does not fit is counted lost.
+    pub fn push_all(&self, events: &mut Vec<MonitorEvent>) {
+        let mut q = self.lock();
+        let idle = Self::idle(&q);
+        let room = self
+            .capacity
+            .saturating_sub(q.events.len())
+            .min(events.len());
+        let dropped = (events.len() - room) as u64;
+        q.events.extend(events.drain(..room));
+        events.clear();
+        q.lost += dropped;
+        drop(q);
+        self.received.fetch_add(room as u64, Ordering::Relaxed);
+        self.lost.fetch_add(dropped, Ordering::Relaxed);
+        self.wake_if(idle);
+    }
+
     /// Moves events from `events` into the queue until the channel closes, then closes.
+    /// It waits for one event, then takes whatever else is already there (up to a batch),
+    /// so that under a burst the queue's lock is taken once per batch, not per event.
     pub fn read_from(&self, mut events: broadcast::Receiver<MonitorEvent>) {
-        loop {
-            match events.blocking_recv() {
-                Ok(ev) => self.push(ev),
-                Err(broadcast::error::RecvError::Lagged(n)) => self.lost(n),
-                Err(broadcast::error::RecvError::Closed) => break,
+        const BATCH: usize = 1024;
+        let mut batch = Vec::with_capacity(BATCH);
+        'read: loop {
+            let mut next = events.blocking_recv();
+            loop {
+                match next {
+                    Ok(ev) => batch.push(ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.push_all(&mut batch);
+                        self.lost(n);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break 'read,
+                }
+                if batch.len() >= BATCH {
+                    break;
+                }
+                next = match events.try_recv() {
+                    Ok(ev) => Ok(ev),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                };
             }
+            self.push_all(&mut batch);
         }
+        self.push_all(&mut batch);
         self.close();
     }
 }
