@@ -202,6 +202,19 @@ impl std::fmt::Debug for Sources {
     }
 }
 
+/// Feeds the datapath's events to `observer` through a queue large enough for bursts (see
+/// [`ciliate_observer::intake`]); its threads end when the datapath's event channel closes.
+pub fn spawn_intake(
+    observer: Arc<Observer>,
+    datapath: &dyn Datapath,
+) -> std::io::Result<Arc<ciliate_observer::intake::Intake>> {
+    ciliate_observer::intake::spawn(
+        observer,
+        datapath.subscribe_events(),
+        ciliate_observer::intake::DEFAULT_INTAKE_CAPACITY,
+    )
+}
+
 /// Starts the observer: event intake, table refresh, gRPC and metrics servers. Problems
 /// binding a listener are logged, never fatal: pods must get wired even when observability
 /// cannot be served.
@@ -228,9 +241,10 @@ pub fn start(
         },
         Arc::clone(&store) as Arc<dyn ciliate_observer::Store>,
     ));
-    let mut tasks = vec![tokio::spawn(
-        Arc::clone(&observer).run(datapath.subscribe_events()),
-    )];
+    if let Err(e) = spawn_intake(Arc::clone(&observer), datapath.as_ref()) {
+        warn!(error = %e, "cannot start the observer's threads: no flows will be recorded");
+    }
+    let mut tasks = Vec::new();
     let (o, dp) = (Arc::clone(&observer), Arc::clone(datapath));
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
@@ -371,6 +385,63 @@ mod tests {
         );
         assert_eq!(s.service_by_rev_nat(index), web);
         assert_eq!(s.service_by_rev_nat(index.wrapping_add(1)), None);
+    }
+
+    #[test]
+    fn a_burst_of_50k_events_through_the_intake_loses_none() {
+        const BURST: u64 = 50_000;
+        let dp = FakeDatapath::new();
+        let observer = Arc::new(Observer::new(
+            ObserverConfig {
+                node_name: "node-a".into(),
+                capacity: 1000,
+            },
+            Arc::new(ciliate_observer::Snapshot::default()),
+        ));
+        let intake = spawn_intake(Arc::clone(&observer), &dp).expect("threads");
+        let ev = ciliate_model::monitor::MonitorEvent {
+            kind: ciliate_model::monitor::EventKind::Trace,
+            time: "2026-12-06T05:00:00.123456Z".into(),
+            code: 5,
+            reason: "from-endpoint".into(),
+            endpoint: 1,
+            ifindex: 42,
+            src_identity: 256,
+            dst_identity: 257,
+            ct_state: "new".into(),
+            len: 74,
+            ethertype: 0x0800,
+            src: Some("10.200.0.2".parse().expect("ip")),
+            dst: Some("10.200.0.3".parse().expect("ip")),
+            l4: Some(ciliate_model::monitor::L4::Tcp {
+                sport: 40000,
+                dport: 80,
+                flags: vec!["SYN".into()],
+            }),
+            rev_nat: 0,
+        };
+        let mut sent = 0;
+        while sent < BURST {
+            // The fake's channel has 1024 slots: at most about half in flight, waiting on
+            // the intake's count of what it took (not on time). The worker that turns events
+            // into flows is not waited for: the burst must queue, not be lost.
+            for _ in 0..500 {
+                dp.emit(ev.clone());
+                sent += 1;
+            }
+            while intake.received() + intake.lost_events() < sent {
+                std::thread::yield_now();
+            }
+        }
+        drop(dp);
+        // The worker lets go of the observer once it has drained the closed intake.
+        while Arc::strong_count(&observer) > 1 {
+            std::thread::yield_now();
+        }
+        assert_eq!(intake.lost_events(), 0);
+        assert_eq!(observer.lost_events(), 0);
+        assert_eq!(observer.seen_flows(), BURST);
+        assert_eq!(observer.num_flows(), 1000);
     }
 
     #[test]

@@ -83,28 +83,37 @@ fn tcp_flags(names: &[String]) -> TcpFlags {
     f
 }
 
-fn endpoint(
-    store: &dyn Store,
-    ip: Option<Ipv4Addr>,
-    identity: u32,
-) -> (Endpoint, Option<EndpointInfo>) {
-    let info = ip.and_then(|ip| store.endpoint_by_ip(ip));
-    let ep = match &info {
-        Some(i) => Endpoint {
-            id: i.id,
-            identity: if identity != 0 { identity } else { i.identity },
-            namespace: i.namespace.clone(),
-            labels: i.labels.clone(),
-            pod_name: i.pod_name.clone(),
-            workloads: Vec::new(),
-        },
-        None => Endpoint {
-            identity,
-            labels: store.identity_labels(identity).unwrap_or_default(),
-            ..Endpoint::default()
-        },
-    };
-    (ep, info)
+/// The flow's endpoint at `ip`, and the id of the local endpoint there, if any.
+fn endpoint(store: &dyn Store, ip: Option<Ipv4Addr>, identity: u32) -> (Endpoint, Option<u32>) {
+    // The store's copy is moved into the flow, not copied again: its strings are this
+    // event's to keep.
+    match ip.and_then(|ip| store.endpoint_by_ip(ip)) {
+        Some(EndpointInfo {
+            id,
+            identity: own,
+            namespace,
+            pod_name,
+            labels,
+        }) => (
+            Endpoint {
+                id,
+                identity: if identity != 0 { identity } else { own },
+                namespace,
+                labels,
+                pod_name,
+                workloads: Vec::new(),
+            },
+            Some(id),
+        ),
+        None => (
+            Endpoint {
+                identity,
+                labels: store.identity_labels(identity).unwrap_or_default(),
+                ..Endpoint::default()
+            },
+            None,
+        ),
+    }
 }
 
 fn service(s: ServiceRef) -> Service {
@@ -212,9 +221,9 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     // The reporting endpoint tells the direction when the observation point does not:
     // a packet the endpoint sent is egress, one it receives is ingress.
     let reporter = u32::from(ev.endpoint);
-    let by_endpoint = if reporter != 0 && src_info.as_ref().map(|i| i.id) == Some(reporter) {
+    let by_endpoint = if reporter != 0 && src_info == Some(reporter) {
         TrafficDirection::Egress
-    } else if reporter != 0 && dst_info.as_ref().map(|i| i.id) == Some(reporter) {
+    } else if reporter != 0 && dst_info == Some(reporter) {
         TrafficDirection::Ingress
     } else {
         TrafficDirection::Unknown

@@ -3,7 +3,8 @@
 //! The datapath's events ([`MonitorEvent`](ciliate_model::monitor::MonitorEvent)) are turned
 //! into Hubble [`Flow`](proto::flow::Flow)s ([`convert`]), enriched with pod names, labels and
 //! Services from a [`Store`] the agent implements ([`store`]), and kept in a ring of the last N
-//! ([`ring`]). [`filter`] implements Hubble's FlowFilter semantics, [`server`] serves Hubble's
+//! ([`ring`]), fed through a queue that absorbs bursts ([`intake`]). [`filter`] implements
+//! Hubble's FlowFilter semantics, [`server`] serves Hubble's
 //! `observer.Observer` gRPC API (wire-compatible: Hubble's own clients read it), [`metrics`]
 //! counts flows under Hubble's metric names, and [`print`] renders flows the way
 //! `hubble observe` does, for `ciliate observe`.
@@ -14,6 +15,7 @@
 
 pub mod convert;
 pub mod filter;
+pub mod intake;
 pub mod metrics;
 pub mod print;
 pub mod proto;

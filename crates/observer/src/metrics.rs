@@ -1,8 +1,8 @@
 //! Flow metrics under Hubble's names, rendered in the Prometheus text format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
 use crate::filter::ports;
@@ -11,10 +11,101 @@ use crate::proto::flow::{layer4, Flow, LostEventSource, TrafficDirection, Verdic
 
 type Labels = Vec<(&'static str, String)>;
 
+/// What one counter counts, in the flow's own numbers: recording a flow allocates nothing
+/// once its counters exist; the names Hubble's labels show are made only when rendering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Flows {
+        kind: &'static str,
+        /// The trace observation point, for traces only.
+        point: Option<i32>,
+        verdict: i32,
+    },
+    Drop {
+        reason: i32,
+        protocol: &'static str,
+    },
+    TcpFlag(&'static str),
+    Policy {
+        direction: i32,
+        matched: &'static str,
+        verdict: i32,
+    },
+    Port {
+        protocol: &'static str,
+        port: u32,
+    },
+    Lost(&'static str),
+}
+
+impl Key {
+    /// The metric's name and labels.
+    fn labels(self) -> (&'static str, Labels) {
+        match self {
+            Key::Flows {
+                kind,
+                point,
+                verdict,
+            } => (
+                "hubble_flows_processed_total",
+                vec![
+                    ("type", kind.to_owned()),
+                    (
+                        "subtype",
+                        point
+                            .map(crate::print::observation_point_name_of)
+                            .unwrap_or_default(),
+                    ),
+                    ("verdict", verdict_name(verdict)),
+                ],
+            ),
+            Key::Drop { reason, protocol } => (
+                "hubble_drop_total",
+                vec![
+                    ("reason", drop_reason_name(reason)),
+                    ("protocol", protocol.to_owned()),
+                ],
+            ),
+            Key::TcpFlag(flag) => (
+                "hubble_tcp_flags_total",
+                vec![("flag", flag.to_owned()), ("family", "IPv4".to_owned())],
+            ),
+            Key::Policy {
+                direction,
+                matched,
+                verdict,
+            } => (
+                "hubble_policy_verdicts_total",
+                vec![
+                    (
+                        "direction",
+                        TrafficDirection::try_from(direction)
+                            .map(|d| d.as_str_name().to_ascii_lowercase())
+                            .unwrap_or_default(),
+                    ),
+                    ("match", matched.to_owned()),
+                    ("action", verdict_name(verdict).to_ascii_lowercase()),
+                ],
+            ),
+            Key::Port { protocol, port } => (
+                "hubble_port_distribution_total",
+                vec![
+                    ("protocol", protocol.to_owned()),
+                    ("port", port.to_string()),
+                ],
+            ),
+            Key::Lost(source) => (
+                "hubble_lost_events_total",
+                vec![("source", source.to_owned())],
+            ),
+        }
+    }
+}
+
 /// Counters of flows seen, by Hubble's metric names and labels.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<&'static str, BTreeMap<Labels, u64>>>,
+    counters: Mutex<HashMap<Key, u64>>,
 }
 
 const HELP: [(&str, &str); 6] = [
@@ -39,65 +130,52 @@ fn verdict_name(v: i32) -> String {
 }
 
 impl Metrics {
-    fn add(&self, name: &'static str, labels: Labels, n: u64) {
-        let mut c = self
-            .counters
+    fn counters(&self) -> MutexGuard<'_, HashMap<Key, u64>> {
+        self.counters
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *c.entry(name).or_default().entry(labels).or_default() += n;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts one flow.
     pub fn record(&self, flow: &Flow) {
-        let (kind, subtype) = match flow.event_type.as_ref().map(|e| e.r#type) {
-            Some(MESSAGE_TYPE_TRACE) => ("Trace", crate::print::observation_point_name(flow)),
-            Some(MESSAGE_TYPE_DROP) => ("Drop", String::new()),
-            Some(MESSAGE_TYPE_POLICY_VERDICT) => ("PolicyVerdict", String::new()),
-            _ => ("Unknown", String::new()),
+        let event_type = flow.event_type.as_ref().map(|e| e.r#type);
+        let (kind, point) = match event_type {
+            Some(MESSAGE_TYPE_TRACE) => ("Trace", Some(flow.trace_observation_point)),
+            Some(MESSAGE_TYPE_DROP) => ("Drop", None),
+            Some(MESSAGE_TYPE_POLICY_VERDICT) => ("PolicyVerdict", None),
+            _ => ("Unknown", None),
         };
-        let verdict = verdict_name(flow.verdict);
-        self.add(
-            "hubble_flows_processed_total",
-            vec![
-                ("type", kind.to_owned()),
-                ("subtype", subtype),
-                ("verdict", verdict.clone()),
-            ],
-            1,
-        );
-        let protocol = protocol_name(flow).to_owned();
+        let protocol = protocol_name(flow);
+        let mut keys: [Option<Key>; 8] = [None; 8];
+        keys[0] = Some(Key::Flows {
+            kind,
+            point,
+            verdict: flow.verdict,
+        });
         if flow.verdict == Verdict::Dropped as i32 {
-            self.add(
-                "hubble_drop_total",
-                vec![
-                    ("reason", drop_reason_name(flow.drop_reason_desc)),
-                    ("protocol", protocol.clone()),
-                ],
-                1,
-            );
+            keys[1] = Some(Key::Drop {
+                reason: flow.drop_reason_desc,
+                protocol,
+            });
         }
         if let Some(layer4::Protocol::Tcp(t)) = flow.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
             if let Some(f) = &t.flags {
-                for (set, name) in [
+                for (i, (set, name)) in [
                     (f.syn && !f.ack, "SYN"),
                     (f.syn && f.ack, "SYN-ACK"),
                     (f.fin, "FIN"),
                     (f.rst, "RST"),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     if set {
-                        self.add(
-                            "hubble_tcp_flags_total",
-                            vec![("flag", name.to_owned()), ("family", "IPv4".to_owned())],
-                            1,
-                        );
+                        keys[2 + i] = Some(Key::TcpFlag(name));
                     }
                 }
             }
         }
-        if flow.event_type.as_ref().map(|e| e.r#type) == Some(MESSAGE_TYPE_POLICY_VERDICT) {
-            let direction = TrafficDirection::try_from(flow.traffic_direction)
-                .map(|d| d.as_str_name().to_ascii_lowercase())
-                .unwrap_or_default();
+        if event_type == Some(MESSAGE_TYPE_POLICY_VERDICT) {
             let matched = match flow.policy_match_type {
                 1 => "l3-only",
                 2 => "l3-l4",
@@ -105,27 +183,23 @@ impl Metrics {
                 4 => "all",
                 _ => "none",
             };
-            self.add(
-                "hubble_policy_verdicts_total",
-                vec![
-                    ("direction", direction),
-                    ("match", matched.to_owned()),
-                    ("action", verdict.to_ascii_lowercase()),
-                ],
-                1,
-            );
+            keys[6] = Some(Key::Policy {
+                direction: flow.traffic_direction,
+                matched,
+                verdict: flow.verdict,
+            });
         }
-        if crate::convert::is_reply(flow) != Some(true) && flow.verdict == Verdict::Forwarded as i32
+        if crate::convert::is_reply(flow) != Some(true)
+            && flow.verdict == Verdict::Forwarded as i32
+            && event_type == Some(MESSAGE_TYPE_TRACE)
         {
-            if let Some((_, dport)) = ports(flow) {
-                if flow.event_type.as_ref().map(|e| e.r#type) == Some(MESSAGE_TYPE_TRACE) {
-                    self.add(
-                        "hubble_port_distribution_total",
-                        vec![("protocol", protocol), ("port", dport.to_string())],
-                        1,
-                    );
-                }
+            if let Some((_, port)) = ports(flow) {
+                keys[7] = Some(Key::Port { protocol, port });
             }
+        }
+        let mut c = self.counters();
+        for key in keys.into_iter().flatten() {
+            *c.entry(key).or_default() += 1;
         }
     }
 
@@ -137,19 +211,16 @@ impl Metrics {
             LostEventSource::HubbleRingBuffer => "hubble_ring_buffer",
             LostEventSource::UnknownLostEventSource => "unknown",
         };
-        self.add(
-            "hubble_lost_events_total",
-            vec![("source", source.to_owned())],
-            n,
-        );
+        *self.counters().entry(Key::Lost(source)).or_default() += n;
     }
 
     /// The counters in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let c = self
-            .counters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c: BTreeMap<&'static str, BTreeMap<Labels, u64>> = BTreeMap::new();
+        for (key, n) in self.counters().iter() {
+            let (name, labels) = key.labels();
+            *c.entry(name).or_default().entry(labels).or_default() += n;
+        }
         let mut out = String::new();
         for (name, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -164,5 +235,103 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::tests::{store, trace_event};
+    use crate::convert::to_flow;
+    use ciliate_model::monitor::{EventKind, L4};
+
+    // What the counters rendered before they were keyed by the flow's numbers.
+    const EXPECTED: &str = r#"# HELP hubble_flows_processed_total Total number of flows processed
+# TYPE hubble_flows_processed_total counter
+hubble_flows_processed_total{type="Drop",subtype="",verdict="DROPPED"} 2
+hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="DROPPED"} 1
+hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="FORWARDED"} 1
+hubble_flows_processed_total{type="Trace",subtype="from-endpoint",verdict="FORWARDED"} 2
+hubble_flows_processed_total{type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 1
+hubble_flows_processed_total{type="Trace",subtype="to-stack",verdict="FORWARDED"} 1
+# HELP hubble_drop_total Number of drops
+# TYPE hubble_drop_total counter
+hubble_drop_total{reason="250",protocol="ICMPv4"} 1
+hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"} 1
+hubble_drop_total{reason="POLICY_DENIED",protocol="UDP"} 1
+# HELP hubble_tcp_flags_total TCP flag occurrences
+# TYPE hubble_tcp_flags_total counter
+hubble_tcp_flags_total{flag="FIN",family="IPv4"} 1
+hubble_tcp_flags_total{flag="RST",family="IPv4"} 1
+hubble_tcp_flags_total{flag="SYN",family="IPv4"} 4
+hubble_tcp_flags_total{flag="SYN-ACK",family="IPv4"} 1
+# HELP hubble_policy_verdicts_total Number of policy verdicts
+# TYPE hubble_policy_verdicts_total counter
+hubble_policy_verdicts_total{direction="egress",match="l3-l4",action="forwarded"} 1
+hubble_policy_verdicts_total{direction="ingress",match="none",action="dropped"} 1
+# HELP hubble_port_distribution_total Numbers of packets distributed by destination port
+# TYPE hubble_port_distribution_total counter
+hubble_port_distribution_total{protocol="TCP",port="80"} 2
+hubble_port_distribution_total{protocol="TCP",port="8080"} 1
+# HELP hubble_lost_events_total Number of lost events
+# TYPE hubble_lost_events_total counter
+hubble_lost_events_total{source="observer_events_queue"} 7
+hubble_lost_events_total{source="perf_event_ring_buffer"} 1
+"#;
+
+    /// Every counter family, each label mapping, and sums across flows.
+    #[test]
+    fn renders_every_family_with_hubbles_labels() {
+        let s = store();
+        let m = Metrics::default();
+        let mut events = Vec::new();
+        let syn = trace_event();
+        events.push(syn.clone());
+        events.push(syn.clone());
+        let mut to_ep = syn.clone();
+        to_ep.code = 0;
+        to_ep.ct_state = "reply".into();
+        to_ep.l4 = Some(L4::Tcp {
+            sport: 80,
+            dport: 40000,
+            flags: vec!["SYN".into(), "ACK".into()],
+        });
+        events.push(to_ep);
+        let mut fin = syn.clone();
+        fin.code = 3;
+        fin.ct_state = "established".into();
+        fin.l4 = Some(L4::Tcp {
+            sport: 40000,
+            dport: 8080,
+            flags: vec!["FIN".into(), "RST".into()],
+        });
+        events.push(fin);
+        let mut drop = syn.clone();
+        drop.kind = EventKind::Drop;
+        drop.code = 133;
+        drop.l4 = Some(L4::Udp {
+            sport: 5353,
+            dport: 53,
+        });
+        events.push(drop);
+        let mut odd = syn.clone();
+        odd.kind = EventKind::Drop;
+        odd.code = 250;
+        odd.l4 = Some(L4::Icmp { r#type: 8, code: 0 });
+        events.push(odd);
+        for (code, reason) in [(0, "egress allowed (L3-L4)"), (133, "ingress denied")] {
+            let mut v = syn.clone();
+            v.kind = EventKind::PolicyVerdict;
+            v.code = code;
+            v.reason = reason.into();
+            events.push(v);
+        }
+        for ev in &events {
+            m.record(&to_flow(ev, &s, "n1"));
+        }
+        m.record_lost(LostEventSource::ObserverEventsQueue, 5);
+        m.record_lost(LostEventSource::ObserverEventsQueue, 2);
+        m.record_lost(LostEventSource::PerfEventRingBuffer, 1);
+        assert_eq!(m.render(), EXPECTED);
     }
 }

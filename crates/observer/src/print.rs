@@ -44,7 +44,12 @@ pub fn protocol_name(flow: &Flow) -> &'static str {
 
 /// The trace observation point in Cilium's words (`to-endpoint`, `from-endpoint`, ...).
 pub fn observation_point_name(flow: &Flow) -> String {
-    match TraceObservationPoint::try_from(flow.trace_observation_point) {
+    observation_point_name_of(flow.trace_observation_point)
+}
+
+/// [`observation_point_name`] of Hubble's enum value.
+pub fn observation_point_name_of(point: i32) -> String {
+    match TraceObservationPoint::try_from(point) {
         Ok(TraceObservationPoint::ToEndpoint) => "to-endpoint".to_owned(),
         Ok(TraceObservationPoint::FromEndpoint) => "from-endpoint".to_owned(),
         Ok(TraceObservationPoint::UnknownPoint) | Err(_) => "unknown".to_owned(),

@@ -112,6 +112,24 @@ impl Observer {
         self.push_flow(flow);
     }
 
+    /// Turns a batch of datapath events into flows and keeps them, in order, taking the
+    /// ring's lock once for the whole batch rather than once per event.
+    pub fn observe_batch(&self, events: &[MonitorEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let entries: Vec<Entry> = events
+            .iter()
+            .map(|ev| {
+                let flow = to_flow(ev, self.store.as_ref(), &self.config.node_name);
+                self.metrics.record(&flow);
+                Entry::Flow(flow)
+            })
+            .collect();
+        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.push_all(entries);
+    }
+
     /// Keeps a flow that was built elsewhere (tests, other sources).
     pub fn push_flow(&self, flow: Flow) {
         self.seen.fetch_add(1, Ordering::Relaxed);
@@ -138,18 +156,26 @@ impl Observer {
     }
 
     fn push(&self, entry: Entry) {
+        self.push_all(std::iter::once(entry));
+    }
+
+    fn push_all(&self, entries: impl IntoIterator<Item = Entry>) {
+        // Built before the lock is taken: followers and `observe --last` wait on it.
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
         let mut ring = self.lock();
-        let numbered = Numbered {
-            seq: ring.next_seq,
-            entry: Arc::new(entry),
-        };
-        ring.next_seq += 1;
-        if ring.entries.len() >= self.config.capacity {
-            ring.entries.pop_front();
+        for entry in entries {
+            let numbered = Numbered {
+                seq: ring.next_seq,
+                entry,
+            };
+            ring.next_seq += 1;
+            if ring.entries.len() >= self.config.capacity {
+                ring.entries.pop_front();
+            }
+            ring.entries.push_back(numbered.clone());
+            // Sent under the lock, so followers see entries in sequence order.
+            let _ = self.live.send(numbered);
         }
-        ring.entries.push_back(numbered.clone());
-        // Sent under the lock, so followers see entries in sequence order.
-        let _ = self.live.send(numbered);
     }
 
     /// Everything in the ring, oldest first, and a receiver of what comes after it.

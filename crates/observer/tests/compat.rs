@@ -314,3 +314,88 @@ fn throughput() {
     let secs = start.elapsed().as_secs_f64();
     println!("{n} events decoded, enriched, filtered and kept in {secs:.2}s: {:.0} events/s ({matched} matched)", f64::from(n) / secs);
 }
+
+/// Bursts of 8192 events at up to 1/µs, every 100 ms (82k events/s: 10k connections/s at ~8
+/// events each), through a channel the size of the datapath's (4096 slots), read once by
+/// one async task (`Observer::run`) and once by the intake's threads: how many are lost.
+/// `cargo test -p ciliate-observer --release --test compat -- --ignored --nocapture bursts`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn bursts() {
+    const CHANNEL: usize = 4096;
+    const BURST: usize = 8192;
+    const BURSTS: usize = 40;
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    // CILIATE_BENCH_PACE_NS: nanoseconds between the events of a burst (default 1000).
+    let pace = std::time::Duration::from_nanos(
+        std::env::var("CILIATE_BENCH_PACE_NS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000),
+    );
+    let send = |tx: tokio::sync::broadcast::Sender<MonitorEvent>| {
+        std::thread::spawn(move || {
+            let ev = event(EventKind::Trace, 5, 80);
+            for _ in 0..BURSTS {
+                let start = std::time::Instant::now();
+                for i in 0..BURST {
+                    // At most one event a microsecond: about the datapath reader's own pace
+                    // (ring read, decode, time stamp), a million events/s within a burst.
+                    while start.elapsed() < pace * i as u32 {
+                        std::hint::spin_loop();
+                    }
+                    let _ = tx.send(ev.clone());
+                }
+                std::thread::sleep(EVERY.saturating_sub(start.elapsed()));
+            }
+        })
+    };
+    let observer = || {
+        Arc::new(Observer::new(
+            ObserverConfig {
+                node_name: "n".into(),
+                capacity: 4095,
+            },
+            Arc::new(Snapshot::default()),
+        ))
+    };
+    let total = (BURST * BURSTS) as u64;
+
+    let o = observer();
+    let (tx, rx) = tokio::sync::broadcast::channel(CHANNEL);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let task = rt.spawn(Arc::clone(&o).run(rx));
+    let start = std::time::Instant::now();
+    send(tx).join().expect("sender");
+    rt.block_on(task).expect("task");
+    println!(
+        "async task: {total} events in bursts of {BURST}: {} observed, {} lost, {:.0} events/s",
+        o.seen_flows(),
+        o.lost_events(),
+        o.seen_flows() as f64 / start.elapsed().as_secs_f64()
+    );
+
+    let o = observer();
+    let (tx, rx) = tokio::sync::broadcast::channel(CHANNEL);
+    let start = std::time::Instant::now();
+    let intake = ciliate_observer::intake::spawn(
+        Arc::clone(&o),
+        rx,
+        ciliate_observer::intake::DEFAULT_INTAKE_CAPACITY,
+    )
+    .expect("threads");
+    send(tx).join().expect("sender");
+    while Arc::strong_count(&o) > 1 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    println!(
+        "intake: {total} events in bursts of {BURST}: {} observed, {} lost ({} at the intake), {:.0} events/s",
+        o.seen_flows(),
+        o.lost_events(),
+        intake.lost_events(),
+        o.seen_flows() as f64 / start.elapsed().as_secs_f64()
+    );
+}
