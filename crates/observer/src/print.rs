@@ -25,6 +25,8 @@ pub fn drop_reason_text(code: i32) -> String {
         139 => "Unsupported L3 protocol".to_owned(),
         141 => "Error writing to packet".to_owned(),
         158 => "Service backend not found".to_owned(),
+        163 => "Unknown connection tracking state".to_owned(),
+        167 => "No mapping for NAT masquerade".to_owned(),
         181 => "Policy denied by denylist".to_owned(),
         other => drop_reason_name(other),
     }
