@@ -12,6 +12,11 @@
  * has been idle for its lifetime (a closed TCP connection soon). The pod's conntrack and
  * policy ran on the pod's veth before, with the untranslated tuple, and recognise the reply
  * once translated back.
+ *
+ * With the overlay on, to_netdev also carries the node's own packets to pods of other nodes
+ * (Cilium's host-to-remote-pod encapsulation): they go through the tunnel with the HOST
+ * identity in the VNI, which the receiving node judges as remote-node (overlay.c), instead
+ * of crossing the underlay with nothing to say who sent them.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -27,6 +32,8 @@
 #include "ciliate/ct.h"
 #include "ciliate/nat.h"
 #include "ciliate/policy.h"
+#include "ciliate/overlay.h"
+#include "ciliate/endpoint.h"
 
 /* Cluster identities below this are pods, nodes, the host: never masqueraded. CIDR
  * identities (1 << 24 and up) and world are the outside. */
@@ -175,17 +182,62 @@ found: {
 }
 }
 
+/* Where the node's own packet goes through the tunnel: the node holding its destination, or
+ * 0 to leave it to routing. Only for a destination the ipcache places on another node (a pod
+ * there); a node's address has no tunnel endpoint, and the VXLAN device's own UDP packets are
+ * addressed to one, so they are never encapsulated again. Pods' packets are lxc.c's (already
+ * through the tunnel, or left to the stack on purpose) and masqueraded below. */
+static __always_inline __be32 host_tunnel_endpoint(const struct pkt4 *p, __u32 *dst_id)
+{
+	struct ipcache_entry *e;
+
+	if (bpf_map_lookup_elem(&cil_lxc4, &p->saddr))
+		return 0;
+	e = ipcache_lookup(p->daddr);
+	if (!e || !e->tunnel_endpoint || e->tunnel_endpoint == p->daddr)
+		return 0;
+	*dst_id = e->identity;
+	return e->tunnel_endpoint;
+}
+
+/* Encapsulates the node's packet to a remote pod, VNI = HOST; TC_ACT_OK when it is not one. */
+static __always_inline int host_to_overlay(struct __sk_buff *skb)
+{
+	__u32 tunnel_if = tunnel_ifindex(), dst_id = 0;
+	struct pkt4 p = {};
+	__be32 node;
+	int rc;
+
+	if (!tunnel_if || parse_ipv4(skb, &p) != 0)
+		return TC_ACT_OK;
+	node = host_tunnel_endpoint(&p, &dst_id);
+	if (!node)
+		return TC_ACT_OK;
+	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
+	emit(skb, EVENT_TRACE, TRACE_TO_OVERLAY, 0, IDENTITY_HOST, dst_id, CT_NONE);
+	rc = encap_to_node(skb, tunnel_if, node, IDENTITY_HOST);
+	if (rc < 0)
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, 0, IDENTITY_HOST, dst_id,
+			    CT_NONE);
+	return rc;
+}
+
 SEC("classifier/to_netdev")
 int to_netdev(struct __sk_buff *skb)
 {
-	const struct node_config *cfg = masq_config();
+	const struct node_config *cfg;
 	struct snat_entry4 *out, *back;
 	struct endpoint_info *pod;
 	struct ct_key4 key = {};
 	struct pkt4 p = {};
 	__be32 node_ip;
 	__u64 now;
+	int rc;
 
+	rc = host_to_overlay(skb);
+	if (rc != TC_ACT_OK)
+		return rc;
+	cfg = masq_config();
 	if (!cfg || skb->ifindex != cfg->masq_ifindex)
 		return TC_ACT_OK;
 	node_ip = cfg->masq_ipv4;

@@ -25,14 +25,16 @@
 #include "ciliate/endpoint.h"
 
 /* Packets from other nodes, decapsulated. One for a pod of this node gets that pod's
- * receiving side here, judged by the identity the sender's node put in the VNI, and goes
- * straight into the pod; anything else (the node's own address) is left to the stack. */
+ * receiving side here, judged by the identity the sender's node put in the VNI (HOST there
+ * being remote-node here), and goes straight into the pod; anything else (the node's own
+ * address) is left to the stack. */
 SEC("classifier/from_overlay")
 int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct endpoint_info *dst;
 	struct pkt4 p = {};
+	__u32 src_id;
 	int rc;
 
 	rc = parse_ipv4(skb, &p);
@@ -46,12 +48,13 @@ int from_overlay(struct __sk_buff *skb)
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 || key.tunnel_id == 0)
 		return drop(skb, METRIC_INGRESS, DROP_NO_TUNNEL_KEY, dst->ep_id, 0,
 			    dst->sec_identity, CT_NONE);
-	rc = to_endpoint(skb, dst, &p, key.tunnel_id);
+	src_id = overlay_source_identity(key.tunnel_id);
+	rc = to_endpoint(skb, dst, &p, src_id);
 	if (rc != TC_ACT_OK)
 		return rc;
 	rc = redirect_to_endpoint(skb, dst, 1);
 	if (rc < 0)
-		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, dst->ep_id, key.tunnel_id,
+		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, dst->ep_id, src_id,
 			    dst->sec_identity, CT_NONE);
 	return rc;
 }

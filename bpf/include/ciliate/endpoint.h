@@ -23,8 +23,6 @@
 #include "ciliate/policy.h"
 #include "ciliate/overlay.h"
 
-#define IDENTITY_HOST 1
-
 /* Socket LB: the rev-NAT index of the frontend the packet's socket asked for, when sock.c
  * connected it (or sent this datagram) to a backend instead; 0 otherwise. sock.c records the
  * translation per socket in cil_lb4_sk, keyed by the socket cookie and the backend; the pod's

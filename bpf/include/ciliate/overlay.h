@@ -9,6 +9,7 @@
 #include <bpf/bpf_endian.h>
 #include "abi.h"
 #include "maps.h"
+#include "policy.h"
 
 /* VNIs are 24 bits: identities above that cannot travel (Cilium's limit too). */
 #define TUNNEL_ID_MAX 0xffffff
@@ -38,4 +39,12 @@ static __always_inline int encap_to_node(struct __sk_buff *skb, __u32 tunnel_if,
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return -1;
 	return bpf_redirect(tunnel_if, 0);
+}
+
+/* The identity a packet from the tunnel is judged by: the one its sender's node put in the
+ * VNI, except that a node's own traffic (HOST there) is remote-node here, as in Cilium: a
+ * node's host is only "host" to itself. */
+static __always_inline __u32 overlay_source_identity(__u32 tunnel_id)
+{
+	return tunnel_id == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : tunnel_id;
 }

@@ -9,7 +9,9 @@
 #include "maps.h"
 #include "parse.h"
 
+#define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
+#define IDENTITY_REMOTE_NODE 6
 
 /* The longest ipcache prefix that holds an address that is not a local endpoint. */
 static __always_inline struct ipcache_entry *ipcache_lookup(__be32 addr)

@@ -500,14 +500,12 @@ async fn resolve_pod_mtu(config: &Config, datapath: &dyn Datapath) -> u32 {
 
 /// Masquerades pods' traffic to the world on the node's uplink as its address (see
 /// `bpf/host.c`), or turns it off: off by configuration, or when there is no uplink with an
-/// IPv4 address to leave as.
+/// IPv4 address to leave as. Off by configuration, the uplink programs are attached all the
+/// same: they carry the node's own traffic to other nodes' pods through the overlay.
 async fn configure_masquerade(
     config: &Config,
     datapath: &dyn Datapath,
 ) -> Result<(), DatapathError> {
-    if !config.masquerade {
-        return datapath.set_masquerade(None);
-    }
     let want = config.uplink_address();
     let uplink = match datapath.uplink(want).await {
         Ok(u) => u,
@@ -516,6 +514,14 @@ async fn configure_masquerade(
             None
         }
     };
+    if !config.masquerade {
+        // The uplink programs still carry the node's own traffic to other nodes' pods
+        // through the overlay (they pass everything else).
+        if let Some(u) = &uplink {
+            datapath.attach_host_programs(&u.name)?;
+        }
+        return datapath.set_masquerade(None);
+    }
     let spec = uplink.and_then(|u| {
         let node_ip = want
             .filter(|ip| u.addresses.contains(ip))
@@ -753,6 +759,11 @@ mod tests {
             .await
             .expect("off");
         assert_eq!(fake.masquerade(), None);
+        assert_eq!(
+            fake.host_device().as_deref(),
+            Some("eth0"),
+            "the uplink programs stay for the node's traffic through the overlay"
+        );
         // No uplink: nothing to masquerade on.
         fake.set_uplink(None);
         configure_masquerade(&config(&[]), &fake)

@@ -31,6 +31,7 @@ pub struct FakeDatapath {
     node_addresses: Mutex<Vec<Ipv4Addr>>,
     uplink: Mutex<Option<crate::Uplink>>,
     masquerade: Mutex<Option<crate::MasqueradeSpec>>,
+    host_device: Mutex<Option<String>>,
     events: broadcast::Sender<MonitorEvent>,
     records: Mutex<BTreeMap<u32, Vec<u8>>>,
     broken: Mutex<BTreeMap<u32, String>>,
@@ -57,6 +58,7 @@ impl Default for FakeDatapath {
             node_addresses: Mutex::default(),
             uplink: Mutex::default(),
             masquerade: Mutex::default(),
+            host_device: Mutex::default(),
             events: broadcast::channel(1024).0,
             records: Mutex::default(),
             broken: Mutex::default(),
@@ -157,6 +159,12 @@ impl FakeDatapath {
     /// Makes `uplink` answer `uplink`.
     pub fn set_uplink(&self, uplink: Option<crate::Uplink>) {
         *lock(&self.uplink) = uplink;
+    }
+
+    /// The device the uplink programs were last attached to by
+    /// [`Datapath::attach_host_programs`].
+    pub fn host_device(&self) -> Option<String> {
+        lock(&self.host_device).clone()
     }
 
     /// The masquerading last set.
@@ -382,6 +390,11 @@ impl Datapath for FakeDatapath {
 
     fn set_masquerade(&self, spec: Option<&crate::MasqueradeSpec>) -> Result<(), DatapathError> {
         *lock(&self.masquerade) = spec.cloned();
+        Ok(())
+    }
+
+    fn attach_host_programs(&self, device: &str) -> Result<(), DatapathError> {
+        *lock(&self.host_device) = Some(device.to_owned());
         Ok(())
     }
 }

@@ -311,4 +311,12 @@ pub trait Datapath: Send + Sync + 'static {
     {
         Ok(None)
     }
+
+    /// Attaches the uplink programs (`bpf/host.c`) to `device` without masquerading, so that
+    /// the node's own traffic to other nodes' pods still goes through the overlay as the
+    /// host. [`Datapath::set_masquerade`] attaches them too. Idempotent; a datapath without
+    /// them does nothing.
+    fn attach_host_programs(&self, _device: &str) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }

@@ -169,3 +169,51 @@ fn the_cluster_exempt_prefixes_and_the_nodes_own_traffic_are_left_alone() {
     let syn = tcp_ok(POD_A, 40000, WORLD, 443, SYN);
     assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn.clone()));
 }
+
+/// The node's own packet to a pod of another node goes through the tunnel as HOST (whose
+/// VNI the receiving node judges as remote-node); the VXLAN device's own output, pods'
+/// packets and destinations on no other node are left to routing.
+#[test]
+fn the_nodes_packet_to_a_remote_pod_goes_through_the_tunnel_as_the_host() {
+    privileged!();
+    let mut h = Harness::new();
+    h.remote_pod();
+    h.set_ipcache(&[IpcacheEntry {
+        prefix: ipnet::Ipv4Net::from(REMOTE_NODE),
+        identity: 6,
+        tunnel_endpoint: None,
+    }]);
+    // Off until the overlay is: the underlay routes it as before.
+    let syn = tcp_ok(NODE, 40000, REMOTE_POD, 8080, SYN);
+    assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn.clone()));
+    h.set_tunnel_ifindex(2);
+    let (v, out) = h.run("to_netdev", &syn);
+    assert_eq!(v, TC_ACT_REDIRECT, "handed to the VXLAN device");
+    assert_eq!(out, syn, "the inner packet is untouched");
+    let evs = h.events();
+    let trace = evs
+        .iter()
+        .find(|e| e.kind == abi::EVENT_TRACE)
+        .expect("a trace event");
+    assert_eq!(trace.code, abi::TRACE_TO_OVERLAY);
+    assert_eq!(trace.src_identity, 1, "the host's identity");
+    assert_eq!(
+        trace.dst_identity, 777,
+        "the remote pod's, from the ipcache"
+    );
+    // An address of that node's pod CIDR not yet known by identity travels too.
+    let other = tcp_ok(NODE, 40001, Ipv4Addr::new(10, 200, 1, 21), 80, SYN);
+    assert_eq!(h.run("to_netdev", &other).0, TC_ACT_REDIRECT);
+    for pkt in [
+        // The VXLAN device's own output, to the remote node's address: never again.
+        udp_ok(NODE, 40000, REMOTE_NODE, 8472),
+        // The remote node itself: remote-node, with no tunnel endpoint.
+        tcp_ok(NODE, 40002, REMOTE_NODE, 22, SYN),
+        // A pod's packet: lxc.c's to encapsulate, not the host's.
+        tcp_ok(POD_A, 40003, REMOTE_POD, 8080, SYN),
+        // The world.
+        tcp_ok(NODE, 40004, WORLD, 443, SYN),
+    ] {
+        assert_eq!(h.run("to_netdev", &pkt), (TC_ACT_OK, pkt.clone()));
+    }
+}

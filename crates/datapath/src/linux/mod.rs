@@ -220,6 +220,30 @@ impl LinuxDatapath {
             .collect()
     }
 
+    /// Attaches `bpf/host.c` to both directions of the uplink `device` (idempotent).
+    fn attach_host(
+        &self,
+        inner: &mut Inner,
+        device: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError> {
+        for (prog, at, prefix) in HOST_PROGRAMS {
+            let pin = self
+                .pin_dir
+                .join("links")
+                .join(format!("{prefix}-{ifindex}"));
+            links::attach_tcx(
+                &mut inner.host,
+                &mut inner.fresh_links,
+                prog,
+                device,
+                at,
+                &pin,
+            )?;
+        }
+        Ok(())
+    }
+
     fn link_pin(&self, ifindex: u32, suffix: &str) -> PathBuf {
         self.pin_dir
             .join("links")
@@ -657,20 +681,7 @@ impl Datapath for LinuxDatapath {
         for (p, a) in have.iter().filter(|k| !want.contains(k)) {
             ignore_missing(inner.maps.nomasq.remove(&LpmKey::new(*p, *a)))?;
         }
-        for (prog, at, prefix) in HOST_PROGRAMS {
-            let pin = self
-                .pin_dir
-                .join("links")
-                .join(format!("{prefix}-{ifindex}"));
-            links::attach_tcx(
-                &mut inner.host,
-                &mut inner.fresh_links,
-                prog,
-                &spec.device,
-                at,
-                &pin,
-            )?;
-        }
+        self.attach_host(inner, &spec.device, ifindex)?;
         cfg.flags |= abi::NODE_F_MASQUERADE;
         cfg.masq_ipv4 = spec.node_ip.octets();
         cfg.masq_ifindex = ifindex;
@@ -680,6 +691,15 @@ impl Datapath for LinuxDatapath {
             .set(0, cfg, 0)
             .map_err(kernel("write cil_node_cfg"))?;
         info!(device = %spec.device, node_ip = %spec.node_ip, exempt = spec.exempt.len(), "masquerading");
+        Ok(())
+    }
+
+    fn attach_host_programs(&self, device: &str) -> Result<(), DatapathError> {
+        let ifindex = nix::net::if_::if_nametoindex(device)
+            .map_err(|e| DatapathError::kernel(format!("look up uplink {device}"), e))?;
+        let mut guard = self.lock();
+        self.attach_host(&mut guard, device, ifindex)?;
+        info!(%device, "uplink programs attached");
         Ok(())
     }
 
