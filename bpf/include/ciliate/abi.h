@@ -314,7 +314,7 @@ struct ipcache_entry {
 #define DROP_CT_UNKNOWN 163
 /* Hubble's "No mapping for NAT masquerade": every masquerade port towards that remote
  * address and port is taken. */
-#define DROP_NAT_NO_MAPPING 160
+#define DROP_NAT_NO_MAPPING 167
 #define DROP_POLICY_DENY 181
 
 #define EVENT_CAPTURE_LEN 128

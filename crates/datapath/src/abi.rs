@@ -419,7 +419,7 @@ pub const SNAT_INGRESS: u8 = 1;
 /// First port masquerading lends.
 pub const SNAT_PORT_MIN: u16 = 61000;
 /// `DROP_NAT_NO_MAPPING`: no masquerade port left towards that destination.
-pub const DROP_NAT_NO_MAPPING: u8 = 160;
+pub const DROP_NAT_NO_MAPPING: u8 = 167;
 
 /// `struct snat_entry4`.
 #[repr(C)]
