@@ -668,14 +668,20 @@ mod tests {
     fn switches_from_the_environment_take_true_or_false() {
         let on = parse(
             &["--node-name", "n1"],
-            &env(&[("CILIATE_NO_SOCKET_LB", "true"), ("CILIATE_NO_MASQUERADE", "1")]),
+            &env(&[
+                ("CILIATE_NO_SOCKET_LB", "true"),
+                ("CILIATE_NO_MASQUERADE", "1"),
+            ]),
         )
         .expect("switches on");
         assert_eq!(on.socket_lb_cgroup, None);
         assert!(!on.masquerade, "{on:?}");
         let off = parse(
             &["--node-name", "n1"],
-            &env(&[("CILIATE_NO_SOCKET_LB", "false"), ("CILIATE_NO_MASQUERADE", "")]),
+            &env(&[
+                ("CILIATE_NO_SOCKET_LB", "false"),
+                ("CILIATE_NO_MASQUERADE", ""),
+            ]),
         )
         .expect("switches off");
         assert!(off.socket_lb_cgroup.is_some());
