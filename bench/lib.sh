@@ -17,7 +17,10 @@ NCPUS=$(nproc)
 CLIENT_CPU=0
 SERVER_CPU=$((NCPUS - 1))
 pin_client() { taskset -c "$CLIENT_CPU" "$@"; }
-pin_server() { taskset -c "$SERVER_CPU" "$@"; }
+# Only ever run in the background (`pin_server nsenter ... &`): a backgrounded function is a
+# subshell, and the exec makes that subshell the server, so $! is the server and killing it stops
+# the server (without it, cleanup killed the subshell and left the server running).
+pin_server() { exec taskset -c "$SERVER_CPU" "$@"; }
 pinning() {
   if [ "$CLIENT_CPU" = "$SERVER_CPU" ]; then
     echo "client and server pinned to CPU $CLIENT_CPU (taskset; this machine has 1 CPU)"

@@ -60,6 +60,25 @@ fn leftovers(prefixes: &[String]) -> Vec<String> {
     left
 }
 
+/// Processes running one of the binaries in `bin_dir` (servers, clients, agents of a run): the
+/// names the scripts give their namespaces do not show on a server started inside one.
+fn running_from(bin_dir: &Path) -> std::collections::BTreeMap<u32, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .replace('\0', " ");
+        if cmdline.starts_with(&format!("{}/", bin_dir.display())) {
+            found.insert(pid, cmdline);
+        }
+    }
+    found
+}
+
 /// One script at a time: they share the machine's two CPUs with their pinned client and server.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -71,6 +90,7 @@ fn quick(script: &str) {
         .parent()
         .expect("target dir")
         .to_owned();
+    let before = running_from(&bin_dir);
     let child = Command::new("bash")
         .arg(repo().join("bench").join(script))
         .arg("--quick")
@@ -85,7 +105,13 @@ fn quick(script: &str) {
     let text = common::text(&out);
     assert_eq!(out.status.code(), Some(0), "bench/{script} --quick: {text}");
     // The run's names: cb<pid>... (bench/lib.sh), cb-lb-<pid>... (lb.sh).
-    let left = leftovers(&[format!("cb{pid}"), format!("cb-lb-{pid}")]);
+    let mut left = leftovers(&[format!("cb{pid}"), format!("cb-lb-{pid}")]);
+    left.extend(
+        running_from(&bin_dir)
+            .into_iter()
+            .filter(|(p, _)| !before.contains_key(p))
+            .map(|(p, cmdline)| format!("process {p}: {cmdline}")),
+    );
     assert!(
         left.is_empty(),
         "bench/{script} --quick left behind: {left:?}\n{text}"
