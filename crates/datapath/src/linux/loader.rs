@@ -23,7 +23,6 @@ pub static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// The compiled `bpf/sock.c`.
 pub static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
-/// The socket-LB programs: (name in the object, attach type).
 /// Refuses an object that the build left empty (`CILIATE_BPF_SKIP`), rather than letting the
 /// loader report a parse error.
 fn object(name: &str, bytes: &'static [u8]) -> Result<&'static [u8], DatapathError> {
@@ -35,6 +34,7 @@ fn object(name: &str, bytes: &'static [u8]) -> Result<&'static [u8], DatapathErr
     Ok(bytes)
 }
 
+/// The socket-LB programs: (name in the object, attach type).
 pub(super) const SOCK_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
     ("sock4_connect", CgroupSockAddrAttachType::Connect4),
     ("sock4_sendmsg", CgroupSockAddrAttachType::UDPSendMsg4),
@@ -98,19 +98,24 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// Loads `bpf/lxc.c` with its maps pinned (or reused) under `pin_dir`, programs loaded
-/// into the kernel but not attached. Tests use this directly for BPF_PROG_TEST_RUN.
-pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+/// Loads the tc object `file` with the node's maps pinned (or reused) under `pin_dir`, its
+/// classifiers `names` verified and loaded into the kernel but not attached.
+fn load_classifiers(
+    pin_dir: &Path,
+    file: &str,
+    bytes: &'static [u8],
+    names: impl IntoIterator<Item = &'static str>,
+) -> Result<Ebpf, DatapathError> {
     std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
-        .load(object("lxc.c", LXC_OBJECT)?)
-        .map_err(kernel("load bpf/lxc.c"))?;
-    for (name, _, _) in ENDPOINT_PROGRAMS {
+        .load(object(file, bytes)?)
+        .map_err(kernel(format!("load bpf/{file}")))?;
+    for name in names {
         let prog: &mut SchedClassifier = bpf
             .program_mut(name)
             .ok_or_else(|| {
-                DatapathError::Unsupported(format!("program {name} missing from lxc.o"))
+                DatapathError::Unsupported(format!("program {name} missing from bpf/{file}"))
             })?
             .try_into()
             .map_err(kernel(format!("{name} is not a classifier")))?;
@@ -120,25 +125,21 @@ pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     Ok(bpf)
 }
 
+/// Loads `bpf/lxc.c` with its maps pinned (or reused) under `pin_dir`, programs loaded
+/// into the kernel but not attached. Tests use this directly for BPF_PROG_TEST_RUN.
+pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+    load_classifiers(
+        pin_dir,
+        "lxc.c",
+        LXC_OBJECT,
+        ENDPOINT_PROGRAMS.map(|(name, _, _)| name),
+    )
+}
+
 /// Loads `bpf/overlay.c` with the same pinned maps as [`load_endpoint_programs`] under
 /// `pin_dir`, its program loaded but not attached.
 pub fn load_overlay_program(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
-    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
-    let mut bpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(object("overlay.c", OVERLAY_OBJECT)?)
-        .map_err(kernel("load bpf/overlay.c"))?;
-    let (name, _, _) = OVERLAY_PROGRAM;
-    let prog: &mut SchedClassifier = bpf
-        .program_mut(name)
-        .ok_or_else(|| {
-            DatapathError::Unsupported(format!("program {name} missing from overlay.o"))
-        })?
-        .try_into()
-        .map_err(kernel(format!("{name} is not a classifier")))?;
-    prog.load()
-        .map_err(kernel(format!("verify and load {name}")))?;
-    Ok(bpf)
+    load_classifiers(pin_dir, "overlay.c", OVERLAY_OBJECT, [OVERLAY_PROGRAM.0])
 }
 
 /// The masquerading programs on the uplink: (name in the object, where it attaches, pin name
@@ -152,23 +153,12 @@ pub(super) const HOST_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
 /// Loads `bpf/host.c` with the node's pinned maps under `pin_dir`, programs loaded but not
 /// attached.
 pub fn load_host_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
-    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
-    let mut bpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(object("host.c", HOST_OBJECT)?)
-        .map_err(kernel("load bpf/host.c"))?;
-    for (name, _, _) in HOST_PROGRAMS {
-        let prog: &mut SchedClassifier = bpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                DatapathError::Unsupported(format!("program {name} missing from host.o"))
-            })?
-            .try_into()
-            .map_err(kernel(format!("{name} is not a classifier")))?;
-        prog.load()
-            .map_err(kernel(format!("verify and load {name}")))?;
-    }
-    Ok(bpf)
+    load_classifiers(
+        pin_dir,
+        "host.c",
+        HOST_OBJECT,
+        HOST_PROGRAMS.map(|(name, _, _)| name),
+    )
 }
 
 /// Loads `bpf/sock.c` with its maps pinned (or reused) under `pin_dir`, programs verified and
