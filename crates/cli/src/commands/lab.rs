@@ -114,16 +114,8 @@ pub enum LabCommand {
 /// Arguments of `ciliate lab up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// The lab's name: lowercase letters and digits (also --name; or CILIATE_LAB_NAME).
-    #[arg(
-        long = "lab",
-        visible_alias = "name",
-        env = ciliate_lab::layout::LAB_NAME_ENV,
-        value_name = "NAME",
-        default_value = DEFAULT_NAME,
-        value_parser = parse_name
-    )]
-    pub name: String,
+    #[command(flatten)]
+    pub lab: NameArg,
     /// How many nodes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub nodes: u8,
@@ -153,16 +145,8 @@ pub struct NameArg {
 /// Arguments of `ciliate lab env`.
 #[derive(Debug, Args)]
 pub struct EnvArgs {
-    /// The lab's name (also --name; or CILIATE_LAB_NAME).
-    #[arg(
-        long = "lab",
-        visible_alias = "name",
-        env = ciliate_lab::layout::LAB_NAME_ENV,
-        value_name = "NAME",
-        default_value = DEFAULT_NAME,
-        value_parser = parse_name
-    )]
-    pub name: String,
+    #[command(flatten)]
+    pub lab: NameArg,
     /// The node: its index, node<i>, or its name.
     #[arg(default_value = "0")]
     pub node: String,
@@ -171,16 +155,8 @@ pub struct EnvArgs {
 /// Arguments of `ciliate lab restart-agent`.
 #[derive(Debug, Args)]
 pub struct RestartArgs {
-    /// The lab's name (also --name; or CILIATE_LAB_NAME).
-    #[arg(
-        long = "lab",
-        visible_alias = "name",
-        env = ciliate_lab::layout::LAB_NAME_ENV,
-        value_name = "NAME",
-        default_value = DEFAULT_NAME,
-        value_parser = parse_name
-    )]
-    pub name: String,
+    #[command(flatten)]
+    pub lab: NameArg,
     /// The node: its index, node<i>, or its name.
     pub node: String,
 }
@@ -198,9 +174,9 @@ pub async fn run(cmd: LabCommand, format: Format) -> anyhow::Result<Outcome> {
         LabCommand::Up(args) => up(args).await,
         LabCommand::Status(a) => status(&a.name, format).await,
         LabCommand::Down(a) => down(&a.name, format),
-        LabCommand::Env(a) => env(&a.name, &a.node, format),
+        LabCommand::Env(a) => env(&a.lab.name, &a.node, format),
         LabCommand::List => list(format),
-        LabCommand::RestartAgent(a) => restart_agent(&a.name, &a.node).await,
+        LabCommand::RestartAgent(a) => restart_agent(&a.lab.name, &a.node).await,
     }
 }
 
@@ -239,7 +215,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     // ends the step under way and rolls back everything lab.json and the lab's names record.
     let mut signals = Signals::new()?;
     let opts = UpOptions {
-        name: args.name.clone(),
+        name: args.lab.name.clone(),
         nodes: usize::from(args.nodes),
         pods_per_node: usize::from(args.pods_per_node),
         demo: !args.no_demo,
@@ -593,7 +569,7 @@ mod tests {
             panic!("not lab up")
         };
         assert_eq!(
-            (a.name.as_str(), a.nodes, a.pods_per_node, a.no_demo),
+            (a.lab.name.as_str(), a.nodes, a.pods_per_node, a.no_demo),
             ("lab", 2, 2, false)
         );
         let cli = parse(&[
@@ -613,7 +589,7 @@ mod tests {
             panic!("not lab up")
         };
         assert_eq!(
-            (a.name.as_str(), a.nodes, a.pods_per_node, a.no_demo),
+            (a.lab.name.as_str(), a.nodes, a.pods_per_node, a.no_demo),
             ("dev", 8, 0, true)
         );
         let cli = parse(&["ciliate", "lab", "status", "-o", "json"]).expect("parses");
@@ -621,7 +597,7 @@ mod tests {
         assert_eq!(cli.output, Some(Format::Json));
         let cli = parse(&["ciliate", "lab", "env", "--name", "x1", "node1"]).expect("parses");
         assert!(
-            matches!(cli.command, Command::Lab(LabCommand::Env(ref e)) if e.name == "x1" && e.node == "node1")
+            matches!(cli.command, Command::Lab(LabCommand::Env(ref e)) if e.lab.name == "x1" && e.node == "node1")
         );
         let cli = parse(&["ciliate", "lab", "down"]).expect("parses");
         assert!(matches!(cli.command, Command::Lab(LabCommand::Down(ref n)) if n.name == "lab"));
