@@ -201,6 +201,10 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 		return CT_NEW;
 	}
 
+	/* A tuple tracked untranslated (a socket-LB flow, a direct connection on the same source
+	 * port) and now sent to a VIP: its replies must come back from that frontend. */
+	if (!reply && rev_nat && e->rev_nat_index != rev_nat)
+		e->rev_nat_index = rev_nat;
 	*rev_nat_out = e->rev_nat_index;
 	*svc_out = e->rev_nat_index ? e->rev_nat_index : e->sock_rev_nat;
 	if (reply) {

@@ -73,6 +73,33 @@ fn replies_from_the_backend_are_translated_back_to_the_vip() {
     assert_checksums(&reply);
 }
 
+/// A tuple already tracked untranslated (e.g. a socket-LB flow, or a direct connection to the
+/// backend that used the same source port) and then reused towards the VIP: the reply must still
+/// be translated back, so the entry takes the frontend of the packet that reuses it.
+#[test]
+fn a_reused_tuple_takes_the_frontend_of_the_vip_it_now_goes_to() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&BACKENDS[1..2], None, L4Proto::Tcp));
+    let (_, direct) = h.run(
+        "from_container",
+        &tcp_ok(POD_A, 43100, BACKENDS[1], 8080, SYN),
+    );
+    assert_eq!(
+        dst_of(&direct),
+        (BACKENDS[1], 8080),
+        "not a Service: untouched"
+    );
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 43100, VIP, 80, ACK));
+    assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
+    let (v, reply) = h.run(
+        "to_container",
+        &tcp_ok(BACKENDS[1], 8080, POD_A, 43100, ACK),
+    );
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(src_of(&reply), (VIP, 80), "the pod sees the VIP answer");
+}
+
 #[test]
 fn events_of_a_translated_connection_carry_its_rev_nat_index_both_ways() {
     privileged!();
