@@ -20,7 +20,7 @@ use crate::LbError;
 pub type BackendKey = (Ipv4Addr, u16, L4Proto);
 
 /// What a rev-NAT index stands for: the frontend.
-pub type FrontendKey = (Ipv4Addr, u16, L4Proto);
+pub use ciliate_model::lb_diff::FrontendKey;
 
 /// Highest backend id handed out. The datapath's backend map is a hash, so any non-zero
 /// `u32` works; the limit only keeps ids readable.
@@ -172,6 +172,89 @@ impl IdAllocator {
     /// Rev-NAT indexes in use.
     pub fn rev_nat_in_use(&self) -> usize {
         self.rev_nat.len()
+    }
+
+    /// The id of `key`, given a new one if it has none (incremental use, see
+    /// [`crate::Balancer`]).
+    pub fn ensure_backend(&mut self, key: BackendKey) -> Result<u32, LbError> {
+        if let Some(&id) = self.backends.get(&key) {
+            return Ok(id);
+        }
+        let id = next_free(&mut self.next_backend, MAX_BACKEND_ID, &self.backend_ids)
+            .ok_or(LbError::BackendIdsExhausted)?;
+        self.backend_ids.insert(id);
+        self.backends.insert(key, id);
+        Ok(id)
+    }
+
+    /// Frees the id of `key`, if it has one.
+    pub fn release_backend(&mut self, key: &BackendKey) {
+        if let Some(id) = self.backends.remove(key) {
+            self.backend_ids.remove(&id);
+        }
+    }
+
+    /// The rev-NAT index of `key`, given a new one if it has none.
+    pub fn ensure_rev_nat(&mut self, key: FrontendKey) -> Result<u16, LbError> {
+        if let Some(&id) = self.rev_nat.get(&key) {
+            return Ok(id);
+        }
+        let id = next_free(&mut self.next_rev_nat, MAX_REV_NAT, &self.rev_nat_ids).ok_or(
+            LbError::RevNatExhausted {
+                wanted: self.rev_nat.len() + 1,
+                kept: self.rev_nat.len(),
+            },
+        )?;
+        self.rev_nat_ids.insert(id);
+        self.rev_nat.insert(key, id);
+        Ok(id)
+    }
+
+    /// Frees the rev-NAT index of `key`, if it has one.
+    pub fn release_rev_nat(&mut self, key: &FrontendKey) {
+        if let Some(id) = self.rev_nat.remove(key) {
+            self.rev_nat_ids.remove(&id);
+        }
+    }
+
+    /// Takes the ids the datapath already holds (read back from its pinned maps after a
+    /// restart), so that connections in its conntrack table keep meaning the same backends and
+    /// frontends. An id or key given twice keeps its first owner; 0 is skipped. Ids seeded
+    /// but not used once the state is loaded are freed with [`IdAllocator::retain`].
+    pub fn seed(
+        &mut self,
+        backends: impl IntoIterator<Item = (BackendKey, u32)>,
+        frontends: impl IntoIterator<Item = (FrontendKey, u16)>,
+    ) {
+        for (key, id) in backends {
+            if id != 0 && !self.backends.contains_key(&key) && self.backend_ids.insert(id) {
+                self.backends.insert(key, id);
+                self.next_backend = self.next_backend.max(id.wrapping_add(1));
+            }
+        }
+        for (key, id) in frontends {
+            if id != 0 && !self.rev_nat.contains_key(&key) && self.rev_nat_ids.insert(id) {
+                self.rev_nat.insert(key, id);
+                self.next_rev_nat = self.next_rev_nat.max(id.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Frees every id whose key the predicates reject.
+    pub fn retain(
+        &mut self,
+        mut backend: impl FnMut(&BackendKey) -> bool,
+        mut frontend: impl FnMut(&FrontendKey) -> bool,
+    ) {
+        let Self {
+            backends,
+            rev_nat,
+            backend_ids,
+            rev_nat_ids,
+            ..
+        } = self;
+        backends.retain(|k, id| backend(k) || !backend_ids.remove(id));
+        rev_nat.retain(|k, id| frontend(k) || !rev_nat_ids.remove(id));
     }
 
     /// Makes the ids in use exactly those of `backends` and `frontends`: keys that are gone

@@ -32,7 +32,12 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
-pub mod diff;
+pub mod balancer;
+
+/// The difference between two states (defined in `ciliate-model`, which the datapath shares).
+pub mod diff {
+    pub use ciliate_model::lb_diff::{frontend_key, LbDiff};
+}
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -47,6 +52,7 @@ use ciliate_model::lb::{
 use ciliate_model::service::{BackendView, FrontendView, ServiceView};
 
 pub use alloc::{AllocatorSnapshot, BackendKey, FrontendKey, IdAllocator};
+pub use balancer::Balancer;
 pub use diff::LbDiff;
 
 /// Why load-balancing state could not be computed. Nothing was changed when it fails.

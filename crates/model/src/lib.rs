@@ -12,6 +12,7 @@ pub mod identity;
 pub mod k8s;
 pub mod labels;
 pub mod lb;
+pub mod lb_diff;
 pub mod manifest;
 pub mod monitor;
 pub mod policy;

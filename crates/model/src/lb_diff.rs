@@ -1,13 +1,17 @@
-//! The difference between two [`LbState`]s: which frontends and backends to add, change and
+//! The difference between two [`LbState`]s (what `crates/lb` computes and the datapath writes): which frontends and backends to add, change and
 //! remove. Minimal by construction: entries are matched by key (frontend address, port and
 //! protocol; backend id) and only those whose value differs appear.
 
 use std::collections::BTreeMap;
 
-use ciliate_model::lb::{LbBackend, LbFrontend, LbState};
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::FrontendKey;
+use crate::lb::{L4Proto, LbBackend, LbFrontend, LbState};
+
+/// What identifies a frontend: address, port, protocol.
+pub type FrontendKey = (Ipv4Addr, u16, L4Proto);
 
 /// What turns one [`LbState`] into another.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

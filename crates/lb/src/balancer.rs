@@ -1,0 +1,794 @@
+//! Load balancing, kept up to date: the same rules as [`crate::compute`], applied one change at
+//! a time, so that the cost of a change grows with the change and not with the number of
+//! Services.
+//!
+//! A [`Balancer`] holds the objects in force (Services, EndpointSlices, Endpoints), indexes
+//! them by the Service they belong to, and remembers per Service what it planned (frontends and
+//! their candidate backends) and which frontends it holds. [`Balancer::apply`] takes a batch of
+//! upserts and deletes and answers the [`LbDiff`] to write into the datapath: only the
+//! frontends and backends of the Services the batch touched (plus, when frontends or cluster
+//! IPs are contested, the Services contesting them) are recomputed.
+//!
+//! Who holds a contested cluster IP or frontend is decided as [`crate::compute`] decides it,
+//! independent of the order changes came in: the first Service by namespace/name. The property
+//! tests check that any sequence of batches ends in the state `compute` gives for the final
+//! objects (ids aside: they depend on history, by design).
+//!
+//! Ids: a frontend that stays keeps its reverse-NAT index and a backend that stays keeps its
+//! id, within a batch too (ids are freed only after the batch's new ones are given), so a
+//! Service update never renumbers what conntrack entries name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ciliate_model::k8s::{EndpointSlice, Kind, Object, ObjectKey, Service, ServiceType};
+use ciliate_model::lb::{BackendState, LbBackend, LbFrontend, LbState, ServiceRef};
+use ciliate_model::service::{BackendView, FrontendView, ServiceView};
+
+use crate::alloc::{BackendKey, FrontendKey, IdAllocator, MAX_REV_NAT};
+use crate::{
+    cluster_ip, plan_port, Conflict, ConflictKind, LbDiff, LbError, Node, PlannedFrontend,
+};
+
+/// A Service's namespace and name.
+pub type ServiceName = (String, String);
+
+/// One change of a batch.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// The object is now this (created or replaced).
+    Upsert(Arc<Object>),
+    /// The object is gone.
+    Delete(ObjectKey),
+}
+
+/// What a Service planned: per port, its problems and frontends (before any contest).
+#[derive(Debug, Default)]
+struct Planned {
+    cluster_ip: Option<Ipv4Addr>,
+    ports: Vec<(Vec<String>, Vec<PlannedFrontend>)>,
+    /// Frontend keys it claims when it holds its cluster IP (deduplicated, in plan order).
+    keys: Vec<FrontendKey>,
+}
+
+/// Reference counts of one backend across the frontends holding it, by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BackendUse {
+    active: u32,
+    terminating: u32,
+}
+
+impl BackendUse {
+    fn add(&mut self, s: BackendState, n: i64) {
+        let c = match s {
+            BackendState::Active => &mut self.active,
+            BackendState::Terminating => &mut self.terminating,
+        };
+        *c = (i64::from(*c) + n).max(0) as u32;
+    }
+
+    fn state(self) -> Option<BackendState> {
+        if self.active > 0 {
+            Some(BackendState::Active)
+        } else if self.terminating > 0 {
+            Some(BackendState::Terminating)
+        } else {
+            None
+        }
+    }
+}
+
+/// The load-balancing state of a node, maintained incrementally.
+#[derive(Debug, Default)]
+pub struct Balancer {
+    node: Node,
+    ids: IdAllocator,
+    services: BTreeMap<ServiceName, Arc<Object>>,
+    /// EndpointSlices and Endpoints by key, with the Service they serve and their slices.
+    slices: HashMap<ObjectKey, (ServiceName, Arc<Object>)>,
+    by_service: HashMap<ServiceName, BTreeSet<ObjectKey>>,
+    planned: HashMap<ServiceName, Planned>,
+    cluster_ips: HashMap<Ipv4Addr, BTreeSet<ServiceName>>,
+    claims: HashMap<FrontendKey, BTreeSet<ServiceName>>,
+    /// Frontend keys each Service holds.
+    held: HashMap<ServiceName, Vec<FrontendKey>>,
+    frontends: HashMap<FrontendKey, LbFrontend>,
+    rev_nats: HashMap<u16, FrontendKey>,
+    backend_use: HashMap<BackendKey, BackendUse>,
+    backends: HashMap<BackendKey, LbBackend>,
+}
+
+fn service_name(o: &Object) -> Option<ServiceName> {
+    match o {
+        Object::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
+        Object::EndpointSlice(s) => s
+            .service_name()
+            .map(|n| (s.metadata.namespace.clone(), n.to_owned())),
+        Object::Endpoints(e) => Some((e.metadata.namespace.clone(), e.metadata.name.clone())),
+        Object::Namespace(_) => None,
+    }
+}
+
+fn as_service(o: &Object) -> Option<&Service> {
+    match o {
+        Object::Service(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn full_name(n: &ServiceName) -> String {
+    format!("{}/{}", n.0, n.1)
+}
+
+impl Balancer {
+    /// An empty balancer for `node`, giving ids from `ids` (seeded with what the datapath
+    /// holds after a restart; unused seeds are freed by the first [`Balancer::apply`] through
+    /// [`Balancer::release_unused_ids`]).
+    pub fn new(node: Node, ids: IdAllocator) -> Self {
+        Self {
+            node,
+            ids,
+            ..Self::default()
+        }
+    }
+
+    /// The node it computes for.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Frees ids not used by the current state (seeded ids of objects that are gone).
+    pub fn release_unused_ids(&mut self) {
+        let (frontends, backends) = (&self.frontends, &self.backends);
+        self.ids
+            .retain(|k| backends.contains_key(k), |k| frontends.contains_key(k));
+    }
+
+    /// Services known.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Backends programmed.
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Frontends programmed.
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// The whole state, sorted as [`crate::compute`] sorts it.
+    pub fn state(&self) -> LbState {
+        let mut frontends: Vec<LbFrontend> = self.frontends.values().cloned().collect();
+        frontends.sort_by_key(|f| (f.addr, f.port, f.proto));
+        let mut backends: Vec<LbBackend> = self.backends.values().cloned().collect();
+        backends.sort_by_key(|b| b.id);
+        LbState {
+            frontends,
+            backends,
+        }
+    }
+
+    /// The Service of the frontend with reverse-NAT index `index`.
+    pub fn service_by_rev_nat(&self, index: u16) -> Option<&ServiceRef> {
+        let key = self.rev_nats.get(&index)?;
+        self.frontends.get(key).map(|f| &f.service)
+    }
+
+    /// The Service of a frontend.
+    pub fn service_by_frontend(&self, key: &FrontendKey) -> Option<&ServiceRef> {
+        self.frontends.get(key).map(|f| &f.service)
+    }
+
+    /// The Services that would contest a cluster IP or frontend if `changes` were applied,
+    /// where one of the contestants is a Service of the batch: what an API request is refused
+    /// for. Nothing is changed.
+    pub fn conflicts_of(&self, changes: &[Change]) -> Vec<Conflict> {
+        let mut batch: BTreeMap<ServiceName, Option<&Service>> = BTreeMap::new();
+        for c in changes {
+            match c {
+                Change::Upsert(o) => {
+                    if let Some(s) = as_service(o) {
+                        batch.insert(service_name(o).unwrap_or_default(), Some(s));
+                    }
+                }
+                Change::Delete(k) if k.kind == Kind::Service => {
+                    batch.insert((k.namespace.clone(), k.name.clone()), None);
+                }
+                Change::Delete(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        let mut cips: BTreeMap<Ipv4Addr, &ServiceName> = BTreeMap::new();
+        let mut keys: BTreeMap<FrontendKey, &ServiceName> = BTreeMap::new();
+        for (name, svc) in &batch {
+            let Some(svc) = svc else { continue };
+            let (cip, fkeys) = self.frontend_keys_of(svc);
+            // Another Service (not replaced by the batch) or an earlier one of the batch.
+            let other = |claimants: Option<&BTreeSet<ServiceName>>| {
+                claimants
+                    .into_iter()
+                    .flatten()
+                    .find(|c| *c != name && !batch.contains_key(*c))
+                    .cloned()
+            };
+            let pair = |a: &ServiceName, b: &ServiceName| {
+                if a < b {
+                    (full_name(a), full_name(b))
+                } else {
+                    (full_name(b), full_name(a))
+                }
+            };
+            if let Some(ip) = cip {
+                let holder = other(self.cluster_ips.get(&ip))
+                    .or_else(|| cips.get(&ip).map(|n| (*n).clone()));
+                if let Some(h) = holder {
+                    let (holder, loser) = pair(&h, name);
+                    out.push(Conflict {
+                        kind: ConflictKind::ClusterIp,
+                        frontend: ip.to_string(),
+                        holder,
+                        loser,
+                    });
+                    continue;
+                }
+                cips.insert(ip, name);
+            }
+            let mut seen = HashSet::new();
+            for k in fkeys {
+                if !seen.insert(k) {
+                    continue;
+                }
+                let holder =
+                    other(self.claims.get(&k)).or_else(|| keys.get(&k).map(|n| (*n).clone()));
+                match holder {
+                    Some(h) => {
+                        let (holder, loser) = pair(&h, name);
+                        out.push(Conflict {
+                            kind: ConflictKind::Frontend,
+                            frontend: format!("{}:{}/{}", k.0, k.1, k.2),
+                            holder,
+                            loser,
+                        });
+                    }
+                    None => {
+                        keys.insert(k, name);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A Service's cluster IP and frontend keys (what it claims), without backends.
+    fn frontend_keys_of(&self, svc: &Service) -> (Option<Ipv4Addr>, Vec<FrontendKey>) {
+        let planned = self.plan(svc, &[]);
+        (planned.cluster_ip, planned.keys)
+    }
+
+    fn plan(&self, svc: &Service, slices: &[&EndpointSlice]) -> Planned {
+        let cip = cluster_ip(svc).parse::<Ipv4Addr>().ok();
+        let mut planned = Planned {
+            cluster_ip: cip,
+            ..Planned::default()
+        };
+        let balanced =
+            svc.spec.service_type != ServiceType::ExternalName && !svc.spec.is_headless();
+        if !balanced {
+            return planned;
+        }
+        let mut seen = HashSet::new();
+        for sp in &svc.spec.ports {
+            let mut problems = Vec::new();
+            let fronts = plan_port(svc, sp, slices, &self.node, &mut problems);
+            for f in &fronts {
+                let k = (f.addr, f.port, f.proto);
+                if seen.insert(k) {
+                    planned.keys.push(k);
+                }
+            }
+            planned.ports.push((problems, fronts));
+        }
+        planned
+    }
+
+    /// The slices of a Service, sorted by name as [`crate::compute`] sorts them.
+    fn slices_of(&self, name: &ServiceName) -> Vec<EndpointSlice> {
+        let mut out: Vec<EndpointSlice> = Vec::new();
+        for key in self.by_service.get(name).into_iter().flatten() {
+            match self.slices.get(key).map(|(_, o)| o.as_ref()) {
+                Some(Object::EndpointSlice(s)) => out.push(s.clone()),
+                Some(Object::Endpoints(e)) => out.extend(e.to_slices()),
+                _ => {}
+            }
+        }
+        out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        out
+    }
+
+    /// Applies a batch and answers what to write into the datapath. On error nothing
+    /// changed.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<LbDiff, LbError> {
+        // Services whose plan is recomputed.
+        let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
+        for c in &changes {
+            match c {
+                Change::Upsert(o) => {
+                    touched.extend(service_name(o));
+                    if let Some((old, _)) = self.slices.get(&o.key()) {
+                        touched.insert(old.clone());
+                    }
+                }
+                Change::Delete(k) => match k.kind {
+                    Kind::Service => {
+                        touched.insert((k.namespace.clone(), k.name.clone()));
+                    }
+                    Kind::Namespace => {}
+                    _ => touched.extend(self.slices.get(k).map(|(n, _)| n.clone())),
+                },
+            }
+        }
+        // Refuse what would exhaust reverse-NAT indexes before changing anything: an upper
+        // bound (every frontend of every upserted Service new, the touched ones' freed).
+        let freed: usize = touched
+            .iter()
+            .filter_map(|n| self.held.get(n))
+            .map(Vec::len)
+            .sum();
+        let added: usize = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(o) => as_service(o),
+                Change::Delete(_) => None,
+            })
+            .map(|s| self.frontend_keys_of(s).1.len())
+            .sum();
+        let wanted = self.frontends.len() - freed + added;
+        if wanted > usize::from(MAX_REV_NAT) {
+            return Err(LbError::RevNatExhausted {
+                wanted,
+                kept: self.frontends.len() - freed,
+            });
+        }
+
+        // The objects.
+        for c in changes {
+            match c {
+                Change::Upsert(o) => self.put_object(o),
+                Change::Delete(k) => self.delete_object(&k),
+            }
+        }
+
+        // New plans of the touched Services.
+        let mut next: HashMap<ServiceName, Planned> = HashMap::new();
+        for name in &touched {
+            if let Some(svc) = self.services.get(name).and_then(|o| as_service(o)) {
+                let slices = self.slices_of(name);
+                let refs: Vec<&EndpointSlice> = slices.iter().collect();
+                next.insert(name.clone(), self.plan(svc, &refs));
+            }
+        }
+
+        // Every Service whose holdings may change: the touched ones and, transitively, those
+        // sharing a cluster IP or a frontend key with them (before or after).
+        let mut closure: BTreeSet<ServiceName> = BTreeSet::new();
+        let mut queue: Vec<ServiceName> = touched.iter().cloned().collect();
+        while let Some(n) = queue.pop() {
+            if !closure.insert(n.clone()) {
+                continue;
+            }
+            let plans = [self.planned.get(&n), next.get(&n)];
+            for p in plans.into_iter().flatten() {
+                let sharing = p
+                    .cluster_ip
+                    .and_then(|ip| self.cluster_ips.get(&ip))
+                    .into_iter()
+                    .flatten()
+                    .chain(p.keys.iter().filter_map(|k| self.claims.get(k)).flatten());
+                for other in sharing {
+                    if !closure.contains(other) {
+                        queue.push(other.clone());
+                    }
+                }
+            }
+            // Contestants of the new plan that do not claim yet (they are in `next` only if
+            // touched; others are found through the index above).
+            if let Some(p) = next.get(&n) {
+                for (other, op) in &next {
+                    if closure.contains(other) || other == &n {
+                        continue;
+                    }
+                    if (p.cluster_ip.is_some() && p.cluster_ip == op.cluster_ip)
+                        || op.keys.iter().any(|k| p.keys.contains(k))
+                    {
+                        queue.push(other.clone());
+                    }
+                }
+            }
+        }
+
+        // Withdraw the closure's claims and holdings.
+        let mut old_held: HashMap<FrontendKey, LbFrontend> = HashMap::new();
+        let mut touched_backends: HashSet<BackendKey> = HashSet::new();
+        for n in &closure {
+            if let Some(p) = self.planned.get(n) {
+                if let Some(ip) = p.cluster_ip {
+                    remove_claim(&mut self.cluster_ips, &ip, n);
+                }
+                for k in &p.keys {
+                    remove_claim(&mut self.claims, k, n);
+                }
+            }
+            for k in self.held.remove(n).unwrap_or_default() {
+                if let Some(f) = self.frontends.remove(&k) {
+                    self.rev_nats.remove(&f.rev_nat_index);
+                    if let Some(p) = self.planned.get(n) {
+                        for b in candidates_of(p, &k) {
+                            let bk = (b.0, b.1, k.2);
+                            self.backend_use.entry(bk).or_default().add(b.2, -1);
+                            touched_backends.insert(bk);
+                        }
+                    }
+                    old_held.insert(k, f);
+                }
+            }
+        }
+        for (n, p) in next {
+            self.planned.insert(n, p);
+        }
+        for n in &touched {
+            if !self.services.contains_key(n) {
+                self.planned.remove(n);
+            }
+        }
+
+        // Claim again: cluster IPs first (a Service without its cluster IP claims nothing).
+        for n in &closure {
+            if let Some(ip) = self.planned.get(n).and_then(|p| p.cluster_ip) {
+                self.cluster_ips.entry(ip).or_default().insert(n.clone());
+            }
+        }
+        let eligible: Vec<ServiceName> = closure
+            .iter()
+            .filter(|n| {
+                self.planned.get(*n).is_some_and(|p| match p.cluster_ip {
+                    None => true,
+                    Some(ip) => self.cluster_ips.get(&ip).and_then(|s| s.first()) == Some(*n),
+                })
+            })
+            .cloned()
+            .collect();
+        for n in &eligible {
+            for k in &self.planned[n].keys {
+                self.claims.entry(*k).or_default().insert(n.clone());
+            }
+        }
+
+        // Holdings, backend use, ids.
+        let mut new_keys: Vec<(ServiceName, FrontendKey)> = Vec::new();
+        for n in &eligible {
+            let p = &self.planned[n];
+            let held: Vec<FrontendKey> = p
+                .keys
+                .iter()
+                .filter(|k| self.claims.get(*k).and_then(|s| s.first()) == Some(n))
+                .copied()
+                .collect();
+            for k in &held {
+                for b in candidates_of(p, k) {
+                    let bk = (b.0, b.1, k.2);
+                    self.backend_use.entry(bk).or_default().add(b.2, 1);
+                    touched_backends.insert(bk);
+                }
+                new_keys.push((n.clone(), *k));
+            }
+            self.held.insert(n.clone(), held);
+        }
+        let mut diff = LbDiff::default();
+        let mut gone_backends = Vec::new();
+        for bk in &touched_backends {
+            let state = self.backend_use.get(bk).and_then(|u| u.state());
+            match state {
+                None => {
+                    self.backend_use.remove(bk);
+                    if let Some(b) = self.backends.remove(bk) {
+                        diff.backends_removed.push(b);
+                    }
+                    gone_backends.push(*bk);
+                }
+                Some(state) => {
+                    let id = self.ids.ensure_backend(*bk)?;
+                    let b = LbBackend {
+                        id,
+                        addr: bk.0,
+                        port: bk.1,
+                        proto: bk.2,
+                        state,
+                    };
+                    match self.backends.insert(*bk, b.clone()) {
+                        None => diff.backends_added.push(b),
+                        Some(old) if old != b => diff.backends_changed.push(b),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        for (n, k) in &new_keys {
+            let rev_nat_index = self.ids.ensure_rev_nat(*k)?;
+            let f = self.build_frontend(n, k, rev_nat_index);
+            self.rev_nats.insert(rev_nat_index, *k);
+            match old_held.remove(k) {
+                None => diff.frontends_added.push(f.clone()),
+                Some(old) if old != f => diff.frontends_changed.push(f.clone()),
+                Some(_) => {}
+            }
+            self.frontends.insert(*k, f);
+        }
+        // Only now free what is gone, so nothing that stays was renumbered.
+        for (k, f) in old_held {
+            self.ids.release_rev_nat(&k);
+            diff.frontends_removed.push(f);
+        }
+        for bk in gone_backends {
+            self.ids.release_backend(&bk);
+        }
+        for v in [
+            &mut diff.frontends_added,
+            &mut diff.frontends_changed,
+            &mut diff.frontends_removed,
+        ] {
+            v.sort_by_key(|f| (f.addr, f.port, f.proto));
+        }
+        for v in [
+            &mut diff.backends_added,
+            &mut diff.backends_changed,
+            &mut diff.backends_removed,
+        ] {
+            v.sort_by_key(|b| b.id);
+        }
+        Ok(diff)
+    }
+
+    fn put_object(&mut self, o: Arc<Object>) {
+        let key = o.key();
+        match o.as_ref() {
+            Object::Namespace(_) => {}
+            Object::Service(_) => {
+                if let Some(n) = service_name(&o) {
+                    self.services.insert(n, o);
+                }
+            }
+            Object::EndpointSlice(_) | Object::Endpoints(_) => {
+                self.unindex_slice(&key);
+                // A slice without a service-name label serves nothing; it is kept so that a
+                // later delete finds it.
+                let n = service_name(&o).unwrap_or_default();
+                self.by_service
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.slices.insert(key, (n, o));
+            }
+        }
+    }
+
+    fn delete_object(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Namespace => {}
+            Kind::Service => {
+                self.services
+                    .remove(&(key.namespace.clone(), key.name.clone()));
+            }
+            Kind::EndpointSlice | Kind::Endpoints => self.unindex_slice(key),
+        }
+    }
+
+    fn unindex_slice(&mut self, key: &ObjectKey) {
+        if let Some((n, _)) = self.slices.remove(key) {
+            if let Some(set) = self.by_service.get_mut(&n) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_service.remove(&n);
+                }
+            }
+        }
+    }
+
+    fn build_frontend(&self, n: &ServiceName, k: &FrontendKey, rev_nat_index: u16) -> LbFrontend {
+        let p = &self.planned[n];
+        let f = planned_frontend(p, k).expect("held keys are planned");
+        let svc = self.services.get(n).and_then(|o| as_service(o));
+        let id = |b: &crate::Candidate| {
+            self.backends
+                .get(&(b.addr, b.port, k.2))
+                .map_or(0, |x| x.id)
+        };
+        let active: Vec<u32> = f
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .map(id)
+            .collect();
+        let slots = if active.is_empty() {
+            f.backends.iter().map(id).collect()
+        } else {
+            active
+        };
+        LbFrontend {
+            addr: k.0,
+            port: k.1,
+            proto: k.2,
+            kind: f.kind,
+            rev_nat_index,
+            backends: slots,
+            affinity_timeout: svc.and_then(|s| s.spec.affinity_timeout()),
+            service: ServiceRef {
+                namespace: n.0.clone(),
+                name: n.1.clone(),
+                port_name: f.port_name.clone(),
+            },
+        }
+    }
+
+    /// Every Service's view, sorted by namespace/name (`source` left empty).
+    pub fn views(&self) -> Vec<ServiceView> {
+        self.services.keys().filter_map(|n| self.view(n)).collect()
+    }
+
+    /// One Service's view (`source` left empty).
+    pub fn view(&self, n: &ServiceName) -> Option<ServiceView> {
+        let svc = as_service(self.services.get(n)?)?;
+        let mut view = ServiceView {
+            namespace: n.0.clone(),
+            name: n.1.clone(),
+            service_type: svc.spec.service_type,
+            cluster_ip: cluster_ip(svc),
+            affinity_timeout: svc.spec.affinity_timeout(),
+            source: String::new(),
+            frontends: Vec::new(),
+            problems: Vec::new(),
+        };
+        let Some(p) = self.planned.get(n) else {
+            return Some(view);
+        };
+        if let Some(ip) = p.cluster_ip {
+            if let Some(holder) = self.cluster_ips.get(&ip).and_then(|s| s.first()) {
+                if holder != n {
+                    view.problems.push(format!(
+                        "cluster IP {ip} is allocated to Service {}; this Service gets no frontend",
+                        full_name(holder)
+                    ));
+                    return Some(view);
+                }
+            }
+        }
+        let held: HashSet<&FrontendKey> = self.held.get(n).into_iter().flatten().collect();
+        let mut reported = HashSet::new();
+        for (problems, fronts) in &p.ports {
+            view.problems.extend(problems.iter().cloned());
+            for f in fronts {
+                let k = (f.addr, f.port, f.proto);
+                if held.contains(&k) || !reported.insert(k) {
+                    continue;
+                }
+                if let Some(holder) = self.claims.get(&k).and_then(|s| s.first()) {
+                    if holder != n {
+                        view.problems.push(format!(
+                            "frontend {}:{}/{} is held by Service {}; not programmed for this one",
+                            f.addr,
+                            f.port,
+                            f.proto,
+                            full_name(holder)
+                        ));
+                    }
+                }
+            }
+        }
+        for k in self.held.get(n).into_iter().flatten() {
+            let (Some(fe), Some(pf)) = (self.frontends.get(k), planned_frontend(p, k)) else {
+                continue;
+            };
+            view.frontends.push(FrontendView {
+                addr: k.0,
+                port: k.1,
+                proto: k.2,
+                kind: fe.kind,
+                port_name: fe.service.port_name.clone(),
+                rev_nat_index: fe.rev_nat_index,
+                backends: pf
+                    .backends
+                    .iter()
+                    .map(|b| BackendView {
+                        id: self
+                            .backends
+                            .get(&(b.addr, b.port, k.2))
+                            .map_or(0, |x| x.id),
+                        addr: b.addr,
+                        port: b.port,
+                        state: b.state,
+                    })
+                    .collect(),
+            });
+        }
+        view.frontends.sort_by_key(|f| (f.addr, f.port, f.proto));
+        Some(view)
+    }
+
+    /// Every conflict in force (for the status).
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        let mut ips: Vec<_> = self
+            .cluster_ips
+            .iter()
+            .filter(|(_, s)| s.len() > 1)
+            .collect();
+        ips.sort();
+        for (ip, set) in ips {
+            let mut it = set.iter();
+            let holder = it.next().map(full_name).unwrap_or_default();
+            for loser in it {
+                out.push(Conflict {
+                    kind: ConflictKind::ClusterIp,
+                    frontend: ip.to_string(),
+                    holder: holder.clone(),
+                    loser: full_name(loser),
+                });
+            }
+        }
+        let mut keys: Vec<_> = self.claims.iter().filter(|(_, s)| s.len() > 1).collect();
+        keys.sort();
+        for (k, set) in keys {
+            let mut it = set.iter();
+            let holder = it.next().map(full_name).unwrap_or_default();
+            for loser in it {
+                out.push(Conflict {
+                    kind: ConflictKind::Frontend,
+                    frontend: format!("{}:{}/{}", k.0, k.1, k.2),
+                    holder: holder.clone(),
+                    loser: full_name(loser),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn remove_claim<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, BTreeSet<ServiceName>>,
+    key: &K,
+    n: &ServiceName,
+) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(n);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// The first planned frontend with key `k` (a Service may list one address twice; the first
+/// wins, as in [`crate::compute`]).
+fn planned_frontend<'a>(p: &'a Planned, k: &FrontendKey) -> Option<&'a PlannedFrontend> {
+    p.ports
+        .iter()
+        .flat_map(|(_, f)| f)
+        .find(|f| (f.addr, f.port, f.proto) == *k)
+}
+
+/// The candidate backends of a held frontend: (address, port, state).
+fn candidates_of(p: &Planned, k: &FrontendKey) -> Vec<(Ipv4Addr, u16, BackendState)> {
+    planned_frontend(p, k)
+        .map(|f| {
+            f.backends
+                .iter()
+                .map(|b| (b.addr, b.port, b.state))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
