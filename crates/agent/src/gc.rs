@@ -122,6 +122,12 @@ mod tests {
         fn sync_lb(&self, _: &LbState) -> Result<LbSyncStats, DatapathError> {
             Ok(LbSyncStats::default())
         }
+        fn update_lb(
+            &self,
+            _: &ciliate_model::lb_diff::LbDiff,
+        ) -> Result<LbSyncStats, DatapathError> {
+            Ok(LbSyncStats::default())
+        }
         fn lb_state(&self) -> Result<LbState, DatapathError> {
             Ok(LbState::default())
         }

@@ -237,6 +237,24 @@ impl Datapath for FakeDatapath {
         })
     }
 
+    fn update_lb(
+        &self,
+        diff: &ciliate_model::lb_diff::LbDiff,
+    ) -> Result<LbSyncStats, DatapathError> {
+        if let Some(why) = lock(&self.fail_lb_sync).clone() {
+            return Err(DatapathError::Injected(why));
+        }
+        self.lb_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut lb = lock(&self.lb);
+        *lb = diff.apply(&lb);
+        Ok(LbSyncStats {
+            written: (diff.len() - diff.frontends_removed.len() - diff.backends_removed.len())
+                as u64,
+            deleted: (diff.frontends_removed.len() + diff.backends_removed.len()) as u64,
+        })
+    }
+
     fn lb_state(&self) -> Result<LbState, DatapathError> {
         Ok(lock(&self.lb).clone())
     }

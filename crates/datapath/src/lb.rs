@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use ciliate_model::lb::{
     BackendState, FrontendKind, L4Proto, LbBackend, LbFrontend, LbState, ServiceRef,
 };
+use ciliate_model::lb_diff::LbDiff;
 
 use crate::abi::{
     Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, BE_STATE_ACTIVE, BE_STATE_TERMINATING,
@@ -158,6 +159,65 @@ pub fn plan(current: &LbEntries, desired: &LbEntries) -> Vec<LbOp> {
         }
     }
     ops
+}
+
+/// The writes that apply `diff` to maps holding `current`: [`plan`] over just the entries
+/// the diff names (the frontends' slots and reverse-NAT entries, old and new, and the
+/// backends), so a change costs what it changes, whatever the number of Services.
+pub fn plan_diff(current: &LbEntries, diff: &LbDiff) -> Vec<LbOp> {
+    let desired = entries(&LbState {
+        frontends: diff
+            .frontends_added
+            .iter()
+            .chain(&diff.frontends_changed)
+            .cloned()
+            .collect(),
+        backends: diff
+            .backends_added
+            .iter()
+            .chain(&diff.backends_changed)
+            .cloned()
+            .collect(),
+    });
+    let mut now = LbEntries::default();
+    let frontends = diff
+        .frontends_added
+        .iter()
+        .chain(&diff.frontends_changed)
+        .chain(&diff.frontends_removed);
+    for f in frontends {
+        let first = frontend_key(f, 0);
+        let last = Lb4Key {
+            backend_slot: u16::MAX,
+            proto: u8::MAX,
+            scope: u8::MAX,
+            pad: [u8::MAX; 2],
+            ..first
+        };
+        for (k, v) in current
+            .services
+            .range(first..=last)
+            .filter(|(k, _)| k.proto == first.proto && k.scope == first.scope)
+        {
+            now.services.insert(*k, *v);
+            if k.backend_slot == 0 {
+                now.rev_nat
+                    .extend(current.rev_nat.get(&v.rev_nat_index).map(|r| (v.rev_nat_index, *r)));
+            }
+        }
+        now.rev_nat
+            .extend(current.rev_nat.get(&f.rev_nat_index).map(|r| (f.rev_nat_index, *r)));
+    }
+    for b in diff
+        .backends_added
+        .iter()
+        .chain(&diff.backends_changed)
+        .chain(&diff.backends_removed)
+    {
+        now.backends
+            .extend(current.backends.get(&b.id).map(|v| (b.id, *v)));
+    }
+    plan(&now, &desired)
 }
 
 /// Applies `op` to an in-memory copy (the datapath's shadow of its maps).
@@ -344,6 +404,35 @@ mod tests {
             let ops = plan(&cur, &entries(next));
             cur = replay_checking_reachability(&cur, &ops);
             assert_eq!(cur, entries(next));
+        }
+    }
+
+    #[test]
+    fn a_diff_writes_what_a_full_sync_would_and_nothing_else() {
+        let a = state(
+            vec![frontend(1, 1, vec![1, 2]), frontend(2, 2, vec![2]), frontend(5, 5, vec![1])],
+            vec![backend(1, 1), backend(2, 2)],
+        );
+        let b = state(
+            vec![frontend(1, 1, vec![2, 3, 4]), frontend(3, 3, vec![4]), frontend(5, 5, vec![1])],
+            vec![backend(1, 1), backend(2, 2), backend(3, 3), backend(4, 4)],
+        );
+        let c = state(vec![frontend(1, 1, vec![4]), frontend(5, 5, vec![1])], vec![backend(1, 1), backend(4, 4)]);
+        let empty = LbState::default();
+        let mut cur = LbEntries::default();
+        let mut prev = LbState::default();
+        for next in [&a, &b, &c, &a, &empty] {
+            let diff = LbDiff::between(&prev, next);
+            let ops = plan_diff(&cur, &diff);
+            // Untouched frontend 5 (same in a, b, c) is never written again.
+            let untouched = frontend_key(&frontend(5, 5, vec![1]), 1);
+            if !prev.frontends.is_empty() && !next.frontends.is_empty() {
+                assert!(!ops.iter().any(|op| matches!(op, LbOp::PutService(k, _) | LbOp::DelService(k) if *k == untouched)));
+            }
+            assert_eq!(ops.len(), plan(&cur, &entries(next)).len(), "as minimal as a full plan");
+            cur = replay_checking_reachability(&cur, &ops);
+            assert_eq!(cur, entries(next));
+            prev = next.clone();
         }
     }
 }

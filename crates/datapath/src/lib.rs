@@ -168,6 +168,12 @@ pub trait Datapath: Send + Sync + 'static {
     fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError>;
 
     /// The load-balancing state the maps hold now (`ciliate bpf lb list`).
+    /// Writes what `diff` changes in the load-balancing maps and nothing else: a change
+    /// costs what it changes, whatever the number of Services. `diff` must be relative to
+    /// what the datapath holds (the agent's [`sync_lb`](Datapath::sync_lb) at start, then
+    /// every diff in order).
+    fn update_lb(&self, diff: &ciliate_model::lb_diff::LbDiff) -> Result<LbSyncStats, DatapathError>;
+
     fn lb_state(&self) -> Result<LbState, DatapathError>;
 
     /// Replaces the policy of an endpoint as one step: packets are judged by the old policy

@@ -288,6 +288,12 @@ impl Datapath for FlakyRemove {
     fn sync_lb(&self, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
         self.inner.sync_lb(desired)
     }
+    fn update_lb(
+        &self,
+        diff: &ciliate_model::lb_diff::LbDiff,
+    ) -> Result<LbSyncStats, DatapathError> {
+        self.inner.update_lb(diff)
+    }
     fn lb_state(&self) -> Result<LbState, DatapathError> {
         self.inner.lb_state()
     }

@@ -457,6 +457,13 @@ impl Datapath for LinuxDatapath {
         services::sync_lb(&mut self.lock(), desired)
     }
 
+    fn update_lb(
+        &self,
+        diff: &ciliate_model::lb_diff::LbDiff,
+    ) -> Result<LbSyncStats, DatapathError> {
+        services::update_lb(&mut self.lock(), diff)
+    }
+
     fn lb_state(&self) -> Result<LbState, DatapathError> {
         services::lb_state(&self.lock())
     }

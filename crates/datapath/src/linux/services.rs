@@ -1,6 +1,7 @@
 //! The load-balancing maps, synced by difference against a shadow of what they hold.
 
 use ciliate_model::lb::{LbState, LbSyncStats};
+use ciliate_model::lb_diff::LbDiff;
 
 use super::maps::{ignore_missing, Maps};
 use super::{kernel, Inner};
@@ -46,6 +47,15 @@ fn apply_lb_op(maps: &mut Maps, op: LbOp) -> Result<(), DatapathError> {
 
 pub(super) fn sync_lb(inner: &mut Inner, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
     let ops = lbmaps::plan(&inner.lb_shadow, &lbmaps::entries(desired));
+    write_ops(inner, ops)
+}
+
+pub(super) fn update_lb(inner: &mut Inner, diff: &LbDiff) -> Result<LbSyncStats, DatapathError> {
+    let ops = lbmaps::plan_diff(&inner.lb_shadow, diff);
+    write_ops(inner, ops)
+}
+
+fn write_ops(inner: &mut Inner, ops: Vec<LbOp>) -> Result<LbSyncStats, DatapathError> {
     let mut stats = LbSyncStats::default();
     for op in ops {
         // The shadow follows every write that succeeded, so a failure part-way leaves it
