@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use crate::endpoints::EndpointManager;
 use crate::services::ServiceManager;
 
-/// How often the observer's copy of the endpoint and Service tables is refreshed.
+/// How often the observer's copy of this node's endpoint table is refreshed (Services and
+/// other nodes' pods are not copied on a timer: see [`AgentNames`]).
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The observer's flags.
@@ -100,14 +101,6 @@ fn parse_capacity(s: &str) -> Result<usize, String> {
     }
 }
 
-fn proto_number(p: L4Proto) -> u8 {
-    match p {
-        L4Proto::Tcp => 6,
-        L4Proto::Udp => 17,
-        L4Proto::Sctp => 132,
-    }
-}
-
 /// More metrics to serve beside the flow metrics (the agent's own); called per scrape, from
 /// blocking code.
 pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
@@ -116,33 +109,35 @@ pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 /// others, whose pods flows name too.
 pub type ClusterNames = (String, watch::Receiver<ClusterView>);
 
-/// The observer's name tables, read from the agent's stores.
-pub fn snapshot(
-    manager: &EndpointManager,
-    services: &ServiceManager,
-    cluster: Option<&ClusterNames>,
-) -> Snapshot {
+/// The other nodes' pods and the cluster's identities, from the cluster view: rebuilt only
+/// when the view changes (it can hold every pod of the cluster).
+pub fn cluster_snapshot(cluster: &ClusterNames) -> Snapshot {
+    let (me, view) = cluster;
     let mut s = Snapshot::default();
-    if let Some((me, view)) = cluster {
-        let view = view.borrow();
-        for (id, labels) in &view.identities {
-            s.identities
-                .insert(*id, labels.iter().map(|l| l.to_string()).collect());
-        }
-        for e in view.ips.values().filter(|e| &e.node != me) {
-            s.endpoints.insert(
-                e.ip,
-                EndpointInfo {
-                    // Endpoint ids are node-local: Hubble shows 0 for other nodes' pods.
-                    id: 0,
-                    identity: e.identity,
-                    namespace: e.namespace.clone(),
-                    pod_name: e.pod_name.clone(),
-                    labels: s.identities.get(&e.identity).cloned().unwrap_or_default(),
-                },
-            );
-        }
+    let view = view.borrow();
+    for (id, labels) in &view.identities {
+        s.identities
+            .insert(*id, labels.iter().map(|l| l.to_string()).collect());
     }
+    for e in view.ips.values().filter(|e| &e.node != me) {
+        s.endpoints.insert(
+            e.ip,
+            EndpointInfo {
+                // Endpoint ids are node-local: Hubble shows 0 for other nodes' pods.
+                id: 0,
+                identity: e.identity,
+                namespace: e.namespace.clone(),
+                pod_name: e.pod_name.clone(),
+                labels: s.identities.get(&e.identity).cloned().unwrap_or_default(),
+            },
+        );
+    }
+    s
+}
+
+/// This node's endpoints and identities (a few hundred at most: the pods of one node).
+pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
+    let mut s = Snapshot::default();
     for ep in manager.list() {
         let (namespace, pod_name) = ep
             .pod
@@ -164,19 +159,63 @@ pub fn snapshot(
         s.identities
             .insert(id.id, id.labels.iter().map(|l| l.to_string()).collect());
     }
-    for svc in services.list() {
-        for fe in &svc.frontends {
-            let name = ServiceRef {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-            };
-            // What the datapath reports for connections it translated to a backend.
-            s.rev_nats.insert(fe.rev_nat_index, name.clone());
-            s.frontends
-                .insert((fe.addr, fe.port, proto_number(fe.proto)), name);
+    s
+}
+
+/// The observer's name tables: local endpoints first, then the cluster's; Services straight
+/// from the Service store's index (never copied, so their number costs nothing when idle).
+#[derive(Debug)]
+pub struct AgentNames {
+    local: SwappableStore,
+    cluster: SwappableStore,
+    services: Arc<ServiceManager>,
+}
+
+impl AgentNames {
+    /// Tables over `services`, with empty endpoint tables until refreshed.
+    pub fn new(services: Arc<ServiceManager>) -> Self {
+        Self {
+            local: SwappableStore::default(),
+            cluster: SwappableStore::default(),
+            services,
         }
     }
-    s
+}
+
+impl ciliate_observer::Store for AgentNames {
+    fn endpoint_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<EndpointInfo> {
+        self.local
+            .endpoint_by_ip(ip)
+            .or_else(|| self.cluster.endpoint_by_ip(ip))
+    }
+
+    fn identity_labels(&self, identity: u32) -> Option<Vec<String>> {
+        self.local
+            .identity_labels(identity)
+            .or_else(|| self.cluster.identity_labels(identity))
+    }
+
+    fn service_by_frontend(
+        &self,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        proto: u8,
+    ) -> Option<ServiceRef> {
+        let proto = L4Proto::from_number(proto)?;
+        self.services
+            .service_by_frontend(ip, port, proto)
+            .map(|s| ServiceRef {
+                namespace: s.namespace,
+                name: s.name,
+            })
+    }
+
+    fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
+        self.services.service_by_rev_nat(index).map(|s| ServiceRef {
+            namespace: s.namespace,
+            name: s.name,
+        })
+    }
 }
 
 /// What the observer reads names and events from.
@@ -232,19 +271,37 @@ pub fn start(
         extra_metrics,
     } = sources;
     let datapath = &datapath;
-    let store = Arc::new(SwappableStore::default());
-    store.replace(snapshot(&manager, &services, cluster.as_ref()));
+    let names = Arc::new(AgentNames::new(services));
+    names.local.replace(local_snapshot(&manager));
+    if let Some(c) = &cluster {
+        names.cluster.replace(cluster_snapshot(c));
+    }
     let observer = Arc::new(Observer::new(
         ObserverConfig {
             node_name: node_name.to_owned(),
             capacity: settings.hubble_event_buffer_capacity,
         },
-        Arc::clone(&store) as Arc<dyn ciliate_observer::Store>,
+        Arc::clone(&names) as Arc<dyn ciliate_observer::Store>,
     ));
     if let Err(e) = spawn_intake(Arc::clone(&observer), datapath.as_ref()) {
         warn!(error = %e, "cannot start the observer's threads: no flows will be recorded");
     }
     let mut tasks = Vec::new();
+    if let Some((me, mut view)) = cluster {
+        // The cluster's names, rebuilt when the view changes (a notification, not a poll).
+        let names = Arc::clone(&names);
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = view.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let c = (me.clone(), view.clone());
+                names.cluster.replace(cluster_snapshot(&c));
+            }
+        }));
+    }
     let (o, dp) = (Arc::clone(&observer), Arc::clone(datapath));
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
@@ -252,7 +309,8 @@ pub fn start(
         let mut lost = dp.events_lost();
         loop {
             tick.tick().await;
-            store.replace(snapshot(&manager, &services, cluster.as_ref()));
+            // This node's pods only: bounded by what one node runs.
+            names.local.replace(local_snapshot(&manager));
             let now = dp.events_lost();
             if now > lost {
                 warn!(
@@ -342,7 +400,7 @@ mod tests {
     use ciliate_observer::Store;
 
     #[test]
-    fn the_snapshot_names_services_by_frontend_and_by_rev_nat_index() {
+    fn services_are_named_by_frontend_and_by_rev_nat_index() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dp = Arc::new(FakeDatapath::new());
         let manager = EndpointManager::open(
@@ -360,6 +418,7 @@ mod tests {
                 node_name: "node-a".into(),
                 node_ips: vec![],
                 manifest_dir: None,
+                kubernetes: false,
             },
             tmp.path(),
             Arc::clone(&dp) as Arc<dyn Datapath>,
@@ -374,7 +433,8 @@ mod tests {
             .expect("applies");
         let index = services.list()[0].frontends[0].rev_nat_index;
 
-        let s = snapshot(&manager, &services, None);
+        let _ = manager;
+        let s = AgentNames::new(Arc::new(services));
         let web = Some(ServiceRef {
             namespace: "prod".into(),
             name: "web".into(),

@@ -306,8 +306,6 @@ pub struct ReconcileStats {
 
 #[derive(Debug, Default)]
 struct Health {
-    /// The manifest directory as last read, and its problems.
-    dir: manifest_dir::DirWatch,
     /// Why the last reconciliation failed.
     reconcile_error: Option<String>,
     /// The generation the datapath holds.
@@ -372,6 +370,8 @@ pub struct PolicyManager {
     /// Serialises reconciliations, so that an older view never overwrites a newer one.
     reconcile_lock: Mutex<()>,
     health: Mutex<Health>,
+    /// The manifest directory as last read.
+    dir_watch: Mutex<manifest_dir::DirWatch>,
     /// What other nodes of the cluster hold (multi-node): their endpoints' identities and
     /// addresses.
     cluster: Mutex<ClusterInputs>,
@@ -473,6 +473,7 @@ impl PolicyManager {
             namespaces: Mutex::default(),
             reconcile_lock: Mutex::new(()),
             health: Mutex::new(Health::default()),
+            dir_watch: Mutex::new(manifest_dir::DirWatch::default()),
             generation: AtomicU64::new(1),
         };
         if !manager.reload_dir() {
@@ -656,13 +657,10 @@ impl PolicyManager {
         manifest_dir::reload(
             &dir,
             "policies",
-            &self.health,
-            |h| &mut h.dir,
+            &self.dir_watch,
+            |d| is_policy_document(&d.object),
             |docs| {
-                let docs: Vec<ApplyDocument> = docs
-                    .into_iter()
-                    .filter(|d| is_policy_document(&d.object))
-                    .collect();
+                let docs = docs.all();
                 let next = load_documents(&docs)
                     .map(stored)
                     .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
@@ -994,13 +992,12 @@ impl PolicyManager {
                 })
                 .collect()
         };
-        let h = lock(&self.health);
-        let mut problems: Vec<String> = h
-            .dir
+        let mut problems: Vec<String> = lock(&self.dir_watch)
             .problems
             .iter()
             .map(|p| format!("manifest directory: {p}"))
             .collect();
+        let h = lock(&self.health);
         if let Some(e) = &h.reconcile_error {
             problems.push(format!("cannot put the policies in force: {e}; retrying"));
         }

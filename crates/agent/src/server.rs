@@ -325,6 +325,7 @@ async fn run_inner(
         node_name: config.node_name.clone(),
         node_ips: config.node_ips.clone(),
         manifest_dir: config.manifest_dir.clone(),
+        kubernetes: false,
     };
     let dp = Arc::clone(&datapath);
     let services_dir = state_dir.clone();
@@ -401,11 +402,28 @@ async fn run_inner(
             (None, None, None)
         }
     };
+    let policy_wake = Arc::new(tokio::sync::Notify::new());
+    // The manifest directory wakes both stores when a file settles (inotify); their
+    // periodic read stays as a safety net and for retries.
+    let _dir_watch = match &config.manifest_dir {
+        Some(dir) => match services::dir_watch::watch(
+            dir,
+            vec![services.wake_handle(), Arc::clone(&policy_wake)],
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot watch the manifest directory; it is read every {}s", services::POLL_INTERVAL.as_secs());
+                None
+            }
+        },
+        None => None,
+    };
     let policy_task = tokio::spawn(run_policy_loop(
         Arc::clone(&datapath),
         Arc::clone(&manager),
         Arc::clone(&policies),
         services::POLL_INTERVAL,
+        policy_wake,
         shutdown.clone(),
     ));
     let services_task = tokio::spawn(services::run_services_loop(
@@ -607,13 +625,15 @@ pub async fn refresh_node_addresses(datapath: &dyn Datapath, policies: &PolicyMa
     }
 }
 
-/// Polls every `interval` until `shutdown`: re-reads the node's addresses and the manifest
-/// directory's policies, and reconciles when anything changed or the last attempt failed.
+/// Wakes when the manifest directory changed and every `interval` until `shutdown`: re-reads
+/// the node's addresses and the manifest directory's policies, and reconciles when anything
+/// changed or the last attempt failed.
 pub async fn run_policy_loop(
     datapath: Arc<dyn Datapath>,
     manager: Arc<EndpointManager>,
     policies: Arc<PolicyManager>,
     interval: Duration,
+    wake: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -621,6 +641,7 @@ pub async fn run_policy_loop(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = wake.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         refresh_node_addresses(datapath.as_ref(), &policies).await;

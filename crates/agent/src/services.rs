@@ -1,21 +1,31 @@
-//! Services: the store of Kubernetes Service, EndpointSlice and Endpoints objects, and the
-//! reconciler that turns them into the datapath's load-balancing state.
+//! Services: the table of Kubernetes Service, EndpointSlice, Endpoints and Namespace objects,
+//! fed by sources, and the reconciler that keeps the datapath's load-balancing maps in step.
 //!
-//! Objects come from two sources, each replaced as a whole batch:
+//! Each source owns its rows, keyed by (source, object); where two sources define one object,
+//! the first of [`Source::ALL`] is in force (the manifest directory, then the Kubernetes API,
+//! then `ciliate apply`):
 //!
 //! * the API (`POST /v1/manifests`, what `ciliate apply|delete -f` sends): a batch with any
-//!   invalid document applies nothing and answers every problem; applied objects are
-//!   persisted in `services.json` (see [`store`]) before the answer, so a restart keeps them;
-//! * `--manifest-dir` (see [`manifest_dir`]): polled every [`POLL_INTERVAL`]; when a file
-//!   changes, the directory's objects (its policies aside, which are
-//!   [`crate::policy`]'s) replace its previous set, unless a file is invalid, in
-//!   which case the last good set stays in force and the problems are logged and reported in
-//!   the status. An object the directory defines cannot be changed through the API.
+//!   invalid document applies nothing and answers every problem; the objects it changed are
+//!   appended to the source's journal ([`journal`]) before the answer;
+//! * `--manifest-dir` (see [`manifest_dir`]): read when a file changes (the agent is woken by
+//!   inotify), only the changed files re-read; the directory's objects (its policies aside,
+//!   which are [`crate::policy`]'s) apply as one batch unless a file is invalid, in which case
+//!   the last good set stays in force and the problems are logged and reported in the status;
+//! * the Kubernetes API ([`ServiceManager::kubernetes_event`]): watch events as kube-rs gives
+//!   them; an initial list replaces the source's rows when it is complete. Its objects are not
+//!   persisted: the API server is their store.
 //!
-//! After every change `crates/lb` computes the [`LbState`](ciliate_model::lb::LbState) with
-//! ids from a persisted allocator (stable across restarts), and the datapath is synced to it.
-//! A failed sync is reported (log, status) and retried on the next change or poll; the
-//! objects stay applied.
+//! Every change is handed to a [`Balancer`] as the objects whose row in force changed; it
+//! recomputes only the Services they touch and answers the [`LbDiff`] the datapath writes
+//! ([`Datapath::update_lb`]). The cost of a change grows with the change, not with the number
+//! of Services. Ids (backend ids, reverse-NAT indexes) are read back from the datapath's
+//! pinned maps at start, so a restart keeps them; only once every source has listed its
+//! objects is the datapath made to hold exactly the state (stale entries removed).
+//!
+//! A failed datapath write is reported (log, status) and the whole state written again on the
+//! next wake-up (a change, or the retry interval while one is pending); the objects stay
+//! applied.
 //!
 //! `v1/Namespace` objects are stored here too (same sources, same persistence); their labels
 //! are handed to the policy store ([`ServiceManager::attach_policy`]), which adds them to
@@ -23,31 +33,37 @@
 //!
 //! The methods block (fsync, datapath syscalls): async callers use `spawn_blocking`.
 
+pub mod dir_watch;
+pub mod journal;
 pub mod manifest_dir;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use ciliate_datapath::Datapath;
-use ciliate_lb::{compute, ConflictKind, IdAllocator, LbError, LbPlan, Node};
+use ciliate_lb::balancer::{Change, ServiceName};
+use ciliate_lb::{Balancer, Conflict, ConflictKind, IdAllocator, LbDiff, LbError, Node};
 use ciliate_model::k8s::{Kind, Object, ObjectKey};
+use ciliate_model::lb::ServiceRef;
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyAction, ApplyDocument, ApplyOutcome, ApplyRequest,
     ApplyResult, ManifestError,
 };
 use ciliate_model::service::ServiceView;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::state::StateError;
-use store::{PersistedServices, ServiceStore, SERVICES_VERSION};
+use journal::{Journal, Record};
+use store::ServiceStore;
 
-/// How often the manifest directory is checked for changes, and a failed datapath sync retried.
+/// How often a failed datapath write is retried (and, as a safety net, the manifest directory
+/// read again should a change notification have been missed).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// `source` of the views of Services applied through the API.
@@ -62,6 +78,9 @@ pub struct ServiceSettings {
     pub node_ips: Vec<Ipv4Addr>,
     /// The manifest directory, if any.
     pub manifest_dir: Option<PathBuf>,
+    /// Whether the Kubernetes API is a source (`--k8s`): until its first list is complete,
+    /// nothing is removed from the datapath.
+    pub kubernetes: bool,
 }
 
 /// Why a request on Services failed. [`ServiceError::kind`] is the API's error kind.
@@ -95,7 +114,7 @@ pub enum ServiceOpenError {
     /// `services.json` could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
-    /// `services.json` holds objects or ids that do not validate.
+    /// A journal holds objects that do not validate.
     #[error("{path} is inconsistent: {message}; repair or remove it (removing it forgets the Services applied through the API)")]
     Inconsistent {
         /// The file.
@@ -105,10 +124,58 @@ pub enum ServiceOpenError {
     },
 }
 
-/// An object and the document it came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where an object came from. Where two sources define one object, the first of
+/// [`Source::ALL`] is in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// `--manifest-dir`.
+    ManifestDir,
+    /// The Kubernetes API (`--k8s`).
+    Kubernetes,
+    /// `ciliate apply` (`POST /v1/manifests`).
+    Api,
+}
+
+impl Source {
+    /// Every source, by precedence.
+    pub const ALL: [Source; 3] = [Source::ManifestDir, Source::Kubernetes, Source::Api];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The journal a persisted source writes (`None`: not persisted, its owner is its store).
+    fn journal(self) -> Option<&'static str> {
+        match self {
+            Self::ManifestDir => Some("manifest-dir"),
+            Self::Kubernetes => None,
+            Self::Api => Some("api"),
+        }
+    }
+}
+
+/// An event of the Kubernetes source, in the shape kube-rs's watcher gives them: an initial
+/// list (`Init`, `InitApply`…, `InitDone`) replaces the source's objects when complete
+/// (objects deleted while the watch was broken are gone from the relist), then single changes.
+#[derive(Clone, Debug)]
+pub enum SourceEvent {
+    /// A (re)list starts.
+    Init,
+    /// An object of the list.
+    InitApply(Object),
+    /// The list is complete: it replaces what the source had.
+    InitDone,
+    /// An object was created or changed.
+    Apply(Object),
+    /// An object was deleted.
+    Delete(ObjectKey),
+}
+
+/// An object, the source document it came from (file path, request, or `kubernetes`) and its
+/// index there.
+#[derive(Clone, Debug)]
 struct Stored {
-    object: Object,
+    object: Arc<Object>,
     source: String,
     index: usize,
 }
@@ -121,27 +188,90 @@ impl Stored {
             object: self.object.to_value(),
         }
     }
+
+    fn same_object(&self, other: &Stored) -> bool {
+        Arc::ptr_eq(&self.object, &other.object) || self.object == other.object
+    }
 }
 
-type Objects = BTreeMap<ObjectKey, Stored>;
+type Rows = HashMap<ObjectKey, Stored>;
 
 struct Tables {
-    api: Objects,
-    dir: Objects,
-    ids: IdAllocator,
-    plan: Arc<LbPlan>,
-    /// Bumped on every change of `plan`.
-    generation: u64,
+    /// Each source's rows, by [`Source::index`].
+    rows: [Rows; 3],
+    balancer: Balancer,
+    /// A Kubernetes (re)list being received.
+    pending: Option<Rows>,
+    /// Sources whose first list is not complete: until it is, nothing is removed from the
+    /// datapath that they might still name.
+    listing: BTreeSet<Source>,
+    /// While the store is being opened: changes are computed, written once at the end.
+    opening: bool,
+}
+
+impl Tables {
+    fn effective(&self, key: &ObjectKey) -> Option<(Source, &Stored)> {
+        Source::ALL
+            .into_iter()
+            .find_map(|s| self.rows[s.index()].get(key).map(|r| (s, r)))
+    }
+
+    /// Sets the rows of `source` for these keys (`None`: removes) and answers the changes of
+    /// the objects in force, and whether a Namespace changed.
+    fn set_rows(
+        &mut self,
+        source: Source,
+        rows: impl IntoIterator<Item = (ObjectKey, Option<Stored>)>,
+    ) -> (Vec<Change>, bool) {
+        let mut changes = Vec::new();
+        let mut namespaces = false;
+        for (key, row) in rows {
+            let before = self.effective(&key).map(|(_, r)| Arc::clone(&r.object));
+            match row {
+                Some(r) => {
+                    self.rows[source.index()].insert(key.clone(), r);
+                }
+                None => {
+                    self.rows[source.index()].remove(&key);
+                }
+            }
+            let after = self.effective(&key).map(|(_, r)| Arc::clone(&r.object));
+            let same = match (&before, &after) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            namespaces |= key.kind == Kind::Namespace;
+            changes.push(match after {
+                Some(o) => Change::Upsert(o),
+                None => Change::Delete(key),
+            });
+        }
+        (changes, namespaces)
+    }
+
+    fn namespace_labels(&self) -> crate::policy::namespaces::NamespaceLabels {
+        let mut objects: BTreeMap<&ObjectKey, &Object> = BTreeMap::new();
+        for s in Source::ALL.into_iter().rev() {
+            for (k, r) in &self.rows[s.index()] {
+                if k.kind == Kind::Namespace {
+                    objects.insert(k, &r.object);
+                }
+            }
+        }
+        crate::policy::namespaces::namespace_labels(objects.into_values())
+    }
 }
 
 #[derive(Debug, Default)]
 struct Health {
-    /// The manifest directory as last read, and its problems.
-    dir: manifest_dir::DirWatch,
-    /// Why the last datapath sync failed.
+    /// Why the last datapath write failed.
     sync_error: Option<String>,
-    /// The generation the datapath holds.
-    synced: Option<u64>,
+    /// The datapath may not hold the state: write it whole on the next occasion.
+    resync: bool,
 }
 
 /// Counts and problems for `GET /v1/status`.
@@ -158,137 +288,201 @@ pub struct ServicesStatus {
 /// The node's Services.
 pub struct ServiceManager {
     settings: ServiceSettings,
-    node: Node,
     datapath: Arc<dyn Datapath>,
     store: ServiceStore,
-    tables: Mutex<Tables>,
+    journals: Mutex<BTreeMap<Source, Journal>>,
+    tables: RwLock<Tables>,
     health: Mutex<Health>,
-    /// Serialises datapath syncs, so that a slow one is never overtaken by an older state.
-    sync_lock: Mutex<()>,
-    /// The policy store, told the namespaces' labels after every change.
+    dir_watch: Mutex<manifest_dir::DirWatch>,
+    /// The policy store, told the namespaces' labels after every change of them.
     policy: OnceLock<Arc<crate::policy::PolicyManager>>,
+    /// Woken when the manifest directory changed.
+    wake: Arc<Notify>,
 }
 
 impl fmt::Debug for ServiceManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceManager")
             .field("settings", &self.settings)
-            .field("store", &self.store.path())
+            .field("state", &self.store.dir())
             .finish_non_exhaustive()
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another request must not take the Service store down with it; every change
-    // is made on copies and swapped in at the end, so the data behind a poisoned lock is whole.
+    // A panic in another request must not take the Service store down with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn stored(decoded: Vec<ciliate_model::manifest::Decoded>) -> Objects {
-    decoded
-        .into_iter()
-        .map(|d| {
-            (
-                d.object.key(),
-                Stored {
-                    object: d.object,
-                    source: d.source,
-                    index: d.index,
-                },
-            )
-        })
-        .collect()
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The objects in force: the directory's, then the API's it does not shadow.
-fn effective<'a>(dir: &'a Objects, api: &'a Objects) -> impl Iterator<Item = &'a Object> {
-    dir.values()
-        .chain(
-            api.iter()
-                .filter(|(k, _)| !dir.contains_key(k))
-                .map(|(_, s)| s),
-        )
-        .map(|s| &s.object)
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Fills each view's `source`.
-fn with_sources(mut plan: LbPlan, dir: &Objects, api: &Objects) -> LbPlan {
-    for v in &mut plan.services {
-        let key = ObjectKey {
-            kind: Kind::Service,
-            namespace: v.namespace.clone(),
-            name: v.name.clone(),
-        };
-        v.source = match dir.get(&key) {
-            Some(s) => s.source.clone(),
-            None if api.contains_key(&key) => API_SOURCE.to_owned(),
-            None => String::new(),
-        };
+fn stored(d: ciliate_model::manifest::Decoded) -> (ObjectKey, Stored) {
+    (
+        d.object.key(),
+        Stored {
+            object: Arc::new(d.object),
+            source: d.source,
+            index: d.index,
+        },
+    )
+}
+
+fn conflict_error(
+    c: &Conflict,
+    blamed: &str,
+    other: &str,
+    source: &str,
+    index: usize,
+) -> ManifestError {
+    let (path, reason) = match c.kind {
+        ConflictKind::Frontend => (
+            "spec",
+            format!(
+                "frontend {} is already used by Service {other}; each address, port and \
+                 protocol belongs to one Service",
+                c.frontend
+            ),
+        ),
+        ConflictKind::ClusterIp => (
+            "spec.clusterIP",
+            format!(
+                "invalid value {:?}: the cluster IP is already allocated to Service {other}; a \
+                 cluster IP belongs to one Service (pick another, or leave it out)",
+                c.frontend
+            ),
+        ),
+    };
+    ManifestError {
+        source: source.to_owned(),
+        index,
+        object: blamed.to_owned(),
+        path: path.into(),
+        reason,
     }
-    plan
 }
 
 impl ServiceManager {
-    /// Loads `services.json` from `state_dir` (none: no Services yet), reads the manifest
-    /// directory once, and syncs the datapath. The directory is read before the first sync so
-    /// that a restart never removes its Services from the datapath, even briefly; when it is
-    /// broken, its last good set (persisted) stays in force. A failed sync is reported and
-    /// retried, not fatal: pods keep their connectivity meanwhile.
+    /// Loads the persisted sources from `state_dir` (migrating a `services.json` of an older
+    /// agent), reads the manifest directory once, and programs the datapath. Ids are taken
+    /// from what the datapath's pinned maps hold, so established connections keep their
+    /// backends and reverse NAT. A failed write is reported and retried, not fatal: pods keep
+    /// their connectivity meanwhile.
     pub fn open(
         settings: ServiceSettings,
         state_dir: &Path,
         datapath: Arc<dyn Datapath>,
     ) -> Result<Self, ServiceOpenError> {
         let store = ServiceStore::new(state_dir);
-        let path = store.path().to_owned();
-        let inconsistent = |message: String| ServiceOpenError::Inconsistent {
-            path: path.clone(),
-            message,
-        };
-        let persisted = store.load()?.unwrap_or_default();
-        let restore = |docs: &[ApplyDocument]| {
-            decode_all(docs)
-                .map(stored)
-                .map_err(|e| inconsistent(report(&e, "the agent does not start from it")))
-        };
-        let api = restore(&persisted.api)?;
-        let dir = restore(&persisted.manifest_dir)?;
-        let mut ids =
-            IdAllocator::restore(&persisted.ids).map_err(|e| inconsistent(e.to_string()))?;
+        let legacy = store.load()?;
+        let objects_dir = state_dir.join(OBJECTS_DIR);
+        let mut journals = BTreeMap::new();
+        let mut rows: [Rows; 3] = Default::default();
+        for source in [Source::Api, Source::ManifestDir] {
+            let name = source.journal().unwrap_or_default();
+            let (mut journal, mut docs) = Journal::open(&objects_dir, name)?;
+            let mut path = objects_dir.join(format!("{name}.jsonl"));
+            if let Some(old) = &legacy {
+                // An older agent's whole-file store: its objects become the journal.
+                docs = match source {
+                    Source::Api => old.api.clone(),
+                    _ => old.manifest_dir.clone(),
+                };
+                path = store.path().to_owned();
+            }
+            let decoded = decode_all(&docs).map_err(|e| ServiceOpenError::Inconsistent {
+                path,
+                message: report(&e, "the agent does not start from it"),
+            })?;
+            if legacy.is_some() {
+                journal.rewrite(&docs)?;
+            }
+            rows[source.index()] = decoded.into_iter().map(stored).collect();
+            journals.insert(source, journal);
+        }
+        if legacy.is_some() {
+            store.remove()?;
+            info!(state = %store.path().display(), "Services of the older whole-file store moved to per-object journals");
+        }
+
+        let mut ids = IdAllocator::new();
+        if let Some(old) = &legacy {
+            if let Ok(a) = IdAllocator::restore(&old.ids) {
+                ids = a;
+            }
+        }
+        match datapath.lb_state() {
+            Ok(held) => ids.seed(
+                held.backends
+                    .iter()
+                    .map(|b| ((b.addr, b.port, b.proto), b.id)),
+                held.frontends
+                    .iter()
+                    .map(|f| ((f.addr, f.port, f.proto), f.rev_nat_index)),
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot read the load-balancing maps back: ids start afresh")
+            }
+        }
         let node = Node {
             name: settings.node_name.clone(),
             addresses: settings.node_ips.clone(),
         };
-        let plan = compute(effective(&dir, &api), &node, &mut ids)
-            .map_err(|e| inconsistent(e.to_string()))?;
-        let plan = with_sources(plan, &dir, &api);
-        info!(
-            state = %path.display(),
-            api_objects = api.len(),
-            manifest_dir_objects = dir.len(),
-            services = plan.services.len(),
-            "Services loaded"
-        );
+        let mut listing = BTreeSet::new();
+        if settings.kubernetes {
+            listing.insert(Source::Kubernetes);
+        }
+        let mut tables = Tables {
+            rows: Default::default(),
+            balancer: Balancer::new(node, ids),
+            pending: None,
+            listing,
+            opening: true,
+        };
+        let mut changes = Vec::new();
+        for source in Source::ALL {
+            let r = std::mem::take(&mut rows[source.index()]);
+            changes.extend(
+                tables
+                    .set_rows(source, r.into_iter().map(|(k, v)| (k, Some(v))))
+                    .0,
+            );
+        }
+        tables
+            .balancer
+            .apply(changes)
+            .map_err(|e| ServiceOpenError::Inconsistent {
+                path: objects_dir.clone(),
+                message: e.to_string(),
+            })?;
         let manager = Self {
-            node,
             datapath,
             store,
-            tables: Mutex::new(Tables {
-                api,
-                dir,
-                ids,
-                plan: Arc::new(plan),
-                generation: 1,
-            }),
+            journals: Mutex::new(journals),
+            tables: RwLock::new(tables),
             health: Mutex::new(Health::default()),
-            sync_lock: Mutex::new(()),
+            dir_watch: Mutex::new(manifest_dir::DirWatch::default()),
             policy: OnceLock::new(),
+            wake: Arc::new(Notify::new()),
             settings,
         };
-        if !manager.reload_dir() {
-            // Proves the directory writable before any request, and records a fresh node.
-            let tables = lock(&manager.tables);
-            manager.save(&tables.api, &tables.dir, &tables.ids)?;
+        manager.reload_dir();
+        {
+            let mut t = write(&manager.tables);
+            t.opening = false;
+            info!(
+                state = %objects_dir.display(),
+                api_objects = t.rows[Source::Api.index()].len(),
+                manifest_dir_objects = t.rows[Source::ManifestDir.index()].len(),
+                services = t.balancer.service_count(),
+                waiting_for = ?t.listing,
+                "Services loaded"
+            );
         }
         if let Err(e) = manager.sync() {
             warn!(error = %e, "cannot program the Services into the datapath at start-up; retrying");
@@ -303,8 +497,7 @@ impl ServiceManager {
 
     /// The labels of the Namespace objects in force, by name.
     pub fn namespace_labels(&self) -> crate::policy::namespaces::NamespaceLabels {
-        let t = lock(&self.tables);
-        crate::policy::namespaces::namespace_labels(effective(&t.dir, &t.api))
+        read(&self.tables).namespace_labels()
     }
 
     /// Hands the namespaces' labels to `policy`, now and after every change of them (the
@@ -323,17 +516,91 @@ impl ServiceManager {
         }
     }
 
-    fn save(&self, api: &Objects, dir: &Objects, ids: &IdAllocator) -> Result<(), StateError> {
-        self.store.save(&PersistedServices {
-            version: SERVICES_VERSION,
-            api: api.values().map(Stored::document).collect(),
-            manifest_dir: dir.values().map(Stored::document).collect(),
-            ids: ids.snapshot(),
-        })
+    /// Persists `records` in the journal of `source` (if it has one).
+    fn persist(&self, source: Source, records: &[Record]) -> Result<(), StateError> {
+        let mut journals = lock(&self.journals);
+        let Some(j) = journals.get_mut(&source) else {
+            return Ok(());
+        };
+        j.append(records)
     }
 
-    /// Applies or deletes the documents of `req`, all or nothing, then syncs the datapath (a
-    /// failed sync is a warning of the answer: the objects are applied and the sync retried).
+    /// Hands `changes` to the balancer and writes the difference into the datapath (unless
+    /// the store is being opened). A failed write is kept for the status and the whole state
+    /// written again later. Returns the write's error, if any.
+    fn commit(&self, t: &mut Tables, changes: Vec<Change>) -> Result<(), String> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let diff = match t.balancer.apply(changes) {
+            Ok(d) => d,
+            Err(e) => {
+                // Checked before anything was persisted; reaching this is a bug. The state
+                // is whole (apply changes nothing on error) but no longer the sources'.
+                warn!(error = %e, "load-balancing state not recomputed");
+                return Err(e.to_string());
+            }
+        };
+        if t.opening || diff.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_diff(t, &diff);
+        debug!(
+            changes = diff.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "load-balancing state changed"
+        );
+        result
+    }
+
+    fn write_diff(&self, t: &Tables, diff: &LbDiff) -> Result<(), String> {
+        let resync = lock(&self.health).resync;
+        let result = if resync {
+            self.write_all(t)
+        } else {
+            self.datapath.update_lb(diff).map(|_| ())
+        };
+        self.record_write(result.map_err(|e| e.to_string()))
+    }
+
+    /// Writes the whole state: exactly (stale entries removed) once every source has listed,
+    /// only additions and changes before.
+    fn write_all(&self, t: &Tables) -> Result<(), ciliate_datapath::DatapathError> {
+        let state = t.balancer.state();
+        if t.listing.is_empty() {
+            self.datapath.sync_lb(&state).map(|_| ())
+        } else {
+            self.datapath
+                .update_lb(&LbDiff {
+                    frontends_added: state.frontends,
+                    backends_added: state.backends,
+                    ..LbDiff::default()
+                })
+                .map(|_| ())
+        }
+    }
+
+    fn record_write(&self, result: Result<(), String>) -> Result<(), String> {
+        let mut h = lock(&self.health);
+        match &result {
+            Ok(()) => {
+                if h.sync_error.take().is_some() {
+                    info!("datapath load-balancing maps synced again");
+                }
+                h.resync = false;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot program the Services into the datapath; retrying");
+                h.sync_error = Some(e.clone());
+                h.resync = true;
+            }
+        }
+        result
+    }
+
+    /// Applies or deletes the documents of `req`, all or nothing, then writes the datapath (a
+    /// failed write is a warning of the answer: the objects are applied and the write retried).
     pub fn apply(&self, req: &ApplyRequest) -> Result<ApplyResult, ServiceError> {
         if req.documents.is_empty() {
             return Err(ServiceError::Invalid(vec![ManifestError {
@@ -345,131 +612,138 @@ impl ServiceManager {
             }]));
         }
         let started = Instant::now();
-        let (mut result, changed) = if req.delete {
+        let (mut result, written) = if req.delete {
             self.delete_documents(&req.documents)?
         } else {
             self.apply_documents(&req.documents)?
         };
-        if changed {
-            if let Err(e) = self.sync() {
-                result.warnings.push(format!(
-                    "the objects are applied but the datapath could not be programmed yet: {e}; \
-                     the agent retries every {}s",
-                    POLL_INTERVAL.as_secs()
-                ));
-            }
+        if let Err(e) = written {
+            result.warnings.push(format!(
+                "the objects are applied but the datapath could not be programmed yet: {e}; \
+                 the agent retries every {}s",
+                POLL_INTERVAL.as_secs()
+            ));
         }
         info!(
             documents = req.documents.len(),
             delete = req.delete,
-            changed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_us = started.elapsed().as_micros() as u64,
             "manifests {}",
             if req.delete { "deleted" } else { "applied" }
         );
         Ok(result)
     }
 
-    fn apply_documents(&self, docs: &[ApplyDocument]) -> Result<(ApplyResult, bool), ServiceError> {
+    /// Who else defines `key` above the API, as an error for `d`.
+    fn owned_elsewhere(
+        t: &Tables,
+        key: &ObjectKey,
+        d: &ApplyDocument,
+        verb: &str,
+    ) -> Option<ManifestError> {
+        let reason = if let Some(owner) = t.rows[Source::ManifestDir.index()].get(key) {
+            format!(
+                "managed by the manifest directory (file {}); {verb} it there",
+                owner.source
+            )
+        } else if t.rows[Source::Kubernetes.index()].contains_key(key) {
+            format!("managed by the Kubernetes API; {verb} it there (kubectl)")
+        } else {
+            return None;
+        };
+        Some(ManifestError {
+            source: d.source.clone(),
+            index: d.index,
+            object: key.to_string(),
+            path: String::new(),
+            reason,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn apply_documents(
+        &self,
+        docs: &[ApplyDocument],
+    ) -> Result<(ApplyResult, Result<(), String>), ServiceError> {
         let decoded = decode_all(docs).map_err(ServiceError::Invalid)?;
-        let mut tables = lock(&self.tables);
+        let mut t = write(&self.tables);
         let mut errors = Vec::new();
         let mut results = Vec::with_capacity(decoded.len());
-        let mut next = tables.api.clone();
-        // Services of this batch that change, for blaming frontend conflicts on them.
-        let mut batch: BTreeMap<String, (String, usize, String)> = BTreeMap::new();
-        for d in decoded {
-            let key = d.object.key();
-            if let Some(owner) = tables.dir.get(&key) {
-                errors.push(ManifestError {
-                    source: d.source,
-                    index: d.index,
-                    object: key.to_string(),
-                    path: String::new(),
-                    reason: format!(
-                        "managed by the manifest directory (file {}); change it there",
-                        owner.source
-                    ),
-                });
+        let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
+        let mut by_doc: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
+        for (d, doc) in decoded.into_iter().zip(docs) {
+            let (key, row) = stored(d);
+            if let Some(e) = Self::owned_elsewhere(&t, &key, doc, "change") {
+                errors.push(e);
                 continue;
             }
-            let action = match tables.api.get(&key) {
+            let action = match t.rows[Source::Api.index()].get(&key) {
                 None => ApplyAction::Created,
-                Some(s) if s.object == d.object => ApplyAction::Unchanged,
+                Some(s) if s.same_object(&row) => ApplyAction::Unchanged,
                 Some(_) => ApplyAction::Configured,
             };
             results.push(ApplyOutcome {
                 key: key.clone(),
                 action,
-                source: d.source.clone(),
-                index: d.index,
+                source: row.source.clone(),
+                index: row.index,
             });
             if action != ApplyAction::Unchanged {
-                if key.kind == Kind::Service {
-                    batch.insert(
-                        format!("{}/{}", key.namespace, key.name),
-                        (d.source.clone(), d.index, key.to_string()),
-                    );
-                }
-                next.insert(
-                    key,
-                    Stored {
-                        object: d.object,
-                        source: d.source,
-                        index: d.index,
-                    },
-                );
+                by_doc.insert(key.clone(), (row.source.clone(), row.index));
+                rows.push((key, row));
             }
         }
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
-        let changed = results.iter().any(|r| r.action != ApplyAction::Unchanged);
-        if changed {
-            let plan = self.commit(&mut tables, next, None, |plan| {
-                // Two Services may not share a frontend; refuse the batch that would make them.
-                let mut errors = Vec::new();
-                for c in &plan.conflicts {
-                    let (blamed, other) = if batch.contains_key(&c.loser) {
-                        (&c.loser, &c.holder)
-                    } else if batch.contains_key(&c.holder) {
-                        (&c.holder, &c.loser)
-                    } else {
-                        continue;
-                    };
-                    if let Some((source, index, object)) = batch.get(blamed) {
-                        let (path, reason) = match c.kind {
-                            ConflictKind::Frontend => (
-                                "spec",
-                                format!(
-                                    "frontend {} is already used by Service {other}; each \
-                                     address, port and protocol belongs to one Service",
-                                    c.frontend
-                                ),
-                            ),
-                            ConflictKind::ClusterIp => (
-                                "spec.clusterIP",
-                                format!(
-                                    "invalid value {:?}: the cluster IP is already allocated to \
-                                     Service {other}; a cluster IP belongs to one Service (pick \
-                                     another, or leave it out)",
-                                    c.frontend
-                                ),
-                            ),
-                        };
-                        errors.push(ManifestError {
-                            source: source.clone(),
-                            index: *index,
-                            object: object.clone(),
-                            path: path.into(),
-                            reason,
-                        });
-                    }
-                }
-                errors
-            });
-            plan?;
+        // What would change, checked before anything is: contested addresses, id capacity.
+        let preview: Vec<Change> = rows
+            .iter()
+            .map(|(_, r)| Change::Upsert(Arc::clone(&r.object)))
+            .collect();
+        let blame = |name: &str| -> Option<&(String, usize)> {
+            let (ns, n) = name.split_once('/')?;
+            by_doc.get(&ObjectKey {
+                kind: Kind::Service,
+                namespace: ns.to_owned(),
+                name: n.to_owned(),
+            })
+        };
+        for c in t.balancer.conflicts_of(&preview) {
+            let (blamed, other) = if blame(&c.loser).is_some() {
+                (&c.loser, &c.holder)
+            } else {
+                (&c.holder, &c.loser)
+            };
+            if let Some((source, index)) = blame(blamed) {
+                errors.push(conflict_error(
+                    &c,
+                    &format!("Service {blamed}"),
+                    other,
+                    source,
+                    *index,
+                ));
+            }
         }
+        if !errors.is_empty() {
+            return Err(ServiceError::Invalid(errors));
+        }
+        t.balancer
+            .check(&preview)
+            .map_err(ServiceError::Exhausted)?;
+        let records: Vec<Record> = rows
+            .iter()
+            .map(|(_, r)| Record::Put(r.document()))
+            .collect();
+        self.persist(Source::Api, &records)
+            .map_err(ServiceError::State)?;
+        let (changes, namespaces) =
+            t.set_rows(Source::Api, rows.into_iter().map(|(k, r)| (k, Some(r))));
+        // Namespace labels reach policy through the caller (`manifests::apply`), which puts
+        // them in force before it answers.
+        let _ = namespaces;
+        let written = self.commit(&mut t, changes);
+        drop(t);
         Ok((
             ApplyResult {
                 results,
@@ -477,14 +751,15 @@ impl ServiceManager {
                 policies: Vec::new(),
                 policy_revision: None,
             },
-            changed,
+            written,
         ))
     }
 
+    #[allow(clippy::type_complexity)]
     fn delete_documents(
         &self,
         docs: &[ApplyDocument],
-    ) -> Result<(ApplyResult, bool), ServiceError> {
+    ) -> Result<(ApplyResult, Result<(), String>), ServiceError> {
         let mut errors = Vec::new();
         let mut keys = Vec::new();
         for d in docs {
@@ -493,24 +768,18 @@ impl ServiceManager {
                 Err(e) => errors.extend(e),
             }
         }
-        let mut tables = lock(&self.tables);
-        let mut next = tables.api.clone();
+        let mut t = write(&self.tables);
         let mut results = Vec::new();
+        let mut gone = Vec::new();
         for (key, d) in keys {
-            if let (Some(owner), false) = (tables.dir.get(&key), tables.api.contains_key(&key)) {
-                errors.push(ManifestError {
-                    source: d.source.clone(),
-                    index: d.index,
-                    object: key.to_string(),
-                    path: String::new(),
-                    reason: format!(
-                        "managed by the manifest directory (file {}); remove it there",
-                        owner.source
-                    ),
-                });
-                continue;
+            if !t.rows[Source::Api.index()].contains_key(&key) {
+                if let Some(e) = Self::owned_elsewhere(&t, &key, d, "remove") {
+                    errors.push(e);
+                    continue;
+                }
             }
-            let action = if next.remove(&key).is_some() {
+            let action = if t.rows[Source::Api.index()].contains_key(&key) && !gone.contains(&key) {
+                gone.push(key.clone());
                 ApplyAction::Deleted
             } else {
                 ApplyAction::NotFound
@@ -525,10 +794,15 @@ impl ServiceManager {
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
-        let changed = results.iter().any(|r| r.action == ApplyAction::Deleted);
-        if changed {
-            self.commit(&mut tables, next, None, |_| Vec::new())?;
-        }
+        let records: Vec<Record> = gone.iter().map(Record::del).collect();
+        self.persist(Source::Api, &records)
+            .map_err(ServiceError::State)?;
+        let (changes, namespaces) = t.set_rows(Source::Api, gone.into_iter().map(|k| (k, None)));
+        // Namespace labels reach policy through the caller (`manifests::apply`), which puts
+        // them in force before it answers.
+        let _ = namespaces;
+        let written = self.commit(&mut t, changes);
+        drop(t);
         Ok((
             ApplyResult {
                 results,
@@ -536,195 +810,300 @@ impl ServiceManager {
                 policies: Vec::new(),
                 policy_revision: None,
             },
-            changed,
+            written,
         ))
     }
 
-    /// Computes the plan for new API objects (and a new directory set, if given), lets
-    /// `check` refuse it, persists, and only then swaps it in.
-    fn commit(
-        &self,
-        tables: &mut Tables,
-        api: Objects,
-        dir: Option<Objects>,
-        check: impl FnOnce(&LbPlan) -> Vec<ManifestError>,
-    ) -> Result<(), ServiceError> {
-        let dir = dir.unwrap_or_else(|| tables.dir.clone());
-        let mut ids = tables.ids.clone();
-        let plan = compute(effective(&dir, &api), &self.node, &mut ids)
-            .map_err(ServiceError::Exhausted)?;
-        let errors = check(&plan);
-        if !errors.is_empty() {
-            return Err(ServiceError::Invalid(errors));
-        }
-        self.save(&api, &dir, &ids).map_err(ServiceError::State)?;
-        let plan = with_sources(plan, &dir, &api);
-        debug!(
-            frontends = plan.state.frontends.len(),
-            backends = plan.state.backends.len(),
-            changes = ciliate_lb::LbDiff::between(&tables.plan.state, &plan.state).len(),
-            "load-balancing state recomputed"
-        );
-        tables.api = api;
-        tables.dir = dir;
-        tables.ids = ids;
-        tables.plan = Arc::new(plan);
-        tables.generation += 1;
-        Ok(())
-    }
-
-    /// Reads the manifest directory when it changed; returns whether the objects in force
-    /// changed. Problems are logged and kept for the status; the last good set stays.
+    /// Reads the files of the manifest directory that changed; returns whether the objects
+    /// in force changed. Problems are logged and kept for the status; the last good set stays.
     pub fn reload_dir(&self) -> bool {
         let Some(dir) = self.settings.manifest_dir.clone() else {
             return false;
         };
-        manifest_dir::reload(
+        let mut namespaces = false;
+        let changed = manifest_dir::reload(
             &dir,
             "objects",
-            &self.health,
-            |h| &mut h.dir,
-            |docs| {
-                // Policies in the directory are the policy store's.
-                let docs: Vec<ApplyDocument> = docs
-                    .into_iter()
-                    .filter(|d| !crate::policy::is_policy_document(&d.object))
+            &self.dir_watch,
+            // Policies in the directory are the policy store's.
+            |d| !crate::policy::is_policy_document(&d.object),
+            |files| {
+                let mut t = write(&self.tables);
+                let current = &t.rows[Source::ManifestDir.index()];
+                // Objects of the changed files, decoded; those of the others stay as they are.
+                let mut next: BTreeMap<ObjectKey, Stored> = BTreeMap::new();
+                let mut problems = Vec::new();
+                for name in files.changed {
+                    let docs = files.files.get(name.as_str()).copied().unwrap_or_default();
+                    match decode_all(docs) {
+                        Ok(decoded) => next.extend(decoded.into_iter().map(stored)),
+                        Err(e) => problems.extend(e.iter().map(ToString::to_string)),
+                    }
+                }
+                // An object defined by an unchanged file as well.
+                for (k, r) in &next {
+                    if let Some(other) = current.get(k) {
+                        if !files.changed.contains(&other.source) {
+                            problems.push(format!(
+                                "{}: {k} is defined by {} too; keep one",
+                                r.source, other.source
+                            ));
+                        }
+                    }
+                }
+                if !problems.is_empty() {
+                    return Err(problems);
+                }
+                let mut rows: Vec<(ObjectKey, Option<Stored>)> = current
+                    .iter()
+                    .filter(|(k, r)| files.changed.contains(&r.source) && !next.contains_key(*k))
+                    .map(|(k, _)| (k.clone(), None))
                     .collect();
-                let decoded = decode_all(&docs)
-                    .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-                let next = stored(decoded);
-                let mut tables = lock(&self.tables);
-                if next == tables.dir {
+                for (k, r) in next {
+                    if current
+                        .get(&k)
+                        .is_some_and(|c| c.same_object(&r) && c.source == r.source)
+                    {
+                        continue;
+                    }
+                    rows.push((k, Some(r)));
+                }
+                if rows.is_empty() {
                     return Ok(false);
                 }
-                let api = tables.api.clone();
-                self.commit(&mut tables, api, Some(next), |_| Vec::new())
-                    .map(|()| true)
-                    .map_err(|e| vec![e.to_string()])
+                let records: Vec<Record> = rows
+                    .iter()
+                    .map(|(k, r)| match r {
+                        Some(r) => Record::Put(r.document()),
+                        None => Record::del(k),
+                    })
+                    .collect();
+                self.persist(Source::ManifestDir, &records)
+                    .map_err(|e| vec![e.to_string()])?;
+                let (changes, ns) = t.set_rows(Source::ManifestDir, rows);
+                namespaces = ns;
+                // A failed datapath write is retried; the objects are in force.
+                let _ = self.commit(&mut t, changes);
+                Ok(true)
             },
-        )
-    }
-
-    /// Programs the datapath with the current plan. Returns the error text when it fails
-    /// (also kept for the status and logged).
-    pub fn sync(&self) -> Result<(), String> {
-        let _serial = lock(&self.sync_lock);
-        let (generation, plan) = {
-            let t = lock(&self.tables);
-            (t.generation, Arc::clone(&t.plan))
-        };
-        let started = Instant::now();
-        let result = self.datapath.sync_lb(&plan.state);
-        let mut h = lock(&self.health);
-        match result {
-            Ok(stats) => {
-                debug!(
-                    written = stats.written,
-                    deleted = stats.deleted,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "datapath load-balancing maps synced"
-                );
-                if h.sync_error.take().is_some() {
-                    info!("datapath load-balancing maps synced again");
-                }
-                h.synced = Some(generation);
-                Ok(())
-            }
-            Err(e) => {
-                let text = e.to_string();
-                warn!(error = %text, "cannot program the Services into the datapath; retrying");
-                h.sync_error = Some(text.clone());
-                Err(text)
-            }
-        }
-    }
-
-    /// One poll: re-reads the manifest directory if it changed, and syncs the datapath when
-    /// it does not hold the current state (a change, or a failed sync to retry).
-    pub fn tick(&self) {
-        if self.reload_dir() {
+        );
+        if namespaces {
             self.push_namespaces();
         }
-        let generation = lock(&self.tables).generation;
-        let needed = {
-            let h = lock(&self.health);
-            h.synced != Some(generation) || h.sync_error.is_some()
+        changed
+    }
+
+    /// One event of the Kubernetes source.
+    pub fn kubernetes_event(&self, ev: SourceEvent) {
+        let mut t = write(&self.tables);
+        let k8s = |object: Object| {
+            let key = object.key();
+            (
+                key,
+                Stored {
+                    object: Arc::new(object),
+                    source: KUBERNETES_SOURCE.to_owned(),
+                    index: 0,
+                },
+            )
         };
-        if needed {
+        let (changes, namespaces) = match ev {
+            SourceEvent::Init => {
+                t.pending = Some(Rows::new());
+                return;
+            }
+            SourceEvent::InitApply(o) => {
+                let (k, r) = k8s(o);
+                t.pending.get_or_insert_with(Rows::new).insert(k, r);
+                return;
+            }
+            SourceEvent::InitDone => {
+                let next = t.pending.take().unwrap_or_default();
+                let current = &t.rows[Source::Kubernetes.index()];
+                let mut rows: Vec<(ObjectKey, Option<Stored>)> = current
+                    .keys()
+                    .filter(|k| !next.contains_key(*k))
+                    .map(|k| (k.clone(), None))
+                    .collect();
+                rows.extend(
+                    next.into_iter()
+                        .filter(|(k, r)| !current.get(k).is_some_and(|c| c.same_object(r)))
+                        .map(|(k, r)| (k, Some(r))),
+                );
+                let out = t.set_rows(Source::Kubernetes, rows);
+                if t.listing.remove(&Source::Kubernetes) {
+                    info!("the Kubernetes source has listed its objects: stale load-balancing entries are removed now");
+                    let _ = self.commit(&mut t, out.0);
+                    t.balancer.release_unused_ids();
+                    let result = self.write_all(&t).map_err(|e| e.to_string());
+                    let _ = self.record_write(result);
+                    drop(t);
+                    if out.1 {
+                        self.push_namespaces();
+                    }
+                    return;
+                }
+                out
+            }
+            SourceEvent::Apply(o) => {
+                let (k, r) = k8s(o);
+                t.set_rows(Source::Kubernetes, [(k, Some(r))])
+            }
+            SourceEvent::Delete(k) => t.set_rows(Source::Kubernetes, [(k, None)]),
+        };
+        let _ = self.commit(&mut t, changes);
+        drop(t);
+        if namespaces {
+            self.push_namespaces();
+        }
+    }
+
+    /// Writes the whole state into the datapath (at start, and to repair after a failed
+    /// write). Returns the error text when it fails (also kept for the status and logged).
+    pub fn sync(&self) -> Result<(), String> {
+        let mut t = write(&self.tables);
+        let result = self.write_all(&t).map_err(|e| e.to_string());
+        if result.is_ok() && t.listing.is_empty() {
+            t.balancer.release_unused_ids();
+        }
+        self.record_write(result)
+    }
+
+    /// One wake-up: re-reads the manifest directory's changed files, and writes the whole
+    /// state again when a write failed.
+    pub fn tick(&self) {
+        self.reload_dir();
+        if lock(&self.health).resync {
             let _ = self.sync();
+        }
+    }
+
+    /// What wakes the Services loop (the manifest directory's watch notifies it).
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    fn source_of(t: &Tables, namespace: &str, name: &str) -> String {
+        let key = ObjectKey {
+            kind: Kind::Service,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match t.effective(&key) {
+            Some((Source::ManifestDir, r)) => r.source.clone(),
+            Some((Source::Kubernetes, _)) => KUBERNETES_SOURCE.to_owned(),
+            Some((Source::Api, _)) => API_SOURCE.to_owned(),
+            None => String::new(),
         }
     }
 
     /// Every Service, sorted by namespace/name.
     pub fn list(&self) -> Vec<ServiceView> {
-        lock(&self.tables).plan.services.clone()
+        let t = read(&self.tables);
+        let mut views = t.balancer.views();
+        for v in &mut views {
+            v.source = Self::source_of(&t, &v.namespace, &v.name);
+        }
+        views
     }
 
     /// One Service.
     pub fn get(&self, namespace: &str, name: &str) -> Option<ServiceView> {
-        let plan = Arc::clone(&lock(&self.tables).plan);
-        plan.services
-            .binary_search_by(|v| (v.namespace.as_str(), v.name.as_str()).cmp(&(namespace, name)))
-            .ok()
-            .map(|i| plan.services[i].clone())
+        let t = read(&self.tables);
+        let n: ServiceName = (namespace.to_owned(), name.to_owned());
+        let mut v = t.balancer.view(&n)?;
+        v.source = Self::source_of(&t, namespace, name);
+        Some(v)
+    }
+
+    /// The Service of the frontend with reverse-NAT index `index` (what flows name).
+    pub fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
+        read(&self.tables)
+            .balancer
+            .service_by_rev_nat(index)
+            .cloned()
+    }
+
+    /// The Service of a frontend.
+    pub fn service_by_frontend(
+        &self,
+        addr: Ipv4Addr,
+        port: u16,
+        proto: ciliate_model::lb::L4Proto,
+    ) -> Option<ServiceRef> {
+        read(&self.tables)
+            .balancer
+            .service_by_frontend(&(addr, port, proto))
+            .cloned()
     }
 
     /// Counts and problems.
     pub fn status(&self) -> ServicesStatus {
-        let (plan, shadowed) = {
-            let t = lock(&self.tables);
-            let shadowed: Vec<String> = t
-                .api
-                .keys()
-                .filter_map(|k| t.dir.get(k).map(|d| (k, d)))
-                .map(|(k, d)| {
-                    format!(
-                        "{k} is defined both through the API and by {}; the file's copy is in force",
-                        d.source
-                    )
-                })
-                .collect();
-            (Arc::clone(&t.plan), shadowed)
-        };
-        let h = lock(&self.health);
-        let mut problems: Vec<String> = h
-            .dir
+        let mut problems: Vec<String> = lock(&self.dir_watch)
             .problems
             .iter()
             .map(|p| format!("manifest directory: {p}"))
             .collect();
-        if let Some(e) = &h.sync_error {
+        if let Some(e) = &lock(&self.health).sync_error {
             problems.push(format!(
                 "cannot program the Services into the datapath: {e}; retrying every {}s",
                 POLL_INTERVAL.as_secs()
             ));
         }
+        let t = read(&self.tables);
+        if t.listing.contains(&Source::Kubernetes) {
+            problems.push(
+                "waiting for the Kubernetes API's first list: stale load-balancing entries are \
+                 kept until it is complete"
+                    .into(),
+            );
+        }
+        let mut shadowed: Vec<String> = t.rows[Source::Api.index()]
+            .keys()
+            .filter_map(|k| {
+                let (src, r) = t.effective(k)?;
+                match src {
+                    Source::ManifestDir => Some(format!(
+                        "{k} is defined both through the API and by {}; the file's copy is in force",
+                        r.source
+                    )),
+                    Source::Kubernetes => Some(format!(
+                        "{k} is defined both through the API and in Kubernetes; the Kubernetes copy is in force"
+                    )),
+                    Source::Api => None,
+                }
+            })
+            .collect();
+        shadowed.sort();
         problems.extend(shadowed);
-        let mut seen = BTreeSet::new();
-        for c in &plan.conflicts {
-            if seen.insert((&c.frontend, &c.loser)) {
-                problems.push(match c.kind {
-                    ConflictKind::Frontend => format!(
-                        "frontend {} is claimed by Services {} and {}; only {}'s is programmed",
-                        c.frontend, c.holder, c.loser, c.holder
-                    ),
-                    ConflictKind::ClusterIp => format!(
-                        "cluster IP {} is claimed by Services {} and {}; only {} is programmed",
-                        c.frontend, c.holder, c.loser, c.holder
-                    ),
-                });
-            }
+        for c in t.balancer.conflicts() {
+            problems.push(match c.kind {
+                ConflictKind::Frontend => format!(
+                    "frontend {} is claimed by Services {} and {}; only {}'s is programmed",
+                    c.frontend, c.holder, c.loser, c.holder
+                ),
+                ConflictKind::ClusterIp => format!(
+                    "cluster IP {} is claimed by Services {} and {}; only {} is programmed",
+                    c.frontend, c.holder, c.loser, c.holder
+                ),
+            });
         }
         ServicesStatus {
-            services: plan.services.len(),
-            backends: plan.state.backends.len(),
+            services: t.balancer.service_count(),
+            backends: t.balancer.backend_count(),
             problems,
         }
     }
 }
 
-/// Polls every `interval` until `shutdown`: re-reads the manifest directory when it changed
-/// and retries a failed datapath sync.
+/// `source` of the views of Services from the Kubernetes API.
+pub const KUBERNETES_SOURCE: &str = "kubernetes";
+
+/// The directory of the per-source journals in the node's state directory.
+pub const OBJECTS_DIR: &str = "objects";
+
+/// Wakes on every change of the manifest directory (and every `interval` while a datapath
+/// write is to be retried, or to catch a missed notification) until `shutdown`.
 pub async fn run_services_loop(
     manager: Arc<ServiceManager>,
     interval: Duration,
@@ -735,12 +1114,13 @@ pub async fn run_services_loop(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = manager.wake.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let m = Arc::clone(&manager);
-        // Reading files and syncing maps block.
+        // Reading files and writing maps block.
         if let Err(e) = tokio::task::spawn_blocking(move || m.tick()).await {
-            warn!(error = %e, "the Services poll panicked; retrying next interval");
+            warn!(error = %e, "the Services loop panicked; retrying next interval");
         }
     }
 }

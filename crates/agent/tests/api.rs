@@ -68,6 +68,7 @@ fn harness_with(cidr: &str) -> Harness {
             node_name: config.node_name.clone(),
             node_ips: vec![Ipv4Addr::new(192, 168, 1, 10)],
             manifest_dir: None,
+            kubernetes: false,
         },
         &config.node_state_dir(),
         dp.clone(),

@@ -201,12 +201,20 @@ pub fn plan_diff(current: &LbEntries, diff: &LbDiff) -> Vec<LbOp> {
         {
             now.services.insert(*k, *v);
             if k.backend_slot == 0 {
-                now.rev_nat
-                    .extend(current.rev_nat.get(&v.rev_nat_index).map(|r| (v.rev_nat_index, *r)));
+                now.rev_nat.extend(
+                    current
+                        .rev_nat
+                        .get(&v.rev_nat_index)
+                        .map(|r| (v.rev_nat_index, *r)),
+                );
             }
         }
-        now.rev_nat
-            .extend(current.rev_nat.get(&f.rev_nat_index).map(|r| (f.rev_nat_index, *r)));
+        now.rev_nat.extend(
+            current
+                .rev_nat
+                .get(&f.rev_nat_index)
+                .map(|r| (f.rev_nat_index, *r)),
+        );
     }
     for b in diff
         .backends_added
@@ -410,14 +418,25 @@ mod tests {
     #[test]
     fn a_diff_writes_what_a_full_sync_would_and_nothing_else() {
         let a = state(
-            vec![frontend(1, 1, vec![1, 2]), frontend(2, 2, vec![2]), frontend(5, 5, vec![1])],
+            vec![
+                frontend(1, 1, vec![1, 2]),
+                frontend(2, 2, vec![2]),
+                frontend(5, 5, vec![1]),
+            ],
             vec![backend(1, 1), backend(2, 2)],
         );
         let b = state(
-            vec![frontend(1, 1, vec![2, 3, 4]), frontend(3, 3, vec![4]), frontend(5, 5, vec![1])],
+            vec![
+                frontend(1, 1, vec![2, 3, 4]),
+                frontend(3, 3, vec![4]),
+                frontend(5, 5, vec![1]),
+            ],
             vec![backend(1, 1), backend(2, 2), backend(3, 3), backend(4, 4)],
         );
-        let c = state(vec![frontend(1, 1, vec![4]), frontend(5, 5, vec![1])], vec![backend(1, 1), backend(4, 4)]);
+        let c = state(
+            vec![frontend(1, 1, vec![4]), frontend(5, 5, vec![1])],
+            vec![backend(1, 1), backend(4, 4)],
+        );
         let empty = LbState::default();
         let mut cur = LbEntries::default();
         let mut prev = LbState::default();
@@ -429,7 +448,11 @@ mod tests {
             if !prev.frontends.is_empty() && !next.frontends.is_empty() {
                 assert!(!ops.iter().any(|op| matches!(op, LbOp::PutService(k, _) | LbOp::DelService(k) if *k == untouched)));
             }
-            assert_eq!(ops.len(), plan(&cur, &entries(next)).len(), "as minimal as a full plan");
+            assert_eq!(
+                ops.len(),
+                plan(&cur, &entries(next)).len(),
+                "as minimal as a full plan"
+            );
             cur = replay_checking_reachability(&cur, &ops);
             assert_eq!(cur, entries(next));
             prev = next.clone();

@@ -172,7 +172,10 @@ pub trait Datapath: Send + Sync + 'static {
     /// costs what it changes, whatever the number of Services. `diff` must be relative to
     /// what the datapath holds (the agent's [`sync_lb`](Datapath::sync_lb) at start, then
     /// every diff in order).
-    fn update_lb(&self, diff: &ciliate_model::lb_diff::LbDiff) -> Result<LbSyncStats, DatapathError>;
+    fn update_lb(
+        &self,
+        diff: &ciliate_model::lb_diff::LbDiff,
+    ) -> Result<LbSyncStats, DatapathError>;
 
     fn lb_state(&self) -> Result<LbState, DatapathError>;
 

@@ -309,6 +309,46 @@ impl Balancer {
         out
     }
 
+    /// Whether `changes` fit: refuses what would exhaust reverse-NAT indexes, with an upper
+    /// bound (every frontend of every upserted Service new, those of the Services it replaces
+    /// or deletes freed). Nothing is changed.
+    pub fn check(&self, changes: &[Change]) -> Result<(), LbError> {
+        let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
+        for c in changes {
+            match c {
+                Change::Upsert(o) if matches!(o.as_ref(), Object::Service(_)) => {
+                    touched.extend(service_name(o));
+                }
+                Change::Delete(k) if k.kind == Kind::Service => {
+                    touched.insert((k.namespace.clone(), k.name.clone()));
+                }
+                _ => {}
+            }
+        }
+        let freed: usize = touched
+            .iter()
+            .filter_map(|n| self.held.get(n))
+            .map(Vec::len)
+            .sum();
+        let added: usize = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(o) => as_service(o),
+                Change::Delete(_) => None,
+            })
+            .map(|s| self.frontend_keys_of(s).1.len())
+            .sum();
+        let wanted = self.frontends.len() - freed + added;
+        if wanted > usize::from(MAX_REV_NAT) {
+            return Err(LbError::RevNatExhausted {
+                wanted,
+                kept: self.frontends.len() - freed,
+            });
+        }
+
+        Ok(())
+    }
+
     /// Applies a batch and answers what to write into the datapath. On error nothing
     /// changed.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<LbDiff, LbError> {
@@ -331,28 +371,7 @@ impl Balancer {
                 },
             }
         }
-        // Refuse what would exhaust reverse-NAT indexes before changing anything: an upper
-        // bound (every frontend of every upserted Service new, the touched ones' freed).
-        let freed: usize = touched
-            .iter()
-            .filter_map(|n| self.held.get(n))
-            .map(Vec::len)
-            .sum();
-        let added: usize = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Upsert(o) => as_service(o),
-                Change::Delete(_) => None,
-            })
-            .map(|s| self.frontend_keys_of(s).1.len())
-            .sum();
-        let wanted = self.frontends.len() - freed + added;
-        if wanted > usize::from(MAX_REV_NAT) {
-            return Err(LbError::RevNatExhausted {
-                wanted,
-                kept: self.frontends.len() - freed,
-            });
-        }
+        self.check(&changes)?;
 
         // The objects.
         for c in changes {
@@ -489,6 +508,11 @@ impl Balancer {
         }
         let mut diff = LbDiff::default();
         let mut gone_backends = Vec::new();
+        // New ids in key order, as `compute` gives them: the same objects loaded afresh get
+        // the same ids whatever order they came in.
+        let mut touched_backends: Vec<BackendKey> = touched_backends.into_iter().collect();
+        touched_backends.sort_unstable();
+        new_keys.sort_by_key(|k| k.1);
         for bk in &touched_backends {
             let state = self.backend_use.get(bk).and_then(|u| u.state());
             match state {

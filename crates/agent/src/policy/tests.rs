@@ -98,6 +98,7 @@ impl Node {
                 node_name: "node-a".into(),
                 node_ips: vec![],
                 manifest_dir: manifest_dir.map(Path::to_owned),
+                kubernetes: false,
             },
             dir,
             dp.clone(),

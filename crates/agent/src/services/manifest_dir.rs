@@ -5,6 +5,7 @@
 //! editors' swap files and the `..data` links of a mounted Kubernetes ConfigMap (whose files
 //! are links into it and are read).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
@@ -12,10 +13,9 @@ use std::time::UNIX_EPOCH;
 use ciliate_model::manifest::{split_documents, ApplyDocument, ManifestError};
 use tracing::{info, warn};
 
-/// What the directory looked like: each file's name, size and modification time. Reading
-/// again only when this changes costs one `stat` per file every poll.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(String, u64, u128)>);
+/// What a file looked like when read: size and modification time. A file is parsed again
+/// only when this changes, so a change to one file costs reading that file.
+type Stamp = (u64, u128);
 
 /// Why the directory could not be read as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -62,22 +62,33 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
     Ok(out)
 }
 
-/// The directory's current fingerprint.
-pub fn fingerprint(dir: &Path) -> Result<Fingerprint, DirError> {
-    let mut out = Vec::new();
-    for path in manifest_files(dir)? {
-        let m = std::fs::metadata(&path).map_err(|source| DirError {
-            path: path.clone(),
+fn stamp(path: &Path) -> Result<Stamp, DirError> {
+    let m = std::fs::metadata(path).map_err(|source| DirError {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok((m.len(), mtime))
+}
+
+/// The documents of one file, or why it cannot be read or parsed.
+fn read_file(path: &Path) -> Result<Vec<ApplyDocument>, String> {
+    let source = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => split_documents(&source, &text).map_err(|e| e.to_string()),
+        Err(e) => Err(ManifestError {
             source,
-        })?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        out.push((path.display().to_string(), m.len(), mtime));
+            index: 0,
+            object: String::new(),
+            path: String::new(),
+            reason: format!("cannot read: {e}"),
+        }
+        .to_string()),
     }
-    Ok(Fingerprint(out))
 }
 
 /// Every document of every manifest file, or every problem (unreadable files and syntax
@@ -87,22 +98,9 @@ pub fn read_documents(dir: &Path) -> Result<Vec<ApplyDocument>, Vec<String>> {
     let mut docs = Vec::new();
     let mut problems = Vec::new();
     for path in files {
-        let source = path.display().to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match split_documents(&source, &text) {
-                Ok(d) => docs.extend(d),
-                Err(e) => problems.push(e.to_string()),
-            },
-            Err(e) => problems.push(
-                ManifestError {
-                    source,
-                    index: 0,
-                    object: String::new(),
-                    path: String::new(),
-                    reason: format!("cannot read: {e}"),
-                }
-                .to_string(),
-            ),
+        match read_file(&path) {
+            Ok(d) => docs.extend(d),
+            Err(p) => problems.push(p),
         }
     }
     if problems.is_empty() {
@@ -112,67 +110,148 @@ pub fn read_documents(dir: &Path) -> Result<Vec<ApplyDocument>, Vec<String>> {
     }
 }
 
-/// What a store remembers of its last read of the directory.
+/// One file as last read.
+#[derive(Debug)]
+struct CachedFile {
+    stamp: Stamp,
+    /// Its documents the store takes, or its problem.
+    docs: Result<Vec<ApplyDocument>, String>,
+}
+
+/// The directory's documents as a store sees them: per file (named by path), and which files
+/// changed since the store last took them.
+#[derive(Debug)]
+pub struct DirDocs<'a> {
+    /// Each file's documents (only those the store takes).
+    pub files: BTreeMap<&'a str, &'a [ApplyDocument]>,
+    /// Files added, changed or removed since the last successful apply.
+    pub changed: &'a BTreeSet<String>,
+}
+
+impl DirDocs<'_> {
+    /// Every document, in file order.
+    pub fn all(&self) -> Vec<ApplyDocument> {
+        self.files
+            .values()
+            .flat_map(|d| d.iter().cloned())
+            .collect()
+    }
+}
+
+/// What a store remembers of the directory: each file as last read, and which files changed
+/// since the store last applied them.
 #[derive(Debug, Default)]
 pub struct DirWatch {
-    /// The directory as last read (successfully or not), so an unchanged broken directory is
-    /// not re-read and re-logged every poll.
-    fingerprint: Option<Fingerprint>,
+    files: BTreeMap<String, CachedFile>,
+    changed: BTreeSet<String>,
+    /// Whether the directory could be listed last time.
+    listed: bool,
     /// Problems of the last read; the last good set stays in force while there are some.
     pub problems: Vec<String>,
 }
 
-/// Re-reads `dir` when it changed since `watch` last saw it, and hands its documents to
-/// `apply`, which answers whether what is in force changed, or every problem (then nothing
-/// of the read is in force and the last good set stays). `what` names the store's objects in
-/// logs ("objects", "policies"). The watch lives in the store's `health`, reached by `watch`;
-/// that lock is taken only around the bookkeeping, never while `apply` runs. Returns whether
-/// what is in force changed.
-pub fn reload<H>(
+impl DirWatch {
+    /// Lists `dir` and re-reads the files whose size or time changed (documents `take`
+    /// rejects are dropped at once). Returns whether anything changed.
+    fn refresh(&mut self, dir: &Path, take: fn(&ApplyDocument) -> bool) -> Result<bool, DirError> {
+        let paths = manifest_files(dir)?;
+        let mut seen = BTreeSet::new();
+        let mut any = !self.listed;
+        self.listed = true;
+        for path in paths {
+            let name = path.display().to_string();
+            // A file that vanished between listing and stat is gone, not an error.
+            let Ok(stamp) = stamp(&path) else { continue };
+            seen.insert(name.clone());
+            if self.files.get(&name).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let docs = read_file(&path).map(|d| d.into_iter().filter(take).collect());
+            self.files.insert(name.clone(), CachedFile { stamp, docs });
+            self.changed.insert(name);
+            any = true;
+        }
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.files.remove(&name);
+            self.changed.insert(name);
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+/// Re-reads the files of `dir` that changed since `watch` last saw them and, when any did,
+/// hands the store its documents (those `take` accepts) through `apply`, which answers
+/// whether what is in force changed, or every problem (then nothing of the read is in force
+/// and the last good set stays). A file that does not parse (one being written, say) makes
+/// the whole read wait, as does an invalid object: the directory is applied whole or not at
+/// all. `what` names the store's objects in logs ("objects", "policies"). The watch has
+/// its own lock, held while `apply` runs (so two reads never interleave). Returns whether what
+/// is in force changed.
+pub fn reload(
     dir: &Path,
     what: &str,
-    health: &Mutex<H>,
-    watch: fn(&mut H) -> &mut DirWatch,
-    apply: impl FnOnce(Vec<ApplyDocument>) -> Result<bool, Vec<String>>,
+    watch: &Mutex<DirWatch>,
+    take: fn(&ApplyDocument) -> bool,
+    apply: impl FnOnce(DirDocs<'_>) -> Result<bool, Vec<String>>,
 ) -> bool {
-    let lock = || health.lock().unwrap_or_else(|p| p.into_inner());
-    let fingerprint = match fingerprint(dir) {
-        Ok(f) => f,
+    let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+    match w.refresh(dir, take) {
+        Ok(false) => return false,
+        Ok(true) => {}
         Err(e) => {
-            let mut h = lock();
-            let w = watch(&mut h);
             let problem = format!("{e}; the last good set of its {what} stays in force");
             if w.problems != [problem.clone()] {
                 warn!("{problem}");
                 w.problems = vec![problem];
             }
-            w.fingerprint = None;
+            w.listed = false;
             return false;
         }
-    };
-    if watch(&mut lock()).fingerprint.as_ref() == Some(&fingerprint) {
-        return false;
     }
-    let outcome = read_documents(dir).and_then(apply);
-    let mut h = lock();
-    let w = watch(&mut h);
-    w.fingerprint = Some(fingerprint);
+    let read_problems: Vec<String> = w
+        .files
+        .values()
+        .filter_map(|f| f.docs.as_ref().err().cloned())
+        .collect();
+    let outcome = if read_problems.is_empty() {
+        let files = w
+            .files
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.docs.as_deref().unwrap_or_default()))
+            .collect();
+        apply(DirDocs {
+            files,
+            changed: &w.changed,
+        })
+    } else {
+        Err(read_problems)
+    };
     match outcome {
         Ok(changed) => {
             if changed || !w.problems.is_empty() {
-                info!(dir = %dir.display(), changed, "manifest directory read for its {what}");
+                info!(dir = %dir.display(), changed, files = w.changed.len(), "manifest directory read for its {what}");
             }
             w.problems.clear();
+            w.changed.clear();
             changed
         }
         Err(problems) => {
-            warn!(
-                dir = %dir.display(),
-                problems = problems.len(),
-                "manifest directory rejected; the last good set of its {what} stays in force"
-            );
-            for p in &problems {
-                warn!("{p}");
+            if w.problems != problems {
+                warn!(
+                    dir = %dir.display(),
+                    problems = problems.len(),
+                    "manifest directory rejected; the last good set of its {what} stays in force"
+                );
+                for p in &problems {
+                    warn!("{p}");
+                }
             }
             w.problems = problems;
             false
@@ -200,11 +279,18 @@ mod tests {
             .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["a.json", "b.yaml", "c.yml"]);
-        let before = fingerprint(d).expect("fp");
-        assert_eq!(fingerprint(d).expect("fp"), before);
+        let mut w = DirWatch::default();
+        let all: fn(&ApplyDocument) -> bool = |_| true;
+        assert!(w.refresh(d, all).expect("reads"), "first read");
+        w.changed.clear();
+        assert!(!w.refresh(d, all).expect("reads"), "nothing changed");
         std::fs::write(d.join("b.yaml"), "a: 12\n").expect("write");
-        assert_ne!(fingerprint(d).expect("fp"), before, "size changed");
-        assert!(fingerprint(&d.join("missing")).is_err());
+        assert!(w.refresh(d, all).expect("reads"), "size changed");
+        assert_eq!(w.changed.len(), 1, "{:?}", w.changed);
+        std::fs::remove_file(d.join("a.json")).expect("rm");
+        assert!(w.refresh(d, all).expect("reads"), "removed");
+        assert_eq!(w.changed.len(), 2);
+        assert!(w.refresh(&d.join("missing"), all).is_err());
     }
 
     #[test]

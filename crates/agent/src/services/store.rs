@@ -1,6 +1,7 @@
-//! `<state-dir>/<node-name>/services.json`: the Service objects applied through the API, the
-//! manifest directory's last good set, and the id allocator, so that a restart keeps every
-//! object and every backend id and rev-NAT index.
+//! `<state-dir>/<node-name>/services.json`: the whole-file store of older agents (the Service
+//! objects applied through the API, the manifest directory's last good set, and the id
+//! allocator). It is read once to move its objects to the per-object journals
+//! ([`super::journal`]) and then removed.
 //!
 //! Objects are stored as the documents they were applied as (`apiVersion`, `kind`, fields),
 //! and read back through the same decoder and validation as any manifest.
@@ -59,6 +60,23 @@ impl ServiceStore {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes the file (once its objects are in the journals).
+    pub fn remove(&self) -> Result<(), StateError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Write {
+                path: self.path.clone(),
+                source,
+            }),
+        }
     }
 
     /// Reads the file; `None` when there is none yet.

@@ -11,6 +11,7 @@ fn settings(dir: Option<&Path>) -> ServiceSettings {
         node_name: "node-a".into(),
         node_ips: vec![Ipv4Addr::new(192, 168, 1, 10)],
         manifest_dir: dir.map(Path::to_owned),
+        kubernetes: false,
     }
 }
 
@@ -217,10 +218,19 @@ fn a_restart_keeps_objects_and_ids() {
             .expect("deletes");
         dp.lb_state().expect("state")
     };
-    // A new datapath (as after a reboot) gets exactly the same state from the restarted store.
+    // After a reboot (a new, empty datapath: no conntrack entry names an id any more) the
+    // restarted store programs the same Services, with ids afresh.
     let dp2 = Arc::new(FakeDatapath::new());
-    let m = open(tmp.path(), None, &dp2);
-    assert_eq!(dp2.lb_state().expect("state"), before);
+    drop(open(tmp.path(), None, &dp2));
+    let rebooted = dp2.lb_state().expect("state");
+    assert_eq!(rebooted.frontends.len(), before.frontends.len());
+    assert_eq!(
+        rebooted.backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
+        before.backends.iter().map(|b| b.addr).collect::<Vec<_>>()
+    );
+    // An agent restart (the pinned maps stay) keeps every id: read back from the maps.
+    let m = open(tmp.path(), None, &dp);
+    assert_eq!(dp.lb_state().expect("state"), before);
     assert_eq!(m.list().len(), 1);
     // The ids freed before the restart are still not handed out first.
     m.apply(&request(

@@ -1,0 +1,284 @@
+//! Per-object persistence: an append-only journal of the objects one source put and deleted,
+//! `<state-dir>/<node>/objects/<source>.jsonl`, one JSON record per line.
+//!
+//! A change writes the records of the objects it changed and one `fdatasync`, whatever the
+//! number of objects held (the whole-file rewrite it replaces cost 18 MB per change at 20,000
+//! Services). On open the journal is replayed; when it holds more dead records than live ones
+//! it is rewritten compacted (atomically: temporary file, fsync, rename). A last line cut short
+//! by a crash is ignored: its change was never acknowledged.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use ciliate_model::k8s::{Kind, ObjectKey};
+use ciliate_model::manifest::ApplyDocument;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::state::{write_atomic, StateError};
+
+/// One line of a journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Record {
+    /// The object is now this document.
+    Put(ApplyDocument),
+    /// The object is gone.
+    Del {
+        /// Its kind.
+        kind: Kind,
+        /// Its namespace ("" for cluster-scoped kinds).
+        #[serde(default)]
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl Record {
+    /// A delete record for `key`.
+    pub fn del(key: &ObjectKey) -> Self {
+        Self::Del {
+            kind: key.kind,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        }
+    }
+}
+
+/// An open journal.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    name: String,
+    file: File,
+    /// Records in the file.
+    records: usize,
+}
+
+/// The key a document stands for, as far as the journal needs it (kind, namespace, name as
+/// written; the decoder checks the rest on replay).
+fn doc_key(doc: &ApplyDocument) -> (String, String, String) {
+    let o = &doc.object;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let meta = &o["metadata"];
+    (s(&o["kind"]), s(&meta["namespace"]), s(&meta["name"]))
+}
+
+impl Journal {
+    /// Opens (creating) `<dir>/<name>.jsonl` and answers the live documents it holds, in the
+    /// order they were last put.
+    pub fn open(dir: &Path, name: &str) -> Result<(Self, Vec<ApplyDocument>), StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(format!("{name}.jsonl"));
+        let mut live: BTreeMap<(String, String, String), (u64, ApplyDocument)> = BTreeMap::new();
+        let mut records = 0usize;
+        let mut seq = 0u64;
+        let mut torn = false;
+        match File::open(&path) {
+            Ok(f) => {
+                let mut lines = BufReader::new(f).lines().peekable();
+                while let Some(line) = lines.next() {
+                    let line = line.map_err(|source| StateError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let record: Record = match serde_json::from_str(&line) {
+                        Ok(r) => r,
+                        Err(e) if lines.peek().is_none() => {
+                            warn!(journal = %path.display(), error = %e, "ignoring a last record cut short (a crash while it was written; that change was never acknowledged)");
+                            torn = true;
+                            break;
+                        }
+                        Err(source) => {
+                            return Err(StateError::Parse {
+                                path: path.clone(),
+                                source,
+                            })
+                        }
+                    };
+                    records += 1;
+                    seq += 1;
+                    match record {
+                        Record::Put(doc) => {
+                            live.insert(doc_key(&doc), (seq, doc));
+                        }
+                        Record::Del {
+                            kind,
+                            namespace,
+                            name,
+                        } => {
+                            live.remove(&(kind.to_string(), namespace, name));
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
+        let mut docs: Vec<(u64, ApplyDocument)> = live.into_values().collect();
+        docs.sort_by_key(|(seq, _)| *seq);
+        let docs: Vec<ApplyDocument> = docs.into_iter().map(|(_, d)| d).collect();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| StateError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        let mut j = Self {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            file,
+            records,
+        };
+        // Dead records outnumber live ones, or a torn tail (the next append would be glued
+        // to it): rewrite it compacted.
+        if torn || records > 2 * docs.len() + 64 {
+            j.rewrite(&docs)?;
+        }
+        Ok((j, docs))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.jsonl", self.name))
+    }
+
+    /// Appends `records` durably: one write, one `fdatasync`. On error nothing of them counts
+    /// (a torn tail is ignored on the next open).
+    pub fn append(&mut self, records: &[Record]) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(records.len() * 256);
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(|source| StateError::Serialise {
+                path: self.path(),
+                source,
+            })?;
+            buf.push(b'\n');
+        }
+        let path = self.path();
+        let werr = |source| StateError::Write {
+            path: path.clone(),
+            source,
+        };
+        self.file.write_all(&buf).map_err(werr)?;
+        self.file.sync_data().map_err(werr)?;
+        self.records += records.len();
+        Ok(())
+    }
+
+    /// Replaces the file with one record per live document.
+    pub fn rewrite(&mut self, live: &[ApplyDocument]) -> Result<(), StateError> {
+        let mut buf = Vec::with_capacity(live.len() * 256);
+        for d in live {
+            serde_json::to_writer(&mut buf, &Record::Put(d.clone())).map_err(|source| {
+                StateError::Serialise {
+                    path: self.path(),
+                    source,
+                }
+            })?;
+            buf.push(b'\n');
+        }
+        let file = format!("{}.jsonl", self.name);
+        let tmp = format!(".{}.jsonl.tmp", self.name);
+        write_atomic(&self.dir, &file, &tmp, &buf)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(self.path())
+            .map_err(|source| StateError::Write {
+                path: self.path(),
+                source,
+            })?;
+        self.records = live.len();
+        Ok(())
+    }
+
+    /// Records in the file (live and dead).
+    pub fn records(&self) -> usize {
+        self.records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(name: &str, port: u16) -> ApplyDocument {
+        ApplyDocument {
+            source: "t".into(),
+            index: 1,
+            object: json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "spec": {"ports": [{"port": port}]}}),
+        }
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn replays_puts_and_deletes_and_survives_a_torn_tail() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut j, docs) = Journal::open(tmp.path(), "api").expect("opens");
+        assert!(docs.is_empty());
+        j.append(&[Record::Put(doc("a", 1)), Record::Put(doc("b", 2))])
+            .expect("appends");
+        j.append(&[Record::Put(doc("a", 3)), Record::del(&key("b"))])
+            .expect("appends");
+        drop(j);
+        let path = tmp.path().join("api.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"op\":\"put\",\"source\":\"t\",\"ind")
+            .expect("torn");
+        let (j, docs) = Journal::open(tmp.path(), "api").expect("reopens");
+        assert_eq!(docs, vec![doc("a", 3)]);
+        assert_eq!(j.records(), 1, "compacted after the torn tail");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_is_an_error_naming_the_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("api.jsonl"),
+            "garbage\n{\"op\":\"del\",\"kind\":\"Service\",\"name\":\"x\"}\n",
+        )
+        .expect("write");
+        let e = Journal::open(tmp.path(), "api").expect_err("corrupt");
+        assert!(e.to_string().contains("api.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn many_changes_to_one_object_are_compacted_on_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut j, _) = Journal::open(tmp.path(), "api").expect("opens");
+        for i in 0..200 {
+            j.append(&[Record::Put(doc("a", i))]).expect("appends");
+        }
+        drop(j);
+        let (j, docs) = Journal::open(tmp.path(), "api").expect("reopens");
+        assert_eq!(docs, vec![doc("a", 199)]);
+        assert_eq!(j.records(), 1);
+    }
+}
