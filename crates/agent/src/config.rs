@@ -61,6 +61,14 @@ impl Environment for StaticEnvironment {
     }
 }
 
+/// How the agent reaches the Kubernetes API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// The kubeconfig file; `None`: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// Which datapath to program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,12 +190,34 @@ pub struct Args {
 
     /// Directory of Kubernetes manifests (Service, EndpointSlice, Endpoints, NetworkPolicy,
     /// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy; *.yaml, *.yml, *.json) the agent
-    /// keeps in force. It is re-read within 2 seconds of any file changing; its objects replace
-    /// the directory's previous set as one batch (Services and policies each), and a directory
-    /// with an invalid file keeps the last good set (the errors are logged and shown in
-    /// status).
+    /// keeps in force. A file is read when its writer closes or renames it (inotify; checked
+    /// every 2 seconds as well); only changed files are read again; the directory's objects
+    /// apply as one batch (Services and policies each), and a directory with an invalid file
+    /// keeps the last good set (the errors are logged and shown in status). Where it and the
+    /// API define one object, the directory's copy is in force.
     #[arg(long, env = "CILIATE_MANIFEST_DIR", value_name = "DIR")]
     pub manifest_dir: Option<PathBuf>,
+
+    /// Take Services, EndpointSlices, Namespaces, NetworkPolicies, CiliumNetworkPolicies and
+    /// CiliumClusterwideNetworkPolicies from the Kubernetes API (list and watch), and the
+    /// node's pod CIDR from its Node object. Uses the in-cluster service account unless
+    /// --k8s-kubeconfig is given.
+    #[arg(long, env = "CILIATE_K8S")]
+    pub k8s: bool,
+
+    /// The kubeconfig to reach the Kubernetes API with (implies --k8s).
+    #[arg(long, env = "CILIATE_K8S_KUBECONFIG", value_name = "PATH")]
+    pub k8s_kubeconfig: Option<PathBuf>,
+
+    /// Write the CNI network configuration (`05-ciliate.conflist`) into this directory at
+    /// start, e.g. the host's /etc/cni/net.d, as Cilium's install-cni does.
+    #[arg(long, env = "CILIATE_WRITE_CNI_CONF", value_name = "DIR")]
+    pub write_cni_conf: Option<PathBuf>,
+
+    /// Copy the `ciliate-cni` plugin (found beside this binary) into this directory at start,
+    /// e.g. the host's /opt/cni/bin.
+    #[arg(long, env = "CILIATE_INSTALL_CNI_BIN", value_name = "DIR")]
+    pub install_cni_bin: Option<PathBuf>,
 
     /// An IPv4 address of this node that NodePort Services answer on; repeat the flag (or
     /// separate with commas) for several. Without one, node ports are not programmed. For
@@ -291,6 +321,12 @@ pub struct Config {
     pub ct_gc_interval_seconds: u64,
     /// The manifest directory, if any.
     pub manifest_dir: Option<PathBuf>,
+    /// The Kubernetes API as a source, when enabled.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Where to write the CNI configuration at start.
+    pub write_cni_conf: Option<PathBuf>,
+    /// Where to install the CNI plugin at start.
+    pub install_cni_bin: Option<PathBuf>,
     /// Node addresses NodePort Services answer on.
     pub node_ips: Vec<Ipv4Addr>,
     /// Whether pods' traffic to the world is masqueraded.
@@ -462,6 +498,13 @@ impl Config {
             mtu: parsed.mtu,
             ct_gc_interval_seconds: parsed.ct_gc_interval,
             manifest_dir: parsed.manifest_dir,
+            kubernetes: (parsed.k8s || parsed.k8s_kubeconfig.is_some()).then_some(
+                KubernetesConfig {
+                    kubeconfig: parsed.k8s_kubeconfig,
+                },
+            ),
+            write_cni_conf: parsed.write_cni_conf,
+            install_cni_bin: parsed.install_cni_bin,
             node_ips: parsed.node_ips,
             socket_lb_cgroup,
             masquerade: !parsed.no_masquerade,

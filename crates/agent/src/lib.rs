@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod cni_install;
 pub mod config;
 pub mod endpoints;
 pub mod endpoints_watch;

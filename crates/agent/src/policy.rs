@@ -150,16 +150,26 @@ fn stored(loaded: Loaded) -> Policies {
 }
 
 /// The policies in force: the directory's, then the API's it does not shadow.
-fn effective<'a>(dir: &'a Policies, api: &'a Policies) -> BTreeMap<&'a PolicyRef, &'a Stored> {
+fn effective<'a>(
+    dir: &'a Policies,
+    k8s: &'a Policies,
+    api: &'a Policies,
+) -> BTreeMap<&'a PolicyRef, &'a Stored> {
     let mut out: BTreeMap<&PolicyRef, &Stored> = api.iter().collect();
+    out.extend(k8s.iter());
     out.extend(dir.iter());
     out
 }
 
 /// Makes `engine` hold exactly the effective policies, changing only what differs (rules keep
 /// their numbers).
-fn sync_engine(engine: &mut PolicyEngine, dir: &Policies, api: &Policies) -> Vec<ManifestError> {
-    let want = effective(dir, api);
+fn sync_engine(
+    engine: &mut PolicyEngine,
+    dir: &Policies,
+    k8s: &Policies,
+    api: &Policies,
+) -> Vec<ManifestError> {
+    let want = effective(dir, k8s, api);
     let stale: Vec<PolicyRef> = engine
         .policies()
         .map(|(r, _)| r.clone())
@@ -326,6 +336,8 @@ pub struct PolicyStatus {
 struct Docs {
     api: Policies,
     dir: Policies,
+    /// From the Kubernetes API: not persisted (the API server is their store).
+    k8s: Policies,
 }
 
 /// A checked batch, ready to [`PolicyManager::commit`]. It holds the change lock: nothing
@@ -447,7 +459,7 @@ impl PolicyManager {
         let dir = restore(&persisted.manifest_dir)?;
         let mut engine = PolicyEngine::default();
         engine.restore_cidr_identities(persisted.cidr_identities.iter().copied());
-        let errors = sync_engine(&mut engine, &dir, &api);
+        let errors = sync_engine(&mut engine, &dir, &Policies::new(), &api);
         if !errors.is_empty() {
             return Err(inconsistent(report(
                 &errors,
@@ -466,7 +478,11 @@ impl PolicyManager {
             settings,
             datapath,
             store,
-            docs: Mutex::new(Docs { api, dir }),
+            docs: Mutex::new(Docs {
+                api,
+                dir,
+                k8s: Policies::new(),
+            }),
             engine: Mutex::new(engine),
             addresses: Mutex::new(addresses),
             cluster: Mutex::default(),
@@ -522,15 +538,22 @@ impl PolicyManager {
         let mut warnings = Vec::new();
         let mut api = guard.api.clone();
         let owned = |r: &PolicyRef, source: &str, index: usize, verb: &str| {
-            guard.dir.get(r).map(|owner| ManifestError {
+            let reason = match guard.dir.get(r) {
+                Some(owner) => format!(
+                    "managed by the manifest directory (file {}); {verb} it there",
+                    owner.source
+                ),
+                None if guard.k8s.contains_key(r) => {
+                    format!("managed by the Kubernetes API; {verb} it there (kubectl)")
+                }
+                None => return None,
+            };
+            Some(ManifestError {
                 source: source.to_owned(),
                 index,
                 object: r.to_string(),
                 path: String::new(),
-                reason: format!(
-                    "managed by the manifest directory (file {}); {verb} it there",
-                    owner.source
-                ),
+                reason,
             })
         };
         if delete {
@@ -598,7 +621,7 @@ impl PolicyManager {
             .any(|o| !matches!(o.action, ApplyAction::Unchanged | ApplyAction::NotFound));
         let next = if changed {
             let mut engine = lock(&self.engine).clone();
-            let errors = sync_engine(&mut engine, &guard.dir, &api);
+            let errors = sync_engine(&mut engine, &guard.dir, &guard.k8s, &api);
             if !errors.is_empty() {
                 return Err(errors);
             }
@@ -648,6 +671,44 @@ impl PolicyManager {
         self.commit(prepared)
     }
 
+    /// Makes the policies from the Kubernetes API these documents. The API server has already
+    /// accepted them, so one this agent cannot enforce is left out with a warning rather than
+    /// refusing the rest; returns those warnings. Whether the policies in force changed is
+    /// seen in [`PolicyManager::needs_reconcile`].
+    pub fn set_kubernetes(&self, docs: &[ApplyDocument]) -> Vec<String> {
+        let mut next = Policies::new();
+        let mut problems = Vec::new();
+        for d in docs {
+            match load_documents(std::slice::from_ref(d)) {
+                Ok(loaded) => next.extend(stored(loaded)),
+                Err(errors) => {
+                    problems.extend(errors.iter().map(|e| {
+                        format!("{e}; this policy from the Kubernetes API is not enforced")
+                    }))
+                }
+            }
+        }
+        let mut docs = lock(&self.docs);
+        if next == docs.k8s {
+            return problems;
+        }
+        let mut engine = lock(&self.engine).clone();
+        let mut errors = sync_engine(&mut engine, &docs.dir, &next, &docs.api);
+        if !errors.is_empty() {
+            // Rules the engine refuses (checked per policy above, so rarely): leave those out.
+            for e in &errors {
+                next.retain(|r, _| r.to_string() != e.object);
+            }
+            engine = lock(&self.engine).clone();
+            errors = sync_engine(&mut engine, &docs.dir, &next, &docs.api);
+            problems.extend(errors.iter().map(ToString::to_string));
+        }
+        docs.k8s = next;
+        *lock(&self.engine) = engine;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        problems
+    }
+
     /// Reads the manifest directory's policies when it changed; returns whether the policies
     /// in force changed. Problems are logged and kept for the status; the last good set stays.
     pub fn reload_dir(&self) -> bool {
@@ -669,7 +730,7 @@ impl PolicyManager {
                     return Ok(false);
                 }
                 let mut engine = lock(&self.engine).clone();
-                let errors = sync_engine(&mut engine, &next, &docs.api);
+                let errors = sync_engine(&mut engine, &next, &docs.k8s, &docs.api);
                 if !errors.is_empty() {
                     return Err(errors.iter().map(ToString::to_string).collect());
                 }
@@ -944,12 +1005,14 @@ impl PolicyManager {
                 }
             }
         }
-        effective(&docs.dir, &docs.api)
+        effective(&docs.dir, &docs.k8s, &docs.api)
             .into_iter()
             .map(|(r, s)| PolicyView {
                 policy: r.clone(),
                 source: if docs.dir.contains_key(r) {
                     s.source.clone()
+                } else if docs.k8s.contains_key(r) {
+                    crate::services::KUBERNETES_SOURCE.to_owned()
                 } else {
                     API_SOURCE.to_owned()
                 },

@@ -229,6 +229,12 @@ pub enum AgentError {
     /// A start-up step panicked.
     #[error("start-up failed unexpectedly: {0}")]
     Panicked(String),
+    /// The CNI plugin could not be installed (`--write-cni-conf`, `--install-cni-bin`).
+    #[error(transparent)]
+    CniInstall(#[from] crate::cni_install::InstallError),
+    /// The Kubernetes API could not be used.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// Opens the datapath the configuration names. Call inside a tokio runtime.
@@ -444,6 +450,21 @@ async fn run_inner(
         Arc::clone(&ct_gc),
         shutdown.clone(),
     ));
+    // The plugin and its configuration last: a runtime that finds them can wire pods at once
+    // (the API answers from here on).
+    if let Some(dir) = &config.install_cni_bin {
+        let plugin = crate::cni_install::plugin_beside_agent().map_err(|source| {
+            crate::cni_install::InstallError::from_io(
+                "plugin",
+                dir.join(crate::cni_install::PLUGIN),
+                source,
+            )
+        })?;
+        crate::cni_install::install_plugin(dir, &plugin)?;
+    }
+    if let Some(dir) = &config.write_cni_conf {
+        crate::cni_install::write_conf(dir, &config.socket)?;
+    }
     let socket = config.socket.clone();
     let observer_settings = config.observer.clone();
     let node_name = config.node_name.clone();

@@ -154,17 +154,18 @@ impl Source {
     }
 }
 
-/// An event of the Kubernetes source, in the shape kube-rs's watcher gives them: an initial
-/// list (`Init`, `InitApply`…, `InitDone`) replaces the source's objects when complete
-/// (objects deleted while the watch was broken are gone from the relist), then single changes.
+/// An event of the Kubernetes source, in the shape kube-rs's watcher gives them, per kind: an
+/// initial list (`Init`, `InitApply`…, `InitDone`) replaces the source's objects of that kind
+/// when complete (objects deleted while the watch was broken are gone from the relist), then
+/// single changes.
 #[derive(Clone, Debug)]
 pub enum SourceEvent {
-    /// A (re)list starts.
-    Init,
+    /// A (re)list of a kind starts.
+    Init(Kind),
     /// An object of the list.
     InitApply(Object),
-    /// The list is complete: it replaces what the source had.
-    InitDone,
+    /// The list of a kind is complete: it replaces what the source had of that kind.
+    InitDone(Kind),
     /// An object was created or changed.
     Apply(Object),
     /// An object was deleted.
@@ -200,8 +201,10 @@ struct Tables {
     /// Each source's rows, by [`Source::index`].
     rows: [Rows; 3],
     balancer: Balancer,
-    /// A Kubernetes (re)list being received.
-    pending: Option<Rows>,
+    /// Kubernetes (re)lists being received, by kind.
+    pending: HashMap<Kind, Rows>,
+    /// Kinds the Kubernetes source has listed at least once.
+    k8s_listed: BTreeSet<Kind>,
     /// Sources whose first list is not complete: until it is, nothing is removed from the
     /// datapath that they might still name.
     listing: BTreeSet<Source>,
@@ -440,7 +443,8 @@ impl ServiceManager {
         let mut tables = Tables {
             rows: Default::default(),
             balancer: Balancer::new(node, ids),
-            pending: None,
+            pending: HashMap::new(),
+            k8s_listed: BTreeSet::new(),
             listing,
             opening: true,
         };
@@ -908,21 +912,21 @@ impl ServiceManager {
             )
         };
         let (changes, namespaces) = match ev {
-            SourceEvent::Init => {
-                t.pending = Some(Rows::new());
+            SourceEvent::Init(kind) => {
+                t.pending.insert(kind, Rows::new());
                 return;
             }
             SourceEvent::InitApply(o) => {
                 let (k, r) = k8s(o);
-                t.pending.get_or_insert_with(Rows::new).insert(k, r);
+                t.pending.entry(k.kind).or_default().insert(k, r);
                 return;
             }
-            SourceEvent::InitDone => {
-                let next = t.pending.take().unwrap_or_default();
+            SourceEvent::InitDone(kind) => {
+                let next = t.pending.remove(&kind).unwrap_or_default();
                 let current = &t.rows[Source::Kubernetes.index()];
                 let mut rows: Vec<(ObjectKey, Option<Stored>)> = current
                     .keys()
-                    .filter(|k| !next.contains_key(*k))
+                    .filter(|k| k.kind == kind && !next.contains_key(*k))
                     .map(|k| (k.clone(), None))
                     .collect();
                 rows.extend(
@@ -931,7 +935,9 @@ impl ServiceManager {
                         .map(|(k, r)| (k, Some(r))),
                 );
                 let out = t.set_rows(Source::Kubernetes, rows);
-                if t.listing.remove(&Source::Kubernetes) {
+                t.k8s_listed.insert(kind);
+                let all = K8S_KINDS.iter().all(|k| t.k8s_listed.contains(k));
+                if all && t.listing.remove(&Source::Kubernetes) {
                     info!("the Kubernetes source has listed its objects: stale load-balancing entries are removed now");
                     let _ = self.commit(&mut t, out.0);
                     t.balancer.release_unused_ids();
@@ -1095,6 +1101,10 @@ impl ServiceManager {
         }
     }
 }
+
+/// The kinds the Kubernetes source lists for this store (not `v1/Endpoints`: EndpointSlices
+/// replace them, as for kube-proxy).
+pub const K8S_KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Namespace];
 
 /// `source` of the views of Services from the Kubernetes API.
 pub const KUBERNETES_SOURCE: &str = "kubernetes";

@@ -431,3 +431,148 @@ fn a_corrupt_store_names_its_file() {
     assert!(text.contains("services.json is inconsistent"), "{text}");
     assert!(text.contains("apiVersion: required value"), "{text}");
 }
+
+fn object(yaml: &str) -> Object {
+    let docs = split_documents("k8s", yaml).expect("YAML");
+    decode_all(&docs).expect("valid").remove(0).object
+}
+
+fn k8s_settings() -> ServiceSettings {
+    ServiceSettings {
+        kubernetes: true,
+        ..settings(None)
+    }
+}
+
+#[test]
+fn the_kubernetes_source_lists_then_watches_and_gc_waits_for_every_kind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    // A Service a previous run programmed (here through the API, whose journal is then
+    // forgotten): it stays in the maps until Kubernetes has listed every kind.
+    drop(open(tmp.path(), None, &dp).apply(&request("old.yaml", &svc("old", "10.96.0.99"), false)));
+    std::fs::remove_dir_all(tmp.path().join(OBJECTS_DIR)).expect("forget the API's objects");
+    let m = ServiceManager::open(
+        k8s_settings(),
+        tmp.path(),
+        Arc::clone(&dp) as Arc<dyn Datapath>,
+    )
+    .expect("opens");
+    assert_eq!(
+        dp.lb_state().expect("state").frontends.len(),
+        1,
+        "kept while listing"
+    );
+    assert!(m
+        .status()
+        .problems
+        .iter()
+        .any(|p| p.contains("waiting for the Kubernetes API")));
+
+    m.kubernetes_event(SourceEvent::Init(Kind::Service));
+    m.kubernetes_event(SourceEvent::InitApply(object(&svc("web", "10.96.0.10"))));
+    m.kubernetes_event(SourceEvent::InitDone(Kind::Service));
+    m.kubernetes_event(SourceEvent::Init(Kind::EndpointSlice));
+    m.kubernetes_event(SourceEvent::InitApply(object(&slice(
+        "web",
+        &["10.200.0.1"],
+    ))));
+    m.kubernetes_event(SourceEvent::InitDone(Kind::EndpointSlice));
+    let state = dp.lb_state().expect("state");
+    assert_eq!(
+        state.frontends.len(),
+        2,
+        "the stale one stays until Namespaces are listed too"
+    );
+    m.kubernetes_event(SourceEvent::Init(Kind::Namespace));
+    m.kubernetes_event(SourceEvent::InitDone(Kind::Namespace));
+    let state = dp.lb_state().expect("state");
+    assert_eq!(state.frontends.len(), 1, "{state:?}");
+    assert_eq!(state.frontends[0].service.name, "web");
+    assert!(m.status().problems.is_empty(), "{:?}", m.status().problems);
+    assert_eq!(
+        m.get("default", "web").expect("listed").source,
+        KUBERNETES_SOURCE
+    );
+
+    // Watch events: one backend more, then the Service deleted.
+    m.kubernetes_event(SourceEvent::Apply(object(&slice(
+        "web",
+        &["10.200.0.1", "10.200.0.2"],
+    ))));
+    assert_eq!(dp.lb_state().expect("state").frontends[0].backends.len(), 2);
+    // The API cannot change what Kubernetes owns.
+    let e = m
+        .apply(&request("web.yaml", &svc("web", "10.96.0.10"), false))
+        .expect_err("owned by Kubernetes");
+    assert!(
+        e.to_string().contains("managed by the Kubernetes API"),
+        "{e}"
+    );
+    // A relist without the Service (deleted while the watch was broken) removes it.
+    m.kubernetes_event(SourceEvent::Init(Kind::Service));
+    m.kubernetes_event(SourceEvent::InitDone(Kind::Service));
+    assert!(dp.lb_state().expect("state").frontends.is_empty());
+    assert!(m.list().is_empty());
+    // Nothing of Kubernetes' is persisted.
+    let journal =
+        std::fs::read_to_string(tmp.path().join(OBJECTS_DIR).join("api.jsonl")).unwrap_or_default();
+    assert!(!journal.contains("web"), "{journal}");
+}
+
+#[test]
+fn a_change_appends_one_record_whatever_the_number_of_services() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    let many: String = (0..200)
+        .map(|i| svc(&format!("s{i}"), &format!("10.96.1.{}", i % 250)))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    m.apply(&request("many.yaml", &many, false))
+        .expect("applies");
+    let path = tmp.path().join(OBJECTS_DIR).join("api.jsonl");
+    let before = std::fs::metadata(&path).expect("journal").len();
+    m.apply(&request("web.yaml", &web(), false))
+        .expect("applies");
+    let grown = std::fs::metadata(&path).expect("journal").len() - before;
+    assert!(
+        grown < 2_000,
+        "one Service and one slice appended, not the whole set: {grown} bytes"
+    );
+    // And a restart reads them all back.
+    drop(m);
+    let m = open(tmp.path(), None, &dp);
+    assert_eq!(m.list().len(), 201);
+}
+
+#[test]
+fn an_older_agents_services_json_is_moved_to_the_journals() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let doc = ApplyDocument {
+        source: "web.yaml".into(),
+        index: 1,
+        object: serde_json::to_value(serde_yaml_like(&svc("web", "10.96.0.10"))).expect("json"),
+    };
+    let old = store::PersistedServices {
+        version: store::SERVICES_VERSION,
+        api: vec![doc],
+        ..Default::default()
+    };
+    std::fs::write(
+        tmp.path().join(store::SERVICES_FILE),
+        serde_json::to_vec(&old).expect("json"),
+    )
+    .expect("write");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = open(tmp.path(), None, &dp);
+    assert_eq!(m.list().len(), 1);
+    assert!(!tmp.path().join(store::SERVICES_FILE).exists());
+    drop(m);
+    let m = open(tmp.path(), None, &dp);
+    assert_eq!(m.list().len(), 1, "kept in the journal");
+}
+
+fn serde_yaml_like(yaml: &str) -> serde_json::Value {
+    split_documents("x", yaml).expect("YAML").remove(0).object
+}
