@@ -62,6 +62,8 @@ fn variants(values_file: &Path) -> Vec<Vec<String>> {
             "--set",
             "socketLB.enabled=false",
             "--set",
+            "k8sServiceHost=192.0.2.10,k8sServicePort=443",
+            "--set",
             "extraArgs={--ct-gc-interval=60}",
             "--set",
             "extraEnv[0].name=RUST_LOG,extraEnv[0].value=debug",

@@ -110,6 +110,7 @@ fn the_daemonset_is_what_an_agent_needs() {
         );
     }
     let env = agent["env"].as_array().unwrap();
+    assert_eq!(env.len(), 2, "no API server override by default: {env:?}");
     let node_name = env
         .iter()
         .find(|e| e["name"] == "CILIATE_NODE_NAME")
@@ -248,6 +249,7 @@ fn values_reach_the_objects() {
         "hubble.listenAddress=:4244",
         "hubble.metricsAddress=:9965",
         "socketLB.enabled=false",
+        "k8sServiceHost=192.0.2.10",
         "extraArgs={--ct-gc-interval=60}",
         "extraEnv[0].name=RUST_LOG,extraEnv[0].value=debug",
         "podAnnotations.a=b,podLabels.team=net",
@@ -281,8 +283,12 @@ fn values_reach_the_objects() {
     assert_eq!(agent["imagePullPolicy"], "Always");
     assert_eq!(agent["args"][2], "--ct-gc-interval=60");
     assert_eq!(
-        agent["env"][2],
-        json!({"name": "RUST_LOG", "value": "debug"})
+        json!(agent["env"].as_array().unwrap()[2..]),
+        json!([
+            {"name": "KUBERNETES_SERVICE_HOST", "value": "192.0.2.10"},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+            {"name": "RUST_LOG", "value": "debug"},
+        ])
     );
     assert_eq!(agent["resources"]["limits"]["memory"], "1Gi");
     assert_eq!(agent["resources"]["requests"]["cpu"], "100m");
