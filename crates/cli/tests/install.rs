@@ -232,6 +232,24 @@ fn helm_template_prints_the_same_bytes() {
 }
 
 #[test]
+fn helm_lint_strict_passes() {
+    let Some(helm) = tool("bin/helm", "helm_lint_strict_passes") else {
+        return;
+    };
+    let out = Command::new(&helm)
+        .args(["lint", "--strict"])
+        .arg(repo().join("deploy/helm/ciliate"))
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}{}", text(&out.stderr));
+    assert!(
+        report.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{report}"
+    );
+}
+
+#[test]
 fn helm_refuses_the_values_we_refuse() {
     let Some(helm) = tool("bin/helm", "helm_refuses_the_values_we_refuse") else {
         return;
