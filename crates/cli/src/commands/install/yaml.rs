@@ -29,7 +29,12 @@ fn map_lines(map: &Map<String, Value>, indent: usize) -> String {
             out.push('\n');
             out.push_str(&pad(indent));
         }
-        out.push_str(&string(k, indent + 2));
+        // A key is never a block scalar.
+        if k.contains('\n') {
+            out.push_str(&double_quoted(k));
+        } else {
+            out.push_str(&string(k, indent + 2));
+        }
         out.push(':');
         out.push_str(&after_key(v, indent));
     }
@@ -110,8 +115,12 @@ fn special(c: char) -> bool {
 
 /// `|-`, `|` or `|+` with the lines at `indent`, when go-yaml would write one.
 fn literal(s: &str, indent: usize) -> Option<String> {
+    // Only breaks would leave the block empty, which reads back as "".
     if s.chars().any(|c| c != '\n' && special(c))
-        || s.starts_with([' ', '\t'])
+        || s.trim_end_matches('\n').is_empty()
+        // The block's indentation is read from its first non-empty line (an indentation
+        // indicator would be needed).
+        || s.trim_start_matches('\n').starts_with([' ', '\t'])
         || s.split('\n').any(|l| l.ends_with(' '))
     {
         return None;
@@ -389,5 +398,55 @@ mod tests {
             to_yaml(&json!([{"a": 1, "b": {"c": 2}}])),
             "- a: 1\n  b:\n    c: 2"
         );
+    }
+
+    /// Strings of the characters that matter to YAML: indicators, quotes, blanks, breaks,
+    /// digits and the letters of YAML 1.1's booleans and numbers.
+    fn text() -> proptest::string::RegexGeneratorStrategy<String> {
+        proptest::string::string_regex(
+            "[-:#?@!&*|>%`'\",\\[\\]{}. \t\n_+0-9eExXoOyYnNtrufalsé~]{0,8}",
+        )
+        .unwrap()
+    }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 5, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map(text(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the values, toYaml's output reads back as exactly them (with the line
+        /// break that follows it in any manifest: toYaml trims its last one, as Helm's does).
+        #[test]
+        fn to_yaml_reads_back_unchanged(v in json()) {
+            let yaml = format!("{}\n", to_yaml(&v));
+            let back: Value = serde_yaml_ng::from_str(&yaml)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{yaml}")))?;
+            proptest::prop_assert_eq!(back, v, "{}", yaml);
+        }
+
+        /// Nested in a template with nindent, as the chart uses it.
+        #[test]
+        fn to_yaml_nindented_under_a_key_reads_back(v in json()) {
+            let yaml = format!("key:{}\n", super::super::template::Template::parse("t", "{{ toYaml .v | nindent 2 }}")
+                .unwrap()
+                .render(&serde_json::json!({"v": v.clone()}))
+                .unwrap());
+            let back: Value = serde_yaml_ng::from_str(&yaml)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{yaml}")))?;
+            proptest::prop_assert_eq!(&back["key"], &v, "{}", yaml);
+        }
     }
 }
