@@ -99,6 +99,23 @@ podAnnotations:
   unicode: "héllo"
   tab: "a\tb"
   empty: ""
+  a10: "1"
+  a9: "1"
+  a_: "1"
+  aB: "1"
+  a-b: "1"
+  a.b: "1"
+  a0: "1"
+  a00: "1"
+  b1x: "1"
+  b01: "1"
+  b001: "1"
+  c10d: "1"
+  c1e: "1"
+  Z: "1"
+  "1": "1"
+  "2a": "1"
+  "10": "1"
 podLabels:
   app.kubernetes.io/instance: ciliate-1
 serviceAccount:

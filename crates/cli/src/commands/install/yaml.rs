@@ -3,8 +3,8 @@
 //! would read something else: Kubernetes' YAML parser takes an unquoted `y`, `on` or `0123`
 //! for a boolean or a number, so `toYaml` of the string "y" must write `"y"`.
 //!
-//! Not reproduced: go-yaml folds long strings at 80 columns (same value, other bytes), and
-//! sorts keys holding numbers numerically (`a9` before `a10`); we sort bytewise.
+//! Keys are in go-yaml's order (numbers in them compared as numbers: `a9` before `a10`).
+//! Not reproduced: go-yaml folds long strings at 80 columns (same value, other bytes).
 
 use serde_json::{Map, Value};
 
@@ -23,8 +23,9 @@ fn pad(n: usize) -> String {
 
 /// A mapping's entries, the first line not indented (the caller places it).
 fn map_lines(map: &Map<String, Value>, indent: usize) -> String {
+    let entries = sorted_keys(map);
     let mut out = String::new();
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
             out.push('\n');
             out.push_str(&pad(indent));
@@ -39,6 +40,67 @@ fn map_lines(map: &Map<String, Value>, indent: usize) -> String {
         out.push_str(&after_key(v, indent));
     }
     out
+}
+
+/// go-yaml v2's order of map keys (its keyList.Less): runs of digits compare as numbers, and
+/// a letter sorts after anything that is not one.
+/// Inserted one by one rather than sorted: go-yaml's comparison is not guaranteed to be a
+/// total order, on which `sort_by` may panic.
+fn sorted_keys(map: &Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut out: Vec<(&String, &Value)> = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let chars: Vec<char> = k.chars().collect();
+        let at = out
+            .iter()
+            .position(|(other, _)| key_less(&chars, &other.chars().collect::<Vec<_>>()))
+            .unwrap_or(out.len());
+        out.insert(at, (k, v));
+    }
+    out
+}
+
+/// keyList.Less itself.
+fn key_less(a: &[char], b: &[char]) -> bool {
+    let number = |s: &[char], from: usize, start: i64| -> (i64, usize) {
+        let mut n = start;
+        let mut end = from;
+        while let Some(d) = s.get(end).and_then(|c| c.to_digit(10)) {
+            n = n.saturating_mul(10).saturating_add(i64::from(d));
+            end += 1;
+        }
+        (n, end)
+    };
+    for i in 0..a.len().min(b.len()) {
+        if a[i] == b[i] {
+            continue;
+        }
+        let (al, bl) = (a[i].is_alphabetic(), b[i].is_alphabetic());
+        if al && bl {
+            return a[i] < b[i];
+        }
+        if al || bl {
+            return bl;
+        }
+        // Zeros after a non-zero digit belong to the number before them.
+        let start = i64::from(
+            (a[i] == '0' || b[i] == '0')
+                && a[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.is_ascii_digit())
+                    .any(|c| *c != '0'),
+        );
+        let (an, ai) = number(a, i, start);
+        let (bn, bi) = number(b, i, start);
+        if an != bn {
+            return an < bn;
+        }
+        if ai != bi {
+            return ai < bi;
+        }
+        return a[i] < b[i];
+    }
+    a.len() < b.len()
 }
 
 /// A sequence's items, the first line not indented.
@@ -398,6 +460,21 @@ mod tests {
             to_yaml(&json!([{"a": 1, "b": {"c": 2}}])),
             "- a: 1\n  b:\n    c: 2"
         );
+    }
+
+    /// The order Helm 3.17 printed these keys in (podAnnotations in crates/cli/tests/install.rs).
+    #[test]
+    fn keys_in_go_yaml_order() {
+        let helm = [
+            "1", "2a", "10", "Z", "a-b", "a.b", "a_", "a0", "a00", "a9", "a10", "aB", "at", "b1x",
+            "b01", "b001", "c10d", "c1e", "colon",
+        ];
+        let mut map = Map::new();
+        for k in helm.iter().rev() {
+            map.insert((*k).to_owned(), Value::Null);
+        }
+        let got: Vec<&str> = sorted_keys(&map).iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(got, helm);
     }
 
     /// Strings of the characters that matter to YAML: indicators, quotes, blanks, breaks,
