@@ -45,7 +45,8 @@ use crate::output::Format;
         ciliate --socket /tmp/agent.sock status\n  \
         ciliate lab up --nodes 2              # a cluster of network namespaces on this machine\n  \
         ciliate connectivity test             # what passes and what is dropped, on that lab\n  \
-        ciliate lab down"
+        ciliate lab down\n  \
+        ciliate install --dry-run | kubectl apply -f -   # onto a Kubernetes cluster"
 )]
 pub struct Cli {
     /// The agent's API socket.

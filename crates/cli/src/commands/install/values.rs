@@ -321,4 +321,26 @@ mod tests {
             "{e}"
         );
     }
+
+    proptest::proptest! {
+        /// `--set k1.k2...=v`, with `,` and `\` in the value escaped, puts exactly v (typed
+        /// as Helm types it) at that path, and nothing else.
+        #[test]
+        fn set_puts_the_value_at_the_path(
+            keys in proptest::collection::vec("[a-zA-Z0-9_/-]{1,6}", 1..4),
+            raw in "[a-z0-9 ,=.:_\\\\-]{0,12}",
+        ) {
+            let escaped: String = raw
+                .chars()
+                .flat_map(|c| if c == ',' || c == '\\' { vec!['\\', c] } else { vec![c] })
+                .collect();
+            let mut v = json!({});
+            apply_set(&mut v, &format!("{}={escaped}", keys.join("."))).unwrap();
+            let mut expected = typed(&raw);
+            for k in keys.iter().rev() {
+                expected = json!({ k.as_str(): expected });
+            }
+            proptest::prop_assert_eq!(v, expected);
+        }
+    }
 }
