@@ -45,7 +45,8 @@ use crate::output::Format;
         ciliate --socket /tmp/agent.sock status\n  \
         ciliate lab up --nodes 2              # a cluster of network namespaces on this machine\n  \
         ciliate connectivity test             # what passes and what is dropped, on that lab\n  \
-        ciliate lab down"
+        ciliate lab down\n  \
+        ciliate install --dry-run | kubectl apply -f -   # onto a Kubernetes cluster"
 )]
 pub struct Cli {
     /// The agent's API socket.
@@ -298,6 +299,26 @@ pub enum Command {
             ciliate connectivity test --test 'ingress'"
     )]
     Connectivity(crate::commands::connectivity::ConnectivityCommand),
+
+    /// Print the manifests that install Ciliate on a Kubernetes cluster (--dry-run)
+    #[command(
+        long_about = "Print the manifests that install Ciliate on a Kubernetes cluster, as one \
+            YAML stream separated by ---, like `cilium install --dry-run`: the \
+            CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy CRDs, then the Helm chart \
+            deploy/helm/ciliate rendered (ServiceAccount, ConfigMap of agent settings, \
+            read-only ClusterRole and its binding, the agent DaemonSet). The chart's files are \
+            compiled in and rendered as `helm template --include-crds` renders them, with the \
+            same values: --values files, then --set (Helm's syntax), then --version.\n\n\
+            Nothing is sent to a cluster: pipe the output to `kubectl apply -f -`. Without \
+            --dry-run the command says so and exits 2. Unknown value keys, values of the wrong \
+            type and malformed --set items are usage errors (exit 2) naming the key.",
+        after_help = "Examples:\n  \
+            ciliate install --dry-run | kubectl apply -f -\n  \
+            ciliate install --dry-run --set tunnel=disabled --set hubble.listenAddress=:4244\n  \
+            ciliate install --dry-run -f my-values.yaml --namespace ciliate-system --version 0.2.0\n  \
+            helm template ciliate deploy/helm/ciliate -n kube-system --include-crds   # the same"
+    )]
+    Install(crate::commands::install::InstallArgs),
 
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
@@ -833,7 +854,12 @@ pub struct VersionArgs {
 
 /// Commands that print no API object, so take no `-o`: it is hidden from their help, and
 /// refused (exit 2) when given.
-const NO_OUTPUT: &[&[&str]] = &[&["lab", "up"], &["lab", "restart-agent"], &["completion"]];
+const NO_OUTPUT: &[&[&str]] = &[
+    &["lab", "up"],
+    &["lab", "restart-agent"],
+    &["completion"],
+    &["install"],
+];
 
 /// The command line as clap sees it: the derive's, with `-o` hidden where it means nothing.
 pub fn command() -> clap::Command {
@@ -863,7 +889,7 @@ pub fn command() -> clap::Command {
 }
 
 /// Commands that talk to no agent of this node's socket: `--socket` is not theirs.
-const NO_SOCKET: &[&[&str]] = &[&["lab"], &["connectivity"], &["completion"]];
+const NO_SOCKET: &[&[&str]] = &[&["lab"], &["connectivity"], &["completion"], &["install"]];
 
 fn find<'a>(cmd: &'a mut clap::Command, path: &[&str]) -> Option<&'a mut clap::Command> {
     match path.split_first() {

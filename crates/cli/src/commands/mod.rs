@@ -16,6 +16,7 @@ pub mod config;
 pub mod connectivity;
 pub mod endpoint;
 pub mod identity;
+pub mod install;
 pub mod lab;
 pub mod metrics;
 pub mod monitor;
@@ -147,5 +148,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Version(args) => version::run(&ctx, args.client).await,
         Command::Lab(cmd) => lab::run(cmd, ctx.format).await,
         Command::Connectivity(cmd) => connectivity::run(cmd, ctx.format).await,
+        Command::Install(args) => install::run(&args),
     }
 }
