@@ -179,7 +179,7 @@ async fn run(streams: Vec<KindStream>, tx: mpsc::Sender<SourceEvent>, stats: Arc
                 None => continue,
             },
             Err(err) => {
-                stats.error(kind);
+                stats.error(kind, err.to_string());
                 tracing::warn!(%kind, error = %err, "kubernetes watch failed; retrying after a backoff");
                 continue;
             }
@@ -203,7 +203,7 @@ fn document(kind: ResourceKind, obj: DynamicObject, stats: &Stats) -> Option<Doc
         }
         Err(err) => {
             // Not expected (the object was just decoded from JSON); never silently.
-            stats.error(kind);
+            stats.error(kind, format!("cannot re-encode an object: {err}"));
             tracing::error!(%kind, error = %err, "cannot re-encode an object from the API server");
             None
         }

@@ -1,6 +1,7 @@
 //! Counters of the source, per kind: plain atomics for a metrics endpoint to read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::kind::ResourceKind;
 
@@ -11,6 +12,7 @@ struct Counters {
     errors: AtomicU64,
     warnings: AtomicU64,
     listed: AtomicBool,
+    last_error: Mutex<Option<String>>,
 }
 
 /// Counters of one running source. Shared (`Arc`) between the source's task and its readers.
@@ -20,13 +22,13 @@ pub struct Stats {
 }
 
 /// The counters of one kind at one moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KindStats {
     /// The kind.
     pub kind: ResourceKind,
     /// Objects delivered (`InitApply`, `Apply`, `Delete`).
     pub events: u64,
-    /// Lists after the first (a 410 Gone, or a watch that could not resume).
+    /// Lists started after the first one (after a 410 Gone, or a failed list).
     pub relists: u64,
     /// Failed lists, watches and watch streams (each retried after a backoff).
     pub errors: u64,
@@ -34,6 +36,9 @@ pub struct KindStats {
     pub warnings: u64,
     /// Whether the latest list has completed (`InitDone` sent and no `Init` since).
     pub listed: bool,
+    /// The latest error, as text (e.g. the API server's 403 or 404 when RBAC or a CRD is
+    /// missing): what a status command shows next to a kind that never lists.
+    pub last_error: Option<String>,
 }
 
 impl Stats {
@@ -47,6 +52,11 @@ impl Stats {
             errors: c.errors.load(Ordering::Relaxed),
             warnings: c.warnings.load(Ordering::Relaxed),
             listed: c.listed.load(Ordering::Relaxed),
+            last_error: c
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -70,10 +80,12 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn error(&self, kind: ResourceKind) {
-        self.kinds[kind.index()]
-            .errors
-            .fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn error(&self, kind: ResourceKind, error: String) {
+        let c = &self.kinds[kind.index()];
+        c.errors.fetch_add(1, Ordering::Relaxed);
+        // A panic while holding this lock cannot leave the string half-written: take it.
+        let mut last = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(error);
     }
 
     pub(crate) fn set_listed(&self, kind: ResourceKind, listed: bool) {

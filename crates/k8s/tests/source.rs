@@ -260,7 +260,90 @@ async fn a_failed_list_is_retried() {
         recv(&mut source).await,
         SourceEvent::InitDone(ResourceKind::Namespace)
     );
-    assert_eq!(source.stats.kind(ResourceKind::Namespace).errors, 1);
+    let stats = source.stats.kind(ResourceKind::Namespace);
+    assert_eq!((stats.errors, stats.relists), (1, 1));
+    let last = stats.last_error.expect("the error is kept");
+    assert!(last.contains("etcdserver: request timed out"), "{last}");
+    source.task.abort();
+}
+
+#[tokio::test]
+async fn a_paged_list_is_followed_to_its_end() {
+    let (client, mut api) = pair();
+    let mut source = spawn(client, options(&[ResourceKind::Service]));
+    let svc = |name: &str| {
+        json!({"metadata": {"name": name, "namespace": "prod", "uid": format!("uid-{name}"), "resourceVersion": "40"},
+               "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+                        "selector": {"app": name}, "sessionAffinity": "None",
+                        "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"},
+               "status": {"loadBalancer": {}}})
+    };
+    let call = api.expect_list("/api/v1/services").await;
+    assert!(!call.query.contains_key("continue"));
+    let mut first = list("v1", "Service", "61", vec![svc("web"), svc("api")]);
+    first["metadata"]["continue"] =
+        json!("eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NjEsInN0YXJ0Ijoid2ViXHUwMDAwIn0");
+    first["metadata"]["remainingItemCount"] = json!(1);
+    call.json(200, &first);
+    let call = api.expect_list("/api/v1/services").await;
+    assert_eq!(
+        call.query.get("continue").map(String::as_str),
+        Some("eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NjEsInN0YXJ0Ijoid2ViXHUwMDAwIn0")
+    );
+    call.json(200, &list("v1", "Service", "61", vec![svc("db")]));
+
+    assert_eq!(
+        recv(&mut source).await,
+        SourceEvent::Init(ResourceKind::Service)
+    );
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let (what, doc) = recv_doc(&mut source).await;
+        assert_eq!(what, "InitApply");
+        names.push(doc.name().to_owned());
+    }
+    assert_eq!(names, ["web", "api", "db"]);
+    // InitDone only after the last page.
+    assert_eq!(
+        recv(&mut source).await,
+        SourceEvent::InitDone(ResourceKind::Service)
+    );
+    api.expect_watch("/api/v1/services", "61").await.watch();
+    source.task.abort();
+}
+
+#[tokio::test]
+async fn a_crd_that_is_not_installed_never_lists_and_says_why() {
+    let (client, mut api) = pair();
+    let mut source = spawn(
+        client,
+        options(&[ResourceKind::CiliumClusterwideNetworkPolicy]),
+    );
+    let not_found = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "the server could not find the requested resource",
+                           "reason": "NotFound", "details": {}, "code": 404});
+    for _ in 0..3 {
+        api.expect_list("/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies")
+            .await
+            .json(404, &not_found);
+    }
+    // The fourth attempt shows the third error was handled; nothing but Init came out.
+    let _pending = api
+        .expect_list("/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies")
+        .await;
+    let kind = ResourceKind::CiliumClusterwideNetworkPolicy;
+    for _ in 0..3 {
+        assert_eq!(recv(&mut source).await, SourceEvent::Init(kind));
+    }
+    let stats = source.stats.kind(kind);
+    assert_eq!(stats.errors, 3);
+    assert!(!stats.listed);
+    let last = stats.last_error.expect("an error");
+    assert!(
+        last.contains("could not find the requested resource"),
+        "{last}"
+    );
     source.task.abort();
 }
 
