@@ -153,4 +153,25 @@ mod tests {
         assert!(doc.object["spec"].get("newThing").is_none());
         assert_eq!(doc.object["status"], json!({"conditions": []}));
     }
+
+    #[test]
+    fn a_network_policy_as_the_api_server_returns_it_has_no_warnings() {
+        let item = json!({
+            "metadata": {"name": "db", "namespace": "prod", "uid": "2a", "resourceVersion": "3301",
+                         "generation": 1, "creationTimestamp": "2026-12-01T12:00:00Z",
+                         "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                       "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api"]}]}},
+                                      {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                             "ports": [{"protocol": "TCP", "port": 5432, "endPort": 5440}]}],
+                "egress": [{"to": [{"podSelector": {}}], "ports": [{"protocol": "UDP", "port": "dns"}]}],
+                "policyTypes": ["Ingress", "Egress"]
+            }
+        });
+        let doc = Document::new(ResourceKind::NetworkPolicy, item);
+        assert!(doc.warnings.is_empty(), "{:?}", doc.warnings);
+        serde_json::from_value::<NetworkPolicy>(doc.object).expect("the strict model decodes it");
+    }
 }

@@ -35,7 +35,8 @@ use crate::stats::Stats;
 ///
 /// Garbage collection of state derived from the API (datapath entries of pods or Services
 /// that are gone) must wait until every watched kind has sent its first `InitDone`: before
-/// that, an absent object may just not have been listed yet. A watch that breaks is resumed
+/// that, an absent object may just not have been listed yet. (A later relist needs no such
+/// wait: the old set stays in force until its `InitDone`.) A watch that breaks is resumed
 /// from the last resourceVersion seen (including bookmarks) without a relist when the API
 /// server still has it; errors are retried forever with the configured [`Backoff`], counted in
 /// [`Stats`] and logged, never sent on the channel.
@@ -114,6 +115,10 @@ pub struct Source {
 }
 
 /// Starts listing and watching `opts.kinds` with `client` on the current tokio runtime.
+///
+/// # Panics
+///
+/// Outside a tokio runtime (as `tokio::spawn` does).
 pub fn spawn(client: Client, opts: Options) -> Source {
     let (tx, events) = mpsc::channel(opts.channel_capacity.max(1));
     let stats = Arc::new(Stats::default());

@@ -174,4 +174,14 @@ mod tests {
         assert_eq!(warnings, ["spec.someFutureField: unknown field, ignored"]);
         assert!(v["spec"].get("someFutureField").is_none());
     }
+
+    #[test]
+    fn inside_hand_written_deserializers_too() {
+        // `labels` entries are read by a hand-written Deserialize (text or structured form).
+        let mut v = cnp();
+        v["spec"]["labels"] = json!([{"key": "team", "source": "k8s", "color": "blue"}]);
+        let warnings = strip_unknown_fields::<CiliumNetworkPolicy>(&mut v);
+        assert_eq!(warnings, ["spec.labels[0].color: unknown field, ignored"]);
+        serde_json::from_value::<CiliumNetworkPolicy>(v).expect("decodes after stripping");
+    }
 }
