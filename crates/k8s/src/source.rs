@@ -110,7 +110,8 @@ pub struct Source {
     pub events: mpsc::Receiver<SourceEvent>,
     /// Its counters.
     pub stats: Arc<Stats>,
-    /// The task doing the lists and watches; it ends when `events` is dropped (or abort it).
+    /// The task doing the lists and watches; it ends soon after `events` is dropped (or
+    /// abort it).
     pub task: JoinHandle<()>,
 }
 
@@ -161,7 +162,17 @@ fn watch_kind(client: Client, kind: ResourceKind, opts: &Options) -> KindStream 
 async fn run(streams: Vec<KindStream>, tx: mpsc::Sender<SourceEvent>, stats: Arc<Stats>) {
     let mut merged = stream::select_all(streams);
     let mut listed_before = [false; ResourceKind::ALL.len()];
-    while let Some((kind, item)) = merged.next().await {
+    loop {
+        // Also wake up when the consumer goes away, not only at the next event (a quiet watch
+        // can go minutes without one).
+        let (kind, item) = tokio::select! {
+            biased;
+            () = tx.closed() => return,
+            next = merged.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
         let event = match item {
             Ok(Event::Init) => {
                 if std::mem::replace(&mut listed_before[kind.index()], true) {

@@ -472,14 +472,24 @@ async fn every_kind_is_listed_at_its_path_and_reports_its_own_init_done() {
 }
 
 #[tokio::test]
-async fn dropping_the_receiver_stops_the_source() {
+async fn dropping_the_receiver_stops_the_source_even_while_the_watch_is_quiet() {
     let (client, mut api) = pair();
-    let Source { events, task, .. } = spawn(client, options(&[ResourceKind::Node]));
-    let call = api.expect_list("/api/v1/nodes").await;
+    let Source {
+        mut events, task, ..
+    } = spawn(client, options(&[ResourceKind::Node]));
+    api.expect_list("/api/v1/nodes")
+        .await
+        .json(200, &list("v1", "Node", "4410", vec![fixture("node.json")]));
+    let watch = api.expect_watch("/api/v1/nodes", "4410").await.watch();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(events.recv().await.expect("an event").kind());
+    }
+    // Nothing more comes on the watch; the consumer leaves.
     drop(events);
-    call.json(200, &list("v1", "Node", "1", vec![fixture("node.json")]));
     tokio::time::timeout(PATIENCE, task)
         .await
         .expect("the task ended")
         .expect("without a panic");
+    drop(watch);
 }
