@@ -17,7 +17,7 @@ pub enum K8sError {
     /// No kubeconfig was given, and neither the in-cluster environment nor a user kubeconfig
     /// (`$KUBECONFIG`, `~/.kube/config`) gave a configuration.
     #[error(
-        "no Kubernetes configuration: in-cluster: {in_cluster}; kubeconfig ($KUBECONFIG or ~/.kube/config): {kubeconfig} (pass a kubeconfig file explicitly)"
+        "no Kubernetes configuration: in-cluster (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT and the service account token): {in_cluster}; kubeconfig ($KUBECONFIG or ~/.kube/config): {kubeconfig} (pass a kubeconfig file explicitly)"
     )]
     NoConfig {
         /// Why the in-cluster configuration failed.

@@ -1,6 +1,6 @@
 //! The Kubernetes API as a source of Ciliate's desired state.
 //!
-//! [`spawn`] lists and watches, with kube-rs's [`kube::runtime::watcher`], the objects an
+//! [`spawn`] lists and watches, with kube-rs's [`watcher`](kube::runtime::watcher()), the objects an
 //! agent needs: Pods (optionally only its node's), Namespaces, Nodes, Services,
 //! EndpointSlices, NetworkPolicies, and Cilium's CiliumNetworkPolicy and
 //! CiliumClusterwideNetworkPolicy CRDs. The watcher does the protocol: list with paging,
@@ -24,6 +24,29 @@
 //! [`PodInfo`] and [`NodeInfo`] read the fields the agent needs from Pod and Node documents,
 //! so no other crate needs k8s-openapi. [`client`] builds a client from a kubeconfig file or
 //! the in-cluster environment. [`Stats`] counts events, relists, errors and warnings per kind.
+//!
+//! ```no_run
+//! use ciliate_k8s::{client, spawn, Options, PodInfo, ResourceKind, SourceEvent};
+//!
+//! # async fn agent() -> Result<(), ciliate_k8s::K8sError> {
+//! let opts = Options {
+//!     node_name: Some("node-a".into()),
+//!     ..Options::default()
+//! };
+//! let mut source = spawn(client(None).await?, opts);
+//! while let Some(event) = source.events.recv().await {
+//!     match event {
+//!         SourceEvent::InitApply(doc) | SourceEvent::Apply(doc) if doc.kind == ResourceKind::Pod => {
+//!             let pod = PodInfo::from_document(&doc)?;
+//!             println!("{}/{} at {:?}", pod.namespace, pod.name, pod.pod_ips);
+//!         }
+//!         SourceEvent::InitDone(kind) => println!("{kind} listed"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! The k8s-openapi version feature is chosen here (`latest`) rather than in a binary: this is
 //! the only crate of the workspace that uses k8s-openapi.

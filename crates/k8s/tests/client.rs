@@ -62,3 +62,15 @@ async fn a_valid_kubeconfig_gives_a_client_without_contacting_the_server() {
     let c = client(Some(file.path())).await.expect("a client");
     assert_eq!(c.default_namespace(), "kube-system");
 }
+
+#[tokio::test]
+async fn an_https_kubeconfig_builds_its_tls_client() {
+    let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+    // TLS set up from the system roots (rustls with ring): nothing is contacted yet.
+    file.write_all(
+        b"apiVersion: v1\nkind: Config\ncurrent-context: lab\ncontexts:\n- name: lab\n  context: {cluster: lab, user: agent}\nclusters:\n- name: lab\n  cluster: {server: \"https://127.0.0.1:9\"}\nusers:\n- name: agent\n  user: {token: abc}\n",
+    )
+    .expect("write");
+    let c = client(Some(file.path())).await.expect("a client");
+    assert_eq!(c.default_namespace(), "default");
+}
