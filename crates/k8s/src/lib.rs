@@ -1,7 +1,7 @@
 //! The Kubernetes API as a source of Ciliate's desired state.
 //!
-//! [`spawn`] lists and watches, with kube-rs's [`watcher`](kube::runtime::watcher()), the objects an
-//! agent needs: Pods (optionally only its node's), Namespaces, Nodes, Services,
+//! [`spawn`] lists and watches, with kube-rs's [`watcher`](kube::runtime::watcher()), the
+//! objects an agent needs: Pods (optionally only its node's), Namespaces, Nodes, Services,
 //! EndpointSlices, NetworkPolicies, and Cilium's CiliumNetworkPolicy and
 //! CiliumClusterwideNetworkPolicy CRDs. The watcher does the protocol: list with paging,
 //! watch from the list's `resourceVersion` with bookmarks, resume from the last version seen
