@@ -27,6 +27,7 @@ pub mod endpoints_watch;
 pub mod gc;
 pub mod identity;
 pub mod ipam;
+pub mod kubernetes;
 pub mod logging;
 pub mod manifests;
 pub mod metrics;

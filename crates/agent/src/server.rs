@@ -237,6 +237,10 @@ pub enum AgentError {
     Kubernetes(String),
 }
 
+/// How long the agent waits at start for the Kubernetes API to list Nodes (for its pod CIDR)
+/// before going on with the configured one.
+const KUBE_NODE_WAIT: Duration = Duration::from_secs(30);
+
 /// Opens the datapath the configuration names. Call inside a tokio runtime.
 pub fn open_datapath(config: &Config) -> Result<Arc<dyn Datapath>, AgentError> {
     match config.datapath {
@@ -310,6 +314,26 @@ async fn run_inner(
         Some(d) => d,
         None => open_datapath(&config)?,
     };
+    // The Kubernetes API first among the sources: the node's pod CIDR comes from its Node.
+    let mut config = config;
+    let mut kube = match &config.kubernetes {
+        Some(k) => {
+            let mut source = crate::kubernetes::KubeSource::start(k, &config.node_name)
+                .await
+                .map_err(|e| AgentError::Kubernetes(e.to_string()))?;
+            if let Some(cidr) = source
+                .node_pod_cidr(&config.node_name, KUBE_NODE_WAIT)
+                .await
+            {
+                if cidr != config.pod_cidr {
+                    info!(pod_cidr = %cidr, "pod CIDR from the node's Node object");
+                    config.pod_cidr = cidr;
+                }
+            }
+            Some(source)
+        }
+        None => None,
+    };
     let pod_mtu = resolve_pod_mtu(&config, datapath.as_ref()).await;
     configure_masquerade(&config, datapath.as_ref())
         .await
@@ -331,7 +355,7 @@ async fn run_inner(
         node_name: config.node_name.clone(),
         node_ips: config.node_ips.clone(),
         manifest_dir: config.manifest_dir.clone(),
-        kubernetes: false,
+        kubernetes: config.kubernetes.is_some(),
     };
     let dp = Arc::clone(&datapath);
     let services_dir = state_dir.clone();
@@ -424,6 +448,13 @@ async fn run_inner(
         },
         None => None,
     };
+    let kube_task = kube.take().map(|k| {
+        k.run(
+            Arc::clone(&services),
+            Arc::clone(&policies),
+            Arc::clone(&policy_wake),
+        )
+    });
     let policy_task = tokio::spawn(run_policy_loop(
         Arc::clone(&datapath),
         Arc::clone(&manager),
@@ -506,6 +537,9 @@ async fn run_inner(
         .for_each(tokio::task::JoinHandle::abort);
     services_task.abort();
     policy_task.abort();
+    if let Some(t) = kube_task {
+        t.abort();
+    }
     if let Some(t) = cluster_task {
         t.abort();
     }
