@@ -237,7 +237,7 @@ fn values_reach_the_objects() {
         find(&docs, "ConfigMap")["data"],
         json!({
             "CILIATE_K8S": "true",
-            "CILIATE_TUNNEL": "vxlan",
+            "CILIATE_TUNNEL": "disabled",
             "CILIATE_LOG_FORMAT": "json",
             "CILIATE_SOCKET_LB_CGROUP": "/run/ciliate/cgroupv2",
         })
