@@ -111,7 +111,7 @@ impl ServiceError {
 /// Why the Service store could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceOpenError {
-    /// `services.json` could not be read or written.
+    /// The persisted objects could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
     /// A journal holds objects that do not validate.

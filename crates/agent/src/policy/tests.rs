@@ -278,7 +278,7 @@ fn a_bad_batch_changes_nothing_and_names_every_problem() {
     n.apply(SERVER_POLICY, false).expect("applies");
     let before = (
         n.dp.policies(),
-        std::fs::read(tmp.path().join(store::POLICIES_FILE)).expect("persisted"),
+        std::fs::read(tmp.path().join("objects/policies-api.jsonl")).expect("persisted"),
         n.policies.list(&n.endpoints.policy_snapshot()),
     );
     let bad_service = SERVICE.replace("port: 80,", "port: 70000,");
@@ -299,7 +299,7 @@ fn a_bad_batch_changes_nothing_and_names_every_problem() {
     );
     let after = (
         n.dp.policies(),
-        std::fs::read(tmp.path().join(store::POLICIES_FILE)).expect("persisted"),
+        std::fs::read(tmp.path().join("objects/policies-api.jsonl")).expect("persisted"),
         n.policies.list(&n.endpoints.policy_snapshot()),
     );
     assert_eq!(before, after, "nothing in force, on disk or listed changed");

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use ciliate_model::k8s::{Kind, ObjectKey};
+use ciliate_model::k8s::ObjectKey;
 use ciliate_model::manifest::ApplyDocument;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -27,8 +27,8 @@ pub enum Record {
     Put(ApplyDocument),
     /// The object is gone.
     Del {
-        /// Its kind.
-        kind: Kind,
+        /// Its kind, as the document's `kind` field.
+        kind: String,
         /// Its namespace ("" for cluster-scoped kinds).
         #[serde(default)]
         namespace: String,
@@ -41,9 +41,19 @@ impl Record {
     /// A delete record for `key`.
     pub fn del(key: &ObjectKey) -> Self {
         Self::Del {
-            kind: key.kind,
+            kind: key.kind.to_string(),
             namespace: key.namespace.clone(),
             name: key.name.clone(),
+        }
+    }
+
+    /// A delete record for the object `doc` stands for.
+    pub fn del_doc(doc: &ApplyDocument) -> Self {
+        let (kind, namespace, name) = doc_key(doc);
+        Self::Del {
+            kind,
+            namespace,
+            name,
         }
     }
 }
@@ -60,7 +70,7 @@ pub struct Journal {
 
 /// The key a document stands for, as far as the journal needs it (kind, namespace, name as
 /// written; the decoder checks the rest on replay).
-fn doc_key(doc: &ApplyDocument) -> (String, String, String) {
+pub fn doc_key(doc: &ApplyDocument) -> (String, String, String) {
     let o = &doc.object;
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     let meta = &o["metadata"];
@@ -116,7 +126,7 @@ impl Journal {
                             namespace,
                             name,
                         } => {
-                            live.remove(&(kind.to_string(), namespace, name));
+                            live.remove(&(kind, namespace, name));
                         }
                     }
                 }
@@ -229,6 +239,7 @@ mod tests {
     }
 
     fn key(name: &str) -> ObjectKey {
+        use ciliate_model::k8s::Kind;
         ObjectKey {
             kind: Kind::Service,
             namespace: "default".into(),
