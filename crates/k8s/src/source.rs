@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::utils::Backoff as KubeBackoff;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::runtime::WatchStreamExt;
@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::document::Document;
 use crate::kind::ResourceKind;
+use crate::raw::RawObject;
 use crate::stats::Stats;
 
 /// What the source reports, per kind, in the order it happened for that kind. Events of
@@ -138,10 +139,10 @@ pub fn spawn(client: Client, opts: Options) -> Source {
     }
 }
 
-type KindStream = BoxStream<'static, (ResourceKind, watcher::Result<Event<DynamicObject>>)>;
+type KindStream = BoxStream<'static, (ResourceKind, watcher::Result<Event<RawObject>>)>;
 
 fn watch_kind(client: Client, kind: ResourceKind, opts: &Options) -> KindStream {
-    let api: Api<DynamicObject> = Api::all_with(client, &kind.api_resource());
+    let api: Api<RawObject> = Api::all_with(client, &kind.api_resource());
     let mut config = watcher::Config::default();
     if kind == ResourceKind::Pod {
         if let Some(node) = &opts.node_name {
@@ -181,19 +182,10 @@ async fn run(streams: Vec<KindStream>, tx: mpsc::Sender<SourceEvent>, stats: Arc
                 stats.set_listed(kind, false);
                 SourceEvent::Init(kind)
             }
-            Ok(Event::InitApply(obj)) => match document(kind, obj, &stats) {
-                Some(doc) => SourceEvent::InitApply(doc),
-                None => continue,
-            },
+            Ok(Event::InitApply(obj)) => SourceEvent::InitApply(document(kind, obj, &stats)),
             Ok(Event::InitDone) => SourceEvent::InitDone(kind),
-            Ok(Event::Apply(obj)) => match document(kind, obj, &stats) {
-                Some(doc) => SourceEvent::Apply(doc),
-                None => continue,
-            },
-            Ok(Event::Delete(obj)) => match document(kind, obj, &stats) {
-                Some(doc) => SourceEvent::Delete(doc),
-                None => continue,
-            },
+            Ok(Event::Apply(obj)) => SourceEvent::Apply(document(kind, obj, &stats)),
+            Ok(Event::Delete(obj)) => SourceEvent::Delete(document(kind, obj, &stats)),
             Err(err) => {
                 stats.error(kind, err.to_string());
                 tracing::warn!(%kind, error = %err, "kubernetes watch failed; retrying after a backoff");
@@ -210,20 +202,10 @@ async fn run(streams: Vec<KindStream>, tx: mpsc::Sender<SourceEvent>, stats: Arc
     }
 }
 
-fn document(kind: ResourceKind, obj: DynamicObject, stats: &Stats) -> Option<Document> {
-    match serde_json::to_value(&obj) {
-        Ok(value) => {
-            let doc = Document::new(kind, value);
-            stats.event(kind, doc.warnings.len());
-            Some(doc)
-        }
-        Err(err) => {
-            // Not expected (the object was just decoded from JSON); never silently.
-            stats.error(kind, format!("cannot re-encode an object: {err}"));
-            tracing::error!(%kind, error = %err, "cannot re-encode an object from the API server");
-            None
-        }
-    }
+fn document(kind: ResourceKind, obj: RawObject, stats: &Stats) -> Document {
+    let doc = Document::new(kind, obj.object);
+    stats.event(kind, doc.warnings.len());
+    doc
 }
 
 /// The same delay after every error.
