@@ -27,7 +27,8 @@ use crate::stats::Stats;
 /// watch with 410 Gone (the resourceVersion is too old), or when a watch could not be resumed.
 /// A consumer keeps, per kind, the set of objects it last knew, and:
 ///
-/// - on `Init`, starts collecting a new set (and keeps using the old one meanwhile);
+/// - on `Init`, starts collecting a new set (and keeps using the old one meanwhile); an
+///   `Init` before the `InitDone` (a list that failed part-way, retried) starts it anew;
 /// - on `InitApply`, adds to the new set;
 /// - on `InitDone`, **replaces** the old set by the new one: an object of the old set that
 ///   was not listed again was deleted while the source was not watching, and no `Delete`
