@@ -82,7 +82,8 @@ pub enum Backoff {
 pub struct Options {
     /// The kinds to list and watch (default: all of [`ResourceKind::ALL`]). A kind whose
     /// resource the API server does not serve (the Cilium CRDs not installed) never completes
-    /// its list; leave it out rather than let it hold garbage collection back.
+    /// its list; leave it out rather than let it hold garbage collection back. With no kinds
+    /// the source ends at once.
     pub kinds: Vec<ResourceKind>,
     /// Only the Pods scheduled to this node (a `spec.nodeName=<node>` field selector), as an
     /// agent wants; `None` watches every Pod.
