@@ -82,7 +82,7 @@ impl ResourceKind {
         )
     }
 
-    /// Where the API server serves this kind (group, version, plural), for `Api<DynamicObject>`.
+    /// Where the API server serves this kind (group, version, plural), for an `Api` over any object type.
     pub fn api_resource(self) -> ApiResource {
         match self {
             Self::Pod => ApiResource::erase::<Pod>(&()),

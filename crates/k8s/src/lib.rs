@@ -12,10 +12,12 @@
 //! `InitDone`, `Apply`, `Delete`, as the watcher has them) carrying a [`Document`], the object
 //! as JSON with `apiVersion` and `kind` filled in and without `managedFields` or kubectl's
 //! last-applied copy. [`SourceEvent`]'s documentation states what a consumer must do on a
-//! relist. Every kind is read as a `DynamicObject`, built-in ones too: the agent decodes
-//! documents with its own model (`ciliate_model`), so typed k8s-openapi structs would only be
-//! an extra copy that drops fields newer than the pinned API version. For Cilium's CRDs there
-//! is no typed struct to use anyway short of duplicating `ciliate_model::policy`.
+//! relist. Every kind is read as untyped JSON, built-in ones too: the agent decodes documents
+//! with its own model (`ciliate_model`), so typed k8s-openapi structs would only be an extra
+//! copy that drops fields newer than the pinned API version; for Cilium's CRDs there is no
+//! typed struct to use anyway short of duplicating `ciliate_model::policy`. (Not kube's
+//! `DynamicObject` either: it decodes through serde's `flatten` and would be encoded again;
+//! see `raw.rs`.)
 //!
 //! Policy objects are reconciled with the agent's strict policy model: fields it does not know
 //! are dropped and named in [`Document::warnings`] (see [`strip_unknown_fields`]), where a
@@ -58,6 +60,7 @@ mod convert;
 mod document;
 mod error;
 mod kind;
+mod raw;
 mod source;
 mod stats;
 mod unknown_fields;

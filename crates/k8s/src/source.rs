@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::utils::Backoff as KubeBackoff;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::runtime::WatchStreamExt;
@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::document::Document;
 use crate::kind::ResourceKind;
+use crate::raw::RawObject;
 use crate::stats::Stats;
 
 /// What the source reports, per kind, in the order it happened for that kind. Events of
@@ -26,7 +27,8 @@ use crate::stats::Stats;
 /// watch with 410 Gone (the resourceVersion is too old), or when a watch could not be resumed.
 /// A consumer keeps, per kind, the set of objects it last knew, and:
 ///
-/// - on `Init`, starts collecting a new set (and keeps using the old one meanwhile);
+/// - on `Init`, starts collecting a new set (and keeps using the old one meanwhile); an
+///   `Init` before the `InitDone` (a list that failed part-way, retried) starts it anew;
 /// - on `InitApply`, adds to the new set;
 /// - on `InitDone`, **replaces** the old set by the new one: an object of the old set that
 ///   was not listed again was deleted while the source was not watching, and no `Delete`
@@ -80,7 +82,8 @@ pub enum Backoff {
 pub struct Options {
     /// The kinds to list and watch (default: all of [`ResourceKind::ALL`]). A kind whose
     /// resource the API server does not serve (the Cilium CRDs not installed) never completes
-    /// its list; leave it out rather than let it hold garbage collection back.
+    /// its list; leave it out rather than let it hold garbage collection back. With no kinds
+    /// the source ends at once.
     pub kinds: Vec<ResourceKind>,
     /// Only the Pods scheduled to this node (a `spec.nodeName=<node>` field selector), as an
     /// agent wants; `None` watches every Pod.
@@ -138,10 +141,10 @@ pub fn spawn(client: Client, opts: Options) -> Source {
     }
 }
 
-type KindStream = BoxStream<'static, (ResourceKind, watcher::Result<Event<DynamicObject>>)>;
+type KindStream = BoxStream<'static, (ResourceKind, watcher::Result<Event<RawObject>>)>;
 
 fn watch_kind(client: Client, kind: ResourceKind, opts: &Options) -> KindStream {
-    let api: Api<DynamicObject> = Api::all_with(client, &kind.api_resource());
+    let api: Api<RawObject> = Api::all_with(client, &kind.api_resource());
     let mut config = watcher::Config::default();
     if kind == ResourceKind::Pod {
         if let Some(node) = &opts.node_name {
@@ -181,19 +184,10 @@ async fn run(streams: Vec<KindStream>, tx: mpsc::Sender<SourceEvent>, stats: Arc
                 stats.set_listed(kind, false);
                 SourceEvent::Init(kind)
             }
-            Ok(Event::InitApply(obj)) => match document(kind, obj, &stats) {
-                Some(doc) => SourceEvent::InitApply(doc),
-                None => continue,
-            },
+            Ok(Event::InitApply(obj)) => SourceEvent::InitApply(document(kind, obj, &stats)),
             Ok(Event::InitDone) => SourceEvent::InitDone(kind),
-            Ok(Event::Apply(obj)) => match document(kind, obj, &stats) {
-                Some(doc) => SourceEvent::Apply(doc),
-                None => continue,
-            },
-            Ok(Event::Delete(obj)) => match document(kind, obj, &stats) {
-                Some(doc) => SourceEvent::Delete(doc),
-                None => continue,
-            },
+            Ok(Event::Apply(obj)) => SourceEvent::Apply(document(kind, obj, &stats)),
+            Ok(Event::Delete(obj)) => SourceEvent::Delete(document(kind, obj, &stats)),
             Err(err) => {
                 stats.error(kind, err.to_string());
                 tracing::warn!(%kind, error = %err, "kubernetes watch failed; retrying after a backoff");
@@ -210,20 +204,10 @@ async fn run(streams: Vec<KindStream>, tx: mpsc::Sender<SourceEvent>, stats: Arc
     }
 }
 
-fn document(kind: ResourceKind, obj: DynamicObject, stats: &Stats) -> Option<Document> {
-    match serde_json::to_value(&obj) {
-        Ok(value) => {
-            let doc = Document::new(kind, value);
-            stats.event(kind, doc.warnings.len());
-            Some(doc)
-        }
-        Err(err) => {
-            // Not expected (the object was just decoded from JSON); never silently.
-            stats.error(kind, format!("cannot re-encode an object: {err}"));
-            tracing::error!(%kind, error = %err, "cannot re-encode an object from the API server");
-            None
-        }
-    }
+fn document(kind: ResourceKind, obj: RawObject, stats: &Stats) -> Document {
+    let doc = Document::new(kind, obj.object);
+    stats.event(kind, doc.warnings.len());
+    doc
 }
 
 /// The same delay after every error.

@@ -314,6 +314,75 @@ async fn a_paged_list_is_followed_to_its_end() {
 }
 
 #[tokio::test]
+async fn a_list_that_fails_part_way_starts_again_and_the_consumer_drops_the_partial_set() {
+    let (client, mut api) = pair();
+    let mut source = spawn(client, options(&[ResourceKind::Pod]));
+    let mut consumer = Consumer::default();
+    // The state before: what a previous list gave (never replaced by a partial one).
+    consumer.apply(SourceEvent::Init(ResourceKind::Pod));
+    consumer.apply(SourceEvent::InitApply(Document::new(
+        ResourceKind::Pod,
+        pod_item("old", "1", "10.0.1.1"),
+    )));
+    consumer.apply(SourceEvent::InitDone(ResourceKind::Pod));
+
+    let mut first = list("v1", "Pod", "500", vec![pod_item("a", "401", "10.0.1.10")]);
+    first["metadata"]["continue"] = json!("page-2");
+    api.expect_list(PODS).await.json(200, &first);
+    // The continue token expired before the second page was asked for.
+    let call = api.expect_list(PODS).await;
+    assert_eq!(
+        call.query.get("continue").map(String::as_str),
+        Some("page-2")
+    );
+    call.json(
+        410,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                "reason": "Expired", "code": 410}),
+    );
+    let call = api.expect_list(PODS).await;
+    assert!(
+        !call.query.contains_key("continue"),
+        "starts from the first page"
+    );
+    call.json(
+        200,
+        &list(
+            "v1",
+            "Pod",
+            "520",
+            vec![
+                pod_item("a", "401", "10.0.1.10"),
+                pod_item("c", "510", "10.0.1.12"),
+            ],
+        ),
+    );
+
+    let mut seen = Vec::new();
+    loop {
+        let event = recv(&mut source).await;
+        let done = matches!(event, SourceEvent::InitDone(_));
+        seen.push(match &event {
+            SourceEvent::Init(_) => "Init".to_owned(),
+            SourceEvent::InitApply(d) => d.name().to_owned(),
+            SourceEvent::InitDone(_) => "InitDone".to_owned(),
+            other => panic!("{other:?}"),
+        });
+        consumer.apply(event);
+        if done {
+            break;
+        }
+        // Until the list completes, the consumer keeps what it had.
+        assert_eq!(consumer.names(), ["prod/old"]);
+    }
+    assert_eq!(seen, ["Init", "a", "Init", "a", "c", "InitDone"]);
+    assert_eq!(consumer.names(), ["prod/a", "prod/c"]);
+    api.expect_watch(PODS, "520").await.watch();
+    source.task.abort();
+}
+
+#[tokio::test]
 async fn a_crd_that_is_not_installed_never_lists_and_says_why() {
     let (client, mut api) = pair();
     let mut source = spawn(

@@ -47,7 +47,12 @@ pub struct Call {
 impl Call {
     /// Answers with a JSON body (a list, or a Status).
     pub fn json(self, status: u16, body: &Value) {
-        let bytes = Bytes::from(body.to_string());
+        self.text(status, body.to_string());
+    }
+
+    /// Answers with a body already rendered.
+    pub fn text(self, status: u16, body: String) {
+        let bytes = Bytes::from(body);
         let stream = futures::stream::once(async move { Ok(Frame::data(bytes)) }).boxed();
         self.send(status, stream);
     }
