@@ -139,6 +139,7 @@ pub fn run(w: &MapWait) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ciliate_testutil::{privileged, unique_name};
 
     #[test]
     fn protocols_by_name() {
@@ -146,5 +147,118 @@ mod tests {
         assert_eq!(proto_number("UDP").unwrap(), 17);
         let e = proto_number("icmp").unwrap_err().to_string();
         assert!(e.contains("--proto icmp"), "{e}");
+    }
+
+    /// A pin directory on bpffs of this test's own, removed even when the test fails.
+    struct PinDir(PathBuf);
+    impl Drop for PinDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn key(slot: u16) -> Lb4Key {
+        Lb4Key {
+            address: [10, 96, 0, 1],
+            dport: 80u16.to_be_bytes(),
+            backend_slot: slot,
+            proto: 6,
+            ..Default::default()
+        }
+    }
+
+    fn args(dir: &Path, backend: &str) -> MapWait {
+        MapWait {
+            pin_dir: dir.to_owned(),
+            vip: Ipv4Addr::new(10, 96, 0, 1),
+            port: 80,
+            proto: "tcp".into(),
+            backend: backend.parse().unwrap(),
+            absent: false,
+            rename: None,
+            timeout_secs: 0.05,
+        }
+    }
+
+    /// The walk the datapath does, on real maps: slot 0's count, the slots, the backend.
+    #[test]
+    fn finds_a_backend_only_where_the_datapath_would() {
+        privileged!();
+        let dir = PinDir(Path::new("/sys/fs/bpf").join(unique_name("cbmw")));
+        std::fs::create_dir(&dir.0).unwrap();
+        SvcMap::create(16, 0)
+            .unwrap()
+            .pin(dir.0.join("cil_lb4_svc"))
+            .unwrap();
+        BeMap::create(16, 0)
+            .unwrap()
+            .pin(dir.0.join("cil_lb4_be"))
+            .unwrap();
+        let mut svc: SvcMap = open(&dir.0, "cil_lb4_svc").unwrap();
+        let mut be: BeMap = open(&dir.0, "cil_lb4_be").unwrap();
+        let want: SocketAddrV4 = "10.0.0.1:5001".parse().unwrap();
+        assert!(!present(&svc, &be, key(0), &want), "no Service yet");
+
+        let backend = |a: [u8; 4], port: u16| Lb4Backend {
+            address: a,
+            port: port.to_be_bytes(),
+            proto: 6,
+            state: 0,
+        };
+        be.insert(7, backend([10, 0, 0, 2], 5001), 0).unwrap();
+        be.insert(8, backend([10, 0, 0, 1], 5001), 0).unwrap();
+        let slot = |id| Lb4Service {
+            backend_id: id,
+            ..Default::default()
+        };
+        svc.insert(key(1), slot(7), 0).unwrap();
+        svc.insert(key(2), slot(8), 0).unwrap();
+        let head = |count| Lb4Service {
+            count,
+            rev_nat_index: 1,
+            ..Default::default()
+        };
+        svc.insert(key(0), head(1), 0).unwrap();
+        assert!(
+            !present(&svc, &be, key(0), &want),
+            "in slot 2, beyond the count: takes no new connections"
+        );
+        svc.insert(key(0), head(2), 0).unwrap();
+        assert!(present(&svc, &be, key(0), &want));
+        assert!(
+            !present(&svc, &be, key(0), &"10.0.0.1:5002".parse().unwrap()),
+            "other port"
+        );
+        assert!(
+            !present(&svc, &be, key(0), &"10.0.0.3:5001".parse().unwrap()),
+            "other address"
+        );
+        let other_vip = Lb4Key {
+            address: [10, 96, 0, 2],
+            ..key(0)
+        };
+        assert!(!present(&svc, &be, other_vip, &want), "other Service");
+
+        // run(): renames first, then finds it; times out (an error) for one that never comes.
+        let files = tempfile::tempdir().unwrap(); // bpffs holds no plain files
+        let from = files.path().join("manifest.tmp");
+        let to = files.path().join("manifest.yaml");
+        std::fs::write(&from, "x").unwrap();
+        let mut w = args(&dir.0, "10.0.0.1:5001");
+        w.rename = Some(vec![from.clone(), to.clone()]);
+        run(&w).unwrap();
+        assert!(to.exists() && !from.exists(), "renamed");
+        let e = run(&args(&dir.0, "10.0.0.9:5001")).unwrap_err().to_string();
+        assert!(e.contains("10.0.0.9:5001 not present"), "{e}");
+        let mut gone = args(&dir.0, "10.0.0.9:5001");
+        gone.absent = true;
+        run(&gone).unwrap();
+        let e = run(&args(
+            Path::new("/sys/fs/bpf/cb-no-such-dir"),
+            "10.0.0.1:5001",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cb-no-such-dir/cil_lb4_svc"), "{e}");
     }
 }
