@@ -20,10 +20,16 @@
 #                  → the new backend present in the pinned maps (polled tightly), median, p90
 #   resync         the agent stopped (SIGTERM) and started again on the same state and pins:
 #                  time until `status` answers healthy, and until it lists the N Services;
-#                  then once more under strace to count the map writes (BPF_MAP_UPDATE_ELEM /
-#                  DELETE_ELEM, batch forms too) it makes until then: an agent that finds its
+#                  before that, one restart under strace counts the map writes (BPF_MAP_UPDATE_ELEM
+#                  / DELETE_ELEM, batch forms too) it makes until then: an agent that finds its
 #                  maps right writes none
 #   delete         `ciliate delete -f` of the N Services and slices: wall time, RSS after
+#
+# and, once per round, kube-proxy's rules for the same N Services (2 endpoints each) in a
+# namespace of its own (bench/kube_proxy_gen.py, as bench/lb.sh): program N = iptables-restore
+# (legacy when installed) of the whole nat table, and nft -f of kube-proxy's nftables table;
+# change 1 backend = kube-proxy's full iptables sync (`iptables-restore --noflush` of every
+# KUBE-* chain) and its nftables transaction; median of 3 changes per round.
 #
 # Printed per N: each figure's median over the rounds with [min-max] per build, and the ratio
 # new/old of the medians.
@@ -39,6 +45,7 @@
 #   --rounds R     rounds per build, interleaved (default 3)
 #   --changes K    backend changes per round, per kind (default 20)
 #   --idle-secs S  idle CPU sampling time (default 10)
+#   --no-kube-proxy  leave out the kube-proxy rows (nft -f of 50,000 Services takes minutes)
 #   --quick        checks that it works and cleans up: N = 200, 1 round, 3 changes, 1 s idle,
 #                  nothing built
 #
@@ -57,10 +64,12 @@ CHANGES=20
 IDLE=10
 BUILD=1
 QUICK=0
+KUBE_PROXY=1
 usage() {
-  echo "usage: $0 [--quick] [--services N,N..] [--old-bin DIR] [--new-bin DIR] [--rounds R] [--changes K] [--idle-secs S] [--no-build]" >&2
+  echo "usage: $0 [--quick] [--services N,N..] [--old-bin DIR] [--new-bin DIR] [--rounds R] [--changes K] [--idle-secs S] [--no-kube-proxy] [--no-build]" >&2
   exit 2
 }
+log() { printf '%s\n' "$*" >&2; }
 posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "$0: $1 $2: expected a positive integer" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -71,6 +80,7 @@ while [ $# -gt 0 ]; do
     --changes) [ $# -ge 2 ] || usage; posint "$1" "$2"; CHANGES=$2; shift 2 ;;
     --idle-secs) [ $# -ge 2 ] || usage; posint "$1" "$2"; IDLE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --no-kube-proxy) KUBE_PROXY=0; shift ;;
     --no-build) BUILD=0; shift ;;
     *) usage ;;
   esac
@@ -101,6 +111,13 @@ PROBE=$NEW_BIN/ciliate-bench
 "$PROBE" map-wait --help >/dev/null 2>&1 || PROBE=$PWD/target/release/ciliate-bench
 "$PROBE" map-wait --help >/dev/null 2>&1 ||
   { echo "$0: no ciliate-bench with map-wait in $NEW_BIN or target/release: cargo build --release -p ciliate-bench" >&2; exit 1; }
+if [ "$KUBE_PROXY" = 1 ]; then
+  IPT_RESTORE=$(command -v iptables-legacy-restore || command -v iptables-restore || true)
+  if [ -z "$IPT_RESTORE" ] || ! command -v nft >/dev/null; then
+    log "no iptables-restore or nft here: the kube-proxy rows are left out (apt-get install iptables nftables)"
+    KUBE_PROXY=0
+  fi
+fi
 HAVE_STRACE=0
 strace -f -qq -e trace=bpf -o /dev/null true 2>/dev/null && HAVE_STRACE=1
 
@@ -114,12 +131,12 @@ on_exit() {
   if [ "$rc" != 0 ] && [ -s "${ADIR:-/nonexistent}/agent.log" ]; then
     log "---- $ADIR/agent.log (last 20 lines) ----"
     tail -20 "$ADIR/agent.log" >&2
+    [ -n "${AGENT_PID:-}" ] && log "agent pid $AGENT_PID: $(awk '{print "state " $3}' /proc/"$AGENT_PID"/stat 2>/dev/null || echo gone)"
   fi
   cb_cleanup
 }
 trap on_exit EXIT
 trap "exit 130" INT TERM # so that a signal still cleans up
-log() { printf '%s\n' "$*" >&2; }
 
 AGENT_CPU=$SERVER_CPU
 cli() { taskset -c "$CLIENT_CPU" "$BIN/ciliate" --socket "$ADIR/agent.sock" "$@"; }
@@ -332,21 +349,21 @@ measure() { # build-name bin-dir round
   done <"$WORK/dir.list"
   read -r p50 p90 < <(printf '%s\n' "${dir[@]}" | pct); record chg_dir "$b" "$p50"; record chg_dir90 "$b" "$p90"
 
-  # Restart on the same state and pins.
+  # Restart on the same state and pins: first traced (slower, not timed) to count the map
+  # writes a restart makes until it lists the Services again, then timed, untraced.
   ms=$(stop_agent); record stop "$b" "$ms"
+  if [ "$HAVE_STRACE" = 1 ]; then
+    launch strace -f -qq -e trace=bpf -o "$ADIR/strace"
+    ms=$(wait_ready)
+    ms=$(wait_services $((N + 1)) "$(now_us)")
+    record resync_writes "$b" "$(grep -cE 'BPF_MAP_(UPDATE|DELETE)_(ELEM|BATCH)' "$ADIR/strace" || true)"
+    ms=$(stop_agent)
+  fi
   t0=$(now_us)
   launch
   ms=$(wait_ready "$t0"); record resync_ready "$b" "$ms"
   ms=$(wait_services $((N + 1)) "$t0"); record resync_listed "$b" "$ms"
   record rss_restart "$b" "$(mb "$(rss_kb)")"
-  if [ "$HAVE_STRACE" = 1 ]; then
-    # Once more, traced (slower, not timed): the map writes a restart makes until it lists them.
-    stop_agent >/dev/null
-    launch strace -f -qq -e trace=bpf -o "$ADIR/strace"
-    ms=$(wait_ready)
-    ms=$(wait_services $((N + 1)) "$(now_us)")
-    record resync_writes "$b" "$(grep -cE 'BPF_MAP_(UPDATE|DELETE)_(ELEM|BATCH)' "$ADIR/strace" || true)"
-  fi
 
   l=$(log_lines); t0=$(now_us)
   cli delete -f "$WORK/full-$N.yaml" >/dev/null
@@ -357,15 +374,51 @@ measure() { # build-name bin-dir round
   remove_agent
 }
 
+# ---- kube-proxy's rules for the same Services, in a namespace of their own ----
+KP_BACKENDS=10.250.2.3,10.250.2.4
+kube_proxy_gen() {
+  local k
+  for k in ipt-full ipt-change ipt-revert nft-full nft-change nft-revert; do
+    python3 bench/kube_proxy_gen.py "$k" "$N" "$KP_BACKENDS" "$WORK/kp-$k" 2
+  done
+}
+# Runs a command on CPU 0 in the kube-proxy namespace; prints its wall time in ms.
+kp_time() {
+  local t0; t0=$(now_us)
+  taskset -c "$CLIENT_CPU" nsenter --net=/var/run/netns/"$KP_NS" "$@" >/dev/null
+  ms_since "$t0"
+}
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+measure_kube_proxy() {
+  local a b c
+  log "N=$N: kube-proxy rules ($IPT_RESTORE, nft)"
+  KP_NS=$RUN-kp
+  mkns "$KP_NS"
+  a=$(kp_time "$IPT_RESTORE" "$WORK/kp-ipt-full"); record kp_program ipt "$a"
+  a=$(kp_time "$IPT_RESTORE" --noflush "$WORK/kp-ipt-change")
+  b=$(kp_time "$IPT_RESTORE" --noflush "$WORK/kp-ipt-revert")
+  c=$(kp_time "$IPT_RESTORE" --noflush "$WORK/kp-ipt-change")
+  record kp_change ipt "$(median3 "$a" "$b" "$c")"
+  a=$(kp_time nft -f "$WORK/kp-nft-full"); record kp_program nft "$a"
+  a=$(kp_time nft -f "$WORK/kp-nft-change")
+  b=$(kp_time nft -f "$WORK/kp-nft-revert")
+  c=$(kp_time nft -f "$WORK/kp-nft-change")
+  record kp_change nft "$(median3 "$a" "$b" "$c")"
+  # A new namespace each round: both start from empty tables.
+  ip netns delete "$KP_NS"
+}
+
 log "old: $OLD_BIN; new: $NEW_BIN; probe: $PROBE; agent on CPU $AGENT_CPU, CLI and probe on CPU $CLIENT_CPU"
 for N in "${NS[@]}"; do
   log "N=$N: generating manifests..."
   python3 "$WORK/gen.py" "$N" "$CHANGES" "$WORK"
+  if [ "$KUBE_PROXY" = 1 ]; then kube_proxy_gen; fi
   for r in $(seq "$ROUNDS"); do
     measure old "$OLD_BIN" "$r"
     measure new "$NEW_BIN" "$r"
+    if [ "$KUBE_PROXY" = 1 ]; then measure_kube_proxy; fi
   done
-  rm -f "$WORK"/full-"$N".yaml "$WORK"/chg-"$N"-*.yaml
+  rm -f "$WORK"/full-"$N".yaml "$WORK"/chg-"$N"-*.yaml "$WORK"/kp-*
 done
 
 echo "Services control plane: old = $OLD_BIN, new = $NEW_BIN"
@@ -384,4 +437,9 @@ for N in "${NS[@]}"; do
   specs=()
   for s in "$@"; do specs+=("${s%%:*}@$N:${s#*:}"); done
   summarize "$RESULTS" new old "${specs[@]}"
+  if [ "$KUBE_PROXY" = 1 ]; then
+    echo "kube-proxy's rules for the same N Services ($IPT_RESTORE; $(nft --version))"
+    summarize "$RESULTS" nft ipt "kp_program@$N:program N, ms" "kp_change@$N:1 backend (median of 3), ms" |
+      sed 's/ipt median/iptables median/; s/nft median/nftables median/'
+  fi
 done
