@@ -20,9 +20,9 @@
 #                  → the new backend present in the pinned maps (polled tightly), median, p90
 #   resync         the agent stopped (SIGTERM) and started again on the same state and pins:
 #                  time until `status` answers healthy, and until it lists the N Services;
-#                  before that, one restart under strace counts the map writes (BPF_MAP_UPDATE_ELEM
-#                  / DELETE_ELEM, batch forms too) it makes until then: an agent that finds its
-#                  maps right writes none
+#                  before that, one restart under `perf stat` counts the map writes
+#                  (bpf() BPF_MAP_UPDATE_ELEM / DELETE_ELEM, batch forms too) it makes until
+#                  then: an agent that finds its maps right writes none
 #   delete         `ciliate delete -f` of the N Services and slices: wall time, RSS after
 #
 # and, once per round, kube-proxy's rules for the same N Services (2 endpoints each) in a
@@ -118,8 +118,11 @@ if [ "$KUBE_PROXY" = 1 ]; then
     KUBE_PROXY=0
   fi
 fi
-HAVE_STRACE=0
-strace -f -qq -e trace=bpf -o /dev/null true 2>/dev/null && HAVE_STRACE=1
+# Map writes are counted on the bpf() syscall's tracepoint (perf stat; no ptrace, which slows
+# the agent and once lost it): BPF_MAP_UPDATE_ELEM, _DELETE_ELEM, _UPDATE_BATCH, _DELETE_BATCH.
+MAP_WRITES='cmd == 2 || cmd == 3 || cmd == 26 || cmd == 27'
+HAVE_PERF=0
+perf stat -e syscalls:sys_enter_bpf --filter "$MAP_WRITES" -x, -o /dev/null -- true 2>/dev/null && HAVE_PERF=1
 
 WORK=$(mktemp -d /tmp/"$RUN".XXXXXX)
 track_path "$WORK"
@@ -216,7 +219,7 @@ start_fresh() {
   launch
   ms=$(wait_ready)
 }
-# Starts the agent of $NODE (again), optionally under a wrapper ($@, e.g. strace); AGENT_PID is
+# Starts the agent of $NODE (again), optionally under a wrapper ($@, e.g. perf stat); AGENT_PID is
 # the agent itself (nsenter and taskset exec it; a wrapper's child is looked up).
 launch() {
   nsenter --net=/var/run/netns/"$NODE" taskset -c "$AGENT_CPU" "$@" "$BIN/ciliate-agent" --node-name "$NODE" \
@@ -349,15 +352,15 @@ measure() { # build-name bin-dir round
   done <"$WORK/dir.list"
   read -r p50 p90 < <(printf '%s\n' "${dir[@]}" | pct); record chg_dir "$b" "$p50"; record chg_dir90 "$b" "$p90"
 
-  # Restart on the same state and pins: first traced (slower, not timed) to count the map
-  # writes a restart makes until it lists the Services again, then timed, untraced.
+  # Restart on the same state and pins: first counted (not timed) to see the map writes a
+  # restart makes until it lists the Services again, then timed.
   ms=$(stop_agent); record stop "$b" "$ms"
-  if [ "$HAVE_STRACE" = 1 ]; then
-    launch strace -f -qq -e trace=bpf -o "$ADIR/strace"
+  if [ "$HAVE_PERF" = 1 ]; then
+    launch perf stat -e syscalls:sys_enter_bpf --filter "$MAP_WRITES" -x, -o "$ADIR/writes" --
     ms=$(wait_ready)
     ms=$(wait_services $((N + 1)) "$(now_us)")
-    record resync_writes "$b" "$(grep -cE 'BPF_MAP_(UPDATE|DELETE)_(ELEM|BATCH)' "$ADIR/strace" || true)"
-    ms=$(stop_agent)
+    ms=$(stop_agent) # perf writes its count when the agent exits
+    record resync_writes "$b" "$(awk -F, '/sys_enter_bpf/ {print $1}' "$ADIR/writes")"
   fi
   t0=$(now_us)
   launch
@@ -433,7 +436,7 @@ for N in "${NS[@]}"; do
     chg_api:"1 backend, apply -f p50 ms" chg_api90:"  p90 ms" chg_agent:"  agent's own p50 ms" chg_agent90:"  agent's own p90 ms" \
     chg_dir:"1 backend, dir→map p50 ms" chg_dir90:"  p90 ms" \
     resync_ready:"restart: healthy after, ms" resync_listed:"restart: N listed after, ms" rss_restart:"  RSS after restart, MB" \
-    resync_writes:"  map writes (strace)" stop:"stop at N: SIGTERM to exit, ms" delete:"delete N: delete -f, ms" rss_deleted:"RSS after delete, MB"
+    resync_writes:"  map writes (perf)" stop:"stop at N: SIGTERM to exit, ms" delete:"delete N: delete -f, ms" rss_deleted:"RSS after delete, MB"
   specs=()
   for s in "$@"; do specs+=("${s%%:*}@$N:${s#*:}"); done
   summarize "$RESULTS" new old "${specs[@]}"
