@@ -1,7 +1,8 @@
 //! `ciliate-bench`: the load generator behind `bench/`. It measures what netperf's TCP_RR and
 //! TCP_CRR measure (netperf is not packaged for Debian 12): request/response transactions per
 //! second on one connection, and connect + request + response + close per second, with p50/p99
-//! latency. Results are one JSON object on stdout so scripts can compute ratios.
+//! latency. Results are one JSON object on stdout so scripts can compute ratios. `map-wait`
+//! times a Service change reaching the kernel's maps, from outside the agent.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+mod map_wait;
 mod probe;
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,9 @@ enum Cmd {
     Probe(probe::Probe),
     /// A new connection per transaction: connect, request, response, close (like TCP_CRR).
     Crr(Load),
+    /// Wait until a Service's backend is in the pinned load-balancing maps (optionally after
+    /// renaming a manifest into place); print the microseconds waited as JSON.
+    MapWait(map_wait::MapWait),
 }
 
 #[derive(clap::Args, Debug)]
@@ -161,5 +166,6 @@ fn main() -> Result<()> {
         Cmd::Probe(p) => probe::run(&p),
         Cmd::Rr(l) => run(&l, false),
         Cmd::Crr(l) => run(&l, true),
+        Cmd::MapWait(w) => map_wait::run(&w),
     }
 }

@@ -150,3 +150,9 @@ fn lb_quick() {
     privileged!();
     quick("lb.sh");
 }
+
+#[test]
+fn services_scale_quick() {
+    privileged!();
+    quick("services-scale.sh");
+}
