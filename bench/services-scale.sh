@@ -9,7 +9,8 @@
 #   program        `ciliate apply -f` of one file with the N Services and N EndpointSlices,
 #                  wall time until it returns (the agent answers once the maps are written;
 #                  checked: the last Service's backend must then be in cil_lb4_svc/cil_lb4_be),
-#                  and the agent's own time from its log line (`manifests applied ... elapsed_ms`)
+#                  and the agent's own time from its log line (`manifests applied ... elapsed_ms`,
+#                  or `elapsed_us` from session 4 on)
 #   rssN, cpuN     RSS after them, bytes per Service; idle CPU over --idle-secs at N
 #   disk           the agent's state directory at N (du)
 #   change (API)   --changes times: `ciliate apply -f` of one EndpointSlice whose second
@@ -296,7 +297,9 @@ idle_cpu() {
 # The agent's own time for its last apply/delete (its log), if it logs one after line $1.
 agent_ms() {
   sed 's/\x1b\[[0-9;]*m//g' "$ADIR/agent.log" | tail -n +"$(($1 + 1))" |
-    sed -n 's/.*manifests \(applied\|deleted\).*elapsed_ms=\([0-9]*\).*/\2/p' | tail -1
+    sed -n -e 's/.*manifests \(applied\|deleted\).*elapsed_ms=\([0-9]*\).*/\2/p' \
+      -e 's/.*manifests \(applied\|deleted\).*elapsed_us=\([0-9]*\).*/\2 us/p' | tail -1 |
+    awk '{ if ($2 == "us") printf "%.3f\n", $1 / 1000; else print $1 }'
 }
 log_lines() { wc -l <"$ADIR/agent.log"; }
 # map-wait on CPU 0 against this agent's pins; prints the µs waited. Fails if it times out.

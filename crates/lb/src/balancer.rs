@@ -31,6 +31,70 @@ use crate::{
     cluster_ip, plan_port, Conflict, ConflictKind, LbDiff, LbError, Node, PlannedFrontend,
 };
 
+/// A sorted set that is nearly always of one element (the Services claiming one address, the
+/// slices of one Service): a vector, because a `BTreeSet` allocates a whole node of eleven
+/// slots for one, which at 10,000 Services was most of the balancer's memory.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SmallSet<T>(Vec<T>);
+
+impl<T> Default for SmallSet<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Ord> SmallSet<T> {
+    /// Adds `t`; whether it was new.
+    pub fn insert(&mut self, t: T) -> bool {
+        match self.0.binary_search(&t) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, t);
+                true
+            }
+        }
+    }
+
+    /// Removes `t`; whether it was there.
+    pub fn remove(&mut self, t: &T) -> bool {
+        match self.0.binary_search(t) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The least element.
+    pub fn first(&self) -> Option<&T> {
+        self.0.first()
+    }
+
+    /// Elements, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a SmallSet<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// A Service's namespace and name.
 pub type ServiceName = (String, String);
 
@@ -87,10 +151,10 @@ pub struct Balancer {
     services: BTreeMap<ServiceName, Arc<Object>>,
     /// EndpointSlices and Endpoints by key, with the Service they serve and their slices.
     slices: HashMap<ObjectKey, (ServiceName, Arc<Object>)>,
-    by_service: HashMap<ServiceName, BTreeSet<ObjectKey>>,
+    by_service: HashMap<ServiceName, SmallSet<ObjectKey>>,
     planned: HashMap<ServiceName, Planned>,
-    cluster_ips: HashMap<Ipv4Addr, BTreeSet<ServiceName>>,
-    claims: HashMap<FrontendKey, BTreeSet<ServiceName>>,
+    cluster_ips: HashMap<Ipv4Addr, SmallSet<ServiceName>>,
+    claims: HashMap<FrontendKey, SmallSet<ServiceName>>,
     /// Frontend keys each Service holds.
     held: HashMap<ServiceName, Vec<FrontendKey>>,
     frontends: HashMap<FrontendKey, LbFrontend>,
@@ -208,7 +272,7 @@ impl Balancer {
             let Some(svc) = svc else { continue };
             let (cip, fkeys) = self.frontend_keys_of(svc);
             // Another Service (not replaced by the batch) or an earlier one of the batch.
-            let other = |claimants: Option<&BTreeSet<ServiceName>>| {
+            let other = |claimants: Option<&SmallSet<ServiceName>>| {
                 claimants
                     .into_iter()
                     .flatten()
@@ -392,7 +456,18 @@ impl Balancer {
         }
 
         // Every Service whose holdings may change: the touched ones and, transitively, those
-        // sharing a cluster IP or a frontend key with them (before or after).
+        // sharing a cluster IP or a frontend key with them (before or after). The new plans
+        // are indexed once, so a batch of N Services costs N lookups, not N².
+        let mut next_ips: HashMap<Ipv4Addr, Vec<&ServiceName>> = HashMap::new();
+        let mut next_keys: HashMap<FrontendKey, Vec<&ServiceName>> = HashMap::new();
+        for (n, p) in &next {
+            if let Some(ip) = p.cluster_ip {
+                next_ips.entry(ip).or_default().push(n);
+            }
+            for k in &p.keys {
+                next_keys.entry(*k).or_default().push(n);
+            }
+        }
         let mut closure: BTreeSet<ServiceName> = BTreeSet::new();
         let mut queue: Vec<ServiceName> = touched.iter().cloned().collect();
         while let Some(n) = queue.pop() {
@@ -401,28 +476,22 @@ impl Balancer {
             }
             let plans = [self.planned.get(&n), next.get(&n)];
             for p in plans.into_iter().flatten() {
-                let sharing = p
-                    .cluster_ip
-                    .and_then(|ip| self.cluster_ips.get(&ip))
-                    .into_iter()
+                let ips = p.cluster_ip.into_iter();
+                let sharing = ips
+                    .clone()
+                    .filter_map(|ip| self.cluster_ips.get(&ip))
                     .flatten()
-                    .chain(p.keys.iter().filter_map(|k| self.claims.get(k)).flatten());
+                    .chain(p.keys.iter().filter_map(|k| self.claims.get(k)).flatten())
+                    .chain(ips.filter_map(|ip| next_ips.get(&ip)).flatten().copied())
+                    .chain(
+                        p.keys
+                            .iter()
+                            .filter_map(|k| next_keys.get(k))
+                            .flatten()
+                            .copied(),
+                    );
                 for other in sharing {
                     if !closure.contains(other) {
-                        queue.push(other.clone());
-                    }
-                }
-            }
-            // Contestants of the new plan that do not claim yet (they are in `next` only if
-            // touched; others are found through the index above).
-            if let Some(p) = next.get(&n) {
-                for (other, op) in &next {
-                    if closure.contains(other) || other == &n {
-                        continue;
-                    }
-                    if (p.cluster_ip.is_some() && p.cluster_ip == op.cluster_ip)
-                        || op.keys.iter().any(|k| p.keys.contains(k))
-                    {
                         queue.push(other.clone());
                     }
                 }
@@ -781,7 +850,7 @@ impl Balancer {
 }
 
 fn remove_claim<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, BTreeSet<ServiceName>>,
+    map: &mut HashMap<K, SmallSet<ServiceName>>,
     key: &K,
     n: &ServiceName,
 ) {

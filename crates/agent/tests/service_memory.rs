@@ -1,0 +1,85 @@
+//! What the Service store holds per Service (heap bytes, counted by the allocator), at 10,000
+//! Services with one two-endpoint EndpointSlice each: the store's part of the agent's memory,
+//! without the transient peaks of parsing a request. A measurement, not a check: run with
+//! `cargo test --release -p ciliate-agent --test service_memory -- --ignored --nocapture`.
+
+use std::alloc::System;
+use std::sync::Arc;
+
+use ciliate_agent::services::{ServiceManager, ServiceSettings};
+use ciliate_datapath::{Datapath, FakeDatapath};
+use ciliate_model::manifest::{ApplyDocument, ApplyRequest};
+use serde_json::json;
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn docs(n: u32) -> Vec<ApplyDocument> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let name = format!("svc-{i}");
+        let ip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
+        out.push(ApplyDocument {
+            source: "bench.yaml".into(),
+            index: out.len() + 1,
+            object: json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        });
+        out.push(ApplyDocument {
+            source: "bench.yaml".into(),
+            index: out.len() + 1,
+            object: json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-abcde"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [
+                    {"addresses": [format!("10.200.{}.{}", (2 * i / 256) % 256, (2 * i) % 256)], "conditions": {"ready": true}, "nodeName": "node-a"},
+                    {"addresses": [format!("10.201.{}.{}", (2 * i / 256) % 256, (2 * i) % 256)], "conditions": {"ready": true}, "nodeName": "node-b"}
+                ]}),
+        });
+    }
+    out
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn heap_bytes_per_service_at_10k() {
+    const N: u32 = 10_000;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = ServiceManager::open(
+        ServiceSettings {
+            node_name: "node-a".into(),
+            ..ServiceSettings::default()
+        },
+        tmp.path(),
+        Arc::clone(&dp) as Arc<dyn Datapath>,
+    )
+    .expect("opens");
+    let live = |s: stats_alloc::Stats| s.bytes_allocated as i64 - s.bytes_deallocated as i64;
+    let before = GLOBAL.stats();
+    m.apply(&ApplyRequest {
+        documents: docs(N),
+        delete: false,
+    })
+    .expect("applies");
+    let after = GLOBAL.stats();
+    let held = live(after) - live(before);
+    // The fake datapath's copy of the state is not the store's: measured apart.
+    let state = dp.lb_state().expect("state");
+    let s0 = GLOBAL.stats();
+    let copy = state.clone();
+    let fake = live(GLOBAL.stats()) - live(s0);
+    drop(copy);
+    println!(
+        "the store holds {} bytes per Service ({} MB live for {N} Services and {N} EndpointSlices of 2 endpoints, the fake datapath's {} MB copy of the state taken out); {} MB allocated during the apply",
+        (held - fake) / i64::from(N),
+        held / 1_000_000,
+        fake / 1_000_000,
+        (after.bytes_allocated - before.bytes_allocated) / 1_000_000
+    );
+    drop(m);
+}
