@@ -10,7 +10,7 @@
 //! * Pods (only this node's) fill the pod cache ([`PodCache`]), from which new endpoints of
 //!   pods take their labels and named ports; a pod whose labels or named ports change is
 //!   relabelled ([`EndpointManager::relabel_pod`]): new identity and policy, no restart. A
-//!   relabel that fails is retried at the source's next event.
+//!   relabel that fails is retried at the source's next event, or after a few seconds.
 //!
 //! Objects are decoded with the same model as manifests; the source has already dropped (and
 //! named) fields of the policy CRDs that model does not know. One the agent cannot use is left
@@ -121,18 +121,38 @@ impl KubeSource {
             mut source,
             read_ahead,
         } = self;
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut state = Dispatch::new(services, policies, policy_wake, pods);
             for ev in read_ahead {
                 state.handle(ev);
             }
-            while let Some(ev) = source.events.blocking_recv() {
-                state.handle(ev);
+            loop {
+                let next = if state.relabel_retry.is_empty() {
+                    source.events.blocking_recv()
+                } else {
+                    // A failed relabel is retried at the next event, or after a while when
+                    // the API is quiet.
+                    match rt.block_on(tokio::time::timeout(RELABEL_RETRY, source.events.recv())) {
+                        Ok(next) => next,
+                        Err(_) => {
+                            state.retry_relabels();
+                            continue;
+                        }
+                    }
+                };
+                match next {
+                    Some(ev) => state.handle(ev),
+                    None => break,
+                }
             }
             info!("the Kubernetes source stopped");
         })
     }
 }
+
+/// How soon a relabel that failed is tried again when no event comes meanwhile.
+const RELABEL_RETRY: Duration = Duration::from_secs(5);
 
 /// The kind of our model a source kind maps to (Service store kinds only).
 fn service_kind(k: ResourceKind) -> Option<Kind> {

@@ -1016,4 +1016,88 @@ mod kubernetes {
             .expect("relabelled");
         assert_ne!(moved[0].identity, a.identity);
     }
+
+    /// A cluster that numbers label sets from 7000 and counts this node's references.
+    #[derive(Debug, Default)]
+    struct FakeCluster {
+        numbers: std::sync::Mutex<BTreeMap<Labels, NumericIdentity>>,
+        refs: std::sync::Mutex<BTreeMap<String, i64>>,
+        up: std::sync::Mutex<Vec<(Ipv4Addr, NumericIdentity)>>,
+        down: AtomicBool,
+    }
+
+    impl FakeCluster {
+        fn refs(&self, labels: &str) -> i64 {
+            self.refs
+                .lock()
+                .expect("lock")
+                .get(labels)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    impl ClusterHooks for FakeCluster {
+        fn allocate_identity(&self, labels: &Labels) -> Result<NumericIdentity, String> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err("etcd is down".to_owned());
+            }
+            let mut numbers = self.numbers.lock().expect("lock");
+            let next = 7000 + u32::try_from(numbers.len()).expect("few");
+            let id = *numbers.entry(labels.clone()).or_insert(next);
+            *self
+                .refs
+                .lock()
+                .expect("lock")
+                .entry(labels.to_string())
+                .or_default() += 1;
+            Ok(id)
+        }
+        fn release_identity(&self, labels: &Labels) {
+            *self
+                .refs
+                .lock()
+                .expect("lock")
+                .entry(labels.to_string())
+                .or_default() -= 1;
+        }
+        fn endpoint_up(&self, ep: &Endpoint) {
+            self.up.lock().expect("lock").push((ep.ipv4, ep.identity));
+        }
+        fn endpoint_down(&self, _ep: &Endpoint) {}
+    }
+
+    #[test]
+    fn in_a_cluster_a_relabel_moves_the_references_and_republishes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (m, cache) = k8s_manager(tmp.path(), Arc::new(FakeDatapath::new()));
+        let cluster = Arc::new(FakeCluster::default());
+        m.attach_cluster(Arc::clone(&cluster) as Arc<dyn ClusterHooks>);
+        cache.apply(pod("a", &[("app", "web")], 80));
+        let a = m.create(&pod_req("a", 10)).expect("a").endpoint;
+        let web = "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod";
+        let api = "k8s:app=api,k8s:io.kubernetes.pod.namespace=prod";
+        assert_eq!((a.identity, cluster.refs(web)), (7000, 1));
+
+        // etcd down: nothing changes, no reference is left behind.
+        cluster.down.store(true, Ordering::SeqCst);
+        let err = m
+            .relabel_pod(&pod("a", &[("app", "api")], 80))
+            .expect_err("etcd down");
+        assert_eq!(err.kind(), "cluster");
+        assert_eq!(m.get(&EndpointRef::Id(a.id)).expect("kept"), a);
+        assert_eq!((cluster.refs(web), cluster.refs(api)), (1, 0));
+
+        cluster.down.store(false, Ordering::SeqCst);
+        let moved = m
+            .relabel_pod(&pod("a", &[("app", "api")], 80))
+            .expect("relabelled");
+        assert_eq!(moved[0].identity, 7001, "the cluster's number");
+        assert_eq!((cluster.refs(web), cluster.refs(api)), (0, 1));
+        assert_eq!(
+            cluster.up.lock().expect("lock").last(),
+            Some(&(a.ipv4, 7001)),
+            "the address is published with its new identity"
+        );
+    }
 }
