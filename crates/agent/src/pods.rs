@@ -332,4 +332,68 @@ mod tests {
         let e = pod_labels(&bad).expect_err("invalid value");
         assert!(e.contains("pod prod/b") && e.contains("app"), "{e}");
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Apply(u8, u8),
+        Delete(u8),
+        Relist(Vec<(u8, u8)>),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..6, 0u8..3).prop_map(|(n, l)| Op::Apply(n, l)),
+            (0u8..6).prop_map(Op::Delete),
+            proptest::collection::vec((0u8..6, 0u8..3), 0..6).prop_map(Op::Relist),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of source events leaves the cache equal to a plain map of the last
+        /// version of each pod (a relist replacing it whole), and reports exactly the pods
+        /// whose labels are new or changed.
+        #[test]
+        fn the_cache_follows_the_source_contract(ops in proptest::collection::vec(op(), 0..40)) {
+            let c = PodCache::new();
+            let mut model: BTreeMap<String, u8> = BTreeMap::new();
+            let p = |n: u8, l: u8| pod(&format!("p{n}"), &[("app", &format!("v{l}"))]);
+            for op in ops {
+                match op {
+                    Op::Apply(n, l) => {
+                        let changed = c.apply(p(n, l)).is_some();
+                        let before = model.insert(format!("p{n}"), l);
+                        proptest::prop_assert_eq!(changed, before != Some(l));
+                    }
+                    Op::Delete(n) => {
+                        c.delete(&r(&format!("p{n}")));
+                        model.remove(&format!("p{n}"));
+                    }
+                    Op::Relist(items) => {
+                        c.start_relist();
+                        let mut next = BTreeMap::new();
+                        for (n, l) in items {
+                            c.relist_apply(p(n, l));
+                            next.insert(format!("p{n}"), l);
+                        }
+                        let mut changed: Vec<String> =
+                            c.finish_relist().into_iter().map(|p| p.name).collect();
+                        changed.sort();
+                        let want: Vec<String> = next
+                            .iter()
+                            .filter(|(k, l)| model.get(*k) != Some(*l))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        proptest::prop_assert_eq!(changed, want);
+                        model = next;
+                    }
+                }
+                proptest::prop_assert_eq!(c.len(), model.len());
+                for (name, l) in &model {
+                    let got = c.get(&r(name)).map(|p| p.labels["app"].clone());
+                    proptest::prop_assert_eq!(got, Some(format!("v{l}")));
+                }
+            }
+        }
+    }
 }
