@@ -71,7 +71,9 @@ impl EndpointManager {
                 }
             }
         }
-        let result = self.relabel_with(pod, labels, named_ports, cluster_id);
+        // In a cluster, no more endpoints may move than references were taken for.
+        let max_moves = cluster.map(|_| moving);
+        let result = self.relabel_with(pod, labels, named_ports, cluster_id, max_moves);
         if let Some(c) = cluster {
             let moved = result.as_ref().map_or(0, |changed| {
                 changed
@@ -104,6 +106,7 @@ impl EndpointManager {
         labels: &Labels,
         named_ports: &[NamedPort],
         cluster_id: Option<NumericIdentity>,
+        max_moves: Option<usize>,
     ) -> Result<Vec<(Endpoint, Endpoint)>, EndpointError> {
         let mut tables = self.lock();
         let olds: Vec<Endpoint> = tables
@@ -114,6 +117,14 @@ impl EndpointManager {
             .collect();
         if olds.is_empty() {
             return Ok(Vec::new());
+        }
+        let moves = olds.iter().filter(|e| e.labels != *labels).count();
+        if max_moves.is_some_and(|max| moves > max) {
+            // An endpoint of the pod was created meanwhile: the cluster references taken do
+            // not cover it.
+            return Err(EndpointError::Unavailable(format!(
+                "the endpoints of pod {pod} changed during its relabel; nothing was changed, it is retried"
+            )));
         }
         let mut next = tables.clone();
         let mut changed = Vec::new();
