@@ -108,14 +108,17 @@ impl KubeSource {
         }
     }
 
-    /// Hands every event to its store until the source ends (its task runs on a blocking
-    /// thread: the stores write the datapath).
+    /// Hands every event to its store until the source ends or `shutdown` turns true (its task
+    /// runs on a blocking thread: the stores write the datapath). Await the handle after
+    /// shutdown: the task holds the stores (and the endpoint manager's state lock) until it
+    /// returns.
     pub fn run(
         self,
         services: Arc<ServiceManager>,
         policies: Arc<PolicyManager>,
         policy_wake: Arc<Notify>,
         pods: Option<(Arc<PodCache>, Arc<EndpointManager>)>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let KubeSource {
             mut source,
@@ -128,12 +131,18 @@ impl KubeSource {
                 state.handle(ev);
             }
             loop {
+                let next = async {
+                    tokio::select! {
+                        ev = source.events.recv() => ev,
+                        () = stopped(&mut shutdown) => None,
+                    }
+                };
                 let next = if state.relabel_retry.is_empty() {
-                    source.events.blocking_recv()
+                    rt.block_on(next)
                 } else {
                     // A failed relabel is retried at the next event, or after a while when
                     // the API is quiet.
-                    match rt.block_on(tokio::time::timeout(RELABEL_RETRY, source.events.recv())) {
+                    match rt.block_on(tokio::time::timeout(RELABEL_RETRY, next)) {
                         Ok(next) => next,
                         Err(_) => {
                             state.retry_relabels();
@@ -148,6 +157,15 @@ impl KubeSource {
             }
             info!("the Kubernetes source stopped");
         })
+    }
+}
+
+/// Returns once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -477,6 +477,7 @@ async fn run_inner(
             Arc::clone(&policies),
             Arc::clone(&policy_wake),
             pod_cache.map(|c| (c, Arc::clone(&manager))),
+            shutdown.clone(),
         )
     });
     let policy_task = tokio::spawn(run_policy_loop(
@@ -562,7 +563,11 @@ async fn run_inner(
     services_task.abort();
     policy_task.abort();
     if let Some(t) = kube_task {
-        t.abort();
+        // It ends at shutdown (a blocking task cannot be aborted) and holds the endpoint
+        // manager until then: a restart in this process needs its state lock.
+        if let Err(e) = t.await {
+            warn!(error = %e, "the Kubernetes source's task panicked");
+        }
     }
     if let Some(t) = cluster_task {
         t.abort();

@@ -104,7 +104,8 @@ fn pod(name: &str, rv: &str, labels: Value, ports: Value) -> Value {
     })
 }
 
-fn api_server() -> ApiServer {
+/// The API as the test starts it, with client-0 labelled `client_labels`.
+fn api_server(client_labels: Value) -> ApiServer {
     let mut lists = BTreeMap::new();
     lists.insert(
         "/api/v1/nodes",
@@ -183,7 +184,7 @@ fn api_server() -> ApiServer {
     let mut client = pod(
         "client-0",
         "41",
-        json!({"app": "other"}),
+        client_labels,
         json!([{"name": "http", "containerPort": 8080}]),
     );
     for p in [&mut db, &mut client] {
@@ -302,11 +303,12 @@ fn admits(dp: &FakeDatapath, ep: u16, from: u64, port: u16) -> bool {
 async fn kubernetes_mode_end_to_end_on_the_fake_datapath() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path());
+    let restart_cfg = cfg.clone();
     let socket = cfg.socket.clone();
     let dp = Arc::new(FakeDatapath::new());
     let (service, handle) = mock::pair::<http::Request<kube::client::Body>, http::Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let api = Arc::new(api_server());
+    let api = Arc::new(api_server(json!({"app": "other"})));
     let server = tokio::spawn(Arc::clone(&api).serve(handle));
     let (stop, rx) = watch::channel(false);
     let agent = tokio::spawn(run_with_kube_client(cfg, dp.clone(), client, rx));
@@ -495,6 +497,43 @@ async fn kubernetes_mode_end_to_end_on_the_fake_datapath() {
         "the old identity's last reference is gone"
     );
 
+    stop.send(true).expect("agent running");
+    agent
+        .await
+        .expect("agent task")
+        .expect("agent stops cleanly");
+    server.abort();
+
+    // Relabelled while the agent was down: the restarted agent's first Pod list relabels the
+    // endpoint it restored from its state.
+    let (service, handle) = mock::pair::<http::Request<kube::client::Body>, http::Response<Body>>();
+    let kube_client = kube::Client::new(service, "default");
+    let api = Arc::new(api_server(json!({"app": "restarted"})));
+    let server = tokio::spawn(Arc::clone(&api).serve(handle));
+    let (stop, rx) = watch::channel(false);
+    let agent = tokio::spawn(run_with_kube_client(
+        restart_cfg,
+        dp.clone(),
+        kube_client,
+        rx,
+    ));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if agent.is_finished() {
+            panic!("the restarted agent stopped: {:?}", agent.await);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted agent never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarted = eventually_endpoint(&socket, client_id, |ep| {
+        labels_of(ep).contains(&"k8s:app=restarted".to_owned())
+    })
+    .await;
+    assert_ne!(restarted["identity"], relabelled["identity"]);
+    assert_eq!(restarted["ipv4"], client["ipv4"]);
     stop.send(true).expect("agent running");
     agent
         .await
