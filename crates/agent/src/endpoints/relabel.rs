@@ -72,7 +72,7 @@ impl EndpointManager {
             }
         }
         // In a cluster, no more endpoints may move than references were taken for.
-        let max_moves = cluster.map(|_| moving);
+        let max_moves = self.cluster.get().map(|_| moving);
         let result = self.relabel_with(pod, labels, named_ports, cluster_id, max_moves);
         if let Some(c) = cluster {
             let moved = result.as_ref().map_or(0, |changed| {
