@@ -341,8 +341,10 @@ impl Dispatch {
             }
             return;
         }
-        if kind == ResourceKind::Pod {
-            self.pod_event(ev);
+        match ev {
+            ev if kind == ResourceKind::Pod => self.pod_event(ev),
+            KubeEvent::InitDone(k) => info!(kind = %k, "listed"),
+            _ => {}
         }
     }
 
