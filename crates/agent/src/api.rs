@@ -152,9 +152,9 @@ impl From<EndpointError> for ApiFailure {
             EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
             EndpointError::Conflict(_) => StatusCode::CONFLICT,
             // Nothing is wrong with the request; the node is full until something is deleted.
-            EndpointError::Exhausted(_) | EndpointError::Cluster(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EndpointError::Exhausted(_)
+            | EndpointError::Cluster(_)
+            | EndpointError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             EndpointError::Datapath { .. } | EndpointError::State(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

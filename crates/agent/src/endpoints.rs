@@ -22,12 +22,15 @@ use ciliate_model::api::{
     GATEWAY_IPV4,
 };
 use ciliate_model::labels::{POD_NAMESPACE_LABEL, SOURCE_K8S, SOURCE_RESERVED};
-use ciliate_model::{Endpoint, EndpointState, Identity, Label, Labels, NumericIdentity, PodRef};
+use ciliate_model::{
+    Endpoint, EndpointState, Identity, Label, Labels, NamedPort, NumericIdentity, PodRef,
+};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use crate::identity::{IdentityAllocator, IdentityError};
 use crate::ipam::{Ipam, IpamError};
+use crate::pods::{self, PodCache};
 use crate::policy::{NodeEndpoints, PolicyManager};
 use crate::state::{PersistedState, StateError, StateStore, STATE_VERSION};
 
@@ -64,6 +67,10 @@ pub enum EndpointError {
     /// The cluster (etcd) could not give the endpoint its identity; nothing was changed.
     #[error("{0}")]
     Cluster(String),
+    /// Something the endpoint needs is not there yet (its Pod object, in Kubernetes mode);
+    /// nothing was changed and a retry may succeed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl EndpointError {
@@ -77,6 +84,7 @@ impl EndpointError {
             Self::Datapath { .. } => "datapath",
             Self::State(_) => "state",
             Self::Cluster(_) => "cluster",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -203,6 +211,9 @@ pub struct EndpointManager {
     cluster: OnceLock<Arc<dyn ClusterHooks>>,
     /// What the endpoint checks found wrong in the kernel and the repair counters ([`health`]).
     health: health::Health,
+    /// The node's Pod objects (Kubernetes mode), with how long a new endpoint waits for its
+    /// Pod: they give endpoints of pods their labels and named ports.
+    pods: OnceLock<(Arc<PodCache>, std::time::Duration)>,
 }
 
 /// What the endpoint manager needs from the cluster it is part of (multi-node, through etcd).
@@ -323,6 +334,7 @@ impl EndpointManager {
             policy: OnceLock::new(),
             cluster: OnceLock::new(),
             health: health::Health::default(),
+            pods: OnceLock::new(),
         };
         // Records the CIDR on a fresh node, and proves the directory is writable before any
         // request is accepted.
@@ -384,6 +396,14 @@ impl EndpointManager {
     /// start-up, before serving). A second call changes nothing.
     pub fn attach_policy(&self, policy: Arc<PolicyManager>) {
         let _ = self.policy.set(policy);
+    }
+
+    /// Kubernetes mode: from now on an endpoint created for a pod takes its labels and named
+    /// ports from the pod's object in `cache` (waiting up to `wait` for it to arrive), not
+    /// from the request; [`EndpointManager::relabel_pod`] follows later changes. A second
+    /// call changes nothing.
+    pub fn attach_pods(&self, cache: Arc<PodCache>, wait: std::time::Duration) {
+        let _ = self.pods.set((cache, wait));
     }
 
     /// Makes this node part of a cluster: identities of new endpoints come from it, and it
@@ -484,7 +504,7 @@ impl EndpointManager {
     /// and persists, all or nothing.
     pub fn create(&self, req: &EndpointCreateRequest) -> Result<EndpointCreated, EndpointError> {
         validate(req)?;
-        let labels = endpoint_labels(req)?;
+        let (labels, named_ports, pod) = self.identity_inputs(req)?;
         // In a cluster, the number comes from etcd first (it may block; no lock is held).
         let cluster_id = match self.cluster.get() {
             Some(c) => Some(c.allocate_identity(&labels).map_err(|e| {
@@ -495,20 +515,74 @@ impl EndpointManager {
             })?),
             None => None,
         };
-        let created = self.create_with(req, labels.clone(), cluster_id);
+        let created = self.create_with(req, labels.clone(), named_ports, cluster_id);
         if let Some(cluster) = self.cluster.get() {
             match &created {
                 Ok(c) => cluster.endpoint_up(&c.endpoint),
                 Err(_) => cluster.release_identity(&labels),
             }
         }
-        created
+        let mut created = created?;
+        if let Some(seen) = pod {
+            if let Some(ep) = self.follow_pod_after_create(&seen, &created.endpoint) {
+                created.endpoint = ep;
+            }
+        }
+        Ok(created)
+    }
+
+    /// The labels and named ports of a new endpoint: from its Pod object in Kubernetes mode
+    /// (with the Pod as read), else from the request.
+    fn identity_inputs(
+        &self,
+        req: &EndpointCreateRequest,
+    ) -> Result<(Labels, Vec<NamedPort>, Option<ciliate_k8s::PodInfo>), EndpointError> {
+        let (Some((cache, wait)), Some(pod)) = (self.pods.get(), &req.pod) else {
+            return Ok((endpoint_labels(req)?, req.named_ports.clone(), None));
+        };
+        // Failing (the runtime retries the ADD) rather than falling back to the request's
+        // labels: kubelet passes none, so the pod would run for a while under its namespace's
+        // bare identity, admitted or refused by policies that were never meant for it.
+        let info = cache.wait_for(pod, *wait).ok_or_else(|| {
+            EndpointError::Unavailable(format!(
+                "pod {pod} (container {}) is not known to this node's Kubernetes watch after                  {}s: not scheduled to this node, or the API server is not reachable; nothing                  was changed, the runtime retries the ADD",
+                req.container_id,
+                wait.as_secs()
+            ))
+        })?;
+        let labels = with_namespace_label(
+            pods::pod_labels(&info).map_err(EndpointError::Invalid)?,
+            pod,
+        )?;
+        Ok((labels, info.named_ports.clone(), Some(info)))
+    }
+
+    /// Closes the race of a Pod relabelled while its endpoint was being created: the
+    /// relabel found no endpoint yet, so the creation checks the cache again.
+    fn follow_pod_after_create(
+        &self,
+        seen: &ciliate_k8s::PodInfo,
+        created: &Endpoint,
+    ) -> Option<Endpoint> {
+        let (cache, _) = self.pods.get()?;
+        let now = cache.get(&pods::pod_ref(seen))?;
+        if now.labels == seen.labels && now.named_ports == seen.named_ports {
+            return None;
+        }
+        match self.relabel_pod(&now) {
+            Ok(_) => self.get(&EndpointRef::Id(created.id)),
+            Err(e) => {
+                warn!(endpoint = created.id, pod = %pods::pod_ref(seen), error = %e, "the pod's labels changed while its endpoint was created, and it cannot take them yet");
+                None
+            }
+        }
     }
 
     fn create_with(
         &self,
         req: &EndpointCreateRequest,
         labels: Labels,
+        named_ports: Vec<NamedPort>,
         cluster_id: Option<NumericIdentity>,
     ) -> Result<EndpointCreated, EndpointError> {
         let mut tables = self.lock();
@@ -575,7 +649,7 @@ impl EndpointManager {
             netns: req.netns.clone(),
             pod: req.pod.clone(),
             labels,
-            named_ports: req.named_ports.clone(),
+            named_ports,
             identity,
             ipv4,
             mac: req.mac,
@@ -1152,23 +1226,29 @@ fn validate(req: &EndpointCreateRequest) -> Result<(), EndpointError> {
 
 /// The labels the endpoint's identity is derived from: the request's plus the namespace label.
 fn endpoint_labels(req: &EndpointCreateRequest) -> Result<Labels, EndpointError> {
-    let mut labels = req.labels.clone();
-    if let Some(pod) = &req.pod {
-        // Parsed rather than built so a namespace that is no valid label value is refused; the
-        // pod's namespace replaces any namespace label the request carried, so a pod cannot claim
-        // another namespace's identity.
-        let label = Label::parse(
-            &format!("{SOURCE_K8S}:{POD_NAMESPACE_LABEL}={}", pod.namespace),
-            SOURCE_K8S,
-        )
-        .map_err(|e| EndpointError::Invalid(format!("pod namespace {:?}: {e}", pod.namespace)))?;
-        labels.insert(label);
+    match &req.pod {
+        Some(pod) => with_namespace_label(req.labels.clone(), pod),
+        None => Ok(req.labels.clone()),
     }
+}
+
+/// `labels` with the namespace label of `pod`.
+fn with_namespace_label(mut labels: Labels, pod: &PodRef) -> Result<Labels, EndpointError> {
+    // Parsed rather than built so a namespace that is no valid label value is refused; the
+    // pod's namespace replaces any namespace label the labels carried, so a pod cannot claim
+    // another namespace's identity.
+    let label = Label::parse(
+        &format!("{SOURCE_K8S}:{POD_NAMESPACE_LABEL}={}", pod.namespace),
+        SOURCE_K8S,
+    )
+    .map_err(|e| EndpointError::Invalid(format!("pod namespace {:?}: {e}", pod.namespace)))?;
+    labels.insert(label);
     Ok(labels)
 }
 
 pub mod health;
 pub mod recover;
+mod relabel;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,10 @@
 //! * NetworkPolicies and Cilium's policy CRDs go to the policy store as a layer of their own
 //!   ([`PolicyManager::set_kubernetes`]), then the policy loop is woken to put them in force.
 //! * The node's own Node object gives the pod CIDR at start ([`KubeSource::node_pod_cidr`]).
-//! * Pods are counted (their labels reach endpoints through the CNI request today).
+//! * Pods (only this node's) fill the pod cache ([`PodCache`]), from which new endpoints of
+//!   pods take their labels and named ports; a pod whose labels or named ports change is
+//!   relabelled ([`EndpointManager::relabel_pod`]): new identity and policy, no restart. A
+//!   relabel that fails is retried at the source's next event, or after a few seconds.
 //!
 //! Objects are decoded with the same model as manifests; the source has already dropped (and
 //! named) fields of the policy CRDs that model does not know. One the agent cannot use is left
@@ -17,14 +20,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ciliate_k8s::{Document, NodeInfo, ResourceKind, SourceEvent as KubeEvent};
+use ciliate_k8s::{Document, NodeInfo, PodInfo, ResourceKind, SourceEvent as KubeEvent};
 use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::manifest::{decode_all, ApplyDocument};
+use ciliate_model::PodRef;
 use ipnet::Ipv4Net;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::KubernetesConfig;
+use crate::endpoints::EndpointManager;
+use crate::pods::{pod_ref, PodCache};
 use crate::policy::PolicyManager;
 use crate::services::{ServiceManager, SourceEvent, KUBERNETES_SOURCE};
 
@@ -47,6 +53,12 @@ impl KubeSource {
         let client = ciliate_k8s::client(cfg.kubeconfig.as_deref())
             .await
             .map_err(|e| KubeError(e.to_string()))?;
+        Ok(Self::from_client(client, node_name))
+    }
+
+    /// Starts listing and watching every kind through `client` (tests: a scripted API
+    /// server).
+    pub fn from_client(client: ciliate_k8s::Client, node_name: &str) -> Self {
         let source = ciliate_k8s::spawn(
             client,
             ciliate_k8s::Options {
@@ -55,10 +67,10 @@ impl KubeSource {
             },
         );
         info!(node = node_name, "listing and watching the Kubernetes API");
-        Ok(Self {
+        Self {
             source,
             read_ahead: VecDeque::new(),
-        })
+        }
     }
 
     /// The node's pod CIDR from its Node object (the first IPv4 one of `spec.podCIDRs`), once
@@ -96,30 +108,69 @@ impl KubeSource {
         }
     }
 
-    /// Hands every event to its store until the source ends (its task runs on a blocking
-    /// thread: the stores write the datapath).
+    /// Hands every event to its store until the source ends or `shutdown` turns true (its task
+    /// runs on a blocking thread: the stores write the datapath). Await the handle after
+    /// shutdown: the task holds the stores (and the endpoint manager's state lock) until it
+    /// returns.
     pub fn run(
         self,
         services: Arc<ServiceManager>,
         policies: Arc<PolicyManager>,
         policy_wake: Arc<Notify>,
+        pods: Option<(Arc<PodCache>, Arc<EndpointManager>)>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let KubeSource {
             mut source,
             read_ahead,
         } = self;
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let mut state = Dispatch::new(services, policies, policy_wake);
+            let mut state = Dispatch::new(services, policies, policy_wake, pods);
             for ev in read_ahead {
                 state.handle(ev);
             }
-            while let Some(ev) = source.events.blocking_recv() {
-                state.handle(ev);
+            loop {
+                let next = async {
+                    tokio::select! {
+                        ev = source.events.recv() => ev,
+                        () = stopped(&mut shutdown) => None,
+                    }
+                };
+                let next = if state.relabel_retry.is_empty() {
+                    rt.block_on(next)
+                } else {
+                    // A failed relabel is retried at the next event, or after a while when
+                    // the API is quiet.
+                    match rt.block_on(tokio::time::timeout(RELABEL_RETRY, next)) {
+                        Ok(next) => next,
+                        Err(_) => {
+                            state.retry_relabels();
+                            continue;
+                        }
+                    }
+                };
+                match next {
+                    Some(ev) => state.handle(ev),
+                    None => break,
+                }
             }
             info!("the Kubernetes source stopped");
         })
     }
 }
+
+/// Returns once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How soon a relabel that failed is tried again when no event comes meanwhile.
+const RELABEL_RETRY: Duration = Duration::from_secs(5);
 
 /// The kind of our model a source kind maps to (Service store kinds only).
 fn service_kind(k: ResourceKind) -> Option<Kind> {
@@ -179,7 +230,10 @@ struct Dispatch {
     pending: BTreeMap<ResourceKind, BTreeMap<(ResourceKind, String, String), ApplyDocument>>,
     /// Warnings already logged, so a relist does not repeat them.
     warned: BTreeSet<String>,
-    pods: usize,
+    /// The pod cache and the endpoints that follow it.
+    pods: Option<(Arc<PodCache>, Arc<EndpointManager>)>,
+    /// Pods whose endpoints could not be relabelled yet, retried at the next event.
+    relabel_retry: BTreeSet<PodRef>,
 }
 
 impl Dispatch {
@@ -187,6 +241,7 @@ impl Dispatch {
         services: Arc<ServiceManager>,
         policies: Arc<PolicyManager>,
         policy_wake: Arc<Notify>,
+        pods: Option<(Arc<PodCache>, Arc<EndpointManager>)>,
     ) -> Self {
         Self {
             services,
@@ -195,7 +250,8 @@ impl Dispatch {
             policy_docs: BTreeMap::new(),
             pending: BTreeMap::new(),
             warned: BTreeSet::new(),
-            pods: 0,
+            pods,
+            relabel_retry: BTreeSet::new(),
         }
     }
 
@@ -219,6 +275,8 @@ impl Dispatch {
     }
 
     fn handle(&mut self, ev: KubeEvent) {
+        // Failures of earlier events first (a failure of this one waits for the next).
+        self.retry_relabels();
         let kind = ev.kind();
         if let KubeEvent::InitApply(d) | KubeEvent::Apply(d) = &ev {
             for w in &d.warnings {
@@ -284,11 +342,88 @@ impl Dispatch {
             return;
         }
         match ev {
-            KubeEvent::InitApply(d) | KubeEvent::Apply(d) if d.kind == ResourceKind::Pod => {
-                self.pods += 1;
-            }
-            KubeEvent::InitDone(k) => info!(kind = %k, pods = self.pods, "listed"),
+            ev if kind == ResourceKind::Pod => self.pod_event(ev),
+            KubeEvent::InitDone(k) => info!(kind = %k, "listed"),
             _ => {}
+        }
+    }
+
+    fn pod_info(&mut self, d: &Document) -> Option<PodInfo> {
+        match PodInfo::from_document(d) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.warn_once(format!(
+                    "{} from the Kubernetes API is not used: {e}",
+                    d.describe()
+                ));
+                None
+            }
+        }
+    }
+
+    fn pod_event(&mut self, ev: KubeEvent) {
+        let Some((cache, _)) = self.pods.clone() else {
+            return;
+        };
+        let changed = match ev {
+            KubeEvent::Init(_) => {
+                cache.start_relist();
+                Vec::new()
+            }
+            KubeEvent::InitApply(d) => {
+                if let Some(p) = self.pod_info(&d) {
+                    cache.relist_apply(p);
+                }
+                Vec::new()
+            }
+            KubeEvent::InitDone(k) => {
+                let changed = cache.finish_relist();
+                info!(kind = %k, pods = cache.len(), "listed");
+                changed
+            }
+            KubeEvent::Apply(d) => self
+                .pod_info(&d)
+                .and_then(|p| cache.apply(p))
+                .into_iter()
+                .collect(),
+            KubeEvent::Delete(d) => {
+                if let Some(p) = self.pod_info(&d) {
+                    cache.delete(&pod_ref(&p));
+                }
+                Vec::new()
+            }
+        };
+        for p in changed {
+            self.relabel(&p);
+        }
+    }
+
+    /// Relabels the endpoints of `pod` (if it has any here); a failure is retried.
+    fn relabel(&mut self, pod: &PodInfo) {
+        let Some((_, endpoints)) = &self.pods else {
+            return;
+        };
+        let r = pod_ref(pod);
+        match endpoints.relabel_pod(pod) {
+            Ok(_) => {
+                self.relabel_retry.remove(&r);
+            }
+            Err(e) => {
+                warn!(pod = %r, error = %e, "cannot give the pod's endpoints its new labels; they keep their identity, retried at the next event");
+                self.relabel_retry.insert(r);
+            }
+        }
+    }
+
+    fn retry_relabels(&mut self) {
+        let Some((cache, _)) = self.pods.clone() else {
+            return;
+        };
+        for r in std::mem::take(&mut self.relabel_retry) {
+            // A pod deleted meanwhile has nothing left to follow.
+            if let Some(p) = cache.get(&r) {
+                self.relabel(&p);
+            }
         }
     }
 }

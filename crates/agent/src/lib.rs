@@ -11,7 +11,8 @@
 //! directory) are kept and turned into the datapath's load-balancing state by [`services`];
 //! network policies (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, from
 //! the same sources, dispatched by [`manifests`]) are put in force on every endpoint by
-//! [`policy`].
+//! [`policy`]. In Kubernetes mode ([`kubernetes`]) endpoints take their labels and named ports
+//! from their Pod objects ([`pods`]), and follow them when they change.
 //!
 //! The binary (`main.rs`) only parses the configuration ([`config`]), sets up logging
 //! ([`logging`]) and signal handling, and calls [`server::run`].
@@ -32,6 +33,7 @@ pub mod logging;
 pub mod manifests;
 pub mod metrics;
 pub mod observer;
+pub mod pods;
 pub mod policy;
 pub mod server;
 pub mod services;

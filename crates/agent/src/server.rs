@@ -262,7 +262,7 @@ pub fn open_datapath(config: &Config) -> Result<Arc<dyn Datapath>, AgentError> {
 
 /// Runs the agent until `shutdown` turns true, with the datapath the configuration names.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    run_inner(config, None, shutdown).await
+    run_inner(config, None, None, shutdown).await
 }
 
 /// Runs the agent with a datapath given by the caller (tests, embedding).
@@ -271,12 +271,24 @@ pub async fn run_with_datapath(
     datapath: Arc<dyn Datapath>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    run_inner(config, Some(datapath), shutdown).await
+    run_inner(config, Some(datapath), None, shutdown).await
+}
+
+/// Runs the agent with a datapath and a Kubernetes client given by the caller (tests against
+/// a scripted API server); `config.kubernetes` must be set for the client to be used.
+pub async fn run_with_kube_client(
+    config: Config,
+    datapath: Arc<dyn Datapath>,
+    client: ciliate_k8s::Client,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    run_inner(config, Some(datapath), Some(client), shutdown).await
 }
 
 async fn run_inner(
     config: Config,
     datapath: Option<Arc<dyn Datapath>>,
+    kube_client: Option<ciliate_k8s::Client>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let started = Instant::now();
@@ -318,9 +330,14 @@ async fn run_inner(
     let mut config = config;
     let mut kube = match &config.kubernetes {
         Some(k) => {
-            let mut source = crate::kubernetes::KubeSource::start(k, &config.node_name)
-                .await
-                .map_err(|e| AgentError::Kubernetes(e.to_string()))?;
+            let mut source = match kube_client {
+                Some(client) => {
+                    crate::kubernetes::KubeSource::from_client(client, &config.node_name)
+                }
+                None => crate::kubernetes::KubeSource::start(k, &config.node_name)
+                    .await
+                    .map_err(|e| AgentError::Kubernetes(e.to_string()))?,
+            };
             if let Some(cidr) = source
                 .node_pod_cidr(&config.node_name, KUBE_NODE_WAIT)
                 .await
@@ -399,6 +416,12 @@ async fn run_inner(
         );
     }
     manager.attach_policy(Arc::clone(&policies));
+    // Kubernetes mode: endpoints of pods take their labels from the Pod objects.
+    let pod_cache = kube.as_ref().map(|_| {
+        let cache = Arc::new(crate::pods::PodCache::new());
+        manager.attach_pods(Arc::clone(&cache), crate::pods::POD_WAIT);
+        cache
+    });
     let m = Arc::clone(&manager);
     let reconciled = tokio::task::spawn_blocking(move || m.reconcile_policy())
         .await
@@ -453,6 +476,8 @@ async fn run_inner(
             Arc::clone(&services),
             Arc::clone(&policies),
             Arc::clone(&policy_wake),
+            pod_cache.map(|c| (c, Arc::clone(&manager))),
+            shutdown.clone(),
         )
     });
     let policy_task = tokio::spawn(run_policy_loop(
@@ -538,7 +563,11 @@ async fn run_inner(
     services_task.abort();
     policy_task.abort();
     if let Some(t) = kube_task {
-        t.abort();
+        // It ends at shutdown (a blocking task cannot be aborted) and holds the endpoint
+        // manager until then: a restart in this process needs its state lock.
+        if let Err(e) = t.await {
+            warn!(error = %e, "the Kubernetes source's task panicked");
+        }
     }
     if let Some(t) = cluster_task {
         t.abort();

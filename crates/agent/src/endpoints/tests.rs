@@ -813,3 +813,291 @@ fn attachments_are_keyed_by_container_and_interface() {
         Some(c0.id)
     );
 }
+
+mod kubernetes {
+    //! Kubernetes mode: labels and named ports from the Pod object, and the relabel
+    //! transaction.
+
+    use std::time::Duration;
+
+    use ciliate_k8s::{PodInfo, PodPhase};
+    use ciliate_model::lb::L4Proto;
+
+    use super::*;
+    use crate::pods::PodCache;
+
+    fn pod(name: &str, labels: &[(&str, &str)], http_port: u16) -> PodInfo {
+        PodInfo {
+            namespace: "prod".to_owned(),
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            node_name: Some(NODE.to_owned()),
+            host_network: false,
+            pod_ips: Vec::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            named_ports: vec![NamedPort {
+                name: "http".to_owned(),
+                protocol: L4Proto::Tcp,
+                port: http_port,
+            }],
+            phase: PodPhase::Pending,
+        }
+    }
+
+    fn pod_req(name: &str, ifindex: u32) -> EndpointCreateRequest {
+        let mut r = req(&format!("c-{name}"), ifindex);
+        r.pod = Some(PodRef {
+            namespace: "prod".to_owned(),
+            name: name.to_owned(),
+        });
+        r.labels = Labels::parse_list("app=from-cni-args", "k8s").expect("labels");
+        r
+    }
+
+    fn k8s_manager(dir: &Path, dp: Arc<FakeDatapath>) -> (EndpointManager, Arc<PodCache>) {
+        let m = open(dir, dp);
+        let cache = Arc::new(PodCache::new());
+        m.attach_pods(Arc::clone(&cache), Duration::from_millis(50));
+        (m, cache)
+    }
+
+    fn on_disk(dir: &Path) -> PersistedState {
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).expect("read"))
+            .expect("parses")
+    }
+
+    #[test]
+    fn an_endpoint_takes_its_pods_labels_and_ports_not_the_requests() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (m, cache) = k8s_manager(tmp.path(), Arc::new(FakeDatapath::new()));
+        cache.apply(pod(
+            "web-0",
+            &[("app", "web"), ("pod-template-hash", "x1")],
+            8080,
+        ));
+        let ep = m.create(&pod_req("web-0", 10)).expect("created").endpoint;
+        assert_eq!(
+            ep.labels.to_string(),
+            "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod"
+        );
+        assert_eq!(ep.named_ports[0].port, 8080);
+        // A request without a pod (standalone use) keeps its CNI_ARGS labels.
+        let mut bare = req("bare", 11);
+        bare.pod = None;
+        let ep = m.create(&bare).expect("created").endpoint;
+        assert_eq!(ep.labels.to_string(), "k8s:app=web");
+    }
+
+    #[test]
+    fn an_endpoint_whose_pod_never_comes_fails_and_changes_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dp = Arc::new(FakeDatapath::new());
+        let (m, cache) = k8s_manager(tmp.path(), dp.clone());
+        let err = m.create(&pod_req("late", 10)).expect_err("no Pod yet");
+        assert_eq!(err.kind(), "unavailable");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("prod/late") && msg.contains("retries"),
+            "{msg}"
+        );
+        assert!(m.list().is_empty() && dp.programmed().is_empty());
+        assert_eq!(m.status().ipam.allocated, 0);
+        // Once the Pod is here the retried ADD works.
+        cache.apply(pod("late", &[("app", "late")], 80));
+        m.create(&pod_req("late", 10)).expect("retry works");
+    }
+
+    #[test]
+    fn relabel_moves_the_endpoint_to_the_new_identity_and_releases_the_old() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dp = Arc::new(FakeDatapath::new());
+        let (m, cache) = k8s_manager(tmp.path(), dp.clone());
+        cache.apply(pod("a", &[("app", "web")], 8080));
+        cache.apply(pod("b", &[("app", "web")], 8080));
+        let a = m.create(&pod_req("a", 10)).expect("a").endpoint;
+        let b = m.create(&pod_req("b", 11)).expect("b").endpoint;
+        assert_eq!(a.identity, b.identity);
+
+        let relabelled = m
+            .relabel_pod(&pod("a", &[("app", "api")], 9090))
+            .expect("relabelled");
+        assert_eq!(relabelled.len(), 1);
+        let now = m.get(&EndpointRef::Id(a.id)).expect("still there");
+        assert_ne!(now.identity, a.identity);
+        assert_eq!(
+            now.labels.to_string(),
+            "k8s:app=api,k8s:io.kubernetes.pod.namespace=prod"
+        );
+        assert_eq!(now.named_ports[0].port, 9090);
+        assert_eq!((now.ipv4, now.id), (a.ipv4, a.id), "same address, same id");
+        // The datapath carries the new identity; the state file has it.
+        let spec = dp
+            .programmed()
+            .into_iter()
+            .find(|s| s.id == a.id)
+            .expect("programmed");
+        assert_eq!(spec.identity, now.identity);
+        assert_eq!(
+            on_disk(tmp.path())
+                .endpoints
+                .iter()
+                .find(|e| e.id == a.id)
+                .expect("persisted")
+                .identity,
+            now.identity
+        );
+        assert_eq!(m.identity(a.identity).expect("b keeps it").references, 1);
+        assert_eq!(m.identity(now.identity).expect("new").references, 1);
+
+        // Unchanged labels and ports: nothing to do.
+        assert!(m
+            .relabel_pod(&pod("a", &[("app", "api")], 9090))
+            .expect("no-op")
+            .is_empty());
+        // A pod without an endpoint here: nothing to do.
+        assert!(m
+            .relabel_pod(&pod("elsewhere", &[("app", "x")], 1))
+            .expect("no-op")
+            .is_empty());
+        // b moves too: the old identity's last reference goes.
+        m.relabel_pod(&pod("b", &[("app", "api")], 9090))
+            .expect("relabelled");
+        assert!(m.identity(a.identity).is_none(), "old identity released");
+        assert_eq!(m.identity(now.identity).expect("shared").references, 2);
+
+        // A restart keeps the new labels.
+        drop(m);
+        let m = open(tmp.path(), dp);
+        assert_eq!(
+            m.get(&EndpointRef::Id(a.id)).expect("restored").identity,
+            now.identity
+        );
+    }
+
+    #[test]
+    fn a_failed_relabel_leaves_the_old_state_whole() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dp = Arc::new(FakeDatapath::new());
+        let (m, cache) = k8s_manager(tmp.path(), dp.clone());
+        cache.apply(pod("a", &[("app", "web")], 8080));
+        let a = m.create(&pod_req("a", 10)).expect("a").endpoint;
+        let before_disk = on_disk(tmp.path());
+        let check_whole = |m: &EndpointManager| {
+            assert_eq!(m.get(&EndpointRef::Id(a.id)).expect("kept"), a);
+            assert_eq!(dp.programmed(), vec![spec_of(&a)]);
+            assert_eq!(m.status().identities, 1, "no new identity held");
+            assert_eq!(on_disk(tmp.path()), before_disk);
+        };
+
+        dp.fail_next_upsert("map full");
+        let err = m
+            .relabel_pod(&pod("a", &[("app", "api")], 8080))
+            .expect_err("datapath refuses");
+        assert_eq!(err.kind(), "datapath");
+        assert!(err.to_string().contains("map full"), "{err}");
+        check_whole(&m);
+
+        // The state cannot be saved after the datapath was written: put back.
+        let blocker = tmp.path().join(TMP_FILE);
+        std::fs::create_dir(&blocker).expect("block the temporary file");
+        let err = m
+            .relabel_pod(&pod("a", &[("app", "api")], 8080))
+            .expect_err("cannot persist");
+        assert_eq!(err.kind(), "state");
+        check_whole(&m);
+        std::fs::remove_dir(&blocker).expect("unblock");
+
+        // The retry works.
+        let moved = m
+            .relabel_pod(&pod("a", &[("app", "api")], 8080))
+            .expect("relabelled");
+        assert_ne!(moved[0].identity, a.identity);
+    }
+
+    /// A cluster that numbers label sets from 7000 and counts this node's references.
+    #[derive(Debug, Default)]
+    struct FakeCluster {
+        numbers: std::sync::Mutex<BTreeMap<Labels, NumericIdentity>>,
+        refs: std::sync::Mutex<BTreeMap<String, i64>>,
+        up: std::sync::Mutex<Vec<(Ipv4Addr, NumericIdentity)>>,
+        down: AtomicBool,
+    }
+
+    impl FakeCluster {
+        fn refs(&self, labels: &str) -> i64 {
+            self.refs
+                .lock()
+                .expect("lock")
+                .get(labels)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    impl ClusterHooks for FakeCluster {
+        fn allocate_identity(&self, labels: &Labels) -> Result<NumericIdentity, String> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err("etcd is down".to_owned());
+            }
+            let mut numbers = self.numbers.lock().expect("lock");
+            let next = 7000 + u32::try_from(numbers.len()).expect("few");
+            let id = *numbers.entry(labels.clone()).or_insert(next);
+            *self
+                .refs
+                .lock()
+                .expect("lock")
+                .entry(labels.to_string())
+                .or_default() += 1;
+            Ok(id)
+        }
+        fn release_identity(&self, labels: &Labels) {
+            *self
+                .refs
+                .lock()
+                .expect("lock")
+                .entry(labels.to_string())
+                .or_default() -= 1;
+        }
+        fn endpoint_up(&self, ep: &Endpoint) {
+            self.up.lock().expect("lock").push((ep.ipv4, ep.identity));
+        }
+        fn endpoint_down(&self, _ep: &Endpoint) {}
+    }
+
+    #[test]
+    fn in_a_cluster_a_relabel_moves_the_references_and_republishes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (m, cache) = k8s_manager(tmp.path(), Arc::new(FakeDatapath::new()));
+        let cluster = Arc::new(FakeCluster::default());
+        m.attach_cluster(Arc::clone(&cluster) as Arc<dyn ClusterHooks>);
+        cache.apply(pod("a", &[("app", "web")], 80));
+        let a = m.create(&pod_req("a", 10)).expect("a").endpoint;
+        let web = "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod";
+        let api = "k8s:app=api,k8s:io.kubernetes.pod.namespace=prod";
+        assert_eq!((a.identity, cluster.refs(web)), (7000, 1));
+
+        // etcd down: nothing changes, no reference is left behind.
+        cluster.down.store(true, Ordering::SeqCst);
+        let err = m
+            .relabel_pod(&pod("a", &[("app", "api")], 80))
+            .expect_err("etcd down");
+        assert_eq!(err.kind(), "cluster");
+        assert_eq!(m.get(&EndpointRef::Id(a.id)).expect("kept"), a);
+        assert_eq!((cluster.refs(web), cluster.refs(api)), (1, 0));
+
+        cluster.down.store(false, Ordering::SeqCst);
+        let moved = m
+            .relabel_pod(&pod("a", &[("app", "api")], 80))
+            .expect("relabelled");
+        assert_eq!(moved[0].identity, 7001, "the cluster's number");
+        assert_eq!((cluster.refs(web), cluster.refs(api)), (0, 1));
+        assert_eq!(
+            cluster.up.lock().expect("lock").last(),
+            Some(&(a.ipv4, 7001)),
+            "the address is published with its new identity"
+        );
+    }
+}

@@ -72,10 +72,21 @@ impl Node {
 
     /// The same, with extra agent flags (kept for restarts).
     pub fn start_with(cidr: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_setup(cidr, extra_args, |_| {})
+    }
+
+    /// The same, with `setup` run on the node's namespace before the agent starts (e.g. to
+    /// put a server the agent talks to inside it).
+    pub fn start_with_setup(
+        cidr: &str,
+        extra_args: &[&str],
+        setup: impl FnOnce(&TestNetns),
+    ) -> Self {
         let netns = TestNetns::new("cn");
         // A node has an address of its own (pods and the node talk through it). On lo,
         // because this kernel has no dummy interfaces.
         netns.exec("ip", &["addr", "add", NODE_IP, "dev", "lo"]);
+        setup(&netns);
         let state = tempfile::tempdir().expect("state dir");
         let socket = state.path().join("agent.sock");
         let mut node = Self {
