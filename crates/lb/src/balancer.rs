@@ -611,7 +611,9 @@ impl Balancer {
         }
         for (n, k) in &new_keys {
             let rev_nat_index = self.ids.ensure_rev_nat(*k)?;
-            let f = self.build_frontend(n, k, rev_nat_index);
+            let Some(f) = self.build_frontend(n, k, rev_nat_index) else {
+                continue;
+            };
             self.rev_nats.insert(rev_nat_index, *k);
             match old_held.remove(k) {
                 None => diff.frontends_added.push(f.clone()),
@@ -690,27 +692,21 @@ impl Balancer {
         }
     }
 
-    fn build_frontend(&self, n: &ServiceName, k: &FrontendKey, rev_nat_index: u16) -> LbFrontend {
-        let p = &self.planned[n];
-        let f = planned_frontend(p, k).expect("held keys are planned");
+    fn build_frontend(
+        &self,
+        n: &ServiceName,
+        k: &FrontendKey,
+        rev_nat_index: u16,
+    ) -> Option<LbFrontend> {
+        // Held keys are planned keys, by construction.
+        let f = planned_frontend(self.planned.get(n)?, k)?;
         let svc = self.services.get(n).and_then(|o| as_service(o));
-        let id = |b: &crate::Candidate| {
+        let slots = crate::slot_ids(&f.backends, |b| {
             self.backends
                 .get(&(b.addr, b.port, k.2))
                 .map_or(0, |x| x.id)
-        };
-        let active: Vec<u32> = f
-            .backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active)
-            .map(id)
-            .collect();
-        let slots = if active.is_empty() {
-            f.backends.iter().map(id).collect()
-        } else {
-            active
-        };
-        LbFrontend {
+        });
+        Some(LbFrontend {
             addr: k.0,
             port: k.1,
             proto: k.2,
@@ -723,7 +719,7 @@ impl Balancer {
                 name: n.1.clone(),
                 port_name: f.port_name.clone(),
             },
-        }
+        })
     }
 
     /// Every Service's view, sorted by namespace/name (`source` left empty).

@@ -269,19 +269,7 @@ pub fn compute<'a>(
             ids.backend_id(&(b.addr, b.port, f.proto))
                 .unwrap_or_default()
         };
-        let active: Vec<u32> = f
-            .backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active)
-            .map(id_of)
-            .collect();
-        let slots = if active.is_empty() {
-            // kube-proxy's fallback: with nothing ready, terminating-but-serving endpoints
-            // take new connections rather than refusing them.
-            f.backends.iter().map(id_of).collect()
-        } else {
-            active
-        };
+        let slots = slot_ids(&f.backends, id_of);
         for b in &f.backends {
             let id = id_of(b);
             let entry = backends.entry(id).or_insert_with(|| LbBackend {
@@ -338,6 +326,22 @@ pub fn compute<'a>(
         services: views,
         conflicts,
     })
+}
+
+/// The backend ids a frontend's slots hold: its active backends or, with none active,
+/// kube-proxy's fallback: terminating-but-serving endpoints take new connections rather than
+/// refusing them.
+fn slot_ids(backends: &[Candidate], id_of: impl Fn(&Candidate) -> u32) -> Vec<u32> {
+    let active: Vec<u32> = backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .map(&id_of)
+        .collect();
+    if active.is_empty() {
+        backends.iter().map(id_of).collect()
+    } else {
+        active
+    }
 }
 
 /// The cluster IP as written, defaulted from `clusterIPs[0]` as the API server does.
