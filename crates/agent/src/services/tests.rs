@@ -576,3 +576,129 @@ fn an_older_agents_services_json_is_moved_to_the_journals() {
 fn serde_yaml_like(yaml: &str) -> serde_json::Value {
     split_documents("x", yaml).expect("YAML").remove(0).object
 }
+
+mod sources {
+    //! The table of sources against a model: whatever the order of events, the object in
+    //! force for a key is the first source's that holds it, and the load-balancing state is
+    //! what `compute` makes of the objects in force; a source that drops everything (a relist
+    //! with nothing) takes only its own objects away.
+
+    use super::*;
+    use ciliate_lb::compute;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Put(Source, u8, u8),
+        Del(Source, u8),
+        Clear(Source),
+    }
+
+    fn source() -> impl Strategy<Value = Source> {
+        prop_oneof![
+            Just(Source::ManifestDir),
+            Just(Source::Kubernetes),
+            Just(Source::Api)
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (source(), 0u8..4, 0u8..3).prop_map(|(s, k, v)| Op::Put(s, k, v)),
+            2 => (source(), 0u8..4).prop_map(|(s, k)| Op::Del(s, k)),
+            1 => source().prop_map(Op::Clear),
+        ]
+    }
+
+    /// Object `k` in version `v`: even keys are Services (version = cluster IP), odd keys
+    /// their slices (version = backend).
+    fn object(k: u8, v: u8) -> Object {
+        let yaml = if k % 2 == 0 {
+            svc(&format!("s{}", k / 2), &format!("10.96.0.{}", v + 1))
+        } else {
+            slice(&format!("s{}", k / 2), &[&format!("10.200.0.{}", v + 1)])
+        };
+        decode_all(&split_documents("t", &yaml).expect("YAML"))
+            .expect("valid")
+            .remove(0)
+            .object
+    }
+
+    fn tables() -> Tables {
+        Tables {
+            rows: Default::default(),
+            balancer: Balancer::new(
+                Node {
+                    name: "node-a".into(),
+                    addresses: vec![],
+                },
+                IdAllocator::new(),
+            ),
+            pending: HashMap::new(),
+            k8s_listed: BTreeSet::new(),
+            listing: BTreeSet::new(),
+            opening: false,
+        }
+    }
+
+    fn shape(s: &ciliate_model::lb::LbState) -> Vec<(String, Vec<String>)> {
+        s.frontends
+            .iter()
+            .map(|f| {
+                let backends = f
+                    .backends
+                    .iter()
+                    .filter_map(|id| s.backends.iter().find(|b| b.id == *id))
+                    .map(|b| format!("{}:{}", b.addr, b.port))
+                    .collect();
+                (format!("{}:{}", f.addr, f.port), backends)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn any_interleaving_ends_in_the_models_objects(ops in prop::collection::vec(op(), 1..40)) {
+            let mut t = tables();
+            // The model: per source, key → version.
+            let mut model: BTreeMap<Source, BTreeMap<u8, u8>> = BTreeMap::new();
+            for op in ops {
+                let rows: Vec<(ObjectKey, Option<Stored>)>;
+                let src;
+                match op {
+                    Op::Put(s, k, v) => {
+                        model.entry(s).or_default().insert(k, v);
+                        let o = object(k, v);
+                        rows = vec![(o.key(), Some(Stored { object: Arc::new(o), source: "t".into(), index: 1 }))];
+                        src = s;
+                    }
+                    Op::Del(s, k) => {
+                        model.entry(s).or_default().remove(&k);
+                        rows = vec![(object(k, 0).key(), None)];
+                        src = s;
+                    }
+                    Op::Clear(s) => {
+                        model.remove(&s);
+                        rows = t.rows[s.index()].keys().map(|k| (k.clone(), None)).collect();
+                        src = s;
+                    }
+                }
+                let (changes, _) = t.set_rows(src, rows);
+                t.balancer.apply(changes).expect("fits");
+                // In force: the first source (by precedence) holding each key.
+                let mut expected: BTreeMap<u8, u8> = BTreeMap::new();
+                for s in Source::ALL.into_iter().rev() {
+                    expected.extend(model.get(&s).into_iter().flatten().map(|(k, v)| (*k, *v)));
+                }
+                for k in 0u8..4 {
+                    let got = t.effective(&object(k, 0).key()).map(|(_, r)| Arc::clone(&r.object));
+                    let want = expected.get(&k).map(|v| object(k, *v));
+                    prop_assert_eq!(got.as_deref(), want.as_ref());
+                }
+                let objects: Vec<Object> = expected.iter().map(|(k, v)| object(*k, *v)).collect();
+                let full = compute(&objects, t.balancer.node(), &mut IdAllocator::new()).expect("fits");
+                prop_assert_eq!(shape(&t.balancer.state()), shape(&full.state));
+            }
+        }
+    }
+}
