@@ -613,7 +613,7 @@ mod sources {
     /// Object `k` in version `v`: even keys are Services (version = cluster IP), odd keys
     /// their slices (version = backend).
     fn object(k: u8, v: u8) -> Object {
-        let yaml = if k % 2 == 0 {
+        let yaml = if k.is_multiple_of(2) {
             svc(&format!("s{}", k / 2), &format!("10.96.0.{}", v + 1))
         } else {
             slice(&format!("s{}", k / 2), &[&format!("10.200.0.{}", v + 1)])
