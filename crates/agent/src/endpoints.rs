@@ -214,6 +214,9 @@ pub struct EndpointManager {
     /// The node's Pod objects (Kubernetes mode), with how long a new endpoint waits for its
     /// Pod: they give endpoints of pods their labels and named ports.
     pods: OnceLock<(Arc<PodCache>, std::time::Duration)>,
+    /// Bumped after every change of the endpoint table: readers of names (the observer)
+    /// refresh on it instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the endpoint manager needs from the cluster it is part of (multi-node, through etcd).
@@ -335,6 +338,7 @@ impl EndpointManager {
             cluster: OnceLock::new(),
             health: health::Health::default(),
             pods: OnceLock::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         };
         // Records the CIDR on a fresh node, and proves the directory is writable before any
         // request is accepted.
@@ -711,6 +715,7 @@ impl EndpointManager {
             return Err(EndpointError::State(e));
         }
         *tables = next;
+        self.changes.send_modify(|g| *g += 1);
         drop(tables);
         // Other endpoints' policies may name the new identity.
         self.after_change();
@@ -806,6 +811,7 @@ impl EndpointManager {
             return Err(EndpointError::State(e));
         }
         *tables = next;
+        self.changes.send_modify(|g| *g += 1);
         drop(tables);
         self.after_change();
         self.after_removal(&ep);
@@ -869,6 +875,7 @@ impl EndpointManager {
             return Err(EndpointError::State(e));
         }
         *tables = next;
+        self.changes.send_modify(|g| *g += 1);
         drop(tables);
         self.after_change();
         for ep in &removed {
@@ -876,6 +883,12 @@ impl EndpointManager {
             info!(endpoint = ep.id, container = %ep.container_id, ipv4 = %ep.ipv4, "endpoint garbage-collected");
         }
         Ok(GcResult { removed })
+    }
+
+    /// A receiver that changes after every change of the endpoint table (creates, deletes,
+    /// garbage collection, relabels).
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// All endpoints, by id.

@@ -23,8 +23,8 @@ use tracing::{info, warn};
 use crate::endpoints::EndpointManager;
 use crate::services::ServiceManager;
 
-/// How often the observer's copy of this node's endpoint table is refreshed (Services and
-/// other nodes' pods are not copied on a timer: see [`AgentNames`]).
+/// How often the datapath's counter of lost events is read (names are refreshed on change
+/// notifications, see [`AgentNames`]).
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The observer's flags.
@@ -302,6 +302,21 @@ pub fn start(
             }
         }));
     }
+    {
+        // This node's names, rebuilt when the endpoint table changes (a notification).
+        let names = Arc::clone(&names);
+        let mut changes = manager.subscribe_changes();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                names.local.replace(local_snapshot(&manager));
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
     let (o, dp) = (Arc::clone(&observer), Arc::clone(datapath));
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
@@ -309,8 +324,6 @@ pub fn start(
         let mut lost = dp.events_lost();
         loop {
             tick.tick().await;
-            // This node's pods only: bounded by what one node runs.
-            names.local.replace(local_snapshot(&manager));
             let now = dp.events_lost();
             if now > lost {
                 warn!(

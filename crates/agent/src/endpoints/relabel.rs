@@ -177,6 +177,7 @@ impl EndpointManager {
             return Err(e);
         }
         *tables = next;
+        self.changes.send_modify(|g| *g += 1);
         drop(tables);
         // Other endpoints' policies and the ipcache now see the new identity.
         self.after_change();
