@@ -148,7 +148,7 @@ ms_since() { echo "$(( ($(now_us) - $1) / 1000 )).$(( ($(now_us) - $1) % 1000 / 
 # metric build value; a value that is not a number (a measurement that failed inside $(...),
 # where set -e does not reach) stops the run.
 record() {
-  [[ "$3" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "$2: $1 at N=$N: no measurement (got '$3')" >&2; exit 1; }
+  [[ "$3" =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || { echo "$2: $1 at N=$N: no measurement (got '$3')" >&2; exit 1; }
   echo "$1@$N $2 $3" >>"$RESULTS"
 }
 
@@ -293,10 +293,12 @@ idle_cpu() {
   a=$(cpu_ticks); sleep "$IDLE"; b=$(cpu_ticks)
   python3 -c "print(round(($b - $a) / $(getconf CLK_TCK) / $IDLE * 100, 2))"
 }
-# The agent's own time for its last apply/delete (its log), if it logs one after line $1.
+# The agent's own time for its last apply/delete, in ms, if it logs one after line $1
+# (`manifests applied|deleted ... elapsed_ms=N`, or elapsed_us=N as newer agents log it).
 agent_ms() {
-  sed 's/\x1b\[[0-9;]*m//g' "$ADIR/agent.log" | tail -n +"$(($1 + 1))" |
-    sed -n 's/.*manifests \(applied\|deleted\).*elapsed_ms=\([0-9]*\).*/\2/p' | tail -1
+  sed 's/\x1b\[[0-9;]*m//g' "$ADIR/agent.log" | tail -n +"$(($1 + 1))" | grep -E 'manifests (applied|deleted)' |
+    sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p; s/.*elapsed_us=\([0-9]*\).*/\1 us/p' | tail -1 |
+    awk 'NF == 2 {printf "%.3f\n", $1 / 1000; next} {print}' || true
 }
 log_lines() { wc -l <"$ADIR/agent.log"; }
 # map-wait on CPU 0 against this agent's pins; prints the µs waited. Fails if it times out.
