@@ -295,12 +295,12 @@ idle_cpu() {
   a=$(cpu_ticks); sleep "$IDLE"; b=$(cpu_ticks)
   python3 -c "print(round(($b - $a) / $(getconf CLK_TCK) / $IDLE * 100, 2))"
 }
-# The agent's own time for its last apply/delete (its log), if it logs one after line $1.
+# The agent's own time for its last apply/delete, in ms, if it logs one after line $1
+# (`manifests applied|deleted ... elapsed_ms=N`, or elapsed_us=N as newer agents log it).
 agent_ms() {
-  sed 's/\x1b\[[0-9;]*m//g' "$ADIR/agent.log" | tail -n +"$(($1 + 1))" |
-    sed -n -e 's/.*manifests \(applied\|deleted\).*elapsed_ms=\([0-9]*\).*/\2/p' \
-      -e 's/.*manifests \(applied\|deleted\).*elapsed_us=\([0-9]*\).*/\2 us/p' | tail -1 |
-    awk '{ if ($2 == "us") printf "%.3f\n", $1 / 1000; else print $1 }'
+  sed 's/\x1b\[[0-9;]*m//g' "$ADIR/agent.log" | tail -n +"$(($1 + 1))" | grep -E 'manifests (applied|deleted)' |
+    sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p; s/.*elapsed_us=\([0-9]*\).*/\1 us/p' | tail -1 |
+    awk 'NF == 2 {printf "%.3f\n", $1 / 1000; next} {print}' || true
 }
 log_lines() { wc -l <"$ADIR/agent.log"; }
 # map-wait on CPU 0 against this agent's pins; prints the µs waited. Fails if it times out.
