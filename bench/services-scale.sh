@@ -148,7 +148,7 @@ now_us() { echo "${EPOCHREALTIME/./}"; }
 ms_since() { echo "$(( ($(now_us) - $1) / 1000 )).$(( ($(now_us) - $1) % 1000 / 100 ))"; }
 # metric build value; a value that is not a number (a measurement that failed inside $(...),
 # where set -e does not reach) stops the run. Negative numbers are measurements too: an
-# allocator that returns a request's burst to the kernel can end below its start at small N.
+# agent that gives a request's burst back to the kernel can end below its start at small N.
 record() {
   [[ "$3" =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || { echo "$2: $1 at N=$N: no measurement (got '$3')" >&2; exit 1; }
   echo "$1@$N $2 $3" >>"$RESULTS"

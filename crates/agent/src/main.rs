@@ -11,12 +11,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-/// mimalloc rather than glibc's malloc: after a burst (ten thousand Services applied in one
-/// request parse into a short-lived document tree many times their final size) it gives the
-/// freed pages back to the kernel, where glibc's arenas keep them as resident memory.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let config = match Config::parse_from(std::env::args_os(), &ProcessEnvironment) {
         Ok(c) => c,
