@@ -151,7 +151,12 @@ fn lb_quick() {
     quick("lb.sh");
 }
 
+// Not in CI yet: one run in three on this kind of machine, an agent stopped mid-script (SIGTERM
+// at N, for the restart measurement) neither exits within 60 s nor disappears within 10 s of
+// SIGKILL (stuck in the kernel; agents of the previous release did the same in this script).
+// Run it by hand with `--ignored` until that is understood.
 #[test]
+#[ignore = "an agent stopped mid-run can hang in the kernel: run with --ignored"]
 fn services_scale_quick() {
     privileged!();
     quick("services-scale.sh");
