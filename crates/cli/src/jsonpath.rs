@@ -125,7 +125,9 @@ fn expression(template: &str, expr: &str) -> Result<Part, String> {
         .map_err(|e| format!("jsonpath {template:?}: {{{expr}}}: {e}"))
 }
 
-fn unescape(s: &str) -> String {
+/// `\n`, `\t` and `\<char>` escapes of a quoted string, as Go templates and kubectl's
+/// JSONPath read them (also used by `ciliate install`'s template renderer).
+pub(crate) fn unescape(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

@@ -7,6 +7,7 @@
 //! `quote`, `toYaml`, `indent`, `nindent`, `join`, `default` and `not`. Anything else is an
 //! error naming the template and the action, never silently wrong output.
 
+use crate::jsonpath::unescape;
 use serde_json::Value;
 
 /// Why a template could not be parsed or rendered.
@@ -305,24 +306,6 @@ fn parse_operand(src: &str, word: &str) -> Result<Operand, String> {
         "{{{{ {src} }}}}: `{word}` is not a function ciliate's renderer knows ({})",
         FUNCTIONS.join(", ")
     ))
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
 }
 
 const FUNCTIONS: &[&str] = &[
