@@ -730,16 +730,7 @@ impl Balancer {
     /// One Service's view (`source` left empty).
     pub fn view(&self, n: &ServiceName) -> Option<ServiceView> {
         let svc = as_service(self.services.get(n)?)?;
-        let mut view = ServiceView {
-            namespace: n.0.clone(),
-            name: n.1.clone(),
-            service_type: svc.spec.service_type,
-            cluster_ip: cluster_ip(svc),
-            affinity_timeout: svc.spec.affinity_timeout(),
-            source: String::new(),
-            frontends: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut view = crate::empty_view(&n.0, &n.1, svc);
         let Some(p) = self.planned.get(n) else {
             return Some(view);
         };

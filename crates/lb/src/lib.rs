@@ -186,16 +186,7 @@ pub fn compute<'a>(
     let mut cluster_ips: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     for (&(namespace, name), svc) in &services {
         let view_index = views.len();
-        let mut view = ServiceView {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            service_type: svc.spec.service_type,
-            cluster_ip: cluster_ip(svc),
-            affinity_timeout: svc.spec.affinity_timeout(),
-            source: String::new(),
-            frontends: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut view = empty_view(namespace, name, svc);
         // "None" (headless) and "" parse as no address: only real ones are allocated.
         if let Ok(ip) = view.cluster_ip.parse::<Ipv4Addr>() {
             if let Some(&holder) = cluster_ips.get(&ip) {
@@ -341,6 +332,20 @@ fn slot_ids(backends: &[Candidate], id_of: impl Fn(&Candidate) -> u32) -> Vec<u3
         backends.iter().map(id_of).collect()
     } else {
         active
+    }
+}
+
+/// A Service's view before its frontends and problems are known.
+fn empty_view(namespace: &str, name: &str, svc: &Service) -> ServiceView {
+    ServiceView {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        service_type: svc.spec.service_type,
+        cluster_ip: cluster_ip(svc),
+        affinity_timeout: svc.spec.affinity_timeout(),
+        source: String::new(),
+        frontends: Vec::new(),
+        problems: Vec::new(),
     }
 }
 
