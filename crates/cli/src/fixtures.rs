@@ -307,6 +307,7 @@ pub fn bpf_policy_view() -> ciliate_model::policy_api::BpfPolicyView {
         deny,
         kind,
         rule,
+        proxy_port: 0,
     };
     BpfPolicyView {
         endpoint: 3,

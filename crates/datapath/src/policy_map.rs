@@ -65,7 +65,7 @@ pub fn policy_value(e: &PolicyMapEntry) -> PolicyValue {
     PolicyValue {
         flags: if e.deny { POLICY_F_DENY } else { 0 },
         match_kind: match_code(e.kind),
-        proxy_port: 0,
+        proxy_port: e.proxy_port,
         rule: e.rule,
         packets: 0,
         bytes: 0,
@@ -84,6 +84,7 @@ pub fn policy_entry(prefix: u32, k: &PolicyKeyData, v: &PolicyValue) -> PolicyMa
         deny: v.flags & POLICY_F_DENY != 0,
         kind: match_kind(v.match_kind).unwrap_or(MatchKind::All),
         rule: v.rule,
+        proxy_port: v.proxy_port,
     }
 }
 
@@ -126,6 +127,7 @@ mod tests {
             deny: false,
             kind: MatchKind::L3L4,
             rule: 7,
+            proxy_port: 0,
         }
     }
 

@@ -44,6 +44,14 @@ pub struct PolicyMapEntry {
     pub kind: MatchKind,
     /// The agent's id of the rule that made it (see `policy trace`); 0 if none.
     pub rule: u32,
+    /// An allowed packet goes to the node's L7 proxy listening on this port (see
+    /// [`crate::l7`]); 0 = forwarded as it is.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub proxy_port: u16,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 /// An endpoint's whole policy.

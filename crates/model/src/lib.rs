@@ -10,6 +10,7 @@ pub mod bpf_policy;
 pub mod endpoint;
 pub mod identity;
 pub mod k8s;
+pub mod l7;
 pub mod labels;
 pub mod lb;
 pub mod lb_diff;

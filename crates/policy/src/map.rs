@@ -53,6 +53,7 @@ pub fn to_map_policy(
                         _ => None,
                     })
                     .unwrap_or(0),
+                proxy_port: e.proxy_port,
             }
         })
         .collect();

@@ -453,6 +453,7 @@ pub fn rule(
         deny,
         kind,
         rule: 42,
+        proxy_port: 0,
     }
 }
 
