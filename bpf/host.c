@@ -17,6 +17,13 @@
  * (Cilium's host-to-remote-pod encapsulation): they go through the tunnel with the HOST
  * identity in the VNI, which the receiving node judges as remote-node (overlay.c), instead
  * of crossing the underlay with nothing to say who sent them.
+ *
+ * The node's L7 proxy speaks for pods: its upstream connections (a from-proxy mark, bound to
+ * the client pod's address) go through the tunnel with the client's identity from the mark,
+ * so the far node judges the real client, and are tracked (CT_F_FROM_PROXY) so that their
+ * replies, from the tunnel (overlay.c) or the world (from_netdev), reach the proxy's socket
+ * rather than the pod. The ingress proxy's answers to a remote client (from the server pod's
+ * address, of a connection conntrack sent to the proxy) go through the tunnel as that pod.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -34,6 +41,7 @@
 #include "ciliate/policy.h"
 #include "ciliate/overlay.h"
 #include "ciliate/endpoint.h"
+#include "ciliate/proxy.h"
 
 /* Cluster identities below this are pods, nodes, the host: never masqueraded. CIDR
  * identities (1 << 24 and up) and world are the outside. */
@@ -182,17 +190,76 @@ found: {
 }
 }
 
-/* Where the node's own packet goes through the tunnel: the node holding its destination, or
- * 0 to leave it to routing. Only for a destination the ipcache places on another node (a pod
- * there); a node's address has no tunnel endpoint, and the VXLAN device's own UDP packets are
- * addressed to one, so they are never encapsulated again. Pods' packets are lxc.c's (already
- * through the tunnel, or left to the stack on purpose) and masqueraded below. */
-static __always_inline __be32 host_tunnel_endpoint(const struct pkt4 *p, __u32 *dst_id)
+/* Whether `p`, from a pod of this node, is the ingress proxy answering a connection opened
+ * towards that pod (conntrack sent it to the proxy). */
+static __always_inline int proxy_answer(const struct pkt4 *p)
 {
-	struct ipcache_entry *e;
+	struct ct_key4 k = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = CT_INGRESS,
+	};
+	struct ct_entry4 *e = bpf_map_lookup_elem(&cil_ct4, &k);
 
-	if (bpf_map_lookup_elem(&cil_lxc4, &p->saddr))
-		return 0;
+	return e && (e->state & CT_F_TO_PROXY);
+}
+
+/* Whether `p` (towards a pod's address) answers an upstream connection the proxy opened. */
+static __always_inline int proxy_upstream_reply(const struct pkt4 *p)
+{
+	struct ct_key4 k = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = CT_EGRESS,
+	};
+	struct ct_entry4 *e = bpf_map_lookup_elem(&cil_ct4, &k);
+
+	return e && (e->state & CT_F_FROM_PROXY);
+}
+
+/* Tracks a proxy's upstream packet leaving the node (CT_EGRESS of the client's tuple, with
+ * CT_F_FROM_PROXY): its replies are looked up there and handed to the proxy's socket. */
+static __always_inline void proxy_upstream_track(struct __sk_buff *skb, const struct pkt4 *p,
+						 __u32 client_id)
+{
+	struct ct_proxy cp = {.flags = CT_F_FROM_PROXY};
+	__u16 rev_nat = 0, svc = 0;
+	int report = 0;
+
+	if (p->proto == IPPROTO_TCP && !p->fragment)
+		ct_process(p, CT_EGRESS, client_id, skb->len, &report, 0, 0, &rev_nat, &svc, 1,
+			   &cp);
+}
+
+/* Where the node's own packet goes through the tunnel: the node holding its destination, or
+ * 0 to leave it to routing, and *src_id the identity it travels as. Only for a destination
+ * the ipcache places on another node (a pod there); a node's address has no tunnel endpoint,
+ * and the VXLAN device's own UDP packets are addressed to one, so they are never encapsulated
+ * again. A pod's own packets are lxc.c's (already through the tunnel, or left to the stack on
+ * purpose) and masqueraded below; those the proxy sends from a pod's address travel as the
+ * client (upstream) or the server pod (the ingress proxy's answers). */
+static __always_inline __be32 host_tunnel_endpoint(struct __sk_buff *skb, const struct pkt4 *p,
+						   __u32 *src_id, __u32 *dst_id)
+{
+	struct endpoint_info *pod = bpf_map_lookup_elem(&cil_lxc4, &p->saddr);
+	struct ipcache_entry *e;
+	__u32 mark = skb->mark;
+
+	*src_id = IDENTITY_HOST;
+	if (pod) {
+		if (mark_is_from_proxy(mark))
+			*src_id = mark_identity(mark);
+		else if (proxy_answer(p))
+			*src_id = pod->sec_identity;
+		else
+			return 0;
+	}
 	e = ipcache_lookup(p->daddr);
 	if (!e || !e->tunnel_endpoint || e->tunnel_endpoint == p->daddr)
 		return 0;
@@ -200,25 +267,27 @@ static __always_inline __be32 host_tunnel_endpoint(const struct pkt4 *p, __u32 *
 	return e->tunnel_endpoint;
 }
 
-/* Encapsulates the node's packet to a remote pod, VNI = HOST; TC_ACT_OK when it is not one. */
+/* Encapsulates the node's packet to a remote pod (VNI = HOST, or the pod the proxy speaks
+ * for); TC_ACT_OK when it is not one. */
 static __always_inline int host_to_overlay(struct __sk_buff *skb)
 {
-	__u32 tunnel_if = tunnel_ifindex(), dst_id = 0;
+	__u32 tunnel_if = tunnel_ifindex(), src_id = IDENTITY_HOST, dst_id = 0;
 	struct pkt4 p = {};
 	__be32 node;
 	int rc;
 
 	if (!tunnel_if || parse_ipv4(skb, &p) != 0)
 		return TC_ACT_OK;
-	node = host_tunnel_endpoint(&p, &dst_id);
+	node = host_tunnel_endpoint(skb, &p, &src_id, &dst_id);
 	if (!node)
 		return TC_ACT_OK;
+	if (mark_is_from_proxy(skb->mark))
+		proxy_upstream_track(skb, &p, src_id);
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
-	emit(skb, EVENT_TRACE, TRACE_TO_OVERLAY, 0, IDENTITY_HOST, dst_id, CT_NONE);
-	rc = encap_to_node(skb, tunnel_if, node, IDENTITY_HOST);
+	emit(skb, EVENT_TRACE, TRACE_TO_OVERLAY, 0, src_id, dst_id, CT_NONE);
+	rc = encap_to_node(skb, tunnel_if, node, src_id);
 	if (rc < 0)
-		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, 0, IDENTITY_HOST, dst_id,
-			    CT_NONE);
+		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, 0, src_id, dst_id, CT_NONE);
 	return rc;
 }
 
@@ -249,6 +318,8 @@ int to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (reply_of_inbound(&p))
 		return TC_ACT_OK;
+	if (mark_is_from_proxy(skb->mark))
+		proxy_upstream_track(skb, &p, mark_identity(skb->mark));
 
 	now = now_secs();
 	key.saddr = p.saddr;
@@ -302,6 +373,16 @@ int from_netdev(struct __sk_buff *skb)
 	snat_touch(back, snat_expiry(&p, now_secs()));
 	if (masq_rewrite(skb, &p, 0, p.daddr, back->to_addr, p.dport, back->to_port) < 0)
 		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, 0, IDENTITY_WORLD, 0, CT_NONE);
+	p.daddr = back->to_addr;
+	p.dport = back->to_port;
+	/* The reply to an upstream connection the proxy opened for a pod: to its socket. */
+	if (proxy_upstream_reply(&p)) {
+		int rc = proxy_assign(skb, &p, 0);
+
+		if (rc)
+			return drop(skb, METRIC_INGRESS, rc, 0, IDENTITY_WORLD, 0, CT_REPLY);
+		return TC_ACT_OK;
+	}
 	/* The stack routes it to the pod, whose veth runs its conntrack and policy. */
 	return TC_ACT_OK;
 }

@@ -116,6 +116,7 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, const struct end
 					 struct pkt4 *p)
 {
 	struct endpoint_info me = *self;
+	struct ct_proxy cp = {};
 	__u16 rev_nat = 0, svc = 0;
 	int ct, report = 0, rc;
 
@@ -124,7 +125,7 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, const struct end
 			    me.sec_identity, CT_NONE);
 	p->daddr = me.ipv4;
 	ct = ct_process(p, CT_INGRESS, me.sec_identity, skb->len, &report, 0, 0, &rev_nat, &svc,
-			0);
+			0, &cp);
 	if (ct != CT_REPLY)
 		return drop(skb, METRIC_EGRESS, DROP_CT_UNKNOWN, me.ep_id, me.sec_identity,
 			    me.sec_identity, CT_NONE);
@@ -143,11 +144,33 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, const struct end
 	return rc;
 }
 
+/* to_container runs on an egress hook, where bpf_sk_assign is refused: a packet for the
+ * ingress proxy goes back in through the same veth's ingress (Cilium's proxy hairpin), where
+ * from_container recognises the to-proxy mark and assigns it. It carries the host side's own
+ * MAC as destination, or the stack would take it for another host's. */
+static __always_inline int to_ingress_proxy(struct __sk_buff *skb,
+					    const struct endpoint_info *self, __u16 port)
+{
+	__u8 host_mac[ETH_ALEN], pod_mac[ETH_ALEN];
+	__u32 ifindex = self->ifindex;
+	__u16 ep_id = self->ep_id;
+	__u32 id = self->sec_identity;
+
+	__builtin_memcpy(host_mac, self->host_mac, ETH_ALEN);
+	__builtin_memcpy(pod_mac, self->mac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, host_mac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, pod_mac, ETH_ALEN, 0) < 0)
+		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, ep_id, 0, id, CT_NONE);
+	skb->mark = mark_to_proxy(port);
+	return bpf_redirect(ifindex, BPF_F_INGRESS);
+}
+
 SEC("classifier/from_container")
 int from_container(struct __sk_buff *skb)
 {
 	struct endpoint_info *self, *dst;
 	struct ipcache_entry *remote = NULL;
+	struct proxy_ctx pc = {};
 	struct pkt4 p = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 dst_id = 0, backend_id = 0, tunnel_if;
@@ -173,6 +196,16 @@ int from_container(struct __sk_buff *skb)
 	if (rc)
 		return drop(skb, METRIC_EGRESS, parse_drop_reason(rc), self->ep_id,
 			    self->sec_identity, 0, CT_NONE);
+
+	/* to_container sent it back in here to reach the ingress proxy (a pod cannot set a mark:
+	 * its veth clears it). Judged and tracked there; only the socket is left to find. */
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_TO_PROXY) {
+		rc = proxy_assign(skb, &p, skb->mark >> 16);
+		if (rc)
+			return drop(skb, METRIC_INGRESS, rc, self->ep_id, 0, self->sec_identity,
+				    CT_NONE);
+		return TC_ACT_OK;
+	}
 
 	/* A pod may only send from its own address. */
 	if (p.saddr != self->ipv4)
@@ -209,10 +242,27 @@ int from_container(struct __sk_buff *skb)
 		node = remote ? remote->tunnel_endpoint : 0;
 	}
 
-	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &svc, &report);
+	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &svc, &report, &pc);
 	if (ct < 0)
 		return drop_svc(skb, METRIC_EGRESS, -ct, self->ep_id, self->sec_identity, dst_id,
 				CT_NEW, svc);
+
+	/* An egress L7 rule's connection goes to the proxy, to the original destination (the
+	 * backend, after Service DNAT); a server's reply to the proxy's upstream connection goes
+	 * to that connection's socket. Both through the node's stack (policy routing of the
+	 * to-proxy mark), never into the destination. */
+	if (pc.redirect_port || pc.reply_to_proxy) {
+		__u16 ep_id = self->ep_id;
+		__u32 src_id = self->sec_identity;
+
+		rc = proxy_assign(skb, &p, pc.redirect_port);
+		if (rc)
+			return drop_svc(skb, METRIC_EGRESS, rc, ep_id, src_id, dst_id, ct, svc);
+		count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
+		if (report)
+			emit_svc(skb, EVENT_TRACE, TRACE_TO_PROXY, ep_id, src_id, dst_id, ct, svc);
+		return TC_ACT_OK;
+	}
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
 
 	if (dst) {
@@ -259,8 +309,10 @@ SEC("classifier/to_container")
 int to_container(struct __sk_buff *skb)
 {
 	struct endpoint_info *self, *src;
+	struct proxy_ctx pc = {};
 	struct pkt4 p = {};
 	__u32 ifindex = skb->ifindex;
+	__u32 mark = skb->mark;
 	__u32 src_id = 0;
 	int rc;
 
@@ -280,9 +332,20 @@ int to_container(struct __sk_buff *skb)
 		return drop(skb, METRIC_INGRESS, parse_drop_reason(rc), self->ep_id, 0,
 			    self->sec_identity, CT_NONE);
 
-	src = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
-	src_id = src ? src->sec_identity : ipcache_identity(p.saddr);
-	return to_endpoint(skb, self, &p, src_id);
+	if (mark_is_from_proxy(mark)) {
+		/* The proxy's upstream connection for a client: judged as that client. After the
+		 * ingress proxy it is not sent there again; after the egress proxy it may be. */
+		src_id = mark_identity(mark);
+		pc.from_proxy = 1;
+		pc.no_redirect = (mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_INGRESS;
+	} else {
+		src = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
+		src_id = src ? src->sec_identity : ipcache_identity(p.saddr);
+	}
+	rc = to_endpoint(skb, self, &p, src_id, &pc);
+	if (rc != TC_ACT_OK || (!pc.redirect_port && !pc.reply_to_proxy))
+		return rc;
+	return to_ingress_proxy(skb, self, pc.redirect_port);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -68,6 +68,10 @@ struct ct_key4 {
 #define CT_F_RX_CLOSING 0x02 /* FIN seen in the reply direction */
 #define CT_F_RESET 0x04      /* RST seen */
 #define CT_F_REPLIED 0x08    /* at least one reply seen */
+/* The L7 proxy (see "Packet marks of the L7 proxy" below). Set when the entry is created,
+ * never changed after: a connection cannot move into or out of the proxy mid-stream. */
+#define CT_F_TO_PROXY 0x10   /* the original direction goes to the proxy on proxy_port */
+#define CT_F_FROM_PROXY 0x20 /* the proxy opened it for a client: replies go to its socket */
 
 struct ct_entry4 {
 	__u64 expires; /* seconds on CLOCK_MONOTONIC (bpf_ktime_get_ns() / 1e9) */
@@ -89,7 +93,8 @@ struct ct_entry4 {
 	__u16 sock_rev_nat;
 	__u32 backend_id; /* CT_SERVICE entries: the chosen backend */
 	__u32 last_report; /* seconds; trace events are aggregated per connection */
-	__u32 pad3;
+	__u16 proxy_port;  /* with CT_F_TO_PROXY: the proxy's port, host byte order */
+	__u16 pad3;
 };
 
 /* Result of a conntrack lookup, also reported in events. */
@@ -255,7 +260,7 @@ struct policy_key {
 struct policy_entry {
 	__u8 flags;      /* POLICY_F_* */
 	__u8 match;      /* POLICY_MATCH_* */
-	__u16 proxy_port; /* L7 redirect (later); 0 = none */
+	__u16 proxy_port; /* L7 redirect: the node's proxy port, HOST byte order; 0 = none */
 	__u32 rule;      /* the agent's id of the rule that made it, for `policy trace` */
 	__u64 packets;
 	__u64 bytes;
@@ -281,6 +286,7 @@ struct ipcache_entry {
 
 /* Trace observation points: Cilium's TRACE_* numbering. */
 #define TRACE_TO_LXC 0
+#define TRACE_TO_PROXY 1
 #define TRACE_TO_HOST 2
 #define TRACE_TO_STACK 3
 #define TRACE_TO_OVERLAY 4
@@ -297,6 +303,45 @@ struct ipcache_entry {
  * receive a packet from its own address, so its own connection comes "from" this one, which
  * from_container translates back on the reply. 169.254.42.1. */
 #define HAIRPIN_IPV4 bpf_htonl(0xa9fe2a01)
+
+/* ---- Packet marks of the L7 proxy ----
+ *
+ * Bits 8..11 of skb->mark (MARK_MAGIC_MASK) say what a mark is, with Cilium's values; the
+ * marks above (MARK_GENERATED, MARK_HAIRPIN) have 0 there. A pod cannot set a mark: the veth
+ * clears it when the packet leaves the pod's namespace.
+ *
+ * MARK_MAGIC_TO_PROXY (0x0200): the datapath has assigned the packet to a socket of the
+ *   node's proxy (bpf_sk_assign) and hands it to the host stack; bits 16..31 hold the proxy
+ *   port (host order). The agent's policy routing makes such packets local whatever their
+ *   destination (crates/datapath/src/netlink.rs, install_proxy_routing):
+ *     ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9
+ *     ip route add local 0.0.0.0/0 dev lo table 2004
+ *   so the original destination is preserved: the proxy's accepted socket's local address is
+ *   the address and port the client connected to (after Service DNAT: the backend).
+ *   The proxy listens in the node's namespace on 127.0.0.1:<port> or 0.0.0.0:<port> with
+ *   IP_TRANSPARENT; the datapath looks its listener up as 127.0.0.1:<port>, which finds either.
+ *
+ * MARK_MAGIC_PROXY_INGRESS (0x0a00) / MARK_MAGIC_PROXY_EGRESS (0x0b00): set by the proxy
+ *   (SO_MARK) on the upstream connection it opens for a client, bound to the client's own
+ *   address (IP_TRANSPARENT), after an ingress or egress rule. The rest of the mark is the
+ *   client's security identity:
+ *     bits 16..31 = identity bits 0..15
+ *     bits  0..7  = identity bits 16..23
+ *     bit   12    = identity bit 24 (CIDR identities, 1 << 24 | n with n < 1 << 24)
+ *   Identities of 1 << 25 and above cannot be carried (none are allocated). The datapath
+ *   judges such a packet by that identity (not the host's), does not send it to the same
+ *   proxy again (an egress-proxied connection may still meet the destination's ingress
+ *   proxy), records CT_F_FROM_PROXY so the server's replies go to the proxy's socket, and
+ *   tunnels it to other nodes with that identity as the VNI (host.c).
+ */
+#define MARK_MAGIC_MASK 0x0f00
+#define MARK_MAGIC_TO_PROXY 0x0200
+#define MARK_MAGIC_PROXY_INGRESS 0x0a00
+#define MARK_MAGIC_PROXY_EGRESS 0x0b00
+#define MARK_IDENTITY_BIT24 0x1000
+/* The table and rule priority of the proxy's policy routing (Cilium's). */
+#define PROXY_ROUTE_TABLE 2004
+#define PROXY_RULE_PRIORITY 9
 
 /* Drop reasons: Cilium's / Hubble's numbering. */
 #define DROP_INVALID_SIP 132
@@ -315,6 +360,12 @@ struct ipcache_entry {
 /* Hubble's "No mapping for NAT masquerade": every masquerade port towards that remote
  * address and port is taken. */
 #define DROP_NAT_NO_MAPPING 167
+/* The L7 proxy (Cilium's DROP_PROXY_*): no proxy socket to send the connection to (the proxy
+ * is down: traffic that needs it is refused, fail closed), the socket could not be assigned,
+ * and a proxy port on a protocol the proxy does not take (not TCP). */
+#define DROP_PROXY_LOOKUP_FAILED 178
+#define DROP_PROXY_SET_FAILED 179
+#define DROP_PROXY_UNKNOWN_PROTO 180
 #define DROP_POLICY_DENY 181
 
 #define EVENT_CAPTURE_LEN 128

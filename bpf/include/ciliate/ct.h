@@ -101,6 +101,13 @@ static __always_inline int icmp_error_related(struct __sk_buff *skb, const struc
 	return bpf_map_lookup_elem(&cil_ct4, &key) != NULL;
 }
 
+/* A connection's relation to the node's L7 proxy, in and out of ct_process. In: the
+ * CT_F_TO_PROXY / CT_F_FROM_PROXY bits and port a new entry gets. Out: the entry's. */
+struct ct_proxy {
+	__u16 port;
+	__u8 flags;
+};
+
 static __always_inline __u32 ct_lifetime(const struct ct_entry4 *e, __u8 proto)
 {
 	if (proto != IPPROTO_TCP)
@@ -112,6 +119,10 @@ static __always_inline __u32 ct_lifetime(const struct ct_entry4 *e, __u8 proto)
 		return CT_CLOSE_TIMEOUT;
 	/* Established once the other side has answered with an ACK. */
 	if ((e->state & CT_F_REPLIED) && (e->rx_flags & TCP_FLAG_ACK))
+		return CT_LIFETIME_TCP;
+	/* The server side of a connection sent to the ingress proxy never sees the replies (the
+	 * proxy answers the client itself): the client's ACK says it is established. */
+	if ((e->state & CT_F_TO_PROXY) && (e->tx_flags & TCP_FLAG_ACK))
 		return CT_LIFETIME_TCP;
 	return CT_SYN_TIMEOUT;
 }
@@ -138,7 +149,8 @@ static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int r
  * reported as CT_NEW but not recorded. */
 static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_identity,
 				      __u32 bytes, int *report, __u16 rev_nat, __u16 sock_rev_nat,
-				      __u16 *rev_nat_out, __u16 *svc_out, int create)
+				      __u16 *rev_nat_out, __u16 *svc_out, int create,
+				      struct ct_proxy *px)
 {
 	struct ct_key4 key = {
 		.saddr = p->saddr,
@@ -184,6 +196,11 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 	if (!e) {
 		struct ct_entry4 n = {};
 
+		n.state = px->flags & (CT_F_TO_PROXY | CT_F_FROM_PROXY);
+		n.proxy_port = (n.state & CT_F_TO_PROXY) ? px->port : 0;
+		px->flags = n.state;
+		px->port = n.proxy_port;
+
 		n.tx_packets = 1;
 		n.tx_bytes = bytes;
 		n.rev_nat_index = rev_nat;
@@ -207,6 +224,8 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 		e->rev_nat_index = rev_nat;
 	*rev_nat_out = e->rev_nat_index;
 	*svc_out = e->rev_nat_index ? e->rev_nat_index : e->sock_rev_nat;
+	px->flags = e->state & (CT_F_TO_PROXY | CT_F_FROM_PROXY);
+	px->port = e->proxy_port;
 	if (reply) {
 		__sync_fetch_and_add(&e->rx_packets, 1);
 		__sync_fetch_and_add(&e->rx_bytes, bytes);

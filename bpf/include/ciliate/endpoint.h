@@ -22,6 +22,18 @@
 #include "ciliate/nat.h"
 #include "ciliate/policy.h"
 #include "ciliate/overlay.h"
+#include "ciliate/proxy.h"
+
+/* The L7 proxy for one packet of an endpoint's direction. In: what the packet is. Out: where
+ * it goes besides the endpoint. */
+struct proxy_ctx {
+	__u8 from_proxy;      /* in: the proxy sent it for a client (a from-proxy mark) */
+	__u8 no_redirect;     /* in: it left this direction's proxy: never sent there again */
+	__u8 reply_to_proxy;  /* out: a reply of a connection the proxy opened: to its socket */
+	__u8 pad;
+	__u16 redirect_port;  /* out: the original direction of a proxied connection: to the
+			       * proxy's socket, its listener on this port for a new one */
+};
 
 /* Socket LB: the rev-NAT index of the frontend the packet's socket asked for, when sock.c
  * connected it (or sent this datagram) to a backend instead; 0 otherwise. sock.c records the
@@ -53,7 +65,7 @@ static __always_inline __u16 sock_lb_rev_nat(struct __sk_buff *skb, const struct
 static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct endpoint_info *self,
 					 const struct pkt4 *p, __u8 egress, __u32 peer,
 					 __u16 rev_nat, __u16 *rev_nat_out, __u16 *svc_out,
-					 int *report)
+					 int *report, struct proxy_ctx *pc)
 {
 	__u8 dir = egress ? CT_EGRESS : CT_INGRESS;
 	__u32 src_id = egress ? self->sec_identity : peer;
@@ -62,9 +74,12 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	struct policy_result res = {};
 	int ct, verdict = 0, icmp_unrelated = 0;
 	__u16 sock_rev_nat = 0;
+	struct ct_proxy cp = {};
 
 	*report = 0;
 	*svc_out = 0;
+	pc->reply_to_proxy = 0;
+	pc->redirect_port = 0;
 	if (ct_untracked(p)) {
 		*report = 1;
 		/* An ICMP error belongs to the connection it quotes, which policy has already
@@ -79,9 +94,11 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 		ct = CT_NONE;
 	} else {
 		ct = ct_process(p, dir, src_id, skb->len, report, rev_nat, 0, rev_nat_out,
-				svc_out, 0);
-		if (ct == CT_REPLY)
+				svc_out, 0, &cp);
+		if (ct == CT_REPLY) {
+			pc->reply_to_proxy = (cp.flags & CT_F_FROM_PROXY) != 0;
 			return ct;
+		}
 		if (ct == CT_NEW && egress && !rev_nat) {
 			sock_rev_nat = sock_lb_rev_nat(skb, p);
 			*svc_out = sock_rev_nat;
@@ -95,14 +112,28 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	/* Say why a default-deny refused it: it quoted no connection of the endpoint. */
 	if (verdict == DROP_POLICY && icmp_unrelated)
 		verdict = DROP_CT_UNKNOWN;
+	/* L7 rules are for TCP: another protocol never passes unchecked (fail closed). */
+	if (!verdict && ct == CT_NEW && res.proxy_port && !pc->no_redirect &&
+	    p->proto != IPPROTO_TCP)
+		verdict = DROP_PROXY_UNKNOWN_PROTO;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
 		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
 			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out);
 	if (verdict)
 		return -verdict;
-	if (ct == CT_NEW)
+	if (ct == CT_NEW) {
+		/* The redirect is decided once, here, and kept by the connection. */
+		cp.flags = pc->from_proxy ? CT_F_FROM_PROXY : 0;
+		cp.port = 0;
+		if (res.proxy_port && !pc->no_redirect && p->proto == IPPROTO_TCP) {
+			cp.flags |= CT_F_TO_PROXY;
+			cp.port = res.proxy_port;
+		}
 		ct_process(p, dir, src_id, skb->len, report, rev_nat, sock_rev_nat, rev_nat_out,
-			   svc_out, 1);
+			   svc_out, 1, &cp);
+	}
+	if ((cp.flags & CT_F_TO_PROXY) && !pc->no_redirect)
+		pc->redirect_port = cp.port;
 	return ct;
 }
 
@@ -168,12 +199,12 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb,
 /* The receiving side of an endpoint: conntrack, ingress policy against the sender's identity
  * `src_id`, reverse NAT of Service replies. TC_ACT_OK to deliver, or a reported drop. */
 static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpoint_info *self,
-				       struct pkt4 *p, __u32 src_id)
+				       struct pkt4 *p, __u32 src_id, struct proxy_ctx *pc)
 {
 	__u16 rev_nat = 0, svc = 0;
 	int ct, report = 0;
 
-	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report);
+	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report, pc);
 	if (ct < 0)
 		return drop_svc(skb, METRIC_INGRESS, -ct, self->ep_id, src_id,
 				self->sec_identity, CT_NEW, svc);
@@ -182,7 +213,8 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpo
 			    self->sec_identity, ct);
 	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
 	if (report)
-		emit_svc(skb, EVENT_TRACE, TRACE_TO_LXC, self->ep_id, src_id, self->sec_identity,
-			 ct, svc);
+		emit_svc(skb, EVENT_TRACE,
+			 (pc->redirect_port || pc->reply_to_proxy) ? TRACE_TO_PROXY : TRACE_TO_LXC,
+			 self->ep_id, src_id, self->sec_identity, ct, svc);
 	return TC_ACT_OK;
 }

@@ -40,6 +40,7 @@ static __always_inline __be16 policy_port(const struct pkt4 *p)
 
 struct policy_result {
 	__u8 match; /* POLICY_MATCH_*, 0 when no entry matched */
+	__u16 proxy_port; /* the allowing entry's L7 proxy port (host order), 0 = none */
 	__u32 rule;
 };
 
@@ -63,6 +64,7 @@ static __always_inline int policy_check(const struct endpoint_info *ep, __u8 egr
 
 	res->match = 0;
 	res->rule = 0;
+	res->proxy_port = 0;
 	/* Fragments carry no port: only port-less entries can match them. */
 	if (p->fragment)
 		k.prefixlen = POLICY_PREFIX_ANY_PORT;
@@ -86,6 +88,7 @@ static __always_inline int policy_check(const struct endpoint_info *ep, __u8 egr
 		__sync_fetch_and_add(&hit->bytes, bytes);
 		res->match = hit->match;
 		res->rule = hit->rule;
+		res->proxy_port = hit->proxy_port;
 		return 0;
 	}
 	return (ep->flags & enforced) ? DROP_POLICY : 0;

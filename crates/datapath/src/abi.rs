@@ -108,6 +108,10 @@ pub mod ct_state {
     pub const RESET: u8 = 0x04;
     /// A reply was seen.
     pub const REPLIED: u8 = 0x08;
+    /// `CT_F_TO_PROXY`: the original direction goes to the L7 proxy on `proxy_port`.
+    pub const TO_PROXY: u8 = 0x10;
+    /// `CT_F_FROM_PROXY`: the proxy opened it for a client; replies go to its socket.
+    pub const FROM_PROXY: u8 = 0x20;
 }
 
 /// Conntrack verdicts carried in events.
@@ -133,6 +137,14 @@ pub const TRACE_TO_OVERLAY: u8 = 4;
 pub const DROP_CT_UNKNOWN: u8 = 163;
 /// `DROP_NO_TUNNEL_KEY`: a packet from the overlay whose sender's identity is missing.
 pub const DROP_NO_TUNNEL_KEY: u8 = 147;
+/// `TRACE_TO_PROXY`: a packet handed to the node's L7 proxy.
+pub const TRACE_TO_PROXY: u8 = 1;
+/// `DROP_PROXY_LOOKUP_FAILED`: no proxy socket for a connection that needs the proxy.
+pub const DROP_PROXY_LOOKUP_FAILED: u8 = 178;
+/// `DROP_PROXY_SET_FAILED`: the kernel refused to assign the packet to the proxy's socket.
+pub const DROP_PROXY_SET_FAILED: u8 = 179;
+/// `DROP_PROXY_UNKNOWN_PROTO`: a proxy port on a protocol other than TCP.
+pub const DROP_PROXY_UNKNOWN_PROTO: u8 = 180;
 /// Bytes of packet copied into each event.
 pub const EVENT_CAPTURE_LEN: usize = 128;
 
@@ -188,8 +200,10 @@ pub struct CtEntry4 {
     pub backend_id: u32,
     /// Last trace report, seconds.
     pub last_report: u32,
+    /// With `ct_state::TO_PROXY`: the L7 proxy's port, host byte order.
+    pub proxy_port: u16,
     /// Padding.
-    pub pad3: u32,
+    pub pad3: u16,
 }
 
 /// `struct endpoint_info`.
@@ -372,7 +386,7 @@ pub struct PolicyValue {
     pub flags: u8,
     /// `POLICY_MATCH_*`.
     pub match_kind: u8,
-    /// L7 proxy port (later).
+    /// L7 proxy port, host byte order (as in `PolicyMapEntry::proxy_port`); 0 = none.
     pub proxy_port: u16,
     /// Rule id.
     pub rule: u32,
@@ -476,6 +490,8 @@ const _: () = {
     assert!(offset_of!(CtEntry4, src_identity) == 40);
     assert!(offset_of!(CtEntry4, rev_nat_index) == 48);
     assert!(offset_of!(CtEntry4, last_report) == 56);
+    assert!(offset_of!(CtEntry4, proxy_port) == 60);
+    assert!(offset_of!(PolicyValue, proxy_port) == 2);
     assert!(size_of::<EndpointInfo>() == 28);
     assert!(offset_of!(EndpointInfo, ipv4) == 12);
     assert!(offset_of!(EndpointInfo, host_mac) == 22);

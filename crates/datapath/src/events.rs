@@ -25,6 +25,9 @@ pub fn drop_reason_name(code: u8) -> &'static str {
         158 => "Service backend not found",
         160 => "No mapping for NAT masquerade",
         163 => "Unknown connection tracking state",
+        178 => "Proxy lookup failed",
+        179 => "Proxy assignment failed",
+        180 => "Proxy redirection not supported for protocol",
         181 => "Policy denied by denylist",
         _ => "Unknown drop reason",
     }

@@ -22,6 +22,7 @@ pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod policy_map;
+pub mod proxy_mark;
 pub mod uplink;
 
 use std::net::Ipv4Addr;
