@@ -276,6 +276,19 @@ pub trait Datapath: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// Installs the L7 proxy's policy routing in the node's namespace: packets the datapath
+    /// hands to a proxy socket (to-proxy mark) are delivered locally whatever their
+    /// destination ([`netlink::Netlink::install_proxy_routing`]). Idempotent. The fake has
+    /// nothing to route.
+    fn install_proxy_routing(&self) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Removes what [`Datapath::install_proxy_routing`] installed (node teardown).
+    fn remove_proxy_routing(&self) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// The node's uplink (as [`Datapath::uplink_mtu`] finds it), with its name and addresses.
     fn uplink(
         &self,

@@ -37,10 +37,13 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
 };
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, IpVersion, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use crate::netns::{NetNs, NetnsError};
 
@@ -647,6 +650,147 @@ impl Netlink {
         self.add_route(Ipv4Net::from(pod_ip), None, link.index)
             .await?;
         Ok(link)
+    }
+}
+
+/// The L7 proxy's policy routing (Cilium's): packets the datapath marked to-proxy are
+/// delivered locally whatever their destination, so a connection assigned to a transparent
+/// proxy socket keeps its original destination. See `bpf/include/ciliate/abi.h`.
+impl Netlink {
+    /// Installs `ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9` and `ip route replace
+    /// local 0.0.0.0/0 dev lo table 2004` in this connection's namespace; a second call
+    /// changes nothing.
+    pub async fn install_proxy_routing(&self) -> Result<(), NetlinkError> {
+        use crate::proxy_mark::{
+            MAGIC_MASK, MAGIC_TO_PROXY, PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY,
+        };
+        let lo = self
+            .link("lo")
+            .await?
+            .ok_or_else(|| self.not_found("link lo".into()))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(lo.index)
+            .table_id(PROXY_ROUTE_TABLE)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                self.request_error(
+                    format!("add route local 0.0.0.0/0 dev lo table {PROXY_ROUTE_TABLE}"),
+                    e,
+                )
+            })?;
+        if !self.proxy_rules().await?.is_empty() {
+            return Ok(());
+        }
+        let mut add = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .fw_mark(MAGIC_TO_PROXY)
+            .table_id(PROXY_ROUTE_TABLE)
+            .priority(PROXY_RULE_PRIORITY)
+            .action(RuleAction::ToTable);
+        add.message_mut()
+            .attributes
+            .push(RuleAttribute::FwMask(MAGIC_MASK));
+        add.execute().await.map_err(|e| {
+            self.request_error(
+                format!(
+                    "add rule fwmark {MAGIC_TO_PROXY:#x}/{MAGIC_MASK:#x} lookup {PROXY_ROUTE_TABLE}"
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Removes what [`Netlink::install_proxy_routing`] installed; nothing to remove is fine.
+    pub async fn remove_proxy_routing(&self) -> Result<(), NetlinkError> {
+        use crate::proxy_mark::PROXY_ROUTE_TABLE;
+        for rule in self.proxy_rules().await? {
+            match self.handle.rule().del(rule).execute().await {
+                Ok(()) => {}
+                Err(e) if matches!(errno_of(&e), Some(libc::ENOENT)) => {}
+                Err(e) => return Err(self.request_error("delete the proxy's ip rule", e)),
+            }
+        }
+        let lo = self
+            .link("lo")
+            .await?
+            .ok_or_else(|| self.not_found("link lo".into()))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(lo.index)
+            .table_id(PROXY_ROUTE_TABLE)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+            Err(e) => Err(self.request_error(
+                format!("delete route local 0.0.0.0/0 table {PROXY_ROUTE_TABLE}"),
+                e,
+            )),
+        }
+    }
+
+    /// Whether the proxy's rule and route are both in place.
+    pub async fn proxy_routing_installed(&self) -> Result<bool, NetlinkError> {
+        use crate::proxy_mark::PROXY_ROUTE_TABLE;
+        if self.proxy_rules().await?.is_empty() {
+            return Ok(false);
+        }
+        let mut get = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(PROXY_ROUTE_TABLE)
+            .build();
+        get.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(get)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.request_error("list routes", e))?;
+        Ok(msgs.iter().any(|m| {
+            m.header.kind == RouteType::Local
+                && m.header.destination_prefix_length == 0
+                && m.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Table(t) if *t == PROXY_ROUTE_TABLE))
+        }))
+    }
+
+    /// The IPv4 rules that are the proxy's (its mark, mask and table).
+    async fn proxy_rules(&self) -> Result<Vec<RuleMessage>, NetlinkError> {
+        use crate::proxy_mark::{MAGIC_MASK, MAGIC_TO_PROXY, PROXY_ROUTE_TABLE};
+        let rules: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.request_error("list ip rules", e))?;
+        Ok(rules
+            .into_iter()
+            .filter(|r| {
+                let has = |want: &RuleAttribute| r.attributes.iter().any(|a| a == want);
+                has(&RuleAttribute::FwMark(MAGIC_TO_PROXY))
+                    && has(&RuleAttribute::FwMask(MAGIC_MASK))
+                    && (has(&RuleAttribute::Table(PROXY_ROUTE_TABLE))
+                        || u32::from(r.header.table) == PROXY_ROUTE_TABLE)
+            })
+            .collect())
     }
 }
 

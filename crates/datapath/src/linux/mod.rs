@@ -733,6 +733,24 @@ impl Datapath for LinuxDatapath {
                 .map_err(kernel("read the node's addresses"))
         })
     }
+
+    fn install_proxy_routing(&self) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(async {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            nl.install_proxy_routing()
+                .await
+                .map_err(kernel("install the L7 proxy's policy routing"))
+        })
+    }
+
+    fn remove_proxy_routing(&self) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(async {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            nl.remove_proxy_routing()
+                .await
+                .map_err(kernel("remove the L7 proxy's policy routing"))
+        })
+    }
 }
 
 /// Removes everything a node's datapath pinned: links (detaching the programs) and maps.

@@ -1,0 +1,448 @@
+//! Packet tests of the L7 proxy's datapath contract (issue #12, item 1): the redirect decision
+//! on an entry with a proxy port, conntrack's proxy flags, the proxy marks, the host-side
+//! program tunnelling the proxy's upstream traffic as the client.
+//!
+//! BPF_PROG_TEST_RUN runs the programs on the loopback device of the test's namespace, where
+//! `bpf_sk_lookup` finds this process's sockets; so a listener opened by the test is the
+//! "proxy". Whether `bpf_sk_assign` is allowed there (it wants a TC ingress hook) is found
+//! out below and asserted either way; a real TCP connection delivered to a transparent
+//! listener is crates/datapath/tests/proxy_kernel.rs's job.
+
+mod common;
+
+use std::net::TcpListener;
+
+use ciliate_datapath::proxy_mark::{self, ProxyDirection, ProxyMark};
+use common::*;
+
+const PROXY_PORT_UNUSED: u16 = 1;
+const ID_CLIENT: u32 = 4242;
+
+/// Runs `prog` on `pkt` with `skb->mark` = `mark`; returns the verdict, the packet and the
+/// mark the program left.
+fn run_ctx(h: &Harness, prog: &str, pkt: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+    let p: &SchedClassifier = h
+        .bpf
+        .program(prog)
+        .or_else(|| h.overlay.program(prog))
+        .or_else(|| h.host.program(prog))
+        .expect("program")
+        .try_into()
+        .expect("classifier");
+    // struct __sk_buff up to and including `mark` (len and pkt_type must be 0).
+    let mut ctx = [0u8; 12];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    let mut ctx_out = [0u8; 256]; // at least sizeof(struct __sk_buff)
+    let mut out = vec![0u8; pkt.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.ctx_out = Some(&mut ctx_out);
+    let res = p.test_run(opts).expect("test run");
+    out.truncate(res.data_size_out as usize);
+    let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+    (res.return_value, out, mark_out)
+}
+
+fn with_proxy(mut e: PolicyMapEntry, port: u16) -> PolicyMapEntry {
+    e.proxy_port = port;
+    e
+}
+
+fn egress_policy(entries: Vec<PolicyMapEntry>) -> EndpointPolicy {
+    EndpointPolicy {
+        ingress_enforced: false,
+        egress_enforced: true,
+        entries,
+    }
+}
+
+/// The drop reasons reported since the last call.
+fn drops(h: &mut Harness) -> Vec<u8> {
+    h.events()
+        .iter()
+        .filter(|e| e.kind == abi::EVENT_DROP)
+        .map(|e| e.code)
+        .collect()
+}
+
+/// A listener standing in for the proxy, on 127.0.0.1 and a free port.
+fn proxy_listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+/// The kernel's answer to bpf_sk_assign on this hook under BPF_PROG_TEST_RUN: `Ok` with the
+/// to-proxy mark when it assigns, else the reported drop 179 (never 178: the socket was found).
+fn assert_assigned_or_refused_on_test_run(h: &mut Harness, res: (u32, Vec<u8>, u32), port: u16) {
+    let reasons = drops(h);
+    match res.0 {
+        TC_ACT_OK => {
+            assert_eq!(
+                proxy_mark::decode(res.2),
+                Some(ProxyMark::ToProxy { port }),
+                "handed to the proxy with the to-proxy mark"
+            );
+            assert!(reasons.is_empty(), "{reasons:?}");
+        }
+        TC_ACT_SHOT => assert_eq!(
+            reasons,
+            vec![abi::DROP_PROXY_SET_FAILED],
+            "the listener was found (not 178), only the assignment refused"
+        ),
+        v => panic!("unexpected verdict {v}"),
+    }
+}
+
+/// An egress rule with a proxy port: a new TCP connection is sent to the proxy and conntrack
+/// remembers it, with the port; with no proxy listening it is refused with 178 (fail closed).
+#[test]
+fn an_egress_entry_with_a_proxy_port_sends_the_connection_to_the_proxy_or_fails_closed() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(6), 80, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    let syn = tcp_ok(POD_A, 40000, POD_B, 80, SYN);
+    let (v, out, _) = run_ctx(&h, "from_container", &syn, 0);
+    assert_eq!(v, TC_ACT_SHOT, "nobody listens on the proxy port");
+    assert_eq!(out, syn, "not redirected to B");
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    assert_eq!(h.counter(abi::METRIC_EGRESS, 178), 1);
+    let e = h
+        .ct(key(POD_A, 40000, POD_B, 80, 6, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(e.state & abi::ct_state::TO_PROXY, abi::ct_state::TO_PROXY);
+    assert_eq!(e.proxy_port, PROXY_PORT_UNUSED);
+
+    // With a listener: the socket is found (the assignment's outcome depends on the hook).
+    let (_l, port) = proxy_listener();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(6), 80, 16, false),
+            port,
+        )]),
+        0,
+    );
+    let res = run_ctx(&h, "from_container", &syn, 0);
+    eprintln!(
+        "bpf_sk_assign under BPF_PROG_TEST_RUN at from_container: verdict {}",
+        res.0
+    );
+    assert_assigned_or_refused_on_test_run(&mut h, res, port);
+    let e = h
+        .ct(key(POD_A, 40000, POD_B, 80, 6, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(e.proxy_port, port);
+}
+
+/// The same connection without a proxy port on its entry goes to B as before, untouched by
+/// the proxy: no flag, no mark.
+#[test]
+fn an_entry_without_a_proxy_port_is_forwarded_as_before() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &egress_policy(vec![rule(ID_B, true, Some(6), 80, 16, false)]),
+        0,
+    );
+    let (v, _, mark) = run_ctx(
+        &h,
+        "from_container",
+        &tcp_ok(POD_A, 40001, POD_B, 80, SYN),
+        0,
+    );
+    assert_eq!(v, TC_ACT_REDIRECT, "straight to B's veth");
+    assert_eq!(mark, 0);
+    let e = h
+        .ct(key(POD_A, 40001, POD_B, 80, 6, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(
+        e.state & (abi::ct_state::TO_PROXY | abi::ct_state::FROM_PROXY),
+        0
+    );
+    assert_eq!(e.proxy_port, 0);
+    assert!(drops(&mut h).is_empty());
+}
+
+/// Conntrack keeps the decision: once a connection goes to the proxy, its later packets do
+/// too, even when the policy no longer names the proxy (a connection cannot leave the proxy
+/// mid-stream); one that started without the proxy stays without it.
+#[test]
+fn later_packets_follow_the_connections_decision_not_a_new_one() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(6), 80, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    run_ctx(
+        &h,
+        "from_container",
+        &tcp_ok(POD_A, 40002, POD_B, 80, SYN),
+        0,
+    );
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    // The policy flips to a plain allow.
+    h.set_policy_a(
+        &egress_policy(vec![rule(ID_B, true, Some(6), 80, 16, false)]),
+        1,
+    );
+    let (v, _, _) = run_ctx(
+        &h,
+        "from_container",
+        &tcp_ok(POD_A, 40002, POD_B, 80, ACK),
+        0,
+    );
+    assert_eq!(v, TC_ACT_SHOT, "still the proxy's, which is down");
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    // A new connection follows the new policy.
+    let (v, _, _) = run_ctx(
+        &h,
+        "from_container",
+        &tcp_ok(POD_A, 40003, POD_B, 80, SYN),
+        0,
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+}
+
+/// L7 rules are TCP's: a proxy port on a UDP entry refuses the packet (180) rather than let it
+/// pass unchecked.
+#[test]
+fn a_proxy_port_on_another_protocol_fails_closed() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(17), 53, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    let (v, _, _) = run_ctx(&h, "from_container", &udp(POD_A, 40004, POD_B, 53), 0);
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_UNKNOWN_PROTO]);
+}
+
+/// An ingress rule with a proxy port: to_container (an egress hook, where bpf_sk_assign is
+/// refused) sends the packet back in through the pod's veth with the to-proxy mark and the
+/// host side's MAC as destination; from_container there assigns it to the proxy (the packet
+/// is not the pod's, yet not dropped as a spoofed source).
+#[test]
+fn an_ingress_entry_with_a_proxy_port_goes_through_the_veths_ingress_to_the_proxy() {
+    privileged!();
+    let (_l, port) = proxy_listener();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &ingress_policy(vec![with_proxy(
+            rule(ID_B, false, Some(6), 80, 16, false),
+            port,
+        )]),
+        0,
+    );
+    let mut syn = tcp_ok(POD_B, 40010, POD_A, 80, SYN);
+    syn[0..6].copy_from_slice(&MAC_A);
+    syn[6..12].copy_from_slice(&HOST_MAC_A);
+    let (v, out, mark) = run_ctx(&h, "to_container", &syn, 0);
+    assert_eq!(v, TC_ACT_REDIRECT, "to the veth's ingress");
+    assert_eq!(proxy_mark::decode(mark), Some(ProxyMark::ToProxy { port }));
+    assert_eq!(
+        &out[0..6],
+        &HOST_MAC_A,
+        "the host side's MAC: the stack's own"
+    );
+    assert_eq!(&out[6..12], &MAC_A);
+    assert_eq!(&out[12..], &syn[12..], "the IP packet untouched");
+    let e = h
+        .ct(key(POD_B, 40010, POD_A, 80, 6, abi::CT_INGRESS))
+        .expect("tracked");
+    assert_eq!(e.state & abi::ct_state::TO_PROXY, abi::ct_state::TO_PROXY);
+    assert_eq!(e.proxy_port, port);
+    let evs = h.events();
+    assert!(
+        evs.iter()
+            .any(|e| e.kind == abi::EVENT_TRACE && e.code == abi::TRACE_TO_PROXY),
+        "traced as to-proxy"
+    );
+
+    // Back in through the veth: the listener is found.
+    let res = run_ctx(&h, "from_container", &out, mark);
+    assert_assigned_or_refused_on_test_run(&mut h, res, port);
+    // With nobody listening on that port: refused, fail closed.
+    let res = run_ctx(
+        &h,
+        "from_container",
+        &out,
+        proxy_mark::to_proxy(PROXY_PORT_UNUSED),
+    );
+    assert_eq!(res.0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    // Without the mark the same packet is a spoofed source.
+    let res = run_ctx(&h, "from_container", &out, 0);
+    assert_eq!(res.0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h), vec![132]);
+}
+
+/// The proxy's upstream packet (from B's address, with a from-proxy mark for a client of
+/// another identity) is judged as that client, not as B nor the host, and tracked with
+/// CT_F_FROM_PROXY; so the server's reply goes to the proxy's socket instead of to B.
+#[test]
+fn a_from_proxy_mark_is_judged_as_its_client_and_the_reply_goes_back_to_the_proxy() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &ingress_policy(vec![
+            rule(ID_CLIENT, false, Some(6), 80, 16, false),
+            rule(ID_CIDR, false, Some(6), 80, 16, false),
+        ]),
+        0,
+    );
+    let syn = tcp_ok(POD_B, 40020, POD_A, 80, SYN);
+    // B itself may not.
+    assert_eq!(run_ctx(&h, "to_container", &syn, 0).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h), vec![133]);
+    let m = proxy_mark::from_proxy(ProxyDirection::Egress, ID_CLIENT).expect("mark");
+    let (v, out, _) = run_ctx(&h, "to_container", &syn, m);
+    assert_eq!(v, TC_ACT_OK, "the client may");
+    assert_eq!(out, syn);
+    let e = h
+        .ct(key(POD_B, 40020, POD_A, 80, 6, abi::CT_INGRESS))
+        .expect("tracked");
+    assert_eq!(e.src_identity, ID_CLIENT);
+    assert_eq!(
+        e.state & (abi::ct_state::FROM_PROXY | abi::ct_state::TO_PROXY),
+        abi::ct_state::FROM_PROXY
+    );
+    let verdict = h
+        .events()
+        .into_iter()
+        .find(|e| e.kind == abi::EVENT_POLICY_VERDICT)
+        .expect("verdict");
+    assert_eq!((verdict.code, verdict.src_identity), (0, ID_CLIENT));
+
+    // A CIDR identity (bit 24) travels too.
+    let m = proxy_mark::from_proxy(ProxyDirection::Ingress, ID_CIDR).expect("mark");
+    let syn2 = tcp_ok(POD_B, 40021, POD_A, 80, SYN);
+    assert_eq!(run_ctx(&h, "to_container", &syn2, m).0, TC_ACT_OK);
+
+    // A's reply would go straight to B's veth; it is the proxy's connection: to its socket,
+    // which does not exist here, so it is dropped (never delivered to B).
+    let (v, _, _) = run_ctx(
+        &h,
+        "from_container",
+        &tcp_ok(POD_A, 80, POD_B, 40020, SYN | ACK),
+        0,
+    );
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+}
+
+/// After the egress proxy a connection may still need the destination's ingress proxy; after
+/// the ingress proxy it is never sent there again.
+#[test]
+fn the_ingress_proxys_own_traffic_is_not_redirected_again_the_egress_proxys_may_be() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &ingress_policy(vec![with_proxy(
+            rule(ID_CLIENT, false, Some(6), 80, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    let ingress = proxy_mark::from_proxy(ProxyDirection::Ingress, ID_CLIENT).expect("mark");
+    let (v, out, mark) = run_ctx(
+        &h,
+        "to_container",
+        &tcp_ok(POD_B, 40030, POD_A, 80, SYN),
+        ingress,
+    );
+    assert_eq!(v, TC_ACT_OK, "into the pod");
+    assert_eq!(mark, ingress, "no to-proxy mark");
+    assert_eq!(out, tcp_ok(POD_B, 40030, POD_A, 80, SYN));
+    let egress = proxy_mark::from_proxy(ProxyDirection::Egress, ID_CLIENT).expect("mark");
+    let (v, _, mark) = run_ctx(
+        &h,
+        "to_container",
+        &tcp_ok(POD_B, 40031, POD_A, 80, SYN),
+        egress,
+    );
+    assert_eq!(v, TC_ACT_REDIRECT, "to the ingress proxy");
+    assert_eq!(
+        proxy_mark::decode(mark),
+        Some(ProxyMark::ToProxy {
+            port: PROXY_PORT_UNUSED
+        })
+    );
+}
+
+/// host.c: the proxy's upstream packet to a pod of another node goes through the tunnel as
+/// the client (the mark's identity), not as the host, and is tracked so that the reply finds
+/// the proxy; the ingress proxy's answer to a remote client goes as the server pod.
+#[test]
+fn the_proxys_upstream_to_a_remote_pod_is_tunnelled_as_the_client() {
+    privileged!();
+    let mut h = Harness::new();
+    h.remote_pod();
+    h.set_tunnel_ifindex(2);
+    let syn = tcp_ok(POD_A, 40040, REMOTE_POD, 80, SYN);
+    // Without a mark, a pod's packet is lxc.c's business.
+    assert_eq!(run_ctx(&h, "to_netdev", &syn, 0).0, TC_ACT_OK);
+    let m = proxy_mark::from_proxy(ProxyDirection::Egress, ID_CLIENT).expect("mark");
+    let (v, out, _) = run_ctx(&h, "to_netdev", &syn, m);
+    assert_eq!(v, TC_ACT_REDIRECT, "handed to the VXLAN device");
+    assert_eq!(out, syn);
+    let trace = h
+        .events()
+        .into_iter()
+        .find(|e| e.kind == abi::EVENT_TRACE && e.code == abi::TRACE_TO_OVERLAY)
+        .expect("trace");
+    assert_eq!((trace.src_identity, trace.dst_identity), (ID_CLIENT, 777));
+    let e = h
+        .ct(key(POD_A, 40040, REMOTE_POD, 80, 6, abi::CT_EGRESS))
+        .expect("tracked for the reply");
+    assert_eq!(
+        e.state & abi::ct_state::FROM_PROXY,
+        abi::ct_state::FROM_PROXY
+    );
+    assert_eq!(e.src_identity, ID_CLIENT);
+
+    // The ingress proxy answering a remote client of A (a connection conntrack sent to it).
+    let mut by_ct: BpfHashMap<&mut MapData, CtKey4, CtEntry4> =
+        BpfHashMap::try_from(h.bpf.map_mut(abi::maps::CT4).expect("map")).expect("hash");
+    let proxied = CtEntry4 {
+        expires: now_secs() + 60,
+        state: abi::ct_state::TO_PROXY,
+        proxy_port: 15002,
+        src_identity: 777,
+        ..CtEntry4::default()
+    };
+    by_ct
+        .insert(
+            key(REMOTE_POD, 50000, POD_A, 80, 6, abi::CT_INGRESS),
+            proxied,
+            0,
+        )
+        .expect("ct");
+    let answer = tcp_ok(POD_A, 80, REMOTE_POD, 50000, SYN | ACK);
+    assert_eq!(run_ctx(&h, "to_netdev", &answer, 0).0, TC_ACT_REDIRECT);
+    let trace = h
+        .events()
+        .into_iter()
+        .find(|e| e.kind == abi::EVENT_TRACE && e.code == abi::TRACE_TO_OVERLAY)
+        .expect("trace");
+    assert_eq!(trace.src_identity, 300, "as the server pod A");
+    // Any other packet from A's address to another port is still not the host's to tunnel.
+    let other = tcp_ok(POD_A, 80, REMOTE_POD, 50001, SYN | ACK);
+    assert_eq!(run_ctx(&h, "to_netdev", &other, 0).0, TC_ACT_OK);
+}

@@ -1,0 +1,413 @@
+//! The L7 proxy's datapath contract through the real kernel: two pods wired the way the CNI
+//! plugin wires them, in a node namespace of their own, the datapath loaded and attached the
+//! way the agent does, the proxy's policy routing installed, and a test-only transparent
+//! listener in the node's namespace standing in for the proxy.
+//!
+//! - egress: A's rule towards B:80 names a proxy port: A's connection is accepted by the
+//!   listener, whose socket's local address is B:80 (the original destination) and peer A;
+//!   then the "proxy" opens its upstream connection to B:80 from A's address with the
+//!   from-proxy mark, and B's answer comes back to that socket (not into pod A);
+//! - ingress: B's rule for A on port 8080 names a proxy port: A's connection to B:8080 is
+//!   accepted by the listener (through to_container's hairpin into the veth's ingress);
+//! - fail closed: with the egress proxy's listener closed, A's connection to B:80 is not
+//!   delivered to B's server.
+//!
+//! Needs root; without it the test prints SKIP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use ciliate_datapath::linux::{purge_node_pins, LinuxConfig, LinuxDatapath};
+use ciliate_datapath::netlink::{disable_rp_filter, Netlink, PodInterface};
+use ciliate_datapath::netns::NetNs;
+use ciliate_datapath::proxy_mark::{self, ProxyDirection};
+use ciliate_datapath::{Datapath, EndpointSpec};
+use ciliate_model::api::GATEWAY_IPV4;
+use ciliate_model::bpf_policy::{EndpointPolicy, MatchKind, PolicyMapEntry};
+use ciliate_testutil::{unique_name, TestNetns};
+use ipnet::Ipv4Net;
+
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
+const ID_A: u32 = 70001;
+const ID_B: u32 = 70002;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) {
+    // SAFETY: fd is an open socket; the option value is a live i32 of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {level}/{name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A TCP socket with IP_TRANSPARENT (and SO_MARK when given), bound to `bind`.
+fn transparent_socket(bind: SocketAddrV4, mark: Option<u32>) -> RawFd {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    setsockopt_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1);
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    if let Some(m) = mark {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MARK, m as i32);
+    }
+    let sa = sockaddr(bind);
+    // SAFETY: sa is a valid sockaddr_in of the length given.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "bind {bind}: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// The test's proxy: a transparent listener on 127.0.0.1 and a free port, in the calling
+/// thread's namespace.
+fn transparent_listener() -> TcpListener {
+    let fd = transparent_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), None);
+    // SAFETY: fd is a bound socket we own.
+    assert_eq!(unsafe { libc::listen(fd, 16) }, 0);
+    // SAFETY: fd is an open, listening TCP socket, owned from here on by the listener.
+    unsafe { TcpListener::from_raw_fd(fd) }
+}
+
+/// The proxy's upstream connection: from `client` (any port) with `mark`, to `dst`.
+fn upstream_connect(client: Ipv4Addr, mark: u32, dst: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let fd = transparent_socket(SocketAddrV4::new(client, 0), Some(mark));
+    // connect(2) gives up after SO_SNDTIMEO, not the kernel's two minutes of SYN retries.
+    let tv = libc::timeval {
+        tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: tv is a live timeval of the length given; fd is ours.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_SNDTIMEO");
+    let sa = sockaddr(dst);
+    // SAFETY: sa is a valid sockaddr_in of the length given; fd is ours.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is an open TCP socket, owned from here on by the stream.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    if rc != 0 {
+        return Err(err);
+    }
+    Ok(stream)
+}
+
+/// Accepts one connection within IO_TIMEOUT (None if none came).
+fn accept_within(l: &TcpListener, within: Duration) -> Option<(TcpStream, SocketAddr)> {
+    l.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match l.accept() {
+            Ok((s, peer)) => {
+                s.set_nonblocking(false).unwrap();
+                return Some((s, peer));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside `ns`.
+fn in_ns<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = path.to_owned();
+    thread::spawn(move || {
+        let ns = NetNs::open(&path).expect("open netns");
+        ns.run_in(f).expect("enter netns")
+    })
+}
+
+/// A pod's client: connects to `dst`, sends `hello`, returns what came back (until EOF).
+fn pod_client(pod: &str, dst: SocketAddrV4) -> thread::JoinHandle<std::io::Result<String>> {
+    in_ns(pod, move || {
+        let mut s = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(b"hello")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+/// A one-connection-at-a-time server in pod B: answers "from-B" and reports each peer.
+fn pod_server(pod: &str, port: u16) -> mpsc::Receiver<SocketAddr> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let path = pod.to_owned();
+    thread::spawn(move || {
+        let ns = NetNs::open(&path).expect("open netns");
+        let _ = ns.run_in(move || {
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind server in B");
+            ready_tx.send(()).unwrap();
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { return };
+                let peer = c.peer_addr().unwrap();
+                let _ = c.write_all(b"from-B");
+                drop(c);
+                if tx.send(peer).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    ready_rx.recv_timeout(IO_TIMEOUT).expect("B's server up");
+    rx
+}
+
+fn entry(identity: u32, egress: bool, port: u16, proxy_port: u16) -> PolicyMapEntry {
+    PolicyMapEntry {
+        identity,
+        egress,
+        proto: Some(6),
+        port,
+        port_prefix_len: 16,
+        deny: false,
+        kind: MatchKind::L3L4,
+        rule: 1,
+        proxy_port,
+    }
+}
+
+struct Pins(LinuxConfig);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = purge_node_pins(&self.0);
+    }
+}
+
+struct Wired {
+    spec: EndpointSpec,
+}
+
+/// Wires a pod as the CNI plugin does (veth, /32, gateway, permanent neighbour, host route).
+async fn wire(nl: &Netlink, pod: &str, id: u16, ip: Ipv4Addr, identity: u32) -> Wired {
+    let host_name = unique_name("pxh");
+    let tmp_name = unique_name("pxt");
+    let (host, _) = nl.create_veth(&host_name, &tmp_name).await.unwrap();
+    let pod_ns = NetNs::open(pod).unwrap();
+    nl.move_link(&tmp_name, &pod_ns).await.unwrap();
+    let nl_pod = Netlink::connect_in(&pod_ns).unwrap();
+    let host_mac = host.mac.unwrap();
+    let eth0 = nl_pod
+        .configure_pod_interface(&PodInterface {
+            current_name: tmp_name,
+            ifname: "eth0".into(),
+            mac: None,
+            mtu: None,
+            address: Ipv4Net::from(ip),
+            gateway: GATEWAY_IPV4,
+            gateway_mac: host_mac,
+        })
+        .await
+        .unwrap();
+    let host = nl.configure_host_veth(&host_name, ip, None).await.unwrap();
+    disable_rp_filter(&host_name).unwrap();
+    Wired {
+        spec: EndpointSpec {
+            id,
+            ifname: host_name,
+            ifindex: host.index,
+            ipv4: ip,
+            mac: eth0.mac.unwrap(),
+            host_mac,
+            identity,
+        },
+    }
+}
+
+#[test]
+fn connections_reach_a_transparent_listener_with_their_original_destination() {
+    ciliate_testutil::privileged!();
+    let node = TestNetns::new("pxn");
+    let pod_a = TestNetns::new("pxa");
+    let pod_b = TestNetns::new("pxb");
+    let node_ns = NetNs::open(node.path()).unwrap();
+    let pins = Pins(LinuxConfig {
+        node_name: unique_name("pxnode"),
+        bpffs_root: "/sys/fs/bpf".into(),
+        socket_lb_cgroup: None,
+    });
+    let cfg = pins.0.clone();
+    let (a, b) = (pod_a.path(), pod_b.path());
+    node_ns
+        .run_in(move || node_side(cfg, &a, &b))
+        .expect("enter the node's namespace");
+}
+
+/// Everything on the node's side, on a thread inside the node's namespace.
+fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
+    for conf in ["all", "default"] {
+        disable_rp_filter(conf).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _rt = rt.enter();
+    let nl = Netlink::connect().unwrap();
+    let (a, b) = rt.block_on(async {
+        let a = wire(&nl, pod_a, 1, IP_A, ID_A).await;
+        let b = wire(&nl, pod_b, 2, IP_B, ID_B).await;
+        nl.install_proxy_routing().await.unwrap();
+        nl.install_proxy_routing()
+            .await
+            .expect("a second install changes nothing");
+        assert!(nl.proxy_routing_installed().await.unwrap());
+        (a, b)
+    });
+    let dp = LinuxDatapath::open(cfg).unwrap();
+    dp.upsert_endpoint(&a.spec).unwrap();
+    dp.upsert_endpoint(&b.spec).unwrap();
+
+    let egress_proxy = transparent_listener();
+    let ingress_proxy = transparent_listener();
+    let p_egress = egress_proxy.local_addr().unwrap().port();
+    let p_ingress = ingress_proxy.local_addr().unwrap().port();
+    let mut a_entries = vec![entry(ID_B, true, 80, p_egress), entry(ID_B, true, 8080, 0)];
+    a_entries.sort();
+    dp.set_endpoint_policy(
+        &a.spec,
+        &EndpointPolicy {
+            ingress_enforced: false,
+            egress_enforced: true,
+            entries: a_entries,
+        },
+    )
+    .unwrap();
+    let mut b_entries = vec![
+        entry(ID_A, false, 80, 0),
+        entry(ID_A, false, 8080, p_ingress),
+    ];
+    b_entries.sort();
+    dp.set_endpoint_policy(
+        &b.spec,
+        &EndpointPolicy {
+            ingress_enforced: true,
+            egress_enforced: false,
+            entries: b_entries,
+        },
+    )
+    .unwrap();
+    let seen_by_b = pod_server(pod_b, 80);
+    let b80 = SocketAddrV4::new(IP_B, 80);
+
+    // Egress: A's connection to B:80 is the proxy's, with B:80 as its local address.
+    let client = pod_client(pod_a, b80);
+    let (mut down, peer) =
+        accept_within(&egress_proxy, IO_TIMEOUT).expect("the proxy accepted A's connection");
+    assert_eq!(
+        down.local_addr().unwrap(),
+        SocketAddr::from(b80),
+        "original destination"
+    );
+    assert_eq!(peer.ip(), IP_A, "the client is A");
+    down.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut hello = [0u8; 5];
+    down.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    assert!(
+        seen_by_b.try_recv().is_err(),
+        "B's server saw nothing of A's own connection"
+    );
+
+    // The upstream leg: from A's address with the from-proxy mark; B's answer must come back
+    // to this socket (the datapath steers it), not into pod A (which would reset it).
+    let mark = proxy_mark::from_proxy(ProxyDirection::Egress, ID_A).unwrap();
+    let mut up = upstream_connect(IP_A, mark, b80).expect("the upstream connection to B:80");
+    up.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    up.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "from-B");
+    let b_peer = seen_by_b.recv_timeout(IO_TIMEOUT).expect("B served it");
+    assert_eq!(
+        b_peer,
+        up.local_addr().unwrap(),
+        "B saw A's address, the proxy's port"
+    );
+    down.write_all(format!("via-proxy:{answer}").as_bytes())
+        .unwrap();
+    drop(down);
+    assert_eq!(client.join().unwrap().unwrap(), "via-proxy:from-B");
+
+    // Ingress: A's connection to B:8080 (no server there) reaches the ingress proxy.
+    let b8080 = SocketAddrV4::new(IP_B, 8080);
+    let client = pod_client(pod_a, b8080);
+    let (mut down, peer) =
+        accept_within(&ingress_proxy, IO_TIMEOUT).expect("the ingress proxy accepted");
+    assert_eq!(down.local_addr().unwrap(), SocketAddr::from(b8080));
+    assert_eq!(peer.ip(), IP_A);
+    down.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    down.read_exact(&mut hello).unwrap();
+    down.write_all(b"via-ingress-proxy").unwrap();
+    drop(down);
+    assert_eq!(client.join().unwrap().unwrap(), "via-ingress-proxy");
+
+    // Fail closed: without the egress proxy, A's connection does not reach B's server.
+    drop(egress_proxy);
+    let refused = pod_client(pod_a, b80).join().unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(seen_by_b.try_recv().is_err(), "B's server saw nothing");
+
+    rt.block_on(async {
+        nl.remove_proxy_routing().await.unwrap();
+        assert!(!nl.proxy_routing_installed().await.unwrap());
+        nl.remove_proxy_routing()
+            .await
+            .expect("removing twice is fine");
+    });
+}
