@@ -165,6 +165,23 @@ static __always_inline int to_ingress_proxy(struct __sk_buff *skb,
 	return bpf_redirect(ifindex, BPF_F_INGRESS);
 }
 
+/* Whether `p` (towards this pod) answers an upstream connection a proxy opened from the pod's
+ * address to a pod of this node: that pod's side tracked it with CT_F_FROM_PROXY. */
+static __always_inline int proxy_upstream_answer(const struct pkt4 *p)
+{
+	struct ct_key4 k = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = CT_INGRESS,
+	};
+	struct ct_entry4 *e = bpf_map_lookup_elem(&cil_ct4, &k);
+
+	return e && (e->state & CT_F_FROM_PROXY);
+}
+
 SEC("classifier/from_container")
 int from_container(struct __sk_buff *skb)
 {
@@ -332,6 +349,12 @@ int to_container(struct __sk_buff *skb)
 		return drop(skb, METRIC_INGRESS, parse_drop_reason(rc), self->ep_id, 0,
 			    self->sec_identity, CT_NONE);
 
+	/* The node's own TCP packet (no ingress device): it may be the ingress proxy answering
+	 * the upstream connection another proxy opened from this pod's address (an egress-
+	 * proxied connection meeting the server's ingress proxy on this node). That answer is for
+	 * the proxy's socket, not the pod. */
+	if (skb->ingress_ifindex == 0 && p.proto == IPPROTO_TCP && proxy_upstream_answer(&p))
+		return to_ingress_proxy(skb, self, 0);
 	if (mark_is_from_proxy(mark)) {
 		/* The proxy's upstream connection for a client: judged as that client. After the
 		 * ingress proxy it is not sent there again; after the egress proxy it may be. */

@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::mpsc;
 use std::thread;
@@ -183,7 +183,7 @@ fn pod_client(pod: &str, dst: SocketAddrV4) -> thread::JoinHandle<std::io::Resul
     })
 }
 
-/// A one-connection-at-a-time server in pod B: answers "from-B" and reports each peer.
+/// A one-connection-at-a-time server in pod B: answers "from-B:<port>" and reports each peer.
 fn pod_server(pod: &str, port: u16) -> mpsc::Receiver<SocketAddr> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -196,7 +196,7 @@ fn pod_server(pod: &str, port: u16) -> mpsc::Receiver<SocketAddr> {
             for conn in l.incoming() {
                 let Ok(mut c) = conn else { return };
                 let peer = c.peer_addr().unwrap();
-                let _ = c.write_all(b"from-B");
+                let _ = c.write_all(format!("from-B:{port}").as_bytes());
                 drop(c);
                 if tx.send(peer).is_err() {
                     return;
@@ -318,7 +318,11 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     let ingress_proxy = transparent_listener();
     let p_egress = egress_proxy.local_addr().unwrap().port();
     let p_ingress = ingress_proxy.local_addr().unwrap().port();
-    let mut a_entries = vec![entry(ID_B, true, 80, p_egress), entry(ID_B, true, 8080, 0)];
+    let mut a_entries = vec![
+        entry(ID_B, true, 80, p_egress),
+        entry(ID_B, true, 8080, 0),
+        entry(ID_B, true, 9090, p_egress),
+    ];
     a_entries.sort();
     dp.set_endpoint_policy(
         &a.spec,
@@ -332,6 +336,7 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     let mut b_entries = vec![
         entry(ID_A, false, 80, 0),
         entry(ID_A, false, 8080, p_ingress),
+        entry(ID_A, false, 9090, p_ingress),
     ];
     b_entries.sort();
     dp.set_endpoint_policy(
@@ -344,6 +349,8 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     )
     .unwrap();
     let seen_by_b = pod_server(pod_b, 80);
+    let seen_by_b8080 = pod_server(pod_b, 8080);
+    let seen_by_b9090 = pod_server(pod_b, 9090);
     let b80 = SocketAddrV4::new(IP_B, 80);
 
     // Egress: A's connection to B:80 is the proxy's, with B:80 as its local address.
@@ -372,7 +379,7 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     up.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut answer = String::new();
     up.read_to_string(&mut answer).unwrap();
-    assert_eq!(answer, "from-B");
+    assert_eq!(answer, "from-B:80");
     let b_peer = seen_by_b.recv_timeout(IO_TIMEOUT).expect("B served it");
     assert_eq!(
         b_peer,
@@ -382,9 +389,9 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     down.write_all(format!("via-proxy:{answer}").as_bytes())
         .unwrap();
     drop(down);
-    assert_eq!(client.join().unwrap().unwrap(), "via-proxy:from-B");
+    assert_eq!(client.join().unwrap().unwrap(), "via-proxy:from-B:80");
 
-    // Ingress: A's connection to B:8080 (no server there) reaches the ingress proxy.
+    // Ingress: A's connection to B:8080 reaches the ingress proxy, not B's server there.
     let b8080 = SocketAddrV4::new(IP_B, 8080);
     let client = pod_client(pod_a, b8080);
     let (mut down, peer) =
@@ -393,9 +400,75 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     assert_eq!(peer.ip(), IP_A);
     down.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     down.read_exact(&mut hello).unwrap();
-    down.write_all(b"via-ingress-proxy").unwrap();
+    assert!(seen_by_b8080.try_recv().is_err(), "not B's server");
+    // Its upstream leg (ingress mark): into B, not back to the ingress proxy.
+    let mark = proxy_mark::from_proxy(ProxyDirection::Ingress, ID_A).unwrap();
+    let mut up = upstream_connect(IP_A, mark, b8080).expect("the upstream connection to B:8080");
+    up.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    up.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "from-B:8080");
+    assert_eq!(
+        seen_by_b8080.recv_timeout(IO_TIMEOUT).expect("B served it"),
+        up.local_addr().unwrap()
+    );
+    assert!(
+        accept_within(&ingress_proxy, Duration::from_millis(100)).is_none(),
+        "the ingress proxy's own connection did not come back to it"
+    );
+    down.write_all(format!("via-ingress-proxy:{answer}").as_bytes())
+        .unwrap();
     drop(down);
-    assert_eq!(client.join().unwrap().unwrap(), "via-ingress-proxy");
+    assert_eq!(
+        client.join().unwrap().unwrap(),
+        "via-ingress-proxy:from-B:8080"
+    );
+
+    // Both: A's egress rule and B's ingress rule on 9090. A's connection meets the egress
+    // proxy; its upstream meets the ingress proxy (whose answers reach the egress proxy's
+    // socket, not pod A); the ingress proxy's upstream reaches B.
+    let b9090 = SocketAddrV4::new(IP_B, 9090);
+    let client = pod_client(pod_a, b9090);
+    let (mut down, peer) =
+        accept_within(&egress_proxy, IO_TIMEOUT).expect("the egress proxy accepted");
+    assert_eq!(
+        (down.local_addr().unwrap(), peer.ip()),
+        (SocketAddr::from(b9090), IpAddr::V4(IP_A))
+    );
+    let mark = proxy_mark::from_proxy(ProxyDirection::Egress, ID_A).unwrap();
+    let up1 = upstream_connect(IP_A, mark, b9090);
+    let mut up1 = up1.expect("egress proxy -> ingress proxy");
+    let (mut mid, mid_peer) =
+        accept_within(&ingress_proxy, IO_TIMEOUT).expect("the ingress proxy accepted");
+    assert_eq!(
+        (mid.local_addr().unwrap(), mid_peer),
+        (SocketAddr::from(b9090), up1.local_addr().unwrap())
+    );
+    let mark = proxy_mark::from_proxy(ProxyDirection::Ingress, ID_A).unwrap();
+    let mut up2 = upstream_connect(IP_A, mark, b9090).expect("ingress proxy -> B");
+    up2.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    up2.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "from-B:9090");
+    assert_eq!(
+        seen_by_b9090.recv_timeout(IO_TIMEOUT).expect("B served it"),
+        up2.local_addr().unwrap()
+    );
+    mid.write_all(answer.as_bytes()).unwrap();
+    drop(mid);
+    up1.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut relayed = String::new();
+    up1.read_to_string(&mut relayed).unwrap();
+    assert_eq!(
+        relayed, "from-B:9090",
+        "the ingress proxy's answer reached the egress proxy"
+    );
+    // Read A's request first: closing with unread data would reset the connection.
+    down.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    down.read_exact(&mut hello).unwrap();
+    down.write_all(relayed.as_bytes()).unwrap();
+    drop(down);
+    assert_eq!(client.join().unwrap().unwrap(), "from-B:9090");
 
     // Fail closed: without the egress proxy, A's connection does not reach B's server.
     drop(egress_proxy);
