@@ -360,7 +360,8 @@ struct ipcache_entry {
 /* Hubble's "No mapping for NAT masquerade": every masquerade port towards that remote
  * address and port is taken. */
 #define DROP_NAT_NO_MAPPING 167
-/* The L7 proxy (Cilium's DROP_PROXY_*): no proxy socket to send the connection to (the proxy
+/* The L7 proxy (Cilium's DROP_PROXY_*; Hubble's SOCKET_LOOKUP_FAILED, SOCKET_ASSIGN_FAILED,
+ * PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL): no proxy socket to send the connection to (the proxy
  * is down: traffic that needs it is refused, fail closed), the socket could not be assigned,
  * and a proxy port on a protocol the proxy does not take (not TCP). */
 #define DROP_PROXY_LOOKUP_FAILED 178

@@ -358,6 +358,15 @@ async fn run_inner(
             kind: config.datapath,
             source,
         })?;
+    // Packets the datapath hands to the L7 proxy's sockets are delivered locally whatever
+    // their destination (policy routing on the to-proxy mark).
+    datapath
+        .install_proxy_routing()
+        .await
+        .map_err(|source| AgentError::Datapath {
+            kind: config.datapath,
+            source,
+        })?;
     let settings = ManagerSettings {
         node_name: config.node_name.clone(),
         pod_cidr: config.pod_cidr,

@@ -25,8 +25,8 @@ pub fn drop_reason_name(code: u8) -> &'static str {
         158 => "Service backend not found",
         160 => "No mapping for NAT masquerade",
         163 => "Unknown connection tracking state",
-        178 => "Proxy lookup failed",
-        179 => "Proxy assignment failed",
+        178 => "Socket lookup failed",
+        179 => "Socket assign failed",
         180 => "Proxy redirection not supported for protocol",
         181 => "Policy denied by denylist",
         _ => "Unknown drop reason",
@@ -233,6 +233,27 @@ fn parse_packet(b: &[u8]) -> Parsed {
 mod tests {
     use super::*;
     use crate::abi::EVENT_CAPTURE_LEN;
+
+    #[test]
+    fn the_proxys_drop_reasons_and_trace_point_have_hubbles_names() {
+        use crate::abi::{
+            DROP_PROXY_LOOKUP_FAILED, DROP_PROXY_SET_FAILED, DROP_PROXY_UNKNOWN_PROTO,
+            TRACE_TO_PROXY,
+        };
+        assert_eq!(
+            drop_reason_name(DROP_PROXY_LOOKUP_FAILED),
+            "Socket lookup failed"
+        );
+        assert_eq!(
+            drop_reason_name(DROP_PROXY_SET_FAILED),
+            "Socket assign failed"
+        );
+        assert_eq!(
+            drop_reason_name(DROP_PROXY_UNKNOWN_PROTO),
+            "Proxy redirection not supported for protocol"
+        );
+        assert_eq!(trace_point_name(TRACE_TO_PROXY), "to-proxy");
+    }
 
     fn tcp_syn() -> Vec<u8> {
         let mut p = vec![0u8; 14 + 20 + 20];

@@ -446,3 +446,102 @@ fn the_proxys_upstream_to_a_remote_pod_is_tunnelled_as_the_client() {
     let other = tcp_ok(POD_A, 80, REMOTE_POD, 50001, SYN | ACK);
     assert_eq!(run_ctx(&h, "to_netdev", &other, 0).0, TC_ACT_OK);
 }
+
+/// L7 rules see the backend: Service DNAT runs before policy, so the proxy gets the backend
+/// as the original destination; the proxy's answers (from the backend's address) reach the
+/// client as ordinary replies, translated back to the Service's address.
+#[test]
+fn a_service_connection_goes_to_the_proxy_as_its_backend_and_replies_are_rev_natted() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&[POD_B], None, L4Proto::Tcp));
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(6), 8080, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    let (v, out, _) = run_ctx(&h, "from_container", &tcp_ok(POD_A, 40050, VIP, 80, SYN), 0);
+    assert_eq!(v, TC_ACT_SHOT, "no proxy listening");
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    assert_eq!(
+        dst_of(&out),
+        (POD_B, 8080),
+        "judged and sent as the backend"
+    );
+    let e = h
+        .ct(key(POD_A, 40050, POD_B, 8080, 6, abi::CT_EGRESS))
+        .expect("tracked as the backend");
+    assert_eq!(e.state & abi::ct_state::TO_PROXY, abi::ct_state::TO_PROXY);
+    assert_eq!(e.rev_nat_index, 5);
+    // The proxy answers from the backend's address (its socket's local address).
+    let (v, out, _) = run_ctx(
+        &h,
+        "to_container",
+        &tcp_ok(POD_B, 8080, POD_A, 40050, SYN | ACK),
+        0,
+    );
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(
+        src_of(&out),
+        (VIP, 80),
+        "the Service's address, as the client asked"
+    );
+    assert_checksums(&out);
+}
+
+/// The ingress proxy's answer to an upstream connection another proxy opened from pod A's
+/// address (both on this node) comes from the node's stack towards A: it belongs to that
+/// proxy's socket, so to_container sends it back in through the veth's ingress to be
+/// assigned there, instead of into pod A.
+#[test]
+fn a_proxys_answer_to_another_proxys_upstream_goes_back_to_that_proxy() {
+    privileged!();
+    let mut h = Harness::new();
+    let mut by_ct: BpfHashMap<&mut MapData, CtKey4, CtEntry4> =
+        BpfHashMap::try_from(h.bpf.map_mut(abi::maps::CT4).expect("map")).expect("hash");
+    // B's side of the upstream connection A:40060 -> B:80, which a proxy opened.
+    by_ct
+        .insert(
+            key(POD_A, 40060, POD_B, 80, 6, abi::CT_INGRESS),
+            CtEntry4 {
+                expires: now_secs() + 60,
+                state: abi::ct_state::FROM_PROXY | abi::ct_state::TO_PROXY,
+                proxy_port: 15002,
+                src_identity: 300,
+                ..CtEntry4::default()
+            },
+            0,
+        )
+        .expect("ct");
+    // And an ordinary one, A:40061 -> B:80.
+    by_ct
+        .insert(
+            key(POD_A, 40061, POD_B, 80, 6, abi::CT_INGRESS),
+            CtEntry4 {
+                expires: now_secs() + 60,
+                src_identity: 300,
+                ..CtEntry4::default()
+            },
+            0,
+        )
+        .expect("ct");
+    let answer = tcp_ok(POD_B, 80, POD_A, 40060, SYN | ACK);
+    let (v, out, mark) = run_ctx(&h, "to_container", &answer, 0);
+    assert_eq!(v, TC_ACT_REDIRECT, "back in through the veth");
+    assert_eq!(
+        proxy_mark::decode(mark),
+        Some(ProxyMark::ToProxy { port: 0 })
+    );
+    assert_eq!(&out[0..6], &HOST_MAC_A);
+    // There, the proxy's socket is looked up by the exact tuple; none here: dropped, never
+    // into the pod.
+    let (v, _, _) = run_ctx(&h, "from_container", &out, mark);
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    // The ordinary connection's packet goes into the pod as before.
+    let other = tcp_ok(POD_B, 80, POD_A, 40061, SYN | ACK);
+    let (v, _, mark) = run_ctx(&h, "to_container", &other, 0);
+    assert_eq!((v, mark), (TC_ACT_OK, 0));
+}
