@@ -332,6 +332,7 @@ pub fn collect_status(s: &AppState) -> Status {
         cluster,
         datapath_repairs: m.datapath_repairs,
         endpoints_vanished: m.endpoints_vanished,
+        proxy: Some(pol.proxy),
     }
 }
 

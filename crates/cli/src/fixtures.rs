@@ -16,6 +16,17 @@ pub fn status() -> Status {
     Status {
         datapath_repairs: 0,
         endpoints_vanished: 0,
+        proxy: Some(ciliate_model::api::ProxyStatus {
+            enabled: true,
+            listeners: ciliate_model::l7::ProxyPorts::default(),
+            redirects: 2,
+            endpoints: 1,
+            revision: 7,
+            up: Some(true),
+            applied_revision: Some(7),
+            restarts: Some(1),
+            requests: Some(12),
+        }),
         node: "node-1".into(),
         version: "0.1.0".into(),
         uptime_seconds: 3725,
@@ -266,6 +277,7 @@ pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
             policies: vec![],
             drop_reason: None,
             message: "no policy selects the endpoint (allow all)".into(),
+            l7: None,
         }),
         ingress: Some(TraceDirection {
             direction: Direction::Ingress,
@@ -288,8 +300,10 @@ pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
             message:
                 "denied by rule spec.ingressDeny[0] of CiliumNetworkPolicy default/deny-client"
                     .into(),
+            l7: None,
         }),
         notes: vec![],
+        http: None,
     }
 }
 

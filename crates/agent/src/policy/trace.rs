@@ -284,6 +284,7 @@ impl PolicyManager {
             proto: q.proto,
             dport: q.dport,
             notes,
+            http: None,
         })
     }
 }
@@ -311,5 +312,6 @@ fn direction(v: &DirectionVerdict) -> TraceDirection {
         policies,
         drop_reason: v.drop_reason(),
         message: v.reason.to_string(),
+        l7: None,
     }
 }
