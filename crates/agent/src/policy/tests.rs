@@ -196,6 +196,7 @@ impl Node {
                     dst: dst.into(),
                     proto: 6,
                     dport,
+                    http: None,
                 },
             )
             .expect("traces")
@@ -531,7 +532,8 @@ fn trace_explains_allow_default_deny_and_deny() {
                 src: "default/nope".into(),
                 dst: "default/server".into(),
                 proto: 6,
-                dport: 80
+                dport: 80,
+                http: None,
             }
         ),
         Err(trace::TraceError::NotFound(_))
@@ -1006,4 +1008,77 @@ fn redirects_without_a_proxy_are_a_status_problem() {
             .any(|p| p.contains("no L7 proxy runs on this node")),
         "{status:?}"
     );
+}
+
+#[test]
+fn trace_explains_http_rules() {
+    use ciliate_model::policy_api::TraceHttp;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let _server = n.pod("server", "server", 10);
+    let _client = n.pod("client", "client", 11);
+    n.apply(L7_POLICY, false).expect("applies");
+    let trace = |http: Option<TraceHttp>| {
+        n.policies
+            .trace(
+                &n.endpoints.list(),
+                &n.endpoints.policy_snapshot().identities,
+                &TraceQuery {
+                    src: "default/client".into(),
+                    dst: "default/server".into(),
+                    proto: 6,
+                    dport: 80,
+                    http,
+                },
+            )
+            .expect("traces")
+    };
+    // Without a request: the port is redirected, and the rules in force are listed.
+    let t = trace(None);
+    assert!(t.allowed);
+    let l7 = t.ingress.as_ref().and_then(|d| d.l7.clone()).expect("l7");
+    assert_eq!(l7.proxy_port, 15002);
+    assert_eq!(l7.rules.len(), 1);
+    assert_eq!(l7.rules[0].rule.path(), "spec.ingress[0]");
+    assert_eq!(l7.rules[0].http[0].method.as_deref(), Some("GET"));
+    assert_eq!(l7.allowed, None);
+    assert!(l7.message.contains("redirected to the L7 proxy"), "{l7:?}");
+    assert!(t.egress.as_ref().is_some_and(|d| d.l7.is_none()));
+
+    let req = |method: &str| TraceHttp {
+        method: method.into(),
+        path: "/api".into(),
+        host: String::new(),
+        headers: vec![],
+    };
+    let t = trace(Some(req("GET")));
+    assert!(t.allowed, "{t:?}");
+    let l7 = t.ingress.as_ref().and_then(|d| d.l7.clone()).expect("l7");
+    assert_eq!(l7.allowed, Some(true));
+    assert_eq!(l7.allowed_by[0].rule.path(), "spec.ingress[0]");
+    assert_eq!(l7.allowed_by[0].http_index, Some(0));
+    assert_eq!(t.http, Some(req("GET")));
+
+    let t = trace(Some(req("POST")));
+    assert!(!t.allowed);
+    assert_eq!(t.deciding, Some(ciliate_model::policy::Direction::Ingress));
+    assert_eq!(t.drop_reason, None);
+    let l7 = t.ingress.as_ref().and_then(|d| d.l7.clone()).expect("l7");
+    assert_eq!(l7.allowed, Some(false));
+    assert!(l7.message.contains("403"), "{l7:?}");
+
+    // A request over UDP, or without a path, is a bad query.
+    let bad = n.policies.trace(
+        &n.endpoints.list(),
+        &IdentityLabels::new(),
+        &TraceQuery {
+            src: "default/client".into(),
+            dst: "default/server".into(),
+            proto: 17,
+            dport: 80,
+            http: Some(req("GET")),
+        },
+    );
+    assert!(matches!(bad, Err(trace::TraceError::Invalid(_))));
 }
