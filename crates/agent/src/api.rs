@@ -332,6 +332,7 @@ pub fn collect_status(s: &AppState) -> Status {
         cluster,
         datapath_repairs: m.datapath_repairs,
         endpoints_vanished: m.endpoints_vanished,
+        proxy: Some(pol.proxy),
     }
 }
 
@@ -583,6 +584,16 @@ struct TraceParams {
     dst: Option<String>,
     dport: Option<u16>,
     proto: Option<String>,
+    /// An HTTP request to trace: method, path, host, and headers (`Name: value`, several
+    /// separated by newlines).
+    #[serde(rename = "httpMethod")]
+    http_method: Option<String>,
+    #[serde(rename = "httpPath")]
+    http_path: Option<String>,
+    #[serde(rename = "httpHost")]
+    http_host: Option<String>,
+    #[serde(rename = "httpHeader")]
+    http_header: Option<String>,
 }
 
 async fn trace_policy(
@@ -606,11 +617,32 @@ async fn trace_policy(
             "proto {proto_text:?}: use tcp, udp, sctp, icmp or a protocol number"
         )));
     };
+    let http = match (q.http_method, q.http_path) {
+        (None, None) if q.http_host.is_none() && q.http_header.is_none() => None,
+        (Some(method), Some(path)) => Some(ciliate_model::policy_api::TraceHttp {
+            method,
+            path,
+            host: q.http_host.unwrap_or_default(),
+            headers: q
+                .http_header
+                .iter()
+                .flat_map(|h| h.lines())
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }),
+        _ => {
+            return Err(ApiFailure::invalid(
+                "an HTTP request needs both httpMethod and httpPath (httpHost and httpHeader are optional)",
+            ))
+        }
+    };
     let query = TraceQuery {
         src,
         dst,
         proto,
         dport: q.dport.unwrap_or(0),
+        http,
     };
     let trace = blocking(move || {
         let endpoints = s.manager.list();

@@ -29,6 +29,7 @@ pub mod gc;
 pub mod identity;
 pub mod ipam;
 pub mod kubernetes;
+pub mod l7;
 pub mod logging;
 pub mod manifests;
 pub mod metrics;

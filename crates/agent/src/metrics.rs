@@ -255,6 +255,7 @@ mod tests {
         Status {
             datapath_repairs: 0,
             endpoints_vanished: 0,
+            proxy: None,
             node: "n1".into(),
             version: "0".into(),
             uptime_seconds: 1,

@@ -11,7 +11,12 @@
 //! * `--manifest-dir`: its policy documents, read with the Services' (see
 //!   [`crate::services::manifest_dir`]); a broken set keeps the last good one in force.
 //!
-//! What a policy parses but does not enforce yet (L7 rules, toFQDNs, toServices,
+//! HTTP rules are enforced by the node's L7 proxy: the entries of their ports carry the
+//! proxy's port, and every endpoint's redirects (the rules the proxy applies) are kept in
+//! [`crate::l7::L7State`] and pushed to the proxy as they change, before the datapath starts
+//! sending connections there (see [`PolicyManager::attach_l7_sink`]).
+//!
+//! What a policy parses but does not enforce yet (Kafka and DNS rules, toFQDNs, toServices,
 //! authentication) is a warning: returned with the answer, logged, listed by
 //! `GET /v1/policies`; never silently dropped, never a reason to allow more.
 //!
@@ -39,8 +44,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ciliate_datapath::{Datapath, DatapathError, EndpointSpec};
+use ciliate_model::api::ProxyStatus;
 use ciliate_model::bpf_policy::{self, PolicySyncStats};
 use ciliate_model::identity::{Identity, NumericIdentity, ReservedIdentity};
+use ciliate_model::l7::{L7Redirect, ProxyCommand};
 use ciliate_model::labels::Labels;
 use ciliate_model::manifest::{report, ApplyAction, ApplyDocument, ManifestError};
 use ciliate_model::policy::{PolicyKind, PolicyRef, PolicyResource, RuleRef};
@@ -51,6 +58,7 @@ use ciliate_policy::{load_documents, IdentityLabels, Loaded, NamedPorts, PolicyE
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
+use crate::l7::{L7Sink, L7State, ProxyHealth};
 use crate::services::manifest_dir;
 use crate::state::StateError;
 use namespaces::NamespaceLabels;
@@ -329,6 +337,8 @@ pub struct PolicyStatus {
     pub policies: usize,
     /// What is wrong.
     pub problems: Vec<String>,
+    /// The L7 proxy's redirects and state.
+    pub proxy: ProxyStatus,
 }
 
 /// The documents in force; its lock is held for a whole change, so changes never interleave.
@@ -392,6 +402,8 @@ pub struct PolicyManager {
     namespaces: Mutex<NamespaceLabels>,
     /// Bumped on every change of policies, node addresses, namespaces or the cluster.
     generation: AtomicU64,
+    /// Every endpoint's L7 redirects, and the proxy they are pushed to.
+    l7: Mutex<L7State>,
 }
 
 /// What the cluster adds to policy (multi-node): the identities of endpoints on other nodes,
@@ -474,6 +486,7 @@ impl PolicyManager {
             "policies loaded"
         );
         let addresses = settings.node_ips.iter().copied().collect();
+        let proxy_ports = engine.config().proxy_ports;
         let manager = Self {
             settings,
             datapath,
@@ -491,6 +504,7 @@ impl PolicyManager {
             health: Mutex::new(Health::default()),
             dir_watch: Mutex::new(manifest_dir::DirWatch::default()),
             generation: AtomicU64::new(1),
+            l7: Mutex::new(L7State::new(proxy_ports)),
         };
         if !manager.reload_dir() {
             // Proves the directory writable before any request, and records the CIDR
@@ -860,10 +874,48 @@ impl PolicyManager {
         named_ports: &NamedPorts,
     ) -> Result<PolicySyncStats, DatapathError> {
         let identities = self.with_cluster_identities(identities);
-        let policy = lock(&self.engine)
-            .resolve(&identities, named_ports)
-            .map_policy(spec.identity);
+        let revision = self.generation.load(Ordering::SeqCst);
+        let (policy, redirects) = {
+            let mut engine = lock(&self.engine);
+            let resolved = engine.resolve(&identities, named_ports);
+            let result = resolved.endpoint_policy(spec.identity);
+            (resolved.to_map(&result), result.redirects)
+        };
+        // The proxy has the rules before the datapath sends it connections.
+        lock(&self.l7).set_endpoint(
+            spec.id,
+            ciliate_policy::l7::for_endpoint(&redirects, spec.id, spec.ipv4),
+            revision,
+        );
         self.datapath.set_endpoint_policy(spec, &policy)
+    }
+
+    /// Attaches the L7 proxy's side (the proxy supervisor): `sink` receives a
+    /// [`ProxyCommand::Snapshot`] of every redirect now, then a [`ProxyCommand::Endpoint`] for
+    /// every endpoint whose redirects change, in order.
+    pub fn attach_l7_sink(&self, sink: Box<dyn L7Sink>) {
+        lock(&self.l7).attach(sink);
+    }
+
+    /// Detaches the proxy's side: redirects are still computed (and refused by the datapath
+    /// with no proxy to take them); `status` says so.
+    pub fn detach_l7_sink(&self) {
+        lock(&self.l7).detach();
+    }
+
+    /// Every redirect in force, as a proxy (re)connecting must receive first.
+    pub fn l7_snapshot(&self) -> ProxyCommand {
+        lock(&self.l7).snapshot()
+    }
+
+    /// One endpoint's redirects.
+    pub fn l7_redirects(&self, endpoint: u16) -> Vec<L7Redirect> {
+        lock(&self.l7).endpoint(endpoint).to_vec()
+    }
+
+    /// Records the proxy process's state (from its supervisor), for `status`.
+    pub fn set_proxy_health(&self, health: ProxyHealth) {
+        lock(&self.l7).set_health(health);
     }
 
     /// The policy revision and the one in force on every endpoint.
@@ -891,18 +943,20 @@ impl PolicyManager {
     ) -> Result<ReconcileStats, String> {
         let _serial = lock(&self.reconcile_lock);
         let generation = self.generation.load(Ordering::SeqCst);
+        let l7_mark = lock(&self.l7).mark();
         let node = node();
         let started = Instant::now();
         let identities = self.with_cluster_identities(&node.identities);
         let (policies, cidr, notes) = {
             let mut engine = lock(&self.engine);
             let resolved = engine.resolve(&identities, &node.named_ports);
-            let mut policies = BTreeMap::new();
+            let mut policies: BTreeMap<NumericIdentity, (_, Vec<L7Redirect>)> = BTreeMap::new();
             let mut notes = BTreeSet::new();
             for ep in &node.endpoints {
                 policies.entry(ep.identity).or_insert_with(|| {
-                    notes.extend(resolved.endpoint_policy(ep.identity).notes);
-                    resolved.map_policy(ep.identity)
+                    let result = resolved.endpoint_policy(ep.identity);
+                    notes.extend(result.notes.iter().cloned());
+                    (resolved.to_map(&result), result.redirects)
                 });
             }
             (policies, resolved.ipcache4(), notes)
@@ -935,9 +989,15 @@ impl PolicyManager {
             Err(e) => errors.push(format!("cannot read the ipcache: {e}")),
         }
         for ep in &node.endpoints {
-            let Some(policy) = policies.get(&ep.identity) else {
+            let Some((policy, redirects)) = policies.get(&ep.identity) else {
                 continue;
             };
+            // The proxy has the rules before the datapath sends it connections.
+            lock(&self.l7).set_endpoint(
+                ep.id,
+                ciliate_policy::l7::for_endpoint(redirects, ep.id, ep.ipv4),
+                generation,
+            );
             match self.datapath.set_endpoint_policy(ep, policy) {
                 Ok(s) => {
                     if s.written + s.deleted > 0 {
@@ -951,6 +1011,10 @@ impl PolicyManager {
                 )),
             }
         }
+        // Endpoints gone since: their redirects go (those written after the view was taken,
+        // by a new endpoint's creation, stay).
+        let present: BTreeSet<u16> = node.endpoints.iter().map(|e| e.id).collect();
+        lock(&self.l7).retain(&present, l7_mark, generation);
         if errors.is_empty() {
             match self.datapath.sync_ipcache(&want) {
                 Ok(s) => add(s),
@@ -1065,7 +1129,13 @@ impl PolicyManager {
             problems.push(format!("cannot put the policies in force: {e}; retrying"));
         }
         problems.extend(shadowed);
-        PolicyStatus { policies, problems }
+        let l7 = lock(&self.l7);
+        problems.extend(l7.problems());
+        PolicyStatus {
+            policies,
+            problems,
+            proxy: l7.status(),
+        }
     }
 
     /// The labels of a reserved, cluster (other nodes') or CIDR identity.

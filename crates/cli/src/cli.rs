@@ -500,7 +500,8 @@ pub enum PolicyCommand {
             file, document, field and reason (exit code 1). When the command returns, the \
             policies are in force on every endpoint; the last line is the node's policy \
             revision that holds them (`Revision: N`, for `ciliate policy wait`).\n\n\
-            Fields parsed but not enforced yet (L7 rules, toFQDNs, toServices, authentication) \
+            Fields parsed but not enforced yet (Kafka and DNS rules, toFQDNs, toServices, \
+            authentication) \
             are reported as warnings on standard error; the rest of the policy is enforced, \
             never more permissively than written.",
         after_help = "Examples:\n  \
@@ -571,6 +572,10 @@ pub enum PolicyCommand {
             or container id, an IPv4 address (a pod's, the node's = host, else its CIDR identity \
             or world), or labels such as k8s:app=web,k8s:io.kubernetes.pod.namespace=default \
             (the identity with exactly these labels; a hypothetical one when no pod has them).\n\n\
+            When a side sends the port through the node's L7 proxy (HTTP rules), the trace \
+            lists the HTTP rules in force there; with --http-method and --http-path it says \
+            which rule (policy, rule and rules.http index) allows that request, or that none \
+            does and the proxy answers 403 Forbidden (then the verdict is DENIED).\n\n\
             Exit codes, for scripts: 0 allowed, 1 denied, 2 could not trace (usage error, \
             unknown pod, agent unreachable).",
         after_help = "Examples:\n  \
@@ -578,6 +583,8 @@ pub enum PolicyCommand {
             ciliate policy trace --src k8s:app=client,k8s:io.kubernetes.pod.namespace=default \\\n      \
             --dst 10.200.0.7 --dport 53/udp\n  \
             ciliate policy trace --src default/web --dst 203.0.113.9 --dport 8/icmp -o json\n  \
+            ciliate policy trace --src default/client --dst default/server --dport 80 \\\n      \
+            --http-method GET --http-path /api -H 'X-Token: t'\n  \
             ciliate policy trace --src a --dst b --dport 80 >/dev/null && echo allowed"
     )]
     Trace(TraceArgs),
@@ -654,6 +661,27 @@ pub struct TraceArgs {
     /// as the port), e.g. 8080, 53/udp, 8/icmp.
     #[arg(long, value_name = "PORT[/PROTO]", value_parser = parse_dport)]
     pub dport: (u16, String),
+
+    /// With --http-path: judge this HTTP request against the L7 rules of a redirected port.
+    #[arg(long, value_name = "METHOD", requires = "http_path")]
+    pub http_method: Option<String>,
+
+    /// With --http-method: the request's path (a query after ? is ignored by the rules).
+    #[arg(long, value_name = "PATH", requires = "http_method")]
+    pub http_path: Option<String>,
+
+    /// The request's Host (rules on host match nothing without it).
+    #[arg(long, value_name = "HOST", requires = "http_method")]
+    pub http_host: Option<String>,
+
+    /// A request header, `Name: value`; repeatable.
+    #[arg(
+        short = 'H',
+        long = "http-header",
+        value_name = "NAME: VALUE",
+        requires = "http_method"
+    )]
+    pub http_headers: Vec<String>,
 }
 
 /// `8080`, `53/udp`, `8/icmp`.
@@ -992,6 +1020,23 @@ mod tests {
                 "ciliate", "policy", "trace", "--src", "a", "--dst", "b", "--dport", "300/icmp",
             ],
             vec!["ciliate", "policy", "trace", "--src", "a", "--dst", "b"],
+            vec![
+                "ciliate",
+                "policy",
+                "trace",
+                "--src",
+                "a",
+                "--dst",
+                "b",
+                "--dport",
+                "80",
+                "--http-path",
+                "/api",
+            ],
+            vec![
+                "ciliate", "policy", "trace", "--src", "a", "--dst", "b", "--dport", "80", "-H",
+                "X-A: 1",
+            ],
             vec!["ciliate", "policy", "import"],
             vec!["ciliate", "policy", "delete"],
             vec!["ciliate", "bpf", "policy", "get"],
@@ -1059,5 +1104,39 @@ mod tests {
         assert!(parse_from(["ciliate", "completion", "bash"]).is_ok());
         assert!(parse_from(["ciliate", "metrics", "list", "-p", "drop"]).is_ok());
         assert!(parse_from(["ciliate", "config", "-o", "yaml"]).is_ok());
+        let cli = parse_from([
+            "ciliate",
+            "policy",
+            "trace",
+            "--src",
+            "a",
+            "--dst",
+            "b",
+            "--dport",
+            "80",
+            "--http-method",
+            "GET",
+            "--http-path",
+            "/api",
+            "-H",
+            "X-A: 1",
+            "-H",
+            "X-B: 2",
+            "--http-host",
+            "svc",
+        ])
+        .expect("parses");
+        let Command::Policy(PolicyCommand::Trace(t)) = cli.command else {
+            panic!("not a trace")
+        };
+        assert_eq!(
+            (
+                t.http_method.as_deref(),
+                t.http_path.as_deref(),
+                t.http_host.as_deref()
+            ),
+            (Some("GET"), Some("/api"), Some("svc"))
+        );
+        assert_eq!(t.http_headers, ["X-A: 1", "X-B: 2"]);
     }
 }

@@ -16,6 +16,17 @@ pub fn status() -> Status {
     Status {
         datapath_repairs: 0,
         endpoints_vanished: 0,
+        proxy: Some(ciliate_model::api::ProxyStatus {
+            enabled: true,
+            listeners: ciliate_model::l7::ProxyPorts::default(),
+            redirects: 2,
+            endpoints: 1,
+            revision: 7,
+            up: Some(true),
+            applied_revision: Some(7),
+            restarts: Some(1),
+            requests: Some(12),
+        }),
         node: "node-1".into(),
         version: "0.1.0".into(),
         uptime_seconds: 3725,
@@ -266,6 +277,7 @@ pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
             policies: vec![],
             drop_reason: None,
             message: "no policy selects the endpoint (allow all)".into(),
+            l7: None,
         }),
         ingress: Some(TraceDirection {
             direction: Direction::Ingress,
@@ -288,9 +300,73 @@ pub fn trace() -> ciliate_model::policy_api::PolicyTrace {
             message:
                 "denied by rule spec.ingressDeny[0] of CiliumNetworkPolicy default/deny-client"
                     .into(),
+            l7: None,
         }),
         notes: vec![],
+        http: None,
     }
+}
+
+/// A POST the server's L7 rules refuse.
+pub fn trace_http() -> ciliate_model::policy_api::PolicyTrace {
+    use ciliate_model::l7::HttpMatch;
+    use ciliate_model::policy::{Direction, PolicyKind, PolicyRef, RuleRef, RuleSection};
+    use ciliate_model::policy_api::{TraceDirection, TraceHttp, TraceL7, TraceL7Rule, TraceReason};
+    let rule = RuleRef {
+        policy: PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("default".into()),
+            name: "http".into(),
+        },
+        spec: None,
+        section: RuleSection::Ingress,
+        index: 0,
+    };
+    let mut t = trace();
+    t.dport = 80;
+    t.allowed = false;
+    t.drop_reason = None;
+    t.deciding = Some(Direction::Ingress);
+    t.http = Some(TraceHttp {
+        method: "POST".into(),
+        path: "/api".into(),
+        host: String::new(),
+        headers: vec!["X-Token: t".into()],
+    });
+    t.ingress = Some(TraceDirection {
+        direction: Direction::Ingress,
+        endpoint: 257,
+        peer: 256,
+        allowed: true,
+        reason: TraceReason::AllowedBy,
+        rules: vec![rule.clone()],
+        policies: vec![],
+        drop_reason: None,
+        message: "allowed by rule spec.ingress[0] of CiliumNetworkPolicy default/http".into(),
+        l7: Some(TraceL7 {
+            proxy_port: 15002,
+            rules: vec![TraceL7Rule {
+                rule,
+                http: vec![
+                    HttpMatch {
+                        method: Some("GET".into()),
+                        path: Some("/public".into()),
+                        ..HttpMatch::default()
+                    },
+                    HttpMatch {
+                        path: Some("/healthz".into()),
+                        headers: vec!["X-Probe: true".into()],
+                        ..HttpMatch::default()
+                    },
+                ],
+            }],
+            allowed: Some(false),
+            allowed_by: vec![],
+            message: "the L7 proxy refuses the request with 403 Forbidden: no HTTP rule matches it"
+                .into(),
+        }),
+    });
+    t
 }
 
 /// The policy map of a server: host, a client on a port range, an ICMP deny for everyone.

@@ -350,6 +350,36 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/policy/trace` with an HTTP request: as [`Client::policy_trace`], and the L7
+    /// proxy's verdict on the request where a side redirects the port.
+    pub async fn policy_trace_http(
+        &self,
+        src: &str,
+        dst: &str,
+        dport: u16,
+        proto: &str,
+        http: &ciliate_model::policy_api::TraceHttp,
+    ) -> Result<PolicyTrace, ClientError> {
+        let mut path = format!(
+            "/v1/policy/trace?src={}&dst={}&dport={dport}&proto={}&httpMethod={}&httpPath={}",
+            encode_segment(src),
+            encode_segment(dst),
+            encode_segment(proto),
+            encode_segment(&http.method),
+            encode_segment(&http.path),
+        );
+        if !http.host.is_empty() {
+            path.push_str(&format!("&httpHost={}", encode_segment(&http.host)));
+        }
+        if !http.headers.is_empty() {
+            path.push_str(&format!(
+                "&httpHeader={}",
+                encode_segment(&http.headers.join("\n"))
+            ));
+        }
+        self.get(&path).await
+    }
+
     /// `GET /v1/policy/revision`: the node's policy revision and the one in force.
     pub async fn policy_revision(&self) -> Result<PolicyRevision, ClientError> {
         self.get("/v1/policy/revision").await

@@ -110,6 +110,37 @@ pub struct Status {
     /// Endpoints removed because their veth vanished without a CNI DEL, since the agent started.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub endpoints_vanished: u64,
+    /// The node's L7 proxy: the redirects policy sends to it, and its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
+}
+
+/// The L7 proxy part of [`Status`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// Whether a proxy is attached to receive the redirects (the agent supervises one).
+    pub enabled: bool,
+    /// The proxy's listeners, which redirected policy entries carry.
+    pub listeners: crate::l7::ProxyPorts,
+    /// Redirects in force: (endpoint, direction, port) whose traffic goes through the proxy.
+    pub redirects: usize,
+    /// Endpoints with at least one redirect.
+    pub endpoints: usize,
+    /// The policy revision of the redirects last computed.
+    pub revision: u64,
+    /// Whether the proxy process runs and answers (filled by the supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<bool>,
+    /// The revision the proxy says it has in force (filled by the supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<u64>,
+    /// Times the proxy was restarted since the agent started (filled by the supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
+    /// HTTP requests the proxy handled (filled by the supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
 }
 
 /// Counters that are zero are left out of [`Status`], as they were before they existed.

@@ -11,6 +11,9 @@
 //! | `GET /v1/policy/trace?src=&dst=&dport=&proto=` | → [`PolicyTrace`]                     |
 //! | `GET /v1/bpf/policy/{endpoint}`                | → [`BpfPolicyView`]                   |
 //!
+//! A trace of an HTTP request adds `httpMethod=&httpPath=` (and `httpHost=`, `httpHeader=`
+//! repeated) to the trace query.
+//!
 //! Policies are applied and deleted through `POST /v1/manifests` with Services; the answer's
 //! [`ApplyResult::policies`](crate::manifest::ApplyResult::policies) says what happened to each.
 
@@ -263,6 +266,66 @@ pub struct TraceDirection {
     pub drop_reason: Option<u8>,
     /// The engine's explanation, in words.
     pub message: String,
+    /// When this side's entry sends the connection through the node's proxy: the HTTP rules
+    /// in force there for the peer and, when the trace gave a request, the proxy's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<TraceL7>,
+}
+
+/// An HTTP request to trace (`policy trace --http-method ... --http-path ...`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceHttp {
+    /// Method, e.g. `GET`.
+    pub method: String,
+    /// Path (a query after `?` is ignored by the rules).
+    pub path: String,
+    /// The authority (`Host`); empty when not given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// Headers as `Name: value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+}
+
+/// One side's L7 policy, for `policy trace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceL7 {
+    /// The proxy listener the connection is redirected to.
+    pub proxy_port: u16,
+    /// The rules in force for this peer on this port (OR'ed).
+    pub rules: Vec<TraceL7Rule>,
+    /// With a request: whether the proxy forwards it (otherwise it answers 403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    /// With a request: the rules that allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_by: Vec<TraceL7Match>,
+    /// In words.
+    pub message: String,
+}
+
+/// A policy rule's HTTP rules for a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceL7Rule {
+    /// The policy rule.
+    pub rule: RuleRef,
+    /// Its HTTP rules; empty: every request (an allow without L7 rules on this port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<crate::l7::HttpMatch>,
+}
+
+/// A rule that allows the traced request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceL7Match {
+    /// The policy rule.
+    pub rule: RuleRef,
+    /// The index of the HTTP rule in its `rules.http`; absent: the rule allows every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_index: Option<usize>,
 }
 
 /// Answer of `GET /v1/policy/trace`: would this flow pass, and which rule decides.
@@ -295,6 +358,10 @@ pub struct PolicyTrace {
     /// What the caller may want to know (e.g. a label set without a namespace label).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The HTTP request traced, when one was given; `allowed` then includes the proxy's
+    /// verdict on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<TraceHttp>,
 }
 
 impl PolicyTrace {

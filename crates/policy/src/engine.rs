@@ -16,13 +16,15 @@ use ciliate_model::bpf_policy::{self, port_range_prefixes};
 use ciliate_model::identity::{
     Identity, NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY, MIN_CLUSTER_IDENTITY,
 };
+use ciliate_model::l7::{HttpMatch, L7Redirect, ProxyPorts};
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::cilium::Entity;
+use ciliate_model::policy::entries::Lookup;
 use ciliate_model::policy::entries::{DirectionPolicy, POLICY_MAP_MAX_ENTRIES};
 use ciliate_model::policy::SelectorOperator;
 use ciliate_model::policy::{
     Direction, EndpointPolicy, EntrySource, IpcacheEntry, PolicyEntry, PolicyKey, PolicyRef,
-    PolicyResource, RuleRef, PROTO_ANY,
+    PolicyResource, RuleRef, PROTO_ANY, PROTO_TCP,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::cidr::{cidr_labels, CidrIdentities};
 use crate::compile::{compile, is_world_like, CompiledPolicy, Peer, PortMatch, Rule};
 use crate::explain::{DirectionVerdict, Reason, Verdict};
+use crate::l7::{allowing_rules, peer_rules_apply, HttpRequestView, L7Explanation};
 use crate::problems::Problem;
 use crate::selector::{Selector, NAMESPACE_LABELS_PREFIX};
 
@@ -40,12 +43,16 @@ pub struct Config {
     /// Let the local node (identity 1) reach its endpoints whatever their ingress policy
     /// allows (deny rules still win), as Cilium does by default, so that kubelet probes work.
     pub allow_localhost: bool,
+    /// The node proxy's listeners, which entries of ports with HTTP rules carry.
+    #[serde(default)]
+    pub proxy_ports: ProxyPorts,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             allow_localhost: true,
+            proxy_ports: ProxyPorts::default(),
         }
     }
 }
@@ -301,6 +308,10 @@ pub struct EndpointResult {
     /// What could not be computed as written (named ports no endpoint declares, a map that
     /// would overflow), for the agent to report.
     pub notes: Vec<String>,
+    /// The ports whose entries send traffic to the proxy, with the rules it applies there,
+    /// sorted by direction (ingress first) and port. `endpoint` and `endpoint_ip` are left 0:
+    /// the identity's endpoints share them (see [`crate::l7::for_endpoint`]).
+    pub redirects: Vec<L7Redirect>,
 }
 
 /// The engine's policies resolved against the identities that exist now.
@@ -348,6 +359,12 @@ impl Resolved<'_> {
         crate::map::to_map_policy(&self.endpoint_policy(subject).policy, |r| {
             self.engine.rule_id(r)
         })
+    }
+
+    /// An endpoint policy computed by [`Resolved::endpoint_policy`] in the datapath's type,
+    /// as [`Resolved::map_policy`] gives it (without computing it again).
+    pub fn to_map(&self, result: &EndpointResult) -> bpf_policy::EndpointPolicy {
+        crate::map::to_map_policy(&result.policy, |r| self.engine.rule_id(r))
     }
 
     /// The CIDR identities, with their labels, for the agent's identity table.
@@ -570,7 +587,8 @@ impl Resolved<'_> {
 
     /// Computes the policy of the endpoints with identity `subject`.
     pub fn endpoint_policy(&self, subject: NumericIdentity) -> EndpointResult {
-        let mut raw: Vec<(PolicyKey, bool, EntrySource)> = Vec::new();
+        // Each triple with the HTTP rules of the port it came from, if any.
+        let mut raw: Vec<(PolicyKey, bool, EntrySource, Option<&Vec<HttpMatch>>)> = Vec::new();
         let mut notes = Vec::new();
         let mut states = Vec::new();
         for direction in Direction::ALL {
@@ -583,7 +601,8 @@ impl Resolved<'_> {
                         Peers::All => vec![None],
                         Peers::Some(ids) => ids.iter().map(|id| Some(*id)).collect(),
                     };
-                    for pm in &rule.ports {
+                    for (pi, pm) in rule.ports.iter().enumerate() {
+                        let http = rule.http.get(&pi);
                         // Only named ports on egress depend on the peer.
                         let per_peer =
                             matches!(pm, PortMatch::Named { .. }) && direction == Direction::Egress;
@@ -620,7 +639,7 @@ impl Resolved<'_> {
                                     dport,
                                     port_prefix_len,
                                 };
-                                raw.push((key, rule.deny, source.clone()));
+                                raw.push((key, rule.deny, source.clone(), http));
                             }
                         }
                     }
@@ -631,12 +650,14 @@ impl Resolved<'_> {
                     PolicyKey::any(0, direction),
                     false,
                     EntrySource::NoDefaultDeny,
+                    None,
                 ));
             } else if direction == Direction::Ingress && self.engine.config.allow_localhost {
                 raw.push((
                     PolicyKey::any(ReservedIdentity::Host.id(), direction),
                     false,
                     EntrySource::AllowLocalhost,
+                    None,
                 ));
             }
             states.push(DirectionPolicy {
@@ -644,7 +665,11 @@ impl Resolved<'_> {
                 selected_by: a.selected_by.into_iter().collect(),
             });
         }
-        let entries = build_entries(raw);
+        let plan = crate::l7::plan(&raw, |r| self.engine.rule_id(r));
+        raw.extend(plan.extra);
+        let mut entries = build_entries(raw.into_iter().map(|(k, d, s, _)| (k, d, s)).collect());
+        let ports = self.engine.config.proxy_ports;
+        let redirects = crate::l7::finish(plan.redirects, &mut entries, &plan.keys, ports);
         if entries.len() > POLICY_MAP_MAX_ENTRIES {
             notes.push(format!(
                 "{} entries exceed the policy map's {POLICY_MAP_MAX_ENTRIES}",
@@ -661,6 +686,7 @@ impl Resolved<'_> {
                 entries,
             },
             notes,
+            redirects,
         }
     }
 
@@ -777,6 +803,48 @@ impl Resolved<'_> {
             allowed: ok,
             reason,
         }
+    }
+
+    /// Explains the L7 side of one direction of a TCP flow: `None` when the datapath's entry
+    /// for it does not send it to the proxy; otherwise the HTTP rules in force for `peer` and,
+    /// given a request, the rules that allow it (none: the proxy answers 403).
+    pub fn explain_l7(
+        &self,
+        endpoint: NumericIdentity,
+        direction: Direction,
+        peer: NumericIdentity,
+        dport: u16,
+        request: Option<&HttpRequestView<'_>>,
+    ) -> Option<L7Explanation> {
+        let r = self.endpoint_policy(endpoint);
+        let Lookup::Allowed(entry) = r.policy.lookup(direction, peer, PROTO_TCP, dport) else {
+            return None;
+        };
+        if entry.proxy_port == 0 {
+            return None;
+        }
+        let egress = direction == Direction::Egress;
+        let redirect = r
+            .redirects
+            .iter()
+            .find(|x| x.egress == egress && x.port == dport)?;
+        let rules = redirect
+            .rules
+            .iter()
+            .filter(|p| peer_rules_apply(p, peer))
+            .filter_map(|p| Some((self.engine.rule(p.rule)?.clone(), p.clone())))
+            .collect();
+        let allowed_by = request.map(|q| {
+            allowing_rules(redirect, peer, q)
+                .into_iter()
+                .filter_map(|(id, i)| Some((self.engine.rule(id)?.clone(), i)))
+                .collect()
+        });
+        Some(L7Explanation {
+            proxy_port: entry.proxy_port,
+            rules,
+            allowed_by,
+        })
     }
 
     /// Explains a flow from `src` to `dst` on `proto`/`dport`: the egress policy of `src` and

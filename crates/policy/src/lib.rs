@@ -8,6 +8,10 @@
 //!   entries), the CIDR identities and their ipcache entries, and explains any flow
 //!   ([`Resolved::explain`]).
 //!
+//! Allow rules with HTTP rules (`toPorts[].rules.http`) send their ports through the node's
+//! proxy: their entries carry the proxy's port, and [`EndpointResult::redirects`] lists, per
+//! port, the rules the proxy applies ([`l7`] checks, converts and matches them).
+//!
 //! The engine's entries ([`ciliate_model::policy::entries`]) carry the rules they came from;
 //! [`map`] turns them into the datapath's map types ([`ciliate_model::bpf_policy`]) and mirrors
 //! the BPF lookup over those, so that the maps can be checked against the explanations.
@@ -18,6 +22,7 @@ pub mod cidr;
 mod compile;
 mod engine;
 pub mod explain;
+pub mod l7;
 pub mod load;
 pub mod map;
 mod names;

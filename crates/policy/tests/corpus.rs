@@ -356,14 +356,15 @@ const CASES: &[Case] = &[
         ("prometheus", "prod-api", "tcp/9090", D133),
         ("staging-web", "prod-api", "tcp/9090", D133),
     ]),
-    warned("cnp-l7-http.yaml", &[
-        ("client", "echo", "tcp/8080", D133),
-    ], &["spec.ingress[0].toPorts[0].rules: L7 rules are not enforced yet: the ports of this toPorts entry stay closed"]),
+    case("cnp-l7-http.yaml", &[
+        ("client", "echo", "tcp/8080", A),
+        ("frontend", "echo", "tcp/8080", D133),
+    ]),
     warned("cnp-l7-dns-visibility.yaml", &[
         ("client", "kube-dns", "udp/53", A),
         ("client", "world", "tcp/443", D133),
     ], &[
-        "spec.egress[0].toPorts[0].rules: L7 rules are not enforced yet; these allow every request",
+        "spec.egress[0].toPorts[0].rules: Kafka and DNS rules are not enforced yet; these allow every request",
         "spec.egress[1].toFQDNs: toFQDNs are not enforced yet",
     ]),
     warned("cnp-to-services.yaml", &[
@@ -386,7 +387,7 @@ const CASES: &[Case] = &[
         ("client", "kube-dns", "udp/53", A),
         ("prod-web", "kube-dns", "tcp/53", A),
         ("client", "world", "tcp/443", D133),
-    ], &["spec.egress[0].toPorts[0].rules: L7 rules are not enforced yet; these allow every request"]),
+    ], &["spec.egress[0].toPorts[0].rules: Kafka and DNS rules are not enforced yet; these allow every request"]),
     case("ccnp-deny-world-prod.yaml", &[
         ("prod-web", "world", "tcp/443", D181),
         ("world", "prod-api", "tcp/9090", D181),
@@ -451,7 +452,17 @@ const INVALID: &[(&str, &str)] = &[
     ("bad-port-name.yaml", "\"http_web\" is neither a port number nor a port name"),
     ("missing-pod-selector.yaml", "spec: missing field `podSelector`"),
     ("endport-with-port-zero.yaml", "endPort needs a non-zero port"),
-    ("l7-on-udp.yaml", "L7 rules can only apply to TCP (not Udp)"),
+    ("l7-on-udp.yaml", "spec.ingress[0].toPorts[0].ports[0].protocol: L7 rules can only apply to TCP (not UDP) except for DNS rules"),
+    ("l7-no-protocol.yaml", "spec.ingress[0].toPorts[0].ports[0].protocol: L7 rules can only apply to TCP (not ANY) except for DNS rules (no protocol given means ANY: add protocol: TCP)"),
+    ("l7-port-zero.yaml", "spec.ingress[0].toPorts[0].rules: L7 rules can not be used when a port is 0"),
+    ("l7-port-range.yaml", "spec.ingress[0].toPorts[0].ports[0].endPort: L7 rules can not be used with a port range"),
+    ("l7-http-and-kafka.yaml", "spec.ingress[0].toPorts[0].rules: multiple L7 protocol rule types in one toPorts entry (http and kafka)"),
+    ("l7-bad-regex.yaml", "spec.ingress[0].toPorts[0].rules.http[1].path: \"/api/(v1\" is not a valid regular expression: unclosed group"),
+    ("l7-bad-header.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headers[0]: \"X/Bad: 1\" is not a header"),
+    ("l7-header-secret.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret: header values from Secrets are not supported"),
+    ("l7-bad-mismatch.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch: \"DROP\" is not a mismatch action (want LOG, ADD, DELETE or REPLACE)"),
+    ("l7-header-match-no-name.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].name: a header name is required"),
+    ("l7-unknown-field.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].values: unknown field `values`, expected one of `name`, `value`, `mismatch`, `secret`"),
     ("many-errors.yaml", "spec.ingress[0].toPorts[0].ports[0].port: port 99999 is out of range 0-65535"),
 ];
 

@@ -350,6 +350,7 @@ spec:
         // Without the default allowance for the node, so that the host's verdict is the rule's.
         let mut strict = PolicyEngine::new(Config {
             allow_localhost: false,
+            ..Config::default()
         });
         for p in load("test.yaml", yaml).unwrap().policies {
             strict.upsert(p.resource).unwrap();

@@ -471,7 +471,7 @@ proptest! {
         );
         let policy = namespace_peer_policy(kind, &req);
         // Without the default allowance for the node, so that the host's verdict is the rule's.
-        let mut e = PolicyEngine::new(Config { allow_localhost: false });
+        let mut e = PolicyEngine::new(Config { allow_localhost: false, ..Config::default() });
         e.upsert(serde_json::from_value(policy.clone()).unwrap()).unwrap();
         let named = NamedPorts::new();
         let r = e.resolve(&ids, &named);

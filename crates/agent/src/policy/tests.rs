@@ -5,6 +5,7 @@ use std::path::Path;
 use ciliate_datapath::FakeDatapath;
 use ciliate_model::api::EndpointCreateRequest;
 use ciliate_model::bpf_policy::MatchKind;
+use ciliate_model::l7::ProxyCommand;
 use ciliate_model::manifest::{split_documents, ApplyRequest, ApplyResult};
 use ciliate_model::policy_api::{TracePeerKind, TraceReason};
 use ciliate_model::{Labels, MacAddr, PodRef};
@@ -56,6 +57,19 @@ spec:
     - ports: [{port: "80", protocol: TCP}]
       rules:
         http: [{method: GET}]
+"#;
+
+const KAFKA_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka-produce}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce, topic: orders}]
 "#;
 
 const BROKEN_POLICY: &str = r#"apiVersion: cilium.io/v2
@@ -182,6 +196,7 @@ impl Node {
                     dst: dst.into(),
                     proto: 6,
                     dport,
+                    http: None,
                 },
             )
             .expect("traces")
@@ -517,7 +532,8 @@ fn trace_explains_allow_default_deny_and_deny() {
                 src: "default/nope".into(),
                 dst: "default/server".into(),
                 proto: 6,
-                dport: 80
+                dport: 80,
+                http: None,
             }
         ),
         Err(trace::TraceError::NotFound(_))
@@ -528,11 +544,11 @@ fn trace_explains_allow_default_deny_and_deny() {
 fn fields_not_enforced_are_warnings_everywhere() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
-    let r = n.apply(L7_POLICY, false).expect("applies");
+    let r = n.apply(KAFKA_POLICY, false).expect("applies");
     assert_eq!(r.warnings.len(), 1, "{r:?}");
     assert!(
         r.warnings[0].starts_with(
-            "p.yaml: document 1 (CiliumNetworkPolicy default/http-get): spec.ingress[0].toPorts[0].rules"
+            "p.yaml: document 1 (CiliumNetworkPolicy default/kafka-produce): spec.ingress[0].toPorts[0].rules"
         ),
         "{r:?}"
     );
@@ -540,10 +556,10 @@ fn fields_not_enforced_are_warnings_everywhere() {
     assert_eq!(views[0].warnings.len(), 1);
     assert!(views[0].warnings[0].starts_with("spec.ingress[0].toPorts[0].rules"));
     // Re-applying the same still says so.
-    let r = n.apply(L7_POLICY, false).expect("applies");
+    let r = n.apply(KAFKA_POLICY, false).expect("applies");
     assert_eq!(r.warnings.len(), 1);
     // And validation too.
-    let v = manifests::validate(&split_documents("p.yaml", L7_POLICY).expect("YAML"));
+    let v = manifests::validate(&split_documents("p.yaml", KAFKA_POLICY).expect("YAML"));
     assert!(v.valid);
     assert_eq!(v.warnings.len(), 1);
     let v = manifests::validate(
@@ -866,4 +882,203 @@ fn namespaces_from_the_manifest_directory_label_their_pods() {
     n.endpoints.reconcile_policy().expect("reconciles");
     assert!(n.policies.revision().is_in_force(after.revision));
     assert!(allowed(&n), "default now has team=a");
+}
+
+/// Drains what the proxy's side received so far.
+fn received(rx: &std::sync::mpsc::Receiver<ProxyCommand>) -> Vec<ProxyCommand> {
+    rx.try_iter().collect()
+}
+
+#[test]
+fn http_rules_are_pushed_to_the_proxy_and_lifted_on_delete() {
+    use ciliate_model::l7::HttpMatch;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let server = n.pod("server", "server", 10);
+    let client = n.pod("client", "client", 11);
+    let (tx, rx) = std::sync::mpsc::channel();
+    n.policies.attach_l7_sink(Box::new(tx));
+    assert!(matches!(
+        received(&rx).as_slice(),
+        [ProxyCommand::Snapshot { redirects, .. }] if redirects.is_empty()
+    ));
+
+    n.apply(L7_POLICY, false).expect("applies");
+    let p = n.policy_of(&server);
+    let entry = p
+        .entries
+        .iter()
+        .find(|e| e.identity == client.identity && e.port == 80)
+        .expect("an entry for the client on port 80");
+    assert_eq!((entry.proxy_port, entry.deny), (15002, false), "{p:?}");
+    let cmds = received(&rx);
+    let [ProxyCommand::Endpoint {
+        endpoint,
+        redirects,
+        revision,
+    }] = cmds.as_slice()
+    else {
+        panic!("one command for the server: {cmds:?}");
+    };
+    assert_eq!(*endpoint, server.id);
+    assert!(*revision >= 2);
+    assert_eq!(redirects.len(), 1);
+    let r = &redirects[0];
+    assert_eq!(
+        (r.endpoint, r.endpoint_ip, r.egress, r.port, r.proxy_port),
+        (server.id, server.ipv4, false, 80, 15002)
+    );
+    assert_eq!(r.rules.len(), 1);
+    assert_eq!(r.rules[0].peers, Some(vec![client.identity]));
+    assert_eq!(r.rules[0].rule, entry.rule);
+    assert_eq!(
+        r.rules[0].http,
+        vec![HttpMatch {
+            method: Some("GET".into()),
+            ..HttpMatch::default()
+        }]
+    );
+    assert_eq!(
+        n.policies.l7_snapshot(),
+        ProxyCommand::Snapshot {
+            revision: *revision,
+            redirects: redirects.clone()
+        }
+    );
+    let status = n.policies.status();
+    assert_eq!((status.proxy.redirects, status.proxy.endpoints), (1, 1));
+    assert!(
+        status.proxy.enabled && status.problems.is_empty(),
+        "{status:?}"
+    );
+    // Reconciling again changes nothing, so nothing is sent.
+    n.endpoints.reconcile_policy().expect("reconciles");
+    assert!(received(&rx).is_empty());
+
+    // A rejected change of the policy leaves the rules in force and sends nothing.
+    let bad = L7_POLICY.replace("{method: GET}", "{method: GET, path: \"/api/(v1\"}");
+    let err = n.apply(&bad, false).expect_err("refused").to_string();
+    assert!(
+        err.contains("spec.ingress[0].toPorts[0].rules.http[0].path: \"/api/(v1\" is not a valid regular expression"),
+        "{err}"
+    );
+    assert!(received(&rx).is_empty());
+    assert_eq!(n.policy_of(&server), p);
+    assert_eq!(n.policies.l7_redirects(server.id), redirects.clone());
+
+    // Deleting the policy lifts the redirect.
+    n.apply(L7_POLICY, true).expect("deletes");
+    assert!(matches!(
+        received(&rx).as_slice(),
+        [ProxyCommand::Endpoint { endpoint, redirects, .. }] if *endpoint == server.id && redirects.is_empty()
+    ));
+    assert!(n
+        .policy_of(&server)
+        .entries
+        .iter()
+        .all(|e| e.proxy_port == 0));
+    assert_eq!(n.policies.status().proxy.redirects, 0);
+
+    // An endpoint removed: its redirects go.
+    n.apply(L7_POLICY, false).expect("applies");
+    assert_eq!(received(&rx).len(), 1);
+    n.endpoints.delete("c-server").expect("deleted");
+    assert!(matches!(
+        received(&rx).as_slice(),
+        [ProxyCommand::Endpoint { endpoint, redirects, .. }] if *endpoint == server.id && redirects.is_empty()
+    ));
+    assert_eq!(n.policies.status().proxy.redirects, 0);
+}
+
+#[test]
+fn redirects_without_a_proxy_are_a_status_problem() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let _server = n.pod("server", "server", 10);
+    let _client = n.pod("client", "client", 11);
+    n.apply(L7_POLICY, false).expect("applies");
+    let status = n.policies.status();
+    assert!(!status.proxy.enabled);
+    assert_eq!(status.proxy.redirects, 1);
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.contains("no L7 proxy runs on this node")),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn trace_explains_http_rules() {
+    use ciliate_model::policy_api::TraceHttp;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let _server = n.pod("server", "server", 10);
+    let _client = n.pod("client", "client", 11);
+    n.apply(L7_POLICY, false).expect("applies");
+    let trace = |http: Option<TraceHttp>| {
+        n.policies
+            .trace(
+                &n.endpoints.list(),
+                &n.endpoints.policy_snapshot().identities,
+                &TraceQuery {
+                    src: "default/client".into(),
+                    dst: "default/server".into(),
+                    proto: 6,
+                    dport: 80,
+                    http,
+                },
+            )
+            .expect("traces")
+    };
+    // Without a request: the port is redirected, and the rules in force are listed.
+    let t = trace(None);
+    assert!(t.allowed);
+    let l7 = t.ingress.as_ref().and_then(|d| d.l7.clone()).expect("l7");
+    assert_eq!(l7.proxy_port, 15002);
+    assert_eq!(l7.rules.len(), 1);
+    assert_eq!(l7.rules[0].rule.path(), "spec.ingress[0]");
+    assert_eq!(l7.rules[0].http[0].method.as_deref(), Some("GET"));
+    assert_eq!(l7.allowed, None);
+    assert!(l7.message.contains("redirected to the L7 proxy"), "{l7:?}");
+    assert!(t.egress.as_ref().is_some_and(|d| d.l7.is_none()));
+
+    let req = |method: &str| TraceHttp {
+        method: method.into(),
+        path: "/api".into(),
+        host: String::new(),
+        headers: vec![],
+    };
+    let t = trace(Some(req("GET")));
+    assert!(t.allowed, "{t:?}");
+    let l7 = t.ingress.as_ref().and_then(|d| d.l7.clone()).expect("l7");
+    assert_eq!(l7.allowed, Some(true));
+    assert_eq!(l7.allowed_by[0].rule.path(), "spec.ingress[0]");
+    assert_eq!(l7.allowed_by[0].http_index, Some(0));
+    assert_eq!(t.http, Some(req("GET")));
+
+    let t = trace(Some(req("POST")));
+    assert!(!t.allowed);
+    assert_eq!(t.deciding, Some(ciliate_model::policy::Direction::Ingress));
+    assert_eq!(t.drop_reason, None);
+    let l7 = t.ingress.as_ref().and_then(|d| d.l7.clone()).expect("l7");
+    assert_eq!(l7.allowed, Some(false));
+    assert!(l7.message.contains("403"), "{l7:?}");
+
+    // A request over UDP, or without a path, is a bad query.
+    let bad = n.policies.trace(
+        &n.endpoints.list(),
+        &IdentityLabels::new(),
+        &TraceQuery {
+            src: "default/client".into(),
+            dst: "default/server".into(),
+            proto: 17,
+            dport: 80,
+            http: Some(req("GET")),
+        },
+    );
+    assert!(matches!(bad, Err(trace::TraceError::Invalid(_))));
 }

@@ -22,17 +22,21 @@ use std::net::Ipv4Addr;
 use ciliate_model::bpf_policy::IpcacheEntry;
 use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CLUSTER_IDENTITY};
 use ciliate_model::labels::{Labels, POD_NAMESPACE_LABEL, SOURCE_K8S};
+use ciliate_model::policy::Direction;
 use ciliate_model::policy::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use ciliate_model::policy_api::{
-    PolicyTrace, TraceDirection, TracePeer, TracePeerKind, TraceReason,
+    PolicyTrace, TraceDirection, TraceHttp, TraceL7, TraceL7Match, TraceL7Rule, TracePeer,
+    TracePeerKind, TraceReason,
 };
 use ciliate_model::{Endpoint, PodRef};
+use ciliate_policy::l7::{parse_header, HttpRequestView, L7Explanation};
 use ciliate_policy::{DirectionVerdict, IdentityLabels, Reason};
 
 use super::{lock, PolicyManager, RemoteEndpoint};
 use crate::endpoints::EndpointRef;
 
-/// What to trace: `GET /v1/policy/trace?src=&dst=&dport=&proto=`.
+/// What to trace: `GET /v1/policy/trace?src=&dst=&dport=&proto=` (and `httpMethod=`,
+/// `httpPath=`, `httpHost=`, `httpHeader=` for an HTTP request).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceQuery {
     /// The source, as written.
@@ -43,6 +47,8 @@ pub struct TraceQuery {
     pub proto: u8,
     /// Destination port (ICMP: the type).
     pub dport: u16,
+    /// An HTTP request to judge against the L7 rules, if any.
+    pub http: Option<TraceHttp>,
 }
 
 /// Why a trace could not be made.
@@ -255,9 +261,60 @@ impl PolicyManager {
         let mut notes = Vec::new();
         let src = self.trace_peer(&q.src, endpoints, &mut known, &mut notes)?;
         let dst = self.trace_peer(&q.dst, endpoints, &mut known, &mut notes)?;
-        let verdict = lock(&self.engine)
-            .resolve(&known, &super::named_ports_of(endpoints))
-            .explain(src.identity, dst.identity, q.proto, q.dport);
+        if let Some(h) = &q.http {
+            if q.proto != PROTO_TCP {
+                return Err(TraceError::Invalid(
+                    "an HTTP request can only be traced over TCP: leave the protocol out or give tcp".into(),
+                ));
+            }
+            if h.method.is_empty() || !h.path.starts_with('/') {
+                return Err(TraceError::Invalid(format!(
+                    "an HTTP request needs a method and a path starting with / (got method {:?}, path {:?})",
+                    h.method, h.path
+                )));
+            }
+            if let Some(bad) = h.headers.iter().find(|x| parse_header(x).1.is_none()) {
+                return Err(TraceError::Invalid(format!(
+                    "header {bad:?}: write \"Name: value\""
+                )));
+            }
+        }
+        let named = super::named_ports_of(endpoints);
+        let mut engine = lock(&self.engine);
+        let resolved = engine.resolve(&known, &named);
+        let verdict = resolved.explain(src.identity, dst.identity, q.proto, q.dport);
+        // What the proxy does on each side the datapath redirects.
+        let request = q.http.as_ref().map(|h| HttpRequestView {
+            method: &h.method,
+            path: &h.path,
+            // Without one, a rule on host matches nothing (the request names no host).
+            host: &h.host,
+            headers: h
+                .headers
+                .iter()
+                .map(|x| {
+                    let (n, v) = parse_header(x);
+                    (n, v.unwrap_or_default())
+                })
+                .collect(),
+        });
+        let l7 = |endpoint: u32, direction: Direction, peer: u32| {
+            (q.proto == PROTO_TCP)
+                .then(|| resolved.explain_l7(endpoint, direction, peer, q.dport, request.as_ref()))
+                .flatten()
+        };
+        let egress_l7 = verdict
+            .egress
+            .as_ref()
+            .filter(|v| v.allowed)
+            .and_then(|_| l7(src.identity, Direction::Egress, dst.identity));
+        let ingress_l7 = verdict
+            .ingress
+            .as_ref()
+            .filter(|v| v.allowed)
+            .and_then(|_| l7(dst.identity, Direction::Ingress, src.identity));
+        drop(resolved);
+        drop(engine);
         for (peer, side) in [(&src, "egress"), (&dst, "ingress")] {
             if let Some(node) = &peer.node {
                 notes.push(format!(
@@ -273,18 +330,92 @@ impl PolicyManager {
                     .into(),
             );
         }
+        let mut egress = verdict.egress.as_ref().map(direction);
+        let mut ingress = verdict.ingress.as_ref().map(direction);
+        for (side, x) in [(&mut egress, egress_l7), (&mut ingress, ingress_l7)] {
+            if let (Some(side), Some(x)) = (side.as_mut(), x) {
+                side.l7 = Some(trace_l7(x, q.http.is_some()));
+            }
+        }
+        // A request the proxy refuses makes the flow denied, by the first side that refuses
+        // it (egress first, as the request meets it first).
+        let refused = [egress.as_ref(), ingress.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|d| d.l7.as_ref().is_some_and(|l| l.allowed == Some(false)))
+            .map(|d| d.direction);
+        let (allowed, deciding, drop_reason) = match refused {
+            Some(d) if verdict.allowed => (false, Some(d), None),
+            _ => (
+                verdict.allowed,
+                verdict.deciding().map(|d| d.direction),
+                verdict.drop_reason(),
+            ),
+        };
         Ok(PolicyTrace {
-            allowed: verdict.allowed,
-            deciding: verdict.deciding().map(|d| d.direction),
-            drop_reason: verdict.drop_reason(),
-            egress: verdict.egress.as_ref().map(direction),
-            ingress: verdict.ingress.as_ref().map(direction),
+            allowed,
+            deciding,
+            drop_reason,
+            egress,
+            ingress,
             src,
             dst,
             proto: q.proto,
             dport: q.dport,
             notes,
+            http: q.http.clone(),
         })
+    }
+}
+
+/// The API's form of one side's L7 explanation.
+fn trace_l7(x: L7Explanation, with_request: bool) -> TraceL7 {
+    let rules: Vec<TraceL7Rule> = x
+        .rules
+        .iter()
+        .map(|(rule, r)| TraceL7Rule {
+            rule: rule.clone(),
+            http: r.http.clone(),
+        })
+        .collect();
+    let allowed_by: Vec<TraceL7Match> = x
+        .allowed_by
+        .iter()
+        .flatten()
+        .map(|(rule, i)| TraceL7Match {
+            rule: rule.clone(),
+            http_index: *i,
+        })
+        .collect();
+    let name = |m: &TraceL7Match| match m.http_index {
+        Some(i) => format!("{} of {} (rules.http[{i}])", m.rule.path(), m.rule.policy),
+        None => format!(
+            "{} of {} (no HTTP rules for this port: every request)",
+            m.rule.path(),
+            m.rule.policy
+        ),
+    };
+    let message = match (with_request, allowed_by.is_empty()) {
+        (false, _) => format!(
+            "redirected to the L7 proxy (port {}); {} rule(s) in force, a request must match one",
+            x.proxy_port,
+            rules.len()
+        ),
+        (true, false) => format!(
+            "the L7 proxy forwards the request: allowed by {}",
+            allowed_by.iter().map(name).collect::<Vec<_>>().join("; ")
+        ),
+        (true, true) => {
+            "the L7 proxy refuses the request with 403 Forbidden: no HTTP rule matches it"
+                .to_owned()
+        }
+    };
+    TraceL7 {
+        proxy_port: x.proxy_port,
+        rules,
+        allowed: with_request.then_some(!allowed_by.is_empty()),
+        allowed_by,
+        message,
     }
 }
 
@@ -311,5 +442,6 @@ fn direction(v: &DirectionVerdict) -> TraceDirection {
         policies,
         drop_reason: v.drop_reason(),
         message: v.reason.to_string(),
+        l7: None,
     }
 }

@@ -136,9 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Policy(PolicyCommand::Wait(args)) => {
             policy::wait(&ctx, args.revision, args.timeout).await
         }
-        Command::Policy(PolicyCommand::Trace(args)) => {
-            policy::trace(&ctx, &args.src, &args.dst, args.dport.0, &args.dport.1).await
-        }
+        Command::Policy(PolicyCommand::Trace(args)) => policy::trace(&ctx, &args).await,
         Command::Apply(args) => apply::run(&ctx, &args.files, false, false).await,
         Command::Delete(args) => apply::run(&ctx, &args.files, true, args.ignore_not_found).await,
         Command::Service(ServiceCommand::List) => service::list(&ctx).await,

@@ -327,25 +327,30 @@ pub async fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<Outcome> {
 }
 
 /// `ciliate policy trace`: exit 0 allowed, 1 denied, 2 when it could not trace.
-pub async fn trace(
-    ctx: &Ctx,
-    src: &str,
-    dst: &str,
-    dport: u16,
-    proto: &str,
-) -> anyhow::Result<Outcome> {
-    let traced = ctx
-        .client
-        .policy_trace(src, dst, dport, proto)
-        .await
-        .map_err(|e| Coded {
-            code: TRACE_ERROR_EXIT,
-            error: hint_not_found(
-                e,
-                "`ciliate endpoint list` shows the pods of this node; labels and addresses \
+pub async fn trace(ctx: &Ctx, args: &crate::cli::TraceArgs) -> anyhow::Result<Outcome> {
+    let (src, dst, dport, proto) = (&args.src, &args.dst, args.dport.0, &args.dport.1);
+    let traced = match (&args.http_method, &args.http_path) {
+        (Some(method), Some(path)) => {
+            let http = ciliate_model::policy_api::TraceHttp {
+                method: method.clone(),
+                path: path.clone(),
+                host: args.http_host.clone().unwrap_or_default(),
+                headers: args.http_headers.clone(),
+            };
+            ctx.client
+                .policy_trace_http(src, dst, dport, proto, &http)
+                .await
+        }
+        _ => ctx.client.policy_trace(src, dst, dport, proto).await,
+    };
+    let traced = traced.map_err(|e| Coded {
+        code: TRACE_ERROR_EXIT,
+        error: hint_not_found(
+            e,
+            "`ciliate endpoint list` shows the pods of this node; labels and addresses \
                  need no pod",
-            ),
-        })?;
+        ),
+    })?;
     output::print(&output::render(ctx.format, &traced, trace_table)?)?;
     Ok(if traced.allowed {
         Outcome::Success
@@ -365,11 +370,61 @@ fn proto_name(proto: u8) -> String {
 }
 
 fn side(v: &TraceDirection) -> String {
-    format!(
+    let mut out = format!(
         "{}: {}",
         if v.allowed { "allowed" } else { "denied" },
         v.message
-    )
+    );
+    if let Some(l7) = &v.l7 {
+        out.push_str(&format!("\nL7: {}", l7.message));
+        if l7.allowed.is_none() {
+            for r in &l7.rules {
+                out.push_str(&format!(
+                    "\n  {} {}: {}",
+                    r.rule.policy,
+                    r.rule.path(),
+                    http_rules(&r.http)
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// HTTP rules as one line: `GET /public | PUT /path2 [X-My-Header: true]`.
+fn http_rules(rules: &[ciliate_model::l7::HttpMatch]) -> String {
+    if rules.is_empty() {
+        return "every request".to_owned();
+    }
+    rules
+        .iter()
+        .map(|m| {
+            let mut parts: Vec<String> = Vec::new();
+            parts.push(m.method.clone().unwrap_or_else(|| "any method".into()));
+            parts.push(m.path.clone().unwrap_or_else(|| "any path".into()));
+            if let Some(h) = &m.host {
+                parts.push(format!("host {h}"));
+            }
+            for h in &m.headers {
+                parts.push(format!("[{h}]"));
+            }
+            for h in &m.header_matches {
+                parts.push(format!(
+                    "[{}{}{}]",
+                    h.name,
+                    h.value
+                        .as_ref()
+                        .map(|v| format!(": {v}"))
+                        .unwrap_or_default(),
+                    h.mismatch
+                        .map(|a| format!(", on mismatch {a:?}"))
+                        .unwrap_or_default()
+                ));
+            }
+            parts.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// The verdict, each side's reason and the deciding rule.
@@ -384,9 +439,27 @@ pub fn trace_table(t: &PolicyTrace) -> String {
         (false, Some(code)) => format!("DENIED (drop reason {code})"),
         (false, None) => "DENIED".to_owned(),
     };
+    let flow = match &t.http {
+        Some(h) => format!(
+            "{} {port}, HTTP {} {}{}{}",
+            proto_name(t.proto),
+            h.method,
+            h.path,
+            if h.host.is_empty() {
+                String::new()
+            } else {
+                format!(" (host {})", h.host)
+            },
+            h.headers
+                .iter()
+                .map(|x| format!(" [{x}]"))
+                .collect::<String>()
+        ),
+        None => format!("{} {port}", proto_name(t.proto)),
+    };
     let mut pairs = vec![
         ("Verdict", verdict),
-        ("Flow", format!("{} {port}", proto_name(t.proto))),
+        ("Flow", flow),
         ("Source", t.src.to_string()),
         ("Destination", t.dst.to_string()),
         (
@@ -402,8 +475,33 @@ pub fn trace_table(t: &PolicyTrace) -> String {
                 .map_or_else(|| "not an endpoint: no ingress policy".to_owned(), side),
         ),
     ];
+    let l7_of = |v: &TraceDirection| v.l7.clone().filter(|l| l.allowed.is_some());
     let deciding = match t.deciding_verdict() {
         None => "<none>".to_owned(),
+        Some(v) if l7_of(v).is_some_and(|l| l.allowed == Some(false)) => format!(
+            "the L7 proxy: no HTTP rule matches, 403 Forbidden ({})",
+            v.direction
+        ),
+        Some(v) if l7_of(v).is_some() => l7_of(v)
+            .map(|l| l.allowed_by)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| match m.http_index {
+                Some(i) => format!(
+                    "{} {} rules.http[{i}] ({}, L7)",
+                    m.rule.policy,
+                    m.rule.path(),
+                    v.direction
+                ),
+                None => format!(
+                    "{} {} (every request, {}, L7)",
+                    m.rule.policy,
+                    m.rule.path(),
+                    v.direction
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         Some(v) if !v.rules.is_empty() => v
             .rules
             .iter()
@@ -510,6 +608,49 @@ mod tests {
         );
         assert!(
             text.contains("Egress:        allowed: no policy selects"),
+            "{text}"
+        );
+        let text = trace_table(&crate::fixtures::trace_http());
+        assert!(text.starts_with("Verdict:       DENIED\n"), "{text}");
+        assert!(
+            text.contains("Flow:          TCP port 80, HTTP POST /api [X-Token: t]\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("L7: the L7 proxy refuses the request with 403 Forbidden"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Decided by:    the L7 proxy: no HTTP rule matches, 403 Forbidden (ingress)"
+            ),
+            "{text}"
+        );
+        let mut allowed = crate::fixtures::trace_http();
+        allowed.allowed = true;
+        allowed.deciding = Some(ciliate_model::policy::Direction::Ingress);
+        if let Some(l7) = allowed.ingress.as_mut().and_then(|i| i.l7.as_mut()) {
+            l7.allowed = Some(true);
+            l7.allowed_by = vec![ciliate_model::policy_api::TraceL7Match {
+                rule: l7.rules[0].rule.clone(),
+                http_index: Some(1),
+            }];
+        }
+        let text = trace_table(&allowed);
+        assert!(
+            text.contains("Decided by:    CiliumNetworkPolicy default/http spec.ingress[0] rules.http[1] (ingress, L7)"),
+            "{text}"
+        );
+        // Without a request: the rules in force.
+        let mut plain = crate::fixtures::trace_http();
+        plain.http = None;
+        if let Some(l7) = plain.ingress.as_mut().and_then(|i| i.l7.as_mut()) {
+            l7.allowed = None;
+            l7.message = "redirected to the L7 proxy (port 15002)".into();
+        }
+        let text = trace_table(&plain);
+        assert!(
+            text.contains("  CiliumNetworkPolicy default/http spec.ingress[0]: GET /public | any method /healthz [X-Probe: true]"),
             "{text}"
         );
     }

@@ -137,6 +137,7 @@ pub fn table(s: &Status) -> String {
             format!("{} ({} backends)", s.services, s.backends),
         ),
         ("Policies", s.policies.to_string()),
+        ("L7 proxy", proxy(s)),
         ("Cluster", cluster(s)),
         (
             "IPAM",
@@ -154,6 +155,34 @@ pub fn table(s: &Status) -> String {
             },
         ),
     ])
+}
+
+/// One line on the L7 proxy: whether it runs, its listeners, the redirects it takes, and what
+/// its supervisor reports.
+fn proxy(s: &Status) -> String {
+    let Some(p) = &s.proxy else {
+        return "none".to_owned();
+    };
+    let state = match (p.enabled, p.up) {
+        (false, _) => "not running".to_owned(),
+        (true, Some(true)) => "up".to_owned(),
+        (true, Some(false)) => "DOWN".to_owned(),
+        (true, None) => "attached".to_owned(),
+    };
+    let mut out = format!(
+        "{state}; listeners {} (egress HTTP), {} (ingress HTTP); {} redirects on {} endpoints (revision {})",
+        p.listeners.http_egress, p.listeners.http_ingress, p.redirects, p.endpoints, p.revision
+    );
+    if let Some(r) = p.applied_revision {
+        out.push_str(&format!(", revision {r} applied"));
+    }
+    if let Some(n) = p.requests {
+        out.push_str(&format!("; {n} requests"));
+    }
+    if let Some(n) = p.restarts {
+        out.push_str(&format!("; {n} restarts"));
+    }
+    out
 }
 
 /// One line on the cluster: etcd, nodes, what this node knows of the others, the overlay.
@@ -198,6 +227,7 @@ mod tests {
             "Identities:   2\n",
             "Services:     2 (5 backends)\n",
             "Policies:     1\n",
+            "L7 proxy:     up; listeners 15001 (egress HTTP), 15002 (ingress HTTP); 2 redirects on 1 endpoints (revision 7), revision 7 applied; 12 requests; 1 restarts\n",
             "Cluster:      connected to etcd http://172.31.0.1:2379; 2 nodes (node-1, node-2), 4 identities, 2 remote endpoints; overlay ciliate_vxlan\n",
             "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
             "Problems:     ct map 95% full\n              kubernetes source unreachable\n",

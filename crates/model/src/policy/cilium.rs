@@ -1,7 +1,7 @@
 //! `cilium.io/v2` `CiliumNetworkPolicy` and `CiliumClusterwideNetworkPolicy`, field for field.
 //!
 //! Both kinds share one shape; the kind decides the scope (a namespaced policy selects only
-//! endpoints of its namespace). Fields Ciliate does not enforce yet (L7 `rules`, `toFQDNs`,
+//! endpoints of its namespace). Fields Ciliate does not enforce yet (Kafka and DNS `rules`, `toFQDNs`,
 //! `toServices`, `authentication`, TLS, listeners, groups, nodes) are still typed, so that a
 //! misspelt field inside them is an error, and `crates/policy` reports each one it meets.
 
@@ -397,7 +397,7 @@ pub struct PortRule {
     /// The ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortProtocol>>,
-    /// L7 rules (parsed; not enforced yet).
+    /// L7 rules (HTTP enforced through the node's proxy; Kafka and DNS parsed, not enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<L7Rules>,
     /// TLS termination (not enforced).
@@ -500,9 +500,40 @@ pub struct HttpRule {
     /// Headers that must be present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Vec<String>>,
-    /// Header matches (kept verbatim).
+    /// Header value matches, with what to do on a mismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_matches: Option<Vec<serde_json::Value>>,
+    pub header_matches: Option<Vec<HttpHeaderMatch>>,
+}
+
+/// One `headerMatches` entry of an HTTP rule, as Cilium defines it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeaderMatch {
+    /// The header's name (required).
+    #[serde(default)]
+    pub name: String,
+    /// The value it must have; empty or absent: it must be present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `LOG`, `ADD`, `DELETE` or `REPLACE`: what to do when the header does not match (absent:
+    /// the rule does not match). Kept as written so the checker can name a wrong one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
+    /// The value from a Kubernetes Secret (not supported: rejected by the checker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<HeaderSecret>,
+}
+
+/// A Kubernetes Secret holding a header's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderSecret {
+    /// Its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// One Kafka rule; an empty rule matches every request.

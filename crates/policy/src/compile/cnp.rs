@@ -1,6 +1,8 @@
 //! CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy: specs, rules and their sections
 //! (ingress, egress and their deny forms), down to the L3 and L4 fields.
 
+use std::collections::BTreeMap;
+
 use ciliate_model::labels::{Label, POD_NAMESPACE_LABEL, SOURCE_K8S, SOURCE_RESERVED};
 use ciliate_model::policy::cilium::{self, AuthMode, IcmpRule, RuleLabel};
 use ciliate_model::policy::{CiliumNetworkPolicy, Direction, PolicyKind, RuleSection};
@@ -274,6 +276,7 @@ impl Compiler<'_> {
         };
         let has_icmps = icmps.is_some_and(|i| !i.is_empty());
         let (peers, requirements) = self.cilium_l3(c, l3, has_ports || has_icmps);
+        let mut http = BTreeMap::new();
         let mut ports = if has_ports && has_icmps {
             self.error(
                 &c.path,
@@ -282,7 +285,11 @@ impl Compiler<'_> {
             Vec::new()
         } else if has_ports {
             match to_ports {
-                Some(L4Ports::Allow(rules)) => self.allow_ports(c, rules),
+                Some(L4Ports::Allow(rules)) => {
+                    let (ports, h) = self.allow_ports(c, rules);
+                    http = h;
+                    ports
+                }
                 Some(L4Ports::Deny(rules)) => self.deny_ports(c, rules),
                 None => Vec::new(),
             }
@@ -298,6 +305,7 @@ impl Compiler<'_> {
                     "mutual authentication is not enforced yet: this rule allows nothing until it is (fail closed)",
                 );
                 ports.clear();
+                http.clear();
             }
             Some(AuthMode::Disabled) | None => {}
         }
@@ -310,5 +318,8 @@ impl Compiler<'_> {
             requirements,
             ports,
         );
+        if let Some(rule) = self.rules.last_mut() {
+            rule.http = http;
+        }
     }
 }

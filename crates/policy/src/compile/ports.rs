@@ -1,6 +1,18 @@
 //! L4: `toPorts` (ports, ranges, named ports, protocols) for allow and deny rules, and the
-//! L7 rules they may carry (checked, not enforced yet).
+//! L7 rules they may carry: HTTP rules checked and compiled for the node's proxy; Kafka and DNS
+//! rules checked, not enforced.
+//!
+//! Where an L7 rule may stand follows Cilium's `PortRule.sanitize`
+//! (`pkg/policy/api/rule_validation.go`): L7 rules other than DNS only on ports whose
+//! protocol is `TCP` (a port without a protocol is `ANY`, which Cilium rejects with "L7 rules
+//! can only apply to TCP (not ANY) except for DNS rules"); no L7 rules when a port is 0; one L7
+//! protocol per `toPorts` entry ("multiple L7 protocol rule types"); regexes that compile
+//! (`PortRuleHTTP.Sanitize`); a header match needs a name and a known mismatch action. Ciliate
+//! also refuses port ranges (`endPort`) with L7 rules: its proxy redirects exact ports.
 
+use std::collections::BTreeMap;
+
+use ciliate_model::l7::HttpMatch;
 use ciliate_model::policy::cilium::{
     CiliumProtocol, L7Rules, PortDenyRule, PortProtocol, PortRule,
 };
@@ -33,21 +45,26 @@ impl Compiler<'_> {
         u16::try_from(end).ok()
     }
 
-    pub(super) fn allow_ports(&mut self, c: &RuleCtx<'_>, rules: &[PortRule]) -> Vec<PortMatch> {
+    /// The ports of an allow rule's `toPorts`, and the HTTP rules of those that have some (by
+    /// index into the ports).
+    pub(super) fn allow_ports(
+        &mut self,
+        c: &RuleCtx<'_>,
+        rules: &[PortRule],
+    ) -> (Vec<PortMatch>, BTreeMap<usize, Vec<HttpMatch>>) {
         let mut out = Vec::new();
+        let mut http_of = BTreeMap::new();
         for (i, pr) in rules.iter().enumerate() {
-            let p = format!("{}.toPorts[{i}]", c.path);
-            let (ports, has_zero, protos) = self.port_list(pr.ports.as_deref(), &p);
+            let p = format!("{p}.toPorts[{i}]", p = c.path);
+            let list = self.port_list(pr.ports.as_deref(), &p);
             let mut closed = false;
+            let mut http = None;
             if let Some(l7) = &pr.rules {
-                closed |= self.l7(
-                    c,
-                    l7,
-                    &format!("{p}.rules"),
-                    has_zero,
-                    &protos,
-                    pr.ports.as_ref().is_some_and(|v| !v.is_empty()),
-                );
+                match self.l7(c, l7, &format!("{p}.rules"), &list, pr.ports.as_deref()) {
+                    L7Outcome::None => {}
+                    L7Outcome::Closed => closed = true,
+                    L7Outcome::Http(rules) => http = Some(rules),
+                }
             }
             if let Some(names) = &pr.server_names {
                 if names.iter().any(String::is_empty) {
@@ -78,49 +95,48 @@ impl Compiler<'_> {
                 }
             }
             if !closed {
-                out.extend(ports);
+                for pm in list.ports {
+                    if let Some(h) = &http {
+                        http_of.insert(out.len(), h.clone());
+                    }
+                    out.push(pm);
+                }
             }
         }
-        out
+        (out, http_of)
     }
 
     pub(super) fn deny_ports(&mut self, c: &RuleCtx<'_>, rules: &[PortDenyRule]) -> Vec<PortMatch> {
         let mut out = Vec::new();
         for (i, pr) in rules.iter().enumerate() {
             let p = format!("{}.toPorts[{i}]", c.path);
-            out.extend(self.port_list(pr.ports.as_deref(), &p).0);
+            out.extend(self.port_list(pr.ports.as_deref(), &p).ports);
         }
         out
     }
 
-    /// The `ports` of one `toPorts` entry: the matches, whether a port is 0 (all), and the
-    /// protocols named.
-    pub(super) fn port_list(
-        &mut self,
-        ports: Option<&[PortProtocol]>,
-        path: &str,
-    ) -> (Vec<PortMatch>, bool, Vec<CiliumProtocol>) {
+    /// The `ports` of one `toPorts` entry.
+    pub(super) fn port_list(&mut self, ports: Option<&[PortProtocol]>, path: &str) -> PortList {
         let mut out = Vec::new();
         let mut has_zero = false;
-        let mut protos = Vec::new();
+        let mut ranges = Vec::new();
         let Some(ports) = ports.filter(|p| !p.is_empty()) else {
             self.warn(
                 format!("{path}.ports"),
                 "no ports: this toPorts entry matches nothing",
             );
-            return (out, false, protos);
+            return PortList::default();
         };
         if ports.len() > MAX_PORTS {
             self.error(
                 format!("{path}.ports"),
                 format!("too many ports ({}), the most is {MAX_PORTS}", ports.len()),
             );
-            return (out, false, protos);
+            return PortList::default();
         }
         for (i, pp) in ports.iter().enumerate() {
             let p = format!("{path}.ports[{i}]");
             let proto = pp.protocol.unwrap_or(CiliumProtocol::Any);
-            protos.push(proto);
             let numbers: Vec<u8> = match proto {
                 CiliumProtocol::Tcp => vec![PROTO_TCP],
                 CiliumProtocol::Udp => vec![PROTO_UDP],
@@ -162,6 +178,9 @@ impl Compiler<'_> {
                             None => continue,
                         },
                     };
+                    if hi > lo {
+                        ranges.push(i);
+                    }
                     if lo == 0 {
                         has_zero = true;
                         if proto == CiliumProtocol::Any {
@@ -196,76 +215,125 @@ impl Compiler<'_> {
                 }
             }
         }
-        (out, has_zero, protos)
+        PortList {
+            ports: out,
+            has_zero,
+            ranges,
+        }
     }
 
-    /// Checks L7 rules; returns whether the ports they guard must stay closed because the rules
-    /// restrict something the datapath cannot check yet.
+    /// Checks the L7 rules of one `toPorts` entry whose ports are `list` (`given` as written).
     pub(super) fn l7(
         &mut self,
         c: &RuleCtx<'_>,
         l7: &L7Rules,
         path: &str,
-        has_zero: bool,
-        protos: &[CiliumProtocol],
-        has_ports: bool,
-    ) -> bool {
-        let kinds = [
-            l7.http.is_some(),
-            l7.kafka.is_some(),
-            l7.dns.is_some(),
-            l7.l7proto.is_some(),
+        list: &PortList,
+        given: Option<&[PortProtocol]>,
+    ) -> L7Outcome {
+        fn some<T>(v: &Option<Vec<T>>) -> bool {
+            v.as_ref().is_some_and(|v| !v.is_empty())
+        }
+        // Cilium counts a kind only when its list is non-empty (`countL7Rules`); `http: []`
+        // is no L7 rule at all.
+        let kinds: Vec<&str> = [
+            ("http", some(&l7.http)),
+            ("kafka", some(&l7.kafka)),
+            ("dns", some(&l7.dns)),
+            ("l7proto", l7.l7proto.is_some()),
         ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if kinds == 0 {
+        .into_iter()
+        .filter(|(_, given)| *given)
+        .map(|(k, _)| k)
+        .collect();
+        if kinds.is_empty() {
             if l7.l7.is_some() {
                 self.error(format!("{path}.l7"), "l7 may only be given with l7proto");
             }
-            return false;
+            return L7Outcome::None;
         }
-        if kinds > 1 {
-            self.error(path, "multiple L7 protocol rule types in one toPorts entry");
-            return true;
+        if kinds.len() > 1 {
+            self.error(
+                path,
+                format!(
+                    "multiple L7 protocol rule types in one toPorts entry ({}): one port speaks one protocol; write a toPorts entry per protocol",
+                    kinds.join(" and ")
+                ),
+            );
+            return L7Outcome::Closed;
         }
-        if let Some(dns) = &l7.dns {
+        let ports = given.unwrap_or_default();
+        if let Some(dns) = l7.dns.as_ref().filter(|d| !d.is_empty()) {
             if c.ingress() {
                 self.error(
                     format!("{path}.dns"),
                     "DNS rules are not allowed on ingress",
                 );
-                return true;
+                return L7Outcome::Closed;
             }
-            if !has_ports {
+            if ports.is_empty() {
                 self.error(format!("{path}.dns"), "port 53 must be given for DNS rules");
             }
             for (i, f) in dns.iter().enumerate() {
                 self.fqdn(f, &format!("{path}.dns[{i}]"));
             }
-        } else if let Some(p) = protos.iter().find(|p| **p != CiliumProtocol::Tcp) {
-            self.error(
-                path,
-                format!("L7 rules can only apply to TCP (not {p:?}), except DNS rules"),
-            );
-            return true;
+        } else {
+            let mut bad = false;
+            for (i, pp) in ports.iter().enumerate() {
+                let proto = pp.protocol.unwrap_or(CiliumProtocol::Any);
+                if proto != CiliumProtocol::Tcp {
+                    let name = match proto {
+                        CiliumProtocol::Tcp => "TCP",
+                        CiliumProtocol::Udp => "UDP",
+                        CiliumProtocol::Sctp => "SCTP",
+                        CiliumProtocol::Any => "ANY",
+                    };
+                    let hint = if pp.protocol.is_none() {
+                        " (no protocol given means ANY: add protocol: TCP)"
+                    } else {
+                        ""
+                    };
+                    self.error(
+                        format!("{}.ports[{i}].protocol", path.trim_end_matches(".rules")),
+                        format!("L7 rules can only apply to TCP (not {name}) except for DNS rules{hint}"),
+                    );
+                    bad = true;
+                }
+            }
+            if bad {
+                return L7Outcome::Closed;
+            }
         }
-        if has_zero {
+        if list.has_zero {
             self.error(path, "L7 rules can not be used when a port is 0");
-            return true;
+            return L7Outcome::Closed;
+        }
+        if let Some(i) = list.ranges.first() {
+            self.error(
+                format!("{}.ports[{i}].endPort", path.trim_end_matches(".rules")),
+                "L7 rules can not be used with a port range: the proxy redirects single ports; list the ports",
+            );
+            return L7Outcome::Closed;
         }
         if l7.l7.is_some() && l7.l7proto.is_none() {
             self.error(format!("{path}.l7"), "l7 may only be given with l7proto");
         }
-        let unrestricted = l7.http.as_ref().is_some_and(|rules| {
-            rules.iter().any(|r| {
-                r.path.is_none()
-                    && r.method.is_none()
-                    && r.host.is_none()
-                    && r.headers.as_ref().is_none_or(Vec::is_empty)
-                    && r.header_matches.as_ref().is_none_or(Vec::is_empty)
-            })
-        }) || l7
+        if let Some(rules) = l7.http.as_ref().filter(|r| !r.is_empty()) {
+            let mut out = Vec::new();
+            for (i, r) in rules.iter().enumerate() {
+                if let Some(m) =
+                    crate::l7::check_http_rule(r, &format!("{path}.http[{i}]"), &mut self.problems)
+                {
+                    out.push(m);
+                }
+            }
+            return if out.len() == rules.len() {
+                L7Outcome::Http(out)
+            } else {
+                L7Outcome::Closed
+            };
+        }
+        let unrestricted = l7
             .kafka
             .as_ref()
             .is_some_and(|rules| rules.iter().any(|r| *r == Default::default()))
@@ -277,15 +345,36 @@ impl Compiler<'_> {
         if unrestricted {
             self.warn(
                 path,
-                "L7 rules are not enforced yet; these allow every request, so the ports are allowed at L4",
+                "Kafka and DNS rules are not enforced yet; these allow every request, so the ports are allowed at L4",
             );
-            false
+            L7Outcome::None
         } else {
             self.warn(
                 path,
-                "L7 rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)",
+                "Kafka and DNS rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)",
             );
-            true
+            L7Outcome::Closed
         }
     }
+}
+
+/// The `ports` of one `toPorts` entry, checked.
+#[derive(Default)]
+pub(super) struct PortList {
+    /// The matches.
+    pub ports: Vec<PortMatch>,
+    /// Whether a port is 0 (every port).
+    pub has_zero: bool,
+    /// The indexes of ports given as ranges (`endPort` above `port`).
+    pub ranges: Vec<usize>,
+}
+
+/// What the L7 rules of a `toPorts` entry make of its ports.
+pub(super) enum L7Outcome {
+    /// No L7 rules (or ones that allow every request): the ports are allowed at L4.
+    None,
+    /// Rules Ciliate cannot enforce, or errors: the ports stay closed.
+    Closed,
+    /// HTTP rules: the ports are allowed through the proxy, for requests these match.
+    Http(Vec<HttpMatch>),
 }
