@@ -84,7 +84,11 @@ fn tcp_flags(names: &[String]) -> TcpFlags {
 }
 
 /// The flow's endpoint at `ip`, and the id of the local endpoint there, if any.
-fn endpoint(store: &dyn Store, ip: Option<Ipv4Addr>, identity: u32) -> (Endpoint, Option<u32>) {
+pub(crate) fn endpoint(
+    store: &dyn Store,
+    ip: Option<Ipv4Addr>,
+    identity: u32,
+) -> (Endpoint, Option<u32>) {
     // The store's copy is moved into the flow, not copied again: its strings are this
     // event's to keep.
     match ip.and_then(|ip| store.endpoint_by_ip(ip)) {
@@ -116,7 +120,7 @@ fn endpoint(store: &dyn Store, ip: Option<Ipv4Addr>, identity: u32) -> (Endpoint
     }
 }
 
-fn service(s: ServiceRef) -> Service {
+pub(crate) fn service(s: ServiceRef) -> Service {
     Service {
         name: s.name,
         namespace: s.namespace,

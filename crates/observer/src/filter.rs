@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::l7::MESSAGE_TYPE_ACCESS_LOG;
 use crate::proto::flow::{layer4, Endpoint, EventTypeFilter, Flow, FlowFilter, Service, TcpFlags};
 
 /// Why a filter was refused.
@@ -387,23 +388,27 @@ impl Compiled {
             }
         }
         if !f.protocol.is_empty() {
-            let mut want = Vec::new();
+            let (mut l4, mut l7) = (Vec::new(), Vec::new());
             for p in &f.protocol {
                 let p = p.to_ascii_lowercase();
-                want.push(match p.as_str() {
-                    "icmp" | "icmpv4" => "icmpv4".to_owned(),
-                    "tcp" | "udp" | "icmpv6" | "sctp" => p,
+                match p.as_str() {
+                    "icmp" | "icmpv4" => l4.push("icmpv4".to_owned()),
+                    "tcp" | "udp" | "icmpv6" | "sctp" => l4.push(p),
+                    // Ciliate's flows carry HTTP records only; asked for DNS or Kafka, a
+                    // flow matches when it has such a record, which none has.
+                    "http" | "dns" | "kafka" => l7.push(p),
                     _ => {
                         return Err(bad(
                             "protocol",
                             &p,
-                            "expected tcp, udp, icmp, icmpv4, icmpv6 or sctp",
+                            "expected tcp, udp, icmp, icmpv4, icmpv6, sctp, http, dns or kafka",
                         ))
                     }
-                });
+                }
             }
             checks.push(Box::new(move |fl| {
-                flow_protocol(fl).is_some_and(|p| want.iter().any(|w| w == p))
+                flow_protocol(fl).is_some_and(|p| l4.iter().any(|w| w == p))
+                    || (crate::l7::http(fl).is_some() && l7.iter().any(|w| w == "http"))
             }));
         }
         if !f.verdict.is_empty() {
@@ -454,13 +459,11 @@ impl Compiled {
             let want = f.uuid.clone();
             checks.push(Box::new(move |fl| want.contains(&fl.uuid)));
         }
-        // Fields about what Ciliate's flows never carry (DNS names, L7, workloads, traces):
-        // set, they match nothing, as they would in Hubble for flows without them.
+        http_checks(f, &mut checks)?;
+        // Fields about what Ciliate's flows never carry (DNS names, workloads, traces): set,
+        // they match nothing, as they would in Hubble for flows without them.
         let never = !f.source_fqdn.is_empty()
             || !f.destination_fqdn.is_empty()
-            || !f.http_status_code.is_empty()
-            || !f.http_method.is_empty()
-            || !f.http_path.is_empty()
             || !f.dns_query.is_empty()
             || !f.trace_id.is_empty()
             || !f.source_workload.is_empty()
@@ -474,6 +477,170 @@ impl Compiled {
     fn matches(&self, flow: &Flow) -> bool {
         self.0.iter().all(|c| c(flow))
     }
+}
+
+/// Whether HTTP fields may be combined with the filter's event types: Hubble refuses them
+/// unless the event types are empty or include L7 (access log) events.
+fn http_compatible(types: &[EventTypeFilter]) -> bool {
+    types.is_empty() || types.iter().any(|t| t.r#type == MESSAGE_TYPE_ACCESS_LOG)
+}
+
+/// An HTTP status code (`404`) or a prefix of one (`4+`, `40+`), as Hubble accepts them.
+enum StatusMatch {
+    Full(String),
+    Prefix(String),
+}
+
+fn parse_status(s: &str) -> Result<StatusMatch, FilterError> {
+    let b = s.as_bytes();
+    let first = |b: &[u8]| b.first().is_some_and(|c| (b'1'..=b'5').contains(c));
+    if b.len() == 3 && first(b) && b[1..].iter().all(u8::is_ascii_digit) {
+        return Ok(StatusMatch::Full(s.to_owned()));
+    }
+    if let Some(prefix) = s.strip_suffix('+') {
+        let p = prefix.as_bytes();
+        if (1..=2).contains(&p.len()) && first(p) && p[1..].iter().all(u8::is_ascii_digit) {
+            return Ok(StatusMatch::Prefix(prefix.to_owned()));
+        }
+    }
+    Err(bad(
+        "http_status_code",
+        s,
+        "expected a status code (404) or a prefix of one (4+, 40+)",
+    ))
+}
+
+fn parse_regex(field: &'static str, s: &str) -> Result<regex::Regex, FilterError> {
+    regex::Regex::new(s).map_err(|e| bad(field, s, format!("not a valid regular expression: {e}")))
+}
+
+/// The path of a request URL as Go's `url.ParseRequestURI` decodes it: after the scheme and
+/// authority, before the query, percent-decoded. `None` when Go would refuse the URL (no
+/// scheme and not absolute, a bad escape), which Hubble's path filter treats as no match.
+pub fn request_path(url: &str) -> Option<String> {
+    let rest = url.split_once('?').map_or(url, |(r, _)| r);
+    let scheme_end = rest
+        .char_indices()
+        .find(|&(i, c)| {
+            !(c.is_ascii_alphabetic() || (i > 0 && (c.is_ascii_digit() || "+-.".contains(c))))
+        })
+        .filter(|&(i, c)| c == ':' && i > 0)
+        .map(|(i, _)| i);
+    let path = match scheme_end {
+        None if rest.starts_with('/') => rest,
+        None => return None,
+        Some(i) => {
+            let after = &rest[i + 1..];
+            match after.strip_prefix("//") {
+                Some(auth_path) => auth_path.find('/').map_or("", |j| &auth_path[j..]),
+                // An opaque URL (`mailto:x`) has no path.
+                None if !after.starts_with('/') => "",
+                None => after,
+            }
+        }
+    };
+    let (mut out, bytes) = (Vec::with_capacity(path.len()), path.as_bytes());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let s = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(s, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The HTTP fields of a filter (Hubble's `HTTPFilter`): each set field must match the flow's
+/// HTTP record; flows without one never match.
+fn http_checks(f: &FlowFilter, checks: &mut Vec<Check>) -> Result<(), FilterError> {
+    for (set, field) in [
+        (!f.http_status_code.is_empty(), "http_status_code"),
+        (!f.http_method.is_empty(), "http_method"),
+        (!f.http_path.is_empty(), "http_path"),
+        (!f.http_url.is_empty(), "http_url"),
+        (!f.http_header.is_empty(), "http_header"),
+    ] {
+        if set && !http_compatible(&f.event_type) {
+            let types: Vec<String> = f.event_type.iter().map(|t| t.r#type.to_string()).collect();
+            return Err(bad(
+                field,
+                &types.join(","),
+                format!(
+                    "filtering on {field} needs the event type filter to include L7 events \
+                     (type {MESSAGE_TYPE_ACCESS_LOG}), or no event type filter"
+                ),
+            ));
+        }
+    }
+    if !f.http_status_code.is_empty() {
+        let want = f
+            .http_status_code
+            .iter()
+            .map(|s| parse_status(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        checks.push(Box::new(move |fl| {
+            let Some(h) = crate::l7::http(fl).filter(|h| h.code != 0) else {
+                return false;
+            };
+            let code = format!("{:03}", h.code);
+            want.iter().any(|w| match w {
+                StatusMatch::Full(s) => *s == code,
+                StatusMatch::Prefix(p) => code.starts_with(p.as_str()),
+            })
+        }));
+    }
+    if !f.http_method.is_empty() {
+        let want = f.http_method.clone();
+        checks.push(Box::new(move |fl| {
+            crate::l7::http(fl).is_some_and(|h| {
+                !h.method.is_empty() && want.iter().any(|m| m.eq_ignore_ascii_case(&h.method))
+            })
+        }));
+    }
+    if !f.http_path.is_empty() {
+        let res = f
+            .http_path
+            .iter()
+            .map(|s| parse_regex("http_path", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        checks.push(Box::new(move |fl| {
+            crate::l7::http(fl)
+                .filter(|h| !h.url.is_empty())
+                .and_then(|h| request_path(&h.url))
+                .is_some_and(|p| res.iter().any(|r| r.is_match(&p)))
+        }));
+    }
+    if !f.http_url.is_empty() {
+        let res = f
+            .http_url
+            .iter()
+            .map(|s| parse_regex("http_url", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        checks.push(Box::new(move |fl| {
+            crate::l7::http(fl)
+                .is_some_and(|h| !h.url.is_empty() && res.iter().any(|r| r.is_match(&h.url)))
+        }));
+    }
+    if !f.http_header.is_empty() {
+        let want: Vec<(String, String)> = f
+            .http_header
+            .iter()
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect();
+        checks.push(Box::new(move |fl| {
+            crate::l7::http(fl).is_some_and(|h| {
+                h.headers
+                    .iter()
+                    .any(|have| want.iter().any(|(k, v)| *k == have.key && *v == have.value))
+            })
+        }));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

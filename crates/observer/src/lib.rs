@@ -15,7 +15,9 @@
 
 pub mod convert;
 pub mod filter;
+mod http_metrics;
 pub mod intake;
+pub mod l7;
 pub mod metrics;
 pub mod print;
 pub mod proto;

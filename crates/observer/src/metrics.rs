@@ -6,10 +6,22 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
 use crate::filter::ports;
+use crate::http_metrics::HttpMetrics;
+use crate::l7::MESSAGE_TYPE_ACCESS_LOG;
 use crate::print::{drop_reason_name, protocol_name};
 use crate::proto::flow::{layer4, Flow, LostEventSource, TrafficDirection, Verdict};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The `subtype` label of `hubble_flows_processed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Subtype {
+    None,
+    /// A trace's observation point (Hubble's enum value).
+    Point(i32),
+    /// An L7 flow's protocol (`HTTP`).
+    L7(&'static str),
+}
 
 /// What one counter counts, in the flow's own numbers: recording a flow allocates nothing
 /// once its counters exist; the names Hubble's labels show are made only when rendering.
@@ -17,8 +29,7 @@ type Labels = Vec<(&'static str, String)>;
 enum Key {
     Flows {
         kind: &'static str,
-        /// The trace observation point, for traces only.
-        point: Option<i32>,
+        subtype: Subtype,
         verdict: i32,
     },
     Drop {
@@ -44,7 +55,7 @@ impl Key {
         match self {
             Key::Flows {
                 kind,
-                point,
+                subtype,
                 verdict,
             } => (
                 "hubble_flows_processed_total",
@@ -52,9 +63,11 @@ impl Key {
                     ("type", kind.to_owned()),
                     (
                         "subtype",
-                        point
-                            .map(crate::print::observation_point_name_of)
-                            .unwrap_or_default(),
+                        match subtype {
+                            Subtype::None => String::new(),
+                            Subtype::Point(p) => crate::print::observation_point_name_of(p),
+                            Subtype::L7(p) => p.to_owned(),
+                        },
                     ),
                     ("verdict", verdict_name(verdict)),
                 ],
@@ -106,6 +119,7 @@ impl Key {
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<HashMap<Key, u64>>,
+    http: Mutex<HttpMetrics>,
 }
 
 const HELP: [(&str, &str); 6] = [
@@ -136,20 +150,37 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn http_metrics(&self) -> MutexGuard<'_, HttpMetrics> {
+        self.http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Counts one flow.
     pub fn record(&self, flow: &Flow) {
         let event_type = flow.event_type.as_ref().map(|e| e.r#type);
-        let (kind, point) = match event_type {
-            Some(MESSAGE_TYPE_TRACE) => ("Trace", Some(flow.trace_observation_point)),
-            Some(MESSAGE_TYPE_DROP) => ("Drop", None),
-            Some(MESSAGE_TYPE_POLICY_VERDICT) => ("PolicyVerdict", None),
-            _ => ("Unknown", None),
+        let http = crate::l7::http(flow);
+        let (kind, subtype) = match event_type {
+            Some(MESSAGE_TYPE_TRACE) => ("Trace", Subtype::Point(flow.trace_observation_point)),
+            Some(MESSAGE_TYPE_DROP) => ("Drop", Subtype::None),
+            Some(MESSAGE_TYPE_POLICY_VERDICT) => ("PolicyVerdict", Subtype::None),
+            Some(MESSAGE_TYPE_ACCESS_LOG) if http.is_some() => ("L7", Subtype::L7("HTTP")),
+            Some(MESSAGE_TYPE_ACCESS_LOG) => ("L7", Subtype::None),
+            _ => ("Unknown", Subtype::None),
         };
-        let protocol = protocol_name(flow);
+        // Hubble's protocol of a flow (`FlowProtocol`): the L7 protocol where there is one.
+        let protocol = if http.is_some() {
+            "HTTP"
+        } else {
+            protocol_name(flow)
+        };
+        if let Some(h) = http {
+            self.http_metrics().record(flow, h);
+        }
         let mut keys: [Option<Key>; 8] = [None; 8];
         keys[0] = Some(Key::Flows {
             kind,
-            point,
+            subtype,
             verdict: flow.verdict,
         });
         if flow.verdict == Verdict::Dropped as i32 {
@@ -234,6 +265,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
             }
         }
+        self.http_metrics().render(&mut out);
         out
     }
 }

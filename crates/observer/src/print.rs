@@ -3,7 +3,8 @@
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
 use crate::filter::ports;
 use crate::proto::flow::{
-    layer4, DropReason, Endpoint, Flow, TraceObservationPoint, TrafficDirection, Verdict,
+    layer4, layer7, DropReason, Endpoint, Flow, L7FlowType, TraceObservationPoint,
+    TrafficDirection, Verdict,
 };
 
 /// The enum name of a drop reason code, as Hubble's metrics label it (`POLICY_DENIED`).
@@ -60,8 +61,19 @@ pub fn observation_point_name_of(point: i32) -> String {
 }
 
 /// What kind of event, as Hubble's compact output shows it: `to-endpoint`, `policy-verdict:L3-L4 INGRESS`,
-/// or the drop reason.
+/// the drop reason, or `http-request` / `http-response` for L7 flows.
 pub fn event_summary(flow: &Flow) -> String {
+    if let Some(l7) = &flow.l7 {
+        // Hubble's `GetFlowType`: `http-request`, `http-response`.
+        let kind = L7FlowType::try_from(l7.r#type)
+            .map(|t| t.as_str_name().to_ascii_lowercase())
+            .unwrap_or_else(|_| "unknown_l7_type".to_owned());
+        let proto = match l7.record {
+            Some(layer7::Record::Http(_)) => "http",
+            None => "l7",
+        };
+        return format!("{proto}-{kind}");
+    }
     match flow.event_type.as_ref().map(|e| e.r#type) {
         Some(MESSAGE_TYPE_TRACE) => observation_point_name(flow),
         Some(MESSAGE_TYPE_DROP) => drop_reason_text(flow.drop_reason_desc),
@@ -162,6 +174,16 @@ fn l4_summary(flow: &Flow) -> String {
     }
 }
 
+/// What compact output prints in parentheses and tables under SUMMARY: the flow's `Summary`
+/// where it has one (L7 flows: `HTTP/1.1 GET http://web/api`), else the L4 header's.
+pub fn summary(flow: &Flow) -> String {
+    if flow.summary.is_empty() {
+        l4_summary(flow)
+    } else {
+        flow.summary.clone()
+    }
+}
+
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
@@ -214,7 +236,7 @@ pub fn compact(flow: &Flow) -> String {
         stamp_milli(flow.time.as_ref()),
         event_summary(flow),
         verdict_text(flow),
-        l4_summary(flow)
+        summary(flow)
     )
 }
 
@@ -238,7 +260,7 @@ pub fn table_row(flow: &Flow) -> [String; 6] {
         endpoint_text(flow, false),
         event_summary(flow),
         verdict_text(flow),
-        l4_summary(flow),
+        summary(flow),
     ]
 }
 

@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
+use ciliate_model::l7::HttpRecord;
 use ciliate_model::monitor::MonitorEvent;
 use tokio::sync::broadcast;
 
 use crate::convert::{system_time_to_timestamp, to_flow};
+use crate::l7::http_to_flow;
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 use crate::store::Store;
@@ -122,6 +124,31 @@ impl Observer {
             .iter()
             .map(|ev| {
                 let flow = to_flow(ev, self.store.as_ref(), &self.config.node_name);
+                self.metrics.record(&flow);
+                Entry::Flow(flow)
+            })
+            .collect();
+        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.push_all(entries);
+    }
+
+    /// Turns one HTTP request or response of the node's proxy into a Hubble L7 flow and keeps
+    /// it: the same naming, ring, followers and metrics as the datapath's events. Cheap
+    /// (a conversion and the ring's lock): callable from the task that reads the proxy.
+    pub fn observe_http(&self, record: &HttpRecord) {
+        self.observe_http_batch(std::slice::from_ref(record));
+    }
+
+    /// [`observe_http`](Self::observe_http) for several records, in order, taking the ring's
+    /// lock once.
+    pub fn observe_http_batch(&self, records: &[HttpRecord]) {
+        if records.is_empty() {
+            return;
+        }
+        let entries: Vec<Entry> = records
+            .iter()
+            .map(|r| {
+                let flow = http_to_flow(r, self.store.as_ref(), &self.config.node_name);
                 self.metrics.record(&flow);
                 Entry::Flow(flow)
             })

@@ -1,0 +1,176 @@
+//! Hubble's `http` metrics (its v1 handler, `pkg/hubble/metrics/http`): requests and
+//! responses counted, and the request duration as a histogram, from L7 HTTP flows.
+//!
+//! - `hubble_http_requests_total{method,protocol,reporter}`: requests;
+//! - `hubble_http_responses_total{method,protocol,reporter,status}`: responses;
+//! - `hubble_http_request_duration_seconds{method,reporter}`: a response's latency, in
+//!   Prometheus' default buckets (Hubble's histogram sets none).
+//!
+//! `reporter` is `client` for flows of an egress redirect (the client's side reported them),
+//! `server` for ingress, as Hubble derives it from the traffic direction. Labels are printed
+//! in name order, as Prometheus' Go client prints them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::proto::flow::{Flow, Http, L7FlowType, TrafficDirection};
+
+/// Prometheus' default buckets (`prometheus.DefBuckets`), in seconds.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Distinct methods counted under their own name. A client chooses the method (any token
+/// is valid HTTP), so without a bound a scan with random methods would grow the metrics
+/// without end; past the bound, new methods are counted as `other`.
+const MAX_METHODS: usize = 64;
+
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations at or below each bucket's bound (cumulative, as exposed).
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        for (n, le) in self.buckets.iter_mut().zip(BUCKETS) {
+            if v <= le {
+                *n += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// The HTTP counters and histogram, keyed by their label values.
+#[derive(Debug, Default)]
+pub(crate) struct HttpMetrics {
+    /// (method, protocol, reporter).
+    requests: BTreeMap<(String, String, &'static str), u64>,
+    /// (method, protocol, reporter, status).
+    responses: BTreeMap<(String, String, &'static str, u32), u64>,
+    /// (method, reporter).
+    durations: BTreeMap<(String, &'static str), Histogram>,
+    methods: std::collections::BTreeSet<String>,
+}
+
+fn reporter(flow: &Flow) -> &'static str {
+    match TrafficDirection::try_from(flow.traffic_direction) {
+        Ok(TrafficDirection::Egress) => "client",
+        Ok(TrafficDirection::Ingress) => "server",
+        _ => "unknown",
+    }
+}
+
+/// A label value in the exposition format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `v` as Go's `strconv.FormatFloat(v, 'g', -1, 64)` prints it for the values that occur
+/// here (bucket bounds, sums of durations), e.g. `0.005`, `1`, `+Inf`.
+fn float(v: f64) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned();
+    }
+    format!("{v}")
+}
+
+impl HttpMetrics {
+    fn method(&mut self, m: &str) -> String {
+        if self.methods.contains(m) {
+            return m.to_owned();
+        }
+        if self.methods.len() >= MAX_METHODS {
+            return "other".to_owned();
+        }
+        self.methods.insert(m.to_owned());
+        m.to_owned()
+    }
+
+    /// Counts one HTTP flow (`http` is its record).
+    pub(crate) fn record(&mut self, flow: &Flow, http: &Http) {
+        let Some(l7) = &flow.l7 else { return };
+        let reporter = reporter(flow);
+        match L7FlowType::try_from(l7.r#type) {
+            Ok(L7FlowType::Request) => {
+                let method = self.method(&http.method);
+                *self
+                    .requests
+                    .entry((method, http.protocol.clone(), reporter))
+                    .or_default() += 1;
+            }
+            Ok(L7FlowType::Response) => {
+                let method = self.method(&http.method);
+                *self
+                    .responses
+                    .entry((method.clone(), http.protocol.clone(), reporter, http.code))
+                    .or_default() += 1;
+                // Nanoseconds to seconds, as Hubble divides by time.Second.
+                #[allow(clippy::cast_precision_loss)]
+                let seconds = l7.latency_ns as f64 / 1e9;
+                self.durations
+                    .entry((method, reporter))
+                    .or_default()
+                    .observe(seconds);
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends the families that have samples (as Prometheus' Go client, which exposes a
+    /// labelled metric only once it has a child).
+    pub(crate) fn render(&self, out: &mut String) {
+        if !self.requests.is_empty() {
+            let name = "hubble_http_requests_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Count of HTTP requests\n# TYPE {name} counter"
+            );
+            for ((method, protocol, reporter), n) in &self.requests {
+                let _ = writeln!(
+                    out,
+                    "{name}{{method=\"{}\",protocol=\"{}\",reporter=\"{reporter}\"}} {n}",
+                    escape(method),
+                    escape(protocol)
+                );
+            }
+        }
+        if !self.responses.is_empty() {
+            let name = "hubble_http_responses_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Count of HTTP responses\n# TYPE {name} counter"
+            );
+            for ((method, protocol, reporter, status), n) in &self.responses {
+                let _ = writeln!(
+                    out,
+                    "{name}{{method=\"{}\",protocol=\"{}\",reporter=\"{reporter}\",status=\"{status}\"}} {n}",
+                    escape(method),
+                    escape(protocol)
+                );
+            }
+        }
+        if !self.durations.is_empty() {
+            let name = "hubble_http_request_duration_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Quantiles of HTTP request duration in seconds\n# TYPE {name} histogram"
+            );
+            for ((method, reporter), h) in &self.durations {
+                let labels = format!("method=\"{}\",reporter=\"{reporter}\"", escape(method));
+                for (le, n) in BUCKETS.iter().zip(h.buckets) {
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {n}", float(*le));
+                }
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", float(h.sum));
+                let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+            }
+        }
+    }
+}
