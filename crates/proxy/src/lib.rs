@@ -8,4 +8,9 @@
 //! - [`control`]: the agent's control socket (commands in, events out);
 //! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
 
+pub mod control;
+pub mod engine;
+pub mod identity;
+pub mod listener;
+pub mod policy;
 pub mod rules;
