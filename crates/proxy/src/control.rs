@@ -28,7 +28,11 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Serves the control socket forever: commands applied in order, events forwarded to the
 /// newest connection, stats every second while they change.
-pub async fn serve(listener: UnixListener, engine: Arc<Engine>, events: mpsc::Receiver<ProxyEvent>) {
+pub async fn serve(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    events: mpsc::Receiver<ProxyEvent>,
+) {
     let writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>> = Arc::new(Mutex::new(None));
     tokio::spawn(forward_events(events, writer.clone(), engine.clone()));
     let mut generation = 0u64;
@@ -86,22 +90,33 @@ async fn read_commands(
         let ev = match serde_json::from_str::<ProxyCommand>(&line) {
             Ok(cmd) => {
                 let revision = match &cmd {
-                    ProxyCommand::Snapshot { revision, .. } | ProxyCommand::Endpoint { revision, .. } => *revision,
+                    ProxyCommand::Snapshot { revision, .. }
+                    | ProxyCommand::Endpoint { revision, .. } => *revision,
                 };
                 match engine.policy.apply(&cmd) {
                     Ok(revision) => {
-                        info!(revision, redirects = engine.policy.current().len(), "policy applied");
+                        info!(
+                            revision,
+                            redirects = engine.policy.current().len(),
+                            "policy applied"
+                        );
                         ProxyEvent::Applied { revision }
                     }
                     Err(e) => {
                         warn!(revision, error = %e, "command rejected; policy unchanged");
-                        ProxyEvent::Rejected { revision, reason: e.to_string() }
+                        ProxyEvent::Rejected {
+                            revision,
+                            reason: e.to_string(),
+                        }
                     }
                 }
             }
             Err(e) => {
                 warn!(error = %e, "bad control line");
-                ProxyEvent::Rejected { revision: 0, reason: format!("bad command: {e}") }
+                ProxyEvent::Rejected {
+                    revision: 0,
+                    reason: format!("bad command: {e}"),
+                }
             }
         };
         send(&writer, &ev).await;
@@ -172,7 +187,10 @@ impl ControlClient {
 
     /// Splits into the two halves (reader, writer) for separate tasks.
     pub fn into_split(self) -> (ControlReader, ControlWriter) {
-        (ControlReader { lines: self.lines }, ControlWriter { write: self.write })
+        (
+            ControlReader { lines: self.lines },
+            ControlWriter { write: self.write },
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -147,7 +147,9 @@ pub struct Engine {
 type Body = BoxBody<Bytes, hyper::Error>;
 
 fn full(s: impl Into<Bytes>) -> Body {
-    Full::new(s.into()).map_err(|n: Infallible| match n {}).boxed()
+    Full::new(s.into())
+        .map_err(|n: Infallible| match n {})
+        .boxed()
 }
 
 fn now_ns() -> u64 {
@@ -196,10 +198,13 @@ fn sniff(buf: &[u8]) -> Sniff {
     Sniff::NeedMore
 }
 
-/// The accepted stream with the bytes read for detection put back in front.
+/// The accepted stream with the bytes read for detection put back in front. It notes whether
+/// anything was written since the last read, so that a parse error hyper did not answer can be
+/// answered by us.
 struct Rewind {
     pre: Bytes,
     inner: TcpStream,
+    wrote_since_read: Arc<AtomicBool>,
 }
 
 impl AsyncRead for Rewind {
@@ -214,7 +219,12 @@ impl AsyncRead for Rewind {
             self.pre.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.wrote_since_read.store(false, Ordering::Relaxed);
+        }
+        r
     }
 }
 
@@ -224,12 +234,21 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote_since_read.store(true, Ordering::Relaxed);
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper shuts the write side after a parse error without answering it; leave the
+        // socket open for our 400 (it closes when the last handle is dropped).
+        if !self.wrote_since_read.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -237,7 +256,11 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote_since_read.store(true, Ordering::Relaxed);
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -313,11 +336,7 @@ impl Engine {
         };
         let source_identity = self.identities.identity_of(*client.ip());
         let destination_identity = self.identities.identity_of(*original_dst.ip());
-        let endpoint = self
-            .policy
-            .current()
-            .get(&key)
-            .map(|r| r.redirect.endpoint);
+        let endpoint = self.policy.current().get(&key).map(|r| r.redirect.endpoint);
         let meta = ConnMeta {
             client,
             original_dst,
@@ -336,10 +355,8 @@ impl Engine {
 
         let mut buf = BytesMut::with_capacity(64);
         let proto = loop {
-            let read = tokio::time::timeout(
-                self.config.first_bytes_timeout,
-                stream.read_buf(&mut buf),
-            );
+            let read =
+                tokio::time::timeout(self.config.first_bytes_timeout, stream.read_buf(&mut buf));
             let n = tokio::select! {
                 r = read => r,
                 _ = shutdown.changed() => return,
@@ -363,9 +380,16 @@ impl Engine {
             reset(stream);
             return;
         }
+        // A second handle on the socket, to answer a parse error hyper left unanswered.
+        let spare = std::os::fd::AsFd::as_fd(&stream)
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .ok();
+        let wrote_since_read = Arc::new(AtomicBool::new(false));
         let io = TokioIo::new(Rewind {
             pre: buf.freeze(),
             inner: stream,
+            wrote_since_read: wrote_since_read.clone(),
         });
         let h2 = proto == Sniff::H2;
         let conn = Arc::new(Conn {
@@ -404,11 +428,26 @@ impl Engine {
                 }
             }
         };
+        debug!(%client, result = ?result, "connection done");
         if let Err(e) = result {
             if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
                 // hyper answered 400 (or 431/505) and closed: record both halves.
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 let reason = format!("cannot parse the request: {e}");
+                debug!(%client, %reason, "400");
+                if !wrote_since_read.load(Ordering::Relaxed) {
+                    if let Some(mut spare) = spare {
+                        // Best effort on a non-blocking socket: a short response fits the
+                        // empty send buffer.
+                        let r = std::io::Write::write_all(
+                            &mut spare,
+                            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                        if let Err(e) = r {
+                            debug!(%client, error = %e, "writing 400");
+                        }
+                    }
+                }
                 let mut rec = base_record(&meta, L7RecordType::Request, L7Verdict::Error);
                 rec.protocol = "HTTP/1.1".into();
                 rec.reason = Some(reason.clone());

@@ -45,7 +45,11 @@ impl std::str::FromStr for ListenSpec {
         let egress = match dir {
             "egress" => true,
             "ingress" => false,
-            d => return Err(format!("{s:?}: direction {d:?} is neither egress nor ingress")),
+            d => {
+                return Err(format!(
+                    "{s:?}: direction {d:?} is neither egress nor ingress"
+                ))
+            }
         };
         let parser = match parser {
             "http" => L7Parser::Http,
@@ -71,7 +75,10 @@ pub fn listener_from_fd(spec: &ListenSpec) -> Result<TcpListener, String> {
     // refuses the same fd twice).
     let sock = unsafe { socket2::Socket::from_raw_fd(spec.fd) };
     let listening = sock.is_listener().unwrap_or(false);
-    let stream = sock.r#type().map(|t| t == socket2::Type::STREAM).unwrap_or(false);
+    let stream = sock
+        .r#type()
+        .map(|t| t == socket2::Type::STREAM)
+        .unwrap_or(false);
     if !listening || !stream {
         // Do not close what we were wrongly given.
         std::mem::forget(sock);
@@ -138,7 +145,13 @@ impl Listeners {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(engine.clone().serve(stream, client, dst, egress, conn_stop.clone()));
+                    conns.spawn(engine.clone().serve(
+                        stream,
+                        client,
+                        dst,
+                        egress,
+                        conn_stop.clone(),
+                    ));
                 }
                 // Dropping `l` closes this process's copy of the socket; the supervisor's
                 // and the next proxy's copies keep it listening.
@@ -172,7 +185,10 @@ impl Listeners {
         };
         if tokio::time::timeout(deadline, wait).await.is_err() {
             let left = self.engine.counters.active.load(Ordering::Relaxed);
-            warn!(left, "drain deadline reached; closing the remaining connections");
+            warn!(
+                left,
+                "drain deadline reached; closing the remaining connections"
+            );
             return left;
         }
         0

@@ -143,7 +143,10 @@ async fn run(args: Args) -> ExitCode {
     let running = Listeners::start(engine.clone(), listeners);
     info!(pid = std::process::id(), "ciliate-proxy running");
 
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("ciliate-proxy: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
