@@ -100,7 +100,8 @@ pub struct HttpMatch {
     /// Extended POSIX regex over the method, matched whole (Cilium anchors it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Regex over the path (without the query), matched whole.
+    /// Regex over the request target as Envoy's `:path` holds it, query string included
+    /// (`/public` does not match `/public?x=1`), matched whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Regex over the host (authority), matched whole.
@@ -176,6 +177,37 @@ pub enum ProxyEvent {
     },
     /// One HTTP request or response passed (or was refused by) the proxy.
     Http(Box<HttpRecord>),
+    /// A command was refused whole (e.g. an invalid regex); the proxy keeps what it had.
+    Rejected {
+        /// The command's revision.
+        revision: u64,
+        /// Why, naming the redirect and field.
+        reason: String,
+    },
+    /// The proxy's counters since it started, sent every second while they change.
+    Stats(ProxyStats),
+}
+
+/// The proxy's counters (since the process started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStats {
+    /// The proxy's process id.
+    pub pid: u32,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections open now.
+    pub active_connections: u64,
+    /// Requests seen.
+    pub requests: u64,
+    /// Requests refused by policy (403).
+    pub denied: u64,
+    /// Requests that failed (400, 502).
+    pub errors: u64,
+    /// Connections reset (not HTTP, no redirect).
+    pub resets: u64,
+    /// Records dropped because nobody was reading the control socket.
+    pub records_lost: u64,
 }
 
 /// Request or response.

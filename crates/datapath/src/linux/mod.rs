@@ -10,6 +10,7 @@
 //! - `events`: the ring-buffer reader.
 
 mod events;
+pub mod identity_reader;
 mod links;
 pub mod loader;
 mod maps;

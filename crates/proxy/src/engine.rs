@@ -1,0 +1,747 @@
+//! One client connection, from the accepted socket to the original destination.
+//!
+//! The first bytes decide the protocol: the HTTP/2 preface (h2c with prior knowledge, as gRPC
+//! speaks it), an HTTP/1 request line (a method token and a space), or neither (the connection
+//! is reset and a drop recorded). Each request is judged against the redirect's rules as they
+//! are *now* (so a policy change applies to the next request), recorded, then forwarded on the
+//! one upstream connection this client connection owns (opened lazily, reopened when the
+//! server closed it), or refused with Cilium's `403` and body. Bodies stream both ways; an
+//! allowed `Upgrade` (WebSocket) becomes a byte tunnel after the `101`.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use ciliate_model::identity::NumericIdentity;
+use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict, ProxyEvent, ProxyStats};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch, Mutex};
+use tracing::{debug, warn};
+
+use crate::identity::Identities;
+use crate::policy::{Policy, RedirectKey};
+use crate::rules::{Decision, RequestView};
+
+/// Cilium's body of a denied request (its Envoy filter's default, with the CRLF it appends).
+pub const ACCESS_DENIED_BODY: &str = "Access denied\r\n";
+
+/// What the upstream mark function is told about a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnMeta {
+    /// The client's address.
+    pub client: SocketAddrV4,
+    /// The original destination.
+    pub original_dst: SocketAddrV4,
+    /// Egress redirect (the endpoint is the client).
+    pub egress: bool,
+    /// The redirect's endpoint.
+    pub endpoint: u16,
+    /// The client's identity.
+    pub source_identity: NumericIdentity,
+    /// The server's identity.
+    pub destination_identity: NumericIdentity,
+}
+
+/// Computes `SO_MARK` for an upstream connection (the datapath's mark layout), or none.
+pub type MarkFn = Arc<dyn Fn(&ConnMeta) -> Option<u32> + Send + Sync>;
+
+/// How upstream connections are made.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Bind upstream sockets to the client's address with `IP_TRANSPARENT` (production); off
+    /// in tests that run without the datapath's redirect.
+    pub transparent: bool,
+    /// The upstream socket's mark.
+    pub mark: Option<MarkFn>,
+    /// Giving up on the original destination.
+    pub connect_timeout: Duration,
+    /// Giving up on a client that sends nothing after connecting.
+    pub first_bytes_timeout: Duration,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("transparent", &self.transparent)
+            .field("mark", &self.mark.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            transparent: false,
+            mark: None,
+            connect_timeout: Duration::from_secs(5),
+            first_bytes_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters, reported as [`ProxyStats`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Accepted connections.
+    pub connections: AtomicU64,
+    /// Open connections.
+    pub active: AtomicU64,
+    /// Requests.
+    pub requests: AtomicU64,
+    /// 403s.
+    pub denied: AtomicU64,
+    /// 400s and 502s.
+    pub errors: AtomicU64,
+    /// Resets.
+    pub resets: AtomicU64,
+    /// Records nobody read.
+    pub records_lost: AtomicU64,
+}
+
+impl Counters {
+    /// A snapshot.
+    pub fn snapshot(&self) -> ProxyStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProxyStats {
+            pid: std::process::id(),
+            connections: l(&self.connections),
+            active_connections: l(&self.active),
+            requests: l(&self.requests),
+            denied: l(&self.denied),
+            errors: l(&self.errors),
+            resets: l(&self.resets),
+            records_lost: l(&self.records_lost),
+        }
+    }
+}
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct Engine {
+    /// The redirects in force.
+    pub policy: Arc<Policy>,
+    /// Peer identities.
+    pub identities: Arc<dyn Identities>,
+    /// Records to the control socket.
+    pub events: mpsc::Sender<ProxyEvent>,
+    /// Upstream settings.
+    pub config: EngineConfig,
+    /// Counters.
+    pub counters: Counters,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into())
+        .map_err(|n: Infallible| match n {})
+        .boxed()
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The protocol the first bytes announce.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniff {
+    H1,
+    H2,
+    NotHttp,
+    NeedMore,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn sniff(buf: &[u8]) -> Sniff {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if buf.len() >= H2_PREFACE.len() {
+            Sniff::H2
+        } else {
+            Sniff::NeedMore
+        };
+    }
+    // HTTP/1 servers ignore empty lines before a request line; hyper decides about those.
+    if buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+        return Sniff::H1;
+    }
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b' ' {
+            return if i > 0 { Sniff::H1 } else { Sniff::NotHttp };
+        }
+        if !is_tchar(b) || i >= 32 {
+            return Sniff::NotHttp;
+        }
+    }
+    Sniff::NeedMore
+}
+
+/// The accepted stream with the bytes read for detection put back in front. It notes whether
+/// anything was written since the last read, so that a parse error hyper did not answer can be
+/// answered by us.
+struct Rewind {
+    pre: Bytes,
+    inner: TcpStream,
+    wrote_since_read: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.wrote_since_read.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote_since_read.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper shuts the write side after a parse error without answering it; leave the
+        // socket open for our 400 (it closes when the last handle is dropped).
+        if !self.wrote_since_read.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote_since_read.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Closes with a RST (SO_LINGER 0) instead of a FIN.
+fn reset(stream: TcpStream) {
+    if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        debug!(error = %e, "SO_LINGER 0");
+    }
+    drop(stream);
+}
+
+enum Upstream {
+    None,
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+/// One client connection's state, shared by its requests.
+struct Conn {
+    engine: Arc<Engine>,
+    meta: ConnMeta,
+    key: RedirectKey,
+    h2: bool,
+    upstream: Mutex<Upstream>,
+}
+
+impl Engine {
+    fn emit(&self, ev: ProxyEvent) {
+        if self.events.try_send(ev).is_err() {
+            self.counters.records_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Serves one accepted connection whose original destination is `original_dst` (the
+    /// accepted socket's local address under the datapath's redirect). `egress` is the
+    /// listener's direction. Returns when the connection is done; `shutdown` turning true
+    /// asks it to finish its requests in flight and close.
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddrV4,
+        original_dst: SocketAddrV4,
+        egress: bool,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        self.clone()
+            .serve_inner(stream, client, original_dst, egress, shutdown)
+            .await;
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn serve_inner(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        client: SocketAddrV4,
+        original_dst: SocketAddrV4,
+        egress: bool,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let key = RedirectKey {
+            endpoint_ip: if egress {
+                *client.ip()
+            } else {
+                *original_dst.ip()
+            },
+            egress,
+            port: original_dst.port(),
+        };
+        let source_identity = self.identities.identity_of(*client.ip());
+        let destination_identity = self.identities.identity_of(*original_dst.ip());
+        let endpoint = self.policy.current().get(&key).map(|r| r.redirect.endpoint);
+        let meta = ConnMeta {
+            client,
+            original_dst,
+            egress,
+            endpoint: endpoint.unwrap_or(0),
+            source_identity,
+            destination_identity,
+        };
+        if endpoint.is_none() {
+            // Fail closed: the datapath sent us a connection the agent has no rules for.
+            self.drop_record(&meta, "no redirect for this endpoint, direction and port");
+            self.counters.resets.fetch_add(1, Ordering::Relaxed);
+            reset(stream);
+            return;
+        }
+
+        let mut buf = BytesMut::with_capacity(64);
+        let proto = loop {
+            let read =
+                tokio::time::timeout(self.config.first_bytes_timeout, stream.read_buf(&mut buf));
+            let n = tokio::select! {
+                r = read => r,
+                _ = shutdown.changed() => return,
+            };
+            match n {
+                Ok(Ok(0)) | Err(_) => return,
+                Ok(Err(e)) => {
+                    debug!(%client, error = %e, "read");
+                    return;
+                }
+                Ok(Ok(_)) => {}
+            }
+            match sniff(&buf) {
+                Sniff::NeedMore => continue,
+                p => break p,
+            }
+        };
+        if proto == Sniff::NotHttp {
+            self.drop_record(&meta, "not HTTP");
+            self.counters.resets.fetch_add(1, Ordering::Relaxed);
+            reset(stream);
+            return;
+        }
+        // A second handle on the socket, to answer a parse error hyper left unanswered.
+        let spare = std::os::fd::AsFd::as_fd(&stream)
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .ok();
+        let wrote_since_read = Arc::new(AtomicBool::new(false));
+        let io = TokioIo::new(Rewind {
+            pre: buf.freeze(),
+            inner: stream,
+            wrote_since_read: wrote_since_read.clone(),
+        });
+        let h2 = proto == Sniff::H2;
+        let conn = Arc::new(Conn {
+            engine: self.clone(),
+            meta,
+            key,
+            h2,
+            upstream: Mutex::new(Upstream::None),
+        });
+        let svc = service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        });
+        let result = if h2 {
+            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc);
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = shutdown.changed() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        } else {
+            let c = hyper::server::conn::http1::Builder::new()
+                .pipeline_flush(true)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = shutdown.changed() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        };
+        debug!(%client, result = ?result, "connection done");
+        if let Err(e) = result {
+            if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+                // hyper answered 400 (or 431/505) and closed: record both halves.
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let reason = format!("cannot parse the request: {e}");
+                debug!(%client, %reason, "400");
+                if !wrote_since_read.load(Ordering::Relaxed) {
+                    if let Some(mut spare) = spare {
+                        // Best effort on a non-blocking socket: a short response fits the
+                        // empty send buffer.
+                        let r = std::io::Write::write_all(
+                            &mut spare,
+                            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                        if let Err(e) = r {
+                            debug!(%client, error = %e, "writing 400");
+                        }
+                    }
+                }
+                let mut rec = base_record(&meta, L7RecordType::Request, L7Verdict::Error);
+                rec.protocol = "HTTP/1.1".into();
+                rec.reason = Some(reason.clone());
+                self.emit(ProxyEvent::Http(Box::new(rec.clone())));
+                rec.record_type = L7RecordType::Response;
+                rec.code = 400;
+                self.emit(ProxyEvent::Http(Box::new(rec)));
+            } else {
+                debug!(%client, error = %e, "connection ended");
+            }
+        }
+    }
+
+    fn drop_record(&self, meta: &ConnMeta, reason: &str) {
+        let mut rec = base_record(meta, L7RecordType::Request, L7Verdict::Dropped);
+        rec.reason = Some(reason.into());
+        self.emit(ProxyEvent::Http(Box::new(rec)));
+    }
+}
+
+fn base_record(meta: &ConnMeta, record_type: L7RecordType, verdict: L7Verdict) -> HttpRecord {
+    HttpRecord {
+        time_ns: now_ns(),
+        record_type,
+        endpoint: meta.endpoint,
+        egress: meta.egress,
+        source: meta.client,
+        destination: meta.original_dst,
+        source_identity: meta.source_identity,
+        destination_identity: meta.destination_identity,
+        verdict,
+        rule: 0,
+        method: String::new(),
+        url: String::new(),
+        protocol: String::new(),
+        code: 0,
+        headers: Vec::new(),
+        latency_ns: 0,
+        reason: None,
+    }
+}
+
+fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn protocol_of(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+impl Conn {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let engine = &self.engine;
+        engine.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let table = engine.policy.current();
+        let remote = if self.meta.egress {
+            self.meta.destination_identity
+        } else {
+            self.meta.source_identity
+        };
+        let method = req.method().as_str().to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let view = RequestView {
+            method: &method,
+            path_and_query: &path,
+            authority: &authority,
+        };
+        let decision = match table.get(&self.key) {
+            Some(r) => r.decide(remote, &view, req.headers_mut()),
+            None => Decision::Denied,
+        };
+        let mut rec = base_record(&self.meta, L7RecordType::Request, L7Verdict::Forwarded);
+        rec.method = method;
+        rec.url = format!("http://{authority}{path}");
+        rec.protocol = protocol_of(req.version()).into();
+        rec.headers = header_list(req.headers());
+        let rule = match decision {
+            Decision::Allowed { rule, notes } => {
+                rec.rule = rule;
+                if !notes.is_empty() {
+                    rec.reason = Some(notes.join("; "));
+                }
+                rule
+            }
+            Decision::Denied => {
+                engine.counters.denied.fetch_add(1, Ordering::Relaxed);
+                rec.verdict = L7Verdict::Dropped;
+                rec.reason = Some(if table.get(&self.key).is_some() {
+                    "no rule matched".into()
+                } else {
+                    "redirect removed".into()
+                });
+                engine.emit(ProxyEvent::Http(Box::new(rec.clone())));
+                if !self.h2 {
+                    // Read what the client already sent so the connection stays usable for
+                    // its next request (bounded: a huge upload is cut off instead).
+                    drain(req.into_body(), 1 << 20).await;
+                }
+                let resp = Response::builder()
+                    .status(StatusCode::FORBIDDEN)
+                    .header(http::header::CONTENT_TYPE, "text/plain")
+                    .body(full(ACCESS_DENIED_BODY))
+                    .unwrap_or_else(|_| Response::new(full(ACCESS_DENIED_BODY)));
+                self.respond_record(rec, &resp, start);
+                return resp;
+            }
+        };
+        engine.emit(ProxyEvent::Http(Box::new(rec.clone())));
+
+        let client_upgrade = (!self.h2 && req.headers().contains_key(http::header::UPGRADE))
+            .then(|| hyper::upgrade::on(&mut req));
+        let sent = self.send_upstream(req).await;
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(client = %self.meta.client, dst = %self.meta.original_dst, error = %e, "upstream");
+                engine.counters.errors.fetch_add(1, Ordering::Relaxed);
+                rec.verdict = L7Verdict::Error;
+                rec.reason = Some(format!("upstream: {e}"));
+                let resp = Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .body(full(format!("upstream: {e}\r\n")))
+                    .unwrap_or_else(|_| Response::new(full("upstream error\r\n")));
+                self.respond_record(rec, &resp, start);
+                return resp;
+            }
+        };
+        rec.rule = rule;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_up) = client_upgrade {
+                let server_up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_up, server_up) {
+                        Ok((c, s)) => {
+                            let mut c = TokioIo::new(c);
+                            let mut s = TokioIo::new(s);
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                                debug!(error = %e, "upgraded tunnel ended");
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+        }
+        let resp = resp.map(|b| b.boxed());
+        self.respond_record(rec, &resp, start);
+        resp
+    }
+
+    fn respond_record(&self, mut rec: HttpRecord, resp: &Response<Body>, start: Instant) {
+        rec.time_ns = now_ns();
+        rec.record_type = L7RecordType::Response;
+        rec.code = resp.status().as_u16();
+        rec.headers = header_list(resp.headers());
+        rec.latency_ns = start.elapsed().as_nanos() as u64;
+        self.engine.emit(ProxyEvent::Http(Box::new(rec)));
+    }
+
+    async fn send_upstream(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
+        let mut guard = self.upstream.lock().await;
+        let usable = match &mut *guard {
+            Upstream::None => false,
+            Upstream::H1(s) => s.ready().await.is_ok(),
+            Upstream::H2(s) => s.ready().await.is_ok(),
+        };
+        if !usable {
+            *guard = self.connect().await?;
+        }
+        match &mut *guard {
+            Upstream::H1(s) => {
+                let fut = s.send_request(req);
+                drop(guard);
+                fut.await.map_err(|e| e.to_string())
+            }
+            Upstream::H2(s) => {
+                let mut s = s.clone();
+                drop(guard);
+                s.send_request(req).await.map_err(|e| e.to_string())
+            }
+            Upstream::None => Err("no upstream".into()),
+        }
+    }
+
+    async fn connect(&self) -> Result<Upstream, String> {
+        let cfg = &self.engine.config;
+        let stream = connect_upstream(&self.meta, cfg)
+            .await
+            .map_err(|e| format!("connect {}: {e}", self.meta.original_dst))?;
+        let io = TokioIo::new(stream);
+        if self.h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream h2 connection");
+                }
+            });
+            Ok(Upstream::H2(send))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(error = %e, "upstream connection");
+                }
+            });
+            Ok(Upstream::H1(send))
+        }
+    }
+}
+
+async fn drain(mut body: Incoming, limit: usize) {
+    let mut seen = 0usize;
+    while seen < limit {
+        match body.frame().await {
+            Some(Ok(f)) => seen += f.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
+    }
+}
+
+/// Opens the upstream socket: from the client's own address (`IP_TRANSPARENT`) when
+/// transparent, marked as the datapath wants, to the original destination.
+pub async fn connect_upstream(meta: &ConnMeta, cfg: &EngineConfig) -> io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_nonblocking(true)?;
+    if cfg.transparent {
+        sock.set_ip_transparent_v4(true)?;
+        sock.bind(&SocketAddr::V4(SocketAddrV4::new(*meta.client.ip(), 0)).into())?;
+    }
+    if let Some(mark) = cfg.mark.as_ref().and_then(|f| f(meta)) {
+        sock.set_mark(mark)?;
+    }
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
+    let stream = tokio::time::timeout(
+        cfg.connect_timeout,
+        sock.connect(SocketAddr::V4(meta.original_dst)),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::H1);
+        assert_eq!(sniff(b"GE"), Sniff::NeedMore);
+        assert_eq!(sniff(b"M-SEARCH * HTTP/1.1"), Sniff::H1);
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Sniff::H2);
+        assert_eq!(sniff(b"PRI * HTTP/2"), Sniff::NeedMore);
+        assert_eq!(sniff(b"PRI /x HTTP/1.1"), Sniff::H1);
+        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniff::NotHttp);
+        assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.6\r\n"), Sniff::NotHttp);
+        assert_eq!(sniff(b" GET"), Sniff::NotHttp);
+        assert_eq!(sniff(&[b'A'; 40]), Sniff::NotHttp);
+        assert_eq!(sniff(b"\r\nGET / HTTP/1.1"), Sniff::H1);
+    }
+}

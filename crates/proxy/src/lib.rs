@@ -1,0 +1,16 @@
+//! `ciliate-proxy`: the node's L7 proxy, and the supervisor the agent runs it with.
+//!
+//! - [`rules`]: a redirect's HTTP rules compiled to matchers (Cilium's semantics);
+//! - [`policy`]: the redirects in force, replaced per command, read per request;
+//! - [`identity`]: peer identities from the datapath's pinned maps;
+//! - [`engine`]: one client connection: protocol detection, HTTP/1.1 and h2c, policy, upstream;
+//! - [`listener`]: accept loops over inherited listening sockets, graceful drain;
+//! - [`control`]: the agent's control socket (commands in, events out);
+//! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
+
+pub mod control;
+pub mod engine;
+pub mod identity;
+pub mod listener;
+pub mod policy;
+pub mod rules;

@@ -1,0 +1,196 @@
+//! Accept loops over the listening sockets the supervisor created and the proxy inherited.
+//!
+//! The accepted socket's local address is the original destination (the datapath assigned the
+//! packet to our transparent socket without rewriting it). On shutdown the loops stop
+//! accepting (connections still queued are left to the next proxy, which accepts on the same
+//! sockets), connections finish their requests in flight, and [`Listeners::drain`] waits for
+//! them up to a deadline.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ciliate_model::l7::L7Parser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::engine::Engine;
+
+/// One inherited listening socket and what it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// Egress (the endpoint connects) or ingress.
+    pub egress: bool,
+    /// The parser.
+    pub parser: L7Parser,
+    /// The inherited file descriptor.
+    pub fd: RawFd,
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = String;
+
+    /// `egress:http=3` or `ingress:http=4`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (what, fd) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected DIRECTION:PARSER=FD, e.g. egress:http=3"))?;
+        let (dir, parser) = what
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected DIRECTION:PARSER=FD, e.g. egress:http=3"))?;
+        let egress = match dir {
+            "egress" => true,
+            "ingress" => false,
+            d => {
+                return Err(format!(
+                    "{s:?}: direction {d:?} is neither egress nor ingress"
+                ))
+            }
+        };
+        let parser = match parser {
+            "http" => L7Parser::Http,
+            p => return Err(format!("{s:?}: unknown parser {p:?} (known: http)")),
+        };
+        let fd: RawFd = fd
+            .parse()
+            .map_err(|_| format!("{s:?}: {fd:?} is not a file descriptor number"))?;
+        if fd < 3 {
+            return Err(format!("{s:?}: fd {fd} is stdin/stdout/stderr"));
+        }
+        Ok(Self { egress, parser, fd })
+    }
+}
+
+/// Takes ownership of an inherited fd after checking it is a listening TCP socket.
+pub fn listener_from_fd(spec: &ListenSpec) -> Result<TcpListener, String> {
+    // SAFETY: fcntl on an arbitrary number only queries it.
+    if unsafe { libc::fcntl(spec.fd, libc::F_GETFD) } < 0 {
+        return Err(format!("fd {} is not open in this process", spec.fd));
+    }
+    // SAFETY: the fd is open and, from here on, owned by this socket only (the flag parser
+    // refuses the same fd twice).
+    let sock = unsafe { socket2::Socket::from_raw_fd(spec.fd) };
+    let listening = sock.is_listener().unwrap_or(false);
+    let stream = sock
+        .r#type()
+        .map(|t| t == socket2::Type::STREAM)
+        .unwrap_or(false);
+    if !listening || !stream {
+        // Do not close what we were wrongly given.
+        std::mem::forget(sock);
+        return Err(format!("fd {} is not a listening TCP socket", spec.fd));
+    }
+    sock.set_nonblocking(true)
+        .map_err(|e| format!("fd {}: {e}", spec.fd))?;
+    let std_listener: std::net::TcpListener = sock.into();
+    TcpListener::from_std(std_listener).map_err(|e| format!("fd {}: {e}", spec.fd))
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+/// The running accept loops and their connections.
+#[derive(Debug)]
+pub struct Listeners {
+    stop_accepting: watch::Sender<bool>,
+    stop_connections: watch::Sender<bool>,
+    loops: JoinSet<JoinSet<()>>,
+    engine: Arc<Engine>,
+}
+
+impl Listeners {
+    /// Starts one accept loop per listener.
+    pub fn start(engine: Arc<Engine>, listeners: Vec<(TcpListener, bool)>) -> Self {
+        let (stop_accepting, _) = watch::channel(false);
+        let (stop_connections, _) = watch::channel(false);
+        let mut loops = JoinSet::new();
+        for (l, egress) in listeners {
+            let engine = engine.clone();
+            let mut stop = stop_accepting.subscribe();
+            let conn_stop = stop_connections.subscribe();
+            if let Ok(a) = l.local_addr() {
+                info!(addr = %a, direction = if egress { "egress" } else { "ingress" }, "listening");
+            }
+            loops.spawn(async move {
+                let mut conns = JoinSet::new();
+                loop {
+                    let accepted = tokio::select! {
+                        a = l.accept() => a,
+                        _ = stop.changed() => break,
+                    };
+                    // Reap finished connections so the set does not grow.
+                    while conns.try_join_next().is_some() {}
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "accept");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let local = stream.local_addr();
+                    let (Some(client), Ok(Some(dst))) = (v4(peer), local.map(v4)) else {
+                        debug!(%peer, "not IPv4; closed");
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(engine.clone().serve(
+                        stream,
+                        client,
+                        dst,
+                        egress,
+                        conn_stop.clone(),
+                    ));
+                }
+                // Dropping `l` closes this process's copy of the socket; the supervisor's
+                // and the next proxy's copies keep it listening.
+                drop(l);
+                conns
+            });
+        }
+        Self {
+            stop_accepting,
+            stop_connections,
+            loops,
+            engine,
+        }
+    }
+
+    /// Stops accepting, asks connections to finish, and waits for them up to `deadline`.
+    /// Returns how many were still open at the deadline.
+    pub async fn drain(mut self, deadline: Duration) -> u64 {
+        let _ = self.stop_accepting.send(true);
+        let mut conns = Vec::new();
+        while let Some(r) = self.loops.join_next().await {
+            if let Ok(set) = r {
+                conns.push(set);
+            }
+        }
+        let _ = self.stop_connections.send(true);
+        let wait = async {
+            for mut set in conns {
+                while set.join_next().await.is_some() {}
+            }
+        };
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            let left = self.engine.counters.active.load(Ordering::Relaxed);
+            warn!(
+                left,
+                "drain deadline reached; closing the remaining connections"
+            );
+            return left;
+        }
+        0
+    }
+}

@@ -1,0 +1,161 @@
+//! `ciliate-proxy`: the node's L7 proxy. Started by the agent's supervisor, not by hand.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ciliate_proxy::control;
+use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
+use ciliate_proxy::identity::{Identities, PinnedIdentities, StaticIdentities};
+use ciliate_proxy::listener::{listener_from_fd, ListenSpec, Listeners};
+use ciliate_proxy::policy::Policy;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// The node's L7 proxy: enforces `toPorts[].rules.http` on the connections the datapath
+/// redirects to it and reports every request and response.
+///
+/// It does not open its listening sockets: the supervisor (in the agent) creates them
+/// (IP_TRANSPARENT, on the ProxyPorts) and passes them as inherited file descriptors, one
+/// `--listen` per socket, so that a restarted proxy serves the same sockets and no connection
+/// is refused while it is down. For each accepted connection the socket's local address is the
+/// original destination; the redirect is the one of the endpoint (the source for egress, the
+/// destination for ingress) and the original destination port; the peer's identity comes from
+/// the pinned endpoint and ipcache maps.
+///
+/// The agent drives it over the control socket, one JSON object per line: `ProxyCommand`s
+/// (`{"snapshot":{"revision":N,"redirects":[...]}}`, `{"endpoint":{...}}`) in, `ProxyEvent`s
+/// (`applied`, `rejected`, `http` records, `stats`) out. The policy stays in force when the
+/// agent disconnects.
+///
+/// SIGTERM: stop accepting, finish the requests in flight (up to --drain-timeout), exit 0.
+///
+/// Example (what the supervisor runs):
+///   ciliate-proxy --listen egress:http=3 --listen ingress:http=4 \
+///     --control-socket /run/ciliate/proxy/ctl-1.sock --bpf-pin-dir /sys/fs/bpf/ciliate/node1
+#[derive(Debug, Parser)]
+#[command(name = "ciliate-proxy", version, verbatim_doc_comment)]
+struct Args {
+    /// An inherited listening socket: DIRECTION:PARSER=FD, DIRECTION egress|ingress, PARSER
+    /// http, e.g. `egress:http=3`. Repeat per socket; at least one.
+    #[arg(long = "listen", value_name = "DIR:PARSER=FD", required = true)]
+    listen: Vec<ListenSpec>,
+
+    /// The unix socket the agent connects to (created, replacing a stale one).
+    #[arg(long, value_name = "PATH")]
+    control_socket: PathBuf,
+
+    /// Where the datapath's maps are pinned (`<bpffs>/ciliate/<node>`), for peer identities.
+    /// Without it every peer is `world` (only for tests).
+    #[arg(long, value_name = "DIR")]
+    bpf_pin_dir: Option<PathBuf>,
+
+    /// Connect upstream from the client's own address (IP_TRANSPARENT), as in production.
+    /// `--transparent false` connects from the node's address (tests without the datapath).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    transparent: bool,
+
+    /// On SIGTERM, how long requests in flight may take before the proxy exits anyway.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    drain_timeout: Duration,
+
+    /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut seen = HashSet::new();
+    for l in &args.listen {
+        if !seen.insert(l.fd) {
+            eprintln!("ciliate-proxy: --listen: fd {} given twice", l.fd);
+            return ExitCode::from(2);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ciliate-proxy: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let mut listeners = Vec::new();
+    for spec in &args.listen {
+        match listener_from_fd(spec) {
+            Ok(l) => listeners.push((l, spec.egress)),
+            Err(e) => {
+                eprintln!("ciliate-proxy: --listen {}: {e}", spec.fd);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let control = match control::bind(&args.control_socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "ciliate-proxy: --control-socket {}: {e}",
+                args.control_socket.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let identities: Arc<dyn Identities> = match &args.bpf_pin_dir {
+        Some(dir) => Arc::new(PinnedIdentities::new(dir.clone())),
+        None => {
+            warn!("no --bpf-pin-dir: every peer is world");
+            Arc::new(StaticIdentities::default())
+        }
+    };
+    let (tx, rx) = mpsc::channel(8192);
+    let engine = Arc::new(Engine {
+        policy: Arc::new(Policy::default()),
+        identities,
+        events: tx,
+        config: EngineConfig {
+            transparent: args.transparent,
+            // The datapath's mark layout for proxy traffic plugs in here once it exists.
+            mark: None,
+            ..EngineConfig::default()
+        },
+        counters: Counters::default(),
+    });
+    tokio::spawn(control::serve(control, engine.clone(), rx));
+    let running = Listeners::start(engine.clone(), listeners);
+    info!(pid = std::process::id(), "ciliate-proxy running");
+
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("ciliate-proxy: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+    let left = running.drain(args.drain_timeout).await;
+    let _ = std::fs::remove_file(&args.control_socket);
+    info!(left, "exiting");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,127 @@
+//! The redirects in force. Commands replace them whole or per endpoint (compiled first, so a
+//! bad rule changes nothing); connections look the current table up on every request, so a
+//! change applies to the next request on connections already open.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
+
+use ciliate_model::l7::{L7Redirect, ProxyCommand};
+
+use crate::rules::{CompiledRedirect, RuleError};
+
+/// Which redirect a connection belongs to: the endpoint's address, its direction, the
+/// original destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RedirectKey {
+    /// The endpoint: the source of an egress connection, the destination of an ingress one.
+    pub endpoint_ip: Ipv4Addr,
+    /// Egress (the endpoint connects) or ingress.
+    pub egress: bool,
+    /// The original destination port.
+    pub port: u16,
+}
+
+/// One consistent set of redirects.
+#[derive(Debug, Default)]
+pub struct PolicyTable {
+    /// The revision of the last command applied.
+    pub revision: u64,
+    by_endpoint: BTreeMap<u16, Vec<Arc<CompiledRedirect>>>,
+    by_key: HashMap<RedirectKey, Arc<CompiledRedirect>>,
+}
+
+impl PolicyTable {
+    /// The redirect for a connection, if any.
+    pub fn get(&self, key: &RedirectKey) -> Option<&Arc<CompiledRedirect>> {
+        self.by_key.get(key)
+    }
+
+    /// How many redirects are in force.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// True without redirects.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn rebuild(revision: u64, by_endpoint: BTreeMap<u16, Vec<Arc<CompiledRedirect>>>) -> Self {
+        let by_key = by_endpoint
+            .values()
+            .flatten()
+            .map(|c| (key_of(&c.redirect), c.clone()))
+            .collect();
+        Self {
+            revision,
+            by_endpoint,
+            by_key,
+        }
+    }
+}
+
+fn key_of(r: &L7Redirect) -> RedirectKey {
+    RedirectKey {
+        endpoint_ip: r.endpoint_ip,
+        egress: r.egress,
+        port: r.port,
+    }
+}
+
+fn compile_all(redirects: &[L7Redirect]) -> Result<Vec<Arc<CompiledRedirect>>, RuleError> {
+    redirects
+        .iter()
+        .map(|r| CompiledRedirect::compile(r.clone()).map(Arc::new))
+        .collect()
+}
+
+/// The current table, swapped whole on every command.
+#[derive(Debug, Default)]
+pub struct Policy {
+    current: RwLock<Arc<PolicyTable>>,
+}
+
+impl Policy {
+    /// The table in force now.
+    pub fn current(&self) -> Arc<PolicyTable> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a command; on error nothing changes. Returns the revision now in force.
+    pub fn apply(&self, cmd: &ProxyCommand) -> Result<u64, RuleError> {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let next = match cmd {
+            ProxyCommand::Snapshot {
+                revision,
+                redirects,
+            } => {
+                let mut by_endpoint: BTreeMap<u16, Vec<_>> = BTreeMap::new();
+                for c in compile_all(redirects)? {
+                    by_endpoint.entry(c.redirect.endpoint).or_default().push(c);
+                }
+                PolicyTable::rebuild(*revision, by_endpoint)
+            }
+            ProxyCommand::Endpoint {
+                revision,
+                endpoint,
+                redirects,
+            } => {
+                let compiled = compile_all(redirects)?;
+                let mut by_endpoint = guard.by_endpoint.clone();
+                if compiled.is_empty() {
+                    by_endpoint.remove(endpoint);
+                } else {
+                    by_endpoint.insert(*endpoint, compiled);
+                }
+                PolicyTable::rebuild(*revision, by_endpoint)
+            }
+        };
+        let rev = next.revision;
+        *guard = Arc::new(next);
+        Ok(rev)
+    }
+}

@@ -1,0 +1,643 @@
+//! The engine end to end over real TCP on loopback: a client, the engine (given the accepted
+//! stream and the original destination, as the listener does after reading local_addr), and a
+//! real hyper upstream server.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ciliate_model::l7::{
+    HttpMatch, HttpRecord, L7Parser, L7PeerRules, L7RecordType, L7Redirect, L7Verdict,
+    ProxyCommand, ProxyEvent,
+};
+use ciliate_proxy::engine::{Counters, Engine, EngineConfig, ACCESS_DENIED_BODY};
+use ciliate_proxy::identity::StaticIdentities;
+use ciliate_proxy::policy::Policy;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+const T: Duration = Duration::from_secs(10);
+
+/// What the upstream saw, for assertions.
+#[derive(Default)]
+struct Seen {
+    body_bytes: AtomicU64,
+}
+
+/// The upstream's answer: `<method> <path?query> x-env=<value>` for GETs; for POSTs the byte
+/// count of the body (read as it streams); `/ws` upgrades and echoes bytes.
+async fn upstream_handler(
+    seen: Arc<Seen>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/ws" {
+        let up = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = up.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(Full::new(Bytes::new()))
+            .expect("response"));
+    }
+    let line = format!(
+        "{} {} x-env={}",
+        req.method(),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        req.headers()
+            .get("x-env")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    );
+    if req.method() == http::Method::POST {
+        let mut body = req.into_body();
+        let mut n = 0u64;
+        while let Some(f) = body.frame().await {
+            let Ok(f) = f else { break };
+            if let Some(d) = f.data_ref() {
+                n += d.len() as u64;
+                seen.body_bytes.fetch_add(d.len() as u64, Ordering::SeqCst);
+            }
+        }
+        return Ok(Response::new(Full::new(Bytes::from(format!(
+            "{line} bytes={n}"
+        )))));
+    }
+    Ok(Response::new(Full::new(Bytes::from(line))))
+}
+
+async fn upstream(h2: bool) -> (SocketAddrV4, Arc<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
+        panic!("v4")
+    };
+    let seen = Arc::new(Seen::default());
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |r| upstream_handler(seen.clone(), r));
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades()
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+struct Proxy {
+    addr: SocketAddrV4,
+    policy: Arc<Policy>,
+    events: mpsc::Receiver<ProxyEvent>,
+    engine: Arc<Engine>,
+}
+
+fn redirect(port: u16, http: Vec<HttpMatch>) -> L7Redirect {
+    L7Redirect {
+        endpoint: 42,
+        endpoint_ip: "127.0.0.1".parse().expect("ip"),
+        egress: true,
+        proto: 6,
+        port,
+        parser: L7Parser::Http,
+        proxy_port: 15001,
+        rules: vec![L7PeerRules {
+            peers: None,
+            rule: 7,
+            http,
+        }],
+    }
+}
+
+fn get(path: &str) -> HttpMatch {
+    HttpMatch {
+        method: Some("GET".into()),
+        path: Some(path.into()),
+        ..Default::default()
+    }
+}
+
+/// The engine behind a plain listener; every connection's original destination is `dst`.
+async fn proxy(dst: SocketAddrV4, rules: Option<Vec<HttpMatch>>) -> Proxy {
+    let policy = Arc::new(Policy::default());
+    if let Some(rules) = rules {
+        policy
+            .apply(&ProxyCommand::Snapshot {
+                revision: 1,
+                redirects: vec![redirect(dst.port(), rules)],
+            })
+            .expect("policy");
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    let engine = Arc::new(Engine {
+        policy: policy.clone(),
+        identities: Arc::new(StaticIdentities::default()),
+        events: tx,
+        config: EngineConfig::default(),
+        counters: Counters::default(),
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
+        panic!("v4")
+    };
+    let e2 = engine.clone();
+    let (_stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = _stop_tx;
+        loop {
+            let Ok((s, SocketAddr::V4(peer))) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(e2.clone().serve(s, peer, dst, true, stop.clone()));
+        }
+    });
+    Proxy {
+        addr,
+        policy,
+        events: rx,
+        engine,
+    }
+}
+
+impl Proxy {
+    async fn records(&mut self, n: usize) -> Vec<HttpRecord> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout(T, self.events.recv()).await {
+                Ok(Some(ProxyEvent::Http(r))) => out.push(*r),
+                Ok(Some(_)) => {}
+                _ => panic!("only {} of {n} records: {out:#?}", out.len()),
+            }
+        }
+        out
+    }
+}
+
+/// Reads one HTTP/1.1 response (content-length or chunked) from a raw stream.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut tmp = [0u8; 4096];
+        let n = tokio::time::timeout(T, s.read(&mut tmp))
+            .await
+            .expect("timely")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a response; got {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code: u16 = head[9..12].parse().expect("status");
+    let lower = head.to_ascii_lowercase();
+    let len = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().expect("len"));
+    let chunked = lower.contains("transfer-encoding: chunked");
+    buf.drain(..head_end);
+    let mut body = Vec::new();
+    if let Some(len) = len {
+        while buf.len() < len {
+            let mut tmp = [0u8; 65536];
+            let n = tokio::time::timeout(T, s.read(&mut tmp))
+                .await
+                .expect("timely")
+                .expect("read");
+            assert!(n > 0, "closed mid-body");
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        body.extend(buf.drain(..len));
+    } else if chunked {
+        loop {
+            while !buf.windows(2).any(|w| w == b"\r\n") {
+                let mut tmp = [0u8; 65536];
+                let n = tokio::time::timeout(T, s.read(&mut tmp))
+                    .await
+                    .expect("timely")
+                    .expect("read");
+                assert!(n > 0, "closed mid-chunk");
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let i = buf.windows(2).position(|w| w == b"\r\n").expect("crlf");
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..i]).trim(), 16)
+                .expect("chunk size");
+            buf.drain(..i + 2);
+            while buf.len() < size + 2 {
+                let mut tmp = [0u8; 65536];
+                let n = tokio::time::timeout(T, s.read(&mut tmp))
+                    .await
+                    .expect("timely")
+                    .expect("read");
+                assert!(n > 0, "closed mid-chunk");
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    (code, String::from_utf8_lossy(&body).to_string())
+}
+
+fn req(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n")
+}
+
+#[tokio::test]
+async fn keep_alive_and_pipelining() {
+    let (up, _) = upstream(false).await;
+    let mut p = proxy(up, Some(vec![get("/.*")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for path in ["/one", "/two?x=1"] {
+        s.write_all(req(path).as_bytes()).await.expect("write");
+        let (code, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!(
+            (code, body.as_str()),
+            (200, format!("GET {path} x-env=-").as_str())
+        );
+    }
+    // Three requests in one write: answered in order on the same connection.
+    s.write_all(format!("{}{}{}", req("/a"), req("/b"), req("/c")).as_bytes())
+        .await
+        .expect("write");
+    for path in ["/a", "/b", "/c"] {
+        let (code, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!(code, 200);
+        assert_eq!(body, format!("GET {path} x-env=-"));
+    }
+    let recs = p.records(10).await;
+    let reqs: Vec<_> = recs
+        .iter()
+        .filter(|r| r.record_type == L7RecordType::Request)
+        .collect();
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs[1].url, "http://svc/two?x=1");
+    assert!(reqs
+        .iter()
+        .all(|r| r.verdict == L7Verdict::Forwarded && r.rule == 7 && r.protocol == "HTTP/1.1"));
+    assert_eq!(p.engine.counters.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn denied_gets_403_and_the_connection_stays_usable() {
+    let (up, _) = upstream(false).await;
+    let mut p = proxy(up, Some(vec![get("/public")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(req("/private").as_bytes())
+        .await
+        .expect("write");
+    let (code, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((code, body.as_str()), (403, ACCESS_DENIED_BODY));
+    // A denied POST with a body: the body is read, the connection stays in sync.
+    s.write_all(b"POST /public HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .expect("write");
+    let (code, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(code, 403);
+    s.write_all(req("/public").as_bytes()).await.expect("write");
+    let (code, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((code, body.as_str()), (200, "GET /public x-env=-"));
+
+    let recs = p.records(6).await;
+    assert_eq!(recs[0].record_type, L7RecordType::Request);
+    assert_eq!(recs[0].verdict, L7Verdict::Dropped);
+    assert_eq!(recs[0].reason.as_deref(), Some("no rule matched"));
+    assert_eq!(recs[1].record_type, L7RecordType::Response);
+    assert_eq!(recs[1].code, 403);
+    assert_eq!(recs[4].verdict, L7Verdict::Forwarded);
+    assert_eq!(recs[5].code, 200);
+    assert!(recs[5].latency_ns > 0);
+}
+
+#[tokio::test]
+async fn chunked_request_body() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let (code, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((code, body.as_str()), (200, "POST /up x-env=- bytes=11"));
+}
+
+/// 8 MiB uploaded in 64 KiB frames; the second half is only sent once the upstream has
+/// received the first, which deadlocks (and times out) if the proxy buffered bodies whole.
+#[tokio::test]
+async fn large_body_is_streamed() {
+    let (up, seen) = upstream(false).await;
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let s = TcpStream::connect(p.addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let total: u64 = 8 << 20;
+    let half = total / 2;
+    let seen2 = seen.clone();
+    let feeder = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < total {
+            if sent == half {
+                // Wait until the upstream holds the first half.
+                let mut waited = 0;
+                while seen2.body_bytes.load(Ordering::SeqCst) < half {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    waited += 1;
+                    assert!(
+                        waited < 1000,
+                        "upstream never got the first half: the proxy buffers"
+                    );
+                }
+            }
+            tx.send(Ok(Frame::data(chunk.clone()))).await.expect("send");
+            sent += chunk.len() as u64;
+        }
+    });
+    let r = Request::post("/big")
+        .header("host", "svc")
+        .body(body)
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(60), send.send_request(r))
+        .await
+        .expect("timely")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let b = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&b),
+        format!("POST /big x-env=- bytes={total}")
+    );
+    feeder.await.expect("feeder");
+}
+
+/// A stream over an mpsc receiver (no tokio-stream dependency needed).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let (up, _) = upstream(false).await;
+    let mut p = proxy(up, Some(vec![get("/ws")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    let (code, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(code, 101);
+    assert!(buf.is_empty());
+    for msg in [&b"ping"[..], b"\x00\x01 not http at all \xff"] {
+        s.write_all(msg).await.expect("write");
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(T, s.read_exact(&mut got))
+            .await
+            .expect("timely")
+            .expect("echo");
+        assert_eq!(got, msg);
+    }
+    let recs = p.records(2).await;
+    assert_eq!(recs[1].code, 101);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_denied() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![get("/public")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    let (code, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((code, body.as_str()), (403, ACCESS_DENIED_BODY));
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    let (up, _) = upstream(true).await;
+    let mut p = proxy(up, Some(vec![get("/allowed/.*")])).await;
+    let s = TcpStream::connect(p.addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for path in ["/allowed/1", "/allowed/2", "/denied"] {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = Request::get(format!("http://svc{path}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let resp = send.send_request(r).await.expect("response");
+            let code = resp.status().as_u16();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (path, code, String::from_utf8_lossy(&body).to_string())
+        }));
+    }
+    for t in tasks {
+        let (path, code, body) = t.await.expect("task");
+        if path == "/denied" {
+            assert_eq!((code, body.as_str()), (403, ACCESS_DENIED_BODY));
+        } else {
+            assert_eq!((code, body), (200, format!("GET {path} x-env=-")));
+        }
+    }
+    let recs = p.records(6).await;
+    assert!(recs.iter().all(|r| r.protocol == "HTTP/2"), "{recs:#?}");
+    assert!(recs.iter().any(|r| r.url == "http://svc/allowed/1"));
+}
+
+#[tokio::test]
+async fn unparsable_request_gets_400_and_a_record() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_test_writer()
+        .try_init();
+    let (up, _) = upstream(false).await;
+    let mut p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nthis is no header\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let (code, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(code, 400);
+    let recs = p.records(2).await;
+    assert_eq!(recs[0].verdict, L7Verdict::Error);
+    assert_eq!(recs[1].code, 400);
+    assert!(
+        recs[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("parse")),
+        "{recs:#?}"
+    );
+}
+
+async fn expect_reset(s: &mut TcpStream) {
+    let mut tmp = [0u8; 64];
+    let r = tokio::time::timeout(T, s.read(&mut tmp))
+        .await
+        .expect("timely");
+    match r {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset, read {n} bytes (0 = FIN)"),
+    }
+}
+
+#[tokio::test]
+async fn non_http_is_reset_and_recorded() {
+    let (up, _) = upstream(false).await;
+    let mut p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    // A TLS ClientHello's first bytes.
+    s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .await
+        .expect("write");
+    expect_reset(&mut s).await;
+    let recs = p.records(1).await;
+    assert_eq!(recs[0].verdict, L7Verdict::Dropped);
+    assert_eq!(recs[0].reason.as_deref(), Some("not HTTP"));
+}
+
+#[tokio::test]
+async fn no_redirect_fails_closed() {
+    let (up, _) = upstream(false).await;
+    let mut p = proxy(up, None).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let _ = s.write_all(req("/").as_bytes()).await;
+    expect_reset(&mut s).await;
+    let recs = p.records(1).await;
+    assert_eq!(recs[0].verdict, L7Verdict::Dropped);
+}
+
+#[tokio::test]
+async fn rule_change_applies_to_the_next_request_on_the_same_connection() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![get("/a")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(req("/a").as_bytes()).await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 200);
+    s.write_all(req("/b").as_bytes()).await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 403);
+    p.policy
+        .apply(&ProxyCommand::Endpoint {
+            revision: 2,
+            endpoint: 42,
+            redirects: vec![redirect(up.port(), vec![get("/b")])],
+        })
+        .expect("apply");
+    s.write_all(req("/b").as_bytes()).await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 200);
+    s.write_all(req("/a").as_bytes()).await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 403);
+    // The endpoint loses its redirects: the open connection's next request is refused.
+    p.policy
+        .apply(&ProxyCommand::Endpoint {
+            revision: 3,
+            endpoint: 42,
+            redirects: vec![],
+        })
+        .expect("apply");
+    s.write_all(req("/b").as_bytes()).await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 403);
+}
+
+#[tokio::test]
+async fn header_actions_reach_the_upstream() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(
+        up,
+        Some(vec![HttpMatch {
+            header_matches: vec![ciliate_model::l7::HeaderMatch {
+                name: "X-Env".into(),
+                value: Some("prod".into()),
+                mismatch: Some(ciliate_model::l7::HeaderMismatch::Replace),
+            }],
+            ..Default::default()
+        }]),
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: svc\r\nX-Env: dev\r\n\r\n")
+        .await
+        .expect("write");
+    let (code, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((code, body.as_str()), (200, "GET /x x-env=prod"));
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    // A port nobody listens on: bind, note, close.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let SocketAddr::V4(a) = l.local_addr().expect("addr") else {
+            panic!()
+        };
+        a
+    };
+    let mut p = proxy(dead, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(req("/").as_bytes()).await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 502);
+    let recs = p.records(2).await;
+    assert_eq!(recs[1].verdict, L7Verdict::Error);
+}
