@@ -274,6 +274,24 @@ fn an_ingress_entry_with_a_proxy_port_goes_through_the_veths_ingress_to_the_prox
             .any(|e| e.kind == abi::EVENT_TRACE && e.code == abi::TRACE_TO_PROXY),
         "traced as to-proxy"
     );
+    // This side never sees the proxy's replies: the client's ACK makes it established, its
+    // FIN closing.
+    let lifetime = |h: &Harness| {
+        h.ct(key(POD_B, 40010, POD_A, 80, 6, abi::CT_INGRESS))
+            .expect("tracked")
+            .expires
+            .saturating_sub(now_secs())
+    };
+    assert!(lifetime(&h) <= 60, "a SYN only");
+    let mut ack = tcp_ok(POD_B, 40010, POD_A, 80, ACK);
+    ack[0..12].copy_from_slice(&syn[0..12]);
+    assert_eq!(run_ctx(&h, "to_container", &ack, 0).0, TC_ACT_REDIRECT);
+    assert!(lifetime(&h) > 3600, "established");
+    let mut fin = tcp_ok(POD_B, 40010, POD_A, 80, FIN | ACK);
+    fin[0..12].copy_from_slice(&syn[0..12]);
+    assert_eq!(run_ctx(&h, "to_container", &fin, 0).0, TC_ACT_REDIRECT);
+    assert!(lifetime(&h) <= 10, "closing");
+    h.events();
 
     // Back in through the veth: the listener is found.
     let res = run_ctx(&h, "from_container", &out, mark);
