@@ -252,6 +252,12 @@ static __always_inline __be32 host_tunnel_endpoint(struct __sk_buff *skb, const 
 	__u32 mark = skb->mark;
 
 	*src_id = IDENTITY_HOST;
+	/* A pod's own packet (its world-bound traffic on its way to masquerading): out early. */
+	if (pod && !mark_is_from_proxy(mark) && p->proto != IPPROTO_TCP)
+		return 0;
+	e = ipcache_lookup(p->daddr);
+	if (!e || !e->tunnel_endpoint || e->tunnel_endpoint == p->daddr)
+		return 0;
 	if (pod) {
 		if (mark_is_from_proxy(mark))
 			*src_id = mark_identity(mark);
@@ -260,9 +266,6 @@ static __always_inline __be32 host_tunnel_endpoint(struct __sk_buff *skb, const 
 		else
 			return 0;
 	}
-	e = ipcache_lookup(p->daddr);
-	if (!e || !e->tunnel_endpoint || e->tunnel_endpoint == p->daddr)
-		return 0;
 	*dst_id = e->identity;
 	return e->tunnel_endpoint;
 }

@@ -13,6 +13,10 @@
  * sender's identity as the VNI, and from_overlay on the far side applies the receiving pod's
  * ingress side and puts the packet straight into the pod (bpf_redirect_peer); everything else
  * goes to the node's stack, which routes it to the node itself or out to the world.
+ *
+ * A connection an L7 rule names goes to the node's proxy instead (proxy.h, abi.h's proxy
+ * marks): from_container assigns it to the proxy's socket; to_container, an egress hook,
+ * sends it back in through the veth's ingress for from_container to assign.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>

@@ -402,6 +402,9 @@ struct ciliate_event {
 /* Slot (direction 0, reason 255: no drop reason) counting events lost because the ring buffer
  * was full; the agent reports them as Hubble's lost events. */
 #define METRIC_EVENTS_LOST 255
+/* Slot (direction 0, reason 254) counting packets handed to a socket of the L7 proxy: how
+ * much traffic detours through it ("only L7 traffic detours"). */
+#define METRIC_TO_PROXY 254
 
 struct metrics_value {
 	__u64 packets;

@@ -121,9 +121,14 @@ static __always_inline __u32 ct_lifetime(const struct ct_entry4 *e, __u8 proto)
 	if ((e->state & CT_F_REPLIED) && (e->rx_flags & TCP_FLAG_ACK))
 		return CT_LIFETIME_TCP;
 	/* The server side of a connection sent to the ingress proxy never sees the replies (the
-	 * proxy answers the client itself): the client's ACK says it is established. */
-	if ((e->state & CT_F_TO_PROXY) && (e->tx_flags & TCP_FLAG_ACK))
-		return CT_LIFETIME_TCP;
+	 * proxy answers the client itself): the client's ACK says it is established, its FIN
+	 * that it is closing. */
+	if ((e->state & (CT_F_TO_PROXY | CT_F_REPLIED)) == CT_F_TO_PROXY) {
+		if (e->state & CT_F_TX_CLOSING)
+			return CT_CLOSE_TIMEOUT;
+		if (e->tx_flags & TCP_FLAG_ACK)
+			return CT_LIFETIME_TCP;
+	}
 	return CT_SYN_TIMEOUT;
 }
 

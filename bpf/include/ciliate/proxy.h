@@ -13,6 +13,7 @@
 #include <bpf/bpf_endian.h>
 #include "abi.h"
 #include "parse.h"
+#include "events.h"
 
 #define PACKET_HOST 0
 
@@ -78,6 +79,7 @@ assign:
 	if (rc)
 		return DROP_PROXY_SET_FAILED;
 	skb->mark = mark_to_proxy(port);
+	count(METRIC_INGRESS, METRIC_TO_PROXY, skb->len);
 	/* A decapsulated packet may carry another host's MAC: the stack must take it as ours. */
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return 0;

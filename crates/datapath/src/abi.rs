@@ -92,6 +92,8 @@ pub const METRIC_INGRESS: u32 = 0;
 pub const METRIC_EGRESS: u32 = 1;
 /// The `cil_metrics` slot counting events lost to a full ring buffer (`METRIC_EVENTS_LOST`).
 pub const METRIC_EVENTS_LOST_SLOT: u32 = 255;
+/// The `cil_metrics` slot counting packets handed to the L7 proxy's sockets (`METRIC_TO_PROXY`).
+pub const METRIC_TO_PROXY_SLOT: u32 = 254;
 
 /// `CT_EGRESS`: the endpoint opened the connection.
 pub const CT_EGRESS: u8 = 0;

@@ -276,6 +276,12 @@ pub trait Datapath: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// Packets the datapath has handed to the L7 proxy's sockets since the node's maps were
+    /// made (both directions, all connections): what detours through the proxy.
+    fn proxy_redirects(&self) -> u64 {
+        0
+    }
+
     /// Installs the L7 proxy's policy routing in the node's namespace: packets the datapath
     /// hands to a proxy socket (to-proxy mark) are delivered locally whatever their
     /// destination ([`netlink::Netlink::install_proxy_routing`]). Idempotent. The fake has

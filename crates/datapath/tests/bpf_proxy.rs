@@ -274,6 +274,24 @@ fn an_ingress_entry_with_a_proxy_port_goes_through_the_veths_ingress_to_the_prox
             .any(|e| e.kind == abi::EVENT_TRACE && e.code == abi::TRACE_TO_PROXY),
         "traced as to-proxy"
     );
+    // This side never sees the proxy's replies: the client's ACK makes it established, its
+    // FIN closing.
+    let lifetime = |h: &Harness| {
+        h.ct(key(POD_B, 40010, POD_A, 80, 6, abi::CT_INGRESS))
+            .expect("tracked")
+            .expires
+            .saturating_sub(now_secs())
+    };
+    assert!(lifetime(&h) <= 60, "a SYN only");
+    let mut ack = tcp_ok(POD_B, 40010, POD_A, 80, ACK);
+    ack[0..12].copy_from_slice(&syn[0..12]);
+    assert_eq!(run_ctx(&h, "to_container", &ack, 0).0, TC_ACT_REDIRECT);
+    assert!(lifetime(&h) > 3600, "established");
+    let mut fin = tcp_ok(POD_B, 40010, POD_A, 80, FIN | ACK);
+    fin[0..12].copy_from_slice(&syn[0..12]);
+    assert_eq!(run_ctx(&h, "to_container", &fin, 0).0, TC_ACT_REDIRECT);
+    assert!(lifetime(&h) <= 10, "closing");
+    h.events();
 
     // Back in through the veth: the listener is found.
     let res = run_ctx(&h, "from_container", &out, mark);
@@ -544,4 +562,62 @@ fn a_proxys_answer_to_another_proxys_upstream_goes_back_to_that_proxy() {
     let other = tcp_ok(POD_B, 80, POD_A, 40061, SYN | ACK);
     let (v, _, mark) = run_ctx(&h, "to_container", &other, 0);
     assert_eq!((v, mark), (TC_ACT_OK, 0));
+}
+
+/// The proxy's upstream connection to the world from a pod's address is masqueraded like the
+/// pod's own and tracked: the world's reply, translated back, goes to the proxy's socket (none
+/// here: dropped, 178) rather than into the pod; an ordinary masqueraded reply is routed to the
+/// pod as before.
+#[test]
+fn the_worlds_reply_to_the_proxys_upstream_goes_to_the_proxy_not_the_pod() {
+    privileged!();
+    const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    let mut h = Harness::new();
+    {
+        let mut cfg: aya::maps::Array<&mut MapData, abi::NodeConfig> =
+            aya::maps::Array::try_from(h.bpf.map_mut(abi::maps::NODE_CFG).expect("map"))
+                .expect("array");
+        cfg.set(
+            0,
+            abi::NodeConfig {
+                flags: abi::NODE_F_MASQUERADE,
+                masq_ipv4: NODE.octets(),
+                masq_ifindex: 1,
+                ..abi::NodeConfig::default()
+            },
+            0,
+        )
+        .expect("node config");
+    }
+    let m = proxy_mark::from_proxy(ProxyDirection::Egress, 300).expect("mark");
+    let (v, out, _) = run_ctx(&h, "to_netdev", &tcp_ok(POD_A, 40070, WORLD, 443, SYN), m);
+    assert_eq!(v, TC_ACT_OK);
+    let (src, port) = src_of(&out);
+    assert_eq!(src, NODE, "masqueraded");
+    let e = h
+        .ct(key(POD_A, 40070, WORLD, 443, 6, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(
+        e.state & abi::ct_state::FROM_PROXY,
+        abi::ct_state::FROM_PROXY
+    );
+    let (v, _, _) = run_ctx(
+        &h,
+        "from_netdev",
+        &tcp_ok(WORLD, 443, NODE, port, SYN | ACK),
+        0,
+    );
+    assert_eq!(v, TC_ACT_SHOT, "for the proxy's socket, which is not there");
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    // The pod's own connection.
+    let (_, out, _) = run_ctx(&h, "to_netdev", &tcp_ok(POD_A, 40071, WORLD, 443, SYN), 0);
+    let port = src_of(&out).1;
+    let (v, back, _) = run_ctx(
+        &h,
+        "from_netdev",
+        &tcp_ok(WORLD, 443, NODE, port, SYN | ACK),
+        0,
+    );
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(dst_of(&back), (POD_A, 40071));
 }

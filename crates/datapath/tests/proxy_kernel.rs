@@ -196,6 +196,9 @@ fn pod_server(pod: &str, port: u16) -> mpsc::Receiver<SocketAddr> {
             for conn in l.incoming() {
                 let Ok(mut c) = conn else { return };
                 let peer = c.peer_addr().unwrap();
+                // Take what a client sent (closing with unread data would reset it).
+                let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = c.read(&mut [0u8; 64]);
                 let _ = c.write_all(format!("from-B:{port}").as_bytes());
                 drop(c);
                 if tx.send(peer).is_err() {
@@ -329,7 +332,7 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
         &EndpointPolicy {
             ingress_enforced: false,
             egress_enforced: true,
-            entries: a_entries,
+            entries: a_entries.clone(),
         },
     )
     .unwrap();
@@ -349,6 +352,37 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     )
     .unwrap();
     let seen_by_b = pod_server(pod_b, 80);
+    // Only L7 traffic detours: a connection without a proxy port leaves the counter alone.
+    dp.set_endpoint_policy(
+        &a.spec,
+        &EndpointPolicy {
+            ingress_enforced: false,
+            egress_enforced: true,
+            entries: {
+                let mut e = vec![entry(ID_B, true, 80, 0)];
+                e.sort();
+                e
+            },
+        },
+    )
+    .unwrap();
+    let direct = pod_client(pod_a, SocketAddrV4::new(IP_B, 80));
+    assert_eq!(
+        direct.join().unwrap().unwrap(),
+        "from-B:80",
+        "straight to B"
+    );
+    seen_by_b.recv_timeout(IO_TIMEOUT).expect("B served it");
+    assert_eq!(dp.proxy_redirects(), 0, "nothing went to the proxy");
+    dp.set_endpoint_policy(
+        &a.spec,
+        &EndpointPolicy {
+            ingress_enforced: false,
+            egress_enforced: true,
+            entries: a_entries.clone(),
+        },
+    )
+    .unwrap();
     let seen_by_b8080 = pod_server(pod_b, 8080);
     let seen_by_b9090 = pod_server(pod_b, 9090);
     let b80 = SocketAddrV4::new(IP_B, 80);
@@ -371,6 +405,7 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
         seen_by_b.try_recv().is_err(),
         "B's server saw nothing of A's own connection"
     );
+    assert!(dp.proxy_redirects() >= 3, "the handshake went to the proxy");
 
     // The upstream leg: from A's address with the from-proxy mark; B's answer must come back
     // to this socket (the datapath steers it), not into pod A (which would reset it).

@@ -280,7 +280,7 @@ impl LinuxDatapath {
         for idx in 0..abi::METRICS_SLOTS {
             if let Ok(values) = inner.maps.metrics.get(&idx, 0) {
                 let total: u64 = values.iter().map(|v| v.packets).sum();
-                if idx == abi::METRIC_EVENTS_LOST_SLOT {
+                if idx == abi::METRIC_EVENTS_LOST_SLOT || idx == abi::METRIC_TO_PROXY_SLOT {
                     continue;
                 }
                 if idx % 256 == 0 {
@@ -494,6 +494,15 @@ impl Datapath for LinuxDatapath {
 
     fn ipcache(&self) -> Result<Vec<IpcacheEntry>, DatapathError> {
         policy::ipcache(&self.lock())
+    }
+
+    fn proxy_redirects(&self) -> u64 {
+        self.lock()
+            .maps
+            .metrics
+            .get(&abi::METRIC_TO_PROXY_SLOT, 0)
+            .map(|values| values.iter().map(|v| v.packets).sum())
+            .unwrap_or(0)
     }
 
     fn events_lost(&self) -> u64 {
