@@ -294,6 +294,17 @@ pub struct Args {
     #[arg(long, env = "CILIATE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The node's L7 proxy binary, started (and restarted) by the agent as soon as a policy
+    /// with HTTP rules is in force; connections such rules cover go through it. Default:
+    /// `ciliate-proxy` beside the agent's own binary.
+    #[arg(long, env = "CILIATE_PROXY_BIN", value_name = "PATH")]
+    pub proxy_bin: Option<PathBuf>,
+
+    /// Run no L7 proxy: HTTP rules are still computed, and the connections they cover are
+    /// refused (fail closed), as `ciliate status` then says.
+    #[arg(long, env = "CILIATE_NO_L7_PROXY")]
+    pub no_l7_proxy: bool,
+
     /// Flow observability (the Hubble-compatible observer).
     #[command(flatten)]
     pub observer: crate::observer::ObserverArgs,
@@ -341,6 +352,8 @@ pub struct Config {
     pub log_filter: String,
     /// The flow observer's sockets, ring size and metrics address.
     pub observer: crate::observer::ObserverSettings,
+    /// The L7 proxy binary; `None` runs none (`--no-l7-proxy`).
+    pub proxy_bin: Option<PathBuf>,
     /// The cluster this node is part of; `None` stands alone.
     pub cluster: Option<ClusterConfig>,
 }
@@ -364,6 +377,14 @@ impl Config {
             None => self.node_ips.first().copied(),
         }
     }
+}
+
+/// `ciliate-proxy` beside the running binary (as installed, and as cargo builds them).
+fn default_proxy_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("ciliate-proxy")))
+        .unwrap_or_else(|| PathBuf::from("ciliate-proxy"))
 }
 
 /// Why the configuration could not be resolved.
@@ -511,6 +532,7 @@ impl Config {
             non_masquerade_cidrs: parsed.non_masquerade_cidrs,
             log_format: parsed.log_format,
             log_filter,
+            proxy_bin: (!parsed.no_l7_proxy).then(|| parsed.proxy_bin.unwrap_or_else(default_proxy_bin)),
         })
     }
 

@@ -58,6 +58,8 @@ pub struct ProxyHealth {
     pub restarts: Option<u64>,
     /// HTTP requests handled.
     pub requests: Option<u64>,
+    /// The proxy's process id.
+    pub pid: Option<u32>,
 }
 
 /// Every endpoint's redirects, and where changes go.
@@ -199,6 +201,7 @@ impl L7State {
             applied_revision: self.health.applied_revision,
             restarts: self.health.restarts,
             requests: self.health.requests,
+            pid: self.health.pid,
         }
     }
 

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod observer;
 pub mod pods;
 pub mod policy;
+pub mod proxy;
 pub mod server;
 pub mod services;
 pub mod state;

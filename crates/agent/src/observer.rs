@@ -262,7 +262,7 @@ pub fn start(
     node_name: &str,
     sources: Sources,
     shutdown: watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<Observer>) {
     let Sources {
         datapath,
         manager,
@@ -336,6 +336,7 @@ pub fn start(
         }
     }));
 
+    let handle = Arc::clone(&observer);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -402,7 +403,7 @@ pub fn start(
             }
         }));
     }
-    tasks
+    (tasks, handle)
 }
 
 #[cfg(test)]

@@ -531,6 +531,15 @@ async fn run_inner(
         crate::cni_install::write_conf(dir, &config.socket)?;
     }
     let socket = config.socket.clone();
+    let proxy_settings = config.proxy_bin.clone().and_then(|binary| {
+        // The fake datapath redirects nothing and has no maps for the proxy to read.
+        (config.datapath == DatapathKind::Bpf).then(|| crate::proxy::ProxySettings {
+            binary,
+            run_dir: config.node_state_dir().join("proxy"),
+            bpf_pin_dir: LinuxConfig::new(&config.node_name, &config.bpffs_root).pin_dir(),
+            ports: ciliate_model::l7::ProxyPorts::default(),
+        })
+    });
     let observer_settings = config.observer.clone();
     let node_name = config.node_name.clone();
     let state = AppState {
@@ -549,7 +558,8 @@ async fn run_inner(
         Arc::new(move || crate::metrics::render(&api::collect_status(&s), &s.api_metrics))
             as crate::observer::ExtraMetrics
     };
-    let observer_tasks = crate::observer::start(
+    let proxy_policies = Arc::clone(&state.policies);
+    let (mut observer_tasks, observer) = crate::observer::start(
         &observer_settings,
         &node_name,
         crate::observer::Sources {
@@ -561,6 +571,14 @@ async fn run_inner(
         },
         shutdown.clone(),
     );
+    if let Some(settings) = proxy_settings {
+        observer_tasks.push(crate::proxy::spawn(
+            settings,
+            proxy_policies,
+            Some(observer),
+            shutdown.clone(),
+        ));
+    }
     let app = api::router(state);
     info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
     let served = serve(listener, app, shutdown).await;

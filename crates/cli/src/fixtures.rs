@@ -26,6 +26,7 @@ pub fn status() -> Status {
             applied_revision: Some(7),
             restarts: Some(1),
             requests: Some(12),
+            pid: Some(4242),
         }),
         node: "node-1".into(),
         version: "0.1.0".into(),

@@ -141,6 +141,9 @@ pub struct ProxyStatus {
     /// HTTP requests the proxy handled (filled by the supervisor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
+    /// The proxy's process id (filled by the supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Counters that are zero are left out of [`Status`], as they were before they existed.

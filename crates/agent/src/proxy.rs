@@ -1,0 +1,178 @@
+//! Runs the node's L7 proxy: the policy manager's redirects go to `ciliate-proxy` through its
+//! supervisor (crates/proxy), the proxy's HTTP records become L7 flows in the observer, and
+//! its state reaches `status`.
+//!
+//! The proxy starts with the first redirect (a node without HTTP rules runs no proxy), or at
+//! once when an earlier agent left one running (the supervisor adopts it, so traffic never
+//! stops across an agent restart). The agent going away leaves the proxy serving: the
+//! supervisor is dropped, not shut down.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ciliate_model::l7::{ProxyCommand, ProxyEvent, ProxyPorts};
+use ciliate_observer::Observer;
+use ciliate_proxy::supervisor::{Supervisor, SupervisorConfig};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::l7::ProxyHealth;
+use crate::policy::PolicyManager;
+
+/// Where the proxy runs from.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// The `ciliate-proxy` binary.
+    pub binary: PathBuf,
+    /// Its control socket and the state file a later agent adopts it by.
+    pub run_dir: PathBuf,
+    /// The node's pinned maps (the proxy reads peer identities there).
+    pub bpf_pin_dir: PathBuf,
+    /// The listeners.
+    pub ports: ProxyPorts,
+}
+
+impl ProxySettings {
+    /// Whether an earlier supervisor left a proxy to adopt.
+    fn left_running(&self) -> bool {
+        self.run_dir.join("proxy.json").exists()
+    }
+}
+
+/// Whether a command gives the proxy something to do.
+fn has_redirects(cmd: &ProxyCommand) -> bool {
+    match cmd {
+        ProxyCommand::Snapshot { redirects, .. } | ProxyCommand::Endpoint { redirects, .. } => {
+            !redirects.is_empty()
+        }
+    }
+}
+
+/// Attaches to the policy manager and runs the proxy while the agent runs.
+pub fn spawn(
+    settings: ProxySettings,
+    policies: Arc<PolicyManager>,
+    observer: Option<Arc<Observer>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut commands) = mpsc::unbounded_channel::<ProxyCommand>();
+    policies.attach_l7_sink(Box::new(tx));
+    tokio::spawn(async move {
+        let mut supervisor: Option<Supervisor> = None;
+        let mut events: Option<broadcast::Receiver<ProxyEvent>> = None;
+        if settings.left_running() {
+            start(&settings, &policies, &mut supervisor, &mut events).await;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if supervisor.is_none() {
+                        if !has_redirects(&cmd) {
+                            continue;
+                        }
+                        // Starting sends the whole table; what is queued after it converges
+                        // to the same state (see crate::l7).
+                        start(&settings, &policies, &mut supervisor, &mut events).await;
+                        continue;
+                    }
+                    if let Some(s) = &supervisor {
+                        s.apply(cmd).await;
+                    }
+                }
+                ev = next_event(&mut events) => match ev {
+                    Some(ev) => handle_event(ev, supervisor.as_ref(), &policies, observer.as_deref()),
+                    None => events = None,
+                },
+            }
+        }
+        // Dropping the supervisor leaves the proxy serving for the next agent to adopt.
+        drop(supervisor);
+    })
+}
+
+async fn next_event(events: &mut Option<broadcast::Receiver<ProxyEvent>>) -> Option<ProxyEvent> {
+    let Some(rx) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(ev) => return Some(ev),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(lost = n, "the agent fell behind the proxy's records: L7 flows lost");
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+async fn start(
+    settings: &ProxySettings,
+    policies: &PolicyManager,
+    supervisor: &mut Option<Supervisor>,
+    events: &mut Option<broadcast::Receiver<ProxyEvent>>,
+) {
+    let cfg = SupervisorConfig {
+        binary: settings.binary.clone(),
+        run_dir: settings.run_dir.clone(),
+        ports: settings.ports,
+        listen_ip: std::net::Ipv4Addr::LOCALHOST,
+        transparent: true,
+        bpf_pin_dir: Some(settings.bpf_pin_dir.clone()),
+        drain_timeout: std::time::Duration::from_secs(10),
+        extra_args: Vec::new(),
+    };
+    match Supervisor::start(cfg).await {
+        Ok(s) => {
+            info!(binary = %settings.binary.display(), "L7 proxy supervisor started");
+            *events = Some(s.events());
+            s.apply(policies.l7_snapshot()).await;
+            report(&s, policies);
+            *supervisor = Some(s);
+        }
+        Err(e) => {
+            // Connections the redirects cover are refused by the datapath (no socket): fail
+            // closed, and status says so.
+            warn!(error = %e, "cannot start the L7 proxy: traffic under HTTP rules is refused");
+            policies.set_proxy_health(ProxyHealth {
+                up: Some(false),
+                ..ProxyHealth::default()
+            });
+        }
+    }
+}
+
+fn handle_event(
+    ev: ProxyEvent,
+    supervisor: Option<&Supervisor>,
+    policies: &PolicyManager,
+    observer: Option<&Observer>,
+) {
+    match ev {
+        ProxyEvent::Http(record) => {
+            if let Some(o) = observer {
+                o.observe_http(&record);
+            }
+        }
+        ProxyEvent::Rejected { revision, reason } => {
+            warn!(revision, %reason, "the proxy refused a policy update");
+        }
+        ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
+    }
+    if let Some(s) = supervisor {
+        report(s, policies);
+    }
+}
+
+/// The supervisor's view of the proxy, for `status`.
+fn report(supervisor: &Supervisor, policies: &PolicyManager) {
+    let st = supervisor.status();
+    policies.set_proxy_health(ProxyHealth {
+        up: Some(st.up),
+        applied_revision: st.applied_revision,
+        restarts: Some(st.restarts),
+        requests: st.stats.map(|s| s.requests),
+        pid: st.pid,
+    });
+}

@@ -1,0 +1,353 @@
+//! HTTP policy end to end: the real agent, CNI plugin, `ciliate-proxy` and CLI; pods in network
+//! namespaces; `curl` in the client pod against a small HTTP/1.1 server in the server pod.
+//! Every request really crosses `bpf/lxc.c`, the redirect to the proxy's transparent socket and
+//! the proxy's upstream connection; the verdicts are checked at the client (status code, body),
+//! and in the L7 flows `ciliate observe` reports.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ciliate_testutil::privileged;
+use common::{Node, Pod};
+use serde_json::Value;
+
+/// Serves HTTP/1.1 with keep-alive on `port` in the pod: every request is answered 200 with a
+/// body naming the method and path, so the client sees which request reached the server.
+fn http_server(pod: &Pod, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.in_netns(move || {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind http server");
+        tx.send(()).expect("ready");
+        for conn in l.incoming() {
+            let Ok(c) = conn else { return };
+            thread::spawn(move || serve_http(c));
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("http server up");
+}
+
+fn serve_http(c: TcpStream) {
+    let mut w = c.try_clone().expect("clone stream");
+    let mut r = BufReader::new(c);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = format!("served {method} {path}\n");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// `curl` from the pod: (status code, body) per URL, all on one connection when several are
+/// given; `None` when no HTTP answer came (connection refused, dropped or reset).
+fn curl(pod: &Pod, args: &[&str]) -> Option<Vec<(u16, String)>> {
+    let out = pod
+        .netns
+        .command("curl")
+        .args(["-s", "--max-time", "3", "-w", "@@%{http_code}@@"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    if !out.status.success() {
+        return None;
+    }
+    // Each transfer prints its body, then @@code@@.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pieces: Vec<&str> = text.split("@@").collect();
+    Some(
+        pieces
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[1].parse().unwrap_or(0), c[0].trim().to_owned()))
+            .collect(),
+    )
+}
+
+fn get(pod: &Pod, url: &str) -> Option<(u16, String)> {
+    curl(pod, &[url]).and_then(|mut v| v.pop())
+}
+
+/// Waits until `f` holds (policy reaches the proxy asynchronously after `apply` returns).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The L7 flows the node's observer holds, as `ciliate observe --type l7 -o json` prints them.
+fn l7_flows(node: &Node) -> Vec<Value> {
+    node.observe(&["--type", "l7", "--last", "1000"])
+        .into_iter()
+        .map(|v| if v.get("flow").is_some() { v["flow"].clone() } else { v })
+        .collect()
+}
+
+fn proxy_status(node: &Node) -> Value {
+    node.cli_json(&["status", "-o", "json"])["proxy"].clone()
+}
+
+const INGRESS_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/public(/.*)?"}
+        - {method: PUT, path: "/upload", headers: ["X-Token: yes"]}
+"#;
+
+#[test]
+fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
+    if !privileged("http_rules_on_a_pods_ingress_are_enforced_by_the_proxy") {
+        return;
+    }
+    let node = Node::start("10.231.0.0/24");
+    let client = node.add_pod("client", "app=client");
+    let other = node.add_pod("other", "app=other");
+    let web = node.add_pod("web", "app=web");
+    http_server(&web, 80);
+    // No policy yet: plain forwarding, the proxy is not involved.
+    let base = format!("http://{}", web.ip);
+    assert_eq!(
+        get(&client, &format!("{base}/private")).map(|r| r.0),
+        Some(200)
+    );
+
+    node.apply("web-l7.yaml", INGRESS_POLICY);
+    eventually("the policy reaches the proxy", || {
+        get(&client, &format!("{base}/private")).map(|r| r.0) == Some(403)
+    });
+
+    let (code, body) = get(&client, &format!("{base}/public/a")).expect("answer");
+    assert_eq!((code, body.as_str()), (200, "served GET /public/a"));
+    let (code, body) = get(&client, &format!("{base}/private")).expect("answer");
+    assert_eq!(code, 403);
+    assert_eq!(body, "Access denied", "Cilium's body of a denied request");
+    // The path regex is anchored: a prefix match is not enough.
+    assert_eq!(
+        get(&client, &format!("{base}/publicity")).map(|r| r.0),
+        Some(403)
+    );
+    // Method and header rules.
+    assert_eq!(
+        curl(&client, &["-X", "POST", &format!("{base}/public")]).map(|v| v[0].0),
+        Some(403)
+    );
+    assert_eq!(
+        curl(&client, &["-X", "PUT", &format!("{base}/upload")]).map(|v| v[0].0),
+        Some(403)
+    );
+    assert_eq!(
+        curl(
+            &client,
+            &["-X", "PUT", "-H", "X-Token: yes", &format!("{base}/upload")]
+        )
+        .map(|v| v[0].0),
+        Some(200)
+    );
+    // A denied request leaves the connection usable: curl reuses it for the next URL.
+    let both = curl(
+        &client,
+        &[&format!("{base}/private"), &format!("{base}/public")],
+    )
+    .expect("answers");
+    assert_eq!(
+        both.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![403, 200],
+        "{both:?}"
+    );
+    // A pod the policy does not admit at all is dropped in the kernel, before any proxy.
+    assert_eq!(get(&other, &format!("{base}/public")), None);
+
+    // Every request is an L7 flow with both pods named and the verdict.
+    eventually("L7 flows of the requests", || {
+        let flows = l7_flows(&node);
+        let has = |path: &str, verdict: &str| {
+            flows.iter().any(|f| {
+                f["l7"]["type"] == "REQUEST"
+                    && f["l7"]["http"]["url"]
+                        .as_str()
+                        .is_some_and(|u| u.ends_with(path))
+                    && f["verdict"] == verdict
+                    && f["source"]["pod_name"] == "client"
+                    && f["destination"]["pod_name"] == "web"
+            })
+        };
+        has("/public/a", "FORWARDED") && has("/private", "DROPPED")
+    });
+    let flows = l7_flows(&node);
+    assert!(
+        flows.iter().any(|f| f["l7"]["type"] == "RESPONSE"
+            && f["l7"]["http"]["code"] == 200
+            && f["l7"]["latency_ns"].as_u64().is_some_and(|l| l > 0)),
+        "a response flow with its latency: {flows:#?}"
+    );
+
+    let status = proxy_status(&node);
+    assert_eq!(status["up"], true, "{status}");
+}
+
+const EGRESS_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/api/.*"}]
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+"#;
+
+#[test]
+fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
+    if !privileged("http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy") {
+        return;
+    }
+    let node = Node::start("10.232.0.0/24");
+    let client = node.add_pod("client", "app=client");
+    let web = node.add_pod("web", "app=web");
+    http_server(&web, 80);
+    http_server(&web, 8080);
+    node.apply("client-l7.yaml", EGRESS_POLICY);
+    let base = format!("http://{}", web.ip);
+    eventually("the policy reaches the proxy", || {
+        get(&client, &format!("{base}/api/x")).map(|r| r.0) == Some(200)
+    });
+    assert_eq!(
+        get(&client, &format!("{base}/admin")).map(|r| r.0),
+        Some(403)
+    );
+    let before = proxy_status(&node);
+    // Port 8080 is allowed at L4 only: it never detours through the proxy.
+    for _ in 0..5 {
+        assert_eq!(
+            get(&client, &format!("http://{}:8080/admin", web.ip)).map(|r| r.0),
+            Some(200)
+        );
+    }
+    let after = proxy_status(&node);
+    assert_eq!(
+        before["requests"], after["requests"],
+        "L4-only connections went through the proxy: {before} -> {after}"
+    );
+    eventually("an egress L7 flow", || {
+        l7_flows(&node).iter().any(|f| {
+            f["traffic_direction"] == "EGRESS"
+                && f["l7"]["http"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("/admin"))
+                && f["verdict"] == "DROPPED"
+        })
+    });
+}
+
+#[test]
+fn killing_the_proxy_refuses_no_connection() {
+    if !privileged("killing_the_proxy_refuses_no_connection") {
+        return;
+    }
+    let node = Node::start("10.233.0.0/24");
+    let client = node.add_pod("client", "app=client");
+    let web = node.add_pod("web", "app=web");
+    http_server(&web, 80);
+    node.apply("web-l7.yaml", INGRESS_POLICY);
+    let url = format!("http://{}/public", web.ip);
+    eventually("the policy reaches the proxy", || {
+        get(&client, &format!("http://{}/private", web.ip)).map(|r| r.0) == Some(403)
+    });
+    let pid = |node: &Node| proxy_status(node)["pid"].as_u64();
+    let first = pid(&node).expect("the proxy's pid in status");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        let url = url.clone();
+        let netns = client.netns.path();
+        thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("nsenter")
+                    .arg(format!("--net={netns}"))
+                    .args(["curl", "-s", "-o", "/dev/null", "--max-time", "5"])
+                    .args(["-w", "%{http_code}", &url])
+                    .output()
+                    .expect("curl");
+                let code = String::from_utf8_lossy(&out.stdout).into_owned();
+                if code == "200" {
+                    ok += 1;
+                } else {
+                    failed.push(code);
+                }
+            }
+            (ok, failed)
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let p = pid(&node).expect("pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9 the proxy");
+        eventually("a new proxy", || pid(&node).is_some_and(|n| n != p));
+        thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().expect("load thread");
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "requests failed while the proxy was killed ({ok} ok): {failed:?}"
+    );
+    assert_ne!(pid(&node), Some(first));
+    assert!(proxy_status(&node)["restarts"].as_u64() >= Some(3));
+}
