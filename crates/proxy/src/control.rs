@@ -147,6 +147,20 @@ async fn forward_events(
     }
 }
 
+async fn next_event(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+) -> std::io::Result<Option<ProxyEvent>> {
+    loop {
+        let Some(line) = lines.next_line().await? else {
+            return Ok(None);
+        };
+        match serde_json::from_str(&line) {
+            Ok(ev) => return Ok(Some(ev)),
+            Err(e) => warn!(error = %e, "unparsable proxy event"),
+        }
+    }
+}
+
 /// A client of the control socket (the supervisor, and tests).
 #[derive(Debug)]
 pub struct ControlClient {
@@ -172,17 +186,14 @@ impl ControlClient {
         self.write.write_all(&line).await
     }
 
+    /// Sends raw bytes (tests of bad input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write.write_all(bytes).await
+    }
+
     /// The next event; `None` when the proxy closed the connection.
     pub async fn next(&mut self) -> std::io::Result<Option<ProxyEvent>> {
-        loop {
-            let Some(line) = self.lines.next_line().await? else {
-                return Ok(None);
-            };
-            match serde_json::from_str(&line) {
-                Ok(ev) => return Ok(Some(ev)),
-                Err(e) => warn!(error = %e, "unparsable proxy event"),
-            }
-        }
+        next_event(&mut self.lines).await
     }
 
     /// Splits into the two halves (reader, writer) for separate tasks.
@@ -203,15 +214,7 @@ pub struct ControlReader {
 impl ControlReader {
     /// The next event; `None` at end of stream.
     pub async fn next(&mut self) -> std::io::Result<Option<ProxyEvent>> {
-        loop {
-            let Some(line) = self.lines.next_line().await? else {
-                return Ok(None);
-            };
-            match serde_json::from_str(&line) {
-                Ok(ev) => return Ok(Some(ev)),
-                Err(e) => warn!(error = %e, "unparsable proxy event"),
-            }
-        }
+        next_event(&mut self.lines).await
     }
 }
 

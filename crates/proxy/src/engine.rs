@@ -357,10 +357,9 @@ impl Engine {
         let proto = loop {
             let read =
                 tokio::time::timeout(self.config.first_bytes_timeout, stream.read_buf(&mut buf));
-            let n = tokio::select! {
-                r = read => r,
-                _ = shutdown.changed() => return,
-            };
+            // Not cut short by a shutdown: the client connected to be served, and its request
+            // is on its way (bounded by the timeout and the drain deadline).
+            let n = read.await;
             match n {
                 Ok(Ok(0)) | Err(_) => return,
                 Ok(Err(e)) => {

@@ -14,3 +14,4 @@ pub mod identity;
 pub mod listener;
 pub mod policy;
 pub mod rules;
+pub mod supervisor;

@@ -140,9 +140,6 @@ async fn run(args: Args) -> ExitCode {
         counters: Counters::default(),
     });
     tokio::spawn(control::serve(control, engine.clone(), rx));
-    let running = Listeners::start(engine.clone(), listeners);
-    info!(pid = std::process::id(), "ciliate-proxy running");
-
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -150,6 +147,15 @@ async fn run(args: Args) -> ExitCode {
         eprintln!("ciliate-proxy: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    // Accept only once the agent's policy is in force: connections wait in the backlog
+    // meanwhile, instead of finding no redirect.
+    tokio::select! {
+        _ = engine.policy.wait_applied() => {}
+        _ = term.recv() => return ExitCode::SUCCESS,
+        _ = int.recv() => return ExitCode::SUCCESS,
+    }
+    let running = Listeners::start(engine.clone(), listeners);
+    info!(pid = std::process::id(), "ciliate-proxy running");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = int.recv() => info!("SIGINT: draining"),

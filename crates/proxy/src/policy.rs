@@ -77,12 +77,29 @@ fn compile_all(redirects: &[L7Redirect]) -> Result<Vec<Arc<CompiledRedirect>>, R
 }
 
 /// The current table, swapped whole on every command.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Policy {
     current: RwLock<Arc<PolicyTable>>,
+    applied: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            current: RwLock::default(),
+            applied: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl Policy {
+    /// Returns once a first command is in force (a new proxy accepts nothing before: every
+    /// connection would otherwise find no redirect and be reset).
+    pub async fn wait_applied(&self) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|a| *a).await;
+    }
+
     /// The table in force now.
     pub fn current(&self) -> Arc<PolicyTable> {
         self.current
@@ -122,6 +139,7 @@ impl Policy {
         };
         let rev = next.revision;
         *guard = Arc::new(next);
+        self.applied.send_replace(true);
         Ok(rev)
     }
 }

@@ -1,0 +1,695 @@
+//! What the agent runs the proxy with: the listening sockets, the `ciliate-proxy` process, its
+//! restarts, and the control connection.
+//!
+//! The supervisor creates the transparent listening sockets (IP_TRANSPARENT, SO_REUSEADDR, in
+//! the host network namespace, on the ProxyPorts) and keeps them for its whole life, passing
+//! them to every proxy it starts as inherited descriptors. So:
+//! - `kill -9` of the proxy refuses nothing: new connections wait in the sockets' backlog
+//!   until the next proxy (started at once) accepts them;
+//! - a graceful restart ([`Supervisor::restart`]) starts the new proxy first, gives it the
+//!   policy, then sends SIGTERM to the old one, which stops accepting and finishes its requests
+//!   in flight while the new one already accepts from the same sockets;
+//! - the proxy runs in its own session, so it survives the agent. A new agent's supervisor
+//!   adopts it ([`Supervisor::start`] finds its state file): it takes the listening sockets
+//!   back from the running proxy with `pidfd_getfd`, reconnects to its control socket and
+//!   sends the snapshot; traffic never stops.
+//!
+//! After every (re)start and reconnect the whole policy is sent again as a Snapshot.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ciliate_model::l7::{L7Redirect, ProxyCommand, ProxyEvent, ProxyPorts, ProxyStats};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{broadcast, mpsc, Mutex as AsyncMutex};
+use tracing::{info, warn};
+
+use crate::control::{ControlClient, ControlWriter};
+
+/// Why the supervisor could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A listening socket could not be made.
+    #[error("proxy listener on {addr}: {source}")]
+    Listen {
+        /// Where.
+        addr: SocketAddrV4,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The run directory could not be made.
+    #[error("proxy run directory {path}: {source}")]
+    RunDir {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The supervisor has stopped.
+    #[error("the proxy supervisor has stopped")]
+    Stopped,
+}
+
+/// How to run the proxy.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    /// The `ciliate-proxy` binary.
+    pub binary: PathBuf,
+    /// Where control sockets and the state file live (e.g. `/run/ciliate/proxy`).
+    pub run_dir: PathBuf,
+    /// The listening ports (0: any free port, for tests).
+    pub ports: ProxyPorts,
+    /// The listening address (0.0.0.0 on a node; the datapath assigns sockets itself).
+    pub listen_ip: Ipv4Addr,
+    /// IP_TRANSPARENT on the listeners, and upstream connections from the client's address.
+    pub transparent: bool,
+    /// Passed as `--bpf-pin-dir` (peer identities).
+    pub bpf_pin_dir: Option<PathBuf>,
+    /// Passed as `--drain-timeout`.
+    pub drain_timeout: Duration,
+    /// More arguments (e.g. `--log debug`).
+    pub extra_args: Vec<String>,
+}
+
+/// One listening socket as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// The port.
+    pub port: u16,
+    /// Egress or ingress.
+    pub egress: bool,
+}
+
+/// The proxy as the agent reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// A proxy process is running and its control connection is up.
+    pub up: bool,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// How many times it was started after the first (crashes, kills, graceful restarts).
+    pub restarts: u64,
+    /// The listening sockets.
+    pub listeners: Vec<ListenerStatus>,
+    /// The last revision the proxy confirmed in force.
+    pub applied_revision: Option<u64>,
+    /// The last revision sent.
+    pub desired_revision: u64,
+    /// Redirects sent.
+    pub redirects: usize,
+    /// The proxy's counters, as last reported.
+    pub stats: Option<ProxyStats>,
+    /// Why it is not up, or the last thing that went wrong.
+    pub last_error: Option<String>,
+    /// Adopted from an earlier agent.
+    pub adopted: bool,
+}
+
+/// What a supervisor leaves for the next one (after an agent restart).
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    pid: u32,
+    control_socket: PathBuf,
+    /// (fd number in the proxy, egress).
+    listeners: Vec<(RawFd, bool)>,
+}
+
+const STATE_FILE: &str = "proxy.json";
+
+/// Listening sockets and their direction (egress?).
+type Listeners = Vec<(OwnedFd, bool)>;
+
+/// A running proxy: our child, or adopted from an earlier supervisor.
+enum Proc {
+    Child(tokio::process::Child),
+    Adopted { pid: u32, pidfd: AsyncFd<OwnedFd> },
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Proc::Child(c) => c.id(),
+            Proc::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(c) => match c.wait().await {
+                Ok(s) => format!("exited: {s}"),
+                Err(e) => format!("wait: {e}"),
+            },
+            // A pidfd becomes readable when the process exits.
+            Proc::Adopted { pidfd, .. } => match pidfd.readable().await {
+                Ok(_) => "exited".into(),
+                Err(e) => format!("wait: {e}"),
+            },
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+}
+
+struct State {
+    /// The agent applied something (a snapshot is worth sending).
+    has_policy: bool,
+    desired: BTreeMap<u16, Vec<L7Redirect>>,
+    revision: u64,
+    writer: Option<Arc<AsyncMutex<ControlWriter>>>,
+    status: ProxyStatus,
+}
+
+impl State {
+    fn snapshot(&self) -> ProxyCommand {
+        ProxyCommand::Snapshot {
+            revision: self.revision,
+            redirects: self.desired.values().flatten().cloned().collect(),
+        }
+    }
+}
+
+struct Inner {
+    cfg: SupervisorConfig,
+    listeners: Listeners,
+    state: Mutex<State>,
+    events: broadcast::Sender<ProxyEvent>,
+}
+
+enum Request {
+    Restart(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Shutdown(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The agent's handle on the proxy.
+#[derive(Debug)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("cfg", &self.cfg).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates one transparent listening socket.
+pub fn transparent_listener(
+    addr: SocketAddrV4,
+    transparent: bool,
+) -> Result<OwnedFd, SupervisorError> {
+    let err = |source| SupervisorError::Listen { addr, source };
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    if transparent {
+        // Lets the datapath assign connections for any destination to this socket.
+        s.set_ip_transparent_v4(true).map_err(err)?;
+    }
+    s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
+    s.listen(4096).map_err(err)?;
+    Ok(OwnedFd::from(s))
+}
+
+fn local_port(fd: &OwnedFd) -> u16 {
+    socket2::SockRef::from(fd)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port())
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+impl Supervisor {
+    /// Adopts the proxy an earlier supervisor left running (per the state file in the run
+    /// directory), or creates the listening sockets and starts a new one. Returns once the
+    /// supervision task runs; the proxy comes up in the background (see [`Self::status`]).
+    pub async fn start(cfg: SupervisorConfig) -> Result<Self, SupervisorError> {
+        std::fs::create_dir_all(&cfg.run_dir).map_err(|source| SupervisorError::RunDir {
+            path: cfg.run_dir.clone(),
+            source,
+        })?;
+        let adopted = match adopt(&cfg.run_dir) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                info!(%why, "no proxy to adopt; starting one");
+                None
+            }
+        };
+        let (listeners, first) = match adopted {
+            Some((listeners, proc_, ctl)) => (listeners, Some((proc_, ctl))),
+            None => {
+                let mut ls = Vec::new();
+                for (port, egress) in [
+                    (cfg.ports.http_egress, true),
+                    (cfg.ports.http_ingress, false),
+                ] {
+                    let fd = transparent_listener(
+                        SocketAddrV4::new(cfg.listen_ip, port),
+                        cfg.transparent,
+                    )?;
+                    ls.push((fd, egress));
+                }
+                (ls, None)
+            }
+        };
+        let status = ProxyStatus {
+            listeners: listeners
+                .iter()
+                .map(|(fd, egress)| ListenerStatus {
+                    port: local_port(fd),
+                    egress: *egress,
+                })
+                .collect(),
+            adopted: first.is_some(),
+            ..Default::default()
+        };
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            cfg,
+            listeners,
+            state: Mutex::new(State {
+                has_policy: false,
+                desired: BTreeMap::new(),
+                revision: 0,
+                writer: None,
+                status,
+            }),
+            events,
+        });
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(supervise(inner.clone(), rx, first));
+        Ok(Self {
+            inner,
+            requests: tx,
+        })
+    }
+
+    /// Records the command (so every later proxy gets it in its snapshot) and sends it to the
+    /// running proxy. The proxy confirms with [`ProxyEvent::Applied`] (see [`Self::events`]).
+    pub async fn apply(&self, cmd: ProxyCommand) {
+        let writer = {
+            let mut st = lock(&self.inner.state);
+            st.has_policy = true;
+            match &cmd {
+                ProxyCommand::Snapshot {
+                    revision,
+                    redirects,
+                } => {
+                    st.revision = *revision;
+                    st.desired.clear();
+                    for r in redirects {
+                        st.desired.entry(r.endpoint).or_default().push(r.clone());
+                    }
+                }
+                ProxyCommand::Endpoint {
+                    revision,
+                    endpoint,
+                    redirects,
+                } => {
+                    st.revision = *revision;
+                    if redirects.is_empty() {
+                        st.desired.remove(endpoint);
+                    } else {
+                        st.desired.insert(*endpoint, redirects.clone());
+                    }
+                }
+            }
+            st.status.desired_revision = st.revision;
+            st.status.redirects = st.desired.values().map(Vec::len).sum();
+            st.writer.clone()
+        };
+        if let Some(w) = writer {
+            if let Err(e) = w.lock().await.send(&cmd).await {
+                // The proxy is going away; its successor gets the snapshot.
+                warn!(error = %e, "sending to the proxy");
+            }
+        }
+    }
+
+    /// Every event of every proxy generation: Applied, Rejected, HTTP records, Stats.
+    pub fn events(&self) -> broadcast::Receiver<ProxyEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The proxy now.
+    pub fn status(&self) -> ProxyStatus {
+        lock(&self.inner.state).status.clone()
+    }
+
+    /// Graceful restart (e.g. after an upgrade of the binary): the new proxy is started and
+    /// given the policy before the old one is asked to drain and exit.
+    pub async fn restart(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(Request::Restart(tx))
+            .await
+            .map_err(|_| "supervisor stopped".to_owned())?;
+        rx.await.map_err(|_| "supervisor stopped".to_owned())?
+    }
+
+    /// Stops the proxy (SIGTERM, drain) and the supervision. For an agent that goes away but
+    /// wants the proxy to keep serving, just drop the supervisor instead.
+    pub async fn shutdown(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.requests.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = std::fs::remove_file(self.inner.cfg.run_dir.join(STATE_FILE));
+    }
+}
+
+/// Finds the proxy an earlier supervisor left, takes its listening sockets back and connects
+/// to it.
+fn adopt(run_dir: &Path) -> Result<(Listeners, Proc, PathBuf), String> {
+    let path = run_dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let st: StateFile =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", st.pid))
+        .map_err(|e| format!("pid {}: {e}", st.pid))?;
+    if !String::from_utf8_lossy(&cmdline).contains("ciliate-proxy") {
+        return Err(format!("pid {} is not a ciliate-proxy any more", st.pid));
+    }
+    // SAFETY: plain syscalls on integers; the results are checked.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, st.pid as libc::c_int, 0) };
+    if pidfd < 0 {
+        return Err(format!(
+            "pidfd_open {}: {}",
+            st.pid,
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: pidfd_open returned a new descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut listeners = Vec::new();
+    for (fd, egress) in &st.listeners {
+        // SAFETY: as above; pidfd_getfd duplicates the proxy's descriptor into ours.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), *fd, 0) };
+        if got < 0 {
+            return Err(format!(
+                "pidfd_getfd {} fd {fd}: {}",
+                st.pid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a new descriptor we own; set close-on-exec like our own sockets.
+        let owned = unsafe { OwnedFd::from_raw_fd(got as RawFd) };
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        listeners.push((owned, *egress));
+    }
+    // SAFETY: we own the pidfd and nothing else registers or closes it while the AsyncFd lives.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| format!("pidfd: {e}"))?;
+    info!(pid = st.pid, "adopting the running proxy");
+    Ok((
+        listeners,
+        Proc::Adopted { pid: st.pid, pidfd },
+        st.control_socket,
+    ))
+}
+
+/// Starts a proxy generation with the listening sockets inherited.
+fn spawn(inner: &Inner, ctl: &Path) -> std::io::Result<Proc> {
+    let cfg = &inner.cfg;
+    let mut cmd = tokio::process::Command::new(&cfg.binary);
+    for (fd, egress) in &inner.listeners {
+        let dir = if *egress { "egress" } else { "ingress" };
+        cmd.arg("--listen")
+            .arg(format!("{dir}:http={}", fd.as_raw_fd()));
+    }
+    cmd.arg("--control-socket").arg(ctl);
+    if let Some(d) = &cfg.bpf_pin_dir {
+        cmd.arg("--bpf-pin-dir").arg(d);
+    }
+    cmd.arg("--transparent").arg(cfg.transparent.to_string());
+    cmd.arg("--drain-timeout")
+        .arg(humantime::format_duration(cfg.drain_timeout).to_string());
+    cmd.args(&cfg.extra_args);
+    cmd.kill_on_drop(false);
+    let fds: Vec<RawFd> = inner
+        .listeners
+        .iter()
+        .map(|(fd, _)| fd.as_raw_fd())
+        .collect();
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, setsid).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                // Inherit the listening sockets (they are close-on-exec in the agent).
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Its own session: the proxy outlives the agent and its signals.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(Proc::Child(cmd.spawn()?))
+}
+
+fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
+    let st = StateFile {
+        pid,
+        control_socket: ctl.to_owned(),
+        listeners: inner
+            .listeners
+            .iter()
+            .map(|(fd, e)| (fd.as_raw_fd(), *e))
+            .collect(),
+    };
+    let path = inner.cfg.run_dir.join(STATE_FILE);
+    let tmp = path.with_extension("json.tmp");
+    let ok = serde_json::to_vec(&st)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = ok {
+        warn!(path = %path.display(), error = %e, "writing the proxy state file");
+    }
+}
+
+/// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
+/// forwards its events. Returns the writer once the snapshot is sent and the revision the
+/// snapshot carried.
+async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = loop {
+        match ControlClient::connect(ctl).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("control socket {}: {e}", ctl.display()))
+            }
+            Err(_) => {
+                // Give up early if the process died while starting.
+                tokio::select! {
+                    why = proc_.wait() => return Err(format!("proxy {why} before its control socket was up")),
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        }
+    };
+    let (mut reader, writer) = client.into_split();
+    let writer = Arc::new(AsyncMutex::new(writer));
+    // Send the policy (if the agent gave one yet: a new agent adopting a running proxy must
+    // not wipe the policy in force before it computed its own), and wait until it is in
+    // force; again if a command came in meanwhile, so none is lost between the snapshot and
+    // the moment the writer is published for `apply`.
+    loop {
+        let snapshot = {
+            let st = lock(&inner.state);
+            st.has_policy.then(|| st.snapshot())
+        };
+        let sent_revision = match &snapshot {
+            Some(ProxyCommand::Snapshot { revision, .. }) => Some(*revision),
+            _ => None,
+        };
+        if let (Some(snapshot), Some(revision)) = (&snapshot, sent_revision) {
+            writer
+                .lock()
+                .await
+                .send(snapshot)
+                .await
+                .map_err(|e| format!("sending the snapshot: {e}"))?;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), reader.next()).await {
+                    Ok(Ok(Some(ev))) => {
+                        let done = matches!(&ev, ProxyEvent::Applied { revision: r } if *r >= revision)
+                            || matches!(&ev, ProxyEvent::Rejected { revision: r, .. } if *r >= revision);
+                        note_event(inner, &ev);
+                        let _ = inner.events.send(ev);
+                        if done {
+                            break;
+                        }
+                    }
+                    Ok(Ok(None)) | Ok(Err(_)) => return Err("control connection closed".into()),
+                    Err(_) => return Err("the proxy did not confirm the snapshot".into()),
+                }
+            }
+        }
+        let mut st = lock(&inner.state);
+        let unchanged = match sent_revision {
+            None => !st.has_policy,
+            Some(r) => st.revision == r,
+        };
+        if unchanged {
+            st.writer = Some(writer.clone());
+            st.status.up = true;
+            st.status.pid = proc_.pid();
+            st.status.last_error = None;
+            break;
+        }
+    }
+    let inner2 = inner.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(ev)) = reader.next().await {
+            note_event(&inner2, &ev);
+            let _ = inner2.events.send(ev);
+        }
+    });
+    Ok(())
+}
+
+fn note_event(inner: &Inner, ev: &ProxyEvent) {
+    let mut st = lock(&inner.state);
+    match ev {
+        ProxyEvent::Applied { revision } => st.status.applied_revision = Some(*revision),
+        ProxyEvent::Rejected { reason, .. } => st.status.last_error = Some(reason.clone()),
+        ProxyEvent::Stats(s) => st.status.stats = Some(*s),
+        ProxyEvent::Http(_) => {}
+    }
+}
+
+fn mark_down(inner: &Inner, why: String) {
+    let mut st = lock(&inner.state);
+    st.status.up = false;
+    st.status.pid = None;
+    st.writer = None;
+    st.status.last_error = Some(why);
+}
+
+/// Starts a new generation and brings it up; on failure the process is killed.
+async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
+    let ctl = inner.cfg.run_dir.join(format!("ctl-{}.sock", now_nanos()));
+    let mut p =
+        spawn(inner, &ctl).map_err(|e| format!("starting {}: {e}", inner.cfg.binary.display()))?;
+    if let Err(e) = connect(inner, &ctl, &mut p).await {
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = p.wait().await;
+        return Err(e);
+    }
+    if let Some(pid) = p.pid() {
+        write_state(inner, pid, &ctl);
+        info!(pid, "proxy up");
+    }
+    Ok(p)
+}
+
+async fn supervise(
+    inner: Arc<Inner>,
+    mut requests: mpsc::Receiver<Request>,
+    first: Option<(Proc, PathBuf)>,
+) {
+    let mut current: Option<Proc> = None;
+    if let Some((mut p, ctl)) = first {
+        match connect(&inner, &ctl, &mut p).await {
+            Ok(()) => current = Some(p),
+            Err(e) => {
+                warn!(error = %e, "adopted proxy unreachable; replacing it");
+                p.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    let mut first_start = current.is_none();
+    loop {
+        let mut p = match current.take() {
+            Some(p) => p,
+            None => {
+                if !first_start {
+                    lock(&inner.state).status.restarts += 1;
+                }
+                first_start = false;
+                match start_generation(&inner).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(error = %e, "proxy did not start; retrying");
+                        mark_down(&inner, e);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            why = p.wait() => {
+                warn!(%why, "proxy died; restarting");
+                mark_down(&inner, format!("proxy {why}"));
+                // current stays None: the loop starts the next one at once.
+            }
+            req = requests.recv() => match req {
+                Some(Request::Restart(done)) => {
+                    lock(&inner.state).status.restarts += 1;
+                    match start_generation(&inner).await {
+                        Ok(next) => {
+                            // The new one accepts already; the old one drains and exits.
+                            p.signal(nix::sys::signal::Signal::SIGTERM);
+                            let drain = inner.cfg.drain_timeout + Duration::from_secs(5);
+                            tokio::spawn(async move {
+                                if tokio::time::timeout(drain, p.wait()).await.is_err() {
+                                    p.signal(nix::sys::signal::Signal::SIGKILL);
+                                    let _ = p.wait().await;
+                                }
+                            });
+                            current = Some(next);
+                            let _ = done.send(Ok(()));
+                        }
+                        Err(e) => {
+                            current = Some(p);
+                            let _ = done.send(Err(e));
+                        }
+                    }
+                }
+                Some(Request::Shutdown(done)) => {
+                    p.signal(nix::sys::signal::Signal::SIGTERM);
+                    let _ = tokio::time::timeout(inner.cfg.drain_timeout + Duration::from_secs(5), p.wait()).await;
+                    mark_down(&inner, "stopped".into());
+                    let _ = done.send(());
+                    return;
+                }
+                None => {
+                    // The agent dropped us: leave the proxy serving for the next agent.
+                    info!("supervisor dropped; the proxy keeps serving");
+                    return;
+                }
+            }
+        }
+    }
+}

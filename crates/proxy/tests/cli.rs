@@ -1,0 +1,91 @@
+//! `ciliate-proxy`'s flags: --help teaches, bad flags exit 2 with the reason.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ciliate-proxy"))
+        .args(args)
+        .output()
+        .expect("run ciliate-proxy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn help_explains_inherited_sockets_and_the_control_socket() {
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "--listen",
+        "egress:http=3",
+        "--control-socket",
+        "SIGTERM",
+        "--bpf-pin-dir",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_2_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = dir.path().join("ctl.sock");
+    let ctl = ctl.to_str().expect("utf8");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--control-socket", ctl], "--listen"),
+        (&["--listen", "egress:http=7"], "--control-socket"),
+        (
+            &["--listen", "sideways:http=7", "--control-socket", ctl],
+            "neither egress nor ingress",
+        ),
+        (
+            &["--listen", "egress:kafka=7", "--control-socket", ctl],
+            "unknown parser",
+        ),
+        (
+            &["--listen", "egress:http=1", "--control-socket", ctl],
+            "stdin/stdout/stderr",
+        ),
+        (
+            &["--listen", "egress:http=987", "--control-socket", ctl],
+            "not open",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, text) = run(args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(want), "{args:?}: wanted {want:?} in {text}");
+    }
+    // An open fd that is not a listening socket (a file).
+    let (code, text) = {
+        use std::os::fd::AsRawFd;
+        let f = tempfile::tempfile().expect("file");
+        let fd = f.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciliate-proxy"));
+        cmd.args([
+            "--listen",
+            &format!("egress:http={fd}"),
+            "--control-socket",
+            ctl,
+        ]);
+        // Keep the file open in the child.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a listening TCP socket"), "{text}");
+}
