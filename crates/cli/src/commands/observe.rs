@@ -239,9 +239,11 @@ impl Spec {
                 "trace" => 4,
                 "policy-verdict" => 5,
                 "l7" => MESSAGE_TYPE_ACCESS_LOG,
-                _ => return Err(anyhow!(
+                _ => {
+                    return Err(anyhow!(
                     "--type {k}: expected trace, drop, policy-verdict or l7, optionally :SUBTYPE"
-                )),
+                ))
+                }
             };
             let sub_type = sub
                 .map(|s| {
