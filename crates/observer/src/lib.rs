@@ -8,7 +8,7 @@
 //! [`Observer::observe_http`]). [`filter`] implements
 //! Hubble's FlowFilter semantics, [`server`] serves Hubble's
 //! `observer.Observer` gRPC API (wire-compatible: Hubble's own clients read it), [`metrics`]
-//! counts flows under Hubble's metric names, and [`print`] renders flows the way
+//! counts flows under Hubble's metric names, and [`print`](mod@print) renders flows the way
 //! `hubble observe` does, for `ciliate observe`.
 //!
 //! Everything but [`server`] is synchronous and pure enough to test without a runtime.
