@@ -248,7 +248,8 @@ pub enum Command {
     /// Show flows (Hubble-compatible): the last ones, or follow them
     #[command(
         long_about = "Show flows: datapath events decoded and named (pods, namespaces, labels, \
-            Services), from the agent's Hubble-compatible observer API (--hubble-socket).\n\n\
+            Services), and the HTTP requests and responses of the node's L7 proxy (--type l7), \
+            from the agent's Hubble-compatible observer API (--hubble-socket).\n\n\
             Without --last, --since or --follow the last 20 flows are shown. Filters of one \
             flag are alternatives; different flags must all match. --pod, --ip, --label and \
             --namespace match either end of a flow. --not negates the filter flag that follows \
@@ -259,6 +260,7 @@ pub enum Command {
             ciliate observe -f --verdict DROPPED\n  \
             ciliate observe --from-pod default/client --to-port 80 --protocol tcp\n  \
             ciliate observe --namespace prod --not --verdict FORWARDED\n  \
+            ciliate observe --type l7 --http-method GET --http-path '^/api/' --http-status 5+\n  \
             ciliate observe --since 5m -o json | jq .flow.source.pod_name"
     )]
     Observe(Box<crate::commands::observe::ObserveArgs>),

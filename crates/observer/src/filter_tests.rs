@@ -353,3 +353,317 @@ fn fields_are_anded_filters_ored_and_blacklist_subtracted() {
         &f
     ));
 }
+
+mod http {
+    use super::*;
+    use crate::l7::tests::{request, response};
+    use crate::l7::{http_to_flow, MESSAGE_TYPE_ACCESS_LOG};
+    use crate::proto::flow::HttpHeader;
+    use ciliate_model::l7::{HttpRecord, L7Verdict};
+
+    fn flow(r: &HttpRecord) -> Flow {
+        http_to_flow(r, &store(), "kind-worker")
+    }
+
+    fn with_code(code: u16) -> Flow {
+        flow(&HttpRecord { code, ..response() })
+    }
+
+    fn refused(f: FlowFilter) -> FilterError {
+        FlowFilters::compile(&[f], &[]).expect_err("refused")
+    }
+
+    fn l7_type() -> EventTypeFilter {
+        EventTypeFilter {
+            r#type: MESSAGE_TYPE_ACCESS_LOG,
+            match_sub_type: false,
+            sub_type: 0,
+        }
+    }
+
+    #[test]
+    fn status_codes_full_and_by_prefix() {
+        let status = |v: &[&str]| FlowFilter {
+            http_status_code: v.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        for (codes, code, want) in [
+            (&["404"][..], 404, true),
+            (&["404"][..], 403, false),
+            (&["4+"][..], 403, true),
+            (&["4+"][..], 503, false),
+            (&["40+"][..], 404, true),
+            (&["40+"][..], 410, false),
+            (&["5+", "200"][..], 200, true),
+            (&["5+", "200"][..], 503, true),
+            (&["5+", "200"][..], 302, false),
+            (&["1+"][..], 101, true),
+        ] {
+            assert_eq!(m(status(codes), &with_code(code)), want, "{codes:?} {code}");
+        }
+        // A request has no status: no status filter matches it; nor a packet flow.
+        assert!(!m(status(&["2+"]), &flow(&request())));
+        assert!(!m(status(&["2+"]), &syn()));
+        for bad in ["4", "600", "0+", "4++", "404+", "2xx", "", "+", "40 "] {
+            let e = refused(status(&[bad]));
+            assert_eq!(e.field, "http_status_code", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn methods_case_insensitively() {
+        let method = |v: &str| FlowFilter {
+            http_method: vec![v.into()],
+            ..Default::default()
+        };
+        let get = flow(&request());
+        assert!(m(method("GET"), &get));
+        assert!(m(method("get"), &get));
+        assert!(!m(method("POST"), &get));
+        assert!(
+            m(method("GET"), &flow(&response())),
+            "responses carry the method"
+        );
+        assert!(!m(method("GET"), &syn()));
+        let unnamed = flow(&HttpRecord {
+            method: String::new(),
+            ..request()
+        });
+        assert!(!m(method(""), &unnamed));
+    }
+
+    #[test]
+    fn paths_and_urls_by_unanchored_regex() {
+        let path = |v: &str| FlowFilter {
+            http_path: vec![v.into()],
+            ..Default::default()
+        };
+        let url = |v: &str| FlowFilter {
+            http_url: vec![v.into()],
+            ..Default::default()
+        };
+        let get = flow(&request()); // http://web/api?x=1
+        assert!(
+            m(path("^/api$"), &get),
+            "the path leaves out host and query"
+        );
+        assert!(m(path("pi"), &get));
+        assert!(!m(path("x=1"), &get));
+        assert!(!m(path("web"), &get));
+        assert!(m(url("x=1"), &get));
+        assert!(m(url("^http://web/"), &get));
+        assert!(!m(url("^/api"), &get));
+        assert!(!m(path(".*"), &syn()));
+        assert!(!m(url(".*"), &syn()));
+        let escaped = flow(&HttpRecord {
+            url: "/a%20b/c".into(),
+            ..request()
+        });
+        assert!(m(path("^/a b/c$"), &escaped), "the path is percent-decoded");
+        let broken = flow(&HttpRecord {
+            url: "/a%zz".into(),
+            ..request()
+        });
+        assert!(
+            !m(path(".*"), &broken),
+            "a URL Go cannot parse matches no path"
+        );
+        assert!(m(url("zz"), &broken));
+        for (field, f) in [("http_path", path("(")), ("http_url", url("[a-"))] {
+            let e = refused(f);
+            assert_eq!(e.field, field);
+            assert!(e.reason.contains("regular expression"), "{e}");
+        }
+    }
+
+    #[test]
+    fn request_paths_as_go_parses_request_uris() {
+        for (url, want) in [
+            ("http://web/api?x=1", Some("/api")),
+            ("http://web", Some("")),
+            ("https://web:8443/a/b", Some("/a/b")),
+            ("/only/path?q", Some("/only/path")),
+            ("/p#frag", Some("/p#frag")),
+            ("web/api", None),
+            ("", None),
+            ("/%41", Some("/A")),
+            ("/%4", None),
+        ] {
+            assert_eq!(crate::filter::request_path(url).as_deref(), want, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn headers_by_exact_key_and_value() {
+        let header = |k: &str, v: &str| FlowFilter {
+            http_header: vec![HttpHeader {
+                key: k.into(),
+                value: v.into(),
+            }],
+            ..Default::default()
+        };
+        let get = flow(&request());
+        assert!(m(header("X-Request-Id", "abc"), &get));
+        assert!(m(header("X-Forwarded-For", "b"), &get));
+        assert!(!m(header("X-Request-Id", "abd"), &get));
+        assert!(
+            !m(header("x-request-id", "abc"), &get),
+            "names as Hubble shows them"
+        );
+        assert!(!m(header("X-Request-Id", ""), &get));
+        assert!(!m(header("X-Request-Id", "abc"), &syn()));
+    }
+
+    #[test]
+    fn l7_protocols_event_type_and_verdict() {
+        let get = flow(&request());
+        let denied = flow(&HttpRecord {
+            verdict: L7Verdict::Dropped,
+            ..request()
+        });
+        let proto = |p: &str| FlowFilter {
+            protocol: vec![p.into()],
+            ..Default::default()
+        };
+        assert!(m(proto("http"), &get));
+        assert!(m(proto("HTTP"), &get));
+        assert!(!m(proto("http"), &syn()));
+        assert!(
+            m(proto("tcp"), &get),
+            "an L7 flow's L4 is TCP, as in Hubble"
+        );
+        assert!(!m(proto("dns"), &get));
+        assert!(!m(proto("kafka"), &get));
+        assert_eq!(refused(proto("gopher")).field, "protocol");
+        let l7 = FlowFilter {
+            event_type: vec![l7_type()],
+            ..Default::default()
+        };
+        assert!(m(l7.clone(), &get));
+        assert!(!m(l7, &syn()));
+        let dropped_l7 = FlowFilter {
+            event_type: vec![l7_type()],
+            verdict: vec![Verdict::Dropped as i32],
+            ..Default::default()
+        };
+        assert!(m(dropped_l7.clone(), &denied));
+        assert!(!m(dropped_l7.clone(), &get));
+        assert!(!m(dropped_l7, &dropped()));
+    }
+
+    #[test]
+    fn http_fields_with_other_event_types_are_refused_as_hubble_refuses_them() {
+        let trace = EventTypeFilter {
+            r#type: 4,
+            match_sub_type: false,
+            sub_type: 0,
+        };
+        let fields: [(&str, FlowFilter); 5] = [
+            (
+                "http_status_code",
+                FlowFilter {
+                    http_status_code: vec!["200".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "http_method",
+                FlowFilter {
+                    http_method: vec!["GET".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "http_path",
+                FlowFilter {
+                    http_path: vec!["/".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "http_url",
+                FlowFilter {
+                    http_url: vec!["/".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "http_header",
+                FlowFilter {
+                    http_header: vec![HttpHeader::default()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, f) in fields {
+            let only_trace = FlowFilter {
+                event_type: vec![trace],
+                ..f.clone()
+            };
+            assert_eq!(refused(only_trace).field, field);
+            let with_l7 = FlowFilter {
+                event_type: vec![trace, l7_type()],
+                ..f
+            };
+            assert!(FlowFilters::compile(&[with_l7], &[]).is_ok(), "{field}");
+        }
+    }
+
+    #[test]
+    fn combinations_and_with_blacklists() {
+        let get = flow(&request());
+        let ok = flow(&response());
+        let not_found = with_code(404);
+        let post = flow(&HttpRecord {
+            method: "POST".into(),
+            ..request()
+        });
+        // GET requests to /api from the client pod.
+        let f = FlowFilter {
+            source_pod: vec!["default/client".into()],
+            http_method: vec!["GET".into()],
+            http_path: vec!["^/api".into()],
+            event_type: vec![l7_type()],
+            ..Default::default()
+        };
+        assert!(m(f.clone(), &get));
+        assert!(!m(f.clone(), &post));
+        assert!(!m(f, &ok), "a response's source is the server");
+        // Every L7 flow but the 4xx responses.
+        let all = FlowFilters::compile(
+            &[FlowFilter {
+                event_type: vec![l7_type()],
+                ..Default::default()
+            }],
+            &[FlowFilter {
+                http_status_code: vec!["4+".into()],
+                ..Default::default()
+            }],
+        )
+        .expect("compiles");
+        assert!(all.matches(&get));
+        assert!(all.matches(&ok));
+        assert!(!all.matches(&not_found));
+        assert!(!all.matches(&syn()));
+        // Whitelist alternatives: POSTs, or responses of 404.
+        let either = FlowFilters::compile(
+            &[
+                FlowFilter {
+                    http_method: vec!["POST".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    http_status_code: vec!["404".into()],
+                    ..Default::default()
+                },
+            ],
+            &[],
+        )
+        .expect("compiles");
+        let hits: Vec<bool> = [&get, &post, &ok, &not_found]
+            .iter()
+            .map(|f| either.matches(f))
+            .collect();
+        assert_eq!(hits, vec![false, true, false, true]);
+    }
+}

@@ -72,8 +72,9 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// `v` as Go's `strconv.FormatFloat(v, 'g', -1, 64)` prints it for the values that occur
-/// here (bucket bounds, sums of durations), e.g. `0.005`, `1`, `+Inf`.
+/// `v` as the shortest decimal that reads back as `v` (`0.005`, `1`, `+Inf`), as Prometheus'
+/// Go client prints bucket bounds; a tiny sum may read `0.000001` where Go writes `1e-06`,
+/// which every exposition parser reads alike.
 fn float(v: f64) -> String {
     if v.is_infinite() {
         return if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned();

@@ -3,10 +3,12 @@
 //! The datapath's events ([`MonitorEvent`](ciliate_model::monitor::MonitorEvent)) are turned
 //! into Hubble [`Flow`](proto::flow::Flow)s ([`convert`]), enriched with pod names, labels and
 //! Services from a [`Store`] the agent implements ([`store`]), and kept in a ring of the last N
-//! ([`ring`]), fed through a queue that absorbs bursts ([`intake`]). [`filter`] implements
+//! ([`ring`]), fed through a queue that absorbs bursts ([`intake`]). The node's L7 proxy's
+//! HTTP records become Hubble L7 flows in the same ring ([`l7`],
+//! [`Observer::observe_http`]). [`filter`] implements
 //! Hubble's FlowFilter semantics, [`server`] serves Hubble's
 //! `observer.Observer` gRPC API (wire-compatible: Hubble's own clients read it), [`metrics`]
-//! counts flows under Hubble's metric names, and [`print`] renders flows the way
+//! counts flows under Hubble's metric names, and [`print`](mod@print) renders flows the way
 //! `hubble observe` does, for `ciliate observe`.
 //!
 //! Everything but [`server`] is synchronous and pure enough to test without a runtime.

@@ -367,3 +367,210 @@ hubble_lost_events_total{source="perf_event_ring_buffer"} 1
         assert_eq!(m.render(), EXPECTED);
     }
 }
+
+#[cfg(test)]
+mod http_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::convert::tests::store;
+    use crate::l7::http_to_flow;
+    use crate::l7::tests::{request, response};
+    use ciliate_model::l7::{HttpRecord, L7Verdict};
+
+    /// The samples of an exposition: `name{labels}` → value; and each family's TYPE.
+    fn parse(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+        let (mut samples, mut types) = (BTreeMap::new(), BTreeMap::new());
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').expect("name and type");
+                types.insert(name.to_owned(), kind.to_owned());
+            } else if !line.starts_with('#') {
+                let (series, value) = line.rsplit_once(' ').expect("series and value");
+                let v = if value == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    value.parse().expect("a number")
+                };
+                assert!(
+                    samples.insert(series.to_owned(), v).is_none(),
+                    "{series} twice"
+                );
+            }
+        }
+        (samples, types)
+    }
+
+    #[test]
+    fn http_requests_responses_and_durations_under_hubbles_names() {
+        let s = store();
+        let m = Metrics::default();
+        let ingress = |r: HttpRecord| HttpRecord { egress: false, ..r };
+        let mut records = Vec::new();
+        // 3 GETs by the client (egress), answered 200 after 5.9 ms, 2 ms and 30 ms.
+        for latency_ms in [5.9, 2.0, 30.0] {
+            records.push(request());
+            records.push(HttpRecord {
+                latency_ns: (latency_ms * 1e6) as u64,
+                ..response()
+            });
+        }
+        // A POST refused at the server's ingress with 403, and an HTTP/2 GET that failed 503.
+        let post = HttpRecord {
+            method: "POST".into(),
+            verdict: L7Verdict::Dropped,
+            ..ingress(request())
+        };
+        records.push(post.clone());
+        records.push(HttpRecord {
+            code: 403,
+            latency_ns: 100_000,
+            ..HttpRecord {
+                record_type: ciliate_model::l7::L7RecordType::Response,
+                ..post
+            }
+        });
+        records.push(HttpRecord {
+            protocol: "HTTP/2".into(),
+            code: 503,
+            latency_ns: 2_000_000_000,
+            verdict: L7Verdict::Error,
+            ..ingress(response())
+        });
+        for r in &records {
+            m.record(&http_to_flow(r, &s, "n1"));
+        }
+        let (samples, types) = parse(&m.render());
+        assert_eq!(types["hubble_http_requests_total"], "counter");
+        assert_eq!(types["hubble_http_responses_total"], "counter");
+        assert_eq!(types["hubble_http_request_duration_seconds"], "histogram");
+        let get = |k: &str| samples.get(k).copied().unwrap_or_else(|| panic!("no {k}"));
+        assert_eq!(
+            get(
+                r#"hubble_http_requests_total{method="GET",protocol="HTTP/1.1",reporter="client"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            get(
+                r#"hubble_http_requests_total{method="POST",protocol="HTTP/1.1",reporter="server"}"#
+            ),
+            1.0
+        );
+        let requests = samples
+            .keys()
+            .filter(|k| k.starts_with("hubble_http_requests_total"))
+            .count();
+        assert_eq!(requests, 2);
+        assert_eq!(
+            get(
+                r#"hubble_http_responses_total{method="GET",protocol="HTTP/1.1",reporter="client",status="200"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            get(
+                r#"hubble_http_responses_total{method="POST",protocol="HTTP/1.1",reporter="server",status="403"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            get(
+                r#"hubble_http_responses_total{method="GET",protocol="HTTP/2",reporter="server",status="503"}"#
+            ),
+            1.0
+        );
+        // The client's GETs: 2 ms ≤ 0.005 < 5.9 ms ≤ 0.01 < 30 ms ≤ 0.05.
+        let bucket = |labels: &str, le: &str| {
+            get(&format!(
+                "hubble_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}}"
+            ))
+        };
+        let client = r#"method="GET",reporter="client""#;
+        for (le, n) in [
+            ("0.005", 1.0),
+            ("0.01", 2.0),
+            ("0.025", 2.0),
+            ("0.05", 3.0),
+            ("0.1", 3.0),
+            ("1", 3.0),
+            ("10", 3.0),
+            ("+Inf", 3.0),
+        ] {
+            assert_eq!(bucket(client, le), n, "le {le}");
+        }
+        assert_eq!(
+            get(&format!(
+                "hubble_http_request_duration_seconds_count{{{client}}}"
+            )),
+            3.0
+        );
+        let sum = get(&format!(
+            "hubble_http_request_duration_seconds_sum{{{client}}}"
+        ));
+        assert!((sum - 0.0379).abs() < 1e-9, "{sum}");
+        // The 2 s failure is past the 1 s bucket, within 2.5.
+        let server_get = r#"method="GET",reporter="server""#;
+        assert_eq!(bucket(server_get, "1"), 0.0);
+        assert_eq!(bucket(server_get, "2.5"), 1.0);
+        // Every L7 flow counted once, by verdict; the L7 drops as Hubble's drop metric has them.
+        assert_eq!(
+            get(r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="FORWARDED"}"#),
+            6.0
+        );
+        assert_eq!(
+            get(r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="DROPPED"}"#),
+            2.0
+        );
+        assert_eq!(
+            get(r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="ERROR"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"hubble_drop_total{reason="DROP_REASON_UNKNOWN",protocol="HTTP"}"#),
+            2.0
+        );
+        // L7 flows carry no TCP flags and are no trace: nothing else counted.
+        assert!(!samples
+            .keys()
+            .any(|k| k.starts_with("hubble_tcp_flags_total")
+                || k.starts_with("hubble_port_distribution_total")));
+    }
+
+    #[test]
+    fn without_http_flows_no_http_family_is_exposed() {
+        let m = Metrics::default();
+        m.record(&crate::convert::to_flow(
+            &crate::convert::tests::trace_event(),
+            &store(),
+            "n1",
+        ));
+        assert!(!m.render().contains("hubble_http_"));
+    }
+
+    #[test]
+    fn methods_a_client_makes_up_are_bounded() {
+        let s = store();
+        let m = Metrics::default();
+        for i in 0..200 {
+            m.record(&http_to_flow(
+                &HttpRecord {
+                    method: format!("M{i}"),
+                    ..request()
+                },
+                &s,
+                "n1",
+            ));
+        }
+        let (samples, _) = parse(&m.render());
+        let series: Vec<&String> = samples
+            .keys()
+            .filter(|k| k.starts_with("hubble_http_requests_total"))
+            .collect();
+        assert_eq!(series.len(), 65);
+        assert_eq!(
+            samples[r#"hubble_http_requests_total{method="other",protocol="HTTP/1.1",reporter="client"}"#],
+            136.0
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
 use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::server::{bind_unix, serve_unix, Service};
@@ -266,6 +267,316 @@ async fn a_hubble_client_reads_flows_and_status() {
     let _ = stop_tx.send(());
     drop(stream);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+}
+
+/// A served observer and a Hubble client of it; the server stops when `stop` is dropped.
+struct Served {
+    client: ho::observer_client::ObserverClient<tonic::transport::Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), ciliate_observer::server::ServeError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(observer: &Arc<Observer>) -> Served {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("hubble.sock");
+    let listener = bind_unix(&socket).expect("bind");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_unix(
+        Service::new(Arc::clone(observer), "0.1.0-test", "unix://hubble.sock"),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let path = socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .expect("connect");
+    Served {
+        client: ho::observer_client::ObserverClient::new(channel),
+        stop: Some(stop_tx),
+        server,
+        _dir: dir,
+    }
+}
+
+fn http_record(
+    record_type: L7RecordType,
+    method: &str,
+    path: &str,
+    code: u16,
+    verdict: L7Verdict,
+) -> HttpRecord {
+    HttpRecord {
+        time_ns: 1_714_557_601_000_000_000,
+        record_type,
+        endpoint: 1,
+        egress: true,
+        source: "10.200.0.2:41000".parse().expect("addr"),
+        destination: "10.200.0.3:80".parse().expect("addr"),
+        source_identity: 256,
+        destination_identity: 257,
+        verdict,
+        rule: 1,
+        method: method.into(),
+        url: format!("http://server{path}"),
+        protocol: "HTTP/1.1".into(),
+        code,
+        headers: vec![("x-request-id".into(), format!("{method}{path}"))],
+        latency_ns: if record_type == L7RecordType::Response {
+            3_000_000
+        } else {
+            0
+        },
+        reason: None,
+    }
+}
+
+async fn flows(
+    client: &mut ho::observer_client::ObserverClient<tonic::transport::Channel>,
+    whitelist: Vec<hf::FlowFilter>,
+) -> Vec<hf::Flow> {
+    let mut stream = client
+        .get_flows(ho::GetFlowsRequest {
+            number: 100,
+            whitelist,
+            ..Default::default()
+        })
+        .await
+        .expect("flows")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(r) = stream.message().await.expect("message") {
+        if let Some(ho::get_flows_response::ResponseTypes::Flow(f)) = r.response_types {
+            got.push(f);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+#[allow(deprecated)] // Hubble marks Summary deprecated, and still prints it.
+async fn a_hubble_client_reads_l7_flows_through_l7_filters() {
+    let mut store = Snapshot::default();
+    for (ip, id, pod) in [("10.200.0.2", 1, "client"), ("10.200.0.3", 2, "server")] {
+        store.endpoints.insert(
+            ip.parse().expect("ip"),
+            EndpointInfo {
+                id,
+                identity: 255 + id,
+                namespace: "default".into(),
+                pod_name: pod.into(),
+                labels: vec![format!("k8s:app={pod}")],
+            },
+        );
+    }
+    let observer = Arc::new(Observer::new(
+        ObserverConfig {
+            node_name: "node-1".into(),
+            capacity: 64,
+        },
+        Arc::new(store),
+    ));
+    use L7RecordType::{Request, Response};
+    use L7Verdict::{Dropped, Forwarded};
+    observer.observe(&event(EventKind::Trace, 5, 80));
+    observer.observe_http_batch(&[
+        http_record(Request, "GET", "/api/v1", 0, Forwarded),
+        http_record(Response, "GET", "/api/v1", 200, Forwarded),
+        http_record(Request, "POST", "/admin", 0, Dropped),
+        http_record(Response, "POST", "/admin", 403, Dropped),
+    ]);
+    let mut served = serve(&observer).await;
+    let client = &mut served.client;
+
+    let l7 = hf::EventTypeFilter {
+        r#type: 129,
+        match_sub_type: false,
+        sub_type: 0,
+    };
+    // `hubble observe --type l7`: the four HTTP flows, as Hubble's own schema decodes them.
+    let all = flows(
+        client,
+        vec![hf::FlowFilter {
+            event_type: vec![l7],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(all.len(), 4);
+    let resp = &all[1];
+    assert_eq!(resp.r#type, hf::FlowType::L7 as i32);
+    assert_eq!(resp.is_reply, Some(true));
+    assert_eq!(resp.summary, "HTTP/1.1 200 3ms (GET http://server/api/v1)");
+    assert_eq!(resp.source.clone().expect("src").pod_name, "server");
+    assert_eq!(resp.destination.clone().expect("dst").pod_name, "client");
+    let l7rec = resp.l7.clone().expect("l7");
+    assert_eq!(l7rec.r#type, hf::L7FlowType::Response as i32);
+    assert_eq!(l7rec.latency_ns, 3_000_000);
+    let Some(hf::layer7::Record::Http(h)) = l7rec.record else {
+        panic!("no HTTP record: {resp:?}");
+    };
+    assert_eq!(
+        (
+            h.code,
+            h.method.as_str(),
+            h.url.as_str(),
+            h.protocol.as_str()
+        ),
+        (200, "GET", "http://server/api/v1", "HTTP/1.1")
+    );
+    assert_eq!(
+        h.headers,
+        vec![hf::HttpHeader {
+            key: "X-Request-Id".into(),
+            value: "GET/api/v1".into()
+        }]
+    );
+    assert_eq!(
+        resp.event_type,
+        Some(hf::CiliumEventType {
+            r#type: 129,
+            sub_type: 0
+        })
+    );
+
+    // `--http-status 4+ --verdict DROPPED`; `--http-method get --http-path ^/api`;
+    // `--protocol http`; `--http-url admin`; `--http-header X-Request-Id:POST/admin`.
+    let codes = |fs: &[hf::Flow]| -> Vec<(String, u32)> {
+        fs.iter()
+            .map(|f| match f.l7.clone().and_then(|l| l.record) {
+                Some(hf::layer7::Record::Http(h)) => (h.method, h.code),
+                _ => (String::new(), 999),
+            })
+            .collect()
+    };
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            http_status_code: vec!["4+".into()],
+            verdict: vec![hf::Verdict::Dropped as i32],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(codes(&got), vec![("POST".to_owned(), 403)]);
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            http_method: vec!["get".into()],
+            http_path: vec!["^/api".into()],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(
+        codes(&got),
+        vec![("GET".to_owned(), 0), ("GET".to_owned(), 200)]
+    );
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            protocol: vec!["http".into()],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(got.len(), 4);
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            http_url: vec!["admin".into()],
+            http_header: vec![hf::HttpHeader {
+                key: "X-Request-Id".into(),
+                value: "POST/admin".into(),
+            }],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(
+        codes(&got),
+        vec![("POST".to_owned(), 0), ("POST".to_owned(), 403)]
+    );
+
+    // Follow with an L7 filter: a packet flow and a GET arrive, only the GET is sent.
+    let mut stream = client
+        .get_flows(ho::GetFlowsRequest {
+            follow: true,
+            whitelist: vec![hf::FlowFilter {
+                event_type: vec![l7],
+                http_method: vec!["GET".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("flows")
+        .into_inner();
+    // (number 0: nothing from the ring, only what comes.)
+    observer.observe(&event(EventKind::Trace, 5, 80));
+    observer.observe_http(&http_record(Request, "GET", "/live", 0, Forwarded));
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("a message");
+    let Some(ho::get_flows_response::ResponseTypes::Flow(f)) = r.response_types else {
+        panic!("not a flow");
+    };
+    assert_eq!(f.summary, "HTTP/1.1 GET http://server/live");
+
+    // Bad L7 filters are refused, never ignored.
+    for (filter, field) in [
+        (
+            hf::FlowFilter {
+                http_path: vec!["(".into()],
+                ..Default::default()
+            },
+            "http_path",
+        ),
+        (
+            hf::FlowFilter {
+                http_status_code: vec!["2xx".into()],
+                ..Default::default()
+            },
+            "http_status_code",
+        ),
+        (
+            hf::FlowFilter {
+                http_method: vec!["GET".into()],
+                event_type: vec![hf::EventTypeFilter {
+                    r#type: 1,
+                    match_sub_type: false,
+                    sub_type: 0,
+                }],
+                ..Default::default()
+            },
+            "http_method",
+        ),
+    ] {
+        let err = client
+            .get_flows(ho::GetFlowsRequest {
+                whitelist: vec![filter],
+                ..Default::default()
+            })
+            .await
+            .expect_err("invalid");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains(field), "{}", err.message());
+    }
+
+    drop(stream);
+    let _ = served.stop.take().map(|s| s.send(()));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
 }
 
 /// Throughput of decode + enrich + ring + filter, printed, never asserted:

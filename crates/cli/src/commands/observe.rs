@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context};
 use ciliate_observer::convert::system_time_to_timestamp;
+use ciliate_observer::l7::MESSAGE_TYPE_ACCESS_LOG;
 use ciliate_observer::print;
-use ciliate_observer::proto::flow::{EventTypeFilter, FlowFilter, Verdict};
+use ciliate_observer::proto::flow::{EventTypeFilter, FlowFilter, HttpHeader, Verdict};
 use ciliate_observer::proto::observer::{
     get_flows_response::ResponseTypes, GetFlowsRequest, GetFlowsResponse,
 };
@@ -74,7 +75,7 @@ pub struct ObserveArgs {
     /// Verdict: FORWARDED, DROPPED, ...
     #[arg(long, value_name = "VERDICT")]
     pub verdict: Vec<String>,
-    /// L4 protocol: tcp, udp, icmp.
+    /// L4 or L7 protocol: tcp, udp, icmp, http.
     #[arg(long, value_name = "PROTO")]
     pub protocol: Vec<String>,
     /// Either end's port.
@@ -86,10 +87,26 @@ pub struct ObserveArgs {
     /// Destination port.
     #[arg(long, value_name = "PORT")]
     pub to_port: Vec<u16>,
-    /// Event type: trace, drop or policy-verdict, optionally with a sub type number
-    /// (`drop:133`, `trace:5`).
+    /// Event type: trace, drop, policy-verdict or l7 (HTTP requests and responses of the
+    /// node's proxy), optionally with a sub type number (`drop:133`, `trace:5`).
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     pub kind: Vec<String>,
+    /// L7 flows with this HTTP method, e.g. GET (any case).
+    #[arg(long, value_name = "METHOD")]
+    pub http_method: Vec<String>,
+    /// L7 flows whose HTTP path (without host and query) matches this regex, e.g. `^/api/`.
+    #[arg(long, value_name = "REGEX")]
+    pub http_path: Vec<String>,
+    /// L7 responses with this HTTP status code (404) or a prefix of one (4+, 40+).
+    #[arg(long, value_name = "CODE")]
+    pub http_status: Vec<String>,
+    /// L7 flows whose whole URL matches this regex, e.g. `^http://web/`.
+    #[arg(long, value_name = "REGEX")]
+    pub http_url: Vec<String>,
+    /// L7 flows with this HTTP header, `Name:value` (exact, names as flows show them:
+    /// `X-Request-Id`).
+    #[arg(long, value_name = "NAME:VALUE")]
+    pub http_header: Vec<String>,
 }
 
 /// The values of the filter flags, either kept or negated.
@@ -111,9 +128,14 @@ struct Spec {
     from_port: Vec<String>,
     to_port: Vec<String>,
     kind: Vec<String>,
+    http_method: Vec<String>,
+    http_path: Vec<String>,
+    http_status: Vec<String>,
+    http_url: Vec<String>,
+    http_header: Vec<String>,
 }
 
-const FILTER_IDS: [&str; 16] = [
+const FILTER_IDS: [&str; 21] = [
     "from_pod",
     "to_pod",
     "pod",
@@ -130,6 +152,11 @@ const FILTER_IDS: [&str; 16] = [
     "from_port",
     "to_port",
     "kind",
+    "http_method",
+    "http_path",
+    "http_status",
+    "http_url",
+    "http_header",
 ];
 
 impl Spec {
@@ -151,6 +178,11 @@ impl Spec {
             "from_port" => &mut self.from_port,
             "to_port" => &mut self.to_port,
             "kind" => &mut self.kind,
+            "http_method" => &mut self.http_method,
+            "http_path" => &mut self.http_path,
+            "http_status" => &mut self.http_status,
+            "http_url" => &mut self.http_url,
+            "http_header" => &mut self.http_header,
             _ => return None,
         })
     }
@@ -178,8 +210,21 @@ impl Spec {
             source_port: self.from_port.clone(),
             destination_port: self.to_port.clone(),
             protocol: self.protocol.clone(),
+            http_method: self.http_method.clone(),
+            http_path: self.http_path.clone(),
+            http_status_code: self.http_status.clone(),
+            http_url: self.http_url.clone(),
             ..FlowFilter::default()
         };
+        for h in &self.http_header {
+            let (key, value) = h
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--http-header {h}: expected NAME:VALUE"))?;
+            base.http_header.push(HttpHeader {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            });
+        }
         for v in &self.verdict {
             let verdict = Verdict::from_str_name(&v.to_ascii_uppercase())
                 .ok_or_else(|| anyhow!("--verdict {v}: expected FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED or TRANSLATED"))?;
@@ -193,10 +238,11 @@ impl Spec {
                 "drop" => 1,
                 "trace" => 4,
                 "policy-verdict" => 5,
+                "l7" => MESSAGE_TYPE_ACCESS_LOG,
                 _ => {
                     return Err(anyhow!(
-                        "--type {k}: expected trace, drop or policy-verdict, optionally :SUBTYPE"
-                    ))
+                    "--type {k}: expected trace, drop, policy-verdict or l7, optionally :SUBTYPE"
+                ))
                 }
             };
             let sub_type = sub
@@ -262,6 +308,11 @@ fn split_negated(args: &ObserveArgs, argv: &[std::ffi::OsString]) -> (Spec, Spec
         from_port: args.from_port.iter().map(u16::to_string).collect(),
         to_port: args.to_port.iter().map(u16::to_string).collect(),
         kind: args.kind.clone(),
+        http_method: args.http_method.clone(),
+        http_path: args.http_path.clone(),
+        http_status: args.http_status.clone(),
+        http_url: args.http_url.clone(),
+        http_header: args.http_header.clone(),
     };
     if args.not == 0 {
         return (all, Spec::default());
@@ -536,5 +587,134 @@ mod tests {
         assert!(request(&a, &argv, now).is_err());
         let (a, argv) = parse(&["ciliate", "observe", "--since", "yesterday-ish"]);
         assert!(request(&a, &argv, now).is_err());
+    }
+
+    #[test]
+    fn l7_flags_become_hubble_http_filters() {
+        let (a, argv) = parse(&[
+            "ciliate",
+            "observe",
+            "-t",
+            "l7",
+            "--http-method",
+            "GET",
+            "--http-path",
+            "^/api/",
+            "--http-status",
+            "5+",
+            "--http-status",
+            "404",
+            "--http-url",
+            "web",
+            "--http-header",
+            "X-Request-Id:a:b",
+            "--protocol",
+            "http",
+            "--not",
+            "--http-method",
+            "POST",
+        ]);
+        let r = request(&a, &argv, SystemTime::now()).unwrap();
+        assert_eq!(r.whitelist.len(), 1);
+        let f = &r.whitelist[0];
+        assert_eq!(
+            f.event_type,
+            vec![EventTypeFilter {
+                r#type: 129,
+                match_sub_type: false,
+                sub_type: 0
+            }]
+        );
+        assert_eq!(f.http_method, vec!["GET"]);
+        assert_eq!(f.http_path, vec!["^/api/"]);
+        assert_eq!(f.http_status_code, vec!["5+", "404"]);
+        assert_eq!(f.http_url, vec!["web"]);
+        assert_eq!(
+            f.http_header,
+            vec![HttpHeader {
+                key: "X-Request-Id".into(),
+                value: "a:b".into()
+            }]
+        );
+        assert_eq!(f.protocol, vec!["http"]);
+        assert_eq!(r.blacklist.len(), 1);
+        assert_eq!(r.blacklist[0].http_method, vec!["POST"]);
+        let (a, argv) = parse(&["ciliate", "observe", "--type", "l7", "--http-method", "GET"]);
+        let long = request(&a, &argv, SystemTime::now()).unwrap();
+        assert_eq!(long.whitelist[0].event_type[0].r#type, 129);
+        let (a, argv) = parse(&["ciliate", "observe", "--http-header", "no-colon"]);
+        let e = request(&a, &argv, SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("NAME:VALUE"), "{e}");
+        let (a, argv) = parse(&["ciliate", "observe", "--type", "l8"]);
+        assert!(request(&a, &argv, SystemTime::now()).is_err());
+    }
+
+    fn l7_response() -> GetFlowsResponse {
+        use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
+        use ciliate_observer::store::{EndpointInfo, Snapshot};
+        let mut store = Snapshot::default();
+        for (ip, id, pod) in [("10.0.0.2", 1, "client"), ("10.0.0.3", 2, "web-0")] {
+            store.endpoints.insert(
+                ip.parse().unwrap(),
+                EndpointInfo {
+                    id,
+                    identity: 300 + id,
+                    namespace: "default".into(),
+                    pod_name: pod.into(),
+                    labels: vec![],
+                },
+            );
+        }
+        let record = HttpRecord {
+            time_ns: 1_700_000_000_123_000_000,
+            record_type: L7RecordType::Response,
+            endpoint: 1,
+            egress: true,
+            source: "10.0.0.2:40000".parse().unwrap(),
+            destination: "10.0.0.3:80".parse().unwrap(),
+            source_identity: 301,
+            destination_identity: 302,
+            verdict: L7Verdict::Forwarded,
+            rule: 1,
+            method: "GET".into(),
+            url: "http://web/api".into(),
+            protocol: "HTTP/1.1".into(),
+            code: 200,
+            headers: vec![],
+            latency_ns: 12_500_000,
+            reason: None,
+        };
+        let flow = ciliate_observer::l7::http_to_flow(&record, &store, "node-1");
+        ciliate_observer::server::flow_response(flow, "node-1")
+    }
+
+    #[test]
+    fn l7_flows_print_as_hubble_prints_them() {
+        let r = l7_response();
+        assert_eq!(
+            render(Format::Compact, &r).unwrap(),
+            "Nov 14 22:13:20.123: default/client:40000 (ID:301) <- default/web-0:80 (ID:302) \
+             http-response FORWARDED (HTTP/1.1 200 12ms (GET http://web/api))\n"
+        );
+        let row = render(Format::Table, &r).unwrap();
+        assert!(
+            row.ends_with("\thttp-response\tFORWARDED\tHTTP/1.1 200 12ms (GET http://web/api)\n"),
+            "{row}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &r).unwrap().trim_end()).unwrap();
+        let flow = &json["flow"];
+        assert_eq!(flow["Type"], "L7");
+        assert_eq!(flow["l7"]["type"], "RESPONSE");
+        assert_eq!(flow["l7"]["http"]["code"], 200);
+        assert_eq!(flow["l7"]["http"]["method"], "GET");
+        assert_eq!(flow["l7"]["http"]["url"], "http://web/api");
+        assert_eq!(flow["Summary"], "HTTP/1.1 200 12ms (GET http://web/api)");
+        assert_eq!(
+            flow["event_type"]["type"]
+                .as_i64()
+                .or(flow["eventType"]["type"].as_i64()),
+            Some(129)
+        );
     }
 }
