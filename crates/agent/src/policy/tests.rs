@@ -123,6 +123,7 @@ impl Node {
                 PolicySettings {
                     manifest_dir: manifest_dir.map(Path::to_owned),
                     node_ips: vec!["192.0.2.1".parse().expect("ip")],
+                    ..PolicySettings::default()
                 },
                 dir,
                 dp.clone(),
