@@ -1083,3 +1083,31 @@ fn trace_explains_http_rules() {
     );
     assert!(matches!(bad, Err(trace::TraceError::Invalid(_))));
 }
+
+#[test]
+fn a_new_endpoint_has_its_redirects_before_it_is_created() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let _client = n.pod("client", "client", 11);
+    n.apply(L7_POLICY, false).expect("applies");
+    let (tx, rx) = std::sync::mpsc::channel();
+    n.policies.attach_l7_sink(Box::new(tx));
+    let _ = received(&rx);
+    let server = n.pod("server", "server", 10);
+    let cmds = received(&rx);
+    // Exactly one command: the redirects set while the endpoint was created; the
+    // reconciliation after it finds nothing to change and removes nothing.
+    assert!(
+        matches!(
+            cmds.as_slice(),
+            [ProxyCommand::Endpoint { endpoint, redirects, .. }] if *endpoint == server.id && redirects.len() == 1
+        ),
+        "{cmds:?}"
+    );
+    assert_eq!(
+        n.policies.l7_redirects(server.id)[0].endpoint_ip,
+        server.ipv4
+    );
+    n.endpoints.reconcile_policy().expect("reconciles");
+    assert!(received(&rx).is_empty());
+}
