@@ -1069,6 +1069,32 @@ fn trace_explains_http_rules() {
     assert_eq!(l7.allowed, Some(false));
     assert!(l7.message.contains("403"), "{l7:?}");
 
+    // A port without HTTP rules: the request is not judged, and the trace says so.
+    n.apply(
+        &SERVER_POLICY.replace("name: server-ingress", "name: server-8080"),
+        false,
+    )
+    .expect("applies");
+    let t = n
+        .policies
+        .trace(
+            &n.endpoints.list(),
+            &n.endpoints.policy_snapshot().identities,
+            &TraceQuery {
+                src: "default/client".into(),
+                dst: "default/server".into(),
+                proto: 6,
+                dport: 8080,
+                http: Some(req("DELETE")),
+            },
+        )
+        .expect("traces");
+    assert!(t.allowed);
+    assert!(
+        t.notes.iter().any(|x| x.contains("no HTTP rule applies")),
+        "{t:?}"
+    );
+
     // A request over UDP, or without a path, is a bad query.
     let bad = n.policies.trace(
         &n.endpoints.list(),
