@@ -74,6 +74,8 @@ pub struct PolicySettings {
     pub manifest_dir: Option<PathBuf>,
     /// Addresses of this node given with `--node-ip`: always `host`, whatever discovery finds.
     pub node_ips: Vec<Ipv4Addr>,
+    /// The node's L7 proxy listeners, which redirected policy entries carry.
+    pub proxy_ports: ciliate_model::l7::ProxyPorts,
 }
 
 /// Why a change of policies failed. Nothing was applied.
@@ -469,7 +471,10 @@ impl PolicyManager {
         };
         let api = restore(&persisted.api)?;
         let dir = restore(&persisted.manifest_dir)?;
-        let mut engine = PolicyEngine::default();
+        let mut engine = PolicyEngine::new(ciliate_policy::Config {
+            proxy_ports: settings.proxy_ports,
+            ..ciliate_policy::Config::default()
+        });
         engine.restore_cidr_identities(persisted.cidr_identities.iter().copied());
         let errors = sync_engine(&mut engine, &dir, &Policies::new(), &api);
         if !errors.is_empty() {

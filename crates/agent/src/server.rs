@@ -397,6 +397,7 @@ async fn run_inner(
     let policy_settings = PolicySettings {
         manifest_dir: config.manifest_dir.clone(),
         node_ips: config.node_ips.clone(),
+        ..PolicySettings::default()
     };
     let dp = Arc::clone(&datapath);
     let policies =

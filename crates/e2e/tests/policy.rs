@@ -1015,3 +1015,111 @@ spec:
         Some(133),
     );
 }
+
+/// HTTP rules (#12): the port's policy map entry carries the proxy's port, `policy trace`
+/// lists the rules in force and judges requests (exit 1 and a 403 for one no rule allows),
+/// `status` shows the redirect and says no proxy takes it yet, and a policy with a bad regex
+/// is refused with its field while the previous one stays in force.
+#[test]
+fn http_rules_redirect_to_the_proxy_and_trace_requests() {
+    privileged!();
+    let node = Node::start("10.247.0.0/24");
+    let _web = node.add_pod("web", "app=web");
+    let _client = node.add_pod("client", "app=client");
+    let policy = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: web-http, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"8080\", protocol: TCP}]\n      rules:\n        http:\n        - {method: GET, path: \"/public/.*\"}\n        - {method: PUT, path: \"/items\", headers: [\"X-Token: t\"]}\n";
+    import(&node, "http.yaml", policy);
+
+    let bpf = node.cli_json(&["bpf", "policy", "get", "default/web"]);
+    let entries = bpf["entries"].as_array().expect("entries");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["port"] == 8080 && e["proxyPort"] == 15002 && e["deny"] == false),
+        "{bpf:#}"
+    );
+
+    let (code, t) = trace(&node, "default/client", "default/web", "8080/tcp");
+    assert_eq!(code, 0, "{t:#}");
+    let l7 = &t["ingress"]["l7"];
+    assert_eq!(l7["proxyPort"], 15002, "{t:#}");
+    assert_eq!(l7["rules"][0]["http"][0]["method"], "GET", "{t:#}");
+    assert_eq!(
+        l7["rules"][0]["http"][1]["headers"][0], "X-Token: t",
+        "{t:#}"
+    );
+
+    let http = |args: &[&str]| {
+        let mut all = vec![
+            "policy",
+            "trace",
+            "--src",
+            "default/client",
+            "--dst",
+            "default/web",
+            "--dport",
+            "8080",
+        ];
+        all.extend_from_slice(args);
+        run_cli(&node, &all)
+    };
+    let out = http(&[
+        "--http-method",
+        "GET",
+        "--http-path",
+        "/public/a",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["ingress"]["l7"]["allowedBy"][0]["httpIndex"], 0, "{v:#}");
+    let out = http(&[
+        "--http-method",
+        "PUT",
+        "--http-path",
+        "/items",
+        "-H",
+        "X-Token: t",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("rules.http[1] (ingress, L7)"),
+        "{}",
+        text(&out)
+    );
+    let out = http(&["--http-method", "PUT", "--http-path", "/items"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("403 Forbidden"), "{}", text(&out));
+
+    // Degraded (a redirect no proxy takes), so `status` exits 1; its JSON says why.
+    let out = run_cli(&node, &["status", "-o", "json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["health"], "degraded", "{status:#}");
+    assert_eq!(status["proxy"]["redirects"], 1, "{status:#}");
+    assert_eq!(status["proxy"]["enabled"], false, "{status:#}");
+    assert!(
+        status["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("no L7 proxy runs"))),
+        "{status:#}"
+    );
+
+    // A bad regex: refused with file, field and reason; the policy in force stays.
+    let bad = policy.replace("/public/.*", "/public/(");
+    let path = node.state.path().join("bad.yaml");
+    std::fs::write(&path, bad).expect("write");
+    let out = run_cli(
+        &node,
+        &["policy", "import", "-f", path.to_str().expect("path")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("spec.ingress[0].toPorts[0].rules.http[0].path: \"/public/(\" is not a valid regular expression"),
+        "{}",
+        text(&out)
+    );
+    let after = node.cli_json(&["bpf", "policy", "get", "default/web"]);
+    assert_eq!(after["entries"], bpf["entries"]);
+}

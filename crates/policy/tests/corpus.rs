@@ -364,7 +364,7 @@ const CASES: &[Case] = &[
         ("client", "kube-dns", "udp/53", A),
         ("client", "world", "tcp/443", D133),
     ], &[
-        "spec.egress[0].toPorts[0].rules: Kafka and DNS rules are not enforced yet; these allow every request",
+        "spec.egress[0].toPorts[0].rules: DNS rules are not enforced yet; these allow every request",
         "spec.egress[1].toFQDNs: toFQDNs are not enforced yet",
     ]),
     warned("cnp-to-services.yaml", &[
@@ -387,7 +387,7 @@ const CASES: &[Case] = &[
         ("client", "kube-dns", "udp/53", A),
         ("prod-web", "kube-dns", "tcp/53", A),
         ("client", "world", "tcp/443", D133),
-    ], &["spec.egress[0].toPorts[0].rules: Kafka and DNS rules are not enforced yet; these allow every request"]),
+    ], &["spec.egress[0].toPorts[0].rules: DNS rules are not enforced yet; these allow every request"]),
     case("ccnp-deny-world-prod.yaml", &[
         ("prod-web", "world", "tcp/443", D181),
         ("world", "prod-api", "tcp/9090", D181),

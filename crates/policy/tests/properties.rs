@@ -5,6 +5,8 @@
 //!   `EndpointPolicy::lookup` does it (peer identity first, then identity 0) and as the BPF
 //!   program does it over the map entries (both identities, a deny in either wins);
 //! * a deny rule always wins;
+//! * entries carry the proxy port exactly where an endpoint has a redirect, never on a deny,
+//!   and a peer the datapath redirects always has rules at the proxy;
 //! * an endpoint selected by no policy allows everything;
 //! * adding an allow rule never removes an allowed flow;
 //! * a peer selector on namespaces (a `namespaceSelector`, or a Cilium selector naming the
@@ -101,8 +103,36 @@ fn arb_l4() -> impl Strategy<Value = Option<(String, Value)>> {
     ]
 }
 
+/// The L4 part of an allow rule: as [`arb_l4`], or a TCP port with HTTP rules.
+fn arb_allow_l4() -> impl Strategy<Value = Option<(String, Value)>> {
+    prop_oneof![
+        3 => arb_l4(),
+        1 => (
+            prop::sample::select(&PORTS[1..]),
+            prop::sample::select(&["GET", "POST|PUT", ""][..])
+        )
+            .prop_map(|(port, method)| {
+                let http = if method.is_empty() { json!([{}]) } else { json!([{"method": method}]) };
+                Some((
+                    "toPorts".to_owned(),
+                    json!([{"ports": [{"port": port.to_string(), "protocol": "TCP"}], "rules": {"http": http}}]),
+                ))
+            }),
+    ]
+}
+
 fn arb_rule(ingress: bool) -> impl Strategy<Value = Value> {
     (arb_peer(ingress), arb_l4()).prop_map(|(peer, l4)| {
+        let mut r = json!({});
+        for (k, v) in [peer, l4].into_iter().flatten() {
+            r[k] = v;
+        }
+        r
+    })
+}
+
+fn arb_allow_rule(ingress: bool) -> impl Strategy<Value = Value> {
+    (arb_peer(ingress), arb_allow_l4()).prop_map(|(peer, l4)| {
         let mut r = json!({});
         for (k, v) in [peer, l4].into_iter().flatten() {
             r[k] = v;
@@ -126,9 +156,9 @@ fn arb_spec(allow_everyone: bool) -> impl Strategy<Value = Value> {
     };
     (
         subject,
-        prop::collection::vec(arb_rule(true), 0..3),
+        prop::collection::vec(arb_allow_rule(true), 0..3),
         prop::collection::vec(arb_rule(true), 0..2),
-        prop::collection::vec(arb_rule(false), 0..3),
+        prop::collection::vec(arb_allow_rule(false), 0..3),
         prop::collection::vec(arb_rule(false), 0..2),
         prop::option::of(prop::bool::ANY),
         prop::option::of(prop::bool::ANY),
@@ -262,6 +292,45 @@ proptest! {
             let (subject, dir, peer, proto, port) = case;
             let dp = datapath_verdict(&maps[&subject], dir == Direction::Egress, peer, proto, port);
             prop_assert_eq!(reason, dp, "{:?}: datapath", case);
+        }
+    }
+
+    #[test]
+    fn redirects_match_entries(ids in arb_identities(), policies in arb_policies(true)) {
+        let mut e = engine(&policies);
+        let named = NamedPorts::new();
+        let r = e.resolve(&ids, &named);
+        let peers = peers(&r, &ids);
+        for subject in ids.keys() {
+            let res = r.endpoint_policy(*subject);
+            let with_port: std::collections::BTreeSet<(bool, u16)> = res
+                .policy
+                .entries
+                .iter()
+                .filter(|e| e.proxy_port != 0)
+                .map(|e| (e.key.direction == Direction::Egress, e.key.dport))
+                .collect();
+            let redirected: std::collections::BTreeSet<(bool, u16)> =
+                res.redirects.iter().map(|x| (x.egress, x.port)).collect();
+            prop_assert_eq!(&with_port, &redirected);
+            for entry in &res.policy.entries {
+                prop_assert!(entry.proxy_port == 0 || (!entry.deny && entry.key.proto == PROTO_TCP && entry.key.port_prefix_len == 16), "{:?}", entry);
+            }
+            // A redirected peer always has rules at the proxy: the datapath never sends a
+            // connection the proxy knows nothing of (which would be a 403 for an allowed flow
+            // with no L7 rule).
+            for dir in Direction::ALL {
+                for peer in &peers {
+                    for port in PORTS {
+                        if let Lookup::Allowed(e) = res.policy.lookup(dir, *peer, PROTO_TCP, *port) {
+                            if e.proxy_port != 0 {
+                                let x = res.redirects.iter().find(|x| x.egress == (dir == Direction::Egress) && x.port == *port);
+                                prop_assert!(x.is_some_and(|x| x.rules.iter().any(|p| ciliate_policy::l7::peer_rules_apply(p, *peer))), "{:?} {} {}", dir, peer, port);
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

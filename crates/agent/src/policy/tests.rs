@@ -123,6 +123,7 @@ impl Node {
                 PolicySettings {
                     manifest_dir: manifest_dir.map(Path::to_owned),
                     node_ips: vec!["192.0.2.1".parse().expect("ip")],
+                    ..PolicySettings::default()
                 },
                 dir,
                 dp.clone(),
@@ -1068,6 +1069,32 @@ fn trace_explains_http_rules() {
     assert_eq!(l7.allowed, Some(false));
     assert!(l7.message.contains("403"), "{l7:?}");
 
+    // A port without HTTP rules: the request is not judged, and the trace says so.
+    n.apply(
+        &SERVER_POLICY.replace("name: server-ingress", "name: server-8080"),
+        false,
+    )
+    .expect("applies");
+    let t = n
+        .policies
+        .trace(
+            &n.endpoints.list(),
+            &n.endpoints.policy_snapshot().identities,
+            &TraceQuery {
+                src: "default/client".into(),
+                dst: "default/server".into(),
+                proto: 6,
+                dport: 8080,
+                http: Some(req("DELETE")),
+            },
+        )
+        .expect("traces");
+    assert!(t.allowed);
+    assert!(
+        t.notes.iter().any(|x| x.contains("no HTTP rule applies")),
+        "{t:?}"
+    );
+
     // A request over UDP, or without a path, is a bad query.
     let bad = n.policies.trace(
         &n.endpoints.list(),
@@ -1081,4 +1108,32 @@ fn trace_explains_http_rules() {
         },
     );
     assert!(matches!(bad, Err(trace::TraceError::Invalid(_))));
+}
+
+#[test]
+fn a_new_endpoint_has_its_redirects_before_it_is_created() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    let _client = n.pod("client", "client", 11);
+    n.apply(L7_POLICY, false).expect("applies");
+    let (tx, rx) = std::sync::mpsc::channel();
+    n.policies.attach_l7_sink(Box::new(tx));
+    let _ = received(&rx);
+    let server = n.pod("server", "server", 10);
+    let cmds = received(&rx);
+    // Exactly one command: the redirects set while the endpoint was created; the
+    // reconciliation after it finds nothing to change and removes nothing.
+    assert!(
+        matches!(
+            cmds.as_slice(),
+            [ProxyCommand::Endpoint { endpoint, redirects, .. }] if *endpoint == server.id && redirects.len() == 1
+        ),
+        "{cmds:?}"
+    );
+    assert_eq!(
+        n.policies.l7_redirects(server.id)[0].endpoint_ip,
+        server.ipv4
+    );
+    n.endpoints.reconcile_policy().expect("reconciles");
+    assert!(received(&rx).is_empty());
 }

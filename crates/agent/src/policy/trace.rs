@@ -337,6 +337,18 @@ impl PolicyManager {
                 side.l7 = Some(trace_l7(x, q.http.is_some()));
             }
         }
+        if q.http.is_some()
+            && verdict.allowed
+            && [egress.as_ref(), ingress.as_ref()]
+                .into_iter()
+                .flatten()
+                .all(|d| d.l7.is_none())
+        {
+            notes.push(format!(
+                "no side sends port {} through the L7 proxy: no HTTP rule applies, every request passes",
+                q.dport
+            ));
+        }
         // A request the proxy refuses makes the flow denied, by the first side that refuses
         // it (egress first, as the request meets it first).
         let refused = [egress.as_ref(), ingress.as_ref()]

@@ -342,16 +342,21 @@ impl Compiler<'_> {
                     .iter()
                     .any(|r| r.match_pattern.as_deref() == Some("*"))
             });
+        let kind = match kinds.first() {
+            Some(&"kafka") => "Kafka",
+            Some(&"dns") => "DNS",
+            _ => "l7proto",
+        };
         if unrestricted {
             self.warn(
                 path,
-                "Kafka and DNS rules are not enforced yet; these allow every request, so the ports are allowed at L4",
+                format!("{kind} rules are not enforced yet; these allow every request, so the ports are allowed at L4"),
             );
             L7Outcome::None
         } else {
             self.warn(
                 path,
-                "Kafka and DNS rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)",
+                format!("{kind} rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)"),
             );
             L7Outcome::Closed
         }
