@@ -532,7 +532,8 @@ impl Config {
             non_masquerade_cidrs: parsed.non_masquerade_cidrs,
             log_format: parsed.log_format,
             log_filter,
-            proxy_bin: (!parsed.no_l7_proxy).then(|| parsed.proxy_bin.unwrap_or_else(default_proxy_bin)),
+            proxy_bin: (!parsed.no_l7_proxy)
+                .then(|| parsed.proxy_bin.unwrap_or_else(default_proxy_bin)),
         })
     }
 

@@ -100,7 +100,10 @@ async fn next_event(events: &mut Option<broadcast::Receiver<ProxyEvent>>) -> Opt
         match rx.recv().await {
             Ok(ev) => return Some(ev),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(lost = n, "the agent fell behind the proxy's records: L7 flows lost");
+                warn!(
+                    lost = n,
+                    "the agent fell behind the proxy's records: L7 flows lost"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return None,
         }

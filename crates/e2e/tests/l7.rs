@@ -79,16 +79,21 @@ fn curl(pod: &Pod, args: &[&str]) -> Option<Vec<(u16, String)>> {
     let out = pod
         .netns
         .command("curl")
-        .args(["-s", "--max-time", "3", "-w", "@@%{http_code}@@"])
+        .args(["-sS", "--max-time", "3", "-w", "##%{http_code}##"])
         .args(args)
         .output()
         .expect("run curl");
     if !out.status.success() {
+        eprintln!(
+            "curl {args:?}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
-    // Each transfer prints its body, then @@code@@.
+    // Each transfer prints its body, then ##code## (a format starting with @ would name a file).
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let pieces: Vec<&str> = text.split("@@").collect();
+    let pieces: Vec<&str> = text.split("##").collect();
     Some(
         pieces
             .chunks(2)
@@ -111,16 +116,40 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The L7 flows the node's observer holds, as `ciliate observe --type l7 -o json` prints them.
+/// The L7 flows the node's observer holds, as `ciliate observe --type l7 -o json` prints them
+/// (field names as `ciliate observe` prints them today; Hubble's proto names are issue #14).
 fn l7_flows(node: &Node) -> Vec<Value> {
     node.observe(&["--type", "l7", "--last", "1000"])
         .into_iter()
-        .map(|v| if v.get("flow").is_some() { v["flow"].clone() } else { v })
+        .map(|v| {
+            if v.get("flow").is_some() {
+                v["flow"].clone()
+            } else {
+                v
+            }
+        })
         .collect()
 }
 
+/// A response flow's latency (a uint64, so a string in proto JSON).
+fn latency_ns(flow: &Value) -> u64 {
+    let l = &flow["l7"]["latencyNs"];
+    l.as_u64()
+        .or_else(|| l.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `status -o json`'s proxy section (whatever the node's health: the exit code says that).
 fn proxy_status(node: &Node) -> Value {
-    node.cli_json(&["status", "-o", "json"])["proxy"].clone()
+    let out = node.cli(&["status", "-o", "json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status -o json ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    status["proxy"].clone()
 }
 
 const INGRESS_POLICY: &str = r#"
@@ -141,9 +170,7 @@ spec:
 
 #[test]
 fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
-    if !privileged("http_rules_on_a_pods_ingress_are_enforced_by_the_proxy") {
-        return;
-    }
+    privileged!();
     let node = Node::start("10.231.0.0/24");
     let client = node.add_pod("client", "app=client");
     let other = node.add_pod("other", "app=other");
@@ -212,8 +239,8 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
                         .as_str()
                         .is_some_and(|u| u.ends_with(path))
                     && f["verdict"] == verdict
-                    && f["source"]["pod_name"] == "client"
-                    && f["destination"]["pod_name"] == "web"
+                    && f["source"]["podName"] == "client"
+                    && f["destination"]["podName"] == "web"
             })
         };
         has("/public/a", "FORWARDED") && has("/private", "DROPPED")
@@ -222,7 +249,7 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
     assert!(
         flows.iter().any(|f| f["l7"]["type"] == "RESPONSE"
             && f["l7"]["http"]["code"] == 200
-            && f["l7"]["latency_ns"].as_u64().is_some_and(|l| l > 0)),
+            && latency_ns(f) > 0),
         "a response flow with its latency: {flows:#?}"
     );
 
@@ -249,9 +276,7 @@ spec:
 
 #[test]
 fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
-    if !privileged("http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy") {
-        return;
-    }
+    privileged!();
     let node = Node::start("10.232.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
@@ -281,7 +306,7 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
     );
     eventually("an egress L7 flow", || {
         l7_flows(&node).iter().any(|f| {
-            f["traffic_direction"] == "EGRESS"
+            f["trafficDirection"] == "EGRESS"
                 && f["l7"]["http"]["url"]
                     .as_str()
                     .is_some_and(|u| u.ends_with("/admin"))
@@ -292,9 +317,7 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
 
 #[test]
 fn killing_the_proxy_refuses_no_connection() {
-    if !privileged("killing_the_proxy_refuses_no_connection") {
-        return;
-    }
+    privileged!();
     let node = Node::start("10.233.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
@@ -312,7 +335,7 @@ fn killing_the_proxy_refuses_no_connection() {
         let url = url.clone();
         let netns = client.netns.path();
         thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
+            let (mut ok, mut in_flight, mut failed) = (0u32, 0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let out = Command::new("nsenter")
                     .arg(format!("--net={netns}"))
@@ -321,13 +344,16 @@ fn killing_the_proxy_refuses_no_connection() {
                     .output()
                     .expect("curl");
                 let code = String::from_utf8_lossy(&out.stdout).into_owned();
-                if code == "200" {
-                    ok += 1;
-                } else {
-                    failed.push(code);
+                match (out.status.code(), code.as_str()) {
+                    (Some(0), "200") => ok += 1,
+                    // The request the killed process was serving dies with it (curl: empty
+                    // reply 52, receive error 56): that much kill -9 cannot spare.
+                    (Some(52 | 56), _) => in_flight += 1,
+                    // Refused (7), timed out (28) or anything else: a connection lost.
+                    (rc, _) => failed.push(format!("curl exit {rc:?}, HTTP {code}")),
                 }
             }
-            (ok, failed)
+            (ok, in_flight, failed)
         })
     };
     thread::sleep(Duration::from_millis(500));
@@ -342,8 +368,12 @@ fn killing_the_proxy_refuses_no_connection() {
         thread::sleep(Duration::from_millis(500));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().expect("load thread");
+    let (ok, in_flight, failed) = load.join().expect("load thread");
     assert!(ok > 0);
+    assert!(
+        in_flight <= 3,
+        "more requests died than the three kills had in flight: {in_flight}"
+    );
     assert!(
         failed.is_empty(),
         "requests failed while the proxy was killed ({ok} ok): {failed:?}"

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ciliate_datapath::proxy_mark::{self, ProxyDirection};
 use ciliate_proxy::control;
+use ciliate_proxy::engine::{ConnMeta, MarkFn};
 use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
 use ciliate_proxy::identity::{Identities, PinnedIdentities, StaticIdentities};
 use ciliate_proxy::listener::{listener_from_fd, ListenSpec, Listeners};
@@ -133,8 +135,9 @@ async fn run(args: Args) -> ExitCode {
         events: tx,
         config: EngineConfig {
             transparent: args.transparent,
-            // The datapath's mark layout for proxy traffic plugs in here once it exists.
-            mark: None,
+            // The datapath's mark layout: not redirected again, judged (and tunnelled) as the
+            // client, its replies steered back to this socket.
+            mark: args.transparent.then(upstream_mark),
             ..EngineConfig::default()
         },
         counters: Counters::default(),
@@ -164,4 +167,22 @@ async fn run(args: Args) -> ExitCode {
     let _ = std::fs::remove_file(&args.control_socket);
     info!(left, "exiting");
     ExitCode::SUCCESS
+}
+
+/// The mark of an upstream connection made for a client (`crates/datapath/src/proxy_mark.rs`).
+fn upstream_mark() -> MarkFn {
+    Arc::new(|meta: &ConnMeta| {
+        let direction = if meta.egress {
+            ProxyDirection::Egress
+        } else {
+            ProxyDirection::Ingress
+        };
+        match proxy_mark::from_proxy(direction, meta.source_identity) {
+            Ok(mark) => Some(mark),
+            Err(e) => {
+                warn!(error = %e, client = %meta.client, "upstream connection left unmarked");
+                None
+            }
+        }
+    })
 }

@@ -389,6 +389,21 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill_agent();
+        // What the agent started outlives it on purpose (the L7 proxy serves across agent
+        // restarts): everything still in the node's namespace goes with the node.
+        let pids = Command::new("ip")
+            .args(["netns", "pids", self.netns.name()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         // Removing the pins detaches the programs; the namespace takes its links with it.
         let _ = std::fs::remove_dir_all(self.pin_dir());
         // The shared parents go too once the last node is gone (fails harmlessly otherwise).
