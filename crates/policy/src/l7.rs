@@ -8,9 +8,10 @@
 //! * `method`, `path` and `host` are regular expressions matched against the whole value
 //!   (Cilium compiles them with Go's RE2 `regexp`, Envoy matches them anchored; the `regex`
 //!   crate is RE2's dialect, so a pattern valid here is valid there and means the same);
-//! * `path` is the request's path without the query (the agent–proxy contract,
-//!   [`HttpMatch::path`]); `host` is the authority as sent (`Host` or `:authority`, with any
-//!   port);
+//! * `path` is the request target as Envoy's `:path` holds it, query string included (the
+//!   agent–proxy contract, [`HttpMatch::path`]): `/public` does not match `/public?a=1`, a
+//!   rule that wants queries says `/public(\?.*)?`; `host` is the authority as sent (`Host` or
+//!   `:authority`, with any port);
 //! * `headers` entries are `Name` (present) or `Name: value` (present with exactly that value,
 //!   names compared without case);
 //! * `headerMatches` with no `mismatch` must match (the value, or presence when no value); with
@@ -37,7 +38,7 @@ use crate::problems::Problems;
 pub struct HttpRequestView<'a> {
     /// The method, e.g. `GET`.
     pub method: &'a str,
-    /// The path; anything from a `?` on (the query) is ignored.
+    /// The request target: the path with its query, if any (Envoy's `:path`).
     pub path: &'a str,
     /// The authority (`Host` header or HTTP/2 `:authority`), as sent.
     pub host: &'a str,
@@ -46,10 +47,6 @@ pub struct HttpRequestView<'a> {
 }
 
 impl HttpRequestView<'_> {
-    fn path_only(&self) -> &str {
-        self.path.split_once('?').map_or(self.path, |(p, _)| p)
-    }
-
     fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
         self.headers
             .iter()
@@ -116,7 +113,7 @@ impl CompiledHttpMatch {
     pub fn matches(&self, req: &HttpRequestView<'_>) -> bool {
         let re_ok = |re: &Option<Regex>, v: &str| re.as_ref().is_none_or(|re| re.is_match(v));
         re_ok(&self.method, req.method)
-            && re_ok(&self.path, req.path_only())
+            && re_ok(&self.path, req.path)
             && re_ok(&self.host, req.host)
             && self.headers.iter().all(|(name, value)| match value {
                 None => req.values(name).next().is_some(),
@@ -542,7 +539,13 @@ pub mod cases {
             method: Some("GET"),
             path: Some("/public"),
             req_path: "/public?a=1",
-            ..case("the query is not part of the path", true)
+            ..case("the query is part of the path, as Envoy's :path", false)
+        },
+        MatchCase {
+            method: Some("GET"),
+            path: Some("/public(\\?.*)?"),
+            req_path: "/public?a=1",
+            ..case("a rule admits queries by saying so", true)
         },
         MatchCase {
             method: Some("GET"),
