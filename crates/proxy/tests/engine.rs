@@ -89,7 +89,11 @@ async fn upstream_handler(
 }
 
 async fn upstream(h2: bool) -> (SocketAddrV4, Arc<Seen>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    upstream_on("127.0.0.1", h2).await
+}
+
+async fn upstream_on(ip: &str, h2: bool) -> (SocketAddrV4, Arc<Seen>) {
+    let l = TcpListener::bind(format!("{ip}:0")).await.expect("bind");
     let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
         panic!("v4")
     };
@@ -160,10 +164,19 @@ async fn proxy(dst: SocketAddrV4, rules: Option<Vec<HttpMatch>>) -> Proxy {
             })
             .expect("policy");
     }
+    proxy_with(dst, policy, StaticIdentities::default(), true).await
+}
+
+async fn proxy_with(
+    dst: SocketAddrV4,
+    policy: Arc<Policy>,
+    identities: StaticIdentities,
+    egress: bool,
+) -> Proxy {
     let (tx, rx) = mpsc::channel(1024);
     let engine = Arc::new(Engine {
         policy: policy.clone(),
-        identities: Arc::new(StaticIdentities::default()),
+        identities: Arc::new(identities),
         events: tx,
         config: EngineConfig::default(),
         counters: Counters::default(),
@@ -180,7 +193,7 @@ async fn proxy(dst: SocketAddrV4, rules: Option<Vec<HttpMatch>>) -> Proxy {
             let Ok((s, SocketAddr::V4(peer))) = l.accept().await else {
                 return;
             };
-            tokio::spawn(e2.clone().serve(s, peer, dst, true, stop.clone()));
+            tokio::spawn(e2.clone().serve(s, peer, dst, egress, stop.clone()));
         }
     });
     Proxy {
@@ -640,4 +653,77 @@ async fn upstream_down_is_502() {
     assert_eq!(read_response(&mut s, &mut buf).await.0, 502);
     let recs = p.records(2).await;
     assert_eq!(recs[1].verdict, L7Verdict::Error);
+}
+
+/// Direction decides which endpoint's redirect applies and whose identity is the remote one:
+/// egress = the client's redirect, judged on the server's identity; ingress = the server's
+/// redirect, judged on the client's identity. Client 127.0.0.1 (identity 1000), server
+/// 127.0.0.2 (identity 2000).
+#[tokio::test]
+async fn direction_selects_redirect_and_remote_identity() {
+    let (up, _) = upstream_on("127.0.0.2", false).await;
+    let ids = || StaticIdentities {
+        table: [
+            ("127.0.0.1".parse().expect("ip"), 1000),
+            ("127.0.0.2".parse().expect("ip"), 2000),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let entry = |ip: &str, egress: bool, peer: u32| L7Redirect {
+        endpoint: if egress { 1 } else { 2 },
+        endpoint_ip: ip.parse().expect("ip"),
+        egress,
+        proto: 6,
+        port: up.port(),
+        parser: L7Parser::Http,
+        proxy_port: 15001,
+        rules: vec![L7PeerRules {
+            peers: Some(vec![peer]),
+            rule: 50 + peer,
+            http: vec![get("/.*")],
+        }],
+    };
+    // (direction, redirect's peer, expected status)
+    let cases = [
+        (true, entry("127.0.0.1", true, 2000), 200),
+        (true, entry("127.0.0.1", true, 1000), 403),
+        (false, entry("127.0.0.2", false, 1000), 200),
+        (false, entry("127.0.0.2", false, 2000), 403),
+    ];
+    for (egress, red, want) in cases {
+        let policy = Arc::new(Policy::default());
+        let peer = red.rules[0].peers.clone();
+        policy
+            .apply(&ProxyCommand::Snapshot {
+                revision: 1,
+                redirects: vec![red],
+            })
+            .expect("policy");
+        let mut p = proxy_with(up, policy, ids(), egress).await;
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        let mut buf = Vec::new();
+        s.write_all(req("/x").as_bytes()).await.expect("write");
+        let (code, _) = read_response(&mut s, &mut buf).await;
+        assert_eq!(code, want, "egress {egress}, peers {peer:?}");
+        let recs = p.records(2).await;
+        assert_eq!(
+            (recs[0].source_identity, recs[0].destination_identity),
+            (1000, 2000)
+        );
+        assert_eq!(recs[0].endpoint, if egress { 1 } else { 2 });
+        assert_eq!(recs[0].egress, egress);
+    }
+    // An egress listener never uses the server's ingress redirect.
+    let policy = Arc::new(Policy::default());
+    policy
+        .apply(&ProxyCommand::Snapshot {
+            revision: 1,
+            redirects: vec![entry("127.0.0.2", false, 1000)],
+        })
+        .expect("policy");
+    let p = proxy_with(up, policy, ids(), true).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let _ = s.write_all(req("/x").as_bytes()).await;
+    expect_reset(&mut s).await;
 }
