@@ -59,6 +59,9 @@ async fn upstream_handler(
             .body(Full::new(Bytes::new()))
             .expect("response"));
     }
+    if req.uri().path() == "/kb" {
+        return Ok(Response::new(Full::new(Bytes::from(vec![b'k'; 1024]))));
+    }
     let line = format!(
         "{} {} x-env={}",
         req.method(),
@@ -726,4 +729,55 @@ async fn direction_selects_redirect_and_remote_identity() {
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
     let _ = s.write_all(req("/x").as_bytes()).await;
     expect_reset(&mut s).await;
+}
+
+/// Not a test: prints the engine's added latency and rate on loopback (run by hand with
+/// `cargo test --release -p ciliate-proxy --test engine measure -- --ignored --nocapture`).
+/// Sequential keep-alive GETs of a 1 KiB body, direct and through the engine with a rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_added_latency_and_rate() {
+    async fn one_conn(addr: SocketAddrV4, n: usize) -> Vec<Duration> {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let mut buf = Vec::new();
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            s.write_all(req("/kb").as_bytes()).await.expect("write");
+            let (code, _) = read_response(&mut s, &mut buf).await;
+            assert_eq!(code, 200);
+            lat.push(t.elapsed());
+        }
+        lat
+    }
+    fn pct(v: &mut [Duration], p: f64) -> Duration {
+        v.sort();
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    }
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![get("/kb|/other")])).await;
+    let n = 20_000;
+    // Warm up both paths.
+    one_conn(up, 1000).await;
+    one_conn(p.addr, 1000).await;
+    let mut direct = one_conn(up, n).await;
+    let mut proxied = one_conn(p.addr, n).await;
+    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
+    let (p50, p99) = (pct(&mut proxied, 0.5), pct(&mut proxied, 0.99));
+    eprintln!("sequential keep-alive, {n} requests: direct p50 {d50:?} p99 {d99:?}; proxied p50 {p50:?} p99 {p99:?}; added p50 {:?} p99 {:?}", p50.saturating_sub(d50), p99.saturating_sub(d99));
+    for (name, addr) in [("direct", up), ("proxied", p.addr)] {
+        let t = std::time::Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(one_conn(addr, 2000)))
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: 16 connections x 2000 requests: {:.0} req/s",
+            32_000.0 / secs
+        );
+    }
 }
