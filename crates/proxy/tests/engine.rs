@@ -781,3 +781,90 @@ async fn measure_added_latency_and_rate() {
         );
     }
 }
+
+/// gRPC's shape over h2c: a POST with `content-type: application/grpc`, a length-prefixed
+/// message, and the status in response trailers, which must come through the proxy.
+#[tokio::test]
+async fn grpc_over_h2c_keeps_trailers() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let SocketAddr::V4(up) = l.local_addr().expect("addr") else {
+        panic!("v4")
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    let got = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().expect("value"));
+                    trailers.insert(
+                        "grpc-message",
+                        format!("{path} {got}").parse().expect("value"),
+                    );
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x02hi"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body = StreamBody::new(futures::stream::iter(frames));
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .expect("response"),
+                    )
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let p = proxy(
+        up,
+        Some(vec![HttpMatch {
+            method: Some("POST".into()),
+            path: Some("/echo\\.Echo/Say".into()),
+            ..Default::default()
+        }]),
+    )
+    .await;
+    let s = TcpStream::connect(p.addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let call = |path: &str| {
+        Request::post(format!("http://svc{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x03abc")))
+            .expect("request")
+    };
+    let resp = send
+        .send_request(call("/echo.Echo/Say"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body");
+    let trailers = body.trailers().cloned().expect("trailers came through");
+    assert_eq!(trailers.get("grpc-status").expect("status"), "0");
+    assert_eq!(
+        trailers.get("grpc-message").expect("message"),
+        "/echo.Echo/Say 8"
+    );
+    assert_eq!(&body.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
+    // Another method of the service is not allowed.
+    let resp = send
+        .send_request(call("/echo.Echo/Admin"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 403);
+}
