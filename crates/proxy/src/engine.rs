@@ -205,6 +205,9 @@ struct Rewind {
     pre: Bytes,
     inner: TcpStream,
     wrote_since_read: Arc<AtomicBool>,
+    /// hyper has read from the connection (it closes, on graceful shutdown, a connection it
+    /// has read nothing from, even though our sniffed bytes are waiting for it here).
+    hyper_read: Arc<AtomicBool>,
 }
 
 impl AsyncRead for Rewind {
@@ -214,6 +217,7 @@ impl AsyncRead for Rewind {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if !self.pre.is_empty() {
+            self.hyper_read.store(true, Ordering::Relaxed);
             let n = self.pre.len().min(buf.remaining());
             buf.put_slice(&self.pre[..n]);
             self.pre.advance(n);
@@ -385,10 +389,12 @@ impl Engine {
             .map(std::net::TcpStream::from)
             .ok();
         let wrote_since_read = Arc::new(AtomicBool::new(false));
+        let hyper_read = Arc::new(AtomicBool::new(false));
         let io = TokioIo::new(Rewind {
             pre: buf.freeze(),
             inner: stream,
             wrote_since_read: wrote_since_read.clone(),
+            hyper_read: hyper_read.clone(),
         });
         let h2 = proto == Sniff::H2;
         let conn = Arc::new(Conn {
@@ -408,9 +414,12 @@ impl Engine {
             tokio::pin!(c);
             tokio::select! {
                 r = c.as_mut() => r,
-                _ = shutdown.changed() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
+                _ = shutdown.changed() => match until_read(&hyper_read, c.as_mut()).await {
+                    Some(r) => r,
+                    None => {
+                        c.as_mut().graceful_shutdown();
+                        c.await
+                    }
                 }
             }
         } else {
@@ -421,9 +430,12 @@ impl Engine {
             tokio::pin!(c);
             tokio::select! {
                 r = c.as_mut() => r,
-                _ = shutdown.changed() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
+                _ = shutdown.changed() => match until_read(&hyper_read, c.as_mut()).await {
+                    Some(r) => r,
+                    None => {
+                        c.as_mut().graceful_shutdown();
+                        c.await
+                    }
                 }
             }
         };
@@ -465,6 +477,21 @@ impl Engine {
         rec.reason = Some(reason.into());
         self.emit(ProxyEvent::Http(Box::new(rec)));
     }
+}
+
+/// Drives `conn` until hyper has read the bytes waiting for it (then a graceful shutdown
+/// finishes the request instead of dropping it); `Some` if the connection ended first.
+async fn until_read<F: std::future::Future + Unpin>(
+    read: &AtomicBool,
+    mut conn: F,
+) -> Option<F::Output> {
+    while !read.load(Ordering::Relaxed) {
+        tokio::select! {
+            r = &mut conn => return Some(r),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
+    None
 }
 
 fn base_record(meta: &ConnMeta, record_type: L7RecordType, verdict: L7Verdict) -> HttpRecord {

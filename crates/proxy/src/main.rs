@@ -24,7 +24,8 @@ use tracing::{info, warn};
 /// It does not open its listening sockets: the supervisor (in the agent) creates them
 /// (IP_TRANSPARENT, on the ProxyPorts) and passes them as inherited file descriptors, one
 /// `--listen` per socket, so that a restarted proxy serves the same sockets and no connection
-/// is refused while it is down. For each accepted connection the socket's local address is the
+/// is refused while it is down. It accepts only once the agent's first policy is in force
+/// (until then connections wait in the backlog). For each accepted connection the socket's local address is the
 /// original destination; the redirect is the one of the endpoint (the source for egress, the
 /// destination for ingress) and the original destination port; the peer's identity comes from
 /// the pinned endpoint and ipcache maps.

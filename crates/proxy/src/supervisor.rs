@@ -629,10 +629,12 @@ async fn supervise(
         }
     }
     let mut first_start = current.is_none();
+    let mut up_since = Instant::now();
     loop {
         let mut p = match current.take() {
             Some(p) => p,
             None => {
+                up_since = Instant::now();
                 if !first_start {
                     lock(&inner.state).status.restarts += 1;
                 }
@@ -652,7 +654,11 @@ async fn supervise(
             why = p.wait() => {
                 warn!(%why, "proxy died; restarting");
                 mark_down(&inner, format!("proxy {why}"));
-                // current stays None: the loop starts the next one at once.
+                // current stays None: the loop starts the next one at once, unless it keeps
+                // dying young (a crash loop should not spin).
+                if up_since.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             req = requests.recv() => match req {
                 Some(Request::Restart(done)) => {
@@ -669,6 +675,7 @@ async fn supervise(
                                 }
                             });
                             current = Some(next);
+                            up_since = Instant::now();
                             let _ = done.send(Ok(()));
                         }
                         Err(e) => {

@@ -59,6 +59,9 @@ async fn upstream_handler(
             .body(Full::new(Bytes::new()))
             .expect("response"));
     }
+    if req.uri().path() == "/kb" {
+        return Ok(Response::new(Full::new(Bytes::from(vec![b'k'; 1024]))));
+    }
     let line = format!(
         "{} {} x-env={}",
         req.method(),
@@ -89,7 +92,11 @@ async fn upstream_handler(
 }
 
 async fn upstream(h2: bool) -> (SocketAddrV4, Arc<Seen>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    upstream_on("127.0.0.1", h2).await
+}
+
+async fn upstream_on(ip: &str, h2: bool) -> (SocketAddrV4, Arc<Seen>) {
+    let l = TcpListener::bind(format!("{ip}:0")).await.expect("bind");
     let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
         panic!("v4")
     };
@@ -160,10 +167,19 @@ async fn proxy(dst: SocketAddrV4, rules: Option<Vec<HttpMatch>>) -> Proxy {
             })
             .expect("policy");
     }
+    proxy_with(dst, policy, StaticIdentities::default(), true).await
+}
+
+async fn proxy_with(
+    dst: SocketAddrV4,
+    policy: Arc<Policy>,
+    identities: StaticIdentities,
+    egress: bool,
+) -> Proxy {
     let (tx, rx) = mpsc::channel(1024);
     let engine = Arc::new(Engine {
         policy: policy.clone(),
-        identities: Arc::new(StaticIdentities::default()),
+        identities: Arc::new(identities),
         events: tx,
         config: EngineConfig::default(),
         counters: Counters::default(),
@@ -180,7 +196,7 @@ async fn proxy(dst: SocketAddrV4, rules: Option<Vec<HttpMatch>>) -> Proxy {
             let Ok((s, SocketAddr::V4(peer))) = l.accept().await else {
                 return;
             };
-            tokio::spawn(e2.clone().serve(s, peer, dst, true, stop.clone()));
+            tokio::spawn(e2.clone().serve(s, peer, dst, egress, stop.clone()));
         }
     });
     Proxy {
@@ -640,4 +656,215 @@ async fn upstream_down_is_502() {
     assert_eq!(read_response(&mut s, &mut buf).await.0, 502);
     let recs = p.records(2).await;
     assert_eq!(recs[1].verdict, L7Verdict::Error);
+}
+
+/// Direction decides which endpoint's redirect applies and whose identity is the remote one:
+/// egress = the client's redirect, judged on the server's identity; ingress = the server's
+/// redirect, judged on the client's identity. Client 127.0.0.1 (identity 1000), server
+/// 127.0.0.2 (identity 2000).
+#[tokio::test]
+async fn direction_selects_redirect_and_remote_identity() {
+    let (up, _) = upstream_on("127.0.0.2", false).await;
+    let ids = || StaticIdentities {
+        table: [
+            ("127.0.0.1".parse().expect("ip"), 1000),
+            ("127.0.0.2".parse().expect("ip"), 2000),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let entry = |ip: &str, egress: bool, peer: u32| L7Redirect {
+        endpoint: if egress { 1 } else { 2 },
+        endpoint_ip: ip.parse().expect("ip"),
+        egress,
+        proto: 6,
+        port: up.port(),
+        parser: L7Parser::Http,
+        proxy_port: 15001,
+        rules: vec![L7PeerRules {
+            peers: Some(vec![peer]),
+            rule: 50 + peer,
+            http: vec![get("/.*")],
+        }],
+    };
+    // (direction, redirect's peer, expected status)
+    let cases = [
+        (true, entry("127.0.0.1", true, 2000), 200),
+        (true, entry("127.0.0.1", true, 1000), 403),
+        (false, entry("127.0.0.2", false, 1000), 200),
+        (false, entry("127.0.0.2", false, 2000), 403),
+    ];
+    for (egress, red, want) in cases {
+        let policy = Arc::new(Policy::default());
+        let peer = red.rules[0].peers.clone();
+        policy
+            .apply(&ProxyCommand::Snapshot {
+                revision: 1,
+                redirects: vec![red],
+            })
+            .expect("policy");
+        let mut p = proxy_with(up, policy, ids(), egress).await;
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        let mut buf = Vec::new();
+        s.write_all(req("/x").as_bytes()).await.expect("write");
+        let (code, _) = read_response(&mut s, &mut buf).await;
+        assert_eq!(code, want, "egress {egress}, peers {peer:?}");
+        let recs = p.records(2).await;
+        assert_eq!(
+            (recs[0].source_identity, recs[0].destination_identity),
+            (1000, 2000)
+        );
+        assert_eq!(recs[0].endpoint, if egress { 1 } else { 2 });
+        assert_eq!(recs[0].egress, egress);
+    }
+    // An egress listener never uses the server's ingress redirect.
+    let policy = Arc::new(Policy::default());
+    policy
+        .apply(&ProxyCommand::Snapshot {
+            revision: 1,
+            redirects: vec![entry("127.0.0.2", false, 1000)],
+        })
+        .expect("policy");
+    let p = proxy_with(up, policy, ids(), true).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let _ = s.write_all(req("/x").as_bytes()).await;
+    expect_reset(&mut s).await;
+}
+
+/// Not a test: prints the engine's added latency and rate on loopback (run by hand with
+/// `cargo test --release -p ciliate-proxy --test engine measure -- --ignored --nocapture`).
+/// Sequential keep-alive GETs of a 1 KiB body, direct and through the engine with a rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_added_latency_and_rate() {
+    async fn one_conn(addr: SocketAddrV4, n: usize) -> Vec<Duration> {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let mut buf = Vec::new();
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            s.write_all(req("/kb").as_bytes()).await.expect("write");
+            let (code, _) = read_response(&mut s, &mut buf).await;
+            assert_eq!(code, 200);
+            lat.push(t.elapsed());
+        }
+        lat
+    }
+    fn pct(v: &mut [Duration], p: f64) -> Duration {
+        v.sort();
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    }
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![get("/kb|/other")])).await;
+    let n = 20_000;
+    // Warm up both paths.
+    one_conn(up, 1000).await;
+    one_conn(p.addr, 1000).await;
+    let mut direct = one_conn(up, n).await;
+    let mut proxied = one_conn(p.addr, n).await;
+    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
+    let (p50, p99) = (pct(&mut proxied, 0.5), pct(&mut proxied, 0.99));
+    eprintln!("sequential keep-alive, {n} requests: direct p50 {d50:?} p99 {d99:?}; proxied p50 {p50:?} p99 {p99:?}; added p50 {:?} p99 {:?}", p50.saturating_sub(d50), p99.saturating_sub(d99));
+    for (name, addr) in [("direct", up), ("proxied", p.addr)] {
+        let t = std::time::Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(one_conn(addr, 2000)))
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: 16 connections x 2000 requests: {:.0} req/s",
+            32_000.0 / secs
+        );
+    }
+}
+
+/// gRPC's shape over h2c: a POST with `content-type: application/grpc`, a length-prefixed
+/// message, and the status in response trailers, which must come through the proxy.
+#[tokio::test]
+async fn grpc_over_h2c_keeps_trailers() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let SocketAddr::V4(up) = l.local_addr().expect("addr") else {
+        panic!("v4")
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    let got = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().expect("value"));
+                    trailers.insert(
+                        "grpc-message",
+                        format!("{path} {got}").parse().expect("value"),
+                    );
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x02hi"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body = StreamBody::new(futures::stream::iter(frames));
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .expect("response"),
+                    )
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let p = proxy(
+        up,
+        Some(vec![HttpMatch {
+            method: Some("POST".into()),
+            path: Some("/echo\\.Echo/Say".into()),
+            ..Default::default()
+        }]),
+    )
+    .await;
+    let s = TcpStream::connect(p.addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let call = |path: &str| {
+        Request::post(format!("http://svc{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x03abc")))
+            .expect("request")
+    };
+    let resp = send
+        .send_request(call("/echo.Echo/Say"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body");
+    let trailers = body.trailers().cloned().expect("trailers came through");
+    assert_eq!(trailers.get("grpc-status").expect("status"), "0");
+    assert_eq!(
+        trailers.get("grpc-message").expect("message"),
+        "/echo.Echo/Say 8"
+    );
+    assert_eq!(&body.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
+    // Another method of the service is not allowed.
+    let resp = send
+        .send_request(call("/echo.Echo/Admin"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 403);
 }

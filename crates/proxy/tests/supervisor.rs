@@ -223,6 +223,17 @@ async fn graceful_restart_fails_nothing() {
     assert!(ok > 3);
     pids.dedup();
     assert_eq!(pids.len(), 3, "each restart is a new process");
+    // The proxy's counters reach the status (it reports them every second).
+    let t = Instant::now();
+    loop {
+        let st = sup.status();
+        if let Some(stats) = st.stats.filter(|s| Some(s.pid) == st.pid && s.requests > 0) {
+            assert_eq!(stats.denied, stats.requests, "{stats:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no stats: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     sup.shutdown().await;
 }
 

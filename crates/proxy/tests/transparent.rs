@@ -53,28 +53,36 @@ fn veth(a_ns: &TestNetns, a_ip: &str, b_ns: &TestNetns, b_ip: &str) -> (String, 
 /// A one-request-per-connection HTTP server answering who connected to whom.
 fn server(l: TcpListener) {
     for s in l.incoming() {
-        let Ok(mut s) = s else { return };
-        let mut buf = Vec::new();
-        let mut tmp = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut tmp) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-        let body = format!(
-            "peer={} local={}",
-            s.peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default(),
-            s.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let Ok(s) = s else { return };
+        std::thread::spawn(move || serve_one(s));
     }
+}
+
+fn serve_one(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    if buf.starts_with(b"GET /slow") {
+        // Long enough for a graceful restart of the proxy to happen meanwhile.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let body = format!(
+        "peer={} local={}",
+        s.peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default(),
+        s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 fn request(path: &str) -> String {
@@ -139,7 +147,7 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
         extra_args: vec!["--log".into(), "warn".into()],
     };
     let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<std::sync::mpsc::Sender<(u32, u32)>>(1);
     let (rec_tx, rec_rx) = std::sync::mpsc::channel();
     let sup_thread = in_netns(node.path(), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -171,7 +179,7 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
                         rule: 3,
                         http: vec![HttpMatch {
                             method: Some("GET".into()),
-                            path: Some("/allowed".into()),
+                            path: Some("/allowed|/slow".into()),
                             ..Default::default()
                         }],
                     }],
@@ -193,9 +201,20 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
                     }
                 }
             };
-            tokio::select! {
-                _ = stop_rx => {}
-                _ = forward => {}
+            tokio::pin!(forward);
+            loop {
+                tokio::select! {
+                    cmd = cmd_rx.recv() => match cmd {
+                        // A graceful restart; answers (old pid, new pid).
+                        Some(reply) => {
+                            let old = sup.status().pid.unwrap_or(0);
+                            sup.restart().await.expect("restart");
+                            let _ = reply.send((old, sup.status().pid.unwrap_or(0)));
+                        }
+                        None => break,
+                    },
+                    _ = &mut forward => break,
+                }
             }
             sup.shutdown().await;
         });
@@ -274,6 +293,30 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
         .iter()
         .any(|r| r.record_type == L7RecordType::Response && r.code == 403));
 
-    let _ = stop_tx.send(());
+    // A graceful restart while a request is in flight: the old proxy finishes it, the new
+    // one serves the next request, from the same sockets.
+    let slow = in_netns(cli.path(), || request("/slow"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    cmd_tx.blocking_send(reply_tx).expect("restart request");
+    let (old_pid, new_pid) = reply_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("restarted");
+    assert_ne!(old_pid, new_pid);
+    let after = in_netns(cli.path(), || request("/allowed"))
+        .join()
+        .expect("client");
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+    let slow = slow.join().expect("slow client");
+    assert!(
+        slow.starts_with("HTTP/1.1 200"),
+        "the request in flight was cut: {slow:?}"
+    );
+    assert!(
+        slow.ends_with(&format!("peer={CLIENT} local={SERVER}:80")),
+        "{slow}"
+    );
+
+    drop(cmd_tx);
     sup_thread.join().expect("supervisor thread");
 }
