@@ -329,33 +329,7 @@ fn killing_the_proxy_refuses_no_connection() {
     });
     let pid = |node: &Node| proxy_status(node)["pid"].as_u64();
     let first = pid(&node).expect("the proxy's pid in status");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = std::sync::Arc::clone(&stop);
-        let url = url.clone();
-        let netns = client.netns.path();
-        thread::spawn(move || {
-            let (mut ok, mut in_flight, mut failed) = (0u32, 0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = Command::new("nsenter")
-                    .arg(format!("--net={netns}"))
-                    .args(["curl", "-s", "-o", "/dev/null", "--max-time", "5"])
-                    .args(["-w", "%{http_code}", &url])
-                    .output()
-                    .expect("curl");
-                let code = String::from_utf8_lossy(&out.stdout).into_owned();
-                match (out.status.code(), code.as_str()) {
-                    (Some(0), "200") => ok += 1,
-                    // The request the killed process was serving dies with it (curl: empty
-                    // reply 52, receive error 56): that much kill -9 cannot spare.
-                    (Some(52 | 56), _) => in_flight += 1,
-                    // Refused (7), timed out (28) or anything else: a connection lost.
-                    (rc, _) => failed.push(format!("curl exit {rc:?}, HTTP {code}")),
-                }
-            }
-            (ok, in_flight, failed)
-        })
-    };
+    let load = HttpLoad::start(&client, &url);
     thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
         let p = pid(&node).expect("pid");
@@ -367,8 +341,7 @@ fn killing_the_proxy_refuses_no_connection() {
         eventually("a new proxy", || pid(&node).is_some_and(|n| n != p));
         thread::sleep(Duration::from_millis(500));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, in_flight, failed) = load.join().expect("load thread");
+    let (ok, in_flight, failed) = load.stop();
     assert!(ok > 0);
     assert!(
         in_flight <= 3,
@@ -380,4 +353,89 @@ fn killing_the_proxy_refuses_no_connection() {
     );
     assert_ne!(pid(&node), Some(first));
     assert!(proxy_status(&node)["restarts"].as_u64() >= Some(3));
+}
+
+/// `curl` in a loop from a pod, one connection per request, until stopped.
+struct HttpLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<(u32, u32, Vec<String>)>,
+}
+
+impl HttpLoad {
+    fn start(client: &Pod, url: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let url = url.to_owned();
+        let netns = client.netns.path();
+        let thread = thread::spawn(move || {
+            let (mut ok, mut in_flight, mut failed) = (0u32, 0u32, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("nsenter")
+                    .arg(format!("--net={netns}"))
+                    .args(["curl", "-s", "-o", "/dev/null", "--max-time", "5"])
+                    .args(["-w", "%{http_code}", &url])
+                    .output()
+                    .expect("curl");
+                let code = String::from_utf8_lossy(&out.stdout).into_owned();
+                match (out.status.code(), code.as_str()) {
+                    (Some(0), "200") => ok += 1,
+                    // The request a killed proxy was serving dies with it (curl: empty reply
+                    // 52, receive error 56): that much kill -9 cannot spare.
+                    (Some(52 | 56), _) => in_flight += 1,
+                    // Refused (7), timed out (28) or anything else: a connection lost.
+                    (rc, _) => failed.push(format!("curl exit {rc:?}, HTTP {code}")),
+                }
+            }
+            (ok, in_flight, failed)
+        });
+        Self { stop, thread }
+    }
+
+    /// (answered 200, died in flight, failed otherwise).
+    fn stop(self) -> (u32, u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}
+
+#[test]
+fn restarting_the_agent_leaves_the_proxy_serving() {
+    privileged!();
+    let mut node = Node::start("10.234.0.0/24");
+    let client = node.add_pod("client", "app=client");
+    let web = node.add_pod("web", "app=web");
+    http_server(&web, 80);
+    node.apply("web-l7.yaml", INGRESS_POLICY);
+    let base = format!("http://{}", web.ip);
+    eventually("the policy reaches the proxy", || {
+        get(&client, &format!("{base}/private")).map(|r| r.0) == Some(403)
+    });
+    let pid = proxy_status(&node)["pid"]
+        .as_u64()
+        .expect("the proxy's pid");
+    let load = HttpLoad::start(&client, &format!("{base}/public"));
+    thread::sleep(Duration::from_millis(300));
+    // The worst case: the agent killed outright, then started again.
+    node.kill_agent();
+    thread::sleep(Duration::from_millis(500));
+    node.start_agent();
+    thread::sleep(Duration::from_millis(500));
+    let (ok, in_flight, failed) = load.stop();
+    assert!(ok > 0);
+    assert_eq!(
+        (in_flight, failed.len()),
+        (0, 0),
+        "requests failed across the agent's restart: {failed:?}"
+    );
+    // The new agent adopted the same proxy and drives it: a policy change reaches it.
+    eventually("the new agent reports the proxy", || {
+        proxy_status(&node)["pid"].as_u64() == Some(pid)
+    });
+    node.apply(
+        "web-l7.yaml",
+        &INGRESS_POLICY.replace("/public(/.*)?", "/(public|private)(/.*)?"),
+    );
+    eventually("the new policy reaches the adopted proxy", || {
+        get(&client, &format!("{base}/private")).map(|r| r.0) == Some(200)
+    });
 }

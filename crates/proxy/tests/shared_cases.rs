@@ -1,7 +1,9 @@
 //! The proxy's matcher against the table `policy trace` is held to
 //! (`ciliate_policy::l7::cases`): what the trace says a rule allows, the proxy allows.
 
-use ciliate_model::l7::{HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect};
+use ciliate_model::l7::{
+    HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect,
+};
 use ciliate_policy::l7::cases::{MatchCase, MATCH_CASES};
 use ciliate_proxy::rules::{CompiledRedirect, Decision, RequestView};
 use http::header::{HeaderName, HeaderValue};
@@ -48,8 +50,8 @@ fn the_proxy_decides_every_case_of_the_shared_table_as_policy_trace_does() {
                 http: vec![rule_of(c)],
             }],
         };
-        let compiled = CompiledRedirect::compile(redirect)
-            .unwrap_or_else(|e| panic!("{}: {e:?}", c.name));
+        let compiled =
+            CompiledRedirect::compile(redirect).unwrap_or_else(|e| panic!("{}: {e:?}", c.name));
         let mut headers = HeaderMap::new();
         for (n, v) in c.req_headers {
             headers.append(
