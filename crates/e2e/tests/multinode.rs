@@ -1393,3 +1393,179 @@ fn a_nodes_own_connection_to_a_remote_pod_is_tunnelled_and_judged_as_remote_node
         "node 0 -> backend-1 with remote-node allowed: {last:?}"
     );
 }
+
+/// Serves HTTP/1.1 (keep-alive) on `port` in a pod of the lab until the test ends: every
+/// request is answered 200 with the method and path it asked for.
+fn http_server_in(pod: &Pod, port: u16) {
+    let netns = pod.netns.clone();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        in_netns(&netns, move || {
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind http server");
+            tx.send(()).expect("ready");
+            for conn in l.incoming() {
+                let Ok(c) = conn else { return };
+                thread::spawn(move || {
+                    let mut w = c.try_clone().expect("clone");
+                    let mut r = BufReader::new(c);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        let what = line
+                            .split_whitespace()
+                            .take(2)
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        let body = format!("served {what}\n");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if std::io::Write::write_all(&mut w, resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("http server up");
+}
+
+/// The HTTP status `curl` gets from `pod` for `url` (`None`: no HTTP answer).
+fn http_status(pod: &Pod, url: &str) -> Option<u16> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns_path(&pod.netns).display()))
+        .args([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "3",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    let code: u16 = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    (out.status.success() && code != 0).then_some(code)
+}
+
+#[test]
+fn http_rules_hold_across_nodes_on_both_sides() {
+    privileged!();
+    let Some((_serial, lab)) = demo_lab() else {
+        return;
+    };
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    let client = lab.pod("demo", "frontend-0");
+    let server = lab.pod("demo", "backend-1");
+    assert_eq!(
+        (client.node.as_str(), server.node.as_str()),
+        (n0.name.as_str(), n1.name.as_str())
+    );
+    http_server_in(&server, 9090);
+    // The backend's ingress (enforced by node 1's proxy) and the frontend's egress (node 0's
+    // proxy, whose upstream crosses the tunnel as the frontend) both have HTTP rules.
+    let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend-http, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: "9090", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/(public|admin)(/.*)?"}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-http, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: backend}}]
+    toPorts:
+    - ports: [{port: "9090", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/public(/.*)?"}]}
+"#;
+    let file = lab.state_dir().join("http-policy.yaml");
+    std::fs::write(&file, policy).expect("write policy");
+    for n in [&n0, &n1] {
+        let out = at(n, &["apply", "-f", &file.display().to_string()]);
+        assert!(out.status.success(), "apply at {}: {}", n.name, text(&out));
+    }
+    let url = |path: &str| format!("http://{}:9090{path}", server.ip);
+    poll(Duration::from_secs(10), || {
+        (http_status(&client, &url("/public/x")) == Some(200)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("GET /public/x across nodes never answered 200"));
+    // Refused by the client's own egress rule on node 0.
+    assert_eq!(http_status(&client, &url("/admin")), Some(403));
+    // Refused by the server's ingress rule on node 1 (the egress rule allows every GET /public).
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns_path(&client.netns).display()))
+        .args([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "3",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .arg(url("/public"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "POST /public");
+
+    // Node 1's proxy judged the real client: its L7 flows name frontend-0 on node 0.
+    let flows = poll(Duration::from_secs(10), || {
+        let f = observe(&n1, &["--type", "l7", "--last", "100"]);
+        f.iter()
+            .any(|f| {
+                f["l7"]["type"] == "REQUEST"
+                    && f["verdict"] == "FORWARDED"
+                    && pod_of(&f["source"]) == "demo/frontend-0"
+                    && pod_of(&f["destination"]) == "demo/backend-1"
+            })
+            .then_some(f)
+    })
+    .unwrap_or_else(|| panic!("no forwarded L7 request from frontend-0 on {}", n1.name));
+    assert!(
+        flows.iter().any(|f| f["trafficDirection"] == "INGRESS"),
+        "{flows:#?}"
+    );
+    // And node 0's proxy reports the egress side, with the request it refused.
+    poll(Duration::from_secs(10), || {
+        observe(&n0, &["--type", "l7", "--last", "100"])
+            .iter()
+            .any(|f| {
+                f["trafficDirection"] == "EGRESS"
+                    && f["verdict"] == "DROPPED"
+                    && f["l7"]["http"]["url"]
+                        .as_str()
+                        .is_some_and(|u| u.ends_with("/admin"))
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no dropped egress L7 flow on {}", n0.name));
+}
