@@ -316,7 +316,7 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
 }
 
 #[test]
-fn killing_the_proxy_refuses_no_connection() {
+fn killing_or_stopping_the_proxy_refuses_no_connection() {
     privileged!();
     let node = Node::start("10.233.0.0/24");
     let client = node.add_pod("client", "app=client");
@@ -353,6 +353,28 @@ fn killing_the_proxy_refuses_no_connection() {
     );
     assert_ne!(pid(&node), Some(first));
     assert!(proxy_status(&node)["restarts"].as_u64() >= Some(3));
+
+    // SIGTERM (what an upgrade or `systemctl stop` sends): the proxy finishes what it serves
+    // and goes; nothing fails at all.
+    let load = HttpLoad::start(&client, &url);
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        let p = pid(&node).expect("pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM the proxy");
+        eventually("a new proxy", || pid(&node).is_some_and(|n| n != p));
+        thread::sleep(Duration::from_millis(500));
+    }
+    let (ok, in_flight, failed) = load.stop();
+    assert!(ok > 0);
+    assert_eq!(
+        (in_flight, failed.len()),
+        (0, 0),
+        "requests failed while the proxy was stopped with SIGTERM: {failed:?}"
+    );
 }
 
 /// `curl` in a loop from a pod, one connection per request, until stopped.
