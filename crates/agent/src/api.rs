@@ -382,11 +382,24 @@ async fn get_endpoint(
     }
 }
 
+/// How long a CNI ADD waits for the proxy to confirm a new pod's HTTP rules.
+const L7_APPLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn create_endpoint(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<EndpointCreateRequest>,
 ) -> Result<Response, ApiFailure> {
-    let created = blocking(move || s.manager.create(&req)).await??;
+    let manager = Arc::clone(&s.manager);
+    let created = blocking(move || manager.create(&req)).await??;
+    // A pod under HTTP rules answers its runtime once the proxy has those rules, as it does
+    // once its policy is in the maps.
+    let id = created.endpoint.id;
+    if !s.policies.wait_l7_applied(id, L7_APPLY_LIMIT).await {
+        warn!(
+            endpoint = id,
+            "the L7 proxy has not confirmed the new pod's HTTP rules yet"
+        );
+    }
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 

@@ -70,6 +70,8 @@ pub struct L7State {
     revision: u64,
     sink: Option<Box<dyn L7Sink>>,
     health: ProxyHealth,
+    /// The revision the proxy has confirmed in force, for those waiting on it.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for L7State {
@@ -92,7 +94,16 @@ impl L7State {
             revision: 0,
             sink: None,
             health: ProxyHealth::default(),
+            applied: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// What to wait on so that `endpoint`'s redirects are in force in the proxy: the revision
+    /// that holds them and a receiver of the proxy's confirmations; `None` when there is
+    /// nothing to wait for (no redirects, or no proxy to take them).
+    pub fn pending(&self, endpoint: u16) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
+        (self.sink.is_some() && self.table.contains_key(&endpoint))
+            .then(|| (self.revision, self.applied.subscribe()))
     }
 
     /// Attaches the proxy's side: it receives the snapshot now, then every change. Replaces an
@@ -110,6 +121,13 @@ impl L7State {
 
     /// Records what the supervisor knows about the proxy process.
     pub fn set_health(&mut self, health: ProxyHealth) {
+        if let Some(r) = health.applied_revision {
+            self.applied.send_if_modified(|a| {
+                let newer = r > *a;
+                *a = (*a).max(r);
+                newer
+            });
+        }
         self.health = health;
     }
 

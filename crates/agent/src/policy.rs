@@ -918,6 +918,18 @@ impl PolicyManager {
         lock(&self.l7).endpoint(endpoint).to_vec()
     }
 
+    /// Waits (at most `limit`) until the node's proxy confirms the redirects `endpoint` has now,
+    /// so its first connection finds its rules there; true when confirmed or there is nothing
+    /// to wait for. On a timeout the datapath still refuses what the proxy cannot judge.
+    pub async fn wait_l7_applied(&self, endpoint: u16, limit: std::time::Duration) -> bool {
+        let Some((revision, mut applied)) = lock(&self.l7).pending(endpoint) else {
+            return true;
+        };
+        tokio::time::timeout(limit, applied.wait_for(|a| *a >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Records the proxy process's state (from its supervisor), for `status`.
     pub fn set_proxy_health(&self, health: ProxyHealth) {
         lock(&self.l7).set_health(health);

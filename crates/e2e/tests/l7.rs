@@ -461,3 +461,24 @@ fn restarting_the_agent_leaves_the_proxy_serving() {
         get(&client, &format!("{base}/private")).map(|r| r.0) == Some(200)
     });
 }
+
+#[test]
+fn a_new_pod_under_http_rules_is_judged_from_its_first_request() {
+    privileged!();
+    let node = Node::start("10.235.0.0/24");
+    // The policy first: the proxy starts with the first pod it selects, and that pod's ADD
+    // returns once the proxy has its rules.
+    node.apply("web-l7.yaml", INGRESS_POLICY);
+    let client = node.add_pod("client", "app=client");
+    let web = node.add_pod("web", "app=web");
+    http_server(&web, 80);
+    let base = format!("http://{}", web.ip);
+    assert_eq!(
+        get(&client, &format!("{base}/private")).map(|r| r.0),
+        Some(403)
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/public")).map(|r| r.0),
+        Some(200)
+    );
+}
