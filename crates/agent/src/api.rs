@@ -332,7 +332,10 @@ pub fn collect_status(s: &AppState) -> Status {
         cluster,
         datapath_repairs: m.datapath_repairs,
         endpoints_vanished: m.endpoints_vanished,
-        proxy: Some(pol.proxy),
+        proxy: Some(ciliate_model::api::ProxyStatus {
+            redirected_packets: s.manager.datapath().proxy_redirects(),
+            ..pol.proxy
+        }),
     }
 }
 

@@ -220,6 +220,7 @@ impl L7State {
             restarts: self.health.restarts,
             requests: self.health.requests,
             pid: self.health.pid,
+            redirected_packets: 0,
         }
     }
 

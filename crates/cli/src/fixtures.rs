@@ -27,6 +27,7 @@ pub fn status() -> Status {
             restarts: Some(1),
             requests: Some(12),
             pid: Some(4242),
+            redirected_packets: 96,
         }),
         node: "node-1".into(),
         version: "0.1.0".into(),

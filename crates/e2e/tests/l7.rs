@@ -291,6 +291,8 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
         get(&client, &format!("{base}/admin")).map(|r| r.0),
         Some(403)
     );
+    // The proxy reports its counters every second while they change: let them settle.
+    thread::sleep(Duration::from_millis(1500));
     let before = proxy_status(&node);
     // Port 8080 is allowed at L4 only: it never detours through the proxy.
     for _ in 0..5 {
@@ -299,10 +301,16 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
             Some(200)
         );
     }
+    thread::sleep(Duration::from_millis(1500));
     let after = proxy_status(&node);
     assert_eq!(
-        before["requests"], after["requests"],
+        (&before["requests"], &before["redirectedPackets"]),
+        (&after["requests"], &after["redirectedPackets"]),
         "L4-only connections went through the proxy: {before} -> {after}"
+    );
+    assert!(
+        before["redirectedPackets"].as_u64() > Some(0),
+        "the HTTP requests before were redirected: {before}"
     );
     eventually("an egress L7 flow", || {
         l7_flows(&node).iter().any(|f| {

@@ -144,6 +144,10 @@ pub struct ProxyStatus {
     /// The proxy's process id (filled by the supervisor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Packets the datapath handed to the proxy's sockets (both directions): connections
+    /// without HTTP rules never add to it.
+    #[serde(default)]
+    pub redirected_packets: u64,
 }
 
 /// Counters that are zero are left out of [`Status`], as they were before they existed.

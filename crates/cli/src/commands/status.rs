@@ -182,6 +182,10 @@ fn proxy(s: &Status) -> String {
     if let Some(n) = p.restarts {
         out.push_str(&format!("; {n} restarts"));
     }
+    if let Some(pid) = p.pid {
+        out.push_str(&format!("; pid {pid}"));
+    }
+    out.push_str(&format!("; {} packets redirected", p.redirected_packets));
     out
 }
 
@@ -227,7 +231,7 @@ mod tests {
             "Identities:   2\n",
             "Services:     2 (5 backends)\n",
             "Policies:     1\n",
-            "L7 proxy:     up; listeners 15001 (egress HTTP), 15002 (ingress HTTP); 2 redirects on 1 endpoints (revision 7), revision 7 applied; 12 requests; 1 restarts\n",
+            "L7 proxy:     up; listeners 15001 (egress HTTP), 15002 (ingress HTTP); 2 redirects on 1 endpoints (revision 7), revision 7 applied; 12 requests; 1 restarts; pid 4242; 96 packets redirected\n",
             "Cluster:      connected to etcd http://172.31.0.1:2379; 2 nodes (node-1, node-2), 4 identities, 2 remote endpoints; overlay ciliate_vxlan\n",
             "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
             "Problems:     ct map 95% full\n              kubernetes source unreachable\n",
