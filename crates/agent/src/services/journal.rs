@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use ciliate_model::k8s::ObjectKey;
+use ciliate_model::k8s::{Object, ObjectKey};
 use ciliate_model::manifest::ApplyDocument;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -54,6 +54,68 @@ impl Record {
             kind,
             namespace,
             name,
+        }
+    }
+}
+
+/// A journal line written straight from a typed object: the same line as a [`Record`] of
+/// that object's document ([`Object::to_value`]), without building the document first (at
+/// 10,000 Services, building 20,000 documents to write them was most of the journal's cost).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ObjectRecord<'a> {
+    /// [`Record::Put`].
+    Put {
+        /// Where the object came from.
+        source: &'a str,
+        /// Its document's index there.
+        index: usize,
+        /// The object, as a manifest document.
+        object: Manifest<'a>,
+    },
+    /// [`Record::Del`].
+    Del {
+        /// Its kind.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: &'a str,
+        /// Its name.
+        name: &'a str,
+    },
+}
+
+impl<'a> ObjectRecord<'a> {
+    /// A delete record for `key`.
+    pub fn del(key: &'a ObjectKey) -> Self {
+        Self::Del {
+            kind: key.kind.as_str(),
+            namespace: &key.namespace,
+            name: &key.name,
+        }
+    }
+}
+
+/// An object serialised as its manifest document: `apiVersion`, `kind`, then its fields.
+#[derive(Clone, Copy, Debug)]
+pub struct Manifest<'a>(pub &'a Object);
+
+impl Serialize for Manifest<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Doc<'a, T> {
+            #[serde(rename = "apiVersion")]
+            api_version: &'static str,
+            kind: &'static str,
+            #[serde(flatten)]
+            fields: &'a T,
+        }
+        let kind = self.0.kind();
+        let (api_version, kind) = (kind.api_version(), kind.as_str());
+        match self.0 {
+            Object::Service(fields) => Doc { api_version, kind, fields }.serialize(s),
+            Object::EndpointSlice(fields) => Doc { api_version, kind, fields }.serialize(s),
+            Object::Endpoints(fields) => Doc { api_version, kind, fields }.serialize(s),
+            Object::Namespace(fields) => Doc { api_version, kind, fields }.serialize(s),
         }
     }
 }
@@ -170,7 +232,7 @@ impl Journal {
 
     /// Appends `records` durably: one write, one `fdatasync`. On error nothing of them counts
     /// (a torn tail is ignored on the next open).
-    pub fn append(&mut self, records: &[Record]) -> Result<(), StateError> {
+    pub fn append<R: Serialize>(&mut self, records: &[R]) -> Result<(), StateError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -278,6 +340,46 @@ mod tests {
         .expect("write");
         let e = Journal::open(tmp.path(), "api").expect_err("corrupt");
         assert!(e.to_string().contains("api.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn object_records_read_back_as_the_records_of_their_documents() {
+        use ciliate_model::manifest::decode;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let object = decode(&ApplyDocument {
+            source: "t".into(),
+            index: 1,
+            object: json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-a", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "UDP"}],
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "n1"}]}),
+        })
+        .expect("decodes");
+        let (mut j, _) = Journal::open(tmp.path(), "api").expect("opens");
+        j.append(&[
+            ObjectRecord::Put {
+                source: "f.yaml",
+                index: 3,
+                object: Manifest(&object),
+            },
+            ObjectRecord::del(&key("b")),
+        ])
+        .expect("appends");
+        drop(j);
+        let text = std::fs::read_to_string(tmp.path().join("api.jsonl")).expect("read");
+        let records: Vec<Record> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a record"))
+            .collect();
+        let doc = ApplyDocument {
+            source: "f.yaml".into(),
+            index: 3,
+            object: object.to_value(),
+        };
+        assert_eq!(records, vec![Record::Put(doc.clone()), Record::del(&key("b"))]);
+        assert_eq!(decode(&doc).expect("decodes again"), object);
     }
 
     #[test]
