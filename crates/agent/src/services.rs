@@ -38,7 +38,7 @@ pub mod journal;
 pub mod manifest_dir;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -254,6 +254,7 @@ impl Tables {
                 None => Change::Delete(key),
             });
         }
+        ciliate_lb::balancer::shrink(&mut self.rows[source.index()]);
         (changes, namespaces)
     }
 
@@ -400,23 +401,28 @@ impl ServiceManager {
         let mut rows: [Rows; 3] = Default::default();
         for source in [Source::Api, Source::ManifestDir] {
             let name = source.journal().unwrap_or_default();
-            let (mut journal, mut docs) = Journal::open(&objects_dir, name)?;
+            let (mut journal, decoded) = Journal::open_objects(&objects_dir, name)?;
             let mut path = objects_dir.join(format!("{name}.jsonl"));
-            if let Some(old) = &legacy {
+            let decoded = match &legacy {
                 // An older agent's whole-file store: its objects become the journal.
-                docs = match source {
-                    Source::Api => old.api.clone(),
-                    _ => old.manifest_dir.clone(),
-                };
-                path = store.path().to_owned();
-            }
-            let decoded = decode_all(&docs).map_err(|e| ServiceOpenError::Inconsistent {
+                Some(old) => {
+                    let docs = match source {
+                        Source::Api => old.api.clone(),
+                        _ => old.manifest_dir.clone(),
+                    };
+                    path = store.path().to_owned();
+                    let decoded = decode_all(&docs);
+                    if decoded.is_ok() {
+                        journal.rewrite(&docs)?;
+                    }
+                    decoded
+                }
+                None => decoded,
+            };
+            let decoded = decoded.map_err(|e| ServiceOpenError::Inconsistent {
                 path,
                 message: report(&e, "the agent does not start from it"),
             })?;
-            if legacy.is_some() {
-                journal.rewrite(&docs)?;
-            }
             rows[source.index()] = stored(decoded).collect();
             journals.insert(source, journal);
         }
@@ -431,7 +437,7 @@ impl ServiceManager {
                 ids = a;
             }
         }
-        match datapath.lb_state() {
+        match datapath.lb_state_written() {
             Ok(held) => ids.seed(
                 held.backends
                     .iter()
@@ -792,6 +798,9 @@ impl ServiceManager {
         let mut t = write(&self.tables);
         let mut results = Vec::new();
         let mut gone = Vec::new();
+        // What `gone` holds, to look up (a search of `gone` made deleting 10,000 Services
+        // quadratic).
+        let mut seen: HashSet<ObjectKey> = HashSet::new();
         for (key, d) in keys {
             if !t.rows[Source::Api.index()].contains_key(&key) {
                 if let Some(e) = Self::owned_elsewhere(&t, &key, d, "remove") {
@@ -799,7 +808,8 @@ impl ServiceManager {
                     continue;
                 }
             }
-            let action = if t.rows[Source::Api.index()].contains_key(&key) && !gone.contains(&key) {
+            let action = if t.rows[Source::Api.index()].contains_key(&key) && seen.insert(key.clone())
+            {
                 gone.push(key.clone());
                 ApplyAction::Deleted
             } else {

@@ -143,7 +143,23 @@ fn phases_at_n() {
         delete: false,
     })
     .expect("body");
-    println!("{n} Services and {n} EndpointSlices, a {} MB request body", body.len() / 1_000_000);
+    println!(
+        "{n} Services and {n} EndpointSlices, a {} MB request body; size_of Object {} B, Service {} B, EndpointSlice {} B",
+        body.len() / 1_000_000,
+        std::mem::size_of::<ciliate_model::k8s::Object>(),
+        std::mem::size_of::<ciliate_model::k8s::Service>(),
+        std::mem::size_of::<ciliate_model::k8s::EndpointSlice>(),
+    );
+    {
+        let req: ApplyRequest = serde_json::from_slice(&body).expect("parses");
+        let s0 = live(GLOBAL.stats());
+        let objects = ciliate_model::manifest::decode_all(&req.documents).expect("decodes");
+        println!(
+            "  the decoded objects alone: {} bytes per Service (a Service and its slice)",
+            (live(GLOBAL.stats()) - s0) / i64::from(n)
+        );
+        drop(objects);
+    }
     let base = live(GLOBAL.stats());
     let req: ApplyRequest = phase("parse the request body", || {
         serde_json::from_slice(&body).expect("parses")

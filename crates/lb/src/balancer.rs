@@ -675,7 +675,23 @@ impl Balancer {
         ] {
             v.sort_by_key(|b| b.id);
         }
+        self.shrink();
         Ok(diff)
+    }
+
+    /// Gives back the tables' room once most of it is unused (after many Services went): a
+    /// hash map keeps its capacity when emptied.
+    fn shrink(&mut self) {
+        shrink(&mut self.slices);
+        shrink(&mut self.by_service);
+        shrink(&mut self.planned);
+        shrink(&mut self.cluster_ips);
+        shrink(&mut self.claims);
+        shrink(&mut self.held);
+        shrink(&mut self.frontends);
+        shrink(&mut self.rev_nats);
+        shrink(&mut self.backend_use);
+        shrink(&mut self.backends);
     }
 
     /// The shared name of Service `n`: the batch's, or the tables', or a new one.
@@ -879,6 +895,14 @@ impl Balancer {
             }
         }
         out
+    }
+}
+
+/// Shrinks `m` when under a quarter of its room is used (rarely: only after it lost most of
+/// its entries), so that deleting Services returns their memory.
+pub fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 64 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
     }
 }
 

@@ -411,6 +411,40 @@ pub fn decode(doc: &ApplyDocument) -> Result<Object, Vec<ManifestError>> {
     }
 }
 
+/// Checks an object typed by other means than [`decode`] (the agent's journal, read straight
+/// into typed objects) as [`decode`] checks it: its namespace defaulted, then validated.
+pub fn validate_typed(
+    mut object: Object,
+    source: &str,
+    index: usize,
+) -> Result<Object, Vec<ManifestError>> {
+    let kind = object.kind();
+    let meta = object.metadata_mut();
+    meta.namespace = object_namespace(kind, std::mem::take(&mut meta.namespace));
+    let mut p = Problems::default();
+    match &object {
+        Object::Service(s) => validate_service(s, &mut p),
+        Object::EndpointSlice(s) => validate_slice(s, &mut p),
+        Object::Endpoints(e) => validate_endpoints(e, &mut p),
+        Object::Namespace(n) => validate_namespace(n, &mut p),
+    }
+    if p.0.is_empty() {
+        return Ok(object);
+    }
+    let name = object.key().to_string();
+    Err(p
+        .0
+        .into_iter()
+        .map(|(path, reason)| ManifestError {
+            source: source.to_owned(),
+            index,
+            object: name.clone(),
+            path,
+            reason,
+        })
+        .collect())
+}
+
 /// The namespace an object of `kind` is stored under: `default` when a namespaced object
 /// names none; none for a cluster-scoped one, whatever it says (Kubernetes ignores it).
 fn object_namespace(kind: Kind, written: String) -> String {
