@@ -808,13 +808,13 @@ impl ServiceManager {
                     continue;
                 }
             }
-            let action = if t.rows[Source::Api.index()].contains_key(&key) && seen.insert(key.clone())
-            {
-                gone.push(key.clone());
-                ApplyAction::Deleted
-            } else {
-                ApplyAction::NotFound
-            };
+            let action =
+                if t.rows[Source::Api.index()].contains_key(&key) && seen.insert(key.clone()) {
+                    gone.push(key.clone());
+                    ApplyAction::Deleted
+                } else {
+                    ApplyAction::NotFound
+                };
             results.push(ApplyOutcome {
                 key,
                 action,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use ciliate_agent::services::{ServiceManager, ServiceSettings};
 use ciliate_datapath::{Datapath, FakeDatapath};
 use ciliate_model::manifest::{ApplyDocument, ApplyRequest};
-use serde_json::json;
 use nix::time::{clock_gettime, ClockId};
+use serde_json::json;
 use stats_alloc::{Stats, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

@@ -29,7 +29,8 @@ use ciliate_model::service::{BackendView, FrontendView, ServiceView};
 
 use crate::alloc::{BackendKey, FrontendKey, IdAllocator, MAX_REV_NAT};
 use crate::{
-    cluster_ip_addr, plan_port, port_keys, Conflict, ConflictKind, LbDiff, LbError, Node, PlannedFrontend,
+    cluster_ip_addr, plan_port, port_keys, Conflict, ConflictKind, LbDiff, LbError, Node,
+    PlannedFrontend,
 };
 
 /// A sorted set that is nearly always of one element (the Services claiming one address, the

@@ -112,10 +112,30 @@ impl Serialize for Manifest<'_> {
         let kind = self.0.kind();
         let (api_version, kind) = (kind.api_version(), kind.as_str());
         match self.0 {
-            Object::Service(fields) => Doc { api_version, kind, fields }.serialize(s),
-            Object::EndpointSlice(fields) => Doc { api_version, kind, fields }.serialize(s),
-            Object::Endpoints(fields) => Doc { api_version, kind, fields }.serialize(s),
-            Object::Namespace(fields) => Doc { api_version, kind, fields }.serialize(s),
+            Object::Service(fields) => Doc {
+                api_version,
+                kind,
+                fields,
+            }
+            .serialize(s),
+            Object::EndpointSlice(fields) => Doc {
+                api_version,
+                kind,
+                fields,
+            }
+            .serialize(s),
+            Object::Endpoints(fields) => Doc {
+                api_version,
+                kind,
+                fields,
+            }
+            .serialize(s),
+            Object::Namespace(fields) => Doc {
+                api_version,
+                kind,
+                fields,
+            }
+            .serialize(s),
         }
     }
 }
@@ -513,7 +533,10 @@ mod tests {
             index: 3,
             object: object.to_value(),
         };
-        assert_eq!(records, vec![Record::Put(doc.clone()), Record::del(&key("b"))]);
+        assert_eq!(
+            records,
+            vec![Record::Put(doc.clone()), Record::del(&key("b"))]
+        );
         assert_eq!(decode(&doc).expect("decodes again"), object);
     }
 
@@ -521,8 +544,14 @@ mod tests {
     fn objects_are_read_back_typed_and_checked_as_documents_are() {
         use ciliate_model::manifest::decode;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let a = decode(&doc("a", 80)).expect("decodes");
-        let b = decode(&doc("b", 81)).expect("decodes");
+        // Documents as an older agent wrote them: keys in any order.
+        let svc = |name: &str, port: u16| ApplyDocument {
+            source: "t".into(),
+            index: 1,
+            object: json!({"spec": {"clusterIP": format!("10.96.0.{port}"), "ports": [{"port": port}]}, "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "apiVersion": "v1"}),
+        };
+        let a = decode(&svc("a", 80)).expect("decodes");
+        let b = decode(&svc("b", 81)).expect("decodes");
         let (mut j, objects) = Journal::open_objects(tmp.path(), "api").expect("opens");
         assert!(objects.expect("valid").is_empty());
         let put = |o| ObjectRecord::Put {
@@ -532,8 +561,7 @@ mod tests {
         };
         j.append(&[put(&a), put(&b)]).expect("appends");
         j.append(&[ObjectRecord::del(&key("a"))]).expect("appends");
-        // A document as an older agent wrote it (keys sorted, namespace left out) reads the same.
-        j.append(&[Record::Put(doc("c", 82))]).expect("appends");
+        j.append(&[Record::Put(svc("c", 82))]).expect("appends");
         drop(j);
         let (_, objects) = Journal::open_objects(tmp.path(), "api").expect("reopens");
         let objects: Vec<Object> = objects
@@ -541,7 +569,7 @@ mod tests {
             .into_iter()
             .map(|d| d.object)
             .collect();
-        assert_eq!(objects, vec![b, decode(&doc("c", 82)).expect("decodes")]);
+        assert_eq!(objects, vec![b, decode(&svc("c", 82)).expect("decodes")]);
 
         // An object that no longer validates is reported, not loaded.
         std::fs::write(
