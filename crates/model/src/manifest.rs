@@ -459,8 +459,8 @@ fn object_namespace(kind: Kind, written: String) -> String {
 
 /// Decodes a value into `T`, recording where and why it does not fit.
 fn typed<T: serde::de::DeserializeOwned>(v: &serde_json::Value, p: &mut Problems) -> Option<T> {
-    // From the borrowed value: a copy of each document first was a tenth of applying 10,000
-    // Services.
+    // From the borrowed value, not a copy of it: copying each of 20,000 documents first was
+    // a good part of decoding a batch of 10,000 Services.
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
