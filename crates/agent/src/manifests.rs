@@ -9,6 +9,8 @@
 //! endpoint's policy is rewritten before the answer, so that `ciliate policy import`
 //! returning means the policy is in force.
 
+use std::borrow::Cow;
+
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, ManifestError,
 };
@@ -79,7 +81,15 @@ pub fn apply(
             reason: "required value: no documents to apply".into(),
         }]));
     }
-    let (policy_docs, other_docs) = split(&req.documents);
+    // A batch without policies (10,000 Services, say) goes to the Service store as it is:
+    // copying its documents was a tenth of applying it.
+    let (policy_docs, other_docs): (Vec<ApplyDocument>, Cow<'_, [ApplyDocument]>) =
+        if req.documents.iter().any(|d| is_policy_document(&d.object)) {
+            let (p, o) = split(&req.documents);
+            (p, Cow::Owned(o))
+        } else {
+            (Vec::new(), Cow::Borrowed(&req.documents))
+        };
     let prepared = if policy_docs.is_empty() {
         None
     } else {
@@ -95,10 +105,7 @@ pub fn apply(
     let mut result = if other_docs.is_empty() {
         ApplyResult::default()
     } else {
-        services.apply(&ApplyRequest {
-            documents: other_docs,
-            delete: req.delete,
-        })?
+        services.apply_documents_of(&other_docs, req.delete)?
     };
     // Namespace labels are part of pods' identity labels: a change of them is a change of
     // policy, in force before the answer like one.

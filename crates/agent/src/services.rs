@@ -38,7 +38,7 @@ pub mod journal;
 pub mod manifest_dir;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::state::StateError;
-use journal::{Journal, Record};
+use journal::{Journal, Manifest, ObjectRecord};
 use store::ServiceStore;
 
 /// How often a failed datapath write is retried (and, as a safety net, the manifest directory
@@ -177,16 +177,17 @@ pub enum SourceEvent {
 #[derive(Clone, Debug)]
 struct Stored {
     object: Arc<Object>,
-    source: String,
+    /// Shared by the rows of one file or request.
+    source: Arc<str>,
     index: usize,
 }
 
 impl Stored {
-    fn document(&self) -> ApplyDocument {
-        ApplyDocument {
-            source: self.source.clone(),
+    fn record(&self) -> ObjectRecord<'_> {
+        ObjectRecord::Put {
+            source: &self.source,
             index: self.index,
-            object: self.object.to_value(),
+            object: Manifest(&self.object),
         }
     }
 
@@ -253,6 +254,7 @@ impl Tables {
                 None => Change::Delete(key),
             });
         }
+        ciliate_lb::balancer::shrink(&mut self.rows[source.index()]);
         (changes, namespaces)
     }
 
@@ -325,15 +327,26 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
-fn stored(d: ciliate_model::manifest::Decoded) -> (ObjectKey, Stored) {
-    (
-        d.object.key(),
-        Stored {
-            object: Arc::new(d.object),
-            source: d.source,
-            index: d.index,
-        },
-    )
+/// Rows of decoded objects; consecutive objects of one source share its name.
+fn stored(
+    decoded: Vec<ciliate_model::manifest::Decoded>,
+) -> impl Iterator<Item = (ObjectKey, Stored)> {
+    let mut last: Option<Arc<str>> = None;
+    decoded.into_iter().map(move |d| {
+        let source = match &last {
+            Some(s) if **s == *d.source => Arc::clone(s),
+            _ => Arc::<str>::from(d.source),
+        };
+        last = Some(Arc::clone(&source));
+        (
+            d.object.key(),
+            Stored {
+                object: Arc::new(d.object),
+                source,
+                index: d.index,
+            },
+        )
+    })
 }
 
 fn conflict_error(
@@ -388,24 +401,29 @@ impl ServiceManager {
         let mut rows: [Rows; 3] = Default::default();
         for source in [Source::Api, Source::ManifestDir] {
             let name = source.journal().unwrap_or_default();
-            let (mut journal, mut docs) = Journal::open(&objects_dir, name)?;
+            let (mut journal, decoded) = Journal::open_objects(&objects_dir, name)?;
             let mut path = objects_dir.join(format!("{name}.jsonl"));
-            if let Some(old) = &legacy {
+            let decoded = match &legacy {
                 // An older agent's whole-file store: its objects become the journal.
-                docs = match source {
-                    Source::Api => old.api.clone(),
-                    _ => old.manifest_dir.clone(),
-                };
-                path = store.path().to_owned();
-            }
-            let decoded = decode_all(&docs).map_err(|e| ServiceOpenError::Inconsistent {
+                Some(old) => {
+                    let docs = match source {
+                        Source::Api => old.api.clone(),
+                        _ => old.manifest_dir.clone(),
+                    };
+                    path = store.path().to_owned();
+                    let decoded = decode_all(&docs);
+                    if decoded.is_ok() {
+                        journal.rewrite(&docs)?;
+                    }
+                    decoded
+                }
+                None => decoded,
+            };
+            let decoded = decoded.map_err(|e| ServiceOpenError::Inconsistent {
                 path,
                 message: report(&e, "the agent does not start from it"),
             })?;
-            if legacy.is_some() {
-                journal.rewrite(&docs)?;
-            }
-            rows[source.index()] = decoded.into_iter().map(stored).collect();
+            rows[source.index()] = stored(decoded).collect();
             journals.insert(source, journal);
         }
         if legacy.is_some() {
@@ -419,7 +437,7 @@ impl ServiceManager {
                 ids = a;
             }
         }
-        match datapath.lb_state() {
+        match datapath.lb_state_written() {
             Ok(held) => ids.seed(
                 held.backends
                     .iter()
@@ -521,7 +539,7 @@ impl ServiceManager {
     }
 
     /// Persists `records` in the journal of `source` (if it has one).
-    fn persist(&self, source: Source, records: &[Record]) -> Result<(), StateError> {
+    fn persist(&self, source: Source, records: &[ObjectRecord]) -> Result<(), StateError> {
         let mut journals = lock(&self.journals);
         let Some(j) = journals.get_mut(&source) else {
             return Ok(());
@@ -606,7 +624,16 @@ impl ServiceManager {
     /// Applies or deletes the documents of `req`, all or nothing, then writes the datapath (a
     /// failed write is a warning of the answer: the objects are applied and the write retried).
     pub fn apply(&self, req: &ApplyRequest) -> Result<ApplyResult, ServiceError> {
-        if req.documents.is_empty() {
+        self.apply_documents_of(&req.documents, req.delete)
+    }
+
+    /// [`ServiceManager::apply`] of documents borrowed from a larger request.
+    pub fn apply_documents_of(
+        &self,
+        documents: &[ApplyDocument],
+        delete: bool,
+    ) -> Result<ApplyResult, ServiceError> {
+        if documents.is_empty() {
             return Err(ServiceError::Invalid(vec![ManifestError {
                 source: "request".into(),
                 index: 0,
@@ -616,10 +643,10 @@ impl ServiceManager {
             }]));
         }
         let started = Instant::now();
-        let (mut result, written) = if req.delete {
-            self.delete_documents(&req.documents)?
+        let (mut result, written) = if delete {
+            self.delete_documents(documents)?
         } else {
-            self.apply_documents(&req.documents)?
+            self.apply_documents(documents)?
         };
         if let Err(e) = written {
             result.warnings.push(format!(
@@ -629,11 +656,11 @@ impl ServiceManager {
             ));
         }
         info!(
-            documents = req.documents.len(),
-            delete = req.delete,
+            documents = documents.len(),
+            delete = delete,
             elapsed_us = started.elapsed().as_micros() as u64,
             "manifests {}",
-            if req.delete { "deleted" } else { "applied" }
+            if delete { "deleted" } else { "applied" }
         );
         Ok(result)
     }
@@ -675,8 +702,7 @@ impl ServiceManager {
         let mut results = Vec::with_capacity(decoded.len());
         let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
         let mut by_doc: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
-        for (d, doc) in decoded.into_iter().zip(docs) {
-            let (key, row) = stored(d);
+        for ((key, row), doc) in stored(decoded).zip(docs) {
             if let Some(e) = Self::owned_elsewhere(&t, &key, doc, "change") {
                 errors.push(e);
                 continue;
@@ -689,11 +715,11 @@ impl ServiceManager {
             results.push(ApplyOutcome {
                 key: key.clone(),
                 action,
-                source: row.source.clone(),
+                source: row.source.to_string(),
                 index: row.index,
             });
             if action != ApplyAction::Unchanged {
-                by_doc.insert(key.clone(), (row.source.clone(), row.index));
+                by_doc.insert(key.clone(), (row.source.to_string(), row.index));
                 rows.push((key, row));
             }
         }
@@ -735,10 +761,7 @@ impl ServiceManager {
         t.balancer
             .check(&preview)
             .map_err(ServiceError::Exhausted)?;
-        let records: Vec<Record> = rows
-            .iter()
-            .map(|(_, r)| Record::Put(r.document()))
-            .collect();
+        let records: Vec<ObjectRecord> = rows.iter().map(|(_, r)| r.record()).collect();
         self.persist(Source::Api, &records)
             .map_err(ServiceError::State)?;
         let (changes, namespaces) =
@@ -775,6 +798,9 @@ impl ServiceManager {
         let mut t = write(&self.tables);
         let mut results = Vec::new();
         let mut gone = Vec::new();
+        // What `gone` holds, to look up (a search of `gone` made deleting 10,000 Services
+        // quadratic).
+        let mut seen: HashSet<ObjectKey> = HashSet::new();
         for (key, d) in keys {
             if !t.rows[Source::Api.index()].contains_key(&key) {
                 if let Some(e) = Self::owned_elsewhere(&t, &key, d, "remove") {
@@ -782,12 +808,13 @@ impl ServiceManager {
                     continue;
                 }
             }
-            let action = if t.rows[Source::Api.index()].contains_key(&key) && !gone.contains(&key) {
-                gone.push(key.clone());
-                ApplyAction::Deleted
-            } else {
-                ApplyAction::NotFound
-            };
+            let action =
+                if t.rows[Source::Api.index()].contains_key(&key) && seen.insert(key.clone()) {
+                    gone.push(key.clone());
+                    ApplyAction::Deleted
+                } else {
+                    ApplyAction::NotFound
+                };
             results.push(ApplyOutcome {
                 key,
                 action,
@@ -798,7 +825,7 @@ impl ServiceManager {
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
-        let records: Vec<Record> = gone.iter().map(Record::del).collect();
+        let records: Vec<ObjectRecord> = gone.iter().map(ObjectRecord::del).collect();
         self.persist(Source::Api, &records)
             .map_err(ServiceError::State)?;
         let (changes, namespaces) = t.set_rows(Source::Api, gone.into_iter().map(|k| (k, None)));
@@ -840,14 +867,14 @@ impl ServiceManager {
                 for name in files.changed {
                     let docs = files.files.get(name.as_str()).copied().unwrap_or_default();
                     match decode_all(docs) {
-                        Ok(decoded) => next.extend(decoded.into_iter().map(stored)),
+                        Ok(decoded) => next.extend(stored(decoded)),
                         Err(e) => problems.extend(e.iter().map(ToString::to_string)),
                     }
                 }
                 // An object defined by an unchanged file as well.
                 for (k, r) in &next {
                     if let Some(other) = current.get(k) {
-                        if !files.changed.contains(&other.source) {
+                        if !files.changed.contains(&*other.source) {
                             problems.push(format!(
                                 "{}: {k} is defined by {} too; keep one",
                                 r.source, other.source
@@ -860,7 +887,7 @@ impl ServiceManager {
                 }
                 let mut rows: Vec<(ObjectKey, Option<Stored>)> = current
                     .iter()
-                    .filter(|(k, r)| files.changed.contains(&r.source) && !next.contains_key(*k))
+                    .filter(|(k, r)| files.changed.contains(&*r.source) && !next.contains_key(*k))
                     .map(|(k, _)| (k.clone(), None))
                     .collect();
                 for (k, r) in next {
@@ -875,11 +902,11 @@ impl ServiceManager {
                 if rows.is_empty() {
                     return Ok(false);
                 }
-                let records: Vec<Record> = rows
+                let records: Vec<ObjectRecord> = rows
                     .iter()
                     .map(|(k, r)| match r {
-                        Some(r) => Record::Put(r.document()),
-                        None => Record::del(k),
+                        Some(r) => r.record(),
+                        None => ObjectRecord::del(k),
                     })
                     .collect();
                 self.persist(Source::ManifestDir, &records)
@@ -906,7 +933,7 @@ impl ServiceManager {
                 key,
                 Stored {
                     object: Arc::new(object),
-                    source: KUBERNETES_SOURCE.to_owned(),
+                    source: Arc::from(KUBERNETES_SOURCE),
                     index: 0,
                 },
             )
@@ -996,7 +1023,7 @@ impl ServiceManager {
             name: name.to_owned(),
         };
         match t.effective(&key) {
-            Some((Source::ManifestDir, r)) => r.source.clone(),
+            Some((Source::ManifestDir, r)) => r.source.to_string(),
             Some((Source::Kubernetes, _)) => KUBERNETES_SOURCE.to_owned(),
             Some((Source::Api, _)) => API_SOURCE.to_owned(),
             None => String::new(),
@@ -1016,7 +1043,7 @@ impl ServiceManager {
     /// One Service.
     pub fn get(&self, namespace: &str, name: &str) -> Option<ServiceView> {
         let t = read(&self.tables);
-        let n: ServiceName = (namespace.to_owned(), name.to_owned());
+        let n: ServiceName = Arc::new((namespace.to_owned(), name.to_owned()));
         let mut v = t.balancer.view(&n)?;
         v.source = Self::source_of(&t, namespace, name);
         Some(v)

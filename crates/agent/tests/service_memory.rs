@@ -2,6 +2,12 @@
 //! Services with one two-endpoint EndpointSlice each: the store's part of the agent's memory,
 //! without the transient peaks of parsing a request. A measurement, not a check: run with
 //! `cargo test --release -p ciliate-agent --test service_memory -- --ignored --nocapture`.
+//!
+//! `phases_at_n` measures the store's work per phase of the bench (`bench/services-scale.sh`)
+//! without the kernel: the request body parsed, applying N, deleting them, reopening the state
+//! directory (a restart): this thread's CPU time, allocations and heap bytes (live after, and
+//! allocated during). CPU time varies with the machine; allocation counts and bytes do not.
+//! `SERVICES=50000` for the scale step.
 
 use std::alloc::System;
 use std::sync::Arc;
@@ -9,8 +15,9 @@ use std::sync::Arc;
 use ciliate_agent::services::{ServiceManager, ServiceSettings};
 use ciliate_datapath::{Datapath, FakeDatapath};
 use ciliate_model::manifest::{ApplyDocument, ApplyRequest};
+use nix::time::{clock_gettime, ClockId};
 use serde_json::json;
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+use stats_alloc::{Stats, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -82,4 +89,99 @@ fn heap_bytes_per_service_at_10k() {
         (after.bytes_allocated - before.bytes_allocated) / 1_000_000
     );
     drop(m);
+}
+
+fn cpu_ms() -> f64 {
+    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).expect("thread clock");
+    t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6
+}
+
+fn live(s: Stats) -> i64 {
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
+}
+
+/// Runs `f`, printing its CPU time, allocations and heap.
+fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let (s0, c0) = (GLOBAL.stats(), cpu_ms());
+    let out = f();
+    let (s1, c1) = (GLOBAL.stats(), cpu_ms());
+    println!(
+        "{name:<28} cpu {:>8.1} ms  allocs {:>9}  allocated {:>6} MB  live after {:>7.1} MB (change {:>+7.1} MB)",
+        c1 - c0,
+        s1.allocations - s0.allocations,
+        (s1.bytes_allocated - s0.bytes_allocated) / 1_000_000,
+        live(s1) as f64 / 1e6,
+        (live(s1) - live(s0)) as f64 / 1e6,
+    );
+    out
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn phases_at_n() {
+    let n: u32 = std::env::var("SERVICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let settings = ServiceSettings {
+        node_name: "node-a".into(),
+        ..ServiceSettings::default()
+    };
+    let open = || {
+        ServiceManager::open(
+            settings.clone(),
+            tmp.path(),
+            Arc::clone(&dp) as Arc<dyn Datapath>,
+        )
+        .expect("opens")
+    };
+    let m = open();
+    let body = serde_json::to_vec(&ApplyRequest {
+        documents: docs(n),
+        delete: false,
+    })
+    .expect("body");
+    println!(
+        "{n} Services and {n} EndpointSlices, a {} MB request body; size_of Object {} B, Service {} B, EndpointSlice {} B",
+        body.len() / 1_000_000,
+        std::mem::size_of::<ciliate_model::k8s::Object>(),
+        std::mem::size_of::<ciliate_model::k8s::Service>(),
+        std::mem::size_of::<ciliate_model::k8s::EndpointSlice>(),
+    );
+    {
+        let req: ApplyRequest = serde_json::from_slice(&body).expect("parses");
+        let s0 = live(GLOBAL.stats());
+        let objects = ciliate_model::manifest::decode_all(&req.documents).expect("decodes");
+        println!(
+            "  the decoded objects alone: {} bytes per Service (a Service and its slice)",
+            (live(GLOBAL.stats()) - s0) / i64::from(n)
+        );
+        drop(objects);
+    }
+    let base = live(GLOBAL.stats());
+    let req: ApplyRequest = phase("parse the request body", || {
+        serde_json::from_slice(&body).expect("parses")
+    });
+    phase("apply N", || m.apply(&req).expect("applies"));
+    phase("drop the request", || drop(req));
+    println!(
+        "  the store (and the fake datapath's copy) holds {} bytes per Service",
+        (live(GLOBAL.stats()) - base) / i64::from(n)
+    );
+    phase("list", || m.list().len());
+    drop(m);
+    let m = phase("reopen (restart)", open);
+    let req: ApplyRequest = serde_json::from_slice(&body).expect("parses");
+    let req = ApplyRequest {
+        delete: true,
+        ..req
+    };
+    phase("delete N", || m.apply(&req).expect("deletes"));
+    drop(req);
+    println!(
+        "  after deleting all: {} bytes per Service still live",
+        (live(GLOBAL.stats()) - base) / i64::from(n)
+    );
 }

@@ -18,6 +18,7 @@
 //! id, within a batch too (ids are freed only after the batch's new ones are given), so a
 //! Service update never renumbers what conntrack entries name.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -28,7 +29,8 @@ use ciliate_model::service::{BackendView, FrontendView, ServiceView};
 
 use crate::alloc::{BackendKey, FrontendKey, IdAllocator, MAX_REV_NAT};
 use crate::{
-    cluster_ip, plan_port, Conflict, ConflictKind, LbDiff, LbError, Node, PlannedFrontend,
+    cluster_ip_addr, plan_port, port_keys, Conflict, ConflictKind, LbDiff, LbError, Node,
+    PlannedFrontend,
 };
 
 /// A sorted set that is nearly always of one element (the Services claiming one address, the
@@ -95,8 +97,9 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
     }
 }
 
-/// A Service's namespace and name.
-pub type ServiceName = (String, String);
+/// A Service's namespace and name, shared: the balancer's tables name each Service several
+/// times (its objects, plan, claims, holdings), and one copy of the strings serves them all.
+pub type ServiceName = Arc<(String, String)>;
 
 /// One change of a batch.
 #[derive(Clone, Debug)]
@@ -164,6 +167,10 @@ pub struct Balancer {
 }
 
 fn service_name(o: &Object) -> Option<ServiceName> {
+    raw_name(o).map(Arc::new)
+}
+
+fn raw_name(o: &Object) -> Option<(String, String)> {
     match o {
         Object::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
         Object::EndpointSlice(s) => s
@@ -260,7 +267,7 @@ impl Balancer {
                     }
                 }
                 Change::Delete(k) if k.kind == Kind::Service => {
-                    batch.insert((k.namespace.clone(), k.name.clone()), None);
+                    batch.insert(Arc::new((k.namespace.clone(), k.name.clone())), None);
                 }
                 Change::Delete(_) => {}
             }
@@ -327,14 +334,27 @@ impl Balancer {
         out
     }
 
-    /// A Service's cluster IP and frontend keys (what it claims), without backends.
+    /// A Service's cluster IP and frontend keys (what it claims, deduplicated, in plan
+    /// order), without planning its backends.
     fn frontend_keys_of(&self, svc: &Service) -> (Option<Ipv4Addr>, Vec<FrontendKey>) {
-        let planned = self.plan(svc, &[]);
-        (planned.cluster_ip, planned.keys)
+        let cip = cluster_ip_addr(svc);
+        let balanced =
+            svc.spec.service_type != ServiceType::ExternalName && !svc.spec.is_headless();
+        let mut keys: Vec<FrontendKey> = Vec::new();
+        if balanced {
+            for sp in &svc.spec.ports {
+                for k in port_keys(svc, sp, &self.node) {
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+        (cip, keys)
     }
 
     fn plan(&self, svc: &Service, slices: &[&EndpointSlice]) -> Planned {
-        let cip = cluster_ip(svc).parse::<Ipv4Addr>().ok();
+        let cip = cluster_ip_addr(svc);
         let mut planned = Planned {
             cluster_ip: cip,
             ..Planned::default()
@@ -359,13 +379,14 @@ impl Balancer {
         planned
     }
 
-    /// The slices of a Service, sorted by name as [`crate::compute`] sorts them.
-    fn slices_of(&self, name: &ServiceName) -> Vec<EndpointSlice> {
-        let mut out: Vec<EndpointSlice> = Vec::new();
+    /// The slices of a Service, sorted by name as [`crate::compute`] sorts them: borrowed,
+    /// but for `v1/Endpoints`, converted.
+    fn slices_of(&self, name: &ServiceName) -> Vec<Cow<'_, EndpointSlice>> {
+        let mut out: Vec<Cow<'_, EndpointSlice>> = Vec::new();
         for key in self.by_service.get(name).into_iter().flatten() {
             match self.slices.get(key).map(|(_, o)| o.as_ref()) {
-                Some(Object::EndpointSlice(s)) => out.push(s.clone()),
-                Some(Object::Endpoints(e)) => out.extend(e.to_slices()),
+                Some(Object::EndpointSlice(s)) => out.push(Cow::Borrowed(s)),
+                Some(Object::Endpoints(e)) => out.extend(e.to_slices().into_iter().map(Cow::Owned)),
                 _ => {}
             }
         }
@@ -377,11 +398,11 @@ impl Balancer {
     /// bound (every frontend of every upserted Service new, those of the Services it replaces
     /// or deletes freed). Nothing is changed.
     pub fn check(&self, changes: &[Change]) -> Result<(), LbError> {
-        let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
+        let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
         for c in changes {
             match c {
                 Change::Upsert(o) if matches!(o.as_ref(), Object::Service(_)) => {
-                    touched.extend(service_name(o));
+                    touched.extend(raw_name(o));
                 }
                 Change::Delete(k) if k.kind == Kind::Service => {
                     touched.insert((k.namespace.clone(), k.name.clone()));
@@ -418,17 +439,24 @@ impl Balancer {
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<LbDiff, LbError> {
         // Services whose plan is recomputed.
         let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
+        // The Service each upserted object names (one shared name per Service).
+        let mut names: Vec<Option<ServiceName>> = Vec::with_capacity(changes.len());
         for c in &changes {
             match c {
                 Change::Upsert(o) => {
-                    touched.extend(service_name(o));
-                    if let Some((old, _)) = self.slices.get(&o.key()) {
-                        touched.insert(old.clone());
+                    let name = raw_name(o).map(|n| self.intern(&touched, n));
+                    touched.extend(name.clone());
+                    if !matches!(o.as_ref(), Object::Service(_) | Object::Namespace(_)) {
+                        if let Some((old, _)) = self.slices.get(&o.key()) {
+                            touched.insert(old.clone());
+                        }
                     }
+                    names.push(name);
                 }
                 Change::Delete(k) => match k.kind {
                     Kind::Service => {
-                        touched.insert((k.namespace.clone(), k.name.clone()));
+                        let n = self.intern(&touched, (k.namespace.clone(), k.name.clone()));
+                        touched.insert(n);
                     }
                     Kind::Namespace => {}
                     _ => touched.extend(self.slices.get(k).map(|(n, _)| n.clone())),
@@ -438,9 +466,13 @@ impl Balancer {
         self.check(&changes)?;
 
         // The objects.
+        let mut names = names.into_iter();
         for c in changes {
             match c {
-                Change::Upsert(o) => self.put_object(o),
+                Change::Upsert(o) => {
+                    let name = names.next().flatten();
+                    self.put_object(o, name);
+                }
                 Change::Delete(k) => self.delete_object(&k),
             }
         }
@@ -450,7 +482,7 @@ impl Balancer {
         for name in &touched {
             if let Some(svc) = self.services.get(name).and_then(|o| as_service(o)) {
                 let slices = self.slices_of(name);
-                let refs: Vec<&EndpointSlice> = slices.iter().collect();
+                let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
                 next.insert(name.clone(), self.plan(svc, &refs));
             }
         }
@@ -644,23 +676,54 @@ impl Balancer {
         ] {
             v.sort_by_key(|b| b.id);
         }
+        self.shrink();
         Ok(diff)
     }
 
-    fn put_object(&mut self, o: Arc<Object>) {
-        let key = o.key();
+    /// Gives back the tables' room once most of it is unused (after many Services went): a
+    /// hash map keeps its capacity when emptied.
+    fn shrink(&mut self) {
+        shrink(&mut self.slices);
+        shrink(&mut self.by_service);
+        shrink(&mut self.planned);
+        shrink(&mut self.cluster_ips);
+        shrink(&mut self.claims);
+        shrink(&mut self.held);
+        shrink(&mut self.frontends);
+        shrink(&mut self.rev_nats);
+        shrink(&mut self.backend_use);
+        shrink(&mut self.backends);
+    }
+
+    /// The shared name of Service `n`: the batch's, or the tables', or a new one.
+    fn intern(&self, batch: &BTreeSet<ServiceName>, n: (String, String)) -> ServiceName {
+        if let Some(k) = batch.get(&n) {
+            return Arc::clone(k);
+        }
+        if let Some((k, _)) = self.services.get_key_value(&n) {
+            return Arc::clone(k);
+        }
+        if let Some((k, _)) = self.by_service.get_key_value(&n) {
+            return Arc::clone(k);
+        }
+        Arc::new(n)
+    }
+
+    /// Stores `o`, which names Service `name` (its own, or the one a slice serves).
+    fn put_object(&mut self, o: Arc<Object>, name: Option<ServiceName>) {
         match o.as_ref() {
             Object::Namespace(_) => {}
             Object::Service(_) => {
-                if let Some(n) = service_name(&o) {
+                if let Some(n) = name {
                     self.services.insert(n, o);
                 }
             }
             Object::EndpointSlice(_) | Object::Endpoints(_) => {
+                let key = o.key();
                 self.unindex_slice(&key);
                 // A slice without a service-name label serves nothing; it is kept so that a
                 // later delete finds it.
-                let n = service_name(&o).unwrap_or_default();
+                let n = name.unwrap_or_default();
                 self.by_service
                     .entry(n.clone())
                     .or_default()
@@ -833,6 +896,14 @@ impl Balancer {
             }
         }
         out
+    }
+}
+
+/// Shrinks `m` when under a quarter of its room is used (rarely: only after it lost most of
+/// its entries), so that deleting Services returns their memory.
+pub fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 64 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
     }
 }
 

@@ -128,7 +128,8 @@ struct Candidate {
     addr: Ipv4Addr,
     port: u16,
     state: BackendState,
-    node_name: String,
+    /// Whether it runs on this node (its `nodeName` is the node's), for `Local` policies.
+    local: bool,
 }
 
 /// A frontend of a Service port, before ids.
@@ -351,11 +352,20 @@ fn empty_view(namespace: &str, name: &str, svc: &Service) -> ServiceView {
 
 /// The cluster IP as written, defaulted from `clusterIPs[0]` as the API server does.
 fn cluster_ip(svc: &Service) -> String {
+    cluster_ip_str(svc).to_owned()
+}
+
+fn cluster_ip_str(svc: &Service) -> &str {
     if svc.spec.cluster_ip.is_empty() {
-        svc.spec.cluster_ips.first().cloned().unwrap_or_default()
+        svc.spec.cluster_ips.first().map_or("", String::as_str)
     } else {
-        svc.spec.cluster_ip.clone()
+        &svc.spec.cluster_ip
     }
+}
+
+/// The cluster IP, if it is an address ("None", headless, and "" are not).
+fn cluster_ip_addr(svc: &Service) -> Option<Ipv4Addr> {
+    cluster_ip_str(svc).parse().ok()
 }
 
 /// `http` or, for an unnamed port, `80/TCP`: how messages name a Service port.
@@ -378,11 +388,49 @@ fn plan_port(
     let Ok(port) = u16::try_from(sp.port) else {
         return Vec::new();
     };
-    let candidates = resolve_backends(sp, slices, problems);
+    let candidates = resolve_backends(sp, slices, &node.name, problems);
+    frontend_addrs(svc, sp, port, node, Some(problems))
+        .into_iter()
+        .map(|(addr, port, kind, local_only)| PlannedFrontend {
+            addr,
+            port,
+            proto: sp.protocol,
+            kind,
+            port_name: sp.name.clone(),
+            backends: candidates
+                .iter()
+                .filter(|b| !local_only || b.local)
+                .cloned()
+                .collect(),
+        })
+        .collect()
+}
+
+/// The frontend keys of one Service port, in plan order (what [`plan_port`] gives, without
+/// backends or problems: what a Service claims, cheap enough to ask before a batch).
+fn port_keys(svc: &Service, sp: &ServicePort, node: &Node) -> Vec<FrontendKey> {
+    let Ok(port) = u16::try_from(sp.port) else {
+        return Vec::new();
+    };
+    frontend_addrs(svc, sp, port, node, None)
+        .into_iter()
+        .map(|(addr, port, _, _)| (addr, port, sp.protocol))
+        .collect()
+}
+
+/// The addresses of one Service port: (address, port, kind, whether only local endpoints
+/// serve it).
+fn frontend_addrs(
+    svc: &Service,
+    sp: &ServicePort,
+    port: u16,
+    node: &Node,
+    problems: Option<&mut Vec<String>>,
+) -> Vec<(Ipv4Addr, u16, FrontendKind, bool)> {
     let spec = &svc.spec;
     let local = |p: Option<TrafficPolicy>| p == Some(TrafficPolicy::Local);
     let mut addrs: Vec<(Ipv4Addr, u16, FrontendKind, bool)> = Vec::new();
-    if let Ok(ip) = cluster_ip(svc).parse::<Ipv4Addr>() {
+    if let Some(ip) = cluster_ip_addr(svc) {
         addrs.push((
             ip,
             port,
@@ -410,7 +458,7 @@ fn plan_port(
         ServiceType::NodePort | ServiceType::LoadBalancer
     ) {
         if let Some(node_port) = sp.node_port.and_then(|n| u16::try_from(n).ok()) {
-            if node.addresses.is_empty() {
+            if let (true, Some(problems)) = (node.addresses.is_empty(), problems) {
                 problems.push(format!(
                     "port {}: node port {node_port} is not programmed: the agent knows no node \
                      address (start it with --node-ip)",
@@ -423,20 +471,6 @@ fn plan_port(
         }
     }
     addrs
-        .into_iter()
-        .map(|(addr, port, kind, local_only)| PlannedFrontend {
-            addr,
-            port,
-            proto: sp.protocol,
-            kind,
-            port_name: sp.name.clone(),
-            backends: candidates
-                .iter()
-                .filter(|b| !local_only || b.node_name == node.name)
-                .cloned()
-                .collect(),
-        })
-        .collect()
 }
 
 /// The backends of one Service port across its slices, deduplicated by address and port
@@ -444,6 +478,7 @@ fn plan_port(
 fn resolve_backends(
     sp: &ServicePort,
     slices: &[&EndpointSlice],
+    node_name: &str,
     problems: &mut Vec<String>,
 ) -> Vec<Candidate> {
     let mut out: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
@@ -472,11 +507,11 @@ fn resolve_backends(
                 addr,
                 port,
                 state,
-                node_name: ep.node_name.clone(),
+                local: ep.node_name == node_name,
             });
             if state < e.state {
                 e.state = state;
-                e.node_name.clone_from(&ep.node_name);
+                e.local = ep.node_name == node_name;
             }
         }
     }

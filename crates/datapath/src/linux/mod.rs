@@ -469,6 +469,10 @@ impl Datapath for LinuxDatapath {
         services::lb_state(&self.lock())
     }
 
+    fn lb_state_written(&self) -> Result<LbState, DatapathError> {
+        Ok(services::lb_state_written(&self.lock()))
+    }
+
     fn set_endpoint_policy(
         &self,
         ep: &EndpointSpec,

@@ -73,3 +73,9 @@ fn write_ops(inner: &mut Inner, ops: Vec<LbOp>) -> Result<LbSyncStats, DatapathE
 pub(super) fn lb_state(inner: &Inner) -> Result<LbState, DatapathError> {
     Ok(lbmaps::state_of(&read_lb_entries(&inner.maps)?))
 }
+
+/// The state the shadow says the maps hold: read when the datapath opened, then following
+/// every write.
+pub(super) fn lb_state_written(inner: &Inner) -> LbState {
+    lbmaps::state_of(&inner.lb_shadow)
+}
