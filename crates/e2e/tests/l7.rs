@@ -490,3 +490,33 @@ fn a_new_pod_under_http_rules_is_judged_from_its_first_request() {
         Some(200)
     );
 }
+
+#[test]
+fn without_a_proxy_http_rules_fail_closed_and_status_says_why() {
+    privileged!();
+    // A proxy binary that cannot run: the listeners exist, nobody serves them.
+    let node = Node::start_with(
+        "10.236.0.0/24",
+        &["--proxy-bin", "/nonexistent/ciliate-proxy"],
+    );
+    let client = node.add_pod("client", "app=client");
+    let web = node.add_pod("web", "app=web");
+    http_server(&web, 80);
+    let base = format!("http://{}", web.ip);
+    assert_eq!(
+        get(&client, &format!("{base}/public")).map(|r| r.0),
+        Some(200)
+    );
+    node.apply("web-l7.yaml", INGRESS_POLICY);
+    eventually("status names the missing proxy", || {
+        let out = node.cli(&["status", "-o", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        !out.status.success()
+            && status["problems"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|m| m.as_str().is_some_and(|m| m.contains("L7 proxy")))
+            })
+    });
+    // Allowed by the rules, but nothing may judge it: no answer.
+    assert_eq!(get(&client, &format!("{base}/public")), None);
+}

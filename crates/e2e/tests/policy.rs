@@ -1023,7 +1023,9 @@ spec:
 #[test]
 fn http_rules_redirect_to_the_proxy_and_trace_requests() {
     privileged!();
-    let node = Node::start("10.247.0.0/24");
+    // No proxy on this node (`--no-l7-proxy`): the redirects are still computed, traced and
+    // written, and status says nothing takes them (crates/e2e/tests/l7.rs runs the proxy).
+    let node = Node::start_with("10.247.0.0/24", &["--no-l7-proxy"]);
     let _web = node.add_pod("web", "app=web");
     let _client = node.add_pod("client", "app=client");
     let policy = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: web-http, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"8080\", protocol: TCP}]\n      rules:\n        http:\n        - {method: GET, path: \"/public/.*\"}\n        - {method: PUT, path: \"/items\", headers: [\"X-Token: t\"]}\n";
