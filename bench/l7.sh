@@ -65,19 +65,28 @@ STATE=$(mktemp -d)
 track_path "$STATE"
 RESULTS=$STATE/results
 NODE_NS=()
+AGENTS=()
+ns_pids() { local ns; for ns in "${NODE_NS[@]}"; do ip netns pids "$ns" 2>/dev/null; done; }
 l7_cleanup() {
   set +e
-  # The proxy (its own session) and nginx's workers are not children of this script: stop
-  # whatever is left in the node namespaces this run made, then the rest as lib.sh does.
-  local ns pid
-  for ns in "${NODE_NS[@]}"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+  # The agents first: a supervisor still running would start a new proxy for one stopped.
+  local pid
+  for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${AGENTS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  # The proxy (a session of its own) and nginx's workers are not children of this script:
+  # stop whatever is left in the node namespaces this run made, before they are deleted.
+  for _ in 1 2 3; do
+    left=$(ns_pids)
+    [ -z "$left" ] && break
+    for pid in $left; do kill "$pid" 2>/dev/null; done
+    for _ in $(seq 20); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
+    for pid in $(ns_pids); do kill -9 "$pid" 2>/dev/null; done
+    sleep 0.2
   done
   cb_cleanup
-  for ns in "${NODE_NS[@]}"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-  done
-  for ns in "${NODE_NS[@]}"; do ip netns delete "$ns" 2>/dev/null; done
 }
 trap l7_cleanup EXIT
 trap "exit 130" INT TERM # so that a signal still cleans up
@@ -91,13 +100,14 @@ node() {
   ip -n "$ns" addr add 192.0.2.1/32 dev lo
   mkdir -p "$STATE/$n"
   start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$2"
+  AGENTS+=("$AGENT_PID")
   printf -v "SOCK_$n" %s "$STATE/$n/agent.sock"
 }
-# pod <node> <name> <labels>: a pod by CNI ADD; prints its IP.
+# pod <node> <name> <labels>: a pod by CNI ADD in the namespace made beforehand (mkns must not
+# run in the $(...) that takes the IP: what it records would be lost); prints its IP.
 pod() {
   local ns=$RUN-$1-$2 sock
   sock=$STATE/$1/agent.sock
-  mkns "$ns"
   CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1-$2 CNI_NETNS=/var/run/netns/$ns CNI_IFNAME=eth0 \
   CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$2;CILIATE_LABELS=$3" CNI_PATH=/opt/cni/bin \
     in_ns "$RUN-$1" "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$sock\"}" |
@@ -106,6 +116,7 @@ pod() {
 
 node x 10.251.0.0/24
 node y 10.251.4.0/24
+for n in x y; do for p in web client; do mkns "$RUN-$n-$p"; done; done
 X_WEB=$(pod x web app=web)
 pod x client app=client >/dev/null
 Y_WEB=$(pod y web app=web)
@@ -130,9 +141,9 @@ spec:
       rules:
         http: [{method: GET, path: "/.*"}]
     - ports: [{port: "8000", protocol: TCP}, {port: "8002", protocol: TCP}]
-  # Port 8002 has HTTP rules for another peer, so the whole port goes to the proxy and the
-  # client, allowed there at L4 only, may send any request through it.
-  - fromEndpoints: [{matchLabels: {app: nobody}}]
+  # Port 8002 also has an HTTP rule for every endpoint, so the whole port goes to the proxy;
+  # the client, allowed there at L4 by the rule above, may send any request through it.
+  - fromEndpoints: [{}]
     toPorts:
     - ports: [{port: "8002", protocol: TCP}]
       rules:
@@ -284,7 +295,7 @@ def cell(m, p, fmt="{:,.0f}"):
         return "-"
     return f"{fmt.format(statistics.median(v))} [{fmt.format(min(v))}-{fmt.format(max(v))}]"
 paths = ["direct", "http-rule", "allow-all", "nginx", "l4"]
-w = 24
+w = 26
 print(f"{'median [min-max]':34}" + "".join(f"{p:>{w}}" for p in paths))
 for m, label in [("fixed-p50", "1,000 req/s: p50 us"), ("fixed-p99", "1,000 req/s: p99 us"),
                  ("max", "max req/s (wrk)"), ("max-p50", "max rate: p50 us"), ("max-p99", "max rate: p99 us")]:
