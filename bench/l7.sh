@@ -18,7 +18,8 @@
 # measured in interleaved rounds. Maximum rate: wrk (Debian's package), 1 thread, 16 connections.
 # Fixed rate (1,000 req/s over 4 connections): `ciliate-bench http --rate` (wrk2 is not in
 # Debian), latency counted from when each request was due. Proxy CPU: user + system time of
-# ciliate-proxy from /proc/<pid>/stat over each fixed-rate measurement; RSS: VmRSS / VmHWM.
+# ciliate-proxy (and of nginx's master and workers, for comparison) from /proc/<pid>/stat over
+# each fixed-rate measurement; RSS: VmRSS / VmHWM.
 #
 #   sudo bench/l7.sh [--secs N] [--runs N] [--quick] [--no-build]
 #
@@ -183,6 +184,15 @@ nsenter --net=/var/run/netns/"$RUN-x" "$NGINX" -p "$STATE/nginx" -c "$STATE/ngin
   >"$STATE/nginx/out.log" 2>&1 &
 track $!
 disown $!
+NGINX_PID=$!
+# nginx's CPU time (master and workers), for the same cores-per-1,000-req/s as the proxy's.
+nginx_cpu_ticks() {
+  local t=0 pid
+  for pid in $NGINX_PID $(pgrep -P "$NGINX_PID"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo $t
+}
 
 # dst: path -> "client-namespace ip port"
 declare -A DST=(
@@ -251,17 +261,18 @@ print(rps, p50, p99, err)'
 }
 
 : >"$RESULTS"
-ERRORS=0
 for round in $(seq "$RUNS"); do
   echo "round $round of $RUNS..." >&2
   for p in direct http-rule allow-all nginx; do
-    c0=$(proxy_cpu_ticks)
+    cpu=proxy_cpu_ticks
+    [ "$p" = nginx ] && cpu=nginx_cpu_ticks
+    c0=$($cpu)
     out=$(load "$p" "$SECS" --conns 4 --rate "$RATE")
-    c1=$(proxy_cpu_ticks)
+    c1=$($cpu)
     echo "fixed-p50 $p $(field "$out" p50_us)" >>"$RESULTS"
     echo "fixed-p99 $p $(field "$out" p99_us)" >>"$RESULTS"
     echo "fixed-rate $p $(field "$out" per_second)" >>"$RESULTS"
-    ERRORS=$((ERRORS + $(field "$out" errors) + $(field "$out" non_2xx)))
+    echo "errors $p $(($(field "$out" errors) + $(field "$out" non_2xx)))" >>"$RESULTS"
     # cores used per 1,000 req/s: CPU seconds / wall seconds / (req/s / 1,000)
     echo "proxy-cpu $p $(python3 -c "print(($c1 - $c0) / $HZ / $SECS / ($(field "$out" per_second) / 1000))")" >>"$RESULTS"
   done
@@ -270,7 +281,7 @@ for round in $(seq "$RUNS"); do
     echo "max $p $rps" >>"$RESULTS"
     echo "max-p50 $p $p50" >>"$RESULTS"
     echo "max-p99 $p $p99" >>"$RESULTS"
-    ERRORS=$((ERRORS + err))
+    echo "errors $p $err" >>"$RESULTS"
   done
 done
 RSS=$(awk '/VmRSS/{print $2}' "/proc/$PROXY_PID/status")
@@ -301,6 +312,8 @@ for m, label in [("fixed-p50", "1,000 req/s: p50 us"), ("fixed-p99", "1,000 req/
                  ("max", "max req/s (wrk)"), ("max-p50", "max rate: p50 us"), ("max-p99", "max rate: p99 us")]:
     print(f"{label:34}" + "".join(f"{cell(m, p):>{w}}" for p in paths))
 print(f"{'proxy CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('proxy-cpu', p, '{:.3f}'):>{w}}" for p in paths))
+print(f"{'  (nginx column: nginx own CPU)':34}")
+print(f"{'errors (sum over the run)':34}" + "".join(f"{sum(rows.get(('errors', p), [])):>{w},.0f}" for p in paths))
 print(f"({max(len(v) for v in rows.values())} rounds, interleaved in the order above)\n")
 def r(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
@@ -311,8 +324,7 @@ print(f"{'added p50 at 1,000 req/s vs direct, ms':44}" + "".join(f"{d(med('fixed
 print(f"{'added p99 at 1,000 req/s vs direct, ms':44}" + "".join(f"{d(med('fixed-p99', p), med('fixed-p99', 'direct')):>12}" for p in paths[1:4]) + f"{'':>12}   <= 0.5")
 print(f"{'max req/s vs nginx':44}" + "".join(f"{r(med('max', p), med('max', 'nginx')):>12}" for p in paths[1:3]) + f"{'1.00':>12}{'':>12}   >= 1.0")
 print(f"{'max req/s vs direct':44}" + "".join(f"{r(med('max', p), med('max', 'direct')):>12}" for p in paths[1:]) + "   l4 >= 0.98")
-print(f"{'proxy CPU, cores per 1,000 req/s':44}" + "".join(f"{med('proxy-cpu', p) or 0:>12.3f}" for p in paths[1:3]) + f"{'':>24}   <= 0.05")
+print(f"{'proxy CPU, cores per 1,000 req/s':44}" + "".join(f"{med('proxy-cpu', p) or 0:>12.3f}" for p in paths[1:4]) + f"{'':>12}   <= 0.05")
 print(f"\nproxy RSS: {rss / 1024:.1f} MB now, {hwm / 1024:.1f} MB peak (VmHWM) (goal <= 30 MB)")
 PY
-echo "errors (connect/read/timeouts, non-2xx) over the run: $ERRORS"
 [ "$PID_END" = "$PROXY_PID" ] || echo "NOTE: the proxy restarted during the run (pid $PROXY_PID -> $PID_END)"
