@@ -314,7 +314,7 @@ for m, label in [("fixed-p50", "1,000 req/s: p50 us"), ("fixed-p99", "1,000 req/
 print(f"{'proxy CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('proxy-cpu', p, '{:.3f}'):>{w}}" for p in paths))
 print(f"{'  (nginx column: nginx own CPU)':34}")
 print(f"{'errors (sum over the run)':34}" + "".join(f"{sum(rows.get(('errors', p), [])):>{w},.0f}" for p in paths))
-print(f"({max(len(v) for v in rows.values())} rounds, interleaved in the order above)\n")
+print(f"({len(rows.get(('max', 'direct'), []))} rounds, interleaved in the order above)\n")
 def r(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
 def d(a, b):
