@@ -2,7 +2,8 @@
 //! TCP_CRR measure (netperf is not packaged for Debian 12): request/response transactions per
 //! second on one connection, and connect + request + response + close per second, with p50/p99
 //! latency. Results are one JSON object on stdout so scripts can compute ratios. `map-wait`
-//! times a Service change reaching the kernel's maps, from outside the agent.
+//! times a Service change reaching the kernel's maps, from outside the agent. `http-server` and
+//! `http` are HTTP/1.1 keep-alive load at a fixed or the maximum rate (`bench/l7.sh`).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+mod http;
 mod map_wait;
 mod probe;
 use clap::{Parser, Subcommand};
@@ -50,6 +52,11 @@ enum Cmd {
     /// Wait until a Service's backend is in the pinned load-balancing maps (optionally after
     /// renaming a manifest into place); print the microseconds waited as JSON.
     MapWait(map_wait::MapWait),
+    /// Serve HTTP/1.1 keep-alive: every request answered 200 with a fixed body (1 KB default).
+    HttpServer(http::HttpServer),
+    /// HTTP/1.1 GETs on N keep-alive connections, at a fixed rate or as fast as answered;
+    /// print requests/s, p50/p99 latency and errors as JSON.
+    Http(http::HttpLoad),
 }
 
 #[derive(clap::Args, Debug)]
@@ -167,5 +174,7 @@ fn main() -> Result<()> {
         Cmd::Rr(l) => run(&l, false),
         Cmd::Crr(l) => run(&l, true),
         Cmd::MapWait(w) => map_wait::run(&w),
+        Cmd::HttpServer(s) => http::serve(&s),
+        Cmd::Http(l) => http::run(&l),
     }
 }

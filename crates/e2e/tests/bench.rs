@@ -151,6 +151,34 @@ fn lb_quick() {
     quick("lb.sh");
 }
 
+/// Whether `tool` is on the PATH (or in /usr/sbin, where Debian puts nginx): false after a loud
+/// SKIP, or a panic under `CILIATE_REQUIRE_PRIVILEGED=1` (CI installs it: .ci/run).
+fn installed(tool: &str, what: &str) -> bool {
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin"])
+        .any(|d| Path::new(d).join(tool).exists());
+    if found {
+        return true;
+    }
+    let why = format!("{tool} is not installed (apt-get install -y wrk nginx)");
+    if ciliate_testutil::privileged_required() {
+        panic!("{what} cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("\n!!! SKIPPED {what}: {why}. !!!\n");
+    false
+}
+
+#[test]
+fn l7_quick() {
+    privileged!();
+    if !installed("wrk", "bench/l7.sh") || !installed("nginx", "bench/l7.sh") {
+        return;
+    }
+    quick("l7.sh");
+}
+
 // Not in CI yet: one run in three on this kind of machine, an agent stopped mid-script (SIGTERM
 // at N, for the restart measurement) neither exits within 60 s nor disappears within 10 s of
 // SIGKILL (stuck in the kernel; agents of the previous release did the same in this script).
