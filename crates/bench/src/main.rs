@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+mod http_server;
 mod map_wait;
 mod probe;
 use clap::{Parser, Subcommand};
@@ -50,6 +51,15 @@ enum Cmd {
     /// Wait until a Service's backend is in the pinned load-balancing maps (optionally after
     /// renaming a manifest into place); print the microseconds waited as JSON.
     MapWait(map_wait::MapWait),
+    /// Serve HTTP/1.1 (keep-alive): answer every request 200 with "<id> <METHOD> <path>".
+    HttpServer {
+        /// The name to answer with.
+        #[arg(long)]
+        id: String,
+        /// Port to listen on (all addresses).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -167,5 +177,6 @@ fn main() -> Result<()> {
         Cmd::Rr(l) => run(&l, false),
         Cmd::Crr(l) => run(&l, true),
         Cmd::MapWait(w) => map_wait::run(&w),
+        Cmd::HttpServer { id, port } => http_server::run(&id, port),
     }
 }
