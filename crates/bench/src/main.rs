@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 mod http;
+mod http_server;
 mod map_wait;
 mod probe;
 use clap::{Parser, Subcommand};
@@ -57,6 +58,16 @@ enum Cmd {
     /// HTTP/1.1 GETs on N keep-alive connections, at a fixed rate or as fast as answered;
     /// print requests/s, p50/p99 latency and errors as JSON.
     Http(http::HttpLoad),
+    /// Serve HTTP/1.1 (keep-alive) as a lab pod: answer every request 200 with
+    /// "<id> <METHOD> <path>", so a client sees which pod and request it reached.
+    HttpIdentServer {
+        /// The name to answer with.
+        #[arg(long)]
+        id: String,
+        /// Port to listen on (all addresses).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,5 +187,6 @@ fn main() -> Result<()> {
         Cmd::MapWait(w) => map_wait::run(&w),
         Cmd::HttpServer(s) => http::serve(&s),
         Cmd::Http(l) => http::run(&l),
+        Cmd::HttpIdentServer { id, port } => http_server::run(&id, port),
     }
 }

@@ -223,6 +223,8 @@ fn one_node_lab_passes_the_connectivity_test() {
         "to-cidr-except",
         "to-cidr-except-knp",
         "client-ingress-icmp",
+        "l7-ingress",
+        "l7-egress",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -251,6 +253,17 @@ fn one_node_lab_passes_the_connectivity_test() {
         seen.iter().any(|s| s.starts_with("181 POLICY_DENY on ")),
         "{seen:?}"
     );
+    // The L7 cells were checked by their flows, both verdicts, both sides' proxies.
+    let l7 = l7_seen(&report);
+    for want in [
+        "L7 FORWARDED",
+        "L7 DROPPED",
+        "(INGRESS)",
+        "(EGRESS)",
+        "/private on ",
+    ] {
+        assert!(l7.iter().any(|s| s.contains(want)), "{want}: {l7:?}");
+    }
 
     // The workload is gone again; --test selects, --keep keeps.
     let st: Value = serde_json::from_slice(
@@ -390,6 +403,41 @@ fn three_node_lab_passes_the_full_connectivity_test() {
         cross_node_drops > 0,
         "no drop across nodes was checked: {out}"
     );
+    // HTTP rules across nodes: the server's proxy (ingress) and the client's (egress) judged
+    // requests to the echo pod on the other node, and said so in their flows.
+    let cross_node_l7: Vec<String> = cells(&report)
+        .into_iter()
+        .filter(|c| {
+            c["cell"]
+                .as_str()
+                .is_some_and(|l| l.contains("echo-other-node:8090"))
+        })
+        .filter_map(|c| c["l7Seen"].as_str().map(str::to_owned))
+        .collect();
+    for want in ["(INGRESS)", "(EGRESS)", "L7 DROPPED", "L7 FORWARDED"] {
+        assert!(
+            cross_node_l7.iter().any(|s| s.contains(want)),
+            "{want}: {cross_node_l7:?}\n{out}"
+        );
+    }
+}
+
+/// Every cell of a report.
+fn cells(report: &Value) -> Vec<Value> {
+    report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["cells"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The L7 flows the report's HTTP cells were checked by.
+fn l7_seen(report: &Value) -> Vec<String> {
+    cells(report)
+        .iter()
+        .filter_map(|c| c["l7Seen"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Removes lab `name` on drop, whatever the test did with it.

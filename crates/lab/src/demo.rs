@@ -158,6 +158,15 @@ pub fn how_to_look_around(lab: &Lab) -> String {
             format!(" --lab {name}")
         }
     );
+    if let Some(n) = lab.state.nodes.first() {
+        let _ = writeln!(
+            s,
+            "  ciliate observe --hubble-socket {} --type l7   # HTTP requests judged by {}'s proxy \
+             (after `ciliate connectivity test --test '^l7-'`, or a policy with rules.http)",
+            n.hubble_socket.display(),
+            n.name
+        );
+    }
     let _ = writeln!(s, "  ciliate lab down{flag}");
     let _ = write!(
         s,

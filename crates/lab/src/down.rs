@@ -186,10 +186,22 @@ pub fn down(name: &str, progress: Progress<'_>) -> Result<DownReport, LabError> 
         }
     }
 
-    // Then every process: nothing may hold a namespace, a pin or a cgroup.
-    if !found.processes.is_empty() {
+    // Then every process: nothing may hold a namespace, a pin or a cgroup. Looked for again
+    // after each round: an agent being stopped may still start a process (its supervisor
+    // restarts the L7 proxy it sees die), which outlives it by design.
+    let mut found = found;
+    let mut stuck_before: Vec<u32> = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            found = find(&layout);
+            found.processes.retain(|(p, _)| !stuck_before.contains(p));
+        }
+        if found.processes.is_empty() {
+            break;
+        }
         let pids: Vec<u32> = found.processes.iter().map(|(p, _)| *p).collect();
         let stuck = sys::terminate(&pids, Duration::from_secs(3));
+        stuck_before.extend(&stuck);
         for (pid, cmd) in &found.processes {
             if stuck.contains(pid) {
                 report

@@ -193,9 +193,32 @@ impl Lab {
         id: &str,
         port: u16,
     ) -> Result<u32, LabError> {
+        self.start_bench_server(what, netns, "ident-server", id, port)
+    }
+
+    /// Starts `ciliate-bench http-ident-server` (HTTP/1.1, answers `<id> <METHOD> <path>`) in
+    /// `netns` on `port`, recorded as `what`; returns once it accepts connections.
+    pub fn start_http_server(
+        &mut self,
+        what: &str,
+        netns: &str,
+        id: &str,
+        port: u16,
+    ) -> Result<u32, LabError> {
+        self.start_bench_server(what, netns, "http-ident-server", id, port)
+    }
+
+    fn start_bench_server(
+        &mut self,
+        what: &str,
+        netns: &str,
+        mode: &str,
+        id: &str,
+        port: u16,
+    ) -> Result<u32, LabError> {
         let log = self.layout.state_dir().join("servers.log");
         let args = vec![
-            "ident-server".to_owned(),
+            mode.to_owned(),
             "--id".to_owned(),
             id.to_owned(),
             "--port".to_owned(),

@@ -145,13 +145,18 @@ pub fn render_table(r: &TestReport) -> String {
                 match c.spec.expect {
                     Expect::Pass => "pass".to_owned(),
                     Expect::Drop(reason) => format!("drop {}", reason.code()),
+                    Expect::Http(h) => format!("http {}", h.status),
                 },
                 match c.actual {
                     Actual::Pass => "pass".to_owned(),
                     Actual::Drop => "drop".to_owned(),
                     Actual::Error => "error".to_owned(),
+                    Actual::Denied => "http 403".to_owned(),
                 },
-                c.drop_seen.clone().unwrap_or_else(|| "-".into()),
+                c.drop_seen
+                    .clone()
+                    .or_else(|| c.l7_seen.clone())
+                    .unwrap_or_else(|| "-".into()),
                 if c.ok { "ok" } else { "FAIL" }.to_owned(),
             ]
         })
@@ -243,6 +248,7 @@ mod tests {
                     actual: if ok { Actual::Drop } else { Actual::Pass },
                     answered_by: (!ok).then(|| "world".into()),
                     drop_seen: ok.then(|| "133 POLICY_DENIED on lab-node0".into()),
+                    l7_seen: None,
                     ok,
                     detail: (!ok).then(|| "answered by \"world\"; expected a drop".into()),
                 }],

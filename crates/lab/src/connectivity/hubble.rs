@@ -1,15 +1,18 @@
-//! The drops of a cell, as the node that dropped them reports them: Hubble's `GetFlows` on the
-//! node's observer socket, through the client `ciliate observe` uses.
+//! The drops of a cell, as the node that dropped them reports them, and the L7 flows of an
+//! HTTP cell, as the proxy's node reports them: Hubble's `GetFlows` on the node's observer
+//! socket, through the client `ciliate observe` uses.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use ciliate_observer::convert::system_time_to_timestamp;
-use ciliate_observer::proto::flow::{FlowFilter, Verdict};
+use ciliate_observer::proto::flow::{
+    EventTypeFilter, Flow, FlowFilter, L7FlowType, TrafficDirection, Verdict,
+};
 use ciliate_observer::proto::observer::{get_flows_response::ResponseTypes, GetFlowsRequest};
 
-use super::scenarios::Proto;
+use super::scenarios::{Proto, Request};
 
 /// A drop seen: its reason code and the node that reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +47,7 @@ impl Query {
             ..FlowFilter::default()
         };
         match self.proto {
-            Proto::Tcp => {
+            Proto::Tcp | Proto::Http(_) => {
                 filter.protocol = vec!["tcp".into()];
                 filter.destination_port = vec![self.port.to_string()];
             }
@@ -68,6 +71,22 @@ impl Query {
 
 /// The drops matching `q` that `node`'s observer (at `socket`) has.
 pub async fn drops(node: &str, socket: &Path, q: &Query) -> Result<Vec<Seen>, String> {
+    Ok(flows(node, socket, q.request())
+        .await?
+        .into_iter()
+        .map(|f| Seen {
+            reason: f.drop_reason,
+            node: if f.node_name.is_empty() {
+                node.to_owned()
+            } else {
+                f.node_name
+            },
+        })
+        .collect())
+}
+
+/// The flows `node`'s observer (at `socket`) answers `req` with.
+async fn flows(node: &str, socket: &Path, req: GetFlowsRequest) -> Result<Vec<Flow>, String> {
     let mut client = ciliate_observer::server::connect_unix(socket.to_owned())
         .await
         .map_err(|e| {
@@ -77,7 +96,7 @@ pub async fn drops(node: &str, socket: &Path, q: &Query) -> Result<Vec<Seen>, St
             )
         })?;
     let mut stream = client
-        .get_flows(q.request())
+        .get_flows(req)
         .await
         .map_err(|s| {
             format!(
@@ -91,14 +110,7 @@ pub async fn drops(node: &str, socket: &Path, q: &Query) -> Result<Vec<Seen>, St
         match stream.message().await {
             Ok(Some(r)) => {
                 if let Some(ResponseTypes::Flow(f)) = r.response_types {
-                    out.push(Seen {
-                        reason: f.drop_reason,
-                        node: if f.node_name.is_empty() {
-                            node.to_owned()
-                        } else {
-                            f.node_name
-                        },
-                    });
+                    out.push(f);
                 }
             }
             Ok(None) => return Ok(out),
@@ -130,6 +142,134 @@ pub async fn wait_for(
         }
         if Instant::now() > deadline {
             seen.dedup();
+            return Err((seen, last_error));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// What to look for in the L7 flows: the request of an HTTP cell.
+#[derive(Clone, Debug)]
+pub struct L7Query {
+    /// The client's address.
+    pub src: Ipv4Addr,
+    /// Any of these as the destination.
+    pub dst: Vec<Ipv4Addr>,
+    /// The request.
+    pub request: Request,
+    /// Flows since.
+    pub since: SystemTime,
+}
+
+/// An L7 request flow seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Seen {
+    /// `FORWARDED`, `DROPPED`.
+    pub verdict: String,
+    /// `INGRESS`, `EGRESS`.
+    pub direction: String,
+    /// The URL as the flow has it.
+    pub url: String,
+    /// The node that reported it.
+    pub node: String,
+}
+
+impl std::fmt::Display for L7Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "L7 {} {} on {} ({})",
+            self.verdict, self.url, self.node, self.direction
+        )
+    }
+}
+
+impl L7Query {
+    fn request(&self) -> GetFlowsRequest {
+        let filter = FlowFilter {
+            source_ip: vec![self.src.to_string()],
+            destination_ip: self.dst.iter().map(ToString::to_string).collect(),
+            event_type: vec![EventTypeFilter {
+                r#type: ciliate_observer::l7::MESSAGE_TYPE_ACCESS_LOG,
+                ..EventTypeFilter::default()
+            }],
+            http_method: vec![self.request.method.to_owned()],
+            ..FlowFilter::default()
+        };
+        GetFlowsRequest {
+            number: 0,
+            first: false,
+            follow: false,
+            whitelist: vec![filter],
+            blacklist: Vec::new(),
+            since: Some(system_time_to_timestamp(self.since)),
+            until: None,
+        }
+    }
+
+    /// Whether `f` is this request's request flow (not its response).
+    fn matches(&self, f: &Flow) -> Option<L7Seen> {
+        let l7 = f.l7.as_ref()?;
+        let h = ciliate_observer::l7::http(f)?;
+        (l7.r#type == L7FlowType::Request as i32
+            && h.method == self.request.method
+            && url_path(&h.url) == self.request.path)
+            .then(|| L7Seen {
+                verdict: Verdict::try_from(f.verdict)
+                    .map_or_else(|_| f.verdict.to_string(), |v| v.as_str_name().to_owned()),
+                direction: TrafficDirection::try_from(f.traffic_direction).map_or_else(
+                    |_| f.traffic_direction.to_string(),
+                    |d| d.as_str_name().to_owned(),
+                ),
+                url: h.url.clone(),
+                node: f.node_name.clone(),
+            })
+    }
+}
+
+/// The path of a URL as flows carry it (`http://10.200.0.5:8090/public?x` → `/public`).
+pub fn url_path(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .map_or(url, |r| r.find('/').map_or("/", |i| &r[i..]));
+    rest.split(['?', '#']).next().unwrap_or(rest)
+}
+
+/// Waits up to `timeout` for the request flow of `q` with `verdict` and `direction` in the
+/// observer of `node` (at `socket`); returns it, or the request flows seen and the last error.
+pub async fn wait_for_l7(
+    node: &str,
+    socket: &Path,
+    q: &L7Query,
+    verdict: &str,
+    direction: &str,
+    timeout: Duration,
+) -> Result<L7Seen, (Vec<L7Seen>, Option<String>)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (seen, last_error) = match flows(node, socket, q.request()).await {
+            Ok(fs) => (
+                fs.iter()
+                    .filter_map(|f| q.matches(f))
+                    .map(|mut s| {
+                        if s.node.is_empty() {
+                            node.clone_into(&mut s.node);
+                        }
+                        s
+                    })
+                    .collect::<Vec<_>>(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        if let Some(hit) = seen
+            .iter()
+            .find(|s| s.verdict == verdict && s.direction == direction)
+        {
+            return Ok(hit.clone());
+        }
+        if Instant::now() > deadline {
             return Err((seen, last_error));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -177,5 +317,27 @@ mod tests {
         assert_eq!(icmp.whitelist[0].protocol, ["icmp"]);
         assert_eq!(reason_name(133), "133 POLICY_DENIED");
         assert_eq!(reason_name(181), "181 POLICY_DENY");
+    }
+
+    #[test]
+    fn l7_requests_filter_the_request() {
+        let q = L7Query {
+            src: Ipv4Addr::new(10, 200, 0, 3),
+            dst: vec![Ipv4Addr::new(10, 200, 1, 5)],
+            request: Request {
+                method: "PUT",
+                path: "/public",
+                token: true,
+            },
+            since: SystemTime::UNIX_EPOCH,
+        };
+        let f = &q.request().whitelist[0];
+        assert_eq!(f.http_method, ["PUT"]);
+        assert_eq!(f.event_type[0].r#type, 129);
+        assert_eq!(f.destination_ip, ["10.200.1.5"]);
+        assert_eq!(url_path("http://10.200.1.5:8090/public"), "/public");
+        assert_eq!(url_path("http://10.200.1.5:8090/public?a=b"), "/public");
+        assert_eq!(url_path("http://host"), "/");
+        assert_eq!(url_path("/private"), "/private");
     }
 }

@@ -8,6 +8,11 @@
 //! client's network namespace: a TCP connection and the ident line, a UDP datagram and its
 //! answer, or a ping. A cell expected to pass gets three tries; one expected to be dropped gets
 //! one, and then the drop must show in Hubble with the expected reason.
+//!
+//! L7 cells send one HTTP/1.1 request to the echo pod's HTTP server: the status must be the
+//! expected one (200 from the server itself, or the proxy's 403), and the request must show as
+//! an L7 flow, FORWARDED or DROPPED, in the observer of the node whose proxy holds the rule
+//! (an ingress rule: the server's node; an egress rule: the client's).
 
 pub mod hubble;
 pub mod probe;
@@ -21,7 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub use regex::Regex;
 use serde::Serialize;
 
-use self::scenarios::{Cell, Echo, Expect, Proto, Scenario, Source, Target, NAMESPACE};
+use self::scenarios::{
+    Cell, Echo, Expect, HttpExpect, Proto, Scenario, Side, Source, Target, NAMESPACE,
+};
 use self::workload::{Workload, POLICY_FILE};
 use crate::lab::policy_refs;
 use crate::layout::{GATEWAY_IP, WORLD2_IP, WORLD_ID};
@@ -31,6 +38,9 @@ use crate::{sys, Lab, LabError, Progress};
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tries of a cell expected to pass.
 const PASS_TRIES: usize = 3;
+/// Tries of an L7 cell until it gets its status: the agent reports a policy in force when its
+/// datapath has it; the proxy's rules follow on their own channel a moment later.
+const HTTP_TRIES: usize = 10;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -71,6 +81,8 @@ pub enum Actual {
     Drop,
     /// It could not be run.
     Error,
+    /// An HTTP request answered `403 Forbidden` (by the proxy).
+    Denied,
 }
 
 /// One cell's result.
@@ -90,6 +102,10 @@ pub struct CellResult {
     pub answered_by: Option<String>,
     /// The drop Hubble reported: `133 POLICY_DENIED on lab-node1`.
     pub drop_seen: Option<String>,
+    /// The L7 flow of an HTTP cell: `L7 DROPPED http://10.200.0.5:8090/private on lab-node0
+    /// (INGRESS)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7_seen: Option<String>,
     /// Whether the cell passed.
     pub ok: bool,
     /// Why it failed, or what else is worth knowing.
@@ -402,21 +418,29 @@ fn plan(lab: &Lab, w: &Workload, cell: &Cell) -> Result<Plan, String> {
 
 /// Probes a cell: up to [`PASS_TRIES`] times when it should pass, once when it should not.
 fn probe_cell(p: &Plan) -> probe::Outcome {
-    let tries = if p.cell.expect == Expect::Pass {
-        PASS_TRIES
-    } else {
-        1
+    let tries = match p.cell.expect {
+        Expect::Pass => PASS_TRIES,
+        Expect::Http(_) => HTTP_TRIES,
+        Expect::Drop(_) => 1,
     };
     let mut last = None;
-    for _ in 0..tries {
-        let o = probe::probe(p.netns.clone(), p.cell.proto, p.dst, p.cell.to.port());
-        if o.answer.is_some() {
+    for i in 0..tries {
+        let o = probe::probe(p.netns.clone(), p.cell.proto, p.dst, p.cell.port());
+        let done = match p.cell.expect {
+            Expect::Http(h) => o.status == Some(h.status),
+            _ => o.answer.is_some(),
+        };
+        if done {
             return o;
         }
         last = Some(o);
+        if matches!(p.cell.expect, Expect::Http(_)) && i + 1 < tries {
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     last.unwrap_or(probe::Outcome {
         answer: None,
+        status: None,
         error: Some("not probed".into()),
     })
 }
@@ -430,22 +454,41 @@ async fn judge(
 ) -> CellResult {
     let address = match cell.proto {
         Proto::Icmp => p.dst.to_string(),
-        _ => format!("{}:{}", p.dst, cell.to.port()),
+        _ => format!("{}:{}", p.dst, cell.port()),
     };
     let mut r = CellResult {
         cell: cell.label(),
         spec: *cell,
         address,
-        actual: if o.answer.is_some() {
-            Actual::Pass
-        } else {
-            Actual::Drop
+        actual: match (o.answer.is_some(), o.status) {
+            (_, Some(403)) => Actual::Denied,
+            (true, _) => Actual::Pass,
+            (false, _) => Actual::Drop,
         },
-        answered_by: o.answer.clone(),
+        answered_by: match (o.status, &o.answer) {
+            (Some(code), Some(a)) => Some(format!("{code} {a}")),
+            (_, a) => a.clone(),
+        },
         drop_seen: None,
+        l7_seen: None,
         ok: false,
         detail: None,
     };
+    if let (Proto::Http(req), Some(_)) = (cell.proto, &o.answer) {
+        let want = match cell.expect {
+            Expect::Http(h) => Some(h),
+            Expect::Pass => None,
+            Expect::Drop(reason) => {
+                r.detail = Some(format!(
+                    "answered {}; expected a drop ({reason})",
+                    r.answered_by.as_deref().unwrap_or_default()
+                ));
+                return r;
+            }
+        };
+        judge_http(lab, p, req, want, &o, since, &mut r).await;
+        return r;
+    }
     match (cell.expect, &o.answer) {
         (Expect::Pass, Some(answer)) => match &p.ident {
             Some(want) if want != answer => {
@@ -453,7 +496,7 @@ async fn judge(
             }
             _ => r.ok = true,
         },
-        (Expect::Pass, None) => {
+        (Expect::Pass | Expect::Http(_), None) => {
             r.detail = Some(format!(
                 "no answer after {PASS_TRIES} tries: {}",
                 o.error.unwrap_or_default()
@@ -461,6 +504,9 @@ async fn judge(
             // Say why when the datapath knows: a drop in Hubble.
             let (Ok(seen) | Err((seen, _))) = drops_seen(lab, p, since, None).await;
             r.drop_seen = seen.first().map(describe);
+        }
+        (Expect::Http(_), Some(_)) => {
+            r.detail = Some("an HTTP status expected of a cell that is not HTTP".into());
         }
         (Expect::Drop(reason), Some(answer)) => {
             r.detail = Some(format!(
@@ -497,6 +543,92 @@ async fn judge(
     r
 }
 
+/// An answered HTTP cell: the status and who answered, then (through a proxy) the L7 flow on
+/// the node of the rule's side.
+async fn judge_http(
+    lab: &Lab,
+    p: &Plan,
+    req: scenarios::Request,
+    want: Option<HttpExpect>,
+    o: &probe::Outcome,
+    since: SystemTime,
+    r: &mut CellResult,
+) {
+    let status = want.map_or(200, |h| h.status);
+    let body = o.answer.as_deref().unwrap_or_default();
+    if o.status != Some(status) {
+        r.detail = Some(format!(
+            "answered {}; expected {status}",
+            r.answered_by.as_deref().unwrap_or_default()
+        ));
+        return;
+    }
+    if status == 200 {
+        // The server names itself and the request it got.
+        let want_body = format!(
+            "{} {} {}",
+            p.ident.as_deref().unwrap_or_default(),
+            req.method,
+            req.path
+        );
+        if body != want_body {
+            r.detail = Some(format!("answered {body:?}, expected {want_body:?}"));
+            return;
+        }
+    }
+    let Some(h) = want else {
+        r.ok = true;
+        return;
+    };
+    let node = match h.side {
+        Side::Ingress => p.dst_node.as_ref(),
+        Side::Egress => p.src_node.as_ref(),
+    };
+    let Some(node) = node.and_then(|n| lab.state.node(n)) else {
+        r.detail = Some(format!("no node for the {:?} side", h.side));
+        return;
+    };
+    let q = hubble::L7Query {
+        src: p.src,
+        dst: p.flow_dst.clone(),
+        request: req,
+        since,
+    };
+    let (verdict, direction) = (h.verdict(), h.side.direction());
+    match hubble::wait_for_l7(
+        &node.name,
+        &node.hubble_socket,
+        &q,
+        verdict,
+        direction,
+        DROP_TIMEOUT,
+    )
+    .await
+    {
+        Ok(seen) => {
+            r.l7_seen = Some(seen.to_string());
+            r.ok = true;
+        }
+        Err((seen, err)) => {
+            r.l7_seen = seen.first().map(ToString::to_string);
+            r.detail = Some(match (seen.is_empty(), err) {
+                (true, Some(e)) => format!("no L7 flow seen ({e})"),
+                (true, None) => format!(
+                    "no L7 flow of {req} in Hubble of {}, expected {verdict} ({direction})",
+                    node.name
+                ),
+                (false, _) => format!(
+                    "L7 flows {}, expected {verdict} ({direction})",
+                    seen.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+}
+
 fn describe(s: &hubble::Seen) -> String {
     format!("{} on {}", hubble::reason_name(s.reason), s.node)
 }
@@ -523,7 +655,7 @@ async fn drops_seen(
         src: p.src,
         dst: p.flow_dst.clone(),
         proto: p.cell.proto,
-        port: p.cell.to.port(),
+        port: p.cell.port(),
         since,
     };
     let nodes = flow_nodes(lab, p);
@@ -545,6 +677,7 @@ fn unreachable(cell: &Cell, why: &str) -> CellResult {
         actual: Actual::Error,
         answered_by: None,
         drop_seen: None,
+        l7_seen: None,
         ok: false,
         detail: Some(why.to_owned()),
     }

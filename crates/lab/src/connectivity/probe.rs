@@ -1,7 +1,8 @@
 //! Probes, run from inside the client's network namespace on a thread of their own: a TCP
-//! connect and the ident line the server sends, a UDP datagram and its answer, or one ping.
+//! connect and the ident line the server sends, a UDP datagram and its answer, one ping, or
+//! one HTTP/1.1 request and its status and body.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::scenarios::Proto;
+use super::scenarios::{Proto, Request};
 use crate::sys;
 
 /// How long a probe waits for an answer: a dropped packet never answers, an allowed one
@@ -24,6 +25,9 @@ pub struct Outcome {
     pub answer: Option<String>,
     /// Why there was none.
     pub error: Option<String>,
+    /// The HTTP status code, for an HTTP probe answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 impl Outcome {
@@ -32,11 +36,17 @@ impl Outcome {
             Ok(a) => Self {
                 answer: Some(a),
                 error: None,
+                status: None,
             },
-            Err(e) => Self {
-                answer: None,
-                error: Some(e.to_string()),
-            },
+            Err(e) => Self::failed(e.to_string()),
+        }
+    }
+
+    fn failed(error: String) -> Self {
+        Self {
+            answer: None,
+            error: Some(error),
+            status: None,
         }
     }
 }
@@ -49,7 +59,89 @@ pub fn probe(netns: PathBuf, proto: Proto, dst: Ipv4Addr, port: u16) -> Outcome 
             .unwrap_or_else(|e| Outcome::from(Err(std::io::Error::other(e.to_string())))),
         Proto::Udp => sys::in_netns(netns, move || Outcome::from(udp(dst, port)))
             .unwrap_or_else(|e| Outcome::from(Err(std::io::Error::other(e.to_string())))),
+        Proto::Http(r) => sys::in_netns(netns, move || match http(dst, port, r) {
+            Ok((status, body)) => Outcome {
+                answer: Some(body),
+                error: None,
+                status: Some(status),
+            },
+            Err(e) => Outcome::failed(e.to_string()),
+        })
+        .unwrap_or_else(|e| Outcome::failed(e.to_string())),
     }
+}
+
+/// The request as sent: HTTP/1.1, one per connection.
+fn request_text(dst: Ipv4Addr, port: u16, r: Request) -> String {
+    let mut text = format!(
+        "{} {} HTTP/1.1\r\nHost: {dst}:{port}\r\nUser-Agent: ciliate-connectivity\r\n",
+        r.method, r.path
+    );
+    if r.token {
+        text.push_str("X-Token: yes\r\n");
+    }
+    if r.method != "GET" {
+        text.push_str("Content-Length: 0\r\n");
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    text
+}
+
+fn http(dst: Ipv4Addr, port: u16, r: Request) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&(dst, port).into(), TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(request_text(dst, port, r).as_bytes())?;
+    parse_response(&mut BufReader::new(s))
+}
+
+/// Reads one HTTP/1.x response: its status code and body (by `Content-Length`, else to the
+/// end of the connection), trimmed.
+pub fn parse_response(r: &mut impl BufRead) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::other("closed without an answer"));
+    }
+    let mut parts = line.split_whitespace();
+    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(bad(&format!("not an HTTP response: {:?}", line.trim())));
+    }
+    let status = parts
+        .next()
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| bad(&format!("no status code in {:?}", line.trim())))?;
+    let mut length = None;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Err(bad("the response ends inside its headers"));
+        }
+        if h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| bad(&format!("bad Content-Length {:?}", v.trim())))?,
+                );
+            }
+        }
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            r.take(n).read_to_end(&mut body)?;
+            if (body.len() as u64) < n {
+                return Err(bad("the response ends inside its body"));
+            }
+        }
+        None => {
+            r.read_to_end(&mut body)?;
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
 }
 
 fn tcp(dst: Ipv4Addr, port: u16) -> std::io::Result<String> {
@@ -93,21 +185,68 @@ fn ping(netns: &std::path::Path, dst: Ipv4Addr) -> Outcome {
         Ok(o) if o.status.success() => Outcome {
             answer: Some("echo reply".into()),
             error: None,
+            status: None,
         },
-        Ok(o) => Outcome {
-            answer: None,
-            error: Some(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .find(|l| l.contains("packet loss") || l.contains("unreachable"))
-                    .unwrap_or("no echo reply")
-                    .trim()
-                    .to_owned(),
-            ),
-        },
-        Err(e) => Outcome {
-            answer: None,
-            error: Some(format!("running ping: {e}")),
-        },
+        Ok(o) => Outcome::failed(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| l.contains("packet loss") || l.contains("unreachable"))
+                .unwrap_or("no echo reply")
+                .trim()
+                .to_owned(),
+        ),
+        Err(e) => Outcome::failed(format!("running ping: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::io::Result<(u16, String)> {
+        parse_response(&mut std::io::Cursor::new(text.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn responses_parse_to_status_and_body() {
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 22\r\n\r\necho-same-node GET /p\nrest")
+                .expect("200"),
+            (200, "echo-same-node GET /p".to_owned())
+        );
+        assert_eq!(
+            parse("HTTP/1.1 403 Forbidden\r\ncontent-length: 13\r\n\r\nAccess denied")
+                .expect("403"),
+            (403, "Access denied".to_owned())
+        );
+        // No length: the body runs to the end of the connection.
+        assert_eq!(
+            parse("HTTP/1.0 200 OK\n\nhello\n").expect("1.0"),
+            (200, "hello".to_owned())
+        );
+        for bad in [
+            "",
+            "SSH-2.0-x\r\n\r\n",
+            "HTTP/1.1 abc\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nHost: a\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_carry_method_path_and_token() {
+        let r = Request {
+            method: "PUT",
+            path: "/public",
+            token: true,
+        };
+        assert_eq!(
+            request_text(Ipv4Addr::new(10, 0, 0, 1), 8090, r),
+            "PUT /public HTTP/1.1\r\nHost: 10.0.0.1:8090\r\nUser-Agent: ciliate-connectivity\r\n\
+             X-Token: yes\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
     }
 }

@@ -11,7 +11,8 @@
 //! | `echo-same-node`  | `kind=echo, name=echo-same-node`           | node 0 |
 //! | `echo-other-node` | `kind=echo, name=echo-other-node`          | node 1 |
 //!
-//! Each echo pod serves its name on 8080 (TCP and UDP) behind a Service of the same name; each
+//! Each echo pod serves its name on 8080 (TCP and UDP) behind a Service of the same name, and
+//! HTTP on 8090 (answering `<pod> <METHOD> <path>`) for the L7 scenarios; each
 //! node's own namespace serves the node's name on 8081 ("host"); the underlay serves `world`
 //! on 172.31.0.1:8080 and 172.31.0.2:8080. Cells that need a second node are left out on a
 //! one-node lab.
@@ -27,6 +28,8 @@ use crate::layout::{GATEWAY_IP, HOST_PORT, WORLD2_IP, WORLD_PORT};
 pub const NAMESPACE: &str = "ciliate-test";
 /// Where the echo pods listen (TCP and UDP).
 pub const ECHO_PORT: u16 = 8080;
+/// Where the echo pods serve HTTP/1.1 (the L7 scenarios).
+pub const HTTP_PORT: u16 = 8090;
 
 /// Who opens the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -155,6 +158,71 @@ pub enum Proto {
     Udp,
     /// `ping -c1`.
     Icmp,
+    /// One HTTP/1.1 request on port [`HTTP_PORT`]: its status code and body.
+    Http(Request),
+}
+
+/// The HTTP request of an L7 cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// `GET`, `POST`, `PUT`.
+    pub method: &'static str,
+    /// `/public`.
+    pub path: &'static str,
+    /// Whether it carries the header `X-Token: yes`.
+    pub token: bool,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)?;
+        if self.token {
+            f.write_str(" +X-Token")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which side's proxy holds the HTTP rule of an L7 cell, and so reports its L7 flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    /// The server's (an ingress rule): its node's observer, direction INGRESS.
+    Ingress,
+    /// The client's (an egress rule): its node's observer, direction EGRESS.
+    Egress,
+}
+
+impl Side {
+    /// Hubble's name of the traffic direction.
+    pub fn direction(self) -> &'static str {
+        match self {
+            Self::Ingress => "INGRESS",
+            Self::Egress => "EGRESS",
+        }
+    }
+}
+
+/// What an L7 cell should get: a status code from the proxy (or the server behind it), and an
+/// L7 flow with the matching verdict (200 FORWARDED, 403 DROPPED) from the rule's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpExpect {
+    /// 200 or 403.
+    pub status: u16,
+    /// Whose proxy decides.
+    pub side: Side,
+}
+
+impl HttpExpect {
+    /// The verdict of the L7 request flow, as Hubble names it.
+    pub fn verdict(self) -> &'static str {
+        if self.status == 403 {
+            "DROPPED"
+        } else {
+            "FORWARDED"
+        }
+    }
 }
 
 /// A drop reason a policy cell may expect, as the datapath and Hubble name it.
@@ -199,6 +267,8 @@ pub enum Expect {
     Pass,
     /// Dropped, with this reason seen in Hubble.
     Drop(DropReason),
+    /// Passed through an L7 proxy: this status, and the L7 flow.
+    Http(HttpExpect),
 }
 
 impl fmt::Display for Expect {
@@ -206,6 +276,7 @@ impl fmt::Display for Expect {
         match self {
             Self::Pass => f.write_str("pass"),
             Self::Drop(r) => write!(f, "drop ({})", r.code()),
+            Self::Http(h) => write!(f, "{} ({} {})", h.status, h.side.direction(), h.verdict()),
         }
     }
 }
@@ -228,6 +299,7 @@ impl Cell {
     pub fn label(&self) -> String {
         match self.proto {
             Proto::Icmp => format!("{} → {} ICMP", self.from, self.to.label()),
+            Proto::Http(r) => format!("{} → {}:{HTTP_PORT} {r}", self.from, self.to.label()),
             p => format!(
                 "{} → {}:{}/{}",
                 self.from,
@@ -244,6 +316,14 @@ impl Cell {
     /// Whether it needs a second node.
     pub fn remote(&self) -> bool {
         self.to.remote()
+    }
+
+    /// The port asked: the target's, or [`HTTP_PORT`] for HTTP.
+    pub fn port(&self) -> u16 {
+        match self.proto {
+            Proto::Http(_) => HTTP_PORT,
+            _ => self.to.port(),
+        }
     }
 }
 
@@ -301,6 +381,26 @@ const ECHO: Target = Target::Pod(SameNode);
 const ECHO_OTHER: Target = Target::Pod(OtherNode);
 const SVC: Target = Target::Service(SameNode);
 const SVC_OTHER: Target = Target::Service(OtherNode);
+
+const fn get(path: &'static str) -> Proto {
+    Proto::Http(Request {
+        method: "GET",
+        path,
+        token: false,
+    })
+}
+
+const fn req(method: &'static str, token: bool) -> Proto {
+    Proto::Http(Request {
+        method,
+        path: "/public",
+        token,
+    })
+}
+
+const fn http(status: u16, side: Side) -> Expect {
+    Expect::Http(HttpExpect { status, side })
+}
 
 fn c(from: Source, to: Target, proto: Proto, expect: Expect) -> Cell {
     Cell {
@@ -557,6 +657,40 @@ pub fn all() -> Vec<Scenario> {
             policy!("to-cidr-except-knp.yaml"),
         ),
         Scenario {
+            name: "l7-ingress",
+            description: "echo's proxy lets the clients GET /public and PUT with X-Token: yes on \
+                          8090, answers 403 to the rest (CiliumNetworkPolicy, rules.http on ingress)",
+            policy: policy!("l7-ingress.yaml"),
+            cells: vec![
+                c(Client, ECHO, get("/public"), http(200, Side::Ingress)),
+                c(Client, ECHO, get("/private"), http(403, Side::Ingress)),
+                c(Client, ECHO, req("POST", false), http(403, Side::Ingress)),
+                c(Client, ECHO, req("PUT", false), http(403, Side::Ingress)),
+                c(Client, ECHO, req("PUT", true), http(200, Side::Ingress)),
+                c(Client2, ECHO, get("/public"), http(200, Side::Ingress)),
+                c(World, ECHO, get("/public"), DENIED),
+                c(Client, ECHO_OTHER, get("/public"), http(200, Side::Ingress)),
+                c(Client, ECHO_OTHER, get("/private"), http(403, Side::Ingress)),
+                c(Client, ECHO_OTHER, req("PUT", true), http(200, Side::Ingress)),
+                c(Client, ECHO_OTHER, req("PUT", false), http(403, Side::Ingress)),
+            ],
+        },
+        Scenario {
+            name: "l7-egress",
+            description: "client's proxy lets it GET /public from echo on 8090 and nothing else; \
+                          client2 has no rule (CiliumNetworkPolicy, rules.http on egress)",
+            policy: policy!("l7-egress.yaml"),
+            cells: vec![
+                c(Client, ECHO, get("/public"), http(200, Side::Egress)),
+                c(Client, ECHO, get("/private"), http(403, Side::Egress)),
+                c(Client, ECHO, req("POST", false), http(403, Side::Egress)),
+                c(Client, ECHO, Tcp, DENIED),
+                c(Client2, ECHO, get("/private"), PASS),
+                c(Client, ECHO_OTHER, get("/public"), http(200, Side::Egress)),
+                c(Client, ECHO_OTHER, get("/private"), http(403, Side::Egress)),
+            ],
+        },
+        Scenario {
             name: "client-ingress-icmp",
             description: "echo answers the clients' pings and nothing else (CiliumNetworkPolicy, icmps)",
             policy: policy!("client-ingress-icmp.yaml"),
@@ -678,7 +812,7 @@ mod tests {
                     Target::World2 => cidr(WORLD2_IP),
                 };
                 let (proto, dport) = match cell.proto {
-                    Tcp => (6, cell.to.port()),
+                    Tcp | Proto::Http(_) => (6, cell.port()),
                     Udp => (17, cell.to.port()),
                     Icmp => (1, 8),
                 };
@@ -689,7 +823,12 @@ mod tests {
                     Some(181) => DENY,
                     other => panic!("{}: {}: drop reason {other:?}", s.name, cell.label()),
                 };
-                assert_eq!(got, cell.expect, "{}: {}: {v:#?}", s.name, cell.label());
+                // An L7 cell is allowed at L4; its proxy decides the rest.
+                let want = match cell.expect {
+                    Expect::Http(_) => Expect::Pass,
+                    e => e,
+                };
+                assert_eq!(got, want, "{}: {}: {v:#?}", s.name, cell.label());
             }
         }
     }
@@ -721,6 +860,16 @@ mod tests {
                 if s.policy.is_none() {
                     assert_eq!(cell.expect, Expect::Pass, "{}", cell.label());
                 }
+                // An HTTP status is only expected of an HTTP request to a pod.
+                if let Expect::Http(h) = cell.expect {
+                    assert!(
+                        matches!(cell.proto, Proto::Http(_)) && matches!(cell.to, Target::Pod(_)),
+                        "{}: {}",
+                        s.name,
+                        cell.label()
+                    );
+                    assert!(matches!(h.status, 200 | 403), "{}", cell.label());
+                }
             }
         }
     }
@@ -744,6 +893,17 @@ mod tests {
             "client → host:8081/UDP"
         );
         assert_eq!(DENY.to_string(), "drop (181)");
+        assert_eq!(
+            c(
+                Client,
+                ECHO_OTHER,
+                req("PUT", true),
+                http(200, Side::Ingress)
+            )
+            .label(),
+            "client → echo-other-node:8090 PUT /public +X-Token"
+        );
+        assert_eq!(http(403, Side::Egress).to_string(), "403 (EGRESS DROPPED)");
         assert_eq!(DropReason::PolicyDenied.to_string(), "133 POLICY_DENIED");
     }
 

@@ -1,12 +1,12 @@
 //! The test's own workload on a lab: the client and echo pods (through the CNI, like any pod),
-//! their ident servers, an ident server in each node's own namespace, and the echo Services.
+//! their ident servers and HTTP servers, an ident server in each node's own namespace, and the echo Services.
 //! Everything is recorded in `lab.json` as it is made, so it can be removed by a later
 //! command too (after a Ctrl-C, or with `lab down`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::scenarios::{Echo, Source, ECHO_PORT, NAMESPACE};
+use super::scenarios::{Echo, Source, ECHO_PORT, HTTP_PORT, NAMESPACE};
 use crate::cni::PodSpec;
 use crate::layout::{HOST_PORT, WORLD_ID, WORLD_PORT};
 use crate::objects::{self, Backend};
@@ -91,6 +91,12 @@ pub async fn deploy(lab: &mut Lab, progress: Progress<'_>) -> Result<Workload, L
                 &pod.netns,
                 &pod.name,
                 ECHO_PORT,
+            )?;
+            lab.start_http_server(
+                &format!("{PROCESS_PREFIX}http-server {}", pod.reference()),
+                &pod.netns,
+                &pod.name,
+                HTTP_PORT,
             )?;
         }
         progress(&format!(
