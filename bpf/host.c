@@ -190,9 +190,9 @@ found: {
 }
 }
 
-/* Whether `p`, from a pod of this node, is the ingress proxy answering a connection opened
- * towards that pod (conntrack sent it to the proxy). */
-static __always_inline int proxy_answer(const struct pkt4 *p)
+/* Whether `p` is a reply in a connection conntrack holds as opened in direction `dir` with
+ * `flag` set. */
+static __always_inline int ct_reply_has(const struct pkt4 *p, __u8 dir, __u8 flag)
 {
 	struct ct_key4 k = {
 		.saddr = p->daddr,
@@ -200,27 +200,24 @@ static __always_inline int proxy_answer(const struct pkt4 *p)
 		.sport = p->dport,
 		.dport = p->sport,
 		.proto = p->proto,
-		.dir = CT_INGRESS,
+		.dir = dir,
 	};
 	struct ct_entry4 *e = bpf_map_lookup_elem(&cil_ct4, &k);
 
-	return e && (e->state & CT_F_TO_PROXY);
+	return e && (e->state & flag);
+}
+
+/* Whether `p`, from a pod of this node, is the ingress proxy answering a connection opened
+ * towards that pod (conntrack sent it to the proxy). */
+static __always_inline int proxy_answer(const struct pkt4 *p)
+{
+	return ct_reply_has(p, CT_INGRESS, CT_F_TO_PROXY);
 }
 
 /* Whether `p` (towards a pod's address) answers an upstream connection the proxy opened. */
 static __always_inline int proxy_upstream_reply(const struct pkt4 *p)
 {
-	struct ct_key4 k = {
-		.saddr = p->daddr,
-		.daddr = p->saddr,
-		.sport = p->dport,
-		.dport = p->sport,
-		.proto = p->proto,
-		.dir = CT_EGRESS,
-	};
-	struct ct_entry4 *e = bpf_map_lookup_elem(&cil_ct4, &k);
-
-	return e && (e->state & CT_F_FROM_PROXY);
+	return ct_reply_has(p, CT_EGRESS, CT_F_FROM_PROXY);
 }
 
 /* Tracks a proxy's upstream packet leaving the node (CT_EGRESS of the client's tuple, with
