@@ -465,6 +465,8 @@ pub(crate) fn finish(
 /// Request/rule pairs with the verdict every matcher of these rules must give: the proxy's
 /// matcher can be held to the same table as [`http_rule_matches`].
 pub mod cases {
+    use ciliate_model::l7::{HeaderMatch, HeaderMismatch, HttpMatch};
+
     /// One case: a rule (as its fields), a request, and whether the rule matches it.
     #[derive(Clone, Copy, Debug)]
     pub struct MatchCase {
@@ -490,6 +492,33 @@ pub mod cases {
         pub req_headers: &'static [(&'static str, &'static str)],
         /// Whether the rule matches the request.
         pub matches: bool,
+    }
+
+    impl MatchCase {
+        /// The case's rule in the agent–proxy contract's form.
+        pub fn rule(&self) -> HttpMatch {
+            HttpMatch {
+                method: self.method.map(str::to_owned),
+                path: self.path.map(str::to_owned),
+                host: self.host.map(str::to_owned),
+                headers: self.headers.iter().map(|h| (*h).to_owned()).collect(),
+                header_matches: self
+                    .header_matches
+                    .iter()
+                    .map(|(n, v, m)| HeaderMatch {
+                        name: (*n).to_owned(),
+                        value: v.map(str::to_owned),
+                        mismatch: m.map(|m| match m {
+                            "LOG" => HeaderMismatch::Log,
+                            "ADD" => HeaderMismatch::Add,
+                            "DELETE" => HeaderMismatch::Delete,
+                            "REPLACE" => HeaderMismatch::Replace,
+                            other => panic!("{}: unknown mismatch action {other}", self.name),
+                        }),
+                    })
+                    .collect(),
+            }
+        }
     }
 
     const fn case(name: &'static str, matches: bool) -> MatchCase {
@@ -652,29 +681,6 @@ mod tests {
     use super::cases::MATCH_CASES;
     use super::*;
 
-    fn rule_of(c: &cases::MatchCase) -> HttpMatch {
-        HttpMatch {
-            method: c.method.map(str::to_owned),
-            path: c.path.map(str::to_owned),
-            host: c.host.map(str::to_owned),
-            headers: c.headers.iter().map(|h| (*h).to_owned()).collect(),
-            header_matches: c
-                .header_matches
-                .iter()
-                .map(|(n, v, m)| HeaderMatch {
-                    name: (*n).to_owned(),
-                    value: v.map(str::to_owned),
-                    mismatch: m.map(|m| match m {
-                        "LOG" => HeaderMismatch::Log,
-                        "ADD" => HeaderMismatch::Add,
-                        "DELETE" => HeaderMismatch::Delete,
-                        _ => HeaderMismatch::Replace,
-                    }),
-                })
-                .collect(),
-        }
-    }
-
     #[test]
     fn the_shared_table() {
         for c in MATCH_CASES {
@@ -684,12 +690,7 @@ mod tests {
                 host: c.req_host,
                 headers: c.req_headers.to_vec(),
             };
-            assert_eq!(
-                http_rule_matches(&rule_of(c), &req),
-                c.matches,
-                "{}",
-                c.name
-            );
+            assert_eq!(http_rule_matches(&c.rule(), &req), c.matches, "{}", c.name);
         }
     }
 

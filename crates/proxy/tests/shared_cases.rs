@@ -4,34 +4,10 @@
 use ciliate_model::l7::{
     HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect,
 };
-use ciliate_policy::l7::cases::{MatchCase, MATCH_CASES};
+use ciliate_policy::l7::cases::MATCH_CASES;
 use ciliate_proxy::rules::{CompiledRedirect, Decision, RequestView};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
-
-fn rule_of(c: &MatchCase) -> HttpMatch {
-    HttpMatch {
-        method: c.method.map(str::to_owned),
-        path: c.path.map(str::to_owned),
-        host: c.host.map(str::to_owned),
-        headers: c.headers.iter().map(|h| (*h).to_owned()).collect(),
-        header_matches: c
-            .header_matches
-            .iter()
-            .map(|(n, v, m)| HeaderMatch {
-                name: (*n).to_owned(),
-                value: v.map(str::to_owned),
-                mismatch: m.map(|m| match m {
-                    "LOG" => HeaderMismatch::Log,
-                    "ADD" => HeaderMismatch::Add,
-                    "DELETE" => HeaderMismatch::Delete,
-                    "REPLACE" => HeaderMismatch::Replace,
-                    other => panic!("{}: unknown mismatch action {other}", c.name),
-                }),
-            })
-            .collect(),
-    }
-}
 
 #[test]
 fn the_proxy_decides_every_case_of_the_shared_table_as_policy_trace_does() {
@@ -47,7 +23,7 @@ fn the_proxy_decides_every_case_of_the_shared_table_as_policy_trace_does() {
             rules: vec![L7PeerRules {
                 peers: None,
                 rule: 7,
-                http: vec![rule_of(c)],
+                http: vec![c.rule()],
             }],
         };
         let compiled =
