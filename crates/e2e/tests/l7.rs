@@ -340,14 +340,7 @@ fn killing_or_stopping_the_proxy_refuses_no_connection() {
     let load = HttpLoad::start(&client, &url);
     thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
-        let p = pid(&node).expect("pid");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill -9 the proxy");
-        eventually("a new proxy", || pid(&node).is_some_and(|n| n != p));
-        thread::sleep(Duration::from_millis(500));
+        replace_proxy(&node, nix::sys::signal::Signal::SIGKILL);
     }
     let (ok, in_flight, failed) = load.stop();
     assert!(ok > 0);
@@ -367,14 +360,7 @@ fn killing_or_stopping_the_proxy_refuses_no_connection() {
     let load = HttpLoad::start(&client, &url);
     thread::sleep(Duration::from_millis(300));
     for _ in 0..2 {
-        let p = pid(&node).expect("pid");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM the proxy");
-        eventually("a new proxy", || pid(&node).is_some_and(|n| n != p));
-        thread::sleep(Duration::from_millis(500));
+        replace_proxy(&node, nix::sys::signal::Signal::SIGTERM);
     }
     let (ok, in_flight, failed) = load.stop();
     assert!(ok > 0);
@@ -383,6 +369,17 @@ fn killing_or_stopping_the_proxy_refuses_no_connection() {
         (0, 0),
         "requests failed while the proxy was stopped with SIGTERM: {failed:?}"
     );
+}
+
+/// Sends `signal` to the node's proxy and waits until another one serves (then half a second
+/// more, so the load runs against the new one for a while).
+fn replace_proxy(node: &Node, signal: nix::sys::signal::Signal) {
+    let pid = |node: &Node| proxy_status(node)["pid"].as_u64();
+    let old = pid(node).expect("the proxy's pid in status");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), signal)
+        .unwrap_or_else(|e| panic!("{signal} to the proxy: {e}"));
+    eventually("a new proxy", || pid(node).is_some_and(|n| n != old));
+    thread::sleep(Duration::from_millis(500));
 }
 
 /// `curl` in a loop from a pod, one connection per request, until stopped.
