@@ -6,71 +6,39 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ciliate_testutil::privileged;
-use common::{Node, Pod};
+use common::{bin, Node, Pod, Proc};
 use serde_json::Value;
 
-/// Serves HTTP/1.1 with keep-alive on `port` in the pod: every request is answered 200 with a
-/// body naming the method and path, so the client sees which request reached the server.
-fn http_server(pod: &Pod, port: u16) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    pod.in_netns(move || {
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind http server");
-        tx.send(()).expect("ready");
-        for conn in l.incoming() {
-            let Ok(c) = conn else { return };
-            thread::spawn(move || serve_http(c));
-        }
+/// `ciliate-bench http-ident-server` in the pod: HTTP/1.1 with keep-alive on `port`, every
+/// request answered 200 with "<pod> <METHOD> <path>", so the client sees which request arrived.
+fn http_server(node: &Node, pod: &Pod, port: u16) -> Proc {
+    let server = Proc(
+        node.pod_command(
+            pod,
+            false,
+            &bin("ciliate-bench"),
+            &[
+                "http-ident-server",
+                "--id",
+                &pod.name,
+                "--port",
+                &port.to_string(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the HTTP server"),
+    );
+    eventually("the HTTP server listens", || {
+        pod.tcp_connect(pod.ip, port).is_ok()
     });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("http server up");
-}
-
-fn serve_http(c: TcpStream) {
-    let mut w = c.try_clone().expect("clone stream");
-    let mut r = BufReader::new(c);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let path = parts.next().unwrap_or_default().to_owned();
-        let mut length = 0usize;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" || h == "\n" {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let answer = format!("served {method} {path}\n");
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}",
-            answer.len()
-        );
-        if w.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
+    server
 }
 
 /// `curl` from the pod: (status code, body) per URL, all on one connection when several are
@@ -175,7 +143,7 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
     let client = node.add_pod("client", "app=client");
     let other = node.add_pod("other", "app=other");
     let web = node.add_pod("web", "app=web");
-    http_server(&web, 80);
+    let _web_80 = http_server(&node, &web, 80);
     // No policy yet: plain forwarding, the proxy is not involved.
     let base = format!("http://{}", web.ip);
     assert_eq!(
@@ -189,7 +157,7 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
     });
 
     let (code, body) = get(&client, &format!("{base}/public/a")).expect("answer");
-    assert_eq!((code, body.as_str()), (200, "served GET /public/a"));
+    assert_eq!((code, body.as_str()), (200, "web GET /public/a"));
     let (code, body) = get(&client, &format!("{base}/private")).expect("answer");
     assert_eq!(code, 403);
     assert_eq!(body, "Access denied", "Cilium's body of a denied request");
@@ -280,8 +248,8 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
     let node = Node::start("10.232.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    http_server(&web, 80);
-    http_server(&web, 8080);
+    let _web_80 = http_server(&node, &web, 80);
+    let _web_8080 = http_server(&node, &web, 8080);
     node.apply("client-l7.yaml", EGRESS_POLICY);
     let base = format!("http://{}", web.ip);
     eventually("the policy reaches the proxy", || {
@@ -329,7 +297,7 @@ fn killing_or_stopping_the_proxy_refuses_no_connection() {
     let node = Node::start("10.233.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    http_server(&web, 80);
+    let _web_80 = http_server(&node, &web, 80);
     node.apply("web-l7.yaml", INGRESS_POLICY);
     let url = format!("http://{}/public", web.ip);
     eventually("the policy reaches the proxy", || {
@@ -431,7 +399,7 @@ fn restarting_the_agent_leaves_the_proxy_serving() {
     let mut node = Node::start("10.234.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    http_server(&web, 80);
+    let _web_80 = http_server(&node, &web, 80);
     node.apply("web-l7.yaml", INGRESS_POLICY);
     let base = format!("http://{}", web.ip);
     eventually("the policy reaches the proxy", || {
@@ -476,7 +444,7 @@ fn a_new_pod_under_http_rules_is_judged_from_its_first_request() {
     node.apply("web-l7.yaml", INGRESS_POLICY);
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    http_server(&web, 80);
+    let _web_80 = http_server(&node, &web, 80);
     let base = format!("http://{}", web.ip);
     assert_eq!(
         get(&client, &format!("{base}/private")).map(|r| r.0),
@@ -498,7 +466,7 @@ fn without_a_proxy_http_rules_fail_closed_and_status_says_why() {
     );
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    http_server(&web, 80);
+    let _web_80 = http_server(&node, &web, 80);
     let base = format!("http://{}", web.ip);
     assert_eq!(
         get(&client, &format!("{base}/public")).map(|r| r.0),
