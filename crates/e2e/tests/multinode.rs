@@ -1394,56 +1394,6 @@ fn a_nodes_own_connection_to_a_remote_pod_is_tunnelled_and_judged_as_remote_node
     );
 }
 
-/// Serves HTTP/1.1 (keep-alive) on `port` in a pod of the lab until the test ends: every
-/// request is answered 200 with the method and path it asked for.
-fn http_server_in(pod: &Pod, port: u16) {
-    let netns = pod.netns.clone();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        in_netns(&netns, move || {
-            let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind http server");
-            tx.send(()).expect("ready");
-            for conn in l.incoming() {
-                let Ok(c) = conn else { return };
-                thread::spawn(move || {
-                    let mut w = c.try_clone().expect("clone");
-                    let mut r = BufReader::new(c);
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        loop {
-                            let mut h = String::new();
-                            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if h.trim().is_empty() {
-                                break;
-                            }
-                        }
-                        let what = line
-                            .split_whitespace()
-                            .take(2)
-                            .collect::<Vec<_>>()
-                            .join(" ");
-                        let body = format!("served {what}\n");
-                        let resp = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if std::io::Write::write_all(&mut w, resp.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("http server up");
-}
-
 /// The HTTP status `curl` gets from `pod` for `url` (`None`: no HTTP answer).
 fn http_status(pod: &Pod, url: &str) -> Option<u16> {
     let out = Command::new("nsenter")
@@ -1468,7 +1418,7 @@ fn http_status(pod: &Pod, url: &str) -> Option<u16> {
 #[test]
 fn http_rules_hold_across_nodes_on_both_sides() {
     privileged!();
-    let Some((_serial, lab)) = demo_lab() else {
+    let Some((_serial, mut lab)) = demo_lab() else {
         return;
     };
     let (n0, n1) = (lab.node(0), lab.node(1));
@@ -1478,7 +1428,25 @@ fn http_rules_hold_across_nodes_on_both_sides() {
         (client.node.as_str(), server.node.as_str()),
         (n0.name.as_str(), n1.name.as_str())
     );
-    http_server_in(&server, 9090);
+    // HTTP on 9090 in the backend (answers "<pod> <METHOD> <path>"), reaped by the guard.
+    let argv: Vec<String> = vec![
+        bin("ciliate-bench").display().to_string(),
+        "http-ident-server".into(),
+        "--id".into(),
+        server.name.clone(),
+        "--port".into(),
+        "9090".into(),
+    ];
+    let log = lab.state_dir().join("servers.log");
+    lab.start_in(&server.netns, &argv, &[], &log);
+    let (netns, ip) = (server.netns.clone(), server.ip);
+    poll(Duration::from_secs(5), || {
+        in_netns(&netns, move || {
+            TcpStream::connect_timeout(&(ip, 9090).into(), Duration::from_secs(1))
+        })
+        .ok()
+    })
+    .expect("the backend's HTTP server listens");
     // The backend's ingress (enforced by node 1's proxy) and the frontend's egress (node 0's
     // proxy, whose upstream crosses the tunnel as the frontend) both have HTTP rules.
     let policy = r#"
