@@ -1,9 +1,7 @@
 //! The proxy's matcher against the table `policy trace` is held to
 //! (`ciliate_policy::l7::cases`): what the trace says a rule allows, the proxy allows.
 
-use ciliate_model::l7::{
-    HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect,
-};
+use ciliate_model::l7::{L7Parser, L7PeerRules, L7Redirect};
 use ciliate_policy::l7::cases::MATCH_CASES;
 use ciliate_proxy::rules::{CompiledRedirect, Decision, RequestView};
 use http::header::{HeaderName, HeaderValue};
