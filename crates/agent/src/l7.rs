@@ -274,6 +274,8 @@ mod tests {
                 peers: None,
                 rule: 1,
                 http: vec![],
+                kafka: vec![],
+                dns: vec![],
             }],
         }
     }

@@ -45,6 +45,7 @@ fn has_redirects(cmd: &ProxyCommand) -> bool {
         ProxyCommand::Snapshot { redirects, .. } | ProxyCommand::Endpoint { redirects, .. } => {
             !redirects.is_empty()
         }
+        ProxyCommand::FqdnAllowed { .. } => false,
     }
 }
 
@@ -162,6 +163,8 @@ fn handle_event(
             warn!(revision, %reason, "the proxy refused a policy update");
         }
         ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
+        // DNS and Kafka (#13): records and learned names are handled as that work lands.
+        ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) | ProxyEvent::FqdnLearned(_) => {}
     }
     if let Some(s) = supervisor {
         report(s, policies);

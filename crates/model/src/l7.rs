@@ -20,6 +20,11 @@ use crate::identity::NumericIdentity;
 pub enum L7Parser {
     /// HTTP/1.1 and HTTP/2 (h2c).
     Http,
+    /// The Kafka wire protocol (request header and topics); shares the HTTP listeners: the
+    /// proxy picks the parser from the redirect of the connection's (endpoint, port).
+    Kafka,
+    /// DNS over UDP and TCP, on its own listener ([`ProxyPorts::dns`]); egress only.
+    Dns,
 }
 
 /// The proxy's listening ports (on the node, in the host network namespace), which policy map
@@ -31,6 +36,13 @@ pub struct ProxyPorts {
     pub http_egress: u16,
     /// HTTP, for connections towards an endpoint (its ingress rules).
     pub http_ingress: u16,
+    /// DNS, UDP and TCP on the same port: queries an endpoint sends (its egress rules).
+    #[serde(default = "default_dns_port")]
+    pub dns: u16,
+}
+
+fn default_dns_port() -> u16 {
+    15053
 }
 
 impl Default for ProxyPorts {
@@ -38,6 +50,7 @@ impl Default for ProxyPorts {
         Self {
             http_egress: 15001,
             http_ingress: 15002,
+            dns: default_dns_port(),
         }
     }
 }
@@ -46,8 +59,9 @@ impl ProxyPorts {
     /// The listener of `parser` in the given direction.
     pub fn port(&self, parser: L7Parser, egress: bool) -> u16 {
         match (parser, egress) {
-            (L7Parser::Http, true) => self.http_egress,
-            (L7Parser::Http, false) => self.http_ingress,
+            (L7Parser::Http | L7Parser::Kafka, true) => self.http_egress,
+            (L7Parser::Http | L7Parser::Kafka, false) => self.http_ingress,
+            (L7Parser::Dns, _) => self.dns,
         }
     }
 }
@@ -63,7 +77,7 @@ pub struct L7Redirect {
     pub endpoint_ip: Ipv4Addr,
     /// The endpoint's egress (it opens the connection) or ingress (it accepts it).
     pub egress: bool,
-    /// IP protocol (6: TCP).
+    /// IP protocol (6: TCP; 17: UDP, DNS only). A DNS rule on port 53 gives two redirects.
     pub proto: u8,
     /// The destination port as the datapath sees it (after Service translation: a backend's
     /// port, as Cilium matches `toPorts` on backends).
@@ -78,7 +92,7 @@ pub struct L7Redirect {
 }
 
 /// The L7 rules for a set of peers of a redirect.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct L7PeerRules {
     /// The remote identities, sorted; `None` = any peer.
@@ -91,6 +105,45 @@ pub struct L7PeerRules {
     /// other rule sends through the proxy, as Cilium has it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpMatch>,
+    /// Kafka rules, OR'ed (a redirect with the Kafka parser); empty = every request allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kafka: Vec<KafkaMatch>,
+    /// DNS rules, OR'ed (a redirect with the DNS parser); empty = every query allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsMatch>,
+}
+
+/// One Kafka rule as the proxy applies it; every field given must match. The compiler turns
+/// Cilium's `role` and `apiKey` into the list of API keys they allow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaMatch {
+    /// The request API keys allowed (Produce = 0, Fetch = 1, ...); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<i16>,
+    /// The exact request API version; `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<i16>,
+    /// The exact client id; `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The exact topic; `None` = any. A request naming several topics is allowed only when
+    /// every one of them is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// One DNS rule (`rules.dns[]`) as Cilium defines it: exactly one of the two is given,
+/// validated and lower-cased by the compiler; see [`crate::fqdn`] for the matching.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsMatch {
+    /// An exact name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_name: Option<String>,
+    /// A pattern with `*` wildcards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_pattern: Option<String>,
 }
 
 /// One HTTP rule as Cilium defines it; every field given must match.
@@ -164,6 +217,12 @@ pub enum ProxyCommand {
         /// Its redirects now.
         redirects: Vec<L7Redirect>,
     },
+    /// The IPs of [`ProxyEvent::FqdnLearned`] with this id are in the datapath's maps (or the
+    /// agent gave up on them): the proxy may now hand the answer to the pod.
+    FqdnAllowed {
+        /// The event's id.
+        id: u64,
+    },
 }
 
 /// Proxy → agent, one per line on the control socket.
@@ -186,6 +245,43 @@ pub enum ProxyEvent {
     },
     /// The proxy's counters since it started, sent every second while they change.
     Stats(ProxyStats),
+    /// One DNS query or answer passed (or was refused by) the proxy.
+    Dns(Box<DnsRecord>),
+    /// One Kafka request or response passed (or was refused by) the proxy.
+    Kafka(Box<KafkaRecord>),
+    /// An allowed DNS answer, held by the proxy until the agent answers
+    /// [`ProxyCommand::FqdnAllowed`] with the same id: the agent adds the IPs to its FQDN cache
+    /// and to the policy maps of every endpoint whose `toFQDNs` select one of the names, so
+    /// that the pod's first connection after the answer is allowed.
+    FqdnLearned(Box<FqdnLearned>),
+}
+
+/// The names and addresses of one allowed DNS answer (A records; CNAME chains followed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FqdnLearned {
+    /// Unique per proxy process; echoed by [`ProxyCommand::FqdnAllowed`].
+    pub id: u64,
+    /// The endpoint that asked.
+    pub endpoint: u16,
+    /// Its address.
+    pub endpoint_ip: Ipv4Addr,
+    /// The query name and every CNAME target of the answer, each with the final A records'
+    /// addresses and the TTL the answer gives them (lowest TTL along the chain), lower-case
+    /// with the trailing dot (`api.example.com.`).
+    pub names: Vec<FqdnAnswer>,
+}
+
+/// One name of an answer and the addresses it resolved to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FqdnAnswer {
+    /// Lower-case, with the trailing dot.
+    pub name: String,
+    /// The addresses.
+    pub ips: Vec<Ipv4Addr>,
+    /// Seconds, as the answer gave them (the agent applies `--tofqdns-min-ttl`).
+    pub ttl: u32,
 }
 
 /// The proxy's counters (since the process started).
@@ -272,6 +368,102 @@ pub struct HttpRecord {
     #[serde(default)]
     pub latency_ns: u64,
     /// Why the verdict, for drops and errors (e.g. "no rule matched", "not HTTP").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One DNS query or answer, as the proxy saw it (always an endpoint's egress).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsRecord {
+    /// Unix time in nanoseconds.
+    pub time_ns: u64,
+    /// Query (request) or answer (response; for a refused query the proxy's own REFUSED).
+    pub record_type: L7RecordType,
+    /// The endpoint that asked.
+    pub endpoint: u16,
+    /// The pod's address and port.
+    pub source: SocketAddrV4,
+    /// The resolver it asked (the original destination).
+    pub destination: SocketAddrV4,
+    /// 17 (UDP) or 6 (TCP).
+    pub proto: u8,
+    /// The pod's security identity.
+    pub source_identity: NumericIdentity,
+    /// The resolver's security identity.
+    pub destination_identity: NumericIdentity,
+    /// Forwarded, Dropped (refused by policy) or Error (malformed, upstream failed).
+    pub verdict: L7Verdict,
+    /// The rule that allowed it (0: none).
+    pub rule: u32,
+    /// The query name, lower-case with the trailing dot.
+    pub query: String,
+    /// Query types as Hubble shows them (`A`, `AAAA`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qtypes: Vec<String>,
+    /// Answers: the response code (0 NOERROR, 3 NXDOMAIN, 5 REFUSED, ...).
+    #[serde(default)]
+    pub rcode: u16,
+    /// Answers: the A records' addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<Ipv4Addr>,
+    /// Answers: the lowest TTL of the records, in seconds.
+    #[serde(default)]
+    pub ttl: u32,
+    /// Answers: the CNAME targets, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cnames: Vec<String>,
+    /// Answers: the record types present (`A`, `CNAME`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rrtypes: Vec<String>,
+    /// Answers: time from the query to the answer, in nanoseconds.
+    #[serde(default)]
+    pub latency_ns: u64,
+    /// Why the verdict, for drops and errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One Kafka request or response, as the proxy saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRecord {
+    /// Unix time in nanoseconds.
+    pub time_ns: u64,
+    /// Request or response.
+    pub record_type: L7RecordType,
+    /// The redirect's endpoint.
+    pub endpoint: u16,
+    /// True when the endpoint opened the connection (an egress redirect).
+    pub egress: bool,
+    /// The client's address.
+    pub source: SocketAddrV4,
+    /// The original destination (the broker).
+    pub destination: SocketAddrV4,
+    /// The client's security identity.
+    pub source_identity: NumericIdentity,
+    /// The broker's security identity.
+    pub destination_identity: NumericIdentity,
+    /// The verdict.
+    pub verdict: L7Verdict,
+    /// The rule that allowed it (0: none).
+    pub rule: u32,
+    /// The request's API key as Hubble names it (`produce`, `fetch`, `metadata`, ...).
+    pub api_key: String,
+    /// The request's API version.
+    pub api_version: i16,
+    /// The request's correlation id.
+    pub correlation_id: i32,
+    /// The topic (the first one, when a request names several).
+    #[serde(default)]
+    pub topic: String,
+    /// Responses: the error code (29 TOPIC_AUTHORIZATION_FAILED for a refused request).
+    #[serde(default)]
+    pub error_code: i16,
+    /// Responses: time from the request to the response, in nanoseconds.
+    #[serde(default)]
+    pub latency_ns: u64,
+    /// Why the verdict, for drops and errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

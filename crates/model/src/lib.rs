@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bpf_policy;
 pub mod endpoint;
+pub mod fqdn;
 pub mod identity;
 pub mod k8s;
 pub mod l7;

@@ -419,6 +419,8 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
                 peers: (!any).then(|| peers.into_iter().collect()),
                 rule,
                 http,
+                kafka: Vec::new(),
+                dns: Vec::new(),
             })
             .collect();
         rules.sort_by(|a, b| (a.rule, &a.peers).cmp(&(b.rule, &b.peers)));

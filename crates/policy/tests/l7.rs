@@ -197,6 +197,7 @@ spec:
                         ..get("PUT", "/path2$")
                     },
                 ],
+                ..Default::default()
             }],
         }]
     );
@@ -300,11 +301,13 @@ spec:
                 peers: Some(vec![PROD]),
                 rule: l3,
                 http: vec![],
+                ..Default::default()
             },
             L7PeerRules {
                 peers: None,
                 rule: l7,
                 http: vec![get("GET", "/public")],
+                ..Default::default()
             },
         ]
     );
@@ -391,6 +394,7 @@ specs:
             peers: Some(vec![PROD]),
             rule: ing,
             http: vec![get("GET", "/public")],
+            ..Default::default()
         }]
     );
     check_invariants(&svc.policy, &svc.redirects);
@@ -414,6 +418,7 @@ specs:
                 host: Some("^external-service.org$".into()),
                 ..HttpMatch::default()
             }],
+            ..Default::default()
         }]
     );
     check_invariants(&prod.policy, &prod.redirects);
@@ -499,6 +504,7 @@ spec:
                 peers: Some(vec![OTHER]),
                 rule: plain,
                 http: vec![],
+                ..Default::default()
             },
             L7PeerRules {
                 peers: Some(vec![PROD]),
@@ -507,6 +513,7 @@ spec:
                     method: Some("GET".into()),
                     ..HttpMatch::default()
                 }],
+                ..Default::default()
             },
         ]
     );

@@ -92,6 +92,8 @@ async fn read_commands(
                 let revision = match &cmd {
                     ProxyCommand::Snapshot { revision, .. }
                     | ProxyCommand::Endpoint { revision, .. } => *revision,
+                    // Not a policy change: the DNS side (#13) releases the held answer.
+                    ProxyCommand::FqdnAllowed { .. } => continue,
                 };
                 match engine.policy.apply(&cmd) {
                     Ok(revision) => {

@@ -136,6 +136,7 @@ impl Policy {
                 }
                 PolicyTable::rebuild(*revision, by_endpoint)
             }
+            ProxyCommand::FqdnAllowed { .. } => return Ok(guard.revision),
         };
         let rev = next.revision;
         *guard = Arc::new(next);

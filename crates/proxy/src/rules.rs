@@ -328,6 +328,8 @@ pub fn any_peer(rule: u32, http: Vec<HttpMatch>) -> L7PeerRules {
         peers: None,
         rule,
         http,
+        kafka: Vec::new(),
+        dns: Vec::new(),
     }
 }
 

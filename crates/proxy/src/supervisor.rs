@@ -338,6 +338,8 @@ impl Supervisor {
                         st.desired.insert(*endpoint, redirects.clone());
                     }
                 }
+                // Meant for the running proxy only; not part of any later snapshot.
+                ProxyCommand::FqdnAllowed { .. } => {}
             }
             st.status.desired_revision = st.revision;
             st.status.redirects = st.desired.values().map(Vec::len).sum();
@@ -584,7 +586,10 @@ fn note_event(inner: &Inner, ev: &ProxyEvent) {
         ProxyEvent::Applied { revision } => st.status.applied_revision = Some(*revision),
         ProxyEvent::Rejected { reason, .. } => st.status.last_error = Some(reason.clone()),
         ProxyEvent::Stats(s) => st.status.stats = Some(*s),
-        ProxyEvent::Http(_) => {}
+        ProxyEvent::Http(_)
+        | ProxyEvent::Dns(_)
+        | ProxyEvent::Kafka(_)
+        | ProxyEvent::FqdnLearned(_) => {}
     }
 }
 

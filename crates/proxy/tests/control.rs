@@ -30,6 +30,7 @@ fn redirect(path: &str) -> L7Redirect {
                 path: Some(path.into()),
                 ..Default::default()
             }],
+            ..Default::default()
         }],
     }
 }

@@ -144,6 +144,7 @@ fn redirect(port: u16, http: Vec<HttpMatch>) -> L7Redirect {
             peers: None,
             rule: 7,
             http,
+            ..Default::default()
         }],
     }
 }
@@ -685,6 +686,7 @@ async fn direction_selects_redirect_and_remote_identity() {
             peers: Some(vec![peer]),
             rule: 50 + peer,
             http: vec![get("/.*")],
+            ..Default::default()
         }],
     };
     // (direction, redirect's peer, expected status)

@@ -22,6 +22,7 @@ fn the_proxy_decides_every_case_of_the_shared_table_as_policy_trace_does() {
                 peers: None,
                 rule: 7,
                 http: vec![c.rule()],
+                ..Default::default()
             }],
         };
         let compiled =

@@ -23,6 +23,7 @@ fn config(run_dir: &std::path::Path) -> SupervisorConfig {
         ports: ProxyPorts {
             http_egress: 0,
             http_ingress: 0,
+            dns: 0,
         },
         listen_ip: "127.0.0.1".parse().expect("ip"),
         transparent: false,
@@ -50,6 +51,7 @@ fn deny_all_but_never(port: u16, revision: u64) -> ProxyCommand {
                     path: Some("/never".into()),
                     ..Default::default()
                 }],
+                ..Default::default()
             }],
         }],
     }

@@ -139,6 +139,7 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
         ports: ProxyPorts {
             http_egress: 0,
             http_ingress: 0,
+            dns: 0,
         },
         listen_ip: "0.0.0.0".parse().expect("ip"),
         transparent: true,
@@ -182,6 +183,7 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
                             path: Some("/allowed|/slow".into()),
                             ..Default::default()
                         }],
+                        ..Default::default()
                     }],
                 }],
             })

@@ -312,11 +312,13 @@ fn allowing_rule_id_and_peers() {
             peers: Some(vec![100, 200]),
             rule: 11,
             http: vec![m(Some("GET"), None)],
+            ..Default::default()
         },
         L7PeerRules {
             peers: Some(vec![300]),
             rule: 12,
             http: vec![],
+            ..Default::default()
         },
     ]);
     assert_eq!(
@@ -514,7 +516,8 @@ proptest! {
     /// A peer outside the entry's peers is never allowed by it, whatever the request.
     #[test]
     fn foreign_peer_never_allowed((method, path, host) in arb_req(), remote in 1000u32..2000) {
-        let r = redirect(vec![L7PeerRules { peers: Some(vec![1, 2, 3]), rule: 1, http: vec![] }]);
+        let r = redirect(vec![L7PeerRules { peers: Some(vec![1, 2, 3]), rule: 1, http: vec![],
+ ..Default::default() }]);
         prop_assert_eq!(decide(&r, remote, &method, &path, &host, &[]).0, Decision::Denied);
     }
 }
