@@ -560,8 +560,8 @@ fn recv_orig_dst(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddrV4, SocketAddrV4)>
     let mut buf = [0u8; 1500];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!(libc::sockaddr_in);
-    let msg = recvmsg::<SockaddrIn>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-        .ok()?;
+    let msg =
+        recvmsg::<SockaddrIn>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).ok()?;
     let src = msg.address.map(SocketAddrV4::from)?;
     let mut orig = None;
     for c in msg.cmsgs().unwrap() {
@@ -678,7 +678,8 @@ fn udp_node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
     let lost = in_ns(pod_a, move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.connect(b53).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         s.send(b"query-2").unwrap();
         let mut buf = [0u8; 512];
         s.recv(&mut buf).is_ok()
