@@ -5,6 +5,7 @@
 //! The test plays the agent: it answers `fqdnLearned` with `fqdnAllowed`.
 //!
 //! Needs root, nft, dnsmasq and dig; without them it says SKIP.
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
