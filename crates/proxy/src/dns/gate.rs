@@ -22,8 +22,6 @@ use tokio::sync::oneshot;
 pub struct AnswerGate {
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-    /// Answers released by the bounded delay instead of the agent.
-    pub timeouts: AtomicU64,
 }
 
 /// Bits of an id below the issuing proxy's pid.
@@ -39,7 +37,6 @@ impl Default for AnswerGate {
         Self {
             next_id: AtomicU64::new(u64::from(std::process::id()) << PID_SHIFT),
             waiting: Mutex::default(),
-            timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -74,11 +71,7 @@ impl AnswerGate {
     pub async fn wait(&self, ticket: Ticket, limit: Duration) -> bool {
         let released = tokio::time::timeout(limit, ticket.rx).await;
         self.lock().remove(&ticket.id);
-        let ok = matches!(released, Ok(Ok(())));
-        if !ok {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
+        matches!(released, Ok(Ok(())))
     }
 
     /// Answers held now.

@@ -384,11 +384,13 @@ impl DnsProxy {
             Duration::ZERO
         };
         if !self.gate.wait(ticket, limit).await {
+            let counter = &self.engine.counters.dns_allow_timeouts;
+            let timeouts = counter.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(
                 id,
                 query = %q.name,
-                waited = ?self.config.allow_timeout,
-                timeouts = self.gate.timeouts.load(Ordering::Relaxed),
+                waited = ?limit,
+                timeouts,
                 "the agent did not confirm the learned addresses in time; answering anyway"
             );
         }
