@@ -218,7 +218,7 @@ fn pods_dns_goes_through_the_datapath_to_the_dns_proxy_and_back() {
     let (rec_tx, rec_rx) = mpsc::channel::<DnsRecord>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let node_ns = NetNs::open(&node.path()).unwrap();
+    let node_ns = NetNs::open(node.path()).unwrap();
     let node_thread = std::thread::spawn(move || {
         node_ns
             .run_in(move || {
