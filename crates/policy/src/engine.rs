@@ -308,6 +308,13 @@ impl PolicyEngine {
         self.cidr = CidrIdentities::restore(entries);
     }
 
+    /// Keeps numbers the datapath already uses for prefixes the allocation lacks (the
+    /// addresses of a restored FQDN cache, as the pinned ipcache has them), so that a restart
+    /// does not renumber addresses under live connections. Clashing entries are skipped.
+    pub fn adopt_cidr_identities(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
+        self.cidr.adopt(entries);
+    }
+
     /// Allocates CIDR identities for the prefixes the policies name now (releasing those no
     /// longer named) and gives a view for computing policy against these identities.
     pub fn resolve<'a>(
