@@ -571,6 +571,7 @@ async fn run_inner(
         manager: Arc::clone(&manager),
         services: Arc::clone(&services),
         policies,
+        fqdn: Arc::clone(&fqdn),
         cluster: cluster_member,
         ct_gc,
         api_metrics: Arc::default(),
