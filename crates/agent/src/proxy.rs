@@ -1,6 +1,6 @@
 //! Runs the node's L7 proxy: the policy manager's redirects go to `ciliate-proxy` through its
-//! supervisor (crates/proxy), the proxy's HTTP records become L7 flows in the observer, and
-//! its state reaches `status`.
+//! supervisor (crates/proxy), the proxy's HTTP, DNS and Kafka records become L7 flows in the
+//! observer, and its state reaches `status`.
 //!
 //! An allowed DNS answer the proxy holds ([`ProxyEvent::FqdnLearned`]) goes to the FQDN cache
 //! ([`crate::fqdn`]) on a blocking thread; once its addresses are in the maps the proxy is told
@@ -193,10 +193,19 @@ fn handle_event(
         ProxyEvent::Rejected { revision, reason } => {
             warn!(revision, %reason, "the proxy refused a policy update");
         }
+        ProxyEvent::Dns(record) => {
+            if let Some(o) = observer {
+                o.observe_dns(&record);
+            }
+        }
+        ProxyEvent::Kafka(record) => {
+            if let Some(o) = observer {
+                o.observe_kafka(&record);
+            }
+        }
         ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
-        // DNS and Kafka records (#13) are handled as that work lands; learned names never
-        // come here (see spawn).
-        ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) | ProxyEvent::FqdnLearned(_) => {}
+        // Learned names never come here: spawn hands them to the FQDN cache.
+        ProxyEvent::FqdnLearned(_) => {}
     }
     if let Some(s) = supervisor {
         report(s, policies);
