@@ -302,17 +302,9 @@ async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
     if result.error.is_none() && s.ordered() {
         let since = SystemTime::now() - Duration::from_secs(1);
         for cell in &cells {
-            let r = match plan(lab, w, cell) {
-                Ok(plan) => {
-                    let p = plan.clone();
-                    match tokio::task::spawn_blocking(move || probe_cell(&p)).await {
-                        Ok(outcome) => judge(lab, cell, &plan, outcome, since).await,
-                        Err(e) => unreachable(cell, &format!("probe thread failed: {e}")),
-                    }
-                }
-                Err(e) => unreachable(cell, &e),
-            };
-            result.cells.push(r);
+            result
+                .cells
+                .push(run_ordered_cell(lab, w, cell, since).await);
         }
     } else if result.error.is_none() {
         let since = SystemTime::now() - Duration::from_secs(1);
@@ -350,6 +342,63 @@ async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
         }
     }
     result
+}
+
+/// One cell of an ordered scenario. An [`Expect::Expired`] cell first waits until no node's
+/// FQDN cache holds its address any more, then is probed and judged as an expected drop.
+async fn run_ordered_cell(lab: &Lab, w: &Workload, cell: &Cell, since: SystemTime) -> CellResult {
+    let mut plan = match plan(lab, w, cell) {
+        Ok(p) => p,
+        Err(e) => return unreachable(cell, &e),
+    };
+    if cell.expect == Expect::Expired {
+        if let Err(e) = wait_forgotten(lab, plan.dst).await {
+            return unreachable(cell, &e);
+        }
+        plan.cell.expect = Expect::Drop(scenarios::DropReason::PolicyDenied);
+    }
+    let p = plan.clone();
+    let mut r = match tokio::task::spawn_blocking(move || probe_cell(&p)).await {
+        Ok(outcome) => judge(lab, &plan.cell, &plan, outcome, since).await,
+        Err(e) => unreachable(cell, &format!("probe thread failed: {e}")),
+    };
+    r.spec = *cell;
+    r
+}
+
+/// How long an address learned from a short-TTL answer may stay: its TTL, then a closed
+/// connection's conntrack entry that keeps it as a zombie, then the agent's expiry pass.
+const EXPIRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until no node's FQDN cache lists `ip`, as an address or a zombie.
+async fn wait_forgotten(lab: &Lab, ip: Ipv4Addr) -> Result<(), String> {
+    let deadline = Instant::now() + EXPIRY_TIMEOUT;
+    loop {
+        let mut holders = Vec::new();
+        for node in &lab.state.nodes {
+            let entries = Lab::client(node)
+                .fqdn_cache(None)
+                .await
+                .map_err(|e| format!("reading the FQDN cache of {}: {e}", node.name))?;
+            holders.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| e.ips.contains(&ip) || e.zombies.contains(&ip))
+                    .map(|e| format!("{} ({} s left) on {}", e.name, e.ttl_left, node.name)),
+            );
+        }
+        if holders.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{ip} is still learned after {} s: {}",
+                EXPIRY_TIMEOUT.as_secs(),
+                holders.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Empties every node's FQDN cache (`ciliate fqdn cache clean`), so that an FQDN scenario
@@ -472,7 +521,7 @@ fn probe_cell(p: &Plan) -> probe::Outcome {
     let tries = match p.cell.expect {
         Expect::Pass => PASS_TRIES,
         Expect::Http(_) => HTTP_TRIES,
-        Expect::Drop(_) | Expect::Refused => 1,
+        Expect::Drop(_) | Expect::Refused | Expect::Expired => 1,
     };
     let name = match p.cell.to {
         Target::Name(n) => Some(n),
@@ -538,7 +587,7 @@ async fn judge(
     if let (Proto::Http(req), Some(_)) = (cell.proto, &o.answer) {
         let want = match cell.expect {
             Expect::Http(h) => Some(h),
-            Expect::Pass | Expect::Refused => None,
+            Expect::Pass | Expect::Refused | Expect::Expired => None,
             Expect::Drop(reason) => {
                 r.detail = Some(format!(
                     "answered {}; expected a drop ({reason})",
@@ -568,6 +617,10 @@ async fn judge(
         }
         (Expect::Http(_), Some(_)) => {
             r.detail = Some("an HTTP status expected of a cell that is not HTTP".into());
+        }
+        (Expect::Expired, _) => {
+            // run_ordered_cell judges it as the drop it becomes.
+            r.detail = Some("an expiry cell outside an ordered scenario".into());
         }
         (Expect::Refused, _) => {
             r.detail = Some(format!(

@@ -153,7 +153,7 @@ pub fn parse_dig(text: &str) -> Outcome {
         .filter(|l| !l.starts_with(';'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 5 && f[3] == "A").then_some(f[4])
+            (f.len() == 5 && f[3] == "A").then(|| f[4])
         })
         .collect();
     if rcode == "NOERROR" && !ips.is_empty() {

@@ -278,6 +278,10 @@ pub enum Expect {
     Http(HttpExpect),
     /// A DNS query the DNS proxy refuses (REFUSED, and a dropped DNS flow).
     Refused,
+    /// Dropped (133) once the answer that allowed the address has expired: the test waits
+    /// until no node's FQDN cache holds the address (a connection still open keeps it), then
+    /// probes once.
+    Expired,
 }
 
 impl fmt::Display for Expect {
@@ -287,6 +291,7 @@ impl fmt::Display for Expect {
             Self::Drop(r) => write!(f, "drop ({})", r.code()),
             Self::Http(h) => write!(f, "{} ({} {})", h.status, h.side.direction(), h.verdict()),
             Self::Refused => f.write_str("refused"),
+            Self::Expired => f.write_str("drop (133) after its TTL"),
         }
     }
 }
@@ -398,6 +403,7 @@ const DENIED: Expect = Expect::Drop(DropReason::PolicyDenied);
 const DENY: Expect = Expect::Drop(DropReason::PolicyDeny);
 const PASS: Expect = Expect::Pass;
 const REFUSED: Expect = Expect::Refused;
+const EXPIRED: Expect = Expect::Expired;
 const ECHO: Target = Target::Pod(SameNode);
 const ECHO_OTHER: Target = Target::Pod(OtherNode);
 const SVC: Target = Target::Service(SameNode);
@@ -757,6 +763,18 @@ pub fn all() -> Vec<Scenario> {
                 c(Client, Target::World, Tcp, DENIED),
             ],
         },
+        Scenario {
+            name: "fqdn-ttl",
+            description: "short.ciliate.test answers with a TTL of 2 s: its address is allowed \
+                          after the answer and dropped again once the TTL ran out and no \
+                          connection holds it (CiliumNetworkPolicy, toFQDNs; the lab's agents \
+                          run with --tofqdns-min-ttl 0)",
+            policy: policy!("fqdn-ttl.yaml"),
+            cells: vec![
+                c(Client, name("short.ciliate.test"), Tcp, PASS),
+                c(Client, Target::World2, Tcp, EXPIRED),
+            ],
+        },
     ]
 }
 
@@ -960,6 +978,14 @@ mod tests {
                 }
                 if cell.expect == Expect::Refused {
                     assert_eq!(cell.proto, Dns, "{}", cell.label());
+                }
+                if cell.expect == Expect::Expired {
+                    assert!(s.ordered(), "{}: {}", s.name, cell.label());
+                    assert!(
+                        matches!(cell.to, Target::World | Target::World2),
+                        "{}",
+                        cell.label()
+                    );
                 }
             }
         }
