@@ -97,6 +97,8 @@ node() {
   mkns "$ns"
   NODE_NS+=("$ns")
   ip -n "$ns" link set lo up
+  # The node's own address, as a real node has one: the DNS proxy forwards from it.
+  ip -n "$ns" addr add 192.0.2.1/32 dev lo
   mkdir -p "$STATE/$n"
   start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$2" --hubble-socket "$STATE/$n/hubble.sock"
   AGENTS+=("$AGENT_PID")
