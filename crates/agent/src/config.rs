@@ -948,7 +948,10 @@ mod tests {
         assert_eq!(c.mtu, None, "follows the uplink");
         assert_eq!(c.uplink_address(), None);
         assert_eq!(c.ct_gc_interval_seconds, 30);
-        assert_eq!((c.tofqdns_min_ttl, c.tofqdns_max_ips_per_hostname), (3600, 50));
+        assert_eq!(
+            (c.tofqdns_min_ttl, c.tofqdns_max_ips_per_hostname),
+            (3600, 50)
+        );
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.manifest_dir, None);
