@@ -329,8 +329,16 @@ impl DnsProxy {
                 flow.resolver, self.config.upstream_timeout
             ))
         });
-        let parsed =
-            exchanged.and_then(|a| message::inspect_answer(&a, &info.name).map(|i| (a, i)));
+        let parsed = exchanged.and_then(|a| {
+            let i = message::inspect_answer(&a, &info.name)?;
+            if i.id != info.id {
+                return Err(format!(
+                    "the answer's id {} is not the query's {}",
+                    i.id, info.id
+                ));
+            }
+            Ok((a, i))
+        });
         let (answer, ai) = match parsed {
             Ok(x) => x,
             Err(why) => {
