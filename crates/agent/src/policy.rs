@@ -16,7 +16,11 @@
 //! [`crate::l7::L7State`] and pushed to the proxy as they change, before the datapath starts
 //! sending connections there (see [`PolicyManager::attach_l7_sink`]).
 //!
-//! What a policy parses but does not enforce yet (Kafka and DNS rules, toFQDNs, toServices,
+//! DNS rules redirect port 53 to the proxy's DNS listener the same way; `toFQDNs` select the
+//! CIDR identities of the addresses the FQDN cache ([`crate::fqdn`]) holds, which
+//! [`PolicyManager::update_fqdn`] puts in force for the endpoints a learned answer touches.
+//!
+//! What a policy parses but does not enforce yet (Kafka rules, toServices,
 //! authentication) is a warning: returned with the answer, logged, listed by
 //! `GET /v1/policies`; never silently dropped, never a reason to allow more.
 //!

@@ -635,9 +635,17 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
 }
 
 /// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
-/// forwards its events. Returns the writer once the snapshot is sent and the revision the
-/// snapshot carried.
-async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(), String> {
+/// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
+/// force (the caller then marks the proxy up).
+/// Connects to a proxy's control socket and sends it the snapshot. With `adopted` (a proxy an
+/// earlier agent left, whose state file already names it) it is marked up in the same step
+/// that lets commands reach it, so that whoever sees its first `Applied` also sees it up.
+async fn connect(
+    inner: &Arc<Inner>,
+    ctl: &Path,
+    proc_: &mut Proc,
+    adopted: bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = loop {
         match ControlClient::connect(ctl).await {
@@ -699,9 +707,11 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
         };
         if unchanged {
             st.writer = Some(writer.clone());
-            st.status.up = true;
-            st.status.pid = proc_.pid();
-            st.status.last_error = None;
+            if adopted {
+                st.status.up = true;
+                st.status.pid = proc_.pid();
+                st.status.last_error = None;
+            }
             break;
         }
     }
@@ -741,7 +751,7 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
     let ctl = inner.cfg.run_dir.join(format!("ctl-{}.sock", now_nanos()));
     let mut p =
         spawn(inner, &ctl).map_err(|e| format!("starting {}: {e}", inner.cfg.binary.display()))?;
-    if let Err(e) = connect(inner, &ctl, &mut p).await {
+    if let Err(e) = connect(inner, &ctl, &mut p, false).await {
         p.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = p.wait().await;
         return Err(e);
@@ -750,7 +760,16 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
         write_state(inner, pid, &ctl);
         info!(pid, "proxy up");
     }
+    // Up only once the state file names it: an agent restarting from here on adopts this one.
+    mark_up(inner, &p);
     Ok(p)
+}
+
+fn mark_up(inner: &Inner, p: &Proc) {
+    let mut st = lock(&inner.state);
+    st.status.up = true;
+    st.status.pid = p.pid();
+    st.status.last_error = None;
 }
 
 async fn supervise(
@@ -760,8 +779,11 @@ async fn supervise(
 ) {
     let mut current: Option<Proc> = None;
     if let Some((mut p, ctl)) = first {
-        match connect(&inner, &ctl, &mut p).await {
-            Ok(()) => current = Some(p),
+        match connect(&inner, &ctl, &mut p, true).await {
+            Ok(()) => {
+                mark_up(&inner, &p);
+                current = Some(p);
+            }
             Err(e) => {
                 warn!(error = %e, "adopted proxy unreachable; replacing it");
                 p.signal(nix::sys::signal::Signal::SIGKILL);
