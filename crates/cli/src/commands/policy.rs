@@ -754,7 +754,10 @@ mod tests {
         };
         let text = fqdn_trace_table(&none);
         assert!(text.starts_with("Verdict:    DENIED\n"), "{text}");
-        assert!(text.contains("no IPs learned for api.example.com. yet"), "{text}");
+        assert!(
+            text.contains("no IPs learned for api.example.com. yet"),
+            "{text}"
+        );
         let one = FqdnTrace {
             name: "api.example.com.".into(),
             ips: vec!["192.0.2.7".parse().unwrap()],
@@ -763,9 +766,14 @@ mod tests {
         };
         let text = fqdn_trace_table(&one);
         assert!(
-            text.starts_with("api.example.com. resolves (FQDN cache) to 192.0.2.7\n\n--- 192.0.2.7 ---\n"),
+            text.starts_with(
+                "api.example.com. resolves (FQDN cache) to 192.0.2.7\n\n--- 192.0.2.7 ---\n"
+            ),
             "{text}"
         );
-        assert!(text.contains(&trace_table(&crate::fixtures::trace())), "{text}");
+        assert!(
+            text.contains(&trace_table(&crate::fixtures::trace())),
+            "{text}"
+        );
     }
 }
