@@ -916,6 +916,23 @@ mod tests {
     }
 
     #[test]
+    fn fqdn_limits_from_flags_and_environment() {
+        let c = parse(
+            &["--tofqdns-min-ttl", "60"],
+            &env(&[("CILIATE_TOFQDNS_MAX_IPS_PER_HOSTNAME", "5")]),
+        )
+        .expect("parses");
+        assert_eq!(c.fqdn_settings().limits.min_ttl, 60);
+        assert_eq!(c.fqdn_settings().limits.max_ips_per_hostname, 5);
+        assert_eq!(c.fqdn_settings().zombie_check.as_secs(), 30);
+        let err = parse(&["--tofqdns-max-ips-per-hostname", "0"], &env(&[]))
+            .expect_err("0 is refused")
+            .to_string();
+        assert!(err.contains("tofqdns-max-ips-per-hostname"), "{err}");
+        assert!(parse(&["--tofqdns-min-ttl", "-1"], &env(&[])).is_err());
+    }
+
+    #[test]
     fn defaults() {
         let c = parse(&[], &env(&[])).expect("defaults parse");
         assert_eq!(c.node_name, "node-a");
@@ -931,6 +948,10 @@ mod tests {
         assert_eq!(c.mtu, None, "follows the uplink");
         assert_eq!(c.uplink_address(), None);
         assert_eq!(c.ct_gc_interval_seconds, 30);
+        assert_eq!(
+            (c.tofqdns_min_ttl, c.tofqdns_max_ips_per_hostname),
+            (3600, 50)
+        );
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.manifest_dir, None);
