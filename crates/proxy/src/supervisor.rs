@@ -637,7 +637,12 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
 /// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
 /// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
 /// force (the caller then marks the proxy up).
-async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(), String> {
+async fn connect(
+    inner: &Arc<Inner>,
+    ctl: &Path,
+    proc_: &mut Proc,
+    our_child: bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = loop {
         match ControlClient::connect(ctl).await {
@@ -692,6 +697,12 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
                 }
             }
         }
+        // Our own child is named in the state file before it is up: an agent restarting from
+        // then on adopts this one, never the one it replaced. (An adopted proxy is named there
+        // already, with its own descriptor numbers.)
+        if let (true, Some(pid)) = (our_child, proc_.pid()) {
+            write_state(inner, pid, ctl);
+        }
         let mut st = lock(&inner.state);
         let unchanged = match sent_revision {
             None => !st.has_policy,
@@ -699,6 +710,9 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
         };
         if unchanged {
             st.writer = Some(writer.clone());
+            st.status.up = true;
+            st.status.pid = proc_.pid();
+            st.status.last_error = None;
             break;
         }
     }
@@ -738,25 +752,15 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
     let ctl = inner.cfg.run_dir.join(format!("ctl-{}.sock", now_nanos()));
     let mut p =
         spawn(inner, &ctl).map_err(|e| format!("starting {}: {e}", inner.cfg.binary.display()))?;
-    if let Err(e) = connect(inner, &ctl, &mut p).await {
+    if let Err(e) = connect(inner, &ctl, &mut p, true).await {
         p.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = p.wait().await;
         return Err(e);
     }
     if let Some(pid) = p.pid() {
-        write_state(inner, pid, &ctl);
         info!(pid, "proxy up");
     }
-    // Up only once the state file names it: an agent restarting from here on adopts this one.
-    mark_up(inner, &p);
     Ok(p)
-}
-
-fn mark_up(inner: &Inner, p: &Proc) {
-    let mut st = lock(&inner.state);
-    st.status.up = true;
-    st.status.pid = p.pid();
-    st.status.last_error = None;
 }
 
 async fn supervise(
@@ -766,11 +770,8 @@ async fn supervise(
 ) {
     let mut current: Option<Proc> = None;
     if let Some((mut p, ctl)) = first {
-        match connect(&inner, &ctl, &mut p).await {
-            Ok(()) => {
-                mark_up(&inner, &p);
-                current = Some(p);
-            }
+        match connect(&inner, &ctl, &mut p, false).await {
+            Ok(()) => current = Some(p),
             Err(e) => {
                 warn!(error = %e, "adopted proxy unreachable; replacing it");
                 p.signal(nix::sys::signal::Signal::SIGKILL);
