@@ -158,6 +158,8 @@ fn handle_event(
             if let Some(o) = observer {
                 o.observe_http(&record);
             }
+            // A record changes nothing `status` shows (the counters come with Stats).
+            return;
         }
         ProxyEvent::Rejected { revision, reason } => {
             warn!(revision, %reason, "the proxy refused a policy update");
