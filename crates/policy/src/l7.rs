@@ -28,9 +28,12 @@ use ciliate_model::l7::{
     HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect, ProxyPorts,
 };
 use ciliate_model::policy::cilium::HttpRule;
-use ciliate_model::policy::{Direction, EntrySource, PolicyEntry, PolicyKey, RuleRef, PROTO_TCP};
+use ciliate_model::policy::{
+    Direction, EntrySource, PolicyEntry, PolicyKey, RuleRef, PROTO_TCP, PROTO_UDP,
+};
 use regex::Regex;
 
+use crate::compile::PortL7;
 use crate::problems::Problems;
 
 /// What the matcher needs of one request.
@@ -309,8 +312,11 @@ pub fn for_endpoint(redirects: &[L7Redirect], endpoint: u16, ip: Ipv4Addr) -> Ve
         .collect()
 }
 
-/// A raw entry of the engine: key, deny, source, and the HTTP rules of the port it came from.
-pub(crate) type Raw<'a> = (PolicyKey, bool, EntrySource, Option<&'a Vec<HttpMatch>>);
+/// A raw entry of the engine: key, deny, source, and the L7 rules of the port it came from.
+pub(crate) type Raw<'a> = (PolicyKey, bool, EntrySource, Option<&'a PortL7>);
+
+/// A redirected port: direction, protocol, port.
+type PortKey = (Direction, u8, u16);
 
 /// Which entries of an endpoint go through the proxy, before they are built.
 pub(crate) struct Plan<'a> {
@@ -318,28 +324,36 @@ pub(crate) struct Plan<'a> {
     /// L3-only allow, a range) gets the port's exact key, so that the datapath's lookup (the
     /// peer's own entries first) does not pass the redirect by.
     pub extra: Vec<Raw<'a>>,
-    /// The exact keys whose allow entries carry the proxy port.
-    pub keys: BTreeSet<PolicyKey>,
-    /// The rules per (direction, port).
-    pub redirects: BTreeMap<(Direction, u16), Vec<L7PeerRules>>,
+    /// The exact keys whose allow entries carry the proxy port, with the parser.
+    pub keys: BTreeMap<PolicyKey, L7Parser>,
+    /// The parser and rules per (direction, protocol, port).
+    pub redirects: BTreeMap<PortKey, (L7Parser, Vec<L7PeerRules>)>,
 }
 
-fn exact_key(identity: NumericIdentity, direction: Direction, port: u16) -> PolicyKey {
+fn exact_key(identity: NumericIdentity, direction: Direction, proto: u8, port: u16) -> PolicyKey {
     PolicyKey {
         identity,
         direction,
-        proto: PROTO_TCP,
+        proto,
         dport: port,
         port_prefix_len: 16,
+    }
+}
+
+fn parser_of(l7: &PortL7) -> L7Parser {
+    match l7 {
+        PortL7::Http(_) => L7Parser::Http,
+        PortL7::Dns(_) => L7Parser::Dns,
     }
 }
 
 /// Plans the redirects of one endpoint from its raw entries, as Cilium's `L4Filter` and
 /// `PerSelectorPolicy` have it:
 ///
-/// * a TCP port with HTTP rules for some peers is redirected as a whole: every allow entry of
-///   exactly that port (those peers', and other peers' allowed there by rules without L7
-///   rules) carries the proxy port; the latter may send any request (an empty rule list);
+/// * a port with L7 rules for some peers is redirected as a whole (HTTP: a TCP port; DNS: a
+///   UDP or TCP port, egress): every allow entry of exactly that port (those peers', and
+///   other peers' allowed there by rules without L7 rules) carries the proxy port; the latter
+///   may send any request (an empty rule list);
 /// * when the port is redirected for every peer (identity 0), a peer with an allow of its own
 ///   that covers the port more widely (L3-only, a range) gets an exact entry for the port with
 ///   the redirect too: Cilium's map state makes more specific entries inherit the proxy port
@@ -352,25 +366,38 @@ fn exact_key(identity: NumericIdentity, direction: Direction, port: u16) -> Poli
 pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Plan<'a> {
     let mut out = Plan {
         extra: Vec::new(),
-        keys: BTreeSet::new(),
+        keys: BTreeMap::new(),
         redirects: BTreeMap::new(),
     };
-    let ports: BTreeSet<(Direction, u16)> = raw
-        .iter()
-        .filter(|(k, deny, _, http)| !deny && http.is_some() && k.proto == PROTO_TCP)
-        .map(|(k, ..)| (k.direction, k.dport))
-        .collect();
-    for (direction, port) in ports {
+    // The first parser named for a port wins (one port speaks one protocol).
+    let mut ports: BTreeMap<PortKey, L7Parser> = BTreeMap::new();
+    for (k, deny, _, l7) in raw {
+        let Some(l7) = l7.filter(|_| !deny) else {
+            continue;
+        };
+        let fits = match l7 {
+            PortL7::Http(_) => k.proto == PROTO_TCP,
+            PortL7::Dns(_) => {
+                k.direction == Direction::Egress && matches!(k.proto, PROTO_TCP | PROTO_UDP)
+            }
+        };
+        if fits {
+            ports
+                .entry((k.direction, k.proto, k.dport))
+                .or_insert(parser_of(l7));
+        }
+    }
+    for ((direction, proto, port), parser) in ports {
         let covering: Vec<&Raw<'a>> = raw
             .iter()
             .filter(|(k, deny, src, _)| {
                 !deny
                     && matches!(src, EntrySource::Rule(_))
                     && k.direction == direction
-                    && k.covers(PROTO_TCP, port)
+                    && k.covers(proto, port)
             })
             .collect();
-        let is_exact = |k: &PolicyKey| *k == exact_key(k.identity, direction, port);
+        let is_exact = |k: &PolicyKey| *k == exact_key(k.identity, direction, proto, port);
         let mut ids: BTreeSet<NumericIdentity> = covering
             .iter()
             .filter(|(k, ..)| is_exact(k))
@@ -380,8 +407,8 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             ids.extend(covering.iter().map(|(k, ..)| k.identity));
         }
         for id in &ids {
-            let key = exact_key(*id, direction, port);
-            out.keys.insert(key);
+            let key = exact_key(*id, direction, proto, port);
+            out.keys.insert(key, parser);
             if !covering.iter().any(|(k, ..)| *k == key) {
                 for (_, _, src, _) in covering.iter().filter(|(k, ..)| k.identity == *id) {
                     out.extra.push((key, false, src.clone(), None));
@@ -389,19 +416,16 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             }
         }
         // (rule, any peer, rules) -> peers
-        let mut groups: Vec<(u32, bool, Vec<HttpMatch>, BTreeSet<NumericIdentity>)> = Vec::new();
-        for (k, _, src, http) in &covering {
+        let mut groups: Vec<(u32, bool, Option<&PortL7>, BTreeSet<NumericIdentity>)> = Vec::new();
+        for (k, _, src, l7) in &covering {
             if !(ids.contains(&k.identity) || k.identity == 0) {
                 continue;
             }
             let EntrySource::Rule(r) = src else {
                 continue;
             };
-            let rules = if is_exact(k) {
-                http.cloned().unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            // Rules of another protocol on this port say nothing about its requests.
+            let rules = l7.filter(|l| is_exact(k) && parser_of(l) == parser);
             let (rule, any) = (rule_id(r), k.identity == 0);
             match groups
                 .iter_mut()
@@ -415,16 +439,23 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
         }
         let mut rules: Vec<L7PeerRules> = groups
             .into_iter()
-            .map(|(rule, any, http, peers)| L7PeerRules {
-                peers: (!any).then(|| peers.into_iter().collect()),
-                rule,
-                http,
-                kafka: Vec::new(),
-                dns: Vec::new(),
+            .map(|(rule, any, l7, peers)| {
+                let mut r = L7PeerRules {
+                    peers: (!any).then(|| peers.into_iter().collect()),
+                    rule,
+                    ..L7PeerRules::default()
+                };
+                match l7 {
+                    Some(PortL7::Http(h)) => r.http = h.clone(),
+                    Some(PortL7::Dns(d)) => r.dns = d.clone(),
+                    None => {}
+                }
+                r
             })
             .collect();
         rules.sort_by(|a, b| (a.rule, &a.peers).cmp(&(b.rule, &b.peers)));
-        out.redirects.insert((direction, port), rules);
+        out.redirects
+            .insert((direction, proto, port), (parser, rules));
     }
     out
 }
@@ -432,32 +463,35 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
 /// Puts the proxy port on the planned allow entries and gives the redirects of the ports where
 /// at least one entry carries it (a redirect whose entries all became denies is left out).
 pub(crate) fn finish(
-    redirects: BTreeMap<(Direction, u16), Vec<L7PeerRules>>,
+    redirects: BTreeMap<PortKey, (L7Parser, Vec<L7PeerRules>)>,
     entries: &mut [PolicyEntry],
-    keys: &BTreeSet<PolicyKey>,
+    keys: &BTreeMap<PolicyKey, L7Parser>,
     ports: ProxyPorts,
 ) -> Vec<L7Redirect> {
     let mut used = BTreeSet::new();
     for e in entries.iter_mut() {
-        if !e.deny && keys.contains(&e.key) {
+        if e.deny {
+            continue;
+        }
+        if let Some(parser) = keys.get(&e.key) {
             let egress = e.key.direction == Direction::Egress;
-            e.proxy_port = ports.port(L7Parser::Http, egress);
-            used.insert((e.key.direction, e.key.dport));
+            e.proxy_port = ports.port(*parser, egress);
+            used.insert((e.key.direction, e.key.proto, e.key.dport));
         }
     }
     redirects
         .into_iter()
         .filter(|(k, _)| used.contains(k))
-        .map(|((direction, port), rules)| {
+        .map(|((direction, proto, port), (parser, rules))| {
             let egress = direction == Direction::Egress;
             L7Redirect {
                 endpoint: 0,
                 endpoint_ip: Ipv4Addr::UNSPECIFIED,
                 egress,
-                proto: PROTO_TCP,
+                proto,
                 port,
-                parser: L7Parser::Http,
-                proxy_port: ports.port(L7Parser::Http, egress),
+                parser,
+                proxy_port: ports.port(parser, egress),
                 rules,
             }
         })

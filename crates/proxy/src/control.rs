@@ -17,8 +17,9 @@ use ciliate_model::l7::{ProxyCommand, ProxyEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::dns::gate::AnswerGate;
 use crate::engine::Engine;
 
 /// Binds the control socket at `path` (replacing a stale one).
@@ -38,7 +39,17 @@ pub async fn serve(
     engine: Arc<Engine>,
     events: mpsc::Receiver<ProxyEvent>,
 ) {
-    let _control = spawn(listener, engine, events);
+    serve_with_gate(listener, engine, events, None).await;
+}
+
+/// [`serve`], with FqdnAllowed releasing the DNS proxy's held answers in `gate`.
+pub async fn serve_with_gate(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    events: mpsc::Receiver<ProxyEvent>,
+    gate: Option<Arc<AnswerGate>>,
+) {
+    let _control = spawn(listener, engine, events, gate);
     std::future::pending::<()>().await
 }
 
@@ -60,11 +71,12 @@ impl Control {
     }
 }
 
-/// Starts serving the control socket (see [`serve`]) on the current runtime.
+/// Starts serving the control socket (see [`serve_with_gate`]) on the current runtime.
 pub fn spawn(
     listener: UnixListener,
     engine: Arc<Engine>,
     events: mpsc::Receiver<ProxyEvent>,
+    gate: Option<Arc<AnswerGate>>,
 ) -> Control {
     let writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>> = Arc::new(Mutex::new(None));
     let (flush, flush_requests) = mpsc::channel(4);
@@ -74,7 +86,7 @@ pub fn spawn(
         writer.clone(),
         engine.clone(),
     ));
-    tokio::spawn(accept(listener, writer, engine));
+    tokio::spawn(accept(listener, writer, engine, gate));
     Control { flush }
 }
 
@@ -82,6 +94,7 @@ async fn accept(
     listener: UnixListener,
     writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
     engine: Arc<Engine>,
+    gate: Option<Arc<AnswerGate>>,
 ) {
     let mut generation = 0u64;
     loop {
@@ -97,7 +110,12 @@ async fn accept(
         info!(generation, "control connection");
         let (read, write) = stream.into_split();
         *writer.lock().await = Some(write);
-        tokio::spawn(read_commands(read, writer.clone(), engine.clone()));
+        tokio::spawn(read_commands(
+            read,
+            writer.clone(),
+            engine.clone(),
+            gate.clone(),
+        ));
     }
 }
 
@@ -130,6 +148,7 @@ async fn read_commands(
     read: tokio::net::unix::OwnedReadHalf,
     writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
     engine: Arc<Engine>,
+    gate: Option<Arc<AnswerGate>>,
 ) {
     let mut lines = BufReader::new(read).lines();
     loop {
@@ -152,8 +171,14 @@ async fn read_commands(
                 let revision = match &cmd {
                     ProxyCommand::Snapshot { revision, .. }
                     | ProxyCommand::Endpoint { revision, .. } => *revision,
-                    // Not a policy change: the DNS side (#13) releases the held answer.
-                    ProxyCommand::FqdnAllowed { .. } => continue,
+                    // Not a policy change: the held answer goes to the pod now.
+                    ProxyCommand::FqdnAllowed { id } => {
+                        let released = gate.as_ref().is_some_and(|g| g.release(*id));
+                        if !released {
+                            debug!(id, "FqdnAllowed for no held answer (released already)");
+                        }
+                        continue;
+                    }
                 };
                 match engine.policy.apply(&cmd) {
                     Ok(revision) => {

@@ -1,7 +1,7 @@
 //! `cilium.io/v2` `CiliumNetworkPolicy` and `CiliumClusterwideNetworkPolicy`, field for field.
 //!
 //! Both kinds share one shape; the kind decides the scope (a namespaced policy selects only
-//! endpoints of its namespace). Fields Ciliate does not enforce yet (Kafka and DNS `rules`, `toFQDNs`,
+//! endpoints of its namespace). Fields Ciliate does not enforce yet (Kafka `rules`,
 //! `toServices`, `authentication`, TLS, listeners, groups, nodes) are still typed, so that a
 //! misspelt field inside them is an error, and `crates/policy` reports each one it meets.
 

@@ -24,8 +24,9 @@
 
 use std::collections::BTreeMap;
 
+use ciliate_model::fqdn::FqdnMatcher;
 use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY};
-use ciliate_model::l7::HttpMatch;
+use ciliate_model::l7::{DnsMatch, HttpMatch};
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::cilium::{
     CidrRule, Entity, FqdnSelector, PortDenyRule, PortRule, ServiceSelector,
@@ -97,6 +98,18 @@ pub(crate) enum Peer {
     Entity(Entity),
     /// CIDR identities inside `net` and outside every `except` (and world for `/0`).
     Cidr { net: IpNet, except: Vec<IpNet> },
+    /// `toFQDNs`: the CIDR identities of the addresses the node's FQDN cache holds for the
+    /// names this matches (none until a DNS answer taught one).
+    Fqdn(FqdnMatcher),
+}
+
+/// The L7 rules of one port of a rule: the traffic they allow goes through the node's proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PortL7 {
+    /// `rules.http`: a TCP port, parsed as HTTP.
+    Http(Vec<HttpMatch>),
+    /// `rules.dns`: a UDP or TCP port (egress), parsed as DNS.
+    Dns(Vec<DnsMatch>),
 }
 
 /// Which traffic of a peer a rule is about.
@@ -130,10 +143,10 @@ pub(crate) struct Rule {
     pub requirements: Vec<Selector>,
     /// Empty: the rule matches no traffic.
     pub ports: Vec<PortMatch>,
-    /// HTTP rules of some of `ports` (by index; each such port is one TCP port or a named
-    /// one): the traffic they allow goes through the node's proxy, which allows only the
-    /// requests these match.
-    pub http: BTreeMap<usize, Vec<HttpMatch>>,
+    /// L7 rules of some of `ports` (by index; each such port is one port or a named one):
+    /// the traffic they allow goes through the node's proxy, which allows only the requests
+    /// these match.
+    pub l7: BTreeMap<usize, PortL7>,
 }
 
 /// A checked and compiled policy.
@@ -145,6 +158,17 @@ pub(crate) struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// The `toFQDNs` selectors of the policy's rules.
+    pub(crate) fn fqdn_matchers(&self) -> impl Iterator<Item = &FqdnMatcher> + '_ {
+        self.rules
+            .iter()
+            .flat_map(|r| r.peers.iter())
+            .filter_map(|p| match p {
+                Peer::Fqdn(m) => Some(m),
+                _ => None,
+            })
+    }
+
     /// Every prefix the policy names (with `except` prefixes), for CIDR identities.
     pub(crate) fn cidr_prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.rules
@@ -330,7 +354,7 @@ impl Compiler<'_> {
             peers,
             requirements,
             ports,
-            http: BTreeMap::new(),
+            l7: BTreeMap::new(),
         });
     }
 }
