@@ -634,14 +634,16 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
     }
 }
 
-/// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
-/// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
-/// force (the caller then marks the proxy up).
+/// Connects to a proxy's control socket, sends it the snapshot and marks it up in the same
+/// step that lets commands reach it; the events of the snapshot's confirmation are passed on
+/// only then, so whoever sees its first `Applied` also sees it up (and its pid). A new
+/// generation (not `adopted`) is written to the state file first: a proxy is up only once
+/// the state file names it, so that an agent restarting from then on adopts this one.
 async fn connect(
     inner: &Arc<Inner>,
     ctl: &Path,
     proc_: &mut Proc,
-    our_child: bool,
+    adopted: bool,
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = loop {
@@ -660,6 +662,7 @@ async fn connect(
         }
     };
     let (mut reader, writer) = client.into_split();
+    let mut held = Vec::new();
     let writer = Arc::new(AsyncMutex::new(writer));
     // Send the policy (if the agent gave one yet: a new agent adopting a running proxy must
     // not wipe the policy in force before it computed its own), and wait until it is in
@@ -687,7 +690,7 @@ async fn connect(
                         let done = matches!(&ev, ProxyEvent::Applied { revision: r } if *r >= revision)
                             || matches!(&ev, ProxyEvent::Rejected { revision: r, .. } if *r >= revision);
                         note_event(inner, &ev);
-                        let _ = inner.events.send(ev);
+                        held.push(ev);
                         if done {
                             break;
                         }
@@ -697,24 +700,25 @@ async fn connect(
                 }
             }
         }
-        // Our own child is named in the state file before it is up: an agent restarting from
-        // then on adopts this one, never the one it replaced. (An adopted proxy is named there
-        // already, with its own descriptor numbers.)
-        if let (true, Some(pid)) = (our_child, proc_.pid()) {
-            write_state(inner, pid, ctl);
-        }
         let mut st = lock(&inner.state);
         let unchanged = match sent_revision {
             None => !st.has_policy,
             Some(r) => st.revision == r,
         };
         if unchanged {
+            if let (false, Some(pid)) = (adopted, proc_.pid()) {
+                write_state(inner, pid, ctl);
+                info!(pid, "proxy up");
+            }
             st.writer = Some(writer.clone());
             st.status.up = true;
             st.status.pid = proc_.pid();
             st.status.last_error = None;
             break;
         }
+    }
+    for ev in held {
+        let _ = inner.events.send(ev);
     }
     let inner2 = inner.clone();
     tokio::spawn(async move {
@@ -752,15 +756,20 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
     let ctl = inner.cfg.run_dir.join(format!("ctl-{}.sock", now_nanos()));
     let mut p =
         spawn(inner, &ctl).map_err(|e| format!("starting {}: {e}", inner.cfg.binary.display()))?;
-    if let Err(e) = connect(inner, &ctl, &mut p, true).await {
+    // Up (and in the state file) once connected: see `connect`.
+    if let Err(e) = connect(inner, &ctl, &mut p, false).await {
         p.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = p.wait().await;
         return Err(e);
     }
-    if let Some(pid) = p.pid() {
-        info!(pid, "proxy up");
-    }
     Ok(p)
+}
+
+fn mark_up(inner: &Inner, p: &Proc) {
+    let mut st = lock(&inner.state);
+    st.status.up = true;
+    st.status.pid = p.pid();
+    st.status.last_error = None;
 }
 
 async fn supervise(
@@ -770,8 +779,11 @@ async fn supervise(
 ) {
     let mut current: Option<Proc> = None;
     if let Some((mut p, ctl)) = first {
-        match connect(&inner, &ctl, &mut p, false).await {
-            Ok(()) => current = Some(p),
+        match connect(&inner, &ctl, &mut p, true).await {
+            Ok(()) => {
+                mark_up(&inner, &p);
+                current = Some(p);
+            }
             Err(e) => {
                 warn!(error = %e, "adopted proxy unreachable; replacing it");
                 p.signal(nix::sys::signal::Signal::SIGKILL);
