@@ -634,12 +634,11 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
     }
 }
 
-/// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
-/// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
-/// force (the caller then marks the proxy up).
-/// Connects to a proxy's control socket and sends it the snapshot. With `adopted` (a proxy an
-/// earlier agent left, whose state file already names it) it is marked up in the same step
-/// that lets commands reach it, so that whoever sees its first `Applied` also sees it up.
+/// Connects to a proxy's control socket, sends it the snapshot and marks it up in the same
+/// step that lets commands reach it; the events of the snapshot's confirmation are passed on
+/// only then, so whoever sees its first `Applied` also sees it up (and its pid). A new
+/// generation (not `adopted`) is written to the state file first: a proxy is up only once
+/// the state file names it, so that an agent restarting from then on adopts this one.
 async fn connect(
     inner: &Arc<Inner>,
     ctl: &Path,
@@ -663,6 +662,7 @@ async fn connect(
         }
     };
     let (mut reader, writer) = client.into_split();
+    let mut held = Vec::new();
     let writer = Arc::new(AsyncMutex::new(writer));
     // Send the policy (if the agent gave one yet: a new agent adopting a running proxy must
     // not wipe the policy in force before it computed its own), and wait until it is in
@@ -690,7 +690,7 @@ async fn connect(
                         let done = matches!(&ev, ProxyEvent::Applied { revision: r } if *r >= revision)
                             || matches!(&ev, ProxyEvent::Rejected { revision: r, .. } if *r >= revision);
                         note_event(inner, &ev);
-                        let _ = inner.events.send(ev);
+                        held.push(ev);
                         if done {
                             break;
                         }
@@ -706,14 +706,19 @@ async fn connect(
             Some(r) => st.revision == r,
         };
         if unchanged {
-            st.writer = Some(writer.clone());
-            if adopted {
-                st.status.up = true;
-                st.status.pid = proc_.pid();
-                st.status.last_error = None;
+            if let (false, Some(pid)) = (adopted, proc_.pid()) {
+                write_state(inner, pid, ctl);
+                info!(pid, "proxy up");
             }
+            st.writer = Some(writer.clone());
+            st.status.up = true;
+            st.status.pid = proc_.pid();
+            st.status.last_error = None;
             break;
         }
+    }
+    for ev in held {
+        let _ = inner.events.send(ev);
     }
     let inner2 = inner.clone();
     tokio::spawn(async move {
@@ -751,17 +756,12 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
     let ctl = inner.cfg.run_dir.join(format!("ctl-{}.sock", now_nanos()));
     let mut p =
         spawn(inner, &ctl).map_err(|e| format!("starting {}: {e}", inner.cfg.binary.display()))?;
+    // Up (and in the state file) once connected: see `connect`.
     if let Err(e) = connect(inner, &ctl, &mut p, false).await {
         p.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = p.wait().await;
         return Err(e);
     }
-    if let Some(pid) = p.pid() {
-        write_state(inner, pid, &ctl);
-        info!(pid, "proxy up");
-    }
-    // Up only once the state file names it: an agent restarting from here on adopts this one.
-    mark_up(inner, &p);
     Ok(p)
 }
 
