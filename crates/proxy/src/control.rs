@@ -169,8 +169,22 @@ async fn read_commands(
         let ev = match serde_json::from_str::<ProxyCommand>(&line) {
             Ok(cmd) => {
                 let revision = match &cmd {
-                    ProxyCommand::Snapshot { revision, .. }
-                    | ProxyCommand::Endpoint { revision, .. } => *revision,
+                    // A (re)connected agent may have lost FQDN cache entries: what it
+                    // confirmed before counts no more (see crate::dns::acked).
+                    ProxyCommand::Snapshot { revision, .. } => {
+                        if let Some(g) = &gate {
+                            g.forget_all();
+                        }
+                        *revision
+                    }
+                    ProxyCommand::Endpoint {
+                        revision, endpoint, ..
+                    } => {
+                        if let Some(g) = &gate {
+                            g.forget_endpoint(*endpoint);
+                        }
+                        *revision
+                    }
                     // Not a policy change: the held answer goes to the pod now.
                     ProxyCommand::FqdnAllowed { id } => {
                         let released = gate.as_ref().is_some_and(|g| g.release(*id));

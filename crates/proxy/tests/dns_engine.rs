@@ -9,7 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ciliate_model::l7::{
-    DnsMatch, L7Parser, L7PeerRules, L7RecordType, L7Redirect, L7Verdict, ProxyCommand, ProxyEvent,
+    DnsMatch, FqdnAnswer, L7Parser, L7PeerRules, L7RecordType, L7Redirect, L7Verdict, ProxyCommand,
+    ProxyEvent,
 };
 use ciliate_proxy::dns::gate::AnswerGate;
 use ciliate_proxy::dns::message::{self, inspect_answer, inspect_query};
@@ -394,13 +395,13 @@ fn the_gate_releases_on_fqdn_allowed_or_after_its_limit() {
         let t = g.ticket();
         assert!(g.release(t.id));
         assert!(
-            g.wait(t, Duration::from_secs(30)).await,
+            g.wait(t, Duration::from_secs(30), 1, &[]).await,
             "released by the agent"
         );
         let t = g.ticket();
         let id = t.id;
         assert!(
-            !g.wait(t, Duration::from_millis(1)).await,
+            !g.wait(t, Duration::from_millis(1), 1, &[]).await,
             "released by the limit"
         );
         assert!(!g.release(id), "a late FqdnAllowed finds nothing");
@@ -493,6 +494,119 @@ fn an_answer_with_addresses_waits_for_fqdn_allowed_or_the_limit_and_the_limit_is
             .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(timeouts, u64::from(!released_by_agent));
     }
+}
+
+/// An answer whose addresses the agent confirmed for the endpoint goes out without waiting
+/// (the agent still hears of it); once the proxy forgets (a Snapshot or the endpoint's policy
+/// changed), the same answer is held again.
+#[test]
+fn an_answer_the_agent_confirmed_already_is_not_held_until_forgotten() {
+    let resolver = loopback_resolver();
+    let (mut p, mut rx) = proxy();
+    let mut r = dns_redirect(vec![name("allowed.example")]);
+    r.port = resolver.port();
+    let endpoint = r.endpoint;
+    p.engine
+        .policy
+        .apply(&ProxyCommand::Snapshot {
+            revision: 2,
+            redirects: vec![r],
+        })
+        .expect("rules");
+    // Long enough that a held answer can only have been released by the agent below.
+    p.config.allow_timeout = Duration::from_secs(60);
+    let f = Flow {
+        resolver,
+        ..flow(Transport::Udp)
+    };
+    let held: Vec<bool> = rt().block_on(async {
+        let gate = p.gate.clone();
+        // The agent: confirms every FqdnLearned and says whether an answer waited for it.
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let agent = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let ProxyEvent::FqdnLearned(l) = ev {
+                    let _ = seen_tx.send((l.endpoint, gate.release(l.id)));
+                }
+            }
+        });
+        let mut held = Vec::new();
+        for step in 0..4u16 {
+            match step {
+                2 => p.gate.forget_endpoint(endpoint),
+                3 => p.gate.forget_all(),
+                _ => {}
+            }
+            let q = query(40 + step, "allowed.example.", RecordType::A);
+            let a = p.handle(&q, f, &mut Upstream::default()).await;
+            let m = Message::from_vec(&a.expect("an answer")).expect("well-formed");
+            assert_eq!((m.id(), m.answers().len()), (40 + step, 1));
+            let (ep, waited) = seen.recv().await.expect("the agent heard of the answer");
+            assert_eq!(ep, endpoint);
+            held.push(waited);
+        }
+        agent.abort();
+        held
+    });
+    assert_eq!(
+        held,
+        [true, false, true, true],
+        "held, then not (confirmed), then held after each forget"
+    );
+    assert_eq!(
+        p.engine
+            .counters
+            .dns_allow_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+/// What counts as confirmed: every address of every name, for that endpoint, within its TTL;
+/// a confirmation of an answer sent before a forget is not remembered.
+#[test]
+fn confirmations_count_per_endpoint_address_and_ttl() {
+    use ciliate_proxy::dns::acked::AckedAnswers;
+    use std::time::Instant;
+    let ip1 = Ipv4Addr::new(192, 0, 2, 1);
+    let ip2 = Ipv4Addr::new(192, 0, 2, 2);
+    let ans = |ips: Vec<Ipv4Addr>, ttl| {
+        vec![FqdnAnswer {
+            name: "a.example.".into(),
+            ips,
+            ttl,
+        }]
+    };
+    let now = Instant::now();
+    let mut m = AckedAnswers::default();
+    m.remember(7, &ans(vec![ip1], 300), now, m.generation());
+    assert!(m.covers(7, &ans(vec![ip1], 300), now));
+    assert!(!m.covers(8, &ans(vec![ip1], 300), now), "another endpoint");
+    assert!(
+        !m.covers(7, &ans(vec![ip1, ip2], 300), now),
+        "a new address"
+    );
+    assert!(
+        !m.covers(7, &ans(vec![ip1], 300), now + Duration::from_secs(3600)),
+        "stale"
+    );
+    assert!(!m.covers(7, &ans(vec![], 300), now), "nothing to confirm");
+
+    let mut m = AckedAnswers::default();
+    m.remember(7, &ans(vec![ip1], 1), now, m.generation());
+    assert!(
+        !m.covers(7, &ans(vec![ip1], 1), now),
+        "a TTL of a second is never trusted"
+    );
+
+    let mut m = AckedAnswers::default();
+    let before = m.generation();
+    m.forget_all();
+    m.remember(7, &ans(vec![ip1], 300), now, before);
+    assert!(
+        !m.covers(7, &ans(vec![ip1], 300), now),
+        "confirmed across a forget"
+    );
 }
 
 fn valid_messages() -> Vec<Vec<u8>> {

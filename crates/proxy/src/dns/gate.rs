@@ -9,9 +9,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use ciliate_model::l7::FqdnAnswer;
 use tokio::sync::oneshot;
+
+use super::acked::AckedAnswers;
 
 /// The held answers' waiters, by FqdnLearned id.
 ///
@@ -22,6 +25,8 @@ use tokio::sync::oneshot;
 pub struct AnswerGate {
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// What the agent confirmed already: answers teaching nothing new are not held.
+    acked: Mutex<AckedAnswers>,
 }
 
 /// Bits of an id below the issuing proxy's pid.
@@ -37,6 +42,7 @@ impl Default for AnswerGate {
         Self {
             next_id: AtomicU64::new(u64::from(std::process::id()) << PID_SHIFT),
             waiting: Mutex::default(),
+            acked: Mutex::default(),
         }
     }
 }
@@ -47,6 +53,10 @@ pub struct Ticket {
     /// The id to send in FqdnLearned.
     pub id: u64,
     rx: oneshot::Receiver<()>,
+    /// When it was issued (just before FqdnLearned left).
+    sent: Instant,
+    /// The memory's generation then (see [`AckedAnswers::generation`]).
+    generation: u64,
 }
 
 impl AnswerGate {
@@ -54,8 +64,35 @@ impl AnswerGate {
     pub fn ticket(&self) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
+        let generation = self.acked().generation();
         self.lock().insert(id, tx);
-        Ticket { id, rx }
+        Ticket {
+            id,
+            rx,
+            sent: Instant::now(),
+            generation,
+        }
+    }
+
+    /// A fresh id for an FqdnLearned nothing waits for (the fast path).
+    pub fn unheld_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether the agent confirmed every address of `names` for `endpoint` recently enough
+    /// that the answer need not be held (see [`super::acked`]).
+    pub fn confirmed(&self, endpoint: u16, names: &[FqdnAnswer]) -> bool {
+        self.acked().covers(endpoint, names, Instant::now())
+    }
+
+    /// Forgets every confirmation (a Snapshot: the agent may have restarted).
+    pub fn forget_all(&self) {
+        self.acked().forget_all();
+    }
+
+    /// Forgets `endpoint`'s confirmations (its policy changed).
+    pub fn forget_endpoint(&self, endpoint: u16) {
+        self.acked().forget_endpoint(endpoint);
     }
 
     /// The agent's FqdnAllowed: releases the answer (an unknown id, e.g. one that timed out
@@ -67,16 +104,32 @@ impl AnswerGate {
         }
     }
 
-    /// Waits for the release of `ticket`, at most `limit`. True when the agent released it.
-    pub async fn wait(&self, ticket: Ticket, limit: Duration) -> bool {
+    /// Waits for the release of `ticket`, at most `limit`. True when the agent released it;
+    /// then `names` are remembered as confirmed for `endpoint`.
+    pub async fn wait(
+        &self,
+        ticket: Ticket,
+        limit: Duration,
+        endpoint: u16,
+        names: &[FqdnAnswer],
+    ) -> bool {
         let released = tokio::time::timeout(limit, ticket.rx).await;
         self.lock().remove(&ticket.id);
-        matches!(released, Ok(Ok(())))
+        let released = matches!(released, Ok(Ok(())));
+        if released {
+            self.acked()
+                .remember(endpoint, names, ticket.sent, ticket.generation);
+        }
+        released
     }
 
     /// Answers held now.
     pub fn held(&self) -> usize {
         self.lock().len()
+    }
+
+    fn acked(&self) -> std::sync::MutexGuard<'_, AckedAnswers> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {

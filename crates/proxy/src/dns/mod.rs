@@ -5,6 +5,7 @@
 //!
 //! - [`message`]: reading queries and answers, the proxy's own answers;
 //! - [`gate`]: answers held until the agent's FqdnAllowed;
+//! - [`acked`]: what the agent confirmed already (answers teaching nothing new go out at once);
 //! - [`udp`], [`tcp`]: the sockets (the supervisor's, inherited) and the replies to the pod.
 //!
 //! The upstream query leaves from an ordinary socket of the node (the node's address, a
@@ -15,6 +16,7 @@
 //! resolver that is a pod of this node sees the node (`host`) as the client, so its ingress
 //! policy must allow the host (Cilium's default allow-localhost does).
 
+pub mod acked;
 pub mod gate;
 pub mod message;
 pub mod tcp;
@@ -375,11 +377,10 @@ impl DnsProxy {
     }
 
     /// Tells the agent the addresses the answer teaches and waits for its FqdnAllowed (at
-    /// most the configured delay).
+    /// most the configured delay), unless the agent confirmed them all recently for this
+    /// endpoint: then it is told without waiting, to refresh its TTLs (see [`acked`]).
     async fn hold_for_agent(&self, meta: &Meta, q: &QueryInfo, a: &AnswerInfo) {
-        let ticket = self.gate.ticket();
-        let id = ticket.id;
-        let names = std::iter::once(q.name.clone())
+        let names: Vec<FqdnAnswer> = std::iter::once(q.name.clone())
             .chain(a.cnames.iter().cloned())
             .map(|name| FqdnAnswer {
                 name,
@@ -387,19 +388,29 @@ impl DnsProxy {
                 ttl: a.ttl,
             })
             .collect();
-        let told = self.emit(ProxyEvent::FqdnLearned(Box::new(FqdnLearned {
-            id,
-            endpoint: meta.endpoint,
-            endpoint_ip: *meta.flow.client.ip(),
-            names,
-        })));
+        let learned = |id, names| {
+            ProxyEvent::FqdnLearned(Box::new(FqdnLearned {
+                id,
+                endpoint: meta.endpoint,
+                endpoint_ip: *meta.flow.client.ip(),
+                names,
+            }))
+        };
+        if self.gate.confirmed(meta.endpoint, &names) {
+            // An id no ticket waits for: the agent's FqdnAllowed for it changes nothing.
+            let _ = self.emit(learned(self.gate.unheld_id(), names));
+            return;
+        }
+        let ticket = self.gate.ticket();
+        let id = ticket.id;
+        let told = self.emit(learned(id, names.clone()));
         // Nobody will answer an event that never left: waiting would only delay the pod.
         let limit = if told {
             self.config.allow_timeout
         } else {
             Duration::ZERO
         };
-        if !self.gate.wait(ticket, limit).await {
+        if !self.gate.wait(ticket, limit, meta.endpoint, &names).await {
             let counter = &self.engine.counters.dns_allow_timeouts;
             let timeouts = counter.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(
