@@ -16,7 +16,7 @@ use ciliate_model::bpf_policy::{self, port_range_prefixes};
 use ciliate_model::identity::{
     Identity, NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY, MIN_CLUSTER_IDENTITY,
 };
-use ciliate_model::l7::{HttpMatch, L7Redirect, ProxyPorts};
+use ciliate_model::l7::{L7Redirect, ProxyPorts};
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::cilium::Entity;
 use ciliate_model::policy::entries::Lookup;
@@ -587,8 +587,8 @@ impl Resolved<'_> {
 
     /// Computes the policy of the endpoints with identity `subject`.
     pub fn endpoint_policy(&self, subject: NumericIdentity) -> EndpointResult {
-        // Each triple with the HTTP rules of the port it came from, if any.
-        let mut raw: Vec<(PolicyKey, bool, EntrySource, Option<&Vec<HttpMatch>>)> = Vec::new();
+        // Each triple with the L7 rules of the port it came from, if any.
+        let mut raw: Vec<crate::l7::Raw<'_>> = Vec::new();
         let mut notes = Vec::new();
         let mut states = Vec::new();
         for direction in Direction::ALL {
@@ -602,7 +602,7 @@ impl Resolved<'_> {
                         Peers::Some(ids) => ids.iter().map(|id| Some(*id)).collect(),
                     };
                     for (pi, pm) in rule.ports.iter().enumerate() {
-                        let http = rule.http.get(&pi);
+                        let l7 = rule.l7.get(&pi);
                         // Only named ports on egress depend on the peer.
                         let per_peer =
                             matches!(pm, PortMatch::Named { .. }) && direction == Direction::Egress;
@@ -639,7 +639,7 @@ impl Resolved<'_> {
                                     dport,
                                     port_prefix_len,
                                 };
-                                raw.push((key, rule.deny, source.clone(), http));
+                                raw.push((key, rule.deny, source.clone(), l7));
                             }
                         }
                     }
@@ -666,6 +666,7 @@ impl Resolved<'_> {
             });
         }
         let plan = crate::l7::plan(&raw, |r| self.engine.rule_id(r));
+        notes.extend(plan.notes);
         raw.extend(plan.extra);
         let mut entries = build_entries(raw.into_iter().map(|(k, d, s, _)| (k, d, s)).collect());
         let ports = self.engine.config.proxy_ports;

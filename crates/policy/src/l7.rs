@@ -24,10 +24,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ciliate_model::identity::NumericIdentity;
+use ciliate_model::kafka::{api_key_by_name, check_topic, role_api_keys};
 use ciliate_model::l7::{
-    HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect, ProxyPorts,
+    HeaderMatch, HeaderMismatch, HttpMatch, KafkaMatch, L7Parser, L7PeerRules, L7Redirect,
+    ProxyPorts,
 };
-use ciliate_model::policy::cilium::HttpRule;
+use ciliate_model::policy::cilium::{HttpRule, KafkaRule};
 use ciliate_model::policy::{Direction, EntrySource, PolicyEntry, PolicyKey, RuleRef, PROTO_TCP};
 use regex::Regex;
 
@@ -53,6 +55,111 @@ impl HttpRequestView<'_> {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
     }
+}
+
+/// The L7 rules of one allowed port, which send it through the node's proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortL7 {
+    /// `rules.http`.
+    Http(Vec<HttpMatch>),
+    /// `rules.kafka`, with roles and API key names expanded.
+    Kafka(Vec<KafkaMatch>),
+}
+
+impl PortL7 {
+    /// The parser the proxy applies.
+    pub fn parser(&self) -> L7Parser {
+        match self {
+            Self::Http(_) => L7Parser::Http,
+            Self::Kafka(_) => L7Parser::Kafka,
+        }
+    }
+
+    /// The rules for a set of peers.
+    fn peer_rules(self, peers: Option<Vec<NumericIdentity>>, rule: u32) -> L7PeerRules {
+        let mut out = L7PeerRules {
+            peers,
+            rule,
+            ..Default::default()
+        };
+        match self {
+            Self::Http(h) => out.http = h,
+            Self::Kafka(k) => out.kafka = k,
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Http(h) => h.is_empty(),
+            Self::Kafka(k) => k.is_empty(),
+        }
+    }
+}
+
+/// Checks one `rules.kafka[]` entry at `path` as Cilium's `PortRuleKafka.Sanitize` does and
+/// expands it (`role` or `apiKey` into API keys); `None` when it has errors.
+pub(crate) fn check_kafka_rule(
+    rule: &KafkaRule,
+    path: &str,
+    p: &mut Problems,
+) -> Option<KafkaMatch> {
+    let before = p.errors.len();
+    let text = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let (role, api_key) = (text(&rule.role), text(&rule.api_key));
+    let mut api_keys = Vec::new();
+    if let (Some(r), Some(k)) = (&role, &api_key) {
+        p.error(
+            path,
+            format!(
+                "role {r:?} and apiKey {k:?} cannot both be given: a role stands for its API keys"
+            ),
+        );
+    } else if let Some(r) = &role {
+        match role_api_keys(r) {
+            Some(keys) => api_keys = keys.to_vec(),
+            None => p.error(
+                format!("{path}.role"),
+                format!("{r:?} is not a Kafka role (want produce or consume)"),
+            ),
+        }
+    } else if let Some(k) = &api_key {
+        match api_key_by_name(k) {
+            Some(key) => api_keys = vec![key],
+            None => p.error(
+                format!("{path}.apiKey"),
+                format!("{k:?} is not a Kafka API key name Cilium knows (produce, fetch, offsets, metadata, offsetcommit, offsetfetch, findcoordinator, joingroup, heartbeat, leavegroup, syncgroup, apiversions, createtopics, ...)"),
+            ),
+        }
+    }
+    let api_version = match text(&rule.api_version) {
+        None => None,
+        Some(v) => match v.parse::<i16>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => {
+                p.error(
+                    format!("{path}.apiVersion"),
+                    format!("{v:?} is not an API version (a number from 0 to 32767)"),
+                );
+                None
+            }
+        },
+    };
+    let topic = text(&rule.topic);
+    if let Some(t) = &topic {
+        if let Err(e) = check_topic(t) {
+            p.error(format!("{path}.topic"), e);
+        }
+    }
+    if p.errors.len() > before {
+        return None;
+    }
+    Some(KafkaMatch {
+        api_keys,
+        api_version,
+        client_id: text(&rule.client_id),
+        topic,
+    })
 }
 
 /// A `headers` entry: the name, and the exact value when one is given.
@@ -157,6 +264,10 @@ pub fn allowing_rules(
 ) -> Vec<(u32, Option<usize>)> {
     let mut out = Vec::new();
     for r in redirect.rules.iter().filter(|r| peer_rules_apply(r, peer)) {
+        if !r.kafka.is_empty() || !r.dns.is_empty() {
+            // Rules of another protocol allow no HTTP request.
+            continue;
+        }
         if r.http.is_empty() {
             out.push((r.rule, None));
             continue;
@@ -309,8 +420,8 @@ pub fn for_endpoint(redirects: &[L7Redirect], endpoint: u16, ip: Ipv4Addr) -> Ve
         .collect()
 }
 
-/// A raw entry of the engine: key, deny, source, and the HTTP rules of the port it came from.
-pub(crate) type Raw<'a> = (PolicyKey, bool, EntrySource, Option<&'a Vec<HttpMatch>>);
+/// A raw entry of the engine: key, deny, source, and the L7 rules of the port it came from.
+pub(crate) type Raw<'a> = (PolicyKey, bool, EntrySource, Option<&'a PortL7>);
 
 /// Which entries of an endpoint go through the proxy, before they are built.
 pub(crate) struct Plan<'a> {
@@ -320,8 +431,10 @@ pub(crate) struct Plan<'a> {
     pub extra: Vec<Raw<'a>>,
     /// The exact keys whose allow entries carry the proxy port.
     pub keys: BTreeSet<PolicyKey>,
-    /// The rules per (direction, port).
-    pub redirects: BTreeMap<(Direction, u16), Vec<L7PeerRules>>,
+    /// The parser and rules per (direction, port).
+    pub redirects: BTreeMap<(Direction, u16), (L7Parser, Vec<L7PeerRules>)>,
+    /// Conflicts worth telling (rules of two L7 protocols on one port).
+    pub notes: Vec<String>,
 }
 
 fn exact_key(identity: NumericIdentity, direction: Direction, port: u16) -> PolicyKey {
@@ -354,13 +467,16 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
         extra: Vec::new(),
         keys: BTreeSet::new(),
         redirects: BTreeMap::new(),
+        notes: Vec::new(),
     };
-    let ports: BTreeSet<(Direction, u16)> = raw
-        .iter()
-        .filter(|(k, deny, _, http)| !deny && http.is_some() && k.proto == PROTO_TCP)
-        .map(|(k, ..)| (k.direction, k.dport))
-        .collect();
-    for (direction, port) in ports {
+    // One parser per port: the first rule's (in policy order) when rules disagree.
+    let mut ports: BTreeMap<(Direction, u16), L7Parser> = BTreeMap::new();
+    for (k, deny, _, l7) in raw {
+        if let (false, Some(l7), PROTO_TCP) = (deny, l7, k.proto) {
+            ports.entry((k.direction, k.dport)).or_insert(l7.parser());
+        }
+    }
+    for ((direction, port), parser) in ports {
         let covering: Vec<&Raw<'a>> = raw
             .iter()
             .filter(|(k, deny, src, _)| {
@@ -389,8 +505,9 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             }
         }
         // (rule, any peer, rules) -> peers
-        let mut groups: Vec<(u32, bool, Vec<HttpMatch>, BTreeSet<NumericIdentity>)> = Vec::new();
-        for (k, _, src, http) in &covering {
+        type Group = (u32, bool, Option<PortL7>, BTreeSet<NumericIdentity>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (k, _, src, l7) in &covering {
             if !(ids.contains(&k.identity) || k.identity == 0) {
                 continue;
             }
@@ -398,10 +515,22 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
                 continue;
             };
             let rules = if is_exact(k) {
-                http.cloned().unwrap_or_default()
+                l7.filter(|l| !l.is_empty()).cloned()
             } else {
-                Vec::new()
+                None
             };
+            if let Some(other) = rules.as_ref().filter(|l| l.parser() != parser) {
+                // Cilium refuses to merge two parsers on one port; the proxy speaks one, so
+                // these rules allow nothing (fail closed) and the conflict is told.
+                let note = format!(
+                    "{r}: {:?} rules on {direction:?} port {port}, which other rules give {parser:?} rules; they allow nothing there",
+                    other.parser()
+                );
+                if !out.notes.contains(&note) {
+                    out.notes.push(note);
+                }
+                continue;
+            }
             let (rule, any) = (rule_id(r), k.identity == 0);
             match groups
                 .iter_mut()
@@ -415,16 +544,20 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
         }
         let mut rules: Vec<L7PeerRules> = groups
             .into_iter()
-            .map(|(rule, any, http, peers)| L7PeerRules {
-                peers: (!any).then(|| peers.into_iter().collect()),
-                rule,
-                http,
-                kafka: Vec::new(),
-                dns: Vec::new(),
+            .map(|(rule, any, l7, peers)| {
+                let peers = (!any).then(|| peers.into_iter().collect());
+                match l7 {
+                    Some(l7) => l7.peer_rules(peers, rule),
+                    None => L7PeerRules {
+                        peers,
+                        rule,
+                        ..Default::default()
+                    },
+                }
             })
             .collect();
         rules.sort_by(|a, b| (a.rule, &a.peers).cmp(&(b.rule, &b.peers)));
-        out.redirects.insert((direction, port), rules);
+        out.redirects.insert((direction, port), (parser, rules));
     }
     out
 }
@@ -432,7 +565,7 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
 /// Puts the proxy port on the planned allow entries and gives the redirects of the ports where
 /// at least one entry carries it (a redirect whose entries all became denies is left out).
 pub(crate) fn finish(
-    redirects: BTreeMap<(Direction, u16), Vec<L7PeerRules>>,
+    redirects: BTreeMap<(Direction, u16), (L7Parser, Vec<L7PeerRules>)>,
     entries: &mut [PolicyEntry],
     keys: &BTreeSet<PolicyKey>,
     ports: ProxyPorts,
@@ -441,14 +574,17 @@ pub(crate) fn finish(
     for e in entries.iter_mut() {
         if !e.deny && keys.contains(&e.key) {
             let egress = e.key.direction == Direction::Egress;
-            e.proxy_port = ports.port(L7Parser::Http, egress);
+            let parser = redirects
+                .get(&(e.key.direction, e.key.dport))
+                .map_or(L7Parser::Http, |r| r.0);
+            e.proxy_port = ports.port(parser, egress);
             used.insert((e.key.direction, e.key.dport));
         }
     }
     redirects
         .into_iter()
         .filter(|(k, _)| used.contains(k))
-        .map(|((direction, port), rules)| {
+        .map(|((direction, port), (parser, rules))| {
             let egress = direction == Direction::Egress;
             L7Redirect {
                 endpoint: 0,
@@ -456,8 +592,8 @@ pub(crate) fn finish(
                 egress,
                 proto: PROTO_TCP,
                 port,
-                parser: L7Parser::Http,
-                proxy_port: ports.port(L7Parser::Http, egress),
+                parser,
+                proxy_port: ports.port(parser, egress),
                 rules,
             }
         })

@@ -276,7 +276,7 @@ impl Compiler<'_> {
         };
         let has_icmps = icmps.is_some_and(|i| !i.is_empty());
         let (peers, requirements) = self.cilium_l3(c, l3, has_ports || has_icmps);
-        let mut http = BTreeMap::new();
+        let mut l7 = BTreeMap::new();
         let mut ports = if has_ports && has_icmps {
             self.error(
                 &c.path,
@@ -286,8 +286,8 @@ impl Compiler<'_> {
         } else if has_ports {
             match to_ports {
                 Some(L4Ports::Allow(rules)) => {
-                    let (ports, h) = self.allow_ports(c, rules);
-                    http = h;
+                    let (ports, rules) = self.allow_ports(c, rules);
+                    l7 = rules;
                     ports
                 }
                 Some(L4Ports::Deny(rules)) => self.deny_ports(c, rules),
@@ -305,7 +305,7 @@ impl Compiler<'_> {
                     "mutual authentication is not enforced yet: this rule allows nothing until it is (fail closed)",
                 );
                 ports.clear();
-                http.clear();
+                l7.clear();
             }
             Some(AuthMode::Disabled) | None => {}
         }
@@ -319,7 +319,7 @@ impl Compiler<'_> {
             ports,
         );
         if let Some(rule) = self.rules.last_mut() {
-            rule.http = http;
+            rule.l7 = l7;
         }
     }
 }

@@ -25,7 +25,6 @@
 use std::collections::BTreeMap;
 
 use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY};
-use ciliate_model::l7::HttpMatch;
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::cilium::{
     CidrRule, Entity, FqdnSelector, PortDenyRule, PortRule, ServiceSelector,
@@ -130,10 +129,10 @@ pub(crate) struct Rule {
     pub requirements: Vec<Selector>,
     /// Empty: the rule matches no traffic.
     pub ports: Vec<PortMatch>,
-    /// HTTP rules of some of `ports` (by index; each such port is one TCP port or a named
-    /// one): the traffic they allow goes through the node's proxy, which allows only the
-    /// requests these match.
-    pub http: BTreeMap<usize, Vec<HttpMatch>>,
+    /// L7 rules (HTTP, Kafka) of some of `ports` (by index; each such port is one TCP port or
+    /// a named one): the traffic they allow goes through the node's proxy, which allows only
+    /// the requests these match.
+    pub l7: BTreeMap<usize, crate::l7::PortL7>,
 }
 
 /// A checked and compiled policy.
@@ -330,7 +329,7 @@ impl Compiler<'_> {
             peers,
             requirements,
             ports,
-            http: BTreeMap::new(),
+            l7: BTreeMap::new(),
         });
     }
 }

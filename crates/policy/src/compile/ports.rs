@@ -1,6 +1,6 @@
 //! L4: `toPorts` (ports, ranges, named ports, protocols) for allow and deny rules, and the
-//! L7 rules they may carry: HTTP rules checked and compiled for the node's proxy; Kafka and DNS
-//! rules checked, not enforced.
+//! L7 rules they may carry: HTTP and Kafka rules checked and compiled for the node's proxy;
+//! DNS rules checked, not enforced.
 //!
 //! Where an L7 rule may stand follows Cilium's `PortRule.sanitize`
 //! (`pkg/policy/api/rule_validation.go`): L7 rules other than DNS only on ports whose
@@ -12,13 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use ciliate_model::l7::HttpMatch;
 use ciliate_model::policy::cilium::{
     CiliumProtocol, L7Rules, PortDenyRule, PortProtocol, PortRule,
 };
 use ciliate_model::policy::{IntOrString, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use super::{Compiler, PortMatch, RuleCtx, MAX_PORTS};
+use crate::l7::PortL7;
 use crate::names::check_port_name;
 
 impl Compiler<'_> {
@@ -45,25 +45,25 @@ impl Compiler<'_> {
         u16::try_from(end).ok()
     }
 
-    /// The ports of an allow rule's `toPorts`, and the HTTP rules of those that have some (by
+    /// The ports of an allow rule's `toPorts`, and the L7 rules of those that have some (by
     /// index into the ports).
     pub(super) fn allow_ports(
         &mut self,
         c: &RuleCtx<'_>,
         rules: &[PortRule],
-    ) -> (Vec<PortMatch>, BTreeMap<usize, Vec<HttpMatch>>) {
+    ) -> (Vec<PortMatch>, BTreeMap<usize, PortL7>) {
         let mut out = Vec::new();
-        let mut http_of = BTreeMap::new();
+        let mut l7_of = BTreeMap::new();
         for (i, pr) in rules.iter().enumerate() {
             let p = format!("{p}.toPorts[{i}]", p = c.path);
             let list = self.port_list(pr.ports.as_deref(), &p);
             let mut closed = false;
-            let mut http = None;
+            let mut proxied = None;
             if let Some(l7) = &pr.rules {
                 match self.l7(c, l7, &format!("{p}.rules"), &list, pr.ports.as_deref()) {
                     L7Outcome::None => {}
                     L7Outcome::Closed => closed = true,
-                    L7Outcome::Http(rules) => http = Some(rules),
+                    L7Outcome::Proxy(rules) => proxied = Some(rules),
                 }
             }
             if let Some(names) = &pr.server_names {
@@ -96,14 +96,14 @@ impl Compiler<'_> {
             }
             if !closed {
                 for pm in list.ports {
-                    if let Some(h) = &http {
-                        http_of.insert(out.len(), h.clone());
+                    if let Some(l7) = &proxied {
+                        l7_of.insert(out.len(), l7.clone());
                     }
                     out.push(pm);
                 }
             }
         }
-        (out, http_of)
+        (out, l7_of)
     }
 
     pub(super) fn deny_ports(&mut self, c: &RuleCtx<'_>, rules: &[PortDenyRule]) -> Vec<PortMatch> {
@@ -328,22 +328,34 @@ impl Compiler<'_> {
                 }
             }
             return if out.len() == rules.len() {
-                L7Outcome::Http(out)
+                L7Outcome::Proxy(PortL7::Http(out))
             } else {
                 L7Outcome::Closed
             };
         }
-        let unrestricted = l7
-            .kafka
-            .as_ref()
-            .is_some_and(|rules| rules.iter().any(|r| *r == Default::default()))
-            || l7.dns.as_ref().is_some_and(|rules| {
-                rules
-                    .iter()
-                    .any(|r| r.match_pattern.as_deref() == Some("*"))
-            });
+        if let Some(rules) = l7.kafka.as_ref().filter(|r| !r.is_empty()) {
+            let mut out = Vec::new();
+            for (i, r) in rules.iter().enumerate() {
+                if let Some(m) = crate::l7::check_kafka_rule(
+                    r,
+                    &format!("{path}.kafka[{i}]"),
+                    &mut self.problems,
+                ) {
+                    out.push(m);
+                }
+            }
+            return if out.len() == rules.len() {
+                L7Outcome::Proxy(PortL7::Kafka(out))
+            } else {
+                L7Outcome::Closed
+            };
+        }
+        let unrestricted = l7.dns.as_ref().is_some_and(|rules| {
+            rules
+                .iter()
+                .any(|r| r.match_pattern.as_deref() == Some("*"))
+        });
         let kind = match kinds.first() {
-            Some(&"kafka") => "Kafka",
             Some(&"dns") => "DNS",
             _ => "l7proto",
         };
@@ -380,6 +392,6 @@ pub(super) enum L7Outcome {
     None,
     /// Rules Ciliate cannot enforce, or errors: the ports stay closed.
     Closed,
-    /// HTTP rules: the ports are allowed through the proxy, for requests these match.
-    Http(Vec<HttpMatch>),
+    /// HTTP or Kafka rules: the ports are allowed through the proxy, for requests these match.
+    Proxy(PortL7),
 }
