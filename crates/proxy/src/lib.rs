@@ -4,6 +4,7 @@
 //! - [`policy`]: the redirects in force, replaced per command, read per request;
 //! - [`identity`]: peer identities from the datapath's pinned maps;
 //! - [`engine`]: one client connection: protocol detection, HTTP/1.1 and h2c, policy, upstream;
+//! - [`kafka`]: connections of Kafka redirects: frames, requests and topics, refusals;
 //! - [`listener`]: accept loops over inherited listening sockets, graceful drain;
 //! - [`control`]: the agent's control socket (commands in, events out);
 //! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
@@ -11,6 +12,7 @@
 pub mod control;
 pub mod engine;
 pub mod identity;
+pub mod kafka;
 pub mod listener;
 pub mod policy;
 pub mod rules;

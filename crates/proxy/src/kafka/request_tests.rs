@@ -1,0 +1,1 @@
+//! Request parsing: recorded frames of real clients, and mutated bytes.
