@@ -213,10 +213,8 @@ pub fn parse(frame: Bytes) -> Result<KafkaRequest, HeaderError> {
         topics_known: !ciliate_model::kafka::is_topic_api_key(api_key),
         ..Default::default()
     };
-    if flex {
-        r.tagged_fields().map_err(head)?;
-    }
     r.compact = flex;
+    r.tagged_fields().map_err(head)?;
     match body(&mut r, &mut req) {
         Ok(Some(())) => req.topics_known = true,
         Ok(None) => {}
