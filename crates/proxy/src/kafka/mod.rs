@@ -171,6 +171,8 @@ pub async fn serve(
         let frame = tokio::select! {
             f = frame::read_frame(&mut client_rd, conn.max_frame) => f,
             _ = shutdown.changed() => break,
+            // The writer gave up (the broker closed, the client stopped reading).
+            _ = slots_tx.closed() => break,
         };
         let payload = match frame {
             Ok(Some(p)) => p,
@@ -283,11 +285,13 @@ pub async fn serve(
 
 /// Writes the responses to the client in request order: the broker's (read one per slot) and
 /// the proxy's refusals.
-async fn write_responses(
-    conn: Arc<Conn>,
-    mut slots: mpsc::Receiver<Slot>,
-    mut client: OwnedWriteHalf,
-) {
+async fn write_responses(conn: Arc<Conn>, slots: mpsc::Receiver<Slot>, mut client: OwnedWriteHalf) {
+    deliver(&conn, slots, &mut client).await;
+    // Done or failed: the client sees the connection end rather than wait for an answer.
+    let _ = client.shutdown().await;
+}
+
+async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut OwnedWriteHalf) {
     let mut upstream: Option<OwnedReadHalf> = None;
     while let Some(slot) = slots.recv().await {
         let (bytes, mut rec, start) = match slot {
@@ -331,5 +335,4 @@ async fn write_responses(
         rec.latency_ns = start.elapsed().as_nanos() as u64;
         conn.emit(rec);
     }
-    let _ = client.shutdown().await;
 }

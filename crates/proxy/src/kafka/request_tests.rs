@@ -9,7 +9,10 @@ use kafka_protocol::messages::{
     offset_commit_request::{
         OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
     },
-    offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics},
+    offset_fetch_request::{
+        OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic,
+        OffsetFetchRequestTopics,
+    },
     produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData},
     ApiKey, FetchResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
     OffsetFetchResponse, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
@@ -50,7 +53,12 @@ fn expected() -> Vec<(String, Vec<i32>)> {
 fn check(key: ApiKey, version: i16, f: Bytes, want_partitions: bool) -> KafkaRequest {
     let r = parse(f).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
     assert_eq!(
-        (r.api_key, r.api_version, r.correlation_id, r.client_id.as_str()),
+        (
+            r.api_key,
+            r.api_version,
+            r.correlation_id,
+            r.client_id.as_str()
+        ),
         (key as i16, version, 4242, "rdkafka"),
         "{key:?} v{version}"
     );
@@ -242,7 +250,12 @@ fn list_offsets_every_version() {
                 lt
             })
             .collect();
-        let req = check(ApiKey::ListOffsets, v, frame(ApiKey::ListOffsets, v, &r), true);
+        let req = check(
+            ApiKey::ListOffsets,
+            v,
+            frame(ApiKey::ListOffsets, v, &r),
+            true,
+        );
         check_refusal(ApiKey::ListOffsets, v, &req);
     }
 }
@@ -296,7 +309,12 @@ fn offset_commit_every_version_that_names_topics() {
                 ot
             })
             .collect();
-        let req = check(ApiKey::OffsetCommit, v, frame(ApiKey::OffsetCommit, v, &r), true);
+        let req = check(
+            ApiKey::OffsetCommit,
+            v,
+            frame(ApiKey::OffsetCommit, v, &r),
+            true,
+        );
         check_refusal(ApiKey::OffsetCommit, v, &req);
     }
 }
@@ -317,7 +335,12 @@ fn offset_fetch_every_version_that_names_topics() {
                 })
                 .collect(),
         );
-        let req = check(ApiKey::OffsetFetch, v, frame(ApiKey::OffsetFetch, v, &r), true);
+        let req = check(
+            ApiKey::OffsetFetch,
+            v,
+            frame(ApiKey::OffsetFetch, v, &r),
+            true,
+        );
         check_refusal(ApiKey::OffsetFetch, v, &req);
     }
     for v in 8..=9 {
@@ -336,7 +359,12 @@ fn offset_fetch_every_version_that_names_topics() {
                 .collect(),
         );
         r.groups = vec![g];
-        let req = check(ApiKey::OffsetFetch, v, frame(ApiKey::OffsetFetch, v, &r), true);
+        let req = check(
+            ApiKey::OffsetFetch,
+            v,
+            frame(ApiKey::OffsetFetch, v, &r),
+            true,
+        );
         assert_eq!(req.groups.len(), 2);
         // Groups in the response are not built: the connection is closed instead.
         assert!(refusal(&req).is_err());
@@ -358,11 +386,17 @@ fn headers_without_bodies() {
     assert_eq!((r.api_key, r.api_version, r.correlation_id), (18, 3, 1));
     assert!(r.topics_known && r.topics.is_empty());
     // An API key this proxy does not know still has a header.
-    let r = parse(Bytes::from_static(b"\x00\x63\x00\x01\x00\x00\x00\x09\xff\xff")).expect("parse");
+    let r = parse(Bytes::from_static(
+        b"\x00\x63\x00\x01\x00\x00\x00\x09\xff\xff",
+    ))
+    .expect("parse");
     assert_eq!((r.api_key, r.client_id.as_str()), (99, ""));
     // Too short, negative.
     assert!(parse(Bytes::from_static(b"\x00\x00\x00")).is_err());
-    assert!(parse(Bytes::from_static(b"\xff\xff\x00\x00\x00\x00\x00\x01\xff\xff")).is_err());
+    assert!(parse(Bytes::from_static(
+        b"\xff\xff\x00\x00\x00\x00\x00\x01\xff\xff"
+    ))
+    .is_err());
 }
 
 proptest! {
