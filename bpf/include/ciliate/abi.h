@@ -363,7 +363,7 @@ struct ipcache_entry {
 /* The L7 proxy (Cilium's DROP_PROXY_*; Hubble's SOCKET_LOOKUP_FAILED, SOCKET_ASSIGN_FAILED,
  * PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL): no proxy socket to send the connection to (the proxy
  * is down: traffic that needs it is refused, fail closed), the socket could not be assigned,
- * and a proxy port on a protocol the proxy does not take (not TCP). */
+ * and a proxy port on a protocol the proxy does not take (not TCP, nor UDP on egress). */
 #define DROP_PROXY_LOOKUP_FAILED 178
 #define DROP_PROXY_SET_FAILED 179
 #define DROP_PROXY_UNKNOWN_PROTO 180

@@ -35,6 +35,14 @@ struct proxy_ctx {
 			       * proxy's socket, its listener on this port for a new one */
 };
 
+/* Whether the proxy takes connections of `proto` in this direction: TCP (HTTP, Kafka, DNS)
+ * both ways, UDP (DNS) only from an endpoint. A UDP "connection" is tracked like any other, so
+ * the proxy's answer (sent from the resolver's address) is its reply. */
+static __always_inline int proxy_takes(__u8 proto, __u8 egress)
+{
+	return proto == IPPROTO_TCP || (proto == IPPROTO_UDP && egress);
+}
+
 /* Socket LB: the rev-NAT index of the frontend the packet's socket asked for, when sock.c
  * connected it (or sent this datagram) to a backend instead; 0 otherwise. sock.c records the
  * translation per socket in cil_lb4_sk, keyed by the socket cookie and the backend; the pod's
@@ -112,9 +120,10 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	/* Say why a default-deny refused it: it quoted no connection of the endpoint. */
 	if (verdict == DROP_POLICY && icmp_unrelated)
 		verdict = DROP_CT_UNKNOWN;
-	/* L7 rules are for TCP: another protocol never passes unchecked (fail closed). */
+	/* L7 rules are for TCP, and for UDP on egress (DNS queries): another protocol never
+	 * passes unchecked (fail closed). */
 	if (!verdict && ct == CT_NEW && res.proxy_port && !pc->no_redirect &&
-	    p->proto != IPPROTO_TCP)
+	    !proxy_takes(p->proto, egress))
 		verdict = DROP_PROXY_UNKNOWN_PROTO;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
 		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
@@ -125,7 +134,7 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 		/* The redirect is decided once, here, and kept by the connection. */
 		cp.flags = pc->from_proxy ? CT_F_FROM_PROXY : 0;
 		cp.port = 0;
-		if (res.proxy_port && !pc->no_redirect && p->proto == IPPROTO_TCP) {
+		if (res.proxy_port && !pc->no_redirect && proxy_takes(p->proto, egress)) {
 			cp.flags |= CT_F_TO_PROXY;
 			cp.port = res.proxy_port;
 		}

@@ -36,44 +36,87 @@ static __always_inline __u32 mark_to_proxy(__u16 port)
 	return MARK_MAGIC_TO_PROXY | ((__u32)port << 16);
 }
 
-/* Assigns the packet to the proxy's socket for it and marks it for the proxy's policy
- * routing: the connection's own socket when one exists for the exact tuple (later packets,
- * and replies to the proxy's upstream connections), else the listener on `port` (a new
- * connection; 0 = none may be made). Returns 0, or the drop reason: no such socket (the proxy
- * is down: fail closed), or the kernel refused the assignment. */
-static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt4 *p, __u16 port)
+/* Assigns a TCP packet to the proxy's socket for it: the connection's own socket when one
+ * exists for the exact tuple (later packets, and replies to the proxy's upstream
+ * connections), else the listener on `port` (a new connection; 0 = none may be made). */
+static __always_inline int proxy_lookup_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t,
+					    __u16 port, struct bpf_sock **out)
 {
-	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
-	long rc;
 
-	if (p->proto != IPPROTO_TCP || p->fragment)
-		return DROP_PROXY_UNKNOWN_PROTO;
-	t.ipv4.saddr = p->saddr;
-	t.ipv4.daddr = p->daddr;
-	t.ipv4.sport = p->sport;
-	t.ipv4.dport = p->dport;
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	sk = bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		/* A listener of the node on the original destination, or a dying socket, is not
 		 * the proxy's connection. */
-		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
-			goto assign;
+		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT) {
+			*out = sk;
+			return 0;
+		}
 		bpf_sk_release(sk);
 	}
 	if (!port)
 		return DROP_PROXY_LOOKUP_FAILED;
 	/* 127.0.0.1:port finds a listener bound there or to 0.0.0.0:port. */
-	t.ipv4.daddr = bpf_htonl(0x7f000001);
-	t.ipv4.dport = bpf_htons(port);
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	t->ipv4.daddr = bpf_htonl(0x7f000001);
+	t->ipv4.dport = bpf_htons(port);
+	sk = bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return DROP_PROXY_LOOKUP_FAILED;
 	if (sk->state != BPF_TCP_LISTEN) {
 		bpf_sk_release(sk);
 		return DROP_PROXY_LOOKUP_FAILED;
 	}
-assign:
+	*out = sk;
+	return 0;
+}
+
+/* Finds the proxy's UDP socket on `port` (the DNS proxy's). UDP has no per-flow socket of the
+ * proxy, so the original tuple is not looked up at all: it could only find a socket of the
+ * node bound to the original destination (a node-local resolver on 0.0.0.0:53), which is
+ * exactly what the redirect must not reach. The proxy's socket is unconnected and bound to
+ * 0.0.0.0:port (or 127.0.0.1:port), which a lookup for 127.0.0.1:port finds. */
+static __always_inline int proxy_lookup_udp(struct __sk_buff *skb, struct bpf_sock_tuple *t,
+					    __u16 port, struct bpf_sock **out)
+{
+	struct bpf_sock *sk;
+
+	if (!port)
+		return DROP_PROXY_LOOKUP_FAILED;
+	t->ipv4.daddr = bpf_htonl(0x7f000001);
+	t->ipv4.dport = bpf_htons(port);
+	sk = bpf_sk_lookup_udp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return DROP_PROXY_LOOKUP_FAILED;
+	*out = sk;
+	return 0;
+}
+
+/* Assigns the packet to the proxy's socket for it and marks it for the proxy's policy
+ * routing (TCP: proxy_lookup_tcp; UDP: the proxy's datagram socket on `port`). Returns 0, or
+ * the drop reason: no such socket (the proxy is down: fail closed), a protocol the proxy does
+ * not take, or the kernel refused the assignment. */
+static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt4 *p, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk = NULL;
+	long rc;
+
+	if (p->fragment)
+		return DROP_PROXY_UNKNOWN_PROTO;
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	if (p->proto == IPPROTO_TCP)
+		rc = proxy_lookup_tcp(skb, &t, port, &sk);
+	else if (p->proto == IPPROTO_UDP)
+		rc = proxy_lookup_udp(skb, &t, port, &sk);
+	else
+		return DROP_PROXY_UNKNOWN_PROTO;
+	if (rc)
+		return rc;
+	if (!sk)
+		return DROP_PROXY_LOOKUP_FAILED;
 	rc = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (rc)

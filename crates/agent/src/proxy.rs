@@ -1,6 +1,6 @@
 //! Runs the node's L7 proxy: the policy manager's redirects go to `ciliate-proxy` through its
-//! supervisor (crates/proxy), the proxy's HTTP records become L7 flows in the observer, and
-//! its state reaches `status`.
+//! supervisor (crates/proxy), the proxy's HTTP, DNS and Kafka records become L7 flows in the
+//! observer, and its state reaches `status`.
 //!
 //! The proxy starts with the first redirect (a node without HTTP rules runs no proxy), or at
 //! once when an earlier agent left one running (the supervisor adopts it, so traffic never
@@ -162,9 +162,19 @@ fn handle_event(
         ProxyEvent::Rejected { revision, reason } => {
             warn!(revision, %reason, "the proxy refused a policy update");
         }
+        ProxyEvent::Dns(record) => {
+            if let Some(o) = observer {
+                o.observe_dns(&record);
+            }
+        }
+        ProxyEvent::Kafka(record) => {
+            if let Some(o) = observer {
+                o.observe_kafka(&record);
+            }
+        }
         ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
-        // DNS and Kafka (#13): records and learned names are handled as that work lands.
-        ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) | ProxyEvent::FqdnLearned(_) => {}
+        // Learned names (#13) are handled as that work lands.
+        ProxyEvent::FqdnLearned(_) => {}
     }
     if let Some(s) = supervisor {
         report(s, policies);

@@ -145,7 +145,8 @@ pub const TRACE_TO_PROXY: u8 = 1;
 pub const DROP_PROXY_LOOKUP_FAILED: u8 = 178;
 /// `DROP_PROXY_SET_FAILED`: the kernel refused to assign the packet to the proxy's socket.
 pub const DROP_PROXY_SET_FAILED: u8 = 179;
-/// `DROP_PROXY_UNKNOWN_PROTO`: a proxy port on a protocol other than TCP.
+/// `DROP_PROXY_UNKNOWN_PROTO`: a proxy port on a protocol the proxy does not take (not TCP, nor
+/// UDP on egress).
 pub const DROP_PROXY_UNKNOWN_PROTO: u8 = 180;
 /// Bytes of packet copied into each event.
 pub const EVENT_CAPTURE_LEN: usize = 128;

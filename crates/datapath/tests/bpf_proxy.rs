@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 
 use ciliate_datapath::proxy_mark::{self, ProxyDirection, ProxyMark};
 use common::*;
@@ -216,20 +216,98 @@ fn later_packets_follow_the_connections_decision_not_a_new_one() {
     assert_eq!(v, TC_ACT_REDIRECT);
 }
 
-/// L7 rules are TCP's: a proxy port on a UDP entry refuses the packet (180) rather than let it
-/// pass unchecked.
+/// A UDP socket standing in for the DNS proxy's, on 0.0.0.0 and a free port (the proxy's
+/// socket is unconnected and bound to every address, like a resolver's).
+fn udp_proxy_socket() -> (UdpSocket, u16) {
+    let s = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    let port = s.local_addr().expect("addr").port();
+    (s, port)
+}
+
+/// An egress UDP entry with a proxy port (a DNS rule): the datagram is sent to the proxy's
+/// UDP socket and tracked with the proxy flag, so that later datagrams of the flow follow and
+/// the proxy's answer (from the resolver's address) is a reply; with nothing on the proxy
+/// port it is refused with 178 (fail closed), even when a socket of the node is bound to the
+/// original destination's port (a node-local resolver must not get the pod's query).
 #[test]
-fn a_proxy_port_on_another_protocol_fails_closed() {
+fn an_egress_udp_entry_with_a_proxy_port_sends_the_datagram_to_the_proxy_or_fails_closed() {
     privileged!();
+    // A "node-local resolver" on the port the pod asks, and no proxy.
+    let (_resolver, dns_port) = udp_proxy_socket();
     let mut h = Harness::new();
     h.set_policy_a(
         &egress_policy(vec![with_proxy(
-            rule(ID_B, true, Some(17), 53, 16, false),
+            rule(ID_B, true, Some(17), dns_port, 16, false),
             PROXY_PORT_UNUSED,
         )]),
         0,
     );
-    let (v, _, _) = run_ctx(&h, "from_container", &udp(POD_A, 40004, POD_B, 53), 0);
+    let query = udp(POD_A, 40004, POD_B, dns_port);
+    let (v, out, _) = run_ctx(&h, "from_container", &query, 0);
+    assert_eq!(v, TC_ACT_SHOT, "nobody on the proxy port");
+    assert_eq!(out, query, "not redirected to B");
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    let e = h
+        .ct(key(POD_A, 40004, POD_B, dns_port, 17, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(e.state & abi::ct_state::TO_PROXY, abi::ct_state::TO_PROXY);
+    assert_eq!(e.proxy_port, PROXY_PORT_UNUSED);
+
+    // With the proxy's socket: found (the assignment's outcome depends on the hook).
+    let (_proxy, port) = udp_proxy_socket();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(17), 53, 16, false),
+            port,
+        )]),
+        0,
+    );
+    let query = udp(POD_A, 40005, POD_B, 53);
+    let res = run_ctx(&h, "from_container", &query, 0);
+    assert_ne!(res.0, TC_ACT_REDIRECT, "not to B");
+    assert_assigned_or_refused_on_test_run(&mut h, res, port);
+    let e = h
+        .ct(key(POD_A, 40005, POD_B, 53, 17, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(e.state & abi::ct_state::TO_PROXY, abi::ct_state::TO_PROXY);
+    assert_eq!(e.proxy_port, port);
+    // The next query of the same flow goes the same way.
+    let res = run_ctx(&h, "from_container", &query, 0);
+    assert_assigned_or_refused_on_test_run(&mut h, res, port);
+
+    // The proxy's answer, from B:53 to the pod, is the flow's reply: delivered into the pod,
+    // not to the proxy again, without a policy verdict.
+    let mut answer = udp(POD_B, 53, POD_A, 40005);
+    answer[0..6].copy_from_slice(&MAC_A);
+    answer[6..12].copy_from_slice(&HOST_MAC_A);
+    let (v, _, mark) = run_ctx(&h, "to_container", &answer, 0);
+    assert_eq!(v, TC_ACT_OK, "into the pod");
+    assert_eq!(mark, 0);
+    assert!(drops(&mut h).is_empty());
+    let e = h
+        .ct(key(POD_A, 40005, POD_B, 53, 17, abi::CT_EGRESS))
+        .expect("tracked");
+    assert_eq!(e.rx_packets, 1, "counted as the reply");
+}
+
+/// The proxy takes UDP only from an endpoint (DNS queries): a proxy port on an ingress UDP
+/// entry refuses the packet (180) rather than let it pass unchecked.
+#[test]
+fn a_proxy_port_on_ingress_udp_fails_closed() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &ingress_policy(vec![with_proxy(
+            rule(ID_B, false, Some(17), 53, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    let mut q = udp(POD_B, 40006, POD_A, 53);
+    q[0..6].copy_from_slice(&MAC_A);
+    q[6..12].copy_from_slice(&HOST_MAC_A);
+    let (v, _, _) = run_ctx(&h, "to_container", &q, 0);
     assert_eq!(v, TC_ACT_SHOT);
     assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_UNKNOWN_PROTO]);
 }

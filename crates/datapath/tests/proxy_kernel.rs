@@ -10,13 +10,17 @@
 //! - ingress: B's rule for A on port 8080 names a proxy port: A's connection to B:8080 is
 //!   accepted by the listener (through to_container's hairpin into the veth's ingress);
 //! - fail closed: with the egress proxy's listener closed, A's connection to B:80 is not
-//!   delivered to B's server.
+//!   delivered to B's server;
+//! - UDP (DNS): A's rule towards B:53/UDP names a proxy port: A's datagram reaches a
+//!   transparent UDP socket with B:53 as its original destination (IP_RECVORIGDSTADDR), and the
+//!   answer the "proxy" sends from B:53 (a transparent socket bound there) reaches A's socket as
+//!   B's reply; B's own server sees nothing; without the proxy's socket nothing gets through.
 //!
 //! Needs root; without it the test prints SKIP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::mpsc;
 use std::thread;
@@ -517,6 +521,176 @@ fn node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
         nl.remove_proxy_routing()
             .await
             .expect("removing twice is fine");
+    });
+}
+
+// ---- UDP (the DNS proxy) ----
+
+const IP_A3: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 10);
+const IP_B3: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 11);
+
+/// A UDP socket with IP_TRANSPARENT and IP_RECVORIGDSTADDR bound to `bind`, as the
+/// supervisor makes the DNS proxy's.
+fn transparent_udp(bind: SocketAddrV4) -> UdpSocket {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    setsockopt_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1);
+    setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1);
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    let sa = sockaddr(bind);
+    // SAFETY: sa is a valid sockaddr_in of the length given.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "bind {bind}: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a bound UDP socket, owned from here on by the UdpSocket.
+    unsafe { UdpSocket::from_raw_fd(fd) }
+}
+
+/// One datagram within IO_TIMEOUT: payload, source, original destination.
+fn recv_orig_dst(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddrV4, SocketAddrV4)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(libc::sockaddr_in);
+    let msg =
+        recvmsg::<SockaddrIn>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).ok()?;
+    let src = msg.address.map(SocketAddrV4::from)?;
+    let mut orig = None;
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::Ipv4OrigDstAddr(sa) = c {
+            orig = Some(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+                u16::from_be(sa.sin_port),
+            ));
+        }
+    }
+    let len = msg.bytes;
+    Some((buf[..len].to_vec(), src, orig?))
+}
+
+#[test]
+fn udp_datagrams_reach_a_transparent_udp_socket_and_its_answer_reaches_the_pod() {
+    ciliate_testutil::privileged!();
+    let node = TestNetns::new("pun");
+    let pod_a = TestNetns::new("pua");
+    let pod_b = TestNetns::new("pub");
+    let node_ns = NetNs::open(node.path()).unwrap();
+    let pins = Pins(LinuxConfig {
+        node_name: unique_name("punode"),
+        bpffs_root: "/sys/fs/bpf".into(),
+        socket_lb_cgroup: None,
+    });
+    let cfg = pins.0.clone();
+    let (a, b) = (pod_a.path(), pod_b.path());
+    node_ns
+        .run_in(move || udp_node_side(cfg, &a, &b))
+        .expect("enter the node's namespace");
+}
+
+fn udp_node_side(cfg: LinuxConfig, pod_a: &str, pod_b: &str) {
+    for conf in ["all", "default"] {
+        disable_rp_filter(conf).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _rt = rt.enter();
+    let nl = Netlink::connect().unwrap();
+    let (a, b) = rt.block_on(async {
+        let a = wire(&nl, pod_a, 1, IP_A3, ID_A).await;
+        let b = wire(&nl, pod_b, 2, IP_B3, ID_B).await;
+        nl.install_proxy_routing().await.unwrap();
+        (a, b)
+    });
+    let dp = LinuxDatapath::open(cfg).unwrap();
+    dp.upsert_endpoint(&a.spec).unwrap();
+    dp.upsert_endpoint(&b.spec).unwrap();
+    let proxy = transparent_udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let port = proxy.local_addr().unwrap().port();
+    let mut dns = entry(ID_B, true, 53, port);
+    dns.proto = Some(17);
+    dp.set_endpoint_policy(
+        &a.spec,
+        &EndpointPolicy {
+            ingress_enforced: false,
+            egress_enforced: true,
+            entries: vec![dns],
+        },
+    )
+    .unwrap();
+
+    // B's own resolver on 53: it must see nothing of A's queries.
+    let (b_tx, b_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let b_path = pod_b.to_owned();
+    thread::spawn(move || {
+        let ns = NetNs::open(&b_path).expect("open netns");
+        let _ = ns.run_in(move || {
+            let s = UdpSocket::bind(("0.0.0.0", 53)).expect("bind 53 in B");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = b_tx.send((buf[..n].to_vec(), from));
+            }
+        });
+    });
+    ready_rx.recv_timeout(IO_TIMEOUT).expect("B's resolver up");
+
+    let b53 = SocketAddrV4::new(IP_B3, 53);
+    // The pod's client: a connected socket takes only B:53's answers.
+    let (client_tx, client_rx) = mpsc::channel::<(u16, std::io::Result<Vec<u8>>)>();
+    let client = in_ns(pod_a, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(b53).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let sport = s.local_addr().unwrap().port();
+        s.send(b"query-1").unwrap();
+        let mut buf = [0u8; 512];
+        let got = s.recv(&mut buf).map(|n| buf[..n].to_vec());
+        client_tx.send((sport, got)).unwrap();
+    });
+    let (payload, from, orig) = recv_orig_dst(&proxy).expect("the proxy got A's query");
+    assert_eq!(payload, b"query-1");
+    assert_eq!(*from.ip(), IP_A3, "from A");
+    assert_eq!(orig, b53, "original destination B:53");
+    assert!(dp.proxy_redirects() >= 1);
+    // The answer, from B:53 as the pod expects it.
+    let answer_sock = transparent_udp(b53);
+    answer_sock.send_to(b"answer-1", from).unwrap();
+    client.join().unwrap();
+    let (sport, got) = client_rx.recv().unwrap();
+    assert_eq!(sport, from.port());
+    assert_eq!(got.expect("A got the answer"), b"answer-1");
+    assert!(b_rx.try_recv().is_err(), "B's resolver saw nothing");
+
+    // Fail closed: without the proxy's socket, A's query reaches nobody.
+    drop(proxy);
+    let lost = in_ns(pod_a, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(b53).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.send(b"query-2").unwrap();
+        let mut buf = [0u8; 512];
+        s.recv(&mut buf).is_ok()
+    });
+    assert!(!lost.join().unwrap(), "no answer without the proxy");
+    assert!(
+        b_rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "B's resolver saw nothing"
+    );
+    rt.block_on(async {
+        nl.remove_proxy_routing().await.unwrap();
     });
 }
 

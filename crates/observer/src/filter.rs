@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::l7::MESSAGE_TYPE_ACCESS_LOG;
-use crate::proto::flow::{layer4, Endpoint, EventTypeFilter, Flow, FlowFilter, Service, TcpFlags};
+use crate::proto::flow::{
+    layer4, layer7, Endpoint, EventTypeFilter, Flow, FlowFilter, Service, TcpFlags,
+};
 
 /// Why a filter was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -245,6 +247,15 @@ fn glob(pattern: &str, s: &str) -> bool {
     }
 }
 
+/// The flow's L7 protocol as `--protocol` names it.
+fn l7_protocol(flow: &Flow) -> Option<&'static str> {
+    Some(match flow.l7.as_ref()?.record.as_ref()? {
+        layer7::Record::Http(_) => "http",
+        layer7::Record::Dns(_) => "dns",
+        layer7::Record::Kafka(_) => "kafka",
+    })
+}
+
 fn flow_protocol(flow: &Flow) -> Option<&'static str> {
     Some(match flow.l4.as_ref()?.protocol.as_ref()? {
         layer4::Protocol::Tcp(_) => "tcp",
@@ -394,8 +405,7 @@ impl Compiled {
                 match p.as_str() {
                     "icmp" | "icmpv4" => l4.push("icmpv4".to_owned()),
                     "tcp" | "udp" | "icmpv6" | "sctp" => l4.push(p),
-                    // Ciliate's flows carry HTTP records only; asked for DNS or Kafka, a
-                    // flow matches when it has such a record, which none has.
+                    // Hubble knows `http` and `dns`; `kafka` matches Kafka records alike.
                     "http" | "dns" | "kafka" => l7.push(p),
                     _ => {
                         return Err(bad(
@@ -408,7 +418,7 @@ impl Compiled {
             }
             checks.push(Box::new(move |fl| {
                 flow_protocol(fl).is_some_and(|p| l4.iter().any(|w| w == p))
-                    || (crate::l7::http(fl).is_some() && l7.iter().any(|w| w == "http"))
+                    || l7_protocol(fl).is_some_and(|p| l7.iter().any(|w| w == p))
             }));
         }
         if !f.verdict.is_empty() {
@@ -460,11 +470,22 @@ impl Compiled {
             checks.push(Box::new(move |fl| want.contains(&fl.uuid)));
         }
         http_checks(f, &mut checks)?;
-        // Fields about what Ciliate's flows never carry (DNS names, workloads, traces): set,
-        // they match nothing, as they would in Hubble for flows without them.
+        if !f.dns_query.is_empty() {
+            // Hubble's `filterByDNSQueries`: unanchored regexes over the query name of DNS
+            // flows (`example\.com\.$`); flows without a DNS record never match.
+            let want = f
+                .dns_query
+                .iter()
+                .map(|s| parse_regex("dns_query", s))
+                .collect::<Result<Vec<_>, _>>()?;
+            checks.push(Box::new(move |fl| {
+                crate::l7::dns(fl).is_some_and(|d| want.iter().any(|r| r.is_match(&d.query)))
+            }));
+        }
+        // Fields about what Ciliate's flows never carry (names of peers, workloads, traces):
+        // set, they match nothing, as they would in Hubble for flows without them.
         let never = !f.source_fqdn.is_empty()
             || !f.destination_fqdn.is_empty()
-            || !f.dns_query.is_empty()
             || !f.trace_id.is_empty()
             || !f.source_workload.is_empty()
             || !f.destination_workload.is_empty();

@@ -667,3 +667,94 @@ mod http {
         assert_eq!(hits, vec![false, true, false, true]);
     }
 }
+
+mod dns_and_kafka {
+    use super::*;
+    use crate::dns::dns_to_flow;
+    use crate::dns::tests::{answer, query};
+    use crate::kafka::kafka_to_flow;
+    use crate::kafka::tests::produce;
+    use crate::l7::http_to_flow;
+    use crate::l7::tests::request;
+
+    fn proto(p: &str) -> FlowFilter {
+        FlowFilter {
+            protocol: vec![p.into()],
+            ..Default::default()
+        }
+    }
+
+    fn query_re(res: &[&str]) -> FlowFilter {
+        FlowFilter {
+            dns_query: res.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn protocols_pick_each_l7_record() {
+        let s = store();
+        let (q, a) = (
+            dns_to_flow(&query(), &s, "n"),
+            dns_to_flow(&answer(), &s, "n"),
+        );
+        let k = kafka_to_flow(&produce(), &s, "n");
+        let h = http_to_flow(&request(), &s, "n");
+        for (p, want) in [
+            ("dns", [true, true, false, false, false]),
+            ("DNS", [true, true, false, false, false]),
+            ("kafka", [false, false, true, false, false]),
+            ("http", [false, false, false, true, false]),
+            // A DNS flow's L4 is UDP here, a Kafka flow's TCP, as Hubble's L4 mask sees them.
+            ("udp", [true, true, false, false, false]),
+            ("tcp", [false, false, true, true, true]),
+        ] {
+            let got: Vec<bool> = [&q, &a, &k, &h, &syn()]
+                .iter()
+                .map(|f| m(proto(p), f))
+                .collect();
+            assert_eq!(got, want, "--protocol {p}");
+        }
+    }
+
+    #[test]
+    fn dns_queries_by_unanchored_regex_and_only_on_dns_flows() {
+        let s = store();
+        let (q, a) = (
+            dns_to_flow(&query(), &s, "n"),
+            dns_to_flow(&answer(), &s, "n"),
+        );
+        let other = dns_to_flow(
+            &ciliate_model::l7::DnsRecord {
+                query: "db.internal.".into(),
+                ..query()
+            },
+            &s,
+            "n",
+        );
+        let h = http_to_flow(&request(), &s, "n");
+        assert!(m(query_re(&["example"]), &q));
+        assert!(m(query_re(&["example"]), &a));
+        assert!(m(query_re(&[r"^api\.example\.com\.$"]), &q));
+        assert!(!m(query_re(&[r"^example\.com\.$"]), &q));
+        assert!(!m(query_re(&["example"]), &other));
+        assert!(
+            m(query_re(&["nothing", "internal"]), &other),
+            "values are ORed"
+        );
+        assert!(!m(query_re(&[".*"]), &h), "flows without DNS never match");
+        assert!(!m(query_re(&[".*"]), &syn()));
+        let e = FlowFilters::compile(&[query_re(&["(unclosed"])], &[]).expect_err("refused");
+        assert_eq!(e.field, "dns_query");
+        // With the protocol and the verdict: AND across fields.
+        let f = FlowFilter {
+            dns_query: vec!["example".into()],
+            protocol: vec!["dns".into()],
+            verdict: vec![Verdict::Forwarded as i32],
+            reply: vec![true],
+            ..Default::default()
+        };
+        assert!(m(f.clone(), &a));
+        assert!(!m(f, &q));
+    }
+}

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use crate::proto::flow::{Flow, Http, L7FlowType, TrafficDirection};
 
 /// Prometheus' default buckets (`prometheus.DefBuckets`), in seconds.
-const BUCKETS: [f64; 11] = [
+pub(crate) const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -26,7 +26,7 @@ const BUCKETS: [f64; 11] = [
 const MAX_METHODS: usize = 64;
 
 #[derive(Debug, Default)]
-struct Histogram {
+pub(crate) struct Histogram {
     /// Observations at or below each bucket's bound (cumulative, as exposed).
     buckets: [u64; BUCKETS.len()],
     sum: f64,
@@ -34,7 +34,7 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&mut self, v: f64) {
+    pub(crate) fn observe(&mut self, v: f64) {
         for (n, le) in self.buckets.iter_mut().zip(BUCKETS) {
             if v <= le {
                 *n += 1;
@@ -42,6 +42,38 @@ impl Histogram {
         }
         self.sum += v;
         self.count += 1;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples of one child with these labels.
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (le, n) in BUCKETS.iter().zip(self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {n}", float(*le));
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", float(self.sum));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// Distinct values a peer chooses (an HTTP method, a DNS query type, a Kafka topic) counted
+/// under their own name; past `max`, new ones are counted as `other`, so that a scan with
+/// made-up values cannot grow the metrics without end.
+#[derive(Debug, Default)]
+pub(crate) struct BoundedLabel {
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl BoundedLabel {
+    /// `v`, or `other` once `max` distinct values were seen and `v` is not one of them.
+    pub(crate) fn label(&mut self, v: &str, max: usize) -> String {
+        if self.seen.contains(v) {
+            return v.to_owned();
+        }
+        if self.seen.len() >= max {
+            return "other".to_owned();
+        }
+        self.seen.insert(v.to_owned());
+        v.to_owned()
     }
 }
 
@@ -54,10 +86,11 @@ pub(crate) struct HttpMetrics {
     responses: BTreeMap<(String, String, &'static str, u32), u64>,
     /// (method, reporter).
     durations: BTreeMap<(String, &'static str), Histogram>,
-    methods: std::collections::BTreeSet<String>,
+    methods: BoundedLabel,
 }
 
-fn reporter(flow: &Flow) -> &'static str {
+/// Hubble's `reporter` label: which side of the connection reported the flow.
+pub(crate) fn reporter(flow: &Flow) -> &'static str {
     match TrafficDirection::try_from(flow.traffic_direction) {
         Ok(TrafficDirection::Egress) => "client",
         Ok(TrafficDirection::Ingress) => "server",
@@ -66,7 +99,7 @@ fn reporter(flow: &Flow) -> &'static str {
 }
 
 /// A label value in the exposition format.
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -84,14 +117,7 @@ fn float(v: f64) -> String {
 
 impl HttpMetrics {
     fn method(&mut self, m: &str) -> String {
-        if self.methods.contains(m) {
-            return m.to_owned();
-        }
-        if self.methods.len() >= MAX_METHODS {
-            return "other".to_owned();
-        }
-        self.methods.insert(m.to_owned());
-        m.to_owned()
+        self.methods.label(m, MAX_METHODS)
     }
 
     /// Counts one HTTP flow (`http` is its record).
@@ -165,12 +191,7 @@ impl HttpMetrics {
             );
             for ((method, reporter), h) in &self.durations {
                 let labels = format!("method=\"{}\",reporter=\"{reporter}\"", escape(method));
-                for (le, n) in BUCKETS.iter().zip(h.buckets) {
-                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {n}", float(*le));
-                }
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", float(h.sum));
-                let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+                h.render(out, name, &labels);
             }
         }
     }

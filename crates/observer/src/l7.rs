@@ -1,6 +1,7 @@
-//! One HTTP record of the node's proxy → one Hubble L7 [`Flow`], as Hubble's L7 parser
+//! One record of the node's proxy → one Hubble L7 [`Flow`], as Hubble's L7 parser
 //! (`pkg/hubble/parser/seven`) builds it from Cilium's access log, named through the same
-//! [`Store`] as packet flows.
+//! [`Store`] as packet flows. HTTP records here; DNS in [`crate::dns`], Kafka in
+//! [`crate::kafka`], over the same [`l7_flow`].
 //!
 //! The proxy reports the client as `source` on requests and responses alike; Cilium's access
 //! log swaps the two ends of a response (the response travels from the server to the client),
@@ -10,12 +11,13 @@
 use std::net::SocketAddrV4;
 use std::time::{Duration, UNIX_EPOCH};
 
+use ciliate_model::identity::NumericIdentity;
 use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
 
 use crate::convert::{endpoint, service, system_time_to_timestamp};
 use crate::proto::flow::{
-    layer4, layer7, CiliumEventType, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, L7FlowType,
-    Layer4, Layer7, Tcp, TrafficDirection, Verdict,
+    layer4, layer7, CiliumEventType, Dns, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, Kafka,
+    L7FlowType, Layer4, Layer7, Tcp, TrafficDirection, Udp, Verdict,
 };
 use crate::store::Store;
 
@@ -23,8 +25,10 @@ use crate::store::Store;
 /// type of every L7 flow, and what `--type l7` filters on.
 pub const MESSAGE_TYPE_ACCESS_LOG: i32 = 129;
 
-/// The IP protocol number of TCP, which HTTP runs on here.
-const TCP: u8 = 6;
+/// The IP protocol number of TCP, which HTTP and Kafka run on.
+pub(crate) const TCP: u8 = 6;
+/// The IP protocol number of UDP (DNS, besides TCP).
+pub(crate) const UDP: u8 = 17;
 
 /// A header name as Go's `http.Header` stores it (`CanonicalMIMEHeaderKey`), which is how
 /// Hubble shows headers: `x-request-id` → `X-Request-Id`. Names with a byte that is not a
@@ -91,92 +95,157 @@ fn verdict(v: L7Verdict) -> Verdict {
     }
 }
 
-/// Converts one record. `node_name` is this node's; the store supplies names, as for packet
-/// flows.
-pub fn http_to_flow(record: &HttpRecord, store: &dyn Store, node_name: &str) -> Flow {
-    let response = record.record_type == L7RecordType::Response;
-    // (address, identity) of the flow's source and destination.
-    let client = (record.source, record.source_identity);
-    let server = (record.destination, record.destination_identity);
-    let ((src, src_id), (dst, dst_id)) = if response {
-        (server, client)
+/// What every L7 record of the proxy says about its connection, whatever the protocol.
+pub(crate) struct L7Common {
+    /// Unix time in nanoseconds.
+    pub time_ns: u64,
+    /// A response (the flow runs from the server to the client).
+    pub response: bool,
+    /// The redirect's side: the endpoint opened the connection.
+    pub egress: bool,
+    /// The client's address and identity (as the client sent it).
+    pub client: (SocketAddrV4, NumericIdentity),
+    /// The server's address and identity (the original destination).
+    pub server: (SocketAddrV4, NumericIdentity),
+    /// IP protocol: 6 TCP, 17 UDP.
+    pub proto: u8,
+    /// The proxy's verdict.
+    pub verdict: L7Verdict,
+    /// Responses: time since the request.
+    pub latency_ns: u64,
+}
+
+/// The Hubble L7 flow of one proxy record: both ends named through the store, a response
+/// running from the server to the client (`is_reply`), the redirect's direction as the
+/// traffic direction of requests and responses alike (Hubble's observation point).
+pub(crate) fn l7_flow(
+    c: &L7Common,
+    record: layer7::Record,
+    summary: String,
+    store: &dyn Store,
+    node_name: &str,
+) -> Flow {
+    let ((src, src_id), (dst, dst_id)) = if c.response {
+        (c.server, c.client)
     } else {
-        (client, server)
+        (c.client, c.server)
     };
     let (source, _) = endpoint(store, Some(*src.ip()), src_id);
     let (destination, _) = endpoint(store, Some(*dst.ip()), dst_id);
     let svc = |a: SocketAddrV4| {
         store
-            .service_by_frontend(*a.ip(), a.port(), TCP)
+            .service_by_frontend(*a.ip(), a.port(), c.proto)
             .map(service)
     };
-    let mut code = u32::from(record.code);
-    if !response {
-        // Hubble sets only the request's fields on a request.
-        code = 0;
-    }
+    let (sport, dport) = (u32::from(src.port()), u32::from(dst.port()));
+    let l4 = if c.proto == UDP {
+        layer4::Protocol::Udp(Udp {
+            source_port: sport,
+            destination_port: dport,
+        })
+    } else {
+        layer4::Protocol::Tcp(Tcp {
+            source_port: sport,
+            destination_port: dport,
+            flags: None,
+        })
+    };
     let l7 = Layer7 {
-        r#type: if response {
+        r#type: if c.response {
             L7FlowType::Response
         } else {
             L7FlowType::Request
         } as i32,
-        latency_ns: if response { record.latency_ns } else { 0 },
-        record: Some(layer7::Record::Http(Http {
-            code,
-            method: record.method.clone(),
-            url: record.url.clone(),
-            protocol: record.protocol.clone(),
-            headers: headers(record),
-        })),
+        latency_ns: if c.response { c.latency_ns } else { 0 },
+        record: Some(record),
     };
-    let is_reply = Some(pbjson_types::BoolValue { value: response });
     Flow {
         time: Some(system_time_to_timestamp(
-            UNIX_EPOCH + Duration::from_nanos(record.time_ns),
+            UNIX_EPOCH + Duration::from_nanos(c.time_ns),
         )),
-        verdict: verdict(record.verdict) as i32,
+        verdict: verdict(c.verdict) as i32,
         ip: Some(Ip {
             source: src.ip().to_string(),
             destination: dst.ip().to_string(),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
         }),
-        l4: Some(Layer4 {
-            protocol: Some(layer4::Protocol::Tcp(Tcp {
-                source_port: u32::from(src.port()),
-                destination_port: u32::from(dst.port()),
-                flags: None,
-            })),
-        }),
+        l4: Some(Layer4 { protocol: Some(l4) }),
         source: Some(source),
         destination: Some(destination),
         r#type: FlowType::L7 as i32,
         node_name: node_name.to_owned(),
         l7: Some(l7),
-        reply: response,
-        is_reply,
+        reply: c.response,
+        is_reply: Some(pbjson_types::BoolValue { value: c.response }),
         event_type: Some(CiliumEventType {
             r#type: MESSAGE_TYPE_ACCESS_LOG,
             sub_type: 0,
         }),
         source_service: svc(src),
         destination_service: svc(dst),
-        // The redirect's side, for requests and responses alike (Hubble's observation point).
-        traffic_direction: if record.egress {
+        traffic_direction: if c.egress {
             TrafficDirection::Egress
         } else {
             TrafficDirection::Ingress
         } as i32,
-        summary: http_summary(record),
+        summary,
         ..Flow::default()
     }
+}
+
+/// Converts one record. `node_name` is this node's; the store supplies names, as for packet
+/// flows.
+pub fn http_to_flow(record: &HttpRecord, store: &dyn Store, node_name: &str) -> Flow {
+    let response = record.record_type == L7RecordType::Response;
+    let common = L7Common {
+        time_ns: record.time_ns,
+        response,
+        egress: record.egress,
+        client: (record.source, record.source_identity),
+        server: (record.destination, record.destination_identity),
+        proto: TCP,
+        verdict: record.verdict,
+        latency_ns: record.latency_ns,
+    };
+    let http = Http {
+        // Hubble sets only the request's fields on a request.
+        code: if response { u32::from(record.code) } else { 0 },
+        method: record.method.clone(),
+        url: record.url.clone(),
+        protocol: record.protocol.clone(),
+        headers: headers(record),
+    };
+    l7_flow(
+        &common,
+        layer7::Record::Http(http),
+        http_summary(record),
+        store,
+        node_name,
+    )
 }
 
 /// The flow's HTTP record, if it is an HTTP flow.
 pub fn http(flow: &Flow) -> Option<&Http> {
     match flow.l7.as_ref()?.record.as_ref()? {
         layer7::Record::Http(h) => Some(h),
+        _ => None,
+    }
+}
+
+/// The flow's DNS record, if it is a DNS flow.
+pub fn dns(flow: &Flow) -> Option<&Dns> {
+    match flow.l7.as_ref()?.record.as_ref()? {
+        layer7::Record::Dns(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// The flow's Kafka record, if it is a Kafka flow.
+pub fn kafka(flow: &Flow) -> Option<&Kafka> {
+    match flow.l7.as_ref()?.record.as_ref()? {
+        layer7::Record::Kafka(k) => Some(k),
+        _ => None,
     }
 }
 

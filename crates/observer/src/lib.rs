@@ -4,8 +4,9 @@
 //! into Hubble [`Flow`](proto::flow::Flow)s ([`convert`]), enriched with pod names, labels and
 //! Services from a [`Store`] the agent implements ([`store`]), and kept in a ring of the last N
 //! ([`ring`]), fed through a queue that absorbs bursts ([`intake`]). The node's L7 proxy's
-//! HTTP records become Hubble L7 flows in the same ring ([`l7`],
-//! [`Observer::observe_http`]). [`filter`] implements
+//! HTTP, DNS and Kafka records become Hubble L7 flows in the same ring ([`l7`], [`dns`],
+//! [`kafka`]; [`Observer::observe_http`], [`Observer::observe_dns`],
+//! [`Observer::observe_kafka`]). [`filter`] implements
 //! Hubble's FlowFilter semantics, [`server`] serves Hubble's
 //! `observer.Observer` gRPC API (wire-compatible: Hubble's own clients read it), [`metrics`]
 //! counts flows under Hubble's metric names, and [`print`](mod@print) renders flows the way
@@ -16,9 +17,13 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod dns;
+mod dns_metrics;
 pub mod filter;
 mod http_metrics;
 pub mod intake;
+pub mod kafka;
+mod kafka_metrics;
 pub mod l7;
 pub mod metrics;
 pub mod print;

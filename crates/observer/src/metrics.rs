@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
+use crate::dns_metrics::DnsMetrics;
 use crate::filter::ports;
 use crate::http_metrics::HttpMetrics;
+use crate::kafka_metrics::KafkaMetrics;
 use crate::l7::MESSAGE_TYPE_ACCESS_LOG;
 use crate::print::{drop_reason_name, protocol_name};
 use crate::proto::flow::{layer4, Flow, LostEventSource, TrafficDirection, Verdict};
@@ -120,6 +122,8 @@ impl Key {
 pub struct Metrics {
     counters: Mutex<HashMap<Key, u64>>,
     http: Mutex<HttpMetrics>,
+    dns: Mutex<DnsMetrics>,
+    kafka: Mutex<KafkaMetrics>,
 }
 
 const HELP: [(&str, &str); 6] = [
@@ -156,26 +160,53 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn dns_metrics(&self) -> MutexGuard<'_, DnsMetrics> {
+        self.dns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn kafka_metrics(&self) -> MutexGuard<'_, KafkaMetrics> {
+        self.kafka
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Counts one flow.
     pub fn record(&self, flow: &Flow) {
         let event_type = flow.event_type.as_ref().map(|e| e.r#type);
         let http = crate::l7::http(flow);
-        let (kind, subtype) = match event_type {
-            Some(MESSAGE_TYPE_TRACE) => ("Trace", Subtype::Point(flow.trace_observation_point)),
-            Some(MESSAGE_TYPE_DROP) => ("Drop", Subtype::None),
-            Some(MESSAGE_TYPE_POLICY_VERDICT) => ("PolicyVerdict", Subtype::None),
-            Some(MESSAGE_TYPE_ACCESS_LOG) if http.is_some() => ("L7", Subtype::L7("HTTP")),
-            Some(MESSAGE_TYPE_ACCESS_LOG) => ("L7", Subtype::None),
+        let dns = crate::l7::dns(flow);
+        let kafka = crate::l7::kafka(flow);
+        // Hubble's L7 protocol of a flow (the `subtype` of L7 flows, and `FlowProtocol`).
+        let l7 = if http.is_some() {
+            Some("HTTP")
+        } else if dns.is_some() {
+            Some("DNS")
+        } else if kafka.is_some() {
+            Some("Kafka")
+        } else {
+            None
+        };
+        let (kind, subtype) = match (event_type, l7) {
+            (Some(MESSAGE_TYPE_TRACE), _) => {
+                ("Trace", Subtype::Point(flow.trace_observation_point))
+            }
+            (Some(MESSAGE_TYPE_DROP), _) => ("Drop", Subtype::None),
+            (Some(MESSAGE_TYPE_POLICY_VERDICT), _) => ("PolicyVerdict", Subtype::None),
+            (Some(MESSAGE_TYPE_ACCESS_LOG), Some(p)) => ("L7", Subtype::L7(p)),
+            (Some(MESSAGE_TYPE_ACCESS_LOG), None) => ("L7", Subtype::None),
             _ => ("Unknown", Subtype::None),
         };
-        // Hubble's protocol of a flow (`FlowProtocol`): the L7 protocol where there is one.
-        let protocol = if http.is_some() {
-            "HTTP"
-        } else {
-            protocol_name(flow)
-        };
+        let protocol = l7.unwrap_or_else(|| protocol_name(flow));
         if let Some(h) = http {
             self.http_metrics().record(flow, h);
+        }
+        if let Some(d) = dns {
+            self.dns_metrics().record(flow, d);
+        }
+        if let Some(k) = kafka {
+            self.kafka_metrics().record(flow, k);
         }
         let mut keys: [Option<Key>; 8] = [None; 8];
         keys[0] = Some(Key::Flows {
@@ -266,6 +297,8 @@ impl Metrics {
             }
         }
         self.http_metrics().render(&mut out);
+        self.dns_metrics().render(&mut out);
+        self.kafka_metrics().render(&mut out);
         out
     }
 }
@@ -369,7 +402,7 @@ hubble_lost_events_total{source="perf_event_ring_buffer"} 1
 }
 
 #[cfg(test)]
-mod http_tests {
+pub(crate) mod http_tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -379,7 +412,7 @@ mod http_tests {
     use ciliate_model::l7::{HttpRecord, L7Verdict};
 
     /// The samples of an exposition: `name{labels}` → value; and each family's TYPE.
-    fn parse(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    pub(crate) fn parse(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
         let (mut samples, mut types) = (BTreeMap::new(), BTreeMap::new());
         for line in text.lines() {
             if let Some(t) = line.strip_prefix("# TYPE ") {

@@ -61,15 +61,20 @@ pub fn observation_point_name_of(point: i32) -> String {
 }
 
 /// What kind of event, as Hubble's compact output shows it: `to-endpoint`, `policy-verdict:L3-L4 INGRESS`,
-/// the drop reason, or `http-request` / `http-response` for L7 flows.
+/// the drop reason, or `http-request`, `dns-response proxy`, `kafka-request` for L7 flows.
 pub fn event_summary(flow: &Flow) -> String {
     if let Some(l7) = &flow.l7 {
-        // Hubble's `GetFlowType`: `http-request`, `http-response`.
-        let kind = L7FlowType::try_from(l7.r#type)
+        // Hubble's `GetFlowType`: `http-request`, `dns-response proxy`, `kafka-request`.
+        let mut kind = L7FlowType::try_from(l7.r#type)
             .map(|t| t.as_str_name().to_ascii_lowercase())
             .unwrap_or_else(|_| "unknown_l7_type".to_owned());
-        let proto = match l7.record {
+        let proto = match &l7.record {
             Some(layer7::Record::Http(_)) => "http",
+            Some(layer7::Record::Dns(d)) => {
+                kind = format!("{kind} {}", d.observation_source);
+                "dns"
+            }
+            Some(layer7::Record::Kafka(_)) => "kafka",
             None => "l7",
         };
         return format!("{proto}-{kind}");

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use ciliate_model::l7::HttpRecord;
+use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord};
 use ciliate_model::monitor::MonitorEvent;
 use tokio::sync::broadcast;
 
 use crate::convert::{system_time_to_timestamp, to_flow};
+use crate::dns::dns_to_flow;
+use crate::kafka::kafka_to_flow;
 use crate::l7::http_to_flow;
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
@@ -155,6 +157,26 @@ impl Observer {
             .collect();
         self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.push_all(entries);
+    }
+
+    /// Turns one DNS query or answer of the node's DNS proxy into a Hubble L7 DNS flow and
+    /// keeps it, as [`observe_http`](Self::observe_http) does for HTTP.
+    pub fn observe_dns(&self, record: &DnsRecord) {
+        self.push_flow(dns_to_flow(
+            record,
+            self.store.as_ref(),
+            &self.config.node_name,
+        ));
+    }
+
+    /// Turns one Kafka request or response of the node's proxy into a Hubble L7 Kafka flow
+    /// and keeps it, as [`observe_http`](Self::observe_http) does for HTTP.
+    pub fn observe_kafka(&self, record: &KafkaRecord) {
+        self.push_flow(kafka_to_flow(
+            record,
+            self.store.as_ref(),
+            &self.config.node_name,
+        ));
     }
 
     /// Keeps a flow that was built elsewhere (tests, other sources).

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
+use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord, L7RecordType, L7Verdict};
 use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::server::{bind_unix, serve_unix, Service};
@@ -575,6 +575,219 @@ async fn a_hubble_client_reads_l7_flows_through_l7_filters() {
     }
 
     drop(stream);
+    let _ = served.stop.take().map(|s| s.send(()));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
+}
+
+fn dns_record(record_type: L7RecordType, query: &str, rcode: u16, verdict: L7Verdict) -> DnsRecord {
+    let response = record_type == L7RecordType::Response;
+    DnsRecord {
+        time_ns: 1_714_557_602_000_000_000,
+        record_type,
+        endpoint: 1,
+        source: "10.200.0.2:41053".parse().expect("addr"),
+        destination: "192.0.2.53:53".parse().expect("addr"),
+        proto: 17,
+        source_identity: 256,
+        destination_identity: 2,
+        verdict,
+        rule: 1,
+        query: query.into(),
+        qtypes: vec!["A".into()],
+        rcode,
+        ips: if response && rcode == 0 {
+            vec!["192.0.2.80".parse().expect("ip")]
+        } else {
+            vec![]
+        },
+        ttl: if response { 60 } else { 0 },
+        cnames: vec![],
+        rrtypes: if response && rcode == 0 {
+            vec!["A".into()]
+        } else {
+            vec![]
+        },
+        latency_ns: if response { 700_000 } else { 0 },
+        reason: None,
+    }
+}
+
+#[tokio::test]
+#[allow(deprecated)] // Hubble marks Summary deprecated, and still prints it.
+async fn a_hubble_client_reads_dns_and_kafka_flows_through_their_filters() {
+    let mut store = Snapshot::default();
+    store.endpoints.insert(
+        "10.200.0.2".parse().expect("ip"),
+        EndpointInfo {
+            id: 1,
+            identity: 256,
+            namespace: "default".into(),
+            pod_name: "client".into(),
+            labels: vec!["k8s:app=client".into()],
+        },
+    );
+    let observer = Arc::new(Observer::new(
+        ObserverConfig {
+            node_name: "node-1".into(),
+            capacity: 64,
+        },
+        Arc::new(store),
+    ));
+    use L7RecordType::{Request, Response};
+    use L7Verdict::{Dropped, Forwarded};
+    observer.observe(&event(EventKind::Trace, 5, 53));
+    observer.observe_http(&http_record(Request, "GET", "/", 0, Forwarded));
+    for r in [
+        dns_record(Request, "api.example.com.", 0, Forwarded),
+        dns_record(Response, "api.example.com.", 0, Forwarded),
+        dns_record(Request, "nope.example.com.", 0, Forwarded),
+        dns_record(Response, "nope.example.com.", 3, Forwarded),
+        dns_record(Request, "evil.example.org.", 0, Dropped),
+    ] {
+        observer.observe_dns(&r);
+    }
+    observer.observe_kafka(&KafkaRecord {
+        time_ns: 1_714_557_603_000_000_000,
+        record_type: Request,
+        endpoint: 1,
+        egress: true,
+        source: "10.200.0.2:42000".parse().expect("addr"),
+        destination: "10.200.0.9:9092".parse().expect("addr"),
+        source_identity: 256,
+        destination_identity: 300,
+        verdict: Forwarded,
+        rule: 1,
+        api_key: "produce".into(),
+        api_version: 7,
+        correlation_id: 5,
+        topic: "orders".into(),
+        error_code: 0,
+        latency_ns: 0,
+        reason: None,
+    });
+    let mut served = serve(&observer).await;
+    let client = &mut served.client;
+    let queries = |fs: &[hf::Flow]| -> Vec<(String, bool)> {
+        fs.iter()
+            .map(|f| match f.l7.clone().and_then(|l| l.record) {
+                Some(hf::layer7::Record::Dns(d)) => (d.query, f.is_reply == Some(true)),
+                Some(hf::layer7::Record::Kafka(k)) => (format!("kafka {}", k.topic), false),
+                _ => (String::new(), false),
+            })
+            .collect()
+    };
+
+    // `hubble observe --protocol dns`: the five DNS flows, in Hubble's own schema.
+    let dns = flows(
+        client,
+        vec![hf::FlowFilter {
+            protocol: vec!["dns".into()],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(dns.len(), 5);
+    let answer = &dns[1];
+    assert_eq!(answer.r#type, hf::FlowType::L7 as i32);
+    assert_eq!(answer.is_reply, Some(true));
+    assert_eq!(
+        answer.traffic_direction,
+        hf::TrafficDirection::Egress as i32
+    );
+    assert_eq!(answer.destination.clone().expect("dst").pod_name, "client");
+    assert_eq!(
+        answer.summary,
+        "DNS Answer \"192.0.2.80\" TTL: 60 (Proxy api.example.com. A)"
+    );
+    let Some(hf::Layer4 {
+        protocol: Some(hf::layer4::Protocol::Udp(udp)),
+    }) = answer.l4
+    else {
+        panic!("not UDP: {answer:?}");
+    };
+    assert_eq!((udp.source_port, udp.destination_port), (53, 41053));
+    let l7 = answer.l7.clone().expect("l7");
+    assert_eq!(l7.r#type, hf::L7FlowType::Response as i32);
+    assert_eq!(l7.latency_ns, 700_000);
+    assert_eq!(
+        l7.record,
+        Some(hf::layer7::Record::Dns(hf::Dns {
+            query: "api.example.com.".into(),
+            ips: vec!["192.0.2.80".into()],
+            ttl: 60,
+            cnames: vec![],
+            observation_source: "proxy".into(),
+            rcode: 0,
+            qtypes: vec!["A".into()],
+            rrtypes: vec!["A".into()],
+        }))
+    );
+
+    // `--dns-query`-style regexes (Hubble's `dns_query`), with the verdict and reply.
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            dns_query: vec![r"example\.com\.$".into()],
+            reply: vec![true],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(
+        queries(&got),
+        vec![
+            ("api.example.com.".to_owned(), true),
+            ("nope.example.com.".to_owned(), true)
+        ]
+    );
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            protocol: vec!["dns".into()],
+            verdict: vec![hf::Verdict::Dropped as i32],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(queries(&got), vec![("evil.example.org.".to_owned(), false)]);
+
+    // `--protocol kafka` (a Ciliate extension: Hubble's filter knows only http and dns).
+    let got = flows(
+        client,
+        vec![hf::FlowFilter {
+            protocol: vec!["kafka".into()],
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(queries(&got), vec![("kafka orders".to_owned(), false)]);
+    let Some(hf::layer7::Record::Kafka(k)) = got[0].l7.clone().and_then(|l| l.record) else {
+        panic!("no Kafka record");
+    };
+    assert_eq!(
+        k,
+        hf::Kafka {
+            error_code: 0,
+            api_version: 7,
+            api_key: "produce".into(),
+            correlation_id: 5,
+            topic: "orders".into(),
+        }
+    );
+
+    let err = client
+        .get_flows(ho::GetFlowsRequest {
+            whitelist: vec![hf::FlowFilter {
+                dns_query: vec!["(".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("dns_query"), "{}", err.message());
+
     let _ = served.stop.take().map(|s| s.send(()));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
 }

@@ -12,8 +12,9 @@ use ciliate_model::l7::{ProxyCommand, ProxyEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Mutex};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::dns::gate::AnswerGate;
 use crate::engine::Engine;
 
 /// Binds the control socket at `path` (replacing a stale one).
@@ -33,6 +34,16 @@ pub async fn serve(
     engine: Arc<Engine>,
     events: mpsc::Receiver<ProxyEvent>,
 ) {
+    serve_with_gate(listener, engine, events, None).await;
+}
+
+/// [`serve`], with FqdnAllowed releasing the DNS proxy's held answers in `gate`.
+pub async fn serve_with_gate(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    events: mpsc::Receiver<ProxyEvent>,
+    gate: Option<Arc<AnswerGate>>,
+) {
     let writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>> = Arc::new(Mutex::new(None));
     tokio::spawn(forward_events(events, writer.clone(), engine.clone()));
     let mut generation = 0u64;
@@ -49,7 +60,12 @@ pub async fn serve(
         info!(generation, "control connection");
         let (read, write) = stream.into_split();
         *writer.lock().await = Some(write);
-        tokio::spawn(read_commands(read, writer.clone(), engine.clone()));
+        tokio::spawn(read_commands(
+            read,
+            writer.clone(),
+            engine.clone(),
+            gate.clone(),
+        ));
     }
 }
 
@@ -70,6 +86,7 @@ async fn read_commands(
     read: tokio::net::unix::OwnedReadHalf,
     writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
     engine: Arc<Engine>,
+    gate: Option<Arc<AnswerGate>>,
 ) {
     let mut lines = BufReader::new(read).lines();
     loop {
@@ -92,8 +109,14 @@ async fn read_commands(
                 let revision = match &cmd {
                     ProxyCommand::Snapshot { revision, .. }
                     | ProxyCommand::Endpoint { revision, .. } => *revision,
-                    // Not a policy change: the DNS side (#13) releases the held answer.
-                    ProxyCommand::FqdnAllowed { .. } => continue,
+                    // Not a policy change: the held answer goes to the pod now.
+                    ProxyCommand::FqdnAllowed { id } => {
+                        let released = gate.as_ref().is_some_and(|g| g.release(*id));
+                        if !released {
+                            debug!(id, "FqdnAllowed for no held answer (released already)");
+                        }
+                        continue;
+                    }
                 };
                 match engine.policy.apply(&cmd) {
                     Ok(revision) => {

@@ -6,10 +6,12 @@
 //! - [`engine`]: one client connection: protocol detection, HTTP/1.1 and h2c, policy, upstream;
 //! - [`kafka`]: connections of Kafka redirects: frames, requests and topics, refusals;
 //! - [`listener`]: accept loops over inherited listening sockets, graceful drain;
+//! - [`dns`]: the DNS proxy (queries judged by name, answers held for the agent);
 //! - [`control`]: the agent's control socket (commands in, events out);
 //! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
 
 pub mod control;
+pub mod dns;
 pub mod engine;
 pub mod identity;
 pub mod kafka;

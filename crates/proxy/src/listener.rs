@@ -34,7 +34,7 @@ pub struct ListenSpec {
 impl std::str::FromStr for ListenSpec {
     type Err = String;
 
-    /// `egress:http=3` or `ingress:http=4`.
+    /// `egress:http=3`, `ingress:http=4` or `egress:dns=5`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (what, fd) = s
             .split_once('=')
@@ -53,7 +53,10 @@ impl std::str::FromStr for ListenSpec {
         };
         let parser = match parser {
             "http" => L7Parser::Http,
-            p => return Err(format!("{s:?}: unknown parser {p:?} (known: http)")),
+            // DNS over TCP (egress only); its UDP socket comes with --dns-udp.
+            "dns" if egress => L7Parser::Dns,
+            "dns" => return Err(format!("{s:?}: DNS is egress only")),
+            p => return Err(format!("{s:?}: unknown parser {p:?} (known: http, dns)")),
         };
         let fd: RawFd = fd
             .parse()

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ciliate_datapath::proxy_mark::{self, ProxyDirection};
+use ciliate_model::l7::L7Parser;
 use ciliate_proxy::control;
+use ciliate_proxy::dns::{self, gate::AnswerGate, DnsConfig, DnsProxy};
 use ciliate_proxy::engine::{ConnMeta, MarkFn};
 use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
 use ciliate_proxy::identity::{Identities, PinnedIdentities, StaticIdentities};
@@ -15,11 +17,13 @@ use ciliate_proxy::listener::{listener_from_fd, ListenSpec, Listeners};
 use ciliate_proxy::policy::Policy;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 /// The node's L7 proxy: enforces `toPorts[].rules.http` on the connections the datapath
-/// redirects to it and reports every request and response.
+/// redirects to it, and `rules.dns` on pods' DNS queries, and reports every request and
+/// response.
 ///
 /// It does not open its listening sockets: the supervisor (in the agent) creates them
 /// (IP_TRANSPARENT, on the ProxyPorts) and passes them as inherited file descriptors, one
@@ -35,18 +39,37 @@ use tracing::{info, warn};
 /// (`applied`, `rejected`, `http` records, `stats`) out. The policy stays in force when the
 /// agent disconnects.
 ///
+/// DNS (`--listen egress:dns=FD` for TCP, `--dns-udp FD` for UDP): a query whose name no rule
+/// allows is answered REFUSED; an allowed one goes unchanged to the resolver the pod asked (from
+/// the node's address), and an answer with addresses is held until the agent answers the
+/// `fqdnLearned` event with `{"fqdnAllowed":{"id":N}}` (at most --dns-allow-timeout), then sent
+/// to the pod from the resolver's address.
+///
 /// SIGTERM: stop accepting, finish the requests in flight (up to --drain-timeout), exit 0.
 ///
 /// Example (what the supervisor runs):
-///   ciliate-proxy --listen egress:http=3 --listen ingress:http=4 \
-///     --control-socket /run/ciliate/proxy/ctl-1.sock --bpf-pin-dir /sys/fs/bpf/ciliate/node1
+///   ciliate-proxy --listen egress:http=3 --listen ingress:http=4 --listen egress:dns=5 \
+///     --dns-udp 6 --control-socket /run/ciliate/proxy/ctl-1.sock --bpf-pin-dir /sys/fs/bpf/ciliate/node1
 #[derive(Debug, Parser)]
 #[command(name = "ciliate-proxy", version, verbatim_doc_comment)]
 struct Args {
     /// An inherited listening socket: DIRECTION:PARSER=FD, DIRECTION egress|ingress, PARSER
-    /// http, e.g. `egress:http=3`. Repeat per socket; at least one.
+    /// http or dns (TCP, egress only), e.g. `egress:http=3`. Repeat per socket; at least one.
     #[arg(long = "listen", value_name = "DIR:PARSER=FD", required = true)]
     listen: Vec<ListenSpec>,
+
+    /// An inherited UDP socket for DNS queries (IP_TRANSPARENT, IP_RECVORIGDSTADDR).
+    #[arg(long, value_name = "FD")]
+    dns_udp: Option<i32>,
+
+    /// How long an answer with addresses waits for the agent's fqdnAllowed before it goes to
+    /// the pod anyway (counted and logged).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    dns_allow_timeout: Duration,
+
+    /// How long the resolver may take before the pod gets SERVFAIL.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    dns_upstream_timeout: Duration,
 
     /// The unix socket the agent connects to (created, replacing a stale one).
     #[arg(long, value_name = "PATH")]
@@ -81,9 +104,9 @@ fn main() -> ExitCode {
         .init();
 
     let mut seen = HashSet::new();
-    for l in &args.listen {
-        if !seen.insert(l.fd) {
-            eprintln!("ciliate-proxy: --listen: fd {} given twice", l.fd);
+    for fd in args.listen.iter().map(|l| l.fd).chain(args.dns_udp) {
+        if !seen.insert(fd) {
+            eprintln!("ciliate-proxy: --listen/--dns-udp: fd {fd} given twice");
             return ExitCode::from(2);
         }
     }
@@ -103,8 +126,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let mut listeners = Vec::new();
+    let mut dns_tcp = Vec::new();
     for spec in &args.listen {
         match listener_from_fd(spec) {
+            Ok(l) if spec.parser == L7Parser::Dns => dns_tcp.push(l),
             Ok(l) => listeners.push((l, spec.egress)),
             Err(e) => {
                 eprintln!("ciliate-proxy: --listen {}: {e}", spec.fd);
@@ -112,6 +137,13 @@ async fn run(args: Args) -> ExitCode {
             }
         }
     }
+    let dns_udp = match args.dns_udp.map(dns::udp::socket_from_fd).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ciliate-proxy: --dns-udp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let control = match control::bind(&args.control_socket) {
         Ok(c) => c,
         Err(e) => {
@@ -143,7 +175,22 @@ async fn run(args: Args) -> ExitCode {
         },
         counters: Counters::default(),
     });
-    tokio::spawn(control::serve(control, engine.clone(), rx));
+    let gate = Arc::new(AnswerGate::default());
+    tokio::spawn(control::serve_with_gate(
+        control,
+        engine.clone(),
+        rx,
+        Some(gate.clone()),
+    ));
+    let dns_proxy = Arc::new(DnsProxy {
+        engine: engine.clone(),
+        gate,
+        config: DnsConfig {
+            upstream_timeout: args.dns_upstream_timeout,
+            allow_timeout: args.dns_allow_timeout,
+            transparent: args.transparent,
+        },
+    });
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -159,12 +206,34 @@ async fn run(args: Args) -> ExitCode {
         _ = int.recv() => return ExitCode::SUCCESS,
     }
     let running = Listeners::start(engine.clone(), listeners);
+    let (stop_dns, _) = watch::channel(false);
+    let mut dns_loops = JoinSet::new();
+    for l in dns_tcp {
+        dns_loops.spawn(dns::tcp::serve(dns_proxy.clone(), l, stop_dns.subscribe()));
+    }
+    if let Some(s) = dns_udp {
+        dns_loops.spawn(dns::udp::serve(dns_proxy.clone(), s, stop_dns.subscribe()));
+    }
     info!(pid = std::process::id(), "ciliate-proxy running");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = int.recv() => info!("SIGINT: draining"),
     }
-    let left = running.drain(args.drain_timeout).await;
+    // DNS: stop reading (queries not read yet wait in the sockets for the next proxy) and
+    // answer those in flight, within the same deadline as HTTP's.
+    let _ = stop_dns.send(true);
+    let dns_drain = async {
+        while let Some(Ok(mut set)) = dns_loops.join_next().await {
+            while set.join_next().await.is_some() {}
+        }
+    };
+    let (left, dns_done) = tokio::join!(
+        running.drain(args.drain_timeout),
+        tokio::time::timeout(args.drain_timeout, dns_drain)
+    );
+    if dns_done.is_err() {
+        warn!("drain deadline reached with DNS queries in flight");
+    }
     let _ = std::fs::remove_file(&args.control_socket);
     info!(left, "exiting");
     ExitCode::SUCCESS

@@ -19,6 +19,7 @@
 
 use std::fmt;
 
+use ciliate_model::fqdn::FqdnMatcher;
 use ciliate_model::identity::NumericIdentity;
 use ciliate_model::l7::{HeaderMismatch, HttpMatch, L7PeerRules, L7Redirect};
 use http::header::{HeaderName, HeaderValue};
@@ -28,7 +29,7 @@ use regex::Regex;
 /// A rule that cannot be compiled, naming where it is.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "redirect of endpoint {endpoint} port {port}: rules[{entry}].http[{rule}].{field}: {reason}"
+    "redirect of endpoint {endpoint} port {port}: rules[{entry}].{list}[{rule}].{field}: {reason}"
 )]
 pub struct RuleError {
     /// The redirect's endpoint.
@@ -37,7 +38,9 @@ pub struct RuleError {
     pub port: u16,
     /// Index into `rules`.
     pub entry: usize,
-    /// Index into `http`.
+    /// The rule list: `http` or `dns`.
+    pub list: &'static str,
+    /// Index into that list.
     pub rule: usize,
     /// The field, e.g. `path` or `headers[1]`.
     pub field: String,
@@ -84,6 +87,7 @@ struct Entry {
     peers: Option<Vec<NumericIdentity>>,
     rule: u32,
     http: Vec<Rule>,
+    dns: Vec<FqdnMatcher>,
 }
 
 struct Rule {
@@ -135,24 +139,37 @@ impl CompiledRedirect {
         let mut entries = Vec::with_capacity(redirect.rules.len());
         let mut has_header_matches = false;
         for (ei, e) in redirect.rules.iter().enumerate() {
-            let err = |rule: usize, field: String, reason: String| RuleError {
+            let err = |list: &'static str, rule: usize, field: String, reason: String| RuleError {
                 endpoint: redirect.endpoint,
                 port: redirect.port,
                 entry: ei,
+                list,
                 rule,
                 field,
                 reason,
             };
             let mut http = Vec::with_capacity(e.http.len());
             for (ri, m) in e.http.iter().enumerate() {
-                let rule = compile_rule(m).map_err(|(f, r)| err(ri, f, r))?;
+                let rule = compile_rule(m).map_err(|(f, r)| err("http", ri, f, r))?;
                 has_header_matches |= !rule.header_matches.is_empty();
                 http.push(rule);
+            }
+            let mut dns = Vec::with_capacity(e.dns.len());
+            for (ri, m) in e.dns.iter().enumerate() {
+                let field = if m.match_pattern.is_some() {
+                    "matchPattern"
+                } else {
+                    "matchName"
+                };
+                let matcher = FqdnMatcher::new(m.match_name.as_deref(), m.match_pattern.as_deref())
+                    .map_err(|r| err("dns", ri, field.to_owned(), r))?;
+                dns.push(matcher);
             }
             entries.push(Entry {
                 peers: e.peers.clone(),
                 rule: e.rule,
                 http,
+                dns,
             });
         }
         Ok(Self {
@@ -205,6 +222,19 @@ impl CompiledRedirect {
             Some(rule) => Decision::Allowed { rule, notes },
             None => Decision::Denied,
         }
+    }
+}
+
+impl CompiledRedirect {
+    /// Decides a DNS query for `name` (lower-case, trailing dot) sent to a resolver of
+    /// identity `remote`: the rule id of the first entry for that peer whose `dns` rules match
+    /// it (or that has none), as Cilium's DNS proxy allows a query when any selector does.
+    pub fn decide_dns(&self, remote: NumericIdentity, name: &str) -> Option<u32> {
+        self.entries
+            .iter()
+            .filter(|e| e.peers.as_ref().is_none_or(|p| p.contains(&remote)))
+            .find(|e| e.dns.is_empty() || e.dns.iter().any(|m| m.matches(name)))
+            .map(|e| e.rule)
     }
 }
 

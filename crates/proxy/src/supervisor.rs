@@ -14,6 +14,10 @@
 //!   back from the running proxy with `pidfd_getfd`, reconnects to its control socket and
 //!   sends the snapshot; traffic never stops.
 //!
+//! The DNS proxy's UDP socket (on `ports.dns`, with its TCP listener) is held the same way: a
+//! datagram sent while no proxy runs waits in the socket's receive buffer for the next one, so
+//! no query is lost to a restart.
+//!
 //! After every (re)start and reconnect the whole policy is sent again as a Snapshot.
 
 use std::collections::BTreeMap;
@@ -76,6 +80,37 @@ pub struct SupervisorConfig {
     pub extra_args: Vec<String>,
 }
 
+/// What one socket the supervisor holds is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SocketKind {
+    /// HTTP (and Kafka), connections endpoints open.
+    #[default]
+    HttpEgress,
+    /// HTTP (and Kafka), connections towards endpoints.
+    HttpIngress,
+    /// DNS over TCP (a listener).
+    DnsTcp,
+    /// DNS over UDP (one datagram socket for every query).
+    DnsUdp,
+}
+
+impl SocketKind {
+    fn egress(self) -> bool {
+        self != Self::HttpIngress
+    }
+
+    /// The proxy's flag passing a socket of this kind.
+    fn arg(self, fd: RawFd) -> [String; 2] {
+        match self {
+            Self::HttpEgress => ["--listen".into(), format!("egress:http={fd}")],
+            Self::HttpIngress => ["--listen".into(), format!("ingress:http={fd}")],
+            Self::DnsTcp => ["--listen".into(), format!("egress:dns={fd}")],
+            Self::DnsUdp => ["--dns-udp".into(), fd.to_string()],
+        }
+    }
+}
+
 /// One listening socket as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -84,6 +119,9 @@ pub struct ListenerStatus {
     pub port: u16,
     /// Egress or ingress.
     pub egress: bool,
+    /// What it carries.
+    #[serde(default)]
+    pub kind: SocketKind,
 }
 
 /// The proxy as the agent reports it.
@@ -117,14 +155,17 @@ pub struct ProxyStatus {
 struct StateFile {
     pid: u32,
     control_socket: PathBuf,
-    /// (fd number in the proxy, egress).
+    /// HTTP listeners: (fd number in the proxy, egress).
     listeners: Vec<(RawFd, bool)>,
+    /// The DNS sockets (absent in a state file of a supervisor without DNS).
+    #[serde(default)]
+    dns: Vec<(RawFd, SocketKind)>,
 }
 
 const STATE_FILE: &str = "proxy.json";
 
-/// Listening sockets and their direction (egress?).
-type Listeners = Vec<(OwnedFd, bool)>;
+/// The sockets passed to every proxy generation.
+type Listeners = Vec<(OwnedFd, SocketKind)>;
 
 /// A running proxy: our child, or adopted from an earlier supervisor.
 enum Proc {
@@ -230,6 +271,81 @@ pub fn transparent_listener(
     Ok(OwnedFd::from(s))
 }
 
+/// The DNS proxy's datagram socket: IP_TRANSPARENT (the datapath assigns queries for any
+/// resolver to it), IP_RECVORIGDSTADDR (each datagram says which resolver it was for), and a
+/// receive buffer big enough to hold the queries of a proxy restart.
+pub fn transparent_udp_socket(
+    addr: SocketAddrV4,
+    transparent: bool,
+) -> Result<OwnedFd, SupervisorError> {
+    let err = |source| SupervisorError::Listen { addr, source };
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    if transparent {
+        s.set_ip_transparent_v4(true).map_err(err)?;
+    }
+    let fd = OwnedFd::from(s);
+    set_int_opt(&fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1).map_err(err)?;
+    // Beyond net.core.rmem_max when we may (root); else the largest the kernel grants.
+    if set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, UDP_RCVBUF).is_err() {
+        let _ = set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RCVBUF);
+    }
+    socket2::SockRef::from(&fd)
+        .bind(&SocketAddr::V4(addr).into())
+        .map_err(err)?;
+    Ok(fd)
+}
+
+/// The DNS socket's receive buffer: some 8,000 queries waiting for a restarted proxy.
+const UDP_RCVBUF: i32 = 8 << 20;
+
+fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: fd is an open socket; the value is a live i32 of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates every socket of `cfg`: the HTTP listeners (port 0: any free port) and, when
+/// `ports.dns` is not 0, the DNS listener and datagram socket on that port.
+fn open_sockets(cfg: &SupervisorConfig) -> Result<Listeners, SupervisorError> {
+    let mut ls = Vec::new();
+    for (port, kind) in [
+        (cfg.ports.http_egress, SocketKind::HttpEgress),
+        (cfg.ports.http_ingress, SocketKind::HttpIngress),
+    ] {
+        let fd = transparent_listener(SocketAddrV4::new(cfg.listen_ip, port), cfg.transparent)?;
+        ls.push((fd, kind));
+    }
+    if cfg.ports.dns != 0 {
+        let addr = SocketAddrV4::new(cfg.listen_ip, cfg.ports.dns);
+        ls.push((
+            transparent_listener(addr, cfg.transparent)?,
+            SocketKind::DnsTcp,
+        ));
+        ls.push((
+            transparent_udp_socket(addr, cfg.transparent)?,
+            SocketKind::DnsUdp,
+        ));
+    }
+    Ok(ls)
+}
+
 fn local_port(fd: &OwnedFd) -> u16 {
     socket2::SockRef::from(fd)
         .local_addr()
@@ -262,27 +378,15 @@ impl Supervisor {
         };
         let (listeners, first) = match adopted {
             Some((listeners, proc_, ctl)) => (listeners, Some((proc_, ctl))),
-            None => {
-                let mut ls = Vec::new();
-                for (port, egress) in [
-                    (cfg.ports.http_egress, true),
-                    (cfg.ports.http_ingress, false),
-                ] {
-                    let fd = transparent_listener(
-                        SocketAddrV4::new(cfg.listen_ip, port),
-                        cfg.transparent,
-                    )?;
-                    ls.push((fd, egress));
-                }
-                (ls, None)
-            }
+            None => (open_sockets(&cfg)?, None),
         };
         let status = ProxyStatus {
             listeners: listeners
                 .iter()
-                .map(|(fd, egress)| ListenerStatus {
+                .map(|(fd, kind)| ListenerStatus {
                     port: local_port(fd),
-                    egress: *egress,
+                    egress: kind.egress(),
+                    kind: *kind,
                 })
                 .collect(),
             adopted: first.is_some(),
@@ -409,9 +513,17 @@ fn adopt(run_dir: &Path) -> Result<(Listeners, Proc, PathBuf), String> {
     // SAFETY: pidfd_open returned a new descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     let mut listeners = Vec::new();
-    for (fd, egress) in &st.listeners {
+    let http = st.listeners.iter().map(|(fd, egress)| {
+        let kind = if *egress {
+            SocketKind::HttpEgress
+        } else {
+            SocketKind::HttpIngress
+        };
+        (*fd, kind)
+    });
+    for (fd, kind) in http.chain(st.dns.iter().copied()) {
         // SAFETY: as above; pidfd_getfd duplicates the proxy's descriptor into ours.
-        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), *fd, 0) };
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
         if got < 0 {
             return Err(format!(
                 "pidfd_getfd {} fd {fd}: {}",
@@ -423,7 +535,7 @@ fn adopt(run_dir: &Path) -> Result<(Listeners, Proc, PathBuf), String> {
         let owned = unsafe { OwnedFd::from_raw_fd(got as RawFd) };
         // SAFETY: fcntl on a descriptor we own.
         unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        listeners.push((owned, *egress));
+        listeners.push((owned, kind));
     }
     // SAFETY: we own the pidfd and nothing else registers or closes it while the AsyncFd lives.
     let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
@@ -440,10 +552,8 @@ fn adopt(run_dir: &Path) -> Result<(Listeners, Proc, PathBuf), String> {
 fn spawn(inner: &Inner, ctl: &Path) -> std::io::Result<Proc> {
     let cfg = &inner.cfg;
     let mut cmd = tokio::process::Command::new(&cfg.binary);
-    for (fd, egress) in &inner.listeners {
-        let dir = if *egress { "egress" } else { "ingress" };
-        cmd.arg("--listen")
-            .arg(format!("{dir}:http={}", fd.as_raw_fd()));
+    for (fd, kind) in &inner.listeners {
+        cmd.args(kind.arg(fd.as_raw_fd()));
     }
     cmd.arg("--control-socket").arg(ctl);
     if let Some(d) = &cfg.bpf_pin_dir {
@@ -485,7 +595,14 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
         listeners: inner
             .listeners
             .iter()
-            .map(|(fd, e)| (fd.as_raw_fd(), *e))
+            .filter(|(_, k)| matches!(k, SocketKind::HttpEgress | SocketKind::HttpIngress))
+            .map(|(fd, k)| (fd.as_raw_fd(), k.egress()))
+            .collect(),
+        dns: inner
+            .listeners
+            .iter()
+            .filter(|(_, k)| matches!(k, SocketKind::DnsTcp | SocketKind::DnsUdp))
+            .map(|(fd, k)| (fd.as_raw_fd(), *k))
             .collect(),
     };
     let path = inner.cfg.run_dir.join(STATE_FILE);

@@ -75,7 +75,8 @@ pub struct ObserveArgs {
     /// Verdict: FORWARDED, DROPPED, ...
     #[arg(long, value_name = "VERDICT")]
     pub verdict: Vec<String>,
-    /// L4 or L7 protocol: tcp, udp, icmp, http.
+    /// L4 or L7 protocol: tcp, udp, icmp, sctp, http, dns, kafka (`kafka` is Ciliate's; Hubble's
+    /// filter knows http and dns).
     #[arg(long, value_name = "PROTO")]
     pub protocol: Vec<String>,
     /// Either end's port.
@@ -87,7 +88,7 @@ pub struct ObserveArgs {
     /// Destination port.
     #[arg(long, value_name = "PORT")]
     pub to_port: Vec<u16>,
-    /// Event type: trace, drop, policy-verdict or l7 (HTTP requests and responses of the
+    /// Event type: trace, drop, policy-verdict or l7 (HTTP, DNS and Kafka records of the
     /// node's proxy), optionally with a sub type number (`drop:133`, `trace:5`).
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     pub kind: Vec<String>,

@@ -1,0 +1,70 @@
+//! Answers held until the agent has put their addresses into the policy maps.
+//!
+//! The proxy sends [`ciliate_model::l7::ProxyEvent::FqdnLearned`] with a fresh id and waits
+//! for [`ciliate_model::l7::ProxyCommand::FqdnAllowed`] with that id, so that the pod's first
+//! connection to an address it just resolved is already allowed. It waits a bounded time
+//! only: an agent that is slow or gone must not turn into a DNS outage (the answer then goes
+//! out anyway, counted and logged).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// The held answers' waiters, by FqdnLearned id.
+#[derive(Debug, Default)]
+pub struct AnswerGate {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Answers released by the bounded delay instead of the agent.
+    pub timeouts: AtomicU64,
+}
+
+/// One held answer.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The id to send in FqdnLearned.
+    pub id: u64,
+    rx: oneshot::Receiver<()>,
+}
+
+impl AnswerGate {
+    /// Registers a new held answer.
+    pub fn ticket(&self) -> Ticket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        Ticket { id, rx }
+    }
+
+    /// The agent's FqdnAllowed: releases the answer (an unknown id, e.g. one that timed out
+    /// already, changes nothing). Returns whether one was waiting.
+    pub fn release(&self, id: u64) -> bool {
+        match self.lock().remove(&id) {
+            Some(tx) => tx.send(()).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits for the release of `ticket`, at most `limit`. True when the agent released it.
+    pub async fn wait(&self, ticket: Ticket, limit: Duration) -> bool {
+        let released = tokio::time::timeout(limit, ticket.rx).await;
+        self.lock().remove(&ticket.id);
+        let ok = matches!(released, Ok(Ok(())));
+        if !ok {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Answers held now.
+    pub fn held(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

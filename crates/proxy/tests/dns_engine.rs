@@ -1,0 +1,509 @@
+//! The DNS proxy's handler without the network: judging queries (REFUSED, FORMERR, no
+//! redirect), compiling `rules.dns` (a bad pattern is rejected with its place), the answer
+//! gate, and property tests feeding random bytes and mutated valid messages to the parsers and
+//! the whole handler (never a panic; every answer well-formed and carrying the query's id).
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ciliate_model::l7::{
+    DnsMatch, L7Parser, L7PeerRules, L7RecordType, L7Redirect, L7Verdict, ProxyCommand, ProxyEvent,
+};
+use ciliate_proxy::dns::gate::AnswerGate;
+use ciliate_proxy::dns::message::{self, inspect_answer, inspect_query};
+use ciliate_proxy::dns::{DnsConfig, DnsProxy, Flow, Transport, Upstream};
+use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
+use ciliate_proxy::identity::StaticIdentities;
+use ciliate_proxy::policy::Policy;
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, CNAME};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use proptest::prelude::*;
+use tokio::sync::mpsc;
+
+const POD: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+/// Nothing answers here (the discard port on loopback): an allowed query fails upstream.
+const RESOLVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fn dns_redirect(rules: Vec<DnsMatch>) -> L7Redirect {
+    L7Redirect {
+        endpoint: 4,
+        endpoint_ip: POD,
+        egress: true,
+        proto: 17,
+        port: RESOLVER.port(),
+        parser: L7Parser::Dns,
+        proxy_port: 15053,
+        rules: vec![L7PeerRules {
+            peers: None,
+            rule: 21,
+            dns: rules,
+            ..Default::default()
+        }],
+    }
+}
+
+fn name(n: &str) -> DnsMatch {
+    DnsMatch {
+        match_name: Some(n.into()),
+        match_pattern: None,
+    }
+}
+
+fn pattern(p: &str) -> DnsMatch {
+    DnsMatch {
+        match_name: None,
+        match_pattern: Some(p.into()),
+    }
+}
+
+/// A proxy whose policy allows `allowed.example.` and `*.ok.example.` for POD; records come
+/// out of the receiver.
+fn proxy() -> (DnsProxy, mpsc::Receiver<ProxyEvent>) {
+    let (tx, rx) = mpsc::channel(1 << 16);
+    let engine = Arc::new(Engine {
+        policy: Arc::new(Policy::default()),
+        identities: Arc::new(StaticIdentities::default()),
+        events: tx,
+        config: EngineConfig::default(),
+        counters: Counters::default(),
+    });
+    engine
+        .policy
+        .apply(&ProxyCommand::Snapshot {
+            revision: 1,
+            redirects: vec![dns_redirect(vec![
+                name("allowed.example"),
+                pattern("*.ok.example"),
+            ])],
+        })
+        .expect("valid rules");
+    let p = DnsProxy {
+        engine,
+        gate: Arc::new(AnswerGate::default()),
+        config: DnsConfig {
+            upstream_timeout: Duration::from_millis(200),
+            allow_timeout: Duration::from_millis(10),
+            transparent: false,
+        },
+    };
+    (p, rx)
+}
+
+fn flow(transport: Transport) -> Flow {
+    Flow {
+        client: SocketAddrV4::new(POD, 40000),
+        resolver: RESOLVER,
+        transport,
+    }
+}
+
+fn query(id: u16, qname: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id).set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_ascii(qname).expect("name"), qtype));
+    m.to_vec().expect("encode")
+}
+
+fn handle(p: &DnsProxy, bytes: &[u8], t: Transport) -> Option<Vec<u8>> {
+    rt().block_on(p.handle(bytes, flow(t), &mut Upstream::default()))
+}
+
+fn records(rx: &mut mpsc::Receiver<ProxyEvent>) -> Vec<ciliate_model::l7::DnsRecord> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let ProxyEvent::Dns(r) = ev {
+            out.push(*r);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_name_no_rule_allows_is_refused_with_the_same_id_and_question() {
+    let (p, mut rx) = proxy();
+    let q = query(0xbeef, "Evil.Example.", RecordType::A);
+    let a = handle(&p, &q, Transport::Udp).expect("an answer");
+    let m = Message::from_vec(&a).expect("well-formed");
+    assert_eq!(m.id(), 0xbeef);
+    assert_eq!(m.message_type(), MessageType::Response);
+    assert_eq!(m.response_code(), ResponseCode::Refused);
+    assert_eq!(m.queries().len(), 1);
+    assert_eq!(m.queries()[0].name().to_ascii(), "Evil.Example.");
+    let recs = records(&mut rx);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0].record_type, L7RecordType::Request);
+    assert_eq!(recs[0].query, "evil.example.", "lower-case, trailing dot");
+    assert_eq!(recs[0].qtypes, ["A"]);
+    assert_eq!(recs[1].verdict, L7Verdict::Dropped);
+    assert_eq!(recs[1].rcode, 5);
+    assert_eq!(recs[1].endpoint, 4);
+    assert_eq!(
+        p.engine
+            .counters
+            .denied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn an_allowed_name_whose_resolver_fails_gets_servfail_and_an_error_record() {
+    let (p, mut rx) = proxy();
+    for (qname, t) in [
+        ("allowed.example.", Transport::Udp),
+        ("a.ok.example.", Transport::Tcp),
+    ] {
+        let a = handle(&p, &query(7, qname, RecordType::A), t).expect("an answer");
+        let m = Message::from_vec(&a).expect("well-formed");
+        assert_eq!((m.id(), m.response_code()), (7, ResponseCode::ServFail));
+        let recs = records(&mut rx);
+        assert_eq!(recs[0].verdict, L7Verdict::Forwarded, "allowed: {qname}");
+        assert_eq!(recs[0].rule, 21);
+        assert_eq!(recs[1].verdict, L7Verdict::Error);
+        assert!(recs[1].reason.is_some());
+    }
+    // '*' stays within a label.
+    let a = handle(
+        &p,
+        &query(8, "a.b.ok.example.", RecordType::A),
+        Transport::Udp,
+    )
+    .unwrap();
+    assert_eq!(
+        Message::from_vec(&a).unwrap().response_code(),
+        ResponseCode::Refused
+    );
+}
+
+#[test]
+fn a_pod_without_a_dns_redirect_is_refused() {
+    let (p, mut rx) = proxy();
+    let f = Flow {
+        client: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 3), 40000),
+        ..flow(Transport::Udp)
+    };
+    let a = rt()
+        .block_on(p.handle(
+            &query(1, "allowed.example.", RecordType::A),
+            f,
+            &mut Upstream::default(),
+        ))
+        .unwrap();
+    assert_eq!(
+        Message::from_vec(&a).unwrap().response_code(),
+        ResponseCode::Refused
+    );
+    let recs = records(&mut rx);
+    assert_eq!(
+        recs[0].reason.as_deref(),
+        Some("no DNS redirect for this endpoint and port")
+    );
+}
+
+#[test]
+fn bad_queries_get_formerr_or_nothing_and_an_error_record() {
+    let (p, mut rx) = proxy();
+    let formerr = |a: Option<Vec<u8>>, id: u16| {
+        let a = a.expect("an answer");
+        assert_eq!(a[..2], id.to_be_bytes());
+        assert_eq!(a[2] & 0x80, 0x80, "a response");
+        assert_eq!(a[3] & 0x0f, 1, "FORMERR");
+    };
+    // Too short for a header: nothing to answer.
+    assert_eq!(handle(&p, &[1, 2, 3], Transport::Udp), None);
+    // Garbage after a header.
+    formerr(
+        handle(
+            &p,
+            &[0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0],
+            Transport::Udp,
+        ),
+        9,
+    );
+    // Two questions.
+    let mut m = Message::new();
+    m.set_id(10);
+    m.add_query(Query::query(
+        Name::from_ascii("a.example.").unwrap(),
+        RecordType::A,
+    ));
+    m.add_query(Query::query(
+        Name::from_ascii("b.example.").unwrap(),
+        RecordType::A,
+    ));
+    formerr(handle(&p, &m.to_vec().unwrap(), Transport::Udp), 10);
+    // A name with a byte host names do not use.
+    let odd = Name::from_labels(vec![b"a b".to_vec(), b"example".to_vec()]).unwrap();
+    let mut m = Message::new();
+    m.set_id(11);
+    m.add_query(Query::query(odd, RecordType::A));
+    formerr(handle(&p, &m.to_vec().unwrap(), Transport::Udp), 11);
+    // Over 512 bytes on UDP without EDNS (a long name padded with a second, additional
+    // record), but fine over TCP.
+    let mut m = Message::new();
+    m.set_id(12);
+    let long = format!("{}.example.", vec!["x".repeat(60); 3].join("."));
+    m.add_query(Query::query(
+        Name::from_ascii(&long).unwrap(),
+        RecordType::A,
+    ));
+    for i in 0..8 {
+        let n = Name::from_ascii(format!("{i}{}.example.", "y".repeat(60))).unwrap();
+        m.add_additional(Record::from_rdata(n, 1, RData::A(A::new(192, 0, 2, 1))));
+    }
+    let big = m.to_vec().unwrap();
+    assert!(big.len() > 512, "{}", big.len());
+    formerr(handle(&p, &big, Transport::Udp), 12);
+    let over_tcp = handle(&p, &big, Transport::Tcp).unwrap();
+    assert_eq!(
+        Message::from_vec(&over_tcp).unwrap().response_code(),
+        ResponseCode::Refused,
+        "judged (and refused: not an allowed name)"
+    );
+    // A response is not a query.
+    let mut m = Message::new();
+    m.set_id(13).set_message_type(MessageType::Response);
+    m.add_query(Query::query(
+        Name::from_ascii("a.example.").unwrap(),
+        RecordType::A,
+    ));
+    formerr(handle(&p, &m.to_vec().unwrap(), Transport::Udp), 13);
+
+    let errors: Vec<_> = records(&mut rx)
+        .into_iter()
+        .filter(|r| r.verdict == L7Verdict::Error && r.record_type == L7RecordType::Request)
+        .map(|r| r.reason.unwrap_or_default())
+        .collect();
+    assert_eq!(errors.len(), 6, "{errors:?}");
+    assert!(
+        errors[0].contains("shorter than a DNS header"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("malformed"), "{errors:?}");
+    assert!(errors[2].contains("2 questions"), "{errors:?}");
+    assert!(errors[3].contains("0x20"), "{errors:?}");
+    assert!(errors[4].contains("without EDNS"), "{errors:?}");
+    assert!(errors[5].contains("not a query"), "{errors:?}");
+}
+
+#[test]
+fn an_invalid_dns_rule_is_rejected_with_its_place_and_nothing_changes() {
+    let (p, _rx) = proxy();
+    let err = p
+        .engine
+        .policy
+        .apply(&ProxyCommand::Snapshot {
+            revision: 2,
+            redirects: vec![dns_redirect(vec![name("fine.example"), pattern("**.bad")])],
+        })
+        .expect_err("** is not a pattern");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rules[0].dns[1].matchPattern") && msg.contains("'**'"),
+        "{msg}"
+    );
+    assert_eq!(p.engine.policy.current().revision, 1);
+}
+
+fn answer(id: u16, qname: &str, records: Vec<Record>, rcode: ResponseCode) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Response)
+        .set_response_code(rcode);
+    m.add_query(Query::query(
+        Name::from_ascii(qname).unwrap(),
+        RecordType::A,
+    ));
+    m.add_answers(records);
+    m.to_vec().unwrap()
+}
+
+fn a_rec(n: &str, ttl: u32, ip: [u8; 4]) -> Record {
+    Record::from_rdata(
+        Name::from_ascii(n).unwrap(),
+        ttl,
+        RData::A(A::new(ip[0], ip[1], ip[2], ip[3])),
+    )
+}
+
+fn cname_rec(n: &str, ttl: u32, target: &str) -> Record {
+    Record::from_rdata(
+        Name::from_ascii(n).unwrap(),
+        ttl,
+        RData::CNAME(CNAME(Name::from_ascii(target).unwrap())),
+    )
+}
+
+#[test]
+fn answers_follow_the_cname_chain_with_its_lowest_ttl_and_ignore_other_names() {
+    let bytes = answer(
+        5,
+        "www.example.",
+        vec![
+            cname_rec("WWW.example.", 300, "edge.cdn.example."),
+            cname_rec("edge.cdn.example.", 60, "node1.cdn.example."),
+            a_rec("node1.cdn.example.", 120, [192, 0, 2, 1]),
+            a_rec("node1.cdn.example.", 90, [192, 0, 2, 2]),
+            a_rec("unrelated.example.", 5, [198, 51, 100, 1]),
+        ],
+        ResponseCode::NoError,
+    );
+    let info = inspect_answer(&bytes, "www.example.").unwrap();
+    assert_eq!(info.id, 5);
+    assert_eq!(info.cnames, ["edge.cdn.example.", "node1.cdn.example."]);
+    assert_eq!(
+        info.ips,
+        [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)]
+    );
+    assert_eq!(info.ttl, 60);
+    assert_eq!(info.rrtypes, ["CNAME", "A"]);
+    // A CNAME loop ends.
+    let looped = answer(
+        6,
+        "a.example.",
+        vec![
+            cname_rec("a.example.", 10, "b.example."),
+            cname_rec("b.example.", 10, "a.example."),
+        ],
+        ResponseCode::NoError,
+    );
+    let info = inspect_answer(&looped, "a.example.").unwrap();
+    assert_eq!(info.cnames, ["b.example."]);
+    assert!(info.ips.is_empty());
+    let nx = answer(7, "nx.example.", vec![], ResponseCode::NXDomain);
+    assert_eq!(inspect_answer(&nx, "nx.example.").unwrap().rcode, 3);
+}
+
+#[test]
+fn the_gate_releases_on_fqdn_allowed_or_after_its_limit() {
+    rt().block_on(async {
+        let g = AnswerGate::default();
+        let t = g.ticket();
+        assert!(g.release(t.id));
+        assert!(
+            g.wait(t, Duration::from_secs(30)).await,
+            "released by the agent"
+        );
+        let t = g.ticket();
+        let id = t.id;
+        assert!(
+            !g.wait(t, Duration::from_millis(1)).await,
+            "released by the limit"
+        );
+        assert_eq!(g.timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!g.release(id), "a late FqdnAllowed finds nothing");
+        assert_eq!(g.held(), 0);
+    });
+}
+
+fn valid_messages() -> Vec<Vec<u8>> {
+    vec![
+        query(1, "allowed.example.", RecordType::A),
+        query(2, "x.ok.example.", RecordType::AAAA),
+        query(3, "denied.example.", RecordType::A),
+        answer(
+            4,
+            "www.example.",
+            vec![
+                cname_rec("www.example.", 300, "a.example."),
+                a_rec("a.example.", 30, [192, 0, 2, 9]),
+            ],
+            ResponseCode::NoError,
+        ),
+    ]
+}
+
+/// A valid message with random edits: bytes flipped, cut, inserted.
+fn mutated() -> impl Strategy<Value = Vec<u8>> {
+    (
+        0..valid_messages().len(),
+        proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..8),
+    )
+        .prop_map(|(which, edits)| {
+            let mut m = valid_messages()[which].clone();
+            for (at, b, op) in edits {
+                if m.is_empty() {
+                    break;
+                }
+                let i = at % m.len();
+                match op {
+                    0 => m[i] = b,
+                    1 => m.truncate(i),
+                    _ => m.insert(i, b),
+                }
+            }
+            m
+        })
+}
+
+/// Checks what the handler answered to `bytes`: nothing only without a header; otherwise a
+/// response with the query's id.
+fn check_answer(bytes: &[u8], answer: Option<Vec<u8>>) -> Result<(), TestCaseError> {
+    match answer {
+        None => prop_assert!(bytes.len() < 12, "no answer to {bytes:?}"),
+        Some(a) => {
+            prop_assert!(a.len() >= 12);
+            prop_assert_eq!(&a[..2], &bytes[..2], "the query's id");
+            prop_assert_eq!(a[2] & 0x80, 0x80, "a response");
+            if a.len() > 12 {
+                prop_assert!(Message::from_vec(&a).is_ok(), "well-formed: {:?}", a);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Random bytes: the parsers never panic, a query they accept has a clean name.
+    #[test]
+    fn random_bytes_never_break_the_parsers(bytes in proptest::collection::vec(any::<u8>(), 0..600), udp in any::<bool>()) {
+        if let Ok((_, info)) = inspect_query(&bytes, udp) {
+            prop_assert!(info.name.ends_with('.'));
+            prop_assert!(info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)));
+        }
+        let _ = inspect_answer(&bytes, "a.example.");
+        let _ = message::header_id(&bytes);
+    }
+
+    /// Mutated valid messages through the parsers: no panic; addresses only of the chain.
+    #[test]
+    fn mutated_messages_never_break_the_parsers(bytes in mutated()) {
+        let _ = inspect_query(&bytes, true);
+        if let Ok(info) = inspect_answer(&bytes, "www.example.") {
+            prop_assert!(info.ips.len() <= 1);
+            prop_assert!(info.cnames.len() <= 1);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    /// The whole handler on random bytes and mutated queries, over UDP and TCP: never a
+    /// panic, and every answer is a response with the query's id.
+    #[test]
+    fn the_handler_answers_anything_sanely(
+        bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..600), mutated()],
+        tcp in any::<bool>(),
+    ) {
+        let (p, _rx) = proxy();
+        let t = if tcp { Transport::Tcp } else { Transport::Udp };
+        let a = handle(&p, &bytes, t);
+        check_answer(&bytes, a)?;
+    }
+}
