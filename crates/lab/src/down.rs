@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::layout::{Layout, NetnsKind, LAB_ENV};
 use crate::state::{LabState, StateError};
-use crate::{cni, sys, LabError, Progress};
+use crate::{cni, sys, world_dns, LabError, Progress};
 
 /// Where the agents pin, per node.
 pub const BPFFS_DIR: &str = "/sys/fs/bpf/ciliate";
@@ -35,6 +35,8 @@ pub struct Leftovers {
     pub cgroups: Vec<PathBuf>,
     /// Processes: (pid, command line).
     pub processes: Vec<(u32, String)>,
+    /// Pods' `/etc/netns/<netns>/` directories (their resolver configuration).
+    pub etc_netns: Vec<PathBuf>,
 }
 
 impl Leftovers {
@@ -45,6 +47,7 @@ impl Leftovers {
             && self.pins.is_empty()
             && self.cgroups.is_empty()
             && self.processes.is_empty()
+            && self.etc_netns.is_empty()
     }
 
     /// One line for people: what was found.
@@ -66,6 +69,13 @@ impl Leftovers {
         }
         if !self.cgroups.is_empty() {
             parts.push(count(self.cgroups.len(), "cgroup", "cgroups"));
+        }
+        if !self.etc_netns.is_empty() {
+            parts.push(count(
+                self.etc_netns.len(),
+                "/etc/netns entry",
+                "/etc/netns entries",
+            ));
         }
         parts.join(", ")
     }
@@ -132,6 +142,7 @@ pub fn find(layout: &Layout) -> Leftovers {
             .map(|r| node_dirs(&r.join("ciliate")))
             .unwrap_or_default(),
         processes,
+        etc_netns: world_dns::etc_netns_entries(layout),
     }
 }
 
@@ -227,6 +238,14 @@ pub fn down(name: &str, progress: Progress<'_>) -> Result<DownReport, LabError> 
             Err(e) => report.problems.push(e.to_string()),
         }
     }
+    for dir in &found.etc_netns {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => note(&mut report, format!("removed {}", dir.display())),
+            Err(e) => report
+                .problems
+                .push(format!("removing {}: {e}", dir.display())),
+        }
+    }
     for pin in &found.pins {
         match std::fs::remove_dir_all(pin) {
             Ok(()) => note(&mut report, format!("removed pins {}", pin.display())),
@@ -296,6 +315,7 @@ mod tests {
             pins: vec!["/sys/fs/bpf/ciliate/lab-node0".into()],
             cgroups: Vec::new(),
             processes: vec![(1, "x".into())],
+            etc_netns: Vec::new(),
         };
         assert_eq!(
             l.summary(),

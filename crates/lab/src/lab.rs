@@ -118,6 +118,7 @@ impl Lab {
         self.state.pods.push(pod.clone());
         self.save()?;
         sys::add_netns(&netns)?;
+        crate::world_dns::write_pod_resolv_conf(&netns)?;
         let ip = cni::add(
             &self.bins.cni,
             &node.netns,
@@ -171,6 +172,9 @@ impl Lab {
             if let Err(e) = sys::delete_netns(&pod.netns) {
                 problems.push(e.to_string());
             }
+        }
+        if let Err(e) = crate::world_dns::remove_pod_resolv_conf(&pod.netns) {
+            problems.push(format!("removing /etc/netns/{}: {e}", pod.netns));
         }
         self.state
             .pods

@@ -13,6 +13,7 @@
 //!  ┌───────────────────────────────────────────────────────────────┐
 //!  │ br0 172.31.0.1/24 (+ 172.31.0.2)  etcd http://172.31.0.1:2379  │
 //!  │ ident-server "world" :8080        route 10.200.<i>.0/24 via     │
+//!  │ dnsmasq 172.31.0.1:53 (*.ciliate.test)                        │
 //!  │                                         172.31.0.<10+i>         │
 //!  └──── node0 ─────────────── node1 ─────────── ... ──────────────┘
 //!         │ veth                 │ veth
@@ -36,6 +37,8 @@
 //! * State: `/run/ciliate/lab/<name>/`: `lab.json` ([`state::LabState`]), the manifest
 //!   directory every agent watches (`manifests/`: Services, EndpointSlices and policies
 //!   written there reach every node, as through a Kubernetes API server), etcd's data and log.
+//! * The world's DNS server: a real dnsmasq on 172.31.0.1:53 answering `*.ciliate.test`
+//!   ([`world_dns`]); each pod namespace gets `/etc/netns/<netns>/resolv.conf` naming it.
 //! * Every process the lab starts carries `CILIATE_LAB=<name>` in its environment, and runs in
 //!   one of the lab's namespaces, so `lab down` finds it even without `lab.json`.
 //!
@@ -57,6 +60,7 @@ pub mod state;
 pub mod status;
 pub mod sys;
 pub mod up;
+pub mod world_dns;
 
 pub use lab::Lab;
 pub use layout::{Layout, DEFAULT_NAME};

@@ -1,5 +1,5 @@
-//! `ciliate lab status`: the nodes (is the agent up, how many endpoints it has), the pods and
-//! etcd, asked live.
+//! `ciliate lab status`: the nodes (is the agent up, how many endpoints it has), the pods,
+//! etcd and the world's DNS server, asked live.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::{sys, up, Lab, LabError};
+use crate::{sys, up, world_dns, Lab, LabError};
 
 /// A lab, as it is now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -21,11 +21,13 @@ pub struct LabStatus {
     pub created_at: String,
     /// etcd.
     pub etcd: EtcdStatus,
+    /// The world's DNS server.
+    pub dns: DnsStatus,
     /// The nodes.
     pub nodes: Vec<NodeStatus>,
     /// The pods.
     pub pods: Vec<PodStatus>,
-    /// True when etcd and every agent are healthy.
+    /// True when etcd, the world's DNS server and every agent are healthy.
     pub healthy: bool,
 }
 
@@ -37,6 +39,20 @@ pub struct EtcdStatus {
     pub endpoint: String,
     /// Its answer to `GET /health`.
     pub healthy: bool,
+    /// Its process, when recorded and running.
+    pub pid: Option<u32>,
+}
+
+/// The world's DNS server (dnsmasq), as the lab sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsStatus {
+    /// Where it listens (UDP and TCP).
+    pub address: String,
+    /// The domain it answers for.
+    pub domain: String,
+    /// Whether it accepts connections on its address.
+    pub answering: bool,
     /// Its process, when recorded and running.
     pub pid: Option<u32>,
 }
@@ -105,6 +121,18 @@ pub async fn status(name: &str) -> Result<LabStatus, LabError> {
         healthy: up::etcd_healthy(&lab.layout).await,
         pid: etcd_pid,
     };
+    let dns = DnsStatus {
+        address: format!("{}:53", world_dns::DNS_IP),
+        domain: world_dns::DOMAIN.to_owned(),
+        answering: world_dns::answering(&lab.layout),
+        pid: lab
+            .state
+            .processes
+            .iter()
+            .find(|p| p.what == world_dns::PROCESS)
+            .map(|p| p.pid)
+            .filter(|p| sys::is_alive(*p)),
+    };
     let mut nodes = Vec::new();
     for n in &lab.state.nodes {
         let client = Lab::client(n);
@@ -145,12 +173,13 @@ pub async fn status(name: &str) -> Result<LabStatus, LabError> {
             netns: p.netns.clone(),
         })
         .collect();
-    let healthy = etcd.healthy && nodes.iter().all(|n| n.health == "ok");
+    let healthy = etcd.healthy && dns.answering && nodes.iter().all(|n| n.health == "ok");
     Ok(LabStatus {
         name: lab.name().to_owned(),
         state_dir: lab.layout.state_dir(),
         created_at: lab.state.created_at.clone(),
         etcd,
+        dns,
         nodes,
         pods,
         healthy,

@@ -12,7 +12,7 @@ use crate::layout::{
     WORLD_PORT,
 };
 use crate::state::{LabState, NodeState, FORMAT_VERSION};
-use crate::{demo, down, sys, Lab, LabError, Progress};
+use crate::{demo, down, sys, world_dns, Lab, LabError, Progress};
 
 /// How long an agent may take to answer after it started.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,6 +62,7 @@ pub fn preflight(layout: &Layout) -> Result<Binaries, LabError> {
         ));
     }
     bins::etcd()?;
+    world_dns::binary()?;
     let bins = Binaries::locate()?;
     let found = down::find(layout);
     if !found.is_empty() {
@@ -122,6 +123,14 @@ pub async fn up(opts: &UpOptions, progress: Progress<'_>) -> Result<Lab, LabErro
     lab.start_ident_server("world ident-server", &underlay_ns, WORLD_ID, WORLD_PORT)?;
     progress(&format!(
         "World: ident server on {GATEWAY_IP}:{WORLD_PORT} and {WORLD2_IP}:{WORLD_PORT} (TCP and UDP)"
+    ));
+    world_dns::start(&mut lab)?;
+    progress(&format!(
+        "World: DNS server (dnsmasq) on {}:53 for *.{} (config {}, log {})",
+        world_dns::DNS_IP,
+        world_dns::DOMAIN,
+        world_dns::config_path(&lab.layout).display(),
+        world_dns::log_path(&lab.layout).display()
     ));
 
     for i in 0..opts.nodes {

@@ -304,6 +304,10 @@ pub struct ProxyStats {
     pub resets: u64,
     /// Records dropped because nobody was reading the control socket.
     pub records_lost: u64,
+    /// DNS answers handed to the pod without the agent's FqdnAllowed, after the proxy's
+    /// bounded wait (the agent was slow or away).
+    #[serde(default)]
+    pub dns_allow_timeouts: u64,
 }
 
 /// Request or response.

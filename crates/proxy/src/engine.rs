@@ -110,6 +110,8 @@ pub struct Counters {
     pub resets: AtomicU64,
     /// Records nobody read.
     pub records_lost: AtomicU64,
+    /// DNS answers released by the bounded wait instead of the agent.
+    pub dns_allow_timeouts: AtomicU64,
 }
 
 impl Counters {
@@ -125,6 +127,7 @@ impl Counters {
             errors: l(&self.errors),
             resets: l(&self.resets),
             records_lost: l(&self.records_lost),
+            dns_allow_timeouts: l(&self.dns_allow_timeouts),
         }
     }
 }

@@ -208,6 +208,9 @@ struct State {
     desired: BTreeMap<u16, Vec<L7Redirect>>,
     revision: u64,
     writer: Option<Arc<AsyncMutex<ControlWriter>>>,
+    /// Proxies draining after a graceful restart, by pid: their held DNS answers still wait
+    /// for the FqdnAllowed of ids they issued (see [`crate::dns::gate`]).
+    draining: BTreeMap<u32, Arc<AsyncMutex<ControlWriter>>>,
     status: ProxyStatus,
 }
 
@@ -401,6 +404,7 @@ impl Supervisor {
                 desired: BTreeMap::new(),
                 revision: 0,
                 writer: None,
+                draining: BTreeMap::new(),
                 status,
             }),
             events,
@@ -417,8 +421,12 @@ impl Supervisor {
     /// running proxy. The proxy confirms with [`ProxyEvent::Applied`] (see [`Self::events`]).
     pub async fn apply(&self, cmd: ProxyCommand) {
         let writer = {
+            let mut draining = None;
             let mut st = lock(&self.inner.state);
-            st.has_policy = true;
+            // A policy to give every later proxy (an FqdnAllowed is none: a new agent answering
+            // an adopted proxy's DNS before its first policy must not make an empty snapshot
+            // worth sending).
+            st.has_policy |= !matches!(cmd, ProxyCommand::FqdnAllowed { .. });
             match &cmd {
                 ProxyCommand::Snapshot {
                     revision,
@@ -442,18 +450,21 @@ impl Supervisor {
                         st.desired.insert(*endpoint, redirects.clone());
                     }
                 }
-                // Meant for the running proxy only; not part of any later snapshot.
-                ProxyCommand::FqdnAllowed { .. } => {}
+                // Meant for the proxy that issued the id only (the current one, or one still
+                // draining); not part of any later snapshot.
+                ProxyCommand::FqdnAllowed { id } => {
+                    let issuer = crate::dns::gate::issuer_pid(*id);
+                    if let Some(w) = st.draining.get(&issuer) {
+                        draining = Some(w.clone());
+                    }
+                }
             }
             st.status.desired_revision = st.revision;
             st.status.redirects = st.desired.values().map(Vec::len).sum();
-            st.writer.clone()
+            draining.or_else(|| st.writer.clone())
         };
         if let Some(w) = writer {
-            if let Err(e) = w.lock().await.send(&cmd).await {
-                // The proxy is going away; its successor gets the snapshot.
-                warn!(error = %e, "sending to the proxy");
-            }
+            send_or_warn(w, &cmd).await;
         }
     }
 
@@ -486,6 +497,13 @@ impl Supervisor {
             let _ = rx.await;
         }
         let _ = std::fs::remove_file(self.inner.cfg.run_dir.join(STATE_FILE));
+    }
+}
+
+async fn send_or_warn(w: Arc<AsyncMutex<ControlWriter>>, cmd: &ProxyCommand) {
+    if let Err(e) = w.lock().await.send(cmd).await {
+        // The proxy is going away; its successor gets the snapshot.
+        warn!(error = %e, "sending to the proxy");
     }
 }
 
@@ -784,16 +802,29 @@ async fn supervise(
             }
             req = requests.recv() => match req {
                 Some(Request::Restart(done)) => {
-                    lock(&inner.state).status.restarts += 1;
+                    let old_writer = {
+                        let mut st = lock(&inner.state);
+                        st.status.restarts += 1;
+                        st.writer.clone()
+                    };
                     match start_generation(&inner).await {
                         Ok(next) => {
-                            // The new one accepts already; the old one drains and exits.
+                            // The new one accepts already; the old one drains and exits,
+                            // still told which of its held DNS answers may go.
+                            let old_pid = p.pid();
+                            if let (Some(pid), Some(w)) = (old_pid, old_writer) {
+                                lock(&inner.state).draining.insert(pid, w);
+                            }
                             p.signal(nix::sys::signal::Signal::SIGTERM);
                             let drain = inner.cfg.drain_timeout + Duration::from_secs(5);
+                            let inner2 = inner.clone();
                             tokio::spawn(async move {
                                 if tokio::time::timeout(drain, p.wait()).await.is_err() {
                                     p.signal(nix::sys::signal::Signal::SIGKILL);
                                     let _ = p.wait().await;
+                                }
+                                if let Some(pid) = old_pid {
+                                    lock(&inner2.state).draining.remove(&pid);
                                 }
                             });
                             current = Some(next);

@@ -71,22 +71,24 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// The world's resolver: only the names configured here, NXDOMAIN for the rest of
-/// example.test.
-fn start_dnsmasq(ns: &TestNetns) -> Dnsmasq {
+/// The world's resolver's names; NXDOMAIN for the rest of example.test.
+const WORLD_RECORDS: &str = "host-record=api.example.test,192.0.2.10
+host-record=multi.example.test,192.0.2.20
+host-record=multi.example.test,192.0.2.21
+host-record=a.pat.example.test,192.0.2.30
+host-record=blocked.example.test,192.0.2.99
+cname=www.example.test,api.example.test
+";
+
+/// A resolver on `listen`:53 answering only `records` (dnsmasq configuration lines).
+fn start_dnsmasq(ns: &TestNetns, listen: &str, records: &str) -> Dnsmasq {
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("dnsmasq.conf");
     std::fs::write(
         &conf,
         format!(
-            "no-resolv\nno-hosts\nbind-interfaces\nlisten-address={RESOLVER}\nport=53\n\
-             local=/example.test/\nlocal-ttl=30\n\
-             host-record=api.example.test,192.0.2.10\n\
-             host-record=multi.example.test,192.0.2.20\n\
-             host-record=multi.example.test,192.0.2.21\n\
-             host-record=a.pat.example.test,192.0.2.30\n\
-             host-record=blocked.example.test,192.0.2.99\n\
-             cname=www.example.test,api.example.test\n"
+            "no-resolv\nno-hosts\nbind-interfaces\nlisten-address={listen}\nport=53\n\
+             local=/example.test/\nlocal-ttl=30\n{records}"
         ),
     )
     .expect("conf");
@@ -110,7 +112,7 @@ struct Dig {
 }
 
 fn dig(ns: &TestNetns, name: &str, tcp: bool) -> Dig {
-    dig_with(ns.command("dig"), name, tcp)
+    dig_with(ns.command("dig"), RESOLVER, name, tcp)
 }
 
 fn redirect(proto: u8) -> L7Redirect {
@@ -134,6 +136,7 @@ fn redirect(proto: u8) -> L7Redirect {
                 name("www.example.test"),
                 name("multi.example.test"),
                 name("nx.example.test"),
+                name("local.example.test"),
                 DnsMatch {
                     match_name: None,
                     match_pattern: Some("*.pat.example.test".into()),
@@ -150,6 +153,8 @@ enum Cmd {
     Kill(std::sync::mpsc::Sender<u32>),
     /// Answers the pid once a proxy other than this one is up.
     UpAgain(u32, std::sync::mpsc::Sender<u32>),
+    /// A graceful restart; answers (old pid, new pid).
+    Restart(std::sync::mpsc::Sender<(u32, u32)>),
 }
 
 /// Kills the proxy a test leaves behind (it runs in its own session).
@@ -224,7 +229,9 @@ fn queries_are_judged_forwarded_held_for_the_agent_and_survive_kill_9() {
     pod.exec("ip", &["route", "add", "default", "via", NODE_P]);
     world.exec("ip", &["route", "add", "default", "via", NODE_R]);
     node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-    let _dnsmasq = start_dnsmasq(&world);
+    let _dnsmasq = start_dnsmasq(&world, RESOLVER, WORLD_RECORDS);
+    // A node-local resolver (a DNS cache on the pod's gateway address).
+    let _node_dnsmasq = start_dnsmasq(&node, NODE_P, "host-record=local.example.test,192.0.2.40\n");
 
     // The node reaches the resolver directly (its own queries are not redirected).
     let start = Instant::now();
@@ -345,6 +352,11 @@ fn queries_are_judged_forwarded_held_for_the_agent_and_survive_kill_9() {
                                 nix::sys::signal::Signal::SIGKILL,
                             );
                             let _ = reply.send(old);
+                        }
+                        Some(Cmd::Restart(reply)) => {
+                            let old = sup.status().pid.unwrap_or(0);
+                            sup.restart().await.expect("restart");
+                            let _ = reply.send((old, sup.status().pid.unwrap_or(0)));
                         }
                         Some(Cmd::UpAgain(old, reply)) => {
                             loop {
@@ -513,7 +525,55 @@ fn queries_are_judged_forwarded_held_for_the_agent_and_survive_kill_9() {
         "{r:?}"
     );
 
-    // 8. kill -9 with no query in flight, then a burst at once: whatever the new proxy's
+    // 8. The node's own resolver: the answer leaves from its address too, and the node's
+    // own queries to it still reach it (the proxy's answering socket took nothing).
+    let local = dig_with(pod.command("dig"), NODE_P, "local.example.test", false);
+    assert_eq!(local.status, "NOERROR", "{local:?}");
+    assert_eq!(local.a, ["192.0.2.40".parse::<Ipv4Addr>().unwrap()]);
+    let r = wait_record(&rec_rx, |r| {
+        r.record_type == L7RecordType::Response && r.query == "local.example.test."
+    });
+    assert_eq!(
+        r.destination,
+        SocketAddrV4::new(NODE_P.parse().unwrap(), 53)
+    );
+    let denied_local = dig_with(pod.command("dig"), NODE_P, "blocked.example.test", false);
+    assert_eq!(
+        denied_local.status, "REFUSED",
+        "judged whatever the resolver"
+    );
+    for _ in 0..3 {
+        let own = dig_with(node.command("dig"), NODE_P, "local.example.test", false);
+        assert_eq!(own.status, "NOERROR", "the node's own query: {own:?}");
+    }
+
+    // 9. A graceful restart (a new proxy first, the old one drains) under a query stream.
+    // Nothing is lost: the old proxy answers what it read (the supervisor sends it the
+    // FqdnAllowed of its own held answers), so with a patient client nothing is retried.
+    let (s, a, _) = query_stream(&pod_path, Duration::from_secs(10));
+    while a.load(Ordering::Relaxed) < 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (reply_tx, reply_rx) = mpsc::channel();
+    cmd_tx
+        .blocking_send(Cmd::Restart(reply_tx))
+        .expect("restart");
+    let (old, new) = reply_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("restarted");
+    assert_ne!(old, new);
+    let before = a.load(Ordering::Relaxed);
+    while a.load(Ordering::Relaxed) < before + 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (answered, retried, lost) = s.finish();
+    eprintln!(
+        "graceful restart under a query stream: {answered} answered, {retried} retries, \
+         {lost} never answered"
+    );
+    assert_eq!((retried, lost), (0, 0));
+
+    // 10. kill -9 with no query in flight, then a burst at once: whatever the new proxy's
     // start overlaps, every query of the burst waits in the supervisor's socket and is
     // answered, without a retry.
     let kill = |cmd_tx: &tokio::sync::mpsc::Sender<Cmd>| {
@@ -561,22 +621,74 @@ fn queries_are_judged_forwarded_held_for_the_agent_and_survive_kill_9() {
     );
     assert_ne!(up_again(&cmd_tx, old), old);
 
-    // 9. kill -9 while a pod sends queries one after another, as a stub resolver does (one
+    // 11. kill -9 while a pod sends queries one after another, as a stub resolver does (one
     // second, then the same query again, three tries): the supervisor holds the socket, so
     // queries sent while no proxy runs wait for the next one; only the query the killed proxy
     // had already read is lost, and the pod's retry gets it answered.
+    let (s, answered, _) = query_stream(&pod_path, Duration::from_secs(1));
+    let kills = 3;
+    for _ in 0..kills {
+        let before = answered.load(Ordering::Relaxed);
+        while answered.load(Ordering::Relaxed) < before + 20 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let old = kill(&cmd_tx);
+        assert_ne!(up_again(&cmd_tx, old), old);
+    }
+    let before = answered.load(Ordering::Relaxed);
+    while answered.load(Ordering::Relaxed) < before + 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (answered, retried, lost) = s.finish();
+    eprintln!(
+        "kill -9 x{kills} under a query stream: {answered} queries answered, {retried} retries \
+         (a query in flight in the killed proxy), {lost} never answered"
+    );
+    assert_eq!(lost, 0, "every query got its answer");
+
+    drop(cmd_tx);
+    sup_thread.join().expect("supervisor thread");
+}
+
+/// A pod's stub resolver asking api.example.test in a loop, one query at a time: `timeout`,
+/// then the same query again, three tries.
+struct QueryStream {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl QueryStream {
+    /// Stops it; (answered, retries, never answered).
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("query stream");
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            self.lost.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Starts a [`QueryStream`] in the pod; also returns its answered and lost counters.
+fn query_stream(
+    pod_path: &str,
+    timeout: Duration,
+) -> (QueryStream, Arc<AtomicU64>, Arc<AtomicU64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let retried = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
-    let stream = {
+    let thread = {
         let (stop, answered) = (stop.clone(), answered.clone());
         let (retried, lost) = (retried.clone(), lost.clone());
-        in_netns(pod_path.clone(), move || {
+        in_netns(pod_path.to_owned(), move || {
             let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
             s.connect((RESOLVER, 53)).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(1)))
-                .expect("timeout");
+            s.set_read_timeout(Some(timeout)).expect("timeout");
             let mut id: u16 = 0;
             let mut buf = [0u8; 1500];
             while !stop.load(Ordering::Relaxed) {
@@ -610,32 +722,19 @@ fn queries_are_judged_forwarded_held_for_the_agent_and_survive_kill_9() {
             }
         })
     };
-    let kills = 3;
-    for _ in 0..kills {
-        let before = answered.load(Ordering::Relaxed);
-        while answered.load(Ordering::Relaxed) < before + 20 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let old = kill(&cmd_tx);
-        assert_ne!(up_again(&cmd_tx, old), old);
-    }
-    let before = answered.load(Ordering::Relaxed);
-    while answered.load(Ordering::Relaxed) < before + 20 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::Relaxed);
-    stream.join().expect("query stream");
-    let answered = answered.load(Ordering::Relaxed);
-    let retried = retried.load(Ordering::Relaxed);
-    let lost = lost.load(Ordering::Relaxed);
-    eprintln!(
-        "kill -9 x{kills} under a query stream: {answered} queries answered, {retried} retries \
-         (a query in flight in the killed proxy), {lost} never answered"
-    );
-    assert_eq!(lost, 0, "every query got its answer");
-
-    drop(cmd_tx);
-    sup_thread.join().expect("supervisor thread");
+    let a = answered.clone();
+    let l = lost.clone();
+    (
+        QueryStream {
+            stop,
+            answered,
+            retried,
+            lost,
+            thread,
+        },
+        a,
+        l,
+    )
 }
 
 /// A namespace path usable from another thread (TestNetns itself stays with the test).
@@ -645,13 +744,13 @@ impl TestNetnsRef {
     fn dig(&self, name: &str, tcp: bool) -> Dig {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.0)).arg("dig");
-        dig_with(c, name, tcp)
+        dig_with(c, RESOLVER, name, tcp)
     }
 }
 
-fn dig_with(mut c: Command, name: &str, tcp: bool) -> Dig {
+fn dig_with(mut c: Command, server: &str, name: &str, tcp: bool) -> Dig {
     c.args([
-        &format!("@{RESOLVER}"),
+        &format!("@{server}"),
         name,
         "A",
         "+tries=1",

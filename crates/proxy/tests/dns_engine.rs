@@ -403,10 +403,96 @@ fn the_gate_releases_on_fqdn_allowed_or_after_its_limit() {
             !g.wait(t, Duration::from_millis(1)).await,
             "released by the limit"
         );
-        assert_eq!(g.timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(!g.release(id), "a late FqdnAllowed finds nothing");
         assert_eq!(g.held(), 0);
     });
+}
+
+/// A resolver on loopback answering every A query with 192.0.2.1 (TTL 77): only to drive the
+/// hold path here; the proxy against a real resolver is tests/dns.rs.
+fn loopback_resolver() -> SocketAddrV4 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = match s.local_addr().expect("addr") {
+        std::net::SocketAddr::V4(a) => a,
+        std::net::SocketAddr::V6(_) => unreachable!("bound to v4"),
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let qname = q.queries()[0].name().to_ascii();
+            let a = answer(
+                q.id(),
+                &qname,
+                vec![a_rec(&qname, 77, [192, 0, 2, 1])],
+                ResponseCode::NoError,
+            );
+            let _ = s.send_to(&a, from);
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_answer_with_addresses_waits_for_fqdn_allowed_or_the_limit_and_the_limit_is_counted() {
+    let resolver = loopback_resolver();
+    for released_by_agent in [true, false] {
+        let (mut p, mut rx) = proxy();
+        let mut r = dns_redirect(vec![name("allowed.example")]);
+        r.port = resolver.port();
+        p.engine
+            .policy
+            .apply(&ProxyCommand::Snapshot {
+                revision: 2,
+                redirects: vec![r],
+            })
+            .expect("rules");
+        p.config.allow_timeout = if released_by_agent {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_millis(1)
+        };
+        let f = Flow {
+            resolver,
+            ..flow(Transport::Udp)
+        };
+        let q = query(31, "allowed.example.", RecordType::A);
+        let a = rt().block_on(async {
+            let gate = p.gate.clone();
+            let agent = tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if let ProxyEvent::FqdnLearned(l) = ev {
+                        if released_by_agent {
+                            assert!(gate.release(l.id));
+                        }
+                        return *l;
+                    }
+                }
+                panic!("no FqdnLearned");
+            });
+            let a = p.handle(&q, f, &mut Upstream::default()).await;
+            let learned = agent.await.expect("agent");
+            assert_eq!(learned.names.len(), 1);
+            assert_eq!(learned.names[0].name, "allowed.example.");
+            assert_eq!(learned.names[0].ips, [Ipv4Addr::new(192, 0, 2, 1)]);
+            assert_eq!(learned.names[0].ttl, 77);
+            a
+        });
+        let m = Message::from_vec(&a.expect("an answer")).expect("well-formed");
+        assert_eq!(
+            (m.id(), m.answers().len()),
+            (31, 1),
+            "the resolver's answer, unchanged"
+        );
+        let timeouts = p
+            .engine
+            .counters
+            .dns_allow_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(timeouts, u64::from(!released_by_agent));
+    }
 }
 
 fn valid_messages() -> Vec<Vec<u8>> {

@@ -383,6 +383,23 @@ pub fn status_table(s: &LabStatus) -> String {
         ("State", s.state_dir.display().to_string()),
         ("etcd", etcd),
         (
+            "DNS",
+            format!(
+                "{} *.{} {}{}",
+                s.dns.address,
+                s.dns.domain,
+                if s.dns.answering {
+                    "answering"
+                } else {
+                    "NOT ANSWERING"
+                },
+                s.dns
+                    .pid
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_else(|| " (not running)".into())
+            ),
+        ),
+        (
             "Health",
             if s.healthy { "ok" } else { "degraded" }.to_owned(),
         ),

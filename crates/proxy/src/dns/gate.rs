@@ -14,12 +14,31 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The held answers' waiters, by FqdnLearned id.
-#[derive(Debug, Default)]
+///
+/// Ids carry the process id in their high bits ([`issuer_pid`]): during a graceful restart
+/// the supervisor sends the FqdnAllowed of the draining proxy's answers to that proxy, not to
+/// the new one, and no counter value of one proxy can release another's answer.
+#[derive(Debug)]
 pub struct AnswerGate {
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-    /// Answers released by the bounded delay instead of the agent.
-    pub timeouts: AtomicU64,
+}
+
+/// Bits of an id below the issuing proxy's pid.
+const PID_SHIFT: u32 = 40;
+
+/// The pid of the proxy that issued FqdnLearned `id`.
+pub fn issuer_pid(id: u64) -> u32 {
+    u32::try_from(id >> PID_SHIFT).unwrap_or(0)
+}
+
+impl Default for AnswerGate {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(u64::from(std::process::id()) << PID_SHIFT),
+            waiting: Mutex::default(),
+        }
+    }
 }
 
 /// One held answer.
@@ -52,11 +71,7 @@ impl AnswerGate {
     pub async fn wait(&self, ticket: Ticket, limit: Duration) -> bool {
         let released = tokio::time::timeout(limit, ticket.rx).await;
         self.lock().remove(&ticket.id);
-        let ok = matches!(released, Ok(Ok(())));
-        if !ok {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
+        matches!(released, Ok(Ok(())))
     }
 
     /// Answers held now.

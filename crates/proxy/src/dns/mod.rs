@@ -228,17 +228,20 @@ impl Meta {
 }
 
 impl DnsProxy {
-    pub(crate) fn emit(&self, ev: ProxyEvent) {
-        if self.engine.events.try_send(ev).is_err() {
+    /// Queues an event for the agent; false (and counted) when the queue is full.
+    pub(crate) fn emit(&self, ev: ProxyEvent) -> bool {
+        let sent = self.engine.events.try_send(ev).is_ok();
+        if !sent {
             self.engine
                 .counters
                 .records_lost
                 .fetch_add(1, Ordering::Relaxed);
         }
+        sent
     }
 
     fn emit_record(&self, r: DnsRecord) {
-        self.emit(ProxyEvent::Dns(Box::new(r)));
+        let _ = self.emit(ProxyEvent::Dns(Box::new(r)));
     }
 
     /// Handles one query of `flow`; returns the answer for the pod, or `None` when there is
@@ -368,18 +371,26 @@ impl DnsProxy {
                 ttl: a.ttl,
             })
             .collect();
-        self.emit(ProxyEvent::FqdnLearned(Box::new(FqdnLearned {
+        let told = self.emit(ProxyEvent::FqdnLearned(Box::new(FqdnLearned {
             id,
             endpoint: meta.endpoint,
             endpoint_ip: *meta.flow.client.ip(),
             names,
         })));
-        if !self.gate.wait(ticket, self.config.allow_timeout).await {
+        // Nobody will answer an event that never left: waiting would only delay the pod.
+        let limit = if told {
+            self.config.allow_timeout
+        } else {
+            Duration::ZERO
+        };
+        if !self.gate.wait(ticket, limit).await {
+            let counter = &self.engine.counters.dns_allow_timeouts;
+            let timeouts = counter.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(
                 id,
                 query = %q.name,
-                waited = ?self.config.allow_timeout,
-                timeouts = self.gate.timeouts.load(Ordering::Relaxed),
+                waited = ?limit,
+                timeouts,
                 "the agent did not confirm the learned addresses in time; answering anyway"
             );
         }

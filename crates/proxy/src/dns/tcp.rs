@@ -159,5 +159,5 @@ fn error_record(proxy: &DnsProxy, flow: Flow, reason: String) {
         latency_ns: 0,
         reason: Some(reason),
     };
-    proxy.emit(ProxyEvent::Dns(Box::new(r)));
+    let _ = proxy.emit(ProxyEvent::Dns(Box::new(r)));
 }

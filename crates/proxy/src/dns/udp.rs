@@ -78,9 +78,20 @@ fn recv_one(
 }
 
 /// Sockets bound (IP_TRANSPARENT) to resolvers' addresses, to answer pods from there.
+///
+/// One per resolver is kept when the resolver's address is not the node's: nothing is ever
+/// delivered to such a socket (packets for a foreign address are forwarded, and the pods'
+/// queries are assigned to the proxy's own socket), so it only sends. An address of the node
+/// (a node-local resolver) gets a socket per answer instead: kept bound beside the resolver's
+/// own socket, it could take queries meant for the resolver.
 #[derive(Debug, Default)]
 struct ReplySockets {
     by_addr: Mutex<HashMap<SocketAddrV4, Arc<UdpSocket>>>,
+}
+
+/// Whether `ip` is an address of this node (a plain socket may bind it).
+fn is_local(ip: std::net::Ipv4Addr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 impl ReplySockets {
@@ -89,23 +100,30 @@ impl ReplySockets {
         if let Some(s) = map.get(&resolver) {
             return Ok(s.clone());
         }
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        s.set_ip_transparent_v4(true)?;
-        // A resolver socket of the node itself may hold the port (with SO_REUSEADDR too).
-        s.set_reuse_address(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&SocketAddr::V4(resolver).into())?;
-        let s = Arc::new(UdpSocket::from_std(s.into())?);
+        let s = Arc::new(bind_transparent(resolver)?);
+        if is_local(*resolver.ip()) {
+            return Ok(s);
+        }
         if map.len() >= REPLY_SOCKETS {
             map.clear();
         }
         map.insert(resolver, s.clone());
         Ok(s)
     }
+}
+
+fn bind_transparent(resolver: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_ip_transparent_v4(true)?;
+    // A resolver socket of the node itself may hold the port (with SO_REUSEADDR too).
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V4(resolver).into())?;
+    UdpSocket::from_std(s.into())
 }
 
 /// Serves queries until `stop`; returns the queries still being answered. The socket stays
@@ -175,6 +193,11 @@ pub async fn serve(
                     sock.send_to(&answer, client).await
                 };
                 if let Err(e) = sent {
+                    proxy
+                        .engine
+                        .counters
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(%client, %resolver, error = %e, "answering the pod");
                 }
             }
