@@ -112,7 +112,12 @@ fn kafka_rules_on_a_brokers_ingress_are_enforced_by_the_proxy() {
     let (ok, out, err) = kcat(&client, &addr, &["-P", "-t", "orders", "-c", "1"], "o-2\n");
     assert!(ok, "{out}{err}");
     // Another topic: refused with the authorization error, which kcat reports.
-    let (_, out, err) = kcat(&client, &addr, &["-P", "-t", "payments", "-c", "1"], "p-1\n");
+    let (_, out, err) = kcat(
+        &client,
+        &addr,
+        &["-P", "-t", "payments", "-c", "1"],
+        "p-1\n",
+    );
     assert!(
         err.contains("Topic authorization failed"),
         "producing to payments:\n{out}\n{err}"

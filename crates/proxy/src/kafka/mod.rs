@@ -3,7 +3,8 @@
 //!
 //! - [`frame`]: size-prefixed frames, bounded;
 //! - [`request`]: a request's header and the topics it names;
-//! - [`deny`]: the error response the proxy answers a refused request with.
+//! - [`deny`]: the error response the proxy answers a refused request with;
+//! - [`response`]: the error code of a broker's response, for the record.
 //!
 //! Each request is judged against the redirect's rules as they are *now* (Cilium's semantics,
 //! [`ciliate_model::kafka`]); an allowed one is forwarded unchanged on the one upstream
@@ -16,6 +17,7 @@
 pub mod deny;
 pub mod frame;
 pub mod request;
+pub mod response;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -87,8 +89,12 @@ pub fn decide(redirect: &L7Redirect, remote: u32, req: &KafkaRequest) -> KafkaDe
 enum Slot {
     /// The broker connection's read side, for the slots after it.
     Upstream(OwnedReadHalf),
-    /// The broker's next response.
-    Broker { rec: KafkaRecord, start: Instant },
+    /// The broker's next response to a request of this API key.
+    Broker {
+        rec: KafkaRecord,
+        start: Instant,
+        key: i16,
+    },
     /// The proxy's refusal.
     Refusal {
         frame: Bytes,
@@ -239,7 +245,16 @@ pub async fn serve(
                     conn.error(format!("forwarding to {}: {e}", conn.meta.original_dst));
                     break;
                 }
-                if !req.no_response && slots_tx.send(Slot::Broker { rec, start }).await.is_err() {
+                if !req.no_response
+                    && slots_tx
+                        .send(Slot::Broker {
+                            rec,
+                            start,
+                            key: req.api_key,
+                        })
+                        .await
+                        .is_err()
+                {
                     break;
                 }
             }
@@ -300,13 +315,19 @@ async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut Owne
                 continue;
             }
             Slot::Refusal { frame, rec, start } => (frame, rec, start),
-            Slot::Broker { rec, start } => {
+            Slot::Broker {
+                mut rec,
+                start,
+                key,
+            } => {
                 let Some(up) = upstream.as_mut() else {
                     conn.error("no upstream connection for a forwarded request".into());
                     return;
                 };
                 match frame::read_frame(up, conn.max_frame).await {
                     Ok(Some(payload)) => {
+                        rec.error_code =
+                            response::error_code(key, rec.api_version, payload.clone());
                         let mut out = BytesMut::with_capacity(4 + payload.len());
                         out.put_u32(payload.len() as u32);
                         out.put_slice(&payload);

@@ -56,12 +56,12 @@ fn flexible(api_key: i16, version: i16) -> bool {
 }
 
 /// A cursor over the frame with Kafka's primitive types; every read is checked.
-struct Reader {
-    buf: Bytes,
-    compact: bool,
+pub(super) struct Reader {
+    pub(super) buf: Bytes,
+    pub(super) compact: bool,
 }
 
-type R<T> = Result<T, String>;
+pub(super) type R<T> = Result<T, String>;
 
 impl Reader {
     fn need(&self, n: usize, what: &str) -> R<()> {
@@ -70,24 +70,24 @@ impl Reader {
         }
         Ok(())
     }
-    fn i8(&mut self) -> R<i8> {
+    pub(super) fn i8(&mut self) -> R<i8> {
         self.need(1, "int8")?;
         Ok(self.buf.get_i8())
     }
-    fn i16(&mut self) -> R<i16> {
+    pub(super) fn i16(&mut self) -> R<i16> {
         self.need(2, "int16")?;
         Ok(self.buf.get_i16())
     }
-    fn i32(&mut self) -> R<i32> {
+    pub(super) fn i32(&mut self) -> R<i32> {
         self.need(4, "int32")?;
         Ok(self.buf.get_i32())
     }
-    fn skip(&mut self, n: usize, what: &str) -> R<()> {
+    pub(super) fn skip(&mut self, n: usize, what: &str) -> R<()> {
         self.need(n, what)?;
         self.buf.advance(n);
         Ok(())
     }
-    fn uvarint(&mut self) -> R<u32> {
+    pub(super) fn uvarint(&mut self) -> R<u32> {
         let mut v: u32 = 0;
         for shift in (0..35).step_by(7) {
             self.need(1, "varint")?;
@@ -134,7 +134,7 @@ impl Reader {
         self.nullable_string(what)?
             .ok_or_else(|| format!("{what}: null where a string is required"))
     }
-    fn skip_string(&mut self, what: &str) -> R<()> {
+    pub(super) fn skip_string(&mut self, what: &str) -> R<()> {
         if let Some(n) = self.len(what)? {
             self.buf.advance(n);
         }
@@ -153,7 +153,7 @@ impl Reader {
         Ok(())
     }
     /// An array's element count (`None`: null); at most one element per byte left.
-    fn array(&mut self, what: &str) -> R<Option<usize>> {
+    pub(super) fn array(&mut self, what: &str) -> R<Option<usize>> {
         let n: i64 = if self.compact {
             i64::from(self.uvarint()?) - 1
         } else {
@@ -161,7 +161,7 @@ impl Reader {
         };
         self.checked_len(n, what)
     }
-    fn tagged_fields(&mut self) -> R<()> {
+    pub(super) fn tagged_fields(&mut self) -> R<()> {
         if !self.compact {
             return Ok(());
         }
