@@ -50,6 +50,8 @@ pub struct AppState {
     pub services: Arc<ServiceManager>,
     /// The network policies.
     pub policies: Arc<PolicyManager>,
+    /// The FQDN cache (names learned from DNS answers, for `toFQDNs`).
+    pub fqdn: Arc<crate::fqdn::FqdnManager>,
     /// The cluster, when the node is part of one.
     pub cluster: Option<Arc<crate::cluster::ClusterMember>>,
     /// Outcome of the last conntrack GC pass.
@@ -225,6 +227,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bpf/endpoints", get(bpf_endpoints))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/monitor", get(monitor))
+        .route(
+            "/v1/fqdn/cache",
+            get(list_fqdn_cache).delete(clean_fqdn_cache),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .route_layer(middleware::from_fn_with_state(
@@ -667,6 +673,51 @@ async fn trace_policy(
     })
     .await??;
     Ok(Json(trace).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct FqdnParams {
+    /// A name or a pattern (`*` within one label) the names must match.
+    matchpattern: Option<String>,
+}
+
+/// The `?matchpattern=` of the FQDN cache calls, checked as a `toFQDNs` pattern.
+fn fqdn_filter(
+    query: Result<Query<FqdnParams>, QueryRejection>,
+) -> Result<Option<ciliate_model::fqdn::FqdnMatcher>, ApiFailure> {
+    let Query(q) = query.map_err(|e| {
+        ApiFailure::invalid(format!(
+            "{}; use ?matchpattern=<name or pattern>",
+            e.body_text()
+        ))
+    })?;
+    q.matchpattern
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            ciliate_model::fqdn::FqdnMatcher::new(None, Some(&p))
+                .map_err(|e| ApiFailure::invalid(format!("matchpattern: {e}")))
+        })
+        .transpose()
+}
+
+async fn list_fqdn_cache(
+    State(s): State<AppState>,
+    query: Result<Query<FqdnParams>, QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let filter = fqdn_filter(query)?;
+    let list = blocking(move || s.fqdn.list(filter.as_ref())).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn clean_fqdn_cache(
+    State(s): State<AppState>,
+    query: Result<Query<FqdnParams>, QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let filter = fqdn_filter(query)?;
+    let cleaned = blocking(move || s.fqdn.clean(filter.as_ref()))
+        .await?
+        .map_err(ApiFailure::internal)?;
+    Ok(Json(cleaned).into_response())
 }
 
 async fn bpf_policy(

@@ -305,6 +305,16 @@ pub struct Args {
     #[arg(long, env = "CILIATE_NO_L7_PROXY")]
     pub no_l7_proxy: bool,
 
+    /// The shortest time an address learned from a DNS answer stays allowed for `toFQDNs`
+    /// rules, whatever TTL the answer gave (Cilium's default).
+    #[arg(long, env = "CILIATE_TOFQDNS_MIN_TTL", value_name = "SECONDS", default_value_t = crate::fqdn::cache::DEFAULT_MIN_TTL)]
+    pub tofqdns_min_ttl: u32,
+
+    /// The most addresses each endpoint keeps per name learned from DNS answers; the ones
+    /// that expire first go (Cilium's default).
+    #[arg(long, env = "CILIATE_TOFQDNS_MAX_IPS_PER_HOSTNAME", value_name = "N", default_value_t = crate::fqdn::cache::DEFAULT_MAX_IPS_PER_HOSTNAME, value_parser = parse_max_ips)]
+    pub tofqdns_max_ips_per_hostname: usize,
+
     /// Flow observability (the Hubble-compatible observer).
     #[command(flatten)]
     pub observer: crate::observer::ObserverArgs,
@@ -330,6 +340,10 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// Seconds between conntrack GC passes.
     pub ct_gc_interval_seconds: u64,
+    /// `--tofqdns-min-ttl`, seconds.
+    pub tofqdns_min_ttl: u32,
+    /// `--tofqdns-max-ips-per-hostname`.
+    pub tofqdns_max_ips_per_hostname: usize,
     /// The manifest directory, if any.
     pub manifest_dir: Option<PathBuf>,
     /// The Kubernetes API as a source, when enabled.
@@ -518,6 +532,8 @@ impl Config {
             datapath: parsed.datapath,
             mtu: parsed.mtu,
             ct_gc_interval_seconds: parsed.ct_gc_interval,
+            tofqdns_min_ttl: parsed.tofqdns_min_ttl,
+            tofqdns_max_ips_per_hostname: parsed.tofqdns_max_ips_per_hostname,
             manifest_dir: parsed.manifest_dir,
             kubernetes: (parsed.k8s || parsed.k8s_kubeconfig.is_some()).then_some(
                 KubernetesConfig {
@@ -535,6 +551,17 @@ impl Config {
             proxy_bin: (!parsed.no_l7_proxy)
                 .then(|| parsed.proxy_bin.unwrap_or_else(default_proxy_bin)),
         })
+    }
+
+    /// The FQDN cache's settings.
+    pub fn fqdn_settings(&self) -> crate::fqdn::FqdnSettings {
+        crate::fqdn::FqdnSettings {
+            limits: crate::fqdn::cache::CacheLimits {
+                min_ttl: self.tofqdns_min_ttl,
+                max_ips_per_hostname: self.tofqdns_max_ips_per_hostname,
+            },
+            zombie_check: std::time::Duration::from_secs(self.ct_gc_interval_seconds),
+        }
     }
 
     /// This node's state directory: `<state_dir>/<node_name>`.
@@ -675,6 +702,13 @@ fn parse_node_ip(s: &str) -> Result<Ipv4Addr, String> {
         )),
         Ok(IpAddr::V6(a)) => Err(format!("{a} is IPv6; the datapath is IPv4-only")),
         Err(_) => Err(format!("{s:?} is not an IPv4 address, e.g. 192.168.1.10")),
+    }
+}
+
+fn parse_max_ips(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a count of at least 1")),
     }
 }
 
@@ -882,6 +916,23 @@ mod tests {
     }
 
     #[test]
+    fn fqdn_limits_from_flags_and_environment() {
+        let c = parse(
+            &["--tofqdns-min-ttl", "60"],
+            &env(&[("CILIATE_TOFQDNS_MAX_IPS_PER_HOSTNAME", "5")]),
+        )
+        .expect("parses");
+        assert_eq!(c.fqdn_settings().limits.min_ttl, 60);
+        assert_eq!(c.fqdn_settings().limits.max_ips_per_hostname, 5);
+        assert_eq!(c.fqdn_settings().zombie_check.as_secs(), 30);
+        let err = parse(&["--tofqdns-max-ips-per-hostname", "0"], &env(&[]))
+            .expect_err("0 is refused")
+            .to_string();
+        assert!(err.contains("tofqdns-max-ips-per-hostname"), "{err}");
+        assert!(parse(&["--tofqdns-min-ttl", "-1"], &env(&[])).is_err());
+    }
+
+    #[test]
     fn defaults() {
         let c = parse(&[], &env(&[])).expect("defaults parse");
         assert_eq!(c.node_name, "node-a");
@@ -897,6 +948,10 @@ mod tests {
         assert_eq!(c.mtu, None, "follows the uplink");
         assert_eq!(c.uplink_address(), None);
         assert_eq!(c.ct_gc_interval_seconds, 30);
+        assert_eq!(
+            (c.tofqdns_min_ttl, c.tofqdns_max_ips_per_hostname),
+            (3600, 50)
+        );
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.manifest_dir, None);

@@ -25,6 +25,7 @@ pub mod cni_install;
 pub mod config;
 pub mod endpoints;
 pub mod endpoints_watch;
+pub mod fqdn;
 pub mod gc;
 pub mod identity;
 pub mod ipam;

@@ -16,7 +16,11 @@
 //! [`crate::l7::L7State`] and pushed to the proxy as they change, before the datapath starts
 //! sending connections there (see [`PolicyManager::attach_l7_sink`]).
 //!
-//! What a policy parses but does not enforce yet (Kafka and DNS rules, toFQDNs, toServices,
+//! DNS rules redirect port 53 to the proxy's DNS listener the same way; `toFQDNs` select the
+//! CIDR identities of the addresses the FQDN cache ([`crate::fqdn`]) holds, which
+//! [`PolicyManager::update_fqdn`] puts in force for the endpoints a learned answer touches.
+//!
+//! What a policy parses but does not enforce yet (Kafka rules, toServices,
 //! authentication) is a warning: returned with the answer, logged, listed by
 //! `GET /v1/policies`; never silently dropped, never a reason to allow more.
 //!
@@ -893,6 +897,135 @@ impl PolicyManager {
             revision,
         );
         self.datapath.set_endpoint_policy(spec, &policy)
+    }
+
+    /// Puts a restored FQDN cache in the engine before the first reconciliation, keeping the
+    /// CIDR identity numbers the pinned ipcache gives its addresses.
+    pub fn restore_fqdn(&self, names: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        let ips: BTreeSet<Ipv4Addr> = names.values().flatten().copied().collect();
+        let pinned = match self.datapath.ipcache() {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %e, "cannot read the ipcache; learned FQDN addresses may be renumbered");
+                Vec::new()
+            }
+        };
+        let adopt = pinned
+            .into_iter()
+            .filter(|e| e.prefix.prefix_len() == 32 && ips.contains(&e.prefix.addr()))
+            .map(|e| ciliate_model::policy::IpcacheEntry {
+                prefix: ipnet::IpNet::V4(e.prefix),
+                identity: e.identity,
+            });
+        let _docs = lock(&self.docs);
+        let mut engine = lock(&self.engine);
+        engine.adopt_cidr_identities(adopt);
+        engine.set_fqdn_names(names);
+    }
+
+    /// The addresses the FQDN cache holds for `name` (normalized), as policy sees them.
+    pub fn fqdn_ips(&self, name: &str) -> Vec<Ipv4Addr> {
+        lock(&self.engine)
+            .fqdn_ips(name)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sets the addresses of the FQDN cache's changed names (none: forgotten) and writes the
+    /// policy of the endpoints that can see the change (see
+    /// [`ciliate_policy::Resolved::fqdn_affects`]), the ipcache's new prefixes first. Returns
+    /// how many endpoints were written. Names no `toFQDNs` selects change no map.
+    pub fn update_fqdn(
+        &self,
+        changes: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+        node: impl FnOnce() -> NodeEndpoints,
+    ) -> Result<usize, String> {
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        // The docs lock keeps a batch that copies the engine from swapping in a copy without
+        // these names.
+        let _docs = lock(&self.docs);
+        let _serial = lock(&self.reconcile_lock);
+        let (names, ips) = {
+            let mut engine = lock(&self.engine);
+            let mut names = BTreeSet::new();
+            let mut ips = BTreeSet::new();
+            for (name, next) in changes {
+                let before = engine.fqdn_ips(name).cloned().unwrap_or_default();
+                if engine.set_fqdn_name(name, next.clone()) && engine.fqdn_selected(name) {
+                    names.insert(name.clone());
+                    ips.extend(before.symmetric_difference(next).copied());
+                }
+            }
+            (names, ips)
+        };
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let node = node();
+        let identities = self.with_cluster_identities(&node.identities);
+        let (policies, cidr) = {
+            let mut engine = lock(&self.engine);
+            let resolved = engine.resolve(&identities, &node.named_ports);
+            let mut policies: BTreeMap<NumericIdentity, Option<(_, Vec<L7Redirect>)>> =
+                BTreeMap::new();
+            for ep in &node.endpoints {
+                policies.entry(ep.identity).or_insert_with(|| {
+                    resolved.fqdn_affects(ep.identity, &names, &ips).then(|| {
+                        let result = resolved.endpoint_policy(ep.identity);
+                        (resolved.to_map(&result), result.redirects)
+                    })
+                });
+            }
+            (policies, resolved.ipcache4())
+        };
+        let want = self.ipcache(cidr);
+        // New prefixes first, as in a reconciliation; gone ones after the policies.
+        let old = self
+            .datapath
+            .ipcache()
+            .map_err(|e| format!("cannot read the ipcache: {e}"))?;
+        let mut union: BTreeMap<Ipv4Net, bpf_policy::IpcacheEntry> =
+            old.iter().map(|e| (e.prefix, e.clone())).collect();
+        union.extend(want.iter().map(|e| (e.prefix, e.clone())));
+        let union: Vec<_> = union.into_values().collect();
+        if union != old {
+            self.datapath
+                .sync_ipcache(&union)
+                .map_err(|e| format!("cannot write the ipcache: {e}"))?;
+        }
+        let mut written = 0;
+        let mut errors = Vec::new();
+        for ep in &node.endpoints {
+            let Some(Some((policy, redirects))) = policies.get(&ep.identity) else {
+                continue;
+            };
+            lock(&self.l7).set_endpoint(
+                ep.id,
+                ciliate_policy::l7::for_endpoint(redirects, ep.id, ep.ipv4),
+                generation,
+            );
+            match self.datapath.set_endpoint_policy(ep, policy) {
+                Ok(_) => written += 1,
+                Err(e) => errors.push(format!(
+                    "cannot write the policy of endpoint {} ({}): {e}",
+                    ep.id, ep.ifname
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            // The next reconciliation retries the whole node.
+            lock(&self.health).reconcile_error = Some(errors.join("; "));
+            return Err(errors.join("; "));
+        }
+        if union != want {
+            self.datapath
+                .sync_ipcache(&want)
+                .map_err(|e| format!("cannot write the ipcache: {e}"))?;
+        }
+        Ok(written)
     }
 
     /// Attaches the L7 proxy's side (the proxy supervisor): `sink` receives a

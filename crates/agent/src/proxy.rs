@@ -2,6 +2,10 @@
 //! supervisor (crates/proxy), the proxy's HTTP, DNS and Kafka records become L7 flows in the
 //! observer, and its state reaches `status`.
 //!
+//! An allowed DNS answer the proxy holds ([`ProxyEvent::FqdnLearned`]) goes to the FQDN cache
+//! ([`crate::fqdn`]) on a blocking thread; once its addresses are in the maps the proxy is told
+//! [`ProxyCommand::FqdnAllowed`] through the same queue as the policy's commands.
+//!
 //! The proxy starts with the first redirect (a node without HTTP rules runs no proxy), or at
 //! once when an earlier agent left one running (the supervisor adopts it, so traffic never
 //! stops across an agent restart). The agent going away leaves the proxy serving: the
@@ -16,6 +20,7 @@ use ciliate_proxy::supervisor::{Supervisor, SupervisorConfig};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::fqdn::FqdnManager;
 use crate::l7::ProxyHealth;
 use crate::policy::PolicyManager;
 
@@ -54,9 +59,11 @@ pub fn spawn(
     settings: ProxySettings,
     policies: Arc<PolicyManager>,
     observer: Option<Arc<Observer>>,
+    fqdn: Option<Arc<FqdnManager>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut commands) = mpsc::unbounded_channel::<ProxyCommand>();
+    let acks = tx.clone();
     policies.attach_l7_sink(Box::new(tx));
     tokio::spawn(async move {
         let mut supervisor: Option<Supervisor> = None;
@@ -83,6 +90,9 @@ pub fn spawn(
                     }
                 }
                 ev = next_event(&mut events) => match ev {
+                    Some(ProxyEvent::FqdnLearned(learned)) => {
+                        allow_learned(*learned, fqdn.clone(), acks.clone());
+                    }
                     Some(ev) => handle_event(ev, supervisor.as_ref(), &policies, observer.as_deref()),
                     None => events = None,
                 },
@@ -91,6 +101,27 @@ pub fn spawn(
         // Dropping the supervisor leaves the proxy serving for the next agent to adopt.
         drop(supervisor);
     })
+}
+
+/// Puts a learned answer's addresses in force, then lets the proxy release the answer. Without
+/// an FQDN cache (never in the agent; tests) the answer is released at once.
+pub fn allow_learned(
+    learned: ciliate_model::l7::FqdnLearned,
+    fqdn: Option<Arc<FqdnManager>>,
+    acks: mpsc::UnboundedSender<ProxyCommand>,
+) {
+    let id = learned.id;
+    let Some(fqdn) = fqdn else {
+        let _ = acks.send(ProxyCommand::FqdnAllowed { id });
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        // On an error the datapath refuses what policy lacks; holding the answer would only
+        // make the pod retry.
+        let _ = fqdn.learned(&learned);
+        drop(fqdn);
+        let _ = acks.send(ProxyCommand::FqdnAllowed { id });
+    });
 }
 
 async fn next_event(events: &mut Option<broadcast::Receiver<ProxyEvent>>) -> Option<ProxyEvent> {
@@ -173,7 +204,7 @@ fn handle_event(
             }
         }
         ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
-        // Learned names (#13) are handled as that work lands.
+        // Learned names never come here: spawn hands them to the FQDN cache.
         ProxyEvent::FqdnLearned(_) => {}
     }
     if let Some(s) = supervisor {

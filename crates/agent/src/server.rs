@@ -229,6 +229,9 @@ pub enum AgentError {
     /// A start-up step panicked.
     #[error("start-up failed unexpectedly: {0}")]
     Panicked(String),
+    /// The saved FQDN cache could not be read.
+    #[error("FQDN cache: {0}")]
+    Fqdn(String),
     /// The CNI plugin could not be installed (`--write-cni-conf`, `--install-cni-bin`).
     #[error(transparent)]
     CniInstall(#[from] crate::cni_install::InstallError),
@@ -426,6 +429,25 @@ async fn run_inner(
         );
     }
     manager.attach_policy(Arc::clone(&policies));
+    // The learned names before the first reconciliation: a restart never drops an address a
+    // pod was allowed to reach.
+    let fqdn = {
+        let settings = config.fqdn_settings();
+        let dir = config.node_state_dir();
+        let (p, dp, m) = (
+            Arc::clone(&policies),
+            Arc::clone(&datapath),
+            Arc::clone(&manager),
+        );
+        let node: crate::fqdn::NodeView = Box::new(move || m.policy_snapshot());
+        let fqdn = tokio::task::spawn_blocking(move || {
+            crate::fqdn::FqdnManager::open(settings, &dir, p, dp, node)
+        })
+        .await
+        .map_err(|e| AgentError::Panicked(e.to_string()))?
+        .map_err(|e| AgentError::Fqdn(e.to_string()))?;
+        Arc::new(fqdn)
+    };
     // Kubernetes mode: endpoints of pods take their labels from the Pod objects.
     let pod_cache = kube.as_ref().map(|_| {
         let cache = Arc::new(crate::pods::PodCache::new());
@@ -510,6 +532,7 @@ async fn run_inner(
         shutdown.clone(),
     ));
     let ct_gc = Arc::new(CtGcHealth::default());
+    let fqdn_task = tokio::spawn(Arc::clone(&fqdn).run(shutdown.clone()));
     let gc_task = tokio::spawn(gc::run_ct_gc(
         Arc::clone(&datapath),
         Duration::from_secs(config.ct_gc_interval_seconds),
@@ -548,6 +571,7 @@ async fn run_inner(
         manager: Arc::clone(&manager),
         services: Arc::clone(&services),
         policies,
+        fqdn: Arc::clone(&fqdn),
         cluster: cluster_member,
         ct_gc,
         api_metrics: Arc::default(),
@@ -577,6 +601,7 @@ async fn run_inner(
             settings,
             proxy_policies,
             Some(observer),
+            Some(Arc::clone(&fqdn)),
             shutdown.clone(),
         ));
     }
@@ -584,6 +609,7 @@ async fn run_inner(
     info!(socket = %socket.display(), elapsed_ms = started.elapsed().as_millis() as u64, "serving the API");
     let served = serve(listener, app, shutdown).await;
     gc_task.abort();
+    fqdn_task.abort();
     watch_task.abort();
     observer_tasks
         .iter()

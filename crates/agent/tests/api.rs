@@ -25,6 +25,7 @@ struct Harness {
     app: Router,
     dp: Arc<FakeDatapath>,
     policies: Arc<PolicyManager>,
+    fqdn: Arc<ciliate_agent::fqdn::FqdnManager>,
     _shutdown: watch::Sender<bool>,
     _tmp: tempfile::TempDir,
 }
@@ -85,6 +86,17 @@ fn harness_with(cidr: &str) -> Harness {
     let manager = Arc::new(manager);
     services.attach_policy(Arc::clone(&policies));
     manager.attach_policy(Arc::clone(&policies));
+    let view = Arc::clone(&manager);
+    let fqdn = Arc::new(
+        ciliate_agent::fqdn::FqdnManager::open(
+            config.fqdn_settings(),
+            &config.node_state_dir(),
+            Arc::clone(&policies),
+            dp.clone(),
+            Box::new(move || view.policy_snapshot()),
+        )
+        .expect("fqdn cache"),
+    );
     manager.reconcile_policy().expect("reconciles");
     let (tx, rx) = watch::channel(false);
     let app = router(AppState {
@@ -92,6 +104,7 @@ fn harness_with(cidr: &str) -> Harness {
         manager,
         services: Arc::new(services),
         policies: Arc::clone(&policies),
+        fqdn: Arc::clone(&fqdn),
         cluster: None,
         api_metrics: Default::default(),
         ct_gc: Arc::new(CtGcHealth::default()),
@@ -102,6 +115,7 @@ fn harness_with(cidr: &str) -> Harness {
         app,
         dp,
         policies,
+        fqdn,
         _shutdown: tx,
         _tmp: tmp,
     }
@@ -1248,4 +1262,53 @@ async fn bpf_endpoints_ipcache_and_nodes() {
     assert_eq!(nodes[0]["local"], true);
     assert_eq!(nodes[0]["podCidr"], "10.200.0.0/24");
     assert!(nodes[0].get("underlayIp").is_none(), "{nodes}");
+}
+
+#[tokio::test]
+async fn fqdn_cache_list_and_clean() {
+    let h = harness();
+    let (s, list) = h.get("/v1/fqdn/cache").await;
+    assert_eq!((s, list), (StatusCode::OK, json!([])));
+    for (i, name) in ["a.s3.example.com.", "api.example.com."].iter().enumerate() {
+        h.fqdn
+            .learned(&ciliate_model::l7::FqdnLearned {
+                id: i as u64,
+                endpoint: 7,
+                endpoint_ip: Ipv4Addr::new(10, 200, 0, 7),
+                names: vec![ciliate_model::l7::FqdnAnswer {
+                    name: (*name).into(),
+                    ips: vec![Ipv4Addr::new(192, 0, 2, i as u8 + 1)],
+                    ttl: 30,
+                }],
+            })
+            .expect("learned");
+    }
+    let (s, list) = h.get("/v1/fqdn/cache").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    assert_eq!(list[0]["name"], "a.s3.example.com.");
+    assert_eq!(list[0]["ips"], json!(["192.0.2.1"]));
+    assert_eq!(list[0]["endpoints"], json!([7]));
+    assert_eq!(list[0]["ttl"], 30);
+    // --tofqdns-min-ttl (3600 by default) applies.
+    assert!(list[0]["ttlLeft"].as_u64().is_some_and(|t| t > 3500));
+    let (_, one) = h.get("/v1/fqdn/cache?matchpattern=*.s3.example.com").await;
+    assert_eq!(one.as_array().map(Vec::len), Some(1));
+    assert_error(
+        &h.get("/v1/fqdn/cache?matchpattern=**.example.com").await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    let (s, cleaned) = h
+        .call(
+            Method::DELETE,
+            "/v1/fqdn/cache?matchpattern=*.s3.example.com",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(cleaned, json!({"names": 1, "entries": 1}));
+    let (_, cleaned) = h.call(Method::DELETE, "/v1/fqdn/cache", None).await;
+    assert_eq!(cleaned, json!({"names": 1, "entries": 1}));
+    assert_eq!(h.get("/v1/fqdn/cache").await.1, json!([]));
 }

@@ -154,6 +154,19 @@ pub enum Command {
     )]
     Identity(IdentityCommand),
 
+    /// Show and clean the names learned from DNS answers (toFQDNs)
+    #[command(
+        subcommand,
+        long_about = "The agent's FQDN cache: the names the DNS proxy's allowed answers \
+            taught, with their addresses, as `toFQDNs` rules allow them, like `cilium fqdn \
+            cache`.",
+        after_help = "Examples:\n  \
+            ciliate fqdn cache list\n  \
+            ciliate fqdn cache list --matchpattern '*.example.com' -o json\n  \
+            ciliate fqdn cache clean --matchpattern api.example.com"
+    )]
+    Fqdn(FqdnCommand),
+
     /// Look into the datapath's BPF maps
     #[command(
         subcommand,
@@ -368,6 +381,53 @@ pub enum EndpointCommand {
     },
 }
 
+/// `ciliate fqdn ...`
+#[derive(Debug, Subcommand)]
+pub enum FqdnCommand {
+    /// The FQDN cache
+    #[command(subcommand)]
+    Cache(FqdnCacheCommand),
+}
+
+/// `ciliate fqdn cache ...`
+#[derive(Debug, Subcommand)]
+pub enum FqdnCacheCommand {
+    /// List the names learned from DNS answers
+    #[command(
+        visible_alias = "ls",
+        long_about = "List the names learned from the DNS proxy's allowed answers: NAME, \
+            IPS, TTL (as the last answer gave it), TTL LEFT (seconds until the last address \
+            expires, with --tofqdns-min-ttl applied) and ENDPOINTS (the endpoint ids that \
+            asked). An address kept past its expiry for a connection still open is marked \
+            (zombie).",
+        after_help = "Examples:\n  \
+            ciliate fqdn cache list\n  \
+            ciliate fqdn cache list --matchpattern '*.s3.example.com'\n  \
+            ciliate fqdn cache list -o jsonpath='{.items[*].name}'"
+    )]
+    List {
+        /// Only names this matches: a name, or a pattern with `*` within one label.
+        #[arg(long, value_name = "PATTERN")]
+        matchpattern: Option<String>,
+    },
+
+    /// Forget names learned from DNS answers
+    #[command(
+        long_about = "Forget the names learned from DNS answers (all, or those --matchpattern \
+            matches), as `cilium fqdn cache clean`: their addresses leave the policy maps at \
+            once, so pods need a new DNS answer before they reach them again. Prints how many \
+            names and entries went.",
+        after_help = "Examples:\n  \
+            ciliate fqdn cache clean\n  \
+            ciliate fqdn cache clean --matchpattern '*.example.com'"
+    )]
+    Clean {
+        /// Only names this matches: a name, or a pattern with `*` within one label.
+        #[arg(long, value_name = "PATTERN")]
+        matchpattern: Option<String>,
+    },
+}
+
 /// `ciliate identity ...`
 #[derive(Debug, Subcommand)]
 pub enum IdentityCommand {
@@ -502,7 +562,7 @@ pub enum PolicyCommand {
             file, document, field and reason (exit code 1). When the command returns, the \
             policies are in force on every endpoint; the last line is the node's policy \
             revision that holds them (`Revision: N`, for `ciliate policy wait`).\n\n\
-            Fields parsed but not enforced yet (DNS rules, toFQDNs, toServices, \
+            Fields parsed but not enforced yet (toServices, \
             authentication) \
             are reported as warnings on standard error; the rest of the policy is enforced, \
             never more permissively than written.",
@@ -578,6 +638,10 @@ pub enum PolicyCommand {
             lists the HTTP rules in force there; with --http-method and --http-path it says \
             which rule (policy, rule and rules.http index) allows that request, or that none \
             does and the proxy answers 403 Forbidden (then the verdict is DENIED).\n\n\
+            --dst-fqdn NAME instead of --dst traces to every address the FQDN cache holds for \
+            NAME (what DNS answers taught; `ciliate fqdn cache list`), one verdict per \
+            address; with none learned yet it says so and the verdict is DENIED (toFQDNs \
+            allows nothing before an answer).\n\n\
             Exit codes, for scripts: 0 allowed, 1 denied, 2 could not trace (usage error, \
             unknown pod, agent unreachable).",
         after_help = "Examples:\n  \
@@ -587,6 +651,7 @@ pub enum PolicyCommand {
             ciliate policy trace --src default/web --dst 203.0.113.9 --dport 8/icmp -o json\n  \
             ciliate policy trace --src default/client --dst default/server --dport 80 \\\n      \
             --http-method GET --http-path /api -H 'X-Token: t'\n  \
+            ciliate policy trace --src default/client --dst-fqdn api.example.com --dport 443\n  \
             ciliate policy trace --src a --dst b --dport 80 >/dev/null && echo allowed"
     )]
     Trace(TraceArgs),
@@ -649,15 +714,23 @@ pub struct PolicyDeleteArgs {
 }
 
 /// Arguments of `ciliate policy trace`.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct TraceArgs {
     /// The source: pod (ns/name), endpoint or container id, IPv4 address, or labels.
     #[arg(long, value_name = "POD|LABELS|IP")]
     pub src: String,
 
     /// The destination: pod (ns/name), endpoint or container id, IPv4 address, or labels.
-    #[arg(long, value_name = "POD|LABELS|IP")]
-    pub dst: String,
+    #[arg(
+        long,
+        value_name = "POD|LABELS|IP",
+        required_unless_present = "dst_fqdn"
+    )]
+    pub dst: Option<String>,
+
+    /// The destination as a DNS name: every address the FQDN cache holds for it.
+    #[arg(long, value_name = "NAME", conflicts_with = "dst")]
+    pub dst_fqdn: Option<String>,
 
     /// Destination port and protocol (tcp when omitted; udp, sctp, or icmp with the ICMP type
     /// as the port), e.g. 8080, 53/udp, 8/icmp.

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ciliate_model::api::{
-    ApiError, CtEntry, EndpointCreateRequest, EndpointCreated, EndpointDeleted, GcRequest,
-    GcResult, Health, Status,
+    ApiError, CtEntry, EndpointCreateRequest, EndpointCreated, EndpointDeleted, FqdnCacheCleaned,
+    FqdnCacheEntry, GcRequest, GcResult, Health, Status,
 };
 use ciliate_model::lb::LbState;
 use ciliate_model::manifest::{ApplyRequest, ApplyResult};
@@ -267,6 +267,25 @@ impl Client {
     /// `GET /v1/bpf/ct`: the connection-tracking table.
     pub async fn ct_entries(&self) -> Result<Vec<CtEntry>, ClientError> {
         self.get("/v1/bpf/ct").await
+    }
+
+    /// `GET /v1/fqdn/cache[?matchpattern=]`: the names learned from DNS answers, with their
+    /// addresses; `pattern` (a name, or `*` within a label) keeps the names it matches.
+    pub async fn fqdn_cache(
+        &self,
+        pattern: Option<&str>,
+    ) -> Result<Vec<FqdnCacheEntry>, ClientError> {
+        self.get(&fqdn_path(pattern)).await
+    }
+
+    /// `DELETE /v1/fqdn/cache[?matchpattern=]`: forgets the names (all, or those `pattern`
+    /// matches); their addresses leave the policy maps.
+    pub async fn fqdn_cache_clean(
+        &self,
+        pattern: Option<&str>,
+    ) -> Result<FqdnCacheCleaned, ClientError> {
+        self.call(Method::DELETE, &fqdn_path(pattern), None::<&()>)
+            .await
     }
 
     /// `POST /v1/manifests`: applies (or, with `delete`, deletes) Kubernetes objects, all
@@ -595,6 +614,13 @@ impl Ndjson {
         self.done = true;
         self.buf.clear();
         Err(ClientError::Protocol(message))
+    }
+}
+
+fn fqdn_path(pattern: Option<&str>) -> String {
+    match pattern {
+        Some(p) => format!("/v1/fqdn/cache?matchpattern={}", encode_segment(p)),
+        None => "/v1/fqdn/cache".to_owned(),
     }
 }
 

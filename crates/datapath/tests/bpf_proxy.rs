@@ -587,6 +587,50 @@ fn a_service_connection_goes_to_the_proxy_as_its_backend_and_replies_are_rev_nat
     assert_checksums(&out);
 }
 
+/// DNS to a Service (a cluster's resolver behind a ClusterIP): the query goes to the DNS proxy
+/// as the backend's, and the proxy's answer from the backend's address reaches the pod from the
+/// Service's address, as its stub resolver asked.
+#[test]
+fn a_udp_query_to_a_service_goes_to_the_proxy_as_its_backend_and_the_answer_is_rev_natted() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_lb(&service(&[POD_B], None, L4Proto::Udp));
+    h.set_policy_a(
+        &egress_policy(vec![with_proxy(
+            rule(ID_B, true, Some(17), 8080, 16, false),
+            PROXY_PORT_UNUSED,
+        )]),
+        0,
+    );
+    let (v, out, _) = run_ctx(&h, "from_container", &udp(POD_A, 40060, VIP, 80), 0);
+    assert_eq!(v, TC_ACT_SHOT, "no proxy socket");
+    assert_eq!(drops(&mut h), vec![abi::DROP_PROXY_LOOKUP_FAILED]);
+    assert_eq!(
+        dst_of(&out),
+        (POD_B, 8080),
+        "judged and sent as the backend"
+    );
+    let e = h
+        .ct(key(POD_A, 40060, POD_B, 8080, 17, abi::CT_EGRESS))
+        .expect("tracked as the backend");
+    assert_eq!(e.state & abi::ct_state::TO_PROXY, abi::ct_state::TO_PROXY);
+    assert_eq!(e.rev_nat_index, 5);
+    // With a real checksum, so that the reverse NAT's incremental fix-up can be checked.
+    let mut answer = udp(POD_B, 8080, POD_A, 40060);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&answer[26..34]);
+    pseudo.extend_from_slice(&[0, 17, 0, 12]);
+    pseudo.extend_from_slice(&answer[34..46]);
+    let c = csum(&pseudo);
+    answer[34 + 6..34 + 8].copy_from_slice(&c.to_be_bytes());
+    answer[0..6].copy_from_slice(&MAC_A);
+    answer[6..12].copy_from_slice(&HOST_MAC_A);
+    let (v, out, _) = run_ctx(&h, "to_container", &answer, 0);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(src_of(&out), (VIP, 80), "the Service's address");
+    assert_checksums(&out);
+}
+
 /// The ingress proxy's answer to an upstream connection another proxy opened from pod A's
 /// address (both on this node) comes from the node's stack towards A: it belongs to that
 /// proxy's socket, so to_container sends it back in through the veth's ingress to be

@@ -83,6 +83,11 @@ fn running_from(bin_dir: &Path) -> std::collections::BTreeMap<u32, String> {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn quick(script: &str) {
+    quick_with(script, &[]);
+}
+
+/// [`quick`] with more arguments after `--quick`.
+fn quick_with(script: &str, extra: &[&str]) {
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -94,6 +99,7 @@ fn quick(script: &str) {
     let child = Command::new("bash")
         .arg(repo().join("bench").join(script))
         .arg("--quick")
+        .args(extra)
         .env("CILIATE_BIN_DIR", &bin_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -162,7 +168,7 @@ fn installed(tool: &str, what: &str) -> bool {
     if found {
         return true;
     }
-    let why = format!("{tool} is not installed (apt-get install -y wrk nginx)");
+    let why = format!("{tool} is not installed (scripts/install-deps installs it)");
     if ciliate_testutil::privileged_required() {
         panic!("{what} cannot run: {why} and CILIATE_REQUIRE_PRIVILEGED=1");
     }
@@ -177,6 +183,16 @@ fn l7_quick() {
         return;
     }
     quick("l7.sh");
+}
+
+#[test]
+fn dns_quick() {
+    privileged!();
+    if !installed("dnsperf", "bench/dns.sh") || !installed("dnsmasq", "bench/dns.sh") {
+        return;
+    }
+    // The proxied path needs `rules.dns` compiled into redirects (issue #13's FQDN work).
+    quick_with("dns.sh", &["--paths", "direct"]);
 }
 
 // Not in CI yet: one run in three on this kind of machine, an agent stopped mid-script (SIGTERM

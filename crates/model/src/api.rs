@@ -28,6 +28,8 @@
 //! | `GET /v1/monitor[?type=]`        | → a stream of `MonitorEvent`, one JSON per line; type = drop, trace or policy-verdict |
 //! | `GET /v1/endpoints/{cid}?ifname=` | → `Endpoint` of one CNI attachment (container id, interface); cid never read as an id |
 //! | `DELETE /v1/endpoints/{cid}?ifname=` | → [`EndpointDeleted`]: only that attachment (idempotent); without `ifname` a container with several attachments is a 409 `conflict` |
+//! | `GET /v1/fqdn/cache[?matchpattern=]` | → `[`[`FqdnCacheEntry`]`]`: names learned from DNS answers |
+//! | `DELETE /v1/fqdn/cache[?matchpattern=]` | → [`FqdnCacheCleaned`]: forgets them (all, or the names the pattern matches) |
 //!
 //! Errors answer with a 4xx/5xx status and an [`ApiError`] body. The policy answers are in
 //! [`crate::policy_api`].
@@ -301,6 +303,36 @@ pub struct GcRequest {
 pub struct GcResult {
     /// The endpoints removed (the caller deletes their host veths).
     pub removed: Vec<Endpoint>,
+}
+
+/// One name of the agent's FQDN cache (`ciliate fqdn cache list`): the addresses DNS answers
+/// gave it, which `toFQDNs` rules allow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FqdnCacheEntry {
+    /// Lower-case, with the trailing dot.
+    pub name: String,
+    /// The addresses, of every endpoint that asked.
+    pub ips: Vec<Ipv4Addr>,
+    /// Seconds until the last of them expires (with `--tofqdns-min-ttl` applied).
+    pub ttl_left: u64,
+    /// The TTL the last answer gave, in seconds.
+    pub ttl: u32,
+    /// The endpoints (ids) that learned the name.
+    pub endpoints: Vec<u16>,
+    /// Addresses past their expiry that stay because a connection to them is still open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zombies: Vec<Ipv4Addr>,
+}
+
+/// Answer of `DELETE /v1/fqdn/cache`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FqdnCacheCleaned {
+    /// Names forgotten.
+    pub names: usize,
+    /// (endpoint, name, address) entries forgotten.
+    pub entries: usize,
 }
 
 /// One connection-tracking entry, as `ciliate bpf ct list` shows it.

@@ -39,19 +39,25 @@ impl CidrIdentities {
     /// number are skipped.
     pub fn restore(entries: impl IntoIterator<Item = IpcacheEntry>) -> Self {
         let mut out = Self::new();
+        out.adopt(entries);
+        out
+    }
+
+    /// Adds saved numbers for prefixes not allocated yet (e.g. the pinned ipcache's, for the
+    /// addresses of a restored FQDN cache), skipping any that clash with what is there.
+    pub fn adopt(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
         for e in entries {
             let prefix = e.prefix.trunc();
             if e.identity < MIN_CIDR_IDENTITY
                 || prefix.prefix_len() == 0
-                || out.by_id.contains_key(&e.identity)
-                || out.by_prefix.contains_key(&prefix)
+                || self.by_id.contains_key(&e.identity)
+                || self.by_prefix.contains_key(&prefix)
             {
                 continue;
             }
-            out.by_prefix.insert(prefix, e.identity);
-            out.by_id.insert(e.identity, prefix);
+            self.by_prefix.insert(prefix, e.identity);
+            self.by_id.insert(e.identity, prefix);
         }
-        out
     }
 
     /// Makes the allocation hold exactly `wanted` (less `/0`, which is world): keeps the

@@ -10,9 +10,11 @@
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use ciliate_model::bpf_policy::{self, port_range_prefixes};
+use ciliate_model::fqdn::FqdnMatcher;
 use ciliate_model::identity::{
     Identity, NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY, MIN_CLUSTER_IDENTITY,
 };
@@ -30,7 +32,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::{cidr_labels, CidrIdentities};
-use crate::compile::{compile, is_world_like, CompiledPolicy, Peer, PortMatch, Rule};
+use crate::compile::{compile, is_world_like, CompiledPolicy, Peer, PortL7, PortMatch, Rule};
 use crate::explain::{DirectionVerdict, Reason, Verdict};
 use crate::l7::{allowing_rules, peer_rules_apply, HttpRequestView, L7Explanation};
 use crate::problems::Problem;
@@ -125,6 +127,9 @@ pub struct PolicyEngine {
     rule_ids: BTreeMap<RuleRef, u32>,
     rules_by_id: BTreeMap<u32, RuleRef>,
     next_rule_id: u32,
+    /// The node's FQDN cache as policy sees it: every name a DNS answer taught, with its
+    /// addresses (all endpoints' together, as Cilium's selectors see them).
+    fqdn: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -134,6 +139,7 @@ impl std::fmt::Debug for PolicyEngine {
             .field("policies", &self.policies.keys().collect::<Vec<_>>())
             .field("cidr", &self.cidr)
             .field("rules", &self.rule_ids.len())
+            .field("fqdn_names", &self.fqdn.len())
             .finish()
     }
 }
@@ -154,7 +160,62 @@ impl PolicyEngine {
             rule_ids: BTreeMap::new(),
             rules_by_id: BTreeMap::new(),
             next_rule_id: 1,
+            fqdn: BTreeMap::new(),
         }
+    }
+
+    /// Sets the addresses of one name (normalized: lower-case, trailing dot) as the FQDN
+    /// cache holds them; none forgets the name. Returns whether anything changed.
+    pub fn set_fqdn_name(&mut self, name: &str, ips: BTreeSet<Ipv4Addr>) -> bool {
+        if ips.is_empty() {
+            return self.fqdn.remove(name).is_some();
+        }
+        if self.fqdn.get(name) == Some(&ips) {
+            return false;
+        }
+        self.fqdn.insert(name.to_owned(), ips);
+        true
+    }
+
+    /// Replaces the whole FQDN view (a restart restoring the cache, a cleaned cache).
+    pub fn set_fqdn_names(&mut self, names: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        self.fqdn = names;
+        self.fqdn.retain(|_, ips| !ips.is_empty());
+    }
+
+    /// The addresses the FQDN view holds for `name` (normalized).
+    pub fn fqdn_ips(&self, name: &str) -> Option<&BTreeSet<Ipv4Addr>> {
+        self.fqdn.get(name)
+    }
+
+    /// Every name of the FQDN view with its addresses.
+    pub fn fqdn_names(&self) -> &BTreeMap<String, BTreeSet<Ipv4Addr>> {
+        &self.fqdn
+    }
+
+    /// Whether some policy's `toFQDNs` selects `name` (normalized): only then do its
+    /// addresses need CIDR identities and policy entries.
+    pub fn fqdn_selected(&self, name: &str) -> bool {
+        self.fqdn_matchers().any(|m| m.matches(name))
+    }
+
+    fn fqdn_matchers(&self) -> impl Iterator<Item = &FqdnMatcher> + '_ {
+        self.policies
+            .values()
+            .flat_map(|s| s.compiled.fqdn_matchers())
+    }
+
+    /// The /32 prefixes of the addresses of names some `toFQDNs` selects.
+    fn fqdn_prefixes(&self) -> BTreeSet<IpNet> {
+        let matchers: Vec<&FqdnMatcher> = self.fqdn_matchers().collect();
+        if matchers.is_empty() {
+            return BTreeSet::new();
+        }
+        self.fqdn
+            .iter()
+            .filter(|(name, _)| matchers.iter().any(|m| m.matches(name)))
+            .flat_map(|(_, ips)| ips.iter().map(|ip| IpNet::from(std::net::IpAddr::V4(*ip))))
+            .collect()
     }
 
     /// The settings.
@@ -247,6 +308,13 @@ impl PolicyEngine {
         self.cidr = CidrIdentities::restore(entries);
     }
 
+    /// Keeps numbers the datapath already uses for prefixes the allocation lacks (the
+    /// addresses of a restored FQDN cache, as the pinned ipcache has them), so that a restart
+    /// does not renumber addresses under live connections. Clashing entries are skipped.
+    pub fn adopt_cidr_identities(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
+        self.cidr.adopt(entries);
+    }
+
     /// Allocates CIDR identities for the prefixes the policies name now (releasing those no
     /// longer named) and gives a view for computing policy against these identities.
     pub fn resolve<'a>(
@@ -254,11 +322,12 @@ impl PolicyEngine {
         identities: &'a IdentityLabels,
         named_ports: &'a NamedPorts,
     ) -> Resolved<'a> {
-        let wanted: BTreeSet<IpNet> = self
+        let mut wanted: BTreeSet<IpNet> = self
             .policies
             .values()
             .flat_map(|s| s.compiled.cidr_prefixes())
             .collect();
+        wanted.extend(self.fqdn_prefixes());
         self.cidr.sync(&wanted);
         let engine: &'a PolicyEngine = self;
         let mut extra: BTreeMap<NumericIdentity, Labels> = ReservedIdentity::ALL
@@ -521,7 +590,69 @@ impl Resolved<'_> {
                 Some(s) => Peers::Some(Rc::new(s)),
             },
             Peer::Cidr { net, except } => Peers::Some(Rc::new(self.cidr_ids(net, except))),
+            Peer::Fqdn(m) => {
+                let key = peer as *const Peer as usize;
+                if let Some(hit) = self.by_peer.borrow().get(&key) {
+                    return Peers::Some(Rc::clone(hit));
+                }
+                let ids = Rc::new(self.fqdn_ids(m));
+                self.by_peer.borrow_mut().insert(key, Rc::clone(&ids));
+                Peers::Some(ids)
+            }
         }
+    }
+
+    /// The CIDR identities of the addresses of the names `m` matches.
+    fn fqdn_ids(&self, m: &FqdnMatcher) -> BTreeSet<NumericIdentity> {
+        self.engine
+            .fqdn
+            .iter()
+            .filter(|(name, _)| m.matches(name))
+            .flat_map(|(_, ips)| ips.iter())
+            .filter_map(|ip| {
+                self.engine
+                    .cidr
+                    .identity(&IpNet::from(std::net::IpAddr::V4(*ip)))
+            })
+            .collect()
+    }
+
+    /// The addresses the FQDN view holds for `name` (normalized), for `policy trace`.
+    pub fn fqdn_ips(&self, name: &str) -> Vec<Ipv4Addr> {
+        self.engine
+            .fqdn_ips(name)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the policy of `subject` can change when the FQDN view changes `names` and the
+    /// CIDR identities of `ips` come or go: a rule of it has a `toFQDNs` selector matching
+    /// one of the names, or a peer that selects CIDR identities holding one of the
+    /// addresses (a CIDR, the world entities). Other endpoints need not be recomputed.
+    pub fn fqdn_affects(
+        &self,
+        subject: NumericIdentity,
+        names: &BTreeSet<String>,
+        ips: &BTreeSet<Ipv4Addr>,
+    ) -> bool {
+        let empty = Labels::new();
+        let labels = self.labels(subject).unwrap_or(&empty);
+        let holds = |net: &IpNet| {
+            ips.iter()
+                .any(|ip| net.contains(&std::net::IpAddr::V4(*ip)))
+        };
+        self.engine
+            .policies
+            .values()
+            .flat_map(|s| s.compiled.rules.iter())
+            .filter(|r| r.subject.selects(subject, labels))
+            .flat_map(|r| r.peers.iter())
+            .any(|p| match p {
+                Peer::Fqdn(m) => names.iter().any(|n| m.matches(n)),
+                Peer::Cidr { net, .. } => !ips.is_empty() && holds(net),
+                Peer::Entity(Entity::World | Entity::WorldIpv4) => !ips.is_empty(),
+                _ => false,
+            })
     }
 
     fn applicable(&self, subject: NumericIdentity, direction: Direction) -> Applicable<'_> {
@@ -587,8 +718,8 @@ impl Resolved<'_> {
 
     /// Computes the policy of the endpoints with identity `subject`.
     pub fn endpoint_policy(&self, subject: NumericIdentity) -> EndpointResult {
-        // Each triple with the L7 rules of the port it came from, if any.
-        let mut raw: Vec<crate::l7::Raw<'_>> = Vec::new();
+        // Each triple with the HTTP rules of the port it came from, if any.
+        let mut raw: Vec<(PolicyKey, bool, EntrySource, Option<&PortL7>)> = Vec::new();
         let mut notes = Vec::new();
         let mut states = Vec::new();
         for direction in Direction::ALL {
@@ -828,7 +959,7 @@ impl Resolved<'_> {
         let redirect = r
             .redirects
             .iter()
-            .find(|x| x.egress == egress && x.port == dport)?;
+            .find(|x| x.egress == egress && x.proto == PROTO_TCP && x.port == dport)?;
         let rules = redirect
             .rules
             .iter()

@@ -25,14 +25,17 @@ use std::net::Ipv4Addr;
 
 use ciliate_model::identity::NumericIdentity;
 use ciliate_model::kafka::{api_key_by_name, check_topic, role_api_keys};
+use ciliate_model::l7::KafkaMatch;
 use ciliate_model::l7::{
-    HeaderMatch, HeaderMismatch, HttpMatch, KafkaMatch, L7Parser, L7PeerRules, L7Redirect,
-    ProxyPorts,
+    HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect, ProxyPorts,
 };
 use ciliate_model::policy::cilium::{HttpRule, KafkaRule};
-use ciliate_model::policy::{Direction, EntrySource, PolicyEntry, PolicyKey, RuleRef, PROTO_TCP};
+use ciliate_model::policy::{
+    Direction, EntrySource, PolicyEntry, PolicyKey, RuleRef, PROTO_TCP, PROTO_UDP,
+};
 use regex::Regex;
 
+use crate::compile::PortL7;
 use crate::problems::Problems;
 
 /// What the matcher needs of one request.
@@ -55,111 +58,6 @@ impl HttpRequestView<'_> {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
     }
-}
-
-/// The L7 rules of one allowed port, which send it through the node's proxy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PortL7 {
-    /// `rules.http`.
-    Http(Vec<HttpMatch>),
-    /// `rules.kafka`, with roles and API key names expanded.
-    Kafka(Vec<KafkaMatch>),
-}
-
-impl PortL7 {
-    /// The parser the proxy applies.
-    pub fn parser(&self) -> L7Parser {
-        match self {
-            Self::Http(_) => L7Parser::Http,
-            Self::Kafka(_) => L7Parser::Kafka,
-        }
-    }
-
-    /// The rules for a set of peers.
-    fn peer_rules(self, peers: Option<Vec<NumericIdentity>>, rule: u32) -> L7PeerRules {
-        let mut out = L7PeerRules {
-            peers,
-            rule,
-            ..Default::default()
-        };
-        match self {
-            Self::Http(h) => out.http = h,
-            Self::Kafka(k) => out.kafka = k,
-        }
-        out
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            Self::Http(h) => h.is_empty(),
-            Self::Kafka(k) => k.is_empty(),
-        }
-    }
-}
-
-/// Checks one `rules.kafka[]` entry at `path` as Cilium's `PortRuleKafka.Sanitize` does and
-/// expands it (`role` or `apiKey` into API keys); `None` when it has errors.
-pub(crate) fn check_kafka_rule(
-    rule: &KafkaRule,
-    path: &str,
-    p: &mut Problems,
-) -> Option<KafkaMatch> {
-    let before = p.errors.len();
-    let text = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-    let (role, api_key) = (text(&rule.role), text(&rule.api_key));
-    let mut api_keys = Vec::new();
-    if let (Some(r), Some(k)) = (&role, &api_key) {
-        p.error(
-            path,
-            format!(
-                "role {r:?} and apiKey {k:?} cannot both be given: a role stands for its API keys"
-            ),
-        );
-    } else if let Some(r) = &role {
-        match role_api_keys(r) {
-            Some(keys) => api_keys = keys.to_vec(),
-            None => p.error(
-                format!("{path}.role"),
-                format!("{r:?} is not a Kafka role (want produce or consume)"),
-            ),
-        }
-    } else if let Some(k) = &api_key {
-        match api_key_by_name(k) {
-            Some(key) => api_keys = vec![key],
-            None => p.error(
-                format!("{path}.apiKey"),
-                format!("{k:?} is not a Kafka API key name Cilium knows (produce, fetch, offsets, metadata, offsetcommit, offsetfetch, findcoordinator, joingroup, heartbeat, leavegroup, syncgroup, apiversions, createtopics, ...)"),
-            ),
-        }
-    }
-    let api_version = match text(&rule.api_version) {
-        None => None,
-        Some(v) => match v.parse::<i16>() {
-            Ok(n) if n >= 0 => Some(n),
-            _ => {
-                p.error(
-                    format!("{path}.apiVersion"),
-                    format!("{v:?} is not an API version (a number from 0 to 32767)"),
-                );
-                None
-            }
-        },
-    };
-    let topic = text(&rule.topic);
-    if let Some(t) = &topic {
-        if let Err(e) = check_topic(t) {
-            p.error(format!("{path}.topic"), e);
-        }
-    }
-    if p.errors.len() > before {
-        return None;
-    }
-    Some(KafkaMatch {
-        api_keys,
-        api_version,
-        client_id: text(&rule.client_id),
-        topic,
-    })
 }
 
 /// A `headers` entry: the name, and the exact value when one is given.
@@ -395,6 +293,71 @@ pub(crate) fn check_http_rule(rule: &HttpRule, path: &str, p: &mut Problems) -> 
     })
 }
 
+/// Checks one `rules.kafka[]` entry at `path` as Cilium's `PortRuleKafka.Sanitize` does and
+/// expands it (`role` or `apiKey` into API keys); `None` when it has errors.
+pub(crate) fn check_kafka_rule(
+    rule: &KafkaRule,
+    path: &str,
+    p: &mut Problems,
+) -> Option<KafkaMatch> {
+    let before = p.errors.len();
+    let text = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let (role, api_key) = (text(&rule.role), text(&rule.api_key));
+    let mut api_keys = Vec::new();
+    if let (Some(r), Some(k)) = (&role, &api_key) {
+        p.error(
+            path,
+            format!(
+                "role {r:?} and apiKey {k:?} cannot both be given: a role stands for its API keys"
+            ),
+        );
+    } else if let Some(r) = &role {
+        match role_api_keys(r) {
+            Some(keys) => api_keys = keys.to_vec(),
+            None => p.error(
+                format!("{path}.role"),
+                format!("{r:?} is not a Kafka role (want produce or consume)"),
+            ),
+        }
+    } else if let Some(k) = &api_key {
+        match api_key_by_name(k) {
+            Some(key) => api_keys = vec![key],
+            None => p.error(
+                format!("{path}.apiKey"),
+                format!("{k:?} is not a Kafka API key name Cilium knows (produce, fetch, offsets, metadata, offsetcommit, offsetfetch, findcoordinator, joingroup, heartbeat, leavegroup, syncgroup, apiversions, createtopics, ...)"),
+            ),
+        }
+    }
+    let api_version = match text(&rule.api_version) {
+        None => None,
+        Some(v) => match v.parse::<i16>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => {
+                p.error(
+                    format!("{path}.apiVersion"),
+                    format!("{v:?} is not an API version (a number from 0 to 32767)"),
+                );
+                None
+            }
+        },
+    };
+    let topic = text(&rule.topic);
+    if let Some(t) = &topic {
+        if let Err(e) = check_topic(t) {
+            p.error(format!("{path}.topic"), e);
+        }
+    }
+    if p.errors.len() > before {
+        return None;
+    }
+    Some(KafkaMatch {
+        api_keys,
+        api_version,
+        client_id: text(&rule.client_id),
+        topic,
+    })
+}
+
 /// What the proxy does on one side of a flow ([`Resolved::explain_l7`](crate::Resolved::explain_l7)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L7Explanation {
@@ -423,36 +386,48 @@ pub fn for_endpoint(redirects: &[L7Redirect], endpoint: u16, ip: Ipv4Addr) -> Ve
 /// A raw entry of the engine: key, deny, source, and the L7 rules of the port it came from.
 pub(crate) type Raw<'a> = (PolicyKey, bool, EntrySource, Option<&'a PortL7>);
 
+/// A redirected port: direction, protocol, port.
+type PortKey = (Direction, u8, u16);
+
 /// Which entries of an endpoint go through the proxy, before they are built.
 pub(crate) struct Plan<'a> {
     /// Entries to add: a peer with an allow of its own wider than a redirected port (an
     /// L3-only allow, a range) gets the port's exact key, so that the datapath's lookup (the
     /// peer's own entries first) does not pass the redirect by.
     pub extra: Vec<Raw<'a>>,
-    /// The exact keys whose allow entries carry the proxy port.
-    pub keys: BTreeSet<PolicyKey>,
-    /// The parser and rules per (direction, port).
-    pub redirects: BTreeMap<(Direction, u16), (L7Parser, Vec<L7PeerRules>)>,
+    /// The exact keys whose allow entries carry the proxy port, with the parser.
+    pub keys: BTreeMap<PolicyKey, L7Parser>,
+    /// The parser and rules per (direction, protocol, port).
+    pub redirects: BTreeMap<PortKey, (L7Parser, Vec<L7PeerRules>)>,
     /// Conflicts worth telling (rules of two L7 protocols on one port).
     pub notes: Vec<String>,
 }
 
-fn exact_key(identity: NumericIdentity, direction: Direction, port: u16) -> PolicyKey {
+fn exact_key(identity: NumericIdentity, direction: Direction, proto: u8, port: u16) -> PolicyKey {
     PolicyKey {
         identity,
         direction,
-        proto: PROTO_TCP,
+        proto,
         dport: port,
         port_prefix_len: 16,
+    }
+}
+
+fn parser_of(l7: &PortL7) -> L7Parser {
+    match l7 {
+        PortL7::Http(_) => L7Parser::Http,
+        PortL7::Dns(_) => L7Parser::Dns,
+        PortL7::Kafka(_) => L7Parser::Kafka,
     }
 }
 
 /// Plans the redirects of one endpoint from its raw entries, as Cilium's `L4Filter` and
 /// `PerSelectorPolicy` have it:
 ///
-/// * a TCP port with HTTP rules for some peers is redirected as a whole: every allow entry of
-///   exactly that port (those peers', and other peers' allowed there by rules without L7
-///   rules) carries the proxy port; the latter may send any request (an empty rule list);
+/// * a port with L7 rules for some peers is redirected as a whole (HTTP: a TCP port; DNS: a
+///   UDP or TCP port, egress): every allow entry of exactly that port (those peers', and
+///   other peers' allowed there by rules without L7 rules) carries the proxy port; the latter
+///   may send any request (an empty rule list);
 /// * when the port is redirected for every peer (identity 0), a peer with an allow of its own
 ///   that covers the port more widely (L3-only, a range) gets an exact entry for the port with
 ///   the redirect too: Cilium's map state makes more specific entries inherit the proxy port
@@ -465,28 +440,39 @@ fn exact_key(identity: NumericIdentity, direction: Direction, port: u16) -> Poli
 pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Plan<'a> {
     let mut out = Plan {
         extra: Vec::new(),
-        keys: BTreeSet::new(),
+        keys: BTreeMap::new(),
         redirects: BTreeMap::new(),
         notes: Vec::new(),
     };
-    // One parser per port: the first rule's (in policy order) when rules disagree.
-    let mut ports: BTreeMap<(Direction, u16), L7Parser> = BTreeMap::new();
+    // The first parser named for a port wins (one port speaks one protocol).
+    let mut ports: BTreeMap<PortKey, L7Parser> = BTreeMap::new();
     for (k, deny, _, l7) in raw {
-        if let (false, Some(l7), PROTO_TCP) = (deny, l7, k.proto) {
-            ports.entry((k.direction, k.dport)).or_insert(l7.parser());
+        let Some(l7) = l7.filter(|_| !deny) else {
+            continue;
+        };
+        let fits = match l7 {
+            PortL7::Http(_) | PortL7::Kafka(_) => k.proto == PROTO_TCP,
+            PortL7::Dns(_) => {
+                k.direction == Direction::Egress && matches!(k.proto, PROTO_TCP | PROTO_UDP)
+            }
+        };
+        if fits {
+            ports
+                .entry((k.direction, k.proto, k.dport))
+                .or_insert(parser_of(l7));
         }
     }
-    for ((direction, port), parser) in ports {
+    for ((direction, proto, port), parser) in ports {
         let covering: Vec<&Raw<'a>> = raw
             .iter()
             .filter(|(k, deny, src, _)| {
                 !deny
                     && matches!(src, EntrySource::Rule(_))
                     && k.direction == direction
-                    && k.covers(PROTO_TCP, port)
+                    && k.covers(proto, port)
             })
             .collect();
-        let is_exact = |k: &PolicyKey| *k == exact_key(k.identity, direction, port);
+        let is_exact = |k: &PolicyKey| *k == exact_key(k.identity, direction, proto, port);
         let mut ids: BTreeSet<NumericIdentity> = covering
             .iter()
             .filter(|(k, ..)| is_exact(k))
@@ -496,8 +482,8 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             ids.extend(covering.iter().map(|(k, ..)| k.identity));
         }
         for id in &ids {
-            let key = exact_key(*id, direction, port);
-            out.keys.insert(key);
+            let key = exact_key(*id, direction, proto, port);
+            out.keys.insert(key, parser);
             if !covering.iter().any(|(k, ..)| *k == key) {
                 for (_, _, src, _) in covering.iter().filter(|(k, ..)| k.identity == *id) {
                     out.extra.push((key, false, src.clone(), None));
@@ -505,8 +491,7 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             }
         }
         // (rule, any peer, rules) -> peers
-        type Group = (u32, bool, Option<PortL7>, BTreeSet<NumericIdentity>);
-        let mut groups: Vec<Group> = Vec::new();
+        let mut groups: Vec<(u32, bool, Option<&PortL7>, BTreeSet<NumericIdentity>)> = Vec::new();
         for (k, _, src, l7) in &covering {
             if !(ids.contains(&k.identity) || k.identity == 0) {
                 continue;
@@ -514,17 +499,13 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             let EntrySource::Rule(r) = src else {
                 continue;
             };
-            let rules = if is_exact(k) {
-                l7.filter(|l| !l.is_empty()).cloned()
-            } else {
-                None
-            };
-            if let Some(other) = rules.as_ref().filter(|l| l.parser() != parser) {
+            let rules = l7.filter(|_| is_exact(k));
+            if let Some(other) = rules.filter(|l| parser_of(l) != parser) {
                 // Cilium refuses to merge two parsers on one port; the proxy speaks one, so
-                // these rules allow nothing (fail closed) and the conflict is told.
+                // these rules allow nothing there (fail closed), and the conflict is told.
                 let note = format!(
                     "{r}: {:?} rules on {direction:?} port {port}, which other rules give {parser:?} rules; they allow nothing there",
-                    other.parser()
+                    parser_of(other)
                 );
                 if !out.notes.contains(&note) {
                     out.notes.push(note);
@@ -545,19 +526,23 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
         let mut rules: Vec<L7PeerRules> = groups
             .into_iter()
             .map(|(rule, any, l7, peers)| {
-                let peers = (!any).then(|| peers.into_iter().collect());
+                let mut r = L7PeerRules {
+                    peers: (!any).then(|| peers.into_iter().collect()),
+                    rule,
+                    ..L7PeerRules::default()
+                };
                 match l7 {
-                    Some(l7) => l7.peer_rules(peers, rule),
-                    None => L7PeerRules {
-                        peers,
-                        rule,
-                        ..Default::default()
-                    },
+                    Some(PortL7::Http(h)) => r.http = h.clone(),
+                    Some(PortL7::Dns(d)) => r.dns = d.clone(),
+                    Some(PortL7::Kafka(kf)) => r.kafka = kf.clone(),
+                    None => {}
                 }
+                r
             })
             .collect();
         rules.sort_by(|a, b| (a.rule, &a.peers).cmp(&(b.rule, &b.peers)));
-        out.redirects.insert((direction, port), (parser, rules));
+        out.redirects
+            .insert((direction, proto, port), (parser, rules));
     }
     out
 }
@@ -565,32 +550,32 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
 /// Puts the proxy port on the planned allow entries and gives the redirects of the ports where
 /// at least one entry carries it (a redirect whose entries all became denies is left out).
 pub(crate) fn finish(
-    redirects: BTreeMap<(Direction, u16), (L7Parser, Vec<L7PeerRules>)>,
+    redirects: BTreeMap<PortKey, (L7Parser, Vec<L7PeerRules>)>,
     entries: &mut [PolicyEntry],
-    keys: &BTreeSet<PolicyKey>,
+    keys: &BTreeMap<PolicyKey, L7Parser>,
     ports: ProxyPorts,
 ) -> Vec<L7Redirect> {
     let mut used = BTreeSet::new();
     for e in entries.iter_mut() {
-        if !e.deny && keys.contains(&e.key) {
+        if e.deny {
+            continue;
+        }
+        if let Some(parser) = keys.get(&e.key) {
             let egress = e.key.direction == Direction::Egress;
-            let parser = redirects
-                .get(&(e.key.direction, e.key.dport))
-                .map_or(L7Parser::Http, |r| r.0);
-            e.proxy_port = ports.port(parser, egress);
-            used.insert((e.key.direction, e.key.dport));
+            e.proxy_port = ports.port(*parser, egress);
+            used.insert((e.key.direction, e.key.proto, e.key.dport));
         }
     }
     redirects
         .into_iter()
         .filter(|(k, _)| used.contains(k))
-        .map(|((direction, port), (parser, rules))| {
+        .map(|((direction, proto, port), (parser, rules))| {
             let egress = direction == Direction::Egress;
             L7Redirect {
                 endpoint: 0,
                 endpoint_ip: Ipv4Addr::UNSPECIFIED,
                 egress,
-                proto: PROTO_TCP,
+                proto,
                 port,
                 parser,
                 proxy_port: ports.port(parser, egress),

@@ -106,327 +106,498 @@ const fn warned(
 }
 
 const CASES: &[Case] = &[
-    case("k8s-default-deny-ingress.yaml", &[
-        ("client", "echo", "tcp/8080", D133),
-        ("world", "frontend", "tcp/443", D133),
-        ("client", "world", "tcp/443", A),
-        ("prometheus", "prod-web", "tcp/80", A),
-        ("host", "echo", "tcp/8080", A),
-    ]),
-    case("k8s-default-deny-egress.yaml", &[
-        ("client", "echo", "tcp/8080", D133),
-        ("client", "kube-dns", "udp/53", D133),
-        ("prometheus", "echo", "tcp/9090", A),
-    ]),
-    case("k8s-default-deny-all.yaml", &[
-        ("prod-web", "prod-api", "tcp/9090", D133),
-        ("frontend", "prod-api", "tcp/9090", D133),
-        ("frontend", "echo", "tcp/8080", A),
-    ]),
-    case("k8s-allow-all-ingress.yaml", &[
-        ("world", "echo", "tcp/80", A),
-        ("prometheus", "echo", "udp/9999", A),
-    ]),
-    case("k8s-allow-all-egress.yaml", &[
-        ("client", "world", "tcp/443", A),
-        ("client", "echo", "sctp/1", A),
-    ]),
-    case("k8s-allow-same-namespace.yaml", &[
-        ("client", "echo", "tcp/8080", A),
-        ("prometheus", "echo", "tcp/8080", D133),
-        ("world", "echo", "tcp/8080", D133),
-    ]),
-    case("k8s-frontend-to-backend.yaml", &[
-        ("frontend", "backend", "tcp/8080", A),
-        ("frontend", "backend", "tcp/80", D133),
-        ("frontend", "backend", "udp/8080", D133),
-        ("client", "backend", "tcp/8080", D133),
-    ]),
-    case("k8s-namespace-selector.yaml", &[
-        ("prometheus", "echo", "tcp/9090", A),
-        ("prometheus", "echo", "tcp/80", D133),
-        ("client", "echo", "tcp/9090", D133),
-    ]),
-    case("k8s-namespace-and-pod-selector.yaml", &[
-        ("prometheus", "db", "tcp/9187", A),
-        ("backend", "db", "tcp/9187", D133),
-        ("backend", "db", "tcp/5432", A),
-        ("prometheus", "db", "tcp/5432", D133),
-    ]),
-    case("k8s-ipblock-except.yaml", &[
-        ("frontend", "ip:8.8.8.8", "tcp/443", A),
-        ("frontend", "ip:10.1.2.3", "tcp/443", D133),
-        ("frontend", "ip:192.168.1.1", "udp/53", D133),
-        ("frontend", "backend", "tcp/8080", D133),
-    ]),
-    case("k8s-ipblock-ingress.yaml", &[
-        ("ip:203.0.113.10", "frontend", "tcp/443", A),
-        ("ip:203.0.113.200", "frontend", "tcp/443", D133),
-        ("ip:203.0.113.10", "frontend", "tcp/80", D133),
-        ("world", "frontend", "tcp/443", D133),
-    ]),
-    case("k8s-port-range.yaml", &[
-        ("client", "echo", "tcp/32000", A),
-        ("world", "echo", "tcp/32768", A),
-        ("client", "echo", "tcp/32769", D133),
-        ("client", "echo", "tcp/31999", D133),
-        ("client", "echo", "udp/32000", D133),
-    ]),
-    case("k8s-named-port.yaml", &[
-        ("client", "echo", "tcp/8080", A),
-        ("client", "echo", "tcp/80", D133),
-        ("frontend", "echo", "tcp/8080", D133),
-    ]),
-    case("k8s-egress-dns.yaml", &[
-        ("client", "kube-dns", "udp/53", A),
-        ("client", "kube-dns", "tcp/53", A),
-        ("client", "world", "udp/53", D133),
-        ("client", "echo", "tcp/8080", D133),
-    ]),
-    case("k8s-match-expressions.yaml", &[
-        ("frontend", "backend", "tcp/1", A),
-        ("legacy", "backend", "tcp/1", D133),
-        ("client", "db", "tcp/5432", D133),
-        ("client", "echo", "tcp/1", A),
-    ]),
-    case("k8s-udp-sctp.yaml", &[
-        ("client", "echo", "udp/5353", A),
-        ("client", "echo", "sctp/3868", A),
-        ("client", "echo", "tcp/5353", D133),
-    ]),
-    case("k8s-policytypes-defaulting.yaml", &[
-        ("backend", "db", "tcp/5432", A),
-        ("backend", "world", "tcp/443", D133),
-        ("frontend", "backend", "tcp/1234", A),
-        ("client", "backend", "tcp/1234", D133),
-    ]),
-    warned("k8s-ingress-only-ignores-egress.yaml", &[
-        ("backend", "world", "tcp/443", A),
-        ("frontend", "backend", "tcp/8080", A),
-        ("client", "backend", "tcp/8080", D133),
-    ], &["spec.egress: ignored: spec.policyTypes does not include Egress"]),
-    case("cnp-client-ingress.yaml", &[
-        ("client", "echo", "tcp/80", A),
-        ("client", "echo", "icmp/8", A),
-        ("frontend", "echo", "tcp/80", D133),
-        ("prometheus", "echo", "tcp/80", D133),
-    ]),
-    case("cnp-echo-ingress-l4.yaml", &[
-        ("client", "echo", "tcp/8080", A),
-        ("client", "echo", "tcp/8081", D133),
-        ("client", "echo", "udp/8080", D133),
-    ]),
-    case("cnp-port-range.yaml", &[
-        ("frontend", "backend", "tcp/8000", A),
-        ("frontend", "backend", "tcp/8999", A),
-        ("frontend", "backend", "tcp/9000", D133),
-        ("frontend", "backend", "tcp/7999", D133),
-    ]),
-    case("cnp-any-protocol.yaml", &[
-        ("client", "kube-dns", "udp/53", A),
-        ("client", "kube-dns", "tcp/53", A),
-        ("client", "kube-dns", "sctp/53", A),
-        ("client", "kube-dns", "icmp/8", D133),
-        ("client", "world", "udp/53", D133),
-    ]),
-    case("cnp-all-ingress-deny.yaml", &[
-        ("client", "echo", "tcp/8080", D133),
-        ("world", "frontend", "tcp/443", D133),
-        ("host", "echo", "tcp/8080", A),
-        ("client", "world", "tcp/443", A),
-    ]),
-    case("cnp-all-egress-deny.yaml", &[
-        ("client", "echo", "tcp/8080", D133),
-        ("client", "world", "tcp/443", D133),
-        ("world", "echo", "tcp/8080", A),
-    ]),
-    case("cnp-allow-all-except-world.yaml", &[
-        ("world", "echo", "tcp/8080", D133),
-        ("prometheus", "echo", "tcp/8080", A),
-        ("remote-node", "echo", "tcp/8080", A),
-        ("client", "world", "tcp/443", D133),
-        ("client", "ip:1.1.1.1", "tcp/443", D133),
-        ("client", "kube-dns", "udp/53", A),
-        ("client", "kube-apiserver", "tcp/6443", A),
-    ]),
-    case("cnp-from-world-https.yaml", &[
-        ("world", "frontend", "tcp/443", A),
-        ("ip:8.8.8.8", "frontend", "tcp/443", A),
-        ("world", "frontend", "tcp/80", D133),
-        ("client", "frontend", "tcp/443", D133),
-    ]),
-    case("cnp-host-and-remote-node.yaml", &[
-        ("remote-node", "echo", "tcp/8080", A),
-        ("host", "echo", "tcp/8080", A),
-        ("client", "echo", "tcp/8080", A),
-        ("world", "echo", "tcp/8080", D133),
-    ]),
-    case("cnp-reserved-entities.yaml", &[
-        ("backend", "kube-apiserver", "tcp/6443", A),
-        ("backend", "kube-apiserver", "tcp/443", D133),
-        ("backend", "world", "tcp/6443", D133),
-        ("health", "frontend", "tcp/80", A),
-        ("ingress", "frontend", "tcp/80", A),
-        ("unmanaged", "frontend", "tcp/80", D133),
-        ("unmanaged", "db", "tcp/5432", A),
-        ("init", "db", "tcp/5432", D133),
-    ]),
-    case("cnp-entity-all.yaml", &[
-        ("client", "world", "tcp/443", A),
-        ("client", "echo", "udp/1", A),
-        ("client", "ip:10.0.0.1", "tcp/22", A),
-    ]),
-    case("cnp-to-cidr.yaml", &[
-        ("backend", "ip:192.0.2.55", "tcp/5432", A),
-        ("backend", "ip:198.51.100.7", "tcp/5432", A),
-        ("backend", "ip:198.51.100.8", "tcp/5432", D133),
-        ("backend", "ip:192.0.2.55", "tcp/80", D133),
-        ("backend", "db", "tcp/5432", D133),
-    ]),
-    case("cnp-cidrset-except.yaml", &[
-        ("client", "ip:10.1.1.1", "tcp/443", A),
-        ("client", "ip:10.96.0.10", "tcp/443", D133),
-        ("client", "ip:10.244.1.1", "tcp/443", D133),
-        ("client", "ip:10.1.1.1", "tcp/80", D133),
-        ("client", "ip:11.0.0.1", "tcp/443", D133),
-    ]),
-    case("cnp-ipv6-cidr.yaml", &[
-        ("ip:2001:db8::1", "frontend", "tcp/443", A),
-        ("ip:2001:db8:dead::1", "frontend", "tcp/443", D133),
-        ("ip:2001:db9::1", "frontend", "tcp/443", D133),
-    ]),
-    case("cnp-ingress-deny-legacy.yaml", &[
-        ("legacy", "echo", "tcp/8080", D181),
-        ("client", "echo", "tcp/8080", A),
-        ("world", "echo", "tcp/8080", A),
-    ]),
-    case("cnp-egress-deny-smtp.yaml", &[
-        ("client", "world", "tcp/25", D181),
-        ("client", "ip:1.2.3.4", "tcp/25", D181),
-        ("client", "world", "tcp/443", A),
-        ("client", "echo", "tcp/25", A),
-    ]),
-    case("cnp-deny-wins.yaml", &[
-        ("client", "echo", "tcp/8080", D181),
-        ("client", "echo", "tcp/8081", D133),
-    ]),
-    case("cnp-match-expressions.yaml", &[
-        ("client", "frontend", "tcp/80", A),
-        ("frontend", "backend", "tcp/80", A),
-        ("db", "frontend", "tcp/80", D133),
-        ("db", "legacy", "tcp/80", A),
-    ]),
-    case("cnp-cross-namespace.yaml", &[
-        ("prometheus", "echo", "tcp/9090", A),
-        ("client", "echo", "tcp/9090", D133),
-    ]),
-    case("cnp-namespace-labels.yaml", &[
-        ("prod-web", "prod-api", "tcp/9090", A),
-        ("staging-web", "prod-api", "tcp/9090", D133),
-        ("prometheus", "prod-api", "tcp/9090", A),
-        ("frontend", "prod-api", "tcp/9090", D133),
-    ]),
-    case("cnp-three-tier-specs.yaml", &[
-        ("world", "frontend", "tcp/443", A),
-        ("frontend", "backend", "tcp/8080", A),
-        ("legacy", "backend", "tcp/8080", A),
-        ("backend", "db", "tcp/5432", A),
-        ("frontend", "db", "tcp/5432", D133),
-        ("world", "backend", "tcp/8080", D133),
-    ]),
-    case("cnp-spec-and-specs.yaml", &[
-        ("client", "echo", "tcp/8080", A),
-        ("echo", "kube-dns", "udp/53", A),
-        ("echo", "world", "tcp/443", D133),
-    ]),
-    case("cnp-default-deny-disabled.yaml", &[
-        ("world", "frontend", "tcp/443", A),
-        ("ip:198.51.100.1", "frontend", "tcp/443", D181),
-        ("client", "frontend", "tcp/80", A),
-    ]),
-    case("cnp-icmp.yaml", &[
-        ("client", "echo", "icmp/8", A),
-        ("client", "echo", "icmpv6/128", A),
-        ("client", "echo", "icmp/0", D133),
-        ("client", "echo", "tcp/8", D133),
-    ]),
-    case("cnp-named-port.yaml", &[
-        ("frontend", "echo", "tcp/8080", A),
-        ("frontend", "echo", "tcp/80", D133),
-    ]),
-    case("cnp-from-requires.yaml", &[
-        ("prod-web", "prod-api", "tcp/9090", A),
-        ("prometheus", "prod-api", "tcp/9090", D133),
-        ("staging-web", "prod-api", "tcp/9090", D133),
-    ]),
-    case("cnp-l7-http.yaml", &[
-        ("client", "echo", "tcp/8080", A),
-        ("frontend", "echo", "tcp/8080", D133),
-    ]),
-    case("cnp-l7-kafka.yaml", &[
-        ("empire-hq", "kafka", "tcp/9092", A),
-        ("empire-outpost", "kafka", "tcp/9092", A),
-        ("client", "kafka", "tcp/9092", D133),
-    ]),
-    warned("cnp-l7-dns-visibility.yaml", &[
-        ("client", "kube-dns", "udp/53", A),
-        ("client", "world", "tcp/443", D133),
-    ], &[
-        "spec.egress[0].toPorts[0].rules: DNS rules are not enforced yet; these allow every request",
-        "spec.egress[1].toFQDNs: toFQDNs are not enforced yet",
-    ]),
-    warned("cnp-to-services.yaml", &[
-        ("backend", "db", "tcp/5432", D133),
-    ], &["spec.egress[0].toServices: toServices are not enforced yet"]),
-    warned("cnp-authentication.yaml", &[
-        ("client", "echo", "tcp/8080", D133),
-    ], &["spec.ingress[0].authentication: mutual authentication is not enforced yet"]),
-    case("cnp-description-labels.yaml", &[
-        ("frontend", "backend", "tcp/8080", A),
-        ("client", "backend", "tcp/8080", D133),
-    ]),
-    case("ccnp-namespace-isolation.yaml", &[
-        ("world", "echo", "tcp/8080", D133),
-        ("prometheus", "echo", "tcp/8080", A),
-        ("remote-node", "prod-api", "tcp/9090", A),
-        ("world", "kube-dns", "udp/53", A),
-    ]),
-    warned("ccnp-allow-dns.yaml", &[
-        ("client", "kube-dns", "udp/53", A),
-        ("prod-web", "kube-dns", "tcp/53", A),
-        ("client", "world", "tcp/443", D133),
-    ], &["spec.egress[0].toPorts[0].rules: DNS rules are not enforced yet; these allow every request"]),
-    case("ccnp-deny-world-prod.yaml", &[
-        ("prod-web", "world", "tcp/443", D181),
-        ("world", "prod-api", "tcp/9090", D181),
-        ("staging-web", "world", "tcp/443", A),
-        ("prod-web", "prod-api", "tcp/9090", A),
-    ]),
-    warned("ccnp-host-policy.yaml", &[
-        ("world", "echo", "tcp/22", A),
-    ], &["spec.nodeSelector: host policies are computed for the host identity but not enforced"]),
-    case("ccnp-init-dns.yaml", &[
-        ("init", "kube-dns", "udp/53", A),
-        ("init", "world", "udp/53", D133),
-        ("client", "world", "udp/53", A),
-    ]),
-    case("kubectl-list.yaml", &[
-        ("backend", "db", "tcp/5432", A),
-        ("frontend", "db", "tcp/5432", D133),
-        ("client", "echo", "tcp/8080", A),
-        ("frontend", "echo", "tcp/8080", D133),
-    ]),
-    case("cnp-policy.json", &[
-        ("client", "frontend", "tcp/443", A),
-        ("client", "frontend", "tcp/8080", D133),
-    ]),
-    case("multi-doc-lockdown.yaml", &[
-        ("client", "kube-dns", "udp/53", A),
-        ("client", "kube-dns", "tcp/53", D133),
-        ("world", "frontend", "tcp/443", A),
-        ("frontend", "backend", "tcp/8080", D133),
-        ("client", "echo", "tcp/8080", D133),
-    ]),
+    case(
+        "k8s-default-deny-ingress.yaml",
+        &[
+            ("client", "echo", "tcp/8080", D133),
+            ("world", "frontend", "tcp/443", D133),
+            ("client", "world", "tcp/443", A),
+            ("prometheus", "prod-web", "tcp/80", A),
+            ("host", "echo", "tcp/8080", A),
+        ],
+    ),
+    case(
+        "k8s-default-deny-egress.yaml",
+        &[
+            ("client", "echo", "tcp/8080", D133),
+            ("client", "kube-dns", "udp/53", D133),
+            ("prometheus", "echo", "tcp/9090", A),
+        ],
+    ),
+    case(
+        "k8s-default-deny-all.yaml",
+        &[
+            ("prod-web", "prod-api", "tcp/9090", D133),
+            ("frontend", "prod-api", "tcp/9090", D133),
+            ("frontend", "echo", "tcp/8080", A),
+        ],
+    ),
+    case(
+        "k8s-allow-all-ingress.yaml",
+        &[
+            ("world", "echo", "tcp/80", A),
+            ("prometheus", "echo", "udp/9999", A),
+        ],
+    ),
+    case(
+        "k8s-allow-all-egress.yaml",
+        &[
+            ("client", "world", "tcp/443", A),
+            ("client", "echo", "sctp/1", A),
+        ],
+    ),
+    case(
+        "k8s-allow-same-namespace.yaml",
+        &[
+            ("client", "echo", "tcp/8080", A),
+            ("prometheus", "echo", "tcp/8080", D133),
+            ("world", "echo", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "k8s-frontend-to-backend.yaml",
+        &[
+            ("frontend", "backend", "tcp/8080", A),
+            ("frontend", "backend", "tcp/80", D133),
+            ("frontend", "backend", "udp/8080", D133),
+            ("client", "backend", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "k8s-namespace-selector.yaml",
+        &[
+            ("prometheus", "echo", "tcp/9090", A),
+            ("prometheus", "echo", "tcp/80", D133),
+            ("client", "echo", "tcp/9090", D133),
+        ],
+    ),
+    case(
+        "k8s-namespace-and-pod-selector.yaml",
+        &[
+            ("prometheus", "db", "tcp/9187", A),
+            ("backend", "db", "tcp/9187", D133),
+            ("backend", "db", "tcp/5432", A),
+            ("prometheus", "db", "tcp/5432", D133),
+        ],
+    ),
+    case(
+        "k8s-ipblock-except.yaml",
+        &[
+            ("frontend", "ip:8.8.8.8", "tcp/443", A),
+            ("frontend", "ip:10.1.2.3", "tcp/443", D133),
+            ("frontend", "ip:192.168.1.1", "udp/53", D133),
+            ("frontend", "backend", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "k8s-ipblock-ingress.yaml",
+        &[
+            ("ip:203.0.113.10", "frontend", "tcp/443", A),
+            ("ip:203.0.113.200", "frontend", "tcp/443", D133),
+            ("ip:203.0.113.10", "frontend", "tcp/80", D133),
+            ("world", "frontend", "tcp/443", D133),
+        ],
+    ),
+    case(
+        "k8s-port-range.yaml",
+        &[
+            ("client", "echo", "tcp/32000", A),
+            ("world", "echo", "tcp/32768", A),
+            ("client", "echo", "tcp/32769", D133),
+            ("client", "echo", "tcp/31999", D133),
+            ("client", "echo", "udp/32000", D133),
+        ],
+    ),
+    case(
+        "k8s-named-port.yaml",
+        &[
+            ("client", "echo", "tcp/8080", A),
+            ("client", "echo", "tcp/80", D133),
+            ("frontend", "echo", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "k8s-egress-dns.yaml",
+        &[
+            ("client", "kube-dns", "udp/53", A),
+            ("client", "kube-dns", "tcp/53", A),
+            ("client", "world", "udp/53", D133),
+            ("client", "echo", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "k8s-match-expressions.yaml",
+        &[
+            ("frontend", "backend", "tcp/1", A),
+            ("legacy", "backend", "tcp/1", D133),
+            ("client", "db", "tcp/5432", D133),
+            ("client", "echo", "tcp/1", A),
+        ],
+    ),
+    case(
+        "k8s-udp-sctp.yaml",
+        &[
+            ("client", "echo", "udp/5353", A),
+            ("client", "echo", "sctp/3868", A),
+            ("client", "echo", "tcp/5353", D133),
+        ],
+    ),
+    case(
+        "k8s-policytypes-defaulting.yaml",
+        &[
+            ("backend", "db", "tcp/5432", A),
+            ("backend", "world", "tcp/443", D133),
+            ("frontend", "backend", "tcp/1234", A),
+            ("client", "backend", "tcp/1234", D133),
+        ],
+    ),
+    warned(
+        "k8s-ingress-only-ignores-egress.yaml",
+        &[
+            ("backend", "world", "tcp/443", A),
+            ("frontend", "backend", "tcp/8080", A),
+            ("client", "backend", "tcp/8080", D133),
+        ],
+        &["spec.egress: ignored: spec.policyTypes does not include Egress"],
+    ),
+    case(
+        "cnp-client-ingress.yaml",
+        &[
+            ("client", "echo", "tcp/80", A),
+            ("client", "echo", "icmp/8", A),
+            ("frontend", "echo", "tcp/80", D133),
+            ("prometheus", "echo", "tcp/80", D133),
+        ],
+    ),
+    case(
+        "cnp-echo-ingress-l4.yaml",
+        &[
+            ("client", "echo", "tcp/8080", A),
+            ("client", "echo", "tcp/8081", D133),
+            ("client", "echo", "udp/8080", D133),
+        ],
+    ),
+    case(
+        "cnp-port-range.yaml",
+        &[
+            ("frontend", "backend", "tcp/8000", A),
+            ("frontend", "backend", "tcp/8999", A),
+            ("frontend", "backend", "tcp/9000", D133),
+            ("frontend", "backend", "tcp/7999", D133),
+        ],
+    ),
+    case(
+        "cnp-any-protocol.yaml",
+        &[
+            ("client", "kube-dns", "udp/53", A),
+            ("client", "kube-dns", "tcp/53", A),
+            ("client", "kube-dns", "sctp/53", A),
+            ("client", "kube-dns", "icmp/8", D133),
+            ("client", "world", "udp/53", D133),
+        ],
+    ),
+    case(
+        "cnp-all-ingress-deny.yaml",
+        &[
+            ("client", "echo", "tcp/8080", D133),
+            ("world", "frontend", "tcp/443", D133),
+            ("host", "echo", "tcp/8080", A),
+            ("client", "world", "tcp/443", A),
+        ],
+    ),
+    case(
+        "cnp-all-egress-deny.yaml",
+        &[
+            ("client", "echo", "tcp/8080", D133),
+            ("client", "world", "tcp/443", D133),
+            ("world", "echo", "tcp/8080", A),
+        ],
+    ),
+    case(
+        "cnp-allow-all-except-world.yaml",
+        &[
+            ("world", "echo", "tcp/8080", D133),
+            ("prometheus", "echo", "tcp/8080", A),
+            ("remote-node", "echo", "tcp/8080", A),
+            ("client", "world", "tcp/443", D133),
+            ("client", "ip:1.1.1.1", "tcp/443", D133),
+            ("client", "kube-dns", "udp/53", A),
+            ("client", "kube-apiserver", "tcp/6443", A),
+        ],
+    ),
+    case(
+        "cnp-from-world-https.yaml",
+        &[
+            ("world", "frontend", "tcp/443", A),
+            ("ip:8.8.8.8", "frontend", "tcp/443", A),
+            ("world", "frontend", "tcp/80", D133),
+            ("client", "frontend", "tcp/443", D133),
+        ],
+    ),
+    case(
+        "cnp-host-and-remote-node.yaml",
+        &[
+            ("remote-node", "echo", "tcp/8080", A),
+            ("host", "echo", "tcp/8080", A),
+            ("client", "echo", "tcp/8080", A),
+            ("world", "echo", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "cnp-reserved-entities.yaml",
+        &[
+            ("backend", "kube-apiserver", "tcp/6443", A),
+            ("backend", "kube-apiserver", "tcp/443", D133),
+            ("backend", "world", "tcp/6443", D133),
+            ("health", "frontend", "tcp/80", A),
+            ("ingress", "frontend", "tcp/80", A),
+            ("unmanaged", "frontend", "tcp/80", D133),
+            ("unmanaged", "db", "tcp/5432", A),
+            ("init", "db", "tcp/5432", D133),
+        ],
+    ),
+    case(
+        "cnp-entity-all.yaml",
+        &[
+            ("client", "world", "tcp/443", A),
+            ("client", "echo", "udp/1", A),
+            ("client", "ip:10.0.0.1", "tcp/22", A),
+        ],
+    ),
+    case(
+        "cnp-to-cidr.yaml",
+        &[
+            ("backend", "ip:192.0.2.55", "tcp/5432", A),
+            ("backend", "ip:198.51.100.7", "tcp/5432", A),
+            ("backend", "ip:198.51.100.8", "tcp/5432", D133),
+            ("backend", "ip:192.0.2.55", "tcp/80", D133),
+            ("backend", "db", "tcp/5432", D133),
+        ],
+    ),
+    case(
+        "cnp-cidrset-except.yaml",
+        &[
+            ("client", "ip:10.1.1.1", "tcp/443", A),
+            ("client", "ip:10.96.0.10", "tcp/443", D133),
+            ("client", "ip:10.244.1.1", "tcp/443", D133),
+            ("client", "ip:10.1.1.1", "tcp/80", D133),
+            ("client", "ip:11.0.0.1", "tcp/443", D133),
+        ],
+    ),
+    case(
+        "cnp-ipv6-cidr.yaml",
+        &[
+            ("ip:2001:db8::1", "frontend", "tcp/443", A),
+            ("ip:2001:db8:dead::1", "frontend", "tcp/443", D133),
+            ("ip:2001:db9::1", "frontend", "tcp/443", D133),
+        ],
+    ),
+    case(
+        "cnp-ingress-deny-legacy.yaml",
+        &[
+            ("legacy", "echo", "tcp/8080", D181),
+            ("client", "echo", "tcp/8080", A),
+            ("world", "echo", "tcp/8080", A),
+        ],
+    ),
+    case(
+        "cnp-egress-deny-smtp.yaml",
+        &[
+            ("client", "world", "tcp/25", D181),
+            ("client", "ip:1.2.3.4", "tcp/25", D181),
+            ("client", "world", "tcp/443", A),
+            ("client", "echo", "tcp/25", A),
+        ],
+    ),
+    case(
+        "cnp-deny-wins.yaml",
+        &[
+            ("client", "echo", "tcp/8080", D181),
+            ("client", "echo", "tcp/8081", D133),
+        ],
+    ),
+    case(
+        "cnp-match-expressions.yaml",
+        &[
+            ("client", "frontend", "tcp/80", A),
+            ("frontend", "backend", "tcp/80", A),
+            ("db", "frontend", "tcp/80", D133),
+            ("db", "legacy", "tcp/80", A),
+        ],
+    ),
+    case(
+        "cnp-cross-namespace.yaml",
+        &[
+            ("prometheus", "echo", "tcp/9090", A),
+            ("client", "echo", "tcp/9090", D133),
+        ],
+    ),
+    case(
+        "cnp-namespace-labels.yaml",
+        &[
+            ("prod-web", "prod-api", "tcp/9090", A),
+            ("staging-web", "prod-api", "tcp/9090", D133),
+            ("prometheus", "prod-api", "tcp/9090", A),
+            ("frontend", "prod-api", "tcp/9090", D133),
+        ],
+    ),
+    case(
+        "cnp-three-tier-specs.yaml",
+        &[
+            ("world", "frontend", "tcp/443", A),
+            ("frontend", "backend", "tcp/8080", A),
+            ("legacy", "backend", "tcp/8080", A),
+            ("backend", "db", "tcp/5432", A),
+            ("frontend", "db", "tcp/5432", D133),
+            ("world", "backend", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "cnp-spec-and-specs.yaml",
+        &[
+            ("client", "echo", "tcp/8080", A),
+            ("echo", "kube-dns", "udp/53", A),
+            ("echo", "world", "tcp/443", D133),
+        ],
+    ),
+    case(
+        "cnp-default-deny-disabled.yaml",
+        &[
+            ("world", "frontend", "tcp/443", A),
+            ("ip:198.51.100.1", "frontend", "tcp/443", D181),
+            ("client", "frontend", "tcp/80", A),
+        ],
+    ),
+    case(
+        "cnp-icmp.yaml",
+        &[
+            ("client", "echo", "icmp/8", A),
+            ("client", "echo", "icmpv6/128", A),
+            ("client", "echo", "icmp/0", D133),
+            ("client", "echo", "tcp/8", D133),
+        ],
+    ),
+    case(
+        "cnp-named-port.yaml",
+        &[
+            ("frontend", "echo", "tcp/8080", A),
+            ("frontend", "echo", "tcp/80", D133),
+        ],
+    ),
+    case(
+        "cnp-from-requires.yaml",
+        &[
+            ("prod-web", "prod-api", "tcp/9090", A),
+            ("prometheus", "prod-api", "tcp/9090", D133),
+            ("staging-web", "prod-api", "tcp/9090", D133),
+        ],
+    ),
+    case(
+        "cnp-l7-http.yaml",
+        &[
+            ("client", "echo", "tcp/8080", A),
+            ("frontend", "echo", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "cnp-l7-kafka.yaml",
+        &[
+            ("empire-hq", "kafka", "tcp/9092", A),
+            ("empire-outpost", "kafka", "tcp/9092", A),
+            ("client", "kafka", "tcp/9092", D133),
+        ],
+    ),
+    // No name is learned yet: toFQDNs selects no address (see tests/fqdn.rs).
+    case(
+        "cnp-l7-dns-visibility.yaml",
+        &[
+            ("client", "kube-dns", "udp/53", A),
+            ("client", "kube-dns", "tcp/53", A),
+            ("client", "world", "tcp/443", D133),
+        ],
+    ),
+    warned(
+        "cnp-to-services.yaml",
+        &[("backend", "db", "tcp/5432", D133)],
+        &["spec.egress[0].toServices: toServices are not enforced yet"],
+    ),
+    warned(
+        "cnp-authentication.yaml",
+        &[("client", "echo", "tcp/8080", D133)],
+        &["spec.ingress[0].authentication: mutual authentication is not enforced yet"],
+    ),
+    case(
+        "cnp-description-labels.yaml",
+        &[
+            ("frontend", "backend", "tcp/8080", A),
+            ("client", "backend", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "ccnp-namespace-isolation.yaml",
+        &[
+            ("world", "echo", "tcp/8080", D133),
+            ("prometheus", "echo", "tcp/8080", A),
+            ("remote-node", "prod-api", "tcp/9090", A),
+            ("world", "kube-dns", "udp/53", A),
+        ],
+    ),
+    case(
+        "ccnp-allow-dns.yaml",
+        &[
+            ("client", "kube-dns", "udp/53", A),
+            ("prod-web", "kube-dns", "tcp/53", A),
+            ("client", "world", "tcp/443", D133),
+        ],
+    ),
+    case(
+        "ccnp-deny-world-prod.yaml",
+        &[
+            ("prod-web", "world", "tcp/443", D181),
+            ("world", "prod-api", "tcp/9090", D181),
+            ("staging-web", "world", "tcp/443", A),
+            ("prod-web", "prod-api", "tcp/9090", A),
+        ],
+    ),
+    warned(
+        "ccnp-host-policy.yaml",
+        &[("world", "echo", "tcp/22", A)],
+        &["spec.nodeSelector: host policies are computed for the host identity but not enforced"],
+    ),
+    case(
+        "ccnp-init-dns.yaml",
+        &[
+            ("init", "kube-dns", "udp/53", A),
+            ("init", "world", "udp/53", D133),
+            ("client", "world", "udp/53", A),
+        ],
+    ),
+    case(
+        "kubectl-list.yaml",
+        &[
+            ("backend", "db", "tcp/5432", A),
+            ("frontend", "db", "tcp/5432", D133),
+            ("client", "echo", "tcp/8080", A),
+            ("frontend", "echo", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "cnp-policy.json",
+        &[
+            ("client", "frontend", "tcp/443", A),
+            ("client", "frontend", "tcp/8080", D133),
+        ],
+    ),
+    case(
+        "multi-doc-lockdown.yaml",
+        &[
+            ("client", "kube-dns", "udp/53", A),
+            ("client", "kube-dns", "tcp/53", D133),
+            ("world", "frontend", "tcp/443", A),
+            ("frontend", "backend", "tcp/8080", D133),
+            ("client", "echo", "tcp/8080", D133),
+        ],
+    ),
 ];
 
 const INVALID: &[(&str, &str)] = &[

@@ -5,8 +5,11 @@
 //!   `EndpointPolicy::lookup` does it (peer identity first, then identity 0) and as the BPF
 //!   program does it over the map entries (both identities, a deny in either wins);
 //! * a deny rule always wins;
-//! * entries carry the proxy port exactly where an endpoint has a redirect, never on a deny,
-//!   and a peer the datapath redirects always has rules at the proxy;
+//! * entries carry the proxy port exactly where an endpoint has a redirect (HTTP on TCP, DNS on
+//!   UDP and TCP), never on a deny, and a peer the datapath redirects always has rules at the
+//!   proxy;
+//! * `toFQDNs` peers, over a fixed FQDN view whose addresses fall inside and outside the CIDR
+//!   rules' prefixes, agree between entries and explanations like every other peer;
 //! * an endpoint selected by no policy allows everything;
 //! * adding an allow rule never removes an allowed flow;
 //! * a peer selector on namespaces (a `namespaceSelector`, or a Cilium selector naming the
@@ -62,10 +65,10 @@ fn arb_identities() -> impl Strategy<Value = IdentityLabels> {
     })
 }
 
-/// The L3 part of a rule.
-fn arb_peer(ingress: bool) -> impl Strategy<Value = Option<(String, Value)>> {
+/// The L3 part of a rule; `allow`: of an allow rule (only egress allow rules take toFQDNs).
+fn arb_peer(ingress: bool, allow: bool) -> BoxedStrategy<Option<(String, Value)>> {
     let w = if ingress { "from" } else { "to" };
-    prop_oneof![
+    let common = prop_oneof![
         Just(None),
         prop::sample::select(APPS).prop_map(move |a| Some((format!("{w}Endpoints"), json!([{"matchLabels": {"app": a}}])))),
         Just(Some((format!("{w}Endpoints"), json!([{}])))),
@@ -77,8 +80,26 @@ fn arb_peer(ingress: bool) -> impl Strategy<Value = Option<(String, Value)>> {
             .prop_map(move |e| Some((format!("{w}Entities"), json!([e])))),
         Just(Some((format!("{w}CIDRSet"), json!([{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}])))),
         Just(Some((format!("{w}CIDR"), json!(["10.1.2.0/24"])))),
-    ]
+    ];
+    if ingress || !allow {
+        return common.boxed();
+    }
+    // toFQDNs: egress allow rules only.
+    let fqdns = prop::sample::select(vec![
+        json!([{"matchName": "a.example.com"}]),
+        json!([{"matchPattern": "*.example.com"}]),
+    ])
+    .prop_map(|f| Some(("toFQDNs".to_owned(), f)));
+    prop_oneof![7 => common, 1 => fqdns].boxed()
 }
+
+/// The FQDN view the engines of these properties hold: addresses inside the CIDR rules'
+/// prefixes (10.1.2.3), outside them, and shared by two names.
+const FQDN_VIEW: &[(&str, &[&str])] = &[
+    ("a.example.com.", &["10.1.2.3", "203.0.113.5"]),
+    ("b.example.com.", &["10.1.2.3"]),
+    ("c.example.org.", &["198.51.100.1"]),
+];
 
 /// The L4 part of a rule: `toPorts`, `icmps`, or nothing.
 fn arb_l4() -> impl Strategy<Value = Option<(String, Value)>> {
@@ -103,26 +124,42 @@ fn arb_l4() -> impl Strategy<Value = Option<(String, Value)>> {
     ]
 }
 
-/// The L4 part of an allow rule: as [`arb_l4`], or a TCP port with HTTP rules.
-fn arb_allow_l4() -> impl Strategy<Value = Option<(String, Value)>> {
-    prop_oneof![
-        3 => arb_l4(),
-        1 => (
-            prop::sample::select(&PORTS[1..]),
-            prop::sample::select(&["GET", "POST|PUT", ""][..])
-        )
-            .prop_map(|(port, method)| {
-                let http = if method.is_empty() { json!([{}]) } else { json!([{"method": method}]) };
-                Some((
-                    "toPorts".to_owned(),
-                    json!([{"ports": [{"port": port.to_string(), "protocol": "TCP"}], "rules": {"http": http}}]),
-                ))
-            }),
-    ]
+/// The L4 part of an allow rule: as [`arb_l4`], a TCP port with HTTP rules, or (egress) port
+/// 53 with DNS rules.
+fn arb_allow_l4(ingress: bool) -> BoxedStrategy<Option<(String, Value)>> {
+    let http = (
+        prop::sample::select(&PORTS[1..]),
+        prop::sample::select(&["GET", "POST|PUT", ""][..]),
+    )
+        .prop_map(|(port, method)| {
+            let http = if method.is_empty() { json!([{}]) } else { json!([{"method": method}]) };
+            Some((
+                "toPorts".to_owned(),
+                json!([{"ports": [{"port": port.to_string(), "protocol": "TCP"}], "rules": {"http": http}}]),
+            ))
+        });
+    if ingress {
+        return prop_oneof![3 => arb_l4(), 1 => http].boxed();
+    }
+    // DNS rules are egress only.
+    let dns = (
+        prop::sample::select(&["ANY", "UDP", "TCP"][..]),
+        prop::sample::select(vec![
+            json!([{"matchPattern": "*"}]),
+            json!([{"matchName": "a.example.com"}]),
+        ]),
+    )
+        .prop_map(|(proto, dns)| {
+            Some((
+                "toPorts".to_owned(),
+                json!([{"ports": [{"port": "53", "protocol": proto}], "rules": {"dns": dns}}]),
+            ))
+        });
+    prop_oneof![3 => arb_l4(), 1 => http, 1 => dns].boxed()
 }
 
 fn arb_rule(ingress: bool) -> impl Strategy<Value = Value> {
-    (arb_peer(ingress), arb_l4()).prop_map(|(peer, l4)| {
+    (arb_peer(ingress, false), arb_l4()).prop_map(|(peer, l4)| {
         let mut r = json!({});
         for (k, v) in [peer, l4].into_iter().flatten() {
             r[k] = v;
@@ -132,7 +169,7 @@ fn arb_rule(ingress: bool) -> impl Strategy<Value = Value> {
 }
 
 fn arb_allow_rule(ingress: bool) -> impl Strategy<Value = Value> {
-    (arb_peer(ingress), arb_allow_l4()).prop_map(|(peer, l4)| {
+    (arb_peer(ingress, true), arb_allow_l4(ingress)).prop_map(|(peer, l4)| {
         let mut r = json!({});
         for (k, v) in [peer, l4].into_iter().flatten() {
             r[k] = v;
@@ -225,6 +262,9 @@ fn engine(policies: &[Value]) -> PolicyEngine {
         let r: PolicyResource = serde_json::from_value(p.clone()).unwrap();
         e.upsert(r).unwrap_or_else(|errs| panic!("{p:#}: {errs:?}"));
     }
+    for (name, ips) in FQDN_VIEW {
+        e.set_fqdn_name(name, ips.iter().map(|i| i.parse().unwrap()).collect());
+    }
     e
 }
 
@@ -303,28 +343,34 @@ proptest! {
         let peers = peers(&r, &ids);
         for subject in ids.keys() {
             let res = r.endpoint_policy(*subject);
-            let with_port: std::collections::BTreeSet<(bool, u16)> = res
+            let with_port: std::collections::BTreeSet<(bool, u8, u16, u16)> = res
                 .policy
                 .entries
                 .iter()
                 .filter(|e| e.proxy_port != 0)
-                .map(|e| (e.key.direction == Direction::Egress, e.key.dport))
+                .map(|e| (e.key.direction == Direction::Egress, e.key.proto, e.key.dport, e.proxy_port))
                 .collect();
-            let redirected: std::collections::BTreeSet<(bool, u16)> =
-                res.redirects.iter().map(|x| (x.egress, x.port)).collect();
+            let redirected: std::collections::BTreeSet<(bool, u8, u16, u16)> =
+                res.redirects.iter().map(|x| (x.egress, x.proto, x.port, x.proxy_port)).collect();
             prop_assert_eq!(&with_port, &redirected);
             for entry in &res.policy.entries {
-                prop_assert!(entry.proxy_port == 0 || (!entry.deny && entry.key.proto == PROTO_TCP && entry.key.port_prefix_len == 16), "{:?}", entry);
+                let udp_dns = entry.key.proto == PROTO_UDP && entry.proxy_port == 15053;
+                prop_assert!(entry.proxy_port == 0 || (!entry.deny && (entry.key.proto == PROTO_TCP || udp_dns) && entry.key.port_prefix_len == 16), "{:?}", entry);
+            }
+            for x in &res.redirects {
+                let dns = x.parser == ciliate_model::l7::L7Parser::Dns;
+                prop_assert_eq!(dns, x.proxy_port == 15053, "{:?}", x);
+                prop_assert!(!dns || (x.egress && x.port == 53), "{:?}", x);
             }
             // A redirected peer always has rules at the proxy: the datapath never sends a
             // connection the proxy knows nothing of (which would be a 403 for an allowed flow
             // with no L7 rule).
             for dir in Direction::ALL {
                 for peer in &peers {
-                    for port in PORTS {
-                        if let Lookup::Allowed(e) = res.policy.lookup(dir, *peer, PROTO_TCP, *port) {
+                    for (proto, port) in PORTS.iter().flat_map(|p| [(PROTO_TCP, *p), (PROTO_UDP, *p)]) {
+                        if let Lookup::Allowed(e) = res.policy.lookup(dir, *peer, proto, port) {
                             if e.proxy_port != 0 {
-                                let x = res.redirects.iter().find(|x| x.egress == (dir == Direction::Egress) && x.port == *port);
+                                let x = res.redirects.iter().find(|x| x.egress == (dir == Direction::Egress) && x.proto == proto && x.port == port);
                                 prop_assert!(x.is_some_and(|x| x.rules.iter().any(|p| ciliate_policy::l7::peer_rules_apply(p, *peer))), "{:?} {} {}", dir, peer, port);
                             }
                         }
@@ -404,7 +450,7 @@ proptest! {
         ids in arb_identities(),
         policies in arb_policies(true),
         ingress in prop::bool::ANY,
-        rule in (arb_peer(true), arb_peer(false), arb_l4()),
+        rule in (arb_peer(true, true), arb_peer(false, true), arb_l4()),
         target in any::<prop::sample::Index>(),
     ) {
         let (peer_in, peer_out, l4) = rule;

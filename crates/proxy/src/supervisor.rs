@@ -635,8 +635,8 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
 }
 
 /// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
-/// forwards its events. Returns the writer once the snapshot is sent and the revision the
-/// snapshot carried.
+/// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
+/// force (the caller then marks the proxy up).
 async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = loop {
@@ -699,9 +699,6 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
         };
         if unchanged {
             st.writer = Some(writer.clone());
-            st.status.up = true;
-            st.status.pid = proc_.pid();
-            st.status.last_error = None;
             break;
         }
     }
@@ -750,7 +747,16 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
         write_state(inner, pid, &ctl);
         info!(pid, "proxy up");
     }
+    // Up only once the state file names it: an agent restarting from here on adopts this one.
+    mark_up(inner, &p);
     Ok(p)
+}
+
+fn mark_up(inner: &Inner, p: &Proc) {
+    let mut st = lock(&inner.state);
+    st.status.up = true;
+    st.status.pid = p.pid();
+    st.status.last_error = None;
 }
 
 async fn supervise(
@@ -761,7 +767,10 @@ async fn supervise(
     let mut current: Option<Proc> = None;
     if let Some((mut p, ctl)) = first {
         match connect(&inner, &ctl, &mut p).await {
-            Ok(()) => current = Some(p),
+            Ok(()) => {
+                mark_up(&inner, &p);
+                current = Some(p);
+            }
             Err(e) => {
                 warn!(error = %e, "adopted proxy unreachable; replacing it");
                 p.signal(nix::sys::signal::Signal::SIGKILL);

@@ -89,3 +89,84 @@ fn bad_flags_exit_2_with_the_reason() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("not a listening TCP socket"), "{text}");
 }
+
+#[test]
+fn dns_flags_are_explained_and_checked() {
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for needle in ["egress:dns", "--dns-udp", "--dns-allow-timeout", "REFUSED"] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = dir.path().join("ctl.sock");
+    let ctl = ctl.to_str().expect("utf8");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--listen", "ingress:dns=7", "--control-socket", ctl],
+            "DNS is egress only",
+        ),
+        (
+            &[
+                "--listen",
+                "egress:http=7",
+                "--dns-udp",
+                "7",
+                "--control-socket",
+                ctl,
+            ],
+            "fd 7 given twice",
+        ),
+        (
+            &["--listen", "egress:dns=987", "--control-socket", ctl],
+            "not open",
+        ),
+        (
+            &[
+                "--listen",
+                "egress:http=3",
+                "--dns-allow-timeout",
+                "soon",
+                "--control-socket",
+                ctl,
+            ],
+            "--dns-allow-timeout",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, text) = run(args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(want), "{args:?}: wanted {want:?} in {text}");
+    }
+    // An open fd that is not a UDP socket (a file) as --dns-udp.
+    let (code, text) = {
+        use std::os::fd::AsRawFd;
+        let f = tempfile::tempfile().expect("file");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let (fd, lfd) = (f.as_raw_fd(), l.as_raw_fd());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciliate-proxy"));
+        cmd.args([
+            "--listen",
+            &format!("egress:http={lfd}"),
+            "--dns-udp",
+            &fd.to_string(),
+            "--control-socket",
+            ctl,
+        ]);
+        // SAFETY: only fcntl between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+                libc::fcntl(lfd, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a UDP socket"), "{text}");
+}

@@ -593,3 +593,76 @@ proptest! {
         check_answer(&bytes, a)?;
     }
 }
+
+/// DNS over TCP on a listener of the test (the pod's connection as the proxy accepts it):
+/// several length-prefixed queries on one connection answered in order, then a message cut
+/// short: an error record, the connection closed.
+#[test]
+fn tcp_answers_several_queries_per_connection_and_reports_a_truncated_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rt().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (mut p, mut rx) = proxy();
+        let mut r = dns_redirect(vec![name("allowed.example")]);
+        r.endpoint_ip = Ipv4Addr::LOCALHOST;
+        r.port = port;
+        r.proto = 6;
+        p.engine
+            .policy
+            .apply(&ProxyCommand::Snapshot {
+                revision: 2,
+                redirects: vec![r],
+            })
+            .expect("rules");
+        p.config.upstream_timeout = Duration::from_millis(100);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(ciliate_proxy::dns::tcp::serve(
+            Arc::new(p),
+            listener,
+            stop_rx,
+        ));
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut framed = Vec::new();
+        for id in [41u16, 42] {
+            let q = query(id, "denied.example.", RecordType::A);
+            framed.extend_from_slice(&u16::try_from(q.len()).unwrap().to_be_bytes());
+            framed.extend_from_slice(&q);
+        }
+        // Both queries in one write: answered one after the other.
+        c.write_all(&framed).await.expect("write");
+        for id in [41u16, 42] {
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).await.expect("length");
+            let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            c.read_exact(&mut body).await.expect("body");
+            let m = Message::from_vec(&body).expect("well-formed");
+            assert_eq!((m.id(), m.response_code()), (id, ResponseCode::Refused));
+        }
+        // A length of 300 and 10 bytes, then the end of the stream.
+        c.write_all(&[0x01, 0x2c]).await.expect("write");
+        c.write_all(&[0u8; 10]).await.expect("write");
+        c.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.expect("closed");
+        assert!(rest.is_empty(), "no answer to a truncated message");
+        let mut truncated = None;
+        while let Ok(ev) = rx.try_recv() {
+            if let ProxyEvent::Dns(r) = ev {
+                if r.verdict == L7Verdict::Error {
+                    truncated = r.reason;
+                }
+            }
+        }
+        assert_eq!(
+            truncated.as_deref(),
+            Some("truncated TCP message: the length says 300 bytes")
+        );
+        stop_tx.send(true).expect("stop");
+        server.await.expect("server");
+    });
+}

@@ -5,8 +5,9 @@ use std::fmt;
 use ciliate_client::Client;
 
 use crate::cli::{
-    BpfCommand, BpfPolicyCommand, Cli, Command, CtCommand, EndpointCommand, IdentityCommand,
-    LbCommand, ListOnly, MetricsCommand, PolicyCommand, ServiceCommand,
+    BpfCommand, BpfPolicyCommand, Cli, Command, CtCommand, EndpointCommand, FqdnCacheCommand,
+    FqdnCommand, IdentityCommand, LbCommand, ListOnly, MetricsCommand, PolicyCommand,
+    ServiceCommand,
 };
 use crate::output::Format;
 
@@ -15,6 +16,7 @@ pub mod bpf;
 pub mod config;
 pub mod connectivity;
 pub mod endpoint;
+pub mod fqdn;
 pub mod identity;
 pub mod install;
 pub mod lab;
@@ -116,6 +118,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Endpoint(EndpointCommand::List) => endpoint::list(&ctx).await,
         Command::Endpoint(EndpointCommand::Get { reference }) => {
             endpoint::get(&ctx, &reference).await
+        }
+        Command::Fqdn(FqdnCommand::Cache(FqdnCacheCommand::List { matchpattern })) => {
+            fqdn::list(&ctx, matchpattern.as_deref()).await
+        }
+        Command::Fqdn(FqdnCommand::Cache(FqdnCacheCommand::Clean { matchpattern })) => {
+            fqdn::clean(&ctx, matchpattern.as_deref()).await
         }
         Command::Identity(IdentityCommand::List) => identity::list(&ctx).await,
         Command::Identity(IdentityCommand::Get { id }) => identity::get(&ctx, id).await,

@@ -327,8 +327,89 @@ pub async fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<Outcome> {
 }
 
 /// `ciliate policy trace`: exit 0 allowed, 1 denied, 2 when it could not trace.
-pub async fn trace(ctx: &Ctx, args: &crate::cli::TraceArgs) -> anyhow::Result<Outcome> {
-    let (src, dst, dport, proto) = (&args.src, &args.dst, args.dport.0, &args.dport.1);
+/// `--dst-fqdn`: one trace per address the FQDN cache holds for the name.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FqdnTrace {
+    /// The name, normalized.
+    pub name: String,
+    /// Its addresses in the FQDN cache.
+    pub ips: Vec<std::net::Ipv4Addr>,
+    /// Every address allowed (false when none is learned).
+    pub allowed: bool,
+    /// One trace per address.
+    pub traces: Vec<PolicyTrace>,
+}
+
+async fn trace_fqdn(
+    ctx: &Ctx,
+    args: &crate::cli::TraceArgs,
+    name: &str,
+) -> anyhow::Result<Outcome> {
+    let name = ciliate_model::fqdn::validate_name(name).map_err(|e| Coded {
+        code: TRACE_ERROR_EXIT,
+        error: anyhow::anyhow!("--dst-fqdn {name:?} {e}"),
+    })?;
+    let cached = ctx
+        .client
+        .fqdn_cache(Some(&name))
+        .await
+        .map_err(|e| Coded {
+            code: TRACE_ERROR_EXIT,
+            error: e.into(),
+        })?;
+    let ips: Vec<std::net::Ipv4Addr> = cached
+        .into_iter()
+        .filter(|e| e.name == name)
+        .flat_map(|e| e.ips)
+        .collect();
+    let mut traces = Vec::new();
+    for ip in &ips {
+        let mut a = args.clone();
+        a.dst = Some(ip.to_string());
+        a.dst_fqdn = None;
+        traces.push(one_trace(ctx, &a).await?);
+    }
+    let out = FqdnTrace {
+        allowed: !ips.is_empty() && traces.iter().all(|t| t.allowed),
+        name,
+        ips,
+        traces,
+    };
+    output::print(&output::render(ctx.format, &out, fqdn_trace_table)?)?;
+    Ok(if out.allowed {
+        Outcome::Success
+    } else {
+        Outcome::Unhealthy
+    })
+}
+
+/// The name, then each address's trace.
+pub fn fqdn_trace_table(t: &FqdnTrace) -> String {
+    if t.ips.is_empty() {
+        return format!(
+            "Verdict:    DENIED\nno IPs learned for {} yet: toFQDNs allows nothing until a DNS answer for it passes the node's DNS proxy (`ciliate fqdn cache list` shows what was learned)\n",
+            t.name
+        );
+    }
+    let mut out = format!(
+        "{} resolves (FQDN cache) to {}\n",
+        t.name,
+        t.ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (ip, trace) in t.ips.iter().zip(&t.traces) {
+        out.push_str(&format!("\n--- {ip} ---\n{}", trace_table(trace)));
+    }
+    out
+}
+
+async fn one_trace(ctx: &Ctx, args: &crate::cli::TraceArgs) -> anyhow::Result<PolicyTrace> {
+    let dst = args.dst.clone().unwrap_or_default();
+    let (src, dst, dport, proto) = (&args.src, &dst, args.dport.0, &args.dport.1);
     let traced = match (&args.http_method, &args.http_path) {
         (Some(method), Some(path)) => {
             let http = ciliate_model::policy_api::TraceHttp {
@@ -343,14 +424,22 @@ pub async fn trace(ctx: &Ctx, args: &crate::cli::TraceArgs) -> anyhow::Result<Ou
         }
         _ => ctx.client.policy_trace(src, dst, dport, proto).await,
     };
-    let traced = traced.map_err(|e| Coded {
+    Ok(traced.map_err(|e| Coded {
         code: TRACE_ERROR_EXIT,
         error: hint_not_found(
             e,
             "`ciliate endpoint list` shows the pods of this node; labels and addresses \
                  need no pod",
         ),
-    })?;
+    })?)
+}
+
+/// `ciliate policy trace`.
+pub async fn trace(ctx: &Ctx, args: &crate::cli::TraceArgs) -> anyhow::Result<Outcome> {
+    if let Some(name) = &args.dst_fqdn {
+        return trace_fqdn(ctx, args, name).await;
+    }
+    let traced = one_trace(ctx, args).await?;
     output::print(&output::render(ctx.format, &traced, trace_table)?)?;
     Ok(if traced.allowed {
         Outcome::Success

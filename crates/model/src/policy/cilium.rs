@@ -1,7 +1,7 @@
 //! `cilium.io/v2` `CiliumNetworkPolicy` and `CiliumClusterwideNetworkPolicy`, field for field.
 //!
 //! Both kinds share one shape; the kind decides the scope (a namespaced policy selects only
-//! endpoints of its namespace). Fields Ciliate does not enforce yet (Kafka and DNS `rules`, `toFQDNs`,
+//! endpoints of its namespace). Fields Ciliate does not enforce yet (Kafka `rules`,
 //! `toServices`, `authentication`, TLS, listeners, groups, nodes) are still typed, so that a
 //! misspelt field inside them is an error, and `crates/policy` reports each one it meets.
 
@@ -397,7 +397,7 @@ pub struct PortRule {
     /// The ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortProtocol>>,
-    /// L7 rules (HTTP enforced through the node's proxy; Kafka and DNS parsed, not enforced).
+    /// L7 rules (HTTP, Kafka and DNS, enforced through the node's proxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<L7Rules>,
     /// TLS termination (not enforced).

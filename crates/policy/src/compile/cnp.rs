@@ -286,8 +286,8 @@ impl Compiler<'_> {
         } else if has_ports {
             match to_ports {
                 Some(L4Ports::Allow(rules)) => {
-                    let (ports, rules) = self.allow_ports(c, rules);
-                    l7 = rules;
+                    let (ports, of) = self.allow_ports(c, rules);
+                    l7 = of;
                     ports
                 }
                 Some(L4Ports::Deny(rules)) => self.deny_ports(c, rules),

@@ -24,7 +24,9 @@
 
 use std::collections::BTreeMap;
 
+use ciliate_model::fqdn::FqdnMatcher;
 use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY};
+use ciliate_model::l7::{DnsMatch, HttpMatch, KafkaMatch};
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::cilium::{
     CidrRule, Entity, FqdnSelector, PortDenyRule, PortRule, ServiceSelector,
@@ -96,6 +98,20 @@ pub(crate) enum Peer {
     Entity(Entity),
     /// CIDR identities inside `net` and outside every `except` (and world for `/0`).
     Cidr { net: IpNet, except: Vec<IpNet> },
+    /// `toFQDNs`: the CIDR identities of the addresses the node's FQDN cache holds for the
+    /// names this matches (none until a DNS answer taught one).
+    Fqdn(FqdnMatcher),
+}
+
+/// The L7 rules of one port of a rule: the traffic they allow goes through the node's proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PortL7 {
+    /// `rules.http`: a TCP port, parsed as HTTP.
+    Http(Vec<HttpMatch>),
+    /// `rules.dns`: a UDP or TCP port (egress), parsed as DNS.
+    Dns(Vec<DnsMatch>),
+    /// `rules.kafka`: a TCP port, parsed as Kafka; roles and API key names expanded.
+    Kafka(Vec<KafkaMatch>),
 }
 
 /// Which traffic of a peer a rule is about.
@@ -129,10 +145,10 @@ pub(crate) struct Rule {
     pub requirements: Vec<Selector>,
     /// Empty: the rule matches no traffic.
     pub ports: Vec<PortMatch>,
-    /// L7 rules (HTTP, Kafka) of some of `ports` (by index; each such port is one TCP port or
-    /// a named one): the traffic they allow goes through the node's proxy, which allows only
-    /// the requests these match.
-    pub l7: BTreeMap<usize, crate::l7::PortL7>,
+    /// L7 rules of some of `ports` (by index; each such port is one port or a named one):
+    /// the traffic they allow goes through the node's proxy, which allows only the requests
+    /// these match.
+    pub l7: BTreeMap<usize, PortL7>,
 }
 
 /// A checked and compiled policy.
@@ -144,6 +160,17 @@ pub(crate) struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// The `toFQDNs` selectors of the policy's rules.
+    pub(crate) fn fqdn_matchers(&self) -> impl Iterator<Item = &FqdnMatcher> + '_ {
+        self.rules
+            .iter()
+            .flat_map(|r| r.peers.iter())
+            .filter_map(|p| match p {
+                Peer::Fqdn(m) => Some(m),
+                _ => None,
+            })
+    }
+
     /// Every prefix the policy names (with `except` prefixes), for CIDR identities.
     pub(crate) fn cidr_prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.rules

@@ -1,6 +1,8 @@
 //! L3 peers of Cilium rules: endpoint selectors (and their namespace scoping), `fromRequires`,
-//! CIDRs, entities, and the fields not enforced yet (nodes, services, groups, FQDNs).
+//! CIDRs, entities, FQDNs (`toFQDNs`, egress allow rules only, as in Cilium), and the fields
+//! not enforced yet (nodes, services, groups).
 
+use ciliate_model::fqdn::FqdnMatcher;
 use ciliate_model::labels::{POD_NAMESPACE_LABEL, SOURCE_K8S, SOURCE_RESERVED};
 use ciliate_model::policy::cilium::{Entity, FqdnSelector};
 
@@ -156,11 +158,10 @@ impl Compiler<'_> {
                 &mut peers,
             );
         }
-        if let Some(fqdns) = l3.fqdns.filter(|f| !f.is_empty()) {
-            for (i, f) in fqdns.iter().enumerate() {
-                self.fqdn(f, &format!("{}.toFQDNs[{i}]", c.path));
+        for (i, f) in l3.fqdns.into_iter().flatten().enumerate() {
+            if let Some(m) = self.fqdn(f, &format!("{}.toFQDNs[{i}]", c.path)) {
+                peers.push(Peer::Fqdn(m));
             }
-            self.unsupported(c, &format!("{}.toFQDNs", c.path), "toFQDNs", &mut peers);
         }
         (peers, requirements)
     }
@@ -188,31 +189,11 @@ impl Compiler<'_> {
         }
     }
 
-    pub(super) fn fqdn(&mut self, f: &FqdnSelector, path: &str) {
-        match (&f.match_name, &f.match_pattern) {
-            (Some(_), Some(_)) | (None, None) => self.error(
-                path,
-                "exactly one of matchName and matchPattern is required",
-            ),
-            (Some(s), None) | (None, Some(s)) => {
-                let pattern = f.match_pattern.is_some();
-                let ok = !s.is_empty()
-                    && s.chars().all(|ch| {
-                        ch.is_ascii_alphanumeric()
-                            || matches!(ch, '-' | '.' | '_')
-                            || (pattern && ch == '*')
-                    });
-                if !ok {
-                    self.error(
-                        path,
-                        format!(
-                            "{s:?} is not a DNS name{}",
-                            if pattern { " pattern" } else { "" }
-                        ),
-                    );
-                }
-            }
-        }
+    /// One `toFQDNs` selector, checked and normalized.
+    pub(super) fn fqdn(&mut self, f: &FqdnSelector, path: &str) -> Option<FqdnMatcher> {
+        FqdnMatcher::new(f.match_name.as_deref(), f.match_pattern.as_deref())
+            .map_err(|e| self.error(path, e))
+            .ok()
     }
 
     /// Cilium's namespace scoping of a peer selector (`getEndpointSelector`).

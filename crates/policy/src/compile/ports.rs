@@ -1,6 +1,11 @@
 //! L4: `toPorts` (ports, ranges, named ports, protocols) for allow and deny rules, and the
-//! L7 rules they may carry: HTTP and Kafka rules checked and compiled for the node's proxy;
-//! DNS rules checked, not enforced.
+//! L7 rules they may carry: HTTP, Kafka and DNS rules checked and compiled for the node's
+//! proxy.
+//!
+//! DNS rules (egress only) apply to the UDP and TCP ports of their entry (port 53 with no
+//! protocol gives both); their names and patterns are checked with [`FqdnMatcher`] and sent
+//! to the proxy lower-cased with the trailing dot. The SCTP part of a port without protocol
+//! stays closed: the DNS proxy only speaks UDP and TCP.
 //!
 //! Where an L7 rule may stand follows Cilium's `PortRule.sanitize`
 //! (`pkg/policy/api/rule_validation.go`): L7 rules other than DNS only on ports whose
@@ -12,13 +17,14 @@
 
 use std::collections::BTreeMap;
 
+use ciliate_model::fqdn::FqdnMatcher;
+use ciliate_model::l7::DnsMatch;
 use ciliate_model::policy::cilium::{
     CiliumProtocol, L7Rules, PortDenyRule, PortProtocol, PortRule,
 };
 use ciliate_model::policy::{IntOrString, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use super::{Compiler, PortMatch, RuleCtx, MAX_PORTS};
-use crate::l7::PortL7;
+use super::{Compiler, PortL7, PortMatch, RuleCtx, MAX_PORTS};
 use crate::names::check_port_name;
 
 impl Compiler<'_> {
@@ -58,12 +64,14 @@ impl Compiler<'_> {
             let p = format!("{p}.toPorts[{i}]", p = c.path);
             let list = self.port_list(pr.ports.as_deref(), &p);
             let mut closed = false;
-            let mut proxied = None;
+            let mut port_l7 = None;
             if let Some(l7) = &pr.rules {
                 match self.l7(c, l7, &format!("{p}.rules"), &list, pr.ports.as_deref()) {
                     L7Outcome::None => {}
                     L7Outcome::Closed => closed = true,
-                    L7Outcome::Proxy(rules) => proxied = Some(rules),
+                    L7Outcome::Http(rules) => port_l7 = Some(PortL7::Http(rules)),
+                    L7Outcome::Dns(rules) => port_l7 = Some(PortL7::Dns(rules)),
+                    L7Outcome::Kafka(rules) => port_l7 = Some(PortL7::Kafka(rules)),
                 }
             }
             if let Some(names) = &pr.server_names {
@@ -96,7 +104,14 @@ impl Compiler<'_> {
             }
             if !closed {
                 for pm in list.ports {
-                    if let Some(l7) = &proxied {
+                    let pm = match &port_l7 {
+                        Some(PortL7::Dns(_)) => match dns_port(pm) {
+                            Some(pm) => pm,
+                            None => continue,
+                        },
+                        _ => pm,
+                    };
+                    if let Some(l7) = &port_l7 {
                         l7_of.insert(out.len(), l7.clone());
                     }
                     out.push(pm);
@@ -263,7 +278,7 @@ impl Compiler<'_> {
             return L7Outcome::Closed;
         }
         let ports = given.unwrap_or_default();
-        if let Some(dns) = l7.dns.as_ref().filter(|d| !d.is_empty()) {
+        if l7.dns.as_ref().is_some_and(|d| !d.is_empty()) {
             if c.ingress() {
                 self.error(
                     format!("{path}.dns"),
@@ -273,9 +288,6 @@ impl Compiler<'_> {
             }
             if ports.is_empty() {
                 self.error(format!("{path}.dns"), "port 53 must be given for DNS rules");
-            }
-            for (i, f) in dns.iter().enumerate() {
-                self.fqdn(f, &format!("{path}.dns[{i}]"));
             }
         } else {
             let mut bad = false;
@@ -328,7 +340,21 @@ impl Compiler<'_> {
                 }
             }
             return if out.len() == rules.len() {
-                L7Outcome::Proxy(PortL7::Http(out))
+                L7Outcome::Http(out)
+            } else {
+                L7Outcome::Closed
+            };
+        }
+        if let Some(rules) = l7.dns.as_ref().filter(|r| !r.is_empty()) {
+            let mut out = Vec::new();
+            for (i, f) in rules.iter().enumerate() {
+                match FqdnMatcher::new(f.match_name.as_deref(), f.match_pattern.as_deref()) {
+                    Ok(m) => out.push(dns_match(&m)),
+                    Err(e) => self.error(format!("{path}.dns[{i}]"), e),
+                }
+            }
+            return if out.len() == rules.len() {
+                L7Outcome::Dns(out)
             } else {
                 L7Outcome::Closed
             };
@@ -345,33 +371,16 @@ impl Compiler<'_> {
                 }
             }
             return if out.len() == rules.len() {
-                L7Outcome::Proxy(PortL7::Kafka(out))
+                L7Outcome::Kafka(out)
             } else {
                 L7Outcome::Closed
             };
         }
-        let unrestricted = l7.dns.as_ref().is_some_and(|rules| {
-            rules
-                .iter()
-                .any(|r| r.match_pattern.as_deref() == Some("*"))
-        });
-        let kind = match kinds.first() {
-            Some(&"dns") => "DNS",
-            _ => "l7proto",
-        };
-        if unrestricted {
-            self.warn(
-                path,
-                format!("{kind} rules are not enforced yet; these allow every request, so the ports are allowed at L4"),
-            );
-            L7Outcome::None
-        } else {
-            self.warn(
-                path,
-                format!("{kind} rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)"),
-            );
-            L7Outcome::Closed
-        }
+        self.warn(
+            path,
+            "l7proto rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)",
+        );
+        L7Outcome::Closed
     }
 }
 
@@ -392,6 +401,39 @@ pub(super) enum L7Outcome {
     None,
     /// Rules Ciliate cannot enforce, or errors: the ports stay closed.
     Closed,
-    /// HTTP or Kafka rules: the ports are allowed through the proxy, for requests these match.
-    Proxy(PortL7),
+    /// HTTP rules: the ports are allowed through the proxy, for requests these match.
+    Http(Vec<ciliate_model::l7::HttpMatch>),
+    /// DNS rules: the UDP and TCP ports are allowed through the DNS proxy, for queries these
+    /// match.
+    Dns(Vec<DnsMatch>),
+    /// Kafka rules: the ports are allowed through the proxy, for requests these match.
+    Kafka(Vec<ciliate_model::l7::KafkaMatch>),
+}
+
+/// The contract's form of a checked DNS rule: normalized (lower-case, trailing dot).
+fn dns_match(m: &FqdnMatcher) -> DnsMatch {
+    match m {
+        FqdnMatcher::Name(n) => DnsMatch {
+            match_name: Some(n.clone()),
+            match_pattern: None,
+        },
+        FqdnMatcher::Pattern(p) => DnsMatch {
+            match_name: None,
+            match_pattern: Some(p.clone()),
+        },
+    }
+}
+
+/// The part of a port that can carry DNS to the proxy (UDP and TCP); `None` when none can.
+fn dns_port(pm: PortMatch) -> Option<PortMatch> {
+    let dns = |p: &u8| matches!(*p, PROTO_TCP | PROTO_UDP);
+    match pm {
+        PortMatch::Range { proto, .. } if !dns(&proto) => None,
+        PortMatch::Named { protos, name } => {
+            let protos: Vec<u8> = protos.into_iter().filter(dns).collect();
+            (!protos.is_empty()).then_some(PortMatch::Named { protos, name })
+        }
+        PortMatch::AnyProto => None,
+        other => Some(other),
+    }
 }

@@ -172,16 +172,17 @@ async fn udp_exchange(resolver: SocketAddrV4, query: &[u8], id: u16) -> Result<V
     s.send(query)
         .await
         .map_err(|e| format!("sending to {resolver}: {e}"))?;
-    let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        let n = s
-            .recv(&mut buf)
+        // Room for the largest answer, not zeroed; shrunk to the answer, which may be held for
+        // the agent a while.
+        let mut buf = Vec::with_capacity(MAX_MESSAGE);
+        s.recv_buf(&mut buf)
             .await
             .map_err(|e| format!("receiving from {resolver}: {e}"))?;
         // Anything else on this port is not the answer (the socket is connected, so it came
         // from the resolver, but a stray or late datagram must not answer this query).
-        if message::header_id(&buf[..n]) == Some(id) {
-            buf.truncate(n);
+        if message::header_id(&buf) == Some(id) {
+            buf.shrink_to_fit();
             return Ok(buf);
         }
     }
@@ -328,8 +329,16 @@ impl DnsProxy {
                 flow.resolver, self.config.upstream_timeout
             ))
         });
-        let parsed =
-            exchanged.and_then(|a| message::inspect_answer(&a, &info.name).map(|i| (a, i)));
+        let parsed = exchanged.and_then(|a| {
+            let i = message::inspect_answer(&a, &info.name)?;
+            if i.id != info.id {
+                return Err(format!(
+                    "the answer's id {} is not the query's {}",
+                    i.id, info.id
+                ));
+            }
+            Ok((a, i))
+        });
         let (answer, ai) = match parsed {
             Ok(x) => x,
             Err(why) => {

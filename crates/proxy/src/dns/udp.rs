@@ -16,8 +16,9 @@ use tracing::{info, warn};
 
 use super::{DnsProxy, Flow, Transport, Upstream, MAX_MESSAGE};
 
-/// Queries handled at once; more wait in the socket's buffer (bounded memory).
-const IN_FLIGHT: usize = 4096;
+/// Queries handled at once; more wait in the socket's buffer. Bounds the memory of a flood
+/// with a slow resolver: at most this many upstream receive buffers (64 KiB) at a time.
+const IN_FLIGHT: usize = 1024;
 /// Reply sockets kept (one per resolver address); beyond, the cache starts over.
 const REPLY_SOCKETS: usize = 1024;
 

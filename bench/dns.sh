@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# DNS queries per second and latency through Ciliate's DNS proxy (issue #13) against the same
+# queries sent straight to the resolver, in one run. Paths, each from a client pod to a resolver
+# pod (a real dnsmasq) on one node:
+#
+#   direct  node X, no policy: the client's queries go straight to the resolver pod
+#   proxy   node Y, the client's egress allows UDP 53 to the resolver with `rules.dns`
+#           (`matchPattern: "*"`): the datapath hands every query to ciliate-proxy, which
+#           checks it, forwards it to the resolver, and reports the answer to the agent
+#
+# Node X and node Y are two agents in two node namespaces built alike (pods by the CNI plugin),
+# measured in interleaved rounds. Load: dnsperf (Debian's package) over UDP, 4 clients, 200
+# queries outstanding, names n1..n100 under bench.test (each answered with two A records,
+# TTL 300). Fixed rate: `-Q 10000`, with every query's latency (`-v`) for p50/p99; maximum
+# rate: no limit. A path that loses more than 1% of its queries at the fixed rate is said so.
+#
+#   sudo bench/dns.sh [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--quick] [--no-build]
+#
+#   --secs N     seconds per measurement (default 10)
+#   --runs N     rounds, interleaved (default 5)
+#   --rate Q     the fixed rate, queries per second (default 10000)
+#   --paths P    which paths to measure (default direct,proxy)
+#   --quick      checks that it works and cleans up: 1 s, 1 round, the binaries already built
+#                (in $CILIATE_BIN_DIR, default target/release)
+#   --no-build   do not run `cargo build --release` first
+#
+# Needs root, dnsperf and dnsmasq (apt-get install dnsperf dnsmasq-base, or
+# scripts/install-deps; a missing one is an error, never a skip). dnsperf is pinned to CPU 0,
+# dnsmasq to the last CPU; ciliate-proxy and the agents run unpinned, as in production.
+# Everything it makes is named cb<pid>-*, recorded, and removed on exit; the proxy runs in a
+# session of its own and outlives its agent, so cleanup also stops every process left in this
+# run's node namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+
+SECS=10
+RUNS=5
+BUILD=1
+RATE=10000
+PATHS=direct,proxy
+usage() { echo "usage: $0 [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--quick] [--no-build]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --secs) [ $# -ge 2 ] || usage; SECS=$2; shift 2 ;;
+    --runs) [ $# -ge 2 ] || usage; RUNS=$2; shift 2 ;;
+    --rate) [ $# -ge 2 ] || usage; RATE=$2; shift 2 ;;
+    --paths) [ $# -ge 2 ] || usage; PATHS=$2; shift 2 ;;
+    --quick) SECS=1; RUNS=1; BUILD=0; shift ;;
+    --no-build) BUILD=0; shift ;;
+    *) usage ;;
+  esac
+done
+IFS=, read -r -a PATH_LIST <<<"$PATHS"
+for p in "${PATH_LIST[@]}"; do
+  case "$p" in direct|proxy) ;; *) echo "$0: --paths $PATHS: expected direct and/or proxy" >&2; exit 2 ;; esac
+done
+command -v dnsperf >/dev/null || { echo "$0: dnsperf is not installed (apt-get install -y dnsperf)" >&2; exit 1; }
+DNSMASQ=/usr/sbin/dnsmasq
+[ -x "$DNSMASQ" ] || { echo "$0: dnsmasq is not installed (apt-get install -y dnsmasq-base)" >&2; exit 1; }
+
+[ "$BUILD" = 1 ] && cargo build --release --bins -q
+BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
+STATE=$(mktemp -d)
+track_path "$STATE"
+RESULTS=$STATE/results
+NODE_NS=()
+AGENTS=()
+ns_pids() { local ns; for ns in "${NODE_NS[@]}"; do ip netns pids "$ns" 2>/dev/null; done; }
+dns_cleanup() {
+  set +e
+  # The agents first: a supervisor still running would start a new proxy for one stopped.
+  local pid
+  for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${AGENTS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  # The proxy (a session of its own) is no child of this script: stop whatever is left in the
+  # node namespaces this run made, before they are deleted.
+  for _ in 1 2 3; do
+    left=$(ns_pids)
+    [ -z "$left" ] && break
+    for pid in $left; do kill "$pid" 2>/dev/null; done
+    for _ in $(seq 20); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
+    for pid in $(ns_pids); do kill -9 "$pid" 2>/dev/null; done
+    sleep 0.2
+  done
+  cb_cleanup
+}
+trap dns_cleanup EXIT
+trap "exit 130" INT TERM # so that a signal still cleans up
+
+# node <name> <pod-cidr>: a node namespace with its agent; sets SOCK_<name>.
+node() {
+  local n=$1 ns=$RUN-$1
+  mkns "$ns"
+  NODE_NS+=("$ns")
+  ip -n "$ns" link set lo up
+  mkdir -p "$STATE/$n"
+  start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$2" --hubble-socket "$STATE/$n/hubble.sock"
+  AGENTS+=("$AGENT_PID")
+  printf -v "SOCK_$n" %s "$STATE/$n/agent.sock"
+}
+# pod <node> <name> <labels>: a pod by CNI ADD in the namespace made beforehand (mkns must not
+# run in the $(...) that takes the IP: what it records would be lost); prints its IP.
+pod() {
+  local ns=$RUN-$1-$2 sock
+  sock=$STATE/$1/agent.sock
+  CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1-$2 CNI_NETNS=/var/run/netns/$ns CNI_IFNAME=eth0 \
+  CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$2;CILIATE_LABELS=$3" CNI_PATH=/opt/cni/bin \
+    in_ns "$RUN-$1" "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$sock\"}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'
+}
+
+node x 10.252.0.0/24
+node y 10.252.4.0/24
+for n in x y; do for p in dns client; do mkns "$RUN-$n-$p"; done; done
+X_DNS=$(pod x dns app=dns)
+pod x client app=client >/dev/null
+Y_DNS=$(pod y dns app=dns)
+pod y client app=client >/dev/null
+
+# The resolver: dnsmasq answering every name under bench.test from its configuration (no
+# upstream, nothing of the host's), on the pod's address.
+for n in x y; do
+  ip=X_DNS
+  [ "$n" = y ] && ip=Y_DNS
+  cat >"$STATE/dnsmasq-$n.conf" <<CONF
+no-resolv
+no-hosts
+no-poll
+listen-address=${!ip}
+bind-interfaces
+local-ttl=300
+local=/#/
+address=/bench.test/192.0.2.10
+address=/bench.test/192.0.2.11
+cache-size=10000
+CONF
+  pin_server nsenter --net=/var/run/netns/"$RUN-$n-dns" "$DNSMASQ" --keep-in-foreground \
+    --conf-file="$STATE/dnsmasq-$n.conf" --pid-file= --user=root --log-facility=- \
+    >"$STATE/dnsmasq-$n.log" 2>&1 &
+  track $!
+done
+for i in $(seq 100); do echo "n$i.bench.test A"; done >"$STATE/queries"
+
+cat >"$STATE/y/dns.yaml" <<'YAML'
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-dns, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules:
+        dns: [{matchPattern: "*"}]
+YAML
+"$BIN/ciliate" --socket "$SOCK_y" apply -f "$STATE/y/dns.yaml" >/dev/null
+
+# dst: path -> "client-namespace resolver-ip"
+declare -A DST=(
+  [direct]="$RUN-x-client $X_DNS"
+  [proxy]="$RUN-y-client $Y_DNS"
+)
+perf() { # path secs extra-args...: dnsperf's output
+  local p=$1 secs=$2; shift 2
+  read -r ns ip <<<"${DST[$p]}"
+  pin_client nsenter --net=/var/run/netns/"$ns" dnsperf -s "$ip" -d "$STATE/queries" \
+    -l "$secs" -c 4 -q 200 -t 2 "$@" 2>&1
+}
+# dnsperf's output -> "qps sent completed lost p50_us p99_us" (latencies from -v lines, else -)
+parse() {
+  python3 -c '
+import re, statistics, sys
+t = sys.stdin.read()
+def num(pat):
+    m = re.search(pat, t)
+    return float(m.group(1)) if m else 0.0
+lat = sorted(float(x) * 1e6 for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", t, re.M))
+def q(p):
+    return f"{lat[min(len(lat) - 1, int(p * len(lat)))]:.1f}" if lat else "-"
+print(num(r"Queries per second:\s+([\d.]+)"), int(num(r"Queries sent:\s+(\d+)")),
+      int(num(r"Queries completed:\s+(\d+)")), int(num(r"Queries lost:\s+(\d+)")), q(0.5), q(0.99))'
+}
+
+# Every path answers, and each goes where it should: the proxied one through the DNS proxy
+# (its queries become DNS flows in node Y's observer), the direct one not.
+dns_flows() { # node: DNS flows its observer holds
+  "$BIN/ciliate" observe --hubble-socket "$STATE/$1/hubble.sock" --protocol dns --last 100000 -o json 2>/dev/null |
+    grep -c '"dns"' || true
+}
+ready() {
+  local p out
+  for _ in $(seq 100); do
+    ok=1
+    for p in "${PATH_LIST[@]}"; do
+      read -r _ _ answered _ _ _ <<<"$(perf "$p" 0.3 -Q 100 | parse)" || { ok=0; break; }
+      [ "$answered" -gt 0 ] || { ok=0; break; }
+    done
+    [ "$ok" = 1 ] && return 0
+    sleep 0.2
+  done
+  echo "$0: path $p does not answer; dnsperf said: $(perf "$p" 0.3 -Q 100 | tail -20)" >&2
+  return 1
+}
+ready
+for p in "${PATH_LIST[@]}"; do
+  case "$p" in
+    proxy)
+      [ "$(dns_flows y)" -gt 0 ] || { echo "$0: the proxied path's queries are not in node Y's DNS flows: not through the DNS proxy" >&2; exit 1; } ;;
+    direct)
+      [ "$(dns_flows x)" = 0 ] || { echo "$0: the direct path went through a DNS proxy" >&2; exit 1; } ;;
+  esac
+done
+
+: >"$RESULTS"
+for round in $(seq "$RUNS"); do
+  echo "round $round of $RUNS..." >&2
+  for p in "${PATH_LIST[@]}"; do
+    read -r qps sent _ lost p50 p99 <<<"$(perf "$p" "$SECS" -Q "$RATE" -v | parse)"
+    echo "fixed-rate $p $qps" >>"$RESULTS"
+    echo "fixed-p50 $p $p50" >>"$RESULTS"
+    echo "fixed-p99 $p $p99" >>"$RESULTS"
+    echo "fixed-lost $p $(python3 -c "print(100 * $lost / max($sent, 1))")" >>"$RESULTS"
+  done
+  for p in "${PATH_LIST[@]}"; do
+    read -r qps sent _ lost _ _ <<<"$(perf "$p" "$SECS" | parse)"
+    echo "max $p $qps" >>"$RESULTS"
+    echo "max-lost $p $(python3 -c "print(100 * $lost / max($sent, 1))")" >>"$RESULTS"
+  done
+done
+
+printf '\nDNS over UDP, dnsperf -c 4 -q 200, 100 names (2 A records each), %s s per measurement; %s\n' "$SECS" "$(pinning)"
+printf 'fixed rate: -Q %s with every latency (-v); max rate: no limit\n\n' "$RATE"
+python3 - "$RESULTS" "$RATE" <<'PY'
+import statistics, sys
+path, rate = sys.argv[1], int(sys.argv[2])
+rows = {}
+for line in open(path):
+    m, p, v = line.split()
+    if v != "-":
+        rows.setdefault((m, p), []).append(float(v))
+paths = [p for p in ["direct", "proxy"] if any(k[1] == p for k in rows)]
+def med(m, p):
+    v = rows.get((m, p))
+    return statistics.median(v) if v else None
+def cell(m, p, fmt="{:,.0f}"):
+    v = rows.get((m, p))
+    if not v:
+        return "-"
+    return f"{fmt.format(statistics.median(v))} [{fmt.format(min(v))}-{fmt.format(max(v))}]"
+w = 28
+print(f"{'median [min-max]':34}" + "".join(f"{p:>{w}}" for p in paths))
+for m, label, fmt in [("fixed-rate", f"{rate:,} q/s: answered q/s", "{:,.0f}"),
+                      ("fixed-p50", f"{rate:,} q/s: p50 us", "{:,.0f}"),
+                      ("fixed-p99", f"{rate:,} q/s: p99 us", "{:,.0f}"),
+                      ("fixed-lost", f"{rate:,} q/s: lost %", "{:.2f}"),
+                      ("max", "max q/s", "{:,.0f}"),
+                      ("max-lost", "max rate: lost %", "{:.2f}")]:
+    print(f"{label:34}" + "".join(f"{cell(m, p, fmt):>{w}}" for p in paths))
+print(f"({len(rows.get(('max', paths[0]), [])) if paths else 0} rounds, interleaved in the order above)\n")
+for p in paths:
+    lost = med("fixed-lost", p)
+    if lost is not None and lost > 1:
+        print(f"NOTE: {p} lost {lost:.1f}% of its queries at {rate:,} q/s: it cannot keep that rate")
+if "direct" in paths and "proxy" in paths:
+    def r(a, b):
+        return f"{a / b:.2f}" if a is not None and b else "-"
+    def d(a, b):
+        return f"{(a - b) / 1000:+.3f}" if a is not None and b is not None else "-"
+    print(f"{'proxy vs direct (medians)':44}{'value':>10}   goal")
+    print(f"{'answered q/s at the fixed rate, ratio':44}{r(med('fixed-rate', 'proxy'), med('fixed-rate', 'direct')):>10}   >= 0.9")
+    print(f"{'added p99 at the fixed rate, ms':44}{d(med('fixed-p99', 'proxy'), med('fixed-p99', 'direct')):>10}   <= 0.3")
+    print(f"{'added p50 at the fixed rate, ms':44}{d(med('fixed-p50', 'proxy'), med('fixed-p50', 'direct')):>10}")
+    print(f"{'max q/s, ratio':44}{r(med('max', 'proxy'), med('max', 'direct')):>10}")
+PY

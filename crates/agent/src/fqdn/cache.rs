@@ -1,0 +1,382 @@
+//! The FQDN cache as pure data: per endpoint, the names its DNS answers gave and their
+//! addresses, each with its expiry. No clock, no I/O: every call takes `now` (Unix seconds, so
+//! that a saved cache means the same after a restart) and the caller decides what to do with
+//! the names whose addresses changed.
+//!
+//! As Cilium's DNS cache has it:
+//!
+//! * an address expires at `learned + max(ttl, min_ttl)` (`--tofqdns-min-ttl`); a later answer
+//!   with the same address pushes its expiry out;
+//! * an endpoint keeps at most `max_ips_per_hostname` addresses per name
+//!   (`--tofqdns-max-ips-per-hostname`): the ones that expire first go;
+//! * an expired address that an endpoint still has an open connection to is a "zombie": it
+//!   stays (and stays allowed) until the connection closes;
+//! * what policy sees is the union over endpoints: an address one pod learned for a name is
+//!   allowed to every pod whose `toFQDNs` select that name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ciliate_model::api::FqdnCacheEntry;
+use ciliate_model::fqdn::{validate_name, FqdnMatcher};
+use ciliate_model::l7::FqdnLearned;
+use serde::{Deserialize, Serialize};
+
+/// Cilium's default `--tofqdns-min-ttl` for names `toFQDNs` select.
+pub const DEFAULT_MIN_TTL: u32 = 3600;
+/// Cilium's default `--tofqdns-max-ips-per-hostname`.
+pub const DEFAULT_MAX_IPS_PER_HOSTNAME: usize = 50;
+
+/// The cache's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheLimits {
+    /// The shortest time an address stays, in seconds, whatever TTL the answer gave.
+    pub min_ttl: u32,
+    /// The most addresses an endpoint keeps per name.
+    pub max_ips_per_hostname: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            min_ttl: DEFAULT_MIN_TTL,
+            max_ips_per_hostname: DEFAULT_MAX_IPS_PER_HOSTNAME,
+        }
+    }
+}
+
+/// One address of one name of one endpoint; also the saved form of the cache (one record per
+/// entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheRecord {
+    /// The endpoint that asked.
+    pub endpoint: u16,
+    /// Its address (the source of its connections, for the zombie check).
+    pub endpoint_ip: Ipv4Addr,
+    /// The name, normalized.
+    pub name: String,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The TTL of the last answer that gave it.
+    pub ttl: u32,
+    /// When the last answer gave it (Unix seconds).
+    pub learned: u64,
+    /// When it expires (Unix seconds).
+    pub expires: u64,
+    /// Expired, kept for an open connection.
+    #[serde(default)]
+    pub zombie: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    ttl: u32,
+    learned: u64,
+    expires: u64,
+    zombie: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct EndpointCache {
+    ip: Option<Ipv4Addr>,
+    names: BTreeMap<String, BTreeMap<Ipv4Addr, Entry>>,
+}
+
+/// What [`FqdnCache::learn`] found in an answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Names whose addresses (over all endpoints) changed.
+    pub changed: BTreeSet<String>,
+    /// Names refused as not being DNS names (skipped; the rest of the answer counts).
+    pub refused: Vec<String>,
+}
+
+/// The node's FQDN cache.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FqdnCache {
+    limits: CacheLimits,
+    endpoints: BTreeMap<u16, EndpointCache>,
+}
+
+impl FqdnCache {
+    /// An empty cache.
+    pub fn new(limits: CacheLimits) -> Self {
+        Self {
+            limits,
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
+
+    /// The addresses of `name` over all endpoints (zombies included).
+    pub fn ips_of(&self, name: &str) -> BTreeSet<Ipv4Addr> {
+        self.endpoints
+            .values()
+            .filter_map(|e| e.names.get(name))
+            .flat_map(|ips| ips.keys().copied())
+            .collect()
+    }
+
+    /// Every name with its addresses over all endpoints: what policy sees.
+    pub fn names(&self) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+        let mut out: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+        for e in self.endpoints.values() {
+            for (name, ips) in &e.names {
+                out.entry(name.clone())
+                    .or_default()
+                    .extend(ips.keys().copied());
+            }
+        }
+        out
+    }
+
+    /// Takes one allowed answer in. Names that are not DNS names are refused, the rest of the
+    /// answer still counts.
+    pub fn learn(&mut self, ev: &FqdnLearned, now: u64) -> Learned {
+        let mut out = Learned::default();
+        for answer in &ev.names {
+            let name = match validate_name(&answer.name) {
+                Ok(n) => n,
+                Err(_) => {
+                    out.refused.push(answer.name.clone());
+                    continue;
+                }
+            };
+            if answer.ips.is_empty() {
+                continue;
+            }
+            let before = self.ips_of(&name);
+            let ttl = answer.ttl;
+            let expires = now.saturating_add(u64::from(ttl.max(self.limits.min_ttl)));
+            let ep = self.endpoints.entry(ev.endpoint).or_default();
+            ep.ip = Some(ev.endpoint_ip);
+            let ips = ep.names.entry(name.clone()).or_default();
+            for ip in &answer.ips {
+                let e = ips.entry(*ip).or_insert(Entry {
+                    ttl,
+                    learned: now,
+                    expires,
+                    zombie: false,
+                });
+                e.ttl = ttl;
+                e.learned = now;
+                e.expires = e.expires.max(expires);
+                e.zombie = false;
+            }
+            cap(ips, self.limits.max_ips_per_hostname);
+            if self.ips_of(&name) != before {
+                out.changed.insert(name);
+            }
+        }
+        out
+    }
+
+    /// The next time [`FqdnCache::expire`] has something to do: the earliest expiry of an
+    /// address that is not a zombie yet. Zombies are checked again on the caller's schedule.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.endpoints
+            .values()
+            .flat_map(|e| e.names.values())
+            .flat_map(|ips| ips.values())
+            .filter(|e| !e.zombie)
+            .map(|e| e.expires)
+            .min()
+    }
+
+    /// Whether some address is kept only for an open connection.
+    pub fn has_zombies(&self) -> bool {
+        self.endpoints
+            .values()
+            .flat_map(|e| e.names.values())
+            .flat_map(|ips| ips.values())
+            .any(|e| e.zombie)
+    }
+
+    /// Removes the addresses expired at `now`, except those `open(endpoint_ip, ip)` says an
+    /// endpoint still has a connection to (they become zombies, and go once it is closed).
+    /// Returns the names whose addresses changed.
+    pub fn expire(
+        &mut self,
+        now: u64,
+        open: impl Fn(Ipv4Addr, Ipv4Addr) -> bool,
+    ) -> BTreeSet<String> {
+        let before = self.names();
+        for ep in self.endpoints.values_mut() {
+            for ips in ep.names.values_mut() {
+                ips.retain(|ip, e| {
+                    if e.expires > now {
+                        return true;
+                    }
+                    let alive = ep.ip.is_some_and(|src| open(src, *ip));
+                    e.zombie = alive;
+                    alive
+                });
+            }
+            ep.names.retain(|_, ips| !ips.is_empty());
+        }
+        self.endpoints.retain(|_, e| !e.names.is_empty());
+        changed(&before, &self.names())
+    }
+
+    /// Forgets the names `filter` matches (every name without one); returns the names whose
+    /// addresses changed and how many entries went.
+    pub fn clean(&mut self, filter: Option<&FqdnMatcher>) -> (BTreeSet<String>, usize) {
+        let before = self.names();
+        let mut entries = 0;
+        for ep in self.endpoints.values_mut() {
+            ep.names.retain(|name, ips| {
+                let keep = filter.is_some_and(|f| !f.matches(name));
+                if !keep {
+                    entries += ips.len();
+                }
+                keep
+            });
+        }
+        self.endpoints.retain(|_, e| !e.names.is_empty());
+        (changed(&before, &self.names()), entries)
+    }
+
+    /// Forgets the endpoints not in `present` (deleted pods); returns the names whose
+    /// addresses changed.
+    pub fn retain_endpoints(&mut self, present: &BTreeSet<u16>) -> BTreeSet<String> {
+        if self.endpoints.keys().all(|id| present.contains(id)) {
+            return BTreeSet::new();
+        }
+        let before = self.names();
+        self.endpoints.retain(|id, _| present.contains(id));
+        changed(&before, &self.names())
+    }
+
+    /// The cache by name, for `ciliate fqdn cache list`; `filter` keeps the names it matches.
+    pub fn list(&self, now: u64, filter: Option<&FqdnMatcher>) -> Vec<FqdnCacheEntry> {
+        let mut by_name: BTreeMap<&str, FqdnCacheEntry> = BTreeMap::new();
+        let mut last_learned: BTreeMap<&str, u64> = BTreeMap::new();
+        for (id, ep) in &self.endpoints {
+            for (name, ips) in &ep.names {
+                if filter.is_some_and(|f| !f.matches(name)) {
+                    continue;
+                }
+                let row = by_name.entry(name).or_insert_with(|| FqdnCacheEntry {
+                    name: name.clone(),
+                    ips: Vec::new(),
+                    ttl_left: 0,
+                    ttl: 0,
+                    endpoints: Vec::new(),
+                    zombies: Vec::new(),
+                });
+                row.endpoints.push(*id);
+                for (ip, e) in ips {
+                    row.ips.push(*ip);
+                    if e.zombie {
+                        row.zombies.push(*ip);
+                    }
+                    row.ttl_left = row.ttl_left.max(e.expires.saturating_sub(now));
+                    let last = last_learned.entry(name).or_default();
+                    if e.learned >= *last {
+                        *last = e.learned;
+                        row.ttl = e.ttl;
+                    }
+                }
+            }
+        }
+        by_name
+            .into_values()
+            .map(|mut r| {
+                r.ips.sort();
+                r.ips.dedup();
+                r.zombies.sort();
+                r.zombies.dedup();
+                r
+            })
+            .collect()
+    }
+
+    /// Every entry, for saving.
+    pub fn records(&self) -> Vec<CacheRecord> {
+        let mut out = Vec::new();
+        for (id, ep) in &self.endpoints {
+            for (name, ips) in &ep.names {
+                for (ip, e) in ips {
+                    out.push(CacheRecord {
+                        endpoint: *id,
+                        endpoint_ip: ep.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                        name: name.clone(),
+                        ip: *ip,
+                        ttl: e.ttl,
+                        learned: e.learned,
+                        expires: e.expires,
+                        zombie: e.zombie,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// A cache from saved records (invalid names are skipped), with today's limits: an
+    /// endpoint over the cap keeps the addresses that expire last.
+    pub fn restore(limits: CacheLimits, records: impl IntoIterator<Item = CacheRecord>) -> Self {
+        let mut out = Self::new(limits);
+        for r in records {
+            let Ok(name) = validate_name(&r.name) else {
+                continue;
+            };
+            let ep = out.endpoints.entry(r.endpoint).or_default();
+            if r.endpoint_ip != Ipv4Addr::UNSPECIFIED {
+                ep.ip = Some(r.endpoint_ip);
+            }
+            ep.names.entry(name).or_default().insert(
+                r.ip,
+                Entry {
+                    ttl: r.ttl,
+                    learned: r.learned,
+                    expires: r.expires,
+                    zombie: r.zombie,
+                },
+            );
+        }
+        for ep in out.endpoints.values_mut() {
+            for ips in ep.names.values_mut() {
+                cap(ips, limits.max_ips_per_hostname);
+            }
+        }
+        out
+    }
+}
+
+/// Keeps the `max` addresses that expire last (ties: the most recently learned, then the
+/// lowest address).
+fn cap(ips: &mut BTreeMap<Ipv4Addr, Entry>, max: usize) {
+    if ips.len() <= max {
+        return;
+    }
+    let mut order: Vec<(u64, u64, Ipv4Addr)> = ips
+        .iter()
+        .map(|(ip, e)| (e.expires, e.learned, *ip))
+        .collect();
+    order.sort_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
+    for (_, _, ip) in order.into_iter().take(ips.len() - max) {
+        ips.remove(&ip);
+    }
+}
+
+fn changed(
+    before: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    after: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+) -> BTreeSet<String> {
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|n| before.get(*n) != after.get(*n))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
