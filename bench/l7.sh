@@ -242,6 +242,13 @@ done
 [ "$(through_proxy l4)" = 0 ] || { echo "$0: the L4-only port went through the proxy" >&2; exit 1; }
 
 proxy_cpu_ticks() { awk '{print $14 + $15}' "/proc/$PROXY_PID/stat"; }
+# The agent reads every record the proxy sends: its CPU is part of what a request costs.
+# Node X's agent for the paths on node X (no proxy there), node Y's for the others.
+agent_cpu_ticks() { # path
+  local pid=${AGENTS[1]}
+  case $1 in direct | nginx) pid=${AGENTS[0]} ;; esac
+  awk '{print $14 + $15}' "/proc/$pid/stat"
+}
 HZ=$(getconf CLK_TCK)
 wrk_run() { # path: "req/s p50_us p99_us errors"
   read -r ns ip port <<<"${DST[$1]}"
@@ -267,14 +274,17 @@ for round in $(seq "$RUNS"); do
     cpu=proxy_cpu_ticks
     [ "$p" = nginx ] && cpu=nginx_cpu_ticks
     c0=$($cpu)
+    a0=$(agent_cpu_ticks "$p")
     out=$(load "$p" "$SECS" --conns 4 --rate "$RATE")
     c1=$($cpu)
+    a1=$(agent_cpu_ticks "$p")
     echo "fixed-p50 $p $(field "$out" p50_us)" >>"$RESULTS"
     echo "fixed-p99 $p $(field "$out" p99_us)" >>"$RESULTS"
     echo "fixed-rate $p $(field "$out" per_second)" >>"$RESULTS"
     echo "errors $p $(($(field "$out" errors) + $(field "$out" non_2xx)))" >>"$RESULTS"
     # cores used per 1,000 req/s: CPU seconds / wall seconds / (req/s / 1,000)
     echo "proxy-cpu $p $(python3 -c "print(($c1 - $c0) / $HZ / $SECS / ($(field "$out" per_second) / 1000))")" >>"$RESULTS"
+    echo "agent-cpu $p $(python3 -c "print(($a1 - $a0) / $HZ / $SECS / ($(field "$out" per_second) / 1000))")" >>"$RESULTS"
   done
   for p in direct http-rule allow-all nginx l4; do
     read -r rps p50 p99 err <<<"$(wrk_run "$p")"
@@ -313,6 +323,7 @@ for m, label in [("fixed-p50", "1,000 req/s: p50 us"), ("fixed-p99", "1,000 req/
     print(f"{label:34}" + "".join(f"{cell(m, p):>{w}}" for p in paths))
 print(f"{'proxy CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('proxy-cpu', p, '{:.3f}'):>{w}}" for p in paths))
 print(f"{'  (nginx column: nginx own CPU)':34}")
+print(f"{'agent CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('agent-cpu', p, '{:.3f}'):>{w}}" for p in paths))
 print(f"{'errors (sum over the run)':34}" + "".join(f"{sum(rows.get(('errors', p), [])):>{w},.0f}" for p in paths))
 print(f"({len(rows.get(('max', 'direct'), []))} rounds, interleaved in the order above)\n")
 def r(a, b):

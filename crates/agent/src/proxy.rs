@@ -68,6 +68,8 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut supervisor: Option<Supervisor> = None;
         let mut events: Option<broadcast::Receiver<ProxyEvent>> = None;
+        // `status` shows the proxy up with its pid already: records need not refresh it.
+        let mut reported_up = false;
         if settings.left_running() {
             start(&settings, &policies, &mut supervisor, &mut events).await;
         }
@@ -93,7 +95,7 @@ pub fn spawn(
                     Some(ProxyEvent::FqdnLearned(learned)) => {
                         allow_learned(*learned, fqdn.clone(), acks.clone());
                     }
-                    Some(ev) => handle_event(ev, supervisor.as_ref(), &policies, observer.as_deref()),
+                    Some(ev) => handle_event(ev, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
                     None => events = None,
                 },
             }
@@ -183,15 +185,20 @@ fn handle_event(
     supervisor: Option<&Supervisor>,
     policies: &PolicyManager,
     observer: Option<&Observer>,
+    reported_up: &mut bool,
 ) {
+    // Records change nothing `status` shows (the counters come with Stats), so once it shows
+    // the proxy up they refresh nothing (they come two per request). Until then they do: the
+    // supervisor marks a new proxy up only after its first Applied, which reports it down.
+    let record = matches!(
+        ev,
+        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
+    );
     match ev {
         ProxyEvent::Http(record) => {
             if let Some(o) = observer {
                 o.observe_http(&record);
             }
-        }
-        ProxyEvent::Rejected { revision, reason } => {
-            warn!(revision, %reason, "the proxy refused a policy update");
         }
         ProxyEvent::Dns(record) => {
             if let Some(o) = observer {
@@ -203,18 +210,25 @@ fn handle_event(
                 o.observe_kafka(&record);
             }
         }
+        ProxyEvent::Rejected { revision, reason } => {
+            warn!(revision, %reason, "the proxy refused a policy update");
+        }
         ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
         // Learned names never come here: spawn hands them to the FQDN cache.
         ProxyEvent::FqdnLearned(_) => {}
     }
+    if record && *reported_up {
+        return;
+    }
     if let Some(s) = supervisor {
-        report(s, policies);
+        *reported_up = report(s, policies);
     }
 }
 
-/// The supervisor's view of the proxy, for `status`.
-fn report(supervisor: &Supervisor, policies: &PolicyManager) {
+/// The supervisor's view of the proxy, for `status`; true if it shows the proxy up.
+fn report(supervisor: &Supervisor, policies: &PolicyManager) -> bool {
     let st = supervisor.status();
+    let up = st.up && st.pid.is_some();
     policies.set_proxy_health(ProxyHealth {
         up: Some(st.up),
         applied_revision: st.applied_revision,
@@ -222,4 +236,5 @@ fn report(supervisor: &Supervisor, policies: &PolicyManager) {
         requests: st.stats.map(|s| s.requests),
         pid: st.pid,
     });
+    up
 }

@@ -60,9 +60,13 @@ fn tool_missing(tool: &str, arg: &str) -> bool {
     true
 }
 
-/// The world: a namespace behind the node's `cvo0`, holding the resolver's and the servers'
+/// The world: a namespace behind the node's `cwo0`, holding the resolver's and the servers'
 /// addresses, with a route back to the pods.
 fn world(node: &Node) -> TestNetns {
+    world_for(node, CIDR)
+}
+
+fn world_for(node: &Node, pod_cidr: &str) -> TestNetns {
     let outside = TestNetns::new("cw");
     node.netns.exec(
         "ip",
@@ -87,7 +91,7 @@ fn world(node: &Node) -> TestNetns {
     }
     outside.exec("ip", &["link", "set", "cwi0", "up"]);
     outside.exec("ip", &["link", "set", "lo", "up"]);
-    outside.exec("ip", &["route", "add", CIDR, "via", "203.0.113.2"]);
+    outside.exec("ip", &["route", "add", pod_cidr, "via", "203.0.113.2"]);
     outside
 }
 
@@ -327,4 +331,61 @@ fn to_fqdns_allows_learned_addresses_before_the_answer_and_across_a_restart() {
             .is_some_and(|l| l.iter().any(|e| e["name"] == "allowed.example.com.")),
         "{list:#}"
     );
+}
+
+/// The cache's entry for `name` as `ciliate fqdn cache list -o json` prints it.
+fn cache_entry(node: &Node, name: &str) -> Option<Value> {
+    node.cli_json(&["fqdn", "cache", "list"])
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == name).cloned())
+}
+
+#[test]
+fn an_expired_address_stays_while_a_connection_to_it_is_open() {
+    privileged!();
+    if tool_missing("dnsmasq", "--version") || tool_missing("dig", "-v") {
+        return;
+    }
+    // No minimum: the answer's 2 s TTL counts. Conntrack GC (and the zombie check) every 2 s.
+    let node = Node::start_with("10.233.0.0/24", &["--tofqdns-min-ttl", "0"]);
+    let outside = world_for(&node, "10.233.0.0/24");
+    listen_in(outside.path(), ALLOWED_IP, PORT);
+    let conf_dir = tempfile::tempdir().expect("tempdir");
+    let _dnsmasq = dnsmasq(&outside, &conf_dir);
+    eventually("dnsmasq answers", || {
+        dig(&outside, "allowed.example.com", false).0 == "NOERROR"
+    });
+    let client = node.add_pod("client", "app=client");
+    node.apply("fqdn.yaml", POLICY);
+    eventually("the DNS proxy answers the pod", || {
+        dig(&client.netns, "allowed.example.com", false).0 == "NOERROR"
+    });
+    let mut held = Held::open(&client, ALLOWED_IP);
+    // Past its TTL, the address is kept for the open connection, and still allowed.
+    eventually("the address becomes a zombie", || {
+        cache_entry(&node, "allowed.example.com.")
+            .is_some_and(|e| e["zombies"] == serde_json::json!([ALLOWED_IP.to_string()]))
+    });
+    assert!(held.echo(), "the open connection");
+    // Closed (and its conntrack entry gone): the address goes, new connections are refused.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while cache_entry(&node, "allowed.example.com.").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the address outlived its connection: {:?}",
+            cache_entry(&node, "allowed.example.com.")
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !connects(&client, ALLOWED_IP),
+        "an expired address is refused"
+    );
+    // A new answer allows it again at once.
+    assert_eq!(
+        dig(&client.netns, "allowed.example.com", false).1,
+        vec![ALLOWED_IP]
+    );
+    assert!(connects(&client, ALLOWED_IP), "after a new answer");
 }

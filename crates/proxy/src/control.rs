@@ -3,15 +3,20 @@
 //! The agent is the only writer. A new connection replaces the previous one (a restarted
 //! agent); the policy survives disconnects, and the agent sends a Snapshot first on every
 //! connection. Events produced while nobody is connected are dropped (and counted).
+//!
+//! Records (HTTP, DNS, Kafka) are written in batches, several lines per write, a few
+//! milliseconds after the first of them: per request, the write and the agent's wakeup to read
+//! it cost more CPU than the proxying itself.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ciliate_model::l7::{ProxyCommand, ProxyEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::dns::gate::AnswerGate;
@@ -44,8 +49,53 @@ pub async fn serve_with_gate(
     events: mpsc::Receiver<ProxyEvent>,
     gate: Option<Arc<AnswerGate>>,
 ) {
+    let _control = spawn(listener, engine, events, gate);
+    std::future::pending::<()>().await
+}
+
+/// The control socket's tasks, as [`spawn`] started them.
+#[derive(Debug)]
+pub struct Control {
+    flush: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+impl Control {
+    /// Returns once every record emitted before the call has been written to the agent's
+    /// connection (or dropped and counted, with no agent connected): a proxy about to exit
+    /// calls it so that the records of its last requests are not lost in the batch.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.flush.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts serving the control socket (see [`serve_with_gate`]) on the current runtime.
+pub fn spawn(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    events: mpsc::Receiver<ProxyEvent>,
+    gate: Option<Arc<AnswerGate>>,
+) -> Control {
     let writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>> = Arc::new(Mutex::new(None));
-    tokio::spawn(forward_events(events, writer.clone(), engine.clone()));
+    let (flush, flush_requests) = mpsc::channel(4);
+    tokio::spawn(forward_events(
+        events,
+        flush_requests,
+        writer.clone(),
+        engine.clone(),
+    ));
+    tokio::spawn(accept(listener, writer, engine, gate));
+    Control { flush }
+}
+
+async fn accept(
+    listener: UnixListener,
+    writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+    engine: Arc<Engine>,
+    gate: Option<Arc<AnswerGate>>,
+) {
     let mut generation = 0u64;
     loop {
         let stream = match listener.accept().await {
@@ -74,12 +124,24 @@ async fn send(writer: &Mutex<Option<tokio::net::unix::OwnedWriteHalf>>, ev: &Pro
         return;
     };
     line.push(b'\n');
+    write_lines(writer, &line).await;
+}
+
+/// Writes whole lines to the agent's connection; drops the connection if that fails. False
+/// if they did not reach it.
+async fn write_lines(
+    writer: &Mutex<Option<tokio::net::unix::OwnedWriteHalf>>,
+    lines: &[u8],
+) -> bool {
     let mut guard = writer.lock().await;
-    if let Some(w) = guard.as_mut() {
-        if w.write_all(&line).await.is_err() {
-            *guard = None;
-        }
+    let Some(w) = guard.as_mut() else {
+        return false;
+    };
+    if w.write_all(lines).await.is_err() {
+        *guard = None;
+        return false;
     }
+    true
 }
 
 async fn read_commands(
@@ -148,19 +210,37 @@ async fn read_commands(
     }
 }
 
+/// How long records gather before they are written: one write (and one wakeup of the agent's
+/// reader) per batch instead of two per request. Records only; requests are not held.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
+/// Records per write at most.
+const MAX_BATCH: usize = 512;
+
 async fn forward_events(
     mut events: mpsc::Receiver<ProxyEvent>,
+    mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
     writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
     engine: Arc<Engine>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut lines = Vec::with_capacity(64 * 1024);
     loop {
         tokio::select! {
-            ev = events.recv() => match ev {
-                Some(ev) => send(&writer, &ev).await,
-                None => return,
-            },
+            n = events.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                gather(&mut events, &mut batch).await;
+                write_batch(&writer, &mut batch, &mut lines, &engine).await;
+            }
+            done = flush_requests.recv() => {
+                let Some(done) = done else { continue };
+                take_ready(&mut events, &mut batch);
+                write_batch(&writer, &mut batch, &mut lines, &engine).await;
+                let _ = done.send(());
+            }
             _ = tick.tick() => {
                 let s = engine.counters.snapshot();
                 if last != Some(s) {
@@ -169,6 +249,70 @@ async fn forward_events(
                 }
             }
         }
+    }
+}
+
+/// Adds the records of the next [`RECORD_LINGER`] to `batch`, up to [`MAX_BATCH`]. Anything
+/// that is not a record (an FQDN answer the proxy holds until the agent allows it) ends the
+/// wait at once.
+async fn gather(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEvent>) {
+    let linger = tokio::time::sleep(RECORD_LINGER);
+    tokio::pin!(linger);
+    let mut seen = 0;
+    loop {
+        if batch[seen..].iter().any(|ev| !is_record(ev)) || batch.len() >= MAX_BATCH {
+            return;
+        }
+        seen = batch.len();
+        tokio::select! {
+            biased;
+            _ = &mut linger => return,
+            n = events.recv_many(batch, MAX_BATCH - seen) => if n == 0 {
+                return;
+            },
+        }
+    }
+}
+
+fn is_record(ev: &ProxyEvent) -> bool {
+    matches!(
+        ev,
+        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
+    )
+}
+
+/// Moves the events already queued into `batch`, up to [`MAX_BATCH`].
+fn take_ready(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEvent>) {
+    while batch.len() < MAX_BATCH {
+        match events.try_recv() {
+            Ok(ev) => batch.push(ev),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes `batch` as JSON lines in one write (`lines` is the reused buffer) and empties it.
+/// Records that reach no agent are counted as lost.
+async fn write_batch(
+    writer: &Mutex<Option<tokio::net::unix::OwnedWriteHalf>>,
+    batch: &mut Vec<ProxyEvent>,
+    lines: &mut Vec<u8>,
+    engine: &Engine,
+) {
+    lines.clear();
+    let n = batch.len() as u64;
+    for ev in batch.drain(..) {
+        let start = lines.len();
+        match serde_json::to_writer(&mut *lines, &ev) {
+            Ok(()) => lines.push(b'\n'),
+            Err(e) => {
+                lines.truncate(start);
+                warn!(error = %e, "unserializable proxy event");
+            }
+        }
+    }
+    if n > 0 && !write_lines(writer, lines).await {
+        engine.counters.records_lost.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -539,6 +539,13 @@ fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The request's record: `rec` (which has no headers) with the request's headers.
+fn request_record(rec: &HttpRecord, headers: Vec<(String, String)>) -> ProxyEvent {
+    let mut request = rec.clone();
+    request.headers = headers;
+    ProxyEvent::Http(Box::new(request))
+}
+
 fn protocol_of(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
@@ -588,7 +595,9 @@ impl Conn {
         rec.method = method;
         rec.url = format!("http://{authority}{path}");
         rec.protocol = protocol_of(req.version()).into();
-        rec.headers = header_list(req.headers());
+        // The request's headers go into the request record only (the response record gets the
+        // response's): kept apart so that `rec` is cloned without them.
+        let request_headers = header_list(req.headers());
         let rule = match decision {
             Decision::Allowed { rule, notes } => {
                 rec.rule = rule;
@@ -605,7 +614,7 @@ impl Conn {
                 } else {
                     "redirect removed".into()
                 });
-                engine.emit(ProxyEvent::Http(Box::new(rec.clone())));
+                engine.emit(request_record(&rec, request_headers));
                 if !self.h2 {
                     // Read what the client already sent so the connection stays usable for
                     // its next request (bounded: a huge upload is cut off instead).
@@ -620,7 +629,7 @@ impl Conn {
                 return resp;
             }
         };
-        engine.emit(ProxyEvent::Http(Box::new(rec.clone())));
+        engine.emit(request_record(&rec, request_headers));
 
         let client_upgrade = (!self.h2 && req.headers().contains_key(http::header::UPGRADE))
             .then(|| hyper::upgrade::on(&mut req));

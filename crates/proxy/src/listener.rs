@@ -112,55 +112,115 @@ pub struct Listeners {
     engine: Arc<Engine>,
 }
 
+/// A listening socket for an accept loop: made in the loop's runtime already, or a copy to
+/// register there.
+enum Accepting {
+    Ready(TcpListener),
+    Copy(std::net::TcpListener),
+}
+
+/// Accepts until `stop` and serves each connection on this runtime; returns the connections
+/// still open.
+async fn accept_loop(
+    engine: Arc<Engine>,
+    socket: Accepting,
+    egress: bool,
+    mut stop: watch::Receiver<bool>,
+    conn_stop: watch::Receiver<bool>,
+) -> JoinSet<()> {
+    let mut conns = JoinSet::new();
+    let l = match socket {
+        Accepting::Ready(l) => l,
+        Accepting::Copy(c) => match TcpListener::from_std(c) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listening on another thread");
+                return conns;
+            }
+        },
+    };
+    loop {
+        let accepted = tokio::select! {
+            a = l.accept() => a,
+            _ = stop.changed() => break,
+        };
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let local = stream.local_addr();
+        let (Some(client), Ok(Some(dst))) = (v4(peer), local.map(v4)) else {
+            debug!(%peer, "not IPv4; closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        conns.spawn(
+            engine
+                .clone()
+                .serve(stream, client, dst, egress, conn_stop.clone()),
+        );
+    }
+    // Dropping `l` closes this copy of the socket; the supervisor's and the next proxy's
+    // copies keep it listening.
+    drop(l);
+    conns
+}
+
 impl Listeners {
-    /// Starts one accept loop per listener.
+    /// Starts one accept loop per listener on the current runtime.
     pub fn start(engine: Arc<Engine>, listeners: Vec<(TcpListener, bool)>) -> Self {
+        Self::start_on(engine, listeners, &[tokio::runtime::Handle::current()])
+    }
+
+    /// Starts one accept loop per listener on each of `runtimes`: a connection is served
+    /// whole by the runtime that accepted it, so with one single-threaded runtime per thread
+    /// no request wakes another thread (on a VM, the wakeups cost more than the proxying).
+    /// The kernel hands each new connection to one of the loops waiting on the socket.
+    pub fn start_on(
+        engine: Arc<Engine>,
+        listeners: Vec<(TcpListener, bool)>,
+        runtimes: &[tokio::runtime::Handle],
+    ) -> Self {
         let (stop_accepting, _) = watch::channel(false);
         let (stop_connections, _) = watch::channel(false);
         let mut loops = JoinSet::new();
         for (l, egress) in listeners {
-            let engine = engine.clone();
-            let mut stop = stop_accepting.subscribe();
-            let conn_stop = stop_connections.subscribe();
             if let Ok(a) = l.local_addr() {
                 info!(addr = %a, direction = if egress { "egress" } else { "ingress" }, "listening");
             }
-            loops.spawn(async move {
-                let mut conns = JoinSet::new();
-                loop {
-                    let accepted = tokio::select! {
-                        a = l.accept() => a,
-                        _ = stop.changed() => break,
-                    };
-                    // Reap finished connections so the set does not grow.
-                    while conns.try_join_next().is_some() {}
-                    let (stream, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            warn!(error = %e, "accept");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let local = stream.local_addr();
-                    let (Some(client), Ok(Some(dst))) = (v4(peer), local.map(v4)) else {
-                        debug!(%peer, "not IPv4; closed");
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(engine.clone().serve(
-                        stream,
-                        client,
-                        dst,
-                        egress,
-                        conn_stop.clone(),
-                    ));
+            // A copy of the socket for every other runtime: a listener is registered with
+            // the runtime it was made in.
+            let mut copies = Vec::new();
+            for _ in 1..runtimes.len() {
+                match socket2::SockRef::from(&l).try_clone() {
+                    Ok(c) => copies.push(Some(std::net::TcpListener::from(c))),
+                    Err(e) => {
+                        warn!(error = %e, "copying a listening socket for another thread");
+                        copies.push(None);
+                    }
                 }
-                // Dropping `l` closes this process's copy of the socket; the supervisor's
-                // and the next proxy's copies keep it listening.
-                drop(l);
-                conns
-            });
+            }
+            let mut sockets = vec![Some(Accepting::Ready(l))];
+            sockets.extend(copies.into_iter().map(|c| c.map(Accepting::Copy)));
+            for (socket, rt) in sockets.into_iter().zip(runtimes) {
+                let Some(socket) = socket else { continue };
+                loops.spawn_on(
+                    accept_loop(
+                        engine.clone(),
+                        socket,
+                        egress,
+                        stop_accepting.subscribe(),
+                        stop_connections.subscribe(),
+                    ),
+                    rt,
+                );
+            }
         }
         Self {
             stop_accepting,

@@ -89,6 +89,11 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
 
+    /// Threads serving connections. Each runs an event loop of its own and serves the
+    /// connections it accepted from start to end, so that a request wakes no other thread.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    threads: u16,
+
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -110,8 +115,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The main thread serves connections too, besides the control socket and signals.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -176,12 +181,7 @@ async fn run(args: Args) -> ExitCode {
         counters: Counters::default(),
     });
     let gate = Arc::new(AnswerGate::default());
-    tokio::spawn(control::serve_with_gate(
-        control,
-        engine.clone(),
-        rx,
-        Some(gate.clone()),
-    ));
+    let control = control::spawn(control, engine.clone(), rx, Some(gate.clone()));
     let dns_proxy = Arc::new(DnsProxy {
         engine: engine.clone(),
         gate,
@@ -205,7 +205,18 @@ async fn run(args: Args) -> ExitCode {
         _ = term.recv() => return ExitCode::SUCCESS,
         _ = int.recv() => return ExitCode::SUCCESS,
     }
-    let running = Listeners::start(engine.clone(), listeners);
+    let mut runtimes = vec![tokio::runtime::Handle::current()];
+    for i in 1..args.threads {
+        match worker_thread(i) {
+            Ok(h) => runtimes.push(h),
+            Err(e) => {
+                eprintln!("ciliate-proxy: starting thread {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let running = Listeners::start_on(engine.clone(), listeners, &runtimes);
+    // DNS runs on the main thread only (its queries are few next to HTTP requests).
     let (stop_dns, _) = watch::channel(false);
     let mut dns_loops = JoinSet::new();
     for l in dns_tcp {
@@ -234,9 +245,23 @@ async fn run(args: Args) -> ExitCode {
     if dns_done.is_err() {
         warn!("drain deadline reached with DNS queries in flight");
     }
+    // The records of the last requests, still gathering for the next write.
+    control.flush().await;
     let _ = std::fs::remove_file(&args.control_socket);
     info!(left, "exiting");
     ExitCode::SUCCESS
+}
+
+/// A thread with a single-threaded runtime of its own, running until the process exits.
+fn worker_thread(i: u16) -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name(format!("proxy-{i}"))
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 /// The mark of an upstream connection made for a client (`crates/datapath/src/proxy_mark.rs`).

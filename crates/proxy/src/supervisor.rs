@@ -634,10 +634,17 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
     }
 }
 
-/// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
-/// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
-/// force (the caller then marks the proxy up).
-async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(), String> {
+/// Connects to a proxy's control socket, sends it the snapshot and marks it up in the same
+/// step that lets commands reach it; the events of the snapshot's confirmation are passed on
+/// only then, so whoever sees its first `Applied` also sees it up (and its pid). A new
+/// generation (not `adopted`) is written to the state file first: a proxy is up only once
+/// the state file names it, so that an agent restarting from then on adopts this one.
+async fn connect(
+    inner: &Arc<Inner>,
+    ctl: &Path,
+    proc_: &mut Proc,
+    adopted: bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = loop {
         match ControlClient::connect(ctl).await {
@@ -655,6 +662,7 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
         }
     };
     let (mut reader, writer) = client.into_split();
+    let mut held = Vec::new();
     let writer = Arc::new(AsyncMutex::new(writer));
     // Send the policy (if the agent gave one yet: a new agent adopting a running proxy must
     // not wipe the policy in force before it computed its own), and wait until it is in
@@ -682,7 +690,7 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
                         let done = matches!(&ev, ProxyEvent::Applied { revision: r } if *r >= revision)
                             || matches!(&ev, ProxyEvent::Rejected { revision: r, .. } if *r >= revision);
                         note_event(inner, &ev);
-                        let _ = inner.events.send(ev);
+                        held.push(ev);
                         if done {
                             break;
                         }
@@ -698,9 +706,19 @@ async fn connect(inner: &Arc<Inner>, ctl: &Path, proc_: &mut Proc) -> Result<(),
             Some(r) => st.revision == r,
         };
         if unchanged {
+            if let (false, Some(pid)) = (adopted, proc_.pid()) {
+                write_state(inner, pid, ctl);
+                info!(pid, "proxy up");
+            }
             st.writer = Some(writer.clone());
+            st.status.up = true;
+            st.status.pid = proc_.pid();
+            st.status.last_error = None;
             break;
         }
+    }
+    for ev in held {
+        let _ = inner.events.send(ev);
     }
     let inner2 = inner.clone();
     tokio::spawn(async move {
@@ -738,17 +756,12 @@ async fn start_generation(inner: &Arc<Inner>) -> Result<Proc, String> {
     let ctl = inner.cfg.run_dir.join(format!("ctl-{}.sock", now_nanos()));
     let mut p =
         spawn(inner, &ctl).map_err(|e| format!("starting {}: {e}", inner.cfg.binary.display()))?;
-    if let Err(e) = connect(inner, &ctl, &mut p).await {
+    // Up (and in the state file) once connected: see `connect`.
+    if let Err(e) = connect(inner, &ctl, &mut p, false).await {
         p.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = p.wait().await;
         return Err(e);
     }
-    if let Some(pid) = p.pid() {
-        write_state(inner, pid, &ctl);
-        info!(pid, "proxy up");
-    }
-    // Up only once the state file names it: an agent restarting from here on adopts this one.
-    mark_up(inner, &p);
     Ok(p)
 }
 
@@ -766,7 +779,7 @@ async fn supervise(
 ) {
     let mut current: Option<Proc> = None;
     if let Some((mut p, ctl)) = first {
-        match connect(&inner, &ctl, &mut p).await {
+        match connect(&inner, &ctl, &mut p, true).await {
             Ok(()) => {
                 mark_up(&inner, &p);
                 current = Some(p);

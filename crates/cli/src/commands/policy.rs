@@ -777,4 +777,37 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn fqdn_trace_names_the_addresses_or_says_none_is_learned() {
+        let none = FqdnTrace {
+            name: "api.example.com.".into(),
+            ips: vec![],
+            allowed: false,
+            traces: vec![],
+        };
+        let text = fqdn_trace_table(&none);
+        assert!(text.starts_with("Verdict:    DENIED\n"), "{text}");
+        assert!(
+            text.contains("no IPs learned for api.example.com. yet"),
+            "{text}"
+        );
+        let one = FqdnTrace {
+            name: "api.example.com.".into(),
+            ips: vec!["192.0.2.7".parse().unwrap()],
+            allowed: true,
+            traces: vec![crate::fixtures::trace()],
+        };
+        let text = fqdn_trace_table(&one);
+        assert!(
+            text.starts_with(
+                "api.example.com. resolves (FQDN cache) to 192.0.2.7\n\n--- 192.0.2.7 ---\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&trace_table(&crate::fixtures::trace())),
+            "{text}"
+        );
+    }
 }
