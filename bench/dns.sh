@@ -91,12 +91,14 @@ dns_cleanup() {
 trap dns_cleanup EXIT
 trap "exit 130" INT TERM # so that a signal still cleans up
 
-# node <name> <pod-cidr>: a node namespace with its agent; sets SOCK_<name>.
+# node <name> <pod-cidr> <address>: a node namespace with its agent; sets SOCK_<name>. The
+# node has an address of its own, as a real node does: the DNS proxy asks resolvers from it.
 node() {
   local n=$1 ns=$RUN-$1
   mkns "$ns"
   NODE_NS+=("$ns")
   ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "$3/32" dev lo
   mkdir -p "$STATE/$n"
   start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$2" --hubble-socket "$STATE/$n/hubble.sock"
   AGENTS+=("$AGENT_PID")
@@ -113,8 +115,8 @@ pod() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'
 }
 
-node x 10.252.0.0/24
-node y 10.252.4.0/24
+node x 10.252.0.0/24 10.252.255.1
+node y 10.252.4.0/24 10.252.255.2
 for n in x y; do for p in dns client; do mkns "$RUN-$n-$p"; done; done
 X_DNS=$(pod x dns app=dns)
 pod x client app=client >/dev/null

@@ -68,6 +68,8 @@ pub struct FqdnManager {
     node: NodeView,
     /// Wakes the expiry timer when the next expiry may have moved earlier.
     wake: Notify,
+    /// Asks the expiry task to fold the journal into the snapshot.
+    compact: Notify,
 }
 
 impl std::fmt::Debug for FqdnManager {
@@ -117,6 +119,7 @@ impl FqdnManager {
         policies.restore_fqdn(cache.names());
         if loaded.replayed > 0 || loaded.skipped > 0 {
             store.compact(&cache, now)?;
+            cache.mark_saved();
         }
         info!(
             names = cache.names().len(),
@@ -131,6 +134,7 @@ impl FqdnManager {
             datapath,
             node,
             wake: Notify::new(),
+            compact: Notify::new(),
         })
     }
 
@@ -150,15 +154,14 @@ impl FqdnManager {
         for name in &learned.refused {
             warn!(endpoint = ev.endpoint, name = %name.escape_debug(), "DNS answer with a name that is not a DNS name; not learned");
         }
-        {
+        if learned.persist {
             let mut store = lock(&self.store);
             if let Err(e) = store.append(ev, now) {
                 warn!(error = %e, "cannot journal a learned DNS answer; it is in force but a restart may forget it");
             }
             if store.wants_compaction() {
-                if let Err(e) = store.compact(&cache, now) {
-                    warn!(error = %e, "cannot save the FQDN cache");
-                }
+                // Off the answer's path: the expiry task folds the journal.
+                self.compact.notify_one();
             }
         }
         if learned.changed.is_empty() {
@@ -204,6 +207,9 @@ impl FqdnManager {
         let saved = lock(&self.store)
             .compact(&cache, unix_now())
             .map_err(|e| e.to_string());
+        if saved.is_ok() {
+            cache.mark_saved();
+        }
         self.policies.update_fqdn(&changes, || (self.node)())?;
         saved?;
         info!(names = names.len(), entries, "FQDN cache cleaned");
@@ -234,10 +240,20 @@ impl FqdnManager {
         if let Err(e) = self.policies.update_fqdn(&changes, || (self.node)()) {
             warn!(error = %e, "cannot remove expired FQDN addresses from policy; retrying");
         }
-        if let Err(e) = lock(&self.store).compact(&cache, now) {
-            warn!(error = %e, "cannot save the FQDN cache");
+        match lock(&self.store).compact(&cache, now) {
+            Ok(()) => cache.mark_saved(),
+            Err(e) => warn!(error = %e, "cannot save the FQDN cache"),
         }
         debug!(names = changed.len(), "FQDN addresses expired");
+    }
+
+    /// Folds the journal into the snapshot.
+    pub fn compact_now(&self) {
+        let mut cache = lock(&self.cache);
+        match lock(&self.store).compact(&cache, unix_now()) {
+            Ok(()) => cache.mark_saved(),
+            Err(e) => warn!(error = %e, "cannot save the FQDN cache"),
+        }
     }
 
     /// How long until [`FqdnManager::expire_now`] has something to do; `None`: nothing until
@@ -270,6 +286,11 @@ impl FqdnManager {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = self.wake.notified() => continue,
+                _ = self.compact.notified() => {
+                    let me = Arc::clone(&self);
+                    let _ = tokio::task::spawn_blocking(move || me.compact_now()).await;
+                    continue;
+                }
                 _ = sleep => {}
             }
             let me = Arc::clone(&self);

@@ -83,11 +83,6 @@ fn running_from(bin_dir: &Path) -> std::collections::BTreeMap<u32, String> {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn quick(script: &str) {
-    quick_with(script, &[]);
-}
-
-/// [`quick`] with more arguments after `--quick`.
-fn quick_with(script: &str, extra: &[&str]) {
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -99,7 +94,6 @@ fn quick_with(script: &str, extra: &[&str]) {
     let child = Command::new("bash")
         .arg(repo().join("bench").join(script))
         .arg("--quick")
-        .args(extra)
         .env("CILIATE_BIN_DIR", &bin_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -191,8 +185,7 @@ fn dns_quick() {
     if !installed("dnsperf", "bench/dns.sh") || !installed("dnsmasq", "bench/dns.sh") {
         return;
     }
-    // The proxied path needs `rules.dns` compiled into redirects (issue #13's FQDN work).
-    quick_with("dns.sh", &["--paths", "direct"]);
+    quick("dns.sh");
 }
 
 // Not in CI yet: one run in three on this kind of machine, an agent stopped mid-script (SIGTERM

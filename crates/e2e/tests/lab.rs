@@ -236,6 +236,9 @@ fn one_node_lab_passes_the_connectivity_test() {
         "client-ingress-icmp",
         "l7-ingress",
         "l7-egress",
+        "fqdn",
+        "fqdn-learned",
+        "fqdn-ttl",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -272,6 +275,9 @@ fn one_node_lab_passes_the_connectivity_test() {
         "(INGRESS)",
         "(EGRESS)",
         "/private on ",
+        // The FQDN cells' DNS flows: an allowed and a refused query.
+        "DNS FORWARDED DNS Query world.ciliate.test. A on ",
+        "DNS DROPPED DNS Query world2.ciliate.test. A on ",
     ] {
         assert!(l7.iter().any(|s| s.contains(want)), "{want}: {l7:?}");
     }

@@ -244,6 +244,10 @@ impl Layout {
             path(&n.hubble_socket),
             "--manifest-dir".to_owned(),
             path(&self.manifest_dir()),
+            // The answers' own TTLs, not Cilium's hour-long floor: the world's short-TTL name
+            // expires in seconds (the connectivity test's fqdn-ttl scenario).
+            "--tofqdns-min-ttl".to_owned(),
+            "0".to_owned(),
         ];
         if etcd {
             args.push("--etcd-endpoints".to_owned());
@@ -339,7 +343,7 @@ mod tests {
              --state-dir /run/ciliate/lab/lab/node0/state \
              --socket /run/ciliate/lab/lab/node0/agent.sock \
              --hubble-socket /run/ciliate/lab/lab/node0/hubble.sock \
-             --manifest-dir /run/ciliate/lab/lab/manifests"
+             --manifest-dir /run/ciliate/lab/lab/manifests --tofqdns-min-ttl 0"
         );
         assert!(lab()
             .agent_args(0, true)

@@ -99,6 +99,35 @@ pub fn records() -> Vec<Record> {
     ]
 }
 
+/// What the server answers for `name` (no trailing dot): the addresses after following
+/// CNAMEs, or none (NXDOMAIN). The connectivity test knows by it where a name it resolves
+/// in a pod should lead.
+pub fn resolve(name: &str) -> Vec<Ipv4Addr> {
+    let records = records();
+    let mut name = name.trim_end_matches('.').to_ascii_lowercase();
+    // A chain is at most as long as the records (no loops in ours).
+    for _ in 0..=records.len() {
+        let mut next = None;
+        for r in &records {
+            match r {
+                Record::A { name: n, ips, .. } if *n == name => return ips.clone(),
+                Record::Cname { name: n, target } if *n == name => next = Some(*target),
+                Record::Wildcard { domain, ip }
+                    if name == *domain || name.ends_with(&format!(".{domain}")) =>
+                {
+                    return vec![*ip];
+                }
+                _ => {}
+            }
+        }
+        match next {
+            Some(t) => name = t.to_owned(),
+            None => return Vec::new(),
+        }
+    }
+    Vec::new()
+}
+
 /// dnsmasq's configuration: only our names, only on `listen`, no upstream (every other
 /// name is NXDOMAIN), nothing read from the host.
 pub fn config(listen: Ipv4Addr, records: &[Record]) -> String {
@@ -281,6 +310,18 @@ mod tests {
             };
             assert!(name.ends_with(DOMAIN), "{name}");
         }
+    }
+
+    #[test]
+    fn names_resolve_as_the_server_answers_them() {
+        assert_eq!(resolve("world.ciliate.test"), [GATEWAY_IP]);
+        assert_eq!(resolve("World.Ciliate.Test."), [GATEWAY_IP]);
+        assert_eq!(resolve("multi.ciliate.test"), [GATEWAY_IP, WORLD2_IP]);
+        assert_eq!(resolve("alias.ciliate.test"), [GATEWAY_IP]);
+        assert_eq!(resolve("a.b.s3.ciliate.test"), [WORLD2_IP]);
+        assert_eq!(resolve("s3.ciliate.test"), [WORLD2_IP]);
+        assert!(resolve("nope.ciliate.test").is_empty());
+        assert!(resolve("xs3.ciliate.test").is_empty());
     }
 
     #[test]

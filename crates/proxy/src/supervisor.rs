@@ -634,9 +634,6 @@ fn write_state(inner: &Inner, pid: u32, ctl: &Path) {
     }
 }
 
-/// Connects to a proxy's control socket (retrying while it starts), sends the snapshot, and
-/// forwards its events; publishes the writer for [`Supervisor::apply`] once the snapshot is in
-/// force (the caller then marks the proxy up).
 /// Connects to a proxy's control socket, sends it the snapshot and marks it up in the same
 /// step that lets commands reach it; the events of the snapshot's confirmation are passed on
 /// only then, so whoever sees its first `Applied` also sees it up (and its pid). A new

@@ -208,8 +208,6 @@ fn pods_dns_goes_through_the_datapath_to_the_dns_proxy_and_back() {
     });
     let cfg = pins.0.clone();
     let pin_dir = cfg.pin_dir();
-    // The node's own address (a real node has one): the proxy asks the resolver from it.
-    node.exec("ip", &["addr", "add", "10.81.255.1/32", "dev", "lo"]);
     let run_dir = tempfile::tempdir().expect("tempdir");
     let _reaper = Reaper(run_dir.path().to_owned());
 
@@ -345,6 +343,22 @@ fn pods_dns_goes_through_the_datapath_to_the_dns_proxy_and_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A node without an address of its own cannot ask the resolver (the proxy queries from
+    // the node's address): SERVFAIL at once, and an error record that says why.
+    let (status, _) = dig(&pod_a, "api.allowed.test", false);
+    assert_eq!(status, "SERVFAIL");
+    let why = loop {
+        let r = rec_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("records");
+        if r.verdict == L7Verdict::Error {
+            break r.reason.unwrap_or_default();
+        }
+    };
+    assert!(why.contains("the node has no address"), "{why}");
+    // A real node has one.
+    node.exec("ip", &["addr", "add", "10.81.255.1/32", "dev", "lo"]);
 
     for tcp in [false, true] {
         let (status, ips) = dig(&pod_a, "api.allowed.test", tcp);

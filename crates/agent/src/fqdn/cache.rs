@@ -70,13 +70,24 @@ pub struct CacheRecord {
     pub zombie: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Entry {
     ttl: u32,
     learned: u64,
     expires: u64,
     zombie: bool,
+    /// The expiry as last saved (journal or snapshot); not part of the cache's value.
+    saved: u64,
 }
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ttl, self.learned, self.expires, self.zombie)
+            == (o.ttl, o.learned, o.expires, o.zombie)
+    }
+}
+
+impl Eq for Entry {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct EndpointCache {
@@ -91,7 +102,14 @@ pub struct Learned {
     pub changed: BTreeSet<String>,
     /// Names refused as not being DNS names (skipped; the rest of the answer counts).
     pub refused: Vec<String>,
+    /// Whether the answer is worth saving: a new address, a zombie revived, or an expiry
+    /// pushed out by at least [`PERSIST_REFRESH_SECS`] (an answer repeated every second
+    /// need not be written every second).
+    pub persist: bool,
 }
+
+/// How far a repeated answer must push an expiry out before it is worth saving.
+pub const PERSIST_REFRESH_SECS: u64 = 60;
 
 /// The node's FQDN cache.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,13 +175,23 @@ impl FqdnCache {
             let ep = self.endpoints.entry(ev.endpoint).or_default();
             ep.ip = Some(ev.endpoint_ip);
             let ips = ep.names.entry(name.clone()).or_default();
+            let persist = answer.ips.iter().any(|ip| {
+                ips.get(ip).is_none_or(|old| {
+                    old.zombie || expires >= old.saved.saturating_add(PERSIST_REFRESH_SECS)
+                })
+            });
+            out.persist |= persist;
             for ip in &answer.ips {
                 let e = ips.entry(*ip).or_insert(Entry {
                     ttl,
                     learned: now,
                     expires,
                     zombie: false,
+                    saved: 0,
                 });
+                if persist {
+                    e.saved = e.saved.max(expires);
+                }
                 e.ttl = ttl;
                 e.learned = now;
                 e.expires = e.expires.max(expires);
@@ -297,6 +325,18 @@ impl FqdnCache {
             .collect()
     }
 
+    /// Records that everything is saved as it is now (after a snapshot).
+    pub fn mark_saved(&mut self) {
+        for e in self
+            .endpoints
+            .values_mut()
+            .flat_map(|e| e.names.values_mut())
+            .flat_map(|ips| ips.values_mut())
+        {
+            e.saved = e.expires;
+        }
+    }
+
     /// Every entry, for saving.
     pub fn records(&self) -> Vec<CacheRecord> {
         let mut out = Vec::new();
@@ -338,6 +378,7 @@ impl FqdnCache {
                     learned: r.learned,
                     expires: r.expires,
                     zombie: r.zombie,
+                    saved: r.expires,
                 },
             );
         }

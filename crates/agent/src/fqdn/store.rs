@@ -4,9 +4,10 @@
 //! Two files:
 //!
 //! * `fqdn.json`, the whole cache, replaced atomically and durably ([`write_atomic`]) when it
-//!   is compacted: after expiry, a clean, and every [`COMPACT_EVERY`] answers;
-//! * `fqdn.journal`, one JSON line per answer learned since, appended with one `write(2)`
-//!   before the agent tells the proxy the addresses are allowed. No fsync on that path: the
+//!   is compacted: after expiry, a clean, and every [`COMPACT_EVERY`] journaled answers;
+//! * `fqdn.journal`, one JSON line per answer learned since that was worth saving (see
+//!   [`super::cache::Learned::persist`]), appended with one `write(2)` before the agent tells
+//!   the proxy the addresses are allowed. No fsync on that path: the
 //!   page cache outlives a killed process, and a machine that loses power loses its pods and
 //!   pinned maps too. Replaying an answer is idempotent (the expiry is absolute), so a line
 //!   that made it into both files does no harm, and a torn last line is ignored.

@@ -146,12 +146,15 @@ pub fn render_table(r: &TestReport) -> String {
                     Expect::Pass => "pass".to_owned(),
                     Expect::Drop(reason) => format!("drop {}", reason.code()),
                     Expect::Http(h) => format!("http {}", h.status),
+                    Expect::Refused => "refused".to_owned(),
+                    Expect::Expired => "drop 133 (ttl)".to_owned(),
                 },
                 match c.actual {
                     Actual::Pass => "pass".to_owned(),
                     Actual::Drop => "drop".to_owned(),
                     Actual::Error => "error".to_owned(),
                     Actual::Denied => "http 403".to_owned(),
+                    Actual::Refused => "refused".to_owned(),
                 },
                 c.drop_seen
                     .clone()

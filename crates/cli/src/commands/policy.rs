@@ -472,12 +472,46 @@ fn side(v: &TraceDirection) -> String {
                     "\n  {} {}: {}",
                     r.rule.policy,
                     r.rule.path(),
-                    http_rules(&r.http)
+                    if r.kafka.is_empty() {
+                        http_rules(&r.http)
+                    } else {
+                        kafka_rules(&r.kafka)
+                    }
                 ));
             }
         }
     }
     out
+}
+
+/// Kafka rules as one line: `produce,metadata,apiversions topic=orders | fetch v11 client=c`.
+fn kafka_rules(rules: &[ciliate_model::l7::KafkaMatch]) -> String {
+    rules
+        .iter()
+        .map(|k| {
+            let mut parts = Vec::new();
+            parts.push(if k.api_keys.is_empty() {
+                "any API".to_owned()
+            } else {
+                k.api_keys
+                    .iter()
+                    .map(|key| ciliate_model::kafka::api_key_name(*key))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            if let Some(v) = k.api_version {
+                parts.push(format!("v{v}"));
+            }
+            if let Some(c) = &k.client_id {
+                parts.push(format!("client={c}"));
+            }
+            if let Some(t) = &k.topic {
+                parts.push(format!("topic={t}"));
+            }
+            parts.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// HTTP rules as one line: `GET /public | PUT /path2 [X-My-Header: true]`.
@@ -740,6 +774,39 @@ mod tests {
         let text = trace_table(&plain);
         assert!(
             text.contains("  CiliumNetworkPolicy default/http spec.ingress[0]: GET /public | any method /healthz [X-Probe: true]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn fqdn_trace_names_the_addresses_or_says_none_is_learned() {
+        let none = FqdnTrace {
+            name: "api.example.com.".into(),
+            ips: vec![],
+            allowed: false,
+            traces: vec![],
+        };
+        let text = fqdn_trace_table(&none);
+        assert!(text.starts_with("Verdict:    DENIED\n"), "{text}");
+        assert!(
+            text.contains("no IPs learned for api.example.com. yet"),
+            "{text}"
+        );
+        let one = FqdnTrace {
+            name: "api.example.com.".into(),
+            ips: vec!["192.0.2.7".parse().unwrap()],
+            allowed: true,
+            traces: vec![crate::fixtures::trace()],
+        };
+        let text = fqdn_trace_table(&one);
+        assert!(
+            text.starts_with(
+                "api.example.com. resolves (FQDN cache) to 192.0.2.7\n\n--- 192.0.2.7 ---\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&trace_table(&crate::fixtures::trace())),
             "{text}"
         );
     }

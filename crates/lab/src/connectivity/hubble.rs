@@ -51,7 +51,7 @@ impl Query {
                 filter.protocol = vec!["tcp".into()];
                 filter.destination_port = vec![self.port.to_string()];
             }
-            Proto::Udp => {
+            Proto::Udp | Proto::Dns => {
                 filter.protocol = vec!["udp".into()];
                 filter.destination_port = vec![self.port.to_string()];
             }
@@ -267,6 +267,96 @@ pub async fn wait_for_l7(
             .iter()
             .find(|s| s.verdict == verdict && s.direction == direction)
         {
+            return Ok(hit.clone());
+        }
+        if Instant::now() > deadline {
+            return Err((seen, last_error));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The L7 DNS flow of a DNS cell: the client's query for a name.
+#[derive(Clone, Debug)]
+pub struct DnsQuery {
+    /// The client.
+    pub src: Ipv4Addr,
+    /// The name asked, lower-case with the trailing dot, as flows carry it.
+    pub query: String,
+    /// Flows from this time on.
+    pub since: SystemTime,
+}
+
+/// An L7 DNS flow seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSeen {
+    /// FORWARDED, DROPPED.
+    pub verdict: String,
+    /// Hubble's summary (`DNS Query world.ciliate.test. A`).
+    pub summary: String,
+    /// The node whose observer reported it.
+    pub node: String,
+}
+
+impl std::fmt::Display for DnsSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DNS {} {} on {}", self.verdict, self.summary, self.node)
+    }
+}
+
+impl DnsQuery {
+    /// `hubble observe --protocol dns --from-ip <client>` and the query name: the client's
+    /// queries only (its answers run from the resolver).
+    fn request(&self) -> GetFlowsRequest {
+        let filter = FlowFilter {
+            source_ip: vec![self.src.to_string()],
+            protocol: vec!["dns".into()],
+            dns_query: vec![format!("^{}$", regex::escape(&self.query))],
+            ..FlowFilter::default()
+        };
+        GetFlowsRequest {
+            number: 0,
+            first: false,
+            follow: false,
+            whitelist: vec![filter],
+            blacklist: Vec::new(),
+            since: Some(system_time_to_timestamp(self.since)),
+            until: None,
+        }
+    }
+}
+
+/// Waits until the observer of `node` holds the client's DNS query with `verdict`; on
+/// timeout, the DNS flows it has for the query and the last error.
+pub async fn wait_for_dns(
+    node: &str,
+    socket: &Path,
+    q: &DnsQuery,
+    verdict: &str,
+    timeout: Duration,
+) -> Result<DnsSeen, (Vec<DnsSeen>, Option<String>)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (seen, last_error) = match flows(node, socket, q.request()).await {
+            Ok(fs) => (
+                fs.iter()
+                    .filter(|f| ciliate_observer::l7::dns(f).is_some())
+                    .map(|f| DnsSeen {
+                        verdict: Verdict::try_from(f.verdict)
+                            .map_or_else(|_| f.verdict.to_string(), |v| v.as_str_name().to_owned()),
+                        summary: f.summary.clone(),
+                        node: if f.node_name.is_empty() {
+                            node.to_owned()
+                        } else {
+                            f.node_name.clone()
+                        },
+                    })
+                    .collect::<Vec<_>>(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        if let Some(hit) = seen.iter().find(|s| s.verdict == verdict) {
             return Ok(hit.clone());
         }
         if Instant::now() > deadline {

@@ -9,6 +9,12 @@
 //! answer, or a ping. A cell expected to pass gets three tries; one expected to be dropped gets
 //! one, and then the drop must show in Hubble with the expected reason.
 //!
+//! FQDN cells (scenarios with DNS cells or names as targets) run one after the other, in
+//! order, with every node's FQDN cache emptied first: a DNS cell asks the world's DNS server
+//! with `dig` from the client's namespace and must be answered (and show as a FORWARDED DNS
+//! flow in the client's node's observer) or refused by the DNS proxy (a DROPPED DNS flow); a
+//! TCP cell to a name resolves it the same way first and connects to the answer.
+//!
 //! L7 cells send one HTTP/1.1 request to the echo pod's HTTP server: the status must be the
 //! expected one (200 from the server itself, or the proxy's 403), and the request must show as
 //! an L7 flow, FORWARDED or DROPPED, in the observer of the node whose proxy holds the rule
@@ -32,7 +38,7 @@ use self::scenarios::{
 use self::workload::{Workload, POLICY_FILE};
 use crate::lab::policy_refs;
 use crate::layout::{GATEWAY_IP, WORLD2_IP, WORLD_ID};
-use crate::{sys, Lab, LabError, Progress};
+use crate::{sys, world_dns, Lab, LabError, Progress};
 
 /// How long a drop may take to show in Hubble.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +89,8 @@ pub enum Actual {
     Error,
     /// An HTTP request answered `403 Forbidden` (by the proxy).
     Denied,
+    /// A DNS query answered REFUSED (by the DNS proxy).
+    Refused,
 }
 
 /// One cell's result.
@@ -103,7 +111,7 @@ pub struct CellResult {
     /// The drop Hubble reported: `133 POLICY_DENIED on lab-node1`.
     pub drop_seen: Option<String>,
     /// The L7 flow of an HTTP cell: `L7 DROPPED http://10.200.0.5:8090/private on lab-node0
-    /// (INGRESS)`.
+    /// (INGRESS)`; of a DNS cell: `DNS FORWARDED DNS Query world.ciliate.test. A on lab-node0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l7_seen: Option<String>,
     /// Whether the cell passed.
@@ -286,7 +294,19 @@ async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
             result.error = Some(format!("policy {} not in force: {e}", p.file));
         }
     }
-    if result.error.is_none() {
+    if result.error.is_none() && s.ordered() {
+        if let Err(e) = clean_fqdn_caches(lab).await {
+            result.error = Some(e);
+        }
+    }
+    if result.error.is_none() && s.ordered() {
+        let since = SystemTime::now() - Duration::from_secs(1);
+        for cell in &cells {
+            result
+                .cells
+                .push(run_ordered_cell(lab, w, cell, since).await);
+        }
+    } else if result.error.is_none() {
         let since = SystemTime::now() - Duration::from_secs(1);
         let mut tasks = Vec::new();
         for cell in &cells {
@@ -322,6 +342,75 @@ async fn run_scenario(lab: &Lab, w: &Workload, s: &Scenario) -> ScenarioResult {
         }
     }
     result
+}
+
+/// One cell of an ordered scenario. An [`Expect::Expired`] cell first waits until no node's
+/// FQDN cache holds its address any more, then is probed and judged as an expected drop.
+async fn run_ordered_cell(lab: &Lab, w: &Workload, cell: &Cell, since: SystemTime) -> CellResult {
+    let mut plan = match plan(lab, w, cell) {
+        Ok(p) => p,
+        Err(e) => return unreachable(cell, &e),
+    };
+    if cell.expect == Expect::Expired {
+        if let Err(e) = wait_forgotten(lab, plan.dst).await {
+            return unreachable(cell, &e);
+        }
+        plan.cell.expect = Expect::Drop(scenarios::DropReason::PolicyDenied);
+    }
+    let p = plan.clone();
+    let mut r = match tokio::task::spawn_blocking(move || probe_cell(&p)).await {
+        Ok(outcome) => judge(lab, &plan.cell, &plan, outcome, since).await,
+        Err(e) => unreachable(cell, &format!("probe thread failed: {e}")),
+    };
+    r.spec = *cell;
+    r
+}
+
+/// How long an address learned from a short-TTL answer may stay: its TTL, then a closed
+/// connection's conntrack entry that keeps it as a zombie, then the agent's expiry pass.
+const EXPIRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until no node's FQDN cache lists `ip`, as an address or a zombie.
+async fn wait_forgotten(lab: &Lab, ip: Ipv4Addr) -> Result<(), String> {
+    let deadline = Instant::now() + EXPIRY_TIMEOUT;
+    loop {
+        let mut holders = Vec::new();
+        for node in &lab.state.nodes {
+            let entries = Lab::client(node)
+                .fqdn_cache(None)
+                .await
+                .map_err(|e| format!("reading the FQDN cache of {}: {e}", node.name))?;
+            holders.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| e.ips.contains(&ip) || e.zombies.contains(&ip))
+                    .map(|e| format!("{} ({} s left) on {}", e.name, e.ttl_left, node.name)),
+            );
+        }
+        if holders.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{ip} is still learned after {} s: {}",
+                EXPIRY_TIMEOUT.as_secs(),
+                holders.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Empties every node's FQDN cache (`ciliate fqdn cache clean`), so that an FQDN scenario
+/// starts with no address learned by an earlier one (or an earlier run).
+async fn clean_fqdn_caches(lab: &Lab) -> Result<(), String> {
+    for node in &lab.state.nodes {
+        Lab::client(node)
+            .fqdn_cache_clean(None)
+            .await
+            .map_err(|e| format!("cleaning the FQDN cache of {}: {e}", node.name))?;
+    }
+    Ok(())
 }
 
 /// How a cell is probed: from where, to what, and what answer is right.
@@ -399,6 +488,17 @@ fn plan(lab: &Lab, w: &Workload, cell: &Cell) -> Result<Plan, String> {
         }
         Target::World => (GATEWAY_IP, vec![GATEWAY_IP], None, Some(WORLD_ID.into())),
         Target::World2 => (WORLD2_IP, vec![WORLD2_IP], None, Some(WORLD_ID.into())),
+        Target::Name(_) if cell.proto == Proto::Dns => {
+            (world_dns::DNS_IP, vec![world_dns::DNS_IP], None, None)
+        }
+        Target::Name(n) => {
+            // Where the answer should lead, for the flows; the probe asks DNS itself.
+            let ips = world_dns::resolve(n);
+            let first = *ips
+                .first()
+                .ok_or_else(|| format!("the world's DNS server has no address for {n}"))?;
+            (first, ips, None, Some(WORLD_ID.into()))
+        }
     };
     Ok(Plan {
         cell: *cell,
@@ -421,11 +521,15 @@ fn probe_cell(p: &Plan) -> probe::Outcome {
     let tries = match p.cell.expect {
         Expect::Pass => PASS_TRIES,
         Expect::Http(_) => HTTP_TRIES,
-        Expect::Drop(_) => 1,
+        Expect::Drop(_) | Expect::Refused | Expect::Expired => 1,
+    };
+    let name = match p.cell.to {
+        Target::Name(n) => Some(n),
+        _ => None,
     };
     let mut last = None;
     for i in 0..tries {
-        let o = probe::probe(p.netns.clone(), p.cell.proto, p.dst, p.cell.port());
+        let o = probe::probe(p.netns.clone(), p.cell.proto, p.dst, p.cell.port(), name);
         let done = match p.cell.expect {
             Expect::Http(h) => o.status == Some(h.status),
             _ => o.answer.is_some(),
@@ -441,6 +545,7 @@ fn probe_cell(p: &Plan) -> probe::Outcome {
     last.unwrap_or(probe::Outcome {
         answer: None,
         status: None,
+        rcode: None,
         error: Some("not probed".into()),
     })
 }
@@ -462,6 +567,7 @@ async fn judge(
         address,
         actual: match (o.answer.is_some(), o.status) {
             (_, Some(403)) => Actual::Denied,
+            (false, _) if o.rcode.as_deref() == Some("REFUSED") => Actual::Refused,
             (true, _) => Actual::Pass,
             (false, _) => Actual::Drop,
         },
@@ -474,10 +580,14 @@ async fn judge(
         ok: false,
         detail: None,
     };
+    if cell.proto == Proto::Dns && (o.answer.is_some() || o.rcode.is_some()) {
+        judge_dns(lab, p, &o, since, &mut r).await;
+        return r;
+    }
     if let (Proto::Http(req), Some(_)) = (cell.proto, &o.answer) {
         let want = match cell.expect {
             Expect::Http(h) => Some(h),
-            Expect::Pass => None,
+            Expect::Pass | Expect::Refused | Expect::Expired => None,
             Expect::Drop(reason) => {
                 r.detail = Some(format!(
                     "answered {}; expected a drop ({reason})",
@@ -507,6 +617,16 @@ async fn judge(
         }
         (Expect::Http(_), Some(_)) => {
             r.detail = Some("an HTTP status expected of a cell that is not HTTP".into());
+        }
+        (Expect::Expired, _) => {
+            // run_ordered_cell judges it as the drop it becomes.
+            r.detail = Some("an expiry cell outside an ordered scenario".into());
+        }
+        (Expect::Refused, _) => {
+            r.detail = Some(format!(
+                "expected REFUSED from the DNS proxy, got {}",
+                o.answer.or(o.error).unwrap_or_default()
+            ));
         }
         (Expect::Drop(reason), Some(answer)) => {
             r.detail = Some(format!(
@@ -619,6 +739,72 @@ async fn judge_http(
                 ),
                 (false, _) => format!(
                     "L7 flows {}, expected {verdict} ({direction})",
+                    seen.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+}
+
+/// A DNS cell that was answered: the answer (addresses, or REFUSED) must be the expected
+/// one, and the client's query must show as a DNS flow with the matching verdict in the
+/// observer of the client's node (the DNS proxy runs there).
+async fn judge_dns(lab: &Lab, p: &Plan, o: &probe::Outcome, since: SystemTime, r: &mut CellResult) {
+    let Target::Name(name) = p.cell.to else {
+        r.detail = Some("a DNS cell without a name".into());
+        return;
+    };
+    let verdict = match (p.cell.expect, &o.answer, o.rcode.as_deref()) {
+        (Expect::Pass, Some(ips), _) => {
+            let want: Vec<String> = world_dns::resolve(name)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let mut got: Vec<&str> = ips.split(',').collect();
+            got.sort_unstable();
+            if got != want.iter().map(String::as_str).collect::<Vec<_>>() {
+                r.detail = Some(format!("answered {ips}, expected {}", want.join(",")));
+                return;
+            }
+            "FORWARDED"
+        }
+        (Expect::Refused, None, Some("REFUSED")) => "DROPPED",
+        (want, _, rcode) => {
+            r.detail = Some(format!(
+                "answered {} ({}), expected {want}",
+                o.answer.as_deref().unwrap_or("nothing"),
+                rcode.unwrap_or("no response code")
+            ));
+            return;
+        }
+    };
+    let Some(node) = p.src_node.as_ref().and_then(|n| lab.state.node(n)) else {
+        r.detail = Some("the client has no node".into());
+        return;
+    };
+    let q = hubble::DnsQuery {
+        src: p.src,
+        query: format!("{name}."),
+        since,
+    };
+    match hubble::wait_for_dns(&node.name, &node.hubble_socket, &q, verdict, DROP_TIMEOUT).await {
+        Ok(seen) => {
+            r.l7_seen = Some(seen.to_string());
+            r.ok = true;
+        }
+        Err((seen, err)) => {
+            r.l7_seen = seen.first().map(ToString::to_string);
+            r.detail = Some(match (seen.is_empty(), err) {
+                (true, Some(e)) => format!("no DNS flow seen ({e})"),
+                (true, None) => format!(
+                    "no DNS flow of {name} in Hubble of {}, expected {verdict}",
+                    node.name
+                ),
+                (false, _) => format!(
+                    "DNS flows {}, expected {verdict}",
                     seen.iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()

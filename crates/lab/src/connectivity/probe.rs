@@ -1,6 +1,7 @@
 //! Probes, run from inside the client's network namespace on a thread of their own: a TCP
-//! connect and the ident line the server sends, a UDP datagram and its answer, one ping, or
-//! one HTTP/1.1 request and its status and body.
+//! connect and the ident line the server sends, a UDP datagram and its answer, one ping, one
+//! HTTP/1.1 request and its status and body, or one DNS query with `dig` (also to resolve a
+//! name before connecting to it).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
@@ -28,6 +29,9 @@ pub struct Outcome {
     /// The HTTP status code, for an HTTP probe answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The DNS response code (`NOERROR`, `REFUSED`, ...), for a DNS probe answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
 }
 
 impl Outcome {
@@ -37,6 +41,7 @@ impl Outcome {
                 answer: Some(a),
                 error: None,
                 status: None,
+                rcode: None,
             },
             Err(e) => Self::failed(e.to_string()),
         }
@@ -47,12 +52,44 @@ impl Outcome {
             answer: None,
             error: Some(error),
             status: None,
+            rcode: None,
         }
     }
 }
 
 /// One probe from the namespace at `netns` to `dst:port` over `proto` (ICMP ignores the port).
-pub fn probe(netns: PathBuf, proto: Proto, dst: Ipv4Addr, port: u16) -> Outcome {
+/// With `name`, a DNS probe asks the world's DNS server for it, and a TCP probe first
+/// resolves it there and connects to the answer's first address instead of `dst`.
+pub fn probe(
+    netns: PathBuf,
+    proto: Proto,
+    dst: Ipv4Addr,
+    port: u16,
+    name: Option<&'static str>,
+) -> Outcome {
+    match (proto, name) {
+        (Proto::Dns, Some(n)) => dns(&netns, n, false),
+        (Proto::Dns, None) => Outcome::failed("a DNS probe needs a name".into()),
+        (Proto::Tcp, Some(n)) => {
+            let resolved = dns(&netns, n, false);
+            let first = resolved
+                .answer
+                .as_deref()
+                .and_then(|a| a.split(',').next())
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            match first {
+                Some(ip) => probe(netns, proto, ip, port, None),
+                None => Outcome::failed(format!(
+                    "cannot resolve {n}: {}",
+                    resolved.error.unwrap_or_default()
+                )),
+            }
+        }
+        (proto, _) => probe_address(netns, proto, dst, port),
+    }
+}
+
+fn probe_address(netns: PathBuf, proto: Proto, dst: Ipv4Addr, port: u16) -> Outcome {
     match proto {
         Proto::Icmp => ping(&netns, dst),
         Proto::Tcp => sys::in_netns(netns, move || Outcome::from(tcp(dst, port)))
@@ -64,10 +101,75 @@ pub fn probe(netns: PathBuf, proto: Proto, dst: Ipv4Addr, port: u16) -> Outcome 
                 answer: Some(body),
                 error: None,
                 status: Some(status),
+                rcode: None,
             },
             Err(e) => Outcome::failed(e.to_string()),
         })
         .unwrap_or_else(|e| Outcome::failed(e.to_string())),
+        Proto::Dns => Outcome::failed("a DNS probe needs a name".into()),
+    }
+}
+
+/// `dig` in the namespace asks the world's DNS server for `name` (A; over TCP with `tcp`):
+/// the answer is the addresses, comma-separated, when NOERROR brought at least one; the
+/// response code in any case it answered.
+pub fn dns(netns: &std::path::Path, name: &str, tcp: bool) -> Outcome {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display())).args([
+        "dig",
+        "+time=1",
+        "+tries=2",
+        "+noall",
+        "+comments",
+        "+answer",
+    ]);
+    if tcp {
+        cmd.arg("+tcp");
+    }
+    cmd.arg(format!("@{}", crate::world_dns::DNS_IP))
+        .args([name, "A"])
+        .stdin(Stdio::null());
+    match cmd.output() {
+        Ok(o) => parse_dig(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => Outcome::failed(format!("running dig: {e}")),
+    }
+}
+
+/// `dig +noall +comments +answer`'s output: the status of the header line, the A records.
+pub fn parse_dig(text: &str) -> Outcome {
+    let rcode = text.lines().find_map(|l| {
+        l.split_once("status: ")
+            .map(|(_, r)| r.split(',').next().unwrap_or(r).trim().to_owned())
+    });
+    let Some(rcode) = rcode else {
+        let why = text
+            .lines()
+            .find(|l| l.contains("timed out") || l.contains("no servers"))
+            .unwrap_or("no answer");
+        return Outcome::failed(why.trim_start_matches(';').trim().to_owned());
+    };
+    let ips: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5 && f[3] == "A").then(|| f[4])
+        })
+        .collect();
+    if rcode == "NOERROR" && !ips.is_empty() {
+        Outcome {
+            answer: Some(ips.join(",")),
+            error: None,
+            status: None,
+            rcode: Some(rcode),
+        }
+    } else {
+        Outcome {
+            answer: None,
+            error: Some(format!("{rcode}, no address")),
+            status: None,
+            rcode: Some(rcode),
+        }
     }
 }
 
@@ -186,6 +288,7 @@ fn ping(netns: &std::path::Path, dst: Ipv4Addr) -> Outcome {
             answer: Some("echo reply".into()),
             error: None,
             status: None,
+            rcode: None,
         },
         Ok(o) => Outcome::failed(
             String::from_utf8_lossy(&o.stdout)
@@ -234,6 +337,30 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn dig_output_parses_to_status_and_addresses() {
+        let ok = parse_dig(
+            ";; Got answer:\n;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n\
+             ;; flags: qr aa rd ra; QUERY: 1, ANSWER: 3\n\n\
+             alias.ciliate.test.\t300\tIN\tCNAME\talias2.ciliate.test.\n\
+             world.ciliate.test.\t300\tIN\tA\t172.31.0.1\n\
+             world.ciliate.test.\t300\tIN\tA\t172.31.0.2\n",
+        );
+        assert_eq!(ok.answer.as_deref(), Some("172.31.0.1,172.31.0.2"));
+        assert_eq!(ok.rcode.as_deref(), Some("NOERROR"));
+        let refused =
+            parse_dig(";; ->>HEADER<<- opcode: QUERY, status: REFUSED, id: 2\n;; flags: qr\n");
+        assert_eq!(refused.answer, None);
+        assert_eq!(refused.rcode.as_deref(), Some("REFUSED"));
+        let timeout = parse_dig(";; communications error to 172.31.0.1#53: timed out\n");
+        assert_eq!(timeout.rcode, None);
+        assert!(timeout
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timed out"));
     }
 
     #[test]

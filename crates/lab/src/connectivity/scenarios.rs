@@ -115,6 +115,10 @@ pub enum Target {
     World,
     /// 172.31.0.2.
     World2,
+    /// A name of the world's DNS server (`world.ciliate.test`): a DNS cell asks for it; a
+    /// TCP cell resolves it in the pod (through the DNS proxy when a policy says so) and
+    /// connects to the answer's first address.
+    Name(&'static str),
 }
 
 impl Target {
@@ -123,7 +127,7 @@ impl Target {
         match self {
             Self::Pod(_) | Self::Service(_) => ECHO_PORT,
             Self::Host | Self::RemoteHost => HOST_PORT,
-            Self::World | Self::World2 => WORLD_PORT,
+            Self::World | Self::World2 | Self::Name(_) => WORLD_PORT,
         }
     }
 
@@ -136,6 +140,7 @@ impl Target {
             Self::RemoteHost => "remote-host".to_owned(),
             Self::World => format!("world/{GATEWAY_IP}"),
             Self::World2 => format!("world/{WORLD2_IP}"),
+            Self::Name(n) => n.to_owned(),
         }
     }
 
@@ -160,6 +165,8 @@ pub enum Proto {
     Icmp,
     /// One HTTP/1.1 request on port [`HTTP_PORT`]: its status code and body.
     Http(Request),
+    /// One DNS query (A) for a [`Target::Name`] to the world's DNS server, with `dig`.
+    Dns,
 }
 
 /// The HTTP request of an L7 cell.
@@ -269,6 +276,12 @@ pub enum Expect {
     Drop(DropReason),
     /// Passed through an L7 proxy: this status, and the L7 flow.
     Http(HttpExpect),
+    /// A DNS query the DNS proxy refuses (REFUSED, and a dropped DNS flow).
+    Refused,
+    /// Dropped (133) once the answer that allowed the address has expired: the test waits
+    /// until no node's FQDN cache holds the address (a connection still open keeps it), then
+    /// probes once.
+    Expired,
 }
 
 impl fmt::Display for Expect {
@@ -277,6 +290,8 @@ impl fmt::Display for Expect {
             Self::Pass => f.write_str("pass"),
             Self::Drop(r) => write!(f, "drop ({})", r.code()),
             Self::Http(h) => write!(f, "{} ({} {})", h.status, h.side.direction(), h.verdict()),
+            Self::Refused => f.write_str("refused"),
+            Self::Expired => f.write_str("drop (133) after its TTL"),
         }
     }
 }
@@ -300,6 +315,7 @@ impl Cell {
         match self.proto {
             Proto::Icmp => format!("{} → {} ICMP", self.from, self.to.label()),
             Proto::Http(r) => format!("{} → {}:{HTTP_PORT} {r}", self.from, self.to.label()),
+            Proto::Dns => format!("{} → dns {}", self.from, self.to.label()),
             p => format!(
                 "{} → {}:{}/{}",
                 self.from,
@@ -318,10 +334,11 @@ impl Cell {
         self.to.remote()
     }
 
-    /// The port asked: the target's, or [`HTTP_PORT`] for HTTP.
+    /// The port asked: the target's, [`HTTP_PORT`] for HTTP, 53 for DNS.
     pub fn port(&self) -> u16 {
         match self.proto {
             Proto::Http(_) => HTTP_PORT,
+            Proto::Dns => 53,
             _ => self.to.port(),
         }
     }
@@ -351,6 +368,14 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Whether the cells run one after the other, in order, with the nodes' FQDN caches
+    /// emptied first: what a DNS cell teaches the datapath, the next cells rely on.
+    pub fn ordered(&self) -> bool {
+        self.cells
+            .iter()
+            .any(|c| c.proto == Proto::Dns || matches!(c.to, Target::Name(_)))
+    }
+
     /// The cells a lab of `nodes` nodes can run.
     pub fn cells_for(&self, nodes: usize) -> Vec<Cell> {
         self.cells
@@ -371,12 +396,14 @@ macro_rules! policy {
 }
 
 use self::Echo::{OtherNode, SameNode};
-use self::Proto::{Icmp, Tcp, Udp};
+use self::Proto::{Dns, Icmp, Tcp, Udp};
 use self::Source::{Client, Client2, EchoSameNode, World};
 
 const DENIED: Expect = Expect::Drop(DropReason::PolicyDenied);
 const DENY: Expect = Expect::Drop(DropReason::PolicyDeny);
 const PASS: Expect = Expect::Pass;
+const REFUSED: Expect = Expect::Refused;
+const EXPIRED: Expect = Expect::Expired;
 const ECHO: Target = Target::Pod(SameNode);
 const ECHO_OTHER: Target = Target::Pod(OtherNode);
 const SVC: Target = Target::Service(SameNode);
@@ -400,6 +427,10 @@ const fn req(method: &'static str, token: bool) -> Proto {
 
 const fn http(status: u16, side: Side) -> Expect {
     Expect::Http(HttpExpect { status, side })
+}
+
+const fn name(n: &'static str) -> Target {
+    Target::Name(n)
 }
 
 fn c(from: Source, to: Target, proto: Proto, expect: Expect) -> Cell {
@@ -702,6 +733,48 @@ pub fn all() -> Vec<Scenario> {
                 c(Client, ECHO_OTHER, Tcp, DENIED),
             ],
         },
+        Scenario {
+            name: "fqdn",
+            description: "the clients may ask the world's DNS server for world.ciliate.test and \
+                          *.s3.ciliate.test only (the DNS proxy refuses other names) and reach \
+                          what those names resolved to on 8080, nothing else \
+                          (CiliumNetworkPolicy, rules.dns and toFQDNs)",
+            policy: policy!("fqdn.yaml"),
+            cells: vec![
+                // Before any answer, the address is nobody's.
+                c(Client2, Target::World, Tcp, DENIED),
+                c(Client, name("world.ciliate.test"), Dns, PASS),
+                c(Client, name("world2.ciliate.test"), Dns, REFUSED),
+                c(Client, name("world.ciliate.test"), Tcp, PASS),
+                c(Client, name("api.s3.ciliate.test"), Tcp, PASS),
+            ],
+        },
+        Scenario {
+            name: "fqdn-learned",
+            description: "client reaches world2.ciliate.test's address without asking once \
+                          client2 (under the same policy) has; a name not in toFQDNs stays \
+                          dropped though its answer was allowed (CiliumNetworkPolicy, toFQDNs)",
+            policy: policy!("fqdn-learned.yaml"),
+            cells: vec![
+                c(Client, Target::World2, Udp, DENIED),
+                c(Client2, name("world2.ciliate.test"), Dns, PASS),
+                c(Client, Target::World2, Tcp, PASS),
+                c(Client, name("world.ciliate.test"), Dns, PASS),
+                c(Client, Target::World, Tcp, DENIED),
+            ],
+        },
+        Scenario {
+            name: "fqdn-ttl",
+            description: "short.ciliate.test answers with a TTL of 2 s: its address is allowed \
+                          after the answer and dropped again once the TTL ran out and no \
+                          connection holds it (CiliumNetworkPolicy, toFQDNs; the lab's agents \
+                          run with --tofqdns-min-ttl 0)",
+            policy: policy!("fqdn-ttl.yaml"),
+            cells: vec![
+                c(Client, name("short.ciliate.test"), Tcp, PASS),
+                c(Client, Target::World2, Tcp, EXPIRED),
+            ],
+        },
     ]
 }
 
@@ -794,6 +867,11 @@ mod tests {
                     engine.upsert(lp.resource).expect("compiles");
                 }
             }
+            // An FQDN scenario's verdicts depend on what its DNS cells teach the agents, in
+            // order; the lab checks those (cells_are_well_formed checks their shape).
+            if s.ordered() {
+                continue;
+            }
             let ports = NamedPorts::new();
             let r = engine.resolve(&ids, &ports);
             let cidr = |ip: Ipv4Addr| r.cidr_identity_of(ip.into());
@@ -810,11 +888,13 @@ mod tests {
                     Target::RemoteHost => ReservedIdentity::RemoteNode.id(),
                     Target::World => cidr(GATEWAY_IP),
                     Target::World2 => cidr(WORLD2_IP),
+                    Target::Name(n) => panic!("{}: {n} outside an FQDN scenario", s.name),
                 };
                 let (proto, dport) = match cell.proto {
                     Tcp | Proto::Http(_) => (6, cell.port()),
                     Udp => (17, cell.to.port()),
                     Icmp => (1, 8),
+                    Dns => (17, 53),
                 };
                 let v = r.explain(src, dst, proto, dport);
                 let got = match v.drop_reason() {
@@ -870,6 +950,43 @@ mod tests {
                     );
                     assert!(matches!(h.status, 200 | 403), "{}", cell.label());
                 }
+                // DNS asks for a name of the world's server; a name is asked by DNS, or
+                // resolved and connected to over TCP where an answer allows it.
+                if cell.proto == Dns {
+                    assert!(matches!(cell.to, Target::Name(_)), "{}", cell.label());
+                    assert!(
+                        matches!(cell.expect, Expect::Pass | Expect::Refused),
+                        "{}",
+                        cell.label()
+                    );
+                }
+                if let Target::Name(n) = cell.to {
+                    assert!(
+                        !crate::world_dns::resolve(n).is_empty(),
+                        "{}: the world's DNS server does not know {n}",
+                        s.name
+                    );
+                    if cell.proto != Dns {
+                        assert_eq!(
+                            (cell.proto, cell.expect),
+                            (Tcp, PASS),
+                            "{}: {}",
+                            s.name,
+                            cell.label()
+                        );
+                    }
+                }
+                if cell.expect == Expect::Refused {
+                    assert_eq!(cell.proto, Dns, "{}", cell.label());
+                }
+                if cell.expect == Expect::Expired {
+                    assert!(s.ordered(), "{}: {}", s.name, cell.label());
+                    assert!(
+                        matches!(cell.to, Target::World | Target::World2),
+                        "{}",
+                        cell.label()
+                    );
+                }
             }
         }
     }
@@ -905,6 +1022,14 @@ mod tests {
         );
         assert_eq!(http(403, Side::Egress).to_string(), "403 (EGRESS DROPPED)");
         assert_eq!(DropReason::PolicyDenied.to_string(), "133 POLICY_DENIED");
+        assert_eq!(
+            c(Client, name("world.ciliate.test"), Dns, REFUSED).label(),
+            "client → dns world.ciliate.test"
+        );
+        assert_eq!(
+            c(Client, name("world.ciliate.test"), Tcp, PASS).label(),
+            "client → world.ciliate.test:8080/TCP"
+        );
     }
 
     #[test]

@@ -169,6 +169,13 @@ async fn udp_exchange(resolver: SocketAddrV4, query: &[u8], id: u16) -> Result<V
     s.connect(resolver)
         .await
         .map_err(|e| format!("connecting to {resolver}: {e}"))?;
+    // The query leaves from the node's own address: a node with none (a bare network
+    // namespace) would send it from 0.0.0.0, and nothing could answer.
+    if s.local_addr().is_ok_and(|a| a.ip().is_unspecified()) {
+        return Err(format!(
+            "the node has no address to ask {resolver} from (the DNS proxy queries from the node's own address)"
+        ));
+    }
     s.send(query)
         .await
         .map_err(|e| format!("sending to {resolver}: {e}"))?;

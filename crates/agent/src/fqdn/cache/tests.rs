@@ -44,9 +44,16 @@ fn an_answer_is_learned_once_and_its_names_reported() {
         c.ips_of("api.example.com."),
         BTreeSet::from([ip("192.0.2.1")])
     );
-    // The same answer again changes nothing policy sees.
+    assert!(l.persist);
+    // The same answer again changes nothing policy sees, and is not worth saving yet.
     let l = c.learn(&answer(1, "api.example.com.", &["192.0.2.1"], 30), T0 + 5);
     assert!(l.changed.is_empty());
+    assert!(!l.persist);
+    // A minute later it is (the expiry moved).
+    assert!(
+        c.learn(&answer(1, "api.example.com.", &["192.0.2.1"], 30), T0 + 60)
+            .persist
+    );
     // Another endpoint learning the same address: still nothing new for policy.
     let l = c.learn(&answer(2, "api.example.com.", &["192.0.2.1"], 30), T0 + 5);
     assert!(l.changed.is_empty());
