@@ -562,7 +562,7 @@ pub enum PolicyCommand {
             file, document, field and reason (exit code 1). When the command returns, the \
             policies are in force on every endpoint; the last line is the node's policy \
             revision that holds them (`Revision: N`, for `ciliate policy wait`).\n\n\
-            Fields parsed but not enforced yet (Kafka rules, toServices, \
+            Fields parsed but not enforced yet (toServices, \
             authentication) \
             are reported as warnings on standard error; the rest of the policy is enforced, \
             never more permissively than written.",

@@ -361,6 +361,7 @@ pub fn trace_http() -> ciliate_model::policy_api::PolicyTrace {
                         ..HttpMatch::default()
                     },
                 ],
+                kafka: vec![],
             }],
             allowed: Some(false),
             allowed_by: vec![],

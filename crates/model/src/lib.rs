@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod fqdn;
 pub mod identity;
 pub mod k8s;
+pub mod kafka;
 pub mod l7;
 pub mod labels;
 pub mod lb;

@@ -312,9 +312,13 @@ pub struct TraceL7 {
 pub struct TraceL7Rule {
     /// The policy rule.
     pub rule: RuleRef,
-    /// Its HTTP rules; empty: every request (an allow without L7 rules on this port).
+    /// Its HTTP rules; empty (and no Kafka rules): every request (an allow without L7 rules
+    /// on this port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::l7::HttpMatch>,
+    /// Its Kafka rules (a port whose parser is Kafka), roles expanded into API keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kafka: Vec<crate::l7::KafkaMatch>,
 }
 
 /// A rule that allows the traced request.

@@ -797,6 +797,7 @@ impl Resolved<'_> {
             });
         }
         let plan = crate::l7::plan(&raw, |r| self.engine.rule_id(r));
+        notes.extend(plan.notes);
         raw.extend(plan.extra);
         let mut entries = build_entries(raw.into_iter().map(|(k, d, s, _)| (k, d, s)).collect());
         let ports = self.engine.config.proxy_ports;

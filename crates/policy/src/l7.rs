@@ -24,10 +24,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ciliate_model::identity::NumericIdentity;
+use ciliate_model::kafka::{api_key_by_name, check_topic, role_api_keys};
+use ciliate_model::l7::KafkaMatch;
 use ciliate_model::l7::{
     HeaderMatch, HeaderMismatch, HttpMatch, L7Parser, L7PeerRules, L7Redirect, ProxyPorts,
 };
-use ciliate_model::policy::cilium::HttpRule;
+use ciliate_model::policy::cilium::{HttpRule, KafkaRule};
 use ciliate_model::policy::{
     Direction, EntrySource, PolicyEntry, PolicyKey, RuleRef, PROTO_TCP, PROTO_UDP,
 };
@@ -160,6 +162,10 @@ pub fn allowing_rules(
 ) -> Vec<(u32, Option<usize>)> {
     let mut out = Vec::new();
     for r in redirect.rules.iter().filter(|r| peer_rules_apply(r, peer)) {
+        if !r.kafka.is_empty() || !r.dns.is_empty() {
+            // Rules of another protocol allow no HTTP request.
+            continue;
+        }
         if r.http.is_empty() {
             out.push((r.rule, None));
             continue;
@@ -287,6 +293,71 @@ pub(crate) fn check_http_rule(rule: &HttpRule, path: &str, p: &mut Problems) -> 
     })
 }
 
+/// Checks one `rules.kafka[]` entry at `path` as Cilium's `PortRuleKafka.Sanitize` does and
+/// expands it (`role` or `apiKey` into API keys); `None` when it has errors.
+pub(crate) fn check_kafka_rule(
+    rule: &KafkaRule,
+    path: &str,
+    p: &mut Problems,
+) -> Option<KafkaMatch> {
+    let before = p.errors.len();
+    let text = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let (role, api_key) = (text(&rule.role), text(&rule.api_key));
+    let mut api_keys = Vec::new();
+    if let (Some(r), Some(k)) = (&role, &api_key) {
+        p.error(
+            path,
+            format!(
+                "role {r:?} and apiKey {k:?} cannot both be given: a role stands for its API keys"
+            ),
+        );
+    } else if let Some(r) = &role {
+        match role_api_keys(r) {
+            Some(keys) => api_keys = keys.to_vec(),
+            None => p.error(
+                format!("{path}.role"),
+                format!("{r:?} is not a Kafka role (want produce or consume)"),
+            ),
+        }
+    } else if let Some(k) = &api_key {
+        match api_key_by_name(k) {
+            Some(key) => api_keys = vec![key],
+            None => p.error(
+                format!("{path}.apiKey"),
+                format!("{k:?} is not a Kafka API key name Cilium knows (produce, fetch, offsets, metadata, offsetcommit, offsetfetch, findcoordinator, joingroup, heartbeat, leavegroup, syncgroup, apiversions, createtopics, ...)"),
+            ),
+        }
+    }
+    let api_version = match text(&rule.api_version) {
+        None => None,
+        Some(v) => match v.parse::<i16>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => {
+                p.error(
+                    format!("{path}.apiVersion"),
+                    format!("{v:?} is not an API version (a number from 0 to 32767)"),
+                );
+                None
+            }
+        },
+    };
+    let topic = text(&rule.topic);
+    if let Some(t) = &topic {
+        if let Err(e) = check_topic(t) {
+            p.error(format!("{path}.topic"), e);
+        }
+    }
+    if p.errors.len() > before {
+        return None;
+    }
+    Some(KafkaMatch {
+        api_keys,
+        api_version,
+        client_id: text(&rule.client_id),
+        topic,
+    })
+}
+
 /// What the proxy does on one side of a flow ([`Resolved::explain_l7`](crate::Resolved::explain_l7)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L7Explanation {
@@ -328,6 +399,8 @@ pub(crate) struct Plan<'a> {
     pub keys: BTreeMap<PolicyKey, L7Parser>,
     /// The parser and rules per (direction, protocol, port).
     pub redirects: BTreeMap<PortKey, (L7Parser, Vec<L7PeerRules>)>,
+    /// Conflicts worth telling (rules of two L7 protocols on one port).
+    pub notes: Vec<String>,
 }
 
 fn exact_key(identity: NumericIdentity, direction: Direction, proto: u8, port: u16) -> PolicyKey {
@@ -344,6 +417,7 @@ fn parser_of(l7: &PortL7) -> L7Parser {
     match l7 {
         PortL7::Http(_) => L7Parser::Http,
         PortL7::Dns(_) => L7Parser::Dns,
+        PortL7::Kafka(_) => L7Parser::Kafka,
     }
 }
 
@@ -368,6 +442,7 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
         extra: Vec::new(),
         keys: BTreeMap::new(),
         redirects: BTreeMap::new(),
+        notes: Vec::new(),
     };
     // The first parser named for a port wins (one port speaks one protocol).
     let mut ports: BTreeMap<PortKey, L7Parser> = BTreeMap::new();
@@ -376,7 +451,7 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             continue;
         };
         let fits = match l7 {
-            PortL7::Http(_) => k.proto == PROTO_TCP,
+            PortL7::Http(_) | PortL7::Kafka(_) => k.proto == PROTO_TCP,
             PortL7::Dns(_) => {
                 k.direction == Direction::Egress && matches!(k.proto, PROTO_TCP | PROTO_UDP)
             }
@@ -424,8 +499,19 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
             let EntrySource::Rule(r) = src else {
                 continue;
             };
-            // Rules of another protocol on this port say nothing about its requests.
-            let rules = l7.filter(|l| is_exact(k) && parser_of(l) == parser);
+            let rules = l7.filter(|_| is_exact(k));
+            if let Some(other) = rules.filter(|l| parser_of(l) != parser) {
+                // Cilium refuses to merge two parsers on one port; the proxy speaks one, so
+                // these rules allow nothing there (fail closed), and the conflict is told.
+                let note = format!(
+                    "{r}: {:?} rules on {direction:?} port {port}, which other rules give {parser:?} rules; they allow nothing there",
+                    parser_of(other)
+                );
+                if !out.notes.contains(&note) {
+                    out.notes.push(note);
+                }
+                continue;
+            }
             let (rule, any) = (rule_id(r), k.identity == 0);
             match groups
                 .iter_mut()
@@ -448,6 +534,7 @@ pub(crate) fn plan<'a>(raw: &[Raw<'a>], rule_id: impl Fn(&RuleRef) -> u32) -> Pl
                 match l7 {
                     Some(PortL7::Http(h)) => r.http = h.clone(),
                     Some(PortL7::Dns(d)) => r.dns = d.clone(),
+                    Some(PortL7::Kafka(kf)) => r.kafka = kf.clone(),
                     None => {}
                 }
                 r

@@ -34,6 +34,9 @@ const PODS: &[(&str, u32, &str)] = &[
     ("prod-web", 1008, "app=web,io.kubernetes.pod.namespace=prod,io.cilium.k8s.namespace.labels.env=prod"),
     ("staging-web", 1009, "app=web,io.kubernetes.pod.namespace=staging,io.cilium.k8s.namespace.labels.env=staging"),
     ("prod-api", 1010, "app=api,io.kubernetes.pod.namespace=prod,io.cilium.k8s.namespace.labels.env=prod"),
+    ("kafka", 1011, "app=kafka,io.kubernetes.pod.namespace=default"),
+    ("empire-hq", 1012, "app=empire-hq,io.kubernetes.pod.namespace=default"),
+    ("empire-outpost", 1013, "app=empire-outpost,io.kubernetes.pod.namespace=default"),
 ];
 
 const RESERVED: &[(&str, u32)] = &[
@@ -496,6 +499,14 @@ const CASES: &[Case] = &[
             ("frontend", "echo", "tcp/8080", D133),
         ],
     ),
+    case(
+        "cnp-l7-kafka.yaml",
+        &[
+            ("empire-hq", "kafka", "tcp/9092", A),
+            ("empire-outpost", "kafka", "tcp/9092", A),
+            ("client", "kafka", "tcp/9092", D133),
+        ],
+    ),
     // No name is learned yet: toFQDNs selects no address (see tests/fqdn.rs).
     case(
         "cnp-l7-dns-visibility.yaml",
@@ -625,6 +636,11 @@ const INVALID: &[(&str, &str)] = &[
     ("l7-port-zero.yaml", "spec.ingress[0].toPorts[0].rules: L7 rules can not be used when a port is 0"),
     ("l7-port-range.yaml", "spec.ingress[0].toPorts[0].ports[0].endPort: L7 rules can not be used with a port range"),
     ("l7-http-and-kafka.yaml", "spec.ingress[0].toPorts[0].rules: multiple L7 protocol rule types in one toPorts entry (http and kafka)"),
+    ("l7-kafka-role-and-apikey.yaml", "spec.ingress[0].toPorts[0].rules.kafka[1]: role \"consume\" and apiKey \"fetch\" cannot both be given"),
+    ("l7-kafka-bad-role.yaml", "spec.ingress[0].toPorts[0].rules.kafka[1].role: \"admin\" is not a Kafka role (want produce or consume)"),
+    ("l7-kafka-bad-apikey.yaml", "spec.ingress[0].toPorts[0].rules.kafka[1].apiKey: \"listoffsets\" is not a Kafka API key name Cilium knows"),
+    ("l7-kafka-bad-version.yaml", "spec.ingress[0].toPorts[0].rules.kafka[1].apiVersion: \"v3\" is not an API version"),
+    ("l7-kafka-bad-topic.yaml", "spec.ingress[0].toPorts[0].rules.kafka[1].topic: \"orders/eu\" is not a topic name"),
     ("l7-bad-regex.yaml", "spec.ingress[0].toPorts[0].rules.http[1].path: \"/api/(v1\" is not a valid regular expression: unclosed group"),
     ("l7-bad-header.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headers[0]: \"X/Bad: 1\" is not a header"),
     ("l7-header-secret.yaml", "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret: header values from Secrets are not supported"),

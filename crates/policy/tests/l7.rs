@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use ciliate_model::l7::{HttpMatch, L7PeerRules, L7Redirect};
+use ciliate_model::l7::{HttpMatch, KafkaMatch, L7Parser, L7PeerRules, L7Redirect};
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::{Direction, EndpointPolicy, EntrySource, PROTO_ANY, PROTO_TCP};
 use ciliate_policy::l7::HttpRequestView;
@@ -590,4 +590,176 @@ fn rule_number(e: &PolicyEngine, path: &str) -> u32 {
 /// The numbers of two rules, by path.
 fn ids_of(e: &mut PolicyEngine, paths: &[&str; 2]) -> (u32, u32) {
     (rule_number(e, paths[0]), rule_number(e, paths[1]))
+}
+
+#[test]
+fn docs_kafka_roles_become_api_keys_on_a_kafka_redirect() {
+    // Cilium's "Securing a Kafka cluster" policy, reduced to its two kinds of rule.
+    let mut e = engine(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: secure-kafka, namespace: default}
+spec:
+  endpointSelector:
+    matchLabels: {app: service}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {env: prod}
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - role: produce
+          topic: deathstar-plans
+        - apiKey: ApiVersions
+        - apiKey: metadata
+          apiVersion: "12"
+          clientID: rdkafka
+  - fromEndpoints:
+    - matchLabels: {app: other}
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - role: consume
+          topic: empire-announce
+"#,
+    );
+    let ids = identities();
+    let named = NamedPorts::new();
+    let produce = rule_number(&e, "spec.ingress[0]");
+    let consume = rule_number(&e, "spec.ingress[1]");
+    let r = e.resolve(&ids, &named);
+    let res = r.endpoint_policy(SERVICE);
+    assert_eq!(
+        rows(&res.policy),
+        vec![
+            (Direction::Ingress, HOST, PROTO_ANY, 0, 0, false, 0),
+            (
+                Direction::Ingress,
+                PROD,
+                PROTO_TCP,
+                9092,
+                16,
+                false,
+                INGRESS_PROXY
+            ),
+            (
+                Direction::Ingress,
+                OTHER,
+                PROTO_TCP,
+                9092,
+                16,
+                false,
+                INGRESS_PROXY
+            ),
+            (Direction::Egress, 0, PROTO_ANY, 0, 0, false, 0),
+        ]
+    );
+    assert_eq!(res.redirects.len(), 1);
+    let rd = &res.redirects[0];
+    assert_eq!(
+        (rd.parser, rd.port, rd.egress, rd.proxy_port),
+        (L7Parser::Kafka, 9092, false, INGRESS_PROXY)
+    );
+    assert_eq!(
+        rd.rules,
+        vec![
+            L7PeerRules {
+                peers: Some(vec![PROD]),
+                rule: produce,
+                kafka: vec![
+                    KafkaMatch {
+                        api_keys: vec![0, 3, 18],
+                        topic: Some("deathstar-plans".into()),
+                        ..Default::default()
+                    },
+                    KafkaMatch {
+                        api_keys: vec![18],
+                        ..Default::default()
+                    },
+                    KafkaMatch {
+                        api_keys: vec![3],
+                        api_version: Some(12),
+                        client_id: Some("rdkafka".into()),
+                        topic: None,
+                    },
+                ],
+                ..Default::default()
+            },
+            L7PeerRules {
+                peers: Some(vec![OTHER]),
+                rule: consume,
+                kafka: vec![KafkaMatch {
+                    api_keys: vec![1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18],
+                    topic: Some("empire-announce".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ]
+    );
+    check_invariants(&res.policy, &res.redirects);
+    // An HTTP request is allowed by none of these rules.
+    let get = HttpRequestView {
+        method: "GET",
+        path: "/",
+        host: "kafka",
+        headers: vec![],
+    };
+    assert!(r
+        .explain_l7(SERVICE, Direction::Ingress, PROD, 9092, Some(&get))
+        .unwrap()
+        .allowed_by
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn http_and_kafka_rules_on_one_port_fail_closed_with_a_note() {
+    let mut e = engine(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: http, namespace: default}
+spec:
+  endpointSelector:
+    matchLabels: {app: service}
+  ingress:
+  - fromEndpoints: [{matchLabels: {env: prod}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka, namespace: default}
+spec:
+  endpointSelector:
+    matchLabels: {app: service}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce}]
+"#,
+    );
+    let ids = identities();
+    let named = NamedPorts::new();
+    let r = e.resolve(&ids, &named);
+    let res = r.endpoint_policy(SERVICE);
+    assert_eq!(res.redirects.len(), 1);
+    let rd = &res.redirects[0];
+    // One parser per port; the other protocol's peers have no rule there: refused.
+    assert_eq!(rd.rules.len(), 1, "{:?}", rd.rules);
+    assert_eq!(rd.rules[0].peers, Some(vec![PROD]));
+    assert!(
+        res.notes.iter().any(|n| n.contains("port 9092")),
+        "{:?}",
+        res.notes
+    );
+    check_invariants(&res.policy, &res.redirects);
 }

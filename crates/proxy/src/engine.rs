@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use ciliate_model::identity::NumericIdentity;
-use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict, ProxyEvent, ProxyStats};
+use ciliate_model::l7::{HttpRecord, L7Parser, L7RecordType, L7Verdict, ProxyEvent, ProxyStats};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -298,7 +298,7 @@ struct Conn {
 }
 
 impl Engine {
-    fn emit(&self, ev: ProxyEvent) {
+    pub(crate) fn emit(&self, ev: ProxyEvent) {
         if self.events.try_send(ev).is_err() {
             self.counters.records_lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -343,7 +343,12 @@ impl Engine {
         };
         let source_identity = self.identities.identity_of(*client.ip());
         let destination_identity = self.identities.identity_of(*original_dst.ip());
-        let endpoint = self.policy.current().get(&key).map(|r| r.redirect.endpoint);
+        let found = self
+            .policy
+            .current()
+            .get(&key)
+            .map(|r| (r.redirect.endpoint, r.redirect.parser));
+        let endpoint = found.map(|f| f.0);
         let meta = ConnMeta {
             client,
             original_dst,
@@ -357,6 +362,10 @@ impl Engine {
             self.drop_record(&meta, "no redirect for this endpoint, direction and port");
             self.counters.resets.fetch_add(1, Ordering::Relaxed);
             reset(stream);
+            return;
+        }
+        if found.is_some_and(|f| f.1 == L7Parser::Kafka) {
+            crate::kafka::serve(self, stream, meta, key, shutdown).await;
             return;
         }
 

@@ -4,6 +4,7 @@
 //! - [`policy`]: the redirects in force, replaced per command, read per request;
 //! - [`identity`]: peer identities from the datapath's pinned maps;
 //! - [`engine`]: one client connection: protocol detection, HTTP/1.1 and h2c, policy, upstream;
+//! - [`kafka`]: connections of Kafka redirects: frames, requests and topics, refusals;
 //! - [`listener`]: accept loops over inherited listening sockets, graceful drain;
 //! - [`dns`]: the DNS proxy (queries judged by name, answers held for the agent);
 //! - [`control`]: the agent's control socket (commands in, events out);
@@ -13,6 +14,7 @@ pub mod control;
 pub mod dns;
 pub mod engine;
 pub mod identity;
+pub mod kafka;
 pub mod listener;
 pub mod policy;
 pub mod rules;

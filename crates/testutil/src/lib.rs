@@ -6,6 +6,7 @@
 //! when the test panics.
 
 pub mod etcd;
+pub mod kafka;
 
 use std::path::Path;
 use std::process::Command;

@@ -59,17 +59,17 @@ spec:
         http: [{method: GET}]
 "#;
 
-const KAFKA_POLICY: &str = r#"apiVersion: cilium.io/v2
+const UNENFORCED_POLICY: &str = r#"apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: kafka-produce}
+metadata: {name: l7proto-redis}
 spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts:
-    - ports: [{port: "9092", protocol: TCP}]
+    - ports: [{port: "6379", protocol: TCP}]
       rules:
-        kafka: [{role: produce, topic: orders}]
+        l7proto: redis
 "#;
 
 const BROKEN_POLICY: &str = r#"apiVersion: cilium.io/v2
@@ -545,11 +545,11 @@ fn trace_explains_allow_default_deny_and_deny() {
 fn fields_not_enforced_are_warnings_everywhere() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
-    let r = n.apply(KAFKA_POLICY, false).expect("applies");
+    let r = n.apply(UNENFORCED_POLICY, false).expect("applies");
     assert_eq!(r.warnings.len(), 1, "{r:?}");
     assert!(
         r.warnings[0].starts_with(
-            "p.yaml: document 1 (CiliumNetworkPolicy default/kafka-produce): spec.ingress[0].toPorts[0].rules"
+            "p.yaml: document 1 (CiliumNetworkPolicy default/l7proto-redis): spec.ingress[0].toPorts[0].rules"
         ),
         "{r:?}"
     );
@@ -557,10 +557,10 @@ fn fields_not_enforced_are_warnings_everywhere() {
     assert_eq!(views[0].warnings.len(), 1);
     assert!(views[0].warnings[0].starts_with("spec.ingress[0].toPorts[0].rules"));
     // Re-applying the same still says so.
-    let r = n.apply(KAFKA_POLICY, false).expect("applies");
+    let r = n.apply(UNENFORCED_POLICY, false).expect("applies");
     assert_eq!(r.warnings.len(), 1);
     // And validation too.
-    let v = manifests::validate(&split_documents("p.yaml", KAFKA_POLICY).expect("YAML"));
+    let v = manifests::validate(&split_documents("p.yaml", UNENFORCED_POLICY).expect("YAML"));
     assert!(v.valid);
     assert_eq!(v.warnings.len(), 1);
     let v = manifests::validate(

@@ -388,6 +388,7 @@ fn trace_l7(x: L7Explanation, with_request: bool) -> TraceL7 {
         .map(|(rule, r)| TraceL7Rule {
             rule: rule.clone(),
             http: r.http.clone(),
+            kafka: r.kafka.clone(),
         })
         .collect();
     let allowed_by: Vec<TraceL7Match> = x

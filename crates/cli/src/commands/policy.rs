@@ -472,12 +472,46 @@ fn side(v: &TraceDirection) -> String {
                     "\n  {} {}: {}",
                     r.rule.policy,
                     r.rule.path(),
-                    http_rules(&r.http)
+                    if r.kafka.is_empty() {
+                        http_rules(&r.http)
+                    } else {
+                        kafka_rules(&r.kafka)
+                    }
                 ));
             }
         }
     }
     out
+}
+
+/// Kafka rules as one line: `produce,metadata,apiversions topic=orders | fetch v11 client=c`.
+fn kafka_rules(rules: &[ciliate_model::l7::KafkaMatch]) -> String {
+    rules
+        .iter()
+        .map(|k| {
+            let mut parts = Vec::new();
+            parts.push(if k.api_keys.is_empty() {
+                "any API".to_owned()
+            } else {
+                k.api_keys
+                    .iter()
+                    .map(|key| ciliate_model::kafka::api_key_name(*key))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            if let Some(v) = k.api_version {
+                parts.push(format!("v{v}"));
+            }
+            if let Some(c) = &k.client_id {
+                parts.push(format!("client={c}"));
+            }
+            if let Some(t) = &k.topic {
+                parts.push(format!("topic={t}"));
+            }
+            parts.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// HTTP rules as one line: `GET /public | PUT /path2 [X-My-Header: true]`.

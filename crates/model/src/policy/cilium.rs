@@ -397,7 +397,7 @@ pub struct PortRule {
     /// The ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortProtocol>>,
-    /// L7 rules (HTTP enforced through the node's proxy; Kafka and DNS parsed, not enforced).
+    /// L7 rules (HTTP, Kafka and DNS, enforced through the node's proxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<L7Rules>,
     /// TLS termination (not enforced).

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use ciliate_model::fqdn::FqdnMatcher;
 use ciliate_model::identity::{NumericIdentity, ReservedIdentity, MIN_CIDR_IDENTITY};
-use ciliate_model::l7::{DnsMatch, HttpMatch};
+use ciliate_model::l7::{DnsMatch, HttpMatch, KafkaMatch};
 use ciliate_model::labels::Labels;
 use ciliate_model::policy::cilium::{
     CidrRule, Entity, FqdnSelector, PortDenyRule, PortRule, ServiceSelector,
@@ -110,6 +110,8 @@ pub(crate) enum PortL7 {
     Http(Vec<HttpMatch>),
     /// `rules.dns`: a UDP or TCP port (egress), parsed as DNS.
     Dns(Vec<DnsMatch>),
+    /// `rules.kafka`: a TCP port, parsed as Kafka; roles and API key names expanded.
+    Kafka(Vec<KafkaMatch>),
 }
 
 /// Which traffic of a peer a rule is about.

@@ -1,6 +1,6 @@
 //! L4: `toPorts` (ports, ranges, named ports, protocols) for allow and deny rules, and the
-//! L7 rules they may carry: HTTP and DNS rules checked and compiled for the node's proxy;
-//! Kafka rules checked, not enforced.
+//! L7 rules they may carry: HTTP, Kafka and DNS rules checked and compiled for the node's
+//! proxy.
 //!
 //! DNS rules (egress only) apply to the UDP and TCP ports of their entry (port 53 with no
 //! protocol gives both); their names and patterns are checked with [`FqdnMatcher`] and sent
@@ -71,6 +71,7 @@ impl Compiler<'_> {
                     L7Outcome::Closed => closed = true,
                     L7Outcome::Http(rules) => port_l7 = Some(PortL7::Http(rules)),
                     L7Outcome::Dns(rules) => port_l7 = Some(PortL7::Dns(rules)),
+                    L7Outcome::Kafka(rules) => port_l7 = Some(PortL7::Kafka(rules)),
                 }
             }
             if let Some(names) = &pr.server_names {
@@ -358,28 +359,28 @@ impl Compiler<'_> {
                 L7Outcome::Closed
             };
         }
-        let unrestricted = l7
-            .kafka
-            .as_ref()
-            .is_some_and(|rules| rules.iter().any(|r| *r == Default::default()));
-        let kind = match kinds.first() {
-            Some(&"kafka") => "Kafka",
-            Some(&"dns") => "DNS",
-            _ => "l7proto",
-        };
-        if unrestricted {
-            self.warn(
-                path,
-                format!("{kind} rules are not enforced yet; these allow every request, so the ports are allowed at L4"),
-            );
-            L7Outcome::None
-        } else {
-            self.warn(
-                path,
-                format!("{kind} rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)"),
-            );
-            L7Outcome::Closed
+        if let Some(rules) = l7.kafka.as_ref().filter(|r| !r.is_empty()) {
+            let mut out = Vec::new();
+            for (i, r) in rules.iter().enumerate() {
+                if let Some(m) = crate::l7::check_kafka_rule(
+                    r,
+                    &format!("{path}.kafka[{i}]"),
+                    &mut self.problems,
+                ) {
+                    out.push(m);
+                }
+            }
+            return if out.len() == rules.len() {
+                L7Outcome::Kafka(out)
+            } else {
+                L7Outcome::Closed
+            };
         }
+        self.warn(
+            path,
+            "l7proto rules are not enforced yet: the ports of this toPorts entry stay closed until they are (fail closed)",
+        );
+        L7Outcome::Closed
     }
 }
 
@@ -405,6 +406,8 @@ pub(super) enum L7Outcome {
     /// DNS rules: the UDP and TCP ports are allowed through the DNS proxy, for queries these
     /// match.
     Dns(Vec<DnsMatch>),
+    /// Kafka rules: the ports are allowed through the proxy, for requests these match.
+    Kafka(Vec<ciliate_model::l7::KafkaMatch>),
 }
 
 /// The contract's form of a checked DNS rule: normalized (lower-case, trailing dot).

@@ -1,0 +1,359 @@
+//! Kafka: one client connection of a redirect whose parser is Kafka, from the accepted socket
+//! to the broker.
+//!
+//! - [`frame`]: size-prefixed frames, bounded;
+//! - [`request`]: a request's header and the topics it names;
+//! - [`deny`]: the error response the proxy answers a refused request with;
+//! - [`response`]: the error code of a broker's response, for the record.
+//!
+//! Each request is judged against the redirect's rules as they are *now* (Cilium's semantics,
+//! [`ciliate_model::kafka`]); an allowed one is forwarded unchanged on the one upstream
+//! connection this client connection owns, a refused one is answered by the proxy. Kafka
+//! clients pipeline requests and expect the responses in request order, so every request
+//! that expects a response queues a slot (the broker's next response, or the proxy's own
+//! refusal) and one task writes the slots to the client in order. A request that cannot be
+//! read, or refused where no refusal can be built, closes the connection (recorded with why).
+
+pub mod deny;
+pub mod frame;
+pub mod request;
+pub mod response;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ciliate_model::kafka::{api_key_name, request_allowed, KafkaRequestView};
+use ciliate_model::l7::{KafkaRecord, L7RecordType, L7Redirect, L7Verdict, ProxyEvent};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::engine::{connect_upstream, ConnMeta, Engine};
+use crate::policy::RedirectKey;
+use request::KafkaRequest;
+
+/// Responses a connection may owe at once; more requests wait for the broker to catch up.
+const MAX_IN_FLIGHT: usize = 1024;
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// What the rules say about a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KafkaDecision {
+    /// Forward it; the agent's id of the rule that allowed it.
+    Allowed(u32),
+    /// Refuse it.
+    Denied,
+}
+
+/// Decides `req` from `remote` under `redirect`: the Kafka rules of every entry for that peer
+/// are taken together (Cilium merges them), and an entry without rules allows everything.
+pub fn decide(redirect: &L7Redirect, remote: u32, req: &KafkaRequest) -> KafkaDecision {
+    let view = KafkaRequestView {
+        api_key: req.api_key,
+        api_version: req.api_version,
+        client_id: &req.client_id,
+        topics: req.topics.iter().map(|(t, _)| t.as_str()).collect(),
+        topics_known: req.topics_known,
+    };
+    let entries: Vec<_> = redirect
+        .rules
+        .iter()
+        .filter(|e| e.peers.as_ref().is_none_or(|p| p.contains(&remote)))
+        .collect();
+    if let Some(e) = entries.iter().find(|e| e.kafka.is_empty()) {
+        return KafkaDecision::Allowed(e.rule);
+    }
+    if let Some(e) = entries.iter().find(|e| request_allowed(&e.kafka, &view)) {
+        return KafkaDecision::Allowed(e.rule);
+    }
+    let all: Vec<_> = entries.iter().flat_map(|e| e.kafka.clone()).collect();
+    match entries.first() {
+        Some(e) if !all.is_empty() && request_allowed(&all, &view) => {
+            KafkaDecision::Allowed(e.rule)
+        }
+        _ => KafkaDecision::Denied,
+    }
+}
+
+/// One response the client is owed, in request order (or the upstream connection, once open).
+enum Slot {
+    /// The broker connection's read side, for the slots after it.
+    Upstream(OwnedReadHalf),
+    /// The broker's next response to a request of this API key.
+    Broker {
+        rec: KafkaRecord,
+        start: Instant,
+        key: i16,
+    },
+    /// The proxy's refusal.
+    Refusal {
+        frame: Bytes,
+        rec: KafkaRecord,
+        start: Instant,
+    },
+}
+
+struct Conn {
+    engine: Arc<Engine>,
+    meta: ConnMeta,
+    key: RedirectKey,
+    max_frame: usize,
+}
+
+impl Conn {
+    fn record(&self, record_type: L7RecordType, verdict: L7Verdict) -> KafkaRecord {
+        KafkaRecord {
+            time_ns: now_ns(),
+            record_type,
+            endpoint: self.meta.endpoint,
+            egress: self.meta.egress,
+            source: self.meta.client,
+            destination: self.meta.original_dst,
+            source_identity: self.meta.source_identity,
+            destination_identity: self.meta.destination_identity,
+            verdict,
+            rule: 0,
+            api_key: String::new(),
+            api_version: 0,
+            correlation_id: 0,
+            topic: String::new(),
+            error_code: 0,
+            latency_ns: 0,
+            reason: None,
+        }
+    }
+
+    fn emit(&self, rec: KafkaRecord) {
+        self.engine.emit(ProxyEvent::Kafka(Box::new(rec)));
+    }
+
+    fn request_record(&self, req: &KafkaRequest, verdict: L7Verdict) -> KafkaRecord {
+        let mut rec = self.record(L7RecordType::Request, verdict);
+        rec.api_key = api_key_name(req.api_key);
+        rec.api_version = req.api_version;
+        rec.correlation_id = req.correlation_id;
+        rec.topic = req.topics.first().map(|t| t.0.clone()).unwrap_or_default();
+        rec
+    }
+
+    fn error(&self, reason: String) {
+        self.engine.counters.errors.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %self.meta.client, %reason, "kafka connection closed");
+        let mut rec = self.record(L7RecordType::Request, L7Verdict::Error);
+        rec.reason = Some(reason);
+        self.emit(rec);
+    }
+}
+
+/// Serves one accepted connection of a Kafka redirect (the engine dispatches here).
+pub async fn serve(
+    engine: Arc<Engine>,
+    stream: TcpStream,
+    meta: ConnMeta,
+    key: RedirectKey,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let conn = Arc::new(Conn {
+        engine,
+        meta,
+        key,
+        max_frame: frame::DEFAULT_MAX_FRAME,
+    });
+    let (mut client_rd, client_wr) = stream.into_split();
+    let mut upstream: Option<OwnedWriteHalf> = None;
+    let (slots_tx, slots_rx) = mpsc::channel::<Slot>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_responses(conn.clone(), slots_rx, client_wr));
+    loop {
+        let frame = tokio::select! {
+            f = frame::read_frame(&mut client_rd, conn.max_frame) => f,
+            _ = shutdown.changed() => break,
+            // The writer gave up (the broker closed, the client stopped reading).
+            _ = slots_tx.closed() => break,
+        };
+        let payload = match frame {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                conn.error(format!("request frame: {e}"));
+                break;
+            }
+        };
+        let start = Instant::now();
+        conn.engine
+            .counters
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        let req = match request::parse(payload.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                conn.error(e.to_string());
+                break;
+            }
+        };
+        let table = conn.engine.policy.current();
+        let remote = if conn.meta.egress {
+            conn.meta.destination_identity
+        } else {
+            conn.meta.source_identity
+        };
+        let decision = match table.get(&conn.key) {
+            Some(r) => decide(&r.redirect, remote, &req),
+            None => KafkaDecision::Denied,
+        };
+        match decision {
+            KafkaDecision::Allowed(rule) => {
+                if upstream.is_none() {
+                    match connect_upstream(&conn.meta, &conn.engine.config).await {
+                        Ok(s) => {
+                            let (rd, wr) = s.into_split();
+                            upstream = Some(wr);
+                            if slots_tx.send(Slot::Upstream(rd)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let mut rec = conn.request_record(&req, L7Verdict::Error);
+                            rec.rule = rule;
+                            rec.reason = Some(format!("connect {}: {e}", conn.meta.original_dst));
+                            conn.engine.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            conn.emit(rec);
+                            break;
+                        }
+                    }
+                }
+                let mut rec = conn.request_record(&req, L7Verdict::Forwarded);
+                rec.rule = rule;
+                conn.emit(rec.clone());
+                let Some(up) = upstream.as_mut() else { break };
+                let mut out = BytesMut::with_capacity(4);
+                out.put_u32(payload.len() as u32);
+                let sent = async {
+                    up.write_all(&out).await?;
+                    up.write_all(&payload).await
+                };
+                if let Err(e) = sent.await {
+                    conn.error(format!("forwarding to {}: {e}", conn.meta.original_dst));
+                    break;
+                }
+                if !req.no_response
+                    && slots_tx
+                        .send(Slot::Broker {
+                            rec,
+                            start,
+                            key: req.api_key,
+                        })
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            KafkaDecision::Denied => {
+                conn.engine.counters.denied.fetch_add(1, Ordering::Relaxed);
+                let mut rec = conn.request_record(&req, L7Verdict::Dropped);
+                rec.reason = Some(if table.get(&conn.key).is_some() {
+                    "no rule matched".into()
+                } else {
+                    "redirect removed".into()
+                });
+                if req.no_response {
+                    // acks=0: the client reads no answer; the request is dropped.
+                    conn.emit(rec);
+                    continue;
+                }
+                match deny::refusal(&req) {
+                    Ok(r) => {
+                        conn.emit(rec.clone());
+                        rec.error_code = r.error_code;
+                        let slot = Slot::Refusal {
+                            frame: r.frame,
+                            rec,
+                            start,
+                        };
+                        if slots_tx.send(slot).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(why) => {
+                        rec.reason = Some(format!("no rule matched; {why}: connection closed"));
+                        conn.emit(rec);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Let the writer deliver what is owed, then close.
+    drop(slots_tx);
+    let _ = writer.await;
+}
+
+/// Writes the responses to the client in request order: the broker's (read one per slot) and
+/// the proxy's refusals.
+async fn write_responses(conn: Arc<Conn>, slots: mpsc::Receiver<Slot>, mut client: OwnedWriteHalf) {
+    deliver(&conn, slots, &mut client).await;
+    // Done or failed: the client sees the connection end rather than wait for an answer.
+    let _ = client.shutdown().await;
+}
+
+async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut OwnedWriteHalf) {
+    let mut upstream: Option<OwnedReadHalf> = None;
+    while let Some(slot) = slots.recv().await {
+        let (bytes, mut rec, start) = match slot {
+            Slot::Upstream(rd) => {
+                upstream = Some(rd);
+                continue;
+            }
+            Slot::Refusal { frame, rec, start } => (frame, rec, start),
+            Slot::Broker {
+                mut rec,
+                start,
+                key,
+            } => {
+                let Some(up) = upstream.as_mut() else {
+                    conn.error("no upstream connection for a forwarded request".into());
+                    return;
+                };
+                match frame::read_frame(up, conn.max_frame).await {
+                    Ok(Some(payload)) => {
+                        rec.error_code =
+                            response::error_code(key, rec.api_version, payload.clone());
+                        let mut out = BytesMut::with_capacity(4 + payload.len());
+                        out.put_u32(payload.len() as u32);
+                        out.put_slice(&payload);
+                        (out.freeze(), rec, start)
+                    }
+                    Ok(None) => {
+                        conn.error(format!(
+                            "{} closed the connection with a response owed",
+                            conn.meta.original_dst
+                        ));
+                        return;
+                    }
+                    Err(e) => {
+                        conn.error(format!("response frame: {e}"));
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = client.write_all(&bytes).await {
+            debug!(client = %conn.meta.client, error = %e, "writing a response");
+            return;
+        }
+        rec.time_ns = now_ns();
+        rec.record_type = L7RecordType::Response;
+        rec.latency_ns = start.elapsed().as_nanos() as u64;
+        conn.emit(rec);
+    }
+}
