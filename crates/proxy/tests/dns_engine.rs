@@ -607,6 +607,20 @@ fn confirmations_count_per_endpoint_address_and_ttl() {
         !m.covers(7, &ans(vec![ip1], 300), now),
         "confirmed across a forget"
     );
+
+    // The FqdnAllowed of an answer sent at once renews its names (nothing was held for it).
+    let g = AnswerGate::default();
+    let id = g.renewal(7, ans(vec![ip1], 300));
+    assert!(!g.confirmed(7, &ans(vec![ip1], 300)));
+    assert!(!g.release(id), "no answer waited");
+    assert!(g.confirmed(7, &ans(vec![ip1], 300)), "renewed");
+    let id = g.renewal(7, ans(vec![ip2], 300));
+    g.forget_endpoint(7);
+    assert!(!g.release(id));
+    assert!(
+        !g.confirmed(7, &ans(vec![ip2], 300)),
+        "a renewal across a forget counts not"
+    );
 }
 
 fn valid_messages() -> Vec<Vec<u8>> {

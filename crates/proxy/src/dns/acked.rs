@@ -16,7 +16,9 @@
 //!   limit) is not seen: [`FRESH_FOR`] bounds that to a few seconds after the last confirmation,
 //!   the same exposure as an answer the pod received just before the clean.
 //!
-//! The fast path still sends FqdnLearned (the agent refreshes its TTLs), without waiting.
+//! The fast path still sends FqdnLearned (the agent refreshes its TTLs), without waiting; its
+//! FqdnAllowed renews the confirmation like a held answer's, so a name in steady use stays
+//! confirmed instead of lapsing (and being held) every [`FRESH_FOR`].
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

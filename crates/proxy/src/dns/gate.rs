@@ -27,7 +27,22 @@ pub struct AnswerGate {
     waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// What the agent confirmed already: answers teaching nothing new are not held.
     acked: Mutex<AckedAnswers>,
+    /// Answers sent at once, by FqdnLearned id: their FqdnAllowed renews the confirmation, so
+    /// that it does not lapse while the agent keeps confirming.
+    renewing: Mutex<HashMap<u64, Renewal>>,
 }
+
+/// An answer sent at once whose FqdnAllowed is awaited (by nobody) to renew its names.
+#[derive(Debug)]
+struct Renewal {
+    endpoint: u16,
+    names: Vec<FqdnAnswer>,
+    sent: Instant,
+    generation: u64,
+}
+
+/// Renewals kept waiting for the agent; beyond, they start over (one held answer each later).
+const MAX_RENEWING: usize = 65536;
 
 /// Bits of an id below the issuing proxy's pid.
 const PID_SHIFT: u32 = 40;
@@ -43,6 +58,7 @@ impl Default for AnswerGate {
             next_id: AtomicU64::new(u64::from(std::process::id()) << PID_SHIFT),
             waiting: Mutex::default(),
             acked: Mutex::default(),
+            renewing: Mutex::default(),
         }
     }
 }
@@ -74,9 +90,25 @@ impl AnswerGate {
         }
     }
 
-    /// A fresh id for an FqdnLearned nothing waits for (the fast path).
-    pub fn unheld_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    /// The id for an FqdnLearned of an answer sent at once: nothing waits for it, but its
+    /// FqdnAllowed renews `names` for `endpoint`.
+    pub fn renewal(&self, endpoint: u16, names: Vec<FqdnAnswer>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = self.acked().generation();
+        let mut renewing = self.renewing();
+        if renewing.len() >= MAX_RENEWING {
+            renewing.clear();
+        }
+        renewing.insert(
+            id,
+            Renewal {
+                endpoint,
+                names,
+                sent: Instant::now(),
+                generation,
+            },
+        );
+        id
     }
 
     /// Whether the agent confirmed every address of `names` for `endpoint` recently enough
@@ -98,10 +130,15 @@ impl AnswerGate {
     /// The agent's FqdnAllowed: releases the answer (an unknown id, e.g. one that timed out
     /// already, changes nothing). Returns whether one was waiting.
     pub fn release(&self, id: u64) -> bool {
-        match self.lock().remove(&id) {
-            Some(tx) => tx.send(()).is_ok(),
-            None => false,
+        if let Some(tx) = self.lock().remove(&id) {
+            return tx.send(()).is_ok();
         }
+        let renewal = self.renewing().remove(&id);
+        if let Some(r) = renewal {
+            self.acked()
+                .remember(r.endpoint, &r.names, r.sent, r.generation);
+        }
+        false
     }
 
     /// Waits for the release of `ticket`, at most `limit`. True when the agent released it;
@@ -126,6 +163,10 @@ impl AnswerGate {
     /// Answers held now.
     pub fn held(&self) -> usize {
         self.lock().len()
+    }
+
+    fn renewing(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Renewal>> {
+        self.renewing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn acked(&self) -> std::sync::MutexGuard<'_, AckedAnswers> {

@@ -397,8 +397,9 @@ impl DnsProxy {
             }))
         };
         if self.gate.confirmed(meta.endpoint, &names) {
-            // An id no ticket waits for: the agent's FqdnAllowed for it changes nothing.
-            let _ = self.emit(learned(self.gate.unheld_id(), names));
+            // Nothing waits for this id; its FqdnAllowed renews the confirmation.
+            let id = self.gate.renewal(meta.endpoint, names.clone());
+            let _ = self.emit(learned(id, names));
             return;
         }
         let ticket = self.gate.ticket();
