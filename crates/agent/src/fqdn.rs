@@ -22,7 +22,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ciliate_datapath::Datapath;
@@ -70,7 +70,13 @@ pub struct FqdnManager {
     wake: Notify,
     /// Asks the expiry task to fold the journal into the snapshot.
     compact: Notify,
+    /// Tells the proxy that addresses it saw confirmed are being dropped early (clean, the
+    /// per-name limit): `Some(endpoint)` or `None` for all. Set once the proxy runs.
+    forget: OnceLock<ForgetSink>,
 }
+
+/// See [`FqdnManager::set_forget_sink`].
+pub type ForgetSink = Box<dyn Fn(Option<u16>) + Send + Sync>;
 
 impl std::fmt::Debug for FqdnManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,7 +141,21 @@ impl FqdnManager {
             node,
             wake: Notify::new(),
             compact: Notify::new(),
+            forget: OnceLock::new(),
         })
+    }
+
+    /// Where to say that confirmed addresses go before their TTL: the proxy answers from
+    /// what the agent confirmed without asking again (see the proxy's `dns::acked`), so it
+    /// must hear of it before the addresses leave the maps. Only the first sink counts.
+    pub fn set_forget_sink(&self, sink: ForgetSink) {
+        let _ = self.forget.set(sink);
+    }
+
+    fn tell_forget(&self, endpoint: Option<u16>) {
+        if let Some(f) = self.forget.get() {
+            f(endpoint);
+        }
     }
 
     /// The settings in force.
@@ -151,6 +171,9 @@ impl FqdnManager {
         let now = unix_now();
         let mut cache = lock(&self.cache);
         let learned = cache.learn(ev, now);
+        if learned.evicted {
+            self.tell_forget(Some(ev.endpoint));
+        }
         for name in &learned.refused {
             warn!(endpoint = ev.endpoint, name = %name.escape_debug(), "DNS answer with a name that is not a DNS name; not learned");
         }
@@ -201,6 +224,7 @@ impl FqdnManager {
     /// their addresses leave the maps at once, and the saved cache with them.
     pub fn clean(&self, pattern: Option<&FqdnMatcher>) -> Result<FqdnCacheCleaned, String> {
         let mut cache = lock(&self.cache);
+        self.tell_forget(None);
         let (names, entries) = cache.clean(pattern);
         let changes: BTreeMap<String, BTreeSet<Ipv4Addr>> =
             names.iter().map(|n| (n.clone(), cache.ips_of(n))).collect();

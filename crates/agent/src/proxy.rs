@@ -50,7 +50,7 @@ fn has_redirects(cmd: &ProxyCommand) -> bool {
         ProxyCommand::Snapshot { redirects, .. } | ProxyCommand::Endpoint { redirects, .. } => {
             !redirects.is_empty()
         }
-        ProxyCommand::FqdnAllowed { .. } => false,
+        ProxyCommand::FqdnAllowed { .. } | ProxyCommand::FqdnForget { .. } => false,
     }
 }
 
@@ -64,6 +64,12 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut commands) = mpsc::unbounded_channel::<ProxyCommand>();
     let acks = tx.clone();
+    if let Some(f) = &fqdn {
+        let forget = tx.clone();
+        f.set_forget_sink(Box::new(move |endpoint| {
+            let _ = forget.send(ProxyCommand::FqdnForget { endpoint });
+        }));
+    }
     policies.attach_l7_sink(Box::new(tx));
     tokio::spawn(async move {
         let mut supervisor: Option<Supervisor> = None;

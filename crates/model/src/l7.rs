@@ -223,6 +223,15 @@ pub enum ProxyCommand {
         /// The event's id.
         id: u64,
     },
+    /// The agent dropped learned addresses before their TTL (`fqdn cache clean`, or the
+    /// per-name address limit evicting some) of this endpoint (`None`: of every endpoint): the
+    /// proxy must hold that endpoint's next answers for the agent again rather than trust
+    /// what it confirmed earlier. Sent before the addresses leave the maps.
+    FqdnForget {
+        /// The endpoint, or `None` for all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<u16>,
+    },
 }
 
 /// Proxy → agent, one per line on the control socket.

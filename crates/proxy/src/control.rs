@@ -185,6 +185,16 @@ async fn read_commands(
                         }
                         *revision
                     }
+                    // Not a policy change: the agent removes addresses it confirmed.
+                    ProxyCommand::FqdnForget { endpoint } => {
+                        if let Some(g) = &gate {
+                            match endpoint {
+                                Some(ep) => g.forget_endpoint(*ep),
+                                None => g.forget_all(),
+                            }
+                        }
+                        continue;
+                    }
                     // Not a policy change: the held answer goes to the pod now.
                     ProxyCommand::FqdnAllowed { id } => {
                         let released = gate.as_ref().is_some_and(|g| g.release(*id));

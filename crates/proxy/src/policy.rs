@@ -136,7 +136,9 @@ impl Policy {
                 }
                 PolicyTable::rebuild(*revision, by_endpoint)
             }
-            ProxyCommand::FqdnAllowed { .. } => return Ok(guard.revision),
+            ProxyCommand::FqdnAllowed { .. } | ProxyCommand::FqdnForget { .. } => {
+                return Ok(guard.revision)
+            }
         };
         let rev = next.revision;
         *guard = Arc::new(next);

@@ -426,7 +426,10 @@ impl Supervisor {
             // A policy to give every later proxy (an FqdnAllowed is none: a new agent answering
             // an adopted proxy's DNS before its first policy must not make an empty snapshot
             // worth sending).
-            st.has_policy |= !matches!(cmd, ProxyCommand::FqdnAllowed { .. });
+            st.has_policy |= !matches!(
+                cmd,
+                ProxyCommand::FqdnAllowed { .. } | ProxyCommand::FqdnForget { .. }
+            );
             match &cmd {
                 ProxyCommand::Snapshot {
                     revision,
@@ -458,6 +461,9 @@ impl Supervisor {
                         draining = Some(w.clone());
                     }
                 }
+                // For the running proxy (a later one starts from a Snapshot, which forgets
+                // everything anyway).
+                ProxyCommand::FqdnForget { .. } => {}
             }
             st.status.desired_revision = st.revision;
             st.status.redirects = st.desired.values().map(Vec::len).sum();

@@ -144,3 +144,84 @@ async fn commands_events_and_rejection() {
     assert_eq!(next(&mut c2).await, ProxyEvent::Applied { revision: 5 });
     assert!(engine.policy.current().is_empty());
 }
+
+/// The agent's FqdnForget (sent when `fqdn cache clean` or the per-name limit drops addresses
+/// early) makes the proxy hold that endpoint's answers for the agent again; FqdnAllowed
+/// confirms. Neither is a policy change.
+#[tokio::test]
+async fn fqdn_allowed_confirms_and_fqdn_forget_unconfirms() {
+    use ciliate_model::l7::FqdnAnswer;
+    use ciliate_proxy::dns::gate::AnswerGate;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ctl.sock");
+    let (tx, rx) = mpsc::channel(16);
+    let engine = Arc::new(Engine {
+        policy: Arc::new(Policy::default()),
+        identities: Arc::new(StaticIdentities::default()),
+        events: tx.clone(),
+        config: EngineConfig::default(),
+        counters: Counters::default(),
+    });
+    let gate = Arc::new(AnswerGate::default());
+    let listener = control::bind(&path).expect("bind");
+    tokio::spawn(control::serve_with_gate(
+        listener,
+        engine.clone(),
+        rx,
+        Some(gate.clone()),
+    ));
+    let names = |ep_ip: [u8; 4]| {
+        vec![FqdnAnswer {
+            name: "a.example.".into(),
+            ips: vec![ep_ip.into()],
+            ttl: 300,
+        }]
+    };
+    let mut c = ControlClient::connect(&path).await.expect("connect");
+    let mut revision = 0;
+    // Commands are handled in order: the Applied of a Snapshot sent after them says they were.
+    let mut send_and_sync = async |c: &mut ControlClient, cmd: ProxyCommand| {
+        c.send(&cmd).await.expect("send");
+        revision += 1;
+        c.send(&ProxyCommand::Snapshot {
+            revision,
+            redirects: vec![],
+        })
+        .await
+        .expect("send");
+        assert_eq!(next(c).await, ProxyEvent::Applied { revision });
+    };
+    // The Snapshot forgets everything, so renew after each sync.
+    send_and_sync(&mut c, ProxyCommand::FqdnForget { endpoint: None }).await;
+    let id = gate.renewal(7, names([192, 0, 2, 1]));
+    let other = gate.renewal(8, names([192, 0, 2, 1]));
+    c.send(&ProxyCommand::FqdnAllowed { id })
+        .await
+        .expect("send");
+    c.send(&ProxyCommand::FqdnAllowed { id: other })
+        .await
+        .expect("send");
+    c.send(&ProxyCommand::FqdnForget { endpoint: Some(7) })
+        .await
+        .expect("send");
+    // A no-op command whose Applied shows the three above were handled: an Endpoint of an
+    // endpoint with no redirects (forgets only endpoint 9).
+    revision += 1;
+    c.send(&ProxyCommand::Endpoint {
+        revision,
+        endpoint: 9,
+        redirects: vec![],
+    })
+    .await
+    .expect("send");
+    assert_eq!(next(&mut c).await, ProxyEvent::Applied { revision });
+    assert!(
+        !gate.confirmed(7, &names([192, 0, 2, 1])),
+        "forgotten for endpoint 7"
+    );
+    assert!(
+        gate.confirmed(8, &names([192, 0, 2, 1])),
+        "still confirmed for endpoint 8"
+    );
+}

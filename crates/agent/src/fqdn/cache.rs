@@ -106,6 +106,8 @@ pub struct Learned {
     /// pushed out by at least [`PERSIST_REFRESH_SECS`] (an answer repeated every second
     /// need not be written every second).
     pub persist: bool,
+    /// Whether the per-name limit evicted addresses of the answer's endpoint.
+    pub evicted: bool,
 }
 
 /// How far a repeated answer must push an expiry out before it is worth saving.
@@ -197,7 +199,7 @@ impl FqdnCache {
                 e.expires = e.expires.max(expires);
                 e.zombie = false;
             }
-            cap(ips, self.limits.max_ips_per_hostname);
+            out.evicted |= cap(ips, self.limits.max_ips_per_hostname);
             if self.ips_of(&name) != before {
                 out.changed.insert(name);
             }
@@ -384,7 +386,8 @@ impl FqdnCache {
         }
         for ep in out.endpoints.values_mut() {
             for ips in ep.names.values_mut() {
-                cap(ips, limits.max_ips_per_hostname);
+                // Restored before any proxy confirmed anything: nobody to tell.
+                let _ = cap(ips, limits.max_ips_per_hostname);
             }
         }
         out
@@ -393,9 +396,10 @@ impl FqdnCache {
 
 /// Keeps the `max` addresses that expire last (ties: the most recently learned, then the
 /// lowest address).
-fn cap(ips: &mut BTreeMap<Ipv4Addr, Entry>, max: usize) {
+/// Keeps the `max` addresses that expire last; returns whether any was dropped.
+fn cap(ips: &mut BTreeMap<Ipv4Addr, Entry>, max: usize) -> bool {
     if ips.len() <= max {
-        return;
+        return false;
     }
     let mut order: Vec<(u64, u64, Ipv4Addr)> = ips
         .iter()
@@ -405,6 +409,7 @@ fn cap(ips: &mut BTreeMap<Ipv4Addr, Entry>, max: usize) {
     for (_, _, ip) in order.into_iter().take(ips.len() - max) {
         ips.remove(&ip);
     }
+    true
 }
 
 fn changed(

@@ -12,9 +12,10 @@
 //! - Everything is forgotten on a `Snapshot` (a (re)connecting or restarted agent, whose cache
 //!   may have lost entries) and an endpoint's pairs on its `Endpoint` command; an answer held
 //!   across such a forget is not remembered when it is released ([`AckedAnswers::generation`]).
-//! - What the agent drops without telling the proxy (`fqdn cache clean`, the per-name address
-//!   limit) is not seen: [`FRESH_FOR`] bounds that to a few seconds after the last confirmation,
-//!   the same exposure as an answer the pod received just before the clean.
+//! - What the agent drops before its TTL (`fqdn cache clean`, the per-name address limit), it
+//!   announces first with `FqdnForget` (all, or the endpoint), handled like the above. The
+//!   announcement and the removal from the maps are not one step: an answer sent between the
+//!   two has the same exposure as one the pod received just before the clean.
 //!
 //! The fast path still sends FqdnLearned (the agent refreshes its TTLs), without waiting; its
 //! FqdnAllowed renews the confirmation like a held answer's, so a name in steady use stays
@@ -26,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use ciliate_model::l7::FqdnAnswer;
 
-/// The longest a confirmation is trusted: short, since a cache clean is not signalled.
+/// The longest a confirmation is trusted: short, so a lost confirmation or a missed forget
+/// costs little.
 pub const FRESH_FOR: Duration = Duration::from_secs(2);
 /// (endpoint, name) pairs kept; beyond, the memory starts over (a slow answer each).
 const MAX_NAMES: usize = 65536;

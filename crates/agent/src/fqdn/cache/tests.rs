@@ -90,9 +90,19 @@ fn a_new_answer_pushes_the_expiry_out() {
 #[test]
 fn the_cap_keeps_the_addresses_that_expire_last() {
     let mut c = FqdnCache::new(limits(0, 2));
-    c.learn(&answer(1, "a.example.com.", &["192.0.2.1"], 10), T0);
-    c.learn(&answer(1, "a.example.com.", &["192.0.2.2"], 10), T0 + 1);
-    c.learn(&answer(1, "a.example.com.", &["192.0.2.3"], 10), T0 + 2);
+    assert!(
+        !c.learn(&answer(1, "a.example.com.", &["192.0.2.1"], 10), T0)
+            .evicted
+    );
+    assert!(
+        !c.learn(&answer(1, "a.example.com.", &["192.0.2.2"], 10), T0 + 1)
+            .evicted
+    );
+    // The third evicts the first: the proxy must be told (FqdnForget).
+    assert!(
+        c.learn(&answer(1, "a.example.com.", &["192.0.2.3"], 10), T0 + 2)
+            .evicted
+    );
     assert_eq!(
         c.ips_of("a.example.com."),
         BTreeSet::from([ip("192.0.2.2"), ip("192.0.2.3")])
