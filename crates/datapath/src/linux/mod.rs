@@ -772,8 +772,14 @@ impl Datapath for LinuxDatapath {
 pub fn purge_node_pins(cfg: &LinuxConfig) -> io::Result<()> {
     let dir = cfg.pin_dir();
     match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
+    // The shared `<bpffs>/ciliate` goes with the last node's pins (it fails, harmlessly,
+    // while another node still has its own there).
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
 }
