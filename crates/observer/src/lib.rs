@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod convert;
 pub mod dns;
 mod dns_metrics;
