@@ -205,18 +205,19 @@ async fn status(State(ui): State<Arc<Ui>>) -> Json<SourceStatus> {
     Json(ui.store.status())
 }
 
-fn parse_query(raw: Option<String>) -> Result<(FlowFilters, usize), Response> {
+fn parse_query(raw: Option<String>) -> Result<(FlowFilters, usize), Box<Response>> {
     let q = raw.unwrap_or_default();
-    let (filters, _, _) =
-        query::parse(&q, &["limit"]).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let rows = rows_wanted(&q).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (filters, _, _) = query::parse(&q, &["limit"])
+        .map_err(|e| Box::new(refuse(StatusCode::BAD_REQUEST, e.to_string())))?;
+    let rows =
+        rows_wanted(&q).map_err(|e| Box::new(refuse(StatusCode::BAD_REQUEST, e.to_string())))?;
     Ok((filters, rows))
 }
 
 async fn snapshot(State(ui): State<Arc<Ui>>, RawQuery(raw): RawQuery) -> Response {
     match parse_query(raw) {
         Ok((filters, rows)) => Json(ui.snapshot(&filters, rows)).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -238,9 +239,8 @@ fn viewer_stream(v: Viewer) -> impl Stream<Item = Result<Event, std::convert::In
         } else {
             tokio::time::sleep(MIN_INTERVAL).await;
             // Changed or not, a heartbeat; the source gone (the sender dropped) ends it.
-            match tokio::time::timeout(HEARTBEAT, v.changes.changed()).await {
-                Ok(Err(_)) => return None,
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(_)) = tokio::time::timeout(HEARTBEAT, v.changes.changed()).await {
+                return None;
             }
         }
         v.changes.mark_unchanged();
@@ -256,7 +256,7 @@ fn viewer_stream(v: Viewer) -> impl Stream<Item = Result<Event, std::convert::In
 async fn events(State(ui): State<Arc<Ui>>, RawQuery(raw): RawQuery) -> Response {
     let (filters, rows) = match parse_query(raw) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(slot) = ui.viewers.clone().try_acquire_owned() else {
         return refuse(

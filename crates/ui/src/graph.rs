@@ -323,7 +323,7 @@ impl Aggregator {
                     .collect();
                 // Most frequent first; the stable sort keeps (method, path, status) order
                 // among equals, so the result does not depend on arrival order.
-                l7.sort_by(|a, b| b.count.cmp(&a.count));
+                l7.sort_by_key(|r| std::cmp::Reverse(r.count));
                 l7.truncate(SAMPLE);
                 Edge {
                     from: from.id(),

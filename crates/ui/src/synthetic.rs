@@ -29,7 +29,7 @@ fn endpoint(i: usize) -> Endpoint {
 pub fn call(n: usize, i: usize, k: usize, time: i64) -> Flow {
     let n = n.max(1);
     let j = (i + k) % n;
-    let dropped = (i + k) % 7 == 0;
+    let dropped = (i + k).is_multiple_of(7);
     let mut flow = Flow {
         time: Some(pbjson_types::Timestamp {
             seconds: time,
@@ -53,7 +53,7 @@ pub fn call(n: usize, i: usize, k: usize, time: i64) -> Flow {
         drop_reason_desc: if dropped { 133 } else { 0 },
         ..Flow::default()
     };
-    if (i + k) % 5 == 0 {
+    if (i + k).is_multiple_of(5) {
         flow.destination_service = Some(Service {
             name: format!("w{j}"),
             namespace: format!("ns{}", j / PER_NAMESPACE),
