@@ -93,7 +93,7 @@ function rate(r) {
 function edgeLabel(e) {
   const proto = e.protocol ? (e.port ? `${e.protocol}/${e.port}` : e.protocol) : 'L3';
   const lines = [`${proto} · ${rate(e.rate)}/s`];
-  if (e.dropped) lines[0] += ` · ${e.dropped} dropped`;
+  if (e.dropped) lines.push(`${e.dropped} dropped`);
   for (const l of e.l7.slice(0, 3)) {
     lines.push(`${l.method} ${trunc(l.path, 24)}${l.status ? ' → ' + l.status : ''} ×${l.count}`);
   }
@@ -145,6 +145,7 @@ function renderMap(g) {
   const big = g.edges.length > 600;
   const labels = !big;
   const pairs = new Map();
+  const texts = [];
   let dropped = 0;
   parts.push(big ? '<g class="edges" shape-rendering="optimizeSpeed">' : '<g class="edges">');
   for (const e of g.edges) {
@@ -163,11 +164,11 @@ function renderMap(g) {
       const k = pairs.get(key) || 0;
       pairs.set(key, k + 1);
       const lines = edgeLabel(e);
-      const y0 = p.my - 4 + k * 13 * lines.length;
+      const y0 = p.my - 6 - (lines.length - 1) * 12 + k * 13 * lines.length;
       const tspans = lines
         .map((l, i) => `<tspan x="${p.mx}" y="${y0 + i * 12}">${esc(l)}</tspan>`)
         .join('');
-      parts.push(`<text class="elabel ${e.verdict}" text-anchor="middle">${tspans}</text>`);
+      texts.push(`<text class="elabel ${e.verdict}" text-anchor="middle">${tspans}</text>`);
     }
   }
   parts.push('</g>', big ? '<g class="boxes" text-rendering="optimizeSpeed">' : '<g class="boxes">');
@@ -186,7 +187,8 @@ function renderMap(g) {
         `<title>${esc(title)}</title></g>`,
     );
   }
-  parts.push('</g>');
+  // Labels last: over the boxes rather than hidden by them.
+  parts.push('</g>', ...texts);
   if (!g.nodes.length) {
     const filtered = [...filterQuery()].length > 0;
     parts.push(`<text class="empty" x="0" y="40">${filtered ? 'No flows match these filters (yet).' : 'No flows yet: waiting for traffic.'}</text>`);

@@ -199,6 +199,14 @@ fn destination_port(flow: &Flow) -> u32 {
     ports(flow).map_or(0, |(_, d)| d)
 }
 
+fn service_key(svc: Option<&ciliate_observer::proto::flow::Service>) -> Option<NodeKey> {
+    svc.filter(|s| !s.name.is_empty())
+        .map(|s| NodeKey::Service {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+        })
+}
+
 fn http_row(flow: &Flow) -> Option<(String, String, u32)> {
     let Some(layer7::Record::Http(h)) = flow.l7.as_ref().and_then(|l| l.record.as_ref()) else {
         return None;
@@ -216,6 +224,31 @@ impl Aggregator {
         let mut edges: BTreeMap<EdgeKey, EdgeAcc> = BTreeMap::new();
         let mut count = 0u64;
         let since = now - self.window;
+        let flows: Vec<&Flow> = flows.into_iter().collect();
+        // Which Service a client reached a backend through, per port. One connection is seen
+        // where the datapath knows the Service (the client's side) and where it does not (the
+        // backend's ingress); both are drawn through the Service, so a drop at the backend
+        // turns Service -> backend red rather than adding a second, direct connection.
+        let mut via: BTreeMap<(NodeKey, NodeKey, u32), NodeKey> = BTreeMap::new();
+        for flow in &flows {
+            if flow.is_reply.as_ref().is_some_and(|b| b.value) {
+                continue;
+            }
+            if let Some(svc) = service_key(flow.destination_service.as_ref()) {
+                let key = (
+                    node_of(flow.source.as_ref()),
+                    node_of(flow.destination.as_ref()),
+                    destination_port(flow),
+                );
+                via.entry(key)
+                    .and_modify(|s| {
+                        if svc < *s {
+                            *s = svc.clone();
+                        }
+                    })
+                    .or_insert(svc);
+            }
+        }
         for flow in flows {
             count += 1;
             let reply = flow.is_reply.as_ref().is_some_and(|b| b.value);
@@ -249,12 +282,10 @@ impl Aggregator {
             };
             let t = flow_time(flow);
             let mut hops = Vec::with_capacity(2);
-            match dst_service.as_ref().filter(|s| !s.name.is_empty()) {
-                Some(svc) => {
-                    let s = NodeKey::Service {
-                        namespace: svc.namespace.clone(),
-                        name: svc.name.clone(),
-                    };
+            let service = service_key(dst_service.as_ref())
+                .or_else(|| via.get(&(src.clone(), dst.clone(), port)).cloned());
+            match service {
+                Some(s) => {
                     nodes.entry(s.clone()).or_default();
                     hops.push((src, s.clone()));
                     // Seen before translation (to the Service's own address), the flow has no

@@ -257,6 +257,31 @@ fn http_requests_and_responses_land_on_the_request_edge() {
 }
 
 #[test]
+fn flows_of_a_connection_without_the_service_go_through_it_too() {
+    let fe = || ep("demo", "frontend-0", "frontend", 300);
+    let be = || ep("demo", "backend-0", "backend", 301);
+    let mut drop = flow(fe(), be(), 8080, Verdict::Dropped, 2);
+    drop.drop_reason_desc = 181;
+    let flows = vec![
+        via(flow(fe(), be(), 8080, Verdict::Forwarded, 1), "backend"),
+        // The backend's side of the same connection: no Service known there.
+        flow(fe(), be(), 8080, Verdict::Forwarded, 1),
+        drop,
+        // Another port was never seen through the Service: direct.
+        flow(fe(), be(), 9090, Verdict::Forwarded, 1),
+    ];
+    let g = Aggregator::default().aggregate(&flows, 2.0);
+    assert_eq!(g.edges.len(), 3, "{:#?}", g.edges);
+    let back = edge(&g, "s:demo/backend", "w:demo/backend");
+    assert_eq!(
+        (back.forwarded, back.dropped, back.verdict),
+        (2, 1, "mixed")
+    );
+    assert_eq!(back.drop_reasons, vec!["Policy denied by denylist"]);
+    assert_eq!(edge(&g, "w:demo/frontend", "w:demo/backend").port, 9090);
+}
+
+#[test]
 fn a_flow_to_the_service_address_before_translation_ends_at_the_service() {
     let f = via(
         flow(

@@ -15,7 +15,7 @@ pub const BOX_W: f64 = 190.0;
 /// Box height.
 pub const BOX_H: f64 = 58.0;
 /// Horizontal room between columns (where connections run).
-const GAP_X: f64 = 90.0;
+const GAP_X: f64 = 120.0;
 /// Vertical room between boxes.
 const GAP_Y: f64 = 18.0;
 /// Room inside an area around its boxes.
