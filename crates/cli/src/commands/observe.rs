@@ -26,7 +26,12 @@ pub struct ObserveArgs {
     pub hubble_socket: Option<PathBuf>,
     /// Read another observer API instead, as Hubble's `--server`: `host:port` (the relay,
     /// e.g. localhost:4245, for the whole cluster) or `unix:///path`.
-    #[arg(long, env = "HUBBLE_SERVER", value_name = "ADDR", conflicts_with = "hubble_socket")]
+    #[arg(
+        long,
+        env = "HUBBLE_SERVER",
+        value_name = "ADDR",
+        conflicts_with = "hubble_socket"
+    )]
     pub server: Option<String>,
     /// The last N flows (the first N with --first).
     #[arg(long, value_name = "N")]
@@ -445,9 +450,7 @@ async fn connect(
     args: &ObserveArgs,
     api_socket: &std::path::Path,
 ) -> anyhow::Result<
-    ciliate_observer::proto::observer::observer_client::ObserverClient<
-        tonic::transport::Channel,
-    >,
+    ciliate_observer::proto::observer::observer_client::ObserverClient<tonic::transport::Channel>,
 > {
     if let Some(server) = &args.server {
         let target = ciliate_observer::client::Target::parse(server).map_err(|e| super::Coded {
