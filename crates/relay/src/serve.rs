@@ -30,10 +30,18 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// The relay's gRPC routes: Observer and health (both report SERVING).
+/// The name `hubble status` asks the health service about (Hubble's
+/// `v1.ObserverServiceName`), not the gRPC service's own name.
+pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
+
+/// The relay's gRPC routes: Observer and health (SERVING for the server as a whole, for
+/// `observer.Observer` and for the name `hubble status` asks about).
 pub async fn routes(service: RelayService) -> tonic::service::Routes {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<ObserverServer<RelayService>>().await;
+    reporter
+        .set_service_status(HUBBLE_HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
