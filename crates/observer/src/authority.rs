@@ -109,13 +109,17 @@ fn headers_fragment(f: &Frame) -> Result<(&[u8], Option<&[u8]>), RelayError> {
     let mut priority = None;
     if f.flags & FLAG_PRIORITY != 0 {
         if p.len() < 5 {
-            return Err(RelayError::Protocol("HEADERS frame cut in its priority".into()));
+            return Err(RelayError::Protocol(
+                "HEADERS frame cut in its priority".into(),
+            ));
         }
         priority = Some(&p[..5]);
         p = &p[5..];
     }
     if pad > p.len() {
-        return Err(RelayError::Protocol("HEADERS frame padding exceeds it".into()));
+        return Err(RelayError::Protocol(
+            "HEADERS frame padding exceeds it".into(),
+        ));
     }
     Ok((&p[..p.len() - pad], priority))
 }
@@ -141,7 +145,13 @@ async fn client_to_server(
     while let Some(frame) = read_frame(&mut client).await? {
         out.clear();
         if frame.kind != FRAME_HEADERS {
-            frame_bytes(&mut out, frame.kind, frame.flags, frame.stream, &frame.payload);
+            frame_bytes(
+                &mut out,
+                frame.kind,
+                frame.flags,
+                frame.stream,
+                &frame.payload,
+            );
             server.write_all(&out).await?;
             continue;
         }

@@ -143,7 +143,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     if ev.ifindex != 0 {
         flow.interface = Some(NetworkInterface {
             index: ev.ifindex,
-            name: String::new(),
+            name: store.interface_name(ev.ifindex).unwrap_or_default(),
         });
     }
     if let (Some(src), Some(dst)) = (ev.src, ev.dst) {
@@ -360,7 +360,10 @@ fn icmpv4_type_code(t: u8, c: u8) -> String {
         8 => ("EchoRequest", &[]),
         9 => ("RouterAdvertisement", &[]),
         10 => ("RouterSolicitation", &[]),
-        11 => ("TimeExceeded", &["TTLExceeded", "FragmentReassemblyTimeExceeded"]),
+        11 => (
+            "TimeExceeded",
+            &["TTLExceeded", "FragmentReassemblyTimeExceeded"],
+        ),
         12 => (
             "ParameterProblem",
             &["PointerIndicatesError", "MissingOption", "BadLength"],

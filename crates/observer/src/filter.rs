@@ -297,7 +297,6 @@ fn node_name_regex(patterns: &[String]) -> Result<regex::Regex, FilterError> {
     regex::Regex::new(&re).map_err(|e| bad("node_name", &patterns.join(","), e.to_string()))
 }
 
-
 /// The flow's L7 protocol as `--protocol` names it.
 fn l7_protocol(flow: &Flow) -> Option<&'static str> {
     Some(match flow.l7.as_ref()?.record.as_ref()? {
@@ -423,7 +422,11 @@ impl Compiled {
         for (side, values, field) in [
             (IpSide::Source, &f.source_ip, "source_ip"),
             (IpSide::Destination, &f.destination_ip, "destination_ip"),
-            (IpSide::SourceXlated, &f.source_ip_xlated, "source_ip_xlated"),
+            (
+                IpSide::SourceXlated,
+                &f.source_ip_xlated,
+                "source_ip_xlated",
+            ),
         ] {
             if !values.is_empty() {
                 let want = values
@@ -565,7 +568,8 @@ impl Compiled {
         if !f.node_name.is_empty() {
             let re = node_name_regex(&f.node_name)?;
             checks.push(Box::new(move |fl| {
-                !fl.node_name.is_empty() && re.is_match(&crate::ring::qualified_node_name(&fl.node_name))
+                !fl.node_name.is_empty()
+                    && re.is_match(&crate::ring::qualified_node_name(&fl.node_name))
             }));
         }
         if !f.reply.is_empty() {
@@ -642,7 +646,11 @@ fn endpoint_checks(f: &FlowFilter, checks: &mut Vec<Check>) -> Result<(), Filter
     }
     for (source, values, field) in [
         (true, &f.source_cluster_name, "source_cluster_name"),
-        (false, &f.destination_cluster_name, "destination_cluster_name"),
+        (
+            false,
+            &f.destination_cluster_name,
+            "destination_cluster_name",
+        ),
     ] {
         if !values.is_empty() {
             if values.iter().any(String::is_empty) {

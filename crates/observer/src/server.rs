@@ -369,9 +369,7 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
 /// `observer.Observer`.
 async fn routes(service: Service) -> tonic::service::Routes {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<ObserverServer<Service>>()
-        .await;
+    reporter.set_serving::<ObserverServer<Service>>().await;
     tonic::service::Routes::new(health).add_service(service.into_server())
 }
 

@@ -10,7 +10,7 @@ use ciliate_observer::server::{bind_unix, serve_unix, Service};
 use ciliate_observer::store::{EndpointInfo, Snapshot};
 use ciliate_observer::{Observer, ObserverConfig};
 
-#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+#[allow(clippy::all, dead_code, missing_docs, missing_debug_implementations)]
 mod hubble {
     pub mod flow {
         include!(concat!(env!("OUT_DIR"), "/hubble_compat/flow.rs"));
