@@ -20,6 +20,7 @@ pub mod authority;
 pub mod convert;
 pub mod dns;
 mod dns_metrics;
+pub mod fieldmask;
 pub mod filter;
 mod http_metrics;
 pub mod intake;

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::fieldmask::FlowMask;
 use crate::filter::FlowFilters;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 use crate::proto::observer::observer_server::{Observer as ObserverApi, ObserverServer};
@@ -79,6 +80,7 @@ fn valid_time(
 #[derive(Debug)]
 pub struct Query {
     filters: FlowFilters,
+    mask: Option<FlowMask>,
     since: Option<(i64, i32)>,
     until: Option<(i64, i32)>,
     number: u64,
@@ -96,12 +98,8 @@ impl Query {
                 "first cannot be combined with follow",
             ));
         }
-        if let Some(mask) = req.field_mask.as_ref().filter(|m| !m.paths.is_empty()) {
-            return Err(Status::invalid_argument(format!(
-                "field_mask ({}) is not supported by Ciliate; leave it empty for whole flows",
-                mask.paths.join(",")
-            )));
-        }
+        let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let since = valid_time("since", req.since.as_ref())?;
         let until = valid_time("until", req.until.as_ref())?;
         if let (Some(s), Some(u)) = (since, until) {
@@ -113,6 +111,7 @@ impl Query {
         }
         Ok(Self {
             filters,
+            mask,
             since,
             until,
             number: req.number,
@@ -163,10 +162,12 @@ impl Query {
     }
 }
 
-fn response(e: &Entry, node_name: &str) -> GetFlowsResponse {
+fn response(e: &Entry, node_name: &str, mask: Option<&FlowMask>) -> GetFlowsResponse {
     match e {
         Entry::Flow(f) => GetFlowsResponse {
-            response_types: Some(get_flows_response::ResponseTypes::Flow(f.clone())),
+            response_types: Some(get_flows_response::ResponseTypes::Flow(
+                mask.map_or_else(|| f.clone(), |m| m.apply(f)),
+            )),
             node_name: node_name.to_owned(),
             time: f.time,
         },
@@ -196,7 +197,11 @@ impl ObserverApi for Service {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             for n in history {
-                if tx.send(Ok(response(&n.entry, &node))).await.is_err() {
+                if tx
+                    .send(Ok(response(&n.entry, &node, query.mask.as_ref())))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -216,7 +221,7 @@ impl ObserverApi for Service {
                             },
                             crate::convert::system_time_to_timestamp(std::time::SystemTime::now()),
                         );
-                        if tx.send(Ok(response(&lost, &node))).await.is_err() {
+                        if tx.send(Ok(response(&lost, &node, None))).await.is_err() {
                             return;
                         }
                         continue;
@@ -232,7 +237,12 @@ impl ObserverApi for Service {
                         return;
                     }
                 }
-                if query.wants(&n.entry) && tx.send(Ok(response(&n.entry, &node))).await.is_err() {
+                if query.wants(&n.entry)
+                    && tx
+                        .send(Ok(response(&n.entry, &node, query.mask.as_ref())))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }
@@ -364,12 +374,18 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// The name `hubble status` checks in the health service (Hubble's `ObserverServiceName`).
+pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
+
 /// The observer and the standard gRPC health service (`grpc.health.v1.Health`, which
-/// `hubble status` asks first), reporting SERVING for the server ("") and
-/// `observer.Observer`.
+/// `hubble status` asks first), reporting SERVING for the server (""), the gRPC service
+/// (`observer.Observer`) and the name Hubble's CLI asks for (`hubble.server.Observer`).
 async fn routes(service: Service) -> tonic::service::Routes {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<ObserverServer<Service>>().await;
+    reporter
+        .set_service_status(HUBBLE_HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
     tonic::service::Routes::new(health).add_service(service.into_server())
 }
 
@@ -452,5 +468,5 @@ pub async fn connect_unix(
 /// Used by tests that need a flow quickly.
 #[doc(hidden)]
 pub fn flow_response(flow: Flow, node: &str) -> GetFlowsResponse {
-    response(&Entry::Flow(flow), node)
+    response(&Entry::Flow(flow), node, None)
 }

@@ -32,7 +32,7 @@ result = {}
 with grpc.insecure_channel("unix:" + sock) as ch:
     # grpc.health.v1 without its stubs: HealthCheckRequest{service} and the status varint.
     check = ch.unary_unary("/grpc.health.v1.Health/Check")
-    for svc in ["", "observer.Observer"]:
+    for svc in ["", "observer.Observer", "hubble.server.Observer"]:
         raw = svc.encode()
         resp = check(b"\x0a" + bytes([len(raw)]) + raw if raw else b"", timeout=10)
         result["health:" + svc] = resp[1] if resp[:1] == b"\x08" else 0
@@ -150,6 +150,7 @@ async fn python_grpcio_reads_the_unix_socket() {
     // SERVING is 1.
     assert_eq!(got["health:"], 1, "{got}");
     assert_eq!(got["health:observer.Observer"], 1, "{got}");
+    assert_eq!(got["health:hubble.server.Observer"], 1, "{got}");
     assert_eq!(got["num_flows"], 2, "{got}");
     // Two flows stamped now: a rate over the last minute, above zero.
     assert!(got["flows_rate"].as_f64().is_some_and(|r| r > 0.0), "{got}");
