@@ -154,6 +154,9 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
                 labels: ep.labels.iter().map(|l| l.to_string()).collect(),
             },
         );
+        if ep.host_ifindex != 0 {
+            s.interfaces.insert(ep.host_ifindex, ep.host_ifname.clone());
+        }
     }
     for id in manager.identities() {
         s.identities
@@ -193,6 +196,10 @@ impl ciliate_observer::Store for AgentNames {
         self.local
             .identity_labels(identity)
             .or_else(|| self.cluster.identity_labels(identity))
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.local.interface_name(ifindex)
     }
 
     fn service_by_frontend(
@@ -493,6 +500,7 @@ mod tests {
                 flags: vec!["SYN".into()],
             }),
             rev_nat: 0,
+            ethernet: None,
         };
         let mut sent = 0;
         while sent < BURST {
