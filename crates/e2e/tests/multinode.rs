@@ -1700,7 +1700,12 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
         .unwrap_or_else(|| panic!("lab.json has no relay: {}", lab.state))
         .to_owned();
     let (n0, n1) = (lab.node(0), lab.node(1));
-    let names = [n0.name.clone(), n1.name.clone()];
+    // The relay names nodes as their agents do on flows: with the cluster in front.
+    let names = [
+        format!("default/{}", n0.name),
+        format!("default/{}", n1.name),
+    ];
+    let (q0, q1) = (names[0].clone(), names[1].clone());
     let out = ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]);
     let status: Value = serde_json::from_slice(&out.stdout).expect("lab status JSON");
     assert_eq!(status["relay"]["answering"], true, "{status:#}");
@@ -1849,25 +1854,21 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
         (st.num_unavailable_nodes.map(|v| v.value) == Some(1)).then_some(st)
     })
     .expect("the relay notices the killed agent");
-    assert_eq!(
-        st.unavailable_nodes,
-        std::slice::from_ref(&n1.name),
-        "{st:?}"
-    );
+    assert_eq!(st.unavailable_nodes, std::slice::from_ref(&q1), "{st:?}");
     assert_eq!(st.num_connected_nodes.map(|v| v.value), Some(1));
     let nodes = relay.nodes();
     assert!(
-        nodes.contains(&(n1.name.clone(), NodeState::NodeUnavailable, 0)),
+        nodes.contains(&(q1.clone(), NodeState::NodeUnavailable, 0)),
         "{nodes:?}"
     );
     let v = relay.flows(GetFlowsRequest::default());
     assert!(
-        flows_of(&v).iter().all(|(n, _)| *n == n0.name) && !flows_of(&v).is_empty(),
+        flows_of(&v).iter().all(|(n, _)| *n == q0) && !flows_of(&v).is_empty(),
         "only node 0's flows while node 1 is away: {:?}",
         flows_of(&v)
     );
     assert!(
-        statuses_of(&v).contains(&(NodeState::NodeUnavailable, vec![n1.name.clone()])),
+        statuses_of(&v).contains(&(NodeState::NodeUnavailable, vec![q1.clone()])),
         "the answer names the missing node: {:?}",
         statuses_of(&v)
     );
@@ -1875,7 +1876,7 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
         let r = follower.recv_timeout(Duration::from_millis(200)).ok()?;
         statuses_of(&[r])
             .into_iter()
-            .find(|(s, n)| *s == NodeState::NodeUnavailable && *n == [n1.name.clone()])
+            .find(|(s, n)| *s == NodeState::NodeUnavailable && *n == [q1.clone()])
     });
     assert!(
         heard.is_some(),
@@ -1886,7 +1887,7 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
         let out = hubble_at(h, &address, &["status"]);
         assert!(out.contains("Connected Nodes: 1/2"), "hubble status: {out}");
         assert!(
-            out.contains(&n1.name),
+            out.contains(&q1),
             "hubble status names the missing node: {out}"
         );
     }
@@ -1903,7 +1904,7 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
         let r = follower.recv_timeout(Duration::from_millis(200)).ok()?;
         statuses_of(&[r])
             .into_iter()
-            .find(|(s, n)| *s == NodeState::NodeConnected && *n == [n1.name.clone()])
+            .find(|(s, n)| *s == NodeState::NodeConnected && *n == [q1.clone()])
     });
     assert!(
         heard.is_some(),
@@ -1913,7 +1914,7 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
     reaches(&fe1, &be0).expect("frontend-1 -> backend-0 after the restart");
     let both = poll(Duration::from_secs(20), || {
         let f = flows_of(&relay.flows(GetFlowsRequest::default()));
-        f.iter().any(|(n, _)| *n == n1.name).then_some(())
+        f.iter().any(|(n, _)| *n == q1).then_some(())
     });
     assert!(
         both.is_some(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ciliate_kvstore::{ClusterView, Kvstore, KvstoreConfig};
 use ciliate_observer::client::Target;
+use ciliate_observer::ring::qualified_node_name;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -60,13 +61,18 @@ pub fn nodes_of_view(view: &ClusterView) -> BTreeMap<String, Target> {
     nodes
 }
 
-/// The static peers and, with `etcd`, the view's nodes (a static name wins).
+/// The static peers and, with `etcd`, the view's nodes (a static name wins), by their names
+/// as the agents put them on flows: cluster-qualified (`default/node0`), as hubble-relay
+/// names its peers.
 pub fn desired(statics: &[StaticPeer], view: Option<&ClusterView>) -> BTreeMap<String, Target> {
     let mut nodes = view.map(nodes_of_view).unwrap_or_default();
     for p in statics {
         nodes.insert(p.name.clone(), p.target.clone());
     }
     nodes
+        .into_iter()
+        .map(|(name, t)| (qualified_node_name(&name), t))
+        .collect()
 }
 
 /// Keeps `pool` reading the desired nodes: the static ones at once and, with etcd endpoints,
@@ -164,8 +170,8 @@ mod tests {
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![
-                ("a".into(), Target::Tcp("10.9.9.9:1".into())),
-                ("s".into(), Target::Unix("/x".into())),
+                ("default/a".into(), Target::Tcp("10.9.9.9:1".into())),
+                ("default/s".into(), Target::Unix("/x".into())),
             ]
         );
         assert_eq!(

@@ -176,14 +176,8 @@ pub fn get_flows(
     cfg: &MergeConfig,
     req: GetFlowsRequest,
 ) -> Result<mpsc::Receiver<Result<GetFlowsResponse, Status>>, Status> {
-    if req.first && req.follow {
-        return Err(Status::invalid_argument(
-            "first cannot be combined with follow",
-        ));
-    }
-    // Bad filters are refused here once, not once per node.
-    ciliate_observer::filter::FlowFilters::compile(&req.whitelist, &req.blacklist)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Judged as the agents judge it (filters, times, field mask), once, not once per node.
+    ciliate_observer::server::Query::new(&req)?;
     let (out, rx) = mpsc::channel(1024);
     let (from_nodes, from_rx) = mpsc::channel(4096);
     let merge = Merge {

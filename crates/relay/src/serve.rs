@@ -6,6 +6,7 @@
 use std::future::Future;
 
 use ciliate_observer::proto::observer::observer_server::ObserverServer;
+use ciliate_observer::server::HUBBLE_HEALTH_SERVICE;
 use futures::future::try_join_all;
 use tokio::sync::watch;
 use tracing::info;
@@ -29,10 +30,6 @@ pub enum ServeError {
     #[error("relay gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
-
-/// The name `hubble status` asks the health service about (Hubble's
-/// `v1.ObserverServiceName`), not the gRPC service's own name.
-pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
 
 /// The relay's gRPC routes: Observer and health (SERVING for the server as a whole, for
 /// `observer.Observer` and for the name `hubble status` asks about).

@@ -154,6 +154,7 @@ impl ObserverApi for RelayService {
                     resp.num_flows += s.num_flows;
                     resp.max_flows += s.max_flows;
                     resp.seen_flows += s.seen_flows;
+                    resp.flows_rate += s.flows_rate;
                     // The oldest node's uptime: summing uptimes means nothing.
                     resp.uptime_ns = resp.uptime_ns.max(s.uptime_ns);
                 }

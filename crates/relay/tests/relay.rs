@@ -207,11 +207,19 @@ fn flows_of(v: &[GetFlowsResponse]) -> Vec<(String, i64)> {
     v.iter()
         .filter_map(|r| match &r.response_types {
             Some(ResponseTypes::Flow(f)) => {
-                Some((r.node_name.clone(), f.time.unwrap().seconds - BASE))
+                Some((unqualified(&r.node_name), f.time.unwrap().seconds - BASE))
             }
             _ => None,
         })
         .collect()
+}
+
+/// A node's name without the cluster the relay and the agents put in front (`default/a`):
+/// the tests name nodes `a`, `b`.
+fn unqualified(name: &str) -> String {
+    name.strip_prefix("default/")
+        .unwrap_or_else(|| panic!("{name:?} is not qualified with the default cluster"))
+        .to_owned()
 }
 
 /// (state, nodes) of the node status events.
@@ -220,7 +228,7 @@ fn statuses_of(v: &[GetFlowsResponse]) -> Vec<(NodeState, Vec<String>)> {
         .filter_map(|r| match &r.response_types {
             Some(ResponseTypes::NodeStatus(n)) => Some((
                 NodeState::try_from(n.state_change).unwrap(),
-                n.node_names.clone(),
+                n.node_names.iter().map(|n| unqualified(n)).collect(),
             )),
             _ => None,
         })
@@ -334,7 +342,7 @@ async fn flows_of_all_nodes_come_merged_in_time_order_and_cut_cluster_wide() {
     let states: Vec<(String, i32, u64)> = nodes
         .nodes
         .iter()
-        .map(|n| (n.name.clone(), n.state, n.num_flows))
+        .map(|n| (unqualified(&n.name), n.state, n.num_flows))
         .collect();
     assert_eq!(
         states,
@@ -384,11 +392,11 @@ async fn a_node_going_away_is_named_and_its_return_is_picked_up() {
         }
     })
     .await;
-    assert_eq!(status.unavailable_nodes, ["b"]);
+    assert_eq!(status.unavailable_nodes, ["default/b"]);
     assert_eq!(status.num_connected_nodes.unwrap().value, 1);
     assert_eq!(status.num_flows, 3, "only a's flows are counted");
     let nodes = c.get_nodes(GetNodesRequest {}).await.unwrap().into_inner();
-    let b_state = nodes.nodes.iter().find(|n| n.name == "b").unwrap();
+    let b_state = nodes.nodes.iter().find(|n| n.name == "default/b").unwrap();
     assert_eq!(b_state.state, NodeState::NodeUnavailable as i32);
     // The relay still answers, with a's flows, and says b is missing.
     let v = all_flows(&mut c, GetFlowsRequest::default()).await;
@@ -569,7 +577,7 @@ async fn nodes_are_found_through_their_records_in_etcd() {
     let by_name: BTreeMap<String, i32> = nodes
         .nodes
         .iter()
-        .map(|n| (n.name.clone(), n.state))
+        .map(|n| (unqualified(&n.name), n.state))
         .collect();
     assert_eq!(
         by_name,
