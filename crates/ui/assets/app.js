@@ -23,6 +23,7 @@ let last = null;
 let selected = null;
 let retry = null;
 let fetched = 0;
+let told = '';
 
 function showErrors() {
   const box = $('#error');
@@ -252,6 +253,13 @@ function render(snap) {
   last = snap;
   renderStatus(snap.status, snap.graph);
   renderMap(snap.graph);
+  // One console line whenever the map's shape changes: what a headless test or a curious user
+  // watching the console sees of live updates.
+  const shape = `${map.dataset.nodes} boxes, ${map.dataset.edges} connections, ${map.dataset.dropped} with drops`;
+  if (shape !== told) {
+    told = shape;
+    console.info(`ciliate-ui map: ${shape}`);
+  }
   renderTable(snap.flows);
   renderDetails();
   showErrors();
