@@ -123,8 +123,15 @@ function fit(g) {
   view = { x: -20, y: -20, w, h };
 }
 
+// Below this many screen pixels per map unit, box and connection texts would be a few pixels
+// high: they are hidden (not drawn at all) until the user zooms in.
+const FAR = 0.3;
+
 function applyView() {
-  if (view) map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
+  if (!view) return;
+  map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
+  const scale = Math.min(map.clientWidth / view.w, map.clientHeight / view.h);
+  map.classList.toggle('far', scale < FAR);
 }
 
 function renderMap(g) {
@@ -141,8 +148,9 @@ function renderMap(g) {
         `<text x="${a.x + 12}" y="${a.y + 20}">${esc(a.namespace ? 'namespace ' + a.namespace : 'outside any namespace')}</text></g>`,
     );
   }
-  // Big maps: no labels or arrowheads on connections (colour still tells drops), and the
-  // cheaper rendering hints; that halves the first paint at 1,000 workloads.
+  // Big maps: no labels, arrowheads, dashes or tooltips on connections (colour still tells
+  // drops; a click on a box lists them), and cheaper rendering hints: what keeps the first
+  // paint of 1,000 workloads short.
   const big = g.edges.length > 600;
   const labels = !big;
   const pairs = new Map();
@@ -158,7 +166,7 @@ function renderMap(g) {
     parts.push(
       `<path class="edge ${e.verdict}" data-from="${esc(e.from)}" data-to="${esc(e.to)}" data-verdict="${e.verdict}" ` +
         `data-protocol="${esc(e.protocol)}" data-port="${e.port}" d="${p.d}"${big ? '' : ` marker-end="url(#${red ? 'arrow-drop' : 'arrow'})"`}>` +
-        `<title>${esc(edgeTitle(e))}</title></path>`,
+        (big ? '</path>' : `<title>${esc(edgeTitle(e))}</title></path>`),
     );
     if (labels) {
       const key = e.from + '|' + e.to;
@@ -174,7 +182,7 @@ function renderMap(g) {
   }
   parts.push('</g>', big ? '<g class="boxes" text-rendering="optimizeSpeed">' : '<g class="boxes">');
   for (const n of g.nodes) {
-    const title = [
+    const title = big ? '' : [
       n.id,
       n.identities.length ? 'identities ' + n.identities.join(', ') : '',
       n.pods.length ? 'pods ' + n.pods.join(', ') + (n.podCount > n.pods.length ? ', …' : '') : '',
@@ -185,7 +193,7 @@ function renderMap(g) {
         `<rect width="${n.w}" height="${n.h}"/>` +
         `<text class="name" x="10" y="23">${esc(trunc(n.name, 24))}</text>` +
         `<text class="meta" x="10" y="43">${esc(trunc(boxMeta(n), 30))}</text>` +
-        `<title>${esc(title)}</title></g>`,
+        (big ? '</g>' : `<title>${esc(title)}</title></g>`),
     );
   }
   // Labels last: over the boxes rather than hidden by them.
@@ -195,6 +203,7 @@ function renderMap(g) {
     parts.push(`<text class="empty" x="0" y="40">${filtered ? 'No flows match these filters (yet).' : 'No flows yet: waiting for traffic.'}</text>`);
   }
   map.innerHTML = parts.join('');
+  map.classList.toggle('big', big);
   if (!userMoved || !view) fit(g);
   applyView();
   map.dataset.nodes = String(g.nodes.length);
