@@ -124,17 +124,25 @@ function fit(g) {
 }
 
 // Below this many screen pixels per map unit, box and connection texts would be a few pixels
-// high: they are hidden (not drawn at all) until the user zooms in.
+// high: they are left out (not even put into the page) until the user zooms in, which is what
+// keeps the first paint of a big map short.
 const FAR = 0.3;
+let far = false;
+
+function isFar() {
+  return !!view && Math.min(map.clientWidth / view.w, map.clientHeight / view.h) < FAR;
+}
 
 function applyView() {
   if (!view) return;
   map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
-  const scale = Math.min(map.clientWidth / view.w, map.clientHeight / view.h);
-  map.classList.toggle('far', scale < FAR);
+  // Zoomed across the threshold: draw again with (or without) the texts.
+  if (isFar() !== far && last) renderMap(last.graph);
 }
 
 function renderMap(g) {
+  if (!userMoved || !view) fit(g);
+  far = isFar();
   const nodes = new Map(g.nodes.map((n) => [n.id, n]));
   const parts = [
     '<defs>',
@@ -152,7 +160,7 @@ function renderMap(g) {
   // drops; a click on a box lists them), and cheaper rendering hints: what keeps the first
   // paint of 1,000 workloads short.
   const big = g.edges.length > 600;
-  const labels = !big;
+  const labels = !big && !far;
   const pairs = new Map();
   const texts = [];
   let dropped = 0;
@@ -191,8 +199,10 @@ function renderMap(g) {
     parts.push(
       `<g class="box ${n.kind}${n.id === selected ? ' selected' : ''}" data-id="${esc(n.id)}" data-kind="${n.kind}" transform="translate(${n.x},${n.y})">` +
         `<rect width="${n.w}" height="${n.h}"/>` +
-        `<text class="name" x="10" y="23">${esc(trunc(n.name, 24))}</text>` +
-        `<text class="meta" x="10" y="43">${esc(trunc(boxMeta(n), 30))}</text>` +
+        (far
+          ? ''
+          : `<text class="name" x="10" y="23">${esc(trunc(n.name, 24))}</text>` +
+            `<text class="meta" x="10" y="43">${esc(trunc(boxMeta(n), 30))}</text>`) +
         (big ? '</g>' : `<title>${esc(title)}</title></g>`),
     );
   }
@@ -204,8 +214,8 @@ function renderMap(g) {
   }
   map.innerHTML = parts.join('');
   map.classList.toggle('big', big);
-  if (!userMoved || !view) fit(g);
-  applyView();
+  map.classList.toggle('far', far);
+  map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
   map.dataset.nodes = String(g.nodes.length);
   map.dataset.edges = String(g.edges.length);
   map.dataset.dropped = String(dropped);
