@@ -20,6 +20,7 @@ pub mod convert;
 pub mod dns;
 mod dns_metrics;
 pub mod filter;
+pub mod history;
 mod http_metrics;
 pub mod intake;
 pub mod kafka;
