@@ -62,6 +62,8 @@ pub struct AppState {
     pub started: Instant,
     /// Turns true when the agent shuts down; ends monitor streams.
     pub shutdown: watch::Receiver<bool>,
+    /// The flow history, when kept (`policy whatif` replays it).
+    pub flow_history: Option<ciliate_observer::history::FlowHistory>,
 }
 
 impl std::fmt::Debug for AppState {

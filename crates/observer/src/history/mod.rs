@@ -15,6 +15,7 @@
 //! query, so a query never waits for the writer and never misses what it has not written yet.
 
 pub mod block;
+pub mod get_flows;
 mod prefilter;
 pub mod segment;
 #[cfg(test)]
