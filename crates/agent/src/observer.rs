@@ -142,7 +142,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "mi" | "mib" => 1 << 20,
         "gi" | "gib" => 1 << 30,
         "ti" | "tib" => 1 << 40,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; write e.g. 256MiB, 1GiB, 500MB or 0")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; write e.g. 256MiB, 1GiB, 500MB or 0"
+            ))
+        }
     };
     let n: f64 = num
         .parse()
@@ -169,7 +173,11 @@ fn parse_age(s: &str) -> Result<Duration, String> {
 
 /// Opens the flow history when configured. A history that cannot be opened is logged and left
 /// off: the agent runs without one rather than not at all.
-pub fn open_history(settings: &ObserverSettings, node_state_dir: &Path, node_name: &str) -> Option<FlowHistory> {
+pub fn open_history(
+    settings: &ObserverSettings,
+    node_state_dir: &Path,
+    node_name: &str,
+) -> Option<FlowHistory> {
     let config = settings.history_config(node_state_dir)?;
     match FlowHistory::open(config, node_name) {
         Ok(h) => Some(h),
@@ -656,7 +664,9 @@ mod tests {
         assert_eq!(parse_size("0"), Ok(0));
         assert!(parse_size("10KiB").unwrap_err().contains("below 1MiB"));
         assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert!(parse_size("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_age("0"), Ok(Duration::ZERO));
         assert!(parse_age("soon").is_err());

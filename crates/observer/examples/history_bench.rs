@@ -49,13 +49,20 @@ fn store() -> Snapshot {
     let mut s = Snapshot::default();
     for i in 0..PODS {
         let ns = format!("team-{}", i % NAMESPACES);
-        let app = if i < SERVERS { format!("server-{i}") } else { format!("client-{i}") };
+        let app = if i < SERVERS {
+            format!("server-{i}")
+        } else {
+            format!("client-{i}")
+        };
         let labels = vec![
             format!("k8s:app={app}"),
             format!("k8s:io.kubernetes.pod.namespace={ns}"),
             "k8s:io.cilium.k8s.policy.serviceaccount=default".to_owned(),
             "k8s:io.cilium.k8s.policy.cluster=default".to_owned(),
-            format!("k8s:tier={}", if i < SERVERS { "backend" } else { "frontend" }),
+            format!(
+                "k8s:tier={}",
+                if i < SERVERS { "backend" } else { "frontend" }
+            ),
         ];
         let identity = 256 + i;
         s.identities.insert(identity, labels.clone());
@@ -86,7 +93,11 @@ fn event(rng: &mut Rng) -> MonitorEvent {
     let client = SERVERS + rng.below(PODS - SERVERS);
     let server = rng.below(SERVERS);
     let reply = rng.below(2) == 0;
-    let (src, dst) = if reply { (server, client) } else { (client, server) };
+    let (src, dst) = if reply {
+        (server, client)
+    } else {
+        (client, server)
+    };
     let sport = 32768 + rng.below(28000) as u16;
     let drop = rng.below(33) == 0;
     let l4 = if rng.below(10) == 0 {
@@ -99,12 +110,26 @@ fn event(rng: &mut Rng) -> MonitorEvent {
             _ => vec!["FIN".into(), "ACK".into()],
         };
         let (s, d) = if reply { (8080, sport) } else { (sport, 8080) };
-        L4::Tcp { sport: s, dport: d, flags }
+        L4::Tcp {
+            sport: s,
+            dport: d,
+            flags,
+        }
     };
     MonitorEvent {
-        kind: if drop { EventKind::Drop } else { EventKind::Trace },
+        kind: if drop {
+            EventKind::Drop
+        } else {
+            EventKind::Trace
+        },
         time: String::new(),
-        code: if drop { 133 } else if reply { 0 } else { 5 },
+        code: if drop {
+            133
+        } else if reply {
+            0
+        } else {
+            5
+        },
         reason: String::new(),
         endpoint: (100 + src) as u16,
         ifindex: 40 + src,
@@ -116,7 +141,11 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         src: Some(pod_ip(src)),
         dst: Some(pod_ip(dst)),
         l4: Some(l4),
-        rev_nat: if !reply && server < SERVERS / 3 { (server + 1) as u16 } else { 0 },
+        rev_nat: if !reply && server < SERVERS / 3 {
+            (server + 1) as u16
+        } else {
+            0
+        },
     }
 }
 
@@ -145,7 +174,10 @@ fn chunk(rng: &mut Rng, store: &Snapshot, from_seq: u64, n: u64, t0_ns: i64) -> 
             if f.uuid.is_empty() {
                 f.uuid = uuid(rng);
             }
-            Numbered { seq, entry: Arc::new(Entry::Flow(f)) }
+            Numbered {
+                seq,
+                entry: Arc::new(Entry::Flow(f)),
+            }
         })
         .collect()
 }
@@ -172,7 +204,6 @@ fn main() {
         eprintln!("--dir is required");
         std::process::exit(2);
     };
-    let dir2 = dir.clone();
     let config = HistoryConfig {
         dir: dir.into(),
         max_bytes: u64::MAX / 2,
@@ -211,25 +242,6 @@ fn main() {
     println!("reopen_s {:.3}", start.elapsed().as_secs_f64());
     assert_eq!(history.disk_flows(), flows);
 
-    {
-        use ciliate_observer::history::{block, segment};
-        let mut t_read = Duration::ZERO; let mut t_dec = Duration::ZERO; let mut raw = 0usize; let mut n=0usize;
-        for (_, path) in segment::list(std::path::Path::new(&dir2)).unwrap() {
-            let (blocks, _, _) = segment::scan(&path).unwrap();
-            let f = std::fs::File::open(&path).unwrap();
-            for b in blocks {
-                let s = Instant::now();
-                let body = segment::read_body(&f, &b).unwrap();
-                t_read += s.elapsed();
-                let s = Instant::now();
-                raw += zstd::bulk::decompress(&body, 1<<30).unwrap().len();
-                let d = block::decode(&b.meta, &body).unwrap();
-                n += d.len();
-                t_dec += s.elapsed();
-            }
-        }
-        println!("probe read {:?} decode(x2 decompress) {:?} raw/flow {}", t_read, t_dec, raw / n);
-    }
     let whitelist = vec![FlowFilter {
         destination_pod: vec![pod.clone()],
         ..FlowFilter::default()

@@ -159,8 +159,12 @@ impl ObserverApi for Service {
         let node = self.observer.config().node_name.clone();
         let mut history = query.select(&ring);
         // Flows older than the ring's, from the flow history (see history::get_flows).
-        let older =
-            crate::history::get_flows::older(&self.observer, request.get_ref(), &ring, history.len());
+        let older = crate::history::get_flows::older(
+            &self.observer,
+            request.get_ref(),
+            &ring,
+            history.len(),
+        );
         let mut last_seq = ring.last().map(|n| n.seq).unwrap_or(0);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {

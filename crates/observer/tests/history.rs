@@ -14,7 +14,7 @@ use ciliate_observer::{Observer, ObserverConfig, Snapshot};
 const T0: i64 = 1_796_000_000;
 
 fn flow(i: u32) -> Flow {
-    let pod = if i % 2 == 0 { "web" } else { "db" };
+    let pod = if i.is_multiple_of(2) { "web" } else { "db" };
     Flow {
         time: Some(pbjson_types::Timestamp {
             seconds: T0 + i64::from(i),
@@ -121,7 +121,10 @@ async fn since_reads_the_history_then_the_ring_once_each_in_order() {
         }],
         ..Default::default()
     };
-    assert_eq!(get(&s, req, 1000).await, (0..100).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+    assert_eq!(
+        get(&s, req, 1000).await,
+        (0..100).filter(|i| i % 2 == 1).collect::<Vec<_>>()
+    );
     s.history.close();
 }
 
@@ -137,7 +140,11 @@ async fn last_n_beyond_the_ring_and_first_n() {
         number: 5,
         ..Default::default()
     };
-    assert_eq!(get(&s, req, 1000).await, (95..100).collect::<Vec<_>>(), "the ring alone");
+    assert_eq!(
+        get(&s, req, 1000).await,
+        (95..100).collect::<Vec<_>>(),
+        "the ring alone"
+    );
     let req = GetFlowsRequest {
         number: 15,
         first: true,
@@ -149,7 +156,11 @@ async fn last_n_beyond_the_ring_and_first_n() {
         first: true,
         ..Default::default()
     };
-    assert_eq!(get(&s, req, 1000).await, (0..95).collect::<Vec<_>>(), "history then ring");
+    assert_eq!(
+        get(&s, req, 1000).await,
+        (0..95).collect::<Vec<_>>(),
+        "history then ring"
+    );
     s.history.close();
 }
 

@@ -91,9 +91,11 @@ pub enum BlockError {
 
 /// Nanoseconds since the epoch of a flow's time.
 pub fn time_ns(flow: &Flow) -> Option<i64> {
-    flow.time
-        .as_ref()
-        .map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos)))
+    flow.time.as_ref().map(|t| {
+        t.seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.nanos))
+    })
 }
 
 fn timestamp(ns: i64) -> pbjson_types::Timestamp {
@@ -173,7 +175,9 @@ fn strip_fields(msg: &[u8], out: &mut Vec<u8>, skip: impl Fn(u32) -> bool) {
     let mut rest = msg;
     while !rest.is_empty() {
         let field_start = msg.len() - rest.len();
-        let Ok(key) = decode_varint(&mut rest) else { break };
+        let Ok(key) = decode_varint(&mut rest) else {
+            break;
+        };
         let len = match key & 7 {
             0 => match decode_varint(&mut rest) {
                 Ok(_) => 0,
@@ -321,7 +325,9 @@ pub fn decode(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
         || b.lens.len() != n
         || b.uuids.len() != n * 16
     {
-        return Err(BlockError::Inconsistent("column lengths differ from the count"));
+        return Err(BlockError::Inconsistent(
+            "column lengths differ from the count",
+        ));
     }
     let mut offsets = Vec::with_capacity(n + 1);
     let mut at = 0usize;
@@ -335,7 +341,9 @@ pub fn decode(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
     }
     let eps = b.endpoints.len() as u32;
     if b.src.iter().chain(&b.dst).any(|i| *i > eps) {
-        return Err(BlockError::Inconsistent("an endpoint index is out of range"));
+        return Err(BlockError::Inconsistent(
+            "an endpoint index is out of range",
+        ));
     }
     Ok(Decoded {
         body: BlockBodyView {
@@ -377,7 +385,11 @@ impl Decoded {
     pub fn time_of(&self, i: usize) -> Option<i64> {
         match self.body.time[i] {
             0 => None,
-            d => Some(self.meta.min_time_ns.saturating_add(i64::try_from(d - 1).unwrap_or(0))),
+            d => Some(
+                self.meta
+                    .min_time_ns
+                    .saturating_add(i64::try_from(d - 1).unwrap_or(0)),
+            ),
         }
     }
 
@@ -424,4 +436,3 @@ mod tests {
         assert_eq!(uuid_bytes(""), None);
     }
 }
-

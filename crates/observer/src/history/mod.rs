@@ -176,7 +176,9 @@ impl FlowHistory {
                     unreadable += dropped;
                     segments.extend(s);
                 }
-                Err(e) => warn!(file = %path.display(), error = %e, "cannot read a flow history segment; left as is"),
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot read a flow history segment; left as is")
+                }
             }
         }
         let run = u64::try_from(now_ns()).unwrap_or(0).max(last_run + 1);
@@ -196,7 +198,10 @@ impl FlowHistory {
         shared.retain();
         shared.update_gauges();
         {
-            let s = shared.segments.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let s = shared
+                .segments
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             info!(
                 dir = %shared.config.dir.display(),
                 segments = s.len(),
@@ -270,7 +275,11 @@ impl FlowHistory {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .flat_map(|s| s.blocks.iter().map(|b| (Arc::clone(&s.file), Arc::clone(b))))
+            .flat_map(|s| {
+                s.blocks
+                    .iter()
+                    .map(|b| (Arc::clone(&s.file), Arc::clone(b)))
+            })
             .collect();
         Snapshot {
             run: self.shared.run,
@@ -418,7 +427,10 @@ impl Shared {
                 let mut q = lock(&self.queue);
                 loop {
                     let due = q.since.is_some_and(|t| t.elapsed() >= BLOCK_MAX_WAIT);
-                    if q.flows.len() >= BLOCK_FLOWS || (q.closed && !q.flows.is_empty()) || (due && !q.flows.is_empty()) {
+                    if q.flows.len() >= BLOCK_FLOWS
+                        || (q.closed && !q.flows.is_empty())
+                        || (due && !q.flows.is_empty())
+                    {
                         break;
                     }
                     if q.closed {
@@ -439,11 +451,13 @@ impl Shared {
                 }
                 Err(e) => {
                     errors += 1;
-                    self.counters.dropped_error.fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters
+                        .dropped_error
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     // The segment may hold half a block now: start another (the half is
                     // dropped when read back).
                     active = None;
-                    if errors == 1 || errors % 100 == 0 {
+                    if errors == 1 || errors.is_multiple_of(100) {
                         warn!(error = %e, flows = n, failures = errors, dir = %self.config.dir.display(), "cannot write the flow history: flows dropped");
                     }
                 }
@@ -559,9 +573,13 @@ impl Shared {
             match std::fs::remove_file(&s.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(file = %s.path.display(), error = %e, "cannot delete an old flow history segment"),
+                Err(e) => {
+                    warn!(file = %s.path.display(), error = %e, "cannot delete an old flow history segment")
+                }
             }
-            self.counters.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .segments_deleted
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -650,7 +668,9 @@ impl Snapshot {
         match unit {
             Unit::Memory => {
                 for n in &self.memory {
-                    let Entry::Flow(flow) = &*n.entry else { continue };
+                    let Entry::Flow(flow) = &*n.entry else {
+                        continue;
+                    };
                     if self.excluded(scan, self.run, n.seq, false)
                         || !scan.time_ok(block::time_ns(flow))
                         || !scan.filters.matches(flow)
@@ -667,12 +687,14 @@ impl Snapshot {
                 let (file, b) = &self.blocks[i];
                 let m = &b.meta;
                 if !scan.block_ok(m)
-                    || (m.run == self.run
-                        && m.first_seq >= scan.ring_from.min(self.memory_from))
+                    || (m.run == self.run && m.first_seq >= scan.ring_from.min(self.memory_from))
                 {
                     return true;
                 }
-                let decoded = match segment::read_body(file, b).map_err(|e| e.to_string()).and_then(|body| block::decode(m, &body).map_err(|e| e.to_string())) {
+                let decoded = match segment::read_body(file, b)
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| block::decode(m, &body).map_err(|e| e.to_string()))
+                {
                     Ok(d) => d,
                     Err(e) => {
                         warn!(offset = b.offset, error = %e, "flow history: unreadable block skipped");

@@ -60,7 +60,8 @@ const MAX_ALTERNATIVES: usize = 64;
 impl PodPrefilter {
     /// The prefilter of a request's whitelist.
     pub fn new(whitelist: &[FlowFilter]) -> Self {
-        let side = |v: &[String]| (!v.is_empty()).then(|| v.iter().map(|s| PodPrefix::parse(s)).collect());
+        let side =
+            |v: &[String]| (!v.is_empty()).then(|| v.iter().map(|s| PodPrefix::parse(s)).collect());
         let alts: Vec<Alternative> = whitelist
             .iter()
             .map(|f| Alternative {
@@ -87,10 +88,8 @@ impl PodPrefilter {
             return true;
         };
         let any = |ps: &Option<Vec<PodPrefix>>, keys: &[String]| {
-            ps.as_ref().is_none_or(|ps| {
-                keys.iter()
-                    .any(|k| ps.iter().any(|p| p.matches_key(k)))
-            })
+            ps.as_ref()
+                .is_none_or(|ps| keys.iter().any(|k| ps.iter().any(|p| p.matches_key(k))))
         };
         alts.iter()
             .any(|a| any(&a.src, src_pods) && any(&a.dst, dst_pods))
@@ -106,7 +105,9 @@ impl PodPrefilter {
             for (i, a) in alts.iter().enumerate() {
                 let ok = match pick(a) {
                     None => true,
-                    Some(ps) => ep.is_some_and(|e| ps.iter().any(|p| p.matches(&e.namespace, &e.pod_name))),
+                    Some(ps) => {
+                        ep.is_some_and(|e| ps.iter().any(|p| p.matches(&e.namespace, &e.pod_name)))
+                    }
                 };
                 if ok {
                     m |= 1 << i;
@@ -150,7 +151,9 @@ mod tests {
         assert!(!p.block_may_match(&[], &["dev/web-1".into()]));
         assert!(p.block_may_match(&["any/client-7".into()], &[]));
         assert!(!p.block_may_match(&["any/server".into()], &["prod/db".into()]));
-        let (src, dst) = p.masks(&[ep("prod", "web-1"), ep("x", "client")]).expect("active");
+        let (src, dst) = p
+            .masks(&[ep("prod", "web-1"), ep("x", "client")])
+            .expect("active");
         // index 0 is "no endpoint"; 1 is prod/web-1, 2 is x/client
         assert_eq!(dst[1] & src[0], 0b01);
         assert_eq!(src[2] & dst[0], 0b10);

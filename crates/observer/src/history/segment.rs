@@ -124,11 +124,7 @@ pub fn scan_bytes(data: &[u8]) -> (Vec<BlockRef>, Dropped) {
     let header_ok = data.len() >= HEADER_LEN as usize
         && &data[..8] == SEGMENT_MAGIC
         && u32_at(data, 8) == VERSION;
-    let mut at = if header_ok {
-        HEADER_LEN as usize
-    } else {
-        0
-    };
+    let mut at = if header_ok { HEADER_LEN as usize } else { 0 };
     let mut bad_from: Option<usize> = (!header_ok).then_some(0);
     while at < data.len() {
         if let Some(b) = block_at(data, at) {

@@ -15,7 +15,10 @@ pub(super) fn flow(i: u64, src_pod: &str, dst_pod: &str) -> Flow {
         identity: 300 + u32::try_from(pod.len()).unwrap_or(0),
         namespace: "prod".into(),
         pod_name: pod.into(),
-        labels: vec![format!("k8s:app={pod}"), "k8s:io.kubernetes.pod.namespace=prod".into()],
+        labels: vec![
+            format!("k8s:app={pod}"),
+            "k8s:io.kubernetes.pod.namespace=prod".into(),
+        ],
         ..Endpoint::default()
     };
     let t = 1_796_000_000_000_000_000i64 + i as i64 * 1_000_000;
@@ -48,7 +51,9 @@ pub(super) fn flow(i: u64, src_pod: &str, dst_pod: &str) -> Flow {
 
 #[test]
 fn a_block_round_trips_every_flow_exactly() {
-    let mut flows: Vec<Flow> = (0..100).map(|i| flow(i, "client", if i % 3 == 0 { "db" } else { "web" })).collect();
+    let mut flows: Vec<Flow> = (0..100)
+        .map(|i| flow(i, "client", if i % 3 == 0 { "db" } else { "web" }))
+        .collect();
     // The odd ones: no time, no endpoints, a UUID not in canonical form, another node.
     flows[5].time = None;
     flows[6].source = None;
@@ -56,12 +61,19 @@ fn a_block_round_trips_every_flow_exactly() {
     flows[7].uuid = "NOT-A-UUID".into();
     flows[8].node_name = "node-2".into();
     flows[9].uuid.clear();
-    let items: Vec<(u64, &Flow)> = flows.iter().enumerate().map(|(i, f)| (i as u64 + 10, f)).collect();
+    let items: Vec<(u64, &Flow)> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i as u64 + 10, f))
+        .collect();
     let (meta, body) = block::encode(&items, 42, "node-1");
     assert_eq!(meta.count, 100);
     assert_eq!((meta.first_seq, meta.last_seq, meta.run), (10, 109, 42));
     assert_eq!(meta.src_pods, vec!["prod/client".to_owned()]);
-    assert_eq!(meta.dst_pods, vec!["prod/db".to_owned(), "prod/web".to_owned()]);
+    assert_eq!(
+        meta.dst_pods,
+        vec!["prod/db".to_owned(), "prod/web".to_owned()]
+    );
     let d = block::decode(&meta, &body).expect("decodes");
     assert_eq!(d.endpoints().len(), 3, "client, db and web once each");
     for (i, f) in flows.iter().enumerate() {
@@ -85,7 +97,11 @@ fn the_stored_part_of_a_flow_leaves_out_what_the_columns_hold() {
 #[test]
 fn corrupted_blocks_are_refused_not_panicked_on() {
     let flows: Vec<Flow> = (0..50).map(|i| flow(i, "a", "b")).collect();
-    let items: Vec<(u64, &Flow)> = flows.iter().enumerate().map(|(i, f)| (i as u64, f)).collect();
+    let items: Vec<(u64, &Flow)> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i as u64, f))
+        .collect();
     let (meta, body) = block::encode(&items, 1, "node-1");
     for at in (0..body.len()).step_by(7) {
         let mut bad = body.clone();
@@ -179,9 +195,15 @@ fn pod_filters_skip_blocks_and_still_find_every_match() {
     }];
     let got = all(&h, &to_db, u64::MAX);
     assert_eq!(got.len(), BLOCK_FLOWS);
-    assert!(got.iter().all(|f| f.destination.as_ref().is_some_and(|d| d.pod_name == "db")));
+    assert!(got
+        .iter()
+        .all(|f| f.destination.as_ref().is_some_and(|d| d.pod_name == "db")));
     let snap = h.snapshot();
-    assert!(!snap.blocks[0].1.meta.dst_pods.contains(&"prod/db".to_owned()));
+    assert!(!snap.blocks[0]
+        .1
+        .meta
+        .dst_pods
+        .contains(&"prod/db".to_owned()));
     h.close();
 }
 
@@ -206,7 +228,10 @@ fn last_n_reads_backwards_across_blocks_and_memory() {
         true
     });
     assert_eq!(got.len(), BLOCK_FLOWS + 7);
-    assert_eq!(got.last(), Some(&flow(3 * BLOCK_FLOWS as u64 + 5, "client", "web")));
+    assert_eq!(
+        got.last(),
+        Some(&flow(3 * BLOCK_FLOWS as u64 + 5, "client", "web"))
+    );
     assert_eq!(got[0], flow(2 * BLOCK_FLOWS as u64 - 1, "client", "web"));
     h.close();
 }
@@ -246,7 +271,11 @@ fn the_size_bound_deletes_whole_segments_oldest_first() {
     let h = FlowHistory::open(config(tmp.path(), 256 << 10), "node-1").expect("opens");
     let total = 40 * BLOCK_FLOWS as u64;
     for k in 0..40 {
-        h.offer(&numbered(1 + k * BLOCK_FLOWS as u64, BLOCK_FLOWS as u64, "web"));
+        h.offer(&numbered(
+            1 + k * BLOCK_FLOWS as u64,
+            BLOCK_FLOWS as u64,
+            "web",
+        ));
         wait_written(&h, (k + 1) * BLOCK_FLOWS as u64);
     }
     assert!(h.disk_bytes() <= 256 << 10, "{}", h.disk_bytes());
@@ -278,7 +307,9 @@ fn the_age_bound_deletes_segments_of_old_flows() {
     h.close();
     drop(h);
     // With a bound they are past: the earlier run's segment goes.
-    c.max_age = Some(Duration::from_nanos(u64::try_from(age - 2_000_000_000).unwrap_or(1)));
+    c.max_age = Some(Duration::from_nanos(
+        u64::try_from(age - 2_000_000_000).unwrap_or(1),
+    ));
     let h = FlowHistory::open(c, "node-1").expect("opens");
     assert_eq!(h.disk_flows(), 0);
     h.close();
@@ -303,7 +334,10 @@ fn a_truncated_segment_keeps_its_whole_blocks() {
     written_history(tmp.path(), 3);
     let path = one_segment(tmp.path());
     let len = std::fs::metadata(&path).expect("meta").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     f.set_len(len - 100).expect("truncate");
     let h = FlowHistory::open(config(tmp.path(), 1 << 30), "node-1").expect("opens");
     assert_eq!(h.disk_flows(), 2 * BLOCK_FLOWS as u64);
@@ -327,14 +361,21 @@ fn a_flipped_byte_loses_one_block_and_reading_resumes_after_it() {
     assert_eq!(h.disk_flows(), 2 * BLOCK_FLOWS as u64);
     let got = all(&h, &[], u64::MAX);
     assert_eq!(got.len(), 2 * BLOCK_FLOWS);
-    assert_eq!(got.last(), Some(&flow(3 * BLOCK_FLOWS as u64, "client", "web")));
+    assert_eq!(
+        got.last(),
+        Some(&flow(3 * BLOCK_FLOWS as u64, "client", "web"))
+    );
     h.close();
 }
 
 #[test]
 fn garbage_and_empty_files_never_stop_it_opening() {
     let tmp = tempfile::tempdir().expect("tmp");
-    std::fs::write(tmp.path().join(segment::file_name(1, 0)), b"not a segment at all").expect("w");
+    std::fs::write(
+        tmp.path().join(segment::file_name(1, 0)),
+        b"not a segment at all",
+    )
+    .expect("w");
     std::fs::write(tmp.path().join(segment::file_name(2, 0)), b"").expect("w");
     std::fs::write(tmp.path().join("unrelated.txt"), b"kept").expect("w");
     let h = FlowHistory::open(config(tmp.path(), 1 << 30), "node-1").expect("opens");
@@ -354,7 +395,9 @@ fn a_full_queue_drops_and_counts_and_never_blocks() {
     let h = FlowHistory::open(c, "node-1").expect("opens");
     h.offer(&numbered(1, 25, "web"));
     assert_eq!(h.dropped(), 15);
-    assert!(h.render_metrics().contains("ciliate_flow_history_flows_dropped_total{reason=\"queue_full\"} 15"));
+    assert!(h
+        .render_metrics()
+        .contains("ciliate_flow_history_flows_dropped_total{reason=\"queue_full\"} 15"));
     h.close();
 }
 
