@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{PodPrefilter, Scan, Snapshot};
+use crate::fieldmask::FlowMask;
 use crate::filter::FlowFilters;
 use crate::proto::observer::{GetFlowsRequest, GetFlowsResponse};
 use crate::ring::{Numbered, Observer};
@@ -45,6 +46,7 @@ pub struct Older {
     until_ns: Option<i64>,
     ring_from: u64,
     take: Take,
+    mask: Option<FlowMask>,
 }
 
 /// What of `req` the history answers, given the ring's snapshot and how many entries of it the
@@ -72,6 +74,7 @@ pub fn older(
     // The request's filters compiled again (the server's copy stays with the follower); they
     // compiled there, so they compile here.
     let filters = FlowFilters::compile(&req.whitelist, &req.blacklist).ok()?;
+    let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..])).ok()?;
     Some(Older {
         // Taken after the ring's snapshot: flows arriving in between are in both, and
         // `ring_from` leaves them to the ring (or to the live stream).
@@ -83,6 +86,7 @@ pub fn older(
         // An empty ring: no flow of this run existed when the request came.
         ring_from: ring.first().map_or(1, |n| n.seq),
         take,
+        mask,
     })
 }
 
@@ -112,7 +116,12 @@ impl Older {
             };
             let mut sent = 0u64;
             let mut gone = false;
-            let mut emit = |flow| {
+            let mask = self.mask.as_ref();
+            let mut emit = |flow: crate::proto::flow::Flow| {
+                let flow = match mask {
+                    Some(m) => m.apply(&flow),
+                    None => flow,
+                };
                 if tx
                     .blocking_send(Ok(crate::server::flow_response(flow, &node)))
                     .is_err()
