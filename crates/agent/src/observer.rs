@@ -132,6 +132,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 256MiB, 1GiB, 500MB or 0"))?;
     let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -148,9 +151,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 256MiB, 1GiB, 500MB or 0"))?;
     let bytes = n * unit_bytes as f64;
     if !(0.0..=1.8e19).contains(&bytes) {
         return Err(format!("{s:?} is out of range"));

@@ -34,7 +34,7 @@ pub(super) fn flow(i: u64, src_pod: &str, dst_pod: &str) -> Flow {
             source: "10.0.0.1".into(),
             destination: "10.0.0.2".into(),
             ip_version: 1,
-            encrypted: false,
+            ..Ip::default()
         }),
         l4: Some(Layer4 {
             protocol: Some(layer4::Protocol::Tcp(Tcp {
