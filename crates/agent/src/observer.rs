@@ -616,6 +616,7 @@ mod tests {
                 flags: vec!["SYN".into()],
             }),
             rev_nat: 0,
+            ethernet: None,
         };
         let mut sent = 0;
         while sent < BURST {
