@@ -91,6 +91,18 @@ pub struct MonitorEvent {
     /// backend instead; 0 when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rev_nat: u16,
+    /// The Ethernet header's source and destination, when the capture has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ethernet: Option<EthernetAddrs>,
+}
+
+/// An Ethernet header's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EthernetAddrs {
+    /// Source MAC.
+    pub source: crate::endpoint::MacAddr,
+    /// Destination MAC.
+    pub destination: crate::endpoint::MacAddr,
 }
 
 impl fmt::Display for MonitorEvent {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord};
@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::convert::{system_time_to_timestamp, to_flow};
 use crate::dns::dns_to_flow;
+use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
 use crate::l7::http_to_flow;
 use crate::metrics::Metrics;
@@ -20,10 +21,20 @@ use crate::store::Store;
 /// How the observer is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObserverConfig {
-    /// This node's name, put on every flow.
+    /// This node's name, put on every flow as Hubble does: `<cluster>/<node>`, with the
+    /// cluster [`DEFAULT_CLUSTER_NAME`](crate::DEFAULT_CLUSTER_NAME) when the name has none.
     pub node_name: String,
     /// How many flows the ring keeps.
     pub capacity: usize,
+}
+
+/// `name` with the default cluster in front when it names none (`node0` → `default/node0`).
+pub fn qualified_node_name(name: &str) -> String {
+    if name.contains('/') || name.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{}/{name}", crate::DEFAULT_CLUSTER_NAME)
+    }
 }
 
 /// What the ring holds and followers receive: a flow, or a count of events lost.
@@ -55,6 +66,8 @@ struct Ring {
 /// The flow observer of one node.
 pub struct Observer {
     config: ObserverConfig,
+    /// The cluster this node is in (the first part of its qualified name).
+    cluster: String,
     store: Arc<dyn Store>,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Numbered>,
@@ -62,6 +75,8 @@ pub struct Observer {
     lost: AtomicU64,
     started: Instant,
     metrics: Metrics,
+    /// Where every flow is also kept on disk, once attached.
+    history: OnceLock<FlowHistory>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -79,8 +94,17 @@ impl Observer {
     pub fn new(config: ObserverConfig, store: Arc<dyn Store>) -> Self {
         let capacity = config.capacity.max(1);
         let (live, _) = broadcast::channel(capacity.clamp(64, 65_536));
+        let node_name = qualified_node_name(&config.node_name);
+        let cluster = node_name
+            .split_once('/')
+            .map_or(crate::DEFAULT_CLUSTER_NAME, |(c, _)| c)
+            .to_owned();
         Self {
-            config: ObserverConfig { capacity, ..config },
+            config: ObserverConfig {
+                capacity,
+                node_name,
+            },
+            cluster,
             store,
             ring: Mutex::new(Ring {
                 entries: VecDeque::with_capacity(capacity.min(65_536)),
@@ -91,6 +115,7 @@ impl Observer {
             lost: AtomicU64::new(0),
             started: Instant::now(),
             metrics: Metrics::default(),
+            history: OnceLock::new(),
         }
     }
 
@@ -102,6 +127,17 @@ impl Observer {
     /// The flow metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Keeps every flow from now on in `history` too (once; a second history is refused and
+    /// returned).
+    pub fn attach_history(&self, history: FlowHistory) -> Result<(), FlowHistory> {
+        self.history.set(history)
+    }
+
+    /// The flow history, if one is attached.
+    pub fn history(&self) -> Option<&FlowHistory> {
+        self.history.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, Ring> {
@@ -198,7 +234,7 @@ impl Observer {
             LostEvent {
                 source: source as i32,
                 num_events_lost: n,
-                cpu: None,
+                ..LostEvent::default()
             },
             system_time_to_timestamp(SystemTime::now()),
         ));
@@ -210,7 +246,17 @@ impl Observer {
 
     fn push_all(&self, entries: impl IntoIterator<Item = Entry>) {
         // Built before the lock is taken: followers and `observe --last` wait on it.
-        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        let entries: Vec<Arc<Entry>> = entries
+            .into_iter()
+            .map(|mut e| {
+                if let Entry::Flow(f) = &mut e {
+                    crate::convert::finish_flow(f, &self.cluster);
+                }
+                Arc::new(e)
+            })
+            .collect();
+        let history = self.history.get();
+        let mut kept = Vec::with_capacity(if history.is_some() { entries.len() } else { 0 });
         let mut ring = self.lock();
         for entry in entries {
             let numbered = Numbered {
@@ -222,8 +268,16 @@ impl Observer {
                 ring.entries.pop_front();
             }
             ring.entries.push_back(numbered.clone());
+            if history.is_some() {
+                kept.push(numbered.clone());
+            }
             // Sent under the lock, so followers see entries in sequence order.
             let _ = self.live.send(numbered);
+        }
+        if let Some(h) = history {
+            // Under the lock too, so the history receives them in sequence order (a queue
+            // push: it never waits for the disk).
+            h.offer(&kept);
         }
     }
 
