@@ -1,7 +1,7 @@
 //! Flow observability in the agent: feeds the datapath's events to a
-//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint and Service
-//! stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the flow
-//! metrics (optionally, HTTP).
+//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint, Service and
+//! policy stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the
+//! flow metrics (optionally, HTTP).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::endpoints::EndpointManager;
+use crate::policy::{FlowNames, PolicyManager};
 use crate::services::ServiceManager;
 
 /// How often the datapath's counter of lost events is read (names are refreshed on change
@@ -162,21 +163,54 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
     s
 }
 
-/// The observer's name tables: local endpoints first, then the cluster's; Services straight
-/// from the Service store's index (never copied, so their number costs nothing when idle).
+/// The policy names of flows: rule number → policy (Hubble's `Policy`), and the CIDR
+/// identities' labels. `retired` are the rules of the table before, which no longer exist:
+/// kept one more round, because the datapath still reports them until the reconciliation
+/// after the change has rewritten the maps (the engine never reuses a number, so an old
+/// number cannot name the wrong rule).
+pub fn policy_snapshot(names: &FlowNames, retired: &Snapshot) -> Snapshot {
+    let mut s = Snapshot::default();
+    for (id, policy, uid) in &names.rules {
+        s.rules.insert(
+            *id,
+            ciliate_observer::policy_names::policy(
+                policy.kind,
+                policy.namespace.as_deref(),
+                &policy.name,
+                uid.as_deref(),
+                names.revision,
+            ),
+        );
+    }
+    for (id, p) in &retired.rules {
+        s.rules.entry(*id).or_insert_with(|| p.clone());
+    }
+    for (id, labels) in &names.cidr_identities {
+        s.identities
+            .insert(*id, labels.iter().map(|l| l.to_string()).collect());
+    }
+    s
+}
+
+/// The observer's name tables: local endpoints first, then the cluster's, then policy's CIDR
+/// identities; Services straight from the Service store's index (never copied, so their
+/// number costs nothing when idle); rule numbers from a table of their own, rebuilt only when
+/// policy changes.
 #[derive(Debug)]
 pub struct AgentNames {
     local: SwappableStore,
     cluster: SwappableStore,
+    policy: SwappableStore,
     services: Arc<ServiceManager>,
 }
 
 impl AgentNames {
-    /// Tables over `services`, with empty endpoint tables until refreshed.
+    /// Tables over `services`, with empty endpoint and policy tables until refreshed.
     pub fn new(services: Arc<ServiceManager>) -> Self {
         Self {
             local: SwappableStore::default(),
             cluster: SwappableStore::default(),
+            policy: SwappableStore::default(),
             services,
         }
     }
@@ -193,6 +227,11 @@ impl ciliate_observer::Store for AgentNames {
         self.local
             .identity_labels(identity)
             .or_else(|| self.cluster.identity_labels(identity))
+            .or_else(|| self.policy.identity_labels(identity))
+    }
+
+    fn policy_by_rule(&self, rule: u32) -> Option<ciliate_observer::proto::flow::Policy> {
+        self.policy.policy_by_rule(rule)
     }
 
     fn service_by_frontend(
@@ -228,6 +267,8 @@ pub struct Sources {
     pub services: Arc<ServiceManager>,
     /// Other nodes' pods, in a cluster.
     pub cluster: Option<ClusterNames>,
+    /// Policy: what rule numbers and CIDR identities are named by.
+    pub policies: Option<Arc<PolicyManager>>,
     /// The agent's own metrics, served beside the flow metrics.
     pub extra_metrics: Option<ExtraMetrics>,
 }
@@ -268,6 +309,7 @@ pub fn start(
         manager,
         services,
         cluster,
+        policies,
         extra_metrics,
     } = sources;
     let datapath = &datapath;
@@ -310,6 +352,28 @@ pub fn start(
         tasks.push(tokio::spawn(async move {
             loop {
                 names.local.replace(local_snapshot(&manager));
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
+    if let Some(policies) = policies {
+        // Policy names, rebuilt when policy changes (a notification, not a poll).
+        let names = Arc::clone(&names);
+        let mut changes = policies.subscribe_names();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut retired = Snapshot::default();
+            loop {
+                let p = Arc::clone(&policies);
+                let Ok(now) = tokio::task::spawn_blocking(move || p.flow_names()).await else {
+                    return;
+                };
+                let table = policy_snapshot(&now, &retired);
+                retired = policy_snapshot(&now, &Snapshot::default());
+                names.policy.replace(table);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = stop.wait_for(|s| *s) => return,
@@ -493,6 +557,7 @@ mod tests {
                 flags: vec!["SYN".into()],
             }),
             rev_nat: 0,
+            rule: 0,
         };
         let mut sent = 0;
         while sent < BURST {
