@@ -475,6 +475,7 @@ mod tests {
     use super::*;
     use ciliate_datapath::FakeDatapath;
     use ciliate_model::manifest::{split_documents, ApplyRequest};
+    use ciliate_model::policy::PolicyRef;
     use ciliate_observer::Store;
 
     #[test]
@@ -523,6 +524,57 @@ mod tests {
         );
         assert_eq!(s.service_by_rev_nat(index), web);
         assert_eq!(s.service_by_rev_nat(index.wrapping_add(1)), None);
+    }
+
+    #[test]
+    fn rules_name_their_policy_and_retired_ones_stay_one_round() {
+        use ciliate_model::policy::PolicyKind;
+        let cnp = |name: &str| PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("prod".into()),
+            name: name.into(),
+        };
+        let first = FlowNames {
+            rules: vec![(5, cnp("old"), None), (6, cnp("kept"), Some("u-1".into()))],
+            cidr_identities: vec![(
+                16_777_217,
+                ciliate_model::labels::Labels::parse_list(
+                    "cidr:203.0.113.0/24,reserved:world",
+                    "k8s",
+                )
+                .expect("labels"),
+            )],
+            revision: 2,
+        };
+        let s1 = policy_snapshot(&first, &Snapshot::default());
+        let kept = s1.policy_by_rule(6).expect("rule 6");
+        assert_eq!(
+            (kept.name.as_str(), kept.namespace.as_str()),
+            ("kept", "prod")
+        );
+        assert_eq!(kept.kind, "CiliumNetworkPolicy");
+        assert_eq!(kept.revision, 2);
+        assert!(kept
+            .labels
+            .contains(&"k8s:io.cilium.k8s.policy.uid=u-1".to_owned()));
+        assert_eq!(
+            s1.identity_labels(16_777_217),
+            Some(vec![
+                "cidr:203.0.113.0/24".to_owned(),
+                "reserved:world".to_owned()
+            ])
+        );
+        // Rule 5 went away: still named while the maps may carry it, then forgotten.
+        let second = FlowNames {
+            rules: vec![(6, cnp("kept"), Some("u-1".into()))],
+            revision: 3,
+            ..FlowNames::default()
+        };
+        let s2 = policy_snapshot(&second, &s1);
+        assert_eq!(s2.policy_by_rule(5).map(|p| p.name), Some("old".into()));
+        assert_eq!(s2.policy_by_rule(6).map(|p| p.revision), Some(3));
+        let s3 = policy_snapshot(&second, &policy_snapshot(&second, &Snapshot::default()));
+        assert_eq!(s3.policy_by_rule(5), None);
     }
 
     #[test]

@@ -416,6 +416,26 @@ spec:
   - fromEndpoints: [{matchLabels: {app: other}}]
 "#;
 
+const STRANGER_EGRESS: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: stranger-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: stranger}}
+  egress:
+  - toCIDR: [198.51.100.0/24]
+"#;
+
+fn labels_of(f: &Value, side: &str) -> Vec<String> {
+    f[side]["labels"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Which policy decided: real connections through the datapath, read back through the
 /// Observer API. The allowed flow names the allowing CNP, the explicitly denied one (181) the
 /// denying CNP in its drop and its policy verdict, a default deny (133) none; and, when the
@@ -534,10 +554,64 @@ fn verdicts_name_the_policy_that_decided_them() {
         );
     }
 
+    // Peers outside the cluster carry Cilium's labels: a CIDR identity its prefix, the world
+    // `reserved:world`, never a bare number.
+    node.apply("egress.yaml", STRANGER_EGRESS);
+    let _ = stranger.tcp_connect("198.51.100.7".parse().expect("ip"), 80);
+    assert!(
+        stranger
+            .tcp_connect("203.0.113.9".parse().expect("ip"), 80)
+            .is_err(),
+        "egress to the world is not allowed"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let out: Vec<Value> = node
+        .observe(&["--last", "2000", "--from-pod", "default/stranger"])
+        .iter()
+        .filter_map(any_flow)
+        .cloned()
+        .collect();
+    let to = |ip: &str| {
+        out.iter()
+            .filter(|f| field(f, "IP", "IP")["destination"] == ip)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let cidr_flows = to("198.51.100.7");
+    let cidr_verdict = cidr_flows
+        .iter()
+        .find(|f| event_type(f) == 5)
+        .unwrap_or_else(|| panic!("no verdict to the CIDR: {out:#?}"));
+    let labels = labels_of(cidr_verdict, "destination");
+    assert!(
+        labels.contains(&"cidr:198.51.100.0/24".to_owned())
+            && labels.contains(&"reserved:world".to_owned()),
+        "{cidr_verdict:#}"
+    );
+    assert_eq!(
+        policies(cidr_verdict, "egress_allowed_by", "egressAllowedBy")
+            .iter()
+            .map(|p| p.0.as_str())
+            .collect::<Vec<_>>(),
+        ["stranger-egress"]
+    );
+    let world = to("203.0.113.9");
+    assert!(
+        world
+            .iter()
+            .any(|f| verdict(f) == "DROPPED" && labels_of(f, "destination") == ["reserved:world"]),
+        "{world:#?}"
+    );
+
     // The real Hubble CLI, when installed (not in CI: this part is skipped there).
-    let hubble = std::path::Path::new("/work/tools/bin/hubble");
+    let hubble = std::env::var_os("HUBBLE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/work/tools/bin/hubble".into());
     if !hubble.exists() {
-        eprintln!("SKIPPED (hubble CLI not installed): hubble observe --print-policy-names");
+        eprintln!(
+            "SKIPPED (hubble CLI not installed at {}, set HUBBLE): hubble observe --print-policy-names",
+            hubble.display()
+        );
         return;
     }
     let out = std::process::Command::new(hubble)
@@ -559,6 +633,7 @@ fn verdicts_name_the_policy_that_decided_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("hubble observe --print-policy-names:\n{text}");
     assert!(
         text.lines().any(|l| l.contains("default/other")
             && l.contains("DENIED BY server-deny-other (CiliumNetworkPolicy)")),
@@ -568,5 +643,12 @@ fn verdicts_name_the_policy_that_decided_them() {
         text.lines().any(|l| l.contains("default/client")
             && l.contains("ALLOWED BY server-allow-client (CiliumNetworkPolicy)")),
         "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("default/stranger")
+            && l.contains("-> default/server")
+            && l.contains("INGRESS DENIED")
+            && !l.contains(" BY ")),
+        "a default deny names no policy: {text}"
     );
 }

@@ -145,7 +145,11 @@ impl fmt::Display for MonitorEvent {
             f,
             " identity {}->{} len {}",
             self.src_identity, self.dst_identity, self.len
-        )
+        )?;
+        if self.rule != 0 {
+            write!(f, " rule {}", self.rule)?;
+        }
+        Ok(())
     }
 }
 
