@@ -155,6 +155,9 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
                 labels: ep.labels.iter().map(|l| l.to_string()).collect(),
             },
         );
+        if ep.host_ifindex != 0 {
+            s.interfaces.insert(ep.host_ifindex, ep.host_ifname.clone());
+        }
     }
     for id in manager.identities() {
         s.identities
@@ -232,6 +235,10 @@ impl ciliate_observer::Store for AgentNames {
 
     fn policy_by_rule(&self, rule: u32) -> Option<ciliate_observer::proto::flow::Policy> {
         self.policy.policy_by_rule(rule)
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.local.interface_name(ifindex)
     }
 
     fn service_by_frontend(

@@ -44,8 +44,12 @@ pub trait Store: Send + Sync + 'static {
     /// The policy holding the rule the datapath numbers `rule` (policy map entries and
     /// verdict events carry the number), as Hubble names policies in flows. A store that
     /// knows no rules names none.
-    fn policy_by_rule(&self, rule: u32) -> Option<Policy> {
-        let _ = rule;
+    fn policy_by_rule(&self, _rule: u32) -> Option<Policy> {
+        None
+    }
+    /// The name of the node's interface with index `ifindex` (a pod's host-side veth), when
+    /// known: flows name the interface they were seen on.
+    fn interface_name(&self, _ifindex: u32) -> Option<String> {
         None
     }
 }
@@ -64,6 +68,8 @@ pub struct Snapshot {
     /// Policies by the numbers of their rules (see
     /// [`policy_names::policy`](crate::policy_names::policy) for how to build one).
     pub rules: HashMap<u32, Policy>,
+    /// The node's interface names by index.
+    pub interfaces: HashMap<u32, String>,
 }
 
 impl Store for Snapshot {
@@ -85,6 +91,10 @@ impl Store for Snapshot {
 
     fn policy_by_rule(&self, rule: u32) -> Option<Policy> {
         self.rules.get(&rule).cloned()
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.interfaces.get(&ifindex).cloned()
     }
 }
 
@@ -132,5 +142,9 @@ impl Store for SwappableStore {
 
     fn policy_by_rule(&self, rule: u32) -> Option<Policy> {
         self.get().policy_by_rule(rule)
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.get().interface_name(ifindex)
     }
 }

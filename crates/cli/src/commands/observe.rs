@@ -404,6 +404,7 @@ pub fn request(
         blacklist: negated.filters()?,
         since: since.map(system_time_to_timestamp),
         until: until.map(system_time_to_timestamp),
+        ..GetFlowsRequest::default()
     })
 }
 
