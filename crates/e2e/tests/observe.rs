@@ -624,6 +624,10 @@ fn verdicts_name_the_policy_that_decided_them() {
             "--type",
             "policy-verdict",
             "--print-policy-names",
+            // Hubble's default field mask for compact output leaves out the traffic
+            // direction and the policy lists, so its own --print-policy-names prints nothing
+            // (against Cilium too): ask for whole flows.
+            "--use-default-field-masks=false",
         ])
         .output()
         .expect("hubble observe");
