@@ -617,6 +617,7 @@ mod tests {
             }),
             rev_nat: 0,
             rule: 0,
+            ethernet: None,
         };
         let mut sent = 0;
         while sent < BURST {

@@ -451,6 +451,7 @@ fn event(kind: EventKind, endpoint: u16) -> MonitorEvent {
         l4: None,
         rev_nat: 0,
         rule: 0,
+        ethernet: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn event(code: u8) -> MonitorEvent {
         l4: None,
         rev_nat: 0,
         rule: 0,
+        ethernet: None,
     }
 }
 

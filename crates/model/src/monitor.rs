@@ -96,6 +96,18 @@ pub struct MonitorEvent {
     /// policy allowed; 0 when no entry matched (default deny, no policy) or not judged.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub rule: u32,
+    /// The Ethernet header's source and destination, when the capture has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ethernet: Option<EthernetAddrs>,
+}
+
+/// An Ethernet header's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EthernetAddrs {
+    /// Source MAC.
+    pub source: crate::endpoint::MacAddr,
+    /// Destination MAC.
+    pub destination: crate::endpoint::MacAddr,
 }
 
 impl fmt::Display for MonitorEvent {

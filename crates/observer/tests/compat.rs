@@ -48,6 +48,7 @@ fn event(kind: EventKind, code: u8, dport: u16) -> MonitorEvent {
         }),
         rev_nat: 0,
         rule: 0,
+        ethernet: None,
     }
 }
 

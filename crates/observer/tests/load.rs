@@ -41,6 +41,7 @@ fn event(n: u16) -> MonitorEvent {
         }),
         rev_nat: 0,
         rule: 0,
+        ethernet: None,
     }
 }
 

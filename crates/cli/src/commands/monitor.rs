@@ -98,6 +98,7 @@ mod tests {
             }),
             rev_nat: 0,
             rule: 0,
+            ethernet: None,
         }
     }
 
