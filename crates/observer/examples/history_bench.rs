@@ -146,6 +146,8 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         } else {
             0
         },
+        rule: 0,
+        ethernet: None,
     }
 }
 
