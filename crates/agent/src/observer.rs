@@ -11,6 +11,7 @@ use std::time::Duration;
 use ciliate_datapath::Datapath;
 use ciliate_kvstore::ClusterView;
 use ciliate_model::lb::L4Proto;
+use ciliate_observer::history::{FlowHistory, HistoryConfig};
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::server::{bind_unix, serve_tcp, serve_unix, Service};
 use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot, SwappableStore};
@@ -48,6 +49,17 @@ pub struct ObserverArgs {
     /// `:9965`; off unless given.
     #[arg(long, env = "CILIATE_HUBBLE_METRICS_ADDRESS", value_name = "ADDR", value_parser = parse_listen_address)]
     pub hubble_metrics_address: Option<SocketAddr>,
+
+    /// Keep every flow on disk (in `<state-dir>/<node>/flow-history`) up to this size, for
+    /// `observe --since` beyond the ring and `policy whatif`: e.g. `1GiB`, `500MB`; `0` keeps
+    /// no history.
+    #[arg(long, env = "CILIATE_FLOW_HISTORY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub flow_history_size: u64,
+
+    /// Delete flows from the history once older than this, e.g. `7d`, `12h`; `0`: only the
+    /// size bounds it.
+    #[arg(long, env = "CILIATE_FLOW_HISTORY_AGE", value_name = "DURATION", default_value = "7d", value_parser = parse_age)]
+    pub flow_history_age: Duration,
 }
 
 /// The observer's configuration in force.
@@ -62,6 +74,24 @@ pub struct ObserverSettings {
     pub hubble_event_buffer_capacity: usize,
     /// The metrics address, if any.
     pub hubble_metrics_address: Option<SocketAddr>,
+    /// Bound of the flow history on disk in bytes; 0: no history.
+    pub flow_history_size: u64,
+    /// Age bound of the flow history; `None`: none.
+    #[serde(with = "humantime_serde_opt")]
+    pub flow_history_age: Option<Duration>,
+}
+
+/// `Option<Duration>` as humantime text in the served configuration.
+mod humantime_serde_opt {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 impl ObserverSettings {
@@ -78,6 +108,82 @@ impl ObserverSettings {
             hubble_listen_address: args.hubble_listen_address,
             hubble_event_buffer_capacity: args.hubble_event_buffer_capacity,
             hubble_metrics_address: args.hubble_metrics_address,
+            flow_history_size: args.flow_history_size,
+            flow_history_age: (!args.flow_history_age.is_zero()).then_some(args.flow_history_age),
+        }
+    }
+
+    /// The flow history's configuration under this node's state directory; `None` when it is
+    /// off.
+    pub fn history_config(&self, node_state_dir: &Path) -> Option<HistoryConfig> {
+        (self.flow_history_size > 0).then(|| HistoryConfig {
+            dir: node_state_dir.join("flow-history"),
+            max_bytes: self.flow_history_size,
+            max_age: self.flow_history_age,
+            queue_flows: ciliate_observer::history::DEFAULT_QUEUE_FLOWS,
+        })
+    }
+}
+
+/// `256MiB`, `1GiB`, `500MB`, `1048576` (bytes); `0` is allowed (no history).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 256MiB, 1GiB, 500MB or 0"))?;
+    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; write e.g. 256MiB, 1GiB, 500MB or 0"
+            ))
+        }
+    };
+    let bytes = n * unit_bytes as f64;
+    if !(0.0..=1.8e19).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    let bytes = bytes as u64;
+    if bytes != 0 && bytes < 1 << 20 {
+        return Err(format!("{s:?} is below 1MiB: too small to hold a segment; give at least 1MiB, or 0 for no history"));
+    }
+    Ok(bytes)
+}
+
+/// `7d`, `12h`, `90m`, or `0` (no age bound).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 7d, 12h or 0"))
+}
+
+/// Opens the flow history when configured. A history that cannot be opened is logged and left
+/// off: the agent runs without one rather than not at all.
+pub fn open_history(
+    settings: &ObserverSettings,
+    node_state_dir: &Path,
+    node_name: &str,
+) -> Option<FlowHistory> {
+    let config = settings.history_config(node_state_dir)?;
+    match FlowHistory::open(config, node_name) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(error = %e, "the flow history is off: flows are kept in the ring only");
+            None
         }
     }
 }
@@ -237,6 +343,8 @@ pub struct Sources {
     pub cluster: Option<ClusterNames>,
     /// The agent's own metrics, served beside the flow metrics.
     pub extra_metrics: Option<ExtraMetrics>,
+    /// Where every flow is kept on disk too, if anywhere.
+    pub history: Option<FlowHistory>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -276,6 +384,7 @@ pub fn start(
         services,
         cluster,
         extra_metrics,
+        history,
     } = sources;
     let datapath = &datapath;
     let names = Arc::new(AgentNames::new(services));
@@ -290,6 +399,10 @@ pub fn start(
         },
         Arc::clone(&names) as Arc<dyn ciliate_observer::Store>,
     ));
+    if let Some(h) = history {
+        // A fresh observer has none yet.
+        let _ = observer.attach_history(h);
+    }
     if let Err(e) = spawn_intake(Arc::clone(&observer), datapath.as_ref()) {
         warn!(error = %e, "cannot start the observer's threads: no flows will be recorded");
     }
@@ -389,6 +502,9 @@ pub fn start(
                     let extra = extra_metrics.clone();
                     async move {
                         let mut text = o.metrics().render();
+                        if let Some(h) = o.history() {
+                            text.push_str(&h.render_metrics());
+                        }
                         if let Some(f) = extra {
                             match tokio::task::spawn_blocking(move || f()).await {
                                 Ok(more) => text.push_str(&more),
@@ -539,9 +655,28 @@ mod tests {
                 hubble_listen_address: None,
                 hubble_event_buffer_capacity: 10,
                 hubble_metrics_address: None,
+                flow_history_size: 0,
+                flow_history_age: Duration::ZERO,
             },
             Path::new("/run/x/agent.sock"),
         );
         assert_eq!(s.hubble_socket, PathBuf::from("/run/x/hubble.sock"));
+        assert_eq!(s.history_config(Path::new("/var/lib/ciliate/n1")), None);
+    }
+
+    #[test]
+    fn history_sizes_and_ages() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("10KiB").unwrap_err().contains("below 1MiB"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert!(parse_age("soon").is_err());
     }
 }

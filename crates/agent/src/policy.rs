@@ -38,6 +38,7 @@
 pub mod namespaces;
 pub mod store;
 pub mod trace;
+pub mod whatif;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

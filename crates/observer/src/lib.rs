@@ -22,6 +22,7 @@ pub mod dns;
 mod dns_metrics;
 pub mod fieldmask;
 pub mod filter;
+pub mod history;
 mod http_metrics;
 pub mod intake;
 pub mod kafka;
