@@ -141,11 +141,14 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         src: Some(pod_ip(src)),
         dst: Some(pod_ip(dst)),
         l4: Some(l4),
+        ethernet: None,
         rev_nat: if !reply && server < SERVERS / 3 {
             (server + 1) as u16
         } else {
             0
         },
+        rule: 0,
+        ethernet: None,
     }
 }
 
