@@ -148,7 +148,6 @@ fn event(rng: &mut Rng) -> MonitorEvent {
             0
         },
         rule: 0,
-        ethernet: None,
     }
 }
 
