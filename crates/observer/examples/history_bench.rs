@@ -148,6 +148,8 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         } else {
             0
         },
+        rule: 0,
+        ethernet: None,
     }
 }
 
