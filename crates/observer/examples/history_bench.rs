@@ -142,13 +142,13 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         dst: Some(pod_ip(dst)),
         l4: Some(l4),
         ethernet: None,
+        rule: 0,
         rev_nat: if !reply && server < SERVERS / 3 {
             (server + 1) as u16
         } else {
             0
         },
         rule: 0,
-        ethernet: None,
     }
 }
 
