@@ -28,6 +28,7 @@ pub mod l7;
 pub mod metrics;
 pub mod print;
 pub mod proto;
+pub mod protojson;
 pub mod ring;
 pub mod server;
 pub mod store;
