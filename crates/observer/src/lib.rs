@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod export;
+pub mod export_otlp;
 pub mod dns;
 mod dns_metrics;
 pub mod filter;

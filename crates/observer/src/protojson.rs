@@ -468,3 +468,67 @@ impl serde::Serialize for Json {
         }
     }
 }
+
+/// Checks field mask paths (`source.namespace`, `time`) against a message type, as
+/// `fieldmaskpb.New` does: each part names a field, every part but the last a message.
+pub fn check_field_mask(full_name: &str, paths: &[String]) -> Result<(), String> {
+    let root = pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| format!("unknown message type {full_name}"))?;
+    for path in paths {
+        let mut desc = root.clone();
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let field = desc.get_field_by_name(part).ok_or_else(|| {
+                format!("proto: invalid path {path:?} for message {:?}", root.full_name())
+            })?;
+            if i + 1 < parts.len() {
+                match field.kind() {
+                    Kind::Message(m) if !field.is_list() && !field.is_map() => desc = m,
+                    _ => {
+                        return Err(format!(
+                            "proto: invalid path {path:?} for message {:?}",
+                            root.full_name()
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Json {
+    /// Keeps only the fields the mask's paths name (all of a field named whole), as Hubble's
+    /// `fieldmask.Copy`; an empty mask keeps everything.
+    pub fn masked(self, paths: &[String]) -> Json {
+        if paths.is_empty() {
+            return self;
+        }
+        let parts: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
+        self.keep(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    }
+
+    fn keep(self, paths: &[&[&str]]) -> Json {
+        let Json::Object(fields) = self else {
+            return self;
+        };
+        let mut kept = Vec::new();
+        for (name, value) in fields {
+            let below: Vec<&[&str]> = paths
+                .iter()
+                .filter(|p| p.first() == Some(&name.as_str()))
+                .map(|p| &p[1..])
+                .collect();
+            if below.is_empty() {
+                continue;
+            }
+            if below.iter().any(|p| p.is_empty()) {
+                kept.push((name, value));
+            } else {
+                kept.push((name, value.keep(&below)));
+            }
+        }
+        Json::Object(kept)
+    }
+}
