@@ -89,7 +89,7 @@ impl ExportConfig {
         if file_path.as_deref() == Some(Path::new("")) {
             return Err(bad("hubble-export-file-path", "empty path"));
         }
-        if file_max_size_mb == 0 {
+        if file_path.is_some() && file_max_size_mb == 0 {
             return Err(bad(
                 "hubble-export-file-max-size-mb",
                 "must be at least 1 (MiB)",
