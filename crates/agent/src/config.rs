@@ -927,7 +927,10 @@ mod tests {
                 "--hubble-export-fieldmask",
                 "time,verdict",
             ],
-            &env(&[("CILIATE_HUBBLE_EXPORT_DENYLIST", r#"{"verdict":["FORWARDED"]}"#)]),
+            &env(&[(
+                "CILIATE_HUBBLE_EXPORT_DENYLIST",
+                r#"{"verdict":["FORWARDED"]}"#,
+            )]),
         )
         .expect("valid");
         assert_eq!(c.observer.export.fieldmask, vec!["time", "verdict"]);
@@ -937,7 +940,10 @@ mod tests {
             &env(&[]),
         )
         .expect_err("bad JSON");
-        assert!(e.to_string().starts_with("--hubble-export-allowlist: "), "{e}");
+        assert!(
+            e.to_string().starts_with("--hubble-export-allowlist: "),
+            "{e}"
+        );
     }
 
     #[test]

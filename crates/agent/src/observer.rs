@@ -69,13 +69,28 @@ pub struct ExportArgs {
     pub hubble_export_file_max_backups: usize,
     /// Export only flows matching one of these JSON FlowFilters, e.g.
     /// '{"verdict":["DROPPED"]}'.
-    #[arg(long, env = "CILIATE_HUBBLE_EXPORT_ALLOWLIST", value_name = "JSON", default_value = "")]
+    #[arg(
+        long,
+        env = "CILIATE_HUBBLE_EXPORT_ALLOWLIST",
+        value_name = "JSON",
+        default_value = ""
+    )]
     pub hubble_export_allowlist: String,
     /// Export no flow matching one of these JSON FlowFilters.
-    #[arg(long, env = "CILIATE_HUBBLE_EXPORT_DENYLIST", value_name = "JSON", default_value = "")]
+    #[arg(
+        long,
+        env = "CILIATE_HUBBLE_EXPORT_DENYLIST",
+        value_name = "JSON",
+        default_value = ""
+    )]
     pub hubble_export_denylist: String,
     /// Export only these Flow fields, comma-separated (time,source.pod_name,verdict).
-    #[arg(long, env = "CILIATE_HUBBLE_EXPORT_FIELDMASK", value_name = "FIELDS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "CILIATE_HUBBLE_EXPORT_FIELDMASK",
+        value_name = "FIELDS",
+        value_delimiter = ','
+    )]
     pub hubble_export_fieldmask: Vec<String>,
     /// Also send every exported flow as an OpenTelemetry log record (body: the same JSON) to
     /// this OTLP/gRPC collector, e.g. http://collector:4317. Off unless given.

@@ -476,7 +476,10 @@ fn assert_survived(what: &str, hold: &Value, min: u64) {
 
 fn tcp_ports(flow: &Value) -> (Option<u64>, Option<u64>) {
     let tcp = &flow["l4"]["TCP"];
-    (tcp["source_port"].as_u64(), tcp["destination_port"].as_u64())
+    (
+        tcp["source_port"].as_u64(),
+        tcp["destination_port"].as_u64(),
+    )
 }
 
 /// Whether `flow` is a packet of the connection `client:cport -> server:sport` (either way).

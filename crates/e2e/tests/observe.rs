@@ -90,7 +90,12 @@ fn flows_are_observed_by_pod_with_verdicts_and_counted_in_metrics() {
     let reasons: Vec<String> = drops
         .iter()
         .filter_map(flow)
-        .map(|f| f["drop_reason_desc"].as_str().unwrap_or_default().to_owned())
+        .map(|f| {
+            f["drop_reason_desc"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     assert!(
         reasons.iter().any(|r| r == "SERVICE_BACKEND_NOT_FOUND"),
@@ -384,12 +389,20 @@ fn flows_of_the_datapath_are_exported_to_a_file_as_hubble_json_lines() {
     let f = &seen["flow"];
     assert_eq!(pod(f, "destination"), "server", "{seen}");
     assert_eq!(f["verdict"], "FORWARDED", "{seen}");
-    assert!(seen["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{seen}");
+    assert!(
+        seen["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{seen}"
+    );
     assert!(seen["node_name"].is_string(), "{seen}");
     // The field mask left the rest out; the allowlist every flow not to or from port 8080.
-    assert!(f.get("IP").is_none() && f.get("event_type").is_none(), "{seen}");
     assert!(
-        lines.iter().all(|v| v["flow"]["l4"]["TCP"]["destination_port"] == 8080),
+        f.get("IP").is_none() && f.get("event_type").is_none(),
+        "{seen}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["flow"]["l4"]["TCP"]["destination_port"] == 8080),
         "{lines:?}"
     );
 }

@@ -326,7 +326,10 @@ impl RotatingFile {
 }
 
 /// One export line: Hubble's JSON of the response, the flow cut down by the field mask.
-pub fn export_line(res: &GetFlowsResponse, fieldmask: &[String]) -> Result<String, protojson::Error> {
+pub fn export_line(
+    res: &GetFlowsResponse,
+    fieldmask: &[String],
+) -> Result<String, protojson::Error> {
     let mut json = protojson::to_json(res, "observer.GetFlowsResponse")?;
     if !fieldmask.is_empty() {
         if let protojson::Json::Object(fields) = &mut json {
@@ -346,7 +349,7 @@ fn response(entry: &Entry, node: &str) -> GetFlowsResponse {
     match entry {
         Entry::Flow(f) => crate::server::flow_response(f.clone(), node),
         Entry::Lost(l, t) => GetFlowsResponse {
-            response_types: Some(ResponseTypes::LostEvents(l.clone())),
+            response_types: Some(ResponseTypes::LostEvents(*l)),
             node_name: node.to_owned(),
             time: Some(*t),
         },

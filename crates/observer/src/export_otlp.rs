@@ -50,9 +50,7 @@ pub fn log_record(res: &GetFlowsResponse, line: &str) -> LogRecord {
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(0))
         .unwrap_or(0);
     LogRecord {
-        time_unix_nano: res
-            .time
-            .map_or(0, |t| unix_nanos(t.seconds, t.nanos)),
+        time_unix_nano: res.time.map_or(0, |t| unix_nanos(t.seconds, t.nanos)),
         observed_time_unix_nano: now,
         severity_number: SEVERITY_INFO,
         severity_text: "INFO".into(),

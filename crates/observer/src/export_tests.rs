@@ -67,7 +67,11 @@ fn config(path: &Path, allow: &str, deny: &str, mask: &[&str]) -> ExportConfig {
 }
 
 /// Runs `observer` through an exporter into `path` until the observer is gone.
-fn export(observer: Arc<Observer>, cfg: &ExportConfig, feed: impl FnOnce(&Observer)) -> Arc<ExportStats> {
+fn export(
+    observer: Arc<Observer>,
+    cfg: &ExportConfig,
+    feed: impl FnOnce(&Observer),
+) -> Arc<ExportStats> {
     let path = cfg.file_path.clone().unwrap();
     let sink = FileSink::open(&path, cfg.file_max_size_mb, cfg.file_max_backups).unwrap();
     let exporter = spawn(&observer, cfg, vec![Box::new(sink)], Arc::default()).unwrap();
@@ -99,11 +103,33 @@ fn flows_are_written_as_hubble_json_lines_through_the_filters() {
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
-    assert!(lines[0].starts_with("{\"flow\":{\"time\":\"2024-05-01T10:00:00.500Z\","), "{}", lines[0]);
-    assert!(lines[0].contains("\"source\":{\"ID\":1,\"identity\":256,\"namespace\":\"default\","), "{}", lines[0]);
-    assert!(lines[0].ends_with(",\"node_name\":\"node-1\",\"time\":\"2024-05-01T10:00:00.500Z\"}"), "{}", lines[0]);
-    assert!(lines[1].contains("\"destination_port\":8080"), "{}", lines[1]);
-    assert!(lines[2].starts_with("{\"lost_events\":{\"source\":\"OBSERVER_EVENTS_QUEUE\",\"num_events_lost\":\"3\""), "{}", lines[2]);
+    assert!(
+        lines[0].starts_with("{\"flow\":{\"time\":\"2024-05-01T10:00:00.500Z\","),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("\"source\":{\"ID\":1,\"identity\":256,\"namespace\":\"default\","),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with(",\"node_name\":\"node-1\",\"time\":\"2024-05-01T10:00:00.500Z\"}"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("\"destination_port\":8080"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(
+            "{\"lost_events\":{\"source\":\"OBSERVER_EVENTS_QUEUE\",\"num_events_lost\":\"3\""
+        ),
+        "{}",
+        lines[2]
+    );
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["node_name"], "node-1");
@@ -118,7 +144,9 @@ fn the_field_mask_keeps_only_the_fields_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.log");
     let cfg = config(&path, "", "", &["time,source.pod_name", "verdict"]);
-    export(observer(), &cfg, |o| o.observe(&event(EventKind::Drop, 133, 80)));
+    export(observer(), &cfg, |o| {
+        o.observe(&event(EventKind::Drop, 133, 80))
+    });
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         "{\"flow\":{\"time\":\"2024-05-01T10:00:00.500Z\",\"verdict\":\"DROPPED\",\
@@ -145,7 +173,10 @@ fn the_file_rotates_by_size_and_keeps_the_newest_backups() {
     assert_eq!(backups.len(), 2, "{backups:?}");
     for b in &backups {
         let name = b.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with("events-") && name.ends_with(".log"), "{name}");
+        assert!(
+            name.starts_with("events-") && name.ends_with(".log"),
+            "{name}"
+        );
         assert_eq!(std::fs::metadata(b).unwrap().len(), 3 * line.len() as u64);
     }
     // 10 lines: three rotations; the current file holds the tenth.
@@ -168,15 +199,34 @@ fn bad_settings_are_refused_naming_the_flag() {
     };
     let e = err("{\"source_pod\":", "", &[], 10, None);
     assert_eq!(e.flag, "hubble-export-allowlist");
-    assert!(e.to_string().starts_with("--hubble-export-allowlist: failed to decode"), "{e}");
-    assert_eq!(err("", "{\"no_such_field\":[1]}", &[], 10, None).flag, "hubble-export-denylist");
-    assert_eq!(err("", "{\"source_ip\":[\"10.0.0.0/33\"]}", &[], 10, None).flag, "hubble-export-denylist");
+    assert!(
+        e.to_string()
+            .starts_with("--hubble-export-allowlist: failed to decode"),
+        "{e}"
+    );
+    assert_eq!(
+        err("", "{\"no_such_field\":[1]}", &[], 10, None).flag,
+        "hubble-export-denylist"
+    );
+    assert_eq!(
+        err("", "{\"source_ip\":[\"10.0.0.0/33\"]}", &[], 10, None).flag,
+        "hubble-export-denylist"
+    );
     let e = err("", "", &["source.bogus"], 10, None);
     assert_eq!(e.flag, "hubble-export-fieldmask");
     assert!(e.reason.contains("source.bogus"), "{e}");
-    assert_eq!(err("", "", &["time.seconds.x"], 10, None).flag, "hubble-export-fieldmask");
-    assert_eq!(err("", "", &[], 0, None).flag, "hubble-export-file-max-size-mb");
-    assert_eq!(err("", "", &[], 10, Some("collector:4317")).flag, "flow-export-otlp-endpoint");
+    assert_eq!(
+        err("", "", &["time.seconds.x"], 10, None).flag,
+        "hubble-export-fieldmask"
+    );
+    assert_eq!(
+        err("", "", &[], 0, None).flag,
+        "hubble-export-file-max-size-mb"
+    );
+    assert_eq!(
+        err("", "", &[], 10, Some("collector:4317")).flag,
+        "flow-export-otlp-endpoint"
+    );
     // Two filters in one flag value, as Hubble's ParseFlowFilters reads them.
     let ok = ExportConfig::new(
         None,
@@ -226,7 +276,37 @@ fn a_stalled_exporter_never_holds_the_observer_back_and_counts_what_it_missed() 
         stats.exported.load(Ordering::Relaxed),
         stats.dropped.load(Ordering::Relaxed),
     );
-    assert_eq!(exported + dropped, 10_000, "exported {exported}, dropped {dropped}");
+    assert_eq!(
+        exported + dropped,
+        10_000,
+        "exported {exported}, dropped {dropped}"
+    );
     assert!(dropped > 9_000, "dropped {dropped}");
-    assert!(stats.render().contains(&format!("ciliate_flow_export_dropped_total {dropped}\n")));
+    assert!(stats
+        .render()
+        .contains(&format!("ciliate_flow_export_dropped_total {dropped}\n")));
+}
+
+#[test]
+fn a_flow_masked_as_hubble_masks_flows_keeps_only_those_fields() {
+    let o = observer();
+    o.observe(&event(EventKind::Drop, 133, 80));
+    let Entry::Flow(flow) = o.snapshot()[0].entry.as_ref().clone() else {
+        panic!("a flow");
+    };
+    let masked = protojson::mask_message(
+        &flow,
+        "flow.Flow",
+        &["time".into(), "source.pod_name".into(), "l4".into()],
+    )
+    .unwrap();
+    assert_eq!(masked.time, flow.time);
+    assert_eq!(masked.l4, flow.l4);
+    let src = masked.source.unwrap();
+    assert_eq!(
+        (src.pod_name.as_str(), src.identity, src.namespace.as_str()),
+        ("client", 0, "")
+    );
+    assert!(masked.destination.is_none() && masked.ip.is_none() && masked.verdict == 0);
+    assert!(protojson::mask_message(&flow, "flow.Flow", &["nope".into()]).is_err());
 }

@@ -17,10 +17,10 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
-pub mod export;
-pub mod export_otlp;
 pub mod dns;
 mod dns_metrics;
+pub mod export;
+pub mod export_otlp;
 pub mod filter;
 mod http_metrics;
 pub mod intake;

@@ -7,13 +7,13 @@
 //! tabwriter flushes at the end.
 
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
-use crate::protojson;
 use crate::proto::flow::{
-    layer4, layer7, AuthType, DropReason, Flow, L7FlowType, LostEventSource,
-    TraceObservationPoint, TrafficDirection, Verdict,
+    layer4, layer7, AuthType, DropReason, Flow, L7FlowType, LostEventSource, TraceObservationPoint,
+    TrafficDirection, Verdict,
 };
 use crate::proto::observer::{get_flows_response::ResponseTypes, GetFlowsResponse};
 use crate::proto::relay::NodeState;
+use crate::protojson;
 
 /// Hubble's `MessageTypeCapture`.
 const MESSAGE_TYPE_CAPTURE: i32 = 3;
@@ -185,20 +185,30 @@ impl Printer {
         format_time(self.opts.time_format, ts)
     }
 
-    fn json(&self, res: &GetFlowsResponse, flow: Option<&Flow>) -> Result<String, protojson::Error> {
+    fn json(
+        &self,
+        res: &GetFlowsResponse,
+        flow: Option<&Flow>,
+    ) -> Result<String, protojson::Error> {
         Ok(match (self.opts.output, flow) {
             (Output::JsonLegacy, Some(f)) => {
-                format!("{}\n", protojson::to_json(f, "flow.Flow")?.to_hubble_string())
+                format!(
+                    "{}\n",
+                    protojson::to_json(f, "flow.Flow")?.to_hubble_string()
+                )
             }
-            (Output::Yaml, _) => yaml_document(&protojson::to_json(
-                res,
-                "observer.GetFlowsResponse",
-            )?),
+            (Output::Yaml, _) => {
+                yaml_document(&protojson::to_json(res, "observer.GetFlowsResponse")?)
+            }
             _ => format!("{}\n", protojson::response_string(res)?),
         })
     }
 
-    fn write_flow(&mut self, res: &GetFlowsResponse, f: &Flow) -> Result<Written, protojson::Error> {
+    fn write_flow(
+        &mut self,
+        res: &GetFlowsResponse,
+        f: &Flow,
+    ) -> Result<Written, protojson::Error> {
         let mut out = String::new();
         match self.opts.output {
             Output::Table => {
@@ -317,8 +327,7 @@ impl Printer {
             return Ok(String::new());
         };
         let state = NodeState::try_from(s.state_change).unwrap_or(NodeState::UnknownNodeState);
-        if !self.opts.debug && !matches!(state, NodeState::NodeError | NodeState::NodeUnavailable)
-        {
+        if !self.opts.debug && !matches!(state, NodeState::NodeError | NodeState::NodeUnavailable) {
             // Hubble skips informational node events unless debugging.
             return Ok(String::new());
         }
@@ -775,9 +784,15 @@ pub fn fmt_identity(id: u32) -> String {
 
 fn ports(f: &Flow) -> (String, String) {
     match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-        Some(layer4::Protocol::Tcp(t)) => (t.source_port.to_string(), t.destination_port.to_string()),
-        Some(layer4::Protocol::Udp(u)) => (u.source_port.to_string(), u.destination_port.to_string()),
-        Some(layer4::Protocol::Sctp(s)) => (s.source_port.to_string(), s.destination_port.to_string()),
+        Some(layer4::Protocol::Tcp(t)) => {
+            (t.source_port.to_string(), t.destination_port.to_string())
+        }
+        Some(layer4::Protocol::Udp(u)) => {
+            (u.source_port.to_string(), u.destination_port.to_string())
+        }
+        Some(layer4::Protocol::Sctp(s)) => {
+            (s.source_port.to_string(), s.destination_port.to_string())
+        }
         _ => (String::new(), String::new()),
     }
 }
@@ -793,7 +808,15 @@ fn join_name(ns: &str, name: &str) -> String {
 
 /// Hubble's `Hostname`: the pod, else the Service, else the DNS names, else the IP; with
 /// `:port` unless the port is 0 (IPv6 in brackets, as Go's `net.JoinHostPort`).
-fn hostname(ip: &str, port: &str, ns: &str, pod: &str, svc: &str, names: &[String], translate: bool) -> String {
+fn hostname(
+    ip: &str,
+    port: &str,
+    ns: &str,
+    pod: &str,
+    svc: &str,
+    names: &[String],
+    translate: bool,
+) -> String {
     let mut host = ip.to_owned();
     if translate {
         if !pod.is_empty() {
@@ -838,8 +861,24 @@ pub fn host_names(f: &Flow, translate: bool) -> (String, String) {
     }
     let (sp, dp) = ports(f);
     (
-        hostname(&ip.source, &sp, &src_ns, &src_pod, &src_svc, &f.source_names, translate),
-        hostname(&ip.destination, &dp, &dst_ns, &dst_pod, &dst_svc, &f.destination_names, translate),
+        hostname(
+            &ip.source,
+            &sp,
+            &src_ns,
+            &src_pod,
+            &src_svc,
+            &f.source_names,
+            translate,
+        ),
+        hostname(
+            &ip.destination,
+            &dp,
+            &dst_ns,
+            &dst_pod,
+            &dst_svc,
+            &f.destination_names,
+            translate,
+        ),
     )
 }
 

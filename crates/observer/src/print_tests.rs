@@ -5,8 +5,8 @@
 
 use super::*;
 use crate::proto::flow::{
-    CiliumEventType, Endpoint, Ethernet, Layer4, Layer7, LostEvent, Service, Tcp, Udp, Ip,
-    FlowType, Dns,
+    CiliumEventType, Dns, Endpoint, Ethernet, FlowType, Ip, Layer4, Layer7, LostEvent, Service,
+    Tcp, Udp,
 };
 use crate::proto::relay::NodeStatusEvent;
 
@@ -170,12 +170,16 @@ fn replies_unknown_directions_and_policy_verdicts() {
     allowed.verdict = Verdict::Forwarded as i32;
     allowed.traffic_direction = TrafficDirection::Ingress as i32;
     allowed.policy_match_type = 1;
-    assert!(print(opts(Output::Compact, false), &[flow_response(allowed)])
-        .contains(" policy-verdict:L3-Only INGRESS ALLOWED (TCP Flags: SYN)"));
+    assert!(
+        print(opts(Output::Compact, false), &[flow_response(allowed)])
+            .contains(" policy-verdict:L3-Only INGRESS ALLOWED (TCP Flags: SYN)")
+    );
     let mut audited = denied;
     audited.verdict = Verdict::Audit as i32;
-    assert!(print(opts(Output::Compact, false), &[flow_response(audited)])
-        .contains(" policy-verdict:none EGRESS AUDITED ("));
+    assert!(
+        print(opts(Output::Compact, false), &[flow_response(audited)])
+            .contains(" policy-verdict:none EGRESS AUDITED (")
+    );
 }
 
 #[test]
@@ -248,7 +252,10 @@ fn host_names_as_hubble_names_them() {
         destination: "2.2.2.2".into(),
         ..Ip::default()
     });
-    assert_eq!(host_names(&Flow::default(), true), (String::new(), String::new()));
+    assert_eq!(
+        host_names(&Flow::default(), true),
+        (String::new(), String::new())
+    );
     let pods = Flow {
         ip: ip.clone(),
         source: Some(Endpoint {
@@ -263,8 +270,14 @@ fn host_names_as_hubble_names_them() {
         }),
         ..Flow::default()
     };
-    assert_eq!(host_names(&pods, true), ("srcns/srcpod".into(), "dstns/dstpod".into()));
-    assert_eq!(host_names(&pods, false), ("1.1.1.1".into(), "2.2.2.2".into()));
+    assert_eq!(
+        host_names(&pods, true),
+        ("srcns/srcpod".into(), "dstns/dstpod".into())
+    );
+    assert_eq!(
+        host_names(&pods, false),
+        ("1.1.1.1".into(), "2.2.2.2".into())
+    );
     let services = Flow {
         ip: ip.clone(),
         l4: Some(Layer4 {
@@ -285,7 +298,10 @@ fn host_names_as_hubble_names_them() {
     };
     assert_eq!(
         host_names(&services, true),
-        ("default/xwing:55555".into(), "deathstar/tiefighter:53".into())
+        (
+            "default/xwing:55555".into(),
+            "deathstar/tiefighter:53".into()
+        )
     );
     let names = Flow {
         ip,
@@ -305,8 +321,14 @@ fn host_names_as_hubble_names_them() {
         host_names(&eth, true),
         ("00:01:02:03:04:05".into(), "06:07:08:09:0a:0b".into())
     );
-    assert_eq!(hostname("fd00::1", "80", "", "", "", &[], true), "[fd00::1]:80");
-    assert_eq!(hostname("1.1.1.1", "0", "default", "pod", "", &[], false), "1.1.1.1");
+    assert_eq!(
+        hostname("fd00::1", "80", "", "", "", &[], true),
+        "[fd00::1]:80"
+    );
+    assert_eq!(
+        hostname("1.1.1.1", "0", "default", "pod", "", &[], false),
+        "1.1.1.1"
+    );
 }
 
 #[test]
@@ -345,19 +367,43 @@ fn flow_types_and_times_as_hubble_prints_them() {
     );
 
     let ts = |seconds, nanos| Some(pbjson_types::Timestamp { seconds, nanos });
-    assert_eq!(format_time(TimeFormat::StampMilli, ts(0, 0).as_ref()), "Jan  1 00:00:00.000");
     assert_eq!(
-        format_time(TimeFormat::StampMilli, ts(1_530_984_600, 123_000_000).as_ref()),
+        format_time(TimeFormat::StampMilli, ts(0, 0).as_ref()),
+        "Jan  1 00:00:00.000"
+    );
+    assert_eq!(
+        format_time(
+            TimeFormat::StampMilli,
+            ts(1_530_984_600, 123_000_000).as_ref()
+        ),
         "Jul  7 17:30:00.123"
     );
-    assert_eq!(format_time(TimeFormat::StampMilli, ts(-1, -1).as_ref()), "N/A");
+    assert_eq!(
+        format_time(TimeFormat::StampMilli, ts(-1, -1).as_ref()),
+        "N/A"
+    );
     assert_eq!(format_time(TimeFormat::StampMilli, None), "N/A");
     let t = ts(1_530_984_600, 120_000_000);
-    assert_eq!(format_time(TimeFormat::Rfc3339, t.as_ref()), "2018-07-07T17:30:00Z");
-    assert_eq!(format_time(TimeFormat::Rfc3339Milli, t.as_ref()), "2018-07-07T17:30:00.12Z");
-    assert_eq!(format_time(TimeFormat::Rfc3339Nano, ts(1_530_984_600, 0).as_ref()), "2018-07-07T17:30:00Z");
-    assert_eq!(format_time(TimeFormat::YearMonthDayHour, t.as_ref()), "2018-07-07T17Z");
-    assert_eq!(format_time(TimeFormat::Rfc1123Z, t.as_ref()), "Sat, 07 Jul 2018 17:30:00 +0000");
+    assert_eq!(
+        format_time(TimeFormat::Rfc3339, t.as_ref()),
+        "2018-07-07T17:30:00Z"
+    );
+    assert_eq!(
+        format_time(TimeFormat::Rfc3339Milli, t.as_ref()),
+        "2018-07-07T17:30:00.12Z"
+    );
+    assert_eq!(
+        format_time(TimeFormat::Rfc3339Nano, ts(1_530_984_600, 0).as_ref()),
+        "2018-07-07T17:30:00Z"
+    );
+    assert_eq!(
+        format_time(TimeFormat::YearMonthDayHour, t.as_ref()),
+        "2018-07-07T17Z"
+    );
+    assert_eq!(
+        format_time(TimeFormat::Rfc1123Z, t.as_ref()),
+        "Sat, 07 Jul 2018 17:30:00 +0000"
+    );
 }
 
 #[test]
@@ -381,19 +427,27 @@ fn node_status_events_go_to_stderr_as_hubble_prints_them() {
         w.stderr,
         "Jan  1 00:20:34.567 [relay]: 2 nodes are unavailable: k8s1, k8s2\n"
     );
-    let w = p.write(&status(NodeState::NodeError, "dial \"x\"")).unwrap();
+    let w = p
+        .write(&status(NodeState::NodeError, "dial \"x\""))
+        .unwrap();
     assert_eq!(
         w.stderr,
         "Jan  1 00:20:34.567 [relay]: Error \"dial \\\"x\\\"\" on 2 nodes: k8s1, k8s2\n"
     );
     // Informational events only with --debug.
-    assert_eq!(p.write(&status(NodeState::NodeConnected, "")).unwrap(), Written::default());
+    assert_eq!(
+        p.write(&status(NodeState::NodeConnected, "")).unwrap(),
+        Written::default()
+    );
     let mut debug = Printer::new(Options {
         debug: true,
         ..Options::default()
     });
     assert_eq!(
-        debug.write(&status(NodeState::NodeConnected, "")).unwrap().stderr,
+        debug
+            .write(&status(NodeState::NodeConnected, ""))
+            .unwrap()
+            .stderr,
         "Jan  1 00:20:34.567 [relay]: Receiving flows from 2 nodes: k8s1, k8s2\n"
     );
     let names: Vec<String> = (0..20).map(|i| format!("node-{i:02}")).collect();
@@ -408,7 +462,10 @@ fn yaml_is_a_stream_of_documents_and_terminal_escapes_are_defused() {
     let f = flow_response(hubble_flow());
     let out = print(opts(Output::Yaml, false), &[f.clone(), f]);
     assert_eq!(out.matches("---\n").count(), 2, "{out}");
-    assert!(out.starts_with("---\nflow:\n  time: 1970-01-01T00:20:34.567800Z\n"), "{out}");
+    assert!(
+        out.starts_with("---\nflow:\n  time: 1970-01-01T00:20:34.567800Z\n"),
+        "{out}"
+    );
     assert!(out.contains("  is_reply: false\n"), "{out}");
     let mut evil = hubble_flow();
     evil.summary = "\x1b[31mred\rx".into();

@@ -246,7 +246,8 @@ fn fraction(nanos: i32) -> String {
 /// protojson's Timestamp: `2024-05-01T10:00:00.123Z`.
 pub fn timestamp_string(seconds: i64, nanos: i32) -> Result<String, Error> {
     // protojson's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
-    if !(-62_135_596_800..=253_402_300_799).contains(&seconds) || !(0..1_000_000_000).contains(&nanos)
+    if !(-62_135_596_800..=253_402_300_799).contains(&seconds)
+        || !(0..1_000_000_000).contains(&nanos)
     {
         return Err(Error::OutOfRange(format!(
             "timestamp ({seconds}, {nanos}) out of range"
@@ -480,7 +481,10 @@ pub fn check_field_mask(full_name: &str, paths: &[String]) -> Result<(), String>
         let parts: Vec<&str> = path.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
             let field = desc.get_field_by_name(part).ok_or_else(|| {
-                format!("proto: invalid path {path:?} for message {:?}", root.full_name())
+                format!(
+                    "proto: invalid path {path:?} for message {:?}",
+                    root.full_name()
+                )
             })?;
             if i + 1 < parts.len() {
                 match field.kind() {
@@ -530,5 +534,47 @@ impl Json {
             }
         }
         Json::Object(kept)
+    }
+}
+
+/// A copy of `message` (of type `full_name`) with only the fields the mask's paths name, as
+/// Hubble's server applies `GetFlowsRequest.field_mask` (`fieldmask.Copy`); an empty mask
+/// keeps everything. Paths are checked first ([`check_field_mask`]).
+pub fn mask_message<M: prost::Message + Default>(
+    message: &M,
+    full_name: &str,
+    paths: &[String],
+) -> Result<M, String> {
+    if paths.is_empty() {
+        return M::decode(message.encode_to_vec().as_slice()).map_err(|e| e.to_string());
+    }
+    check_field_mask(full_name, paths)?;
+    let desc = pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| format!("unknown message type {full_name}"))?;
+    let mut dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
+        .map_err(|e| e.to_string())?;
+    let parts: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
+    keep_fields(
+        &mut dynamic,
+        &parts.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+    );
+    dynamic.transcode_to::<M>().map_err(|e| e.to_string())
+}
+
+fn keep_fields(message: &mut DynamicMessage, paths: &[&[&str]]) {
+    for field in declared_fields(message) {
+        let below: Vec<&[&str]> = paths
+            .iter()
+            .filter(|p| p.first() == Some(&field.name()))
+            .map(|p| &p[1..])
+            .collect();
+        if below.is_empty() {
+            message.clear_field(&field);
+        } else if !below.iter().any(|p| p.is_empty()) && message.has_field(&field) {
+            if let Value::Message(inner) = message.get_field_mut(&field) {
+                keep_fields(inner, &below);
+            }
+        }
     }
 }

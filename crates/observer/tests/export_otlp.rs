@@ -187,14 +187,13 @@ async fn a_collector_that_is_away_costs_errors_not_the_observer() {
         Arc::clone(&stats),
     )
     .expect("sink");
-    let exporter =
-        export::spawn(
-            &o,
-            &ExportConfig::default(),
-            vec![Box::new(sink) as Box<dyn Sink>],
-            Arc::clone(&stats),
-        )
-        .expect("spawn");
+    let exporter = export::spawn(
+        &o,
+        &ExportConfig::default(),
+        vec![Box::new(sink) as Box<dyn Sink>],
+        Arc::clone(&stats),
+    )
+    .expect("spawn");
     for _ in 0..100 {
         o.observe(&event(443));
     }

@@ -89,12 +89,54 @@ fn observer() -> Arc<Observer> {
         },
         Arc::new(store),
     ));
-    observer.observe(&event(EventKind::Trace, 5, "10.200.0.2", "10.200.0.3", 80, "new"));
-    observer.observe(&event(EventKind::Trace, 0, "10.200.0.3", "10.200.0.2", 80, "reply"));
-    observer.observe(&event(EventKind::Drop, 133, "10.200.0.2", "192.0.2.9", 443, "new"));
-    observer.observe(&event(EventKind::Drop, 158, "10.200.0.2", "10.96.0.10", 80, ""));
-    observer.observe(&event(EventKind::PolicyVerdict, 0, "10.200.0.2", "10.200.0.3", 80, "new"));
-    observer.observe(&event(EventKind::Trace, 0, "10.200.0.2", "10.96.0.10", 80, "new"));
+    observer.observe(&event(
+        EventKind::Trace,
+        5,
+        "10.200.0.2",
+        "10.200.0.3",
+        80,
+        "new",
+    ));
+    observer.observe(&event(
+        EventKind::Trace,
+        0,
+        "10.200.0.3",
+        "10.200.0.2",
+        80,
+        "reply",
+    ));
+    observer.observe(&event(
+        EventKind::Drop,
+        133,
+        "10.200.0.2",
+        "192.0.2.9",
+        443,
+        "new",
+    ));
+    observer.observe(&event(
+        EventKind::Drop,
+        158,
+        "10.200.0.2",
+        "10.96.0.10",
+        80,
+        "",
+    ));
+    observer.observe(&event(
+        EventKind::PolicyVerdict,
+        0,
+        "10.200.0.2",
+        "10.200.0.3",
+        80,
+        "new",
+    ));
+    observer.observe(&event(
+        EventKind::Trace,
+        0,
+        "10.200.0.2",
+        "10.96.0.10",
+        80,
+        "new",
+    ));
     use L7RecordType::{Request, Response};
     for (kind, code, latency) in [(Request, 0, 0), (Response, 200, 3_250_000)] {
         observer.observe_http(&HttpRecord {

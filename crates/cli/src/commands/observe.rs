@@ -61,7 +61,12 @@ pub struct ObserveArgs {
     /// Time format of compact, dict and table output: StampMilli, RFC3339, RFC3339Milli,
     /// RFC3339Micro, RFC3339Nano, RFC1123Z, YearMonthDay, YearMonthDayHour,
     /// YearMonthDayHourMinute.
-    #[arg(long, value_name = "FORMAT", default_value = "StampMilli", help_heading = "Formatting")]
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "StampMilli",
+        help_heading = "Formatting"
+    )]
     pub time_format: String,
     /// Display all information in numeric form (IPs, not pod, Service or DNS names).
     #[arg(long, help_heading = "Formatting")]
@@ -88,16 +93,31 @@ pub struct ObserveArgs {
     #[arg(long, id = "node-name", value_name = "NAME", help_heading = "Filters")]
     pub node_name: Vec<String>,
     /// Flows observed on nodes matching the given label selector (e.g. "key1=value1").
-    #[arg(long, id = "node-label", value_name = "SELECTOR", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "node-label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
     pub node_label: Vec<String>,
     /// Flows from endpoints in the given cluster.
-    #[arg(long, id = "from-cluster", value_name = "CLUSTER", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "from-cluster",
+        value_name = "CLUSTER",
+        help_heading = "Filters"
+    )]
     pub from_cluster: Vec<String>,
     /// Flows from or to endpoints in the given clusters (e.g. "test-cluster", "prod-*").
     #[arg(long, id = "cluster", value_name = "CLUSTER", help_heading = "Filters")]
     pub cluster: Vec<String>,
     /// Flows to endpoints in the given cluster.
-    #[arg(long, id = "to-cluster", value_name = "CLUSTER", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "to-cluster",
+        value_name = "CLUSTER",
+        help_heading = "Filters"
+    )]
     pub to_cluster: Vec<String>,
     /// L4/L7 protocol: tcp, udp, icmp, sctp, http, dns, kafka.
     #[arg(long, id = "protocol", value_name = "PROTO", help_heading = "Filters")]
@@ -107,19 +127,40 @@ pub struct ObserveArgs {
     pub tcp_flags: Vec<String>,
     /// Event type TYPE[:SUBTYPE] (trace, drop, l7, policy-verdict, capture, trace-sock, or a
     /// number; trace subtypes by name: trace:to-endpoint). See below.
-    #[arg(short = 't', long = "type", id = "type", value_name = "TYPE", help_heading = "Filters")]
+    #[arg(
+        short = 't',
+        long = "type",
+        id = "type",
+        value_name = "TYPE",
+        help_heading = "Filters"
+    )]
     pub kind: Vec<String>,
     /// Verdict: FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED, TRANSLATED.
     #[arg(long, id = "verdict", value_name = "VERDICT", help_heading = "Filters")]
     pub verdict: Vec<String>,
     /// Drop reason (e.g. "POLICY_DENIED", "UNSUPPORTED_L3_PROTOCOL").
-    #[arg(long, id = "drop-reason-desc", value_name = "REASON", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "drop-reason-desc",
+        value_name = "REASON",
+        help_heading = "Filters"
+    )]
     pub drop_reason_desc: Vec<String>,
     /// HTTP status code prefix (e.g. "404", "5+").
-    #[arg(long, id = "http-status", value_name = "CODE", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "http-status",
+        value_name = "CODE",
+        help_heading = "Filters"
+    )]
     pub http_status: Vec<String>,
     /// HTTP method (e.g. "get", "post").
-    #[arg(long, id = "http-method", value_name = "METHOD", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "http-method",
+        value_name = "METHOD",
+        help_heading = "Filters"
+    )]
     pub http_method: Vec<String>,
     /// HTTP path regular expression (e.g. "/page/\\d+").
     #[arg(long, id = "http-path", value_name = "REGEX", help_heading = "Filters")]
@@ -128,7 +169,12 @@ pub struct ObserveArgs {
     #[arg(long, id = "http-url", value_name = "REGEX", help_heading = "Filters")]
     pub http_url: Vec<String>,
     /// HTTP header key:value pair (e.g. "foo:bar").
-    #[arg(long, id = "http-header", value_name = "KEY:VALUE", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "http-header",
+        value_name = "KEY:VALUE",
+        help_heading = "Filters"
+    )]
     pub http_header: Vec<String>,
     /// Trace ID (of L7 flows).
     #[arg(long, id = "trace-id", value_name = "ID", help_heading = "Filters")]
@@ -164,7 +210,12 @@ pub struct ObserveArgs {
     #[arg(short = '6', long, id = "ipv6", action = ArgAction::Count, help_heading = "Filters")]
     pub ipv6: u8,
     /// Only IPv4, IPv6 or non-IP flows ("v4", "v6", "none").
-    #[arg(long, id = "ip-version", value_name = "VERSION", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "ip-version",
+        value_name = "VERSION",
+        help_heading = "Filters"
+    )]
     pub ip_version: Vec<String>,
     /// Flows from the given pod name prefix ([namespace/]name; namespace "default" if none).
     #[arg(long, id = "from-pod", value_name = "POD", help_heading = "Filters")]
@@ -176,10 +227,21 @@ pub struct ObserveArgs {
     #[arg(long, id = "to-pod", value_name = "POD", help_heading = "Filters")]
     pub to_pod: Vec<String>,
     /// Flows from the given namespace.
-    #[arg(long, id = "from-namespace", value_name = "NS", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "from-namespace",
+        value_name = "NS",
+        help_heading = "Filters"
+    )]
     pub from_namespace: Vec<String>,
     /// Flows from or to the given namespace.
-    #[arg(short = 'n', long, id = "namespace", value_name = "NS", help_heading = "Filters")]
+    #[arg(
+        short = 'n',
+        long,
+        id = "namespace",
+        value_name = "NS",
+        help_heading = "Filters"
+    )]
     pub namespace: Vec<String>,
     /// Flows to the given namespace.
     #[arg(long, id = "to-namespace", value_name = "NS", help_heading = "Filters")]
@@ -194,16 +256,37 @@ pub struct ObserveArgs {
     #[arg(long, id = "to-all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
     pub to_all_namespaces: u8,
     /// Flows from an endpoint with the given labels (e.g. "key1=value1", "reserved:world").
-    #[arg(long, id = "from-label", value_name = "SELECTOR", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "from-label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
     pub from_label: Vec<String>,
     /// Flows from or to an endpoint with the given labels.
-    #[arg(short = 'l', long, id = "label", value_name = "SELECTOR", help_heading = "Filters")]
+    #[arg(
+        short = 'l',
+        long,
+        id = "label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
     pub label: Vec<String>,
     /// Flows to an endpoint with the given labels.
-    #[arg(long, id = "to-label", value_name = "SELECTOR", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "to-label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
     pub to_label: Vec<String>,
     /// Flows from the given Service name prefix ([namespace/]name).
-    #[arg(long, id = "from-service", value_name = "SVC", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "from-service",
+        value_name = "SVC",
+        help_heading = "Filters"
+    )]
     pub from_service: Vec<String>,
     /// Flows from or to the given Service name prefix.
     #[arg(long, id = "service", value_name = "SVC", help_heading = "Filters")]
@@ -221,16 +304,36 @@ pub struct ObserveArgs {
     #[arg(long, id = "to-port", value_name = "PORT", help_heading = "Filters")]
     pub to_port: Vec<String>,
     /// Flows from an endpoint of the given workload ([kind/]name).
-    #[arg(long, id = "from-workload", value_name = "WORKLOAD", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "from-workload",
+        value_name = "WORKLOAD",
+        help_heading = "Filters"
+    )]
     pub from_workload: Vec<String>,
     /// Flows from or to an endpoint of the given workload.
-    #[arg(long, id = "workload", value_name = "WORKLOAD", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "workload",
+        value_name = "WORKLOAD",
+        help_heading = "Filters"
+    )]
     pub workload: Vec<String>,
     /// Flows to an endpoint of the given workload.
-    #[arg(long, id = "to-workload", value_name = "WORKLOAD", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "to-workload",
+        value_name = "WORKLOAD",
+        help_heading = "Filters"
+    )]
     pub to_workload: Vec<String>,
     /// Flows from the given security identity (a number or a reserved name: world, host...).
-    #[arg(long, id = "from-identity", value_name = "ID", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "from-identity",
+        value_name = "ID",
+        help_heading = "Filters"
+    )]
     pub from_identity: Vec<String>,
     /// Flows from or to the given security identity.
     #[arg(long, id = "identity", value_name = "ID", help_heading = "Filters")]
@@ -239,10 +342,20 @@ pub struct ObserveArgs {
     #[arg(long, id = "to-identity", value_name = "ID", help_heading = "Filters")]
     pub to_identity: Vec<String>,
     /// Flows in the given traffic direction (ingress or egress).
-    #[arg(long, id = "traffic-direction", value_name = "DIR", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "traffic-direction",
+        value_name = "DIR",
+        help_heading = "Filters"
+    )]
     pub traffic_direction: Vec<String>,
     /// Flows matching the given CEL expression.
-    #[arg(long, id = "cel-expression", value_name = "EXPR", help_heading = "Filters")]
+    #[arg(
+        long,
+        id = "cel-expression",
+        value_name = "EXPR",
+        help_heading = "Filters"
+    )]
     pub cel_expression: Vec<String>,
     /// Flows observed at the given interface name (e.g. eth0).
     #[arg(long, id = "interface", value_name = "NAME", help_heading = "Filters")]
@@ -486,14 +599,14 @@ pub fn printer_options(format: Format, args: &ObserveArgs) -> anyhow::Result<Opt
     let output = match format {
         Format::Compact => Output::Compact,
         Format::Dict => Output::Dict,
-        Format::Json if args.compat.iter().any(|c| c == "legacy-json-output") => {
-            Output::JsonLegacy
-        }
+        Format::Json if args.compat.iter().any(|c| c == "legacy-json-output") => Output::JsonLegacy,
         Format::Json | Format::Jsonpb | Format::Jsonpath(_) => Output::JsonPb,
         Format::Yaml => Output::Yaml,
         Format::Table => {
             if args.follow {
-                return Err(anyhow!("table output format is not compatible with follow mode"));
+                return Err(anyhow!(
+                    "table output format is not compatible with follow mode"
+                ));
             }
             Output::Table
         }

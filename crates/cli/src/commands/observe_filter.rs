@@ -422,8 +422,12 @@ impl FilterBuilder {
             return Err("trailing --not found in the arguments".to_owned());
         }
         Ok((
-            self.whitelist.map(Tracker::flow_filters).unwrap_or_default(),
-            self.blacklist.map(Tracker::flow_filters).unwrap_or_default(),
+            self.whitelist
+                .map(Tracker::flow_filters)
+                .unwrap_or_default(),
+            self.blacklist
+                .map(Tracker::flow_filters)
+                .unwrap_or_default(),
         ))
     }
 }

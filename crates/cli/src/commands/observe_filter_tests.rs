@@ -143,7 +143,11 @@ fn types_and_sub_types_by_name_or_number() {
             t(1, Some(133)),
         ]
     );
-    for bad in ["some-invalid-type", "trace:some-invalid-sub-type", "agent:Policy updated"] {
+    for bad in [
+        "some-invalid-type",
+        "trace:some-invalid-sub-type",
+        "agent:Policy updated",
+    ] {
         assert!(build(&[("type", bad)]).is_err(), "{bad}");
     }
 }
@@ -169,8 +173,12 @@ fn conflicts_and_bad_values_are_refused_as_hubble_refuses_them() {
         assert!(build(&[(a, "foo"), (b, "bar")]).is_err(), "{a} {b}");
     }
     // The same flag on both lists is no conflict.
-    build(&[("to-service", "foo"), ("from-service", "bar"), ("from-identity", "world")])
-        .unwrap();
+    build(&[
+        ("to-service", "foo"),
+        ("from-service", "bar"),
+        ("from-identity", "world"),
+    ])
+    .unwrap();
     assert_eq!(
         build(&[("from-ip", "1.2.3.4"), ("not", "true")]).unwrap_err(),
         "trailing --not found in the arguments"
@@ -179,7 +187,9 @@ fn conflicts_and_bad_values_are_refused_as_hubble_refuses_them() {
         build(&[("not", "true"), ("not", "true")]).unwrap_err(),
         "consecutive --not statements"
     );
-    assert!(build(&[("verdict", "MAYBE")]).unwrap_err().contains("invalid --verdict value"));
+    assert!(build(&[("verdict", "MAYBE")])
+        .unwrap_err()
+        .contains("invalid --verdict value"));
     assert!(build(&[("identity", "nobody")])
         .unwrap_err()
         .contains("invalid security identity"));
@@ -190,7 +200,9 @@ fn conflicts_and_bad_values_are_refused_as_hubble_refuses_them() {
     assert!(build(&[("traffic-direction", "Sideways")])
         .unwrap_err()
         .starts_with("sideways: invalid traffic direction"));
-    assert!(build(&[("http-header", "no-colon")]).unwrap_err().contains("expected name:value"));
+    assert!(build(&[("http-header", "no-colon")])
+        .unwrap_err()
+        .contains("expected name:value"));
 }
 
 #[test]
@@ -211,12 +223,7 @@ fn namespaces_fold_into_pod_and_service_filters() {
         ]
     );
     // Pod names get the namespace; services too.
-    let (allow, _) = build(&[
-        ("pod", "blib"),
-        ("namespace", "test"),
-        ("service", "bar"),
-    ])
-    .unwrap();
+    let (allow, _) = build(&[("pod", "blib"), ("namespace", "test"), ("service", "bar")]).unwrap();
     assert_eq!(allow[0].source_pod, vec!["test/blib"]);
     assert_eq!(allow[0].source_service, vec!["test/bar"]);
     assert_eq!(allow[1].destination_pod, vec!["test/blib"]);

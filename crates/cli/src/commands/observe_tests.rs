@@ -18,7 +18,11 @@ fn req(args: &[&str]) -> anyhow::Result<GetFlowsRequest> {
     let mut all = vec!["ciliate", "observe"];
     all.extend_from_slice(args);
     let (a, argv) = parse(&all);
-    request(&a, &argv, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+    request(
+        &a,
+        &argv,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+    )
 }
 
 #[test]
@@ -55,7 +59,17 @@ fn flags_become_hubble_filters_in_command_line_order() {
     assert_eq!(r.blacklist[0].destination_identity, vec![2]);
 
     // `--not` negates the flag right after it, wherever the others stand.
-    let r = req(&["-n", "prod", "--not", "--verdict", "FORWARDED", "--last", "5", "-f"]).unwrap();
+    let r = req(&[
+        "-n",
+        "prod",
+        "--not",
+        "--verdict",
+        "FORWARDED",
+        "--last",
+        "5",
+        "-f",
+    ])
+    .unwrap();
     assert_eq!((r.number, r.follow), (5, true));
     assert_eq!(r.whitelist.len(), 2);
     assert_eq!(r.whitelist[0].source_pod, vec!["prod/"]);
@@ -98,7 +112,10 @@ fn selectors_as_hubble_sets_them() {
         assert!(req(bad).is_err(), "{bad:?}");
     }
     let e = req(&["--http-header", "no-colon"]).unwrap_err().to_string();
-    assert!(e.contains("--http-header") && e.contains("name:value"), "{e}");
+    assert!(
+        e.contains("--http-header") && e.contains("name:value"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -152,8 +169,8 @@ fn l7_flags_and_raw_filters() {
         raw_filters_yaml(&r).unwrap().lines().next(),
         Some("allowlist:")
     );
-    let yaml = raw_filters_yaml(&req(&["--from-pod", "x", "--not", "--to-port", "53"]).unwrap())
-        .unwrap();
+    let yaml =
+        raw_filters_yaml(&req(&["--from-pod", "x", "--not", "--to-port", "53"]).unwrap()).unwrap();
     assert_eq!(
         yaml,
         "allowlist:\n- '{\"source_pod\":[\"x\"]}'\ndenylist:\n- '{\"destination_port\":[\"53\"]}'\n"
@@ -217,15 +234,29 @@ fn l7_flows_print_as_hubble_prints_them() {
         "Nov 14 22:13:20.123: default/client:40000 (ID:301) <- default/web-0:80 (ID:302) \
          http-response FORWARDED (HTTP/1.1 200 12ms (GET http://web/api?a=1&b=<2>))\n"
     );
-    assert!(rendered(Format::Compact, &["--print-node-name", "--numeric"])
-        .starts_with("Nov 14 22:13:20.123 [node-1]: 10.0.0.2:40000 (ID:301) <- 10.0.0.3:80"));
+    assert!(
+        rendered(Format::Compact, &["--print-node-name", "--numeric"])
+            .starts_with("Nov 14 22:13:20.123 [node-1]: 10.0.0.2:40000 (ID:301) <- 10.0.0.3:80")
+    );
     let table = rendered(Format::Table, &[]);
-    assert!(table.starts_with("TIMESTAMP             SOURCE             DESTINATION            TYPE "), "{table}");
+    assert!(
+        table.starts_with("TIMESTAMP             SOURCE             DESTINATION            TYPE "),
+        "{table}"
+    );
     let json = rendered(Format::Json, &[]);
     // Hubble's JSON: the response around the flow, proto field names, HTML-safe escapes.
-    assert!(json.starts_with("{\"flow\":{\"time\":\"2023-11-14T22:13:20.123Z\","), "{json}");
-    assert!(json.contains("\"url\":\"http://web/api?a=1\\u0026b=\\u003c2\\u003e\""), "{json}");
-    assert!(json.ends_with("\"node_name\":\"node-1\",\"time\":\"2023-11-14T22:13:20.123Z\"}\n"), "{json}");
+    assert!(
+        json.starts_with("{\"flow\":{\"time\":\"2023-11-14T22:13:20.123Z\","),
+        "{json}"
+    );
+    assert!(
+        json.contains("\"url\":\"http://web/api?a=1\\u0026b=\\u003c2\\u003e\""),
+        "{json}"
+    );
+    assert!(
+        json.ends_with("\"node_name\":\"node-1\",\"time\":\"2023-11-14T22:13:20.123Z\"}\n"),
+        "{json}"
+    );
     assert_eq!(rendered(Format::Jsonpb, &[]), json);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["flow"]["source"]["pod_name"], "web-0");
@@ -235,8 +266,12 @@ fn l7_flows_print_as_hubble_prints_them() {
     let legacy = rendered(Format::Json, &["--compat", "legacy-json-output"]);
     assert!(legacy.starts_with("{\"time\":"), "{legacy}");
     let yaml = rendered(Format::Yaml, &[]);
-    assert!(yaml.starts_with("---\nflow:\n  time: 2023-11-14T22:13:20.123Z\n"), "{yaml}");
-    assert!(rendered(Format::Dict, &[]).starts_with("  TIMESTAMP: Nov 14 22:13:20.123\n     SOURCE: default/web-0:80\n"));
+    assert!(
+        yaml.starts_with("---\nflow:\n  time: 2023-11-14T22:13:20.123Z\n"),
+        "{yaml}"
+    );
+    assert!(rendered(Format::Dict, &[])
+        .starts_with("  TIMESTAMP: Nov 14 22:13:20.123\n     SOURCE: default/web-0:80\n"));
     assert_eq!(
         rendered(Format::Jsonpath("{.flow.source.pod_name}"), &[]),
         "web-0\n"
