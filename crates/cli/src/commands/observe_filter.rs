@@ -495,9 +495,12 @@ fn set(f: &mut Tracker, name: &str, val: &str) -> Result<(), String> {
         "trace-id" => f.apply(|f| push(&mut f.trace_id, &v)),
         "verdict" => {
             // Hubble wants the exact enum name; any case is accepted here.
-            let verdict = Verdict::from_str_name(&val.to_ascii_uppercase())
-                .ok_or_else(|| format!("invalid --verdict value: {val}"))?
-                as i32;
+            let verdict = Verdict::from_str_name(&val.to_ascii_uppercase()).ok_or_else(|| {
+                format!(
+                    "invalid --verdict value: {val} (expected FORWARDED, DROPPED, ERROR, \
+                         AUDIT, REDIRECTED, TRACED or TRANSLATED)"
+                )
+            })? as i32;
             f.apply(|f| f.verdict.push(verdict));
         }
         "http-status" => f.apply(|f| push(&mut f.http_status_code, &v)),
