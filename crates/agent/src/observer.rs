@@ -253,6 +253,9 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
                 labels: ep.labels.iter().map(|l| l.to_string()).collect(),
             },
         );
+        if ep.host_ifindex != 0 {
+            s.interfaces.insert(ep.host_ifindex, ep.host_ifname.clone());
+        }
     }
     for id in manager.identities() {
         s.identities
@@ -292,6 +295,10 @@ impl ciliate_observer::Store for AgentNames {
         self.local
             .identity_labels(identity)
             .or_else(|| self.cluster.identity_labels(identity))
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.local.interface_name(ifindex)
     }
 
     fn service_by_frontend(

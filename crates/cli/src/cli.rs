@@ -291,6 +291,23 @@ pub enum Command {
     )]
     Observe(Box<crate::commands::observe::ObserveArgs>),
 
+    /// Serve the service map in a browser: workloads, Services and their connections, live
+    #[command(
+        long_about = "Serve the service map (what hubble-ui shows) from this process: \
+            namespaces as areas, workloads (pods grouped by their app labels, with their \
+            identities) and Services as boxes, connections with protocol, port, verdict, rate \
+            and HTTP requests, dropped ones in red, and a flow table with the filters of \
+            `ciliate observe`, updated live. Flows come from an Observer: --server (the relay, \
+            host:port), --hubble-socket (a node), or else the lab's node0, or else the \
+            hubble.sock beside --socket. The page and its assets are built into the binary.",
+        after_help = "Examples:\n  \
+            ciliate ui                                   # the lab's map on http://127.0.0.1:12000/\n  \
+            ciliate ui --server 127.0.0.1:4245 --open\n  \
+            ciliate ui --hubble-socket /var/run/ciliate/hubble.sock --address 0.0.0.0:12000\n  \
+            open http://127.0.0.1:12000/?namespace=demo&verdict=DROPPED"
+    )]
+    Ui(crate::commands::ui::UiArgs),
+
     /// Print the client's version, and the agent's when it is reachable
     #[command(
         long_about = "Print the client's version, and the agent's.\n\n\

@@ -180,6 +180,15 @@ fn l7_quick() {
 }
 
 #[test]
+fn ui_quick() {
+    privileged!();
+    if !installed("chromium", "bench/ui.sh") || !installed("curl", "bench/ui.sh") {
+        return;
+    }
+    quick("ui.sh");
+}
+
+#[test]
 fn dns_quick() {
     privileged!();
     if !installed("dnsperf", "bench/dns.sh") || !installed("dnsmasq", "bench/dns.sh") {

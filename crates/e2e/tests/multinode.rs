@@ -626,7 +626,7 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
             Some(id(dst)),
             "{f:#}"
         );
-        assert_eq!(f["node_name"], n1.name, "{f:#}");
+        assert_eq!(f["node_name"], format!("default/{}", n1.name), "{f:#}");
     }
 
     // Node 0: the same connection handed to the overlay.

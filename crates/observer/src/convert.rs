@@ -7,8 +7,8 @@ use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
 
 use crate::proto::flow::{
     layer4, CiliumEventType, Endpoint, Flow, FlowType, IcmPv4, Ip, IpVersion, Layer4,
-    NetworkInterface, Service, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Udp,
-    Verdict,
+    NetworkInterface, Service, Tcp, TcpFlags, TraceObservationPoint, TraceReason, TrafficDirection,
+    Udp, Verdict,
 };
 use crate::store::{EndpointInfo, ServiceRef, Store};
 
@@ -105,7 +105,7 @@ pub(crate) fn endpoint(
                 namespace,
                 labels,
                 pod_name,
-                workloads: Vec::new(),
+                ..Endpoint::default()
             },
             Some(id),
         ),
@@ -143,7 +143,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     if ev.ifindex != 0 {
         flow.interface = Some(NetworkInterface {
             index: ev.ifindex,
-            name: String::new(),
+            name: store.interface_name(ev.ifindex).unwrap_or_default(),
         });
     }
     if let (Some(src), Some(dst)) = (ev.src, ev.dst) {
@@ -151,7 +151,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
             source: src.to_string(),
             destination: dst.to_string(),
             ip_version: IpVersion::IPv4 as i32,
-            encrypted: false,
+            ..Ip::default()
         });
     }
     let (ports, proto) = match &ev.l4 {
@@ -220,6 +220,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
         }
     }
     flow.is_reply = is_reply.map(|value| pbjson_types::BoolValue { value });
+    flow.summary = l34_summary(ev);
     flow.reply = is_reply == Some(true);
 
     // The reporting endpoint tells the direction when the observation point does not:
@@ -236,6 +237,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     match ev.kind {
         EventKind::Trace => {
             flow.verdict = Verdict::Forwarded as i32;
+            flow.trace_reason = trace_reason(&ev.ct_state) as i32;
             flow.trace_observation_point = observation_point(ev.code) as i32;
             flow.event_type = Some(CiliumEventType {
                 r#type: MESSAGE_TYPE_TRACE,
@@ -290,6 +292,118 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
         }
     }
     flow
+}
+
+/// Cilium's trace reason of a traced packet from its connection tracking state.
+fn trace_reason(ct_state: &str) -> TraceReason {
+    match ct_state {
+        "new" => TraceReason::New,
+        "established" => TraceReason::Established,
+        "reply" => TraceReason::Reply,
+        "related" => TraceReason::Related,
+        _ => TraceReason::Unknown,
+    }
+}
+
+/// Hubble's summary of an L3/L4 flow (what its compact output prints in parentheses): the
+/// innermost layer decoded, `TCP Flags: SYN, ACK` for TCP, `ICMPv4 EchoRequest` for ICMP.
+pub fn l34_summary(ev: &MonitorEvent) -> String {
+    match &ev.l4 {
+        Some(L4::Tcp { flags, .. }) => {
+            // gopacket's order, which Hubble's getTCPFlags follows.
+            let order = ["SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR", "NS"];
+            let set: Vec<&str> = order
+                .into_iter()
+                .filter(|f| flags.iter().any(|g| g == f))
+                .collect();
+            format!("TCP Flags: {}", set.join(", "))
+        }
+        Some(L4::Udp { .. }) => "UDP".to_owned(),
+        Some(L4::Icmp { r#type, code }) => format!("ICMPv4 {}", icmpv4_type_code(*r#type, *code)),
+        Some(L4::Other { proto: 132 }) => "SCTP".to_owned(),
+        Some(L4::Other { .. }) | None if ev.src.is_some() => "IPv4".to_owned(),
+        _ => match ev.ethertype {
+            0x0806 => "ARP".to_owned(),
+            0x86dd => "IPv6".to_owned(),
+            _ => "Ethernet".to_owned(),
+        },
+    }
+}
+
+/// gopacket's `ICMPv4TypeCode.String()`, as Hubble's summaries print it.
+fn icmpv4_type_code(t: u8, c: u8) -> String {
+    let (name, codes): (&str, &[&str]) = match t {
+        0 => ("EchoReply", &[]),
+        3 => (
+            "DestinationUnreachable",
+            &[
+                "Net",
+                "Host",
+                "Protocol",
+                "Port",
+                "FragmentationNeeded",
+                "SourceRoutingFailed",
+                "NetUnknown",
+                "HostUnknown",
+                "SourceIsolated",
+                "NetAdminProhibited",
+                "HostAdminProhibited",
+                "NetTOS",
+                "HostTOS",
+                "CommAdminProhibited",
+                "HostPrecedence",
+                "PrecedenceCutoff",
+            ],
+        ),
+        4 => ("SourceQuench", &[]),
+        5 => ("Redirect", &["Network", "Host", "TOS+Network", "TOS+Host"]),
+        8 => ("EchoRequest", &[]),
+        9 => ("RouterAdvertisement", &[]),
+        10 => ("RouterSolicitation", &[]),
+        11 => (
+            "TimeExceeded",
+            &["TTLExceeded", "FragmentReassemblyTimeExceeded"],
+        ),
+        12 => (
+            "ParameterProblem",
+            &["PointerIndicatesError", "MissingOption", "BadLength"],
+        ),
+        13 => ("Timestamp", &[]),
+        14 => ("TimestampReply", &[]),
+        15 => ("InfoRequest", &[]),
+        16 => ("InfoReply", &[]),
+        17 => ("AddressMaskRequest", &[]),
+        18 => ("AddressMaskReply", &[]),
+        _ => return format!("{t}({c})"),
+    };
+    match codes.get(usize::from(c)) {
+        None if codes.is_empty() && c == 0 => name.to_owned(),
+        Some(code) => format!("{name}({code})"),
+        None => format!("{name}(Code: {c})"),
+    }
+}
+
+/// What every flow gets once made, whatever made it (datapath or proxy): a unique id (a
+/// time-ordered v7 UUID, as Hubble's are unique per flow) and, on the endpoints that belong
+/// to the cluster (a pod's, or a node's own), the cluster's name.
+pub fn finish_flow(flow: &mut Flow, cluster: &str) {
+    if flow.uuid.is_empty() {
+        flow.uuid = uuid::Uuid::now_v7().to_string();
+    }
+    for ep in [flow.source.as_mut(), flow.destination.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if ep.cluster_name.is_empty() && in_cluster(ep) {
+            ep.cluster_name = cluster.to_owned();
+        }
+    }
+}
+
+/// Whether an endpoint is the cluster's: a pod, or one of its reserved host/remote-node
+/// identities (1 host, 6 remote-node), not the world outside it.
+fn in_cluster(ep: &Endpoint) -> bool {
+    !ep.namespace.is_empty() || !ep.pod_name.is_empty() || matches!(ep.identity, 1 | 6)
 }
 
 #[cfg(test)]

@@ -329,3 +329,90 @@ fn unknown_endpoints_keep_their_numbers() {
     assert_eq!((src.identity, src.pod_name.as_str(), src.id), (256, "", 0));
     let _ = LostEventSource::ObserverEventsQueue;
 }
+
+#[test]
+fn summaries_read_as_hubbles() {
+    let mut ev = trace_event();
+    ev.l4 = Some(L4::Tcp {
+        sport: 1,
+        dport: 2,
+        flags: vec!["ACK".into(), "SYN".into()],
+    });
+    assert_eq!(l34_summary(&ev), "TCP Flags: SYN, ACK");
+    ev.l4 = Some(L4::Udp {
+        sport: 1,
+        dport: 53,
+    });
+    assert_eq!(l34_summary(&ev), "UDP");
+    ev.l4 = Some(L4::Icmp { r#type: 8, code: 0 });
+    assert_eq!(l34_summary(&ev), "ICMPv4 EchoRequest");
+    ev.l4 = Some(L4::Icmp { r#type: 3, code: 3 });
+    assert_eq!(l34_summary(&ev), "ICMPv4 DestinationUnreachable(Port)");
+    ev.l4 = Some(L4::Icmp { r#type: 0, code: 7 });
+    assert_eq!(l34_summary(&ev), "ICMPv4 EchoReply(Code: 7)");
+    ev.l4 = Some(L4::Icmp {
+        r#type: 99,
+        code: 1,
+    });
+    assert_eq!(l34_summary(&ev), "ICMPv4 99(1)");
+    ev.l4 = Some(L4::Other { proto: 47 });
+    assert_eq!(l34_summary(&ev), "IPv4");
+    ev.l4 = None;
+    ev.src = None;
+    ev.ethertype = 0x0806;
+    assert_eq!(l34_summary(&ev), "ARP");
+    let f = to_flow(&trace_event(), &store(), "node-a");
+    assert_eq!(f.summary, "TCP Flags: SYN");
+}
+
+#[test]
+fn traces_carry_their_reason_and_interface_name() {
+    let mut s = store();
+    s.interfaces.insert(42, "lxc1234".into());
+    let f = to_flow(&trace_event(), &s, "node-a");
+    assert_eq!(f.trace_reason, TraceReason::New as i32);
+    assert_eq!(
+        f.interface,
+        Some(NetworkInterface {
+            index: 42,
+            name: "lxc1234".into()
+        })
+    );
+    let mut ev = trace_event();
+    ev.ct_state = "reply".into();
+    assert_eq!(
+        to_flow(&ev, &store(), "n").trace_reason,
+        TraceReason::Reply as i32
+    );
+    ev.kind = EventKind::Drop;
+    assert_eq!(to_flow(&ev, &store(), "n").trace_reason, 0, "only traces");
+}
+
+#[test]
+fn finished_flows_have_a_uuid_and_cluster_names_on_cluster_endpoints() {
+    let mut a = to_flow(&trace_event(), &store(), "default/node-a");
+    let mut b = a.clone();
+    finish_flow(&mut a, "prod-cluster");
+    finish_flow(&mut b, "prod-cluster");
+    let id = uuid::Uuid::parse_str(&a.uuid).expect("uuid");
+    assert_eq!(id.get_version_num(), 7);
+    assert_ne!(a.uuid, b.uuid);
+    assert_eq!(
+        a.source.as_ref().map(|e| e.cluster_name.as_str()),
+        Some("prod-cluster")
+    );
+    // The world is no endpoint of the cluster.
+    let mut ev = trace_event();
+    ev.dst = Some(Ipv4Addr::new(1, 1, 1, 1));
+    ev.dst_identity = 2;
+    let mut w = to_flow(&ev, &store(), "n");
+    finish_flow(&mut w, "default");
+    assert_eq!(
+        w.destination.as_ref().map(|e| e.cluster_name.as_str()),
+        Some("")
+    );
+    // A uuid already set is kept.
+    let kept = a.uuid.clone();
+    finish_flow(&mut a, "x");
+    assert_eq!(a.uuid, kept);
+}

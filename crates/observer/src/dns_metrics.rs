@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(dns, want);
         // Flows processed name the L7 protocol as Hubble's subtype.
         assert!(m.render().contains(
-            r#"hubble_flows_processed_total{type="L7",subtype="DNS",verdict="FORWARDED"} 4"#
+            r#"hubble_flows_processed_total{protocol="DNS",type="L7",subtype="DNS",verdict="FORWARDED"} 4"#
         ));
     }
 

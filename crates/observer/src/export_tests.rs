@@ -109,12 +109,13 @@ fn flows_are_written_as_hubble_json_lines_through_the_filters() {
         lines[0]
     );
     assert!(
-        lines[0].contains("\"source\":{\"ID\":1,\"identity\":256,\"namespace\":\"default\","),
+        lines[0].contains("\"source\":{\"ID\":1,\"identity\":256,\"cluster_name\":\"default\",\"namespace\":\"default\","),
         "{}",
         lines[0]
     );
     assert!(
-        lines[0].ends_with(",\"node_name\":\"node-1\",\"time\":\"2024-05-01T10:00:00.500Z\"}"),
+        lines[0]
+            .ends_with(",\"node_name\":\"default/node-1\",\"time\":\"2024-05-01T10:00:00.500Z\"}"),
         "{}",
         lines[0]
     );
@@ -132,7 +133,8 @@ fn flows_are_written_as_hubble_json_lines_through_the_filters() {
     );
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        assert_eq!(v["node_name"], "node-1");
+        // Node names carry the cluster, as Hubble's do.
+        assert_eq!(v["node_name"], "default/node-1");
     }
     assert_eq!(stats.exported.load(Ordering::Relaxed), 3);
     assert_eq!(stats.filtered.load(Ordering::Relaxed), 1);
@@ -150,7 +152,7 @@ fn the_field_mask_keeps_only_the_fields_named() {
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         "{\"flow\":{\"time\":\"2024-05-01T10:00:00.500Z\",\"verdict\":\"DROPPED\",\
-         \"source\":{\"pod_name\":\"client\"}},\"node_name\":\"node-1\",\
+         \"source\":{\"pod_name\":\"client\"}},\"node_name\":\"default/node-1\",\
          \"time\":\"2024-05-01T10:00:00.500Z\"}\n"
     );
 }

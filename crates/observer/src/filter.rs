@@ -11,7 +11,8 @@ use ipnet::IpNet;
 
 use crate::l7::MESSAGE_TYPE_ACCESS_LOG;
 use crate::proto::flow::{
-    layer4, layer7, Endpoint, EventTypeFilter, Flow, FlowFilter, Service, TcpFlags,
+    layer4, layer7, Endpoint, EventTypeFilter, Flow, FlowFilter, NetworkInterface, Service,
+    TcpFlags, Verdict,
 };
 
 /// Why a filter was refused.
@@ -66,7 +67,8 @@ impl FlowFilters {
     }
 }
 
-/// `namespace/name-prefix`, `name-prefix` (any namespace) or `namespace/` (all of it).
+/// Hubble's `k8s.ParseNamespaceName`: `namespace/name-prefix`, `name-prefix` (in namespace
+/// `default`), `namespace/` (all of it) or `/name-prefix` (any namespace).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NamespacedPrefix {
     namespace: Option<String>,
@@ -74,17 +76,20 @@ struct NamespacedPrefix {
 }
 
 impl NamespacedPrefix {
-    fn parse(s: &str) -> Self {
-        match s.split_once('/') {
-            Some((ns, prefix)) => Self {
-                namespace: Some(ns.to_owned()),
-                prefix: prefix.to_owned(),
-            },
-            None => Self {
-                namespace: None,
-                prefix: s.to_owned(),
-            },
+    fn parse(field: &'static str, s: &str) -> Result<Self, FilterError> {
+        if s.is_empty() {
+            return Err(bad(field, s, "name must not be empty"));
         }
+        let mut parts = s.split('/');
+        let first = parts.next().unwrap_or_default();
+        let (ns, prefix) = match parts.next() {
+            Some(prefix) => (first, prefix),
+            None => ("default", first),
+        };
+        Ok(Self {
+            namespace: (!ns.is_empty()).then(|| ns.to_owned()),
+            prefix: prefix.to_owned(),
+        })
     }
 
     fn matches(&self, namespace: &str, name: &str) -> bool {
@@ -216,35 +221,80 @@ impl Selector {
     }
 }
 
-fn parse_net(field: &'static str, s: &str) -> Result<IpNet, FilterError> {
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net);
-    }
-    s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-        bad(
-            field,
-            s,
-            "expected an IP address or a CIDR, e.g. 10.0.0.1 or 10.0.0.0/24",
-        )
-    })
-}
-
 fn parse_port(field: &'static str, s: &str) -> Result<u32, FilterError> {
     s.parse::<u16>()
         .map(u32::from)
         .map_err(|_| bad(field, s, "expected a port number 0-65535"))
 }
 
-/// A `*` glob (Hubble's node name patterns).
-fn glob(pattern: &str, s: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == s,
-        Some((head, tail)) => {
-            s.starts_with(head)
-                && (0..=s.len() - head.len())
-                    .any(|i| s.is_char_boundary(head.len() + i) && glob(tail, &s[head.len() + i..]))
+/// An FQDN, underscores included (Hubble's `fqdnRegexpStr`).
+const FQDN_REGEX: &str = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)";
+
+/// Hubble's `appendFQDNPatternRegexp`: a lower-cased name where `*` is any run of name
+/// characters.
+fn fqdn_pattern_regex(out: &mut String, pattern: &str) -> Result<(), String> {
+    let p = pattern.trim();
+    let p = p.strip_suffix('.').unwrap_or(p).to_lowercase();
+    if p.is_empty() {
+        return Err("empty pattern".to_owned());
+    }
+    if p.ends_with('.') {
+        return Err("multiple trailing dots in pattern".to_owned());
+    }
+    for c in p.chars() {
+        match c {
+            '.' => out.push_str(r"\."),
+            '*' => out.push_str("[-.0-9a-z]*"),
+            '-' | '_' | '0'..='9' | 'a'..='z' => out.push(c),
+            _ => return Err(format!("{c:?}: invalid rune in pattern")),
         }
     }
+    Ok(())
+}
+
+/// Hubble's `compileFQDNPattern`: the patterns as one anchored regex.
+fn fqdn_regex(field: &'static str, patterns: &[String]) -> Result<regex::Regex, FilterError> {
+    let mut re = String::from(r"\A(?:");
+    for (i, p) in patterns.iter().enumerate() {
+        if i > 0 {
+            re.push('|');
+        }
+        fqdn_pattern_regex(&mut re, p).map_err(|e| bad(field, p, e))?;
+    }
+    re.push_str(r")\z");
+    regex::Regex::new(&re).map_err(|e| bad(field, &patterns.join(","), e.to_string()))
+}
+
+/// Hubble's `compileNodeNamePattern`: `cluster/node` patterns (either part may be empty or
+/// use `*`; without `/` the cluster is any) as one anchored regex.
+fn node_name_regex(patterns: &[String]) -> Result<regex::Regex, FilterError> {
+    let mut re = String::from(r"\A(?:");
+    for (i, p) in patterns.iter().enumerate() {
+        if i > 0 {
+            re.push('|');
+        }
+        if p.is_empty() {
+            return Err(bad("node_name", p, "empty pattern"));
+        }
+        let parts: Vec<&str> = p.split('/').collect();
+        let (cluster, node) = match parts.as_slice() {
+            [node] => ("", *node),
+            [cluster, node] => (*cluster, *node),
+            _ => return Err(bad("node_name", p, "too many slashes in pattern")),
+        };
+        for (j, part) in [cluster, node].into_iter().enumerate() {
+            if j == 1 {
+                re.push('/');
+            }
+            if part.is_empty() {
+                re.push_str(FQDN_REGEX);
+            } else {
+                fqdn_pattern_regex(&mut re, part).map_err(|e| bad("node_name", p, e))?;
+            }
+        }
+    }
+    re.push_str(r")\z");
+    regex::Regex::new(&re).map_err(|e| bad("node_name", &patterns.join(","), e.to_string()))
 }
 
 /// The flow's L7 protocol as `--protocol` names it.
@@ -263,6 +313,35 @@ fn flow_protocol(flow: &Flow) -> Option<&'static str> {
         layer4::Protocol::IcmPv4(_) => "icmpv4",
         layer4::Protocol::IcmPv6(_) => "icmpv6",
         layer4::Protocol::Sctp(_) => "sctp",
+    })
+}
+
+/// Hubble's IP filter values: an address (compared as the flow writes it) or a prefix.
+enum IpMatch {
+    Addr(String),
+    Net(IpNet),
+}
+
+fn parse_ip_match(field: &'static str, s: &str) -> Result<IpMatch, FilterError> {
+    if s.contains('/') {
+        s.parse::<IpNet>()
+            .map(IpMatch::Net)
+            .map_err(|_| bad(field, s, "not a valid CIDR, e.g. 10.0.0.0/24"))
+    } else {
+        s.parse::<IpAddr>()
+            .map(|_| IpMatch::Addr(s.to_owned()))
+            .map_err(|_| bad(field, s, "not a valid IP address, e.g. 10.0.0.1"))
+    }
+}
+
+fn ip_matches(want: &[IpMatch], have: &str) -> bool {
+    if have.is_empty() {
+        return false;
+    }
+    let parsed = have.parse::<IpAddr>().ok();
+    want.iter().any(|w| match w {
+        IpMatch::Addr(a) => a == have,
+        IpMatch::Net(n) => parsed.is_some_and(|ip| n.contains(&ip)),
     })
 }
 
@@ -320,48 +399,76 @@ fn svc(flow: &Flow, source: bool) -> Option<&Service> {
     }
 }
 
-fn ip_of(flow: &Flow, source: bool) -> Option<IpAddr> {
-    let ip = flow.ip.as_ref()?;
-    (if source { &ip.source } else { &ip.destination })
-        .parse()
-        .ok()
+/// The flow's source, destination or translated source address ("" when it has none).
+fn ip_str(flow: &Flow, which: IpSide) -> &str {
+    flow.ip.as_ref().map_or("", |ip| match which {
+        IpSide::Source => &ip.source,
+        IpSide::Destination => &ip.destination,
+        IpSide::SourceXlated => &ip.source_xlated,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum IpSide {
+    Source,
+    Destination,
+    SourceXlated,
 }
 
 impl Compiled {
     fn new(f: &FlowFilter) -> Result<Self, FilterError> {
         let mut checks: Vec<Check> = Vec::new();
-        for (source, values, field) in [
-            (true, &f.source_ip, "source_ip"),
-            (false, &f.destination_ip, "destination_ip"),
+        refuse_unsupported(f)?;
+        for (side, values, field) in [
+            (IpSide::Source, &f.source_ip, "source_ip"),
+            (IpSide::Destination, &f.destination_ip, "destination_ip"),
+            (
+                IpSide::SourceXlated,
+                &f.source_ip_xlated,
+                "source_ip_xlated",
+            ),
         ] {
             if !values.is_empty() {
-                let nets = values
+                let want = values
                     .iter()
-                    .map(|v| parse_net(field, v))
+                    .map(|v| parse_ip_match(field, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                checks.push(Box::new(move |fl| ip_matches(&want, ip_str(fl, side))));
+            }
+        }
+        for (source, values, field) in [
+            (true, &f.source_pod, "source_pod"),
+            (false, &f.destination_pod, "destination_pod"),
+        ] {
+            if !values.is_empty() {
+                let pats = values
+                    .iter()
+                    .map(|v| NamespacedPrefix::parse(field, v))
                     .collect::<Result<Vec<_>, _>>()?;
                 checks.push(Box::new(move |fl| {
-                    ip_of(fl, source).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+                    let (ns, name) = ep(fl, source)
+                        .map_or(("", ""), |e| (e.namespace.as_str(), e.pod_name.as_str()));
+                    pats.iter().any(|p| p.matches(ns, name))
                 }));
             }
         }
-        for (source, values) in [(true, &f.source_pod), (false, &f.destination_pod)] {
+        for (source, values, field) in [
+            (true, &f.source_service, "source_service"),
+            (false, &f.destination_service, "destination_service"),
+        ] {
             if !values.is_empty() {
-                let pats: Vec<_> = values.iter().map(|v| NamespacedPrefix::parse(v)).collect();
+                let pats = values
+                    .iter()
+                    .map(|v| NamespacedPrefix::parse(field, v))
+                    .collect::<Result<Vec<_>, _>>()?;
                 checks.push(Box::new(move |fl| {
-                    ep(fl, source)
-                        .is_some_and(|e| pats.iter().any(|p| p.matches(&e.namespace, &e.pod_name)))
+                    let (ns, name) = svc(fl, source)
+                        .map_or(("", ""), |s| (s.namespace.as_str(), s.name.as_str()));
+                    pats.iter().any(|p| p.matches(ns, name))
                 }));
             }
         }
-        for (source, values) in [(true, &f.source_service), (false, &f.destination_service)] {
-            if !values.is_empty() {
-                let pats: Vec<_> = values.iter().map(|v| NamespacedPrefix::parse(v)).collect();
-                checks.push(Box::new(move |fl| {
-                    svc(fl, source)
-                        .is_some_and(|s| pats.iter().any(|p| p.matches(&s.namespace, &s.name)))
-                }));
-            }
-        }
+        endpoint_checks(f, &mut checks)?;
         for (source, values, field) in [
             (true, &f.source_label, "source_label"),
             (false, &f.destination_label, "destination_label"),
@@ -372,7 +479,8 @@ impl Compiled {
                     .map(|v| Selector::parse(v).map_err(|e| bad(field, v, e)))
                     .collect::<Result<Vec<_>, _>>()?;
                 checks.push(Box::new(move |fl| {
-                    ep(fl, source).is_some_and(|e| sels.iter().any(|s| s.matches(&e.labels)))
+                    let labels = ep(fl, source).map_or(&[][..], |e| &e.labels[..]);
+                    sels.iter().any(|s| s.matches(labels))
                 }));
             }
         }
@@ -401,17 +509,19 @@ impl Compiled {
         if !f.protocol.is_empty() {
             let (mut l4, mut l7) = (Vec::new(), Vec::new());
             for p in &f.protocol {
-                let p = p.to_ascii_lowercase();
+                let p = p.to_lowercase();
                 match p.as_str() {
-                    "icmp" | "icmpv4" => l4.push("icmpv4".to_owned()),
-                    "tcp" | "udp" | "icmpv6" | "sctp" => l4.push(p),
-                    // Hubble knows `http` and `dns`; `kafka` matches Kafka records alike.
+                    // As Hubble: `icmp` is either version.
+                    "icmp" => l4.extend(["icmpv4".to_owned(), "icmpv6".to_owned()]),
+                    // Ciliate's flows never carry VRRP or IGMP headers: valid, matching none.
+                    "tcp" | "udp" | "icmpv4" | "icmpv6" | "sctp" | "vrrp" | "igmp" => l4.push(p),
                     "http" | "dns" | "kafka" => l7.push(p),
                     _ => {
                         return Err(bad(
                             "protocol",
                             &p,
-                            "expected tcp, udp, icmp, icmpv4, icmpv6, sctp, http, dns or kafka",
+                            "unknown protocol; expected tcp, udp, icmp, icmpv4, icmpv6, sctp, \
+                             vrrp, igmp, http, dns or kafka",
                         ))
                     }
                 }
@@ -442,7 +552,9 @@ impl Compiled {
             checks.push(Box::new(move |fl| {
                 fl.event_type.as_ref().is_some_and(|et| {
                     want.iter().any(|w| {
-                        w.r#type == et.r#type && (!w.match_sub_type || w.sub_type == et.sub_type)
+                        // Type 0 is any type, as in Hubble.
+                        (w.r#type == 0 || w.r#type == et.r#type)
+                            && (!w.match_sub_type || w.sub_type == et.sub_type)
                     })
                 })
             }));
@@ -454,15 +566,20 @@ impl Compiled {
             }));
         }
         if !f.node_name.is_empty() {
-            let want = f.node_name.clone();
+            let re = node_name_regex(&f.node_name)?;
             checks.push(Box::new(move |fl| {
-                want.iter().any(|p| glob(p, &fl.node_name))
+                !fl.node_name.is_empty()
+                    && re.is_match(&crate::ring::qualified_node_name(&fl.node_name))
             }));
         }
         if !f.reply.is_empty() {
             let want = f.reply.clone();
             checks.push(Box::new(move |fl| {
-                want.contains(&crate::convert::is_reply(fl).unwrap_or(false))
+                // As Hubble: an unknown direction is "not a reply" only for drops.
+                match crate::convert::is_reply(fl) {
+                    None if fl.verdict != Verdict::Dropped as i32 => false,
+                    r => want.contains(&r.unwrap_or(false)),
+                }
             }));
         }
         if !f.uuid.is_empty() {
@@ -482,22 +599,142 @@ impl Compiled {
                 crate::l7::dns(fl).is_some_and(|d| want.iter().any(|r| r.is_match(&d.query)))
             }));
         }
-        // Fields about what Ciliate's flows never carry (names of peers, workloads, traces):
-        // set, they match nothing, as they would in Hubble for flows without them.
-        let never = !f.source_fqdn.is_empty()
-            || !f.destination_fqdn.is_empty()
-            || !f.trace_id.is_empty()
-            || !f.source_workload.is_empty()
-            || !f.destination_workload.is_empty();
-        if never {
-            checks.push(Box::new(|_| false));
-        }
+        flow_field_checks(f, &mut checks)?;
         Ok(Self(checks))
     }
 
     fn matches(&self, flow: &Flow) -> bool {
         self.0.iter().all(|c| c(flow))
     }
+}
+
+/// Refuses the fields Ciliate cannot evaluate, naming them, rather than ignoring them.
+fn refuse_unsupported(f: &FlowFilter) -> Result<(), FilterError> {
+    if let Some(cel) = f
+        .experimental
+        .as_ref()
+        .and_then(|e| e.cel_expression.first())
+    {
+        return Err(bad(
+            "experimental.cel_expression",
+            cel,
+            "CEL expressions are not supported by Ciliate; use the other filter fields",
+        ));
+    }
+    Ok(())
+}
+
+/// The endpoint fields of a filter: labels, identities, workloads, clusters, FQDNs.
+fn endpoint_checks(f: &FlowFilter, checks: &mut Vec<Check>) -> Result<(), FilterError> {
+    for (source, values) in [(true, &f.source_workload), (false, &f.destination_workload)] {
+        if !values.is_empty() {
+            let want: Vec<(String, String)> = values
+                .iter()
+                .map(|w| (w.name.clone(), w.kind.clone()))
+                .collect();
+            checks.push(Box::new(move |fl| {
+                ep(fl, source).is_some_and(|e| {
+                    e.workloads.iter().any(|w| {
+                        want.iter().any(|(name, kind)| {
+                            (name.is_empty() || *name == w.name)
+                                && (kind.is_empty() || *kind == w.kind)
+                        })
+                    })
+                })
+            }));
+        }
+    }
+    for (source, values, field) in [
+        (true, &f.source_cluster_name, "source_cluster_name"),
+        (
+            false,
+            &f.destination_cluster_name,
+            "destination_cluster_name",
+        ),
+    ] {
+        if !values.is_empty() {
+            if values.iter().any(String::is_empty) {
+                return Err(bad(field, "", "name must not be empty"));
+            }
+            let want = values.clone();
+            checks.push(Box::new(move |fl| {
+                let have = ep(fl, source).map_or("", |e| e.cluster_name.as_str());
+                want.iter().any(|w| w == have)
+            }));
+        }
+    }
+    for (source, values, field) in [
+        (true, &f.source_fqdn, "source_fqdn"),
+        (false, &f.destination_fqdn, "destination_fqdn"),
+    ] {
+        if !values.is_empty() {
+            let re = fqdn_regex(field, values)?;
+            checks.push(Box::new(move |fl| {
+                let names = if source {
+                    &fl.source_names
+                } else {
+                    &fl.destination_names
+                };
+                names.iter().any(|n| re.is_match(n))
+            }));
+        }
+    }
+    if !f.node_labels.is_empty() {
+        let sels = f
+            .node_labels
+            .iter()
+            .map(|v| Selector::parse(v).map_err(|e| bad("node_labels", v, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        checks.push(Box::new(move |fl| {
+            sels.iter().any(|s| s.matches(&fl.node_labels))
+        }));
+    }
+    Ok(())
+}
+
+/// The fields over the flow itself: drop reasons, interface, encryption, trace ids.
+fn flow_field_checks(f: &FlowFilter, checks: &mut Vec<Check>) -> Result<(), FilterError> {
+    if !f.drop_reason_desc.is_empty() {
+        let want = f.drop_reason_desc.clone();
+        checks.push(Box::new(move |fl| {
+            fl.verdict == Verdict::Dropped as i32 && want.contains(&fl.drop_reason_desc)
+        }));
+    }
+    if !f.interface.is_empty() {
+        let want: Vec<NetworkInterface> = f.interface.clone();
+        checks.push(Box::new(move |fl| {
+            fl.interface.as_ref().is_some_and(|have| {
+                want.iter().any(|w| {
+                    (w.index == 0 || w.index == have.index)
+                        && (w.name.is_empty() || w.name == have.name)
+                })
+            })
+        }));
+    }
+    if !f.encrypted.is_empty() {
+        let want = f.encrypted.clone();
+        checks.push(Box::new(move |fl| {
+            want.contains(&fl.ip.as_ref().is_some_and(|ip| ip.encrypted))
+        }));
+    }
+    if !f.ip_trace_id.is_empty() {
+        let want = f.ip_trace_id.clone();
+        checks.push(Box::new(move |fl| {
+            want.contains(&fl.ip_trace_id.as_ref().map_or(0, |t| t.trace_id))
+        }));
+    }
+    if !f.trace_id.is_empty() {
+        let want = f.trace_id.clone();
+        checks.push(Box::new(move |fl| {
+            let have = fl
+                .trace_context
+                .as_ref()
+                .and_then(|c| c.parent.as_ref())
+                .map_or("", |p| p.trace_id.as_str());
+            want.iter().any(|w| w == have)
+        }));
+    }
+    Ok(())
 }
 
 /// Whether HTTP fields may be combined with the filter's event types: Hubble refuses them

@@ -32,6 +32,7 @@ fn pods_by_namespace_and_prefix() {
         ("client", true),
         ("prod/client", false),
         ("default/web", false),
+        ("/cli", true),
     ] {
         assert_eq!(
             m(
@@ -52,6 +53,23 @@ fn pods_by_namespace_and_prefix() {
         },
         &f
     ));
+    // Without a namespace the pod is looked for in `default` (Hubble's ParseNamespaceName).
+    assert!(!m(
+        FlowFilter {
+            destination_pod: vec!["web-".into()],
+            ..Default::default()
+        },
+        &f
+    ));
+    let empty = FlowFilters::compile(
+        &[FlowFilter {
+            source_pod: vec![String::new()],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .expect_err("an empty pod name is refused");
+    assert_eq!(empty.field, "source_pod");
     // Values of one field are ORed.
     assert!(m(
         FlowFilter {
@@ -292,9 +310,17 @@ fn services_by_namespace_and_name() {
         },
         &f
     ));
-    assert!(m(
+    // As Hubble: a name without a namespace is in `default`; `/web` is any namespace.
+    assert!(!m(
         FlowFilter {
             destination_service: vec!["web".into()],
+            ..Default::default()
+        },
+        &f
+    ));
+    assert!(m(
+        FlowFilter {
+            destination_service: vec!["/web".into()],
             ..Default::default()
         },
         &f
@@ -756,5 +782,296 @@ mod dns_and_kafka {
         };
         assert!(m(f.clone(), &a));
         assert!(!m(f, &q));
+    }
+}
+
+/// The FlowFilter fields of current Hubble beyond the classic ones, each with its semantics.
+mod hubble_fields {
+    use super::*;
+    use crate::proto::flow::{
+        flow_filter::Experimental, DropReason, IpTraceId, TraceContext, TraceParent, Workload,
+    };
+
+    fn refused(f: FlowFilter) -> FilterError {
+        FlowFilters::compile(&[f], &[]).expect_err("refused")
+    }
+
+    fn finished(mut f: Flow) -> Flow {
+        crate::convert::finish_flow(&mut f, "default");
+        f
+    }
+
+    #[test]
+    fn drop_reason_desc_matches_only_drops_with_that_reason() {
+        let (f, d) = (syn(), dropped());
+        let r = |x: DropReason| FlowFilter {
+            drop_reason_desc: vec![x as i32],
+            ..Default::default()
+        };
+        assert!(m(r(DropReason::PolicyDenied), &d));
+        assert!(!m(r(DropReason::CtMapInsertionFailed), &d));
+        assert!(!m(r(DropReason::PolicyDenied), &f));
+        // The unknown reason matches no forwarded flow either: only drops have a reason.
+        assert!(!m(r(DropReason::Unknown), &f));
+    }
+
+    #[test]
+    fn interface_by_index_name_or_both() {
+        let mut f = syn();
+        f.interface = Some(NetworkInterface {
+            index: 7,
+            name: "lxc1".into(),
+        });
+        let i = |index: u32, name: &str| FlowFilter {
+            interface: vec![NetworkInterface {
+                index,
+                name: name.into(),
+            }],
+            ..Default::default()
+        };
+        assert!(m(i(7, ""), &f) && m(i(0, "lxc1"), &f) && m(i(7, "lxc1"), &f));
+        assert!(!m(i(8, ""), &f) && !m(i(7, "eth0"), &f));
+        f.interface = None;
+        assert!(!m(i(0, ""), &f));
+    }
+
+    #[test]
+    fn node_labels_by_selector() {
+        let mut f = syn();
+        f.node_labels = vec!["kubernetes.io/hostname=kind-worker".into(), "zone=a".into()];
+        let n = |sel: &str| FlowFilter {
+            node_labels: vec![sel.into()],
+            ..Default::default()
+        };
+        assert!(m(n("zone=a"), &f) && m(n("zone in (a,b)"), &f));
+        assert!(!m(n("zone=b"), &f) && m(n("!gpu"), &f));
+        assert_eq!(refused(n("zone in a")).field, "node_labels");
+    }
+
+    #[test]
+    fn cluster_names_exactly_and_never_empty() {
+        let f = finished(syn());
+        let c = |src: &str, dst: &str| FlowFilter {
+            source_cluster_name: (!src.is_empty()).then(|| src.into()).into_iter().collect(),
+            destination_cluster_name: (!dst.is_empty()).then(|| dst.into()).into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(m(c("default", ""), &f) && m(c("", "default"), &f));
+        assert!(!m(c("other", ""), &f) && !m(c("defaul", ""), &f));
+        let e = refused(FlowFilter {
+            destination_cluster_name: vec![String::new()],
+            ..Default::default()
+        });
+        assert_eq!(e.field, "destination_cluster_name");
+    }
+
+    #[test]
+    fn encrypted_true_or_false() {
+        let mut f = syn();
+        let e = |x: bool| FlowFilter {
+            encrypted: vec![x],
+            ..Default::default()
+        };
+        assert!(m(e(false), &f) && !m(e(true), &f));
+        if let Some(ip) = f.ip.as_mut() {
+            ip.encrypted = true;
+        }
+        assert!(m(e(true), &f) && !m(e(false), &f));
+    }
+
+    #[test]
+    fn source_ip_xlated_addresses_and_cidrs() {
+        let mut f = syn();
+        let x = |v: &str| FlowFilter {
+            source_ip_xlated: vec![v.into()],
+            ..Default::default()
+        };
+        // Not translated: no address to match.
+        assert!(!m(x("10.200.0.2"), &f));
+        if let Some(ip) = f.ip.as_mut() {
+            ip.source_xlated = "192.168.1.5".into();
+        }
+        assert!(m(x("192.168.1.5"), &f) && m(x("192.168.0.0/16"), &f));
+        assert!(!m(x("10.200.0.2"), &f));
+        assert_eq!(refused(x("192.168.1.500")).field, "source_ip_xlated");
+        assert_eq!(refused(x("192.168.1.0/33")).field, "source_ip_xlated");
+    }
+
+    #[test]
+    fn ip_trace_id_and_trace_id() {
+        let mut f = syn();
+        let ip = |id: u64| FlowFilter {
+            ip_trace_id: vec![id],
+            ..Default::default()
+        };
+        let tr = |id: &str| FlowFilter {
+            trace_id: vec![id.into()],
+            ..Default::default()
+        };
+        assert!(!m(ip(42), &f) && !m(tr("4bf92f3577b34da6a3ce929d0e0e4736"), &f));
+        f.ip_trace_id = Some(IpTraceId {
+            trace_id: 42,
+            ip_option_type: 136,
+        });
+        f.trace_context = Some(TraceContext {
+            parent: Some(TraceParent {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            }),
+        });
+        assert!(m(ip(42), &f) && !m(ip(43), &f));
+        assert!(m(tr("4bf92f3577b34da6a3ce929d0e0e4736"), &f) && !m(tr("00"), &f));
+    }
+
+    #[test]
+    fn workloads_by_name_and_or_kind() {
+        let mut f = syn();
+        let w = |name: &str, kind: &str| FlowFilter {
+            source_workload: vec![Workload {
+                name: name.into(),
+                kind: kind.into(),
+            }],
+            ..Default::default()
+        };
+        assert!(!m(w("client", ""), &f));
+        if let Some(ep) = f.source.as_mut() {
+            ep.workloads = vec![Workload {
+                name: "client".into(),
+                kind: "Deployment".into(),
+            }];
+        }
+        assert!(m(w("client", ""), &f) && m(w("", "Deployment"), &f));
+        assert!(m(w("client", "Deployment"), &f) && !m(w("client", "StatefulSet"), &f));
+        assert!(!m(
+            FlowFilter {
+                destination_workload: vec![Workload {
+                    name: "client".into(),
+                    kind: String::new(),
+                }],
+                ..Default::default()
+            },
+            &f
+        ));
+    }
+
+    #[test]
+    fn fqdns_by_hubbles_patterns() {
+        let mut f = syn();
+        f.destination_names = vec!["api.example.com".into()];
+        let q = |p: &str| FlowFilter {
+            destination_fqdn: vec![p.into()],
+            ..Default::default()
+        };
+        assert!(m(q("api.example.com"), &f) && m(q("API.example.com."), &f));
+        assert!(m(q("*.example.com"), &f) && !m(q("example.com"), &f));
+        assert!(!m(
+            FlowFilter {
+                source_fqdn: vec!["api.example.com".into()],
+                ..Default::default()
+            },
+            &f
+        ));
+        assert_eq!(refused(q("a b")).field, "destination_fqdn");
+        assert_eq!(refused(q("")).field, "destination_fqdn");
+    }
+
+    #[test]
+    fn node_names_carry_the_cluster() {
+        let f = syn();
+        assert_eq!(f.node_name, "kind-worker");
+        let mut qualified = f.clone();
+        qualified.node_name = "default/kind-worker".into();
+        let n = |p: &str| FlowFilter {
+            node_name: vec![p.into()],
+            ..Default::default()
+        };
+        for flow in [&f, &qualified] {
+            assert!(m(n("default/kind-worker"), flow) && m(n("kind-worker"), flow));
+            assert!(m(n("default/"), flow) && m(n("default/kind-*"), flow));
+            assert!(!m(n("other/kind-worker"), flow) && !m(n("kind"), flow));
+        }
+        assert_eq!(refused(n("a/b/c")).field, "node_name");
+        assert_eq!(refused(n("")).field, "node_name");
+    }
+
+    #[test]
+    fn event_type_zero_is_any_type() {
+        let (f, d) = (syn(), dropped());
+        let any = FlowFilter {
+            event_type: vec![EventTypeFilter {
+                r#type: 0,
+                match_sub_type: false,
+                sub_type: 0,
+            }],
+            ..Default::default()
+        };
+        assert!(m(any.clone(), &f) && m(any, &d));
+        let any_133 = FlowFilter {
+            event_type: vec![EventTypeFilter {
+                r#type: 0,
+                match_sub_type: true,
+                sub_type: 133,
+            }],
+            ..Default::default()
+        };
+        assert!(m(any_133.clone(), &d) && !m(any_133, &f));
+    }
+
+    #[test]
+    fn icmp_is_either_version_and_vrrp_igmp_are_known() {
+        let f = syn();
+        let p = |x: &str| FlowFilter {
+            protocol: vec![x.into()],
+            ..Default::default()
+        };
+        assert!(!m(p("vrrp"), &f) && !m(p("igmp"), &f));
+        let mut ping6 = syn();
+        ping6.l4 = Some(crate::proto::flow::Layer4 {
+            protocol: Some(layer4::Protocol::IcmPv6(Default::default())),
+        });
+        assert!(m(p("icmp"), &ping6) && m(p("icmpv6"), &ping6) && !m(p("icmpv4"), &ping6));
+    }
+
+    #[test]
+    fn reply_unknown_matches_only_on_drops() {
+        let mut f = syn();
+        f.is_reply = None;
+        let r = |x: bool| FlowFilter {
+            reply: vec![x],
+            ..Default::default()
+        };
+        assert!(!m(r(false), &f) && !m(r(true), &f));
+        let mut d = dropped();
+        d.is_reply = None;
+        assert!(m(r(false), &d) && !m(r(true), &d));
+    }
+
+    #[test]
+    fn cel_expressions_are_refused_by_name() {
+        let e = refused(FlowFilter {
+            experimental: Some(Experimental {
+                cel_expression: vec!["_flow.verdict == 1".into()],
+            }),
+            ..Default::default()
+        });
+        assert_eq!(e.field, "experimental.cel_expression");
+        assert!(e.to_string().contains("not supported"), "{e}");
+        // An empty experimental message asks for nothing.
+        assert!(m(
+            FlowFilter {
+                experimental: Some(Experimental::default()),
+                ..Default::default()
+            },
+            &syn()
+        ));
+    }
+
+    #[test]
+    fn invalid_regexes_name_their_field() {
+        let e = refused(FlowFilter {
+            dns_query: vec!["(".into()],
+            ..Default::default()
+        });
+        assert_eq!(e.field, "dns_query");
+        assert!(e.to_string().contains("regular expression"), "{e}");
     }
 }

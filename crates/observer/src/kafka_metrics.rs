@@ -142,7 +142,7 @@ mod tests {
                 < 1e-12
         );
         assert!(text.contains(
-            r#"hubble_flows_processed_total{type="L7",subtype="Kafka",verdict="DROPPED"} 1"#
+            r#"hubble_flows_processed_total{protocol="Kafka",type="L7",subtype="Kafka",verdict="DROPPED"} 1"#
         ));
         assert!(
             text.contains(r#"hubble_drop_total{reason="DROP_REASON_UNKNOWN",protocol="Kafka"} 1"#),

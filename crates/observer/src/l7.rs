@@ -168,7 +168,7 @@ pub(crate) fn l7_flow(
             source: src.ip().to_string(),
             destination: dst.ip().to_string(),
             ip_version: IpVersion::IPv4 as i32,
-            encrypted: false,
+            ..Ip::default()
         }),
         l4: Some(Layer4 { protocol: Some(l4) }),
         source: Some(source),

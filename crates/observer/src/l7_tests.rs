@@ -319,7 +319,7 @@ fn the_observer_keeps_l7_flows_beside_packet_flows_and_counts_them() {
     assert_eq!(kinds, vec![l34, l7, l7, l7]);
     let text = o.metrics().render();
     assert!(text.contains(
-        "hubble_flows_processed_total{type=\"L7\",subtype=\"HTTP\",verdict=\"FORWARDED\"} 3"
+        "hubble_flows_processed_total{protocol=\"HTTP\",type=\"L7\",subtype=\"HTTP\",verdict=\"FORWARDED\"} 3"
     ));
     assert!(text.contains(
         "hubble_http_requests_total{method=\"GET\",protocol=\"HTTP/1.1\",reporter=\"client\"} 2"

@@ -16,11 +16,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod convert;
 pub mod dns;
 mod dns_metrics;
 pub mod export;
 pub mod export_otlp;
+pub mod fieldmask;
 pub mod filter;
 mod http_metrics;
 pub mod intake;
@@ -40,6 +42,10 @@ pub use store::{EndpointInfo, ServiceRef, Snapshot, Store};
 
 /// Where the agent serves the observer API by default, as Hubble's `unix:///var/run/cilium/hubble.sock`.
 pub const DEFAULT_SOCKET: &str = "/var/run/ciliate/hubble.sock";
+
+/// The cluster name flows carry when none is configured (Cilium's `--cluster-name` default);
+/// node names are `<cluster>/<node>`.
+pub const DEFAULT_CLUSTER_NAME: &str = "default";
 
 /// Default capacity of the flow ring (Hubble's default `--hubble-event-buffer-capacity`).
 pub const DEFAULT_RING_CAPACITY: usize = 4095;

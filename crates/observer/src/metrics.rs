@@ -30,6 +30,7 @@ enum Subtype {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Flows {
+        protocol: &'static str,
         kind: &'static str,
         subtype: Subtype,
         verdict: i32,
@@ -56,12 +57,14 @@ impl Key {
     fn labels(self) -> (&'static str, Labels) {
         match self {
             Key::Flows {
+                protocol,
                 kind,
                 subtype,
                 verdict,
             } => (
                 "hubble_flows_processed_total",
                 vec![
+                    ("protocol", protocol.to_owned()),
                     ("type", kind.to_owned()),
                     (
                         "subtype",
@@ -114,6 +117,21 @@ impl Key {
                 vec![("source", source.to_owned())],
             ),
         }
+    }
+}
+
+/// Hubble's `FlowProtocol`, the `protocol` label of `hubble_flows_processed_total`: the L7
+/// protocol of access-log flows, the L4 protocol of datapath events.
+fn flow_protocol(flow: &Flow, l7: Option<&'static str>) -> &'static str {
+    match flow.event_type.as_ref().map(|e| e.r#type) {
+        Some(MESSAGE_TYPE_ACCESS_LOG) => l7.unwrap_or("Unknown L7"),
+        Some(MESSAGE_TYPE_DROP | MESSAGE_TYPE_TRACE | MESSAGE_TYPE_POLICY_VERDICT) => {
+            match protocol_name(flow) {
+                "" => "Unknown L4",
+                p => p,
+            }
+        }
+        _ => "Unknown flow",
     }
 }
 
@@ -210,6 +228,7 @@ impl Metrics {
         }
         let mut keys: [Option<Key>; 8] = [None; 8];
         keys[0] = Some(Key::Flows {
+            protocol: flow_protocol(flow, l7),
             kind,
             subtype,
             verdict: flow.verdict,
@@ -313,12 +332,13 @@ mod tests {
     // What the counters rendered before they were keyed by the flow's numbers.
     const EXPECTED: &str = r#"# HELP hubble_flows_processed_total Total number of flows processed
 # TYPE hubble_flows_processed_total counter
-hubble_flows_processed_total{type="Drop",subtype="",verdict="DROPPED"} 2
-hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="DROPPED"} 1
-hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="FORWARDED"} 1
-hubble_flows_processed_total{type="Trace",subtype="from-endpoint",verdict="FORWARDED"} 2
-hubble_flows_processed_total{type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 1
-hubble_flows_processed_total{type="Trace",subtype="to-stack",verdict="FORWARDED"} 1
+hubble_flows_processed_total{protocol="ICMPv4",type="Drop",subtype="",verdict="DROPPED"} 1
+hubble_flows_processed_total{protocol="TCP",type="PolicyVerdict",subtype="",verdict="DROPPED"} 1
+hubble_flows_processed_total{protocol="TCP",type="PolicyVerdict",subtype="",verdict="FORWARDED"} 1
+hubble_flows_processed_total{protocol="TCP",type="Trace",subtype="from-endpoint",verdict="FORWARDED"} 2
+hubble_flows_processed_total{protocol="TCP",type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 1
+hubble_flows_processed_total{protocol="TCP",type="Trace",subtype="to-stack",verdict="FORWARDED"} 1
+hubble_flows_processed_total{protocol="UDP",type="Drop",subtype="",verdict="DROPPED"} 1
 # HELP hubble_drop_total Number of drops
 # TYPE hubble_drop_total counter
 hubble_drop_total{reason="250",protocol="ICMPv4"} 1
@@ -548,15 +568,21 @@ pub(crate) mod http_tests {
         assert_eq!(bucket(server_get, "2.5"), 1.0);
         // Every L7 flow counted once, by verdict; the L7 drops as Hubble's drop metric has them.
         assert_eq!(
-            get(r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="FORWARDED"}"#),
+            get(
+                r#"hubble_flows_processed_total{protocol="HTTP",type="L7",subtype="HTTP",verdict="FORWARDED"}"#
+            ),
             6.0
         );
         assert_eq!(
-            get(r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="DROPPED"}"#),
+            get(
+                r#"hubble_flows_processed_total{protocol="HTTP",type="L7",subtype="HTTP",verdict="DROPPED"}"#
+            ),
             2.0
         );
         assert_eq!(
-            get(r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="ERROR"}"#),
+            get(
+                r#"hubble_flows_processed_total{protocol="HTTP",type="L7",subtype="HTTP",verdict="ERROR"}"#
+            ),
             1.0
         );
         assert_eq!(

@@ -20,6 +20,33 @@ const MESSAGE_TYPE_CAPTURE: i32 = 3;
 /// Hubble's `MessageTypeTraceSock`.
 const MESSAGE_TYPE_TRACE_SOCK: i32 = 7;
 
+/// The fields `hubble observe` asks the server for in compact, dict and table output
+/// (Hubble's `defaults.FieldMask`). `ciliate observe` asks for whole flows: Hubble's mask
+/// leaves out `traffic_direction` and `policy_match_type`, so Hubble prints policy verdicts
+/// as `policy-verdict:none TRAFFIC_DIRECTION_UNKNOWN`.
+pub const HUBBLE_DEFAULT_FIELD_MASK: [&str; 20] = [
+    "time",
+    "verdict",
+    "ethernet",
+    "IP",
+    "l4",
+    "source.identity",
+    "source.namespace",
+    "source.pod_name",
+    "destination.identity",
+    "destination.namespace",
+    "destination.pod_name",
+    "Type",
+    "node_name",
+    "l7",
+    "event_type",
+    "source_service",
+    "destination_service",
+    "is_reply",
+    "Summary",
+    "ip_trace_id",
+];
+
 /// How [`Printer`] writes responses (`hubble observe -o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Output {
@@ -266,6 +293,15 @@ impl Printer {
         } else {
             res.node_name.clone()
         };
+        // Hubble: `CPU(5) - 1 (first: …, last: …)`, without the dash in compact output.
+        let span = match (&l.first, &l.last) {
+            (Some(first), Some(last)) => format!(
+                " (first: {}, last: {})",
+                self.time(Some(first)),
+                self.time(Some(last))
+            ),
+            _ => String::new(),
+        };
         let mut out = String::new();
         match self.opts.output {
             Output::Table => {
@@ -281,7 +317,7 @@ impl Printer {
                     "-".to_owned(),
                     "EVENTS LOST".to_owned(),
                     "-".to_owned(),
-                    format!("CPU({cpu}) - {}", l.num_events_lost),
+                    format!("CPU({cpu}) - {}{span}", l.num_events_lost),
                 ]);
                 self.rows.push(row);
             }
@@ -295,14 +331,14 @@ impl Printer {
                     out.push_str(&format!("       NODE: {node}\n"));
                 }
                 out.push_str(&format!(
-                    "     SOURCE: {src}\n       TYPE: EVENTS LOST\n    VERDICT: -\n    SUMMARY: CPU({cpu}) - {}\n",
+                    "     SOURCE: {src}\n       TYPE: EVENTS LOST\n    VERDICT: -\n    SUMMARY: CPU({cpu}) - {}{span}\n",
                     l.num_events_lost
                 ));
                 out = escape_terminal(&out);
             }
             Output::Compact => {
                 out = escape_terminal(&format!(
-                    "{} EVENTS LOST: {src} CPU({cpu}) {}\n",
+                    "{} EVENTS LOST: {src} CPU({cpu}) {}{span}\n",
                     self.time(res.time.as_ref()),
                     l.num_events_lost
                 ));
@@ -523,7 +559,7 @@ pub fn drop_reason_name(code: i32) -> String {
 
 /// Cilium's text of a drop reason (`pkg/monitor/api.DropReason`): `Policy denied`, or
 /// `<code>, 0` for one it does not know.
-pub fn drop_reason_text(code: u8) -> String {
+pub fn drop_reason_text(code: i32) -> String {
     let text = match code {
         0 => "Success",
         2 | 134 => "Invalid packet",
@@ -691,7 +727,7 @@ pub fn flow_type(flow: &Flow) -> String {
     let sub = u8::try_from(sub & 0xff).unwrap_or(0);
     match kind {
         MESSAGE_TYPE_TRACE => trace_point_text(sub),
-        MESSAGE_TYPE_DROP => drop_reason_text(sub),
+        MESSAGE_TYPE_DROP => drop_reason_text(i32::from(sub)),
         MESSAGE_TYPE_POLICY_VERDICT => format!(
             "policy-verdict:{} {}",
             policy_match_text(flow.policy_match_type),
@@ -743,9 +779,14 @@ pub fn verdict_text(flow: &Flow) -> String {
     }
 }
 
-/// Hubble's `getSummary`: the flow's `Summary`, and `; Auth: SPIRE` when auth is on.
+/// Hubble's `getSummary`: the flow's `Summary`, after its IP trace ID if any, and
+/// `; Auth: SPIRE` when auth is on.
 pub fn summary_text(flow: &Flow) -> String {
-    let mut out = flow.summary.clone();
+    let mut out = match &flow.ip_trace_id {
+        Some(t) if t.trace_id > 0 => format!("IP Trace ID: {}; ", t.trace_id),
+        _ => String::new(),
+    };
+    out.push_str(&flow.summary);
     if flow.auth_type != AuthType::Disabled as i32 {
         out.push_str("; Auth: ");
         out.push_str(&enum_text(
@@ -754,6 +795,29 @@ pub fn summary_text(flow: &Flow) -> String {
         ));
     }
     out
+}
+
+/// One end of a flow as compact output shows it: `default/web-0:80 (ID:257)`, `1.1.1.1:443
+/// (world)`.
+pub fn endpoint_text(flow: &Flow, source: bool) -> String {
+    let (src, dst) = host_names(flow, true);
+    let ep = if source {
+        flow.source.as_ref()
+    } else {
+        flow.destination.as_ref()
+    };
+    let host = if source { src } else { dst };
+    format!("{host} {}", fmt_identity(ep.map_or(0, |e| e.identity)))
+}
+
+/// [`summary_text`] (the former name).
+pub fn summary(flow: &Flow) -> String {
+    summary_text(flow)
+}
+
+/// A flow time in Go's `StampMilli` (`Jan  2 15:04:05.000`, UTC), `N/A` when missing.
+pub fn stamp_milli(ts: Option<&pbjson_types::Timestamp>) -> String {
+    format_time(TimeFormat::StampMilli, ts)
 }
 
 /// Cilium's reserved identities by number (`identity.NumericIdentity.String`).

@@ -140,6 +140,18 @@ fn flows_print_as_hubble_printer_tests_expect() {
     for (name, o, want) in cases {
         assert_eq!(print(o, std::slice::from_ref(&f)), want, "{name}");
     }
+    // Hubble's "jsonpb_with_trace" and "compact-with-trace-id".
+    let mut traced = hubble_flow();
+    traced.ip_trace_id = Some(crate::proto::flow::IpTraceId {
+        trace_id: 1234,
+        ip_option_type: 136,
+    });
+    let traced = [flow_response(traced)];
+    assert!(print(opts(Output::JsonPb, false), &traced).contains(
+        "\"event_type\":{\"type\":1,\"sub_type\":133},\"ip_trace_id\":{\"trace_id\":\"1234\",\"ip_option_type\":136},\"is_reply\":false,"
+    ));
+    assert!(print(opts(Output::Compact, true), &traced)
+        .ends_with("Policy denied DROPPED (IP Trace ID: 1234; TCP Flags: SYN)\n"));
 }
 
 #[test]
@@ -194,6 +206,7 @@ fn lost_events_print_as_hubble_printer_tests_expect() {
             source: LostEventSource::HubbleRingBuffer as i32,
             num_events_lost: 1,
             cpu: Some(pbjson_types::Int32Value { value: 5 }),
+            ..LostEvent::default()
         })),
     };
     let cases: [(Options, &str, &str); 8] = [
@@ -243,6 +256,28 @@ fn lost_events_print_as_hubble_printer_tests_expect() {
     for (o, node, want) in cases {
         assert_eq!(print(o, &[lost(node)]), want, "{o:?}");
     }
+    let mut spanned = lost("");
+    if let Some(ResponseTypes::LostEvents(l)) = &mut spanned.response_types {
+        l.first = Some(pbjson_types::Timestamp {
+            seconds: 1230,
+            nanos: 567_800_000,
+        });
+        l.last = Some(pbjson_types::Timestamp {
+            seconds: 1238,
+            nanos: 567_800_000,
+        });
+    }
+    let spanned = [spanned];
+    assert_eq!(
+        print(opts(Output::Compact, false), &spanned),
+        "Jan  1 00:20:34.567 EVENTS LOST: HUBBLE_RING_BUFFER CPU(5) 1 (first: Jan  1 00:20:30.567, last: Jan  1 00:20:38.567)\n"
+    );
+    assert_eq!(
+        print(opts(Output::JsonPb, false), &spanned),
+        "{\"lost_events\":{\"source\":\"HUBBLE_RING_BUFFER\",\"num_events_lost\":\"1\",\"cpu\":5,\"first\":\"1970-01-01T00:20:30.567800Z\",\"last\":\"1970-01-01T00:20:38.567800Z\"},\"time\":\"1970-01-01T00:20:34.567800Z\"}\n"
+    );
+    assert!(print(opts(Output::Table, false), &spanned)
+        .ends_with("CPU(5) - 1 (first: Jan  1 00:20:30.567, last: Jan  1 00:20:38.567)\n"));
 }
 
 #[test]

@@ -20,10 +20,20 @@ use crate::store::Store;
 /// How the observer is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObserverConfig {
-    /// This node's name, put on every flow.
+    /// This node's name, put on every flow as Hubble does: `<cluster>/<node>`, with the
+    /// cluster [`DEFAULT_CLUSTER_NAME`](crate::DEFAULT_CLUSTER_NAME) when the name has none.
     pub node_name: String,
     /// How many flows the ring keeps.
     pub capacity: usize,
+}
+
+/// `name` with the default cluster in front when it names none (`node0` → `default/node0`).
+pub fn qualified_node_name(name: &str) -> String {
+    if name.contains('/') || name.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{}/{name}", crate::DEFAULT_CLUSTER_NAME)
+    }
 }
 
 /// What the ring holds and followers receive: a flow, or a count of events lost.
@@ -55,6 +65,8 @@ struct Ring {
 /// The flow observer of one node.
 pub struct Observer {
     config: ObserverConfig,
+    /// The cluster this node is in (the first part of its qualified name).
+    cluster: String,
     store: Arc<dyn Store>,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Numbered>,
@@ -79,8 +91,17 @@ impl Observer {
     pub fn new(config: ObserverConfig, store: Arc<dyn Store>) -> Self {
         let capacity = config.capacity.max(1);
         let (live, _) = broadcast::channel(capacity.clamp(64, 65_536));
+        let node_name = qualified_node_name(&config.node_name);
+        let cluster = node_name
+            .split_once('/')
+            .map_or(crate::DEFAULT_CLUSTER_NAME, |(c, _)| c)
+            .to_owned();
         Self {
-            config: ObserverConfig { capacity, ..config },
+            config: ObserverConfig {
+                capacity,
+                node_name,
+            },
+            cluster,
             store,
             ring: Mutex::new(Ring {
                 entries: VecDeque::with_capacity(capacity.min(65_536)),
@@ -198,7 +219,7 @@ impl Observer {
             LostEvent {
                 source: source as i32,
                 num_events_lost: n,
-                cpu: None,
+                ..LostEvent::default()
             },
             system_time_to_timestamp(SystemTime::now()),
         ));
@@ -210,7 +231,15 @@ impl Observer {
 
     fn push_all(&self, entries: impl IntoIterator<Item = Entry>) {
         // Built before the lock is taken: followers and `observe --last` wait on it.
-        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        let entries: Vec<Arc<Entry>> = entries
+            .into_iter()
+            .map(|mut e| {
+                if let Entry::Flow(f) = &mut e {
+                    crate::convert::finish_flow(f, &self.cluster);
+                }
+                Arc::new(e)
+            })
+            .collect();
         let mut ring = self.lock();
         for entry in entries {
             let numbered = Numbered {

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::fieldmask::FlowMask;
 use crate::filter::FlowFilters;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 use crate::proto::observer::observer_server::{Observer as ObserverApi, ObserverServer};
@@ -56,10 +57,30 @@ fn entry_time(e: &Entry) -> Option<(i64, i32)> {
     }
 }
 
+/// A request's time bound, refused when it is no valid protobuf Timestamp. A time in the
+/// future is valid: `since` then matches only flows yet to come (none without follow).
+fn valid_time(
+    field: &str,
+    t: Option<&pbjson_types::Timestamp>,
+) -> Result<Option<(i64, i32)>, Status> {
+    let Some(t) = t else { return Ok(None) };
+    // Timestamp's documented range: 0001-01-01 to 9999-12-31, nanos in 0..1e9.
+    if !(-62_135_596_800..=253_402_300_799).contains(&t.seconds)
+        || !(0..1_000_000_000).contains(&t.nanos)
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field} is not a valid timestamp (seconds {}, nanos {})",
+            t.seconds, t.nanos
+        )));
+    }
+    Ok(Some(ts_key(t)))
+}
+
 /// A compiled GetFlows request: which entries it wants.
 #[derive(Debug)]
 pub struct Query {
     filters: FlowFilters,
+    mask: Option<FlowMask>,
     since: Option<(i64, i32)>,
     until: Option<(i64, i32)>,
     number: u64,
@@ -77,10 +98,22 @@ impl Query {
                 "first cannot be combined with follow",
             ));
         }
+        let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let since = valid_time("since", req.since.as_ref())?;
+        let until = valid_time("until", req.until.as_ref())?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if s > u {
+                return Err(Status::invalid_argument(
+                    "since is after until: no flow can match",
+                ));
+            }
+        }
         Ok(Self {
             filters,
-            since: req.since.as_ref().map(ts_key),
-            until: req.until.as_ref().map(ts_key),
+            mask,
+            since,
+            until,
             number: req.number,
             first: req.first,
             follow: req.follow,
@@ -129,10 +162,12 @@ impl Query {
     }
 }
 
-fn response(e: &Entry, node_name: &str) -> GetFlowsResponse {
+fn response(e: &Entry, node_name: &str, mask: Option<&FlowMask>) -> GetFlowsResponse {
     match e {
         Entry::Flow(f) => GetFlowsResponse {
-            response_types: Some(get_flows_response::ResponseTypes::Flow(f.clone())),
+            response_types: Some(get_flows_response::ResponseTypes::Flow(
+                mask.map_or_else(|| f.clone(), |m| m.apply(f)),
+            )),
             node_name: node_name.to_owned(),
             time: f.time,
         },
@@ -162,7 +197,11 @@ impl ObserverApi for Service {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             for n in history {
-                if tx.send(Ok(response(&n.entry, &node))).await.is_err() {
+                if tx
+                    .send(Ok(response(&n.entry, &node, query.mask.as_ref())))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -178,11 +217,11 @@ impl ObserverApi for Service {
                             LostEvent {
                                 source: LostEventSource::HubbleRingBuffer as i32,
                                 num_events_lost: missed,
-                                cpu: None,
+                                ..LostEvent::default()
                             },
                             crate::convert::system_time_to_timestamp(std::time::SystemTime::now()),
                         );
-                        if tx.send(Ok(response(&lost, &node))).await.is_err() {
+                        if tx.send(Ok(response(&lost, &node, None))).await.is_err() {
                             return;
                         }
                         continue;
@@ -198,7 +237,12 @@ impl ObserverApi for Service {
                         return;
                     }
                 }
-                if query.wants(&n.entry) && tx.send(Ok(response(&n.entry, &node))).await.is_err() {
+                if query.wants(&n.entry)
+                    && tx
+                        .send(Ok(response(&n.entry, &node, query.mask.as_ref())))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }
@@ -234,6 +278,9 @@ impl ObserverApi for Service {
         _request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
         let o = &self.observer;
+        let ring = o.snapshot();
+        let full = ring.len() >= o.config().capacity;
+        let flows_rate = flows_rate(&ring, full, std::time::SystemTime::now());
         Ok(Response::new(ServerStatusResponse {
             num_flows: o.num_flows(),
             max_flows: o.config().capacity as u64,
@@ -243,8 +290,45 @@ impl ObserverApi for Service {
             num_unavailable_nodes: Some(pbjson_types::UInt32Value { value: 0 }),
             unavailable_nodes: Vec::new(),
             version: self.version.clone(),
+            flows_rate,
         }))
     }
+}
+
+/// Flows per second over the last minute, as Hubble's `getFlowRate`: the flows of the ring
+/// newer than a minute ago, over that minute; when the ring has been overwritten within the
+/// minute, over the time since its oldest flow instead.
+pub fn flows_rate(ring: &[Numbered], full: bool, now: std::time::SystemTime) -> f64 {
+    let to_secs = |t: (i64, i32)| t.0 as f64 + f64::from(t.1) / 1e9;
+    let now = crate::convert::system_time_to_timestamp(now);
+    let now = to_secs(ts_key(&now));
+    let mut since = now - 60.0;
+    let (mut count, mut oldest) = (0u64, None);
+    let mut in_minute_to_the_start = true;
+    for n in ring.iter().rev() {
+        let Entry::Flow(f) = n.entry.as_ref() else {
+            continue;
+        };
+        let Some(t) = f.time.as_ref().map(|t| to_secs(ts_key(t))) else {
+            continue;
+        };
+        if t < since {
+            in_minute_to_the_start = false;
+            break;
+        }
+        oldest = Some(t);
+        count += 1;
+    }
+    if full && in_minute_to_the_start {
+        if let Some(t) = oldest {
+            since = t;
+        }
+    }
+    let span = now - since;
+    if span <= 0.0 {
+        return 0.0;
+    }
+    count as f64 / span
 }
 
 /// Why the observer server could not start.
@@ -290,17 +374,61 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// The name `hubble status` checks in the health service (Hubble's `ObserverServiceName`).
+pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
+
+/// The observer and the standard gRPC health service (`grpc.health.v1.Health`, which
+/// `hubble status` asks first), reporting SERVING for the server (""), the gRPC service
+/// (`observer.Observer`) and the name Hubble's CLI asks for (`hubble.server.Observer`).
+async fn routes(service: Service) -> tonic::service::Routes {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<ObserverServer<Service>>().await;
+    reporter
+        .set_service_status(HUBBLE_HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::service::Routes::new(health).add_service(service.into_server())
+}
+
+/// How many bytes a unix connection's relay buffers between the client and the server.
+const RELAY_BUFFER: usize = 64 * 1024;
+
+/// Serves `service` on `listener` until `shutdown` resolves. Every connection goes through
+/// [`authority::relay`](crate::authority::relay), so gRPC C-core and Java clients, which send
+/// the socket path as `:authority`, are served too.
 pub async fn serve_unix(
     service: Service,
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(16);
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let client = match listener.accept().await {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    // Out of descriptors and the like: say so and go on accepting.
+                    tracing::warn!(error = %e, "observer socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (near, far) = tokio::io::duplex(RELAY_BUFFER);
+            tokio::spawn(async move {
+                if let Err(e) = crate::authority::relay(client, near).await {
+                    tracing::debug!(error = %e, "observer socket: connection ended");
+                }
+            });
+            if tx.send(Ok(far)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let served = tonic::transport::Server::builder()
+        .add_routes(routes(service).await)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await;
+    acceptor.abort();
+    served?;
     Ok(())
 }
 
@@ -312,7 +440,7 @@ pub async fn serve_tcp(
 ) -> Result<(), ServeError> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .add_service(service.into_server())
+        .add_routes(routes(service).await)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
@@ -340,5 +468,5 @@ pub async fn connect_unix(
 /// Used by tests that need a flow quickly.
 #[doc(hidden)]
 pub fn flow_response(flow: Flow, node: &str) -> GetFlowsResponse {
-    response(&Entry::Flow(flow), node)
+    response(&Entry::Flow(flow), node, None)
 }

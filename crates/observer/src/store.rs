@@ -39,6 +39,11 @@ pub trait Store: Send + Sync + 'static {
     /// The Service owning the frontend with reverse-NAT index `index`: what the datapath
     /// reports for a connection it translated to a backend.
     fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef>;
+    /// The name of the node's interface with index `ifindex` (a pod's host-side veth), when
+    /// known: flows name the interface they were seen on.
+    fn interface_name(&self, _ifindex: u32) -> Option<String> {
+        None
+    }
 }
 
 /// A point-in-time copy of the tables: what the agent refreshes and tests build by hand.
@@ -52,6 +57,8 @@ pub struct Snapshot {
     pub frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
     /// Services by the reverse-NAT index of their frontends.
     pub rev_nats: HashMap<u16, ServiceRef>,
+    /// The node's interface names by index.
+    pub interfaces: HashMap<u32, String>,
 }
 
 impl Store for Snapshot {
@@ -69,6 +76,10 @@ impl Store for Snapshot {
 
     fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
         self.rev_nats.get(&index).cloned()
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.interfaces.get(&ifindex).cloned()
     }
 }
 
@@ -112,5 +123,9 @@ impl Store for SwappableStore {
 
     fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
         self.get().service_by_rev_nat(index)
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.get().interface_name(ifindex)
     }
 }

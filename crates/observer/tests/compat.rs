@@ -10,7 +10,7 @@ use ciliate_observer::server::{bind_unix, serve_unix, Service};
 use ciliate_observer::store::{EndpointInfo, Snapshot};
 use ciliate_observer::{Observer, ObserverConfig};
 
-#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+#[allow(clippy::all, dead_code, missing_docs, missing_debug_implementations)]
 mod hubble {
     pub mod flow {
         include!(concat!(env!("OUT_DIR"), "/hubble_compat/flow.rs"));
@@ -120,7 +120,7 @@ async fn a_hubble_client_reads_flows_and_status() {
         .expect("nodes")
         .into_inner();
     assert_eq!(nodes.nodes.len(), 1);
-    assert_eq!(nodes.nodes[0].name, "node-1");
+    assert_eq!(nodes.nodes[0].name, "default/node-1");
     assert_eq!(
         nodes.nodes[0].state,
         hubble::relay::NodeState::NodeConnected as i32
@@ -142,7 +142,7 @@ async fn a_hubble_client_reads_flows_and_status() {
     let Some(ho::get_flows_response::ResponseTypes::Flow(f)) = &got[0].response_types else {
         panic!("not a flow: {:?}", got[0]);
     };
-    assert_eq!(got[0].node_name, "node-1");
+    assert_eq!(got[0].node_name, "default/node-1");
     assert_eq!(f.verdict, hf::Verdict::Forwarded as i32);
     assert_eq!(f.r#type, hf::FlowType::L3L4 as i32);
     assert_eq!(
@@ -171,7 +171,7 @@ async fn a_hubble_client_reads_flows_and_status() {
         (dst.pod_name.as_str(), dst.labels.as_slice()),
         ("server", &["k8s:app=server".to_owned()][..])
     );
-    let Some(hf::layer4::Protocol::Tcp(tcp)) = f.l4.and_then(|l| l.protocol) else {
+    let Some(hf::layer4::Protocol::Tcp(tcp)) = f.l4.clone().and_then(|l| l.protocol) else {
         panic!("no TCP: {f:?}");
     };
     assert_eq!((tcp.source_port, tcp.destination_port), (41000, 80));
@@ -189,7 +189,7 @@ async fn a_hubble_client_reads_flows_and_status() {
     );
     assert_eq!(f.traffic_direction, hf::TrafficDirection::Egress as i32);
     assert_eq!(f.is_reply, Some(false));
-    assert_eq!(f.node_name, "node-1");
+    assert_eq!(f.node_name, "default/node-1");
 
     let Some(ho::get_flows_response::ResponseTypes::Flow(d)) = &got[1].response_types else {
         panic!("not a flow: {:?}", got[1]);

@@ -154,7 +154,7 @@ async fn flows_arrive_at_an_otlp_collector_as_log_records_of_hubble_json() {
             })
             .expect("flow");
         let line = export::export_line(
-            &ciliate_observer::server::flow_response(flow, "node-1"),
+            &ciliate_observer::server::flow_response(flow, &o.config().node_name),
             &[],
         )
         .expect("line");

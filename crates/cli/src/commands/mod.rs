@@ -27,6 +27,7 @@ pub mod observe;
 pub mod policy;
 pub mod service;
 pub mod status;
+pub mod ui;
 pub mod version;
 
 /// What every command needs: where the agent is and how to print.
@@ -151,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Service(ServiceCommand::Get { name }) => service::get(&ctx, &name).await,
         Command::Monitor(args) => monitor::run(&ctx, args.kind, &args.related_to).await,
         Command::Observe(args) => observe::run(cli.output, *args, &api_socket).await,
+        Command::Ui(args) => ui::run(args, &api_socket).await,
         Command::Version(args) => version::run(&ctx, args.client).await,
         Command::Lab(cmd) => lab::run(cmd, ctx.format).await,
         Command::Connectivity(cmd) => connectivity::run(cmd, ctx.format).await,

@@ -566,6 +566,7 @@ pub fn request(
         blacklist,
         since: since.map(system_time_to_timestamp),
         until: until.map(system_time_to_timestamp),
+        ..GetFlowsRequest::default()
     })
 }
 

@@ -7,8 +7,8 @@
 //! the denylist.
 
 use ciliate_observer::proto::flow::{
-    EventTypeFilter, FlowFilter, HttpHeader, IpVersion, TcpFlags, TrafficDirection, Verdict,
-    Workload,
+    DropReason, EventTypeFilter, FlowFilter, HttpHeader, IpVersion, NetworkInterface, TcpFlags,
+    TrafficDirection, Verdict, Workload,
 };
 
 /// Flags that cannot be combined, Hubble's `conflicts` table.
@@ -575,9 +575,56 @@ fn set(f: &mut Tracker, name: &str, val: &str) -> Result<(), String> {
     f.check_namespace_conflicts()
 }
 
-/// The flags over FlowFilter fields added with the full filter set.
-fn set_more(_f: &mut Tracker, name: &str, _val: &str) -> Result<(), String> {
-    Err(format!("--{name} is not supported by this observer"))
+/// The flags over the newer FlowFilter fields (clusters, nodes, drop reasons, interfaces,
+/// SNAT, IP trace IDs, encryption, CEL).
+fn set_more(f: &mut Tracker, name: &str, val: &str) -> Result<(), String> {
+    let v = val.to_owned();
+    match name {
+        "node-label" => f.apply(|f| push(&mut f.node_labels, &v)),
+        "cluster" => f.either(
+            |f| push(&mut f.source_cluster_name, &v),
+            |f| push(&mut f.destination_cluster_name, &v),
+        ),
+        "from-cluster" => f.apply(|f| push(&mut f.source_cluster_name, &v)),
+        "to-cluster" => f.apply(|f| push(&mut f.destination_cluster_name, &v)),
+        "snat-ip" => f.apply(|f| push(&mut f.source_ip_xlated, &v)),
+        "drop-reason-desc" => {
+            if val.is_empty() {
+                return Err("empty --drop-reason-desc value".to_owned());
+            }
+            // Hubble wants the exact enum name (POLICY_DENIED).
+            let reason = DropReason::from_str_name(val)
+                .ok_or_else(|| format!("invalid --drop-reason-desc value: {val}"))?
+                as i32;
+            f.apply(|f| f.drop_reason_desc.push(reason));
+        }
+        "interface" => {
+            let iface = NetworkInterface {
+                name: v,
+                ..NetworkInterface::default()
+            };
+            f.apply(|f| push(&mut f.interface, &iface));
+        }
+        "ip-trace-id" => {
+            if val == "0" {
+                return Err("invalid --ip-trace-id value; must be greater than 0".to_owned());
+            }
+            let id = val
+                .parse::<u64>()
+                .map_err(|e| format!("invalid --ip-trace-id value: {e}"))?;
+            f.apply(|f| f.ip_trace_id.push(id));
+        }
+        "encrypted" => f.apply(|f| f.encrypted.push(true)),
+        "unencrypted" => f.apply(|f| f.encrypted.push(false)),
+        "cel-expression" => f.apply(|f| {
+            f.experimental
+                .get_or_insert_with(Default::default)
+                .cel_expression
+                .push(v.clone());
+        }),
+        other => return Err(format!("--{other} is not a filter flag")),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -266,3 +266,42 @@ fn ip_versions_tcp_flags_and_directions() {
     );
     assert_eq!(f.traffic_direction, vec![TrafficDirection::Ingress as i32]);
 }
+
+#[test]
+fn cluster_node_drop_reason_interface_and_the_rest() {
+    let (allow, deny) = build(&[
+        ("cluster", "prod-*"),
+        ("node-label", "io.cilium/egress-gateway"),
+        ("drop-reason-desc", "POLICY_DENIED"),
+        ("interface", "eth0"),
+        ("snat-ip", "192.0.2.1"),
+        ("ip-trace-id", "1234"),
+        ("encrypted", "true"),
+        ("cel-expression", "_flow.verdict == DROPPED"),
+        ("not", "true"),
+        ("to-cluster", "dev"),
+    ])
+    .unwrap();
+    assert_eq!(allow.len(), 2);
+    assert_eq!(allow[0].source_cluster_name, vec!["prod-*"]);
+    assert_eq!(allow[1].destination_cluster_name, vec!["prod-*"]);
+    for f in &allow {
+        assert_eq!(f.node_labels, vec!["io.cilium/egress-gateway"]);
+        assert_eq!(f.drop_reason_desc, vec![DropReason::PolicyDenied as i32]);
+        assert_eq!(f.interface[0].name, "eth0");
+        assert_eq!(f.source_ip_xlated, vec!["192.0.2.1"]);
+        assert_eq!(f.ip_trace_id, vec![1234]);
+        assert_eq!(f.encrypted, vec![true]);
+        assert_eq!(
+            f.experimental.as_ref().unwrap().cel_expression,
+            vec!["_flow.verdict == DROPPED"]
+        );
+    }
+    assert_eq!(deny[0].destination_cluster_name, vec!["dev"]);
+    assert!(build(&[("drop-reason-desc", "policy_denied")]).is_err());
+    assert!(build(&[("drop-reason-desc", "")]).is_err());
+    assert!(build(&[("ip-trace-id", "0")]).is_err());
+    assert!(build(&[("encrypted", "true"), ("unencrypted", "true")]).is_err());
+    // Hubble lets --cluster and --from-cluster be combined (no conflict group).
+    assert!(build(&[("cluster", "a"), ("from-cluster", "b")]).is_ok());
+}

@@ -65,8 +65,17 @@ impl Query {
             blacklist: Vec::new(),
             since: Some(system_time_to_timestamp(self.since)),
             until: None,
+            field_mask: None,
         }
     }
+}
+
+/// A flow's node name as the lab names nodes: without the cluster Hubble puts in front.
+fn lab_node(qualified: &str) -> String {
+    qualified
+        .split_once('/')
+        .map_or(qualified, |(_, node)| node)
+        .to_owned()
 }
 
 /// The drops matching `q` that `node`'s observer (at `socket`) has.
@@ -79,7 +88,7 @@ pub async fn drops(node: &str, socket: &Path, q: &Query) -> Result<Vec<Seen>, St
             node: if f.node_name.is_empty() {
                 node.to_owned()
             } else {
-                f.node_name
+                lab_node(&f.node_name)
             },
         })
         .collect())
@@ -204,6 +213,7 @@ impl L7Query {
             blacklist: Vec::new(),
             since: Some(system_time_to_timestamp(self.since)),
             until: None,
+            field_mask: None,
         }
     }
 
@@ -222,7 +232,7 @@ impl L7Query {
                     |d| d.as_str_name().to_owned(),
                 ),
                 url: h.url.clone(),
-                node: f.node_name.clone(),
+                node: lab_node(&f.node_name),
             })
     }
 }
@@ -322,6 +332,7 @@ impl DnsQuery {
             blacklist: Vec::new(),
             since: Some(system_time_to_timestamp(self.since)),
             until: None,
+            field_mask: None,
         }
     }
 }
@@ -348,7 +359,7 @@ pub async fn wait_for_dns(
                         node: if f.node_name.is_empty() {
                             node.to_owned()
                         } else {
-                            f.node_name.clone()
+                            lab_node(&f.node_name)
                         },
                     })
                     .collect::<Vec<_>>(),
