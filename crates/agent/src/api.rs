@@ -62,6 +62,8 @@ pub struct AppState {
     pub started: Instant,
     /// Turns true when the agent shuts down; ends monitor streams.
     pub shutdown: watch::Receiver<bool>,
+    /// The flow history, when kept (`policy whatif` replays it).
+    pub flow_history: Option<ciliate_observer::history::FlowHistory>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -218,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/{kind}/{name}", get(get_clusterwide_policy))
         .route("/v1/policies/{kind}/{namespace}/{name}", get(get_policy))
         .route("/v1/policy/trace", get(trace_policy))
+        .route("/v1/policy/whatif", post(policy_whatif))
         .route("/v1/policy/revision", get(policy_revision))
         .route("/v1/bpf/policy/{ref}", get(bpf_policy))
         .route("/v1/services", get(list_services))
@@ -673,6 +676,48 @@ async fn trace_policy(
     })
     .await??;
     Ok(Json(trace).into_response())
+}
+
+/// `POST /v1/policy/whatif`: recorded flows replayed through the proposed policies; nothing
+/// is applied.
+async fn policy_whatif(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<ciliate_model::whatif::WhatIfRequest>,
+) -> Result<Response, ApiFailure> {
+    let since_ns = req.since_seconds.map(|secs| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        now.saturating_sub(
+            i64::try_from(secs)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000_000),
+        )
+    });
+    let report = blocking(move || {
+        let endpoints = s.manager.list();
+        let identities = s.manager.policy_snapshot().identities;
+        let snapshot = s.flow_history.as_ref().map(|h| h.snapshot());
+        s.policies.whatif(
+            &req.documents,
+            req.replace_all,
+            snapshot.as_ref(),
+            since_ns,
+            &identities,
+            &endpoints,
+        )
+    })
+    .await?
+    .map_err(|e| match e {
+        crate::policy::PolicyError::Invalid(errors) => {
+            ApiFailure::invalid(ciliate_model::manifest::report(
+                &errors,
+                "nothing was replayed (whatif never applies anything)",
+            ))
+        }
+        e => ApiFailure::internal(e.to_string()),
+    })?;
+    Ok(Json(report).into_response())
 }
 
 #[derive(Debug, Deserialize)]

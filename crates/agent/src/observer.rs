@@ -1,7 +1,7 @@
 //! Flow observability in the agent: feeds the datapath's events to a
-//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint and Service
-//! stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the flow
-//! metrics (optionally, HTTP).
+//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint, Service and
+//! policy stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the
+//! flow metrics (optionally, HTTP).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::time::Duration;
 use ciliate_datapath::Datapath;
 use ciliate_kvstore::ClusterView;
 use ciliate_model::lb::L4Proto;
+use ciliate_observer::history::{FlowHistory, HistoryConfig};
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::server::{bind_unix, serve_tcp, serve_unix, Service};
 use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot, SwappableStore};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::endpoints::EndpointManager;
+use crate::policy::{FlowNames, PolicyManager};
 use crate::services::ServiceManager;
 
 /// How often the datapath's counter of lost events is read (names are refreshed on change
@@ -52,6 +54,17 @@ pub struct ObserverArgs {
     /// Flow export, as Cilium's agent flags.
     #[command(flatten)]
     pub export: ExportArgs,
+
+    /// Keep every flow on disk (in `<state-dir>/<node>/flow-history`) up to this size, for
+    /// `observe --since` beyond the ring and `policy whatif`: e.g. `1GiB`, `500MB`; `0` keeps
+    /// no history.
+    #[arg(long, env = "CILIATE_FLOW_HISTORY_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub flow_history_size: u64,
+
+    /// Delete flows from the history once older than this, e.g. `7d`, `12h`; `0`: only the
+    /// size bounds it.
+    #[arg(long, env = "CILIATE_FLOW_HISTORY_AGE", value_name = "DURATION", default_value = "7d", value_parser = parse_age)]
+    pub flow_history_age: Duration,
 }
 
 /// Flow export flags: Cilium's `--hubble-export-*` (a file of Hubble JSON lines), and OTLP.
@@ -148,6 +161,24 @@ pub struct ObserverSettings {
     pub hubble_metrics_address: Option<SocketAddr>,
     /// Flow export.
     pub export: ExportSettings,
+    /// Bound of the flow history on disk in bytes; 0: no history.
+    pub flow_history_size: u64,
+    /// Age bound of the flow history; `None`: none.
+    #[serde(with = "humantime_serde_opt")]
+    pub flow_history_age: Option<Duration>,
+}
+
+/// `Option<Duration>` as humantime text in the served configuration.
+mod humantime_serde_opt {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 impl ObserverSettings {
@@ -176,8 +207,84 @@ impl ObserverSettings {
             hubble_listen_address: args.hubble_listen_address,
             hubble_event_buffer_capacity: args.hubble_event_buffer_capacity,
             hubble_metrics_address: args.hubble_metrics_address,
+            flow_history_size: args.flow_history_size,
+            flow_history_age: (!args.flow_history_age.is_zero()).then_some(args.flow_history_age),
             export,
         })
+    }
+
+    /// The flow history's configuration under this node's state directory; `None` when it is
+    /// off.
+    pub fn history_config(&self, node_state_dir: &Path) -> Option<HistoryConfig> {
+        (self.flow_history_size > 0).then(|| HistoryConfig {
+            dir: node_state_dir.join("flow-history"),
+            max_bytes: self.flow_history_size,
+            max_age: self.flow_history_age,
+            queue_flows: ciliate_observer::history::DEFAULT_QUEUE_FLOWS,
+        })
+    }
+}
+
+/// `256MiB`, `1GiB`, `500MB`, `1048576` (bytes); `0` is allowed (no history).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 256MiB, 1GiB, 500MB or 0"))?;
+    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; write e.g. 256MiB, 1GiB, 500MB or 0"
+            ))
+        }
+    };
+    let bytes = n * unit_bytes as f64;
+    if !(0.0..=1.8e19).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    let bytes = bytes as u64;
+    if bytes != 0 && bytes < 1 << 20 {
+        return Err(format!("{s:?} is below 1MiB: too small to hold a segment; give at least 1MiB, or 0 for no history"));
+    }
+    Ok(bytes)
+}
+
+/// `7d`, `12h`, `90m`, or `0` (no age bound).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 7d, 12h or 0"))
+}
+
+/// Opens the flow history when configured. A history that cannot be opened is logged and left
+/// off: the agent runs without one rather than not at all.
+pub fn open_history(
+    settings: &ObserverSettings,
+    node_state_dir: &Path,
+    node_name: &str,
+) -> Option<FlowHistory> {
+    let config = settings.history_config(node_state_dir)?;
+    match FlowHistory::open(config, node_name) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(error = %e, "the flow history is off: flows are kept in the ring only");
+            None
+        }
     }
 }
 
@@ -264,21 +371,54 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
     s
 }
 
-/// The observer's name tables: local endpoints first, then the cluster's; Services straight
-/// from the Service store's index (never copied, so their number costs nothing when idle).
+/// The policy names of flows: rule number → policy (Hubble's `Policy`), and the CIDR
+/// identities' labels. `retired` are the rules of the table before, which no longer exist:
+/// kept one more round, because the datapath still reports them until the reconciliation
+/// after the change has rewritten the maps (the engine never reuses a number, so an old
+/// number cannot name the wrong rule).
+pub fn policy_snapshot(names: &FlowNames, retired: &Snapshot) -> Snapshot {
+    let mut s = Snapshot::default();
+    for (id, policy, uid) in &names.rules {
+        s.rules.insert(
+            *id,
+            ciliate_observer::policy_names::policy(
+                policy.kind,
+                policy.namespace.as_deref(),
+                &policy.name,
+                uid.as_deref(),
+                names.revision,
+            ),
+        );
+    }
+    for (id, p) in &retired.rules {
+        s.rules.entry(*id).or_insert_with(|| p.clone());
+    }
+    for (id, labels) in &names.cidr_identities {
+        s.identities
+            .insert(*id, labels.iter().map(|l| l.to_string()).collect());
+    }
+    s
+}
+
+/// The observer's name tables: local endpoints first, then the cluster's, then policy's CIDR
+/// identities; Services straight from the Service store's index (never copied, so their
+/// number costs nothing when idle); rule numbers from a table of their own, rebuilt only when
+/// policy changes.
 #[derive(Debug)]
 pub struct AgentNames {
     local: SwappableStore,
     cluster: SwappableStore,
+    policy: SwappableStore,
     services: Arc<ServiceManager>,
 }
 
 impl AgentNames {
-    /// Tables over `services`, with empty endpoint tables until refreshed.
+    /// Tables over `services`, with empty endpoint and policy tables until refreshed.
     pub fn new(services: Arc<ServiceManager>) -> Self {
         Self {
             local: SwappableStore::default(),
             cluster: SwappableStore::default(),
+            policy: SwappableStore::default(),
             services,
         }
     }
@@ -295,6 +435,11 @@ impl ciliate_observer::Store for AgentNames {
         self.local
             .identity_labels(identity)
             .or_else(|| self.cluster.identity_labels(identity))
+            .or_else(|| self.policy.identity_labels(identity))
+    }
+
+    fn policy_by_rule(&self, rule: u32) -> Option<ciliate_observer::proto::flow::Policy> {
+        self.policy.policy_by_rule(rule)
     }
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
@@ -334,8 +479,12 @@ pub struct Sources {
     pub services: Arc<ServiceManager>,
     /// Other nodes' pods, in a cluster.
     pub cluster: Option<ClusterNames>,
+    /// Policy: what rule numbers and CIDR identities are named by.
+    pub policies: Option<Arc<PolicyManager>>,
     /// The agent's own metrics, served beside the flow metrics.
     pub extra_metrics: Option<ExtraMetrics>,
+    /// Where every flow is kept on disk too, if anywhere.
+    pub history: Option<FlowHistory>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -426,7 +575,9 @@ pub fn start(
         manager,
         services,
         cluster,
+        policies,
         extra_metrics,
+        history,
     } = sources;
     let datapath = &datapath;
     let names = Arc::new(AgentNames::new(services));
@@ -441,6 +592,10 @@ pub fn start(
         },
         Arc::clone(&names) as Arc<dyn ciliate_observer::Store>,
     ));
+    if let Some(h) = history {
+        // A fresh observer has none yet.
+        let _ = observer.attach_history(h);
+    }
     if let Err(e) = spawn_intake(Arc::clone(&observer), datapath.as_ref()) {
         warn!(error = %e, "cannot start the observer's threads: no flows will be recorded");
     }
@@ -469,6 +624,28 @@ pub fn start(
         tasks.push(tokio::spawn(async move {
             loop {
                 names.local.replace(local_snapshot(&manager));
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
+    if let Some(policies) = policies {
+        // Policy names, rebuilt when policy changes (a notification, not a poll).
+        let names = Arc::clone(&names);
+        let mut changes = policies.subscribe_names();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut retired = Snapshot::default();
+            loop {
+                let p = Arc::clone(&policies);
+                let Ok(now) = tokio::task::spawn_blocking(move || p.flow_names()).await else {
+                    return;
+                };
+                let table = policy_snapshot(&now, &retired);
+                retired = policy_snapshot(&now, &Snapshot::default());
+                names.policy.replace(table);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = stop.wait_for(|s| *s) => return,
@@ -545,6 +722,9 @@ pub fn start(
                         if let Some(stats) = export {
                             text.push_str(&stats.render());
                         }
+                        if let Some(h) = o.history() {
+                            text.push_str(&h.render_metrics());
+                        }
                         if let Some(f) = extra {
                             match tokio::task::spawn_blocking(move || f()).await {
                                 Ok(more) => text.push_str(&more),
@@ -574,6 +754,7 @@ mod tests {
     use super::*;
     use ciliate_datapath::FakeDatapath;
     use ciliate_model::manifest::{split_documents, ApplyRequest};
+    use ciliate_model::policy::PolicyRef;
     use ciliate_observer::Store;
 
     #[test]
@@ -625,6 +806,57 @@ mod tests {
     }
 
     #[test]
+    fn rules_name_their_policy_and_retired_ones_stay_one_round() {
+        use ciliate_model::policy::PolicyKind;
+        let cnp = |name: &str| PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("prod".into()),
+            name: name.into(),
+        };
+        let first = FlowNames {
+            rules: vec![(5, cnp("old"), None), (6, cnp("kept"), Some("u-1".into()))],
+            cidr_identities: vec![(
+                16_777_217,
+                ciliate_model::labels::Labels::parse_list(
+                    "cidr:203.0.113.0/24,reserved:world",
+                    "k8s",
+                )
+                .expect("labels"),
+            )],
+            revision: 2,
+        };
+        let s1 = policy_snapshot(&first, &Snapshot::default());
+        let kept = s1.policy_by_rule(6).expect("rule 6");
+        assert_eq!(
+            (kept.name.as_str(), kept.namespace.as_str()),
+            ("kept", "prod")
+        );
+        assert_eq!(kept.kind, "CiliumNetworkPolicy");
+        assert_eq!(kept.revision, 2);
+        assert!(kept
+            .labels
+            .contains(&"k8s:io.cilium.k8s.policy.uid=u-1".to_owned()));
+        assert_eq!(
+            s1.identity_labels(16_777_217),
+            Some(vec![
+                "cidr:203.0.113.0/24".to_owned(),
+                "reserved:world".to_owned()
+            ])
+        );
+        // Rule 5 went away: still named while the maps may carry it, then forgotten.
+        let second = FlowNames {
+            rules: vec![(6, cnp("kept"), Some("u-1".into()))],
+            revision: 3,
+            ..FlowNames::default()
+        };
+        let s2 = policy_snapshot(&second, &s1);
+        assert_eq!(s2.policy_by_rule(5).map(|p| p.name), Some("old".into()));
+        assert_eq!(s2.policy_by_rule(6).map(|p| p.revision), Some(3));
+        let s3 = policy_snapshot(&second, &policy_snapshot(&second, &Snapshot::default()));
+        assert_eq!(s3.policy_by_rule(5), None);
+    }
+
+    #[test]
     fn a_burst_of_50k_events_through_the_intake_loses_none() {
         const BURST: u64 = 50_000;
         let dp = FakeDatapath::new();
@@ -656,6 +888,8 @@ mod tests {
                 flags: vec!["SYN".into()],
             }),
             rev_nat: 0,
+            rule: 0,
+            ethernet: None,
         };
         let mut sent = 0;
         while sent < BURST {
@@ -690,6 +924,8 @@ mod tests {
                     hubble_listen_address: None,
                     hubble_event_buffer_capacity: 10,
                     hubble_metrics_address: None,
+                    flow_history_size: 0,
+                    flow_history_age: Duration::ZERO,
                     export,
                 },
                 Path::new("/run/x/agent.sock"),
@@ -764,10 +1000,29 @@ mod tests {
                 hubble_event_buffer_capacity: 10,
                 hubble_metrics_address: None,
                 export: ExportArgs::default(),
+                flow_history_size: 0,
+                flow_history_age: Duration::ZERO,
             },
             Path::new("/run/x/agent.sock"),
         )
         .expect("settings");
         assert_eq!(s.hubble_socket, PathBuf::from("/run/x/hubble.sock"));
+        assert_eq!(s.history_config(Path::new("/var/lib/ciliate/n1")), None);
+    }
+
+    #[test]
+    fn history_sizes_and_ages() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("10KiB").unwrap_err().contains("below 1MiB"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert!(parse_age("soon").is_err());
     }
 }

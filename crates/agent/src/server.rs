@@ -566,6 +566,8 @@ async fn run_inner(
     });
     let observer_settings = config.observer.clone();
     let node_name = config.node_name.clone();
+    let flow_history =
+        crate::observer::open_history(&observer_settings, &config.node_state_dir(), &node_name);
     let state = AppState {
         config: Arc::new(config),
         manager: Arc::clone(&manager),
@@ -577,6 +579,7 @@ async fn run_inner(
         api_metrics: Arc::default(),
         started,
         shutdown: shutdown.clone(),
+        flow_history: flow_history.clone(),
     };
     let agent_metrics = {
         let s = state.clone();
@@ -592,7 +595,9 @@ async fn run_inner(
             manager,
             services,
             cluster: cluster_view,
+            policies: Some(Arc::clone(&state.policies)),
             extra_metrics: Some(agent_metrics),
+            history: flow_history.clone(),
         },
         shutdown.clone(),
     );
@@ -629,6 +634,10 @@ async fn run_inner(
     // Nothing is detached: pods keep forwarding while the agent is down, and the next agent
     // picks the pinned datapath up again.
     drop(guard);
+    if let Some(h) = flow_history {
+        // What is still queued goes to disk: a restart's `observe --since` finds it.
+        tokio::task::spawn_blocking(move || h.close()).await.ok();
+    }
     info!("stopped; the datapath keeps forwarding");
     served.map_err(|source| AgentError::Serve {
         path: socket,

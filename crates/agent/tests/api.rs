@@ -26,6 +26,7 @@ struct Harness {
     dp: Arc<FakeDatapath>,
     policies: Arc<PolicyManager>,
     fqdn: Arc<ciliate_agent::fqdn::FqdnManager>,
+    history: ciliate_observer::history::FlowHistory,
     _shutdown: watch::Sender<bool>,
     _tmp: tempfile::TempDir,
 }
@@ -99,6 +100,16 @@ fn harness_with(cidr: &str) -> Harness {
     );
     manager.reconcile_policy().expect("reconciles");
     let (tx, rx) = watch::channel(false);
+    let history = ciliate_observer::history::FlowHistory::open(
+        ciliate_observer::history::HistoryConfig {
+            dir: tmp.path().join("flow-history"),
+            max_bytes: 1 << 30,
+            max_age: None,
+            queue_flows: 1 << 16,
+        },
+        "node-a",
+    )
+    .expect("flow history");
     let app = router(AppState {
         config: Arc::new(config),
         manager,
@@ -110,12 +121,14 @@ fn harness_with(cidr: &str) -> Harness {
         ct_gc: Arc::new(CtGcHealth::default()),
         started: Instant::now(),
         shutdown: rx,
+        flow_history: Some(history.clone()),
     });
     Harness {
         app,
         dp,
         policies,
         fqdn,
+        history,
         _shutdown: tx,
         _tmp: tmp,
     }
@@ -450,6 +463,8 @@ fn event(kind: EventKind, endpoint: u16) -> MonitorEvent {
         dst: Some(Ipv4Addr::new(1, 1, 1, 1)),
         l4: None,
         rev_nat: 0,
+        rule: 0,
+        ethernet: None,
     }
 }
 
@@ -1311,4 +1326,161 @@ async fn fqdn_cache_list_and_clean() {
     let (_, cleaned) = h.call(Method::DELETE, "/v1/fqdn/cache", None).await;
     assert_eq!(cleaned, json!({"names": 1, "entries": 1}));
     assert_eq!(h.get("/v1/fqdn/cache").await.1, json!([]));
+}
+
+/// A recorded L3/L4 request flow between two pods (or identities).
+fn recorded(
+    seq: u64,
+    src: (&str, u32, &str),
+    dst: (&str, u32, &str),
+    dport: u32,
+    verdict: ciliate_observer::proto::flow::Verdict,
+) -> ciliate_observer::ring::Numbered {
+    use ciliate_observer::proto::flow::{layer4, Endpoint, Flow, FlowType, Layer4, Tcp};
+    let ep = |(pod, identity, app): (&str, u32, &str)| Endpoint {
+        identity,
+        namespace: if pod.is_empty() {
+            String::new()
+        } else {
+            "default".into()
+        },
+        pod_name: pod.into(),
+        labels: vec![
+            format!("k8s:app={app}"),
+            "k8s:io.kubernetes.pod.namespace=default".into(),
+        ],
+        ..Endpoint::default()
+    };
+    let flow = Flow {
+        time: Some(pbjson_types::Timestamp {
+            seconds: 1_796_000_000 + i64::try_from(seq).unwrap_or(0),
+            nanos: 0,
+        }),
+        verdict: verdict as i32,
+        drop_reason: if verdict == ciliate_observer::proto::flow::Verdict::Dropped {
+            133
+        } else {
+            0
+        },
+        r#type: FlowType::L3L4 as i32,
+        source: Some(ep(src)),
+        destination: Some(ep(dst)),
+        is_reply: Some(pbjson_types::BoolValue { value: false }),
+        l4: Some(Layer4 {
+            protocol: Some(layer4::Protocol::Tcp(Tcp {
+                source_port: 40000,
+                destination_port: dport,
+                flags: None,
+            })),
+        }),
+        ..Flow::default()
+    };
+    ciliate_observer::ring::Numbered {
+        seq,
+        entry: Arc::new(ciliate_observer::ring::Entry::Flow(flow)),
+    }
+}
+
+const DENY_CLIENT: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-client}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+"#;
+
+#[tokio::test]
+async fn whatif_replays_recorded_flows_and_names_the_rule_that_would_change_them() {
+    use ciliate_observer::proto::flow::Verdict;
+    let h = harness();
+    let (_, web) = h
+        .call(Method::POST, "/v1/endpoints", Some(create_body("c1", 5)))
+        .await;
+    let mut client = create_body("c2", 6);
+    client["pod"]["name"] = json!("client");
+    client["labels"] = json!(["k8s:app=client"]);
+    let (_, client) = h.call(Method::POST, "/v1/endpoints", Some(client)).await;
+    let web_id = u32::try_from(web["endpoint"]["identity"].as_u64().expect("id")).expect("u32");
+    let client_id =
+        u32::try_from(client["endpoint"]["identity"].as_u64().expect("id")).expect("u32");
+    // 30 requests client -> web:8080 (no policy: forwarded), and 5 from a pod whose identity
+    // is gone (app=client too, so the deny applies to it as well).
+    let mut flows: Vec<_> = (1..=30)
+        .map(|i| {
+            recorded(
+                i,
+                ("client", client_id, "client"),
+                ("web-c1", web_id, "web"),
+                8080,
+                Verdict::Forwarded,
+            )
+        })
+        .collect();
+    flows.extend((31..=35).map(|i| {
+        recorded(
+            i,
+            ("old-client", 4000, "client"),
+            ("web-c1", web_id, "web"),
+            8080,
+            Verdict::Forwarded,
+        )
+    }));
+    h.history.offer(&flows);
+
+    let whatif = |yaml: &str| json!({"documents": ciliate_model::manifest::split_documents("deny.yaml", yaml).expect("YAML")});
+    let (s, r) = h
+        .call(Method::POST, "/v1/policy/whatif", Some(whatif(DENY_CLIENT)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["added"],
+        json!(["CiliumNetworkPolicy default/no-client"]),
+        "{r}"
+    );
+    assert_eq!(r["flowsRead"], 35, "{r}");
+    assert_eq!(r["flowsReplayed"], 35, "{r}");
+    assert_eq!(r["identitiesFromFlows"], 1, "{r}");
+    let changes = r["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 2, "{r}");
+    assert_eq!(changes[0]["change"], "allowed-to-denied");
+    assert_eq!(changes[0]["source"], "default/client");
+    assert_eq!(changes[0]["destination"], "default/web-c1");
+    assert_eq!(changes[0]["port"], 8080);
+    assert_eq!(changes[0]["protocol"], "TCP");
+    assert_eq!(changes[0]["flows"], 30);
+    let rule = changes[0]["proposedRule"].as_str().expect("rule");
+    assert!(
+        rule.contains("no-client") && rule.contains("denied by"),
+        "{rule}"
+    );
+    assert_eq!(changes[1]["source"], "default/old-client");
+    assert_eq!(changes[1]["flows"], 5);
+    // Nothing was applied.
+    let (_, list) = h.get("/v1/policies").await;
+    assert!(!list.to_string().contains("no-client"), "{list}");
+
+    // A proposal that allows what is allowed already changes nothing.
+    let (_, r) = h
+        .call(
+            Method::POST,
+            "/v1/policy/whatif",
+            Some(whatif(SERVER_POLICY)),
+        )
+        .await;
+    assert_eq!(r["changes"], json!([]), "{r}");
+
+    // A bad manifest: its file and field, nothing replayed.
+    let bad = DENY_CLIENT.replace("ingressDeny:", "ingressDeny: 7\n  x:");
+    let (s, r) = h
+        .call(Method::POST, "/v1/policy/whatif", Some(whatif(&bad)))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    let msg = r["message"].as_str().expect("message");
+    assert!(
+        msg.contains("deny.yaml") && msg.contains("ingressDeny"),
+        "{msg}"
+    );
+    assert!(msg.contains("nothing was replayed"), "{msg}");
+    h.history.close();
 }

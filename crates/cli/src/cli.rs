@@ -686,6 +686,35 @@ pub enum PolicyCommand {
     )]
     Trace(TraceArgs),
 
+    /// What would proposed policies change? Replays recorded flows through them
+    #[command(
+        long_about = "Replay the flows the agent recorded (its flow history, see \
+            --flow-history-size) through the policies in force and through a proposed set, and \
+            list the flows whose verdict would change: allowed -> denied (the proposed policies \
+            would break this traffic) and denied -> allowed (they would open it), grouped by \
+            source, destination, port and protocol, with the number of flows, when they were \
+            seen, and the rule that decides under each set. Nothing is applied: the agent \
+            judges copies of its policy engine.\n\n\
+            The proposed set is the policies in force with the manifests of -f added (a policy \
+            of the same kind, namespace and name is replaced); with --replace-all it is the \
+            manifests alone. Invalid manifests are refused with their file, document, field and \
+            reason, and nothing is replayed.\n\n\
+            Replayed are the L3/L4 flows where a side is an endpoint, forwarded or dropped by \
+            policy, replies left out (policy judges a connection by its requests): each by its \
+            identities and destination port, as the datapath judges it. Identities are taken \
+            from the current identity table; one that no longer exists (its pods are gone) is \
+            judged by the labels its flows recorded. --since limits the replay to recent flows \
+            (default: all the history holds).\n\n\
+            Exit codes: 0 nothing would change, 1 some flows would change verdict, 2 could not \
+            replay (invalid manifests, agent unreachable).",
+        after_help = "Examples:\n  \
+            ciliate policy whatif -f deny-db.yaml\n  \
+            ciliate policy whatif -f examples/policies/ --since 1h\n  \
+            ciliate policy whatif -f all-policies/ --replace-all -o json | jq '.changes[]'\n  \
+            ciliate policy whatif -f p.yaml >/dev/null || echo 'p.yaml would change traffic'"
+    )]
+    Whatif(WhatIfArgs),
+
     /// Wait until a policy revision is in force on every endpoint
     #[command(
         long_about = "Wait until the node's policy revision REVISION (what `ciliate policy \
@@ -700,6 +729,29 @@ pub enum PolicyCommand {
             rev=$(ciliate policy import -f p.yaml | sed -n 's/^Revision: //p'); ciliate policy wait $rev"
     )]
     Wait(PolicyWaitArgs),
+}
+
+/// Arguments of `ciliate policy whatif`.
+#[derive(Debug, Args)]
+pub struct WhatIfArgs {
+    /// A manifest file, a directory of them, or - for standard input; repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// Replay only the flows of this last while, e.g. 1h, 30m, 2d; all recorded flows by
+    /// default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<std::time::Duration>,
+
+    /// The proposed manifests replace every policy in force (default: they are added, and
+    /// replace only policies of the same kind, namespace and name).
+    #[arg(long)]
+    pub replace_all: bool,
 }
 
 /// Arguments of `ciliate policy wait`.

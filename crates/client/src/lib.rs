@@ -350,6 +350,16 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/policy/whatif`: recorded flows replayed through proposed policies (nothing is
+    /// applied).
+    pub async fn policy_whatif(
+        &self,
+        request: &ciliate_model::whatif::WhatIfRequest,
+    ) -> Result<ciliate_model::whatif::WhatIfReport, ClientError> {
+        self.call(Method::POST, "/v1/policy/whatif", Some(request))
+            .await
+    }
+
     /// `GET /v1/policy/trace`: would a flow from `src` to `dst` on `proto` (`tcp`, `udp`,
     /// `sctp`, `icmp`) port `dport` (ICMP: type) pass, and which rule decides. `src` and `dst`
     /// are a pod (`namespace/name`), an endpoint or container id, an IPv4 address or labels.

@@ -175,11 +175,14 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> 
         dst: pkt.dst,
         l4: pkt.l4,
         rev_nat: raw.rev_nat,
+        rule: raw.rule,
+        ethernet: pkt.ethernet,
     })
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Parsed {
+    ethernet: Option<ciliate_model::monitor::EthernetAddrs>,
     ethertype: u16,
     src: Option<Ipv4Addr>,
     dst: Option<Ipv4Addr>,
@@ -193,6 +196,15 @@ fn parse_packet(b: &[u8]) -> Parsed {
     if b.len() < 14 {
         return p;
     }
+    let mac = |o: usize| {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&b[o..o + 6]);
+        ciliate_model::endpoint::MacAddr(m)
+    };
+    p.ethernet = Some(ciliate_model::monitor::EthernetAddrs {
+        source: mac(6),
+        destination: mac(0),
+    });
     p.ethertype = u16::from_be_bytes([b[12], b[13]]);
     if p.ethertype != 0x0800 || b.len() < 34 {
         return p;
@@ -257,6 +269,8 @@ mod tests {
 
     fn tcp_syn() -> Vec<u8> {
         let mut p = vec![0u8; 14 + 20 + 20];
+        p[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+        p[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
         p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         p[14] = 0x45;
         p[14 + 9] = 6;
@@ -289,6 +303,11 @@ mod tests {
         assert_eq!(ev.ct_state, "new");
         assert_eq!(ev.rev_nat, 0);
         assert_eq!(ev.src, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        let eth = ev.ethernet.expect("ethernet");
+        assert_eq!(
+            (eth.source.to_string(), eth.destination.to_string()),
+            ("02:00:00:00:00:01".into(), "02:00:00:00:00:02".into())
+        );
         assert_eq!(
             ev.l4,
             Some(L4::Tcp {
@@ -305,6 +324,17 @@ mod tests {
         r[32 + EVENT_CAPTURE_LEN..32 + EVENT_CAPTURE_LEN + 2].copy_from_slice(&5u16.to_ne_bytes());
         let ev = decode(&r, &Clock::now()).unwrap();
         assert_eq!(ev.rev_nat, 5);
+        assert_eq!(ev.rule, 0);
+    }
+
+    #[test]
+    fn decodes_the_rule_that_judged_the_packet() {
+        let mut r = record(EVENT_POLICY_VERDICT, 0, &tcp_syn());
+        let at = 32 + EVENT_CAPTURE_LEN + 4;
+        r[at..at + 4].copy_from_slice(&0x0102_0304u32.to_ne_bytes());
+        let ev = decode(&r, &Clock::now()).unwrap();
+        assert_eq!(ev.rule, 0x0102_0304);
+        assert_eq!(ev.rev_nat, 0);
     }
 
     #[test]

@@ -123,6 +123,13 @@ fn the_real_hubble_cli_reads_status_and_filtered_flows() {
         assert_eq!(f["verdict"], "FORWARDED", "{f}");
         assert_eq!(f["node_name"], format!("default/{}", node.name), "{f}");
         assert!(f["uuid"].as_str().is_some_and(|u| u.len() == 36), "{f}");
+        // The captured Ethernet header, as Hubble writes MACs.
+        assert!(
+            f["ethernet"]["source"]
+                .as_str()
+                .is_some_and(|m| m.len() == 17 && m.contains(':')),
+            "{f}"
+        );
     }
     // The SYN reads as Hubble's compact line does.
     let (ok, out, err) = hubble(

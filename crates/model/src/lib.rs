@@ -21,6 +21,7 @@ pub mod monitor;
 pub mod policy;
 pub mod policy_api;
 pub mod service;
+pub mod whatif;
 
 pub use endpoint::{Endpoint, EndpointState, MacAddr, NamedPort, PodRef};
 pub use identity::{Identity, NumericIdentity, ReservedIdentity};

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
 
 use crate::proto::flow::{
-    layer4, CiliumEventType, Endpoint, Flow, FlowType, IcmPv4, Ip, IpVersion, Layer4,
+    layer4, CiliumEventType, Endpoint, Ethernet, Flow, FlowType, IcmPv4, Ip, IpVersion, Layer4,
     NetworkInterface, Service, Tcp, TcpFlags, TraceObservationPoint, TraceReason, TrafficDirection,
     Udp, Verdict,
 };
@@ -221,6 +221,10 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     }
     flow.is_reply = is_reply.map(|value| pbjson_types::BoolValue { value });
     flow.summary = l34_summary(ev);
+    flow.ethernet = ev.ethernet.map(|e| Ethernet {
+        source: e.source.to_string(),
+        destination: e.destination.to_string(),
+    });
     flow.reply = is_reply == Some(true);
 
     // The reporting endpoint tells the direction when the observation point does not:
@@ -291,6 +295,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
             } as i32;
         }
     }
+    crate::policy_names::fill_from_event(&mut flow, ev, store);
     flow
 }
 

@@ -31,6 +31,8 @@ pub(crate) fn trace_event() -> MonitorEvent {
             flags: vec!["SYN".into()],
         }),
         rev_nat: 0,
+        rule: 0,
+        ethernet: None,
     }
 }
 
@@ -415,4 +417,19 @@ fn finished_flows_have_a_uuid_and_cluster_names_on_cluster_endpoints() {
     let kept = a.uuid.clone();
     finish_flow(&mut a, "x");
     assert_eq!(a.uuid, kept);
+}
+
+#[test]
+fn the_ethernet_header_is_in_the_flow() {
+    let mut ev = trace_event();
+    assert_eq!(to_flow(&ev, &store(), "n").ethernet, None);
+    ev.ethernet = Some(ciliate_model::monitor::EthernetAddrs {
+        source: "0a:00:00:00:00:01".parse().expect("mac"),
+        destination: "0a:00:00:00:00:02".parse().expect("mac"),
+    });
+    let e = to_flow(&ev, &store(), "n").ethernet.expect("ethernet");
+    assert_eq!(
+        (e.source.as_str(), e.destination.as_str()),
+        ("0a:00:00:00:00:01", "0a:00:00:00:00:02")
+    );
 }

@@ -8,8 +8,8 @@
 
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
 use crate::proto::flow::{
-    layer4, layer7, AuthType, DropReason, Flow, L7FlowType, LostEventSource, TraceObservationPoint,
-    TrafficDirection, Verdict,
+    layer4, layer7, AuthType, DropReason, Flow, L7FlowType, LostEventSource, Policy,
+    TraceObservationPoint, TrafficDirection, Verdict,
 };
 use crate::proto::observer::{get_flows_response::ResponseTypes, GetFlowsResponse};
 use crate::proto::relay::NodeState;
@@ -132,6 +132,8 @@ pub struct Options {
     pub time_format: TimeFormat,
     /// `--debug`: every node status event, not only errors and unavailable nodes.
     pub debug: bool,
+    /// `--print-policy-names`: policy verdicts name the policies that decided them.
+    pub policy_names: bool,
 }
 
 impl Default for Options {
@@ -142,6 +144,7 @@ impl Default for Options {
             ip_translation: true,
             time_format: TimeFormat::StampMilli,
             debug: false,
+            policy_names: false,
         }
     }
 }
@@ -247,7 +250,13 @@ impl Printer {
                 if self.opts.node_name {
                     row.push(f.node_name.clone());
                 }
-                row.extend([src, dst, flow_type(f), verdict_text(f), summary_text(f)]);
+                row.extend([
+                    src,
+                    dst,
+                    flow_type(f),
+                    verdict_with(f, self.opts.policy_names),
+                    summary_text(f),
+                ]);
                 self.rows.push(row);
             }
             Output::Dict => {
@@ -263,7 +272,7 @@ impl Printer {
                 out.push_str(&format!(
                     "     SOURCE: {src}\nDESTINATION: {dst}\n       TYPE: {}\n    VERDICT: {}\n    SUMMARY: {}\n",
                     flow_type(f),
-                    verdict_text(f),
+                    verdict_with(f, self.opts.policy_names),
                     summary_text(f)
                 ));
                 out = escape_terminal(&out);
@@ -538,7 +547,7 @@ pub fn compact_line(f: &Flow, opts: Options) -> String {
         "{}{node}: {src} {src_id} {arrow} {dst} {dst_id} {} {} ({})\n",
         format_time(opts.time_format, f.time.as_ref()),
         flow_type(f),
-        verdict_text(f),
+        verdict_with(f, opts.policy_names),
         summary_text(f)
     )
 }
@@ -769,13 +778,49 @@ fn policy_match_text(m: u32) -> &'static str {
 
 /// Hubble's `getVerdict`: policy verdicts read ALLOWED, DENIED, AUDITED.
 pub fn verdict_text(flow: &Flow) -> String {
+    verdict_with(flow, false)
+}
+
+/// Hubble's `getVerdict`; with `names`, `ALLOWED BY web-allow (CiliumNetworkPolicy)`.
+fn verdict_with(flow: &Flow, names: bool) -> String {
     let policy = flow.event_type.as_ref().map(|e| e.r#type) == Some(MESSAGE_TYPE_POLICY_VERDICT);
     let verdict = Verdict::try_from(flow.verdict);
+    let ingress = flow.traffic_direction == TrafficDirection::Ingress as i32;
+    let egress = flow.traffic_direction == TrafficDirection::Egress as i32;
+    let by = |egress_list: &[Policy], ingress_list: &[Policy]| -> String {
+        match (names, egress, ingress) {
+            (true, true, _) => policy_names_text(egress_list),
+            (true, _, true) => policy_names_text(ingress_list),
+            _ => String::new(),
+        }
+    };
     match verdict {
-        Ok(Verdict::Forwarded | Verdict::Redirected) if policy => "ALLOWED".to_owned(),
-        Ok(Verdict::Dropped | Verdict::Error) if policy => "DENIED".to_owned(),
+        Ok(Verdict::Forwarded | Verdict::Redirected) if policy => format!(
+            "ALLOWED{}",
+            by(&flow.egress_allowed_by, &flow.ingress_allowed_by)
+        ),
+        Ok(Verdict::Dropped | Verdict::Error) if policy => format!(
+            "DENIED{}",
+            by(&flow.egress_denied_by, &flow.ingress_denied_by)
+        ),
+        // Hubble v1.19 names no policies for audits (later Cilium does).
         Ok(Verdict::Audit) if policy => "AUDITED".to_owned(),
         v => enum_text(v.map(|v| v.as_str_name()), flow.verdict),
+    }
+}
+
+/// Hubble's `formatPolicyNames`: ` BY a (CiliumNetworkPolicy), b (Kind)`, policies without
+/// a kind or a name left out.
+pub fn policy_names_text(policies: &[Policy]) -> String {
+    let named: Vec<String> = policies
+        .iter()
+        .filter(|p| !p.kind.is_empty() && !p.name.is_empty())
+        .map(|p| format!("{} ({})", p.name, p.kind))
+        .collect();
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!(" BY {}", named.join(", "))
     }
 }
 

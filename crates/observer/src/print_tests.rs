@@ -507,3 +507,66 @@ fn yaml_is_a_stream_of_documents_and_terminal_escapes_are_defused() {
     let line = print(opts(Output::Compact, false), &[flow_response(evil)]);
     assert!(line.ends_with("(^[[31mred\\rx)\n"), "{line}");
 }
+
+#[test]
+fn policy_names_as_hubble_printer_tests_expect() {
+    use crate::proto::flow::Policy;
+    let policy = |name: &str, ns: &str, kind: &str| Policy {
+        name: name.into(),
+        namespace: ns.into(),
+        kind: kind.into(),
+        ..Policy::default()
+    };
+    let mut denied = hubble_flow();
+    denied.event_type = Some(CiliumEventType {
+        r#type: 5,
+        sub_type: 0,
+    });
+    denied.is_reply = None;
+    denied.traffic_direction = TrafficDirection::Egress as i32;
+    denied.egress_denied_by = vec![policy(
+        "my-policy",
+        "my-policy-namespace",
+        "CiliumNetworkPolicy",
+    )];
+    let mut allowed = denied.clone();
+    allowed.verdict = Verdict::Forwarded as i32;
+    allowed.traffic_direction = TrafficDirection::Ingress as i32;
+    allowed.ingress_allowed_by = vec![
+        policy("my-policy", "my-policy-namespace", "CiliumNetworkPolicy"),
+        policy("my-policy-2", "", "CiliumClusterwideNetworkPolicy"),
+    ];
+    allowed.policy_match_type = 1;
+    let named = |output| Options {
+        output,
+        node_name: true,
+        policy_names: true,
+        ..Options::default()
+    };
+    assert_eq!(
+        print(named(Output::Compact), &[flow_response(denied.clone())]),
+        "Jan  1 00:20:34.567 [k8s1]: 1.1.1.1:31793 (health) <> 2.2.2.2:8080 (ID:12345) policy-verdict:none EGRESS DENIED BY my-policy (CiliumNetworkPolicy) (TCP Flags: SYN)\n"
+    );
+    assert_eq!(
+        print(named(Output::Compact), &[flow_response(allowed)]),
+        "Jan  1 00:20:34.567 [k8s1]: 1.1.1.1:31793 (health) <> 2.2.2.2:8080 (ID:12345) policy-verdict:L3-Only INGRESS ALLOWED BY my-policy (CiliumNetworkPolicy), my-policy-2 (CiliumClusterwideNetworkPolicy) (TCP Flags: SYN)\n"
+    );
+    let dict = Options {
+        output: Output::Dict,
+        policy_names: true,
+        ..Options::default()
+    };
+    assert_eq!(
+        print(dict, &[flow_response(denied.clone())]),
+        "  TIMESTAMP: Jan  1 00:20:34.567\n     SOURCE: 1.1.1.1:31793\nDESTINATION: 2.2.2.2:8080\n       TYPE: policy-verdict:none EGRESS\n    VERDICT: DENIED BY my-policy (CiliumNetworkPolicy)\n    SUMMARY: TCP Flags: SYN\n"
+    );
+    // Without the option, no names.
+    assert!(print(opts(Output::Compact, false), &[flow_response(denied)]).contains(" DENIED (TCP"));
+    assert_eq!(
+        policy_names_text(&[
+            policy("AllowAll", "", ""),
+            policy("", "", "CiliumNetworkPolicy")
+        ]),
+        ""
+    );
+}

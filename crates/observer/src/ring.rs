@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord};
@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::convert::{system_time_to_timestamp, to_flow};
 use crate::dns::dns_to_flow;
+use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
 use crate::l7::http_to_flow;
 use crate::metrics::Metrics;
@@ -74,6 +75,8 @@ pub struct Observer {
     lost: AtomicU64,
     started: Instant,
     metrics: Metrics,
+    /// Where every flow is also kept on disk, once attached.
+    history: OnceLock<FlowHistory>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -112,6 +115,7 @@ impl Observer {
             lost: AtomicU64::new(0),
             started: Instant::now(),
             metrics: Metrics::default(),
+            history: OnceLock::new(),
         }
     }
 
@@ -123,6 +127,17 @@ impl Observer {
     /// The flow metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Keeps every flow from now on in `history` too (once; a second history is refused and
+    /// returned).
+    pub fn attach_history(&self, history: FlowHistory) -> Result<(), FlowHistory> {
+        self.history.set(history)
+    }
+
+    /// The flow history, if one is attached.
+    pub fn history(&self) -> Option<&FlowHistory> {
+        self.history.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, Ring> {
@@ -240,6 +255,8 @@ impl Observer {
                 Arc::new(e)
             })
             .collect();
+        let history = self.history.get();
+        let mut kept = Vec::with_capacity(if history.is_some() { entries.len() } else { 0 });
         let mut ring = self.lock();
         for entry in entries {
             let numbered = Numbered {
@@ -251,8 +268,16 @@ impl Observer {
                 ring.entries.pop_front();
             }
             ring.entries.push_back(numbered.clone());
+            if history.is_some() {
+                kept.push(numbered.clone());
+            }
             // Sent under the lock, so followers see entries in sequence order.
             let _ = self.live.send(numbered);
+        }
+        if let Some(h) = history {
+            // Under the lock too, so the history receives them in sequence order (a queue
+            // push: it never waits for the disk).
+            h.offer(&kept);
         }
     }
 

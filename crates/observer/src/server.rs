@@ -192,10 +192,27 @@ impl ObserverApi for Service {
         let query = Query::new(request.get_ref())?;
         let (ring, mut live) = self.observer.snapshot_and_follow();
         let node = self.observer.config().node_name.clone();
-        let history = query.select(&ring);
+        let mut history = query.select(&ring);
+        // Flows older than the ring's, from the flow history (see history::get_flows).
+        let older = crate::history::get_flows::older(
+            &self.observer,
+            request.get_ref(),
+            &ring,
+            history.len(),
+        );
         let mut last_seq = ring.last().map(|n| n.seq).unwrap_or(0);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
+            if let Some(older) = older {
+                let first = older.takes_first();
+                let Some(sent) = older.send(&tx, &node).await else {
+                    return;
+                };
+                if first && query.number > 0 {
+                    let left = query.number.saturating_sub(sent);
+                    history.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                }
+            }
             for n in history {
                 if tx
                     .send(Ok(response(&n.entry, &node, query.mask.as_ref())))

@@ -53,6 +53,8 @@ fn event(dport: u16) -> MonitorEvent {
             flags: vec!["SYN".into()],
         }),
         rev_nat: 0,
+        rule: 0,
+        ethernet: None,
     }
 }
 

@@ -61,6 +61,8 @@ fn event(kind: EventKind, code: u8, src: &str, dst: &str, dport: u16, ct: &str) 
             flags: vec!["SYN".into(), "ACK".into()],
         }),
         rev_nat: 0,
+        rule: 0,
+        ethernet: None,
     }
 }
 

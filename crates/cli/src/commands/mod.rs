@@ -146,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             policy::wait(&ctx, args.revision, args.timeout).await
         }
         Command::Policy(PolicyCommand::Trace(args)) => policy::trace(&ctx, &args).await,
+        Command::Policy(PolicyCommand::Whatif(args)) => policy::whatif(&ctx, &args).await,
         Command::Apply(args) => apply::run(&ctx, &args.files, false, false).await,
         Command::Delete(args) => apply::run(&ctx, &args.files, true, args.ignore_not_found).await,
         Command::Service(ServiceCommand::List) => service::list(&ctx).await,

@@ -58,6 +58,9 @@ pub struct ObserveArgs {
     /// Print node name in output.
     #[arg(long, help_heading = "Formatting")]
     pub print_node_name: bool,
+    /// Print the names of the policies that allowed or denied policy verdicts.
+    #[arg(long, help_heading = "Formatting")]
+    pub print_policy_names: bool,
     /// Time format of compact, dict and table output: StampMilli, RFC3339, RFC3339Milli,
     /// RFC3339Micro, RFC3339Nano, RFC1123Z, YearMonthDay, YearMonthDayHour,
     /// YearMonthDayHourMinute.
@@ -628,6 +631,7 @@ pub fn printer_options(format: Format, args: &ObserveArgs) -> anyhow::Result<Opt
         ip_translation: !args.numeric,
         time_format: TimeFormat::from_name(&args.time_format),
         debug: args.debug,
+        policy_names: args.print_policy_names,
     })
 }
 

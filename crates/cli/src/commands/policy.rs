@@ -326,6 +326,144 @@ pub async fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<Outcome> {
     })
 }
 
+/// `ciliate policy whatif -f ...`: exit 0 when no recorded flow would change verdict, 1 when
+/// some would, 2 when it could not replay.
+pub async fn whatif(ctx: &Ctx, args: &crate::cli::WhatIfArgs) -> anyhow::Result<Outcome> {
+    let coded = |error: anyhow::Error| Coded {
+        code: TRACE_ERROR_EXIT,
+        error,
+    };
+    let docs = documents(&args.files).map_err(coded)?;
+    let refused = not_policies(&docs, "whatif");
+    if !refused.is_empty() {
+        return Err(coded(anyhow::anyhow!(
+            "{}",
+            report(&refused, "nothing was sent to the agent")
+        ))
+        .into());
+    }
+    let request = ciliate_model::whatif::WhatIfRequest {
+        documents: docs,
+        replace_all: args.replace_all,
+        since_seconds: args.since.map(|d| d.as_secs().max(1)),
+    };
+    let r = ctx
+        .client
+        .policy_whatif(&request)
+        .await
+        .map_err(|e| coded(e.into()))?;
+    let files = args
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    match ctx.format {
+        Format::Table | Format::Compact => {
+            for w in &r.warnings {
+                eprintln!("Warning: {w}");
+            }
+            output::print(&whatif_text(&r, &files))?;
+        }
+        format => output::print(&output::render(format, &r, |_| String::new())?)?,
+    }
+    Ok(if r.changes.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Unhealthy
+    })
+}
+
+/// The report for people: what was compared, then one row per group that would change.
+fn whatif_text(r: &ciliate_model::whatif::WhatIfReport, files: &str) -> String {
+    let mut out = String::new();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "Proposed ({files}): added {}; replaced {}",
+        list(&r.added),
+        list(&r.replaced)
+    ));
+    if !r.removed.is_empty() {
+        out.push_str(&format!("; removed (--replace-all) {}", list(&r.removed)));
+    }
+    out.push('\n');
+    let range = match (&r.from, &r.to) {
+        (Some(a), Some(b)) => format!(" recorded {a} .. {b}"),
+        _ => String::new(),
+    };
+    out.push_str(&format!(
+        "Replayed {} of {} flows{range} (L3/L4 policy decisions, replies left out){}.\n",
+        r.flows_replayed,
+        r.flows_read,
+        if r.history {
+            ""
+        } else {
+            "; the agent keeps no flow history (--flow-history-size 0): nothing to replay"
+        }
+    ));
+    if r.identities_from_flows > 0 {
+        out.push_str(&format!(
+            "{} identities no longer exist: judged by the labels their flows recorded.\n",
+            r.identities_from_flows
+        ));
+    }
+    if r.flows_recorded_differently > 0 {
+        out.push_str(&format!(
+            "Note: {} replayed flows were recorded with another verdict than the current policies give (policies changed since); the comparison is current vs proposed.\n",
+            r.flows_recorded_differently
+        ));
+    }
+    if r.changes.is_empty() {
+        out.push_str("\nNo recorded flow would change verdict.\n");
+        return out;
+    }
+    let n: u64 = r.changes.iter().map(|c| c.flows).sum();
+    out.push_str(&format!(
+        "\n{n} flows in {} groups would change verdict:\n\n",
+        r.changes.len()
+    ));
+    out.push_str(&output::table(
+        &[
+            "change",
+            "source",
+            "destination",
+            "port",
+            "flows",
+            "last seen",
+            "proposed: decided by",
+            "now: decided by",
+        ],
+        r.changes.iter().map(|c| {
+            vec![
+                match c.change.as_str() {
+                    "allowed-to-denied" => "allowed -> DENIED".to_owned(),
+                    "denied-to-allowed" => "denied -> ALLOWED".to_owned(),
+                    other => other.to_owned(),
+                },
+                c.source.clone(),
+                c.destination.clone(),
+                if c.port == 0 {
+                    c.protocol.clone()
+                } else {
+                    format!("{}/{}", c.port, c.protocol)
+                },
+                c.flows.to_string(),
+                c.last_seen.clone(),
+                c.proposed_rule.clone(),
+                c.current_rule.clone(),
+            ]
+        }),
+    ));
+    out.push_str("\nNothing was applied (`ciliate policy import -f ...` applies).\n");
+    out
+}
+
 /// `ciliate policy trace`: exit 0 allowed, 1 denied, 2 when it could not trace.
 /// `--dst-fqdn`: one trace per address the FQDN cache holds for the name.
 #[derive(Debug, serde::Serialize)]
