@@ -148,8 +148,6 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         } else {
             0
         },
-        rule: 0,
-        ethernet: None,
     }
 }
 
