@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod client;
 pub mod convert;
 pub mod dns;
 mod dns_metrics;

@@ -24,6 +24,15 @@ pub struct ObserveArgs {
     /// puts it].
     #[arg(long, env = "CILIATE_HUBBLE_SOCKET", value_name = "PATH")]
     pub hubble_socket: Option<PathBuf>,
+    /// Read another observer API instead, as Hubble's `--server`: `host:port` (the relay,
+    /// e.g. localhost:4245, for the whole cluster) or `unix:///path`.
+    #[arg(
+        long,
+        env = "HUBBLE_SERVER",
+        value_name = "ADDR",
+        conflicts_with = "hubble_socket"
+    )]
+    pub server: Option<String>,
     /// The last N flows (the first N with --first).
     #[arg(long, value_name = "N")]
     pub last: Option<u64>,
@@ -437,6 +446,44 @@ pub fn render(format: Format, r: &GetFlowsResponse) -> anyhow::Result<String> {
     })
 }
 
+/// A client of the observer `--server` names, or of the agent's socket.
+async fn connect(
+    args: &ObserveArgs,
+    api_socket: &std::path::Path,
+) -> anyhow::Result<
+    ciliate_observer::proto::observer::observer_client::ObserverClient<tonic::transport::Channel>,
+> {
+    if let Some(server) = &args.server {
+        let target = ciliate_observer::client::Target::parse(server).map_err(|e| super::Coded {
+            code: 2,
+            error: anyhow!("--server {e}"),
+        })?;
+        return ciliate_observer::client::connect(&target, std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| {
+                Hinted {
+                    error: anyhow!("cannot reach the observer at {target}: {e}"),
+                    hint: "is the relay (or agent) running there? `ciliate lab status` shows the \
+                           lab's relay"
+                        .into(),
+                }
+                .into()
+            });
+    }
+    let socket = args
+        .hubble_socket
+        .clone()
+        .unwrap_or_else(|| api_socket.with_file_name("hubble.sock"));
+    Ok(ciliate_observer::server::connect_unix(socket.clone())
+        .await
+        .map_err(|e| Hinted {
+            error: anyhow!("cannot reach the observer at {}: {e}", socket.display()),
+            hint: "is the agent running? Its observer socket is hubble.sock beside its API socket \
+                   (--hubble-socket on both sides)"
+                .into(),
+        })?)
+}
+
 /// Prints flows; with --follow until Ctrl-C or SIGTERM.
 pub async fn run(
     format: Option<Format>,
@@ -459,18 +506,7 @@ pub async fn run(
         signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle Ctrl-C: {e}"))?;
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
-    let socket = args
-        .hubble_socket
-        .clone()
-        .unwrap_or_else(|| api_socket.with_file_name("hubble.sock"));
-    let mut client = ciliate_observer::server::connect_unix(socket.clone())
-        .await
-        .map_err(|e| Hinted {
-            error: anyhow!("cannot reach the observer at {}: {e}", socket.display()),
-            hint: "is the agent running? Its observer socket is hubble.sock beside its API socket \
-                   (--hubble-socket on both sides)"
-                .into(),
-        })?;
+    let mut client = connect(&args, api_socket).await?;
     let mut stream = client
         .get_flows(req)
         .await
