@@ -197,6 +197,7 @@ int from_container(struct __sk_buff *skb)
 	__u32 dst_id = 0, backend_id = 0, tunnel_if;
 	__be32 node = 0;
 	__u16 rev_nat = 0, ct_rev_nat = 0, svc = 0;
+	__u32 rule = 0;
 	int rc, ct, report = 0;
 
 	self = bpf_map_lookup_elem(&cil_lxc_ifx, &ifindex);
@@ -263,10 +264,11 @@ int from_container(struct __sk_buff *skb)
 		node = remote ? remote->tunnel_endpoint : 0;
 	}
 
-	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &svc, &report, &pc);
+	ct = ct_and_policy(skb, self, &p, 1, dst_id, rev_nat, &ct_rev_nat, &svc, &report, &pc,
+			   &rule);
 	if (ct < 0)
-		return drop_svc(skb, METRIC_EGRESS, -ct, self->ep_id, self->sec_identity, dst_id,
-				CT_NEW, svc);
+		return drop_rule(skb, METRIC_EGRESS, -ct, self->ep_id, self->sec_identity, dst_id,
+				 CT_NEW, svc, rule);
 
 	/* An egress L7 rule's connection goes to the proxy, to the original destination (the
 	 * backend, after Service DNAT); a server's reply to the proxy's upstream connection goes
@@ -281,7 +283,8 @@ int from_container(struct __sk_buff *skb)
 			return drop_svc(skb, METRIC_EGRESS, rc, ep_id, src_id, dst_id, ct, svc);
 		count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
 		if (report)
-			emit_svc(skb, EVENT_TRACE, TRACE_TO_PROXY, ep_id, src_id, dst_id, ct, svc);
+			emit_rule(skb, EVENT_TRACE, TRACE_TO_PROXY, ep_id, src_id, dst_id, ct, svc,
+				  rule);
 		return TC_ACT_OK;
 	}
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
@@ -292,7 +295,8 @@ int from_container(struct __sk_buff *skb)
 		int hairpin = rc == LB_XLATED && dst->ifindex == self->ifindex;
 
 		if (report)
-			emit_svc(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct, svc);
+			emit_rule(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct, svc,
+				  rule);
 		/* The pod reached itself through a Service: it would drop a packet from its own
 		 * address, so the packet comes from HAIRPIN_IPV4 (conntrack holds the real tuple). */
 		if (hairpin && nat4_rewrite(skb, &p, 1, p.saddr, HAIRPIN_IPV4, p.sport, p.sport) < 0)
@@ -312,8 +316,8 @@ int from_container(struct __sk_buff *skb)
 		__u32 src_id = self->sec_identity;
 
 		if (report)
-			emit_svc(skb, EVENT_TRACE, TRACE_TO_OVERLAY, ep_id, src_id, dst_id, ct,
-				 svc);
+			emit_rule(skb, EVENT_TRACE, TRACE_TO_OVERLAY, ep_id, src_id, dst_id, ct,
+				  svc, rule);
 		rc = encap_to_node(skb, tunnel_if, node, src_id);
 		if (rc < 0)
 			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, ep_id, src_id,
@@ -321,8 +325,8 @@ int from_container(struct __sk_buff *skb)
 		return rc;
 	}
 	if (report)
-		emit_svc(skb, EVENT_TRACE, TRACE_TO_STACK, self->ep_id, self->sec_identity,
-			 dst_id, ct, svc);
+		emit_rule(skb, EVENT_TRACE, TRACE_TO_STACK, self->ep_id, self->sec_identity,
+			  dst_id, ct, svc, rule);
 	return TC_ACT_OK;
 }
 

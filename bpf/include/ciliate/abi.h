@@ -261,7 +261,7 @@ struct policy_entry {
 	__u8 flags;      /* POLICY_F_* */
 	__u8 match;      /* POLICY_MATCH_* */
 	__u16 proxy_port; /* L7 redirect: the node's proxy port, HOST byte order; 0 = none */
-	__u32 rule;      /* the agent's id of the rule that made it, for `policy trace` */
+	__u32 rule;      /* the agent's id of the rule that made it: `policy trace`, events */
 	__u64 packets;
 	__u64 bytes;
 };
@@ -391,7 +391,14 @@ struct ciliate_event {
 	 * DNAT or socket LB), 0 when none: the packet shows the backend, this names the
 	 * Service. */
 	__u16 rev_nat;
-	__u8 pad[6];
+	__u16 pad;
+	/* The agent's number of the rule whose policy entry decided (struct policy_entry's
+	 * `rule`), on the events of a packet policy judged: its policy verdict, its drop (for
+	 * DROP_POLICY_DENY the deny rule) or its trace once allowed. 0 when no entry matched
+	 * (default deny, or a direction without policy) and on every other event. It took 4 of
+	 * the 6 bytes of padding: the record keeps its size (32 + EVENT_CAPTURE_LEN + 8) and
+	 * its 8-byte alignment. */
+	__u32 rule;
 };
 
 /* ---- Metrics ---- */

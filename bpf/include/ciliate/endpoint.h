@@ -69,11 +69,12 @@ static __always_inline __u16 sock_lb_rev_nat(struct __sk_buff *skb, const struct
  * policy; a new connection is recorded only once policy allowed it, and where the direction
  * is under policy (or denied) it gets a policy-verdict event. *svc_out is the rev-NAT index
  * of the Service frontend the connection was addressed to (per-packet or socket LB), for
- * events; *rev_nat_out the one replies are translated back from. */
+ * events; *rev_nat_out the one replies are translated back from; *rule_out the rule of the
+ * policy entry that judged the packet (0: none), for its drop or trace event. */
 static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct endpoint_info *self,
 					 const struct pkt4 *p, __u8 egress, __u32 peer,
 					 __u16 rev_nat, __u16 *rev_nat_out, __u16 *svc_out,
-					 int *report, struct proxy_ctx *pc)
+					 int *report, struct proxy_ctx *pc, __u32 *rule_out)
 {
 	__u8 dir = egress ? CT_EGRESS : CT_INGRESS;
 	__u32 src_id = egress ? self->sec_identity : peer;
@@ -86,6 +87,7 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 
 	*report = 0;
 	*svc_out = 0;
+	*rule_out = 0;
 	pc->reply_to_proxy = 0;
 	pc->redirect_port = 0;
 	if (ct_untracked(p)) {
@@ -113,6 +115,7 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 		}
 	}
 	verdict = policy_check(self, egress, peer, p, skb->len, &res);
+	*rule_out = res.rule;
 	/* The node reaches its own pods (health checks) unless a rule denies it explicitly:
 	 * Cilium's allow-localhost default. */
 	if (verdict == DROP_POLICY && !egress && peer == IDENTITY_HOST)
@@ -127,7 +130,7 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 		verdict = DROP_PROXY_UNKNOWN_PROTO;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
 		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
-			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out);
+			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out, res.rule);
 	if (verdict)
 		return -verdict;
 	if (ct == CT_NEW) {
@@ -211,19 +214,20 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpo
 				       struct pkt4 *p, __u32 src_id, struct proxy_ctx *pc)
 {
 	__u16 rev_nat = 0, svc = 0;
+	__u32 rule = 0;
 	int ct, report = 0;
 
-	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report, pc);
+	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report, pc, &rule);
 	if (ct < 0)
-		return drop_svc(skb, METRIC_INGRESS, -ct, self->ep_id, src_id,
-				self->sec_identity, CT_NEW, svc);
+		return drop_rule(skb, METRIC_INGRESS, -ct, self->ep_id, src_id,
+				 self->sec_identity, CT_NEW, svc, rule);
 	if (ct == CT_REPLY && lb4_rev_nat(skb, p, rev_nat) < 0)
 		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
 			    self->sec_identity, ct);
 	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
 	if (report)
-		emit_svc(skb, EVENT_TRACE,
-			 (pc->redirect_port || pc->reply_to_proxy) ? TRACE_TO_PROXY : TRACE_TO_LXC,
-			 self->ep_id, src_id, self->sec_identity, ct, svc);
+		emit_rule(skb, EVENT_TRACE,
+			  (pc->redirect_port || pc->reply_to_proxy) ? TRACE_TO_PROXY : TRACE_TO_LXC,
+			  self->ep_id, src_id, self->sec_identity, ct, svc, rule);
 	return TC_ACT_OK;
 }

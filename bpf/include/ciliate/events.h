@@ -21,10 +21,11 @@ static __always_inline void count(__u8 dir, __u8 reason, __u32 bytes)
 
 /* Reports one event. A full ring buffer loses the event, never the packet: the loss is
  * counted in cil_metrics (METRIC_EVENTS_LOST), which the agent turns into lost events.
- * `rev_nat` names the Service frontend of a translated connection (0: none). */
+ * `rev_nat` names the Service frontend of a translated connection (0: none); `rule` the
+ * policy rule that judged the packet (0: none). */
 static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
 				       __u32 src_id, __u32 dst_id, __u8 ct_state, __u8 flags,
-				       __u16 rev_nat)
+				       __u16 rev_nat, __u32 rule)
 {
 	struct ciliate_event *e = bpf_ringbuf_reserve(&cil_events, sizeof(*e), 0);
 	__u32 cap;
@@ -44,7 +45,8 @@ static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 co
 	e->ct_state = ct_state;
 	e->flags = flags;
 	e->rev_nat = rev_nat;
-	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	e->pad = 0;
+	e->rule = rule;
 	cap = skb->len;
 	if (cap > EVENT_CAPTURE_LEN)
 		cap = EVENT_CAPTURE_LEN;
@@ -61,24 +63,40 @@ static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 co
 				      : BPF_RB_NO_WAKEUP);
 }
 
+/* The event of a packet policy judged: names the deciding rule. */
+static __always_inline void emit_rule(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
+				      __u32 src_id, __u32 dst_id, __u8 ct_state, __u16 rev_nat,
+				      __u32 rule)
+{
+	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0, rev_nat, rule);
+}
+
 static __always_inline void emit_svc(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
 				     __u32 src_id, __u32 dst_id, __u8 ct_state, __u16 rev_nat)
 {
-	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0, rev_nat);
+	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0, rev_nat, 0);
 }
 
 static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
 				 __u32 src_id, __u32 dst_id, __u8 ct_state)
 {
-	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0, 0);
+	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0, 0, 0);
+}
+
+/* The drop of a packet policy judged: names the deciding rule. */
+static __always_inline int drop_rule(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,
+				     __u32 src_id, __u32 dst_id, __u8 ct_state, __u16 rev_nat,
+				     __u32 rule)
+{
+	count(dir, reason, skb->len);
+	emit_rule(skb, EVENT_DROP, reason, ep_id, src_id, dst_id, ct_state, rev_nat, rule);
+	return TC_ACT_SHOT;
 }
 
 static __always_inline int drop_svc(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,
 				    __u32 src_id, __u32 dst_id, __u8 ct_state, __u16 rev_nat)
 {
-	count(dir, reason, skb->len);
-	emit_svc(skb, EVENT_DROP, reason, ep_id, src_id, dst_id, ct_state, rev_nat);
-	return TC_ACT_SHOT;
+	return drop_rule(skb, dir, reason, ep_id, src_id, dst_id, ct_state, rev_nat, 0);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,

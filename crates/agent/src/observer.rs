@@ -1,7 +1,7 @@
 //! Flow observability in the agent: feeds the datapath's events to a
-//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint and Service
-//! stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the flow
-//! metrics (optionally, HTTP).
+//! [`ciliate_observer::Observer`], keeps its name tables fresh from the endpoint, Service and
+//! policy stores, and serves Hubble's observer gRPC API (unix socket, optionally TCP) and the
+//! flow metrics (optionally, HTTP).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::endpoints::EndpointManager;
+use crate::policy::{FlowNames, PolicyManager};
 use crate::services::ServiceManager;
 
 /// How often the datapath's counter of lost events is read (names are refreshed on change
@@ -271,21 +272,54 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
     s
 }
 
-/// The observer's name tables: local endpoints first, then the cluster's; Services straight
-/// from the Service store's index (never copied, so their number costs nothing when idle).
+/// The policy names of flows: rule number → policy (Hubble's `Policy`), and the CIDR
+/// identities' labels. `retired` are the rules of the table before, which no longer exist:
+/// kept one more round, because the datapath still reports them until the reconciliation
+/// after the change has rewritten the maps (the engine never reuses a number, so an old
+/// number cannot name the wrong rule).
+pub fn policy_snapshot(names: &FlowNames, retired: &Snapshot) -> Snapshot {
+    let mut s = Snapshot::default();
+    for (id, policy, uid) in &names.rules {
+        s.rules.insert(
+            *id,
+            ciliate_observer::policy_names::policy(
+                policy.kind,
+                policy.namespace.as_deref(),
+                &policy.name,
+                uid.as_deref(),
+                names.revision,
+            ),
+        );
+    }
+    for (id, p) in &retired.rules {
+        s.rules.entry(*id).or_insert_with(|| p.clone());
+    }
+    for (id, labels) in &names.cidr_identities {
+        s.identities
+            .insert(*id, labels.iter().map(|l| l.to_string()).collect());
+    }
+    s
+}
+
+/// The observer's name tables: local endpoints first, then the cluster's, then policy's CIDR
+/// identities; Services straight from the Service store's index (never copied, so their
+/// number costs nothing when idle); rule numbers from a table of their own, rebuilt only when
+/// policy changes.
 #[derive(Debug)]
 pub struct AgentNames {
     local: SwappableStore,
     cluster: SwappableStore,
+    policy: SwappableStore,
     services: Arc<ServiceManager>,
 }
 
 impl AgentNames {
-    /// Tables over `services`, with empty endpoint tables until refreshed.
+    /// Tables over `services`, with empty endpoint and policy tables until refreshed.
     pub fn new(services: Arc<ServiceManager>) -> Self {
         Self {
             local: SwappableStore::default(),
             cluster: SwappableStore::default(),
+            policy: SwappableStore::default(),
             services,
         }
     }
@@ -302,6 +336,11 @@ impl ciliate_observer::Store for AgentNames {
         self.local
             .identity_labels(identity)
             .or_else(|| self.cluster.identity_labels(identity))
+            .or_else(|| self.policy.identity_labels(identity))
+    }
+
+    fn policy_by_rule(&self, rule: u32) -> Option<ciliate_observer::proto::flow::Policy> {
+        self.policy.policy_by_rule(rule)
     }
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
@@ -341,6 +380,8 @@ pub struct Sources {
     pub services: Arc<ServiceManager>,
     /// Other nodes' pods, in a cluster.
     pub cluster: Option<ClusterNames>,
+    /// Policy: what rule numbers and CIDR identities are named by.
+    pub policies: Option<Arc<PolicyManager>>,
     /// The agent's own metrics, served beside the flow metrics.
     pub extra_metrics: Option<ExtraMetrics>,
     /// Where every flow is kept on disk too, if anywhere.
@@ -383,6 +424,7 @@ pub fn start(
         manager,
         services,
         cluster,
+        policies,
         extra_metrics,
         history,
     } = sources;
@@ -430,6 +472,28 @@ pub fn start(
         tasks.push(tokio::spawn(async move {
             loop {
                 names.local.replace(local_snapshot(&manager));
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
+    if let Some(policies) = policies {
+        // Policy names, rebuilt when policy changes (a notification, not a poll).
+        let names = Arc::clone(&names);
+        let mut changes = policies.subscribe_names();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut retired = Snapshot::default();
+            loop {
+                let p = Arc::clone(&policies);
+                let Ok(now) = tokio::task::spawn_blocking(move || p.flow_names()).await else {
+                    return;
+                };
+                let table = policy_snapshot(&now, &retired);
+                retired = policy_snapshot(&now, &Snapshot::default());
+                names.policy.replace(table);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = stop.wait_for(|s| *s) => return,
@@ -534,6 +598,7 @@ mod tests {
     use super::*;
     use ciliate_datapath::FakeDatapath;
     use ciliate_model::manifest::{split_documents, ApplyRequest};
+    use ciliate_model::policy::PolicyRef;
     use ciliate_observer::Store;
 
     #[test]
@@ -585,6 +650,57 @@ mod tests {
     }
 
     #[test]
+    fn rules_name_their_policy_and_retired_ones_stay_one_round() {
+        use ciliate_model::policy::PolicyKind;
+        let cnp = |name: &str| PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("prod".into()),
+            name: name.into(),
+        };
+        let first = FlowNames {
+            rules: vec![(5, cnp("old"), None), (6, cnp("kept"), Some("u-1".into()))],
+            cidr_identities: vec![(
+                16_777_217,
+                ciliate_model::labels::Labels::parse_list(
+                    "cidr:203.0.113.0/24,reserved:world",
+                    "k8s",
+                )
+                .expect("labels"),
+            )],
+            revision: 2,
+        };
+        let s1 = policy_snapshot(&first, &Snapshot::default());
+        let kept = s1.policy_by_rule(6).expect("rule 6");
+        assert_eq!(
+            (kept.name.as_str(), kept.namespace.as_str()),
+            ("kept", "prod")
+        );
+        assert_eq!(kept.kind, "CiliumNetworkPolicy");
+        assert_eq!(kept.revision, 2);
+        assert!(kept
+            .labels
+            .contains(&"k8s:io.cilium.k8s.policy.uid=u-1".to_owned()));
+        assert_eq!(
+            s1.identity_labels(16_777_217),
+            Some(vec![
+                "cidr:203.0.113.0/24".to_owned(),
+                "reserved:world".to_owned()
+            ])
+        );
+        // Rule 5 went away: still named while the maps may carry it, then forgotten.
+        let second = FlowNames {
+            rules: vec![(6, cnp("kept"), Some("u-1".into()))],
+            revision: 3,
+            ..FlowNames::default()
+        };
+        let s2 = policy_snapshot(&second, &s1);
+        assert_eq!(s2.policy_by_rule(5).map(|p| p.name), Some("old".into()));
+        assert_eq!(s2.policy_by_rule(6).map(|p| p.revision), Some(3));
+        let s3 = policy_snapshot(&second, &policy_snapshot(&second, &Snapshot::default()));
+        assert_eq!(s3.policy_by_rule(5), None);
+    }
+
+    #[test]
     fn a_burst_of_50k_events_through_the_intake_loses_none() {
         const BURST: u64 = 50_000;
         let dp = FakeDatapath::new();
@@ -616,6 +732,7 @@ mod tests {
                 flags: vec!["SYN".into()],
             }),
             rev_nat: 0,
+            rule: 0,
             ethernet: None,
         };
         let mut sent = 0;

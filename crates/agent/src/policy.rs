@@ -411,6 +411,22 @@ pub struct PolicyManager {
     generation: AtomicU64,
     /// Every endpoint's L7 redirects, and the proxy they are pushed to.
     l7: Mutex<L7State>,
+    /// Bumped when the numbered rules or the CIDR identities may have changed: the observer
+    /// rebuilds its names of them (see [`PolicyManager::flow_names`]).
+    names_changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// What flows name from policy: the policy of every numbered rule, the labels of the CIDR
+/// identities, and the revision they belong to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowNames {
+    /// Rule number → the policy holding the rule, and the policy object's uid (set by the
+    /// Kubernetes API server; none for policies from the API or the manifest directory).
+    pub rules: Vec<(u32, PolicyRef, Option<String>)>,
+    /// CIDR identity → labels (`cidr:`, `reserved:world`, and `fqdn:` for learned addresses).
+    pub cidr_identities: Vec<(NumericIdentity, Labels)>,
+    /// The policy revision these were read at.
+    pub revision: u64,
 }
 
 /// What the cluster adds to policy (multi-node): the identities of endpoints on other nodes,
@@ -515,6 +531,7 @@ impl PolicyManager {
             dir_watch: Mutex::new(manifest_dir::DirWatch::default()),
             generation: AtomicU64::new(1),
             l7: Mutex::new(L7State::new(proxy_ports)),
+            names_changed: tokio::sync::watch::Sender::new(0),
         };
         if !manager.reload_dir() {
             // Proves the directory writable before any request, and records the CIDR
@@ -671,6 +688,7 @@ impl PolicyManager {
             p.docs.api = api;
             *lock(&self.engine) = engine;
             self.generation.fetch_add(1, Ordering::SeqCst);
+            self.names_changed();
         }
         drop(p.docs);
         for o in &p.outcomes {
@@ -730,6 +748,7 @@ impl PolicyManager {
         docs.k8s = next;
         *lock(&self.engine) = engine;
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.names_changed();
         problems
     }
 
@@ -768,6 +787,7 @@ impl PolicyManager {
                 docs.dir = next;
                 *lock(&self.engine) = engine;
                 self.generation.fetch_add(1, Ordering::SeqCst);
+                self.names_changed();
                 Ok(true)
             },
         )
@@ -982,6 +1002,8 @@ impl PolicyManager {
             }
             (policies, resolved.ipcache4())
         };
+        // New addresses have CIDR identities now, named before their flows come.
+        self.names_changed();
         let want = self.ipcache(cidr);
         // New prefixes first, as in a reconciliation; gone ones after the policies.
         let old = self
@@ -1112,6 +1134,7 @@ impl PolicyManager {
             }
             (policies, resolved.ipcache4(), notes)
         };
+        self.names_changed();
         for n in &notes {
             debug!("policy note: {n}");
         }
@@ -1245,6 +1268,37 @@ impl PolicyManager {
     /// The rule a map entry's rule number stands for.
     pub fn rule(&self, id: u32) -> Option<RuleRef> {
         lock(&self.engine).rule(id).cloned()
+    }
+
+    fn names_changed(&self) {
+        self.names_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever [`PolicyManager::flow_names`] may answer differently: policies put in
+    /// force, CIDR identities allocated (a reconciliation, a learned FQDN address).
+    pub fn subscribe_names(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.names_changed.subscribe()
+    }
+
+    /// The names flows give rule numbers and CIDR identities, read at once (one short hold
+    /// of the engine).
+    pub fn flow_names(&self) -> FlowNames {
+        let revision = self.generation.load(Ordering::SeqCst);
+        let engine = lock(&self.engine);
+        let rules = engine
+            .rules()
+            .map(|(id, r)| {
+                let uid = engine
+                    .get(&r.policy)
+                    .and_then(|p| p.uid().map(str::to_owned));
+                (id, r.policy.clone(), uid)
+            })
+            .collect();
+        FlowNames {
+            rules,
+            cidr_identities: engine.cidr_identity_labels(),
+            revision,
+        }
     }
 
     /// The CIDR identities the policies use, with their labels.

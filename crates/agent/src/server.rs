@@ -595,6 +595,7 @@ async fn run_inner(
             manager,
             services,
             cluster: cluster_view,
+            policies: Some(Arc::clone(&state.policies)),
             extra_metrics: Some(agent_metrics),
             history: flow_history.clone(),
         },

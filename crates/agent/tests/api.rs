@@ -463,6 +463,7 @@ fn event(kind: EventKind, endpoint: u16) -> MonitorEvent {
         dst: Some(Ipv4Addr::new(1, 1, 1, 1)),
         l4: None,
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     }
 }

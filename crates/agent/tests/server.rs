@@ -151,6 +151,7 @@ async fn serves_http_on_the_socket_and_shuts_down_cleanly() {
         dst: None,
         l4: None,
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     };
     dp.emit(ev.clone());

@@ -61,6 +61,7 @@ fn event(code: u8) -> MonitorEvent {
         dst: Some(Ipv4Addr::new(10, 0, 0, 5)),
         l4: None,
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     }
 }

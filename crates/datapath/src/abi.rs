@@ -1,7 +1,7 @@
 //! Rust mirrors of `bpf/include/ciliate/abi.h`, one per C struct, with compile-time size and
 //! offset checks: a mismatch fails the build instead of corrupting a map.
 
-use std::mem::{offset_of, size_of};
+use std::mem::{align_of, offset_of, size_of};
 
 /// Map names, as the kernel knows them and as they are pinned.
 pub mod maps {
@@ -260,7 +260,9 @@ pub struct RawEvent {
     /// Rev-NAT index of the Service frontend the connection was addressed to; 0 = none.
     pub rev_nat: u16,
     /// Padding.
-    pub pad: [u8; 6],
+    pub pad: u16,
+    /// The rule of the policy entry that judged the packet; 0 = none.
+    pub rule: u32,
 }
 
 /// `struct metrics_value`.
@@ -501,6 +503,8 @@ const _: () = {
     assert!(size_of::<RawEvent>() == 32 + EVENT_CAPTURE_LEN + 8);
     assert!(offset_of!(RawEvent, data) == 32);
     assert!(offset_of!(RawEvent, rev_nat) == 32 + EVENT_CAPTURE_LEN);
+    assert!(offset_of!(RawEvent, rule) == 32 + EVENT_CAPTURE_LEN + 4);
+    assert!(align_of::<RawEvent>() == 8);
     assert!(offset_of!(CtEntry4, sock_rev_nat) == 50);
     assert!(offset_of!(RawEvent, ktime_ns) == 8);
     assert!(offset_of!(RawEvent, cap_len) == 28);
@@ -545,7 +549,8 @@ impl RawEvent {
             flags: b[31],
             data,
             rev_nat: u16_at(32 + EVENT_CAPTURE_LEN),
-            pad: [0; 6],
+            pad: 0,
+            rule: u32_at(32 + EVENT_CAPTURE_LEN + 4),
         })
     }
 }

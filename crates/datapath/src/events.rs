@@ -175,6 +175,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> 
         dst: pkt.dst,
         l4: pkt.l4,
         rev_nat: raw.rev_nat,
+        rule: raw.rule,
         ethernet: pkt.ethernet,
     })
 }
@@ -323,6 +324,17 @@ mod tests {
         r[32 + EVENT_CAPTURE_LEN..32 + EVENT_CAPTURE_LEN + 2].copy_from_slice(&5u16.to_ne_bytes());
         let ev = decode(&r, &Clock::now()).unwrap();
         assert_eq!(ev.rev_nat, 5);
+        assert_eq!(ev.rule, 0);
+    }
+
+    #[test]
+    fn decodes_the_rule_that_judged_the_packet() {
+        let mut r = record(EVENT_POLICY_VERDICT, 0, &tcp_syn());
+        let at = 32 + EVENT_CAPTURE_LEN + 4;
+        r[at..at + 4].copy_from_slice(&0x0102_0304u32.to_ne_bytes());
+        let ev = decode(&r, &Clock::now()).unwrap();
+        assert_eq!(ev.rule, 0x0102_0304);
+        assert_eq!(ev.rev_nat, 0);
     }
 
     #[test]

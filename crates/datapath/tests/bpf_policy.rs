@@ -293,3 +293,115 @@ fn an_icmp_error_the_endpoint_sends_about_a_connection_towards_it_passes_its_egr
     assert_eq!(h.run("from_container", &other).0, TC_ACT_SHOT);
     assert_eq!(drops(&mut h, 163), 1);
 }
+
+/// Events of `kind`, as (code, rule) in order.
+fn rules_of(evs: &[RawEvent], kind: u8) -> Vec<(u8, u32)> {
+    evs.iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| (e.code, e.rule))
+        .collect()
+}
+
+#[test]
+fn ingress_events_carry_the_rule_of_the_deciding_entry_and_default_deny_carries_none() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_policy_a(
+        &ingress_policy(vec![
+            PolicyMapEntry {
+                rule: 7,
+                ..rule(ID_B, false, Some(6), 80, 16, false)
+            },
+            PolicyMapEntry {
+                rule: 9,
+                ..rule(2, false, None, 0, 0, true)
+            },
+        ]),
+        0,
+    );
+
+    // Allowed by rule 7: the verdict and the delivery's trace name it.
+    assert_eq!(
+        h.run("to_container", &tcp_ok(POD_B, 5000, POD_A, 80, SYN))
+            .0,
+        TC_ACT_OK
+    );
+    let evs = h.events();
+    assert_eq!(rules_of(&evs, abi::EVENT_POLICY_VERDICT), vec![(0, 7)]);
+    assert_eq!(
+        rules_of(&evs, abi::EVENT_TRACE),
+        vec![(0, 7)],
+        "to-endpoint"
+    );
+
+    // Denied by rule 9 (an explicit deny): verdict and drop name it.
+    assert_eq!(
+        h.run("to_container", &tcp_ok(WORLD, 5001, POD_A, 80, SYN))
+            .0,
+        TC_ACT_SHOT
+    );
+    let evs = h.events();
+    assert_eq!(rules_of(&evs, abi::EVENT_POLICY_VERDICT), vec![(181, 9)]);
+    assert_eq!(rules_of(&evs, abi::EVENT_DROP), vec![(181, 9)]);
+
+    // No entry for port 81: default deny, no rule.
+    assert_eq!(
+        h.run("to_container", &tcp_ok(POD_B, 5002, POD_A, 81, SYN))
+            .0,
+        TC_ACT_SHOT
+    );
+    let evs = h.events();
+    assert_eq!(rules_of(&evs, abi::EVENT_POLICY_VERDICT), vec![(133, 0)]);
+    assert_eq!(rules_of(&evs, abi::EVENT_DROP), vec![(133, 0)]);
+}
+
+#[test]
+fn egress_events_carry_the_rule_and_replies_carry_none() {
+    privileged!();
+    let mut h = Harness::new();
+    let policy = EndpointPolicy {
+        ingress_enforced: false,
+        egress_enforced: true,
+        entries: vec![PolicyMapEntry {
+            rule: 11,
+            ..rule(2, true, Some(6), 443, 16, false)
+        }],
+    };
+    h.set_policy_a(&policy, 0);
+    assert_eq!(
+        h.run("from_container", &tcp_ok(POD_A, 6000, WORLD, 443, SYN))
+            .0,
+        TC_ACT_OK
+    );
+    let evs = h.events();
+    assert_eq!(rules_of(&evs, abi::EVENT_POLICY_VERDICT), vec![(0, 11)]);
+    let traces = rules_of(&evs, abi::EVENT_TRACE);
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    assert_eq!(traces[0].1, 11, "the trace of the allowed packet");
+
+    // The reply is not judged by policy: its trace names no rule.
+    assert_eq!(
+        h.run("to_container", &tcp_ok(WORLD, 443, POD_A, 6000, SYN | ACK))
+            .0,
+        TC_ACT_OK
+    );
+    let evs = h.events();
+    assert!(rules_of(&evs, abi::EVENT_POLICY_VERDICT).is_empty());
+    assert_eq!(
+        rules_of(&evs, abi::EVENT_TRACE)
+            .iter()
+            .map(|t| t.1)
+            .collect::<Vec<_>>(),
+        vec![0]
+    );
+
+    // Egress to :80 has no entry: default deny, no rule.
+    assert_eq!(
+        h.run("from_container", &tcp_ok(POD_A, 6001, WORLD, 80, SYN))
+            .0,
+        TC_ACT_SHOT
+    );
+    let evs = h.events();
+    assert_eq!(rules_of(&evs, abi::EVENT_POLICY_VERDICT), vec![(133, 0)]);
+    assert_eq!(rules_of(&evs, abi::EVENT_DROP), vec![(133, 0)]);
+}

@@ -220,6 +220,35 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
             && latency_ns(f) > 0),
         "a response flow with its latency: {flows:#?}"
     );
+    // The allowed request names the policy whose rule allowed it; the refused one none.
+    let allowed_by = |f: &Value| -> Vec<String> {
+        let list = f
+            .get("ingress_allowed_by")
+            .unwrap_or(&f["ingressAllowedBy"]);
+        list.as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|p| format!("{}/{} {}", p["namespace"], p["name"], p["kind"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let request = |path: &str| {
+        flows
+            .iter()
+            .find(|f| {
+                f["l7"]["type"] == "REQUEST"
+                    && f["l7"]["http"]["url"]
+                        .as_str()
+                        .is_some_and(|u| u.ends_with(path))
+            })
+            .unwrap_or_else(|| panic!("no request for {path}: {flows:#?}"))
+    };
+    assert_eq!(
+        allowed_by(request("/public/a")),
+        ["\"default\"/\"web-l7\" \"CiliumNetworkPolicy\""]
+    );
+    assert!(allowed_by(request("/private")).is_empty());
 
     let status = proxy_status(&node);
     assert_eq!(status["up"], true, "{status}");

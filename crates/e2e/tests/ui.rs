@@ -42,8 +42,13 @@ struct UiServer {
 
 impl UiServer {
     fn start(lab: &str) -> Self {
+        Self::start_with(&["--lab", lab])
+    }
+
+    fn start_with(source: &[&str]) -> Self {
         let mut child = Command::new(bin("ciliate"))
-            .args(["ui", "--lab", lab, "--address", "127.0.0.1:0"])
+            .args(["ui", "--address", "127.0.0.1:0"])
+            .args(source)
             .env_remove("CILIATE_HUBBLE_SOCKET")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -59,7 +64,6 @@ impl UiServer {
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"))
             .to_owned();
-        assert!(line.contains("node0/hubble.sock"), "{line}");
         Self { child, url }
     }
 
@@ -136,6 +140,91 @@ fn chromium(url: &str, screenshot: &Path, profile: &Path) -> String {
     String::from_utf8_lossy(&dom.stdout).into_owned()
 }
 
+/// Headless Chromium showing the live page (with its event stream), for as long as it lives:
+/// its console lines go to a file the test reads. It runs in a session of its own, and its
+/// whole process group (zygote, renderer, GPU helper) is stopped on drop.
+struct LiveBrowser {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LiveBrowser {
+    fn open(url: &str, dir: &Path) -> Self {
+        let log = dir.join("live-chromium.log");
+        let child = Command::new("setsid")
+            .arg(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.join("live-profile").display()
+            ))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("chromium log"))
+            .spawn()
+            .expect("start chromium");
+        Self { child, log }
+    }
+
+    /// The page's console lines so far (`ciliate-ui ...`).
+    fn console(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(":CONSOLE"))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits (up to a minute) for a console line `ok` accepts.
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        for _ in 0..600 {
+            if let Some(l) = self.console().into_iter().find(|l| ok(l)) {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the live page never showed {what}; its console: {:#?}",
+            self.console()
+        );
+    }
+}
+
+impl Drop for LiveBrowser {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let group = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = killpg(group, Signal::SIGTERM);
+        for _ in 0..50 {
+            if killpg(group, None).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// How many connections with drops a `ciliate-ui map: ...` console line reports.
+fn drops_in(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("ciliate-ui map: ")?;
+    rest.split(", ")
+        .find_map(|p| p.strip_suffix(" with drops"))
+        .and_then(|n| n.parse().ok())
+}
+
 /// `ciliate-bench probe` from a pod to the Service: how many connections answered.
 fn probe_service(netns: &str, count: &str) -> Value {
     let out = Command::new("nsenter")
@@ -192,6 +281,12 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
         .unwrap_or_else(|| panic!("no frontend-0 in {status:#}"))
         .to_owned();
     let ui = UiServer::start(&lab.name);
+    assert!(
+        ui.get("/api/status")["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("node0/hubble.sock")),
+        "the lab's node0 by default"
+    );
     let out = output_dir();
     let profile = tempfile::tempdir().expect("chromium profile");
 
@@ -236,6 +331,11 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
     assert!(dom.contains("namespace demo"), "the demo's area:\n{dom}");
     assert!(dom.contains("frontend-0"), "the flow table:\n{dom}");
 
+    // The live page (event stream, no virtual time), as a user keeps it open.
+    let live = LiveBrowser::open(&format!("{}?namespace=demo", ui.url), profile.path());
+    let first = live.wait_for("the demo's map", |l| drops_in(l) == Some(0));
+    println!("live page: {first}");
+
     // A policy denying the frontends, through the lab's manifest directory (every node).
     let deny = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: ui-test-deny\n  namespace: demo\nspec:\n  endpointSelector:\n    matchLabels:\n      app: backend\n  ingressDeny:\n  - fromEndpoints:\n    - matchLabels:\n        app: frontend\n";
     std::fs::write(
@@ -254,6 +354,12 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let dropped = dropped.expect("a dropped connection out of the frontends within 30 probes");
+    // The open page got it through its event stream, without a reload.
+    let update = live.wait_for("a connection with drops", |l| {
+        drops_in(l).is_some_and(|n| n > 0)
+    });
+    println!("live page: {update}");
+    drop(live);
     assert!(
         dropped["dropReasons"].as_array().is_some_and(|r| r
             .iter()
@@ -297,4 +403,33 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
             || bad.contains("filter verdict=&quot;maybe&quot;"),
         "the page shows the filter error:\n{bad}"
     );
+}
+
+/// No flow source: the page says which and why (and the UI keeps retrying), no root needed.
+#[test]
+fn the_page_says_when_the_flow_source_is_unreachable() {
+    if !chromium_installed() {
+        return;
+    }
+    let ui = UiServer::start_with(&[
+        "--hubble-socket",
+        "/nonexistent/ciliate-ui-test/hubble.sock",
+    ]);
+    for _ in 0..100 {
+        if ui.get("/api/status")["state"] == "error" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = tempfile::tempdir().expect("chromium profile");
+    let dom = chromium(
+        &ui.url,
+        &output_dir().join("3-no-source.png"),
+        profile.path(),
+    );
+    assert!(
+        dom.contains("Flow source: cannot reach the observer at unix:///nonexistent/ciliate-ui-test/hubble.sock"),
+        "the page names the source and why:\n{dom}"
+    );
+    assert!(dom.contains("No flows yet"), "an empty map says so:\n{dom}");
 }

@@ -91,6 +91,11 @@ pub struct MonitorEvent {
     /// backend instead; 0 when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rev_nat: u16,
+    /// The agent's number of the policy rule whose map entry judged the packet (see
+    /// `PolicyEngine::rule`): on policy verdicts, policy drops and the trace of a packet
+    /// policy allowed; 0 when no entry matched (default deny, no policy) or not judged.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub rule: u32,
     /// The Ethernet header's source and destination, when the capture has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ethernet: Option<EthernetAddrs>,
@@ -152,10 +157,18 @@ impl fmt::Display for MonitorEvent {
             f,
             " identity {}->{} len {}",
             self.src_identity, self.dst_identity, self.len
-        )
+        )?;
+        if self.rule != 0 {
+            write!(f, " rule {}", self.rule)?;
+        }
+        Ok(())
     }
 }
 
 fn is_zero(v: &u16) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }

@@ -295,6 +295,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
             } as i32;
         }
     }
+    crate::policy_names::fill_from_event(&mut flow, ev, store);
     flow
 }
 

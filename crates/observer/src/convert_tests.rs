@@ -31,6 +31,7 @@ pub(crate) fn trace_event() -> MonitorEvent {
             flags: vec!["SYN".into()],
         }),
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     }
 }

@@ -111,6 +111,7 @@ pub fn dns_to_flow(record: &DnsRecord, store: &dyn Store, node_name: &str) -> Fl
         proto: record.proto,
         verdict: record.verdict,
         latency_ns: record.latency_ns,
+        rule: record.rule,
     };
     let dns = dns_of(record, response);
     let summary = dns_summary(&dns, response);

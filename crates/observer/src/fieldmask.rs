@@ -3,9 +3,9 @@
 //! as Hubble's own server trims them.
 //!
 //! Paths are checked against the schema (the descriptor `build.rs` compiled from `proto/`), so
-//! a mistyped path is refused by name rather than silently dropping a field. Trimming goes
-//! through the flow's protojson form, whose keys are the fields' JSON names (either spelling
-//! of a name is recognised, so the serde configuration may change without breaking it).
+//! a mistyped path is refused by name rather than silently dropping a field. Trimming works on
+//! the flow's wire encoding, by field number: encode, copy the masked fields (descending into
+//! sub-messages a path names part of), decode; no per-field code, a few microseconds a flow.
 
 use std::collections::HashMap;
 
@@ -27,11 +27,11 @@ pub struct MaskError {
     pub reason: String,
 }
 
-/// The fields to keep below one message: by proto name, with their JSON name; an empty
-/// `children` keeps the whole field.
+/// A field to keep: whole, or only its `children` (by proto name, with their field number).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Node {
-    children: Vec<(String, String, Node)>,
+    whole: bool,
+    children: Vec<(String, u64, Node)>,
 }
 
 /// A compiled field mask over Flow.
@@ -55,23 +55,6 @@ fn messages() -> HashMap<String, DescriptorProto> {
             for m in &file.message_type {
                 add(&mut out, &format!(".{}", file.package()), m);
             }
-        }
-    }
-    out
-}
-
-/// proto3's JSON name of a field (`pod_name` → `podName`).
-fn json_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
         }
     }
     out
@@ -109,18 +92,16 @@ impl FlowMask {
                 let pos = match node.children.iter().position(|(n, _, _)| n == seg) {
                     Some(p) => p,
                     None => {
-                        let json = match field.json_name() {
-                            "" => json_name(seg),
-                            j => j.to_owned(),
-                        };
+                        let number = u64::try_from(field.number()).unwrap_or_default();
                         node.children
-                            .push(((*seg).to_owned(), json, Node::default()));
+                            .push(((*seg).to_owned(), number, Node::default()));
                         node.children.len() - 1
                     }
                 };
                 let child = &mut node.children[pos].2;
-                if last {
-                    // The whole field, even if a deeper path asked for part of it.
+                if last || child.whole {
+                    // The whole field, even if another path asks for part of it.
+                    child.whole = true;
                     child.children.clear();
                     break;
                 }
@@ -133,32 +114,52 @@ impl FlowMask {
 
     /// `flow` with only the masked fields.
     pub fn apply(&self, flow: &Flow) -> Flow {
-        let Ok(mut v) = serde_json::to_value(flow) else {
+        let wire = flow.encode_to_vec();
+        let mut out = Vec::with_capacity(wire.len());
+        // Our own encoding always parses; were it not to, the flow goes out whole.
+        if prune(&wire, &self.root, &mut out).is_none() {
             return flow.clone();
-        };
-        prune(&mut v, &self.root);
-        serde_json::from_value(v).unwrap_or_else(|_| flow.clone())
+        }
+        Flow::decode(&out[..]).unwrap_or_else(|_| flow.clone())
     }
 }
 
-fn prune(v: &mut serde_json::Value, node: &Node) {
-    let Some(obj) = v.as_object_mut() else { return };
-    obj.retain(|key, _| {
-        node.children
-            .iter()
-            .any(|(name, json, _)| key == name || key == json)
-    });
-    for (key, value) in obj.iter_mut() {
-        if let Some((_, _, child)) = node
-            .children
-            .iter()
-            .find(|(name, json, _)| key == name || key == json)
-        {
-            if !child.children.is_empty() {
-                prune(value, child);
+/// Copies the fields of the encoded message `buf` that `node` keeps into `out`.
+fn prune(mut buf: &[u8], node: &Node, out: &mut Vec<u8>) -> Option<()> {
+    use prost::encoding::{decode_varint, encode_varint};
+    const LEN: u64 = 2;
+    while !buf.is_empty() {
+        let record = buf;
+        let key = decode_varint(&mut buf).ok()?;
+        let mut body: &[u8] = &[];
+        match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
             }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            LEN => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                body = buf.get(..len)?;
+                buf = &buf[len..];
+            }
+            _ => return None,
+        }
+        let whole = &record[..record.len() - buf.len()];
+        let Some((_, _, child)) = node.children.iter().find(|(_, n, _)| *n == key >> 3) else {
+            continue;
+        };
+        if child.whole || key & 7 != LEN {
+            out.extend_from_slice(whole);
+        } else {
+            let mut sub = Vec::new();
+            prune(body, child, &mut sub)?;
+            encode_varint(key, out);
+            encode_varint(sub.len() as u64, out);
+            out.extend_from_slice(&sub);
         }
     }
+    Some(())
 }
 
 #[cfg(test)]
@@ -192,6 +193,26 @@ mod tests {
         assert_eq!(src.pod_name, "client");
         assert_eq!((src.namespace.as_str(), src.identity), ("", 0));
         assert!(got.destination.is_none() && got.l4.is_none() && got.event_type.is_none());
+
+        // Part of a oneof member, and a field asked for twice (whole and in part).
+        let paths: Vec<String> = ["l4.TCP.destination_port", "source", "source.labels"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let got = FlowMask::new(&paths)
+            .expect("valid")
+            .expect("some")
+            .apply(&flow);
+        let Some(crate::proto::flow::layer4::Protocol::Tcp(tcp)) = got.l4.and_then(|l| l.protocol)
+        else {
+            panic!("no TCP");
+        };
+        assert_eq!(
+            (tcp.source_port, tcp.destination_port, tcp.flags),
+            (0, 80, None)
+        );
+        assert_eq!(got.source, flow.source);
+        assert_eq!(got.time, None);
     }
 
     #[test]

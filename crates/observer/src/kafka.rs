@@ -37,6 +37,7 @@ pub fn kafka_to_flow(record: &KafkaRecord, store: &dyn Store, node_name: &str) -
         proto: TCP,
         verdict: record.verdict,
         latency_ns: record.latency_ns,
+        rule: record.rule,
     };
     let kafka = Kafka {
         // Hubble sets only the request's fields on a request.

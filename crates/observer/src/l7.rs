@@ -113,6 +113,8 @@ pub(crate) struct L7Common {
     pub verdict: L7Verdict,
     /// Responses: time since the request.
     pub latency_ns: u64,
+    /// The policy rule that allowed the request (0: none, e.g. refused).
+    pub rule: u32,
 }
 
 /// The Hubble L7 flow of one proxy record: both ends named through the store, a response
@@ -159,7 +161,7 @@ pub(crate) fn l7_flow(
         latency_ns: if c.response { c.latency_ns } else { 0 },
         record: Some(record),
     };
-    Flow {
+    let mut flow = Flow {
         time: Some(system_time_to_timestamp(
             UNIX_EPOCH + Duration::from_nanos(c.time_ns),
         )),
@@ -191,7 +193,12 @@ pub(crate) fn l7_flow(
         } as i32,
         summary,
         ..Flow::default()
+    };
+    // A refused request carries no rule: L7 rules only allow.
+    if c.verdict == L7Verdict::Forwarded {
+        crate::policy_names::fill(&mut flow, c.rule, true, store);
     }
+    flow
 }
 
 /// Converts one record. `node_name` is this node's; the store supplies names, as for packet
@@ -207,6 +214,7 @@ pub fn http_to_flow(record: &HttpRecord, store: &dyn Store, node_name: &str) -> 
         proto: TCP,
         verdict: record.verdict,
         latency_ns: record.latency_ns,
+        rule: record.rule,
     };
     let http = Http {
         // Hubble sets only the request's fields on a request.

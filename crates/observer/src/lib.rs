@@ -6,7 +6,8 @@
 //! ([`ring`]), fed through a queue that absorbs bursts ([`intake`]). The node's L7 proxy's
 //! HTTP, DNS and Kafka records become Hubble L7 flows in the same ring ([`l7`], [`dns`],
 //! [`kafka`]; [`Observer::observe_http`], [`Observer::observe_dns`],
-//! [`Observer::observe_kafka`]). [`filter`] implements
+//! [`Observer::observe_kafka`]). Verdicts name the policy that decided them
+//! ([`policy_names`]). [`filter`] implements
 //! Hubble's FlowFilter semantics, [`server`] serves Hubble's
 //! `observer.Observer` gRPC API (wire-compatible: Hubble's own clients read it), [`metrics`]
 //! counts flows under Hubble's metric names, and [`print`](mod@print) renders flows the way
@@ -29,6 +30,7 @@ pub mod kafka;
 mod kafka_metrics;
 pub mod l7;
 pub mod metrics;
+pub mod policy_names;
 pub mod print;
 pub mod proto;
 pub mod ring;

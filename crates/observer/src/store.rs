@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
+use crate::proto::flow::Policy;
+
 /// An endpoint as a flow shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointInfo {
@@ -39,6 +41,12 @@ pub trait Store: Send + Sync + 'static {
     /// The Service owning the frontend with reverse-NAT index `index`: what the datapath
     /// reports for a connection it translated to a backend.
     fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef>;
+    /// The policy holding the rule the datapath numbers `rule` (policy map entries and
+    /// verdict events carry the number), as Hubble names policies in flows. A store that
+    /// knows no rules names none.
+    fn policy_by_rule(&self, _rule: u32) -> Option<Policy> {
+        None
+    }
     /// The name of the node's interface with index `ifindex` (a pod's host-side veth), when
     /// known: flows name the interface they were seen on.
     fn interface_name(&self, _ifindex: u32) -> Option<String> {
@@ -57,6 +65,9 @@ pub struct Snapshot {
     pub frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
     /// Services by the reverse-NAT index of their frontends.
     pub rev_nats: HashMap<u16, ServiceRef>,
+    /// Policies by the numbers of their rules (see
+    /// [`policy_names::policy`](crate::policy_names::policy) for how to build one).
+    pub rules: HashMap<u32, Policy>,
     /// The node's interface names by index.
     pub interfaces: HashMap<u32, String>,
 }
@@ -76,6 +87,10 @@ impl Store for Snapshot {
 
     fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
         self.rev_nats.get(&index).cloned()
+    }
+
+    fn policy_by_rule(&self, rule: u32) -> Option<Policy> {
+        self.rules.get(&rule).cloned()
     }
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
@@ -123,6 +138,10 @@ impl Store for SwappableStore {
 
     fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
         self.get().service_by_rev_nat(index)
+    }
+
+    fn policy_by_rule(&self, rule: u32) -> Option<Policy> {
+        self.get().policy_by_rule(rule)
     }
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {

@@ -47,6 +47,7 @@ fn event(kind: EventKind, code: u8, dport: u16) -> MonitorEvent {
             flags: vec!["SYN".into()],
         }),
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     }
 }
@@ -307,6 +308,61 @@ async fn serve(observer: &Arc<Observer>) -> Served {
         server,
         _dir: dir,
     }
+}
+
+/// The deciding policy, as a client of Hubble's own protos reads it: the four lists under
+/// Hubble's field numbers, the Policy message whole.
+#[tokio::test]
+async fn a_hubble_client_reads_which_policy_decided() {
+    let mut store = Snapshot::default();
+    store.rules.insert(
+        7,
+        ciliate_observer::policy_names::policy(
+            ciliate_model::policy::PolicyKind::CiliumNetworkPolicy,
+            Some("default"),
+            "server-deny-other",
+            Some("uid-1"),
+            3,
+        ),
+    );
+    let observer = Arc::new(Observer::new(
+        ObserverConfig {
+            node_name: "node-1".into(),
+            capacity: 16,
+        },
+        Arc::new(store),
+    ));
+    observer.observe(&MonitorEvent {
+        rule: 7,
+        reason: "ingress denied (L3-Only)".into(),
+        ..event(EventKind::PolicyVerdict, 181, 80)
+    });
+    observer.observe(&MonitorEvent {
+        reason: "egress allowed (L3-L4)".into(),
+        rule: 7,
+        ..event(EventKind::PolicyVerdict, 0, 443)
+    });
+    let mut served = serve(&observer).await;
+    let got = flows(&mut served.client, vec![]).await;
+    assert_eq!(got.len(), 2);
+    let want = hf::Policy {
+        name: "server-deny-other".into(),
+        namespace: "default".into(),
+        labels: vec![
+            "k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy".into(),
+            "k8s:io.cilium.k8s.policy.name=server-deny-other".into(),
+            "k8s:io.cilium.k8s.policy.namespace=default".into(),
+            "k8s:io.cilium.k8s.policy.uid=uid-1".into(),
+        ],
+        revision: 3,
+        kind: "CiliumNetworkPolicy".into(),
+    };
+    assert_eq!(got[0].ingress_denied_by, vec![want.clone()]);
+    assert!(got[0].egress_denied_by.is_empty() && got[0].ingress_allowed_by.is_empty());
+    assert_eq!(got[1].egress_allowed_by, vec![want]);
+    assert!(got[1].ingress_allowed_by.is_empty());
+    let _ = served.stop.take().map(|s| s.send(()));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
 }
 
 fn http_record(

@@ -82,6 +82,7 @@ fn event(kind: EventKind, code: u8, dport: u16) -> MonitorEvent {
             flags: vec!["SYN".into()],
         }),
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     }
 }

@@ -40,6 +40,7 @@ fn event(n: u16) -> MonitorEvent {
             flags: vec!["SYN".into()],
         }),
         rev_nat: 0,
+        rule: 0,
         ethernet: None,
     }
 }

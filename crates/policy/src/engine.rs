@@ -122,14 +122,39 @@ pub struct PolicyEngine {
     config: Config,
     policies: BTreeMap<PolicyRef, Stored>,
     cidr: CidrIdentities,
-    /// Numbers for rules, carried in map entries and verdict events; a rule keeps its number
-    /// while it exists, numbers are not reused within the engine's life.
+    /// Numbers for rules, carried in map entries and verdict events: a hash of the rule's
+    /// name (policy kind, namespace, name, rule path; see [`stable_rule_number`]), so that
+    /// the same rule gets the same number in every engine, before and after an agent restart,
+    /// and events already in flight keep naming the right rule.
     rule_ids: BTreeMap<RuleRef, u32>,
     rules_by_id: BTreeMap<u32, RuleRef>,
-    next_rule_id: u32,
     /// The node's FQDN cache as policy sees it: every name a DNS answer taught, with its
     /// addresses (all endpoints' together, as Cilium's selectors see them).
     fqdn: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+}
+
+/// The number of a rule: FNV-1a (32 bits) of its policy's kind, namespace and name and its
+/// path in the manifest. Stable across processes and versions (not `std`'s hasher, whose
+/// algorithm may change); 0 is left for "no rule".
+pub fn stable_rule_number(r: &RuleRef) -> u32 {
+    let spec = r.spec.map(|i| i.to_string()).unwrap_or_default();
+    let index = r.index.to_string();
+    let parts = [
+        r.policy.kind.as_str(),
+        r.policy.namespace.as_deref().unwrap_or_default(),
+        &r.policy.name,
+        &spec,
+        r.section.as_str(),
+        &index,
+    ];
+    let mut h: u32 = 0x811c_9dc5;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -159,7 +184,6 @@ impl PolicyEngine {
             cidr: CidrIdentities::new(),
             rule_ids: BTreeMap::new(),
             rules_by_id: BTreeMap::new(),
-            next_rule_id: 1,
             fqdn: BTreeMap::new(),
         }
     }
@@ -267,8 +291,11 @@ impl PolicyEngine {
         }
         for r in rules {
             if !self.rule_ids.contains_key(r) {
-                let id = self.next_rule_id;
-                self.next_rule_id = self.next_rule_id.wrapping_add(1).max(1);
+                // Two names with one hash (rare): the later one takes the next free number.
+                let mut id = stable_rule_number(r);
+                while id == 0 || self.rules_by_id.contains_key(&id) {
+                    id = id.wrapping_add(1);
+                }
                 self.rule_ids.insert(r.clone(), id);
                 self.rules_by_id.insert(id, r.clone());
             }
@@ -283,6 +310,53 @@ impl PolicyEngine {
     /// The rule with this number, for verdict events and `policy trace`.
     pub fn rule(&self, id: u32) -> Option<&RuleRef> {
         self.rules_by_id.get(&id)
+    }
+
+    /// Every numbered rule, by number: what flows name policies from.
+    pub fn rules(&self) -> impl Iterator<Item = (u32, &RuleRef)> + '_ {
+        self.rules_by_id.iter().map(|(id, r)| (*id, r))
+    }
+
+    /// The CIDR identities with the labels flows show for them: the prefix's `cidr:` label and
+    /// `reserved:world`, and for a single address some `toFQDNs` selector reached through the
+    /// FQDN cache, that selector as an `fqdn:` label (`fqdn:*.example.com`), as Cilium labels
+    /// the addresses of its FQDN selectors.
+    pub fn cidr_identity_labels(&self) -> Vec<(NumericIdentity, Labels)> {
+        let matchers: Vec<&FqdnMatcher> = self.fqdn_matchers().collect();
+        self.cidr
+            .iter()
+            .map(|(id, prefix)| {
+                let mut labels = cidr_labels(&prefix);
+                if let (IpNet::V4(net), false) = (prefix, matchers.is_empty()) {
+                    if net.prefix_len() == 32 {
+                        for m in self.fqdn_selectors_of(net.addr(), &matchers) {
+                            labels.insert(ciliate_model::labels::Label::new("fqdn", &m, ""));
+                        }
+                    }
+                }
+                (id, labels)
+            })
+            .collect()
+    }
+
+    /// The selectors (as written, without the trailing dot) that match a name the FQDN cache
+    /// holds `ip` for.
+    fn fqdn_selectors_of(&self, ip: Ipv4Addr, matchers: &[&FqdnMatcher]) -> BTreeSet<String> {
+        let names: Vec<&String> = self
+            .fqdn
+            .iter()
+            .filter(|(_, ips)| ips.contains(&ip))
+            .map(|(name, _)| name)
+            .collect();
+        matchers
+            .iter()
+            .filter(|m| names.iter().any(|n| m.matches(n)))
+            .map(|m| match m {
+                FqdnMatcher::Name(s) | FqdnMatcher::Pattern(s) => {
+                    s.strip_suffix('.').unwrap_or(s).to_owned()
+                }
+            })
+            .collect()
     }
 
     /// A policy by name.

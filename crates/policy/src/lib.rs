@@ -31,8 +31,8 @@ pub mod selector;
 
 pub use compile::check;
 pub use engine::{
-    is_endpoint_identity, Config, EndpointResult, IdentityLabels, NamedPorts, PolicyEngine,
-    Resolved,
+    is_endpoint_identity, stable_rule_number, Config, EndpointResult, IdentityLabels, NamedPorts,
+    PolicyEngine, Resolved,
 };
 pub use explain::{DirectionVerdict, Reason, Verdict};
 pub use load::{load, load_documents, Loaded, LoadedPolicy};

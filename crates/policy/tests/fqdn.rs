@@ -231,6 +231,30 @@ fn to_fqdns_allows_the_learned_addresses_only() {
 }
 
 #[test]
+fn learned_addresses_are_labelled_with_the_selector_that_reached_them() {
+    let mut e = engine(SW_APP);
+    e.set_fqdn_name("api.github.com.", ips(&["140.82.121.6"]));
+    let ids = identities();
+    let np = NamedPorts::new();
+    let gh = e
+        .resolve(&ids, &np)
+        .cidr_identity_of(ip("140.82.121.6").into());
+    let labels: Vec<(u32, BTreeSet<String>)> = e
+        .cidr_identity_labels()
+        .into_iter()
+        .map(|(id, l)| (id, l.iter().map(|l| l.to_string()).collect()))
+        .collect();
+    let want: BTreeSet<String> = [
+        "cidr:140.82.121.6/32",
+        "fqdn:api.github.com",
+        "reserved:world",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(labels, vec![(gh, want)]);
+}
+
+#[test]
 fn patterns_and_ports_as_the_guide_has_them() {
     let mut e = engine(SW_APP_PATTERN);
     e.set_fqdn_name("api.github.com.", ips(&["140.82.121.6"]));

@@ -23,6 +23,7 @@ let last = null;
 let selected = null;
 let retry = null;
 let fetched = 0;
+let told = '';
 
 function showErrors() {
   const box = $('#error');
@@ -122,11 +123,26 @@ function fit(g) {
   view = { x: -20, y: -20, w, h };
 }
 
+// Below this many screen pixels per map unit, box and connection texts would be a few pixels
+// high: they are left out (not even put into the page) until the user zooms in, which is what
+// keeps the first paint of a big map short.
+const FAR = 0.3;
+let far = false;
+
+function isFar() {
+  return !!view && Math.min(map.clientWidth / view.w, map.clientHeight / view.h) < FAR;
+}
+
 function applyView() {
-  if (view) map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
+  if (!view) return;
+  map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
+  // Zoomed across the threshold: draw again with (or without) the texts.
+  if (isFar() !== far && last) renderMap(last.graph);
 }
 
 function renderMap(g) {
+  if (!userMoved || !view) fit(g);
+  far = isFar();
   const nodes = new Map(g.nodes.map((n) => [n.id, n]));
   const parts = [
     '<defs>',
@@ -140,10 +156,11 @@ function renderMap(g) {
         `<text x="${a.x + 12}" y="${a.y + 20}">${esc(a.namespace ? 'namespace ' + a.namespace : 'outside any namespace')}</text></g>`,
     );
   }
-  // Big maps: no labels or arrowheads on connections (colour still tells drops), and the
-  // cheaper rendering hints; that halves the first paint at 1,000 workloads.
+  // Big maps: no labels, arrowheads, dashes or tooltips on connections (colour still tells
+  // drops; a click on a box lists them), and cheaper rendering hints: what keeps the first
+  // paint of 1,000 workloads short.
   const big = g.edges.length > 600;
-  const labels = !big;
+  const labels = !big && !far;
   const pairs = new Map();
   const texts = [];
   let dropped = 0;
@@ -157,7 +174,7 @@ function renderMap(g) {
     parts.push(
       `<path class="edge ${e.verdict}" data-from="${esc(e.from)}" data-to="${esc(e.to)}" data-verdict="${e.verdict}" ` +
         `data-protocol="${esc(e.protocol)}" data-port="${e.port}" d="${p.d}"${big ? '' : ` marker-end="url(#${red ? 'arrow-drop' : 'arrow'})"`}>` +
-        `<title>${esc(edgeTitle(e))}</title></path>`,
+        (big ? '</path>' : `<title>${esc(edgeTitle(e))}</title></path>`),
     );
     if (labels) {
       const key = e.from + '|' + e.to;
@@ -173,7 +190,7 @@ function renderMap(g) {
   }
   parts.push('</g>', big ? '<g class="boxes" text-rendering="optimizeSpeed">' : '<g class="boxes">');
   for (const n of g.nodes) {
-    const title = [
+    const title = big ? '' : [
       n.id,
       n.identities.length ? 'identities ' + n.identities.join(', ') : '',
       n.pods.length ? 'pods ' + n.pods.join(', ') + (n.podCount > n.pods.length ? ', …' : '') : '',
@@ -182,9 +199,11 @@ function renderMap(g) {
     parts.push(
       `<g class="box ${n.kind}${n.id === selected ? ' selected' : ''}" data-id="${esc(n.id)}" data-kind="${n.kind}" transform="translate(${n.x},${n.y})">` +
         `<rect width="${n.w}" height="${n.h}"/>` +
-        `<text class="name" x="10" y="23">${esc(trunc(n.name, 24))}</text>` +
-        `<text class="meta" x="10" y="43">${esc(trunc(boxMeta(n), 30))}</text>` +
-        `<title>${esc(title)}</title></g>`,
+        (far
+          ? ''
+          : `<text class="name" x="10" y="23">${esc(trunc(n.name, 24))}</text>` +
+            `<text class="meta" x="10" y="43">${esc(trunc(boxMeta(n), 30))}</text>`) +
+        (big ? '</g>' : `<title>${esc(title)}</title></g>`),
     );
   }
   // Labels last: over the boxes rather than hidden by them.
@@ -194,8 +213,9 @@ function renderMap(g) {
     parts.push(`<text class="empty" x="0" y="40">${filtered ? 'No flows match these filters (yet).' : 'No flows yet: waiting for traffic.'}</text>`);
   }
   map.innerHTML = parts.join('');
-  if (!userMoved || !view) fit(g);
-  applyView();
+  map.classList.toggle('big', big);
+  map.classList.toggle('far', far);
+  map.setAttribute('viewBox', `${view.x} ${view.y} ${view.w} ${view.h}`);
   map.dataset.nodes = String(g.nodes.length);
   map.dataset.edges = String(g.edges.length);
   map.dataset.dropped = String(dropped);
@@ -252,6 +272,13 @@ function render(snap) {
   last = snap;
   renderStatus(snap.status, snap.graph);
   renderMap(snap.graph);
+  // One console line whenever the map's shape changes: what a headless test or a curious user
+  // watching the console sees of live updates.
+  const shape = `${map.dataset.nodes} boxes, ${map.dataset.edges} connections, ${map.dataset.dropped} with drops`;
+  if (shape !== told) {
+    told = shape;
+    console.info(`ciliate-ui map: ${shape}`);
+  }
   renderTable(snap.flows);
   renderDetails();
   showErrors();

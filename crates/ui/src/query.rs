@@ -6,11 +6,15 @@
 
 use ciliate_observer::filter::FlowFilters;
 use ciliate_observer::l7::MESSAGE_TYPE_ACCESS_LOG;
-use ciliate_observer::proto::flow::{EventTypeFilter, FlowFilter, Verdict};
+use ciliate_observer::proto::flow::{
+    DropReason, EventTypeFilter, FlowFilter, TrafficDirection, Verdict,
+};
 
 /// The filter parameters, as `ciliate observe`'s flags with `_` for `-`.
-pub const FILTERS: [&str; 20] = [
+pub const FILTERS: [&str; 35] = [
     "namespace",
+    "from_namespace",
+    "to_namespace",
     "pod",
     "from_pod",
     "to_pod",
@@ -20,31 +24,70 @@ pub const FILTERS: [&str; 20] = [
     "label",
     "from_label",
     "to_label",
-    "verdict",
-    "protocol",
+    "service",
+    "from_service",
+    "to_service",
+    "fqdn",
+    "from_fqdn",
+    "to_fqdn",
+    "identity",
+    "from_identity",
+    "to_identity",
     "port",
     "from_port",
     "to_port",
+    "verdict",
+    "protocol",
     "type",
+    "drop_reason_desc",
+    "traffic_direction",
+    "node_name",
+    "dns_query",
     "http_method",
     "http_path",
     "http_status",
     "http_url",
 ];
 
-/// Parameters that are lists of simple words, so a comma separates values (`verdict=DROPPED,ERROR`).
-/// Label selectors and regexes may contain commas themselves, so they are one value each.
-const COMMA_LISTS: [&str; 11] = [
+/// Filters about one end of a flow: (either end, the source's, the destination's).
+const ENDS: [(&str, &str, &str); 7] = [
+    ("pod", "from_pod", "to_pod"),
+    ("ip", "from_ip", "to_ip"),
+    ("label", "from_label", "to_label"),
+    ("service", "from_service", "to_service"),
+    ("fqdn", "from_fqdn", "to_fqdn"),
+    ("identity", "from_identity", "to_identity"),
+    ("port", "from_port", "to_port"),
+];
+
+/// Parameters whose values are simple words, so a comma separates values
+/// (`verdict=DROPPED,ERROR`). Label selectors and regexes may contain commas themselves, so
+/// they are one value each.
+const COMMA_LISTS: [&str; 25] = [
     "namespace",
+    "from_namespace",
+    "to_namespace",
     "pod",
     "from_pod",
     "to_pod",
-    "verdict",
-    "protocol",
+    "ip",
+    "from_ip",
+    "to_ip",
+    "service",
+    "from_service",
+    "to_service",
+    "identity",
+    "from_identity",
+    "to_identity",
     "port",
     "from_port",
     "to_port",
+    "verdict",
+    "protocol",
     "type",
+    "drop_reason_desc",
+    "traffic_direction",
+    "node_name",
     "http_method",
 ];
 
@@ -93,15 +136,9 @@ impl Spec {
             return Ok(Vec::new());
         }
         let mut base = FlowFilter {
-            source_pod: self.get("from_pod"),
-            destination_pod: self.get("to_pod"),
-            source_ip: self.get("from_ip"),
-            destination_ip: self.get("to_ip"),
-            source_label: self.get("from_label"),
-            destination_label: self.get("to_label"),
-            source_port: self.get("from_port"),
-            destination_port: self.get("to_port"),
             protocol: self.get("protocol"),
+            node_name: self.get("node_name"),
+            dns_query: self.get("dns_query"),
             http_method: self.get("http_method"),
             http_path: self.get("http_path"),
             http_status_code: self.get("http_status"),
@@ -117,6 +154,22 @@ impl Spec {
                 )
             })?;
             base.verdict.push(verdict as i32);
+        }
+        for v in self.get("drop_reason_desc") {
+            let reason = DropReason::from_str_name(&v.to_ascii_uppercase()).ok_or_else(|| {
+                bad(
+                    "drop_reason_desc",
+                    &v,
+                    "expected a drop reason name, e.g. POLICY_DENIED",
+                )
+            })?;
+            base.drop_reason_desc.push(reason as i32);
+        }
+        for v in self.get("traffic_direction") {
+            let d = TrafficDirection::from_str_name(&v.to_ascii_uppercase())
+                .filter(|d| *d != TrafficDirection::Unknown)
+                .ok_or_else(|| bad("traffic_direction", &v, "expected ingress or egress"))?;
+            base.traffic_direction.push(d as i32);
         }
         for k in self.get("type") {
             let (name, sub) = k
@@ -147,31 +200,80 @@ impl Spec {
                 sub_type: sub_type.unwrap_or(0),
             });
         }
-        let pods: Vec<String> = self
-            .get("pod")
-            .into_iter()
-            .chain(
-                self.get("namespace")
-                    .iter()
-                    .map(|n| format!("{}/", n.trim_end_matches('/'))),
-            )
-            .collect();
-        let (ips, labels, ports) = (self.get("ip"), self.get("label"), self.get("port"));
-        if pods.is_empty() && ips.is_empty() && labels.is_empty() && ports.is_empty() {
+        for (kind, from, to) in ENDS {
+            for v in self.get(from) {
+                push_end(&mut base, kind, true, from, &v)?;
+            }
+            for v in self.get(to) {
+                push_end(&mut base, kind, false, to, &v)?;
+            }
+        }
+        for n in self.get("from_namespace") {
+            base.source_pod
+                .push(format!("{}/", n.trim_end_matches('/')));
+        }
+        for n in self.get("to_namespace") {
+            base.destination_pod
+                .push(format!("{}/", n.trim_end_matches('/')));
+        }
+        // Flags about either end: (kind, parameter, value).
+        let mut either: Vec<(&str, &str, String)> = Vec::new();
+        for (kind, _, _) in ENDS {
+            either.extend(self.get(kind).into_iter().map(|v| (kind, kind, v)));
+        }
+        either.extend(
+            self.get("namespace")
+                .into_iter()
+                .map(|n| ("pod", "namespace", format!("{}/", n.trim_end_matches('/')))),
+        );
+        if either.is_empty() {
             return Ok(vec![base]);
         }
-        let mut src = base.clone();
-        src.source_pod.extend(pods.iter().cloned());
-        src.source_ip.extend(ips.iter().cloned());
-        src.source_label.extend(labels.iter().cloned());
-        src.source_port.extend(ports.iter().cloned());
-        let mut dst = base;
-        dst.destination_pod.extend(pods);
-        dst.destination_ip.extend(ips);
-        dst.destination_label.extend(labels);
-        dst.destination_port.extend(ports);
+        let (mut src, mut dst) = (base.clone(), base);
+        for (kind, param, v) in &either {
+            push_end(&mut src, kind, true, param, v)?;
+            push_end(&mut dst, kind, false, param, v)?;
+        }
         Ok(vec![src, dst])
     }
+}
+
+/// Adds `value` to the source's (or destination's) field of `kind`.
+fn push_end(
+    f: &mut FlowFilter,
+    kind: &str,
+    source: bool,
+    param: &str,
+    value: &str,
+) -> Result<(), QueryError> {
+    if kind == "identity" {
+        let n = value
+            .parse::<u32>()
+            .map_err(|_| bad(param, value, "expected a numeric security identity"))?;
+        let list = if source {
+            &mut f.source_identity
+        } else {
+            &mut f.destination_identity
+        };
+        list.push(n);
+        return Ok(());
+    }
+    let list = match (kind, source) {
+        ("pod", true) => &mut f.source_pod,
+        ("pod", false) => &mut f.destination_pod,
+        ("ip", true) => &mut f.source_ip,
+        ("ip", false) => &mut f.destination_ip,
+        ("label", true) => &mut f.source_label,
+        ("label", false) => &mut f.destination_label,
+        ("service", true) => &mut f.source_service,
+        ("service", false) => &mut f.destination_service,
+        ("fqdn", true) => &mut f.source_fqdn,
+        ("fqdn", false) => &mut f.destination_fqdn,
+        ("port", true) => &mut f.source_port,
+        _ => &mut f.destination_port,
+    };
+    list.push(value.to_owned());
+    Ok(())
 }
 
 fn check_value(name: &str, value: &str) -> Result<(), QueryError> {
@@ -257,6 +359,29 @@ mod tests {
         assert!(white.is_empty());
         let (_, white, _) = parse("namespace=&limit=5", &["limit"]).unwrap();
         assert!(white.is_empty());
+        let (_, white, _) = parse(
+            "to_service=demo/backend&from_identity=300&node_name=default/node0&drop_reason_desc=policy_denied&traffic_direction=ingress",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(white.len(), 1);
+        assert_eq!(white[0].destination_service, vec!["demo/backend"]);
+        assert_eq!(white[0].source_identity, vec![300]);
+        assert_eq!(white[0].node_name, vec!["default/node0"]);
+        assert_eq!(
+            white[0].drop_reason_desc,
+            vec![DropReason::PolicyDenied as i32]
+        );
+        assert_eq!(
+            white[0].traffic_direction,
+            vec![TrafficDirection::Ingress as i32]
+        );
+        let (_, white, _) = parse("identity=7&to_namespace=prod", &[]).unwrap();
+        assert_eq!(white.len(), 2);
+        assert_eq!(white[0].source_identity, vec![7]);
+        assert_eq!(white[1].destination_identity, vec![7]);
+        assert_eq!(white[1].destination_pod, vec!["prod/"]);
+        assert_eq!(white[0].destination_pod, vec!["prod/"]);
     }
 
     #[test]
@@ -271,6 +396,10 @@ mod tests {
             ("colour=red", "colour"),
             ("not_colour=red", "not_colour"),
             ("http_path=(", "(filters)"),
+            ("from_identity=web", "from_identity"),
+            ("identity=-1", "identity"),
+            ("drop_reason_desc=OOPS", "drop_reason_desc"),
+            ("traffic_direction=sideways", "traffic_direction"),
         ] {
             let e = parse(q, &[]).unwrap_err();
             assert_eq!(e.param, param, "{q}: {e}");

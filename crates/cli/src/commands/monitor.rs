@@ -97,6 +97,7 @@ mod tests {
                 flags: vec!["SYN".into()],
             }),
             rev_nat: 0,
+            rule: 0,
             ethernet: None,
         }
     }

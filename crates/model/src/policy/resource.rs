@@ -181,6 +181,14 @@ impl PolicyResource {
         }
     }
 
+    /// The object's uid, as the Kubernetes API server set it.
+    pub fn uid(&self) -> Option<&str> {
+        match self {
+            Self::NetworkPolicy(p) => p.metadata.uid.as_deref(),
+            Self::Cilium(p) => p.metadata.uid.as_deref(),
+        }
+    }
+
     /// The policy's name, namespace (`default` when a namespaced policy names none) and kind.
     pub fn policy_ref(&self) -> PolicyRef {
         let kind = self.kind();
