@@ -142,7 +142,6 @@ fn event(rng: &mut Rng) -> MonitorEvent {
         src: Some(pod_ip(src)),
         dst: Some(pod_ip(dst)),
         l4: Some(l4),
-        ethernet: None,
         rule: 0,
         rev_nat: if !reply && server < SERVERS / 3 {
             (server + 1) as u16
