@@ -381,7 +381,18 @@ pub fn decode(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
         // The frame header holds the size; bound it so a corrupted one cannot ask for more
         // memory than a block can hold (64 KiB per flow is far beyond any flow).
         let bound = (meta.count as usize).saturating_mul(64 << 10).max(1 << 20);
-        raw = zstd::bulk::decompress(packed, bound).map_err(BlockError::Decompress)?;
+        // One zstd context per thread, reused: creating one per block costs as much as a
+        // small block's decompression.
+        thread_local! {
+            static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+        }
+        raw = DCTX
+            .with(|d| match d.borrow_mut().as_mut() {
+                Some(d) => d.decompress(packed, bound),
+                None => zstd::bulk::decompress(packed, bound),
+            })
+            .map_err(BlockError::Decompress)?;
         &raw[..]
     } else {
         packed
