@@ -110,7 +110,8 @@ pub struct ClusterMember {
 }
 
 impl ClusterMember {
-    /// A membership not yet connected, starting from `saved` (the last run's view), if any.
+    /// A membership not yet connected, starting from `saved` (the last run's view), if any;
+    /// `hubble_listen` is the observer's TCP address, published for `ciliate-relay`.
     /// Call inside a tokio runtime.
     pub fn new(
         node_name: &str,
@@ -118,6 +119,7 @@ impl ClusterMember {
         cfg: &ClusterConfig,
         tunnel: Option<&str>,
         saved: Option<SavedView>,
+        hubble_listen: Option<std::net::SocketAddr>,
     ) -> Arc<Self> {
         let kv_cfg = KvstoreConfig {
             endpoints: cfg.etcd_endpoints.clone(),
@@ -131,6 +133,7 @@ impl ClusterMember {
             pod_cidr,
             health: "ok".to_owned(),
             boot_id: boot_id(),
+            hubble_address: advertised_hubble_address(hubble_listen, cfg.underlay_ip),
         };
         let (view, saved_unix) = match saved {
             Some(s) => (s.view, Some(s.saved_unix)),
@@ -409,6 +412,19 @@ pub async fn run_cluster_sync(
 }
 
 /// The kernel's boot id, so that peers can tell a node that rebooted.
+/// Where other hosts reach this node's observer API: its TCP listen address, with the node's
+/// underlay address in place of an unspecified one (`:4244` listens on every address).
+fn advertised_hubble_address(
+    listen: Option<std::net::SocketAddr>,
+    underlay: std::net::Ipv4Addr,
+) -> String {
+    match listen {
+        None => String::new(),
+        Some(a) if a.ip().is_unspecified() => format!("{underlay}:{}", a.port()),
+        Some(a) => a.to_string(),
+    }
+}
+
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
@@ -420,6 +436,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn the_hubble_address_names_the_node_when_listening_everywhere() {
+        let node = Ipv4Addr::new(172, 31, 0, 10);
+        assert_eq!(advertised_hubble_address(None, node), "");
+        assert_eq!(
+            advertised_hubble_address(Some("0.0.0.0:4244".parse().unwrap()), node),
+            "172.31.0.10:4244"
+        );
+        assert_eq!(
+            advertised_hubble_address(Some("10.0.0.1:4244".parse().unwrap()), node),
+            "10.0.0.1:4244"
+        );
+    }
 
     fn is_remote_node(inputs: &ClusterInputs, ip: Ipv4Addr) -> bool {
         inputs.ipcache.iter().any(|e| {
@@ -434,6 +464,7 @@ mod tests {
             pod_cidr: cidr.parse().unwrap(),
             health: "ok".into(),
             boot_id: String::new(),
+            hubble_address: String::new(),
         };
         let ip = |addr: [u8; 4], identity, node: &str, tep: [u8; 4]| IpEntry {
             ip: Ipv4Addr::from(addr),

@@ -739,7 +739,14 @@ async fn join_cluster(
             kind: config.datapath,
             source,
         })?;
-    let member = ClusterMember::new(&config.node_name, config.pod_cidr, cluster, tunnel, saved);
+    let member = ClusterMember::new(
+        &config.node_name,
+        config.pod_cidr,
+        cluster,
+        tunnel,
+        saved,
+        config.observer.hubble_listen_address,
+    );
     manager.set_cluster_hooks(Arc::clone(&member) as Arc<dyn crate::endpoints::ClusterHooks>);
     let sync = tokio::spawn(run_cluster_sync(
         Arc::clone(&member),

@@ -4,6 +4,7 @@
 //! latency. Results are one JSON object on stdout so scripts can compute ratios. `map-wait`
 //! times a Service change reaching the kernel's maps, from outside the agent. `http-server` and
 //! `http` are HTTP/1.1 keep-alive load at a fixed or the maximum rate (`bench/l7.sh`).
+//! `relay-node` and `relay-measure` load and measure `ciliate-relay` (`bench/relay.sh`).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod http;
 mod http_server;
 mod map_wait;
 mod probe;
+mod relay_load;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -58,6 +60,11 @@ enum Cmd {
     /// HTTP/1.1 GETs on N keep-alive connections, at a fixed rate or as fast as answered;
     /// print requests/s, p50/p99 latency and errors as JSON.
     Http(http::HttpLoad),
+    /// A synthetic node for bench/relay.sh: the agent's observer API on a unix socket, fed
+    /// synthetic flows at a rate.
+    RelayNode(relay_load::Node),
+    /// Follow an observer API (the relay, or a node) and print delay, rate, loss and order.
+    RelayMeasure(relay_load::Measure),
     /// Serve HTTP/1.1 (keep-alive) as a lab pod: answer every request 200 with
     /// "<id> <METHOD> <path>", so a client sees which pod and request it reached.
     HttpIdentServer {
@@ -188,5 +195,7 @@ fn main() -> Result<()> {
         Cmd::HttpServer(s) => http::serve(&s),
         Cmd::Http(l) => http::run(&l),
         Cmd::HttpIdentServer { id, port } => http_server::run(&id, port),
+        Cmd::RelayNode(n) => relay_load::run_node(n),
+        Cmd::RelayMeasure(m) => relay_load::run_measure(m),
     }
 }

@@ -213,3 +213,9 @@ fn services_scale_quick() {
     privileged!();
     quick("services-scale.sh");
 }
+
+#[test]
+fn relay_quick() {
+    // No root needed: synthetic nodes and the relay on unix sockets in a temporary directory.
+    quick("relay.sh");
+}

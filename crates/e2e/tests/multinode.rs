@@ -476,7 +476,10 @@ fn assert_survived(what: &str, hold: &Value, min: u64) {
 
 fn tcp_ports(flow: &Value) -> (Option<u64>, Option<u64>) {
     let tcp = &flow["l4"]["TCP"];
-    (tcp["sourcePort"].as_u64(), tcp["destinationPort"].as_u64())
+    (
+        tcp["source_port"].as_u64(),
+        tcp["destination_port"].as_u64(),
+    )
 }
 
 /// Whether `flow` is a packet of the connection `client:cport -> server:sport` (either way).
@@ -496,7 +499,7 @@ fn pod_of(endpoint: &Value) -> String {
     format!(
         "{}/{}",
         endpoint["namespace"].as_str().unwrap_or_default(),
-        endpoint["podName"].as_str().unwrap_or_default()
+        endpoint["pod_name"].as_str().unwrap_or_default()
     )
 }
 
@@ -567,8 +570,8 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
         seen.iter()
             .find(|f| {
                 f["IP"]["source"] == client.ip.to_string()
-                    && f["source"]["podName"].is_string()
-                    && f["destination"]["podName"].is_string()
+                    && f["source"]["pod_name"].is_string()
+                    && f["destination"]["pod_name"].is_string()
             })
             .cloned()
     })
@@ -623,7 +626,7 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
             Some(id(dst)),
             "{f:#}"
         );
-        assert_eq!(f["nodeName"], format!("default/{}", n1.name), "{f:#}");
+        assert_eq!(f["node_name"], format!("default/{}", n1.name), "{f:#}");
     }
 
     // Node 0: the same connection handed to the overlay.
@@ -636,7 +639,7 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
         seen0
             .iter()
             .find(|f| {
-                f["traceObservationPoint"] == "TO_OVERLAY"
+                f["trace_observation_point"] == "TO_OVERLAY"
                     && f["IP"]["source"] == client.ip.to_string()
             })
             .cloned()
@@ -810,7 +813,7 @@ fn killing_one_agent_leaves_traffic_flowing() {
             .iter()
             .find(|f| {
                 f["IP"]["destination"] == be1.ip.to_string()
-                    && f["dropReasonDesc"] == "POLICY_DENIED"
+                    && f["drop_reason_desc"] == "POLICY_DENIED"
                     && f["source"]["identity"].as_u64() == Some(endpoint_identity(&n0, &be0))
             })
             .cloned()
@@ -971,7 +974,7 @@ fn stopping_etcd_for_10s_loses_no_connection_and_agents_catch_up() {
             .collect();
         seen.iter()
             .find(|f| {
-                f["traceObservationPoint"] == "TO_OVERLAY"
+                f["trace_observation_point"] == "TO_OVERLAY"
                     && f["destination"]["identity"].as_u64() == Some(late_id)
             })
             .cloned()
@@ -1151,7 +1154,7 @@ fn policy_drops(n: &Node, from: &Pod, to: &Pod) -> usize {
     )
     .iter()
     .filter(|f| {
-        f["IP"]["destination"] == to.ip.to_string() && f["dropReasonDesc"] == "POLICY_DENIED"
+        f["IP"]["destination"] == to.ip.to_string() && f["drop_reason_desc"] == "POLICY_DENIED"
     })
     .count()
 }
@@ -1327,7 +1330,7 @@ fn a_nodes_own_connection_to_a_remote_pod_is_tunnelled_and_judged_as_remote_node
             .filter(|f| f["IP"]["destination"] == dst)
             .collect();
         seen.iter()
-            .find(|f| f["dropReasonDesc"] == "POLICY_DENIED")
+            .find(|f| f["drop_reason_desc"] == "POLICY_DENIED")
             .cloned()
     })
     .unwrap_or_else(|| {
@@ -1350,7 +1353,7 @@ fn a_nodes_own_connection_to_a_remote_pod_is_tunnelled_and_judged_as_remote_node
             .collect();
         seen0
             .iter()
-            .find(|f| f["traceObservationPoint"] == "TO_OVERLAY")
+            .find(|f| f["trace_observation_point"] == "TO_OVERLAY")
             .cloned()
     })
     .unwrap_or_else(|| {
@@ -1519,7 +1522,7 @@ spec:
     })
     .unwrap_or_else(|| panic!("no forwarded L7 request from frontend-0 on {}", n1.name));
     assert!(
-        flows.iter().any(|f| f["trafficDirection"] == "INGRESS"),
+        flows.iter().any(|f| f["traffic_direction"] == "INGRESS"),
         "{flows:#?}"
     );
     // And node 0's proxy reports the egress side, with the request it refused.
@@ -1527,7 +1530,7 @@ spec:
         observe(&n0, &["--type", "l7", "--last", "100"])
             .iter()
             .any(|f| {
-                f["trafficDirection"] == "EGRESS"
+                f["traffic_direction"] == "EGRESS"
                     && f["verdict"] == "DROPPED"
                     && f["l7"]["http"]["url"]
                         .as_str()
@@ -1536,4 +1539,389 @@ spec:
             .then_some(())
     })
     .unwrap_or_else(|| panic!("no dropped egress L7 flow on {}", n0.name));
+}
+
+/// Hubble's CLI for the outside checks: `$CILIATE_HUBBLE_BIN`, `/work/tools/bin/hubble` or
+/// `hubble` on the PATH; `None` (the caller SKIPs that part loudly) when there is none: CI has
+/// no Hubble CLI.
+fn hubble_cli() -> Option<PathBuf> {
+    let candidates = std::env::var_os("CILIATE_HUBBLE_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/work/tools/bin/hubble")])
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("hubble"))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        );
+    let mut candidates = candidates;
+    candidates.find(|c| c.is_file())
+}
+
+/// `hubble <args> --server <relay>`: its output, insisting it worked.
+fn hubble_at(hubble: &Path, relay: &str, args: &[&str]) -> String {
+    let out = Command::new(hubble)
+        .args(args)
+        .args(["--server", relay])
+        .output()
+        .expect("run hubble");
+    assert!(out.status.success(), "hubble {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+mod relay_client {
+    //! A gRPC client of the relay, generated from Hubble's observer protos.
+
+    use std::time::Duration;
+
+    use ciliate_observer::client::{connect, Target};
+    use ciliate_observer::proto::observer::get_flows_response::ResponseTypes;
+    use ciliate_observer::proto::observer::{
+        GetFlowsRequest, GetFlowsResponse, GetNodesRequest, ServerStatusRequest,
+        ServerStatusResponse,
+    };
+    use ciliate_observer::proto::relay::NodeState;
+
+    /// The relay's answers, asked on a runtime of the caller's.
+    pub struct Relay {
+        pub rt: tokio::runtime::Runtime,
+        pub address: String,
+    }
+
+    impl Relay {
+        pub fn new(address: &str) -> Self {
+            Self {
+                rt: tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime"),
+                address: address.to_owned(),
+            }
+        }
+
+        fn client(
+            &self,
+        ) -> ciliate_observer::proto::observer::observer_client::ObserverClient<
+            tonic::transport::Channel,
+        > {
+            self.rt
+                .block_on(connect(
+                    &Target::Tcp(self.address.clone()),
+                    Duration::from_secs(5),
+                ))
+                .expect("connect to the relay")
+        }
+
+        /// GetFlows without follow: every response.
+        pub fn flows(&self, req: GetFlowsRequest) -> Vec<GetFlowsResponse> {
+            let mut c = self.client();
+            self.rt.block_on(async {
+                let mut s = c.get_flows(req).await.expect("GetFlows").into_inner();
+                let mut v = Vec::new();
+                while let Some(r) = s.message().await.expect("GetFlows stream") {
+                    v.push(r);
+                }
+                v
+            })
+        }
+
+        pub fn status(&self) -> ServerStatusResponse {
+            let mut c = self.client();
+            self.rt
+                .block_on(c.server_status(ServerStatusRequest {}))
+                .expect("ServerStatus")
+                .into_inner()
+        }
+
+        /// (name, state, flows) of every node.
+        pub fn nodes(&self) -> Vec<(String, NodeState, u64)> {
+            let mut c = self.client();
+            self.rt
+                .block_on(c.get_nodes(GetNodesRequest {}))
+                .expect("GetNodes")
+                .into_inner()
+                .nodes
+                .into_iter()
+                .map(|n| {
+                    let state = NodeState::try_from(n.state).unwrap_or(NodeState::UnknownNodeState);
+                    (n.name, state, n.num_flows)
+                })
+                .collect()
+        }
+    }
+
+    /// (node, time in ns) of the flows.
+    pub fn flows_of(v: &[GetFlowsResponse]) -> Vec<(String, i128)> {
+        v.iter()
+            .filter_map(|r| match &r.response_types {
+                Some(ResponseTypes::Flow(f)) => {
+                    let t = f.time.expect("flow time");
+                    Some((
+                        r.node_name.clone(),
+                        i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (state, nodes) of the node status events.
+    pub fn statuses_of(v: &[GetFlowsResponse]) -> Vec<(NodeState, Vec<String>)> {
+        v.iter()
+            .filter_map(|r| match &r.response_types {
+                Some(ResponseTypes::NodeStatus(n)) => Some((
+                    NodeState::try_from(n.state_change).unwrap_or(NodeState::UnknownNodeState),
+                    n.node_names.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// (7) The lab's relay: the flows of both nodes in one stream in time order, GetNodes and
+/// ServerStatus per node, `ciliate observe --server` and Hubble's own CLI against it; with
+/// one node's agent killed it answers with the other and names the missing one, and takes
+/// the node back once its agent is up again.
+#[test]
+fn the_relay_merges_both_nodes_and_names_the_missing_one() {
+    use ciliate_observer::proto::observer::GetFlowsRequest;
+    use ciliate_observer::proto::relay::NodeState;
+    use relay_client::{flows_of, statuses_of, Relay};
+
+    privileged!();
+    let Some((_serial, mut lab)) = demo_lab() else {
+        return;
+    };
+    let address = lab.state["relay"]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("lab.json has no relay: {}", lab.state))
+        .to_owned();
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    // The relay names nodes as their agents do on flows: with the cluster in front.
+    let names = [
+        format!("default/{}", n0.name),
+        format!("default/{}", n1.name),
+    ];
+    let (q0, q1) = (names[0].clone(), names[1].clone());
+    let out = ciliate(&["lab", "status", "--name", &lab.name, "-o", "json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("lab status JSON");
+    assert_eq!(status["relay"]["answering"], true, "{status:#}");
+    assert_eq!(status["relay"]["address"], address.as_str());
+
+    // Traffic on both nodes: each frontend to the backend of the other node.
+    let (fe0, be1) = (lab.pod("demo", "frontend-0"), lab.pod("demo", "backend-1"));
+    let (fe1, be0) = (lab.pod("demo", "frontend-1"), lab.pod("demo", "backend-0"));
+    reaches(&fe0, &be1).expect("frontend-0 -> backend-1");
+    reaches(&fe1, &be0).expect("frontend-1 -> backend-0");
+
+    let relay = Relay::new(&address);
+    let all = poll(Duration::from_secs(20), || {
+        let v = relay.flows(GetFlowsRequest::default());
+        let f = flows_of(&v);
+        names
+            .iter()
+            .all(|n| f.iter().any(|(node, _)| node == n))
+            .then_some(v)
+    })
+    .unwrap_or_else(|| panic!("flows of both nodes through the relay at {address}"));
+    assert_eq!(
+        statuses_of(&all)[0],
+        (NodeState::NodeConnected, names.to_vec()),
+        "the stream starts by naming the nodes it reads"
+    );
+    let flows = flows_of(&all);
+    assert!(
+        flows.windows(2).all(|w| w[0].1 <= w[1].1),
+        "the merged flows are not in time order: {flows:?}"
+    );
+    eprintln!(
+        "relay: {} flows of {names:?} merged in time order",
+        flows.len()
+    );
+    // --last 5: the newest five of the cluster.
+    let last = flows_of(&relay.flows(GetFlowsRequest {
+        number: 5,
+        ..Default::default()
+    }));
+    assert_eq!(last.len(), 5, "{last:?}");
+
+    let nodes = relay.nodes();
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|(n, s, _)| (n.clone(), *s))
+            .collect::<Vec<_>>(),
+        names
+            .iter()
+            .map(|n| (n.clone(), NodeState::NodeConnected))
+            .collect::<Vec<_>>()
+    );
+    assert!(nodes.iter().all(|(_, _, flows)| *flows > 0), "{nodes:?}");
+    let st = relay.status();
+    assert_eq!(st.num_connected_nodes.map(|v| v.value), Some(2), "{st:?}");
+    assert_eq!(st.num_flows, nodes.iter().map(|(_, _, f)| f).sum::<u64>());
+
+    // `ciliate observe --server`.
+    let out = ciliate(&[
+        "observe", "--server", &address, "--last", "100", "-o", "json",
+    ]);
+    assert!(out.status.success(), "observe --server: {}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for n in &names {
+        assert!(
+            printed.contains(n.as_str()),
+            "observe --server: no flow of {n}: {printed}"
+        );
+    }
+
+    // Hubble's own CLI.
+    let hubble = hubble_cli();
+    match &hubble {
+        Some(h) => {
+            let out = hubble_at(h, &address, &["observe", "--last", "100", "-o", "json"]);
+            for n in &names {
+                assert!(
+                    out.contains(n.as_str()),
+                    "hubble observe: no flow of {n}: {out}"
+                );
+            }
+            let out = hubble_at(h, &address, &["status"]);
+            assert!(out.contains("Connected Nodes: 2/2"), "hubble status: {out}");
+            let out = hubble_at(h, &address, &["list", "nodes"]);
+            for n in &names {
+                assert!(out.contains(n.as_str()), "hubble list nodes: {out}");
+            }
+            assert_eq!(
+                out.matches("Connected").count(),
+                2,
+                "hubble list nodes: {out}"
+            );
+        }
+        None => eprintln!(
+            "\n!!! SKIPPED the Hubble CLI part: no hubble binary (CILIATE_HUBBLE_BIN, \
+             /work/tools/bin/hubble or PATH); CI has none. !!!\n"
+        ),
+    }
+
+    // A follower from before the node goes away hears of it.
+    let follower = {
+        let address = address.clone();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let relay = Relay::new(&address);
+            relay.rt.block_on(async {
+                let mut c = ciliate_observer::client::connect(
+                    &ciliate_observer::client::Target::Tcp(address.clone()),
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("connect");
+                let mut s = c
+                    .get_flows(GetFlowsRequest {
+                        follow: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("GetFlows follow")
+                    .into_inner();
+                while let Ok(Some(r)) = s.message().await {
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            });
+        });
+        rx
+    };
+    let first = follower
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the follower's first response");
+    assert_eq!(
+        statuses_of(&[first]),
+        [(NodeState::NodeConnected, names.to_vec())]
+    );
+
+    // Kill node 1's agent.
+    let pid = n1.agent_pid;
+    let argv = proc_cmdline(pid);
+    let env = proc_environ(pid);
+    kill_9(pid);
+    let st = poll(Duration::from_secs(20), || {
+        let st = relay.status();
+        (st.num_unavailable_nodes.map(|v| v.value) == Some(1)).then_some(st)
+    })
+    .expect("the relay notices the killed agent");
+    assert_eq!(st.unavailable_nodes, std::slice::from_ref(&q1), "{st:?}");
+    assert_eq!(st.num_connected_nodes.map(|v| v.value), Some(1));
+    let nodes = relay.nodes();
+    assert!(
+        nodes.contains(&(q1.clone(), NodeState::NodeUnavailable, 0)),
+        "{nodes:?}"
+    );
+    let v = relay.flows(GetFlowsRequest::default());
+    assert!(
+        flows_of(&v).iter().all(|(n, _)| *n == q0) && !flows_of(&v).is_empty(),
+        "only node 0's flows while node 1 is away: {:?}",
+        flows_of(&v)
+    );
+    assert!(
+        statuses_of(&v).contains(&(NodeState::NodeUnavailable, vec![q1.clone()])),
+        "the answer names the missing node: {:?}",
+        statuses_of(&v)
+    );
+    let heard = poll(Duration::from_secs(10), || {
+        let r = follower.recv_timeout(Duration::from_millis(200)).ok()?;
+        statuses_of(&[r])
+            .into_iter()
+            .find(|(s, n)| *s == NodeState::NodeUnavailable && *n == [q1.clone()])
+    });
+    assert!(
+        heard.is_some(),
+        "the follower was not told that {} went away",
+        n1.name
+    );
+    if let Some(h) = &hubble {
+        let out = hubble_at(h, &address, &["status"]);
+        assert!(out.contains("Connected Nodes: 1/2"), "hubble status: {out}");
+        assert!(
+            out.contains(&q1),
+            "hubble status names the missing node: {out}"
+        );
+    }
+
+    // Start it again, as the lab did: the relay takes it back.
+    let log = n1.log.clone();
+    lab.start_in(&n1.netns, &argv, &env, &log);
+    let back = poll(Duration::from_secs(30), || {
+        let st = relay.status();
+        (st.num_connected_nodes.map(|v| v.value) == Some(2)).then_some(())
+    });
+    assert!(back.is_some(), "the relay did not reconnect to {}", n1.name);
+    let heard = poll(Duration::from_secs(10), || {
+        let r = follower.recv_timeout(Duration::from_millis(200)).ok()?;
+        statuses_of(&[r])
+            .into_iter()
+            .find(|(s, n)| *s == NodeState::NodeConnected && *n == [q1.clone()])
+    });
+    assert!(
+        heard.is_some(),
+        "the follower was not told that {} is back",
+        n1.name
+    );
+    reaches(&fe1, &be0).expect("frontend-1 -> backend-0 after the restart");
+    let both = poll(Duration::from_secs(20), || {
+        let f = flows_of(&relay.flows(GetFlowsRequest::default()));
+        f.iter().any(|(n, _)| *n == q1).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "no flows of {} after its agent came back",
+        n1.name
+    );
 }

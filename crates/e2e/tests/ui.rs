@@ -354,6 +354,13 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let dropped = dropped.expect("a dropped connection out of the frontends within 30 probes");
+    println!("dropped connection: {dropped}");
+    // The deciding policy, from the flows' ingress_denied_by.
+    assert_eq!(
+        dropped["deniedBy"],
+        serde_json::json!(["demo/ui-test-deny"]),
+        "{dropped:#}"
+    );
     // The open page got it through its event stream, without a reload.
     let update = live.wait_for("a connection with drops", |l| {
         drops_in(l).is_some_and(|n| n > 0)
@@ -383,6 +390,10 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
         "a red arrow:\n{dom}"
     );
     assert!(dom.contains("Policy denied"), "the table says why:\n{dom}");
+    assert!(
+        dom.contains("dropped by demo/ui-test-deny"),
+        "the connection names the policy:\n{dom}"
+    );
 
     // A bad filter in the URL: the page says which and why.
     let bad = Command::new(CHROMIUM)

@@ -148,6 +148,7 @@ mod tests {
             pod_cidr: "10.1.0.0/24".parse().unwrap(),
             health: "ok".into(),
             boot_id: "b".into(),
+            hubble_address: String::new(),
         }
     }
 

@@ -19,6 +19,11 @@ pub struct NodeRecord {
     pub health: String,
     /// Changes on every boot of the agent, so peers can tell a restart.
     pub boot_id: String,
+    /// Where the node's Hubble observer API is served over TCP (`host:port`), for
+    /// `ciliate-relay`; empty when the agent serves it on its unix socket only. Records of
+    /// agents from before this field read as empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hubble_address: String,
 }
 
 /// One endpoint address and the identity its packets carry, under `ip/v1/default/<ip>`.
@@ -53,13 +58,23 @@ mod tests {
             pod_cidr: "10.1.0.0/24".parse().unwrap(),
             health: "ok".into(),
             boot_id: "b1".into(),
+            hubble_address: String::new(),
         };
         let json = serde_json::to_value(&node).unwrap();
+        // A record without hubbleAddress is what agents before it wrote: it still reads.
         assert_eq!(
             json,
             serde_json::json!({"name": "n1", "underlayIp": "192.168.0.1",
                 "podCidr": "10.1.0.0/24", "health": "ok", "bootId": "b1"})
         );
+        assert_eq!(serde_json::from_value::<NodeRecord>(json).unwrap(), node);
+        let with = NodeRecord {
+            hubble_address: "192.168.0.1:4244".into(),
+            ..node
+        };
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(json["hubbleAddress"], "192.168.0.1:4244");
+        assert_eq!(serde_json::from_value::<NodeRecord>(json).unwrap(), with);
         let ip = IpEntry {
             ip: Ipv4Addr::new(10, 1, 0, 5),
             identity: 300,

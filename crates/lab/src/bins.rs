@@ -1,4 +1,5 @@
-//! The binaries a lab runs: the agent, the CNI plugin and `ciliate-bench` (ident servers), found
+//! The binaries a lab runs: the agent, the CNI plugin, `ciliate-bench` (ident servers) and
+//! `ciliate-relay` (when built), found
 //! next to the running `ciliate` (they are built together) or in `$CILIATE_BIN_DIR`; and etcd.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ pub struct Binaries {
     pub cni: PathBuf,
     /// `ciliate-bench` (ident servers).
     pub bench: PathBuf,
+    /// `ciliate-relay`, when built: the lab then runs one (the cluster's flows in one API).
+    pub relay: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -60,6 +63,7 @@ impl Binaries {
             agent: find("ciliate-agent")?,
             cni: find("ciliate-cni")?,
             bench: find("ciliate-bench")?,
+            relay: Some(dir.join("ciliate-relay")).filter(|p| p.is_file()),
         })
     }
 
@@ -112,6 +116,10 @@ mod tests {
         }
         let bins = Binaries::in_dir(dir.path()).unwrap();
         assert_eq!(bins.bench, dir.path().join("ciliate-bench"));
+        assert_eq!(bins.relay, None, "the relay is optional");
+        std::fs::write(dir.path().join("ciliate-relay"), "").unwrap();
+        let bins = Binaries::in_dir(dir.path()).unwrap();
+        assert_eq!(bins.relay, Some(dir.path().join("ciliate-relay")));
     }
 
     #[test]

@@ -127,6 +127,13 @@ pub fn how_to_look_around(lab: &Lab) -> String {
             n.name
         );
     }
+    if let Some(r) = &lab.state.relay {
+        let _ = writeln!(
+            s,
+            "  ciliate observe --server {} -f   # flows of every node, merged (the relay; hubble observe --server works too)",
+            r.address
+        );
+    }
     let frontend = lab.state.pods.iter().find(|p| {
         p.namespace == NAMESPACE && p.labels.get("app").map(String::as_str) == Some("frontend")
     });

@@ -152,6 +152,39 @@ impl Layout {
         self.state_dir().join("etcd.log")
     }
 
+    /// The relay's unix socket.
+    pub fn relay_socket(&self) -> PathBuf {
+        self.state_dir().join("relay.sock")
+    }
+
+    /// The relay's log.
+    pub fn relay_log(&self) -> PathBuf {
+        self.state_dir().join("relay.log")
+    }
+
+    /// The relay's command line (after the program): every node's observer socket as a
+    /// peer, served on `tcp` and on [`Layout::relay_socket`]. The relay runs in the host's
+    /// namespace, where the nodes' sockets are files and clients reach `tcp`.
+    pub fn relay_args(&self, nodes: usize, tcp: std::net::SocketAddr) -> Vec<String> {
+        let mut args = vec![
+            "--listen-address".to_owned(),
+            tcp.to_string(),
+            "--listen-address".to_owned(),
+            format!("unix://{}", self.relay_socket().display()),
+            "--name".to_owned(),
+            format!("{}-relay", self.name),
+            // A node's agent restarting comes back within seconds: look for it often.
+            "--retry-timeout".to_owned(),
+            "2s".to_owned(),
+        ];
+        for i in 0..nodes {
+            let n = self.node(i);
+            args.push("--peer".to_owned());
+            args.push(format!("{}=unix://{}", n.name, n.hubble_socket.display()));
+        }
+        args
+    }
+
     /// Log of the world's ident server.
     pub fn world_log(&self) -> PathBuf {
         self.state_dir().join("world.log")

@@ -39,6 +39,10 @@
 //!   written there reach every node, as through a Kubernetes API server), etcd's data and log.
 //! * The world's DNS server: a real dnsmasq on 172.31.0.1:53 answering `*.ciliate.test`
 //!   ([`world_dns`]); each pod namespace gets `/etc/netns/<netns>/resolv.conf` naming it.
+//! * The relay: `ciliate-relay` in the host's namespace, reading every node's `hubble.sock`,
+//!   serving the cluster's flows on `127.0.0.1:4245` (another free port when that is taken)
+//!   and `<state>/relay.sock` ([`relay`]); `hubble observe --server localhost:4245` and
+//!   `ciliate observe --server localhost:4245` read it.
 //! * Every process the lab starts carries `CILIATE_LAB=<name>` in its environment, and runs in
 //!   one of the lab's namespaces, so `lab down` finds it even without `lab.json`.
 //!
@@ -56,6 +60,7 @@ pub mod lab;
 pub mod layout;
 pub mod list;
 pub mod objects;
+pub mod relay;
 pub mod state;
 pub mod status;
 pub mod sys;

@@ -122,6 +122,7 @@ mod tests {
             pods: Vec::new(),
             processes: Vec::new(),
             demo: false,
+            relay: None,
             created_at: "2026-01-01T00:00:00Z".into(),
         };
         state.save(&layout.state_file()).unwrap();

@@ -41,8 +41,23 @@ pub struct LabState {
     /// Whether the demo app was deployed.
     #[serde(default)]
     pub demo: bool,
+    /// The relay, once started (labs from before it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayState>,
     /// When `lab up` started, RFC 3339.
     pub created_at: String,
+}
+
+/// The lab's `ciliate-relay` (its process is in `processes` as `relay`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayState {
+    /// Its TCP address in the host's namespace (`hubble observe --server <address>`).
+    pub address: String,
+    /// Its unix socket.
+    pub socket: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
 }
 
 /// One node.
@@ -247,6 +262,7 @@ mod tests {
                 netns: Some("ciliate-lab-net".into()),
             }],
             demo: true,
+            relay: None,
             created_at: "2025-01-01T00:00:00Z".into(),
         }
     }

@@ -1,5 +1,5 @@
 //! `ciliate lab status`: the nodes (is the agent up, how many endpoints it has), the pods,
-//! etcd and the world's DNS server, asked live.
+//! etcd, the world's DNS server and the relay, asked live.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -23,11 +23,14 @@ pub struct LabStatus {
     pub etcd: EtcdStatus,
     /// The world's DNS server.
     pub dns: DnsStatus,
+    /// The relay, if the lab runs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayStatus>,
     /// The nodes.
     pub nodes: Vec<NodeStatus>,
     /// The pods.
     pub pods: Vec<PodStatus>,
-    /// True when etcd, the world's DNS server and every agent are healthy.
+    /// True when etcd, the world's DNS server, every agent and the relay are healthy.
     pub healthy: bool,
 }
 
@@ -52,6 +55,20 @@ pub struct DnsStatus {
     /// The domain it answers for.
     pub domain: String,
     /// Whether it accepts connections on its address.
+    pub answering: bool,
+    /// Its process, when recorded and running.
+    pub pid: Option<u32>,
+}
+
+/// The relay, as the lab sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayStatus {
+    /// Its TCP address.
+    pub address: String,
+    /// Its unix socket.
+    pub socket: PathBuf,
+    /// Whether it accepts connections.
     pub answering: bool,
     /// Its process, when recorded and running.
     pub pid: Option<u32>,
@@ -133,6 +150,18 @@ pub async fn status(name: &str) -> Result<LabStatus, LabError> {
             .map(|p| p.pid)
             .filter(|p| sys::is_alive(*p)),
     };
+    let relay = lab.state.relay.as_ref().map(|r| RelayStatus {
+        address: r.address.clone(),
+        socket: r.socket.clone(),
+        answering: crate::relay::answering(r),
+        pid: lab
+            .state
+            .processes
+            .iter()
+            .find(|p| p.what == crate::relay::PROCESS)
+            .map(|p| p.pid)
+            .filter(|p| sys::is_alive(*p)),
+    });
     let mut nodes = Vec::new();
     for n in &lab.state.nodes {
         let client = Lab::client(n);
@@ -173,13 +202,17 @@ pub async fn status(name: &str) -> Result<LabStatus, LabError> {
             netns: p.netns.clone(),
         })
         .collect();
-    let healthy = etcd.healthy && dns.answering && nodes.iter().all(|n| n.health == "ok");
+    let healthy = etcd.healthy
+        && dns.answering
+        && nodes.iter().all(|n| n.health == "ok")
+        && relay.as_ref().is_none_or(|r| r.answering);
     Ok(LabStatus {
         name: lab.name().to_owned(),
         state_dir: lab.layout.state_dir(),
         created_at: lab.state.created_at.clone(),
         etcd,
         dns,
+        relay,
         nodes,
         pods,
         healthy,

@@ -96,6 +96,7 @@ pub async fn up(opts: &UpOptions, progress: Progress<'_>) -> Result<Lab, LabErro
             pods: Vec::new(),
             processes: Vec::new(),
             demo: false,
+            relay: None,
             created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         },
         layout,
@@ -163,6 +164,18 @@ pub async fn up(opts: &UpOptions, progress: Progress<'_>) -> Result<Lab, LabErro
             child.id(),
             node.log.display()
         ));
+    }
+
+    match crate::relay::start(&mut lab)? {
+        Some(r) => progress(&format!(
+            "Relay: the flows of every node on {} and unix://{} (log {})",
+            r.address,
+            r.socket.display(),
+            r.log.display()
+        )),
+        None => progress(
+            "Note: ciliate-relay is not built beside ciliate: no relay (cargo build --bins)",
+        ),
     }
 
     if opts.demo {

@@ -18,9 +18,12 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod client;
 pub mod convert;
 pub mod dns;
 mod dns_metrics;
+pub mod export;
+pub mod export_otlp;
 pub mod fieldmask;
 pub mod filter;
 pub mod history;
@@ -33,6 +36,7 @@ pub mod metrics;
 pub mod policy_names;
 pub mod print;
 pub mod proto;
+pub mod protojson;
 pub mod ring;
 pub mod server;
 pub mod store;

@@ -101,39 +101,6 @@ pub(crate) fn fill(flow: &mut Flow, rule: u32, allowed: bool, store: &dyn Store)
     }
 }
 
-/// What `hubble observe --print-policy-names` appends to a policy verdict's `ALLOWED` or
-/// `DENIED`: ` BY name (kind), name (kind)` from the list of the verdict's side, policies
-/// without a kind or name left out (Hubble's `formatPolicyNames`). Empty for other events,
-/// which Hubble prints without names: their policies are in `-o json`.
-pub fn verdict_suffix(flow: &Flow) -> String {
-    let verdict_event = flow.event_type.as_ref().map(|e| e.r#type)
-        == Some(crate::convert::MESSAGE_TYPE_POLICY_VERDICT);
-    if !verdict_event {
-        return String::new();
-    }
-    let allowed = matches!(
-        crate::proto::flow::Verdict::try_from(flow.verdict),
-        Ok(crate::proto::flow::Verdict::Forwarded | crate::proto::flow::Verdict::Redirected)
-    );
-    let list = match (TrafficDirection::try_from(flow.traffic_direction), allowed) {
-        (Ok(TrafficDirection::Egress), true) => &flow.egress_allowed_by,
-        (Ok(TrafficDirection::Ingress), true) => &flow.ingress_allowed_by,
-        (Ok(TrafficDirection::Egress), false) => &flow.egress_denied_by,
-        (Ok(TrafficDirection::Ingress), false) => &flow.ingress_denied_by,
-        _ => return String::new(),
-    };
-    let named: Vec<String> = list
-        .iter()
-        .filter(|p| !p.kind.is_empty() && !p.name.is_empty())
-        .map(|p| format!("{} ({})", p.name, p.kind))
-        .collect();
-    if named.is_empty() {
-        String::new()
-    } else {
-        format!(" BY {}", named.join(", "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,38 +250,6 @@ mod tests {
         assert_eq!(f.egress_allowed_by, vec![web_policy()]);
         let f = to_flow(&trace_event(), &s, "n");
         assert!(f.egress_allowed_by.is_empty());
-    }
-
-    #[test]
-    fn the_suffix_is_hubbles_for_policy_verdicts_only() {
-        let s = store();
-        let f = to_flow(&verdict(0, false, 42), &s, "n");
-        assert_eq!(verdict_suffix(&f), " BY web-allow (CiliumNetworkPolicy)");
-        let mut two = to_flow(&verdict(181, true, 43), &s, "n");
-        two.egress_denied_by.push(web_policy());
-        two.egress_denied_by.push(Policy::default());
-        assert_eq!(
-            verdict_suffix(&two),
-            " BY deny-world (CiliumClusterwideNetworkPolicy), web-allow (CiliumNetworkPolicy)"
-        );
-        assert_eq!(
-            verdict_suffix(&to_flow(&verdict(133, false, 0), &s, "n")),
-            ""
-        );
-        let trace = to_flow(
-            &MonitorEvent {
-                rule: 42,
-                ..trace_event()
-            },
-            &s,
-            "n",
-        );
-        assert!(!trace.egress_allowed_by.is_empty());
-        assert_eq!(
-            verdict_suffix(&trace),
-            "",
-            "Hubble names policies on verdicts only"
-        );
     }
 
     #[test]

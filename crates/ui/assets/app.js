@@ -94,7 +94,7 @@ function rate(r) {
 function edgeLabel(e) {
   const proto = e.protocol ? (e.port ? `${e.protocol}/${e.port}` : e.protocol) : 'L3';
   const lines = [`${proto} · ${rate(e.rate)}/s`];
-  if (e.dropped) lines.push(`${e.dropped} dropped`);
+  if (e.dropped) lines.push(`${e.dropped} dropped${e.deniedBy.length ? ' by ' + trunc(e.deniedBy.join(', '), 40) : ''}`);
   for (const l of e.l7.slice(0, 3)) {
     lines.push(`${l.method} ${trunc(l.path, 24)}${l.status ? ' → ' + l.status : ''} ×${l.count}`);
   }
@@ -104,6 +104,7 @@ function edgeLabel(e) {
 function edgeTitle(e) {
   let t = `${e.from} → ${e.to}\n${e.protocol || 'L3'} port ${e.port}: ${e.forwarded} forwarded, ${e.dropped} dropped, ${rate(e.rate)} flows/s`;
   if (e.dropReasons.length) t += `\ndropped: ${e.dropReasons.join(', ')}`;
+  if (e.deniedBy.length) t += `\ndenied by: ${e.deniedBy.join(', ')}`;
   for (const l of e.l7) t += `\n${l.method} ${l.path}${l.status ? ' → ' + l.status : ''} ×${l.count}`;
   return t;
 }

@@ -84,6 +84,9 @@ pub struct Edge {
     pub rate: f64,
     /// Why flows were dropped (Hubble's texts, at most [`SAMPLE`]).
     pub drop_reasons: Vec<String>,
+    /// The policies that denied them (`namespace/name`, from the flows' `*_denied_by`; at
+    /// most [`SAMPLE`]).
+    pub denied_by: Vec<String>,
     /// HTTP requests seen on it, most frequent first (at most [`SAMPLE`]).
     pub l7: Vec<L7Row>,
     /// Time of the newest flow (seconds since the epoch).
@@ -168,6 +171,7 @@ struct EdgeAcc {
     dropped: u64,
     recent: u64,
     drop_reasons: BTreeSet<String>,
+    denied_by: BTreeSet<String>,
     l7: BTreeMap<(String, String, u32), u64>,
     last_seen: f64,
 }
@@ -197,6 +201,15 @@ fn is_drop(flow: &Flow) -> bool {
 /// The destination port (0 for ICMP, whose type the summary shows, and L3 only).
 fn destination_port(flow: &Flow) -> u32 {
     ports(flow).map_or(0, |(_, d)| d)
+}
+
+/// `namespace/name` of a policy (`name` for a cluster-wide one).
+fn policy_name(p: &ciliate_observer::proto::flow::Policy) -> String {
+    if p.namespace.is_empty() {
+        p.name.clone()
+    } else {
+        format!("{}/{}", p.namespace, p.name)
+    }
 }
 
 fn service_key(svc: Option<&ciliate_observer::proto::flow::Service>) -> Option<NodeKey> {
@@ -305,6 +318,11 @@ impl Aggregator {
                             e.drop_reasons
                                 .insert(drop_reason_text(flow.drop_reason_desc));
                         }
+                        for p in flow.ingress_denied_by.iter().chain(&flow.egress_denied_by) {
+                            if e.denied_by.len() < SAMPLE {
+                                e.denied_by.insert(policy_name(p));
+                            }
+                        }
                     } else {
                         e.forwarded += 1;
                     }
@@ -370,6 +388,7 @@ impl Aggregator {
                     },
                     rate: acc.recent as f64 / self.window,
                     drop_reasons: acc.drop_reasons.into_iter().collect(),
+                    denied_by: acc.denied_by.into_iter().collect(),
                     l7,
                     last_seen: acc.last_seen,
                 }

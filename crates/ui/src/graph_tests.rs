@@ -262,6 +262,11 @@ fn flows_of_a_connection_without_the_service_go_through_it_too() {
     let be = || ep("demo", "backend-0", "backend", 301);
     let mut drop = flow(fe(), be(), 8080, Verdict::Dropped, 2);
     drop.drop_reason_desc = 181;
+    drop.ingress_denied_by = vec![ciliate_observer::proto::flow::Policy {
+        name: "deny-frontends".into(),
+        namespace: "demo".into(),
+        ..Default::default()
+    }];
     let flows = vec![
         via(flow(fe(), be(), 8080, Verdict::Forwarded, 1), "backend"),
         // The backend's side of the same connection: no Service known there.
@@ -278,6 +283,7 @@ fn flows_of_a_connection_without_the_service_go_through_it_too() {
         (2, 1, "mixed")
     );
     assert_eq!(back.drop_reasons, vec!["Policy denied by denylist"]);
+    assert_eq!(back.denied_by, vec!["demo/deny-frontends"]);
     assert_eq!(edge(&g, "w:demo/frontend", "w:demo/backend").port, 9090);
 }
 

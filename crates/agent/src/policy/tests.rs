@@ -454,6 +454,24 @@ fn restart_keeps_policies_and_cidr_identities() {
     }
 }
 
+/// Flows name rules by the numbers the maps carry: after a restart the same rules have the
+/// same numbers (and names), whatever came and went before, so the entries the datapath kept
+/// and the events still queued name the right policy.
+#[test]
+fn rule_numbers_and_their_names_survive_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let before = {
+        let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+        n.apply(CIDR_POLICY, false).expect("applies");
+        n.apply(SERVER_POLICY, false).expect("applies");
+        n.apply(CIDR_POLICY, true).expect("deletes");
+        n.policies.flow_names().rules
+    };
+    assert!(!before.is_empty());
+    let n = Node::open(tmp.path(), Arc::new(FakeDatapath::new()), None);
+    assert_eq!(n.policies.flow_names().rules, before);
+}
+
 #[test]
 fn trace_explains_allow_default_deny_and_deny() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -400,6 +400,25 @@ pub fn status_table(s: &LabStatus) -> String {
             ),
         ),
         (
+            "Relay",
+            match &s.relay {
+                None => "none".to_owned(),
+                Some(r) => format!(
+                    "{} (unix://{}) {}{}",
+                    r.address,
+                    r.socket.display(),
+                    if r.answering {
+                        "answering"
+                    } else {
+                        "NOT ANSWERING"
+                    },
+                    r.pid
+                        .map(|p| format!(" (pid {p})"))
+                        .unwrap_or_else(|| " (not running)".into())
+                ),
+            },
+        ),
+        (
             "Health",
             if s.healthy { "ok" } else { "degraded" }.to_owned(),
         ),

@@ -116,6 +116,7 @@ pub fn node_record(name: &str, n: u8) -> NodeRecord {
         pod_cidr: format!("10.{n}.0.0/24").parse().expect("pod CIDR"),
         health: "ok".into(),
         boot_id: format!("boot-{name}"),
+        hubble_address: String::new(),
     }
 }
 
