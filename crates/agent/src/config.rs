@@ -524,7 +524,8 @@ impl Config {
         Ok(Config {
             cluster,
             node_name,
-            observer: crate::observer::ObserverSettings::from_args(parsed.observer, &parsed.socket),
+            observer: crate::observer::ObserverSettings::from_args(parsed.observer, &parsed.socket)
+                .map_err(ConfigError::Invalid)?,
             pod_cidr: parsed.pod_cidr,
             state_dir: parsed.state_dir,
             bpffs_root: parsed.bpffs_root,
@@ -913,6 +914,36 @@ mod tests {
         let off = parse(&["--node-name", "n1", "--no-socket-lb"], &env(&[])).expect("off");
         assert_eq!(off.socket_lb_cgroup, None);
         assert!(parse(&["--no-socket-lb", "--socket-lb-cgroup", "/x"], &env(&[])).is_err());
+    }
+
+    #[test]
+    fn export_flags_as_cilium_names_them() {
+        let c = parse(
+            &[
+                "--node-name",
+                "n1",
+                "--hubble-export-file-path",
+                "/tmp/events.log",
+                "--hubble-export-fieldmask",
+                "time,verdict",
+            ],
+            &env(&[(
+                "CILIATE_HUBBLE_EXPORT_DENYLIST",
+                r#"{"verdict":["FORWARDED"]}"#,
+            )]),
+        )
+        .expect("valid");
+        assert_eq!(c.observer.export.fieldmask, vec!["time", "verdict"]);
+        assert_eq!(c.observer.export.denylist, r#"{"verdict":["FORWARDED"]}"#);
+        let e = parse(
+            &["--node-name", "n1", "--hubble-export-allowlist", "not json"],
+            &env(&[]),
+        )
+        .expect_err("bad JSON");
+        assert!(
+            e.to_string().starts_with("--hubble-export-allowlist: "),
+            "{e}"
+        );
     }
 
     #[test]

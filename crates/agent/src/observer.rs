@@ -51,6 +51,10 @@ pub struct ObserverArgs {
     #[arg(long, env = "CILIATE_HUBBLE_METRICS_ADDRESS", value_name = "ADDR", value_parser = parse_listen_address)]
     pub hubble_metrics_address: Option<SocketAddr>,
 
+    /// Flow export, as Cilium's agent flags.
+    #[command(flatten)]
+    pub export: ExportArgs,
+
     /// Keep every flow on disk (in `<state-dir>/<node>/flow-history`) up to this size, for
     /// `observe --since` beyond the ring and `policy whatif`: e.g. `1GiB`, `500MB`; `0` keeps
     /// no history.
@@ -61,6 +65,86 @@ pub struct ObserverArgs {
     /// size bounds it.
     #[arg(long, env = "CILIATE_FLOW_HISTORY_AGE", value_name = "DURATION", default_value = "7d", value_parser = parse_age)]
     pub flow_history_age: Duration,
+}
+
+/// Flow export flags: Cilium's `--hubble-export-*` (a file of Hubble JSON lines), and OTLP.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ExportArgs {
+    /// Write every flow as a line of Hubble's JSON (a GetFlowsResponse) to this file, as
+    /// Cilium's exporter does; `stdout` prints them. Off unless given.
+    #[arg(long, env = "CILIATE_HUBBLE_EXPORT_FILE_PATH", value_name = "PATH")]
+    pub hubble_export_file_path: Option<PathBuf>,
+    /// Size in MiB at which the export file rotates (to name-<time>.ext beside it).
+    #[arg(long, env = "CILIATE_HUBBLE_EXPORT_FILE_MAX_SIZE_MB", value_name = "MB", default_value_t = ciliate_observer::export::DEFAULT_FILE_MAX_SIZE_MB)]
+    pub hubble_export_file_max_size_mb: u64,
+    /// Rotated export files kept (0 keeps all).
+    #[arg(long, env = "CILIATE_HUBBLE_EXPORT_FILE_MAX_BACKUPS", value_name = "N", default_value_t = ciliate_observer::export::DEFAULT_FILE_MAX_BACKUPS)]
+    pub hubble_export_file_max_backups: usize,
+    /// Export only flows matching one of these JSON FlowFilters, e.g.
+    /// '{"verdict":["DROPPED"]}'.
+    #[arg(
+        long,
+        env = "CILIATE_HUBBLE_EXPORT_ALLOWLIST",
+        value_name = "JSON",
+        default_value = ""
+    )]
+    pub hubble_export_allowlist: String,
+    /// Export no flow matching one of these JSON FlowFilters.
+    #[arg(
+        long,
+        env = "CILIATE_HUBBLE_EXPORT_DENYLIST",
+        value_name = "JSON",
+        default_value = ""
+    )]
+    pub hubble_export_denylist: String,
+    /// Export only these Flow fields, comma-separated (time,source.pod_name,verdict).
+    #[arg(
+        long,
+        env = "CILIATE_HUBBLE_EXPORT_FIELDMASK",
+        value_name = "FIELDS",
+        value_delimiter = ','
+    )]
+    pub hubble_export_fieldmask: Vec<String>,
+    /// Also send every exported flow as an OpenTelemetry log record (body: the same JSON) to
+    /// this OTLP/gRPC collector, e.g. http://collector:4317. Off unless given.
+    #[arg(long, env = "CILIATE_FLOW_EXPORT_OTLP_ENDPOINT", value_name = "URL")]
+    pub flow_export_otlp_endpoint: Option<String>,
+}
+
+/// The flow export settings in force (checked when the agent starts).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSettings {
+    /// The export file, or `stdout`.
+    pub file_path: Option<PathBuf>,
+    /// Rotation size in MiB.
+    pub file_max_size_mb: u64,
+    /// Rotated files kept.
+    pub file_max_backups: usize,
+    /// The allowlist, JSON FlowFilters.
+    pub allowlist: String,
+    /// The denylist, JSON FlowFilters.
+    pub denylist: String,
+    /// The field mask.
+    pub fieldmask: Vec<String>,
+    /// The OTLP collector.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl ExportSettings {
+    /// The checked export configuration; an error names the flag.
+    pub fn config(&self) -> Result<ciliate_observer::export::ExportConfig, String> {
+        ciliate_observer::export::ExportConfig::new(
+            self.file_path.clone(),
+            self.file_max_size_mb,
+            self.file_max_backups,
+            &self.allowlist,
+            &self.denylist,
+            &self.fieldmask,
+            self.otlp_endpoint.clone(),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// The observer's configuration in force.
@@ -75,6 +159,8 @@ pub struct ObserverSettings {
     pub hubble_event_buffer_capacity: usize,
     /// The metrics address, if any.
     pub hubble_metrics_address: Option<SocketAddr>,
+    /// Flow export.
+    pub export: ExportSettings,
     /// Bound of the flow history on disk in bytes; 0: no history.
     pub flow_history_size: u64,
     /// Age bound of the flow history; `None`: none.
@@ -96,22 +182,35 @@ mod humantime_serde_opt {
 }
 
 impl ObserverSettings {
-    /// Resolves the flags; the socket defaults to `hubble.sock` beside the API socket.
-    pub fn from_args(args: ObserverArgs, api_socket: &Path) -> Self {
+    /// Resolves the flags; the socket defaults to `hubble.sock` beside the API socket. Bad
+    /// export flags are refused, naming the flag.
+    pub fn from_args(args: ObserverArgs, api_socket: &Path) -> Result<Self, String> {
         let hubble_socket = args.hubble_socket.unwrap_or_else(|| {
             api_socket
                 .parent()
                 .unwrap_or(Path::new("."))
                 .join("hubble.sock")
         });
-        Self {
+        let e = args.export;
+        let export = ExportSettings {
+            file_path: e.hubble_export_file_path,
+            file_max_size_mb: e.hubble_export_file_max_size_mb,
+            file_max_backups: e.hubble_export_file_max_backups,
+            allowlist: e.hubble_export_allowlist,
+            denylist: e.hubble_export_denylist,
+            fieldmask: e.hubble_export_fieldmask,
+            otlp_endpoint: e.flow_export_otlp_endpoint,
+        };
+        export.config()?;
+        Ok(Self {
             hubble_socket,
             hubble_listen_address: args.hubble_listen_address,
             hubble_event_buffer_capacity: args.hubble_event_buffer_capacity,
             hubble_metrics_address: args.hubble_metrics_address,
             flow_history_size: args.flow_history_size,
             flow_history_age: (!args.flow_history_age.is_zero()).then_some(args.flow_history_age),
-        }
+            export,
+        })
     }
 
     /// The flow history's configuration under this node's state directory; `None` when it is
@@ -410,6 +509,58 @@ pub fn spawn_intake(
     )
 }
 
+/// Starts the flow exporter the settings ask for, if any: its counters, or None. A sink that
+/// cannot be opened is logged, never fatal.
+fn start_export(
+    settings: &ExportSettings,
+    observer: &Arc<Observer>,
+) -> Option<Arc<ciliate_observer::export::ExportStats>> {
+    use ciliate_observer::export::{self, FileSink, Sink};
+    let config = match settings.config() {
+        Ok(c) if c.enabled() => c,
+        Ok(_) => return None,
+        Err(e) => {
+            warn!(error = %e, "flows are not exported");
+            return None;
+        }
+    };
+    let stats = Arc::new(export::ExportStats::default());
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(path) = &config.file_path {
+        match FileSink::open(path, config.file_max_size_mb, config.file_max_backups) {
+            Ok(s) => {
+                info!(path = %path.display(), "exporting flows to a file");
+                sinks.push(Box::new(s));
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot open the flow export file"),
+        }
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        match ciliate_observer::export_otlp::spawn(
+            &tokio::runtime::Handle::current(),
+            endpoint,
+            &observer.config().node_name,
+            Arc::clone(&stats),
+        ) {
+            Ok(s) => {
+                info!(endpoint = %endpoint, "exporting flows as OTLP logs");
+                sinks.push(Box::new(s));
+            }
+            Err(e) => warn!(endpoint = %endpoint, error = %e, "cannot export flows over OTLP"),
+        }
+    }
+    if sinks.is_empty() {
+        return None;
+    }
+    match export::spawn(observer, &config, sinks, Arc::clone(&stats)) {
+        Ok(_exporter) => Some(stats),
+        Err(e) => {
+            warn!(error = %e, "cannot start the flow exporter");
+            None
+        }
+    }
+}
+
 /// Starts the observer: event intake, table refresh, gRPC and metrics servers. Problems
 /// binding a listener are logged, never fatal: pods must get wired even when observability
 /// cannot be served.
@@ -448,6 +599,7 @@ pub fn start(
     if let Err(e) = spawn_intake(Arc::clone(&observer), datapath.as_ref()) {
         warn!(error = %e, "cannot start the observer's threads: no flows will be recorded");
     }
+    let export_stats = start_export(&settings.export, &observer);
     let mut tasks = Vec::new();
     if let Some((me, mut view)) = cluster {
         // The cluster's names, rebuilt when the view changes (a notification, not a poll).
@@ -564,8 +716,12 @@ pub fn start(
                 axum::routing::get(move || {
                     let o = Arc::clone(&observer);
                     let extra = extra_metrics.clone();
+                    let export = export_stats.clone();
                     async move {
                         let mut text = o.metrics().render();
+                        if let Some(stats) = export {
+                            text.push_str(&stats.render());
+                        }
                         if let Some(h) = o.history() {
                             text.push_str(&h.render_metrics());
                         }
@@ -760,6 +916,77 @@ mod tests {
     }
 
     #[test]
+    fn bad_export_flags_are_refused_naming_the_flag() {
+        let with = |export: ExportArgs| {
+            ObserverSettings::from_args(
+                ObserverArgs {
+                    hubble_socket: None,
+                    hubble_listen_address: None,
+                    hubble_event_buffer_capacity: 10,
+                    hubble_metrics_address: None,
+                    flow_history_size: 0,
+                    flow_history_age: Duration::ZERO,
+                    export,
+                },
+                Path::new("/run/x/agent.sock"),
+            )
+        };
+        let base = || ExportArgs {
+            hubble_export_file_path: Some("/var/run/ciliate/hubble/events.log".into()),
+            hubble_export_file_max_size_mb: 10,
+            hubble_export_file_max_backups: 5,
+            ..ExportArgs::default()
+        };
+        let ok = with(ExportArgs {
+            hubble_export_allowlist: r#"{"verdict":["DROPPED"]}"#.into(),
+            hubble_export_fieldmask: vec!["time".into(), "source.pod_name".into()],
+            ..base()
+        })
+        .expect("valid");
+        assert_eq!(ok.export.fieldmask, vec!["time", "source.pod_name"]);
+        for (export, flag) in [
+            (
+                ExportArgs {
+                    hubble_export_allowlist: "{\"verdict\":".into(),
+                    ..base()
+                },
+                "--hubble-export-allowlist",
+            ),
+            (
+                ExportArgs {
+                    hubble_export_denylist: r#"{"source_pod":[1]}"#.into(),
+                    ..base()
+                },
+                "--hubble-export-denylist",
+            ),
+            (
+                ExportArgs {
+                    hubble_export_fieldmask: vec!["source.nope".into()],
+                    ..base()
+                },
+                "--hubble-export-fieldmask",
+            ),
+            (
+                ExportArgs {
+                    hubble_export_file_max_size_mb: 0,
+                    ..base()
+                },
+                "--hubble-export-file-max-size-mb",
+            ),
+            (
+                ExportArgs {
+                    flow_export_otlp_endpoint: Some("collector".into()),
+                    ..base()
+                },
+                "--flow-export-otlp-endpoint",
+            ),
+        ] {
+            let e = with(export).expect_err(flag);
+            assert!(e.starts_with(flag), "{e}");
+        }
+    }
+
+    #[test]
     fn listen_addresses_and_socket_default() {
         assert_eq!(
             parse_listen_address(":4244"),
@@ -772,11 +999,13 @@ mod tests {
                 hubble_listen_address: None,
                 hubble_event_buffer_capacity: 10,
                 hubble_metrics_address: None,
+                export: ExportArgs::default(),
                 flow_history_size: 0,
                 flow_history_age: Duration::ZERO,
             },
             Path::new("/run/x/agent.sock"),
-        );
+        )
+        .expect("settings");
         assert_eq!(s.hubble_socket, PathBuf::from("/run/x/hubble.sock"));
         assert_eq!(s.history_config(Path::new("/var/lib/ciliate/n1")), None);
     }

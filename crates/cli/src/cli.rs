@@ -261,20 +261,33 @@ pub enum Command {
     /// Show flows (Hubble-compatible): the last ones, or follow them
     #[command(
         long_about = "Show flows: datapath events decoded and named (pods, namespaces, labels, \
-            Services), and the HTTP requests and responses of the node's L7 proxy (--type l7), \
-            from the agent's Hubble-compatible observer API (--hubble-socket).\n\n\
-            Without --last, --since or --follow the last 20 flows are shown. Filters of one \
-            flag are alternatives; different flags must all match. --pod, --ip, --label and \
-            --namespace match either end of a flow. --not negates the filter flag that follows \
-            it. -o compact (default) prints Hubble's one-line format, json/jsonpb one \
-            GetFlowsResponse per line, table aligned columns.",
-        after_help = "Examples:\n  \
+            Services), and the HTTP, DNS and Kafka records of the node's L7 proxy (--type l7), \
+            from the agent's Hubble-compatible observer API (--hubble-socket). The flags, the \
+            filters they build and the output are `hubble observe`'s.\n\n\
+            Without --last, --first, --since or --follow the last 20 flows are shown. Values \
+            of one filter flag are alternatives; different flags must all match. --pod, --ip, \
+            --label, --port, --service, --fqdn, --identity and --namespace match either end. \
+            --not sends the one filter flag after it to the denylist. Some flags cannot be \
+            combined (--ip with --from-ip, --pod with --namespace, ...), as in Hubble.\n\n\
+            -o compact (default): one line per flow; dict: KEY: value blocks; table: aligned \
+            columns (printed at the end, not with --follow); json and jsonpb: one \
+            GetFlowsResponse per line in Hubble's JSON (proto field names such as \
+            .flow.source.pod_name, times in UTC with Z); yaml: the same as a `---` stream. \
+            Node status events of a relay go to stderr. Bad flags exit 2.",
+        after_help = "Event types for --type TYPE[:SUBTYPE]:\n  \
+            trace (to-endpoint, to-proxy, to-host, to-stack, to-overlay, to-network, \
+            from-endpoint, from-proxy, from-host, from-stack, from-overlay, from-network, ...), \
+            drop, policy-verdict, l7, capture, trace-sock, or numbers (drop:133).\n\n\
+            Examples:\n  \
             ciliate observe --last 50\n  \
-            ciliate observe -f --verdict DROPPED\n  \
+            ciliate observe -f --verdict DROPPED --print-node-name\n  \
             ciliate observe --from-pod default/client --to-port 80 --protocol tcp\n  \
-            ciliate observe --namespace prod --not --verdict FORWARDED\n  \
+            ciliate observe -n prod --not --verdict FORWARDED\n  \
+            ciliate observe --type trace:to-endpoint --to-identity world\n  \
+            ciliate observe --to-service default/web --traffic-direction ingress\n  \
             ciliate observe --type l7 --http-method GET --http-path '^/api/' --http-status 5+\n  \
-            ciliate observe --since 5m -o json | jq .flow.source.pod_name"
+            ciliate observe --since 5m -o json | jq .flow.source.pod_name\n  \
+            ciliate observe --from-label app=web --print-raw-filters"
     )]
     Observe(Box<crate::commands::observe::ObserveArgs>),
 

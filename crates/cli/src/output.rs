@@ -20,13 +20,15 @@ pub enum Format {
     Compact,
     /// `observe` only: protobuf JSON, one response per line (elsewhere: json).
     Jsonpb,
+    /// `observe` only: Hubble's `KEY: value` blocks (elsewhere: a table).
+    Dict,
     /// `jsonpath=TEMPLATE`: kubectl's template over the API object (see [`crate::jsonpath`]).
     /// The template was checked when the flag was parsed; it lives as long as the command.
     Jsonpath(&'static str),
 }
 
 /// What `-o` accepts, for its help.
-pub const FORMATS: &str = "table, json, yaml, compact, jsonpb, jsonpath=TEMPLATE";
+pub const FORMATS: &str = "table, json, yaml, compact, jsonpb, dict, jsonpath=TEMPLATE";
 
 /// Parses `-o`: a bad value, or a bad jsonpath template, is a usage error (exit 2).
 pub fn parse_format(s: &str) -> Result<Format, String> {
@@ -41,6 +43,10 @@ pub fn parse_format(s: &str) -> Result<Format, String> {
         "yaml" => Format::Yaml,
         "compact" => Format::Compact,
         "jsonpb" => Format::Jsonpb,
+        "dict" => Format::Dict,
+        // Hubble's spellings for `observe`.
+        "tab" => Format::Table,
+        "JSON" => Format::Json,
         "jsonpath" => {
             return Err("jsonpath needs a template: -o jsonpath='{.items[*].id}'".to_owned())
         }
@@ -56,7 +62,7 @@ pub fn render<T: Serialize + ?Sized>(
     table: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<String> {
     Ok(match format {
-        Format::Table | Format::Compact => table(value),
+        Format::Table | Format::Compact | Format::Dict => table(value),
         Format::Json | Format::Jsonpb => {
             let mut s = serde_json::to_string_pretty(value)?;
             s.push('\n');

@@ -889,7 +889,10 @@ fn usage_errors_exit_2_also_when_found_late() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
     let err = stderr(&ciliate(&socket, &["observe", "--verdict", "BOGUS"]));
-    assert!(err.contains("--verdict BOGUS: expected FORWARDED"), "{err}");
+    assert!(
+        err.contains("\"--verdict\" flag: invalid --verdict value: BOGUS (expected FORWARDED"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -60,6 +60,8 @@ fn variants(values_file: &Path) -> Vec<Vec<String>> {
             "--set",
             "hubble.listenAddress=:4244,hubble.metricsAddress=:9965",
             "--set",
+            "relay.enabled=true",
+            "--set",
             "socketLB.enabled=false",
             "--set",
             "k8sServiceHost=192.0.2.10,k8sServicePort=443",
@@ -326,9 +328,10 @@ fn manifests_pass_kubernetes_validate_strict() {
             .unwrap();
         let report = text(&out.stdout) + &text(&out.stderr);
         assert!(out.status.success(), "{version}:\n{report}");
-        // Seven objects per file, each checked against a schema (none skipped as unknown).
+        // Seven objects per file, and the relay's Service and Deployment in the second, each
+        // checked against a schema (none skipped as unknown).
         let passed = report.matches(" passed for resource ").count();
-        assert_eq!(passed, 7 * files.len(), "{version}:\n{report}");
+        assert_eq!(passed, 7 * files.len() + 2, "{version}:\n{report}");
     }
 
     // And it does fail on a wrong manifest.

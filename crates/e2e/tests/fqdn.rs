@@ -271,6 +271,36 @@ fn to_fqdns_allows_learned_addresses_before_the_answer_and_across_a_restart() {
         );
     }
 
+    // Flows to the learned address show it as Cilium labels it: its prefix, the world and
+    // the selector that learned it; the verdict names the policy that allowed it.
+    let flows: Vec<Value> = node
+        .observe(&["--last", "2000", "--from-pod", "default/client"])
+        .into_iter()
+        .map(|v| v.get("flow").cloned().unwrap_or(v))
+        .filter(|f| f["IP"]["destination"] == ALLOWED_IP.to_string())
+        .collect();
+    let labelled = |f: &Value| {
+        let labels: Vec<&str> = f["destination"]["labels"]
+            .as_array()
+            .map(|l| l.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        [
+            "cidr:203.0.113.10/32",
+            "fqdn:allowed.example.com",
+            "reserved:world",
+        ]
+        .iter()
+        .all(|want| labels.contains(want))
+    };
+    assert!(flows.iter().any(labelled), "{flows:#?}");
+    assert!(
+        flows.iter().any(|f| {
+            let by = f.get("egress_allowed_by").unwrap_or(&f["egressAllowedBy"]);
+            by[0]["name"] == "client-fqdn" && by[0]["kind"] == "CiliumNetworkPolicy"
+        }),
+        "{flows:#?}"
+    );
+
     // The cache and the trace say so.
     let list = node.cli_json(&["fqdn", "cache", "list"]);
     let entry = list

@@ -85,7 +85,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// The L7 flows the node's observer holds, as `ciliate observe --type l7 -o json` prints them
-/// (field names as `ciliate observe` prints them today; Hubble's proto names are issue #14).
+/// (Hubble's JSON: the GetFlowsResponse with proto field names).
 fn l7_flows(node: &Node) -> Vec<Value> {
     node.observe(&["--type", "l7", "--last", "1000"])
         .into_iter()
@@ -101,7 +101,7 @@ fn l7_flows(node: &Node) -> Vec<Value> {
 
 /// A response flow's latency (a uint64, so a string in proto JSON).
 fn latency_ns(flow: &Value) -> u64 {
-    let l = &flow["l7"]["latencyNs"];
+    let l = &flow["l7"]["latency_ns"];
     l.as_u64()
         .or_else(|| l.as_str().and_then(|s| s.parse().ok()))
         .unwrap_or(0)
@@ -207,8 +207,8 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
                         .as_str()
                         .is_some_and(|u| u.ends_with(path))
                     && f["verdict"] == verdict
-                    && f["source"]["podName"] == "client"
-                    && f["destination"]["podName"] == "web"
+                    && f["source"]["pod_name"] == "client"
+                    && f["destination"]["pod_name"] == "web"
             })
         };
         has("/public/a", "FORWARDED") && has("/private", "DROPPED")
@@ -311,7 +311,7 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
     );
     eventually("an egress L7 flow", || {
         l7_flows(&node).iter().any(|f| {
-            f["trafficDirection"] == "EGRESS"
+            f["traffic_direction"] == "EGRESS"
                 && f["l7"]["http"]["url"]
                     .as_str()
                     .is_some_and(|u| u.ends_with("/admin"))

@@ -476,7 +476,10 @@ fn assert_survived(what: &str, hold: &Value, min: u64) {
 
 fn tcp_ports(flow: &Value) -> (Option<u64>, Option<u64>) {
     let tcp = &flow["l4"]["TCP"];
-    (tcp["sourcePort"].as_u64(), tcp["destinationPort"].as_u64())
+    (
+        tcp["source_port"].as_u64(),
+        tcp["destination_port"].as_u64(),
+    )
 }
 
 /// Whether `flow` is a packet of the connection `client:cport -> server:sport` (either way).
@@ -496,7 +499,7 @@ fn pod_of(endpoint: &Value) -> String {
     format!(
         "{}/{}",
         endpoint["namespace"].as_str().unwrap_or_default(),
-        endpoint["podName"].as_str().unwrap_or_default()
+        endpoint["pod_name"].as_str().unwrap_or_default()
     )
 }
 
@@ -567,8 +570,8 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
         seen.iter()
             .find(|f| {
                 f["IP"]["source"] == client.ip.to_string()
-                    && f["source"]["podName"].is_string()
-                    && f["destination"]["podName"].is_string()
+                    && f["source"]["pod_name"].is_string()
+                    && f["destination"]["pod_name"].is_string()
             })
             .cloned()
     })
@@ -623,7 +626,7 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
             Some(id(dst)),
             "{f:#}"
         );
-        assert_eq!(f["nodeName"], format!("default/{}", n1.name), "{f:#}");
+        assert_eq!(f["node_name"], format!("default/{}", n1.name), "{f:#}");
     }
 
     // Node 0: the same connection handed to the overlay.
@@ -636,7 +639,7 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
         seen0
             .iter()
             .find(|f| {
-                f["traceObservationPoint"] == "TO_OVERLAY"
+                f["trace_observation_point"] == "TO_OVERLAY"
                     && f["IP"]["source"] == client.ip.to_string()
             })
             .cloned()
@@ -810,7 +813,7 @@ fn killing_one_agent_leaves_traffic_flowing() {
             .iter()
             .find(|f| {
                 f["IP"]["destination"] == be1.ip.to_string()
-                    && f["dropReasonDesc"] == "POLICY_DENIED"
+                    && f["drop_reason_desc"] == "POLICY_DENIED"
                     && f["source"]["identity"].as_u64() == Some(endpoint_identity(&n0, &be0))
             })
             .cloned()
@@ -971,7 +974,7 @@ fn stopping_etcd_for_10s_loses_no_connection_and_agents_catch_up() {
             .collect();
         seen.iter()
             .find(|f| {
-                f["traceObservationPoint"] == "TO_OVERLAY"
+                f["trace_observation_point"] == "TO_OVERLAY"
                     && f["destination"]["identity"].as_u64() == Some(late_id)
             })
             .cloned()
@@ -1151,7 +1154,7 @@ fn policy_drops(n: &Node, from: &Pod, to: &Pod) -> usize {
     )
     .iter()
     .filter(|f| {
-        f["IP"]["destination"] == to.ip.to_string() && f["dropReasonDesc"] == "POLICY_DENIED"
+        f["IP"]["destination"] == to.ip.to_string() && f["drop_reason_desc"] == "POLICY_DENIED"
     })
     .count()
 }
@@ -1327,7 +1330,7 @@ fn a_nodes_own_connection_to_a_remote_pod_is_tunnelled_and_judged_as_remote_node
             .filter(|f| f["IP"]["destination"] == dst)
             .collect();
         seen.iter()
-            .find(|f| f["dropReasonDesc"] == "POLICY_DENIED")
+            .find(|f| f["drop_reason_desc"] == "POLICY_DENIED")
             .cloned()
     })
     .unwrap_or_else(|| {
@@ -1350,7 +1353,7 @@ fn a_nodes_own_connection_to_a_remote_pod_is_tunnelled_and_judged_as_remote_node
             .collect();
         seen0
             .iter()
-            .find(|f| f["traceObservationPoint"] == "TO_OVERLAY")
+            .find(|f| f["trace_observation_point"] == "TO_OVERLAY")
             .cloned()
     })
     .unwrap_or_else(|| {
@@ -1519,7 +1522,7 @@ spec:
     })
     .unwrap_or_else(|| panic!("no forwarded L7 request from frontend-0 on {}", n1.name));
     assert!(
-        flows.iter().any(|f| f["trafficDirection"] == "INGRESS"),
+        flows.iter().any(|f| f["traffic_direction"] == "INGRESS"),
         "{flows:#?}"
     );
     // And node 0's proxy reports the egress side, with the request it refused.
@@ -1527,7 +1530,7 @@ spec:
         observe(&n0, &["--type", "l7", "--last", "100"])
             .iter()
             .any(|f| {
-                f["trafficDirection"] == "EGRESS"
+                f["traffic_direction"] == "EGRESS"
                     && f["verdict"] == "DROPPED"
                     && f["l7"]["http"]["url"]
                         .as_str()

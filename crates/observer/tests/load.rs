@@ -274,3 +274,88 @@ async fn times_in_the_future_and_invalid_times() {
     }
     assert_eq!(n, 3);
 }
+
+/// Reading a full ring (4,095 flows) over the unix socket (through the `:authority` relay)
+/// and over TCP (direct), whole and with the field mask the `hubble` CLI sends; a
+/// measurement, not a test:
+/// `cargo test --release -p ciliate-observer --test load -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_full_ring_reads() {
+    let s = serve(4095).await;
+    for n in 0..4095 {
+        s.observer.observe(&event(n));
+    }
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tcp");
+    let addr = tcp.local_addr().expect("addr");
+    tokio::spawn(ciliate_observer::server::serve_tcp(
+        Service::new(Arc::clone(&s.observer), "0.1.0-test", "tcp"),
+        tcp,
+        futures::future::pending(),
+    ));
+    let mut over_tcp = ObserverClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let mut over_unix = client(&s).await;
+    // What `hubble observe` (compact) asks for.
+    let mask = pbjson_types::FieldMask {
+        paths: [
+            "time",
+            "verdict",
+            "ethernet",
+            "IP",
+            "l4",
+            "source.identity",
+            "source.namespace",
+            "source.pod_name",
+            "destination.identity",
+            "destination.namespace",
+            "destination.pod_name",
+            "Type",
+            "node_name",
+            "l7",
+            "event_type",
+            "source_service",
+            "destination_service",
+            "is_reply",
+            "Summary",
+            "ip_trace_id",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    for (name, c) in [("unix", &mut over_unix), ("tcp", &mut over_tcp)] {
+        for masked in [false, true] {
+            let mut times = Vec::new();
+            for _ in 0..7 {
+                let started = std::time::Instant::now();
+                let mut st = c
+                    .get_flows(GetFlowsRequest {
+                        number: 4095,
+                        field_mask: masked.then(|| mask.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let mut n = 0;
+                while st.message().await.expect("ok").is_some() {
+                    n += 1;
+                }
+                assert_eq!(n, 4095);
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{name:5} mask={masked:5}: 4095 flows median {:.1} ms (min {:.1}, max {:.1})",
+                times[3], times[0], times[6]
+            );
+        }
+    }
+}

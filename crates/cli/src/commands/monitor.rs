@@ -59,7 +59,7 @@ pub fn related(event: &MonitorEvent, endpoints: &[u16]) -> bool {
 /// YAML document.
 pub fn line(format: Format, event: &MonitorEvent) -> anyhow::Result<String> {
     Ok(match format {
-        Format::Table | Format::Compact => format!("{event}\n"),
+        Format::Table | Format::Compact | Format::Dict => format!("{event}\n"),
         Format::Json | Format::Jsonpb => {
             let mut s = serde_json::to_string(event)?;
             s.push('\n');

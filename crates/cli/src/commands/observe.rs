@@ -1,23 +1,31 @@
-//! `ciliate observe`: flows from the agent's Hubble-compatible observer API.
+//! `ciliate observe`: flows from the agent's Hubble-compatible observer API, with
+//! `hubble observe`'s flags and output.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
 use ciliate_observer::convert::system_time_to_timestamp;
-use ciliate_observer::l7::MESSAGE_TYPE_ACCESS_LOG;
-use ciliate_observer::print;
-use ciliate_observer::proto::flow::{EventTypeFilter, FlowFilter, HttpHeader, Verdict};
-use ciliate_observer::proto::observer::{
-    get_flows_response::ResponseTypes, GetFlowsRequest, GetFlowsResponse,
-};
-use clap::{Args, CommandFactory};
+use ciliate_observer::print::{Options, Output, Printer, TimeFormat};
+use ciliate_observer::proto::flow::FlowFilter;
+use ciliate_observer::proto::observer::{GetFlowsRequest, GetFlowsResponse};
+use ciliate_observer::protojson;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{Hinted, Outcome};
 use crate::output::{self, Format};
 
-/// Arguments of `ciliate observe`.
+#[path = "observe_filter.rs"]
+mod filter;
+
+pub use filter::FilterBuilder;
+
+/// How many flows `observe` shows without --last, --since or --follow (Hubble's
+/// `defaults.FlowPrintCount`).
+const FLOW_PRINT_COUNT: u64 = 20;
+
+/// Arguments of `ciliate observe`: `hubble observe`'s flags.
 #[derive(Debug, Args)]
 pub struct ObserveArgs {
     /// The observer API's unix socket [default: hubble.sock beside --socket, as the agent
@@ -33,417 +41,634 @@ pub struct ObserveArgs {
         conflicts_with = "hubble_socket"
     )]
     pub server: Option<String>,
-    /// The last N flows (the first N with --first).
-    #[arg(long, value_name = "N")]
+
+    // Selectors.
+    /// Get last N flows stored in the buffer (default 20 without --since, --until, --follow).
+    #[arg(long, value_name = "N", help_heading = "Selectors")]
     pub last: Option<u64>,
-    /// With --last: the oldest flows in the buffer instead of the newest.
-    #[arg(long)]
-    pub first: bool,
-    /// Flows since this time: RFC 3339 (2024-05-01T10:00:00Z) or a duration ago (5m).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
-    /// Flows until this time: RFC 3339 or a duration ago.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
-    /// Keep printing new flows until Ctrl-C.
-    #[arg(short = 'f', long)]
+    /// Get first N flows stored in the buffer.
+    #[arg(long, value_name = "N", help_heading = "Selectors")]
+    pub first: Option<u64>,
+    /// Get all flows stored in the buffer.
+    #[arg(long, help_heading = "Selectors")]
+    pub all: bool,
+    /// Follow flows output.
+    #[arg(short = 'f', long, help_heading = "Selectors")]
     pub follow: bool,
-    /// Negate the filter flag that follows.
-    #[arg(long, action = clap::ArgAction::Count)]
+    /// Flows since this time: relative (3s, 4m, 1h43m, 2d) or a date (2024-05-01,
+    /// 2024-05-01T10:00:00Z, RFC 3339 with any precision).
+    #[arg(long, value_name = "TIME", help_heading = "Selectors")]
+    pub since: Option<String>,
+    /// Flows until this time, as --since (ignored with --follow).
+    #[arg(long, value_name = "TIME", help_heading = "Selectors")]
+    pub until: Option<String>,
+
+    // Formatting.
+    /// Print node name in output.
+    #[arg(long, help_heading = "Formatting")]
+    pub print_node_name: bool,
+    /// Print the names of the policies that allowed or denied policy verdicts.
+    #[arg(long, help_heading = "Formatting")]
+    pub print_policy_names: bool,
+    /// Time format of compact, dict and table output: StampMilli, RFC3339, RFC3339Milli,
+    /// RFC3339Micro, RFC3339Nano, RFC1123Z, YearMonthDay, YearMonthDayHour,
+    /// YearMonthDayHourMinute.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "StampMilli",
+        help_heading = "Formatting"
+    )]
+    pub time_format: String,
+    /// Display all information in numeric form (IPs, not pod, Service or DNS names).
+    #[arg(long, help_heading = "Formatting")]
+    pub numeric: bool,
+    /// Compatibility with older Hubble: `legacy-json-output` makes -o json print the bare
+    /// Flow instead of the GetFlowsResponse.
+    #[arg(long, value_name = "OPTION", value_parser = ["legacy-json-output"], help_heading = "Formatting")]
+    pub compat: Vec<String>,
+    /// Also print informational node status events (a relay's nodes connecting).
+    #[arg(long, help_heading = "Formatting")]
+    pub debug: bool,
+    /// Print the allowlist and denylist the flags make, as YAML, and exit.
+    #[arg(long, help_heading = "Formatting")]
+    pub print_raw_filters: bool,
+
+    // Filters, in Hubble's order; each occurrence is applied in command-line order.
+    /// Reverses the next filter to be a denylist, i.e. --not --from-ip 2.2.2.2.
+    #[arg(long, id = "not", action = ArgAction::Count, help_heading = "Filters")]
     pub not: u8,
-    /// Source pod, `[namespace/]name-prefix`.
-    #[arg(long, value_name = "POD")]
-    pub from_pod: Vec<String>,
-    /// Destination pod, `[namespace/]name-prefix`.
-    #[arg(long, value_name = "POD")]
-    pub to_pod: Vec<String>,
-    /// Either end's pod.
-    #[arg(long, value_name = "POD")]
-    pub pod: Vec<String>,
-    /// Source IP or CIDR.
-    #[arg(long, value_name = "IP")]
-    pub from_ip: Vec<String>,
-    /// Destination IP or CIDR.
-    #[arg(long, value_name = "IP")]
-    pub to_ip: Vec<String>,
-    /// Either end's IP or CIDR.
-    #[arg(long, value_name = "IP")]
-    pub ip: Vec<String>,
-    /// Source label selector, e.g. `app=web` or `k8s:app in (a,b)`.
-    #[arg(long, value_name = "SELECTOR")]
-    pub from_label: Vec<String>,
-    /// Destination label selector.
-    #[arg(long, value_name = "SELECTOR")]
-    pub to_label: Vec<String>,
-    /// Either end's label selector.
-    #[arg(long, value_name = "SELECTOR")]
-    pub label: Vec<String>,
-    /// Either end's namespace.
-    #[arg(long, value_name = "NAMESPACE")]
-    pub namespace: Vec<String>,
-    /// Verdict: FORWARDED, DROPPED, ...
-    #[arg(long, value_name = "VERDICT")]
-    pub verdict: Vec<String>,
-    /// L4 or L7 protocol: tcp, udp, icmp, sctp, http, dns, kafka (`kafka` is Ciliate's; Hubble's
-    /// filter knows http and dns).
-    #[arg(long, value_name = "PROTO")]
+    /// Show the only flow matching this unique flow identifier, if any.
+    #[arg(long, id = "uuid", value_name = "UUID", help_heading = "Filters")]
+    pub uuid: Vec<String>,
+    /// Flows of the given node names (e.g. "k8s*", "test-cluster/*.company.com").
+    #[arg(long, id = "node-name", value_name = "NAME", help_heading = "Filters")]
+    pub node_name: Vec<String>,
+    /// Flows observed on nodes matching the given label selector (e.g. "key1=value1").
+    #[arg(
+        long,
+        id = "node-label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
+    pub node_label: Vec<String>,
+    /// Flows from endpoints in the given cluster.
+    #[arg(
+        long,
+        id = "from-cluster",
+        value_name = "CLUSTER",
+        help_heading = "Filters"
+    )]
+    pub from_cluster: Vec<String>,
+    /// Flows from or to endpoints in the given clusters (e.g. "test-cluster", "prod-*").
+    #[arg(long, id = "cluster", value_name = "CLUSTER", help_heading = "Filters")]
+    pub cluster: Vec<String>,
+    /// Flows to endpoints in the given cluster.
+    #[arg(
+        long,
+        id = "to-cluster",
+        value_name = "CLUSTER",
+        help_heading = "Filters"
+    )]
+    pub to_cluster: Vec<String>,
+    /// L4/L7 protocol: tcp, udp, icmp, sctp, http, dns, kafka.
+    #[arg(long, id = "protocol", value_name = "PROTO", help_heading = "Filters")]
     pub protocol: Vec<String>,
-    /// Either end's port.
-    #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
-    /// Source port.
-    #[arg(long, value_name = "PORT")]
-    pub from_port: Vec<u16>,
-    /// Destination port.
-    #[arg(long, value_name = "PORT")]
-    pub to_port: Vec<u16>,
-    /// Event type: trace, drop, policy-verdict or l7 (HTTP, DNS and Kafka records of the
-    /// node's proxy), optionally with a sub type number (`drop:133`, `trace:5`).
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    /// TCP flags, comma-separated (e.g. "syn", "syn,ack", "fin").
+    #[arg(long, id = "tcp-flags", value_name = "FLAGS", help_heading = "Filters")]
+    pub tcp_flags: Vec<String>,
+    /// Event type TYPE[:SUBTYPE] (trace, drop, l7, policy-verdict, capture, trace-sock, or a
+    /// number; trace subtypes by name: trace:to-endpoint). See below.
+    #[arg(
+        short = 't',
+        long = "type",
+        id = "type",
+        value_name = "TYPE",
+        help_heading = "Filters"
+    )]
     pub kind: Vec<String>,
-    /// L7 flows with this HTTP method, e.g. GET (any case).
-    #[arg(long, value_name = "METHOD")]
-    pub http_method: Vec<String>,
-    /// L7 flows whose HTTP path (without host and query) matches this regex, e.g. `^/api/`.
-    #[arg(long, value_name = "REGEX")]
-    pub http_path: Vec<String>,
-    /// L7 responses with this HTTP status code (404) or a prefix of one (4+, 40+).
-    #[arg(long, value_name = "CODE")]
+    /// Verdict: FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED, TRANSLATED.
+    #[arg(long, id = "verdict", value_name = "VERDICT", help_heading = "Filters")]
+    pub verdict: Vec<String>,
+    /// Drop reason (e.g. "POLICY_DENIED", "UNSUPPORTED_L3_PROTOCOL").
+    #[arg(
+        long,
+        id = "drop-reason-desc",
+        value_name = "REASON",
+        help_heading = "Filters"
+    )]
+    pub drop_reason_desc: Vec<String>,
+    /// HTTP status code prefix (e.g. "404", "5+").
+    #[arg(
+        long,
+        id = "http-status",
+        value_name = "CODE",
+        help_heading = "Filters"
+    )]
     pub http_status: Vec<String>,
-    /// L7 flows whose whole URL matches this regex, e.g. `^http://web/`.
-    #[arg(long, value_name = "REGEX")]
+    /// HTTP method (e.g. "get", "post").
+    #[arg(
+        long,
+        id = "http-method",
+        value_name = "METHOD",
+        help_heading = "Filters"
+    )]
+    pub http_method: Vec<String>,
+    /// HTTP path regular expression (e.g. "/page/\\d+").
+    #[arg(long, id = "http-path", value_name = "REGEX", help_heading = "Filters")]
+    pub http_path: Vec<String>,
+    /// HTTP URL regular expression (e.g. "http://.*cilium\.io/page/\\d+").
+    #[arg(long, id = "http-url", value_name = "REGEX", help_heading = "Filters")]
     pub http_url: Vec<String>,
-    /// L7 flows with this HTTP header, `Name:value` (exact, names as flows show them:
-    /// `X-Request-Id`).
-    #[arg(long, value_name = "NAME:VALUE")]
+    /// HTTP header key:value pair (e.g. "foo:bar").
+    #[arg(
+        long,
+        id = "http-header",
+        value_name = "KEY:VALUE",
+        help_heading = "Filters"
+    )]
     pub http_header: Vec<String>,
+    /// Trace ID (of L7 flows).
+    #[arg(long, id = "trace-id", value_name = "ID", help_heading = "Filters")]
+    pub trace_id: Vec<String>,
+    /// IP trace ID (IP option).
+    #[arg(long, id = "ip-trace-id", value_name = "ID", help_heading = "Filters")]
+    pub ip_trace_id: Vec<String>,
+    /// Flows from the given FQDN (e.g. "*.cilium.io").
+    #[arg(long, id = "from-fqdn", value_name = "FQDN", help_heading = "Filters")]
+    pub from_fqdn: Vec<String>,
+    /// Flows from or to the given FQDN.
+    #[arg(long, id = "fqdn", value_name = "FQDN", help_heading = "Filters")]
+    pub fqdn: Vec<String>,
+    /// Flows to the given FQDN.
+    #[arg(long, id = "to-fqdn", value_name = "FQDN", help_heading = "Filters")]
+    pub to_fqdn: Vec<String>,
+    /// Flows from the given IP or CIDR.
+    #[arg(long, id = "from-ip", value_name = "IP", help_heading = "Filters")]
+    pub from_ip: Vec<String>,
+    /// Flows SNATed to the given IP or CIDR.
+    #[arg(long, id = "snat-ip", value_name = "IP", help_heading = "Filters")]
+    pub snat_ip: Vec<String>,
+    /// Flows from or to the given IP or CIDR.
+    #[arg(long, id = "ip", value_name = "IP", help_heading = "Filters")]
+    pub ip: Vec<String>,
+    /// Flows to the given IP or CIDR.
+    #[arg(long, id = "to-ip", value_name = "IP", help_heading = "Filters")]
+    pub to_ip: Vec<String>,
+    /// Only IPv4 flows.
+    #[arg(short = '4', long, id = "ipv4", action = ArgAction::Count, help_heading = "Filters")]
+    pub ipv4: u8,
+    /// Only IPv6 flows.
+    #[arg(short = '6', long, id = "ipv6", action = ArgAction::Count, help_heading = "Filters")]
+    pub ipv6: u8,
+    /// Only IPv4, IPv6 or non-IP flows ("v4", "v6", "none").
+    #[arg(
+        long,
+        id = "ip-version",
+        value_name = "VERSION",
+        help_heading = "Filters"
+    )]
+    pub ip_version: Vec<String>,
+    /// Flows from the given pod name prefix ([namespace/]name; namespace "default" if none).
+    #[arg(long, id = "from-pod", value_name = "POD", help_heading = "Filters")]
+    pub from_pod: Vec<String>,
+    /// Flows from or to the given pod name prefix.
+    #[arg(long, id = "pod", value_name = "POD", help_heading = "Filters")]
+    pub pod: Vec<String>,
+    /// Flows to the given pod name prefix.
+    #[arg(long, id = "to-pod", value_name = "POD", help_heading = "Filters")]
+    pub to_pod: Vec<String>,
+    /// Flows from the given namespace.
+    #[arg(
+        long,
+        id = "from-namespace",
+        value_name = "NS",
+        help_heading = "Filters"
+    )]
+    pub from_namespace: Vec<String>,
+    /// Flows from or to the given namespace.
+    #[arg(
+        short = 'n',
+        long,
+        id = "namespace",
+        value_name = "NS",
+        help_heading = "Filters"
+    )]
+    pub namespace: Vec<String>,
+    /// Flows to the given namespace.
+    #[arg(long, id = "to-namespace", value_name = "NS", help_heading = "Filters")]
+    pub to_namespace: Vec<String>,
+    /// Flows from any namespace.
+    #[arg(long, id = "from-all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
+    pub from_all_namespaces: u8,
+    /// Flows from or to any namespace.
+    #[arg(short = 'A', long, id = "all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
+    pub all_namespaces: u8,
+    /// Flows to any namespace.
+    #[arg(long, id = "to-all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
+    pub to_all_namespaces: u8,
+    /// Flows from an endpoint with the given labels (e.g. "key1=value1", "reserved:world").
+    #[arg(
+        long,
+        id = "from-label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
+    pub from_label: Vec<String>,
+    /// Flows from or to an endpoint with the given labels.
+    #[arg(
+        short = 'l',
+        long,
+        id = "label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
+    pub label: Vec<String>,
+    /// Flows to an endpoint with the given labels.
+    #[arg(
+        long,
+        id = "to-label",
+        value_name = "SELECTOR",
+        help_heading = "Filters"
+    )]
+    pub to_label: Vec<String>,
+    /// Flows from the given Service name prefix ([namespace/]name).
+    #[arg(
+        long,
+        id = "from-service",
+        value_name = "SVC",
+        help_heading = "Filters"
+    )]
+    pub from_service: Vec<String>,
+    /// Flows from or to the given Service name prefix.
+    #[arg(long, id = "service", value_name = "SVC", help_heading = "Filters")]
+    pub service: Vec<String>,
+    /// Flows to the given Service name prefix ([namespace/]name).
+    #[arg(long, id = "to-service", value_name = "SVC", help_heading = "Filters")]
+    pub to_service: Vec<String>,
+    /// Flows with the given source port.
+    #[arg(long, id = "from-port", value_name = "PORT", help_heading = "Filters")]
+    pub from_port: Vec<String>,
+    /// Flows with the given port at either end.
+    #[arg(long, id = "port", value_name = "PORT", help_heading = "Filters")]
+    pub port: Vec<String>,
+    /// Flows with the given destination port.
+    #[arg(long, id = "to-port", value_name = "PORT", help_heading = "Filters")]
+    pub to_port: Vec<String>,
+    /// Flows from an endpoint of the given workload ([kind/]name).
+    #[arg(
+        long,
+        id = "from-workload",
+        value_name = "WORKLOAD",
+        help_heading = "Filters"
+    )]
+    pub from_workload: Vec<String>,
+    /// Flows from or to an endpoint of the given workload.
+    #[arg(
+        long,
+        id = "workload",
+        value_name = "WORKLOAD",
+        help_heading = "Filters"
+    )]
+    pub workload: Vec<String>,
+    /// Flows to an endpoint of the given workload.
+    #[arg(
+        long,
+        id = "to-workload",
+        value_name = "WORKLOAD",
+        help_heading = "Filters"
+    )]
+    pub to_workload: Vec<String>,
+    /// Flows from the given security identity (a number or a reserved name: world, host...).
+    #[arg(
+        long,
+        id = "from-identity",
+        value_name = "ID",
+        help_heading = "Filters"
+    )]
+    pub from_identity: Vec<String>,
+    /// Flows from or to the given security identity.
+    #[arg(long, id = "identity", value_name = "ID", help_heading = "Filters")]
+    pub identity: Vec<String>,
+    /// Flows to the given security identity.
+    #[arg(long, id = "to-identity", value_name = "ID", help_heading = "Filters")]
+    pub to_identity: Vec<String>,
+    /// Flows in the given traffic direction (ingress or egress).
+    #[arg(
+        long,
+        id = "traffic-direction",
+        value_name = "DIR",
+        help_heading = "Filters"
+    )]
+    pub traffic_direction: Vec<String>,
+    /// Flows matching the given CEL expression.
+    #[arg(
+        long,
+        id = "cel-expression",
+        value_name = "EXPR",
+        help_heading = "Filters"
+    )]
+    pub cel_expression: Vec<String>,
+    /// Flows observed at the given interface name (e.g. eth0).
+    #[arg(long, id = "interface", value_name = "NAME", help_heading = "Filters")]
+    pub interface: Vec<String>,
+    /// Only encrypted flows (WireGuard/IPsec).
+    #[arg(long, id = "encrypted", action = ArgAction::Count, help_heading = "Filters")]
+    pub encrypted: u8,
+    /// Only unencrypted flows.
+    #[arg(long, id = "unencrypted", action = ArgAction::Count, help_heading = "Filters")]
+    pub unencrypted: u8,
+    /// Allowlist as JSON encoded FlowFilters (Hubble's proto field names).
+    #[arg(long, value_name = "JSON", help_heading = "Filters")]
+    pub allowlist: Vec<String>,
+    /// Denylist as JSON encoded FlowFilters.
+    #[arg(long, value_name = "JSON", help_heading = "Filters")]
+    pub denylist: Vec<String>,
 }
 
-/// The values of the filter flags, either kept or negated.
-#[derive(Debug, Default, Clone)]
-struct Spec {
-    from_pod: Vec<String>,
-    to_pod: Vec<String>,
-    pod: Vec<String>,
-    from_ip: Vec<String>,
-    to_ip: Vec<String>,
-    ip: Vec<String>,
-    from_label: Vec<String>,
-    to_label: Vec<String>,
-    label: Vec<String>,
-    namespace: Vec<String>,
-    verdict: Vec<String>,
-    protocol: Vec<String>,
-    port: Vec<String>,
-    from_port: Vec<String>,
-    to_port: Vec<String>,
-    kind: Vec<String>,
-    http_method: Vec<String>,
-    http_path: Vec<String>,
-    http_status: Vec<String>,
-    http_url: Vec<String>,
-    http_header: Vec<String>,
-}
-
-const FILTER_IDS: [&str; 21] = [
-    "from_pod",
-    "to_pod",
-    "pod",
-    "from_ip",
-    "to_ip",
-    "ip",
-    "from_label",
-    "to_label",
-    "label",
-    "namespace",
-    "verdict",
+/// The filter flags that take a value, by their names (clap ids are the same).
+const VALUE_FLAGS: &[&str] = &[
+    "uuid",
+    "node-name",
+    "node-label",
+    "from-cluster",
+    "cluster",
+    "to-cluster",
     "protocol",
+    "tcp-flags",
+    "type",
+    "verdict",
+    "drop-reason-desc",
+    "http-status",
+    "http-method",
+    "http-path",
+    "http-url",
+    "http-header",
+    "trace-id",
+    "ip-trace-id",
+    "from-fqdn",
+    "fqdn",
+    "to-fqdn",
+    "from-ip",
+    "snat-ip",
+    "ip",
+    "to-ip",
+    "ip-version",
+    "from-pod",
+    "pod",
+    "to-pod",
+    "from-namespace",
+    "namespace",
+    "to-namespace",
+    "from-label",
+    "label",
+    "to-label",
+    "from-service",
+    "service",
+    "to-service",
+    "from-port",
     "port",
-    "from_port",
-    "to_port",
-    "kind",
-    "http_method",
-    "http_path",
-    "http_status",
-    "http_url",
-    "http_header",
+    "to-port",
+    "from-workload",
+    "workload",
+    "to-workload",
+    "from-identity",
+    "identity",
+    "to-identity",
+    "traffic-direction",
+    "cel-expression",
+    "interface",
 ];
 
-impl Spec {
-    fn field(&mut self, id: &str) -> Option<&mut Vec<String>> {
-        Some(match id {
-            "from_pod" => &mut self.from_pod,
-            "to_pod" => &mut self.to_pod,
-            "pod" => &mut self.pod,
-            "from_ip" => &mut self.from_ip,
-            "to_ip" => &mut self.to_ip,
-            "ip" => &mut self.ip,
-            "from_label" => &mut self.from_label,
-            "to_label" => &mut self.to_label,
-            "label" => &mut self.label,
-            "namespace" => &mut self.namespace,
-            "verdict" => &mut self.verdict,
-            "protocol" => &mut self.protocol,
-            "port" => &mut self.port,
-            "from_port" => &mut self.from_port,
-            "to_port" => &mut self.to_port,
-            "kind" => &mut self.kind,
-            "http_method" => &mut self.http_method,
-            "http_path" => &mut self.http_path,
-            "http_status" => &mut self.http_status,
-            "http_url" => &mut self.http_url,
-            "http_header" => &mut self.http_header,
-            _ => return None,
-        })
-    }
+/// The filter flags without a value, and the value Hubble gives them (`NoOptDefVal`).
+const SWITCH_FLAGS: &[(&str, &str)] = &[
+    ("not", "true"),
+    ("ipv4", "v4"),
+    ("ipv6", "v6"),
+    ("from-all-namespaces", "true"),
+    ("all-namespaces", "true"),
+    ("to-all-namespaces", "true"),
+    ("encrypted", "true"),
+    ("unencrypted", "true"),
+];
 
-    fn is_empty(&self) -> bool {
-        let mut s = self.clone();
-        FILTER_IDS
-            .iter()
-            .all(|id| s.field(id).is_none_or(|v| v.is_empty()))
+/// Every filter flag occurrence, `(name, value)`, in command-line order.
+fn filter_flags_in_order(m: &ArgMatches) -> Vec<(&'static str, String)> {
+    let mut seen: Vec<(usize, &'static str, String)> = Vec::new();
+    for &id in VALUE_FLAGS {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            seen.extend(idx.zip(vals).map(|(i, v)| (i, id, v.clone())));
+        }
     }
-
-    /// Hubble's construction: one filter of the directional flags; flags about either end
-    /// double it into a source-side and a destination-side filter (ORed).
-    fn filters(&self) -> anyhow::Result<Vec<FlowFilter>> {
-        if self.is_empty() {
-            return Ok(Vec::new());
+    for &(id, val) in SWITCH_FLAGS {
+        // A count flag has a default (0) with an index of its own: only typed ones count.
+        if m.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
         }
-        let mut base = FlowFilter {
-            source_pod: self.from_pod.clone(),
-            destination_pod: self.to_pod.clone(),
-            source_ip: self.from_ip.clone(),
-            destination_ip: self.to_ip.clone(),
-            source_label: self.from_label.clone(),
-            destination_label: self.to_label.clone(),
-            source_port: self.from_port.clone(),
-            destination_port: self.to_port.clone(),
-            protocol: self.protocol.clone(),
-            http_method: self.http_method.clone(),
-            http_path: self.http_path.clone(),
-            http_status_code: self.http_status.clone(),
-            http_url: self.http_url.clone(),
-            ..FlowFilter::default()
-        };
-        for h in &self.http_header {
-            let (key, value) = h
-                .split_once(':')
-                .ok_or_else(|| anyhow!("--http-header {h}: expected NAME:VALUE"))?;
-            base.http_header.push(HttpHeader {
-                key: key.to_owned(),
-                value: value.to_owned(),
-            });
-        }
-        for v in &self.verdict {
-            let verdict = Verdict::from_str_name(&v.to_ascii_uppercase())
-                .ok_or_else(|| anyhow!("--verdict {v}: expected FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED or TRANSLATED"))?;
-            base.verdict.push(verdict as i32);
-        }
-        for k in &self.kind {
-            let (name, sub) = k
-                .split_once(':')
-                .map_or((k.as_str(), None), |(n, s)| (n, Some(s)));
-            let r#type = match name {
-                "drop" => 1,
-                "trace" => 4,
-                "policy-verdict" => 5,
-                "l7" => MESSAGE_TYPE_ACCESS_LOG,
-                _ => {
-                    return Err(anyhow!(
-                    "--type {k}: expected trace, drop, policy-verdict or l7, optionally :SUBTYPE"
-                ))
-                }
-            };
-            let sub_type = sub
-                .map(|s| {
-                    s.parse::<i32>()
-                        .map_err(|_| anyhow!("--type {k}: the sub type must be a number"))
-                })
-                .transpose()?;
-            base.event_type.push(EventTypeFilter {
-                r#type,
-                match_sub_type: sub_type.is_some(),
-                sub_type: sub_type.unwrap_or(0),
-            });
-        }
-        let pods: Vec<String> = self
-            .pod
-            .iter()
-            .cloned()
-            .chain(
-                self.namespace
-                    .iter()
-                    .map(|n| format!("{}/", n.trim_end_matches('/'))),
-            )
-            .collect();
-        let either = !pods.is_empty()
-            || !self.ip.is_empty()
-            || !self.label.is_empty()
-            || !self.port.is_empty();
-        if !either {
-            return Ok(vec![base]);
-        }
-        let mut src = base.clone();
-        src.source_pod.extend(pods.iter().cloned());
-        src.source_ip.extend(self.ip.iter().cloned());
-        src.source_label.extend(self.label.iter().cloned());
-        src.source_port.extend(self.port.iter().cloned());
-        let mut dst = base;
-        dst.destination_pod.extend(pods);
-        dst.destination_ip.extend(self.ip.iter().cloned());
-        dst.destination_label.extend(self.label.iter().cloned());
-        dst.destination_port.extend(self.port.iter().cloned());
-        Ok(vec![src, dst])
-    }
-}
-
-/// Splits the filter flags into kept and negated ones by where `--not` stands on the command
-/// line: each `--not` negates the next filter flag.
-fn split_negated(args: &ObserveArgs, argv: &[std::ffi::OsString]) -> (Spec, Spec) {
-    let all = Spec {
-        from_pod: args.from_pod.clone(),
-        to_pod: args.to_pod.clone(),
-        pod: args.pod.clone(),
-        from_ip: args.from_ip.clone(),
-        to_ip: args.to_ip.clone(),
-        ip: args.ip.clone(),
-        from_label: args.from_label.clone(),
-        to_label: args.to_label.clone(),
-        label: args.label.clone(),
-        namespace: args.namespace.clone(),
-        verdict: args.verdict.clone(),
-        protocol: args.protocol.clone(),
-        port: args.port.iter().map(u16::to_string).collect(),
-        from_port: args.from_port.iter().map(u16::to_string).collect(),
-        to_port: args.to_port.iter().map(u16::to_string).collect(),
-        kind: args.kind.clone(),
-        http_method: args.http_method.clone(),
-        http_path: args.http_path.clone(),
-        http_status: args.http_status.clone(),
-        http_url: args.http_url.clone(),
-        http_header: args.http_header.clone(),
-    };
-    if args.not == 0 {
-        return (all, Spec::default());
-    }
-    let matches = crate::cli::Cli::command().try_get_matches_from(argv).ok();
-    let Some(m) = matches
-        .as_ref()
-        .and_then(|m| m.subcommand_matches("observe"))
-    else {
-        return (all, Spec::default());
-    };
-    let nots: Vec<usize> = m
-        .indices_of("not")
-        .map(Iterator::collect)
-        .unwrap_or_default();
-    // (index on the command line, flag id, position among that flag's values)
-    let mut occurrences: Vec<(usize, &str, usize)> = Vec::new();
-    for id in FILTER_IDS {
         if let Some(idx) = m.indices_of(id) {
-            occurrences.extend(idx.enumerate().map(|(pos, i)| (i, id, pos)));
+            seen.extend(idx.map(|i| (i, id, val.to_owned())));
         }
     }
-    occurrences.sort_unstable();
-    let mut negated_positions: Vec<(&str, usize)> = Vec::new();
-    for n in nots {
-        if let Some((_, id, pos)) = occurrences.iter().find(|(i, _, _)| *i > n) {
-            negated_positions.push((id, *pos));
-        }
-    }
-    let (mut keep, mut negated) = (Spec::default(), Spec::default());
-    let mut source = all;
-    for id in FILTER_IDS {
-        let values = source.field(id).map(std::mem::take).unwrap_or_default();
-        for (pos, v) in values.into_iter().enumerate() {
-            let target = if negated_positions.contains(&(id, pos)) {
-                &mut negated
-            } else {
-                &mut keep
-            };
-            if let Some(f) = target.field(id) {
-                f.push(v);
-            }
-        }
-    }
-    (keep, negated)
+    seen.sort_by_key(|(i, _, _)| *i);
+    seen.into_iter().map(|(_, id, v)| (id, v)).collect()
 }
 
+/// The `observe` matches of a whole command line.
+fn observe_matches(argv: &[std::ffi::OsString]) -> anyhow::Result<ArgMatches> {
+    let m = crate::cli::Cli::command()
+        .try_get_matches_from(argv)
+        .map_err(|e| anyhow!("{}", e.kind()))?;
+    m.subcommand_matches("observe")
+        .cloned()
+        .ok_or_else(|| anyhow!("not an observe command line"))
+}
+
+/// Hubble's `--allowlist`/`--denylist`: each value holds one or more JSON FlowFilters.
+fn raw_filters(flag: &str, values: &[String]) -> anyhow::Result<Vec<FlowFilter>> {
+    let mut out = Vec::new();
+    for v in values {
+        for f in serde_json::Deserializer::from_str(v).into_iter::<FlowFilter>() {
+            out.push(f.map_err(|e| anyhow!("invalid --{flag} flag: failed to decode '{v}': {e}"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Hubble's `hubtime.FromString`: a duration ago, or a date.
 fn parse_time(flag: &str, s: &str, now: SystemTime) -> anyhow::Result<SystemTime> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return now
+            .checked_sub(ago)
+            .ok_or_else(|| anyhow!("failed to parse the {flag} time: {s} is too far back"));
     }
-    let ago: Duration = humantime::parse_duration(s).map_err(|_| {
-        anyhow!(
-            "--{flag} {s}: expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration ago (5m)"
-        )
-    })?;
-    now.checked_sub(ago)
-        .ok_or_else(|| anyhow!("--{flag} {s}: too far back"))
+    let candidates = [
+        s.to_owned(),
+        format!("{s}T00:00:00Z"),
+        format!("{s}:00:00Z"),
+        format!("{s}:00Z"),
+    ];
+    candidates
+        .iter()
+        .find_map(|c| humantime::parse_rfc3339_weak(c.trim_end_matches('Z')).ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "failed to parse the {flag} time: failed to convert {s} to time (a duration \
+                 ago such as 5m, or a date such as 2024-05-01T10:00:00Z)"
+            )
+        })
 }
 
-/// The request the flags ask for.
+/// The request the flags ask for (Hubble's `getFlowsRequest`).
 pub fn request(
     args: &ObserveArgs,
     argv: &[std::ffi::OsString],
     now: SystemTime,
 ) -> anyhow::Result<GetFlowsRequest> {
-    let (keep, negated) = split_negated(args, argv);
+    let (first, last) = (
+        args.first.is_some_and(|n| n > 0),
+        args.last.is_some_and(|n| n > 0),
+    );
+    if first && last {
+        return Err(anyhow!("cannot set both --first and --last"));
+    }
+    if first && args.all {
+        return Err(anyhow!("cannot set both --first and --all"));
+    }
+    if first && args.follow {
+        return Err(anyhow!("cannot set both --first and --follow"));
+    }
+    if last && args.all {
+        return Err(anyhow!("cannot set both --last and --all"));
+    }
     let since = args
         .since
         .as_deref()
         .map(|s| parse_time("since", s, now))
         .transpose()?;
-    let until = args
-        .until
-        .as_deref()
-        .map(|s| parse_time("until", s, now))
-        .transpose()?;
-    let number = match args.last {
-        Some(n) => n,
-        None if args.follow || since.is_some() => 0,
-        None => 20,
+    let until = match (&args.until, args.follow) {
+        (Some(s), false) => Some(parse_time("until", s, now)?),
+        _ => None,
     };
+    let mut number = args.last.unwrap_or(0);
+    if since.is_none() && until.is_none() && !first {
+        if args.all {
+            number = u64::MAX;
+        } else if number == 0 && !args.follow {
+            number = FLOW_PRINT_COUNT;
+        }
+    }
+    if first {
+        number = args.first.unwrap_or(0);
+    }
+
+    let mut builder = FilterBuilder::default();
+    for (name, value) in filter_flags_in_order(&observe_matches(argv)?) {
+        builder
+            .set(name, &value)
+            .map_err(|e| anyhow!("invalid argument {value:?} for \"--{name}\" flag: {e}"))?;
+    }
+    let (mut whitelist, mut blacklist) = builder.finish().map_err(anyhow::Error::msg)?;
+    whitelist.extend(raw_filters("allowlist", &args.allowlist)?);
+    blacklist.extend(raw_filters("denylist", &args.denylist)?);
     Ok(GetFlowsRequest {
         number,
-        first: args.first,
+        first,
         follow: args.follow,
-        whitelist: keep.filters()?,
-        blacklist: negated.filters()?,
+        whitelist,
+        blacklist,
         since: since.map(system_time_to_timestamp),
         until: until.map(system_time_to_timestamp),
         ..GetFlowsRequest::default()
     })
 }
 
-/// One response as printed.
-pub fn render(format: Format, r: &GetFlowsResponse) -> anyhow::Result<String> {
-    Ok(match format {
-        Format::Json | Format::Jsonpb | Format::Yaml => {
-            let mut s = serde_json::to_string(r)?;
-            s.push('\n');
-            s
+/// `--print-raw-filters`: the filters as Hubble prints them, YAML lists of JSON strings.
+pub fn raw_filters_yaml(req: &GetFlowsRequest) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Filters {
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        allowlist: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        denylist: Vec<String>,
+    }
+    let json = |filters: &[FlowFilter]| -> anyhow::Result<Vec<String>> {
+        filters
+            .iter()
+            .map(|f| Ok(protojson::to_json(f, "flow.FlowFilter")?.to_hubble_string()))
+            .collect()
+    };
+    let filters = Filters {
+        allowlist: json(&req.whitelist)?,
+        denylist: json(&req.blacklist)?,
+    };
+    if filters.allowlist.is_empty() && filters.denylist.is_empty() {
+        return Ok("{}\n".to_owned());
+    }
+    Ok(serde_yaml_ng::to_string(&filters)?)
+}
+
+/// The printer options of `-o` and the formatting flags; `-o table` cannot follow.
+pub fn printer_options(format: Format, args: &ObserveArgs) -> anyhow::Result<Options> {
+    let output = match format {
+        Format::Compact => Output::Compact,
+        Format::Dict => Output::Dict,
+        Format::Json if args.compat.iter().any(|c| c == "legacy-json-output") => Output::JsonLegacy,
+        Format::Json | Format::Jsonpb | Format::Jsonpath(_) => Output::JsonPb,
+        Format::Yaml => Output::Yaml,
+        Format::Table => {
+            if args.follow {
+                return Err(anyhow!(
+                    "table output format is not compatible with follow mode"
+                ));
+            }
+            Output::Table
         }
-        Format::Jsonpath(t) => output::jsonpath(t, r)?,
-        Format::Compact | Format::Table => match &r.response_types {
-            Some(ResponseTypes::Flow(f)) if format == Format::Table => {
-                format!("{}\n", print::table_row(f).join("\t"))
-            }
-            Some(ResponseTypes::Flow(f)) => format!("{}\n", print::compact(f)),
-            Some(ResponseTypes::LostEvents(l)) => format!(
-                "EVENTS LOST: {} {}\n",
-                ciliate_observer::proto::flow::LostEventSource::try_from(l.source)
-                    .map(|s| s.as_str_name())
-                    .unwrap_or("UNKNOWN"),
-                l.num_events_lost
-            ),
-            Some(ResponseTypes::NodeStatus(n)) => {
-                format!("NODE STATUS: {:?} {}\n", n.node_names, n.message)
-            }
-            None => String::new(),
-        },
+    };
+    if !TimeFormat::NAMES
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(&args.time_format))
+    {
+        return Err(anyhow!(
+            "--time-format {}: expected one of {}",
+            args.time_format,
+            TimeFormat::NAMES.join(", ")
+        ));
+    }
+    Ok(Options {
+        output,
+        node_name: args.print_node_name,
+        ip_translation: !args.numeric,
+        time_format: TimeFormat::from_name(&args.time_format),
+        debug: args.debug,
+        policy_names: args.print_policy_names,
     })
+}
+
+/// What one response prints on stdout and stderr.
+pub fn render(
+    format: Format,
+    printer: &mut Printer,
+    r: &GetFlowsResponse,
+) -> anyhow::Result<(String, String)> {
+    if let Format::Jsonpath(t) = format {
+        let json = protojson::to_json(r, "observer.GetFlowsResponse")?;
+        let value = serde_json::to_value(&json)?;
+        return Ok((output::jsonpath(t, &value)?, String::new()));
+    }
+    let w = printer.write(r)?;
+    Ok((w.stdout, w.stderr))
+}
+
+fn usage_error(error: anyhow::Error) -> anyhow::Error {
+    super::Coded {
+        code: 2,
+        error: Hinted {
+            error,
+            hint: "see `ciliate observe --help`".into(),
+        }
+        .into(),
+    }
+    .into()
 }
 
 /// A client of the observer `--server` names, or of the agent's socket.
@@ -494,14 +719,12 @@ pub async fn run(
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Every error here is about the flags (a bad verdict, type or time): a usage error, exit
     // 2, as the help promises.
-    let req = request(&args, &argv, SystemTime::now()).map_err(|error| super::Coded {
-        code: 2,
-        error: Hinted {
-            error,
-            hint: "see `ciliate observe --help`".into(),
-        }
-        .into(),
-    })?;
+    let req = request(&args, &argv, SystemTime::now()).map_err(usage_error)?;
+    if args.print_raw_filters {
+        output::print(&raw_filters_yaml(&req)?)?;
+        return Ok(Outcome::Success);
+    }
+    let mut printer = Printer::new(printer_options(format, &args).map_err(usage_error)?);
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle Ctrl-C: {e}"))?;
     let mut terminate =
@@ -512,247 +735,37 @@ pub async fn run(
         .await
         .map_err(|s| anyhow!("the observer refused the request: {}", s.message()))?
         .into_inner();
-    if format == Format::Table {
-        output::print(&format!("{}\n", print::table_header().join("\t")))?;
-    }
-    loop {
+    let result = loop {
         tokio::select! {
             biased;
-            _ = interrupt.recv() => return Ok(Outcome::Success),
-            _ = terminate.recv() => return Ok(Outcome::Success),
-            msg = stream.message() => match msg.context("reading flows")? {
-                Some(r) => {
-                    if let Err(e) = output::print(&render(format, &r)?) {
+            _ = interrupt.recv() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+            msg = stream.message() => match msg.context("reading flows") {
+                Ok(Some(r)) => {
+                    let (out, err) = render(format, &mut printer, &r)?;
+                    if !err.is_empty() {
+                        eprint!("{err}");
+                    }
+                    if let Err(e) = output::print(&out) {
                         if e.kind() == std::io::ErrorKind::BrokenPipe {
                             return Ok(Outcome::Success);
                         }
                         return Err(e.into());
                     }
                 }
-                None => return Ok(Outcome::Success),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             },
         }
+    };
+    // The table is aligned over all rows: it comes out at the end, even after an error.
+    let table = printer.finish();
+    if !table.is_empty() {
+        let _ = output::print(&table);
     }
+    result.map(|()| Outcome::Success)
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn parse(args: &[&str]) -> (ObserveArgs, Vec<std::ffi::OsString>) {
-        let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-        let cli = crate::cli::Cli::try_parse_from(&argv).unwrap();
-        match cli.command {
-            crate::cli::Command::Observe(a) => (*a, argv),
-            _ => panic!("not observe"),
-        }
-    }
-
-    #[test]
-    fn flags_become_hubble_filters() {
-        let (a, argv) = parse(&[
-            "ciliate",
-            "observe",
-            "--from-pod",
-            "default/client",
-            "--to-port",
-            "80",
-            "--verdict",
-            "dropped",
-            "--type",
-            "drop:133",
-        ]);
-        let r = request(&a, &argv, SystemTime::now()).unwrap();
-        assert_eq!(r.number, 20);
-        assert_eq!(r.whitelist.len(), 1);
-        let f = &r.whitelist[0];
-        assert_eq!(f.source_pod, vec!["default/client"]);
-        assert_eq!(f.destination_port, vec!["80"]);
-        assert_eq!(f.verdict, vec![Verdict::Dropped as i32]);
-        assert_eq!(
-            f.event_type,
-            vec![EventTypeFilter {
-                r#type: 1,
-                match_sub_type: true,
-                sub_type: 133
-            }]
-        );
-        assert!(r.blacklist.is_empty());
-    }
-
-    #[test]
-    fn either_end_flags_make_two_filters_and_not_negates_the_next_flag() {
-        let (a, argv) = parse(&[
-            "ciliate",
-            "observe",
-            "--namespace",
-            "prod",
-            "--not",
-            "--verdict",
-            "FORWARDED",
-            "--last",
-            "5",
-            "-f",
-        ]);
-        let r = request(&a, &argv, SystemTime::now()).unwrap();
-        assert_eq!((r.number, r.follow), (5, true));
-        assert_eq!(r.whitelist.len(), 2);
-        assert_eq!(r.whitelist[0].source_pod, vec!["prod/"]);
-        assert_eq!(r.whitelist[1].destination_pod, vec!["prod/"]);
-        assert!(r.whitelist[0].verdict.is_empty());
-        assert_eq!(r.blacklist.len(), 1);
-        assert_eq!(r.blacklist[0].verdict, vec![Verdict::Forwarded as i32]);
-    }
-
-    #[test]
-    fn times_and_bad_values() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let (a, argv) = parse(&[
-            "ciliate",
-            "observe",
-            "--since",
-            "10m",
-            "--until",
-            "1970-01-12T13:46:40Z",
-        ]);
-        let r = request(&a, &argv, now).unwrap();
-        assert_eq!(r.number, 0);
-        assert_eq!(r.since.unwrap().seconds, 1_000_000 - 600);
-        assert_eq!(r.until.unwrap().seconds, 1_000_000);
-        let (a, argv) = parse(&["ciliate", "observe", "--verdict", "maybe"]);
-        assert!(request(&a, &argv, now).is_err());
-        let (a, argv) = parse(&["ciliate", "observe", "--since", "yesterday-ish"]);
-        assert!(request(&a, &argv, now).is_err());
-    }
-
-    #[test]
-    fn l7_flags_become_hubble_http_filters() {
-        let (a, argv) = parse(&[
-            "ciliate",
-            "observe",
-            "-t",
-            "l7",
-            "--http-method",
-            "GET",
-            "--http-path",
-            "^/api/",
-            "--http-status",
-            "5+",
-            "--http-status",
-            "404",
-            "--http-url",
-            "web",
-            "--http-header",
-            "X-Request-Id:a:b",
-            "--protocol",
-            "http",
-            "--not",
-            "--http-method",
-            "POST",
-        ]);
-        let r = request(&a, &argv, SystemTime::now()).unwrap();
-        assert_eq!(r.whitelist.len(), 1);
-        let f = &r.whitelist[0];
-        assert_eq!(
-            f.event_type,
-            vec![EventTypeFilter {
-                r#type: 129,
-                match_sub_type: false,
-                sub_type: 0
-            }]
-        );
-        assert_eq!(f.http_method, vec!["GET"]);
-        assert_eq!(f.http_path, vec!["^/api/"]);
-        assert_eq!(f.http_status_code, vec!["5+", "404"]);
-        assert_eq!(f.http_url, vec!["web"]);
-        assert_eq!(
-            f.http_header,
-            vec![HttpHeader {
-                key: "X-Request-Id".into(),
-                value: "a:b".into()
-            }]
-        );
-        assert_eq!(f.protocol, vec!["http"]);
-        assert_eq!(r.blacklist.len(), 1);
-        assert_eq!(r.blacklist[0].http_method, vec!["POST"]);
-        let (a, argv) = parse(&["ciliate", "observe", "--type", "l7", "--http-method", "GET"]);
-        let long = request(&a, &argv, SystemTime::now()).unwrap();
-        assert_eq!(long.whitelist[0].event_type[0].r#type, 129);
-        let (a, argv) = parse(&["ciliate", "observe", "--http-header", "no-colon"]);
-        let e = request(&a, &argv, SystemTime::now()).unwrap_err();
-        assert!(e.to_string().contains("NAME:VALUE"), "{e}");
-        let (a, argv) = parse(&["ciliate", "observe", "--type", "l8"]);
-        assert!(request(&a, &argv, SystemTime::now()).is_err());
-    }
-
-    fn l7_response() -> GetFlowsResponse {
-        use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
-        use ciliate_observer::store::{EndpointInfo, Snapshot};
-        let mut store = Snapshot::default();
-        for (ip, id, pod) in [("10.0.0.2", 1, "client"), ("10.0.0.3", 2, "web-0")] {
-            store.endpoints.insert(
-                ip.parse().unwrap(),
-                EndpointInfo {
-                    id,
-                    identity: 300 + id,
-                    namespace: "default".into(),
-                    pod_name: pod.into(),
-                    labels: vec![],
-                },
-            );
-        }
-        let record = HttpRecord {
-            time_ns: 1_700_000_000_123_000_000,
-            record_type: L7RecordType::Response,
-            endpoint: 1,
-            egress: true,
-            source: "10.0.0.2:40000".parse().unwrap(),
-            destination: "10.0.0.3:80".parse().unwrap(),
-            source_identity: 301,
-            destination_identity: 302,
-            verdict: L7Verdict::Forwarded,
-            rule: 1,
-            method: "GET".into(),
-            url: "http://web/api".into(),
-            protocol: "HTTP/1.1".into(),
-            code: 200,
-            headers: vec![],
-            latency_ns: 12_500_000,
-            reason: None,
-        };
-        let flow = ciliate_observer::l7::http_to_flow(&record, &store, "node-1");
-        ciliate_observer::server::flow_response(flow, "node-1")
-    }
-
-    #[test]
-    fn l7_flows_print_as_hubble_prints_them() {
-        let r = l7_response();
-        assert_eq!(
-            render(Format::Compact, &r).unwrap(),
-            "Nov 14 22:13:20.123: default/client:40000 (ID:301) <- default/web-0:80 (ID:302) \
-             http-response FORWARDED (HTTP/1.1 200 12ms (GET http://web/api))\n"
-        );
-        let row = render(Format::Table, &r).unwrap();
-        assert!(
-            row.ends_with("\thttp-response\tFORWARDED\tHTTP/1.1 200 12ms (GET http://web/api)\n"),
-            "{row}"
-        );
-        let json: serde_json::Value =
-            serde_json::from_str(render(Format::Json, &r).unwrap().trim_end()).unwrap();
-        let flow = &json["flow"];
-        assert_eq!(flow["Type"], "L7");
-        assert_eq!(flow["l7"]["type"], "RESPONSE");
-        assert_eq!(flow["l7"]["http"]["code"], 200);
-        assert_eq!(flow["l7"]["http"]["method"], "GET");
-        assert_eq!(flow["l7"]["http"]["url"], "http://web/api");
-        assert_eq!(flow["Summary"], "HTTP/1.1 200 12ms (GET http://web/api)");
-        assert_eq!(
-            flow["event_type"]["type"]
-                .as_i64()
-                .or(flow["eventType"]["type"].as_i64()),
-            Some(129)
-        );
-    }
-}
+#[path = "observe_tests.rs"]
+mod tests;

@@ -37,7 +37,7 @@ pub const CRDS: &[(&str, &str)] = &[
 ];
 
 /// The templates, in the order Helm prints them (its install order by kind: ServiceAccount,
-/// ConfigMap, ClusterRole, ClusterRoleBinding, DaemonSet).
+/// ConfigMap, ClusterRole, ClusterRoleBinding, Service, DaemonSet, Deployment).
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
         "serviceaccount.yaml",
@@ -56,8 +56,16 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../../../deploy/helm/ciliate/templates/clusterrolebinding.yaml"),
     ),
     (
+        "relay-service.yaml",
+        include_str!("../../../../../deploy/helm/ciliate/templates/relay-service.yaml"),
+    ),
+    (
         "daemonset.yaml",
         include_str!("../../../../../deploy/helm/ciliate/templates/daemonset.yaml"),
+    ),
+    (
+        "relay-deployment.yaml",
+        include_str!("../../../../../deploy/helm/ciliate/templates/relay-deployment.yaml"),
     ),
 ];
 

@@ -89,6 +89,55 @@ fn defaults_render_every_object_once() {
 }
 
 #[test]
+fn the_relay_is_a_deployment_and_a_service_reading_etcd() {
+    let docs = render_docs(&args(&[
+        "relay.enabled=true",
+        "etcd.endpoints={http://10.0.0.1:2379,http://10.0.0.2:2379}",
+        "hubble.listenAddress=:4244",
+    ]));
+    let kinds: Vec<&str> = docs[2..]
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    // Helm's install order by kind.
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ConfigMap",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "DaemonSet",
+            "Deployment"
+        ]
+    );
+    let service = find(&docs, "Service");
+    assert_eq!(service["metadata"]["name"], "ciliate-relay");
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 4245);
+    let relay = find(&docs, "Deployment");
+    let c = &relay["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"], json!(["ciliate-relay"]));
+    assert_eq!(
+        c["args"],
+        json!([
+            "--listen-address=:4245",
+            "--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379"
+        ])
+    );
+    assert_eq!(
+        relay["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+    // Off by default.
+    let docs = render_docs(&args(&[]));
+    assert!(!docs
+        .iter()
+        .any(|d| d["kind"] == "Deployment" || d["kind"] == "Service"));
+}
+
+#[test]
 fn the_daemonset_is_what_an_agent_needs() {
     let docs = render_docs(&args(&[]));
     let ds = find(&docs, "DaemonSet");
