@@ -298,8 +298,8 @@ pub enum Command {
             identities) and Services as boxes, connections with protocol, port, verdict, rate \
             and HTTP requests, dropped ones in red, and a flow table with the filters of \
             `ciliate observe`, updated live. Flows come from an Observer: --server (the relay, \
-            host:port), --hubble-socket (a node), or else the lab's node0, or else the \
-            hubble.sock beside --socket. The page and its assets are built into the binary.",
+            host:port), --hubble-socket (a node), or else the lab's relay (its node0 when it has \
+            none), or else the hubble.sock beside --socket. The page and its assets are built into the binary.",
         after_help = "Examples:\n  \
             ciliate ui                                   # the lab's map on http://127.0.0.1:12000/\n  \
             ciliate ui --server 127.0.0.1:4245 --open\n  \

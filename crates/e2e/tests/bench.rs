@@ -131,6 +131,12 @@ fn policy_quick() {
 }
 
 #[test]
+fn history_quick() {
+    // Needs no privileges (files only), but runs with the other scripts, one at a time.
+    quick("history.sh");
+}
+
+#[test]
 fn observer_quick() {
     privileged!();
     quick("observer.sh");

@@ -281,12 +281,20 @@ fn the_service_map_shows_the_demo_and_a_dropped_connection() {
         .unwrap_or_else(|| panic!("no frontend-0 in {status:#}"))
         .to_owned();
     let ui = UiServer::start(&lab.name);
-    assert!(
-        ui.get("/api/status")["source"]
-            .as_str()
-            .is_some_and(|s| s.ends_with("node0/hubble.sock")),
-        "the lab's node0 by default"
-    );
+    // By default the lab's relay (every node's flows), node0 for a lab without one.
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/lab.json", lab.state_dir())).expect("lab.json"),
+    )
+    .expect("lab.json is JSON");
+    let expected = match record["relay"]["socket"].as_str() {
+        Some(relay) => format!("unix://{relay}"),
+        None => format!(
+            "unix://{}",
+            record["nodes"][0]["hubbleSocket"].as_str().unwrap_or("?")
+        ),
+    };
+    assert_eq!(ui.get("/api/status")["source"], expected.as_str());
+    println!("following {expected}");
     let out = output_dir();
     let profile = tempfile::tempdir().expect("chromium profile");
 

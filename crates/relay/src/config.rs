@@ -71,6 +71,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub gone_node_retention: Duration,
 
+    /// Also serve the service map (what `ciliate ui` serves: workloads, Services and their
+    /// connections, live) on this `host:port`, drawn from this relay's flows.
+    #[arg(long, env = "CILIATE_RELAY_UI_ADDRESS", value_name = "ADDR")]
+    pub ui_address: Option<SocketAddr>,
+
     /// The relay's name in the node status events it sends.
     #[arg(long, value_name = "NAME", default_value = "ciliate-relay")]
     pub name: String,
@@ -128,6 +133,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Merging.
     pub merge: MergeConfig,
+    /// Where to serve the service map, if anywhere.
+    pub ui_address: Option<SocketAddr>,
 }
 
 impl Config {
@@ -166,6 +173,7 @@ impl Config {
                 sort_buffer_drain_timeout: a.sort_buffer_drain_timeout,
                 relay_name: a.name,
             },
+            ui_address: a.ui_address,
         })
     }
 }

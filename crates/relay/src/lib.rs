@@ -17,6 +17,7 @@ pub mod pool;
 pub mod serve;
 pub mod service;
 pub mod sort;
+pub mod ui;
 
 pub use config::{Args, Config};
 pub use flows::MergeConfig;

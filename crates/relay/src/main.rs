@@ -62,6 +62,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         stop_tx,
     ));
 
+    if let Some(addr) = config.ui_address {
+        let (bound, _) = ciliate_relay::ui::start(addr, &config.listen, stop.clone()).await?;
+        info!("service map on http://{bound}/");
+    }
     let pool = Pool::new(config.pool.clone());
     let etcd = (!config.etcd_endpoints.is_empty()).then(|| {
         KvstoreConfig::new(

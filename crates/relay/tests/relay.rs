@@ -586,3 +586,70 @@ async fn nodes_are_found_through_their_records_in_etcd() {
     old.close().await;
     drop(etcd);
 }
+
+/// GET of `path` on `addr` as JSON (plain HTTP/1.1, one request per connection).
+async fn http_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap()
+}
+
+/// `--ui-address`: the service map, drawn from the relay's merged flows of every node.
+#[tokio::test]
+async fn the_service_map_is_served_from_the_relays_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path());
+    let (c, stop) = relay(dir.path(), &[&a, &b], None).await;
+    eventually("both nodes connected", || {
+        let mut c = c.clone();
+        async move { (connected_nodes(&mut c).await == 2).then_some(()) }
+    })
+    .await;
+    let listen = [Listen::Unix(dir.path().join("relay.sock"))];
+    let (addr, task) =
+        ciliate_relay::ui::start("127.0.0.1:0".parse().unwrap(), &listen, stop.subscribe())
+            .await
+            .unwrap();
+    let snap = eventually("the map of every node's flows", || async {
+        let v = http_json(addr, "/api/snapshot").await;
+        (v["graph"]["flows"] == 6).then_some(v)
+    })
+    .await;
+    let source = format!("unix://{}", dir.path().join("relay.sock").display());
+    assert_eq!(snap["status"]["source"], source.as_str());
+    assert_eq!(snap["status"]["state"], "connected");
+    let nodes: std::collections::BTreeSet<String> = snap["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            f["node"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("default/")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        ["a", "b"].map(String::from).into(),
+        "flows of both nodes"
+    );
+    // Live: a new flow of one node reaches the map through the relay.
+    a.push(now_secs(), 1);
+    eventually("the live flow", || async {
+        (http_json(addr, "/api/status").await["received"] == 7).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

@@ -15,8 +15,8 @@ use super::{Hinted, Outcome};
 #[derive(Debug, Args)]
 pub struct UiArgs {
     /// The Observer to follow over TCP or a socket: `host:port` (the relay), `unix:///path`
-    /// [default: the lab's node0 hubble.sock when a lab is up, else hubble.sock beside
-    /// --socket].
+    /// [default: the lab's relay (or its node0's hubble.sock) when a lab is up, else
+    /// hubble.sock beside --socket].
     #[arg(long, value_name = "ADDR", conflicts_with = "hubble_socket")]
     pub server: Option<String>,
     /// A node's observer socket.
@@ -53,6 +53,13 @@ pub fn source(args: &UiArgs, api_socket: &Path) -> anyhow::Result<(Source, Strin
     }
     let layout = ciliate_lab::Layout::new(&args.lab)?;
     if let Ok(state) = ciliate_lab::state::LabState::load(&layout.state_file()) {
+        // The relay sees every node's flows; node0's socket is the fallback of labs without.
+        if let Some(r) = &state.relay {
+            return Ok((
+                Source::Unix(r.socket.clone()),
+                format!("lab {}, its relay", state.name),
+            ));
+        }
         if let Some(n) = state.nodes.first() {
             return Ok((
                 Source::Unix(n.hubble_socket.clone()),

@@ -205,6 +205,26 @@ impl Node {
         self.agent.as_ref().map(Child::id)
     }
 
+    /// Stops the agent as `systemctl stop` does (SIGTERM) and waits for it to exit (SIGKILL
+    /// after 20 s).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.wait();
+        }
+    }
+
     /// `kill -9` the agent.
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {

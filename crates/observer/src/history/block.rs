@@ -155,7 +155,8 @@ fn uuid_string(b: &[u8]) -> String {
 fn endpoint_hash(ep: &Endpoint) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (ep.id, ep.identity, &ep.namespace, &ep.pod_name, &ep.labels).hash(&mut h);
+    // Labels are left out: the same pod has the same labels, and equality is checked anyway.
+    (ep.id, ep.identity, &ep.namespace, &ep.pod_name).hash(&mut h);
     h.finish()
 }
 
@@ -209,6 +210,51 @@ fn strip_fields(msg: &[u8], out: &mut Vec<u8>, skip: impl Fn(u32) -> bool) {
 /// Encodes flows (with the ring's sequence numbers they had) into one block: its meta and its
 /// body. Flows are kept in the order given.
 pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, Vec<u8>) {
+    Encoder::default().encode(flows, run, node_name)
+}
+
+/// What encoding keeps from block to block: the zstd context and the buffers (allocating
+/// them per block costs more than the encoding; the writer keeps one).
+pub struct Encoder {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    whole: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").finish_non_exhaustive()
+    }
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self {
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+            whole: Vec::with_capacity(4096),
+            raw: Vec::new(),
+        }
+    }
+}
+
+impl Encoder {
+    /// See [`encode`].
+    pub fn encode(
+        &mut self,
+        flows: &[(u64, &Flow)],
+        run: u64,
+        node_name: &str,
+    ) -> (BlockMeta, Vec<u8>) {
+        encode_with(self, flows, run, node_name)
+    }
+}
+
+fn encode_with(
+    enc: &mut Encoder,
+    flows: &[(u64, &Flow)],
+    run: u64,
+    node_name: &str,
+) -> (BlockMeta, Vec<u8>) {
     // Endpoints are not `Hash` (prost types): bucket them by a hash of the fields that tell
     // them apart, and compare whole within a bucket.
     let mut dict: std::collections::HashMap<u64, Vec<u32>> = std::collections::HashMap::new();
@@ -220,6 +266,9 @@ pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, 
     let max_time = times.iter().flatten().max().copied().unwrap_or(0);
     let first_seq = flows.iter().map(|(s, _)| *s).min().unwrap_or(0);
     let last_seq = flows.iter().map(|(s, _)| *s).max().unwrap_or(0);
+    // Each new dictionary entry's `namespace/pod`, for the meta's pod sets (computed once per
+    // distinct endpoint, not per flow: the writer makes no allocation per flow).
+    let mut pod_keys: Vec<Option<String>> = Vec::new();
     let mut index = |ep: &Option<Endpoint>, endpoints: &mut Vec<Endpoint>| -> u32 {
         let Some(ep) = ep else { return 0 };
         let bucket = dict.entry(endpoint_hash(ep)).or_default();
@@ -227,20 +276,15 @@ pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, 
             return *i;
         }
         endpoints.push(ep.clone());
+        pod_keys.push(pod_key(ep));
         let i = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
         bucket.push(i);
         i
     };
-    let mut whole = Vec::with_capacity(1024);
+    let whole = &mut enc.whole;
     for ((seq, flow), t) in flows.iter().zip(&times) {
         let s = index(&flow.source, &mut body.endpoints);
         let d = index(&flow.destination, &mut body.endpoints);
-        if let Some(k) = flow.source.as_ref().and_then(pod_key) {
-            src_pods.insert(k);
-        }
-        if let Some(k) = flow.destination.as_ref().and_then(pod_key) {
-            dst_pods.insert(k);
-        }
         body.src.push(s);
         body.dst.push(d);
         body.time
@@ -254,9 +298,9 @@ pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, 
         let same_node = flow.node_name == node_name;
         whole.clear();
         // Encoding into a Vec cannot run out of room.
-        let _ = flow.encode(&mut whole);
+        let _ = flow.encode(whole);
         let before = body.flows.len();
-        strip_fields(&whole, &mut body.flows, |tag| match tag {
+        strip_fields(whole, &mut body.flows, |tag| match tag {
             FIELD_TIME | FIELD_SOURCE | FIELD_DESTINATION => true,
             FIELD_UUID => uuid.is_some(),
             FIELD_NODE_NAME => same_node,
@@ -265,10 +309,36 @@ pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, 
         body.lens
             .push(u32::try_from(body.flows.len() - before).unwrap_or(u32::MAX));
     }
-    let raw = body.encode_to_vec();
+    // The pod sets from the endpoints the flows used on each side.
+    let mut used = (
+        vec![false; body.endpoints.len() + 1],
+        vec![false; body.endpoints.len() + 1],
+    );
+    for (s, d) in body.src.iter().zip(&body.dst) {
+        used.0[*s as usize] = true;
+        used.1[*d as usize] = true;
+    }
+    for (i, key) in pod_keys.iter().enumerate() {
+        if let Some(k) = key {
+            if used.0[i + 1] {
+                src_pods.insert(k.clone());
+            }
+            if used.1[i + 1] {
+                dst_pods.insert(k.clone());
+            }
+        }
+    }
+    enc.raw.clear();
+    // Encoding into a Vec cannot run out of room.
+    let _ = body.encode(&mut enc.raw);
+    let raw = &enc.raw;
     // Compressing into memory cannot fail but for allocation; keep the raw bytes then, so a
     // block is never lost to it (the reader tells them apart by zstd's magic).
-    let packed = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap_or(raw);
+    let packed = enc
+        .zstd
+        .as_mut()
+        .and_then(|z| z.compress(raw).ok())
+        .unwrap_or_else(|| raw.clone());
     let meta = BlockMeta {
         count: u32::try_from(flows.len()).unwrap_or(u32::MAX),
         min_time_ns: min_time,
@@ -311,7 +381,18 @@ pub fn decode(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
         // The frame header holds the size; bound it so a corrupted one cannot ask for more
         // memory than a block can hold (64 KiB per flow is far beyond any flow).
         let bound = (meta.count as usize).saturating_mul(64 << 10).max(1 << 20);
-        raw = zstd::bulk::decompress(packed, bound).map_err(BlockError::Decompress)?;
+        // One zstd context per thread, reused: creating one per block costs as much as a
+        // small block's decompression.
+        thread_local! {
+            static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+        }
+        raw = DCTX
+            .with(|d| match d.borrow_mut().as_mut() {
+                Some(d) => d.decompress(packed, bound),
+                None => zstd::bulk::decompress(packed, bound),
+            })
+            .map_err(BlockError::Decompress)?;
         &raw[..]
     } else {
         packed

@@ -420,6 +420,7 @@ struct Active {
 impl Shared {
     fn write_loop(self: Arc<Self>) {
         let mut active: Option<Active> = None;
+        let mut encoder = block::Encoder::default();
         let mut next_n = 0u32;
         let mut errors = 0u64;
         loop {
@@ -445,7 +446,7 @@ impl Shared {
                 q.flows.iter().take(BLOCK_FLOWS).cloned().collect()
             };
             let n = batch.len();
-            match self.write_block(&batch, &mut active, &mut next_n) {
+            match self.write_block(&batch, &mut encoder, &mut active, &mut next_n) {
                 Ok(()) => {
                     self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
                 }
@@ -476,6 +477,7 @@ impl Shared {
     fn write_block(
         &self,
         batch: &[Numbered],
+        encoder: &mut block::Encoder,
         active: &mut Option<Active>,
         next_n: &mut u32,
     ) -> std::io::Result<()> {
@@ -487,7 +489,7 @@ impl Shared {
                 Entry::Lost(..) => None,
             })
             .collect();
-        let (meta, body) = block::encode(&flows, self.run, &self.node_name);
+        let (meta, body) = encoder.encode(&flows, self.run, &self.node_name);
         let frame = segment::frame(&meta, &body);
         let rotate = active.as_ref().is_none_or(|a| {
             a.size >= self.config.segment_bytes()
