@@ -66,6 +66,16 @@ fn policy_verdict_name(code: u8, flags: u8) -> &'static str {
         (false, 0, 2) => "ingress allowed (L3-L4)",
         (false, 0, 3) => "ingress allowed (L4-Only)",
         (false, 0, _) => "ingress allowed (all)",
+        // An explicit deny entry matched as allow entries do: Hubble shows its match type
+        // (`policy-verdict:L3-Only ... DENIED`); only the default deny matched nothing.
+        (true, 181, 1) => "egress denied by denylist (L3-Only)",
+        (true, 181, 2) => "egress denied by denylist (L3-L4)",
+        (true, 181, 3) => "egress denied by denylist (L4-Only)",
+        (true, 181, 4) => "egress denied by denylist (all)",
+        (false, 181, 1) => "ingress denied by denylist (L3-Only)",
+        (false, 181, 2) => "ingress denied by denylist (L3-L4)",
+        (false, 181, 3) => "ingress denied by denylist (L4-Only)",
+        (false, 181, 4) => "ingress denied by denylist (all)",
         (true, 181, _) => "egress denied (Policy denied by denylist)",
         (false, 181, _) => "ingress denied (Policy denied by denylist)",
         (true, _, _) => "egress denied (Policy denied)",
@@ -245,6 +255,23 @@ fn parse_packet(b: &[u8]) -> Parsed {
 mod tests {
     use super::*;
     use crate::abi::EVENT_CAPTURE_LEN;
+
+    #[test]
+    fn a_denied_verdict_keeps_the_match_type_of_the_deny_entry() {
+        assert_eq!(
+            policy_verdict_name(181, EVENT_F_EGRESS | 2),
+            "egress denied by denylist (L3-L4)"
+        );
+        assert_eq!(
+            policy_verdict_name(181, 1),
+            "ingress denied by denylist (L3-Only)"
+        );
+        // The default deny matched no entry.
+        assert_eq!(
+            policy_verdict_name(133, 0),
+            "ingress denied (Policy denied)"
+        );
+    }
 
     #[test]
     fn the_proxys_drop_reasons_and_trace_point_have_hubbles_names() {

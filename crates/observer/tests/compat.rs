@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord, L7RecordType, L7Verdict};
-use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
+use ciliate_model::monitor::{EventKind, MonitorEvent};
 use ciliate_observer::proto::flow::LostEventSource;
-use ciliate_observer::server::{bind_unix, serve_unix, Service};
-use ciliate_observer::store::{EndpointInfo, Snapshot};
+use ciliate_observer::store::Snapshot;
 use ciliate_observer::{Observer, ObserverConfig};
 
 #[allow(clippy::all, dead_code, missing_docs, missing_debug_implementations)]
@@ -23,85 +22,24 @@ mod hubble {
     }
 }
 
+mod common;
+
+use common::{
+    client_and_server_pods, observer_on_node_1, pod_endpoint, serve_in_tempdir, tcp_syn as event,
+};
 use hubble::flow as hf;
 use hubble::observer as ho;
 
-fn event(kind: EventKind, code: u8, dport: u16) -> MonitorEvent {
-    MonitorEvent {
-        kind,
-        time: "2024-05-01T10:00:00.5Z".into(),
-        code,
-        reason: String::new(),
-        endpoint: 1,
-        ifindex: 9,
-        src_identity: 256,
-        dst_identity: 257,
-        ct_state: "new".into(),
-        len: 60,
-        ethertype: 0x0800,
-        src: Some("10.200.0.2".parse().expect("ip")),
-        dst: Some("10.200.0.3".parse().expect("ip")),
-        l4: Some(L4::Tcp {
-            sport: 41000,
-            dport,
-            flags: vec!["SYN".into()],
-        }),
-        rev_nat: 0,
-        rule: 0,
-        ethernet: None,
-    }
-}
-
 #[tokio::test]
 async fn a_hubble_client_reads_flows_and_status() {
-    let mut store = Snapshot::default();
-    for (ip, id, pod) in [("10.200.0.2", 1, "client"), ("10.200.0.3", 2, "server")] {
-        store.endpoints.insert(
-            ip.parse().expect("ip"),
-            EndpointInfo {
-                id,
-                identity: 255 + id,
-                namespace: "default".into(),
-                pod_name: pod.into(),
-                labels: vec![format!("k8s:app={pod}")],
-            },
-        );
-    }
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 16,
-        },
-        Arc::new(store),
-    ));
+    let observer = observer_on_node_1(16, client_and_server_pods());
     observer.observe(&event(EventKind::Trace, 5, 80));
     observer.observe(&event(EventKind::Drop, 133, 443));
     observer.lost(3, LostEventSource::ObserverEventsQueue);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("hubble.sock");
-    let listener = bind_unix(&socket).expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_unix(
-        Service::new(Arc::clone(&observer), "0.1.0-test", "unix://hubble.sock"),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-
+    let served = serve_in_tempdir(&observer);
     // Connect with the generated client of the *test* protos, over the unix socket.
-    let path = socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .expect("connect");
+    let channel = served.channel().await;
     let mut client = ho::observer_client::ObserverClient::new(channel);
 
     let status = client
@@ -266,47 +204,21 @@ async fn a_hubble_client_reads_flows_and_status() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("source_ip"), "{}", err.message());
 
-    let _ = stop_tx.send(());
     drop(stream);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    served.stop_within_5s().await;
 }
 
-/// A served observer and a Hubble client of it; the server stops when `stop` is dropped.
+/// A served observer and a Hubble client of it.
 struct Served {
     client: ho::observer_client::ObserverClient<tonic::transport::Channel>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<Result<(), ciliate_observer::server::ServeError>>,
-    _dir: tempfile::TempDir,
+    server: common::ServedObserver,
 }
 
 async fn serve(observer: &Arc<Observer>) -> Served {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("hubble.sock");
-    let listener = bind_unix(&socket).expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_unix(
-        Service::new(Arc::clone(observer), "0.1.0-test", "unix://hubble.sock"),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let path = socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .expect("connect");
+    let server = serve_in_tempdir(observer);
     Served {
-        client: ho::observer_client::ObserverClient::new(channel),
-        stop: Some(stop_tx),
+        client: ho::observer_client::ObserverClient::new(server.channel().await),
         server,
-        _dir: dir,
     }
 }
 
@@ -325,13 +237,7 @@ async fn a_hubble_client_reads_which_policy_decided() {
             3,
         ),
     );
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 16,
-        },
-        Arc::new(store),
-    ));
+    let observer = observer_on_node_1(16, store);
     observer.observe(&MonitorEvent {
         rule: 7,
         reason: "ingress denied (L3-Only)".into(),
@@ -361,8 +267,7 @@ async fn a_hubble_client_reads_which_policy_decided() {
     assert!(got[0].egress_denied_by.is_empty() && got[0].ingress_allowed_by.is_empty());
     assert_eq!(got[1].egress_allowed_by, vec![want]);
     assert!(got[1].ingress_allowed_by.is_empty());
-    let _ = served.stop.take().map(|s| s.send(()));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
+    served.server.stop_within_5s().await;
 }
 
 fn http_record(
@@ -422,26 +327,7 @@ async fn flows(
 #[tokio::test]
 #[allow(deprecated)] // Hubble marks Summary deprecated, and still prints it.
 async fn a_hubble_client_reads_l7_flows_through_l7_filters() {
-    let mut store = Snapshot::default();
-    for (ip, id, pod) in [("10.200.0.2", 1, "client"), ("10.200.0.3", 2, "server")] {
-        store.endpoints.insert(
-            ip.parse().expect("ip"),
-            EndpointInfo {
-                id,
-                identity: 255 + id,
-                namespace: "default".into(),
-                pod_name: pod.into(),
-                labels: vec![format!("k8s:app={pod}")],
-            },
-        );
-    }
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 64,
-        },
-        Arc::new(store),
-    ));
+    let observer = observer_on_node_1(64, client_and_server_pods());
     use L7RecordType::{Request, Response};
     use L7Verdict::{Dropped, Forwarded};
     observer.observe(&event(EventKind::Trace, 5, 80));
@@ -632,8 +518,7 @@ async fn a_hubble_client_reads_l7_flows_through_l7_filters() {
     }
 
     drop(stream);
-    let _ = served.stop.take().map(|s| s.send(()));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
+    served.server.stop_within_5s().await;
 }
 
 fn dns_record(record_type: L7RecordType, query: &str, rcode: u16, verdict: L7Verdict) -> DnsRecord {
@@ -673,23 +558,10 @@ fn dns_record(record_type: L7RecordType, query: &str, rcode: u16, verdict: L7Ver
 #[allow(deprecated)] // Hubble marks Summary deprecated, and still prints it.
 async fn a_hubble_client_reads_dns_and_kafka_flows_through_their_filters() {
     let mut store = Snapshot::default();
-    store.endpoints.insert(
-        "10.200.0.2".parse().expect("ip"),
-        EndpointInfo {
-            id: 1,
-            identity: 256,
-            namespace: "default".into(),
-            pod_name: "client".into(),
-            labels: vec!["k8s:app=client".into()],
-        },
-    );
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 64,
-        },
-        Arc::new(store),
-    ));
+    store
+        .endpoints
+        .insert("10.200.0.2".parse().expect("ip"), pod_endpoint(1, "client"));
+    let observer = observer_on_node_1(64, store);
     use L7RecordType::{Request, Response};
     use L7Verdict::{Dropped, Forwarded};
     observer.observe(&event(EventKind::Trace, 5, 53));
@@ -845,8 +717,7 @@ async fn a_hubble_client_reads_dns_and_kafka_flows_through_their_filters() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("dns_query"), "{}", err.message());
 
-    let _ = served.stop.take().map(|s| s.send(()));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), served.server).await;
+    served.server.stop_within_5s().await;
 }
 
 /// Throughput of decode + enrich + ring + filter, printed, never asserted:
@@ -855,16 +726,9 @@ async fn a_hubble_client_reads_dns_and_kafka_flows_through_their_filters() {
 #[ignore = "a measurement, not a test"]
 fn throughput() {
     let mut store = Snapshot::default();
-    store.endpoints.insert(
-        "10.200.0.2".parse().expect("ip"),
-        EndpointInfo {
-            id: 1,
-            identity: 256,
-            namespace: "default".into(),
-            pod_name: "client".into(),
-            labels: vec!["k8s:app=client".into()],
-        },
-    );
+    store
+        .endpoints
+        .insert("10.200.0.2".parse().expect("ip"), pod_endpoint(1, "client"));
     let store = Arc::new(store);
     let observer = Observer::new(
         ObserverConfig {

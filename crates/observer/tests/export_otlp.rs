@@ -5,10 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
+mod common;
+
+use ciliate_model::monitor::{EventKind, MonitorEvent};
 use ciliate_observer::export::{self, ExportConfig, Sink};
 use ciliate_observer::store::{EndpointInfo, Snapshot};
-use ciliate_observer::{Observer, ObserverConfig};
+use ciliate_observer::Observer;
+use common::{observer_on_node_1, pod_endpoint, tcp_syn};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -32,29 +35,13 @@ impl LogsService for Collector {
     }
 }
 
+/// A drop to the world peer 192.0.2.7 (identity 2).
 fn event(dport: u16) -> MonitorEvent {
     MonitorEvent {
-        kind: EventKind::Drop,
         time: "2024-05-01T10:00:00.25Z".into(),
-        code: 133,
-        reason: String::new(),
-        endpoint: 1,
-        ifindex: 9,
-        src_identity: 256,
         dst_identity: 2,
-        ct_state: "new".into(),
-        len: 60,
-        ethertype: 0x0800,
-        src: Some("10.200.0.2".parse().expect("ip")),
         dst: Some("192.0.2.7".parse().expect("ip")),
-        l4: Some(L4::Tcp {
-            sport: 41000,
-            dport,
-            flags: vec!["SYN".into()],
-        }),
-        rev_nat: 0,
-        rule: 0,
-        ethernet: None,
+        ..tcp_syn(EventKind::Drop, 133, dport)
     }
 }
 
@@ -63,20 +50,11 @@ fn observer() -> Arc<Observer> {
     store.endpoints.insert(
         "10.200.0.2".parse().expect("ip"),
         EndpointInfo {
-            id: 1,
-            identity: 256,
-            namespace: "default".into(),
-            pod_name: "client".into(),
             labels: vec![],
+            ..pod_endpoint(1, "client")
         },
     );
-    Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 4095,
-        },
-        Arc::new(store),
-    ))
+    observer_on_node_1(4095, store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,13 @@
 //! scripts/install-deps; `CILIATE_GRPC_PYTHON` overrides the interpreter). Without it the test
 //! skips loudly, and fails under CI (`CI` set), where install-deps has run.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
 
-use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
-use ciliate_observer::server::{bind_unix, serve_unix, Service};
-use ciliate_observer::store::{EndpointInfo, Snapshot};
-use ciliate_observer::{Observer, ObserverConfig};
+use std::path::PathBuf;
+
+use ciliate_model::monitor::{EventKind, MonitorEvent};
+use ciliate_observer::store::Snapshot;
+use common::{now_rfc3339, observer_on_node_1, pod_endpoint, serve_in_tempdir, tcp_syn};
 
 const SCRIPT: &str = r#"
 import json, os, subprocess, sys
@@ -61,29 +61,11 @@ fn python() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The fixture's event, stamped now: the server's flows_rate counts the last minute.
 fn event(kind: EventKind, code: u8, dport: u16) -> MonitorEvent {
     MonitorEvent {
-        kind,
-        time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-        code,
-        reason: String::new(),
-        endpoint: 1,
-        ifindex: 9,
-        src_identity: 256,
-        dst_identity: 257,
-        ct_state: "new".into(),
-        len: 60,
-        ethertype: 0x0800,
-        src: Some("10.200.0.2".parse().expect("ip")),
-        dst: Some("10.200.0.3".parse().expect("ip")),
-        l4: Some(L4::Tcp {
-            sport: 41000,
-            dport,
-            flags: vec!["SYN".into()],
-        }),
-        rev_nat: 0,
-        rule: 0,
-        ethernet: None,
+        time: now_rfc3339(),
+        ..tcp_syn(kind, code, dport)
     }
 }
 
@@ -101,50 +83,28 @@ async fn python_grpcio_reads_the_unix_socket() {
         return;
     };
     let mut store = Snapshot::default();
-    store.endpoints.insert(
-        "10.200.0.2".parse().expect("ip"),
-        EndpointInfo {
-            id: 1,
-            identity: 256,
-            namespace: "default".into(),
-            pod_name: "client".into(),
-            labels: vec!["k8s:app=client".into()],
-        },
-    );
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 16,
-        },
-        Arc::new(store),
-    ));
+    store
+        .endpoints
+        .insert("10.200.0.2".parse().expect("ip"), pod_endpoint(1, "client"));
+    let observer = observer_on_node_1(16, store);
     observer.observe(&event(EventKind::Trace, 5, 80));
     observer.observe(&event(EventKind::Drop, 133, 443));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("hubble.sock");
-    let listener = bind_unix(&socket).expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_unix(
-        Service::new(Arc::clone(&observer), "0.1.0-test", "unix://hubble.sock"),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let script = dir.path().join("client.py");
+    let served = serve_in_tempdir(&observer);
+    let dir = served.dir();
+    let socket = &served.socket;
+    let script = dir.join("client.py");
     std::fs::write(&script, SCRIPT).expect("script");
     let proto = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hubble-proto");
     let out = tokio::process::Command::new(&python)
         .arg(&script)
-        .arg(dir.path())
+        .arg(dir)
         .arg(&proto)
-        .arg(&socket)
+        .arg(socket)
         .output()
         .await
         .expect("run python");
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    served.stop().await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python client failed: {stderr}");
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

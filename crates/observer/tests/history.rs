@@ -2,14 +2,16 @@
 //! socket: time ranges older than the ring, `--last N` beyond it, `first`, and follow, each
 //! flow once, in order, without gaps.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use ciliate_observer::history::{FlowHistory, HistoryConfig};
 use ciliate_observer::proto::flow::{Endpoint, Flow, FlowFilter};
 use ciliate_observer::proto::observer::{get_flows_response, GetFlowsRequest};
-use ciliate_observer::server::{bind_unix, connect_unix, serve_unix, Service};
-use ciliate_observer::{Observer, ObserverConfig, Snapshot};
+use ciliate_observer::{Observer, Snapshot};
+use common::{observer_on_node_1, serve_in, ServedObserver};
 
 const T0: i64 = 1_796_000_000;
 
@@ -33,20 +35,13 @@ fn flow(i: u32) -> Flow {
 struct Setup {
     observer: Arc<Observer>,
     history: FlowHistory,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    server: ServedObserver,
 }
 
 /// An observer with a ring of 10 and a history, 100 flows through it (1 s apart), served.
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tmp");
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 10,
-        },
-        Arc::new(Snapshot::default()),
-    ));
+    let observer = observer_on_node_1(10, Snapshot::default());
     let history = FlowHistory::open(
         HistoryConfig {
             dir: dir.path().join("history"),
@@ -61,20 +56,15 @@ async fn setup() -> Setup {
     for i in 0..100 {
         observer.push_flow(flow(i));
     }
-    let socket = dir.path().join("hubble.sock");
-    let listener = bind_unix(&socket).expect("bind");
-    let service = Service::new(Arc::clone(&observer), "test", "unix://x");
-    tokio::spawn(serve_unix(service, listener, std::future::pending()));
     Setup {
+        server: serve_in(dir, &observer),
         observer,
         history,
-        socket,
-        _dir: dir,
     }
 }
 
 async fn get(s: &Setup, req: GetFlowsRequest, want: usize) -> Vec<u32> {
-    let mut client = connect_unix(s.socket.clone()).await.expect("connect");
+    let mut client = s.server.connect().await;
     let mut stream = client.get_flows(req).await.expect("get").into_inner();
     let mut got = Vec::new();
     while got.len() < want {
@@ -172,7 +162,7 @@ async fn follow_with_since_continues_live_without_gap_or_repeat() {
         follow: true,
         ..Default::default()
     };
-    let mut client = connect_unix(s.socket.clone()).await.expect("connect");
+    let mut client = s.server.connect().await;
     let mut stream = client.get_flows(req).await.expect("get").into_inner();
     let mut got = Vec::new();
     while got.len() < 100 {

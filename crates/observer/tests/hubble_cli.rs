@@ -7,6 +7,8 @@
 //! Needs Hubble's CLI: `$HUBBLE_BIN`, `/work/tools/bin/hubble` or `hubble` on the PATH. CI
 //! has none, and this test then skips, saying so.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,9 +19,9 @@ use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::proto::observer::get_flows_response::ResponseTypes;
 use ciliate_observer::proto::observer::GetFlowsRequest;
 use ciliate_observer::protojson;
-use ciliate_observer::server::{bind_unix, connect_unix, serve_unix, Service};
-use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot};
-use ciliate_observer::{Observer, ObserverConfig};
+use ciliate_observer::store::ServiceRef;
+use ciliate_observer::Observer;
+use common::{client_and_server_pods, observer_on_node_1, serve_in_tempdir};
 
 fn hubble_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HUBBLE_BIN") {
@@ -69,19 +71,7 @@ fn event(kind: EventKind, code: u8, src: &str, dst: &str, dport: u16, ct: &str) 
 /// Flows of every kind we make: traces, drops, policy verdicts, a Service, a world peer,
 /// HTTP with characters Go escapes, DNS, Kafka, and a loss record.
 fn observer() -> Arc<Observer> {
-    let mut store = Snapshot::default();
-    for (ip, id, pod) in [("10.200.0.2", 1, "client"), ("10.200.0.3", 2, "server")] {
-        store.endpoints.insert(
-            ip.parse().expect("ip"),
-            EndpointInfo {
-                id,
-                identity: 255 + id,
-                namespace: "default".into(),
-                pod_name: pod.into(),
-                labels: vec![format!("k8s:app={pod}")],
-            },
-        );
-    }
+    let mut store = client_and_server_pods();
     store.frontends.insert(
         ("10.96.0.10".parse().expect("ip"), 80, 6),
         ServiceRef {
@@ -89,13 +79,7 @@ fn observer() -> Arc<Observer> {
             name: "web".into(),
         },
     );
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity: 64,
-        },
-        Arc::new(store),
-    ));
+    let observer = observer_on_node_1(64, store);
     observer.observe(&event(
         EventKind::Trace,
         5,
@@ -220,18 +204,9 @@ async fn the_real_hubble_cli_prints_what_our_printer_prints() {
         return;
     };
     let observer = observer();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("hubble.sock");
-    let listener = bind_unix(&socket).expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_unix(
-        Service::new(Arc::clone(&observer), "0.1.0-test", "unix://hubble.sock"),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let mut client = connect_unix(socket.clone()).await.expect("connect");
+    let served = serve_in_tempdir(&observer);
+    let socket = &served.socket;
+    let mut client = served.connect().await;
     let mut responses = Vec::new();
     let mut stream = client
         .get_flows(GetFlowsRequest {
@@ -301,6 +276,5 @@ async fn the_real_hubble_cli_prints_what_our_printer_prints() {
             assert_eq!(ours, theirs, "-o {name} (node name: {node_name})");
         }
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    served.stop().await;
 }

@@ -3,6 +3,8 @@
 //! invalid times. No timing assertions: the timeouts only keep a broken server from hanging
 //! the test run.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,84 +13,44 @@ use ciliate_observer::convert::system_time_to_timestamp;
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::proto::observer::observer_client::ObserverClient;
 use ciliate_observer::proto::observer::{get_flows_response, GetFlowsRequest};
-use ciliate_observer::server::{bind_unix, connect_unix, serve_unix, Service};
+use ciliate_observer::server::Service;
 use ciliate_observer::store::Snapshot;
-use ciliate_observer::{Observer, ObserverConfig};
+use ciliate_observer::Observer;
+use common::{now_rfc3339, observer_on_node_1, serve_in_tempdir, tcp_syn, ServedObserver};
 use tonic::transport::Channel;
 
 /// Long enough for any of these steps on a loaded 2-core CI machine; only a hang reaches it.
 const HANG: Duration = Duration::from_secs(120);
 
+/// A trace to port 80 from source port `n`, stamped now.
 fn event(n: u16) -> MonitorEvent {
     MonitorEvent {
-        kind: EventKind::Trace,
-        time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        code: 5,
-        reason: String::new(),
-        endpoint: 1,
-        ifindex: 9,
-        src_identity: 256,
-        dst_identity: 257,
-        ct_state: "new".into(),
-        len: 60,
-        ethertype: 0x0800,
-        src: Some("10.200.0.2".parse().expect("ip")),
-        dst: Some("10.200.0.3".parse().expect("ip")),
+        time: now_rfc3339(),
         l4: Some(L4::Tcp {
             sport: n,
             dport: 80,
             flags: vec!["SYN".into()],
         }),
-        rev_nat: 0,
-        rule: 0,
-        ethernet: None,
+        ..tcp_syn(EventKind::Trace, 5, 80)
     }
 }
 
+/// An observer with a ring of `capacity` flows and no endpoints, served.
 struct Served {
     observer: Arc<Observer>,
-    socket: std::path::PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    server: ServedObserver,
 }
 
 async fn serve(capacity: usize) -> Served {
-    let observer = Arc::new(Observer::new(
-        ObserverConfig {
-            node_name: "node-1".into(),
-            capacity,
-        },
-        Arc::new(Snapshot::default()),
-    ));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("hubble.sock");
-    let listener = bind_unix(&socket).expect("bind");
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_unix(
-        Service::new(Arc::clone(&observer), "0.1.0-test", "unix://hubble.sock"),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let observer = observer_on_node_1(capacity, Snapshot::default());
     Served {
+        server: serve_in_tempdir(&observer),
         observer,
-        socket,
-        stop: Some(stop),
-        _dir: dir,
     }
 }
 
 async fn client(s: &Served) -> ObserverClient<Channel> {
-    connect_unix(s.socket.clone()).await.expect("connect")
+    s.server.connect().await
 }
 
 fn follow() -> GetFlowsRequest {
