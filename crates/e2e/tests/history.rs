@@ -89,8 +89,7 @@ fn flows_survive_a_restart_and_whatif_replays_them() {
     );
 
     // The real Hubble CLI reads the same history (not installed in CI: skipped there).
-    let hubble = Path::new("/work/tools/bin/hubble");
-    if hubble.exists() {
+    if let Some(hubble) = ciliate_testutil::hubble::hubble_cli() {
         let out = std::process::Command::new(hubble)
             .args(["observe", "--server"])
             .arg(format!("unix://{}", node.hubble_socket().display()))
@@ -104,9 +103,7 @@ fn flows_survive_a_restart_and_whatif_replays_them() {
             .any(|v| v.get("flow").is_some_and(is_client_to_server));
         assert!(seen, "hubble observe --since 1h: {}", text(&out));
     } else {
-        eprintln!(
-            "SKIP hubble observe --since: the real hubble CLI is not installed (it is not in CI)"
-        );
+        ciliate_testutil::hubble::skip_without_hubble("hubble observe --since");
     }
 
     // What if server denied client? The recorded connections would be dropped, by that rule.

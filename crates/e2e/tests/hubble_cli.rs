@@ -14,16 +14,10 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
+use ciliate_testutil::hubble::{hubble_cli, skip_without_hubble};
 use ciliate_testutil::privileged;
 use common::Node;
 use serde_json::Value;
-
-fn hubble_bin() -> Option<PathBuf> {
-    std::env::var_os("CILIATE_HUBBLE_BIN")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/work/tools/bin/hubble")))
-        .filter(|p| p.exists())
-}
 
 fn hubble(bin: &PathBuf, node: &Node, args: &[&str]) -> (bool, String, String) {
     let server = format!("unix://{}", node.hubble_socket().display());
@@ -51,10 +45,8 @@ fn flows(stdout: &str) -> Vec<Value> {
 
 #[test]
 fn the_real_hubble_cli_reads_status_and_filtered_flows() {
-    let Some(bin) = hubble_bin() else {
-        eprintln!(
-            "SKIPPED (no hubble CLI): set CILIATE_HUBBLE_BIN or build /work/tools/bin/hubble"
-        );
+    let Some(bin) = hubble_cli() else {
+        skip_without_hubble("the_real_hubble_cli_reads_status_and_filtered_flows");
         return;
     };
     privileged!();

@@ -1541,27 +1541,6 @@ spec:
     .unwrap_or_else(|| panic!("no dropped egress L7 flow on {}", n0.name));
 }
 
-/// Hubble's CLI for the outside checks: `$CILIATE_HUBBLE_BIN`, `/work/tools/bin/hubble` or
-/// `hubble` on the PATH; `None` (the caller SKIPs that part loudly) when there is none: CI has
-/// no Hubble CLI.
-fn hubble_cli() -> Option<PathBuf> {
-    let candidates = std::env::var_os("CILIATE_HUBBLE_BIN")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/work/tools/bin/hubble")])
-        .chain(
-            std::env::var_os("PATH")
-                .map(|p| {
-                    std::env::split_paths(&p)
-                        .map(|d| d.join("hubble"))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default(),
-        );
-    let mut candidates = candidates;
-    candidates.find(|c| c.is_file())
-}
-
 /// `hubble <args> --server <relay>`: its output, insisting it worked.
 fn hubble_at(hubble: &Path, relay: &str, args: &[&str]) -> String {
     let out = Command::new(hubble)
@@ -1781,7 +1760,7 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
     }
 
     // Hubble's own CLI.
-    let hubble = hubble_cli();
+    let hubble = ciliate_testutil::hubble::hubble_cli();
     match &hubble {
         Some(h) => {
             let out = hubble_at(h, &address, &["observe", "--last", "100", "-o", "json"]);
@@ -1803,10 +1782,7 @@ fn the_relay_merges_both_nodes_and_names_the_missing_one() {
                 "hubble list nodes: {out}"
             );
         }
-        None => eprintln!(
-            "\n!!! SKIPPED the Hubble CLI part: no hubble binary (CILIATE_HUBBLE_BIN, \
-             /work/tools/bin/hubble or PATH); CI has none. !!!\n"
-        ),
+        None => ciliate_testutil::hubble::skip_without_hubble("the relay's Hubble CLI part"),
     }
 
     // A follower from before the node goes away hears of it.

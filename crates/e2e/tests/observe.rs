@@ -658,16 +658,10 @@ fn verdicts_name_the_policy_that_decided_them() {
     );
 
     // The real Hubble CLI, when installed (not in CI: this part is skipped there).
-    let hubble = std::env::var_os("HUBBLE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/work/tools/bin/hubble".into());
-    if !hubble.exists() {
-        eprintln!(
-            "SKIPPED (hubble CLI not installed at {}, set HUBBLE): hubble observe --print-policy-names",
-            hubble.display()
-        );
+    let Some(hubble) = ciliate_testutil::hubble::hubble_cli() else {
+        ciliate_testutil::hubble::skip_without_hubble("hubble observe --print-policy-names");
         return;
-    }
+    };
     let out = std::process::Command::new(hubble)
         .arg("observe")
         .arg("--server")

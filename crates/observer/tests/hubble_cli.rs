@@ -4,8 +4,9 @@
 //! In compact, dict and table output Hubble asks the server for its default field mask; the
 //! flows our printer gets here are cut down the same way.
 //!
-//! Needs Hubble's CLI: `$HUBBLE_BIN`, `/work/tools/bin/hubble` or `hubble` on the PATH. CI
-//! has none, and this test then skips, saying so.
+//! Needs Hubble's CLI (`ciliate_testutil::hubble::hubble_cli`: `$CILIATE_HUBBLE_BIN`,
+//! `/work/tools/bin/hubble` or `hubble` on the PATH). CI has none, and this test then skips,
+//! saying so.
 
 mod common;
 
@@ -22,21 +23,6 @@ use ciliate_observer::protojson;
 use ciliate_observer::store::ServiceRef;
 use ciliate_observer::Observer;
 use common::{client_and_server_pods, observer_on_node_1, serve_in_tempdir};
-
-fn hubble_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HUBBLE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let tools = PathBuf::from("/work/tools/bin/hubble");
-    if tools.exists() {
-        return Some(tools);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("hubble"))
-            .find(|p| p.exists())
-    })
-}
 
 fn event(kind: EventKind, code: u8, src: &str, dst: &str, dport: u16, ct: &str) -> MonitorEvent {
     MonitorEvent {
@@ -196,10 +182,9 @@ fn observer() -> Arc<Observer> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_hubble_cli_prints_what_our_printer_prints() {
-    let Some(hubble) = hubble_bin() else {
-        eprintln!(
-            "SKIPPED: the real hubble CLI is not installed (set HUBBLE_BIN); this comparison \
-             runs where it is"
+    let Some(hubble) = ciliate_testutil::hubble::hubble_cli() else {
+        ciliate_testutil::hubble::skip_without_hubble(
+            "the_real_hubble_cli_prints_what_our_printer_prints",
         );
         return;
     };
