@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord, L7RecordType, L7Verdict};
