@@ -267,30 +267,9 @@ async fn measure_full_ring_reads() {
     let mut over_unix = client(&s).await;
     // What `hubble observe` (compact) asks for.
     let mask = pbjson_types::FieldMask {
-        paths: [
-            "time",
-            "verdict",
-            "ethernet",
-            "IP",
-            "l4",
-            "source.identity",
-            "source.namespace",
-            "source.pod_name",
-            "destination.identity",
-            "destination.namespace",
-            "destination.pod_name",
-            "Type",
-            "node_name",
-            "l7",
-            "event_type",
-            "source_service",
-            "destination_service",
-            "is_reply",
-            "Summary",
-            "ip_trace_id",
-        ]
-        .map(String::from)
-        .to_vec(),
+        paths: ciliate_observer::print::HUBBLE_DEFAULT_FIELD_MASK
+            .map(String::from)
+            .to_vec(),
     };
     for (name, c) in [("unix", &mut over_unix), ("tcp", &mut over_tcp)] {
         for masked in [false, true] {
