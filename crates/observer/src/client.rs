@@ -23,8 +23,8 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses `unix:///path`, `unix:path`, `http://host:port` or `host:port`. TLS (`https://`)
-    /// is refused: neither the agents nor the relay serve it.
+    /// Parses `unix:///path`, `unix:path`, a bare `/path` (a socket), `http://host:port` or
+    /// `host:port`. TLS (`https://`) is refused: neither the agents nor the relay serve it.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if let Some(path) = s
@@ -35,6 +35,9 @@ impl Target {
                 return Err(format!("{s:?}: unix:// needs a socket path"));
             }
             return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') {
+            return Ok(Self::Unix(PathBuf::from(s)));
         }
         if s.starts_with("https://") || s.starts_with("tls://") {
             return Err(format!(
@@ -175,6 +178,10 @@ mod tests {
         assert_eq!(
             Target::parse("unix:///run/x/hubble.sock").unwrap(),
             Target::Unix("/run/x/hubble.sock".into())
+        );
+        assert_eq!(
+            Target::parse("/run/h.sock").unwrap(),
+            Target::Unix("/run/h.sock".into())
         );
         assert_eq!(
             Target::parse("localhost:4245").unwrap(),

@@ -36,7 +36,7 @@ pub const DEFAULT_WINDOW: f64 = 10.0;
 
 /// A UI following `source`: the store, the task feeding it (abort it to stop) and the UI.
 pub fn start(source: Source, capacity: usize) -> (Arc<Ui>, tokio::task::JoinHandle<()>) {
-    let store = Arc::new(FlowStore::new(&source.describe(), capacity));
+    let store = Arc::new(FlowStore::new(&source.to_string(), capacity));
     let feed = tokio::spawn(source::follow(source, store.clone()));
     (Arc::new(Ui::new(store, DEFAULT_WINDOW)), feed)
 }

@@ -46,7 +46,10 @@ pub struct UiArgs {
 /// the agent's.
 pub fn source(args: &UiArgs, api_socket: &Path) -> anyhow::Result<(Source, String)> {
     if let Some(s) = &args.server {
-        return Ok((Source::parse(s)?, "--server".into()));
+        return Ok((
+            Source::parse(s).map_err(anyhow::Error::msg)?,
+            "--server".into(),
+        ));
     }
     if let Some(p) = &args.hubble_socket {
         return Ok((Source::Unix(p.clone()), "--hubble-socket".into()));
@@ -83,7 +86,7 @@ pub async fn run(args: UiArgs, api_socket: &Path) -> anyhow::Result<Outcome> {
             hint: "pass another --address (e.g. 127.0.0.1:0 for any free port)".into(),
         })?;
     let addr = listener.local_addr().context("the UI's address")?;
-    let what = source.describe();
+    let what = source.to_string();
     let (ui, feed) = ciliate_ui::start(source, args.flows);
     let url = format!("http://{addr}/");
     println!("Service map of {what} ({why}) at {url}  (Ctrl-C to stop)");
