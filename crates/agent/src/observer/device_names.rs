@@ -26,9 +26,11 @@ impl DeviceNames {
             }
         }
         // One SIOCGIFNAME ioctl, once per device.
+        // nix answers an empty name (not an error) for an index that names no device.
         let name = nix::net::if_::if_indextoname(ifindex)
             .ok()
-            .and_then(|n| n.into_string().ok());
+            .and_then(|n| n.into_string().ok())
+            .filter(|n| !n.is_empty());
         if let Ok(mut known) = self.known.write() {
             if known.len() >= MAX_ENTRIES {
                 known.clear();
