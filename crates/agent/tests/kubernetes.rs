@@ -566,7 +566,10 @@ async fn kubernetes_mode_end_to_end_on_the_fake_datapath() {
     let flow = flow_on_node_labels(&dp, &socket, "topology.kubernetes.io/zone=zone-b").await;
     assert_eq!(
         flow.node_labels,
-        vec!["kubernetes.io/os=linux", "topology.kubernetes.io/zone=zone-b"]
+        vec![
+            "kubernetes.io/os=linux",
+            "topology.kubernetes.io/zone=zone-b"
+        ]
     );
 
     stop.send(true).expect("agent running");

@@ -97,7 +97,9 @@ pub fn flags_of_field(field: &str) -> &'static [&'static str] {
         "source_ip" => &["ip", "from-ip"],
         "destination_ip" => &["ip", "to-ip"],
         "source_ip_xlated" => &["snat-ip"],
-        "source_pod" => &["pod", "from-pod", SRC_NS[0], SRC_NS[1], SRC_NS[2], SRC_NS[3]],
+        "source_pod" => &[
+            "pod", "from-pod", SRC_NS[0], SRC_NS[1], SRC_NS[2], SRC_NS[3],
+        ],
         "destination_pod" => &[
             "pod",
             "to-pod",
@@ -106,7 +108,14 @@ pub fn flags_of_field(field: &str) -> &'static [&'static str] {
             "all-namespaces",
             "to-all-namespaces",
         ],
-        "source_service" => &["service", "from-service", SRC_NS[0], SRC_NS[1], SRC_NS[2], SRC_NS[3]],
+        "source_service" => &[
+            "service",
+            "from-service",
+            SRC_NS[0],
+            SRC_NS[1],
+            SRC_NS[2],
+            SRC_NS[3],
+        ],
         "destination_service" => &[
             "service",
             "to-service",

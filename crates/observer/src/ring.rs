@@ -392,7 +392,10 @@ mod tests {
         let Entry::Flow(flow) = &*snap[0].entry else {
             panic!("a flow");
         };
-        assert_eq!(flow.node_labels, vec!["kubernetes.io/hostname=n1", "zone=a"]);
+        assert_eq!(
+            flow.node_labels,
+            vec!["kubernetes.io/hostname=n1", "zone=a"]
+        );
         let select = |sel: &str| {
             let f = crate::proto::flow::FlowFilter {
                 node_labels: vec![sel.into()],

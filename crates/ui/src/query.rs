@@ -5,7 +5,7 @@
 //! So the map and the table select exactly what `ciliate observe` with the same flags prints.
 
 use ciliate_observer::filter::FlowFilters;
-use ciliate_observer::filter_builder::{self, FlagError, FilterBuilder, SWITCH_FLAGS, VALUE_FLAGS};
+use ciliate_observer::filter_builder::{self, FilterBuilder, FlagError, SWITCH_FLAGS, VALUE_FLAGS};
 use ciliate_observer::proto::flow::FlowFilter;
 
 /// Parameters whose value is one pattern, selector or flag set that may hold commas itself;
@@ -55,12 +55,7 @@ pub fn filter_params() -> impl Iterator<Item = String> {
     VALUE_FLAGS
         .iter()
         .copied()
-        .chain(
-            SWITCH_FLAGS
-                .iter()
-                .map(|(f, _)| *f)
-                .filter(|f| *f != "not"),
-        )
+        .chain(SWITCH_FLAGS.iter().map(|(f, _)| *f).filter(|f| *f != "not"))
         .map(|f| f.replace('-', "_"))
 }
 
@@ -78,7 +73,10 @@ fn flag_of(name: &str) -> Option<(&'static str, Option<&'static str>)> {
 
 /// The builder's flag occurrences (`(flag, value)`, `not` before a negated one) a query
 /// string asks for, in its order; parameters in `extra` are the caller's own (`limit`).
-pub fn flags(query: &str, extra: &[&str]) -> Result<Vec<(String, &'static str, String)>, QueryError> {
+pub fn flags(
+    query: &str,
+    extra: &[&str],
+) -> Result<Vec<(String, &'static str, String)>, QueryError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| bad("(query string)", query, e.to_string()))?;
     let mut out = Vec::new();
@@ -141,7 +139,9 @@ pub fn parse(
         }
         builder.set(flag, value).map_err(|e| named(key, e))?;
     }
-    let (whitelist, blacklist) = builder.finish().map_err(|e| bad("not", &e.value, e.reason))?;
+    let (whitelist, blacklist) = builder
+        .finish()
+        .map_err(|e| bad("not", &e.value, e.reason))?;
     let compiled = FlowFilters::compile(&whitelist, &blacklist).map_err(|e| {
         // Fields fine alone but not together (HTTP fields with a non-L7 `type`): named by
         // the last parameter that filled the refused field.

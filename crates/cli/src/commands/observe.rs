@@ -511,9 +511,12 @@ pub fn request(
 
     let mut builder = FilterBuilder::default();
     for (name, value) in filter_flags_in_order(&observe_matches(argv)?) {
-        builder
-            .set(name, &value)
-            .map_err(|e| anyhow!("invalid argument {value:?} for \"{}\" flag: {e}", flag_name(name)))?;
+        builder.set(name, &value).map_err(|e| {
+            anyhow!(
+                "invalid argument {value:?} for \"{}\" flag: {e}",
+                flag_name(name)
+            )
+        })?;
     }
     let (mut whitelist, mut blacklist) = builder.finish()?;
     whitelist.extend(raw_filters("allowlist", &args.allowlist)?);

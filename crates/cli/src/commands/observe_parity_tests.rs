@@ -106,7 +106,11 @@ fn query(request: &[Occurrence]) -> String {
     let pairs: Vec<(String, String)> = request
         .iter()
         .map(|(not, flag, value)| {
-            let name = format!("{}{}", if *not { "not_" } else { "" }, flag.replace('-', "_"));
+            let name = format!(
+                "{}{}",
+                if *not { "not_" } else { "" },
+                flag.replace('-', "_")
+            );
             (name, value.unwrap_or("true").to_owned())
         })
         .collect();
@@ -121,7 +125,11 @@ fn cli(args: &[String]) -> anyhow::Result<GetFlowsRequest> {
         panic!("not observe");
     };
     let argv: Vec<std::ffi::OsString> = all.iter().map(Into::into).collect();
-    request(&a, &argv, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+    request(
+        &a,
+        &argv,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+    )
 }
 
 type Lists = (Vec<FlowFilter>, Vec<FlowFilter>);
@@ -164,7 +172,9 @@ proptest! {
 #[test]
 fn the_real_hubble_cli_builds_the_same_filters() {
     let Some(hubble) = ciliate_testutil::hubble::hubble_cli() else {
-        ciliate_testutil::hubble::skip_without_hubble("the_real_hubble_cli_builds_the_same_filters");
+        ciliate_testutil::hubble::skip_without_hubble(
+            "the_real_hubble_cli_builds_the_same_filters",
+        );
         return;
     };
     let mut runner = proptest::test_runner::TestRunner::deterministic();
