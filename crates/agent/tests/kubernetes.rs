@@ -233,7 +233,7 @@ async fn flow_on_node_labels(
     socket: &Path,
     selector: &str,
 ) -> ciliate_observer::proto::flow::Flow {
-    use ciliate_model::monitor::{EventKind, MonitorEvent};
+    use ciliate_model::monitor::MonitorEvent;
     use ciliate_observer::proto::flow::FlowFilter;
     use ciliate_observer::proto::observer::{get_flows_response, GetFlowsRequest};
     let hubble = socket.with_file_name("hubble.sock");
@@ -241,25 +241,14 @@ async fn flow_on_node_labels(
     let mut client = ciliate_observer::client::connect(&target, PATIENCE)
         .await
         .expect("hubble.sock");
-    dp.emit(MonitorEvent {
-        kind: EventKind::Drop,
-        time: "2024-01-01T00:00:00Z".into(),
-        code: 133,
-        reason: "Policy denied".into(),
-        endpoint: 1,
-        ifindex: 3,
-        src_identity: 2,
-        dst_identity: 256,
-        ct_state: String::new(),
-        len: 60,
-        ethertype: 0x0800,
-        src: None,
-        dst: None,
-        l4: None,
-        rev_nat: 0,
-        rule: 0,
-        ethernet: None,
-    });
+    // A policy drop, as the datapath's event JSON has it.
+    let event: MonitorEvent = serde_json::from_value(json!({
+        "kind": "drop", "time": "2024-01-01T00:00:00Z", "code": 133,
+        "reason": "Policy denied", "endpoint": 1, "ifindex": 3, "srcIdentity": 2,
+        "dstIdentity": 256, "ctState": "", "len": 60, "ethertype": 2048
+    }))
+    .expect("a monitor event");
+    dp.emit(event);
     // The newest flow the filter selects, asked until the event has become one.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
