@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ciliate_model::monitor::{CtState, EventKind, EventRecord, MonitorEvent, RecordL4, VerdictInfo};
 
 use crate::proto::flow::{Endpoint, Flow, Service, TcpFlags, TraceObservationPoint};
-use crate::record::{NodeNames, Recorded};
+use crate::record::{FlowIds, NodeNames, Recorded};
 use crate::store::{ServiceRef, Store};
 
 /// Cilium's monitor message type of a drop notification.
@@ -117,7 +117,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
         node_name: node_name.to_owned(),
         cluster: String::new(),
     });
-    Recorded::capture(record_of(ev), store, &node).build()
+    Recorded::capture(record_of(ev), store, &node, &FlowIds::default()).build()
 }
 
 /// The numbers of a named event (what `ciliate monitor` and the fake datapath give): the

@@ -9,6 +9,7 @@
 //! from [`Recorded::numbers`]: the flow without its names, built without allocating.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ciliate_model::monitor::{CtState, EventKind, EventRecord, RecordL4};
@@ -30,6 +31,50 @@ const TRACE_TO_LXC: u8 = 0;
 const TRACE_FROM_LXC: u8 = 5;
 /// Cilium's trace observation point `TRACE_TO_OVERLAY`: a pod's packet into the tunnel.
 const TRACE_TO_OVERLAY: u8 = 4;
+
+/// Makes flow ids: v7 UUIDs (time-ordered, as Hubble's ids are unique per flow) whose 74
+/// random bits are a counter mixed with a seed drawn once, not the kernel's randomness per
+/// flow (`Uuid::now_v7` makes a `getrandom` system call each time: eight per connection).
+#[derive(Debug)]
+pub struct FlowIds {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Default for FlowIds {
+    fn default() -> Self {
+        let random = uuid::Uuid::now_v7().as_u64_pair().1;
+        Self {
+            seed: random,
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+/// SplitMix64's finalizer: a bijection of u64 that scatters consecutive inputs.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl FlowIds {
+    /// The id of a flow at `time`.
+    pub fn next(&self, time: Option<std::time::SystemTime>) -> uuid::Uuid {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let millis = time
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // A bijection of distinct counters: distinct in 64 bits, of which the UUID keeps 62
+        // (rand_b; two collide with odds of about n²/2⁶³), plus 12 more (rand_a).
+        let low = mix(self.seed.wrapping_add(n));
+        let high = mix(low ^ self.seed);
+        let mut bytes = [0u8; 10];
+        bytes[..2].copy_from_slice(&high.to_be_bytes()[..2]);
+        bytes[2..].copy_from_slice(&low.to_be_bytes());
+        uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+    }
+}
 
 /// The node's names every flow carries, shared by all records of one observer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +151,12 @@ fn ports_and_proto(l4: Option<RecordL4>) -> (Option<(u16, u16)>, u8) {
 
 impl Recorded {
     /// Names `event` from `store` as it is now: what the flow will show whenever it is read.
-    pub fn capture(event: EventRecord, store: &dyn Store, node: &Arc<NodeNames>) -> Self {
+    pub fn capture(
+        event: EventRecord,
+        store: &dyn Store,
+        node: &Arc<NodeNames>,
+        ids: &FlowIds,
+    ) -> Self {
         let source = side(store, event.src, event.src_identity);
         let destination = side(store, event.dst, event.dst_identity);
         let interface = if event.ifindex != 0 {
@@ -140,7 +190,7 @@ impl Recorded {
         let rare = (rare != Rare::default()).then(|| Box::new(rare));
         Self {
             event,
-            uuid: uuid::Uuid::now_v7(),
+            uuid: ids.next(event.time),
             node: Arc::clone(node),
             source,
             destination,
@@ -425,7 +475,7 @@ mod tests {
     fn the_numbers_are_the_built_flow_without_its_names() {
         let store = store();
         for ev in events() {
-            let r = Recorded::capture(record_of(&ev), &store, &names());
+            let r = Recorded::capture(record_of(&ev), &store, &names(), &FlowIds::default());
             let mut built = r.build();
             // Everything a name, address or text: what `numbers` leaves out.
             built.node_name.clear();
@@ -450,7 +500,7 @@ mod tests {
         let store = store();
         let (from_numbers, from_flows) = (Metrics::default(), Metrics::default());
         for ev in events() {
-            let r = Recorded::capture(record_of(&ev), &store, &names());
+            let r = Recorded::capture(record_of(&ev), &store, &names(), &FlowIds::default());
             from_numbers.record(&r.numbers());
             from_flows.record(&r.flow());
         }
@@ -462,7 +512,12 @@ mod tests {
     fn a_flow_read_after_its_pod_is_gone_keeps_the_names_it_had() {
         let names_now = SwappableStore::default();
         names_now.replace(store());
-        let r = Recorded::capture(record_of(&trace_event()), &names_now, &names());
+        let r = Recorded::capture(
+            record_of(&trace_event()),
+            &names_now,
+            &names(),
+            &FlowIds::default(),
+        );
         names_now.replace(Snapshot::default());
         let f = r.flow();
         let src = f.source.expect("source");
@@ -473,6 +528,20 @@ mod tests {
         // Read twice, the same flow (its id too).
         assert_eq!(r.flow(), r.flow());
         assert!(!r.flow().uuid.is_empty());
+    }
+
+    #[test]
+    fn flow_ids_are_distinct_v7_uuids_of_the_flows_time() {
+        let ids = FlowIds::default();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_714_557_600_123);
+        let all: std::collections::HashSet<uuid::Uuid> =
+            (0..100_000).map(|_| ids.next(Some(t))).collect();
+        assert_eq!(all.len(), 100_000);
+        for id in all.iter().take(10) {
+            assert_eq!(id.get_version_num(), 7);
+            let (secs, nanos) = id.get_timestamp().expect("v7").to_unix();
+            assert_eq!((secs, nanos / 1_000_000), (1_714_557_600, 123));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::kafka::kafka_to_flow;
 use crate::l7::http_to_flow;
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
-use crate::record::{NodeNames, Recorded};
+use crate::record::{FlowIds, NodeNames, Recorded};
 use crate::store::Store;
 
 /// How the observer is set up.
@@ -99,6 +99,7 @@ pub struct Observer {
     cluster: String,
     /// The node's and cluster's names, shared by every record.
     names: Arc<NodeNames>,
+    ids: FlowIds,
     store: Arc<dyn Store>,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Numbered>,
@@ -131,6 +132,7 @@ impl Observer {
             .map_or(crate::DEFAULT_CLUSTER_NAME, |(c, _)| c)
             .to_owned();
         Self {
+            ids: FlowIds::default(),
             names: Arc::new(NodeNames {
                 node_name: node_name.clone(),
                 cluster: cluster.clone(),
@@ -203,7 +205,7 @@ impl Observer {
         let entries: Vec<Entry> = events
             .iter()
             .map(|ev| {
-                let recorded = Recorded::capture(*ev, store, &self.names);
+                let recorded = Recorded::capture(*ev, store, &self.names, &self.ids);
                 self.metrics.record(&recorded.numbers());
                 Entry::Event(recorded)
             })
