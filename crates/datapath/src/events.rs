@@ -374,6 +374,24 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_decoded_to_numbers_is_named_as_the_kernel_reported_it() {
+        for code in [0u8, 133, 181] {
+            for flags in [0u8, 1, 2, 3, 4] {
+                for egress in [0, EVENT_F_EGRESS] {
+                    let mut r = record(EVENT_POLICY_VERDICT, code, &tcp_syn());
+                    r[31] = flags | egress;
+                    let rec = decode_record(&r, &Clock::now()).unwrap();
+                    assert_eq!(
+                        monitor_event(&rec).reason,
+                        policy_verdict_name(code, flags | egress),
+                        "code {code} flags {flags} egress {egress}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn decodes_a_trace_of_a_tcp_syn() {
         let ev = decode(&record(EVENT_TRACE, 5, &tcp_syn()), &Clock::now()).unwrap();
         assert_eq!(ev.kind, EventKind::Trace);
