@@ -13,6 +13,8 @@
 #               already built (in $CILIATE_BIN_DIR, default target/release)
 #   --no-build  do not run `cargo build --release` first
 #
+# CILIATE_AGENT_ARGS adds agent flags (e.g. `--flow-history-size 0`).
+#
 # The client is pinned to CPU 0 and the server to the last CPU (see bench/lib.sh). Needs root.
 # Everything it makes is named cb<pid>-*, recorded, and removed on exit, also on Ctrl-C.
 set -euo pipefail
@@ -73,8 +75,10 @@ ip -n "$CN-node" addr add 192.0.2.1/32 dev lo
 SOCK=$STATE/agent/agent.sock
 mkdir -p "$STATE/agent"
 # The flow metrics (inside the node namespace) count every flow and every lost event.
+# CILIATE_AGENT_ARGS: more agent flags, e.g. `--flow-history-size 0` (the history's share).
+# shellcheck disable=SC2086
 start_agent "$CN-node" "$NODE" "$STATE/agent" --pod-cidr 10.251.0.0/22 \
-  --hubble-metrics-address 127.0.0.1:9965
+  --hubble-metrics-address 127.0.0.1:9965 ${CILIATE_AGENT_ARGS:-}
 RSS_START=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
 cni_add() { # ns container-id pod
   CNI_COMMAND=ADD CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \

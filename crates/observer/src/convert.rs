@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ciliate_model::monitor::{CtState, EventKind, EventRecord, MonitorEvent, RecordL4, VerdictInfo};
+use ciliate_model::monitor::{
+    CtState, EventKind, EventRecord, MonitorEvent, RecordL4, VerdictInfo,
+};
 
 use crate::proto::flow::{Endpoint, Flow, Service, TcpFlags, TraceObservationPoint};
 use crate::record::{FlowIds, NodeNames, Recorded};

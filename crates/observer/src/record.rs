@@ -15,13 +15,12 @@ use std::sync::Arc;
 use ciliate_model::monitor::{CtState, EventKind, EventRecord, RecordL4};
 
 use crate::convert::{
-    l34_summary_of, observation_point, system_time_to_timestamp, tcp_flags_of,
-    MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE,
+    l34_summary_of, observation_point, system_time_to_timestamp, tcp_flags_of, MESSAGE_TYPE_DROP,
+    MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE,
 };
 use crate::proto::flow::{
     layer4, CiliumEventType, Endpoint, Ethernet, Flow, FlowType, IcmPv4, Ip, IpVersion, Layer4,
-    NetworkInterface, Policy, Service, Tcp, TraceReason, TrafficDirection,
-    Udp, Verdict,
+    NetworkInterface, Policy, Service, Tcp, TraceReason, TrafficDirection, Udp, Verdict,
 };
 use crate::store::{EndpointInfo, ServiceRef, Store};
 
@@ -366,8 +365,7 @@ impl Recorded {
             };
             flow.source_service = service(&rare.source_service);
             flow.destination_service = service(&rare.destination_service);
-            if let (Some(policy), Some(allowed)) =
-                (&rare.policy, crate::policy_names::decision(ev))
+            if let (Some(policy), Some(allowed)) = (&rare.policy, crate::policy_names::decision(ev))
             {
                 crate::policy_names::fill(&mut flow, allowed, policy.clone());
             }
@@ -453,10 +451,7 @@ mod tests {
             ..syn.clone()
         };
         let icmp = MonitorEvent {
-            l4: Some(L4::Icmp {
-                r#type: 8,
-                code: 0,
-            }),
+            l4: Some(L4::Icmp { r#type: 8, code: 0 }),
             src: Some("192.0.2.9".parse().expect("ip")),
             ..syn.clone()
         };
@@ -521,7 +516,10 @@ mod tests {
         names_now.replace(Snapshot::default());
         let f = r.flow();
         let src = f.source.expect("source");
-        assert_eq!((src.namespace.as_str(), src.pod_name.as_str()), ("default", "client"));
+        assert_eq!(
+            (src.namespace.as_str(), src.pod_name.as_str()),
+            ("default", "client")
+        );
         assert_eq!(src.labels, ["k8s:app=client"]);
         assert_eq!(src.cluster_name, "default");
         assert_eq!(f.interface.expect("interface").index, 42);

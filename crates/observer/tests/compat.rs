@@ -558,9 +558,10 @@ fn dns_record(record_type: L7RecordType, query: &str, rcode: u16, verdict: L7Ver
 #[allow(deprecated)] // Hubble marks Summary deprecated, and still prints it.
 async fn a_hubble_client_reads_dns_and_kafka_flows_through_their_filters() {
     let mut store = Snapshot::default();
-    store
-        .endpoints
-        .insert("10.200.0.2".parse().expect("ip"), pod_endpoint(1, "client").into());
+    store.endpoints.insert(
+        "10.200.0.2".parse().expect("ip"),
+        pod_endpoint(1, "client").into(),
+    );
     let observer = observer_on_node_1(64, store);
     use L7RecordType::{Request, Response};
     use L7Verdict::{Dropped, Forwarded};
@@ -728,9 +729,10 @@ async fn a_hubble_client_reads_dns_and_kafka_flows_through_their_filters() {
 #[ignore = "a measurement, not a test"]
 fn throughput() {
     let mut store = Snapshot::default();
-    store
-        .endpoints
-        .insert("10.200.0.2".parse().expect("ip"), pod_endpoint(1, "client").into());
+    store.endpoints.insert(
+        "10.200.0.2".parse().expect("ip"),
+        pod_endpoint(1, "client").into(),
+    );
     let store = Arc::new(store);
     let observer = Observer::new(
         ObserverConfig {
@@ -757,7 +759,10 @@ fn throughput() {
     }
     let kept = n / 1024 * 1024;
     let secs = start.elapsed().as_secs_f64();
-    println!("{kept} events named, counted and kept in {secs:.2}s: {:.0} events/s", f64::from(kept) / secs);
+    println!(
+        "{kept} events named, counted and kept in {secs:.2}s: {:.0} events/s",
+        f64::from(kept) / secs
+    );
     let start = std::time::Instant::now();
     let mut matched = 0u32;
     let mut read = 0u32;

@@ -126,9 +126,12 @@ async fn flows_arrive_at_an_otlp_collector_as_log_records_of_hubble_json() {
             .snapshot()
             .into_iter()
             .find_map(|n| {
-                n.entry.flow().map(std::borrow::Cow::into_owned).filter(|f| {
-                    format!("{:?}", f.l4).contains(&format!("destination_port: {port}"))
-                })
+                n.entry
+                    .flow()
+                    .map(std::borrow::Cow::into_owned)
+                    .filter(|f| {
+                        format!("{:?}", f.l4).contains(&format!("destination_port: {port}"))
+                    })
             })
             .expect("flow");
         let line = export::export_line(
