@@ -118,6 +118,7 @@ pub fn to_flow(ev: &MonitorEvent, store: &dyn Store, node_name: &str) -> Flow {
     let node = Arc::new(NodeNames {
         node_name: node_name.to_owned(),
         cluster: String::new(),
+        labels: store.node_labels(),
     });
     Recorded::capture(record_of(ev), store, &node, &FlowIds::default()).build()
 }

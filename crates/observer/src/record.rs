@@ -82,6 +82,8 @@ pub struct NodeNames {
     pub node_name: String,
     /// The cluster, put on the endpoints that belong to it (see `finish_flow`).
     pub cluster: String,
+    /// The node's labels (`key=value`) when the event happened.
+    pub labels: Vec<String>,
 }
 
 /// One side of a flow as it was named when the event happened.
@@ -340,6 +342,7 @@ impl Recorded {
         let ev = &self.event;
         let mut flow = self.numbers();
         flow.node_name.clone_from(&self.node.node_name);
+        flow.node_labels.clone_from(&self.node.labels);
         if ev.ifindex != 0 {
             flow.interface = Some(NetworkInterface {
                 index: ev.ifindex,
@@ -413,6 +416,7 @@ mod tests {
         Arc::new(NodeNames {
             node_name: "default/n1".into(),
             cluster: "default".into(),
+            labels: vec!["zone=a".into()],
         })
     }
 
@@ -474,6 +478,7 @@ mod tests {
             let mut built = r.build();
             // Everything a name, address or text: what `numbers` leaves out.
             built.node_name.clear();
+            built.node_labels.clear();
             built.interface = None;
             built.ip = None;
             built.source = None;

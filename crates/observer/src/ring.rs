@@ -97,8 +97,9 @@ pub struct Observer {
     config: ObserverConfig,
     /// The cluster this node is in (the first part of its qualified name).
     cluster: String,
-    /// The node's and cluster's names, shared by every record.
-    names: Arc<NodeNames>,
+    /// The node's and cluster's names and the node's labels, shared by every record made
+    /// while the labels are these.
+    names: Mutex<Arc<NodeNames>>,
     ids: FlowIds,
     store: Arc<dyn Store>,
     ring: Mutex<Ring>,
@@ -133,10 +134,11 @@ impl Observer {
             .to_owned();
         Self {
             ids: FlowIds::default(),
-            names: Arc::new(NodeNames {
+            names: Mutex::new(Arc::new(NodeNames {
                 node_name: node_name.clone(),
                 cluster: cluster.clone(),
-            }),
+                labels: Vec::new(),
+            })),
             config: ObserverConfig {
                 capacity,
                 node_name,
@@ -202,16 +204,32 @@ impl Observer {
             return;
         }
         let store = self.store.as_ref();
+        let names = self.node_names(store.node_labels());
         let entries: Vec<Entry> = events
             .iter()
             .map(|ev| {
-                let recorded = Recorded::capture(*ev, store, &self.names, &self.ids);
+                let recorded = Recorded::capture(*ev, store, &names, &self.ids);
                 self.metrics.record(&recorded.numbers());
                 Entry::Event(recorded)
             })
             .collect();
         self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.push_all(entries);
+    }
+
+    /// The names records share, with the node's `labels` now (a new one when they changed).
+    fn node_names(&self, labels: Vec<String>) -> Arc<NodeNames> {
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if names.labels != labels {
+            *names = Arc::new(NodeNames {
+                labels,
+                ..NodeNames::clone(&names)
+            });
+        }
+        Arc::clone(&names)
     }
 
     /// Turns one HTTP request or response of the node's proxy into a Hubble L7 flow and keeps
@@ -290,11 +308,16 @@ impl Observer {
 
     fn push_all(&self, entries: impl IntoIterator<Item = Entry>) {
         // Built before the lock is taken: followers and `observe --last` wait on it.
+        // Once per batch: the node's labels go on every flow, as Hubble puts them.
+        let node_labels = self.store.node_labels();
         let entries: Vec<Arc<Entry>> = entries
             .into_iter()
             .map(|mut e| {
                 if let Entry::Flow(f) = &mut e {
                     crate::convert::finish_flow(f, &self.cluster);
+                    if f.node_labels.is_empty() {
+                        f.node_labels.clone_from(&node_labels);
+                    }
                 }
                 Arc::new(e)
             })
@@ -408,6 +431,42 @@ mod tests {
         assert_eq!(kept, vec![2, 3, 4]);
         assert_eq!(o.num_flows(), 3);
         assert_eq!(o.seen_flows(), 5);
+    }
+
+    #[test]
+    fn flows_carry_the_nodes_labels_and_the_node_labels_filter_selects_them() {
+        let store = Snapshot {
+            node_labels: vec!["kubernetes.io/hostname=n1".into(), "zone=a".into()],
+            ..Snapshot::default()
+        };
+        let o = Observer::new(
+            ObserverConfig {
+                node_name: "n1".into(),
+                capacity: 10,
+            },
+            Arc::new(store),
+        );
+        o.observe(&crate::convert::tests::trace_event());
+        let snap = o.snapshot();
+        let Some(flow) = snap[0].entry.flow() else {
+            panic!("a flow");
+        };
+        let flow = &*flow;
+        assert_eq!(
+            flow.node_labels,
+            vec!["kubernetes.io/hostname=n1", "zone=a"]
+        );
+        let select = |sel: &str| {
+            let f = crate::proto::flow::FlowFilter {
+                node_labels: vec![sel.into()],
+                ..Default::default()
+            };
+            crate::filter::FlowFilters::compile(&[f], &[])
+                .expect("compiles")
+                .matches(flow)
+        };
+        assert!(select("zone=a"));
+        assert!(!select("zone=b"));
     }
 
     #[test]
