@@ -133,3 +133,11 @@ fn bad_values_are_named() {
     assert!(e.to_string().contains("unknown filter"), "{e}");
     assert!(e.to_string().contains("to_workload"), "{e}");
 }
+
+#[test]
+fn docs_name_every_parameter() {
+    let doc = include_str!("../../../docs/ui.md");
+    for p in filter_params() {
+        assert!(doc.contains(&format!("`{p}`")), "docs/ui.md lacks `{p}`");
+    }
+}
