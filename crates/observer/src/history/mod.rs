@@ -15,6 +15,8 @@
 //! query, so a query never waits for the writer and never misses what it has not written yet.
 
 pub mod block;
+#[cfg(test)]
+mod format_tests;
 pub mod get_flows;
 mod prefilter;
 pub mod segment;
@@ -123,6 +125,7 @@ struct Counters {
     bytes_written: AtomicU64,
     segments_deleted: AtomicU64,
     recovered_dropped_bytes: AtomicU64,
+    unreadable_blocks: Arc<AtomicU64>,
     disk_bytes: AtomicU64,
     disk_flows: AtomicU64,
     oldest_ns: AtomicI64,
@@ -286,6 +289,7 @@ impl FlowHistory {
             memory_from: memory.first().map_or(u64::MAX, |n| n.seq),
             memory,
             blocks,
+            unreadable_blocks: Arc::clone(&self.shared.counters.unreadable_blocks),
         }
     }
 
@@ -320,6 +324,14 @@ impl FlowHistory {
         self.shared
             .counters
             .recovered_dropped_bytes
+            .load(Ordering::Relaxed)
+    }
+
+    /// Blocks queries found unreadable and skipped since start.
+    pub fn unreadable_blocks(&self) -> u64 {
+        self.shared
+            .counters
+            .unreadable_blocks
             .load(Ordering::Relaxed)
     }
 
@@ -372,6 +384,12 @@ impl FlowHistory {
             "gauge",
             "Bytes of the history found unreadable (torn or corrupted blocks) when it was opened.",
             &[(String::new(), get(&c.recovered_dropped_bytes))],
+        );
+        m(
+            "ciliate_flow_history_unreadable_blocks_total",
+            "counter",
+            "Blocks a query found unreadable (changed on disk since the history was opened, or inconsistent) and skipped.",
+            &[(String::new(), get(&c.unreadable_blocks))],
         );
         s
     }
@@ -545,6 +563,7 @@ impl Shared {
                 offset,
                 len: (frame.len() - 16) as u64,
                 meta_len,
+                format: block::FORMAT,
                 meta,
             }));
         }
@@ -614,6 +633,8 @@ pub struct Snapshot {
     /// Flows of this run with sequence numbers from here on are taken from `memory`.
     memory_from: u64,
     blocks: Vec<(Arc<File>, Arc<BlockRef>)>,
+    /// The history's count of blocks queries skipped as unreadable.
+    unreadable_blocks: Arc<AtomicU64>,
 }
 
 /// Which flows a query wants from the history.
@@ -640,8 +661,9 @@ impl Scan<'_> {
     }
 
     fn block_ok(&self, m: &BlockMeta) -> bool {
-        self.since_ns.is_none_or(|s| m.max_time_ns >= s)
-            && self.until_ns.is_none_or(|u| m.min_time_ns <= u)
+        (m.untimed > 0
+            || (self.since_ns.is_none_or(|s| m.max_time_ns >= s)
+                && self.until_ns.is_none_or(|u| m.min_time_ns <= u)))
             && self.prefilter.block_may_match(&m.src_pods, &m.dst_pods)
     }
 }
@@ -658,6 +680,13 @@ impl Snapshot {
         (0..self.blocks.len())
             .map(Unit::Block)
             .chain(std::iter::once(Unit::Memory))
+    }
+
+    /// Counts and logs a block a query could not read (changed on disk since it was opened, or
+    /// inconsistent inside): it is skipped, the query goes on.
+    fn unreadable_block(&self, b: &BlockRef, error: &str) {
+        self.unreadable_blocks.fetch_add(1, Ordering::Relaxed);
+        warn!(offset = b.offset, error = %error, "flow history: unreadable block skipped");
     }
 
     fn excluded(&self, scan: &Scan<'_>, run: u64, seq: u64, from_disk: bool) -> bool {
@@ -695,15 +724,15 @@ impl Snapshot {
                 }
                 let decoded = match segment::read_body(file, b)
                     .map_err(|e| e.to_string())
-                    .and_then(|body| block::decode(m, &body).map_err(|e| e.to_string()))
+                    .and_then(|body| block::decode(b.format, m, body).map_err(|e| e.to_string()))
                 {
                     Ok(d) => d,
                     Err(e) => {
-                        warn!(offset = b.offset, error = %e, "flow history: unreadable block skipped");
+                        self.unreadable_block(b, &e);
                         return true;
                     }
                 };
-                each_in_block(self, &decoded, m.run, scan, f)
+                each_in_block(self, &decoded, b, scan, f)
             }
         }
     }
@@ -765,11 +794,12 @@ impl Snapshot {
 fn each_in_block(
     snap: &Snapshot,
     d: &Decoded,
-    run: u64,
+    b: &BlockRef,
     scan: &Scan<'_>,
     f: &mut dyn FnMut(Flow) -> bool,
 ) -> bool {
-    let masks = scan.prefilter.masks(d.endpoints());
+    let run = b.meta.run;
+    let masks = scan.prefilter.masks(d.endpoint_names());
     for i in 0..d.len() {
         if snap.excluded(scan, run, d.seq_of(i), true) || !scan.time_ok(d.time_of(i)) {
             continue;
@@ -783,8 +813,10 @@ fn each_in_block(
         let flow = match d.flow(i) {
             Ok(flow) => flow,
             Err(e) => {
-                warn!(error = %e, "flow history: an undecodable flow skipped");
-                continue;
+                // The checksum held, so this is not the disk: the rest of the block is not
+                // to be trusted either.
+                snap.unreadable_block(b, &e.to_string());
+                return true;
             }
         };
         if scan.filters.matches(&flow) && !f(flow) {
