@@ -75,6 +75,7 @@ labels = [
     ("bytes_per_flow", "bytes per flow on disk"),
     ("reopen_s", "open again, s (reads all blocks)"),
     ("query_s", "query --to-pod over all, s"),
+    ("query_cpu_s", "  its CPU time, s"),
     ("query_matched", "flows the query matched"),
 ]
 for m, label in labels:

@@ -54,36 +54,50 @@ pub struct BlockMeta {
     pub untimed: u32,
 }
 
-/// Format 2, first part of the body: what a query needs to choose flows (which endpoints,
-/// when, in which order), compressed on its own so that choosing costs no decompression of
-/// the flows themselves.
+/// Format 2, first part of the body: what a query needs to choose flows by their endpoints,
+/// compressed on its own, so that choosing decompresses neither the endpoints' labels nor the
+/// flows.
 #[derive(Clone, PartialEq, Message)]
 struct IndexSection {
-    /// Distinct endpoints, each an encoded [`Endpoint`] (decoded only when a flow using it is
-    /// read); flows refer to them by index + 1 (0: no endpoint).
-    #[prost(bytes = "vec", repeated, tag = "1")]
-    endpoints: Vec<Vec<u8>>,
-    /// Per flow in arrival order: source endpoint.
-    #[prost(uint32, repeated, tag = "2")]
-    src: Vec<u32>,
-    /// Destination endpoint; also what orders the rows of the chunks (see [`stored_rows`]).
-    #[prost(uint32, repeated, tag = "3")]
-    dst: Vec<u32>,
-    /// Time − min_time + 1 in ns; 0: the flow had no time.
-    #[prost(uint64, repeated, tag = "4")]
-    time: Vec<u64>,
-    /// seq − first_seq.
-    #[prost(uint64, repeated, tag = "5")]
-    seq: Vec<u64>,
+    /// Namespace of each distinct endpoint; flows refer to them by index + 1 (0: none).
+    #[prost(string, repeated, tag = "1")]
+    namespaces: Vec<String>,
+    /// Pod name of each.
+    #[prost(string, repeated, tag = "2")]
+    pods: Vec<String>,
+    /// Per flow in arrival order, its source endpoint: u16 little-endian (u32 when `wide`).
+    #[prost(bytes = "vec", tag = "3")]
+    src: Vec<u8>,
+    /// Its destination endpoint; also what orders the rows of the chunks (see
+    /// [`stored_rows`]).
+    #[prost(bytes = "vec", tag = "4")]
+    dst: Vec<u8>,
+    /// Endpoint numbers take 4 bytes (more than 65,535 endpoints).
+    #[prost(bool, tag = "5")]
+    wide: bool,
     /// Rows per chunk (the last may hold fewer).
     #[prost(uint32, tag = "6")]
     chunk_rows: u32,
-    /// Compressed length of each chunk, in order after the index section.
-    #[prost(uint32, repeated, tag = "7")]
+    /// Compressed length of the endpoint dictionary, which follows the index.
+    #[prost(uint32, tag = "7")]
+    dictionary_len: u32,
+    /// Compressed length of each chunk, in order after the dictionary.
+    #[prost(uint32, repeated, tag = "8")]
     chunk_lens: Vec<u32>,
 }
 
-/// Format 2: the rest of `chunk_rows` flows, in stored order, compressed on its own.
+/// Format 2, second part: the endpoints whole, each decoded when a flow using it is read.
+#[derive(Clone, PartialEq, Message)]
+struct DictionarySection {
+    /// Their encodings, one after the other.
+    #[prost(bytes = "vec", tag = "1")]
+    endpoints: Vec<u8>,
+    /// Where each ends in `endpoints`.
+    #[prost(uint32, repeated, tag = "2")]
+    ends: Vec<u32>,
+}
+
+/// Format 2, then: `chunk_rows` flows at a time, in stored order, compressed one by one.
 #[derive(Clone, PartialEq, Message)]
 struct RowChunk {
     /// 16 bytes per flow: its UUID, or zeros when it had none in the canonical form (then the
@@ -95,6 +109,12 @@ struct RowChunk {
     lens: Vec<u32>,
     #[prost(bytes = "vec", tag = "3")]
     flows: Vec<u8>,
+    /// Time − min_time + 1 in ns; 0: the flow had no time.
+    #[prost(uint64, repeated, tag = "4")]
+    time: Vec<u64>,
+    /// seq − first_seq.
+    #[prost(uint64, repeated, tag = "5")]
+    seq: Vec<u64>,
 }
 
 /// Format 1 (written before format 2; still read): the whole body as one compressed message,
@@ -119,15 +139,12 @@ struct BodyV1 {
     flows: Vec<u8>,
 }
 
-/// The part of an [`Endpoint`] the pod prefilter looks at, decoded from an endpoint's bytes
-/// without its labels (the fields' numbers are Endpoint's).
-#[derive(Clone, PartialEq, Message)]
+/// The part of an [`Endpoint`] the pod prefilter looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointName {
     /// The endpoint's namespace.
-    #[prost(string, tag = "3")]
     pub namespace: String,
     /// Its pod name.
-    #[prost(string, tag = "5")]
     pub pod_name: String,
 }
 
@@ -303,6 +320,8 @@ pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, 
 pub struct Encoder {
     zstd: Option<zstd::bulk::Compressor<'static>>,
     whole: Vec<u8>,
+    stripped: Vec<u8>,
+    uuids: Vec<u8>,
     raw: Vec<u8>,
     chunk: RowChunk,
 }
@@ -324,6 +343,8 @@ impl Default for Encoder {
                 z
             }),
             whole: Vec::with_capacity(4096),
+            stripped: Vec::new(),
+            uuids: Vec::new(),
             raw: Vec::new(),
             chunk: RowChunk::default(),
         }
@@ -385,28 +406,45 @@ fn encode_with(
     run: u64,
     node_name: &str,
 ) -> (BlockMeta, Vec<u8>) {
+    let n = flows.len();
     let mut dict = Dictionary::default();
-    let mut index = IndexSection::default();
     let times: Vec<Option<i64>> = flows.iter().map(|(_, f)| time_ns(f)).collect();
     let min_time = times.iter().flatten().min().copied().unwrap_or(0);
     let max_time = times.iter().flatten().max().copied().unwrap_or(0);
     let first_seq = flows.iter().map(|(s, _)| *s).min().unwrap_or(0);
     let last_seq = flows.iter().map(|(s, _)| *s).max().unwrap_or(0);
-    for ((seq, flow), t) in flows.iter().zip(&times) {
-        index.src.push(dict.index(flow.source.as_ref()));
-        index.dst.push(dict.index(flow.destination.as_ref()));
-        index
-            .time
-            .push(t.map_or(0, |t| u64::try_from(t - min_time).unwrap_or(0) + 1));
-        index.seq.push(seq - first_seq);
+    let mut src = Vec::with_capacity(n);
+    let mut dst = Vec::with_capacity(n);
+    // Each flow's own encoding, in arrival order: the flows are read once, in the order they
+    // sit in memory, and only these bytes are reordered into the chunks.
+    enc.stripped.clear();
+    enc.uuids.clear();
+    let mut ends = Vec::with_capacity(n);
+    for (_, flow) in flows {
+        src.push(dict.index(flow.source.as_ref()));
+        dst.push(dict.index(flow.destination.as_ref()));
+        // What the columns hold is left out of the flow's own encoding: the flow is encoded
+        // whole and those top-level fields are cut from the bytes, cheaper than copying the
+        // flow without them (its endpoints' strings and labels).
+        let uuid = uuid_bytes(&flow.uuid);
+        enc.uuids.extend_from_slice(&uuid.unwrap_or([0; 16]));
+        let same_node = flow.node_name == node_name;
+        enc.whole.clear();
+        // Encoding into a Vec cannot run out of room.
+        let _ = flow.encode(&mut enc.whole);
+        strip_fields(&enc.whole, &mut enc.stripped, |tag| match tag {
+            FIELD_TIME | FIELD_SOURCE | FIELD_DESTINATION => true,
+            FIELD_UUID => uuid.is_some(),
+            FIELD_NODE_NAME => same_node,
+            _ => false,
+        });
+        ends.push(enc.stripped.len());
     }
     // The pod sets of the meta, from the endpoints the flows used on each side (one
     // `namespace/pod` per distinct endpoint, not per flow).
-    let mut used = (
-        vec![false; dict.endpoints.len() + 1],
-        vec![false; dict.endpoints.len() + 1],
-    );
-    for (s, d) in index.src.iter().zip(&index.dst) {
+    let eps = dict.endpoints.len();
+    let mut used = (vec![false; eps + 1], vec![false; eps + 1]);
+    for (s, d) in src.iter().zip(&dst) {
         used.0[*s as usize] = true;
         used.1[*d as usize] = true;
     }
@@ -422,42 +460,62 @@ fn encode_with(
             }
         }
     }
-    index.endpoints = dict.endpoints.iter().map(|e| e.encode_to_vec()).collect();
+
+    let wide = eps > usize::from(u16::MAX);
+    let index_column = |v: &[u32]| -> Vec<u8> {
+        if wide {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        } else {
+            v.iter()
+                .flat_map(|x| u16::try_from(*x).unwrap_or(u16::MAX).to_le_bytes())
+                .collect()
+        }
+    };
+    let mut dictionary = DictionarySection::default();
+    for ep in &dict.endpoints {
+        // Encoding into a Vec cannot run out of room.
+        let _ = ep.encode(&mut dictionary.endpoints);
+        dictionary
+            .ends
+            .push(u32::try_from(dictionary.endpoints.len()).unwrap_or(u32::MAX));
+    }
+    let mut index = IndexSection {
+        namespaces: dict.endpoints.iter().map(|e| e.namespace.clone()).collect(),
+        pods: dict.endpoints.iter().map(|e| e.pod_name.clone()).collect(),
+        src: index_column(&src),
+        dst: index_column(&dst),
+        wide,
+        chunk_rows: CHUNK_ROWS as u32,
+        ..IndexSection::default()
+    };
 
     // The rows, grouped by destination, in chunks of CHUNK_ROWS compressed one by one.
-    let rows = stored_rows(&index.dst, dict.endpoints.len());
-    let mut order = vec![0u32; flows.len()];
+    let rows = stored_rows(&dst, eps);
+    let mut order = vec![0usize; n];
     for (i, r) in rows.iter().enumerate() {
-        order[*r as usize] = u32::try_from(i).unwrap_or(u32::MAX);
+        order[*r as usize] = i;
     }
-    index.chunk_rows = CHUNK_ROWS as u32;
     let mut chunks = Vec::new();
     for part in order.chunks(CHUNK_ROWS) {
         let chunk = &mut enc.chunk;
         chunk.uuids.clear();
         chunk.lens.clear();
         chunk.flows.clear();
-        for i in part {
-            let flow = flows[*i as usize].1;
-            // What the columns hold is left out of the flow's own encoding: the flow is
-            // encoded whole and those top-level fields are cut from the bytes, cheaper than
-            // copying the flow without them (its endpoints' strings and labels).
-            let uuid = uuid_bytes(&flow.uuid);
-            chunk.uuids.extend_from_slice(&uuid.unwrap_or([0; 16]));
-            let same_node = flow.node_name == node_name;
-            enc.whole.clear();
-            // Encoding into a Vec cannot run out of room.
-            let _ = flow.encode(&mut enc.whole);
-            let before = chunk.flows.len();
-            strip_fields(&enc.whole, &mut chunk.flows, |tag| match tag {
-                FIELD_TIME | FIELD_SOURCE | FIELD_DESTINATION => true,
-                FIELD_UUID => uuid.is_some(),
-                FIELD_NODE_NAME => same_node,
-                _ => false,
-            });
+        chunk.time.clear();
+        chunk.seq.clear();
+        for &i in part {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            chunk.flows.extend_from_slice(&enc.stripped[start..ends[i]]);
             chunk
                 .lens
-                .push(u32::try_from(chunk.flows.len() - before).unwrap_or(u32::MAX));
+                .push(u32::try_from(ends[i] - start).unwrap_or(u32::MAX));
+            chunk
+                .uuids
+                .extend_from_slice(&enc.uuids[i * 16..i * 16 + 16]);
+            chunk
+                .time
+                .push(times[i].map_or(0, |t| u64::try_from(t - min_time).unwrap_or(0) + 1));
+            chunk.seq.push(flows[i].0 - first_seq);
         }
         enc.raw.clear();
         let _ = enc.chunk.encode(&mut enc.raw);
@@ -468,9 +526,16 @@ fn encode_with(
         chunks.push(packed);
     }
     enc.raw.clear();
+    let _ = dictionary.encode(&mut enc.raw);
+    let packed_dictionary = enc.pack();
+    index.dictionary_len = u32::try_from(packed_dictionary.len()).unwrap_or(u32::MAX);
+    enc.raw.clear();
     let _ = index.encode(&mut enc.raw);
     let packed_index = enc.pack();
-    let total = 4 + packed_index.len() + chunks.iter().map(Vec::len).sum::<usize>();
+    let total = 4
+        + packed_index.len()
+        + packed_dictionary.len()
+        + chunks.iter().map(Vec::len).sum::<usize>();
     let mut body = Vec::with_capacity(total);
     body.extend_from_slice(
         &u32::try_from(packed_index.len())
@@ -478,11 +543,12 @@ fn encode_with(
             .to_le_bytes(),
     );
     body.extend_from_slice(&packed_index);
+    body.extend_from_slice(&packed_dictionary);
     for c in &chunks {
         body.extend_from_slice(c);
     }
     let meta = BlockMeta {
-        count: u32::try_from(flows.len()).unwrap_or(u32::MAX),
+        count: u32::try_from(n).unwrap_or(u32::MAX),
         min_time_ns: min_time,
         max_time_ns: max_time,
         run,
@@ -496,25 +562,25 @@ fn encode_with(
     (meta, body)
 }
 
-/// A block whose index is read, flow by flow; the chunks of flows are decompressed when a
-/// flow in them is first read.
+/// A block whose index is read, flow by flow: its endpoint dictionary is decompressed when a
+/// flow is first read, each chunk of flows when a flow in it is.
 #[derive(Debug)]
 pub struct Decoded {
     meta: BlockMeta,
     names: Vec<EndpointName>,
-    /// Format 2: each endpoint's encoding, decoded into `endpoints` on first use.
-    endpoint_bytes: Vec<Vec<u8>>,
-    endpoints: Vec<OnceCell<Endpoint>>,
     src: Vec<u32>,
     dst: Vec<u32>,
-    time: Vec<u64>,
-    seq: Vec<u64>,
     /// Stored row of each flow (arrival order).
     rows: Vec<u32>,
     chunk_rows: usize,
-    /// The body as read, and where each compressed chunk is in it.
+    /// The body as read; where its dictionary and each compressed chunk are in it.
     body: Vec<u8>,
+    dictionary_at: std::ops::Range<usize>,
     chunk_at: Vec<std::ops::Range<usize>>,
+    /// The dictionary once decompressed (`None`: it could not be).
+    dictionary: OnceCell<Option<DictionarySection>>,
+    /// Each endpoint once decoded.
+    endpoints: Vec<OnceCell<Endpoint>>,
     /// Each chunk once decompressed (`None`: it could not be).
     chunks: Vec<OnceCell<Option<Chunk>>>,
 }
@@ -523,14 +589,20 @@ pub struct Decoded {
 #[derive(Debug)]
 struct Chunk {
     uuids: Vec<u8>,
+    time: Vec<u64>,
+    seq: Vec<u64>,
     /// Start of each row in `flows`, and one past the last.
     offsets: Vec<usize>,
     flows: Vec<u8>,
 }
 
 impl Chunk {
-    fn new(uuids: Vec<u8>, lens: &[u32], flows: Vec<u8>, rows: usize) -> Result<Self, BlockError> {
-        if lens.len() != rows || uuids.len() != rows * 16 {
+    fn new(c: RowChunk, rows: usize) -> Result<Self, BlockError> {
+        if c.lens.len() != rows
+            || c.uuids.len() != rows * 16
+            || c.time.len() != rows
+            || c.seq.len() != rows
+        {
             return Err(BlockError::Inconsistent(
                 "column lengths differ from the count",
             ));
@@ -538,17 +610,19 @@ impl Chunk {
         let mut offsets = Vec::with_capacity(rows + 1);
         let mut at = 0usize;
         offsets.push(0);
-        for l in lens {
+        for l in &c.lens {
             at = at.saturating_add(*l as usize);
             offsets.push(at);
         }
-        if at != flows.len() {
+        if at != c.flows.len() {
             return Err(BlockError::Inconsistent("flow lengths do not add up"));
         }
         Ok(Self {
-            uuids,
+            uuids: c.uuids,
+            time: c.time,
+            seq: c.seq,
             offsets,
-            flows,
+            flows: c.flows,
         })
     }
 }
@@ -586,15 +660,8 @@ pub fn decode(format: u32, meta: &BlockMeta, body: Vec<u8>) -> Result<Decoded, B
     }
 }
 
-fn check_columns(
-    n: usize,
-    endpoints: usize,
-    src: &[u32],
-    dst: &[u32],
-    time: &[u64],
-    seq: &[u64],
-) -> Result<(), BlockError> {
-    if src.len() != n || dst.len() != n || time.len() != n || seq.len() != n {
+fn check_endpoints(n: usize, endpoints: usize, src: &[u32], dst: &[u32]) -> Result<(), BlockError> {
+    if src.len() != n || dst.len() != n {
         return Err(BlockError::Inconsistent(
             "column lengths differ from the count",
         ));
@@ -608,50 +675,75 @@ fn check_columns(
     Ok(())
 }
 
+fn index_column(bytes: &[u8], wide: bool) -> Vec<u32> {
+    if wide {
+        bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        bytes
+            .chunks_exact(2)
+            .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))
+            .collect()
+    }
+}
+
 fn decode_v2(meta: &BlockMeta, body: Vec<u8>) -> Result<Decoded, BlockError> {
     let n = meta.count as usize;
-    let short = || BlockError::Inconsistent("the index section runs past the block");
+    let short = || BlockError::Inconsistent("the sections run past the block");
     let head = body.get(..4).ok_or_else(short)?;
     let index_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let index_end = 4usize.checked_add(index_len).ok_or_else(short)?;
     let ix = IndexSection::decode(&*unpack(body.get(4..index_end).ok_or_else(short)?, n)?)?;
-    check_columns(n, ix.endpoints.len(), &ix.src, &ix.dst, &ix.time, &ix.seq)?;
+    let (src, dst) = (
+        index_column(&ix.src, ix.wide),
+        index_column(&ix.dst, ix.wide),
+    );
+    let eps = ix.namespaces.len();
+    if ix.pods.len() != eps {
+        return Err(BlockError::Inconsistent("endpoint names differ in number"));
+    }
+    check_endpoints(n, eps, &src, &dst)?;
     let chunk_rows = ix.chunk_rows as usize;
     if chunk_rows == 0 || ix.chunk_lens.len() != n.div_ceil(chunk_rows) {
         return Err(BlockError::Inconsistent(
             "chunk count differs from the count",
         ));
     }
+    let dictionary_at = index_end..index_end.saturating_add(ix.dictionary_len as usize);
     let mut chunk_at = Vec::with_capacity(ix.chunk_lens.len());
-    let mut at = index_end;
+    let mut at = dictionary_at.end;
     for l in &ix.chunk_lens {
         let end = at.saturating_add(*l as usize);
         chunk_at.push(at..end);
         at = end;
     }
     if at != body.len() {
-        return Err(BlockError::Inconsistent("chunk lengths do not add up"));
+        return Err(BlockError::Inconsistent("section lengths do not add up"));
     }
     let names = ix
-        .endpoints
-        .iter()
-        .map(|b| EndpointName::decode(&b[..]))
-        .collect::<Result<Vec<_>, _>>()?;
-    let rows = stored_rows(&ix.dst, ix.endpoints.len());
+        .namespaces
+        .into_iter()
+        .zip(ix.pods)
+        .map(|(namespace, pod_name)| EndpointName {
+            namespace,
+            pod_name,
+        })
+        .collect();
     Ok(Decoded {
         meta: meta.clone(),
         names,
-        endpoints: ix.endpoints.iter().map(|_| OnceCell::new()).collect(),
-        endpoint_bytes: ix.endpoints,
-        rows,
-        src: ix.src,
-        dst: ix.dst,
-        time: ix.time,
-        seq: ix.seq,
+        rows: stored_rows(&dst, eps),
+        src,
+        dst,
         chunk_rows,
+        body,
+        dictionary_at,
+        dictionary: OnceCell::new(),
+        endpoints: (0..eps).map(|_| OnceCell::new()).collect(),
         chunks: chunk_at.iter().map(|_| OnceCell::new()).collect(),
         chunk_at,
-        body,
     })
 }
 
@@ -659,8 +751,17 @@ fn decode_v2(meta: &BlockMeta, body: Vec<u8>) -> Result<Decoded, BlockError> {
 fn decode_v1(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
     let n = meta.count as usize;
     let b = BodyV1::decode(&*unpack(packed, n)?)?;
-    check_columns(n, b.endpoints.len(), &b.src, &b.dst, &b.time, &b.seq)?;
-    let chunk = Chunk::new(b.uuids, &b.lens, b.flows, n)?;
+    check_endpoints(n, b.endpoints.len(), &b.src, &b.dst)?;
+    let chunk = Chunk::new(
+        RowChunk {
+            uuids: b.uuids,
+            lens: b.lens,
+            flows: b.flows,
+            time: b.time,
+            seq: b.seq,
+        },
+        n,
+    )?;
     let names = b
         .endpoints
         .iter()
@@ -672,18 +773,38 @@ fn decode_v1(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
     Ok(Decoded {
         meta: meta.clone(),
         names,
-        endpoint_bytes: Vec::new(),
         endpoints: b.endpoints.into_iter().map(OnceCell::from).collect(),
         src: b.src,
         dst: b.dst,
-        time: b.time,
-        seq: b.seq,
         rows: (0..u32::try_from(n).unwrap_or(u32::MAX)).collect(),
         chunk_rows: n.max(1),
         body: Vec::new(),
+        dictionary_at: 0..0,
+        dictionary: OnceCell::from(Some(DictionarySection::default())),
         chunk_at: vec![0..0],
         chunks: vec![OnceCell::from(Some(chunk))],
     })
+}
+
+/// The value in `cell`, made by `make` on first use; an error is kept as `None` (and told
+/// again as `unreadable` later).
+fn once<'a, T>(
+    cell: &'a OnceCell<Option<T>>,
+    unreadable: &'static str,
+    make: impl FnOnce() -> Result<T, BlockError>,
+) -> Result<&'a T, BlockError> {
+    if cell.get().is_none() {
+        let made = make();
+        let (kept, result) = match made {
+            Ok(v) => (Some(v), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        let _ = cell.set(kept);
+        result?;
+    }
+    cell.get()
+        .and_then(Option::as_ref)
+        .ok_or(BlockError::Inconsistent(unreadable))
 }
 
 impl Decoded {
@@ -709,20 +830,22 @@ impl Decoded {
     }
 
     /// Time of flow `i` in ns, if it has one.
-    pub fn time_of(&self, i: usize) -> Option<i64> {
-        match self.time[i] {
+    pub fn time_of(&self, i: usize) -> Result<Option<i64>, BlockError> {
+        let (c, j) = self.row(i)?;
+        Ok(match c.time[j] {
             0 => None,
             d => Some(
                 self.meta
                     .min_time_ns
                     .saturating_add(i64::try_from(d - 1).unwrap_or(0)),
             ),
-        }
+        })
     }
 
     /// Sequence number of flow `i`.
-    pub fn seq_of(&self, i: usize) -> u64 {
-        self.meta.first_seq.saturating_add(self.seq[i])
+    pub fn seq_of(&self, i: usize) -> Result<u64, BlockError> {
+        let (c, j) = self.row(i)?;
+        Ok(self.meta.first_seq.saturating_add(c.seq[j]))
     }
 
     /// Endpoint `x` of the dictionary (0: none), decoded on first use.
@@ -733,37 +856,44 @@ impl Decoded {
         if let Some(e) = self.endpoints[i].get() {
             return Ok(Some(e.clone()));
         }
-        let e = Endpoint::decode(&self.endpoint_bytes[i][..])?;
+        let d = once(
+            &self.dictionary,
+            "the endpoint dictionary is unreadable",
+            || {
+                let raw = unpack(&self.body[self.dictionary_at.clone()], self.len())?;
+                let d = DictionarySection::decode(&*raw)?;
+                let ordered = d.ends.windows(2).all(|w| w[0] <= w[1]);
+                if d.ends.len() != self.endpoints.len()
+                    || !ordered
+                    || d.ends
+                        .last()
+                        .is_some_and(|e| *e as usize > d.endpoints.len())
+                {
+                    return Err(BlockError::Inconsistent(
+                        "the endpoint dictionary does not add up",
+                    ));
+                }
+                Ok(d)
+            },
+        )?;
+        let start = if i == 0 { 0 } else { d.ends[i - 1] as usize };
+        let e = Endpoint::decode(&d.endpoints[start..d.ends[i] as usize])?;
         let _ = self.endpoints[i].set(e.clone());
         Ok(Some(e))
     }
 
-    /// Chunk `k`, decompressed on first use.
-    fn chunk(&self, k: usize) -> Result<&Chunk, BlockError> {
-        let unreadable = || BlockError::Inconsistent("a chunk of flows is unreadable");
-        let cell = &self.chunks[k];
-        if let Some(c) = cell.get() {
-            return c.as_ref().ok_or_else(unreadable);
-        }
+    /// The chunk holding flow `i` (decompressed on first use) and its row in it.
+    fn row(&self, i: usize) -> Result<(&Chunk, usize), BlockError> {
+        let r = self.rows[i] as usize;
+        let k = r / self.chunk_rows;
         let rows = self
             .chunk_rows
             .min(self.len().saturating_sub(k * self.chunk_rows));
-        let read = unpack(&self.body[self.chunk_at[k].clone()], rows)
-            .and_then(|raw| Ok(RowChunk::decode(&*raw)?))
-            .and_then(|c| Chunk::new(c.uuids, &c.lens, c.flows, rows));
-        let (kept, result) = match read {
-            Ok(c) => (Some(c), Ok(())),
-            Err(e) => (None, Err(e)),
-        };
-        let _ = cell.set(kept);
-        result?;
-        cell.get().and_then(Option::as_ref).ok_or_else(unreadable)
-    }
-
-    /// The chunk holding flow `i` and its row in it.
-    fn row(&self, i: usize) -> Result<(&Chunk, usize), BlockError> {
-        let r = self.rows[i] as usize;
-        Ok((self.chunk(r / self.chunk_rows)?, r % self.chunk_rows))
+        let c = once(&self.chunks[k], "a chunk of flows is unreadable", || {
+            let raw = unpack(&self.body[self.chunk_at[k].clone()], rows)?;
+            Chunk::new(RowChunk::decode(&*raw)?, rows)
+        })?;
+        Ok((c, r % self.chunk_rows))
     }
 
     /// Bytes of flow `i`'s own encoding (what the columns do not hold).
@@ -778,7 +908,7 @@ impl Decoded {
         let mut f = Flow::decode(&c.flows[c.offsets[j]..c.offsets[j + 1]])?;
         f.source = self.endpoint(self.src[i])?;
         f.destination = self.endpoint(self.dst[i])?;
-        f.time = self.time_of(i).map(timestamp);
+        f.time = self.time_of(i)?.map(timestamp);
         let u = &c.uuids[j * 16..j * 16 + 16];
         if u != [0; 16] {
             f.uuid = uuid_string(u);

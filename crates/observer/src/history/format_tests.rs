@@ -241,15 +241,15 @@ fn a_segment_of_a_newer_format_is_left_alone() {
 
 /// Makes block `k` of the segment at `path` inconsistent inside while its checksum holds (what
 /// a bug, not a disk, would leave): `at` picks the byte of its body to flip, given where the
-/// chunks start in it.
-fn corrupt_behind_the_checksum(path: &Path, k: usize, at: impl Fn(usize) -> usize) {
+/// index section ends and the body's length.
+fn corrupt_behind_the_checksum(path: &Path, k: usize, at: fn(usize, usize) -> usize) {
     let mut data = std::fs::read(path).expect("read");
     let (blocks, _) = segment::scan_bytes(&data);
     let b = &blocks[k];
     let body = b.offset as usize + 16 + b.meta_len as usize;
-    let index_len = u32::from_le_bytes(data[body..body + 4].try_into().expect("4 bytes")) as usize;
-    data[body + at(4 + index_len)] ^= 0xff;
     let end = b.offset as usize + 16 + b.len as usize;
+    let index_len = u32::from_le_bytes(data[body..body + 4].try_into().expect("4 bytes")) as usize;
+    data[body + at(4 + index_len, end - body)] ^= 0xff;
     let crc = crc32fast::hash(&data[b.offset as usize + 16..end]);
     data[b.offset as usize + 12..b.offset as usize + 16].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(path, &data).expect("write");
@@ -261,9 +261,13 @@ fn an_inconsistent_section_skips_its_block_and_is_counted() {
     let flows: Vec<Flow> = (0..blocks)
         .map(|i| flow(i, "client", if i % 5 == 0 { "db" } else { "web" }))
         .collect();
-    // The index section (its zstd frame's magic), then a byte inside the first chunk of rows.
-    let sections: [(&str, fn(usize) -> usize); 2] =
-        [("index", |_| 4), ("chunk", |chunks| chunks + 300)];
+    // The index section (its zstd frame's magic), a byte inside the endpoint dictionary that
+    // follows it, one inside the last chunk of flows.
+    let sections: [(&str, fn(usize, usize) -> usize); 3] = [
+        ("index", |_, _| 4),
+        ("dictionary", |index_end, _| index_end + 20),
+        ("chunk", |_, len| len - 50),
+    ];
     for (name, at) in sections {
         let tmp = tempfile::tempdir().expect("tmp");
         drop(written(tmp.path(), &flows));

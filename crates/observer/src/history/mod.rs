@@ -801,17 +801,22 @@ fn each_in_block(
     let run = b.meta.run;
     let masks = scan.prefilter.masks(d.endpoint_names());
     for i in 0..d.len() {
-        if snap.excluded(scan, run, d.seq_of(i), true) || !scan.time_ok(d.time_of(i)) {
-            continue;
-        }
+        // The endpoints first: they are in the index, the rest is in the chunks.
         if let Some((src, dst)) = &masks {
             let (s, t) = d.endpoints_of(i);
             if src[s as usize] & dst[t as usize] == 0 {
                 continue;
             }
         }
-        let flow = match d.flow(i) {
-            Ok(flow) => flow,
+        let read = d.seq_of(i).and_then(|seq| {
+            if snap.excluded(scan, run, seq, true) || !scan.time_ok(d.time_of(i)?) {
+                return Ok(None);
+            }
+            d.flow(i).map(Some)
+        });
+        let flow = match read {
+            Ok(Some(flow)) => flow,
+            Ok(None) => continue,
             Err(e) => {
                 // The checksum held, so this is not the disk: the rest of the block is not
                 // to be trusted either.

@@ -78,8 +78,8 @@ fn a_block_round_trips_every_flow_exactly() {
     assert_eq!(d.endpoint_names().len(), 3, "client, db and web once each");
     for (i, f) in flows.iter().enumerate() {
         assert_eq!(&d.flow(i).expect("flow"), f, "flow {i}");
-        assert_eq!(d.seq_of(i), i as u64 + 10);
-        assert_eq!(d.time_of(i), time_ns(f));
+        assert_eq!(d.seq_of(i).expect("seq"), i as u64 + 10);
+        assert_eq!(d.time_of(i).expect("time"), time_ns(f));
     }
 }
 
