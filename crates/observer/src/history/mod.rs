@@ -625,6 +625,12 @@ impl Shared {
     }
 }
 
+/// Threads that read blocks for one query (`forward`): the CPUs this process may use, at most
+/// two, so a query leaves CPU to the ring, the datapath's events and other requests.
+fn query_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
 /// What a query reads from the history (see [`FlowHistory::snapshot`]).
 #[derive(Debug)]
 pub struct Snapshot {
@@ -750,18 +756,71 @@ impl Snapshot {
         skip: &mut u64,
         f: &mut dyn FnMut(Flow) -> bool,
     ) {
-        for unit in self.units().skip(start) {
-            let go = self.each(unit, scan, &mut |flow| {
-                if *skip > 0 {
-                    *skip -= 1;
-                    return true;
+        let units: Vec<Unit> = self.units().skip(start).collect();
+        let mut emit = |flow| {
+            if *skip > 0 {
+                *skip -= 1;
+                return true;
+            }
+            f(flow)
+        };
+        if query_threads() < 2 || units.len() < 2 {
+            for unit in units {
+                if !self.each(unit, scan, &mut emit) {
+                    return;
                 }
-                f(flow)
-            });
-            if !go {
+            }
+            return;
+        }
+        // Two readers: this thread reads units 0, 2, 4, ... and sends their flows as it
+        // reads them; a helper reads 1, 3, 5, ... ahead, one unit's wanted flows at a time
+        // (memory stays bounded by two blocks' flows). Flows are sent in order, from here.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Flow>>(1);
+            let stop = &stop;
+            let theirs: Vec<Unit> = units.iter().skip(1).step_by(2).copied().collect();
+            let helper = std::thread::Builder::new()
+                .name("flow-history-read".into())
+                .spawn_scoped(s, move || {
+                    for unit in theirs {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let mut wanted = Vec::new();
+                        self.each(unit, scan, &mut |flow| {
+                            wanted.push(flow);
+                            true
+                        });
+                        if tx.send(wanted).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if helper.is_err() {
+                // No thread to be had: this one reads everything.
+                for unit in &units {
+                    if !self.each(*unit, scan, &mut emit) {
+                        return;
+                    }
+                }
                 return;
             }
-        }
+            for (k, unit) in units.iter().enumerate() {
+                let go = if k % 2 == 0 {
+                    self.each(*unit, scan, &mut emit)
+                } else {
+                    rx.recv()
+                        .is_ok_and(|flows| flows.into_iter().all(&mut emit))
+                };
+                if !go {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            // A helper waiting to hand over a unit nobody wants now gets an error and ends.
+            drop(rx);
+        });
     }
 
     /// Calls `f` with the last `n` wanted flows, oldest first, until it returns false. Reads
