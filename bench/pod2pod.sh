@@ -74,6 +74,7 @@ SOCK=$STATE/agent/agent.sock
 mkdir -p "$STATE/agent"
 start_agent "$CN-node" "$NODE" "$STATE/agent" --pod-cidr 10.251.0.0/22
 RSS_START=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
+PARTS_START=$(rss_parts "$AGENT_PID")
 cni_add() { # ns container-id pod
   CNI_COMMAND=ADD CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
   CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" CNI_PATH=/opt/cni/bin \
@@ -135,5 +136,7 @@ for n in $(seq 3 "$PODS"); do
 done
 rss=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
 eps=$("$BIN/ciliate" --socket "$SOCK" endpoint list -o 'jsonpath={.items[*].id}' | wc -w)
-printf '\nAgent RSS: %.1f MB at start, %.1f MB with %s endpoints (goal <= 30 MB)\n' \
+printf '\nAgent RSS: %.1f MB at start, %.1f MB with %s endpoints after the rounds above (goal < 20 MB)\n' \
   "$(python3 -c "print($RSS_START/1024)")" "$(python3 -c "print($rss/1024)")" "$eps"
+echo "  at start: $PARTS_START"
+echo "  with $eps endpoints: $(rss_parts "$AGENT_PID")"

@@ -21,6 +21,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+mod device_names;
+
+use self::device_names::DeviceNames;
 use crate::endpoints::EndpointManager;
 use crate::policy::{FlowNames, PolicyManager};
 use crate::services::ServiceManager;
@@ -409,6 +412,8 @@ pub struct AgentNames {
     local: SwappableStore,
     cluster: SwappableStore,
     policy: SwappableStore,
+    node: SwappableStore,
+    devices: DeviceNames,
     services: Arc<ServiceManager>,
 }
 
@@ -419,6 +424,8 @@ impl AgentNames {
             local: SwappableStore::default(),
             cluster: SwappableStore::default(),
             policy: SwappableStore::default(),
+            node: SwappableStore::default(),
+            devices: DeviceNames::default(),
             services,
         }
     }
@@ -443,7 +450,13 @@ impl ciliate_observer::Store for AgentNames {
     }
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
-        self.local.interface_name(ifindex)
+        self.local
+            .interface_name(ifindex)
+            .or_else(|| self.devices.name(ifindex))
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.node.node_labels()
     }
 
     fn service_by_frontend(
@@ -485,6 +498,8 @@ pub struct Sources {
     pub extra_metrics: Option<ExtraMetrics>,
     /// Where every flow is kept on disk too, if anywhere.
     pub history: Option<FlowHistory>,
+    /// This node's labels (`key=value`), when something knows them (its Node object).
+    pub node_labels: Option<watch::Receiver<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -578,6 +593,7 @@ pub fn start(
         policies,
         extra_metrics,
         history,
+        node_labels,
     } = sources;
     let datapath = &datapath;
     let names = Arc::new(AgentNames::new(services));
@@ -616,6 +632,24 @@ pub fn start(
             }
         }));
     }
+    if let Some(mut labels) = node_labels {
+        // The node's labels, as its Node object changes (a notification).
+        let names = Arc::clone(&names);
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let now = labels.borrow_and_update().clone();
+                names.node.replace(Snapshot {
+                    node_labels: now,
+                    ..Snapshot::default()
+                });
+                tokio::select! {
+                    changed = labels.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
     {
         // This node's names, rebuilt when the endpoint table changes (a notification).
         let names = Arc::clone(&names);
@@ -624,6 +658,7 @@ pub fn start(
         tasks.push(tokio::spawn(async move {
             loop {
                 names.local.replace(local_snapshot(&manager));
+                names.devices.forget();
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = stop.wait_for(|s| *s) => return,
@@ -803,6 +838,9 @@ mod tests {
         );
         assert_eq!(s.service_by_rev_nat(index), web);
         assert_eq!(s.service_by_rev_nat(index.wrapping_add(1)), None);
+        // Devices that are no pod's veth (here the loopback, index 1 in every namespace)
+        // are named from the kernel.
+        assert_eq!(s.interface_name(1).as_deref(), Some("lo"));
     }
 
     #[test]

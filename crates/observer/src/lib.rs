@@ -26,6 +26,7 @@ pub mod export;
 pub mod export_otlp;
 pub mod fieldmask;
 pub mod filter;
+pub mod filter_builder;
 pub mod history;
 mod http_metrics;
 pub mod intake;

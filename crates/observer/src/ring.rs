@@ -246,11 +246,16 @@ impl Observer {
 
     fn push_all(&self, entries: impl IntoIterator<Item = Entry>) {
         // Built before the lock is taken: followers and `observe --last` wait on it.
+        // Once per batch: the node's labels go on every flow, as Hubble puts them.
+        let node_labels = self.store.node_labels();
         let entries: Vec<Arc<Entry>> = entries
             .into_iter()
             .map(|mut e| {
                 if let Entry::Flow(f) = &mut e {
                     crate::convert::finish_flow(f, &self.cluster);
+                    if f.node_labels.is_empty() {
+                        f.node_labels.clone_from(&node_labels);
+                    }
                 }
                 Arc::new(e)
             })
@@ -367,6 +372,41 @@ mod tests {
         assert_eq!(kept, vec![2, 3, 4]);
         assert_eq!(o.num_flows(), 3);
         assert_eq!(o.seen_flows(), 5);
+    }
+
+    #[test]
+    fn flows_carry_the_nodes_labels_and_the_node_labels_filter_selects_them() {
+        let store = Snapshot {
+            node_labels: vec!["kubernetes.io/hostname=n1".into(), "zone=a".into()],
+            ..Snapshot::default()
+        };
+        let o = Observer::new(
+            ObserverConfig {
+                node_name: "n1".into(),
+                capacity: 10,
+            },
+            Arc::new(store),
+        );
+        o.observe(&crate::convert::tests::trace_event());
+        let snap = o.snapshot();
+        let Entry::Flow(flow) = &*snap[0].entry else {
+            panic!("a flow");
+        };
+        assert_eq!(
+            flow.node_labels,
+            vec!["kubernetes.io/hostname=n1", "zone=a"]
+        );
+        let select = |sel: &str| {
+            let f = crate::proto::flow::FlowFilter {
+                node_labels: vec![sel.into()],
+                ..Default::default()
+            };
+            crate::filter::FlowFilters::compile(&[f], &[])
+                .expect("compiles")
+                .matches(flow)
+        };
+        assert!(select("zone=a"));
+        assert!(!select("zone=b"));
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub trait Store: Send + Sync + 'static {
     fn interface_name(&self, _ifindex: u32) -> Option<String> {
         None
     }
+    /// This node's labels as `key=value` (Hubble's `Flow.node_labels`, what the
+    /// `node_labels` filter selects on); none when the node has none or they are unknown.
+    fn node_labels(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A point-in-time copy of the tables: what the agent refreshes and tests build by hand.
@@ -70,6 +75,8 @@ pub struct Snapshot {
     pub rules: HashMap<u32, Policy>,
     /// The node's interface names by index.
     pub interfaces: HashMap<u32, String>,
+    /// The node's labels, `key=value`.
+    pub node_labels: Vec<String>,
 }
 
 impl Store for Snapshot {
@@ -95,6 +102,10 @@ impl Store for Snapshot {
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
         self.interfaces.get(&ifindex).cloned()
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.node_labels.clone()
     }
 }
 
@@ -146,5 +157,9 @@ impl Store for SwappableStore {
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
         self.get().interface_name(ifindex)
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.get().node_labels()
     }
 }
