@@ -781,7 +781,8 @@ fn decode_v1(meta: &BlockMeta, packed: &[u8]) -> Result<Decoded, BlockError> {
         body: Vec::new(),
         dictionary_at: 0..0,
         dictionary: OnceCell::from(Some(DictionarySection::default())),
-        chunk_at: vec![0..0],
+        // Its one chunk is read already.
+        chunk_at: Vec::new(),
         chunks: vec![OnceCell::from(Some(chunk))],
     })
 }
@@ -890,7 +891,8 @@ impl Decoded {
             .chunk_rows
             .min(self.len().saturating_sub(k * self.chunk_rows));
         let c = once(&self.chunks[k], "a chunk of flows is unreadable", || {
-            let raw = unpack(&self.body[self.chunk_at[k].clone()], rows)?;
+            let at = self.chunk_at.get(k).cloned().unwrap_or_default();
+            let raw = unpack(&self.body[at], rows)?;
             Chunk::new(RowChunk::decode(&*raw)?, rows)
         })?;
         Ok((c, r % self.chunk_rows))

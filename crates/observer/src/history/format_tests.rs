@@ -263,7 +263,8 @@ fn an_inconsistent_section_skips_its_block_and_is_counted() {
         .collect();
     // The index section (its zstd frame's magic), a byte inside the endpoint dictionary that
     // follows it, one inside the last chunk of flows.
-    let sections: [(&str, fn(usize, usize) -> usize); 3] = [
+    type Where = fn(usize, usize) -> usize;
+    let sections: [(&str, Where); 3] = [
         ("index", |_, _| 4),
         ("dictionary", |index_end, _| index_end + 20),
         ("chunk", |_, len| len - 50),
