@@ -338,7 +338,8 @@ pub fn cluster_snapshot(cluster: &ClusterNames) -> Snapshot {
                 namespace: e.namespace.clone(),
                 pod_name: e.pod_name.clone(),
                 labels: s.identities.get(&e.identity).cloned().unwrap_or_default(),
-            },
+            }
+            .into(),
         );
     }
     s
@@ -361,10 +362,12 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
                 namespace,
                 pod_name,
                 labels: ep.labels.iter().map(|l| l.to_string()).collect(),
-            },
+            }
+            .into(),
         );
         if ep.host_ifindex != 0 {
-            s.interfaces.insert(ep.host_ifindex, ep.host_ifname.clone());
+            s.interfaces
+                .insert(ep.host_ifindex, ep.host_ifname.as_str().into());
         }
     }
     for id in manager.identities() {
@@ -432,7 +435,7 @@ impl AgentNames {
 }
 
 impl ciliate_observer::Store for AgentNames {
-    fn endpoint_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<EndpointInfo> {
+    fn endpoint_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<Arc<EndpointInfo>> {
         self.local
             .endpoint_by_ip(ip)
             .or_else(|| self.cluster.endpoint_by_ip(ip))
@@ -449,7 +452,7 @@ impl ciliate_observer::Store for AgentNames {
         self.policy.policy_by_rule(rule)
     }
 
-    fn interface_name(&self, ifindex: u32) -> Option<String> {
+    fn interface_name(&self, ifindex: u32) -> Option<Arc<str>> {
         self.local
             .interface_name(ifindex)
             .or_else(|| self.devices.name(ifindex))
@@ -512,15 +515,24 @@ impl std::fmt::Debug for Sources {
 }
 
 /// Feeds the datapath's events to `observer` through a queue large enough for bursts (see
-/// [`ciliate_observer::intake`]); its threads end when the datapath's event channel closes.
+/// [`ciliate_observer::intake`]): handed over by the datapath's event reader directly, as
+/// numbers, when it takes a sink; else read from its event channel (whose closing ends the
+/// threads).
 pub fn spawn_intake(
     observer: Arc<Observer>,
     datapath: &dyn Datapath,
 ) -> std::io::Result<Arc<ciliate_observer::intake::Intake>> {
-    ciliate_observer::intake::spawn(
+    use ciliate_observer::intake;
+    let intake = intake::spawn_worker(Arc::clone(&observer), intake::DEFAULT_INTAKE_CAPACITY)?;
+    let sink = Arc::clone(&intake);
+    if datapath.set_event_sink(Arc::new(move |batch| sink.push_all(batch))) {
+        return Ok(intake);
+    }
+    intake.close();
+    intake::spawn(
         observer,
         datapath.subscribe_events(),
-        ciliate_observer::intake::DEFAULT_INTAKE_CAPACITY,
+        intake::DEFAULT_INTAKE_CAPACITY,
     )
 }
 

@@ -5,7 +5,7 @@
 //! go and indexes can be reused.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// More distinct indexes than a node has devices: past it the cache starts over, so indexes
 /// that name nothing (a corrupt event) cannot grow it without bound.
@@ -14,12 +14,12 @@ const MAX_ENTRIES: usize = 4_096;
 /// Interface index → name (or `None`: no such device), as the kernel answered.
 #[derive(Debug, Default)]
 pub struct DeviceNames {
-    known: RwLock<HashMap<u32, Option<String>>>,
+    known: RwLock<HashMap<u32, Option<Arc<str>>>>,
 }
 
 impl DeviceNames {
     /// The name of the device with index `ifindex` in the agent's network namespace.
-    pub fn name(&self, ifindex: u32) -> Option<String> {
+    pub fn name(&self, ifindex: u32) -> Option<Arc<str>> {
         if let Ok(known) = self.known.read() {
             if let Some(name) = known.get(&ifindex) {
                 return name.clone();
@@ -30,7 +30,8 @@ impl DeviceNames {
         let name = nix::net::if_::if_indextoname(ifindex)
             .ok()
             .and_then(|n| n.into_string().ok())
-            .filter(|n| !n.is_empty());
+            .filter(|n| !n.is_empty())
+            .map(Arc::from);
         if let Ok(mut known) = self.known.write() {
             if known.len() >= MAX_ENTRIES {
                 known.clear();

@@ -190,7 +190,8 @@ fn l7_response() -> GetFlowsResponse {
                 namespace: "default".into(),
                 pod_name: pod.into(),
                 labels: vec![],
-            },
+            }
+            .into(),
         );
     }
     let record = HttpRecord {

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{Array, PerCpuArray, RingBuf};
@@ -100,6 +100,8 @@ pub struct LinuxDatapath {
     pin_dir: PathBuf,
     inner: Mutex<Inner>,
     events: broadcast::Sender<MonitorEvent>,
+    /// Where the event reader hands every event, once the observer has set it.
+    event_sink: Arc<std::sync::OnceLock<crate::EventSink>>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
@@ -166,7 +168,8 @@ impl LinuxDatapath {
             None => None,
         };
         let (events, _) = broadcast::channel(4096);
-        events::spawn_event_reader(ring, events.clone())?;
+        let event_sink = Arc::default();
+        events::spawn_event_reader(ring, events.clone(), Arc::clone(&event_sink))?;
         info!(
             pin_dir = %pin_dir.display(),
             reused_pins = reused,
@@ -186,6 +189,7 @@ impl LinuxDatapath {
                 fresh_links: HashSet::new(),
             }),
             events,
+            event_sink,
         })
     }
 
@@ -624,6 +628,10 @@ impl Datapath for LinuxDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn set_event_sink(&self, sink: crate::EventSink) -> bool {
+        self.event_sink.set(sink).is_ok()
     }
 
     fn uplink_mtu(
