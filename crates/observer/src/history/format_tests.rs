@@ -69,7 +69,7 @@ fn written(dir: &Path, flows: &[Flow]) -> FlowHistory {
         .enumerate()
         .map(|(i, f)| Numbered {
             seq: i as u64 + 1,
-            entry: Arc::new(Entry::Flow(f.clone())),
+            entry: Arc::new(crate::ring::Entry::Flow(Box::new(f.clone()))),
         })
         .collect();
     h.offer(&numbered);
@@ -204,7 +204,7 @@ fn a_history_of_the_previous_format_is_read_and_extended() {
         .enumerate()
         .map(|(i, f)| Numbered {
             seq: i as u64 + 1,
-            entry: Arc::new(Entry::Flow(f.clone())),
+            entry: Arc::new(crate::ring::Entry::Flow(Box::new(f.clone()))),
         })
         .collect();
     h.offer(&numbered);
