@@ -273,9 +273,14 @@ pub fn finish_flow(flow: &mut Flow, cluster: &str) {
         .into_iter()
         .flatten()
     {
-        if ep.cluster_name.is_empty() && in_cluster(ep) {
-            ep.cluster_name = cluster.to_owned();
-        }
+        finish_endpoint(ep, cluster);
+    }
+}
+
+/// Puts the cluster's name on an endpoint of the cluster that has none (see [`finish_flow`]).
+pub fn finish_endpoint(ep: &mut Endpoint, cluster: &str) {
+    if ep.cluster_name.is_empty() && in_cluster(ep) {
+        ep.cluster_name = cluster.to_owned();
     }
 }
 

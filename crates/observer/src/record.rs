@@ -339,9 +339,66 @@ impl Recorded {
     /// The Hubble flow, as it was when the event happened, without its id and cluster names
     /// (what [`crate::convert::to_flow`] returns).
     pub fn build(&self) -> Flow {
+        let mut flow = self.build_parts(true);
+        flow.node_name.clone_from(&self.node.node_name);
+        flow
+    }
+
+    /// The flow's id.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.uuid
+    }
+
+    /// The flow as the history stores a row of it: [`flow`](Self::flow) without its id and
+    /// its endpoints (which the block keeps in columns and a dictionary: see
+    /// [`history_endpoint`](Self::history_endpoint)), and without the node name when it is
+    /// `block_node` (the block's, which it keeps once). Building only this saves the
+    /// endpoints' strings and labels at every flow.
+    pub fn history_row(&self, block_node: &str) -> Flow {
+        let mut flow = self.build_parts(false);
+        if self.node.node_name != block_node {
+            flow.node_name.clone_from(&self.node.node_name);
+        }
+        flow
+    }
+
+    fn side(&self, destination: bool) -> (&Side, u32) {
+        if destination {
+            (&self.destination, self.event.dst_identity)
+        } else {
+            (&self.source, self.event.src_identity)
+        }
+    }
+
+    /// What tells the source's (or the destination's) endpoint as [`flow`](Self::flow)
+    /// shows it from other records' without building it: the pod's shared entry (by address),
+    /// the identity and the node's names. Records with equal keys show equal endpoints while
+    /// they all live (the addresses are not reused). `None` for a side without a pod.
+    pub fn history_endpoint_key(&self, destination: bool) -> Option<(usize, u32, usize)> {
+        match self.side(destination) {
+            (Side::Endpoint(ep), identity) => Some((
+                Arc::as_ptr(ep) as usize,
+                identity,
+                Arc::as_ptr(&self.node) as usize,
+            )),
+            (Side::Identity(_), _) => None,
+        }
+    }
+
+    /// The source's (or the destination's) endpoint exactly as [`flow`](Self::flow) shows
+    /// it.
+    pub fn history_endpoint(&self, destination: bool) -> Endpoint {
+        let (side, identity) = self.side(destination);
+        let mut ep = Self::endpoint(side, identity);
+        crate::convert::finish_endpoint(&mut ep, &self.node.cluster);
+        ep
+    }
+
+    /// The flow but for its node name, its endpoints when `endpoints` is false, its id and
+    /// the cluster's names.
+    fn build_parts(&self, endpoints: bool) -> Flow {
         let ev = &self.event;
         let mut flow = self.numbers();
-        flow.node_name.clone_from(&self.node.node_name);
         flow.node_labels.clone_from(&self.node.labels);
         if ev.ifindex != 0 {
             flow.interface = Some(NetworkInterface {
@@ -357,8 +414,10 @@ impl Recorded {
                 ..Ip::default()
             });
         }
-        flow.source = Some(Self::endpoint(&self.source, ev.src_identity));
-        flow.destination = Some(Self::endpoint(&self.destination, ev.dst_identity));
+        if endpoints {
+            flow.source = Some(Self::endpoint(&self.source, ev.src_identity));
+            flow.destination = Some(Self::endpoint(&self.destination, ev.dst_identity));
+        }
         if let Some(rare) = &self.rare {
             let service = |s: &Option<ServiceRef>| {
                 s.as_ref().map(|s| Service {

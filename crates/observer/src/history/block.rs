@@ -9,11 +9,13 @@
 //! so a query skips blocks without decompressing them, and the per-flow endpoint columns let it
 //! skip flows without decoding them.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use prost::Message;
 
 use crate::proto::flow::{Endpoint, Flow};
+use crate::record::Recorded;
 
 /// zstd level: 1 is the fastest; higher levels gain a few percent of size for twice the CPU.
 const ZSTD_LEVEL: i32 = 1;
@@ -315,6 +317,29 @@ pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, 
     Encoder::default().encode(flows, run, node_name)
 }
 
+/// One flow to store: built, or a datapath event whose flow is built in parts as the block
+/// stores it (its endpoints once per block, not per flow). Both give the same block.
+#[derive(Clone, Copy, Debug)]
+pub enum Row<'a> {
+    /// A built flow.
+    Flow(&'a Flow),
+    /// A datapath event, its flow not built.
+    Event(&'a Recorded),
+}
+
+impl Row<'_> {
+    fn time_ns(&self) -> Option<i64> {
+        match self {
+            Row::Flow(f) => time_ns(f),
+            Row::Event(r) => r.time().map(|t| {
+                t.seconds
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(i64::from(t.nanos))
+            }),
+        }
+    }
+}
+
 /// What encoding keeps from block to block: the zstd context and the buffers (allocating
 /// them per block costs more than the encoding; the writer keeps one).
 pub struct Encoder {
@@ -359,7 +384,18 @@ impl Encoder {
         run: u64,
         node_name: &str,
     ) -> (BlockMeta, Vec<u8>) {
-        encode_with(self, flows, run, node_name)
+        let rows: Vec<(u64, Row<'_>)> = flows.iter().map(|(s, f)| (*s, Row::Flow(f))).collect();
+        encode_with(self, &rows, run, node_name)
+    }
+
+    /// Encodes rows, built flows or events: see [`encode`].
+    pub fn encode_rows(
+        &mut self,
+        rows: &[(u64, Row<'_>)],
+        run: u64,
+        node_name: &str,
+    ) -> (BlockMeta, Vec<u8>) {
+        encode_with(self, rows, run, node_name)
     }
 
     /// `raw` compressed. Compressing into memory cannot fail but for allocation; the raw
@@ -376,17 +412,19 @@ impl Encoder {
 
 /// A block's endpoint dictionary as it is built: endpoints are not `Hash` (prost types), so
 /// they are bucketed by a hash of the fields that tell them apart and compared whole within
-/// a bucket.
+/// a bucket. An event's endpoint is first looked up by its record's key (the shared pod
+/// entry), so it is built and hashed once per block, not once per flow.
 #[derive(Default)]
 struct Dictionary<'a> {
     buckets: std::collections::HashMap<u64, Vec<u32>>,
-    endpoints: Vec<&'a Endpoint>,
+    endpoints: Vec<Cow<'a, Endpoint>>,
+    by_key: std::collections::HashMap<(usize, u32, usize), u32>,
 }
 
 impl<'a> Dictionary<'a> {
-    fn index(&mut self, ep: Option<&'a Endpoint>) -> u32 {
+    fn index(&mut self, ep: Option<Cow<'a, Endpoint>>) -> u32 {
         let Some(ep) = ep else { return 0 };
-        let bucket = self.buckets.entry(endpoint_hash(ep)).or_default();
+        let bucket = self.buckets.entry(endpoint_hash(&ep)).or_default();
         if let Some(i) = bucket
             .iter()
             .find(|i| *self.endpoints[**i as usize - 1] == *ep)
@@ -398,17 +436,30 @@ impl<'a> Dictionary<'a> {
         bucket.push(i);
         i
     }
+
+    /// The index of an event's source (or destination) endpoint.
+    fn index_event(&mut self, r: &Recorded, destination: bool) -> u32 {
+        let key = r.history_endpoint_key(destination);
+        if let Some(i) = key.and_then(|k| self.by_key.get(&k)) {
+            return *i;
+        }
+        let i = self.index(Some(Cow::Owned(r.history_endpoint(destination))));
+        if let Some(k) = key {
+            self.by_key.insert(k, i);
+        }
+        i
+    }
 }
 
 fn encode_with(
     enc: &mut Encoder,
-    flows: &[(u64, &Flow)],
+    flows: &[(u64, Row<'_>)],
     run: u64,
     node_name: &str,
 ) -> (BlockMeta, Vec<u8>) {
     let n = flows.len();
     let mut dict = Dictionary::default();
-    let times: Vec<Option<i64>> = flows.iter().map(|(_, f)| time_ns(f)).collect();
+    let times: Vec<Option<i64>> = flows.iter().map(|(_, f)| f.time_ns()).collect();
     let min_time = times.iter().flatten().min().copied().unwrap_or(0);
     let max_time = times.iter().flatten().max().copied().unwrap_or(0);
     let first_seq = flows.iter().map(|(s, _)| *s).min().unwrap_or(0);
@@ -420,13 +471,30 @@ fn encode_with(
     enc.stripped.clear();
     enc.uuids.clear();
     let mut ends = Vec::with_capacity(n);
-    for (_, flow) in flows {
-        src.push(dict.index(flow.source.as_ref()));
-        dst.push(dict.index(flow.destination.as_ref()));
+    let mut row_flow = Flow::default();
+    for (_, row) in flows {
+        let (flow, uuid) = match row {
+            Row::Flow(flow) => {
+                src.push(dict.index(flow.source.as_ref().map(Cow::Borrowed)));
+                dst.push(dict.index(flow.destination.as_ref().map(Cow::Borrowed)));
+                (*flow, uuid_bytes(&flow.uuid))
+            }
+            Row::Event(r) => {
+                src.push(dict.index_event(r, false));
+                dst.push(dict.index_event(r, true));
+                // The flow without what the columns and the dictionary hold: the same
+                // encoding as the built flow's once those are cut.
+                row_flow = r.history_row(node_name);
+                let uuid = Some(*r.uuid().as_bytes()).filter(|b| *b != [0; 16]);
+                if uuid.is_none() {
+                    row_flow.uuid = r.uuid().to_string();
+                }
+                (&row_flow, uuid)
+            }
+        };
         // What the columns hold is left out of the flow's own encoding: the flow is encoded
         // whole and those top-level fields are cut from the bytes, cheaper than copying the
         // flow without them (its endpoints' strings and labels).
-        let uuid = uuid_bytes(&flow.uuid);
         enc.uuids.extend_from_slice(&uuid.unwrap_or([0; 16]));
         let same_node = flow.node_name == node_name;
         enc.whole.clear();

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::filter::FlowFilters;
 use crate::proto::flow::Flow;
-use crate::ring::Numbered;
+use crate::ring::{Entry, Numbered};
 use block::{BlockMeta, Decoded};
 pub use prefilter::PodPrefilter;
 use segment::BlockRef;
@@ -500,13 +500,20 @@ impl Shared {
         next_n: &mut u32,
     ) -> std::io::Result<()> {
         use std::io::Write;
-        // Events' flows are built here, on the history's writer thread.
-        let built: Vec<(u64, std::borrow::Cow<'_, Flow>)> = batch
+        // Events' flows are built here, on the history's writer thread, in the parts a block
+        // stores (each distinct endpoint once per block).
+        let rows: Vec<(u64, block::Row<'_>)> = batch
             .iter()
-            .filter_map(|n| n.entry.flow().map(|f| (n.seq, f)))
+            .filter_map(|n| {
+                let row = match n.entry.as_ref() {
+                    Entry::Flow(f) => block::Row::Flow(f),
+                    Entry::Event(r) => block::Row::Event(r),
+                    Entry::Lost(..) => return None,
+                };
+                Some((n.seq, row))
+            })
             .collect();
-        let flows: Vec<(u64, &Flow)> = built.iter().map(|(seq, f)| (*seq, f.as_ref())).collect();
-        let (meta, body) = encoder.encode(&flows, self.run, &self.node_name);
+        let (meta, body) = encoder.encode_rows(&rows, self.run, &self.node_name);
         let frame = segment::frame(&meta, &body);
         let rotate = active.as_ref().is_none_or(|a| {
             a.size >= self.config.segment_bytes()

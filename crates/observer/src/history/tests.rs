@@ -433,3 +433,80 @@ mod props {
         }
     }
 }
+
+/// Datapath events as the ring keeps them: pods on both sides, a side without a pod (its
+/// identity's labels), a drop, no time, a pod's entry replaced by an equal one mid-block, and
+/// a record made under other node names.
+fn records() -> Vec<crate::record::Recorded> {
+    use crate::convert::record_of;
+    use crate::convert::tests::{store, trace_event};
+    use crate::record::{FlowIds, NodeNames, Recorded};
+    use ciliate_model::monitor::{EventKind, MonitorEvent};
+    let names = |node: &str| {
+        Arc::new(NodeNames {
+            node_name: node.into(),
+            cluster: "default".into(),
+            labels: vec!["zone=a".into()],
+        })
+    };
+    let (here, elsewhere) = (names("default/node-1"), names("default/node-2"));
+    let ids = FlowIds::default();
+    let (first, second) = (store(), store());
+    let syn = trace_event();
+    let reply = MonitorEvent {
+        ct_state: "reply".into(),
+        src: syn.dst,
+        dst: syn.src,
+        ..syn.clone()
+    };
+    let drop = MonitorEvent {
+        kind: EventKind::Drop,
+        code: 133,
+        ..syn.clone()
+    };
+    let world = MonitorEvent {
+        src: Some("192.0.2.9".parse().expect("ip")),
+        src_identity: 2,
+        ..syn.clone()
+    };
+    let mut out = Vec::new();
+    for i in 0..300u64 {
+        let ev = [&syn, &reply, &drop, &world][(i % 4) as usize];
+        let mut rec = record_of(ev);
+        rec.time = (i != 7).then(|| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_796_000_000_000_000 + i)
+        });
+        let store = if i < 150 { &first } else { &second };
+        let node = if i == 11 { &elsewhere } else { &here };
+        out.push(Recorded::capture(rec, store, node, &ids));
+    }
+    out
+}
+
+#[test]
+fn rows_written_from_records_are_those_written_from_their_built_flows() {
+    let records = records();
+    let built: Vec<Flow> = records.iter().map(|r| r.flow()).collect();
+    let from_flows: Vec<(u64, &Flow)> = built
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i as u64 + 1, f))
+        .collect();
+    let from_records: Vec<(u64, block::Row<'_>)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as u64 + 1, block::Row::Event(r)))
+        .collect();
+    let (meta, body) = block::encode(&from_flows, 3, "default/node-1");
+    let (meta_r, body_r) =
+        block::Encoder::default().encode_rows(&from_records, 3, "default/node-1");
+    assert_eq!(meta_r, meta);
+    assert_eq!(body_r, body, "the same block, byte for byte");
+    let d = block::decode(block::FORMAT, &meta_r, body_r).expect("decodes");
+    // client and web-1 each under both identities (a reply keeps the request's), the world:
+    // once each, though the second half's pods are other (equal) entries.
+    assert_eq!(d.endpoint_names().len(), 5);
+    for (i, f) in built.iter().enumerate() {
+        assert_eq!(&d.flow(i).expect("flow"), f, "flow {i}");
+    }
+}
