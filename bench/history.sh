@@ -3,10 +3,13 @@
 # on disk, the time to open it again (reading every block back), and a query with a pod filter
 # (`--to-pod`, about 1 flow in 120) over all of it.
 #
-#   bench/history.sh [--flows N] [--rounds R] [--old-bin FILE] [--quick] [--no-build]
+#   bench/history.sh [--flows N] [--rounds R] [--records] [--old-bin FILE] [--quick] [--no-build]
 #
 #   --flows N   flows per round (default 10,000,000)
 #   --rounds R  rounds (default 3); medians and [min-max] are printed
+#   --records   hand the history datapath events as the agent's ring keeps them (records whose
+#               flows the writer builds) instead of flows built beforehand (an --old-bin must
+#               know the flag too)
 #   --old-bin FILE  another build of history_bench (e.g. of an older commit), run round by
 #               round interleaved with this one and reported beside it
 #   --quick     checks that it works and cleans up: 50,000 flows, one round, the debug build of
@@ -30,12 +33,14 @@ ROUNDS=3
 BUILD=1
 QUICK=0
 OLD_BIN=
-usage() { echo "usage: $0 [--flows N] [--rounds R] [--old-bin FILE] [--quick] [--no-build]" >&2; exit 2; }
+RECORDS=
+usage() { echo "usage: $0 [--flows N] [--rounds R] [--records] [--old-bin FILE] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --flows) [ $# -ge 2 ] || usage; FLOWS=$2; shift 2 ;;
     --rounds) [ $# -ge 2 ] || usage; ROUNDS=$2; shift 2 ;;
     --old-bin) [ $# -ge 2 ] || usage; OLD_BIN=$2; shift 2 ;;
+    --records) RECORDS=--records; shift ;;
     --quick) QUICK=1; FLOWS=50000; ROUNDS=1; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
     *) usage ;;
@@ -66,7 +71,7 @@ for r in $(seq 1 "$ROUNDS"); do
     bin=$BENCH
     [ "$build" = old ] && bin=$OLD_BIN
     dir=$WORK/round-$r-$build
-    pin_client "$bin" --dir "$dir" --flows "$FLOWS" | while read -r metric value; do
+    pin_client "$bin" --dir "$dir" --flows "$FLOWS" $RECORDS | while read -r metric value; do
       echo "$metric $build $value" >>"$RESULTS"
     done
     # The query again, unpinned: with two CPUs it reads blocks on two threads (builds that

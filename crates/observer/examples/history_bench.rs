@@ -7,9 +7,11 @@
 //! flows by the observer's own converter (`convert::to_flow`) with a random UUID each, 10 µs
 //! apart. They are generated in chunks before the clock starts; what is timed is handing them
 //! to the history and its writer thread encoding, compressing and appending them (run it
-//! pinned to one CPU: `taskset -c 0`).
+//! pinned to one CPU: `taskset -c 0`). With `--records` the entries are what the agent's ring
+//! holds: the events as records ([`Recorded`], named from the same store), whose flows the
+//! writer builds.
 //!
-//!   history_bench --dir DIR [--flows N] [--query-pod NS/POD]
+//!   history_bench --dir DIR [--flows N] [--records] [--query-pod NS/POD]
 //!   history_bench --dir DIR --query-only [--query-pod NS/POD]
 //!
 //! `--query-only` opens a history written before and runs the query alone (bench/history.sh
@@ -24,6 +26,7 @@ use ciliate_model::MacAddr;
 use ciliate_observer::filter::FlowFilters;
 use ciliate_observer::history::{FlowHistory, HistoryConfig, PodPrefilter, Scan};
 use ciliate_observer::proto::flow::{Flow, FlowFilter};
+use ciliate_observer::record::{FlowIds, NodeNames, Recorded};
 use ciliate_observer::ring::{Entry, Numbered};
 use ciliate_observer::store::{EndpointInfo, ServiceRef, Snapshot};
 
@@ -172,12 +175,34 @@ fn uuid(rng: &mut Rng) -> String {
     )
 }
 
-fn chunk(rng: &mut Rng, store: &Snapshot, from_seq: u64, n: u64, t0_ns: i64) -> Vec<Numbered> {
+/// Where `--records` entries come from: the node's names and the flow ids, as an observer's.
+struct Records {
+    node: Arc<NodeNames>,
+    ids: FlowIds,
+}
+
+fn chunk(
+    rng: &mut Rng,
+    store: &Snapshot,
+    records: Option<&Records>,
+    from_seq: u64,
+    n: u64,
+    t0_ns: i64,
+) -> Vec<Numbered> {
     (0..n)
         .map(|i| {
             let seq = from_seq + i;
-            let mut f: Flow = ciliate_observer::convert::to_flow(&event(rng), store, "node-1");
             let t = t0_ns + seq as i64 * 10_000;
+            if let Some(r) = records {
+                let mut rec = ciliate_observer::convert::record_of(&event(rng));
+                rec.time = Some(std::time::UNIX_EPOCH + Duration::from_nanos(t as u64));
+                let recorded = Recorded::capture(rec, store, &r.node, &r.ids);
+                return Numbered {
+                    seq,
+                    entry: Arc::new(Entry::Event(recorded)),
+                };
+            }
+            let mut f: Flow = ciliate_observer::convert::to_flow(&event(rng), store, "node-1");
             f.time = Some(pbjson_types::Timestamp {
                 seconds: t / 1_000_000_000,
                 nanos: (t % 1_000_000_000) as i32,
@@ -228,15 +253,26 @@ fn main() {
     let mut flows: u64 = 1 << 20;
     let mut pod = "team-3/server-15".to_owned();
     let mut query_only = false;
+    let mut records = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dir" => dir = args.next(),
             "--flows" => flows = args.next().and_then(|s| s.parse().ok()).unwrap_or(flows),
             "--query-pod" => pod = args.next().unwrap_or(pod),
             "--query-only" => query_only = true,
+            "--records" => {
+                records = Some(Records {
+                    node: Arc::new(NodeNames {
+                        node_name: "node-1".into(),
+                        cluster: "default".into(),
+                        labels: Vec::new(),
+                    }),
+                    ids: FlowIds::default(),
+                });
+            }
             _ => {
                 eprintln!(
-                    "usage: history_bench --dir DIR [--flows N | --query-only] [--query-pod NS/POD]"
+                    "usage: history_bench --dir DIR [--flows N [--records] | --query-only] [--query-pod NS/POD]"
                 );
                 std::process::exit(2);
             }
@@ -272,7 +308,7 @@ fn main() {
     let mut seq = 1;
     while seq <= flows {
         let n = CHUNK.min(flows - seq + 1);
-        let batch = chunk(&mut rng, &store, seq, n, t0_ns);
+        let batch = chunk(&mut rng, &store, records.as_ref(), seq, n, t0_ns);
         let target = history.written() + n;
         let start = Instant::now();
         for part in batch.chunks(256) {

@@ -471,8 +471,8 @@ fn encode_with(
     enc.stripped.clear();
     enc.uuids.clear();
     let mut ends = Vec::with_capacity(n);
-    let mut row_flow = Flow::default();
     for (_, row) in flows {
+        let mut row_flow;
         let (flow, uuid) = match row {
             Row::Flow(flow) => {
                 src.push(dict.index(flow.source.as_ref().map(Cow::Borrowed)));
