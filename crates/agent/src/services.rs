@@ -728,7 +728,6 @@ impl ServiceManager {
         let mut errors = Vec::new();
         let mut results = Vec::with_capacity(decoded.len());
         let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
-        let mut by_doc: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
         for (key, row) in stored(decoded) {
             if let Some(e) = Self::owned_elsewhere(&t, &key, (&row.source, row.index), "change") {
                 errors.push(e);
@@ -746,7 +745,6 @@ impl ServiceManager {
                 index: row.index,
             });
             if action != ApplyAction::Unchanged {
-                by_doc.insert(key.clone(), (row.source.to_string(), row.index));
                 rows.push((key, row));
             }
         }
@@ -758,15 +756,27 @@ impl ServiceManager {
             .iter()
             .map(|(_, r)| Change::Upsert(Arc::clone(&r.object)))
             .collect();
-        let blame = |name: &str| -> Option<&(String, usize)> {
-            let (ns, n) = name.split_once('/')?;
-            by_doc.get(&ObjectKey {
-                kind: Kind::Service,
-                namespace: ns.to_owned(),
-                name: n.to_owned(),
-            })
+        let conflicts = t.balancer.conflicts_of(&preview);
+        // Which document each changed object came from, for the conflicts' messages (rare:
+        // not built for a batch without any).
+        let by_doc: HashMap<&ObjectKey, (&str, usize)> = if conflicts.is_empty() {
+            HashMap::new()
+        } else {
+            rows.iter()
+                .map(|(k, r)| (k, (&*r.source, r.index)))
+                .collect()
         };
-        for c in t.balancer.conflicts_of(&preview) {
+        let blame = |name: &str| -> Option<(&str, usize)> {
+            let (ns, n) = name.split_once('/')?;
+            by_doc
+                .get(&ObjectKey {
+                    kind: Kind::Service,
+                    namespace: ns.to_owned(),
+                    name: n.to_owned(),
+                })
+                .copied()
+        };
+        for c in conflicts {
             let (blamed, other) = if blame(&c.loser).is_some() {
                 (&c.loser, &c.holder)
             } else {
@@ -778,7 +788,7 @@ impl ServiceManager {
                     &format!("Service {blamed}"),
                     other,
                     source,
-                    *index,
+                    index,
                 ));
             }
         }
