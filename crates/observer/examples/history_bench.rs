@@ -75,7 +75,8 @@ fn store() -> Snapshot {
                 namespace: ns,
                 pod_name: format!("{app}-7d9f8c6b5-{:05x}", i * 7919 % 0xfffff),
                 labels,
-            },
+            }
+            .into(),
         );
     }
     for i in 0..SERVERS / 3 {
@@ -182,7 +183,7 @@ fn chunk(rng: &mut Rng, store: &Snapshot, from_seq: u64, n: u64, t0_ns: i64) -> 
             }
             Numbered {
                 seq,
-                entry: Arc::new(Entry::Flow(f)),
+                entry: Arc::new(Entry::Flow(Box::new(f))),
             }
         })
         .collect()

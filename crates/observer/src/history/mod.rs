@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::filter::FlowFilters;
 use crate::proto::flow::Flow;
-use crate::ring::{Entry, Numbered};
+use crate::ring::Numbered;
 use block::{BlockMeta, Decoded};
 pub use prefilter::PodPrefilter;
 use segment::BlockRef;
@@ -233,7 +233,7 @@ impl FlowHistory {
         }
         let was = q.flows.len();
         for n in entries {
-            if !matches!(*n.entry, Entry::Flow(_)) {
+            if !n.entry.is_flow() {
                 continue;
             }
             c.offered.fetch_add(1, Ordering::Relaxed);
@@ -482,13 +482,12 @@ impl Shared {
         next_n: &mut u32,
     ) -> std::io::Result<()> {
         use std::io::Write;
-        let flows: Vec<(u64, &Flow)> = batch
+        // Events' flows are built here, on the history's writer thread.
+        let built: Vec<(u64, std::borrow::Cow<'_, Flow>)> = batch
             .iter()
-            .filter_map(|n| match &*n.entry {
-                Entry::Flow(f) => Some((n.seq, f)),
-                Entry::Lost(..) => None,
-            })
+            .filter_map(|n| n.entry.flow().map(|f| (n.seq, f)))
             .collect();
+        let flows: Vec<(u64, &Flow)> = built.iter().map(|(seq, f)| (*seq, f.as_ref())).collect();
         let (meta, body) = encoder.encode(&flows, self.run, &self.node_name);
         let frame = segment::frame(&meta, &body);
         let rotate = active.as_ref().is_none_or(|a| {
@@ -670,16 +669,16 @@ impl Snapshot {
         match unit {
             Unit::Memory => {
                 for n in &self.memory {
-                    let Entry::Flow(flow) = &*n.entry else {
+                    let Some(flow) = n.entry.flow() else {
                         continue;
                     };
                     if self.excluded(scan, self.run, n.seq, false)
-                        || !scan.time_ok(block::time_ns(flow))
-                        || !scan.filters.matches(flow)
+                        || !scan.time_ok(block::time_ns(&flow))
+                        || !scan.filters.matches(&flow)
                     {
                         continue;
                     }
-                    if !f(flow.clone()) {
+                    if !f(flow.into_owned()) {
                         return false;
                     }
                 }

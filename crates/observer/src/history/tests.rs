@@ -130,7 +130,7 @@ fn numbered(from: u64, n: u64, pod: &str) -> Vec<Numbered> {
     (from..from + n)
         .map(|seq| Numbered {
             seq,
-            entry: Arc::new(Entry::Flow(flow(seq, "client", pod))),
+            entry: Arc::new(crate::ring::Entry::Flow(Box::new(flow(seq, "client", pod)))),
         })
         .collect()
 }
