@@ -526,8 +526,7 @@ async fn apply_manifests(
 ) -> Result<Response, ApiFailure> {
     let large = req.documents.len() >= heap::LARGE_BATCH;
     let result =
-        blocking(move || manifests::apply_raw(&s.services, &s.policies, &s.manager, &req))
-            .await;
+        blocking(move || manifests::apply_raw(&s.services, &s.policies, &s.manager, &req)).await;
     let response = result?.map(|r| Json(r).into_response());
     if large {
         // The request and its answer are freed now: give their room back.

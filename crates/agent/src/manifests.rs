@@ -129,9 +129,7 @@ pub fn apply_raw(
             return finish(services, policies, endpoints, result, None);
         }
     }
-    let req = req
-        .to_request()
-        .map_err(|e| ApplyError::Invalid(vec![e]))?;
+    let req = req.to_request().map_err(|e| ApplyError::Invalid(vec![e]))?;
     apply(services, policies, endpoints, &req)
 }
 
