@@ -77,6 +77,22 @@ start_agent() {
   "$BIN/ciliate" --socket "$state/agent.sock" status --wait --wait-duration 20s >/dev/null
 }
 
+# Process $1's RSS in MB by kind of mapping: its executable (code and read-only data, pages of
+# the file: shared and evictable, but counted), BPF maps mapped into it (the event ring, its data
+# pages mapped twice), anonymous memory (heap, malloc arenas, stacks) and shared libraries.
+rss_parts() {
+  local exe
+  exe=$(readlink "/proc/$1/exe")
+  awk -v exe="$exe" '
+    /^[0-9a-f]+-[0-9a-f]+ / { name = ""; for (i = 6; i <= NF; i++) name = name (i > 6 ? " " : "") $i; next }
+    /^Rss:/ {
+      if (name == exe) b += $2; else if (name ~ /^anon_inode:bpf/) r += $2
+      else if (name ~ /^\//) l += $2; else a += $2
+    }
+    END { printf "binary %.1f, BPF ring %.1f, heap and stacks %.1f, libraries %.1f MB\n", b / 1024, r / 1024, a / 1024, l / 1024 }
+  ' "/proc/$1/smaps"
+}
+
 # The statistics of a results file of lines `metric path value`: per metric and path the
 # median and min-max over the rounds, and per metric the ratio of the medians (ours / peer).
 # Arguments: file, our path's name, the peer's name, then `metric:label` pairs in order.

@@ -13,6 +13,8 @@
 #               already built (in $CILIATE_BIN_DIR, default target/release)
 #   --no-build  do not run `cargo build --release` first
 #
+# CILIATE_AGENT_ARGS adds agent flags (e.g. `--flow-history-size 0`).
+#
 # The client is pinned to CPU 0 and the server to the last CPU (see bench/lib.sh). Needs root.
 # Everything it makes is named cb<pid>-*, recorded, and removed on exit, also on Ctrl-C.
 set -euo pipefail
@@ -72,8 +74,13 @@ ip -n "$CN-node" link set lo up
 ip -n "$CN-node" addr add 192.0.2.1/32 dev lo
 SOCK=$STATE/agent/agent.sock
 mkdir -p "$STATE/agent"
-start_agent "$CN-node" "$NODE" "$STATE/agent" --pod-cidr 10.251.0.0/22
+# The flow metrics (inside the node namespace) count every flow and every lost event.
+# CILIATE_AGENT_ARGS: more agent flags, e.g. `--flow-history-size 0` (the history's share).
+# shellcheck disable=SC2086
+start_agent "$CN-node" "$NODE" "$STATE/agent" --pod-cidr 10.251.0.0/22 \
+  --hubble-metrics-address 127.0.0.1:9965 ${CILIATE_AGENT_ARGS:-}
 RSS_START=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
+PARTS_START=$(rss_parts "$AGENT_PID")
 cni_add() { # ns container-id pod
   CNI_COMMAND=ADD CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
   CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" CNI_PATH=/opt/cni/bin \
@@ -109,6 +116,18 @@ record() { # path mode json
 }
 
 : >"$RESULTS"
+# Flows the observer took in and events lost, from the agent's Hubble metrics.
+flow_counts() {
+  in_ns "$CN-node" python3 - <<'PY'
+import re, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9965/metrics", timeout=5).read().decode()
+def total(name):
+    return sum(float(v) for v in re.findall(r"^" + name + r"(?:\{[^}]*\})? (\S+)$", text, re.M))
+print(int(total("hubble_flows_processed_total")), int(total("hubble_lost_events_total")))
+PY
+}
+CONNS=0
+read -r FLOWS0 LOST0 <<<"$(flow_counts)"
 for round in $(seq "$RUNS"); do
   for mode in rr crr; do
     echo "round $round of $RUNS: $mode plain, then ciliate..." >&2
@@ -119,6 +138,7 @@ for round in $(seq "$RUNS"); do
     record ciliate "$mode" "$out"
     if [ "$mode" = crr ]; then
       echo "agent-cpu ciliate $(python3 -c "print(($cpu1 - $cpu0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"
+      CONNS=$((CONNS + $(field "$out" transactions)))
     fi
   done
 done
@@ -127,6 +147,11 @@ summarize "$RESULTS" ciliate plain \
   "rr:requests/s (keep-alive)" "rr-p50:  p50 us" "rr-p99:  p99 us" \
   "crr:connections/s (CRR)" "crr-p50:  p50 us" "crr-p99:  p99 us" \
   "agent-cpu:agent CPU us per connection"
+# Every connection's events must become flows: none lost (the datapath's ring, the intake).
+sleep 0.5
+read -r FLOWS1 LOST1 <<<"$(flow_counts)"
+printf '\nFlows: %s over %s CRR connections through ciliate (%.1f per connection; keep-alive rounds add a few); events lost: %s (goal 0)\n' \
+  "$((FLOWS1 - FLOWS0))" "$CONNS" "$(python3 -c "print(($FLOWS1 - $FLOWS0) / max(1, $CONNS))")" "$((LOST1 - LOST0))"
 
 # ---- agent memory with $PODS endpoints ----
 for n in $(seq 3 "$PODS"); do
@@ -135,5 +160,7 @@ for n in $(seq 3 "$PODS"); do
 done
 rss=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
 eps=$("$BIN/ciliate" --socket "$SOCK" endpoint list -o 'jsonpath={.items[*].id}' | wc -w)
-printf '\nAgent RSS: %.1f MB at start, %.1f MB with %s endpoints (goal <= 30 MB)\n' \
+printf '\nAgent RSS: %.1f MB at start, %.1f MB with %s endpoints after the rounds above (goal < 20 MB)\n' \
   "$(python3 -c "print($RSS_START/1024)")" "$(python3 -c "print($rss/1024)")" "$eps"
+echo "  at start: $PARTS_START"
+echo "  with $eps endpoints: $(rss_parts "$AGENT_PID")"

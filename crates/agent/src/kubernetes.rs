@@ -6,7 +6,8 @@
 //!   once all three kinds have been listed.
 //! * NetworkPolicies and Cilium's policy CRDs go to the policy store as a layer of their own
 //!   ([`PolicyManager::set_kubernetes`]), then the policy loop is woken to put them in force.
-//! * The node's own Node object gives the pod CIDR at start ([`KubeSource::node_pod_cidr`]).
+//! * The node's own Node object gives the pod CIDR at start ([`KubeSource::node_pod_cidr`])
+//!   and the node's labels, which flows carry ([`KubeSource::node_labels`]).
 //! * Pods (only this node's) fill the pod cache ([`PodCache`]), from which new endpoints of
 //!   pods take their labels and named ports; a pod whose labels or named ports change is
 //!   relabelled ([`EndpointManager::relabel_pod`]): new identity and policy, no restart. A
@@ -25,7 +26,7 @@ use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::manifest::{decode_all, ApplyDocument};
 use ciliate_model::PodRef;
 use ipnet::Ipv4Net;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::config::KubernetesConfig;
@@ -40,6 +41,39 @@ use crate::services::{ServiceManager, SourceEvent, KUBERNETES_SOURCE};
 pub struct KubeSource {
     source: ciliate_k8s::Source,
     read_ahead: VecDeque<KubeEvent>,
+    node: NodeLabels,
+}
+
+/// This node's labels as its Node object has them, `key=value` (Hubble's form).
+#[derive(Debug)]
+struct NodeLabels {
+    name: String,
+    labels: watch::Sender<Vec<String>>,
+}
+
+impl NodeLabels {
+    /// Takes the labels of this node's Node from `ev`, if it is that.
+    fn note(&self, ev: &KubeEvent) {
+        let (KubeEvent::InitApply(d) | KubeEvent::Apply(d)) = ev else {
+            return;
+        };
+        if d.kind != ResourceKind::Node || d.name() != self.name {
+            return;
+        }
+        let Ok(node) = NodeInfo::from_document(d) else {
+            return;
+        };
+        let labels: Vec<String> = node
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.labels.send_if_modified(|old| {
+            let changed = *old != labels;
+            *old = labels;
+            changed
+        });
+    }
 }
 
 /// Why the Kubernetes source could not start.
@@ -70,7 +104,17 @@ impl KubeSource {
         Self {
             source,
             read_ahead: VecDeque::new(),
+            node: NodeLabels {
+                name: node_name.to_owned(),
+                labels: watch::Sender::new(Vec::new()),
+            },
         }
+    }
+
+    /// The node's labels (`key=value`, sorted), following its Node object; empty until the
+    /// Node is listed, and when it has none.
+    pub fn node_labels(&self) -> watch::Receiver<Vec<String>> {
+        self.node.labels.subscribe()
     }
 
     /// The node's pod CIDR from its Node object (the first IPv4 one of `spec.podCIDRs`), once
@@ -94,6 +138,7 @@ impl KubeSource {
                 }
             };
             let done = matches!(ev, KubeEvent::InitDone(ResourceKind::Node));
+            self.node.note(&ev);
             if let KubeEvent::InitApply(d) | KubeEvent::Apply(d) = &ev {
                 if d.kind == ResourceKind::Node && d.name() == node_name {
                     found = NodeInfo::from_document(d)
@@ -123,6 +168,7 @@ impl KubeSource {
         let KubeSource {
             mut source,
             read_ahead,
+            node,
         } = self;
         let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -151,7 +197,10 @@ impl KubeSource {
                     }
                 };
                 match next {
-                    Some(ev) => state.handle(ev),
+                    Some(ev) => {
+                        node.note(&ev);
+                        state.handle(ev);
+                    }
                     None => break,
                 }
             }

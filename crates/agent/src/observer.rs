@@ -21,6 +21,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+mod device_names;
+
+use self::device_names::DeviceNames;
 use crate::endpoints::EndpointManager;
 use crate::policy::{FlowNames, PolicyManager};
 use crate::services::ServiceManager;
@@ -335,7 +338,8 @@ pub fn cluster_snapshot(cluster: &ClusterNames) -> Snapshot {
                 namespace: e.namespace.clone(),
                 pod_name: e.pod_name.clone(),
                 labels: s.identities.get(&e.identity).cloned().unwrap_or_default(),
-            },
+            }
+            .into(),
         );
     }
     s
@@ -358,10 +362,12 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
                 namespace,
                 pod_name,
                 labels: ep.labels.iter().map(|l| l.to_string()).collect(),
-            },
+            }
+            .into(),
         );
         if ep.host_ifindex != 0 {
-            s.interfaces.insert(ep.host_ifindex, ep.host_ifname.clone());
+            s.interfaces
+                .insert(ep.host_ifindex, ep.host_ifname.as_str().into());
         }
     }
     for id in manager.identities() {
@@ -409,6 +415,8 @@ pub struct AgentNames {
     local: SwappableStore,
     cluster: SwappableStore,
     policy: SwappableStore,
+    node: SwappableStore,
+    devices: DeviceNames,
     services: Arc<ServiceManager>,
 }
 
@@ -419,13 +427,15 @@ impl AgentNames {
             local: SwappableStore::default(),
             cluster: SwappableStore::default(),
             policy: SwappableStore::default(),
+            node: SwappableStore::default(),
+            devices: DeviceNames::default(),
             services,
         }
     }
 }
 
 impl ciliate_observer::Store for AgentNames {
-    fn endpoint_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<EndpointInfo> {
+    fn endpoint_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<Arc<EndpointInfo>> {
         self.local
             .endpoint_by_ip(ip)
             .or_else(|| self.cluster.endpoint_by_ip(ip))
@@ -442,8 +452,14 @@ impl ciliate_observer::Store for AgentNames {
         self.policy.policy_by_rule(rule)
     }
 
-    fn interface_name(&self, ifindex: u32) -> Option<String> {
-        self.local.interface_name(ifindex)
+    fn interface_name(&self, ifindex: u32) -> Option<Arc<str>> {
+        self.local
+            .interface_name(ifindex)
+            .or_else(|| self.devices.name(ifindex))
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.node.node_labels()
     }
 
     fn service_by_frontend(
@@ -485,6 +501,8 @@ pub struct Sources {
     pub extra_metrics: Option<ExtraMetrics>,
     /// Where every flow is kept on disk too, if anywhere.
     pub history: Option<FlowHistory>,
+    /// This node's labels (`key=value`), when something knows them (its Node object).
+    pub node_labels: Option<watch::Receiver<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -497,15 +515,24 @@ impl std::fmt::Debug for Sources {
 }
 
 /// Feeds the datapath's events to `observer` through a queue large enough for bursts (see
-/// [`ciliate_observer::intake`]); its threads end when the datapath's event channel closes.
+/// [`ciliate_observer::intake`]): handed over by the datapath's event reader directly, as
+/// numbers, when it takes a sink; else read from its event channel (whose closing ends the
+/// threads).
 pub fn spawn_intake(
     observer: Arc<Observer>,
     datapath: &dyn Datapath,
 ) -> std::io::Result<Arc<ciliate_observer::intake::Intake>> {
-    ciliate_observer::intake::spawn(
+    use ciliate_observer::intake;
+    let intake = intake::spawn_worker(Arc::clone(&observer), intake::DEFAULT_INTAKE_CAPACITY)?;
+    let sink = Arc::clone(&intake);
+    if datapath.set_event_sink(Arc::new(move |batch| sink.push_all(batch))) {
+        return Ok(intake);
+    }
+    intake.close();
+    intake::spawn(
         observer,
         datapath.subscribe_events(),
-        ciliate_observer::intake::DEFAULT_INTAKE_CAPACITY,
+        intake::DEFAULT_INTAKE_CAPACITY,
     )
 }
 
@@ -578,6 +605,7 @@ pub fn start(
         policies,
         extra_metrics,
         history,
+        node_labels,
     } = sources;
     let datapath = &datapath;
     let names = Arc::new(AgentNames::new(services));
@@ -616,6 +644,24 @@ pub fn start(
             }
         }));
     }
+    if let Some(mut labels) = node_labels {
+        // The node's labels, as its Node object changes (a notification).
+        let names = Arc::clone(&names);
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let now = labels.borrow_and_update().clone();
+                names.node.replace(Snapshot {
+                    node_labels: now,
+                    ..Snapshot::default()
+                });
+                tokio::select! {
+                    changed = labels.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
     {
         // This node's names, rebuilt when the endpoint table changes (a notification).
         let names = Arc::clone(&names);
@@ -624,6 +670,7 @@ pub fn start(
         tasks.push(tokio::spawn(async move {
             loop {
                 names.local.replace(local_snapshot(&manager));
+                names.devices.forget();
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = stop.wait_for(|s| *s) => return,
@@ -803,6 +850,9 @@ mod tests {
         );
         assert_eq!(s.service_by_rev_nat(index), web);
         assert_eq!(s.service_by_rev_nat(index.wrapping_add(1)), None);
+        // Devices that are no pod's veth (here the loopback, index 1 in every namespace)
+        // are named from the kernel.
+        assert_eq!(s.interface_name(1).as_deref(), Some("lo"));
     }
 
     #[test]

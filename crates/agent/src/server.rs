@@ -503,6 +503,9 @@ async fn run_inner(
         },
         None => None,
     };
+    let node_labels = kube
+        .as_ref()
+        .map(crate::kubernetes::KubeSource::node_labels);
     let kube_task = kube.take().map(|k| {
         k.run(
             Arc::clone(&services),
@@ -598,6 +601,7 @@ async fn run_inner(
             policies: Some(Arc::clone(&state.policies)),
             extra_metrics: Some(agent_metrics),
             history: flow_history.clone(),
+            node_labels,
         },
         shutdown.clone(),
     );

@@ -1377,7 +1377,7 @@ fn recorded(
     };
     ciliate_observer::ring::Numbered {
         seq,
-        entry: Arc::new(ciliate_observer::ring::Entry::Flow(flow)),
+        entry: Arc::new(ciliate_observer::ring::Entry::Flow(Box::new(flow))),
     }
 }
 

@@ -114,7 +114,9 @@ fn api_server(client_labels: Value) -> ApiServer {
             "Node",
             "10",
             vec![json!({
-                "metadata": {"name": NODE, "resourceVersion": "9"},
+                "metadata": {"name": NODE, "resourceVersion": "9",
+                             "labels": {"topology.kubernetes.io/zone": "zone-b",
+                                        "kubernetes.io/os": "linux"}},
                 "spec": {"podCIDR": "10.77.3.0/24", "podCIDRs": ["10.77.3.0/24"]},
                 "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]}
             })],
@@ -222,6 +224,58 @@ fn config(dir: &Path) -> Config {
     .expect("config");
     cfg.kubernetes = Some(KubernetesConfig { kubeconfig: None });
     cfg
+}
+
+/// A flow of an event the datapath reports now, read over the agent's `hubble.sock`
+/// (beside its API socket) through a `node_labels` filter of `selector`.
+async fn flow_on_node_labels(
+    dp: &FakeDatapath,
+    socket: &Path,
+    selector: &str,
+) -> ciliate_observer::proto::flow::Flow {
+    use ciliate_model::monitor::MonitorEvent;
+    use ciliate_observer::proto::flow::FlowFilter;
+    use ciliate_observer::proto::observer::{get_flows_response, GetFlowsRequest};
+    let hubble = socket.with_file_name("hubble.sock");
+    let target = ciliate_observer::client::Target::Unix(hubble);
+    let mut client = ciliate_observer::client::connect(&target, PATIENCE)
+        .await
+        .expect("hubble.sock");
+    // A policy drop, as the datapath's event JSON has it.
+    let event: MonitorEvent = serde_json::from_value(json!({
+        "kind": "drop", "time": "2024-01-01T00:00:00Z", "code": 133,
+        "reason": "Policy denied", "endpoint": 1, "ifindex": 3, "srcIdentity": 2,
+        "dstIdentity": 256, "ctState": "", "len": 60, "ethertype": 2048
+    }))
+    .expect("a monitor event");
+    dp.emit(event);
+    // The newest flow the filter selects, asked until the event has become one.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let request = GetFlowsRequest {
+            number: 1,
+            whitelist: vec![FlowFilter {
+                node_labels: vec![selector.to_owned()],
+                ..FlowFilter::default()
+            }],
+            ..GetFlowsRequest::default()
+        };
+        let mut flows = client
+            .get_flows(request)
+            .await
+            .expect("GetFlows")
+            .into_inner();
+        while let Some(msg) = flows.message().await.expect("stream") {
+            if let Some(get_flows_response::ResponseTypes::Flow(f)) = msg.response_types {
+                return f;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no flow with node labels {selector}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (bounded) until `check` gives something.
@@ -495,6 +549,16 @@ async fn kubernetes_mode_end_to_end_on_the_fake_datapath() {
         status,
         StatusCode::NOT_FOUND,
         "the old identity's last reference is gone"
+    );
+
+    // Flows carry the Node object's labels, and Hubble's node_labels filter selects on them.
+    let flow = flow_on_node_labels(&dp, &socket, "topology.kubernetes.io/zone=zone-b").await;
+    assert_eq!(
+        flow.node_labels,
+        vec![
+            "kubernetes.io/os=linux",
+            "topology.kubernetes.io/zone=zone-b"
+        ]
     );
 
     stop.send(true).expect("agent running");

@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
-use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
+use ciliate_model::monitor::{
+    CtState, EventKind, EventRecord, MonitorEvent, RecordL4, VerdictInfo, TCP_FLAG_NAMES,
+};
 
 use crate::abi::{
     ct_result, RawEvent, EVENT_DROP, EVENT_F_EGRESS, EVENT_F_MATCH_MASK, EVENT_POLICY_VERDICT,
@@ -83,28 +85,18 @@ fn policy_verdict_name(code: u8, flags: u8) -> &'static str {
     }
 }
 
-fn ct_state_name(ct: u8) -> &'static str {
+fn ct_state(ct: u8) -> CtState {
     match ct {
-        ct_result::NEW => "new",
-        ct_result::ESTABLISHED => "established",
-        ct_result::REPLY => "reply",
-        _ => "",
+        ct_result::NEW => CtState::New,
+        ct_result::ESTABLISHED => CtState::Established,
+        ct_result::REPLY => CtState::Reply,
+        _ => CtState::Untracked,
     }
 }
 
 /// Names of the TCP flags set in `flags`, in header order.
 pub fn tcp_flag_names(flags: u8) -> Vec<String> {
-    const NAMES: [(u8, &str); 8] = [
-        (0x01, "FIN"),
-        (0x02, "SYN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x10, "ACK"),
-        (0x20, "URG"),
-        (0x40, "ECE"),
-        (0x80, "CWR"),
-    ];
-    NAMES
+    TCP_FLAG_NAMES
         .iter()
         .filter(|(bit, _)| flags & bit != 0)
         .map(|(_, n)| (*n).to_owned())
@@ -152,33 +144,44 @@ pub fn monotonic_now() -> Duration {
     }
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes one ring-buffer record into names, as `ciliate monitor` shows it.
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> {
+    decode_record(bytes, clock).map(|r| monitor_event(&r))
+}
+
+/// Decodes one ring-buffer record into numbers only: what the observer keeps. Allocates
+/// nothing.
+pub fn decode_record(bytes: &[u8], clock: &Clock) -> Result<EventRecord, DecodeError> {
     let raw = RawEvent::from_bytes(bytes).ok_or(DecodeError::Truncated(
         bytes.len(),
         std::mem::size_of::<RawEvent>(),
     ))?;
-    let (kind, reason) = match raw.kind {
-        EVENT_DROP => (EventKind::Drop, drop_reason_name(raw.code)),
-        EVENT_TRACE => (EventKind::Trace, trace_point_name(raw.code)),
-        EVENT_POLICY_VERDICT => (
-            EventKind::PolicyVerdict,
-            policy_verdict_name(raw.code, raw.flags),
-        ),
+    let kind = match raw.kind {
+        EVENT_DROP => EventKind::Drop,
+        EVENT_TRACE => EventKind::Trace,
+        EVENT_POLICY_VERDICT => EventKind::PolicyVerdict,
         other => return Err(DecodeError::UnknownType(other)),
+    };
+    let verdict = if kind == EventKind::PolicyVerdict {
+        VerdictInfo {
+            egress: Some(raw.flags & EVENT_F_EGRESS != 0),
+            match_type: verdict_match_type(raw.code, raw.flags),
+        }
+    } else {
+        VerdictInfo::default()
     };
     let cap = usize::from(raw.cap_len).min(raw.data.len());
     let pkt = parse_packet(&raw.data[..cap]);
-    Ok(MonitorEvent {
+    Ok(EventRecord {
         kind,
-        time: humantime::format_rfc3339_micros(clock.wall(raw.ktime_ns)).to_string(),
+        time: Some(clock.wall(raw.ktime_ns)),
         code: raw.code,
-        reason: reason.to_owned(),
+        verdict,
         endpoint: raw.ep_id,
         ifindex: raw.ifindex,
         src_identity: raw.src_identity,
         dst_identity: raw.dst_identity,
-        ct_state: ct_state_name(raw.ct_state).to_owned(),
+        ct_state: ct_state(raw.ct_state),
         len: raw.len,
         ethertype: pkt.ethertype,
         src: pkt.src,
@@ -190,13 +193,61 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<MonitorEvent, DecodeError> 
     })
 }
 
+/// The match type a verdict's reason names (see [`policy_verdict_name`]): an allow entry's,
+/// an explicit deny entry's; none for the default deny.
+fn verdict_match_type(code: u8, flags: u8) -> u8 {
+    match (code, flags & EVENT_F_MATCH_MASK) {
+        (0, m @ 1..=3) | (181, m @ 1..=4) => m,
+        (0, _) => 4,
+        _ => 0,
+    }
+}
+
+/// The event with its numbers named, as `ciliate monitor` shows it.
+pub fn monitor_event(r: &EventRecord) -> MonitorEvent {
+    let reason = match r.kind {
+        EventKind::Drop => drop_reason_name(r.code),
+        EventKind::Trace => trace_point_name(r.code),
+        EventKind::PolicyVerdict => {
+            let egress = if r.verdict.egress == Some(true) {
+                EVENT_F_EGRESS
+            } else {
+                0
+            };
+            policy_verdict_name(r.code, egress | r.verdict.match_type)
+        }
+    };
+    MonitorEvent {
+        kind: r.kind,
+        time: r
+            .time
+            .map(|t| humantime::format_rfc3339_micros(t).to_string())
+            .unwrap_or_default(),
+        code: r.code,
+        reason: reason.to_owned(),
+        endpoint: r.endpoint,
+        ifindex: r.ifindex,
+        src_identity: r.src_identity,
+        dst_identity: r.dst_identity,
+        ct_state: r.ct_state.as_str().to_owned(),
+        len: r.len,
+        ethertype: r.ethertype,
+        src: r.src,
+        dst: r.dst,
+        l4: r.l4.map(RecordL4::to_l4),
+        rev_nat: r.rev_nat,
+        rule: r.rule,
+        ethernet: r.ethernet,
+    }
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Parsed {
     ethernet: Option<ciliate_model::monitor::EthernetAddrs>,
     ethertype: u16,
     src: Option<Ipv4Addr>,
     dst: Option<Ipv4Addr>,
-    l4: Option<L4>,
+    l4: Option<RecordL4>,
 }
 
 /// Parses what was captured: Ethernet, IPv4, and TCP/UDP/ICMP when present in full.
@@ -226,27 +277,27 @@ fn parse_packet(b: &[u8]) -> Parsed {
     let proto = ip[9];
     let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
     if ihl < 20 || fragment_offset != 0 {
-        p.l4 = Some(L4::Other { proto });
+        p.l4 = Some(RecordL4::Other { proto });
         return p;
     }
     let l4 = ip.get(ihl..).unwrap_or(&[]);
     let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
     p.l4 = match proto {
-        6 if l4.len() >= 14 => Some(L4::Tcp {
+        6 if l4.len() >= 14 => Some(RecordL4::Tcp {
             sport: port(0),
             dport: port(2),
-            flags: tcp_flag_names(l4[13]),
+            flags: l4[13],
         }),
-        17 if l4.len() >= 4 => Some(L4::Udp {
+        17 if l4.len() >= 4 => Some(RecordL4::Udp {
             sport: port(0),
             dport: port(2),
         }),
-        1 if l4.len() >= 2 => Some(L4::Icmp {
+        1 if l4.len() >= 2 => Some(RecordL4::Icmp {
             r#type: l4[0],
             code: l4[1],
         }),
         6 | 17 | 1 => None,
-        other => Some(L4::Other { proto: other }),
+        other => Some(RecordL4::Other { proto: other }),
     };
     p
 }
@@ -255,6 +306,7 @@ fn parse_packet(b: &[u8]) -> Parsed {
 mod tests {
     use super::*;
     use crate::abi::EVENT_CAPTURE_LEN;
+    use ciliate_model::monitor::L4;
 
     #[test]
     fn a_denied_verdict_keeps_the_match_type_of_the_deny_entry() {
@@ -319,6 +371,24 @@ mod tests {
         r[30] = ct_result::NEW;
         r[32..32 + pkt.len()].copy_from_slice(pkt);
         r
+    }
+
+    #[test]
+    fn a_verdict_decoded_to_numbers_is_named_as_the_kernel_reported_it() {
+        for code in [0u8, 133, 181] {
+            for flags in [0u8, 1, 2, 3, 4] {
+                for egress in [0, EVENT_F_EGRESS] {
+                    let mut r = record(EVENT_POLICY_VERDICT, code, &tcp_syn());
+                    r[31] = flags | egress;
+                    let rec = decode_record(&r, &Clock::now()).unwrap();
+                    assert_eq!(
+                        monitor_event(&rec).reason,
+                        policy_verdict_name(code, flags | egress),
+                        "code {code} flags {flags} egress {egress}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

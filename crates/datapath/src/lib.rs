@@ -32,12 +32,17 @@ use ciliate_model::bpf_policy::{
     EndpointPolicy, IpcacheEntry, PolicyEntryCounters, PolicySyncStats,
 };
 use ciliate_model::lb::{LbState, LbSyncStats};
-use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use ciliate_model::MacAddr;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 pub use fake::FakeDatapath;
+
+/// Where a datapath hands its events as it reads them, in batches, as numbers (no names, no
+/// allocation per event): the observer's intake. The sink takes what it keeps out of the Vec
+/// (the datapath reuses it).
+pub type EventSink = std::sync::Arc<dyn Fn(&mut Vec<EventRecord>) + Send + Sync>;
 
 /// What the datapath needs to know of an endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +221,13 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// A receiver of datapath events (trace and drop), decoded.
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent>;
+
+    /// Hands every event from now on to `sink` too (once: a second sink is refused). Events
+    /// are named only for [`subscribe_events`](Self::subscribe_events)'s receivers, when
+    /// there are any. `false`: this datapath has no sink; read `subscribe_events` instead.
+    fn set_event_sink(&self, _sink: EventSink) -> bool {
+        false
+    }
 
     /// Events the programs could not report since the maps were made, because the ring
     /// buffer was full (a slow reader, or a flood). Only grows.

@@ -172,3 +172,190 @@ fn is_zero(v: &u16) -> bool {
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
+
+/// Connection tracking's verdict on a packet, as the datapath reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CtState {
+    /// Not tracked (or a state this agent does not name).
+    #[default]
+    Untracked,
+    /// The first packet of a connection.
+    New,
+    /// A packet of a known connection, in its original direction.
+    Established,
+    /// A packet of a known connection, in the reply direction.
+    Reply,
+    /// A packet related to a known connection (ICMP errors).
+    Related,
+}
+
+impl CtState {
+    /// The name [`MonitorEvent::ct_state`] uses ("" when untracked).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtState::Untracked => "",
+            CtState::New => "new",
+            CtState::Established => "established",
+            CtState::Reply => "reply",
+            CtState::Related => "related",
+        }
+    }
+
+    /// The state a [`MonitorEvent::ct_state`] names.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "new" => CtState::New,
+            "established" => CtState::Established,
+            "reply" => CtState::Reply,
+            "related" => CtState::Related,
+            _ => CtState::Untracked,
+        }
+    }
+}
+
+/// TCP header flag bits, in header order, with their names.
+pub const TCP_FLAG_NAMES: [(u8, &str); 8] = [
+    (0x01, "FIN"),
+    (0x02, "SYN"),
+    (0x04, "RST"),
+    (0x08, "PSH"),
+    (0x10, "ACK"),
+    (0x20, "URG"),
+    (0x40, "ECE"),
+    (0x80, "CWR"),
+];
+
+/// The L4 part of an [`EventRecord`]: [`L4`] with TCP flags as the header's bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordL4 {
+    /// TCP with its ports and flag bits (`TCP_FLAG_NAMES`).
+    Tcp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// Flag bits as in the TCP header's 14th byte.
+        flags: u8,
+    },
+    /// UDP with its ports.
+    Udp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+    },
+    /// ICMPv4 with type and code.
+    Icmp {
+        /// ICMP type.
+        r#type: u8,
+        /// ICMP code.
+        code: u8,
+    },
+    /// Another IP protocol.
+    Other {
+        /// IP protocol number.
+        proto: u8,
+    },
+}
+
+impl RecordL4 {
+    /// The same header with flags named, as [`MonitorEvent`] shows it.
+    pub fn to_l4(self) -> L4 {
+        match self {
+            RecordL4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_FLAG_NAMES
+                    .iter()
+                    .filter(|(bit, _)| flags & bit != 0)
+                    .map(|(_, n)| (*n).to_owned())
+                    .collect(),
+            },
+            RecordL4::Udp { sport, dport } => L4::Udp { sport, dport },
+            RecordL4::Icmp { r#type, code } => L4::Icmp { r#type, code },
+            RecordL4::Other { proto } => L4::Other { proto },
+        }
+    }
+
+    /// The same header with flags as bits (names this type has no bit for are left out).
+    pub fn from_l4(l4: &L4) -> Self {
+        match l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => RecordL4::Tcp {
+                sport: *sport,
+                dport: *dport,
+                flags: TCP_FLAG_NAMES
+                    .iter()
+                    .filter(|(_, n)| flags.iter().any(|f| f == n))
+                    .fold(0, |acc, (bit, _)| acc | bit),
+            },
+            L4::Udp { sport, dport } => RecordL4::Udp {
+                sport: *sport,
+                dport: *dport,
+            },
+            L4::Icmp { r#type, code } => RecordL4::Icmp {
+                r#type: *r#type,
+                code: *code,
+            },
+            L4::Other { proto } => RecordL4::Other { proto: *proto },
+        }
+    }
+}
+
+/// Which side of an endpoint a policy verdict judged, and how its entry matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictInfo {
+    /// `Some(true)` egress, `Some(false)` ingress, `None` not said.
+    pub egress: Option<bool>,
+    /// Cilium's policy match type: none 0, L3-only 1, L3-L4 2, L4-only 3, all 4.
+    pub match_type: u8,
+}
+
+/// One datapath event as the kernel reported it: numbers only, nothing named and nothing
+/// allocated. What the observer keeps per event (with the names it had, see the observer's
+/// `record` module); [`MonitorEvent`] is the same event with names, for `ciliate monitor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Trace, drop or policy verdict.
+    pub kind: EventKind,
+    /// Wall-clock time of the event (`None` when unknown).
+    pub time: Option<std::time::SystemTime>,
+    /// For drops, the drop reason code; for traces, the observation point code; for policy
+    /// verdicts, 0 (allowed) or the drop reason.
+    pub code: u8,
+    /// For policy verdicts: direction and match type.
+    pub verdict: VerdictInfo,
+    /// Endpoint id that reported it (0 when not attributable).
+    pub endpoint: u16,
+    /// Interface the packet was seen on.
+    pub ifindex: u32,
+    /// Source security identity, when known.
+    pub src_identity: u32,
+    /// Destination security identity, when known.
+    pub dst_identity: u32,
+    /// Connection tracking's verdict.
+    pub ct_state: CtState,
+    /// Length of the packet on the wire.
+    pub len: u32,
+    /// Ethertype of the packet.
+    pub ethertype: u16,
+    /// IPv4 source, when the packet is IPv4.
+    pub src: Option<Ipv4Addr>,
+    /// IPv4 destination, when the packet is IPv4.
+    pub dst: Option<Ipv4Addr>,
+    /// The L4 header, when parsed.
+    pub l4: Option<RecordL4>,
+    /// The reverse-NAT index of the Service frontend the connection was addressed to; 0 none.
+    pub rev_nat: u16,
+    /// The number of the policy rule that judged the packet; 0 none.
+    pub rule: u32,
+    /// The Ethernet header's addresses, when captured.
+    pub ethernet: Option<EthernetAddrs>,
+}

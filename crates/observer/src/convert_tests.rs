@@ -3,7 +3,10 @@ use std::net::Ipv4Addr;
 use ciliate_model::monitor::{EventKind, MonitorEvent, L4};
 
 use super::*;
-use crate::proto::flow::{DropReason, LostEventSource};
+use crate::proto::flow::{
+    layer4, CiliumEventType, DropReason, FlowType, LostEventSource, NetworkInterface, TraceReason,
+    TrafficDirection, Verdict,
+};
 use crate::store::{EndpointInfo, ServiceRef, Snapshot};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
@@ -46,7 +49,8 @@ pub(crate) fn store() -> Snapshot {
             namespace: "default".into(),
             pod_name: "client".into(),
             labels: vec!["k8s:app=client".into()],
-        },
+        }
+        .into(),
     );
     s.endpoints.insert(
         SERVER,
@@ -56,7 +60,8 @@ pub(crate) fn store() -> Snapshot {
             namespace: "prod".into(),
             pod_name: "web-1".into(),
             labels: vec!["k8s:app=web".into(), "k8s:tier=front".into()],
-        },
+        }
+        .into(),
     );
     s.identities.insert(2, vec!["reserved:world".into()]);
     let web = ServiceRef {

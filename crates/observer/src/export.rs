@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::filter::FlowFilters;
-use crate::proto::flow::FlowFilter;
+use crate::proto::flow::{Flow, FlowFilter};
 use crate::proto::observer::{get_flows_response::ResponseTypes, GetFlowsResponse};
 use crate::protojson;
 use crate::ring::{Entry, Observer};
@@ -345,14 +345,15 @@ pub fn export_line(
     Ok(line)
 }
 
-fn response(entry: &Entry, node: &str) -> GetFlowsResponse {
-    match entry {
-        Entry::Flow(f) => crate::server::flow_response(f.clone(), node),
-        Entry::Lost(l, t) => GetFlowsResponse {
+fn response(entry: &Entry, flow: Option<Flow>, node: &str) -> GetFlowsResponse {
+    match (entry, flow) {
+        (_, Some(f)) => crate::server::flow_response(f, node),
+        (Entry::Lost(l, t), None) => GetFlowsResponse {
             response_types: Some(ResponseTypes::LostEvents(*l)),
             node_name: node.to_owned(),
             time: Some(*t),
         },
+        (_, None) => GetFlowsResponse::default(),
     }
 }
 
@@ -439,13 +440,15 @@ pub fn spawn(
                     }
                     Err(RecvError::Closed) => break,
                 };
-                if let Entry::Flow(f) = numbered.entry.as_ref() {
+                // An event's flow is built here, on the exporter's thread, not the intake's.
+                let flow = numbered.entry.flow().map(std::borrow::Cow::into_owned);
+                if let Some(f) = &flow {
                     if !filters.matches(f) {
                         counters.filtered.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 }
-                let res = response(&numbered.entry, &node);
+                let res = response(&numbered.entry, flow, &node);
                 let line = match export_line(&res, &fieldmask) {
                     Ok(l) => l,
                     Err(e) => {

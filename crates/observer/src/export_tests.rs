@@ -43,7 +43,8 @@ fn observer() -> Arc<Observer> {
                 namespace: "default".into(),
                 pod_name: pod.into(),
                 labels: vec![format!("k8s:app={pod}")],
-            },
+            }
+            .into(),
         );
     }
     Arc::new(Observer::new(
@@ -295,7 +296,11 @@ fn a_stalled_exporter_never_holds_the_observer_back_and_counts_what_it_missed() 
 fn a_flow_masked_as_hubble_masks_flows_keeps_only_those_fields() {
     let o = observer();
     o.observe(&event(EventKind::Drop, 133, 80));
-    let Entry::Flow(flow) = o.snapshot()[0].entry.as_ref().clone() else {
+    let Some(flow) = o.snapshot()[0]
+        .entry
+        .flow()
+        .map(std::borrow::Cow::into_owned)
+    else {
         panic!("a flow");
     };
     let masked = protojson::mask_message(

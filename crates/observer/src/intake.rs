@@ -1,21 +1,23 @@
-//! The observer's intake: what stands between the datapath's event channel and the
-//! [`Observer`], so that a burst of events is queued rather than lost.
+//! The observer's intake: what stands between the datapath's events and the [`Observer`], so
+//! that a burst of events is queued rather than lost.
 //!
-//! The datapath publishes events on a bounded broadcast channel (a few thousand slots); a
-//! receiver that does not keep up loses the oldest ("observer fell behind"). Turning an event
-//! into an enriched flow costs microseconds, reading one from the channel far less, so the two
-//! are split: a reader thread only moves events from the channel into a large queue, and a
-//! worker thread takes the whole queue at once and observes it as a batch. Both are OS
-//! threads, not async tasks, so a busy runtime (gRPC followers, table refreshes) cannot
-//! delay the reader into a loss. Only past `capacity` queued events does the intake drop
-//! (counted, and reported as Hubble's `OBSERVER_EVENTS_QUEUE` loss, as a lag is).
+//! The datapath's event reader hands its events straight to the intake, in batches, as
+//! numbers ([`EventRecord`]s, a few dozen bytes, no allocation each: [`Intake::push_all`],
+//! see the datapath's `set_event_sink`); a worker thread takes the whole queue at once and
+//! observes it as a batch (naming each event costs more than queueing it). The worker is an
+//! OS thread, not an async task, so a busy runtime (gRPC followers, table refreshes) cannot
+//! delay it into a loss. A datapath without a sink publishes named events on a bounded
+//! broadcast channel instead, which a reader thread moves into the queue ([`spawn`]; a lag
+//! there is a loss). Only past `capacity` queued events does the intake drop (counted, and
+//! reported as Hubble's `OBSERVER_EVENTS_QUEUE` loss, as a lag is).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::sync::broadcast;
 
+use crate::convert::record_of;
 use crate::proto::flow::LostEventSource;
 use crate::ring::Observer;
 
@@ -25,7 +27,7 @@ pub const DEFAULT_INTAKE_CAPACITY: usize = 1 << 18;
 
 #[derive(Debug, Default)]
 struct Queue {
-    events: Vec<MonitorEvent>,
+    events: Vec<EventRecord>,
     /// Events lost since the worker last looked: the channel lagged, or the queue was full.
     lost: u64,
     closed: bool,
@@ -60,7 +62,7 @@ impl Intake {
     }
 
     /// Queues one event, or counts it lost when the queue is full.
-    pub fn push(&self, ev: MonitorEvent) {
+    pub fn push(&self, ev: EventRecord) {
         let mut q = self.lock();
         let idle = Self::idle(&q);
         if q.events.len() >= self.capacity {
@@ -116,7 +118,7 @@ impl Intake {
 
     /// Waits for work; moves everything queued into `batch` (which must be empty; its
     /// allocation is reused) and returns the loss count to report. `None`: closed and drained.
-    fn take(&self, batch: &mut Vec<MonitorEvent>) -> Option<u64> {
+    fn take(&self, batch: &mut Vec<EventRecord>) -> Option<u64> {
         let mut q = self.lock();
         while q.events.is_empty() && q.lost == 0 && !q.closed {
             q = self
@@ -139,13 +141,14 @@ impl Intake {
                 tracing::warn!(lost, "observer fell behind the datapath's events");
                 observer.lost(lost, LostEventSource::ObserverEventsQueue);
             }
-            observer.observe_batch(&batch);
+            observer.observe_records(&batch);
             batch.clear();
         }
     }
 
     /// Queues events in order, taking the lock once; what does not fit is counted lost.
-    pub fn push_all(&self, events: &mut Vec<MonitorEvent>) {
+    /// Leaves `events` empty (its allocation is the caller's to reuse).
+    pub fn push_all(&self, events: &mut Vec<EventRecord>) {
         let mut q = self.lock();
         let idle = Self::idle(&q);
         let room = self
@@ -172,7 +175,7 @@ impl Intake {
             let mut next = events.blocking_recv();
             loop {
                 match next {
-                    Ok(ev) => batch.push(ev),
+                    Ok(ev) => batch.push(record_of(&ev)),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         self.push_all(&mut batch);
                         self.lost(n);
@@ -200,6 +203,17 @@ impl Intake {
     }
 }
 
+/// Starts the worker thread feeding `observer` from a new intake of `capacity` events, which
+/// the caller fills ([`Intake::push_all`]); it ends once the intake is closed and drained.
+pub fn spawn_worker(observer: Arc<Observer>, capacity: usize) -> std::io::Result<Arc<Intake>> {
+    let intake = Arc::new(Intake::new(capacity));
+    let worker = Arc::clone(&intake);
+    std::thread::Builder::new()
+        .name("observer".into())
+        .spawn(move || worker.drain_into(&observer))?;
+    Ok(intake)
+}
+
 /// Starts the reader and worker threads feeding `observer` from `events`; returns the
 /// intake, for its counters. The threads end when the channel closes.
 pub fn spawn(
@@ -207,11 +221,7 @@ pub fn spawn(
     events: broadcast::Receiver<MonitorEvent>,
     capacity: usize,
 ) -> std::io::Result<Arc<Intake>> {
-    let intake = Arc::new(Intake::new(capacity));
-    let worker = Arc::clone(&intake);
-    std::thread::Builder::new()
-        .name("observer".into())
-        .spawn(move || worker.drain_into(&observer))?;
+    let intake = spawn_worker(observer, capacity)?;
     let reader = Arc::clone(&intake);
     if let Err(e) = std::thread::Builder::new()
         .name("observer-intake".into())
@@ -244,10 +254,10 @@ mod tests {
     fn a_burst_larger_than_any_channel_is_queued_and_observed_whole() {
         let o = observer(100);
         let intake = Intake::new(DEFAULT_INTAKE_CAPACITY);
-        let ev = crate::convert::tests::trace_event();
+        let ev = record_of(&crate::convert::tests::trace_event());
         // The whole burst arrives before the worker observes anything.
         for _ in 0..50_000 {
-            intake.push(ev.clone());
+            intake.push(ev);
         }
         intake.close();
         intake.drain_into(&o);
@@ -262,9 +272,9 @@ mod tests {
     fn past_its_capacity_the_intake_counts_what_it_drops_and_reports_it_once() {
         let o = observer(100);
         let intake = Intake::new(10);
-        let ev = crate::convert::tests::trace_event();
+        let ev = record_of(&crate::convert::tests::trace_event());
         for _ in 0..25 {
-            intake.push(ev.clone());
+            intake.push(ev);
         }
         intake.lost(3);
         intake.close();
@@ -278,7 +288,7 @@ mod tests {
             .iter()
             .filter_map(|n| match &*n.entry {
                 crate::ring::Entry::Lost(l, _) => Some(l.num_events_lost),
-                crate::ring::Entry::Flow(_) => None,
+                _ => None,
             })
             .collect();
         assert_eq!(lost, vec![18]);

@@ -196,7 +196,7 @@ pub(crate) fn l7_flow(
     };
     // A refused request carries no rule: L7 rules only allow.
     if c.verdict == L7Verdict::Forwarded {
-        crate::policy_names::fill(&mut flow, c.rule, true, store);
+        crate::policy_names::fill_from_store(&mut flow, c.rule, true, store);
     }
     flow
 }

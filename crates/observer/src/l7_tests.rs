@@ -6,7 +6,7 @@ use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
 use super::*;
 use crate::convert::tests::store;
 use crate::proto::flow::DropReason;
-use crate::ring::{Entry, Observer, ObserverConfig};
+use crate::ring::{Observer, ObserverConfig};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
@@ -310,10 +310,7 @@ fn the_observer_keeps_l7_flows_beside_packet_flows_and_counts_them() {
     let kinds: Vec<i32> = o
         .snapshot()
         .iter()
-        .map(|n| match &*n.entry {
-            Entry::Flow(f) => f.r#type,
-            Entry::Lost(..) => -1,
-        })
+        .map(|n| n.entry.flow().map_or(-1, |f| f.r#type))
         .collect();
     let (l34, l7) = (FlowType::L3L4 as i32, FlowType::L7 as i32);
     assert_eq!(kinds, vec![l34, l7, l7, l7]);

@@ -1,9 +1,10 @@
 //! Flows for Ciliate, the way Hubble shows them.
 //!
-//! The datapath's events ([`MonitorEvent`](ciliate_model::monitor::MonitorEvent)) are turned
-//! into Hubble [`Flow`](proto::flow::Flow)s ([`convert`]), enriched with pod names, labels and
-//! Services from a [`Store`] the agent implements ([`store`]), and kept in a ring of the last N
-//! ([`ring`]), fed through a queue that absorbs bursts ([`intake`]). The node's L7 proxy's
+//! The datapath's events ([`EventRecord`](ciliate_model::monitor::EventRecord)s, numbers only)
+//! are named with pod names, labels and Services from a [`Store`] the agent implements
+//! ([`store`]) when they arrive and kept so in a ring of the last N ([`record`], [`ring`]), fed
+//! through a queue that absorbs bursts ([`intake`]); the Hubble [`Flow`](proto::flow::Flow)
+//! is built from a record only when a client reads it ([`convert`]). The node's L7 proxy's
 //! HTTP, DNS and Kafka records become Hubble L7 flows in the same ring ([`l7`], [`dns`],
 //! [`kafka`]; [`Observer::observe_http`], [`Observer::observe_dns`],
 //! [`Observer::observe_kafka`]). Verdicts name the policy that decided them
@@ -26,6 +27,7 @@ pub mod export;
 pub mod export_otlp;
 pub mod fieldmask;
 pub mod filter;
+pub mod filter_builder;
 pub mod history;
 mod http_metrics;
 pub mod intake;
@@ -37,6 +39,7 @@ pub mod policy_names;
 pub mod print;
 pub mod proto;
 pub mod protojson;
+pub mod record;
 pub mod ring;
 pub mod server;
 pub mod store;

@@ -14,7 +14,7 @@
 //! The side is the flow's traffic direction (a verdict of the endpoint's egress fills the
 //! `egress_*` list).
 
-use ciliate_model::monitor::{EventKind, MonitorEvent};
+use ciliate_model::monitor::{EventKind, EventRecord};
 use ciliate_model::policy::PolicyKind;
 
 use crate::proto::flow::{Flow, Policy, TrafficDirection};
@@ -59,7 +59,7 @@ pub fn policy(
 
 /// Whether the event says the rule allowed (`Some(true)`) or denied (`Some(false)`) the
 /// packet; `None` when the rule did not decide (no rule, or a drop for another reason).
-fn decision(ev: &MonitorEvent) -> Option<bool> {
+pub(crate) fn decision(ev: &EventRecord) -> Option<bool> {
     if ev.rule == 0 {
         return None;
     }
@@ -75,20 +75,20 @@ fn decision(ev: &MonitorEvent) -> Option<bool> {
     }
 }
 
-/// Fills the flow's policy lists from the event's rule. The flow's traffic direction must be
-/// set.
-pub(crate) fn fill_from_event(flow: &mut Flow, ev: &MonitorEvent, store: &dyn Store) {
-    if let Some(allowed) = decision(ev) {
-        fill(flow, ev.rule, allowed, store);
-    }
-}
-
-/// Fills the flow's policy lists for a rule that allowed (or denied) it; nothing when the
-/// store does not know the rule or the flow has no direction.
-pub(crate) fn fill(flow: &mut Flow, rule: u32, allowed: bool, store: &dyn Store) {
+/// Fills the flow's policy lists for a rule that allowed (or denied) it, from the store;
+/// nothing when the store does not know the rule or the flow has no direction.
+pub(crate) fn fill_from_store(flow: &mut Flow, rule: u32, allowed: bool, store: &dyn Store) {
     if rule == 0 {
         return;
     }
+    if let Some(p) = store.policy_by_rule(rule) {
+        fill(flow, allowed, p);
+    }
+}
+
+/// Puts `policy`, which allowed (or denied) the flow, in the list of the flow's direction
+/// (which must be set); nothing when the flow has no direction.
+pub(crate) fn fill(flow: &mut Flow, allowed: bool, policy: Policy) {
     let list = match (TrafficDirection::try_from(flow.traffic_direction), allowed) {
         (Ok(TrafficDirection::Ingress), true) => &mut flow.ingress_allowed_by,
         (Ok(TrafficDirection::Egress), true) => &mut flow.egress_allowed_by,
@@ -96,9 +96,7 @@ pub(crate) fn fill(flow: &mut Flow, rule: u32, allowed: bool, store: &dyn Store)
         (Ok(TrafficDirection::Egress), false) => &mut flow.egress_denied_by,
         _ => return,
     };
-    if let Some(p) = store.policy_by_rule(rule) {
-        list.push(p);
-    }
+    list.push(policy);
 }
 
 #[cfg(test)]
@@ -107,6 +105,7 @@ mod tests {
     use crate::convert::tests::trace_event;
     use crate::convert::to_flow;
     use crate::Snapshot;
+    use ciliate_model::monitor::MonitorEvent;
 
     fn web_policy() -> Policy {
         policy(
@@ -210,7 +209,8 @@ mod tests {
                 id: 7,
                 identity: 256,
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         drop.endpoint = 7;
         let f = to_flow(&drop, &s, "n");

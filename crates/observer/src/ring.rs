@@ -1,21 +1,23 @@
 //! The observer proper: events in, flows kept in a ring of the last N, followers fed live.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord};
-use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::sync::broadcast;
 
-use crate::convert::{system_time_to_timestamp, to_flow};
+use crate::convert::{record_of, system_time_to_timestamp};
 use crate::dns::dns_to_flow;
 use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
 use crate::l7::http_to_flow;
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
+use crate::record::{FlowIds, NodeNames, Recorded};
 use crate::store::Store;
 
 /// How the observer is set up.
@@ -37,15 +39,42 @@ pub fn qualified_node_name(name: &str) -> String {
     }
 }
 
-/// What the ring holds and followers receive: a flow, or a count of events lost.
-// Entries live behind an Arc, built once; boxing the flow would only add an allocation.
-#[allow(clippy::large_enum_variant)]
+/// What the ring holds and followers receive: a datapath event (its flow built when read),
+/// a flow built elsewhere (the L7 proxy's), or a count of events lost.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Entry {
-    /// A flow.
-    Flow(Flow),
+    /// A flow, built (boxed: entries are allocated at the size of the largest kind, and most
+    /// are events, a fifth of a flow's size).
+    Flow(Box<Flow>),
+    /// A datapath event with the names it had; [`Entry::flow`] builds its flow.
+    Event(Recorded),
     /// Events that were lost (the observer fell behind the datapath), at this time.
     Lost(LostEvent, pbjson_types::Timestamp),
+}
+
+impl Entry {
+    /// The entry's flow (built now for an event); `None` for a loss.
+    pub fn flow(&self) -> Option<Cow<'_, Flow>> {
+        match self {
+            Entry::Flow(f) => Some(Cow::Borrowed(f)),
+            Entry::Event(r) => Some(Cow::Owned(r.flow())),
+            Entry::Lost(..) => None,
+        }
+    }
+
+    /// Whether the entry is a flow (built or not), not a loss.
+    pub fn is_flow(&self) -> bool {
+        !matches!(self, Entry::Lost(..))
+    }
+
+    /// The entry's time, without building its flow.
+    pub fn time(&self) -> Option<pbjson_types::Timestamp> {
+        match self {
+            Entry::Flow(f) => f.time,
+            Entry::Event(r) => r.time(),
+            Entry::Lost(_, t) => Some(*t),
+        }
+    }
 }
 
 /// An entry with its sequence number (1, 2, ... in arrival order).
@@ -68,6 +97,10 @@ pub struct Observer {
     config: ObserverConfig,
     /// The cluster this node is in (the first part of its qualified name).
     cluster: String,
+    /// The node's and cluster's names and the node's labels, shared by every record made
+    /// while the labels are these.
+    names: Mutex<Arc<NodeNames>>,
+    ids: FlowIds,
     store: Arc<dyn Store>,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Numbered>,
@@ -100,6 +133,12 @@ impl Observer {
             .map_or(crate::DEFAULT_CLUSTER_NAME, |(c, _)| c)
             .to_owned();
         Self {
+            ids: FlowIds::default(),
+            names: Mutex::new(Arc::new(NodeNames {
+                node_name: node_name.clone(),
+                cluster: cluster.clone(),
+                labels: Vec::new(),
+            })),
             config: ObserverConfig {
                 capacity,
                 node_name,
@@ -146,28 +185,51 @@ impl Observer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Turns one datapath event into a flow and keeps it.
+    /// Keeps one datapath event (named: see [`observe_records`](Self::observe_records)).
     pub fn observe(&self, ev: &MonitorEvent) {
-        let flow = to_flow(ev, self.store.as_ref(), &self.config.node_name);
-        self.push_flow(flow);
+        self.observe_records(&[record_of(ev)]);
     }
 
-    /// Turns a batch of datapath events into flows and keeps them, in order, taking the
-    /// ring's lock once for the whole batch rather than once per event.
+    /// Keeps a batch of datapath events, named (see
+    /// [`observe_records`](Self::observe_records)).
     pub fn observe_batch(&self, events: &[MonitorEvent]) {
+        let records: Vec<EventRecord> = events.iter().map(record_of).collect();
+        self.observe_records(&records);
+    }
+
+    /// Keeps a batch of datapath events, in order, taking the ring's lock once: each with the
+    /// names the store gives now (its flow is built when read) and counted in the metrics.
+    pub fn observe_records(&self, events: &[EventRecord]) {
         if events.is_empty() {
             return;
         }
+        let store = self.store.as_ref();
+        let names = self.node_names(store.node_labels());
         let entries: Vec<Entry> = events
             .iter()
             .map(|ev| {
-                let flow = to_flow(ev, self.store.as_ref(), &self.config.node_name);
-                self.metrics.record(&flow);
-                Entry::Flow(flow)
+                let recorded = Recorded::capture(*ev, store, &names, &self.ids);
+                self.metrics.record(&recorded.numbers());
+                Entry::Event(recorded)
             })
             .collect();
         self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.push_all(entries);
+    }
+
+    /// The names records share, with the node's `labels` now (a new one when they changed).
+    fn node_names(&self, labels: Vec<String>) -> Arc<NodeNames> {
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if names.labels != labels {
+            *names = Arc::new(NodeNames {
+                labels,
+                ..NodeNames::clone(&names)
+            });
+        }
+        Arc::clone(&names)
     }
 
     /// Turns one HTTP request or response of the node's proxy into a Hubble L7 flow and keeps
@@ -188,7 +250,7 @@ impl Observer {
             .map(|r| {
                 let flow = http_to_flow(r, self.store.as_ref(), &self.config.node_name);
                 self.metrics.record(&flow);
-                Entry::Flow(flow)
+                Entry::Flow(Box::new(flow))
             })
             .collect();
         self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -219,7 +281,7 @@ impl Observer {
     pub fn push_flow(&self, flow: Flow) {
         self.seen.fetch_add(1, Ordering::Relaxed);
         self.metrics.record(&flow);
-        self.push(Entry::Flow(flow));
+        self.push(Entry::Flow(Box::new(flow)));
     }
 
     /// Records that `n` events were lost on their way to the observer: counted, kept in the
@@ -246,11 +308,16 @@ impl Observer {
 
     fn push_all(&self, entries: impl IntoIterator<Item = Entry>) {
         // Built before the lock is taken: followers and `observe --last` wait on it.
+        // Once per batch: the node's labels go on every flow, as Hubble puts them.
+        let node_labels = self.store.node_labels();
         let entries: Vec<Arc<Entry>> = entries
             .into_iter()
             .map(|mut e| {
                 if let Entry::Flow(f) = &mut e {
                     crate::convert::finish_flow(f, &self.cluster);
+                    if f.node_labels.is_empty() {
+                        f.node_labels.clone_from(&node_labels);
+                    }
                 }
                 Arc::new(e)
             })
@@ -298,7 +365,7 @@ impl Observer {
         self.lock()
             .entries
             .iter()
-            .filter(|e| matches!(*e.entry, Entry::Flow(_)))
+            .filter(|e| e.entry.is_flow())
             .count() as u64
     }
 
@@ -359,14 +426,47 @@ mod tests {
         let kept: Vec<u32> = o
             .snapshot()
             .iter()
-            .map(|n| match &*n.entry {
-                Entry::Flow(f) => f.drop_reason,
-                Entry::Lost(..) => 99,
-            })
+            .map(|n| n.entry.flow().map_or(99, |f| f.drop_reason))
             .collect();
         assert_eq!(kept, vec![2, 3, 4]);
         assert_eq!(o.num_flows(), 3);
         assert_eq!(o.seen_flows(), 5);
+    }
+
+    #[test]
+    fn flows_carry_the_nodes_labels_and_the_node_labels_filter_selects_them() {
+        let store = Snapshot {
+            node_labels: vec!["kubernetes.io/hostname=n1".into(), "zone=a".into()],
+            ..Snapshot::default()
+        };
+        let o = Observer::new(
+            ObserverConfig {
+                node_name: "n1".into(),
+                capacity: 10,
+            },
+            Arc::new(store),
+        );
+        o.observe(&crate::convert::tests::trace_event());
+        let snap = o.snapshot();
+        let Some(flow) = snap[0].entry.flow() else {
+            panic!("a flow");
+        };
+        let flow = &*flow;
+        assert_eq!(
+            flow.node_labels,
+            vec!["kubernetes.io/hostname=n1", "zone=a"]
+        );
+        let select = |sel: &str| {
+            let f = crate::proto::flow::FlowFilter {
+                node_labels: vec![sel.into()],
+                ..Default::default()
+            };
+            crate::filter::FlowFilters::compile(&[f], &[])
+                .expect("compiles")
+                .matches(flow)
+        };
+        assert!(select("zone=a"));
+        assert!(!select("zone=b"));
     }
 
     #[test]

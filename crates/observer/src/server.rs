@@ -51,10 +51,7 @@ fn ts_key(ts: &pbjson_types::Timestamp) -> (i64, i32) {
 }
 
 fn entry_time(e: &Entry) -> Option<(i64, i32)> {
-    match e {
-        Entry::Flow(f) => f.time.as_ref().map(ts_key),
-        Entry::Lost(_, t) => Some(ts_key(t)),
-    }
+    e.time().as_ref().map(ts_key)
 }
 
 /// A request's time bound, refused when it is no valid protobuf Timestamp. A time in the
@@ -133,10 +130,9 @@ impl Query {
                 return false;
             }
         }
-        match e {
-            Entry::Flow(f) => self.filters.matches(f),
-            Entry::Lost(..) => true,
-        }
+        // An event's flow is built to be filtered (and again when sent: only the few a
+        // request wants are kept, not their flows).
+        e.flow().is_none_or(|f| self.filters.matches(&f))
     }
 
     /// What the request gets from the ring: the first or last `number` wanted entries (all of
@@ -163,19 +159,21 @@ impl Query {
 }
 
 fn response(e: &Entry, node_name: &str, mask: Option<&FlowMask>) -> GetFlowsResponse {
-    match e {
-        Entry::Flow(f) => GetFlowsResponse {
-            response_types: Some(get_flows_response::ResponseTypes::Flow(
-                mask.map_or_else(|| f.clone(), |m| m.apply(f)),
-            )),
-            node_name: node_name.to_owned(),
+    match (e.flow(), e) {
+        (Some(f), _) => GetFlowsResponse {
             time: f.time,
+            response_types: Some(get_flows_response::ResponseTypes::Flow(match mask {
+                Some(m) => m.apply(&f),
+                None => f.into_owned(),
+            })),
+            node_name: node_name.to_owned(),
         },
-        Entry::Lost(l, t) => GetFlowsResponse {
+        (None, Entry::Lost(l, t)) => GetFlowsResponse {
             response_types: Some(get_flows_response::ResponseTypes::LostEvents(*l)),
             node_name: node_name.to_owned(),
             time: Some(*t),
         },
+        (None, _) => GetFlowsResponse::default(),
     }
 }
 
@@ -323,10 +321,10 @@ pub fn flows_rate(ring: &[Numbered], full: bool, now: std::time::SystemTime) -> 
     let (mut count, mut oldest) = (0u64, None);
     let mut in_minute_to_the_start = true;
     for n in ring.iter().rev() {
-        let Entry::Flow(f) = n.entry.as_ref() else {
+        if !n.entry.is_flow() {
             continue;
-        };
-        let Some(t) = f.time.as_ref().map(|t| to_secs(ts_key(t))) else {
+        }
+        let Some(t) = n.entry.time().as_ref().map(|t| to_secs(ts_key(t))) else {
             continue;
         };
         if t < since {
@@ -485,5 +483,5 @@ pub async fn connect_unix(
 /// Used by tests that need a flow quickly.
 #[doc(hidden)]
 pub fn flow_response(flow: Flow, node: &str) -> GetFlowsResponse {
-    response(&Entry::Flow(flow), node, None)
+    response(&Entry::Flow(Box::new(flow)), node, None)
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::proto::flow::Policy;
 
@@ -32,8 +33,9 @@ pub struct ServiceRef {
 /// The agent's tables as the observer reads them. Lookups happen for every event, so an
 /// implementation should answer from memory without taking long locks.
 pub trait Store: Send + Sync + 'static {
-    /// The local endpoint holding `ip`.
-    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<EndpointInfo>;
+    /// The local endpoint holding `ip`: shared, because the observer keeps it with every
+    /// event (as it was then) instead of a copy of its names.
+    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<Arc<EndpointInfo>>;
     /// The labels of a security identity (reserved ones included), as `source:key=value`.
     fn identity_labels(&self, identity: u32) -> Option<Vec<String>>;
     /// The Service whose frontend is `ip:port` for IP protocol `proto`.
@@ -49,8 +51,13 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The name of the node's interface with index `ifindex` (a pod's host-side veth), when
     /// known: flows name the interface they were seen on.
-    fn interface_name(&self, _ifindex: u32) -> Option<String> {
+    fn interface_name(&self, _ifindex: u32) -> Option<Arc<str>> {
         None
+    }
+    /// This node's labels as `key=value` (Hubble's `Flow.node_labels`, what the
+    /// `node_labels` filter selects on); none when the node has none or they are unknown.
+    fn node_labels(&self) -> Vec<String> {
+        Vec::new()
     }
 }
 
@@ -58,7 +65,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Endpoints by address.
-    pub endpoints: HashMap<Ipv4Addr, EndpointInfo>,
+    pub endpoints: HashMap<Ipv4Addr, Arc<EndpointInfo>>,
     /// Labels by identity.
     pub identities: HashMap<u32, Vec<String>>,
     /// Services by frontend (address, port, IP protocol).
@@ -69,11 +76,13 @@ pub struct Snapshot {
     /// [`policy_names::policy`](crate::policy_names::policy) for how to build one).
     pub rules: HashMap<u32, Policy>,
     /// The node's interface names by index.
-    pub interfaces: HashMap<u32, String>,
+    pub interfaces: HashMap<u32, Arc<str>>,
+    /// The node's labels, `key=value`.
+    pub node_labels: Vec<String>,
 }
 
 impl Store for Snapshot {
-    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<EndpointInfo> {
+    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<Arc<EndpointInfo>> {
         self.endpoints.get(&ip).cloned()
     }
 
@@ -93,8 +102,12 @@ impl Store for Snapshot {
         self.rules.get(&rule).cloned()
     }
 
-    fn interface_name(&self, ifindex: u32) -> Option<String> {
+    fn interface_name(&self, ifindex: u32) -> Option<Arc<str>> {
         self.interfaces.get(&ifindex).cloned()
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.node_labels.clone()
     }
 }
 
@@ -124,7 +137,7 @@ impl SwappableStore {
 }
 
 impl Store for SwappableStore {
-    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<EndpointInfo> {
+    fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<Arc<EndpointInfo>> {
         self.get().endpoint_by_ip(ip)
     }
 
@@ -144,7 +157,11 @@ impl Store for SwappableStore {
         self.get().policy_by_rule(rule)
     }
 
-    fn interface_name(&self, ifindex: u32) -> Option<String> {
+    fn interface_name(&self, ifindex: u32) -> Option<Arc<str>> {
         self.get().interface_name(ifindex)
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.get().node_labels()
     }
 }

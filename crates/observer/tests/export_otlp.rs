@@ -52,7 +52,8 @@ fn observer() -> Arc<Observer> {
         EndpointInfo {
             labels: vec![],
             ..pod_endpoint(1, "client")
-        },
+        }
+        .into(),
     );
     observer_on_node_1(4095, store)
 }
@@ -124,13 +125,13 @@ async fn flows_arrive_at_an_otlp_collector_as_log_records_of_hubble_json() {
         let flow = o
             .snapshot()
             .into_iter()
-            .find_map(|n| match n.entry.as_ref() {
-                ciliate_observer::ring::Entry::Flow(f)
-                    if format!("{:?}", f.l4).contains(&format!("destination_port: {port}")) =>
-                {
-                    Some(f.clone())
-                }
-                _ => None,
+            .find_map(|n| {
+                n.entry
+                    .flow()
+                    .map(std::borrow::Cow::into_owned)
+                    .filter(|f| {
+                        format!("{:?}", f.l4).contains(&format!("destination_port: {port}"))
+                    })
             })
             .expect("flow");
         let line = export::export_line(

@@ -83,9 +83,10 @@ async fn python_grpcio_reads_the_unix_socket() {
         return;
     };
     let mut store = Snapshot::default();
-    store
-        .endpoints
-        .insert("10.200.0.2".parse().expect("ip"), pod_endpoint(1, "client"));
+    store.endpoints.insert(
+        "10.200.0.2".parse().expect("ip"),
+        pod_endpoint(1, "client").into(),
+    );
     let observer = observer_on_node_1(16, store);
     observer.observe(&event(EventKind::Trace, 5, 80));
     observer.observe(&event(EventKind::Drop, 133, 443));

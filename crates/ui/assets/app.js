@@ -58,7 +58,8 @@ function formToQuery() {
   const q = new URLSearchParams();
   for (const [k, v] of new FormData(form)) {
     if (k === 'more') {
-      for (const [k2, v2] of new URLSearchParams(v.trim())) if (v2) q.append(k2, v2);
+      // A switch (`encrypted`) has no value: keep every named parameter.
+      for (const [k2, v2] of new URLSearchParams(v.trim())) if (k2) q.append(k2, v2);
     } else if (v.trim()) {
       q.append(k, v.trim());
     }

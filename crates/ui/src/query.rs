@@ -1,99 +1,32 @@
-//! The page's filters: the flags of `ciliate observe` as query parameters (`namespace=demo`,
-//! `verdict=DROPPED`, `to_port=8080`, ...; `not_<name>` negates one), turned into Hubble
-//! FlowFilters the way `observe` builds them (flags about either end become a source-side and
-//! a destination-side filter) and compiled by the observer's own filter code, so the map and
-//! the table select exactly what `ciliate observe` with the same flags prints.
+//! The page's filters: `ciliate observe`'s filter flags as query parameters, `_` for `-`
+//! (`namespace=demo`, `verdict=DROPPED`, `to_port=8080`, `not_<name>` for `--not --<name>`),
+//! in the query string's order, handed to the observer's [`FilterBuilder`], the same builder
+//! `ciliate observe` feeds its command line, and compiled by the observer's own filter code.
+//! So the map and the table select exactly what `ciliate observe` with the same flags prints.
 
 use ciliate_observer::filter::FlowFilters;
-use ciliate_observer::l7::MESSAGE_TYPE_ACCESS_LOG;
-use ciliate_observer::proto::flow::{
-    DropReason, EventTypeFilter, FlowFilter, TrafficDirection, Verdict,
-};
+use ciliate_observer::filter_builder::{self, FilterBuilder, FlagError, SWITCH_FLAGS, VALUE_FLAGS};
+use ciliate_observer::proto::flow::FlowFilter;
 
-/// The filter parameters, as `ciliate observe`'s flags with `_` for `-`.
-pub const FILTERS: [&str; 35] = [
-    "namespace",
-    "from_namespace",
-    "to_namespace",
-    "pod",
-    "from_pod",
-    "to_pod",
-    "ip",
-    "from_ip",
-    "to_ip",
+/// Parameters whose value is one pattern, selector or flag set that may hold commas itself;
+/// every other parameter takes a comma-separated list (`verdict=DROPPED,ERROR` is
+/// `--verdict DROPPED --verdict ERROR`).
+const ONE_VALUE: [&str; 15] = [
     "label",
     "from_label",
     "to_label",
-    "service",
-    "from_service",
-    "to_service",
+    "node_label",
+    "tcp_flags",
     "fqdn",
     "from_fqdn",
     "to_fqdn",
-    "identity",
-    "from_identity",
-    "to_identity",
-    "port",
-    "from_port",
-    "to_port",
-    "verdict",
-    "protocol",
-    "type",
-    "drop_reason_desc",
-    "traffic_direction",
-    "node_name",
-    "dns_query",
-    "http_method",
-    "http_path",
     "http_status",
+    "http_path",
     "http_url",
-];
-
-/// Filters about one end of a flow: (either end, the source's, the destination's).
-const ENDS: [(&str, &str, &str); 7] = [
-    ("pod", "from_pod", "to_pod"),
-    ("ip", "from_ip", "to_ip"),
-    ("label", "from_label", "to_label"),
-    ("service", "from_service", "to_service"),
-    ("fqdn", "from_fqdn", "to_fqdn"),
-    ("identity", "from_identity", "to_identity"),
-    ("port", "from_port", "to_port"),
-];
-
-/// Parameters whose values are simple words, so a comma separates values
-/// (`verdict=DROPPED,ERROR`). Label selectors and regexes may contain commas themselves, so
-/// they are one value each.
-const COMMA_LISTS: [&str; 25] = [
-    "namespace",
-    "from_namespace",
-    "to_namespace",
-    "pod",
-    "from_pod",
-    "to_pod",
-    "ip",
-    "from_ip",
-    "to_ip",
-    "service",
-    "from_service",
-    "to_service",
-    "identity",
-    "from_identity",
-    "to_identity",
-    "port",
-    "from_port",
-    "to_port",
-    "verdict",
-    "protocol",
+    "http_header",
+    "dns_query",
+    "cel_expression",
     "type",
-    "drop_reason_desc",
-    "traffic_direction",
-    "node_name",
-    "http_method",
-];
-
-/// The protocols `--protocol` takes.
-const PROTOCOLS: [&str; 9] = [
-    "tcp", "udp", "icmp", "icmpv4", "icmpv6", "sctp", "http", "dns", "kafka",
 ];
 
 /// A bad parameter: which, what value, why.
@@ -116,295 +49,111 @@ fn bad(param: &str, value: &str, reason: impl Into<String>) -> QueryError {
     }
 }
 
-/// Values per filter parameter (one side: kept or negated).
-#[derive(Debug, Default, Clone)]
-struct Spec(Vec<(&'static str, String)>);
-
-impl Spec {
-    fn get(&self, name: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// `ciliate observe`'s construction: one filter of the directional flags, doubled into a
-    /// source-side and a destination-side one (ORed) by flags about either end.
-    fn filters(&self) -> Result<Vec<FlowFilter>, QueryError> {
-        if self.0.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut base = FlowFilter {
-            protocol: self.get("protocol"),
-            node_name: self.get("node_name"),
-            dns_query: self.get("dns_query"),
-            http_method: self.get("http_method"),
-            http_path: self.get("http_path"),
-            http_status_code: self.get("http_status"),
-            http_url: self.get("http_url"),
-            ..FlowFilter::default()
-        };
-        for v in self.get("verdict") {
-            let verdict = Verdict::from_str_name(&v.to_ascii_uppercase()).ok_or_else(|| {
-                bad(
-                    "verdict",
-                    &v,
-                    "expected FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED or TRANSLATED",
-                )
-            })?;
-            base.verdict.push(verdict as i32);
-        }
-        for v in self.get("drop_reason_desc") {
-            let reason = DropReason::from_str_name(&v.to_ascii_uppercase()).ok_or_else(|| {
-                bad(
-                    "drop_reason_desc",
-                    &v,
-                    "expected a drop reason name, e.g. POLICY_DENIED",
-                )
-            })?;
-            base.drop_reason_desc.push(reason as i32);
-        }
-        for v in self.get("traffic_direction") {
-            let d = TrafficDirection::from_str_name(&v.to_ascii_uppercase())
-                .filter(|d| *d != TrafficDirection::Unknown)
-                .ok_or_else(|| bad("traffic_direction", &v, "expected ingress or egress"))?;
-            base.traffic_direction.push(d as i32);
-        }
-        for k in self.get("type") {
-            let (name, sub) = k
-                .split_once(':')
-                .map_or((k.as_str(), None), |(n, s)| (n, Some(s)));
-            let r#type = match name {
-                "drop" => 1,
-                "trace" => 4,
-                "policy-verdict" => 5,
-                "l7" => MESSAGE_TYPE_ACCESS_LOG,
-                _ => {
-                    return Err(bad(
-                        "type",
-                        &k,
-                        "expected trace, drop, policy-verdict or l7, optionally :SUBTYPE",
-                    ))
-                }
-            };
-            let sub_type = sub
-                .map(|s| {
-                    s.parse::<i32>()
-                        .map_err(|_| bad("type", &k, "the sub type must be a number"))
-                })
-                .transpose()?;
-            base.event_type.push(EventTypeFilter {
-                r#type,
-                match_sub_type: sub_type.is_some(),
-                sub_type: sub_type.unwrap_or(0),
-            });
-        }
-        for (kind, from, to) in ENDS {
-            for v in self.get(from) {
-                push_end(&mut base, kind, true, from, &v)?;
-            }
-            for v in self.get(to) {
-                push_end(&mut base, kind, false, to, &v)?;
-            }
-        }
-        for n in self.get("from_namespace") {
-            base.source_pod
-                .push(format!("{}/", n.trim_end_matches('/')));
-        }
-        for n in self.get("to_namespace") {
-            base.destination_pod
-                .push(format!("{}/", n.trim_end_matches('/')));
-        }
-        // Flags about either end: (kind, parameter, value).
-        let mut either: Vec<(&str, &str, String)> = Vec::new();
-        for (kind, _, _) in ENDS {
-            either.extend(self.get(kind).into_iter().map(|v| (kind, kind, v)));
-        }
-        either.extend(
-            self.get("namespace")
-                .into_iter()
-                .map(|n| ("pod", "namespace", format!("{}/", n.trim_end_matches('/')))),
-        );
-        if either.is_empty() {
-            return Ok(vec![base]);
-        }
-        let (mut src, mut dst) = (base.clone(), base);
-        for (kind, param, v) in &either {
-            push_end(&mut src, kind, true, param, v)?;
-            push_end(&mut dst, kind, false, param, v)?;
-        }
-        Ok(vec![src, dst])
-    }
+/// Every filter parameter the page takes, as the builder's flags with `_` for `-`
+/// (`not_<name>` negates any of them).
+pub fn filter_params() -> impl Iterator<Item = String> {
+    VALUE_FLAGS
+        .iter()
+        .copied()
+        .chain(SWITCH_FLAGS.iter().map(|(f, _)| *f).filter(|f| *f != "not"))
+        .map(|f| f.replace('-', "_"))
 }
 
-/// Adds `value` to the source's (or destination's) field of `kind`.
-fn push_end(
-    f: &mut FlowFilter,
-    kind: &str,
-    source: bool,
-    param: &str,
-    value: &str,
-) -> Result<(), QueryError> {
-    if kind == "identity" {
-        let n = value
-            .parse::<u32>()
-            .map_err(|_| bad(param, value, "expected a numeric security identity"))?;
-        let list = if source {
-            &mut f.source_identity
-        } else {
-            &mut f.destination_identity
-        };
-        list.push(n);
-        return Ok(());
+/// The builder's flag for a parameter name, and whether it takes a value.
+fn flag_of(name: &str) -> Option<(&'static str, Option<&'static str>)> {
+    let flag = name.replace('_', "-");
+    if let Some(f) = VALUE_FLAGS.iter().find(|f| **f == flag) {
+        return Some((f, None));
     }
-    let list = match (kind, source) {
-        ("pod", true) => &mut f.source_pod,
-        ("pod", false) => &mut f.destination_pod,
-        ("ip", true) => &mut f.source_ip,
-        ("ip", false) => &mut f.destination_ip,
-        ("label", true) => &mut f.source_label,
-        ("label", false) => &mut f.destination_label,
-        ("service", true) => &mut f.source_service,
-        ("service", false) => &mut f.destination_service,
-        ("fqdn", true) => &mut f.source_fqdn,
-        ("fqdn", false) => &mut f.destination_fqdn,
-        ("port", true) => &mut f.source_port,
-        _ => &mut f.destination_port,
-    };
-    list.push(value.to_owned());
-    Ok(())
+    SWITCH_FLAGS
+        .iter()
+        .find(|(f, _)| *f == flag && *f != "not")
+        .map(|(f, v)| (*f, Some(*v)))
 }
 
-fn check_value(name: &str, value: &str) -> Result<(), QueryError> {
-    match name {
-        "port" | "from_port" | "to_port" => value
-            .parse::<u16>()
-            .map(drop)
-            .map_err(|_| bad(name, value, "expected a port number (0-65535)")),
-        "protocol" if !PROTOCOLS.contains(&value.to_ascii_lowercase().as_str()) => Err(bad(
-            name,
-            value,
-            format!("expected one of {}", PROTOCOLS.join(", ")),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The filters a query string asks for, compiled; also the Hubble FlowFilters themselves
-/// (whitelist, blacklist) for a GetFlows request. Parameters in `extra` are the caller's
-/// own (e.g. `limit`) and skipped here; any other unknown parameter is refused, naming it.
-pub fn parse(
+/// The builder's flag occurrences (`(flag, value)`, `not` before a negated one) a query
+/// string asks for, in its order; parameters in `extra` are the caller's own (`limit`).
+pub fn flags(
     query: &str,
     extra: &[&str],
-) -> Result<(FlowFilters, Vec<FlowFilter>, Vec<FlowFilter>), QueryError> {
+) -> Result<Vec<(String, &'static str, String)>, QueryError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| bad("(query string)", query, e.to_string()))?;
-    let (mut keep, mut negated) = (Spec::default(), Spec::default());
+    let mut out = Vec::new();
     for (key, value) in pairs {
         if extra.contains(&key.as_str()) {
             continue;
         }
-        let (target, name) = match key.strip_prefix("not_") {
-            Some(rest) => (&mut negated, rest),
-            None => (&mut keep, key.as_str()),
+        let (negated, name) = match key.strip_prefix("not_") {
+            Some(rest) => (true, rest),
+            None => (false, key.as_str()),
         };
-        let Some(&name) = FILTERS.iter().find(|f| **f == name) else {
+        let Some((flag, switch)) = flag_of(name) else {
+            let known: Vec<String> = filter_params().collect();
             return Err(bad(
                 &key,
                 &value,
                 format!(
                     "unknown filter; known: {} (not_<name> negates)",
-                    FILTERS.join(", ")
+                    known.join(", ")
                 ),
             ));
         };
-        let values: Vec<&str> = if COMMA_LISTS.contains(&name) {
-            value.split(',').map(str::trim).collect()
-        } else {
-            vec![value.trim()]
+        let values: Vec<String> = match switch {
+            // A switch is on when present (`encrypted`, `encrypted=true`).
+            Some(on) => match value.trim().to_ascii_lowercase().as_str() {
+                "" | "true" | "1" | "on" => vec![on.to_owned()],
+                "false" | "0" | "off" => Vec::new(),
+                _ => return Err(bad(&key, &value, "a switch: expected true or false")),
+            },
+            None if ONE_VALUE.contains(&name) => vec![value.trim().to_owned()],
+            None => value.split(',').map(|v| v.trim().to_owned()).collect(),
         };
         for v in values.into_iter().filter(|v| !v.is_empty()) {
-            check_value(name, v)?;
-            target.0.push((name, v.to_owned()));
+            if negated {
+                out.push((key.clone(), "not", "true".to_owned()));
+            }
+            out.push((key.clone(), flag, v));
         }
     }
-    let whitelist = keep.filters()?;
-    let blacklist = negated.filters()?;
-    let compiled = FlowFilters::compile(&whitelist, &blacklist)
-        .map_err(|e| bad("(filters)", query, e.to_string()))?;
+    Ok(out)
+}
+
+/// The filters a query string asks for, compiled; also the Hubble FlowFilters themselves
+/// (whitelist, blacklist) for a GetFlows request. Parameters in `extra` are the caller's
+/// own (e.g. `limit`) and skipped here; any other unknown or bad parameter is refused,
+/// naming it.
+pub fn parse(
+    query: &str,
+    extra: &[&str],
+) -> Result<(FlowFilters, Vec<FlowFilter>, Vec<FlowFilter>), QueryError> {
+    let named = |key: &str, e: FlagError| bad(key, &e.value, e.reason);
+    let mut builder = FilterBuilder::default();
+    let flags = flags(query, extra)?;
+    for (key, flag, value) in &flags {
+        let (flag, value) = (*flag, value.as_str());
+        if flag != "not" {
+            // The observer's own checks (ports, regexes, protocols, selectors), per
+            // parameter, so the message names the one at fault.
+            filter_builder::check(flag, value).map_err(|e| named(key, e))?;
+        }
+        builder.set(flag, value).map_err(|e| named(key, e))?;
+    }
+    let (whitelist, blacklist) = builder
+        .finish()
+        .map_err(|e| bad("not", &e.value, e.reason))?;
+    let compiled = FlowFilters::compile(&whitelist, &blacklist).map_err(|e| {
+        // Fields fine alone but not together (HTTP fields with a non-L7 `type`): named by
+        // the last parameter that filled the refused field.
+        let culprit = filter_builder::flags_of_field(e.field);
+        match flags.iter().rev().find(|(_, f, _)| culprit.contains(f)) {
+            Some((key, _, value)) => bad(key, value, e.to_string()),
+            None => bad("(filters)", query, e.to_string()),
+        }
+    })?;
     Ok((compiled, whitelist, blacklist))
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_become_observes_filters() {
-        let (_, white, black) =
-            parse("from_pod=demo/frontend&to_port=8080&verdict=dropped", &[]).unwrap();
-        assert_eq!(white.len(), 1);
-        assert_eq!(white[0].source_pod, vec!["demo/frontend"]);
-        assert_eq!(white[0].destination_port, vec!["8080"]);
-        assert_eq!(white[0].verdict, vec![Verdict::Dropped as i32]);
-        assert!(black.is_empty());
-        let (_, white, black) = parse("namespace=demo&not_verdict=FORWARDED,TRACED", &[]).unwrap();
-        assert_eq!(white.len(), 2);
-        assert_eq!(white[0].source_pod, vec!["demo/"]);
-        assert_eq!(white[1].destination_pod, vec!["demo/"]);
-        assert_eq!(black[0].verdict.len(), 2);
-        let (_, white, _) = parse("", &[]).unwrap();
-        assert!(white.is_empty());
-        let (_, white, _) = parse("namespace=&limit=5", &["limit"]).unwrap();
-        assert!(white.is_empty());
-        let (_, white, _) = parse(
-            "to_service=demo/backend&from_identity=300&node_name=default/node0&drop_reason_desc=policy_denied&traffic_direction=ingress",
-            &[],
-        )
-        .unwrap();
-        assert_eq!(white.len(), 1);
-        assert_eq!(white[0].destination_service, vec!["demo/backend"]);
-        assert_eq!(white[0].source_identity, vec![300]);
-        assert_eq!(white[0].node_name, vec!["default/node0"]);
-        assert_eq!(
-            white[0].drop_reason_desc,
-            vec![DropReason::PolicyDenied as i32]
-        );
-        assert_eq!(
-            white[0].traffic_direction,
-            vec![TrafficDirection::Ingress as i32]
-        );
-        let (_, white, _) = parse("identity=7&to_namespace=prod", &[]).unwrap();
-        assert_eq!(white.len(), 2);
-        assert_eq!(white[0].source_identity, vec![7]);
-        assert_eq!(white[1].destination_identity, vec![7]);
-        assert_eq!(white[1].destination_pod, vec!["prod/"]);
-        assert_eq!(white[0].destination_pod, vec!["prod/"]);
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        for (q, param) in [
-            ("verdict=maybe", "verdict"),
-            ("port=http", "port"),
-            ("to_port=70000", "to_port"),
-            ("protocol=quic", "protocol"),
-            ("type=bogus", "type"),
-            ("type=drop:x", "type"),
-            ("colour=red", "colour"),
-            ("not_colour=red", "not_colour"),
-            ("http_path=(", "(filters)"),
-            ("from_identity=web", "from_identity"),
-            ("identity=-1", "identity"),
-            ("drop_reason_desc=OOPS", "drop_reason_desc"),
-            ("traffic_direction=sideways", "traffic_direction"),
-        ] {
-            let e = parse(q, &[]).unwrap_err();
-            assert_eq!(e.param, param, "{q}: {e}");
-        }
-        let e = parse("colour=red", &[]).unwrap_err();
-        assert!(e.to_string().contains("unknown filter"), "{e}");
-    }
-}
+#[path = "query_tests.rs"]
+mod tests;

@@ -221,6 +221,26 @@ async fn bad_filters_are_refused_naming_the_parameter() {
         ("/api/snapshot?http_path=%28", "http_path"),
         ("/api/snapshot?limit=0", "limit"),
         ("/api/events?protocol=quic", "protocol"),
+        // The filters of `ciliate observe` the page took over with its builder.
+        ("/api/snapshot?tcp_flags=syn,nope", "filter tcp_flags="),
+        (
+            "/api/snapshot?from_identity=nobody",
+            "filter from_identity=",
+        ),
+        (
+            "/api/snapshot?not_node_label=a%20in%20b",
+            "filter not_node_label=",
+        ),
+        ("/api/snapshot?ip_trace_id=0", "filter ip_trace_id="),
+        ("/api/snapshot?encrypted&unencrypted", "filter unencrypted="),
+        (
+            "/api/events?from_ip=1.2.3.4&from_fqdn=a.io",
+            "filter from_fqdn=",
+        ),
+        (
+            "/api/snapshot?cel_expression=true",
+            "filter cel_expression=",
+        ),
     ] {
         let (status, v) = get(&f.ui, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");

@@ -16,10 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{Hinted, Outcome};
 use crate::output::{self, Format};
 
-#[path = "observe_filter.rs"]
-mod filter;
-
-pub use filter::FilterBuilder;
+use ciliate_observer::filter_builder::{FilterBuilder, SWITCH_FLAGS, VALUE_FLAGS};
 
 /// How many flows `observe` shows without --last, --since or --follow (Hubble's
 /// `defaults.FlowPrintCount`).
@@ -96,8 +93,8 @@ pub struct ObserveArgs {
 
     // Filters, in Hubble's order; each occurrence is applied in command-line order.
     /// Reverses the next filter to be a denylist, i.e. --not --from-ip 2.2.2.2.
-    #[arg(long, id = "not", action = ArgAction::Count, help_heading = "Filters")]
-    pub not: u8,
+    #[arg(long, id = "not", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub not: Vec<bool>,
     /// Show the only flow matching this unique flow identifier, if any.
     #[arg(long, id = "uuid", value_name = "UUID", help_heading = "Filters")]
     pub uuid: Vec<String>,
@@ -216,11 +213,11 @@ pub struct ObserveArgs {
     #[arg(long, id = "to-ip", value_name = "IP", help_heading = "Filters")]
     pub to_ip: Vec<String>,
     /// Only IPv4 flows.
-    #[arg(short = '4', long, id = "ipv4", action = ArgAction::Count, help_heading = "Filters")]
-    pub ipv4: u8,
+    #[arg(short = '4', long, id = "ipv4", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub ipv4: Vec<bool>,
     /// Only IPv6 flows.
-    #[arg(short = '6', long, id = "ipv6", action = ArgAction::Count, help_heading = "Filters")]
-    pub ipv6: u8,
+    #[arg(short = '6', long, id = "ipv6", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub ipv6: Vec<bool>,
     /// Only IPv4, IPv6 or non-IP flows ("v4", "v6", "none").
     #[arg(
         long,
@@ -259,14 +256,14 @@ pub struct ObserveArgs {
     #[arg(long, id = "to-namespace", value_name = "NS", help_heading = "Filters")]
     pub to_namespace: Vec<String>,
     /// Flows from any namespace.
-    #[arg(long, id = "from-all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
-    pub from_all_namespaces: u8,
+    #[arg(long, id = "from-all-namespaces", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub from_all_namespaces: Vec<bool>,
     /// Flows from or to any namespace.
-    #[arg(short = 'A', long, id = "all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
-    pub all_namespaces: u8,
+    #[arg(short = 'A', long, id = "all-namespaces", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub all_namespaces: Vec<bool>,
     /// Flows to any namespace.
-    #[arg(long, id = "to-all-namespaces", action = ArgAction::Count, help_heading = "Filters")]
-    pub to_all_namespaces: u8,
+    #[arg(long, id = "to-all-namespaces", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub to_all_namespaces: Vec<bool>,
     /// Flows from an endpoint with the given labels (e.g. "key1=value1", "reserved:world").
     #[arg(
         long,
@@ -372,12 +369,16 @@ pub struct ObserveArgs {
     /// Flows observed at the given interface name (e.g. eth0).
     #[arg(long, id = "interface", value_name = "NAME", help_heading = "Filters")]
     pub interface: Vec<String>,
+    /// DNS query name regular expression (e.g. "\\.cilium\\.io\\.$"); Ciliate's, Hubble has
+    /// the filter but no flag for it.
+    #[arg(long, id = "dns-query", value_name = "REGEX", help_heading = "Filters")]
+    pub dns_query: Vec<String>,
     /// Only encrypted flows (WireGuard/IPsec).
-    #[arg(long, id = "encrypted", action = ArgAction::Count, help_heading = "Filters")]
-    pub encrypted: u8,
+    #[arg(long, id = "encrypted", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub encrypted: Vec<bool>,
     /// Only unencrypted flows.
-    #[arg(long, id = "unencrypted", action = ArgAction::Count, help_heading = "Filters")]
-    pub unencrypted: u8,
+    #[arg(long, id = "unencrypted", action = ArgAction::Append, num_args = 0, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Filters")]
+    pub unencrypted: Vec<bool>,
     /// Allowlist as JSON encoded FlowFilters (Hubble's proto field names).
     #[arg(long, value_name = "JSON", help_heading = "Filters")]
     pub allowlist: Vec<String>,
@@ -385,72 +386,6 @@ pub struct ObserveArgs {
     #[arg(long, value_name = "JSON", help_heading = "Filters")]
     pub denylist: Vec<String>,
 }
-
-/// The filter flags that take a value, by their names (clap ids are the same).
-const VALUE_FLAGS: &[&str] = &[
-    "uuid",
-    "node-name",
-    "node-label",
-    "from-cluster",
-    "cluster",
-    "to-cluster",
-    "protocol",
-    "tcp-flags",
-    "type",
-    "verdict",
-    "drop-reason-desc",
-    "http-status",
-    "http-method",
-    "http-path",
-    "http-url",
-    "http-header",
-    "trace-id",
-    "ip-trace-id",
-    "from-fqdn",
-    "fqdn",
-    "to-fqdn",
-    "from-ip",
-    "snat-ip",
-    "ip",
-    "to-ip",
-    "ip-version",
-    "from-pod",
-    "pod",
-    "to-pod",
-    "from-namespace",
-    "namespace",
-    "to-namespace",
-    "from-label",
-    "label",
-    "to-label",
-    "from-service",
-    "service",
-    "to-service",
-    "from-port",
-    "port",
-    "to-port",
-    "from-workload",
-    "workload",
-    "to-workload",
-    "from-identity",
-    "identity",
-    "to-identity",
-    "traffic-direction",
-    "cel-expression",
-    "interface",
-];
-
-/// The filter flags without a value, and the value Hubble gives them (`NoOptDefVal`).
-const SWITCH_FLAGS: &[(&str, &str)] = &[
-    ("not", "true"),
-    ("ipv4", "v4"),
-    ("ipv6", "v6"),
-    ("from-all-namespaces", "true"),
-    ("all-namespaces", "true"),
-    ("to-all-namespaces", "true"),
-    ("encrypted", "true"),
-    ("unencrypted", "true"),
-];
 
 /// Every filter flag occurrence, `(name, value)`, in command-line order.
 fn filter_flags_in_order(m: &ArgMatches) -> Vec<(&'static str, String)> {
@@ -461,7 +396,7 @@ fn filter_flags_in_order(m: &ArgMatches) -> Vec<(&'static str, String)> {
         }
     }
     for &(id, val) in SWITCH_FLAGS {
-        // A count flag has a default (0) with an index of its own: only typed ones count.
+        // One index per occurrence (an appending flag; a counting one would have one in all).
         if m.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
             continue;
         }
@@ -471,6 +406,19 @@ fn filter_flags_in_order(m: &ArgMatches) -> Vec<(&'static str, String)> {
     }
     seen.sort_by_key(|(i, _, _)| *i);
     seen.into_iter().map(|(_, id, v)| (id, v)).collect()
+}
+
+/// A flag as pflag names it in errors: `-A, --all-namespaces`, `--from-pod`.
+fn flag_name(id: &str) -> String {
+    let cmd = crate::cli::Cli::command();
+    let short = cmd
+        .find_subcommand("observe")
+        .and_then(|c| c.get_arguments().find(|a| a.get_id() == id))
+        .and_then(clap::Arg::get_short);
+    match short {
+        Some(s) => format!("-{s}, --{id}"),
+        None => format!("--{id}"),
+    }
 }
 
 /// The `observe` matches of a whole command line.
@@ -563,11 +511,14 @@ pub fn request(
 
     let mut builder = FilterBuilder::default();
     for (name, value) in filter_flags_in_order(&observe_matches(argv)?) {
-        builder
-            .set(name, &value)
-            .map_err(|e| anyhow!("invalid argument {value:?} for \"--{name}\" flag: {e}"))?;
+        builder.set(name, &value).map_err(|e| {
+            anyhow!(
+                "invalid argument {value:?} for \"{}\" flag: {e}",
+                flag_name(name)
+            )
+        })?;
     }
-    let (mut whitelist, mut blacklist) = builder.finish().map_err(anyhow::Error::msg)?;
+    let (mut whitelist, mut blacklist) = builder.finish()?;
     whitelist.extend(raw_filters("allowlist", &args.allowlist)?);
     blacklist.extend(raw_filters("denylist", &args.denylist)?);
     Ok(GetFlowsRequest {
@@ -582,29 +533,28 @@ pub fn request(
     })
 }
 
-/// `--print-raw-filters`: the filters as Hubble prints them, YAML lists of JSON strings.
+/// `--print-raw-filters`: the filters as Hubble prints them, YAML lists of JSON strings, as
+/// go-yaml v3 writes them: items indented by four, single-quoted (`'` doubled), never
+/// folded. (The JSON has every control character escaped, so no other style is needed.)
 pub fn raw_filters_yaml(req: &GetFlowsRequest) -> anyhow::Result<String> {
-    #[derive(serde::Serialize)]
-    struct Filters {
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        allowlist: Vec<String>,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        denylist: Vec<String>,
+    let mut out = String::new();
+    for (key, filters) in [("allowlist", &req.whitelist), ("denylist", &req.blacklist)] {
+        if filters.is_empty() {
+            continue;
+        }
+        out.push_str(key);
+        out.push_str(":\n");
+        for f in filters.iter() {
+            let json = protojson::to_json(f, "flow.FlowFilter")?.to_hubble_string();
+            out.push_str("    - '");
+            out.push_str(&json.replace('\'', "''"));
+            out.push_str("'\n");
+        }
     }
-    let json = |filters: &[FlowFilter]| -> anyhow::Result<Vec<String>> {
-        filters
-            .iter()
-            .map(|f| Ok(protojson::to_json(f, "flow.FlowFilter")?.to_hubble_string()))
-            .collect()
-    };
-    let filters = Filters {
-        allowlist: json(&req.whitelist)?,
-        denylist: json(&req.blacklist)?,
-    };
-    if filters.allowlist.is_empty() && filters.denylist.is_empty() {
-        return Ok("{}\n".to_owned());
+    if out.is_empty() {
+        out.push_str("{}\n");
     }
-    Ok(serde_yaml_ng::to_string(&filters)?)
+    Ok(out)
 }
 
 /// The printer options of `-o` and the formatting flags; `-o table` cannot follow.
@@ -769,3 +719,7 @@ pub async fn run(
 #[cfg(test)]
 #[path = "observe_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "observe_parity_tests.rs"]
+mod parity_tests;

@@ -173,7 +173,7 @@ fn l7_flags_and_raw_filters() {
         raw_filters_yaml(&req(&["--from-pod", "x", "--not", "--to-port", "53"]).unwrap()).unwrap();
     assert_eq!(
         yaml,
-        "allowlist:\n- '{\"source_pod\":[\"x\"]}'\ndenylist:\n- '{\"destination_port\":[\"53\"]}'\n"
+        "allowlist:\n    - '{\"source_pod\":[\"x\"]}'\ndenylist:\n    - '{\"destination_port\":[\"53\"]}'\n"
     );
 }
 
@@ -190,7 +190,8 @@ fn l7_response() -> GetFlowsResponse {
                 namespace: "default".into(),
                 pod_name: pod.into(),
                 labels: vec![],
-            },
+            }
+            .into(),
         );
     }
     let record = HttpRecord {

@@ -1,30 +1,71 @@
-//! The task that drains the event ring buffer into decoded [`MonitorEvent`]s.
+//! The task that drains the event ring buffer: every event to the observer's sink as
+//! numbers, and named into [`MonitorEvent`]s only for `ciliate monitor`'s receivers.
+
+use std::sync::{Arc, OnceLock};
 
 use aya::maps::{MapData, RingBuf};
-use ciliate_model::monitor::MonitorEvent;
+use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use crate::events::{self, Clock};
-use crate::DatapathError;
+use crate::{DatapathError, EventSink};
 
 /// How often the agent drains the event ring when the programs have not woken it.
 const EVENTS_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
-fn drain(ring: &mut RingBuf<MapData>, clock: &Clock, tx: &broadcast::Sender<MonitorEvent>) {
-    while let Some(item) = ring.next() {
-        match events::decode(&item, clock) {
-            // No subscriber is not an error: events are only kept for listeners.
-            Ok(ev) => drop(tx.send(ev)),
-            Err(e) => debug!(error = %e, "undecodable datapath event"),
+/// Events handed to the sink at once at most (a full ring holds far more).
+const SINK_BATCH: usize = 4096;
+
+/// What the reader hands events to.
+struct Outlets {
+    monitor: broadcast::Sender<MonitorEvent>,
+    sink: Arc<OnceLock<EventSink>>,
+    batch: Vec<EventRecord>,
+}
+
+impl Outlets {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, clock: &Clock) {
+        // Naming an event allocates: done only while someone runs `ciliate monitor`.
+        let monitor = self.monitor.receiver_count() > 0;
+        let sink = self.sink.get().cloned();
+        let sink = sink.as_ref();
+        while let Some(item) = ring.next() {
+            match events::decode_record(&item, clock) {
+                Ok(record) => {
+                    if monitor {
+                        // No subscriber left is not an error: events are only kept for listeners.
+                        drop(self.monitor.send(events::monitor_event(&record)));
+                    }
+                    if sink.is_some() {
+                        self.batch.push(record);
+                    }
+                }
+                Err(e) => debug!(error = %e, "undecodable datapath event"),
+            }
+            drop(item);
+            if self.batch.len() >= SINK_BATCH {
+                self.flush(sink);
+            }
+        }
+        self.flush(sink);
+    }
+
+    fn flush(&mut self, sink: Option<&EventSink>) {
+        if let Some(sink) = sink {
+            if !self.batch.is_empty() {
+                sink(&mut self.batch);
+                self.batch.clear();
+            }
         }
     }
 }
 
 pub(super) fn spawn_event_reader(
     ring: RingBuf<MapData>,
-    tx: broadcast::Sender<MonitorEvent>,
+    monitor: broadcast::Sender<MonitorEvent>,
+    sink: Arc<OnceLock<EventSink>>,
 ) -> Result<(), DatapathError> {
     // SAFETY: the RingBuf owns its map fd and never changes it; the AsyncFd owns the RingBuf,
     // so the fd stays open and the same for the AsyncFd's whole life.
@@ -32,6 +73,11 @@ pub(super) fn spawn_event_reader(
         .map_err(|e| DatapathError::kernel("poll ring buffer", e.into_parts().1))?;
     tokio::spawn(async move {
         let clock = Clock::now();
+        let mut out = Outlets {
+            monitor,
+            sink,
+            batch: Vec::with_capacity(SINK_BATCH),
+        };
         // The programs do not wake us per event (see events.h): drain on a short timer, and
         // at once when they do wake us because the ring is filling up.
         let mut tick = tokio::time::interval(EVENTS_DRAIN_INTERVAL);
@@ -40,7 +86,7 @@ pub(super) fn spawn_event_reader(
             tokio::select! {
                 ready = fd.readable_mut() => match ready {
                     Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &clock, &tx);
+                        out.drain(guard.get_inner_mut(), &clock);
                         guard.clear_ready();
                     }
                     Err(e) => {
@@ -48,7 +94,7 @@ pub(super) fn spawn_event_reader(
                         return;
                     }
                 },
-                _ = tick.tick() => drain(fd.get_mut(), &clock, &tx),
+                _ = tick.tick() => out.drain(fd.get_mut(), &clock),
             }
         }
     });

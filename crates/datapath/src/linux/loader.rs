@@ -98,48 +98,112 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// Loads the tc object `file` with the node's maps pinned (or reused) under `pin_dir`, its
-/// classifiers `names` verified and loaded into the kernel but not attached.
-fn load_classifiers(
-    pin_dir: &Path,
-    file: &str,
-    bytes: &'static [u8],
-    names: impl IntoIterator<Item = &'static str>,
-) -> Result<Ebpf, DatapathError> {
-    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
-    let mut bpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(object(file, bytes)?)
-        .map_err(kernel(format!("load bpf/{file}")))?;
-    for name in names {
-        let prog: &mut SchedClassifier = bpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                DatapathError::Unsupported(format!("program {name} missing from bpf/{file}"))
-            })?
-            .try_into()
-            .map_err(kernel(format!("{name} is not a classifier")))?;
-        prog.load()
-            .map_err(kernel(format!("verify and load {name}")))?;
+/// Loads the node's objects, their maps pinned (or reused) by name under one directory.
+///
+/// One loader serves every object, and it never holds the kernel's BTF. aya 0.14's
+/// `EbpfLoader::new` reads and parses /sys/kernel/btf/vmlinux (5 MB here; about 19 MB of
+/// allocations at its peak) whether or not an object needs it. Ours need none (no CO-RE
+/// relocations, no kernel types), so the parsed BTF is dropped at once, before anything
+/// long-lived is allocated: parsed once per object, in between the allocations of the objects
+/// already loaded, it left the agent's heap about 4 MB larger for good (issue #15's RSS).
+#[derive(Debug)]
+pub struct ObjectLoader {
+    loader: EbpfLoader<'static>,
+}
+
+impl ObjectLoader {
+    /// A loader whose maps are pinned (or reused) under `pin_dir`, which it creates.
+    pub fn new(pin_dir: &Path) -> Result<Self, DatapathError> {
+        std::fs::create_dir_all(pin_dir)
+            .map_err(kernel(format!("create {}", pin_dir.display())))?;
+        let mut loader = EbpfLoader::new();
+        // Drops what `new` parsed (see above); nothing of ours relocates against it.
+        loader.btf(None);
+        loader.default_map_pin_directory(pin_dir);
+        Ok(Self { loader })
     }
-    Ok(bpf)
+
+    /// Loads the tc object `file`, its classifiers `names` verified and loaded into the kernel
+    /// but not attached.
+    fn classifiers(
+        &mut self,
+        file: &str,
+        bytes: &'static [u8],
+        names: impl IntoIterator<Item = &'static str>,
+    ) -> Result<Ebpf, DatapathError> {
+        let mut bpf = self
+            .loader
+            .load(object(file, bytes)?)
+            .map_err(kernel(format!("load bpf/{file}")))?;
+        for name in names {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    DatapathError::Unsupported(format!("program {name} missing from bpf/{file}"))
+                })?
+                .try_into()
+                .map_err(kernel(format!("{name} is not a classifier")))?;
+            prog.load()
+                .map_err(kernel(format!("verify and load {name}")))?;
+        }
+        Ok(bpf)
+    }
+
+    /// `bpf/lxc.c`, its programs loaded into the kernel but not attached.
+    pub fn endpoint_programs(&mut self) -> Result<Ebpf, DatapathError> {
+        self.classifiers(
+            "lxc.c",
+            LXC_OBJECT,
+            ENDPOINT_PROGRAMS.map(|(name, _, _)| name),
+        )
+    }
+
+    /// `bpf/overlay.c`, sharing the maps of [`Self::endpoint_programs`], its program loaded
+    /// but not attached.
+    pub fn overlay_program(&mut self) -> Result<Ebpf, DatapathError> {
+        self.classifiers("overlay.c", OVERLAY_OBJECT, [OVERLAY_PROGRAM.0])
+    }
+
+    /// `bpf/host.c` (masquerading), programs loaded but not attached.
+    pub fn host_programs(&mut self) -> Result<Ebpf, DatapathError> {
+        self.classifiers(
+            "host.c",
+            HOST_OBJECT,
+            HOST_PROGRAMS.map(|(name, _, _)| name),
+        )
+    }
+
+    /// `bpf/sock.c`, programs verified and loaded but not attached.
+    pub fn socket_programs(&mut self) -> Result<Ebpf, DatapathError> {
+        let mut bpf = self
+            .loader
+            .load(object("sock.c", SOCK_OBJECT)?)
+            .map_err(kernel("load bpf/sock.c"))?;
+        for (name, _) in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    DatapathError::Unsupported(format!("program {name} missing from sock.o"))
+                })?
+                .try_into()
+                .map_err(kernel(format!("{name} is not a cgroup sock_addr program")))?;
+            prog.load()
+                .map_err(kernel(format!("verify and load {name}")))?;
+        }
+        Ok(bpf)
+    }
 }
 
 /// Loads `bpf/lxc.c` with its maps pinned (or reused) under `pin_dir`, programs loaded
 /// into the kernel but not attached. Tests use this directly for BPF_PROG_TEST_RUN.
 pub fn load_endpoint_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
-    load_classifiers(
-        pin_dir,
-        "lxc.c",
-        LXC_OBJECT,
-        ENDPOINT_PROGRAMS.map(|(name, _, _)| name),
-    )
+    ObjectLoader::new(pin_dir)?.endpoint_programs()
 }
 
 /// Loads `bpf/overlay.c` with the same pinned maps as [`load_endpoint_programs`] under
 /// `pin_dir`, its program loaded but not attached.
 pub fn load_overlay_program(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
-    load_classifiers(pin_dir, "overlay.c", OVERLAY_OBJECT, [OVERLAY_PROGRAM.0])
+    ObjectLoader::new(pin_dir)?.overlay_program()
 }
 
 /// The masquerading programs on the uplink: (name in the object, where it attaches, pin name
@@ -153,45 +217,33 @@ pub(super) const HOST_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
 /// Loads `bpf/host.c` with the node's pinned maps under `pin_dir`, programs loaded but not
 /// attached.
 pub fn load_host_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
-    load_classifiers(
-        pin_dir,
-        "host.c",
-        HOST_OBJECT,
-        HOST_PROGRAMS.map(|(name, _, _)| name),
-    )
+    ObjectLoader::new(pin_dir)?.host_programs()
 }
 
 /// Loads `bpf/sock.c` with its maps pinned (or reused) under `pin_dir`, programs verified and
 /// loaded but not attached.
 pub fn load_socket_programs(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
-    std::fs::create_dir_all(pin_dir).map_err(kernel(format!("create {}", pin_dir.display())))?;
-    let mut bpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(object("sock.c", SOCK_OBJECT)?)
-        .map_err(kernel("load bpf/sock.c"))?;
-    for (name, _) in SOCK_PROGRAMS {
-        let prog: &mut CgroupSockAddr = bpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                DatapathError::Unsupported(format!("program {name} missing from sock.o"))
-            })?
-            .try_into()
-            .map_err(kernel(format!("{name} is not a cgroup sock_addr program")))?;
-        prog.load()
-            .map_err(kernel(format!("verify and load {name}")))?;
-    }
-    Ok(bpf)
+    ObjectLoader::new(pin_dir)?.socket_programs()
 }
 
 /// Loads the socket-LB programs (sharing the node's pinned maps) and attaches them to `cgroup`,
 /// pinning the links. Links pinned by an earlier run are kept: their programs use the same maps.
 pub fn attach_socket_lb(pin_dir: &Path, cgroup: &Path) -> Result<Ebpf, DatapathError> {
+    attach_socket_lb_with(&mut ObjectLoader::new(pin_dir)?, pin_dir, cgroup)
+}
+
+/// [`attach_socket_lb`] with the node's [`ObjectLoader`].
+pub fn attach_socket_lb_with(
+    loader: &mut ObjectLoader,
+    pin_dir: &Path,
+    cgroup: &Path,
+) -> Result<Ebpf, DatapathError> {
     std::fs::create_dir_all(cgroup)
         .map_err(kernel(format!("create cgroup {}", cgroup.display())))?;
     let cgroup_dir =
         std::fs::File::open(cgroup).map_err(kernel(format!("open cgroup {}", cgroup.display())))?;
     std::fs::create_dir_all(pin_dir.join("links")).map_err(kernel("create links directory"))?;
-    let mut bpf = load_socket_programs(pin_dir)?;
+    let mut bpf = loader.socket_programs()?;
     for (name, attach_type) in SOCK_PROGRAMS {
         let pin = pin_dir.join("links").join(format!("cgroup-{name}"));
         if pin.exists() {

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{Array, PerCpuArray, RingBuf};
@@ -38,9 +38,9 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 pub use loader::{
-    attach_socket_lb, cgroup2_mount, default_socket_lb_cgroup, ensure_bpffs,
+    attach_socket_lb, attach_socket_lb_with, cgroup2_mount, default_socket_lb_cgroup, ensure_bpffs,
     load_endpoint_programs, load_host_programs, load_overlay_program, load_socket_programs,
-    HOST_OBJECT, LXC_OBJECT, OVERLAY_OBJECT, SOCK_OBJECT,
+    ObjectLoader, HOST_OBJECT, LXC_OBJECT, OVERLAY_OBJECT, SOCK_OBJECT,
 };
 
 use crate::abi::{self, maps as map_names, NodeConfig};
@@ -100,6 +100,8 @@ pub struct LinuxDatapath {
     pin_dir: PathBuf,
     inner: Mutex<Inner>,
     events: broadcast::Sender<MonitorEvent>,
+    /// Where the event reader hands every event, once the observer has set it.
+    event_sink: Arc<std::sync::OnceLock<crate::EventSink>>,
 }
 
 impl std::fmt::Debug for LinuxDatapath {
@@ -126,9 +128,12 @@ impl LinuxDatapath {
         crate::netlink::set_ipv4_forwarding(true).map_err(kernel("enable IPv4 forwarding"))?;
         let pin_dir = cfg.pin_dir();
         let reused = pin_dir.join(map_names::CT4).exists();
-        let mut bpf = load_endpoint_programs(&pin_dir)?;
-        let overlay = loader::load_overlay_program(&pin_dir)?;
-        let host = loader::load_host_programs(&pin_dir)?;
+        // One loader for every object: it parses the kernel's BTF once and drops it (see
+        // ObjectLoader), where one per object parsed it four times.
+        let mut loader = ObjectLoader::new(&pin_dir)?;
+        let mut bpf = loader.endpoint_programs()?;
+        let overlay = loader.overlay_program()?;
+        let host = loader.host_programs()?;
         std::fs::create_dir_all(pin_dir.join("links")).map_err(kernel("create links directory"))?;
         let maps = Maps {
             ct: take_hash(&mut bpf, map_names::CT4)?,
@@ -159,11 +164,12 @@ impl LinuxDatapath {
         let lb_shadow = services::read_lb_entries(&maps)?;
         let policy_shadow = policy::read_policy_shadow(&maps)?;
         let sock = match &cfg.socket_lb_cgroup {
-            Some(cgroup) => Some(attach_socket_lb(&pin_dir, cgroup)?),
+            Some(cgroup) => Some(attach_socket_lb_with(&mut loader, &pin_dir, cgroup)?),
             None => None,
         };
         let (events, _) = broadcast::channel(4096);
-        events::spawn_event_reader(ring, events.clone())?;
+        let event_sink = Arc::default();
+        events::spawn_event_reader(ring, events.clone(), Arc::clone(&event_sink))?;
         info!(
             pin_dir = %pin_dir.display(),
             reused_pins = reused,
@@ -183,6 +189,7 @@ impl LinuxDatapath {
                 fresh_links: HashSet::new(),
             }),
             events,
+            event_sink,
         })
     }
 
@@ -621,6 +628,10 @@ impl Datapath for LinuxDatapath {
 
     fn subscribe_events(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn set_event_sink(&self, sink: crate::EventSink) -> bool {
+        self.event_sink.set(sink).is_ok()
     }
 
     fn uplink_mtu(

@@ -67,7 +67,7 @@ pub fn client_and_server_pods() -> Snapshot {
     for (ip, id, name) in [("10.200.0.2", 1, "client"), ("10.200.0.3", 2, "server")] {
         store
             .endpoints
-            .insert(ip.parse().expect("ip"), pod_endpoint(id, name));
+            .insert(ip.parse().expect("ip"), pod_endpoint(id, name).into());
     }
     store
 }

@@ -1,15 +1,198 @@
-//! `hubble observe`'s filter flags turned into FlowFilters exactly as Hubble does it
-//! (`hubble/cmd/observe/flows_filter.go`): flags are applied in command-line order; a flag
-//! about either end (`--pod`, `--ip`, `--label`, `--port`, `--service`, `--fqdn`,
-//! `--identity`, `--workload`, `--cluster`) fills the source side of a left filter and the
-//! destination side of a right one (ORed); `--namespace` flags are applied to the pod and
-//! Service filters at the end; some flags cannot be combined; `--not` sends the next flag to
-//! the denylist.
+//! Hubble FlowFilters from `hubble observe`'s filter flags, built exactly as Hubble's CLI
+//! builds them (`hubble/cmd/observe/flows_filter.go`). One builder for every front end:
+//! `ciliate observe` feeds it its command line, the service map (`ciliate ui`) its query
+//! string, so both select the same flows for the same request.
+//!
+//! Hubble's rules: flags are applied in the order given; a flag about either end (`--pod`,
+//! `--ip`, `--label`, `--port`, `--service`, `--fqdn`, `--identity`, `--workload`,
+//! `--cluster`) fills the source side of a left filter and the destination side of a right
+//! one (ORed); `--namespace` flags are applied to the pod and Service filters at the end; some
+//! flags cannot be combined; `--not` sends the next flag to the denylist.
 
-use ciliate_observer::proto::flow::{
+use crate::filter::FlowFilters;
+use crate::proto::flow::{
     DropReason, EventTypeFilter, FlowFilter, HttpHeader, IpVersion, NetworkInterface, TcpFlags,
     TrafficDirection, Verdict, Workload,
 };
+
+/// The filter flags that take a value: Hubble's, in the order of its `--help`, and
+/// Ciliate's `dns-query` (Hubble has the FlowFilter field but no flag for it).
+pub const VALUE_FLAGS: &[&str] = &[
+    "uuid",
+    "node-name",
+    "node-label",
+    "from-cluster",
+    "cluster",
+    "to-cluster",
+    "protocol",
+    "tcp-flags",
+    "type",
+    "verdict",
+    "drop-reason-desc",
+    "http-status",
+    "http-method",
+    "http-path",
+    "http-url",
+    "http-header",
+    "trace-id",
+    "ip-trace-id",
+    "from-fqdn",
+    "fqdn",
+    "to-fqdn",
+    "from-ip",
+    "snat-ip",
+    "ip",
+    "to-ip",
+    "ip-version",
+    "from-pod",
+    "pod",
+    "to-pod",
+    "from-namespace",
+    "namespace",
+    "to-namespace",
+    "from-label",
+    "label",
+    "to-label",
+    "from-service",
+    "service",
+    "to-service",
+    "from-port",
+    "port",
+    "to-port",
+    "from-workload",
+    "workload",
+    "to-workload",
+    "from-identity",
+    "identity",
+    "to-identity",
+    "traffic-direction",
+    "cel-expression",
+    "interface",
+    "dns-query",
+];
+
+/// The filter flags without a value, and the value Hubble gives them (`NoOptDefVal`).
+pub const SWITCH_FLAGS: &[(&str, &str)] = &[
+    ("not", "true"),
+    ("ipv4", "v4"),
+    ("ipv6", "v6"),
+    ("from-all-namespaces", "true"),
+    ("all-namespaces", "true"),
+    ("to-all-namespaces", "true"),
+    ("encrypted", "true"),
+    ("unencrypted", "true"),
+];
+
+/// The flags that fill each FlowFilter field (namespace flags fill the pod and Service
+/// fields), so a front end can name the flag behind a field the filter compiler refused.
+pub fn flags_of_field(field: &str) -> &'static [&'static str] {
+    const SRC_NS: [&str; 4] = [
+        "namespace",
+        "from-namespace",
+        "all-namespaces",
+        "from-all-namespaces",
+    ];
+    match field {
+        "uuid" => &["uuid"],
+        "source_ip" => &["ip", "from-ip"],
+        "destination_ip" => &["ip", "to-ip"],
+        "source_ip_xlated" => &["snat-ip"],
+        "source_pod" => &[
+            "pod", "from-pod", SRC_NS[0], SRC_NS[1], SRC_NS[2], SRC_NS[3],
+        ],
+        "destination_pod" => &[
+            "pod",
+            "to-pod",
+            "namespace",
+            "to-namespace",
+            "all-namespaces",
+            "to-all-namespaces",
+        ],
+        "source_service" => &[
+            "service",
+            "from-service",
+            SRC_NS[0],
+            SRC_NS[1],
+            SRC_NS[2],
+            SRC_NS[3],
+        ],
+        "destination_service" => &[
+            "service",
+            "to-service",
+            "namespace",
+            "to-namespace",
+            "all-namespaces",
+            "to-all-namespaces",
+        ],
+        "source_fqdn" => &["fqdn", "from-fqdn"],
+        "destination_fqdn" => &["fqdn", "to-fqdn"],
+        "source_label" => &["label", "from-label"],
+        "destination_label" => &["label", "to-label"],
+        "source_workload" => &["workload", "from-workload"],
+        "destination_workload" => &["workload", "to-workload"],
+        "source_cluster_name" => &["cluster", "from-cluster"],
+        "destination_cluster_name" => &["cluster", "to-cluster"],
+        "source_identity" => &["identity", "from-identity"],
+        "destination_identity" => &["identity", "to-identity"],
+        "source_port" => &["port", "from-port"],
+        "destination_port" => &["port", "to-port"],
+        "traffic_direction" => &["traffic-direction"],
+        "verdict" => &["verdict"],
+        "drop_reason_desc" => &["drop-reason-desc"],
+        "interface" => &["interface"],
+        "event_type" => &["type"],
+        "protocol" => &["protocol"],
+        "dns_query" => &["dns-query"],
+        "http_status_code" => &["http-status"],
+        "http_method" => &["http-method"],
+        "http_path" => &["http-path"],
+        "http_url" => &["http-url"],
+        "http_header" => &["http-header"],
+        "tcp_flags" => &["tcp-flags"],
+        "node_name" => &["node-name"],
+        "node_labels" => &["node-label"],
+        "ip_version" => &["ipv4", "ipv6", "ip-version"],
+        "trace_id" => &["trace-id"],
+        "ip_trace_id" => &["ip-trace-id"],
+        "encrypted" => &["encrypted", "unencrypted"],
+        "experimental" | "cel_expression" => &["cel-expression"],
+        _ => &[],
+    }
+}
+
+/// A flag the builder refused: which, with what value, why (Hubble's wording).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct FlagError {
+    /// The flag, without dashes (`from-pod`).
+    pub flag: String,
+    /// Its value.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FlagError {
+    fn new(flag: &str, value: &str, reason: impl Into<String>) -> Self {
+        Self {
+            flag: flag.to_owned(),
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Whether the filter `flag` alone makes can be evaluated, checked by the observer's own
+/// filter compiler. Hubble's CLI leaves this to the server (INVALID_ARGUMENT); front ends that
+/// want to name the bad parameter themselves (the service map) ask here first.
+pub fn check(flag: &str, value: &str) -> Result<(), FlagError> {
+    let mut b = FilterBuilder::default();
+    b.set(flag, value)?;
+    let (allow, deny) = b.finish()?;
+    FlowFilters::compile(&allow, &deny)
+        .map(drop)
+        .map_err(|e| FlagError::new(flag, value, e.to_string()))
+}
 
 /// Flags that cannot be combined, Hubble's `conflicts` table.
 const CONFLICTS: &[&[&str]] = &[
@@ -399,10 +582,10 @@ pub struct FilterBuilder {
 impl FilterBuilder {
     /// Applies one flag (`name` without the dashes) with its value, as Hubble's
     /// `flowFilter.Set`.
-    pub fn set(&mut self, name: &str, val: &str) -> Result<(), String> {
+    pub fn set(&mut self, name: &str, val: &str) -> Result<(), FlagError> {
         if name == "not" {
             if self.blacklisting {
-                return Err("consecutive --not statements".to_owned());
+                return Err(FlagError::new(name, val, "consecutive --not statements"));
             }
             self.blacklisting = true;
             return Ok(());
@@ -413,13 +596,17 @@ impl FilterBuilder {
         } else {
             self.whitelist.get_or_insert_with(Tracker::default)
         };
-        set(tracker, name, val)
+        set(tracker, name, val).map_err(|reason| FlagError::new(name, val, reason))
     }
 
     /// The allowlist and the denylist; a `--not` with nothing after it is an error.
-    pub fn finish(self) -> Result<(Vec<FlowFilter>, Vec<FlowFilter>), String> {
+    pub fn finish(self) -> Result<(Vec<FlowFilter>, Vec<FlowFilter>), FlagError> {
         if self.blacklisting {
-            return Err("trailing --not found in the arguments".to_owned());
+            return Err(FlagError::new(
+                "not",
+                "true",
+                "trailing --not found in the arguments",
+            ));
         }
         Ok((
             self.whitelist
@@ -616,6 +803,7 @@ fn set_more(f: &mut Tracker, name: &str, val: &str) -> Result<(), String> {
         }
         "encrypted" => f.apply(|f| f.encrypted.push(true)),
         "unencrypted" => f.apply(|f| f.encrypted.push(false)),
+        "dns-query" => f.apply(|f| push(&mut f.dns_query, &v)),
         "cel-expression" => f.apply(|f| {
             f.experimental
                 .get_or_insert_with(Default::default)
@@ -628,5 +816,5 @@ fn set_more(f: &mut Tracker, name: &str, val: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[path = "observe_filter_tests.rs"]
+#[path = "filter_builder_tests.rs"]
 mod tests;

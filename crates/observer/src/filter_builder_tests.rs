@@ -7,9 +7,9 @@ use super::*;
 fn build(flags: &[(&str, &str)]) -> Result<(Vec<FlowFilter>, Vec<FlowFilter>), String> {
     let mut b = FilterBuilder::default();
     for (name, val) in flags {
-        b.set(name, val)?;
+        b.set(name, val).map_err(|e| e.to_string())?;
     }
-    b.finish()
+    b.finish().map_err(|e| e.to_string())
 }
 
 #[test]
