@@ -3,10 +3,12 @@
 # on disk, the time to open it again (reading every block back), and a query with a pod filter
 # (`--to-pod`, about 1 flow in 120) over all of it.
 #
-#   bench/history.sh [--flows N] [--rounds R] [--quick] [--no-build]
+#   bench/history.sh [--flows N] [--rounds R] [--old-bin FILE] [--quick] [--no-build]
 #
 #   --flows N   flows per round (default 10,000,000)
 #   --rounds R  rounds (default 3); medians and [min-max] are printed
+#   --old-bin FILE  another build of history_bench (e.g. of an older commit), run round by
+#               round interleaved with this one and reported beside it
 #   --quick     checks that it works and cleans up: 50,000 flows, one round, the debug build of
 #               the bench binary ($CILIATE_BIN_DIR/examples, built when missing)
 #
@@ -14,7 +16,8 @@
 # crates/observer/examples/history_bench.rs): datapath events of 300 pods (5 labels each) in 12
 # namespaces turned into Hubble flows by the observer's own converter, with UUIDs, Ethernet
 # addresses, Services, replies and drops. The whole process is pinned to one CPU (taskset), so
-# producer, writer and query share one core. Two write rates are printed: wall-clock (what the
+# producer, writer and query share one core; the query then runs again unpinned, where it
+# reads blocks on two threads. Two write rates are printed: wall-clock (what the
 # machine gave it) and per CPU-second of the writer thread (what one core sustains).
 # Everything it writes is under a cb<pid>-* directory, removed on exit. Prints numbers; never
 # fails on them.
@@ -26,11 +29,13 @@ FLOWS=10000000
 ROUNDS=3
 BUILD=1
 QUICK=0
-usage() { echo "usage: $0 [--flows N] [--rounds R] [--quick] [--no-build]" >&2; exit 2; }
+OLD_BIN=
+usage() { echo "usage: $0 [--flows N] [--rounds R] [--old-bin FILE] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --flows) [ $# -ge 2 ] || usage; FLOWS=$2; shift 2 ;;
     --rounds) [ $# -ge 2 ] || usage; ROUNDS=$2; shift 2 ;;
+    --old-bin) [ $# -ge 2 ] || usage; OLD_BIN=$2; shift 2 ;;
     --quick) QUICK=1; FLOWS=50000; ROUNDS=1; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
     *) usage ;;
@@ -55,34 +60,54 @@ RESULTS=$WORK/results
 : >"$RESULTS"
 pinning
 echo "$FLOWS flows per round, $ROUNDS round(s), $(basename "$(dirname "$(dirname "$BENCH")")") build"
+[ -z "$OLD_BIN" ] || [ -x "$OLD_BIN" ] || { echo "--old-bin $OLD_BIN: not an executable" >&2; exit 2; }
 for r in $(seq 1 "$ROUNDS"); do
-  dir=$WORK/round-$r
-  pin_client "$BENCH" --dir "$dir" --flows "$FLOWS" | while read -r metric value; do
-    echo "$metric history $value" >>"$RESULTS"
+  for build in new ${OLD_BIN:+old}; do
+    bin=$BENCH
+    [ "$build" = old ] && bin=$OLD_BIN
+    dir=$WORK/round-$r-$build
+    pin_client "$bin" --dir "$dir" --flows "$FLOWS" | while read -r metric value; do
+      echo "$metric $build $value" >>"$RESULTS"
+    done
+    # The query again, unpinned: with two CPUs it reads blocks on two threads (builds that
+    # cannot do it alone print nothing).
+    "$bin" --dir "$dir" --query-only 2>/dev/null | while read -r metric value; do
+      echo "$metric $build $value" >>"$RESULTS"
+    done || true
+    rm -rf "$dir"
   done
-  rm -rf "$dir"
 done
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "${OLD_BIN:+1}" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    m, _, v = line.split()
-    rows.setdefault(m, []).append(float(v))
+    m, build, v = line.split()
+    rows.setdefault((m, build), []).append(float(v))
+builds = ["new", "old"] if sys.argv[2] else ["new"]
 labels = [
     ("write_flows_per_s", "flows/s into history (wall)"),
     ("write_flows_per_cpu_s", "flows/s per writer CPU-second"),
     ("bytes_per_flow", "bytes per flow on disk"),
     ("reopen_s", "open again, s (reads all blocks)"),
     ("query_s", "query --to-pod over all, s"),
+    ("query_cpu_s", "  its CPU time, s"),
+    ("query_2cpu_s", "the query unpinned, 2 CPUs, s"),
+    ("query_2cpu_cpu_s", "  its CPU time, s"),
     ("query_matched", "flows the query matched"),
 ]
+if len(builds) > 1:
+    print(f"{'':36} {'this build':>30} {'--old-bin':>30}")
 for m, label in labels:
-    v = rows.get(m, [])
-    if not v:
-        print(f"{label:36} -")
-        continue
-    fmt = "{:,.0f}" if statistics.median(v) >= 100 else "{:,.3f}"
-    print(f"{label:36} {fmt.format(statistics.median(v)):>12} [{fmt.format(min(v))}-{fmt.format(max(v))}]")
-print(f"({len(rows.get('query_s', []))} rounds; median [min-max])")
+    cells = []
+    for b in builds:
+        v = rows.get((m, b), [])
+        if not v:
+            cells.append(f"{'-':>30}")
+            continue
+        fmt = "{:,.0f}" if statistics.median(v) >= 100 else "{:,.3f}"
+        cell = f"{fmt.format(statistics.median(v))} [{fmt.format(min(v))}-{fmt.format(max(v))}]"
+        cells.append(f"{cell:>30}")
+    print(f"{label:36} {' '.join(cells)}")
+print(f"({len(rows.get(('query_s', 'new'), []))} rounds; median [min-max])")
 PY

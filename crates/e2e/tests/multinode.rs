@@ -583,6 +583,20 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
         )
     });
     eprintln!("flow on {}: {request}", n1.name);
+    // Node 1 took it from the overlay: the flows seen there name the overlay device, one of
+    // the node's own devices (named from the kernel by index, not from the endpoint table).
+    let on_overlay = poll(Duration::from_secs(10), || {
+        observe(&n1, &["--last", "50", "--ip", &ip_filter])
+            .into_iter()
+            .filter(|f| of_connection(f, conn.0, conn.1))
+            // The agent's TUNNEL_DEVICE.
+            .find(|f| f["interface"]["name"] == "ciliate_vxlan")
+    });
+    assert!(
+        on_overlay.is_some(),
+        "no flow of the connection on {} names the overlay device: {seen:#?}",
+        n1.name
+    );
     assert_eq!(
         pod_of(&request["source"]),
         client.reference(),
@@ -653,6 +667,13 @@ fn a_cross_node_flow_names_both_pods_and_carries_the_identity() {
     });
     eprintln!("flow on {}: {overlay}", n0.name);
     assert_eq!(overlay["verdict"], "FORWARDED", "{overlay:#}");
+    // The interface it was seen on, named (a pod's veth or one of the node's own devices).
+    assert!(
+        overlay["interface"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty()),
+        "{overlay:#}"
+    );
     assert_eq!(
         pod_of(&overlay["source"]),
         client.reference(),

@@ -77,6 +77,22 @@ fn flows_are_observed_by_pod_with_verdicts_and_counted_in_metrics() {
         flows.iter().take(5).collect::<Vec<_>>()
     );
 
+    // Every interface a flow names has its name: pod veths and the node's own devices alike.
+    let interfaces: std::collections::BTreeSet<(u64, String)> = flows
+        .iter()
+        .filter_map(flow)
+        .filter_map(|f| f.get("interface"))
+        .map(|i| {
+            let index = i["index"].as_u64().unwrap_or_default();
+            (index, i["name"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    eprintln!("interfaces of the flows: {interfaces:?}");
+    assert!(
+        interfaces.iter().all(|(_, name)| !name.is_empty()),
+        "an interface without its name: {interfaces:?}"
+    );
+
     // A Service without backends: a drop with Hubble's reason.
     node.apply(
         "empty.yaml",

@@ -10,6 +10,10 @@
 //! pinned to one CPU: `taskset -c 0`).
 //!
 //!   history_bench --dir DIR [--flows N] [--query-pod NS/POD]
+//!   history_bench --dir DIR --query-only [--query-pod NS/POD]
+//!
+//! `--query-only` opens a history written before and runs the query alone (bench/history.sh
+//! runs it unpinned: the query reads blocks on two threads when it has two CPUs).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -198,14 +202,24 @@ fn thread_cpu_s(name: &str) -> Option<f64> {
         if comm.trim() != name {
             continue;
         }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the command's closing parenthesis: utime and stime are 14th and 15th.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        return Some(ticks / 100.0);
+        return stat_cpu_s(&dir.join("stat"));
     }
     None
+}
+
+/// User + system CPU seconds in a /proc `stat` file.
+fn stat_cpu_s(path: &std::path::Path) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command's closing parenthesis: utime and stime are 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds of the whole process (every thread, those that ended too).
+fn process_cpu_s() -> Option<f64> {
+    stat_cpu_s(std::path::Path::new("/proc/self/stat"))
 }
 
 fn main() {
@@ -213,13 +227,17 @@ fn main() {
     let mut dir = None;
     let mut flows: u64 = 1 << 20;
     let mut pod = "team-3/server-15".to_owned();
+    let mut query_only = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dir" => dir = args.next(),
             "--flows" => flows = args.next().and_then(|s| s.parse().ok()).unwrap_or(flows),
             "--query-pod" => pod = args.next().unwrap_or(pod),
+            "--query-only" => query_only = true,
             _ => {
-                eprintln!("usage: history_bench --dir DIR [--flows N] [--query-pod NS/POD]");
+                eprintln!(
+                    "usage: history_bench --dir DIR [--flows N | --query-only] [--query-pod NS/POD]"
+                );
                 std::process::exit(2);
             }
         }
@@ -236,9 +254,19 @@ fn main() {
         max_age: None,
         queue_flows: CHUNK as usize + 1,
     };
+    let t0_ns = 1_796_000_000_000_000_000i64;
+    if query_only {
+        let history = FlowHistory::open(config, "node-1").expect("opens");
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+        let (wall, cpu, matched) = query(&history, &pod, t0_ns);
+        println!("query_{threads}cpu_s {wall:.3}");
+        println!("query_{threads}cpu_cpu_s {cpu:.3}");
+        println!("query_{threads}cpu_matched {matched}");
+        history.close();
+        return;
+    }
     let store = store();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let t0_ns = 1_796_000_000_000_000_000i64;
     let history = FlowHistory::open(config.clone(), "node-1").expect("opens");
     let mut busy = Duration::ZERO;
     let mut seq = 1;
@@ -270,13 +298,25 @@ fn main() {
     println!("reopen_s {:.3}", start.elapsed().as_secs_f64());
     assert_eq!(history.disk_flows(), flows);
 
+    let (query_s, query_cpu_s, matched) = query(&history, &pod, t0_ns);
+    println!("query_s {query_s:.3}");
+    println!("query_cpu_s {query_cpu_s:.3}");
+    println!("query_matched {matched}");
+    history.close();
+}
+
+/// The flows to `pod` since `t0_ns` (all of them): wall seconds, CPU seconds of the process
+/// (all its threads; nothing else runs in it meanwhile, and CPU time is less moved by other
+/// load on the machine than wall time), flows matched.
+fn query(history: &FlowHistory, pod: &str, t0_ns: i64) -> (f64, f64, u64) {
     let whitelist = vec![FlowFilter {
-        destination_pod: vec![pod.clone()],
+        destination_pod: vec![pod.to_owned()],
         ..FlowFilter::default()
     }];
     let filters = FlowFilters::compile(&whitelist, &[]).expect("filter");
     let prefilter = PodPrefilter::new(&whitelist);
     let start = Instant::now();
+    let cpu_before = process_cpu_s();
     let snap = history.snapshot();
     let scan = Scan {
         filters: &filters,
@@ -290,7 +330,9 @@ fn main() {
         matched += 1;
         true
     });
-    println!("query_s {:.3}", start.elapsed().as_secs_f64());
-    println!("query_matched {matched}");
-    history.close();
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_s()
+        .zip(cpu_before)
+        .map_or(f64::NAN, |(a, b)| a - b);
+    (wall, cpu, matched)
 }

@@ -15,6 +15,8 @@
 //! query, so a query never waits for the writer and never misses what it has not written yet.
 
 pub mod block;
+#[cfg(test)]
+mod format_tests;
 pub mod get_flows;
 mod prefilter;
 pub mod segment;
@@ -123,6 +125,7 @@ struct Counters {
     bytes_written: AtomicU64,
     segments_deleted: AtomicU64,
     recovered_dropped_bytes: AtomicU64,
+    unreadable_blocks: Arc<AtomicU64>,
     disk_bytes: AtomicU64,
     disk_flows: AtomicU64,
     oldest_ns: AtomicI64,
@@ -286,6 +289,7 @@ impl FlowHistory {
             memory_from: memory.first().map_or(u64::MAX, |n| n.seq),
             memory,
             blocks,
+            unreadable_blocks: Arc::clone(&self.shared.counters.unreadable_blocks),
         }
     }
 
@@ -320,6 +324,14 @@ impl FlowHistory {
         self.shared
             .counters
             .recovered_dropped_bytes
+            .load(Ordering::Relaxed)
+    }
+
+    /// Blocks queries found unreadable and skipped since start.
+    pub fn unreadable_blocks(&self) -> u64 {
+        self.shared
+            .counters
+            .unreadable_blocks
             .load(Ordering::Relaxed)
     }
 
@@ -372,6 +384,12 @@ impl FlowHistory {
             "gauge",
             "Bytes of the history found unreadable (torn or corrupted blocks) when it was opened.",
             &[(String::new(), get(&c.recovered_dropped_bytes))],
+        );
+        m(
+            "ciliate_flow_history_unreadable_blocks_total",
+            "counter",
+            "Blocks a query found unreadable (changed on disk since the history was opened, or inconsistent) and skipped.",
+            &[(String::new(), get(&c.unreadable_blocks))],
         );
         s
     }
@@ -544,6 +562,7 @@ impl Shared {
                 offset,
                 len: (frame.len() - 16) as u64,
                 meta_len,
+                format: block::FORMAT,
                 meta,
             }));
         }
@@ -605,6 +624,12 @@ impl Shared {
     }
 }
 
+/// Threads that read blocks for one query (`forward`): the CPUs this process may use, at most
+/// two, so a query leaves CPU to the ring, the datapath's events and other requests.
+fn query_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
 /// What a query reads from the history (see [`FlowHistory::snapshot`]).
 #[derive(Debug)]
 pub struct Snapshot {
@@ -613,6 +638,8 @@ pub struct Snapshot {
     /// Flows of this run with sequence numbers from here on are taken from `memory`.
     memory_from: u64,
     blocks: Vec<(Arc<File>, Arc<BlockRef>)>,
+    /// The history's count of blocks queries skipped as unreadable.
+    unreadable_blocks: Arc<AtomicU64>,
 }
 
 /// Which flows a query wants from the history.
@@ -639,8 +666,9 @@ impl Scan<'_> {
     }
 
     fn block_ok(&self, m: &BlockMeta) -> bool {
-        self.since_ns.is_none_or(|s| m.max_time_ns >= s)
-            && self.until_ns.is_none_or(|u| m.min_time_ns <= u)
+        (m.untimed > 0
+            || (self.since_ns.is_none_or(|s| m.max_time_ns >= s)
+                && self.until_ns.is_none_or(|u| m.min_time_ns <= u)))
             && self.prefilter.block_may_match(&m.src_pods, &m.dst_pods)
     }
 }
@@ -657,6 +685,13 @@ impl Snapshot {
         (0..self.blocks.len())
             .map(Unit::Block)
             .chain(std::iter::once(Unit::Memory))
+    }
+
+    /// Counts and logs a block a query could not read (changed on disk since it was opened, or
+    /// inconsistent inside): it is skipped, the query goes on.
+    fn unreadable_block(&self, b: &BlockRef, error: &str) {
+        self.unreadable_blocks.fetch_add(1, Ordering::Relaxed);
+        warn!(offset = b.offset, error = %error, "flow history: unreadable block skipped");
     }
 
     fn excluded(&self, scan: &Scan<'_>, run: u64, seq: u64, from_disk: bool) -> bool {
@@ -694,15 +729,15 @@ impl Snapshot {
                 }
                 let decoded = match segment::read_body(file, b)
                     .map_err(|e| e.to_string())
-                    .and_then(|body| block::decode(m, &body).map_err(|e| e.to_string()))
+                    .and_then(|body| block::decode(b.format, m, body).map_err(|e| e.to_string()))
                 {
                     Ok(d) => d,
                     Err(e) => {
-                        warn!(offset = b.offset, error = %e, "flow history: unreadable block skipped");
+                        self.unreadable_block(b, &e);
                         return true;
                     }
                 };
-                each_in_block(self, &decoded, m.run, scan, f)
+                each_in_block(self, &decoded, b, scan, f)
             }
         }
     }
@@ -720,18 +755,71 @@ impl Snapshot {
         skip: &mut u64,
         f: &mut dyn FnMut(Flow) -> bool,
     ) {
-        for unit in self.units().skip(start) {
-            let go = self.each(unit, scan, &mut |flow| {
-                if *skip > 0 {
-                    *skip -= 1;
-                    return true;
+        let units: Vec<Unit> = self.units().skip(start).collect();
+        let mut emit = |flow| {
+            if *skip > 0 {
+                *skip -= 1;
+                return true;
+            }
+            f(flow)
+        };
+        if query_threads() < 2 || units.len() < 2 {
+            for unit in units {
+                if !self.each(unit, scan, &mut emit) {
+                    return;
                 }
-                f(flow)
-            });
-            if !go {
+            }
+            return;
+        }
+        // Two readers: this thread reads units 0, 2, 4, ... and sends their flows as it
+        // reads them; a helper reads 1, 3, 5, ... ahead, one unit's wanted flows at a time
+        // (memory stays bounded by two blocks' flows). Flows are sent in order, from here.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Flow>>(1);
+            let stop = &stop;
+            let theirs: Vec<Unit> = units.iter().skip(1).step_by(2).copied().collect();
+            let helper = std::thread::Builder::new()
+                .name("flow-history-read".into())
+                .spawn_scoped(s, move || {
+                    for unit in theirs {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let mut wanted = Vec::new();
+                        self.each(unit, scan, &mut |flow| {
+                            wanted.push(flow);
+                            true
+                        });
+                        if tx.send(wanted).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if helper.is_err() {
+                // No thread to be had: this one reads everything.
+                for unit in &units {
+                    if !self.each(*unit, scan, &mut emit) {
+                        return;
+                    }
+                }
                 return;
             }
-        }
+            for (k, unit) in units.iter().enumerate() {
+                let go = if k % 2 == 0 {
+                    self.each(*unit, scan, &mut emit)
+                } else {
+                    rx.recv()
+                        .is_ok_and(|flows| flows.into_iter().all(&mut emit))
+                };
+                if !go {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            // A helper waiting to hand over a unit nobody wants now gets an error and ends.
+            drop(rx);
+        });
     }
 
     /// Calls `f` with the last `n` wanted flows, oldest first, until it returns false. Reads
@@ -764,26 +852,34 @@ impl Snapshot {
 fn each_in_block(
     snap: &Snapshot,
     d: &Decoded,
-    run: u64,
+    b: &BlockRef,
     scan: &Scan<'_>,
     f: &mut dyn FnMut(Flow) -> bool,
 ) -> bool {
-    let masks = scan.prefilter.masks(d.endpoints());
+    let run = b.meta.run;
+    let masks = scan.prefilter.masks(d.endpoint_names());
     for i in 0..d.len() {
-        if snap.excluded(scan, run, d.seq_of(i), true) || !scan.time_ok(d.time_of(i)) {
-            continue;
-        }
+        // The endpoints first: they are in the index, the rest is in the chunks.
         if let Some((src, dst)) = &masks {
             let (s, t) = d.endpoints_of(i);
             if src[s as usize] & dst[t as usize] == 0 {
                 continue;
             }
         }
-        let flow = match d.flow(i) {
-            Ok(flow) => flow,
+        let read = d.seq_of(i).and_then(|seq| {
+            if snap.excluded(scan, run, seq, true) || !scan.time_ok(d.time_of(i)?) {
+                return Ok(None);
+            }
+            d.flow(i).map(Some)
+        });
+        let flow = match read {
+            Ok(Some(flow)) => flow,
+            Ok(None) => continue,
             Err(e) => {
-                warn!(error = %e, "flow history: an undecodable flow skipped");
-                continue;
+                // The checksum held, so this is not the disk: the rest of the block is not
+                // to be trusted either.
+                snap.unreadable_block(b, &e.to_string());
+                return true;
             }
         };
         if scan.filters.matches(&flow) && !f(flow) {

@@ -5,7 +5,8 @@
 //! prefilter may let through flows the filters then refuse, never the reverse: a pod prefix
 //! without a namespace is taken to match in any namespace, a superset of what Hubble means.
 
-use crate::proto::flow::{Endpoint, FlowFilter};
+use super::block::EndpointName;
+use crate::proto::flow::FlowFilter;
 
 /// `namespace/prefix` or `prefix`.
 #[derive(Clone, Debug)]
@@ -15,21 +16,28 @@ struct PodPrefix {
 }
 
 impl PodPrefix {
+    /// Read as the filters read it (`crate::filter`): the part after a second `/` is ignored,
+    /// an empty namespace is any namespace.
     fn parse(s: &str) -> Self {
-        match s.split_once('/') {
-            Some((ns, p)) => Self {
-                namespace: Some(ns.to_owned()),
+        let mut parts = s.split('/');
+        let first = parts.next().unwrap_or_default();
+        match parts.next() {
+            Some(p) => Self {
+                namespace: (!first.is_empty()).then(|| first.to_owned()),
                 prefix: p.to_owned(),
             },
             None => Self {
                 namespace: None,
-                prefix: s.to_owned(),
+                prefix: first.to_owned(),
             },
         }
     }
 
+    /// As the filters match, but for a bare pod name, which they take to mean namespace
+    /// `default` and this any namespace. An endpoint without a pod name matches an empty prefix
+    /// (`ns/` names every endpoint of the namespace).
     fn matches(&self, namespace: &str, pod: &str) -> bool {
-        !pod.is_empty()
+        !(namespace.is_empty() && pod.is_empty())
             && self.namespace.as_deref().is_none_or(|ns| ns == namespace)
             && pod.starts_with(&self.prefix)
     }
@@ -87,9 +95,13 @@ impl PodPrefilter {
         let Some(alts) = &self.alternatives else {
             return true;
         };
+        // The pod sets name endpoints with a pod name only: an empty prefix, which also
+        // matches endpoints without one, cannot be judged by them.
         let any = |ps: &Option<Vec<PodPrefix>>, keys: &[String]| {
-            ps.as_ref()
-                .is_none_or(|ps| keys.iter().any(|k| ps.iter().any(|p| p.matches_key(k))))
+            ps.as_ref().is_none_or(|ps| {
+                ps.iter()
+                    .any(|p| p.prefix.is_empty() || keys.iter().any(|k| p.matches_key(k)))
+            })
         };
         alts.iter()
             .any(|a| any(&a.src, src_pods) && any(&a.dst, dst_pods))
@@ -98,9 +110,10 @@ impl PodPrefilter {
     /// Per endpoint of a block's dictionary (index 0: no endpoint, then the dictionary's), the
     /// alternatives it satisfies as source and as destination, as bit masks: a flow may match
     /// when `src[s] & dst[d] != 0`. `None` when inactive.
-    pub fn masks(&self, endpoints: &[Endpoint]) -> Option<(Vec<u64>, Vec<u64>)> {
+    pub fn masks(&self, endpoints: &[EndpointName]) -> Option<(Vec<u64>, Vec<u64>)> {
         let alts = self.alternatives.as_ref()?;
-        let mask = |pick: fn(&Alternative) -> &Option<Vec<PodPrefix>>, ep: Option<&Endpoint>| {
+        let mask = |pick: fn(&Alternative) -> &Option<Vec<PodPrefix>>,
+                    ep: Option<&EndpointName>| {
             let mut m = 0u64;
             for (i, a) in alts.iter().enumerate() {
                 let ok = match pick(a) {
@@ -126,11 +139,10 @@ impl PodPrefilter {
 mod tests {
     use super::*;
 
-    fn ep(ns: &str, pod: &str) -> Endpoint {
-        Endpoint {
+    fn ep(ns: &str, pod: &str) -> EndpointName {
+        EndpointName {
             namespace: ns.into(),
             pod_name: pod.into(),
-            ..Endpoint::default()
         }
     }
 
@@ -158,6 +170,26 @@ mod tests {
         assert_eq!(dst[1] & src[0], 0b01);
         assert_eq!(src[2] & dst[0], 0b10);
         assert_eq!(src[1] & dst[2], 0);
+    }
+
+    #[test]
+    fn a_namespace_alone_also_lets_endpoints_without_a_pod_name_through() {
+        let p = PodPrefilter::new(&[FlowFilter {
+            destination_pod: vec!["dev/".into(), "/web".into(), "prod/db/x".into()],
+            ..FlowFilter::default()
+        }]);
+        // No pod set names an endpoint without a pod name: the block cannot be skipped.
+        assert!(p.block_may_match(&[], &[]));
+        let (src, dst) = p
+            .masks(&[
+                ep("dev", ""),
+                ep("any", "web-1"),
+                ep("prod", "db-0"),
+                ep("", ""),
+            ])
+            .expect("active");
+        assert!([1, 2, 3].iter().all(|i| src[0] & dst[*i] != 0));
+        assert_eq!(src[0] & dst[4], 0, "no namespace, no pod: no match");
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! segment: "CILFLOWS" | version u32 LE | 0 u32
-//! block:   "CFB1" | meta_len u32 | body_len u32 | crc32(meta ‖ body) u32 | meta | body
+//! block:   "CFB2" | meta_len u32 | body_len u32 | crc32(meta ‖ body) u32 | meta | body
 //! ```
+//!
+//! The block magic names the block's format ([`super::block::FORMATS`]): "CFB1" blocks
+//! (segments of version 1, written before format 2) are still read, so an upgraded agent keeps
+//! its history; the version in the header is that of the blocks its run wrote.
 //!
 //! A segment is only ever appended to by the run that created it, and a crash can leave a
 //! block half written; a disk can flip bits. Reading a segment back ([`scan`]) therefore trusts
@@ -21,10 +25,25 @@ use prost::Message;
 use super::block::BlockMeta;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"CILFLOWS";
-const VERSION: u32 = 1;
+const VERSION: u32 = super::block::FORMAT;
 /// Size of the segment header.
 pub const HEADER_LEN: u64 = 16;
-const BLOCK_MAGIC: &[u8; 4] = b"CFB1";
+/// Block magic of each format in [`super::block::FORMATS`]: "CFB" and the format's digit.
+fn block_magic(format: u32) -> [u8; 4] {
+    [
+        b'C',
+        b'F',
+        b'B',
+        b'0' + u8::try_from(format % 10).unwrap_or(0),
+    ]
+}
+
+/// The format a block magic names, if this build reads it.
+fn format_of(magic: &[u8]) -> Option<u32> {
+    super::block::FORMATS
+        .into_iter()
+        .find(|f| magic == block_magic(*f))
+}
 const FRAME_LEN: usize = 16;
 /// Bounds that no block we write comes near; larger lengths are corruption.
 const MAX_META: usize = 16 << 20;
@@ -39,6 +58,8 @@ pub struct BlockRef {
     pub len: u64,
     /// Length of the meta part.
     pub meta_len: u32,
+    /// Its format (one of [`super::block::FORMATS`]).
+    pub format: u32,
     /// What it holds.
     pub meta: BlockMeta,
 }
@@ -71,7 +92,7 @@ pub fn create(path: &Path) -> std::io::Result<File> {
 pub fn frame(meta: &BlockMeta, body: &[u8]) -> Vec<u8> {
     let m = meta.encode_to_vec();
     let mut out = Vec::with_capacity(FRAME_LEN + m.len() + body.len());
-    out.extend_from_slice(BLOCK_MAGIC);
+    out.extend_from_slice(&block_magic(VERSION));
     out.extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
@@ -90,9 +111,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// The block whose frame starts at `at` in `data`, if it checks out.
 fn block_at(data: &[u8], at: usize) -> Option<BlockRef> {
     let head = data.get(at..at + FRAME_LEN)?;
-    if &head[..4] != BLOCK_MAGIC {
-        return None;
-    }
+    let format = format_of(&head[..4])?;
     let meta_len = u32_at(head, 4) as usize;
     let body_len = u32_at(head, 8) as usize;
     if meta_len > MAX_META || body_len > MAX_BODY {
@@ -107,6 +126,7 @@ fn block_at(data: &[u8], at: usize) -> Option<BlockRef> {
         offset: at as u64,
         len: (meta_len + body_len) as u64,
         meta_len: meta_len as u32,
+        format,
         meta,
     })
 }
@@ -123,7 +143,7 @@ pub fn scan_bytes(data: &[u8]) -> (Vec<BlockRef>, Dropped) {
     };
     let header_ok = data.len() >= HEADER_LEN as usize
         && &data[..8] == SEGMENT_MAGIC
-        && u32_at(data, 8) == VERSION;
+        && super::block::FORMATS.contains(&u32_at(data, 8));
     let mut at = if header_ok { HEADER_LEN as usize } else { 0 };
     let mut bad_from: Option<usize> = (!header_ok).then_some(0);
     while at < data.len() {
@@ -137,7 +157,10 @@ pub fn scan_bytes(data: &[u8]) -> (Vec<BlockRef>, Dropped) {
         }
         bad_from.get_or_insert(at);
         // Resynchronise on the next block magic.
-        match data[at + 1..].windows(4).position(|w| w == BLOCK_MAGIC) {
+        match data[at + 1..]
+            .windows(4)
+            .position(|w| format_of(w).is_some())
+        {
             Some(p) => at = at + 1 + p,
             None => at = data.len(),
         }
@@ -151,6 +174,16 @@ pub fn scan_bytes(data: &[u8]) -> (Vec<BlockRef>, Dropped) {
 /// Reads a segment file back (see [`scan_bytes`]).
 pub fn scan(path: &Path) -> std::io::Result<(Vec<BlockRef>, Dropped, u64)> {
     let data = std::fs::read(path)?;
+    // A segment of a newer format is not this build's to judge (or delete): left alone.
+    if data.len() >= HEADER_LEN as usize && &data[..8] == SEGMENT_MAGIC {
+        let version = u32_at(&data, 8);
+        if version > VERSION {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("segment of format {version}; this build reads up to {VERSION}"),
+            ));
+        }
+    }
     let (blocks, dropped) = scan_bytes(&data);
     Ok((blocks, dropped, data.len() as u64))
 }
@@ -160,7 +193,7 @@ pub fn scan(path: &Path) -> std::io::Result<(Vec<BlockRef>, Dropped, u64)> {
 pub fn read_body(file: &File, b: &BlockRef) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; FRAME_LEN + b.len as usize];
     file.read_exact_at(&mut buf, b.offset)?;
-    if &buf[..4] != BLOCK_MAGIC || crc32fast::hash(&buf[FRAME_LEN..]) != u32_at(&buf, 12) {
+    if buf[..4] != block_magic(b.format) || crc32fast::hash(&buf[FRAME_LEN..]) != u32_at(&buf, 12) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "block checksum mismatch",
