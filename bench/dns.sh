@@ -13,13 +13,21 @@
 # queries outstanding, names n1..n100 under bench.test (each answered with two A records,
 # TTL 300). Fixed rate: `-Q 10000`, with every query's latency (`-v`) for p50/p99; maximum
 # rate: no limit. A path that loses more than 1% of its queries at the fixed rate is said so.
+# At the fixed rate it also reads the CPU time (utime+stime) of node Y's ciliate-proxy and agent
+# per answered query: less moved by other load on the machine than the latencies.
 #
-#   sudo bench/dns.sh [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--quick] [--no-build]
+# --names N then measures learning: node Y's policy also has `toFQDNs: *.names.test`, and its
+# resolver answers N names under names.test, each with an address of its own. dnsperf asks each
+# once (at 2,000 q/s); the result is the agent's and the proxy's RSS before and after (N names
+# learned, each in the policy maps) and the agent's CPU time per learned address.
+#
+#   sudo bench/dns.sh [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--names N] [--quick] [--no-build]
 #
 #   --secs N     seconds per measurement (default 10)
 #   --runs N     rounds, interleaved (default 5)
 #   --rate Q     the fixed rate, queries per second (default 10000)
 #   --paths P    which paths to measure (default direct,proxy)
+#   --names N    also learn N names (default 0: not measured; --quick learns 50)
 #   --quick      checks that it works and cleans up: 1 s, 1 round, the binaries already built
 #                (in $CILIATE_BIN_DIR, default target/release)
 #   --no-build   do not run `cargo build --release` first
@@ -39,18 +47,21 @@ RUNS=5
 BUILD=1
 RATE=10000
 PATHS=direct,proxy
-usage() { echo "usage: $0 [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--quick] [--no-build]" >&2; exit 2; }
+NAMES=0
+usage() { echo "usage: $0 [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--names N] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --secs) [ $# -ge 2 ] || usage; SECS=$2; shift 2 ;;
     --runs) [ $# -ge 2 ] || usage; RUNS=$2; shift 2 ;;
     --rate) [ $# -ge 2 ] || usage; RATE=$2; shift 2 ;;
     --paths) [ $# -ge 2 ] || usage; PATHS=$2; shift 2 ;;
-    --quick) SECS=1; RUNS=1; BUILD=0; shift ;;
+    --names) [ $# -ge 2 ] || usage; NAMES=$2; shift 2 ;;
+    --quick) SECS=1; RUNS=1; BUILD=0; NAMES=50; shift ;;
     --no-build) BUILD=0; shift ;;
     *) usage ;;
   esac
 done
+[[ "$NAMES" =~ ^[0-9]+$ ]] && [ "$NAMES" -le 60000 ] || { echo "$0: --names $NAMES: expected 0..60000" >&2; exit 2; }
 IFS=, read -r -a PATH_LIST <<<"$PATHS"
 for p in "${PATH_LIST[@]}"; do
   case "$p" in direct|proxy) ;; *) echo "$0: --paths $PATHS: expected direct and/or proxy" >&2; exit 2 ;; esac
@@ -140,6 +151,13 @@ address=/bench.test/192.0.2.10
 address=/bench.test/192.0.2.11
 cache-size=10000
 CONF
+  if [ "$n" = y ] && [ "$NAMES" -gt 0 ]; then
+    python3 - "$NAMES" >>"$STATE/dnsmasq-$n.conf" <<'PY'
+import sys
+for i in range(int(sys.argv[1])):
+    print(f"address=/m{i}.names.test/10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}")
+PY
+  fi
   pin_server nsenter --net=/var/run/netns/"$RUN-$n-dns" "$DNSMASQ" --keep-in-foreground \
     --conf-file="$STATE/dnsmasq-$n.conf" --pid-file= --user=root --log-facility=- \
     >"$STATE/dnsmasq-$n.log" 2>&1 &
@@ -159,6 +177,9 @@ spec:
     - ports: [{port: "53", protocol: UDP}]
       rules:
         dns: [{matchPattern: "*"}]
+  - toFQDNs: [{matchPattern: "*.names.test"}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
 YAML
 "$BIN/ciliate" --socket "$SOCK_y" apply -f "$STATE/y/dns.yaml" >/dev/null
 
@@ -187,6 +208,16 @@ def q(p):
 print(num(r"Queries per second:\s+([\d.]+)"), int(num(r"Queries sent:\s+(\d+)")),
       int(num(r"Queries completed:\s+(\d+)")), int(num(r"Queries lost:\s+(\d+)")), q(0.5), q(0.99))'
 }
+
+# CPU seconds (utime+stime) of a process; node Y's proxy and agent.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+proxy_pid() {
+  local pid
+  for pid in $(ip netns pids "$RUN-y"); do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = ciliate-proxy ] && { echo "$pid"; return; }
+  done
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # Every path answers, and each goes where it should: the proxied one through the DNS proxy
 # (its queries become DNS flows in node Y's observer), the direct one not.
@@ -222,7 +253,15 @@ done
 for round in $(seq "$RUNS"); do
   echo "round $round of $RUNS..." >&2
   for p in "${PATH_LIST[@]}"; do
-    read -r qps sent _ lost p50 p99 <<<"$(perf "$p" "$SECS" -Q "$RATE" -v | parse)"
+    ppid=$(proxy_pid)
+    c0_proxy=$(cpu_s "$ppid"); c0_agent=$(cpu_s "${AGENTS[1]}")
+    out=$(perf "$p" "$SECS" -Q "$RATE" -v)
+    c1_proxy=$(cpu_s "$ppid"); c1_agent=$(cpu_s "${AGENTS[1]}")
+    read -r qps sent done lost p50 p99 <<<"$(parse <<<"$out")"
+    if [ "$p" = proxy ]; then
+      echo "proxy-cpu $p $(python3 -c "print(1e6 * ($c1_proxy - $c0_proxy) / max($done, 1))")" >>"$RESULTS"
+      echo "agent-cpu $p $(python3 -c "print(1e6 * ($c1_agent - $c0_agent) / max($done, 1))")" >>"$RESULTS"
+    fi
     echo "fixed-rate $p $qps" >>"$RESULTS"
     echo "fixed-p50 $p $p50" >>"$RESULTS"
     echo "fixed-p99 $p $p99" >>"$RESULTS"
@@ -260,6 +299,8 @@ for m, label, fmt in [("fixed-rate", f"{rate:,} q/s: answered q/s", "{:,.0f}"),
                       ("fixed-p50", f"{rate:,} q/s: p50 us", "{:,.0f}"),
                       ("fixed-p99", f"{rate:,} q/s: p99 us", "{:,.0f}"),
                       ("fixed-lost", f"{rate:,} q/s: lost %", "{:.2f}"),
+                      ("proxy-cpu", f"{rate:,} q/s: proxy CPU us/query", "{:.1f}"),
+                      ("agent-cpu", f"{rate:,} q/s: agent CPU us/query", "{:.1f}"),
                       ("max", "max q/s", "{:,.0f}"),
                       ("max-lost", "max rate: lost %", "{:.2f}")]:
     print(f"{label:34}" + "".join(f"{cell(m, p, fmt):>{w}}" for p in paths))
@@ -278,4 +319,46 @@ if "direct" in paths and "proxy" in paths:
     print(f"{'added p99 at the fixed rate, ms':44}{d(med('fixed-p99', 'proxy'), med('fixed-p99', 'direct')):>10}   <= 0.3")
     print(f"{'added p50 at the fixed rate, ms':44}{d(med('fixed-p50', 'proxy'), med('fixed-p50', 'direct')):>10}")
     print(f"{'max q/s, ratio':44}{r(med('max', 'proxy'), med('max', 'direct')):>10}")
+PY
+
+[ "$NAMES" -gt 0 ] || exit 0
+# Learning N names: each asked once through the proxy; the agent learns each address and puts
+# it in node Y's policy maps (toFQDNs) before the answer goes to the pod.
+python3 -c "import sys
+for i in range(int(sys.argv[1])): print(f'm{i}.names.test A')" "$NAMES" >"$STATE/names"
+fqdn_names() { "$BIN/ciliate" --socket "$SOCK_y" fqdn cache list -o json 2>/dev/null |
+  python3 -c 'import json,sys; print(len({e["name"] for e in json.load(sys.stdin) if e["name"].endswith("names.test.")}))' 2>/dev/null || echo 0; }
+ppid=$(proxy_pid)
+agent=${AGENTS[1]}
+r0_agent=$(rss_kb "$agent"); r0_proxy=$(rss_kb "$ppid")
+c0_agent=$(cpu_s "$agent"); c0_proxy=$(cpu_s "$ppid")
+t0=$(date +%s.%N)
+read -r ns ip <<<"${DST[proxy]}"
+pin_client nsenter --net=/var/run/netns/"$ns" dnsperf -s "$ip" -d "$STATE/names" -n 1 -Q 2000 \
+  -c 4 -q 100 -t 5 >"$STATE/names.out" 2>&1
+learned=0
+for _ in $(seq 120); do
+  learned=$(fqdn_names)
+  [ "$learned" -ge "$NAMES" ] && break
+  sleep 0.5
+done
+c1_agent=$(cpu_s "$agent"); c1_proxy=$(cpu_s "$ppid")
+r1_agent=$(rss_kb "$agent"); r1_proxy=$(rss_kb "$ppid")
+t1=$(date +%s.%N)
+read -r _ sent done lost _ _ <<<"$(parse <"$STATE/names.out")"
+printf '\nLearning %s names (each asked once at 2,000 q/s, %s answered, %s lost): %s learned in %.1f s; load %s\n' \
+  "$NAMES" "$done" "$lost" "$learned" "$(python3 -c "print($t1 - $t0)")" "$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$NAMES" "$learned" "$r0_agent" "$r1_agent" "$r0_proxy" "$r1_proxy" "$c0_agent" "$c1_agent" "$c0_proxy" "$c1_proxy" <<'PY'
+import sys
+n, learned, ra0, ra1, rp0, rp1 = (int(x) for x in sys.argv[1:7])
+ca0, ca1, cp0, cp1 = (float(x) for x in sys.argv[7:11])
+print(f"agent RSS   {ra0 / 1024:8.1f} -> {ra1 / 1024:8.1f} MB  ({(ra1 - ra0) / 1024:+.1f} MB)")
+print(f"proxy RSS   {rp0 / 1024:8.1f} -> {rp1 / 1024:8.1f} MB  ({(rp1 - rp0) / 1024:+.1f} MB)")
+print(f"together    {(ra1 - ra0 + rp1 - rp0) / 1024:+.1f} MB for {learned:,} names (goal <= +20 MB for 10,000)")
+per = max(learned, 1)
+print(f"agent CPU   {1e3 * (ca1 - ca0) / per:.3f} ms per learned name ({ca1 - ca0:.2f} s)")
+print(f"proxy CPU   {1e3 * (cp1 - cp0) / per:.3f} ms per learned name ({cp1 - cp0:.2f} s)")
+if learned < n:
+    print(f"NOTE: only {learned:,} of {n:,} names were learned")
+    sys.exit(1)
 PY

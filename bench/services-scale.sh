@@ -10,7 +10,9 @@
 #                  wall time until it returns (the agent answers once the maps are written;
 #                  checked: the last Service's backend must then be in cil_lb4_svc/cil_lb4_be),
 #                  and the agent's own time from its log line (`manifests applied ... elapsed_ms`,
-#                  or `elapsed_us` from session 4 on)
+#                  or `elapsed_us` from session 4 on; from session 8 on it includes decoding
+#                  the documents), and the agent's CPU time (utime+stime) for it: on a loaded
+#                  machine the figure to compare
 #   rssN, cpuN     RSS after them, bytes per Service; idle CPU over --idle-secs at N
 #   disk           the agent's state directory at N (du)
 #   change (API)   --changes times: `ciliate apply -f` of one EndpointSlice whose second
@@ -23,8 +25,10 @@
 #                  time until `status` answers healthy, and until it lists the N Services;
 #                  before that, one restart under `perf stat` counts the map writes
 #                  (bpf() BPF_MAP_UPDATE_ELEM / DELETE_ELEM, batch forms too) it makes until
-#                  then: an agent that finds its maps right writes none
-#   delete         `ciliate delete -f` of the N Services and slices: wall time, RSS after
+#                  then: an agent that finds its maps right writes none; and the agent's CPU
+#                  time from exec until it lists them
+#   delete         `ciliate delete -f` of the N Services and slices: wall time, agent CPU
+#                  time, RSS after
 #
 # and, once per round, kube-proxy's rules for the same N Services (2 endpoints each) in a
 # namespace of its own (bench/kube_proxy_gen.py, as bench/lb.sh): program N = iptables-restore
@@ -289,6 +293,9 @@ remove_agent() {
 }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
+# The agent's CPU time (utime + stime, all threads) since ticks $1, in ms: what load on other
+# CPUs moves least (10 ms ticks).
+cpu_ms_since() { python3 -c "print(round(($(cpu_ticks) - $1) * 1000 / $(getconf CLK_TCK)))"; }
 # The agent's CPU over IDLE seconds, in % of one core.
 idle_cpu() {
   local a b
@@ -319,9 +326,10 @@ measure() { # build-name bin-dir round
   record rss0 "$b" "$(mb "$rss0")"
   record cpu0 "$b" "$(idle_cpu)"
 
-  l=$(log_lines); t0=$(now_us)
+  l=$(log_lines); t0=$(now_us); c0=$(cpu_ticks)
   cli apply -f "$WORK/full-$N.yaml" >/dev/null
   record program "$b" "$(ms_since "$t0")"
+  record program_cpu "$b" "$(cpu_ms_since "$c0")"
   am=$(agent_ms "$l"); [ -n "$am" ] && record program_agent "$b" "$am"
   read -r _ vip be < <(grep '^last ' "$WORK/chg-$N.list")
   # The answer came after the maps were written: the last Service's backend must be there.
@@ -370,11 +378,13 @@ measure() { # build-name bin-dir round
   launch
   ms=$(wait_ready "$t0"); record resync_ready "$b" "$ms"
   ms=$(wait_services $((N + 1)) "$t0"); record resync_listed "$b" "$ms"
+  record resync_cpu "$b" "$(cpu_ms_since 0)"
   record rss_restart "$b" "$(mb "$(rss_kb)")"
 
-  l=$(log_lines); t0=$(now_us)
+  l=$(log_lines); t0=$(now_us); c0=$(cpu_ticks)
   cli delete -f "$WORK/full-$N.yaml" >/dev/null
   record delete "$b" "$(ms_since "$t0")"
+  record delete_cpu "$b" "$(cpu_ms_since "$c0")"
   [ "$(cli -o 'jsonpath={.services}' status)" = 1 ] || { echo "$b: Services left after delete" >&2; exit 1; }
   sleep 2
   record rss_deleted "$b" "$(mb "$(rss_kb)")"
@@ -435,12 +445,12 @@ for N in "${NS[@]}"; do
   echo
   echo "N = $N Services, $((2 * N)) endpoints (+1 probe Service in --manifest-dir)"
   set -- rss0:"RSS at start, MB" cpu0:"idle CPU at 0, % of a core" \
-    program:"program N: apply -f, ms" program_agent:"  agent's own (log), ms" \
+    program:"program N: apply -f, ms" program_agent:"  agent's own (log), ms" program_cpu:"  agent CPU, ms" \
     rssN:"RSS at N, MB" per_svc:"  bytes per Service" cpuN:"idle CPU at N, % of a core" disk:"state dir at N, MB" \
     chg_api:"1 backend, apply -f p50 ms" chg_api90:"  p90 ms" chg_agent:"  agent's own p50 ms" chg_agent90:"  agent's own p90 ms" \
     chg_dir:"1 backend, dir→map p50 ms" chg_dir90:"  p90 ms" \
-    resync_ready:"restart: healthy after, ms" resync_listed:"restart: N listed after, ms" rss_restart:"  RSS after restart, MB" \
-    resync_writes:"  map writes (perf)" stop:"stop at N: SIGTERM to exit, ms" delete:"delete N: delete -f, ms" rss_deleted:"RSS after delete, MB"
+    resync_ready:"restart: healthy after, ms" resync_listed:"restart: N listed after, ms" resync_cpu:"  agent CPU until listed, ms" rss_restart:"  RSS after restart, MB" \
+    resync_writes:"  map writes (perf)" stop:"stop at N: SIGTERM to exit, ms" delete:"delete N: delete -f, ms" delete_cpu:"  agent CPU, ms" rss_deleted:"RSS after delete, MB"
   specs=()
   for s in "$@"; do specs+=("${s%%:*}@$N:${s#*:}"); done
   summarize "$RESULTS" new old "${specs[@]}"

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ciliate_model::api::{ApiError, EndpointCreateRequest, GcRequest, Health, Status};
+use ciliate_model::manifest::raw::RawApplyRequest;
 use ciliate_model::manifest::ApplyRequest;
 use ciliate_model::monitor::{EventKind, MonitorEvent};
 use futures::StreamExt;
@@ -30,6 +31,7 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::endpoints::{spec_of, EndpointError, EndpointManager, EndpointRef};
 use crate::gc::CtGcHealth;
+use crate::heap;
 use crate::manifests::{self, ApplyError};
 use crate::policy::trace::{parse_proto, TraceError, TraceQuery};
 use crate::policy::PolicyManager;
@@ -520,11 +522,17 @@ async fn ct_entries(State(s): State<AppState>) -> Result<Response, ApiFailure> {
 
 async fn apply_manifests(
     State(s): State<AppState>,
-    ApiJson(req): ApiJson<ApplyRequest>,
+    ApiJson(req): ApiJson<RawApplyRequest>,
 ) -> Result<Response, ApiFailure> {
+    let large = req.documents.len() >= heap::LARGE_BATCH;
     let result =
-        blocking(move || manifests::apply(&s.services, &s.policies, &s.manager, &req)).await??;
-    Ok(Json(result).into_response())
+        blocking(move || manifests::apply_raw(&s.services, &s.policies, &s.manager, &req)).await;
+    let response = result?.map(|r| Json(r).into_response());
+    if large {
+        // The request and its answer are freed now: give their room back.
+        tokio::task::spawn_blocking(heap::release_free_memory);
+    }
+    Ok(response?)
 }
 
 async fn list_policies(State(s): State<AppState>) -> Result<Response, ApiFailure> {

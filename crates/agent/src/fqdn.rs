@@ -168,30 +168,47 @@ impl FqdnManager {
     /// to the pod (an error is logged and returned: the caller still answers, since holding
     /// the answer forever helps nobody; the datapath then refuses what policy lacks).
     pub fn learned(&self, ev: &FqdnLearned) -> Result<(), String> {
+        self.learned_all(std::slice::from_ref(ev))
+    }
+
+    /// [`FqdnManager::learned`] for several answers at once: each is learned and journaled,
+    /// then the policy is computed and the maps written once for all of them. A burst of new
+    /// names then costs one computation per batch, not one per address (each is O(learned
+    /// addresses): the CIDR identities and the ipcache cover all of them).
+    pub fn learned_all(&self, evs: &[FqdnLearned]) -> Result<(), String> {
         let now = unix_now();
         let mut cache = lock(&self.cache);
-        let learned = cache.learn(ev, now);
-        if learned.evicted {
-            self.tell_forget(Some(ev.endpoint));
+        let mut changed = BTreeSet::new();
+        let mut persist = Vec::new();
+        for ev in evs {
+            let learned = cache.learn(ev, now);
+            if learned.evicted {
+                self.tell_forget(Some(ev.endpoint));
+            }
+            for name in &learned.refused {
+                warn!(endpoint = ev.endpoint, name = %name.escape_debug(), "DNS answer with a name that is not a DNS name; not learned");
+            }
+            if learned.persist {
+                persist.push(ev);
+            }
+            changed.extend(learned.changed);
         }
-        for name in &learned.refused {
-            warn!(endpoint = ev.endpoint, name = %name.escape_debug(), "DNS answer with a name that is not a DNS name; not learned");
-        }
-        if learned.persist {
+        if !persist.is_empty() {
             let mut store = lock(&self.store);
-            if let Err(e) = store.append(ev, now) {
-                warn!(error = %e, "cannot journal a learned DNS answer; it is in force but a restart may forget it");
+            for ev in persist {
+                if let Err(e) = store.append(ev, now) {
+                    warn!(error = %e, "cannot journal a learned DNS answer; it is in force but a restart may forget it");
+                }
             }
             if store.wants_compaction() {
                 // Off the answer's path: the expiry task folds the journal.
                 self.compact.notify_one();
             }
         }
-        if learned.changed.is_empty() {
+        if changed.is_empty() {
             return Ok(());
         }
-        let changes: BTreeMap<String, BTreeSet<Ipv4Addr>> = learned
-            .changed
+        let changes: BTreeMap<String, BTreeSet<Ipv4Addr>> = changed
             .iter()
             .map(|n| (n.clone(), cache.ips_of(n)))
             .collect();
@@ -201,7 +218,7 @@ impl FqdnManager {
         match result {
             Ok(written) => {
                 debug!(
-                    id = ev.endpoint,
+                    answers = evs.len(),
                     names = changes.len(),
                     endpoints = written,
                     "FQDN addresses in force"

@@ -10,7 +10,9 @@
 //! returning means the policy is in force.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
+use ciliate_model::manifest::raw::{decode_all_raw, RawApplyRequest};
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, ManifestError,
 };
@@ -102,11 +104,43 @@ pub fn apply(
             }
         }
     };
-    let mut result = if other_docs.is_empty() {
+    let result = if other_docs.is_empty() {
         ApplyResult::default()
     } else {
         services.apply_documents_of(&other_docs, req.delete)?
     };
+    finish(services, policies, endpoints, result, prepared)
+}
+
+/// [`apply`] of a request as it was received. A batch of valid Services, EndpointSlices,
+/// Endpoints and Namespaces is decoded straight from its text (most of the agent's time for
+/// 10,000 Services went into JSON values of every document); anything else (a delete, a
+/// policy, any problem) is read into values and takes [`apply`], which answers as always.
+pub fn apply_raw(
+    services: &ServiceManager,
+    policies: &PolicyManager,
+    endpoints: &EndpointManager,
+    req: &RawApplyRequest,
+) -> Result<ApplyResult, ApplyError> {
+    if !req.delete {
+        let started = Instant::now();
+        if let Some(decoded) = decode_all_raw(&req.documents).filter(|d| !d.is_empty()) {
+            let result = services.apply_decoded(decoded, started)?;
+            return finish(services, policies, endpoints, result, None);
+        }
+    }
+    let req = req.to_request().map_err(|e| ApplyError::Invalid(vec![e]))?;
+    apply(services, policies, endpoints, &req)
+}
+
+/// After the Services of a batch: namespace labels and the batch's policies put in force.
+fn finish(
+    services: &ServiceManager,
+    policies: &PolicyManager,
+    endpoints: &EndpointManager,
+    mut result: ApplyResult,
+    prepared: Option<policy::Prepared<'_>>,
+) -> Result<ApplyResult, ApplyError> {
     // Namespace labels are part of pods' identity labels: a change of them is a change of
     // policy, in force before the answer like one.
     let namespaces_changed = policies.set_namespaces(services.namespace_labels());

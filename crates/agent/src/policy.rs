@@ -987,8 +987,9 @@ impl PolicyManager {
         let generation = self.generation.load(Ordering::SeqCst);
         let node = node();
         let identities = self.with_cluster_identities(&node.identities);
-        let (policies, cidr) = {
+        let (policies, cidr_before, cidr) = {
             let mut engine = lock(&self.engine);
+            let cidr_before = engine.cidr_ipcache4();
             let resolved = engine.resolve(&identities, &node.named_ports);
             let mut policies: BTreeMap<NumericIdentity, Option<(_, Vec<L7Redirect>)>> =
                 BTreeMap::new();
@@ -1000,16 +1001,16 @@ impl PolicyManager {
                     })
                 });
             }
-            (policies, resolved.ipcache4())
+            (policies, cidr_before, resolved.ipcache4())
         };
         // New addresses have CIDR identities now, named before their flows come.
         self.names_changed();
         let want = self.ipcache(cidr);
-        // New prefixes first, as in a reconciliation; gone ones after the policies.
-        let old = self
-            .datapath
-            .ipcache()
-            .map_err(|e| format!("cannot read the ipcache: {e}"))?;
+        // New prefixes first, as in a reconciliation; gone ones after the policies. What the
+        // datapath holds is what the last computation wanted (the datapath writes only the
+        // difference from what it wrote last): reading the map back would cost two syscalls
+        // per entry, per learned address.
+        let old = self.ipcache(cidr_before);
         let mut union: BTreeMap<Ipv4Net, bpf_policy::IpcacheEntry> =
             old.iter().map(|e| (e.prefix, e.clone())).collect();
         union.extend(want.iter().map(|e| (e.prefix, e.clone())));

@@ -3,7 +3,8 @@
 //! observer, and its state reaches `status`.
 //!
 //! An allowed DNS answer the proxy holds ([`ProxyEvent::FqdnLearned`]) goes to the FQDN cache
-//! ([`crate::fqdn`]) on a blocking thread; once its addresses are in the maps the proxy is told
+//! ([`crate::fqdn`]) on one blocking thread, which takes the answers queued meanwhile with it
+//! ([`FqdnLearner`]); once their addresses are in the maps the proxy is told
 //! [`ProxyCommand::FqdnAllowed`] through the same queue as the policy's commands.
 //!
 //! The proxy starts with the first redirect (a node without HTTP rules runs no proxy), or at
@@ -71,6 +72,7 @@ pub fn spawn(
         }));
     }
     policies.attach_l7_sink(Box::new(tx));
+    let learner = FqdnLearner::new(fqdn, acks);
     tokio::spawn(async move {
         let mut supervisor: Option<Supervisor> = None;
         let mut events: Option<broadcast::Receiver<ProxyEvent>> = None;
@@ -98,9 +100,7 @@ pub fn spawn(
                     }
                 }
                 ev = next_event(&mut events) => match ev {
-                    Some(ProxyEvent::FqdnLearned(learned)) => {
-                        allow_learned(*learned, fqdn.clone(), acks.clone());
-                    }
+                    Some(ProxyEvent::FqdnLearned(learned)) => learner.learn(*learned),
                     Some(ev) => handle_event(ev, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
                     None => events = None,
                 },
@@ -111,25 +111,73 @@ pub fn spawn(
     })
 }
 
-/// Puts a learned answer's addresses in force, then lets the proxy release the answer. Without
-/// an FQDN cache (never in the agent; tests) the answer is released at once.
+/// Puts learned answers' addresses in force, then lets the proxy release the answers: one
+/// blocking thread takes them in order, each time with every answer queued meanwhile (one
+/// policy computation for a burst of new names, and no thread per answer: a thread each,
+/// blocked on the cache's lock, cost a stack and an allocator arena apiece). Without an FQDN
+/// cache (never in the agent; tests) answers are released at once.
+#[derive(Debug)]
+pub struct FqdnLearner {
+    queue: Option<std::sync::mpsc::Sender<ciliate_model::l7::FqdnLearned>>,
+    acks: mpsc::UnboundedSender<ProxyCommand>,
+}
+
+/// Answers taken in one computation at most.
+const LEARN_BATCH: usize = 512;
+
+impl FqdnLearner {
+    /// Starts the thread (none without `fqdn`). It ends when the learner is dropped.
+    pub fn new(fqdn: Option<Arc<FqdnManager>>, acks: mpsc::UnboundedSender<ProxyCommand>) -> Self {
+        let queue = fqdn.and_then(|fqdn| {
+            let (tx, rx) = std::sync::mpsc::channel::<ciliate_model::l7::FqdnLearned>();
+            let acks = acks.clone();
+            let started = std::thread::Builder::new()
+                .name("fqdn-learn".into())
+                .spawn(move || {
+                    while let Ok(first) = rx.recv() {
+                        let mut batch = vec![first];
+                        while batch.len() < LEARN_BATCH {
+                            match rx.try_recv() {
+                                Ok(ev) => batch.push(ev),
+                                Err(_) => break,
+                            }
+                        }
+                        // On an error the datapath refuses what policy lacks; holding the
+                        // answers would only make the pods retry.
+                        let _ = fqdn.learned_all(&batch);
+                        for ev in &batch {
+                            let _ = acks.send(ProxyCommand::FqdnAllowed { id: ev.id });
+                        }
+                    }
+                });
+            match started {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    warn!(error = %e, "cannot start the FQDN learning thread; DNS answers go out unconfirmed");
+                    None
+                }
+            }
+        });
+        Self { queue, acks }
+    }
+
+    /// Queues an answer (its FqdnAllowed follows once its addresses are in force).
+    pub fn learn(&self, learned: ciliate_model::l7::FqdnLearned) {
+        let id = learned.id;
+        let queued = self.queue.as_ref().is_some_and(|q| q.send(learned).is_ok());
+        if !queued {
+            let _ = self.acks.send(ProxyCommand::FqdnAllowed { id });
+        }
+    }
+}
+
+/// One answer through a [`FqdnLearner`] of its own (tests).
 pub fn allow_learned(
     learned: ciliate_model::l7::FqdnLearned,
     fqdn: Option<Arc<FqdnManager>>,
     acks: mpsc::UnboundedSender<ProxyCommand>,
 ) {
-    let id = learned.id;
-    let Some(fqdn) = fqdn else {
-        let _ = acks.send(ProxyCommand::FqdnAllowed { id });
-        return;
-    };
-    tokio::task::spawn_blocking(move || {
-        // On an error the datapath refuses what policy lacks; holding the answer would only
-        // make the pod retry.
-        let _ = fqdn.learned(&learned);
-        drop(fqdn);
-        let _ = acks.send(ProxyCommand::FqdnAllowed { id });
-    });
+    FqdnLearner::new(fqdn, acks).learn(learned);
 }
 
 async fn next_event(events: &mut Option<broadcast::Receiver<ProxyEvent>>) -> Option<ProxyEvent> {

@@ -52,7 +52,7 @@ use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::lb::ServiceRef;
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyAction, ApplyDocument, ApplyOutcome, ApplyRequest,
-    ApplyResult, ManifestError,
+    ApplyResult, Decoded, ManifestError,
 };
 use ciliate_model::service::ServiceView;
 use tokio::sync::{watch, Notify};
@@ -509,6 +509,11 @@ impl ServiceManager {
         if let Err(e) = manager.sync() {
             warn!(error = %e, "cannot program the Services into the datapath at start-up; retrying");
         }
+        let objects: usize = read(&manager.tables).rows.iter().map(Rows::len).sum();
+        if objects >= crate::heap::LARGE_BATCH {
+            // Replaying the journals and reading the maps back freed far more than it kept.
+            crate::heap::release_free_memory();
+        }
         Ok(manager)
     }
 
@@ -643,11 +648,34 @@ impl ServiceManager {
             }]));
         }
         let started = Instant::now();
-        let (mut result, written) = if delete {
+        let outcome = if delete {
             self.delete_documents(documents)?
         } else {
-            self.apply_documents(documents)?
+            self.apply_objects(decode_all(documents).map_err(ServiceError::Invalid)?)?
         };
+        Ok(Self::answer(outcome, documents.len(), delete, started))
+    }
+
+    /// [`ServiceManager::apply`] of objects decoded already (straight from a request's
+    /// text: [`ciliate_model::manifest::raw`]), `started` when their decoding did.
+    pub fn apply_decoded(
+        &self,
+        decoded: Vec<Decoded>,
+        started: Instant,
+    ) -> Result<ApplyResult, ServiceError> {
+        let documents = decoded.len();
+        let outcome = self.apply_objects(decoded)?;
+        Ok(Self::answer(outcome, documents, false, started))
+    }
+
+    /// The answer of an apply or delete whose datapath write gave `written`, logged with the
+    /// time it took (`bench/services-scale.sh` reads that line).
+    fn answer(
+        (mut result, written): (ApplyResult, Result<(), String>),
+        documents: usize,
+        delete: bool,
+        started: Instant,
+    ) -> ApplyResult {
         if let Err(e) = written {
             result.warnings.push(format!(
                 "the objects are applied but the datapath could not be programmed yet: {e}; \
@@ -656,20 +684,20 @@ impl ServiceManager {
             ));
         }
         info!(
-            documents = documents.len(),
-            delete = delete,
+            documents,
+            delete,
             elapsed_us = started.elapsed().as_micros() as u64,
             "manifests {}",
             if delete { "deleted" } else { "applied" }
         );
-        Ok(result)
+        result
     }
 
-    /// Who else defines `key` above the API, as an error for `d`.
+    /// Who else defines `key` above the API, as an error for document `index` of `source`.
     fn owned_elsewhere(
         t: &Tables,
         key: &ObjectKey,
-        d: &ApplyDocument,
+        (source, index): (&str, usize),
         verb: &str,
     ) -> Option<ManifestError> {
         let reason = if let Some(owner) = t.rows[Source::ManifestDir.index()].get(key) {
@@ -683,8 +711,8 @@ impl ServiceManager {
             return None;
         };
         Some(ManifestError {
-            source: d.source.clone(),
-            index: d.index,
+            source: source.to_owned(),
+            index,
             object: key.to_string(),
             path: String::new(),
             reason,
@@ -692,18 +720,16 @@ impl ServiceManager {
     }
 
     #[allow(clippy::type_complexity)]
-    fn apply_documents(
+    fn apply_objects(
         &self,
-        docs: &[ApplyDocument],
+        decoded: Vec<Decoded>,
     ) -> Result<(ApplyResult, Result<(), String>), ServiceError> {
-        let decoded = decode_all(docs).map_err(ServiceError::Invalid)?;
         let mut t = write(&self.tables);
         let mut errors = Vec::new();
         let mut results = Vec::with_capacity(decoded.len());
         let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
-        let mut by_doc: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
-        for ((key, row), doc) in stored(decoded).zip(docs) {
-            if let Some(e) = Self::owned_elsewhere(&t, &key, doc, "change") {
+        for (key, row) in stored(decoded) {
+            if let Some(e) = Self::owned_elsewhere(&t, &key, (&row.source, row.index), "change") {
                 errors.push(e);
                 continue;
             }
@@ -719,7 +745,6 @@ impl ServiceManager {
                 index: row.index,
             });
             if action != ApplyAction::Unchanged {
-                by_doc.insert(key.clone(), (row.source.to_string(), row.index));
                 rows.push((key, row));
             }
         }
@@ -731,15 +756,27 @@ impl ServiceManager {
             .iter()
             .map(|(_, r)| Change::Upsert(Arc::clone(&r.object)))
             .collect();
-        let blame = |name: &str| -> Option<&(String, usize)> {
-            let (ns, n) = name.split_once('/')?;
-            by_doc.get(&ObjectKey {
-                kind: Kind::Service,
-                namespace: ns.to_owned(),
-                name: n.to_owned(),
-            })
+        let conflicts = t.balancer.conflicts_of(&preview);
+        // Which document each changed object came from, for the conflicts' messages (rare:
+        // not built for a batch without any).
+        let by_doc: HashMap<&ObjectKey, (&str, usize)> = if conflicts.is_empty() {
+            HashMap::new()
+        } else {
+            rows.iter()
+                .map(|(k, r)| (k, (&*r.source, r.index)))
+                .collect()
         };
-        for c in t.balancer.conflicts_of(&preview) {
+        let blame = |name: &str| -> Option<(&str, usize)> {
+            let (ns, n) = name.split_once('/')?;
+            by_doc
+                .get(&ObjectKey {
+                    kind: Kind::Service,
+                    namespace: ns.to_owned(),
+                    name: n.to_owned(),
+                })
+                .copied()
+        };
+        for c in conflicts {
             let (blamed, other) = if blame(&c.loser).is_some() {
                 (&c.loser, &c.holder)
             } else {
@@ -751,7 +788,7 @@ impl ServiceManager {
                     &format!("Service {blamed}"),
                     other,
                     source,
-                    *index,
+                    index,
                 ));
             }
         }
@@ -803,7 +840,7 @@ impl ServiceManager {
         let mut seen: HashSet<ObjectKey> = HashSet::new();
         for (key, d) in keys {
             if !t.rows[Source::Api.index()].contains_key(&key) {
-                if let Some(e) = Self::owned_elsewhere(&t, &key, d, "remove") {
+                if let Some(e) = Self::owned_elsewhere(&t, &key, (&d.source, d.index), "remove") {
                     errors.push(e);
                     continue;
                 }

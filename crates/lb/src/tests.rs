@@ -568,7 +568,7 @@ fn many(n: u32) -> Vec<Object> {
         let meta = |name: &str| ObjectMeta {
             name: name.to_owned(),
             namespace: "default".into(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
         };
         let s: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "default"},
@@ -652,7 +652,7 @@ mod props {
                     }))
                     .unwrap(),
                 ));
-                let mut labels = BTreeMap::new();
+                let mut labels = ciliate_model::k8s::StringMap::new();
                 labels.insert(SERVICE_NAME_LABEL.to_owned(), name.clone());
                 out.push(Object::EndpointSlice(EndpointSlice {
                     metadata: ObjectMeta {

@@ -491,18 +491,26 @@ fn typed<T: serde::de::DeserializeOwned>(v: &serde_json::Value, p: &mut Problems
 /// Decodes and validates a batch. Also refuses two documents for the same object. Returns
 /// every object, or every problem.
 pub fn decode_all(docs: &[ApplyDocument]) -> Result<Vec<Decoded>, Vec<ManifestError>> {
+    check_batch(docs.iter().map(|d| (d.source.as_str(), d.index, decode(d))))
+}
+
+/// The batch checks of [`decode_all`] over objects decoded one by one (from documents, or
+/// straight from a request's text, [`raw`]): every object, or every problem.
+fn check_batch<'a>(
+    objects: impl IntoIterator<Item = (&'a str, usize, Result<Object, Vec<ManifestError>>)>,
+) -> Result<Vec<Decoded>, Vec<ManifestError>> {
     let mut errors = Vec::new();
     let mut out = Vec::new();
     let mut seen: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
     let mut cluster_ips: BTreeMap<Ipv4Addr, (String, usize, ObjectKey)> = BTreeMap::new();
-    for doc in docs {
-        match decode(doc) {
+    for (doc_source, doc_index, decoded) in objects {
+        match decoded {
             Ok(object) => {
                 let key = object.key();
                 if let Some((source, index)) = seen.get(&key) {
                     errors.push(ManifestError {
-                        source: doc.source.clone(),
-                        index: doc.index,
+                        source: doc_source.to_owned(),
+                        index: doc_index,
                         object: key.to_string(),
                         path: String::new(),
                         reason: format!(
@@ -512,15 +520,17 @@ pub fn decode_all(docs: &[ApplyDocument]) -> Result<Vec<Decoded>, Vec<ManifestEr
                     continue;
                 }
                 if let Object::Service(svc) = &object {
-                    if let Some(e) = reused_cluster_ip(svc, doc, &key, &mut cluster_ips) {
+                    if let Some(e) =
+                        reused_cluster_ip(svc, doc_source, doc_index, &key, &mut cluster_ips)
+                    {
                         errors.push(e);
                         continue;
                     }
                 }
-                seen.insert(key, (doc.source.clone(), doc.index));
+                seen.insert(key, (doc_source.to_owned(), doc_index));
                 out.push(Decoded {
-                    source: doc.source.clone(),
-                    index: doc.index,
+                    source: doc_source.to_owned(),
+                    index: doc_index,
                     object,
                 });
             }
@@ -539,7 +549,8 @@ pub fn decode_all(docs: &[ApplyDocument]) -> Result<Vec<Decoded>, Vec<ManifestEr
 /// address.
 fn reused_cluster_ip(
     svc: &Service,
-    doc: &ApplyDocument,
+    doc_source: &str,
+    doc_index: usize,
     key: &ObjectKey,
     seen: &mut BTreeMap<Ipv4Addr, (String, usize, ObjectKey)>,
 ) -> Option<ManifestError> {
@@ -551,8 +562,8 @@ fn reused_cluster_ip(
     let ip: Ipv4Addr = written.parse().ok()?;
     match seen.get(&ip) {
         Some((source, index, other)) => Some(ManifestError {
-            source: doc.source.clone(),
-            index: doc.index,
+            source: doc_source.to_owned(),
+            index: doc_index,
             object: key.to_string(),
             path: "spec.clusterIP".into(),
             reason: format!(
@@ -561,7 +572,7 @@ fn reused_cluster_ip(
             ),
         }),
         None => {
-            seen.insert(ip, (doc.source.clone(), doc.index, key.clone()));
+            seen.insert(ip, (doc_source.to_owned(), doc_index, key.clone()));
             None
         }
     }
@@ -1034,6 +1045,8 @@ fn validate_endpoints(e: &Endpoints, p: &mut Problems) {
         check_endpoint_ports(&format!("subsets[{i}].ports"), &subset.ports, p);
     }
 }
+
+pub mod raw;
 
 #[cfg(test)]
 mod tests;

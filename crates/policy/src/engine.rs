@@ -322,15 +322,15 @@ impl PolicyEngine {
     /// FQDN cache, that selector as an `fqdn:` label (`fqdn:*.example.com`), as Cilium labels
     /// the addresses of its FQDN selectors.
     pub fn cidr_identity_labels(&self) -> Vec<(NumericIdentity, Labels)> {
-        let matchers: Vec<&FqdnMatcher> = self.fqdn_matchers().collect();
+        let by_ip = self.fqdn_selectors_by_ip();
         self.cidr
             .iter()
             .map(|(id, prefix)| {
                 let mut labels = cidr_labels(&prefix);
-                if let (IpNet::V4(net), false) = (prefix, matchers.is_empty()) {
+                if let IpNet::V4(net) = prefix {
                     if net.prefix_len() == 32 {
-                        for m in self.fqdn_selectors_of(net.addr(), &matchers) {
-                            labels.insert(ciliate_model::labels::Label::new("fqdn", &m, ""));
+                        for m in by_ip.get(&net.addr()).into_iter().flatten() {
+                            labels.insert(ciliate_model::labels::Label::new("fqdn", m, ""));
                         }
                     }
                 }
@@ -339,24 +339,37 @@ impl PolicyEngine {
             .collect()
     }
 
-    /// The selectors (as written, without the trailing dot) that match a name the FQDN cache
-    /// holds `ip` for.
-    fn fqdn_selectors_of(&self, ip: Ipv4Addr, matchers: &[&FqdnMatcher]) -> BTreeSet<String> {
-        let names: Vec<&String> = self
-            .fqdn
-            .iter()
-            .filter(|(_, ips)| ips.contains(&ip))
-            .map(|(name, _)| name)
-            .collect();
-        matchers
-            .iter()
-            .filter(|m| names.iter().any(|n| m.matches(n)))
-            .map(|m| match m {
-                FqdnMatcher::Name(s) | FqdnMatcher::Pattern(s) => {
-                    s.strip_suffix('.').unwrap_or(s).to_owned()
-                }
+    /// For every address the FQDN cache holds, the selectors (as written, without the
+    /// trailing dot) that match one of its names: one pass over the names, each matched once
+    /// against each selector, so that labelling N addresses costs O(N), not O(N) per address.
+    fn fqdn_selectors_by_ip(&self) -> HashMap<Ipv4Addr, BTreeSet<&str>> {
+        let matchers: Vec<(&FqdnMatcher, &str)> = self
+            .fqdn_matchers()
+            .map(|m| {
+                let s = match m {
+                    FqdnMatcher::Name(s) | FqdnMatcher::Pattern(s) => s,
+                };
+                (m, s.strip_suffix('.').unwrap_or(s))
             })
-            .collect()
+            .collect();
+        let mut out: HashMap<Ipv4Addr, BTreeSet<&str>> = HashMap::new();
+        if matchers.is_empty() {
+            return out;
+        }
+        for (name, ips) in &self.fqdn {
+            let selected: Vec<&str> = matchers
+                .iter()
+                .filter(|(m, _)| m.matches(name))
+                .map(|(_, s)| *s)
+                .collect();
+            if selected.is_empty() {
+                continue;
+            }
+            for ip in ips {
+                out.entry(*ip).or_default().extend(selected.iter().copied());
+            }
+        }
+        out
     }
 
     /// A policy by name.
@@ -387,6 +400,12 @@ impl PolicyEngine {
     /// does not renumber addresses under live connections. Clashing entries are skipped.
     pub fn adopt_cidr_identities(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
         self.cidr.adopt(entries);
+    }
+
+    /// The IPv4 ipcache entries of the CIDR identities allocated now (as the last
+    /// [`PolicyEngine::resolve`] left them), in the datapath's type.
+    pub fn cidr_ipcache4(&self) -> Vec<bpf_policy::IpcacheEntry> {
+        crate::map::to_ipcache4(&self.cidr.ipcache())
     }
 
     /// Allocates CIDR identities for the prefixes the policies name now (releasing those no

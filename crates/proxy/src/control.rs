@@ -85,6 +85,7 @@ pub fn spawn(
         flush_requests,
         writer.clone(),
         engine.clone(),
+        gate.clone(),
     ));
     tokio::spawn(accept(listener, writer, engine, gate));
     Control { flush }
@@ -245,6 +246,7 @@ async fn forward_events(
     mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
     writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
     engine: Arc<Engine>,
+    gate: Option<Arc<AnswerGate>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = None;
@@ -256,7 +258,7 @@ async fn forward_events(
                 if n == 0 {
                     return;
                 }
-                gather(&mut events, &mut batch).await;
+                gather(&mut events, &mut batch, gate.as_deref()).await;
                 write_batch(&writer, &mut batch, &mut lines, &engine).await;
             }
             done = flush_requests.recv() => {
@@ -277,14 +279,18 @@ async fn forward_events(
 }
 
 /// Adds the records of the next [`RECORD_LINGER`] to `batch`, up to [`MAX_BATCH`]. Anything
-/// that is not a record (an FQDN answer the proxy holds until the agent allows it) ends the
-/// wait at once.
-async fn gather(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEvent>) {
+/// urgent (an FQDN answer the proxy holds until the agent allows it, a policy reply) ends the
+/// wait at once; an FqdnLearned of an answer already sent (a renewal) is not urgent.
+async fn gather(
+    events: &mut mpsc::Receiver<ProxyEvent>,
+    batch: &mut Vec<ProxyEvent>,
+    gate: Option<&AnswerGate>,
+) {
     let linger = tokio::time::sleep(RECORD_LINGER);
     tokio::pin!(linger);
     let mut seen = 0;
     loop {
-        if batch[seen..].iter().any(|ev| !is_record(ev)) || batch.len() >= MAX_BATCH {
+        if batch[seen..].iter().any(|ev| is_urgent(ev, gate)) || batch.len() >= MAX_BATCH {
             return;
         }
         seen = batch.len();
@@ -298,11 +304,12 @@ async fn gather(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEv
     }
 }
 
-fn is_record(ev: &ProxyEvent) -> bool {
-    matches!(
-        ev,
-        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
-    )
+fn is_urgent(ev: &ProxyEvent, gate: Option<&AnswerGate>) -> bool {
+    match ev {
+        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) => false,
+        ProxyEvent::FqdnLearned(l) => gate.is_none_or(|g| g.is_held(l.id)),
+        _ => true,
+    }
 }
 
 /// Moves the events already queued into `batch`, up to [`MAX_BATCH`].

@@ -623,6 +623,65 @@ fn confirmations_count_per_endpoint_address_and_ttl() {
     );
 }
 
+/// A name answered on the fast path is told to the agent at most once per RENEW_EVERY, except
+/// when an answer's TTL reaches further than the agent was told by more than that; a name
+/// never confirmed, or forgotten, is always told.
+#[test]
+fn fast_path_answers_are_told_to_the_agent_once_a_second_per_name() {
+    use ciliate_proxy::dns::acked::{AckedAnswers, RENEW_EVERY};
+    use std::time::Instant;
+    let ip = Ipv4Addr::new(192, 0, 2, 1);
+    let ans = |name: &str, ttl| {
+        vec![FqdnAnswer {
+            name: name.into(),
+            ips: vec![ip],
+            ttl,
+        }]
+    };
+    let now = Instant::now();
+    let mut m = AckedAnswers::default();
+    assert!(
+        m.renewal_due(7, &ans("a.example.", 300), now),
+        "never confirmed"
+    );
+    m.remember(7, &ans("a.example.", 300), now, m.generation());
+    m.remember(7, &ans("b.example.", 300), now, m.generation());
+    assert!(
+        m.renewal_due(7, &ans("a.example.", 300), now),
+        "first telling"
+    );
+    let soon = now + RENEW_EVERY / 2;
+    assert!(
+        !m.renewal_due(7, &ans("a.example.", 300), soon),
+        "told just now"
+    );
+    assert!(
+        !m.renewal_due(7, &ans("a.example.", 299), soon),
+        "a resolver's TTL counting down"
+    );
+    assert!(
+        m.renewal_due(7, &ans("a.example.", 302), soon),
+        "a TTL reaching more than RENEW_EVERY further"
+    );
+    assert!(
+        m.renewal_due(7, &ans("b.example.", 300), soon),
+        "another name"
+    );
+    assert!(
+        m.renewal_due(8, &ans("a.example.", 300), soon),
+        "another endpoint"
+    );
+    assert!(
+        m.renewal_due(7, &ans("a.example.", 300), soon + RENEW_EVERY),
+        "a second later"
+    );
+    m.forget_endpoint(7);
+    assert!(
+        m.renewal_due(7, &ans("a.example.", 300), soon + RENEW_EVERY),
+        "forgotten"
+    );
+}
+
 fn valid_messages() -> Vec<Vec<u8>> {
     vec![
         query(1, "allowed.example.", RecordType::A),

@@ -296,3 +296,51 @@ async fn time_from_learned_to_allowed() {
     );
     assert_eq!(node.fqdn.list(None).len(), 200);
 }
+
+/// A burst of answers taken together: every address in the maps, with one policy computation
+/// for all of them (not one per address).
+#[tokio::test]
+async fn a_burst_of_answers_is_put_in_force_with_one_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(dir.path(), Arc::new(FakeDatapath::new()));
+    node.apply(POLICY);
+    let client = node.pod("client", "client", 11);
+    let burst: Vec<FqdnLearned> = (0..50u64)
+        .map(|i| {
+            let ip = format!("198.51.100.{}", i + 1);
+            learned(i, &client, &format!("n{i}.s3.example.com."), &[&ip])
+        })
+        .collect();
+    let names = node.policies.subscribe_names();
+    let before = *names.borrow();
+    node.fqdn.learned_all(&burst).unwrap();
+    assert_eq!(
+        names.borrow().wrapping_sub(before),
+        1,
+        "one computation for the burst"
+    );
+    let p = node.policy_of(&client);
+    for i in 0..50u8 {
+        let ip = Ipv4Addr::new(198, 51, 100, i + 1);
+        let id = node.identity_of(ip).expect("in the ipcache");
+        assert!(id >= MIN_CIDR_IDENTITY);
+        assert!(allows(&p, id, 80).is_some(), "{ip} allowed on 80");
+    }
+    // Through the learner: each answer is acknowledged, in order, after its addresses.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let learner = crate::proxy::FqdnLearner::new(Some(Arc::clone(&node.fqdn)), tx);
+    for i in 50..80u64 {
+        let ip = format!("198.51.101.{}", i + 1);
+        learner.learn(learned(
+            i,
+            &client,
+            &format!("n{i}.s3.example.com."),
+            &[&ip],
+        ));
+    }
+    for i in 50..80u64 {
+        assert_eq!(rx.recv().await, Some(ProxyCommand::FqdnAllowed { id: i }));
+    }
+    assert!(node.identity_of(Ipv4Addr::new(198, 51, 101, 80)).is_some());
+    assert_eq!(node.fqdn.list(None).len(), 80);
+}

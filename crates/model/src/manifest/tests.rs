@@ -501,3 +501,77 @@ fn a_cluster_ip_is_given_to_one_service_of_a_batch() {
         2
     );
 }
+
+/// The documents of `text` as the agent receives them: each object's JSON text.
+fn raw_docs(text: &str) -> (Vec<ApplyDocument>, Vec<raw::RawApplyDocument>) {
+    let docs = split_documents("svc.yaml", text).unwrap();
+    let raws = docs
+        .iter()
+        .map(|d| raw::RawApplyDocument {
+            source: d.source.clone(),
+            index: d.index,
+            object: serde_json::value::to_raw_value(&d.object).unwrap(),
+        })
+        .collect();
+    (docs, raws)
+}
+
+#[test]
+fn raw_decoding_gives_the_objects_of_decode_all() {
+    let (docs, raws) = raw_docs(GOOD);
+    let want = decode_all(&docs).unwrap();
+    assert!(!want.is_empty());
+    assert_eq!(raw::decode_all_raw(&raws), Some(want));
+}
+
+#[test]
+fn raw_decoding_leaves_every_problem_and_other_kind_to_decode_all() {
+    let service = |name: &str, ip: &str, port: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {ip}, ports: [{{port: {port}}}]}}\n")
+    };
+    let cases = [
+        // A value out of range, a wrong type, an unknown kind, a policy.
+        service("a", "10.96.0.1", "70000"),
+        service("a", "10.96.0.1", "http"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n".to_owned(),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n".to_owned(),
+        // Two documents for one object; one cluster IP for two Services.
+        format!("{}---\n{}", service("a", "10.96.0.1", "80"), service("a", "10.96.0.2", "80")),
+        format!("{}---\n{}", service("a", "10.96.0.1", "80"), service("b", "10.96.0.1", "81")),
+    ];
+    for text in cases {
+        let (_, raws) = raw_docs(&text);
+        assert_eq!(raw::decode_all_raw(&raws), None, "{text}");
+    }
+    // A key given twice: the value path reads the last one, so the raw path leaves it.
+    let doc = raw::RawApplyDocument {
+        source: "svc.json".into(),
+        index: 1,
+        object: serde_json::value::RawValue::from_string(
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"},"metadata":{"name":"b"}}"#.into(),
+        )
+        .unwrap(),
+    };
+    assert_eq!(raw::decode_all_raw(std::slice::from_ref(&doc)), None);
+}
+
+#[test]
+fn a_raw_request_converts_to_the_request_of_json_values() {
+    let (docs, raws) = raw_docs(GOOD);
+    let req = raw::RawApplyRequest {
+        documents: raws,
+        delete: true,
+    };
+    assert_eq!(
+        req.to_request().unwrap(),
+        ApplyRequest {
+            documents: docs,
+            delete: true
+        }
+    );
+    // The same body read either way.
+    let body = serde_json::to_string(&req).unwrap();
+    let typed: ApplyRequest = serde_json::from_str(&body).unwrap();
+    let raw: raw::RawApplyRequest = serde_json::from_str(&body).unwrap();
+    assert_eq!(raw.to_request().unwrap(), typed);
+}

@@ -117,6 +117,18 @@ impl AnswerGate {
         self.acked().covers(endpoint, names, Instant::now())
     }
 
+    /// Whether the agent should hear of a fast-path answer now (at most once per
+    /// [`super::acked::RENEW_EVERY`] per endpoint and name); if so it counts as told.
+    pub fn renewal_due(&self, endpoint: u16, names: &[FqdnAnswer]) -> bool {
+        self.acked().renewal_due(endpoint, names, Instant::now())
+    }
+
+    /// Whether FqdnLearned `id` holds an answer (the control socket sends it at once; the
+    /// others may wait for the next batch of records).
+    pub fn is_held(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// Forgets every confirmation (a Snapshot: the agent may have restarted).
     pub fn forget_all(&self) {
         self.acked().forget_all();

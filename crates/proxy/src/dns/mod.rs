@@ -6,13 +6,15 @@
 //! - [`message`]: reading queries and answers, the proxy's own answers;
 //! - [`gate`]: answers held until the agent's FqdnAllowed;
 //! - [`acked`]: what the agent confirmed already (answers teaching nothing new go out at once);
-//! - [`udp`], [`tcp`]: the sockets (the supervisor's, inherited) and the replies to the pod.
+//! - [`udp`], [`tcp`]: the sockets (the supervisor's, inherited) and the replies to the pod;
+//! - [`upstream`]: the way to the resolver (UDP: a pool of random-port sockets, rotated).
 //!
 //! The upstream query leaves from an ordinary socket of the node (the node's address, a
 //! random port), not from the pod's address as the HTTP proxy's upstream does: the resolver
 //! is outside the pod's L7 policy (the pod was allowed to ask it), a node socket needs no
-//! from-proxy mark nor conntrack entry for the answer to come back, and a random source port
-//! per UDP query keeps answers from being spoofed into another pod's flow. The cost: a
+//! from-proxy mark nor conntrack entry for the answer to come back, and random source ports
+//! (a few per resolver, replaced every few hundred queries: see [`upstream`]) keep answers
+//! from being spoofed into another pod's flow. The cost: a
 //! resolver that is a pod of this node sees the node (`host`) as the client, so its ingress
 //! policy must allow the host (Cilium's default allow-localhost does).
 
@@ -21,6 +23,9 @@ pub mod gate;
 pub mod message;
 pub mod tcp;
 pub mod udp;
+pub mod upstream;
+
+pub use upstream::{UdpPool, Upstream};
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
@@ -32,8 +37,6 @@ use ciliate_model::l7::{
     DnsRecord, FqdnAnswer, FqdnLearned, L7Parser, L7RecordType, L7Verdict, ProxyEvent,
 };
 use hickory_proto::op::ResponseCode;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
 use tracing::{debug, warn};
 
 use crate::engine::Engine;
@@ -104,97 +107,6 @@ pub struct Flow {
     pub resolver: SocketAddrV4,
     /// How it asked.
     pub transport: Transport,
-}
-
-/// How the proxy reaches the resolver for one flow.
-#[derive(Debug, Default)]
-pub struct Upstream {
-    /// TCP: the connection for the pod's connection (opened at its first query).
-    tcp: Option<TcpStream>,
-}
-
-impl Upstream {
-    /// Sends `query` to `resolver` the way the pod did and returns the answer with the same id.
-    async fn exchange(
-        &mut self,
-        transport: Transport,
-        resolver: SocketAddrV4,
-        query: &[u8],
-        id: u16,
-    ) -> Result<Vec<u8>, String> {
-        match transport {
-            Transport::Udp => udp_exchange(resolver, query, id).await,
-            Transport::Tcp => {
-                let r = self.tcp_exchange(resolver, query).await;
-                if r.is_err() {
-                    // A broken connection is not reused; the next query opens another.
-                    self.tcp = None;
-                }
-                r
-            }
-        }
-    }
-
-    async fn tcp_exchange(
-        &mut self,
-        resolver: SocketAddrV4,
-        query: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        if self.tcp.is_none() {
-            let s = TcpStream::connect(resolver)
-                .await
-                .map_err(|e| format!("connecting to {resolver}: {e}"))?;
-            let _ = s.set_nodelay(true);
-            self.tcp = Some(s);
-        }
-        let Some(s) = self.tcp.as_mut() else {
-            return Err("no upstream connection".into());
-        };
-        let len = u16::try_from(query.len()).map_err(|_| "query too long".to_owned())?;
-        let mut framed = Vec::with_capacity(query.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(query);
-        s.write_all(&framed)
-            .await
-            .map_err(|e| format!("writing to {resolver}: {e}"))?;
-        tcp::read_message(s)
-            .await
-            .map_err(|e| format!("reading from {resolver}: {e}"))?
-            .ok_or_else(|| format!("{resolver} closed the connection"))
-    }
-}
-
-async fn udp_exchange(resolver: SocketAddrV4, query: &[u8], id: u16) -> Result<Vec<u8>, String> {
-    let s = UdpSocket::bind("0.0.0.0:0")
-        .await
-        .map_err(|e| format!("upstream socket: {e}"))?;
-    s.connect(resolver)
-        .await
-        .map_err(|e| format!("connecting to {resolver}: {e}"))?;
-    // The query leaves from the node's own address: a node with none (a bare network
-    // namespace) would send it from 0.0.0.0, and nothing could answer.
-    if s.local_addr().is_ok_and(|a| a.ip().is_unspecified()) {
-        return Err(format!(
-            "the node has no address to ask {resolver} from (the DNS proxy queries from the node's own address)"
-        ));
-    }
-    s.send(query)
-        .await
-        .map_err(|e| format!("sending to {resolver}: {e}"))?;
-    loop {
-        // Room for the largest answer, not zeroed; shrunk to the answer, which may be held for
-        // the agent a while.
-        let mut buf = Vec::with_capacity(MAX_MESSAGE);
-        s.recv_buf(&mut buf)
-            .await
-            .map_err(|e| format!("receiving from {resolver}: {e}"))?;
-        // Anything else on this port is not the answer (the socket is connected, so it came
-        // from the resolver, but a stray or late datagram must not answer this query).
-        if message::header_id(&buf) == Some(id) {
-            buf.shrink_to_fit();
-            return Ok(buf);
-        }
-    }
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -378,7 +290,8 @@ impl DnsProxy {
 
     /// Tells the agent the addresses the answer teaches and waits for its FqdnAllowed (at
     /// most the configured delay), unless the agent confirmed them all recently for this
-    /// endpoint: then it is told without waiting, to refresh its TTLs (see [`acked`]).
+    /// endpoint: then it is told without waiting, at most once a second per name, to refresh
+    /// its TTLs (see [`acked`]).
     async fn hold_for_agent(&self, meta: &Meta, q: &QueryInfo, a: &AnswerInfo) {
         let names: Vec<FqdnAnswer> = std::iter::once(q.name.clone())
             .chain(a.cnames.iter().cloned())
@@ -398,8 +311,10 @@ impl DnsProxy {
         };
         if self.gate.confirmed(meta.endpoint, &names) {
             // Nothing waits for this id; its FqdnAllowed renews the confirmation.
-            let id = self.gate.renewal(meta.endpoint, names.clone());
-            let _ = self.emit(learned(id, names));
+            if self.gate.renewal_due(meta.endpoint, &names) {
+                let id = self.gate.renewal(meta.endpoint, names.clone());
+                let _ = self.emit(learned(id, names));
+            }
             return;
         }
         let ticket = self.gate.ticket();

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use super::{DnsProxy, Flow, Transport, Upstream, MAX_MESSAGE};
+use super::{DnsProxy, Flow, Transport, UdpPool, Upstream, MAX_MESSAGE};
 
 /// Queries handled at once; more wait in the socket's buffer. Bounds the memory of a flood
 /// with a slow resolver: at most this many upstream receive buffers (64 KiB) at a time.
@@ -146,6 +146,7 @@ pub async fn serve(
         info!(addr = %a, "DNS over UDP listening");
     }
     let replies = Arc::new(ReplySockets::default());
+    let upstreams = Arc::new(UdpPool::new(proxy.config.upstream_timeout));
     let limit = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -176,6 +177,7 @@ pub async fn serve(
         let bytes = buf[..n].to_vec();
         let proxy = proxy.clone();
         let replies = replies.clone();
+        let upstreams = upstreams.clone();
         let sock = sock.clone();
         queries.spawn(async move {
             let flow = Flow {
@@ -183,7 +185,9 @@ pub async fn serve(
                 resolver,
                 transport: Transport::Udp,
             };
-            let answer = proxy.handle(&bytes, flow, &mut Upstream::default()).await;
+            let answer = proxy
+                .handle(&bytes, flow, &mut Upstream::pooled(upstreams))
+                .await;
             if let Some(answer) = answer {
                 let sent = if proxy.config.transparent {
                     match replies.get(resolver) {
