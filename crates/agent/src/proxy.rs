@@ -119,6 +119,7 @@ pub fn spawn(
 #[derive(Debug)]
 pub struct FqdnLearner {
     queue: Option<std::sync::mpsc::Sender<ciliate_model::l7::FqdnLearned>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     acks: mpsc::UnboundedSender<ProxyCommand>,
 }
 
@@ -128,7 +129,7 @@ const LEARN_BATCH: usize = 512;
 impl FqdnLearner {
     /// Starts the thread (none without `fqdn`). It ends when the learner is dropped.
     pub fn new(fqdn: Option<Arc<FqdnManager>>, acks: mpsc::UnboundedSender<ProxyCommand>) -> Self {
-        let queue = fqdn.and_then(|fqdn| {
+        let learning = fqdn.and_then(|fqdn| {
             let (tx, rx) = std::sync::mpsc::channel::<ciliate_model::l7::FqdnLearned>();
             let acks = acks.clone();
             let started = std::thread::Builder::new()
@@ -151,14 +152,19 @@ impl FqdnLearner {
                     }
                 });
             match started {
-                Ok(_) => Some(tx),
+                Ok(thread) => Some((tx, thread)),
                 Err(e) => {
                     warn!(error = %e, "cannot start the FQDN learning thread; DNS answers go out unconfirmed");
                     None
                 }
             }
         });
-        Self { queue, acks }
+        let (queue, thread) = learning.unzip();
+        Self {
+            queue,
+            thread,
+            acks,
+        }
     }
 
     /// Queues an answer (its FqdnAllowed follows once its addresses are in force).
@@ -167,6 +173,17 @@ impl FqdnLearner {
         let queued = self.queue.as_ref().is_some_and(|q| q.send(learned).is_ok());
         if !queued {
             let _ = self.acks.send(ProxyCommand::FqdnAllowed { id });
+        }
+    }
+}
+
+impl Drop for FqdnLearner {
+    /// Ends the thread and waits for it: it finishes what is queued, and once the learner is
+    /// gone nothing holds the FQDN cache (and through it the state store's lock) any more.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
