@@ -9,7 +9,7 @@ use ciliate_model::monitor::{
 };
 
 use crate::proto::flow::{Endpoint, Flow, Service, TcpFlags, TraceObservationPoint};
-use crate::record::{FlowIds, NodeNames, Recorded};
+use crate::record::{FlowIds, NodeNames, Recorded, Side};
 use crate::store::{ServiceRef, Store};
 
 /// Cilium's monitor message type of a drop notification.
@@ -71,33 +71,19 @@ pub(crate) fn tcp_flags_of(bits: u8) -> TcpFlags {
     }
 }
 
-/// The flow's endpoint at `ip`, and the id of the local endpoint there, if any.
+/// The flow's endpoint at `ip`, and the id of the local endpoint there, if any: named as the
+/// ring's records name theirs ([`Recorded::endpoint`]).
 pub(crate) fn endpoint(
     store: &dyn Store,
     ip: Option<Ipv4Addr>,
     identity: u32,
 ) -> (Endpoint, Option<u32>) {
-    match ip.and_then(|ip| store.endpoint_by_ip(ip)) {
-        Some(ep) => (
-            Endpoint {
-                id: ep.id,
-                identity: if identity != 0 { identity } else { ep.identity },
-                namespace: ep.namespace.clone(),
-                labels: ep.labels.clone(),
-                pod_name: ep.pod_name.clone(),
-                ..Endpoint::default()
-            },
-            Some(ep.id),
-        ),
-        None => (
-            Endpoint {
-                identity,
-                labels: store.identity_labels(identity).unwrap_or_default(),
-                ..Endpoint::default()
-            },
-            None,
-        ),
-    }
+    let side = crate::record::side(store, ip, identity);
+    let local = match &side {
+        Side::Endpoint(ep) => Some(ep.id),
+        Side::Identity(_) => None,
+    };
+    (Recorded::endpoint(&side, identity), local)
 }
 
 pub(crate) fn service(s: ServiceRef) -> Service {

@@ -88,7 +88,7 @@ pub struct NodeNames {
 
 /// One side of a flow as it was named when the event happened.
 #[derive(Clone, Debug, PartialEq)]
-enum Side {
+pub(crate) enum Side {
     /// A pod (of this node or, in a cluster, another).
     Endpoint(Arc<EndpointInfo>),
     /// No pod: the identity's labels (empty when unknown).
@@ -127,7 +127,7 @@ fn is_reply(ct: CtState) -> Option<bool> {
     }
 }
 
-fn side(store: &dyn Store, ip: Option<Ipv4Addr>, identity: u32) -> Side {
+pub(crate) fn side(store: &dyn Store, ip: Option<Ipv4Addr>, identity: u32) -> Side {
     match ip.and_then(|ip| store.endpoint_by_ip(ip)) {
         Some(ep) => Side::Endpoint(ep),
         None => Side::Identity(
@@ -318,7 +318,7 @@ impl Recorded {
         flow
     }
 
-    fn endpoint(side: &Side, identity: u32) -> Endpoint {
+    pub(crate) fn endpoint(side: &Side, identity: u32) -> Endpoint {
         match side {
             Side::Endpoint(ep) => Endpoint {
                 id: ep.id,
