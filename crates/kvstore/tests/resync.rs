@@ -175,7 +175,12 @@ async fn a_hung_etcd_is_reported_within_seconds_even_with_a_long_lease() {
         .await
         .expect("register");
     let mut view = a.subscribe();
-    wait_view(&mut view, "connected", |v| v.connected).await;
+    // Connected is set before the watch has delivered node-a's own record: wait for both, or a
+    // pause in between freezes a view that never held node-a (a CI flake of session 8).
+    wait_view(&mut view, "connected with node-a", |v| {
+        v.connected && v.nodes.contains_key("node-a")
+    })
+    .await;
 
     etcd.pause();
     let frozen = std::time::Instant::now();
