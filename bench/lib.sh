@@ -122,3 +122,40 @@ PY
 
 # The field $2 of the JSON object $1.
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+# BPF run time of nodes' programs (kernel.bpf_stats_enabled=1 and bpftool; else nothing): a
+# snapshot before and after a measurement, then `bpf_account` adds the difference, per program,
+# to a file of lines `program run_time_ns runs connections`, and prints the nanoseconds per
+# connection of all programs together ("" without counters). `bpf_report` prints the file.
+bpf_snapshot() { python3 bench/bpf_stats.py "$@" 2>/dev/null || echo '{}'; }
+bpf_account() { # before-json after-json connections file
+  python3 - "$@" <<'PY'
+import json, sys
+a, b, conns, path = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+total = 0
+with open(path, "a") as f:
+    for name, (t, n) in sorted(b.items()):
+        t0, n0 = a.get(name, [0, 0])
+        f.write(f"{name} {t - t0} {n - n0} {conns}\n")
+        total += t - t0
+print(f"{total / conns:.0f}" if b and conns else "")
+PY
+}
+bpf_report() { # file
+  [ -s "$1" ] || { echo "BPF run time: not counted (sysctl kernel.bpf_stats_enabled=1 and bpftool turn it on)"; return; }
+  python3 - "$1" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, t, n, c = line.split()
+    r = rows.setdefault(name, [0, 0, 0])
+    r[0] += int(t); r[1] += int(n); r[2] += int(c)
+print(f"BPF run time during CRR (kernel.bpf_stats_enabled), per program:")
+print(f"  {'program':20} {'ns per run':>11} {'runs per conn':>14} {'ns per conn':>12}")
+for name, (t, n, c) in sorted(rows.items()):
+    if n:
+        print(f"  {name:20} {t / n:11.0f} {n / max(c, 1):14.2f} {t / max(c, 1):12.0f}")
+t = sum(r[0] for r in rows.values()); c = max(r[2] for r in rows.values())
+print(f"  {'all':20} {'':11} {'':14} {t / max(c, 1):12.0f}")
+PY
+}

@@ -101,6 +101,7 @@ nsenter --net=/var/run/netns/"$OV-net" etcd --name "$TAG" --data-dir "$STATE/etc
   --listen-peer-urls http://127.0.0.1:2390 --initial-advertise-peer-urls http://127.0.0.1:2390 \
   --initial-cluster "$TAG=http://127.0.0.1:2390" >"$STATE/etcd.log" 2>&1 &
 track $!
+AGENT_PIDS=()
 for i in 0 1; do
   n=$OV-c$i
   node_ns "$n" "172.30.0.3$i" "c$i-u"
@@ -110,6 +111,7 @@ for i in 0 1; do
     --node-ip "172.30.0.3$i" --etcd-endpoints http://172.30.0.1:2379 \
     --state-dir "$STATE/c$i" --socket "$STATE/c$i/agent.sock" >"$STATE/c$i/agent.log" 2>&1 &
   track $!
+  AGENT_PIDS+=($!)
 done
 for i in 0 1; do
   for _ in $(seq 300); do "$BIN/ciliate" --socket "$STATE/c$i/agent.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -144,6 +146,15 @@ in_ns $OV-pp0 "$BIN/ciliate-bench" rr --dst "$PLAIN_DST" --secs 1 >/dev/null # w
 in_ns $OV-cp0 "$BIN/ciliate-bench" rr --dst "$CIL_DST" --secs 1 >/dev/null
 RESULTS=$STATE/results
 : >"$RESULTS"
+# Both agents' CPU time (user + system) in microseconds.
+agents_cpu_us() {
+  local hz total=0 pid
+  hz=$(getconf CLK_TCK)
+  for pid in "${AGENT_PIDS[@]}"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo $((total * 1000000 / hz))
+}
 record() { # path mode json
   echo "$2 $1 $(field "$3" per_second)" >>"$RESULTS"
   echo "$2-p50 $1 $(field "$3" p50_us)" >>"$RESULTS"
@@ -153,13 +164,25 @@ for round in $(seq "$RUNS"); do
   for mode in rr crr; do
     echo "round $round of $RUNS: $mode plain, then ciliate..." >&2
     record plain "$mode" "$(pin_client nsenter --net=/var/run/netns/"$OV-pp0" "$BIN/ciliate-bench" "$mode" --dst "$PLAIN_DST" --secs "$SECS")"
-    record ciliate "$mode" "$(pin_client nsenter --net=/var/run/netns/"$OV-cp0" "$BIN/ciliate-bench" "$mode" --dst "$CIL_DST" --secs "$SECS")"
+    cpu0=$(agents_cpu_us)
+    bpf0=$(bpf_snapshot "$TAG-0" "$TAG-1")
+    out=$(pin_client nsenter --net=/var/run/netns/"$OV-cp0" "$BIN/ciliate-bench" "$mode" --dst "$CIL_DST" --secs "$SECS")
+    bpf1=$(bpf_snapshot "$TAG-0" "$TAG-1")
+    cpu1=$(agents_cpu_us)
+    record ciliate "$mode" "$out"
+    if [ "$mode" = crr ]; then
+      echo "agent-cpu ciliate $(python3 -c "print(($cpu1 - $cpu0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"
+      ns=$(bpf_account "$bpf0" "$bpf1" "$(field "$out" transactions)" "$STATE/bpf")
+      [ -z "$ns" ] || echo "bpf-ns ciliate $ns" >>"$RESULTS"
+    fi
   done
 done
 printf '\nPod on node 0 -> pod on node 1 (plain: Linux VXLAN; ciliate: our overlay), %s s per measurement; %s\n' "$SECS" "$(pinning)"
 summarize "$RESULTS" ciliate plain \
   "rr:request/response (RR) /s" "rr-p50:  p50 us" "rr-p99:  p99 us" \
-  "crr:connections (CRR) /s" "crr-p50:  p50 us" "crr-p99:  p99 us"
+  "crr:connections (CRR) /s" "crr-p50:  p50 us" "crr-p99:  p99 us" \
+  "agent-cpu:CPU us per connection, both agents" "bpf-ns:BPF ns per connection, both nodes"
+bpf_report "$STATE/bpf"
 
 # ---- 2. a new pod on node 1, reachable from node 0 ----
 # Policy makes "reachable" mean "known by identity on both nodes": the client may only send to

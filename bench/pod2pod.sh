@@ -133,11 +133,15 @@ for round in $(seq "$RUNS"); do
     echo "round $round of $RUNS: $mode plain, then ciliate..." >&2
     record plain "$mode" "$(measure "$PN-a" "$PN-b" "$PLAIN_DST" "$mode")"
     cpu0=$(agent_cpu_us)
+    bpf0=$(bpf_snapshot "$NODE")
     out=$(measure "$CN-a" "$CN-b" "$OURS_DST" "$mode")
+    bpf1=$(bpf_snapshot "$NODE")
     cpu1=$(agent_cpu_us)
     record ciliate "$mode" "$out"
     if [ "$mode" = crr ]; then
       echo "agent-cpu ciliate $(python3 -c "print(($cpu1 - $cpu0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"
+      ns=$(bpf_account "$bpf0" "$bpf1" "$(field "$out" transactions)" "$STATE/bpf")
+      [ -z "$ns" ] || echo "bpf-ns ciliate $ns" >>"$RESULTS"
       CONNS=$((CONNS + $(field "$out" transactions)))
     fi
   done
@@ -146,12 +150,13 @@ printf '\nPod-to-pod TCP, 64-byte request and response, %s s per measurement; %s
 summarize "$RESULTS" ciliate plain \
   "rr:requests/s (keep-alive)" "rr-p50:  p50 us" "rr-p99:  p99 us" \
   "crr:connections/s (CRR)" "crr-p50:  p50 us" "crr-p99:  p99 us" \
-  "agent-cpu:agent CPU us per connection"
+  "agent-cpu:agent CPU us per connection" "bpf-ns:BPF ns per connection"
 # Every connection's events must become flows: none lost (the datapath's ring, the intake).
 sleep 0.5
 read -r FLOWS1 LOST1 <<<"$(flow_counts)"
 printf '\nFlows: %s over %s CRR connections through ciliate (%.1f per connection; keep-alive rounds add a few); events lost: %s (goal 0)\n' \
   "$((FLOWS1 - FLOWS0))" "$CONNS" "$(python3 -c "print(($FLOWS1 - $FLOWS0) / max(1, $CONNS))")" "$((LOST1 - LOST0))"
+bpf_report "$STATE/bpf"
 
 # ---- agent memory with $PODS endpoints ----
 for n in $(seq 3 "$PODS"); do

@@ -133,6 +133,8 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, const struct end
 	if (ct != CT_REPLY)
 		return drop(skb, METRIC_EGRESS, DROP_CT_UNKNOWN, me.ep_id, me.sec_identity,
 			    me.sec_identity, CT_NONE);
+	if (trace_flags() & NODE_F_TRACE_EVERY)
+		report = 1;
 	if (lb4_rev_nat(skb, p, rev_nat) < 0)
 		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, me.ep_id, me.sec_identity,
 			    me.sec_identity, ct);
@@ -294,7 +296,9 @@ int from_container(struct __sk_buff *skb)
 		__u32 src_id = self->sec_identity;
 		int hairpin = rc == LB_XLATED && dst->ifindex == self->ifindex;
 
-		if (report)
+		/* The destination's to-endpoint event reports the packet too: this one only at
+		 * monitor aggregation "none", as Cilium. */
+		if (report && (trace_flags() & NODE_F_TRACE_FROM))
 			emit_rule(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct, svc,
 				  rule);
 		/* The pod reached itself through a Service: it would drop a packet from its own

@@ -135,6 +135,12 @@ struct node_config {
 };
 
 #define NODE_F_MASQUERADE 0x01
+/* Monitor aggregation (the agent's --monitor-aggregation, Cilium's levels). Neither bit is
+ * Cilium's default "medium": trace events only at the points a packet is handed on to (to-
+ * endpoint, to-stack, to-overlay, to-proxy), and only for packets that matter to a connection
+ * (its first packet, its first reply, a TCP flag new in its direction). */
+#define NODE_F_TRACE_FROM 0x02  /* "none": also where a packet is taken from an endpoint */
+#define NODE_F_TRACE_EVERY 0x04 /* "none", "low(est)": every packet, not per connection */
 
 /* ---- Masquerading (host.c) ---- */
 

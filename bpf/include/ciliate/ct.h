@@ -144,6 +144,44 @@ static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int r
 		e->state |= reply ? CT_F_RX_CLOSING : CT_F_TX_CLOSING;
 }
 
+/* Records a new connection of `p` (the caller knows it has no usable entry): returns
+ * CT_NEW. `rev_nat`, `sock_rev_nat`, `px` and the outputs are those of ct_process. Entries of
+ * other CPUs racing for the same tuple are equivalent: last wins. */
+static __always_inline int ct_create(const struct pkt4 *p, __u8 dir, __u32 src_identity,
+				     __u32 bytes, __u16 rev_nat, __u16 sock_rev_nat,
+				     __u16 *rev_nat_out, __u16 *svc_out, struct ct_proxy *px)
+{
+	struct ct_key4 key = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = dir,
+	};
+	struct ct_entry4 n = {};
+	__u32 now = now_secs();
+
+	n.state = px->flags & (CT_F_TO_PROXY | CT_F_FROM_PROXY);
+	n.proxy_port = (n.state & CT_F_TO_PROXY) ? px->port : 0;
+	px->flags = n.state;
+	px->port = n.proxy_port;
+
+	n.tx_packets = 1;
+	n.tx_bytes = bytes;
+	n.rev_nat_index = rev_nat;
+	n.sock_rev_nat = sock_rev_nat;
+	*rev_nat_out = rev_nat;
+	*svc_out = rev_nat ? rev_nat : sock_rev_nat;
+	n.src_identity = src_identity;
+	n.last_report = now;
+	if (p->proto == IPPROTO_TCP)
+		ct_tcp_update(&n, p->tcp_flags, 0);
+	n.expires = now + ct_lifetime(&n, p->proto);
+	bpf_map_update_elem(&cil_ct4, &key, &n, BPF_ANY);
+	return CT_NEW;
+}
+
 /* Looks the packet up and creates an entry for a new connection. Returns CT_NEW,
  * CT_ESTABLISHED or CT_REPLY; *report says whether this packet is worth a trace event
  * (a new connection, or a TCP flag not seen before in its direction). A new entry records
@@ -151,7 +189,8 @@ static __always_inline void ct_tcp_update(struct ct_entry4 *e, __u8 flags, int r
  * `sock_rev_nat` (the one socket LB translated it from); *rev_nat_out is the entry's
  * rev_nat_index, so that replies can be translated back, and *svc_out the frontend the
  * connection was addressed to either way, for events. Without `create`, a new connection is
- * reported as CT_NEW but not recorded. */
+ * reported as CT_NEW but not recorded: the caller records it with ct_create once policy
+ * allowed it, without looking it up again. */
 static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_identity,
 				      __u32 bytes, int *report, __u16 rev_nat, __u16 sock_rev_nat,
 				      __u16 *rev_nat_out, __u16 *svc_out, int create,
@@ -165,22 +204,34 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 		.proto = p->proto,
 		.dir = dir,
 	};
-	struct ct_entry4 *e;
-	__u32 now = now_secs();
-	int reply = 0;
+	struct ct_key4 rkey = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS,
+	};
+	struct ct_entry4 *e = NULL;
+	int reply = 0, reply_first;
 
 	*report = 0;
-	e = bpf_map_lookup_elem(&cil_ct4, &key);
-	if (!e) {
-		struct ct_key4 rkey = {
-			.saddr = p->daddr,
-			.daddr = p->saddr,
-			.sport = p->dport,
-			.dport = p->sport,
-			.proto = p->proto,
-			.dir = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS,
-		};
-
+	/* A tuple is tracked one way only (a packet that finds neither way creates the entry),
+	 * so the order of the two lookups changes what they cost, not what they find. A packet
+	 * from the lower port is most likely a server's reply (servers listen low, clients send
+	 * from ephemeral ports): it is looked up as a reply first, saving the lookup that would
+	 * miss. A bare SYN opens a connection: never a reply first (a new SYN on a closed tuple
+	 * must find that tuple's own entry, below). */
+	reply_first = bpf_ntohs(p->sport) < bpf_ntohs(p->dport) &&
+		      !(p->proto == IPPROTO_TCP &&
+			(p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN);
+	if (reply_first) {
+		e = bpf_map_lookup_elem(&cil_ct4, &rkey);
+		reply = e != NULL;
+	}
+	if (!e)
+		e = bpf_map_lookup_elem(&cil_ct4, &key);
+	if (!e && !reply_first) {
 		e = bpf_map_lookup_elem(&cil_ct4, &rkey);
 		reply = 1;
 	}
@@ -191,35 +242,14 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 	    (e->state & (CT_F_RESET | CT_F_TX_CLOSING | CT_F_RX_CLOSING)))
 		e = NULL;
 
-	if (!e && !create) {
-		/* Policy decides first; the caller comes back to create the entry. */
-		*report = 1;
-		*rev_nat_out = rev_nat;
-		*svc_out = rev_nat ? rev_nat : sock_rev_nat;
-		return CT_NEW;
-	}
 	if (!e) {
-		struct ct_entry4 n = {};
-
-		n.state = px->flags & (CT_F_TO_PROXY | CT_F_FROM_PROXY);
-		n.proxy_port = (n.state & CT_F_TO_PROXY) ? px->port : 0;
-		px->flags = n.state;
-		px->port = n.proxy_port;
-
-		n.tx_packets = 1;
-		n.tx_bytes = bytes;
-		n.rev_nat_index = rev_nat;
-		n.sock_rev_nat = sock_rev_nat;
+		*report = 1;
+		if (create)
+			return ct_create(p, dir, src_identity, bytes, rev_nat, sock_rev_nat,
+					 rev_nat_out, svc_out, px);
+		/* Policy decides first; the caller comes back to create the entry. */
 		*rev_nat_out = rev_nat;
 		*svc_out = rev_nat ? rev_nat : sock_rev_nat;
-		n.src_identity = src_identity;
-		n.last_report = now;
-		if (p->proto == IPPROTO_TCP)
-			ct_tcp_update(&n, p->tcp_flags, 0);
-		n.expires = now + ct_lifetime(&n, p->proto);
-		/* Entries of other CPUs racing for the same tuple are equivalent: last wins. */
-		bpf_map_update_elem(&cil_ct4, &key, &n, BPF_ANY);
-		*report = 1;
 		return CT_NEW;
 	}
 
@@ -252,7 +282,7 @@ static __always_inline int ct_process(const struct pkt4 *p, __u8 dir, __u32 src_
 	}
 	/* Refresh the deadline at most once a second: it spares a cache line on every packet. */
 	{
-		__u64 expires = now + ct_lifetime(e, p->proto);
+		__u64 expires = now_secs() + ct_lifetime(e, p->proto);
 
 		if (expires != e->expires)
 			e->expires = expires;

@@ -107,6 +107,8 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 				svc_out, 0, &cp);
 		if (ct == CT_REPLY) {
 			pc->reply_to_proxy = (cp.flags & CT_F_FROM_PROXY) != 0;
+			if (trace_flags() & NODE_F_TRACE_EVERY)
+				*report = 1;
 			return ct;
 		}
 		if (ct == CT_NEW && egress && !rev_nat) {
@@ -141,11 +143,13 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 			cp.flags |= CT_F_TO_PROXY;
 			cp.port = res.proxy_port;
 		}
-		ct_process(p, dir, src_id, skb->len, report, rev_nat, sock_rev_nat, rev_nat_out,
-			   svc_out, 1, &cp);
+		ct_create(p, dir, src_id, skb->len, rev_nat, sock_rev_nat, rev_nat_out, svc_out,
+			  &cp);
 	}
 	if ((cp.flags & CT_F_TO_PROXY) && !pc->no_redirect)
 		pc->redirect_port = cp.port;
+	if (trace_flags() & NODE_F_TRACE_EVERY)
+		*report = 1;
 	return ct;
 }
 

@@ -19,6 +19,15 @@ static __always_inline void count(__u8 dir, __u8 reason, __u32 bytes)
 	}
 }
 
+/* The monitor aggregation flags (NODE_F_TRACE_*) of the node's configuration. */
+static __always_inline __u32 trace_flags(void)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&cil_node_cfg, &zero);
+
+	return cfg ? cfg->flags & (NODE_F_TRACE_FROM | NODE_F_TRACE_EVERY) : 0;
+}
+
 /* Reports one event. A full ring buffer loses the event, never the packet: the loss is
  * counted in cil_metrics (METRIC_EVENTS_LOST), which the agent turns into lost events.
  * `rev_nat` names the Service frontend of a translated connection (0: none); `rule` the

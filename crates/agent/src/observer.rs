@@ -54,6 +54,14 @@ pub struct ObserverArgs {
     #[arg(long, env = "CILIATE_HUBBLE_METRICS_ADDRESS", value_name = "ADDR", value_parser = parse_listen_address)]
     pub hubble_metrics_address: Option<SocketAddr>,
 
+    /// Which packets the datapath reports as trace events, in Cilium's levels: `medium`
+    /// (`maximum`) reports a connection's first packet, first reply and new TCP flags where
+    /// they are handed on (to-endpoint, to-stack, to-overlay, to-proxy); `low` (`lowest`)
+    /// every packet there; `none` (`disabled`) every packet, also where it leaves an endpoint
+    /// (from-endpoint). Drops are always reported.
+    #[arg(long, env = "CILIATE_MONITOR_AGGREGATION", value_name = "LEVEL", default_value = "medium")]
+    pub monitor_aggregation: ciliate_datapath::MonitorAggregation,
+
     /// Flow export, as Cilium's agent flags.
     #[command(flatten)]
     pub export: ExportArgs,
@@ -162,6 +170,9 @@ pub struct ObserverSettings {
     pub hubble_event_buffer_capacity: usize,
     /// The metrics address, if any.
     pub hubble_metrics_address: Option<SocketAddr>,
+    /// Trace events the datapath reports (`--monitor-aggregation`).
+    #[serde(serialize_with = "serialize_display")]
+    pub monitor_aggregation: ciliate_datapath::MonitorAggregation,
     /// Flow export.
     pub export: ExportSettings,
     /// Bound of the flow history on disk in bytes; 0: no history.
@@ -169,6 +180,14 @@ pub struct ObserverSettings {
     /// Age bound of the flow history; `None`: none.
     #[serde(with = "humantime_serde_opt")]
     pub flow_history_age: Option<Duration>,
+}
+
+/// A value as its text (`Display`) in the served configuration.
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// `Option<Duration>` as humantime text in the served configuration.
@@ -210,6 +229,7 @@ impl ObserverSettings {
             hubble_listen_address: args.hubble_listen_address,
             hubble_event_buffer_capacity: args.hubble_event_buffer_capacity,
             hubble_metrics_address: args.hubble_metrics_address,
+            monitor_aggregation: args.monitor_aggregation,
             flow_history_size: args.flow_history_size,
             flow_history_age: (!args.flow_history_age.is_zero()).then_some(args.flow_history_age),
             export,

@@ -361,6 +361,12 @@ async fn run_inner(
             kind: config.datapath,
             source,
         })?;
+    datapath
+        .set_monitor_aggregation(config.observer.monitor_aggregation)
+        .map_err(|source| AgentError::Datapath {
+            kind: config.datapath,
+            source,
+        })?;
     // Packets the datapath hands to the L7 proxy's sockets are delivered locally whatever
     // their destination (policy routing on the to-proxy mark).
     datapath

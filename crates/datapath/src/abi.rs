@@ -431,6 +431,12 @@ pub struct NodeConfig {
 
 /// `node_config.flags`: pods' traffic to the world leaves as the node's address.
 pub const NODE_F_MASQUERADE: u32 = 0x01;
+/// `node_config.flags`: trace events also where a packet leaves an endpoint (from-endpoint);
+/// monitor aggregation "none".
+pub const NODE_F_TRACE_FROM: u32 = 0x02;
+/// `node_config.flags`: a trace event for every packet, not only those that matter to its
+/// connection; monitor aggregation "none" and "low".
+pub const NODE_F_TRACE_EVERY: u32 = 0x04;
 /// `SNAT_EGRESS`: a `cil_snat4` key of a pod's tuple.
 pub const SNAT_EGRESS: u8 = 0;
 /// `SNAT_INGRESS`: a `cil_snat4` key of a reply's tuple.

@@ -31,6 +31,7 @@ pub struct FakeDatapath {
     node_addresses: Mutex<Vec<Ipv4Addr>>,
     uplink: Mutex<Option<crate::Uplink>>,
     masquerade: Mutex<Option<crate::MasqueradeSpec>>,
+    monitor_aggregation: Mutex<Option<crate::MonitorAggregation>>,
     host_device: Mutex<Option<String>>,
     events: broadcast::Sender<MonitorEvent>,
     records: Mutex<BTreeMap<u32, Vec<u8>>>,
@@ -58,6 +59,7 @@ impl Default for FakeDatapath {
             node_addresses: Mutex::default(),
             uplink: Mutex::default(),
             masquerade: Mutex::default(),
+            monitor_aggregation: Mutex::default(),
             host_device: Mutex::default(),
             events: broadcast::channel(1024).0,
             records: Mutex::default(),
@@ -170,6 +172,11 @@ impl FakeDatapath {
     /// The masquerading last set.
     pub fn masquerade(&self) -> Option<crate::MasqueradeSpec> {
         lock(&self.masquerade).clone()
+    }
+
+    /// The monitor aggregation level last set, if any.
+    pub fn monitor_aggregation(&self) -> Option<crate::MonitorAggregation> {
+        *lock(&self.monitor_aggregation)
     }
 
     /// The endpoints programmed, by host ifindex.
@@ -404,6 +411,14 @@ impl Datapath for FakeDatapath {
         lock(&self.uplink_queries).push(underlay);
         let uplink = lock(&self.uplink).clone();
         Box::pin(async move { Ok(uplink) })
+    }
+
+    fn set_monitor_aggregation(
+        &self,
+        level: crate::MonitorAggregation,
+    ) -> Result<(), DatapathError> {
+        *lock(&self.monitor_aggregation) = Some(level);
+        Ok(())
     }
 
     fn set_masquerade(&self, spec: Option<&crate::MasqueradeSpec>) -> Result<(), DatapathError> {

@@ -19,6 +19,7 @@ pub mod lb;
 pub mod link_watch;
 pub mod linux;
 pub mod lock;
+pub mod monitor_aggregation;
 pub mod netlink;
 pub mod netns;
 pub mod policy_map;
@@ -38,6 +39,7 @@ use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 pub use fake::FakeDatapath;
+pub use monitor_aggregation::MonitorAggregation;
 
 /// Where a datapath hands its events as it reads them, in batches, as numbers (no names, no
 /// allocation per event): the observer's intake. The sink takes what it keeps out of the Vec
@@ -331,6 +333,12 @@ pub trait Datapath: Send + Sync + 'static {
                 s.device
             ))),
         }
+    }
+
+    /// Reports trace events at monitor aggregation `level` from now on. A datapath without
+    /// events ignores it.
+    fn set_monitor_aggregation(&self, _level: MonitorAggregation) -> Result<(), DatapathError> {
+        Ok(())
     }
 
     /// What is wrong with the endpoint's programming in the kernel (links unpinned, detached or

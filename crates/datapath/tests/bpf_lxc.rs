@@ -4,6 +4,7 @@
 
 mod common;
 
+use ciliate_datapath::MonitorAggregation;
 use common::*;
 
 // ---- tests ----
@@ -311,6 +312,101 @@ fn new_connections_are_traced_once_not_every_packet() {
     assert_eq!((evs[1].code, evs[1].ct_state), (0, abi::ct_result::REPLY));
     assert_eq!(evs[0].src_identity, 300);
     assert_eq!(h.counter(abi::METRIC_EGRESS, 0), 6);
+}
+
+/// The traces (code, CT state) of a short same-node connection A -> B, as from_container
+/// and to_container see it (both run at A's ifindex here: the to-endpoint side is A's).
+fn traces_of_a_pod_to_pod_connection(h: &mut Harness, sport: u16) -> Vec<(u8, u8)> {
+    h.events();
+    h.run("from_container", &tcp(POD_A, sport, POD_B, 80, SYN));
+    h.run("to_container", &tcp(POD_B, 80, POD_A, sport, SYN | ACK));
+    h.run("from_container", &tcp(POD_A, sport, POD_B, 80, ACK));
+    h.run("to_container", &tcp(POD_B, 80, POD_A, sport, ACK));
+    h.run("from_container", &tcp(POD_A, sport, POD_B, 80, FIN | ACK));
+    h.run("to_container", &tcp(POD_B, 80, POD_A, sport, FIN | ACK));
+    h.events()
+        .iter()
+        .filter(|e| e.kind == abi::EVENT_TRACE)
+        .map(|e| (e.code, e.ct_state))
+        .collect()
+}
+
+const TO_LXC: u8 = 0;
+const FROM_LXC: u8 = 5;
+
+#[test]
+fn monitor_aggregation_medium_reports_a_local_connection_only_where_it_is_delivered() {
+    privileged!();
+    let mut h = Harness::new();
+    use abi::ct_result::{ESTABLISHED, NEW, REPLY};
+    // The default (no flag in the node's configuration): Cilium's "medium". The SYN and the
+    // client's FIN are to-endpoint events of B, whose to_container is not run here: A's side
+    // sees the first reply and the server's FIN, and from-endpoint nothing.
+    assert_eq!(
+        traces_of_a_pod_to_pod_connection(&mut h, 40100),
+        vec![(TO_LXC, REPLY), (TO_LXC, REPLY)]
+    );
+    h.set_monitor_aggregation(MonitorAggregation::Medium);
+    assert_eq!(
+        traces_of_a_pod_to_pod_connection(&mut h, 40101),
+        vec![(TO_LXC, REPLY), (TO_LXC, REPLY)]
+    );
+    // "low": every packet, still only where it is delivered.
+    h.set_monitor_aggregation(MonitorAggregation::Low);
+    assert_eq!(
+        traces_of_a_pod_to_pod_connection(&mut h, 40102),
+        vec![(TO_LXC, REPLY); 3]
+    );
+    // "none": every packet, and from-endpoint too.
+    h.set_monitor_aggregation(MonitorAggregation::None);
+    assert_eq!(
+        traces_of_a_pod_to_pod_connection(&mut h, 40103),
+        vec![
+            (FROM_LXC, NEW),
+            (TO_LXC, REPLY),
+            (FROM_LXC, ESTABLISHED),
+            (TO_LXC, REPLY),
+            (FROM_LXC, ESTABLISHED),
+            (TO_LXC, REPLY)
+        ]
+    );
+    // Drops are reported at every level.
+    h.set_monitor_aggregation(MonitorAggregation::Medium);
+    h.events();
+    h.run("from_container", &tcp(POD_B, 40104, WORLD, 80, SYN));
+    assert_eq!(
+        h.events()
+            .iter()
+            .map(|e| (e.kind, e.code))
+            .collect::<Vec<_>>(),
+        vec![(abi::EVENT_DROP, 132)], // DROP_INVALID_SIP: A may not send as B
+        "drops are reported at every level"
+    );
+}
+
+#[test]
+fn a_new_connection_is_tracked_once_policy_allowed_it_and_traced_once() {
+    privileged!();
+    let mut h = Harness::new();
+    h.events();
+    // A SYN to the world: conntrack is looked up before policy and the entry made after it,
+    // without looking again; the entry is the connection's, with the SYN counted once.
+    h.run("from_container", &tcp(POD_A, 40110, WORLD, 80, SYN));
+    let e = h
+        .ct(key(POD_A, 40110, WORLD, 80, 6, abi::CT_EGRESS))
+        .expect("egress CT entry");
+    assert_eq!((e.tx_packets, e.rx_packets, e.tx_flags), (1, 0, SYN));
+    assert_eq!(h.ct_len(), 1);
+    let evs = h.events();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!((evs[0].code, evs[0].ct_state), (3, abi::ct_result::NEW));
+    // A new SYN on the closed tuple starts over.
+    h.run("from_container", &tcp(POD_A, 40110, WORLD, 80, RST));
+    h.run("from_container", &tcp(POD_A, 40110, WORLD, 80, SYN));
+    let e = h
+        .ct(key(POD_A, 40110, WORLD, 80, 6, abi::CT_EGRESS))
+        .expect("egress CT entry");
+    assert_eq!((e.tx_packets, e.state & abi::ct_state::RESET), (1, 0));
 }
 
 #[test]

@@ -675,6 +675,23 @@ impl Datapath for LinuxDatapath {
         })
     }
 
+    fn set_monitor_aggregation(
+        &self,
+        level: crate::MonitorAggregation,
+    ) -> Result<(), DatapathError> {
+        let inner = &mut *self.lock();
+        let mut cfg: NodeConfig = inner.maps.node_cfg.get(&0, 0).unwrap_or_default();
+        cfg.flags = (cfg.flags & !(abi::NODE_F_TRACE_FROM | abi::NODE_F_TRACE_EVERY))
+            | level.node_flags();
+        inner
+            .maps
+            .node_cfg
+            .set(0, cfg, 0)
+            .map_err(kernel("write cil_node_cfg"))?;
+        info!(%level, "monitor aggregation");
+        Ok(())
+    }
+
     fn set_masquerade(&self, spec: Option<&crate::MasqueradeSpec>) -> Result<(), DatapathError> {
         let mut guard = self.lock();
         let inner = &mut *guard;

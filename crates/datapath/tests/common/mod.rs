@@ -486,6 +486,18 @@ impl Harness {
         .expect("node config");
     }
 
+    /// Sets the monitor aggregation level as the agent does (`NODE_F_TRACE_*` in the node's
+    /// configuration), keeping the rest of it.
+    pub fn set_monitor_aggregation(&mut self, level: ciliate_datapath::MonitorAggregation) {
+        let mut cfg: aya::maps::Array<&mut MapData, abi::NodeConfig> =
+            aya::maps::Array::try_from(self.bpf.map_mut(abi::maps::NODE_CFG).expect("map"))
+                .expect("array");
+        let mut c = cfg.get(&0, 0).expect("node config");
+        c.flags = (c.flags & !(abi::NODE_F_TRACE_FROM | abi::NODE_F_TRACE_EVERY))
+            | level.node_flags();
+        cfg.set(0, c, 0).expect("node config");
+    }
+
     pub fn remote_pod(&mut self) {
         self.set_ipcache(&[
             IpcacheEntry {
