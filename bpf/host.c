@@ -242,9 +242,9 @@ static __always_inline void proxy_upstream_track(struct __sk_buff *skb, const st
  * purpose) and masqueraded below; those the proxy sends from a pod's address travel as the
  * client (upstream) or the server pod (the ingress proxy's answers). */
 static __always_inline __be32 host_tunnel_endpoint(struct __sk_buff *skb, const struct pkt4 *p,
+						   const struct endpoint_info *pod,
 						   __u32 *src_id, __u32 *dst_id)
 {
-	struct endpoint_info *pod = bpf_map_lookup_elem(&cil_lxc4, &p->saddr);
 	struct ipcache_entry *e;
 	__u32 mark = skb->mark;
 
@@ -269,20 +269,20 @@ static __always_inline __be32 host_tunnel_endpoint(struct __sk_buff *skb, const 
 
 /* Encapsulates the node's packet to a remote pod (VNI = HOST, or the pod the proxy speaks
  * for); TC_ACT_OK when it is not one. */
-static __always_inline int host_to_overlay(struct __sk_buff *skb)
+static __always_inline int host_to_overlay(struct __sk_buff *skb, const struct pkt4 *p,
+					   const struct endpoint_info *pod)
 {
 	__u32 tunnel_if = tunnel_ifindex(), src_id = IDENTITY_HOST, dst_id = 0;
-	struct pkt4 p = {};
 	__be32 node;
 	int rc;
 
-	if (!tunnel_if || parse_ipv4(skb, &p) != 0)
+	if (!tunnel_if)
 		return TC_ACT_OK;
-	node = host_tunnel_endpoint(skb, &p, &src_id, &dst_id);
+	node = host_tunnel_endpoint(skb, p, pod, &src_id, &dst_id);
 	if (!node)
 		return TC_ACT_OK;
 	if (mark_is_from_proxy(skb->mark))
-		proxy_upstream_track(skb, &p, src_id);
+		proxy_upstream_track(skb, p, src_id);
 	count(METRIC_EGRESS, METRIC_FORWARDED, skb->len);
 	emit(skb, EVENT_TRACE, TRACE_TO_OVERLAY, 0, src_id, dst_id, CT_NONE);
 	rc = encap_to_node(skb, tunnel_if, node, src_id);
@@ -303,17 +303,20 @@ int to_netdev(struct __sk_buff *skb)
 	__u64 now;
 	int rc;
 
-	rc = host_to_overlay(skb);
+	/* The node's own traffic is never ours to judge: anything odd passes. The packet is
+	 * parsed and its source looked up once, for both jobs. */
+	if (parse_ipv4(skb, &p) != 0)
+		return TC_ACT_OK;
+	pod = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
+	rc = host_to_overlay(skb, &p, pod);
 	if (rc != TC_ACT_OK)
 		return rc;
 	cfg = masq_config();
 	if (!cfg || skb->ifindex != cfg->masq_ifindex)
 		return TC_ACT_OK;
 	node_ip = cfg->masq_ipv4;
-	/* The node's own traffic is never ours to judge: anything odd passes. */
-	if (parse_ipv4(skb, &p) != 0 || p.fragment || !masq_proto(&p, 1))
+	if (p.fragment || !masq_proto(&p, 1))
 		return TC_ACT_OK;
-	pod = bpf_map_lookup_elem(&cil_lxc4, &p.saddr);
 	if (!pod || masq_exempt(p.daddr))
 		return TC_ACT_OK;
 	if (reply_of_inbound(&p))
@@ -359,6 +362,10 @@ int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p) != 0 || p.fragment || p.daddr != cfg->masq_ipv4 ||
 	    !masq_proto(&p, 0))
+		return TC_ACT_OK;
+	/* Only ports (echo ids) masquerading lends can be translated back: the node's own
+	 * traffic, the overlay's VXLAN packets among it, is not looked up. */
+	if (bpf_ntohs(p.dport) < SNAT_PORT_MIN)
 		return TC_ACT_OK;
 	key.saddr = p.saddr;
 	key.daddr = p.daddr;

@@ -170,6 +170,33 @@ fn the_cluster_exempt_prefixes_and_the_nodes_own_traffic_are_left_alone() {
     assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn.clone()));
 }
 
+#[test]
+fn only_ports_masquerading_lends_are_translated_back() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_masquerade(true);
+    // A reverse entry on a port masquerading never lends (as if planted): the node's own
+    // traffic there, the overlay's VXLAN packets among it, is not even looked up.
+    let mut snat: BpfHashMap<&mut MapData, CtKey4, abi::SnatEntry4> =
+        BpfHashMap::try_from(h.bpf.map_mut(abi::maps::SNAT4).expect("map")).expect("hash");
+    let planted = abi::SnatEntry4 {
+        to_addr: POD_A.octets(),
+        to_port: 40000u16.to_be_bytes(),
+        pad: 0,
+        expires: now_secs() + 600,
+    };
+    for port in [8472u16, abi::SNAT_PORT_MIN - 1, abi::SNAT_PORT_MIN] {
+        snat.insert(key(WORLD, 443, NODE, port, 17, abi::SNAT_INGRESS), planted, 0)
+            .expect("insert");
+    }
+    for port in [8472u16, abi::SNAT_PORT_MIN - 1] {
+        let pkt = udp_ok(WORLD, 443, NODE, port);
+        assert_eq!(h.run("from_netdev", &pkt), (TC_ACT_OK, pkt.clone()), "{port}");
+    }
+    let (_, back) = h.run("from_netdev", &udp_ok(WORLD, 443, NODE, abi::SNAT_PORT_MIN));
+    assert_eq!(dst_of(&back), (POD_A, 40000), "the first port of the range is lent");
+}
+
 /// The node's own packet to a pod of another node goes through the tunnel as HOST (whose
 /// VNI the receiving node judges as remote-node); the VXLAN device's own output, pods'
 /// packets and destinations on no other node are left to routing.

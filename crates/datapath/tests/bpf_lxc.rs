@@ -410,6 +410,42 @@ fn a_new_connection_is_tracked_once_policy_allowed_it_and_traced_once() {
 }
 
 #[test]
+fn packets_are_matched_the_same_way_whichever_port_is_lower() {
+    privileged!();
+    let h = Harness::new();
+    // Replies are looked up as replies first when they come from the lower port; a client on
+    // a port below the server's (and a server above its client's) must still be told apart.
+    for (client_port, server_port) in [(40120u16, 80u16), (1500, 5001)] {
+        h.run("from_container", &tcp(POD_A, client_port, WORLD, server_port, SYN));
+        h.run(
+            "to_container",
+            &tcp(WORLD, server_port, POD_A, client_port, SYN | ACK),
+        );
+        h.run("from_container", &tcp(POD_A, client_port, WORLD, server_port, ACK));
+        h.run("to_container", &tcp(WORLD, server_port, POD_A, client_port, ACK));
+        h.run("to_container", &tcp(WORLD, server_port, POD_A, client_port, ACK));
+        let e = h
+            .ct(key(POD_A, client_port, WORLD, server_port, 6, abi::CT_EGRESS))
+            .expect("egress CT entry");
+        assert_eq!((e.tx_packets, e.rx_packets), (2, 3), "{client_port} -> {server_port}");
+        assert!(
+            h.ct(key(WORLD, server_port, POD_A, client_port, 6, abi::CT_INGRESS))
+                .is_none(),
+            "the replies made no entry of their own"
+        );
+    }
+    // Towards the pod, a server in it on the higher port.
+    h.run("to_container", &tcp(WORLD, 443, POD_A, 50000, SYN));
+    h.run("from_container", &tcp(POD_A, 50000, WORLD, 443, SYN | ACK));
+    h.run("to_container", &tcp(WORLD, 443, POD_A, 50000, ACK));
+    let e = h
+        .ct(key(WORLD, 443, POD_A, 50000, 6, abi::CT_INGRESS))
+        .expect("ingress CT entry");
+    assert_eq!((e.tx_packets, e.rx_packets), (2, 1));
+    assert_eq!(h.ct_len(), 3);
+}
+
+#[test]
 fn a_full_event_ring_loses_events_not_packets_and_counts_them() {
     privileged!();
     let mut h = Harness::new();
