@@ -236,32 +236,42 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, METRIC_EGRESS, DROP_INVALID_SIP, self->ep_id,
 			    self->sec_identity, 0, CT_NONE);
 
-	rc = lb4_xlate(skb, &p, &rev_nat, &backend_id);
-	if (rc == LB_NO_BACKEND) {
-		__u8 pod_mac[ETH_ALEN], gw_mac[ETH_ALEN];
-		__u32 self_if = self->ifindex;
-
-		__builtin_memcpy(pod_mac, self->mac, ETH_ALEN);
-		__builtin_memcpy(gw_mac, self->host_mac, ETH_ALEN);
-		drop(skb, METRIC_EGRESS, DROP_NO_SERVICE, self->ep_id, self->sec_identity, 0,
-		     CT_NONE);
-		if (reply_unreachable(skb, &p, gw_mac, pod_mac) < 0)
-			return TC_ACT_SHOT;
-		skb->mark = MARK_GENERATED;
-		return bpf_redirect(self_if, 0);
-	}
-	if (rc == LB_ERROR)
-		return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, self->ep_id,
-			    self->sec_identity, 0, CT_NONE);
-	if (rc == LB_NONE && p.daddr == HAIRPIN_IPV4 &&
-	    (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP))
-		return hairpin_reply(skb, self, &p);
-
+	/* A pod's address, of this node or (through the tunnel) another, is never a Service
+	 * frontend: pod-to-pod packets are not looked up as one. */
 	dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
+	if (!dst)
+		remote = ipcache_lookup(p.daddr);
+	rc = LB_NONE;
+	if (!dst && !(remote && remote->tunnel_endpoint)) {
+		rc = lb4_xlate(skb, &p, &rev_nat, &backend_id);
+		if (rc == LB_NO_BACKEND) {
+			__u8 pod_mac[ETH_ALEN], gw_mac[ETH_ALEN];
+			__u32 self_if = self->ifindex;
+
+			__builtin_memcpy(pod_mac, self->mac, ETH_ALEN);
+			__builtin_memcpy(gw_mac, self->host_mac, ETH_ALEN);
+			drop(skb, METRIC_EGRESS, DROP_NO_SERVICE, self->ep_id, self->sec_identity,
+			     0, CT_NONE);
+			if (reply_unreachable(skb, &p, gw_mac, pod_mac) < 0)
+				return TC_ACT_SHOT;
+			skb->mark = MARK_GENERATED;
+			return bpf_redirect(self_if, 0);
+		}
+		if (rc == LB_ERROR)
+			return drop(skb, METRIC_EGRESS, DROP_WRITE_ERROR, self->ep_id,
+				    self->sec_identity, 0, CT_NONE);
+		if (rc == LB_NONE && p.daddr == HAIRPIN_IPV4 &&
+		    (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP))
+			return hairpin_reply(skb, self, &p);
+		if (rc == LB_XLATED) {
+			/* Where the backend is. */
+			dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr);
+			remote = dst ? NULL : ipcache_lookup(p.daddr);
+		}
+	}
 	if (dst) {
 		dst_id = dst->sec_identity;
 	} else {
-		remote = ipcache_lookup(p.daddr);
 		dst_id = remote ? remote->identity : IDENTITY_WORLD;
 		node = remote ? remote->tunnel_endpoint : 0;
 	}

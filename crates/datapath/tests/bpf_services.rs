@@ -416,3 +416,25 @@ fn a_pod_reaching_itself_through_a_vip_is_hairpinned_from_169_254_42_1() {
         .iter()
         .any(|e| e.kind == abi::EVENT_DROP && e.code == abi::DROP_CT_UNKNOWN));
 }
+
+#[test]
+fn a_pods_address_is_never_looked_up_as_a_service_frontend() {
+    privileged!();
+    let mut h = Harness::new();
+    // A frontend on a local pod's address and on a remote pod's (the tunnel reaches it): pod
+    // addresses come from the pod CIDRs, frontends never do, so packets to pods skip the
+    // Service lookup and go where they are addressed.
+    h.set_tunnel_ifindex(1);
+    h.remote_pod();
+    for frontend in [POD_B, REMOTE_POD] {
+        let mut lb = service(&BACKENDS[1..2], None, L4Proto::Tcp);
+        lb.frontends[0].addr = frontend;
+        h.set_lb(&lb);
+        let (_, out) = h.run("from_container", &tcp_ok(POD_A, 47100, frontend, 80, SYN));
+        assert_eq!(dst_of(&out), (frontend, 80), "{frontend}");
+    }
+    // A VIP still is one.
+    h.set_lb(&service(&BACKENDS[1..2], None, L4Proto::Tcp));
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 47101, VIP, 80, SYN));
+    assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
+}
