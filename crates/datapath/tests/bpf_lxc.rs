@@ -42,6 +42,40 @@ fn pod_to_pod_is_redirected_with_router_rewrites() {
 }
 
 #[test]
+fn the_header_checksum_stays_valid_for_every_ttl_and_checksum_value() {
+    privileged!();
+    let h = Harness::new();
+    // The TTL and checksum are rewritten in place (RFC 1624): every checksum value the
+    // header's id can give, the end-around carry among them, with TTLs near both ends.
+    for (i, ttl) in (0u16..=0xffff).step_by(97).zip([255u8, 2, 64, 128].into_iter().cycle()) {
+        let mut pkt = tcp(POD_A, 41000, POD_B, 80, ACK);
+        pkt[14 + 4..14 + 6].copy_from_slice(&i.to_be_bytes());
+        pkt[14 + 8] = ttl;
+        pkt[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = csum(&pkt[14..34]);
+        pkt[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+        let (verdict, out) = h.run("from_container", &pkt);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out[14 + 8], ttl - 1);
+        assert_eq!(csum(&out[14..34]), 0, "id {i:#06x} ttl {ttl}");
+    }
+    // The carry case exactly: a header whose checksum field is 0xfeff before the rewrite.
+    let mut pkt = tcp(POD_A, 41001, POD_B, 80, ACK);
+    for i in 0u16..=0xffff {
+        pkt[14 + 4..14 + 6].copy_from_slice(&i.to_be_bytes());
+        pkt[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = csum(&pkt[14..34]);
+        if c == 0xfeff {
+            pkt[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+            break;
+        }
+    }
+    assert_eq!(&pkt[14 + 10..14 + 12], &[0xfe, 0xff]);
+    let (_, out) = h.run("from_container", &pkt);
+    assert_eq!(csum(&out[14..34]), 0, "with the carry");
+}
+
+#[test]
 fn traffic_to_the_world_goes_to_the_stack_and_replies_match_conntrack() {
     privileged!();
     let h = Harness::new();
