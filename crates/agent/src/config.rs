@@ -917,6 +917,27 @@ mod tests {
     }
 
     #[test]
+    fn monitor_aggregation_takes_ciliums_levels_and_defaults_to_medium() {
+        use ciliate_datapath::MonitorAggregation;
+        let level = |args: &[&str]| {
+            let mut all = vec!["--node-name", "n1"];
+            all.extend_from_slice(args);
+            parse(&all, &env(&[])).map(|c| c.observer.monitor_aggregation)
+        };
+        assert_eq!(level(&[]).expect("default"), MonitorAggregation::Medium);
+        assert_eq!(
+            level(&["--monitor-aggregation", "none"]).expect("none"),
+            MonitorAggregation::None
+        );
+        assert_eq!(
+            level(&["--monitor-aggregation", "maximum"]).expect("maximum"),
+            MonitorAggregation::Medium
+        );
+        let e = level(&["--monitor-aggregation", "loud"]).expect_err("unknown level");
+        assert!(e.to_string().contains("loud"), "{e}");
+    }
+
+    #[test]
     fn export_flags_as_cilium_names_them() {
         let c = parse(
             &[
