@@ -112,6 +112,7 @@ pub struct Listeners {
     stop_connections: watch::Sender<bool>,
     loops: JoinSet<JoinSet<()>>,
     engine: Arc<Engine>,
+    workers: Arc<Workers>,
 }
 
 /// The runtimes that serve connections, each with its count of open connections.
@@ -248,7 +249,17 @@ impl Listeners {
             stop_connections,
             loops,
             engine,
+            workers,
         }
+    }
+
+    /// The open connections of each runtime, in the order of `start_on`'s `runtimes`.
+    pub fn open_per_runtime(&self) -> Vec<usize> {
+        self.workers
+            .open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Stops accepting, asks connections to finish, and waits for them up to `deadline`.
@@ -276,5 +287,87 @@ impl Listeners {
             return left;
         }
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ciliate_model::l7::{L7PeerRules, L7Redirect, ProxyCommand};
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::engine::{Counters, EngineConfig};
+    use crate::identity::StaticIdentities;
+    use crate::policy::Policy;
+
+    /// A burst of connections is shared by the runtimes, not taken by the first to wake.
+    #[test]
+    fn new_connections_go_to_the_least_loaded_runtime() {
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let second_handle = second.handle().clone();
+        let _second_thread = std::thread::spawn(move || {
+            second.block_on(tokio::time::sleep(Duration::from_secs(30)))
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = l.local_addr().expect("addr").port();
+            // A redirect for these connections, so that each waits for its first bytes.
+            let policy = Arc::new(Policy::default());
+            policy
+                .apply(&ProxyCommand::Snapshot {
+                    revision: 1,
+                    redirects: vec![L7Redirect {
+                        endpoint: 1,
+                        endpoint_ip: Ipv4Addr::LOCALHOST,
+                        egress: true,
+                        proto: 6,
+                        port,
+                        parser: L7Parser::Http,
+                        proxy_port: port,
+                        rules: vec![L7PeerRules::default()],
+                    }],
+                })
+                .expect("policy");
+            let (tx, _rx) = mpsc::channel(64);
+            let engine = Arc::new(Engine {
+                policy,
+                identities: Arc::new(StaticIdentities::default()),
+                events: tx.into(),
+                config: EngineConfig::default(),
+                counters: Counters::default(),
+            });
+            let runtimes = [tokio::runtime::Handle::current(), second_handle];
+            let running = Listeners::start_on(engine.clone(), vec![(l, true)], &runtimes);
+            let mut clients = Vec::new();
+            for _ in 0..6 {
+                let c = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                clients.push(c);
+            }
+            let mut open = Vec::new();
+            for _ in 0..500 {
+                open = running.open_per_runtime();
+                if open.iter().sum::<usize>() == 6 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(open, vec![3, 3]);
+            // Closing the clients ends their connections on both runtimes.
+            for mut c in clients {
+                let _ = c.shutdown().await;
+            }
+            assert_eq!(running.drain(Duration::from_secs(10)).await, 0);
+            assert_eq!(engine.counters.active.load(Ordering::Relaxed), 0);
+        });
     }
 }
