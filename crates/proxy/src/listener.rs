@@ -350,7 +350,9 @@ mod tests {
             let running = Listeners::start_on(engine.clone(), vec![(l, true)], &runtimes);
             let mut clients = Vec::new();
             for _ in 0..6 {
-                let c = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                let c = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
                 clients.push(c);
             }
             let mut open = Vec::new();
