@@ -239,9 +239,8 @@ fn annotation_labels(obj: &Map<String, Value>) -> Result<Labels, CniError> {
     };
     match annotations.get(LABELS_ANNOTATION) {
         None => Ok(Labels::new()),
-        Some(Value::String(list)) => Labels::parse_list(list, SOURCE_K8S).map_err(|e| {
-            CniError::invalid_config(format!("{field}[{LABELS_ANNOTATION:?}]: {e}"))
-        }),
+        Some(Value::String(list)) => Labels::parse_list(list, SOURCE_K8S)
+            .map_err(|e| CniError::invalid_config(format!("{field}[{LABELS_ANNOTATION:?}]: {e}"))),
         Some(other) => Err(CniError::invalid_config(format!(
             "{field}[{LABELS_ANNOTATION:?}] must be a string, got {other}"
         ))),
@@ -343,7 +342,10 @@ mod tests {
             LABELS_ANNOTATION: "app=web,tier=front",
         }});
         let c = parse(v).unwrap();
-        assert_eq!(c.labels.to_string(), "k8s:app=web,k8s:team=a,k8s:tier=front");
+        assert_eq!(
+            c.labels.to_string(),
+            "k8s:app=web,k8s:team=a,k8s:tier=front"
+        );
         // Without our annotation, or without annotations at all, nothing is added.
         let c = parse(with("runtimeConfig", json!({POD_ANNOTATIONS: {"x": "y"}}))).unwrap();
         assert!(c.labels.is_empty());

@@ -497,7 +497,12 @@ async fn remove_all_pods(socket: &Path) -> Result<(), Box<dyn std::error::Error>
 }
 
 /// A pod as the kubelet describes it to the runtime.
-fn sandbox_config(namespace: &str, name: &str, app: &str, cgroup_parent: &str) -> cri::PodSandboxConfig {
+fn sandbox_config(
+    namespace: &str,
+    name: &str,
+    app: &str,
+    cgroup_parent: &str,
+) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
@@ -581,8 +586,8 @@ async fn pod_network(rt: &mut RuntimeClient, pod_id: &str) -> (Ipv4Addr, String)
         .and_then(|s| s.network)
         .map(|n| n.ip)
         .expect("status.network.ip");
-    let info: Value = serde_json::from_str(status.info.get("info").expect("verbose info"))
-        .expect("info is JSON");
+    let info: Value =
+        serde_json::from_str(status.info.get("info").expect("verbose info")).expect("info is JSON");
     let netns = info["runtimeSpec"]["linux"]["namespaces"]
         .as_array()
         .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
@@ -604,7 +609,13 @@ fn cni_check(node: &Node, ctd_conflist: &Value, pod_id: &str, netns: &str) -> co
         .as_array()
         .expect("cniArgs")
         .iter()
-        .map(|kv| format!("{}={}", kv[0].as_str().unwrap_or(""), kv[1].as_str().unwrap_or("")))
+        .map(|kv| {
+            format!(
+                "{}={}",
+                kv[0].as_str().unwrap_or(""),
+                kv[1].as_str().unwrap_or("")
+            )
+        })
         .collect();
     let mut conf = ctd_conflist["plugins"][0].clone();
     conf["cniVersion"] = ctd_conflist["cniVersion"].clone();
@@ -630,7 +641,9 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
             !privileged_required(),
             "containerd test cannot run ({why}) and CILIATE_REQUIRE_PRIVILEGED=1: run scripts/install-deps"
         );
-        eprintln!("\n!!! SKIPPED containerd test: {why} (scripts/install-deps installs them). !!!\n");
+        eprintln!(
+            "\n!!! SKIPPED containerd test: {why} (scripts/install-deps installs them). !!!\n"
+        );
         return;
     }
     let node = Node::start("10.231.0.0/24");
@@ -672,7 +685,9 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
             .into_inner()
             .images;
         assert!(
-            listed.iter().any(|i| i.repo_tags.iter().any(|t| t == IMAGE)),
+            listed
+                .iter()
+                .any(|i| i.repo_tags.iter().any(|t| t == IMAGE)),
             "{IMAGE} not among the CRI's images: {listed:?}"
         );
 
@@ -731,9 +746,8 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
         let client =
             start_container(&mut runtime, client_id, client_cfg, &["sleep", "1000000"]).await;
         // HTTP by hand through nc: busybox's wget crashes in an image without NSS files.
-        let get = |ip: &str| {
-            format!("printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 8080")
-        };
+        let get =
+            |ip: &str| format!("printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 8080");
         let fetch_cmd = get(&server_ip.to_string());
         let fetch = ["sh", "-c", fetch_cmd.as_str()];
         // httpd listens a moment after its container starts.
@@ -747,7 +761,9 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
         };
         let body = String::from_utf8_lossy(&got.stdout).into_owned();
         assert!(
-            got.exit_code == 0 && body.starts_with("HTTP/1.1 200") && body.trim_end().ends_with("\nserver-0"),
+            got.exit_code == 0
+                && body.starts_with("HTTP/1.1 200")
+                && body.trim_end().ends_with("\nserver-0"),
             "client -> server: exit {}: {body}{}",
             got.exit_code,
             String::from_utf8_lossy(&got.stderr)
@@ -833,12 +849,22 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
     assert_eq!(links, base, "links left in the node namespace");
     assert_eq!(node.endpoint_count(), 0, "endpoints left");
     assert_eq!(node.ipam_allocated(), 0, "addresses left allocated");
-    assert!(node.link_pins().is_empty(), "link pins: {:?}", node.link_pins());
-    assert_eq!(node.map_entries("cil_lxc_ifx"), 0, "endpoint map entries left");
+    assert!(
+        node.link_pins().is_empty(),
+        "link pins: {:?}",
+        node.link_pins()
+    );
+    assert_eq!(
+        node.map_entries("cil_lxc_ifx"),
+        0,
+        "endpoint map entries left"
+    );
     assert!(
         cgroups_left(&ctd.cgroup_parent)
             .iter()
-            .all(|cg| std::fs::read_dir(cg).map(|d| d.flatten().all(|e| !e.path().is_dir())).unwrap_or(true)),
+            .all(|cg| std::fs::read_dir(cg)
+                .map(|d| d.flatten().all(|e| !e.path().is_dir()))
+                .unwrap_or(true)),
         "pod cgroups left under {}",
         ctd.cgroup_parent
     );
@@ -849,7 +875,11 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
         .filter(|l| l.contains("level=error") && (l.contains("cni") || l.contains("network")))
         .map(str::to_owned)
         .collect();
-    assert!(complaints.is_empty(), "containerd logged:\n{}", complaints.join("\n"));
+    assert!(
+        complaints.is_empty(),
+        "containerd logged:\n{}",
+        complaints.join("\n")
+    );
     ctd.teardown();
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let dir = ctd.dir.path().display().to_string();
