@@ -229,9 +229,10 @@ pub fn plan_diff(current: &LbEntries, diff: &LbDiff) -> Vec<LbOp> {
 }
 
 /// `ops` cut into runs of one kind of write (one map, all puts or all deletes), in order:
-/// each run can go to the kernel as one batch. A plan's runs are its phases (backends,
-/// reverse NAT, slots, service entries, then removals), so writing run after run passes
-/// through the states [`plan`]'s order allows, and a run cut short leaves a prefix of them.
+/// each run can go to the kernel as one batch, which writes its entries in order. A plan's
+/// runs are its phases (backends, reverse NAT, slots and service entries together, then
+/// removals), so writing run after run passes through the states [`plan`]'s order allows,
+/// and a run cut short leaves a prefix of them.
 pub fn runs(ops: &[LbOp]) -> impl Iterator<Item = &[LbOp]> {
     ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b))
 }
