@@ -59,7 +59,12 @@ pub struct ObserverArgs {
     /// they are handed on (to-endpoint, to-stack, to-overlay, to-proxy); `low` (`lowest`)
     /// every packet there; `none` (`disabled`) every packet, also where it leaves an endpoint
     /// (from-endpoint). Drops are always reported.
-    #[arg(long, env = "CILIATE_MONITOR_AGGREGATION", value_name = "LEVEL", default_value = "medium")]
+    #[arg(
+        long,
+        env = "CILIATE_MONITOR_AGGREGATION",
+        value_name = "LEVEL",
+        default_value = "medium"
+    )]
     pub monitor_aggregation: ciliate_datapath::MonitorAggregation,
 
     /// Flow export, as Cilium's agent flags.

@@ -83,7 +83,13 @@ mod tests {
     #[test]
     fn only_none_reports_from_endpoint_and_medium_sets_no_bit() {
         assert_eq!(MonitorAggregation::Medium.node_flags(), 0);
-        assert_eq!(MonitorAggregation::Low.node_flags(), abi::NODE_F_TRACE_EVERY);
-        assert_ne!(MonitorAggregation::None.node_flags() & abi::NODE_F_TRACE_FROM, 0);
+        assert_eq!(
+            MonitorAggregation::Low.node_flags(),
+            abi::NODE_F_TRACE_EVERY
+        );
+        assert_ne!(
+            MonitorAggregation::None.node_flags() & abi::NODE_F_TRACE_FROM,
+            0
+        );
     }
 }

@@ -186,15 +186,27 @@ fn only_ports_masquerading_lends_are_translated_back() {
         expires: now_secs() + 600,
     };
     for port in [8472u16, abi::SNAT_PORT_MIN - 1, abi::SNAT_PORT_MIN] {
-        snat.insert(key(WORLD, 443, NODE, port, 17, abi::SNAT_INGRESS), planted, 0)
-            .expect("insert");
+        snat.insert(
+            key(WORLD, 443, NODE, port, 17, abi::SNAT_INGRESS),
+            planted,
+            0,
+        )
+        .expect("insert");
     }
     for port in [8472u16, abi::SNAT_PORT_MIN - 1] {
         let pkt = udp_ok(WORLD, 443, NODE, port);
-        assert_eq!(h.run("from_netdev", &pkt), (TC_ACT_OK, pkt.clone()), "{port}");
+        assert_eq!(
+            h.run("from_netdev", &pkt),
+            (TC_ACT_OK, pkt.clone()),
+            "{port}"
+        );
     }
     let (_, back) = h.run("from_netdev", &udp_ok(WORLD, 443, NODE, abi::SNAT_PORT_MIN));
-    assert_eq!(dst_of(&back), (POD_A, 40000), "the first port of the range is lent");
+    assert_eq!(
+        dst_of(&back),
+        (POD_A, 40000),
+        "the first port of the range is lent"
+    );
 }
 
 /// The node's own packet to a pod of another node goes through the tunnel as HOST (whose

@@ -47,7 +47,10 @@ fn the_header_checksum_stays_valid_for_every_ttl_and_checksum_value() {
     let h = Harness::new();
     // The TTL and checksum are rewritten in place (RFC 1624): every checksum value the
     // header's id can give, the end-around carry among them, with TTLs near both ends.
-    for (i, ttl) in (0u16..=0xffff).step_by(97).zip([255u8, 2, 64, 128].into_iter().cycle()) {
+    for (i, ttl) in (0u16..=0xffff)
+        .step_by(97)
+        .zip([255u8, 2, 64, 128].into_iter().cycle())
+    {
         let mut pkt = tcp(POD_A, 41000, POD_B, 80, ACK);
         pkt[14 + 4..14 + 6].copy_from_slice(&i.to_be_bytes());
         pkt[14 + 8] = ttl;
@@ -450,21 +453,51 @@ fn packets_are_matched_the_same_way_whichever_port_is_lower() {
     // Replies are looked up as replies first when they come from the lower port; a client on
     // a port below the server's (and a server above its client's) must still be told apart.
     for (client_port, server_port) in [(40120u16, 80u16), (1500, 5001)] {
-        h.run("from_container", &tcp(POD_A, client_port, WORLD, server_port, SYN));
+        h.run(
+            "from_container",
+            &tcp(POD_A, client_port, WORLD, server_port, SYN),
+        );
         h.run(
             "to_container",
             &tcp(WORLD, server_port, POD_A, client_port, SYN | ACK),
         );
-        h.run("from_container", &tcp(POD_A, client_port, WORLD, server_port, ACK));
-        h.run("to_container", &tcp(WORLD, server_port, POD_A, client_port, ACK));
-        h.run("to_container", &tcp(WORLD, server_port, POD_A, client_port, ACK));
+        h.run(
+            "from_container",
+            &tcp(POD_A, client_port, WORLD, server_port, ACK),
+        );
+        h.run(
+            "to_container",
+            &tcp(WORLD, server_port, POD_A, client_port, ACK),
+        );
+        h.run(
+            "to_container",
+            &tcp(WORLD, server_port, POD_A, client_port, ACK),
+        );
         let e = h
-            .ct(key(POD_A, client_port, WORLD, server_port, 6, abi::CT_EGRESS))
+            .ct(key(
+                POD_A,
+                client_port,
+                WORLD,
+                server_port,
+                6,
+                abi::CT_EGRESS,
+            ))
             .expect("egress CT entry");
-        assert_eq!((e.tx_packets, e.rx_packets), (2, 3), "{client_port} -> {server_port}");
+        assert_eq!(
+            (e.tx_packets, e.rx_packets),
+            (2, 3),
+            "{client_port} -> {server_port}"
+        );
         assert!(
-            h.ct(key(WORLD, server_port, POD_A, client_port, 6, abi::CT_INGRESS))
-                .is_none(),
+            h.ct(key(
+                WORLD,
+                server_port,
+                POD_A,
+                client_port,
+                6,
+                abi::CT_INGRESS
+            ))
+            .is_none(),
             "the replies made no entry of their own"
         );
     }

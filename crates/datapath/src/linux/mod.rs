@@ -686,8 +686,8 @@ impl Datapath for LinuxDatapath {
     ) -> Result<(), DatapathError> {
         let inner = &mut *self.lock();
         let mut cfg: NodeConfig = inner.maps.node_cfg.get(&0, 0).unwrap_or_default();
-        cfg.flags = (cfg.flags & !(abi::NODE_F_TRACE_FROM | abi::NODE_F_TRACE_EVERY))
-            | level.node_flags();
+        cfg.flags =
+            (cfg.flags & !(abi::NODE_F_TRACE_FROM | abi::NODE_F_TRACE_EVERY)) | level.node_flags();
         inner
             .maps
             .node_cfg

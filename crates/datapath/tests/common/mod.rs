@@ -493,8 +493,8 @@ impl Harness {
             aya::maps::Array::try_from(self.bpf.map_mut(abi::maps::NODE_CFG).expect("map"))
                 .expect("array");
         let mut c = cfg.get(&0, 0).expect("node config");
-        c.flags = (c.flags & !(abi::NODE_F_TRACE_FROM | abi::NODE_F_TRACE_EVERY))
-            | level.node_flags();
+        c.flags =
+            (c.flags & !(abi::NODE_F_TRACE_FROM | abi::NODE_F_TRACE_EVERY)) | level.node_flags();
         cfg.set(0, c, 0).expect("node config");
     }
 
