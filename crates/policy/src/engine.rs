@@ -240,7 +240,11 @@ impl PolicyEngine {
     /// Sets the addresses of one name (normalized: lower-case, trailing dot) as the FQDN
     /// cache holds them; none forgets the name. Returns whether anything changed.
     pub fn set_fqdn_name(&mut self, name: &str, ips: BTreeSet<Ipv4Addr>) -> bool {
-        if self.fqdn.get(name).map_or(ips.is_empty(), |old| *old == ips) {
+        if self
+            .fqdn
+            .get(name)
+            .map_or(ips.is_empty(), |old| *old == ips)
+        {
             return false;
         }
         let old = if ips.is_empty() {
@@ -428,16 +432,16 @@ impl PolicyEngine {
     pub fn each_cidr_identity_labels(&self, mut f: impl FnMut(NumericIdentity, Labels)) {
         let by_ip = self.fqdn_selectors_by_ip();
         for (id, labels) in self.cidr.iter().map(|(id, prefix)| {
-                let mut labels = cidr_labels(&prefix);
-                if let IpNet::V4(net) = prefix {
-                    if net.prefix_len() == 32 {
-                        for m in by_ip.get(&net.addr()).into_iter().flatten() {
-                            labels.insert(ciliate_model::labels::Label::new("fqdn", m, ""));
-                        }
+            let mut labels = cidr_labels(&prefix);
+            if let IpNet::V4(net) = prefix {
+                if net.prefix_len() == 32 {
+                    for m in by_ip.get(&net.addr()).into_iter().flatten() {
+                        labels.insert(ciliate_model::labels::Label::new("fqdn", m, ""));
                     }
                 }
-                (id, labels)
-            }) {
+            }
+            (id, labels)
+        }) {
             f(id, labels);
         }
     }
@@ -755,9 +759,11 @@ impl Resolved<'_> {
                 .filter(|(_, p)| matches!(p, IpNet::V4(_)) && v4 || matches!(p, IpNet::V6(_)) && v6)
                 .map(|(id, _)| id)
                 .collect();
-            s.extend(self.all_ids().filter(|id| {
-                *id >= MIN_CIDR_IDENTITY && self.engine.cidr.prefix(*id).is_none()
-            }));
+            s.extend(
+                self.all_ids().filter(|id| {
+                    *id >= MIN_CIDR_IDENTITY && self.engine.cidr.prefix(*id).is_none()
+                }),
+            );
             s.insert(ReservedIdentity::World.id());
             Some(s)
         };

@@ -43,8 +43,8 @@ use tracing::{debug, warn};
 use crate::engine::Engine;
 use crate::policy::RedirectKey;
 use gate::AnswerGate;
-use peers::PeerIdentities;
 use message::{AnswerInfo, QueryInfo};
+use peers::PeerIdentities;
 
 /// The largest DNS message (the TCP length prefix's limit).
 pub const MAX_MESSAGE: usize = 65535;

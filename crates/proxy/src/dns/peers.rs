@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(peers.identity_of(&maps, &next, ip), 301);
         assert_eq!(maps.asked.load(Ordering::Relaxed), 2);
         // Another address is its own lookup.
-        assert_eq!(peers.identity_of(&maps, &next, Ipv4Addr::new(10, 0, 0, 2)), 301);
+        assert_eq!(
+            peers.identity_of(&maps, &next, Ipv4Addr::new(10, 0, 0, 2)),
+            301
+        );
         assert_eq!(maps.asked.load(Ordering::Relaxed), 3);
     }
 }

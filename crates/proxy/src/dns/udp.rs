@@ -7,10 +7,10 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
