@@ -718,6 +718,11 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
                 netns.starts_with("/var/run/netns/cni-"),
                 "containerd's pod namespace: {netns}"
             );
+            assert_eq!(
+                ip.octets()[..3],
+                [10, 231, 0],
+                "{ip} is not of the node's pod CIDR"
+            );
             let ep = node.cli_json(&["endpoint", "get", &format!("{ns}/{name}")]);
             assert_eq!(ep["ipv4"], ip.to_string(), "{ep}");
             assert_eq!(ep["containerId"], id.as_str(), "{ep}");
