@@ -32,8 +32,8 @@ pub fn release_free_memory() -> bool {
 /// glibc gives each new thread its own arena up to 8 per CPU, and an arena keeps what its
 /// threads freed. The agent's threads (the runtime's workers, its blocking pool, the observer
 /// and history threads) came to 10 arenas holding 14 MB for 7 MB in use after pod2pod's traffic
-/// (`malloc_stats`); with 2 the heap stayed 2.8 MB smaller and the agent's CPU per connection
-/// did not move (bench/README.md, "Agent memory (session 9)").
+/// (`malloc_stats`); with 2 the heap after that traffic was ~2 MB smaller, and the agent's CPU
+/// per connection changed less than its spread (bench/README.md, "Agent memory (session 9)").
 pub const ARENAS: i32 = 2;
 
 /// Caps the allocator's arenas at [`ARENAS`]: call before any thread starts. An operator's
