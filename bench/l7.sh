@@ -19,7 +19,11 @@
 # Fixed rate (1,000 req/s over 4 connections): `ciliate-bench http --rate` (wrk2 is not in
 # Debian), latency counted from when each request was due. Proxy CPU: user + system time of
 # ciliate-proxy (and of nginx's master and workers, for comparison) from /proc/<pid>/stat over
-# each fixed-rate measurement; RSS: VmRSS / VmHWM.
+# each fixed-rate measurement, and the context switches of their threads per request
+# (/proc/<pid>/task/*/status); RSS: VmRSS / VmHWM. Within each round, nginx's maximum is measured
+# right before or after ours (alternating), and the ratio of each such pair is reported as well
+# as the ratio of the medians: the load of a shared machine drifts between rounds more than
+# within one.
 #
 #   sudo bench/l7.sh [--secs N] [--runs N] [--quick] [--no-build]
 #
@@ -155,6 +159,11 @@ YAML
 # nginx in node X's namespace, as our proxy sits in node Y's: same hops (client pod -> node
 # namespace -> server pod), one keep-alive connection on each side, as many workers as
 # ciliate-proxy has threads (2), no access log (ours keeps no log either; it counts requests).
+# keepalive_requests: nginx closes a keep-alive connection after 1,000 requests by default (on
+# both sides), which our proxy never does; the client then counted an error and reconnected.
+# reuseport: a socket per worker, so that wrk's burst of 16 connections is spread over both
+# workers; on the shared socket one worker sometimes took all 16 (its CPU 44 ticks vs 0), and
+# nginx's maximum swung 3,500-16,600 req/s between neighbouring rounds with it.
 mkdir -p "$STATE/nginx"
 cat >"$STATE/nginx/nginx.conf" <<NGX
 worker_processes 2;
@@ -164,14 +173,15 @@ error_log $STATE/nginx/error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
+  keepalive_requests 1000000;
   client_body_temp_path $STATE/nginx/body;
   proxy_temp_path $STATE/nginx/proxy;
   fastcgi_temp_path $STATE/nginx/fastcgi;
   uwsgi_temp_path $STATE/nginx/uwsgi;
   scgi_temp_path $STATE/nginx/scgi;
-  upstream web { server $X_WEB:8000; keepalive 64; }
+  upstream web { server $X_WEB:8000; keepalive 64; keepalive_requests 1000000; }
   server {
-    listen 192.0.2.1:8080;
+    listen 192.0.2.1:8080 reuseport;
     location / {
       proxy_pass http://web;
       proxy_http_version 1.1;
@@ -192,6 +202,13 @@ nginx_cpu_ticks() {
     t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
   done
   echo $t
+}
+# Context switches (voluntary + involuntary) of every thread of the processes $@: each one is a
+# sleep and a wakeup, which on this VM cost more than the request's own work.
+ctx_switches() {
+  local pid
+  for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done |
+    awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
 }
 
 # dst: path -> "client-namespace ip port"
@@ -242,6 +259,8 @@ done
 [ "$(through_proxy l4)" = 0 ] || { echo "$0: the L4-only port went through the proxy" >&2; exit 1; }
 
 proxy_cpu_ticks() { awk '{print $14 + $15}' "/proc/$PROXY_PID/stat"; }
+proxy_ctx_switches() { ctx_switches "$PROXY_PID"; }
+nginx_ctx_switches() { ctx_switches "$NGINX_PID" $(pgrep -P "$NGINX_PID"); }
 # The agent reads every record the proxy sends: its CPU is part of what a request costs.
 # Node X's agent for the paths on node X (no proxy there), node Y's for the others.
 agent_cpu_ticks() { # path
@@ -271,12 +290,14 @@ print(rps, p50, p99, err)'
 for round in $(seq "$RUNS"); do
   echo "round $round of $RUNS..." >&2
   for p in direct http-rule allow-all nginx; do
-    cpu=proxy_cpu_ticks
-    [ "$p" = nginx ] && cpu=nginx_cpu_ticks
+    cpu=proxy_cpu_ticks cs=proxy_ctx_switches
+    [ "$p" = nginx ] && cpu=nginx_cpu_ticks cs=nginx_ctx_switches
     c0=$($cpu)
+    s0=$($cs)
     a0=$(agent_cpu_ticks "$p")
     out=$(load "$p" "$SECS" --conns 4 --rate "$RATE")
     c1=$($cpu)
+    s1=$($cs)
     a1=$(agent_cpu_ticks "$p")
     echo "fixed-p50 $p $(field "$out" p50_us)" >>"$RESULTS"
     echo "fixed-p99 $p $(field "$out" p99_us)" >>"$RESULTS"
@@ -285,13 +306,24 @@ for round in $(seq "$RUNS"); do
     # cores used per 1,000 req/s: CPU seconds / wall seconds / (req/s / 1,000)
     echo "proxy-cpu $p $(python3 -c "print(($c1 - $c0) / $HZ / $SECS / ($(field "$out" per_second) / 1000))")" >>"$RESULTS"
     echo "agent-cpu $p $(python3 -c "print(($a1 - $a0) / $HZ / $SECS / ($(field "$out" per_second) / 1000))")" >>"$RESULTS"
+    [ "$p" = direct ] || echo "ctx-switches $p $(python3 -c "print(($s1 - $s0) / $(field "$out" requests))")" >>"$RESULTS"
   done
-  for p in direct http-rule allow-all nginx l4; do
+  # nginx's maximum right before or after ours (alternating), so that each round gives a
+  # ratio of two neighbouring measurements: the machine's load drifts between rounds (the
+  # direct path's own maximum swung 11,000-50,000 on the shared VM), much less within one.
+  order="direct http-rule nginx allow-all l4"
+  [ $((round % 2)) = 0 ] && order="direct nginx http-rule allow-all l4"
+  for p in $order; do
     read -r rps p50 p99 err <<<"$(wrk_run "$p")"
     echo "max $p $rps" >>"$RESULTS"
     echo "max-p50 $p $p50" >>"$RESULTS"
     echo "max-p99 $p $p99" >>"$RESULTS"
     echo "errors $p $err" >>"$RESULTS"
+    printf -v "MAX_${p//-/_}" %s "$rps"
+  done
+  for p in http-rule allow-all; do
+    m=MAX_${p//-/_}
+    echo "max-vs-nginx $p $(python3 -c "print(${!m} / $MAX_nginx)")" >>"$RESULTS"
   done
 done
 RSS=$(awk '/VmRSS/{print $2}' "/proc/$PROXY_PID/status")
@@ -324,6 +356,8 @@ for m, label in [("fixed-p50", "1,000 req/s: p50 us"), ("fixed-p99", "1,000 req/
 print(f"{'proxy CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('proxy-cpu', p, '{:.3f}'):>{w}}" for p in paths))
 print(f"{'  (nginx column: nginx own CPU)':34}")
 print(f"{'agent CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('agent-cpu', p, '{:.3f}'):>{w}}" for p in paths))
+print(f"{'context switches per request':34}" + "".join(f"{cell('ctx-switches', p, '{:.2f}'):>{w}}" for p in paths))
+print(f"{'  (proxy threads; nginx: its workers)':34}")
 print(f"{'errors (sum over the run)':34}" + "".join(f"{sum(rows.get(('errors', p), [])):>{w},.0f}" for p in paths))
 print(f"({len(rows.get(('max', 'direct'), []))} rounds, interleaved in the order above)\n")
 def r(a, b):
@@ -334,6 +368,7 @@ print(f"{'ratios of medians':44}{'http-rule':>12}{'allow-all':>12}{'nginx':>12}{
 print(f"{'added p50 at 1,000 req/s vs direct, ms':44}" + "".join(f"{d(med('fixed-p50', p), med('fixed-p50', 'direct')):>12}" for p in paths[1:4]) + f"{'':>12}")
 print(f"{'added p99 at 1,000 req/s vs direct, ms':44}" + "".join(f"{d(med('fixed-p99', p), med('fixed-p99', 'direct')):>12}" for p in paths[1:4]) + f"{'':>12}   <= 0.5")
 print(f"{'max req/s vs nginx':44}" + "".join(f"{r(med('max', p), med('max', 'nginx')):>12}" for p in paths[1:3]) + f"{'1.00':>12}{'':>12}   >= 1.0")
+print(f"{'  per round (median [min-max] of ratios)':44}" + "".join(f"{cell('max-vs-nginx', p, '{:.2f}'):>24}" for p in paths[1:3]))
 print(f"{'max req/s vs direct':44}" + "".join(f"{r(med('max', p), med('max', 'direct')):>12}" for p in paths[1:]) + "   l4 >= 0.98")
 print(f"{'proxy CPU, cores per 1,000 req/s':44}" + "".join(f"{med('proxy-cpu', p) or 0:>12.3f}" for p in paths[1:4]) + f"{'':>12}   <= 0.05")
 print(f"\nproxy RSS: {rss / 1024:.1f} MB now, {hwm / 1024:.1f} MB peak (VmHWM) (goal <= 30 MB)")

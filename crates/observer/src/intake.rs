@@ -13,13 +13,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::sync::broadcast;
 
 use crate::convert::record_of;
 use crate::proto::flow::LostEventSource;
-use crate::ring::Observer;
+use crate::ring::{LostSpan, Observer};
 
 /// Default number of events the intake queues before it drops: at 10,000 connections/s
 /// and a handful of events each, several seconds of a stalled worker.
@@ -30,7 +31,23 @@ struct Queue {
     events: Vec<EventRecord>,
     /// Events lost since the worker last looked: the channel lagged, or the queue was full.
     lost: u64,
+    /// When those were lost: the dropped events' own times, or when a lag was noticed.
+    lost_span: Option<LostSpan>,
     closed: bool,
+}
+
+impl Queue {
+    /// Counts `n` events lost at `at`.
+    fn lose(&mut self, n: u64, at: SystemTime) {
+        if n == 0 {
+            return;
+        }
+        self.lost += n;
+        self.lost_span = Some(match self.lost_span {
+            Some(span) => span.with(at),
+            None => LostSpan::at(at),
+        });
+    }
 }
 
 /// The queue between the reader and the worker, with its counters.
@@ -66,7 +83,7 @@ impl Intake {
         let mut q = self.lock();
         let idle = Self::idle(&q);
         if q.events.len() >= self.capacity {
-            q.lost += 1;
+            q.lose(1, ev.time.unwrap_or_else(SystemTime::now));
             self.lost.fetch_add(1, Ordering::Relaxed);
         } else {
             q.events.push(ev);
@@ -80,7 +97,7 @@ impl Intake {
     pub fn lost(&self, n: u64) {
         let mut q = self.lock();
         let idle = Self::idle(&q);
-        q.lost += n;
+        q.lose(n, SystemTime::now());
         self.lost.fetch_add(n, Ordering::Relaxed);
         drop(q);
         self.wake_if(idle);
@@ -117,8 +134,9 @@ impl Intake {
     }
 
     /// Waits for work; moves everything queued into `batch` (which must be empty; its
-    /// allocation is reused) and returns the loss count to report. `None`: closed and drained.
-    fn take(&self, batch: &mut Vec<EventRecord>) -> Option<u64> {
+    /// allocation is reused) and returns the loss to report: how many, and when (`None` when
+    /// nothing was lost). `None`: closed and drained.
+    fn take(&self, batch: &mut Vec<EventRecord>) -> Option<(u64, Option<LostSpan>)> {
         let mut q = self.lock();
         while q.events.is_empty() && q.lost == 0 && !q.closed {
             q = self
@@ -130,16 +148,17 @@ impl Intake {
             return None;
         }
         std::mem::swap(&mut q.events, batch);
-        Some(std::mem::take(&mut q.lost))
+        Some((std::mem::take(&mut q.lost), q.lost_span.take()))
     }
 
     /// Observes batches until the intake is closed and drained.
     pub fn drain_into(&self, observer: &Observer) {
         let mut batch = Vec::new();
-        while let Some(lost) = self.take(&mut batch) {
+        while let Some((lost, span)) = self.take(&mut batch) {
             if lost > 0 {
                 tracing::warn!(lost, "observer fell behind the datapath's events");
-                observer.lost(lost, LostEventSource::ObserverEventsQueue);
+                let span = span.unwrap_or_else(|| LostSpan::at(SystemTime::now()));
+                observer.lost_during(lost, LostEventSource::ObserverEventsQueue, span);
             }
             observer.observe_records(&batch);
             batch.clear();
@@ -157,8 +176,13 @@ impl Intake {
             .min(events.len());
         let dropped = (events.len() - room) as u64;
         q.events.extend(events.drain(..room));
+        if dropped > 0 {
+            let now = SystemTime::now();
+            for ev in events.iter() {
+                q.lose(1, ev.time.unwrap_or(now));
+            }
+        }
         events.clear();
-        q.lost += dropped;
         drop(q);
         self.received.fetch_add(room as u64, Ordering::Relaxed);
         self.lost.fetch_add(dropped, Ordering::Relaxed);
@@ -292,6 +316,37 @@ mod tests {
             })
             .collect();
         assert_eq!(lost, vec![18]);
+    }
+
+    #[test]
+    fn a_loss_says_when_the_dropped_events_happened() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let o = observer(100);
+        let intake = Intake::new(2);
+        let at = |secs: u64| {
+            let mut ev = record_of(&crate::convert::tests::trace_event());
+            ev.time = Some(UNIX_EPOCH + Duration::from_secs(secs));
+            ev
+        };
+        // Two fit; the rest are dropped, out of order and in two calls.
+        let mut batch = vec![at(100), at(101), at(250), at(200)];
+        intake.push_all(&mut batch);
+        intake.push(at(150));
+        intake.close();
+        intake.drain_into(&o);
+        let lost: Vec<(u64, i64, i64)> = o
+            .snapshot()
+            .iter()
+            .filter_map(|n| match &*n.entry {
+                crate::ring::Entry::Lost(l, _) => Some((
+                    l.num_events_lost,
+                    l.first.as_ref().expect("first").seconds,
+                    l.last.as_ref().expect("last").seconds,
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lost, vec![(3, 150, 250)]);
     }
 
     #[test]

@@ -39,6 +39,31 @@ pub fn qualified_node_name(name: &str) -> String {
     }
 }
 
+/// When lost events happened: Hubble's `LostEvent.first` and `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostSpan {
+    /// The time of the first lost event.
+    pub first: SystemTime,
+    /// The time of the last lost event.
+    pub last: SystemTime,
+}
+
+impl LostSpan {
+    /// A span of one instant.
+    pub fn at(t: SystemTime) -> Self {
+        Self { first: t, last: t }
+    }
+
+    /// This span widened to take in `t`.
+    #[must_use]
+    pub fn with(self, t: SystemTime) -> Self {
+        Self {
+            first: self.first.min(t),
+            last: self.last.max(t),
+        }
+    }
+}
+
 /// What the ring holds and followers receive: a datapath event (its flow built when read),
 /// a flow built elsewhere (the L7 proxy's), or a count of events lost.
 #[derive(Clone, Debug, PartialEq)]
@@ -284,9 +309,17 @@ impl Observer {
         self.push(Entry::Flow(Box::new(flow)));
     }
 
-    /// Records that `n` events were lost on their way to the observer: counted, kept in the
-    /// ring as a LostEvent, and sent to followers, as Hubble does.
+    /// Records that `n` events were lost on their way to the observer, noticed now: counted,
+    /// kept in the ring as a LostEvent, and sent to followers, as Hubble does. Where the lost
+    /// events' own times are unknown (a full kernel ring, a lagging channel), the time they
+    /// were noticed stands for their `first` and `last`.
     pub fn lost(&self, n: u64, source: LostEventSource) {
+        self.lost_during(n, source, LostSpan::at(SystemTime::now()));
+    }
+
+    /// As [`lost`](Self::lost), for events whose times are known: `span` runs from the first
+    /// lost event's time to the last one's.
+    pub fn lost_during(&self, n: u64, source: LostEventSource, span: LostSpan) {
         if n == 0 {
             return;
         }
@@ -296,6 +329,8 @@ impl Observer {
             LostEvent {
                 source: source as i32,
                 num_events_lost: n,
+                first: Some(system_time_to_timestamp(span.first)),
+                last: Some(system_time_to_timestamp(span.last)),
                 ..LostEvent::default()
             },
             system_time_to_timestamp(SystemTime::now()),

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::dns::gate::AnswerGate;
 use crate::engine::Engine;
+use crate::events::{is_record, EventSender};
 
 /// Binds the control socket at `path` (replacing a stale one).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -258,7 +259,7 @@ async fn forward_events(
                 if n == 0 {
                     return;
                 }
-                gather(&mut events, &mut batch, gate.as_deref()).await;
+                gather(&mut events, &mut batch, &engine.events, gate.as_deref()).await;
                 write_batch(&writer, &mut batch, &mut lines, &engine).await;
             }
             done = flush_requests.recv() => {
@@ -280,10 +281,13 @@ async fn forward_events(
 
 /// Adds the records of the next [`RECORD_LINGER`] to `batch`, up to [`MAX_BATCH`]. Anything
 /// urgent (an FQDN answer the proxy holds until the agent allows it, a policy reply) ends the
-/// wait at once; an FqdnLearned of an answer already sent (a renewal) is not urgent.
+/// wait at once; an FqdnLearned of an answer already sent (a renewal) is not urgent. The queue
+/// is not watched meanwhile, so records sent during the wait wake nobody (see
+/// [`crate::events`]).
 async fn gather(
     events: &mut mpsc::Receiver<ProxyEvent>,
     batch: &mut Vec<ProxyEvent>,
+    urgent: &EventSender,
     gate: Option<&AnswerGate>,
 ) {
     let linger = tokio::time::sleep(RECORD_LINGER);
@@ -296,19 +300,19 @@ async fn gather(
         seen = batch.len();
         tokio::select! {
             biased;
-            _ = &mut linger => return,
-            n = events.recv_many(batch, MAX_BATCH - seen) => if n == 0 {
+            _ = &mut linger => {
+                take_ready(events, batch);
                 return;
-            },
+            }
+            _ = urgent.urgent() => take_ready(events, batch),
         }
     }
 }
 
 fn is_urgent(ev: &ProxyEvent, gate: Option<&AnswerGate>) -> bool {
     match ev {
-        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) => false,
         ProxyEvent::FqdnLearned(l) => gate.is_none_or(|g| g.is_held(l.id)),
-        _ => true,
+        ev => !is_record(ev),
     }
 }
 

@@ -28,9 +28,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tracing::{debug, warn};
 
+use crate::events::EventSender;
 use crate::identity::Identities;
 use crate::policy::{Policy, RedirectKey};
 use crate::rules::{Decision, RequestView};
@@ -140,7 +141,7 @@ pub struct Engine {
     /// Peer identities.
     pub identities: Arc<dyn Identities>,
     /// Records to the control socket.
-    pub events: mpsc::Sender<ProxyEvent>,
+    pub events: EventSender,
     /// Upstream settings.
     pub config: EngineConfig,
     /// Counters.

@@ -7,12 +7,14 @@
 //! - [`kafka`]: connections of Kafka redirects: frames, requests and topics, refusals;
 //! - [`listener`]: accept loops over inherited listening sockets, graceful drain;
 //! - [`dns`]: the DNS proxy (queries judged by name, answers held for the agent);
+//! - [`events`]: the queue of records and events from connections to the control socket;
 //! - [`control`]: the agent's control socket (commands in, events out);
 //! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
 
 pub mod control;
 pub mod dns;
 pub mod engine;
+pub mod events;
 pub mod identity;
 pub mod kafka;
 pub mod listener;

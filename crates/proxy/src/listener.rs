@@ -1,4 +1,6 @@
-//! Accept loops over the listening sockets the supervisor created and the proxy inherited.
+//! Accept loops over the listening sockets the supervisor created and the proxy inherited,
+//! on the main thread, which gives each new connection to the serving thread with the fewest
+//! open connections.
 //!
 //! The accepted socket's local address is the original destination (the datapath assigned the
 //! packet to our transparent socket without rewriting it). On shutdown the loops stop
@@ -8,12 +10,12 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ciliate_model::l7::L7Parser;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -110,35 +112,38 @@ pub struct Listeners {
     stop_connections: watch::Sender<bool>,
     loops: JoinSet<JoinSet<()>>,
     engine: Arc<Engine>,
+    workers: Arc<Workers>,
 }
 
-/// A listening socket for an accept loop: made in the loop's runtime already, or a copy to
-/// register there.
-enum Accepting {
-    Ready(TcpListener),
-    Copy(std::net::TcpListener),
+/// The runtimes that serve connections, each with its count of open connections.
+#[derive(Debug)]
+struct Workers {
+    runtimes: Vec<tokio::runtime::Handle>,
+    open: Vec<Arc<AtomicUsize>>,
 }
 
-/// Accepts until `stop` and serves each connection on this runtime; returns the connections
-/// still open.
+impl Workers {
+    /// The runtime with the fewest open connections (the first of equals): the kernel would
+    /// give a burst of new connections to whichever accept loop woke first, and a thread
+    /// holding all of them leaves the others idle at the maximum rate.
+    fn least_loaded(&self) -> usize {
+        (0..self.open.len())
+            .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+/// Accepts until `stop` and hands each connection to the least loaded runtime; returns the
+/// connections still open.
 async fn accept_loop(
     engine: Arc<Engine>,
-    socket: Accepting,
+    l: TcpListener,
     egress: bool,
+    workers: Arc<Workers>,
     mut stop: watch::Receiver<bool>,
     conn_stop: watch::Receiver<bool>,
 ) -> JoinSet<()> {
     let mut conns = JoinSet::new();
-    let l = match socket {
-        Accepting::Ready(l) => l,
-        Accepting::Copy(c) => match TcpListener::from_std(c) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "listening on another thread");
-                return conns;
-            }
-        },
-    };
     loop {
         let accepted = tokio::select! {
             a = l.accept() => a,
@@ -160,10 +165,36 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        conns.spawn(
-            engine
-                .clone()
-                .serve(stream, client, dst, egress, conn_stop.clone()),
+        let i = workers.least_loaded();
+        let open = workers.open[i].clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        let (engine, conn_stop) = (engine.clone(), conn_stop.clone());
+        if i == 0 {
+            // This runtime (the accept loop's).
+            conns.spawn(async move {
+                engine.serve(stream, client, dst, egress, conn_stop).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+            continue;
+        }
+        // A socket is registered with the runtime it was made in: move it over.
+        let std_stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                warn!(error = %e, %client, "moving a connection to another thread; closed");
+                continue;
+            }
+        };
+        conns.spawn_on(
+            async move {
+                match TcpStream::from_std(std_stream) {
+                    Ok(stream) => engine.serve(stream, client, dst, egress, conn_stop).await,
+                    Err(e) => warn!(error = %e, %client, "taking a connection over; closed"),
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            },
+            &workers.runtimes[i],
         );
     }
     // Dropping `l` closes this copy of the socket; the supervisor's and the next proxy's
@@ -178,10 +209,11 @@ impl Listeners {
         Self::start_on(engine, listeners, &[tokio::runtime::Handle::current()])
     }
 
-    /// Starts one accept loop per listener on each of `runtimes`: a connection is served
-    /// whole by the runtime that accepted it, so with one single-threaded runtime per thread
-    /// no request wakes another thread (on a VM, the wakeups cost more than the proxying).
-    /// The kernel hands each new connection to one of the loops waiting on the socket.
+    /// Starts one accept loop per listener on the current runtime (which must be the first
+    /// of `runtimes`); each new connection is served whole by the runtime of `runtimes`
+    /// with the fewest open connections, so with one single-threaded runtime per thread no
+    /// request wakes another thread (on a VM, the wakeups cost more than the proxying) and
+    /// the threads share the connections evenly.
     pub fn start_on(
         engine: Arc<Engine>,
         listeners: Vec<(TcpListener, bool)>,
@@ -189,45 +221,45 @@ impl Listeners {
     ) -> Self {
         let (stop_accepting, _) = watch::channel(false);
         let (stop_connections, _) = watch::channel(false);
+        let runtimes = if runtimes.is_empty() {
+            vec![tokio::runtime::Handle::current()]
+        } else {
+            runtimes.to_vec()
+        };
+        let workers = Arc::new(Workers {
+            open: runtimes.iter().map(|_| Arc::default()).collect(),
+            runtimes,
+        });
         let mut loops = JoinSet::new();
         for (l, egress) in listeners {
             if let Ok(a) = l.local_addr() {
                 info!(addr = %a, direction = if egress { "egress" } else { "ingress" }, "listening");
             }
-            // A copy of the socket for every other runtime: a listener is registered with
-            // the runtime it was made in.
-            let mut copies = Vec::new();
-            for _ in 1..runtimes.len() {
-                match socket2::SockRef::from(&l).try_clone() {
-                    Ok(c) => copies.push(Some(std::net::TcpListener::from(c))),
-                    Err(e) => {
-                        warn!(error = %e, "copying a listening socket for another thread");
-                        copies.push(None);
-                    }
-                }
-            }
-            let mut sockets = vec![Some(Accepting::Ready(l))];
-            sockets.extend(copies.into_iter().map(|c| c.map(Accepting::Copy)));
-            for (socket, rt) in sockets.into_iter().zip(runtimes) {
-                let Some(socket) = socket else { continue };
-                loops.spawn_on(
-                    accept_loop(
-                        engine.clone(),
-                        socket,
-                        egress,
-                        stop_accepting.subscribe(),
-                        stop_connections.subscribe(),
-                    ),
-                    rt,
-                );
-            }
+            loops.spawn(accept_loop(
+                engine.clone(),
+                l,
+                egress,
+                workers.clone(),
+                stop_accepting.subscribe(),
+                stop_connections.subscribe(),
+            ));
         }
         Self {
             stop_accepting,
             stop_connections,
             loops,
             engine,
+            workers,
         }
+    }
+
+    /// The open connections of each runtime, in the order of `start_on`'s `runtimes`.
+    pub fn open_per_runtime(&self) -> Vec<usize> {
+        self.workers
+            .open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Stops accepting, asks connections to finish, and waits for them up to `deadline`.
@@ -255,5 +287,89 @@ impl Listeners {
             return left;
         }
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ciliate_model::l7::{L7PeerRules, L7Redirect, ProxyCommand};
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::engine::{Counters, EngineConfig};
+    use crate::identity::StaticIdentities;
+    use crate::policy::Policy;
+
+    /// A burst of connections is shared by the runtimes, not taken by the first to wake.
+    #[test]
+    fn new_connections_go_to_the_least_loaded_runtime() {
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let second_handle = second.handle().clone();
+        let _second_thread = std::thread::spawn(move || {
+            second.block_on(tokio::time::sleep(Duration::from_secs(30)))
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = l.local_addr().expect("addr").port();
+            // A redirect for these connections, so that each waits for its first bytes.
+            let policy = Arc::new(Policy::default());
+            policy
+                .apply(&ProxyCommand::Snapshot {
+                    revision: 1,
+                    redirects: vec![L7Redirect {
+                        endpoint: 1,
+                        endpoint_ip: Ipv4Addr::LOCALHOST,
+                        egress: true,
+                        proto: 6,
+                        port,
+                        parser: L7Parser::Http,
+                        proxy_port: port,
+                        rules: vec![L7PeerRules::default()],
+                    }],
+                })
+                .expect("policy");
+            let (tx, _rx) = mpsc::channel(64);
+            let engine = Arc::new(Engine {
+                policy,
+                identities: Arc::new(StaticIdentities::default()),
+                events: tx.into(),
+                config: EngineConfig::default(),
+                counters: Counters::default(),
+            });
+            let runtimes = [tokio::runtime::Handle::current(), second_handle];
+            let running = Listeners::start_on(engine.clone(), vec![(l, true)], &runtimes);
+            let mut clients = Vec::new();
+            for _ in 0..6 {
+                let c = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                clients.push(c);
+            }
+            let mut open = Vec::new();
+            for _ in 0..500 {
+                open = running.open_per_runtime();
+                if open.iter().sum::<usize>() == 6 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(open, vec![3, 3]);
+            // Closing the clients ends their connections on both runtimes.
+            for mut c in clients {
+                let _ = c.shutdown().await;
+            }
+            assert_eq!(running.drain(Duration::from_secs(10)).await, 0);
+            assert_eq!(engine.counters.active.load(Ordering::Relaxed), 0);
+        });
     }
 }

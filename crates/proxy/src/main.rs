@@ -90,7 +90,8 @@ struct Args {
     drain_timeout: Duration,
 
     /// Threads serving connections. Each runs an event loop of its own and serves the
-    /// connections it accepted from start to end, so that a request wakes no other thread.
+    /// connections given to it (new ones go to the thread with the fewest open) from start to
+    /// end, so that a request wakes no other thread.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     threads: u16,
 
@@ -170,7 +171,7 @@ async fn run(args: Args) -> ExitCode {
     let engine = Arc::new(Engine {
         policy: Arc::new(Policy::default()),
         identities,
-        events: tx,
+        events: tx.into(),
         config: EngineConfig {
             transparent: args.transparent,
             // The datapath's mark layout: not redirected again, judged (and tunnelled) as the

@@ -56,7 +56,7 @@ async fn commands_events_and_rejection() {
     let engine = Arc::new(Engine {
         policy: Arc::new(Policy::default()),
         identities: Arc::new(StaticIdentities::default()),
-        events: tx.clone(),
+        events: tx.clone().into(),
         config: EngineConfig::default(),
         counters: Counters::default(),
     });
@@ -159,7 +159,7 @@ async fn fqdn_allowed_confirms_and_fqdn_forget_unconfirms() {
     let engine = Arc::new(Engine {
         policy: Arc::new(Policy::default()),
         identities: Arc::new(StaticIdentities::default()),
-        events: tx.clone(),
+        events: tx.clone().into(),
         config: EngineConfig::default(),
         counters: Counters::default(),
     });

@@ -77,7 +77,7 @@ fn proxy() -> (DnsProxy, mpsc::Receiver<ProxyEvent>) {
     let engine = Arc::new(Engine {
         policy: Arc::new(Policy::default()),
         identities: Arc::new(StaticIdentities::default()),
-        events: tx,
+        events: tx.into(),
         config: EngineConfig::default(),
         counters: Counters::default(),
     });

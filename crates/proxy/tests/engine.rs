@@ -181,7 +181,7 @@ async fn proxy_with(
     let engine = Arc::new(Engine {
         policy: policy.clone(),
         identities: Arc::new(identities),
-        events: tx,
+        events: tx.into(),
         config: EngineConfig::default(),
         counters: Counters::default(),
     });

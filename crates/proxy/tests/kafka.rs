@@ -137,7 +137,7 @@ async fn real_clients_through_the_proxy_to_a_real_broker() {
     let engine = Arc::new(Engine {
         policy: Arc::new(Policy::default()),
         identities: Arc::new(StaticIdentities::default()),
-        events: tx,
+        events: tx.into(),
         config: EngineConfig::default(),
         counters: Counters::default(),
     });
