@@ -20,6 +20,13 @@ const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
 /// The same list under the name an earlier draft used; libcni sends both.
 const ATTACHMENTS_ALIAS: &str = "cni.dev/attachments";
 
+/// The capability containerd's CRI plugin fills with the pod's annotations (when the network
+/// configuration lists it under `capabilities`).
+pub const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
+/// The pod annotation our labels come from under containerd: the CRI passes a pod's
+/// annotations to CNI, but never its labels.
+pub const LABELS_ANNOTATION: &str = "ciliate.io/labels";
+
 /// The smallest MTU IPv4 allows, and the largest any link has.
 const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
 
@@ -36,7 +43,8 @@ pub struct NetConf {
     pub agent_socket: PathBuf,
     /// `mtu`: overrides the MTU the agent hands out.
     pub mtu: Option<u32>,
-    /// `args.cni.labels`: labels the runtime gives the pod.
+    /// `args.cni.labels` and the `ciliate.io/labels` pod annotation (from
+    /// `runtimeConfig."io.kubernetes.cri.pod-annotations"`): labels the runtime gives the pod.
     pub labels: Labels,
     /// `prevResult`: the result of the previous plugin (CHECK and DEL get ours).
     pub prev_result: Option<CniResult>,
@@ -122,7 +130,10 @@ impl NetConf {
                 }
             },
         };
-        let labels = labels(&obj)?;
+        let mut labels = labels(&obj)?;
+        for l in annotation_labels(&obj)?.iter() {
+            labels.insert(l);
+        }
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
@@ -211,6 +222,31 @@ fn labels(obj: &Map<String, Value>) -> Result<Labels, CniError> {
     Ok(labels)
 }
 
+/// The `ciliate.io/labels` annotation (`app=web,tier=front`, as `CILIATE_LABELS`) among the pod
+/// annotations containerd passes in `runtimeConfig`; other annotations are not ours to judge.
+fn annotation_labels(obj: &Map<String, Value>) -> Result<Labels, CniError> {
+    let Some(annotations) = obj
+        .get("runtimeConfig")
+        .and_then(|r| r.get(POD_ANNOTATIONS))
+    else {
+        return Ok(Labels::new());
+    };
+    let field = format!("runtimeConfig.{POD_ANNOTATIONS}");
+    let Value::Object(annotations) = annotations else {
+        return Err(CniError::invalid_config(format!(
+            "{field} must be an object of annotations, got {annotations}"
+        )));
+    };
+    match annotations.get(LABELS_ANNOTATION) {
+        None => Ok(Labels::new()),
+        Some(Value::String(list)) => Labels::parse_list(list, SOURCE_K8S)
+            .map_err(|e| CniError::invalid_config(format!("{field}[{LABELS_ANNOTATION:?}]: {e}"))),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "{field}[{LABELS_ANNOTATION:?}] must be a string, got {other}"
+        ))),
+    }
+}
+
 /// `[{"containerID": "...", "ifname": "..."}, ...]`.
 fn attachments(v: &Value) -> Result<Vec<Attachment>, CniError> {
     let Value::Array(items) = v else {
@@ -295,6 +331,29 @@ mod tests {
     }
 
     #[test]
+    fn labels_come_from_the_pod_annotation_containerd_passes() {
+        let mut v = with(
+            "args",
+            json!({"cni": {"labels": [{"key": "team", "value": "a"}]}}),
+        );
+        // As containerd sends them: every annotation of the pod, ours among them.
+        v["runtimeConfig"] = json!({POD_ANNOTATIONS: {
+            "kubernetes.io/config.seen": "2026-01-01",
+            LABELS_ANNOTATION: "app=web,tier=front",
+        }});
+        let c = parse(v).unwrap();
+        assert_eq!(
+            c.labels.to_string(),
+            "k8s:app=web,k8s:team=a,k8s:tier=front"
+        );
+        // Without our annotation, or without annotations at all, nothing is added.
+        let c = parse(with("runtimeConfig", json!({POD_ANNOTATIONS: {"x": "y"}}))).unwrap();
+        assert!(c.labels.is_empty());
+        let c = parse(with("runtimeConfig", json!({"portMappings": []}))).unwrap();
+        assert!(c.labels.is_empty());
+    }
+
+    #[test]
     fn attachments_alias_is_accepted() {
         let c = parse(with(
             "cni.dev/attachments",
@@ -369,6 +428,24 @@ mod tests {
                     json!({"cni": {"labels": [{"key": "app", "value": "a b"}]}}),
                 ),
                 "args.cni.labels[0]: label",
+            ),
+            (
+                with("runtimeConfig", json!({POD_ANNOTATIONS: ["a"]})),
+                "runtimeConfig.io.kubernetes.cri.pod-annotations must be an object",
+            ),
+            (
+                with(
+                    "runtimeConfig",
+                    json!({POD_ANNOTATIONS: {LABELS_ANNOTATION: 1}}),
+                ),
+                "[\"ciliate.io/labels\"] must be a string",
+            ),
+            (
+                with(
+                    "runtimeConfig",
+                    json!({POD_ANNOTATIONS: {LABELS_ANNOTATION: "app=a b"}}),
+                ),
+                "[\"ciliate.io/labels\"]: ",
             ),
             (
                 with("prevResult", json!({"ips": [{"address": "nope"}]})),

@@ -228,6 +228,15 @@ pub fn plan_diff(current: &LbEntries, diff: &LbDiff) -> Vec<LbOp> {
     plan(&now, &desired)
 }
 
+/// `ops` cut into runs of one kind of write (one map, all puts or all deletes), in order:
+/// each run can go to the kernel as one batch, which writes its entries in order. A plan's
+/// runs are its phases (backends, reverse NAT, slots and service entries together, then
+/// removals), so writing run after run passes through the states [`plan`]'s order allows,
+/// and a run cut short leaves a prefix of them.
+pub fn runs(ops: &[LbOp]) -> impl Iterator<Item = &[LbOp]> {
+    ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b))
+}
+
 /// Applies `op` to an in-memory copy (the datapath's shadow of its maps).
 pub fn apply(entries: &mut LbEntries, op: LbOp) {
     match op {
@@ -412,6 +421,38 @@ mod tests {
             let ops = plan(&cur, &entries(next));
             cur = replay_checking_reachability(&cur, &ops);
             assert_eq!(cur, entries(next));
+        }
+    }
+
+    #[test]
+    fn runs_are_the_plans_phases_and_any_cut_short_run_is_finished_by_the_next_plan() {
+        let a = state(
+            vec![frontend(1, 1, vec![1, 2]), frontend(2, 2, vec![2])],
+            vec![backend(1, 1), backend(2, 2)],
+        );
+        let b = state(
+            vec![frontend(1, 1, vec![2, 3, 4]), frontend(3, 3, vec![4])],
+            vec![backend(2, 2), backend(3, 3), backend(4, 4)],
+        );
+        let from = entries(&a);
+        let to = entries(&b);
+        let ops = plan(&from, &to);
+        let runs: Vec<&[LbOp]> = runs(&ops).collect();
+        assert_eq!(runs.concat(), ops, "runs cover the plan in order");
+        for r in &runs {
+            let kind = std::mem::discriminant(&r[0]);
+            assert!(r.iter().all(|op| std::mem::discriminant(op) == kind));
+        }
+        // Six kinds of writes, each in one run: one batch per kind.
+        assert_eq!(runs.len(), 6, "{runs:?}");
+        // A batch stops part-way (the kernel reports how many it wrote): whatever the cut,
+        // the maps hold a prefix of the plan, every slot reachable, and the next plan from
+        // that shadow finishes the job.
+        for cut in 0..=ops.len() {
+            let partial = replay_checking_reachability(&from, &ops[..cut]);
+            let rest = plan(&partial, &to);
+            assert_eq!(replay_checking_reachability(&partial, &rest), to);
+            assert!(rest.len() <= ops.len() - cut, "no more than what was left");
         }
     }
 

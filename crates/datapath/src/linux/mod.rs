@@ -9,6 +9,7 @@
 //! - `maps`, `policy`, `services`: the maps, the policy/ipcache and load-balancing syncs;
 //! - `events`: the ring-buffer reader.
 
+mod batch;
 mod events;
 pub mod identity_reader;
 mod links;
@@ -90,6 +91,9 @@ struct Inner {
     /// What the load-balancing maps hold, so that a sync writes only differences without
     /// dumping them (read once at start).
     lb_shadow: crate::lb::LbEntries,
+    /// Whether the kernel takes load-balancing writes in batches (cleared the first time it
+    /// says it does not: then one `bpf()` per entry).
+    lb_batch: bool,
     policy_shadow: PolicyShadow,
     /// Links whose program this process has already swapped in (or attached).
     fresh_links: HashSet<PathBuf>,
@@ -185,6 +189,7 @@ impl LinuxDatapath {
                 _sock: sock,
                 maps,
                 lb_shadow,
+                lb_batch: true,
                 policy_shadow,
                 fresh_links: HashSet::new(),
             }),
