@@ -345,16 +345,21 @@ done
 c1_agent=$(cpu_s "$agent"); c1_proxy=$(cpu_s "$ppid")
 r1_agent=$(rss_kb "$agent"); r1_proxy=$(rss_kb "$ppid")
 t1=$(date +%s.%N)
+# And once the burst is over: the agent gives its free memory back after a second without
+# answers to learn (the temporaries of each batch's policy computation).
+sleep 3
+r2_agent=$(rss_kb "$agent"); r2_proxy=$(rss_kb "$ppid")
 read -r _ sent done lost _ _ <<<"$(parse <"$STATE/names.out")"
 printf '\nLearning %s names (each asked once at 2,000 q/s, %s answered, %s lost): %s learned in %.1f s; load %s\n' \
   "$NAMES" "$done" "$lost" "$learned" "$(python3 -c "print($t1 - $t0)")" "$(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$NAMES" "$learned" "$r0_agent" "$r1_agent" "$r0_proxy" "$r1_proxy" "$c0_agent" "$c1_agent" "$c0_proxy" "$c1_proxy" <<'PY'
+python3 - "$NAMES" "$learned" "$r0_agent" "$r1_agent" "$r0_proxy" "$r1_proxy" "$c0_agent" "$c1_agent" "$c0_proxy" "$c1_proxy" "$r2_agent" "$r2_proxy" <<'PY'
 import sys
 n, learned, ra0, ra1, rp0, rp1 = (int(x) for x in sys.argv[1:7])
 ca0, ca1, cp0, cp1 = (float(x) for x in sys.argv[7:11])
-print(f"agent RSS   {ra0 / 1024:8.1f} -> {ra1 / 1024:8.1f} MB  ({(ra1 - ra0) / 1024:+.1f} MB)")
-print(f"proxy RSS   {rp0 / 1024:8.1f} -> {rp1 / 1024:8.1f} MB  ({(rp1 - rp0) / 1024:+.1f} MB)")
-print(f"together    {(ra1 - ra0 + rp1 - rp0) / 1024:+.1f} MB for {learned:,} names (goal <= +20 MB for 10,000)")
+ra2, rp2 = (int(x) for x in sys.argv[11:13])
+print(f"agent RSS   {ra0 / 1024:8.1f} -> {ra1 / 1024:8.1f} MB  ({(ra1 - ra0) / 1024:+.1f} MB) at the end of the burst, {ra2 / 1024:.1f} MB ({(ra2 - ra0) / 1024:+.1f} MB) 3 s later")
+print(f"proxy RSS   {rp0 / 1024:8.1f} -> {rp1 / 1024:8.1f} MB  ({(rp1 - rp0) / 1024:+.1f} MB) at the end of the burst, {rp2 / 1024:.1f} MB ({(rp2 - rp0) / 1024:+.1f} MB) 3 s later")
+print(f"together    {(ra2 - ra0 + rp2 - rp0) / 1024:+.1f} MB for {learned:,} names 3 s after the burst (goal <= +20 MB for 10,000)")
 per = max(learned, 1)
 print(f"agent CPU   {1e3 * (ca1 - ca0) / per:.3f} ms per learned name ({ca1 - ca0:.2f} s)")
 print(f"proxy CPU   {1e3 * (cp1 - cp0) / per:.3f} ms per learned name ({cp1 - cp0:.2f} s)")

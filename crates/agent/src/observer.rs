@@ -407,7 +407,7 @@ pub fn local_snapshot(manager: &EndpointManager) -> Snapshot {
 /// kept one more round, because the datapath still reports them until the reconciliation
 /// after the change has rewritten the maps (the engine never reuses a number, so an old
 /// number cannot name the wrong rule).
-pub fn policy_snapshot(names: &FlowNames, retired: &Snapshot) -> Snapshot {
+pub fn policy_snapshot(names: FlowNames, retired: &Snapshot) -> Snapshot {
     let mut s = Snapshot::default();
     for (id, policy, uid) in &names.rules {
         s.rules.insert(
@@ -424,10 +424,7 @@ pub fn policy_snapshot(names: &FlowNames, retired: &Snapshot) -> Snapshot {
     for (id, p) in &retired.rules {
         s.rules.entry(*id).or_insert_with(|| p.clone());
     }
-    for (id, labels) in &names.cidr_identities {
-        s.identities
-            .insert(*id, labels.iter().map(|l| l.to_string()).collect());
-    }
+    s.identities.extend(names.cidr_identities);
     s
 }
 
@@ -715,8 +712,15 @@ pub fn start(
                 let Ok(now) = tokio::task::spawn_blocking(move || p.flow_names()).await else {
                     return;
                 };
-                let table = policy_snapshot(&now, &retired);
-                retired = policy_snapshot(&now, &Snapshot::default());
+                // Only the rules are kept for the next round; the identities' labels (one
+                // table of them per learned FQDN address) live in the table alone.
+                let rules_now = FlowNames {
+                    rules: now.rules.clone(),
+                    cidr_identities: Vec::new(),
+                    revision: now.revision,
+                };
+                let table = policy_snapshot(now, &retired);
+                retired = policy_snapshot(rules_now, &Snapshot::default());
                 names.policy.replace(table);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
@@ -892,15 +896,11 @@ mod tests {
             rules: vec![(5, cnp("old"), None), (6, cnp("kept"), Some("u-1".into()))],
             cidr_identities: vec![(
                 16_777_217,
-                ciliate_model::labels::Labels::parse_list(
-                    "cidr:203.0.113.0/24,reserved:world",
-                    "k8s",
-                )
-                .expect("labels"),
+                vec!["cidr:203.0.113.0/24".into(), "reserved:world".into()],
             )],
             revision: 2,
         };
-        let s1 = policy_snapshot(&first, &Snapshot::default());
+        let s1 = policy_snapshot(first, &Snapshot::default());
         let kept = s1.policy_by_rule(6).expect("rule 6");
         assert_eq!(
             (kept.name.as_str(), kept.namespace.as_str()),
@@ -924,10 +924,13 @@ mod tests {
             revision: 3,
             ..FlowNames::default()
         };
-        let s2 = policy_snapshot(&second, &s1);
+        let s2 = policy_snapshot(second.clone(), &s1);
         assert_eq!(s2.policy_by_rule(5).map(|p| p.name), Some("old".into()));
         assert_eq!(s2.policy_by_rule(6).map(|p| p.revision), Some(3));
-        let s3 = policy_snapshot(&second, &policy_snapshot(&second, &Snapshot::default()));
+        let s3 = policy_snapshot(
+            second.clone(),
+            &policy_snapshot(second, &Snapshot::default()),
+        );
         assert_eq!(s3.policy_by_rule(5), None);
     }
 

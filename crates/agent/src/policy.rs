@@ -423,8 +423,9 @@ pub struct FlowNames {
     /// Rule number → the policy holding the rule, and the policy object's uid (set by the
     /// Kubernetes API server; none for policies from the API or the manifest directory).
     pub rules: Vec<(u32, PolicyRef, Option<String>)>,
-    /// CIDR identity → labels (`cidr:`, `reserved:world`, and `fqdn:` for learned addresses).
-    pub cidr_identities: Vec<(NumericIdentity, Labels)>,
+    /// CIDR identity → labels (`cidr:`, `reserved:world`, and `fqdn:` for learned addresses),
+    /// as flows show them.
+    pub cidr_identities: Vec<(NumericIdentity, Vec<String>)>,
     /// The policy revision these were read at.
     pub revision: u64,
 }
@@ -1295,9 +1296,15 @@ impl PolicyManager {
                 (id, r.policy.clone(), uid)
             })
             .collect();
+        // As strings at once: the `Labels` of 10,000 learned addresses took 8 MB, held while
+        // the observer built its table from them.
+        let mut cidr_identities = Vec::new();
+        engine.each_cidr_identity_labels(|id, labels| {
+            cidr_identities.push((id, labels.iter().map(|l| l.to_string()).collect()));
+        });
         FlowNames {
             rules,
-            cidr_identities: engine.cidr_identity_labels(),
+            cidr_identities,
             revision,
         }
     }

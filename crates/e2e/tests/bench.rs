@@ -195,6 +195,15 @@ fn ui_quick() {
 }
 
 #[test]
+fn kafka_quick() {
+    privileged!();
+    if !ciliate_testutil::kafka::kafka_tools_installed("bench/kafka.sh") {
+        return;
+    }
+    quick("kafka.sh");
+}
+
+#[test]
 fn dns_quick() {
     privileged!();
     if !installed("dnsperf", "bench/dns.sh") || !installed("dnsmasq", "bench/dns.sh") {

@@ -718,6 +718,11 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
                 netns.starts_with("/var/run/netns/cni-"),
                 "containerd's pod namespace: {netns}"
             );
+            assert_eq!(
+                ip.octets()[..3],
+                [10, 231, 0],
+                "{ip} is not of the node's pod CIDR"
+            );
             let ep = node.cli_json(&["endpoint", "get", &format!("{ns}/{name}")]);
             assert_eq!(ep["ipv4"], ip.to_string(), "{ep}");
             assert_eq!(ep["containerId"], id.as_str(), "{ep}");
@@ -832,6 +837,43 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
             let cache = format!("{CNI_CACHE}/{NETWORK}-{id}-eth0");
             assert!(!Path::new(&cache).exists(), "{cache} left behind");
         }
+        // A pod whose namespace someone removed behind containerd's back: containerd then
+        // runs DEL without CNI_NETNS, and the endpoint still goes with StopPodSandbox.
+        let config = sandbox_config(ns, "orphan-0", "orphan", &ctd.cgroup_parent);
+        let id = runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox orphan-0")
+            .into_inner()
+            .pod_sandbox_id;
+        let (_, netns) = pod_network(&mut runtime, &id).await;
+        let name = netns.rsplit('/').next().unwrap_or_default();
+        ciliate_testutil::run("ip", &["netns", "delete", name]);
+        assert_eq!(node.endpoint_count(), 1);
+        for step in ["stop", "remove"] {
+            let pod_sandbox_id = id.clone();
+            let r = if step == "stop" {
+                runtime
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id })
+                    .await
+                    .map(|_| ())
+            } else {
+                runtime
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id })
+                    .await
+                    .map(|_| ())
+            };
+            r.unwrap_or_else(|e| panic!("{step} orphan-0: {e}"));
+        }
+        assert_eq!(
+            node.endpoint_count(),
+            0,
+            "orphan-0's endpoint outlived its pod"
+        );
+
         let left = runtime
             .list_pod_sandbox(cri::ListPodSandboxRequest::default())
             .await

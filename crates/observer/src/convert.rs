@@ -155,7 +155,15 @@ pub fn l34_summary(ev: &MonitorEvent) -> String {
 
 /// [`l34_summary`] of an event's numbers.
 pub fn l34_summary_of(ev: &EventRecord) -> String {
-    match ev.l4 {
+    let mut s = String::new();
+    write_l34_summary(ev, &mut s);
+    s
+}
+
+/// [`l34_summary_of`] appended to `s` (a writer that reuses its buffer allocates nothing for
+/// TCP and UDP).
+pub(crate) fn write_l34_summary(ev: &EventRecord, s: &mut String) {
+    let text = match ev.l4 {
         Some(RecordL4::Tcp { flags, .. }) => {
             // gopacket's order, which Hubble's getTCPFlags follows.
             const ORDER: [(u8, &str); 8] = [
@@ -168,7 +176,7 @@ pub fn l34_summary_of(ev: &EventRecord) -> String {
                 (0x40, "ECE"),
                 (0x80, "CWR"),
             ];
-            let mut s = String::from("TCP Flags: ");
+            s.push_str("TCP Flags: ");
             let mut first = true;
             for (bit, name) in ORDER {
                 if flags & bit != 0 {
@@ -179,20 +187,23 @@ pub fn l34_summary_of(ev: &EventRecord) -> String {
                     first = false;
                 }
             }
-            s
+            return;
         }
-        Some(RecordL4::Udp { .. }) => "UDP".to_owned(),
+        Some(RecordL4::Udp { .. }) => "UDP",
         Some(RecordL4::Icmp { r#type, code }) => {
-            format!("ICMPv4 {}", icmpv4_type_code(r#type, code))
+            s.push_str("ICMPv4 ");
+            s.push_str(&icmpv4_type_code(r#type, code));
+            return;
         }
-        Some(RecordL4::Other { proto: 132 }) => "SCTP".to_owned(),
-        Some(RecordL4::Other { .. }) | None if ev.src.is_some() => "IPv4".to_owned(),
+        Some(RecordL4::Other { proto: 132 }) => "SCTP",
+        Some(RecordL4::Other { .. }) | None if ev.src.is_some() => "IPv4",
         _ => match ev.ethertype {
-            0x0806 => "ARP".to_owned(),
-            0x86dd => "IPv6".to_owned(),
-            _ => "Ethernet".to_owned(),
+            0x0806 => "ARP",
+            0x86dd => "IPv6",
+            _ => "Ethernet",
         },
-    }
+    };
+    s.push_str(text);
 }
 
 /// gopacket's `ICMPv4TypeCode.String()`, as Hubble's summaries print it.

@@ -108,12 +108,16 @@ impl ExportConfig {
             .filter(|f| !f.is_empty())
             .map(str::to_owned)
             .collect();
-        protojson::check_field_mask("flow.Flow", &fieldmask).map_err(|e| {
-            bad(
-                "hubble-export-fieldmask",
-                format!("contains invalid fieldmask '{fieldmask:?}': {e}"),
-            )
-        })?;
+        // Without a mask there is nothing to check: the descriptor pool the check needs (and
+        // its code) would stay in the agent's memory for nothing.
+        if !fieldmask.is_empty() {
+            protojson::check_field_mask("flow.Flow", &fieldmask).map_err(|e| {
+                bad(
+                    "hubble-export-fieldmask",
+                    format!("contains invalid fieldmask '{fieldmask:?}': {e}"),
+                )
+            })?;
+        }
         if let Some(e) = &otlp_endpoint {
             let uri: Result<tonic::codegen::http::Uri, _> = e.parse();
             match uri {

@@ -104,6 +104,23 @@ struct Rare {
     policy: Option<Policy>,
 }
 
+/// What [`Recorded::names`] returns: the names [`Recorded::build`] puts on the flow besides
+/// its endpoints.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordNames<'a> {
+    /// The node's names.
+    pub node: &'a NodeNames,
+    /// The interface's name (empty when unknown; the flow has an interface when the event's
+    /// `ifindex` is not 0).
+    pub interface: &'a str,
+    /// The Service of the source, if any.
+    pub source_service: Option<&'a ServiceRef>,
+    /// The Service of the destination, if any.
+    pub destination_service: Option<&'a ServiceRef>,
+    /// The policy that decided, if any (the flow names it when the event has a decision).
+    pub policy: Option<&'a Policy>,
+}
+
 /// A datapath event with the names it had: what the ring keeps instead of a built Flow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recorded {
@@ -349,17 +366,17 @@ impl Recorded {
         self.uuid
     }
 
-    /// The flow as the history stores a row of it: [`flow`](Self::flow) without its id and
-    /// its endpoints (which the block keeps in columns and a dictionary: see
-    /// [`history_endpoint`](Self::history_endpoint)), and without the node name when it is
-    /// `block_node` (the block's, which it keeps once). Building only this saves the
-    /// endpoints' strings and labels at every flow.
-    pub fn history_row(&self, block_node: &str) -> Flow {
-        let mut flow = self.build_parts(false);
-        if self.node.node_name != block_node {
-            flow.node_name.clone_from(&self.node.node_name);
+    /// The names the flow carries besides its endpoints, for a writer that encodes the flow
+    /// without building it (the history's rows: `history::row`).
+    pub(crate) fn names(&self) -> RecordNames<'_> {
+        let rare = self.rare.as_deref();
+        RecordNames {
+            node: &self.node,
+            interface: self.interface.as_deref().unwrap_or_default(),
+            source_service: rare.and_then(|r| r.source_service.as_ref()),
+            destination_service: rare.and_then(|r| r.destination_service.as_ref()),
+            policy: rare.and_then(|r| r.policy.as_ref()),
         }
-        flow
     }
 
     fn side(&self, destination: bool) -> (&Side, u32) {

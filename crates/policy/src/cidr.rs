@@ -79,17 +79,47 @@ impl CidrIdentities {
                 self.by_id.remove(&id);
             }
         }
-        let mut next = MIN_CIDR_IDENTITY;
         for p in wanted {
-            if self.by_prefix.contains_key(&p) {
-                continue;
-            }
-            while self.by_id.contains_key(&next) {
-                next += 1;
-            }
-            self.by_prefix.insert(p, next);
-            self.by_id.insert(next, p);
+            self.insert(p);
         }
+    }
+
+    /// Allocates `prefix` (less `/0`) if it is not; the lowest free number.
+    pub fn insert(&mut self, prefix: IpNet) {
+        let prefix = prefix.trunc();
+        if prefix.prefix_len() == 0 || self.by_prefix.contains_key(&prefix) {
+            return;
+        }
+        let id = self.lowest_free();
+        self.by_prefix.insert(prefix, id);
+        self.by_id.insert(id, prefix);
+    }
+
+    /// Frees `prefix`'s number, if allocated.
+    pub fn remove(&mut self, prefix: &IpNet) {
+        if let Some(id) = self.by_prefix.remove(&prefix.trunc()) {
+            self.by_id.remove(&id);
+        }
+    }
+
+    /// The lowest number not in use: past the highest when none below is free (numbers taken
+    /// in a row, the usual case: O(log n)), else the first gap.
+    fn lowest_free(&self) -> NumericIdentity {
+        let Some((&last, _)) = self.by_id.last_key_value() else {
+            return MIN_CIDR_IDENTITY;
+        };
+        // Every number here is at least MIN_CIDR_IDENTITY (adopt and insert see to it).
+        if u64::from(last - MIN_CIDR_IDENTITY) + 1 == self.by_id.len() as u64 {
+            return last + 1;
+        }
+        let mut next = MIN_CIDR_IDENTITY;
+        for id in self.by_id.range(MIN_CIDR_IDENTITY..).map(|(id, _)| *id) {
+            if id != next {
+                break;
+            }
+            next += 1;
+        }
+        next
     }
 
     /// The identity of a prefix (world for `/0`), if allocated.

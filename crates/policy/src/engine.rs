@@ -8,6 +8,7 @@
 //! time and independently, so an agent recomputes only those a change can touch; selector
 //! matches are cached within one `Resolved`.
 
+use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -131,6 +132,53 @@ pub struct PolicyEngine {
     /// The node's FQDN cache as policy sees it: every name a DNS answer taught, with its
     /// addresses (all endpoints' together, as Cilium's selectors see them).
     fqdn: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// What the CIDR allocation must catch up with at the next [`PolicyEngine::resolve`].
+    cidr_sync: CidrSync,
+}
+
+/// How the CIDR allocation follows the policies and the FQDN view: in whole after a policy
+/// change (rare), by address after a learned name (each DNS answer), so that learning one
+/// address costs the same with 10 or 10,000 learned before it.
+#[derive(Clone, Debug)]
+struct CidrSync {
+    /// Recompute everything: policies, or the FQDN view as a whole, changed.
+    full: bool,
+    /// The prefixes the policies name, as of the last whole computation.
+    policy_prefixes: BTreeSet<IpNet>,
+    /// Per address, how many names some `toFQDNs` selects hold it.
+    fqdn_refs: HashMap<Ipv4Addr, u32>,
+    /// Addresses whose count changed since the allocation last caught up.
+    pending: BTreeSet<Ipv4Addr>,
+}
+
+impl Default for CidrSync {
+    fn default() -> Self {
+        Self {
+            full: true,
+            policy_prefixes: BTreeSet::new(),
+            fqdn_refs: HashMap::new(),
+            pending: BTreeSet::new(),
+        }
+    }
+}
+
+impl CidrSync {
+    fn count(&mut self, ip: Ipv4Addr, up: bool) {
+        let n = self.fqdn_refs.entry(ip).or_default();
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.fqdn_refs.remove(&ip);
+            }
+        }
+        self.pending.insert(ip);
+    }
+}
+
+fn host_net(ip: Ipv4Addr) -> IpNet {
+    IpNet::from(std::net::IpAddr::V4(ip))
 }
 
 /// The number of a rule: FNV-1a (32 bits) of its policy's kind, namespace and name and its
@@ -185,19 +233,33 @@ impl PolicyEngine {
             rule_ids: BTreeMap::new(),
             rules_by_id: BTreeMap::new(),
             fqdn: BTreeMap::new(),
+            cidr_sync: CidrSync::default(),
         }
     }
 
     /// Sets the addresses of one name (normalized: lower-case, trailing dot) as the FQDN
     /// cache holds them; none forgets the name. Returns whether anything changed.
     pub fn set_fqdn_name(&mut self, name: &str, ips: BTreeSet<Ipv4Addr>) -> bool {
-        if ips.is_empty() {
-            return self.fqdn.remove(name).is_some();
-        }
-        if self.fqdn.get(name) == Some(&ips) {
+        if self
+            .fqdn
+            .get(name)
+            .map_or(ips.is_empty(), |old| *old == ips)
+        {
             return false;
         }
-        self.fqdn.insert(name.to_owned(), ips);
+        let old = if ips.is_empty() {
+            self.fqdn.remove(name)
+        } else {
+            self.fqdn.insert(name.to_owned(), ips.clone())
+        };
+        if !self.cidr_sync.full && self.fqdn_selected(name) {
+            for ip in old.iter().flatten() {
+                self.cidr_sync.count(*ip, false);
+            }
+            for ip in &ips {
+                self.cidr_sync.count(*ip, true);
+            }
+        }
         true
     }
 
@@ -205,6 +267,7 @@ impl PolicyEngine {
     pub fn set_fqdn_names(&mut self, names: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
         self.fqdn = names;
         self.fqdn.retain(|_, ips| !ips.is_empty());
+        self.cidr_sync.full = true;
     }
 
     /// The addresses the FQDN view holds for `name` (normalized).
@@ -229,17 +292,52 @@ impl PolicyEngine {
             .flat_map(|s| s.compiled.fqdn_matchers())
     }
 
-    /// The /32 prefixes of the addresses of names some `toFQDNs` selects.
-    fn fqdn_prefixes(&self) -> BTreeSet<IpNet> {
-        let matchers: Vec<&FqdnMatcher> = self.fqdn_matchers().collect();
-        if matchers.is_empty() {
-            return BTreeSet::new();
+    /// Allocates CIDR identities for the prefixes the policies name and the addresses of
+    /// names some `toFQDNs` selects, releasing the others: all of them after a policy change,
+    /// only the addresses whose names changed since otherwise.
+    fn sync_cidr(&mut self) {
+        if !self.cidr_sync.full {
+            let pending = std::mem::take(&mut self.cidr_sync.pending);
+            for ip in pending {
+                let net = host_net(ip);
+                if self.cidr_sync.fqdn_refs.contains_key(&ip)
+                    || self.cidr_sync.policy_prefixes.contains(&net)
+                {
+                    self.cidr.insert(net);
+                } else {
+                    self.cidr.remove(&net);
+                }
+            }
+            return;
         }
-        self.fqdn
-            .iter()
-            .filter(|(name, _)| matchers.iter().any(|m| m.matches(name)))
-            .flat_map(|(_, ips)| ips.iter().map(|ip| IpNet::from(std::net::IpAddr::V4(*ip))))
-            .collect()
+        let policy_prefixes: BTreeSet<IpNet> = self
+            .policies
+            .values()
+            .flat_map(|s| s.compiled.cidr_prefixes())
+            .map(|p| p.trunc())
+            .collect();
+        let mut refs: HashMap<Ipv4Addr, u32> = HashMap::new();
+        let matchers: Vec<&FqdnMatcher> = self.fqdn_matchers().collect();
+        if !matchers.is_empty() {
+            for (_, ips) in self
+                .fqdn
+                .iter()
+                .filter(|(name, _)| matchers.iter().any(|m| m.matches(name)))
+            {
+                for ip in ips {
+                    *refs.entry(*ip).or_default() += 1;
+                }
+            }
+        }
+        let mut wanted = policy_prefixes.clone();
+        wanted.extend(refs.keys().map(|ip| host_net(*ip)));
+        self.cidr.sync(&wanted);
+        self.cidr_sync = CidrSync {
+            full: false,
+            policy_prefixes,
+            fqdn_refs: refs,
+            pending: BTreeSet::new(),
+        };
     }
 
     /// The settings.
@@ -258,6 +356,7 @@ impl PolicyEngine {
         let policy = compiled.policy.clone();
         let rules: BTreeSet<RuleRef> = compiled.rules.iter().map(|r| r.origin.clone()).collect();
         self.number_rules(&policy, &rules);
+        self.cidr_sync.full = true;
         self.policies.insert(
             policy,
             Stored {
@@ -272,6 +371,7 @@ impl PolicyEngine {
     /// Removes a policy; returns it if it was there.
     pub fn remove(&mut self, policy: &PolicyRef) -> Option<PolicyResource> {
         self.number_rules(policy, &BTreeSet::new());
+        self.cidr_sync.full = true;
         self.policies.remove(policy).map(|s| s.resource)
     }
 
@@ -322,21 +422,28 @@ impl PolicyEngine {
     /// FQDN cache, that selector as an `fqdn:` label (`fqdn:*.example.com`), as Cilium labels
     /// the addresses of its FQDN selectors.
     pub fn cidr_identity_labels(&self) -> Vec<(NumericIdentity, Labels)> {
+        let mut out = Vec::new();
+        self.each_cidr_identity_labels(|id, labels| out.push((id, labels)));
+        out
+    }
+
+    /// [`PolicyEngine::cidr_identity_labels`] one identity at a time, so that a caller
+    /// keeping another form (the observer keeps strings) never holds all the `Labels` at once.
+    pub fn each_cidr_identity_labels(&self, mut f: impl FnMut(NumericIdentity, Labels)) {
         let by_ip = self.fqdn_selectors_by_ip();
-        self.cidr
-            .iter()
-            .map(|(id, prefix)| {
-                let mut labels = cidr_labels(&prefix);
-                if let IpNet::V4(net) = prefix {
-                    if net.prefix_len() == 32 {
-                        for m in by_ip.get(&net.addr()).into_iter().flatten() {
-                            labels.insert(ciliate_model::labels::Label::new("fqdn", m, ""));
-                        }
+        for (id, labels) in self.cidr.iter().map(|(id, prefix)| {
+            let mut labels = cidr_labels(&prefix);
+            if let IpNet::V4(net) = prefix {
+                if net.prefix_len() == 32 {
+                    for m in by_ip.get(&net.addr()).into_iter().flatten() {
+                        labels.insert(ciliate_model::labels::Label::new("fqdn", m, ""));
                     }
                 }
-                (id, labels)
-            })
-            .collect()
+            }
+            (id, labels)
+        }) {
+            f(id, labels);
+        }
     }
 
     /// For every address the FQDN cache holds, the selectors (as written, without the
@@ -393,6 +500,7 @@ impl PolicyEngine {
     /// prefixes keep their numbers across restarts.
     pub fn restore_cidr_identities(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
         self.cidr = CidrIdentities::restore(entries);
+        self.cidr_sync.full = true;
     }
 
     /// Keeps numbers the datapath already uses for prefixes the allocation lacks (the
@@ -400,6 +508,7 @@ impl PolicyEngine {
     /// does not renumber addresses under live connections. Clashing entries are skipped.
     pub fn adopt_cidr_identities(&mut self, entries: impl IntoIterator<Item = IpcacheEntry>) {
         self.cidr.adopt(entries);
+        self.cidr_sync.full = true;
     }
 
     /// The IPv4 ipcache entries of the CIDR identities allocated now (as the last
@@ -415,22 +524,16 @@ impl PolicyEngine {
         identities: &'a IdentityLabels,
         named_ports: &'a NamedPorts,
     ) -> Resolved<'a> {
-        let mut wanted: BTreeSet<IpNet> = self
-            .policies
-            .values()
-            .flat_map(|s| s.compiled.cidr_prefixes())
-            .collect();
-        wanted.extend(self.fqdn_prefixes());
-        self.cidr.sync(&wanted);
+        self.sync_cidr();
         let engine: &'a PolicyEngine = self;
+        // CIDR identities' labels are not built here but when a selector asks (see
+        // `Resolved::labels`): with 10,000 learned FQDN addresses, building them all took 8 MB
+        // and O(addresses) for every learned batch.
         let mut extra: BTreeMap<NumericIdentity, Labels> = ReservedIdentity::ALL
             .into_iter()
             .map(|r| (r.id(), r.labels()))
             .collect();
-        for (id, prefix) in engine.cidr.iter() {
-            extra.insert(id, cidr_labels(&prefix));
-        }
-        extra.retain(|id, _| !identities.contains_key(id));
+        extra.retain(|id, _| !identities.contains_key(id) && engine.cidr.prefix(*id).is_none());
         Resolved {
             engine,
             identities,
@@ -480,7 +583,8 @@ pub struct EndpointResult {
 pub struct Resolved<'a> {
     engine: &'a PolicyEngine,
     identities: &'a IdentityLabels,
-    /// Reserved and CIDR identities the caller did not list.
+    /// Reserved identities the caller did not list (CIDR identities' labels are made from
+    /// their prefix when asked).
     extra: BTreeMap<NumericIdentity, Labels>,
     named_ports: &'a NamedPorts,
     cache: RefCell<HashMap<Selector, Rc<BTreeSet<NumericIdentity>>>>,
@@ -549,15 +653,49 @@ impl Resolved<'_> {
         self.engine.cidr.lookup(ip)
     }
 
-    fn labels(&self, id: NumericIdentity) -> Option<&Labels> {
-        self.identities.get(&id).or_else(|| self.extra.get(&id))
+    fn labels(&self, id: NumericIdentity) -> Option<Cow<'_, Labels>> {
+        if let Some(l) = self.identities.get(&id) {
+            return Some(Cow::Borrowed(l));
+        }
+        if let Some(prefix) = self.engine.cidr.prefix(id) {
+            return Some(Cow::Owned(cidr_labels(&prefix)));
+        }
+        self.extra.get(&id).map(Cow::Borrowed)
     }
 
-    fn all_identities(&self) -> impl Iterator<Item = (NumericIdentity, &Labels)> {
+    /// The engine's CIDR identities the caller did not list.
+    fn own_cidr_ids(&self) -> impl Iterator<Item = (NumericIdentity, IpNet)> + '_ {
+        self.engine
+            .cidr
+            .iter()
+            .filter(|(id, _)| !self.identities.contains_key(id))
+    }
+
+    /// Every identity's number.
+    fn all_ids(&self) -> impl Iterator<Item = NumericIdentity> + '_ {
+        self.identities
+            .keys()
+            .chain(self.extra.keys())
+            .copied()
+            .chain(self.own_cidr_ids().map(|(id, _)| id))
+    }
+
+    /// Every identity with its labels; CIDR identities' are made one at a time.
+    fn all_identities(&self) -> impl Iterator<Item = (NumericIdentity, Cow<'_, Labels>)> {
         self.identities
             .iter()
             .chain(self.extra.iter())
-            .map(|(id, l)| (*id, l))
+            .map(|(id, l)| (*id, Cow::Borrowed(l)))
+            .chain(
+                self.own_cidr_ids()
+                    .map(|(id, prefix)| (id, Cow::Owned(cidr_labels(&prefix)))),
+            )
+    }
+
+    /// Whether an `In` requirement on `key` can hold for a CIDR identity: their labels are
+    /// `cidr:<prefix>` and `reserved:world`, keys no endpoint selector names but by intent.
+    fn cidr_key(key: &str) -> bool {
+        key == ReservedIdentity::World.name() || key.replace('-', ":").parse::<IpNet>().is_ok()
     }
 
     fn selector_ids(&self, sel: &Selector) -> Rc<BTreeSet<NumericIdentity>> {
@@ -573,7 +711,9 @@ impl Resolved<'_> {
             Some(req) => {
                 let index = self.index.get_or_init(|| {
                     let mut m: HashMap<(String, String), Vec<NumericIdentity>> = HashMap::new();
-                    for (id, labels) in self.all_identities() {
+                    // Without the CIDR identities, which `cidr_key` leaves out or adds below.
+                    let listed = self.identities.iter().chain(self.extra.iter());
+                    for (id, labels) in listed.map(|(id, l)| (*id, l)) {
                         for (_, key, value) in labels.entries() {
                             m.entry((key.to_owned(), value.to_owned()))
                                 .or_default()
@@ -582,13 +722,22 @@ impl Resolved<'_> {
                     }
                     m
                 });
-                req.values
+                let mut ids: BTreeSet<NumericIdentity> = req
+                    .values
                     .iter()
                     .filter_map(|v| index.get(&(req.key.clone(), v.clone())))
                     .flatten()
                     .copied()
-                    .filter(|id| self.labels(*id).is_some_and(|l| sel.matches(l)))
-                    .collect()
+                    .filter(|id| self.labels(*id).is_some_and(|l| sel.matches(&l)))
+                    .collect();
+                if Self::cidr_key(&req.key) {
+                    ids.extend(
+                        self.own_cidr_ids()
+                            .filter(|(_, p)| sel.matches(&cidr_labels(p)))
+                            .map(|(id, _)| id),
+                    );
+                }
+                ids
             }
             None => self
                 .all_identities()
@@ -611,7 +760,7 @@ impl Resolved<'_> {
                 .map(|(id, _)| id)
                 .collect();
             s.extend(
-                self.all_identities().map(|(id, _)| id).filter(|id| {
+                self.all_ids().filter(|id| {
                     *id >= MIN_CIDR_IDENTITY && self.engine.cidr.prefix(*id).is_none()
                 }),
             );
@@ -627,7 +776,7 @@ impl Resolved<'_> {
                 ReservedIdentity::ALL
                     .into_iter()
                     .map(ReservedIdentity::id)
-                    .chain(self.all_identities().map(|(id, _)| id))
+                    .chain(self.all_ids())
                     .filter(|id| !is_world_like(*id) && *id != 0)
                     .filter(|id| {
                         *id >= MIN_CLUSTER_IDENTITY || ReservedIdentity::from_id(*id).is_some()
@@ -728,8 +877,8 @@ impl Resolved<'_> {
         names: &BTreeSet<String>,
         ips: &BTreeSet<Ipv4Addr>,
     ) -> bool {
-        let empty = Labels::new();
-        let labels = self.labels(subject).unwrap_or(&empty);
+        let labels = self.labels(subject).unwrap_or_default();
+        let labels = labels.as_ref();
         let holds = |net: &IpNet| {
             ips.iter()
                 .any(|ip| net.contains(&std::net::IpAddr::V4(*ip)))
@@ -749,8 +898,8 @@ impl Resolved<'_> {
     }
 
     fn applicable(&self, subject: NumericIdentity, direction: Direction) -> Applicable<'_> {
-        let empty = Labels::new();
-        let labels = self.labels(subject).unwrap_or(&empty);
+        let labels = self.labels(subject).unwrap_or_default();
+        let labels = labels.as_ref();
         let mut a = Applicable {
             allows: Vec::new(),
             denies: Vec::new(),

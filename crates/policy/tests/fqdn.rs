@@ -466,3 +466,54 @@ spec:
         1
     );
 }
+
+/// Two names a `matchPattern` selects and one it does not, sharing addresses, with a CIDR rule
+/// naming one of them too.
+const SHARED: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: shared
+spec:
+  endpointSelector:
+    matchLabels:
+      org: empire
+  egress:
+  - toFQDNs:
+    - matchPattern: "*.sel.test"
+  - toCIDR:
+    - 192.0.2.3/32
+"#;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Learning names one change at a time (each only touching the addresses it changes)
+    /// allocates CIDR identities for exactly the prefixes a whole recomputation gives, and
+    /// never renumbers an address that stays.
+    #[test]
+    fn learning_one_name_at_a_time_allocates_as_a_whole_recomputation(
+        steps in proptest::collection::vec((0usize..4, proptest::collection::btree_set(0u8..6, 0..3)), 1..40)
+    ) {
+        let names = ["a.sel.test.", "b.sel.test.", "c.other.test.", "d.sel.test."];
+        let ids = identities();
+        let np = NamedPorts::new();
+        let mut e = engine(SHARED);
+        for (n, addrs) in steps {
+            let before = e.resolve(&ids, &np).ipcache();
+            let next: BTreeSet<Ipv4Addr> = addrs.iter().map(|a| Ipv4Addr::new(192, 0, 2, *a)).collect();
+            e.set_fqdn_name(names[n], next);
+            let got = e.resolve(&ids, &np).ipcache();
+            let mut whole = engine(SHARED);
+            whole.set_fqdn_names(e.fqdn_names().clone());
+            let want = whole.resolve(&ids, &np).ipcache();
+            let prefixes = |v: &[ciliate_model::policy::IpcacheEntry]| v.iter().map(|x| x.prefix).collect::<BTreeSet<_>>();
+            proptest::prop_assert_eq!(prefixes(&got), prefixes(&want));
+            for b in &before {
+                if let Some(g) = got.iter().find(|g| g.prefix == b.prefix) {
+                    proptest::prop_assert_eq!(g.identity, b.identity, "{} renumbered", b.prefix);
+                }
+            }
+        }
+    }
+}

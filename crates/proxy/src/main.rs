@@ -191,6 +191,7 @@ async fn run(args: Args) -> ExitCode {
             allow_timeout: args.dns_allow_timeout,
             transparent: args.transparent,
         },
+        peers: Default::default(),
     });
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -99,6 +99,7 @@ fn proxy() -> (DnsProxy, mpsc::Receiver<ProxyEvent>) {
             allow_timeout: Duration::from_millis(10),
             transparent: false,
         },
+        peers: Default::default(),
     };
     (p, rx)
 }

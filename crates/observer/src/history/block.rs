@@ -17,6 +17,8 @@ use prost::Message;
 use crate::proto::flow::{Endpoint, Flow};
 use crate::record::Recorded;
 
+use super::row::RowWriter;
+
 /// zstd level: 1 is the fastest; higher levels gain a few percent of size for twice the CPU.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -311,6 +313,30 @@ fn strip_fields(msg: &[u8], out: &mut Vec<u8>, skip: impl Fn(u32) -> bool) {
     }
 }
 
+/// Appends to `out` a flow's own encoding in a block: without what the columns and the
+/// dictionary hold (time, endpoints, the UUID when `uuid_column`, the node name when it is the
+/// block's `node_name`). The flow is encoded whole (into `whole`) and those top-level fields
+/// are cut from the bytes, cheaper than copying the flow without them (its endpoints' strings
+/// and labels).
+pub(super) fn cut_columns(
+    flow: &Flow,
+    node_name: &str,
+    uuid_column: bool,
+    whole: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    let same_node = flow.node_name == node_name;
+    whole.clear();
+    // Encoding into a Vec cannot run out of room.
+    let _ = flow.encode(whole);
+    strip_fields(whole, out, |tag| match tag {
+        FIELD_TIME | FIELD_SOURCE | FIELD_DESTINATION => true,
+        FIELD_UUID => uuid_column,
+        FIELD_NODE_NAME => same_node,
+        _ => false,
+    });
+}
+
 /// Encodes flows (with the ring's sequence numbers they had) into one block of [`FORMAT`]:
 /// its meta and its body. Flows are read back in the order given.
 pub fn encode(flows: &[(u64, &Flow)], run: u64, node_name: &str) -> (BlockMeta, Vec<u8>) {
@@ -349,6 +375,7 @@ pub struct Encoder {
     uuids: Vec<u8>,
     raw: Vec<u8>,
     chunk: RowChunk,
+    rows: RowWriter,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -372,6 +399,7 @@ impl Default for Encoder {
             uuids: Vec::new(),
             raw: Vec::new(),
             chunk: RowChunk::default(),
+            rows: RowWriter::default(),
         }
     }
 }
@@ -472,40 +500,31 @@ fn encode_with(
     enc.uuids.clear();
     let mut ends = Vec::with_capacity(n);
     for (_, row) in flows {
-        let mut row_flow;
-        let (flow, uuid) = match row {
+        match row {
             Row::Flow(flow) => {
                 src.push(dict.index(flow.source.as_ref().map(Cow::Borrowed)));
                 dst.push(dict.index(flow.destination.as_ref().map(Cow::Borrowed)));
-                (*flow, uuid_bytes(&flow.uuid))
+                let uuid = uuid_bytes(&flow.uuid);
+                enc.uuids.extend_from_slice(&uuid.unwrap_or([0; 16]));
+                cut_columns(
+                    flow,
+                    node_name,
+                    uuid.is_some(),
+                    &mut enc.whole,
+                    &mut enc.stripped,
+                );
             }
             Row::Event(r) => {
                 src.push(dict.index_event(r, false));
                 dst.push(dict.index_event(r, true));
-                // The flow without what the columns and the dictionary hold: the same
-                // encoding as the built flow's once those are cut.
-                row_flow = r.history_row(node_name);
-                let uuid = Some(*r.uuid().as_bytes()).filter(|b| *b != [0; 16]);
-                if uuid.is_none() {
-                    row_flow.uuid = r.uuid().to_string();
-                }
-                (&row_flow, uuid)
+                // The same bytes as the built flow's once the columns' fields are cut,
+                // written from the record without building the flow.
+                let uuid = *r.uuid().as_bytes();
+                let uuid_column = uuid != [0; 16];
+                enc.uuids.extend_from_slice(&uuid);
+                enc.rows.write(r, node_name, uuid_column, &mut enc.stripped);
             }
-        };
-        // What the columns hold is left out of the flow's own encoding: the flow is encoded
-        // whole and those top-level fields are cut from the bytes, cheaper than copying the
-        // flow without them (its endpoints' strings and labels).
-        enc.uuids.extend_from_slice(&uuid.unwrap_or([0; 16]));
-        let same_node = flow.node_name == node_name;
-        enc.whole.clear();
-        // Encoding into a Vec cannot run out of room.
-        let _ = flow.encode(&mut enc.whole);
-        strip_fields(&enc.whole, &mut enc.stripped, |tag| match tag {
-            FIELD_TIME | FIELD_SOURCE | FIELD_DESTINATION => true,
-            FIELD_UUID => uuid.is_some(),
-            FIELD_NODE_NAME => same_node,
-            _ => false,
-        });
+        }
         ends.push(enc.stripped.len());
     }
     // The pod sets of the meta, from the endpoints the flows used on each side (one

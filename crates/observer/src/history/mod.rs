@@ -19,6 +19,7 @@ pub mod block;
 mod format_tests;
 pub mod get_flows;
 mod prefilter;
+mod row;
 pub mod segment;
 #[cfg(test)]
 mod tests;

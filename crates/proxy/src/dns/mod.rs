@@ -21,6 +21,7 @@
 pub mod acked;
 pub mod gate;
 pub mod message;
+pub mod peers;
 pub mod tcp;
 pub mod udp;
 pub mod upstream;
@@ -43,6 +44,7 @@ use crate::engine::Engine;
 use crate::policy::RedirectKey;
 use gate::AnswerGate;
 use message::{AnswerInfo, QueryInfo};
+use peers::PeerIdentities;
 
 /// The largest DNS message (the TCP length prefix's limit).
 pub const MAX_MESSAGE: usize = 65535;
@@ -78,6 +80,8 @@ pub struct DnsProxy {
     pub gate: Arc<AnswerGate>,
     /// Timeouts.
     pub config: DnsConfig,
+    /// The identities of pods and resolvers, remembered for a moment.
+    pub peers: PeerIdentities,
 }
 
 /// UDP or TCP, as the record says it.
@@ -190,8 +194,16 @@ impl DnsProxy {
         let meta = Meta {
             endpoint: redirect.as_ref().map_or(0, |r| r.redirect.endpoint),
             flow,
-            source_identity: self.engine.identities.identity_of(*flow.client.ip()),
-            destination_identity: self.engine.identities.identity_of(*flow.resolver.ip()),
+            source_identity: self.peers.identity_of(
+                self.engine.identities.as_ref(),
+                &table,
+                *flow.client.ip(),
+            ),
+            destination_identity: self.peers.identity_of(
+                self.engine.identities.as_ref(),
+                &table,
+                *flow.resolver.ip(),
+            ),
         };
 
         let (query, info) = match message::inspect_query(bytes, flow.transport == Transport::Udp) {

@@ -7,10 +7,11 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -129,6 +130,10 @@ fn bind_transparent(resolver: SocketAddrV4) -> std::io::Result<UdpSocket> {
 
 /// Serves queries until `stop`; returns the queries still being answered. The socket stays
 /// open in the supervisor (and the next proxy): datagrams not read here wait for it.
+///
+/// The queries in flight are futures of this one task, not a task each: a task per query
+/// cost an allocation, a trip through the scheduler's queue and a wake-up of its own, for
+/// work that is mostly waiting on the resolver.
 pub async fn serve(
     proxy: Arc<DnsProxy>,
     sock: std::net::UdpSocket,
@@ -147,22 +152,15 @@ pub async fn serve(
     }
     let replies = Arc::new(ReplySockets::default());
     let upstreams = Arc::new(UdpPool::new(proxy.config.upstream_timeout));
-    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut in_flight = FuturesUnordered::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let fd = sock.as_raw_fd();
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
-        let fd = sock.as_raw_fd();
         let got = tokio::select! {
-            r = sock.async_io(Interest::READABLE, || recv_one(fd, &mut buf)) => r,
+            r = sock.async_io(Interest::READABLE, || recv_one(fd, &mut buf)), if in_flight.len() < IN_FLIGHT => r,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             _ = stop.changed() => break,
         };
-        while queries.try_join_next().is_some() {}
         let (n, client, orig) = match got {
             Ok(x) => x,
             Err(e) => {
@@ -174,40 +172,57 @@ pub async fn serve(
             warn!(%client, "a datagram without its original destination; dropped");
             continue;
         };
-        let bytes = buf[..n].to_vec();
-        let proxy = proxy.clone();
-        let replies = replies.clone();
-        let upstreams = upstreams.clone();
-        let sock = sock.clone();
-        queries.spawn(async move {
-            let flow = Flow {
-                client,
-                resolver,
-                transport: Transport::Udp,
-            };
-            let answer = proxy
-                .handle(&bytes, flow, &mut Upstream::pooled(upstreams))
-                .await;
-            if let Some(answer) = answer {
-                let sent = if proxy.config.transparent {
-                    match replies.get(resolver) {
-                        Ok(s) => s.send_to(&answer, client).await,
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    sock.send_to(&answer, client).await
-                };
-                if let Err(e) = sent {
-                    proxy
-                        .engine
-                        .counters
-                        .errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(%client, %resolver, error = %e, "answering the pod");
-                }
-            }
-            drop(permit);
-        });
+        let flow = Flow {
+            client,
+            resolver,
+            transport: Transport::Udp,
+        };
+        in_flight.push(answer(
+            proxy.clone(),
+            buf[..n].to_vec(),
+            flow,
+            replies.clone(),
+            upstreams.clone(),
+            sock.clone(),
+        ));
+    }
+    // The queries read already are answered by a task of their own while the caller drains.
+    if !in_flight.is_empty() {
+        queries.spawn(async move { while in_flight.next().await.is_some() {} });
     }
     queries
+}
+
+/// Answers one query of `flow`.
+async fn answer(
+    proxy: Arc<DnsProxy>,
+    bytes: Vec<u8>,
+    flow: Flow,
+    replies: Arc<ReplySockets>,
+    upstreams: Arc<UdpPool>,
+    sock: Arc<UdpSocket>,
+) {
+    let Some(answer) = proxy
+        .handle(&bytes, flow, &mut Upstream::pooled(upstreams))
+        .await
+    else {
+        return;
+    };
+    let (client, resolver) = (flow.client, flow.resolver);
+    let sent = if proxy.config.transparent {
+        match replies.get(resolver) {
+            Ok(s) => s.send_to(&answer, client).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        sock.send_to(&answer, client).await
+    };
+    if let Err(e) = sent {
+        proxy
+            .engine
+            .counters
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(%client, %resolver, error = %e, "answering the pod");
+    }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use ciliate_model::kafka::{api_key_name, request_allowed, KafkaRequestView};
 use ciliate_model::l7::{KafkaRecord, L7RecordType, L7Redirect, L7Verdict, ProxyEvent};
 use tokio::io::AsyncWriteExt;
@@ -235,13 +235,11 @@ pub async fn serve(
                 rec.rule = rule;
                 conn.emit(rec.clone());
                 let Some(up) = upstream.as_mut() else { break };
-                let mut out = BytesMut::with_capacity(4);
-                out.put_u32(payload.len() as u32);
-                let sent = async {
-                    up.write_all(&out).await?;
-                    up.write_all(&payload).await
-                };
-                if let Err(e) = sent.await {
+                // The size and the request in one vectored write: two writes were two segments
+                // (the first of 4 bytes) and two system calls per request.
+                let size = (payload.len() as u32).to_be_bytes();
+                let mut out = (&size[..]).chain(&payload[..]);
+                if let Err(e) = up.write_all_buf(&mut out).await {
                     conn.error(format!("forwarding to {}: {e}", conn.meta.original_dst));
                     break;
                 }
@@ -314,7 +312,7 @@ async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut Owne
                 upstream = Some(rd);
                 continue;
             }
-            Slot::Refusal { frame, rec, start } => (frame, rec, start),
+            Slot::Refusal { frame, rec, start } => (frame.chain(Bytes::new()), rec, start),
             Slot::Broker {
                 mut rec,
                 start,
@@ -328,10 +326,9 @@ async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut Owne
                     Ok(Some(payload)) => {
                         rec.error_code =
                             response::error_code(key, rec.api_version, payload.clone());
-                        let mut out = BytesMut::with_capacity(4 + payload.len());
-                        out.put_u32(payload.len() as u32);
-                        out.put_slice(&payload);
-                        (out.freeze(), rec, start)
+                        // Sent as it came, size first (one vectored write, no copy).
+                        let size = Bytes::copy_from_slice(&(payload.len() as u32).to_be_bytes());
+                        (size.chain(payload), rec, start)
                     }
                     Ok(None) => {
                         conn.error(format!(
@@ -347,7 +344,8 @@ async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut Owne
                 }
             }
         };
-        if let Err(e) = client.write_all(&bytes).await {
+        let mut bytes = bytes;
+        if let Err(e) = client.write_all_buf(&mut bytes).await {
             debug!(client = %conn.meta.client, error = %e, "writing a response");
             return;
         }

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# Kafka produce throughput through Ciliate's Kafka proxy (issue #13) against the same producer
+# straight to the broker, in one run. Paths, each from a client pod to a broker pod on one node:
+#
+#   direct  node X, no policy: the producer talks to the broker pod directly
+#   proxy   node Y, the client's egress allows TCP 9092 to the broker with `rules.kafka`
+#           (`role: produce, topic: bench`): the datapath hands the connection to
+#           ciliate-proxy, which parses every request, checks its topic and forwards it
+#
+# Node X and node Y are two agents in two node namespaces built alike (pods by the CNI plugin),
+# measured in interleaved rounds. The broker is Tansu (the Kafka-compatible broker the tests
+# use, in-memory storage, one partition); the producer is librdkafka (PyPI's confluent-kafka,
+# whose wheel ships it: Debian's kcat has librdkafka 2.0.2, which cannot read Tansu's
+# ApiVersions v3 answer) sending 1 KiB messages with acks=1, linger.ms=5, as fast as the broker
+# takes them, for --secs seconds; throughput counts only messages the broker acknowledged.
+# Node Y's ciliate-proxy and agent CPU time (utime+stime) per MB is read around each proxied
+# measurement: less moved by other load than the throughput.
+#
+#   sudo bench/kafka.sh [--secs N] [--runs N] [--quick] [--no-build]
+#
+#   --secs N     seconds per measurement (default 10)
+#   --runs N     rounds, interleaved (default 5)
+#   --quick      checks that it works and cleans up: 1 s, 1 round, the binaries already built
+#                (in $CILIATE_BIN_DIR, default target/release)
+#   --no-build   do not run `cargo build --release` first
+#
+# Needs root, Tansu and confluent-kafka (scripts/install-kafka-tools, which scripts/install-deps
+# calls; a missing one is an error, never a skip). The producer is pinned to CPU 0, the broker
+# to the last CPU; ciliate-proxy and the agents run unpinned, as in production. Everything it
+# makes is named cb<pid>-*, recorded, and removed on exit; the proxy runs in a session of its
+# own and outlives its agent, so cleanup also stops every process left in this run's node
+# namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+
+SECS=10
+RUNS=5
+BUILD=1
+usage() { echo "usage: $0 [--secs N] [--runs N] [--quick] [--no-build]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --secs) [ $# -ge 2 ] || usage; SECS=$2; shift 2 ;;
+    --runs) [ $# -ge 2 ] || usage; RUNS=$2; shift 2 ;;
+    --quick) SECS=1; RUNS=1; BUILD=0; shift ;;
+    --no-build) BUILD=0; shift ;;
+    *) usage ;;
+  esac
+done
+[[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] || { echo "$0: --secs $SECS: expected a whole number of seconds >= 1" >&2; exit 2; }
+[[ "$RUNS" =~ ^[0-9]+$ ]] && [ "$RUNS" -ge 1 ] || { echo "$0: --runs $RUNS: expected a number >= 1" >&2; exit 2; }
+TOOLS=${CILIATE_KAFKA_TOOLS:-/opt/ciliate-tools}
+TANSU=$TOOLS/bin/tansu
+PY=$TOOLS/kafka-venv/bin/python
+[ -x "$TANSU" ] || { echo "$0: $TANSU is not installed (scripts/install-kafka-tools)" >&2; exit 1; }
+"$PY" -c "import confluent_kafka" 2>/dev/null ||
+  { echo "$0: confluent-kafka is not installed in $TOOLS/kafka-venv (scripts/install-kafka-tools)" >&2; exit 1; }
+
+[ "$BUILD" = 1 ] && cargo build --release --bins -q
+BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
+STATE=$(mktemp -d)
+track_path "$STATE"
+RESULTS=$STATE/results
+NODE_NS=()
+AGENTS=()
+ns_pids() { local ns; for ns in "${NODE_NS[@]}"; do ip netns pids "$ns" 2>/dev/null; done; }
+kafka_cleanup() {
+  set +e
+  # The agents first: a supervisor still running would start a new proxy for one stopped.
+  local pid
+  for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${AGENTS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  # The proxy (a session of its own) is no child of this script: stop whatever is left in the
+  # node namespaces this run made, before they are deleted.
+  for _ in 1 2 3; do
+    left=$(ns_pids)
+    [ -z "$left" ] && break
+    for pid in $left; do kill "$pid" 2>/dev/null; done
+    for _ in $(seq 20); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
+    for pid in $(ns_pids); do kill -9 "$pid" 2>/dev/null; done
+    sleep 0.2
+  done
+  cb_cleanup
+}
+trap kafka_cleanup EXIT
+trap "exit 130" INT TERM # so that a signal still cleans up
+
+# node <name> <pod-cidr>: a node namespace with its agent; sets SOCK_<name>.
+node() {
+  local n=$1 ns=$RUN-$1
+  mkns "$ns"
+  NODE_NS+=("$ns")
+  ip -n "$ns" link set lo up
+  mkdir -p "$STATE/$n"
+  start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$2" --hubble-socket "$STATE/$n/hubble.sock"
+  AGENTS+=("$AGENT_PID")
+  printf -v "SOCK_$n" %s "$STATE/$n/agent.sock"
+}
+# pod <node> <name> <labels>: a pod by CNI ADD in the namespace made beforehand; prints its IP.
+pod() {
+  local ns=$RUN-$1-$2 sock
+  sock=$STATE/$1/agent.sock
+  CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1-$2 CNI_NETNS=/var/run/netns/$ns CNI_IFNAME=eth0 \
+  CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$2;CILIATE_LABELS=$3" CNI_PATH=/opt/cni/bin \
+    in_ns "$RUN-$1" "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$sock\"}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'
+}
+
+node x 10.252.8.0/24
+node y 10.252.12.0/24
+for n in x y; do for p in broker client; do mkns "$RUN-$n-$p"; done; done
+X_BROKER=$(pod x broker app=broker)
+pod x client app=client >/dev/null
+Y_BROKER=$(pod y broker app=broker)
+pod y client app=client >/dev/null
+
+cat >"$STATE/y/kafka.yaml" <<'YAML'
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-kafka, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: broker}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {role: produce, topic: bench}
+YAML
+"$BIN/ciliate" --socket "$SOCK_y" apply -f "$STATE/y/kafka.yaml" >/dev/null
+
+# The brokers: Tansu in each broker pod, advertising the pod's address (clients come back to
+# it after the bootstrap metadata, through the proxy on node Y), with the topic made from the
+# broker's own pod (creating topics is no part of the policy measured).
+for n in x y; do
+  ip=X_BROKER
+  [ "$n" = y ] && ip=Y_BROKER
+  pin_server nsenter --net=/var/run/netns/"$RUN-$n-broker" "$TANSU" broker \
+    --listener-url "tcp://${!ip}:9092" --advertised-listener-url "tcp://${!ip}:9092" \
+    --storage-engine memory://tansu/ >"$STATE/tansu-$n.log" 2>&1 &
+  track $!
+done
+for n in x y; do
+  ip=X_BROKER
+  [ "$n" = y ] && ip=Y_BROKER
+  made=0
+  for _ in $(seq 100); do
+    if in_ns "$RUN-$n-broker" "$TANSU" topic create bench --broker "tcp://${!ip}:9092" --partitions 1 \
+      >>"$STATE/topic-$n.log" 2>&1; then made=1; break; fi
+    sleep 0.2
+  done
+  [ "$made" = 1 ] || { echo "$0: cannot create topic bench on node $n's broker: $(tail -5 "$STATE/topic-$n.log")" >&2; exit 1; }
+done
+
+# The producer: 1 KiB messages for $1 seconds (0: 20 messages, a check), then every message
+# delivered; prints "delivered failed seconds".
+cat >"$STATE/produce.py" <<'PY'
+import sys, time
+from confluent_kafka import Producer
+broker, secs = sys.argv[1], float(sys.argv[2])
+p = Producer({"bootstrap.servers": broker, "acks": 1, "linger.ms": 5,
+              "batch.num.messages": 10000, "queue.buffering.max.messages": 100000,
+              "message.timeout.ms": 30000})
+msg = b"m" * 1024
+count = {"ok": 0, "failed": 0, "error": ""}
+def delivered(err, _m):
+    if err is None:
+        count["ok"] += 1
+    else:
+        count["failed"] += 1
+        count["error"] = str(err)
+start = time.monotonic()
+end = start + secs
+sent = 0
+while (time.monotonic() < end) if secs > 0 else (sent < 20):
+    try:
+        p.produce("bench", msg, on_delivery=delivered)
+        sent += 1
+    except BufferError:
+        p.poll(0.005)
+        continue
+    if sent % 1000 == 0:
+        p.poll(0)
+left = p.flush(60)
+elapsed = time.monotonic() - start
+print(count["ok"], count["failed"] + left, f"{elapsed:.3f}")
+if count["error"]:
+    print("last error:", count["error"], file=sys.stderr)
+PY
+declare -A DST=(
+  [direct]="$RUN-x-client $X_BROKER"
+  [proxy]="$RUN-y-client $Y_BROKER"
+)
+produce() { # path secs: "delivered failed seconds"
+  local ns ip
+  read -r ns ip <<<"${DST[$1]}"
+  pin_client nsenter --net=/var/run/netns/"$ns" "$PY" "$STATE/produce.py" "$ip:9092" "$2" 2>>"$STATE/produce.log"
+}
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+proxy_pid() {
+  local pid
+  for pid in $(ip netns pids "$RUN-y"); do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = ciliate-proxy ] && { echo "$pid"; return; }
+  done
+}
+kafka_flows() { # node: Kafka flows its observer holds
+  "$BIN/ciliate" observe --hubble-socket "$STATE/$1/hubble.sock" --protocol kafka --last 100000 -o json 2>/dev/null |
+    grep -c '"kafka"' || true
+}
+
+# Both paths deliver (the proxy's first connection may wait for the redirect to be in force),
+# and each goes where it should: the proxied one through the Kafka proxy (Kafka flows in
+# node Y's observer), the direct one not.
+for p in direct proxy; do
+  ok=0
+  for _ in $(seq 30); do
+    read -r done failed _ <<<"$(produce "$p" 0)" || true
+    [ "${done:-0}" -ge 20 ] && [ "${failed:-1}" = 0 ] && { ok=1; break; }
+    sleep 0.5
+  done
+  [ "$ok" = 1 ] || { echo "$0: path $p does not deliver: $(tail -5 "$STATE/produce.log")" >&2; exit 1; }
+done
+[ "$(kafka_flows y)" -gt 0 ] || { echo "$0: the proxied path's requests are not in node Y's Kafka flows: not through the Kafka proxy" >&2; exit 1; }
+[ "$(kafka_flows x)" = 0 ] || { echo "$0: the direct path went through a Kafka proxy" >&2; exit 1; }
+
+: >"$RESULTS"
+for round in $(seq "$RUNS"); do
+  echo "round $round of $RUNS..." >&2
+  for p in direct proxy; do
+    ppid=$(proxy_pid)
+    c0_proxy=$(cpu_s "$ppid"); c0_agent=$(cpu_s "${AGENTS[1]}")
+    read -r done failed secs <<<"$(produce "$p" "$SECS")"
+    c1_proxy=$(cpu_s "$ppid"); c1_agent=$(cpu_s "${AGENTS[1]}")
+    mb=$(python3 -c "print($done * 1024 / 1e6)")
+    echo "msgs $p $(python3 -c "print($done / $secs)")" >>"$RESULTS"
+    echo "mbs $p $(python3 -c "print($mb / $secs)")" >>"$RESULTS"
+    echo "failed $p $failed" >>"$RESULTS"
+    if [ "$p" = proxy ]; then
+      echo "proxy-cpu $p $(python3 -c "print(1e3 * ($c1_proxy - $c0_proxy) / max($mb, 1e-9))")" >>"$RESULTS"
+      echo "agent-cpu $p $(python3 -c "print(1e3 * ($c1_agent - $c0_agent) / max($mb, 1e-9))")" >>"$RESULTS"
+    fi
+  done
+done
+
+printf '\nKafka produce, 1 KiB messages, acks=1, linger.ms=5 (librdkafka %s), Tansu, one partition, %s s per measurement; %s; load %s\n\n' \
+  "$("$PY" -c 'import confluent_kafka; print(confluent_kafka.libversion()[0])')" "$SECS" "$(pinning)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    m, p, v = line.split()
+    rows.setdefault((m, p), []).append(float(v))
+def med(m, p):
+    v = rows.get((m, p))
+    return statistics.median(v) if v else None
+def cell(m, p, fmt):
+    v = rows.get((m, p))
+    if not v:
+        return "-"
+    return f"{fmt.format(statistics.median(v))} [{fmt.format(min(v))}-{fmt.format(max(v))}]"
+w = 28
+print(f"{'median [min-max]':34}" + "".join(f"{p:>{w}}" for p in ["direct", "proxy"]))
+for m, label, fmt in [("msgs", "messages/s delivered", "{:,.0f}"),
+                      ("mbs", "MB/s delivered", "{:,.1f}"),
+                      ("failed", "messages failed", "{:,.0f}"),
+                      ("proxy-cpu", "proxy CPU ms per MB", "{:.2f}"),
+                      ("agent-cpu", "agent CPU ms per MB", "{:.2f}")]:
+    print(f"{label:34}" + "".join(f"{cell(m, p, fmt):>{w}}" for p in ["direct", "proxy"]))
+print(f"({len(rows.get(('msgs', 'direct'), []))} rounds, interleaved in the order above)\n")
+a, b = med("msgs", "direct"), med("msgs", "proxy")
+ratio = f"{b / a:.2f}" if a and b is not None else "-"
+print(f"{'proxy vs direct (medians)':44}{'value':>10}   goal")
+print(f"{'produce throughput, ratio':44}{ratio:>10}   >= 0.9")
+failed = sum(sum(v) for (m, _), v in rows.items() if m == "failed")
+if failed:
+    print(f"NOTE: {failed:.0f} messages were not delivered")
+    sys.exit(1)
+PY
