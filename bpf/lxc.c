@@ -307,8 +307,9 @@ int from_container(struct __sk_buff *skb)
 		int hairpin = rc == LB_XLATED && dst->ifindex == self->ifindex;
 
 		/* The destination's to-endpoint event reports the packet too: this one only at
-		 * monitor aggregation "none", as Cilium. */
-		if (report && (trace_flags() & NODE_F_TRACE_FROM))
+		 * monitor aggregation "none", as Cilium, or when the packet was addressed to a
+		 * Service, which only this side knows (the destination's event cannot name it). */
+		if (report && (svc || (trace_flags() & NODE_F_TRACE_FROM)))
 			emit_rule(skb, EVENT_TRACE, TRACE_FROM_LXC, ep_id, src_id, dst_id, ct, svc,
 				  rule);
 		/* The pod reached itself through a Service: it would drop a packet from its own

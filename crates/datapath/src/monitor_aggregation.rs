@@ -15,7 +15,8 @@ pub enum MonitorAggregation {
     None,
     /// `lowest` / `low`: every packet, only where it is handed on.
     Low,
-    /// `medium` (Cilium's default; `maximum` too): only where a packet is handed on, and only
+    /// `medium` (Cilium's default; `maximum` too): only where a packet is handed on (and
+    /// from-endpoint for a packet addressed to a Service, which only that side names), and only
     /// packets that matter to its connection: the first, the first reply, a TCP flag (SYN,
     /// FIN, RST) new in its direction.
     #[default]

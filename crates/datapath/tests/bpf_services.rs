@@ -438,3 +438,28 @@ fn a_pods_address_is_never_looked_up_as_a_service_frontend() {
     let (_, out) = h.run("from_container", &tcp_ok(POD_A, 47101, VIP, 80, SYN));
     assert_eq!(dst_of(&out), (BACKENDS[1], 8080));
 }
+
+#[test]
+fn a_local_backends_connection_is_traced_from_endpoint_naming_the_service() {
+    privileged!();
+    let mut h = Harness::new();
+    // Monitor aggregation "medium" (the default) leaves a same-node packet to the
+    // destination's to-endpoint trace, but that side cannot name the Service: the sender's
+    // from-endpoint trace does, for packets addressed to one.
+    h.set_lb(&service(&BACKENDS[..1], None, L4Proto::Tcp));
+    h.events();
+    let (_, out) = h.run("from_container", &tcp_ok(POD_A, 47200, VIP, 80, SYN));
+    assert_eq!(dst_of(&out), (POD_B, 8080));
+    h.run("from_container", &tcp_ok(POD_A, 47201, POD_B, 8080, SYN));
+    let traces: Vec<(u8, u16)> = h
+        .events()
+        .iter()
+        .filter(|e| e.kind == abi::EVENT_TRACE)
+        .map(|e| (e.code, e.rev_nat))
+        .collect();
+    assert_eq!(
+        traces,
+        vec![(5, 5)],
+        "from-endpoint, Service 5; none for the direct SYN"
+    );
+}
