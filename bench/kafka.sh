@@ -58,59 +58,10 @@ PY=$TOOLS/kafka-venv/bin/python
 
 [ "$BUILD" = 1 ] && cargo build --release --bins -q
 BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
-STATE=$(mktemp -d)
-track_path "$STATE"
-RESULTS=$STATE/results
-NODE_NS=()
-AGENTS=()
-ns_pids() { local ns; for ns in "${NODE_NS[@]}"; do ip netns pids "$ns" 2>/dev/null; done; }
-kafka_cleanup() {
-  set +e
-  # The agents first: a supervisor still running would start a new proxy for one stopped.
-  local pid
-  for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${AGENTS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null
-  done
-  # The proxy (a session of its own) is no child of this script: stop whatever is left in the
-  # node namespaces this run made, before they are deleted.
-  for _ in 1 2 3; do
-    left=$(ns_pids)
-    [ -z "$left" ] && break
-    for pid in $left; do kill "$pid" 2>/dev/null; done
-    for _ in $(seq 20); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
-    for pid in $(ns_pids); do kill -9 "$pid" 2>/dev/null; done
-    sleep 0.2
-  done
-  cb_cleanup
-}
-trap kafka_cleanup EXIT
-trap "exit 130" INT TERM # so that a signal still cleans up
+nodes_init
 
-# node <name> <pod-cidr>: a node namespace with its agent; sets SOCK_<name>.
-node() {
-  local n=$1 ns=$RUN-$1
-  mkns "$ns"
-  NODE_NS+=("$ns")
-  ip -n "$ns" link set lo up
-  mkdir -p "$STATE/$n"
-  start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$2" --hubble-socket "$STATE/$n/hubble.sock"
-  AGENTS+=("$AGENT_PID")
-  printf -v "SOCK_$n" %s "$STATE/$n/agent.sock"
-}
-# pod <node> <name> <labels>: a pod by CNI ADD in the namespace made beforehand; prints its IP.
-pod() {
-  local ns=$RUN-$1-$2 sock
-  sock=$STATE/$1/agent.sock
-  CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1-$2 CNI_NETNS=/var/run/netns/$ns CNI_IFNAME=eth0 \
-  CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$2;CILIATE_LABELS=$3" CNI_PATH=/opt/cni/bin \
-    in_ns "$RUN-$1" "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$sock\"}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'
-}
-
-node x 10.252.8.0/24
-node y 10.252.12.0/24
+node x 10.252.8.0/24 - --hubble-socket "$STATE/x/hubble.sock"
+node y 10.252.12.0/24 - --hubble-socket "$STATE/y/hubble.sock"
 for n in x y; do for p in broker client; do mkns "$RUN-$n-$p"; done; done
 X_BROKER=$(pod x broker app=broker)
 pod x client app=client >/dev/null

@@ -77,6 +77,68 @@ start_agent() {
   "$BIN/ciliate" --socket "$state/agent.sock" status --wait --wait-duration 20s >/dev/null
 }
 
+# Benches of two node namespaces x and y, each with an agent whose L7 proxy serves its pods
+# (l7.sh, dns.sh, kafka.sh). nodes_init makes STATE (removed on exit) and RESULTS, and on exit
+# stops the agents first (a supervisor still running would start a new proxy for one stopped),
+# then whatever is left in the node namespaces (the proxy runs in a session of its own, so it is
+# no child of this script; so do nginx's workers), then the rest through cb_cleanup.
+NODE_NS=()
+AGENTS=()
+nodes_init() {
+  STATE=$(mktemp -d)
+  track_path "$STATE"
+  RESULTS=$STATE/results
+  trap nodes_cleanup EXIT
+  trap "exit 130" INT TERM # so that a signal still cleans up
+}
+ns_pids() { local ns; for ns in "${NODE_NS[@]}"; do ip netns pids "$ns" 2>/dev/null; done; }
+nodes_cleanup() {
+  set +e
+  local pid left
+  for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${AGENTS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  for _ in 1 2 3; do
+    left=$(ns_pids)
+    [ -z "$left" ] && break
+    for pid in $left; do kill "$pid" 2>/dev/null; done
+    for _ in $(seq 20); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
+    for pid in $(ns_pids); do kill -9 "$pid" 2>/dev/null; done
+    sleep 0.2
+  done
+  cb_cleanup
+}
+
+# node <name> <pod-cidr> <address|-> [agent flags...]: a node namespace with its agent; sets
+# SOCK_<name>. With an address the node has one of its own on lo, as a real node does (the DNS
+# proxy asks resolvers from it; nginx listens on it).
+node() {
+  local n=$1 ns=$RUN-$1 cidr=$2 addr=$3
+  shift 3
+  mkns "$ns"
+  NODE_NS+=("$ns")
+  ip -n "$ns" link set lo up
+  [ "$addr" = - ] || ip -n "$ns" addr add "$addr/32" dev lo
+  mkdir -p "$STATE/$n"
+  start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$cidr" "$@"
+  AGENTS+=("$AGENT_PID")
+  printf -v "SOCK_$n" %s "$STATE/$n/agent.sock"
+}
+
+# pod <node> <name> <labels>: a pod by CNI ADD in the namespace $RUN-<node>-<name> made
+# beforehand (mkns must not run in the $(...) that takes the IP: what it records would be
+# lost); prints its IP.
+pod() {
+  local ns=$RUN-$1-$2 sock
+  sock=$STATE/$1/agent.sock
+  CNI_COMMAND=ADD CNI_CONTAINERID=$RUN-$1-$2 CNI_NETNS=/var/run/netns/$ns CNI_IFNAME=eth0 \
+  CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$2;CILIATE_LABELS=$3" CNI_PATH=/opt/cni/bin \
+    in_ns "$RUN-$1" "$BIN/ciliate-cni" <<<"{\"cniVersion\":\"1.0.0\",\"name\":\"ciliate\",\"type\":\"ciliate-cni\",\"agentSocket\":\"$sock\"}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'
+}
+
 # Process $1's RSS in MB by kind of mapping: its executable (code and read-only data, pages of
 # the file: shared and evictable, but counted), BPF maps mapped into it (the event ring, its data
 # pages mapped twice), anonymous memory (heap, malloc arenas, stacks) and shared libraries.
