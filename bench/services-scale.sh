@@ -282,7 +282,13 @@ stop_agent() {
   fi
   ms_since "$t0"
 }
-gone() { ! [ -e /proc/"$1" ] || [ "$(awk '{print $3}' /proc/"$1"/stat 2>/dev/null)" = Z ]; }
+# Gone: no such process, a zombie, or its stat unreadable (it vanished between the two looks;
+# reading "" there once made a process that had exited look alive).
+gone() {
+  local st
+  st=$(awk '{print $3}' /proc/"$1"/stat 2>/dev/null) || return 0
+  [ -z "$st" ] || [ "$st" = Z ]
+}
 # Everything of this agent goes now (cleanup would at exit): one round's pins and state at a
 # time.
 remove_agent() {
