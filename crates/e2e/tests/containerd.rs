@@ -884,23 +884,7 @@ fn containerd_runs_pods_wired_by_ciliate_cni_through_the_cri() {
     });
 
     // Nothing of the pods is left in the agent, the node's namespace or the datapath.
-    let mut links = node.links();
-    links.sort();
-    let mut base = base_links.clone();
-    base.sort();
-    assert_eq!(links, base, "links left in the node namespace");
-    assert_eq!(node.endpoint_count(), 0, "endpoints left");
-    assert_eq!(node.ipam_allocated(), 0, "addresses left allocated");
-    assert!(
-        node.link_pins().is_empty(),
-        "link pins: {:?}",
-        node.link_pins()
-    );
-    assert_eq!(
-        node.map_entries("cil_lxc_ifx"),
-        0,
-        "endpoint map entries left"
-    );
+    node.assert_no_pod_left(&base_links);
     assert!(
         cgroups_left(&ctd.cgroup_parent)
             .iter()

@@ -14,26 +14,6 @@ use ciliate_testutil::{privileged, TestNetns};
 use common::{Node, Pod};
 use serde_json::Value;
 
-fn assert_clean(node: &Node, base_links: &[String]) {
-    let mut links = node.links();
-    links.sort();
-    let mut base = base_links.to_vec();
-    base.sort();
-    assert_eq!(links, base, "links left in the node namespace");
-    assert_eq!(node.endpoint_count(), 0, "endpoints left");
-    assert_eq!(node.ipam_allocated(), 0, "addresses left allocated");
-    assert!(
-        node.link_pins().is_empty(),
-        "link pins left: {:?}",
-        node.link_pins()
-    );
-    assert_eq!(
-        node.map_entries("cil_lxc_ifx"),
-        0,
-        "endpoint map entries left"
-    );
-}
-
 #[test]
 fn two_pods_talk_through_the_datapath_and_leave_nothing_behind() {
     privileged!();
@@ -136,7 +116,7 @@ fn two_pods_talk_through_the_datapath_and_leave_nothing_behind() {
         // DEL is idempotent.
         assert!(node.del_pod(p).ok, "second DEL");
     }
-    assert_clean(&node, &base_links);
+    node.assert_no_pod_left(&base_links);
 }
 
 fn with_prev_result(config: &str, result: &Value) -> String {
@@ -236,7 +216,7 @@ fn bad_add_requests_get_spec_errors_and_leave_no_trace() {
 
     assert!(node.del_pod(&existing).ok);
     assert!(node.del_pod(&other).ok);
-    assert_clean(&node, &base_links);
+    node.assert_no_pod_left(&base_links);
 }
 
 #[test]
@@ -321,7 +301,7 @@ fn two_hundred_add_del_cycles_leak_nothing() {
     }
     eprintln!("200 ADD/DEL cycles in {:?}", started.elapsed());
     // A /28 holds 13 pod addresses: 200 cycles only pass if every address came back.
-    assert_clean(&node, &base_links);
+    node.assert_no_pod_left(&base_links);
 }
 
 #[test]

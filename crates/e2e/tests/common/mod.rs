@@ -384,6 +384,26 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Asserts that nothing of any pod is left: links in the node's namespace are exactly
+    /// `base_links` (those before the first pod), and no endpoint, allocated address, link
+    /// pin or endpoint map entry remains.
+    pub fn assert_no_pod_left(&self, base_links: &[String]) {
+        let mut links = self.links();
+        links.sort();
+        let mut base = base_links.to_vec();
+        base.sort();
+        assert_eq!(links, base, "links left in the node namespace");
+        assert_eq!(self.endpoint_count(), 0, "endpoints left");
+        assert_eq!(self.ipam_allocated(), 0, "addresses left allocated");
+        let pins = self.link_pins();
+        assert!(pins.is_empty(), "link pins left: {pins:?}");
+        assert_eq!(
+            self.map_entries("cil_lxc_ifx"),
+            0,
+            "endpoint map entries left"
+        );
+    }
+
     /// Entries in use of a map, as `ciliate status` reports it.
     pub fn map_entries(&self, map: &str) -> u64 {
         let st = self.cli_json(&["status"]);
