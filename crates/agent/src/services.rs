@@ -1100,9 +1100,7 @@ impl ServiceManager {
 
     /// The Service of the frontend with reverse-NAT index `index` (what flows name).
     pub fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
-        read(&self.tables)
-            .balancer
-            .service_by_rev_nat(index)
+        read(&self.tables).balancer.service_by_rev_nat(index)
     }
 
     /// The Service of a frontend.

@@ -38,7 +38,8 @@ fn objects() -> Vec<Arc<Object>> {
             .expect("Service"),
         )));
         out.push(Arc::new(Object::EndpointSlice(
-            serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            serde_json::from_value(
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": format!("{name}-a"), "namespace": "bench",
                              "labels": {"kubernetes.io/service-name": name}},
                 "addressType": "IPv4",
@@ -46,7 +47,8 @@ fn objects() -> Vec<Arc<Object>> {
                 "endpoints": [
                     {"addresses": [ip(0x0A80_0000, 2 * i)], "conditions": {"ready": true}},
                     {"addresses": [ip(0x0A80_0000, 2 * i + 1)], "conditions": {"ready": true}}
-                ]}))
+                ]}),
+            )
             .expect("EndpointSlice"),
         )));
     }
@@ -79,8 +81,15 @@ fn heap_per_service_and_returned_on_delete() {
     let left = live() - base;
     println!("after deleting all: {left} B held");
     // Emptied tables give their room back (what stays is a few empty maps).
-    assert!(left < 64 * 1024, "{left} B still held after deleting every Service");
+    assert!(
+        left < 64 * 1024,
+        "{left} B still held after deleting every Service"
+    );
     // What the balancer holds per Service, besides the objects: a ceiling that catches a
     // table copied again (it was 1,700 B before names were shared).
-    assert!(held / i64::from(N) < 2_048, "{} B per Service", held / i64::from(N));
+    assert!(
+        held / i64::from(N) < 2_048,
+        "{} B per Service",
+        held / i64::from(N)
+    );
 }
