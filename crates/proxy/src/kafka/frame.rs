@@ -139,8 +139,21 @@ impl FrameReader {
         }
     }
 
+    /// The next frame, whole (however large); `Ok(None)` when the peer closed cleanly
+    /// between frames.
+    pub async fn next_whole<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<Bytes>, FrameError> {
+        match self.next(r, usize::MAX).await? {
+            Some(Frame::Whole(p)) => Ok(Some(p)),
+            Some(Frame::Head { head, rest }) => self.read_rest(r, head, rest).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The whole payload of a frame handed out as [`Frame::Head`]: `head` and the `rest`
-    /// bytes read from `r` (the buffer growing with what arrives, as [`read_frame`]'s).
+    /// bytes read from `r` (the buffer growing by at most [`GROW_STEP`] beyond what arrived).
     pub async fn read_rest<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
@@ -168,48 +181,6 @@ impl FrameReader {
     }
 }
 
-/// Reads one frame's payload (without its size); `Ok(None)` when the peer closed cleanly
-/// between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> Result<Option<Bytes>, FrameError> {
-    let mut size = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = r.read(&mut size[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated { got, want: 4 })
-            };
-        }
-        got += n;
-    }
-    let size = i32::from_be_bytes(size);
-    let want = usize::try_from(size)
-        .ok()
-        .filter(|s| *s <= max)
-        .ok_or(FrameError::Size {
-            size: i64::from(size),
-            max,
-        })?;
-    let mut buf = BytesMut::new();
-    while buf.len() < want {
-        let step = (want - buf.len()).min(GROW_STEP);
-        buf.reserve(step);
-        let n = (&mut *r).take(step as u64).read_buf(&mut buf).await?;
-        if n == 0 {
-            return Err(FrameError::Truncated {
-                got: buf.len(),
-                want,
-            });
-        }
-    }
-    Ok(Some(buf.freeze()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,9 +192,10 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let mut r = input;
+            let mut frames = FrameReader::new(max);
             let mut out = Vec::new();
             loop {
-                match read_frame(&mut r, max).await {
+                match frames.next_whole(&mut r).await {
                     Ok(Some(f)) => out.push(f),
                     Ok(None) => return (out, None),
                     Err(e) => return (out, Some(e.to_string())),
@@ -380,8 +352,7 @@ mod tests {
             }
         }
 
-        /// Any bytes: never a panic, and the frames read are the well-formed prefix (as
-        /// `read_frame`'s).
+        /// Any bytes: never a panic, and the frames read in pieces are those read at once.
         #[test]
         fn reader_random_bytes(input in proptest::collection::vec(any::<u8>(), 0..512), sizes in proptest::collection::vec(1usize..64, 1..4)) {
             let (f, _) = frames(&input, 1 << 20);
@@ -412,7 +383,7 @@ mod tests {
             input.extend(&body);
             let r = rt.block_on(async {
                 let mut r = &input[..];
-                read_frame(&mut r, usize::MAX).await
+                FrameReader::new(usize::MAX).next_whole(&mut r).await
             });
             match r {
                 Err(FrameError::Truncated { got, want }) => {

@@ -436,6 +436,8 @@ async fn write_responses(conn: Arc<Conn>, slots: mpsc::Receiver<Slot>, mut clien
 
 async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut OwnedWriteHalf) {
     let mut upstream: Option<OwnedReadHalf> = None;
+    // Responses are read whole (a size and a small body in one read, as often as not).
+    let mut responses = FrameReader::new(conn.max_frame);
     while let Some(slot) = slots.recv().await {
         let (bytes, mut rec, start) = match slot {
             Slot::Upstream(rd) => {
@@ -452,7 +454,7 @@ async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut Owne
                     conn.error("no upstream connection for a forwarded request".into());
                     return;
                 };
-                match frame::read_frame(up, conn.max_frame).await {
+                match responses.next_whole(up).await {
                     Ok(Some(payload)) => {
                         rec.error_code =
                             response::error_code(key, rec.api_version, payload.clone());
