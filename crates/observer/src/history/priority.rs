@@ -15,6 +15,11 @@
 //! ordinary class until it has caught up, and keeps up as well as it did before. When the
 //! class cannot be changed (no `CAP_SYS_NICE` to leave `SCHED_IDLE`), it is logged once and
 //! left as it is.
+//!
+//! A change of class also resets the thread's scheduler slice to the kernel's default (the
+//! agent's threads ask for 0.1 ms: `ciliate_proxy::sched`). In the background class the slice
+//! does not matter, since the writer gives way at once anyway; back in the ordinary class
+//! (a saturated machine) the writer runs with the default slice.
 
 use thread_priority::{
     set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
