@@ -22,8 +22,8 @@
 //! (a saturated machine) the writer runs with the default slice.
 
 use thread_priority::{
-    set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-    ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
+    set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+    ThreadPriorityOsValue, ThreadSchedulePolicy,
 };
 use tracing::warn;
 
@@ -106,7 +106,9 @@ mod tests {
                     !ciliate_testutil::privileged_required(),
                     "leaving SCHED_IDLE was refused, and CILIATE_REQUIRE_PRIVILEGED=1"
                 );
-                eprintln!("SKIPPED the return to SCHED_OTHER: not permitted here (needs CAP_SYS_NICE)");
+                eprintln!(
+                    "SKIPPED the return to SCHED_OTHER: not permitted here (needs CAP_SYS_NICE)"
+                );
                 return;
             }
             assert!(!p.background());
