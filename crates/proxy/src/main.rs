@@ -34,10 +34,10 @@ use tracing::{info, warn};
 /// destination for ingress) and the original destination port; the peer's identity comes from
 /// the pinned endpoint and ipcache maps.
 ///
-/// The agent drives it over the control socket, one JSON object per line: `ProxyCommand`s
-/// (`{"snapshot":{"revision":N,"redirects":[...]}}`, `{"endpoint":{...}}`) in, `ProxyEvent`s
-/// (`applied`, `rejected`, `http` records, `stats`) out. The policy stays in force when the
-/// agent disconnects.
+/// The agent drives it over the control socket: `ProxyCommand`s in, one JSON object per line
+/// (`{"snapshot":{"revision":N,"redirects":[...]}}`, `{"endpoint":{...}}`), `ProxyEvent`s out
+/// (`applied`, `rejected`, `stats` as JSON lines; HTTP, DNS and Kafka records as binary
+/// frames). The policy stays in force when the agent disconnects.
 ///
 /// DNS (`--listen egress:dns=FD` for TCP, `--dns-udp FD` for UDP): a query whose name no rule
 /// allows is answered REFUSED; an allowed one goes unchanged to the resolver the pod asked (from
