@@ -85,7 +85,11 @@ fn event() -> impl Strategy<Value = ProxyEvent> {
 fn split(frame: &[u8]) -> (u8, &[u8]) {
     let header: [u8; FRAME_HEADER] = frame[..FRAME_HEADER].try_into().unwrap();
     let len = frame_len(header).unwrap();
-    assert_eq!(len, frame.len() - FRAME_HEADER, "the header counts the payload");
+    assert_eq!(
+        len,
+        frame.len() - FRAME_HEADER,
+        "the header counts the payload"
+    );
     (frame[0], &frame[FRAME_HEADER..])
 }
 
@@ -169,7 +173,10 @@ fn bad_payloads_name_what_is_wrong() {
     let mut bad = payload.to_vec();
     bad[at] = 0xff;
     let err = decode_record(kind, &bad).unwrap_err().to_string();
-    assert!(err.starts_with("http record: field `method`: not UTF-8"), "{err}");
+    assert!(
+        err.starts_with("http record: field `method`: not UTF-8"),
+        "{err}"
+    );
 
     // A header count far beyond what the payload holds is refused before anything is
     // reserved for it.
