@@ -280,7 +280,14 @@ fn worker_thread(i: u16) -> std::io::Result<tokio::runtime::Handle> {
     let handle = rt.handle().clone();
     std::thread::Builder::new()
         .name(format!("proxy-{i}"))
-        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        .spawn(move || {
+            // Threads inherit the main thread's (DNS) slice: the HTTP threads keep the
+            // kernel's default, as before the DNS slice.
+            if let Err(e) = ciliate_proxy::sched::set_thread_slice(Duration::ZERO) {
+                warn!(thread = i, error = %e, "scheduler slice");
+            }
+            rt.block_on(std::future::pending::<()>())
+        })?;
     Ok(handle)
 }
 
