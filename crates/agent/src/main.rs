@@ -27,13 +27,6 @@ fn main() -> ExitCode {
         eprintln!("ciliate-agent: {e}");
         return ExitCode::from(2);
     }
-    // Before any thread exists, so that every thread (and the L7 proxy it starts) inherits
-    // it: the agent's bursts of work (a batch of the proxy's records, a policy computation)
-    // give way to pods and the proxy within 0.1 ms instead of the kernel's default 1.5 ms
-    // slice (see ciliate_proxy::sched).
-    if let Err(e) = ciliate_proxy::sched::set_thread_slice(ciliate_proxy::sched::AGENT_SLICE) {
-        info!(error = %e, "keeping the kernel's default scheduler slice");
-    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -34,10 +34,10 @@ use tracing::{info, warn};
 /// destination for ingress) and the original destination port; the peer's identity comes from
 /// the pinned endpoint and ipcache maps.
 ///
-/// The agent drives it over the control socket, one JSON object per line: `ProxyCommand`s
-/// (`{"snapshot":{"revision":N,"redirects":[...]}}`, `{"endpoint":{...}}`) in, `ProxyEvent`s
-/// (`applied`, `rejected`, `http` records, `stats`) out. The policy stays in force when the
-/// agent disconnects.
+/// The agent drives it over the control socket: `ProxyCommand`s in, one JSON object per line
+/// (`{"snapshot":{"revision":N,"redirects":[...]}}`, `{"endpoint":{...}}`), `ProxyEvent`s out
+/// (`applied`, `rejected`, `stats` as JSON lines; HTTP, DNS and Kafka records as binary
+/// frames). The policy stays in force when the agent disconnects.
 ///
 /// DNS (`--listen egress:dns=FD` for TCP, `--dns-udp FD` for UDP): a query whose name no rule
 /// allows is answered REFUSED; an allowed one goes unchanged to the resolver the pod asked (from
@@ -280,7 +280,14 @@ fn worker_thread(i: u16) -> std::io::Result<tokio::runtime::Handle> {
     let handle = rt.handle().clone();
     std::thread::Builder::new()
         .name(format!("proxy-{i}"))
-        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        .spawn(move || {
+            // Threads inherit the main thread's (DNS) slice: the HTTP threads keep the
+            // kernel's default, as before the DNS slice.
+            if let Err(e) = ciliate_proxy::sched::set_thread_slice(Duration::ZERO) {
+                warn!(thread = i, error = %e, "scheduler slice");
+            }
+            rt.block_on(std::future::pending::<()>())
+        })?;
     Ok(handle)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Why: a query through the proxy wakes this thread twice (the pod's query, the resolver's
 //! answer). Linux's EEVDF scheduler lets the task running on a CPU finish its slice (0.75 ms
-//! times 1 + log2(CPUs): 1.5 ms on two CPUs) before a task that wakes there runs, unless the
+//! times 1 + log2(CPUs): 1.4 ms on the 2-CPU bench VM) before a task that wakes there runs, unless the
 //! waking task asks for a shorter slice than the running one's. The agent reads the proxy's
 //! records in bursts of a millisecond or more (a batch every few milliseconds); a query that
 //! arrives during one waited for its end, which was the DNS proxy's added p99 (about 2.6 ms
@@ -15,17 +15,14 @@
 //! wakeup and is waited on. It needs no privilege and changes nothing else (policy and nice
 //! stay). Older kernels ignore the field.
 //!
-//! The agent takes the shortest slice for all its threads ([`AGENT_SLICE`], set in its
-//! `main` before any thread exists, and inherited by the proxy it starts): the bursts are its
-//! own, and besides the proxy they held up the resolver and the pods on the same CPU (each
-//! query of the bench wakes four tasks; `perf sched` showed dnsmasq and dnsperf waiting
-//! behind the agent as well).
+//! Only the DNS thread asks for it. A short slice is what EEVDF gives latency: the task that
+//! has it wins the CPU at its wakeups, against everything with a longer slice. Giving it to
+//! the agent as well (tried: every agent thread at 0.1 ms) made dnsmasq and dnsperf wait
+//! behind the agent *more* often (`perf sched`: wakeups delayed over 0.3 ms mostly behind the
+//! agent 44 -> 71 and 28 -> 90), and the direct path's p99 worse, since the agent then
+//! preempted them at its own wakeups.
 
 use std::time::Duration;
-
-/// The agent's slice: the shortest, so that its bursts never hold a CPU long from a pod or the
-/// proxy.
-pub const AGENT_SLICE: Duration = Duration::from_micros(100);
 
 /// The kernel's bounds for a custom slice.
 const MIN_SLICE: Duration = Duration::from_micros(100);

@@ -16,10 +16,9 @@
 //! class cannot be changed (no `CAP_SYS_NICE` to leave `SCHED_IDLE`), it is logged once and
 //! left as it is.
 //!
-//! A change of class also resets the thread's scheduler slice to the kernel's default (the
-//! agent's threads ask for 0.1 ms: `ciliate_proxy::sched`). In the background class the slice
-//! does not matter, since the writer gives way at once anyway; back in the ordinary class
-//! (a saturated machine) the writer runs with the default slice.
+//! A change of class also resets the thread's scheduler slice to the kernel's default, which
+//! the agent's threads have anyway (only the DNS proxy's thread asks for a short one:
+//! `ciliate_proxy::sched`).
 
 use thread_priority::{
     set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
