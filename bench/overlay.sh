@@ -6,6 +6,10 @@
 #             by ciliate-cni, the BPF overlay (VNI = identity, bpf_redirect_peer on arrival)
 # (1) request/response on long-lived connections (RR) and connection rate (CRR) from a pod on
 # node 0 to a pod on node 1, runs alternating plain/ciliate so that load drift hits both alike;
+# For CRR, both paths' CPU time per connection of client and server together (the kernel's
+# work for a packet mostly runs inline in the sender's context, so this is the whole path's
+# cost, less exposed to other load than the rates); for ours also both agents' CPU and, with
+# kernel.bpf_stats_enabled=1 and bpftool, the BPF programs' run time.
 # (2) the time from a new pod's CNI ADD returning on node 1 until a pod on node 0 connects to it
 # (policy and ipcache in place on both sides), over --pods new pods: p50/p99.
 #
@@ -136,10 +140,14 @@ CIL_DST=$(cni_add 1 $OV-cp1 server)
 for pod in $OV-pp0 $OV-cp0; do
   in_ns "$pod" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
 done
-for pod in $OV-pp1 $OV-cp1; do
+declare -A SERVER
+for path in plain ciliate; do
+  pod=$OV-pp1
+  [ "$path" = ciliate ] && pod=$OV-cp1
   # nsenter itself (not the in_ns function, which would fork a subshell) so that $! is the server.
   pin_server nsenter --net=/var/run/netns/"$pod" "$BIN/ciliate-bench" server --port 5001 >/dev/null 2>&1 &
   track $!
+  SERVER[$path]=$!
 done
 sleep 0.5
 in_ns $OV-pp0 "$BIN/ciliate-bench" rr --dst "$PLAIN_DST" --secs 1 >/dev/null # warm-up (ARP, routes)
@@ -155,6 +163,22 @@ agents_cpu_us() {
   done
   echo $((total * 1000000 / hz))
 }
+# CPU time (user + system) of process $1 in microseconds.
+proc_cpu_us() { awk -v hz="$(getconf CLK_TCK)" '{printf "%d", ($14 + $15) * 1000000 / hz}' "/proc/$1/stat"; }
+# Runs a client (its arguments); prints its output and writes its CPU time (user + system, in
+# microseconds) to $STATE/client-cpu. The kernel's work for a packet mostly runs in the
+# context of the process that sent it (softirqs run inline), so client + server CPU per
+# connection is the cost of the whole path, ours or plain, less exposed to other load than
+# the wall clock.
+run_client() {
+  local out
+  out=$("$@"; times >"$STATE/times")
+  awk 'NR == 2 {
+    split($1, u, /[ms]/); split($2, s, /[ms]/)
+    printf "%d", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 1000000
+  }' "$STATE/times" >"$STATE/client-cpu"
+  echo "$out"
+}
 record() { # path mode json
   echo "$2 $1 $(field "$3" per_second)" >>"$RESULTS"
   echo "$2-p50 $1 $(field "$3" p50_us)" >>"$RESULTS"
@@ -163,14 +187,21 @@ record() { # path mode json
 for round in $(seq "$RUNS"); do
   for mode in rr crr; do
     echo "round $round of $RUNS: $mode plain, then ciliate..." >&2
-    record plain "$mode" "$(pin_client nsenter --net=/var/run/netns/"$OV-pp0" "$BIN/ciliate-bench" "$mode" --dst "$PLAIN_DST" --secs "$SECS")"
+    srv0=$(proc_cpu_us "${SERVER[plain]}")
+    out=$(run_client pin_client nsenter --net=/var/run/netns/"$OV-pp0" "$BIN/ciliate-bench" "$mode" --dst "$PLAIN_DST" --secs "$SECS")
+    srv1=$(proc_cpu_us "${SERVER[plain]}")
+    record plain "$mode" "$out"
+    if [ "$mode" = crr ]; then echo "path-cpu plain $(python3 -c "print(($(cat "$STATE/client-cpu") + $srv1 - $srv0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"; fi
     cpu0=$(agents_cpu_us)
     bpf0=$(bpf_snapshot "$TAG-0" "$TAG-1")
-    out=$(pin_client nsenter --net=/var/run/netns/"$OV-cp0" "$BIN/ciliate-bench" "$mode" --dst "$CIL_DST" --secs "$SECS")
+    srv0=$(proc_cpu_us "${SERVER[ciliate]}")
+    out=$(run_client pin_client nsenter --net=/var/run/netns/"$OV-cp0" "$BIN/ciliate-bench" "$mode" --dst "$CIL_DST" --secs "$SECS")
+    srv1=$(proc_cpu_us "${SERVER[ciliate]}")
     bpf1=$(bpf_snapshot "$TAG-0" "$TAG-1")
     cpu1=$(agents_cpu_us)
     record ciliate "$mode" "$out"
     if [ "$mode" = crr ]; then
+      echo "path-cpu ciliate $(python3 -c "print(($(cat "$STATE/client-cpu") + $srv1 - $srv0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"
       echo "agent-cpu ciliate $(python3 -c "print(($cpu1 - $cpu0) / max(1, $(field "$out" transactions)))")" >>"$RESULTS"
       ns=$(bpf_account "$bpf0" "$bpf1" "$(field "$out" transactions)" "$STATE/bpf")
       [ -z "$ns" ] || echo "bpf-ns ciliate $ns" >>"$RESULTS"
@@ -181,6 +212,7 @@ printf '\nPod on node 0 -> pod on node 1 (plain: Linux VXLAN; ciliate: our overl
 summarize "$RESULTS" ciliate plain \
   "rr:request/response (RR) /s" "rr-p50:  p50 us" "rr-p99:  p99 us" \
   "crr:connections (CRR) /s" "crr-p50:  p50 us" "crr-p99:  p99 us" \
+  "path-cpu:CPU us per connection, client + server" \
   "agent-cpu:CPU us per connection, both agents" "bpf-ns:BPF ns per connection, both nodes"
 bpf_report "$STATE/bpf"
 

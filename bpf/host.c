@@ -13,6 +13,10 @@
  * policy ran on the pod's veth before, with the untranslated tuple, and recognise the reply
  * once translated back.
  *
+ * With the overlay on, from_netdev takes the overlay's VXLAN packets for this node's pods off
+ * the uplink itself (overlay_from_uplink, below) and to_netdev lets the overlay's own output
+ * (MARK_MAGIC_OVERLAY) by untouched.
+ *
  * With the overlay on, to_netdev also carries the node's own packets to pods of other nodes
  * (Cilium's host-to-remote-pod encapsulation): they go through the tunnel with the HOST
  * identity in the VNI, which the receiving node judges as remote-node (overlay.c), instead
@@ -303,6 +307,11 @@ int to_netdev(struct __sk_buff *skb)
 	__u64 now;
 	int rc;
 
+	/* A packet the overlay has just encapsulated (its mark says so) is the node's own
+	 * tunnel traffic to another node: neither to be tunnelled again nor masqueraded. It is
+	 * most of what crosses the uplink between pods of two nodes; it costs no parse. */
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_OVERLAY)
+		return TC_ACT_OK;
 	/* The node's own traffic is never ours to judge: anything odd passes. The packet is
 	 * parsed and its source looked up once, for both jobs. */
 	if (parse_ipv4(skb, &p) != 0)
@@ -350,15 +359,99 @@ int to_netdev(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+#define VXLAN_HLEN 8
+#define VXLAN_FLAG_VNI 0x08
+/* What a VXLAN packet carries before the inner IPv4 header, after the outer Ethernet one. */
+#define OVERLAY_OUTER_LEN \
+	(sizeof(struct iphdr) + sizeof(struct udphdr) + VXLAN_HLEN + ETH_HLEN)
+/* from_netdev: not the overlay's to take off the uplink. */
+#define UPLINK_NOT_OVERLAY -1
+
+/* A VXLAN packet from another node for a pod of this node, taken off the uplink here instead
+ * of through the tunnel device: decapsulated in place and handed to the pod's receiving side
+ * as from_overlay would (overlay_deliver; events still name the tunnel device). It skips what
+ * the device costs per packet (the outer packet's routing, the UDP socket, the device's
+ * metadata allocated and freed per packet, a second pass through the receive path). Only
+ * the common case: a plain IPv4 VXLAN packet (no options, no fragment, one segment) to one of
+ * the node's own addresses on the overlay's port, carrying an IPv4 packet for a local pod
+ * with a non-zero VNI. Anything else (the node's own traffic, an aggregated packet, a VNI of
+ * 0 to be dropped as from_overlay does) goes the device's way: UPLINK_NOT_OVERLAY. */
+static __always_inline int overlay_from_uplink(struct __sk_buff *skb,
+					       const struct node_config *cfg)
+{
+	__u16 port = cfg->flags >> NODE_TUNNEL_PORT_SHIFT;
+	struct endpoint_info *dst;
+	void *data, *data_end;
+	struct iphdr *ip, *inner;
+	struct udphdr *udp;
+	struct ethhdr *eth;
+	struct pkt4 p = {};
+	__u8 *vx;
+	__u32 vni;
+
+	if (!port || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IP))
+		return UPLINK_NOT_OVERLAY;
+	if (ensure_linear(skb, ETH_HLEN + OVERLAY_OUTER_LEN + sizeof(struct iphdr)) < 0)
+		return UPLINK_NOT_OVERLAY;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = data + ETH_HLEN;
+	udp = (void *)(ip + 1);
+	vx = (void *)(udp + 1);
+	inner = (void *)(vx + VXLAN_HLEN + ETH_HLEN);
+	if ((void *)(inner + 1) > data_end)
+		return UPLINK_NOT_OVERLAY;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
+	    udp->dest != bpf_htons(port) || vx[0] != VXLAN_FLAG_VNI ||
+	    ((struct ethhdr *)(vx + VXLAN_HLEN))->h_proto != bpf_htons(ETH_P_IP))
+		return UPLINK_NOT_OVERLAY;
+	vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
+	if (!vni)
+		return UPLINK_NOT_OVERLAY;
+	dst = bpf_map_lookup_elem(&cil_lxc4, &inner->daddr);
+	if (!dst)
+		return UPLINK_NOT_OVERLAY;
+	/* Addressed to this node (its addresses are HOST in the ipcache), as the device's
+	 * socket would take it; a packet the node routes on is not ours. */
+	if (ipcache_identity(ip->daddr) != IDENTITY_HOST)
+		return UPLINK_NOT_OVERLAY;
+	/* The outer headers go, the outer Ethernet header stays (delivery rewrites it). The
+	 * checksum state stays as the device's path leaves it: one level less for the UDP
+	 * header removed (its checksum is not the inner packet's). */
+	if (bpf_skb_adjust_room(skb, -(__s32)OVERLAY_OUTER_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_NO_CSUM_RESET) < 0)
+		return UPLINK_NOT_OVERLAY;
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
+	/* From here the packet is the inner one: anything odd in it is dropped as the device's
+	 * path drops it. */
+	if (parse_ipv4(skb, &p) != 0 || !(dst = bpf_map_lookup_elem(&cil_lxc4, &p.daddr)))
+		return drop_rule_on(skb, cfg->tunnel_ifindex, METRIC_INGRESS, DROP_INVALID, 0, 0,
+				    0, CT_NONE, 0, 0);
+	return overlay_deliver(skb, dst, &p, overlay_source_identity(vni), cfg->tunnel_ifindex);
+}
+
 SEC("classifier/from_netdev")
 int from_netdev(struct __sk_buff *skb)
 {
-	const struct node_config *cfg = masq_config();
+	const struct node_config *cfg;
 	struct snat_entry4 *back;
 	struct ct_key4 key = {};
 	struct pkt4 p = {};
+	__u32 zero = 0;
 
-	if (!cfg || skb->ifindex != cfg->masq_ifindex)
+	cfg = bpf_map_lookup_elem(&cil_node_cfg, &zero);
+	if (!cfg)
+		return TC_ACT_OK;
+	if (cfg->tunnel_ifindex) {
+		int rc = overlay_from_uplink(skb, cfg);
+
+		if (rc != UPLINK_NOT_OVERLAY)
+			return rc;
+	}
+	if (!(cfg->flags & NODE_F_MASQUERADE) || !cfg->masq_ipv4 ||
+	    skb->ifindex != cfg->masq_ifindex)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p) != 0 || p.fragment || p.daddr != cfg->masq_ipv4 ||
 	    !masq_proto(&p, 0))

@@ -24,18 +24,17 @@
 #include "ciliate/overlay.h"
 #include "ciliate/endpoint.h"
 
-/* Packets from other nodes, decapsulated. One for a pod of this node gets that pod's
- * receiving side here, judged by the identity the sender's node put in the VNI (HOST there
- * being remote-node here), and goes straight into the pod; anything else (the node's own
- * address) is left to the stack. */
+/* Packets from other nodes, decapsulated by the device: those the uplink did not take
+ * itself (host.c, from_netdev: anything but the common case). One for a pod of this node gets
+ * that pod's receiving side here, judged by the identity the sender's node put in the VNI
+ * (HOST there being remote-node here), and goes straight into the pod; anything else (the
+ * node's own address) is left to the stack. */
 SEC("classifier/from_overlay")
 int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct endpoint_info *dst;
-	struct proxy_ctx pc = {};
 	struct pkt4 p = {};
-	__u32 src_id;
 	int rc;
 
 	rc = parse_ipv4(skb, &p);
@@ -49,25 +48,8 @@ int from_overlay(struct __sk_buff *skb)
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 || key.tunnel_id == 0)
 		return drop(skb, METRIC_INGRESS, DROP_NO_TUNNEL_KEY, dst->ep_id, 0,
 			    dst->sec_identity, CT_NONE);
-	src_id = overlay_source_identity(key.tunnel_id);
-	rc = to_endpoint(skb, dst, &p, src_id, &pc);
-	if (rc != TC_ACT_OK)
-		return rc;
-	/* A remote client's connection for the pod's ingress proxy, or a reply to an upstream
-	 * connection the proxy here opened for one of this node's pods: to the proxy's socket
-	 * (this is an ingress hook, where the socket can be assigned directly). */
-	if (pc.redirect_port || pc.reply_to_proxy) {
-		rc = proxy_assign(skb, &p, pc.redirect_port);
-		if (rc)
-			return drop(skb, METRIC_INGRESS, rc, dst->ep_id, src_id,
-				    dst->sec_identity, CT_NONE);
-		return TC_ACT_OK;
-	}
-	rc = redirect_to_endpoint(skb, dst, 1);
-	if (rc < 0)
-		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, dst->ep_id, src_id,
-			    dst->sec_identity, CT_NONE);
-	return rc;
+	return overlay_deliver(skb, dst, &p, overlay_source_identity(key.tunnel_id),
+			       skb->ifindex);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

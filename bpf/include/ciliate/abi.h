@@ -28,10 +28,11 @@
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
 /* The agent maps the ring's data pages twice (so that a record never wraps), and all of it
- * counts in its RSS from the start: a 4 MB ring was 8 MB of the agent's RSS (issue #15). 2 MB
- * holds about 11,900 records (176 bytes with the ring's header): past the wakeup mark below,
- * still 100 ms at 100,000 records/s (10,000 new connections/s) for the reader to catch up. */
-#define EVENTS_RING_SIZE (2 * 1024 * 1024)
+ * counts in its RSS from the start: a 4 MB ring was 8 MB of the agent's RSS, 2 MB was 4 MB
+ * (issue #15). 1 MB holds about 5,900 records (176 bytes with the ring's header): past the
+ * wakeup mark below, 768 KB or ~100 ms at 11,000 new connections/s (4 records each) for the
+ * reader to catch up; bench/pod2pod.sh counts what a late reader loses. */
+#define EVENTS_RING_SIZE (1024 * 1024)
 /* Unread bytes in the ring past which an event wakes the reader at once. */
 #define EVENTS_WAKEUP_BYTES (256 * 1024)
 #define METRICS_MAP_SIZE 512
@@ -78,7 +79,7 @@ struct ct_key4 {
 #define CT_F_FROM_PROXY 0x20 /* the proxy opened it for a client: replies go to its socket */
 
 struct ct_entry4 {
-	__u64 expires; /* seconds on CLOCK_MONOTONIC (bpf_ktime_get_ns() / 1e9) */
+	__u64 expires; /* seconds on CLOCK_MONOTONIC (ct.h, now_secs) */
 	__u64 tx_packets;
 	__u64 tx_bytes;
 	__u64 rx_packets;
@@ -129,7 +130,7 @@ struct endpoint_info {
 /* What the programs need to know about their node, written by the agent at start. */
 struct node_config {
 	__u32 tunnel_ifindex; /* the VXLAN device in collect_md mode; 0 = no overlay */
-	__u32 flags;          /* NODE_F_* */
+	__u32 flags;          /* NODE_F_*; bits 16..31: the overlay's UDP port (0: unknown) */
 	__be32 masq_ipv4;     /* with NODE_F_MASQUERADE: the node address pods leave as */
 	__u32 masq_ifindex;   /* with NODE_F_MASQUERADE: the device it is done on */
 };
@@ -141,6 +142,10 @@ struct node_config {
  * (its first packet, its first reply, a TCP flag new in its direction). */
 #define NODE_F_TRACE_FROM 0x02  /* "none": also where a packet is taken from an endpoint */
 #define NODE_F_TRACE_EVERY 0x04 /* "none", "low(est)": every packet, not per connection */
+/* The UDP port of the VXLAN device, in the top half of node_config.flags (the struct keeps its
+ * size, so a pinned map of an earlier agent is still this map): with it from_netdev takes the
+ * overlay's packets for local pods off the uplink itself (host.c). */
+#define NODE_TUNNEL_PORT_SHIFT 16
 
 /* ---- Masquerading (host.c) ---- */
 
@@ -346,6 +351,12 @@ struct ipcache_entry {
  */
 #define MARK_MAGIC_MASK 0x0f00
 #define MARK_MAGIC_TO_PROXY 0x0200
+/* MARK_MAGIC_OVERLAY (0x0400, Cilium's): the datapath has handed the packet to the VXLAN
+ * device (overlay.h, encap_to_node). The mark stays on the encapsulated packet within the
+ * node's namespace, so to_netdev knows the node's tunnel packet on the uplink at a glance,
+ * without parsing it or looking it up. It matches no policy-routing rule (not the to-proxy
+ * magic) and the veth to the world clears it. */
+#define MARK_MAGIC_OVERLAY 0x0400
 #define MARK_MAGIC_PROXY_INGRESS 0x0a00
 #define MARK_MAGIC_PROXY_EGRESS 0x0b00
 #define MARK_IDENTITY_BIT24 0x1000

@@ -33,7 +33,17 @@ struct proxy_ctx {
 	__u8 pad;
 	__u16 redirect_port;  /* out: the original direction of a proxied connection: to the
 			       * proxy's socket, its listener on this port for a new one */
+	__u16 pad2;
+	__u32 ifindex;        /* in: the device events name; 0: the one the program runs on
+			       * (the uplink names the tunnel device for what it decapsulated) */
 };
+
+/* The device an endpoint's events name. */
+static __always_inline __u32 event_ifindex(const struct __sk_buff *skb,
+					   const struct proxy_ctx *pc)
+{
+	return pc->ifindex ? pc->ifindex : skb->ifindex;
+}
 
 /* Whether the proxy takes connections of `proto` in this direction: TCP (HTTP, Kafka, DNS)
  * both ways, UDP (DNS) only from an endpoint. A UDP "connection" is tracked like any other, so
@@ -131,8 +141,9 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, const struct end
 	    !proxy_takes(p->proto, egress))
 		verdict = DROP_PROXY_UNKNOWN_PROTO;
 	if (ct == CT_NEW && (verdict || (self->flags & enforced)))
-		emit_flags(skb, EVENT_POLICY_VERDICT, verdict, self->ep_id, src_id, dst_id, ct,
-			   res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out, res.rule);
+		emit_flags_on(skb, event_ifindex(skb, pc), EVENT_POLICY_VERDICT, verdict,
+			      self->ep_id, src_id, dst_id, ct,
+			      res.match | (egress ? EVENT_F_EGRESS : 0), *svc_out, res.rule);
 	if (verdict)
 		return -verdict;
 	if (ct == CT_NEW) {
@@ -217,21 +228,52 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb,
 static __always_inline int to_endpoint(struct __sk_buff *skb, const struct endpoint_info *self,
 				       struct pkt4 *p, __u32 src_id, struct proxy_ctx *pc)
 {
+	__u32 ifindex = event_ifindex(skb, pc);
 	__u16 rev_nat = 0, svc = 0;
 	__u32 rule = 0;
 	int ct, report = 0;
 
 	ct = ct_and_policy(skb, self, p, 0, src_id, 0, &rev_nat, &svc, &report, pc, &rule);
 	if (ct < 0)
-		return drop_rule(skb, METRIC_INGRESS, -ct, self->ep_id, src_id,
-				 self->sec_identity, CT_NEW, svc, rule);
+		return drop_rule_on(skb, ifindex, METRIC_INGRESS, -ct, self->ep_id, src_id,
+				    self->sec_identity, CT_NEW, svc, rule);
 	if (ct == CT_REPLY && lb4_rev_nat(skb, p, rev_nat) < 0)
-		return drop(skb, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id, src_id,
-			    self->sec_identity, ct);
+		return drop_rule_on(skb, ifindex, METRIC_INGRESS, DROP_WRITE_ERROR, self->ep_id,
+				    src_id, self->sec_identity, ct, 0, 0);
 	count(METRIC_INGRESS, METRIC_FORWARDED, skb->len);
 	if (report)
-		emit_rule(skb, EVENT_TRACE,
-			  (pc->redirect_port || pc->reply_to_proxy) ? TRACE_TO_PROXY : TRACE_TO_LXC,
-			  self->ep_id, src_id, self->sec_identity, ct, svc, rule);
+		emit_flags_on(skb, ifindex, EVENT_TRACE,
+			      (pc->redirect_port || pc->reply_to_proxy) ? TRACE_TO_PROXY
+									: TRACE_TO_LXC,
+			      self->ep_id, src_id, self->sec_identity, ct, 0, svc, rule);
 	return TC_ACT_OK;
+}
+
+/* A packet from another node for this node's pod `dst`, judged by `src_id` (the identity the
+ * sender's node put in the VNI): the pod's receiving side (to_endpoint), then straight into
+ * the pod (bpf_redirect_peer), or to the proxy's socket for a remote client's connection to
+ * the pod's ingress proxy, or a reply to an upstream connection the proxy here opened for one
+ * of this node's pods (an ingress hook, where the socket can be assigned directly). Events
+ * name device `ifindex`: the tunnel device, wherever the packet was decapsulated. */
+static __always_inline int overlay_deliver(struct __sk_buff *skb, struct endpoint_info *dst,
+					   struct pkt4 *p, __u32 src_id, __u32 ifindex)
+{
+	struct proxy_ctx pc = {.ifindex = ifindex};
+	int rc;
+
+	rc = to_endpoint(skb, dst, p, src_id, &pc);
+	if (rc != TC_ACT_OK)
+		return rc;
+	if (pc.redirect_port || pc.reply_to_proxy) {
+		rc = proxy_assign(skb, p, pc.redirect_port);
+		if (rc)
+			return drop_rule_on(skb, ifindex, METRIC_INGRESS, rc, dst->ep_id, src_id,
+					    dst->sec_identity, CT_NONE, 0, 0);
+		return TC_ACT_OK;
+	}
+	rc = redirect_to_endpoint(skb, dst, 1);
+	if (rc < 0)
+		return drop_rule_on(skb, ifindex, METRIC_INGRESS, DROP_WRITE_ERROR, dst->ep_id,
+				    src_id, dst->sec_identity, CT_NONE, 0, 0);
+	return rc;
 }

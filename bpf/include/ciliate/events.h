@@ -28,13 +28,13 @@ static __always_inline __u32 trace_flags(void)
 	return cfg ? cfg->flags & (NODE_F_TRACE_FROM | NODE_F_TRACE_EVERY) : 0;
 }
 
-/* Reports one event. A full ring buffer loses the event, never the packet: the loss is
- * counted in cil_metrics (METRIC_EVENTS_LOST), which the agent turns into lost events.
- * `rev_nat` names the Service frontend of a translated connection (0: none); `rule` the
- * policy rule that judged the packet (0: none). */
-static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
-				       __u32 src_id, __u32 dst_id, __u8 ct_state, __u8 flags,
-				       __u16 rev_nat, __u32 rule)
+/* Reports one event, seen on device `ifindex`. A full ring buffer loses the event, never the
+ * packet: the loss is counted in cil_metrics (METRIC_EVENTS_LOST), which the agent turns into
+ * lost events. `rev_nat` names the Service frontend of a translated connection (0: none);
+ * `rule` the policy rule that judged the packet (0: none). */
+static __always_inline void emit_flags_on(struct __sk_buff *skb, __u32 ifindex, __u8 type,
+					  __u8 code, __u16 ep_id, __u32 src_id, __u32 dst_id,
+					  __u8 ct_state, __u8 flags, __u16 rev_nat, __u32 rule)
 {
 	struct ciliate_event *e = bpf_ringbuf_reserve(&cil_events, sizeof(*e), 0);
 	__u32 cap;
@@ -46,7 +46,7 @@ static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 co
 	e->type = type;
 	e->code = code;
 	e->ep_id = ep_id;
-	e->ifindex = skb->ifindex;
+	e->ifindex = ifindex;
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->src_identity = src_id;
 	e->dst_identity = dst_id;
@@ -72,6 +72,15 @@ static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 co
 				      : BPF_RB_NO_WAKEUP);
 }
 
+/* An event seen on the device the program runs on. */
+static __always_inline void emit_flags(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
+				       __u32 src_id, __u32 dst_id, __u8 ct_state, __u8 flags,
+				       __u16 rev_nat, __u32 rule)
+{
+	emit_flags_on(skb, skb->ifindex, type, code, ep_id, src_id, dst_id, ct_state, flags,
+		      rev_nat, rule);
+}
+
 /* The event of a packet policy judged: names the deciding rule. */
 static __always_inline void emit_rule(struct __sk_buff *skb, __u8 type, __u8 code, __u16 ep_id,
 				      __u32 src_id, __u32 dst_id, __u8 ct_state, __u16 rev_nat,
@@ -92,14 +101,23 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 code, __
 	emit_flags(skb, type, code, ep_id, src_id, dst_id, ct_state, 0, 0, 0);
 }
 
-/* The drop of a packet policy judged: names the deciding rule. */
+/* The drop of a packet policy judged, seen on device `ifindex`: names the deciding rule. */
+static __always_inline int drop_rule_on(struct __sk_buff *skb, __u32 ifindex, __u8 dir,
+					__u8 reason, __u16 ep_id, __u32 src_id, __u32 dst_id,
+					__u8 ct_state, __u16 rev_nat, __u32 rule)
+{
+	count(dir, reason, skb->len);
+	emit_flags_on(skb, ifindex, EVENT_DROP, reason, ep_id, src_id, dst_id, ct_state, 0,
+		      rev_nat, rule);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int drop_rule(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,
 				     __u32 src_id, __u32 dst_id, __u8 ct_state, __u16 rev_nat,
 				     __u32 rule)
 {
-	count(dir, reason, skb->len);
-	emit_rule(skb, EVENT_DROP, reason, ep_id, src_id, dst_id, ct_state, rev_nat, rule);
-	return TC_ACT_SHOT;
+	return drop_rule_on(skb, skb->ifindex, dir, reason, ep_id, src_id, dst_id, ct_state,
+			    rev_nat, rule);
 }
 
 static __always_inline int drop_svc(struct __sk_buff *skb, __u8 dir, __u8 reason, __u16 ep_id,

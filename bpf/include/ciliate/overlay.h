@@ -24,7 +24,8 @@ static __always_inline __u32 tunnel_ifindex(void)
 
 /* Hands the packet to the tunnel device, addressed to `node` (the node holding the
  * destination) with the sender's identity as the key. The outer source address is the one
- * the node's routing picks towards `node`. */
+ * the node's routing picks towards `node`. The overlay mark tells to_netdev on the uplink
+ * that the encapsulated packet is the node's own tunnel traffic, nothing for it to do. */
 static __always_inline int encap_to_node(struct __sk_buff *skb, __u32 tunnel_if, __be32 node,
 					 __u32 src_identity)
 {
@@ -38,6 +39,7 @@ static __always_inline int encap_to_node(struct __sk_buff *skb, __u32 tunnel_if,
 		return -1;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return -1;
+	skb->mark = MARK_MAGIC_OVERLAY;
 	return bpf_redirect(tunnel_if, 0);
 }
 

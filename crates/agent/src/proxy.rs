@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 
-use ciliate_model::l7::{ProxyCommand, ProxyEvent, ProxyPorts};
+use ciliate_model::l7::{FqdnLearned, HttpRecord, ProxyCommand, ProxyEvent, ProxyPorts};
 use ciliate_observer::Observer;
-use ciliate_proxy::supervisor::{Supervisor, SupervisorConfig};
+use ciliate_proxy::supervisor::{EventBatch, Supervisor, SupervisorConfig};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
@@ -76,7 +76,7 @@ pub fn spawn(
     let learner = FqdnLearner::new(fqdn, acks);
     tokio::spawn(async move {
         let mut supervisor: Option<Supervisor> = None;
-        let mut events: Option<broadcast::Receiver<ProxyEvent>> = None;
+        let mut events: Option<broadcast::Receiver<EventBatch>> = None;
         // `status` shows the proxy up with its pid already: records need not refresh it.
         let mut reported_up = false;
         if settings.left_running() {
@@ -100,9 +100,8 @@ pub fn spawn(
                         s.apply(cmd).await;
                     }
                 }
-                ev = next_event(&mut events) => match ev {
-                    Some(ProxyEvent::FqdnLearned(learned)) => learner.learn(*learned),
-                    Some(ev) => handle_event(ev, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
+                batch = next_batch(&mut events) => match batch {
+                    Some(batch) => handle_batch(&batch, &learner, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
                     None => events = None,
                 },
             }
@@ -119,7 +118,7 @@ pub fn spawn(
 /// cache (never in the agent; tests) answers are released at once.
 #[derive(Debug)]
 pub struct FqdnLearner {
-    queue: Option<std::sync::mpsc::Sender<ciliate_model::l7::FqdnLearned>>,
+    queue: Option<std::sync::mpsc::Sender<FqdnLearned>>,
     thread: Option<std::thread::JoinHandle<()>>,
     acks: mpsc::UnboundedSender<ProxyCommand>,
 }
@@ -139,7 +138,7 @@ impl FqdnLearner {
     /// Starts the thread (none without `fqdn`). It ends when the learner is dropped.
     pub fn new(fqdn: Option<Arc<FqdnManager>>, acks: mpsc::UnboundedSender<ProxyCommand>) -> Self {
         let learning = fqdn.and_then(|fqdn| {
-            let (tx, rx) = std::sync::mpsc::channel::<ciliate_model::l7::FqdnLearned>();
+            let (tx, rx) = std::sync::mpsc::channel::<FqdnLearned>();
             let acks = acks.clone();
             let started = std::thread::Builder::new()
                 .name("fqdn-learn".into())
@@ -196,7 +195,7 @@ impl FqdnLearner {
     }
 
     /// Queues an answer (its FqdnAllowed follows once its addresses are in force).
-    pub fn learn(&self, learned: ciliate_model::l7::FqdnLearned) {
+    pub fn learn(&self, learned: FqdnLearned) {
         let id = learned.id;
         let queued = self.queue.as_ref().is_some_and(|q| q.send(learned).is_ok());
         if !queued {
@@ -218,14 +217,14 @@ impl Drop for FqdnLearner {
 
 /// One answer through a [`FqdnLearner`] of its own (tests).
 pub fn allow_learned(
-    learned: ciliate_model::l7::FqdnLearned,
+    learned: FqdnLearned,
     fqdn: Option<Arc<FqdnManager>>,
     acks: mpsc::UnboundedSender<ProxyCommand>,
 ) {
     FqdnLearner::new(fqdn, acks).learn(learned);
 }
 
-async fn next_event(events: &mut Option<broadcast::Receiver<ProxyEvent>>) -> Option<ProxyEvent> {
+async fn next_batch(events: &mut Option<broadcast::Receiver<EventBatch>>) -> Option<EventBatch> {
     let Some(rx) = events else {
         return std::future::pending().await;
     };
@@ -234,7 +233,7 @@ async fn next_event(events: &mut Option<broadcast::Receiver<ProxyEvent>>) -> Opt
             Ok(ev) => return Some(ev),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!(
-                    lost = n,
+                    lost_batches = n,
                     "the agent fell behind the proxy's records: L7 flows lost"
                 );
             }
@@ -247,7 +246,7 @@ async fn start(
     settings: &ProxySettings,
     policies: &PolicyManager,
     supervisor: &mut Option<Supervisor>,
-    events: &mut Option<broadcast::Receiver<ProxyEvent>>,
+    events: &mut Option<broadcast::Receiver<EventBatch>>,
 ) {
     let cfg = SupervisorConfig {
         binary: settings.binary.clone(),
@@ -262,7 +261,7 @@ async fn start(
     match Supervisor::start(cfg).await {
         Ok(s) => {
             info!(binary = %settings.binary.display(), "L7 proxy supervisor started");
-            *events = Some(s.events());
+            *events = Some(s.batches());
             s.apply(policies.l7_snapshot()).await;
             report(&s, policies);
             *supervisor = Some(s);
@@ -279,44 +278,54 @@ async fn start(
     }
 }
 
-fn handle_event(
-    ev: ProxyEvent,
+/// Handles the events the proxy sent together, in order: HTTP records go to the observer in
+/// runs (one lock of its ring each), learned DNS answers to the FQDN learner.
+fn handle_batch(
+    batch: &[ProxyEvent],
+    learner: &FqdnLearner,
     supervisor: Option<&Supervisor>,
     policies: &PolicyManager,
     observer: Option<&Observer>,
     reported_up: &mut bool,
 ) {
+    let mut http: Vec<&HttpRecord> = Vec::new();
+    let mut only_records = true;
+    for ev in batch {
+        if let ProxyEvent::Http(record) = ev {
+            http.push(record);
+            continue;
+        }
+        // Flows stay in the order the proxy sent them.
+        if let (Some(o), false) = (observer, http.is_empty()) {
+            o.observe_http_batch(http.drain(..));
+        }
+        match ev {
+            ProxyEvent::Dns(record) => {
+                if let Some(o) = observer {
+                    o.observe_dns(record);
+                }
+            }
+            ProxyEvent::Kafka(record) => {
+                if let Some(o) = observer {
+                    o.observe_kafka(record);
+                }
+            }
+            ProxyEvent::FqdnLearned(learned) => learner.learn(FqdnLearned::clone(learned)),
+            ProxyEvent::Rejected { revision, reason } => {
+                warn!(revision, %reason, "the proxy refused a policy update");
+                only_records = false;
+            }
+            ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => only_records = false,
+            ProxyEvent::Http(_) => unreachable!("taken above"),
+        }
+    }
+    if let (Some(o), false) = (observer, http.is_empty()) {
+        o.observe_http_batch(http);
+    }
     // Records change nothing `status` shows (the counters come with Stats), so once it shows
     // the proxy up they refresh nothing (they come two per request). Until then they do: the
     // supervisor marks a new proxy up only after its first Applied, which reports it down.
-    let record = matches!(
-        ev,
-        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
-    );
-    match ev {
-        ProxyEvent::Http(record) => {
-            if let Some(o) = observer {
-                o.observe_http(&record);
-            }
-        }
-        ProxyEvent::Dns(record) => {
-            if let Some(o) = observer {
-                o.observe_dns(&record);
-            }
-        }
-        ProxyEvent::Kafka(record) => {
-            if let Some(o) = observer {
-                o.observe_kafka(&record);
-            }
-        }
-        ProxyEvent::Rejected { revision, reason } => {
-            warn!(revision, %reason, "the proxy refused a policy update");
-        }
-        ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => {}
-        // Learned names never come here: spawn hands them to the FQDN cache.
-        ProxyEvent::FqdnLearned(_) => {}
-    }
-    if record && *reported_up {
+    if only_records && *reported_up {
         return;
     }
     if let Some(s) = supervisor {

@@ -556,11 +556,22 @@ impl ServiceManager {
     /// the store is being opened). A failed write is kept for the status and the whole state
     /// written again later. Returns the write's error, if any.
     fn commit(&self, t: &mut Tables, changes: Vec<Change>) -> Result<(), String> {
+        self.commit_as(t, changes, false)
+    }
+
+    /// [`ServiceManager::commit`]; `checked`: the caller had [`Balancer::check`] accept these
+    /// changes (or a superset of their upserts) under the same lock.
+    fn commit_as(&self, t: &mut Tables, changes: Vec<Change>, checked: bool) -> Result<(), String> {
         if changes.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let diff = match t.balancer.apply(changes) {
+        let applied = if checked {
+            t.balancer.apply_checked(changes)
+        } else {
+            t.balancer.apply(changes)
+        };
+        let diff = match applied {
             Ok(d) => d,
             Err(e) => {
                 // Checked before anything was persisted; reaching this is a bug. The state
@@ -806,7 +817,8 @@ impl ServiceManager {
         // Namespace labels reach policy through the caller (`manifests::apply`), which puts
         // them in force before it answers.
         let _ = namespaces;
-        let written = self.commit(&mut t, changes);
+        // Checked above (`preview`, which has every upsert of `changes`), under this lock.
+        let written = self.commit_as(&mut t, changes, true);
         drop(t);
         Ok((
             ApplyResult {
@@ -1088,10 +1100,7 @@ impl ServiceManager {
 
     /// The Service of the frontend with reverse-NAT index `index` (what flows name).
     pub fn service_by_rev_nat(&self, index: u16) -> Option<ServiceRef> {
-        read(&self.tables)
-            .balancer
-            .service_by_rev_nat(index)
-            .cloned()
+        read(&self.tables).balancer.service_by_rev_nat(index)
     }
 
     /// The Service of a frontend.
@@ -1104,7 +1113,6 @@ impl ServiceManager {
         read(&self.tables)
             .balancer
             .service_by_frontend(&(addr, port, proto))
-            .cloned()
     }
 
     /// Counts and problems.

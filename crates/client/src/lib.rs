@@ -296,6 +296,16 @@ impl Client {
             .await
     }
 
+    /// [`Client::apply`] of documents kept as JSON text: the same request body, without a
+    /// JSON value of each document.
+    pub async fn apply_raw(
+        &self,
+        request: &ciliate_model::manifest::raw::RawApplyRequest,
+    ) -> Result<ApplyResult, ClientError> {
+        self.call(Method::POST, "/v1/manifests", Some(request))
+            .await
+    }
+
     /// `GET /v1/services`: every Service with its frontends and backends.
     pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
         self.get("/v1/services").await

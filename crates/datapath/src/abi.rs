@@ -79,6 +79,8 @@ pub const BE_STATE_TERMINATING: u8 = 1;
 pub const MARK_GENERATED: u32 = 0x0c1a_0001;
 /// `MARK_HAIRPIN`: a Service packet from a pod to itself, let into the pod as it is.
 pub const MARK_HAIRPIN: u32 = 0x0c1a_0002;
+/// `MARK_MAGIC_OVERLAY`: a packet the datapath handed to the VXLAN device (Cilium's value).
+pub const MARK_MAGIC_OVERLAY: u32 = 0x0400;
 
 /// `CT_MAP_SIZE`.
 pub const CT_MAP_SIZE: u32 = 262_144;
@@ -421,7 +423,7 @@ pub struct IpcacheValue {
 pub struct NodeConfig {
     /// The VXLAN device (collect_md); 0 = no overlay.
     pub tunnel_ifindex: u32,
-    /// `NODE_F_*`.
+    /// `NODE_F_*`; bits 16..31 the overlay's UDP port ([`NODE_TUNNEL_PORT_SHIFT`]).
     pub flags: u32,
     /// With [`NODE_F_MASQUERADE`]: the address pods leave the node as (network order).
     pub masq_ipv4: [u8; 4],
@@ -431,6 +433,8 @@ pub struct NodeConfig {
 
 /// `node_config.flags`: pods' traffic to the world leaves as the node's address.
 pub const NODE_F_MASQUERADE: u32 = 0x01;
+/// `NODE_TUNNEL_PORT_SHIFT`: where the VXLAN device's UDP port sits in `node_config.flags`.
+pub const NODE_TUNNEL_PORT_SHIFT: u32 = 16;
 /// `node_config.flags`: trace events also where a packet leaves an endpoint (from-endpoint);
 /// monitor aggregation "none".
 pub const NODE_F_TRACE_FROM: u32 = 0x02;

@@ -226,9 +226,10 @@ fn the_nodes_packet_to_a_remote_pod_goes_through_the_tunnel_as_the_host() {
     let syn = tcp_ok(NODE, 40000, REMOTE_POD, 8080, SYN);
     assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn.clone()));
     h.set_tunnel_ifindex(2);
-    let (v, out) = h.run("to_netdev", &syn);
+    let (v, out, mark) = run_ctx(&h, "to_netdev", &syn, 0);
     assert_eq!(v, TC_ACT_REDIRECT, "handed to the VXLAN device");
     assert_eq!(out, syn, "the inner packet is untouched");
+    assert_eq!(mark, abi::MARK_MAGIC_OVERLAY, "marked as the overlay's");
     let evs = h.events();
     let trace = evs
         .iter()
@@ -255,4 +256,27 @@ fn the_nodes_packet_to_a_remote_pod_goes_through_the_tunnel_as_the_host() {
     ] {
         assert_eq!(h.run("to_netdev", &pkt), (TC_ACT_OK, pkt.clone()));
     }
+}
+
+/// What the overlay encapsulated comes back through the uplink's egress as the node's own
+/// tunnel packet, with the overlay mark: to_netdev lets it by as it is, neither masquerading
+/// it nor tunnelling it again, whatever it looks like.
+#[test]
+fn a_packet_the_overlay_encapsulated_passes_the_uplink_untouched() {
+    privileged!();
+    let mut h = Harness::new();
+    h.set_masquerade(true);
+    h.remote_pod();
+    let to_world = tcp_ok(POD_A, 40010, WORLD, 443, SYN);
+    let (v, out, mark) = run_ctx(&h, "to_netdev", &to_world, abi::MARK_MAGIC_OVERLAY);
+    assert_eq!((v, &out), (TC_ACT_OK, &to_world), "not masqueraded");
+    assert_eq!(mark, abi::MARK_MAGIC_OVERLAY);
+    assert_eq!(h.snat_len(), 0, "no port lent");
+    h.set_tunnel_ifindex(2);
+    let to_remote = tcp_ok(NODE, 40011, REMOTE_POD, 8080, SYN);
+    let (v, out, _) = run_ctx(&h, "to_netdev", &to_remote, abi::MARK_MAGIC_OVERLAY);
+    assert_eq!((v, &out), (TC_ACT_OK, &to_remote), "not tunnelled again");
+    assert!(h.events().is_empty(), "nothing to report");
+    // Without the mark the same packets are the uplink's to handle.
+    assert_eq!(run_ctx(&h, "to_netdev", &to_remote, 0).0, TC_ACT_REDIRECT);
 }

@@ -518,7 +518,7 @@ fn a_full_event_ring_loses_events_not_packets_and_counts_them() {
     let mut h = Harness::new();
     let mut v6 = eth(HOST_MAC_A, MAC_A, 0x86dd);
     v6.extend_from_slice(&[0x60; 40]);
-    // Every run reports a drop (139); 40,000 of them overrun the 2 MiB ring nobody drains.
+    // Every run reports a drop (139); 40,000 of them overrun the 1 MiB ring nobody drains.
     let p: &SchedClassifier = h
         .bpf
         .program("from_container")

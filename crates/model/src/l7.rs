@@ -4,8 +4,8 @@
 //! per endpoint, direction and port whose policy map entries carry a proxy port) and pushes
 //! them to `ciliate-proxy` as [`ProxyCommand`]s, one JSON object per line on the proxy's control
 //! socket. The proxy answers with [`ProxyEvent`]s on the same connection: which revision is in
-//! force, and one [`HttpRecord`] per request and response, which the agent's observer turns into
-//! Hubble L7 flows. Peer identities are not pushed: the proxy reads them from the pinned
+//! force (JSON lines), and one [`HttpRecord`] per request and response (binary frames, see
+//! [`crate::l7_wire`]), which the agent's observer turns into Hubble L7 flows. Peer identities are not pushed: the proxy reads them from the pinned
 //! endpoint and ipcache maps, the same ones the datapath uses.
 
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod k8s;
 pub mod kafka;
 pub mod l7;
+pub mod l7_wire;
 pub mod labels;
 pub mod lb;
 pub mod lb_diff;

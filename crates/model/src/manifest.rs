@@ -1047,6 +1047,9 @@ fn validate_endpoints(e: &Endpoints, p: &mut Problems) {
 }
 
 pub mod raw;
+pub mod text;
+
+pub use text::split_documents_raw;
 
 #[cfg(test)]
 mod tests;

@@ -404,6 +404,13 @@ fn finished_flows_have_a_uuid_and_cluster_names_on_cluster_endpoints() {
     let id = uuid::Uuid::parse_str(&a.uuid).expect("uuid");
     assert_eq!(id.get_version_num(), 7);
     assert_ne!(a.uuid, b.uuid);
+    // Time-ordered: the id's timestamp is the time it was made.
+    let (secs, _) = id.get_timestamp().expect("v7 timestamp").to_unix();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(secs.abs_diff(now) < 60, "{secs} vs {now}");
     assert_eq!(
         a.source.as_ref().map(|e| e.cluster_name.as_str()),
         Some("prod-cluster")

@@ -266,18 +266,18 @@ impl Observer {
 
     /// [`observe_http`](Self::observe_http) for several records, in order, taking the ring's
     /// lock once.
-    pub fn observe_http_batch(&self, records: &[HttpRecord]) {
-        if records.is_empty() {
-            return;
-        }
+    pub fn observe_http_batch<'a>(&self, records: impl IntoIterator<Item = &'a HttpRecord>) {
         let entries: Vec<Entry> = records
-            .iter()
+            .into_iter()
             .map(|r| {
                 let flow = http_to_flow(r, self.store.as_ref(), &self.config.node_name);
                 self.metrics.record(&flow);
                 Entry::Flow(Box::new(flow))
             })
             .collect();
+        if entries.is_empty() {
+            return;
+        }
         self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.push_all(entries);
     }

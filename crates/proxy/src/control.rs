@@ -1,10 +1,12 @@
-//! The agent's control socket: line-delimited JSON, [`ProxyCommand`]s in, [`ProxyEvent`]s out.
+//! The agent's control socket: [`ProxyCommand`]s in as JSON lines, [`ProxyEvent`]s out, the
+//! records (HTTP, DNS, Kafka) as binary frames and everything else as JSON lines (the format:
+//! [`ciliate_model::l7_wire`]).
 //!
 //! The agent is the only writer. A new connection replaces the previous one (a restarted
 //! agent); the policy survives disconnects, and the agent sends a Snapshot first on every
 //! connection. Events produced while nobody is connected are dropped (and counted).
 //!
-//! Records (HTTP, DNS, Kafka) are written in batches, several lines per write, a few
+//! Records (HTTP, DNS, Kafka) are written in batches, several per write, a few
 //! milliseconds after the first of them: per request, the write and the agent's wakeup to read
 //! it cost more CPU than the proxying itself.
 
@@ -13,8 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use ciliate_model::l7::{ProxyCommand, ProxyEvent};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use ciliate_model::l7_wire::{self, FRAME_HEADER, MAX_FRAME};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{debug, info, warn};
@@ -326,8 +330,8 @@ fn take_ready(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEven
     }
 }
 
-/// Writes `batch` as JSON lines in one write (`lines` is the reused buffer) and empties it.
-/// Records that reach no agent are counted as lost.
+/// Writes `batch` in one write (`lines` is the reused buffer), records as frames and other
+/// events as JSON lines, and empties it. Records that reach no agent are counted as lost.
 async fn write_batch(
     writer: &Mutex<Option<tokio::net::unix::OwnedWriteHalf>>,
     batch: &mut Vec<ProxyEvent>,
@@ -337,6 +341,9 @@ async fn write_batch(
     lines.clear();
     let n = batch.len() as u64;
     for ev in batch.drain(..) {
+        if l7_wire::encode_record(&ev, lines) {
+            continue;
+        }
         let start = lines.len();
         match serde_json::to_writer(&mut *lines, &ev) {
             Ok(()) => lines.push(b'\n'),
@@ -351,24 +358,127 @@ async fn write_batch(
     }
 }
 
-async fn next_event(
-    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-) -> std::io::Result<Option<ProxyEvent>> {
-    loop {
-        let Some(line) = lines.next_line().await? else {
-            return Ok(None);
-        };
-        match serde_json::from_str(&line) {
-            Ok(ev) => return Ok(Some(ev)),
-            Err(e) => warn!(error = %e, "unparsable proxy event"),
+/// The proxy's side of the control stream as its reader sees it: JSON lines and record
+/// frames, parsed from what arrived (reads are cancel-safe: nothing is lost when a caller's
+/// timeout drops a pending [`EventStream::next`]).
+#[derive(Debug)]
+struct EventStream {
+    read: tokio::net::unix::OwnedReadHalf,
+    buf: BytesMut,
+}
+
+/// What the front of the buffer holds.
+enum Item {
+    Event(ProxyEvent),
+    /// A line or frame that was not understood (logged), or an empty line.
+    Skipped,
+    NeedMore,
+}
+
+impl EventStream {
+    fn new(read: tokio::net::unix::OwnedReadHalf) -> Self {
+        Self {
+            read,
+            buf: BytesMut::with_capacity(64 * 1024),
         }
     }
+
+    /// The next event; `None` at the end of the stream. An error ends the stream: a frame
+    /// header over the size limit or a line longer than it (nothing after it can be trusted),
+    /// or the stream ending inside an item. A frame or line that is whole but undecodable is
+    /// skipped with a warning, and the stream goes on.
+    async fn next(&mut self) -> std::io::Result<Option<ProxyEvent>> {
+        loop {
+            match parse_item(&mut self.buf)? {
+                Item::Event(ev) => return Ok(Some(ev)),
+                Item::Skipped => continue,
+                Item::NeedMore => {}
+            }
+            if self.read.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the proxy's control stream ended inside an event ({} bytes)",
+                        self.buf.len()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// The next event and those that arrived with it, `max` at most; `None` at the end of
+    /// the stream.
+    async fn next_batch(&mut self, max: usize) -> std::io::Result<Option<Vec<ProxyEvent>>> {
+        let Some(first) = self.next().await? else {
+            return Ok(None);
+        };
+        let mut batch = vec![first];
+        while batch.len() < max {
+            // An error stays in the buffer for the next call to report.
+            match parse_item(&mut self.buf) {
+                Ok(Item::Event(ev)) => batch.push(ev),
+                Ok(Item::Skipped) => {}
+                Ok(Item::NeedMore) | Err(_) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+}
+
+/// Takes the first whole item off `buf`.
+fn parse_item(buf: &mut BytesMut) -> std::io::Result<Item> {
+    let Some(&first) = buf.first() else {
+        return Ok(Item::NeedMore);
+    };
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    if l7_wire::is_frame_kind(first) {
+        let Some(header) = buf.get(..FRAME_HEADER) else {
+            return Ok(Item::NeedMore);
+        };
+        let header: [u8; FRAME_HEADER] = header.try_into().expect("sliced to length");
+        let len = l7_wire::frame_len(header).map_err(|e| invalid(e.to_string()))?;
+        if buf.len() < FRAME_HEADER + len {
+            buf.reserve(FRAME_HEADER + len - buf.len());
+            return Ok(Item::NeedMore);
+        }
+        buf.advance(FRAME_HEADER);
+        let payload = buf.split_to(len);
+        return Ok(match l7_wire::decode_record(first, &payload) {
+            Ok(ev) => Item::Event(ev),
+            Err(e) => {
+                warn!(error = %e, "undecodable proxy record; skipped");
+                Item::Skipped
+            }
+        });
+    }
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_FRAME {
+            return Err(invalid(format!(
+                "a line of the proxy's control stream is over {MAX_FRAME} bytes"
+            )));
+        }
+        return Ok(Item::NeedMore);
+    };
+    let line = buf.split_to(end + 1);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Item::Skipped);
+    }
+    Ok(match serde_json::from_slice(&line) {
+        Ok(ev) => Item::Event(ev),
+        Err(e) => {
+            warn!(error = %e, "unparsable proxy event");
+            Item::Skipped
+        }
+    })
 }
 
 /// A client of the control socket (the supervisor, and tests).
 #[derive(Debug)]
 pub struct ControlClient {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    events: EventStream,
     write: tokio::net::unix::OwnedWriteHalf,
 }
 
@@ -378,7 +488,7 @@ impl ControlClient {
         let s = UnixStream::connect(path).await?;
         let (r, w) = s.into_split();
         Ok(Self {
-            lines: BufReader::new(r).lines(),
+            events: EventStream::new(r),
             write: w,
         })
     }
@@ -397,13 +507,15 @@ impl ControlClient {
 
     /// The next event; `None` when the proxy closed the connection.
     pub async fn next(&mut self) -> std::io::Result<Option<ProxyEvent>> {
-        next_event(&mut self.lines).await
+        self.events.next().await
     }
 
     /// Splits into the two halves (reader, writer) for separate tasks.
     pub fn into_split(self) -> (ControlReader, ControlWriter) {
         (
-            ControlReader { lines: self.lines },
+            ControlReader {
+                events: self.events,
+            },
             ControlWriter { write: self.write },
         )
     }
@@ -412,13 +524,19 @@ impl ControlClient {
 /// The reading half of a [`ControlClient`].
 #[derive(Debug)]
 pub struct ControlReader {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    events: EventStream,
 }
 
 impl ControlReader {
     /// The next event; `None` at end of stream.
     pub async fn next(&mut self) -> std::io::Result<Option<ProxyEvent>> {
-        next_event(&mut self.lines).await
+        self.events.next().await
+    }
+
+    /// The next event and those already received after it, `max` at most; `None` at end of
+    /// stream.
+    pub async fn next_batch(&mut self, max: usize) -> std::io::Result<Option<Vec<ProxyEvent>>> {
+        self.events.next_batch(max).await
     }
 }
 
@@ -434,5 +552,124 @@ impl ControlWriter {
         let mut line = serde_json::to_vec(cmd).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.write.write_all(&line).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn record(n: u64) -> ProxyEvent {
+        ProxyEvent::Http(Box::new(HttpRecord {
+            time_ns: n,
+            record_type: L7RecordType::Request,
+            endpoint: 1,
+            egress: true,
+            source: SocketAddrV4::new([10, 0, 0, 1].into(), 40000),
+            destination: SocketAddrV4::new([10, 0, 0, 2].into(), 80),
+            source_identity: 256,
+            destination_identity: 257,
+            verdict: L7Verdict::Forwarded,
+            rule: 1,
+            method: "GET".into(),
+            url: "http://web/".into(),
+            protocol: "HTTP/1.1".into(),
+            code: 0,
+            headers: vec![("accept".into(), "*/*".into())],
+            latency_ns: 0,
+            reason: None,
+        }))
+    }
+
+    fn frame(ev: &ProxyEvent) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(l7_wire::encode_record(ev, &mut out));
+        out
+    }
+
+    /// A reader of what `bytes` (written in pieces of `chunk` bytes, then closed) holds.
+    async fn read_all(bytes: Vec<u8>, chunk: usize) -> (Vec<ProxyEvent>, Option<std::io::Error>) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let (r, _w) = b.into_split();
+        let writer = tokio::spawn(async move {
+            let mut a = a;
+            for piece in bytes.chunks(chunk) {
+                a.write_all(piece).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut stream = EventStream::new(r);
+        let mut got = Vec::new();
+        let err = loop {
+            match stream.next_batch(3).await {
+                Ok(Some(batch)) => got.extend(batch),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        writer.await.expect("writer");
+        (got, err)
+    }
+
+    #[tokio::test]
+    async fn frames_and_lines_mix_in_any_split() {
+        let events = vec![
+            record(1),
+            ProxyEvent::Applied { revision: 7 },
+            record(2),
+            record(3),
+            ProxyEvent::Stats(Default::default()),
+            record(4),
+        ];
+        let mut bytes = Vec::new();
+        for ev in &events {
+            if !l7_wire::encode_record(ev, &mut bytes) {
+                serde_json::to_writer(&mut bytes, ev).expect("json");
+                bytes.push(b'\n');
+            }
+        }
+        for chunk in [1, 2, 7, 64, bytes.len()] {
+            let (got, err) = read_all(bytes.clone(), chunk).await;
+            assert!(err.is_none(), "chunk {chunk}: {err:?}");
+            assert_eq!(got, events, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_frame_or_line_is_skipped_and_the_stream_goes_on() {
+        let mut bad = frame(&record(1));
+        bad[FRAME_HEADER + 8] = 9; // record_type: no such value
+        let mut bytes = bad;
+        bytes.extend_from_slice(b"{\"nonsense\": 1}\n\n");
+        bytes.extend(frame(&record(2)));
+        let (got, err) = read_all(bytes, 5).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got, vec![record(2)]);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_frame_or_an_oversized_header_ends_the_stream_with_an_error() {
+        let mut bytes = frame(&record(1));
+        let whole = bytes.len();
+        bytes.extend(frame(&record(2)));
+        bytes.truncate(whole + 10);
+        let (got, err) = read_all(bytes, 4).await;
+        assert_eq!(got, vec![record(1)]);
+        let err = err.expect("an error");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("ended inside an event"), "{err}");
+
+        let mut bytes = frame(&record(1));
+        bytes.extend_from_slice(&[l7_wire::FRAME_HTTP, 0xff, 0xff, 0xff, 0x7f, 0, 0]);
+        let (got, err) = read_all(bytes, 64).await;
+        assert_eq!(got, vec![record(1)]);
+        let err = err.expect("an error");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`dns`]: the DNS proxy (queries judged by name, answers held for the agent);
 //! - [`events`]: the queue of records and events from connections to the control socket;
 //! - [`control`]: the agent's control socket (commands in, events out);
+//! - [`sched`]: the DNS thread's short scheduler slice (latency under CPU contention);
 //! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
 
 pub mod control;
@@ -20,4 +21,5 @@ pub mod kafka;
 pub mod listener;
 pub mod policy;
 pub mod rules;
+pub mod sched;
 pub mod supervisor;

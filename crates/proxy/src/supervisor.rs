@@ -228,7 +228,16 @@ struct Inner {
     listeners: Listeners,
     state: Mutex<State>,
     events: broadcast::Sender<ProxyEvent>,
+    batches: broadcast::Sender<EventBatch>,
 }
+
+/// Events as they arrived together from the proxy, in order (see [`Supervisor::batches`]).
+pub type EventBatch = Arc<Vec<ProxyEvent>>;
+
+/// Events read from the control connection and passed on at once at most: with records two
+/// per request, one batch (one wakeup of the agent's task, one lock of the observer's ring)
+/// per read of the proxy's batched writes rather than per record.
+const EVENT_BATCH: usize = 1024;
 
 enum Request {
     Restart(tokio::sync::oneshot::Sender<Result<(), String>>),
@@ -396,6 +405,7 @@ impl Supervisor {
             ..Default::default()
         };
         let (events, _) = broadcast::channel(4096);
+        let (batches, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             cfg,
             listeners,
@@ -408,6 +418,7 @@ impl Supervisor {
                 status,
             }),
             events,
+            batches,
         });
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(supervise(inner.clone(), rx, first));
@@ -474,9 +485,17 @@ impl Supervisor {
         }
     }
 
-    /// Every event of every proxy generation: Applied, Rejected, HTTP records, Stats.
+    /// Every event of every proxy generation: Applied, Rejected, HTTP records, Stats. Each
+    /// receiver gets its own copy of each event: for records in bulk, see
+    /// [`batches`](Self::batches).
     pub fn events(&self) -> broadcast::Receiver<ProxyEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// The same events as [`events`](Self::events), in batches shared by every receiver (no
+    /// copy per receiver, one wakeup per batch).
+    pub fn batches(&self) -> broadcast::Receiver<EventBatch> {
+        self.inner.batches.subscribe()
     }
 
     /// The proxy now.
@@ -723,20 +742,37 @@ async fn connect(
             break;
         }
     }
-    for ev in held {
-        let _ = inner.events.send(ev);
-    }
+    publish(inner, held);
     let inner2 = inner.clone();
     tokio::spawn(async move {
-        while let Ok(Some(ev)) = reader.next().await {
-            note_event(&inner2, &ev);
-            let _ = inner2.events.send(ev);
+        while let Ok(Some(batch)) = reader.next_batch(EVENT_BATCH).await {
+            for ev in &batch {
+                note_event(&inner2, ev);
+            }
+            publish(&inner2, batch);
         }
     });
     Ok(())
 }
 
+/// Passes `batch` to the receivers of [`Supervisor::batches`] and [`Supervisor::events`] (if
+/// any: a copy each).
+fn publish(inner: &Inner, batch: Vec<ProxyEvent>) {
+    if batch.is_empty() {
+        return;
+    }
+    if inner.events.receiver_count() > 0 {
+        for ev in &batch {
+            let _ = inner.events.send(ev.clone());
+        }
+    }
+    let _ = inner.batches.send(Arc::new(batch));
+}
+
 fn note_event(inner: &Inner, ev: &ProxyEvent) {
+    if crate::events::is_record(ev) {
+        return;
+    }
     let mut st = lock(&inner.state);
     match ev {
         ProxyEvent::Applied { revision } => st.status.applied_revision = Some(*revision),

@@ -768,6 +768,16 @@ impl Datapath for LinuxDatapath {
             nl.ensure_vxlan(name, port, mtu)
                 .await
                 .map_err(kernel(format!("VXLAN device {name}")))?;
+            // from_netdev takes the overlay's packets for this node's pods off the uplink
+            // by this port (bpf/host.c); set_tunnel turns the overlay on.
+            let inner = &mut *self.lock();
+            let mut cfg: NodeConfig = inner.maps.node_cfg.get(&0, 0).unwrap_or_default();
+            cfg.flags = (cfg.flags & 0xffff) | (u32::from(port) << abi::NODE_TUNNEL_PORT_SHIFT);
+            inner
+                .maps
+                .node_cfg
+                .set(0, cfg, 0)
+                .map_err(kernel("write cil_node_cfg"))?;
             Ok(())
         })
     }

@@ -161,6 +161,12 @@ impl Harness {
             info.flags |= abi::EP_F_POLICY_V1;
         }
         by_if.insert(1, info, 0).expect("flags");
+        // By address too, as the agent writes it: what from_overlay finds the pod by.
+        let mut by_ip: BpfHashMap<&mut MapData, [u8; 4], EndpointInfo> =
+            BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LXC4).expect("map")).expect("hash");
+        by_ip
+            .insert(POD_A.octets(), info, 0)
+            .expect("flags by address");
     }
 
     pub fn set_ipcache(&mut self, entries: &[IpcacheEntry]) {
@@ -259,6 +265,33 @@ impl Harness {
         }
         out
     }
+}
+
+/// Runs `prog` on `pkt` with `skb->mark` = `mark`; returns the verdict, the packet and the
+/// mark the program left.
+pub fn run_ctx(h: &Harness, prog: &str, pkt: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+    let p: &SchedClassifier = h
+        .bpf
+        .program(prog)
+        .or_else(|| h.overlay.program(prog))
+        .or_else(|| h.host.program(prog))
+        .expect("program")
+        .try_into()
+        .expect("classifier");
+    // struct __sk_buff up to and including `mark` (len and pkt_type must be 0).
+    let mut ctx = [0u8; 12];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    let mut ctx_out = [0u8; 256]; // at least sizeof(struct __sk_buff)
+    let mut out = vec![0u8; pkt.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.ctx_out = Some(&mut ctx_out);
+    let res = p.test_run(opts).expect("test run");
+    out.truncate(res.data_size_out as usize);
+    let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+    (res.return_value, out, mark_out)
 }
 
 pub fn now_secs() -> u64 {

@@ -10,7 +10,8 @@
 //!
 //! Writing never holds up the observer: [`FlowHistory::offer`] puts the ring's entries (shared,
 //! not copied) in a bounded queue, and a writer thread encodes, compresses and appends them in
-//! blocks. When the queue is full, flows are dropped and counted
+//! blocks, as a background task while it keeps up ([`priority`]: it must not hold up the
+//! traffic either). When the queue is full, flows are dropped and counted
 //! (`ciliate_flow_history_flows_dropped_total`). Flows still in the queue are part of every
 //! query, so a query never waits for the writer and never misses what it has not written yet.
 
@@ -19,6 +20,7 @@ pub mod block;
 mod format_tests;
 pub mod get_flows;
 mod prefilter;
+mod priority;
 mod row;
 pub mod segment;
 #[cfg(test)]
@@ -442,6 +444,7 @@ impl Shared {
         let mut encoder = block::Encoder::default();
         let mut next_n = 0u32;
         let mut errors = 0u64;
+        let mut priority = priority::WriterPriority::default();
         loop {
             let batch: Vec<Numbered> = {
                 let mut q = lock(&self.queue);
@@ -462,7 +465,11 @@ impl Shared {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .0;
                 }
-                q.flows.iter().take(BLOCK_FLOWS).cloned().collect()
+                let (queued, closing) = (q.flows.len(), q.closed);
+                let batch = q.flows.iter().take(BLOCK_FLOWS).cloned().collect();
+                drop(q);
+                priority.choose(queued, closing);
+                batch
             };
             let n = batch.len();
             match self.write_block(&batch, &mut encoder, &mut active, &mut next_n) {

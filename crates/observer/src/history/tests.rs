@@ -293,9 +293,12 @@ fn the_age_bound_deletes_segments_of_old_flows() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut c = config(tmp.path(), 1 << 30);
     // The test's flows are from 2026-12; a day's bound makes them old by now only if the
-    // clock is later than that, so the bound is set from their own time instead.
+    // clock is later than that, so the bound is set from their own time instead, an hour
+    // on either side of their age: a second was too little on a loaded machine, where the
+    // writer (a background task) can take longer than that to write the block.
     let newest = time_ns(&flow(BLOCK_FLOWS as u64, "", "")).expect("time");
-    let age = now_ns() - newest + 1_000_000_000;
+    let hour = 3_600_000_000_000;
+    let age = now_ns() - newest + hour;
     let h = FlowHistory::open(c.clone(), "node-1").expect("opens");
     h.offer(&numbered(1, BLOCK_FLOWS as u64, "web"));
     wait_written(&h, BLOCK_FLOWS as u64);
@@ -309,7 +312,7 @@ fn the_age_bound_deletes_segments_of_old_flows() {
     drop(h);
     // With a bound they are past: the earlier run's segment goes.
     c.max_age = Some(Duration::from_nanos(
-        u64::try_from(age - 2_000_000_000).unwrap_or(1),
+        u64::try_from(age - 2 * hour).unwrap_or(1),
     ));
     let h = FlowHistory::open(c, "node-1").expect("opens");
     assert_eq!(h.disk_flows(), 0);

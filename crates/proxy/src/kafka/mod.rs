@@ -3,6 +3,7 @@
 //!
 //! - [`frame`]: size-prefixed frames, bounded;
 //! - [`request`]: a request's header and the topics it names;
+//! - [`splice`]: the rest of a large allowed request, socket to socket in the kernel;
 //! - [`deny`]: the error response the proxy answers a refused request with;
 //! - [`response`]: the error code of a broker's response, for the record.
 //!
@@ -13,11 +14,17 @@
 //! that expects a response queues a slot (the broker's next response, or the proxy's own
 //! refusal) and one task writes the slots to the client in order. A request that cannot be
 //! read, or refused where no refusal can be built, closes the connection (recorded with why).
+//!
+//! A large Produce request is decided on its first bytes (its one topic's name comes before
+//! its records): allowed, those bytes are written to the broker and the rest of the frame is
+//! spliced after them without passing through the proxy's memory; refused (or naming more
+//! topics), it is read whole as any other.
 
 pub mod deny;
 pub mod frame;
 pub mod request;
 pub mod response;
+pub mod splice;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,10 +41,21 @@ use tracing::debug;
 
 use crate::engine::{connect_upstream, ConnMeta, Engine};
 use crate::policy::RedirectKey;
+use frame::{Frame, FrameReader};
 use request::KafkaRequest;
 
 /// Responses a connection may owe at once; more requests wait for the broker to catch up.
 const MAX_IN_FLIGHT: usize = 1024;
+
+/// Requests from this size on are decided on their head and spliced when allowed (see the
+/// module's doc); smaller ones are read whole, one copy costing less than the pipe's calls.
+const STREAM_MIN: usize = 64 << 10;
+
+/// A request's bytes as read: whole, or its head with the rest still in the client's socket.
+enum Body {
+    Whole(Bytes),
+    Head { head: Bytes, rest: usize },
+}
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -171,17 +189,19 @@ pub async fn serve(
     });
     let (mut client_rd, client_wr) = stream.into_split();
     let mut upstream: Option<OwnedWriteHalf> = None;
+    let mut reader = FrameReader::new(conn.max_frame);
+    let mut pipe: Option<splice::Pipe> = None;
     let (slots_tx, slots_rx) = mpsc::channel::<Slot>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_responses(conn.clone(), slots_rx, client_wr));
     loop {
         let frame = tokio::select! {
-            f = frame::read_frame(&mut client_rd, conn.max_frame) => f,
+            f = reader.next(&mut client_rd, STREAM_MIN) => f,
             _ = shutdown.changed() => break,
             // The writer gave up (the broker closed, the client stopped reading).
             _ = slots_tx.closed() => break,
         };
-        let payload = match frame {
-            Ok(Some(p)) => p,
+        let frame = match frame {
+            Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
                 conn.error(format!("request frame: {e}"));
@@ -193,7 +213,26 @@ pub async fn serve(
             .counters
             .requests
             .fetch_add(1, Ordering::Relaxed);
-        let req = match request::parse(payload.clone()) {
+        let (parsed, body) = match frame {
+            Frame::Whole(p) => (request::parse(p.clone()), Body::Whole(p)),
+            Frame::Head { head, rest } => match request::parse_head(head.clone()) {
+                Some(req) => (Ok(req), Body::Head { head, rest }),
+                None => match read_rest(
+                    &conn,
+                    &mut reader,
+                    &mut client_rd,
+                    head,
+                    rest,
+                    &mut shutdown,
+                )
+                .await
+                {
+                    Some(p) => (request::parse(p.clone()), Body::Whole(p)),
+                    None => break,
+                },
+            },
+        };
+        let mut req = match parsed {
             Ok(r) => r,
             Err(e) => {
                 conn.error(e.to_string());
@@ -235,11 +274,11 @@ pub async fn serve(
                 rec.rule = rule;
                 conn.emit(rec.clone());
                 let Some(up) = upstream.as_mut() else { break };
-                // The size and the request in one vectored write: two writes were two segments
-                // (the first of 4 bytes) and two system calls per request.
-                let size = (payload.len() as u32).to_be_bytes();
-                let mut out = (&size[..]).chain(&payload[..]);
-                if let Err(e) = up.write_all_buf(&mut out).await {
+                let forwarded = tokio::select! {
+                    r = forward(up, &client_rd, &body, &mut pipe) => r,
+                    _ = shutdown.changed() => break,
+                };
+                if let Err(e) = forwarded {
                     conn.error(format!("forwarding to {}: {e}", conn.meta.original_dst));
                     break;
                 }
@@ -258,6 +297,28 @@ pub async fn serve(
             }
             KafkaDecision::Denied => {
                 conn.engine.counters.denied.fetch_add(1, Ordering::Relaxed);
+                if let Body::Head { head, rest } = body {
+                    // The refusal names every partition: read the request whole.
+                    let Some(p) = read_rest(
+                        &conn,
+                        &mut reader,
+                        &mut client_rd,
+                        head,
+                        rest,
+                        &mut shutdown,
+                    )
+                    .await
+                    else {
+                        break;
+                    };
+                    match request::parse(p.clone()) {
+                        Ok(r) => req = r,
+                        Err(e) => {
+                            conn.error(e.to_string());
+                            break;
+                        }
+                    }
+                }
                 let mut rec = conn.request_record(&req, L7Verdict::Dropped);
                 rec.reason = Some(if table.get(&conn.key).is_some() {
                     "no rule matched".into()
@@ -296,6 +357,75 @@ pub async fn serve(
     let _ = writer.await;
 }
 
+/// The rest of a request handed out as a head, read whole; `None` (the connection to close,
+/// recorded) when it cannot be or the proxy stops.
+async fn read_rest(
+    conn: &Conn,
+    reader: &mut FrameReader,
+    client: &mut OwnedReadHalf,
+    head: Bytes,
+    rest: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Bytes> {
+    let read = tokio::select! {
+        r = reader.read_rest(client, head, rest) => r,
+        _ = shutdown.changed() => return None,
+    };
+    read.map_err(|e| conn.error(format!("request frame: {e}")))
+        .ok()
+}
+
+/// Writes an allowed request to the broker: the size and the bytes read in one vectored write
+/// (two writes were two segments, the first of 4 bytes, and two system calls), then the bytes
+/// still in the client's socket, spliced (copied through memory if no pipe can be had).
+async fn forward(
+    up: &mut OwnedWriteHalf,
+    client: &OwnedReadHalf,
+    body: &Body,
+    pipe: &mut Option<splice::Pipe>,
+) -> std::io::Result<()> {
+    let (bytes, rest) = match body {
+        Body::Whole(p) => (p, 0),
+        Body::Head { head, rest } => (head, *rest),
+    };
+    let size = ((bytes.len() + rest) as u32).to_be_bytes();
+    let mut out = (&size[..]).chain(&bytes[..]);
+    up.write_all_buf(&mut out).await?;
+    if rest == 0 {
+        return Ok(());
+    }
+    if pipe.is_none() {
+        *pipe = splice::Pipe::new().ok();
+    }
+    match pipe {
+        Some(p) => splice::forward(client.as_ref(), up.as_ref(), p, rest).await,
+        None => copy_exactly(client, up, rest).await,
+    }
+}
+
+/// `n` bytes from `from` to `to` through a buffer, for when no pipe could be made.
+async fn copy_exactly(
+    from: &OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    n: usize,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; n.min(frame::GROW_STEP)];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(buf.len());
+        from.readable().await?;
+        let got = match from.try_read(&mut buf[..want]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..got]).await?;
+        left -= got;
+    }
+    Ok(())
+}
+
 /// Writes the responses to the client in request order: the broker's (read one per slot) and
 /// the proxy's refusals.
 async fn write_responses(conn: Arc<Conn>, slots: mpsc::Receiver<Slot>, mut client: OwnedWriteHalf) {
@@ -306,6 +436,8 @@ async fn write_responses(conn: Arc<Conn>, slots: mpsc::Receiver<Slot>, mut clien
 
 async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut OwnedWriteHalf) {
     let mut upstream: Option<OwnedReadHalf> = None;
+    // Responses are read whole (a size and a small body in one read, as often as not).
+    let mut responses = FrameReader::new(conn.max_frame);
     while let Some(slot) = slots.recv().await {
         let (bytes, mut rec, start) = match slot {
             Slot::Upstream(rd) => {
@@ -322,7 +454,7 @@ async fn deliver(conn: &Conn, mut slots: mpsc::Receiver<Slot>, client: &mut Owne
                     conn.error("no upstream connection for a forwarded request".into());
                     return;
                 };
-                match frame::read_frame(up, conn.max_frame).await {
+                match responses.next_whole(up).await {
                     Ok(Some(payload)) => {
                         rec.error_code =
                             response::error_code(key, rec.api_version, payload.clone());

@@ -189,6 +189,48 @@ pub fn parse(frame: Bytes) -> Result<KafkaRequest, HeaderError> {
         buf: frame,
         compact: false,
     };
+    let mut req = header(&mut r)?;
+    match body(&mut r, &mut req) {
+        Ok(Some(())) => req.topics_known = true,
+        Ok(None) => {}
+        Err(e) => {
+            req.topics.clear();
+            req.groups.clear();
+            req.topics_known = false;
+            req.body_error = Some(e);
+        }
+    }
+    Ok(req)
+}
+
+/// A Produce request read from the first bytes of its frame, when they name its one topic
+/// (v3 to v12: later versions name topics by id), with no partitions (`None` otherwise).
+/// What follows the topic's name (its partitions and their records) cannot name another
+/// topic, so policy decides on this as on the whole frame; only a refusal needs the rest
+/// (the partitions it answers for).
+pub fn parse_head(head: Bytes) -> Option<KafkaRequest> {
+    let mut r = Reader {
+        buf: head,
+        compact: false,
+    };
+    let mut req = header(&mut r).ok()?;
+    if req.api_key != PRODUCE || !(3..=12).contains(&req.api_version) {
+        return None;
+    }
+    r.skip_string("transactional id").ok()?;
+    req.no_response = r.i16().ok()? == 0;
+    r.i32().ok()?; // timeout
+    if r.array("topics").ok()?? != 1 {
+        return None;
+    }
+    let name = r.string("topic").ok()?;
+    req.topics.push((name, Vec::new()));
+    req.topics_known = true;
+    Some(req)
+}
+
+/// The request header, leaving `r` at the body in the API's encoding.
+fn header(r: &mut Reader) -> Result<KafkaRequest, HeaderError> {
     let head = |e: String| HeaderError(e);
     let api_key = r.i16().map_err(head)?;
     let api_version = r.i16().map_err(head)?;
@@ -205,7 +247,7 @@ pub fn parse(frame: Bytes) -> Result<KafkaRequest, HeaderError> {
         .map_err(head)?
         .unwrap_or_default();
     let flex = flexible(api_key, api_version);
-    let mut req = KafkaRequest {
+    let req = KafkaRequest {
         api_key,
         api_version,
         correlation_id,
@@ -215,16 +257,6 @@ pub fn parse(frame: Bytes) -> Result<KafkaRequest, HeaderError> {
     };
     r.compact = flex;
     r.tagged_fields().map_err(head)?;
-    match body(&mut r, &mut req) {
-        Ok(Some(())) => req.topics_known = true,
-        Ok(None) => {}
-        Err(e) => {
-            req.topics.clear();
-            req.groups.clear();
-            req.topics_known = false;
-            req.body_error = Some(e);
-        }
-    }
     Ok(req)
 }
 

@@ -449,6 +449,10 @@ proptest! {
         }
         bytes.truncate(cut.max(1));
         let len = bytes.len();
+        if let Some(h) = parse_head(Bytes::from(bytes.clone())) {
+            prop_assert_eq!(h.topics.len(), 1);
+            prop_assert!(h.topics[0].0.len() <= len);
+        }
         if let Ok(r) = parse(Bytes::from(bytes.clone())) {
             let total: usize = r.topics.iter().map(|(t, p)| t.len() + 4 * p.len()).sum();
             prop_assert!(total <= len);
@@ -461,6 +465,69 @@ proptest! {
     /// Any bytes at all.
     #[test]
     fn random_frames(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = parse_head(Bytes::from(bytes.clone()));
         let _ = parse(Bytes::from(bytes)).map(|r| refusal(&r));
     }
+}
+
+/// A Produce request's head: for every version that names topics by name and every prefix
+/// of the frame, `parse_head` says nothing or what `parse` says of the whole frame (without
+/// the partitions); it says it once the prefix holds the topic's name; and never for a
+/// request of two topics (the second could be refused) or of another API.
+#[test]
+fn produce_head_agrees_with_the_whole_request() {
+    for v in 3..=12 {
+        for topics in [&TOPICS[..1], TOPICS] {
+            for acks in [1, 0] {
+                let mut r = ProduceRequest::default();
+                r.acks = acks;
+                r.timeout_ms = 1000;
+                r.transactional_id = Some(kafka_protocol::messages::TransactionalId(
+                    StrBytes::from_static_str("tx"),
+                ));
+                r.topic_data = topics
+                    .iter()
+                    .map(|(t, ps)| {
+                        let mut td = TopicProduceData::default();
+                        td.name = name(t);
+                        td.partition_data = ps
+                            .iter()
+                            .map(|p| {
+                                let mut pd = PartitionProduceData::default();
+                                pd.index = *p;
+                                pd.records = Some(Bytes::from(vec![b'm'; 300]));
+                                pd
+                            })
+                            .collect();
+                        td
+                    })
+                    .collect();
+                let f = frame(ApiKey::Produce, v, &r);
+                let mut whole = parse(f.clone()).expect("whole");
+                whole.topics.truncate(1);
+                whole.topics[0].1.clear();
+                let mut first = None;
+                for cut in 0..=f.len() {
+                    let Some(h) = parse_head(f.slice(..cut)) else {
+                        assert!(first.is_none(), "v{v}: a longer prefix said nothing");
+                        continue;
+                    };
+                    assert_eq!(topics.len(), 1, "v{v}: two topics");
+                    assert_eq!(h, whole, "v{v} cut {cut}");
+                    first.get_or_insert(cut);
+                }
+                if topics.len() == 1 {
+                    // The header, the transactional id and the topic's name, then nothing
+                    // of the partitions is needed.
+                    let cut = first.expect("decided on a prefix");
+                    assert!(cut < f.len() - 600, "v{v}: needed {cut} of {}", f.len());
+                }
+            }
+        }
+    }
+    let mut m = MetadataRequest::default();
+    let mut mt = MetadataRequestTopic::default();
+    mt.name = Some(name("orders"));
+    m.topics = Some(vec![mt]);
+    assert_eq!(parse_head(frame(ApiKey::Metadata, 9, &m)), None);
 }

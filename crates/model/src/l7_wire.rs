@@ -1,0 +1,521 @@
+//! The binary form of the proxy's records (HTTP, DNS, Kafka) on the control socket.
+//!
+//! Proxy → agent, the stream mixes two kinds of items: JSON lines (every [`ProxyEvent`] that
+//! is not a record: `Applied`, `Stats`, ...; a line starts with `{` or `"`) and record
+//! frames. A frame is one kind byte ([`FRAME_HTTP`], [`FRAME_DNS`], [`FRAME_KAFKA`]: control
+//! characters, which never start a JSON line), the payload's length (u32, little-endian, at
+//! most [`MAX_FRAME`]) and the payload. Records are two per request: as JSON each cost the
+//! proxy a serialization and the agent a parse of field names and escapes, more than the rest
+//! of what the agent does with it; here both sides copy fixed-size fields and length-prefixed
+//! strings.
+//!
+//! Payload: the record's fields in declaration order; integers little-endian at their width,
+//! `bool` and enums as one byte, an address as 4 bytes and a port (u16), a string as its
+//! length (u32) and UTF-8 bytes, a list as its count (u32) and items, an `Option` as one byte
+//! (0 none, 1 some) and the value. A reader that finds a payload it cannot decode (truncated,
+//! invalid UTF-8, an unknown enum value, bytes left over) skips that frame with a
+//! [`WireError`] naming the record kind and field; the frame's length keeps the stream in
+//! step. Only a frame header it cannot trust (a length over [`MAX_FRAME`]) ends the stream.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::l7::{DnsRecord, HttpRecord, KafkaRecord, L7RecordType, L7Verdict, ProxyEvent};
+
+/// Frame kind of an [`HttpRecord`].
+pub const FRAME_HTTP: u8 = 0x01;
+/// Frame kind of a [`DnsRecord`].
+pub const FRAME_DNS: u8 = 0x02;
+/// Frame kind of a [`KafkaRecord`].
+pub const FRAME_KAFKA: u8 = 0x03;
+/// Bytes of a frame's header: the kind and the length.
+pub const FRAME_HEADER: usize = 5;
+/// The largest payload a reader accepts (a record with every header of a maximal request is a
+/// few hundred KB at most).
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// Whether `b`, the first byte of an item, starts a record frame (not a JSON line).
+pub fn is_frame_kind(b: u8) -> bool {
+    matches!(b, FRAME_HTTP | FRAME_DNS | FRAME_KAFKA)
+}
+
+/// A frame or payload that cannot be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The payload ended inside a field.
+    #[error("{record} record: truncated in field `{field}`")]
+    Truncated {
+        /// `http`, `dns` or `kafka`.
+        record: &'static str,
+        /// The field being read.
+        field: &'static str,
+    },
+    /// A field holds a value no encoder writes.
+    #[error("{record} record: field `{field}`: {reason}")]
+    Invalid {
+        /// `http`, `dns` or `kafka`.
+        record: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bytes remain after the last field.
+    #[error("{record} record: {extra} bytes after the last field")]
+    Trailing {
+        /// `http`, `dns` or `kafka`.
+        record: &'static str,
+        /// How many.
+        extra: usize,
+    },
+    /// A frame kind that is not a record's.
+    #[error("unknown record frame kind {0:#04x}")]
+    UnknownKind(u8),
+    /// A frame's length over [`MAX_FRAME`]: the stream cannot be trusted past it.
+    #[error("record frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLong(usize),
+}
+
+/// Appends `ev` as a frame to `out` if it is a record; false (nothing written) otherwise.
+pub fn encode_record(ev: &ProxyEvent, out: &mut Vec<u8>) -> bool {
+    let kind = match ev {
+        ProxyEvent::Http(_) => FRAME_HTTP,
+        ProxyEvent::Dns(_) => FRAME_DNS,
+        ProxyEvent::Kafka(_) => FRAME_KAFKA,
+        _ => return false,
+    };
+    let start = out.len();
+    out.push(kind);
+    out.extend_from_slice(&[0; 4]);
+    match ev {
+        ProxyEvent::Http(r) => put_http(r, out),
+        ProxyEvent::Dns(r) => put_dns(r, out),
+        ProxyEvent::Kafka(r) => put_kafka(r, out),
+        _ => unreachable!("checked above"),
+    }
+    let len = (out.len() - start - FRAME_HEADER) as u32;
+    out[start + 1..start + FRAME_HEADER].copy_from_slice(&len.to_le_bytes());
+    true
+}
+
+/// The payload length a frame header announces; an error for a length over [`MAX_FRAME`].
+pub fn frame_len(header: [u8; FRAME_HEADER]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLong(len));
+    }
+    Ok(len)
+}
+
+/// Decodes the payload of a frame of `kind`.
+pub fn decode_record(kind: u8, payload: &[u8]) -> Result<ProxyEvent, WireError> {
+    match kind {
+        FRAME_HTTP => {
+            let mut r = Reader::new("http", payload);
+            let rec = get_http(&mut r)?;
+            r.finish()?;
+            Ok(ProxyEvent::Http(Box::new(rec)))
+        }
+        FRAME_DNS => {
+            let mut r = Reader::new("dns", payload);
+            let rec = get_dns(&mut r)?;
+            r.finish()?;
+            Ok(ProxyEvent::Dns(Box::new(rec)))
+        }
+        FRAME_KAFKA => {
+            let mut r = Reader::new("kafka", payload);
+            let rec = get_kafka(&mut r)?;
+            r.finish()?;
+            Ok(ProxyEvent::Kafka(Box::new(rec)))
+        }
+        k => Err(WireError::UnknownKind(k)),
+    }
+}
+
+fn put_str(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_strs(v: &[String], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    for s in v {
+        put_str(s, out);
+    }
+}
+
+fn put_opt_str(s: &Option<String>, out: &mut Vec<u8>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(s, out);
+        }
+    }
+}
+
+fn put_addr(a: &SocketAddrV4, out: &mut Vec<u8>) {
+    out.extend_from_slice(&a.ip().octets());
+    out.extend_from_slice(&a.port().to_le_bytes());
+}
+
+fn record_type_byte(t: L7RecordType) -> u8 {
+    match t {
+        L7RecordType::Request => 0,
+        L7RecordType::Response => 1,
+    }
+}
+
+fn verdict_byte(v: L7Verdict) -> u8 {
+    match v {
+        L7Verdict::Forwarded => 0,
+        L7Verdict::Dropped => 1,
+        L7Verdict::Error => 2,
+    }
+}
+
+// Each encoder destructures its record whole: a field added to the record does not compile
+// until the wire form carries it.
+
+fn put_http(r: &HttpRecord, out: &mut Vec<u8>) {
+    let HttpRecord {
+        time_ns,
+        record_type,
+        endpoint,
+        egress,
+        source,
+        destination,
+        source_identity,
+        destination_identity,
+        verdict,
+        rule,
+        method,
+        url,
+        protocol,
+        code,
+        headers,
+        latency_ns,
+        reason,
+    } = r;
+    out.extend_from_slice(&time_ns.to_le_bytes());
+    out.push(record_type_byte(*record_type));
+    out.extend_from_slice(&endpoint.to_le_bytes());
+    out.push(u8::from(*egress));
+    put_addr(source, out);
+    put_addr(destination, out);
+    out.extend_from_slice(&source_identity.to_le_bytes());
+    out.extend_from_slice(&destination_identity.to_le_bytes());
+    out.push(verdict_byte(*verdict));
+    out.extend_from_slice(&rule.to_le_bytes());
+    put_str(method, out);
+    put_str(url, out);
+    put_str(protocol, out);
+    out.extend_from_slice(&code.to_le_bytes());
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (n, v) in headers {
+        put_str(n, out);
+        put_str(v, out);
+    }
+    out.extend_from_slice(&latency_ns.to_le_bytes());
+    put_opt_str(reason, out);
+}
+
+fn put_dns(r: &DnsRecord, out: &mut Vec<u8>) {
+    let DnsRecord {
+        time_ns,
+        record_type,
+        endpoint,
+        source,
+        destination,
+        proto,
+        source_identity,
+        destination_identity,
+        verdict,
+        rule,
+        query,
+        qtypes,
+        rcode,
+        ips,
+        ttl,
+        cnames,
+        rrtypes,
+        latency_ns,
+        reason,
+    } = r;
+    out.extend_from_slice(&time_ns.to_le_bytes());
+    out.push(record_type_byte(*record_type));
+    out.extend_from_slice(&endpoint.to_le_bytes());
+    put_addr(source, out);
+    put_addr(destination, out);
+    out.push(*proto);
+    out.extend_from_slice(&source_identity.to_le_bytes());
+    out.extend_from_slice(&destination_identity.to_le_bytes());
+    out.push(verdict_byte(*verdict));
+    out.extend_from_slice(&rule.to_le_bytes());
+    put_str(query, out);
+    put_strs(qtypes, out);
+    out.extend_from_slice(&rcode.to_le_bytes());
+    out.extend_from_slice(&(ips.len() as u32).to_le_bytes());
+    for ip in ips {
+        out.extend_from_slice(&ip.octets());
+    }
+    out.extend_from_slice(&ttl.to_le_bytes());
+    put_strs(cnames, out);
+    put_strs(rrtypes, out);
+    out.extend_from_slice(&latency_ns.to_le_bytes());
+    put_opt_str(reason, out);
+}
+
+fn put_kafka(r: &KafkaRecord, out: &mut Vec<u8>) {
+    let KafkaRecord {
+        time_ns,
+        record_type,
+        endpoint,
+        egress,
+        source,
+        destination,
+        source_identity,
+        destination_identity,
+        verdict,
+        rule,
+        api_key,
+        api_version,
+        correlation_id,
+        topic,
+        error_code,
+        latency_ns,
+        reason,
+    } = r;
+    out.extend_from_slice(&time_ns.to_le_bytes());
+    out.push(record_type_byte(*record_type));
+    out.extend_from_slice(&endpoint.to_le_bytes());
+    out.push(u8::from(*egress));
+    put_addr(source, out);
+    put_addr(destination, out);
+    out.extend_from_slice(&source_identity.to_le_bytes());
+    out.extend_from_slice(&destination_identity.to_le_bytes());
+    out.push(verdict_byte(*verdict));
+    out.extend_from_slice(&rule.to_le_bytes());
+    put_str(api_key, out);
+    out.extend_from_slice(&api_version.to_le_bytes());
+    out.extend_from_slice(&correlation_id.to_le_bytes());
+    put_str(topic, out);
+    out.extend_from_slice(&error_code.to_le_bytes());
+    out.extend_from_slice(&latency_ns.to_le_bytes());
+    put_opt_str(reason, out);
+}
+
+/// A cursor over a payload that names the record and field in its errors.
+struct Reader<'a> {
+    record: &'static str,
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(record: &'static str, buf: &'a [u8]) -> Self {
+        Self { record, buf }
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::Truncated {
+                record: self.record,
+                field,
+            });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+        let b = self.take(N, field)?;
+        let mut a = [0; N];
+        a.copy_from_slice(b);
+        Ok(a)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        self.array(field).map(u16::from_le_bytes)
+    }
+    fn i16(&mut self, field: &'static str) -> Result<i16, WireError> {
+        self.array(field).map(i16::from_le_bytes)
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        self.array(field).map(u32::from_le_bytes)
+    }
+    fn i32(&mut self, field: &'static str) -> Result<i32, WireError> {
+        self.array(field).map(i32::from_le_bytes)
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        self.array(field).map(u64::from_le_bytes)
+    }
+
+    fn invalid(&self, field: &'static str, reason: String) -> WireError {
+        WireError::Invalid {
+            record: self.record,
+            field,
+            reason,
+        }
+    }
+
+    fn bool(&mut self, field: &'static str) -> Result<bool, WireError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(self.invalid(field, format!("{b} is not a boolean"))),
+        }
+    }
+
+    fn record_type(&mut self) -> Result<L7RecordType, WireError> {
+        match self.u8("record_type")? {
+            0 => Ok(L7RecordType::Request),
+            1 => Ok(L7RecordType::Response),
+            b => Err(self.invalid("record_type", format!("unknown value {b}"))),
+        }
+    }
+
+    fn verdict(&mut self) -> Result<L7Verdict, WireError> {
+        match self.u8("verdict")? {
+            0 => Ok(L7Verdict::Forwarded),
+            1 => Ok(L7Verdict::Dropped),
+            2 => Ok(L7Verdict::Error),
+            b => Err(self.invalid("verdict", format!("unknown value {b}"))),
+        }
+    }
+
+    fn addr(&mut self, field: &'static str) -> Result<SocketAddrV4, WireError> {
+        let ip = Ipv4Addr::from(self.array::<4>(field)?);
+        Ok(SocketAddrV4::new(ip, self.u16(field)?))
+    }
+
+    /// A count of items each at least `min_item` bytes long; checked against what is left so
+    /// that a garbage count cannot make the reader reserve gigabytes.
+    fn count(&mut self, field: &'static str, min_item: usize) -> Result<usize, WireError> {
+        let n = self.u32(field)? as usize;
+        if n.saturating_mul(min_item) > self.buf.len() {
+            return Err(WireError::Truncated {
+                record: self.record,
+                field,
+            });
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, WireError> {
+        let n = self.u32(field)? as usize;
+        let b = self.take(n, field)?;
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(self.invalid(field, format!("not UTF-8: {e}"))),
+        }
+    }
+
+    fn strings(&mut self, field: &'static str) -> Result<Vec<String>, WireError> {
+        let n = self.count(field, 4)?;
+        (0..n).map(|_| self.string(field)).collect()
+    }
+
+    fn opt_string(&mut self, field: &'static str) -> Result<Option<String>, WireError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => self.string(field).map(Some),
+            b => Err(self.invalid(field, format!("option tag {b}"))),
+        }
+    }
+
+    fn finish(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Trailing {
+                record: self.record,
+                extra: self.buf.len(),
+            })
+        }
+    }
+}
+
+fn get_http(r: &mut Reader<'_>) -> Result<HttpRecord, WireError> {
+    Ok(HttpRecord {
+        time_ns: r.u64("time_ns")?,
+        record_type: r.record_type()?,
+        endpoint: r.u16("endpoint")?,
+        egress: r.bool("egress")?,
+        source: r.addr("source")?,
+        destination: r.addr("destination")?,
+        source_identity: r.u32("source_identity")?,
+        destination_identity: r.u32("destination_identity")?,
+        verdict: r.verdict()?,
+        rule: r.u32("rule")?,
+        method: r.string("method")?,
+        url: r.string("url")?,
+        protocol: r.string("protocol")?,
+        code: r.u16("code")?,
+        headers: {
+            let n = r.count("headers", 8)?;
+            (0..n)
+                .map(|_| Ok((r.string("headers")?, r.string("headers")?)))
+                .collect::<Result<_, WireError>>()?
+        },
+        latency_ns: r.u64("latency_ns")?,
+        reason: r.opt_string("reason")?,
+    })
+}
+
+fn get_dns(r: &mut Reader<'_>) -> Result<DnsRecord, WireError> {
+    Ok(DnsRecord {
+        time_ns: r.u64("time_ns")?,
+        record_type: r.record_type()?,
+        endpoint: r.u16("endpoint")?,
+        source: r.addr("source")?,
+        destination: r.addr("destination")?,
+        proto: r.u8("proto")?,
+        source_identity: r.u32("source_identity")?,
+        destination_identity: r.u32("destination_identity")?,
+        verdict: r.verdict()?,
+        rule: r.u32("rule")?,
+        query: r.string("query")?,
+        qtypes: r.strings("qtypes")?,
+        rcode: r.u16("rcode")?,
+        ips: {
+            let n = r.count("ips", 4)?;
+            (0..n)
+                .map(|_| r.array::<4>("ips").map(Ipv4Addr::from))
+                .collect::<Result<_, _>>()?
+        },
+        ttl: r.u32("ttl")?,
+        cnames: r.strings("cnames")?,
+        rrtypes: r.strings("rrtypes")?,
+        latency_ns: r.u64("latency_ns")?,
+        reason: r.opt_string("reason")?,
+    })
+}
+
+fn get_kafka(r: &mut Reader<'_>) -> Result<KafkaRecord, WireError> {
+    Ok(KafkaRecord {
+        time_ns: r.u64("time_ns")?,
+        record_type: r.record_type()?,
+        endpoint: r.u16("endpoint")?,
+        egress: r.bool("egress")?,
+        source: r.addr("source")?,
+        destination: r.addr("destination")?,
+        source_identity: r.u32("source_identity")?,
+        destination_identity: r.u32("destination_identity")?,
+        verdict: r.verdict()?,
+        rule: r.u32("rule")?,
+        api_key: r.string("api_key")?,
+        api_version: r.i16("api_version")?,
+        correlation_id: r.i32("correlation_id")?,
+        topic: r.string("topic")?,
+        error_code: r.i16("error_code")?,
+        latency_ns: r.u64("latency_ns")?,
+        reason: r.opt_string("reason")?,
+    })
+}
+
+#[cfg(test)]
+#[path = "l7_wire_tests.rs"]
+mod tests;
