@@ -306,6 +306,18 @@ impl LinuxDatapath {
     }
 }
 
+/// The interface of an endpoint's link pin, `<ifindex>-from` or `<ifindex>-to`; `None` for
+/// any other pin under `links/`, such as the tunnel device's `<ifindex>-overlay` (taking that
+/// one for a pod made every restart "remove" the tunnel device and attach it again).
+fn endpoint_pin_ifindex(name: &str) -> Option<u32> {
+    let (ifindex, suffix) = name.split_once('-')?;
+    if ENDPOINT_PROGRAMS.iter().any(|(_, _, s)| *s == suffix) {
+        ifindex.parse().ok()
+    } else {
+        None
+    }
+}
+
 impl Datapath for LinuxDatapath {
     fn status(&self) -> DatapathStatus {
         let inner = self.lock();
@@ -414,8 +426,7 @@ impl Datapath for LinuxDatapath {
         if let Ok(dir) = std::fs::read_dir(&links) {
             for entry in dir.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(ifindex) = name.split('-').next().and_then(|s| s.parse::<u32>().ok())
-                else {
+                let Some(ifindex) = endpoint_pin_ifindex(&name) else {
                     continue;
                 };
                 if !out.iter().any(|e| e.ifindex == ifindex) {
@@ -825,4 +836,25 @@ pub fn purge_node_pins(cfg: &LinuxConfig) -> io::Result<()> {
         let _ = std::fs::remove_dir(parent);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_pin_ifindex;
+
+    #[test]
+    fn only_endpoint_link_pins_name_an_endpoint() {
+        assert_eq!(endpoint_pin_ifindex("17-from"), Some(17));
+        assert_eq!(endpoint_pin_ifindex("17-to"), Some(17));
+        // The tunnel device's pin, the uplink's and anything unexpected are not pods.
+        for name in [
+            "5-overlay",
+            "netdev-ingress-3",
+            "cgroup-sock4_connect",
+            "x-from",
+            "17",
+        ] {
+            assert_eq!(endpoint_pin_ifindex(name), None, "{name}");
+        }
+    }
 }
