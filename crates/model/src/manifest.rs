@@ -186,18 +186,25 @@ pub struct Decoded {
     pub object: Object,
 }
 
-/// Splits a file into documents. `source` names the file in messages; a name ending in
-/// `.json` is read as JSON (one value, or several one after the other), anything else as
-/// YAML, whose `---` separates documents. Empty documents are skipped but counted, so indexes
-/// match what an editor shows. A syntax error ends the file: what follows cannot be trusted.
-pub fn split_documents(source: &str, text: &str) -> Result<Vec<ApplyDocument>, ManifestError> {
-    let syntax = |index: usize, what: &str, e: &dyn fmt::Display| ManifestError {
+/// A syntax error in document `index` of `source`: it ends the file (what follows cannot be
+/// trusted), so it names no object or field.
+fn syntax_error(source: &str, index: usize, what: &str, e: &dyn fmt::Display) -> ManifestError {
+    ManifestError {
         source: source.to_owned(),
         index,
         object: String::new(),
         path: String::new(),
         reason: format!("{what} syntax error: {e}"),
-    };
+    }
+}
+
+/// Splits a file into documents. `source` names the file in messages; a name ending in
+/// `.json` is read as JSON (one value, or several one after the other), anything else as
+/// YAML, whose `---` separates documents. Empty documents are skipped but counted, so indexes
+/// match what an editor shows. A syntax error ends the file: what follows cannot be trusted.
+pub fn split_documents(source: &str, text: &str) -> Result<Vec<ApplyDocument>, ManifestError> {
+    let syntax =
+        |index: usize, what: &str, e: &dyn fmt::Display| syntax_error(source, index, what, e);
     let mut out = Vec::new();
     if source.ends_with(".json") {
         let stream = serde_json::Deserializer::from_str(text).into_iter::<StrictValue>();

@@ -20,12 +20,8 @@ pub fn split_documents_raw(
     source: &str,
     text: &str,
 ) -> Result<Vec<RawApplyDocument>, ManifestError> {
-    let syntax = |index: usize, what: &str, e: &dyn fmt::Display| ManifestError {
-        source: source.to_owned(),
-        index,
-        object: String::new(),
-        path: String::new(),
-        reason: format!("{what} syntax error: {e}"),
+    let syntax = |index: usize, what: &str, e: &dyn fmt::Display| {
+        super::syntax_error(source, index, what, e)
     };
     let mut out = Vec::new();
     let mut buf = Vec::new();
