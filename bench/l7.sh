@@ -20,7 +20,10 @@
 # Debian), latency counted from when each request was due. Proxy CPU: user + system time of
 # ciliate-proxy (and of nginx's master and workers, for comparison) from /proc/<pid>/stat over
 # each fixed-rate measurement, and the context switches of their threads per request
-# (/proc/<pid>/task/*/status); RSS: VmRSS / VmHWM. Within each round, nginx's maximum is measured
+# (/proc/<pid>/task/*/status); RSS: VmRSS / VmHWM. At the maximum rate, the CPU time per
+# request of the proxy (nginx) and of the agent: on two CPUs shared by the client, the server,
+# the proxy and the agent, the rate is made of these, and unlike the rate they hardly move with
+# the machine's other load. Within each round, nginx's maximum is measured
 # right before or after ours (alternating), and the ratio of each such pair is reported as well
 # as the ratio of the medians: the load of a shared machine drifts between rounds more than
 # within one.
@@ -218,7 +221,7 @@ agent_cpu_ticks() { # path
   awk '{print $14 + $15}' "/proc/$pid/stat"
 }
 HZ=$(getconf CLK_TCK)
-wrk_run() { # path: "req/s p50_us p99_us errors"
+wrk_run() { # path: "req/s p50_us p99_us errors requests"
   read -r ns ip port <<<"${DST[$1]}"
   pin_client nsenter --net=/var/run/netns/"$ns" wrk -t1 -c16 -d"${SECS}s" --latency \
     "http://$ip:$port/bench" | python3 -c '
@@ -232,7 +235,8 @@ p50 = us(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1))
 p99 = us(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
 err = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
 err += sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", t))
-print(rps, p50, p99, err)'
+n = re.search(r"(\d+) requests in", t).group(1)
+print(rps, p50, p99, err, n)'
 }
 
 : >"$RESULTS"
@@ -263,7 +267,18 @@ for round in $(seq "$RUNS"); do
   order="direct http-rule nginx allow-all l4"
   [ $((round % 2)) = 0 ] && order="direct nginx http-rule allow-all l4"
   for p in $order; do
-    read -r rps p50 p99 err <<<"$(wrk_run "$p")"
+    cpu=proxy_cpu_ticks
+    [ "$p" = nginx ] && cpu=nginx_cpu_ticks
+    c0=$($cpu)
+    a0=$(agent_cpu_ticks "$p")
+    read -r rps p50 p99 err n <<<"$(wrk_run "$p")"
+    c1=$($cpu)
+    a1=$(agent_cpu_ticks "$p")
+    # CPU per request at the maximum rate: what the rate is made of on a machine whose CPUs
+    # the client, the server, the proxy (or nginx) and the agent share; unlike the rate, it
+    # hardly moves with the machine's other load.
+    echo "max-cpu-us $p $(python3 -c "print(($c1 - $c0) / $HZ / max($n, 1) * 1e6)")" >>"$RESULTS"
+    echo "max-agent-us $p $(python3 -c "print(($a1 - $a0) / $HZ / max($n, 1) * 1e6)")" >>"$RESULTS"
     echo "max $p $rps" >>"$RESULTS"
     echo "max-p50 $p $p50" >>"$RESULTS"
     echo "max-p99 $p $p99" >>"$RESULTS"
@@ -302,6 +317,8 @@ print(f"{'median [min-max]':34}" + "".join(f"{p:>{w}}" for p in paths))
 for m, label in [("fixed-p50", "1,000 req/s: p50 us"), ("fixed-p99", "1,000 req/s: p99 us"),
                  ("max", "max req/s (wrk)"), ("max-p50", "max rate: p50 us"), ("max-p99", "max rate: p99 us")]:
     print(f"{label:34}" + "".join(f"{cell(m, p):>{w}}" for p in paths))
+print(f"{'max rate: proxy CPU us per request':34}" + "".join(f"{cell('max-cpu-us', p, '{:.1f}'):>{w}}" for p in paths))
+print(f"{'max rate: agent CPU us per request':34}" + "".join(f"{cell('max-agent-us', p, '{:.1f}'):>{w}}" for p in paths))
 print(f"{'proxy CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('proxy-cpu', p, '{:.3f}'):>{w}}" for p in paths))
 print(f"{'  (nginx column: nginx own CPU)':34}")
 print(f"{'agent CPU, cores per 1,000 req/s':34}" + "".join(f"{cell('agent-cpu', p, '{:.3f}'):>{w}}" for p in paths))
@@ -320,6 +337,10 @@ print(f"{'max req/s vs nginx':44}" + "".join(f"{r(med('max', p), med('max', 'ngi
 print(f"{'  per round (median [min-max] of ratios)':44}" + "".join(f"{cell('max-vs-nginx', p, '{:.2f}'):>24}" for p in paths[1:3]))
 print(f"{'max req/s vs direct':44}" + "".join(f"{r(med('max', p), med('max', 'direct')):>12}" for p in paths[1:]) + "   l4 >= 0.98")
 print(f"{'proxy CPU, cores per 1,000 req/s':44}" + "".join(f"{med('proxy-cpu', p) or 0:>12.3f}" for p in paths[1:4]) + f"{'':>12}   <= 0.05")
+def cost(p):
+    a, b = med('max-cpu-us', p), med('max-agent-us', p)
+    return a + b if a is not None and b is not None else None
+print(f"{'max rate: proxy+agent CPU per request vs nginx':44}" + "".join(f"{r(cost(p), cost('nginx')):>12}" for p in paths[1:3]) + f"{'1.00':>12}{'':>12}   (lower is better)")
 print(f"\nproxy RSS: {rss / 1024:.1f} MB now, {hwm / 1024:.1f} MB peak (VmHWM) (goal <= 30 MB)")
 PY
 [ "$PID_END" = "$PROXY_PID" ] || echo "NOTE: the proxy restarted during the run (pid $PROXY_PID -> $PID_END)"

@@ -101,7 +101,7 @@ pub fn spawn(
                     }
                 }
                 batch = next_batch(&mut events) => match batch {
-                    Some(batch) => handle_batch(&batch, &learner, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
+                    Some(batch) => handle_batch(batch, &learner, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
                     None => events = None,
                 },
             }
@@ -281,36 +281,42 @@ async fn start(
 /// Handles the events the proxy sent together, in order: HTTP records go to the observer in
 /// runs (one lock of its ring each), learned DNS answers to the FQDN learner.
 fn handle_batch(
-    batch: &[ProxyEvent],
+    batch: EventBatch,
     learner: &FqdnLearner,
     supervisor: Option<&Supervisor>,
     policies: &PolicyManager,
     observer: Option<&Observer>,
     reported_up: &mut bool,
 ) {
-    let mut http: Vec<&HttpRecord> = Vec::new();
+    // Once read by its only receiver (this task; the usual case) the batch is ours: the
+    // records' strings then move into the flows instead of being copied.
+    let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| Vec::clone(&shared));
+    let mut http: Vec<HttpRecord> = Vec::new();
     let mut only_records = true;
     for ev in batch {
-        if let ProxyEvent::Http(record) = ev {
-            http.push(record);
-            continue;
-        }
+        let ev = match ev {
+            ProxyEvent::Http(record) => {
+                http.push(*record);
+                continue;
+            }
+            ev => ev,
+        };
         // Flows stay in the order the proxy sent them.
         if let (Some(o), false) = (observer, http.is_empty()) {
-            o.observe_http_batch(http.drain(..));
+            o.observe_http_records(http.drain(..));
         }
         match ev {
             ProxyEvent::Dns(record) => {
                 if let Some(o) = observer {
-                    o.observe_dns(record);
+                    o.observe_dns(&record);
                 }
             }
             ProxyEvent::Kafka(record) => {
                 if let Some(o) = observer {
-                    o.observe_kafka(record);
+                    o.observe_kafka(&record);
                 }
             }
-            ProxyEvent::FqdnLearned(learned) => learner.learn(FqdnLearned::clone(learned)),
+            ProxyEvent::FqdnLearned(learned) => learner.learn(*learned),
             ProxyEvent::Rejected { revision, reason } => {
                 warn!(revision, %reason, "the proxy refused a policy update");
                 only_records = false;
@@ -320,7 +326,7 @@ fn handle_batch(
         }
     }
     if let (Some(o), false) = (observer, http.is_empty()) {
-        o.observe_http_batch(http);
+        o.observe_http_records(http);
     }
     // Records change nothing `status` shows (the counters come with Stats), so once it shows
     // the proxy up they refresh nothing (they come two per request). Until then they do: the

@@ -115,6 +115,41 @@ proptest! {
         prop_assert!(err.to_string().contains("truncated in field"), "{err}");
     }
 
+    /// The proxy encodes its records from borrowed parts, the URL in pieces: the same bytes
+    /// as the owned record's frame, wherever the URL is cut.
+    #[test]
+    fn a_record_from_parts_is_the_owned_records_frame(rec in http(), cut in any::<prop::sample::Index>(), cut2 in any::<prop::sample::Index>()) {
+        let mut owned = Vec::new();
+        encode_record(&ProxyEvent::Http(Box::new(rec.clone())), &mut owned);
+        let bounds: Vec<usize> = (0..=rec.url.len()).filter(|i| rec.url.is_char_boundary(*i)).collect();
+        let (mut a, mut b) = (bounds[cut.index(bounds.len())], bounds[cut2.index(bounds.len())]);
+        if a > b {
+            std::mem::swap(&mut a, &mut b);
+        }
+        let pieces = [&rec.url[..a], &rec.url[a..b], &rec.url[b..]];
+        let parts = HttpParts {
+            time_ns: rec.time_ns,
+            record_type: rec.record_type,
+            endpoint: rec.endpoint,
+            egress: rec.egress,
+            source: rec.source,
+            destination: rec.destination,
+            source_identity: rec.source_identity,
+            destination_identity: rec.destination_identity,
+            verdict: rec.verdict,
+            rule: rec.rule,
+            method: &rec.method,
+            url: &pieces,
+            protocol: &rec.protocol,
+            code: rec.code,
+            latency_ns: rec.latency_ns,
+            reason: rec.reason.as_deref(),
+        };
+        let mut borrowed = vec![b'x'];
+        encode_http_parts(&parts, rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), &mut borrowed);
+        prop_assert_eq!(&borrowed[1..], &owned[..]);
+    }
+
     #[test]
     fn garbage_never_panics(kind in 0u8..5, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
         // Any outcome but a panic; an unknown kind is refused as such.
@@ -206,4 +241,45 @@ fn json_lines_never_start_like_a_frame() {
         let line = serde_json::to_vec(&ev).unwrap();
         assert!(!is_frame_kind(line[0]));
     }
+}
+
+/// A header value that is not UTF-8 arrives as `String::from_utf8_lossy` makes it.
+#[test]
+fn a_header_value_that_is_not_utf8_is_written_lossily() {
+    let rec = sample_http();
+    let parts = HttpParts {
+        time_ns: rec.time_ns,
+        record_type: rec.record_type,
+        endpoint: rec.endpoint,
+        egress: rec.egress,
+        source: rec.source,
+        destination: rec.destination,
+        source_identity: rec.source_identity,
+        destination_identity: rec.destination_identity,
+        verdict: rec.verdict,
+        rule: rec.rule,
+        method: &rec.method,
+        url: &[&rec.url],
+        protocol: &rec.protocol,
+        code: rec.code,
+        latency_ns: rec.latency_ns,
+        reason: rec.reason.as_deref(),
+    };
+    let mut buf = Vec::new();
+    encode_http_parts(
+        &parts,
+        [("x-bin", &b"a\xffb"[..]), ("host", b"web")],
+        &mut buf,
+    );
+    let (kind, payload) = split(&buf);
+    let ProxyEvent::Http(got) = decode_record(kind, payload).unwrap() else {
+        panic!("not an HTTP record");
+    };
+    assert_eq!(
+        got.headers,
+        vec![
+            ("x-bin".to_owned(), "a\u{fffd}b".to_owned()),
+            ("host".to_owned(), "web".to_owned())
+        ]
+    );
 }

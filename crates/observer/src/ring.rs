@@ -14,7 +14,7 @@ use crate::convert::{record_of, system_time_to_timestamp};
 use crate::dns::dns_to_flow;
 use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
-use crate::l7::http_to_flow;
+use crate::l7::http_into_flow;
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 use crate::record::{FlowIds, NodeNames, Recorded};
@@ -267,10 +267,16 @@ impl Observer {
     /// [`observe_http`](Self::observe_http) for several records, in order, taking the ring's
     /// lock once.
     pub fn observe_http_batch<'a>(&self, records: impl IntoIterator<Item = &'a HttpRecord>) {
+        self.observe_http_records(records.into_iter().cloned());
+    }
+
+    /// [`observe_http_batch`](Self::observe_http_batch), taking the records: their strings
+    /// become the flows' (see [`http_into_flow`]).
+    pub fn observe_http_records(&self, records: impl IntoIterator<Item = HttpRecord>) {
         let entries: Vec<Entry> = records
             .into_iter()
             .map(|r| {
-                let flow = http_to_flow(r, self.store.as_ref(), &self.config.node_name);
+                let flow = http_into_flow(r, self.store.as_ref(), &self.config.node_name);
                 self.metrics.record(&flow);
                 Entry::Flow(Box::new(flow))
             })

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::dns::gate::AnswerGate;
 use crate::engine::Engine;
-use crate::events::{is_record, EventSender};
+use crate::events::{EventSender, Outgoing};
 
 /// Binds the control socket at `path` (replacing a stale one).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -39,11 +39,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Serves the control socket forever: commands applied in order, events forwarded to the
 /// newest connection, stats every second while they change.
-pub async fn serve(
-    listener: UnixListener,
-    engine: Arc<Engine>,
-    events: mpsc::Receiver<ProxyEvent>,
-) {
+pub async fn serve(listener: UnixListener, engine: Arc<Engine>, events: mpsc::Receiver<Outgoing>) {
     serve_with_gate(listener, engine, events, None).await;
 }
 
@@ -51,7 +47,7 @@ pub async fn serve(
 pub async fn serve_with_gate(
     listener: UnixListener,
     engine: Arc<Engine>,
-    events: mpsc::Receiver<ProxyEvent>,
+    events: mpsc::Receiver<Outgoing>,
     gate: Option<Arc<AnswerGate>>,
 ) {
     let _control = spawn(listener, engine, events, gate);
@@ -80,7 +76,7 @@ impl Control {
 pub fn spawn(
     listener: UnixListener,
     engine: Arc<Engine>,
-    events: mpsc::Receiver<ProxyEvent>,
+    events: mpsc::Receiver<Outgoing>,
     gate: Option<Arc<AnswerGate>>,
 ) -> Control {
     let writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>> = Arc::new(Mutex::new(None));
@@ -247,7 +243,7 @@ const RECORD_LINGER: Duration = Duration::from_millis(5);
 const MAX_BATCH: usize = 512;
 
 async fn forward_events(
-    mut events: mpsc::Receiver<ProxyEvent>,
+    mut events: mpsc::Receiver<Outgoing>,
     mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
     writer: Arc<Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
     engine: Arc<Engine>,
@@ -289,8 +285,8 @@ async fn forward_events(
 /// is not watched meanwhile, so records sent during the wait wake nobody (see
 /// [`crate::events`]).
 async fn gather(
-    events: &mut mpsc::Receiver<ProxyEvent>,
-    batch: &mut Vec<ProxyEvent>,
+    events: &mut mpsc::Receiver<Outgoing>,
+    batch: &mut Vec<Outgoing>,
     urgent: &EventSender,
     gate: Option<&AnswerGate>,
 ) {
@@ -313,15 +309,15 @@ async fn gather(
     }
 }
 
-fn is_urgent(ev: &ProxyEvent, gate: Option<&AnswerGate>) -> bool {
+fn is_urgent(ev: &Outgoing, gate: Option<&AnswerGate>) -> bool {
     match ev {
-        ProxyEvent::FqdnLearned(l) => gate.is_none_or(|g| g.is_held(l.id)),
-        ev => !is_record(ev),
+        Outgoing::Event(ProxyEvent::FqdnLearned(l)) => gate.is_none_or(|g| g.is_held(l.id)),
+        ev => !ev.is_record(),
     }
 }
 
 /// Moves the events already queued into `batch`, up to [`MAX_BATCH`].
-fn take_ready(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEvent>) {
+fn take_ready(events: &mut mpsc::Receiver<Outgoing>, batch: &mut Vec<Outgoing>) {
     while batch.len() < MAX_BATCH {
         match events.try_recv() {
             Ok(ev) => batch.push(ev),
@@ -334,13 +330,20 @@ fn take_ready(events: &mut mpsc::Receiver<ProxyEvent>, batch: &mut Vec<ProxyEven
 /// events as JSON lines, and empties it. Records that reach no agent are counted as lost.
 async fn write_batch(
     writer: &Mutex<Option<tokio::net::unix::OwnedWriteHalf>>,
-    batch: &mut Vec<ProxyEvent>,
+    batch: &mut Vec<Outgoing>,
     lines: &mut Vec<u8>,
     engine: &Engine,
 ) {
     lines.clear();
     let n = batch.len() as u64;
     for ev in batch.drain(..) {
+        let ev = match ev {
+            Outgoing::Frame(f) => {
+                lines.extend_from_slice(&f);
+                continue;
+            }
+            Outgoing::Event(ev) => ev,
+        };
         if l7_wire::encode_record(&ev, lines) {
             continue;
         }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, Bytes, BytesMut};
 use ciliate_model::identity::NumericIdentity;
 use ciliate_model::l7::{HttpRecord, L7Parser, L7RecordType, L7Verdict, ProxyEvent, ProxyStats};
+use ciliate_model::l7_wire::{encode_http_parts, HttpParts};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -529,30 +530,43 @@ fn base_record(meta: &ConnMeta, record_type: L7RecordType, verdict: L7Verdict) -
     }
 }
 
-fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-/// The request's record: `rec` (which has no headers) with the request's headers.
-fn request_record(rec: &HttpRecord, headers: Vec<(String, String)>) -> ProxyEvent {
-    let mut request = rec.clone();
-    request.headers = headers;
-    ProxyEvent::Http(Box::new(request))
-}
-
 fn protocol_of(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     }
+}
+
+/// The URL as Hubble shows it, `http://{authority}{path}`, and where the path starts in it:
+/// the only string a request's records need that outlives the request (which goes upstream
+/// before its response is recorded).
+fn request_url(req: &Request<Incoming>) -> (String, usize) {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    let authority = authority.unwrap_or_default();
+    let mut url = String::with_capacity(URL_SCHEME.len() + authority.len() + path.len());
+    url.push_str(URL_SCHEME);
+    url.push_str(authority);
+    let path_at = url.len();
+    url.push_str(path);
+    (url, path_at)
+}
+
+const URL_SCHEME: &str = "http://";
+
+/// What a request's two records share.
+struct Exchange<'a> {
+    method: &'a str,
+    url: &'a str,
+    protocol: &'static str,
+    verdict: L7Verdict,
+    rule: u32,
+    reason: Option<String>,
 }
 
 impl Conn {
@@ -566,56 +580,42 @@ impl Conn {
         } else {
             self.meta.source_identity
         };
-        let method = req.method().as_str().to_owned();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
+        // A standard method is a constant: no copy.
+        let method = req.method().clone();
+        let (url, path_at) = request_url(&req);
         let view = RequestView {
-            method: &method,
-            path_and_query: &path,
-            authority: &authority,
+            method: method.as_str(),
+            path_and_query: &url[path_at..],
+            authority: &url[URL_SCHEME.len()..path_at],
         };
         let decision = match table.get(&self.key) {
             Some(r) => r.decide(remote, &view, req.headers_mut()),
             None => Decision::Denied,
         };
-        let mut rec = base_record(&self.meta, L7RecordType::Request, L7Verdict::Forwarded);
-        rec.method = method;
-        rec.url = format!("http://{authority}{path}");
-        rec.protocol = protocol_of(req.version()).into();
-        // The request's headers go into the request record only (the response record gets the
-        // response's): kept apart so that `rec` is cloned without them.
-        let request_headers = header_list(req.headers());
-        let rule = match decision {
+        let mut ex = Exchange {
+            method: method.as_str(),
+            url: &url,
+            protocol: protocol_of(req.version()),
+            verdict: L7Verdict::Forwarded,
+            rule: 0,
+            reason: None,
+        };
+        match decision {
             Decision::Allowed { rule, notes } => {
-                rec.rule = rule;
+                ex.rule = rule;
                 if !notes.is_empty() {
-                    rec.reason = Some(notes.join("; "));
+                    ex.reason = Some(notes.join("; "));
                 }
-                rule
             }
             Decision::Denied => {
                 engine.counters.denied.fetch_add(1, Ordering::Relaxed);
-                rec.verdict = L7Verdict::Dropped;
-                rec.reason = Some(if table.get(&self.key).is_some() {
+                ex.verdict = L7Verdict::Dropped;
+                ex.reason = Some(if table.get(&self.key).is_some() {
                     "no rule matched".into()
                 } else {
                     "redirect removed".into()
                 });
-                engine.emit(request_record(&rec, request_headers));
+                self.record(&ex, L7RecordType::Request, 0, 0, req.headers());
                 if !self.h2 {
                     // Read what the client already sent so the connection stays usable for
                     // its next request (bounded: a huge upload is cut off instead).
@@ -626,11 +626,11 @@ impl Conn {
                     .header(http::header::CONTENT_TYPE, "text/plain")
                     .body(full(ACCESS_DENIED_BODY))
                     .unwrap_or_else(|_| Response::new(full(ACCESS_DENIED_BODY)));
-                self.respond_record(rec, &resp, start);
+                self.respond_record(&ex, &resp, start);
                 return resp;
             }
-        };
-        engine.emit(request_record(&rec, request_headers));
+        }
+        self.record(&ex, L7RecordType::Request, 0, 0, req.headers());
 
         let client_upgrade = (!self.h2 && req.headers().contains_key(http::header::UPGRADE))
             .then(|| hyper::upgrade::on(&mut req));
@@ -640,17 +640,16 @@ impl Conn {
             Err(e) => {
                 warn!(client = %self.meta.client, dst = %self.meta.original_dst, error = %e, "upstream");
                 engine.counters.errors.fetch_add(1, Ordering::Relaxed);
-                rec.verdict = L7Verdict::Error;
-                rec.reason = Some(format!("upstream: {e}"));
+                ex.verdict = L7Verdict::Error;
+                ex.reason = Some(format!("upstream: {e}"));
                 let resp = Response::builder()
                     .status(StatusCode::BAD_GATEWAY)
                     .body(full(format!("upstream: {e}\r\n")))
                     .unwrap_or_else(|_| Response::new(full("upstream error\r\n")));
-                self.respond_record(rec, &resp, start);
+                self.respond_record(&ex, &resp, start);
                 return resp;
             }
         };
-        rec.rule = rule;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_up) = client_upgrade {
                 let server_up = hyper::upgrade::on(&mut resp);
@@ -669,17 +668,63 @@ impl Conn {
             }
         }
         let resp = resp.map(|b| b.boxed());
-        self.respond_record(rec, &resp, start);
+        self.respond_record(&ex, &resp, start);
         resp
     }
 
-    fn respond_record(&self, mut rec: HttpRecord, resp: &Response<Body>, start: Instant) {
-        rec.time_ns = now_ns();
-        rec.record_type = L7RecordType::Response;
-        rec.code = resp.status().as_u16();
-        rec.headers = header_list(resp.headers());
-        rec.latency_ns = start.elapsed().as_nanos() as u64;
-        self.engine.emit(ProxyEvent::Http(Box::new(rec)));
+    fn respond_record(&self, ex: &Exchange<'_>, resp: &Response<Body>, start: Instant) {
+        let latency_ns = start.elapsed().as_nanos() as u64;
+        self.record(
+            ex,
+            L7RecordType::Response,
+            resp.status().as_u16(),
+            latency_ns,
+            resp.headers(),
+        );
+    }
+
+    /// Sends one of the exchange's records (the request's with the request's headers, the
+    /// response's with the response's), encoded here from the borrowed parts.
+    fn record(
+        &self,
+        ex: &Exchange<'_>,
+        record_type: L7RecordType,
+        code: u16,
+        latency_ns: u64,
+        headers: &HeaderMap,
+    ) {
+        let m = &self.meta;
+        let parts = HttpParts {
+            time_ns: now_ns(),
+            record_type,
+            endpoint: m.endpoint,
+            egress: m.egress,
+            source: m.client,
+            destination: m.original_dst,
+            source_identity: m.source_identity,
+            destination_identity: m.destination_identity,
+            verdict: ex.verdict,
+            rule: ex.rule,
+            method: ex.method,
+            url: &[ex.url],
+            protocol: ex.protocol,
+            code,
+            latency_ns,
+            reason: ex.reason.as_deref(),
+        };
+        // Room for the fixed fields, the strings and typical headers: one allocation.
+        let mut frame = Vec::with_capacity(128 + ex.url.len() + 48 * headers.len());
+        encode_http_parts(
+            &parts,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            &mut frame,
+        );
+        if self.engine.events.try_send_frame(frame).is_err() {
+            self.engine
+                .counters
+                .records_lost
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn send_upstream(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {

@@ -125,7 +125,7 @@ async fn commands_events_and_rejection() {
         latency_ns: 0,
         reason: None,
     };
-    tx.send(ProxyEvent::Http(Box::new(rec.clone())))
+    tx.send(ProxyEvent::Http(Box::new(rec.clone())).into())
         .await
         .expect("send");
     assert_eq!(next(&mut c).await, ProxyEvent::Http(Box::new(rec)));

@@ -16,6 +16,7 @@ use ciliate_proxy::dns::gate::AnswerGate;
 use ciliate_proxy::dns::message::{self, inspect_answer, inspect_query};
 use ciliate_proxy::dns::{DnsConfig, DnsProxy, Flow, Transport, Upstream};
 use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
+use ciliate_proxy::events::Outgoing;
 use ciliate_proxy::identity::StaticIdentities;
 use ciliate_proxy::policy::Policy;
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
@@ -72,7 +73,7 @@ fn pattern(p: &str) -> DnsMatch {
 
 /// A proxy whose policy allows `allowed.example.` and `*.ok.example.` for POD; records come
 /// out of the receiver.
-fn proxy() -> (DnsProxy, mpsc::Receiver<ProxyEvent>) {
+fn proxy() -> (DnsProxy, mpsc::Receiver<Outgoing>) {
     let (tx, rx) = mpsc::channel(1 << 16);
     let engine = Arc::new(Engine {
         policy: Arc::new(Policy::default()),
@@ -123,10 +124,10 @@ fn handle(p: &DnsProxy, bytes: &[u8], t: Transport) -> Option<Vec<u8>> {
     rt().block_on(p.handle(bytes, flow(t), &mut Upstream::default()))
 }
 
-fn records(rx: &mut mpsc::Receiver<ProxyEvent>) -> Vec<ciliate_model::l7::DnsRecord> {
+fn records(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<ciliate_model::l7::DnsRecord> {
     let mut out = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        if let ProxyEvent::Dns(r) = ev {
+        if let Ok(ProxyEvent::Dns(r)) = ev.into_event() {
             out.push(*r);
         }
     }

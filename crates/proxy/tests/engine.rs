@@ -14,6 +14,7 @@ use ciliate_model::l7::{
     ProxyCommand, ProxyEvent,
 };
 use ciliate_proxy::engine::{Counters, Engine, EngineConfig, ACCESS_DENIED_BODY};
+use ciliate_proxy::events::Outgoing;
 use ciliate_proxy::identity::StaticIdentities;
 use ciliate_proxy::policy::Policy;
 use http::{Request, Response, StatusCode};
@@ -127,7 +128,7 @@ async fn upstream_on(ip: &str, h2: bool) -> (SocketAddrV4, Arc<Seen>) {
 struct Proxy {
     addr: SocketAddrV4,
     policy: Arc<Policy>,
-    events: mpsc::Receiver<ProxyEvent>,
+    events: mpsc::Receiver<Outgoing>,
     engine: Arc<Engine>,
 }
 
@@ -213,8 +214,12 @@ impl Proxy {
         let mut out = Vec::new();
         while out.len() < n {
             match tokio::time::timeout(T, self.events.recv()).await {
-                Ok(Some(ProxyEvent::Http(r))) => out.push(*r),
-                Ok(Some(_)) => {}
+                Ok(Some(ev)) => {
+                    // HTTP records come as frames: decoding them checks the encoding too.
+                    if let ProxyEvent::Http(r) = ev.into_event().expect("a frame that decodes") {
+                        out.push(*r);
+                    }
+                }
                 _ => panic!("only {} of {n} records: {out:#?}", out.len()),
             }
         }
