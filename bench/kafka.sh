@@ -13,8 +13,8 @@
 # Kafka-compatible broker the tests use, one partition) with its `null` storage engine: it
 # reads, decodes and answers every request as with storage, and keeps nothing. With
 # `--storage memory` (the tests' engine) it keeps every record: at ~500 MB/s that is ~2.5 GB
-# more per 5 s measurement, and the broker's CPU per MB swung 1.5-4.4 ms with the fresh pages
-# it took (first touches of a VM's memory), which made rounds of either path swing 2x
+# more per 5 s measurement, a third of the broker's CPU went to page faults for it, and its
+# CPU per MB swung 1.5-4.4 ms, slower round after round: rounds of either path swung 2x
 # (session 11, bench/README.md). The producer is librdkafka (PyPI's confluent-kafka, whose
 # wheel ships it: Debian's kcat has librdkafka 2.0.2, which cannot read Tansu's ApiVersions v3
 # answer) sending 1 KiB messages with acks=1, linger.ms=5, as fast as it can, for --secs
