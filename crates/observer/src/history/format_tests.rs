@@ -363,7 +363,9 @@ fn an_encoder_that_gave_its_buffers_back_encodes_the_same_block() {
         .map(|i| flow(i, PODS[i as usize % 5], PODS[(i as usize + 1) % 5]))
         .collect();
     let rows: Vec<(u64, &Flow)> = flows.iter().zip(1..).map(|(f, s)| (s, f)).collect();
-    let fresh = block::Encoder::default().encode(&rows, 3, "default/node-1").1;
+    let fresh = block::Encoder::default()
+        .encode(&rows, 3, "default/node-1")
+        .1;
     let mut enc = block::Encoder::default();
     let before = enc.encode(&rows, 3, "default/node-1").1;
     enc.release_block_buffers();
