@@ -466,7 +466,7 @@ fn an_answer_with_addresses_waits_for_fqdn_allowed_or_the_limit_and_the_limit_is
             let gate = p.gate.clone();
             let agent = tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
-                    if let ProxyEvent::FqdnLearned(l) = ev {
+                    if let Ok(ProxyEvent::FqdnLearned(l)) = ev.into_event() {
                         if released_by_agent {
                             assert!(gate.release(l.id));
                         }
@@ -527,7 +527,7 @@ fn an_answer_the_agent_confirmed_already_is_not_held_until_forgotten() {
         let (seen_tx, mut seen) = mpsc::unbounded_channel();
         let agent = tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
-                if let ProxyEvent::FqdnLearned(l) = ev {
+                if let Ok(ProxyEvent::FqdnLearned(l)) = ev.into_event() {
                     let _ = seen_tx.send((l.endpoint, gate.release(l.id)));
                 }
             }
@@ -841,7 +841,7 @@ fn tcp_answers_several_queries_per_connection_and_reports_a_truncated_one() {
         assert!(rest.is_empty(), "no answer to a truncated message");
         let mut truncated = None;
         while let Ok(ev) = rx.try_recv() {
-            if let ProxyEvent::Dns(r) = ev {
+            if let Ok(ProxyEvent::Dns(r)) = ev.into_event() {
                 if r.verdict == L7Verdict::Error {
                     truncated = r.reason;
                 }
