@@ -128,8 +128,11 @@ impl Timings {
                 let _ = write!(out, " {c}");
             }
             let q = |q| {
-                self.quantile_us(seg, q)
-                    .map_or("-".into(), |v| v.to_string())
+                match self.quantile_us(seg, q) {
+                    None => "-".to_owned(),
+                    Some(u64::MAX) => ">50000".to_owned(),
+                    Some(v) => v.to_string(),
+                }
             };
             let _ = writeln!(out, " {} {}", q(0.5), q(0.99));
         }
