@@ -8,21 +8,29 @@
 #           ciliate-proxy, which parses every request, checks its topic and forwards it
 #
 # Node X and node Y are two agents in two node namespaces built alike (pods by the CNI plugin),
-# measured in interleaved rounds. The broker is Tansu (the Kafka-compatible broker the tests
-# use, in-memory storage, one partition); the producer is librdkafka (PyPI's confluent-kafka,
-# whose wheel ships it: Debian's kcat has librdkafka 2.0.2, which cannot read Tansu's
-# ApiVersions v3 answer) sending 1 KiB messages with acks=1, linger.ms=5, as fast as the broker
-# takes them, for --secs seconds; throughput counts only messages the broker acknowledged.
-# Node Y's ciliate-proxy and agent CPU time (utime+stime) per MB is read around each proxied
-# measurement: less moved by other load than the throughput.
+# measured in rounds that alternate which path goes first; each round's ratio (proxy / direct)
+# is printed as it ends and summarized as median [min-max]. The broker is Tansu (the
+# Kafka-compatible broker the tests use, one partition) with its `null` storage engine: it
+# reads, decodes and answers every request as with storage, and keeps nothing. With
+# `--storage memory` (the tests' engine) it keeps every record: at ~500 MB/s that is ~2.5 GB
+# more per 5 s measurement, a third of the broker's CPU went to page faults for it, and its
+# CPU per MB swung 1.5-4.4 ms, slower round after round: rounds of either path swung 2x
+# (session 11, bench/README.md). The producer is librdkafka (PyPI's confluent-kafka, whose
+# wheel ships it: Debian's kcat has librdkafka 2.0.2, which cannot read Tansu's ApiVersions v3
+# answer) sending 1 KiB messages with acks=1, linger.ms=5, as fast as it can, for --secs
+# seconds; throughput counts only messages the broker acknowledged. Around each measurement
+# the CPU time (run time of every thread) of node Y's ciliate-proxy and agent and of the broker is read per
+# MB, and the producer's own CPU in cores: less moved by other load than the throughput, and
+# they say which side bounds it (the producer, on its CPU, in a quiet direct round).
 #
-#   sudo bench/kafka.sh [--secs N] [--runs N] [--quick] [--no-build]
+#   sudo bench/kafka.sh [--secs N] [--runs N] [--storage null|memory] [--quick] [--no-build]
 #
-#   --secs N     seconds per measurement (default 10)
-#   --runs N     rounds, interleaved (default 5)
-#   --quick      checks that it works and cleans up: 1 s, 1 round, the binaries already built
-#                (in $CILIATE_BIN_DIR, default target/release)
-#   --no-build   do not run `cargo build --release` first
+#   --secs N       seconds per measurement (default 10)
+#   --runs N       rounds (default 5)
+#   --storage S    the broker's storage engine: null (default) or memory (see above)
+#   --quick        checks that it works and cleans up: 1 s, 1 round, the binaries already
+#                  built (in $CILIATE_BIN_DIR, default target/release)
+#   --no-build     do not run `cargo build --release` first
 #
 # Needs root, Tansu and confluent-kafka (scripts/install-kafka-tools, which scripts/install-deps
 # calls; a missing one is an error, never a skip). The producer is pinned to CPU 0, the broker
@@ -37,17 +45,24 @@ cd "$(dirname "$0")/.."
 SECS=10
 RUNS=5
 BUILD=1
-usage() { echo "usage: $0 [--secs N] [--runs N] [--quick] [--no-build]" >&2; exit 2; }
+STORAGE=null
+usage() { echo "usage: $0 [--secs N] [--runs N] [--storage null|memory] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --secs) [ $# -ge 2 ] || usage; SECS=$2; shift 2 ;;
     --runs) [ $# -ge 2 ] || usage; RUNS=$2; shift 2 ;;
     --quick) SECS=1; RUNS=1; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
+    --storage) [ $# -ge 2 ] || usage; STORAGE=$2; shift 2 ;;
     *) usage ;;
   esac
 done
 [[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] || { echo "$0: --secs $SECS: expected a whole number of seconds >= 1" >&2; exit 2; }
+case "$STORAGE" in
+  null) ENGINE=null:// ;;
+  memory) ENGINE=memory://tansu/ ;;
+  *) echo "$0: --storage $STORAGE: expected null or memory" >&2; exit 2 ;;
+esac
 [[ "$RUNS" =~ ^[0-9]+$ ]] && [ "$RUNS" -ge 1 ] || { echo "$0: --runs $RUNS: expected a number >= 1" >&2; exit 2; }
 TOOLS=${CILIATE_KAFKA_TOOLS:-/opt/ciliate-tools}
 TANSU=$TOOLS/bin/tansu
@@ -87,13 +102,17 @@ YAML
 # The brokers: Tansu in each broker pod, advertising the pod's address (clients come back to
 # it after the bootstrap metadata, through the proxy on node Y), with the topic made from the
 # broker's own pod (creating topics is no part of the policy measured).
+declare -A BROKER_PID=() # by path
 for n in x y; do
   ip=X_BROKER
   [ "$n" = y ] && ip=Y_BROKER
   pin_server nsenter --net=/var/run/netns/"$RUN-$n-broker" "$TANSU" broker \
     --listener-url "tcp://${!ip}:9092" --advertised-listener-url "tcp://${!ip}:9092" \
-    --storage-engine memory://tansu/ >"$STATE/tansu-$n.log" 2>&1 &
+    --storage-engine "$ENGINE" >"$STATE/tansu-$n.log" 2>&1 &
   track $!
+  path=direct
+  [ "$n" = y ] && path=proxy
+  BROKER_PID[$path]=$!
 done
 for n in x y; do
   ip=X_BROKER
@@ -124,6 +143,7 @@ def delivered(err, _m):
     else:
         count["failed"] += 1
         count["error"] = str(err)
+cpu0 = time.process_time()
 start = time.monotonic()
 end = start + secs
 sent = 0
@@ -138,7 +158,7 @@ while (time.monotonic() < end) if secs > 0 else (sent < 20):
         p.poll(0)
 left = p.flush(60)
 elapsed = time.monotonic() - start
-print(count["ok"], count["failed"] + left, f"{elapsed:.3f}")
+print(count["ok"], count["failed"] + left, f"{elapsed:.3f}", f"{time.process_time() - cpu0:.3f}")
 if count["error"]:
     print("last error:", count["error"], file=sys.stderr)
 PY
@@ -151,7 +171,16 @@ produce() { # path secs: "delivered failed seconds"
   read -r ns ip <<<"${DST[$1]}"
   pin_client nsenter --net=/var/run/netns/"$ns" "$PY" "$STATE/produce.py" "$ip:9092" "$2" 2>>"$STATE/produce.log"
 }
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU time of all CPUs but niced and idle time (user, system, irq, softirq), in seconds: what
+# every process of the path costs, the kernel's packet work that ticks count as softirq
+# rather than to a process included; the builds of a shared machine (nice) are not counted,
+# other un-niced work is.
+busy_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.3f", ($2 + $4 + $7 + $8) / hz }' /proc/stat; }
+# A process's time on a CPU in seconds: the sum of its threads' run time (schedstat, in ns),
+# the packet work the kernel does in its context included. Not utime+stime: this kernel
+# samples those at each tick, and ticks that land in that packet work count as softirq, to no
+# process (the proxy's CPU per MB read so went 0.18-0.64 ms in runs of one build).
+cpu_s() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.6f", s / 1e9 }'; }
 proxy_pid() {
   local pid
   for pid in $(ip netns pids "$RUN-y"); do
@@ -180,25 +209,38 @@ done
 
 : >"$RESULTS"
 for round in $(seq "$RUNS"); do
-  echo "round $round of $RUNS..." >&2
-  for p in direct proxy; do
+  # The two paths in alternating order, so that each round's ratio is of two neighbouring
+  # measurements and neither path is always the one measured right after the other.
+  order="direct proxy"
+  [ $((round % 2)) = 0 ] && order="proxy direct"
+  for p in $order; do
     ppid=$(proxy_pid)
-    c0_proxy=$(cpu_s "$ppid"); c0_agent=$(cpu_s "${AGENTS[1]}")
-    read -r done failed secs <<<"$(produce "$p" "$SECS")"
-    c1_proxy=$(cpu_s "$ppid"); c1_agent=$(cpu_s "${AGENTS[1]}")
+    bpid=${BROKER_PID[$p]}
+    c0_proxy=$(cpu_s "$ppid"); c0_agent=$(cpu_s "${AGENTS[1]}"); c0_broker=$(cpu_s "$bpid"); c0_all=$(busy_s)
+    read -r done failed secs client_cpu <<<"$(produce "$p" "$SECS")"
+    c1_proxy=$(cpu_s "$ppid"); c1_agent=$(cpu_s "${AGENTS[1]}"); c1_broker=$(cpu_s "$bpid"); c1_all=$(busy_s)
     mb=$(python3 -c "print($done * 1024 / 1e6)")
-    echo "msgs $p $(python3 -c "print($done / $secs)")" >>"$RESULTS"
+    printf -v "RATE_$p" %s "$(python3 -c "print($done / $secs)")"
+    rate=RATE_$p
+    echo "msgs $p ${!rate}" >>"$RESULTS"
     echo "mbs $p $(python3 -c "print($mb / $secs)")" >>"$RESULTS"
     echo "failed $p $failed" >>"$RESULTS"
+    echo "client-cpu $p $(python3 -c "print($client_cpu / $secs)")" >>"$RESULTS"
+    echo "broker-cpu $p $(python3 -c "print(1e3 * ($c1_broker - $c0_broker) / max($mb, 1e-9))")" >>"$RESULTS"
+    echo "all-cpu $p $(python3 -c "print(1e3 * ($c1_all - $c0_all) / max($mb, 1e-9))")" >>"$RESULTS"
     if [ "$p" = proxy ]; then
       echo "proxy-cpu $p $(python3 -c "print(1e3 * ($c1_proxy - $c0_proxy) / max($mb, 1e-9))")" >>"$RESULTS"
       echo "agent-cpu $p $(python3 -c "print(1e3 * ($c1_agent - $c0_agent) / max($mb, 1e-9))")" >>"$RESULTS"
     fi
   done
+  ratio=$(python3 -c "print($RATE_proxy / max($RATE_direct, 1e-9))")
+  echo "ratio proxy $ratio" >>"$RESULTS"
+  printf 'round %s of %s: direct %.0f, proxy %.0f messages/s: %.2f (load %s)\n' "$round" "$RUNS" \
+    "$RATE_direct" "$RATE_proxy" "$ratio" "$(cut -d' ' -f1 /proc/loadavg)" >&2
 done
 
-printf '\nKafka produce, 1 KiB messages, acks=1, linger.ms=5 (librdkafka %s), Tansu, one partition, %s s per measurement; %s; load %s\n\n' \
-  "$("$PY" -c 'import confluent_kafka; print(confluent_kafka.libversion()[0])')" "$SECS" "$(pinning)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '\nKafka produce, 1 KiB messages, acks=1, linger.ms=5 (librdkafka %s), Tansu (%s storage), one partition, %s s per measurement; %s; load %s\n\n' \
+  "$("$PY" -c 'import confluent_kafka; print(confluent_kafka.libversion()[0])')" "$STORAGE" "$SECS" "$(pinning)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = {}
@@ -218,14 +260,18 @@ print(f"{'median [min-max]':34}" + "".join(f"{p:>{w}}" for p in ["direct", "prox
 for m, label, fmt in [("msgs", "messages/s delivered", "{:,.0f}"),
                       ("mbs", "MB/s delivered", "{:,.1f}"),
                       ("failed", "messages failed", "{:,.0f}"),
+                      ("client-cpu", "producer CPU, cores", "{:.2f}"),
+                      ("broker-cpu", "broker CPU ms per MB", "{:.2f}"),
+                      ("all-cpu", "all CPUs (not nice) ms per MB", "{:.2f}"),
                       ("proxy-cpu", "proxy CPU ms per MB", "{:.2f}"),
                       ("agent-cpu", "agent CPU ms per MB", "{:.2f}")]:
     print(f"{label:34}" + "".join(f"{cell(m, p, fmt):>{w}}" for p in ["direct", "proxy"]))
-print(f"({len(rows.get(('msgs', 'direct'), []))} rounds, interleaved in the order above)\n")
+print(f"({len(rows.get(('msgs', 'direct'), []))} rounds, the two paths in alternating order)\n")
 a, b = med("msgs", "direct"), med("msgs", "proxy")
 ratio = f"{b / a:.2f}" if a and b is not None else "-"
 print(f"{'proxy vs direct (medians)':44}{'value':>10}   goal")
 print(f"{'produce throughput, ratio':44}{ratio:>10}   >= 0.9")
+print(f"{'  per round (median [min-max] of ratios)':44}{cell('ratio', 'proxy', '{:.2f}'):>18}")
 failed = sum(sum(v) for (m, _), v in rows.items() if m == "failed")
 if failed:
     print(f"NOTE: {failed:.0f} messages were not delivered")

@@ -2,8 +2,9 @@
 //! redirect pushed on the control socket: topics created, produce and consume on an allowed
 //! topic go through; a denied topic is refused with TOPIC_AUTHORIZATION_FAILED, which the
 //! client reports as such, and the connection that carried the refusal carries the next
-//! request. A 200 KB message goes through whole (spliced) and is refused on a denied topic
-//! (read whole), the connection carrying the next request. (Debian's kcat, librdkafka 2.0.2, cannot read Tansu 0.6's ApiVersions v3 answer
+//! request. Two 200 KB messages go through whole (spliced; the second looked at before any
+//! of it is read) and one is refused on a denied topic (read whole), the connection carrying
+//! the next request. (Debian's kcat, librdkafka 2.0.2, cannot read Tansu 0.6's ApiVersions v3 answer
 //! even without a proxy, so it is not used.)
 //!
 //! The broker advertises the proxy's address, so that clients reach it through the proxy
@@ -91,8 +92,11 @@ except KafkaError as e:
 p.send("allowed", b"py-2").get(timeout=10)
 out["after"] = "ok"
 # Requests larger than the proxy reads whole: spliced when allowed, read and refused when not.
+# The first is read in part; each after a large one is looked at before any of it is read
+# (spliced whole when allowed, read whole when refused).
 big = bytes(range(256)) * 800
 p.send("allowed", big).get(timeout=10)
+p.send("allowed", big[::-1]).get(timeout=10)
 out["big"] = "ok"
 try:
     p.send("denied", big).get(timeout=10)
@@ -104,7 +108,7 @@ p.close()
 c = KafkaConsumer(bootstrap_servers=bootstrap, client_id="ciliate-py-consumer",
                   auto_offset_reset="earliest", consumer_timeout_ms=5000, group_id=None)
 c.assign([TopicPartition("allowed", 0)])
-out["consumed"] = ["big" if m.value == big else m.value.decode(errors="replace")[:20] for m in c]
+out["consumed"] = ["big" if m.value == big else "gib" if m.value == big[::-1] else m.value.decode(errors="replace")[:20] for m in c]
 c.close()
 print(json.dumps(out))
 "#;
@@ -199,7 +203,7 @@ async fn real_clients_through_the_proxy_to_a_real_broker() {
     assert_eq!(py["big_denied"], "TopicAuthorizationFailedError", "{py}");
     assert_eq!(
         py["consumed"],
-        serde_json::json!(["py-1", "py-2", "big", "py-3"]),
+        serde_json::json!(["py-1", "py-2", "big", "gib", "py-3"]),
         "{py}"
     );
     let recs = records(&mut c).await;

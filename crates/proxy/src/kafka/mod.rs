@@ -18,7 +18,9 @@
 //! A large Produce request is decided on its first bytes (its one topic's name comes before
 //! its records): allowed, those bytes are written to the broker and the rest of the frame is
 //! spliced after them without passing through the proxy's memory; refused (or naming more
-//! topics), it is read whole as any other.
+//! topics), it is read whole as any other. Once a connection has sent a large request, the
+//! next one is looked at before it is read ([`frame::peek_large`]): when it is large again,
+//! it is decided on a copy of its head and, allowed, spliced whole, nothing of it read.
 
 pub mod deny;
 pub mod frame;
@@ -51,10 +53,36 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// module's doc); smaller ones are read whole, one copy costing less than the pipe's calls.
 const STREAM_MIN: usize = 64 << 10;
 
-/// A request's bytes as read: whole, or its head with the rest still in the client's socket.
+/// A request's bytes as read: whole, its head with the rest still in the client's socket, or
+/// none of it read (its `size` bytes and the 4 of the size are all in the socket).
 enum Body {
     Whole(Bytes),
     Head { head: Bytes, rest: usize },
+    Peeked { size: usize },
+}
+
+/// The next request as it comes: read (whole or its head), or only looked at.
+enum Incoming {
+    Read(Frame),
+    Peeked { head: Bytes, size: usize },
+}
+
+/// The next request from the client: looked at first when `peek` (the last one was large)
+/// and nothing of it is read yet, else read.
+async fn next_request(
+    reader: &mut FrameReader,
+    client: &mut OwnedReadHalf,
+    max_frame: usize,
+    peek: bool,
+) -> Result<Option<Incoming>, frame::FrameError> {
+    if peek && reader.is_empty() {
+        if let Some((head, size)) =
+            frame::peek_large(client.as_ref(), STREAM_MIN, max_frame).await?
+        {
+            return Ok(Some(Incoming::Peeked { head, size }));
+        }
+    }
+    Ok(reader.next(client, STREAM_MIN).await?.map(Incoming::Read))
 }
 
 fn now_ns() -> u64 {
@@ -193,9 +221,11 @@ pub async fn serve(
     let mut pipe: Option<splice::Pipe> = None;
     let (slots_tx, slots_rx) = mpsc::channel::<Slot>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_responses(conn.clone(), slots_rx, client_wr));
+    // The last request was large: a producer's next one most likely is too.
+    let mut peek = false;
     loop {
         let frame = tokio::select! {
-            f = reader.next(&mut client_rd, STREAM_MIN) => f,
+            f = next_request(&mut reader, &mut client_rd, conn.max_frame, peek) => f,
             _ = shutdown.changed() => break,
             // The writer gave up (the broker closed, the client stopped reading).
             _ = slots_tx.closed() => break,
@@ -214,8 +244,17 @@ pub async fn serve(
             .requests
             .fetch_add(1, Ordering::Relaxed);
         let (parsed, body) = match frame {
-            Frame::Whole(p) => (request::parse(p.clone()), Body::Whole(p)),
-            Frame::Head { head, rest } => match request::parse_head(head.clone()) {
+            Incoming::Read(Frame::Whole(p)) => (request::parse(p.clone()), Body::Whole(p)),
+            Incoming::Peeked { head, size } => match request::parse_head(head) {
+                Some(req) => (Ok(req), Body::Peeked { size }),
+                None => {
+                    match read_peeked(&conn, &mut reader, &mut client_rd, &mut shutdown).await {
+                        Some(p) => (request::parse(p.clone()), Body::Whole(p)),
+                        None => break,
+                    }
+                }
+            },
+            Incoming::Read(Frame::Head { head, rest }) => match request::parse_head(head.clone()) {
                 Some(req) => (Ok(req), Body::Head { head, rest }),
                 None => match read_rest(
                     &conn,
@@ -231,6 +270,10 @@ pub async fn serve(
                     None => break,
                 },
             },
+        };
+        peek = match &body {
+            Body::Whole(p) => p.len() >= STREAM_MIN,
+            Body::Head { .. } | Body::Peeked { .. } => true,
         };
         let mut req = match parsed {
             Ok(r) => r,
@@ -297,18 +340,26 @@ pub async fn serve(
             }
             KafkaDecision::Denied => {
                 conn.engine.counters.denied.fetch_add(1, Ordering::Relaxed);
-                if let Body::Head { head, rest } = body {
-                    // The refusal names every partition: read the request whole.
-                    let Some(p) = read_rest(
-                        &conn,
-                        &mut reader,
-                        &mut client_rd,
-                        head,
-                        rest,
-                        &mut shutdown,
-                    )
-                    .await
-                    else {
+                // The refusal names every partition: read the request whole.
+                let whole = match body {
+                    Body::Whole(_) => None,
+                    Body::Head { head, rest } => Some(
+                        read_rest(
+                            &conn,
+                            &mut reader,
+                            &mut client_rd,
+                            head,
+                            rest,
+                            &mut shutdown,
+                        )
+                        .await,
+                    ),
+                    Body::Peeked { .. } => {
+                        Some(read_peeked(&conn, &mut reader, &mut client_rd, &mut shutdown).await)
+                    }
+                };
+                if let Some(whole) = whole {
+                    let Some(p) = whole else {
                         break;
                     };
                     match request::parse(p.clone()) {
@@ -375,9 +426,36 @@ async fn read_rest(
         .ok()
 }
 
+/// A request only looked at, read whole (nothing of it was taken from the socket, so the
+/// reader reads it as any other); `None` (the connection to close, recorded) when it cannot
+/// be or the proxy stops.
+async fn read_peeked(
+    conn: &Conn,
+    reader: &mut FrameReader,
+    client: &mut OwnedReadHalf,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Bytes> {
+    let read = tokio::select! {
+        r = reader.next_whole(client) => r,
+        _ = shutdown.changed() => return None,
+    };
+    match read {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
+            conn.error("request frame: the connection closed before a peeked frame".into());
+            None
+        }
+        Err(e) => {
+            conn.error(format!("request frame: {e}"));
+            None
+        }
+    }
+}
+
 /// Writes an allowed request to the broker: the size and the bytes read in one vectored write
 /// (two writes were two segments, the first of 4 bytes, and two system calls), then the bytes
-/// still in the client's socket, spliced (copied through memory if no pipe can be had).
+/// still in the client's socket, spliced (copied through memory if no pipe can be had); a
+/// request only looked at is spliced whole, its size with it.
 async fn forward(
     up: &mut OwnedWriteHalf,
     client: &OwnedReadHalf,
@@ -385,12 +463,15 @@ async fn forward(
     pipe: &mut Option<splice::Pipe>,
 ) -> std::io::Result<()> {
     let (bytes, rest) = match body {
-        Body::Whole(p) => (p, 0),
-        Body::Head { head, rest } => (head, *rest),
+        Body::Whole(p) => (Some(p), 0),
+        Body::Head { head, rest } => (Some(head), *rest),
+        Body::Peeked { size } => (None, 4 + size),
     };
-    let size = ((bytes.len() + rest) as u32).to_be_bytes();
-    let mut out = (&size[..]).chain(&bytes[..]);
-    up.write_all_buf(&mut out).await?;
+    if let Some(bytes) = bytes {
+        let size = ((bytes.len() + rest) as u32).to_be_bytes();
+        let mut out = (&size[..]).chain(&bytes[..]);
+        up.write_all_buf(&mut out).await?;
+    }
     if rest == 0 {
         return Ok(());
     }
