@@ -13,7 +13,7 @@
 //! task until it has caught up. The learned DNS answers (`FqdnLearned`), which a pod's answer
 //! may wait for, do not come this way.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -35,6 +35,9 @@ const QUEUE_BATCHES: usize = 1024;
 pub struct ProxyFlows {
     queue: Option<SyncSender<EventBatch>>,
     queued: Arc<AtomicUsize>,
+    /// Set when the owner goes: what is left is done as an ordinary task (not to hold up
+    /// the agent's exit).
+    closing: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     observer: Arc<Observer>,
 }
@@ -53,15 +56,17 @@ impl ProxyFlows {
     pub fn new(observer: Arc<Observer>) -> Self {
         let (tx, rx) = sync_channel::<EventBatch>(QUEUE_BATCHES);
         let queued = Arc::new(AtomicUsize::new(0));
+        let closing = Arc::new(AtomicBool::new(false));
         let started = {
             let (observer, queued) = (Arc::clone(&observer), Arc::clone(&queued));
+            let closing = Arc::clone(&closing);
             std::thread::Builder::new()
                 .name("proxy-flows".into())
                 .spawn(move || {
                     let mut class = BackgroundClass::new("proxy records to flows");
                     while let Ok(batch) = rx.recv() {
                         let waiting = queued.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-                        class.set(waiting < BEHIND_BATCHES);
+                        class.set(waiting < BEHIND_BATCHES && !closing.load(Ordering::Relaxed));
                         observe(&batch, &observer);
                     }
                 })
@@ -76,6 +81,7 @@ impl ProxyFlows {
         Self {
             queue,
             queued,
+            closing,
             thread,
             observer,
         }
@@ -106,6 +112,7 @@ impl ProxyFlows {
 impl Drop for ProxyFlows {
     /// Ends the thread once it has made flows of what is queued.
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
         self.queue.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -127,12 +127,10 @@ impl Timings {
             for c in self.counts(seg) {
                 let _ = write!(out, " {c}");
             }
-            let q = |q| {
-                match self.quantile_us(seg, q) {
-                    None => "-".to_owned(),
-                    Some(u64::MAX) => ">50000".to_owned(),
-                    Some(v) => v.to_string(),
-                }
+            let q = |q| match self.quantile_us(seg, q) {
+                None => "-".to_owned(),
+                Some(u64::MAX) => ">50000".to_owned(),
+                Some(v) => v.to_string(),
             };
             let _ = writeln!(out, " {} {}", q(0.5), q(0.99));
         }
