@@ -14,6 +14,7 @@ use tracing::{error, info};
 fn main() -> ExitCode {
     // Before any thread exists: threads pick their malloc arena when they first allocate.
     ciliate_agent::heap::limit_arenas();
+    ciliate_agent::heap::fix_thresholds();
     let config = match Config::parse_from(std::env::args_os(), &ProcessEnvironment) {
         Ok(c) => c,
         // Prints help, version or the usage error, with clap's exit code.

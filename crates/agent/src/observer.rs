@@ -558,6 +558,36 @@ pub fn spawn_intake(
     )
 }
 
+/// How often the flows seen are counted to tell when a burst is over.
+const BURST_CHECK: Duration = Duration::from_secs(5);
+
+/// Returns the allocator's free memory to the kernel each time a burst of flows is over
+/// ([`crate::heap::BurstEnd`]): the intake's, the history's and the followers' queues grow
+/// with a burst, and glibc keeps what they free between blocks that stay (issue #15).
+fn release_after_bursts(
+    observer: Arc<Observer>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BURST_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut burst = crate::heap::BurstEnd::default();
+        let mut seen = observer.seen_flows();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = observer.seen_flows();
+            if burst.ended(now.saturating_sub(seen)) {
+                // It walks every arena under its lock: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(crate::heap::release_free_memory).await;
+            }
+            seen = now;
+        }
+    })
+}
+
 /// Starts the flow exporter the settings ask for, if any: its counters, or None. A sink that
 /// cannot be opened is logged, never fatal.
 fn start_export(
@@ -650,7 +680,10 @@ pub fn start(
         warn!(error = %e, "cannot start the observer's threads: no flows will be recorded");
     }
     let export_stats = start_export(&settings.export, &observer);
-    let mut tasks = Vec::new();
+    let mut tasks = vec![release_after_bursts(
+        Arc::clone(&observer),
+        shutdown.clone(),
+    )];
     if let Some((me, mut view)) = cluster {
         // The cluster's names, rebuilt when the view changes (a notification, not a poll).
         let names = Arc::clone(&names);

@@ -88,10 +88,23 @@ impl Drop for SocketGuard {
     }
 }
 
+/// How long a socket that still accepts connections is given to go away before the agent
+/// refuses to start. An agent killed with SIGKILL keeps its listening socket until its last
+/// thread has exited, which can take a moment after its pid already shows as a zombie; a
+/// supervisor (systemd, the kubelet, the lab) restarts the agent within that moment.
+pub const SOCKET_IN_USE_GRACE: Duration = Duration::from_secs(3);
+
 /// Binds the API socket at `path` (inside a tokio runtime): creates the parent directory
-/// (0755), removes a stale socket nobody answers on, refuses when another agent answers, and
-/// leaves the socket with mode 0600.
+/// (0755), removes a stale socket nobody answers on, refuses when another agent still
+/// answers after [`SOCKET_IN_USE_GRACE`], and leaves the socket with mode 0600.
 pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), SocketError> {
+    bind_socket_with_grace(path, SOCKET_IN_USE_GRACE)
+}
+
+fn bind_socket_with_grace(
+    path: &Path,
+    grace: Duration,
+) -> Result<(UnixListener, SocketGuard), SocketError> {
     let io = |what: &'static str, p: &Path| {
         let path = p.to_owned();
         move |source| SocketError::Io { what, path, source }
@@ -111,18 +124,37 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), SocketErr
             .map_err(io("cannot set the mode of", &parent))?;
     }
 
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                info!(socket = %path.display(), "removing stale API socket left by an agent that is gone");
-                std::fs::remove_file(path).map_err(io("cannot remove the stale socket", path))?;
+    let deadline = Instant::now() + grace;
+    let mut waiting = false;
+    loop {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) if Instant::now() < deadline => {
+                        if !waiting {
+                            info!(socket = %path.display(), grace = ?grace, "another agent answers on the API socket; waiting in case it is exiting");
+                            waiting = true;
+                        }
+                        // Blocking is fine: nothing else runs before the socket is ours.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    Ok(_) => return Err(SocketError::InUse(path.to_owned())),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        info!(socket = %path.display(), "removing stale API socket left by an agent that is gone");
+                        std::fs::remove_file(path)
+                            .map_err(io("cannot remove the stale socket", path))?;
+                    }
+                    // Removed between the two calls: the agent that held it has exited.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("cannot check whether an agent answers on", path)(e)),
+                }
             }
-            Err(e) => return Err(io("cannot check whether an agent answers on", path)(e)),
-        },
-        Ok(_) => return Err(SocketError::NotASocket(path.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("cannot inspect", path)(e)),
+            Ok(_) => return Err(SocketError::NotASocket(path.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot inspect", path)(e)),
+        }
+        break;
     }
 
     // Bind inside a directory only root can enter, set the mode, then move the socket into
@@ -844,7 +876,8 @@ mod tests {
             assert_eq!(m.permissions().mode() & 0o777, 0o600);
             let parent = std::fs::metadata(path.parent().expect("has parent")).expect("dir");
             assert_eq!(parent.permissions().mode() & 0o777, 0o755);
-            let err = bind_socket(&path).expect_err("in use");
+            let err =
+                bind_socket_with_grace(&path, Duration::from_millis(200)).expect_err("in use");
             assert!(matches!(err, SocketError::InUse(_)), "{err}");
             // A stale socket (nobody listening) is replaced.
             drop(listener);
@@ -860,6 +893,28 @@ mod tests {
             ));
             assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
         });
+    }
+
+    /// An agent killed with SIGKILL keeps its socket listening until its last thread is gone;
+    /// a restart in that moment waits for it instead of refusing.
+    #[test]
+    fn a_socket_that_goes_away_within_the_grace_is_taken_over() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("agent.sock");
+        let dying = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let exiting = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // Closed without removing the file, as a killed process leaves it.
+            drop(dying);
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bound = rt.block_on(async { bind_socket_with_grace(&path, Duration::from_secs(30)) });
+        exiting.join().expect("thread");
+        let (_listener, guard) = bound.expect("took over the socket of the exited agent");
+        assert_eq!(guard.path(), path);
     }
 
     fn config(args: &[&str]) -> Config {

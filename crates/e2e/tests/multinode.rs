@@ -77,7 +77,15 @@ fn runs_in(pid: u32, netns: &str) -> bool {
     matches!((of_pid, named), (Ok(a), Ok(b)) if a == b)
 }
 
-/// `kill -9 pid`, then waits until it is gone (or a zombie).
+/// Threads of `pid` other than its main one that have not exited yet.
+fn other_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// `kill -9 pid`, then waits until it is gone (or a zombie whose threads have all exited: a
+/// zombie main thread alone does not mean its sockets are closed).
 fn kill_9(pid: u32) {
     let st = Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -85,7 +93,7 @@ fn kill_9(pid: u32) {
         .expect("run kill");
     assert!(st.success(), "kill -9 {pid} failed");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
+    while alive(pid) || other_threads(pid) > 0 {
         assert!(Instant::now() < deadline, "{pid} survived kill -9");
         thread::sleep(Duration::from_millis(20));
     }

@@ -26,6 +26,10 @@ use crate::ring::{LostSpan, Observer};
 /// and a handful of events each, several seconds of a stalled worker.
 pub const DEFAULT_INTAKE_CAPACITY: usize = 1 << 18;
 
+/// Events' room the worker's batch keeps after a burst (the queue and the batch trade
+/// places, so this bounds both once the burst is over): ~0.1 MB.
+const KEPT_BATCH: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Queue {
     events: Vec<EventRecord>,
@@ -162,6 +166,9 @@ impl Intake {
             }
             observer.observe_records(&batch);
             batch.clear();
+            // The queue and this batch trade places: without a bound both would keep the
+            // size of the largest burst behind the observer for good (issue #15).
+            batch.shrink_to(KEPT_BATCH);
         }
     }
 

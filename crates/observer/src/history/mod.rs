@@ -489,11 +489,21 @@ impl Shared {
                     }
                 }
             }
-            {
+            let idle = {
                 let mut q = lock(&self.queue);
                 let n = n.min(q.flows.len());
                 q.flows.drain(..n);
                 q.since = (!q.flows.is_empty()).then(Instant::now);
+                if q.flows.is_empty() {
+                    // A burst past a block grew the queue; a block's worth is what it needs.
+                    q.flows.shrink_to(BLOCK_FLOWS);
+                }
+                q.flows.is_empty()
+            };
+            if idle {
+                // Nothing waits: the next block is at least BLOCK_MAX_WAIT away or starts a
+                // new burst, and either way need not find the last one's buffers.
+                encoder.release_block_buffers();
             }
             self.retain();
             self.update_gauges();
