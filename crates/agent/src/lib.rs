@@ -40,6 +40,7 @@ pub mod observer;
 pub mod pods;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_flows;
 pub mod server;
 pub mod services;
 pub mod state;

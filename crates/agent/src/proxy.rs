@@ -1,6 +1,6 @@
 //! Runs the node's L7 proxy: the policy manager's redirects go to `ciliate-proxy` through its
 //! supervisor (crates/proxy), the proxy's HTTP, DNS and Kafka records become L7 flows in the
-//! observer, and its state reaches `status`.
+//! observer (on a background thread: [`crate::proxy_flows`]), and its state reaches `status`.
 //!
 //! An allowed DNS answer the proxy holds ([`ProxyEvent::FqdnLearned`]) goes to the FQDN cache
 //! ([`crate::fqdn`]) on one blocking thread, which takes the answers queued meanwhile with it
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 
-use ciliate_model::l7::{FqdnLearned, HttpRecord, ProxyCommand, ProxyEvent, ProxyPorts};
+use ciliate_model::l7::{FqdnLearned, ProxyCommand, ProxyEvent, ProxyPorts};
 use ciliate_observer::Observer;
 use ciliate_proxy::supervisor::{EventBatch, Supervisor, SupervisorConfig};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::fqdn::FqdnManager;
 use crate::l7::ProxyHealth;
 use crate::policy::PolicyManager;
+use crate::proxy_flows::ProxyFlows;
 
 /// Where the proxy runs from.
 #[derive(Clone, Debug)]
@@ -74,6 +75,7 @@ pub fn spawn(
     }
     policies.attach_l7_sink(Box::new(tx));
     let learner = FqdnLearner::new(fqdn, acks);
+    let flows = observer.map(ProxyFlows::new);
     tokio::spawn(async move {
         let mut supervisor: Option<Supervisor> = None;
         let mut events: Option<broadcast::Receiver<EventBatch>> = None;
@@ -101,7 +103,7 @@ pub fn spawn(
                     }
                 }
                 batch = next_batch(&mut events) => match batch {
-                    Some(batch) => handle_batch(batch, &learner, supervisor.as_ref(), &policies, observer.as_deref(), &mut reported_up),
+                    Some(batch) => handle_batch(&batch, &learner, supervisor.as_ref(), &policies, flows.as_ref(), &mut reported_up),
                     None => events = None,
                 },
             }
@@ -278,55 +280,30 @@ async fn start(
     }
 }
 
-/// Handles the events the proxy sent together, in order: HTTP records go to the observer in
-/// runs (one lock of its ring each), learned DNS answers to the FQDN learner.
+/// Handles the events the proxy sent together: records go to the observer's thread
+/// ([`ProxyFlows`]), learned DNS answers to the FQDN learner.
 fn handle_batch(
-    batch: EventBatch,
+    batch: &EventBatch,
     learner: &FqdnLearner,
     supervisor: Option<&Supervisor>,
     policies: &PolicyManager,
-    observer: Option<&Observer>,
+    flows: Option<&ProxyFlows>,
     reported_up: &mut bool,
 ) {
-    // Once read by its only receiver (this task; the usual case) the batch is ours: the
-    // records' strings then move into the flows instead of being copied.
-    let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| Vec::clone(&shared));
-    let mut http: Vec<HttpRecord> = Vec::new();
+    if let Some(f) = flows {
+        f.offer(batch);
+    }
     let mut only_records = true;
-    for ev in batch {
-        let ev = match ev {
-            ProxyEvent::Http(record) => {
-                http.push(*record);
-                continue;
-            }
-            ev => ev,
-        };
-        // Flows stay in the order the proxy sent them.
-        if let (Some(o), false) = (observer, http.is_empty()) {
-            o.observe_http_records(http.drain(..));
-        }
+    for ev in batch.iter() {
         match ev {
-            ProxyEvent::Dns(record) => {
-                if let Some(o) = observer {
-                    o.observe_dns(&record);
-                }
-            }
-            ProxyEvent::Kafka(record) => {
-                if let Some(o) = observer {
-                    o.observe_kafka(&record);
-                }
-            }
-            ProxyEvent::FqdnLearned(learned) => learner.learn(*learned),
+            ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) => {}
+            ProxyEvent::FqdnLearned(learned) => learner.learn(FqdnLearned::clone(learned)),
             ProxyEvent::Rejected { revision, reason } => {
                 warn!(revision, %reason, "the proxy refused a policy update");
                 only_records = false;
             }
             ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => only_records = false,
-            ProxyEvent::Http(_) => unreachable!("taken above"),
         }
-    }
-    if let (Some(o), false) = (observer, http.is_empty()) {
-        o.observe_http_records(http);
     }
     // Records change nothing `status` shows (the counters come with Stats), so once it shows
     // the proxy up they refresh nothing (they come two per request). Until then they do: the

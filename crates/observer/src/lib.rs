@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod background;
 pub mod client;
 pub mod convert;
 pub mod dns;

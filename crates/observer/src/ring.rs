@@ -291,11 +291,25 @@ impl Observer {
     /// Turns one DNS query or answer of the node's DNS proxy into a Hubble L7 DNS flow and
     /// keeps it, as [`observe_http`](Self::observe_http) does for HTTP.
     pub fn observe_dns(&self, record: &DnsRecord) {
-        self.push_flow(dns_to_flow(
-            record,
-            self.store.as_ref(),
-            &self.config.node_name,
-        ));
+        self.observe_dns_batch(std::slice::from_ref(record));
+    }
+
+    /// [`observe_dns`](Self::observe_dns) for several records, in order, taking the ring's
+    /// lock once (a query and its answer are two records: a DNS proxy's stream is many).
+    pub fn observe_dns_batch<'a>(&self, records: impl IntoIterator<Item = &'a DnsRecord>) {
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .map(|r| {
+                let flow = dns_to_flow(r, self.store.as_ref(), &self.config.node_name);
+                self.metrics.record(&flow);
+                Entry::Flow(Box::new(flow))
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.push_all(entries);
     }
 
     /// Turns one Kafka request or response of the node's proxy into a Hubble L7 Kafka flow
@@ -365,6 +379,9 @@ impl Observer {
             .collect();
         let history = self.history.get();
         let mut kept = Vec::with_capacity(if history.is_some() { entries.len() } else { 0 });
+        // The entries pushed out, dropped once the lock is released: freeing a built flow
+        // (dozens of strings) is most of the cost of a push, and readers wait on the lock.
+        let mut evicted = Vec::with_capacity(entries.len());
         let mut ring = self.lock();
         for entry in entries {
             let numbered = Numbered {
@@ -373,7 +390,7 @@ impl Observer {
             };
             ring.next_seq += 1;
             if ring.entries.len() >= self.config.capacity {
-                ring.entries.pop_front();
+                evicted.extend(ring.entries.pop_front());
             }
             ring.entries.push_back(numbered.clone());
             if history.is_some() {
@@ -387,6 +404,8 @@ impl Observer {
             // push: it never waits for the disk).
             h.offer(&kept);
         }
+        drop(ring);
+        drop(evicted);
     }
 
     /// Everything in the ring, oldest first, and a receiver of what comes after it.

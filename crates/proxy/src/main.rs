@@ -238,6 +238,7 @@ async fn run(args: Args) -> ExitCode {
     if let Some(s) = dns_udp {
         dns_loops.spawn(dns::udp::serve(dns_proxy.clone(), s, stop_dns.subscribe()));
     }
+    dns::timing::spawn_dump();
     info!(pid = std::process::id(), "ciliate-proxy running");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),

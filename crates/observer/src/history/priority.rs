@@ -20,57 +20,39 @@
 //! the agent's threads have anyway (only the DNS proxy's thread asks for a short one:
 //! `ciliate_proxy::sched`).
 
-use thread_priority::{
-    set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
-    ThreadPriorityOsValue, ThreadSchedulePolicy,
-};
-use tracing::warn;
+use crate::background::BackgroundClass;
 
 use super::BLOCK_FLOWS;
 
 /// Blocks queued from which the writer is behind and runs as an ordinary task.
 pub(super) const BEHIND_BLOCKS: usize = 2;
 
-/// The class the writer thread runs in; changed only when it must be (a system call).
-#[derive(Debug, Default)]
+/// The class the writer thread runs in (see [`BackgroundClass`]).
+#[derive(Debug)]
 pub(super) struct WriterPriority {
-    /// `Some(true)`: background now; `None`: as the thread started (ordinary).
-    background: Option<bool>,
-    /// A change failed: no more are tried.
-    stuck: bool,
+    class: BackgroundClass,
+}
+
+impl Default for WriterPriority {
+    fn default() -> Self {
+        Self {
+            class: BackgroundClass::new("flow history writer"),
+        }
+    }
 }
 
 impl WriterPriority {
     /// Sets the calling thread's class for the next block from the flows queued, ordinary
     /// when `closing` (what is left is written before the agent exits).
     pub(super) fn choose(&mut self, queued: usize, closing: bool) {
-        let background = !closing && queued < BEHIND_BLOCKS * BLOCK_FLOWS;
-        if self.stuck || self.background.unwrap_or(false) == background {
-            return;
-        }
-        let policy = if background {
-            NormalThreadSchedulePolicy::Idle
-        } else {
-            NormalThreadSchedulePolicy::Other
-        };
-        // Nice 0: SCHED_IDLE ignores it, and the agent's threads run at 0.
-        match set_thread_priority_and_policy(
-            thread_native_id(),
-            ThreadPriority::Os(ThreadPriorityOsValue::default()),
-            ThreadSchedulePolicy::Normal(policy),
-        ) {
-            Ok(()) => self.background = Some(background),
-            Err(e) => {
-                self.stuck = true;
-                warn!(error = %e, to = ?policy, queued, "flow history: cannot change the writer's scheduling class; left as it is");
-            }
-        }
+        self.class
+            .set(!closing && queued < BEHIND_BLOCKS * BLOCK_FLOWS);
     }
 
     /// Whether the writer runs in the background class now.
     #[cfg(test)]
     pub(super) fn background(&self) -> bool {
-        self.background.unwrap_or(false)
+        self.class.background()
     }
 }
 
@@ -99,7 +81,7 @@ mod tests {
             assert!(p.background());
             assert_eq!(policy(), 5, "SCHED_IDLE");
             p.choose(BEHIND_BLOCKS * BLOCK_FLOWS, false);
-            if p.stuck {
+            if p.class.stuck() {
                 // Unprivileged: leaving SCHED_IDLE needs CAP_SYS_NICE (or RLIMIT_NICE).
                 assert!(
                     !ciliate_testutil::privileged_required(),

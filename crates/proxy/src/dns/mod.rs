@@ -7,7 +7,8 @@
 //! - [`gate`]: answers held until the agent's FqdnAllowed;
 //! - [`acked`]: what the agent confirmed already (answers teaching nothing new go out at once);
 //! - [`udp`], [`tcp`]: the sockets (the supervisor's, inherited) and the replies to the pod;
-//! - [`upstream`]: the way to the resolver (UDP: a pool of random-port sockets, rotated).
+//! - [`upstream`]: the way to the resolver (UDP: a pool of random-port sockets, rotated);
+//! - [`timing`]: where a query's time goes (a debugging aid, off unless asked for).
 //!
 //! The upstream query leaves from an ordinary socket of the node (the node's address, a
 //! random port), not from the pod's address as the HTTP proxy's upstream does: the resolver
@@ -23,6 +24,7 @@ pub mod gate;
 pub mod message;
 pub mod peers;
 pub mod tcp;
+pub mod timing;
 pub mod udp;
 pub mod upstream;
 
@@ -178,7 +180,25 @@ impl DnsProxy {
         flow: Flow,
         upstream: &mut Upstream,
     ) -> Option<Vec<u8>> {
+        self.handle_timed(bytes, flow, upstream, None).await
+    }
+
+    /// [`handle`](Self::handle), ending the segments of `clock` (see [`timing`]) as it goes,
+    /// all but the reply's.
+    pub async fn handle_timed(
+        &self,
+        bytes: &[u8],
+        flow: Flow,
+        upstream: &mut Upstream,
+        mut clock: Option<&mut timing::Clock>,
+    ) -> Option<Vec<u8>> {
         let started = Instant::now();
+        let mut lap = |segment| {
+            if let (Some(c), Some(t)) = (clock.as_deref_mut(), timing::enabled()) {
+                c.lap(t, segment);
+            }
+        };
+        lap(timing::Segment::Queued);
         let counters = &self.engine.counters;
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let key = RedirectKey {
@@ -251,6 +271,7 @@ impl DnsProxy {
 
         let mut response = request;
         response.record_type = L7RecordType::Response;
+        lap(timing::Segment::ToUpstream);
         let exchanged = tokio::time::timeout(
             self.config.upstream_timeout,
             upstream.exchange(flow.transport, flow.resolver, bytes, info.id),
@@ -262,6 +283,7 @@ impl DnsProxy {
                 flow.resolver, self.config.upstream_timeout
             ))
         });
+        lap(timing::Segment::Upstream);
         let parsed = exchanged.and_then(|a| {
             let i = message::inspect_answer(&a, &info.name)?;
             if i.id != info.id {
@@ -289,6 +311,7 @@ impl DnsProxy {
         if ai.rcode == 0 && !ai.ips.is_empty() {
             self.hold_for_agent(&meta, &info, &ai).await;
         }
+        lap(timing::Segment::Agent);
         response.rcode = ai.rcode;
         response.ips = ai.ips;
         response.ttl = ai.ttl;
@@ -328,6 +351,9 @@ impl DnsProxy {
                 let _ = self.emit(learned(id, names));
             }
             return;
+        }
+        if let Some(t) = timing::enabled() {
+            t.held.fetch_add(1, Ordering::Relaxed);
         }
         let ticket = self.gate.ticket();
         let id = ticket.id;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::timing::{self, Clock};
 use super::{DnsProxy, Flow, Transport, UdpPool, Upstream, MAX_MESSAGE};
 
 /// Queries handled at once; more wait in the socket's buffer. Bounds the memory of a flood
@@ -161,6 +162,7 @@ pub async fn serve(
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             _ = stop.changed() => break,
         };
+        let received = std::time::Instant::now();
         let (n, client, orig) = match got {
             Ok(x) => x,
             Err(e) => {
@@ -184,6 +186,7 @@ pub async fn serve(
             replies.clone(),
             upstreams.clone(),
             sock.clone(),
+            timing::enabled().map(|_| Clock::new(received)),
         ));
     }
     // The queries read already are answered by a task of their own while the caller drains.
@@ -201,9 +204,15 @@ async fn answer(
     replies: Arc<ReplySockets>,
     upstreams: Arc<UdpPool>,
     sock: Arc<UdpSocket>,
+    mut clock: Option<Clock>,
 ) {
     let Some(answer) = proxy
-        .handle(&bytes, flow, &mut Upstream::pooled(upstreams))
+        .handle_timed(
+            &bytes,
+            flow,
+            &mut Upstream::pooled(upstreams),
+            clock.as_mut(),
+        )
         .await
     else {
         return;
@@ -217,6 +226,9 @@ async fn answer(
     } else {
         sock.send_to(&answer, client).await
     };
+    if let (Some(c), Some(t)) = (clock, timing::enabled()) {
+        c.finish(t);
+    }
     if let Err(e) = sent {
         proxy
             .engine

@@ -1,0 +1,231 @@
+//! The proxy's records (HTTP, DNS, Kafka) made into the observer's L7 flows on a thread of
+//! their own, in the background scheduling class while it keeps up
+//! ([`ciliate_observer::background`]).
+//!
+//! Why a thread, and why in the background: the proxy sends its records in batches (one
+//! write per few milliseconds), and making a batch into flows takes the agent ~0.5-1 ms of
+//! CPU at once (10,000 DNS queries a second are 20,000 records). Done on the agent's runtime
+//! at the ordinary class, such a burst held the CPU on which the DNS proxy, the resolver and
+//! the client were about to be woken, and their wakeups waited behind it (`perf sched` in
+//! bench/README.md, "Session 10: where the p99 went"): most of the DNS path's added p99.
+//! Nobody waits for a flow within milliseconds, so the thread gives way to every ordinary
+//! task that wakes, and only when [`BEHIND_BATCHES`] batches wait does it run as an ordinary
+//! task until it has caught up. The learned DNS answers (`FqdnLearned`), which a pod's answer
+//! may wait for, do not come this way.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use ciliate_model::l7::{DnsRecord, HttpRecord, ProxyEvent};
+use ciliate_observer::background::BackgroundClass;
+use ciliate_observer::proto::flow::LostEventSource;
+use ciliate_observer::Observer;
+use ciliate_proxy::supervisor::EventBatch;
+use tracing::warn;
+
+/// Batches waiting from which the thread is behind and runs as an ordinary task (the proxy
+/// writes a batch every few milliseconds under load: this is tens of milliseconds of records).
+pub const BEHIND_BATCHES: usize = 4;
+/// Batches queued at most; the records of a batch beyond are counted as lost flows.
+const QUEUE_BATCHES: usize = 1024;
+
+/// The thread that makes the proxy's records into flows (see the module's notes).
+#[derive(Debug)]
+pub struct ProxyFlows {
+    queue: Option<SyncSender<EventBatch>>,
+    queued: Arc<AtomicUsize>,
+    /// Set when the owner goes: what is left is done as an ordinary task (not to hold up
+    /// the agent's exit).
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    observer: Arc<Observer>,
+}
+
+/// Whether an event becomes a flow.
+fn is_record(ev: &ProxyEvent) -> bool {
+    matches!(
+        ev,
+        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
+    )
+}
+
+impl ProxyFlows {
+    /// Starts the thread; without one (it could not start) records become flows on the
+    /// caller's thread.
+    pub fn new(observer: Arc<Observer>) -> Self {
+        let (tx, rx) = sync_channel::<EventBatch>(QUEUE_BATCHES);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let closing = Arc::new(AtomicBool::new(false));
+        let started = {
+            let (observer, queued) = (Arc::clone(&observer), Arc::clone(&queued));
+            let closing = Arc::clone(&closing);
+            std::thread::Builder::new()
+                .name("proxy-flows".into())
+                .spawn(move || {
+                    let mut class = BackgroundClass::new("proxy records to flows");
+                    while let Ok(batch) = rx.recv() {
+                        let waiting = queued.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+                        class.set(waiting < BEHIND_BATCHES && !closing.load(Ordering::Relaxed));
+                        observe(&batch, &observer);
+                    }
+                })
+        };
+        let (queue, thread) = match started {
+            Ok(t) => (Some(tx), Some(t)),
+            Err(e) => {
+                warn!(error = %e, "cannot start the proxy-flows thread; the proxy's records become flows on the agent's runtime");
+                (None, None)
+            }
+        };
+        Self {
+            queue,
+            queued,
+            closing,
+            thread,
+            observer,
+        }
+    }
+
+    /// Hands a batch's records over (the batch's other events are the caller's).
+    pub fn offer(&self, batch: &EventBatch) {
+        let records = batch.iter().filter(|ev| is_record(ev)).count();
+        if records == 0 {
+            return;
+        }
+        let Some(queue) = &self.queue else {
+            observe(batch, &self.observer);
+            return;
+        };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match queue.try_send(Arc::clone(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.observer
+                    .lost(records as u64, LostEventSource::ObserverEventsQueue);
+            }
+        }
+    }
+}
+
+impl Drop for ProxyFlows {
+    /// Ends the thread once it has made flows of what is queued.
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Makes a batch's records into flows, in order, each run of one kind under one lock of the
+/// ring.
+fn observe(batch: &[ProxyEvent], observer: &Observer) {
+    let mut http: Vec<&HttpRecord> = Vec::new();
+    let mut dns: Vec<&DnsRecord> = Vec::new();
+    for ev in batch {
+        if !matches!(ev, ProxyEvent::Http(_)) && !http.is_empty() {
+            observer.observe_http_batch(http.drain(..));
+        }
+        if !matches!(ev, ProxyEvent::Dns(_)) && !dns.is_empty() {
+            observer.observe_dns_batch(dns.drain(..));
+        }
+        match ev {
+            ProxyEvent::Http(r) => http.push(r),
+            ProxyEvent::Dns(r) => dns.push(r),
+            ProxyEvent::Kafka(r) => observer.observe_kafka(r),
+            _ => {}
+        }
+    }
+    observer.observe_http_batch(http);
+    observer.observe_dns_batch(dns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ciliate_model::l7::{L7RecordType, L7Verdict};
+    use ciliate_observer::ring::ObserverConfig;
+
+    fn observer() -> Arc<Observer> {
+        Arc::new(Observer::new(
+            ObserverConfig {
+                node_name: "node-a".into(),
+                capacity: 100,
+            },
+            Arc::new(ciliate_observer::Snapshot::default()),
+        ))
+    }
+
+    fn dns(query: &str, record_type: L7RecordType) -> ProxyEvent {
+        ProxyEvent::Dns(Box::new(DnsRecord {
+            time_ns: 1,
+            record_type,
+            endpoint: 7,
+            source: "10.0.0.2:5353".parse().expect("addr"),
+            destination: "10.0.0.3:53".parse().expect("addr"),
+            proto: 17,
+            source_identity: 256,
+            destination_identity: 257,
+            verdict: L7Verdict::Forwarded,
+            rule: 0,
+            query: query.into(),
+            qtypes: vec!["A".into()],
+            rcode: 0,
+            ips: vec!["192.0.2.1".parse().expect("ip")],
+            ttl: 30,
+            cnames: Vec::new(),
+            rrtypes: vec!["A".into()],
+            latency_ns: 5,
+            reason: None,
+        }))
+    }
+
+    fn queries(o: &Observer) -> Vec<String> {
+        o.snapshot()
+            .iter()
+            .filter_map(|n| n.entry.flow())
+            .filter_map(|f| ciliate_observer::l7::dns(&f).map(|d| d.query.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn records_become_flows_in_order_and_other_events_are_left_alone() {
+        let o = observer();
+        let flows = ProxyFlows::new(Arc::clone(&o));
+        for i in 0..20 {
+            let batch: EventBatch = Arc::new(vec![
+                dns(&format!("q{i}.a."), L7RecordType::Request),
+                ProxyEvent::Applied { revision: i },
+                dns(&format!("q{i}.b."), L7RecordType::Response),
+            ]);
+            flows.offer(&batch);
+        }
+        // Nothing but records: nothing queued.
+        flows.offer(&Arc::new(vec![ProxyEvent::Applied { revision: 99 }]));
+        drop(flows);
+        let expected: Vec<String> = (0..20)
+            .flat_map(|i| [format!("q{i}.a."), format!("q{i}.b.")])
+            .collect();
+        assert_eq!(queries(&o), expected);
+        assert_eq!(o.seen_flows(), 40);
+        assert_eq!(o.lost_events(), 0);
+    }
+
+    #[test]
+    fn a_batch_of_one_kind_takes_the_ring_once_and_mixed_kinds_keep_their_order() {
+        let o = observer();
+        observe(
+            &[
+                dns("a.", L7RecordType::Request),
+                dns("b.", L7RecordType::Response),
+                ProxyEvent::Stats(Default::default()),
+                dns("c.", L7RecordType::Request),
+            ],
+            &o,
+        );
+        assert_eq!(queries(&o), ["a.", "b.", "c."]);
+    }
+}
