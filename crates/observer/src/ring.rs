@@ -273,19 +273,11 @@ impl Observer {
     /// [`observe_http_batch`](Self::observe_http_batch), taking the records: their strings
     /// become the flows' (see [`http_into_flow`]).
     pub fn observe_http_records(&self, records: impl IntoIterator<Item = HttpRecord>) {
-        let entries: Vec<Entry> = records
-            .into_iter()
-            .map(|r| {
-                let flow = http_into_flow(r, self.store.as_ref(), &self.config.node_name);
-                self.metrics.record(&flow);
-                Entry::Flow(Box::new(flow))
-            })
-            .collect();
-        if entries.is_empty() {
-            return;
-        }
-        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.push_all(entries);
+        self.push_flows(
+            records
+                .into_iter()
+                .map(|r| http_into_flow(r, self.store.as_ref(), &self.config.node_name)),
+        );
     }
 
     /// Turns one DNS query or answer of the node's DNS proxy into a Hubble L7 DNS flow and
@@ -297,19 +289,11 @@ impl Observer {
     /// [`observe_dns`](Self::observe_dns) for several records, in order, taking the ring's
     /// lock once (a query and its answer are two records: a DNS proxy's stream is many).
     pub fn observe_dns_batch<'a>(&self, records: impl IntoIterator<Item = &'a DnsRecord>) {
-        let entries: Vec<Entry> = records
-            .into_iter()
-            .map(|r| {
-                let flow = dns_to_flow(r, self.store.as_ref(), &self.config.node_name);
-                self.metrics.record(&flow);
-                Entry::Flow(Box::new(flow))
-            })
-            .collect();
-        if entries.is_empty() {
-            return;
-        }
-        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.push_all(entries);
+        self.push_flows(
+            records
+                .into_iter()
+                .map(|r| dns_to_flow(r, self.store.as_ref(), &self.config.node_name)),
+        );
     }
 
     /// Turns one Kafka request or response of the node's proxy into a Hubble L7 Kafka flow
@@ -327,6 +311,22 @@ impl Observer {
         self.seen.fetch_add(1, Ordering::Relaxed);
         self.metrics.record(&flow);
         self.push(Entry::Flow(Box::new(flow)));
+    }
+
+    /// Keeps several flows, in order, taking the ring's lock once.
+    fn push_flows(&self, flows: impl IntoIterator<Item = Flow>) {
+        let entries: Vec<Entry> = flows
+            .into_iter()
+            .map(|flow| {
+                self.metrics.record(&flow);
+                Entry::Flow(Box::new(flow))
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.push_all(entries);
     }
 
     /// Records that `n` events were lost on their way to the observer, noticed now: counted,
