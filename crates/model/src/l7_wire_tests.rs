@@ -127,24 +127,7 @@ proptest! {
             std::mem::swap(&mut a, &mut b);
         }
         let pieces = [&rec.url[..a], &rec.url[a..b], &rec.url[b..]];
-        let parts = HttpParts {
-            time_ns: rec.time_ns,
-            record_type: rec.record_type,
-            endpoint: rec.endpoint,
-            egress: rec.egress,
-            source: rec.source,
-            destination: rec.destination,
-            source_identity: rec.source_identity,
-            destination_identity: rec.destination_identity,
-            verdict: rec.verdict,
-            rule: rec.rule,
-            method: &rec.method,
-            url: &pieces,
-            protocol: &rec.protocol,
-            code: rec.code,
-            latency_ns: rec.latency_ns,
-            reason: rec.reason.as_deref(),
-        };
+        let parts = parts_of(&rec, &pieces);
         let mut borrowed = vec![b'x'];
         encode_http_parts(&parts, rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), &mut borrowed);
         prop_assert_eq!(&borrowed[1..], &owned[..]);
@@ -157,6 +140,28 @@ proptest! {
         if !is_frame_kind(kind) {
             prop_assert_eq!(r.unwrap_err(), WireError::UnknownKind(kind));
         }
+    }
+}
+
+/// `rec`'s fields as [`HttpParts`], its URL given as `url`'s pieces.
+fn parts_of<'a>(rec: &'a HttpRecord, url: &'a [&'a str]) -> HttpParts<'a> {
+    HttpParts {
+        time_ns: rec.time_ns,
+        record_type: rec.record_type,
+        endpoint: rec.endpoint,
+        egress: rec.egress,
+        source: rec.source,
+        destination: rec.destination,
+        source_identity: rec.source_identity,
+        destination_identity: rec.destination_identity,
+        verdict: rec.verdict,
+        rule: rec.rule,
+        method: &rec.method,
+        url,
+        protocol: &rec.protocol,
+        code: rec.code,
+        latency_ns: rec.latency_ns,
+        reason: rec.reason.as_deref(),
     }
 }
 
@@ -247,24 +252,8 @@ fn json_lines_never_start_like_a_frame() {
 #[test]
 fn a_header_value_that_is_not_utf8_is_written_lossily() {
     let rec = sample_http();
-    let parts = HttpParts {
-        time_ns: rec.time_ns,
-        record_type: rec.record_type,
-        endpoint: rec.endpoint,
-        egress: rec.egress,
-        source: rec.source,
-        destination: rec.destination,
-        source_identity: rec.source_identity,
-        destination_identity: rec.destination_identity,
-        verdict: rec.verdict,
-        rule: rec.rule,
-        method: &rec.method,
-        url: &[&rec.url],
-        protocol: &rec.protocol,
-        code: rec.code,
-        latency_ns: rec.latency_ns,
-        reason: rec.reason.as_deref(),
-    };
+    let url = [rec.url.as_str()];
+    let parts = parts_of(&rec, &url);
     let mut buf = Vec::new();
     encode_http_parts(
         &parts,
