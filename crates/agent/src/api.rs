@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ciliate_model::api::{ApiError, EndpointCreateRequest, GcRequest, Health, Status};
-use ciliate_model::manifest::raw::RawApplyRequest;
+use ciliate_model::manifest::raw::{RawApplyRequest, StreamedBatch, STREAM_CONTENT_TYPE};
 use ciliate_model::manifest::ApplyRequest;
 use ciliate_model::monitor::{EventKind, MonitorEvent};
 use futures::StreamExt;
@@ -520,19 +520,112 @@ async fn ct_entries(State(s): State<AppState>) -> Result<Response, ApiFailure> {
     Ok(Json(entries).into_response())
 }
 
-async fn apply_manifests(
-    State(s): State<AppState>,
-    ApiJson(req): ApiJson<RawApplyRequest>,
-) -> Result<Response, ApiFailure> {
-    let large = req.documents.len() >= heap::LARGE_BATCH;
-    let result =
-        blocking(move || manifests::apply_raw(&s.services, &s.policies, &s.manager, &req)).await;
-    let response = result?.map(|r| Json(r).into_response());
-    if large {
+async fn apply_manifests(State(s): State<AppState>, req: Request) -> Result<Response, ApiFailure> {
+    let streamed = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(STREAM_CONTENT_TYPE));
+    let (documents, result) = if streamed {
+        apply_streamed(s, req.into_body()).await?
+    } else {
+        let ApiJson(req) = ApiJson::<RawApplyRequest>::from_request(req, &()).await?;
+        let documents = req.documents.len();
+        let result =
+            blocking(move || manifests::apply_raw(&s.services, &s.policies, &s.manager, &req))
+                .await?;
+        (documents, result)
+    };
+    let response = result.map(|r| Json(r).into_response());
+    if documents >= heap::LARGE_BATCH {
         // The request and its answer are freed now: give their room back.
         tokio::task::spawn_blocking(heap::release_free_memory);
     }
     Ok(response?)
+}
+
+/// One piece of a streamed `POST /v1/manifests` body, for the thread that decodes it.
+enum BodyPart {
+    Data(Bytes),
+    /// The body is complete: what arrived is the whole batch.
+    End,
+}
+
+/// The streamed form ([`STREAM_CONTENT_TYPE`]): the body's lines are decoded on a blocking
+/// thread as they arrive, and the batch applied (all or nothing, as ever) once the body is
+/// complete. A body that breaks off, or passes [`MAX_MANIFEST_BODY`], applies nothing.
+async fn apply_streamed(
+    s: AppState,
+    body: Body,
+) -> Result<(usize, Result<ciliate_model::manifest::ApplyResult, ApplyError>), ApiFailure> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BodyPart>(64);
+    let worker = blocking(move || {
+        let mut batch = StreamedBatch::new();
+        loop {
+            match rx.blocking_recv() {
+                Some(BodyPart::Data(chunk)) => batch.feed(&chunk)?,
+                Some(BodyPart::End) => break,
+                // The body broke off: the reader below says why.
+                None => return Ok(None),
+            }
+        }
+        // The agent's own part (the log's elapsed_us) starts with the last byte: decoding
+        // went on while the client was still sending.
+        let started = Instant::now();
+        let mut batch = batch.finish()?;
+        let documents = batch.documents();
+        let decoded = batch.decoded.take();
+        let result = manifests::apply_raw_decoded(
+            &s.services,
+            &s.policies,
+            &s.manager,
+            decoded,
+            || batch.to_request(),
+            started,
+        );
+        Ok::<_, String>(Some((documents, result)))
+    });
+    let mut stream = body.into_data_stream();
+    let mut received = 0usize;
+    let mut broken = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                received += chunk.len();
+                if received > MAX_MANIFEST_BODY {
+                    broken = Some(ApiFailure::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "invalid",
+                        format!("the body is larger than {MAX_MANIFEST_BODY} bytes; nothing was applied"),
+                    ));
+                    break;
+                }
+                if tx.send(BodyPart::Data(chunk)).await.is_err() {
+                    // The worker stopped at a bad line: it says which.
+                    break;
+                }
+            }
+            Err(e) => {
+                broken = Some(ApiFailure::invalid(format!(
+                    "the body broke off ({e}); nothing was applied"
+                )));
+                break;
+            }
+        }
+    }
+    if broken.is_none() {
+        let _ = tx.send(BodyPart::End).await;
+    }
+    drop(tx);
+    match worker.await? {
+        Err(line) => Err(ApiFailure::invalid(format!(
+            "{line}; see the request types in the API documentation"
+        ))),
+        Ok(Some(applied)) => Ok(applied),
+        Ok(None) => Err(broken.unwrap_or_else(|| {
+            ApiFailure::internal("the body's reader stopped; nothing was applied")
+        })),
+    }
 }
 
 async fn list_policies(State(s): State<AppState>) -> Result<Response, ApiFailure> {

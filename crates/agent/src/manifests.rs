@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use ciliate_model::manifest::raw::{decode_all_raw, RawApplyRequest};
 use ciliate_model::manifest::{
-    decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, ManifestError,
+    decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, Decoded,
+    ManifestError,
 };
 use ciliate_model::policy_api::PolicyValidation;
 
@@ -122,14 +123,33 @@ pub fn apply_raw(
     endpoints: &EndpointManager,
     req: &RawApplyRequest,
 ) -> Result<ApplyResult, ApplyError> {
-    if !req.delete {
-        let started = Instant::now();
-        if let Some(decoded) = decode_all_raw(&req.documents).filter(|d| !d.is_empty()) {
-            let result = services.apply_decoded(decoded, started)?;
-            return finish(services, policies, endpoints, result, None);
-        }
+    let started = Instant::now();
+    let decoded = if req.delete {
+        None
+    } else {
+        decode_all_raw(&req.documents)
+    };
+    let request = || req.to_request();
+    apply_raw_decoded(services, policies, endpoints, decoded, request, started)
+}
+
+/// [`apply_raw`] of a batch whose objects were decoded already (`decoded`: `None` for a
+/// delete, or where they could not all be, see [`decode_all_raw`]), as the streamed form does
+/// while the body arrives; `request`: the batch read into values, for every other case;
+/// `started`: when the agent's own part began (the log's `elapsed_us`).
+pub fn apply_raw_decoded(
+    services: &ServiceManager,
+    policies: &PolicyManager,
+    endpoints: &EndpointManager,
+    decoded: Option<Vec<Decoded>>,
+    request: impl FnOnce() -> Result<ApplyRequest, ManifestError>,
+    started: Instant,
+) -> Result<ApplyResult, ApplyError> {
+    if let Some(decoded) = decoded.filter(|d| !d.is_empty()) {
+        let result = services.apply_decoded(decoded, started)?;
+        return finish(services, policies, endpoints, result, None);
     }
-    let req = req.to_request().map_err(|e| ApplyError::Invalid(vec![e]))?;
+    let req = request().map_err(|e| ApplyError::Invalid(vec![e]))?;
     apply(services, policies, endpoints, &req)
 }
 

@@ -15,6 +15,7 @@ use ciliate_agent::policy::{PolicyManager, PolicySettings};
 use ciliate_agent::services::{ServiceManager, ServiceSettings};
 use ciliate_agent::state::StateStore;
 use ciliate_datapath::{Datapath, FakeDatapath};
+use ciliate_model::manifest::raw;
 use ciliate_model::monitor::{EventKind, MonitorEvent};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -682,6 +683,75 @@ async fn manifests_services_and_the_lb_maps() {
         "not-found",
     );
     assert_eq!(h.dp.lb_state().expect("state").frontends.len(), 0);
+}
+
+/// `POST /v1/manifests` in the streamed form, `chunks` as the body's pieces (an `Err` breaks
+/// the body off there).
+async fn post_streamed(h: &Harness, chunks: Vec<Result<Vec<u8>, std::io::Error>>) -> (StatusCode, Value) {
+    let body = Body::from_stream(futures::stream::iter(chunks));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/manifests")
+        .header(header::CONTENT_TYPE, raw::STREAM_CONTENT_TYPE)
+        .body(body)
+        .expect("request");
+    h.send(req).await
+}
+
+/// The streamed form of `yaml`'s documents (what `ciliate apply` sends).
+fn streamed_body(source: &str, yaml: &str, delete: bool) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&raw::StreamHeader { delete }).expect("header");
+    out.push(b'\n');
+    for d in ciliate_model::manifest::split_documents_raw(source, yaml).expect("YAML") {
+        raw::write_stream_document(&mut out, &d.source, d.index, d.object.get().as_bytes());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_streamed_form_applies_only_a_complete_body() {
+    let h = harness();
+    let body = streamed_body("web.yaml", WEB, false);
+    let services = |h: &Harness| h.dp.lb_state().expect("state").frontends.len();
+
+    // Broken off half-way (the CLI found a syntax error further on): nothing applied.
+    let half = body[..body.len() / 2].to_vec();
+    let (s, r) = post_streamed(&h, vec![Ok(half), Err(std::io::Error::other("cut"))]).await;
+    assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
+    assert!(r["message"].as_str().unwrap_or_default().contains("nothing was applied"), "{r}");
+    assert_eq!(services(&h), 0);
+
+    // A line that is not a document: refused, naming the line, nothing applied.
+    let mut bad = body.clone();
+    bad.extend_from_slice(b"{not json\n");
+    let (s, r) = post_streamed(&h, vec![Ok(bad)]).await;
+    assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
+    assert!(r["message"].as_str().unwrap_or_default().contains("line 4"), "{r}");
+    assert_eq!(services(&h), 0);
+
+    // An invalid object among valid ones: refused whole, as in the JSON form.
+    let with_bad = format!("{WEB}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n");
+    let (s, r) = post_streamed(&h, vec![Ok(streamed_body("bad.yaml", &with_bad, false))]).await;
+    assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
+    assert!(r["message"].as_str().unwrap_or_default().contains("bad.yaml: document 3"), "{r}");
+    assert_eq!(services(&h), 0);
+
+    // Whole, in pieces that split lines: applied, with each document's place.
+    let cuts = [0, 7, body.len() / 2, body.len() - 3, body.len()];
+    let pieces = cuts.windows(2).map(|w| Ok(body[w[0]..w[1]].to_vec())).collect();
+    let (s, r) = post_streamed(&h, pieces).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["results"][0]["action"], "created");
+    assert_eq!(r["results"][1]["source"], "web.yaml");
+    assert_eq!(r["results"][1]["index"], 2);
+    assert_eq!(services(&h), 1);
+
+    // A delete in the streamed form.
+    let (s, r) = post_streamed(&h, vec![Ok(streamed_body("web.yaml", WEB, true))]).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["results"][0]["action"], "deleted");
+    assert_eq!(r["results"][1]["action"], "deleted");
+    assert_eq!(services(&h), 0);
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Path as UrlPath;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -143,6 +143,20 @@ fn apply_answer(req: &Value) -> Response {
     Json(json!({"results": results, "warnings": if delete { json!([]) } else { json!(["datapath busy; retrying"]) }})).into_response()
 }
 
+/// A `POST /v1/manifests` body as one request value, in either form: JSON, or the streamed
+/// lines `ciliate apply` sends (a header line, then one document per line).
+fn manifest_request(headers: &HeaderMap, body: &[u8]) -> Value {
+    if headers[header::CONTENT_TYPE] != "application/x-ndjson" {
+        return serde_json::from_slice(body).unwrap();
+    }
+    let mut lines = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+        .map(|l| serde_json::from_slice::<Value>(l).unwrap());
+    let header = lines.next().unwrap();
+    json!({"documents": lines.collect::<Vec<_>>(), "delete": header["delete"]})
+}
+
 /// A fake agent on its own thread and runtime (the tests block on child processes).
 struct Agent {
     _dir: TempDir,
@@ -165,7 +179,8 @@ impl Agent {
         let app = Router::new()
             .route(
                 "/v1/manifests",
-                post(move |Json(req): Json<Value>| async move {
+                post(move |headers: HeaderMap, body: Bytes| async move {
+                    let req = manifest_request(&headers, &body);
                     let answer = apply_answer(&req);
                     seen.lock().unwrap().push(req);
                     answer
@@ -682,6 +697,27 @@ fn invalid_manifests_exit_1_with_every_problem() {
         "{err}"
     );
     assert!(err.contains("/nonexistent/x.yaml: cannot read"), "{err}");
+    assert_eq!(agent.applied.lock().unwrap().len(), before);
+
+    // A syntax error after the first documents were streamed: the body is broken off, the
+    // agent applies nothing, and the error names the place.
+    let late = dir.path().join("late.yaml");
+    let mut text = String::new();
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n---\n"
+        ));
+    }
+    text.push_str("a: [\n");
+    std::fs::write(&late, text).unwrap();
+    let out = ciliate(&agent.socket, &["apply", "-f", late.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("Error: 1 problem in the manifests; nothing was applied:\n"),
+        "{err}"
+    );
+    assert!(err.contains("late.yaml: document 3001: YAML syntax error"), "{err}");
     assert_eq!(agent.applied.lock().unwrap().len(), before);
 
     let out = ciliate(&agent.socket, &["apply"]);

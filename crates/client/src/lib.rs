@@ -306,6 +306,36 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/manifests` in the streamed form
+    /// ([`ciliate_model::manifest::raw::STREAM_CONTENT_TYPE`]): the body is sent as `chunks`
+    /// yields it, so the agent decodes while the caller still parses. A chunk that is an
+    /// error breaks the body off: the agent then applies nothing, and this answers that error
+    /// or the agent's.
+    pub async fn apply_stream<S>(&self, chunks: S) -> Result<ApplyResult, ClientError>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    {
+        use futures::TryStreamExt;
+        let what = "POST /v1/manifests";
+        let body = http_body_util::StreamBody::new(chunks.map_ok(hyper::body::Frame::data));
+        self.within_timeout(async {
+            let response = self
+                .send_body(
+                    Method::POST,
+                    "/v1/manifests",
+                    Some(ciliate_model::manifest::raw::STREAM_CONTENT_TYPE),
+                    body,
+                )
+                .await?;
+            let bytes = read_body(response.into_body(), what).await?;
+            serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+                what: what.to_owned(),
+                source,
+            })
+        })
+        .await
+    }
+
     /// `GET /v1/services`: every Service with its frontends and backends.
     pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
         self.get("/v1/services").await
@@ -507,6 +537,24 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let content_type = body.as_ref().map(|_| "application/json");
+        let body = Full::new(Bytes::from(body.unwrap_or_default()));
+        self.send_body(method, path, content_type, body).await
+    }
+
+    /// [`Client::send`] of any body, with its content type.
+    async fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: B,
+    ) -> Result<Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| connect_error(&self.socket, source))?;
@@ -527,11 +575,11 @@ impl Client {
             .uri(path)
             // HTTP/1.1 requires a Host; over a unix socket there is none to name.
             .header(hyper::header::HOST, "localhost");
-        if body.is_some() {
-            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header(hyper::header::CONTENT_TYPE, content_type);
         }
         let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(body)
             .map_err(|e| ClientError::Protocol(format!("{what}: cannot build the request: {e}")))?;
         let response = sender
             .send_request(request)

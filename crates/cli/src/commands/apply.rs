@@ -9,7 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ciliate_model::manifest::raw::RawApplyRequest;
+use ciliate_model::manifest::raw::{write_stream_document, StreamHeader};
+use ciliate_model::manifest::text::for_each_document_raw;
 use ciliate_model::manifest::{
     report, split_documents, split_documents_raw, ApplyAction, ApplyDocument, ApplyRequest,
     ApplyResult, ManifestError,
@@ -35,14 +36,137 @@ pub async fn run(
     delete: bool,
     ignore_not_found: bool,
 ) -> anyhow::Result<Outcome> {
-    // Each document goes as JSON text, written as it is parsed: a JSON value of every
-    // document, built, serialized and dropped, was most of the CLI's time for 10,000 Services.
-    let documents = read_with(files, &mut std::io::stdin().lock(), split_documents_raw)
-        .map_err(|errors| anyhow::anyhow!(report(&errors, "nothing was sent to the agent")))?;
-    let request = RawApplyRequest { documents, delete };
+    let inputs = read_inputs(files, &mut std::io::stdin().lock());
+    let texts = match readable(inputs) {
+        Ok(texts) => texts,
+        Err(inputs) => {
+            // Something cannot be read: every problem is listed, the syntax errors of the
+            // files that could be read too, and nothing is sent.
+            let errors = split_inputs(inputs, split_documents_raw)
+                .err()
+                .unwrap_or_default();
+            anyhow::bail!("{}", report(&errors, "nothing was sent to the agent"));
+        }
+    };
     let client = ctx.client.clone().with_timeout(APPLY_TIMEOUT);
-    let result = client.apply_raw(&request).await?;
+    let result = stream(&client, texts, delete).await?;
     print_result(ctx, &result, ignore_not_found)
+}
+
+/// How much of the streamed body the parser gathers before handing it over: large enough
+/// that handing over costs nothing next to parsing, small enough that the agent starts early.
+const CHUNK: usize = 128 << 10;
+
+/// What the parser hands the request's body.
+enum Part {
+    Chunk(bytes::Bytes),
+    /// Every document was parsed and sent: the body may end.
+    End,
+}
+
+/// Parses `texts` on a thread of its own and streams each document to the agent as soon as it
+/// is parsed ([`ciliate_model::manifest::raw::STREAM_CONTENT_TYPE`]): the agent decodes while the rest is parsed. Each
+/// document goes as JSON text written as it is parsed (a JSON value of every document, built,
+/// serialized and dropped, was most of the CLI's time for 10,000 Services). A syntax error
+/// anywhere breaks the body off, so the agent applies nothing; every file is still parsed so
+/// that every problem is listed.
+async fn stream(
+    client: &ciliate_client::Client,
+    texts: Vec<(String, String)>,
+    delete: bool,
+) -> anyhow::Result<ApplyResult> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(16);
+    let parser = std::thread::spawn(move || parse_into(texts, delete, &tx));
+    let joined = |parser: std::thread::JoinHandle<Vec<ManifestError>>| {
+        parser
+            .join()
+            .map_err(|_| anyhow::anyhow!("the manifest parser failed; nothing was applied"))
+    };
+    // Nothing is sent before the first chunk is parsed: a file that is broken from the start
+    // never reaches the agent.
+    let first = match rx.recv().await {
+        Some(Part::Chunk(c)) => Ok(c),
+        // Every document fitted in the first chunk.
+        Some(Part::End) => Err(true),
+        None => Err(false),
+    };
+    let (first, ended) = match first {
+        Ok(c) => (c, false),
+        Err(false) => {
+            let errors = joined(parser)?;
+            anyhow::bail!("{}", report(&errors, "nothing was sent to the agent"));
+        }
+        Err(true) => (bytes::Bytes::new(), true),
+    };
+    // The body ends only after the parser's `End`: a parser that stops without it (an error,
+    // a panic) breaks the body off instead of sending part of a batch as the whole.
+    let rest = futures::stream::unfold((rx, ended), |(mut rx, ended)| async move {
+        if ended {
+            return None;
+        }
+        match rx.recv().await {
+            Some(Part::Chunk(c)) => Some((Ok(c), (rx, false))),
+            Some(Part::End) => None,
+            None => Some((
+                Err(std::io::Error::other("the manifests have errors")),
+                (rx, true),
+            )),
+        }
+    });
+    let body = futures::StreamExt::chain(
+        futures::stream::iter([Ok::<_, std::io::Error>(first)]),
+        rest,
+    );
+    let sent = client.apply_stream(body).await;
+    let errors = tokio::task::spawn_blocking(move || joined(parser)).await??;
+    if !errors.is_empty() {
+        anyhow::bail!("{}", report(&errors, "nothing was applied"));
+    }
+    Ok(sent?)
+}
+
+/// The parser's side of [`stream`]: every document of `texts` as lines of the streamed form,
+/// in chunks; the problems found (then the body is not ended).
+fn parse_into(
+    texts: Vec<(String, String)>,
+    delete: bool,
+    tx: &tokio::sync::mpsc::Sender<Part>,
+) -> Vec<ManifestError> {
+    let mut errors = Vec::new();
+    let mut buf = Vec::with_capacity(CHUNK + (CHUNK >> 2));
+    // A header always serializes.
+    let _ = serde_json::to_writer(&mut buf, &StreamHeader { delete });
+    buf.push(b'\n');
+    // False once an error was found or the agent stopped reading: parse on, send no more.
+    let mut sending = true;
+    for (source, text) in &texts {
+        let mut found = 0;
+        let parsed = for_each_document_raw(source, text, |index, json| {
+            found += 1;
+            if !sending {
+                return;
+            }
+            write_stream_document(&mut buf, source, index, json);
+            if buf.len() >= CHUNK {
+                let chunk = bytes::Bytes::from(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity(CHUNK + (CHUNK >> 2)),
+                ));
+                sending = tx.blocking_send(Part::Chunk(chunk)).is_ok();
+            }
+        });
+        match parsed {
+            Err(e) => errors.push(e),
+            Ok(()) if found == 0 => errors.push(problem(source, "no objects in it".into())),
+            Ok(()) => {}
+        }
+        sending &= errors.is_empty();
+    }
+    if sending {
+        let _ = tx.blocking_send(Part::Chunk(bytes::Bytes::from(buf)));
+        let _ = tx.blocking_send(Part::End);
+    }
+    errors
 }
 
 /// Sends documents to `POST /v1/manifests` and prints the outcome kubectl-style.
@@ -155,65 +279,101 @@ fn read_with<D>(
     stdin: &mut dyn Read,
     split: fn(&str, &str) -> Result<Vec<D>, ManifestError>,
 ) -> Result<Vec<D>, Vec<ManifestError>> {
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    let problem = |source: &str, reason: String| ManifestError {
+    split_inputs(read_inputs(paths, stdin), split)
+}
+
+/// A file read, or a problem with one of the paths given.
+enum Input {
+    File(String, std::io::Result<String>),
+    Problem(ManifestError),
+}
+
+/// A problem with a whole file.
+fn problem(source: &str, reason: String) -> ManifestError {
+    ManifestError {
         source: source.to_owned(),
         index: 0,
         object: String::new(),
         path: String::new(),
         reason,
-    };
+    }
+}
+
+/// Every file of `paths`, read, in order: `-` is standard input, a directory contributes its
+/// `*.yaml`, `*.yml` and `*.json` files in name order.
+fn read_inputs(paths: &[PathBuf], stdin: &mut dyn Read) -> Vec<Input> {
+    let mut inputs = Vec::new();
     let mut stdin_read = false;
     for path in paths {
-        let files = if path.as_os_str() == "-" {
+        if path.as_os_str() == "-" {
             if stdin_read {
-                errors.push(problem(
+                inputs.push(Input::Problem(problem(
                     STDIN,
                     "given twice; standard input can be read once".into(),
-                ));
+                )));
                 continue;
             }
             stdin_read = true;
             let mut text = String::new();
-            match stdin.read_to_string(&mut text) {
-                Ok(_) => vec![(STDIN.to_owned(), Ok(text))],
-                Err(e) => vec![(STDIN.to_owned(), Err(e))],
-            }
+            let read = stdin.read_to_string(&mut text).map(|_| text);
+            inputs.push(Input::File(STDIN.to_owned(), read));
         } else if path.is_dir() {
             match manifest_files(path) {
-                Ok(files) if files.is_empty() => {
-                    errors.push(problem(
-                        &path.display().to_string(),
-                        "no *.yaml, *.yml or *.json files in this directory".into(),
-                    ));
-                    continue;
-                }
-                Ok(files) => files
-                    .into_iter()
-                    .map(|f| (f.display().to_string(), std::fs::read_to_string(&f)))
-                    .collect(),
-                Err(e) => {
-                    errors.push(problem(
-                        &path.display().to_string(),
-                        format!("cannot list: {e}"),
-                    ));
-                    continue;
-                }
+                Ok(files) if files.is_empty() => inputs.push(Input::Problem(problem(
+                    &path.display().to_string(),
+                    "no *.yaml, *.yml or *.json files in this directory".into(),
+                ))),
+                Ok(files) => inputs.extend(files.into_iter().map(|f| {
+                    let text = std::fs::read_to_string(&f);
+                    Input::File(f.display().to_string(), text)
+                })),
+                Err(e) => inputs.push(Input::Problem(problem(
+                    &path.display().to_string(),
+                    format!("cannot list: {e}"),
+                ))),
             }
         } else {
-            vec![(path.display().to_string(), std::fs::read_to_string(path))]
-        };
-        for (source, text) in files {
-            match text {
-                Ok(text) => match split(&source, &text) {
-                    Ok(d) if d.is_empty() => {
-                        errors.push(problem(&source, "no objects in it".into()));
-                    }
-                    Ok(d) => docs.extend(d),
-                    Err(e) => errors.push(e),
-                },
-                Err(e) => errors.push(problem(&source, format!("cannot read: {e}"))),
+            inputs.push(Input::File(
+                path.display().to_string(),
+                std::fs::read_to_string(path),
+            ));
+        }
+    }
+    inputs
+}
+
+/// The texts of `inputs` when every one of them was read, else `inputs` as they were.
+fn readable(inputs: Vec<Input>) -> Result<Vec<(String, String)>, Vec<Input>> {
+    if !inputs.iter().all(|i| matches!(i, Input::File(_, Ok(_)))) {
+        return Err(inputs);
+    }
+    Ok(inputs
+        .into_iter()
+        .filter_map(|i| match i {
+            Input::File(source, Ok(text)) => Some((source, text)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The documents of `inputs`, each file's text split by `split`; every unreadable file and
+/// syntax error is reported, not only the first.
+fn split_inputs<D>(
+    inputs: Vec<Input>,
+    split: fn(&str, &str) -> Result<Vec<D>, ManifestError>,
+) -> Result<Vec<D>, Vec<ManifestError>> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Problem(p) => errors.push(p),
+            Input::File(source, Ok(text)) => match split(&source, &text) {
+                Ok(d) if d.is_empty() => errors.push(problem(&source, "no objects in it".into())),
+                Ok(d) => docs.extend(d),
+                Err(e) => errors.push(e),
+            },
+            Input::File(source, Err(e)) => {
+                errors.push(problem(&source, format!("cannot read: {e}")))
             }
         }
     }

@@ -82,7 +82,11 @@ struct TypeHead<'a> {
 /// One document decoded straight from its text and validated; `None` where
 /// [`super::decode`] would answer a problem, or where the document is not one of [`Kind`]'s.
 fn decode_raw(doc: &RawApplyDocument) -> Option<Object> {
-    let text = doc.object.get();
+    decode_text(doc.object.get(), &doc.source, doc.index)
+}
+
+/// [`decode_raw`] of document `index` of `source`, whose JSON text is `text`.
+fn decode_text(text: &str, source: &str, index: usize) -> Option<Object> {
     let head: TypeHead = serde_json::from_str(text).ok()?;
     // A duplicate key is an error here (typed fields, straight from text) and the last value
     // in a JSON value: such documents take the value path, which reads them as it always did.
@@ -92,7 +96,7 @@ fn decode_raw(doc: &RawApplyDocument) -> Option<Object> {
         Kind::Endpoints => Object::Endpoints(serde_json::from_str(text).ok()?),
         Kind::Namespace => Object::Namespace(serde_json::from_str(text).ok()?),
     };
-    validate_typed(object, &doc.source, doc.index).ok()
+    validate_typed(object, source, index).ok()
 }
 
 /// [`super::decode_all`] of the documents, straight from their text: every object when all
@@ -101,7 +105,203 @@ fn decode_raw(doc: &RawApplyDocument) -> Option<Object> {
 pub fn decode_all_raw(docs: &[RawApplyDocument]) -> Option<Vec<Decoded>> {
     let mut objects = Vec::with_capacity(docs.len());
     for d in docs {
-        objects.push((d.source.as_str(), d.index, Ok(decode_raw(d)?)));
+        objects.push(decode_raw(d)?);
     }
-    check_batch(objects).ok()
+    check_batch(
+        docs.iter()
+            .zip(objects)
+            .map(|(d, o)| (d.source.as_str(), d.index, Ok(o))),
+    )
+    .ok()
+}
+
+/// Content type of the streamed form of `POST /v1/manifests`, what `ciliate apply` sends: one
+/// JSON object per line, first a [`StreamHeader`], then one [`RawApplyDocument`] per line.
+/// The CLI sends each document as soon as it has parsed it and the agent decodes it as it
+/// arrives, so that for a large batch the two work at the same time instead of one after the
+/// other. Nothing is applied before the body is complete: a body that breaks off (the CLI met
+/// a syntax error further on) applies nothing.
+pub const STREAM_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// The first line of the streamed form.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// Delete the objects named by the documents instead of applying them.
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// Appends one document line of the streamed form: document `index` of `source`, whose
+/// JSON text is `json` (written by a JSON serializer: no raw newline in it).
+pub fn write_stream_document(out: &mut Vec<u8>, source: &str, index: usize, json: &[u8]) {
+    out.extend_from_slice(b"{\"source\":");
+    // A string always serializes.
+    let _ = serde_json::to_writer(&mut *out, source);
+    out.extend_from_slice(b",\"index\":");
+    out.extend_from_slice(index.to_string().as_bytes());
+    out.extend_from_slice(b",\"object\":");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"}\n");
+}
+
+/// A batch in the streamed form read as it arrives ([`StreamedBatch::feed`]), each document
+/// decoded straight from its text at once (as [`decode_all_raw`] does) while the batch is an
+/// apply and every document so far was a valid object of [`Kind`]'s kinds. The documents'
+/// lines are kept in one buffer, not a string each, for the fallback path
+/// ([`Streamed::to_request`]): the objects kept by the store are not interleaved with them
+/// on the heap, which returns the room once the batch is done.
+#[derive(Debug, Default)]
+pub struct StreamedBatch {
+    header: Option<StreamHeader>,
+    /// Every document line, one after another; `lines` says where each is.
+    text: Vec<u8>,
+    lines: Vec<std::ops::Range<usize>>,
+    /// The distinct sources, and each document's (source, index).
+    sources: Vec<String>,
+    places: Vec<(usize, usize)>,
+    /// The objects of the documents, while every one of them decoded.
+    objects: Option<Vec<Object>>,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    line_count: usize,
+}
+
+/// A document line, borrowed from the body.
+#[derive(Deserialize)]
+struct DocumentLine<'a> {
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    index: usize,
+    #[serde(borrow)]
+    object: &'a RawValue,
+}
+
+impl StreamedBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self {
+            objects: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// Reads the next bytes of the body. A line that is not what the form has fails, naming
+    /// the line.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), String> {
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                self.line(&chunk[..end])?;
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&chunk[..end]);
+                self.line(&line)?;
+            }
+            chunk = &chunk[end + 1..];
+        }
+        self.partial.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn line(&mut self, line: &[u8]) -> Result<(), String> {
+        self.line_count += 1;
+        if line.trim_ascii().is_empty() {
+            return Ok(());
+        }
+        let at = self.line_count;
+        if self.header.is_none() {
+            let header: StreamHeader = serde_json::from_slice(line)
+                .map_err(|e| format!("line {at}: not the batch's header line: {e}"))?;
+            if header.delete {
+                self.objects = None;
+            }
+            self.header = Some(header);
+            return Ok(());
+        }
+        let doc: DocumentLine = serde_json::from_slice(line)
+            .map_err(|e| format!("line {at}: not a document line: {e}"))?;
+        if self.sources.last().map(String::as_str) != Some(&*doc.source) {
+            self.sources.push(doc.source.clone().into_owned());
+        }
+        let place = (self.sources.len() - 1, doc.index);
+        if let Some(objects) = &mut self.objects {
+            match decode_text(doc.object.get(), &doc.source, doc.index) {
+                Some(o) => objects.push(o),
+                None => self.objects = None,
+            }
+        }
+        self.places.push(place);
+        let start = self.text.len();
+        self.text.extend_from_slice(line);
+        self.lines.push(start..self.text.len());
+        Ok(())
+    }
+
+    /// The batch once its body is complete.
+    pub fn finish(mut self) -> Result<Streamed, String> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last)?;
+        }
+        let Some(header) = self.header else {
+            return Err("an empty body: expected a header line, then one line per document".into());
+        };
+        let decoded = match self.objects.take() {
+            Some(objects) if !objects.is_empty() => check_batch(
+                self.places
+                    .iter()
+                    .zip(objects)
+                    .map(|(&(s, index), o)| (self.sources[s].as_str(), index, Ok(o))),
+            )
+            .ok(),
+            _ => None,
+        };
+        Ok(Streamed {
+            delete: header.delete,
+            decoded,
+            text: self.text,
+            lines: self.lines,
+        })
+    }
+}
+
+/// A complete streamed batch ([`StreamedBatch::finish`]).
+#[derive(Debug)]
+pub struct Streamed {
+    /// Delete the objects named by the documents instead of applying them.
+    pub delete: bool,
+    /// The objects, when the batch is an apply whose documents all decoded and pass the batch
+    /// checks; else `None`: take [`Streamed::to_request`]'s path, which reports the problems
+    /// (as for [`decode_all_raw`]).
+    pub decoded: Option<Vec<Decoded>>,
+    text: Vec<u8>,
+    lines: Vec<std::ops::Range<usize>>,
+}
+
+impl Streamed {
+    /// How many documents the batch has.
+    pub fn documents(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// The batch with every document parsed into a JSON value, as [`ApplyRequest`] reads it.
+    pub fn to_request(&self) -> Result<ApplyRequest, ManifestError> {
+        let documents = self
+            .lines
+            .iter()
+            .map(|r| {
+                let line = &self.text[r.clone()];
+                serde_json::from_slice::<ApplyDocument>(line).map_err(|e| ManifestError {
+                    source: "request".into(),
+                    index: 0,
+                    object: String::new(),
+                    path: String::new(),
+                    reason: format!("JSON value not readable: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, ManifestError>>()?;
+        Ok(ApplyRequest {
+            documents,
+            delete: self.delete,
+        })
+    }
 }

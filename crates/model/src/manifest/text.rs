@@ -20,11 +20,42 @@ pub fn split_documents_raw(
     source: &str,
     text: &str,
 ) -> Result<Vec<RawApplyDocument>, ManifestError> {
+    let mut out = Vec::new();
+    for_each_document_raw(source, text, |index, json| {
+        // Written by `JsonText` from parser events: UTF-8 and valid JSON by construction.
+        let Ok(text) = std::str::from_utf8(json) else {
+            return;
+        };
+        let Ok(object) = RawValue::from_string(text.to_owned()) else {
+            return;
+        };
+        out.push(RawApplyDocument {
+            source: source.to_owned(),
+            index,
+            object,
+        });
+    })?;
+    Ok(out)
+}
+
+/// [`split_documents_raw`] one document at a time: `each` gets every non-empty document's
+/// 1-based index and JSON text as soon as it is parsed (what `ciliate apply` streams to the
+/// agent while it parses the rest). The first syntax error ends the file; the documents before
+/// it have been handed out already.
+pub fn for_each_document_raw(
+    source: &str,
+    text: &str,
+    mut each: impl FnMut(usize, &[u8]),
+) -> Result<(), ManifestError> {
     let syntax = |index: usize, what: &str, e: &dyn fmt::Display| {
         super::syntax_error(source, index, what, e)
     };
-    let mut out = Vec::new();
     let mut buf = Vec::new();
+    let mut emit = |index: usize, json: &[u8]| {
+        if json != b"null" {
+            each(index, json);
+        }
+    };
     if source.ends_with(".json") {
         let mut de = serde_json::Deserializer::from_str(text);
         let mut index = 0;
@@ -38,7 +69,7 @@ pub fn split_documents_raw(
             JsonText(&mut buf)
                 .deserialize(&mut de)
                 .map_err(|e| syntax(index, "JSON", &e))?;
-            push_document(&mut out, source, index, &buf);
+            emit(index, &buf);
         }
     } else {
         for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -48,28 +79,10 @@ pub fn split_documents_raw(
             JsonText(&mut buf)
                 .deserialize(doc)
                 .map_err(|e| syntax(i + 1, "YAML", &e))?;
-            push_document(&mut out, source, i + 1, &buf);
+            emit(i + 1, &buf);
         }
     }
-    Ok(out)
-}
-
-fn push_document(out: &mut Vec<RawApplyDocument>, source: &str, index: usize, json: &[u8]) {
-    if json == b"null" {
-        return;
-    }
-    // Written by `JsonText` from parser events: UTF-8 and valid JSON by construction.
-    let Ok(text) = std::str::from_utf8(json) else {
-        return;
-    };
-    let Ok(object) = RawValue::from_string(text.to_owned()) else {
-        return;
-    };
-    out.push(RawApplyDocument {
-        source: source.to_owned(),
-        index,
-        object,
-    });
+    Ok(())
 }
 
 /// Writes the value it is given as JSON text, refusing duplicate keys as `StrictValue` does
