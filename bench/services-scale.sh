@@ -11,7 +11,8 @@
 #                  checked: the last Service's backend must then be in cil_lb4_svc/cil_lb4_be),
 #                  and the agent's own time from its log line (`manifests applied ... elapsed_ms`,
 #                  or `elapsed_us` from session 4 on; from session 8 on it includes decoding
-#                  the documents), and the agent's CPU time (utime+stime) for it: on a loaded
+#                  the documents; from session 12 on, with the CLI streaming them, it starts
+#                  at the body's last byte, the documents decoded while they arrived), and the agent's CPU time (utime+stime) for it: on a loaded
 #                  machine the figure to compare
 #   rssN, cpuN     RSS after them, bytes per Service; idle CPU over --idle-secs at N
 #   disk           the agent's state directory at N (du)

@@ -557,7 +557,13 @@ enum BodyPart {
 async fn apply_streamed(
     s: AppState,
     body: Body,
-) -> Result<(usize, Result<ciliate_model::manifest::ApplyResult, ApplyError>), ApiFailure> {
+) -> Result<
+    (
+        usize,
+        Result<ciliate_model::manifest::ApplyResult, ApplyError>,
+    ),
+    ApiFailure,
+> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BodyPart>(64);
     let worker = blocking(move || {
         let mut batch = StreamedBatch::new();

@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use ciliate_model::manifest::raw::{decode_all_raw, RawApplyRequest};
 use ciliate_model::manifest::{
-    decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, Decoded,
-    ManifestError,
+    decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, Decoded, ManifestError,
 };
 use ciliate_model::policy_api::PolicyValidation;
 

@@ -687,7 +687,10 @@ async fn manifests_services_and_the_lb_maps() {
 
 /// `POST /v1/manifests` in the streamed form, `chunks` as the body's pieces (an `Err` breaks
 /// the body off there).
-async fn post_streamed(h: &Harness, chunks: Vec<Result<Vec<u8>, std::io::Error>>) -> (StatusCode, Value) {
+async fn post_streamed(
+    h: &Harness,
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> (StatusCode, Value) {
     let body = Body::from_stream(futures::stream::iter(chunks));
     let req = Request::builder()
         .method(Method::POST)
@@ -718,7 +721,13 @@ async fn the_streamed_form_applies_only_a_complete_body() {
     let half = body[..body.len() / 2].to_vec();
     let (s, r) = post_streamed(&h, vec![Ok(half), Err(std::io::Error::other("cut"))]).await;
     assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
-    assert!(r["message"].as_str().unwrap_or_default().contains("nothing was applied"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing was applied"),
+        "{r}"
+    );
     assert_eq!(services(&h), 0);
 
     // A line that is not a document: refused, naming the line, nothing applied.
@@ -726,19 +735,32 @@ async fn the_streamed_form_applies_only_a_complete_body() {
     bad.extend_from_slice(b"{not json\n");
     let (s, r) = post_streamed(&h, vec![Ok(bad)]).await;
     assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
-    assert!(r["message"].as_str().unwrap_or_default().contains("line 4"), "{r}");
+    assert!(
+        r["message"].as_str().unwrap_or_default().contains("line 4"),
+        "{r}"
+    );
     assert_eq!(services(&h), 0);
 
     // An invalid object among valid ones: refused whole, as in the JSON form.
-    let with_bad = format!("{WEB}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n");
+    let with_bad =
+        format!("{WEB}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n");
     let (s, r) = post_streamed(&h, vec![Ok(streamed_body("bad.yaml", &with_bad, false))]).await;
     assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
-    assert!(r["message"].as_str().unwrap_or_default().contains("bad.yaml: document 3"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bad.yaml: document 3"),
+        "{r}"
+    );
     assert_eq!(services(&h), 0);
 
     // Whole, in pieces that split lines: applied, with each document's place.
     let cuts = [0, 7, body.len() / 2, body.len() - 3, body.len()];
-    let pieces = cuts.windows(2).map(|w| Ok(body[w[0]..w[1]].to_vec())).collect();
+    let pieces = cuts
+        .windows(2)
+        .map(|w| Ok(body[w[0]..w[1]].to_vec()))
+        .collect();
     let (s, r) = post_streamed(&h, pieces).await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["results"][0]["action"], "created");

@@ -717,7 +717,10 @@ fn invalid_manifests_exit_1_with_every_problem() {
         err.starts_with("Error: 1 problem in the manifests; nothing was applied:\n"),
         "{err}"
     );
-    assert!(err.contains("late.yaml: document 3001: YAML syntax error"), "{err}");
+    assert!(
+        err.contains("late.yaml: document 3001: YAML syntax error"),
+        "{err}"
+    );
     assert_eq!(agent.applied.lock().unwrap().len(), before);
 
     let out = ciliate(&agent.socket, &["apply"]);

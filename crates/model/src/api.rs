@@ -13,7 +13,7 @@
 //! | `GET /v1/identities`             | → `[Identity]`: reserved, endpoint and CIDR ones |
 //! | `GET /v1/identities/{id}`        | → `Identity`                                    |
 //! | `GET /v1/bpf/ct`                 | → `[CtEntry]`                                   |
-//! | `POST /v1/manifests`             | [`ApplyRequest`] → [`ApplyResult`]; Services and policies in one batch; 400 `invalid` lists every problem, nothing applied |
+//! | `POST /v1/manifests`             | [`ApplyRequest`] → [`ApplyResult`]; Services and policies in one batch; 400 `invalid` lists every problem, nothing applied. Also streamed, `application/x-ndjson` ([`crate::manifest::raw::STREAM_CONTENT_TYPE`]): what `ciliate apply` sends |
 //! | `GET /v1/services`               | → `[ServiceView]`                               |
 //! | `GET /v1/services/{ns}/{name}`   | → [`ServiceView`]                               |
 //! | `GET /v1/bpf/lb`                 | → [`LbState`] as the datapath's maps hold it    |

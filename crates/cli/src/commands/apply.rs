@@ -2,8 +2,9 @@
 //!
 //! The CLI only reads files and checks their syntax; the agent decodes and validates every
 //! document, so there is one set of rules whoever sends the objects. A file that cannot be
-//! read or parsed stops everything before the agent is contacted, with every such problem
-//! listed.
+//! read stops everything before the agent is contacted; the documents are streamed to the
+//! agent as they are parsed, and a syntax error breaks the stream off, so the agent applies
+//! nothing. Either way every such problem is listed.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
