@@ -101,6 +101,14 @@ struct Args {
     #[arg(long, default_value = "100us", value_parser = parse_slice, value_name = "DURATION")]
     dns_sched_slice: Duration,
 
+    /// The DNS thread runs in the real-time class (SCHED_FIFO 1, ahead of ordinary tasks) for
+    /// at most this share of one CPU per 10 ms, percent; beyond it, in the ordinary class for
+    /// the rest of the 10 ms, so that a flood of queries cannot take a CPU from the node. 0:
+    /// ordinary class only. Needs CAP_SYS_NICE (else ordinary, with a warning). See
+    /// `rt_budget.rs`.
+    #[arg(long, default_value_t = 50, value_parser = parse_rt_budget, value_name = "PERCENT")]
+    dns_realtime_budget: u8,
+
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -137,6 +145,16 @@ fn main() -> ExitCode {
     match ciliate_proxy::sched::set_thread_slice(args.dns_sched_slice) {
         Ok(()) => info!(slice = ?args.dns_sched_slice, "the DNS thread's scheduler slice is set"),
         Err(e) => warn!(error = %e, "--dns-sched-slice: keeping the kernel's default slice"),
+    }
+    match ciliate_proxy::rt_budget::enter(args.dns_realtime_budget, args.dns_sched_slice) {
+        Ok(()) if args.dns_realtime_budget > 0 => info!(
+            budget_percent = args.dns_realtime_budget,
+            "the DNS thread runs in the real-time class within its budget"
+        ),
+        Ok(()) => {}
+        Err(e) => {
+            warn!(error = %e, "--dns-realtime-budget: the DNS thread stays in the ordinary class")
+        }
     }
     rt.block_on(run(args))
 }
@@ -239,6 +257,9 @@ async fn run(args: Args) -> ExitCode {
         dns_loops.spawn(dns::udp::serve(dns_proxy.clone(), s, stop_dns.subscribe()));
     }
     dns::timing::spawn_dump();
+    if ciliate_proxy::rt_budget::is_realtime() {
+        tokio::spawn(ciliate_proxy::rt_budget::watch());
+    }
     info!(pid = std::process::id(), "ciliate-proxy running");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),
@@ -271,6 +292,16 @@ fn parse_slice(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     ciliate_proxy::sched::check_slice(d)?;
     Ok(d)
+}
+
+/// `--dns-realtime-budget`: a percentage, 0 ..= rt_budget::MAX_PERCENT.
+fn parse_rt_budget(s: &str) -> Result<u8, String> {
+    let p: u8 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{s}: {e}"))?;
+    ciliate_proxy::rt_budget::check_percent(p)?;
+    Ok(p)
 }
 
 /// A thread with a single-threaded runtime of its own, running until the process exits.
