@@ -19,7 +19,8 @@
 //! checks come from [`watch`]). The kernel's own real-time throttling
 //! (`sched_rt_runtime_us`, 95 %) stays the backstop should the thread stop checking.
 //!
-//! Threads the DNS thread starts begin in SCHED_OTHER (SCHED_FLAG_RESET_ON_FORK). Without the
+//! The DNS thread is a thread of its own ([`crate::dns::thread`]): HTTP connections and the
+//! control socket stay in the ordinary class. Threads it starts begin in SCHED_OTHER (SCHED_FLAG_RESET_ON_FORK). Without the
 //! privilege for a real-time class (CAP_SYS_NICE) the thread stays as it was, with a warning.
 
 use std::cell::RefCell;
