@@ -14,10 +14,12 @@
 //! (a share of one CPU, `--dns-realtime-budget`) in the current window it returns to
 //! SCHED_OTHER (with the DNS slice) for the rest of that window, where it weighs as any
 //! ordinary task, and goes back to SCHED_FIFO at the next window. So in any window it runs
-//! ahead of ordinary tasks for at most its budget plus the time between two of its checks
-//! ([`CHECK_EVERY`] while it serves queries; [`WINDOW`] for other work on the thread, whose
-//! checks come from [`watch`]). The kernel's own real-time throttling
-//! (`sched_rt_runtime_us`, 95 %) stays the backstop should the thread stop checking.
+//! ahead of ordinary tasks for at most its budget plus [`CHECK_EVERY`]: it checks at each
+//! query (UDP or TCP), each TCP connection accepted and each answer read from a resolver,
+//! which is all the work on the thread, and no more than once per [`CHECK_EVERY`] (reading
+//! its CPU clock is a system call). No timer: an idle thread is not woken. The kernel's own
+//! real-time throttling (`sched_rt_runtime_us`, 95 %) stays the backstop should the thread
+//! stop checking.
 //!
 //! The DNS thread is a thread of its own ([`crate::dns::thread`]): HTTP connections and the
 //! control socket stay in the ordinary class. Threads it starts begin in SCHED_OTHER (SCHED_FLAG_RESET_ON_FORK). Without the
@@ -114,17 +116,6 @@ pub fn is_realtime() -> bool {
 /// Windows in which a thread used its budget up (since the process started).
 pub fn demotions() -> u64 {
     DEMOTIONS.load(Ordering::Relaxed)
-}
-
-/// Checks the budget once per [`WINDOW`], for work on the thread other than DNS queries
-/// (which check at each one): run it as a task on the thread that [`enter`]ed.
-pub async fn watch() {
-    let mut tick = tokio::time::interval(WINDOW);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        check();
-    }
 }
 
 impl Guard {

@@ -194,6 +194,9 @@ impl DnsProxy {
         upstream: &mut Upstream,
         mut clock: Option<&mut timing::Clock>,
     ) -> Option<Vec<u8>> {
+        // Every query (UDP or TCP) counts against the DNS thread's real-time budget: a flood
+        // cannot keep it ahead of ordinary tasks beyond that.
+        crate::rt_budget::check();
         let started = Instant::now();
         let mut lap = |segment| {
             if let (Some(c), Some(t)) = (clock.as_deref_mut(), timing::enabled()) {

@@ -68,9 +68,6 @@ impl DnsThread {
     }
 
     async fn serve(self, mut stop: watch::Receiver<bool>, drain: Duration) -> bool {
-        if rt_budget::is_realtime() {
-            tokio::spawn(rt_budget::watch());
-        }
         let mut loops = JoinSet::new();
         for l in self.tcp {
             match TcpListener::from_std(l) {
