@@ -62,6 +62,9 @@ struct Guard {
     cpu_at_start: Duration,
     last_check: Instant,
     realtime: bool,
+    /// Back to the real-time class was refused (the thread's cgroup or rlimits changed):
+    /// it stays in the ordinary class.
+    refused: bool,
 }
 
 /// `--dns-realtime-budget`: percent of one CPU, 0 (off) ..= [`MAX_PERCENT`].
@@ -92,6 +95,7 @@ pub fn enter(percent: u8, slice: Duration) -> Result<(), String> {
             cpu_at_start: thread_cpu(),
             last_check: now,
             realtime: true,
+            refused: false,
         });
     });
     Ok(())
@@ -120,7 +124,7 @@ pub fn demotions() -> u64 {
 
 impl Guard {
     fn check(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.last_check) < CHECK_EVERY {
+        if self.refused || now.saturating_duration_since(self.last_check) < CHECK_EVERY {
             return;
         }
         self.last_check = now;
@@ -147,9 +151,13 @@ impl Guard {
         };
         match set_thread_class(class, true) {
             Ok(()) => self.realtime = realtime,
+            Err(e) if realtime => {
+                warn!(error = %e, "the DNS thread cannot return to the real-time class; it stays in the ordinary class");
+                self.refused = true;
+            }
             // Leaving the real-time class needs no privilege; should it fail anyway the next
             // check tries again, and the kernel's throttling still bounds the thread.
-            Err(e) => warn!(error = %e, ?class, "DNS thread's scheduling class"),
+            Err(e) => warn!(error = %e, "the DNS thread cannot leave the real-time class"),
         }
     }
 }
