@@ -15,8 +15,8 @@ use std::hash::BuildHasherDefault;
 
 use prost::Message;
 
-use crate::proto::flow::{Endpoint, Flow};
 use crate::l7_entry::RecordedHttp;
+use crate::proto::flow::{Endpoint, Flow};
 use crate::record::Recorded;
 
 use super::row::RowWriter;
@@ -595,7 +595,13 @@ fn encode_with(
                 enc.uuids.extend_from_slice(r.uuid().as_bytes());
                 // The flow without endpoints, id or node labels, then its node labels: the
                 // built flow's fields (in another order, which protobuf readers accept).
-                cut_columns(r.unnamed(), node_name, true, &mut enc.whole, &mut enc.stripped);
+                cut_columns(
+                    r.unnamed(),
+                    node_name,
+                    true,
+                    &mut enc.whole,
+                    &mut enc.stripped,
+                );
                 prost::encoding::string::encode_repeated(
                     FIELD_NODE_LABELS,
                     r.node_labels(),
