@@ -565,7 +565,8 @@ async fn apply_streamed(
     ApiFailure,
 > {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BodyPart>(64);
-    let worker = blocking(move || {
+    // Spawned now (not when awaited): it decodes while the body arrives.
+    let worker = tokio::task::spawn_blocking(move || {
         let mut batch = StreamedBatch::new();
         loop {
             match rx.blocking_recv() {
@@ -623,7 +624,12 @@ async fn apply_streamed(
         let _ = tx.send(BodyPart::End).await;
     }
     drop(tx);
-    match worker.await? {
+    let worked = worker.await.map_err(|e| {
+        ApiFailure::internal(format!(
+            "the request failed inside the agent ({e}); see the agent's log"
+        ))
+    })?;
+    match worked {
         Err(line) => Err(ApiFailure::invalid(format!(
             "{line}; see the request types in the API documentation"
         ))),
