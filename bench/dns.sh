@@ -14,7 +14,9 @@
 # TTL 300). Fixed rate: `-Q 10000`, with every query's latency (`-v`) for p50/p99; maximum
 # rate: no limit. A path that loses more than 1% of its queries at the fixed rate is said so.
 # At the fixed rate it also reads the CPU time (utime+stime) of node Y's ciliate-proxy and agent
-# per answered query: less moved by other load on the machine than the latencies.
+# per answered query: less moved by other load on the machine than the latencies. With
+# CILIATE_DNS_TIMINGS=<file> in its environment (the agent passes it to the proxy) it also prints
+# the proxy's per-segment histograms (crates/proxy/src/dns/timing.rs) of the fixed-rate phases.
 #
 # --names N then measures learning: node Y's policy also has `toFQDNs: *.names.test`, and its
 # resolver answers N names under names.test, each with an address of its own. dnsperf asks each
@@ -197,14 +199,70 @@ for p in "${PATH_LIST[@]}"; do
   esac
 done
 
+# With CILIATE_DNS_TIMINGS=<file> (the proxy's per-segment histograms, crates/proxy/src/dns/
+# timing.rs, cumulative and rewritten every second), the proxy's fixed-rate phases alone: the
+# file before and after each (a second's wait each side for the proxy's next write), summed.
+TIMINGS=${CILIATE_DNS_TIMINGS:-}
+timings_snap() { # before|after
+  [ -n "$TIMINGS" ] || return 0
+  sleep 1.2
+  cp "$TIMINGS" "$STATE/timings-$1" 2>/dev/null || : >"$STATE/timings-$1"
+  [ "$1" = after ] || return 0
+  python3 - "$STATE/timings-before" "$STATE/timings-after" "$STATE/timings-fixed" <<'PY'
+import os, sys
+def rows(path):
+    out = {}
+    for line in open(path) if os.path.exists(path) else []:
+        f = line.split()
+        if f and f[0] != "segment":
+            out[f[0]] = [int(x) for x in f[1:17] if x.isdigit()]
+    return out
+before, after, acc = rows(sys.argv[1]), rows(sys.argv[2]), rows(sys.argv[3])
+with open(sys.argv[3], "w") as o:
+    for seg, counts in after.items():
+        b = before.get(seg, [0] * len(counts))
+        a = acc.get(seg, [0] * len(counts))
+        print(seg, *(x - y + z for x, y, z in zip(counts, b, a)), file=o)
+PY
+}
+timings_report() {
+  [ -n "$TIMINGS" ] && [ -s "$STATE/timings-fixed" ] || return 0
+  printf 'The proxy'"'"'s segments in the %s q/s phases only (CILIATE_DNS_TIMINGS), queries per bucket:\n' "$RATE"
+  python3 - "$STATE/timings-fixed" <<'PY'
+import sys
+bounds = [5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000, 50000, None]
+print(f"{'segment':12}" + "".join(f"{'<=' + str(b) if b else '>50000':>8}" for b in bounds) + f"{'p50':>8}{'p99':>8}{'p99.9':>8}")
+for line in open(sys.argv[1]):
+    seg, *c = line.split()
+    c = [int(x) for x in c]
+    if seg == "held":
+        print(f"held (answers that waited for the agent): {c[0]}")
+        continue
+    if seg == "rt-demotions":
+        print(f"rt-demotions (10 ms windows in which the DNS thread used its real-time budget up): {c[0]}")
+        continue
+    total = sum(c)
+    def q(p):
+        run = 0
+        for n, b in zip(c, bounds):
+            run += n
+            if total and run >= p * total:
+                return f"<={b}" if b else ">50000"
+        return "-"
+    print(f"{seg:12}" + "".join(f"{n:>8}" for n in c) + f"{q(0.5):>8}{q(0.99):>8}{q(0.999):>8}")
+PY
+}
+
 : >"$RESULTS"
 for round in $(seq "$RUNS"); do
   echo "round $round of $RUNS..." >&2
   for p in "${PATH_LIST[@]}"; do
     ppid=$(proxy_pid)
     c0_proxy=$(cpu_s "$ppid"); c0_agent=$(cpu_s "${AGENTS[1]}")
+    [ "$p" = proxy ] && timings_snap before
     out=$(perf "$p" "$SECS" -Q "$RATE" -v)
     c1_proxy=$(cpu_s "$ppid"); c1_agent=$(cpu_s "${AGENTS[1]}")
+    [ "$p" = proxy ] && timings_snap after
     read -r qps sent done lost p50 p99 <<<"$(parse <<<"$out")"
     if [ "$p" = proxy ]; then
       echo "proxy-cpu $p $(python3 -c "print(1e6 * ($c1_proxy - $c0_proxy) / max($done, 1))")" >>"$RESULTS"
@@ -268,6 +326,7 @@ if "direct" in paths and "proxy" in paths:
     print(f"{'added p50 at the fixed rate, ms':44}{d(med('fixed-p50', 'proxy'), med('fixed-p50', 'direct')):>10}")
     print(f"{'max q/s, ratio':44}{r(med('max', 'proxy'), med('max', 'direct')):>10}")
 PY
+timings_report
 
 [ "$NAMES" -gt 0 ] || exit 0
 # Learning N names: each asked once through the proxy; the agent learns each address and puts

@@ -146,13 +146,31 @@ pub(crate) fn l7_flow(
     store: &dyn Store,
     node_name: &str,
 ) -> Flow {
+    let (mut flow, [(src, src_id), (dst, dst_id)]) =
+        l7_flow_unnamed(c, record, summary, store, node_name);
+    flow.source = Some(endpoint(store, Some(*src.ip()), src_id).0);
+    flow.destination = Some(endpoint(store, Some(*dst.ip()), dst_id).0);
+    flow
+}
+
+/// The flow's two ends (address and identity) as [`l7_flow`] shows them: the source first.
+pub(crate) type FlowEnds = [(SocketAddrV4, NumericIdentity); 2];
+
+/// [`l7_flow`] without its endpoints (`source` and `destination` are `None`), and the ends
+/// they are named from: what a lazily named record ([`crate::l7_entry::RecordedHttp`])
+/// keeps.
+pub(crate) fn l7_flow_unnamed(
+    c: &L7Common,
+    record: layer7::Record,
+    summary: String,
+    store: &dyn Store,
+    node_name: &str,
+) -> (Flow, FlowEnds) {
     let ((src, src_id), (dst, dst_id)) = if c.response {
         (c.server, c.client)
     } else {
         (c.client, c.server)
     };
-    let (source, _) = endpoint(store, Some(*src.ip()), src_id);
-    let (destination, _) = endpoint(store, Some(*dst.ip()), dst_id);
     let svc = |a: SocketAddrV4| {
         store
             .service_by_frontend(*a.ip(), a.port(), c.proto)
@@ -192,8 +210,6 @@ pub(crate) fn l7_flow(
             ..Ip::default()
         }),
         l4: Some(Layer4 { protocol: Some(l4) }),
-        source: Some(source),
-        destination: Some(destination),
         r#type: FlowType::L7 as i32,
         node_name: node_name.to_owned(),
         l7: Some(l7),
@@ -217,7 +233,7 @@ pub(crate) fn l7_flow(
     if c.verdict == L7Verdict::Forwarded {
         crate::policy_names::fill_from_store(&mut flow, c.rule, true, store);
     }
-    flow
+    (flow, [(src, src_id), (dst, dst_id)])
 }
 
 /// Converts one record. `node_name` is this node's; the store supplies names, as for packet
@@ -230,6 +246,13 @@ pub fn http_to_flow(record: &HttpRecord, store: &dyn Store, node_name: &str) -> 
 /// the flow's instead of being copied (the agent owns the records it decoded; they were a
 /// third of its allocations per request).
 pub fn http_into_flow(record: HttpRecord, store: &dyn Store, node_name: &str) -> Flow {
+    let (common, http, summary) = http_parts(record);
+    l7_flow(&common, http, summary, store, node_name)
+}
+
+/// What [`l7_flow`] makes an HTTP record's flow of: its connection, its L7 record (taking
+/// the record's strings) and its summary.
+pub(crate) fn http_parts(record: HttpRecord) -> (L7Common, layer7::Record, String) {
     let summary = http_summary(&record);
     let response = record.record_type == L7RecordType::Response;
     let common = L7Common {
@@ -259,13 +282,7 @@ pub fn http_into_flow(record: HttpRecord, store: &dyn Store, node_name: &str) ->
         protocol,
         headers: headers(list),
     };
-    l7_flow(
-        &common,
-        layer7::Record::Http(http),
-        summary,
-        store,
-        node_name,
-    )
+    (common, layer7::Record::Http(http), summary)
 }
 
 /// The flow's HTTP record, if it is an HTTP flow.

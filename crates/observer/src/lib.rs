@@ -35,6 +35,7 @@ pub mod intake;
 pub mod kafka;
 mod kafka_metrics;
 pub mod l7;
+pub mod l7_entry;
 pub mod metrics;
 pub mod policy_names;
 pub mod print;

@@ -156,6 +156,32 @@ pub(crate) fn side(store: &dyn Store, ip: Option<Ipv4Addr>, identity: u32) -> Si
     }
 }
 
+/// What tells a side's endpoint apart without building it: the pod's shared entry (by
+/// address), the identity and the node's names. Sides with equal keys show equal endpoints
+/// while their records live (the addresses are not reused). `None` for a side without a pod.
+pub(crate) fn side_key(
+    side: &Side,
+    identity: u32,
+    node: &Arc<NodeNames>,
+) -> Option<(usize, u32, usize)> {
+    match side {
+        Side::Endpoint(ep) => Some((
+            Arc::as_ptr(ep) as usize,
+            identity,
+            Arc::as_ptr(node) as usize,
+        )),
+        Side::Identity(_) => None,
+    }
+}
+
+/// A side's endpoint as a flow shows it to clients (with the cluster's name on the
+/// cluster's endpoints).
+pub(crate) fn side_endpoint(side: &Side, identity: u32, node: &NodeNames) -> Endpoint {
+    let mut ep = Recorded::endpoint(side, identity);
+    crate::convert::finish_endpoint(&mut ep, &node.cluster);
+    ep
+}
+
 /// Ports and IP protocol number of the L4 header.
 fn ports_and_proto(l4: Option<RecordL4>) -> (Option<(u16, u16)>, u8) {
     match l4 {
@@ -392,23 +418,15 @@ impl Recorded {
     /// the identity and the node's names. Records with equal keys show equal endpoints while
     /// they all live (the addresses are not reused). `None` for a side without a pod.
     pub fn history_endpoint_key(&self, destination: bool) -> Option<(usize, u32, usize)> {
-        match self.side(destination) {
-            (Side::Endpoint(ep), identity) => Some((
-                Arc::as_ptr(ep) as usize,
-                identity,
-                Arc::as_ptr(&self.node) as usize,
-            )),
-            (Side::Identity(_), _) => None,
-        }
+        let (side, identity) = self.side(destination);
+        side_key(side, identity, &self.node)
     }
 
     /// The source's (or the destination's) endpoint exactly as [`flow`](Self::flow) shows
     /// it.
     pub fn history_endpoint(&self, destination: bool) -> Endpoint {
         let (side, identity) = self.side(destination);
-        let mut ep = Self::endpoint(side, identity);
-        crate::convert::finish_endpoint(&mut ep, &self.node.cluster);
-        ep
+        side_endpoint(side, identity, &self.node)
     }
 
     /// The flow but for its node name, its endpoints when `endpoints` is false, its id and

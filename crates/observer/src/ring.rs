@@ -14,7 +14,7 @@ use crate::convert::{record_of, system_time_to_timestamp};
 use crate::dns::dns_to_flow;
 use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
-use crate::l7::http_into_flow;
+use crate::l7_entry::RecordedHttp;
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 use crate::record::{FlowIds, NodeNames, Recorded};
@@ -64,8 +64,9 @@ impl LostSpan {
     }
 }
 
-/// What the ring holds and followers receive: a datapath event (its flow built when read),
-/// a flow built elsewhere (the L7 proxy's), or a count of events lost.
+/// What the ring holds and followers receive: a datapath event or an HTTP record of the L7
+/// proxy (their flows built when read), a flow built elsewhere (the proxy's DNS and Kafka
+/// records), or a count of events lost.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Entry {
     /// A flow, built (boxed: entries are allocated at the size of the largest kind, and most
@@ -73,6 +74,9 @@ pub enum Entry {
     Flow(Box<Flow>),
     /// A datapath event with the names it had; [`Entry::flow`] builds its flow.
     Event(Recorded),
+    /// An HTTP record of the node's proxy with the names it had; [`Entry::flow`] builds its
+    /// flow (boxed: it carries most of a flow).
+    Http(Box<RecordedHttp>),
     /// Events that were lost (the observer fell behind the datapath), at this time.
     Lost(LostEvent, pbjson_types::Timestamp),
 }
@@ -83,6 +87,7 @@ impl Entry {
         match self {
             Entry::Flow(f) => Some(Cow::Borrowed(f)),
             Entry::Event(r) => Some(Cow::Owned(r.flow())),
+            Entry::Http(r) => Some(Cow::Owned(r.flow())),
             Entry::Lost(..) => None,
         }
     }
@@ -97,6 +102,7 @@ impl Entry {
         match self {
             Entry::Flow(f) => f.time,
             Entry::Event(r) => r.time(),
+            Entry::Http(r) => r.unnamed().time,
             Entry::Lost(_, t) => Some(*t),
         }
     }
@@ -271,13 +277,25 @@ impl Observer {
     }
 
     /// [`observe_http_batch`](Self::observe_http_batch), taking the records: their strings
-    /// become the flows' (see [`http_into_flow`]).
+    /// become the flows'. Each is kept with the names the store gives now and its flow built
+    /// when read ([`RecordedHttp`]); the metrics count it now.
     pub fn observe_http_records(&self, records: impl IntoIterator<Item = HttpRecord>) {
-        self.push_flows(
-            records
-                .into_iter()
-                .map(|r| http_into_flow(r, self.store.as_ref(), &self.config.node_name)),
-        );
+        let store = self.store.as_ref();
+        let names = self.node_names(store.node_labels());
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .map(|r| {
+                let recorded =
+                    RecordedHttp::capture(r, store, &names, &self.ids, &self.config.node_name);
+                self.metrics.record(recorded.unnamed());
+                Entry::Http(Box::new(recorded))
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.push_all(entries);
     }
 
     /// Turns one DNS query or answer of the node's DNS proxy into a Hubble L7 DNS flow and

@@ -10,6 +10,7 @@
 //! - [`events`]: the queue of records and events from connections to the control socket;
 //! - [`control`]: the agent's control socket (commands in, events out);
 //! - [`sched`]: the DNS thread's short scheduler slice (latency under CPU contention);
+//! - [`rt_budget`]: the DNS thread in the real-time class, within a CPU budget;
 //! - [`supervisor`]: what the agent uses: listening sockets, the process, restarts.
 
 pub mod control;
@@ -20,6 +21,7 @@ pub mod identity;
 pub mod kafka;
 pub mod listener;
 pub mod policy;
+pub mod rt_budget;
 pub mod rules;
 pub mod sched;
 pub mod supervisor;

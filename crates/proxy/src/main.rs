@@ -9,7 +9,7 @@ use std::time::Duration;
 use ciliate_datapath::proxy_mark::{self, ProxyDirection};
 use ciliate_model::l7::L7Parser;
 use ciliate_proxy::control;
-use ciliate_proxy::dns::{self, gate::AnswerGate, DnsConfig, DnsProxy};
+use ciliate_proxy::dns::{self, gate::AnswerGate, thread::DnsThread, DnsConfig, DnsProxy};
 use ciliate_proxy::engine::{ConnMeta, MarkFn};
 use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
 use ciliate_proxy::identity::{Identities, PinnedIdentities, StaticIdentities};
@@ -18,7 +18,6 @@ use ciliate_proxy::policy::Policy;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 /// The node's L7 proxy: enforces `toPorts[].rules.http` on the connections the datapath
@@ -101,6 +100,14 @@ struct Args {
     #[arg(long, default_value = "100us", value_parser = parse_slice, value_name = "DURATION")]
     dns_sched_slice: Duration,
 
+    /// The DNS thread runs in the real-time class (SCHED_FIFO 1, ahead of ordinary tasks) for
+    /// at most this share of one CPU per 10 ms, percent; beyond it, in the ordinary class for
+    /// the rest of the 10 ms, so that a flood of queries cannot take a CPU from the node. 0:
+    /// ordinary class only. Needs CAP_SYS_NICE (else ordinary, with a warning). See
+    /// `rt_budget.rs`.
+    #[arg(long, default_value_t = 50, value_parser = parse_rt_budget, value_name = "PERCENT")]
+    dns_realtime_budget: u8,
+
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -133,7 +140,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The main thread serves DNS (see `run`).
+    // Set here, before any thread starts, for the DNS thread to inherit (`run`); the main
+    // thread keeps it too (its share of connections, the control socket), as it did when it
+    // served DNS itself.
     match ciliate_proxy::sched::set_thread_slice(args.dns_sched_slice) {
         Ok(()) => info!(slice = ?args.dns_sched_slice, "the DNS thread's scheduler slice is set"),
         Err(e) => warn!(error = %e, "--dns-sched-slice: keeping the kernel's default slice"),
@@ -229,14 +238,32 @@ async fn run(args: Args) -> ExitCode {
         }
     }
     let running = Listeners::start_on(engine.clone(), listeners, &runtimes);
-    // DNS runs on the main thread only (its queries are few next to HTTP requests).
-    let (stop_dns, _) = watch::channel(false);
-    let mut dns_loops = JoinSet::new();
-    for l in dns_tcp {
-        dns_loops.spawn(dns::tcp::serve(dns_proxy.clone(), l, stop_dns.subscribe()));
-    }
-    if let Some(s) = dns_udp {
-        dns_loops.spawn(dns::udp::serve(dns_proxy.clone(), s, stop_dns.subscribe()));
+    // DNS runs on a thread of its own, in the real-time class within its budget (see
+    // `dns/thread.rs`); its listeners move to that thread's runtime.
+    let (stop_dns, stop_rx) = watch::channel(false);
+    let mut dns_done = None;
+    if !dns_tcp.is_empty() || dns_udp.is_some() {
+        let mut tcp = Vec::new();
+        for l in dns_tcp {
+            match l.into_std() {
+                Ok(l) => tcp.push(l),
+                Err(e) => warn!(error = %e, "DNS TCP listener"),
+            }
+        }
+        let thread = DnsThread {
+            proxy: dns_proxy.clone(),
+            tcp,
+            udp: dns_udp,
+            realtime_budget: args.dns_realtime_budget,
+            slice: args.dns_sched_slice,
+        };
+        match thread.spawn(stop_rx, args.drain_timeout) {
+            Ok(done) => dns_done = Some(done),
+            Err(e) => {
+                eprintln!("ciliate-proxy: starting the DNS thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     dns::timing::spawn_dump();
     info!(pid = std::process::id(), "ciliate-proxy running");
@@ -248,15 +275,13 @@ async fn run(args: Args) -> ExitCode {
     // answer those in flight, within the same deadline as HTTP's.
     let _ = stop_dns.send(true);
     let dns_drain = async {
-        while let Some(Ok(mut set)) = dns_loops.join_next().await {
-            while set.join_next().await.is_some() {}
+        match dns_done {
+            Some(done) => done.await.unwrap_or(false),
+            None => true,
         }
     };
-    let (left, dns_done) = tokio::join!(
-        running.drain(args.drain_timeout),
-        tokio::time::timeout(args.drain_timeout, dns_drain)
-    );
-    if dns_done.is_err() {
+    let (left, dns_drained) = tokio::join!(running.drain(args.drain_timeout), dns_drain);
+    if !dns_drained {
         warn!("drain deadline reached with DNS queries in flight");
     }
     // The records of the last requests, still gathering for the next write.
@@ -271,6 +296,16 @@ fn parse_slice(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     ciliate_proxy::sched::check_slice(d)?;
     Ok(d)
+}
+
+/// `--dns-realtime-budget`: a percentage, 0 ..= rt_budget::MAX_PERCENT.
+fn parse_rt_budget(s: &str) -> Result<u8, String> {
+    let p: u8 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{s}: {e}"))?;
+    ciliate_proxy::rt_budget::check_percent(p)?;
+    Ok(p)
 }
 
 /// A thread with a single-threaded runtime of its own, running until the process exits.

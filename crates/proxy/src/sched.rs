@@ -1,4 +1,5 @@
-//! The scheduler slice of the thread that serves DNS.
+//! The scheduler slice of the thread that serves DNS (and the class switches of
+//! [`crate::rt_budget`]).
 //!
 //! Why: a query through the proxy wakes this thread twice (the pod's query, the resolver's
 //! answer). Linux's EEVDF scheduler lets the task running on a CPU finish its slice (0.75 ms
@@ -42,23 +43,61 @@ pub fn check_slice(slice: Duration) -> Result<(), String> {
 /// (SCHED_OTHER) and nice value. Zero asks for the kernel's default again.
 pub fn set_thread_slice(slice: Duration) -> Result<(), String> {
     check_slice(slice)?;
-    // SAFETY: sched_getscheduler and getpriority only read the calling thread's attributes
-    // (tid 0 / who 0 = the caller).
+    // SAFETY: sched_getscheduler only reads the calling thread's attributes (0 = the caller).
     let policy = unsafe { libc::sched_getscheduler(0) };
     if policy != libc::SCHED_OTHER {
         return Err(format!(
             "the thread's scheduling policy is {policy}, not SCHED_OTHER: left alone"
         ));
     }
-    // getpriority returns the nice value of the calling thread (Linux: per thread).
+    set_thread_class(Class::Other { slice }, false)
+}
+
+/// A scheduling class for the calling thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// SCHED_OTHER with a custom slice (0: the kernel's default).
+    Other {
+        /// The slice.
+        slice: Duration,
+    },
+    /// SCHED_FIFO at this priority (1..=99).
+    Fifo {
+        /// The real-time priority.
+        priority: i32,
+    },
+}
+
+/// Puts the calling thread in `class`, keeping its nice value. With `reset_on_fork` the
+/// threads it starts from then on begin in SCHED_OTHER at the default slice and nice >= 0
+/// (SCHED_FLAG_RESET_ON_FORK) instead of inheriting the class.
+pub fn set_thread_class(class: Class, reset_on_fork: bool) -> Result<(), String> {
+    // getpriority returns the nice value of the calling thread (Linux: per thread), also
+    // while it is in a real-time class.
+    // SAFETY: only reads the calling thread's attributes (who 0 = the caller).
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let (policy, priority, runtime) = match class {
+        Class::Other { slice } => {
+            check_slice(slice)?;
+            (
+                libc::SCHED_OTHER,
+                0,
+                u64::try_from(slice.as_nanos()).unwrap_or(0),
+            )
+        }
+        Class::Fifo { priority } => (libc::SCHED_FIFO, priority, 0),
+    };
     let attr = libc::sched_attr {
         size: u32::try_from(std::mem::size_of::<libc::sched_attr>()).unwrap_or(48),
-        sched_policy: 0, // SCHED_OTHER
-        sched_flags: 0,
+        sched_policy: u32::try_from(policy).unwrap_or(0),
+        sched_flags: if reset_on_fork {
+            SCHED_FLAG_RESET_ON_FORK
+        } else {
+            0
+        },
         sched_nice: nice,
-        sched_priority: 0,
-        sched_runtime: u64::try_from(slice.as_nanos()).unwrap_or(0),
+        sched_priority: u32::try_from(priority).unwrap_or(0),
+        sched_runtime: runtime,
         sched_deadline: 0,
         sched_period: 0,
     };
@@ -79,6 +118,9 @@ pub fn set_thread_slice(slice: Duration) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `include/uapi/linux/sched.h`.
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
 /// The calling thread's slice as the kernel reports it (`sched_getattr`'s `sched_runtime`).
 pub fn thread_slice() -> Result<Duration, String> {

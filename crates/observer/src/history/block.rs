@@ -15,6 +15,7 @@ use std::hash::BuildHasherDefault;
 
 use prost::Message;
 
+use crate::l7_entry::RecordedHttp;
 use crate::proto::flow::{Endpoint, Flow};
 use crate::record::Recorded;
 
@@ -273,6 +274,7 @@ const FIELD_SOURCE: u32 = 8;
 const FIELD_DESTINATION: u32 = 9;
 const FIELD_NODE_NAME: u32 = 11;
 const FIELD_UUID: u32 = 34;
+const FIELD_NODE_LABELS: u32 = 37;
 
 /// Copies the top-level fields of the protobuf message `msg` to `out`, but those whose
 /// number `skip` accepts. Should the bytes not parse (they come from prost: they do), the
@@ -352,12 +354,15 @@ pub enum Row<'a> {
     Flow(&'a Flow),
     /// A datapath event, its flow not built.
     Event(&'a Recorded),
+    /// An HTTP record of the proxy, its flow not built.
+    Http(&'a RecordedHttp),
 }
 
 impl Row<'_> {
     fn time_ns(&self) -> Option<i64> {
         match self {
             Row::Flow(f) => time_ns(f),
+            Row::Http(r) => time_ns(r.unnamed()),
             Row::Event(r) => r.time().map(|t| {
                 t.seconds
                     .saturating_mul(1_000_000_000)
@@ -509,11 +514,29 @@ impl<'a> Dictionary<'a> {
 
     /// The index of an event's source (or destination) endpoint.
     fn index_event(&mut self, r: &Recorded, destination: bool) -> u32 {
-        let key = r.history_endpoint_key(destination);
+        self.index_keyed(r.history_endpoint_key(destination), || {
+            r.history_endpoint(destination)
+        })
+    }
+
+    /// The index of an HTTP record's source (or destination) endpoint.
+    fn index_http(&mut self, r: &RecordedHttp, destination: bool) -> u32 {
+        self.index_keyed(r.history_endpoint_key(destination), || {
+            r.history_endpoint(destination)
+        })
+    }
+
+    /// The index of the endpoint `key` tells (see `Recorded::history_endpoint_key`), built
+    /// by `endpoint` only the first time the key is seen.
+    fn index_keyed(
+        &mut self,
+        key: Option<(usize, u32, usize)>,
+        endpoint: impl FnOnce() -> Endpoint,
+    ) -> u32 {
         if let Some(i) = key.and_then(|k| self.by_key.get(&k)) {
             return *i;
         }
-        let i = self.index(Some(Cow::Owned(r.history_endpoint(destination))));
+        let i = self.index(Some(Cow::Owned(endpoint())));
         if let Some(k) = key {
             self.by_key.insert(k, i);
         }
@@ -565,6 +588,25 @@ fn encode_with(
                 let uuid_column = uuid != [0; 16];
                 enc.uuids.extend_from_slice(&uuid);
                 enc.rows.write(r, node_name, uuid_column, &mut enc.stripped);
+            }
+            Row::Http(r) => {
+                src.push(dict.index_http(r, false));
+                dst.push(dict.index_http(r, true));
+                enc.uuids.extend_from_slice(r.uuid().as_bytes());
+                // The flow without endpoints, id or node labels, then its node labels: the
+                // built flow's fields (in another order, which protobuf readers accept).
+                cut_columns(
+                    r.unnamed(),
+                    node_name,
+                    true,
+                    &mut enc.whole,
+                    &mut enc.stripped,
+                );
+                prost::encoding::string::encode_repeated(
+                    FIELD_NODE_LABELS,
+                    r.node_labels(),
+                    &mut enc.stripped,
+                );
             }
         }
         ends.push(enc.stripped.len());

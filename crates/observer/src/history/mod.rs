@@ -518,7 +518,7 @@ impl Shared {
         next_n: &mut u32,
     ) -> std::io::Result<()> {
         use std::io::Write;
-        // Events' flows are built here, on the history's writer thread, in the parts a block
+        // Events' and HTTP records' flows are built here, on the history's writer thread, in the parts a block
         // stores (each distinct endpoint once per block).
         let rows: Vec<(u64, block::Row<'_>)> = batch
             .iter()
@@ -526,6 +526,7 @@ impl Shared {
                 let row = match n.entry.as_ref() {
                     Entry::Flow(f) => block::Row::Flow(f),
                     Entry::Event(r) => block::Row::Event(r),
+                    Entry::Http(r) => block::Row::Http(r),
                     Entry::Lost(..) => return None,
                 };
                 Some((n.seq, row))

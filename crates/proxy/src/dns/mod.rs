@@ -8,7 +8,8 @@
 //! - [`acked`]: what the agent confirmed already (answers teaching nothing new go out at once);
 //! - [`udp`], [`tcp`]: the sockets (the supervisor's, inherited) and the replies to the pod;
 //! - [`upstream`]: the way to the resolver (UDP: a pool of random-port sockets, rotated);
-//! - [`timing`]: where a query's time goes (a debugging aid, off unless asked for).
+//! - [`timing`]: where a query's time goes (a debugging aid, off unless asked for);
+//! - [`thread`]: the thread that serves DNS, in the real-time class within a budget.
 //!
 //! The upstream query leaves from an ordinary socket of the node (the node's address, a
 //! random port), not from the pod's address as the HTTP proxy's upstream does: the resolver
@@ -24,6 +25,7 @@ pub mod gate;
 pub mod message;
 pub mod peers;
 pub mod tcp;
+pub mod thread;
 pub mod timing;
 pub mod udp;
 pub mod upstream;
@@ -192,6 +194,9 @@ impl DnsProxy {
         upstream: &mut Upstream,
         mut clock: Option<&mut timing::Clock>,
     ) -> Option<Vec<u8>> {
+        // Every query (UDP or TCP) counts against the DNS thread's real-time budget: a flood
+        // cannot keep it ahead of ordinary tasks beyond that.
+        crate::rt_budget::check();
         let started = Instant::now();
         let mut lap = |segment| {
             if let (Some(c), Some(t)) = (clock.as_deref_mut(), timing::enabled()) {

@@ -56,6 +56,8 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         while conns.try_join_next().is_some() {}
+        // A flood of connections counts against the real-time budget as one of queries does.
+        crate::rt_budget::check();
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {

@@ -135,6 +135,7 @@ impl Timings {
             let _ = writeln!(out, " {} {}", q(0.5), q(0.99));
         }
         let _ = writeln!(out, "held {}", self.held.load(Ordering::Relaxed));
+        let _ = writeln!(out, "rt-demotions {}", crate::rt_budget::demotions());
         out
     }
 }

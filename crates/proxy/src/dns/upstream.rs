@@ -338,6 +338,8 @@ async fn read_answers(shared: Arc<Shared>, linger: Duration) {
         tokio::select! {
             got = shared.socket.recv(&mut buf) => match got {
                 Ok(n) => {
+                    // So do answers (a resolver, or someone in its place, sending many).
+                    crate::rt_budget::check();
                     let answer = &buf[..n];
                     let waiter = message::header_id(answer).and_then(|id| shared.waiting().remove(&id));
                     if let Some((_, tx)) = waiter {

@@ -1,0 +1,101 @@
+//! An HTTP record of the node's proxy as the ring keeps it: the flow without its endpoints,
+//! node labels and id, and the two ends as the store named them when the record arrived
+//! (shared endpoint entries, not copies). The whole Hubble [`Flow`] is built only when
+//! someone reads it (GetFlows, follow, export); the flow history stores it from these parts
+//! (its endpoints once per block, as for datapath events: [`crate::record::Recorded`]).
+//!
+//! Why: the proxy sends two records per request, and naming both ends of each flow (a pod's
+//! namespace, name and labels, the node's labels, the id as text) was most of the agent's
+//! allocations per request, for flows most of which nobody reads. Metrics are counted when
+//! the record arrives, from [`RecordedHttp::unnamed`]: everything they look at is there.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ciliate_model::l7::HttpRecord;
+
+use crate::l7::{http_parts, l7_flow_unnamed};
+use crate::proto::flow::{Endpoint, Flow};
+use crate::record::{side, side_endpoint, side_key, FlowIds, NodeNames, Side};
+use crate::store::Store;
+
+/// An HTTP record with the names it had: what the ring keeps instead of a built Flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedHttp {
+    /// The flow but for its endpoints, node labels, id and the cluster's names.
+    unnamed: Flow,
+    /// The flow's id, fixed when the record arrived.
+    uuid: uuid::Uuid,
+    node: Arc<NodeNames>,
+    /// The flow's source and destination (a response's source is the server), with their
+    /// identities.
+    ends: [(Side, u32); 2],
+}
+
+impl RecordedHttp {
+    /// Names `record` from `store` as it is now: what the flow will show whenever it is
+    /// read. `node_name` is the flow's node name (the observer's).
+    pub fn capture(
+        record: HttpRecord,
+        store: &dyn Store,
+        node: &Arc<NodeNames>,
+        ids: &FlowIds,
+        node_name: &str,
+    ) -> Self {
+        let (common, http, summary) = http_parts(record);
+        let (unnamed, ends) = l7_flow_unnamed(&common, http, summary, store, node_name);
+        let ends = ends.map(|(addr, identity)| (side(store, Some(*addr.ip()), identity), identity));
+        Self {
+            unnamed,
+            uuid: ids.next(Some(SystemTime::now())),
+            node: Arc::clone(node),
+            ends,
+        }
+    }
+
+    /// The flow without its endpoints, node labels and id: every field Hubble's metrics
+    /// look at.
+    pub fn unnamed(&self) -> &Flow {
+        &self.unnamed
+    }
+
+    /// The flow's id.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.uuid
+    }
+
+    /// The node's labels the flow carries.
+    pub fn node_labels(&self) -> &[String] {
+        &self.node.labels
+    }
+
+    /// What tells the source's (or the destination's) endpoint apart without building it
+    /// (see [`crate::record::Recorded::history_endpoint_key`]); `None` for a side without a
+    /// pod.
+    pub fn history_endpoint_key(&self, destination: bool) -> Option<(usize, u32, usize)> {
+        let (side, identity) = &self.ends[usize::from(destination)];
+        side_key(side, *identity, &self.node)
+    }
+
+    /// The source's (or the destination's) endpoint exactly as [`flow`](Self::flow) shows
+    /// it.
+    pub fn history_endpoint(&self, destination: bool) -> Endpoint {
+        let (side, identity) = &self.ends[usize::from(destination)];
+        side_endpoint(side, *identity, &self.node)
+    }
+
+    /// The Hubble flow as clients receive it: named, with its id, the node's labels and the
+    /// cluster's name on the cluster's endpoints.
+    pub fn flow(&self) -> Flow {
+        let mut flow = self.unnamed.clone();
+        flow.source = Some(self.history_endpoint(false));
+        flow.destination = Some(self.history_endpoint(true));
+        flow.node_labels.clone_from(&self.node.labels);
+        flow.uuid = self.uuid.to_string();
+        flow
+    }
+}
+
+#[cfg(test)]
+#[path = "l7_entry_tests.rs"]
+mod tests;
