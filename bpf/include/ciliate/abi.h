@@ -28,13 +28,15 @@
 #define CT_MAP_SIZE 262144
 #define LXC_MAP_SIZE 65536
 /* The agent maps the ring's data pages twice (so that a record never wraps), and all of it
- * counts in its RSS from the start: a 4 MB ring was 8 MB of the agent's RSS, 2 MB was 4 MB
- * (issue #15). 1 MB holds about 5,900 records (176 bytes with the ring's header): past the
- * wakeup mark below, 768 KB or ~100 ms at 11,000 new connections/s (4 records each) for the
- * reader to catch up; bench/pod2pod.sh counts what a late reader loses. */
-#define EVENTS_RING_SIZE (1024 * 1024)
+ * counts in its RSS from the start: a 4 MB ring was 8 MB of the agent's RSS, 1 MB was 2 MB
+ * (issue #15). The agent drains the ring every 10 ms (crates/datapath/src/linux/events.rs):
+ * at 11,000 new connections/s (4 records of 176 bytes each, ring header included) that is
+ * ~80 KB per drain. 512 KB holds about 2,900 records: past the wakeup mark below, 384 KB or
+ * ~50 ms for a reader that missed its timer to catch up; bench/pod2pod.sh counts what a late
+ * reader loses. */
+#define EVENTS_RING_SIZE (512 * 1024)
 /* Unread bytes in the ring past which an event wakes the reader at once. */
-#define EVENTS_WAKEUP_BYTES (256 * 1024)
+#define EVENTS_WAKEUP_BYTES (128 * 1024)
 #define METRICS_MAP_SIZE 512
 #define LB_SERVICE_MAP_SIZE 262144
 #define LB_BACKEND_MAP_SIZE 131072
