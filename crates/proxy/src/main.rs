@@ -100,12 +100,13 @@ struct Args {
     #[arg(long, default_value = "100us", value_parser = parse_slice, value_name = "DURATION")]
     dns_sched_slice: Duration,
 
-    /// The DNS thread runs in the real-time class (SCHED_FIFO 1, ahead of ordinary tasks) for
-    /// at most this share of one CPU per 10 ms, percent; beyond it, in the ordinary class for
-    /// the rest of the 10 ms, so that a flood of queries cannot take a CPU from the node. 0:
-    /// ordinary class only. Needs CAP_SYS_NICE (else ordinary, with a warning). See
-    /// `rt_budget.rs`.
-    #[arg(long, default_value_t = 50, value_parser = parse_rt_budget, value_name = "PERCENT")]
+    /// Percent of one CPU per 10 ms for which the DNS thread runs in the real-time class
+    /// (SCHED_FIFO 1, ahead of ordinary tasks); beyond it, in the ordinary class for the rest
+    /// of the 10 ms, so that a flood of queries cannot take a CPU from the node. 0 (the
+    /// default): ordinary class only; on a quiet 2-CPU node 50 did not lower the DNS p99 and
+    /// cost ~10 % of the max q/s (bench/README.md, "DNS proxy"). Needs CAP_SYS_NICE (else
+    /// ordinary, with a warning). See `rt_budget.rs`.
+    #[arg(long, default_value_t = 0, value_parser = parse_rt_budget, value_name = "PERCENT")]
     dns_realtime_budget: u8,
 
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
