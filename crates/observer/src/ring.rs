@@ -244,8 +244,7 @@ impl Observer {
                 Entry::Event(recorded)
             })
             .collect();
-        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.push_all(entries);
+        self.push_seen(entries);
     }
 
     /// The names records share, with the node's `labels` now (a new one when they changed).
@@ -291,11 +290,7 @@ impl Observer {
                 Entry::Http(Box::new(recorded))
             })
             .collect();
-        if entries.is_empty() {
-            return;
-        }
-        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.push_all(entries);
+        self.push_seen(entries);
     }
 
     /// Turns one DNS query or answer of the node's DNS proxy into a Hubble L7 DNS flow and
@@ -340,11 +335,7 @@ impl Observer {
                 Entry::Flow(Box::new(flow))
             })
             .collect();
-        if entries.is_empty() {
-            return;
-        }
-        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.push_all(entries);
+        self.push_seen(entries);
     }
 
     /// Records that `n` events were lost on their way to the observer, noticed now: counted,
@@ -373,6 +364,16 @@ impl Observer {
             },
             system_time_to_timestamp(SystemTime::now()),
         ));
+    }
+
+    /// Keeps entries seen on the node (counted in `seen`, unlike lost-event notices), taking
+    /// the ring's lock once.
+    fn push_seen(&self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.seen.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.push_all(entries);
     }
 
     fn push(&self, entry: Entry) {
