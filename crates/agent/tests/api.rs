@@ -711,6 +711,13 @@ fn streamed_body(source: &str, yaml: &str, delete: bool) -> Vec<u8> {
     out
 }
 
+/// A batch refused as invalid (400), its message naming `needle`.
+fn assert_refused(got: &(StatusCode, Value), needle: &str) {
+    assert_error(got, StatusCode::BAD_REQUEST, "invalid");
+    let message = got.1["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{}", got.1);
+}
+
 #[tokio::test]
 async fn the_streamed_form_applies_only_a_complete_body() {
     let h = harness();
@@ -720,39 +727,21 @@ async fn the_streamed_form_applies_only_a_complete_body() {
     // Broken off half-way (the CLI found a syntax error further on): nothing applied.
     let half = body[..body.len() / 2].to_vec();
     let (s, r) = post_streamed(&h, vec![Ok(half), Err(std::io::Error::other("cut"))]).await;
-    assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
-    assert!(
-        r["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("nothing was applied"),
-        "{r}"
-    );
+    assert_refused(&(s, r), "nothing was applied");
     assert_eq!(services(&h), 0);
 
     // A line that is not a document: refused, naming the line, nothing applied.
     let mut bad = body.clone();
     bad.extend_from_slice(b"{not json\n");
     let (s, r) = post_streamed(&h, vec![Ok(bad)]).await;
-    assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
-    assert!(
-        r["message"].as_str().unwrap_or_default().contains("line 4"),
-        "{r}"
-    );
+    assert_refused(&(s, r), "line 4");
     assert_eq!(services(&h), 0);
 
     // An invalid object among valid ones: refused whole, as in the JSON form.
     let with_bad =
         format!("{WEB}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n");
     let (s, r) = post_streamed(&h, vec![Ok(streamed_body("bad.yaml", &with_bad, false))]).await;
-    assert_error(&(s, r.clone()), StatusCode::BAD_REQUEST, "invalid");
-    assert!(
-        r["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("bad.yaml: document 3"),
-        "{r}"
-    );
+    assert_refused(&(s, r), "bad.yaml: document 3");
     assert_eq!(services(&h), 0);
 
     // Whole, in more pieces than the agent's queue between the body and its decoder holds
