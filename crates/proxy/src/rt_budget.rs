@@ -1,4 +1,5 @@
-//! The DNS thread in the real-time class, within a CPU budget.
+//! The DNS thread in the real-time class, within a CPU budget (`--dns-realtime-budget`; 0, off,
+//! by default: on a quiet 2-CPU node it did not lower the DNS p99, see bench/README.md).
 //!
 //! Why: a query through the proxy wakes the DNS thread twice (the pod's query, the resolver's
 //! answer), and each wakeup waited for a CPU behind whatever ran there: the agent's record

@@ -1,5 +1,5 @@
 //! The thread that serves DNS: a runtime of its own, in the real-time class within its budget
-//! ([`crate::rt_budget`]).
+//! when `--dns-realtime-budget` is set ([`crate::rt_budget`]; off by default).
 //!
 //! Why a thread of its own: the real-time class is for DNS's short, waited-on work only. On
 //! the main thread it would also have covered the main thread's share of HTTP connections and
