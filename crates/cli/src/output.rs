@@ -153,6 +153,15 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// `n` and a noun, the noun plural unless `n` is 1: `1 node`, `3 nodes`, `0 pods`.
+pub fn counted<N>(n: N, singular: &str, plural: &str) -> String
+where
+    N: std::fmt::Display + PartialEq + From<u8>,
+{
+    let noun = if n == N::from(1) { singular } else { plural };
+    format!("{n} {noun}")
+}
+
 /// `<none>` where kubectl prints it: an absent or empty value, kept as one column word so
 /// `awk` field numbers stay right.
 pub fn or_none(s: String) -> String {
@@ -199,6 +208,13 @@ mod tests {
         assert_eq!(duration(310), "5m10s");
         assert_eq!(duration(3 * 3600 + 4 * 60 + 5), "3h4m");
         assert_eq!(duration(2 * 86_400 + 5 * 3600), "2d5h");
+    }
+
+    #[test]
+    fn counts_take_the_singular_only_for_one() {
+        assert_eq!(counted(1usize, "node", "nodes"), "1 node");
+        assert_eq!(counted(0usize, "node", "nodes"), "0 nodes");
+        assert_eq!(counted(3u64, "identity", "identities"), "3 identities");
     }
 
     #[test]

@@ -250,10 +250,10 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     match result {
         Ok(Ok(lab)) => {
             say(&format!(
-                "Lab {:?} is up ({} nodes, {} pods) in {:.1}s.\n\n{}",
+                "Lab {:?} is up ({}, {}) in {:.1}s.\n\n{}",
                 lab.name(),
-                lab.state.nodes.len(),
-                lab.state.pods.len(),
+                output::counted(lab.state.nodes.len(), "node", "nodes"),
+                output::counted(lab.state.pods.len(), "pod", "pods"),
                 started.elapsed().as_secs_f64(),
                 ciliate_lab::demo::how_to_look_around(&lab)
             ));

@@ -6,7 +6,7 @@ use ciliate_model::api::Status;
 
 use super::{Ctx, Hinted, Outcome};
 use crate::cli::StatusArgs;
-use crate::output::{self, duration, fields, Format};
+use crate::output::{self, counted, duration, fields, Format};
 
 /// How often `--wait` asks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);
@@ -170,22 +170,29 @@ fn proxy(s: &Status) -> String {
         (true, None) => "attached".to_owned(),
     };
     let mut out = format!(
-        "{state}; listeners {} (egress HTTP), {} (ingress HTTP); {} redirects on {} endpoints (revision {})",
-        p.listeners.http_egress, p.listeners.http_ingress, p.redirects, p.endpoints, p.revision
+        "{state}; listeners {} (egress HTTP), {} (ingress HTTP); {} on {} (revision {})",
+        p.listeners.http_egress,
+        p.listeners.http_ingress,
+        counted(p.redirects, "redirect", "redirects"),
+        counted(p.endpoints, "endpoint", "endpoints"),
+        p.revision
     );
     if let Some(r) = p.applied_revision {
         out.push_str(&format!(", revision {r} applied"));
     }
     if let Some(n) = p.requests {
-        out.push_str(&format!("; {n} requests"));
+        out.push_str(&format!("; {}", counted(n, "request", "requests")));
     }
     if let Some(n) = p.restarts {
-        out.push_str(&format!("; {n} restarts"));
+        out.push_str(&format!("; {}", counted(n, "restart", "restarts")));
     }
     if let Some(pid) = p.pid {
         out.push_str(&format!("; pid {pid}"));
     }
-    out.push_str(&format!("; {} packets redirected", p.redirected_packets));
+    out.push_str(&format!(
+        "; {} redirected",
+        counted(p.redirected_packets, "packet", "packets")
+    ));
     out
 }
 
@@ -195,17 +202,17 @@ fn cluster(s: &Status) -> String {
         return "none (a node on its own)".to_owned();
     };
     format!(
-        "{} to etcd {}; {} nodes ({}), {} identities, {} remote endpoints; overlay {}",
+        "{} to etcd {}; {} ({}), {}, {}; overlay {}",
         if c.connected {
             "connected"
         } else {
             "DISCONNECTED"
         },
         c.etcd.join(","),
-        c.nodes.len(),
+        counted(c.nodes.len(), "node", "nodes"),
         c.nodes.join(", "),
-        c.identities,
-        c.remote_endpoints,
+        counted(c.identities, "identity", "identities"),
+        counted(c.remote_endpoints, "remote endpoint", "remote endpoints"),
         c.tunnel.as_deref().unwrap_or("none"),
     )
 }
@@ -231,7 +238,7 @@ mod tests {
             "Identities:   2\n",
             "Services:     2 (5 backends)\n",
             "Policies:     1\n",
-            "L7 proxy:     up; listeners 15001 (egress HTTP), 15002 (ingress HTTP); 2 redirects on 1 endpoints (revision 7), revision 7 applied; 12 requests; 1 restarts; pid 4242; 96 packets redirected\n",
+            "L7 proxy:     up; listeners 15001 (egress HTTP), 15002 (ingress HTTP); 2 redirects on 1 endpoint (revision 7), revision 7 applied; 12 requests; 1 restart; pid 4242; 96 packets redirected\n",
             "Cluster:      connected to etcd http://172.31.0.1:2379; 2 nodes (node-1, node-2), 4 identities, 2 remote endpoints; overlay ciliate_vxlan\n",
             "IPAM:         4/253 allocated from 10.0.0.0/24 (1%)\n",
             "Problems:     ct map 95% full\n              kubernetes source unreachable\n",

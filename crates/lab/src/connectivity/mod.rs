@@ -188,9 +188,10 @@ pub async fn run(opts: &TestOptions, progress: Progress<'_>) -> Result<TestRepor
     let mut lab = Lab::open(&opts.lab)?;
     lab.check_agents().await?;
     progress(&format!(
-        "Deploying the test workload in namespace {NAMESPACE} on lab {:?} ({} nodes)",
+        "Deploying the test workload in namespace {NAMESPACE} on lab {:?} ({} node{})",
         lab.name(),
-        lab.state.nodes.len()
+        lab.state.nodes.len(),
+        if lab.state.nodes.len() == 1 { "" } else { "s" }
     ));
     let outcome = match workload::deploy(&mut lab, progress).await {
         Ok(w) => Ok(run_scenarios(&lab, &w, &chosen, progress).await),
