@@ -1124,6 +1124,27 @@ fn completion_scripts() {
     }
 }
 
+/// `ciliate completion bash | head`: the script (over 64 KB, more than a pipe holds) meets a
+/// closed pipe, which ends it quietly with 0 instead of a panic.
+#[test]
+fn completion_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ciliate"))
+        .arg("--socket")
+        .arg(dir.path().join("none.sock"))
+        .args(["completion", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
 #[test]
 fn bpf_ipcache_endpoint_and_node_lists() {
     let agent = Agent::start("ok");

@@ -9,7 +9,7 @@ use crate::cli::{
     FqdnCommand, IdentityCommand, LbCommand, ListOnly, MetricsCommand, PolicyCommand,
     ServiceCommand,
 };
-use crate::output::Format;
+use crate::output::{self, Format};
 
 pub mod apply;
 pub mod bpf;
@@ -112,8 +112,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             metrics::list(&ctx, match_pattern.as_deref()).await
         }
         Command::Completion { shell } => {
+            // Into a buffer first: clap_complete panics when its writer fails, and a closed
+            // pipe (`ciliate completion bash | head`) is an ordinary end (see `output::print`).
             let mut cmd = crate::cli::command();
-            clap_complete::generate(shell, &mut cmd, "ciliate", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ciliate", &mut script);
+            output::print(&String::from_utf8_lossy(&script))?;
             Ok(Outcome::Success)
         }
         Command::Endpoint(EndpointCommand::List) => endpoint::list(&ctx).await,
