@@ -1053,6 +1053,7 @@ fn validate_endpoints(e: &Endpoints, p: &mut Problems) {
     }
 }
 
+mod plain_yaml;
 pub mod raw;
 pub mod text;
 

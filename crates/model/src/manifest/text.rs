@@ -72,14 +72,34 @@ pub fn for_each_document_raw(
             emit(index, &buf);
         }
     } else {
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            buf.clear();
-            // serde_yaml_ng can panic when asked for more documents after an error, so the
-            // first error ends the loop.
-            JsonText(&mut buf)
-                .deserialize(doc)
-                .map_err(|e| syntax(i + 1, "YAML", &e))?;
-            emit(i + 1, &buf);
+        // The common subset first; from the first document it is unsure of on, libyaml.
+        let done = match super::plain_yaml::for_each_document(text, &mut buf, &mut emit) {
+            super::plain_yaml::Read::Done => return Ok(()),
+            super::plain_yaml::Read::Stopped { done } => done,
+        };
+        for_each_yaml_document(text, &mut buf, done, emit)
+            .map_err(|(i, e)| syntax(i, "YAML", &e))?;
+    }
+    Ok(())
+}
+
+/// The documents of YAML `text` read with `serde_yaml_ng`, the first `skip` of them read but
+/// not handed out; the first syntax error (its document's index) ends the file.
+pub(super) fn for_each_yaml_document(
+    text: &str,
+    buf: &mut Vec<u8>,
+    skip: usize,
+    mut each: impl FnMut(usize, &[u8]),
+) -> Result<(), (usize, serde_yaml_ng::Error)> {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        buf.clear();
+        // serde_yaml_ng can panic when asked for more documents after an error, so the
+        // first error ends the loop.
+        JsonText(&mut *buf)
+            .deserialize(doc)
+            .map_err(|e| (i + 1, e))?;
+        if i >= skip {
+            each(i + 1, buf);
         }
     }
     Ok(())
