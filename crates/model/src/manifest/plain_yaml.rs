@@ -26,6 +26,10 @@ pub(super) enum Read {
 /// Something this reader leaves to `serde_yaml_ng`.
 struct Unsure;
 
+/// Collections nested deeper than this are left to `serde_yaml_ng`, which refuses them past
+/// its own limit (128).
+const MAX_DEPTH: usize = 64;
+
 type R<T = ()> = Result<T, Unsure>;
 
 /// Hands each document of `text` to `each` as JSON text (`null` for an empty one), with its
@@ -85,7 +89,12 @@ fn document(lines: &mut [(usize, &str)], out: &mut Vec<u8>) -> R {
         out.extend_from_slice(b"null");
         return Ok(());
     };
-    let mut p = Parser { lines, i: 0, out };
+    let mut p = Parser {
+        lines,
+        i: 0,
+        depth: 0,
+        out,
+    };
     p.node(indent)?;
     if p.i != p.lines.len() {
         return Err(Unsure);
@@ -97,6 +106,8 @@ struct Parser<'l, 'a, 'o> {
     lines: &'l mut [(usize, &'a str)],
     /// The next line.
     i: usize,
+    /// Block collections open.
+    depth: usize,
     out: &'o mut Vec<u8>,
 }
 
@@ -111,11 +122,17 @@ impl<'a> Parser<'_, 'a, '_> {
 
     /// A block node starting at the next line, indented by `n`.
     fn node(&mut self, n: usize) -> R {
-        match self.peek() {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Unsure);
+        }
+        let read = match self.peek() {
             Some((_, c)) if is_item(c) => self.sequence(n),
             Some(_) => self.mapping(n),
             None => Err(Unsure),
-        }
+        };
+        self.depth -= 1;
+        read
     }
 
     fn mapping(&mut self, n: usize) -> R {
@@ -182,7 +199,7 @@ impl<'a> Parser<'_, 'a, '_> {
             return match self.peek() {
                 Some((indent, _)) if indent > n => self.node(indent),
                 // A mapping's value may be a sequence at the mapping's own indentation.
-                Some((indent, c)) if indent == n && in_mapping && is_item(c) => self.sequence(n),
+                Some((indent, c)) if indent == n && in_mapping && is_item(c) => self.node(n),
                 _ => {
                     self.out.extend_from_slice(b"null");
                     Ok(())
@@ -327,6 +344,10 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// A flow collection at the start of `s`, on one line, as JSON; the bytes it takes.
 fn flow(s: &str, out: &mut Vec<u8>) -> R<usize> {
+    // With the block collections around it, under `serde_yaml_ng`'s limit.
+    if s.bytes().filter(|b| matches!(b, b'[' | b'{')).count() > MAX_DEPTH / 2 {
+        return Err(Unsure);
+    }
     let b = s.as_bytes();
     let mut at = 0;
     flow_node(b, &mut at, out)?;

@@ -219,3 +219,12 @@ mod props {
         }
     }
 }
+
+#[test]
+fn deep_nesting_goes_to_libyaml() {
+    let block: String = (0..200).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
+    assert_eq!(fast(&block).0, Read::Stopped { done: 0 });
+    let flow = format!("a: {}1{}\n", "[".repeat(40), "]".repeat(40));
+    assert_eq!(fast(&flow).0, Read::Stopped { done: 0 });
+    same(&format!("a: {}1{}\n", "[".repeat(20), "]".repeat(20)));
+}
