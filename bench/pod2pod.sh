@@ -13,7 +13,9 @@
 #               already built (in $CILIATE_BIN_DIR, default target/release)
 #   --no-build  do not run `cargo build --release` first
 #
-# CILIATE_AGENT_ARGS adds agent flags (e.g. `--flow-history-size 0`).
+# CILIATE_AGENT_ARGS adds agent flags (e.g. `--flow-history-size 0`). CILIATE_AGENT_PAGES=PREFIX
+# writes the pages of the agent's executable in its memory at start and with 100 endpoints to
+# PREFIX.start and PREFIX.end (bench/hot-code.sh).
 #
 # The client is pinned to CPU 0 and the server to the last CPU (see bench/lib.sh). Needs root.
 # Everything it makes is named cb<pid>-*, recorded, and removed on exit, also on Ctrl-C.
@@ -81,6 +83,7 @@ start_agent "$CN-node" "$NODE" "$STATE/agent" --pod-cidr 10.251.0.0/22 \
   --hubble-metrics-address 127.0.0.1:9965 ${CILIATE_AGENT_ARGS:-}
 RSS_START=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
 PARTS_START=$(rss_parts "$AGENT_PID")
+[ -z "${CILIATE_AGENT_PAGES:-}" ] || bench/hot_code.py pages "$AGENT_PID" "$CILIATE_AGENT_PAGES.start"
 cni_add() { # ns container-id pod
   CNI_COMMAND=ADD CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
   CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" CNI_PATH=/opt/cni/bin \
@@ -164,6 +167,7 @@ for n in $(seq 3 "$PODS"); do
   cni_add "$CN-p$n" "$RUN-$n" "p$n" >/dev/null
 done
 rss=$(awk '/VmRSS/{print $2}' "/proc/$AGENT_PID/status")
+[ -z "${CILIATE_AGENT_PAGES:-}" ] || bench/hot_code.py pages "$AGENT_PID" "$CILIATE_AGENT_PAGES.end"
 eps=$("$BIN/ciliate" --socket "$SOCK" endpoint list -o 'jsonpath={.items[*].id}' | wc -w)
 printf '\nAgent RSS: %.1f MB at start, %.1f MB with %s endpoints after the rounds above (goal < 20 MB)\n' \
   "$(python3 -c "print($RSS_START/1024)")" "$(python3 -c "print($rss/1024)")" "$eps"
