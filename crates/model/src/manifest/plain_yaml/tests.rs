@@ -228,3 +228,51 @@ fn deep_nesting_goes_to_libyaml() {
     assert_eq!(fast(&flow).0, Read::Stopped { done: 0 });
     same(&format!("a: {}1{}\n", "[".repeat(20), "]".repeat(20)));
 }
+
+/// Every YAML file of the repository (examples, deploy, tests; Helm templates aside, which are
+/// not YAML until rendered): whatever the fast path hands out is what libyaml reads.
+#[test]
+fn the_repositorys_yaml_reads_the_same() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if !matches!(
+                    name.as_str(),
+                    "target" | "templates" | ".git" | "node_modules"
+                ) {
+                    walk(&p, out);
+                }
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(p);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    for d in ["examples", "deploy", "tests", "bench"] {
+        if root.join(d).is_dir() {
+            walk(&root.join(d), &mut files);
+        }
+    }
+    assert!(files.len() > 20, "{files:?}");
+    let mut whole = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let (read, docs) = fast(&text);
+        let want = libyaml_lenient(&text);
+        match read {
+            Read::Done => {
+                whole += 1;
+                assert_eq!(objects(docs), objects(want), "{}", f.display());
+            }
+            Read::Stopped { done } => {
+                let want: Vec<_> = want.into_iter().take(done).collect();
+                assert_eq!(objects(docs), objects(want), "{}", f.display());
+            }
+        }
+    }
+    // Most manifests as people write them are read whole.
+    assert!(whole * 2 > files.len(), "{whole} of {}", files.len());
+}
