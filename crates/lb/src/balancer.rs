@@ -24,11 +24,14 @@ use std::hash::{BuildHasher, Hash};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use ciliate_model::k8s::{EndpointSlice, Kind, Object, ObjectKey, Service, ServiceType};
 use ciliate_model::lb::{BackendState, FrontendKind, LbBackend, LbFrontend, LbState, ServiceRef};
 use ciliate_model::service::{BackendView, FrontendView, ServiceView};
 
 use crate::alloc::{BackendKey, FrontendKey, IdAllocator, MAX_REV_NAT};
+use crate::table::{ObjectRow, ObjectTable};
 use crate::{
     cluster_ip_addr, plan_port, port_keys, Conflict, ConflictKind, LbDiff, LbError, Node,
     PlannedFrontend,
@@ -41,14 +44,15 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A sorted set that is nearly always of one element (the Services claiming one address, the
-/// slices of one Service): a vector, because a `BTreeSet` allocates a whole node of eleven
-/// slots for one, which at 10,000 Services was most of the balancer's memory.
+/// slices of one Service): one element is kept in place, more in a vector. A `BTreeSet`
+/// allocates a whole node of eleven slots for one, which at 10,000 Services was most of the
+/// balancer's memory; a vector of one still took a block of its own for each set.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SmallSet<T>(Vec<T>);
+pub struct SmallSet<T>(SmallVec<[T; 1]>);
 
 impl<T> Default for SmallSet<T> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self(SmallVec::new())
     }
 }
 
@@ -58,8 +62,7 @@ impl<T: Ord> SmallSet<T> {
         match self.0.binary_search(&t) {
             Ok(_) => false,
             Err(i) => {
-                // Room for exactly one more: a vector's first push reserves four, which for
-                // sets of one was most of their memory.
+                // Room for exactly one more: growing doubles it.
                 self.0.reserve_exact(1);
                 self.0.insert(i, t);
                 true
@@ -73,6 +76,7 @@ impl<T: Ord> SmallSet<T> {
             Ok(i) => {
                 self.0.remove(i);
                 if self.0.capacity() > 2 * self.0.len() + 1 {
+                    // Back in place when one is left.
                     self.0.shrink_to_fit();
                 }
                 true
@@ -110,9 +114,58 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
     }
 }
 
+/// Frontend keys of one Service: nearly always one (a ClusterIP Service of one port), kept in
+/// place.
+type Keys = SmallVec<[FrontendKey; 1]>;
+
 /// A Service's namespace and name, shared: the balancer's tables name each Service several
 /// times (its objects, plan, claims, holdings), and one copy of the strings serves them all.
 pub type ServiceName = Arc<(String, String)>;
+
+/// An EndpointSlice or Endpoints object and the Service it serves.
+#[derive(Clone, Debug)]
+struct SliceRow {
+    service: ServiceName,
+    object: Arc<Object>,
+}
+
+impl ObjectRow for SliceRow {
+    fn object(&self) -> &Object {
+        &self.object
+    }
+}
+
+/// A slice of a Service, ordered and compared by its key (kind, namespace, name), which its
+/// object carries: a set of them needs no copy of the keys.
+#[derive(Clone, Debug)]
+struct SliceRef(Arc<Object>);
+
+impl SliceRef {
+    fn key(&self) -> (Kind, &str, &str) {
+        let m = self.0.metadata();
+        (self.0.kind(), &m.namespace, &m.name)
+    }
+}
+
+impl PartialEq for SliceRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for SliceRef {}
+
+impl PartialOrd for SliceRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SliceRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
 
 /// One change of a batch.
 #[derive(Clone, Debug)]
@@ -129,7 +182,7 @@ struct Planned {
     cluster_ip: Option<Ipv4Addr>,
     ports: Vec<(Vec<String>, Vec<PlannedFrontend>)>,
     /// Frontend keys it claims when it holds its cluster IP (deduplicated, in plan order).
-    keys: Vec<FrontendKey>,
+    keys: Keys,
 }
 
 /// A frontend a Service holds: [`LbFrontend`] without what the tables have already (the
@@ -177,14 +230,15 @@ pub struct Balancer {
     node: Node,
     ids: IdAllocator,
     services: BTreeMap<ServiceName, Arc<Object>>,
-    /// EndpointSlices and Endpoints by key, with the Service they serve and their slices.
-    slices: HashMap<ObjectKey, (ServiceName, Arc<Object>)>,
-    by_service: HashMap<ServiceName, SmallSet<ObjectKey>>,
+    /// EndpointSlices and Endpoints by key, with the Service they serve.
+    slices: ObjectTable<SliceRow>,
+    /// Each Service's slices (the same objects as in `slices`).
+    by_service: HashMap<ServiceName, SmallSet<SliceRef>>,
     planned: HashMap<ServiceName, Planned>,
     cluster_ips: HashMap<Ipv4Addr, SmallSet<ServiceName>>,
     claims: HashMap<FrontendKey, SmallSet<ServiceName>>,
     /// Frontend keys each Service holds.
-    held: HashMap<ServiceName, Vec<FrontendKey>>,
+    held: HashMap<ServiceName, Keys>,
     frontends: HashMap<FrontendKey, HeldFrontend>,
     rev_nats: HashMap<u16, FrontendKey>,
     backend_use: HashMap<BackendKey, BackendUse>,
@@ -452,10 +506,10 @@ impl Balancer {
     /// but for `v1/Endpoints`, converted.
     fn slices_of(&self, name: &ServiceName) -> Vec<Cow<'_, EndpointSlice>> {
         let mut out: Vec<Cow<'_, EndpointSlice>> = Vec::new();
-        for key in self.by_service.get(name).into_iter().flatten() {
-            match self.slices.get(key).map(|(_, o)| o.as_ref()) {
-                Some(Object::EndpointSlice(s)) => out.push(Cow::Borrowed(s)),
-                Some(Object::Endpoints(e)) => out.extend(e.to_slices().into_iter().map(Cow::Owned)),
+        for slice in self.by_service.get(name).into_iter().flatten() {
+            match slice.0.as_ref() {
+                Object::EndpointSlice(s) => out.push(Cow::Borrowed(s)),
+                Object::Endpoints(e) => out.extend(e.to_slices().into_iter().map(Cow::Owned)),
                 _ => {}
             }
         }
@@ -486,7 +540,7 @@ impl Balancer {
         let freed: usize = touched
             .iter()
             .filter_map(|n| self.held.get(n))
-            .map(Vec::len)
+            .map(|h| h.len())
             .sum();
         let added: usize = changes
             .iter()
@@ -529,8 +583,8 @@ impl Balancer {
                     let name = raw_name(o).map(|n| self.intern(&touched, n));
                     touched.extend(name.clone());
                     if !matches!(o.as_ref(), Object::Service(_) | Object::Namespace(_)) {
-                        if let Some((old, _)) = self.slices.get(&o.key()) {
-                            touched.insert(old.clone());
+                        if let Some(old) = self.slices.get_like(o) {
+                            touched.insert(old.service.clone());
                         }
                     }
                     names.push(name);
@@ -541,7 +595,7 @@ impl Balancer {
                         touched.insert(n);
                     }
                     Kind::Namespace => {}
-                    _ => touched.extend(self.slices.get(k).map(|(n, _)| n.clone())),
+                    _ => touched.extend(self.slices.get(k).map(|r| r.service.clone())),
                 },
             }
         }
@@ -674,7 +728,7 @@ impl Balancer {
         let mut new_keys: Vec<(ServiceName, FrontendKey)> = Vec::new();
         for n in &eligible {
             let p = &self.planned[n];
-            let mut held: Vec<FrontendKey> = p
+            let mut held: Keys = p
                 .keys
                 .iter()
                 .filter(|k| self.claims.get(*k).and_then(|s| s.first()) == Some(n))
@@ -774,7 +828,7 @@ impl Balancer {
     /// Gives back the tables' room once most of it is unused (after many Services went): a
     /// hash map keeps its capacity when emptied.
     fn shrink(&mut self) {
-        shrink(&mut self.slices);
+        self.slices.shrink();
         shrink(&mut self.by_service);
         shrink(&mut self.planned);
         shrink(&mut self.cluster_ips);
@@ -810,16 +864,18 @@ impl Balancer {
                 }
             }
             Object::EndpointSlice(_) | Object::Endpoints(_) => {
-                let key = o.key();
-                self.unindex_slice(&key);
+                self.unindex_slice(&o);
                 // A slice without a service-name label serves nothing; it is kept so that a
                 // later delete finds it.
                 let n = name.unwrap_or_default();
                 self.by_service
                     .entry(n.clone())
                     .or_default()
-                    .insert(key.clone());
-                self.slices.insert(key, (n, o));
+                    .insert(SliceRef(Arc::clone(&o)));
+                self.slices.insert(SliceRow {
+                    service: n,
+                    object: o,
+                });
             }
         }
     }
@@ -831,17 +887,27 @@ impl Balancer {
                 self.services
                     .remove(&(key.namespace.clone(), key.name.clone()));
             }
-            Kind::EndpointSlice | Kind::Endpoints => self.unindex_slice(key),
+            Kind::EndpointSlice | Kind::Endpoints => {
+                if let Some(row) = self.slices.remove(key) {
+                    self.unindex(row);
+                }
+            }
         }
     }
 
-    fn unindex_slice(&mut self, key: &ObjectKey) {
-        if let Some((n, _)) = self.slices.remove(key) {
-            if let Some(set) = self.by_service.get_mut(&n) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.by_service.remove(&n);
-                }
+    /// Forgets the slice of `o`'s key, if any.
+    fn unindex_slice(&mut self, o: &Object) {
+        if let Some(row) = self.slices.remove_like(o) {
+            self.unindex(row);
+        }
+    }
+
+    /// Takes a slice out of its Service's set.
+    fn unindex(&mut self, row: SliceRow) {
+        if let Some(set) = self.by_service.get_mut(&row.service) {
+            set.remove(&SliceRef(row.object));
+            if set.is_empty() {
+                self.by_service.remove(&row.service);
             }
         }
     }

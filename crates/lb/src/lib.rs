@@ -33,6 +33,7 @@
 
 pub mod alloc;
 pub mod balancer;
+pub mod table;
 
 /// The difference between two states (defined in `ciliate-model`, which the datapath shares).
 pub mod diff {

@@ -6,6 +6,7 @@
 //! when the test panics.
 
 pub mod etcd;
+pub mod heap;
 pub mod hubble;
 pub mod kafka;
 
