@@ -679,7 +679,7 @@ mod sources {
                     }
                     Op::Clear(s) => {
                         model.remove(&s);
-                        rows = t.rows[s.index()].keys().map(|k| (k.clone(), None)).collect();
+                        rows = t.rows[s.index()].iter().map(|r| (r.object.key(), None)).collect();
                         src = s;
                     }
                 }
