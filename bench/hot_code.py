@@ -90,6 +90,16 @@ def wild(name):
     return name
 
 
+def cargo_lock_fingerprint():
+    """FNV-1a (64 bits) of the workspace's Cargo.lock, as crates/agent/build.rs computes it."""
+    lock = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Cargo.lock")
+    h = 0xCBF29CE484222325
+    with open(lock, "rb") as f:
+        for b in f.read():
+            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
 def listing(args):
     if not args or len(args) % 2:
         sys.exit(__doc__)
@@ -111,6 +121,9 @@ def listing(args):
           file=sys.stderr)
     print("# The agent's functions that ran in bench/pod2pod.sh, placed first in its .text by")
     print("# build.rs. Made by bench/hot-code.sh; see crates/agent/build.rs.")
+    # build.rs warns when Cargo.lock no longer matches: generic functions' hashes change
+    # with the dependencies, and the list then goes stale.
+    print(f"# Cargo.lock fnv1a64: {cargo_lock_fingerprint():016x}")
     for p in sorted(out):
         print(p)
 

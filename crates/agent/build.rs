@@ -58,6 +58,7 @@ fn hot_code_first() {
     let list = std::path::Path::new(&dir).join("hot-code.txt");
     let text = std::fs::read_to_string(&list)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", list.display()));
+    warn_if_stale(&dir, &text);
     let mut script = String::from("SECTIONS\n{\n  .text.hot : {\n");
     for name in text.lines().map(str::trim) {
         if name.is_empty() || name.starts_with('#') {
@@ -76,4 +77,35 @@ fn hot_code_first() {
         .join("hot-code.ld");
     std::fs::write(&out, script).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", out.display());
+}
+
+/// Warns (it does not fail: a stale list only places fewer functions first) when the
+/// workspace's `Cargo.lock` is not the one `hot-code.txt` was made with. Generic functions'
+/// symbol hashes change with the dependencies, and their lines then match nothing.
+fn warn_if_stale(manifest_dir: &str, list: &str) {
+    const KEY: &str = "# Cargo.lock fnv1a64: ";
+    let lock = std::path::Path::new(manifest_dir).join("../../Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let Ok(bytes) = std::fs::read(&lock) else {
+        return; // built outside the workspace: nothing to compare with
+    };
+    let made_with = list
+        .lines()
+        .find_map(|l| l.strip_prefix(KEY))
+        .map(str::trim);
+    let now = format!("{:016x}", fnv1a64(&bytes));
+    if made_with != Some(now.as_str()) {
+        println!(
+            "cargo:warning=crates/agent/hot-code.txt was made with another Cargo.lock: the \
+             agent's RSS will be higher until `bench/hot-code.sh` makes it again \
+             (bench/README.md, \"The list goes stale when dependencies change\")"
+        );
+    }
+}
+
+/// FNV-1a, 64 bits: the fingerprint `bench/hot_code.py` writes into the list.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

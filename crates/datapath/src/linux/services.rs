@@ -3,6 +3,9 @@
 use ciliate_model::lb::{LbState, LbSyncStats};
 use ciliate_model::lb_diff::LbDiff;
 
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Pod;
+
 use tracing::debug;
 
 use super::batch::{self, BatchError};
@@ -12,20 +15,25 @@ use crate::lb::{self as lbmaps, LbEntries, LbOp};
 use crate::DatapathError;
 
 pub(super) fn read_lb_entries(maps: &Maps) -> Result<LbEntries, DatapathError> {
-    let mut e = LbEntries::default();
-    for item in maps.lb_svc.iter() {
-        let (k, v) = item.map_err(kernel("read cil_lb4_svc"))?;
-        e.services.insert(k, v);
+    Ok(LbEntries {
+        services: read_all(&maps.lb_svc, "read cil_lb4_svc")?,
+        backends: read_all(&maps.lb_be, "read cil_lb4_be")?,
+        rev_nat: read_all(&maps.lb_rnat, "read cil_lb4_rnat")?,
+    })
+}
+
+/// Every entry of `map`: in batches, or entry by entry where the kernel has no batched read.
+fn read_all<K: Pod, V: Pod, C: FromIterator<(K, V)>>(
+    map: &BpfHashMap<MapData, K, V>,
+    what: &'static str,
+) -> Result<C, DatapathError> {
+    match batch::lookup_all(map) {
+        Ok(entries) => Ok(entries.into_iter().collect()),
+        Err(BatchError::Unsupported(_)) => {
+            map.iter().map(|item| item.map_err(kernel(what))).collect()
+        }
+        Err(BatchError::Failed { error, .. }) => Err(DatapathError::kernel(what, error)),
     }
-    for item in maps.lb_be.iter() {
-        let (k, v) = item.map_err(kernel("read cil_lb4_be"))?;
-        e.backends.insert(k, v);
-    }
-    for item in maps.lb_rnat.iter() {
-        let (k, v) = item.map_err(kernel("read cil_lb4_rnat"))?;
-        e.rev_nat.insert(k, v);
-    }
-    Ok(e)
 }
 
 fn apply_lb_op(maps: &mut Maps, op: LbOp) -> Result<(), DatapathError> {
