@@ -103,7 +103,7 @@ pub fn spawn(
                     }
                 }
                 batch = next_batch(&mut events) => match batch {
-                    Some(batch) => handle_batch(&batch, &learner, supervisor.as_ref(), &policies, flows.as_ref(), &mut reported_up),
+                    Some(batch) => handle_batch(batch, &learner, supervisor.as_ref(), &policies, flows.as_ref(), &mut reported_up),
                     None => events = None,
                 },
             }
@@ -283,16 +283,13 @@ async fn start(
 /// Handles the events the proxy sent together: records go to the observer's thread
 /// ([`ProxyFlows`]), learned DNS answers to the FQDN learner.
 fn handle_batch(
-    batch: &EventBatch,
+    batch: EventBatch,
     learner: &FqdnLearner,
     supervisor: Option<&Supervisor>,
     policies: &PolicyManager,
     flows: Option<&ProxyFlows>,
     reported_up: &mut bool,
 ) {
-    if let Some(f) = flows {
-        f.offer(batch);
-    }
     let mut only_records = true;
     for ev in batch.iter() {
         match ev {
@@ -304,6 +301,10 @@ fn handle_batch(
             }
             ProxyEvent::Applied { .. } | ProxyEvent::Stats(_) => only_records = false,
         }
+    }
+    // Last, so that the flows' thread is most likely its only holder (see `offer`).
+    if let Some(f) = flows {
+        f.offer(batch);
     }
     // Records change nothing `status` shows (the counters come with Stats), so once it shows
     // the proxy up they refresh nothing (they come two per request). Until then they do: the

@@ -67,7 +67,12 @@ impl ProxyFlows {
                     while let Ok(batch) = rx.recv() {
                         let waiting = queued.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
                         class.set(waiting < BEHIND_BATCHES && !closing.load(Ordering::Relaxed));
-                        observe(&batch, &observer);
+                        // The only holder (as a rule: the caller hands the batch over last)
+                        // takes the records, whose strings then become the flows'.
+                        match Arc::try_unwrap(batch) {
+                            Ok(events) => observe_owned(events, &observer),
+                            Err(batch) => observe(&batch, &observer),
+                        }
                     }
                 })
         };
@@ -87,18 +92,20 @@ impl ProxyFlows {
         }
     }
 
-    /// Hands a batch's records over (the batch's other events are the caller's).
-    pub fn offer(&self, batch: &EventBatch) {
+    /// Hands a batch's records over (the batch's other events are the caller's). Give it
+    /// last, once done with the other events: if the thread then holds the only reference,
+    /// it moves the records' strings into the flows instead of copying them.
+    pub fn offer(&self, batch: EventBatch) {
         let records = batch.iter().filter(|ev| is_record(ev)).count();
         if records == 0 {
             return;
         }
         let Some(queue) = &self.queue else {
-            observe(batch, &self.observer);
+            observe(&batch, &self.observer);
             return;
         };
         self.queued.fetch_add(1, Ordering::Relaxed);
-        match queue.try_send(Arc::clone(batch)) {
+        match queue.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -143,10 +150,29 @@ fn observe(batch: &[ProxyEvent], observer: &Observer) {
     observer.observe_dns_batch(dns);
 }
 
+/// [`observe`] for a batch the thread owns: a batch whose only records are HTTP ones (the
+/// common case: they are two per request) has them moved into their flows
+/// (`Observer::observe_http_records`); any other goes through `observe`, which keeps the
+/// order between kinds.
+fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer) {
+    if batch
+        .iter()
+        .any(|ev| matches!(ev, ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)))
+    {
+        observe(&batch, observer);
+        return;
+    }
+    observer.observe_http_records(batch.into_iter().filter_map(|ev| match ev {
+        ProxyEvent::Http(r) => Some(*r),
+        _ => None,
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ciliate_model::l7::{L7RecordType, L7Verdict};
+    use ciliate_observer::proto::flow::Flow;
     use ciliate_observer::ring::ObserverConfig;
 
     fn observer() -> Arc<Observer> {
@@ -201,10 +227,10 @@ mod tests {
                 ProxyEvent::Applied { revision: i },
                 dns(&format!("q{i}.b."), L7RecordType::Response),
             ]);
-            flows.offer(&batch);
+            flows.offer(batch);
         }
         // Nothing but records: nothing queued.
-        flows.offer(&Arc::new(vec![ProxyEvent::Applied { revision: 99 }]));
+        flows.offer(Arc::new(vec![ProxyEvent::Applied { revision: 99 }]));
         drop(flows);
         let expected: Vec<String> = (0..20)
             .flat_map(|i| [format!("q{i}.a."), format!("q{i}.b.")])
@@ -227,5 +253,82 @@ mod tests {
             &o,
         );
         assert_eq!(queries(&o), ["a.", "b.", "c."]);
+    }
+
+    fn http(url: &str, record_type: L7RecordType) -> ProxyEvent {
+        ProxyEvent::Http(Box::new(HttpRecord {
+            time_ns: 1_700_000_000_000_000_000,
+            record_type,
+            endpoint: 7,
+            egress: false,
+            source: "10.0.0.2:40000".parse().expect("addr"),
+            destination: "10.0.0.3:80".parse().expect("addr"),
+            source_identity: 256,
+            destination_identity: 257,
+            verdict: L7Verdict::Forwarded,
+            rule: 3,
+            method: "GET".into(),
+            url: url.into(),
+            protocol: "HTTP/1.1".into(),
+            code: if record_type == L7RecordType::Response { 200 } else { 0 },
+            headers: vec![("x-request-id".into(), "abc".into()), ("host".into(), "web".into())],
+            latency_ns: 5_000_000,
+            reason: None,
+        }))
+    }
+
+    /// The ring's flows without their ids (each observer numbers its own).
+    fn flows(o: &Observer) -> Vec<Flow> {
+        o.snapshot()
+            .iter()
+            .filter_map(|n| n.entry.flow())
+            .map(|f| {
+                let mut f = f.into_owned();
+                f.uuid.clear();
+                f
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_owned_batch_makes_the_same_flows_as_a_shared_one() {
+        let batches = [
+            // HTTP records only: moved into their flows.
+            vec![
+                http("http://web/a", L7RecordType::Request),
+                ProxyEvent::Applied { revision: 1 },
+                http("http://web/a", L7RecordType::Response),
+            ],
+            // Mixed kinds: the shared path, in order.
+            vec![
+                http("http://web/b", L7RecordType::Request),
+                dns("b.", L7RecordType::Request),
+                http("http://web/b", L7RecordType::Response),
+            ],
+        ];
+        let (owned, shared) = (observer(), observer());
+        for b in &batches {
+            observe_owned(b.clone(), &owned);
+            observe(b, &shared);
+        }
+        assert_eq!(flows(&owned).len(), 5);
+        assert_eq!(flows(&owned), flows(&shared));
+    }
+
+    #[test]
+    fn the_thread_takes_a_batch_it_alone_holds_and_copies_a_shared_one() {
+        let o = observer();
+        let flows_thread = ProxyFlows::new(Arc::clone(&o));
+        let kept: EventBatch = Arc::new(vec![http("http://web/kept", L7RecordType::Request)]);
+        flows_thread.offer(Arc::clone(&kept));
+        flows_thread.offer(Arc::new(vec![http("http://web/given", L7RecordType::Request)]));
+        drop(flows_thread);
+        let urls: Vec<String> = flows(&o)
+            .iter()
+            .filter_map(|f| ciliate_observer::l7::http(f).map(|h| h.url.clone()))
+            .collect();
+        assert_eq!(urls, ["http://web/kept", "http://web/given"]);
+        // The caller's copy is untouched.
+        assert!(matches!(&kept[0], ProxyEvent::Http(r) if r.url == "http://web/kept"));
     }
 }
