@@ -75,17 +75,40 @@ impl BoundedLabel {
         self.seen.insert(v.to_owned());
         v.to_owned()
     }
+
+    /// [`label`](Self::label) without a copy: `v` itself, or `other`.
+    pub(crate) fn label_str<'a>(&mut self, v: &'a str, max: usize) -> &'a str {
+        if self.seen.contains(v) {
+            return v;
+        }
+        if self.seen.len() >= max {
+            return "other";
+        }
+        self.seen.insert(v.to_owned());
+        v
+    }
 }
 
-/// The HTTP counters and histogram, keyed by their label values.
+/// The value of `key` in `map`, inserted (as its default) the first time: a key seen before
+/// is found by reference, without a copy of it.
+fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
+/// The HTTP counters and histogram, keyed by their label values, one map per label (in
+/// label order), so that a flow finds its counters without copying its method and protocol
+/// (two flows per request).
 #[derive(Debug, Default)]
 pub(crate) struct HttpMetrics {
-    /// (method, protocol, reporter).
-    requests: BTreeMap<(String, String, &'static str), u64>,
-    /// (method, protocol, reporter, status).
-    responses: BTreeMap<(String, String, &'static str, u32), u64>,
-    /// (method, reporter).
-    durations: BTreeMap<(String, &'static str), Histogram>,
+    /// method -> protocol -> reporter.
+    requests: BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// method -> protocol -> (reporter, status).
+    responses: BTreeMap<String, BTreeMap<String, BTreeMap<(&'static str, u32), u64>>>,
+    /// method -> reporter.
+    durations: BTreeMap<String, BTreeMap<&'static str, Histogram>>,
     methods: BoundedLabel,
 }
 
@@ -116,9 +139,6 @@ fn float(v: f64) -> String {
 }
 
 impl HttpMetrics {
-    fn method(&mut self, m: &str) -> String {
-        self.methods.label(m, MAX_METHODS)
-    }
 
     /// Counts one HTTP flow (`http` is its record).
     pub(crate) fn record(&mut self, flow: &Flow, http: &Http) {
@@ -126,23 +146,21 @@ impl HttpMetrics {
         let reporter = reporter(flow);
         match L7FlowType::try_from(l7.r#type) {
             Ok(L7FlowType::Request) => {
-                let method = self.method(&http.method);
-                *self
-                    .requests
-                    .entry((method, http.protocol.clone(), reporter))
-                    .or_default() += 1;
+                let method = self.methods.label_str(&http.method, MAX_METHODS);
+                let by_protocol = slot(&mut self.requests, method);
+                *slot(by_protocol, &http.protocol).entry(reporter).or_default() += 1;
             }
             Ok(L7FlowType::Response) => {
-                let method = self.method(&http.method);
-                *self
-                    .responses
-                    .entry((method.clone(), http.protocol.clone(), reporter, http.code))
+                let method = self.methods.label_str(&http.method, MAX_METHODS);
+                let by_protocol = slot(&mut self.responses, method);
+                *slot(by_protocol, &http.protocol)
+                    .entry((reporter, http.code))
                     .or_default() += 1;
                 // Nanoseconds to seconds, as Hubble divides by time.Second.
                 #[allow(clippy::cast_precision_loss)]
                 let seconds = l7.latency_ns as f64 / 1e9;
-                self.durations
-                    .entry((method, reporter))
+                slot(&mut self.durations, method)
+                    .entry(reporter)
                     .or_default()
                     .observe(seconds);
             }
@@ -159,13 +177,17 @@ impl HttpMetrics {
                 out,
                 "# HELP {name} Count of HTTP requests\n# TYPE {name} counter"
             );
-            for ((method, protocol, reporter), n) in &self.requests {
-                let _ = writeln!(
-                    out,
-                    "{name}{{method=\"{}\",protocol=\"{}\",reporter=\"{reporter}\"}} {n}",
-                    escape(method),
-                    escape(protocol)
-                );
+            for (method, by_protocol) in &self.requests {
+                for (protocol, by_reporter) in by_protocol {
+                    for (reporter, n) in by_reporter {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{method=\"{}\",protocol=\"{}\",reporter=\"{reporter}\"}} {n}",
+                            escape(method),
+                            escape(protocol)
+                        );
+                    }
+                }
             }
         }
         if !self.responses.is_empty() {
@@ -174,13 +196,17 @@ impl HttpMetrics {
                 out,
                 "# HELP {name} Count of HTTP responses\n# TYPE {name} counter"
             );
-            for ((method, protocol, reporter, status), n) in &self.responses {
-                let _ = writeln!(
-                    out,
-                    "{name}{{method=\"{}\",protocol=\"{}\",reporter=\"{reporter}\",status=\"{status}\"}} {n}",
-                    escape(method),
-                    escape(protocol)
-                );
+            for (method, by_protocol) in &self.responses {
+                for (protocol, by_reporter) in by_protocol {
+                    for ((reporter, status), n) in by_reporter {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{method=\"{}\",protocol=\"{}\",reporter=\"{reporter}\",status=\"{status}\"}} {n}",
+                            escape(method),
+                            escape(protocol)
+                        );
+                    }
+                }
             }
         }
         if !self.durations.is_empty() {
@@ -189,9 +215,12 @@ impl HttpMetrics {
                 out,
                 "# HELP {name} Quantiles of HTTP request duration in seconds\n# TYPE {name} histogram"
             );
-            for ((method, reporter), h) in &self.durations {
-                let labels = format!("method=\"{}\",reporter=\"{reporter}\"", escape(method));
-                h.render(out, name, &labels);
+            for (method, by_reporter) in &self.durations {
+                for (reporter, h) in by_reporter {
+                    let labels =
+                        format!("method=\"{}\",reporter=\"{reporter}\"", escape(method));
+                    h.render(out, name, &labels);
+                }
             }
         }
     }
