@@ -270,8 +270,15 @@ mod tests {
             method: "GET".into(),
             url: url.into(),
             protocol: "HTTP/1.1".into(),
-            code: if record_type == L7RecordType::Response { 200 } else { 0 },
-            headers: vec![("x-request-id".into(), "abc".into()), ("host".into(), "web".into())],
+            code: if record_type == L7RecordType::Response {
+                200
+            } else {
+                0
+            },
+            headers: vec![
+                ("x-request-id".into(), "abc".into()),
+                ("host".into(), "web".into()),
+            ],
             latency_ns: 5_000_000,
             reason: None,
         }))
@@ -321,7 +328,10 @@ mod tests {
         let flows_thread = ProxyFlows::new(Arc::clone(&o));
         let kept: EventBatch = Arc::new(vec![http("http://web/kept", L7RecordType::Request)]);
         flows_thread.offer(Arc::clone(&kept));
-        flows_thread.offer(Arc::new(vec![http("http://web/given", L7RecordType::Request)]));
+        flows_thread.offer(Arc::new(vec![http(
+            "http://web/given",
+            L7RecordType::Request,
+        )]));
         drop(flows_thread);
         let urls: Vec<String> = flows(&o)
             .iter()

@@ -139,7 +139,6 @@ fn float(v: f64) -> String {
 }
 
 impl HttpMetrics {
-
     /// Counts one HTTP flow (`http` is its record).
     pub(crate) fn record(&mut self, flow: &Flow, http: &Http) {
         let Some(l7) = &flow.l7 else { return };
@@ -148,7 +147,9 @@ impl HttpMetrics {
             Ok(L7FlowType::Request) => {
                 let method = self.methods.label_str(&http.method, MAX_METHODS);
                 let by_protocol = slot(&mut self.requests, method);
-                *slot(by_protocol, &http.protocol).entry(reporter).or_default() += 1;
+                *slot(by_protocol, &http.protocol)
+                    .entry(reporter)
+                    .or_default() += 1;
             }
             Ok(L7FlowType::Response) => {
                 let method = self.methods.label_str(&http.method, MAX_METHODS);
@@ -217,8 +218,7 @@ impl HttpMetrics {
             );
             for (method, by_reporter) in &self.durations {
                 for (reporter, h) in by_reporter {
-                    let labels =
-                        format!("method=\"{}\",reporter=\"{reporter}\"", escape(method));
+                    let labels = format!("method=\"{}\",reporter=\"{reporter}\"", escape(method));
                     h.render(out, name, &labels);
                 }
             }

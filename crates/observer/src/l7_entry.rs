@@ -12,17 +12,17 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ciliate_model::l7::HttpRecord;
+use ciliate_model::l7::{HttpRecord, L7Verdict};
 
 use crate::l7::{http_parts, l7_flow_unnamed};
-use crate::proto::flow::{Endpoint, Flow};
+use crate::proto::flow::{Endpoint, Flow, Policy, TrafficDirection};
 use crate::record::{side, side_endpoint, side_key, FlowIds, NodeNames, Side};
 use crate::store::Store;
 
 /// An HTTP record with the names it had: what the ring keeps instead of a built Flow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordedHttp {
-    /// The flow but for its endpoints, node labels, id and the cluster's names.
+    /// The flow but for its endpoints, node labels, id, the cluster's names and `policy`.
     unnamed: Flow,
     /// The flow's id, fixed when the record arrived.
     uuid: uuid::Uuid,
@@ -30,6 +30,39 @@ pub struct RecordedHttp {
     /// The flow's source and destination (a response's source is the server), with their
     /// identities.
     ends: [(Side, u32); 2],
+    /// The policy that allowed the request (shared by the records of a batch: a copy per
+    /// record was ~7 allocations), put in the flow's `*_allowed_by` when it is built.
+    policy: Option<Arc<Policy>>,
+}
+
+/// The policies of the rules a batch of records names, each asked of the store once per
+/// batch (the records of a connection all name the same rule).
+#[derive(Debug, Default)]
+pub struct RulePolicies {
+    last: Option<(u32, Option<Arc<Policy>>)>,
+}
+
+impl RulePolicies {
+    fn get(&mut self, rule: u32, store: &dyn Store) -> Option<Arc<Policy>> {
+        match &self.last {
+            Some((r, p)) if *r == rule => p.clone(),
+            _ => {
+                let p = store.policy_by_rule(rule).map(Arc::new);
+                self.last = Some((rule, p.clone()));
+                p
+            }
+        }
+    }
+}
+
+/// The field of `Flow` that lists the policies that allowed a flow of this direction
+/// (`egress_allowed_by`, `ingress_allowed_by` in flow.proto); none for another direction.
+fn allowed_by_field(flow: &Flow) -> Option<u32> {
+    match TrafficDirection::try_from(flow.traffic_direction) {
+        Ok(TrafficDirection::Egress) => Some(21001),
+        Ok(TrafficDirection::Ingress) => Some(21002),
+        _ => None,
+    }
 }
 
 impl RecordedHttp {
@@ -42,19 +75,53 @@ impl RecordedHttp {
         ids: &FlowIds,
         node_name: &str,
     ) -> Self {
-        let (common, http, summary) = http_parts(record);
+        Self::capture_with(
+            record,
+            store,
+            node,
+            ids,
+            node_name,
+            &mut RulePolicies::default(),
+        )
+    }
+
+    /// [`capture`](Self::capture), the rules' policies asked of `policies` (one per batch).
+    pub fn capture_with(
+        record: HttpRecord,
+        store: &dyn Store,
+        node: &Arc<NodeNames>,
+        ids: &FlowIds,
+        node_name: &str,
+        policies: &mut RulePolicies,
+    ) -> Self {
+        let (mut common, http, summary) = http_parts(record);
+        // A refused request carries no rule (L7 rules only allow): as `l7_flow` fills it.
+        let rule = std::mem::take(&mut common.rule);
+        let policy = (common.verdict == L7Verdict::Forwarded && rule != 0)
+            .then(|| policies.get(rule, store))
+            .flatten();
         let (unnamed, ends) = l7_flow_unnamed(&common, http, summary, store, node_name);
         let ends = ends.map(|(addr, identity)| (side(store, Some(*addr.ip()), identity), identity));
+        let policy = policy.filter(|_| allowed_by_field(&unnamed).is_some());
         Self {
             unnamed,
             uuid: ids.next(Some(SystemTime::now())),
             node: Arc::clone(node),
             ends,
+            policy,
         }
     }
 
-    /// The flow without its endpoints, node labels and id: every field Hubble's metrics
-    /// look at.
+    /// The policy that allowed the flow and the field of `Flow` it is listed in (see
+    /// [`flow`](Self::flow)): what the flow history adds to [`unnamed`](Self::unnamed)'s
+    /// bytes.
+    pub fn history_policy(&self) -> Option<(u32, &Policy)> {
+        let p = self.policy.as_deref()?;
+        Some((allowed_by_field(&self.unnamed)?, p))
+    }
+
+    /// The flow without its endpoints, node labels, id and the policy that allowed it: every
+    /// field Hubble's metrics look at.
     pub fn unnamed(&self) -> &Flow {
         &self.unnamed
     }
@@ -92,6 +159,9 @@ impl RecordedHttp {
         flow.destination = Some(self.history_endpoint(true));
         flow.node_labels.clone_from(&self.node.labels);
         flow.uuid = self.uuid.to_string();
+        if let Some(p) = &self.policy {
+            crate::policy_names::fill(&mut flow, true, Policy::clone(p));
+        }
         flow
     }
 }

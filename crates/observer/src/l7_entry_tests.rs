@@ -3,7 +3,28 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ciliate_model::l7::L7Verdict;
 
 use super::*;
-use crate::convert::tests::store;
+use crate::convert::tests::store as pods;
+use crate::Snapshot;
+
+/// The pods of `convert`'s tests, and the policy of rule 3 (the one `request()` names).
+fn store() -> Snapshot {
+    let mut s = pods();
+    s.rules.insert(
+        3,
+        Policy {
+            name: "web-allow".into(),
+            namespace: "prod".into(),
+            labels: vec![
+                "k8s:io.cilium.k8s.policy.name=web-allow".into(),
+                "k8s:io.cilium.k8s.policy.namespace=prod".into(),
+            ],
+            revision: 7,
+            kind: "CiliumNetworkPolicy".into(),
+            ..Policy::default()
+        },
+    );
+    s
+}
 use crate::history::block;
 use crate::l7::http_to_flow;
 use crate::l7::tests::{request, response};
@@ -45,16 +66,61 @@ fn a_kept_record_reads_as_the_flow_built_at_once() {
         assert_eq!(flow, built_at_once(&record, &r, &node));
         assert!(flow.source.is_some() && flow.destination.is_some());
         assert!(!flow.uuid.is_empty());
-        // What the metrics count from is the same flow but for its names.
+        // Allowed flows name the policy of their rule; the refused one none.
+        let forwarded = record.verdict == L7Verdict::Forwarded;
+        assert_eq!(
+            flow.ingress_allowed_by.len() + flow.egress_allowed_by.len(),
+            usize::from(forwarded),
+            "{flow:?}"
+        );
+        // What the metrics count from is the same flow but for its names and policy.
         let unnamed = Flow {
             source: None,
             destination: None,
             node_labels: Vec::new(),
             uuid: String::new(),
+            ingress_allowed_by: Vec::new(),
+            egress_allowed_by: Vec::new(),
             ..flow.clone()
         };
         assert_eq!(r.unnamed(), &unnamed);
     }
+}
+
+#[test]
+fn the_records_of_a_batch_share_their_rules_policy() {
+    let (store, node, ids) = (store(), node(), FlowIds::default());
+    let mut policies = RulePolicies::default();
+    let ingress = HttpRecord {
+        egress: false,
+        ..request()
+    };
+    let kept: Vec<RecordedHttp> = [request(), response(), ingress.clone(), request()]
+        .into_iter()
+        .map(|r| {
+            RecordedHttp::capture_with(r, &store, &node, &ids, "default/node-a", &mut policies)
+        })
+        .collect();
+    for (r, record) in kept.iter().zip([request(), response(), ingress, request()]) {
+        assert_eq!(r.flow(), built_at_once(&record, r, &node));
+    }
+    let shared = |r: &RecordedHttp| r.history_policy().map(|(_, p)| p as *const Policy);
+    assert!(shared(&kept[0]).is_some());
+    assert_eq!(shared(&kept[0]), shared(&kept[3]), "one copy per batch");
+    // A rule the store does not know names no policy.
+    let unknown = RecordedHttp::capture_with(
+        HttpRecord {
+            rule: 99,
+            ..request()
+        },
+        &store,
+        &node,
+        &ids,
+        "default/node-a",
+        &mut policies,
+    );
+    assert!(unknown.history_policy().is_none());
+    assert!(unknown.flow().egress_allowed_by.is_empty());
 }
 
 #[test]
@@ -70,7 +136,11 @@ fn a_pod_renamed_later_keeps_the_names_it_had() {
 #[test]
 fn a_block_written_from_kept_records_holds_their_flows() {
     let (store, node, ids) = (store(), node(), FlowIds::default());
-    let records: Vec<RecordedHttp> = [request(), response(), from_outside(), request()]
+    let ingress = HttpRecord {
+        egress: false,
+        ..response()
+    };
+    let records: Vec<RecordedHttp> = [request(), response(), from_outside(), request(), ingress]
         .into_iter()
         .map(|r| RecordedHttp::capture(r, &store, &node, &ids, "default/node-a"))
         .collect();

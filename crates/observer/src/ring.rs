@@ -14,7 +14,7 @@ use crate::convert::{record_of, system_time_to_timestamp};
 use crate::dns::dns_to_flow;
 use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
-use crate::l7_entry::RecordedHttp;
+use crate::l7_entry::{RecordedHttp, RulePolicies};
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 use crate::record::{FlowIds, NodeNames, Recorded};
@@ -281,11 +281,18 @@ impl Observer {
     pub fn observe_http_records(&self, records: impl IntoIterator<Item = HttpRecord>) {
         let store = self.store.as_ref();
         let names = self.node_names(store.node_labels());
+        let mut policies = RulePolicies::default();
         let entries: Vec<Entry> = records
             .into_iter()
             .map(|r| {
-                let recorded =
-                    RecordedHttp::capture(r, store, &names, &self.ids, &self.config.node_name);
+                let recorded = RecordedHttp::capture_with(
+                    r,
+                    store,
+                    &names,
+                    &self.ids,
+                    &self.config.node_name,
+                    &mut policies,
+                );
                 self.metrics.record(recorded.unnamed());
                 Entry::Http(Box::new(recorded))
             })

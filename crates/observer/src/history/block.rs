@@ -593,8 +593,8 @@ fn encode_with(
                 src.push(dict.index_http(r, false));
                 dst.push(dict.index_http(r, true));
                 enc.uuids.extend_from_slice(r.uuid().as_bytes());
-                // The flow without endpoints, id or node labels, then its node labels: the
-                // built flow's fields (in another order, which protobuf readers accept).
+                // The flow without endpoints, id, node labels or policy, then its node labels
+                // and the policy that allowed it: the built flow's fields (in another order, which protobuf readers accept).
                 cut_columns(
                     r.unnamed(),
                     node_name,
@@ -607,6 +607,9 @@ fn encode_with(
                     r.node_labels(),
                     &mut enc.stripped,
                 );
+                if let Some((field, policy)) = r.history_policy() {
+                    prost::encoding::message::encode(field, policy, &mut enc.stripped);
+                }
             }
         }
         ends.push(enc.stripped.len());
