@@ -98,17 +98,20 @@ fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut 
     map.get_mut(key).expect("inserted above")
 }
 
+/// Values by one label's value (a method's, a protocol's).
+type ByLabel<V> = BTreeMap<String, V>;
+
 /// The HTTP counters and histogram, keyed by their label values, one map per label (in
 /// label order), so that a flow finds its counters without copying its method and protocol
 /// (two flows per request).
 #[derive(Debug, Default)]
 pub(crate) struct HttpMetrics {
     /// method -> protocol -> reporter.
-    requests: BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    requests: ByLabel<ByLabel<BTreeMap<&'static str, u64>>>,
     /// method -> protocol -> (reporter, status).
-    responses: BTreeMap<String, BTreeMap<String, BTreeMap<(&'static str, u32), u64>>>,
+    responses: ByLabel<ByLabel<BTreeMap<(&'static str, u32), u64>>>,
     /// method -> reporter.
-    durations: BTreeMap<String, BTreeMap<&'static str, Histogram>>,
+    durations: ByLabel<BTreeMap<&'static str, Histogram>>,
     methods: BoundedLabel,
 }
 
