@@ -20,7 +20,6 @@ fn store() -> Snapshot {
             ],
             revision: 7,
             kind: "CiliumNetworkPolicy".into(),
-            ..Policy::default()
         },
     );
     s
