@@ -14,7 +14,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{check_batch, validate_typed, ApplyDocument, ApplyRequest, Decoded, ManifestError};
+use super::{
+    check_batch, validate_typed, ApplyDocument, ApplyRequest, BatchCheck, Decoded, ManifestError,
+};
 use crate::k8s::{Kind, Object};
 
 /// One document of [`RawApplyRequest`]: [`ApplyDocument`] with its object kept as JSON text.
@@ -87,16 +89,41 @@ fn decode_raw(doc: &RawApplyDocument) -> Option<Object> {
 
 /// [`decode_raw`] of document `index` of `source`, whose JSON text is `text`.
 fn decode_text(text: &str, source: &str, index: usize) -> Option<Object> {
-    let head: TypeHead = serde_json::from_str(text).ok()?;
+    let kind = match leading_type(text) {
+        Some(kind) => kind,
+        None => {
+            let head: TypeHead = serde_json::from_str(text).ok()?;
+            Kind::from_type(&head.api_version, &head.kind)?
+        }
+    };
     // A duplicate key is an error here (typed fields, straight from text) and the last value
     // in a JSON value: such documents take the value path, which reads them as it always did.
-    let object = match Kind::from_type(&head.api_version, &head.kind)? {
+    let object = match kind {
         Kind::Service => Object::Service(serde_json::from_str(text).ok()?),
         Kind::EndpointSlice => Object::EndpointSlice(serde_json::from_str(text).ok()?),
         Kind::Endpoints => Object::Endpoints(serde_json::from_str(text).ok()?),
         Kind::Namespace => Object::Namespace(serde_json::from_str(text).ok()?),
     };
     validate_typed(object, source, index).ok()
+}
+
+/// The kind of a document whose text starts `{"apiVersion":"..","kind":"..",` (as the CLI
+/// writes a manifest's usual first lines) and names neither key again: read without going
+/// through the whole text a second time, as [`TypeHead`] does. `None`: read it that way.
+fn leading_type(text: &str) -> Option<Kind> {
+    let rest = text.strip_prefix(r#"{"apiVersion":""#)?;
+    let (api_version, rest) = rest.split_once('"')?;
+    let rest = rest.strip_prefix(r#","kind":""#)?;
+    let (kind, rest) = rest.split_once('"')?;
+    // An escape would need decoding; a key given twice is the value path's to read.
+    if api_version.contains('\\')
+        || kind.contains('\\')
+        || rest.contains(r#""apiVersion""#)
+        || rest.contains(r#""kind""#)
+    {
+        return None;
+    }
+    Kind::from_type(api_version, kind)
 }
 
 /// [`super::decode_all`] of the documents, straight from their text: every object when all
@@ -145,22 +172,21 @@ pub fn write_stream_document(out: &mut Vec<u8>, source: &str, index: usize, json
 }
 
 /// A batch in the streamed form read as it arrives ([`StreamedBatch::feed`]), each document
-/// decoded straight from its text at once (as [`decode_all_raw`] does) while the batch is an
-/// apply and every document so far was a valid object of [`Kind`]'s kinds. The documents'
-/// lines are kept in one buffer, not a string each, for the fallback path
-/// ([`Streamed::to_request`]): the objects kept by the store are not interleaved with them
-/// on the heap, which returns the room once the batch is done.
+/// decoded straight from its text at once (as [`decode_all_raw`] does), and put through the
+/// batch checks (duplicates, cluster IPs given twice), while the batch is an apply and every
+/// document so far was a valid object of [`Kind`]'s kinds that passed them: what is left when
+/// the last byte arrives is to apply the objects. The documents' lines are kept in one
+/// buffer, not a string each, for the fallback path ([`Streamed::to_request`]): the objects
+/// kept by the store are not interleaved with them on the heap, which returns the room once
+/// the batch is done.
 #[derive(Debug, Default)]
 pub struct StreamedBatch {
     header: Option<StreamHeader>,
     /// Every document line, one after another; `lines` says where each is.
     text: Vec<u8>,
     lines: Vec<std::ops::Range<usize>>,
-    /// The distinct sources, and each document's (source, index).
-    sources: Vec<String>,
-    places: Vec<(usize, usize)>,
-    /// The objects of the documents, while every one of them decoded.
-    objects: Option<Vec<Object>>,
+    /// The objects of the documents, checked, while every one of them decoded and passed.
+    check: Option<BatchCheck>,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
     line_count: usize,
@@ -180,7 +206,7 @@ impl StreamedBatch {
     /// An empty batch.
     pub fn new() -> Self {
         Self {
-            objects: Some(Vec::new()),
+            check: Some(BatchCheck::default()),
             ..Self::default()
         }
     }
@@ -212,24 +238,25 @@ impl StreamedBatch {
             let header: StreamHeader = serde_json::from_slice(line)
                 .map_err(|e| format!("line {at}: not the batch's header line: {e}"))?;
             if header.delete {
-                self.objects = None;
+                self.check = None;
             }
             self.header = Some(header);
             return Ok(());
         }
         let doc: DocumentLine = serde_json::from_slice(line)
             .map_err(|e| format!("line {at}: not a document line: {e}"))?;
-        if self.sources.last().map(String::as_str) != Some(&*doc.source) {
-            self.sources.push(doc.source.clone().into_owned());
-        }
-        let place = (self.sources.len() - 1, doc.index);
-        if let Some(objects) = &mut self.objects {
+        if let Some(check) = &mut self.check {
             match decode_text(doc.object.get(), &doc.source, doc.index) {
-                Some(o) => objects.push(o),
-                None => self.objects = None,
+                Some(o) => {
+                    check.push(&doc.source, doc.index, Ok(o));
+                    if check.failed() {
+                        // The value path reports it, with every other problem.
+                        self.check = None;
+                    }
+                }
+                None => self.check = None,
             }
         }
-        self.places.push(place);
         let start = self.text.len();
         self.text.extend_from_slice(line);
         self.lines.push(start..self.text.len());
@@ -245,14 +272,8 @@ impl StreamedBatch {
         let Some(header) = self.header else {
             return Err("an empty body: expected a header line, then one line per document".into());
         };
-        let decoded = match self.objects.take() {
-            Some(objects) if !objects.is_empty() => check_batch(
-                self.places
-                    .iter()
-                    .zip(objects)
-                    .map(|(&(s, index), o)| (self.sources[s].as_str(), index, Ok(o))),
-            )
-            .ok(),
+        let decoded = match self.check.take() {
+            Some(check) if !check.is_empty() => check.finish().ok(),
             _ => None,
         };
         Ok(Streamed {

@@ -575,3 +575,74 @@ fn a_raw_request_converts_to_the_request_of_json_values() {
     let raw: raw::RawApplyRequest = serde_json::from_str(&body).unwrap();
     assert_eq!(raw.to_request().unwrap(), typed);
 }
+
+fn raw_doc(text: &str) -> raw::RawApplyDocument {
+    raw::RawApplyDocument {
+        source: "s.json".into(),
+        index: 1,
+        object: serde_json::value::RawValue::from_string(text.into()).unwrap(),
+    }
+}
+
+#[test]
+fn a_document_led_by_its_type_decodes_as_any_other() {
+    let led = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.96.0.1","ports":[{"port":80}]}}"#;
+    let other_order = r#"{"metadata":{"name":"a"},"spec":{"clusterIP":"10.96.0.1","ports":[{"port":80}]},"kind":"Service","apiVersion":"v1"}"#;
+    let decoded = raw::decode_all_raw(&[raw_doc(led)]).expect("decoded");
+    assert_eq!(decoded.len(), 1);
+    assert_eq!(raw::decode_all_raw(&[raw_doc(other_order)]), Some(decoded));
+    // A type given twice is the value path's (which reads the last), led or not.
+    for text in [
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"kind":"Namespace"}"#,
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"},"apiVersion":"v2"}"#,
+    ] {
+        assert_eq!(raw::decode_all_raw(&[raw_doc(text)]), None, "{text}");
+    }
+    // An escape in the type is decoded as JSON has it.
+    let escaped = r#"{"apiVersion":"v1","kind":"Names\u0070ace","metadata":{"name":"a"}}"#;
+    assert_eq!(
+        raw::decode_all_raw(&[raw_doc(escaped)]).map(|d| d.len()),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_streamed_batch_is_checked_as_it_arrives() {
+    let line = |index: usize, name: &str, ip: &str| {
+        format!(
+            r#"{{"source":"s.yaml","index":{index},"object":{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}}}"#
+        ) + "\n"
+    };
+    let body = |lines: &[String]| format!("{{}}\n{}", lines.concat());
+    let streamed = |text: &str| {
+        let mut batch = raw::StreamedBatch::new();
+        // In pieces that cut lines, as a body arrives.
+        for piece in text.as_bytes().chunks(7) {
+            batch.feed(piece).unwrap();
+        }
+        batch.finish().unwrap()
+    };
+    let good = streamed(&body(&[
+        line(1, "a", "10.96.0.1"),
+        line(2, "b", "10.96.0.2"),
+    ]));
+    let decoded = good.decoded.expect("decoded and checked");
+    assert_eq!(
+        decoded
+            .iter()
+            .map(|d| (d.source.as_str(), d.index, d.object.key().name))
+            .collect::<Vec<_>>(),
+        [("s.yaml", 1, "a".to_owned()), ("s.yaml", 2, "b".to_owned())]
+    );
+    // A duplicate, a cluster IP given twice: left to the value path, which reports them.
+    for lines in [
+        [line(1, "a", "10.96.0.1"), line(2, "a", "10.96.0.2")],
+        [line(1, "a", "10.96.0.1"), line(2, "b", "10.96.0.1")],
+    ] {
+        let s = streamed(&body(&lines));
+        assert!(s.decoded.is_none());
+        let errors = decode_all(&s.to_request().unwrap().documents).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].index, 2);
+    }
+}
