@@ -56,8 +56,17 @@ fn frontend_key(f: &LbFrontend, slot: u16) -> Lb4Key {
 
 /// The map contents that stand for `state`.
 pub fn entries(state: &LbState) -> LbEntries {
+    entries_of(&state.frontends, &state.backends)
+}
+
+/// The map contents that stand for these frontends and backends (borrowed: a diff's are
+/// not copied into a state first).
+fn entries_of<'a>(
+    frontends: impl IntoIterator<Item = &'a LbFrontend>,
+    backends: impl IntoIterator<Item = &'a LbBackend>,
+) -> LbEntries {
     let mut out = LbEntries::default();
-    for b in &state.backends {
+    for b in backends {
         out.backends.insert(
             b.id,
             Lb4Backend {
@@ -71,7 +80,7 @@ pub fn entries(state: &LbState) -> LbEntries {
             },
         );
     }
-    for f in &state.frontends {
+    for f in frontends {
         let count = u16::try_from(f.backends.len()).unwrap_or(u16::MAX);
         out.services.insert(
             frontend_key(f, 0),
@@ -165,20 +174,10 @@ pub fn plan(current: &LbEntries, desired: &LbEntries) -> Vec<LbOp> {
 /// the diff names (the frontends' slots and reverse-NAT entries, old and new, and the
 /// backends), so a change costs what it changes, whatever the number of Services.
 pub fn plan_diff(current: &LbEntries, diff: &LbDiff) -> Vec<LbOp> {
-    let desired = entries(&LbState {
-        frontends: diff
-            .frontends_added
-            .iter()
-            .chain(&diff.frontends_changed)
-            .cloned()
-            .collect(),
-        backends: diff
-            .backends_added
-            .iter()
-            .chain(&diff.backends_changed)
-            .cloned()
-            .collect(),
-    });
+    let desired = entries_of(
+        diff.frontends_added.iter().chain(&diff.frontends_changed),
+        diff.backends_added.iter().chain(&diff.backends_changed),
+    );
     let mut now = LbEntries::default();
     let frontends = diff
         .frontends_added
