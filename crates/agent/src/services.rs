@@ -1108,7 +1108,7 @@ impl ServiceManager {
     /// One Service.
     pub fn get(&self, namespace: &str, name: &str) -> Option<ServiceView> {
         let t = read(&self.tables);
-        let n: ServiceName = Arc::new((namespace.to_owned(), name.to_owned()));
+        let n = ServiceName::new(namespace, name);
         let mut v = t.balancer.view(&n)?;
         v.source = Self::source_of(&t, namespace, name);
         Some(v)

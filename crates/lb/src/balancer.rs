@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -27,14 +28,15 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use ciliate_model::k8s::{EndpointSlice, Kind, Object, ObjectKey, Service, ServiceType};
-use ciliate_model::lb::{BackendState, FrontendKind, LbBackend, LbFrontend, LbState, ServiceRef};
+use ciliate_model::lb::{
+    BackendState, FrontendKind, L4Proto, LbBackend, LbFrontend, LbState, ServiceRef,
+};
 use ciliate_model::service::{BackendView, FrontendView, ServiceView};
 
 use crate::alloc::{BackendKey, FrontendKey, IdAllocator, MAX_REV_NAT};
 use crate::table::{ObjectRow, ObjectTable};
 use crate::{
-    cluster_ip_addr, plan_port, port_keys, Conflict, ConflictKind, LbDiff, LbError, Node,
-    PlannedFrontend,
+    cluster_ip_addr, plan_port, port_keys, Candidate, Conflict, ConflictKind, LbDiff, LbError, Node,
 };
 
 /// The balancer's hash tables: keyed by names and addresses, looked up several times per
@@ -120,7 +122,82 @@ type Keys = SmallVec<[FrontendKey; 1]>;
 
 /// A Service's namespace and name, shared: the balancer's tables name each Service several
 /// times (its objects, plan, claims, holdings), and one copy of the strings serves them all.
-pub type ServiceName = Arc<(String, String)>;
+/// Ordered as the pair (namespace, name); both are kept in one string (at 10,000 Services, a
+/// pair of `String`s behind the `Arc` took 144 bytes of chunks per Service, this 80).
+#[derive(Clone)]
+pub struct ServiceName(Arc<NameText>);
+
+struct NameText {
+    /// The namespace, then the name.
+    text: Box<str>,
+    /// Where the name starts.
+    split: usize,
+}
+
+impl ServiceName {
+    /// The name of Service `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        let mut text = String::with_capacity(namespace.len() + name.len());
+        text.push_str(namespace);
+        text.push_str(name);
+        Self(Arc::new(NameText {
+            text: text.into_boxed_str(),
+            split: namespace.len(),
+        }))
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.0.text[..self.0.split]
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.0.text[self.0.split..]
+    }
+
+    fn pair(&self) -> (&str, &str) {
+        (self.namespace(), self.name())
+    }
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self::new("", "")
+    }
+}
+
+impl fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace(), self.name())
+    }
+}
+
+impl PartialEq for ServiceName {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.pair() == other.pair()
+    }
+}
+
+impl Eq for ServiceName {}
+
+impl Hash for ServiceName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.pair().hash(state);
+    }
+}
+
+impl PartialOrd for ServiceName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ServiceName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.pair().cmp(&other.pair())
+    }
+}
 
 /// An EndpointSlice or Endpoints object and the Service it serves.
 #[derive(Clone, Debug)]
@@ -176,25 +253,53 @@ pub enum Change {
     Delete(ObjectKey),
 }
 
-/// What a Service planned: per port, its problems and frontends (before any contest).
+/// What a Service planned: its problems and frontends (before any contest), in port order.
+/// Kept as long as the Service is, in one block for its frontends (a Service of one port and
+/// two endpoints had four: its ports, their frontends, the port's name and the candidates).
 #[derive(Debug, Default)]
 struct Planned {
     cluster_ip: Option<Ipv4Addr>,
-    ports: Vec<(Vec<String>, Vec<PlannedFrontend>)>,
-    /// Frontend keys it claims when it holds its cluster IP (deduplicated, in plan order).
-    keys: Keys,
+    /// Each problem with the index of the Service port it is about.
+    problems: Box<[(u32, String)]>,
+    fronts: Box<[PlanFront]>,
 }
 
-/// A frontend a Service holds: [`LbFrontend`] without what the tables have already (the
-/// address, port and protocol are its key, the port's name is in the Service's plan), so that
-/// the Service's names are not copied once more per frontend.
+impl Planned {
+    /// Frontend keys it claims when it holds its cluster IP (deduplicated, in plan order).
+    fn keys(&self) -> impl Iterator<Item = FrontendKey> + '_ {
+        self.fronts.iter().filter(|f| f.first).map(PlanFront::key)
+    }
+}
+
+/// A planned frontend ([`PlannedFrontend`]) as the balancer keeps it: its port by index in
+/// the Service's `spec.ports` (the name is there), its backends in place when two or fewer.
+#[derive(Clone, Debug)]
+struct PlanFront {
+    addr: Ipv4Addr,
+    port: u16,
+    proto: L4Proto,
+    kind: FrontendKind,
+    /// Whether no earlier frontend of the plan has its key: the first one is in force.
+    first: bool,
+    /// Index of its port in the Service's `spec.ports`.
+    port_index: u32,
+    backends: SmallVec<[Candidate; 2]>,
+}
+
+impl PlanFront {
+    fn key(&self) -> FrontendKey {
+        (self.addr, self.port, self.proto)
+    }
+}
+
+/// A frontend a Service holds: its reverse-NAT index. The rest of its [`LbFrontend`] is in
+/// the tables already (the address, port and protocol are its key; kind, port and backends
+/// in the Service's plan; the backends' ids in the backend table; the affinity in the
+/// Service), so nothing is copied per frontend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct HeldFrontend {
     service: ServiceName,
-    kind: FrontendKind,
     rev_nat_index: u16,
-    affinity_timeout: Option<u32>,
-    backends: Box<[u32]>,
 }
 
 /// Reference counts of one backend across the frontends holding it, by state.
@@ -245,13 +350,12 @@ pub struct Balancer {
     backends: HashMap<BackendKey, LbBackend>,
 }
 
-fn raw_name(o: &Object) -> Option<(String, String)> {
+/// The namespace and name of the Service `o` is or serves.
+fn raw_name(o: &Object) -> Option<(&str, &str)> {
     match o {
-        Object::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
-        Object::EndpointSlice(s) => s
-            .service_name()
-            .map(|n| (s.metadata.namespace.clone(), n.to_owned())),
-        Object::Endpoints(e) => Some((e.metadata.namespace.clone(), e.metadata.name.clone())),
+        Object::Service(s) => Some((&s.metadata.namespace, &s.metadata.name)),
+        Object::EndpointSlice(s) => s.service_name().map(|n| (&*s.metadata.namespace, n)),
+        Object::Endpoints(e) => Some((&e.metadata.namespace, &e.metadata.name)),
         Object::Namespace(_) => None,
     }
 }
@@ -264,7 +368,7 @@ fn as_service(o: &Object) -> Option<&Service> {
 }
 
 fn full_name(n: &ServiceName) -> String {
-    format!("{}/{}", n.0, n.1)
+    format!("{}/{}", n.namespace(), n.name())
 }
 
 impl Balancer {
@@ -331,38 +435,58 @@ impl Balancer {
     /// The Service of a frontend.
     pub fn service_by_frontend(&self, key: &FrontendKey) -> Option<ServiceRef> {
         let h = self.frontends.get(key)?;
+        let svc = self.services.get(&h.service).and_then(|o| as_service(o));
+        let pf = self
+            .planned
+            .get(&h.service)
+            .and_then(|p| planned_frontend(p, key));
         Some(ServiceRef {
-            namespace: h.service.0.clone(),
-            name: h.service.1.clone(),
-            port_name: self.port_name(key, h),
+            namespace: h.service.namespace().to_owned(),
+            name: h.service.name().to_owned(),
+            port_name: port_name(svc, pf),
         })
     }
 
-    /// The name of the Service port a held frontend serves (from the plan it was held by).
-    fn port_name(&self, key: &FrontendKey, h: &HeldFrontend) -> String {
-        self.planned
-            .get(&h.service)
-            .and_then(|p| planned_frontend(p, key))
-            .map(|f| f.port_name.clone())
-            .unwrap_or_default()
+    /// A held frontend as the datapath takes it, from the plan it is held by and the Service
+    /// that plan was made of.
+    fn lb_frontend(&self, key: &FrontendKey, h: &HeldFrontend) -> LbFrontend {
+        let svc = self.services.get(&h.service).and_then(|o| as_service(o));
+        self.lb_frontend_of(key, h, self.planned.get(&h.service), svc)
     }
 
-    /// A held frontend as the datapath takes it.
-    fn lb_frontend(&self, key: &FrontendKey, h: &HeldFrontend) -> LbFrontend {
+    /// [`Self::lb_frontend`] with the plan and the Service given (while a batch replaces
+    /// them, the old ones).
+    fn lb_frontend_of(
+        &self,
+        key: &FrontendKey,
+        h: &HeldFrontend,
+        plan: Option<&Planned>,
+        svc: Option<&Service>,
+    ) -> LbFrontend {
+        let pf = plan.and_then(|p| planned_frontend(p, key));
         LbFrontend {
             addr: key.0,
             port: key.1,
             proto: key.2,
-            kind: h.kind,
+            kind: pf.map_or(FrontendKind::ClusterIp, |f| f.kind),
             rev_nat_index: h.rev_nat_index,
-            backends: h.backends.to_vec(),
-            affinity_timeout: h.affinity_timeout,
+            backends: pf.map(|f| self.slots(f)).unwrap_or_default(),
+            affinity_timeout: svc.and_then(|s| s.spec.affinity_timeout()),
             service: ServiceRef {
-                namespace: h.service.0.clone(),
-                name: h.service.1.clone(),
-                port_name: self.port_name(key, h),
+                namespace: h.service.namespace().to_owned(),
+                name: h.service.name().to_owned(),
+                port_name: port_name(svc, pf),
             },
         }
+    }
+
+    /// The backend ids of a planned frontend's slots.
+    fn slots(&self, f: &PlanFront) -> Vec<u32> {
+        crate::slot_ids(&f.backends, |b| {
+            self.backends
+                .get(&(b.addr, b.port, f.proto))
+                .map_or(0, |x| x.id)
+        })
     }
 
     /// The Services that would contest a cluster IP or frontend if `changes` were applied,
@@ -373,7 +497,7 @@ impl Balancer {
         // copy of each name.
         type Name<'n> = (&'n str, &'n str);
         fn borrowed(n: &ServiceName) -> Name<'_> {
-            (&n.0, &n.1)
+            n.pair()
         }
         let mut batch: BTreeMap<Name<'_>, Option<&Service>> = BTreeMap::new();
         for c in changes {
@@ -480,25 +604,33 @@ impl Balancer {
             return planned;
         }
         let mut seen = HashSet::default();
-        planned.ports.reserve_exact(svc.spec.ports.len());
-        for sp in &svc.spec.ports {
-            let mut problems = Vec::new();
-            let mut fronts = plan_port(svc, sp, slices, &self.node, &mut problems);
-            // Kept until the Service changes: no spare room.
-            problems.shrink_to_fit();
-            fronts.shrink_to_fit();
-            for f in &mut fronts {
-                f.backends.shrink_to_fit();
+        let mut all_problems = Vec::new();
+        let mut all_fronts = Vec::new();
+        let mut problems = Vec::new();
+        for (i, sp) in svc.spec.ports.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            let fronts = plan_port(svc, sp, slices, &self.node, &mut problems);
+            all_problems.extend(problems.drain(..).map(|p| (i, p)));
+            for f in fronts {
+                let first = seen.insert((f.addr, f.port, f.proto));
+                all_fronts.push(PlanFront {
+                    addr: f.addr,
+                    port: f.port,
+                    proto: f.proto,
+                    kind: f.kind,
+                    first,
+                    port_index: i,
+                    backends: {
+                        let mut b = SmallVec::from_vec(f.backends);
+                        b.shrink_to_fit();
+                        b
+                    },
+                });
             }
-            for f in &fronts {
-                let k = (f.addr, f.port, f.proto);
-                if seen.insert(k) {
-                    planned.keys.push(k);
-                }
-            }
-            planned.ports.push((problems, fronts));
         }
-        planned.keys.shrink_to_fit();
+        // Kept until the Service changes: no spare room.
+        planned.problems = all_problems.into_boxed_slice();
+        planned.fronts = all_fronts.into_boxed_slice();
         planned
     }
 
@@ -523,15 +655,15 @@ impl Balancer {
     pub fn check(&self, changes: &[Change]) -> Result<(), LbError> {
         // What the Services the batch replaces or deletes hold, each counted once (nothing
         // while nothing is held: a batch into an empty balancer copies no names for it).
-        let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
         if !self.held.is_empty() {
             for c in changes {
                 match c {
                     Change::Upsert(o) if matches!(o.as_ref(), Object::Service(_)) => {
-                        touched.extend(raw_name(o));
+                        touched.extend(raw_name(o).map(|(ns, n)| ServiceName::new(ns, n)));
                     }
                     Change::Delete(k) if k.kind == Kind::Service => {
-                        touched.insert((k.namespace.clone(), k.name.clone()));
+                        touched.insert(ServiceName::new(&k.namespace, &k.name));
                     }
                     _ => {}
                 }
@@ -591,7 +723,7 @@ impl Balancer {
                 }
                 Change::Delete(k) => match k.kind {
                     Kind::Service => {
-                        let n = self.intern(&touched, (k.namespace.clone(), k.name.clone()));
+                        let n = self.intern(&touched, (&k.namespace, &k.name));
                         touched.insert(n);
                     }
                     Kind::Namespace => {}
@@ -599,6 +731,13 @@ impl Balancer {
                 },
             }
         }
+
+        // The Services the batch replaces or deletes, as they were: their frontends are
+        // withdrawn from the plans they were made of.
+        let replaced: HashMap<ServiceName, Arc<Object>> = touched
+            .iter()
+            .filter_map(|n| Some((n.clone(), Arc::clone(self.services.get(n)?))))
+            .collect();
 
         // The objects.
         let mut names = names.into_iter();
@@ -631,8 +770,8 @@ impl Balancer {
             if let Some(ip) = p.cluster_ip {
                 next_ips.entry(ip).or_default().push(n);
             }
-            for k in &p.keys {
-                next_keys.entry(*k).or_default().push(n);
+            for k in p.keys() {
+                next_keys.entry(k).or_default().push(n);
             }
         }
         let mut closure: BTreeSet<ServiceName> = BTreeSet::new();
@@ -648,12 +787,11 @@ impl Balancer {
                     .clone()
                     .filter_map(|ip| self.cluster_ips.get(&ip))
                     .flatten()
-                    .chain(p.keys.iter().filter_map(|k| self.claims.get(k)).flatten())
+                    .chain(p.keys().filter_map(|k| self.claims.get(&k)).flatten())
                     .chain(ips.filter_map(|ip| next_ips.get(&ip)).flatten().copied())
                     .chain(
-                        p.keys
-                            .iter()
-                            .filter_map(|k| next_keys.get(k))
+                        p.keys()
+                            .filter_map(|k| next_keys.get(&k))
                             .flatten()
                             .copied(),
                     );
@@ -673,14 +811,18 @@ impl Balancer {
                 if let Some(ip) = p.cluster_ip {
                     remove_claim(&mut self.cluster_ips, &ip, n);
                 }
-                for k in &p.keys {
-                    remove_claim(&mut self.claims, k, n);
+                for k in p.keys() {
+                    remove_claim(&mut self.claims, &k, n);
                 }
             }
+            let svc = replaced
+                .get(n)
+                .or_else(|| self.services.get(n))
+                .and_then(|o| as_service(o));
             for k in self.held.remove(n).unwrap_or_default() {
                 if let Some(h) = self.frontends.remove(&k) {
                     // Built while the plan it was held by is still in place.
-                    let f = self.lb_frontend(&k, &h);
+                    let f = self.lb_frontend_of(&k, &h, self.planned.get(n), svc);
                     self.rev_nats.remove(&f.rev_nat_index);
                     if let Some(p) = self.planned.get(n) {
                         for b in candidates_of(p, &k) {
@@ -719,8 +861,8 @@ impl Balancer {
             .cloned()
             .collect();
         for n in &eligible {
-            for k in &self.planned[n].keys {
-                self.claims.entry(*k).or_default().insert(n.clone());
+            for k in self.planned[n].keys() {
+                self.claims.entry(k).or_default().insert(n.clone());
             }
         }
 
@@ -729,10 +871,8 @@ impl Balancer {
         for n in &eligible {
             let p = &self.planned[n];
             let mut held: Keys = p
-                .keys
-                .iter()
-                .filter(|k| self.claims.get(*k).and_then(|s| s.first()) == Some(n))
-                .copied()
+                .keys()
+                .filter(|k| self.claims.get(k).and_then(|s| s.first()) == Some(n))
                 .collect();
             held.shrink_to_fit();
             for k in &held {
@@ -787,10 +927,7 @@ impl Balancer {
             self.rev_nats.insert(rev_nat_index, *k);
             let held = HeldFrontend {
                 service: n.clone(),
-                kind: f.kind,
                 rev_nat_index,
-                affinity_timeout: f.affinity_timeout,
-                backends: f.backends.clone().into_boxed_slice(),
             };
             match old_held.remove(k) {
                 None => diff.frontends_added.push(f),
@@ -841,17 +978,18 @@ impl Balancer {
     }
 
     /// The shared name of Service `n`: the batch's, or the tables', or a new one.
-    fn intern(&self, batch: &BTreeSet<ServiceName>, n: (String, String)) -> ServiceName {
+    fn intern(&self, batch: &BTreeSet<ServiceName>, (ns, name): (&str, &str)) -> ServiceName {
+        let n = ServiceName::new(ns, name);
         if let Some(k) = batch.get(&n) {
-            return Arc::clone(k);
+            return k.clone();
         }
         if let Some((k, _)) = self.services.get_key_value(&n) {
-            return Arc::clone(k);
+            return k.clone();
         }
         if let Some((k, _)) = self.by_service.get_key_value(&n) {
-            return Arc::clone(k);
+            return k.clone();
         }
-        Arc::new(n)
+        n
     }
 
     /// Stores `o`, which names Service `name` (its own, or the one a slice serves).
@@ -885,7 +1023,7 @@ impl Balancer {
             Kind::Namespace => {}
             Kind::Service => {
                 self.services
-                    .remove(&(key.namespace.clone(), key.name.clone()));
+                    .remove(&ServiceName::new(&key.namespace, &key.name));
             }
             Kind::EndpointSlice | Kind::Endpoints => {
                 if let Some(row) = self.slices.remove(key) {
@@ -919,27 +1057,12 @@ impl Balancer {
         rev_nat_index: u16,
     ) -> Option<LbFrontend> {
         // Held keys are planned keys, by construction.
-        let f = planned_frontend(self.planned.get(n)?, k)?;
-        let svc = self.services.get(n).and_then(|o| as_service(o));
-        let slots = crate::slot_ids(&f.backends, |b| {
-            self.backends
-                .get(&(b.addr, b.port, k.2))
-                .map_or(0, |x| x.id)
-        });
-        Some(LbFrontend {
-            addr: k.0,
-            port: k.1,
-            proto: k.2,
-            kind: f.kind,
+        planned_frontend(self.planned.get(n)?, k)?;
+        let h = HeldFrontend {
+            service: n.clone(),
             rev_nat_index,
-            backends: slots,
-            affinity_timeout: svc.and_then(|s| s.spec.affinity_timeout()),
-            service: ServiceRef {
-                namespace: n.0.clone(),
-                name: n.1.clone(),
-                port_name: f.port_name.clone(),
-            },
-        })
+        };
+        Some(self.lb_frontend(k, &h))
     }
 
     /// Every Service's view, sorted by namespace/name (`source` left empty).
@@ -950,7 +1073,7 @@ impl Balancer {
     /// One Service's view (`source` left empty).
     pub fn view(&self, n: &ServiceName) -> Option<ServiceView> {
         let svc = as_service(self.services.get(n)?)?;
-        let mut view = crate::empty_view(&n.0, &n.1, svc);
+        let mut view = crate::empty_view(n.namespace(), n.name(), svc);
         let Some(p) = self.planned.get(n) else {
             return Some(view);
         };
@@ -967,9 +1090,15 @@ impl Balancer {
         }
         let held: HashSet<&FrontendKey> = self.held.get(n).into_iter().flatten().collect();
         let mut reported = HashSet::default();
-        for (problems, fronts) in &p.ports {
-            view.problems.extend(problems.iter().cloned());
-            for f in fronts {
+        for port in 0..svc.spec.ports.len() {
+            let port = u32::try_from(port).unwrap_or(u32::MAX);
+            view.problems.extend(
+                p.problems
+                    .iter()
+                    .filter(|(i, _)| *i == port)
+                    .map(|(_, m)| m.clone()),
+            );
+            for f in p.fronts.iter().filter(|f| f.port_index == port) {
                 let k = (f.addr, f.port, f.proto);
                 if held.contains(&k) || !reported.insert(k) {
                     continue;
@@ -995,8 +1124,8 @@ impl Balancer {
                 addr: k.0,
                 port: k.1,
                 proto: k.2,
-                kind: fe.kind,
-                port_name: pf.port_name.clone(),
+                kind: pf.kind,
+                port_name: port_name(Some(svc), Some(pf)),
                 rev_nat_index: fe.rev_nat_index,
                 backends: pf
                     .backends
@@ -1079,11 +1208,16 @@ fn remove_claim<K: Hash + Eq>(
 
 /// The first planned frontend with key `k` (a Service may list one address twice; the first
 /// wins, as in [`crate::compute`]).
-fn planned_frontend<'a>(p: &'a Planned, k: &FrontendKey) -> Option<&'a PlannedFrontend> {
-    p.ports
-        .iter()
-        .flat_map(|(_, f)| f)
-        .find(|f| (f.addr, f.port, f.proto) == *k)
+fn planned_frontend<'a>(p: &'a Planned, k: &FrontendKey) -> Option<&'a PlanFront> {
+    p.fronts.iter().find(|f| f.first && f.key() == *k)
+}
+
+/// The name of the Service port a planned frontend serves (its plan made of `svc`).
+fn port_name(svc: Option<&Service>, f: Option<&PlanFront>) -> String {
+    svc.zip(f)
+        .and_then(|(s, f)| s.spec.ports.get(usize::try_from(f.port_index).ok()?))
+        .map(|sp| sp.name.clone())
+        .unwrap_or_default()
 }
 
 /// The candidate backends of a held frontend: (address, port, state).
