@@ -536,12 +536,57 @@ async fn apply_manifests(State(s): State<AppState>, req: Request) -> Result<Resp
                 .await?;
         (documents, result)
     };
-    let response = result.map(|r| Json(r).into_response());
-    if documents >= heap::LARGE_BATCH {
-        // The request and its answer are freed now: give their room back.
-        tokio::task::spawn_blocking(heap::release_free_memory);
+    let large = documents >= heap::LARGE_BATCH;
+    match result {
+        Ok(r) if large => Ok(release_when_sent(Json(r).into_response()).await),
+        Ok(r) => Ok(Json(r).into_response()),
+        Err(e) => {
+            if large {
+                // The request is freed now: give its room back.
+                tokio::task::spawn_blocking(heap::release_free_memory);
+            }
+            Err(e.into())
+        }
     }
-    Ok(response?)
+}
+
+/// The answer, which gives the allocator's free memory back to the kernel once it has been
+/// sent (or the client went away): by then the batch's request, its decoded documents, the
+/// objects it replaced and the answer itself are all freed. (A trim as the answer went out
+/// raced those frees: after deleting 10,000 Services the agent's RSS read 18 to 22 MB.)
+async fn release_when_sent(response: Response) -> Response {
+    /// Trims when dropped, with the answer's body.
+    struct ReleaseOnDrop;
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            // It walks every arena under its lock: off the runtime's workers.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(heap::release_free_memory)),
+                Err(_) => drop(heap::release_free_memory()),
+            }
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    // A JSON answer is one piece already: taking it copies nothing.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be read",
+        )
+            .into_response();
+    };
+    // The length as the whole body would have had it, not chunks.
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, bytes.len().into());
+    let guard = ReleaseOnDrop;
+    let body = futures::stream::once(futures::future::ready(Ok::<_, Infallible>(bytes))).map(
+        move |piece| {
+            let _held = &guard;
+            piece
+        },
+    );
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 /// One piece of a streamed `POST /v1/manifests` body, for the thread that decodes it.
