@@ -14,6 +14,7 @@
 //! allocated during). CPU time varies with the machine; allocation counts and bytes do not.
 //! `SERVICES=50000` for the scale step.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,40 +22,50 @@ use ciliate_agent::services::{ServiceManager, ServiceSettings};
 use ciliate_datapath::{Datapath, FakeDatapath};
 use ciliate_model::manifest::raw::{decode_all_raw, RawApplyDocument};
 use ciliate_model::manifest::{ApplyDocument, ApplyRequest};
+use ciliate_testutil::bench_services;
 use ciliate_testutil::heap::{Counting, Stats};
 use nix::time::{clock_gettime, ClockId};
-use serde_json::json;
+use serde_json::value::RawValue;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// A Service store for node `node-a` in `dir`, on the fake datapath `dp`.
+fn open(dir: &Path, dp: &Arc<FakeDatapath>) -> ServiceManager {
+    ServiceManager::open(
+        ServiceSettings {
+            node_name: "node-a".into(),
+            ..ServiceSettings::default()
+        },
+        dir,
+        Arc::clone(dp) as Arc<dyn Datapath>,
+    )
+    .expect("opens")
+}
+
+/// The objects of `bench/services-scale.sh` (a Service of one port, a slice of two endpoints),
+/// as the documents `ciliate apply` sends: their JSON text.
+fn bench_docs(n: u32) -> Vec<RawApplyDocument> {
+    bench_services::documents(n)
+        .enumerate()
+        .map(|(i, text)| RawApplyDocument {
+            source: "bench.yaml".into(),
+            index: i + 1,
+            object: RawValue::from_string(text).expect("JSON"),
+        })
+        .collect()
+}
+
+/// The same as values.
 fn docs(n: u32) -> Vec<ApplyDocument> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let name = format!("svc-{i}");
-        let ip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-        out.push(ApplyDocument {
+    bench_services::documents(n)
+        .enumerate()
+        .map(|(i, text)| ApplyDocument {
             source: "bench.yaml".into(),
-            index: out.len() + 1,
-            object: json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
-        });
-        out.push(ApplyDocument {
-            source: "bench.yaml".into(),
-            index: out.len() + 1,
-            object: json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": format!("{name}-abcde"), "namespace": "default",
-                             "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [
-                    {"addresses": [format!("10.200.{}.{}", (2 * i / 256) % 256, (2 * i) % 256)], "conditions": {"ready": true}, "nodeName": "node-a"},
-                    {"addresses": [format!("10.201.{}.{}", (2 * i / 256) % 256, (2 * i) % 256)], "conditions": {"ready": true}, "nodeName": "node-b"}
-                ]}),
-        });
-    }
-    out
+            index: i + 1,
+            object: serde_json::from_str(&text).expect("JSON"),
+        })
+        .collect()
 }
 
 #[test]
@@ -63,15 +74,7 @@ fn heap_bytes_per_service_at_10k() {
     const N: u32 = 10_000;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dp = Arc::new(FakeDatapath::new());
-    let m = ServiceManager::open(
-        ServiceSettings {
-            node_name: "node-a".into(),
-            ..ServiceSettings::default()
-        },
-        tmp.path(),
-        Arc::clone(&dp) as Arc<dyn Datapath>,
-    )
-    .expect("opens");
+    let m = open(tmp.path(), &dp);
     let before = Stats::now();
     m.apply(&ApplyRequest {
         documents: docs(N),
@@ -130,19 +133,7 @@ fn phases_at_n() {
         .unwrap_or(10_000);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dp = Arc::new(FakeDatapath::new());
-    let settings = ServiceSettings {
-        node_name: "node-a".into(),
-        ..ServiceSettings::default()
-    };
-    let open = || {
-        ServiceManager::open(
-            settings.clone(),
-            tmp.path(),
-            Arc::clone(&dp) as Arc<dyn Datapath>,
-        )
-        .expect("opens")
-    };
-    let m = open();
+    let m = open(tmp.path(), &dp);
     let body = serde_json::to_vec(&ApplyRequest {
         documents: docs(n),
         delete: false,
@@ -177,7 +168,7 @@ fn phases_at_n() {
     );
     phase("list", || m.list().len());
     drop(m);
-    let m = phase("reopen (restart)", open);
+    let m = phase("reopen (restart)", || open(tmp.path(), &dp));
     let req: ApplyRequest = serde_json::from_slice(&body).expect("parses");
     let req = ApplyRequest {
         delete: true,
@@ -191,57 +182,16 @@ fn phases_at_n() {
     );
 }
 
-/// The objects of `bench/services-scale.sh` (a Service of one port, a slice of two endpoints),
-/// as the JSON text of the documents `ciliate apply` sends.
-fn bench_docs(n: u32) -> Vec<RawApplyDocument> {
-    let ip = |base: u32, i: u32| std::net::Ipv4Addr::from(base + i).to_string();
-    let mut out = Vec::new();
-    for i in 0..n {
-        let name = format!("svc-{i}");
-        let docs = [
-            json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": "bench"},
-                "spec": {"clusterIP": ip(0x0A60_0000, i + 1),
-                         "ports": [{"name": "http", "port": 80, "targetPort": 5001, "protocol": "TCP"}]}}),
-            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{name}-a"), "namespace": "bench",
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 5001, "protocol": "TCP"}],
-            "endpoints": [
-                {"addresses": [ip(0x0A80_0000, 2 * i)], "conditions": {"ready": true}},
-                {"addresses": [ip(0x0A80_0000, 2 * i + 1)], "conditions": {"ready": true}}
-            ]}),
-        ];
-        for d in docs {
-            out.push(RawApplyDocument {
-                source: "bench.yaml".into(),
-                index: out.len() + 1,
-                object: serde_json::value::to_raw_value(&d).expect("text"),
-            });
-        }
-    }
-    out
-}
-
 #[test]
 fn store_heap_per_service_is_bounded() {
     const N: u32 = 10_000;
     let n = i64::from(N);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dp = Arc::new(FakeDatapath::new());
-    let m = ServiceManager::open(
-        ServiceSettings {
-            node_name: "node-a".into(),
-            ..ServiceSettings::default()
-        },
-        tmp.path(),
-        Arc::clone(&dp) as Arc<dyn Datapath>,
-    )
-    .expect("opens");
-    let docs = bench_docs(N);
+    let m = open(tmp.path(), &dp);
+    let raw = bench_docs(N);
     let before = Stats::now();
-    let decoded = decode_all_raw(&docs).expect("valid");
+    let decoded = decode_all_raw(&raw).expect("valid");
     let result = m.apply_decoded(decoded, Instant::now()).expect("applies");
     drop(result);
     let after = Stats::now();
@@ -273,14 +223,7 @@ fn store_heap_per_service_is_bounded() {
     );
 
     let delete = ApplyRequest {
-        documents: docs
-            .iter()
-            .map(|d| ApplyDocument {
-                source: d.source.clone(),
-                index: d.index,
-                object: serde_json::from_str(d.object.get()).expect("value"),
-            })
-            .collect(),
+        documents: docs(N),
         delete: true,
     };
     m.apply(&delete).expect("deletes");
@@ -288,5 +231,6 @@ fn store_heap_per_service_is_bounded() {
     let left = Stats::now().chunk_bytes() - before.chunk_bytes();
     println!("after deleting all: {left} B of chunks still held");
     assert!(left < 256 * 1024, "{left} B still held after deleting all");
+    drop(raw);
     drop(m);
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ciliate_lb::balancer::Change;
 use ciliate_lb::{Balancer, IdAllocator, Node};
 use ciliate_model::k8s::Object;
+use ciliate_testutil::bench_services;
 use ciliate_testutil::heap::{Counting, Stats};
-use serde_json::json;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -21,37 +21,17 @@ fn live() -> i64 {
     Stats::now().live()
 }
 
-/// Decoded from text, as the agent reads a request (serde_json's values would give exact
-/// list sizes that text does not).
-fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_str(&v.to_string()).expect("decodes")
-}
-
-fn ip(base: u32, i: u32) -> String {
-    std::net::Ipv4Addr::from(base + i).to_string()
-}
-
+/// The bench's objects, decoded from their text as the agent reads a request (serde_json's
+/// values would give exact list sizes that text does not).
 fn objects() -> Vec<Arc<Object>> {
     let mut out = Vec::new();
     for i in 0..N {
-        let name = format!("svc-{i}");
-        out.push(Arc::new(Object::Service(decode(
-            json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": "bench"},
-                "spec": {"clusterIP": ip(0x0A60_0000, i + 1),
-                         "ports": [{"name": "http", "port": 80, "targetPort": 5001}]}}),
-        ))));
-        out.push(Arc::new(Object::EndpointSlice(decode(
-            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{name}-a"), "namespace": "bench",
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 5001, "protocol": "TCP"}],
-            "endpoints": [
-                {"addresses": [ip(0x0A80_0000, 2 * i)], "conditions": {"ready": true}},
-                {"addresses": [ip(0x0A80_0000, 2 * i + 1)], "conditions": {"ready": true}}
-            ]}),
-        ))));
+        out.push(Arc::new(Object::Service(
+            serde_json::from_str(&bench_services::service(i)).expect("decodes"),
+        )));
+        out.push(Arc::new(Object::EndpointSlice(
+            serde_json::from_str(&bench_services::slice(i)).expect("decodes"),
+        )));
     }
     out
 }

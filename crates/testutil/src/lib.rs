@@ -5,6 +5,7 @@
 //! is a failure. Every namespace a test makes has a unique name and is removed on drop, also
 //! when the test panics.
 
+pub mod bench_services;
 pub mod etcd;
 pub mod heap;
 pub mod hubble;
