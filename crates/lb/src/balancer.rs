@@ -116,6 +116,10 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
     }
 }
 
+/// Batches of at least this many changes are followed by [`Balancer::compact`] (a few ms at
+/// 50,000 Services, against the hundreds the batch took).
+const COMPACT_AFTER: usize = 1_000;
+
 /// Frontend keys of one Service: nearly always one (a ClusterIP Service of one port), kept in
 /// place.
 type Keys = SmallVec<[FrontendKey; 1]>;
@@ -342,8 +346,6 @@ pub struct Balancer {
     planned: HashMap<ServiceName, Planned>,
     cluster_ips: HashMap<Ipv4Addr, SmallSet<ServiceName>>,
     claims: HashMap<FrontendKey, SmallSet<ServiceName>>,
-    /// Frontend keys each Service holds.
-    held: HashMap<ServiceName, Keys>,
     frontends: HashMap<FrontendKey, HeldFrontend>,
     rev_nats: HashMap<u16, FrontendKey>,
     backend_use: HashMap<BackendKey, BackendUse>,
@@ -656,7 +658,7 @@ impl Balancer {
         // What the Services the batch replaces or deletes hold, each counted once (nothing
         // while nothing is held: a batch into an empty balancer copies no names for it).
         let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
-        if !self.held.is_empty() {
+        if !self.frontends.is_empty() {
             for c in changes {
                 match c {
                     Change::Upsert(o) if matches!(o.as_ref(), Object::Service(_)) => {
@@ -669,11 +671,7 @@ impl Balancer {
                 }
             }
         }
-        let freed: usize = touched
-            .iter()
-            .filter_map(|n| self.held.get(n))
-            .map(|h| h.len())
-            .sum();
+        let freed: usize = touched.iter().map(|n| self.held_keys(n).len()).sum();
         let added: usize = changes
             .iter()
             .filter_map(|c| match c {
@@ -705,6 +703,7 @@ impl Balancer {
     /// before persisting the batch, and holds the balancer throughout. The check is not
     /// repeated; at 10,000 Services it was a tenth of the balancer's time.
     pub fn apply_checked(&mut self, changes: Vec<Change>) -> Result<LbDiff, LbError> {
+        let large = changes.len() >= COMPACT_AFTER;
         // Services whose plan is recomputed.
         let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
         // The Service each upserted object names (one shared name per Service).
@@ -819,7 +818,7 @@ impl Balancer {
                 .get(n)
                 .or_else(|| self.services.get(n))
                 .and_then(|o| as_service(o));
-            for k in self.held.remove(n).unwrap_or_default() {
+            for k in self.held_keys(n) {
                 if let Some(h) = self.frontends.remove(&k) {
                     // Built while the plan it was held by is still in place.
                     let f = self.lb_frontend_of(&k, &h, self.planned.get(n), svc);
@@ -870,11 +869,10 @@ impl Balancer {
         let mut new_keys: Vec<(ServiceName, FrontendKey)> = Vec::new();
         for n in &eligible {
             let p = &self.planned[n];
-            let mut held: Keys = p
+            let held: Keys = p
                 .keys()
                 .filter(|k| self.claims.get(k).and_then(|s| s.first()) == Some(n))
                 .collect();
-            held.shrink_to_fit();
             for k in &held {
                 for b in candidates_of(p, k) {
                     let bk = (b.0, b.1, k.2);
@@ -883,7 +881,6 @@ impl Balancer {
                 }
                 new_keys.push((n.clone(), *k));
             }
-            self.held.insert(n.clone(), held);
         }
         let mut diff = LbDiff::default();
         let mut gone_backends = Vec::new();
@@ -959,7 +956,17 @@ impl Balancer {
             v.sort_by_key(|b| b.id);
         }
         self.shrink();
+        if large {
+            self.compact();
+        }
         Ok(diff)
+    }
+
+    /// Rebuilds the B-trees packed (see [`IdAllocator::compact`]): after a large batch their
+    /// nodes are little more than half full.
+    fn compact(&mut self) {
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.ids.compact();
     }
 
     /// Gives back the tables' room once most of it is unused (after many Services went): a
@@ -970,11 +977,21 @@ impl Balancer {
         shrink(&mut self.planned);
         shrink(&mut self.cluster_ips);
         shrink(&mut self.claims);
-        shrink(&mut self.held);
         shrink(&mut self.frontends);
         shrink(&mut self.rev_nats);
         shrink(&mut self.backend_use);
         shrink(&mut self.backends);
+    }
+
+    /// The frontend keys Service `n` holds, in plan order: those of its plan that it holds
+    /// in `frontends` (not kept apart, which took ~50 bytes per Service).
+    fn held_keys(&self, n: &ServiceName) -> Keys {
+        let Some(p) = self.planned.get(n) else {
+            return Keys::new();
+        };
+        p.keys()
+            .filter(|k| self.frontends.get(k).is_some_and(|h| h.service == *n))
+            .collect()
     }
 
     /// The shared name of Service `n`: the batch's, or the tables', or a new one.
@@ -1088,7 +1105,8 @@ impl Balancer {
                 }
             }
         }
-        let held: HashSet<&FrontendKey> = self.held.get(n).into_iter().flatten().collect();
+        let held_keys = self.held_keys(n);
+        let held: HashSet<&FrontendKey> = held_keys.iter().collect();
         let mut reported = HashSet::default();
         for port in 0..svc.spec.ports.len() {
             let port = u32::try_from(port).unwrap_or(u32::MAX);
@@ -1116,7 +1134,7 @@ impl Balancer {
                 }
             }
         }
-        for k in self.held.get(n).into_iter().flatten() {
+        for k in &held_keys {
             let (Some(fe), Some(pf)) = (self.frontends.get(k), planned_frontend(p, k)) else {
                 continue;
             };

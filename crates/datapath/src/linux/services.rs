@@ -66,7 +66,19 @@ pub(super) fn update_lb(inner: &mut Inner, diff: &LbDiff) -> Result<LbSyncStats,
     write_ops(inner, ops)
 }
 
+/// After this many writes the shadow is rebuilt packed ([`LbEntries::compact`]).
+const COMPACT_AFTER: usize = 1_000;
+
 fn write_ops(inner: &mut Inner, ops: Vec<LbOp>) -> Result<LbSyncStats, DatapathError> {
+    let large = ops.len() >= COMPACT_AFTER;
+    let stats = write_runs(inner, ops);
+    if large {
+        inner.lb_shadow.compact();
+    }
+    stats
+}
+
+fn write_runs(inner: &mut Inner, ops: Vec<LbOp>) -> Result<LbSyncStats, DatapathError> {
     let mut stats = LbSyncStats::default();
     // Runs of one kind of write go to the kernel as one batch each, in plan order, so the
     // maps pass through the same states as with one write per entry, only fewer of them.
