@@ -174,22 +174,26 @@ pub enum SourceEvent {
 }
 
 /// An object, the source document it came from (file path, request, or `kubernetes`) and its
-/// index there.
+/// index there. 24 bytes, a row of the tables (two per Service and its slice).
 #[derive(Clone, Debug)]
 struct Stored {
     object: Arc<Object>,
-    /// Shared by the rows of one file or request.
-    source: Arc<str>,
-    index: usize,
+    /// Shared by the rows of one file or request (behind a thin pointer).
+    source: Arc<String>,
+    index: u32,
 }
 
 impl Stored {
     fn record(&self) -> ObjectRecord<'_> {
         ObjectRecord::Put {
             source: &self.source,
-            index: self.index,
+            index: self.index(),
             object: Manifest(&self.object),
         }
+    }
+
+    fn index(&self) -> usize {
+        self.index as usize
     }
 
     fn same_object(&self, other: &Stored) -> bool {
@@ -337,15 +341,21 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The source of every object of the Kubernetes API, one shared copy.
+fn kubernetes_source() -> Arc<String> {
+    static SOURCE: OnceLock<Arc<String>> = OnceLock::new();
+    Arc::clone(SOURCE.get_or_init(|| Arc::new(KUBERNETES_SOURCE.to_owned())))
+}
+
 /// Rows of decoded objects; consecutive objects of one source share its name.
 fn stored(
     decoded: Vec<ciliate_model::manifest::Decoded>,
 ) -> impl Iterator<Item = (ObjectKey, Stored)> {
-    let mut last: Option<Arc<str>> = None;
+    let mut last: Option<Arc<String>> = None;
     decoded.into_iter().map(move |d| {
         let source = match &last {
-            Some(s) if **s == *d.source => Arc::clone(s),
-            _ => Arc::<str>::from(d.source),
+            Some(s) if **s == d.source => Arc::clone(s),
+            _ => Arc::new(d.source),
         };
         last = Some(Arc::clone(&source));
         (
@@ -353,7 +363,8 @@ fn stored(
             Stored {
                 object: Arc::new(d.object),
                 source,
-                index: d.index,
+                // A document's place in its file or request: far below 2^32.
+                index: u32::try_from(d.index).unwrap_or(u32::MAX),
             },
         )
     })
@@ -750,7 +761,7 @@ impl ServiceManager {
         let mut results = Vec::with_capacity(decoded.len());
         let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
         for (key, row) in stored(decoded) {
-            if let Some(e) = Self::owned_elsewhere(&t, &key, (&row.source, row.index), "change") {
+            if let Some(e) = Self::owned_elsewhere(&t, &key, (&row.source, row.index()), "change") {
                 errors.push(e);
                 continue;
             }
@@ -763,7 +774,7 @@ impl ServiceManager {
                 key: key.clone(),
                 action,
                 source: row.source.to_string(),
-                index: row.index,
+                index: row.index(),
             });
             if action != ApplyAction::Unchanged {
                 rows.push((key, row));
@@ -784,7 +795,7 @@ impl ServiceManager {
             HashMap::new()
         } else {
             rows.iter()
-                .map(|(k, r)| (k, (&*r.source, r.index)))
+                .map(|(k, r)| (k, (r.source.as_str(), r.index())))
                 .collect()
         };
         let blame = |name: &str| -> Option<(&str, usize)> {
@@ -994,7 +1005,7 @@ impl ServiceManager {
                 key,
                 Stored {
                     object: Arc::new(object),
-                    source: Arc::from(KUBERNETES_SOURCE),
+                    source: kubernetes_source(),
                     index: 0,
                 },
             )
