@@ -306,6 +306,28 @@ struct HeldFrontend {
     rev_nat_index: u16,
 }
 
+/// A backend in use: how the frontends holding it use it, and its id and state in the
+/// datapath (`None` until the batch that brought it gives it an id). One table for both (two
+/// tables keyed alike took ~40 bytes more per Service of two backends).
+#[derive(Clone, Copy, Debug, Default)]
+struct BackendEntry {
+    uses: BackendUse,
+    programmed: Option<(u32, BackendState)>,
+}
+
+impl BackendEntry {
+    /// The backend as the datapath takes it, once programmed.
+    fn lb_backend(&self, k: &BackendKey) -> Option<LbBackend> {
+        self.programmed.map(|(id, state)| LbBackend {
+            id,
+            addr: k.0,
+            port: k.1,
+            proto: k.2,
+            state,
+        })
+    }
+}
+
 /// Reference counts of one backend across the frontends holding it, by state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct BackendUse {
@@ -348,8 +370,8 @@ pub struct Balancer {
     claims: HashMap<FrontendKey, SmallSet<ServiceName>>,
     frontends: HashMap<FrontendKey, HeldFrontend>,
     rev_nats: HashMap<u16, FrontendKey>,
-    backend_use: HashMap<BackendKey, BackendUse>,
-    backends: HashMap<BackendKey, LbBackend>,
+    /// Backends in use, and what they are in the datapath.
+    backends: HashMap<BackendKey, BackendEntry>,
 }
 
 /// The namespace and name of the Service `o` is or serves.
@@ -420,7 +442,11 @@ impl Balancer {
             .map(|(k, h)| self.lb_frontend(k, h))
             .collect();
         frontends.sort_by_key(|f| (f.addr, f.port, f.proto));
-        let mut backends: Vec<LbBackend> = self.backends.values().cloned().collect();
+        let mut backends: Vec<LbBackend> = self
+            .backends
+            .iter()
+            .filter_map(|(k, e)| e.lb_backend(k))
+            .collect();
         backends.sort_by_key(|b| b.id);
         LbState {
             frontends,
@@ -484,11 +510,15 @@ impl Balancer {
 
     /// The backend ids of a planned frontend's slots.
     fn slots(&self, f: &PlanFront) -> Vec<u32> {
-        crate::slot_ids(&f.backends, |b| {
-            self.backends
-                .get(&(b.addr, b.port, f.proto))
-                .map_or(0, |x| x.id)
-        })
+        crate::slot_ids(&f.backends, |b| self.backend_id(&(b.addr, b.port, f.proto)))
+    }
+
+    /// The id of a backend in the datapath (0: none).
+    fn backend_id(&self, k: &BackendKey) -> u32 {
+        self.backends
+            .get(k)
+            .and_then(|e| e.programmed)
+            .map_or(0, |(id, _)| id)
     }
 
     /// The Services that would contest a cluster IP or frontend if `changes` were applied,
@@ -826,7 +856,7 @@ impl Balancer {
                     if let Some(p) = self.planned.get(n) {
                         for b in candidates_of(p, &k) {
                             let bk = (b.0, b.1, k.2);
-                            self.backend_use.entry(bk).or_default().add(b.2, -1);
+                            self.backends.entry(bk).or_default().uses.add(b.2, -1);
                             touched_backends.insert(bk);
                         }
                     }
@@ -876,7 +906,7 @@ impl Balancer {
             for k in &held {
                 for b in candidates_of(p, k) {
                     let bk = (b.0, b.1, k.2);
-                    self.backend_use.entry(bk).or_default().add(b.2, 1);
+                    self.backends.entry(bk).or_default().uses.add(b.2, 1);
                     touched_backends.insert(bk);
                 }
                 new_keys.push((n.clone(), *k));
@@ -890,27 +920,21 @@ impl Balancer {
         touched_backends.sort_unstable();
         new_keys.sort_by_key(|k| k.1);
         for bk in &touched_backends {
-            let state = self.backend_use.get(bk).and_then(|u| u.state());
-            match state {
+            let entry = self.backends.get(bk).copied().unwrap_or_default();
+            match entry.uses.state() {
                 None => {
-                    self.backend_use.remove(bk);
-                    if let Some(b) = self.backends.remove(bk) {
-                        diff.backends_removed.push(b);
-                    }
+                    self.backends.remove(bk);
+                    diff.backends_removed.extend(entry.lb_backend(bk));
                     gone_backends.push(*bk);
                 }
                 Some(state) => {
                     let id = self.ids.ensure_backend(*bk)?;
-                    let b = LbBackend {
-                        id,
-                        addr: bk.0,
-                        port: bk.1,
-                        proto: bk.2,
-                        state,
-                    };
-                    match self.backends.insert(*bk, b.clone()) {
+                    let e = self.backends.entry(*bk).or_default();
+                    let old = e.programmed.replace((id, state));
+                    let Some(b) = e.lb_backend(bk) else { continue };
+                    match old {
                         None => diff.backends_added.push(b),
-                        Some(old) if old != b => diff.backends_changed.push(b),
+                        Some(old) if old != (id, state) => diff.backends_changed.push(b),
                         Some(_) => {}
                     }
                 }
@@ -979,7 +1003,6 @@ impl Balancer {
         shrink(&mut self.claims);
         shrink(&mut self.frontends);
         shrink(&mut self.rev_nats);
-        shrink(&mut self.backend_use);
         shrink(&mut self.backends);
     }
 
@@ -1149,10 +1172,7 @@ impl Balancer {
                     .backends
                     .iter()
                     .map(|b| BackendView {
-                        id: self
-                            .backends
-                            .get(&(b.addr, b.port, k.2))
-                            .map_or(0, |x| x.id),
+                        id: self.backend_id(&(b.addr, b.port, k.2)),
                         addr: b.addr,
                         port: b.port,
                         state: b.state,
