@@ -669,7 +669,7 @@ mod sources {
                     Op::Put(s, k, v) => {
                         model.entry(s).or_default().insert(k, v);
                         let o = object(k, v);
-                        rows = vec![(o.key(), Some(Stored { object: Arc::new(o), source: Arc::from("t"), index: 1 }))];
+                        rows = vec![(o.key(), Some(Stored { object: Arc::new(o), source: Arc::new("t".to_owned()), index: 1 }))];
                         src = s;
                     }
                     Op::Del(s, k) => {
