@@ -1,8 +1,8 @@
 //! The objects `bench/services-scale.sh` applies, as the JSON text of the documents `ciliate
-//! apply` sends: Service `bench/svc-<i>` (cluster IP 10.96.0.0 + i + 1, one port `http` 80 →
-//! 5001/TCP) and its EndpointSlice `bench/svc-<i>-a` (two ready endpoints, 10.128.0.0 + 2i and
-//! + 2i + 1, port `http` 5001/TCP). Memory tests decode them from text, as the agent decodes a
-//! request (a decoded list's room depends on it).
+//! apply` sends: Service `bench/svc-<i>` (cluster IP 10.96.0.0 plus i + 1, one port `http`
+//! 80 → 5001/TCP) and its EndpointSlice `bench/svc-<i>-a` (two ready endpoints, 10.128.0.0
+//! plus 2i and 2i + 1, port `http` 5001/TCP). Memory tests decode them from text, as the
+//! agent decodes a request (a decoded list's room depends on it).
 
 use std::net::Ipv4Addr;
 
