@@ -83,27 +83,39 @@ unsafe fn batch_call(
         map_fd: fd.as_fd().as_raw_fd() as u32,
         ..BatchAttr::default()
     };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed (the kernel zero-fills
-    // the rest and rejects non-zero bytes beyond what it knows); the kernel only reads
-    // `count` keys and values from the pointers, which the caller vouches for, and writes
-    // back `attr.count`, which lives until the call returns.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as libc::c_uint,
-        )
-    };
-    if rc == 0 {
+    // SAFETY: the kernel only reads `count` keys and values from the pointers, which the
+    // caller vouches for.
+    let Err(error) = (unsafe { sys_bpf(cmd, &mut attr) }) else {
         return Ok(());
-    }
-    let error = io::Error::last_os_error();
+    };
     // The kernel writes the count back only once it has started; an error before (bad
     // arguments, no memory) leaves ours, which cannot be a count of entries done since the
     // one that failed is among them.
     let done = attr.count as usize;
     Err((if done >= count { 0 } else { done }, error))
+}
+
+/// `bpf(cmd, attr)`.
+///
+/// # Safety
+/// The buffers `attr` points at must be valid for what `cmd` reads and writes. `attr` itself
+/// is a valid `bpf_attr` prefix of the size passed (the kernel zero-fills the rest and rejects
+/// non-zero bytes beyond what it knows), and the kernel writes its counts back into it.
+unsafe fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: as the caller vouches.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn unsupported(e: &io::Error, done: usize) -> bool {
@@ -206,18 +218,10 @@ pub(crate) fn lookup_all<K: Pod, V: Pod>(
             map_fd: fd.as_fd().as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: as in `batch_call`; the kernel writes at most `count` keys and values of
-        // the map's sizes (aya checked they are `K`'s and `V`'s when the map was opened) into
-        // buffers that hold `chunk` of each, 4 bytes into `next`, and the count into `attr`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let error = (rc != 0).then(io::Error::last_os_error);
+        // SAFETY: the kernel writes at most `count` keys and values of the map's sizes (aya
+        // checked they are `K`'s and `V`'s when the map was opened) into buffers that hold
+        // `chunk` of each, and 4 bytes into `next`; it reads 4 from `position`.
+        let error = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         match error.as_ref().and_then(io::Error::raw_os_error) {
             // A whole chunk, or (ENOENT) the last entries: `attr.count` were read.
             None | Some(libc::ENOENT) => {
