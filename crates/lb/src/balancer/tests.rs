@@ -223,6 +223,60 @@ proptest! {
     }
 }
 
+/// `batch` with one change per object key, the last one given.
+fn last_per_key(batch: Vec<Change>) -> Vec<Change> {
+    let key = |c: &Change| match c {
+        Change::Upsert(o) => o.key(),
+        Change::Delete(k) => k.clone(),
+    };
+    let mut out: Vec<Change> = Vec::new();
+    for c in batch.into_iter().rev() {
+        if !out.iter().any(|o| key(o) == key(&c)) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A batch (one change per object) gives the same diff, state and ids whatever order its
+    /// changes come in, after any earlier batch: the balancer's working sets are unordered.
+    #[test]
+    fn a_batch_gives_the_same_result_in_any_order(
+        first in prop::collection::vec(op(), 0..8),
+        second in prop::collection::vec(op(), 1..10),
+    ) {
+        let first = last_per_key(first);
+        let second = last_per_key(second);
+        let mut a = Balancer::new(node(), IdAllocator::new());
+        let mut b = Balancer::new(node(), IdAllocator::new());
+        prop_assert_eq!(a.apply(first.clone()).unwrap(), b.apply(first).unwrap());
+        let reversed: Vec<Change> = second.iter().rev().cloned().collect();
+        prop_assert_eq!(a.apply(second).unwrap(), b.apply(reversed).unwrap());
+        prop_assert_eq!(a.state(), b.state());
+        prop_assert_eq!(a.views(), b.views());
+    }
+
+    /// Names are equal, hashed alike and ordered as their (namespace, name) pairs, also
+    /// where two pairs make the same text ("ab" + "c", "a" + "bc").
+    #[test]
+    fn service_names_compare_as_their_pairs(
+        a in ("[ab]{0,3}", "[bc]{0,3}"),
+        b in ("[ab]{0,3}", "[bc]{0,3}"),
+    ) {
+        let (x, y) = (ServiceName::new(&a.0, &a.1), ServiceName::new(&b.0, &b.1));
+        let hash = |n: &ServiceName| foldhash::fast::FixedState::with_seed(7).hash_one(n);
+        prop_assert_eq!(x == y, a == b);
+        prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+        prop_assert_eq!(x.cmp(&x.clone()), std::cmp::Ordering::Equal);
+        if a == b {
+            prop_assert_eq!(hash(&x), hash(&y));
+        }
+    }
+}
+
 #[test]
 fn a_backend_change_touches_only_its_service() {
     let mut b = Balancer::new(node(), IdAllocator::new());
