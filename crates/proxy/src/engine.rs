@@ -2,11 +2,11 @@
 //!
 //! The first bytes decide the protocol: the HTTP/2 preface (h2c with prior knowledge, as gRPC
 //! speaks it), an HTTP/1 request line (a method token and a space), or neither (the connection
-//! is reset and a drop recorded). Each request is judged against the redirect's rules as they
-//! are *now* (so a policy change applies to the next request), recorded, then forwarded on the
-//! one upstream connection this client connection owns (opened lazily, reopened when the
-//! server closed it), or refused with Cilium's `403` and body. Bodies stream both ways; an
-//! allowed `Upgrade` (WebSocket) becomes a byte tunnel after the `101`.
+//! is reset and a drop recorded). HTTP/1 is served by forwarding bytes ([`crate::h1`]); h2c
+//! here with hyper. Each request is judged against the redirect's rules as they are *now* (so a
+//! policy change applies to the next request), recorded, then forwarded on the one upstream
+//! connection this client connection owns (opened lazily, reopened when the server closed it),
+//! or refused with Cilium's `403` and body. Bodies stream both ways.
 
 use std::convert::Infallible;
 use std::io;
@@ -157,7 +157,7 @@ fn full(s: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -203,13 +203,10 @@ fn sniff(buf: &[u8]) -> Sniff {
     Sniff::NeedMore
 }
 
-/// The accepted stream with the bytes read for detection put back in front. It notes whether
-/// anything was written since the last read, so that a parse error hyper did not answer can be
-/// answered by us.
+/// The accepted stream with the bytes read for detection put back in front.
 struct Rewind {
     pre: Bytes,
     inner: TcpStream,
-    wrote_since_read: Arc<AtomicBool>,
     /// hyper has read from the connection (it closes, on graceful shutdown, a connection it
     /// has read nothing from, even though our sniffed bytes are waiting for it here).
     hyper_read: Arc<AtomicBool>,
@@ -228,12 +225,7 @@ impl AsyncRead for Rewind {
             self.pre.advance(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.wrote_since_read.store(false, Ordering::Relaxed);
-        }
-        r
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -243,21 +235,12 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.wrote_since_read.store(true, Ordering::Relaxed);
-        }
-        r
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper shuts the write side after a parse error without answering it; leave the
-        // socket open for our 400 (it closes when the last handle is dropped).
-        if !self.wrote_since_read.load(Ordering::Relaxed) {
-            return Poll::Ready(Ok(()));
-        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -265,11 +248,7 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.wrote_since_read.store(true, Ordering::Relaxed);
-        }
-        r
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -284,19 +263,12 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-enum Upstream {
-    None,
-    H1(hyper::client::conn::http1::SendRequest<Incoming>),
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
-}
-
-/// One client connection's state, shared by its requests.
+/// One h2c client connection's state, shared by its requests.
 struct Conn {
     engine: Arc<Engine>,
     meta: ConnMeta,
     key: RedirectKey,
-    h2: bool,
-    upstream: Mutex<Upstream>,
+    upstream: Mutex<Option<hyper::client::conn::http2::SendRequest<Incoming>>>,
 }
 
 impl Engine {
@@ -397,93 +369,42 @@ impl Engine {
             reset(stream);
             return;
         }
-        // A second handle on the socket, to answer a parse error hyper left unanswered.
-        let spare = std::os::fd::AsFd::as_fd(&stream)
-            .try_clone_to_owned()
-            .map(std::net::TcpStream::from)
-            .ok();
-        let wrote_since_read = Arc::new(AtomicBool::new(false));
+        if proto == Sniff::H1 {
+            crate::h1::Conn::new(self, meta, key, stream, buf, shutdown)
+                .run()
+                .await;
+            return;
+        }
         let hyper_read = Arc::new(AtomicBool::new(false));
         let io = TokioIo::new(Rewind {
             pre: buf.freeze(),
             inner: stream,
-            wrote_since_read: wrote_since_read.clone(),
             hyper_read: hyper_read.clone(),
         });
-        let h2 = proto == Sniff::H2;
         let conn = Arc::new(Conn {
             engine: self.clone(),
             meta,
             key,
-            h2,
-            upstream: Mutex::new(Upstream::None),
+            upstream: Mutex::new(None),
         });
         let svc = service_fn(move |req| {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(conn.handle(req).await) }
         });
-        let result = if h2 {
-            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, svc);
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = shutdown.changed() => match until_read(&hyper_read, c.as_mut()).await {
-                    Some(r) => r,
-                    None => {
-                        c.as_mut().graceful_shutdown();
-                        c.await
-                    }
-                }
-            }
-        } else {
-            let c = hyper::server::conn::http1::Builder::new()
-                .pipeline_flush(true)
-                .serve_connection(io, svc)
-                .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = shutdown.changed() => match until_read(&hyper_read, c.as_mut()).await {
-                    Some(r) => r,
-                    None => {
-                        c.as_mut().graceful_shutdown();
-                        c.await
-                    }
+        let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc);
+        tokio::pin!(c);
+        let result = tokio::select! {
+            r = c.as_mut() => r,
+            _ = shutdown.changed() => match until_read(&hyper_read, c.as_mut()).await {
+                Some(r) => r,
+                None => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
                 }
             }
         };
         debug!(%client, result = ?result, "connection done");
-        if let Err(e) = result {
-            if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
-                // hyper answered 400 (or 431/505) and closed: record both halves.
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                let reason = format!("cannot parse the request: {e}");
-                debug!(%client, %reason, "400");
-                if !wrote_since_read.load(Ordering::Relaxed) {
-                    if let Some(mut spare) = spare {
-                        // Best effort on a non-blocking socket: a short response fits the
-                        // empty send buffer.
-                        let r = std::io::Write::write_all(
-                            &mut spare,
-                            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        );
-                        if let Err(e) = r {
-                            debug!(%client, error = %e, "writing 400");
-                        }
-                    }
-                }
-                let mut rec = base_record(&meta, L7RecordType::Request, L7Verdict::Error);
-                rec.protocol = "HTTP/1.1".into();
-                rec.reason = Some(reason.clone());
-                self.emit(ProxyEvent::Http(Box::new(rec.clone())));
-                rec.record_type = L7RecordType::Response;
-                rec.code = 400;
-                self.emit(ProxyEvent::Http(Box::new(rec)));
-            } else {
-                debug!(%client, error = %e, "connection ended");
-            }
-        }
     }
 
     fn drop_record(&self, meta: &ConnMeta, reason: &str) {
@@ -616,11 +537,6 @@ impl Conn {
                     "redirect removed".into()
                 });
                 self.record(&ex, L7RecordType::Request, 0, 0, req.headers());
-                if !self.h2 {
-                    // Read what the client already sent so the connection stays usable for
-                    // its next request (bounded: a huge upload is cut off instead).
-                    drain(req.into_body(), 1 << 20).await;
-                }
                 let resp = Response::builder()
                     .status(StatusCode::FORBIDDEN)
                     .header(http::header::CONTENT_TYPE, "text/plain")
@@ -632,10 +548,8 @@ impl Conn {
         }
         self.record(&ex, L7RecordType::Request, 0, 0, req.headers());
 
-        let client_upgrade = (!self.h2 && req.headers().contains_key(http::header::UPGRADE))
-            .then(|| hyper::upgrade::on(&mut req));
         let sent = self.send_upstream(req).await;
-        let mut resp = match sent {
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 warn!(client = %self.meta.client, dst = %self.meta.original_dst, error = %e, "upstream");
@@ -650,23 +564,6 @@ impl Conn {
                 return resp;
             }
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_up) = client_upgrade {
-                let server_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_up, server_up) {
-                        Ok((c, s)) => {
-                            let mut c = TokioIo::new(c);
-                            let mut s = TokioIo::new(s);
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                                debug!(error = %e, "upgraded tunnel ended");
-                            }
-                        }
-                        Err(e) => debug!(error = %e, "upgrade failed"),
-                    }
-                });
-            }
-        }
         let resp = resp.map(|b| b.boxed());
         self.respond_record(&ex, &resp, start);
         resp
@@ -730,65 +627,35 @@ impl Conn {
     async fn send_upstream(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
         let mut guard = self.upstream.lock().await;
         let usable = match &mut *guard {
-            Upstream::None => false,
-            Upstream::H1(s) => s.ready().await.is_ok(),
-            Upstream::H2(s) => s.ready().await.is_ok(),
+            None => false,
+            Some(s) => s.ready().await.is_ok(),
         };
         if !usable {
-            *guard = self.connect().await?;
+            *guard = Some(self.connect().await?);
         }
-        match &mut *guard {
-            Upstream::H1(s) => {
-                let fut = s.send_request(req);
-                drop(guard);
-                fut.await.map_err(|e| e.to_string())
-            }
-            Upstream::H2(s) => {
-                let mut s = s.clone();
-                drop(guard);
-                s.send_request(req).await.map_err(|e| e.to_string())
-            }
-            Upstream::None => Err("no upstream".into()),
-        }
+        let Some(s) = &*guard else {
+            return Err("no upstream".into());
+        };
+        let mut s = s.clone();
+        drop(guard);
+        s.send_request(req).await.map_err(|e| e.to_string())
     }
 
-    async fn connect(&self) -> Result<Upstream, String> {
+    async fn connect(&self) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, String> {
         let cfg = &self.engine.config;
         let stream = connect_upstream(&self.meta, cfg)
             .await
             .map_err(|e| format!("connect {}: {e}", self.meta.original_dst))?;
-        let io = TokioIo::new(stream);
-        if self.h2 {
-            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
                 .map_err(|e| format!("h2 handshake: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "upstream h2 connection");
-                }
-            });
-            Ok(Upstream::H2(send))
-        } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(error = %e, "upstream connection");
-                }
-            });
-            Ok(Upstream::H1(send))
-        }
-    }
-}
-
-async fn drain(mut body: Incoming, limit: usize) {
-    let mut seen = 0usize;
-    while seen < limit {
-        match body.frame().await {
-            Some(Ok(f)) => seen += f.data_ref().map_or(0, Bytes::len),
-            _ => return,
-        }
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream h2 connection");
+            }
+        });
+        Ok(send)
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`policy`]: the redirects in force, replaced per command, read per request;
 //! - [`identity`]: peer identities from the datapath's pinned maps;
 //! - [`engine`]: one client connection: protocol detection, HTTP/1.1 and h2c, policy, upstream;
+//! - [`h1`]: HTTP/1 connections by forwarding bytes (heads parsed and judged, bodies framed);
 //! - [`kafka`]: connections of Kafka redirects: frames, requests and topics, refusals;
 //! - [`listener`]: accept loops over inherited listening sockets, graceful drain;
 //! - [`dns`]: the DNS proxy (queries judged by name, answers held for the agent);
@@ -17,6 +18,7 @@ pub mod control;
 pub mod dns;
 pub mod engine;
 pub mod events;
+pub mod h1;
 pub mod identity;
 pub mod kafka;
 pub mod listener;

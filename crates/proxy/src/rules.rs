@@ -226,6 +226,20 @@ impl CompiledRedirect {
 }
 
 impl CompiledRedirect {
+    /// Some rule reads request headers (`headers` or `headerMatches`): [`Self::decide`]
+    /// needs them in its map; without such rules it reads none.
+    pub fn reads_headers(&self) -> bool {
+        self.entries
+            .iter()
+            .flat_map(|e| &e.http)
+            .any(|r| !r.headers.is_empty() || !r.header_matches.is_empty())
+    }
+
+    /// Some rule has `headerMatches`, whose actions may edit the request's headers.
+    pub fn edits_headers(&self) -> bool {
+        self.has_header_matches
+    }
+
     /// Decides a DNS query for `name` (lower-case, trailing dot) sent to a resolver of
     /// identity `remote`: the rule id of the first entry for that peer whose `dns` rules match
     /// it (or that has none), as Cilium's DNS proxy allows a query when any selector does.

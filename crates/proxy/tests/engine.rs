@@ -875,3 +875,300 @@ async fn grpc_over_h2c_keeps_trailers() {
         .expect("response");
     assert_eq!(resp.status(), 403);
 }
+
+/// An upstream that reads one request head per exchange and answers with what `answer`
+/// writes, on one connection after another.
+async fn raw_upstream<F, Fut>(answer: F) -> SocketAddrV4
+where
+    F: Fn(TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
+        panic!("v4")
+    };
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                answer(s, head).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads until `want` bytes came or the peer closed.
+async fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let mut tmp = [0u8; 65536];
+        let n = tokio::time::timeout(T, s.read(&mut tmp))
+            .await
+            .expect("timely")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&tmp[..n]);
+    }
+    got
+}
+
+/// A chunked request with extensions and trailers, pipelined with the next request in one
+/// write: the body ends where its trailers end, and the next request is served after it.
+#[tokio::test]
+async fn chunked_request_with_trailers_then_a_pipelined_request() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 42\r\nx-more: 1\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\nabc\
+          GET /three HTTP/1.1\r\nHost: svc\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    for want in [
+        "POST /up x-env=- bytes=11",
+        "POST /two x-env=- bytes=3",
+        "GET /three x-env=-",
+    ] {
+        let (code, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!((code, body.as_str()), (200, want));
+    }
+}
+
+/// A chunked response with trailers passes byte for byte, and the connection is in sync
+/// after it (its end found after the trailers).
+#[tokio::test]
+async fn chunked_response_with_trailers_passes_unchanged() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+        3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n";
+    let up = raw_upstream(|mut s, _head| async move {
+        let _ = s.write_all(RESP).await;
+        // The second request on the same connection.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let mut p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(req("/a").as_bytes()).await.expect("write");
+    assert_eq!(read_n(&mut s, RESP.len()).await, RESP);
+    s.write_all(req("/b").as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf).await, (200, "ok".into()));
+    let recs = p.records(4).await;
+    assert_eq!(recs[1].code, 200);
+    assert!(recs[1]
+        .headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v == "chunked"));
+}
+
+/// 8 MiB downloaded: the upstream writes the second half only after the client has read a
+/// good part of the first, which never happens if the proxy buffered responses whole.
+#[tokio::test]
+async fn large_response_is_streamed() {
+    const TOTAL: usize = 8 << 20;
+    let (read_tx, read_rx) = watch::channel(0usize);
+    let read_rx = Arc::new(tokio::sync::Mutex::new(read_rx));
+    let up = raw_upstream(move |mut s, _head| {
+        let read_rx = read_rx.clone();
+        async move {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {TOTAL}\r\n\r\n");
+            let _ = s.write_all(head.as_bytes()).await;
+            let half = vec![b'z'; TOTAL / 2];
+            let _ = s.write_all(&half).await;
+            let mut rx = read_rx.lock().await;
+            let _ = rx.wait_for(|n| *n >= TOTAL / 4).await;
+            let _ = s.write_all(&half).await;
+        }
+    })
+    .await;
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(req("/big").as_bytes()).await.expect("write");
+    let mut got = 0usize;
+    let mut tmp = vec![0u8; 65536];
+    let mut head_seen = false;
+    let mut head = Vec::new();
+    while got < TOTAL {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut tmp))
+            .await
+            .expect("timely: the proxy streams")
+            .expect("read");
+        assert!(n > 0, "closed after {got} bytes");
+        if head_seen {
+            got += n;
+        } else {
+            head.extend_from_slice(&tmp[..n]);
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                head_seen = true;
+                got += head.len() - i - 4;
+            }
+        }
+        let _ = read_tx.send(got);
+    }
+    assert_eq!(got, TOTAL);
+    let _ = p;
+}
+
+/// An upgrade: the client's bytes sent right behind its request and the server's right
+/// behind its `101` both reach the other side.
+#[tokio::test]
+async fn upgrade_carries_the_bytes_around_the_101() {
+    let up = raw_upstream(|mut s, _head| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nserver-first")
+            .await;
+        let mut b = [0u8; 64];
+        while let Ok(n) = s.read(&mut b).await {
+            if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let p = proxy(up, Some(vec![get("/ws")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nclient-first",
+    )
+    .await
+    .expect("write");
+    let head = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n";
+    let want = [&head[..], b"server-first", b"client-first"].concat();
+    assert_eq!(read_n(&mut s, want.len()).await, want);
+}
+
+/// `Expect: 100-continue`: the interim response reaches the client before it sends the body.
+#[tokio::test]
+async fn expect_continue() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"POST /c HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+    assert_eq!(read_n(&mut s, cont.len()).await, cont);
+    s.write_all(b"body").await.expect("write");
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_response(&mut s, &mut buf).await,
+        (200, "POST /c x-env=- bytes=4".into())
+    );
+}
+
+/// A response to HEAD has no body even with a length; one without a length ends when the
+/// server closes, and then the client's connection closes too.
+#[tokio::test]
+async fn head_and_close_delimited_responses() {
+    let up = raw_upstream(|mut s, head| async move {
+        if head.starts_with(b"HEAD") {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+                .await;
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(b[0]);
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil close").await;
+    })
+    .await;
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .expect("write");
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n";
+    assert_eq!(read_n(&mut s, head.len()).await, head);
+    s.write_all(req("/").as_bytes()).await.expect("write");
+    let want = b"HTTP/1.0 200 OK\r\n\r\nuntil close";
+    // read_n stops at the close: exactly the response, then EOF.
+    assert_eq!(read_n(&mut s, usize::MAX).await, want);
+}
+
+/// Framing the proxy cannot trust: a clear 400 and a record, never a panic or a hang.
+#[tokio::test]
+async fn malformed_framing_is_refused() {
+    let (up, _) = upstream(false).await;
+    for (raw, reason) in [
+        (
+            &b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            "both transfer-encoding and content-length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 3, 4\r\n\r\n",
+            "conflicting content-length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: -3\r\n\r\n",
+            "invalid content-length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "does not end in chunked",
+        ),
+    ] {
+        let mut p = proxy(up, Some(vec![HttpMatch::default()])).await;
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(raw).await.expect("write");
+        let mut buf = Vec::new();
+        assert_eq!(read_response(&mut s, &mut buf).await.0, 400);
+        let recs = p.records(2).await;
+        assert!(
+            recs[0].reason.as_deref().is_some_and(|r| r.contains(reason)),
+            "{recs:#?}"
+        );
+        assert_eq!(recs[1].code, 400);
+    }
+    // A broken chunk in a body already on its way: the connection is closed.
+    let p = proxy(up, Some(vec![HttpMatch::default()])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .expect("write");
+    let mut tmp = [0u8; 256];
+    loop {
+        match tokio::time::timeout(T, s.read(&mut tmp))
+            .await
+            .expect("timely")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
