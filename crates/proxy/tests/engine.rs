@@ -1172,3 +1172,23 @@ async fn malformed_framing_is_refused() {
         }
     }
 }
+
+/// A denied request that waits for `100 Continue` gets its 403 at once (its body never
+/// comes), and the connection closes.
+#[tokio::test]
+async fn denied_expect_continue_is_answered_at_once() {
+    let (up, _) = upstream(false).await;
+    let p = proxy(up, Some(vec![get("/public")])).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_response(&mut s, &mut buf).await,
+        (403, ACCESS_DENIED_BODY.into())
+    );
+    assert_eq!(read_n(&mut s, 1).await, b"");
+}

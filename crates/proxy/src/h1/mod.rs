@@ -76,6 +76,8 @@ struct Request {
     head: bool,
     connect: bool,
     upgrade: bool,
+    /// `Expect: 100-continue`: the client waits before it sends the body.
+    expect_continue: bool,
     keep_alive: bool,
     allowed: bool,
     ex: Exchange,
@@ -575,6 +577,7 @@ impl Conn {
             head: method == "HEAD",
             connect: method == "CONNECT",
             upgrade: header(headers, "upgrade").is_some(),
+            expect_continue: has_token(headers, "expect", "100-continue"),
             keep_alive,
             allowed,
             ex,
@@ -811,7 +814,10 @@ impl Conn {
     async fn deny(&mut self, mut req: Request) -> io::Result<Next> {
         self.cbuf.advance(req.head_len);
         let mut keep = req.keep_alive;
-        if !req.body.done() {
+        if req.expect_continue && !req.body.done() {
+            // The body will not come without a `100 Continue`: refuse and close instead.
+            keep = false;
+        } else if !req.body.done() {
             let mut seen = 0u64;
             loop {
                 let n = req
