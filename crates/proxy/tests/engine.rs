@@ -1192,3 +1192,82 @@ async fn denied_expect_continue_is_answered_at_once() {
     );
     assert_eq!(read_n(&mut s, 1).await, b"");
 }
+
+/// Draining: a request in flight when the proxy is asked to stop is answered, with
+/// `connection: close`, then the connection closes; an idle one closes at once.
+#[tokio::test]
+async fn drain_finishes_the_request_in_flight_then_closes() {
+    let (go_tx, go_rx) = watch::channel(false);
+    let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
+    let up = raw_upstream(move |mut s, _head| {
+        let go_rx = go_rx.clone();
+        async move {
+            let _ = go_rx.lock().await.wait_for(|go| *go).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let policy = Arc::new(Policy::default());
+    policy
+        .apply(&ProxyCommand::Snapshot {
+            revision: 1,
+            redirects: vec![redirect(up.port(), vec![HttpMatch::default()])],
+        })
+        .expect("policy");
+    let (tx, _rx) = mpsc::channel(1024);
+    let engine = Arc::new(Engine {
+        policy,
+        identities: Arc::new(StaticIdentities::default()),
+        events: tx.into(),
+        config: EngineConfig::default(),
+        counters: Counters::default(),
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (stop_tx, stop) = watch::channel(false);
+    let e2 = engine.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, SocketAddr::V4(peer))) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(e2.clone().serve(s, peer, up, true, stop.clone()));
+        }
+    });
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(req("/first").as_bytes())
+        .await
+        .expect("write");
+    busy.write_all(req("/slow").as_bytes())
+        .await
+        .expect("write");
+    // The idle connection's first request waits for the upstream too: let both through, then
+    // hold the next one on `busy`.
+    go_tx.send(true).expect("go");
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut idle, &mut buf).await.0, 200);
+    let mut buf2 = Vec::new();
+    assert_eq!(read_response(&mut busy, &mut buf2).await.0, 200);
+    go_tx.send(false).expect("hold");
+    busy.write_all(req("/held").as_bytes())
+        .await
+        .expect("write");
+    // Until the proxy has the request, the drain would close the connection under it.
+    while engine.counters.requests.load(Ordering::Relaxed) < 3 {
+        tokio::task::yield_now().await;
+    }
+    stop_tx.send(true).expect("stop");
+    assert_eq!(
+        read_n(&mut idle, 1).await,
+        b"",
+        "the idle connection closes"
+    );
+    go_tx.send(true).expect("go");
+    let got = String::from_utf8(read_n(&mut busy, usize::MAX).await).expect("utf-8");
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nok"), "{got}");
+}

@@ -354,10 +354,12 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
-/// Inserts `connection: close` before the end of `head`.
+/// Inserts `connection: close` before the end of `head` (which ends in an empty line, CRLF or
+/// a bare LF as httparse accepts it).
 fn with_close(head: &[u8]) -> Vec<u8> {
+    let end = if head.ends_with(b"\r\n") { 2 } else { 1 };
     let mut out = Vec::with_capacity(head.len() + 19);
-    out.extend_from_slice(&head[..head.len() - 2]);
+    out.extend_from_slice(&head[..head.len().saturating_sub(end)]);
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out
 }
@@ -1216,6 +1218,10 @@ mod tests {
         assert_eq!(
             with_close(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
             b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            with_close(b"HTTP/1.1 200 OK\ncontent-length: 0\n\n"),
+            b"HTTP/1.1 200 OK\ncontent-length: 0\nconnection: close\r\n\r\n"
         );
     }
 }
