@@ -54,7 +54,7 @@ fn namespaces_from_the_api_decode() {
     });
     match decoded(ResourceKind::Namespace, item) {
         Object::Namespace(n) => {
-            assert_eq!(n.metadata.labels.get("team").map(String::as_str), Some("a"))
+            assert_eq!(n.metadata.labels.get("team"), Some("a"))
         }
         other => panic!("{other:?}"),
     }

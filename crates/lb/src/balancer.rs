@@ -1269,7 +1269,7 @@ fn planned_frontend<'a>(p: &'a Planned, k: &FrontendKey) -> Option<&'a PlanFront
 fn port_name(svc: Option<&Service>, f: Option<&PlanFront>) -> String {
     svc.zip(f)
         .and_then(|(s, f)| s.spec.ports.get(usize::try_from(f.port_index).ok()?))
-        .map(|sp| sp.name.clone())
+        .map(|sp| sp.name.to_string())
         .unwrap_or_default()
 }
 

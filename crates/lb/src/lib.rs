@@ -358,7 +358,7 @@ fn cluster_ip(svc: &Service) -> String {
 
 fn cluster_ip_str(svc: &Service) -> &str {
     if svc.spec.cluster_ip.is_empty() {
-        svc.spec.cluster_ips.first().map_or("", String::as_str)
+        svc.spec.cluster_ips.first().map_or("", |s| s.as_str())
     } else {
         &svc.spec.cluster_ip
     }
@@ -374,7 +374,7 @@ fn port_label(sp: &ServicePort) -> String {
     if sp.name.is_empty() {
         format!("{}/{}", sp.port, sp.protocol)
     } else {
-        sp.name.clone()
+        sp.name.to_string()
     }
 }
 
@@ -397,7 +397,7 @@ fn plan_port(
             port,
             proto: sp.protocol,
             kind,
-            port_name: sp.name.clone(),
+            port_name: sp.name.to_string(),
             backends: candidates
                 .iter()
                 .filter(|b| !local_only || b.local)

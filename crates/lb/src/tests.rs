@@ -616,7 +616,7 @@ fn many(n: u32) -> Vec<Object> {
     for i in 0..n {
         let name = format!("svc-{i}");
         let meta = |name: &str| ObjectMeta {
-            name: name.to_owned(),
+            name: name.into(),
             namespace: "default".into(),
             labels: Default::default(),
         };
@@ -627,12 +627,12 @@ fn many(n: u32) -> Vec<Object> {
         }))
         .unwrap();
         let mut m = meta(&format!("{name}-1"));
-        m.labels.insert(SERVICE_NAME_LABEL.into(), name.clone());
+        m.labels.insert(SERVICE_NAME_LABEL, name.clone());
         let endpoints = (0..3)
             .map(|j| SliceEndpoint {
-                addresses: vec![Ipv4Addr::from(0x0ac8_0000 + i * 3 + j).to_string()],
+                addresses: vec![Ipv4Addr::from(0x0ac8_0000 + i * 3 + j).to_string().into()],
                 conditions: EndpointConditions::default(),
-                node_name: String::new(),
+                node_name: Default::default(),
             })
             .collect();
         out.push(Object::Service(s));
@@ -706,7 +706,7 @@ mod props {
                 labels.insert(SERVICE_NAME_LABEL.to_owned(), name.clone());
                 out.push(Object::EndpointSlice(EndpointSlice {
                     metadata: ObjectMeta {
-                        name: format!("{name}-x"),
+                        name: format!("{name}-x").into(),
                         namespace: "default".into(),
                         labels,
                     },
@@ -714,13 +714,13 @@ mod props {
                     endpoints: eps
                         .into_iter()
                         .map(|(a, ready, serving, terminating)| SliceEndpoint {
-                            addresses: vec![format!("10.200.0.{a}")],
+                            addresses: vec![format!("10.200.0.{a}").into()],
                             conditions: EndpointConditions {
                                 ready,
                                 serving,
                                 terminating,
                             },
-                            node_name: String::new(),
+                            node_name: Default::default(),
                         })
                         .collect(),
                     ports: vec![
@@ -750,7 +750,9 @@ mod props {
         for o in &mut world {
             if let Object::EndpointSlice(s) = o {
                 for e in &mut s.endpoints {
-                    let c = first.entry(e.addresses[0].clone()).or_insert(e.conditions);
+                    let c = first
+                        .entry(e.addresses[0].to_string())
+                        .or_insert(e.conditions);
                     e.conditions = *c;
                 }
             }

@@ -17,6 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::lb::L4Proto;
+pub use crate::small_string::SmallString;
 
 /// The label an EndpointSlice carries to name the Service it serves.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -156,7 +157,7 @@ impl fmt::Display for ObjectKey {
 /// two labels, and a B-tree's smallest node has room for eleven (about 540 bytes for one
 /// label; 10,000 Services and their EndpointSlices held 11 MB of such nodes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct StringMap(Box<[(String, String)]>);
+pub struct StringMap(Box<[(SmallString, SmallString)]>);
 
 impl StringMap {
     /// An empty map.
@@ -165,15 +166,20 @@ impl StringMap {
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()
-            .map(|i| &self.0[i].1)
+            .map(|i| self.0[i].1.as_str())
     }
 
     /// Sets `key` to `value`; the value it had.
-    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+    pub fn insert(
+        &mut self,
+        key: impl Into<SmallString>,
+        value: impl Into<SmallString>,
+    ) -> Option<SmallString> {
+        let (key, value) = (key.into(), value.into());
         match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
@@ -186,8 +192,8 @@ impl StringMap {
     }
 
     /// The entries, by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// How many entries.
@@ -201,13 +207,16 @@ impl StringMap {
     }
 }
 
-impl FromIterator<(String, String)> for StringMap {
+impl<K: Into<SmallString>, V: Into<SmallString>> FromIterator<(K, V)> for StringMap {
     /// As a `BTreeMap` collects: sorted by key, the last value of a key given twice.
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        let mut all: Vec<(String, String)> = iter.into_iter().collect();
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut all: Vec<(SmallString, SmallString)> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         // Stable: of equal keys, the one given last stays last.
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(String, String)> = Vec::with_capacity(all.len());
+        let mut out: Vec<(SmallString, SmallString)> = Vec::with_capacity(all.len());
         for (k, v) in all {
             match out.last_mut() {
                 Some(last) if last.0 == k => last.1 = v,
@@ -220,25 +229,28 @@ impl FromIterator<(String, String)> for StringMap {
 
 impl From<BTreeMap<String, String>> for StringMap {
     fn from(m: BTreeMap<String, String>) -> Self {
-        Self(m.into_iter().collect())
+        Self(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 
 impl From<StringMap> for BTreeMap<String, String> {
     fn from(m: StringMap) -> Self {
-        m.0.into_vec().into_iter().collect()
+        m.0.into_vec()
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
     }
 }
 
 impl<'a> IntoIterator for &'a StringMap {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a str, &'a str);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, String)>,
-        fn(&'a (String, String)) -> (&'a String, &'a String),
+        std::slice::Iter<'a, (SmallString, SmallString)>,
+        fn(&'a (SmallString, SmallString)) -> (&'a str, &'a str),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -261,7 +273,7 @@ impl<'de> Deserialize<'de> for StringMap {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(entry) = map.next_entry::<String, String>()? {
+                while let Some(entry) = map.next_entry::<SmallString, SmallString>()? {
                     entries.push(entry);
                 }
                 Ok(entries.into_iter().collect())
@@ -277,10 +289,10 @@ impl<'de> Deserialize<'de> for StringMap {
 pub struct ObjectMeta {
     /// The object's name.
     #[serde(default, deserialize_with = "nullable")]
-    pub name: String,
+    pub name: SmallString,
     /// The namespace; [`crate::manifest`] fills in `default` when none is given.
     #[serde(default, deserialize_with = "nullable")]
-    pub namespace: String,
+    pub namespace: SmallString,
     /// Labels.
     #[serde(
         default,
@@ -397,9 +409,9 @@ pub struct ServicePort {
     #[serde(
         default,
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub name: String,
+    pub name: SmallString,
     /// TCP (the default), UDP or SCTP.
     #[serde(default = "tcp", skip_serializing_if = "is_tcp")]
     pub protocol: L4Proto,
@@ -450,9 +462,9 @@ pub struct ServiceSpec {
         default,
         rename = "clusterIP",
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub cluster_ip: String,
+    pub cluster_ip: SmallString,
     /// All cluster addresses; the first one equals `clusterIP`.
     #[serde(
         default,
@@ -460,7 +472,7 @@ pub struct ServiceSpec {
         deserialize_with = "nullable_list",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub cluster_ips: Vec<String>,
+    pub cluster_ips: Vec<SmallString>,
     /// Further addresses the Service answers on.
     #[serde(
         default,
@@ -468,7 +480,7 @@ pub struct ServiceSpec {
         deserialize_with = "nullable_list",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub external_ips: Vec<String>,
+    pub external_ips: Vec<SmallString>,
     /// The ports.
     #[serde(
         default,
@@ -504,9 +516,9 @@ pub struct ServiceSpec {
     #[serde(
         default,
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub external_name: String,
+    pub external_name: SmallString,
 }
 
 impl ServiceSpec {
@@ -541,9 +553,9 @@ pub struct LoadBalancerIngress {
     #[serde(
         default,
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub ip: String,
+    pub ip: SmallString,
 }
 
 /// `status.loadBalancer`.
@@ -599,7 +611,10 @@ impl Namespace {
     /// Its labels with `kubernetes.io/metadata.name`, which Kubernetes always sets to the name.
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut out: BTreeMap<String, String> = self.metadata.labels.clone().into();
-        out.insert(NAMESPACE_NAME_LABEL.to_owned(), self.metadata.name.clone());
+        out.insert(
+            NAMESPACE_NAME_LABEL.to_owned(),
+            self.metadata.name.to_string(),
+        );
         out
     }
 }
@@ -664,7 +679,7 @@ impl EndpointConditions {
 pub struct SliceEndpoint {
     /// Its addresses; like kube-proxy, Ciliate uses the first.
     #[serde(default, deserialize_with = "nullable_list")]
-    pub addresses: Vec<String>,
+    pub addresses: Vec<SmallString>,
     /// Ready, serving, terminating.
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: EndpointConditions,
@@ -672,9 +687,9 @@ pub struct SliceEndpoint {
     #[serde(
         default,
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub node_name: String,
+    pub node_name: SmallString,
 }
 
 /// One entry of an EndpointSlice's (or an Endpoints subset's) `ports`.
@@ -685,9 +700,9 @@ pub struct EndpointPort {
     #[serde(
         default,
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub name: String,
+    pub name: SmallString,
     /// TCP (the default), UDP or SCTP.
     #[serde(default = "tcp", skip_serializing_if = "is_tcp")]
     pub protocol: L4Proto,
@@ -715,10 +730,7 @@ pub struct EndpointSlice {
 impl EndpointSlice {
     /// The Service the slice serves (its `kubernetes.io/service-name` label).
     pub fn service_name(&self) -> Option<&str> {
-        self.metadata
-            .labels
-            .get(SERVICE_NAME_LABEL)
-            .map(String::as_str)
+        self.metadata.labels.get(SERVICE_NAME_LABEL)
     }
 }
 
@@ -728,14 +740,14 @@ impl EndpointSlice {
 pub struct EndpointAddress {
     /// The address.
     #[serde(default, deserialize_with = "nullable")]
-    pub ip: String,
+    pub ip: SmallString,
     /// The node it runs on.
     #[serde(
         default,
         deserialize_with = "nullable",
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "str::is_empty"
     )]
-    pub node_name: String,
+    pub node_name: SmallString,
 }
 
 /// One subset of an Endpoints object: addresses that all serve the same ports.
@@ -800,10 +812,10 @@ impl Endpoints {
                     node_name: a.node_name.clone(),
                 };
                 let mut labels = StringMap::new();
-                labels.insert(SERVICE_NAME_LABEL.to_owned(), self.metadata.name.clone());
+                labels.insert(SERVICE_NAME_LABEL, &self.metadata.name);
                 EndpointSlice {
                     metadata: ObjectMeta {
-                        name: format!("{}-subset-{i}", self.metadata.name),
+                        name: format!("{}-subset-{i}", self.metadata.name).into(),
                         namespace: self.metadata.namespace.clone(),
                         labels,
                     },
@@ -875,8 +887,8 @@ impl Object {
         let m = self.metadata();
         ObjectKey {
             kind: self.kind(),
-            namespace: m.namespace.clone(),
-            name: m.name.clone(),
+            namespace: m.namespace.to_string(),
+            name: m.name.to_string(),
         }
     }
 
@@ -943,7 +955,7 @@ mod tests {
                 }],
                 not_ready_addresses: vec![EndpointAddress {
                     ip: "10.0.0.2".into(),
-                    node_name: String::new(),
+                    node_name: Default::default(),
                 }],
                 ports: vec![EndpointPort {
                     name: "http".into(),

@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod policy;
 pub mod policy_api;
 pub mod service;
+pub mod small_string;
 pub mod whatif;
 
 pub use endpoint::{Endpoint, EndpointState, MacAddr, NamedPort, PodRef};

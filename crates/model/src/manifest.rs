@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::k8s::{
     AddressType, EndpointPort, EndpointSlice, Endpoints, IntOrString, Kind, Namespace, Object,
-    ObjectKey, ObjectMeta, Service, ServiceType, SessionAffinity, DEFAULT_NAMESPACE,
+    ObjectKey, ObjectMeta, Service, ServiceType, SessionAffinity, SmallString, DEFAULT_NAMESPACE,
     MAX_AFFINITY_TIMEOUT, NAMESPACE_NAME_LABEL, SERVICE_NAME_LABEL,
 };
 
@@ -454,11 +454,11 @@ pub fn validate_typed(
 
 /// The namespace an object of `kind` is stored under: `default` when a namespaced object
 /// names none; none for a cluster-scoped one, whatever it says (Kubernetes ignores it).
-fn object_namespace(kind: Kind, written: String) -> String {
+fn object_namespace(kind: Kind, written: SmallString) -> SmallString {
     if !kind.is_namespaced() {
-        String::new()
+        SmallString::new()
     } else if written.is_empty() {
-        DEFAULT_NAMESPACE.to_owned()
+        SmallString::from(DEFAULT_NAMESPACE)
     } else {
         written
     }
@@ -664,8 +664,8 @@ pub fn identify(doc: &ApplyDocument) -> Result<ObjectKey, Vec<ManifestError>> {
         }
         (p.0.len() == before).then_some(ObjectKey {
             kind,
-            namespace,
-            name: meta.name,
+            namespace: namespace.into(),
+            name: meta.name.into(),
         })
     });
     key.ok_or_else(|| {
@@ -758,7 +758,7 @@ fn check_meta(kind: Kind, m: &ObjectMeta, p: &mut Problems) {
         let path = || format!("metadata.labels[{k:?}]");
         let (prefix, name) = match k.rsplit_once('/') {
             Some((prefix, name)) => (Some(prefix), name),
-            None => (None, k.as_str()),
+            None => (None, k),
         };
         if prefix.is_some_and(|p| !is_dns_subdomain(p)) || !is_label_value(name) || name.is_empty()
         {

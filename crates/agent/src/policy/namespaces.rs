@@ -27,7 +27,7 @@ pub fn namespace_labels<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Na
     objects
         .into_iter()
         .filter_map(|o| match o {
-            Object::Namespace(ns) => Some((ns.metadata.name.clone(), Namespace::labels(ns))),
+            Object::Namespace(ns) => Some((ns.metadata.name.to_string(), Namespace::labels(ns))),
             _ => None,
         })
         .collect()
@@ -75,7 +75,7 @@ mod tests {
 
     fn ns(name: &str, labels: &[(&str, &str)]) -> Object {
         let mut n = Namespace::default();
-        n.metadata.name = name.to_owned();
+        n.metadata.name = name.into();
         n.metadata.labels = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
