@@ -265,8 +265,8 @@ fn decode(d: &Document) -> Result<Object, String> {
 fn key_of(kind: Kind, d: &Document) -> ObjectKey {
     ObjectKey {
         kind,
-        namespace: d.namespace().unwrap_or_default().to_owned(),
-        name: d.name().to_owned(),
+        namespace: d.namespace().unwrap_or_default().into(),
+        name: d.name().into(),
     }
 }
 

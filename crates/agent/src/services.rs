@@ -354,8 +354,8 @@ fn stored(
     let mut last: Option<Arc<String>> = None;
     decoded.into_iter().map(move |d| {
         let source = match &last {
-            Some(s) if **s == d.source => Arc::clone(s),
-            _ => Arc::new(d.source),
+            Some(s) if **s == *d.source => Arc::clone(s),
+            _ => d.source,
         };
         last = Some(Arc::clone(&source));
         (
@@ -803,8 +803,8 @@ impl ServiceManager {
             by_doc
                 .get(&ObjectKey {
                     kind: Kind::Service,
-                    namespace: ns.to_owned(),
-                    name: n.to_owned(),
+                    namespace: ns.into(),
+                    name: n.into(),
                 })
                 .copied()
         };
@@ -1095,8 +1095,8 @@ impl ServiceManager {
     fn source_of(t: &Tables, namespace: &str, name: &str) -> String {
         let key = ObjectKey {
             kind: Kind::Service,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
         };
         match t.effective(&key) {
             Some((Source::ManifestDir, r)) => r.source.to_string(),

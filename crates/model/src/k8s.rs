@@ -137,9 +137,9 @@ pub struct ObjectKey {
     /// The kind.
     pub kind: Kind,
     /// The namespace.
-    pub namespace: String,
+    pub namespace: SmallString,
     /// The name.
-    pub name: String,
+    pub name: SmallString,
 }
 
 impl fmt::Display for ObjectKey {
@@ -887,8 +887,8 @@ impl Object {
         let m = self.metadata();
         ObjectKey {
             kind: self.kind(),
-            namespace: m.namespace.to_string(),
-            name: m.name.to_string(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
         }
     }
 

@@ -18,6 +18,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -178,8 +179,10 @@ pub fn report(errors: &[ManifestError], outcome: &str) -> String {
 /// A decoded, valid object and the document it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
-    /// The file.
-    pub source: String,
+    /// The file; the objects of one file share one copy of its name (a string per document
+    /// was a block made while the batch arrived and freed after it, leaving a hole between
+    /// the objects kept).
+    pub source: Arc<String>,
     /// The document's index in the file.
     pub index: usize,
     /// The object.
@@ -526,6 +529,8 @@ pub(crate) struct BatchCheck {
     // was a tenth of the agent's time after the last byte of 10,000 Services).
     seen: HashMap<ObjectKey, usize>,
     cluster_ips: HashMap<Ipv4Addr, usize>,
+    /// The last document's source, shared by the next documents of the same source.
+    last_source: Option<Arc<String>>,
 }
 
 impl BatchCheck {
@@ -589,8 +594,13 @@ impl BatchCheck {
             }
         }
         self.seen.insert(key, self.out.len());
+        let source = match &self.last_source {
+            Some(s) if **s == doc_source => Arc::clone(s),
+            _ => Arc::new(doc_source.to_owned()),
+        };
+        self.last_source = Some(Arc::clone(&source));
         self.out.push(Decoded {
-            source: doc_source.to_owned(),
+            source,
             index: doc_index,
             object,
         });
@@ -664,8 +674,8 @@ pub fn identify(doc: &ApplyDocument) -> Result<ObjectKey, Vec<ManifestError>> {
         }
         (p.0.len() == before).then_some(ObjectKey {
             kind,
-            namespace: namespace.into(),
-            name: meta.name.into(),
+            namespace,
+            name: meta.name,
         })
     });
     key.ok_or_else(|| {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::manifest::{decode, validate_typed, ApplyDocument, Decoded, ManifestError};
@@ -42,8 +43,8 @@ impl Record {
     pub fn del(key: &ObjectKey) -> Self {
         Self::Del {
             kind: key.kind.to_string(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
         }
     }
 
@@ -229,6 +230,8 @@ impl Journal {
         name: &str,
     ) -> Result<(Self, Result<Vec<Decoded>, Vec<ManifestError>>), StateError> {
         let mut errors = Vec::new();
+        // Consecutive objects of one source share its name (as the store keeps them).
+        let mut last_source: Option<Arc<String>> = None;
         let (mut j, decoded, compact) = Self::replay(dir, name, |line| {
             let head: Head = serde_json::from_str(line)?;
             if head.op != "put" {
@@ -259,10 +262,19 @@ impl Journal {
             match validate_typed(object, &head.source, head.index) {
                 Ok(object) => {
                     let key = object.key();
+                    let source = match &last_source {
+                        Some(s) if **s == head.source => Arc::clone(s),
+                        _ => Arc::new(head.source),
+                    };
+                    last_source = Some(Arc::clone(&source));
                     Ok(Entry::Put(
-                        (key.kind.as_str().to_owned(), key.namespace, key.name),
+                        (
+                            key.kind.as_str().to_owned(),
+                            key.namespace.into(),
+                            key.name.into(),
+                        ),
                         Decoded {
-                            source: head.source,
+                            source,
                             index: head.index,
                             object,
                         },

@@ -102,7 +102,7 @@ fn op() -> impl Strategy<Value = Change> {
             } else {
                 "default".into()
             },
-            name: format!("s{n}"),
+            name: format!("s{n}").into(),
         })),
         (0u8..6, 0u8..2, 0u8..6).prop_map(|(n, v, s)| Change::Delete(ObjectKey {
             kind: Kind::EndpointSlice,
@@ -111,7 +111,7 @@ fn op() -> impl Strategy<Value = Change> {
             } else {
                 "default".into()
             },
-            name: format!("sl{n}-{v}"),
+            name: format!("sl{n}-{v}").into(),
         })),
     ]
 }

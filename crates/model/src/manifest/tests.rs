@@ -630,7 +630,7 @@ fn a_streamed_batch_is_checked_as_it_arrives() {
     assert_eq!(
         decoded
             .iter()
-            .map(|d| (d.source.as_str(), d.index, d.object.key().name))
+            .map(|d| (d.source.as_str(), d.index, d.object.key().name.to_string()))
             .collect::<Vec<_>>(),
         [("s.yaml", 1, "a".to_owned()), ("s.yaml", 2, "b".to_owned())]
     );
