@@ -630,7 +630,9 @@ fn many(n: u32) -> Vec<Object> {
         m.labels.insert(SERVICE_NAME_LABEL, name.clone());
         let endpoints = (0..3)
             .map(|j| SliceEndpoint {
-                addresses: vec![Ipv4Addr::from(0x0ac8_0000 + i * 3 + j).to_string().into()],
+                addresses: ciliate_model::k8s::Addresses::one(
+                    Ipv4Addr::from(0x0ac8_0000 + i * 3 + j).to_string(),
+                ),
                 conditions: EndpointConditions::default(),
                 node_name: Default::default(),
             })
@@ -714,7 +716,7 @@ mod props {
                     endpoints: eps
                         .into_iter()
                         .map(|(a, ready, serving, terminating)| SliceEndpoint {
-                            addresses: vec![format!("10.200.0.{a}").into()],
+                            addresses: ciliate_model::k8s::Addresses::one(format!("10.200.0.{a}")),
                             conditions: EndpointConditions {
                                 ready,
                                 serving,

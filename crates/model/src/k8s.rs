@@ -587,9 +587,11 @@ pub struct Service {
     /// Name, namespace, labels.
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: ObjectMeta,
-    /// What the Service is.
+    /// What the Service is; in a block of its own, so that an [`Object`] (the size of its
+    /// largest kind) is the size of an EndpointSlice, not of a Service (248 bytes with the
+    /// spec in place: each EndpointSlice took as much).
     #[serde(default, deserialize_with = "nullable")]
-    pub spec: ServiceSpec,
+    pub spec: Box<ServiceSpec>,
     /// Where a load balancer put it.
     #[serde(default, deserialize_with = "nullable")]
     pub status: ServiceStatus,
@@ -673,13 +675,114 @@ impl EndpointConditions {
     }
 }
 
+/// `addresses` of an endpoint: nearly always one (kube-proxy and Ciliate use the first), kept
+/// in place; more (or none) in one block of exactly their number. A vector of one was a block
+/// of its own for each endpoint (64 bytes of chunks per Service at two endpoints each).
+/// Reads and writes as a JSON list; derefs to a slice.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Addresses(AddressesRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum AddressesRepr {
+    One(SmallString),
+    Other(Box<[SmallString]>),
+}
+
+impl Addresses {
+    /// A list of one address.
+    pub fn one(address: impl Into<SmallString>) -> Self {
+        Self(AddressesRepr::One(address.into()))
+    }
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Self(AddressesRepr::Other(Box::default()))
+    }
+}
+
+impl std::ops::Deref for Addresses {
+    type Target = [SmallString];
+    fn deref(&self) -> &[SmallString] {
+        match &self.0 {
+            AddressesRepr::One(a) => std::slice::from_ref(a),
+            AddressesRepr::Other(all) => all,
+        }
+    }
+}
+
+impl<T: Into<SmallString>> From<Vec<T>> for Addresses {
+    fn from(v: Vec<T>) -> Self {
+        v.into_iter().collect()
+    }
+}
+
+impl<T: Into<SmallString>> FromIterator<T> for Addresses {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let Some(first) = iter.next() else {
+            return Self::default();
+        };
+        let Some(second) = iter.next() else {
+            return Self::one(first);
+        };
+        let all: Vec<SmallString> = [first.into(), second.into()]
+            .into_iter()
+            .chain(iter.map(Into::into))
+            .collect();
+        Self(AddressesRepr::Other(all.into_boxed_slice()))
+    }
+}
+
+impl fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Addresses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Addresses;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of addresses")
+            }
+            // One address is read without a vector in between.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let Some(first) = seq.next_element::<SmallString>()? else {
+                    return Ok(Addresses::default());
+                };
+                let Some(second) = seq.next_element::<SmallString>()? else {
+                    return Ok(Addresses::one(first));
+                };
+                let mut all = vec![first, second];
+                while let Some(a) = seq.next_element()? {
+                    all.push(a);
+                }
+                Ok(Addresses(AddressesRepr::Other(all.into_boxed_slice())))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// One entry of an EndpointSlice's `endpoints`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SliceEndpoint {
     /// Its addresses; like kube-proxy, Ciliate uses the first.
-    #[serde(default, deserialize_with = "nullable_list")]
-    pub addresses: Vec<SmallString>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub addresses: Addresses,
     /// Ready, serving, terminating.
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: EndpointConditions,
@@ -803,7 +906,7 @@ impl Endpoints {
             .enumerate()
             .map(|(i, subset)| {
                 let endpoint = |a: &EndpointAddress, ready: bool| SliceEndpoint {
-                    addresses: vec![a.ip.clone()],
+                    addresses: Addresses::one(a.ip.clone()),
                     conditions: EndpointConditions {
                         ready: Some(ready),
                         serving: Some(ready),
@@ -969,6 +1072,32 @@ mod tests {
         assert_eq!(slices[0].service_name(), Some("web"));
         assert!(slices[0].endpoints[0].conditions.is_ready());
         assert!(!slices[0].endpoints[1].conditions.is_serving());
+    }
+
+    #[test]
+    fn an_object_is_the_size_of_an_endpoint_slice() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Addresses>(), size_of::<SmallString>());
+        assert!(size_of::<Service>() <= size_of::<EndpointSlice>());
+        assert!(size_of::<Object>() <= 128, "{} bytes", size_of::<Object>());
+    }
+
+    #[test]
+    fn addresses_read_and_write_as_a_list() {
+        for text in [
+            r#"[]"#,
+            r#"["10.0.0.1"]"#,
+            r#"["10.0.0.1","10.0.0.2","10.0.0.3"]"#,
+        ] {
+            let a: Addresses = serde_json::from_str(text).expect("a list");
+            let v: Vec<String> = serde_json::from_str(text).expect("a list");
+            assert_eq!(a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), v);
+            assert_eq!(serde_json::to_string(&a).expect("json"), text);
+            assert_eq!(Addresses::from(v.clone()), a);
+        }
+        assert!(serde_json::from_str::<Addresses>(r#""10.0.0.1""#).is_err());
+        let e: SliceEndpoint = serde_json::from_str(r#"{"addresses":null}"#).expect("null");
+        assert!(e.addresses.is_empty());
     }
 
     #[test]
