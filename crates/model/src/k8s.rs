@@ -1100,6 +1100,48 @@ mod tests {
         assert!(e.addresses.is_empty());
     }
 
+    proptest::proptest! {
+        /// What a Service and a slice hold writes back as what was read (as `-o json` prints
+        /// it): names short enough to stay in place and longer ones, escapes, any number of
+        /// addresses and labels.
+        #[test]
+        fn objects_write_back_what_was_read(
+            name in "[a-z0-9.\\-\"é]{1,40}",
+            ns in "[a-z]{1,30}",
+            labels in proptest::collection::btree_map("[a-z./-]{1,30}", "[a-z0-9]{0,30}", 0..3),
+            addresses in proptest::collection::vec("[0-9.]{7,15}", 0..4),
+            node in "[a-z]{0,30}",
+        ) {
+            let slice = serde_json::json!({
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": addresses, "conditions": {"ready": true}, "nodeName": node}],
+                "ports": [{"name": name, "port": 80}],
+            });
+            let typed: EndpointSlice = serde_json::from_value(slice.clone()).expect("reads");
+            let mut want = slice;
+            if node.is_empty() {
+                want["endpoints"][0].as_object_mut().expect("map").remove("nodeName");
+            }
+            if labels.is_empty() {
+                want["metadata"].as_object_mut().expect("map").remove("labels");
+            }
+            proptest::prop_assert_eq!(serde_json::to_value(&typed).expect("writes"), want);
+            let svc = serde_json::json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1", "externalIPs": addresses,
+                         "sessionAffinity": "None", "ports": [{"name": name, "port": 80}]},
+                "status": {"loadBalancer": {}},
+            });
+            let typed: Service = serde_json::from_value(svc.clone()).expect("reads");
+            let mut want = svc;
+            if addresses.is_empty() {
+                want["spec"].as_object_mut().expect("map").remove("externalIPs");
+            }
+            proptest::prop_assert_eq!(serde_json::to_value(&typed).expect("writes"), want);
+        }
+    }
+
     #[test]
     fn to_value_carries_api_version_and_kind() {
         let v = Object::Service(Service::default()).to_value();
