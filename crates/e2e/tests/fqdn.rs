@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ciliate_testutil::{privileged, TestNetns};
-use common::{text, Node, Pod, Proc};
+use common::{eventually, text, Node, Pod, Proc};
 use serde_json::Value;
 
 const CIDR: &str = "10.232.0.0/24";
@@ -184,14 +184,6 @@ fn dig(ns: &TestNetns, name: &str, tcp: bool) -> (String, Vec<Ipv4Addr>) {
 fn connects(pod: &Pod, dst: Ipv4Addr) -> bool {
     pod.tcp_echo(dst, PORT, b"hello")
         .is_ok_and(|b| b == b"hello")
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// An open connection from the pod, kept across the agent's restart.

@@ -1,6 +1,7 @@
 //! The real `hubble` CLI (built from cilium/hubble's own source) against an agent's observer
 //! socket: `hubble status` (the gRPC health service, then ServerStatus) and `hubble observe`
-//! with several of its filters, over flows of the real datapath.
+//! with several of its filters, over flows of the real datapath, and over the L7 flows of
+//! HTTP requests judged by the node's proxy (`--type l7`, `--protocol http`, `--http-*`).
 //!
 //! Needs root and the `hubble` binary: `CILIATE_HUBBLE_BIN`, or /work/tools/bin/hubble. CI has
 //! no hubble binary (it is not packaged anywhere CI installs from): there the test skips with
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use ciliate_testutil::hubble::{hubble_cli, skip_without_hubble};
 use ciliate_testutil::privileged;
-use common::Node;
+use common::{eventually, Node};
 use serde_json::Value;
 
 fn hubble(bin: &PathBuf, node: &Node, args: &[&str]) -> (bool, String, String) {
@@ -212,4 +213,153 @@ fn the_real_hubble_cli_reads_status_and_filtered_flows() {
     );
     let (ok, out, err) = hubble(&bin, &node, &["status"]);
     assert!(ok, "hubble status after bad input: {out}{err}");
+}
+
+const L7_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public(/.*)?"}]
+"#;
+
+/// The HTTP status `curl` in the pod got for `method url` (0 when no answer came).
+fn curl_status(pod: &common::Pod, method: &str, url: &str) -> u16 {
+    let out = pod
+        .netns
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "3",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-X", method, url])
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_real_hubble_cli_filters_l7_http_flows() {
+    let Some(bin) = hubble_cli() else {
+        skip_without_hubble("the_real_hubble_cli_filters_l7_http_flows");
+        return;
+    };
+    privileged!();
+    let node = Node::start("10.243.1.0/24");
+    let client = node.add_pod("client", "app=client");
+    let web = node.add_pod("web", "app=web");
+    let _web_80 = node.http_server(&web, 80);
+    node.apply("web-l7.yaml", L7_POLICY);
+    let base = format!("http://{}", web.ip);
+    eventually("the HTTP rule reaches the proxy", || {
+        curl_status(&client, "GET", &format!("{base}/private")) == 403
+    });
+    assert_eq!(
+        curl_status(&client, "GET", &format!("{base}/public/a")),
+        200
+    );
+    assert_eq!(
+        curl_status(&client, "POST", &format!("{base}/public/b")),
+        403
+    );
+
+    let observe = |filters: &[&str]| -> Vec<Value> {
+        let mut args = vec!["observe", "--last", "1000", "-o", "json"];
+        args.extend_from_slice(filters);
+        let (ok, out, err) = hubble(&bin, &node, &args);
+        assert!(ok, "hubble {args:?}: {err}");
+        flows(&out)
+    };
+    eventually("the L7 flows of all three requests", || {
+        observe(&["--type", "l7", "--protocol", "http"]).len() >= 6
+    });
+
+    // Every flow `--type l7 --protocol http` gives is an HTTP flow between the two pods.
+    let l7 = observe(&["--type", "l7", "--protocol", "http"]);
+    for f in &l7 {
+        assert_eq!(f["Type"], "L7", "{f}");
+        assert!(f["l7"]["http"].is_object(), "{f}");
+        let pods = [&f["source"]["pod_name"], &f["destination"]["pod_name"]];
+        assert!(pods.contains(&&Value::from("client")), "{f}");
+        assert!(pods.contains(&&Value::from("web")), "{f}");
+    }
+    // The allowed request: forwarded, named by its method and path, answered 200 with a latency.
+    let get_public = observe(&["--http-method", "GET", "--http-path", "/public/a"]);
+    assert!(
+        get_public
+            .iter()
+            .any(|f| f["l7"]["type"] == "REQUEST" && f["verdict"] == "FORWARDED"),
+        "{get_public:#?}"
+    );
+    assert!(
+        get_public.iter().any(|f| f["l7"]["type"] == "RESPONSE"
+            && f["l7"]["http"]["code"] == 200
+            && f["l7"]["latency_ns"].as_str().is_some_and(|l| l != "0")),
+        "{get_public:#?}"
+    );
+    // The refused ones: `--http-status 403` gives only 403 answers, and both refusals.
+    let refused = observe(&["--http-status", "403"]);
+    assert!(
+        refused.iter().all(|f| f["l7"]["http"]["code"] == 403),
+        "{refused:#?}"
+    );
+    for (method, path) in [("GET", "/private"), ("POST", "/public/b")] {
+        assert!(
+            refused.iter().any(|f| f["l7"]["http"]["method"] == method
+                && f["l7"]["http"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(path))),
+            "no 403 for {method} {path}: {refused:#?}"
+        );
+    }
+    let drops = observe(&[
+        "--type",
+        "l7",
+        "--verdict",
+        "DROPPED",
+        "--http-method",
+        "POST",
+    ]);
+    assert!(
+        !drops.is_empty()
+            && drops
+                .iter()
+                .all(|f| f["verdict"] == "DROPPED" && f["l7"]["http"]["method"] == "POST"),
+        "{drops:#?}"
+    );
+    // No flow of another protocol under `--protocol dns`.
+    assert!(observe(&["--type", "l7", "--protocol", "dns"]).is_empty());
+    // Hubble's compact line of a request, as it prints its own.
+    let (ok, out, err) = hubble(
+        &bin,
+        &node,
+        &[
+            "observe",
+            "--last",
+            "1000",
+            "--type",
+            "l7",
+            "--http-path",
+            "/private",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("http-request DROPPED (HTTP/1.1 GET http://") && out.contains("/private)"),
+        "{out}"
+    );
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ciliate_testutil::kafka::{kafka_tools_installed, KAFKA_PYTHON, TANSU_BINARY};
 use ciliate_testutil::privileged;
-use common::{Node, Pod, Proc};
+use common::{eventually, Node, Pod, Proc};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -82,14 +82,6 @@ fn client_run(pod: &Pod, broker: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn proxy_status(node: &Node) -> Value {

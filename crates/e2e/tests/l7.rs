@@ -11,35 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ciliate_testutil::privileged;
-use common::{bin, Node, Pod, Proc};
+use common::{eventually, Node, Pod};
 use serde_json::Value;
-
-/// `ciliate-bench http-ident-server` in the pod: HTTP/1.1 with keep-alive on `port`, every
-/// request answered 200 with "<pod> <METHOD> <path>", so the client sees which request arrived.
-fn http_server(node: &Node, pod: &Pod, port: u16) -> Proc {
-    let server = Proc(
-        node.pod_command(
-            pod,
-            false,
-            &bin("ciliate-bench"),
-            &[
-                "http-ident-server",
-                "--id",
-                &pod.name,
-                "--port",
-                &port.to_string(),
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the HTTP server"),
-    );
-    eventually("the HTTP server listens", || {
-        pod.tcp_connect(pod.ip, port).is_ok()
-    });
-    server
-}
 
 /// `curl` from the pod: (status code, body) per URL, all on one connection when several are
 /// given; `None` when no HTTP answer came (connection refused, dropped or reset).
@@ -73,15 +46,6 @@ fn curl(pod: &Pod, args: &[&str]) -> Option<Vec<(u16, String)>> {
 
 fn get(pod: &Pod, url: &str) -> Option<(u16, String)> {
     curl(pod, &[url]).and_then(|mut v| v.pop())
-}
-
-/// Waits until `f` holds (policy reaches the proxy asynchronously after `apply` returns).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The L7 flows the node's observer holds, as `ciliate observe --type l7 -o json` prints them
@@ -143,7 +107,7 @@ fn http_rules_on_a_pods_ingress_are_enforced_by_the_proxy() {
     let client = node.add_pod("client", "app=client");
     let other = node.add_pod("other", "app=other");
     let web = node.add_pod("web", "app=web");
-    let _web_80 = http_server(&node, &web, 80);
+    let _web_80 = node.http_server(&web, 80);
     // No policy yet: plain forwarding, the proxy is not involved.
     let base = format!("http://{}", web.ip);
     assert_eq!(
@@ -277,8 +241,8 @@ fn http_rules_on_a_pods_egress_are_enforced_and_other_ports_skip_the_proxy() {
     let node = Node::start("10.232.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    let _web_80 = http_server(&node, &web, 80);
-    let _web_8080 = http_server(&node, &web, 8080);
+    let _web_80 = node.http_server(&web, 80);
+    let _web_8080 = node.http_server(&web, 8080);
     node.apply("client-l7.yaml", EGRESS_POLICY);
     let base = format!("http://{}", web.ip);
     eventually("the policy reaches the proxy", || {
@@ -326,7 +290,7 @@ fn killing_or_stopping_the_proxy_refuses_no_connection() {
     let node = Node::start("10.233.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    let _web_80 = http_server(&node, &web, 80);
+    let _web_80 = node.http_server(&web, 80);
     node.apply("web-l7.yaml", INGRESS_POLICY);
     let url = format!("http://{}/public", web.ip);
     eventually("the policy reaches the proxy", || {
@@ -428,7 +392,7 @@ fn restarting_the_agent_leaves_the_proxy_serving() {
     let mut node = Node::start("10.234.0.0/24");
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    let _web_80 = http_server(&node, &web, 80);
+    let _web_80 = node.http_server(&web, 80);
     node.apply("web-l7.yaml", INGRESS_POLICY);
     let base = format!("http://{}", web.ip);
     eventually("the policy reaches the proxy", || {
@@ -473,7 +437,7 @@ fn a_new_pod_under_http_rules_is_judged_from_its_first_request() {
     node.apply("web-l7.yaml", INGRESS_POLICY);
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    let _web_80 = http_server(&node, &web, 80);
+    let _web_80 = node.http_server(&web, 80);
     let base = format!("http://{}", web.ip);
     assert_eq!(
         get(&client, &format!("{base}/private")).map(|r| r.0),
@@ -495,7 +459,7 @@ fn without_a_proxy_http_rules_fail_closed_and_status_says_why() {
     );
     let client = node.add_pod("client", "app=client");
     let web = node.add_pod("web", "app=web");
-    let _web_80 = http_server(&node, &web, 80);
+    let _web_80 = node.http_server(&web, 80);
     let base = format!("http://{}", web.ip);
     assert_eq!(
         get(&client, &format!("{base}/public")).map(|r| r.0),

@@ -52,6 +52,16 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Waits until `f` holds, up to 20 s (what the agent, the proxy or a server does after a command
+/// returns happens asynchronously); fails the test naming `what` otherwise.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The node's own address inside its namespace (documentation range: never routed anywhere).
 pub const NODE_IP: &str = "192.0.2.1/32";
 
@@ -526,36 +536,37 @@ impl Node {
         cmd
     }
 
-    /// Starts `ciliate-bench ident-server --id <pod name>` in the pod.
+    /// Starts `ciliate-bench ident-server --id <pod name>` in the pod: every TCP connection is
+    /// answered with the pod's name.
     pub fn ident_server(&self, pod: &Pod, port: u16) -> Proc {
+        self.bench_server(pod, "ident-server", port)
+    }
+
+    /// Starts `ciliate-bench http-ident-server --id <pod name>` in the pod: HTTP/1.1 with
+    /// keep-alive, every request answered 200 with "<pod> <METHOD> <path>", so the client sees
+    /// which request arrived where.
+    pub fn http_server(&self, pod: &Pod, port: u16) -> Proc {
+        self.bench_server(pod, "http-ident-server", port)
+    }
+
+    /// A `ciliate-bench` server in the pod, returned once it listens on `port`.
+    fn bench_server(&self, pod: &Pod, kind: &str, port: u16) -> Proc {
         let child = self
             .pod_command(
                 pod,
                 false,
                 &bin("ciliate-bench"),
-                &[
-                    "ident-server",
-                    "--id",
-                    &pod.name,
-                    "--port",
-                    &port.to_string(),
-                ],
+                &[kind, "--id", &pod.name, "--port", &port.to_string()],
             )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("ident server");
-        // Wait until it listens.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pod.tcp_connect(pod.ip, port).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "ident server in {} did not start",
-                pod.name
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        Proc(child)
+            .unwrap_or_else(|e| panic!("start {kind} in {}: {e}", pod.name));
+        let proc = Proc(child);
+        eventually(&format!("{kind} in {} listens on {port}", pod.name), || {
+            pod.tcp_connect(pod.ip, port).is_ok()
+        });
+        proc
     }
 
     /// Runs `ciliate-bench probe` from the pod and parses its JSON.
