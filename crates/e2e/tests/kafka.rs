@@ -8,8 +8,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use ciliate_testutil::kafka::{kafka_tools_installed, KAFKA_PYTHON, TANSU_BINARY};
 use ciliate_testutil::privileged;

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ciliate_testutil::privileged;
 use common::{eventually, Node, Pod};
