@@ -38,8 +38,8 @@
 # scripts/install-deps; a missing one is an error, never a skip). dnsperf is pinned to CPU 0,
 # dnsmasq to the last CPU; ciliate-proxy and the agents run unpinned, as in production.
 # Everything it makes is named cb<pid>-*, recorded, and removed on exit; the proxy runs in a
-# session of its own and outlives its agent, so cleanup also stops every process left in this
-# run's node namespaces.
+# process group of its own and outlives its agent, so cleanup also stops every process left in
+# this run's node namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh

@@ -39,8 +39,8 @@
 # Needs root, wrk and nginx (apt-get install wrk nginx; a missing one is an error, never a
 # skip). The client (wrk or ciliate-bench) is pinned to CPU 0, the server to the last CPU;
 # ciliate-proxy, nginx and the agents run unpinned, as in production. Everything it makes is
-# named cb<pid>-*, recorded, and removed on exit; the proxy runs in a session of its own and
-# outlives its agent, so cleanup also stops every process left in this run's node namespaces.
+# named cb<pid>-*, recorded, and removed on exit; the proxy runs in a process group of its own
+# and outlives its agent, so cleanup also stops every process left in this run's node namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh

@@ -80,8 +80,9 @@ start_agent() {
 # Benches of two node namespaces x and y, each with an agent whose L7 proxy serves its pods
 # (l7.sh, dns.sh, kafka.sh). nodes_init makes STATE (removed on exit) and RESULTS, and on exit
 # stops the agents first (a supervisor still running would start a new proxy for one stopped),
-# then whatever is left in the node namespaces (the proxy runs in a session of its own, so it is
-# no child of this script; so do nginx's workers), then the rest through cb_cleanup.
+# then whatever is left in the node namespaces (the proxy runs in a process group of its own and
+# outlives its agent, so it is no child of this script; so do nginx's workers), then the rest
+# through cb_cleanup.
 NODE_NS=()
 AGENTS=()
 nodes_init() {

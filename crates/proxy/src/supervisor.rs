@@ -9,10 +9,11 @@
 //! - a graceful restart ([`Supervisor::restart`]) starts the new proxy first, gives it the
 //!   policy, then sends SIGTERM to the old one, which stops accepting and finishes its requests
 //!   in flight while the new one already accepts from the same sockets;
-//! - the proxy runs in its own session, so it survives the agent. A new agent's supervisor
-//!   adopts it ([`Supervisor::start`] finds its state file): it takes the listening sockets
-//!   back from the running proxy with `pidfd_getfd`, reconnects to its control socket and
-//!   sends the snapshot; traffic never stops.
+//! - the proxy runs in a process group of its own, so it survives the agent (`spawn` says why
+//!   not in a session of its own). A new agent's supervisor adopts it ([`Supervisor::start`]
+//!   finds its state file): it takes the listening sockets back from the running proxy with
+//!   `pidfd_getfd`, reconnects to its control socket and sends the snapshot; traffic never
+//!   stops.
 //!
 //! The DNS proxy's UDP socket (on `ports.dns`, with its TCP listener) is held the same way: a
 //! datagram sent while no proxy runs waits in the socket's receive buffer for the next one, so
@@ -612,7 +613,19 @@ fn spawn(inner: &Inner, ctl: &Path) -> std::io::Result<Proc> {
         .iter()
         .map(|(fd, _)| fd.as_raw_fd())
         .collect();
-    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, setsid).
+    // A process group of its own, not a session: the proxy outlives the agent (nothing ties a
+    // child's life to its parent's), and the terminal's Ctrl-C or a `kill -- -<agent's group>`
+    // reaches only the agent. A new session would also put the proxy in a scheduling group of
+    // its own where autogroups apply (every process in the root cpu cgroup, as on a laptop or in
+    // bench/dns.sh): `setsid` starts a new autogroup, and the agent's SCHED_IDLE record threads
+    // (proxy-flows, flow-history) give way at once only to tasks of their own group, so the
+    // proxy's DNS thread waited behind their runs of 0.6-1.7 ms (bench/README.md, session 15).
+    // On a real node the agent runs in a cgroup of its own (a systemd unit, a pod's container)
+    // and autogroups do not apply there; the proxy, its child, stays in that cgroup either way.
+    // Stopping such a unit stops the proxy too unless it says otherwise (systemd:
+    // KillMode=process); the next agent then starts a new one, as after the proxy's kill -9.
+    cmd.process_group(0);
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, signal).
     unsafe {
         cmd.pre_exec(move || {
             for fd in &fds {
@@ -621,9 +634,14 @@ fn spawn(inner: &Inner, ctl: &Path) -> std::io::Result<Proc> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // Its own session: the proxy outlives the agent and its signals.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Still in the agent's session, so the agent's terminal, if it has one, is the
+            // proxy's too: its hangup (or the orphaned group's SIGHUP once the agent is gone)
+            // must not stop the proxy, nor must writing its log from a background group. Ignored
+            // dispositions survive exec; the proxy handles only SIGTERM and SIGINT.
+            for sig in [libc::SIGHUP, libc::SIGTTOU, libc::SIGTTIN] {
+                if libc::signal(sig, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -157,7 +157,7 @@ enum Cmd {
     Restart(std::sync::mpsc::Sender<(u32, u32)>),
 }
 
-/// Kills the proxy a test leaves behind (it runs in its own session).
+/// Kills the proxy a test leaves behind (it runs in a process group of its own).
 struct Reaper(std::path::PathBuf);
 
 impl Drop for Reaper {

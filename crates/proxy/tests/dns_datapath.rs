@@ -56,7 +56,7 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// Kills the proxy the test leaves behind (it runs in its own session).
+/// Kills the proxy the test leaves behind (it runs in a process group of its own).
 struct Reaper(std::path::PathBuf);
 
 impl Drop for Reaper {

@@ -66,7 +66,7 @@ fn refuse_all(port: u16, revision: u64) -> ProxyCommand {
     }
 }
 
-/// Kills the proxy a test leaves behind (it runs in its own session).
+/// Kills the proxy a test leaves behind (it runs in a process group of its own).
 struct Reaper(std::path::PathBuf);
 
 impl Drop for Reaper {

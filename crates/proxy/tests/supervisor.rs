@@ -57,7 +57,8 @@ fn deny_all_but_never(port: u16, revision: u64) -> ProxyCommand {
     }
 }
 
-/// Kills the proxy a test leaves behind (it runs in its own session and would outlive us).
+/// Kills the proxy a test leaves behind (it runs in a process group of its own and would
+/// outlive us).
 struct Reaper(std::path::PathBuf);
 
 impl Drop for Reaper {
@@ -291,4 +292,58 @@ async fn a_new_supervisor_adopts_the_running_proxy() {
     assert_eq!(refused, 0);
     assert!(failed <= 1);
     sup2.shutdown().await;
+}
+
+/// (process group, session) of a process, from `/proc/<pid>/stat` (after the command's
+/// parenthesis: state, ppid, pgrp, session).
+fn group_and_session(pid: u32) -> (i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 1..];
+    let f: Vec<i32> = after
+        .split_whitespace()
+        .skip(2)
+        .take(2)
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    (f[0], f[1])
+}
+
+/// The proxy outlives the agent in a process group of its own, but in the agent's session:
+/// a session of its own would also make it an autogroup of its own (where autogroups apply),
+/// and the agent's background threads would no longer give way to it (`spawn`'s notes). It
+/// ignores the hangup of a terminal it shares with the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_runs_in_a_group_of_its_own_in_the_agents_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_owned());
+    let (sup, _addr, st) = start(dir.path()).await;
+    let pid = st.pid.expect("pid");
+    let (pgrp, session) = group_and_session(pid);
+    let (_, our_session) = group_and_session(std::process::id());
+    assert_eq!(
+        pgrp, pid as i32,
+        "the proxy leads a process group of its own"
+    );
+    assert_eq!(
+        session, our_session,
+        "the proxy stays in the agent's session"
+    );
+    // Where autogroups are on (CONFIG_SCHED_AUTOGROUP), it is in the agent's.
+    if let Ok(ours) = std::fs::read_to_string("/proc/self/autogroup") {
+        let its = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).expect("autogroup");
+        let group = |s: &str| s.split_whitespace().next().map(str::to_owned);
+        assert_eq!(group(&its), group(&ours), "the proxy's autogroup");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).expect("SigIgn mask"))
+        .expect("SigIgn");
+    assert_ne!(
+        ignored & (1 << (libc::SIGHUP - 1)),
+        0,
+        "SIGHUP ignored: {ignored:x}"
+    );
+    sup.shutdown().await;
 }
