@@ -100,6 +100,13 @@ fn dns_of(record: &DnsRecord, response: bool) -> Dns {
 
 /// Converts one record. `node_name` is this node's; the store names both ends.
 pub fn dns_to_flow(record: &DnsRecord, store: &dyn Store, node_name: &str) -> Flow {
+    let (common, dns, summary) = dns_parts(record);
+    l7_flow(&common, dns, summary, store, node_name)
+}
+
+/// What [`l7_flow`] makes a DNS record's flow of: its connection, its L7 record and its
+/// summary.
+pub(crate) fn dns_parts(record: &DnsRecord) -> (L7Common, layer7::Record, String) {
     let response = record.record_type == L7RecordType::Response;
     let common = L7Common {
         time_ns: record.time_ns,
@@ -115,7 +122,7 @@ pub fn dns_to_flow(record: &DnsRecord, store: &dyn Store, node_name: &str) -> Fl
     };
     let dns = dns_of(record, response);
     let summary = dns_summary(&dns, response);
-    l7_flow(&common, layer7::Record::Dns(dns), summary, store, node_name)
+    (common, layer7::Record::Dns(dns), summary)
 }
 
 #[cfg(test)]

@@ -162,3 +162,44 @@ fn a_block_written_from_kept_records_holds_their_flows() {
         assert_eq!(&d.flow(i).expect("flow"), f, "flow {i}");
     }
 }
+
+#[test]
+fn a_kept_dns_record_reads_as_the_flow_built_at_once_with_an_id() {
+    use crate::dns::dns_to_flow;
+    use crate::dns::tests::{answer, query};
+    let (store, node, ids) = (store(), node(), FlowIds::default());
+    let mut policies = RulePolicies::default();
+    // Rule 3 has a policy in the store, rule 4 none; a refused query carries none.
+    let allowed = DnsRecord { rule: 3, ..query() };
+    let refused = DnsRecord {
+        verdict: L7Verdict::Dropped,
+        rule: 0,
+        ..query()
+    };
+    for record in [query(), answer(), allowed.clone(), refused] {
+        let r = RecordedHttp::capture_dns_with(
+            &record,
+            &store,
+            &node,
+            &ids,
+            "default/node-a",
+            &mut policies,
+        );
+        let mut at_once = dns_to_flow(&record, &store, "default/node-a");
+        at_once.uuid = r.uuid().to_string();
+        at_once.node_labels.clone_from(&node.labels);
+        crate::convert::finish_flow(&mut at_once, &node.cluster);
+        let flow = r.flow();
+        assert_eq!(flow, at_once);
+        assert!(!flow.uuid.is_empty());
+        assert_eq!(
+            flow.egress_allowed_by.len(),
+            usize::from(record.rule == allowed.rule),
+            "{flow:?}"
+        );
+        assert!(
+            crate::l7::dns(r.unnamed()).is_some(),
+            "the metrics see the DNS record"
+        );
+    }
+}

@@ -11,7 +11,6 @@ use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::sync::broadcast;
 
 use crate::convert::{record_of, system_time_to_timestamp};
-use crate::dns::dns_to_flow;
 use crate::history::FlowHistory;
 use crate::kafka::kafka_to_flow;
 use crate::l7_entry::{RecordedHttp, RulePolicies};
@@ -64,8 +63,8 @@ impl LostSpan {
     }
 }
 
-/// What the ring holds and followers receive: a datapath event or an HTTP record of the L7
-/// proxy (their flows built when read), a flow built elsewhere (the proxy's DNS and Kafka
+/// What the ring holds and followers receive: a datapath event or an HTTP or DNS record of
+/// the L7 proxy (their flows built when read), a flow built elsewhere (the proxy's Kafka
 /// records), or a count of events lost.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Entry {
@@ -74,8 +73,8 @@ pub enum Entry {
     Flow(Box<Flow>),
     /// A datapath event with the names it had; [`Entry::flow`] builds its flow.
     Event(Recorded),
-    /// An HTTP record of the node's proxy with the names it had; [`Entry::flow`] builds its
-    /// flow (boxed: it carries most of a flow).
+    /// An HTTP or DNS record of the node's proxy with the names it had; [`Entry::flow`]
+    /// builds its flow (boxed: it carries most of a flow).
     Http(Box<RecordedHttp>),
     /// Events that were lost (the observer fell behind the datapath), at this time.
     Lost(LostEvent, pbjson_types::Timestamp),
@@ -308,12 +307,29 @@ impl Observer {
 
     /// [`observe_dns`](Self::observe_dns) for several records, in order, taking the ring's
     /// lock once (a query and its answer are two records: a DNS proxy's stream is many).
+    /// Each is kept as an HTTP record is, with the names the store gives now and its flow
+    /// (that of [`dns_to_flow`](crate::dns::dns_to_flow), with an id and the node's labels)
+    /// built when read; the metrics count it now.
     pub fn observe_dns_batch<'a>(&self, records: impl IntoIterator<Item = &'a DnsRecord>) {
-        self.push_flows(
-            records
-                .into_iter()
-                .map(|r| dns_to_flow(r, self.store.as_ref(), &self.config.node_name)),
-        );
+        let store = self.store.as_ref();
+        let names = self.node_names(store.node_labels());
+        let mut policies = RulePolicies::default();
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .map(|r| {
+                let recorded = RecordedHttp::capture_dns_with(
+                    r,
+                    store,
+                    &names,
+                    &self.ids,
+                    &self.config.node_name,
+                    &mut policies,
+                );
+                self.metrics.record(recorded.unnamed());
+                Entry::Http(Box::new(recorded))
+            })
+            .collect();
+        self.push_seen(entries);
     }
 
     /// Turns one Kafka request or response of the node's proxy into a Hubble L7 Kafka flow
@@ -331,18 +347,6 @@ impl Observer {
         self.seen.fetch_add(1, Ordering::Relaxed);
         self.metrics.record(&flow);
         self.push(Entry::Flow(Box::new(flow)));
-    }
-
-    /// Keeps several flows, in order, taking the ring's lock once.
-    fn push_flows(&self, flows: impl IntoIterator<Item = Flow>) {
-        let entries: Vec<Entry> = flows
-            .into_iter()
-            .map(|flow| {
-                self.metrics.record(&flow);
-                Entry::Flow(Box::new(flow))
-            })
-            .collect();
-        self.push_seen(entries);
     }
 
     /// Records that `n` events were lost on their way to the observer, noticed now: counted,
