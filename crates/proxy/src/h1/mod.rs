@@ -841,28 +841,14 @@ impl Conn {
             }
         }
         keep &= !(self.closing || *self.shutdown.borrow());
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(
-            b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 15\r\n",
-        );
-        if !keep {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(ACCESS_DENIED_BODY.as_bytes());
         let latency = req.start.elapsed().as_nanos() as u64;
-        record(
-            &self.engine,
-            &self.meta,
-            &req.ex,
-            L7RecordType::Response,
-            403,
-            latency,
-            [("content-type", &b"text/plain"[..])].into_iter(),
-            1,
-        );
-        self.client.write_all(&out).await?;
-        Ok(if keep { Next::KeepAlive } else { Next::Close })
+        let answer = Answer {
+            status: "403 Forbidden",
+            code: 403,
+            content_type: Some("text/plain"),
+            body: ACCESS_DENIED_BODY.as_bytes(),
+        };
+        self.answer(&req.ex, latency, &answer, keep).await
     }
 
     /// 502 with the reason (the request's head is no longer in the client buffer); the
@@ -874,24 +860,14 @@ impl Conn {
         req.ex.reason = Some(format!("upstream: {e}"));
         let keep = in_sync && req.keep_alive && !(self.closing || *self.shutdown.borrow());
         let body = format!("upstream: {e}\r\n");
-        let out = format!(
-            "HTTP/1.1 502 Bad Gateway\r\ncontent-length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if keep { "" } else { "connection: close\r\n" }
-        );
         let latency = req.start.elapsed().as_nanos() as u64;
-        record(
-            &self.engine,
-            &self.meta,
-            &req.ex,
-            L7RecordType::Response,
-            502,
-            latency,
-            std::iter::empty(),
-            0,
-        );
-        self.client.write_all(out.as_bytes()).await?;
-        Ok(if keep { Next::KeepAlive } else { Next::Close })
+        let answer = Answer {
+            status: "502 Bad Gateway",
+            code: 502,
+            content_type: None,
+            body: body.as_bytes(),
+        };
+        self.answer(&req.ex, latency, &answer, keep).await
     }
 
     /// A head that cannot be parsed: 400 (431 for one too large), both records, and close.
@@ -916,26 +892,66 @@ impl Conn {
             std::iter::empty(),
             0,
         );
-        record(
-            &self.engine,
-            &self.meta,
-            &ex,
-            L7RecordType::Response,
-            b.code,
-            0,
-            std::iter::empty(),
-            0,
-        );
-        let status = if b.code == 431 {
-            "431 Request Header Fields Too Large"
-        } else {
-            "400 Bad Request"
+        let answer = Answer {
+            status: if b.code == 431 {
+                "431 Request Header Fields Too Large"
+            } else {
+                "400 Bad Request"
+            },
+            code: b.code,
+            content_type: None,
+            body: b"",
         };
-        let out = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        if let Err(e) = self.client.write_all(out.as_bytes()).await {
+        if let Err(e) = self.answer(&ex, 0, &answer, false).await {
             debug!(error = %e, "writing {}", b.code);
         }
     }
+
+    /// Answers the request of `ex` itself (refused, failed upstream, unparsable): records the
+    /// response, then writes it, with `connection: close` unless `keep`; what the connection
+    /// does next.
+    async fn answer(
+        &mut self,
+        ex: &Exchange,
+        latency_ns: u64,
+        answer: &Answer<'_>,
+        keep: bool,
+    ) -> io::Result<Next> {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(128 + answer.body.len());
+        let _ = write!(out, "HTTP/1.1 {}\r\n", answer.status);
+        if let Some(t) = answer.content_type {
+            let _ = write!(out, "content-type: {t}\r\n");
+        }
+        let _ = write!(out, "content-length: {}\r\n", answer.body.len());
+        if !keep {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(answer.body);
+        let content_type = answer.content_type.map(|t| ("content-type", t.as_bytes()));
+        record(
+            &self.engine,
+            &self.meta,
+            ex,
+            L7RecordType::Response,
+            answer.code,
+            latency_ns,
+            content_type.into_iter(),
+            usize::from(content_type.is_some()),
+        );
+        self.client.write_all(&out).await?;
+        Ok(if keep { Next::KeepAlive } else { Next::Close })
+    }
+}
+
+/// A response the proxy makes itself (see `Conn::answer`).
+struct Answer<'a> {
+    /// The status line's code and reason phrase.
+    status: &'a str,
+    code: u16,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
 }
 
 /// What the connection does after a response.
