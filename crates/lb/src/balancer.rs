@@ -1285,5 +1285,7 @@ fn candidates_of(p: &Planned, k: &FrontendKey) -> Vec<(Ipv4Addr, u16, BackendSta
         .unwrap_or_default()
 }
 
+mod load;
+
 #[cfg(test)]
 mod tests;

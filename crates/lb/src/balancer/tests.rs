@@ -379,3 +379,96 @@ fn conflicts_of_a_batch_name_both_services() {
     ]);
     assert!(c.is_empty(), "{c:?}");
 }
+
+/// The objects in force after `changes`, one per key, in the order last put.
+fn in_force(changes: Vec<Change>) -> Vec<Arc<Object>> {
+    let mut objects: Vec<Arc<Object>> = Vec::new();
+    for c in changes {
+        match c {
+            Change::Upsert(o) => {
+                objects.retain(|x| x.key() != o.key());
+                objects.push(o);
+            }
+            Change::Delete(k) => objects.retain(|x| x.key() != k),
+        }
+    }
+    objects
+}
+
+/// An allocator seeded with the ids `s` holds (what an agent reads back from its maps).
+fn seeded(s: &LbState) -> IdAllocator {
+    let mut ids = IdAllocator::new();
+    ids.seed(
+        s.backends.iter().map(|b| ((b.addr, b.port, b.proto), b.id)),
+        s.frontends
+            .iter()
+            .map(|f| ((f.addr, f.port, f.proto), f.rev_nat_index)),
+    );
+    ids
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Loading objects into an empty balancer (an agent's start) builds what applying them
+    /// does: the same state and ids (fresh, or seeded from an earlier state with other
+    /// objects, as after a restart), views and conflicts; and the tables behind them are the
+    /// same, so any later batch gives the same difference.
+    #[test]
+    fn loading_gives_what_applying_gives(
+        before in prop::collection::vec(op(), 0..10),
+        now in prop::collection::vec(op(), 0..14),
+        later in prop::collection::vec(op(), 1..8),
+    ) {
+        let mut earlier = Balancer::new(node(), IdAllocator::new());
+        earlier.apply(in_force(before).into_iter().map(Change::Upsert).collect()).unwrap();
+        let held = earlier.state();
+        for ids in [IdAllocator::new(), seeded(&held)] {
+            let objects = in_force(now.clone());
+            let mut applied = Balancer::new(node(), ids.clone());
+            let mut loaded = Balancer::new(node(), ids);
+            applied.apply(objects.iter().cloned().map(Change::Upsert).collect()).unwrap();
+            loaded.load(objects).unwrap();
+            prop_assert_eq!(applied.state(), loaded.state());
+            prop_assert_eq!(applied.views(), loaded.views());
+            let conflicts = |b: &Balancer| {
+                let mut c: Vec<_> = b.conflicts().into_iter().map(|c| (c.frontend, c.holder, c.loser)).collect();
+                c.sort();
+                c
+            };
+            prop_assert_eq!(conflicts(&applied), conflicts(&loaded));
+            prop_assert_eq!(applied.service_count(), loaded.service_count());
+            prop_assert_eq!(applied.backend_count(), loaded.backend_count());
+            applied.release_unused_ids();
+            loaded.release_unused_ids();
+            prop_assert_eq!(applied.apply(later.clone()).unwrap(), loaded.apply(later.clone()).unwrap());
+            prop_assert_eq!(applied.state(), loaded.state());
+            prop_assert_eq!(applied.views(), loaded.views());
+        }
+    }
+}
+
+#[test]
+fn loading_into_a_balancer_that_holds_something_applies() {
+    let mut b = Balancer::new(node(), IdAllocator::new());
+    b.apply(vec![Change::Upsert(Arc::new(service(
+        0,
+        Some(1),
+        0,
+        1,
+        None,
+    )))])
+    .unwrap();
+    assert!(!b.is_empty());
+    b.load(vec![
+        Arc::new(service(1, Some(2), 0, 1, None)),
+        Arc::new(slice(1, 0, 1, &[(1, 0)])),
+    ])
+    .unwrap();
+    assert_eq!(b.service_count(), 2);
+    assert_eq!(b.backend_count(), 1);
+    let mut fresh = Balancer::new(node(), IdAllocator::new());
+    assert!(fresh.is_empty());
+    fresh.load(Vec::new()).unwrap();
+    assert!(fresh.is_empty());
+}
