@@ -53,7 +53,7 @@ use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::lb::ServiceRef;
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyAction, ApplyDocument, ApplyOutcome, ApplyRequest,
-    ApplyResult, Decoded, ManifestError,
+    ApplyResult, Decoded, ManifestError, SharedText,
 };
 use ciliate_model::service::ServiceView;
 use tokio::sync::{watch, Notify};
@@ -348,9 +348,7 @@ fn kubernetes_source() -> Arc<String> {
 }
 
 /// Rows of decoded objects; consecutive objects of one source share its name.
-fn stored(
-    decoded: Vec<ciliate_model::manifest::Decoded>,
-) -> impl Iterator<Item = (ObjectKey, Stored)> {
+fn stored_rows(decoded: Vec<ciliate_model::manifest::Decoded>) -> impl Iterator<Item = Stored> {
     let mut last: Option<Arc<String>> = None;
     decoded.into_iter().map(move |d| {
         let source = match &last {
@@ -358,16 +356,20 @@ fn stored(
             _ => d.source,
         };
         last = Some(Arc::clone(&source));
-        (
-            d.object.key(),
-            Stored {
-                object: Arc::new(d.object),
-                source,
-                // A document's place in its file or request: far below 2^32.
-                index: u32::try_from(d.index).unwrap_or(u32::MAX),
-            },
-        )
+        Stored {
+            object: Arc::new(d.object),
+            source,
+            // A document's place in its file or request: far below 2^32.
+            index: u32::try_from(d.index).unwrap_or(u32::MAX),
+        }
     })
+}
+
+/// [`stored_rows`] with their objects' keys.
+fn stored(
+    decoded: Vec<ciliate_model::manifest::Decoded>,
+) -> impl Iterator<Item = (ObjectKey, Stored)> {
+    stored_rows(decoded).map(|r| (r.object.key(), r))
 }
 
 fn conflict_error(
@@ -444,7 +446,7 @@ impl ServiceManager {
                 path,
                 message: report(&e, "the agent does not start from it"),
             })?;
-            rows[source.index()] = stored(decoded).map(|(_, r)| r).collect();
+            rows[source.index()] = stored_rows(decoded).collect();
             journals.insert(source, journal);
         }
         if legacy.is_some() {
@@ -487,18 +489,24 @@ impl ServiceManager {
             listing,
             opening: true,
         };
-        let mut changes = Vec::new();
-        for source in Source::ALL {
-            let r = std::mem::take(&mut rows[source.index()]);
-            changes.extend(
-                tables
-                    .set_rows(source, r.into_iter().map(|v| (v.object.key(), Some(v))))
-                    .0,
+        // The rows as read become the tables; the objects in force (each key's row of the
+        // first source that has it) are loaded into the empty balancer at once, without a
+        // batch's difference: the whole state is compared with the maps by `sync` below.
+        let mut objects = Vec::with_capacity(rows.iter().map(Rows::len).sum());
+        for (i, source) in Source::ALL.into_iter().enumerate() {
+            let above = &Source::ALL[..i];
+            let shadowed = |o: &Object| above.iter().any(|s| rows[s.index()].get_like(o).is_some());
+            objects.extend(
+                rows[source.index()]
+                    .iter()
+                    .filter(|r| !shadowed(&r.object))
+                    .map(|r| Arc::clone(&r.object)),
             );
         }
+        tables.rows = rows;
         tables
             .balancer
-            .apply(changes)
+            .load(objects)
             .map_err(|e| ServiceOpenError::Inconsistent {
                 path: objects_dir.clone(),
                 message: e.to_string(),
@@ -773,7 +781,7 @@ impl ServiceManager {
             results.push(ApplyOutcome {
                 key: key.clone(),
                 action,
-                source: row.source.to_string(),
+                source: Arc::clone(&row.source).into(),
                 index: row.index(),
             });
             if action != ApplyAction::Unchanged {
@@ -871,6 +879,8 @@ impl ServiceManager {
         // What `gone` holds, to look up (a search of `gone` made deleting 10,000 Services
         // quadratic).
         let mut seen: HashSet<ObjectKey> = HashSet::new();
+        // The outcomes of one file share its name.
+        let mut last_source: Option<SharedText> = None;
         for (key, d) in keys {
             if !t.rows[Source::Api.index()].contains_key(&key) {
                 if let Some(e) = Self::owned_elsewhere(&t, &key, (&d.source, d.index), "remove") {
@@ -885,10 +895,15 @@ impl ServiceManager {
                 } else {
                     ApplyAction::NotFound
                 };
+            let source = match &last_source {
+                Some(s) if *s == *d.source => s.clone(),
+                _ => SharedText::from(d.source.as_str()),
+            };
+            last_source = Some(source.clone());
             results.push(ApplyOutcome {
                 key,
                 action,
-                source: d.source.clone(),
+                source,
                 index: d.index,
             });
         }
