@@ -632,6 +632,7 @@ async fn apply_streamed(
             &s.policies,
             &s.manager,
             decoded,
+            Some(&batch),
             || batch.to_request(),
             started,
         );

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use ciliate_model::manifest::raw::{decode_all_raw, RawApplyRequest};
+use ciliate_model::manifest::raw::{decode_all_raw, RawApplyRequest, Streamed};
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyDocument, ApplyRequest, ApplyResult, Decoded, ManifestError,
 };
@@ -129,23 +129,27 @@ pub fn apply_raw(
         decode_all_raw(&req.documents)
     };
     let request = || req.to_request();
-    apply_raw_decoded(services, policies, endpoints, decoded, request, started)
+    apply_raw_decoded(
+        services, policies, endpoints, decoded, None, request, started,
+    )
 }
 
 /// [`apply_raw`] of a batch whose objects were decoded already (`decoded`: `None` for a
 /// delete, or where they could not all be, see [`decode_all_raw`]), as the streamed form does
-/// while the body arrives; `request`: the batch read into values, for every other case;
+/// while the body arrives; `texts`: the streamed batch they are (their objects' text is
+/// journaled as it came); `request`: the batch read into values, for every other case;
 /// `started`: when the agent's own part began (the log's `elapsed_us`).
 pub fn apply_raw_decoded(
     services: &ServiceManager,
     policies: &PolicyManager,
     endpoints: &EndpointManager,
     decoded: Option<Vec<Decoded>>,
+    texts: Option<&Streamed>,
     request: impl FnOnce() -> Result<ApplyRequest, ManifestError>,
     started: Instant,
 ) -> Result<ApplyResult, ApplyError> {
     if let Some(decoded) = decoded.filter(|d| !d.is_empty()) {
-        let result = services.apply_decoded(decoded, started)?;
+        let result = services.apply_decoded_from(decoded, texts, started)?;
         return finish(services, policies, endpoints, result, None);
     }
     let req = request().map_err(|e| ApplyError::Invalid(vec![e]))?;

@@ -51,6 +51,7 @@ use ciliate_lb::table::ObjectTable;
 use ciliate_lb::{Balancer, Conflict, ConflictKind, IdAllocator, LbDiff, LbError, Node};
 use ciliate_model::k8s::{Kind, Object, ObjectKey};
 use ciliate_model::lb::ServiceRef;
+use ciliate_model::manifest::raw::Streamed;
 use ciliate_model::manifest::{
     decode_all, identify, report, ApplyAction, ApplyDocument, ApplyOutcome, ApplyRequest,
     ApplyResult, Decoded, ManifestError, SharedText,
@@ -691,7 +692,7 @@ impl ServiceManager {
         let outcome = if delete {
             self.delete_documents(documents)?
         } else {
-            self.apply_objects(decode_all(documents).map_err(ServiceError::Invalid)?)?
+            self.apply_objects(decode_all(documents).map_err(ServiceError::Invalid)?, None)?
         };
         Ok(Self::answer(outcome, documents.len(), delete, started))
     }
@@ -703,8 +704,21 @@ impl ServiceManager {
         decoded: Vec<Decoded>,
         started: Instant,
     ) -> Result<ApplyResult, ServiceError> {
+        self.apply_decoded_from(decoded, None, started)
+    }
+
+    /// [`ServiceManager::apply_decoded`] of the objects of a streamed batch, `texts`, whose
+    /// objects' JSON text is journaled as it came (not serialised a second time) where
+    /// `decoded` is every document of it, in order.
+    pub fn apply_decoded_from(
+        &self,
+        decoded: Vec<Decoded>,
+        texts: Option<&Streamed>,
+        started: Instant,
+    ) -> Result<ApplyResult, ServiceError> {
         let documents = decoded.len();
-        let outcome = self.apply_objects(decoded)?;
+        let texts = texts.filter(|t| t.documents() == documents);
+        let outcome = self.apply_objects(decoded, texts)?;
         Ok(Self::answer(outcome, documents, false, started))
     }
 
@@ -760,15 +774,20 @@ impl ServiceManager {
     }
 
     #[allow(clippy::type_complexity)]
+    /// `texts`: the batch whose documents `decoded` are, each (by its place) decoded from
+    /// [`Streamed::object_text`].
     fn apply_objects(
         &self,
         decoded: Vec<Decoded>,
+        texts: Option<&Streamed>,
     ) -> Result<(ApplyResult, Result<(), String>), ServiceError> {
         let mut t = write(&self.tables);
         let mut errors = Vec::new();
         let mut results = Vec::with_capacity(decoded.len());
         let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
-        for (key, row) in stored(decoded) {
+        // The place in `decoded` of each of `rows`, while there are texts to journal.
+        let mut places: Vec<usize> = Vec::new();
+        for (place, (key, row)) in stored(decoded).enumerate() {
             if let Some(e) = Self::owned_elsewhere(&t, &key, (&row.source, row.index()), "change") {
                 errors.push(e);
                 continue;
@@ -786,6 +805,9 @@ impl ServiceManager {
             });
             if action != ApplyAction::Unchanged {
                 rows.push((key, row));
+                if texts.is_some() {
+                    places.push(place);
+                }
             }
         }
         if !errors.is_empty() {
@@ -838,7 +860,20 @@ impl ServiceManager {
         t.balancer
             .check(&preview)
             .map_err(ServiceError::Exhausted)?;
-        let records: Vec<ObjectRecord> = rows.iter().map(|(_, r)| r.record()).collect();
+        let records: Vec<ObjectRecord> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| {
+                match texts.and_then(|t| places.get(i).and_then(|&p| t.object_text(p))) {
+                    Some(object) => ObjectRecord::PutText {
+                        source: &r.source,
+                        index: r.index(),
+                        object,
+                    },
+                    None => r.record(),
+                }
+            })
+            .collect();
         self.persist(Source::Api, &records)
             .map_err(ServiceError::State)?;
         let (changes, namespaces) =

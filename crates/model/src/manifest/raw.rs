@@ -185,6 +185,8 @@ pub struct StreamedBatch {
     /// Every document line, one after another; `lines` says where each is.
     text: Vec<u8>,
     lines: Vec<std::ops::Range<usize>>,
+    /// Where in `text` each document's object is (its `object` member's JSON text).
+    objects: Vec<std::ops::Range<usize>>,
     /// The objects of the documents, checked, while every one of them decoded and passed.
     check: Option<BatchCheck>,
     /// The start of a line whose end has not arrived yet.
@@ -258,6 +260,11 @@ impl StreamedBatch {
             }
         }
         let start = self.text.len();
+        // The object's text is borrowed from the line: its place there, by address.
+        let object = doc.object.get();
+        let offset = object.as_ptr() as usize - line.as_ptr() as usize;
+        self.objects
+            .push(start + offset..start + offset + object.len());
         self.text.extend_from_slice(line);
         self.lines.push(start..self.text.len());
         Ok(())
@@ -281,6 +288,7 @@ impl StreamedBatch {
             decoded,
             text: self.text,
             lines: self.lines,
+            objects: self.objects,
         })
     }
 }
@@ -296,12 +304,20 @@ pub struct Streamed {
     pub decoded: Option<Vec<Decoded>>,
     text: Vec<u8>,
     lines: Vec<std::ops::Range<usize>>,
+    objects: Vec<std::ops::Range<usize>>,
 }
 
 impl Streamed {
     /// How many documents the batch has.
     pub fn documents(&self) -> usize {
         self.lines.len()
+    }
+
+    /// The JSON text of document `i`'s object as it arrived: what `decoded[i]` was decoded
+    /// from (the documents that [`Streamed::decoded`] holds are every document, in order).
+    /// Valid UTF-8 JSON without a line break.
+    pub fn object_text(&self, i: usize) -> Option<&[u8]> {
+        self.objects.get(i).map(|r| &self.text[r.clone()])
     }
 
     /// The batch with every document parsed into a JSON value, as [`ApplyRequest`] reads it.
