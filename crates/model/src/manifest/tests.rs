@@ -437,6 +437,39 @@ mod props {
             let want = format!("spec.ports[0].port: invalid value {port}: must be 1-65535");
             prop_assert!(got.iter().any(|g| g.contains(&want)), "{:?}", got);
         }
+
+        /// An outcome is written as it was when its key was a `flatten`ed field (the answer's
+        /// form is the API's), and either form reads back as the other's.
+        #[test]
+        fn outcomes_are_written_and_read_as_with_a_flattened_key(
+            kind in prop_oneof![Just(Kind::Service), Just(Kind::EndpointSlice),
+                                Just(Kind::Endpoints), Just(Kind::Namespace)],
+            namespace in "[a-z0-9-]{0,30}",
+            name in "[a-z0-9.-]{1,70}",
+            action in prop_oneof![Just(ApplyAction::Created), Just(ApplyAction::Configured),
+                                  Just(ApplyAction::Unchanged), Just(ApplyAction::Deleted),
+                                  Just(ApplyAction::NotFound)],
+            source in "\\PC{0,20}",
+            index in 0usize..100_000,
+        ) {
+            #[derive(Debug, PartialEq, Serialize, Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Flattened {
+                #[serde(flatten)]
+                key: ObjectKey,
+                action: ApplyAction,
+                source: String,
+                index: usize,
+            }
+            let key = ObjectKey { kind, namespace: namespace.as_str().into(), name: name.as_str().into() };
+            let o = ApplyOutcome { key: key.clone(), action, source: source.as_str().into(), index };
+            let f = Flattened { key, action, source, index };
+            let text = serde_json::to_string(&o).unwrap();
+            prop_assert_eq!(&text, &serde_json::to_string(&f).unwrap());
+            prop_assert_eq!(serde_yaml_ng::to_string(&o).unwrap(), serde_yaml_ng::to_string(&f).unwrap());
+            prop_assert_eq!(serde_json::from_str::<ApplyOutcome>(&text).unwrap(), o);
+            prop_assert_eq!(serde_json::from_str::<Flattened>(&text).unwrap(), f);
+        }
     }
 }
 
