@@ -293,7 +293,10 @@ fn handle_batch(
     let mut only_records = true;
     for ev in batch.iter() {
         match ev {
-            ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_) => {}
+            ProxyEvent::Http(_)
+            | ProxyEvent::HttpFrame(_)
+            | ProxyEvent::Dns(_)
+            | ProxyEvent::Kafka(_) => {}
             ProxyEvent::FqdnLearned(learned) => learner.learn(FqdnLearned::clone(learned)),
             ProxyEvent::Rejected { revision, reason } => {
                 warn!(revision, %reason, "the proxy refused a policy update");

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use ciliate_model::l7::{DnsRecord, HttpRecord, ProxyEvent};
+use ciliate_model::l7::{DnsRecord, ProxyEvent};
+use ciliate_model::l7_wire::HttpFrame;
 use ciliate_observer::background::BackgroundClass;
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::Observer;
@@ -46,8 +47,13 @@ pub struct ProxyFlows {
 fn is_record(ev: &ProxyEvent) -> bool {
     matches!(
         ev,
-        ProxyEvent::Http(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
+        ProxyEvent::Http(_) | ProxyEvent::HttpFrame(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
     )
+}
+
+/// Whether an event is an HTTP record (decoded, or as its frame arrived).
+fn is_http(ev: &ProxyEvent) -> bool {
+    matches!(ev, ProxyEvent::Http(_) | ProxyEvent::HttpFrame(_))
 }
 
 impl ProxyFlows {
@@ -130,29 +136,30 @@ impl Drop for ProxyFlows {
 /// Makes a batch's records into flows, in order, each run of one kind under one lock of the
 /// ring.
 fn observe(batch: &[ProxyEvent], observer: &Observer) {
-    let mut http: Vec<&HttpRecord> = Vec::new();
+    let mut http: Vec<HttpFrame> = Vec::new();
     let mut dns: Vec<&DnsRecord> = Vec::new();
     for ev in batch {
-        if !matches!(ev, ProxyEvent::Http(_)) && !http.is_empty() {
-            observer.observe_http_batch(http.drain(..));
+        if !is_http(ev) && !http.is_empty() {
+            observer.observe_http_frames(http.drain(..));
         }
         if !matches!(ev, ProxyEvent::Dns(_)) && !dns.is_empty() {
             observer.observe_dns_batch(dns.drain(..));
         }
         match ev {
-            ProxyEvent::Http(r) => http.push(r),
+            ProxyEvent::Http(r) => http.push(HttpFrame::of_record(r)),
+            ProxyEvent::HttpFrame(f) => http.push(f.clone()),
             ProxyEvent::Dns(r) => dns.push(r),
             ProxyEvent::Kafka(r) => observer.observe_kafka(r),
             _ => {}
         }
     }
-    observer.observe_http_batch(http);
+    observer.observe_http_frames(http);
     observer.observe_dns_batch(dns);
 }
 
 /// [`observe`] for a batch the thread owns: a batch whose only records are HTTP ones (the
-/// common case: they are two per request) has them moved into their flows
-/// (`Observer::observe_http_records`); any other goes through `observe`, which keeps the
+/// common case: they are two per request) has their frames moved into the ring
+/// (`Observer::observe_http_frames`); any other goes through `observe`, which keeps the
 /// order between kinds.
 fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer) {
     if batch
@@ -162,8 +169,9 @@ fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer) {
         observe(&batch, observer);
         return;
     }
-    observer.observe_http_records(batch.into_iter().filter_map(|ev| match ev {
-        ProxyEvent::Http(r) => Some(*r),
+    observer.observe_http_frames(batch.into_iter().filter_map(|ev| match ev {
+        ProxyEvent::Http(r) => Some(HttpFrame::of_record(&r)),
+        ProxyEvent::HttpFrame(f) => Some(f),
         _ => None,
     }));
 }
@@ -171,6 +179,7 @@ fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ciliate_model::l7::HttpRecord;
     use ciliate_model::l7::{L7RecordType, L7Verdict};
     use ciliate_observer::proto::flow::Flow;
     use ciliate_observer::ring::ObserverConfig;

@@ -245,6 +245,10 @@ pub enum ProxyEvent {
     },
     /// One HTTP request or response passed (or was refused by) the proxy.
     Http(Box<HttpRecord>),
+    /// [`ProxyEvent::Http`] as its frame arrived, not decoded into strings (what the agent
+    /// reads off the control socket: [`crate::l7_wire::HttpFrame`]). Never sent as JSON.
+    #[serde(skip)]
+    HttpFrame(crate::l7_wire::HttpFrame),
     /// A command was refused whole (e.g. an invalid regex); the proxy keeps what it had.
     Rejected {
         /// The command's revision.

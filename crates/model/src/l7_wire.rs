@@ -79,7 +79,7 @@ pub enum WireError {
 /// Appends `ev` as a frame to `out` if it is a record; false (nothing written) otherwise.
 pub fn encode_record(ev: &ProxyEvent, out: &mut Vec<u8>) -> bool {
     let kind = match ev {
-        ProxyEvent::Http(_) => FRAME_HTTP,
+        ProxyEvent::Http(_) | ProxyEvent::HttpFrame(_) => FRAME_HTTP,
         ProxyEvent::Dns(_) => FRAME_DNS,
         ProxyEvent::Kafka(_) => FRAME_KAFKA,
         _ => return false,
@@ -89,6 +89,7 @@ pub fn encode_record(ev: &ProxyEvent, out: &mut Vec<u8>) -> bool {
     out.extend_from_slice(&[0; 4]);
     match ev {
         ProxyEvent::Http(r) => put_http(r, out),
+        ProxyEvent::HttpFrame(f) => out.extend_from_slice(f.payload()),
         ProxyEvent::Dns(r) => put_dns(r, out),
         ProxyEvent::Kafka(r) => put_kafka(r, out),
         _ => unreachable!("checked above"),
@@ -519,6 +520,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn str(&mut self, field: &'static str) -> Result<&'a str, WireError> {
+        let n = self.u32(field)? as usize;
+        let b = self.take(n, field)?;
+        std::str::from_utf8(b).map_err(|e| self.invalid(field, format!("not UTF-8: {e}")))
+    }
+
+    fn opt_str(&mut self, field: &'static str) -> Result<Option<&'a str>, WireError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => self.str(field).map(Some),
+            b => Err(self.invalid(field, format!("option tag {b}"))),
+        }
+    }
+
     fn strings(&mut self, field: &'static str) -> Result<Vec<String>, WireError> {
         let n = self.count(field, 4)?;
         (0..n).map(|_| self.string(field)).collect()
@@ -540,6 +555,182 @@ impl<'a> Reader<'a> {
                 record: self.record,
                 extra: self.buf.len(),
             })
+        }
+    }
+}
+
+/// An HTTP record's frame payload, checked to decode whole when it was made: what the agent
+/// keeps of a record instead of the [`HttpRecord`] (one allocation instead of one per string
+/// and header); [`view`](Self::view) reads its fields in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpFrame(Box<[u8]>);
+
+impl HttpFrame {
+    /// The payload of an HTTP frame, if it decodes whole (the error names the field).
+    pub fn new(payload: &[u8]) -> Result<Self, WireError> {
+        HttpView::parse(payload)?;
+        Ok(Self(payload.into()))
+    }
+
+    /// The frame of `r`.
+    pub fn of_record(r: &HttpRecord) -> Self {
+        let mut out = Vec::with_capacity(128);
+        put_http(r, &mut out);
+        Self(out.into_boxed_slice())
+    }
+
+    /// The payload (a frame without its header).
+    pub fn payload(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The record's fields, borrowed from the frame.
+    pub fn view(&self) -> HttpView<'_> {
+        // Checked when the frame was made (`new`, `of_record`): it parses.
+        HttpView::parse(&self.0).unwrap_or_else(|_| HttpView::blank())
+    }
+
+    /// The record, owned.
+    pub fn record(&self) -> HttpRecord {
+        self.view().to_record()
+    }
+}
+
+/// An HTTP record's fields borrowed from its frame ([`HttpFrame::view`]), as in [`HttpRecord`].
+#[derive(Clone, Copy, Debug)]
+#[allow(missing_docs)]
+pub struct HttpView<'a> {
+    pub time_ns: u64,
+    pub record_type: L7RecordType,
+    pub endpoint: u16,
+    pub egress: bool,
+    pub source: SocketAddrV4,
+    pub destination: SocketAddrV4,
+    pub source_identity: NumericIdentity,
+    pub destination_identity: NumericIdentity,
+    pub verdict: L7Verdict,
+    pub rule: u32,
+    pub method: &'a str,
+    pub url: &'a str,
+    pub protocol: &'a str,
+    pub code: u16,
+    /// The encoded header list (checked), read by [`headers`](Self::headers).
+    headers: &'a [u8],
+    header_count: usize,
+    pub latency_ns: u64,
+    pub reason: Option<&'a str>,
+}
+
+impl<'a> HttpView<'a> {
+    /// Reads an HTTP frame's payload whole (every string checked to be UTF-8, nothing left
+    /// over).
+    pub fn parse(payload: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new("http", payload);
+        let time_ns = r.u64("time_ns")?;
+        let record_type = r.record_type()?;
+        let endpoint = r.u16("endpoint")?;
+        let egress = r.bool("egress")?;
+        let source = r.addr("source")?;
+        let destination = r.addr("destination")?;
+        let source_identity = r.u32("source_identity")?;
+        let destination_identity = r.u32("destination_identity")?;
+        let verdict = r.verdict()?;
+        let rule = r.u32("rule")?;
+        let method = r.str("method")?;
+        let url = r.str("url")?;
+        let protocol = r.str("protocol")?;
+        let code = r.u16("code")?;
+        let header_count = r.count("headers", 8)?;
+        let before = r.buf;
+        for _ in 0..header_count {
+            r.str("headers")?;
+            r.str("headers")?;
+        }
+        let headers = &before[..before.len() - r.buf.len()];
+        let latency_ns = r.u64("latency_ns")?;
+        let reason = r.opt_str("reason")?;
+        r.finish()?;
+        Ok(Self {
+            time_ns,
+            record_type,
+            endpoint,
+            egress,
+            source,
+            destination,
+            source_identity,
+            destination_identity,
+            verdict,
+            rule,
+            method,
+            url,
+            protocol,
+            code,
+            headers,
+            header_count,
+            latency_ns,
+            reason,
+        })
+    }
+
+    fn blank() -> Self {
+        let unspecified = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        Self {
+            time_ns: 0,
+            record_type: L7RecordType::Request,
+            endpoint: 0,
+            egress: false,
+            source: unspecified,
+            destination: unspecified,
+            source_identity: 0,
+            destination_identity: 0,
+            verdict: L7Verdict::Error,
+            rule: 0,
+            method: "",
+            url: "",
+            protocol: "",
+            code: 0,
+            headers: &[],
+            header_count: 0,
+            latency_ns: 0,
+            reason: None,
+        }
+    }
+
+    /// How many headers the record lists.
+    pub fn header_count(&self) -> usize {
+        self.header_count
+    }
+
+    /// The headers (name, value), in the record's order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let mut r = Reader::new("http", self.headers);
+        (0..self.header_count)
+            .map_while(move |_| Some((r.str("headers").ok()?, r.str("headers").ok()?)))
+    }
+
+    /// The record, owned.
+    pub fn to_record(&self) -> HttpRecord {
+        HttpRecord {
+            time_ns: self.time_ns,
+            record_type: self.record_type,
+            endpoint: self.endpoint,
+            egress: self.egress,
+            source: self.source,
+            destination: self.destination,
+            source_identity: self.source_identity,
+            destination_identity: self.destination_identity,
+            verdict: self.verdict,
+            rule: self.rule,
+            method: self.method.to_owned(),
+            url: self.url.to_owned(),
+            protocol: self.protocol.to_owned(),
+            code: self.code,
+            headers: self
+                .headers()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+            latency_ns: self.latency_ns,
+            reason: self.reason.map(str::to_owned),
         }
     }
 }

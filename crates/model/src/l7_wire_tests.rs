@@ -133,10 +133,37 @@ proptest! {
         prop_assert_eq!(&borrowed[1..], &owned[..]);
     }
 
+    /// An HTTP record kept as its frame reads as the decoded record, field by field, and
+    /// the frame is refused where decoding is.
+    #[test]
+    fn an_http_frame_reads_as_its_record(rec in http(), cut in any::<prop::sample::Index>()) {
+        let mut buf = Vec::new();
+        encode_record(&ProxyEvent::Http(Box::new(rec.clone())), &mut buf);
+        let (_, payload) = split(&buf);
+        let frame = HttpFrame::new(payload).unwrap();
+        prop_assert_eq!(frame.payload(), payload);
+        prop_assert_eq!(frame.record(), rec.clone());
+        prop_assert_eq!(&HttpFrame::of_record(&rec), &frame);
+        let v = frame.view();
+        prop_assert_eq!(v.header_count(), rec.headers.len());
+        let headers: Vec<(&str, &str)> = v.headers().collect();
+        let want: Vec<(&str, &str)> = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        prop_assert_eq!(headers, want);
+        // Written back as a frame, the same bytes.
+        let mut again = Vec::new();
+        prop_assert!(encode_record(&ProxyEvent::HttpFrame(frame.clone()), &mut again));
+        prop_assert_eq!(&again, &buf);
+        let n = cut.index(payload.len());
+        prop_assert_eq!(HttpFrame::new(&payload[..n]).unwrap_err(), decode_record(FRAME_HTTP, &payload[..n]).unwrap_err());
+    }
+
     #[test]
     fn garbage_never_panics(kind in 0u8..5, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
         // Any outcome but a panic; an unknown kind is refused as such.
         let r = decode_record(kind, &payload);
+        if kind == FRAME_HTTP {
+            prop_assert_eq!(HttpFrame::new(&payload).err(), r.clone().err());
+        }
         if !is_frame_kind(kind) {
             prop_assert_eq!(r.unwrap_err(), WireError::UnknownKind(kind));
         }

@@ -11,7 +11,7 @@ use crate::store::{EndpointInfo, ServiceRef, Snapshot};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 pub(crate) fn trace_event() -> MonitorEvent {
     MonitorEvent {

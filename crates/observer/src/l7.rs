@@ -106,7 +106,7 @@ fn ip_string(ip: std::net::Ipv4Addr) -> String {
     s
 }
 
-fn verdict(v: L7Verdict) -> Verdict {
+pub(crate) fn verdict(v: L7Verdict) -> Verdict {
     match v {
         L7Verdict::Forwarded => Verdict::Forwarded,
         L7Verdict::Dropped => Verdict::Dropped,

@@ -1,6 +1,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ciliate_model::l7::L7Verdict;
+use ciliate_model::l7::{L7RecordType, L7Verdict};
 
 use super::*;
 use crate::convert::tests::store as pods;
@@ -56,10 +56,40 @@ fn from_outside() -> HttpRecord {
     }
 }
 
+/// A record unlike `r` in every field the flow shows: the other type, other headers (more of
+/// them, or none), another URL, a Service at its ends.
+fn other(r: &HttpRecord) -> HttpRecord {
+    let mut o = if r.record_type == L7RecordType::Request {
+        response()
+    } else {
+        request()
+    };
+    o.url = format!("{}/longer/than/before?q=1", r.url);
+    if r.headers.is_empty() {
+        o.headers = vec![
+            ("b-two".into(), "2".into()),
+            ("a-one".into(), "1".into()),
+            ("x".into(), "3".into()),
+        ];
+    } else {
+        o.headers.clear();
+    }
+    o.egress = !r.egress;
+    // A Service's frontend as the server (the store's `web` on port 80).
+    o.destination = SocketAddrV4::new(crate::convert::tests::VIP, 80);
+    o
+}
+
 #[test]
 fn a_kept_record_reads_as_the_flow_built_at_once() {
     let (store, node, ids) = (store(), node(), FlowIds::default());
-    for record in [request(), response(), from_outside()] {
+    for record in [
+        request(),
+        response(),
+        from_outside(),
+        other(&request()),
+        other(&response()),
+    ] {
         let r = RecordedHttp::capture(record.clone(), &store, &node, &ids, "default/node-a");
         let flow = r.flow();
         assert_eq!(flow, built_at_once(&record, &r, &node));
@@ -82,7 +112,12 @@ fn a_kept_record_reads_as_the_flow_built_at_once() {
             egress_allowed_by: Vec::new(),
             ..flow.clone()
         };
-        assert_eq!(r.unnamed(), &unnamed);
+        assert_eq!(r.unnamed(), unnamed);
+        // Filled in place over another record's flow, the same.
+        let mut reused =
+            RecordedHttp::capture(other(&record), &store, &node, &ids, "default/node-a").unnamed();
+        r.fill_unnamed(&mut reused);
+        assert_eq!(reused, unnamed);
     }
 }
 
@@ -90,15 +125,14 @@ fn a_kept_record_reads_as_the_flow_built_at_once() {
 fn the_records_of_a_batch_share_their_rules_policy() {
     let (store, node, ids) = (store(), node(), FlowIds::default());
     let mut policies = RulePolicies::default();
+    let name: Arc<str> = Arc::from("default/node-a");
     let ingress = HttpRecord {
         egress: false,
         ..request()
     };
     let kept: Vec<RecordedHttp> = [request(), response(), ingress.clone(), request()]
         .into_iter()
-        .map(|r| {
-            RecordedHttp::capture_with(r, &store, &node, &ids, "default/node-a", &mut policies)
-        })
+        .map(|r| RecordedHttp::capture_with(r, &store, &node, &ids, &name, &mut policies))
         .collect();
     for (r, record) in kept.iter().zip([request(), response(), ingress, request()]) {
         assert_eq!(r.flow(), built_at_once(&record, r, &node));
@@ -115,7 +149,7 @@ fn the_records_of_a_batch_share_their_rules_policy() {
         &store,
         &node,
         &ids,
-        "default/node-a",
+        &name,
         &mut policies,
     );
     assert!(unknown.history_policy().is_none());
@@ -198,7 +232,7 @@ fn a_kept_dns_record_reads_as_the_flow_built_at_once_with_an_id() {
             "{flow:?}"
         );
         assert!(
-            crate::l7::dns(r.unnamed()).is_some(),
+            crate::l7::dns(&r.unnamed()).is_some(),
             "the metrics see the DNS record"
         );
     }

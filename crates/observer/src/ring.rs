@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord};
+use ciliate_model::l7_wire::HttpFrame;
 use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::sync::broadcast;
 
@@ -101,7 +102,7 @@ impl Entry {
         match self {
             Entry::Flow(f) => f.time,
             Entry::Event(r) => r.time(),
-            Entry::Http(r) => r.unnamed().time,
+            Entry::Http(r) => Some(r.time()),
             Entry::Lost(_, t) => Some(*t),
         }
     }
@@ -125,6 +126,8 @@ struct Ring {
 /// The flow observer of one node.
 pub struct Observer {
     config: ObserverConfig,
+    /// `config.node_name`, shared by the HTTP records kept unnamed.
+    flow_node_name: Arc<str>,
     /// The cluster this node is in (the first part of its qualified name).
     cluster: String,
     /// The node's and cluster's names and the node's labels, shared by every record made
@@ -169,6 +172,7 @@ impl Observer {
                 cluster: cluster.clone(),
                 labels: Vec::new(),
             })),
+            flow_node_name: Arc::from(node_name.as_str()),
             config: ObserverConfig {
                 capacity,
                 node_name,
@@ -278,21 +282,30 @@ impl Observer {
     /// become the flows'. Each is kept with the names the store gives now and its flow built
     /// when read ([`RecordedHttp`]); the metrics count it now.
     pub fn observe_http_records(&self, records: impl IntoIterator<Item = HttpRecord>) {
+        self.observe_http_frames(records.into_iter().map(|r| HttpFrame::of_record(&r)));
+    }
+
+    /// [`observe_http_records`](Self::observe_http_records) for records as their frames
+    /// arrived (what the agent reads off the proxy's control socket): each frame is kept as
+    /// it is, and read in place when its flow is counted, stored or built.
+    pub fn observe_http_frames(&self, frames: impl IntoIterator<Item = HttpFrame>) {
         let store = self.store.as_ref();
         let names = self.node_names(store.node_labels());
         let mut policies = RulePolicies::default();
-        let entries: Vec<Entry> = records
+        // The flow the metrics count, filled in place for each record (its strings reused).
+        let mut unnamed = Flow::default();
+        let entries: Vec<Entry> = frames
             .into_iter()
-            .map(|r| {
-                let recorded = RecordedHttp::capture_with(
-                    r,
+            .map(|f| {
+                let recorded = RecordedHttp::capture_frame(
+                    f,
                     store,
                     &names,
                     &self.ids,
-                    &self.config.node_name,
+                    &self.flow_node_name,
                     &mut policies,
                 );
-                self.metrics.record(recorded.unnamed());
+                recorded.with_unnamed(&mut unnamed, |f| self.metrics.record(f));
                 Entry::Http(Box::new(recorded))
             })
             .collect();
@@ -314,6 +327,7 @@ impl Observer {
         let store = self.store.as_ref();
         let names = self.node_names(store.node_labels());
         let mut policies = RulePolicies::default();
+        let mut unnamed = Flow::default();
         let entries: Vec<Entry> = records
             .into_iter()
             .map(|r| {
@@ -325,7 +339,7 @@ impl Observer {
                     &self.config.node_name,
                     &mut policies,
                 );
-                self.metrics.record(recorded.unnamed());
+                recorded.with_unnamed(&mut unnamed, |f| self.metrics.record(f));
                 Entry::Http(Box::new(recorded))
             })
             .collect();

@@ -448,8 +448,14 @@ fn parse_item(buf: &mut BytesMut) -> std::io::Result<Item> {
             return Ok(Item::NeedMore);
         }
         buf.advance(FRAME_HEADER);
-        let payload = buf.split_to(len);
-        return Ok(match l7_wire::decode_record(first, &payload) {
+        // An HTTP record stays its frame (checked here): the agent reads it in place.
+        let decoded = if first == l7_wire::FRAME_HTTP {
+            l7_wire::HttpFrame::new(&buf[..len]).map(ProxyEvent::HttpFrame)
+        } else {
+            l7_wire::decode_record(first, &buf[..len])
+        };
+        buf.advance(len);
+        return Ok(match decoded {
             Ok(ev) => Item::Event(ev),
             Err(e) => {
                 warn!(error = %e, "undecodable proxy record; skipped");
@@ -595,6 +601,17 @@ mod tests {
         out
     }
 
+    /// `events` as the agent reads them: an HTTP record as its frame.
+    fn received(events: &[ProxyEvent]) -> Vec<ProxyEvent> {
+        events
+            .iter()
+            .map(|ev| match ev {
+                ProxyEvent::Http(r) => ProxyEvent::HttpFrame(l7_wire::HttpFrame::of_record(r)),
+                ev => ev.clone(),
+            })
+            .collect()
+    }
+
     /// A reader of what `bytes` (written in pieces of `chunk` bytes, then closed) holds.
     async fn read_all(bytes: Vec<u8>, chunk: usize) -> (Vec<ProxyEvent>, Option<std::io::Error>) {
         let (a, b) = UnixStream::pair().expect("pair");
@@ -639,7 +656,7 @@ mod tests {
         for chunk in [1, 2, 7, 64, bytes.len()] {
             let (got, err) = read_all(bytes.clone(), chunk).await;
             assert!(err.is_none(), "chunk {chunk}: {err:?}");
-            assert_eq!(got, events, "chunk {chunk}");
+            assert_eq!(got, received(&events), "chunk {chunk}");
         }
     }
 
@@ -652,7 +669,7 @@ mod tests {
         bytes.extend(frame(&record(2)));
         let (got, err) = read_all(bytes, 5).await;
         assert!(err.is_none(), "{err:?}");
-        assert_eq!(got, vec![record(2)]);
+        assert_eq!(got, received(&[record(2)]));
     }
 
     #[tokio::test]
@@ -662,7 +679,7 @@ mod tests {
         bytes.extend(frame(&record(2)));
         bytes.truncate(whole + 10);
         let (got, err) = read_all(bytes, 4).await;
-        assert_eq!(got, vec![record(1)]);
+        assert_eq!(got, received(&[record(1)]));
         let err = err.expect("an error");
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
         assert!(err.to_string().contains("ended inside an event"), "{err}");
@@ -670,7 +687,7 @@ mod tests {
         let mut bytes = frame(&record(1));
         bytes.extend_from_slice(&[l7_wire::FRAME_HTTP, 0xff, 0xff, 0xff, 0x7f, 0, 0]);
         let (got, err) = read_all(bytes, 64).await;
-        assert_eq!(got, vec![record(1)]);
+        assert_eq!(got, received(&[record(1)]));
         let err = err.expect("an error");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("exceeds the limit"), "{err}");

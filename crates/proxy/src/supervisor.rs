@@ -797,6 +797,7 @@ fn note_event(inner: &Inner, ev: &ProxyEvent) {
         ProxyEvent::Rejected { reason, .. } => st.status.last_error = Some(reason.clone()),
         ProxyEvent::Stats(s) => st.status.stats = Some(*s),
         ProxyEvent::Http(_)
+        | ProxyEvent::HttpFrame(_)
         | ProxyEvent::Dns(_)
         | ProxyEvent::Kafka(_)
         | ProxyEvent::FqdnLearned(_) => {}

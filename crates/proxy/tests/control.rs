@@ -8,6 +8,7 @@ use ciliate_model::l7::{
     HttpMatch, HttpRecord, L7Parser, L7PeerRules, L7RecordType, L7Redirect, L7Verdict,
     ProxyCommand, ProxyEvent,
 };
+use ciliate_model::l7_wire::HttpFrame;
 use ciliate_proxy::control::{self, ControlClient};
 use ciliate_proxy::engine::{Counters, Engine, EngineConfig};
 use ciliate_proxy::identity::StaticIdentities;
@@ -128,7 +129,11 @@ async fn commands_events_and_rejection() {
     tx.send(ProxyEvent::Http(Box::new(rec.clone())).into())
         .await
         .expect("send");
-    assert_eq!(next(&mut c).await, ProxyEvent::Http(Box::new(rec)));
+    // As its frame, read in place by the agent.
+    assert_eq!(
+        next(&mut c).await,
+        ProxyEvent::HttpFrame(HttpFrame::of_record(&rec))
+    );
 
     // A new connection (a restarted agent) replaces the old one; the policy survives.
     drop(c);

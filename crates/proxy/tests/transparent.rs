@@ -198,8 +198,8 @@ fn tproxy_gives_original_destination_and_the_upstream_keeps_the_client_address()
             port_tx.send(port).expect("port");
             let forward = async {
                 while let Ok(ev) = events.recv().await {
-                    if let ProxyEvent::Http(r) = ev {
-                        let _ = rec_tx.send(*r);
+                    if let ProxyEvent::HttpFrame(f) = ev {
+                        let _ = rec_tx.send(f.record());
                     }
                 }
             };

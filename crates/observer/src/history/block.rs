@@ -199,11 +199,14 @@ pub enum BlockError {
 
 /// Nanoseconds since the epoch of a flow's time.
 pub fn time_ns(flow: &Flow) -> Option<i64> {
-    flow.time.as_ref().map(|t| {
-        t.seconds
-            .saturating_mul(1_000_000_000)
-            .saturating_add(i64::from(t.nanos))
-    })
+    flow.time.as_ref().map(time_ns_of)
+}
+
+/// A timestamp in nanoseconds since the epoch.
+fn time_ns_of(t: &pbjson_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
 }
 
 fn timestamp(ns: i64) -> pbjson_types::Timestamp {
@@ -362,7 +365,7 @@ impl Row<'_> {
     fn time_ns(&self) -> Option<i64> {
         match self {
             Row::Flow(f) => time_ns(f),
-            Row::Http(r) => time_ns(r.unnamed()),
+            Row::Http(r) => Some(time_ns_of(&r.time())),
             Row::Event(r) => r.time().map(|t| {
                 t.seconds
                     .saturating_mul(1_000_000_000)
@@ -382,6 +385,9 @@ pub struct Encoder {
     raw: Vec<u8>,
     chunk: RowChunk,
     rows: RowWriter,
+    /// An HTTP record's flow without its names, filled in place per record
+    /// (`RecordedHttp::fill_unnamed`).
+    http: Flow,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -406,6 +412,7 @@ impl Default for Encoder {
             raw: Vec::new(),
             chunk: RowChunk::default(),
             rows: RowWriter::default(),
+            http: Flow::default(),
         }
     }
 }
@@ -595,13 +602,10 @@ fn encode_with(
                 enc.uuids.extend_from_slice(r.uuid().as_bytes());
                 // The flow without endpoints, id, node labels or policy, then its node labels
                 // and the policy that allowed it: the built flow's fields (in another order, which protobuf readers accept).
-                cut_columns(
-                    r.unnamed(),
-                    node_name,
-                    true,
-                    &mut enc.whole,
-                    &mut enc.stripped,
-                );
+                let (whole, stripped) = (&mut enc.whole, &mut enc.stripped);
+                r.with_unnamed(&mut enc.http, |f| {
+                    cut_columns(f, node_name, true, whole, stripped);
+                });
                 prost::encoding::string::encode_repeated(
                     FIELD_NODE_LABELS,
                     r.node_labels(),
