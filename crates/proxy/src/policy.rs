@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ciliate_model::l7::{L7Redirect, ProxyCommand};
@@ -80,6 +81,8 @@ fn compile_all(redirects: &[L7Redirect]) -> Result<Vec<Arc<CompiledRedirect>>, R
 #[derive(Debug)]
 pub struct Policy {
     current: RwLock<Arc<PolicyTable>>,
+    /// Bumped after every table swap (see [`Policy::generation`]).
+    generation: AtomicU64,
     applied: tokio::sync::watch::Sender<bool>,
 }
 
@@ -87,6 +90,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             current: RwLock::default(),
+            generation: AtomicU64::new(0),
             applied: tokio::sync::watch::channel(false).0,
         }
     }
@@ -106,6 +110,14 @@ impl Policy {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Changes with every command applied, after the table in force has changed: a
+    /// connection that keeps what it last looked up in [`Policy::current`] looks again only
+    /// when this moved (read it first). One atomic load, where `current` takes the lock and
+    /// a reference on the table, which every request of every thread would share.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Applies a command; on error nothing changes. Returns the revision now in force.
@@ -142,7 +154,40 @@ impl Policy {
         };
         let rev = next.revision;
         *guard = Arc::new(next);
+        self.generation.fetch_add(1, Ordering::Release);
         self.applied.send_replace(true);
         Ok(rev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generation_moves_with_every_command_after_the_table() {
+        let policy = Policy::default();
+        let mut seen = policy.generation();
+        for revision in 1..=3 {
+            let rev = policy
+                .apply(&ProxyCommand::Snapshot {
+                    revision,
+                    redirects: Vec::new(),
+                })
+                .expect("applies");
+            assert_eq!(rev, revision);
+            let now = policy.generation();
+            assert_ne!(now, seen, "after revision {revision}");
+            assert_eq!(policy.current().revision, revision);
+            seen = now;
+        }
+        let removal = ProxyCommand::Endpoint {
+            revision: 9,
+            endpoint: 1,
+            redirects: vec![],
+        };
+        policy.apply(&removal).expect("applies");
+        assert_eq!(policy.current().revision, 9);
+        assert_ne!(policy.generation(), seen);
     }
 }

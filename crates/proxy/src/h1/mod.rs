@@ -13,6 +13,7 @@ mod framing;
 
 use std::borrow::Cow;
 use std::io;
+use std::mem::MaybeUninit;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +32,7 @@ pub use framing::{Body, Chunked, FramingError};
 
 use crate::engine::{connect_upstream, now_ns, ConnMeta, Engine, ACCESS_DENIED_BODY};
 use crate::policy::RedirectKey;
-use crate::rules::{Decision, RequestView};
+use crate::rules::{CompiledRedirect, Decision, RequestView};
 
 /// The largest request or response head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -105,6 +106,10 @@ pub(crate) struct Conn {
     upstream_uses: u64,
     /// Lower-case header names of the head being recorded (kept to reuse its memory).
     names: String,
+    /// This connection's redirect, as last looked up, and the policy's generation then: it
+    /// is looked up again only after a command changed the table.
+    redirect: Option<Arc<CompiledRedirect>>,
+    policy_generation: Option<u64>,
     shutdown: watch::Receiver<bool>,
     closing: bool,
 }
@@ -383,6 +388,8 @@ impl Conn {
             ubuf: BytesMut::new(),
             upstream_uses: 0,
             names: String::new(),
+            redirect: None,
+            policy_generation: None,
             shutdown,
             closing: false,
         }
@@ -441,9 +448,10 @@ impl Conn {
     /// Parses and judges the head at the start of the client buffer; `None` if incomplete.
     fn parse_request(&mut self) -> Option<Result<Request, BadRequest>> {
         let start = Instant::now();
-        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut hs);
-        let head_len = match req.parse(&self.cbuf) {
+        // Uninitialised: no 3 KB of empty headers written per head.
+        let mut hs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(&self.cbuf, &mut hs) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if self.cbuf.len() > MAX_HEAD => {
                 return Some(Err(BadRequest {
@@ -493,8 +501,12 @@ impl Conn {
         let (authority, path) = target_parts(target, header(headers, "host"));
         let engine = &self.engine;
         engine.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let table = engine.policy.current();
-        let redirect = table.get(&self.key);
+        let generation = engine.policy.generation();
+        if self.policy_generation != Some(generation) {
+            self.redirect = engine.policy.current().get(&self.key).cloned();
+            self.policy_generation = Some(generation);
+        }
+        let redirect = self.redirect.as_ref();
         let remote = if self.meta.egress {
             self.meta.destination_identity
         } else {
@@ -743,7 +755,12 @@ impl Conn {
             return Err("no upstream".into());
         };
         let (mut ur, _) = up.split();
-        read_response_head(&mut ur, &mut self.ubuf, &mut self.client, req).await
+        let recorder = Recorder {
+            engine: &self.engine,
+            meta: &self.meta,
+            names: &mut self.names,
+        };
+        read_response_head(&mut ur, &mut self.ubuf, &mut self.client, req, recorder).await
     }
 
     /// Sends a response whose head has been read on to the client, records it, and decides
@@ -754,18 +771,7 @@ impl Conn {
             return Ok(Next::Close);
         };
         let (mut ur, _) = up.split();
-        let r = send_response(
-            &self.engine,
-            &self.meta,
-            &mut ur,
-            &mut self.ubuf,
-            &mut self.client,
-            &req,
-            resp,
-            close,
-            &mut self.names,
-        )
-        .await;
+        let r = send_response(&mut ur, &mut self.ubuf, &mut self.client, &req, resp, close).await;
         match r {
             Ok(next) => self.after_response(next).await,
             Err(e) => {
@@ -967,12 +973,40 @@ enum RespondError {
     After(String),
 }
 
+/// What records a connection's final responses.
+struct Recorder<'a> {
+    engine: &'a Engine,
+    meta: &'a ConnMeta,
+    /// Reused for the lower-case header names.
+    names: &'a mut String,
+}
+
+impl Recorder<'_> {
+    /// Records the final response to `req`, its head parsed as `code` and `headers`.
+    fn response(&mut self, req: &Request, code: u16, headers: &[httparse::Header<'_>]) {
+        let latency = req.start.elapsed().as_nanos() as u64;
+        lower_names(headers, self.names);
+        record(
+            self.engine,
+            self.meta,
+            &req.ex,
+            L7RecordType::Response,
+            code,
+            latency,
+            named(headers, self.names),
+            headers.len(),
+        );
+    }
+}
+
 /// Reads a response head into `ubuf`; interim 1xx responses (not 101) go on to the client.
+/// The final one is recorded as it is parsed.
 async fn read_response_head<R, W>(
     ur: &mut R,
     ubuf: &mut BytesMut,
     client: &mut W,
     req: &Request,
+    mut recorder: Recorder<'_>,
 ) -> Result<Response, String>
 where
     R: AsyncRead + Unpin,
@@ -980,8 +1014,11 @@ where
 {
     loop {
         if !ubuf.is_empty() {
-            match parse_response(ubuf, req)? {
-                Some(r) if (100..200).contains(&r.code) && r.code != 101 => {
+            let parsed = parse_response(ubuf, req, |code, headers| {
+                recorder.response(req, code, headers)
+            })?;
+            match parsed {
+                Some(r) if !is_final(r.code) => {
                     client
                         .write_all(&ubuf[..r.head_len])
                         .await
@@ -1001,10 +1038,25 @@ where
     }
 }
 
-fn parse_response(ubuf: &[u8], req: &Request) -> Result<Option<Response>, String> {
-    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut hs);
-    let head_len = match resp.parse(ubuf) {
+/// Whether a response with this code is the final one (1xx ones are interim, but for `101
+/// Switching Protocols`).
+fn is_final(code: u16) -> bool {
+    !(100..200).contains(&code) || code == 101
+}
+
+/// Parses the response head at the start of `ubuf` (`None`: not whole yet); `on_final`
+/// sees the code and headers of a final one (see [`is_final`]), from the one parse.
+fn parse_response(
+    ubuf: &[u8],
+    req: &Request,
+    on_final: impl FnOnce(u16, &[httparse::Header<'_>]),
+) -> Result<Option<Response>, String> {
+    // Uninitialised: no 3 KB of empty headers written per head.
+    let mut hs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp, ubuf, &mut hs,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if ubuf.len() > MAX_HEAD => {
             return Err(format!("response head over {MAX_HEAD} bytes"))
@@ -1039,6 +1091,9 @@ fn parse_response(ubuf: &[u8], req: &Request) -> Result<Option<Response>, String
         } else {
             !has_token(headers, "connection", "close")
         };
+    if is_final(code) {
+        on_final(code, headers);
+    }
     Ok(Some(Response {
         head_len,
         code,
@@ -1047,52 +1102,19 @@ fn parse_response(ubuf: &[u8], req: &Request) -> Result<Option<Response>, String
     }))
 }
 
-/// Records the response at the start of `ubuf` (its head parsed as `resp`).
-fn record_response(
-    engine: &Engine,
-    meta: &ConnMeta,
-    ubuf: &[u8],
-    req: &Request,
-    resp: &Response,
-    names: &mut String,
-) {
-    let latency = req.start.elapsed().as_nanos() as u64;
-    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut hs);
-    // Parsed before: it parses again.
-    let _ = r.parse(&ubuf[..resp.head_len]);
-    let headers: &[httparse::Header<'_>] = r.headers;
-    lower_names(headers, names);
-    record(
-        engine,
-        meta,
-        &req.ex,
-        L7RecordType::Response,
-        resp.code,
-        latency,
-        named(headers, names),
-        headers.len(),
-    );
-}
-
-/// Passes the response (head parsed, at the start of `ubuf`) to the client.
-#[allow(clippy::too_many_arguments)]
+/// Passes the response (head parsed and recorded, at the start of `ubuf`) to the client.
 async fn send_response<R, W>(
-    engine: &Engine,
-    meta: &ConnMeta,
     ur: &mut R,
     ubuf: &mut BytesMut,
     client: &mut W,
     req: &Request,
     mut resp: Response,
     closing: bool,
-    names: &mut String,
 ) -> Result<After, String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    record_response(engine, meta, ubuf, req, &resp, names);
     let tunnel =
         (resp.code == 101 && req.upgrade) || (req.connect && (200..300).contains(&resp.code));
     if tunnel {
@@ -1144,10 +1166,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let resp = read_response_head(ur, ubuf, client, req)
+    let recorder = Recorder {
+        engine,
+        meta,
+        names,
+    };
+    let resp = read_response_head(ur, ubuf, client, req, recorder)
         .await
         .map_err(RespondError::BeforeHead)?;
-    send_response(engine, meta, ur, ubuf, client, req, resp, closing, names)
+    send_response(ur, ubuf, client, req, resp, closing)
         .await
         .map_err(RespondError::After)
 }
