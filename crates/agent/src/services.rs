@@ -208,6 +208,23 @@ impl ciliate_lb::table::ObjectRow for Stored {
     }
 }
 
+impl journal::JournalRow for Stored {
+    fn record(&self) -> ObjectRecord<'_> {
+        Stored::record(self)
+    }
+}
+
+impl From<ciliate_model::manifest::Decoded> for Stored {
+    fn from(d: ciliate_model::manifest::Decoded) -> Self {
+        Self {
+            object: Arc::new(d.object),
+            source: d.source,
+            // A document's place in its file or request: far below 2^32.
+            index: u32::try_from(d.index).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// One source's rows, found by their object's key (not kept apart: at 10,000 Services the
 /// copied keys were ~300 bytes per Service).
 type Rows = ObjectTable<Stored>;
@@ -425,9 +442,9 @@ impl ServiceManager {
         let mut rows: [Rows; 3] = Default::default();
         for source in [Source::Api, Source::ManifestDir] {
             let name = source.journal().unwrap_or_default();
-            let (mut journal, decoded) = Journal::open_objects(&objects_dir, name)?;
+            let (mut journal, table) = Journal::open_objects(&objects_dir, name, Stored::from)?;
             let mut path = objects_dir.join(format!("{name}.jsonl"));
-            let decoded = match &legacy {
+            let table = match &legacy {
                 // An older agent's whole-file store: its objects become the journal.
                 Some(old) => {
                     let docs = match source {
@@ -439,15 +456,14 @@ impl ServiceManager {
                     if decoded.is_ok() {
                         journal.rewrite(&docs)?;
                     }
-                    decoded
+                    decoded.map(|d| stored_rows(d).collect())
                 }
-                None => decoded,
+                None => table,
             };
-            let decoded = decoded.map_err(|e| ServiceOpenError::Inconsistent {
+            rows[source.index()] = table.map_err(|e| ServiceOpenError::Inconsistent {
                 path,
                 message: report(&e, "the agent does not start from it"),
             })?;
-            rows[source.index()] = stored_rows(decoded).collect();
             journals.insert(source, journal);
         }
         if legacy.is_some() {
@@ -495,7 +511,13 @@ impl ServiceManager {
         // batch's difference: the whole state is compared with the maps by `sync` below.
         let mut objects = Vec::with_capacity(rows.iter().map(Rows::len).sum());
         for (i, source) in Source::ALL.into_iter().enumerate() {
-            let above = &Source::ALL[..i];
+            // Only the sources above that hold something are looked in (at a restart, the
+            // API's objects are most often all there is).
+            let above: Vec<Source> = Source::ALL[..i]
+                .iter()
+                .copied()
+                .filter(|s| !rows[s.index()].is_empty())
+                .collect();
             let shadowed = |o: &Object| above.iter().any(|s| rows[s.index()].get_like(o).is_some());
             objects.extend(
                 rows[source.index()]

@@ -90,6 +90,13 @@ impl<T: ObjectRow> ObjectTable<T> {
             .find(self.hash(want), |r| parts(r.object()) == want)
     }
 
+    /// Room for `additional` more rows without growing.
+    pub fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.rows
+            .reserve(additional, |r| hasher.hash_one(parts(r.object())));
+    }
+
     /// Whether `key` has a row.
     pub fn contains_key(&self, key: &ObjectKey) -> bool {
         self.get(key).is_some()
@@ -161,6 +168,8 @@ impl<T: ObjectRow> FromIterator<T> for ObjectTable<T> {
 
 impl<T: ObjectRow> Extend<T> for ObjectTable<T> {
     fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
+        let iter = iter.into_iter();
+        self.reserve(iter.size_hint().0);
         for r in iter {
             self.insert(r);
         }

@@ -35,30 +35,42 @@ impl Balancer {
     /// [`Balancer::apply`]. On error the balancer is to be dropped (as after a failed start):
     /// what was loaded before the error stays.
     pub fn load(&mut self, objects: Vec<Arc<Object>>) -> Result<(), LbError> {
-        let changes: Vec<Change> = objects.into_iter().map(Change::Upsert).collect();
-        self.check(&changes)?;
         if !self.is_empty() {
+            let changes: Vec<Change> = objects.into_iter().map(Change::Upsert).collect();
+            self.check(&changes)?;
             return self.apply_checked(changes).map(|_| ());
         }
-        let large = changes.len() >= COMPACT_AFTER;
+        // Into an empty balancer, [`Balancer::check`] (the reverse-NAT indexes a batch would
+        // need, counted before anything changes) is not run: the ids are given below, and
+        // giving one past the last is the same error; the balancer is dropped on error.
+        let large = objects.len() >= COMPACT_AFTER;
 
-        // The objects, each Service's name shared by its Service and its slices.
+        // The objects, each Service's name shared by its Service and its slices (the object
+        // before's, when they come grouped as a file has them: no lookup).
         let mut names: HashSet<ServiceName> = HashSet::default();
-        for c in changes {
-            let Change::Upsert(o) = c else { continue };
-            let name = raw_name(&o).map(|(ns, n)| {
-                let n = ServiceName::new(ns, n);
-                match names.get(&n) {
-                    Some(k) => k.clone(),
-                    None => {
-                        names.insert(n.clone());
-                        n
-                    }
+        names.reserve(objects.len() / 2);
+        let mut last: Option<ServiceName> = None;
+        for o in objects {
+            let name = match raw_name(&o) {
+                None => None,
+                Some(pair) if last.as_ref().is_some_and(|l| l.pair() == pair) => last.clone(),
+                Some((ns, n)) => {
+                    let n = ServiceName::new(ns, n);
+                    let n = match names.get(&n) {
+                        Some(k) => k.clone(),
+                        None => {
+                            names.insert(n.clone());
+                            n
+                        }
+                    };
+                    last = Some(n.clone());
+                    Some(n)
                 }
-            });
+            };
             self.put_object(o, name);
         }
         drop(names);
+        drop(last);
 
         // Every Service's plan.
         let mut planned = Vec::with_capacity(self.services.len());
