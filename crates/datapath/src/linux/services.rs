@@ -57,7 +57,7 @@ fn apply_lb_op(maps: &mut Maps, op: LbOp) -> Result<(), DatapathError> {
 }
 
 pub(super) fn sync_lb(inner: &mut Inner, desired: &LbState) -> Result<LbSyncStats, DatapathError> {
-    let ops = lbmaps::plan(&inner.lb_shadow, &lbmaps::entries(desired));
+    let ops = lbmaps::plan_state(&inner.lb_shadow, desired);
     write_ops(inner, ops)
 }
 

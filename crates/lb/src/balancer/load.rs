@@ -48,7 +48,14 @@ impl Balancer {
         // The objects, each Service's name shared by its Service and its slices (the object
         // before's, when they come grouped as a file has them: no lookup).
         let mut names: HashSet<ServiceName> = HashSet::default();
-        names.reserve(objects.len() / 2);
+        // Room for the tables at once, as for a Service and a slice each (growing tables of
+        // 50,000 rows moved and hashed them again at each doubling); `shrink` below gives
+        // back what is far from used.
+        let half = objects.len() / 2;
+        names.reserve(half);
+        self.services.reserve(half);
+        self.by_service.reserve(half);
+        self.slices.reserve(half);
         let mut last: Option<ServiceName> = None;
         for o in objects {
             let name = match raw_name(&o) {
