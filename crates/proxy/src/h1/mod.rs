@@ -1054,9 +1054,9 @@ fn parse_response(
     // Uninitialised: no 3 KB of empty headers written per head.
     let mut hs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp, ubuf, &mut hs,
-    ) {
+    let head_len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, ubuf, &mut hs)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if ubuf.len() > MAX_HEAD => {
             return Err(format!("response head over {MAX_HEAD} bytes"))
