@@ -960,6 +960,66 @@ pub fn disable_rp_filter(ifname: &str) -> Result<(), NetlinkError> {
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"), "0")
 }
 
+/// Has the kernel finish bringing `ifname` up, in the calling thread's namespace, and returns
+/// whether it has a carrier.
+///
+/// A veth end opened while its peer is down gets its carrier only when the peer comes up, and
+/// its transmit queue later still: until the kernel's link-watch worker attaches it, the device
+/// keeps the `noop` qdisc, which drops every packet (`QDISC_DROP` in `__dev_queue_xmit`). A
+/// pod whose first packet left before that worker ran lost it: a ping went unanswered, a TCP
+/// SYN waits a second for its retry, a DNS query five. `ETHTOOL_GLINK` runs the device's
+/// pending link-watch work at once (`ethtool_op_get_link` → `linkwatch_sync_dev`), under the
+/// same lock as the worker, so when this returns the queue is attached whoever ran the work.
+pub fn settle_link(ifname: &str) -> Result<bool, NetlinkError> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// `struct ethtool_value` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_GLINK: u32 = 0x0000_000a;
+
+    let request = |source: io::Error| NetlinkError::Request {
+        op: format!("ETHTOOL_GLINK on {ifname}"),
+        netns: "the calling thread's network namespace".into(),
+        source,
+    };
+    let name = ifname.as_bytes();
+    // IFNAMSIZ (16) with the terminating NUL.
+    if name.is_empty() || name.len() >= 16 || name.contains(&0) {
+        return Err(request(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an interface name",
+        )));
+    }
+    // SAFETY: socket(2) takes no pointers; a valid descriptor is owned by nobody else.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(request(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just opened and is closed only by this `OwnedFd`.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GLINK,
+        data: 0,
+    };
+    // SAFETY: all-zero is a valid `ifreq` (a name of NULs and a null union).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL reads `ifr` and reads/writes the `ethtool_value` its data points at;
+    // both live until the call returns.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if rc < 0 {
+        return Err(request(io::Error::last_os_error()));
+    }
+    Ok(value.data != 0)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
