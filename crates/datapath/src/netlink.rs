@@ -200,6 +200,8 @@ pub struct PodInterface {
 pub struct Netlink {
     handle: Handle,
     netns: String,
+    // The namespace the socket lives in, for the few requests that are not netlink ones.
+    ns: NetNs,
     // The connection task would outlive us until the kernel sends something unsolicited, so it
     // is aborted on drop.
     task: tokio::task::JoinHandle<()>,
@@ -232,6 +234,7 @@ impl Netlink {
     pub fn connect() -> Result<Self, NetlinkError> {
         let netns = "the current network namespace".to_owned();
         let rt = runtime(&netns)?;
+        let ns = NetNs::current()?;
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::Connect {
             netns: netns.clone(),
             reason: e.to_string(),
@@ -240,6 +243,7 @@ impl Netlink {
         Ok(Self {
             handle,
             netns,
+            ns,
             task,
         })
     }
@@ -265,8 +269,14 @@ impl Netlink {
         Ok(Self {
             handle,
             netns,
+            ns: ns.try_clone()?,
             task,
         })
+    }
+
+    /// [`settle_link`] on the link `name` of this connection's namespace.
+    pub async fn settle_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        self.ns.run_in(|| settle_link(name))?
     }
 
     /// The namespace this connection acts on, for messages.

@@ -114,6 +114,17 @@ impl NetNs {
         Self::open(THREAD_SELF_NETNS)
     }
 
+    /// A second handle on the same namespace (not a second lookup of its path).
+    pub fn try_clone(&self) -> Result<Self, NetnsError> {
+        Ok(Self {
+            path: self.path.clone(),
+            file: self.file.try_clone().map_err(|source| NetnsError::Open {
+                path: self.path.clone(),
+                source,
+            })?,
+        })
+    }
+
     /// The path the namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path

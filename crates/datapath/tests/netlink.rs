@@ -104,6 +104,9 @@ fn a_wired_pod_reaches_the_node_and_delete_leaves_nothing() {
             .await
             .unwrap();
         assert!(host_up.up);
+        // As the CNI plugin does: both queues attached before the first packet.
+        assert!(nl_node.settle_link("lxc0").await.unwrap());
+        assert!(nl_pod.settle_link("eth0").await.unwrap());
         let node_routes = nl_node.routes().await.unwrap();
         assert!(
             node_routes
@@ -264,7 +267,7 @@ fn run_in_enters_the_namespace_and_leaves_the_caller_alone() {
 
 /// The first frame through a veth pair right after both ends come up. The end brought up first
 /// gets its transmit queue from the kernel's link-watch worker, asynchronously; until then a
-/// frame sent through it is dropped. To make that window certain rather than rare, each round
+/// frame sent through it is dropped. To make that window near certain rather than rare, each round
 /// runs with every CPU busy at real-time priority (this thread on one, spinners on the others),
 /// so the worker cannot run until the frame is sent: without `settle_link` the frame is lost,
 /// with it the frame arrives.
@@ -295,8 +298,10 @@ fn a_settled_veth_end_delivers_its_first_frame() {
         "first frames lost in {ROUNDS} rounds: {lost_unsettled:?} without settle_link, \
          {lost_settled} with it"
     );
+    // The harness holds the window open (all rounds here, unless the test thread slept on a
+    // lock another test held, which lets the worker run): without settling, frames are lost.
     if let Some(lost) = lost_unsettled {
-        assert_eq!(lost, ROUNDS, "the window this guards against is there");
+        assert!(lost > 0, "the window this guards against is there");
     }
     assert_eq!(lost_settled, 0, "a settled link dropped its first frame");
     assert!(

@@ -263,6 +263,9 @@ async fn wire(nl: &Netlink, pod: &str, id: u16, ip: Ipv4Addr, identity: u32) -> 
         .await
         .unwrap();
     let host = nl.configure_host_veth(&host_name, ip, None).await.unwrap();
+    // As the CNI plugin does: both queues attached before the first packet.
+    assert!(nl.settle_link(&host_name).await.unwrap());
+    assert!(nl_pod.settle_link("eth0").await.unwrap());
     disable_rp_filter(&host_name).unwrap();
     Wired {
         spec: EndpointSpec {

@@ -15,9 +15,7 @@
 //! A failed ADD leaves no veth, no address and no endpoint behind.
 
 use ciliate_client::Client;
-use ciliate_datapath::netlink::{
-    disable_ipv6, disable_rp_filter, settle_link, LinkInfo, Netlink, PodInterface,
-};
+use ciliate_datapath::netlink::{disable_ipv6, disable_rp_filter, LinkInfo, Netlink, PodInterface};
 use ciliate_datapath::netns::NetNs;
 use ciliate_model::api::{EndpointCreateRequest, EndpointCreated};
 use ciliate_model::MacAddr;
@@ -192,9 +190,11 @@ impl Wiring<'_> {
         // Both ends are up: have the kernel attach their transmit queues now, not when its
         // link-watch worker gets to it, or the pod's first packet may be dropped
         // (`settle_link`). The host side first: the pod side's own packets leave through it.
-        self.settle(&self.host.name, None)?;
-        let pod_ifname = pod_if.name.clone();
-        self.settle(&pod_ifname, Some(self.pod_ns))?;
+        settled(
+            &self.host.name,
+            self.node.settle_link(&self.host.name).await?,
+        )?;
+        settled(&pod_if.name, self.pod.settle_link(&pod_if.name).await?)?;
         // Strict reverse-path filtering passes thanks to the /32 route; this only matters where
         // pod traffic is routed asymmetrically, so a read-only /proc/sys is not fatal.
         if let Err(e) = disable_rp_filter(&self.host.name) {
@@ -217,26 +217,17 @@ impl Wiring<'_> {
     }
 }
 
-impl Wiring<'_> {
-    /// `settle_link` on `ifname`, in the pod's namespace when given. A link without carrier
-    /// after both ends are up is a kernel error worth failing the ADD for.
-    fn settle(&self, ifname: &str, ns: Option<&NetNs>) -> Result<(), CniError> {
-        let name = ifname.to_owned();
-        let carrier = match ns {
-            Some(ns) => ns
-                .run_in(move || settle_link(&name))
-                .map_err(ciliate_datapath::netlink::NetlinkError::from)?,
-            None => settle_link(&name),
-        }?;
-        if !carrier {
-            return Err(CniError::new(
-                code::KERNEL,
-                format!("{ifname} has no carrier although both ends of its veth pair are up"),
-                "",
-            ));
-        }
-        Ok(())
+/// A link without carrier after both ends of its veth pair are up is a kernel error worth
+/// failing the ADD for.
+fn settled(ifname: &str, carrier: bool) -> Result<(), CniError> {
+    if carrier {
+        return Ok(());
     }
+    Err(CniError::new(
+        code::KERNEL,
+        format!("{ifname} has no carrier although both ends of its veth pair are up"),
+        "",
+    ))
 }
 
 fn require_mac(link: &LinkInfo) -> Result<MacAddr, CniError> {
