@@ -20,6 +20,7 @@
 /* cil_lb4_aff    LRU hash   struct lb4_affinity_key -> struct lb4_affinity_val */
 /* cil_lb4_sk     LRU hash   struct lb4_sock_key -> struct lb4_reverse_nat (socket LB)  */
 /* cil_policy     LPM trie   struct policy_key  -> struct policy_entry  */
+/* cil_pol_stats  per-CPU hash  struct policy_key (an entry's own) -> struct policy_stats */
 /* cil_ipcache4   LPM trie   struct ipcache_key -> struct ipcache_entry */
 /* cil_node_cfg   array      __u32 0 -> struct node_config (one entry)  */
 /* cil_snat4      LRU hash   struct ct_key4 -> struct snat_entry4 (masquerading) */
@@ -279,6 +280,17 @@ struct policy_entry {
 	__u8 match;      /* POLICY_MATCH_* */
 	__u16 proxy_port; /* L7 redirect: the node's proxy port, HOST byte order; 0 = none */
 	__u32 rule;      /* the agent's id of the rule that made it: `policy trace`, events */
+	/* The entry's own key, under which cil_pol_stats counts what it allowed (a trie lookup
+	 * returns the value of the longest match, not its key). */
+	struct policy_key key;
+};
+
+/* What a policy entry allowed, per CPU. Its counters were in the entry itself, which every
+ * CPU shares: an atomic add from two CPUs in turn on every packet of a port (a proxied
+ * connection's client and the proxy's upstream hit the same entry) was most of
+ * to_container's time on node Y of bench/l7.sh (bench/README.md, "Session 17"). Cilium
+ * moved its policy counters to a per-CPU map for the same reason (cilium/cilium#37591). */
+struct policy_stats {
 	__u64 packets;
 	__u64 bytes;
 };

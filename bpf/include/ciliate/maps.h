@@ -99,6 +99,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cil_policy SEC(".maps");
 
+/* Created by the first packet an entry allows; the agent deletes an entry's stats with it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, POLICY_MAP_SIZE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_stats);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cil_pol_stats SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, IPCACHE_MAP_SIZE);

@@ -38,6 +38,23 @@ static __always_inline __be16 policy_port(const struct pkt4 *p)
 	return p->dport;
 }
 
+/* Counts a packet that `hit` allowed in cil_pol_stats, this CPU's slot (see struct
+ * policy_stats). Two CPUs creating the same entry at once: the loser counts in the winner's. */
+static __always_inline void policy_count(const struct policy_entry *hit, __u32 bytes)
+{
+	struct policy_stats *s = bpf_map_lookup_elem(&cil_pol_stats, &hit->key);
+	struct policy_stats n = {.packets = 1, .bytes = bytes};
+
+	if (!s && bpf_map_update_elem(&cil_pol_stats, &hit->key, &n, BPF_NOEXIST) == 0)
+		return;
+	if (!s)
+		s = bpf_map_lookup_elem(&cil_pol_stats, &hit->key);
+	if (s) {
+		s->packets++;
+		s->bytes += bytes;
+	}
+}
+
 struct policy_result {
 	__u8 match; /* POLICY_MATCH_*, 0 when no entry matched */
 	__u16 proxy_port; /* the allowing entry's L7 proxy port (host order), 0 = none */
@@ -84,8 +101,7 @@ static __always_inline int policy_check(const struct endpoint_info *ep, __u8 egr
 	if (exact || any) {
 		struct policy_entry *hit = exact ? exact : any;
 
-		__sync_fetch_and_add(&hit->packets, 1);
-		__sync_fetch_and_add(&hit->bytes, bytes);
+		policy_count(hit, bytes);
 		res->match = hit->match;
 		res->rule = hit->rule;
 		res->proxy_port = hit->proxy_port;

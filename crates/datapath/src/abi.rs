@@ -27,6 +27,8 @@ pub mod maps {
     pub const LB4_SK: &str = "cil_lb4_sk";
     /// Every endpoint's policy (LPM trie).
     pub const POLICY: &str = "cil_policy";
+    /// What each policy entry allowed, per CPU, under the entry's key (per-CPU hash).
+    pub const POLICY_STATS: &str = "cil_pol_stats";
     /// Prefix → identity (LPM trie).
     pub const IPCACHE4: &str = "cil_ipcache4";
     /// The node's configuration for the programs (one-entry array).
@@ -36,9 +38,21 @@ pub mod maps {
     /// Destinations never masqueraded.
     pub const NOMASQ4: &str = "cil_nomasq4";
     /// Every pinned map of the node.
-    pub const ALL: [&str; 13] = [
-        CT4, LXC4, LXC_IFX, EVENTS, METRICS, LB4_SVC, LB4_BE, LB4_RNAT, LB4_AFF, LB4_SK, POLICY,
-        IPCACHE4, NODE_CFG,
+    pub const ALL: [&str; 14] = [
+        CT4,
+        LXC4,
+        LXC_IFX,
+        EVENTS,
+        METRICS,
+        LB4_SVC,
+        LB4_BE,
+        LB4_RNAT,
+        LB4_AFF,
+        LB4_SK,
+        POLICY,
+        POLICY_STATS,
+        IPCACHE4,
+        NODE_CFG,
     ];
 }
 
@@ -397,9 +411,20 @@ pub struct PolicyValue {
     pub proxy_port: u16,
     /// Rule id.
     pub rule: u32,
-    /// Packets matched.
+    /// The entry's own key's prefix length: with `key`, where `cil_pol_stats` counts what
+    /// the entry allowed.
+    pub key_prefix_len: u32,
+    /// The entry's own key's data.
+    pub key: PolicyKeyData,
+}
+
+/// `struct policy_stats`: what a policy entry allowed on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Packets allowed.
     pub packets: u64,
-    /// Bytes matched.
+    /// Their bytes.
     pub bytes: u64,
 }
 
@@ -480,6 +505,8 @@ unsafe impl aya::Pod for PolicyKeyData {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PolicyValue {}
 // SAFETY: as above.
+unsafe impl aya::Pod for PolicyStats {}
+// SAFETY: as above.
 unsafe impl aya::Pod for IpcacheValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Lb4Key {}
@@ -522,6 +549,9 @@ const _: () = {
     assert!(size_of::<PolicyKeyData>() == 12);
     assert!(offset_of!(PolicyKeyData, proto) == 8);
     assert!(size_of::<PolicyValue>() == 24);
+    assert!(offset_of!(PolicyValue, key_prefix_len) == 8);
+    assert!(offset_of!(PolicyValue, key) == 12);
+    assert!(size_of::<PolicyStats>() == 16);
     assert!(size_of::<IpcacheValue>() == 16);
     assert!(size_of::<Lb4Key>() == 12);
     assert!(offset_of!(Lb4Key, backend_slot) == 6);

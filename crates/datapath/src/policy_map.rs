@@ -60,15 +60,16 @@ pub fn match_kind(code: u8) -> Option<MatchKind> {
     }
 }
 
-/// The map value of an entry (counters start at zero).
-pub fn policy_value(e: &PolicyMapEntry) -> PolicyValue {
+/// The map value of an entry whose key is `(prefix, key)` (from [`policy_key`]): the value
+/// carries its own key, under which `cil_pol_stats` counts what it allows.
+pub fn policy_value(prefix: u32, key: &PolicyKeyData, e: &PolicyMapEntry) -> PolicyValue {
     PolicyValue {
         flags: if e.deny { POLICY_F_DENY } else { 0 },
         match_kind: match_code(e.kind),
         proxy_port: e.proxy_port,
         rule: e.rule,
-        packets: 0,
-        bytes: 0,
+        key_prefix_len: prefix,
+        key: *key,
     }
 }
 
@@ -140,7 +141,9 @@ mod tests {
             entry(Some(17), 8080, 14),
         ] {
             let (prefix, k) = policy_key(9, 1, &e);
-            assert_eq!(policy_entry(prefix, &k, &policy_value(&e)), e);
+            let v = policy_value(prefix, &k, &e);
+            assert_eq!((v.key_prefix_len, v.key), (prefix, k));
+            assert_eq!(policy_entry(prefix, &k, &v), e);
         }
         let (prefix, k) = policy_key(9, 0, &entry(Some(6), 8083, 14));
         assert_eq!((prefix, u16::from_be_bytes(k.dport)), (86, 8080));

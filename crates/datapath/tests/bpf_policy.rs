@@ -405,3 +405,50 @@ fn egress_events_carry_the_rule_and_replies_carry_none() {
     assert_eq!(rules_of(&evs, abi::EVENT_POLICY_VERDICT), vec![(133, 0)]);
     assert_eq!(rules_of(&evs, abi::EVENT_DROP), vec![(133, 0)]);
 }
+
+#[test]
+fn what_an_entry_allows_is_counted_per_cpu_under_the_entrys_own_key() {
+    privileged!();
+    let mut h = Harness::new();
+    let from_b = rule(ID_B, false, Some(6), 80, 16, false);
+    let anyone = rule(0, false, Some(6), 8080, 16, false);
+    h.set_policy_a(&ingress_policy(vec![from_b.clone(), anyone.clone()]), 1);
+    let syn = tcp_ok(POD_B, 2000, POD_A, 80, SYN);
+    let ack = tcp_ok(POD_B, 2000, POD_A, 80, ACK);
+    for pkt in [&syn, &ack, &ack] {
+        assert_eq!(h.run("to_container", pkt).0, TC_ACT_OK);
+    }
+    let world = tcp_ok(WORLD, 2001, POD_A, 8080, SYN);
+    for _ in 0..2 {
+        assert_eq!(h.run("to_container", &world).0, TC_ACT_OK);
+    }
+    assert_eq!(
+        h.run("to_container", &tcp_ok(WORLD, 2002, POD_A, 81, SYN))
+            .0,
+        TC_ACT_SHOT,
+        "denied: counted by no entry"
+    );
+
+    let trie: LpmTrie<&MapData, PolicyKeyData, PolicyValue> =
+        LpmTrie::try_from(h.bpf.map(abi::maps::POLICY).expect("map")).expect("lpm");
+    let stats: PerCpuHashMap<&MapData, LpmKey<PolicyKeyData>, PolicyStats> =
+        PerCpuHashMap::try_from(h.bpf.map(abi::maps::POLICY_STATS).expect("map"))
+            .expect("per-CPU hash");
+    let counted = |e: &PolicyMapEntry| {
+        let (prefix, data) = policy_map::policy_key(11, 1, e);
+        let key = LpmKey::new(prefix, data);
+        let v = trie.get(&key, 0).expect("entry");
+        assert_eq!(
+            (v.key_prefix_len, v.key),
+            (prefix, data),
+            "the entry carries its key"
+        );
+        let per_cpu = stats.get(&key, 0).expect("counters");
+        per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), s| (p + s.packets, b + s.bytes))
+    };
+    assert_eq!(counted(&from_b), (3, 3 * syn.len() as u64));
+    assert_eq!(counted(&anyone), (2, 2 * world.len() as u64));
+    assert_eq!(stats.keys().count(), 2, "no counters for anything else");
+}

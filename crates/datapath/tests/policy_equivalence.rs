@@ -284,8 +284,12 @@ impl Harness {
         let mut written = Vec::new();
         for e in &policy.entries {
             let (prefix, data) = policy_map::policy_key(EP_A, next, e);
-            trie.insert(&LpmKey::new(prefix, data), policy_map::policy_value(e), 0)
-                .expect("policy entry");
+            trie.insert(
+                &LpmKey::new(prefix, data),
+                policy_map::policy_value(prefix, &data, e),
+                0,
+            )
+            .expect("policy entry");
             written.push((prefix, data));
         }
         for (prefix, data) in std::mem::replace(&mut self.policy_keys, written) {

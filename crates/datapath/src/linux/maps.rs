@@ -3,15 +3,15 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::sys::SyscallError;
 use aya::Ebpf;
 
 use super::kernel;
 use crate::abi::{
     CtEntry4, CtKey4, EndpointInfo, IpcacheValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
-    MetricsValue, NodeConfig, PolicyKeyData, PolicyValue,
+    MetricsValue, NodeConfig, PolicyKeyData, PolicyStats, PolicyValue,
 };
 use crate::{DatapathError, EndpointSpec};
 
@@ -24,6 +24,8 @@ pub(super) struct Maps {
     pub(super) lb_be: BpfHashMap<MapData, u32, Lb4Backend>,
     pub(super) lb_rnat: BpfHashMap<MapData, u16, Lb4ReverseNat>,
     pub(super) policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    /// What each policy entry allowed, per CPU, under the entry's key.
+    pub(super) policy_stats: PerCpuHashMap<MapData, LpmKey<PolicyKeyData>, PolicyStats>,
     pub(super) ipcache: LpmTrie<MapData, [u8; 4], IpcacheValue>,
     pub(super) node_cfg: Array<MapData, NodeConfig>,
     pub(super) nomasq: LpmTrie<MapData, [u8; 4], u8>,
@@ -81,4 +83,20 @@ pub(super) fn ifname_of(ifindex: u32) -> String {
     nix::net::if_::if_indextoname(ifindex)
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+impl Maps {
+    /// Deletes a policy entry that packets no longer use (its endpoint switched generation
+    /// or is gone) with its counters, so that a later entry under the same key starts from
+    /// zero. The counters go first: a crash in between leaves an entry without counters,
+    /// never counters for a later entry.
+    pub(super) fn remove_policy_entry(
+        &mut self,
+        prefix: u32,
+        data: PolicyKeyData,
+    ) -> Result<(), DatapathError> {
+        let key = LpmKey::new(prefix, data);
+        ignore_missing(self.policy_stats.remove(&key))?;
+        ignore_missing(self.policy.remove(&key))
+    }
 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aya::maps::lpm_trie::Key as LpmKey;
-use aya::maps::{Array, PerCpuArray, RingBuf};
+use aya::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::Ebpf;
 use ciliate_model::api::{CtEntry, DatapathStatus, MapUsage};
 use ciliate_model::bpf_policy::{
@@ -155,6 +155,12 @@ impl LinuxDatapath {
             lb_be: take_hash(&mut bpf, map_names::LB4_BE)?,
             lb_rnat: take_hash(&mut bpf, map_names::LB4_RNAT)?,
             policy: take_lpm(&mut bpf, map_names::POLICY)?,
+            policy_stats: PerCpuHashMap::try_from(
+                bpf.take_map(map_names::POLICY_STATS).ok_or_else(|| {
+                    DatapathError::Unsupported("map cil_pol_stats missing".into())
+                })?,
+            )
+            .map_err(kernel("open map cil_pol_stats"))?,
             ipcache: take_lpm(&mut bpf, map_names::IPCACHE4)?,
             nomasq: take_lpm(&mut bpf, map_names::NOMASQ4)?,
             node_cfg: Array::try_from(
@@ -287,7 +293,7 @@ impl LinuxDatapath {
         ignore_missing(inner.maps.lxc_ifx.remove(&ep.ifindex))?;
         if let Some(keys) = inner.policy_shadow.keys.remove(&ep.id) {
             for (prefix, data) in keys {
-                ignore_missing(inner.maps.policy.remove(&LpmKey::new(prefix, data)))?;
+                inner.maps.remove_policy_entry(prefix, data)?;
             }
         }
         inner.policy_shadow.written.remove(&ep.id);

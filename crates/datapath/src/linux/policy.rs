@@ -57,7 +57,7 @@ fn policy_records(
     let mut out: BTreeMap<(u32, PolicyKeyData), PolicyValue> = BTreeMap::new();
     for e in &policy.entries {
         let key = policy_map::policy_key(ep_id, version, e);
-        let value = policy_map::policy_value(e);
+        let value = policy_map::policy_value(key.0, &key.1, e);
         match out.get(&key) {
             Some(existing) if existing.flags & POLICY_F_DENY != 0 => {}
             _ => {
@@ -98,7 +98,7 @@ pub(super) fn set_endpoint_policy(
         existing.into_iter().partition(|(_, d)| d.version == next);
     // 1. The next generation starts empty (a crash may have left a half-written one).
     for (prefix, data) in &stale_next {
-        ignore_missing(inner.maps.policy.remove(&LpmKey::new(*prefix, *data)))?;
+        inner.maps.remove_policy_entry(*prefix, *data)?;
         stats.deleted += 1;
     }
     // 2. Write it whole; packets still use the generation in force.
@@ -134,7 +134,7 @@ pub(super) fn set_endpoint_policy(
     }
     // 4. The old generation goes.
     for (prefix, data) in &in_force {
-        ignore_missing(inner.maps.policy.remove(&LpmKey::new(*prefix, *data)))?;
+        inner.maps.remove_policy_entry(*prefix, *data)?;
         stats.deleted += 1;
     }
     inner.policy_shadow.keys.insert(ep.id, written_keys);
@@ -183,11 +183,22 @@ pub(super) fn policy_counters(
         if data.version != version {
             continue;
         }
-        if let Ok(v) = inner.maps.policy.get(&LpmKey::new(*prefix, *data), 0) {
+        let key = LpmKey::new(*prefix, *data);
+        if let Ok(v) = inner.maps.policy.get(&key, 0) {
+            // No counters yet: the entry has allowed nothing.
+            let (packets, bytes) = inner
+                .maps
+                .policy_stats
+                .get(&key, 0)
+                .map_or((0, 0), |per_cpu| {
+                    per_cpu
+                        .iter()
+                        .fold((0, 0), |(p, b), s| (p + s.packets, b + s.bytes))
+                });
             out.push(PolicyEntryCounters {
                 entry: policy_map::policy_entry(*prefix, data, &v),
-                packets: v.packets,
-                bytes: v.bytes,
+                packets,
+                bytes,
             });
         }
     }

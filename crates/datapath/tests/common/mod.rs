@@ -10,7 +10,7 @@ pub use std::net::Ipv4Addr;
 pub use std::path::PathBuf;
 
 pub use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-pub use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+pub use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 pub use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 pub use aya::Ebpf;
 pub use ciliate_datapath::abi::{
@@ -18,7 +18,7 @@ pub use ciliate_datapath::abi::{
     MetricsValue, RawEvent,
 };
 pub use ciliate_datapath::abi::{
-    IpcacheValue, Lb4AffinityKey, Lb4AffinityVal, PolicyKeyData, PolicyValue,
+    IpcacheValue, Lb4AffinityKey, Lb4AffinityVal, PolicyKeyData, PolicyStats, PolicyValue,
 };
 pub use ciliate_datapath::policy_map;
 pub use ciliate_model::bpf_policy::{EndpointPolicy, IpcacheEntry, MatchKind, PolicyMapEntry};
@@ -144,8 +144,12 @@ impl Harness {
             LpmTrie::try_from(self.bpf.map_mut(abi::maps::POLICY).expect("map")).expect("lpm");
         for e in &policy.entries {
             let (prefix, data) = policy_map::policy_key(11, version, e);
-            trie.insert(&LpmKey::new(prefix, data), policy_map::policy_value(e), 0)
-                .expect("policy entry");
+            trie.insert(
+                &LpmKey::new(prefix, data),
+                policy_map::policy_value(prefix, &data, e),
+                0,
+            )
+            .expect("policy entry");
         }
         let mut by_if: BpfHashMap<&mut MapData, u32, EndpointInfo> =
             BpfHashMap::try_from(self.bpf.map_mut(abi::maps::LXC_IFX).expect("map")).expect("hash");
