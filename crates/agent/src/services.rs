@@ -809,6 +809,8 @@ impl ServiceManager {
         let mut rows: Vec<(ObjectKey, Stored)> = Vec::new();
         // The place in `decoded` of each of `rows`, while there are texts to journal.
         let mut places: Vec<usize> = Vec::new();
+        // Objects the API's table does not hold yet: its room is made once.
+        let mut created = 0usize;
         for (place, (key, row)) in stored(decoded).enumerate() {
             if let Some(e) = Self::owned_elsewhere(&t, &key, (&row.source, row.index()), "change") {
                 errors.push(e);
@@ -819,6 +821,7 @@ impl ServiceManager {
                 Some(s) if s.same_object(&row) => ApplyAction::Unchanged,
                 Some(_) => ApplyAction::Configured,
             };
+            created += usize::from(action == ApplyAction::Created);
             results.push(ApplyOutcome {
                 key: key.clone(),
                 action,
@@ -898,6 +901,8 @@ impl ServiceManager {
             .collect();
         self.persist(Source::Api, &records)
             .map_err(ServiceError::State)?;
+        // Grown a row at a time, the table re-hashed every row at each doubling.
+        t.rows[Source::Api.index()].reserve(created);
         let (changes, namespaces) =
             t.set_rows(Source::Api, rows.into_iter().map(|(k, r)| (k, Some(r))));
         // Namespace labels reach policy through the caller (`manifests::apply`), which puts
