@@ -475,11 +475,7 @@ mod tests {
             .replace(r#""a""#, r#""b""#)
             .replace("96.0.1", "96.0.2");
         // The second line in another layout (a space after a colon): read whole.
-        let spaced = line_of("s.yaml", 2, &other)
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>();
-        let spaced = String::from_utf8(spaced)
+        let spaced = String::from_utf8(line_of("s.yaml", 2, &other))
             .unwrap()
             .replacen(r#""index":"#, r#""index": "#, 1);
         let lines = [line_of("s.yaml", 1, SERVICE), spaced.into_bytes()];
