@@ -296,6 +296,7 @@ fn handle_batch(
             ProxyEvent::Http(_)
             | ProxyEvent::HttpFrame(_)
             | ProxyEvent::Dns(_)
+            | ProxyEvent::DnsFrame(_)
             | ProxyEvent::Kafka(_) => {}
             ProxyEvent::FqdnLearned(learned) => learner.learn(FqdnLearned::clone(learned)),
             ProxyEvent::Rejected { revision, reason } => {

@@ -260,6 +260,10 @@ pub enum ProxyEvent {
     Stats(ProxyStats),
     /// One DNS query or answer passed (or was refused by) the proxy.
     Dns(Box<DnsRecord>),
+    /// [`ProxyEvent::Dns`] as its frame arrived, not decoded into strings (what the agent
+    /// reads off the control socket: [`crate::l7_wire::DnsFrame`]). Never sent as JSON.
+    #[serde(skip)]
+    DnsFrame(crate::l7_wire::DnsFrame),
     /// One Kafka request or response passed (or was refused by) the proxy.
     Kafka(Box<KafkaRecord>),
     /// An allowed DNS answer, held by the proxy until the agent answers

@@ -80,7 +80,7 @@ pub enum WireError {
 pub fn encode_record(ev: &ProxyEvent, out: &mut Vec<u8>) -> bool {
     let kind = match ev {
         ProxyEvent::Http(_) | ProxyEvent::HttpFrame(_) => FRAME_HTTP,
-        ProxyEvent::Dns(_) => FRAME_DNS,
+        ProxyEvent::Dns(_) | ProxyEvent::DnsFrame(_) => FRAME_DNS,
         ProxyEvent::Kafka(_) => FRAME_KAFKA,
         _ => return false,
     };
@@ -91,6 +91,7 @@ pub fn encode_record(ev: &ProxyEvent, out: &mut Vec<u8>) -> bool {
         ProxyEvent::Http(r) => put_http(r, out),
         ProxyEvent::HttpFrame(f) => out.extend_from_slice(f.payload()),
         ProxyEvent::Dns(r) => put_dns(r, out),
+        ProxyEvent::DnsFrame(f) => out.extend_from_slice(f.payload()),
         ProxyEvent::Kafka(r) => put_kafka(r, out),
         _ => unreachable!("checked above"),
     }
@@ -117,12 +118,9 @@ pub fn decode_record(kind: u8, payload: &[u8]) -> Result<ProxyEvent, WireError> 
             r.finish()?;
             Ok(ProxyEvent::Http(Box::new(rec)))
         }
-        FRAME_DNS => {
-            let mut r = Reader::new("dns", payload);
-            let rec = get_dns(&mut r)?;
-            r.finish()?;
-            Ok(ProxyEvent::Dns(Box::new(rec)))
-        }
+        FRAME_DNS => Ok(ProxyEvent::Dns(Box::new(
+            DnsView::parse(payload)?.to_record(),
+        ))),
         FRAME_KAFKA => {
             let mut r = Reader::new("kafka", payload);
             let rec = get_kafka(&mut r)?;
@@ -534,11 +532,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn strings(&mut self, field: &'static str) -> Result<Vec<String>, WireError> {
-        let n = self.count(field, 4)?;
-        (0..n).map(|_| self.string(field)).collect()
-    }
-
     fn opt_string(&mut self, field: &'static str) -> Result<Option<String>, WireError> {
         match self.u8(field)? {
             0 => Ok(None),
@@ -762,33 +755,221 @@ fn get_http(r: &mut Reader<'_>) -> Result<HttpRecord, WireError> {
     })
 }
 
-fn get_dns(r: &mut Reader<'_>) -> Result<DnsRecord, WireError> {
-    Ok(DnsRecord {
-        time_ns: r.u64("time_ns")?,
-        record_type: r.record_type()?,
-        endpoint: r.u16("endpoint")?,
-        source: r.addr("source")?,
-        destination: r.addr("destination")?,
-        proto: r.u8("proto")?,
-        source_identity: r.u32("source_identity")?,
-        destination_identity: r.u32("destination_identity")?,
-        verdict: r.verdict()?,
-        rule: r.u32("rule")?,
-        query: r.string("query")?,
-        qtypes: r.strings("qtypes")?,
-        rcode: r.u16("rcode")?,
-        ips: {
-            let n = r.count("ips", 4)?;
-            (0..n)
-                .map(|_| r.array::<4>("ips").map(Ipv4Addr::from))
-                .collect::<Result<_, _>>()?
-        },
-        ttl: r.u32("ttl")?,
-        cnames: r.strings("cnames")?,
-        rrtypes: r.strings("rrtypes")?,
-        latency_ns: r.u64("latency_ns")?,
-        reason: r.opt_string("reason")?,
-    })
+/// A DNS record's frame payload, checked to decode whole when it was made: what the agent's
+/// control reader hands on instead of a [`DnsRecord`], so that the task reading the proxy's
+/// stream makes one allocation per record instead of one per string and list, and the
+/// record is read ([`view`](Self::view)) on the thread that makes it into a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsFrame(Box<[u8]>);
+
+impl DnsFrame {
+    /// The payload of a DNS frame, if it decodes whole (the error names the field).
+    pub fn new(payload: &[u8]) -> Result<Self, WireError> {
+        DnsView::parse(payload)?;
+        Ok(Self(payload.into()))
+    }
+
+    /// The frame of `r`.
+    pub fn of_record(r: &DnsRecord) -> Self {
+        let mut out = Vec::with_capacity(128);
+        put_dns(r, &mut out);
+        Self(out.into_boxed_slice())
+    }
+
+    /// The payload (a frame without its header).
+    pub fn payload(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The record's fields, borrowed from the frame.
+    pub fn view(&self) -> DnsView<'_> {
+        // Checked when the frame was made (`new`, `of_record`): it parses.
+        DnsView::parse(&self.0).unwrap_or_else(|_| DnsView::blank())
+    }
+
+    /// The record, owned.
+    pub fn record(&self) -> DnsRecord {
+        self.view().to_record()
+    }
+}
+
+/// A list of strings as encoded in a frame (checked), read by [`iter`](Self::iter).
+#[derive(Clone, Copy, Debug)]
+pub struct WireStrs<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> WireStrs<'a> {
+    /// Reads a list off `r`, checking every item.
+    fn read(r: &mut Reader<'a>, field: &'static str) -> Result<Self, WireError> {
+        let count = r.count(field, 4)?;
+        let before = r.buf;
+        for _ in 0..count {
+            r.str(field)?;
+        }
+        Ok(Self {
+            bytes: &before[..before.len() - r.buf.len()],
+            count,
+        })
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The strings, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut r = Reader::new("dns", self.bytes);
+        (0..self.count).map_while(move |_| r.str("strings").ok())
+    }
+
+    fn to_vec(self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
+/// A DNS record's fields borrowed from its frame ([`DnsFrame::view`]), as in [`DnsRecord`].
+#[derive(Clone, Copy, Debug)]
+#[allow(missing_docs)]
+pub struct DnsView<'a> {
+    pub time_ns: u64,
+    pub record_type: L7RecordType,
+    pub endpoint: u16,
+    pub source: SocketAddrV4,
+    pub destination: SocketAddrV4,
+    pub proto: u8,
+    pub source_identity: NumericIdentity,
+    pub destination_identity: NumericIdentity,
+    pub verdict: L7Verdict,
+    pub rule: u32,
+    pub query: &'a str,
+    pub qtypes: WireStrs<'a>,
+    pub rcode: u16,
+    /// The addresses, 4 bytes each ([`ips`](Self::ips) reads them).
+    ips: &'a [u8],
+    pub ttl: u32,
+    pub cnames: WireStrs<'a>,
+    pub rrtypes: WireStrs<'a>,
+    pub latency_ns: u64,
+    pub reason: Option<&'a str>,
+}
+
+impl<'a> DnsView<'a> {
+    /// Reads a DNS frame's payload whole (every string checked to be UTF-8, nothing left
+    /// over).
+    pub fn parse(payload: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new("dns", payload);
+        let time_ns = r.u64("time_ns")?;
+        let record_type = r.record_type()?;
+        let endpoint = r.u16("endpoint")?;
+        let source = r.addr("source")?;
+        let destination = r.addr("destination")?;
+        let proto = r.u8("proto")?;
+        let source_identity = r.u32("source_identity")?;
+        let destination_identity = r.u32("destination_identity")?;
+        let verdict = r.verdict()?;
+        let rule = r.u32("rule")?;
+        let query = r.str("query")?;
+        let qtypes = WireStrs::read(&mut r, "qtypes")?;
+        let rcode = r.u16("rcode")?;
+        let n = r.count("ips", 4)?;
+        let ips = r.take(4 * n, "ips")?;
+        let ttl = r.u32("ttl")?;
+        let cnames = WireStrs::read(&mut r, "cnames")?;
+        let rrtypes = WireStrs::read(&mut r, "rrtypes")?;
+        let latency_ns = r.u64("latency_ns")?;
+        let reason = r.opt_str("reason")?;
+        r.finish()?;
+        Ok(Self {
+            time_ns,
+            record_type,
+            endpoint,
+            source,
+            destination,
+            proto,
+            source_identity,
+            destination_identity,
+            verdict,
+            rule,
+            query,
+            qtypes,
+            rcode,
+            ips,
+            ttl,
+            cnames,
+            rrtypes,
+            latency_ns,
+            reason,
+        })
+    }
+
+    fn blank() -> Self {
+        let unspecified = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let none = WireStrs {
+            bytes: &[],
+            count: 0,
+        };
+        Self {
+            time_ns: 0,
+            record_type: L7RecordType::Request,
+            endpoint: 0,
+            source: unspecified,
+            destination: unspecified,
+            proto: 0,
+            source_identity: 0,
+            destination_identity: 0,
+            verdict: L7Verdict::Error,
+            rule: 0,
+            query: "",
+            qtypes: none,
+            rcode: 0,
+            ips: &[],
+            ttl: 0,
+            cnames: none,
+            rrtypes: none,
+            latency_ns: 0,
+            reason: None,
+        }
+    }
+
+    /// The answer's addresses, in order.
+    pub fn ips(&self) -> impl Iterator<Item = Ipv4Addr> + 'a {
+        self.ips
+            .chunks_exact(4)
+            .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    }
+
+    /// The record, owned.
+    pub fn to_record(&self) -> DnsRecord {
+        DnsRecord {
+            time_ns: self.time_ns,
+            record_type: self.record_type,
+            endpoint: self.endpoint,
+            source: self.source,
+            destination: self.destination,
+            proto: self.proto,
+            source_identity: self.source_identity,
+            destination_identity: self.destination_identity,
+            verdict: self.verdict,
+            rule: self.rule,
+            query: self.query.to_owned(),
+            qtypes: self.qtypes.to_vec(),
+            rcode: self.rcode,
+            ips: self.ips().collect(),
+            ttl: self.ttl,
+            cnames: self.cnames.to_vec(),
+            rrtypes: self.rrtypes.to_vec(),
+            latency_ns: self.latency_ns,
+            reason: self.reason.map(str::to_owned),
+        }
+    }
 }
 
 fn get_kafka(r: &mut Reader<'_>) -> Result<KafkaRecord, WireError> {

@@ -157,12 +157,42 @@ proptest! {
         prop_assert_eq!(HttpFrame::new(&payload[..n]).unwrap_err(), decode_record(FRAME_HTTP, &payload[..n]).unwrap_err());
     }
 
+    /// A DNS record kept as its frame reads as the decoded record, field by field, and the
+    /// frame is refused where decoding is.
+    #[test]
+    fn a_dns_frame_reads_as_its_record(rec in dns(), cut in any::<prop::sample::Index>()) {
+        let mut buf = Vec::new();
+        encode_record(&ProxyEvent::Dns(Box::new(rec.clone())), &mut buf);
+        let (_, payload) = split(&buf);
+        let frame = DnsFrame::new(payload).unwrap();
+        prop_assert_eq!(frame.payload(), payload);
+        prop_assert_eq!(frame.record(), rec.clone());
+        prop_assert_eq!(&DnsFrame::of_record(&rec), &frame);
+        let v = frame.view();
+        prop_assert_eq!(v.query, rec.query.as_str());
+        prop_assert_eq!(v.qtypes.len(), rec.qtypes.len());
+        prop_assert_eq!(v.qtypes.iter().collect::<Vec<_>>(), rec.qtypes.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!(v.cnames.iter().collect::<Vec<_>>(), rec.cnames.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!(v.rrtypes.iter().collect::<Vec<_>>(), rec.rrtypes.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!(v.ips().collect::<Vec<_>>(), rec.ips.clone());
+        prop_assert_eq!(v.reason, rec.reason.as_deref());
+        // Written back as a frame, the same bytes.
+        let mut again = Vec::new();
+        prop_assert!(encode_record(&ProxyEvent::DnsFrame(frame.clone()), &mut again));
+        prop_assert_eq!(&again, &buf);
+        let n = cut.index(payload.len());
+        prop_assert_eq!(DnsFrame::new(&payload[..n]).unwrap_err(), decode_record(FRAME_DNS, &payload[..n]).unwrap_err());
+    }
+
     #[test]
     fn garbage_never_panics(kind in 0u8..5, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
         // Any outcome but a panic; an unknown kind is refused as such.
         let r = decode_record(kind, &payload);
         if kind == FRAME_HTTP {
             prop_assert_eq!(HttpFrame::new(&payload).err(), r.clone().err());
+        }
+        if kind == FRAME_DNS {
+            prop_assert_eq!(DnsFrame::new(&payload).err(), r.clone().err());
         }
         if !is_frame_kind(kind) {
             prop_assert_eq!(r.unwrap_err(), WireError::UnknownKind(kind));

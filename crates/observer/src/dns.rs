@@ -8,6 +8,7 @@
 //! source; an answer adds the addresses, TTL, CNAMEs, response code and record types.
 
 use ciliate_model::l7::{DnsRecord, L7RecordType};
+use ciliate_model::l7_wire::{DnsFrame, DnsView};
 
 use crate::l7::{l7_flow, L7Common};
 use crate::proto::flow::{layer7, Dns, Flow};
@@ -81,32 +82,33 @@ pub fn dns_summary(d: &Dns, response: bool) -> String {
 }
 
 /// The `l7.dns` record as Hubble fills it: a query's answer fields stay empty.
-fn dns_of(record: &DnsRecord, response: bool) -> Dns {
+fn dns_of(record: &DnsView<'_>, response: bool) -> Dns {
     let mut d = Dns {
-        query: record.query.clone(),
+        query: record.query.to_owned(),
         observation_source: OBSERVATION_SOURCE_PROXY.to_owned(),
-        qtypes: record.qtypes.clone(),
+        qtypes: record.qtypes.iter().map(str::to_owned).collect(),
         ..Dns::default()
     };
     if response {
-        d.ips = record.ips.iter().map(ToString::to_string).collect();
+        d.ips = record.ips().map(|ip| ip.to_string()).collect();
         d.ttl = record.ttl;
-        d.cnames = record.cnames.clone();
+        d.cnames = record.cnames.iter().map(str::to_owned).collect();
         d.rcode = u32::from(record.rcode);
-        d.rrtypes = record.rrtypes.clone();
+        d.rrtypes = record.rrtypes.iter().map(str::to_owned).collect();
     }
     d
 }
 
 /// Converts one record. `node_name` is this node's; the store names both ends.
 pub fn dns_to_flow(record: &DnsRecord, store: &dyn Store, node_name: &str) -> Flow {
-    let (common, dns, summary) = dns_parts(record);
+    let frame = DnsFrame::of_record(record);
+    let (common, dns, summary) = dns_parts(&frame.view());
     l7_flow(&common, dns, summary, store, node_name)
 }
 
 /// What [`l7_flow`] makes a DNS record's flow of: its connection, its L7 record and its
 /// summary.
-pub(crate) fn dns_parts(record: &DnsRecord) -> (L7Common, layer7::Record, String) {
+pub(crate) fn dns_parts(record: &DnsView<'_>) -> (L7Common, layer7::Record, String) {
     let response = record.record_type == L7RecordType::Response;
     let common = L7Common {
         time_ns: record.time_ns,

@@ -22,8 +22,8 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ciliate_model::l7::{DnsRecord, HttpRecord, L7RecordType, L7Verdict};
-use ciliate_model::l7_wire::{HttpFrame, HttpView};
+use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
+use ciliate_model::l7_wire::{DnsView, HttpFrame, HttpView};
 
 use crate::convert::{service, system_time_to_timestamp};
 use crate::dns::dns_parts;
@@ -221,7 +221,7 @@ impl RecordedHttp {
     /// flow is [`crate::dns::dns_to_flow`]'s, with an id and the node's labels as an HTTP
     /// record's has.
     pub fn capture_dns_with(
-        record: &DnsRecord,
+        record: &DnsView<'_>,
         store: &dyn Store,
         node: &Arc<NodeNames>,
         ids: &FlowIds,

@@ -1,6 +1,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ciliate_model::l7::{L7RecordType, L7Verdict};
+use ciliate_model::l7::{DnsRecord, L7RecordType, L7Verdict};
 
 use super::*;
 use crate::convert::tests::store as pods;
@@ -211,8 +211,9 @@ fn a_kept_dns_record_reads_as_the_flow_built_at_once_with_an_id() {
         ..query()
     };
     for record in [query(), answer(), allowed.clone(), refused] {
+        let frame = ciliate_model::l7_wire::DnsFrame::of_record(&record);
         let r = RecordedHttp::capture_dns_with(
-            &record,
+            &frame.view(),
             &store,
             &node,
             &ids,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use ciliate_model::l7::{DnsRecord, HttpRecord, KafkaRecord};
-use ciliate_model::l7_wire::HttpFrame;
+use ciliate_model::l7_wire::{DnsFrame, DnsView, HttpFrame};
 use ciliate_model::monitor::{EventRecord, MonitorEvent};
 use tokio::sync::broadcast;
 
@@ -324,6 +324,18 @@ impl Observer {
     /// (that of [`dns_to_flow`](crate::dns::dns_to_flow), with an id and the node's labels)
     /// built when read; the metrics count it now.
     pub fn observe_dns_batch<'a>(&self, records: impl IntoIterator<Item = &'a DnsRecord>) {
+        let frames: Vec<DnsFrame> = records.into_iter().map(DnsFrame::of_record).collect();
+        self.observe_dns_frames(&frames);
+    }
+
+    /// [`observe_dns_batch`](Self::observe_dns_batch) for records as their frames arrived
+    /// (what the agent reads off the proxy's control socket): each is read in place into its
+    /// flow, without an owned record in between.
+    pub fn observe_dns_frames<'a>(&self, frames: impl IntoIterator<Item = &'a DnsFrame>) {
+        self.observe_dns_views(frames.into_iter().map(DnsFrame::view));
+    }
+
+    fn observe_dns_views<'a>(&self, records: impl IntoIterator<Item = DnsView<'a>>) {
         let store = self.store.as_ref();
         let names = self.node_names(store.node_labels());
         let mut policies = RulePolicies::default();
@@ -332,7 +344,7 @@ impl Observer {
             .into_iter()
             .map(|r| {
                 let recorded = RecordedHttp::capture_dns_with(
-                    r,
+                    &r,
                     store,
                     &names,
                     &self.ids,

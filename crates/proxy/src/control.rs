@@ -448,11 +448,12 @@ fn parse_item(buf: &mut BytesMut) -> std::io::Result<Item> {
             return Ok(Item::NeedMore);
         }
         buf.advance(FRAME_HEADER);
-        // An HTTP record stays its frame (checked here): the agent reads it in place.
-        let decoded = if first == l7_wire::FRAME_HTTP {
-            l7_wire::HttpFrame::new(&buf[..len]).map(ProxyEvent::HttpFrame)
-        } else {
-            l7_wire::decode_record(first, &buf[..len])
+        // HTTP and DNS records stay their frames (checked here): the agent reads them in
+        // place, on the thread that makes them flows, not on the task reading this stream.
+        let decoded = match first {
+            l7_wire::FRAME_HTTP => l7_wire::HttpFrame::new(&buf[..len]).map(ProxyEvent::HttpFrame),
+            l7_wire::FRAME_DNS => l7_wire::DnsFrame::new(&buf[..len]).map(ProxyEvent::DnsFrame),
+            kind => l7_wire::decode_record(kind, &buf[..len]),
         };
         buf.advance(len);
         return Ok(match decoded {
@@ -568,7 +569,7 @@ impl ControlWriter {
 mod tests {
     use std::net::SocketAddrV4;
 
-    use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
+    use ciliate_model::l7::{DnsRecord, HttpRecord, L7RecordType, L7Verdict};
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -595,18 +596,43 @@ mod tests {
         }))
     }
 
+    fn dns_record(n: u64) -> ProxyEvent {
+        ProxyEvent::Dns(Box::new(DnsRecord {
+            time_ns: n,
+            record_type: L7RecordType::Response,
+            endpoint: 1,
+            source: SocketAddrV4::new([10, 0, 0, 1].into(), 40000),
+            destination: SocketAddrV4::new([10, 0, 0, 3].into(), 53),
+            proto: 17,
+            source_identity: 256,
+            destination_identity: 258,
+            verdict: L7Verdict::Forwarded,
+            rule: 1,
+            query: "web.example.com.".into(),
+            qtypes: vec!["A".into()],
+            rcode: 0,
+            ips: vec![[192, 0, 2, 1].into(), [192, 0, 2, 2].into()],
+            ttl: 300,
+            cnames: Vec::new(),
+            rrtypes: vec!["A".into()],
+            latency_ns: 1_000,
+            reason: None,
+        }))
+    }
+
     fn frame(ev: &ProxyEvent) -> Vec<u8> {
         let mut out = Vec::new();
         assert!(l7_wire::encode_record(ev, &mut out));
         out
     }
 
-    /// `events` as the agent reads them: an HTTP record as its frame.
+    /// `events` as the agent reads them: an HTTP or DNS record as its frame.
     fn received(events: &[ProxyEvent]) -> Vec<ProxyEvent> {
         events
             .iter()
             .map(|ev| match ev {
                 ProxyEvent::Http(r) => ProxyEvent::HttpFrame(l7_wire::HttpFrame::of_record(r)),
+                ProxyEvent::Dns(r) => ProxyEvent::DnsFrame(l7_wire::DnsFrame::of_record(r)),
                 ev => ev.clone(),
             })
             .collect()
@@ -641,10 +667,11 @@ mod tests {
         let events = vec![
             record(1),
             ProxyEvent::Applied { revision: 7 },
-            record(2),
+            dns_record(2),
             record(3),
+            dns_record(4),
             ProxyEvent::Stats(Default::default()),
-            record(4),
+            record(5),
         ];
         let mut bytes = Vec::new();
         for ev in &events {
@@ -666,10 +693,14 @@ mod tests {
         bad[FRAME_HEADER + 8] = 9; // record_type: no such value
         let mut bytes = bad;
         bytes.extend_from_slice(b"{\"nonsense\": 1}\n\n");
-        bytes.extend(frame(&record(2)));
+        let mut bad_dns = frame(&dns_record(2));
+        bad_dns[FRAME_HEADER + 8] = 9; // record_type again
+        bytes.extend(bad_dns);
+        bytes.extend(frame(&dns_record(3)));
+        bytes.extend(frame(&record(4)));
         let (got, err) = read_all(bytes, 5).await;
         assert!(err.is_none(), "{err:?}");
-        assert_eq!(got, received(&[record(2)]));
+        assert_eq!(got, received(&[dns_record(3), record(4)]));
     }
 
     #[tokio::test]

@@ -99,6 +99,10 @@ impl EventSender {
 pub fn is_record(ev: &ProxyEvent) -> bool {
     matches!(
         ev,
-        ProxyEvent::Http(_) | ProxyEvent::HttpFrame(_) | ProxyEvent::Dns(_) | ProxyEvent::Kafka(_)
+        ProxyEvent::Http(_)
+            | ProxyEvent::HttpFrame(_)
+            | ProxyEvent::Dns(_)
+            | ProxyEvent::DnsFrame(_)
+            | ProxyEvent::Kafka(_)
     )
 }

@@ -799,6 +799,7 @@ fn note_event(inner: &Inner, ev: &ProxyEvent) {
         ProxyEvent::Http(_)
         | ProxyEvent::HttpFrame(_)
         | ProxyEvent::Dns(_)
+        | ProxyEvent::DnsFrame(_)
         | ProxyEvent::Kafka(_)
         | ProxyEvent::FqdnLearned(_) => {}
     }

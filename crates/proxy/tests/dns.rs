@@ -338,7 +338,8 @@ fn queries_are_judged_forwarded_held_for_the_agent_and_survive_kill_9() {
                             }
                             let _ = learned_tx.send(*l);
                         }
-                        Ok(ProxyEvent::Dns(r)) => { let _ = rec_tx.send(*r); }
+                        // The supervisor hands DNS records on as their frames.
+                        Ok(ProxyEvent::DnsFrame(f)) => { let _ = rec_tx.send(f.record()); }
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => break,

@@ -289,8 +289,9 @@ fn pods_dns_goes_through_the_datapath_to_the_dns_proxy_and_back() {
                                 Ok(ProxyEvent::FqdnLearned(l)) => {
                                     sup.apply(ProxyCommand::FqdnAllowed { id: l.id }).await;
                                 }
-                                Ok(ProxyEvent::Dns(r)) => {
-                                    let _ = rec_tx.send(*r);
+                                // The supervisor hands DNS records on as their frames.
+                                Ok(ProxyEvent::DnsFrame(f)) => {
+                                    let _ = rec_tx.send(f.record());
                                 }
                                 Ok(_)
                                 | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
