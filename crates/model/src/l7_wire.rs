@@ -17,6 +17,7 @@
 //! [`WireError`] naming the record kind and field; the frame's length keeps the stream in
 //! step. Only a frame header it cannot trust (a length over [`MAX_FRAME`]) ends the stream.
 
+use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::identity::NumericIdentity;
@@ -552,44 +553,139 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// An HTTP record's frame payload, checked to decode whole when it was made: what the agent
-/// keeps of a record instead of the [`HttpRecord`] (one allocation instead of one per string
-/// and header); [`view`](Self::view) reads its fields in place.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpFrame(Box<[u8]>);
+/// A record kind that the agent keeps as its frame payload ([`Frame`]): how a payload of the
+/// kind is read in place ([`View`](Self::View)) and how a record of it is written.
+pub trait FrameKind {
+    /// The owned record.
+    type Record;
+    /// The record's fields borrowed from a payload.
+    type View<'a>;
+    /// Reads a payload whole (the error names the field).
+    fn parse(payload: &[u8]) -> Result<Self::View<'_>, WireError>;
+    /// The view of an empty record (never met: a frame's payload was checked to parse).
+    fn blank<'a>() -> Self::View<'a>;
+    /// Writes `r`'s payload.
+    fn put(r: &Self::Record, out: &mut Vec<u8>);
+    /// The owned record of a view.
+    fn to_record(view: &Self::View<'_>) -> Self::Record;
+}
 
-impl HttpFrame {
-    /// The payload of an HTTP frame, if it decodes whole (the error names the field).
+/// A record's frame payload, checked to decode whole when it was made: what the agent keeps of
+/// a record instead of the owned record (one allocation instead of one per string, header and
+/// list), so that the task reading the proxy's stream allocates once per record and the record
+/// is read ([`view`](Self::view)) on the thread that makes it into a flow.
+pub struct Frame<K: FrameKind> {
+    payload: Box<[u8]>,
+    kind: PhantomData<fn() -> K>,
+}
+
+/// An HTTP record kept as its frame.
+pub type HttpFrame = Frame<HttpKind>;
+/// A DNS record kept as its frame.
+pub type DnsFrame = Frame<DnsKind>;
+
+impl<K: FrameKind> Frame<K> {
+    /// The payload of a frame of this kind, if it decodes whole (the error names the field).
     pub fn new(payload: &[u8]) -> Result<Self, WireError> {
-        HttpView::parse(payload)?;
-        Ok(Self(payload.into()))
+        K::parse(payload)?;
+        Ok(Self::checked(payload.into()))
     }
 
     /// The frame of `r`.
-    pub fn of_record(r: &HttpRecord) -> Self {
+    pub fn of_record(r: &K::Record) -> Self {
         let mut out = Vec::with_capacity(128);
-        put_http(r, &mut out);
-        Self(out.into_boxed_slice())
+        K::put(r, &mut out);
+        Self::checked(out.into_boxed_slice())
+    }
+
+    fn checked(payload: Box<[u8]>) -> Self {
+        Self {
+            payload,
+            kind: PhantomData,
+        }
     }
 
     /// The payload (a frame without its header).
     pub fn payload(&self) -> &[u8] {
-        &self.0
+        &self.payload
     }
 
     /// The record's fields, borrowed from the frame.
-    pub fn view(&self) -> HttpView<'_> {
+    pub fn view(&self) -> K::View<'_> {
         // Checked when the frame was made (`new`, `of_record`): it parses.
-        HttpView::parse(&self.0).unwrap_or_else(|_| HttpView::blank())
+        K::parse(&self.payload).unwrap_or_else(|_| K::blank())
     }
 
     /// The record, owned.
-    pub fn record(&self) -> HttpRecord {
-        self.view().to_record()
+    pub fn record(&self) -> K::Record {
+        K::to_record(&self.view())
     }
 }
 
-/// An HTTP record's fields borrowed from its frame ([`HttpFrame::view`]), as in [`HttpRecord`].
+// By hand: derived impls would ask the kind (a marker) for the same traits.
+impl<K: FrameKind> Clone for Frame<K> {
+    fn clone(&self) -> Self {
+        Self::checked(self.payload.clone())
+    }
+}
+
+impl<K: FrameKind> PartialEq for Frame<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.payload == other.payload
+    }
+}
+
+impl<K: FrameKind> Eq for Frame<K> {}
+
+impl<K: FrameKind> std::fmt::Debug for Frame<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Frame").field(&self.payload).finish()
+    }
+}
+
+/// HTTP records as frames ([`HttpFrame`]).
+#[derive(Debug)]
+pub enum HttpKind {}
+
+impl FrameKind for HttpKind {
+    type Record = HttpRecord;
+    type View<'a> = HttpView<'a>;
+    fn parse(payload: &[u8]) -> Result<HttpView<'_>, WireError> {
+        HttpView::parse(payload)
+    }
+    fn blank<'a>() -> HttpView<'a> {
+        HttpView::blank()
+    }
+    fn put(r: &HttpRecord, out: &mut Vec<u8>) {
+        put_http(r, out)
+    }
+    fn to_record(view: &HttpView<'_>) -> HttpRecord {
+        view.to_record()
+    }
+}
+
+/// DNS records as frames ([`DnsFrame`]).
+#[derive(Debug)]
+pub enum DnsKind {}
+
+impl FrameKind for DnsKind {
+    type Record = DnsRecord;
+    type View<'a> = DnsView<'a>;
+    fn parse(payload: &[u8]) -> Result<DnsView<'_>, WireError> {
+        DnsView::parse(payload)
+    }
+    fn blank<'a>() -> DnsView<'a> {
+        DnsView::blank()
+    }
+    fn put(r: &DnsRecord, out: &mut Vec<u8>) {
+        put_dns(r, out)
+    }
+    fn to_record(view: &DnsView<'_>) -> DnsRecord {
+        view.to_record()
+    }
+}
+
+/// An HTTP record's fields borrowed from its frame ([`Frame::view`] of an [`HttpFrame`]), as in [`HttpRecord`].
 #[derive(Clone, Copy, Debug)]
 #[allow(missing_docs)]
 pub struct HttpView<'a> {
@@ -755,44 +851,6 @@ fn get_http(r: &mut Reader<'_>) -> Result<HttpRecord, WireError> {
     })
 }
 
-/// A DNS record's frame payload, checked to decode whole when it was made: what the agent's
-/// control reader hands on instead of a [`DnsRecord`], so that the task reading the proxy's
-/// stream makes one allocation per record instead of one per string and list, and the
-/// record is read ([`view`](Self::view)) on the thread that makes it into a flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsFrame(Box<[u8]>);
-
-impl DnsFrame {
-    /// The payload of a DNS frame, if it decodes whole (the error names the field).
-    pub fn new(payload: &[u8]) -> Result<Self, WireError> {
-        DnsView::parse(payload)?;
-        Ok(Self(payload.into()))
-    }
-
-    /// The frame of `r`.
-    pub fn of_record(r: &DnsRecord) -> Self {
-        let mut out = Vec::with_capacity(128);
-        put_dns(r, &mut out);
-        Self(out.into_boxed_slice())
-    }
-
-    /// The payload (a frame without its header).
-    pub fn payload(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The record's fields, borrowed from the frame.
-    pub fn view(&self) -> DnsView<'_> {
-        // Checked when the frame was made (`new`, `of_record`): it parses.
-        DnsView::parse(&self.0).unwrap_or_else(|_| DnsView::blank())
-    }
-
-    /// The record, owned.
-    pub fn record(&self) -> DnsRecord {
-        self.view().to_record()
-    }
-}
-
 /// A list of strings as encoded in a frame (checked), read by [`iter`](Self::iter).
 #[derive(Clone, Copy, Debug)]
 pub struct WireStrs<'a> {
@@ -835,7 +893,7 @@ impl<'a> WireStrs<'a> {
     }
 }
 
-/// A DNS record's fields borrowed from its frame ([`DnsFrame::view`]), as in [`DnsRecord`].
+/// A DNS record's fields borrowed from its frame ([`Frame::view`] of a [`DnsFrame`]), as in [`DnsRecord`].
 #[derive(Clone, Copy, Debug)]
 #[allow(missing_docs)]
 pub struct DnsView<'a> {
