@@ -1240,21 +1240,28 @@ impl ServiceManager {
                     .into(),
             );
         }
-        let mut shadowed: Vec<String> = t.rows[Source::Api.index()]
-            .iter()
-            .filter_map(|row| {
-                let k = row.object.key();
-                let (src, r) = t.effective(&k)?;
-                match src {
-                    Source::ManifestDir => Some(format!(
+        // An API object is shadowed by a row of a source ahead of it: those sources' rows are
+        // walked (few, as a rule) and looked up among the API's, not the API's rows (50,000
+        // Services are 100,000 rows: ~10 ms a call) among theirs.
+        let api = &t.rows[Source::Api.index()];
+        let mut shadowed: Vec<String> = Source::ALL
+            .into_iter()
+            .filter(|s| *s != Source::Api)
+            .flat_map(|s| t.rows[s.index()].iter().map(move |r| (s, r)))
+            .filter_map(|(s, r)| {
+                let k = r.object.key();
+                if !api.contains_key(&k) || t.effective(&k).map(|(e, _)| e) != Some(s) {
+                    return None;
+                }
+                Some(match s {
+                    Source::ManifestDir => format!(
                         "{k} is defined both through the API and by {}; the file's copy is in force",
                         r.source
-                    )),
-                    Source::Kubernetes => Some(format!(
+                    ),
+                    _ => format!(
                         "{k} is defined both through the API and in Kubernetes; the Kubernetes copy is in force"
-                    )),
-                    Source::Api => None,
-                }
+                    ),
+                })
             })
             .collect();
         shadowed.sort();
