@@ -702,3 +702,59 @@ mod sources {
         }
     }
 }
+
+#[test]
+fn status_names_api_objects_another_source_shadows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dp = Arc::new(FakeDatapath::new());
+    let m = ServiceManager::open(
+        ServiceSettings {
+            kubernetes: true,
+            ..settings(Some(&dir))
+        },
+        &state,
+        Arc::clone(&dp) as Arc<dyn Datapath>,
+    )
+    .expect("opens");
+    // Three Services through the API, none shadowed yet.
+    let three = format!(
+        "{}---\n{}---\n{}",
+        svc("web", "10.96.0.10"),
+        svc("api", "10.96.0.20"),
+        svc("db", "10.96.0.30")
+    );
+    m.apply(&request("three.yaml", &three, false))
+        .expect("applies");
+    let shadowed = |m: &ServiceManager| -> Vec<String> {
+        m.status()
+            .problems
+            .into_iter()
+            .filter(|p| p.contains("defined both through the API"))
+            .collect()
+    };
+    assert!(shadowed(&m).is_empty());
+    // The directory defines web, Kubernetes api and web: one problem each for web (the
+    // file's copy in force) and api (Kubernetes'); db is the API's alone.
+    std::fs::write(dir.join("web.yaml"), svc("web", "10.96.0.10")).expect("write");
+    assert!(m.reload_dir());
+    m.kubernetes_event(SourceEvent::Init(Kind::Service));
+    m.kubernetes_event(SourceEvent::InitApply(object(&svc("api", "10.96.0.20"))));
+    m.kubernetes_event(SourceEvent::InitApply(object(&svc("web", "10.96.0.10"))));
+    m.kubernetes_event(SourceEvent::InitDone(Kind::Service));
+    let problems = shadowed(&m);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0]
+            .starts_with("Service default/api is defined both through the API and in Kubernetes"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("Service default/web is defined both through the API and by ")
+            && problems[1].contains("web.yaml; the file's copy is in force"),
+        "{problems:?}"
+    );
+}
