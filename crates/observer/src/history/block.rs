@@ -426,7 +426,7 @@ impl Encoder {
         node_name: &str,
     ) -> (BlockMeta, Vec<u8>) {
         let rows: Vec<(u64, Row<'_>)> = flows.iter().map(|(s, f)| (*s, Row::Flow(f))).collect();
-        encode_with(self, &rows, run, node_name)
+        encode_with(self, &rows, run, node_name, &mut || {})
     }
 
     /// Encodes rows, built flows or events: see [`encode`].
@@ -436,7 +436,21 @@ impl Encoder {
         run: u64,
         node_name: &str,
     ) -> (BlockMeta, Vec<u8>) {
-        encode_with(self, rows, run, node_name)
+        encode_with(self, rows, run, node_name, &mut || {})
+    }
+
+    /// [`encode_rows`](Self::encode_rows), calling `between` between steps of the work (every
+    /// [`PAUSE_ROWS`] rows encoded, and after each chunk is compressed): the history's writer
+    /// offers its CPU there (`crate::background::BackgroundClass::offer_cpu`), so that a
+    /// block's milliseconds of work do not run in one piece.
+    pub fn encode_rows_pausing(
+        &mut self,
+        rows: &[(u64, Row<'_>)],
+        run: u64,
+        node_name: &str,
+        between: &mut dyn FnMut(),
+    ) -> (BlockMeta, Vec<u8>) {
+        encode_with(self, rows, run, node_name, between)
     }
 
     /// Gives back the buffers sized by a whole block (each row's encoding: ~0.2 KB a flow,
@@ -551,11 +565,16 @@ impl<'a> Dictionary<'a> {
     }
 }
 
+/// Rows encoded between two calls of [`Encoder::encode_rows_pausing`]'s `between` (a row is
+/// a few microseconds).
+pub const PAUSE_ROWS: usize = 16;
+
 fn encode_with(
     enc: &mut Encoder,
     flows: &[(u64, Row<'_>)],
     run: u64,
     node_name: &str,
+    between: &mut dyn FnMut(),
 ) -> (BlockMeta, Vec<u8>) {
     let n = flows.len();
     let mut dict = Dictionary::default();
@@ -571,7 +590,10 @@ fn encode_with(
     enc.stripped.clear();
     enc.uuids.clear();
     let mut ends = Vec::with_capacity(n);
-    for (_, row) in flows {
+    for (i, (_, row)) in flows.iter().enumerate() {
+        if i > 0 && i % PAUSE_ROWS == 0 {
+            between();
+        }
         match row {
             Row::Flow(flow) => {
                 src.push(dict.index(flow.source.as_ref().map(Cow::Borrowed)));
@@ -702,6 +724,7 @@ fn encode_with(
             .chunk_lens
             .push(u32::try_from(packed.len()).unwrap_or(u32::MAX));
         chunks.push(packed);
+        between();
     }
     enc.raw.clear();
     let _ = dictionary.encode(&mut enc.raw);

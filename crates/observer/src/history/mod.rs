@@ -472,7 +472,9 @@ impl Shared {
                 batch
             };
             let n = batch.len();
-            match self.write_block(&batch, &mut encoder, &mut active, &mut next_n) {
+            match self.write_block(&batch, &mut encoder, &mut active, &mut next_n, &mut || {
+                priority.offer_cpu();
+            }) {
                 Ok(()) => {
                     self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
                 }
@@ -516,6 +518,7 @@ impl Shared {
         encoder: &mut block::Encoder,
         active: &mut Option<Active>,
         next_n: &mut u32,
+        between: &mut dyn FnMut(),
     ) -> std::io::Result<()> {
         use std::io::Write;
         // Events' and HTTP records' flows are built here, on the history's writer thread, in the parts a block
@@ -532,7 +535,7 @@ impl Shared {
                 Some((n.seq, row))
             })
             .collect();
-        let (meta, body) = encoder.encode_rows(&rows, self.run, &self.node_name);
+        let (meta, body) = encoder.encode_rows_pausing(&rows, self.run, &self.node_name, between);
         let frame = segment::frame(&meta, &body);
         let rotate = active.as_ref().is_none_or(|a| {
             a.size >= self.config.segment_bytes()

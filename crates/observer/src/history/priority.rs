@@ -19,6 +19,10 @@
 //! A change of class also resets the thread's scheduler slice to the kernel's default, which
 //! the agent's threads have anyway (only the DNS proxy's thread asks for a short one:
 //! `ciliate_proxy::sched`).
+//!
+//! In the background class the writer offers its CPU between steps of a block (every 16 rows
+//! encoded and after each compressed chunk, once it has run 0.1 ms: see
+//! [`BackgroundClass::offer_cpu`] for why `SCHED_IDLE` alone is not enough).
 
 use crate::background::BackgroundClass;
 
@@ -47,6 +51,12 @@ impl WriterPriority {
     pub(super) fn choose(&mut self, queued: usize, closing: bool) {
         self.class
             .set(!closing && queued < BEHIND_BLOCKS * BLOCK_FLOWS);
+    }
+
+    /// Between steps of a block's work: lets a waiting task go first once the writer has run
+    /// a while in the background class ([`BackgroundClass::offer_cpu`]).
+    pub(super) fn offer_cpu(&mut self) {
+        self.class.offer_cpu();
     }
 
     /// Whether the writer runs in the background class now.

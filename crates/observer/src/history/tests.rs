@@ -513,3 +513,22 @@ fn rows_written_from_records_are_those_written_from_their_built_flows() {
         assert_eq!(&d.flow(i).expect("flow"), f, "flow {i}");
     }
 }
+
+#[test]
+fn a_block_encoded_in_steps_is_the_block_encoded_at_once() {
+    let records = records();
+    let rows: Vec<(u64, block::Row<'_>)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as u64 + 1, block::Row::Event(r)))
+        .collect();
+    let at_once = block::Encoder::default().encode_rows(&rows, 3, "default/node-1");
+    let mut steps = 0;
+    let in_steps =
+        block::Encoder::default()
+            .encode_rows_pausing(&rows, 3, "default/node-1", &mut || steps += 1);
+    assert_eq!(in_steps, at_once, "the same block, byte for byte");
+    // Between each PAUSE_ROWS rows, and after each compressed chunk.
+    let chunks = rows.len().div_ceil(block::CHUNK_ROWS);
+    assert_eq!(steps, (rows.len() - 1) / block::PAUSE_ROWS + chunks);
+}
