@@ -23,13 +23,16 @@
 # once (at 2,000 q/s); the result is the agent's and the proxy's RSS before and after (N names
 # learned, each in the policy maps) and the agent's CPU time per learned address.
 #
-#   sudo bench/dns.sh [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--names N] [--quick] [--no-build]
+#   sudo bench/dns.sh [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--names N] [--layout bench|node] [--quick] [--no-build]
 #
 #   --secs N     seconds per measurement (default 10)
 #   --runs N     rounds, interleaved (default 5)
 #   --rate Q     the fixed rate, queries per second (default 10000)
 #   --paths P    which paths to measure (default direct,proxy)
 #   --names N    also learn N names (default 0: not measured; --quick learns 50)
+#   --layout L   bench (default): everything in the bench's scheduling group; node: each agent
+#                (with its proxy) and each pod (resolver, client) in a cpu cgroup of its own,
+#                as on a node, where the pods do not share the agent's group (lib.sh, cg_init)
 #   --quick      checks that it works and cleans up: 1 s, 1 round, the binaries already built
 #                (in $CILIATE_BIN_DIR, default target/release)
 #   --no-build   do not run `cargo build --release` first
@@ -50,7 +53,8 @@ BUILD=1
 RATE=10000
 PATHS=direct,proxy
 NAMES=0
-usage() { echo "usage: $0 [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--names N] [--quick] [--no-build]" >&2; exit 2; }
+LAYOUT=bench
+usage() { echo "usage: $0 [--secs N] [--runs N] [--rate Q] [--paths direct,proxy] [--names N] [--layout bench|node] [--quick] [--no-build]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --secs) [ $# -ge 2 ] || usage; SECS=$2; shift 2 ;;
@@ -58,12 +62,14 @@ while [ $# -gt 0 ]; do
     --rate) [ $# -ge 2 ] || usage; RATE=$2; shift 2 ;;
     --paths) [ $# -ge 2 ] || usage; PATHS=$2; shift 2 ;;
     --names) [ $# -ge 2 ] || usage; NAMES=$2; shift 2 ;;
+    --layout) [ $# -ge 2 ] || usage; LAYOUT=$2; shift 2 ;;
     --quick) SECS=1; RUNS=1; BUILD=0; NAMES=50; shift ;;
     --no-build) BUILD=0; shift ;;
     *) usage ;;
   esac
 done
 [[ "$NAMES" =~ ^[0-9]+$ ]] && [ "$NAMES" -le 60000 ] || { echo "$0: --names $NAMES: expected 0..60000" >&2; exit 2; }
+case "$LAYOUT" in bench|node) ;; *) echo "$0: --layout $LAYOUT: expected bench or node" >&2; exit 2 ;; esac
 IFS=, read -r -a PATH_LIST <<<"$PATHS"
 for p in "${PATH_LIST[@]}"; do
   case "$p" in direct|proxy) ;; *) echo "$0: --paths $PATHS: expected direct and/or proxy" >&2; exit 2 ;; esac
@@ -75,10 +81,11 @@ DNSMASQ=/usr/sbin/dnsmasq
 [ "$BUILD" = 1 ] && cargo build --release --bins -q
 BIN=${CILIATE_BIN_DIR:-$PWD/target/release}
 nodes_init
+[ "$LAYOUT" = bench ] || cg_init
 
 node x 10.252.0.0/24 10.252.255.1 --hubble-socket "$STATE/x/hubble.sock"
 node y 10.252.4.0/24 10.252.255.2 --hubble-socket "$STATE/y/hubble.sock"
-for n in x y; do for p in dns client; do mkns "$RUN-$n-$p"; done; done
+for n in x y; do for p in dns client; do mkns "$RUN-$n-$p"; cg_make "$n-$p"; done; done
 X_DNS=$(pod x dns app=dns)
 pod x client app=client >/dev/null
 Y_DNS=$(pod y dns app=dns)
@@ -108,9 +115,11 @@ for i in range(int(sys.argv[1])):
     print(f"address=/m{i}.names.test/10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}")
 PY
   fi
-  pin_server nsenter --net=/var/run/netns/"$RUN-$n-dns" "$DNSMASQ" --keep-in-foreground \
-    --conf-file="$STATE/dnsmasq-$n.conf" --pid-file= --user=root --log-facility=- \
-    >"$STATE/dnsmasq-$n.log" 2>&1 &
+  {
+    cg_enter "$n-dns"
+    pin_server nsenter --net=/var/run/netns/"$RUN-$n-dns" "$DNSMASQ" --keep-in-foreground \
+      --conf-file="$STATE/dnsmasq-$n.conf" --pid-file= --user=root --log-facility=-
+  } >"$STATE/dnsmasq-$n.log" 2>&1 &
   track $!
 done
 for i in $(seq 100); do echo "n$i.bench.test A"; done >"$STATE/queries"
@@ -141,8 +150,11 @@ declare -A DST=(
 perf() { # path secs extra-args...: dnsperf's output
   local p=$1 secs=$2; shift 2
   read -r ns ip <<<"${DST[$p]}"
-  pin_client nsenter --net=/var/run/netns/"$ns" dnsperf -s "$ip" -d "$STATE/queries" \
-    -l "$secs" -c 4 -q 200 -t 2 "$@" 2>&1
+  (
+    cg_enter "${ns#"$RUN"-}"
+    pin_client nsenter --net=/var/run/netns/"$ns" dnsperf -s "$ip" -d "$STATE/queries" \
+      -l "$secs" -c 4 -q 200 -t 2 "$@" 2>&1
+  )
 }
 # dnsperf's output -> "qps sent completed lost p50_us p99_us" (latencies from -v lines, else -)
 parse() {
@@ -280,7 +292,7 @@ for round in $(seq "$RUNS"); do
   done
 done
 
-printf '\nDNS over UDP, dnsperf -c 4 -q 200, 100 names (2 A records each), %s s per measurement; %s\n' "$SECS" "$(pinning)"
+printf '\nDNS over UDP, dnsperf -c 4 -q 200, 100 names (2 A records each), %s s per measurement; %s; layout %s\n' "$SECS" "$(pinning)" "$(cg_layout)"
 printf 'fixed rate: -Q %s with every latency (-v); max rate: no limit\n\n' "$RATE"
 python3 - "$RESULTS" "$RATE" <<'PY'
 import statistics, sys

@@ -60,8 +60,43 @@ cb_cleanup() {
   set -e
 }
 
+# A node's layout of CPU groups (`--layout node` of dns.sh and kafka.sh): the agent (with its
+# proxy, its child) in a cpu cgroup of its own, each pod's processes in one of theirs, as the
+# kubelet and the agent's unit place them; without it everything shares the bench's group
+# (the root cgroup, the bench's autogroup). cg_init picks the cpu controller: cgroup v2's root
+# when cpu is enabled there, else cgroup v1's cpu hierarchy (a hybrid mount); none: an error.
+# The groups are made at that root (a v2 cgroup holding processes cannot enable cpu for
+# children), named $RUN-<name>, weight default, and removed on exit.
+CB_CG_BASE=
+CB_AGENT_CG=
+cg_init() {
+  if grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    CB_CG_BASE=/sys/fs/cgroup
+  elif [ -f /sys/fs/cgroup/cpu/cgroup.procs ]; then
+    CB_CG_BASE=/sys/fs/cgroup/cpu
+  else
+    echo "$0: --layout node needs the cpu cgroup controller (cgroup v2 with cpu in /sys/fs/cgroup/cgroup.subtree_control, or v1's /sys/fs/cgroup/cpu)" >&2
+    return 1
+  fi
+}
+cg_layout() { [ -n "$CB_CG_BASE" ] && echo "node: agents and pods in cpu cgroups of their own ($CB_CG_BASE)" || echo "bench: one group"; }
+# Makes the group <name> (nothing without cg_init).
+cg_make() {
+  [ -n "$CB_CG_BASE" ] || return 0
+  mkdir "$CB_CG_BASE/$RUN-$1"
+  track_path "$CB_CG_BASE/$RUN-$1"
+}
+# Moves the calling subshell into group <name> (nothing without cg_init or without a name):
+# run it first in `{ cg_enter NAME; exec CMD; } &` or `( cg_enter NAME; CMD )`, never in the
+# script's own shell.
+cg_enter() {
+  [ -n "$CB_CG_BASE" ] && [ -n "$1" ] || return 0
+  echo "$BASHPID" >"$CB_CG_BASE/$RUN-$1/cgroup.procs"
+}
+
 # Starts ciliate-agent in namespace $1 as node $2 with state in $3 (extra flags follow), records
-# everything it makes (pins, cgroup, state) and waits for it to answer. Sets AGENT_PID.
+# everything it makes (pins, cgroup, state) and waits for it to answer. Sets AGENT_PID. In the
+# node layout it starts in group $CB_AGENT_CG.
 start_agent() {
   local ns=$1 node=$2 state=$3; shift 3
   track_path "/sys/fs/bpf/ciliate/$node"
@@ -69,8 +104,11 @@ start_agent() {
   track_path "/sys/fs/cgroup/ciliate/$node"
   track_path "$state"
   # nsenter execs the agent: $! is the agent itself (for its RSS, and for kill).
-  nsenter --net=/var/run/netns/"$ns" "$BIN/ciliate-agent" --node-name "$node" \
-    --state-dir "$state" --socket "$state/agent.sock" "$@" >"$state/agent.log" 2>&1 &
+  {
+    cg_enter "$CB_AGENT_CG"
+    exec nsenter --net=/var/run/netns/"$ns" "$BIN/ciliate-agent" --node-name "$node" \
+      --state-dir "$state" --socket "$state/agent.sock" "$@"
+  } >"$state/agent.log" 2>&1 &
   AGENT_PID=$!
   track "$AGENT_PID"
   disown "$AGENT_PID" # no job-control chatter when cleanup kills it
@@ -123,6 +161,8 @@ node() {
   ip -n "$ns" link set lo up
   [ "$addr" = - ] || ip -n "$ns" addr add "$addr/32" dev lo
   mkdir -p "$STATE/$n"
+  cg_make "$n-agent"
+  [ -z "$CB_CG_BASE" ] || CB_AGENT_CG=$n-agent
   start_agent "$ns" "$RUN$n" "$STATE/$n" --pod-cidr "$cidr" "$@"
   AGENTS+=("$AGENT_PID")
   printf -v "SOCK_$n" %s "$STATE/$n/agent.sock"
