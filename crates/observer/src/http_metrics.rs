@@ -115,9 +115,29 @@ pub(crate) struct HttpMetrics {
     methods: BoundedLabel,
 }
 
+/// What the HTTP metrics read of an L7 HTTP flow.
+#[derive(Debug)]
+pub(crate) struct HttpSample<'a> {
+    /// Request or response.
+    pub kind: L7FlowType,
+    /// Hubble's `reporter` label ([`reporter`]).
+    pub reporter: &'static str,
+    pub method: &'a str,
+    pub protocol: &'a str,
+    /// A response's status code (0 on a request).
+    pub code: u32,
+    /// A response's latency (0 on a request).
+    pub latency_ns: u64,
+}
+
 /// Hubble's `reporter` label: which side of the connection reported the flow.
 pub(crate) fn reporter(flow: &Flow) -> &'static str {
-    match TrafficDirection::try_from(flow.traffic_direction) {
+    reporter_of(flow.traffic_direction)
+}
+
+/// [`reporter`] of a flow's `traffic_direction`.
+pub(crate) fn reporter_of(traffic_direction: i32) -> &'static str {
+    match TrafficDirection::try_from(traffic_direction) {
         Ok(TrafficDirection::Egress) => "client",
         Ok(TrafficDirection::Ingress) => "server",
         _ => "unknown",
@@ -145,26 +165,39 @@ impl HttpMetrics {
     /// Counts one HTTP flow (`http` is its record).
     pub(crate) fn record(&mut self, flow: &Flow, http: &Http) {
         let Some(l7) = &flow.l7 else { return };
-        let reporter = reporter(flow);
-        match L7FlowType::try_from(l7.r#type) {
-            Ok(L7FlowType::Request) => {
-                let method = self.methods.label_str(&http.method, MAX_METHODS);
+        let Ok(kind) = L7FlowType::try_from(l7.r#type) else {
+            return;
+        };
+        self.record_parts(&HttpSample {
+            kind,
+            reporter: reporter(flow),
+            method: &http.method,
+            protocol: &http.protocol,
+            code: http.code,
+            latency_ns: l7.latency_ns,
+        });
+    }
+
+    /// Counts one HTTP flow given by the fields these metrics read (what
+    /// [`record`](Self::record) reads of the flow).
+    pub(crate) fn record_parts(&mut self, s: &HttpSample<'_>) {
+        match s.kind {
+            L7FlowType::Request => {
+                let method = self.methods.label_str(s.method, MAX_METHODS);
                 let by_protocol = slot(&mut self.requests, method);
-                *slot(by_protocol, &http.protocol)
-                    .entry(reporter)
-                    .or_default() += 1;
+                *slot(by_protocol, s.protocol).entry(s.reporter).or_default() += 1;
             }
-            Ok(L7FlowType::Response) => {
-                let method = self.methods.label_str(&http.method, MAX_METHODS);
+            L7FlowType::Response => {
+                let method = self.methods.label_str(s.method, MAX_METHODS);
                 let by_protocol = slot(&mut self.responses, method);
-                *slot(by_protocol, &http.protocol)
-                    .entry((reporter, http.code))
+                *slot(by_protocol, s.protocol)
+                    .entry((s.reporter, s.code))
                     .or_default() += 1;
                 // Nanoseconds to seconds, as Hubble divides by time.Second.
                 #[allow(clippy::cast_precision_loss)]
-                let seconds = l7.latency_ns as f64 / 1e9;
+                let seconds = s.latency_ns as f64 / 1e9;
                 slot(&mut self.durations, method)
-                    .entry(reporter)
+                    .entry(s.reporter)
                     .or_default()
                     .observe(seconds);
             }

@@ -27,7 +27,9 @@ use ciliate_model::l7_wire::{DnsView, HttpFrame, HttpView};
 
 use crate::convert::{service, system_time_to_timestamp};
 use crate::dns::dns_parts;
+use crate::http_metrics::{reporter_of, HttpSample};
 use crate::l7::{l7_flow_unnamed, verdict, MESSAGE_TYPE_ACCESS_LOG, TCP};
+use crate::metrics::Metrics;
 use crate::proto::flow::{
     layer4, layer7, CiliumEventType, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion,
     L7FlowType, Layer4, Layer7, Policy, Service, Tcp, TrafficDirection,
@@ -278,6 +280,38 @@ impl RecordedHttp {
                 f(scratch)
             }
         }
+    }
+
+    /// Counts the flow in `metrics`, as [`Metrics::record`] counts [`unnamed`](Self::unnamed)'s
+    /// flow: an HTTP record's from its frame, without filling a flow (the metrics read six of
+    /// its fields; filling it formats both addresses and the summary, two records per request).
+    pub fn record_metrics(&self, metrics: &Metrics) {
+        let frame = match &self.kept {
+            Kept::Unnamed(flow) => return metrics.record(flow),
+            Kept::Http { frame, .. } => frame,
+        };
+        let r = frame.view();
+        let response = r.record_type == L7RecordType::Response;
+        let direction = if r.egress {
+            TrafficDirection::Egress
+        } else {
+            TrafficDirection::Ingress
+        };
+        metrics.record_http(
+            verdict(r.verdict) as i32,
+            &HttpSample {
+                kind: if response {
+                    L7FlowType::Response
+                } else {
+                    L7FlowType::Request
+                },
+                reporter: reporter_of(direction as i32),
+                method: r.method,
+                protocol: r.protocol,
+                code: if response { u32::from(r.code) } else { 0 },
+                latency_ns: if response { r.latency_ns } else { 0 },
+            },
+        );
     }
 
     /// Makes `flow` [`unnamed`](Self::unnamed)'s flow, reusing its strings and lists: `flow`

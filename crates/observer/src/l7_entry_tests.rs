@@ -238,3 +238,62 @@ fn a_kept_dns_record_reads_as_the_flow_built_at_once_with_an_id() {
         );
     }
 }
+
+#[test]
+fn the_metrics_count_a_kept_record_as_they_count_its_flow() {
+    let (store, node, ids) = (store(), node(), FlowIds::default());
+    let (from_flows, from_records) = (Metrics::default(), Metrics::default());
+    for base in [
+        request(),
+        response(),
+        from_outside(),
+        other(&request()),
+        other(&response()),
+    ] {
+        for verdict in [L7Verdict::Forwarded, L7Verdict::Dropped, L7Verdict::Error] {
+            for (egress, method, code, latency_ns) in [
+                (false, "GET", 200, 1_500_000),
+                (true, "POST", 403, 0),
+                (true, "", 0, 7_000_000_000),
+                (false, "BREW", 418, u64::MAX),
+            ] {
+                let record = HttpRecord {
+                    verdict,
+                    egress,
+                    method: method.into(),
+                    code,
+                    latency_ns,
+                    ..base.clone()
+                };
+                let r = RecordedHttp::capture(record, &store, &node, &ids, "default/node-a");
+                from_flows.record(&r.unnamed());
+                r.record_metrics(&from_records);
+            }
+        }
+    }
+    // A DNS record is counted from its flow either way.
+    let dns = crate::dns::tests::answer();
+    let frame = ciliate_model::l7_wire::DnsFrame::of_record(&dns);
+    let r = RecordedHttp::capture_dns_with(
+        &frame.view(),
+        &store,
+        &node,
+        &ids,
+        "default/node-a",
+        &mut RulePolicies::default(),
+    );
+    from_flows.record(&r.unnamed());
+    r.record_metrics(&from_records);
+    let rendered = from_records.render();
+    assert_eq!(rendered, from_flows.render());
+    for family in [
+        "hubble_http_requests_total{",
+        "hubble_http_responses_total{",
+        "hubble_http_request_duration_seconds_bucket{",
+        "hubble_flows_processed_total{",
+        "hubble_drop_total{",
+        "hubble_dns_responses_total{",
+    ] {
+        assert!(rendered.contains(family), "{family} in {rendered}");
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::convert::{MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE};
 use crate::dns_metrics::DnsMetrics;
 use crate::filter::ports;
-use crate::http_metrics::HttpMetrics;
+use crate::http_metrics::{HttpMetrics, HttpSample};
 use crate::kafka_metrics::KafkaMetrics;
 use crate::l7::MESSAGE_TYPE_ACCESS_LOG;
 use crate::print::{drop_reason_name, protocol_name};
@@ -281,6 +281,29 @@ impl Metrics {
         let mut c = self.counters();
         for key in keys.into_iter().flatten() {
             *c.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Counts an L7 HTTP flow of the proxy given by what the metrics read of it (`verdict`
+    /// and the HTTP metrics' sample): what [`record`](Self::record) counts of that flow, without
+    /// the flow. An HTTP record's flow carries no TCP flags, drop reason or policy match, and
+    /// is not a trace.
+    pub(crate) fn record_http(&self, verdict: i32, sample: &HttpSample<'_>) {
+        self.http_metrics().record_parts(sample);
+        let mut c = self.counters();
+        *c.entry(Key::Flows {
+            protocol: "HTTP",
+            kind: "L7",
+            subtype: Subtype::L7("HTTP"),
+            verdict,
+        })
+        .or_default() += 1;
+        if verdict == Verdict::Dropped as i32 {
+            *c.entry(Key::Drop {
+                reason: 0,
+                protocol: "HTTP",
+            })
+            .or_default() += 1;
         }
     }
 

@@ -292,8 +292,6 @@ impl Observer {
         let store = self.store.as_ref();
         let names = self.node_names(store.node_labels());
         let mut policies = RulePolicies::default();
-        // The flow the metrics count, filled in place for each record (its strings reused).
-        let mut unnamed = Flow::default();
         let entries: Vec<Entry> = frames
             .into_iter()
             .map(|f| {
@@ -305,7 +303,7 @@ impl Observer {
                     &self.flow_node_name,
                     &mut policies,
                 );
-                recorded.with_unnamed(&mut unnamed, |f| self.metrics.record(f));
+                recorded.record_metrics(&self.metrics);
                 Entry::Http(Box::new(recorded))
             })
             .collect();
