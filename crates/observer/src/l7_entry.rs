@@ -106,7 +106,7 @@ fn allowed_by_field(egress: bool) -> u32 {
 /// The flow's source and destination addresses with their identities: a response runs from
 /// the server to the client (Cilium's access log swaps a response's ends, and Hubble shows
 /// it so).
-fn flow_ends(r: &HttpView<'_>) -> [(SocketAddrV4, u32); 2] {
+pub(crate) fn flow_ends(r: &HttpView<'_>) -> [(SocketAddrV4, u32); 2] {
     let client = (r.source, r.source_identity);
     let server = (r.destination, r.destination_identity);
     if r.record_type == L7RecordType::Response {
@@ -118,7 +118,7 @@ fn flow_ends(r: &HttpView<'_>) -> [(SocketAddrV4, u32); 2] {
 
 /// A header name as Go's `http.Header` stores it, written into `out` (see
 /// [`crate::l7::canonical_header_key`]).
-fn canonical_key_into(name: &str, out: &mut String) {
+pub(crate) fn canonical_key_into(name: &str, out: &mut String) {
     out.clear();
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(token) {
@@ -408,6 +408,27 @@ impl RecordedHttp {
         } else {
             write!(flow.summary, "{} {} {}", r.protocol, r.method, r.url)
         };
+    }
+
+    /// An HTTP record's frame read in place, the flow's node name and the Services of its
+    /// source and destination: what [`fill_unnamed`](Self::fill_unnamed) fills the flow from
+    /// (the flow history writes a row from them); `None` for a DNS record.
+    pub(crate) fn http_parts(&self) -> Option<(HttpView<'_>, &str, [Option<&Service>; 2])> {
+        match &self.kept {
+            Kept::Http {
+                frame,
+                node_name,
+                services,
+            } => Some((
+                frame.view(),
+                node_name,
+                match services {
+                    Some(s) => [s[0].as_ref(), s[1].as_ref()],
+                    None => [None, None],
+                },
+            )),
+            Kept::Unnamed(_) => None,
+        }
     }
 
     /// The flow's id.

@@ -622,6 +622,12 @@ fn encode_with(
                 src.push(dict.index_http(r, false));
                 dst.push(dict.index_http(r, true));
                 enc.uuids.extend_from_slice(r.uuid().as_bytes());
+                // An HTTP record's row is written from its frame, a DNS record's cut from its
+                // flow.
+                if enc.rows.write_http(r, node_name, &mut enc.stripped) {
+                    ends.push(enc.stripped.len());
+                    continue;
+                }
                 // The flow without endpoints, id, node labels or policy, then its node labels
                 // and the policy that allowed it: the built flow's fields (in another order, which protobuf readers accept).
                 let (whole, stripped) = (&mut enc.whole, &mut enc.stripped);

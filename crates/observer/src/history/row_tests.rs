@@ -2,10 +2,11 @@
 //! every kind, with and without names, Services, policies, interfaces, Ethernet headers, node
 //! labels, on this node or another.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use ciliate_model::l7::{HttpRecord, L7RecordType, L7Verdict};
 use ciliate_model::monitor::{
     CtState, EthernetAddrs, EventKind, EventRecord, RecordL4, VerdictInfo,
 };
@@ -15,6 +16,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
 use crate::history::block;
+use crate::l7_entry::{RecordedHttp, RulePolicies};
 use crate::proto::flow::Flow;
 use crate::record::{FlowIds, NodeNames, Recorded};
 use crate::store::{EndpointInfo, ServiceRef, Snapshot};
@@ -222,9 +224,126 @@ fn addresses_are_written_as_their_display_writes_them() {
         super::push_mac(mac, &mut s);
         assert_eq!(s, MacAddr(mac).to_string());
     }
+    for n in [
+        0,
+        1,
+        9,
+        10,
+        99,
+        100,
+        65_535,
+        1_000_000,
+        u64::MAX - 1,
+        u64::MAX,
+    ] {
+        let mut s = String::new();
+        super::push_u64(n, &mut s);
+        assert_eq!(s, n.to_string());
+    }
     for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "1.10.99.200"] {
         let mut s = String::new();
         super::push_ipv4(ip.parse().expect("ip"), &mut s);
         assert_eq!(s, ip);
+    }
+}
+
+prop_compose! {
+    fn any_http()(
+        response in any::<bool>(),
+        egress in any::<bool>(),
+        verdict in prop::sample::select(vec![L7Verdict::Forwarded, L7Verdict::Dropped, L7Verdict::Error]),
+        ends in (0usize..4, 0usize..4),
+        ports in (prop::sample::select(vec![0u16, 80, 40000]), prop::sample::select(vec![0u16, 80, 8080])),
+        identities in (prop::sample::select(vec![0u32, 2, 256, 257]), prop::sample::select(vec![0u32, 2, 256, 257])),
+        rule in prop::sample::select(vec![0u32, 7, 8]),
+        method in prop::sample::select(vec!["GET", "POST", "", "BREW"]),
+        url in prop::sample::select(vec!["http://web/", "http://web/a/b?q=1&r=%20", "", "/ünïcode"]),
+        protocol in prop::sample::select(vec!["HTTP/1.1", "HTTP/2", ""]),
+        code in prop::sample::select(vec![0u16, 200, 403, 65535]),
+        latency_ns in prop::sample::select(vec![0u64, 999_999, 1_000_000, 12_345_678_901, u64::MAX]),
+        headers in proptest::collection::vec(
+            (
+                prop::sample::select(vec!["x-request-id", "X-REQUEST-ID", "host", "", "bad name", "a_b", "accept", "content-LENGTH"]),
+                prop::sample::select(vec!["", "1", "web", "ä value"]),
+            ),
+            0..6,
+        ),
+        time_us in 0u64..1_000_000,
+    ) -> HttpRecord {
+        HttpRecord {
+            time_ns: 1_796_000_000_000_000_000 + time_us * 1000,
+            record_type: if response { L7RecordType::Response } else { L7RecordType::Request },
+            endpoint: 1,
+            egress,
+            source: SocketAddrV4::new(ADDRS[ends.0], ports.0),
+            destination: SocketAddrV4::new(ADDRS[ends.1], ports.1),
+            source_identity: identities.0,
+            destination_identity: identities.1,
+            verdict,
+            rule,
+            method: method.into(),
+            url: url.into(),
+            protocol: protocol.into(),
+            code,
+            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            latency_ns,
+            reason: None,
+        }
+    }
+}
+
+/// An HTTP record's row as the writer cut it from the record's flow without names before rows
+/// were written from frames: the flow filled, encoded and cut, then the node's labels and the
+/// policy.
+fn http_row_from_flow(r: &RecordedHttp, block_node: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    r.with_unnamed(&mut Flow::default(), |f| {
+        block::cut_columns(f, block_node, true, &mut Vec::new(), &mut out);
+    });
+    prost::encoding::string::encode_repeated(37, r.node_labels(), &mut out);
+    if let Some((field, policy)) = r.history_policy() {
+        prost::encoding::message::encode(field, policy, &mut out);
+    }
+    out
+}
+
+#[test]
+fn http_rows_written_from_frames_are_those_cut_from_their_flows() {
+    // One row at a time, so a difference names the record; one writer for all (its buffers
+    // reused from row to row, as in a block).
+    let store = store();
+    let node = |name: &str, labels: &[&str]| {
+        Arc::new(NodeNames {
+            node_name: name.into(),
+            cluster: "default".into(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        })
+    };
+    let nodes = [
+        node("default/node-1", &["zone=a", "kubernetes.io/os=linux"]),
+        node("default/node-1", &[]),
+        node("default/node-2", &["zone=b"]),
+    ];
+    let ids = FlowIds::default();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut writer = super::RowWriter::default();
+    let mut policies = RulePolicies::default();
+    for i in 0..3000 {
+        let record = any_http()
+            .new_tree(&mut runner)
+            .expect("a record")
+            .current();
+        let n = &nodes[i % nodes.len()];
+        let r = RecordedHttp::capture_with(
+            record.clone(),
+            &store,
+            n,
+            &ids,
+            &Arc::from(n.node_name.as_str()),
+            &mut policies,
+        );
+        let mut got = Vec::new();
+        assert!(writer.write_http(&r, "default/node-1", &mut got));
+        assert_eq!(got, http_row_from_flow(&r, "default/node-1"), "{record:?}");
     }
 }
