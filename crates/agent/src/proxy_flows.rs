@@ -24,6 +24,7 @@ use std::sync::Arc;
 use ciliate_model::l7::ProxyEvent;
 use ciliate_model::l7_wire::{DnsFrame, HttpFrame};
 use ciliate_observer::background::BackgroundClass;
+use ciliate_observer::l7_entry::RulePolicies;
 use ciliate_observer::proto::flow::LostEventSource;
 use ciliate_observer::Observer;
 use ciliate_proxy::supervisor::EventBatch;
@@ -97,13 +98,16 @@ impl ProxyFlows {
                         match Arc::try_unwrap(batch) {
                             Ok(events) => {
                                 let mut events = events.into_iter();
+                                // The rules' policies asked of the store once per batch, not
+                                // once per step.
+                                let mut policies = RulePolicies::default();
                                 loop {
                                     let step: Vec<ProxyEvent> =
                                         events.by_ref().take(STEP_EVENTS).collect();
                                     if step.is_empty() {
                                         break;
                                     }
-                                    observe_owned(step, &observer);
+                                    observe_owned(step, &observer, &mut policies);
                                     class.offer_cpu();
                                 }
                             }
@@ -199,7 +203,7 @@ fn observe(batch: &[ProxyEvent], observer: &Observer) {
 /// common case: they are two per request) has their frames moved into the ring
 /// (`Observer::observe_http_frames`); any other goes through `observe`, which keeps the
 /// order between kinds.
-fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer) {
+fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer, policies: &mut RulePolicies) {
     if batch
         .iter()
         .any(|ev| is_dns(ev) || matches!(ev, ProxyEvent::Kafka(_)))
@@ -207,11 +211,14 @@ fn observe_owned(batch: Vec<ProxyEvent>, observer: &Observer) {
         observe(&batch, observer);
         return;
     }
-    observer.observe_http_frames(batch.into_iter().filter_map(|ev| match ev {
-        ProxyEvent::Http(r) => Some(HttpFrame::of_record(&r)),
-        ProxyEvent::HttpFrame(f) => Some(f),
-        _ => None,
-    }));
+    observer.observe_http_frames_with(
+        batch.into_iter().filter_map(|ev| match ev {
+            ProxyEvent::Http(r) => Some(HttpFrame::of_record(&r)),
+            ProxyEvent::HttpFrame(f) => Some(f),
+            _ => None,
+        }),
+        policies,
+    );
 }
 
 #[cfg(test)]
@@ -362,7 +369,7 @@ mod tests {
         ];
         let (owned, shared) = (observer(), observer());
         for b in &batches {
-            observe_owned(b.clone(), &owned);
+            observe_owned(b.clone(), &owned, &mut RulePolicies::default());
             observe(b, &shared);
         }
         assert_eq!(flows(&owned).len(), 5);
@@ -396,7 +403,7 @@ mod tests {
             .collect();
         let (records, frames) = (observer(), observer());
         observe(&as_records, &records);
-        observe_owned(as_frames.clone(), &frames);
+        observe_owned(as_frames.clone(), &frames, &mut RulePolicies::default());
         assert_eq!(flows(&frames).len(), 5);
         assert_eq!(flows(&frames), flows(&records));
         assert_eq!(queries(&frames), ["a.", "a.", "c.", "c."]);

@@ -185,7 +185,24 @@ impl RecordedHttp {
         node_name: &Arc<str>,
         policies: &mut RulePolicies,
     ) -> Self {
+        Self::capture_frame_counted(frame, store, node, ids, node_name, policies, None)
+    }
+
+    /// [`capture_frame`](Self::capture_frame), the record counted in `metrics` as
+    /// [`record_metrics`](Self::record_metrics) counts it, from the frame read once for both.
+    pub fn capture_frame_counted(
+        frame: HttpFrame,
+        store: &dyn Store,
+        node: &Arc<NodeNames>,
+        ids: &FlowIds,
+        node_name: &Arc<str>,
+        policies: &mut RulePolicies,
+        metrics: Option<&Metrics>,
+    ) -> Self {
         let record = frame.view();
+        if let Some(m) = metrics {
+            count_http(&record, m);
+        }
         // A refused request carries no rule (L7 rules only allow): as `l7_flow` fills it.
         let policy = (record.verdict == L7Verdict::Forwarded && record.rule != 0)
             .then(|| policies.get(record.rule, store))
@@ -290,28 +307,7 @@ impl RecordedHttp {
             Kept::Unnamed(flow) => return metrics.record(flow),
             Kept::Http { frame, .. } => frame,
         };
-        let r = frame.view();
-        let response = r.record_type == L7RecordType::Response;
-        let direction = if r.egress {
-            TrafficDirection::Egress
-        } else {
-            TrafficDirection::Ingress
-        };
-        metrics.record_http(
-            verdict(r.verdict) as i32,
-            &HttpSample {
-                kind: if response {
-                    L7FlowType::Response
-                } else {
-                    L7FlowType::Request
-                },
-                reporter: reporter_of(direction as i32),
-                method: r.method,
-                protocol: r.protocol,
-                code: if response { u32::from(r.code) } else { 0 },
-                latency_ns: if response { r.latency_ns } else { 0 },
-            },
-        );
+        count_http(&frame.view(), metrics);
     }
 
     /// Makes `flow` [`unnamed`](Self::unnamed)'s flow, reusing its strings and lists: `flow`
@@ -469,6 +465,32 @@ impl RecordedHttp {
         }
         flow
     }
+}
+
+/// Counts an HTTP record's flow in `metrics` from the record (see
+/// [`RecordedHttp::record_metrics`]).
+fn count_http(r: &HttpView<'_>, metrics: &Metrics) {
+    let response = r.record_type == L7RecordType::Response;
+    let direction = if r.egress {
+        TrafficDirection::Egress
+    } else {
+        TrafficDirection::Ingress
+    };
+    metrics.record_http(
+        verdict(r.verdict) as i32,
+        &HttpSample {
+            kind: if response {
+                L7FlowType::Response
+            } else {
+                L7FlowType::Request
+            },
+            reporter: reporter_of(direction as i32),
+            method: r.method,
+            protocol: r.protocol,
+            code: if response { u32::from(r.code) } else { 0 },
+            latency_ns: if response { r.latency_ns } else { 0 },
+        },
+    );
 }
 
 /// Makes `to` `s`, in its own buffer.

@@ -289,21 +289,31 @@ impl Observer {
     /// arrived (what the agent reads off the proxy's control socket): each frame is kept as
     /// it is, and read in place when its flow is counted, stored or built.
     pub fn observe_http_frames(&self, frames: impl IntoIterator<Item = HttpFrame>) {
+        self.observe_http_frames_with(frames, &mut RulePolicies::default());
+    }
+
+    /// [`observe_http_frames`](Self::observe_http_frames), the rules' policies asked of
+    /// `policies` (a caller that hands one batch over in several calls asks the store once
+    /// for the batch, not once per call).
+    pub fn observe_http_frames_with(
+        &self,
+        frames: impl IntoIterator<Item = HttpFrame>,
+        policies: &mut RulePolicies,
+    ) {
         let store = self.store.as_ref();
         let names = self.node_names(store.node_labels());
-        let mut policies = RulePolicies::default();
         let entries: Vec<Entry> = frames
             .into_iter()
             .map(|f| {
-                let recorded = RecordedHttp::capture_frame(
+                let recorded = RecordedHttp::capture_frame_counted(
                     f,
                     store,
                     &names,
                     &self.ids,
                     &self.flow_node_name,
-                    &mut policies,
+                    policies,
+                    Some(&self.metrics),
                 );
-                recorded.record_metrics(&self.metrics);
                 Entry::Http(Box::new(recorded))
             })
             .collect();
