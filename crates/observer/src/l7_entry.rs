@@ -173,24 +173,14 @@ impl RecordedHttp {
             ids,
             node_name,
             policies,
+            None,
         )
     }
 
-    /// [`capture_with`](Self::capture_with) for a record as its frame arrived.
+    /// [`capture_with`](Self::capture_with) for a record as its frame arrived; with `metrics`,
+    /// the record is also counted there as [`record_metrics`](Self::record_metrics) counts it,
+    /// from the frame read once for both.
     pub fn capture_frame(
-        frame: HttpFrame,
-        store: &dyn Store,
-        node: &Arc<NodeNames>,
-        ids: &FlowIds,
-        node_name: &Arc<str>,
-        policies: &mut RulePolicies,
-    ) -> Self {
-        Self::capture_frame_counted(frame, store, node, ids, node_name, policies, None)
-    }
-
-    /// [`capture_frame`](Self::capture_frame), the record counted in `metrics` as
-    /// [`record_metrics`](Self::record_metrics) counts it, from the frame read once for both.
-    pub fn capture_frame_counted(
         frame: HttpFrame,
         store: &dyn Store,
         node: &Arc<NodeNames>,

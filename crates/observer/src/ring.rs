@@ -305,7 +305,7 @@ impl Observer {
         let entries: Vec<Entry> = frames
             .into_iter()
             .map(|f| {
-                let recorded = RecordedHttp::capture_frame_counted(
+                let recorded = RecordedHttp::capture_frame(
                     f,
                     store,
                     &names,
