@@ -178,8 +178,9 @@ impl RecordedHttp {
     }
 
     /// [`capture_with`](Self::capture_with) for a record as its frame arrived; with `metrics`,
-    /// the record is also counted there as [`record_metrics`](Self::record_metrics) counts it,
-    /// from the frame read once for both.
+    /// the record is also counted there as [`Metrics::record`] counts its flow, from the frame
+    /// (read once for both) without filling the flow: the metrics read six of its fields, and
+    /// filling it formats both addresses and the summary, two records per request.
     pub fn capture_frame(
         frame: HttpFrame,
         store: &dyn Store,
@@ -287,17 +288,6 @@ impl RecordedHttp {
                 f(scratch)
             }
         }
-    }
-
-    /// Counts the flow in `metrics`, as [`Metrics::record`] counts [`unnamed`](Self::unnamed)'s
-    /// flow: an HTTP record's from its frame, without filling a flow (the metrics read six of
-    /// its fields; filling it formats both addresses and the summary, two records per request).
-    pub fn record_metrics(&self, metrics: &Metrics) {
-        let frame = match &self.kept {
-            Kept::Unnamed(flow) => return metrics.record(flow),
-            Kept::Http { frame, .. } => frame,
-        };
-        count_http(&frame.view(), metrics);
     }
 
     /// Makes `flow` [`unnamed`](Self::unnamed)'s flow, reusing its strings and lists: `flow`
@@ -458,7 +448,7 @@ impl RecordedHttp {
 }
 
 /// Counts an HTTP record's flow in `metrics` from the record (see
-/// [`RecordedHttp::record_metrics`]).
+/// [`RecordedHttp::capture_frame`]).
 fn count_http(r: &HttpView<'_>, metrics: &Metrics) {
     let response = r.record_type == L7RecordType::Response;
     let direction = if r.egress {

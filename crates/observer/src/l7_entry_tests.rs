@@ -265,13 +265,20 @@ fn the_metrics_count_a_kept_record_as_they_count_its_flow() {
                     latency_ns,
                     ..base.clone()
                 };
-                let r = RecordedHttp::capture(record, &store, &node, &ids, "default/node-a");
+                let r = RecordedHttp::capture_frame(
+                    HttpFrame::of_record(&record),
+                    &store,
+                    &node,
+                    &ids,
+                    &Arc::from("default/node-a"),
+                    &mut RulePolicies::default(),
+                    Some(&from_records),
+                );
                 from_flows.record(&r.unnamed());
-                r.record_metrics(&from_records);
             }
         }
     }
-    // A DNS record is counted from its flow either way.
+    // A DNS record is counted from its flow (as the observer counts it).
     let dns = crate::dns::tests::answer();
     let frame = ciliate_model::l7_wire::DnsFrame::of_record(&dns);
     let r = RecordedHttp::capture_dns_with(
@@ -283,7 +290,7 @@ fn the_metrics_count_a_kept_record_as_they_count_its_flow() {
         &mut RulePolicies::default(),
     );
     from_flows.record(&r.unnamed());
-    r.record_metrics(&from_records);
+    from_records.record(&r.unnamed());
     let rendered = from_records.render();
     assert_eq!(rendered, from_flows.render());
     for family in [
